@@ -1,0 +1,35 @@
+#!/usr/bin/env node
+/**
+ * `sf`: the one executable. Daemons (`router`, `control`, `cell`, `up`) and API clients
+ * (`routes`, `services`, ...) are registered here from one module each.
+ */
+import { Command, CommanderError } from 'commander';
+import { EXIT_USAGE, exitWithError } from './cli-support';
+import { registerRouterCommand } from './command-router';
+
+const COMMANDS: Array<(program: Command) => void> = [registerRouterCommand];
+
+export function buildProgram(): Command {
+  const program = new Command('sf')
+    .description('Service Foundry: run stateful services behind an L4 TCP router')
+    .version(require('../../../package.json').version as string)
+    .showHelpAfterError('(run sf --help for usage)')
+    .exitOverride();
+  for (const register of COMMANDS) register(program);
+  return program;
+}
+
+async function main(argv: string[]): Promise<void> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // Help and version exit 0; every parse problem is a usage error (exit 2).
+      process.exit(err.exitCode === 0 ? 0 : EXIT_USAGE);
+    }
+    exitWithError(err);
+  }
+}
+
+if (require.main === module) void main(process.argv);

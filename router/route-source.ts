@@ -1,0 +1,32 @@
+/**
+ * Where a router's table comes from. Implementations: a static JSON file (`route-source-file.ts`)
+ * and the control plane's Redis push path (`route-source-redis.ts`). A source hands the router
+ * whole, validated tables; the router works out what changed.
+ */
+import type { SfError } from './errors';
+import type { RouteTable } from './route-model';
+
+export interface RouteSourceListener {
+  /** A new, validated table. Versions only grow; a source never hands back an older table. */
+  onTable(table: RouteTable): void;
+  /** A problem that leaves the last good table in force (bad file, Redis down, version gap). */
+  onError(err: SfError): void;
+  /**
+   * The source lost (false) or regained (true) its upstream. The router keeps its last table
+   * (`keep-last`, the default) or stops serving (`fail-closed`) while disconnected.
+   */
+  onConnectivity?(connected: boolean): void;
+}
+
+export interface RouteSource {
+  /** Short name for logs and `/health`, e.g. `file:/etc/sf/routes.json` or `redis:default`. */
+  readonly description: string;
+  /**
+   * Starts delivering tables. Resolves once the first table was delivered, or rejects when the
+   * source cannot produce a valid first table (the router then refuses to start).
+   */
+  start(listener: RouteSourceListener): Promise<void>;
+  /** Asks the source to deliver its current table again (SIGHUP). */
+  reload(): Promise<void>;
+  stop(): Promise<void>;
+}
