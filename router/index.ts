@@ -1,0 +1,14 @@
+/** The router's public API: what the CLI, control and tests may import. */
+export { Router, type ApplyResult, type RouterStatus } from './router';
+export { DEFAULT_ROUTER_OPTIONS, type RouterOptions, type DisconnectPolicy } from './router-options';
+export type { RouteSource, RouteSourceListener } from './route-source';
+export { FileRouteSource, type FileRouteSourceOptions } from './route-source-file';
+export type { Relay, RelayedPair, RelayOptions, RelayCallbacks, RelayCloseReason } from './relay';
+export { createJsRelay } from './relay-js';
+export { selectRelay, type RelayChoice } from './relay-select';
+export { startAdminServer, type AdminServer } from './admin-server';
+export { createRouterMetrics } from './metrics';
+export { connectionFate, type ConnectionFate } from './route-listener';
+export { proxyHeader, proxyHeaderV1, proxyHeaderV2, type ProxyAddresses } from './proxy-protocol';
+export * from './route-model';
+export * from './errors';

@@ -1,0 +1,78 @@
+/**
+ * Prometheus metrics of one router. Values are read from the router's plain counters at
+ * scrape time (collect callbacks), so the relay path never touches prom-client.
+ */
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Router } from './router';
+import type { RouteStats } from './route-stats';
+
+type CounterField = Exclude<keyof RouteStats, 'port' | 'active'>;
+
+const ROUTE_COUNTERS: Array<{ name: string; help: string; field: CounterField }> = [
+  { name: 'sf_router_connections_total', help: 'Client connections accepted per route port.', field: 'total' },
+  { name: 'sf_router_bytes_in_total', help: 'Bytes from clients towards backends per route port.', field: 'closedBytesIn' },
+  { name: 'sf_router_bytes_out_total', help: 'Bytes from backends towards clients per route port.', field: 'closedBytesOut' },
+  { name: 'sf_router_connect_errors_total', help: 'Backend connection attempts that failed per route port.', field: 'connectErrors' },
+  { name: 'sf_router_connect_timeouts_total', help: 'Backend connection attempts that timed out per route port.', field: 'connectTimeouts' },
+  { name: 'sf_router_refused_no_backend_total', help: 'Clients refused because no eligible backend existed.', field: 'refusedNoBackend' },
+  { name: 'sf_router_refused_max_connections_total', help: 'Clients refused by a connection limit.', field: 'refusedMaxConnections' },
+  { name: 'sf_router_fenced_kills_total', help: 'Connections destroyed because their backend was fenced.', field: 'killedFenced' },
+  { name: 'sf_router_drained_kills_total', help: 'Connections closed when their drain timeout expired.', field: 'killedDrained' },
+  { name: 'sf_router_idle_timeouts_total', help: 'Connections closed by the idle timeout.', field: 'idleTimeouts' },
+];
+
+export function createRouterMetrics(router: Router, withProcessMetrics = true): Registry {
+  const registry = new Registry();
+  if (withProcessMetrics) collectDefaultMetrics({ register: registry, prefix: 'sf_router_' });
+  let snapshot: RouteStats[] = [];
+  const refresh = (): RouteStats[] => (snapshot = router.routeStats());
+
+  new Gauge({
+    name: 'sf_router_active_connections',
+    help: 'Open client connections per route port.',
+    labelNames: ['port'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      // This collector runs first (registration order) and takes the snapshot the others read.
+      for (const s of refresh()) this.set({ port: String(s.port) }, s.active);
+    },
+  });
+  for (const def of ROUTE_COUNTERS) {
+    new Counter({
+      name: def.name,
+      help: def.help,
+      labelNames: ['port'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const s of snapshot) this.inc({ port: String(s.port) }, s[def.field]);
+      },
+    });
+  }
+  new Gauge({
+    name: 'sf_router_table_version',
+    help: 'Version of the route table in force.',
+    registers: [registry],
+    collect() {
+      this.set(router.status().tableVersion);
+    },
+  });
+  new Gauge({
+    name: 'sf_router_routes',
+    help: 'Routes in the table in force.',
+    registers: [registry],
+    collect() {
+      this.set(router.status().routes);
+    },
+  });
+  new Gauge({
+    name: 'sf_router_source_connected',
+    help: '1 while the route source reaches its upstream.',
+    registers: [registry],
+    collect() {
+      this.set(router.status().sourceConnected ? 1 : 0);
+    },
+  });
+  return registry;
+}

@@ -1,0 +1,220 @@
+/**
+ * One client connection and the backend connection made for it, from accept to close.
+ * It tries backends in the order its route's balancer gives, within the connect timeout, then
+ * hands both sockets to the relay.
+ */
+import { connect as netConnect, isIP, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
+import type { Backend, Route } from './route-model';
+import { routeLimits } from './route-model';
+import { proxyHeader } from './proxy-protocol';
+import type { Relay, RelayCloseReason, RelayedPair } from './relay';
+import type { RouteStats } from './route-stats';
+
+/** What the connection needs from the listener that accepted it. */
+export interface ConnectionHost {
+  readonly stats: RouteStats;
+  readonly relay: Relay;
+  readonly keepAliveMs: number;
+  currentRoute(): Route;
+  pickBackend(tried: ReadonlySet<string>): Backend | undefined;
+  backendAcquired(backendId: string): void;
+  backendReleased(backendId: string): void;
+  connectionClosed(conn: ProxiedConnection, reason: RelayCloseReason | 'refused' | 'aborted'): void;
+}
+
+export class ProxiedConnection {
+  /** The backend this connection uses or is connecting to, as the latest table describes it. */
+  backend: Backend | undefined;
+  /** The backend's epoch when the connection was made; a newer epoch in the table means fenced. */
+  epoch = 0;
+  private backendSocket: Socket | undefined;
+  private pair: RelayedPair | undefined;
+  private readonly tried = new Set<string>();
+  private connectTimer: NodeJS.Timeout | undefined;
+  private drainTimer: NodeJS.Timeout | undefined;
+  private done = false;
+  private holdsBackend = false;
+
+  constructor(
+    readonly client: Socket,
+    private readonly host: ConnectionHost,
+  ) {
+    client.on('error', this.onEarlyClientError);
+    client.on('close', this.onEarlyClientClose);
+  }
+
+  get bytesIn(): number {
+    return this.pair ? this.pair.bytesIn : 0;
+  }
+
+  get bytesOut(): number {
+    return this.pair ? this.pair.bytesOut : 0;
+  }
+
+  get draining(): boolean {
+    return this.drainTimer !== undefined;
+  }
+
+  start(): void {
+    this.connectNext();
+  }
+
+  /** Destroys both sides at once with RST; used for fencing. */
+  kill(): void {
+    if (this.done) return;
+    if (this.pair) {
+      this.pair.destroy(true);
+      return;
+    }
+    this.backendSocket?.resetAndDestroy();
+    this.client.resetAndDestroy();
+    this.finish('aborted');
+  }
+
+  /** Lets the connection live on for `ms`, then closes it; 0 closes it now. */
+  drain(ms: number, onExpire: () => void): void {
+    if (this.done || this.drainTimer) return;
+    const expire = (): void => {
+      onExpire();
+      if (this.pair) this.pair.destroy(false);
+      else this.abort();
+    };
+    if (ms <= 0) {
+      expire();
+      return;
+    }
+    this.drainTimer = setTimeout(expire, ms);
+    this.drainTimer.unref();
+  }
+
+  /** A backend that became eligible again takes back its draining connections. */
+  cancelDrain(): void {
+    if (this.drainTimer) clearTimeout(this.drainTimer);
+    this.drainTimer = undefined;
+  }
+
+  private connectNext(): void {
+    const backend = this.host.pickBackend(this.tried);
+    if (!backend) {
+      if (this.tried.size === 0) this.host.stats.refusedNoBackend++;
+      this.client.destroy();
+      this.finish('refused');
+      return;
+    }
+    this.tried.add(backend.id);
+    this.backend = backend;
+    this.epoch = backend.epoch;
+    this.host.backendAcquired(backend.id);
+    this.holdsBackend = true;
+
+    const route = this.host.currentRoute();
+    const { connectTimeoutMs } = routeLimits(route);
+    const socket = route.tls
+      ? tlsConnect({ host: backend.host, port: backend.port, servername: isIP(backend.host) ? undefined : backend.host })
+      : netConnect({ host: backend.host, port: backend.port, allowHalfOpen: true, noDelay: true });
+    this.backendSocket = socket;
+    socket.on('error', this.onConnectError);
+    socket.once(route.tls ? 'secureConnect' : 'connect', this.onBackendConnect);
+    this.connectTimer = setTimeout(this.onConnectTimeout, connectTimeoutMs);
+  }
+
+  private readonly onConnectTimeout = (): void => {
+    this.host.stats.connectTimeouts++;
+    this.retry();
+  };
+
+  private readonly onConnectError = (): void => {
+    this.host.stats.connectErrors++;
+    this.retry();
+  };
+
+  private retry(): void {
+    clearTimeout(this.connectTimer);
+    const socket = this.backendSocket;
+    if (socket) {
+      socket.removeListener('error', this.onConnectError);
+      socket.on('error', ignoreError);
+      socket.destroy();
+    }
+    this.backendSocket = undefined;
+    this.releaseBackend();
+    if (!this.done) this.connectNext();
+  }
+
+  private readonly onBackendConnect = (): void => {
+    clearTimeout(this.connectTimer);
+    const socket = this.backendSocket!;
+    socket.removeListener('error', this.onConnectError);
+    this.client.removeListener('error', this.onEarlyClientError);
+    this.client.removeListener('close', this.onEarlyClientClose);
+    setSocketOptions(socket, this.host.keepAliveMs);
+    const route = this.host.currentRoute();
+    if (route.proxyProtocol) {
+      socket.write(
+        proxyHeader(route.proxyProtocol, {
+          sourceAddress: this.client.remoteAddress ?? '',
+          sourcePort: this.client.remotePort ?? 0,
+          destinationAddress: this.client.localAddress ?? '',
+          destinationPort: this.client.localPort ?? 0,
+        }),
+      );
+    }
+    this.pair = this.host.relay.start(
+      this.client,
+      socket,
+      { idleTimeoutMs: routeLimits(route).idleTimeoutMs },
+      { onClose: this.onRelayClose },
+    );
+  };
+
+  private readonly onRelayClose = (reason: RelayCloseReason): void => {
+    if (reason === 'idle-timeout') this.host.stats.idleTimeouts++;
+    this.host.stats.closedBytesIn += this.pair?.bytesIn ?? 0;
+    this.host.stats.closedBytesOut += this.pair?.bytesOut ?? 0;
+    this.finish(reason);
+  };
+
+  private readonly onEarlyClientError = (): void => {
+    this.abort();
+  };
+
+  private readonly onEarlyClientClose = (): void => {
+    this.abort();
+  };
+
+  /** The client went away (or a drain expired) before the relay started. */
+  private abort(): void {
+    if (this.done) return;
+    clearTimeout(this.connectTimer);
+    if (this.backendSocket) {
+      this.backendSocket.on('error', ignoreError);
+      this.backendSocket.destroy();
+    }
+    this.client.destroy();
+    this.finish('aborted');
+  }
+
+  private releaseBackend(): void {
+    if (this.holdsBackend && this.backend) this.host.backendReleased(this.backend.id);
+    this.holdsBackend = false;
+  }
+
+  private finish(reason: RelayCloseReason | 'refused' | 'aborted'): void {
+    if (this.done) return;
+    this.done = true;
+    clearTimeout(this.connectTimer);
+    this.cancelDrain();
+    this.releaseBackend();
+    this.host.connectionClosed(this, reason);
+  }
+}
+
+function ignoreError(): void {
+  // A socket being thrown away may still report its error; nothing is left to tell.
+}
+
+export function setSocketOptions(socket: Socket, keepAliveMs: number): void {
+  socket.setNoDelay(true);
+  if (keepAliveMs > 0) socket.setKeepAlive(true, keepAliveMs);
+}

@@ -1,0 +1,30 @@
+/**
+ * Chooses the byte mover: the native splice relay when its addon is built and loadable, the
+ * pure-JS relay otherwise. `SF_RELAY=js|native` overrides the `auto` choice.
+ */
+import { ErrorCode, SfError } from './errors';
+import type { Relay } from './relay';
+import { createJsRelay } from './relay-js';
+
+export type RelayChoice = 'auto' | 'js' | 'native';
+
+function loadNativeRelay(): Relay | undefined {
+  try {
+    // Loaded lazily so that a router without the addon never touches native code.
+    const mod = require('./relay-native') as { createNativeRelay?: () => Relay | undefined };
+    return mod.createNativeRelay?.();
+  } catch {
+    return undefined;
+  }
+}
+
+export function selectRelay(choice: RelayChoice = 'auto'): Relay {
+  const wanted = choice === 'auto' ? ((process.env.SF_RELAY as RelayChoice | undefined) ?? 'auto') : choice;
+  if (wanted === 'js') return createJsRelay();
+  const native = loadNativeRelay();
+  if (native) return native;
+  if (wanted === 'native') {
+    throw new SfError(ErrorCode.InvalidOption, 'relay native was asked for but the addon is not built (run npm run setup)', 'relay');
+  }
+  return createJsRelay();
+}

@@ -1,0 +1,198 @@
+/**
+ * One route port: its listening socket, its balancer and its live connections. A new table
+ * replaces the route in place; the listener decides each live connection's fate (keep, drain,
+ * kill) from how its backend changed.
+ */
+import { createServer, type Server, type Socket } from 'node:net';
+import type { Balancer } from './balancer';
+import { createBalancer } from './balancer-factory';
+import { ErrorCode, SfError } from './errors';
+import type { Logger } from './logger';
+import { ProxiedConnection, setSocketOptions, type ConnectionHost } from './proxied-connection';
+import type { Relay, RelayCloseReason } from './relay';
+import { routeLimits, type Backend, type Route } from './route-model';
+import { newRouteStats, type RouteStats } from './route-stats';
+
+export interface ListenerEnvironment {
+  relay: Relay;
+  logger: Logger;
+  bindHost: string;
+  backlog: number;
+  keepAliveMs: number;
+  /** Shared across listeners: admits a connection under the router-wide limit. */
+  admit(): boolean;
+  released(): void;
+  /** False while a fail-closed router has lost its route source. */
+  serving(): boolean;
+}
+
+export type ConnectionFate = 'keep' | 'drain' | 'kill';
+
+/**
+ * Decides what a table change means for a live connection. Fencing wins over everything: a
+ * fenced state, a newer epoch, or (in primary mode) a backend that is no longer the primary
+ * it was connected as, all cut the connection at once.
+ */
+export function connectionFate(route: Route, connected: Backend, connectedEpoch: number): ConnectionFate {
+  const now = route.backends.find((b) => b.id === connected.id);
+  if (!now) return 'drain';
+  if (now.state === 'fenced' || now.epoch > connectedEpoch) return 'kill';
+  if (route.mode === 'primary') {
+    if (now.role !== 'primary') return 'kill';
+    const newerPrimary = route.backends.some((b) => b.role === 'primary' && b.state !== 'fenced' && b.epoch > now.epoch);
+    if (newerPrimary) return 'kill';
+  }
+  if (now.state === 'draining') return 'drain';
+  return 'keep';
+}
+
+export class RouteListener implements ConnectionHost {
+  readonly stats: RouteStats;
+  readonly relay: Relay;
+  readonly keepAliveMs: number;
+  readonly connections = new Set<ProxiedConnection>();
+  private route: Route;
+  private balancer: Balancer;
+  private readonly activeByBackend = new Map<string, number>();
+  private readonly server: Server;
+  private retired = false;
+  private onEmpty: (() => void) | undefined;
+
+  constructor(
+    route: Route,
+    private readonly env: ListenerEnvironment,
+  ) {
+    this.route = route;
+    this.stats = newRouteStats(route.port);
+    this.relay = env.relay;
+    this.keepAliveMs = env.keepAliveMs;
+    this.balancer = this.buildBalancer(route);
+    // pauseOnConnect keeps the client's first bytes in the kernel until a backend is connected
+    // (and a PROXY header, if any, is written ahead of them).
+    this.server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, this.onConnection);
+  }
+
+  get port(): number {
+    return this.route.port;
+  }
+
+  listen(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const onError = (err: NodeJS.ErrnoException): void => {
+        reject(new SfError(ErrorCode.ListenFailed, `cannot listen on ${this.env.bindHost}:${this.route.port}: ${err.code ?? err.message}`, 'port'));
+      };
+      this.server.once('error', onError);
+      this.server.listen({ host: this.env.bindHost, port: this.route.port, backlog: this.env.backlog }, () => {
+        this.server.removeListener('error', onError);
+        this.server.on('error', (err) => this.env.logger.error({ err, port: this.route.port }, 'listener error'));
+        resolve();
+      });
+    });
+  }
+
+  currentRoute(): Route {
+    return this.route;
+  }
+
+  pickBackend(tried: ReadonlySet<string>): Backend | undefined {
+    return this.balancer.pick(tried);
+  }
+
+  backendAcquired(backendId: string): void {
+    this.activeByBackend.set(backendId, (this.activeByBackend.get(backendId) ?? 0) + 1);
+  }
+
+  backendReleased(backendId: string): void {
+    const n = (this.activeByBackend.get(backendId) ?? 1) - 1;
+    if (n <= 0) this.activeByBackend.delete(backendId);
+    else this.activeByBackend.set(backendId, n);
+  }
+
+  activeFor(backendId: string): number {
+    return this.activeByBackend.get(backendId) ?? 0;
+  }
+
+  connectionClosed(conn: ProxiedConnection, reason: RelayCloseReason | 'refused' | 'aborted'): void {
+    if (!this.connections.delete(conn)) return;
+    this.stats.active--;
+    this.env.released();
+    if (this.env.logger.isLevelEnabled('debug')) {
+      this.env.logger.debug({ port: this.route.port, backend: conn.backend?.id, reason, bytesIn: conn.bytesIn, bytesOut: conn.bytesOut }, 'connection closed');
+    }
+    if (this.connections.size === 0 && this.onEmpty) this.onEmpty();
+  }
+
+  /** Takes a new version of this port's route; returns how many connections were killed. */
+  update(route: Route): number {
+    this.route = route;
+    this.balancer = this.buildBalancer(route);
+    let killed = 0;
+    for (const conn of this.connections) {
+      if (!conn.backend) continue;
+      const fate = connectionFate(route, conn.backend, conn.epoch);
+      if (fate === 'kill') {
+        this.stats.killedFenced++;
+        killed++;
+        conn.kill();
+        continue;
+      }
+      if (fate === 'drain') {
+        conn.drain(routeLimits(route).drainTimeoutMs, this.onDrainExpired);
+        continue;
+      }
+      conn.cancelDrain();
+      conn.backend = route.backends.find((b) => b.id === conn.backend!.id) ?? conn.backend;
+    }
+    return killed;
+  }
+
+  /** The port left the table: stop accepting and drain what is connected. */
+  retire(onGone: () => void): void {
+    this.retired = true;
+    this.server.close();
+    const drainMs = routeLimits(this.route).drainTimeoutMs;
+    if (this.connections.size === 0) {
+      onGone();
+      return;
+    }
+    this.onEmpty = onGone;
+    for (const conn of this.connections) conn.drain(drainMs, this.onDrainExpired);
+  }
+
+  /** Cuts every connection at once (fail-closed, shutdown). */
+  killAll(): void {
+    for (const conn of this.connections) conn.kill();
+  }
+
+  close(): Promise<void> {
+    this.retired = true;
+    this.killAll();
+    return new Promise((resolve) => this.server.close(() => resolve()));
+  }
+
+  private buildBalancer(route: Route): Balancer {
+    return createBalancer(route, { active: (id) => this.activeFor(id) });
+  }
+
+  private readonly onDrainExpired = (): void => {
+    this.stats.killedDrained++;
+  };
+
+  private readonly onConnection = (client: Socket): void => {
+    if (this.retired || !this.env.serving()) {
+      client.destroy();
+      return;
+    }
+    if (this.stats.active >= routeLimits(this.route).maxConnections || !this.env.admit()) {
+      this.stats.refusedMaxConnections++;
+      client.destroy();
+      return;
+    }
+    this.stats.active++;
+    this.stats.total++;
+    setSocketOptions(client, this.keepAliveMs);
+    const conn = new ProxiedConnection(client, this);
+    this.connections.add(conn);
+    conn.start();
+  };
+}

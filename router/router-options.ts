@@ -1,0 +1,46 @@
+/**
+ * Router-wide options. Per-route limits live in the route model (DEFAULT_ROUTE_LIMITS).
+ */
+import type { Relay } from './relay';
+import type { Logger } from './logger';
+
+export type DisconnectPolicy = 'keep-last' | 'fail-closed';
+
+export interface RouterOptions {
+  /**
+   * Address the route ports listen on.
+   * @default '127.0.0.1' (every listen address defaults to loopback; use '0.0.0.0' to serve a network)
+   */
+  bindHost: string;
+  /**
+   * Connections across all routes; a client beyond it is closed at once.
+   * @default 100000
+   */
+  maxConnections: number;
+  /**
+   * What to do while the route source has lost its upstream (Redis, control).
+   * @default 'keep-last'
+   */
+  onDisconnect: DisconnectPolicy;
+  /**
+   * TCP keepalive probe delay on both sides; 0 disables keepalive.
+   * @default 30000
+   */
+  keepAliveMs: number;
+  /**
+   * listen(2) backlog per route port.
+   * @default 511
+   */
+  backlog: number;
+  /** The byte mover; the JS relay when not given. */
+  relay?: Relay;
+  logger?: Logger;
+}
+
+export const DEFAULT_ROUTER_OPTIONS: Readonly<Omit<RouterOptions, 'relay' | 'logger'>> = {
+  bindHost: '127.0.0.1',
+  maxConnections: 100_000,
+  onDisconnect: 'keep-last',
+  keepAliveMs: 30_000,
+  backlog: 511,
+};

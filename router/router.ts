@@ -1,0 +1,213 @@
+/**
+ * The router: serves a route table on its ports. Applying a table is synchronous up to the
+ * point where every fenced connection is already destroyed; only opening new ports waits.
+ */
+import { ErrorCode, SfError } from './errors';
+import { createLogger, type Logger } from './logger';
+import type { Relay } from './relay';
+import { createJsRelay } from './relay-js';
+import type { RouteTable } from './route-model';
+import { RouteListener, type ListenerEnvironment } from './route-listener';
+import type { RouteSource } from './route-source';
+import type { RouteStats } from './route-stats';
+import { DEFAULT_ROUTER_OPTIONS, type RouterOptions } from './router-options';
+
+export interface ApplyResult {
+  version: number;
+  opened: number[];
+  closed: number[];
+  updated: number;
+  killed: number;
+  /** Ports that could not be opened (in use, no permission); the rest of the table applies. */
+  failed: Array<{ port: number; error: SfError }>;
+}
+
+export interface RouterStatus {
+  tableVersion: number;
+  routes: number;
+  activeConnections: number;
+  relay: Relay['kind'];
+  source: string | undefined;
+  sourceConnected: boolean;
+  serving: boolean;
+}
+
+export class Router {
+  readonly options: Readonly<Omit<RouterOptions, 'relay' | 'logger'>>;
+  readonly relay: Relay;
+  readonly logger: Logger;
+  private table: RouteTable = { version: 0, routes: [] };
+  private readonly listeners = new Map<number, RouteListener>();
+  /** Listeners of removed ports whose connections are still draining. */
+  private readonly retiring = new Set<RouteListener>();
+  private activeConnections = 0;
+  private source: RouteSource | undefined;
+  private sourceConnected = true;
+  private closed = false;
+  private lastApply: Promise<ApplyResult> | undefined;
+  private readonly env: ListenerEnvironment;
+
+  constructor(options: Partial<RouterOptions> = {}) {
+    const { relay, logger, ...rest } = options;
+    this.options = { ...DEFAULT_ROUTER_OPTIONS, ...rest };
+    this.relay = relay ?? createJsRelay();
+    this.logger = logger ?? createLogger('router');
+    this.env = {
+      relay: this.relay,
+      logger: this.logger,
+      bindHost: this.options.bindHost,
+      backlog: this.options.backlog,
+      keepAliveMs: this.options.keepAliveMs,
+      admit: () => {
+        if (this.activeConnections >= this.options.maxConnections) return false;
+        this.activeConnections++;
+        return true;
+      },
+      released: () => {
+        this.activeConnections--;
+      },
+      serving: () => this.serving(),
+    };
+  }
+
+  /** Starts serving tables from `source`; rejects if its first table cannot be served. */
+  async start(source: RouteSource): Promise<void> {
+    this.source = source;
+    let firstError: SfError | undefined;
+    await source.start({
+      onTable: (table) => {
+        this.lastApply = this.applyTable(table);
+        this.lastApply.then(
+          (r) => r.failed.forEach((f) => this.logger.error({ port: f.port, code: f.error.code }, f.error.message)),
+          () => undefined,
+        );
+      },
+      onError: (err) => {
+        firstError ??= err;
+        this.logger.error({ code: err.code, field: err.field, source: source.description }, err.message);
+      },
+      onConnectivity: (connected) => this.setSourceConnected(connected),
+    });
+    const first = await this.lastApply;
+    if (!first) throw firstError ?? new SfError(ErrorCode.RouteSource, `${source.description} delivered no route table`);
+    if (first.failed.length > 0) {
+      await this.close();
+      throw first.failed[0]!.error;
+    }
+  }
+
+  /** Re-reads the source (SIGHUP). */
+  async reload(): Promise<void> {
+    await this.source?.reload();
+  }
+
+  currentTable(): RouteTable {
+    return this.table;
+  }
+
+  /**
+   * Serves `table` from now on. Connections to fenced backends are destroyed before this
+   * returns its promise; new ports are open when the promise resolves.
+   */
+  applyTable(table: RouteTable): Promise<ApplyResult> {
+    if (this.closed) return Promise.reject(new SfError(ErrorCode.RouteSource, 'router is closed'));
+    const result: ApplyResult = { version: table.version, opened: [], closed: [], updated: 0, killed: 0, failed: [] };
+    const wanted = new Map(table.routes.map((r) => [r.port, r]));
+    for (const [port, listener] of this.listeners) {
+      if (wanted.has(port)) continue;
+      this.listeners.delete(port);
+      this.retiring.add(listener);
+      listener.retire(() => this.retiring.delete(listener));
+      result.closed.push(port);
+    }
+    const opening: Array<Promise<void>> = [];
+    for (const route of table.routes) {
+      const existing = this.listeners.get(route.port);
+      if (existing) {
+        if (existing.currentRoute() !== route) {
+          result.killed += existing.update(route);
+          result.updated++;
+        }
+        continue;
+      }
+      const listener = new RouteListener(route, this.env);
+      this.listeners.set(route.port, listener);
+      opening.push(
+        listener.listen().then(
+          () => {
+            result.opened.push(route.port);
+          },
+          (error: SfError) => {
+            if (this.listeners.get(route.port) === listener) this.listeners.delete(route.port);
+            result.failed.push({ port: route.port, error });
+          },
+        ),
+      );
+    }
+    this.table = table;
+    if (result.killed > 0) this.logger.info({ version: table.version, killed: result.killed }, 'fenced connections destroyed');
+    return Promise.all(opening).then(() => {
+      this.logger.info(
+        { version: table.version, routes: table.routes.length, opened: result.opened.length, closed: result.closed.length, updated: result.updated, failed: result.failed.length },
+        'route table applied',
+      );
+      return result;
+    });
+  }
+
+  status(): RouterStatus {
+    return {
+      tableVersion: this.table.version,
+      routes: this.table.routes.length,
+      activeConnections: this.activeConnections,
+      relay: this.relay.kind,
+      source: this.source?.description,
+      sourceConnected: this.sourceConnected,
+      serving: this.serving(),
+    };
+  }
+
+  /** Counters of every listening and draining port, with live byte counts folded in. */
+  routeStats(): RouteStats[] {
+    const out: RouteStats[] = [];
+    for (const listener of [...this.listeners.values(), ...this.retiring]) {
+      let liveIn = 0;
+      let liveOut = 0;
+      for (const c of listener.connections) {
+        liveIn += c.bytesIn;
+        liveOut += c.bytesOut;
+      }
+      out.push({ ...listener.stats, closedBytesIn: listener.stats.closedBytesIn + liveIn, closedBytesOut: listener.stats.closedBytesOut + liveOut });
+    }
+    return out;
+  }
+
+  /** Live connection count per backend id of the route on `port` (tests, least-conn checks). */
+  activeByBackend(port: number, backendId: string): number {
+    return this.listeners.get(port)?.activeFor(backendId) ?? 0;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.source?.stop();
+    const all = [...this.listeners.values(), ...this.retiring];
+    this.listeners.clear();
+    this.retiring.clear();
+    await Promise.all(all.map((l) => l.close()));
+  }
+
+  private serving(): boolean {
+    return this.sourceConnected || this.options.onDisconnect === 'keep-last';
+  }
+
+  private setSourceConnected(connected: boolean): void {
+    if (this.sourceConnected === connected) return;
+    this.sourceConnected = connected;
+    this.logger.warn({ connected, policy: this.options.onDisconnect }, connected ? 'route source reconnected' : 'route source lost');
+    if (!connected && this.options.onDisconnect === 'fail-closed') {
+      // Without its source the router cannot learn of fences, so fail-closed cuts everything.
+      for (const l of this.listeners.values()) l.killAll();
+    }
+  }
+}
