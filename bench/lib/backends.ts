@@ -1,0 +1,39 @@
+/**
+ * The real peers every target relays to: one redis-server (no persistence, so disk never shows
+ * up in the numbers) and one `iperf3 -s`.
+ */
+import { freePort, runToCompletion, startProcess, waitForPort, type ManagedProcess } from './processes';
+
+export interface Backends {
+  host: string;
+  redisPort: number;
+  iperfPort: number;
+  redis: ManagedProcess;
+  iperf: ManagedProcess;
+}
+
+export async function startRedis(port: number, maxClients = 20_000): Promise<ManagedProcess> {
+  const proc = startProcess(
+    'redis-server',
+    'redis-server',
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'no', '--maxclients', String(maxClients), '--daemonize', 'no', '--loglevel', 'warning'],
+    // redis lowers maxclients to fit RLIMIT_NOFILE, so raise it for the idle-connection runs.
+    { fileLimit: maxClients + 1024 },
+  );
+  await waitForPort(port, proc);
+  return proc;
+}
+
+export async function startBackends(): Promise<Backends> {
+  const redisPort = await freePort();
+  const iperfPort = await freePort();
+  const redis = await startRedis(redisPort);
+  const iperf = startProcess('iperf3 -s', 'iperf3', ['-s', '-p', String(iperfPort), '-B', '127.0.0.1']);
+  await waitForPort(iperfPort, iperf);
+  return { host: '127.0.0.1', redisPort, iperfPort, redis, iperf };
+}
+
+export async function redisServerVersion(): Promise<string> {
+  const result = await runToCompletion('redis-server', 'redis-server', ['--version']);
+  return result.stdout.trim();
+}

@@ -1,0 +1,327 @@
+/**
+ * Question: how does the router relay compare with HAProxy and with no proxy at all, on the
+ * same backend, with the same clients, on this machine right now? (DESIGN.md "Targets", issues
+ * 2 and 6.)
+ *
+ * Every target runs at once; samples alternate between targets and the order rotates each round,
+ * so background load on a shared machine spreads over all columns. Medians and ratios are what
+ * to read, not absolute numbers.
+ *
+ *   npm run bench:router -- [--quick] [--rounds N] [--only direct,haproxy,router-js]
+ */
+import { arch, cpus, release } from 'node:os';
+import { startBackends, redisServerVersion } from './lib/backends';
+import { runConnRate, type ConnRateResult } from './lib/conn-rate';
+import { haproxyVersion } from './lib/haproxy';
+import { iperfVersion, runIperf, type IperfResult } from './lib/iperf';
+import { sleep, stopAll } from './lib/processes';
+import { redisBenchmarkVersion, runRedisBenchmark, type RedisBenchRow } from './lib/redis-bench';
+import { formatNumber, formatRatio, formatTable, median, writeResults } from './lib/report';
+import { routerCliAvailable, routerSupportsFlag } from './lib/router-process';
+import { startTarget, targetThreads, type RunningTarget, type TargetSpec } from './lib/targets';
+
+interface Settings {
+  quick: boolean;
+  rounds: number;
+  only: string[] | undefined;
+  clients: number;
+  requestsP1: number;
+  requestsP16: number;
+  iperfSeconds: number;
+  connSeconds: number;
+  connConcurrency: number;
+}
+
+interface MetricDef {
+  key: string;
+  label: string;
+  better: 'higher' | 'lower';
+}
+
+const METRICS: MetricDef[] = [
+  { key: 'get_p1_rps', label: 'GET ops/s -P 1', better: 'higher' },
+  { key: 'set_p1_rps', label: 'SET ops/s -P 1', better: 'higher' },
+  { key: 'get_p16_rps', label: 'GET ops/s -P 16', better: 'higher' },
+  { key: 'set_p16_rps', label: 'SET ops/s -P 16', better: 'higher' },
+  { key: 'get_p1_p50_ms', label: 'GET p50 ms -P 1', better: 'lower' },
+  { key: 'get_p1_p99_ms', label: 'GET p99 ms -P 1', better: 'lower' },
+  { key: 'set_p1_p50_ms', label: 'SET p50 ms -P 1', better: 'lower' },
+  { key: 'set_p1_p99_ms', label: 'SET p99 ms -P 1', better: 'lower' },
+  { key: 'iperf_gbps', label: 'iperf3 Gbit/s', better: 'higher' },
+  { key: 'conn_per_s', label: 'new conn/s', better: 'higher' },
+  { key: 'conn_cycle_p99_ms', label: 'conn cycle p99 ms', better: 'lower' },
+];
+
+type Measurement = 'redis-p1' | 'redis-p16' | 'iperf' | 'conn-rate';
+const MEASUREMENTS: Measurement[] = ['redis-p1', 'redis-p16', 'iperf', 'conn-rate'];
+
+interface RawSample {
+  round: number;
+  target: string;
+  measurement: Measurement;
+  startedAt: string;
+  durationMs: number;
+  result?: RedisBenchRow[] | IperfResult | ConnRateResult;
+  error?: string;
+}
+
+function parseArgs(argv: string[]): Settings {
+  const quick = argv.includes('--quick');
+  const value = (name: string): string | undefined => {
+    const i = argv.indexOf(name);
+    return i >= 0 ? argv[i + 1] : undefined;
+  };
+  const rounds = Number(value('--rounds') ?? (quick ? 1 : 3));
+  if (!Number.isInteger(rounds) || rounds < 1) throw new Error('--rounds must be a positive integer');
+  return {
+    quick,
+    rounds,
+    only: value('--only')?.split(',').map((s) => s.trim()).filter(Boolean),
+    clients: 50,
+    requestsP1: quick ? 5_000 : 50_000,
+    requestsP16: quick ? 50_000 : 500_000,
+    iperfSeconds: quick ? 1 : 4,
+    connSeconds: quick ? 1 : 3,
+    connConcurrency: 50,
+  };
+}
+
+/** The full column set; `workers2` adds the two-thread/two-worker pairs (issue 6). */
+function allSpecs(workers2: boolean): TargetSpec[] {
+  const specs: TargetSpec[] = [
+    { name: 'direct', kind: 'direct' },
+    { name: 'haproxy', kind: 'haproxy', threads: 1, splice: false },
+    { name: 'haproxy-splice', kind: 'haproxy', threads: 1, splice: true },
+    { name: 'naive-pipe', kind: 'naive-pipe' },
+    { name: 'router-js', kind: 'router', relay: 'js', workers: workers2 ? 1 : undefined },
+    { name: 'router-native', kind: 'router', relay: 'native', workers: workers2 ? 1 : undefined },
+  ];
+  if (workers2) {
+    specs.push(
+      { name: 'haproxy-2t', kind: 'haproxy', threads: 2, splice: false },
+      { name: 'haproxy-splice-2t', kind: 'haproxy', threads: 2, splice: true },
+      { name: 'router-js-w2', kind: 'router', relay: 'js', workers: 2 },
+      { name: 'router-native-w2', kind: 'router', relay: 'native', workers: 2 },
+    );
+  }
+  return specs;
+}
+
+function rotate<T>(list: readonly T[], by: number): T[] {
+  const n = list.length;
+  return list.map((_, i) => list[(i + by) % n]);
+}
+
+function metricsOf(measurement: Measurement, result: RedisBenchRow[] | IperfResult | ConnRateResult): Record<string, number> {
+  switch (measurement) {
+    case 'redis-p1':
+    case 'redis-p16': {
+      const p = measurement === 'redis-p1' ? 'p1' : 'p16';
+      const out: Record<string, number> = {};
+      for (const row of result as RedisBenchRow[]) {
+        out[`${row.test}_${p}_rps`] = row.rps;
+        if (p === 'p1') {
+          out[`${row.test}_p1_p50_ms`] = row.p50Ms;
+          out[`${row.test}_p1_p99_ms`] = row.p99Ms;
+        }
+      }
+      return out;
+    }
+    case 'iperf':
+      return { iperf_gbps: (result as IperfResult).gbitPerSecond };
+    case 'conn-rate': {
+      const r = result as ConnRateResult;
+      return { conn_per_s: r.connectionsPerSecond, conn_cycle_p50_ms: r.p50Ms, conn_cycle_p99_ms: r.p99Ms };
+    }
+  }
+}
+
+async function measure(measurement: Measurement, target: RunningTarget, s: Settings): Promise<RedisBenchRow[] | IperfResult | ConnRateResult> {
+  const host = '127.0.0.1';
+  switch (measurement) {
+    case 'redis-p1':
+      return runRedisBenchmark({ host, port: target.redisPort, clients: s.clients, requests: s.requestsP1, pipeline: 1, tests: ['get', 'set'] });
+    case 'redis-p16':
+      return runRedisBenchmark({ host, port: target.redisPort, clients: s.clients, requests: s.requestsP16, pipeline: 16, tests: ['get', 'set'] });
+    case 'iperf':
+      return runIperf({ host, port: target.iperfPort, seconds: s.iperfSeconds, streams: 1 });
+    case 'conn-rate':
+      return runConnRate({ host, port: target.redisPort, seconds: s.connSeconds, concurrency: s.connConcurrency });
+  }
+}
+
+/** The HAProxy column a target is compared with: same thread count, splice or not. */
+function matchingHaproxy(spec: TargetSpec, names: Set<string>, splice: boolean): string | undefined {
+  const suffix = targetThreads(spec) === 2 ? '-2t' : '';
+  const name = `haproxy${splice ? '-splice' : ''}${suffix}`;
+  return names.has(name) ? name : undefined;
+}
+
+interface RatioSet {
+  target: string;
+  reference: string;
+  values: Record<string, number>;
+}
+
+function computeRatios(running: RunningTarget[], medians: Record<string, Record<string, number>>): RatioSet[] {
+  const names = new Set(running.map((t) => t.spec.name));
+  const out: RatioSet[] = [];
+  for (const t of running) {
+    if (t.spec.kind === 'direct' || t.spec.kind === 'haproxy') continue;
+    const refs = [names.has('direct') ? 'direct' : undefined, matchingHaproxy(t.spec, names, false), matchingHaproxy(t.spec, names, true)];
+    for (const ref of refs) {
+      if (!ref) continue;
+      const values: Record<string, number> = {};
+      for (const m of METRICS) values[m.key] = medians[t.spec.name][m.key] / medians[ref][m.key];
+      out.push({ target: t.spec.name, reference: ref, values });
+    }
+  }
+  return out;
+}
+
+/**
+ * Whether a ratio meets the goal for its row: throughput at least the reference's (HAProxy) or
+ * within 10% of it (direct); latency no worse by the same margins.
+ */
+function goalMet(metric: MetricDef, ratio: number, reference: string): boolean {
+  const slack = reference === 'direct' ? 0.1 : 0;
+  return metric.better === 'higher' ? ratio >= 1 - slack : ratio <= 1 + slack;
+}
+
+async function main(): Promise<void> {
+  const settings = parseArgs(process.argv.slice(2));
+  const workers2 = await routerSupportsFlag('--workers');
+  let specs = allSpecs(workers2);
+  if (settings.only) {
+    const wanted = new Set(settings.only);
+    const unknown = [...wanted].filter((n) => !specs.some((s) => s.name === n));
+    if (unknown.length > 0) throw new Error(`--only: unknown target(s) ${unknown.join(', ')}; known: ${specs.map((s) => s.name).join(', ')}`);
+    specs = specs.filter((s) => wanted.has(s.name));
+  }
+
+  const backends = await startBackends();
+  const running: RunningTarget[] = [];
+  const skipped: Array<{ target: string; reason: string }> = [];
+  for (const spec of specs) {
+    const started = await startTarget(spec, backends);
+    if (started.ok) running.push(started.target);
+    else skipped.push({ target: spec.name, reason: started.reason });
+  }
+  if (!workers2) {
+    skipped.push({ target: 'router-*-w2', reason: routerCliAvailable() ? '`sf router --help` has no --workers yet' : 'router CLI not built' });
+  }
+  for (const s of skipped) process.stderr.write(`skipped ${s.target}: ${s.reason}\n`);
+
+  const versions = {
+    haproxy: await haproxyVersion(),
+    redisServer: await redisServerVersion(),
+    redisBenchmark: await redisBenchmarkVersion(),
+    iperf3: await iperfVersion(),
+    node: process.version,
+  };
+  const samples: Record<string, Record<string, number[]>> = {};
+  for (const t of running) samples[t.spec.name] = {};
+  const raw: RawSample[] = [];
+  const startedAt = new Date().toISOString();
+
+  const snapshot = (complete: boolean): Record<string, unknown> => {
+    const medians: Record<string, Record<string, number>> = {};
+    for (const t of running) {
+      medians[t.spec.name] = {};
+      for (const [key, values] of Object.entries(samples[t.spec.name])) medians[t.spec.name][key] = median(values);
+    }
+    const ratios = computeRatios(running, medians);
+    return {
+      benchmark: 'router-vs-haproxy',
+      complete,
+      date: startedAt,
+      finishedAt: complete ? new Date().toISOString() : undefined,
+      host: { cpus: cpus().length, cpuModel: cpus()[0]?.model, kernel: release(), arch: arch() },
+      versions,
+      settings,
+      metrics: METRICS,
+      targets: running.map((t) => ({ name: t.spec.name, spec: t.spec, ...t.info })),
+      skipped,
+      medians,
+      ratios: ratios.map((r) => ({ name: `${r.target}/${r.reference}`, ...r })),
+      samples,
+      raw,
+    };
+  };
+
+  const order = running;
+  for (let round = 0; round < settings.rounds; round++) {
+    const rotated = rotate(order, round % order.length);
+    process.stderr.write(`round ${round + 1}/${settings.rounds}: ${rotated.map((t) => t.spec.name).join(' → ')}\n`);
+    for (const measurement of MEASUREMENTS) {
+      for (const target of rotated) {
+        const t0 = Date.now();
+        const sample: RawSample = { round, target: target.spec.name, measurement, startedAt: new Date(t0).toISOString(), durationMs: 0 };
+        try {
+          if (target.proc && target.proc.child.exitCode !== null) throw new Error(`${target.spec.name} exited:\n${target.proc.output().slice(-2000)}`);
+          const result = await measure(measurement, target, settings);
+          sample.result = result;
+          for (const [key, value] of Object.entries(metricsOf(measurement, result))) {
+            (samples[target.spec.name][key] ??= []).push(value);
+          }
+        } catch (err) {
+          sample.error = String(err).slice(0, 2000);
+          process.stderr.write(`  ${target.spec.name} ${measurement}: ${sample.error.split('\n')[0]}\n`);
+        }
+        sample.durationMs = Date.now() - t0;
+        raw.push(sample);
+        // Let sockets in TIME_WAIT and the previous target's CPU burst settle between samples.
+        await sleep(200);
+      }
+      process.stderr.write(`  ${measurement} done\n`);
+    }
+    // Written after every round so an interrupted run still leaves its samples behind.
+    writeResults('router', snapshot(false));
+  }
+
+  const result = snapshot(true);
+  const path = writeResults('router', result);
+  printReport(result, running);
+  process.stdout.write(`\nresults: ${path}\n`);
+}
+
+function printReport(result: Record<string, unknown>, running: RunningTarget[]): void {
+  const medians = result.medians as Record<string, Record<string, number>>;
+  const ratios = computeRatios(running, medians);
+  const names = running.map((t) => t.spec.name);
+  const relayNote = running.filter((t) => t.spec.kind === 'router').map((t) => `${t.spec.name}: relay=${String(t.info.relay)}`);
+  process.stdout.write(`\nMedians (${(result.settings as Settings).rounds} round(s)); ${relayNote.join(', ') || 'no router column'}\n\n`);
+  process.stdout.write(
+    `${formatTable(
+      ['metric', ...names],
+      METRICS.map((m) => [m.label, ...names.map((n) => formatNumber(medians[n][m.key]))]),
+    )}\n`,
+  );
+  const byTarget = new Map<string, RatioSet[]>();
+  for (const r of ratios) byTarget.set(r.target, [...(byTarget.get(r.target) ?? []), r]);
+  for (const [target, sets] of byTarget) {
+    process.stdout.write(`\nRatios for ${target} (value / reference; * = goal missed on this row)\n\n`);
+    process.stdout.write(
+      `${formatTable(
+        ['metric', 'better', ...sets.map((s) => `/${s.reference}`)],
+        METRICS.map((m) => [
+          m.label,
+          m.better,
+          ...sets.map((s) => {
+            const v = s.values[m.key];
+            return `${formatRatio(v)}${Number.isNaN(v) || goalMet(m, v, s.reference) ? ' ' : '*'}`;
+          }),
+        ]),
+      )}\n`,
+    );
+  }
+  for (const s of result.skipped as Array<{ target: string; reason: string }>) process.stdout.write(`\nskipped ${s.target}: ${s.reason}`);
+  process.stdout.write('\n');
+}
+
+main()
+  .catch((err: unknown) => {
+    process.stderr.write(`${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exitCode = 1;
+  })
+  .finally(() => stopAll());
