@@ -1,0 +1,167 @@
+/**
+ * The cell ⇄ control protocol in Redis: key names, message shapes and their schemas.
+ *
+ * Ownership is strict so that no key has two writers:
+ * - control writes `desired`, pushes `orders` and publishes on `notify`;
+ * - the cell writes its registration key, `actual`, order results and publishes on `sf:cell-events`.
+ *
+ * Flow: control HSETs an instance spec into `sf:cell:{name}:desired` and PUBLISHes `desired` on
+ * `sf:cell:{name}:notify`; the cell re-reads the whole hash (it also polls, so a lost message only
+ * costs latency), starts what is new, stops what disappeared, and reports every change in
+ * `sf:cell:{name}:actual` plus an `actual` event on `sf:cell-events`. One-shot actions (promote,
+ * repoint, fence, copy a volume, ...) are orders: control LPUSHes an `Order` onto
+ * `sf:cell:{name}:orders`, the cell BRPOPs it, executes it and writes `sf:order:{orderId}`
+ * (kept for ORDER_RESULT_TTL_MS) and publishes an `order-result` event. See docs/cells.md.
+ */
+import { z } from 'zod';
+
+export const CELL_KEY_PREFIX = 'sf:cell:';
+/** Set of every cell name that ever registered; liveness is the registration key's existence. */
+export const CELLS_SET_KEY = 'sf:cells';
+/** One channel for all cells' reports, so control needs one subscription. */
+export const CELL_EVENTS_CHANNEL = 'sf:cell-events';
+
+export const cellKeys = {
+  /** String, JSON `CellRecord`, with a PX TTL refreshed by the heartbeat. Absent = cell dead. */
+  registration: (cell: string): string => `${CELL_KEY_PREFIX}${cell}`,
+  /** Hash instanceId -> JSON `InstanceSpec`. Written by control only. */
+  desired: (cell: string): string => `${CELL_KEY_PREFIX}${cell}:desired`,
+  /** Hash instanceId -> JSON `ActualInstance`. Written by the cell only. */
+  actual: (cell: string): string => `${CELL_KEY_PREFIX}${cell}:actual`,
+  /** List of JSON `Order`: control LPUSHes, the cell BRPOPs (FIFO). */
+  orders: (cell: string): string => `${CELL_KEY_PREFIX}${cell}:orders`,
+  /** Pub/sub channel control publishes `desired` on after changing the desired hash. */
+  notify: (cell: string): string => `${CELL_KEY_PREFIX}${cell}:notify`,
+  /** String, JSON `OrderResult`, with a TTL. */
+  orderResult: (orderId: string): string => `sf:order:${orderId}`,
+  /** Hash lease of a primary (see lease-keeper.ts). */
+  lease: (instanceId: string): string => `sf:lease:${instanceId}`,
+  /** String: the lowest epoch a lease renewal may carry; raised by control when it fences. */
+  leaseFloor: (instanceId: string): string => `sf:lease:${instanceId}:floor`,
+} as const;
+
+export const NOTIFY_DESIRED = 'desired';
+export const ORDER_RESULT_TTL_MS = 3_600_000;
+
+export const ENGINE_KINDS = ['redis', 'postgres', 'tcp'] as const;
+export type EngineKind = (typeof ENGINE_KINDS)[number];
+export const EXECUTOR_KINDS = ['process', 'docker'] as const;
+export type ExecutorKind = (typeof EXECUTOR_KINDS)[number];
+export type InstanceRole = 'primary' | 'replica';
+export type Durability = 'sync' | 'async';
+
+const hostPortSchema = z.object({
+  host: z.string().min(1),
+  port: z.number().int().min(1).max(65535),
+});
+export type HostPort = z.infer<typeof hostPortSchema>;
+
+export const instanceSpecSchema = z.object({
+  /** Unique across the platform, e.g. `orders-db-0`; also the volume's directory name. */
+  instanceId: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/, 'letters, digits, _ . - (max 128)'),
+  service: z.string().min(1),
+  engine: z.enum(ENGINE_KINDS),
+  role: z.enum(['primary', 'replica']),
+  /** Fencing token of the primary role; only grows (DESIGN.md). */
+  epoch: z.number().int().min(0),
+  /** Bumped by control to ask for a restart of a failed or stopped instance (cells never retry). */
+  generation: z.number().int().min(0).default(0),
+  /** A fixed port; when absent the cell picks one from its port range. */
+  port: z.number().int().min(1).max(65535).optional(),
+  durability: z.enum(['sync', 'async']).default('async'),
+  /** How many replicas the service has: sync durability only waits for replicas that exist. */
+  replicas: z.number().int().min(0).default(0),
+  volume: z.object({ sizeMb: z.number().int().min(1) }),
+  /** Required when role is replica: where the primary is reachable. */
+  replicaOf: hostPortSchema.optional(),
+  /** Executor to use; defaults to the cell's default (`process`). */
+  executor: z.enum(EXECUTOR_KINDS).optional(),
+  /** Engine `tcp` only: the command, with `{port}`, `{host}` and `{dataDir}` placeholders. */
+  command: z.object({ file: z.string().min(1), args: z.array(z.string()).default([]) }).optional(),
+  /** Primary lease renewal; absent = no lease kept for this instance. */
+  lease: z.object({ ttlMs: z.number().int().min(500) }).optional(),
+});
+export type InstanceSpec = z.infer<typeof instanceSpecSchema>;
+export type InstanceSpecInput = z.input<typeof instanceSpecSchema>;
+
+export type ActualState = 'starting' | 'running' | 'failed' | 'stopping' | 'stopped' | 'fenced';
+
+/** What the cell reports per instance in `sf:cell:{name}:actual`. */
+export interface ActualInstance {
+  instanceId: string;
+  service: string;
+  engine: EngineKind;
+  executor: ExecutorKind;
+  state: ActualState;
+  /** The desired generation this state belongs to. */
+  generation: number;
+  pid: number | null;
+  host: string;
+  port: number | null;
+  role: InstanceRole;
+  epoch: number;
+  /** Engine-native position: Redis replication offset, PostgreSQL LSN `X/Y`. */
+  position: string | null;
+  /** The same position as a decimal integer string, comparable with BigInt across instances. */
+  positionValue: string | null;
+  /** true while the primary lease is held; null when no lease is kept. */
+  leaseHeld: boolean | null;
+  /** The volume directory exists on this cell (survives stop; removed by `delete-volume`). */
+  volumePresent: boolean;
+  volumeSizeMb: number;
+  lastError: { code: string; message: string } | null;
+  updatedAt: number;
+}
+
+export const orderSchema = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('promote'), orderId: z.string().min(1), instanceId: z.string(), epoch: z.number().int().min(0) }),
+  z.object({ type: z.literal('repoint'), orderId: z.string().min(1), instanceId: z.string(), primary: hostPortSchema }),
+  /** SIGKILL now; the instance stays down until control raises the desired generation. */
+  z.object({ type: z.literal('fence'), orderId: z.string().min(1), instanceId: z.string() }),
+  /** Cut this cell from peers (blackhole routes); `unfence-network` lifts it. */
+  z.object({ type: z.literal('fence-network'), orderId: z.string().min(1), peers: z.array(z.string().min(1)) }),
+  z.object({ type: z.literal('unfence-network'), orderId: z.string().min(1), peers: z.array(z.string().min(1)) }),
+  /** Copy a stopped instance's volume to a directory (shared storage) for relocation. */
+  z.object({ type: z.literal('copy-volume'), orderId: z.string().min(1), instanceId: z.string(), destination: z.string().min(1) }),
+  /** Delete a stopped instance's volume and forget it. */
+  z.object({ type: z.literal('delete-volume'), orderId: z.string().min(1), instanceId: z.string() }),
+  /** Read the replication position now (control uses it to choose whom to promote). */
+  z.object({ type: z.literal('position'), orderId: z.string().min(1), instanceId: z.string() }),
+]);
+export type Order = z.infer<typeof orderSchema>;
+export type OrderType = Order['type'];
+
+export interface OrderResult {
+  orderId: string;
+  type: OrderType | 'invalid';
+  cell: string;
+  ok: boolean;
+  /** Order-specific data, e.g. `{ position, positionValue }`. */
+  data?: Record<string, unknown>;
+  error?: { code: string; message: string };
+  finishedAt: number;
+}
+
+/** Registration value, refreshed every heartbeat. */
+export interface CellRecord {
+  name: string;
+  zone: string;
+  capacityMb: number;
+  /** Sum of the volume sizes of every instance whose volume is on this cell. */
+  usedMb: number;
+  /** Address that clients, routers and replicas use to reach this cell's instances. */
+  host: string;
+  executors: ExecutorKind[];
+  engines: EngineKind[];
+  portRange: { from: number; to: number };
+  instances: number;
+  startedAt: number;
+  heartbeatAt: number;
+  heartbeatTtlMs: number;
+}
+
+export type CellEvent =
+  | { type: 'registered'; cell: string; record: CellRecord }
+  | { type: 'actual'; cell: string; instanceId: string; actual: ActualInstance | null }
+  | { type: 'order-result'; cell: string; result: OrderResult }
+  | { type: 'deregistered'; cell: string };

@@ -1,0 +1,128 @@
+import { expect } from 'chai';
+import { Redis } from 'ioredis';
+import { PostgresEngine } from '../../control/cell/engine-postgres';
+import { RedisEngine } from '../../control/cell/engine-redis';
+import { CellErrorCode } from '../../control/cell/errors';
+import { ProcessExecutor } from '../../control/cell/executor-process';
+import { eventually, spec, tempCellDir } from '../helpers/cell-harness';
+
+describe('ProcessExecutor', function () {
+  this.timeout(180_000);
+  let cell: { dir: string; remove(): Promise<void> };
+  let executor: ProcessExecutor;
+  const clients: Redis[] = [];
+
+  beforeEach(async () => {
+    cell = await tempCellDir();
+    executor = new ProcessExecutor({ dataDir: cell.dir, portRange: { from: 21000, to: 21999 } });
+  });
+
+  afterEach(async () => {
+    for (const c of clients.splice(0)) c.disconnect();
+    for (const h of executor.handles()) await executor.kill(h.instanceId);
+    await cell.remove();
+  });
+
+  function redis(port: number): Redis {
+    const c = new Redis({ port, host: '127.0.0.1', maxRetriesPerRequest: 1 });
+    clients.push(c);
+    return c;
+  }
+
+  describe('redis', () => {
+    it('starts redis-server with its own data dir and port, and a replica follows the primary', async () => {
+      const engine = new RedisEngine();
+      const t0 = Date.now();
+      const primary = await executor.start(spec({ instanceId: 'r-0', engine: 'redis', durability: 'sync', replicas: 1 }));
+      expect(await redis(primary.port).ping()).to.equal('PONG');
+      console.log(`      redis: start to first successful query ${Date.now() - t0} ms`);
+      expect(primary.dataDir).to.contain(cell.dir);
+      expect(primary.port).to.be.within(21000, 21999);
+      // Sync durability: the primary refuses writes while no replica is attached.
+      const refused = await redis(primary.port).set('k', 'v0').catch((err: Error) => err.message);
+      expect(String(refused)).to.match(/NOREPLICAS/);
+
+      const replica = await executor.start(spec({ instanceId: 'r-1', engine: 'redis', role: 'replica', replicaOf: { host: '127.0.0.1', port: primary.port } }));
+      expect(replica.port).to.not.equal(primary.port);
+      await eventually(async () => (await redis(primary.port).set('k', 'v1')) === 'OK', 10_000, 'write accepted with a replica');
+      await eventually(async () => (await redis(replica.port).get('k')) === 'v1', 10_000, 'replica has k');
+
+      const p = await engine.position(primary.context);
+      const r = await engine.position(replica.context);
+      expect(p?.role).to.equal('primary');
+      expect(r?.role).to.equal('replica');
+      expect(Number(p?.value)).to.be.greaterThan(0);
+
+      await engine.promote(replica.context);
+      expect((await engine.position(replica.context))?.role).to.equal('primary');
+      await redis(replica.port).set('k2', 'after-promote');
+      expect(await redis(replica.port).get('k2')).to.equal('after-promote');
+    });
+
+    it('refuses to start a primary whose epoch is older than the one recorded', async () => {
+      await executor.start(spec({ instanceId: 'r-epoch', engine: 'redis', epoch: 5 }));
+      await executor.stop('r-epoch');
+      try {
+        await executor.start(spec({ instanceId: 'r-epoch', engine: 'redis', epoch: 4 }));
+        expect.fail('started a stale primary');
+      } catch (err) {
+        expect((err as { code: string }).code).to.equal(CellErrorCode.StaleEpoch);
+      }
+      expect(executor.status('r-epoch').state).to.equal('exited');
+      const again = await executor.start(spec({ instanceId: 'r-epoch', engine: 'redis', epoch: 6 }));
+      expect(again.pid).to.be.greaterThan(0);
+    });
+
+    it('keeps data across a stop and start, and kill is immediate', async () => {
+      const h = await executor.start(spec({ instanceId: 'r-dur', engine: 'redis', durability: 'sync' }));
+      await redis(h.port).set('durable', 'yes');
+      await executor.kill('r-dur');
+      expect(executor.status('r-dur').signal).to.equal('SIGKILL');
+      const h2 = await executor.start(spec({ instanceId: 'r-dur', engine: 'redis', durability: 'sync' }));
+      expect(h2.port).to.equal(h.port);
+      expect(await redis(h2.port).get('durable')).to.equal('yes');
+    });
+
+    it('re-adopts a running instance after the cell restarts', async () => {
+      const h = await executor.start(spec({ instanceId: 'r-adopt', engine: 'redis' }));
+      const reborn = new ProcessExecutor({ dataDir: cell.dir, portRange: { from: 21000, to: 21999 } });
+      const adopted = await reborn.adopt();
+      expect(adopted.map((a) => [a.instanceId, a.pid, a.port])).to.deep.equal([['r-adopt', h.pid, h.port]]);
+      await reborn.kill('r-adopt');
+      expect(reborn.status('r-adopt').state).to.equal('exited');
+      await eventually(async () => executor.status('r-adopt').state === 'exited', 5_000, 'original executor sees exit');
+    });
+  });
+
+  describe('postgres', () => {
+    it('runs a primary with initdb and a streaming replica via pg_basebackup, promotes it, reads LSNs', async () => {
+      const engine = new PostgresEngine();
+      const t0 = Date.now();
+      const primary = await executor.start(spec({ instanceId: 'pg-0', engine: 'postgres', durability: 'sync', replicas: 1 }));
+      await engine.query(primary.context, 'select 1');
+      console.log(`      postgres: start to first successful query ${Date.now() - t0} ms`);
+
+      const t1 = Date.now();
+      const replica = await executor.start(spec({ instanceId: 'pg-1', engine: 'postgres', role: 'replica', durability: 'sync', replicas: 1, replicaOf: { host: '127.0.0.1', port: primary.port } }));
+      console.log(`      postgres replica: start (pg_basebackup) to healthy ${Date.now() - t1} ms`);
+      // With synchronous_standby_names '*', this commit returns only once the standby has it.
+      await engine.query(primary.context, "create table t(v text); insert into t values ('hello')");
+      await eventually(async () => (await engine.query(replica.context, 'select v from t')).trim() === 'hello', 10_000, 'replica row');
+
+      const p = await engine.position(primary.context);
+      const r = await engine.position(replica.context);
+      expect(p?.role).to.equal('primary');
+      expect(r?.role).to.equal('replica');
+      expect(p?.position).to.match(/^[0-9A-F]+\/[0-9A-F]+$/);
+      expect(BigInt(r?.value ?? '0') > 0n).to.equal(true);
+
+      await executor.kill('pg-0');
+      await engine.promote(replica.context);
+      expect((await engine.position(replica.context))?.role).to.equal('primary');
+      // The promoted primary keeps sync durability and has no standby yet, so this one write
+      // opts out per transaction (until control repoints a replica to it).
+      await engine.query(replica.context, "set synchronous_commit = local; insert into t values ('after')");
+      expect((await engine.query(replica.context, 'select count(*) from t')).trim()).to.equal('2');
+    });
+  });
+});
