@@ -1,0 +1,81 @@
+/**
+ * Loader and typed surface of the optional native addon (`scripts/build-native.sh` builds it).
+ * Only the router imports this; it always checks for `undefined` and falls back to pure JS.
+ */
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+
+/** Opaque handle of one relayed pair inside the addon. */
+export interface NativePairHandle {
+  readonly __nativePair: unique symbol;
+}
+
+/** Why the engine closed a pair; the numbers are the addon's `sf::CloseReason`. */
+export const NativeCloseReason = ['client-closed', 'backend-closed', 'client-error', 'backend-error', 'idle-timeout', 'killed'] as const;
+
+export type NativeCloseListener = (id: number, reason: number, errno: number, bytesIn: number, bytesOut: number) => void;
+
+export interface NativeBindings {
+  /** Starts the loop threads; `pipeSize` 0 keeps the kernel's pipe size. Call once per process. */
+  init(onClose: NativeCloseListener, threads: number, pipeSize: number): void;
+  /**
+   * Relays duplicates of the two descriptors; the caller closes its own right after.
+   * `pendingIn`/`pendingOut` are bytes already read from the client/backend, sent first.
+   */
+  start(
+    id: number,
+    clientFd: number,
+    backendFd: number,
+    idleTimeoutMs: number,
+    pendingIn: Buffer | null,
+    pendingOut: Buffer | null,
+    clientEof: boolean,
+    backendEof: boolean,
+  ): NativePairHandle;
+  /** Closes both sockets before returning; true when this call ended the pair. */
+  destroy(pair: NativePairHandle, reset: boolean): boolean;
+  bytesIn(pair: NativePairHandle): number;
+  bytesOut(pair: NativePairHandle): number;
+  ref(): void;
+  unref(): void;
+  stats(): { threads: number; pairs: number };
+  /** A bound, listening, non-blocking socket for `server.listen({ fd })`. */
+  listenTcp(host: string, port: number, backlog: number, reusePort: boolean, ipv6Only: boolean): number;
+  setTcpUserTimeout(fd: number, timeoutMs: number): void;
+  setKeepAlive(fd: number, enable: boolean, idleSeconds: number, intervalSeconds: number, count: number): void;
+}
+
+/** Where the addon may be: next to this file's source, or beside the compiled copy in dist/. */
+const CANDIDATES = [
+  join(__dirname, 'build', 'Release', 'sf_native.node'),
+  join(__dirname, '..', '..', 'native-bindings', 'build', 'Release', 'sf_native.node'),
+];
+
+let loaded: { bindings: NativeBindings | undefined; error: Error | undefined } | undefined;
+
+/**
+ * The addon, or `undefined` when it is not built, cannot load on this platform, or
+ * `SF_NATIVE=off` disables every native feature.
+ */
+export function loadNativeBindings(): NativeBindings | undefined {
+  if (process.env.SF_NATIVE === 'off') return undefined;
+  if (loaded === undefined) loaded = tryLoad();
+  return loaded.bindings;
+}
+
+/** Why the last load failed, for `/health` and the benchmark's report; undefined when it loaded. */
+export function nativeLoadError(): Error | undefined {
+  loadNativeBindings();
+  return loaded?.error;
+}
+
+function tryLoad(): { bindings: NativeBindings | undefined; error: Error | undefined } {
+  const path = CANDIDATES.find((p) => existsSync(p));
+  if (path === undefined) return { bindings: undefined, error: new Error('native addon not built (run scripts/build-native.sh)') };
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    return { bindings: require(path) as NativeBindings, error: undefined };
+  } catch (err) {
+    return { bindings: undefined, error: err instanceof Error ? err : new Error(String(err)) };
+  }
+}
