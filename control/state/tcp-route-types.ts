@@ -1,0 +1,98 @@
+/**
+ * TCP routes in Cloud Foundry's shape: one record maps a router port to one backend. All
+ * records on a port form one route of the router's model (router/route-model.ts); the route-level
+ * fields (mode, sni, limits) are shared by them and the backend fields are each record's own.
+ */
+import type { BackendRole, BackendState, RouteMode } from '../../router/route-model';
+
+export interface ModificationTag {
+  guid: string;
+  index: number;
+}
+
+/** Route-level fields a record may set; the latest writer's values apply to the whole route. */
+export interface RouteLevelFields {
+  mode?: RouteMode;
+  sni?: string[];
+  proxyProtocol?: 1 | 2;
+  tls?: boolean;
+  maxConnections?: number;
+  connectTimeoutMs?: number;
+  idleTimeoutMs?: number;
+  drainTimeoutMs?: number;
+}
+
+export const ROUTE_LEVEL_FIELDS = [
+  'mode',
+  'sni',
+  'proxyProtocol',
+  'tls',
+  'maxConnections',
+  'connectTimeoutMs',
+  'idleTimeoutMs',
+  'drainTimeoutMs',
+] as const satisfies ReadonlyArray<keyof RouteLevelFields>;
+
+/** Identifies one record: the CF key (group, port, backend address) or an explicit backend id. */
+export interface TcpRouteKeyInput {
+  router_group_guid: string;
+  port: number;
+  backend_ip: string;
+  backend_port: number;
+  /** @default `${backend_ip}:${backend_port}` */
+  backend_id?: string;
+  /** When given, a stale tag refuses the write (same guid, lower index). */
+  modification_tag?: ModificationTag;
+}
+
+export interface TcpRouteInput extends TcpRouteKeyInput, RouteLevelFields {
+  /** Seconds until the record expires unless re-registered; absent or 0: never. */
+  ttl?: number;
+  role?: BackendRole;
+  weight?: number;
+  epoch?: number;
+  state?: BackendState;
+}
+
+/** What control stores per record next to the route itself. */
+export interface TcpRouteRecord {
+  port: number;
+  backend_id: string;
+  backend_ip: string;
+  backend_port: number;
+  ttl: number | null;
+  modification_tag: ModificationTag;
+  /** Epoch ms, or null for records without a TTL. */
+  expires_at: number | null;
+}
+
+/** A record as the API returns it: CF's fields plus our backend and route-level fields. */
+export interface TcpRouteMapping extends RouteLevelFields {
+  router_group_guid: string;
+  port: number;
+  backend_ip: string;
+  backend_port: number;
+  backend_id: string;
+  ttl: number | null;
+  modification_tag: ModificationTag;
+  expires_at: string | null;
+  role: BackendRole;
+  weight: number;
+  epoch: number;
+  state: BackendState;
+}
+
+export type RouteEventType = 'Upsert' | 'Delete';
+
+export interface RouteEvent {
+  type: RouteEventType;
+  route: TcpRouteMapping;
+}
+
+export function mappingKey(port: number, backendId: string): string {
+  return `${port}|${backendId}`;
+}
+
+export function backendIdOf(input: Pick<TcpRouteKeyInput, 'backend_id' | 'backend_ip' | 'backend_port'>): string {
+  return input.backend_id ?? `${input.backend_ip}:${input.backend_port}`;
+}
