@@ -159,7 +159,7 @@ describe('router relay', function () {
     await sleep(100);
     const ms = await closed(client, 5000);
     expect(ms).to.be.within(100, 2000);
-    expect(harness.router.routeStats().find((s) => s.port === port)!.idleTimeouts).to.equal(1);
+    await eventually(() => harness.router.routeStats().find((s) => s.port === port)!.idleTimeouts === 1, 3000, 'idle timeout counted');
   });
 
   it('refuses clients beyond the route maxConnections', async () => {
