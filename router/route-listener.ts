@@ -79,7 +79,7 @@ export class RouteListener implements ConnectionHost {
   listen(): Promise<void> {
     return new Promise((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException): void => {
-        reject(new SfError(ErrorCode.ListenFailed, `cannot listen on ${this.env.bindHost}:${this.route.port}: ${err.code ?? err.message}`, 'port'));
+        reject(new SfError(ErrorCode.ListenFailed, `cannot listen on ${this.env.bindHost}:${this.route.port}: ${err.code ?? err.message}`));
       };
       this.server.once('error', onError);
       this.server.listen({ host: this.env.bindHost, port: this.route.port, backlog: this.env.backlog }, () => {

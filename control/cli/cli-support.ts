@@ -19,7 +19,8 @@ export class UsageError extends Error {
 export function exitWithError(err: unknown): never {
   const message = err instanceof Error ? err.message : String(err);
   process.stderr.write(`sf: ${message}\n`);
-  const usage = err instanceof UsageError || (isSfError(err) && /INVALID/.test(err.code));
+  // An error that names an input field is the caller's to fix: a usage error.
+  const usage = err instanceof UsageError || (isSfError(err) && (err.field !== undefined || /INVALID/.test(err.code)));
   process.exit(usage ? EXIT_USAGE : EXIT_FAILED);
 }
 

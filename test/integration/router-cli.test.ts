@@ -1,0 +1,132 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { expect } from 'chai';
+import { freePort } from '../helpers/free-port';
+import { runSf, runSfToExit, waitForHealth, type SfProcess } from '../helpers/sf-process';
+import { startTcpServer, type TestServer } from '../helpers/tcp-servers';
+import { connectTo, eventually, readLine, sleep } from '../helpers/tcp-client';
+
+describe('sf router', function () {
+  this.timeout(60_000);
+  let dir: string;
+
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), 'sf-router-cli-'));
+  });
+
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  describe('route file validation', () => {
+    const cases: Array<[string, string, string]> = [
+      ['not JSON', '{"routes": [', 'route file is not valid JSON'],
+      ['a bad backend port', '{"routes":[{"port":16001,"backends":[{"host":"127.0.0.1","port":0}]}]}', 'routes[0].backends[0].port must be an integer 1-65535'],
+      ['a missing host', '{"routes":[{"port":16001,"backends":[{"port":5}]}]}', 'routes[0].backends[0].host'],
+      ['a bad mode', '{"routes":[{"port":16001,"mode":"fastest","backends":[]}]}', 'routes[0].mode'],
+      ['a duplicate port', '{"routes":[{"port":16001,"backends":[]},{"port":16001,"backends":[]}]}', 'routes[1].port'],
+    ];
+    for (const [what, text, message] of cases) {
+      it(`refuses to start with ${what}, exit code 2 and the field named`, async () => {
+        const file = join(dir, 'bad.json');
+        writeFileSync(file, text);
+        const { code, output } = await runSfToExit(['router', '--routes', file, '--admin', '127.0.0.1:0']);
+        expect(code).to.equal(2);
+        expect(output).to.contain(message);
+      });
+    }
+
+    it('exits 2 on a usage error', async () => {
+      const { code, output } = await runSfToExit(['router', '--admin', 'nonsense']);
+      expect(code).to.equal(2);
+      expect(output).to.contain('--admin must be HOST:PORT');
+    });
+  });
+
+  describe('running', () => {
+    let backend: TestServer;
+    let router: SfProcess;
+    let adminPort: number;
+    let routePort: number;
+    let file: string;
+    let sink: { paused: boolean };
+
+    before(async () => {
+      sink = { paused: false };
+      // A backend that pours data as fast as the router takes it, and says its name first.
+      backend = await startTcpServer((s) => {
+        s.write('pour\n');
+        const chunk = Buffer.alloc(256 * 1024, 7);
+        const pour = (): void => {
+          while (!s.destroyed && s.write(chunk));
+          if (!s.destroyed) s.once('drain', pour);
+        };
+        s.once('data', pour);
+      });
+      adminPort = await freePort();
+      routePort = await freePort();
+      file = join(dir, 'routes.json');
+      writeFileSync(file, JSON.stringify({ version: 3, routes: [{ port: routePort, backends: [{ id: 'pour', host: '127.0.0.1', port: backend.port }] }] }));
+      router = runSf(['router', '--routes', file, '--admin', `127.0.0.1:${adminPort}`], { SF_RELAY: process.env.SF_RELAY ?? 'auto' });
+      await waitForHealth(adminPort);
+    });
+
+    after(async () => {
+      await router?.stop();
+      await backend?.stop();
+    });
+
+    it('serves /health, /routes and /metrics', async () => {
+      const health = (await (await fetch(`http://127.0.0.1:${adminPort}/health`)).json()) as Record<string, unknown>;
+      expect(health).to.include({ status: 'ok', tableVersion: 3, routes: 1 });
+      expect(['js', 'native']).to.include(health.relay);
+      const routes = (await (await fetch(`http://127.0.0.1:${adminPort}/routes`)).json()) as { version: number; routes: Array<{ port: number }> };
+      expect(routes.version).to.equal(3);
+      expect(routes.routes[0]!.port).to.equal(routePort);
+      const metrics = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
+      expect(metrics).to.contain('sf_router_table_version 3');
+      expect(metrics).to.match(/sf_router_active_connections\{port="\d+"\} \d+/);
+      const missing = await fetch(`http://127.0.0.1:${adminPort}/nope`);
+      expect(missing.status).to.equal(404);
+    });
+
+    it('keeps its memory bounded while a paused client faces a fast backend', async () => {
+      const client = await connectTo(routePort);
+      expect(await readLine(client)).to.equal('pour');
+      client.write('go');
+      client.pause();
+      sink.paused = true;
+      const before = await router.rss();
+      // The backend would send gigabytes in this time; the router must stop reading from it.
+      await sleep(2000);
+      const after = await router.rss();
+      const metrics = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
+      const bytesOut = Number(new RegExp(`sf_router_bytes_out_total\\{port="${routePort}"\\} (\\d+)`).exec(metrics)?.[1] ?? NaN);
+      expect(after - before).to.be.lessThan(64 * 1024 * 1024);
+      // Socket buffers on both sides hold a few MB at most: nothing like an unbounded queue.
+      expect(bytesOut).to.be.lessThan(64 * 1024 * 1024);
+      client.destroy();
+    });
+
+    it('reloads on SIGHUP', async () => {
+      const newPort = await freePort();
+      writeFileSync(file, JSON.stringify({ version: 9, routes: [{ port: routePort, backends: [{ id: 'pour', host: '127.0.0.1', port: backend.port }] }, { port: newPort, backends: [{ host: '127.0.0.1', port: backend.port }] }] }));
+      router.child.kill('SIGHUP');
+      await eventually(async () => ((await (await fetch(`http://127.0.0.1:${adminPort}/health`)).json()) as { tableVersion: number }).tableVersion === 9, 5000, 'SIGHUP reload');
+      const s = await connectTo(newPort);
+      expect(await readLine(s)).to.equal('pour');
+      s.destroy();
+    });
+
+    it('keeps serving the old table after an invalid file is written', async () => {
+      writeFileSync(file, '{"routes": [{"port": -1}]}');
+      router.child.kill('SIGHUP');
+      await sleep(300);
+      const health = (await (await fetch(`http://127.0.0.1:${adminPort}/health`)).json()) as { tableVersion: number };
+      expect(health.tableVersion).to.equal(9);
+      expect(router.output()).to.contain('routes[0].port');
+      const s = await connectTo(routePort);
+      expect(await readLine(s)).to.equal('pour');
+      s.destroy();
+    });
+  });
+});
