@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what Service Foundry needs that npm does not bring, then builds it.
+# Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v redis-server >/dev/null || need_pkgs+=(redis-server)
+command -v redis-cli >/dev/null || command -v redis-benchmark >/dev/null || need_pkgs+=(redis-tools)
+command -v haproxy >/dev/null || need_pkgs+=(haproxy)
+command -v iperf3 >/dev/null || need_pkgs+=(iperf3)
+command -v ip >/dev/null || need_pkgs+=(iproute2)
+{ command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || need_pkgs+=(postgresql)
+command -v psql >/dev/null || need_pkgs+=(postgresql-client)
+
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing ${need_pkgs[*]} from Debian's packages"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # Debian's packages try to start their services; in a container there is no init to do so,
+    # and the platform starts its own servers anyway.
+    apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+  else
+    echo "setup: please install ${need_pkgs[*]} (not root or no apt-get, so not installing them)" >&2
+  fi
+fi
+
+echo "setup: installing npm packages"
+if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --loglevel=error; else npm install --no-audit --no-fund --loglevel=error; fi
+
+echo "setup: building"
+npm run build --silent
+
+echo "setup: building the native relay (optional)"
+bash scripts/build-native.sh >/tmp/sf-native-build.log 2>&1 && echo "setup: native relay built" \
+  || echo "setup: native relay not built (see /tmp/sf-native-build.log); the JS relay will be used"
