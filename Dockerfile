@@ -17,6 +17,7 @@ COPY test ./test
 COPY scripts ./scripts
 RUN npm run build \
  && (bash scripts/build-native.sh || echo "native relay not built; the JS relay will be used") \
+ && mkdir -p native-bindings/build/Release \
  && npm prune --omit=dev
 
 # Runtime stage: Node, the built code, and the engines a cell runs.
