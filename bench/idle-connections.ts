@@ -1,0 +1,167 @@
+/**
+ * Question: how much memory does one router need to hold 10,000 idle client connections, each
+ * relayed to its backend? DESIGN.md's goal is under 200 MB RSS.
+ *
+ * Each client connects through the router to redis-server, does one PING round trip (so the
+ * backend side is established too), then stays idle. RSS is read from /proc after a settle time.
+ *
+ *   node dist/bench/idle-connections.js [--connections N] [--relay js|native] [--workers N]
+ *
+ * Every relayed connection costs the router two descriptors. Where RLIMIT_NOFILE's hard limit
+ * cannot fit 2 x N (containers often cap it at 20000 without CAP_SYS_RESOURCE), the run holds as
+ * many as fit and also reports RSS extrapolated linearly to N.
+ */
+import { connect, type Socket } from 'node:net';
+import { startRedis } from './lib/backends';
+import { groupMemory, openFileCount, type MemorySample } from './lib/proc-memory';
+import { freePort, hardFileLimit, httpGetText, sleep, stopAll } from './lib/processes';
+import { formatNumber, formatTable, writeResults } from './lib/report';
+import { routerCliAvailable, routerSupportsFlag, startRouter } from './lib/router-process';
+
+const GOAL_MIB = 200;
+/** Descriptors the router needs besides the relayed pairs (listeners, admin, stdio, epoll...). */
+const ROUTER_FD_RESERVE = 100;
+const OPEN_BATCH = 500;
+const SETTLE_MS = 3000;
+
+interface Settings {
+  connections: number;
+  relay: 'js' | 'native';
+  workers: number | undefined;
+}
+
+function parseArgs(argv: string[]): Settings {
+  const value = (name: string): string | undefined => {
+    const i = argv.indexOf(name);
+    return i >= 0 ? argv[i + 1] : undefined;
+  };
+  const relay = value('--relay') ?? 'js';
+  if (relay !== 'js' && relay !== 'native') throw new Error('--relay must be js or native');
+  const workers = value('--workers');
+  return { connections: Number(value('--connections') ?? 10_000), relay, workers: workers === undefined ? undefined : Number(workers) };
+}
+
+/** Opens one client through the router and completes a PING round trip on it. */
+function openIdleClient(port: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: '127.0.0.1', port });
+    let received = 0;
+    const onData = (chunk: Buffer): void => {
+      received += chunk.length;
+      if (received >= '+PONG\r\n'.length) {
+        socket.off('data', onData);
+        socket.off('error', reject);
+        resolve(socket);
+      }
+    };
+    socket.once('connect', () => socket.write('PING\r\n'));
+    socket.on('data', onData);
+    socket.once('error', reject);
+  });
+}
+
+function mib(kib: number): number {
+  return kib / 1024;
+}
+
+async function main(): Promise<void> {
+  const settings = parseArgs(process.argv.slice(2));
+  if (!routerCliAvailable()) throw new Error('dist/control/cli/sf.js is not built (npx tsc -p .)');
+  const workers = settings.workers !== undefined && (await routerSupportsFlag('--workers')) ? settings.workers : undefined;
+  const limit = await hardFileLimit();
+  const held = Math.min(settings.connections, Math.floor((limit - ROUTER_FD_RESERVE) / 2));
+  if (held < settings.connections) {
+    process.stderr.write(`RLIMIT_NOFILE hard limit ${limit} fits ${held} relayed pairs, not ${settings.connections}; extrapolating\n`);
+  }
+
+  const redisPort = await freePort();
+  await startRedis(redisPort, held + 1000);
+  const routePort = await freePort();
+  const router = await startRouter('router', {
+    services: [{ name: 'redis', listenPort: routePort, targetHost: '127.0.0.1', targetPort: redisPort }],
+    relay: settings.relay,
+    workers,
+    fileLimit: 2 * settings.connections + ROUTER_FD_RESERVE,
+  });
+  await sleep(SETTLE_MS);
+  const baseline = groupMemory(router.proc.pid);
+
+  const clients: Socket[] = [];
+  let closedEarly = 0;
+  const t0 = Date.now();
+  while (clients.length < held) {
+    const batch = Math.min(OPEN_BATCH, held - clients.length);
+    const opened = await Promise.all(Array.from({ length: batch }, () => openIdleClient(routePort)));
+    for (const s of opened) {
+      s.once('close', () => closedEarly++);
+      clients.push(s);
+    }
+  }
+  const openMs = Date.now() - t0;
+  await sleep(SETTLE_MS);
+  const loaded: MemorySample = groupMemory(router.proc.pid);
+  const routerFds = openFileCount(router.proc.pid);
+  let health: unknown;
+  try {
+    health = JSON.parse((await httpGetText(`http://127.0.0.1:${router.adminPort}/health`)).body);
+  } catch (err) {
+    health = { error: String(err) };
+  }
+  const closedWhileIdle = closedEarly;
+  // Memory must also come back when the clients leave; a leak per connection would show here.
+  for (const s of clients) s.destroy();
+  await sleep(SETTLE_MS);
+  const after = groupMemory(router.proc.pid);
+
+  const perConnKiB = (loaded.rssKiB - baseline.rssKiB) / held;
+  const extrapolatedKiB = baseline.rssKiB + perConnKiB * settings.connections;
+  const result = {
+    benchmark: 'idle-connections',
+    date: new Date().toISOString(),
+    settings: { ...settings, workers: workers ?? 1 },
+    relay: router.relay,
+    fileLimitHard: limit,
+    connectionsHeld: held,
+    connectionsWanted: settings.connections,
+    closedWhileIdle,
+    openMs,
+    routerFds,
+    health,
+    rssMiB: {
+      baseline: mib(baseline.rssKiB),
+      loaded: mib(loaded.rssKiB),
+      peak: mib(loaded.peakKiB),
+      afterClose: mib(after.rssKiB),
+      extrapolatedToWanted: mib(extrapolatedKiB),
+    },
+    perConnectionKiB: perConnKiB,
+    goalMiB: GOAL_MIB,
+    goalMet: mib(extrapolatedKiB) < GOAL_MIB,
+    pids: loaded.pids,
+  };
+  const path = writeResults('idle-connections', result);
+  process.stdout.write(`\nIdle connections through one router (relay=${router.relay}, workers=${workers ?? 1})\n\n`);
+  process.stdout.write(
+    `${formatTable(
+      ['measure', 'value'],
+      [
+        ['connections held', formatNumber(held)],
+        ['router RSS idle (MiB)', formatNumber(result.rssMiB.baseline)],
+        [`router RSS with ${held} (MiB)`, formatNumber(result.rssMiB.loaded)],
+        ['router peak RSS (MiB)', formatNumber(result.rssMiB.peak)],
+        ['per connection (KiB)', formatNumber(perConnKiB)],
+        [`RSS at ${settings.connections} (MiB)`, `${formatNumber(result.rssMiB.extrapolatedToWanted)}${held < settings.connections ? ' (extrapolated)' : ''}`],
+        ['RSS after all closed (MiB)', formatNumber(result.rssMiB.afterClose)],
+        ['closed while idle', String(closedWhileIdle)],
+        [`goal < ${GOAL_MIB} MiB`, result.goalMet ? 'met' : 'MISSED'],
+      ],
+    )}\n\nresults: ${path}\n`,
+  );
+}
+
+main()
+  .catch((err: unknown) => {
+    process.stderr.write(`${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exitCode = 1;
+  })
+  .finally(() => stopAll());
