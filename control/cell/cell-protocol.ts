@@ -104,6 +104,8 @@ export interface ActualInstance {
   position: string | null;
   /** The same position as a decimal integer string, comparable with BigInt across instances. */
   positionValue: string | null;
+  /** Last health check of a running instance (PING, `select 1`, TCP connect); null when not running. */
+  healthy: boolean | null;
   /** true while the primary lease is held; null when no lease is kept. */
   leaseHeld: boolean | null;
   /** The volume directory exists on this cell (survives stop; removed by `delete-volume`). */

@@ -5,9 +5,10 @@
  */
 import { Command, CommanderError } from 'commander';
 import { EXIT_USAGE, exitWithError } from './cli-support';
+import { registerCellCommand } from './command-cell';
 import { registerRouterCommand } from './command-router';
 
-const COMMANDS: Array<(program: Command) => void> = [registerRouterCommand];
+const COMMANDS: Array<(program: Command) => void> = [registerRouterCommand, registerCellCommand];
 
 export function buildProgram(): Command {
   const program = new Command('sf')

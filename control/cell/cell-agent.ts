@@ -1,0 +1,340 @@
+/**
+ * The cell agent (`sf cell`): one per host. It registers the cell in Redis with a TTL heartbeat,
+ * converges its instances to the desired specs control writes, executes control's orders and
+ * reports actual state. The protocol is in cell-protocol.ts and docs/cells.md.
+ *
+ * Three Redis connections, because a subscriber and a blocking BRPOP each monopolise one: commands
+ * (heartbeat, reports, leases), the notify subscription, and the order queue.
+ */
+import { homedir } from 'node:os';
+import path from 'node:path';
+import { mkdir } from 'node:fs/promises';
+import { Redis } from 'ioredis';
+import pino, { type Logger } from 'pino';
+import {
+  CELL_EVENTS_CHANNEL,
+  CELLS_SET_KEY,
+  cellKeys,
+  instanceSpecSchema,
+  NOTIFY_DESIRED,
+  ORDER_RESULT_TTL_MS,
+  orderSchema,
+  type ActualInstance,
+  type CellEvent,
+  type CellRecord,
+  type ExecutorKind,
+  type InstanceSpec,
+  type OrderResult,
+} from './cell-protocol';
+import { CellInstances } from './cell-instances';
+import { executeOrder } from './cell-orders';
+import { availableEngines, createEngineRegistry, type EngineRegistry } from './engine-registry';
+import { CellError, CellErrorCode, errorMessageOf } from './errors';
+import type { Executor } from './executor';
+import { DockerExecutor } from './executor-docker';
+import { ProcessExecutor } from './executor-process';
+import type { NetworkFencer } from './fencer-network';
+import { DEFAULT_PORT_RANGE, type PortRange } from './port-allocator';
+
+export interface CellAgentOptions {
+  name: string;
+  zone: string;
+  capacityMb: number;
+  /** @default process.env.SF_REDIS_URL ?? 'redis://127.0.0.1:6379' */
+  redisUrl?: string;
+  /** @default ~/.service-foundry/cells/{name} */
+  dataDir?: string;
+  /** Address instances bind to. @default '127.0.0.1' */
+  listenHost?: string;
+  /** Address reported for routers and replicas. @default listenHost */
+  advertiseHost?: string;
+  /** @default 20000-20999 */
+  portRange?: PortRange;
+  /** @default 1000 */
+  heartbeatMs?: number;
+  /** @default 3000 */
+  heartbeatTtlMs?: number;
+  /** Re-read desired state even without a notification, and probe health. @default 2000 */
+  reconcileMs?: number;
+  /** Stop engines when the agent exits; by default they keep running and are re-adopted. @default false */
+  stopInstancesOnExit?: boolean;
+  /** Networks trusted by postgres besides loopback (docs/cells.md, Security). @default [] */
+  trustCidrs?: string[];
+  engines?: EngineRegistry;
+  executors?: Partial<Record<ExecutorKind, Executor>>;
+  fencer?: NetworkFencer;
+  logger?: Logger;
+}
+
+export const DEFAULT_CELL_AGENT_OPTIONS = {
+  redisUrl: 'redis://127.0.0.1:6379',
+  listenHost: '127.0.0.1',
+  portRange: DEFAULT_PORT_RANGE,
+  heartbeatMs: 1_000,
+  heartbeatTtlMs: 3_000,
+  reconcileMs: 2_000,
+  stopInstancesOnExit: false,
+} as const;
+
+export function defaultCellDataDir(name: string): string {
+  return path.join(homedir(), '.service-foundry', 'cells', name);
+}
+
+const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+
+export class CellAgent {
+  readonly name: string;
+  readonly dataDir: string;
+  private readonly opts: CellAgentOptions & typeof DEFAULT_CELL_AGENT_OPTIONS & { advertiseHost: string };
+  private readonly log: Logger;
+  private readonly engines: EngineRegistry;
+  private readonly executors: Partial<Record<ExecutorKind, Executor>>;
+  private redis: Redis | undefined;
+  private sub: Redis | undefined;
+  private orderConn: Redis | undefined;
+  private instances: CellInstances | undefined;
+  private timers: NodeJS.Timeout[] = [];
+  private running = false;
+  private startedAt = 0;
+  private reconciling: Promise<void> | undefined;
+  private reconcileAgain = false;
+  private availableExecutors: ExecutorKind[] = [];
+  private availableEngineKinds: EngineRegistry[keyof EngineRegistry]['kind'][] = [];
+
+  constructor(options: CellAgentOptions) {
+    if (!NAME_PATTERN.test(options.name)) throw new CellError(CellErrorCode.InvalidOption, `cell name must match ${NAME_PATTERN}, got '${options.name}'`, 'name');
+    if (!options.zone) throw new CellError(CellErrorCode.InvalidOption, 'zone must not be empty', 'zone');
+    if (!Number.isInteger(options.capacityMb) || options.capacityMb < 1) throw new CellError(CellErrorCode.InvalidOption, 'capacityMb must be a positive integer', 'capacityMb');
+    const defined = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
+    const listenHost = options.listenHost ?? DEFAULT_CELL_AGENT_OPTIONS.listenHost;
+    this.opts = {
+      ...DEFAULT_CELL_AGENT_OPTIONS,
+      redisUrl: process.env.SF_REDIS_URL ?? DEFAULT_CELL_AGENT_OPTIONS.redisUrl,
+      ...defined,
+      listenHost,
+      advertiseHost: options.advertiseHost ?? listenHost,
+    } as CellAgent['opts'];
+    this.name = options.name;
+    this.dataDir = path.resolve(options.dataDir ?? defaultCellDataDir(options.name));
+    this.log = options.logger ?? pino({ name: 'sf-cell', base: { cell: options.name } }, pino.destination(2));
+    this.engines = options.engines ?? createEngineRegistry({ postgres: { trustCidrs: options.trustCidrs } });
+    const common = { dataDir: this.dataDir, portRange: this.opts.portRange, listenHost, advertiseHost: this.opts.advertiseHost, engines: this.engines };
+    this.executors = options.executors ?? { process: new ProcessExecutor(common), docker: new DockerExecutor(common) };
+  }
+
+  async start(): Promise<void> {
+    await mkdir(this.dataDir, { recursive: true });
+    this.startedAt = Date.now();
+    const redisOptions = { maxRetriesPerRequest: null, lazyConnect: true } as const;
+    this.redis = new Redis(this.opts.redisUrl, { ...redisOptions, maxRetriesPerRequest: 1 });
+    this.sub = new Redis(this.opts.redisUrl, redisOptions);
+    this.orderConn = new Redis(this.opts.redisUrl, redisOptions);
+    for (const conn of [this.redis, this.sub, this.orderConn]) {
+      conn.on('error', (err: Error) => this.log.warn({ err: err.message }, 'redis connection error'));
+    }
+    await Promise.all([this.redis.connect(), this.sub.connect(), this.orderConn.connect()]);
+
+    this.availableExecutors = [];
+    for (const [kind, executor] of Object.entries(this.executors) as Array<[ExecutorKind, Executor | undefined]>) {
+      if (!executor) continue;
+      const availability = await executor.available();
+      if (availability.ok) this.availableExecutors.push(kind);
+      else this.log.info({ executor: kind, reason: availability.reason }, 'executor unavailable');
+    }
+    const usable = Object.fromEntries(this.availableExecutors.map((k) => [k, this.executors[k]]));
+    this.availableEngineKinds = await availableEngines(this.engines);
+
+    this.instances = new CellInstances({
+      cell: this.name,
+      dataDir: this.dataDir,
+      advertiseHost: this.opts.advertiseHost,
+      executors: usable,
+      engines: this.engines,
+      redis: this.redis,
+      report: (id, actual) => void this.report(id, actual),
+    });
+    await this.instances.load();
+    await this.clearStaleReports();
+
+    this.running = true;
+    await this.heartbeat();
+    await this.publish({ type: 'registered', cell: this.name, record: this.record() });
+    this.timers.push(setInterval(() => void this.heartbeat(), this.opts.heartbeatMs));
+    this.timers.push(setInterval(() => this.requestReconcile(), this.opts.reconcileMs));
+    this.timers.push(setInterval(() => void this.instances?.probe().catch(() => undefined), this.opts.reconcileMs));
+
+    await this.sub.subscribe(cellKeys.notify(this.name));
+    this.sub.on('message', (_channel: string, message: string) => {
+      if (message === NOTIFY_DESIRED) this.requestReconcile();
+    });
+    this.requestReconcile();
+    void this.orderLoop();
+    this.log.info({ dataDir: this.dataDir, host: this.opts.advertiseHost, executors: this.availableExecutors, engines: this.availableEngineKinds }, 'cell registered');
+  }
+
+  /** Deregisters; instances keep running (re-adopted next start) unless stopInstancesOnExit. */
+  async stop(): Promise<void> {
+    if (!this.running) return;
+    this.running = false;
+    for (const t of this.timers) clearInterval(t);
+    this.timers = [];
+    await this.reconciling;
+    await this.instances?.shutdown(this.opts.stopInstancesOnExit);
+    try {
+      await this.redis?.del(cellKeys.registration(this.name));
+      await this.publish({ type: 'deregistered', cell: this.name });
+    } catch (err) {
+      this.log.warn({ err: errorMessageOf(err) }, 'deregistration failed; the key expires by TTL');
+    }
+    this.orderConn?.disconnect();
+    this.sub?.disconnect();
+    await this.redis?.quit().catch(() => undefined);
+  }
+
+  record(): CellRecord {
+    return {
+      name: this.name,
+      zone: this.opts.zone,
+      capacityMb: this.opts.capacityMb,
+      usedMb: this.instances?.usedMb() ?? 0,
+      host: this.opts.advertiseHost,
+      executors: this.availableExecutors,
+      engines: this.availableEngineKinds,
+      portRange: this.opts.portRange,
+      instances: this.instances?.count() ?? 0,
+      startedAt: this.startedAt,
+      heartbeatAt: Date.now(),
+      heartbeatTtlMs: this.opts.heartbeatTtlMs,
+    };
+  }
+
+  private async heartbeat(): Promise<void> {
+    if (!this.running || !this.redis) return;
+    try {
+      await this.redis
+        .multi()
+        .set(cellKeys.registration(this.name), JSON.stringify(this.record()), 'PX', this.opts.heartbeatTtlMs)
+        .sadd(CELLS_SET_KEY, this.name)
+        .exec();
+    } catch (err) {
+      this.log.warn({ err: errorMessageOf(err) }, 'heartbeat failed');
+    }
+  }
+
+  /** Coalesces reconcile requests: one run at a time, one more if asked during a run. */
+  requestReconcile(): void {
+    if (!this.running) return;
+    if (this.reconciling) {
+      this.reconcileAgain = true;
+      return;
+    }
+    this.reconciling = this.reconcile()
+      .catch((err) => this.log.warn({ err: errorMessageOf(err) }, 'reconcile failed'))
+      .finally(() => {
+        this.reconciling = undefined;
+        if (this.reconcileAgain) {
+          this.reconcileAgain = false;
+          this.requestReconcile();
+        }
+      });
+  }
+
+  private async reconcile(): Promise<void> {
+    if (!this.redis || !this.instances) return;
+    const raw = await this.redis.hgetall(cellKeys.desired(this.name));
+    const desired = new Map<string, InstanceSpec>();
+    for (const [id, json] of Object.entries(raw)) {
+      const parsed = safeParseSpec(json);
+      if (parsed.ok && parsed.spec.instanceId === id) desired.set(id, parsed.spec);
+      else this.reportInvalid(id, parsed.ok ? `instanceId '${parsed.spec.instanceId}' does not match its hash field` : parsed.message);
+    }
+    await this.instances.reconcile(desired);
+  }
+
+  private reportInvalid(instanceId: string, message: string): void {
+    this.log.warn({ instanceId, message }, 'invalid desired spec');
+    const actual: ActualInstance = {
+      instanceId, service: '', engine: 'tcp', executor: 'process', state: 'failed', generation: 0, pid: null, host: this.opts.advertiseHost, port: null,
+      role: 'replica', epoch: 0, position: null, positionValue: null, healthy: null, leaseHeld: null, volumePresent: false, volumeSizeMb: 0,
+      lastError: { code: CellErrorCode.InvalidSpec, message }, updatedAt: Date.now(),
+    };
+    void this.report(instanceId, actual);
+  }
+
+  private async report(instanceId: string, actual: ActualInstance | null): Promise<void> {
+    if (!this.redis) return;
+    try {
+      if (actual) await this.redis.hset(cellKeys.actual(this.name), instanceId, JSON.stringify(actual));
+      else await this.redis.hdel(cellKeys.actual(this.name), instanceId);
+      await this.publish({ type: 'actual', cell: this.name, instanceId, actual });
+    } catch (err) {
+      this.log.warn({ instanceId, err: errorMessageOf(err) }, 'report failed');
+    }
+  }
+
+  /** Entries for instances this cell no longer knows (volume gone) would mislead control. */
+  private async clearStaleReports(): Promise<void> {
+    if (!this.redis || !this.instances) return;
+    const known = new Set(this.instances.ids());
+    const reported = await this.redis.hkeys(cellKeys.actual(this.name));
+    const stale = reported.filter((id) => !known.has(id));
+    if (stale.length) await this.redis.hdel(cellKeys.actual(this.name), ...stale);
+  }
+
+  private async publish(event: CellEvent): Promise<void> {
+    await this.redis?.publish(CELL_EVENTS_CHANNEL, JSON.stringify(event));
+  }
+
+  private async orderLoop(): Promise<void> {
+    while (this.running && this.orderConn) {
+      let popped: [string, string] | null;
+      try {
+        popped = await this.orderConn.brpop(cellKeys.orders(this.name), 1);
+      } catch (err) {
+        if (!this.running) return;
+        this.log.warn({ err: errorMessageOf(err) }, 'order queue read failed');
+        await new Promise((r) => setTimeout(r, 500));
+        continue;
+      }
+      if (popped) await this.handleOrder(popped[1]);
+    }
+  }
+
+  private async handleOrder(json: string): Promise<void> {
+    let result: OrderResult;
+    let parsedJson: unknown;
+    try {
+      parsedJson = JSON.parse(json);
+    } catch {
+      parsedJson = undefined;
+    }
+    const parsed = orderSchema.safeParse(parsedJson);
+    if (!parsed.success) {
+      const orderId = typeof (parsedJson as { orderId?: unknown })?.orderId === 'string' ? (parsedJson as { orderId: string }).orderId : `invalid-${Date.now()}`;
+      const issue = parsed.error.issues[0];
+      result = { orderId, type: 'invalid', cell: this.name, ok: false, error: { code: CellErrorCode.UnknownOrder, message: `invalid order: ${issue ? `${issue.path.join('.')}: ${issue.message}` : 'unparseable'}` }, finishedAt: Date.now() };
+    } else {
+      this.log.info({ order: parsed.data }, 'order');
+      result = await executeOrder(parsed.data, { cell: this.name, dataDir: this.dataDir, instances: this.instances as CellInstances, fencer: this.opts.fencer });
+    }
+    try {
+      await this.redis?.set(cellKeys.orderResult(result.orderId), JSON.stringify(result), 'PX', ORDER_RESULT_TTL_MS);
+      await this.publish({ type: 'order-result', cell: this.name, result });
+    } catch (err) {
+      this.log.warn({ orderId: result.orderId, err: errorMessageOf(err) }, 'order result not stored');
+    }
+  }
+}
+
+function safeParseSpec(json: string): { ok: true; spec: InstanceSpec } | { ok: false; message: string } {
+  let value: unknown;
+  try {
+    value = JSON.parse(json);
+  } catch {
+    return { ok: false, message: 'desired spec is not JSON' };
+  }
+  const parsed = instanceSpecSchema.safeParse(value);
+  if (parsed.success) return { ok: true, spec: parsed.data };
+  const issue = parsed.error.issues[0];
+  return { ok: false, message: issue ? `${issue.path.join('.') || 'spec'}: ${issue.message}` : 'invalid spec' };
+}

@@ -1,0 +1,81 @@
+/**
+ * `sf cell`: runs the cell agent of this host (control/cell/cell-agent.ts).
+ */
+import { Command } from 'commander';
+import { CellAgent, DEFAULT_CELL_AGENT_OPTIONS } from '../cell/cell-agent';
+import { NetworkFencer } from '../cell/fencer-network';
+import { parsePortRange } from '../cell/port-allocator';
+import { UsageError, exitWithError, parseIntFlag } from './cli-support';
+
+interface CellFlags {
+  name?: string;
+  zone?: string;
+  capacityMb?: string;
+  redis?: string;
+  dataDir?: string;
+  listenHost: string;
+  advertiseHost?: string;
+  portRange: string;
+  heartbeatMs: string;
+  heartbeatTtlMs: string;
+  trustCidr: string[];
+  stopInstancesOnExit?: boolean;
+}
+
+async function runCell(flags: CellFlags): Promise<void> {
+  if (!flags.name) throw new UsageError('--name is required');
+  if (!flags.zone) throw new UsageError('--zone is required');
+  if (!flags.capacityMb) throw new UsageError('--capacity-mb is required');
+  let portRange;
+  try {
+    portRange = parsePortRange(flags.portRange);
+  } catch (err) {
+    throw new UsageError(`--port-range: ${(err as Error).message}`);
+  }
+  const agent = new CellAgent({
+    name: flags.name,
+    zone: flags.zone,
+    capacityMb: parseIntFlag(flags.capacityMb, '--capacity-mb', 1),
+    redisUrl: flags.redis ?? process.env.SF_REDIS_URL,
+    dataDir: flags.dataDir,
+    listenHost: flags.listenHost,
+    advertiseHost: flags.advertiseHost,
+    portRange,
+    heartbeatMs: parseIntFlag(flags.heartbeatMs, '--heartbeat-ms', 50),
+    heartbeatTtlMs: parseIntFlag(flags.heartbeatTtlMs, '--heartbeat-ttl-ms', 100),
+    trustCidrs: flags.trustCidr,
+    stopInstancesOnExit: flags.stopInstancesOnExit === true,
+    fencer: new NetworkFencer(),
+  });
+  await agent.start();
+  const shutdown = (): void => {
+    void agent.stop().then(() => process.exit(0));
+  };
+  process.once('SIGINT', shutdown);
+  process.once('SIGTERM', shutdown);
+}
+
+export function registerCellCommand(program: Command): void {
+  program
+    .command('cell')
+    .description('run the cell agent of this host: registers with control, runs and reports service instances')
+    .option('--name <name>', 'cell name, unique in the platform')
+    .option('--zone <zone>', 'failure zone; replicas of a service are spread across zones')
+    .option('--capacity-mb <n>', 'volume capacity offered to placement, in MB')
+    .option('--redis <url>', 'Redis URL of the control plane (default: SF_REDIS_URL or redis://127.0.0.1:6379)')
+    .option('--data-dir <dir>', 'where instance volumes live (default: ~/.service-foundry/cells/NAME)')
+    .option('--listen-host <host>', 'address instances bind to', DEFAULT_CELL_AGENT_OPTIONS.listenHost)
+    .option('--advertise-host <host>', 'address routers and replicas use to reach instances (default: --listen-host)')
+    .option('--port-range <from-to>', 'ports for instances', `${DEFAULT_CELL_AGENT_OPTIONS.portRange.from}-${DEFAULT_CELL_AGENT_OPTIONS.portRange.to}`)
+    .option('--heartbeat-ms <ms>', 'registration refresh interval', String(DEFAULT_CELL_AGENT_OPTIONS.heartbeatMs))
+    .option('--heartbeat-ttl-ms <ms>', 'registration TTL: the cell counts as dead this long after its last heartbeat', String(DEFAULT_CELL_AGENT_OPTIONS.heartbeatTtlMs))
+    .option('--trust-cidr <cidr>', 'network trusted by postgres besides loopback (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('--stop-instances-on-exit', 'stop engines when the agent exits (default: leave them running for re-adoption)')
+    .action(async (flags: CellFlags) => {
+      try {
+        await runCell(flags);
+      } catch (err) {
+        exitWithError(err);
+      }
+    });
+}
