@@ -59,3 +59,30 @@ export function startNamedServer(name: string): Promise<TestServer> {
     socket.pipe(socket);
   });
 }
+
+/**
+ * A port whose listen queue is full, so connects to it hang until they time out: the shape of
+ * a backend host that went silent. Node always accepts, so a tiny python3 listener that never
+ * calls accept() holds the port, and two parked connections fill its backlog of 0.
+ */
+export async function startBlackholeServer(): Promise<{ port: number; stop(): Promise<void> }> {
+  const { spawn } = await import('node:child_process');
+  const { connect } = await import('node:net');
+  const child = spawn('python3', ['-c', "import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen(0)\nprint(s.getsockname()[1],flush=True)\ntime.sleep(600)"], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const port = await new Promise<number>((resolve, reject) => {
+    child.stdout!.once('data', (c: Buffer) => resolve(Number(c.toString().trim())));
+    child.once('error', reject);
+  });
+  const parked = [connect(port, '127.0.0.1'), connect(port, '127.0.0.1'), connect(port, '127.0.0.1')];
+  for (const p of parked) p.on('error', () => undefined);
+  await new Promise((r) => setTimeout(r, 100));
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  return {
+    port,
+    async stop() {
+      for (const p of parked) p.destroy();
+      child.kill('SIGKILL');
+      await exited;
+    },
+  };
+}

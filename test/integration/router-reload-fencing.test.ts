@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import type { Socket } from 'node:net';
 import { startRouter, type RouterHarness } from '../helpers/router-harness';
 import { freePort } from '../helpers/free-port';
-import { startNamedServer, startTcpServer, type TestServer } from '../helpers/tcp-servers';
+import { startBlackholeServer, startNamedServer, startTcpServer, type TestServer } from '../helpers/tcp-servers';
 import { closed, connectAndCollect, connectTo, eventually, readLine, sleep } from '../helpers/tcp-client';
 import type { RouteInput } from '../../router';
 
@@ -206,6 +206,22 @@ describe('router reload and fencing', function () {
         s.destroy();
       }
       expect(harness.router.routeStats().find((s) => s.port === rr)!.connectErrors).to.be.greaterThan(0);
+    });
+
+    it('fails over to the next backend when a connect times out', async () => {
+      const blackhole = await startBlackholeServer();
+      try {
+        const rr = await freePort();
+        await harness.reload({ version: 2, routes: [{ port: rr, mode: 'round-robin', connectTimeoutMs: 200, backends: [{ id: 'silent', host: '127.0.0.1', port: blackhole.port }, { id: 'a', host: '127.0.0.1', port: a.port }] }] });
+        for (let i = 0; i < 2; i++) {
+          const s = await connectTo(rr);
+          expect(await readLine(s, 3000)).to.equal('a');
+          s.destroy();
+        }
+        expect(harness.router.routeStats().find((s) => s.port === rr)!.connectTimeouts).to.be.greaterThan(0);
+      } finally {
+        await blackhole.stop();
+      }
     });
 
     it('refuses in primary mode when the primary cannot be reached', async () => {
