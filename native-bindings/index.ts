@@ -3,6 +3,7 @@
  * Only the router imports this; it always checks for `undefined` and falls back to pure JS.
  */
 import { existsSync } from 'node:fs';
+import type { Socket } from 'node:net';
 import { join } from 'node:path';
 
 /** Opaque handle of one relayed pair inside the addon. */
@@ -78,4 +79,10 @@ function tryLoad(): { bindings: NativeBindings | undefined; error: Error | undef
   } catch (err) {
     return { bindings: undefined, error: err instanceof Error ? err : new Error(String(err)) };
   }
+}
+
+/** The descriptor under a connected Node socket (libuv's TCP handle exposes it on Unix). */
+export function socketFd(socket: Socket): number | undefined {
+  const fd = (socket as unknown as { _handle?: { fd?: number } | null })._handle?.fd;
+  return fd !== undefined && fd >= 0 ? fd : undefined;
 }

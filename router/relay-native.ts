@@ -10,7 +10,7 @@
 import { constants as osConstants } from 'node:os';
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
-import { loadNativeBindings, NativeCloseReason, type NativeBindings, type NativePairHandle } from '../native-bindings';
+import { loadNativeBindings, NativeCloseReason, socketFd, type NativeBindings, type NativePairHandle } from '../native-bindings';
 import type { Relay, RelayCallbacks, RelayCloseReason, RelayedPair, RelayOptions } from './relay';
 import { createJsRelay } from './relay-js';
 
@@ -30,9 +30,8 @@ export interface NativeRelayOptions {
 
 export const DEFAULT_NATIVE_RELAY_OPTIONS: Required<NativeRelayOptions> = { threads: 1, pipeSize: 0 };
 
-/** The Node internals a handover reads: the libuv handle's descriptor and the stream's EOF flag. */
+/** The Node internal a handover reads: whether the stream already saw end-of-stream. */
 interface SocketInternals {
-  _handle?: { fd?: number } | null;
   _readableState?: { ended?: boolean };
 }
 
@@ -138,9 +137,9 @@ class NativeRelayedPair implements RelayedPair {
   }
 
   private handOver(): void {
-    const clientFd = (this.client as unknown as SocketInternals)._handle?.fd;
-    const backendFd = (this.backend as unknown as SocketInternals)._handle?.fd;
-    if (clientFd === undefined || clientFd < 0 || backendFd === undefined || backendFd < 0) {
+    const clientFd = socketFd(this.client);
+    const backendFd = socketFd(this.backend);
+    if (clientFd === undefined || backendFd === undefined) {
       // One side is already gone; nothing can be relayed.
       this.destroy(false);
       return;

@@ -1,0 +1,63 @@
+/**
+ * SO_REUSEPORT listeners, so that several router worker processes (`sf router --workers N`)
+ * accept on the same port and the kernel spreads connections over them. Node 20 cannot set
+ * SO_REUSEPORT, so the addon creates the bound, listening socket and Node adopts it with
+ * `server.listen({ fd })`. Without the addon there is no reuse-port listener: callers fall back
+ * to a single worker, or to Node's cluster module.
+ */
+import type { Server } from 'node:net';
+import { isIPv6 } from 'node:net';
+import { loadNativeBindings } from '../native-bindings';
+
+export interface ReusePortListenOptions {
+  /** A numeric IPv4 or IPv6 address. */
+  host: string;
+  /** 0 lets the kernel choose, which only makes sense for a single worker. */
+  port: number;
+  /**
+   * listen(2) backlog.
+   * @default 511 (Node's own default)
+   */
+  backlog?: number;
+  /**
+   * For an IPv6 host, refuse IPv4-mapped connections.
+   * @default false
+   */
+  ipv6Only?: boolean;
+}
+
+export const DEFAULT_REUSE_PORT_BACKLOG = 511;
+
+/** True when this process can open SO_REUSEPORT listeners. */
+export function reusePortAvailable(): boolean {
+  return loadNativeBindings() !== undefined;
+}
+
+/**
+ * A bound and listening socket descriptor with SO_REUSEPORT set, or `undefined` without the
+ * addon. Throws (code SF_ERR_NATIVE_SYSCALL, with `errno`) when the kernel refuses, e.g. when
+ * a process of another user holds the port.
+ */
+export function openReusePortFd(options: ReusePortListenOptions): number | undefined {
+  const bindings = loadNativeBindings();
+  if (bindings === undefined) return undefined;
+  const host = options.host === 'localhost' ? '127.0.0.1' : options.host;
+  return bindings.listenTcp(host, options.port, options.backlog ?? DEFAULT_REUSE_PORT_BACKLOG, true, isIPv6(host) && options.ipv6Only === true);
+}
+
+/**
+ * Makes `server` listen on a SO_REUSEPORT socket. Resolves false, without listening, when the
+ * addon is missing, so the caller can use an ordinary `server.listen()` instead.
+ */
+export function listenReusePort(server: Server, options: ReusePortListenOptions): Promise<boolean> {
+  const fd = openReusePortFd(options);
+  if (fd === undefined) return Promise.resolve(false);
+  return new Promise<boolean>((resolve, reject) => {
+    const onError = (err: Error): void => reject(err);
+    server.once('error', onError);
+    server.listen({ fd, backlog: options.backlog ?? DEFAULT_REUSE_PORT_BACKLOG }, () => {
+      server.removeListener('error', onError);
+      resolve(true);
+    });
+  });
+}
