@@ -8,6 +8,7 @@ import { startRouter, type RouterHarness } from '../helpers/router-harness';
 import { freePort } from '../helpers/free-port';
 import { startEchoServer, startTcpServer, type TestServer } from '../helpers/tcp-servers';
 import { closed, connectTo, eventually, sleep } from '../helpers/tcp-client';
+import type { RouteInput } from '../../router';
 
 const run = promisify(execFile);
 
@@ -32,6 +33,12 @@ describe('router relay', function () {
       ],
     });
   });
+
+  /** Adds one route to the running table, as an operator editing the route file would. */
+  async function addRoute(route: RouteInput): Promise<void> {
+    const table = harness.router.currentTable();
+    await harness.reload({ ...table, routes: [...table.routes, route] });
+  }
 
   after(async () => {
     await harness?.stop();
@@ -100,7 +107,7 @@ describe('router relay', function () {
       { allowHalfOpen: true },
     );
     const port = await freePort();
-    await harness.reload({ ...harness.router.currentTable(), routes: [...harness.router.currentTable().routes, { port, backends: [{ host: '127.0.0.1', port: backend.port }] }] });
+    await addRoute({ port, backends: [{ host: '127.0.0.1', port: backend.port }] });
     try {
       const client = await connectTo(port);
       let reply = '';
@@ -123,7 +130,7 @@ describe('router relay', function () {
       { allowHalfOpen: true },
     );
     const port = await freePort();
-    await harness.reload({ ...harness.router.currentTable(), routes: [...harness.router.currentTable().routes, { port, backends: [{ host: '127.0.0.1', port: backend.port }] }] });
+    await addRoute({ port, backends: [{ host: '127.0.0.1', port: backend.port }] });
     try {
       const client = await connectTo(port);
       let reply = '';
@@ -142,7 +149,7 @@ describe('router relay', function () {
   it('closes the client when the backend resets', async () => {
     const backend = await startTcpServer((s) => setTimeout(() => s.resetAndDestroy(), 50));
     const port = await freePort();
-    await harness.reload({ ...harness.router.currentTable(), routes: [...harness.router.currentTable().routes, { port, backends: [{ host: '127.0.0.1', port: backend.port }] }] });
+    await addRoute({ port, backends: [{ host: '127.0.0.1', port: backend.port }] });
     try {
       const client = await connectTo(port);
       expect(await closed(client, 3000)).to.be.lessThan(3000);
@@ -153,7 +160,7 @@ describe('router relay', function () {
 
   it('closes idle connections after the route idle timeout', async () => {
     const port = await freePort();
-    await harness.reload({ ...harness.router.currentTable(), routes: [...harness.router.currentTable().routes, { port, idleTimeoutMs: 300, backends: [{ host: '127.0.0.1', port: echo.port }] }] });
+    await addRoute({ port, idleTimeoutMs: 300, backends: [{ host: '127.0.0.1', port: echo.port }] });
     const client = await connectTo(port);
     client.write('x');
     await sleep(100);
@@ -164,7 +171,7 @@ describe('router relay', function () {
 
   it('refuses clients beyond the route maxConnections', async () => {
     const port = await freePort();
-    await harness.reload({ ...harness.router.currentTable(), routes: [...harness.router.currentTable().routes, { port, maxConnections: 2, backends: [{ host: '127.0.0.1', port: echo.port }] }] });
+    await addRoute({ port, maxConnections: 2, backends: [{ host: '127.0.0.1', port: echo.port }] });
     const a = await connectTo(port);
     const b = await connectTo(port);
     await eventually(() => harness.router.routeStats().find((s) => s.port === port)!.active === 2);
@@ -179,7 +186,7 @@ describe('router relay', function () {
     let first = Buffer.alloc(0);
     const backend = await startTcpServer((s) => s.on('data', (c: Buffer) => (first = Buffer.concat([first, c]))));
     const port = await freePort();
-    await harness.reload({ ...harness.router.currentTable(), routes: [...harness.router.currentTable().routes, { port, proxyProtocol: 2, backends: [{ host: '127.0.0.1', port: backend.port }] }] });
+    await addRoute({ port, proxyProtocol: 2, backends: [{ host: '127.0.0.1', port: backend.port }] });
     try {
       const client = await connectTo(port);
       client.write('PING\r\n');
