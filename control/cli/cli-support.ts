@@ -43,3 +43,20 @@ export function parseIntFlag(value: string, flag: string, min = 0, max = Number.
   }
   return n;
 }
+
+/**
+ * Runs `close` once on SIGINT or SIGTERM, then exits 0: how every `sf` daemon stops cleanly.
+ */
+export function stopOnSignals(log: { info(obj: object, msg: string): void }, what: string, close: () => Promise<void> | void): void {
+  let stopping = false;
+  const stop = (signal: NodeJS.Signals): void => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, `${what} stopping`);
+    void Promise.resolve()
+      .then(close)
+      .finally(() => process.exit(0));
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+}

@@ -6,7 +6,7 @@ import { hostname } from 'node:os';
 import { Command, Option } from 'commander';
 import { Router, FileRouteSource, createRouterMetrics, selectRelay, startAdminServer, type RelayChoice, type RouteSource, DEFAULT_ROUTER_OPTIONS, DEFAULT_ROUTER_GROUP } from '../../router';
 import { RedisRouteSource } from '../../router/route-source-redis';
-import { UsageError, exitWithError, parseHostPort, parseIntFlag } from './cli-support';
+import { UsageError, exitWithError, parseHostPort, parseIntFlag, stopOnSignals } from './cli-support';
 
 interface RouterFlags {
   routes?: string;
@@ -57,13 +57,10 @@ async function runRouter(flags: RouterFlags): Promise<void> {
     router.logger.info('SIGHUP: reloading routes');
     void router.reload();
   });
-  const shutdown = (signal: string): void => {
-    router.logger.info({ signal }, 'router stopping');
+  stopOnSignals(router.logger, 'router', () => {
     adminServer.close();
-    void router.close().then(() => process.exit(0));
-  };
-  process.once('SIGINT', () => shutdown('SIGINT'));
-  process.once('SIGTERM', () => shutdown('SIGTERM'));
+    return router.close();
+  });
 }
 
 export function registerRouterCommand(program: Command): void {
