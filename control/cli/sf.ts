@@ -7,8 +7,11 @@ import { Command, CommanderError } from 'commander';
 import { EXIT_USAGE, exitWithError } from './cli-support';
 import { registerCellCommand } from './command-cell';
 import { registerRouterCommand } from './command-router';
+import { registerControlCommand } from './command-control';
+import { registerEventsCommand } from './command-events';
+import { registerRouteCommands } from './command-routes';
 
-const COMMANDS: Array<(program: Command) => void> = [registerRouterCommand, registerCellCommand];
+const COMMANDS: Array<(program: Command) => void> = [registerRouterCommand, registerCellCommand, registerControlCommand, registerRouteCommands, registerEventsCommand];
 
 export function buildProgram(): Command {
   const program = new Command('sf')
