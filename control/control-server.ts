@@ -4,55 +4,22 @@
  * leader lock) register their endpoints here the same way the routing API does.
  */
 import { Redis } from 'ioredis';
-import pino, { type Logger } from 'pino';
-import { DEFAULT_KEY_PREFIX } from '../router/route-push-protocol';
+import pino from 'pino';
 import { registerEventsApi } from './api/routes-events';
 import { registerRoutingApi } from './api/routes-routing';
 import { registerTokensApi } from './api/routes-tokens';
 import { HttpServer } from './api/http-server';
 import { TokenAuthenticator, type StaticToken } from './api/token-authenticator';
+import { DEFAULT_CONTROL_SERVER_OPTIONS, type ControlServerOptions } from './control-options';
 import { EventHub } from './events/event-hub';
-import { RouterGroupStore, DEFAULT_RESERVABLE_PORTS } from './state/router-group-store';
+import { RouterGroupStore } from './state/router-group-store';
 import { controlKeys } from './state/store-keys';
 import { TcpRouteStore } from './state/tcp-route-store';
 import { TokenStore } from './state/token-store';
 import { withDefaults } from './options';
 import { RouteTtlSweeper } from './sweeper/route-ttl-sweeper';
 
-export interface ControlServerOptions {
-  /** @default 'redis://127.0.0.1:6379' */
-  redisUrl?: string;
-  /** @default '127.0.0.1' */
-  host?: string;
-  /** @default 7600; 0 asks the OS for a free port */
-  port?: number;
-  /** The admin token (all scopes). Without it only static and API-created tokens work. */
-  adminToken?: string;
-  /** Further tokens from a config file. */
-  staticTokens?: StaticToken[];
-  /** @default 1048576 bytes per request body */
-  bodyLimitBytes?: number;
-  /** @default 1000 ms between TTL sweeps */
-  sweepIntervalMs?: number;
-  /** @default 'sf:' */
-  keyPrefix?: string;
-  /** @default '16000-16999', the default router group's ports when control creates it */
-  defaultReservablePorts?: string;
-  /** @default a pino logger named 'control' */
-  logger?: Logger;
-  /** @default Date.now (tests advance time for TTL expiry) */
-  now?: () => number;
-}
-
-export const DEFAULT_CONTROL_SERVER_OPTIONS = {
-  redisUrl: 'redis://127.0.0.1:6379',
-  host: '127.0.0.1',
-  port: 7600,
-  bodyLimitBytes: 1024 * 1024,
-  sweepIntervalMs: 1_000,
-  keyPrefix: DEFAULT_KEY_PREFIX,
-  defaultReservablePorts: DEFAULT_RESERVABLE_PORTS,
-} as const;
+export { DEFAULT_CONTROL_SERVER_OPTIONS, type ControlServerOptions };
 
 export interface ControlServer {
   /** Base URL, e.g. `http://127.0.0.1:7600`. */

@@ -1,9 +1,12 @@
-/** `sf control`: runs the control plane's HTTP API over state in Redis. */
+/**
+ * `sf control`: runs the control plane's HTTP API over state in Redis. The server module (uWS,
+ * pino, ioredis) is loaded only when control actually runs, so the client commands registered
+ * next to this one start fast.
+ */
 import type { Command } from 'commander';
-import pino from 'pino';
 import { ensureAdminToken } from '../admin-token';
-import { loadTokensFile, type StaticToken } from '../api/token-authenticator';
-import { DEFAULT_CONTROL_SERVER_OPTIONS, startControlServer } from '../control-server';
+import type { StaticToken } from '../api/token-authenticator';
+import { DEFAULT_CONTROL_SERVER_OPTIONS as DEFAULTS } from '../control-options';
 import { exitWithError, parseHostPort, parseIntFlag } from './cli-support';
 
 interface ControlFlags {
@@ -15,13 +18,18 @@ interface ControlFlags {
 }
 
 async function runControl(flags: ControlFlags): Promise<void> {
+  const [{ default: pino }, { loadTokensFile }, { startControlServer }] = await Promise.all([
+    import('pino'),
+    import('../api/token-authenticator'),
+    import('../control-server'),
+  ]);
   const log = pino({ name: 'control', level: process.env.SF_LOG_LEVEL ?? 'info' });
   const listen = parseHostPort(flags.listen, '--listen');
   const staticTokens: StaticToken[] = flags.tokensFile ? await loadTokensFile(flags.tokensFile) : [];
   const admin = await ensureAdminToken();
   if (admin.file) log.info({ file: admin.file }, 'admin token file (clients on this machine read it)');
   const control = await startControlServer({
-    redisUrl: flags.redis ?? process.env.SF_REDIS_URL ?? DEFAULT_CONTROL_SERVER_OPTIONS.redisUrl,
+    redisUrl: flags.redis ?? process.env.SF_REDIS_URL ?? DEFAULTS.redisUrl,
     host: listen.host,
     port: listen.port,
     adminToken: admin.token,
@@ -42,10 +50,10 @@ export function registerControlCommand(program: Command): void {
   program
     .command('control')
     .description('run the control plane API (state in Redis)')
-    .option('--listen <host:port>', 'API address', `${DEFAULT_CONTROL_SERVER_OPTIONS.host}:${DEFAULT_CONTROL_SERVER_OPTIONS.port}`)
-    .option('--redis <url>', `Redis URL (default: SF_REDIS_URL or ${DEFAULT_CONTROL_SERVER_OPTIONS.redisUrl})`)
+    .option('--listen <host:port>', 'API address', `${DEFAULTS.host}:${DEFAULTS.port}`)
+    .option('--redis <url>', `Redis URL (default: SF_REDIS_URL or ${DEFAULTS.redisUrl})`)
     .option('--tokens-file <file>', 'JSON list of extra tokens: [{"name","token","scopes":["read"|"write"|"admin"]}]')
-    .option('--body-limit <bytes>', 'largest accepted request body', String(DEFAULT_CONTROL_SERVER_OPTIONS.bodyLimitBytes))
-    .option('--sweep-interval-ms <ms>', 'how often expired routes are removed', String(DEFAULT_CONTROL_SERVER_OPTIONS.sweepIntervalMs))
+    .option('--body-limit <bytes>', 'largest accepted request body', String(DEFAULTS.bodyLimitBytes))
+    .option('--sweep-interval-ms <ms>', 'how often expired routes are removed', String(DEFAULTS.sweepIntervalMs))
     .action((flags: ControlFlags) => runControl(flags).catch(exitWithError));
 }

@@ -6,6 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { DEFAULT_ROUTER_GROUP } from '../../router/route-model';
+import { DEFAULT_RESERVABLE_PORTS } from '../control-options';
 import { ControlErrorCode, SfError } from '../errors';
 import { withCasRetry } from './cas-commit';
 import { parsePortRanges, rangesContain, rangesOverlap, type PortRange } from './port-ranges';
@@ -24,8 +25,6 @@ export interface RouterGroupInput {
   reservable_ports: string;
 }
 
-/** @default '16000-16999', DESIGN.md's default route port range */
-export const DEFAULT_RESERVABLE_PORTS = '16000-16999';
 
 export class RouterGroupStore {
   constructor(

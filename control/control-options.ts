@@ -1,0 +1,45 @@
+/**
+ * Options of `sf control`, apart from the server so the CLI can show defaults without loading
+ * uWS, ioredis and pino.
+ */
+import type { Logger } from 'pino';
+import { DEFAULT_KEY_PREFIX } from '../router/route-push-protocol';
+import type { StaticToken } from './api/token-authenticator';
+
+/** @default '16000-16999', DESIGN.md's default route port range */
+export const DEFAULT_RESERVABLE_PORTS = '16000-16999';
+
+export interface ControlServerOptions {
+  /** @default 'redis://127.0.0.1:6379' */
+  redisUrl?: string;
+  /** @default '127.0.0.1' */
+  host?: string;
+  /** @default 7600; 0 asks the OS for a free port */
+  port?: number;
+  /** The admin token (all scopes). Without it only static and API-created tokens work. */
+  adminToken?: string;
+  /** Further tokens from a config file. */
+  staticTokens?: StaticToken[];
+  /** @default 1048576 bytes per request body */
+  bodyLimitBytes?: number;
+  /** @default 1000 ms between TTL sweeps */
+  sweepIntervalMs?: number;
+  /** @default 'sf:' */
+  keyPrefix?: string;
+  /** @default '16000-16999', the default router group's ports when control creates it */
+  defaultReservablePorts?: string;
+  /** @default a pino logger named 'control' */
+  logger?: Logger;
+  /** @default Date.now (tests advance time for TTL expiry) */
+  now?: () => number;
+}
+
+export const DEFAULT_CONTROL_SERVER_OPTIONS = {
+  redisUrl: 'redis://127.0.0.1:6379',
+  host: '127.0.0.1',
+  port: 7600,
+  bodyLimitBytes: 1024 * 1024,
+  sweepIntervalMs: 1_000,
+  keyPrefix: DEFAULT_KEY_PREFIX,
+  defaultReservablePorts: DEFAULT_RESERVABLE_PORTS,
+} as const;
