@@ -169,7 +169,7 @@ export class CellAgent {
     });
     this.requestReconcile();
     void this.orderLoop();
-    this.log.info({ dataDir: this.dataDir, host: this.opts.advertiseHost, executors: this.availableExecutors, engines: this.availableEngineKinds }, 'cell registered');
+    this.log.info({ dataDir: this.dataDir, host: this.opts.advertiseHost, executors: this.availableExecutors, engines: this.availableEngineKinds, instances: this.instances.summary() }, 'cell registered');
   }
 
   /** Deregisters; instances keep running (re-adopted next start) unless stopInstancesOnExit. */

@@ -66,6 +66,8 @@ export class CellInstances {
         inst.handle = handle;
         inst.state = 'running';
         inst.healthy = null;
+        // It ran because control wanted it; if the desired hash no longer lists it, stop it.
+        inst.desired = true;
       }
     }
     for (const { meta } of await listVolumes(this.options.dataDir)) {
@@ -91,6 +93,11 @@ export class CellInstances {
 
   count(): number {
     return this.local.size;
+  }
+
+  /** instanceId -> state, for the start-up log line. */
+  summary(): Record<string, string> {
+    return Object.fromEntries([...this.local].map(([id, inst]) => [id, `${inst.state}${inst.handle ? ` pid ${inst.handle.pid}` : ''}`]));
   }
 
   ids(): string[] {

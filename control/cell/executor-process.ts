@@ -8,6 +8,7 @@
  * postmaster and keeps serving a connected client.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { chmod, open, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { InstanceSpec } from './cell-protocol';
@@ -64,9 +65,16 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+  // An adopted process is not our child: once dead it may linger as a zombie until its new
+  // parent reaps it (some container inits never do), and signal 0 still succeeds on a zombie.
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
   }
 }
 
