@@ -35,7 +35,7 @@ export function reusePortAvailable(): boolean {
 
 /**
  * A bound and listening socket descriptor with SO_REUSEPORT set, or `undefined` without the
- * addon. Throws (code SF_ERR_NATIVE_SYSCALL, with `errno`) when the kernel refuses, e.g. when
+ * addon. Throws a system error (`code` such as EADDRINUSE, `errno`, `syscall`) when the kernel refuses, e.g. when
  * a process of another user holds the port.
  */
 export function openReusePortFd(options: ReusePortListenOptions): number | undefined {

@@ -22,10 +22,14 @@ struct PairHandle {
   std::shared_ptr<sf::Pair> pair;
 };
 
-Napi::Value ThrowErrno(Napi::Env env, const std::string& what, int err) {
+// Shaped like Node's own system errors (code "EADDRINUSE", errno, syscall), so callers handle
+// both alike.
+Napi::Value ThrowErrno(Napi::Env env, const std::string& syscall, const std::string& what, int err) {
+  const char* name = strerrorname_np(err);
   Napi::Error e = Napi::Error::New(env, what + ": " + strerror(err));
-  e.Set("code", Napi::String::New(env, "SF_ERR_NATIVE_SYSCALL"));
+  e.Set("code", Napi::String::New(env, name != nullptr ? name : "SF_ERR_NATIVE_SYSCALL"));
   e.Set("errno", Napi::Number::New(env, err));
+  e.Set("syscall", Napi::String::New(env, syscall));
   e.ThrowAsJavaScriptException();
   return env.Undefined();
 }
@@ -104,7 +108,7 @@ Napi::Value Start(const Napi::CallbackInfo& info) {
   int err = 0;
   std::shared_ptr<sf::Pair> pair = data->engine->Start(
       info[1].As<Napi::Number>().Int32Value(), info[2].As<Napi::Number>().Int32Value(), std::move(options), &err);
-  if (!pair) return ThrowErrno(env, "relay start", err);
+  if (!pair) return ThrowErrno(env, "fcntl", "relay start", err);
   return Napi::External<PairHandle>::New(env, new PairHandle{std::move(pair)},
                                          [](Napi::Env, PairHandle* handle) { delete handle; });
 }
@@ -163,7 +167,7 @@ Napi::Value ListenTcp(const Napi::CallbackInfo& info) {
   o.reuse_port = info[3].ToBoolean().Value();
   o.ipv6_only = info[4].ToBoolean().Value();
   int fd = sf::ListenTcp(o);
-  if (fd < 0) return ThrowErrno(env, "listen " + o.host + ":" + std::to_string(o.port), -fd);
+  if (fd < 0) return ThrowErrno(env, "listen", "listen " + o.host + ":" + std::to_string(o.port), -fd);
   return Napi::Number::New(env, fd);
 }
 
@@ -171,7 +175,7 @@ Napi::Value SetTcpUserTimeout(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[0].IsNumber() || !info[1].IsNumber()) return ThrowType(env, "setTcpUserTimeout(fd, ms)");
   int rc = sf::SetTcpUserTimeout(info[0].As<Napi::Number>().Int32Value(), info[1].As<Napi::Number>().Uint32Value());
-  if (rc != 0) return ThrowErrno(env, "setsockopt TCP_USER_TIMEOUT", -rc);
+  if (rc != 0) return ThrowErrno(env, "setsockopt", "setsockopt TCP_USER_TIMEOUT", -rc);
   return env.Undefined();
 }
 
@@ -181,7 +185,7 @@ Napi::Value SetKeepAlive(const Napi::CallbackInfo& info) {
   if (!info[0].IsNumber()) return ThrowType(env, "setKeepAlive(fd, enable, idleS, intervalS, count)");
   auto num = [&](size_t i) { return info[i].IsNumber() ? info[i].As<Napi::Number>().Int32Value() : 0; };
   int rc = sf::SetKeepAlive(num(0), info[1].ToBoolean().Value(), num(2), num(3), num(4));
-  if (rc != 0) return ThrowErrno(env, "setsockopt keepalive", -rc);
+  if (rc != 0) return ThrowErrno(env, "setsockopt", "setsockopt keepalive", -rc);
   return env.Undefined();
 }
 
