@@ -160,10 +160,26 @@ function matchingHaproxy(spec: TargetSpec, names: Set<string>, splice: boolean):
 interface RatioSet {
   target: string;
   reference: string;
+  /** Ratio of the medians. */
   values: Record<string, number>;
+  /**
+   * Median of the per-round ratios: samples of one round were taken minutes apart at most, so
+   * this pairing cancels slow drifts in background load that the ratio of medians keeps.
+   */
+  paired: Record<string, number>;
 }
 
-function computeRatios(running: RunningTarget[], medians: Record<string, Record<string, number>>): RatioSet[] {
+/** Metric values of one target per round, rebuilt from the raw samples. */
+function valuesByRound(raw: readonly RawSample[], target: string): Map<number, Record<string, number>> {
+  const out = new Map<number, Record<string, number>>();
+  for (const sample of raw) {
+    if (sample.target !== target || !sample.result) continue;
+    out.set(sample.round, { ...out.get(sample.round), ...metricsOf(sample.measurement, sample.result) });
+  }
+  return out;
+}
+
+function computeRatios(running: RunningTarget[], medians: Record<string, Record<string, number>>, raw: readonly RawSample[]): RatioSet[] {
   const names = new Set(running.map((t) => t.spec.name));
   const out: RatioSet[] = [];
   for (const t of running) {
@@ -172,8 +188,19 @@ function computeRatios(running: RunningTarget[], medians: Record<string, Record<
     for (const ref of refs) {
       if (!ref) continue;
       const values: Record<string, number> = {};
-      for (const m of METRICS) values[m.key] = medians[t.spec.name][m.key] / medians[ref][m.key];
-      out.push({ target: t.spec.name, reference: ref, values });
+      const paired: Record<string, number> = {};
+      const mine = valuesByRound(raw, t.spec.name);
+      const theirs = valuesByRound(raw, ref);
+      for (const m of METRICS) {
+        values[m.key] = medians[t.spec.name][m.key] / medians[ref][m.key];
+        const perRound: number[] = [];
+        for (const [round, v] of mine) {
+          const r = theirs.get(round)?.[m.key];
+          if (v[m.key] !== undefined && r !== undefined) perRound.push(v[m.key] / r);
+        }
+        paired[m.key] = median(perRound);
+      }
+      out.push({ target: t.spec.name, reference: ref, values, paired });
     }
   }
   return out;
@@ -230,7 +257,7 @@ async function main(): Promise<void> {
       medians[t.spec.name] = {};
       for (const [key, values] of Object.entries(samples[t.spec.name])) medians[t.spec.name][key] = median(values);
     }
-    const ratios = computeRatios(running, medians);
+    const ratios = computeRatios(running, medians, raw);
     return {
       benchmark: 'router-vs-haproxy',
       complete,
@@ -281,13 +308,13 @@ async function main(): Promise<void> {
 
   const result = snapshot(true);
   const path = writeResults('router', result);
-  printReport(result, running);
+  printReport(result, running, raw);
   process.stdout.write(`\nresults: ${path}\n`);
 }
 
-function printReport(result: Record<string, unknown>, running: RunningTarget[]): void {
+function printReport(result: Record<string, unknown>, running: RunningTarget[], raw: readonly RawSample[]): void {
   const medians = result.medians as Record<string, Record<string, number>>;
-  const ratios = computeRatios(running, medians);
+  const ratios = computeRatios(running, medians, raw);
   const names = running.map((t) => t.spec.name);
   const relayNote = running.filter((t) => t.spec.kind === 'router').map((t) => `${t.spec.name}: relay=${String(t.info.relay)}`);
   process.stdout.write(`\nMedians (${(result.settings as Settings).rounds} round(s)); ${relayNote.join(', ') || 'no router column'}\n\n`);

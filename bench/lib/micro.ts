@@ -31,6 +31,13 @@ export function keep(value: unknown): void {
   sink = value;
 }
 
+/** Cases range from nanoseconds (a balancer pick) to hundreds of milliseconds (a 10k table). */
+function formatDuration(ns: number): string {
+  if (ns >= 1e6) return `${formatNumber(ns / 1e6)} ms`;
+  if (ns >= 1e3) return `${formatNumber(ns / 1e3)} µs`;
+  return `${formatNumber(ns)} ns`;
+}
+
 export async function runMicro(name: string, question: string, cases: readonly MicroCase[]): Promise<MicroRow[]> {
   const quick = process.argv.includes('--quick');
   const bench = new Bench({ name, time: quick ? 100 : 1000, warmupTime: quick ? 20 : 200 });
@@ -56,8 +63,8 @@ export async function runMicro(name: string, question: string, cases: readonly M
   process.stdout.write(`\n${question}\n\n`);
   process.stdout.write(
     `${formatTable(
-      ['case', 'ops/s', 'mean ns', 'p50 ns', 'p99 ns', '±%', 'samples'],
-      rows.map((r) => [r.name, formatNumber(r.opsPerSecond), formatNumber(r.meanNs), formatNumber(r.p50Ns), formatNumber(r.p99Ns), r.rmePercent.toFixed(1), String(r.samples)]),
+      ['case', 'ops/s', 'mean', 'p50', 'p99', '±%', 'samples'],
+      rows.map((r) => [r.name, formatNumber(r.opsPerSecond), formatDuration(r.meanNs), formatDuration(r.p50Ns), formatDuration(r.p99Ns), r.rmePercent.toFixed(1), String(r.samples)]),
     )}\n`,
   );
   const path = writeResults(`micro-${name}`, {
