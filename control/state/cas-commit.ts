@@ -25,14 +25,11 @@ export type CasResult = { ok: true } | { ok: false; key: string; current: number
 // KEYS[1..n] are the guarded version keys (n = ARGV[1], expected values in ARGV[2..n+1]); ops
 // reference further keys by index. The whitelist keeps the script from ever becoming a general
 // command runner.
-const COMMIT_SCRIPT = `
-local n = tonumber(ARGV[1])
-for i = 1, n do
-  local current = tonumber(redis.call('GET', KEYS[i]) or '0')
-  if current ~= tonumber(ARGV[1 + i]) then return {0, i, current} end
-end
-for i = 1, n do redis.call('INCR', KEYS[i]) end
-local ops = cjson.decode(ARGV[n + 2])
+/**
+ * Lua that applies the JSON-encoded ops in `ops` (see encodeCasOps); shared by every commit
+ * script so the op format is defined once.
+ */
+export const APPLY_CAS_OPS_LUA = `
 for _, op in ipairs(ops) do
   local c = op[1]
   if c == 'HSET' then redis.call('HSET', KEYS[op[2]], op[3], op[4])
@@ -47,6 +44,17 @@ for _, op in ipairs(ops) do
   elseif c == 'PUBLISH' then redis.call('PUBLISH', op[2], op[3])
   else return redis.error_reply('unknown op ' .. tostring(c)) end
 end
+`;
+
+const COMMIT_SCRIPT = `
+local n = tonumber(ARGV[1])
+for i = 1, n do
+  local current = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if current ~= tonumber(ARGV[1 + i]) then return {0, i, current} end
+end
+for i = 1, n do redis.call('INCR', KEYS[i]) end
+local ops = cjson.decode(ARGV[n + 2])
+${APPLY_CAS_OPS_LUA}
 return {1, 0, 0}
 `;
 
@@ -62,15 +70,13 @@ interface CommitCapable {
 
 const defined = new WeakSet<Redis>();
 
-/** Commits `ops` if every guard still holds its expected version, bumping each guard by one. */
-export async function casCommit(redis: Redis, guards: CasGuard[], ops: CasOp[]): Promise<CasResult> {
-  if (!defined.has(redis)) {
-    // defineCommand sends EVALSHA and falls back to EVAL once, so the script text is not
-    // re-sent with every write.
-    redis.defineCommand('sfCasCommit', { lua: COMMIT_SCRIPT });
-    defined.add(redis);
-  }
-  const keys = guards.map((g) => g.key);
+/**
+ * Encodes ops for a commit script: `keys` are the script's leading KEYS (guards, locks); every
+ * further key an op names is appended once and referenced by its 1-based index. Shared by every
+ * script that applies CasOps, so they all read the same op format.
+ */
+export function encodeCasOps(leadingKeys: string[], ops: CasOp[]): { keys: string[]; encoded: Array<Array<string | number>> } {
+  const keys = [...leadingKeys];
   const keyIndex = new Map<string, number>(keys.map((k, i) => [k, i + 1]));
   const indexOf = (key: string): number => {
     let i = keyIndex.get(key);
@@ -81,26 +87,7 @@ export async function casCommit(redis: Redis, guards: CasGuard[], ops: CasOp[]):
     }
     return i;
   };
-  const encoded = ops.map((op): Array<string | number> => {
-    switch (op.cmd) {
-      case 'HSET':
-        return [op.cmd, indexOf(op.key), op.field, op.value];
-      case 'HDEL':
-        return [op.cmd, indexOf(op.key), op.field];
-      case 'ZADD':
-        return [op.cmd, indexOf(op.key), op.score, op.member];
-      case 'ZREM':
-        return [op.cmd, indexOf(op.key), op.member];
-      case 'SET':
-        return [op.cmd, indexOf(op.key), op.value];
-      case 'DEL':
-        return [op.cmd, indexOf(op.key)];
-      case 'LPUSH_CAPPED':
-        return [op.cmd, indexOf(op.key), op.value, op.cap];
-      case 'PUBLISH':
-        return [op.cmd, op.channel, op.message];
-    }
-  });
+  const encoded = ops.map((op) => encodeCasOp(op, indexOf));
   const [ok, failed, current] = await (redis as unknown as CommitCapable).sfCasCommit(
     keys.length,
     ...keys,
@@ -109,6 +96,31 @@ export async function casCommit(redis: Redis, guards: CasGuard[], ops: CasOp[]):
     JSON.stringify(encoded),
   );
   return ok === 1 ? { ok: true } : { ok: false, key: keys[failed - 1], current };
+}
+
+/**
+ * The wire form of one op for the commit script: keys become KEYS indexes via `indexOf`. Shared
+ * with leader/fenced-commit.ts, whose script applies the same op vocabulary.
+ */
+export function encodeCasOp(op: CasOp, indexOf: (key: string) => number): Array<string | number> {
+  switch (op.cmd) {
+    case 'HSET':
+      return [op.cmd, indexOf(op.key), op.field, op.value];
+    case 'HDEL':
+      return [op.cmd, indexOf(op.key), op.field];
+    case 'ZADD':
+      return [op.cmd, indexOf(op.key), op.score, op.member];
+    case 'ZREM':
+      return [op.cmd, indexOf(op.key), op.member];
+    case 'SET':
+      return [op.cmd, indexOf(op.key), op.value];
+    case 'DEL':
+      return [op.cmd, indexOf(op.key)];
+    case 'LPUSH_CAPPED':
+      return [op.cmd, indexOf(op.key), op.value, op.cap];
+    case 'PUBLISH':
+      return [op.cmd, op.channel, op.message];
+  }
 }
 
 export interface CasRetryOptions {
