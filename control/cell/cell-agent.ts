@@ -87,6 +87,10 @@ export class CellAgent {
   readonly dataDir: string;
   private readonly opts: CellAgentOptions & typeof DEFAULT_CELL_AGENT_OPTIONS & { advertiseHost: string };
   private readonly log: Logger;
+
+  get logger(): Logger {
+    return this.log;
+  }
   private readonly engines: EngineRegistry;
   private readonly executors: Partial<Record<ExecutorKind, Executor>>;
   private redis: Redis | undefined;

@@ -41,8 +41,11 @@ function ipv6Bytes(address: string): Buffer {
   return buf;
 }
 
+/** The errno name of a rejected request; netlink 0.3 only puts it in the message text. */
 function errno(err: unknown): string | undefined {
-  return (err as { code?: string }).code;
+  const code = (err as { code?: string }).code;
+  if (code) return code;
+  return /Request rejected: (\w+)/.exec(err instanceof Error ? err.message : '')?.[1];
 }
 
 export class NetworkFencer {

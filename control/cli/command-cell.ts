@@ -5,7 +5,7 @@ import { Command } from 'commander';
 import { CellAgent, DEFAULT_CELL_AGENT_OPTIONS } from '../cell/cell-agent';
 import { NetworkFencer } from '../cell/fencer-network';
 import { parsePortRange } from '../cell/port-allocator';
-import { UsageError, exitWithError, parseIntFlag } from './cli-support';
+import { UsageError, exitWithError, parseIntFlag, stopOnSignals } from './cli-support';
 
 interface CellFlags {
   name?: string;
@@ -48,11 +48,7 @@ async function runCell(flags: CellFlags): Promise<void> {
     fencer: new NetworkFencer(),
   });
   await agent.start();
-  const shutdown = (): void => {
-    void agent.stop().then(() => process.exit(0));
-  };
-  process.once('SIGINT', shutdown);
-  process.once('SIGTERM', shutdown);
+  stopOnSignals(agent.logger, 'cell', () => agent.stop());
 }
 
 export function registerCellCommand(program: Command): void {

@@ -1,7 +1,9 @@
+import { connect } from 'node:net';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import { PostgresEngine } from '../../control/cell/engine-postgres';
 import { RedisEngine } from '../../control/cell/engine-redis';
+import { TcpEngine } from '../../control/cell/engine-tcp';
 import { CellErrorCode } from '../../control/cell/errors';
 import { ProcessExecutor } from '../../control/cell/executor-process';
 import { eventually, spec, tempCellDir } from '../helpers/cell-harness';
@@ -91,6 +93,31 @@ describe('ProcessExecutor', function () {
       await reborn.kill('r-adopt');
       expect(reborn.status('r-adopt').state).to.equal('exited');
       await eventually(async () => executor.status('r-adopt').state === 'exited', 5_000, 'original executor sees exit');
+    });
+  });
+
+  describe('tcp', () => {
+    it('runs any command listening on its port, with placeholders filled, healthy by TCP connect', async () => {
+      const t0 = Date.now();
+      const h = await executor.start(
+        spec({
+          instanceId: 't-0',
+          engine: 'tcp',
+          command: { file: process.execPath, args: ['-e', "require('net').createServer((s) => s.pipe(s)).listen(Number(process.argv[1]), process.argv[2])", '{port}', '{host}'] },
+        }),
+      );
+      const echoed = await new Promise<string>((resolve, reject) => {
+        const s = connect(h.port, '127.0.0.1', () => s.write('hi'));
+        s.once('data', (d: Buffer) => {
+          s.destroy();
+          resolve(d.toString());
+        });
+        s.once('error', reject);
+      });
+      console.log(`      tcp: start to first successful exchange ${Date.now() - t0} ms`);
+      expect(echoed).to.equal('hi');
+      const err = await new TcpEngine().promote().catch((e: unknown) => e);
+      expect((err as { code: string }).code).to.equal(CellErrorCode.EngineUnsupported);
     });
   });
 

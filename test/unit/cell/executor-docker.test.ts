@@ -1,0 +1,31 @@
+import { expect } from 'chai';
+import { CellErrorCode } from '../../../control/cell/errors';
+import { DockerExecutor } from '../../../control/cell/executor-docker';
+import { spec, tempCellDir } from '../../helpers/cell-harness';
+
+describe('DockerExecutor', () => {
+  const socketPath = '/nonexistent/sf-test-docker.sock';
+
+  describe('available', () => {
+    it('reports unavailable with the reason when no daemon answers on the socket', async () => {
+      const executor = new DockerExecutor({ dataDir: '/tmp', docker: { socketPath } });
+      const availability = await executor.available();
+      expect(availability.ok).to.equal(false);
+      expect(availability.reason).to.contain(socketPath).and.to.match(/ENOENT|no Docker daemon/);
+    });
+  });
+
+  describe('start', () => {
+    it('refuses with SF_ERR_EXECUTOR_UNAVAILABLE instead of pretending', async () => {
+      const cell = await tempCellDir();
+      try {
+        const executor = new DockerExecutor({ dataDir: cell.dir, docker: { socketPath } });
+        const err = await executor.start(spec({ instanceId: 'd-0', engine: 'redis' })).catch((e: unknown) => e);
+        expect((err as { code: string }).code).to.equal(CellErrorCode.ExecutorUnavailable);
+        expect(executor.handles()).to.deep.equal([]);
+      } finally {
+        await cell.remove();
+      }
+    });
+  });
+});
