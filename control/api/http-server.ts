@@ -73,6 +73,9 @@ const REASONS: Record<number, string> = {
 /** A slow event consumer is cut off after this many writes uWS had to buffer. */
 const MAX_BACKPRESSURED_WRITES = 1_000;
 
+/** Idle event streams get a comment line this often, so proxies and NATs keep them open. */
+const STREAM_KEEPALIVE_MS = 15_000;
+
 interface RequestState {
   aborted: boolean;
   done: boolean;
@@ -295,9 +298,14 @@ export class HttpServer {
     const closers: Array<() => void> = [];
     let closed = false;
     let backpressured = 0;
+    const keepalive = setInterval(() => {
+      if (!closed) res.cork(() => res.write(': keep-alive\n\n'));
+    }, STREAM_KEEPALIVE_MS);
+    keepalive.unref();
     const finish = (end: boolean) => {
       if (closed) return;
       closed = true;
+      clearInterval(keepalive);
       this.streams.delete(sink);
       if (end && !state.aborted) res.cork(() => res.end());
       state.aborted = true;
