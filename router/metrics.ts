@@ -6,7 +6,7 @@ import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Router } from './router';
 import type { RouteStats } from './route-stats';
 
-type CounterField = Exclude<keyof RouteStats, 'port' | 'active'>;
+type CounterField = Exclude<keyof RouteStats, 'port' | 'sni' | 'active'>;
 
 const ROUTE_COUNTERS: Array<{ name: string; help: string; field: CounterField }> = [
   { name: 'sf_router_connections_total', help: 'Client connections accepted per route port.', field: 'total' },
@@ -30,26 +30,36 @@ export function createRouterMetrics(router: Router, withProcessMetrics = true): 
   new Gauge({
     name: 'sf_router_active_connections',
     help: 'Open client connections per route port.',
-    labelNames: ['port'],
+    labelNames: ['port', 'sni'],
     registers: [registry],
     collect() {
       this.reset();
       // This collector runs first (registration order) and takes the snapshot the others read.
-      for (const s of refresh()) this.set({ port: String(s.port) }, s.active);
+      for (const s of refresh()) this.set({ port: String(s.port), sni: s.sni }, s.active);
     },
   });
   for (const def of ROUTE_COUNTERS) {
     new Counter({
       name: def.name,
       help: def.help,
-      labelNames: ['port'],
+      labelNames: ['port', 'sni'],
       registers: [registry],
       collect() {
         this.reset();
-        for (const s of snapshot) this.inc({ port: String(s.port) }, s[def.field]);
+        for (const s of snapshot) this.inc({ port: String(s.port), sni: s.sni }, s[def.field]);
       },
     });
   }
+  new Counter({
+    name: 'sf_router_refused_unknown_server_name_total',
+    help: 'Clients on a shared TLS port whose server name matched no route.',
+    labelNames: ['port'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const r of router.refusedUnknownServerName()) this.inc({ port: String(r.port) }, r.count);
+    },
+  });
   new Gauge({
     name: 'sf_router_table_version',
     help: 'Version of the route table in force.',

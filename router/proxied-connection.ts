@@ -39,6 +39,7 @@ export class ProxiedConnection {
   constructor(
     readonly client: Socket,
     private readonly host: ConnectionHost,
+    private readonly initial?: Buffer,
   ) {
     client.on('error', this.onEarlyClientError);
     client.on('close', this.onEarlyClientClose);
@@ -160,6 +161,7 @@ export class ProxiedConnection {
         }),
       );
     }
+    if (this.initial) socket.write(this.initial);
     this.pair = this.host.relay.start(
       this.client,
       socket,

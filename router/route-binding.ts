@@ -1,12 +1,12 @@
 /**
- * One route port: its listening socket, its balancer and its live connections. A new table
- * replaces the route in place; the listener decides each live connection's fate (keep, drain,
- * kill) from how its backend changed.
+ * One route's serving state on its port: balancer, live connections, counters. A new table
+ * replaces the route in place; the binding decides each live connection's fate (keep, drain,
+ * kill) from how its backend changed. Usually one binding per port; TLS ports shared by SNI
+ * carry one per server-name group (see route-listener.ts).
  */
-import { createServer, type Server, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import type { Balancer } from './balancer';
 import { createBalancer } from './balancer-factory';
-import { ErrorCode, SfError } from './errors';
 import type { Logger } from './logger';
 import { ProxiedConnection, setSocketOptions, type ConnectionHost } from './proxied-connection';
 import type { Relay, RelayCloseReason } from './relay';
@@ -18,6 +18,10 @@ export interface ListenerEnvironment {
   logger: Logger;
   bindHost: string;
   backlog: number;
+  /** Open the port with SO_REUSEPORT when the addon allows it. */
+  reusePort: boolean;
+  /** How long a shared TLS port waits for a client's ClientHello. */
+  clientHelloTimeoutMs: number;
   keepAliveMs: number;
   /** Shared across listeners: admits a connection under the router-wide limit. */
   admit(): boolean;
@@ -46,7 +50,12 @@ export function connectionFate(route: Route, connected: Backend, connectedEpoch:
   return 'keep';
 }
 
-export class RouteListener implements ConnectionHost {
+/** Identifies a route among those sharing a port: its server names, or '' for the port's default. */
+export function bindingKey(route: Route): string {
+  return route.sni && route.sni.length > 0 ? route.sni.map((n) => n.toLowerCase()).sort().join(',') : '';
+}
+
+export class RouteBinding implements ConnectionHost {
   readonly stats: RouteStats;
   readonly relay: Relay;
   readonly keepAliveMs: number;
@@ -54,8 +63,6 @@ export class RouteListener implements ConnectionHost {
   private route: Route;
   private balancer: Balancer;
   private readonly activeByBackend = new Map<string, number>();
-  private readonly server: Server;
-  private retired = false;
   private onEmpty: (() => void) | undefined;
 
   constructor(
@@ -63,31 +70,10 @@ export class RouteListener implements ConnectionHost {
     private readonly env: ListenerEnvironment,
   ) {
     this.route = route;
-    this.stats = newRouteStats(route.port);
+    this.stats = newRouteStats(route.port, bindingKey(route));
     this.relay = env.relay;
     this.keepAliveMs = env.keepAliveMs;
     this.balancer = this.buildBalancer(route);
-    // pauseOnConnect keeps the client's first bytes in the kernel until a backend is connected
-    // (and a PROXY header, if any, is written ahead of them).
-    this.server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, this.onConnection);
-  }
-
-  get port(): number {
-    return this.route.port;
-  }
-
-  listen(): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const onError = (err: NodeJS.ErrnoException): void => {
-        reject(new SfError(ErrorCode.ListenFailed, `cannot listen on ${this.env.bindHost}:${this.route.port}: ${err.code ?? err.message}`));
-      };
-      this.server.once('error', onError);
-      this.server.listen({ host: this.env.bindHost, port: this.route.port, backlog: this.env.backlog }, () => {
-        this.server.removeListener('error', onError);
-        this.server.on('error', (err) => this.env.logger.error({ err, port: this.route.port }, 'listener error'));
-        resolve();
-      });
-    });
   }
 
   currentRoute(): Route {
@@ -146,10 +132,8 @@ export class RouteListener implements ConnectionHost {
     return killed;
   }
 
-  /** The port left the table: stop accepting and drain what is connected. */
+  /** The route left the table: drain what is connected, then call `onGone`. */
   retire(onGone: () => void): void {
-    this.retired = true;
-    this.server.close();
     const drainMs = routeLimits(this.route).drainTimeoutMs;
     if (this.connections.size === 0) {
       onGone();
@@ -164,12 +148,6 @@ export class RouteListener implements ConnectionHost {
     for (const conn of this.connections) conn.kill();
   }
 
-  close(): Promise<void> {
-    this.retired = true;
-    this.killAll();
-    return new Promise((resolve) => this.server.close(() => resolve()));
-  }
-
   private buildBalancer(route: Route): Balancer {
     return createBalancer(route, { active: (id) => this.activeFor(id) });
   }
@@ -178,11 +156,11 @@ export class RouteListener implements ConnectionHost {
     this.stats.killedDrained++;
   };
 
-  private readonly onConnection = (client: Socket): void => {
-    if (this.retired || !this.env.serving()) {
-      client.destroy();
-      return;
-    }
+  /**
+   * Takes a client accepted on this route's port. `initial` holds bytes already read from it
+   * (a ClientHello read to choose the route); they reach the backend first.
+   */
+  accept(client: Socket, initial?: Buffer): void {
     if (this.stats.active >= routeLimits(this.route).maxConnections || !this.env.admit()) {
       this.stats.refusedMaxConnections++;
       client.destroy();
@@ -191,8 +169,8 @@ export class RouteListener implements ConnectionHost {
     this.stats.active++;
     this.stats.total++;
     setSocketOptions(client, this.keepAliveMs);
-    const conn = new ProxiedConnection(client, this);
+    const conn = new ProxiedConnection(client, this, initial);
     this.connections.add(conn);
     conn.start();
-  };
+  }
 }

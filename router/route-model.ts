@@ -58,7 +58,10 @@ export const routeSchema = z
       .default('primary'),
     backends: z.array(backendSchema).max(1000),
     /** Hostnames served on a shared TLS port, chosen by the ClientHello's SNI (no termination). */
-    sni: z.array(z.string().min(1).max(253)).optional(),
+    sni: z
+      .array(z.string().regex(/^(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$/, 'must be a host name, optionally starting with *.'))
+      .max(100)
+      .optional(),
     proxyProtocol: z.union([z.literal(1), z.literal(2)], { error: 'must be 1 or 2' }).optional(),
     /** TLS towards the backend. */
     tls: z.boolean().optional(),
@@ -144,19 +147,34 @@ export function normalizeRoute(r: z.output<typeof routeSchema>): Route {
   return route;
 }
 
-/** Checks the rules a schema cannot express: unique ports, unique backend ids per route. */
+/**
+ * Checks the rules a schema cannot express: a port carries one route, or several told apart by
+ * server name (SNI) with at most one default route without names; backend ids are unique per route.
+ */
 export function checkTableInvariants(table: RouteTable): void {
-  const seenPorts = new Map<number, number>();
+  const byPort = new Map<number, { names: Map<string, number>; defaultAt: number | undefined }>();
   table.routes.forEach((route, i) => {
-    const prev = seenPorts.get(route.port);
-    if (prev !== undefined) {
-      throw new SfError(
-        ErrorCode.RouteConflict,
-        `routes[${i}].port ${route.port} is already used by routes[${prev}]`,
-        `routes[${i}].port`,
-      );
+    const seen = byPort.get(route.port) ?? { names: new Map<string, number>(), defaultAt: undefined };
+    byPort.set(route.port, seen);
+    const names = route.sni ?? [];
+    if (names.length === 0) {
+      if (seen.defaultAt !== undefined) {
+        throw new SfError(
+          ErrorCode.RouteConflict,
+          `routes[${i}].port ${route.port} is already used by routes[${seen.defaultAt}]; routes sharing a port need distinct sni names`,
+          `routes[${i}].port`,
+        );
+      }
+      seen.defaultAt = i;
     }
-    seenPorts.set(route.port, i);
+    names.forEach((name, k) => {
+      const lower = name.toLowerCase();
+      const prev = seen.names.get(lower);
+      if (prev !== undefined) {
+        throw new SfError(ErrorCode.RouteConflict, `routes[${i}].sni[${k}] '${name}' on port ${route.port} is already used by routes[${prev}]`, `routes[${i}].sni[${k}]`);
+      }
+      seen.names.set(lower, i);
+    });
     const ids = new Set<string>();
     route.backends.forEach((b, j) => {
       if (ids.has(b.id)) {

@@ -4,6 +4,8 @@
  */
 export interface RouteStats {
   port: number;
+  /** The route's server names on a shared TLS port, '' otherwise. */
+  sni: string;
   active: number;
   total: number;
   /** Bytes of connections already closed; live ones are read from their relays at scrape time. */
@@ -18,9 +20,10 @@ export interface RouteStats {
   idleTimeouts: number;
 }
 
-export function newRouteStats(port: number): RouteStats {
+export function newRouteStats(port: number, sni = ''): RouteStats {
   return {
     port,
+    sni,
     active: 0,
     total: 0,
     closedBytesIn: 0,

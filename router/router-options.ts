@@ -32,6 +32,17 @@ export interface RouterOptions {
    * @default 511
    */
   backlog: number;
+  /**
+   * Listen with SO_REUSEPORT (router/reuseport.ts), so that several router worker processes
+   * share each route port. Needs the native addon; without it the port is opened normally.
+   * @default false
+   */
+  reusePort: boolean;
+  /**
+   * On a TLS port shared by server name, how long to wait for the ClientHello.
+   * @default 5000
+   */
+  clientHelloTimeoutMs: number;
   /** The byte mover; the JS relay when not given. */
   relay?: Relay;
   logger?: Logger;
@@ -43,4 +54,6 @@ export const DEFAULT_ROUTER_OPTIONS: Readonly<Omit<RouterOptions, 'relay' | 'log
   onDisconnect: 'keep-last',
   keepAliveMs: 30_000,
   backlog: 511,
+  reusePort: false,
+  clientHelloTimeoutMs: 5_000,
 };

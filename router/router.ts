@@ -6,8 +6,9 @@ import { ErrorCode, SfError } from './errors';
 import { createLogger, type Logger } from './logger';
 import type { Relay } from './relay';
 import { createJsRelay } from './relay-js';
-import type { RouteTable } from './route-model';
-import { RouteListener, type ListenerEnvironment } from './route-listener';
+import type { Route, RouteTable } from './route-model';
+import type { ListenerEnvironment } from './route-binding';
+import { RouteListener } from './route-listener';
 import type { RouteSource } from './route-source';
 import type { RouteStats } from './route-stats';
 import { DEFAULT_ROUTER_OPTIONS, type RouterOptions } from './router-options';
@@ -57,6 +58,8 @@ export class Router {
       logger: this.logger,
       bindHost: this.options.bindHost,
       backlog: this.options.backlog,
+      reusePort: this.options.reusePort,
+      clientHelloTimeoutMs: this.options.clientHelloTimeoutMs,
       keepAliveMs: this.options.keepAliveMs,
       admit: () => {
         if (this.activeConnections >= this.options.maxConnections) return false;
@@ -112,7 +115,12 @@ export class Router {
   applyTable(table: RouteTable): Promise<ApplyResult> {
     if (this.closed) return Promise.reject(new SfError(ErrorCode.RouteSource, 'router is closed'));
     const result: ApplyResult = { version: table.version, opened: [], closed: [], updated: 0, killed: 0, failed: [] };
-    const wanted = new Map(table.routes.map((r) => [r.port, r]));
+    const wanted = new Map<number, Route[]>();
+    for (const r of table.routes) {
+      const onPort = wanted.get(r.port);
+      if (onPort) onPort.push(r);
+      else wanted.set(r.port, [r]);
+    }
     for (const [port, listener] of this.listeners) {
       if (wanted.has(port)) continue;
       this.listeners.delete(port);
@@ -121,25 +129,23 @@ export class Router {
       result.closed.push(port);
     }
     const opening: Array<Promise<void>> = [];
-    for (const route of table.routes) {
-      const existing = this.listeners.get(route.port);
+    for (const [port, routes] of wanted) {
+      const existing = this.listeners.get(port);
       if (existing) {
-        if (existing.currentRoute() !== route) {
-          result.killed += existing.update(route);
-          result.updated++;
-        }
+        result.killed += existing.update(routes);
+        result.updated++;
         continue;
       }
-      const listener = new RouteListener(route, this.env);
-      this.listeners.set(route.port, listener);
+      const listener = new RouteListener(port, routes, this.env);
+      this.listeners.set(port, listener);
       opening.push(
         listener.listen().then(
           () => {
-            result.opened.push(route.port);
+            result.opened.push(port);
           },
           (error: SfError) => {
-            if (this.listeners.get(route.port) === listener) this.listeners.delete(route.port);
-            result.failed.push({ port: route.port, error });
+            if (this.listeners.get(port) === listener) this.listeners.delete(port);
+            result.failed.push({ port, error });
           },
         ),
       );
@@ -171,20 +177,27 @@ export class Router {
   routeStats(): RouteStats[] {
     const out: RouteStats[] = [];
     for (const listener of [...this.listeners.values(), ...this.retiring]) {
-      let liveIn = 0;
-      let liveOut = 0;
-      for (const c of listener.connections) {
-        liveIn += c.bytesIn;
-        liveOut += c.bytesOut;
+      for (const binding of listener.allBindings()) {
+        let liveIn = 0;
+        let liveOut = 0;
+        for (const c of binding.connections) {
+          liveIn += c.bytesIn;
+          liveOut += c.bytesOut;
+        }
+        out.push({ ...binding.stats, closedBytesIn: binding.stats.closedBytesIn + liveIn, closedBytesOut: binding.stats.closedBytesOut + liveOut });
       }
-      out.push({ ...listener.stats, closedBytesIn: listener.stats.closedBytesIn + liveIn, closedBytesOut: listener.stats.closedBytesOut + liveOut });
     }
     return out;
   }
 
+  /** Clients refused on shared TLS ports because their server name matched no route. */
+  refusedUnknownServerName(): Array<{ port: number; count: number }> {
+    return [...this.listeners.values()].map((l) => ({ port: l.port, count: l.refusedUnknownServerName }));
+  }
+
   /** Live connection count per backend id of the route on `port` (tests, least-conn checks). */
-  activeByBackend(port: number, backendId: string): number {
-    return this.listeners.get(port)?.activeFor(backendId) ?? 0;
+  activeByBackend(port: number, backendId: string, serverNames = ''): number {
+    return this.listeners.get(port)?.bindings.get(serverNames)?.activeFor(backendId) ?? 0;
   }
 
   async close(): Promise<void> {

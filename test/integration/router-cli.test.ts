@@ -84,7 +84,7 @@ describe('sf router', function () {
       expect(routes.routes[0]!.port).to.equal(routePort);
       const metrics = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
       expect(metrics).to.contain('sf_router_table_version 3');
-      expect(metrics).to.match(/sf_router_active_connections\{port="\d+"\} \d+/);
+      expect(metrics).to.match(/sf_router_active_connections\{port="\d+",sni=""\} \d+/);
       const missing = await fetch(`http://127.0.0.1:${adminPort}/nope`);
       expect(missing.status).to.equal(404);
     });
@@ -100,7 +100,7 @@ describe('sf router', function () {
       await sleep(2000);
       const after = await router.rss();
       const metrics = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
-      const bytesOut = Number(new RegExp(`sf_router_bytes_out_total\\{port="${routePort}"\\} (\\d+)`).exec(metrics)?.[1] ?? NaN);
+      const bytesOut = Number(new RegExp(`sf_router_bytes_out_total\\{port="${routePort}",sni=""\\} (\\d+)`).exec(metrics)?.[1] ?? NaN);
       expect(after - before).to.be.lessThan(64 * 1024 * 1024);
       // Socket buffers on both sides hold a few MB at most: nothing like an unbounded queue.
       expect(bytesOut).to.be.lessThan(64 * 1024 * 1024);
