@@ -88,6 +88,18 @@ export function encodeCasOps(leadingKeys: string[], ops: CasOp[]): { keys: strin
     return i;
   };
   const encoded = ops.map((op) => encodeCasOp(op, indexOf));
+  return { keys, encoded };
+}
+
+/** Commits `ops` if every guard still holds its expected version, bumping each guard by one. */
+export async function casCommit(redis: Redis, guards: CasGuard[], ops: CasOp[]): Promise<CasResult> {
+  if (!defined.has(redis)) {
+    // defineCommand sends EVALSHA and falls back to EVAL once, so the script text is not
+    // re-sent with every write.
+    redis.defineCommand('sfCasCommit', { lua: COMMIT_SCRIPT });
+    defined.add(redis);
+  }
+  const { keys, encoded } = encodeCasOps(guards.map((g) => g.key), ops);
   const [ok, failed, current] = await (redis as unknown as CommitCapable).sfCasCommit(
     keys.length,
     ...keys,
@@ -98,10 +110,7 @@ export function encodeCasOps(leadingKeys: string[], ops: CasOp[]): { keys: strin
   return ok === 1 ? { ok: true } : { ok: false, key: keys[failed - 1], current };
 }
 
-/**
- * The wire form of one op for the commit script: keys become KEYS indexes via `indexOf`. Shared
- * with leader/fenced-commit.ts, whose script applies the same op vocabulary.
- */
+/** The wire form of one op for a commit script: keys become KEYS indexes via `indexOf`. */
 export function encodeCasOp(op: CasOp, indexOf: (key: string) => number): Array<string | number> {
   switch (op.cmd) {
     case 'HSET':
