@@ -5,6 +5,7 @@
 import type { Logger } from 'pino';
 import { DEFAULT_KEY_PREFIX } from '../router/route-push-protocol';
 import type { StaticToken } from './api/token-authenticator';
+import type { ServicePlaneOptions } from './services/service-plane';
 
 /** @default '16000-16999', DESIGN.md's default route port range */
 export const DEFAULT_RESERVABLE_PORTS = '16000-16999';
@@ -32,6 +33,8 @@ export interface ControlServerOptions {
   logger?: Logger;
   /** @default Date.now (tests advance time for TTL expiry) */
   now?: () => number;
+  /** Service instances, cells, leader election and convergence (control/services). */
+  services?: ServicePlaneOptions;
 }
 
 export const DEFAULT_CONTROL_SERVER_OPTIONS = {

@@ -18,6 +18,7 @@ import { TcpRouteStore } from './state/tcp-route-store';
 import { TokenStore } from './state/token-store';
 import { withDefaults } from './options';
 import { RouteTtlSweeper } from './sweeper/route-ttl-sweeper';
+import { startServicePlane, type ServicePlane } from './services';
 
 export { DEFAULT_CONTROL_SERVER_OPTIONS, type ControlServerOptions };
 
@@ -29,6 +30,7 @@ export interface ControlServer {
   readonly groups: RouterGroupStore;
   readonly routes: TcpRouteStore;
   readonly sweeper: RouteTtlSweeper;
+  readonly services: ServicePlane;
   close(): Promise<void>;
 }
 
@@ -72,6 +74,7 @@ export async function startControlServer(options: ControlServerOptions = {}): Pr
   registerRoutingApi(server, { groups, routes });
   registerTokensApi(server, tokens);
   const unhookEvents = registerEventsApi(server, hub);
+  const services = await startServicePlane(server, { redis, redisUrl: opts.redisUrl, keyPrefix: opts.keyPrefix, groups, routes, logger: log }, opts.services);
   const port = await server.listen(opts.host, opts.port);
   sweeper.start();
   const host = opts.host.includes(':') ? `[${opts.host}]` : opts.host;
@@ -84,7 +87,9 @@ export async function startControlServer(options: ControlServerOptions = {}): Pr
     groups,
     routes,
     sweeper,
+    services,
     async close() {
+      await services.close();
       unhookEvents();
       await sweeper.stop();
       server.close();

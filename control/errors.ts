@@ -19,6 +19,10 @@ export const ControlErrorCode = {
   RouterGroupInUse: 'SF_ERR_ROUTER_GROUP_IN_USE',
   StoreBusy: 'SF_ERR_STORE_BUSY',
   StoreUnavailable: 'SF_ERR_STORE_UNAVAILABLE',
+  ServiceExists: 'SF_ERR_SERVICE_EXISTS',
+  PlacementUnsatisfiable: 'SF_ERR_PLACEMENT_UNSATISFIABLE',
+  NoRoutePort: 'SF_ERR_NO_ROUTE_PORT',
+  StaleLeader: 'SF_ERR_STALE_LEADER',
   Internal: 'SF_ERR_INTERNAL',
 } as const;
 
@@ -38,6 +42,10 @@ const STATUS_BY_CODE: Record<string, number> = {
   [ControlErrorCode.RouterGroupExists]: 409,
   [ControlErrorCode.RouterGroupInUse]: 409,
   [ControlErrorCode.PortNotReservable]: 422,
+  [ControlErrorCode.ServiceExists]: 409,
+  [ControlErrorCode.PlacementUnsatisfiable]: 422,
+  [ControlErrorCode.NoRoutePort]: 422,
+  [ControlErrorCode.StaleLeader]: 409,
   [ControlErrorCode.StoreBusy]: 503,
   [ControlErrorCode.StoreUnavailable]: 503,
 };

@@ -10,8 +10,11 @@ import { registerRouterCommand } from './command-router';
 import { registerControlCommand } from './command-control';
 import { registerEventsCommand } from './command-events';
 import { registerRouteCommands } from './command-routes';
+import { registerServiceCommands } from './command-services';
+import { registerCellsCommand } from './command-cells';
+import { registerUpCommand } from './command-up';
 
-const COMMANDS: Array<(program: Command) => void> = [registerRouterCommand, registerCellCommand, registerControlCommand, registerRouteCommands, registerEventsCommand];
+const COMMANDS: Array<(program: Command) => void> = [registerRouterCommand, registerCellCommand, registerControlCommand, registerRouteCommands, registerEventsCommand, registerServiceCommands, registerCellsCommand, registerUpCommand];
 
 export function buildProgram(): Command {
   const program = new Command('sf')

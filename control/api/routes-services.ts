@@ -1,0 +1,50 @@
+/**
+ * Service instances under `/v3/service_instances` (CF v3 style) and the leader status.
+ * Creation is admitted by any control; placement and convergence are the leader's.
+ */
+import { serviceView } from '../services/service-view';
+import { admitService, requestServiceDeletion, type ServiceAdmissionDeps } from '../services/service-admission';
+import { serviceCreateSchema } from '../services/service-schema';
+import type { LeaderElector } from '../leader/leader-elector';
+import type { HttpServer } from './http-server';
+import { validateBody } from './routing-schemas';
+
+export interface ServicesApiDeps extends ServiceAdmissionDeps {
+  elector: LeaderElector;
+}
+
+export function registerServicesApi(server: HttpServer, deps: ServicesApiDeps): void {
+  const { store, directory } = deps;
+
+  server.route('get', '/v3/service_instances', 'read', async () => {
+    const [records, cells] = await Promise.all([store.list(), directory.snapshot()]);
+    return { body: { resources: records.map((r) => serviceView(r, cells)) } };
+  });
+
+  server.route('post', '/v3/service_instances', 'write', async (ctx) => {
+    const req = validateBody(serviceCreateSchema, await ctx.body(), '');
+    const record = await admitService(deps, req);
+    return { status: 201, body: serviceView(record, await directory.snapshot()) };
+  });
+
+  server.route('get', '/v3/service_instances/:name', 'read', async (ctx) => {
+    const record = await store.mustGet(ctx.params.name);
+    return { body: serviceView(record, await directory.snapshot()) };
+  });
+
+  server.route('del', '/v3/service_instances/:name', 'write', async (ctx) => {
+    const record = await requestServiceDeletion(store, ctx.params.name);
+    return { status: 202, body: serviceView(record, await directory.snapshot()) };
+  });
+
+  server.route('get', '/v3/service_instances/:name/events', 'read', async (ctx) => {
+    await store.mustGet(ctx.params.name);
+    return { body: { resources: await store.events(ctx.params.name) } };
+  });
+
+  server.route('get', '/v3/leader', 'read', async () => {
+    const holder = await deps.store.leaderHolder();
+    const fence = deps.elector.current();
+    return { body: { holder: holder?.holder ?? null, token: holder?.token ?? null, this_control: { id: deps.elector.holderId, leader: fence !== null } } };
+  });
+}

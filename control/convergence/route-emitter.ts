@@ -1,0 +1,88 @@
+/**
+ * Turns a service's instances into its route and writes it through TcpRouteStore, so every
+ * router learns it by the existing snapshot + delta push. Backends are the instances a cell
+ * reports with an address: running ones active, fenced ones fenced; the rest are left out until
+ * they run. Records carry a modification tag `service:{name}` whose index is the leader token,
+ * so a deposed leader's late route write is refused by the store's stale-tag rule.
+ */
+import type { Backend, BackendState, Route } from '../../router/route-model';
+import type { RouterGroupStore } from '../state/router-group-store';
+import type { TcpRouteStore } from '../state/tcp-route-store';
+import type { TcpRouteInput, TcpRouteKeyInput } from '../state/tcp-route-types';
+import type { CellSnapshot } from '../services/cell-directory';
+import type { ServiceRecord } from '../services/service-types';
+
+export class RouteEmitter {
+  constructor(
+    private readonly groups: RouterGroupStore,
+    private readonly routes: TcpRouteStore,
+  ) {}
+
+  /** The backends the service's route should have now. */
+  desiredBackends(service: ServiceRecord, cells: ReadonlyMap<string, CellSnapshot>): Backend[] {
+    const out: Backend[] = [];
+    for (const inst of service.instances) {
+      const actual = cells.get(inst.cell)?.actual.get(inst.id);
+      if (!actual || actual.port === null || !inst.specWritten) continue;
+      let state: BackendState;
+      if (actual.state === 'running') state = 'active';
+      else if (actual.state === 'fenced') state = 'fenced';
+      else continue;
+      out.push({ id: inst.id, host: actual.host, port: actual.port, role: inst.role, weight: 1, epoch: inst.epoch, state });
+    }
+    return out.sort((a, b) => a.id.localeCompare(b.id));
+  }
+
+  /** Writes the route if it differs from what routers have; returns true when it wrote. */
+  async sync(service: ServiceRecord, cells: ReadonlyMap<string, CellSnapshot>, leaderToken: number): Promise<boolean> {
+    const group = await this.groups.get(service.routerGroupGuid);
+    if (!group) return false;
+    const current = await this.currentRoute(service);
+    const want = this.desiredBackends(service, cells);
+    const have = new Map((current?.backends ?? []).map((b) => [b.id, b]));
+    const upserts: TcpRouteInput[] = want
+      .filter((b) => !sameBackend(have.get(b.id), b))
+      .map((b) => ({
+        router_group_guid: service.routerGroupGuid,
+        port: service.port,
+        backend_ip: b.host,
+        backend_port: b.port,
+        backend_id: b.id,
+        role: b.role,
+        epoch: b.epoch,
+        state: b.state,
+        weight: b.weight,
+        mode: 'primary',
+        modification_tag: { guid: `service:${service.name}`, index: leaderToken },
+      }));
+    const wanted = new Set(want.map((b) => b.id));
+    const deletes = (current?.backends ?? []).filter((b) => !wanted.has(b.id)).map((b) => this.keyOf(service, b));
+    // Add before removing, so a moving backend never leaves the route empty (an empty route
+    // closes its listener in every router).
+    if (upserts.length) await this.routes.upsert(upserts, `service ${service.name} route`);
+    if (deletes.length) await this.routes.delete(deletes, `service ${service.name} route`);
+    return upserts.length > 0 || deletes.length > 0;
+  }
+
+  /** Removes every backend of the service's port. */
+  async remove(service: ServiceRecord): Promise<void> {
+    const current = await this.currentRoute(service);
+    if (!current) return;
+    await this.routes.delete(current.backends.map((b) => this.keyOf(service, b)), `service ${service.name} route`);
+  }
+
+  async currentRoute(service: ServiceRecord): Promise<Route | null> {
+    const group = await this.groups.get(service.routerGroupGuid);
+    if (!group) return null;
+    const table = await this.routes.table(group);
+    return table.routes.find((r) => r.port === service.port) ?? null;
+  }
+
+  private keyOf(service: ServiceRecord, b: Backend): TcpRouteKeyInput {
+    return { router_group_guid: service.routerGroupGuid, port: service.port, backend_ip: b.host, backend_port: b.port, backend_id: b.id };
+  }
+}
+
+function sameBackend(a: Backend | undefined, b: Backend): boolean {
+  return !!a && a.host === b.host && a.port === b.port && a.role === b.role && a.epoch === b.epoch && a.state === b.state && a.weight === b.weight;
+}

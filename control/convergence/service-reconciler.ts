@@ -1,0 +1,241 @@
+/**
+ * One convergence step for one service, run by the leader only: place what is missing, write
+ * desired specs in dependency order (the primary first, replicas once the primary has an
+ * address), replace replicas whose cell died, restart failed replicas, hand a lost primary to the
+ * FailoverCoordinator, tear down deleted services, and emit the route. Every write carries the
+ * leader's fence, so it is a no-op for a deposed leader.
+ */
+import { cellKeys, NOTIFY_DESIRED, type InstanceSpecInput } from '../cell/cell-protocol';
+import { isSfError } from '../errors';
+import { withDefaults } from '../options';
+import type { LeaderFence } from '../leader/fenced-commit';
+import { cellCandidates } from '../placement/cell-candidates';
+import { runPlacementAuction } from '../placement/placement-auction';
+import type { CasOp } from '../state/cas-commit';
+import type { CellSnapshot } from '../services/cell-directory';
+import type { ServiceChange, ServiceStore } from '../services/service-store';
+import type { InstanceRecord, ServiceEvent, ServiceRecord, ServiceStatus } from '../services/service-types';
+import type { FailoverCoordinator } from './failover-coordinator';
+import type { RouteEmitter } from './route-emitter';
+
+export interface ServiceReconcilerOptions {
+  /** Minimum time between two restarts of one failed replica. @default 5000 */
+  restartBackoffMs?: number;
+  /** How long a deleted service waits for its cells to report instances stopped. @default 30000 */
+  deleteGraceMs?: number;
+}
+
+export const DEFAULT_SERVICE_RECONCILER_OPTIONS: Required<ServiceReconcilerOptions> = { restartBackoffMs: 5_000, deleteGraceMs: 30_000 };
+
+type EventInput = Omit<ServiceEvent, 'at' | 'leaderToken'>;
+
+export class ServiceReconciler {
+  private readonly opts: Required<ServiceReconcilerOptions>;
+
+  constructor(
+    private readonly store: ServiceStore,
+    private readonly emitter: RouteEmitter,
+    private readonly coordinator: FailoverCoordinator,
+    options: ServiceReconcilerOptions = {},
+  ) {
+    this.opts = withDefaults(DEFAULT_SERVICE_RECONCILER_OPTIONS, options);
+  }
+
+  async reconcile(name: string, fence: LeaderFence, cells: ReadonlyMap<string, CellSnapshot>): Promise<void> {
+    const before = await this.store.get(name);
+    if (before?.status === 'deleting') {
+      await this.emitter.remove(before);
+      await this.store.change(name, fence, async (rec) => {
+        if (!rec || rec.status !== 'deleting') return { done: undefined };
+        const change = this.teardown(rec, cells, fence);
+        return change ? { change, result: undefined } : { done: undefined };
+      });
+      return;
+    }
+    const after = await this.store.change(name, fence, async (rec, snapshot) => {
+      if (!rec || rec.status === 'deleting') return { done: rec };
+      const change = await this.step(rec, cells, fence, snapshot.services.values());
+      return change ? { change, result: change.record } : { done: rec };
+    });
+    if (after && after.status !== 'deleting') await this.emitter.sync(after, cells, fence.token);
+  }
+
+  /** Computes the next record of a live service, or null when nothing changes. */
+  private async step(
+    rec: ServiceRecord,
+    cells: ReadonlyMap<string, CellSnapshot>,
+    fence: LeaderFence,
+    allServices: Iterable<ServiceRecord>,
+  ): Promise<ServiceChange | null> {
+    const now = Date.now();
+    const next: ServiceRecord = { ...rec, instances: rec.instances.map((i) => ({ ...i })) };
+    const ops: CasOp[] = [];
+    const events: EventInput[] = [];
+    const alive = (cell: string): boolean => cells.get(cell)?.alive === true;
+    const actualOf = (i: InstanceRecord) => {
+      const a = cells.get(i.cell)?.actual.get(i.id);
+      return a && a.generation >= i.generation ? a : undefined;
+    };
+
+    // Replicas on dead cells are dropped here and re-created below on live cells.
+    for (const inst of [...next.instances]) {
+      if (inst.role !== 'replica' || alive(inst.cell)) continue;
+      next.instances = next.instances.filter((i) => i.id !== inst.id);
+      ops.push(...removeSpecOps(inst));
+      events.push({ type: 'instance-removed', service: rec.name, instanceId: inst.id, cell: inst.cell, message: `replica ${inst.id} removed: cell ${inst.cell} is not alive` });
+    }
+
+    // Failed replicas on live cells restart in place (same volume) after a backoff.
+    for (const inst of next.instances) {
+      const actual = actualOf(inst);
+      if (inst.role !== 'replica' || !inst.specWritten || actual?.state !== 'failed') continue;
+      if (inst.restartedAt && now - inst.restartedAt < this.opts.restartBackoffMs) continue;
+      inst.generation += 1;
+      inst.restartedAt = now;
+      ops.push(...this.specOps(next, inst, primaryAddress(next, cells)));
+      events.push({ type: 'instance-restarted', service: rec.name, instanceId: inst.id, cell: inst.cell, message: `replica ${inst.id} failed (${actual.lastError?.message ?? 'exited'}); restarting it (generation ${inst.generation})` });
+    }
+
+    let problem: { status: ServiceStatus; message: string } | null = null;
+    const primary = next.instances.find((i) => i.role === 'primary');
+    if (primary) {
+      const reason = !alive(primary.cell) ? 'cell-dead' : primary.specWritten && actualOf(primary)?.state === 'failed' ? 'instance-failed' : null;
+      if (reason) {
+        const outcome = await this.coordinator.primaryLost({ service: next, primary, reason, fence, cells });
+        if (outcome.kind === 'handling') return null;
+        problem = { status: 'degraded', message: outcome.message };
+      }
+    }
+
+    // Placement of whatever is missing: the whole service at first, later lost replicas.
+    const slots: string[] = [];
+    if (!primary && next.instances.length === 0) slots.push(...Array.from({ length: next.replicas + 1 }, (_, k) => `${next.name}-${next.nextIndex + k}`));
+    else if (primary) {
+      const missing = next.replicas - next.instances.filter((i) => i.role === 'replica').length;
+      for (let k = 0; k < missing; k++) slots.push(`${next.name}-${next.nextIndex + k}`);
+    }
+    if (slots.length > 0) {
+      const others = [...allServices].filter((s) => s.name !== next.name);
+      try {
+        const decisions = runPlacementAuction(
+          { service: next.name, engine: next.engine, sizeMb: next.volume.sizeMb, slots: slots.map((instanceId) => ({ instanceId })), occupied: next.instances.map((i) => ({ cell: i.cell, zone: i.zone })) },
+          cellCandidates(cells, [...others, next]),
+        );
+        const initial = next.instances.length === 0;
+        decisions.forEach((d, k) => {
+          const inst: InstanceRecord = {
+            id: d.instanceId,
+            cell: d.cell,
+            zone: d.zone,
+            role: initial && k === 0 ? 'primary' : 'replica',
+            epoch: next.epoch,
+            generation: 0,
+            specWritten: false,
+            placedAt: now,
+          };
+          next.instances.push(inst);
+          events.push({ type: 'instance-placed', service: rec.name, instanceId: inst.id, cell: inst.cell, message: `${inst.role} ${inst.id} placed on ${inst.cell} (zone ${inst.zone}, score ${d.score.toFixed(1)})` });
+        });
+        next.nextIndex += decisions.length;
+      } catch (err) {
+        if (!isSfError(err)) throw err;
+        problem ??= { status: next.instances.length === 0 ? 'unplaceable' : 'degraded', message: err.message };
+      }
+    }
+
+    // Desired specs in order: the primary as soon as it is placed, replicas once it has an address.
+    const upstream = primaryAddress(next, cells);
+    for (const inst of next.instances) {
+      if (inst.specWritten) continue;
+      if (inst.role === 'primary') {
+        if (!alive(inst.cell)) continue;
+        inst.specWritten = true;
+        ops.push(...this.specOps(next, inst, null));
+      } else if (upstream && alive(inst.cell)) {
+        inst.specWritten = true;
+        ops.push(...this.specOps(next, inst, upstream));
+      }
+    }
+
+    const complete = next.instances.length === next.replicas + 1 && next.instances.every((i) => i.specWritten && actualOf(i)?.state === 'running');
+    const status: ServiceStatus = problem?.status ?? (complete ? 'running' : 'starting');
+    const message = problem?.message ?? null;
+    if (status !== rec.status || message !== rec.message) {
+      const type: ServiceEvent['type'] = status === 'running' ? 'service-running' : status === 'unplaceable' ? 'service-unplaceable' : status === 'degraded' ? (primary && problem?.message.startsWith('primary') ? 'primary-lost' : 'service-degraded') : 'service-placed';
+      if (status !== 'starting' || rec.status === 'pending') events.push({ type, service: rec.name, message: message ?? `service ${rec.name} is ${status}` });
+    }
+    next.status = status;
+    next.message = message;
+    if (ops.length === 0 && events.length === 0 && JSON.stringify(next) === JSON.stringify(rec)) return null;
+    next.leaderToken = fence.token;
+    next.updatedAt = now;
+    return { record: next, extraOps: ops, events };
+  }
+
+  /** Deletion: stop instances (remove their specs), delete stopped volumes, then the record. */
+  private teardown(rec: ServiceRecord, cells: ReadonlyMap<string, CellSnapshot>, fence: LeaderFence): ServiceChange | null {
+    const now = Date.now();
+    const ops: CasOp[] = [];
+    const keep: InstanceRecord[] = [];
+    for (const inst of rec.instances) {
+      const cell = cells.get(inst.cell);
+      if (inst.specWritten) {
+        ops.push(...removeSpecOps(inst));
+        keep.push({ ...inst, specWritten: false, restartedAt: now });
+        continue;
+      }
+      const actual = cell?.actual.get(inst.id);
+      const stopped = !actual || actual.state === 'stopped' || actual.state === 'failed' || actual.state === 'fenced';
+      const expired = now - (inst.restartedAt ?? 0) > this.opts.deleteGraceMs;
+      if (cell?.alive && actual && !stopped && !expired) {
+        keep.push(inst);
+        continue;
+      }
+      if (cell?.alive && actual?.volumePresent) {
+        const order = { type: 'delete-volume', orderId: `delete-${inst.id}-${now}`, instanceId: inst.id };
+        ops.push({ cmd: 'LPUSH_CAPPED', key: cellKeys.orders(inst.cell), value: JSON.stringify(order), cap: 10_000 });
+      }
+    }
+    if (keep.length > 0) {
+      if (ops.length === 0) return null;
+      return { record: { ...rec, instances: keep, leaderToken: fence.token, updatedAt: now }, extraOps: ops };
+    }
+    return { record: null, extraOps: ops, events: [{ type: 'service-deleted', service: rec.name, message: `service ${rec.name} deleted; port ${rec.port} is free` }] };
+  }
+
+  private specOps(service: ServiceRecord, inst: InstanceRecord, upstream: { host: string; port: number } | null): CasOp[] {
+    const spec: InstanceSpecInput = {
+      instanceId: inst.id,
+      service: service.name,
+      engine: service.engine,
+      role: inst.role,
+      epoch: inst.epoch,
+      generation: inst.generation,
+      durability: service.durability,
+      replicas: service.replicas,
+      volume: { sizeMb: service.volume.sizeMb },
+      ...(inst.role === 'replica' && upstream ? { replicaOf: upstream } : {}),
+      ...(service.command ? { command: service.command } : {}),
+    };
+    return [
+      { cmd: 'HSET', key: cellKeys.desired(inst.cell), field: inst.id, value: JSON.stringify(spec) },
+      { cmd: 'PUBLISH', channel: cellKeys.notify(inst.cell), message: NOTIFY_DESIRED },
+    ];
+  }
+}
+
+function removeSpecOps(inst: InstanceRecord): CasOp[] {
+  return [
+    { cmd: 'HDEL', key: cellKeys.desired(inst.cell), field: inst.id },
+    { cmd: 'PUBLISH', channel: cellKeys.notify(inst.cell), message: NOTIFY_DESIRED },
+  ];
+}
+
+/** Where replicas connect: the primary's address once its cell reports it running. */
+function primaryAddress(service: ServiceRecord, cells: ReadonlyMap<string, CellSnapshot>): { host: string; port: number } | null {
+  const primary = service.instances.find((i) => i.role === 'primary');
+  if (!primary || !primary.specWritten) return null;
+  const actual = cells.get(primary.cell)?.actual.get(primary.id);
+  if (!actual || actual.state !== 'running' || actual.port === null || actual.generation < primary.generation) return null;
+  return { host: actual.host, port: actual.port };
+}

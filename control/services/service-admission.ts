@@ -1,0 +1,81 @@
+/**
+ * Admitting a create-service request, on any control (leader or standby): the router group must
+ * exist, the placement must be satisfiable with the cells alive now (checked with the same
+ * auction the leader runs, so an impossible request fails at once instead of hanging), and the
+ * service reserves a free port of its group. The leader then places it.
+ */
+import { ControlErrorCode, SfError } from '../errors';
+import { cellCandidates } from '../placement/cell-candidates';
+import { runPlacementAuction } from '../placement/placement-auction';
+import { parsePortRanges } from '../state/port-ranges';
+import type { RouterGroup, RouterGroupStore } from '../state/router-group-store';
+import type { TcpRouteStore } from '../state/tcp-route-store';
+import type { CellDirectory } from './cell-directory';
+import type { ServiceCreateRequest } from './service-schema';
+import type { ServiceStore } from './service-store';
+import type { ServiceRecord } from './service-types';
+
+export interface ServiceAdmissionDeps {
+  store: ServiceStore;
+  directory: CellDirectory;
+  groups: RouterGroupStore;
+  routes: TcpRouteStore;
+}
+
+export async function admitService(deps: ServiceAdmissionDeps, req: ServiceCreateRequest): Promise<ServiceRecord> {
+  const group = await deps.groups.byName(req.router_group);
+  if (!group) throw new SfError(ControlErrorCode.InvalidRequest, `router_group '${req.router_group}' names no router group`, 'router_group');
+  return deps.store.change<ServiceRecord>(req.name, null, async (current, snapshot) => {
+    if (current) throw new SfError(ControlErrorCode.ServiceExists, `name '${req.name}' is already taken by a service`, 'name');
+    const cells = await deps.directory.snapshot();
+    const slots = Array.from({ length: req.replicas + 1 }, (_, k) => ({ instanceId: `${req.name}-${k}` }));
+    runPlacementAuction(
+      { service: req.name, engine: req.engine, sizeMb: req.volume.sizeMb, slots, occupied: [] },
+      cellCandidates(cells, snapshot.services.values()),
+    );
+    const port = await freePort(deps, group, [...snapshot.services.values()]);
+    const now = Date.now();
+    const record: ServiceRecord = {
+      name: req.name,
+      engine: req.engine,
+      replicas: req.replicas,
+      durability: req.durability,
+      volume: { sizeMb: req.volume.sizeMb },
+      fencing: { policy: req.fencing.policy },
+      ...(req.command ? { command: { file: req.command.file, args: req.command.args } } : {}),
+      routerGroup: group.name,
+      routerGroupGuid: group.guid,
+      port,
+      status: 'pending',
+      message: null,
+      epoch: 1,
+      instances: [],
+      nextIndex: 0,
+      leaderToken: 0,
+      createdAt: now,
+      updatedAt: now,
+    };
+    const event = { type: 'service-created' as const, service: req.name, message: `service ${req.name} (${req.engine}, ${req.replicas} replicas) created on port ${port}` };
+    return { change: { record, events: [event] }, result: record };
+  });
+}
+
+/** Marks a service for deletion; the leader stops its instances, removes the route and frees the port. */
+export async function requestServiceDeletion(store: ServiceStore, name: string): Promise<ServiceRecord> {
+  return store.change<ServiceRecord>(name, null, async (current) => {
+    if (!current) throw new SfError(ControlErrorCode.NotFound, `no service named '${name}'`, 'name');
+    if (current.status === 'deleting') return { done: current };
+    const record: ServiceRecord = { ...current, status: 'deleting', message: 'deletion requested', updatedAt: Date.now() };
+    return { change: { record }, result: record };
+  });
+}
+
+/** The lowest port of the group that no route and no other service holds. */
+async function freePort(deps: ServiceAdmissionDeps, group: RouterGroup, services: ServiceRecord[]): Promise<number> {
+  const used = new Set(await deps.routes.portsInUse(group));
+  for (const s of services) if (s.routerGroupGuid === group.guid) used.add(s.port);
+  for (const [low, high] of parsePortRanges(group.reservable_ports)) {
+    for (let p = low; p <= high; p++) if (!used.has(p)) return p;
+  }
+  throw new SfError(ControlErrorCode.NoRoutePort, `router group '${group.name}' has no free port left in ${group.reservable_ports}`, 'router_group');
+}

@@ -1,0 +1,96 @@
+/**
+ * The service plane of one control process: the services and cells API (answered by every
+ * control), and the leader election plus convergence loop (acting only while leader). Started by
+ * control-server.ts next to the routing API.
+ */
+import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import { registerCellsApi } from '../api/routes-cells';
+import { registerServicesApi } from '../api/routes-services';
+import type { HttpServer } from '../api/http-server';
+import { DegradedFailoverCoordinator, type FailoverCoordinator } from '../convergence/failover-coordinator';
+import { ConvergenceLoop } from '../convergence/convergence-loop';
+import { RouteEmitter } from '../convergence/route-emitter';
+import { ServiceReconciler, type ServiceReconcilerOptions } from '../convergence/service-reconciler';
+import { LeaderElector } from '../leader/leader-elector';
+import { withDefaults } from '../options';
+import type { RouterGroupStore } from '../state/router-group-store';
+import type { TcpRouteStore } from '../state/tcp-route-store';
+import { CellDirectory } from './cell-directory';
+import { serviceKeys } from './service-keys';
+import { ServiceStore } from './service-store';
+
+export interface ServicePlaneOptions {
+  /** Leader lock TTL: how long a crashed leader delays its standby. @default 3000 */
+  leaderTtlMs?: number;
+  /** Lock renewal / standby retry interval. @default 1000 */
+  leaderRenewMs?: number;
+  /** Convergence poll interval besides events. @default 1000 */
+  convergencePollMs?: number;
+  /** Issue 5 plugs fencing and promotion in here. @default DegradedFailoverCoordinator */
+  failoverCoordinator?: FailoverCoordinator;
+  reconciler?: ServiceReconcilerOptions;
+  /** Id in the leader lock value. @default a random UUID */
+  holderId?: string;
+}
+
+export const DEFAULT_SERVICE_PLANE_OPTIONS: Required<Pick<ServicePlaneOptions, 'leaderTtlMs' | 'leaderRenewMs' | 'convergencePollMs'>> = {
+  leaderTtlMs: 3_000,
+  leaderRenewMs: 1_000,
+  convergencePollMs: 1_000,
+};
+
+export interface ServicePlaneDeps {
+  redis: Redis;
+  redisUrl: string;
+  keyPrefix: string;
+  groups: RouterGroupStore;
+  routes: TcpRouteStore;
+  logger: Logger;
+}
+
+export interface ServicePlane {
+  readonly store: ServiceStore;
+  readonly elector: LeaderElector;
+  readonly loop: ConvergenceLoop;
+  close(): Promise<void>;
+}
+
+export async function startServicePlane(server: HttpServer, deps: ServicePlaneDeps, options: ServicePlaneOptions = {}): Promise<ServicePlane> {
+  const opts = withDefaults(DEFAULT_SERVICE_PLANE_OPTIONS, options);
+  const log = deps.logger;
+  const keys = serviceKeys(deps.keyPrefix);
+  const store = new ServiceStore(deps.redis, keys);
+  const directory = new CellDirectory(deps.redis);
+  const emitter = new RouteEmitter(deps.groups, deps.routes);
+  const reconciler = new ServiceReconciler(store, emitter, opts.failoverCoordinator ?? new DegradedFailoverCoordinator(), opts.reconciler);
+  let loop: ConvergenceLoop | undefined;
+  const elector = new LeaderElector(deps.redis, {
+    lockKey: keys.leaderLock,
+    tokenKey: keys.leaderToken,
+    holderId: opts.holderId,
+    ttlMs: opts.leaderTtlMs,
+    renewMs: opts.leaderRenewMs,
+    onElected: (fence) => {
+      log.info({ token: fence.token, holder: fence.holder }, 'elected leader: placing and converging');
+      loop?.kick(0);
+    },
+    onDemoted: (fence) => log.warn({ token: fence.token }, 'no longer leader: standing by'),
+    onError: (err) => log.warn({ err: err.message }, 'leader lock problem'),
+  });
+  loop = new ConvergenceLoop(elector, store, directory, reconciler, { redisUrl: deps.redisUrl, pollMs: opts.convergencePollMs, logger: log });
+  registerServicesApi(server, { store, directory, groups: deps.groups, routes: deps.routes, elector });
+  registerCellsApi(server, { directory, store });
+  await loop.start();
+  await elector.start();
+  const running = loop;
+  return {
+    store,
+    elector,
+    loop: running,
+    async close() {
+      await running.stop();
+      await elector.stop();
+    },
+  };
+}

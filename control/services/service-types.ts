@@ -1,0 +1,107 @@
+/**
+ * The service model control keeps in Redis (`sf:services`): what the user asked for, where each
+ * instance was placed, and the service's router port. Actual state (running, host, port) is never
+ * copied here; it is read from the cells' `actual` hashes, so this record only changes when a
+ * decision changes (DESIGN.md "Core model", issue 4).
+ */
+import type { ActualState, Durability, EngineKind, InstanceRole } from '../cell/cell-protocol';
+
+export type FencingPolicy = 'auto' | 'manual';
+
+/**
+ * - `pending`: accepted, waiting for the leader to place it;
+ * - `starting`: placed, not every instance runs yet;
+ * - `running`: every instance runs and the route points at the primary;
+ * - `degraded`: the primary or a replica is lost and could not (yet) be replaced;
+ * - `unplaceable`: the leader could not find cells for it (see `message`);
+ * - `deleting`: the leader is tearing it down.
+ */
+export type ServiceStatus = 'pending' | 'starting' | 'running' | 'degraded' | 'unplaceable' | 'deleting';
+
+export interface InstanceRecord {
+  /** Unique across the platform: `${service}-${index}`; also the volume directory name. */
+  id: string;
+  cell: string;
+  zone: string;
+  role: InstanceRole;
+  /** Fencing epoch of the primary role (only grows; issue 5 bumps it on failover). */
+  epoch: number;
+  /** Raised to ask the cell to restart a failed instance (cells never restart on their own). */
+  generation: number;
+  /** True once the desired spec has been written to the cell. */
+  specWritten: boolean;
+  placedAt: number;
+  /** When control last raised the generation to restart it; restarts are spaced out. */
+  restartedAt?: number;
+}
+
+export interface ServiceRecord {
+  name: string;
+  engine: EngineKind;
+  replicas: number;
+  durability: Durability;
+  volume: { sizeMb: number };
+  fencing: { policy: FencingPolicy };
+  /** Engine `tcp` only: what the cell runs. */
+  command?: { file: string; args: string[] };
+  routerGroup: string;
+  routerGroupGuid: string;
+  /** The router port clients use; reserved at creation from the group's reservable ports. */
+  port: number;
+  status: ServiceStatus;
+  /** Why the service is degraded or unplaceable; null when all is well. */
+  message: string | null;
+  /** The service's current primary epoch; a new primary always gets a larger one. */
+  epoch: number;
+  instances: InstanceRecord[];
+  /** Next instance index, so a re-created instance never reuses an old id. */
+  nextIndex: number;
+  /** Fencing token of the leader that last changed this record (0 = never placed). */
+  leaderToken: number;
+  createdAt: number;
+  updatedAt: number;
+}
+
+/** The state of an instance as the API shows it: the record merged with the cell's report. */
+export type InstanceViewState = ActualState | 'pending' | 'lost';
+
+export interface InstanceView {
+  id: string;
+  cell: string;
+  zone: string;
+  role: InstanceRole;
+  state: InstanceViewState;
+  epoch: number;
+  host: string | null;
+  port: number | null;
+  healthy: boolean | null;
+  last_error: { code: string; message: string } | null;
+}
+
+export interface ServiceView {
+  name: string;
+  engine: EngineKind;
+  replicas: number;
+  durability: Durability;
+  volume: { sizeMb: number };
+  fencing: { policy: FencingPolicy };
+  router_group: string;
+  port: number;
+  status: ServiceStatus;
+  message: string | null;
+  epoch: number;
+  instances: InstanceView[];
+  created_at: string;
+  updated_at: string;
+}
+
+/** Published on `sf:service-events` and kept in a capped list, for operators and issue 5. */
+export interface ServiceEvent {
+  type: 'service-created' | 'service-placed' | 'instance-placed' | 'instance-removed' | 'instance-restarted' | 'primary-lost' | 'service-degraded' | 'service-unplaceable' | 'service-running' | 'service-deleted';
+  service: string;
+  instanceId?: string;
+  cell?: string;
+  message: string;
+  at: number;
+  leaderToken: number;
+}

@@ -1,0 +1,42 @@
+/** The API's view of a service: its record merged with what the cells report right now. */
+import type { CellSnapshot } from './cell-directory';
+import type { InstanceRecord, InstanceView, ServiceRecord, ServiceView } from './service-types';
+
+export function instanceView(instance: InstanceRecord, cells: ReadonlyMap<string, CellSnapshot>): InstanceView {
+  const cell = cells.get(instance.cell);
+  const actual = cell?.actual.get(instance.id);
+  // A report from before the current generation describes an earlier run, not this one.
+  const current = actual && actual.generation >= instance.generation ? actual : undefined;
+  const state = !cell?.alive ? 'lost' : !instance.specWritten || !current ? 'pending' : current.state;
+  return {
+    id: instance.id,
+    cell: instance.cell,
+    zone: instance.zone,
+    role: instance.role,
+    state,
+    epoch: instance.epoch,
+    host: actual?.host ?? cell?.record?.host ?? null,
+    port: actual?.port ?? null,
+    healthy: current?.healthy ?? null,
+    last_error: current?.lastError ?? null,
+  };
+}
+
+export function serviceView(record: ServiceRecord, cells: ReadonlyMap<string, CellSnapshot>): ServiceView {
+  return {
+    name: record.name,
+    engine: record.engine,
+    replicas: record.replicas,
+    durability: record.durability,
+    volume: record.volume,
+    fencing: record.fencing,
+    router_group: record.routerGroup,
+    port: record.port,
+    status: record.status,
+    message: record.message,
+    epoch: record.epoch,
+    instances: record.instances.map((i) => instanceView(i, cells)),
+    created_at: new Date(record.createdAt).toISOString(),
+    updated_at: new Date(record.updatedAt).toISOString(),
+  };
+}
