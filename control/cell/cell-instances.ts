@@ -6,7 +6,7 @@
  * never retried here (issue 4: "restarts nothing on its own initiative").
  */
 import type { Redis } from 'ioredis';
-import type { ActualInstance, ActualState, ExecutorKind, InstanceSpec } from './cell-protocol';
+import { cellKeys, type ActualInstance, type ActualState, type ExecutorKind, type InstanceSpec } from './cell-protocol';
 import type { Engine } from './engine';
 import type { EngineRegistry } from './engine-registry';
 import { CellError, CellErrorCode, errorCodeOf, errorMessageOf } from './errors';
@@ -157,6 +157,7 @@ export class CellInstances {
     inst.lastError = null;
     this.emit(id);
     try {
+      await this.checkEpochFloor(inst.spec);
       inst.handle = await inst.executor.start(inst.spec);
       inst.state = 'running';
       inst.healthy = true;
@@ -170,6 +171,19 @@ export class CellInstances {
     }
     await this.persistGeneration(id, inst.attempted);
     this.emit(id);
+  }
+
+  /**
+   * The volume record only knows epochs this cell saw. When control fenced the instance it raised
+   * the instance's epoch floor in Redis (lease-keeper.ts `fenceLease`), so a primary start is
+   * also checked against that; if Redis cannot answer, the start is refused (fail closed).
+   */
+  async checkEpochFloor(spec: Pick<InstanceSpec, 'role' | 'instanceId' | 'epoch'>): Promise<void> {
+    if (spec.role !== 'primary' || !this.options.redis) return;
+    const floor = Number((await this.options.redis.get(cellKeys.leaseFloor(spec.instanceId))) ?? 0);
+    if (spec.epoch < floor) {
+      throw new CellError(CellErrorCode.StaleEpoch, `instance ${spec.instanceId}: refusing to start as primary with epoch ${spec.epoch}, control fenced it at epoch ${floor}`, 'epoch');
+    }
   }
 
   private async persistGeneration(instanceId: string, generation: number): Promise<void> {

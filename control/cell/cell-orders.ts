@@ -38,6 +38,7 @@ async function run(order: Order, ctx: OrderContext): Promise<Record<string, unkn
       if (order.epoch < current) {
         throw new CellError(CellErrorCode.StaleEpoch, `promote of ${order.instanceId} with epoch ${order.epoch} refused: it already had epoch ${current}`, 'epoch');
       }
+      await instances.checkEpochFloor({ instanceId: order.instanceId, role: 'primary', epoch: order.epoch });
       await local.engine.promote(local.handle.context);
       await recordPromotion(ctx.dataDir, order.instanceId, order.epoch);
       instances.update(order.instanceId, { role: 'primary', epoch: order.epoch, replicaOf: undefined });
