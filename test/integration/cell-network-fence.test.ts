@@ -33,7 +33,10 @@ describe('NetworkFencer', function () {
   let fencer: NetworkFencer;
 
   before(async function () {
-    if (!(await netnsSupported())) this.skip(); // Needs root with CAP_NET_ADMIN to create namespaces.
+    if (!(await netnsSupported())) {
+      console.log('      skipped: creating network namespaces needs root with CAP_NET_ADMIN and iproute2');
+      this.skip();
+    }
   });
 
   beforeEach(async () => {
