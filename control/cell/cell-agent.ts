@@ -103,6 +103,7 @@ export class CellAgent {
   private reconciling: Promise<void> | undefined;
   private reconcileAgain = false;
   private availableExecutors: ExecutorKind[] = [];
+  private invalidSpecs = new Map<string, string>();
   private availableEngineKinds: EngineRegistry[keyof EngineRegistry]['kind'][] = [];
 
   constructor(options: CellAgentOptions) {
@@ -247,11 +248,18 @@ export class CellAgent {
     if (!this.redis || !this.instances) return;
     const raw = await this.redis.hgetall(cellKeys.desired(this.name));
     const desired = new Map<string, InstanceSpec>();
+    const invalid = new Map<string, string>();
     for (const [id, json] of Object.entries(raw)) {
       const parsed = safeParseSpec(json);
       if (parsed.ok && parsed.spec.instanceId === id) desired.set(id, parsed.spec);
-      else this.reportInvalid(id, parsed.ok ? `instanceId '${parsed.spec.instanceId}' does not match its hash field` : parsed.message);
+      else invalid.set(id, parsed.ok ? `instanceId '${parsed.spec.instanceId}' does not match its hash field` : parsed.message);
     }
+    // Report each invalid spec once, and withdraw the report once it is fixed or removed.
+    for (const [id, message] of invalid) if (this.invalidSpecs.get(id) !== message) this.reportInvalid(id, message);
+    for (const id of this.invalidSpecs.keys()) {
+      if (!invalid.has(id) && !this.instances.ids().includes(id)) void this.report(id, null);
+    }
+    this.invalidSpecs = invalid;
     await this.instances.reconcile(desired);
   }
 
