@@ -6,6 +6,8 @@ import { hostname } from 'node:os';
 import { Command, Option } from 'commander';
 import { Router, FileRouteSource, createRouterMetrics, selectRelay, startAdminServer, type RelayChoice, type RouteSource, DEFAULT_ROUTER_OPTIONS, DEFAULT_ROUTER_GROUP } from '../../router';
 import { RedisRouteSource } from '../../router/route-source-redis';
+import { routerWorkerIndex, superviseRouterWorkers, workerAdminPort } from '../../router/router-workers';
+import { createLogger } from '../../router/logger';
 import { UsageError, exitWithError, parseHostPort, parseIntFlag, stopOnSignals } from './cli-support';
 
 interface RouterFlags {
@@ -21,6 +23,7 @@ interface RouterFlags {
   backlog: string;
   onDisconnect: 'keep-last' | 'fail-closed';
   relay: RelayChoice;
+  workers: string;
 }
 
 function routeSource(flags: RouterFlags): RouteSource {
@@ -39,7 +42,13 @@ function routeSource(flags: RouterFlags): RouteSource {
 }
 
 async function runRouter(flags: RouterFlags): Promise<void> {
+  // --workers N: this process supervises N workers (router/router-workers.ts), which run the code
+  // below with SO_REUSEPORT listeners and admin ports admin, admin+1, ...
+  const workers = parseIntFlag(flags.workers, '--workers', 1, 256);
+  const worker = routerWorkerIndex();
+  if (workers > 1 && worker === undefined) return superviseRouterWorkers(workers, createLogger('router'));
   const admin = parseHostPort(flags.admin, '--admin');
+  admin.port = workerAdminPort(admin.port, worker);
   const source = routeSource(flags);
   const router = new Router({
     bindHost: flags.bind,
@@ -48,6 +57,7 @@ async function runRouter(flags: RouterFlags): Promise<void> {
     backlog: parseIntFlag(flags.backlog, '--backlog', 1, 65535),
     onDisconnect: flags.onDisconnect,
     relay: selectRelay(flags.relay),
+    reusePort: workers > 1,
   });
   await router.start(source);
   const adminServer = await startAdminServer(router, createRouterMetrics(router), admin.host, admin.port);
@@ -78,6 +88,7 @@ export function registerRouterCommand(program: Command): void {
     .option('--keepalive-ms <ms>', 'TCP keepalive delay on both sides, 0 disables', String(DEFAULT_ROUTER_OPTIONS.keepAliveMs))
     .option('--backlog <n>', 'listen backlog per route port', String(DEFAULT_ROUTER_OPTIONS.backlog))
     .addOption(new Option('--on-disconnect <policy>', 'when the route source is lost').choices(['keep-last', 'fail-closed']).default('keep-last'))
+    .option('--workers <n>', 'router processes sharing each port with SO_REUSEPORT (needs the native addon)', '1')
     .addOption(new Option('--relay <kind>', 'byte mover: native splice relay or pure JS').choices(['auto', 'js', 'native']).default('auto'))
     .action(async (flags: RouterFlags) => {
       try {

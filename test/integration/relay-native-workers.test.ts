@@ -1,9 +1,24 @@
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { expect } from 'chai';
 import { reusePortAvailable } from '../../router/reuseport';
 import { freePort } from '../helpers/free-port';
 import { startRouter, type RouterHarness } from '../helpers/router-harness';
 import { startNamedServer, type TestServer } from '../helpers/tcp-servers';
-import { connectTo, readLine } from '../helpers/tcp-client';
+import { connectTo, eventually, readLine } from '../helpers/tcp-client';
+
+const SF = join(__dirname, '..', '..', 'control', 'cli', 'sf.js');
+
+async function health(port: number): Promise<{ relay?: string } | undefined> {
+  try {
+    const res = await fetch(`http://127.0.0.1:${port}/health`);
+    return (await res.json()) as { relay?: string };
+  } catch {
+    return undefined;
+  }
+}
 
 const available = reusePortAvailable();
 const describeAvailable = available ? describe : describe.skip;
@@ -48,5 +63,34 @@ describeAvailable(available ? 'router workers on one port' : 'router workers on 
       failed = err;
     }
     expect(failed).to.have.property('code', 'SF_ERR_LISTEN_FAILED');
+  });
+
+  it('runs `sf router --workers 2`: two workers on the route port, admin ports P and P+1, one SIGTERM stops all', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'sf-workers-'));
+    const routePort = await freePort();
+    const adminPort = await freePort();
+    const file = join(dir, 'routes.json');
+    writeFileSync(file, JSON.stringify({ version: 1, routes: [{ port: routePort, backends: [{ host: '127.0.0.1', port: backend.port }] }] }));
+    const supervisor = spawn(process.execPath, [SF, 'router', '--routes', file, '--admin', `127.0.0.1:${adminPort}`, '--workers', '2'], {
+      env: { ...process.env, SF_LOG_LEVEL: 'warn' },
+      stdio: 'ignore',
+    });
+    const exited = new Promise<number | null>((resolve) => supervisor.once('exit', (code) => resolve(code)));
+    try {
+      await eventually(async () => (await health(adminPort)) !== undefined && (await health(adminPort + 1)) !== undefined, 10_000, 'both workers up');
+      expect((await health(adminPort))?.relay).to.equal('native');
+      for (let i = 0; i < 10; i++) {
+        const client = await connectTo(routePort);
+        expect(await readLine(client)).to.equal('b1');
+        client.destroy();
+      }
+      supervisor.kill('SIGTERM');
+      expect(await exited).to.equal(0);
+      expect(await health(adminPort)).to.equal(undefined);
+      expect(await health(adminPort + 1)).to.equal(undefined);
+    } finally {
+      supervisor.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
