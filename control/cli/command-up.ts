@@ -21,6 +21,7 @@ interface UpFlags {
   redisPort: string;
   cellPortBase: string;
   capacityMb: string;
+  routePorts?: string;
 }
 
 /** @default values of `sf up` (DESIGN.md default addresses) */
@@ -129,6 +130,7 @@ async function runUp(flags: UpFlags): Promise<void> {
     start('control', process.execPath, [sfScript, 'control', '--listen', `127.0.0.1:${controlPort}`, '--redis', redisUrl]);
     const controlUrl = `http://127.0.0.1:${controlPort}`;
     await waitFor('control', async () => (await fetch(`${controlUrl}/health`)).ok, 20_000, children);
+    if (flags.routePorts) await setRoutePorts(controlUrl, admin.token, flags.routePorts);
     start('router', process.execPath, [sfScript, 'router', '--redis', redisUrl, '--router-group', 'default', '--admin', `127.0.0.1:${routerAdminPort}`, '--cache-file', join(dataDir, 'router-routes.json')]);
     for (let n = 1; n <= cellCount; n++) {
       const from = cellPortBase + 100 * (n - 1);
@@ -153,7 +155,7 @@ async function runUp(flags: UpFlags): Promise<void> {
         `Service Foundry is up (data in ${dataDir}, logs in ${join(dataDir, 'logs')})`,
         `  state     ${redisUrl}${externalRedis ? ' (SF_REDIS_URL)' : ' (local redis-server)'}`,
         `  control   ${controlUrl}  (admin token in ${admin.file ?? 'SF_API_TOKEN'})`,
-        `  router    admin http://127.0.0.1:${routerAdminPort}, group default, route ports 16000-16999`,
+        `  router    admin http://127.0.0.1:${routerAdminPort}, group default, route ports ${flags.routePorts ?? '16000-16999'}`,
         `  cells     ${Array.from({ length: cellCount }, (_, i) => `cell-${i + 1} (z${i + 1})`).join(', ')}`,
         '',
         'Try next:',
@@ -172,6 +174,16 @@ async function runUp(flags: UpFlags): Promise<void> {
     process.stderr.write(`sf up: ${(err as Error).message}\n`);
     await shutdown(1);
   }
+}
+
+/** Points the default router group at other ports (tests, or a machine where 16000+ is taken). */
+async function setRoutePorts(controlUrl: string, token: string, ranges: string): Promise<void> {
+  const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
+  const groups = (await (await fetch(`${controlUrl}/routing/v1/router_groups?name=default`, { headers })).json()) as Array<{ guid: string }>;
+  const guid = groups[0]?.guid;
+  if (!guid) throw new Error('control has no default router group');
+  const res = await fetch(`${controlUrl}/routing/v1/router_groups/${guid}`, { method: 'PUT', headers, body: JSON.stringify({ reservable_ports: ranges }) });
+  if (!res.ok) throw new Error(`--route-ports ${ranges}: ${await res.text()}`);
 }
 
 function portAnswers(port: number): Promise<boolean> {
@@ -196,6 +208,7 @@ export function registerUpCommand(program: Command): void {
     .option('--redis-port <port>', 'port of the local state redis-server (unless SF_REDIS_URL is set)', String(DEFAULT_UP_OPTIONS.redisPort))
     .option('--cell-port-base <port>', 'first instance port; each cell gets 100', String(DEFAULT_UP_OPTIONS.cellPortBase))
     .option('--capacity-mb <n>', 'volume capacity per cell, in MB', String(DEFAULT_UP_OPTIONS.capacityMb))
+    .option('--route-ports <ranges>', "the default router group's ports, e.g. 16000-16999 (kept in state)")
     .action((flags: UpFlags) =>
       runUp(flags).catch((err: unknown) => {
         if (err instanceof UsageError) exitWithError(err);

@@ -1,0 +1,146 @@
+/**
+ * A whole platform for service tests, every part real: a redis-server for state, one or two
+ * controls (in-process, fast leader timings), a router and cells as `sf` child processes on free
+ * ports, with route ports and instance ports picked to avoid other suites. `stop()` ends every
+ * process it started, including engines left behind by a SIGKILLed cell.
+ */
+import { chmod, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Redis } from 'ioredis';
+import { CELLS_SET_KEY, cellKeys, type ActualInstance } from '../../control/cell/cell-protocol';
+import type { ControlServerOptions } from '../../control/control-server';
+import type { ServiceView } from '../../control/services';
+import { startControlHarness, type ControlHarness } from './control-harness';
+import { freePort } from './free-port';
+import { startRedisServer, type RedisServerHandle } from './redis-server';
+import { runSf, waitForHealth, type SfProcess } from './sf-process';
+import { eventually } from './tcp-client';
+
+export interface ClusterOptions {
+  cells?: number;
+  controls?: number;
+  /** @default 4096 */
+  capacityMb?: number;
+}
+
+export interface CellProcess {
+  name: string;
+  zone: string;
+  proc: SfProcess;
+}
+
+export interface ServiceCluster {
+  redis: RedisServerHandle;
+  /** A command connection to the state Redis, for assertions. */
+  state: Redis;
+  controls: ControlHarness[];
+  cells: CellProcess[];
+  router: SfProcess;
+  routerAdminPort: number;
+  routePorts: [number, number];
+  dataDir: string;
+  /** The API of the first control still running. */
+  api: ControlHarness['api'];
+  /** Closes a control (its lock is released; the other becomes leader). */
+  stopControl(index: number): Promise<void>;
+  startCell(name: string, zone: string): Promise<CellProcess>;
+  waitForService(name: string, timeoutMs?: number, check?: (v: ServiceView) => boolean): Promise<ServiceView>;
+  stop(): Promise<void>;
+}
+
+/** Leader timings short enough for failover tests, long enough for a loaded CI machine. */
+export const FAST_SERVICE_PLANE = { leaderTtlMs: 1_500, leaderRenewMs: 300, convergencePollMs: 300 } as const;
+
+let nextBlock = Math.floor(Math.random() * 100);
+
+/** A block of 100 ports between 30000 and 39999, different for each call in this process. */
+function portBlock(): number {
+  const block = 30_000 + ((nextBlock++ % 100) * 100);
+  return block;
+}
+
+export async function startServiceCluster(options: ClusterOptions = {}): Promise<ServiceCluster> {
+  const redis = await startRedisServer();
+  const state = new Redis(redis.url);
+  const dataDir = await mkdtemp(path.join(tmpdir(), 'sf-services-'));
+  // Postgres runs as the postgres user when the tests run as root: it must reach its volume.
+  await chmod(dataDir, 0o755);
+  const routeBase = portBlock();
+  const routePorts: [number, number] = [routeBase, routeBase + 99];
+  const controlOptions: ControlServerOptions = { defaultReservablePorts: `${routePorts[0]}-${routePorts[1]}`, services: { ...FAST_SERVICE_PLANE } };
+  const controls: ControlHarness[] = [];
+  for (let i = 0; i < (options.controls ?? 1); i++) controls.push(await startControlHarness({ ...controlOptions, services: { ...FAST_SERVICE_PLANE, holderId: `control-${i + 1}` } }, redis));
+  const routerAdminPort = await freePort();
+  const router = runSf(['router', '--redis', redis.url, '--router-group', 'default', '--admin', `127.0.0.1:${routerAdminPort}`], { SF_LOG_LEVEL: 'warn' });
+  const cells: CellProcess[] = [];
+  const stopped = new Set<ControlHarness>();
+  const cluster: ServiceCluster = {
+    redis,
+    state,
+    controls,
+    cells,
+    router,
+    routerAdminPort,
+    routePorts,
+    dataDir,
+    api: (...args) => (controls.find((c) => !stopped.has(c)) ?? controls[0]).api(...args),
+    async stopControl(index) {
+      stopped.add(controls[index]);
+      await controls[index].stop();
+    },
+    async startCell(name, zone) {
+      const from = portBlock();
+      const proc = runSf(
+        [
+          'cell', '--name', name, '--zone', zone, '--capacity-mb', String(options.capacityMb ?? 4096), '--redis', redis.url,
+          '--data-dir', path.join(dataDir, name), '--port-range', `${from}-${from + 99}`,
+          '--heartbeat-ms', '200', '--heartbeat-ttl-ms', '1000', '--stop-instances-on-exit',
+        ],
+        { SF_LOG_LEVEL: 'warn' },
+      );
+      const cell = { name, zone, proc };
+      cells.push(cell);
+      await eventually(async () => (await state.exists(cellKeys.registration(name))) === 1, 15_000, `cell ${name} registered`);
+      return cell;
+    },
+    async waitForService(name, timeoutMs = 60_000, check = (v) => v.status === 'running') {
+      let last: ServiceView | undefined;
+      await eventually(
+        async () => {
+          const res = await cluster.api<ServiceView>('GET', `/v3/service_instances/${name}`);
+          last = res.body;
+          return res.status === 200 && check(res.body);
+        },
+        timeoutMs,
+        `service ${name} (last seen: ${JSON.stringify(last?.status)} ${JSON.stringify(last?.instances?.map((i) => [i.id, i.state, i.last_error?.message]))})`,
+      );
+      return last as ServiceView;
+    },
+    async stop() {
+      await Promise.all(cells.map((c) => c.proc.stop()));
+      await router.stop();
+      // Engines of a cell that was SIGKILLed outlive it; their pids are in the actual hashes.
+      for (const name of await state.smembers(CELLS_SET_KEY)) {
+        for (const text of Object.values(await state.hgetall(cellKeys.actual(name)))) {
+          const pid = (JSON.parse(text) as ActualInstance).pid;
+          if (!pid) continue;
+          for (const target of [-pid, pid]) {
+            try {
+              process.kill(target, 'SIGKILL');
+            } catch {
+              // Already gone.
+            }
+          }
+        }
+      }
+      for (const c of controls) if (!stopped.has(c)) await c.stop().catch(() => undefined);
+      state.disconnect();
+      await redis.stop();
+      await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+  await waitForHealth(routerAdminPort, 15_000);
+  for (let i = 1; i <= (options.cells ?? 3); i++) await cluster.startCell(`cell-${i}`, `z${i}`);
+  return cluster;
+}
