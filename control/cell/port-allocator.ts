@@ -51,7 +51,9 @@ export class PortAllocator {
 
   /** The preferred port when it is free, else the next free one (round robin, to avoid reuse races). */
   async allocate(preferred?: number | null): Promise<number> {
-    if (preferred && !this.reserved.has(preferred) && (await canBind(preferred, this.host))) {
+    // A relocated volume remembers its old cell's port, which may lie outside this range.
+    const inRange = preferred !== undefined && preferred !== null && preferred >= this.range.from && preferred <= this.range.to;
+    if (inRange && !this.reserved.has(preferred) && (await canBind(preferred, this.host))) {
       this.reserved.add(preferred);
       return preferred;
     }

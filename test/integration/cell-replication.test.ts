@@ -1,4 +1,5 @@
 import type { ChildProcess } from 'node:child_process';
+import path from 'node:path';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import { PostgresEngine } from '../../control/cell/engine-postgres';
@@ -88,6 +89,22 @@ describe('sf cell replication and failover orders', function () {
     expect(repoint.ok).to.equal(true);
     const stale = await driver.order('c1', { type: 'promote', instanceId: 'kv-0', epoch: 1 });
     expect(stale.error?.code).to.equal(CellErrorCode.StaleEpoch);
+  });
+
+  it('relocation: a stopped instance\'s volume is copied to another cell and starts there with its data', async () => {
+    await driver.desire('c1', { instanceId: 'mv-0', service: 'mv', durability: 'sync' });
+    const before = await driver.waitState('c1', 'mv-0', 'running');
+    await client(before.port as number).set('moved', 'yes');
+    await driver.undesire('c1', 'mv-0');
+    await driver.waitState('c1', 'mv-0', 'stopped');
+    const copy = await driver.order('c1', { type: 'copy-volume', instanceId: 'mv-0', destination: path.join(dirs[1].dir, 'instances') });
+    expect(copy.ok, JSON.stringify(copy.error)).to.equal(true);
+
+    await driver.desire('c2', { instanceId: 'mv-0', service: 'mv', durability: 'sync' });
+    const after = await driver.waitState('c2', 'mv-0', 'running');
+    expect(after.port).to.be.within(22200, 22299);
+    expect(await client(after.port as number).get('moved')).to.equal('yes');
+    expect((await driver.order('c1', { type: 'delete-volume', instanceId: 'mv-0' })).ok).to.equal(true);
   });
 
   it('postgres: streaming replica via pg_basebackup through two cells, promote by order, LSN reported', async () => {
