@@ -1,0 +1,101 @@
+import { expect } from 'chai';
+import { Redis } from 'ioredis';
+import { ControlErrorCode, isSfError } from '../../control/errors';
+import { fencedCommit } from '../../control/leader/fenced-commit';
+import { LeaderElector } from '../../control/leader/leader-elector';
+import { serviceKeys, ServiceStore, type ServiceView } from '../../control/services';
+import { startRedisServer, type RedisServerHandle } from '../helpers/redis-server';
+import { startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
+import { eventually } from '../helpers/tcp-client';
+
+interface LeaderInfo {
+  holder: string | null;
+  token: number | null;
+  this_control: { id: string; leader: boolean };
+}
+
+describe('leader election', function () {
+  this.timeout(120_000);
+
+  describe('two controls', () => {
+    let cluster: ServiceCluster;
+    before(async () => {
+      cluster = await startServiceCluster({ cells: 2, controls: 2 });
+    });
+    after(async () => {
+      await cluster?.stop();
+    });
+
+    it('has exactly one leader; the standby places the next service once the leader is gone', async () => {
+      const infos = await Promise.all(cluster.controls.map((c) => c.api<LeaderInfo>('GET', '/v3/leader')));
+      expect(infos.filter((i) => i.body.this_control.leader)).to.have.length(1);
+      const leaderIndex = infos.findIndex((i) => i.body.this_control.leader);
+      const firstToken = infos[leaderIndex].body.token!;
+
+      await cluster.api('POST', '/v3/service_instances', { name: 'before', engine: 'redis', replicas: 0, volume: { sizeMb: 32 } });
+      await cluster.waitForService('before', 30_000);
+
+      const t0 = performance.now();
+      await cluster.stopControl(leaderIndex);
+      const standby = cluster.controls[1 - leaderIndex];
+      await eventually(async () => (await standby.api<LeaderInfo>('GET', '/v3/leader')).body.this_control.leader, 10_000, 'standby elected');
+      console.log(`      standby elected ${(performance.now() - t0).toFixed(0)} ms after the leader stopped`);
+      const info = await standby.api<LeaderInfo>('GET', '/v3/leader');
+      expect(info.body.token).to.be.greaterThan(firstToken);
+
+      const created = await standby.api<ServiceView>('POST', '/v3/service_instances', { name: 'after', engine: 'redis', replicas: 1, volume: { sizeMb: 32 } });
+      expect(created.status).to.equal(201);
+      const placed = await cluster.waitForService('after', 30_000);
+      expect(placed.instances).to.have.length(2);
+    });
+  });
+
+  describe('fencing tokens', () => {
+    let redis: RedisServerHandle;
+    let conn: Redis;
+    const keys = serviceKeys('sf:');
+    before(async () => {
+      redis = await startRedisServer();
+      conn = new Redis(redis.url);
+    });
+    after(async () => {
+      conn.disconnect();
+      await redis.stop();
+    });
+
+    it("rejects a stale leader's write once a newer leader holds the lock", async () => {
+      const a = new LeaderElector(conn, { lockKey: keys.leaderLock, tokenKey: keys.leaderToken, holderId: 'a', ttlMs: 300, renewMs: 10_000 });
+      const b = new LeaderElector(conn, { lockKey: keys.leaderLock, tokenKey: keys.leaderToken, holderId: 'b', ttlMs: 5_000, renewMs: 10_000 });
+      await a.tick();
+      const staleFence = a.current()!;
+      expect(staleFence.token).to.equal(1);
+      await b.tick();
+      expect(b.current()).to.equal(null); // The lock is held.
+
+      // a stalls (no renewal) past its TTL; b takes over with a larger token.
+      await new Promise((r) => setTimeout(r, 400));
+      await b.tick();
+      const fresh = b.current()!;
+      expect(fresh.token).to.equal(2);
+
+      const stale = await fencedCommit(conn, staleFence, [], [{ cmd: 'HSET', key: keys.services, field: 'x', value: '{}' }]);
+      expect(stale).to.deep.equal({ ok: false, reason: 'stale-leader', currentToken: 2 });
+      expect(await conn.hexists(keys.services, 'x')).to.equal(0);
+
+      const store = new ServiceStore(conn, keys);
+      try {
+        await store.change('x', staleFence, async () => ({ change: { record: null }, result: undefined }));
+        expect.fail('a stale leader must not write');
+      } catch (err) {
+        expect(isSfError(err) && err.code).to.equal(ControlErrorCode.StaleLeader);
+      }
+      expect(await fencedCommit(conn, fresh, [], [{ cmd: 'HSET', key: keys.services, field: 'y', value: '{}' }])).to.deep.equal({ ok: true });
+
+      // The deposed leader learns it on its next renewal.
+      await a.tick();
+      expect(a.current()).to.equal(null);
+      await b.stop();
+      expect(await conn.exists(keys.leaderLock)).to.equal(0);
+    });
+  });
+});
