@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
@@ -10,6 +11,22 @@ import { startNamedServer, type TestServer } from '../helpers/tcp-servers';
 import { connectTo, eventually, readLine } from '../helpers/tcp-client';
 
 const SF = join(__dirname, '..', '..', 'control', 'cli', 'sf.js');
+
+/** A free port P whose neighbour P+1 is free too (worker k's admin port is P+k). */
+async function freePortPair(): Promise<number> {
+  for (;;) {
+    const port = await freePort();
+    if (port < 65535 && (await portIsFree(port + 1))) return port;
+  }
+}
+
+function portIsFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = createServer();
+    probe.once('error', () => resolve(false));
+    probe.listen(port, '127.0.0.1', () => probe.close(() => resolve(true)));
+  });
+}
 
 async function health(port: number): Promise<{ relay?: string } | undefined> {
   try {
@@ -68,7 +85,7 @@ describeAvailable(available ? 'router workers on one port' : 'router workers on 
   it('runs `sf router --workers 2`: two workers on the route port, admin ports P and P+1, one SIGTERM stops all', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'sf-workers-'));
     const routePort = await freePort();
-    const adminPort = await freePort();
+    const adminPort = await freePortPair();
     const file = join(dir, 'routes.json');
     writeFileSync(file, JSON.stringify({ version: 1, routes: [{ port: routePort, backends: [{ host: '127.0.0.1', port: backend.port }] }] }));
     const supervisor = spawn(process.execPath, [SF, 'router', '--routes', file, '--admin', `127.0.0.1:${adminPort}`, '--workers', '2'], {
@@ -77,7 +94,7 @@ describeAvailable(available ? 'router workers on one port' : 'router workers on 
     });
     const exited = new Promise<number | null>((resolve) => supervisor.once('exit', (code) => resolve(code)));
     try {
-      await eventually(async () => (await health(adminPort)) !== undefined && (await health(adminPort + 1)) !== undefined, 10_000, 'both workers up');
+      await eventually(async () => (await health(adminPort)) !== undefined && (await health(adminPort + 1)) !== undefined, 20_000, 'both workers up');
       expect((await health(adminPort))?.relay).to.equal('native');
       for (let i = 0; i < 10; i++) {
         const client = await connectTo(routePort);
