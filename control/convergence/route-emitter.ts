@@ -64,6 +64,14 @@ export class RouteEmitter {
     return upserts.length > 0 || deletes.length > 0;
   }
 
+  /** True when the stored route already has exactly the backends the service should have. */
+  async isCurrent(service: ServiceRecord, cells: ReadonlyMap<string, CellSnapshot>): Promise<boolean> {
+    const current = await this.currentRoute(service);
+    const want = this.desiredBackends(service, cells);
+    const have = new Map((current?.backends ?? []).map((b) => [b.id, b]));
+    return have.size === want.length && want.every((b) => sameBackend(have.get(b.id), b));
+  }
+
   /** Removes every backend of the service's port. */
   async remove(service: ServiceRecord): Promise<void> {
     const current = await this.currentRoute(service);

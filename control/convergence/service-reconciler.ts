@@ -157,7 +157,10 @@ export class ServiceReconciler {
       }
     }
 
-    const complete = next.instances.length === next.replicas + 1 && next.instances.every((i) => i.specWritten && actualOf(i)?.state === 'running');
+    // Running also means routers can reach it: the route must already hold every instance, so a
+    // client that waits for 'running' never connects before its route exists.
+    const allRunning = next.instances.length === next.replicas + 1 && next.instances.every((i) => i.specWritten && actualOf(i)?.state === 'running');
+    const complete = allRunning && (await this.emitter.isCurrent(next, cells));
     const status: ServiceStatus = problem?.status ?? (complete ? 'running' : 'starting');
     const message = problem?.message ?? null;
     if (status !== rec.status || message !== rec.message) {

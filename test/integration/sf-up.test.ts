@@ -1,0 +1,92 @@
+import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { createServer, type Server } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { expect } from 'chai';
+import { Redis } from 'ioredis';
+import type { ServiceView } from '../../control/services';
+import { freePort } from '../helpers/free-port';
+import { runSf, runSfToExit, type SfProcess } from '../helpers/sf-process';
+import { eventually } from '../helpers/tcp-client';
+
+describe('sf up', function () {
+  this.timeout(120_000);
+  let home: string;
+  let up: SfProcess | undefined;
+  let env: NodeJS.ProcessEnv;
+  let ports: { control: number; admin: number; redis: number; routeBase: number; cellBase: number };
+
+  before(async () => {
+    home = await mkdtemp(path.join(tmpdir(), 'sf-up-test-'));
+    // 33xxx/34xxx blocks stay clear of the other suites' 30000-39999 picks by being free now.
+    ports = { control: await freePort(), admin: await freePort(), redis: await freePort(), routeBase: 41_000 + Math.floor(Math.random() * 40) * 100, cellBase: 45_000 + Math.floor(Math.random() * 40) * 200 };
+    env = { SF_HOME: home, SF_REDIS_URL: '', SF_API_TOKEN: '', SF_CONTROL_URL: `http://127.0.0.1:${ports.control}`, SF_LOG_LEVEL: 'warn' };
+  });
+
+  after(async () => {
+    if (up && up.child.exitCode === null) {
+      up.child.kill('SIGTERM');
+      await new Promise((r) => up!.child.once('exit', r));
+    }
+    await rm(home, { recursive: true, force: true });
+  });
+
+  const upArgs = (): string[] => [
+    'up', '--data-dir', path.join(home, 'data'), '--cells', '2',
+    '--control-port', String(ports.control), '--router-admin-port', String(ports.admin), '--redis-port', String(ports.redis),
+    '--cell-port-base', String(ports.cellBase), '--route-ports', `${ports.routeBase}-${ports.routeBase + 99}`,
+  ];
+
+  it('starts state, control, a router and cells, and the CLI works with no configuration', async () => {
+    up = runSf(upArgs(), env);
+    await eventually(() => up!.output().includes('Try next:'), 60_000, 'sf up ready');
+    expect(up.output()).to.match(/sf create-service redis cache/);
+    const token = await stat(path.join(home, 'admin-token'));
+    expect(token.mode & 0o777).to.equal(0o600);
+
+    const cells = await runSfToExit(['cells', '--json'], env);
+    expect(cells.code).to.equal(0);
+    expect((JSON.parse(cells.output) as Array<{ name: string; alive: boolean }>).map((c) => c.name)).to.deep.equal(['cell-1', 'cell-2']);
+
+    const t0 = performance.now();
+    const created = await runSfToExit(['create-service', 'redis', 'cache', '--replicas', '1', '--wait', '--json'], env);
+    expect(created.code, created.output).to.equal(0);
+    const view = JSON.parse(created.output) as ServiceView;
+    expect(view.status).to.equal('running');
+    const client = new Redis({ port: view.port, host: '127.0.0.1', maxRetriesPerRequest: 3 });
+    try {
+      expect(await client.ping()).to.equal('PONG');
+    } finally {
+      client.disconnect();
+    }
+    console.log(`      sf create-service redis --wait then PING through the router: ${(performance.now() - t0).toFixed(0)} ms`);
+
+    const shown = await runSfToExit(['service', 'cache', '--json'], env);
+    const detail = JSON.parse(shown.output) as ServiceView;
+    expect(detail.port).to.equal(view.port);
+    for (const i of detail.instances) expect(i).to.include.keys('id', 'cell', 'role', 'state', 'epoch');
+    const human = await runSfToExit(['service', 'cache'], env);
+    expect(human.output).to.match(/INSTANCE\s+ROLE\s+STATE\s+EPOCH/);
+    const usage = await runSfToExit(['create-service', 'redis', 'Bad!'], env);
+    expect(usage.code).to.equal(2);
+  });
+
+  it('refuses to start a second time on the same ports, with a clear message', async () => {
+    const second = await runSfToExit(upArgs(), env);
+    expect(second.code).to.equal(1);
+    expect(second.output).to.match(/port \d+ \(control API\) is already taken/);
+  });
+
+  it('stops everything on SIGTERM', async () => {
+    const exited = new Promise<number | null>((r) => up!.child.once('exit', (code) => r(code)));
+    up!.child.kill('SIGTERM');
+    expect(await exited).to.equal(0);
+    for (const port of [ports.control, ports.admin, ports.redis]) {
+      const server: Server = createServer();
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(port, '127.0.0.1', () => server.close(() => resolve()));
+      });
+    }
+  });
+});
