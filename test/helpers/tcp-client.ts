@@ -42,7 +42,9 @@ export function closed(socket: Socket, timeoutMs = 5000): Promise<number> {
     const timer = setTimeout(() => reject(new Error(`socket still open after ${timeoutMs} ms`)), timeoutMs);
     socket.on('error', () => undefined);
     // Our sockets allow half-open; a FIN from the far side is answered so the socket can close.
-    socket.once('end', () => socket.end());
+    // An unread socket may have seen the FIN already ('end' emitted before we listened).
+    if (socket.readableEnded) socket.end();
+    else socket.once('end', () => socket.end());
     socket.resume();
     socket.once('close', () => {
       clearTimeout(timer);
