@@ -81,6 +81,12 @@ export function defaultCellDataDir(name: string): string {
 }
 
 const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+const FULL_REPORT_MS = 10_000;
+
+function waitReady(conn: Redis): Promise<void> {
+  if (conn.status === 'ready') return Promise.resolve();
+  return new Promise((resolve) => conn.once('ready', () => resolve()));
+}
 
 export class CellAgent {
   readonly name: string;
@@ -104,6 +110,8 @@ export class CellAgent {
   private reconcileAgain = false;
   private availableExecutors: ExecutorKind[] = [];
   private invalidSpecs = new Map<string, string>();
+  private stateLost = false;
+  private registered = false;
   private availableEngineKinds: EngineRegistry[keyof EngineRegistry]['kind'][] = [];
 
   constructor(options: CellAgentOptions) {
@@ -130,14 +138,24 @@ export class CellAgent {
   async start(): Promise<void> {
     await mkdir(this.dataDir, { recursive: true });
     this.startedAt = Date.now();
-    const redisOptions = { maxRetriesPerRequest: null, lazyConnect: true } as const;
-    this.redis = new Redis(this.opts.redisUrl, { ...redisOptions, maxRetriesPerRequest: 1 });
-    this.sub = new Redis(this.opts.redisUrl, redisOptions);
-    this.orderConn = new Redis(this.opts.redisUrl, redisOptions);
+    // ioredis reconnects forever; the cell waits for Redis rather than exiting, so `sf up` and
+    // service managers may start it before Redis is up.
+    const retryStrategy = (attempt: number): number => Math.min(100 * attempt, 2_000);
+    this.redis = new Redis(this.opts.redisUrl, { maxRetriesPerRequest: 1, retryStrategy });
+    this.sub = new Redis(this.opts.redisUrl, { maxRetriesPerRequest: null, retryStrategy });
+    this.orderConn = new Redis(this.opts.redisUrl, { maxRetriesPerRequest: null, retryStrategy });
+    let lastWarn = 0;
     for (const conn of [this.redis, this.sub, this.orderConn]) {
-      conn.on('error', (err: Error) => this.log.warn({ err: err.message }, 'redis connection error'));
+      conn.on('error', (err: Error) => {
+        if (Date.now() - lastWarn < 5_000) return;
+        lastWarn = Date.now();
+        this.log.warn({ err: err.message, redis: this.opts.redisUrl }, 'redis unreachable; retrying');
+      });
     }
-    await Promise.all([this.redis.connect(), this.sub.connect(), this.orderConn.connect()]);
+    await Promise.all([this.redis, this.sub, this.orderConn].map(waitReady));
+    // After an outage the registration may have expired and reports may be gone (a Redis
+    // without persistence restarts empty): re-register and re-report everything.
+    this.redis.on('ready', () => void this.afterReconnect());
 
     this.availableExecutors = [];
     for (const [kind, executor] of Object.entries(this.executors) as Array<[ExecutorKind, Executor | undefined]>) {
@@ -166,6 +184,8 @@ export class CellAgent {
     await this.publish({ type: 'registered', cell: this.name, record: this.record() });
     this.timers.push(setInterval(() => void this.heartbeat(), this.opts.heartbeatMs));
     this.timers.push(setInterval(() => this.requestReconcile(), this.opts.reconcileMs));
+    // Reports are written on change; a periodic full report repairs anything lost meanwhile.
+    this.timers.push(setInterval(() => this.instances?.reportAll(), FULL_REPORT_MS));
     this.timers.push(setInterval(() => void this.instances?.probe().catch(() => undefined), this.opts.reconcileMs));
 
     await this.sub.subscribe(cellKeys.notify(this.name));
@@ -213,14 +233,34 @@ export class CellAgent {
     };
   }
 
+  private async afterReconnect(): Promise<void> {
+    await this.heartbeat();
+    this.instances?.reportAll();
+  }
+
+  /**
+   * `SADD sf:cells NAME` answering 1 after this cell registered means Redis lost control's state
+   * (nothing ever removes a cell from that set). Its empty desired hash then means "unknown", not
+   * "stop everything": the cell keeps its instances until control writes desired state again.
+   * Every SADD goes through one connection, so exactly one caller sees the 1.
+   */
+  private noteRegistration(added: number): void {
+    if (added === 1 && this.registered && (this.instances?.count() ?? 0) > 0 && !this.stateLost) {
+      this.stateLost = true;
+      this.log.warn('control state in Redis looks wiped; keeping instances until desired state is written again');
+    }
+    this.registered = true;
+  }
+
   private async heartbeat(): Promise<void> {
     if (!this.running || !this.redis) return;
     try {
-      await this.redis
+      const res = await this.redis
         .multi()
         .set(cellKeys.registration(this.name), JSON.stringify(this.record()), 'PX', this.opts.heartbeatTtlMs)
         .sadd(CELLS_SET_KEY, this.name)
         .exec();
+      this.noteRegistration(Number(res?.[1]?.[1] ?? 0));
     } catch (err) {
       this.log.warn({ err: errorMessageOf(err) }, 'heartbeat failed');
     }
@@ -247,6 +287,11 @@ export class CellAgent {
   private async reconcile(): Promise<void> {
     if (!this.redis || !this.instances) return;
     const raw = await this.redis.hgetall(cellKeys.desired(this.name));
+    if (Object.keys(raw).length === 0 && this.instances.count() > 0) this.noteRegistration(await this.redis.sadd(CELLS_SET_KEY, this.name));
+    if (this.stateLost) {
+      if (Object.keys(raw).length === 0) return;
+      this.stateLost = false;
+    }
     const desired = new Map<string, InstanceSpec>();
     const invalid = new Map<string, string>();
     for (const [id, json] of Object.entries(raw)) {

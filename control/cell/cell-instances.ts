@@ -330,6 +330,10 @@ export class CellInstances {
     };
   }
 
+  reportAll(): void {
+    for (const id of this.local.keys()) this.emit(id);
+  }
+
   private emit(instanceId: string): void {
     this.options.report(instanceId, this.actual(instanceId));
   }

@@ -37,6 +37,9 @@ export function renderRedisConfig(ctx: EngineContext, primary?: HostPort): strin
     'logfile ""',
     `replica-announce-ip ${ctx.advertiseHost}`,
     `replica-announce-port ${ctx.port}`,
+    // A replica (re)joining after a failover must sync now, not after the default 5 s wait for
+    // other replicas to batch with.
+    'repl-diskless-sync-delay 0',
   ];
   if (spec.durability === 'sync' && spec.replicas > 0) {
     // A primary refuses writes unless a replica acknowledged recently: the closest Redis has to

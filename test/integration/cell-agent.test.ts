@@ -1,10 +1,11 @@
-import type { ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import { cellKeys, CELL_EVENTS_CHANNEL, type CellRecord } from '../../control/cell/cell-protocol';
 import { CellErrorCode } from '../../control/cell/errors';
 import { eventually, tempCellDir } from '../helpers/cell-harness';
 import { CellDriver, killProcess, spawnCell } from '../helpers/cell-process';
+import { freePort } from '../helpers/free-port';
 import { startRedisServer, type RedisServerHandle } from '../helpers/redis-server';
 
 describe('sf cell', function () {
@@ -125,6 +126,39 @@ describe('sf cell', function () {
     expect(stopped.volumePresent).to.equal(true);
     expect((await driver.order('c1', { type: 'delete-volume', instanceId: 'a-0' })).ok).to.equal(true);
     expect(await driver.actual('c1', 'a-0')).to.equal(undefined);
+  });
+
+  it('waits for Redis at start, and re-registers and re-reports after Redis restarts empty', async () => {
+    const port = await freePort();
+    const url = `redis://127.0.0.1:${port}`;
+    const startState = (): ChildProcess => spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+    cell = spawnCell({ name: 'c9', redisUrl: url, dataDir: cellDir.dir, portRange: '22000-22099' });
+    await new Promise((r) => setTimeout(r, 1_000));
+    expect(cell.exitCode).to.equal(null);
+    let own = startState();
+    const ownRedis = new Redis(url, { retryStrategy: () => 100 });
+    ownRedis.on('error', () => undefined);
+    const ownDriver = new CellDriver(ownRedis);
+    try {
+      await eventually(async () => (await ownRedis.exists(cellKeys.registration('c9'))) === 1, 15_000, 'registration once Redis is up');
+      await ownDriver.desire('c9', { instanceId: 'w-0' });
+      const running = await ownDriver.waitState('c9', 'w-0', 'running', 20_000);
+
+      // Redis dies and comes back empty: the cell registers again and reports its instance.
+      own.kill('SIGKILL');
+      await new Promise((r) => own.once('exit', r));
+      own = startState();
+      await eventually(async () => (await ownRedis.exists(cellKeys.registration('c9'))) === 1, 15_000, 're-registration');
+      const again = await eventually(() => ownDriver.actual('c9', 'w-0'), 15_000, 're-report');
+      expect(again).to.include({ state: 'running', pid: running.pid });
+      // The wiped desired hash is not taken as "stop everything".
+      await new Promise((r) => setTimeout(r, 2_500));
+      expect(await ownDriver.actual('c9', 'w-0')).to.include({ state: 'running', pid: running.pid });
+    } finally {
+      ownDriver.killInstances();
+      ownRedis.disconnect();
+      own.kill('SIGKILL');
+    }
   });
 
   it('reports an invalid desired spec as failed with the field', async () => {
