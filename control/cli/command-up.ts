@@ -104,8 +104,11 @@ async function runUp(flags: UpFlags): Promise<void> {
 
   const shutdown = async (code: number): Promise<never> => {
     stopping = true;
-    // Reverse start order: cells, router and control go before the state store they write to.
-    for (const child of [...children].reverse()) {
+    // Control first, so it does not reschedule instances of cells that are merely shutting
+    // down; then the rest in reverse start order, the state store last.
+    const control = children.filter((c) => c.name === 'control');
+    const order = [...control, ...[...children].reverse().filter((c) => c.name !== 'control')];
+    for (const child of order) {
       if (child.proc.exitCode !== null || child.proc.signalCode !== null) continue;
       const exited = new Promise<void>((r) => child.proc.once('exit', () => r()));
       child.proc.kill('SIGTERM');

@@ -6,6 +6,8 @@ import { LeaderElector } from '../../control/leader/leader-elector';
 import { serviceKeys, ServiceStore, type ServiceView } from '../../control/services';
 import { startRedisServer, type RedisServerHandle } from '../helpers/redis-server';
 import { startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
+import { freePort } from '../helpers/free-port';
+import { runSf, type SfProcess } from '../helpers/sf-process';
 import { eventually } from '../helpers/tcp-client';
 
 interface LeaderInfo {
@@ -47,6 +49,56 @@ describe('leader election', function () {
       expect(created.status).to.equal(201);
       const placed = await cluster.waitForService('after', 30_000);
       expect(placed.instances).to.have.length(2);
+    });
+  });
+
+  describe('two sf control processes', () => {
+    let redis: RedisServerHandle;
+    const procs: SfProcess[] = [];
+    const token = 'leader-test-token-0123456789';
+    before(async () => {
+      redis = await startRedisServer();
+    });
+    after(async () => {
+      await Promise.all(procs.map((p) => p.stop()));
+      await redis.stop();
+    });
+
+    it('a killed leader is replaced once its lock expires, and the new leader places services', async () => {
+      const env = { SF_API_TOKEN: token, SF_LOG_LEVEL: 'warn' };
+      const ports = [await freePort(), await freePort()];
+      for (const port of ports) procs.push(runSf(['control', '--listen', `127.0.0.1:${port}`, '--redis', redis.url], env));
+      const get = async (port: number): Promise<LeaderInfo | null> => {
+        try {
+          const res = await fetch(`http://127.0.0.1:${port}/v3/leader`, { headers: { authorization: `Bearer ${token}` } });
+          return (await res.json()) as LeaderInfo;
+        } catch {
+          return null;
+        }
+      };
+      await eventually(async () => (await Promise.all(ports.map(get))).filter((i) => i?.this_control.leader).length === 1, 15_000, 'one leader');
+      const infos = await Promise.all(ports.map(get));
+      const leader = infos.findIndex((i) => i!.this_control.leader);
+      const standbyPort = ports[1 - leader];
+      const cellPort = 30_000 + Math.floor(Math.random() * 90) * 100;
+      const cell = runSf(['cell', '--name', 'solo', '--zone', 'z1', '--capacity-mb', '1000', '--redis', redis.url, '--data-dir', `/tmp/sf-leader-test-${process.pid}`, '--port-range', `${cellPort}-${cellPort + 99}`, '--stop-instances-on-exit'], env);
+      procs.push(cell);
+
+      const t0 = performance.now();
+      procs[leader].child.kill('SIGKILL');
+      await eventually(async () => (await get(standbyPort))?.this_control.leader === true, 10_000, 'standby takes over');
+      console.log(`      standby took over ${(performance.now() - t0).toFixed(0)} ms after the leader was SIGKILLed (lock TTL 3000 ms)`);
+      expect((await get(standbyPort))!.token).to.be.greaterThan(infos[leader]!.token!);
+
+      const api = async <T>(method: string, path: string, body?: unknown): Promise<{ status: number; body: T }> => {
+        const res = await fetch(`http://127.0.0.1:${standbyPort}${path}`, { method, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) });
+        return { status: res.status, body: (await res.json()) as T };
+      };
+      await eventually(async () => (await api<{ resources: unknown[] }>('GET', '/v3/cells')).body.resources.length === 1, 15_000, 'cell registered');
+      expect((await api('POST', '/v3/service_instances', { name: 'next', engine: 'redis', replicas: 0, volume: { sizeMb: 32 } })).status).to.equal(201);
+      await eventually(async () => (await api<ServiceView>('GET', '/v3/service_instances/next')).body.status === 'running', 30_000, 'placed by the new leader');
+      const events = await api<{ resources: Array<{ type: string; leaderToken: number }> }>('GET', '/v3/service_instances/next/events');
+      expect(events.body.resources.find((e) => e.type === 'instance-placed')?.leaderToken).to.equal((await get(standbyPort))!.token);
     });
   });
 
