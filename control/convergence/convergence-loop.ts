@@ -11,6 +11,7 @@ import { withDefaults } from '../options';
 import type { LeaderElector } from '../leader/leader-elector';
 import type { CellDirectory } from '../services/cell-directory';
 import type { ServiceStore } from '../services/service-store';
+import type { OrphanCollector } from './orphan-collector';
 import type { ServiceReconciler } from './service-reconciler';
 
 export interface ConvergenceLoopOptions {
@@ -41,6 +42,7 @@ export class ConvergenceLoop {
     private readonly directory: CellDirectory,
     private readonly reconciler: ServiceReconciler,
     options: ConvergenceLoopOptions,
+    private readonly collector?: OrphanCollector,
   ) {
     this.opts = withDefaults(DEFAULT_CONVERGENCE_LOOP_OPTIONS, options);
   }
@@ -102,6 +104,7 @@ export class ConvergenceLoop {
           this.opts.logger.warn({ service: name, err: (err as Error).message }, 'convergence of a service failed');
         }
       }
+      await this.collector?.collect(fence, cells, (await this.store.snapshot()).services.values());
       this.passes++;
     } catch (err) {
       this.opts.logger.warn({ err: (err as Error).message }, 'convergence pass failed');

@@ -10,6 +10,7 @@ import { registerServicesApi } from '../api/routes-services';
 import type { HttpServer } from '../api/http-server';
 import { DegradedFailoverCoordinator, type FailoverCoordinator } from '../convergence/failover-coordinator';
 import { ConvergenceLoop } from '../convergence/convergence-loop';
+import { OrphanCollector } from '../convergence/orphan-collector';
 import { RouteEmitter } from '../convergence/route-emitter';
 import { ServiceReconciler, type ServiceReconcilerOptions } from '../convergence/service-reconciler';
 import { LeaderElector } from '../leader/leader-elector';
@@ -78,7 +79,7 @@ export async function startServicePlane(server: HttpServer, deps: ServicePlaneDe
     onDemoted: (fence) => log.warn({ token: fence.token }, 'no longer leader: standing by'),
     onError: (err) => log.warn({ err: err.message }, 'leader lock problem'),
   });
-  loop = new ConvergenceLoop(elector, store, directory, reconciler, { redisUrl: deps.redisUrl, pollMs: opts.convergencePollMs, logger: log });
+  loop = new ConvergenceLoop(elector, store, directory, reconciler, { redisUrl: deps.redisUrl, pollMs: opts.convergencePollMs, logger: log }, new OrphanCollector(deps.redis));
   registerServicesApi(server, { store, directory, groups: deps.groups, routes: deps.routes, elector });
   registerCellsApi(server, { directory, store });
   await loop.start();

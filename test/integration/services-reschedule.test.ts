@@ -1,6 +1,7 @@
 import { expect } from 'chai';
 import type { ServiceView } from '../../control/services';
 import { startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
+import { eventually } from '../helpers/tcp-client';
 
 describe('convergence: lost cells', function () {
   this.timeout(120_000);
@@ -29,6 +30,19 @@ describe('convergence: lost cells', function () {
     expect(fresh.cell).to.not.equal(after.instances.find((i) => i.role === 'primary')!.cell);
     const events = await cluster.api<{ resources: Array<{ type: string; instanceId?: string }> }>('GET', '/v3/service_instances/kv/events');
     expect(events.body.resources.some((e) => e.type === 'instance-removed' && e.instanceId === replica.id)).to.equal(true);
+  });
+
+  it('deletes the replaced replica volume when its cell comes back', async () => {
+    const view = await cluster.waitForService('kv');
+    const dead = cluster.cells.find((c) => c.proc.child.signalCode === 'SIGKILL')!;
+    await cluster.startCell(dead.name, dead.zone);
+    await eventually(async () => {
+      const cells = await cluster.api<{ resources: Array<{ name: string; alive: boolean; instances: unknown[] }> }>('GET', '/v3/cells');
+      const back = cells.body.resources.find((c) => c.name === dead.name)!;
+      return back.alive && back.instances.length === 0;
+    }, 30_000, 'orphaned volume collected');
+    const after = await cluster.waitForService('kv');
+    expect(after.instances.map((i) => i.id)).to.deep.equal(view.instances.map((i) => i.id));
   });
 
   it('reports a service degraded when its primary cell dies, without promoting anything', async () => {
