@@ -28,7 +28,7 @@ export interface PostgresEngineOptions {
 }
 
 const DEFAULT_BIN_DIRS = ['/usr/lib/postgresql/17/bin', '/usr/lib/postgresql/16/bin', '/usr/lib/postgresql/15/bin'];
-const BINARIES = ['postgres', 'initdb', 'pg_ctl', 'pg_basebackup', 'psql'] as const;
+const BINARIES = ['postgres', 'initdb', 'pg_ctl', 'pg_basebackup', 'pg_rewind', 'psql'] as const;
 type Binary = (typeof BINARIES)[number];
 
 function quote(value: string): string {
@@ -49,8 +49,11 @@ export function renderPostgresConfig(ctx: EngineContext, superuser: string, prim
     'max_wal_senders = 10',
     'max_replication_slots = 10',
     'hot_standby = on',
-    // Lets pg_rewind turn a deposed primary into a replica later.
+    // Lets pg_rewind turn a deposed primary into a replica later. pg_rewind also needs the old
+    // primary's WAL back to the last common checkpoint, which the checkpoint at the end of its
+    // crash recovery would otherwise recycle; the same margin lets a lagging replica catch up.
     'wal_log_hints = on',
+    'wal_keep_size = 128MB',
     'fsync = on',
     `synchronous_commit = ${sync ? 'on' : 'local'}`,
     // Waiting for a standby that does not exist would block every commit forever.
@@ -133,14 +136,34 @@ export class PostgresEngine implements Engine {
         );
       }
     }
+    const standbySignal = path.join(dataDir, 'standby.signal');
+    if (initialised && spec.role === 'replica' && !(await exists(standbySignal))) await this.rewind(ctx);
     await writeFile(path.join(dataDir, 'postgresql.conf'), renderPostgresConfig(ctx, this.options.superuser));
     await writeFile(path.join(dataDir, 'pg_hba.conf'), renderPgHba(this.options.trustCidrs));
     // pg_basebackup -R writes primary_conninfo here, which would override ours on repoint.
     await writeFile(path.join(dataDir, 'postgresql.auto.conf'), '# Managed through postgresql.conf by the cell.\n');
-    const standbySignal = path.join(dataDir, 'standby.signal');
     if (spec.role === 'replica') await writeFile(standbySignal, '');
     else await rm(standbySignal, { force: true });
     if (runAs) await runCommand('chown', ['-R', `${runAs.uid}:${runAs.gid}`, dataDir]);
+  }
+
+  /**
+   * A data directory that was a primary (no standby.signal) and must now follow another: a deposed
+   * primary may hold WAL the new primary never received, so it is rewound onto the new primary's
+   * timeline first (pg_rewind; wal_log_hints makes that possible, and pg_rewind itself finishes
+   * crash recovery of a primary that was SIGKILLed). Issue 5: "a restarted old primary comes back
+   * as a replica".
+   */
+  private async rewind(ctx: EngineContext): Promise<void> {
+    const { spec, dataDir } = ctx;
+    if (!spec.replicaOf) throw new CellError(CellErrorCode.InvalidSpec, 'a postgres replica needs replicaOf', 'replicaOf');
+    // pg_rewind may start the server in single-user mode: it must find a config for this cell.
+    await writeFile(path.join(dataDir, 'postgresql.conf'), renderPostgresConfig({ ...ctx, spec: { ...spec, replicaOf: undefined } }, this.options.superuser));
+    // A freshly promoted primary records its new timeline in pg_control only at its next
+    // checkpoint; before that pg_rewind sees one timeline and wrongly finds nothing to rewind.
+    await this.query({ ...ctx, listenHost: spec.replicaOf.host, port: spec.replicaOf.port }, 'checkpoint');
+    const source = `host=${spec.replicaOf.host} port=${spec.replicaOf.port} user=${this.options.superuser} dbname=postgres`;
+    await runCommand(await this.bin('pg_rewind'), ['-D', dataDir, '--source-server', source], { runAs: this.runAs(), timeoutMs: 600_000 });
   }
 
   async launch(ctx: EngineContext): Promise<LaunchCommand> {
@@ -166,7 +189,10 @@ export class PostgresEngine implements Engine {
   }
 
   async promote(ctx: EngineContext): Promise<void> {
-    await runCommand(await this.bin('pg_ctl'), ['promote', '-D', ctx.dataDir, '-w', '-t', '60'], { runAs: this.runAs() });
+    // Promoting a primary is a no-op, so that control may retry a promote order safely.
+    if ((await this.position(ctx))?.role === 'replica') {
+      await runCommand(await this.bin('pg_ctl'), ['promote', '-D', ctx.dataDir, '-w', '-t', '60'], { runAs: this.runAs() });
+    }
     await writeFile(path.join(ctx.dataDir, 'postgresql.conf'), renderPostgresConfig({ ...ctx, spec: { ...ctx.spec, role: 'primary', replicaOf: undefined } }, this.options.superuser));
   }
 

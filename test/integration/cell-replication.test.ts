@@ -133,5 +133,14 @@ describe('sf cell replication and failover orders', function () {
     expect(promoted.data?.role).to.equal('primary');
     await engine.query(ctx(r.port as number), "set synchronous_commit = local; insert into t values ('y')");
     expect((await engine.query(ctx(r.port as number), 'select count(*) from t')).trim()).to.equal('2');
+    expect((await driver.order('c2', { type: 'promote', instanceId: 'db-1', epoch: 2 })).ok, 'promote is idempotent').to.equal(true);
+
+    // The fenced old primary comes back as a replica of the new one: rewound, then streaming.
+    await driver.desire('c1', { instanceId: 'db-0', service: 'db', engine: 'postgres', role: 'replica', epoch: 2, generation: 1, durability: 'sync', replicas: 1, replicaOf: { host: r.host, port: r.port as number } });
+    const rejoined = await driver.waitState('c1', 'db-0', 'running', 90_000);
+    expect(rejoined.lastError).to.equal(null);
+    await engine.query(ctx(r.port as number), "insert into t values ('z')");
+    await eventually(async () => (await engine.query(ctx(rejoined.port as number), 'select count(*) from t')).trim() === '3', 15_000, 'old primary follows');
+    expect((await driver.order('c1', { type: 'position', instanceId: 'db-0' })).data?.role).to.equal('replica');
   });
 });
