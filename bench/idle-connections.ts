@@ -23,6 +23,7 @@ const GOAL_MIB = 200;
 const ROUTER_FD_RESERVE = 100;
 const OPEN_BATCH = 500;
 const SETTLE_MS = 3000;
+const OPEN_TIMEOUT_MS = 5000;
 
 interface Settings {
   connections: number;
@@ -51,9 +52,14 @@ function openIdleClient(port: number): Promise<Socket> {
       if (received >= '+PONG\r\n'.length) {
         socket.off('data', onData);
         socket.off('error', reject);
+        socket.setTimeout(0);
+        // A reset while idle is counted through 'close'; it must not crash the run.
+        socket.on('error', () => undefined);
         resolve(socket);
       }
     };
+    // A pair the router never completes must fail this client, not hang the run.
+    socket.setTimeout(OPEN_TIMEOUT_MS, () => socket.destroy(new Error(`no PONG within ${OPEN_TIMEOUT_MS} ms`)));
     socket.once('connect', () => socket.write('PING\r\n'));
     socket.on('data', onData);
     socket.once('error', reject);
@@ -64,8 +70,17 @@ function mib(kib: number): number {
   return kib / 1024;
 }
 
+/** Whole-run limit: a router that stops answering must end the run with a report, not hang it. */
+const WATCHDOG_MS = 5 * 60_000;
+
 async function main(): Promise<void> {
   const settings = parseArgs(process.argv.slice(2));
+  let phase = 'starting';
+  const watchdog = setTimeout(() => {
+    process.stderr.write(`idle-connections: no result after ${WATCHDOG_MS / 1000} s (phase: ${phase}); stopping\n`);
+    void stopAll().finally(() => process.exit(1));
+  }, WATCHDOG_MS);
+  watchdog.unref();
   if (!routerCliAvailable()) throw new Error('dist/control/cli/sf.js is not built (npx tsc -p .)');
   const workers = settings.workers !== undefined && (await routerSupportsFlag('--workers')) ? settings.workers : undefined;
   const limit = await hardFileLimit();
@@ -83,21 +98,31 @@ async function main(): Promise<void> {
     workers,
     fileLimit: 2 * settings.connections + ROUTER_FD_RESERVE,
   });
+  phase = 'router idle';
   await sleep(SETTLE_MS);
   const baseline = groupMemory(router.proc.pid);
 
   const clients: Socket[] = [];
   let closedEarly = 0;
+  let failedToOpen = 0;
   const t0 = Date.now();
-  while (clients.length < held) {
-    const batch = Math.min(OPEN_BATCH, held - clients.length);
-    const opened = await Promise.all(Array.from({ length: batch }, () => openIdleClient(routePort)));
-    for (const s of opened) {
-      s.once('close', () => closedEarly++);
-      clients.push(s);
+  phase = 'opening';
+  while (clients.length + failedToOpen < held) {
+    const batch = Math.min(OPEN_BATCH, held - clients.length - failedToOpen);
+    if (process.env.SF_BENCH_TRACE) process.stderr.write(`opening ${batch}, held ${clients.length}, failed ${failedToOpen}\n`);
+    const opened = await Promise.allSettled(Array.from({ length: batch }, () => openIdleClient(routePort)));
+    for (const r of opened) {
+      if (r.status === 'rejected') {
+        failedToOpen++;
+        if (failedToOpen > held / 10) throw new Error(`too many connections failed to open: ${String(r.reason)}`);
+        continue;
+      }
+      r.value.once('close', () => closedEarly++);
+      clients.push(r.value);
     }
   }
   const openMs = Date.now() - t0;
+  phase = 'holding';
   await sleep(SETTLE_MS);
   const loaded: MemorySample = groupMemory(router.proc.pid);
   const routerFds = openFileCount(router.proc.pid);
@@ -124,6 +149,7 @@ async function main(): Promise<void> {
     connectionsHeld: held,
     connectionsWanted: settings.connections,
     closedWhileIdle,
+    failedToOpen,
     openMs,
     routerFds,
     health,
@@ -153,6 +179,7 @@ async function main(): Promise<void> {
         [`RSS at ${settings.connections} (MiB)`, `${formatNumber(result.rssMiB.extrapolatedToWanted)}${held < settings.connections ? ' (extrapolated)' : ''}`],
         ['RSS after all closed (MiB)', formatNumber(result.rssMiB.afterClose)],
         ['closed while idle', String(closedWhileIdle)],
+        ['failed to open', String(failedToOpen)],
         [`goal < ${GOAL_MIB} MiB`, result.goalMet ? 'met' : 'MISSED'],
       ],
     )}\n\nresults: ${path}\n`,
