@@ -20,6 +20,7 @@ export const CellErrorCode = {
   LeaseRefused: 'SF_ERR_LEASE_REFUSED',
   FenceFailed: 'SF_ERR_FENCE_FAILED',
   UnknownOrder: 'SF_ERR_UNKNOWN_ORDER',
+  OrderTimeout: 'SF_ERR_ORDER_TIMEOUT',
 } as const;
 
 export type CellErrorCodeValue = (typeof CellErrorCode)[keyof typeof CellErrorCode];

@@ -3,6 +3,7 @@
  * engine interfaces with their implementations, leases and the network fencer.
  */
 export * from './cell-protocol';
+export { putDesired, removeDesired, readActual, sendOrder, type OrderRequest, type SendOrderOptions } from './cell-client';
 export { CellAgent, DEFAULT_CELL_AGENT_OPTIONS, defaultCellDataDir, type CellAgentOptions } from './cell-agent';
 export { CellError, CellErrorCode, type CellErrorCodeValue } from './errors';
 export type { Executor, InstanceHandle, InstanceStatus, StopOptions, ExitListener } from './executor';

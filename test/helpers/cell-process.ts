@@ -5,7 +5,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
-import { cellKeys, NOTIFY_DESIRED, type ActualInstance, type InstanceSpecInput, type OrderResult } from '../../control/cell/cell-protocol';
+import { putDesired, readActual, removeDesired, sendOrder, type OrderRequest } from '../../control/cell/cell-client';
+import type { ActualInstance, InstanceSpecInput, OrderResult } from '../../control/cell/cell-protocol';
 import { eventually } from './cell-harness';
 
 const SF = path.resolve(__dirname, '../../control/cli/sf.js');
@@ -45,19 +46,15 @@ export class CellDriver {
   constructor(private readonly redis: Redis) {}
 
   async desire(cell: string, input: Partial<InstanceSpecInput> & { instanceId: string }): Promise<void> {
-    const full = { service: 'svc', engine: 'redis', role: 'primary', epoch: 1, volume: { sizeMb: 64 }, ...input };
-    await this.redis.hset(cellKeys.desired(cell), input.instanceId, JSON.stringify(full));
-    await this.redis.publish(cellKeys.notify(cell), NOTIFY_DESIRED);
+    await putDesired(this.redis, cell, { service: 'svc', engine: 'redis', role: 'primary', epoch: 1, volume: { sizeMb: 64 }, ...input });
   }
 
-  async undesire(cell: string, instanceId: string): Promise<void> {
-    await this.redis.hdel(cellKeys.desired(cell), instanceId);
-    await this.redis.publish(cellKeys.notify(cell), NOTIFY_DESIRED);
+  undesire(cell: string, instanceId: string): Promise<void> {
+    return removeDesired(this.redis, cell, instanceId);
   }
 
   async actual(cell: string, id: string): Promise<ActualInstance | undefined> {
-    const json = await this.redis.hget(cellKeys.actual(cell), id);
-    const value = json ? (JSON.parse(json) as ActualInstance) : undefined;
+    const value = await readActual(this.redis, cell, id);
     if (value?.pid) this.pids.add(value.pid);
     return value;
   }
@@ -69,13 +66,9 @@ export class CellDriver {
     }, timeoutMs, `${cell}/${id} ${state}`);
   }
 
-  async order(cell: string, body: Record<string, unknown>, timeoutMs = 30_000): Promise<OrderResult> {
-    const orderId = `o-${Date.now()}-${Math.random().toString(36).slice(2, 8)}`;
-    await this.redis.lpush(cellKeys.orders(cell), JSON.stringify({ ...body, orderId }));
-    return eventually(async () => {
-      const json = await this.redis.get(cellKeys.orderResult(orderId));
-      return json ? (JSON.parse(json) as OrderResult) : undefined;
-    }, timeoutMs, `result of order ${orderId}`);
+  /** Loosely typed on purpose: tests also send invalid orders. */
+  order(cell: string, body: Record<string, unknown>, timeoutMs = 30_000): Promise<OrderResult> {
+    return sendOrder(this.redis, cell, body as OrderRequest, { timeoutMs });
   }
 
   /** Instances outlive their cell agent by design: tests kill them by process group. */
