@@ -92,7 +92,7 @@ export class ServiceReconciler {
       if (inst.restartedAt && now - inst.restartedAt < this.opts.restartBackoffMs) continue;
       inst.generation += 1;
       inst.restartedAt = now;
-      ops.push(...this.specOps(next, inst, primaryAddress(next, cells)));
+      ops.push(...this.specOps(next, inst, inst.upstream ?? primaryAddress(next, cells)));
       events.push({ type: 'instance-restarted', service: rec.name, instanceId: inst.id, cell: inst.cell, message: `replica ${inst.id} failed (${actual.lastError?.message ?? 'exited'}); restarting it (generation ${inst.generation})` });
     }
 
@@ -153,8 +153,19 @@ export class ServiceReconciler {
         ops.push(...this.specOps(next, inst, null));
       } else if (upstream && alive(inst.cell)) {
         inst.specWritten = true;
+        inst.upstream = upstream;
         ops.push(...this.specOps(next, inst, upstream));
       }
+    }
+    // The primary came back on another address (its cell restarted it elsewhere): replicas follow.
+    for (const inst of next.instances) {
+      if (inst.role !== 'replica' || !inst.specWritten || !upstream || !alive(inst.cell)) continue;
+      if (inst.upstream && inst.upstream.host === upstream.host && inst.upstream.port === upstream.port) continue;
+      inst.upstream = upstream;
+      ops.push(...this.specOps(next, inst, upstream));
+      const order = { type: 'repoint', orderId: `repoint-${inst.id}-${now}`, instanceId: inst.id, primary: upstream };
+      ops.push({ cmd: 'LPUSH_CAPPED', key: cellKeys.orders(inst.cell), value: JSON.stringify(order), cap: 10_000 });
+      events.push({ type: 'instance-repointed', service: rec.name, instanceId: inst.id, cell: inst.cell, message: `replica ${inst.id} now follows ${upstream.host}:${upstream.port}` });
     }
 
     // Running also means routers can reach it: the route must already hold every instance, so a

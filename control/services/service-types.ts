@@ -31,6 +31,8 @@ export interface InstanceRecord {
   /** True once the desired spec has been written to the cell. */
   specWritten: boolean;
   placedAt: number;
+  /** Replicas: the primary address last written into the spec (`replicaOf`). */
+  upstream?: { host: string; port: number };
   /** When control last raised the generation to restart it; restarts are spaced out. */
   restartedAt?: number;
 }
@@ -97,7 +99,7 @@ export interface ServiceView {
 
 /** Published on `sf:service-events` and kept in a capped list, for operators and issue 5. */
 export interface ServiceEvent {
-  type: 'service-created' | 'service-placed' | 'instance-placed' | 'instance-removed' | 'instance-restarted' | 'primary-lost' | 'service-degraded' | 'service-unplaceable' | 'service-running' | 'service-deleted';
+  type: 'service-created' | 'service-placed' | 'instance-placed' | 'instance-removed' | 'instance-restarted' | 'instance-repointed' | 'primary-lost' | 'service-degraded' | 'service-unplaceable' | 'service-running' | 'service-deleted';
   service: string;
   instanceId?: string;
   cell?: string;

@@ -5,6 +5,7 @@
  * process it started, including engines left behind by a SIGKILLed cell.
  */
 import { chmod, mkdtemp, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
@@ -52,12 +53,31 @@ export interface ServiceCluster {
 /** Leader timings short enough for failover tests, long enough for a loaded CI machine. */
 export const FAST_SERVICE_PLANE = { leaderTtlMs: 1_500, leaderRenewMs: 300, convergencePollMs: 300 } as const;
 
-let nextBlock = Math.floor(Math.random() * 100);
+const usedBlocks = new Set<number>();
 
-/** A block of 100 ports between 30000 and 39999, different for each call in this process. */
-function portBlock(): number {
-  const block = 30_000 + ((nextBlock++ % 100) * 100);
-  return block;
+function canBind(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const srv = createServer();
+    srv.once('error', () => resolve(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
+  });
+}
+
+/**
+ * A block of 100 free ports between 22000 and 29999: below the kernel's ephemeral range (32768+),
+ * where other suites' free ports and outgoing connections live, and checked port by port.
+ */
+export async function freePortBlock(size = 100): Promise<number> {
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const base = 22_000 + Math.floor(Math.random() * ((8_000 - size) / 100)) * 100;
+    if (usedBlocks.has(base)) continue;
+    const checks = await Promise.all(Array.from({ length: size }, (_, i) => canBind(base + i)));
+    if (checks.every(Boolean)) {
+      usedBlocks.add(base);
+      return base;
+    }
+  }
+  throw new Error('no free block of ports between 22000 and 29999');
 }
 
 export async function startServiceCluster(options: ClusterOptions = {}): Promise<ServiceCluster> {
@@ -66,7 +86,7 @@ export async function startServiceCluster(options: ClusterOptions = {}): Promise
   const dataDir = await mkdtemp(path.join(tmpdir(), 'sf-services-'));
   // Postgres runs as the postgres user when the tests run as root: it must reach its volume.
   await chmod(dataDir, 0o755);
-  const routeBase = portBlock();
+  const routeBase = await freePortBlock();
   const routePorts: [number, number] = [routeBase, routeBase + 99];
   const controlOptions: ControlServerOptions = { defaultReservablePorts: `${routePorts[0]}-${routePorts[1]}`, services: { ...FAST_SERVICE_PLANE } };
   const controls: ControlHarness[] = [];
@@ -90,7 +110,7 @@ export async function startServiceCluster(options: ClusterOptions = {}): Promise
       await controls[index].stop();
     },
     async startCell(name, zone) {
-      const from = portBlock();
+      const from = await freePortBlock();
       const proc = runSf(
         [
           'cell', '--name', name, '--zone', zone, '--capacity-mb', String(options.capacityMb ?? 4096), '--redis', redis.url,

@@ -5,7 +5,7 @@ import { fencedCommit } from '../../control/leader/fenced-commit';
 import { LeaderElector } from '../../control/leader/leader-elector';
 import { serviceKeys, ServiceStore, type ServiceView } from '../../control/services';
 import { startRedisServer, type RedisServerHandle } from '../helpers/redis-server';
-import { startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
+import { freePortBlock, startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
 import { freePort } from '../helpers/free-port';
 import { runSf, type SfProcess } from '../helpers/sf-process';
 import { eventually } from '../helpers/tcp-client';
@@ -80,7 +80,7 @@ describe('leader election', function () {
       const infos = await Promise.all(ports.map(get));
       const leader = infos.findIndex((i) => i!.this_control.leader);
       const standbyPort = ports[1 - leader];
-      const cellPort = 30_000 + Math.floor(Math.random() * 90) * 100;
+      const cellPort = await freePortBlock();
       const cell = runSf(['cell', '--name', 'solo', '--zone', 'z1', '--capacity-mb', '1000', '--redis', redis.url, '--data-dir', `/tmp/sf-leader-test-${process.pid}`, '--port-range', `${cellPort}-${cellPort + 99}`, '--stop-instances-on-exit'], env);
       procs.push(cell);
 

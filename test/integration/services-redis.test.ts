@@ -74,6 +74,16 @@ describe('service instances: redis', function () {
     expect(route.backends.map((b) => b.id).sort()).to.deep.equal(view.instances.map((i) => i.id).sort());
   });
 
+  it('records why each decision was made, in order', async () => {
+    const events = await cluster.api<{ resources: Array<{ type: string; leaderToken: number }> }>('GET', '/v3/service_instances/cache/events');
+    const types = events.body.resources.map((e) => e.type).reverse();
+    expect(types[0]).to.equal('service-created');
+    expect(types.filter((t) => t === 'instance-placed')).to.have.length(3);
+    expect(types).to.include('service-running');
+    expect(types).to.not.include('instance-repointed');
+    expect(events.body.resources.filter((e) => e.type !== 'service-created').every((e) => e.leaderToken > 0)).to.equal(true);
+  });
+
   it('lists services and cells', async () => {
     const list = await cluster.api<{ resources: ServiceView[] }>('GET', '/v3/service_instances');
     expect(list.body.resources.map((s) => s.name)).to.include('cache');

@@ -6,6 +6,7 @@ import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import type { ServiceView } from '../../control/services';
 import { freePort } from '../helpers/free-port';
+import { freePortBlock } from '../helpers/service-cluster';
 import { runSf, runSfToExit, type SfProcess } from '../helpers/sf-process';
 import { eventually } from '../helpers/tcp-client';
 
@@ -18,8 +19,9 @@ describe('sf up', function () {
 
   before(async () => {
     home = await mkdtemp(path.join(tmpdir(), 'sf-up-test-'));
-    // 33xxx/34xxx blocks stay clear of the other suites' 30000-39999 picks by being free now.
-    ports = { control: await freePort(), admin: await freePort(), redis: await freePort(), routeBase: 41_000 + Math.floor(Math.random() * 40) * 100, cellBase: 45_000 + Math.floor(Math.random() * 40) * 200 };
+    // Two cells, 100 instance ports each, side by side.
+    const cellBase = await freePortBlock(200);
+    ports = { control: await freePort(), admin: await freePort(), redis: await freePort(), routeBase: await freePortBlock(), cellBase };
     env = { SF_HOME: home, SF_REDIS_URL: '', SF_API_TOKEN: '', SF_CONTROL_URL: `http://127.0.0.1:${ports.control}`, SF_LOG_LEVEL: 'warn' };
   });
 
