@@ -16,6 +16,7 @@ import { startRedis } from './lib/backends';
 import { groupMemory, openFileCount, type MemorySample } from './lib/proc-memory';
 import { freePort, hardFileLimit, httpGetText, sleep, stopAll } from './lib/processes';
 import { formatNumber, formatTable, writeResults } from './lib/report';
+import { acquireRunLock } from './lib/run-lock';
 import { routerCliAvailable, routerSupportsFlag, startRouter } from './lib/router-process';
 
 const GOAL_MIB = 200;
@@ -76,11 +77,6 @@ const WATCHDOG_MS = 5 * 60_000;
 async function main(): Promise<void> {
   const settings = parseArgs(process.argv.slice(2));
   let phase = 'starting';
-  const watchdog = setTimeout(() => {
-    process.stderr.write(`idle-connections: no result after ${WATCHDOG_MS / 1000} s (phase: ${phase}); stopping\n`);
-    void stopAll().finally(() => process.exit(1));
-  }, WATCHDOG_MS);
-  watchdog.unref();
   if (!routerCliAvailable()) throw new Error('dist/control/cli/sf.js is not built (npx tsc -p .)');
   const workers = settings.workers !== undefined && (await routerSupportsFlag('--workers')) ? settings.workers : undefined;
   const limit = await hardFileLimit();
@@ -89,6 +85,12 @@ async function main(): Promise<void> {
     process.stderr.write(`RLIMIT_NOFILE hard limit ${limit} fits ${held} relayed pairs, not ${settings.connections}; extrapolating\n`);
   }
 
+  await acquireRunLock('idle-connections');
+  const watchdog = setTimeout(() => {
+    process.stderr.write(`idle-connections: no result after ${WATCHDOG_MS / 1000} s (phase: ${phase}); stopping\n`);
+    void stopAll().finally(() => process.exit(1));
+  }, WATCHDOG_MS);
+  watchdog.unref();
   const redisPort = await freePort();
   await startRedis(redisPort, held + 1000);
   const routePort = await freePort();

@@ -15,6 +15,7 @@ import { runConnRate, type ConnRateResult } from './lib/conn-rate';
 import { haproxyVersion } from './lib/haproxy';
 import { iperfVersion, runIperf, type IperfResult } from './lib/iperf';
 import { sleep, stopAll } from './lib/processes';
+import { acquireRunLock } from './lib/run-lock';
 import { redisBenchmarkVersion, runRedisBenchmark, type RedisBenchRow } from './lib/redis-bench';
 import { formatNumber, formatRatio, formatTable, median, writeResults } from './lib/report';
 import { routerCliAvailable, routerSupportsFlag } from './lib/router-process';
@@ -226,6 +227,7 @@ async function main(): Promise<void> {
     specs = specs.filter((s) => wanted.has(s.name));
   }
 
+  await acquireRunLock('router-vs-haproxy');
   const backends = await startBackends();
   const running: RunningTarget[] = [];
   const skipped: Array<{ target: string; reason: string }> = [];

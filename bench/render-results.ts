@@ -1,0 +1,97 @@
+/**
+ * Renders the JSON in bench/results/ as Markdown tables, for quoting the latest figures in
+ * docs/benchmarks.md and in change notes without copying numbers by hand.
+ *
+ *   node dist/bench/render-results.js
+ */
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { formatNumber, formatRatio, resultsDir } from './lib/report';
+
+interface MetricDef {
+  key: string;
+  label: string;
+  better: 'higher' | 'lower';
+}
+
+interface RouterResults {
+  date: string;
+  complete: boolean;
+  host: { cpus: number; cpuModel?: string; kernel: string };
+  versions: Record<string, string>;
+  settings: { rounds: number; quick: boolean };
+  metrics: MetricDef[];
+  targets: Array<{ name: string; relay?: string }>;
+  skipped: Array<{ target: string; reason: string }>;
+  medians: Record<string, Record<string, number>>;
+  ratios: Array<{ target: string; reference: string; values: Record<string, number>; paired: Record<string, number> }>;
+}
+
+function table(header: string[], rows: string[][]): string {
+  const line = (cells: string[]): string => `| ${cells.join(' | ')} |`;
+  return [line(header), line(header.map((_, i) => (i === 0 ? '---' : '---:'))), ...rows.map(line)].join('\n');
+}
+
+function readJson<T>(name: string): T | undefined {
+  const path = join(resultsDir(), `${name}.json`);
+  return existsSync(path) ? (JSON.parse(readFileSync(path, 'utf8')) as T) : undefined;
+}
+
+function renderRouter(r: RouterResults): string {
+  const names = r.targets.map((t) => t.name);
+  const out: string[] = [];
+  out.push(
+    `Run of ${r.date} (${r.settings.rounds} round(s)${r.settings.quick ? ', --quick' : ''}${r.complete ? '' : ', interrupted'}), ` +
+      `${r.host.cpus} CPUs ${r.host.cpuModel ?? ''}, kernel ${r.host.kernel}; ${r.versions.haproxy}; ${r.versions.redisServer.split(' ').slice(0, 3).join(' ')}; ` +
+      `relay paths: ${r.targets.filter((t) => t.relay).map((t) => `${t.name}=${t.relay}`).join(', ')}.`,
+    '',
+    'Medians:',
+    '',
+    table(['metric', ...names], r.metrics.map((m) => [m.label, ...names.map((n) => formatNumber(r.medians[n]?.[m.key]))])),
+  );
+  const targets = [...new Set(r.ratios.map((x) => x.target))];
+  for (const target of targets) {
+    const sets = r.ratios.filter((x) => x.target === target);
+    out.push(
+      '',
+      `${target} ratios (ratio of medians; median of per-round ratios in brackets):`,
+      '',
+      table(
+        ['metric', 'better', ...sets.map((s) => `/${s.reference}`)],
+        r.metrics.map((m) => [m.label, m.better, ...sets.map((s) => `${formatRatio(s.values[m.key])} (${formatRatio(s.paired[m.key])})`)]),
+      ),
+    );
+  }
+  for (const s of r.skipped) out.push('', `Skipped ${s.target}: ${s.reason.split('\n')[0]}`);
+  return out.join('\n');
+}
+
+interface MicroResults {
+  question: string;
+  date: string;
+  rows: Array<{ name: string; opsPerSecond: number; meanNs: number; p99Ns: number }>;
+}
+
+function renderMicro(r: MicroResults): string {
+  return [
+    `${r.question} (${r.date}):`,
+    '',
+    table(['case', 'ops/s', 'mean µs', 'p99 µs'], r.rows.map((x) => [x.name, formatNumber(x.opsPerSecond), formatNumber(x.meanNs / 1e3), formatNumber(x.p99Ns / 1e3)])),
+  ].join('\n');
+}
+
+function main(): void {
+  const sections: string[] = [];
+  const router = readJson<RouterResults>('router');
+  if (router) sections.push(`### router-vs-haproxy\n\n${renderRouter(router)}`);
+  const idle = readJson<Record<string, unknown>>('idle-connections');
+  if (idle) sections.push(`### idle-connections\n\n\`\`\`json\n${JSON.stringify({ ...idle, health: undefined, pids: undefined }, null, 2)}\n\`\`\``);
+  const micros = readdirSync(resultsDir()).filter((f) => f.startsWith('micro-') && f.endsWith('.json'));
+  for (const file of micros.sort()) {
+    const micro = readJson<MicroResults>(file.replace(/\.json$/, ''));
+    if (micro) sections.push(`### ${file.replace(/\.json$/, '')}\n\n${renderMicro(micro)}`);
+  }
+  process.stdout.write(`${sections.join('\n\n')}\n`);
+}
+
+main();
