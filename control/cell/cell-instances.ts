@@ -120,8 +120,13 @@ export class CellInstances {
         continue;
       }
       inst.desired = true;
+      if (inst.state === 'running' && spec.generation > inst.attempted && inst.attempted >= 0) {
+        // A generation counts start requests: a higher one on a running instance restarts it.
+        starts.push(this.stop(id, false).then(() => this.startWith(inst, spec)));
+        continue;
+      }
       if (inst.state === 'running' || inst.state === 'starting') {
-        this.applyLiveChanges(inst, spec);
+        starts.push(this.applyLiveChanges(inst, spec));
         continue;
       }
       if (inst.state === 'stopping') continue;
@@ -137,17 +142,26 @@ export class CellInstances {
   }
 
   /** Role/epoch/replicaOf changes on a running instance never restart it; orders change roles. */
-  private applyLiveChanges(inst: LocalInstance, spec: InstanceSpec): void {
+  private async applyLiveChanges(inst: LocalInstance, spec: InstanceSpec): Promise<void> {
     const epoch = Math.max(inst.spec.epoch, spec.epoch);
+    const raised = epoch > inst.spec.epoch;
     inst.spec = { ...spec, role: inst.spec.role, replicaOf: inst.spec.replicaOf, epoch, port: inst.handle?.port ?? spec.port };
+    if (inst.handle) inst.handle.context = { ...inst.handle.context, spec: inst.spec };
     if (inst.lease) inst.lease.setEpoch(epoch);
-    if (epoch > 0) void this.persistEpoch(inst.spec.instanceId, epoch);
+    if (!raised) return;
+    await this.persistEpoch(inst.spec.instanceId, epoch);
+    this.emit(inst.spec.instanceId);
   }
 
   private async persistEpoch(instanceId: string, epoch: number): Promise<void> {
     const paths = volumePaths(this.options.dataDir, instanceId);
     const meta = await readMeta(paths);
     if (meta && epoch > meta.highestEpoch) await writeMeta(paths, { ...meta, highestEpoch: epoch });
+  }
+
+  private startWith(inst: LocalInstance, spec: InstanceSpec): Promise<void> {
+    inst.spec = spec;
+    return this.start(inst);
   }
 
   private async start(inst: LocalInstance): Promise<void> {
@@ -192,7 +206,8 @@ export class CellInstances {
     if (meta) await writeMeta(paths, { ...meta, generation });
   }
 
-  async stop(instanceId: string): Promise<void> {
+  /** Clean stop; `deliberate` marks it as wanted off (re-adding the spec starts it again). */
+  async stop(instanceId: string, deliberate = true): Promise<void> {
     const inst = this.local.get(instanceId);
     if (!inst || !inst.handle) return;
     inst.expectingExit = 'stop';
@@ -203,8 +218,10 @@ export class CellInstances {
     inst.state = 'stopped';
     inst.handle = undefined;
     inst.healthy = null;
-    inst.attempted = -1;
-    await this.persistGeneration(instanceId, -1);
+    if (deliberate) {
+      inst.attempted = -1;
+      await this.persistGeneration(instanceId, -1);
+    }
     this.emit(instanceId);
   }
 

@@ -1,0 +1,177 @@
+import { expect } from 'chai';
+import { CellInstances } from '../../../control/cell/cell-instances';
+import type { ActualInstance, InstanceSpec } from '../../../control/cell/cell-protocol';
+import type { Engine } from '../../../control/cell/engine';
+import type { EngineRegistry } from '../../../control/cell/engine-registry';
+import { CellErrorCode } from '../../../control/cell/errors';
+import type { ExitListener, Executor, InstanceHandle, InstanceStatus } from '../../../control/cell/executor';
+import { admitStart } from '../../../control/cell/instance-volume';
+import { spec, tempCellDir } from '../../helpers/cell-harness';
+
+/** An executor that runs nothing: it records calls and lets the test make instances exit. */
+class FakeExecutor implements Executor {
+  readonly kind = 'process' as const;
+  readonly calls: string[] = [];
+  private readonly running = new Map<string, InstanceHandle>();
+  private readonly listeners = new Set<ExitListener>();
+  private nextPid = 1000;
+
+  constructor(private readonly dataDir: string) {}
+
+  async available() {
+    return { ok: true, reason: '' };
+  }
+
+  async start(s: InstanceSpec): Promise<InstanceHandle> {
+    this.calls.push(`start ${s.instanceId} g${s.generation}`);
+    const { paths } = await admitStart(this.dataDir, s, this.kind, 20000);
+    const handle: InstanceHandle = { instanceId: s.instanceId, executor: this.kind, pid: this.nextPid++, port: 20000, host: '127.0.0.1', volumeDir: paths.volumeDir, dataDir: paths.dataDir, startedAt: Date.now(), adopted: false, context: { spec: s, dataDir: paths.dataDir, volumeDir: paths.volumeDir, port: 20000, listenHost: '127.0.0.1', advertiseHost: '127.0.0.1' } };
+    this.running.set(s.instanceId, handle);
+    return handle;
+  }
+
+  async stop(id: string): Promise<void> {
+    this.calls.push(`stop ${id}`);
+    this.exit(id, null);
+  }
+
+  async kill(id: string): Promise<void> {
+    this.calls.push(`kill ${id}`);
+    this.exit(id, 'SIGKILL');
+  }
+
+  /** Simulates the process ending (a crash when the cell did not ask for it). */
+  exit(id: string, signal: string | null): void {
+    const h = this.running.get(id);
+    if (!h) return;
+    this.running.delete(id);
+    const status: InstanceStatus = { state: 'exited', pid: h.pid, exitCode: signal ? null : 1, signal };
+    for (const l of this.listeners) l(id, status);
+  }
+
+  status(id: string): InstanceStatus {
+    return this.running.has(id) ? { state: 'running', pid: 1, exitCode: null, signal: null } : { state: 'unknown', pid: null, exitCode: null, signal: null };
+  }
+
+  handle(id: string) {
+    return this.running.get(id);
+  }
+
+  handles() {
+    return [...this.running.values()];
+  }
+
+  async adopt() {
+    return [];
+  }
+
+  onExit(listener: ExitListener) {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+}
+
+const fakeEngine: Engine = {
+  kind: 'redis',
+  available: async () => ({ ok: true, reason: '' }),
+  runAs: () => undefined,
+  prepare: async () => undefined,
+  launch: async () => ({ file: 'x', args: [], stopSignal: 'SIGTERM' }),
+  healthy: async () => true,
+  position: async () => ({ role: 'primary', position: '7', value: '7' }),
+  promote: async () => undefined,
+  repoint: async () => undefined,
+};
+
+describe('CellInstances', () => {
+  let cell: { dir: string; remove(): Promise<void> };
+  let executor: FakeExecutor;
+  let instances: CellInstances;
+  let reports: Map<string, ActualInstance | null>;
+
+  beforeEach(async () => {
+    cell = await tempCellDir();
+    executor = new FakeExecutor(cell.dir);
+    reports = new Map();
+    instances = new CellInstances({
+      cell: 'c',
+      dataDir: cell.dir,
+      advertiseHost: '127.0.0.1',
+      executors: { process: executor },
+      engines: { redis: fakeEngine, postgres: fakeEngine, tcp: fakeEngine } as EngineRegistry,
+      redis: undefined,
+      report: (id, a) => reports.set(id, a),
+    });
+  });
+
+  afterEach(() => cell.remove());
+
+  const desired = (...specs: InstanceSpec[]): Map<string, InstanceSpec> => new Map(specs.map((s) => [s.instanceId, s]));
+
+  describe('reconcile', () => {
+    it('starts a new instance once and reports it running with its position', async () => {
+      const s = spec({ instanceId: 'i', engine: 'redis' });
+      await instances.reconcile(desired(s));
+      await instances.reconcile(desired(s));
+      expect(executor.calls).to.deep.equal(['start i g0']);
+      expect(reports.get('i')).to.include({ state: 'running', port: 20000, position: '7', positionValue: '7', generation: 0 });
+    });
+
+    it('reports a crash as failed and restarts only for a higher generation', async () => {
+      await instances.reconcile(desired(spec({ instanceId: 'i', engine: 'redis' })));
+      executor.exit('i', null);
+      expect(reports.get('i')?.state).to.equal('failed');
+      expect(reports.get('i')?.lastError?.code).to.equal(CellErrorCode.InstanceExited);
+      await instances.reconcile(desired(spec({ instanceId: 'i', engine: 'redis' })));
+      expect(executor.calls).to.deep.equal(['start i g0']);
+      await instances.reconcile(desired(spec({ instanceId: 'i', engine: 'redis', generation: 1 })));
+      expect(executor.calls).to.deep.equal(['start i g0', 'start i g1']);
+      expect(reports.get('i')).to.include({ state: 'running', generation: 1 });
+    });
+
+    it('restarts a running instance when the generation rises', async () => {
+      await instances.reconcile(desired(spec({ instanceId: 'i', engine: 'redis' })));
+      await instances.reconcile(desired(spec({ instanceId: 'i', engine: 'redis', generation: 1 })));
+      expect(executor.calls).to.deep.equal(['start i g0', 'stop i', 'start i g1']);
+      expect(reports.get('i')?.state).to.equal('running');
+    });
+
+    it('changes no role of a running instance from desired state, but records a higher epoch', async () => {
+      await instances.reconcile(desired(spec({ instanceId: 'i', engine: 'redis', epoch: 1 })));
+      await instances.reconcile(desired(spec({ instanceId: 'i', engine: 'redis', epoch: 4, role: 'replica', replicaOf: { host: 'h', port: 1 } })));
+      expect(executor.calls).to.deep.equal(['start i g0']);
+      expect(reports.get('i')).to.include({ role: 'primary', epoch: 4 });
+      expect(await instances.recordedEpoch('i')).to.equal(4);
+    });
+
+    it('stops an instance removed from desired state, keeps its volume, and starts it when re-added', async () => {
+      const s = spec({ instanceId: 'i', engine: 'redis' });
+      await instances.reconcile(desired(s));
+      await instances.reconcile(desired());
+      expect(reports.get('i')).to.include({ state: 'stopped', volumePresent: true });
+      expect(() => instances.requireStopped('i')).not.to.throw();
+      await instances.reconcile(desired(s));
+      expect(executor.calls).to.deep.equal(['start i g0', 'stop i', 'start i g0']);
+    });
+  });
+
+  describe('fence', () => {
+    it('kills, reports fenced rather than failed, and is idempotent', async () => {
+      await instances.reconcile(desired(spec({ instanceId: 'i', engine: 'redis' })));
+      expect(await instances.fence('i')).to.equal(true);
+      expect(reports.get('i')?.state).to.equal('fenced');
+      expect(await instances.fence('i')).to.equal(false);
+      expect(reports.get('i')?.lastError).to.equal(null);
+    });
+  });
+
+  describe('load', () => {
+    it('reports volumes found on disk: failed when meant to run, so control decides', async () => {
+      await instances.reconcile(desired(spec({ instanceId: 'i', engine: 'redis' })));
+      const reborn = new CellInstances({ cell: 'c', dataDir: cell.dir, advertiseHost: '127.0.0.1', executors: { process: new FakeExecutor(cell.dir) }, engines: { redis: fakeEngine, postgres: fakeEngine, tcp: fakeEngine } as EngineRegistry, redis: undefined, report: (id, a) => reports.set(id, a) });
+      await reborn.load();
+      expect(reports.get('i')).to.include({ state: 'failed', volumePresent: true });
+      expect(reborn.usedMb()).to.equal(64);
+    });
+  });
+});
