@@ -7,3 +7,4 @@ export { serviceCreateSchema, DEFAULT_SERVICE_REQUEST, MAX_REPLICAS, type Servic
 export { serviceView, instanceView } from './service-view';
 export { admitService, requestServiceDeletion } from './service-admission';
 export type * from './service-types';
+export type { FailoverCoordinator, FailoverOutcome, PrimaryLoss } from '../convergence/failover-coordinator';
