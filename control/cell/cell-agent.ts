@@ -11,6 +11,7 @@ import path from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import { Redis } from 'ioredis';
 import pino, { type Logger } from 'pino';
+import { z } from 'zod';
 import {
   CELL_EVENTS_CHANNEL,
   CELLS_SET_KEY,
@@ -80,8 +81,34 @@ export function defaultCellDataDir(name: string): string {
   return path.join(homedir(), '.service-foundry', 'cells', name);
 }
 
-const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 const FULL_REPORT_MS = 10_000;
+
+/** The scalar options, checked once at construction; errors name the field. */
+const cellAgentOptionsSchema = z
+  .object({
+    name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/, 'must be letters, digits, _ . - (max 64), starting with a letter or digit'),
+    zone: z.string().min(1, 'must not be empty'),
+    capacityMb: z.number().int().min(1),
+    redisUrl: z.string().regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL').optional(),
+    listenHost: z.string().min(1).optional(),
+    advertiseHost: z.string().min(1).optional(),
+    portRange: z.object({ from: z.number().int().min(1).max(65535), to: z.number().int().min(1).max(65535) }).refine((r) => r.from <= r.to, 'from must not exceed to').optional(),
+    heartbeatMs: z.number().int().min(50).optional(),
+    heartbeatTtlMs: z.number().int().min(100).optional(),
+    reconcileMs: z.number().int().min(100).optional(),
+  })
+  .refine((o) => (o.heartbeatTtlMs ?? DEFAULT_CELL_AGENT_OPTIONS.heartbeatTtlMs) > (o.heartbeatMs ?? DEFAULT_CELL_AGENT_OPTIONS.heartbeatMs), {
+    message: 'must be longer than heartbeatMs, or the registration expires between heartbeats',
+    path: ['heartbeatTtlMs'],
+  });
+
+function validateOptions(options: CellAgentOptions): void {
+  const parsed = cellAgentOptionsSchema.safeParse(options);
+  if (parsed.success) return;
+  const issue = parsed.error.issues[0];
+  const field = issue?.path.join('.') ?? '';
+  throw new CellError(CellErrorCode.InvalidOption, `cell option ${field} ${issue?.message ?? 'is invalid'}`, field);
+}
 
 function waitReady(conn: Redis): Promise<void> {
   if (conn.status === 'ready') return Promise.resolve();
@@ -93,10 +120,6 @@ export class CellAgent {
   readonly dataDir: string;
   private readonly opts: CellAgentOptions & typeof DEFAULT_CELL_AGENT_OPTIONS & { advertiseHost: string };
   private readonly log: Logger;
-
-  get logger(): Logger {
-    return this.log;
-  }
   private readonly engines: EngineRegistry;
   private readonly executors: Partial<Record<ExecutorKind, Executor>>;
   private redis: Redis | undefined;
@@ -115,9 +138,7 @@ export class CellAgent {
   private availableEngineKinds: EngineRegistry[keyof EngineRegistry]['kind'][] = [];
 
   constructor(options: CellAgentOptions) {
-    if (!NAME_PATTERN.test(options.name)) throw new CellError(CellErrorCode.InvalidOption, `cell name must match ${NAME_PATTERN}, got '${options.name}'`, 'name');
-    if (!options.zone) throw new CellError(CellErrorCode.InvalidOption, 'zone must not be empty', 'zone');
-    if (!Number.isInteger(options.capacityMb) || options.capacityMb < 1) throw new CellError(CellErrorCode.InvalidOption, 'capacityMb must be a positive integer', 'capacityMb');
+    validateOptions(options);
     const defined = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
     const listenHost = options.listenHost ?? DEFAULT_CELL_AGENT_OPTIONS.listenHost;
     this.opts = {
@@ -133,6 +154,10 @@ export class CellAgent {
     this.engines = options.engines ?? createEngineRegistry({ postgres: { trustCidrs: options.trustCidrs } });
     const common = { dataDir: this.dataDir, portRange: this.opts.portRange, listenHost, advertiseHost: this.opts.advertiseHost, engines: this.engines };
     this.executors = options.executors ?? { process: new ProcessExecutor(common), docker: new DockerExecutor(common) };
+  }
+
+  get logger(): Logger {
+    return this.log;
   }
 
   async start(): Promise<void> {

@@ -1,0 +1,30 @@
+import { expect } from 'chai';
+import { CellAgent } from '../../../control/cell/cell-agent';
+import { CellErrorCode } from '../../../control/cell/errors';
+
+describe('CellAgent', () => {
+  describe('constructor', () => {
+    const base = { name: 'c1', zone: 'z1', capacityMb: 1024, dataDir: '/tmp/sf-unused' };
+
+    it('names the offending field of invalid options', () => {
+      const cases: Array<[Record<string, unknown>, string]> = [
+        [{ name: 'bad name' }, 'name'],
+        [{ zone: '' }, 'zone'],
+        [{ capacityMb: 0 }, 'capacityMb'],
+        [{ redisUrl: 'http://x' }, 'redisUrl'],
+        [{ portRange: { from: 9, to: 1 } }, 'portRange'],
+        [{ heartbeatMs: 1000, heartbeatTtlMs: 500 }, 'heartbeatTtlMs'],
+      ];
+      for (const [patch, field] of cases) {
+        expect(() => new CellAgent({ ...base, ...patch } as never), field).to.throw().that.includes({ code: CellErrorCode.InvalidOption, field });
+      }
+    });
+
+    it('accepts defaults for everything but name, zone and capacity', () => {
+      const agent = new CellAgent(base);
+      expect(agent.name).to.equal('c1');
+      expect(agent.record()).to.include({ zone: 'z1', capacityMb: 1024, host: '127.0.0.1', heartbeatTtlMs: 3000 });
+      expect(agent.record().portRange).to.deep.equal({ from: 20000, to: 20999 });
+    });
+  });
+});
