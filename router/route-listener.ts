@@ -53,6 +53,18 @@ export class RouteListener {
     });
   }
 
+  /**
+   * True when `routes` are the very objects already served. Route sources keep unchanged route
+   * objects across versions, so a one-route delta to a 10,000-route table touches one listener.
+   */
+  unchanged(routes: Route[]): boolean {
+    if (routes.length !== this.bindings.size) return false;
+    for (const route of routes) {
+      if (this.bindings.get(bindingKey(route))?.currentRoute() !== route) return false;
+    }
+    return true;
+  }
+
   /** The routes on this port in the new table; returns how many connections were fenced. */
   update(routes: Route[]): number {
     let killed = 0;

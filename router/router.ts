@@ -132,6 +132,7 @@ export class Router {
     for (const [port, routes] of wanted) {
       const existing = this.listeners.get(port);
       if (existing) {
+        if (existing.unchanged(routes)) continue;
         result.killed += existing.update(routes);
         result.updated++;
         continue;
