@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { expect } from 'chai';
 import { CellErrorCode } from '../../../control/cell/errors';
 import { DockerExecutor } from '../../../control/cell/executor-docker';
@@ -12,6 +13,18 @@ describe('DockerExecutor', () => {
       const availability = await executor.available();
       expect(availability.ok).to.equal(false);
       expect(availability.reason).to.contain(socketPath).and.to.match(/ENOENT|no Docker daemon/);
+    });
+  });
+
+  describe('available (default socket)', () => {
+    it('reports unavailable at /var/run/docker.sock on a host without a daemon', async function () {
+      if (existsSync('/var/run/docker.sock') || process.env.DOCKER_HOST) {
+        console.log('      skipped: this host has a Docker socket or DOCKER_HOST, so the default may be reachable');
+        this.skip();
+      }
+      const availability = await new DockerExecutor({ dataDir: '/tmp' }).available();
+      expect(availability).to.deep.include({ ok: false });
+      expect(availability.reason).to.contain('/var/run/docker.sock');
     });
   });
 
