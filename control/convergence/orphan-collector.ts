@@ -16,8 +16,8 @@ export class OrphanCollector {
 
   constructor(
     private readonly redis: Redis,
-    /** @default 30000 ms between two orders for the same volume */
-    private readonly retryMs = 30_000,
+    /** @default 5000 ms between two orders for the same volume (an order can fail while the cell still stops the instance) */
+    private readonly retryMs = 5_000,
   ) {}
 
   /**

@@ -1,4 +1,5 @@
 import { expect } from 'chai';
+import { cellKeys, type ActualInstance } from '../../control/cell/cell-protocol';
 import type { ServiceView } from '../../control/services';
 import { startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
 import { eventually } from '../helpers/tcp-client';
@@ -12,6 +13,25 @@ describe('convergence: lost cells', function () {
   });
   after(async () => {
     await cluster?.stop();
+  });
+
+  it('restarts a replica whose process died, in place, with its volume', async () => {
+    await cluster.api('POST', '/v3/service_instances', { name: 'bounce', engine: 'redis', replicas: 1, volume: { sizeMb: 32 } });
+    const view = await cluster.waitForService('bounce');
+    const replica = view.instances.find((i) => i.role === 'replica')!;
+    const actual = JSON.parse((await cluster.state.hget(cellKeys.actual(replica.cell), replica.id))!) as ActualInstance;
+    process.kill(actual.pid!, 'SIGKILL');
+    await eventually(async () => {
+      const events = await cluster.api<{ resources: Array<{ type: string; instanceId?: string }> }>('GET', '/v3/service_instances/bounce/events');
+      return events.body.resources.some((e) => e.type === 'instance-restarted' && e.instanceId === replica.id);
+    }, 20_000, 'replica restart decided');
+    const back = await cluster.waitForService('bounce', 30_000, (v) => v.status === 'running' && v.instances.every((i) => i.state === 'running'));
+    expect(back.instances.find((i) => i.role === 'replica')!.id).to.equal(replica.id);
+    const now = JSON.parse((await cluster.state.hget(cellKeys.actual(replica.cell), replica.id))!) as ActualInstance;
+    expect(now.pid).to.not.equal(actual.pid);
+    expect(now.generation).to.equal(1);
+    expect((await cluster.api('DELETE', '/v3/service_instances/bounce')).status).to.equal(202);
+    await eventually(async () => (await cluster.api('GET', '/v3/service_instances/bounce')).status === 404, 30_000, 'bounce deleted');
   });
 
   it('re-creates the replicas of a killed cell on another cell', async () => {
