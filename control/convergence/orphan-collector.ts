@@ -28,6 +28,7 @@ export class OrphanCollector {
     const owned = new Set<string>();
     for (const s of services) for (const i of s.instances) owned.add(`${i.cell}/${i.id}`);
     const now = Date.now();
+    for (const [key, at] of this.ordered) if (now - at >= this.retryMs) this.ordered.delete(key);
     const ops: CasOp[] = [];
     for (const cell of cells.values()) {
       if (!cell.alive) continue;
