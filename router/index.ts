@@ -3,6 +3,8 @@ export { Router, type ApplyResult, type RouterStatus } from './router';
 export { DEFAULT_ROUTER_OPTIONS, type RouterOptions, type DisconnectPolicy } from './router-options';
 export type { RouteSource, RouteSourceListener } from './route-source';
 export { FileRouteSource, type FileRouteSourceOptions } from './route-source-file';
+export { RedisRouteSource, type RedisRouteSourceOptions } from './route-source-redis';
+export { routeSourceFromControl, fetchControlInfo, type ControlInfo } from './route-source-control';
 export type { Relay, RelayedPair, RelayOptions, RelayCallbacks, RelayCloseReason } from './relay';
 export { createJsRelay } from './relay-js';
 export { selectRelay, type RelayChoice } from './relay-select';

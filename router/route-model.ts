@@ -17,7 +17,8 @@ export const DEFAULT_ROUTE_LIMITS = {
   drainTimeoutMs: 30_000,
 } as const;
 
-export const DEFAULT_ROUTER_GROUP = 'default';
+export { DEFAULT_ROUTER_GROUP } from './route-defaults';
+import { DEFAULT_ROUTER_GROUP } from './route-defaults';
 
 const hostSchema = z
   .string()
