@@ -45,6 +45,11 @@ interface LocalInstance {
   attempted: number;
 }
 
+/** Read through a function so the compiler does not narrow a state that changes across awaits. */
+function fencedMeanwhile(inst: LocalInstance): boolean {
+  return inst.state === 'fenced';
+}
+
 export class CellInstances {
   private readonly local = new Map<string, LocalInstance>();
   private readonly unsubscribe: Array<() => void> = [];
@@ -134,9 +139,10 @@ export class CellInstances {
       if (spec.generation > inst.attempted) starts.push(this.start(inst));
     }
     for (const [id, inst] of this.local) {
-      if (desiredSpecs.has(id) || !inst.desired) continue;
+      if (desiredSpecs.has(id)) continue;
       inst.desired = false;
-      if (inst.state === 'running' || inst.state === 'starting') starts.push(this.stop(id));
+      // One still starting is stopped by `start` once it is up.
+      if (inst.state === 'running') starts.push(this.stop(id));
     }
     await Promise.all(starts);
   }
@@ -172,16 +178,31 @@ export class CellInstances {
     this.emit(id);
     try {
       await this.checkEpochFloor(inst.spec);
-      inst.handle = await inst.executor.start(inst.spec);
-      inst.state = 'running';
-      inst.healthy = true;
-      inst.spec = { ...inst.spec, port: inst.handle.port };
-      this.syncLease(inst);
-      await this.refreshPosition(id).catch(() => undefined);
+      const handle = await inst.executor.start(inst.spec);
+      if (fencedMeanwhile(inst)) {
+        // A fence order arrived while it was starting (e.g. during a base backup): it must not
+        // come up now.
+        inst.expectingExit = 'fence';
+        await inst.executor.kill(id);
+      } else {
+        inst.handle = handle;
+        inst.state = 'running';
+        inst.healthy = true;
+        inst.spec = { ...inst.spec, port: handle.port };
+        this.syncLease(inst);
+        await this.refreshPosition(id).catch(() => undefined);
+        if (!inst.desired) {
+          // Removed from desired state while it was starting.
+          await this.persistGeneration(id, inst.attempted);
+          return this.stop(id);
+        }
+      }
     } catch (err) {
-      inst.state = 'failed';
-      inst.handle = undefined;
-      inst.lastError = { code: errorCodeOf(err), message: errorMessageOf(err) };
+      if (!fencedMeanwhile(inst)) {
+        inst.state = 'failed';
+        inst.handle = undefined;
+        inst.lastError = { code: errorCodeOf(err), message: errorMessageOf(err) };
+      }
     }
     await this.persistGeneration(id, inst.attempted);
     this.emit(id);

@@ -71,6 +71,18 @@ class FakeExecutor implements Executor {
   }
 }
 
+/** Makes every start wait until the returned function is called. */
+function holdStarts(executor: FakeExecutor): () => void {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  const realStart = executor.start.bind(executor);
+  executor.start = async (s) => {
+    await gate;
+    return realStart(s);
+  };
+  return release;
+}
+
 const fakeEngine: Engine = {
   kind: 'redis',
   available: async () => ({ ok: true, reason: '' }),
@@ -162,6 +174,34 @@ describe('CellInstances', () => {
       expect(reports.get('i')?.state).to.equal('fenced');
       expect(await instances.fence('i')).to.equal(false);
       expect(reports.get('i')?.lastError).to.equal(null);
+    });
+  });
+
+  describe('fence while starting', () => {
+    it('keeps an instance down that was fenced before its start finished', async () => {
+      const release = holdStarts(executor);
+      const reconciling = instances.reconcile(desired(spec({ instanceId: 'i', engine: 'redis' })));
+      await new Promise((r) => setTimeout(r, 10));
+      expect(reports.get('i')?.state).to.equal('starting');
+      await instances.fence('i');
+      release();
+      await reconciling;
+      expect(reports.get('i')?.state).to.equal('fenced');
+      expect(executor.handles()).to.deep.equal([]);
+      expect(executor.calls).to.deep.equal(['kill i', 'start i g0', 'kill i']);
+    });
+  });
+
+  describe('removal while starting', () => {
+    it('stops an instance removed from desired state before its start finished', async () => {
+      const release = holdStarts(executor);
+      const first = instances.reconcile(desired(spec({ instanceId: 'i', engine: 'redis' })));
+      await new Promise((r) => setTimeout(r, 10));
+      await instances.reconcile(desired());
+      release();
+      await first;
+      expect(reports.get('i')?.state).to.equal('stopped');
+      expect(executor.calls).to.deep.equal(['start i g0', 'stop i']);
     });
   });
 
