@@ -121,7 +121,11 @@ export async function startServiceCluster(options: ClusterOptions = {}): Promise
       );
       const cell = { name, zone, proc };
       cells.push(cell);
-      await eventually(async () => (await state.exists(cellKeys.registration(name))) === 1, 15_000, `cell ${name} registered`);
+      try {
+        await eventually(async () => (await state.exists(cellKeys.registration(name))) === 1, 20_000, `cell ${name} registered`);
+      } catch (err) {
+        throw new Error(`${(err as Error).message}; cell output: ${proc.output().slice(-2000)} (exit ${proc.child.exitCode ?? proc.child.signalCode})`);
+      }
       return cell;
     },
     async waitForService(name, timeoutMs = 60_000, check = (v) => v.status === 'running') {
