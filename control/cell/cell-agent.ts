@@ -43,7 +43,7 @@ export interface CellAgentOptions {
   capacityMb: number;
   /** @default process.env.SF_REDIS_URL ?? 'redis://127.0.0.1:6379' */
   redisUrl?: string;
-  /** @default ~/.service-foundry/cells/{name} */
+  /** @default /var/lib/service-foundry/cells/{name} as root, else ~/.service-foundry/cells/{name} */
   dataDir?: string;
   /** Address instances bind to. @default '127.0.0.1' */
   listenHost?: string;
@@ -77,8 +77,13 @@ export const DEFAULT_CELL_AGENT_OPTIONS = {
   stopInstancesOnExit: false,
 } as const;
 
+/**
+ * `/var/lib/service-foundry/cells/NAME` for root (whose home is closed to the `postgres` user the
+ * engines run as), `~/.service-foundry/cells/NAME` otherwise.
+ */
 export function defaultCellDataDir(name: string): string {
-  return path.join(homedir(), '.service-foundry', 'cells', name);
+  const base = process.getuid?.() === 0 ? '/var/lib/service-foundry' : path.join(homedir(), '.service-foundry');
+  return path.join(base, 'cells', name);
 }
 
 const FULL_REPORT_MS = 10_000;
@@ -108,6 +113,10 @@ function validateOptions(options: CellAgentOptions): void {
   const issue = parsed.error.issues[0];
   const field = issue?.path.join('.') ?? '';
   throw new CellError(CellErrorCode.InvalidOption, `cell option ${field} ${issue?.message ?? 'is invalid'}`, field);
+}
+
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host.startsWith('127.');
 }
 
 function waitReady(conn: Redis): Promise<void> {
@@ -219,6 +228,9 @@ export class CellAgent {
     });
     this.requestReconcile();
     void this.orderLoop();
+    if (!isLoopback(this.opts.listenHost) && !(this.opts.trustCidrs ?? []).length) {
+      this.log.warn({ listenHost: this.opts.listenHost }, 'postgres trusts loopback only: replicas on other hosts need --trust-cidr for their network');
+    }
     this.log.info({ dataDir: this.dataDir, host: this.opts.advertiseHost, executors: this.availableExecutors, engines: this.availableEngineKinds, instances: this.instances.summary() }, 'cell registered');
   }
 

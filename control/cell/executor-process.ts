@@ -13,6 +13,7 @@ import { chmod, open, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { InstanceSpec } from './cell-protocol';
 import type { Availability, Engine, EngineContext } from './engine';
+import type { RunAs } from './run-command';
 import { createEngineRegistry, type EngineRegistry } from './engine-registry';
 import { CellError, CellErrorCode } from './errors';
 import type { ExitListener, Executor, InstanceHandle, InstanceStatus, StopOptions } from './executor';
@@ -153,13 +154,7 @@ export class ProcessExecutor implements Executor {
     try {
       const { paths, meta } = await admitStart(this.opts.dataDir, spec, this.kind, port);
       const runAs = engine.runAs();
-      if (runAs) {
-        // The engine's user must be able to walk down to its data directory.
-        for (const dir of [this.opts.dataDir, path.join(this.opts.dataDir, INSTANCES_DIR), paths.volumeDir]) {
-          const mode = (await stat(dir)).mode & 0o777;
-          await chmod(dir, mode | 0o011);
-        }
-      }
+      if (runAs) await this.openPathFor(runAs, paths.volumeDir);
       const context: EngineContext = {
         spec,
         dataDir: paths.dataDir,
@@ -206,6 +201,26 @@ export class ProcessExecutor implements Executor {
     } catch (err) {
       this.ports.release(port);
       throw err;
+    }
+  }
+
+  /**
+   * The engine's user must be able to walk down to its data directory. Directories the cell owns
+   * (its data dir and below) get the search bit; an ancestor above them that shuts the user out
+   * (typically /root, 0700) is an error naming it, since widening it is not the cell's call.
+   */
+  private async openPathFor(runAs: RunAs, volumeDir: string): Promise<void> {
+    for (const dir of [this.opts.dataDir, path.join(this.opts.dataDir, INSTANCES_DIR), volumeDir]) {
+      const mode = (await stat(dir)).mode & 0o777;
+      await chmod(dir, mode | 0o011);
+    }
+    for (let dir = path.dirname(this.opts.dataDir); ; dir = path.dirname(dir)) {
+      const st = await stat(dir);
+      const searchable = st.uid === runAs.uid ? st.mode & 0o100 : st.gid === runAs.gid ? st.mode & 0o010 : st.mode & 0o001;
+      if (!searchable) {
+        throw new CellError(CellErrorCode.EngineUnavailable, `user ${runAs.user} cannot reach ${this.opts.dataDir}: ${dir} is not searchable for it; choose a data dir outside it (e.g. /var/lib/service-foundry)`);
+      }
+      if (dir === path.dirname(dir)) break;
     }
   }
 

@@ -59,7 +59,7 @@ export function registerCellCommand(program: Command): void {
     .option('--zone <zone>', 'failure zone; replicas of a service are spread across zones')
     .option('--capacity-mb <n>', 'volume capacity offered to placement, in MB')
     .option('--redis <url>', 'Redis URL of the control plane (default: SF_REDIS_URL or redis://127.0.0.1:6379)')
-    .option('--data-dir <dir>', 'where instance volumes live (default: ~/.service-foundry/cells/NAME)')
+    .option('--data-dir <dir>', 'where instance volumes live (default: /var/lib/service-foundry/cells/NAME as root, else ~/.service-foundry/cells/NAME)')
     .option('--listen-host <host>', 'address instances bind to', DEFAULT_CELL_AGENT_OPTIONS.listenHost)
     .option('--advertise-host <host>', 'address routers and replicas use to reach instances (default: --listen-host)')
     .option('--port-range <from-to>', 'ports for instances', `${DEFAULT_CELL_AGENT_OPTIONS.portRange.from}-${DEFAULT_CELL_AGENT_OPTIONS.portRange.to}`)

@@ -1,4 +1,6 @@
+import { chmod, mkdir } from 'node:fs/promises';
 import { connect } from 'node:net';
+import path from 'node:path';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import { PostgresEngine } from '../../control/cell/engine-postgres';
@@ -122,6 +124,19 @@ describe('ProcessExecutor', function () {
   });
 
   describe('postgres', () => {
+    it('names an ancestor directory that shuts the postgres user out', async function () {
+      if (process.getuid?.() !== 0) {
+        console.log('      skipped: only a root cell runs postgres as another user');
+        this.skip();
+      }
+      const inner = new ProcessExecutor({ dataDir: path.join(cell.dir, 'closed', 'cell'), portRange: { from: 21000, to: 21999 } });
+      await mkdir(path.join(cell.dir, 'closed', 'cell'), { recursive: true });
+      await chmod(path.join(cell.dir, 'closed'), 0o700);
+      const err = await inner.start(spec({ instanceId: 'pg-x', engine: 'postgres' })).catch((e: unknown) => e);
+      expect((err as { code: string }).code).to.equal(CellErrorCode.EngineUnavailable);
+      expect((err as Error).message).to.contain(path.join(cell.dir, 'closed'));
+    });
+
     it('runs a primary with initdb and a streaming replica via pg_basebackup, promotes it, reads LSNs', async () => {
       const engine = new PostgresEngine();
       const t0 = Date.now();
