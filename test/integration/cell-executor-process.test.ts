@@ -166,5 +166,25 @@ describe('ProcessExecutor', function () {
       await engine.query(replica.context, "set synchronous_commit = local; insert into t values ('after')");
       expect((await engine.query(replica.context, 'select count(*) from t')).trim()).to.equal('2');
     });
+
+    it('repoints a standby to a promoted peer: it follows the new timeline', async () => {
+      const engine = new PostgresEngine();
+      const p0 = await executor.start(spec({ instanceId: 'pg-a', engine: 'postgres' }));
+      const replicaOf = { host: '127.0.0.1', port: p0.port };
+      const [p1, p2] = await Promise.all([
+        executor.start(spec({ instanceId: 'pg-b', engine: 'postgres', role: 'replica', replicaOf })),
+        executor.start(spec({ instanceId: 'pg-c', engine: 'postgres', role: 'replica', replicaOf })),
+      ]);
+      await engine.query(p0.context, "create table t(v text); insert into t values ('1')");
+      await eventually(async () => (await engine.query(p2.context, 'select count(*) from t')).trim() === '1', 10_000, 'pg-c has the row');
+
+      await executor.kill('pg-a');
+      const positions = await Promise.all([engine.position(p1.context), engine.position(p2.context)]);
+      expect(positions.every((p) => p?.role === 'replica')).to.equal(true);
+      await engine.promote(p1.context);
+      await engine.repoint(p2.context, { host: '127.0.0.1', port: p1.port });
+      await engine.query(p1.context, "insert into t values ('2')");
+      await eventually(async () => (await engine.query(p2.context, 'select count(*) from t')).trim() === '2', 15_000, 'pg-c follows pg-b');
+    });
   });
 });
