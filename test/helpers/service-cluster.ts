@@ -122,7 +122,7 @@ export async function startServiceCluster(options: ClusterOptions = {}): Promise
       const cell = { name, zone, proc };
       cells.push(cell);
       try {
-        await eventually(async () => (await state.exists(cellKeys.registration(name))) === 1, 20_000, `cell ${name} registered`);
+        await eventually(async () => (await state.exists(cellKeys.registration(name))) === 1, 30_000, `cell ${name} registered`);
       } catch (err) {
         throw new Error(`${(err as Error).message}; cell output: ${proc.output().slice(-2000)} (exit ${proc.child.exitCode ?? proc.child.signalCode})`);
       }

@@ -76,7 +76,10 @@ describe('leader election', function () {
           return null;
         }
       };
-      await eventually(async () => (await Promise.all(ports.map(get))).filter((i) => i?.this_control.leader).length === 1, 15_000, 'one leader');
+      await eventually(async () => {
+        const all = await Promise.all(ports.map(get));
+        return all.every((i) => i !== null) && all.filter((i) => i?.this_control.leader).length === 1;
+      }, 30_000, 'both controls up, one leader');
       const infos = await Promise.all(ports.map(get));
       const leader = infos.findIndex((i) => i!.this_control.leader);
       const standbyPort = ports[1 - leader];
@@ -94,7 +97,7 @@ describe('leader election', function () {
         const res = await fetch(`http://127.0.0.1:${standbyPort}${path}`, { method, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) });
         return { status: res.status, body: (await res.json()) as T };
       };
-      await eventually(async () => (await api<{ resources: unknown[] }>('GET', '/v3/cells')).body.resources.length === 1, 15_000, 'cell registered');
+      await eventually(async () => (await api<{ resources: unknown[] }>('GET', '/v3/cells')).body.resources.length === 1, 30_000, 'cell registered');
       expect((await api('POST', '/v3/service_instances', { name: 'next', engine: 'redis', replicas: 0, volume: { sizeMb: 32 } })).status).to.equal(201);
       await eventually(async () => (await api<ServiceView>('GET', '/v3/service_instances/next')).body.status === 'running', 30_000, 'placed by the new leader');
       const events = await api<{ resources: Array<{ type: string; leaderToken: number }> }>('GET', '/v3/service_instances/next/events');
