@@ -1,3 +1,4 @@
+import { rm } from 'node:fs/promises';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import { ControlErrorCode, isSfError } from '../../control/errors';
@@ -62,6 +63,7 @@ describe('leader election', function () {
     after(async () => {
       await Promise.all(procs.map((p) => p.stop()));
       await redis.stop();
+      await rm(`/tmp/sf-leader-test-${process.pid}`, { recursive: true, force: true });
     });
 
     it('a killed leader is replaced once its lock expires, and the new leader places services', async () => {
