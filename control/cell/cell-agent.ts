@@ -16,6 +16,7 @@ import {
   CELL_EVENTS_CHANNEL,
   CELLS_SET_KEY,
   cellKeys,
+  ENGINE_KINDS,
   instanceSpecSchema,
   NOTIFY_DESIRED,
   ORDER_RESULT_TTL_MS,
@@ -23,6 +24,7 @@ import {
   type ActualInstance,
   type CellEvent,
   type CellRecord,
+  type EngineKind,
   type ExecutorKind,
   type InstanceSpec,
   type OrderResult,
@@ -144,7 +146,7 @@ export class CellAgent {
   private invalidSpecs = new Map<string, string>();
   private stateLost = false;
   private registered = false;
-  private availableEngineKinds: EngineRegistry[keyof EngineRegistry]['kind'][] = [];
+  private availableEngineKinds: EngineKind[] = [];
 
   constructor(options: CellAgentOptions) {
     validateOptions(options);
@@ -337,7 +339,7 @@ export class CellAgent {
       else invalid.set(id, parsed.ok ? `instanceId '${parsed.spec.instanceId}' does not match its hash field` : parsed.message);
     }
     // Report each invalid spec once, and withdraw the report once it is fixed or removed.
-    for (const [id, message] of invalid) if (this.invalidSpecs.get(id) !== message) this.reportInvalid(id, message);
+    for (const [id, message] of invalid) if (this.invalidSpecs.get(id) !== message) this.reportInvalid(id, message, raw[id] ?? '');
     for (const id of this.invalidSpecs.keys()) {
       if (!invalid.has(id) && !this.instances.ids().includes(id)) void this.report(id, null);
     }
@@ -345,12 +347,40 @@ export class CellAgent {
     await this.instances.reconcile(desired);
   }
 
-  private reportInvalid(instanceId: string, message: string): void {
+  /**
+   * An invalid spec still gets a report, so control sees why nothing runs. Fields the spec got
+   * right are echoed; the rest are neutral placeholders (only `state` and `lastError` matter).
+   */
+  private reportInvalid(instanceId: string, message: string, raw: string): void {
     this.log.warn({ instanceId, message }, 'invalid desired spec');
+    let loose: Record<string, unknown> = {};
+    try {
+      const value: unknown = JSON.parse(raw);
+      if (value && typeof value === 'object') loose = value as Record<string, unknown>;
+    } catch {
+      // Not JSON: nothing to echo.
+    }
+    const pick = <T>(key: string, ok: (v: unknown) => boolean, fallback: T): T => (ok(loose[key]) ? (loose[key] as T) : fallback);
     const actual: ActualInstance = {
-      instanceId, service: '', engine: 'tcp', executor: 'process', state: 'failed', generation: 0, pid: null, host: this.opts.advertiseHost, port: null,
-      role: 'replica', epoch: 0, position: null, positionValue: null, healthy: null, leaseHeld: null, volumePresent: false, volumeSizeMb: 0,
-      lastError: { code: CellErrorCode.InvalidSpec, message }, updatedAt: Date.now(),
+      instanceId,
+      service: pick('service', (v) => typeof v === 'string', ''),
+      engine: pick('engine', (v) => ENGINE_KINDS.includes(v as EngineKind), 'tcp'),
+      executor: pick('executor', (v) => v === 'process' || v === 'docker', 'process'),
+      state: 'failed',
+      generation: pick('generation', Number.isInteger, 0),
+      pid: null,
+      host: this.opts.advertiseHost,
+      port: null,
+      role: pick('role', (v) => v === 'primary' || v === 'replica', 'replica'),
+      epoch: pick('epoch', Number.isInteger, 0),
+      position: null,
+      positionValue: null,
+      healthy: null,
+      leaseHeld: null,
+      volumePresent: false,
+      volumeSizeMb: 0,
+      lastError: { code: CellErrorCode.InvalidSpec, message },
+      updatedAt: Date.now(),
     };
     void this.report(instanceId, actual);
   }

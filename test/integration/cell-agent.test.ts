@@ -168,5 +168,10 @@ describe('sf cell', function () {
     const bad = await driver.waitState('c1', 'bad-0', 'failed', 10_000);
     expect(bad.lastError?.code).to.equal(CellErrorCode.InvalidSpec);
     expect(bad.lastError?.message).to.match(/^engine/);
+    expect(bad).to.include({ service: 's', role: 'primary', epoch: 1 });
+
+    // Fixed: the report is replaced by the real one.
+    await driver.desire('c1', { instanceId: 'bad-0', service: 's' });
+    await driver.waitState('c1', 'bad-0', 'running', 20_000);
   });
 });
