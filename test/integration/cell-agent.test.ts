@@ -161,6 +161,18 @@ describe('sf cell', function () {
     }
   });
 
+  it('deregisters at once on SIGTERM, and with --stop-instances-on-exit stops its instances cleanly', async () => {
+    cell = spawnCell({ name: 'c1', redisUrl: state.url, dataDir: cellDir.dir, portRange: '22000-22099', extraArgs: ['--stop-instances-on-exit'] });
+    await driver.desire('c1', { instanceId: 's-0' });
+    const running = await driver.waitState('c1', 's-0', 'running', 20_000);
+    const exited = new Promise<number | null>((r) => cell?.once('exit', (code) => r(code)));
+    cell.kill('SIGTERM');
+    expect(await exited).to.equal(0);
+    expect(await redis.exists(cellKeys.registration('c1'))).to.equal(0);
+    expect((await driver.actual('c1', 's-0'))?.state).to.equal('stopped');
+    expect(() => process.kill(running.pid as number, 0)).to.throw();
+  });
+
   it('reports an invalid desired spec as failed with the field', async () => {
     cell = startCell();
     await redis.hset(cellKeys.desired('c1'), 'bad-0', JSON.stringify({ instanceId: 'bad-0', service: 's', engine: 'mysql', role: 'primary', epoch: 1, volume: { sizeMb: 1 } }));
