@@ -41,6 +41,14 @@ interface Child {
   log: string;
 }
 
+/**
+ * Root's home is closed to the `postgres` user the cells run PostgreSQL as, so root keeps the
+ * platform's data under /var/lib (as `sf cell` does); everyone else under SF_HOME.
+ */
+export function defaultUpDataDir(): string {
+  return process.getuid?.() === 0 ? '/var/lib/service-foundry/up' : join(sfHome(), 'up');
+}
+
 function portFree(port: number, host = '127.0.0.1'): Promise<boolean> {
   return new Promise((resolvePort) => {
     const srv = createServer();
@@ -67,7 +75,7 @@ async function runUp(flags: UpFlags): Promise<void> {
   const redisPort = parseIntFlag(flags.redisPort, '--redis-port', 1, 65535);
   const cellPortBase = parseIntFlag(flags.cellPortBase, '--cell-port-base', 1024, 65535 - 100 * cellCount);
   const capacityMb = parseIntFlag(flags.capacityMb, '--capacity-mb', 1);
-  const dataDir = resolve(flags.dataDir ?? join(sfHome(), 'up'));
+  const dataDir = resolve(flags.dataDir ?? defaultUpDataDir());
   const externalRedis = process.env.SF_REDIS_URL;
 
   const wanted: Array<[number, string, string]> = [
@@ -204,7 +212,7 @@ export function registerUpCommand(program: Command): void {
   program
     .command('up')
     .description('run everything on this machine: state redis, control, a router and cells (stops on Ctrl-C)')
-    .option('--data-dir <dir>', 'where state, cell volumes and logs live (default: ${SF_HOME:-~/.sf}/up)')
+    .option('--data-dir <dir>', 'where state, cell volumes and logs live (default: /var/lib/service-foundry/up as root, else ${SF_HOME:-~/.sf}/up)')
     .option('--cells <n>', 'how many cells to start', String(DEFAULT_UP_OPTIONS.cells))
     .option('--control-port <port>', 'control API port', String(DEFAULT_UP_OPTIONS.controlPort))
     .option('--router-admin-port <port>', 'router admin port', String(DEFAULT_UP_OPTIONS.routerAdminPort))
