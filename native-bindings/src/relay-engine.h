@@ -1,5 +1,6 @@
-// Relay engine: moves bytes between pairs of connected TCP sockets with splice(2), on event-loop
-// threads of its own, so that bulk data never crosses into the JavaScript heap.
+// Relay engine: moves bytes between pairs of connected TCP sockets on event-loop threads of its
+// own, so that relayed data never crosses into the JavaScript heap. Small messages are copied
+// through a per-thread buffer (recv, send); streams are spliced through a pipe (splice(2)).
 //
 // This header has no Node dependency; addon.cc is the only file that knows about N-API.
 

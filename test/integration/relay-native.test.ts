@@ -88,6 +88,18 @@ async function connectClient(port: number): Promise<Socket> {
   return socket;
 }
 
+/** A backend that reads until the client's FIN, then answers `got <everything read>` and ends. */
+function startAnsweringServer(): Promise<TestServer> {
+  return startTcpServer(
+    (s) => {
+      const chunks: Buffer[] = [];
+      s.on('data', (c: Buffer) => chunks.push(c));
+      s.on('end', () => s.end(`got ${Buffer.concat(chunks).toString()}`));
+    },
+    { allowHalfOpen: true },
+  );
+}
+
 const relay = createNativeRelay();
 const describeNative = relay ? describe : describe.skip;
 
@@ -139,6 +151,95 @@ describeNative(relay ? 'NativeRelay' : 'NativeRelay (skipped: the addon is not b
       }
     });
 
+    it('keeps order and every byte when a stream alternates small messages and bulk', async () => {
+      // Small writes are copied through the loop's buffer, bulk ones spliced through a pipe; each
+      // switch between the two must keep the stream byte-exact.
+      const client = await connectTo(proxy.port);
+      const received = receiveAll(client);
+      const hash = createHash('sha256');
+      let total = 0;
+      for (let i = 0; i < 40; i++) {
+        const size = i % 4 === 3 ? 512 * 1024 + i : 1 + ((i * 37) % 900);
+        const chunk = randomBytes(size);
+        hash.update(chunk);
+        total += size;
+        if (!client.write(chunk)) await new Promise((r) => client.once('drain', r));
+        // Gaps let the relay see the small messages one by one.
+        if (i % 4 !== 3) await sleep(2);
+      }
+      client.end();
+      const got = await received;
+      expect(got.bytes).to.equal(total);
+      expect(got.hash).to.equal(hash.digest('hex'));
+    });
+
+    it('holds back small messages a slow reader cannot take, and delivers them all later', async () => {
+      // The backend does not read for a while: sends of copied messages fail part-way and the
+      // rest must wait for the socket to drain, in order.
+      let backendSocket: Socket | undefined;
+      const backendHash = createHash('sha256');
+      let backendBytes = 0;
+      let backendEnded!: () => void;
+      const backendDone = new Promise<void>((r) => (backendEnded = r));
+      const backend = await startTcpServer((s) => {
+        backendSocket = s;
+        s.pause();
+        s.on('data', (c: Buffer) => {
+          backendHash.update(c);
+          backendBytes += c.length;
+        });
+        s.on('end', () => backendEnded());
+      });
+      const p = await startRelayProxy(relay!, backend.port);
+      try {
+        const client = await connectTo(p.port);
+        const conn = await p.next();
+        const sentHash = createHash('sha256');
+        let sent = 0;
+        for (let i = 0; i < 2000; i++) {
+          const chunk = randomBytes(3000 + (i % 7));
+          sentHash.update(chunk);
+          sent += chunk.length;
+          if (!client.write(chunk)) await Promise.race([new Promise((r) => client.once('drain', r)), sleep(20)]);
+        }
+        await sleep(200);
+        backendSocket!.resume();
+        client.end();
+        await backendDone;
+        expect(backendBytes).to.equal(sent);
+        expect(backendHash.digest('hex')).to.equal(sentHash.digest('hex'));
+        expect((await conn.closed).reason).to.equal('client-closed');
+        expect(conn.pair.bytesIn).to.equal(sent);
+      } finally {
+        await p.stop();
+        await backend.stop();
+      }
+    });
+
+    it('delivers a last message that arrives together with its FIN', async () => {
+      const backend = await startAnsweringServer();
+      const p = await startRelayProxy(relay!, backend.port);
+      try {
+        for (let i = 0; i < 20; i++) {
+          const client = await connectTo(p.port);
+          const received = new Promise<string>((resolve) => {
+            let text = '';
+            client.on('data', (c: Buffer) => (text += c.toString()));
+            client.on('end', () => resolve(text));
+          });
+          const conn = await p.next();
+          // Give the relay time to take the pair over, so the data and FIN reach its loop together.
+          await sleep(5);
+          client.end(`message ${i}`);
+          expect(await received).to.equal(`got message ${i}`);
+          expect((await conn.closed).reason).to.equal('client-closed');
+        }
+      } finally {
+        await p.stop();
+        await backend.stop();
+      }
+    });
+
     it('forwards bytes Node had already read before the handover', async () => {
       // Without pauseOnConnect Node reads the client's first bytes while the backend connects.
       const eager = await startRelayProxy(relay!, echo.port, { pauseOnConnect: false });
@@ -157,14 +258,7 @@ describeNative(relay ? 'NativeRelay' : 'NativeRelay (skipped: the addon is not b
 
   describe('half-close', () => {
     it('carries a client FIN to the backend while the backend still answers', async () => {
-      const backend = await startTcpServer(
-        (s) => {
-          const chunks: Buffer[] = [];
-          s.on('data', (c: Buffer) => chunks.push(c));
-          s.on('end', () => s.end(`got ${Buffer.concat(chunks).toString()}`));
-        },
-        { allowHalfOpen: true },
-      );
+      const backend = await startAnsweringServer();
       const p = await startRelayProxy(relay!, backend.port);
       try {
         const client = await connectTo(p.port);
