@@ -15,6 +15,8 @@ export interface RouterOptions {
   workers?: number;
   /** RLIMIT_NOFILE for the router process. */
   fileLimit?: number;
+  /** Another build's `sf.js` (an A/B comparison of two builds); default this build's. */
+  cliPath?: string;
 }
 
 export interface RunningRouter {
@@ -58,7 +60,7 @@ export async function startRouter(name: string, options: RouterOptions): Promise
   const routesPath = join(dir, 'routes.json');
   writeFileSync(routesPath, routeFile(options.services));
   const adminPort = await freePort();
-  const args = [sfCliPath(), 'router', '--routes', routesPath, '--admin', `127.0.0.1:${adminPort}`];
+  const args = [options.cliPath ?? sfCliPath(), 'router', '--routes', routesPath, '--admin', `127.0.0.1:${adminPort}`];
   if (options.workers !== undefined) args.push('--workers', String(options.workers));
   const proc = startProcess(name, process.execPath, args, {
     env: { ...process.env, SF_RELAY: options.relay },

@@ -1,0 +1,27 @@
+/**
+ * CPU time of a process tree from /proc, summed over the process group the harness started it
+ * in. On a shared machine throughput moves with everyone else's load; the CPU a proxy spends per
+ * request or per connection moves much less, so it is the steadier figure when comparing builds.
+ */
+import { readdirSync, readFileSync } from 'node:fs';
+
+/** USER_HZ: /proc reports utime and stime in these ticks; 100 on every Linux port in use. */
+const TICKS_PER_SECOND = 100;
+
+/** User plus system CPU seconds of every live process in the group (all threads included). */
+export function groupCpuSeconds(groupId: number): number {
+  let ticks = 0;
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      // The command name may contain spaces; fields after it start with the state (field 3).
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(fields[2]) !== groupId) continue;
+      ticks += Number(fields[11]) + Number(fields[12]);
+    } catch {
+      // The process exited between listing and reading.
+    }
+  }
+  return ticks / TICKS_PER_SECOND;
+}

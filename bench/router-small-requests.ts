@@ -1,0 +1,112 @@
+/**
+ * Question: on the two rows where a relay's per-message and per-connection costs dominate
+ * (redis-benchmark GET with 50 clients and no pipelining, and new connections per second), where
+ * does the router stand against HAProxy, and did a change to the router move it?
+ *
+ * A narrow, quicker companion of router-vs-haproxy.ts for iterating on those costs. Columns:
+ * `haproxy` (nbthread 1), `router-native`, `router-js`, and with `--baseline DIR` the same two
+ * router paths run from another build (DIR holds its `dist/` and `native-bindings/build/`), so
+ * an A/B of two builds is measured side by side under the same background load. Rounds
+ * alternate the columns and rotate their order; the table shows medians and the median of the
+ * per-round ratios to HAProxy, and the CPU time each proxy's process group spent per request and
+ * per connection (steadier than throughput when the machine is shared).
+ *
+ *   node dist/bench/router-small-requests.js [--rounds 5] [--requests 50000] [--seconds 2] [--baseline DIR] [--workers N]
+ */
+import { join } from 'node:path';
+import { startBackends } from './lib/backends';
+import { runConnRate } from './lib/conn-rate';
+import { startHaproxy, type ProxiedService } from './lib/haproxy';
+import { groupCpuSeconds } from './lib/proc-cpu';
+import { freePort, sleep, stopAll } from './lib/processes';
+import { runRedisBenchmark } from './lib/redis-bench';
+import { formatNumber, formatRatio, formatTable, median, writeResults } from './lib/report';
+import { startRouter } from './lib/router-process';
+
+interface Column {
+  name: string;
+  redisPort: number;
+  /** Process group of the proxy, whose CPU time is read around each sample. */
+  group: number;
+}
+
+type Key = 'get' | 'conn' | 'getCpuUs' | 'connCpuUs';
+
+function argValue(argv: string[], name: string): string | undefined {
+  const i = argv.indexOf(name);
+  return i >= 0 ? argv[i + 1] : undefined;
+}
+
+async function main(): Promise<void> {
+  const argv = process.argv.slice(2);
+  const rounds = Number(argValue(argv, '--rounds') ?? 5);
+  const requests = Number(argValue(argv, '--requests') ?? 50_000);
+  const seconds = Number(argValue(argv, '--seconds') ?? 2);
+  const workers = argValue(argv, '--workers') !== undefined ? Number(argValue(argv, '--workers')) : undefined;
+  const baseline = argValue(argv, '--baseline');
+
+  const backends = await startBackends();
+  const services = async (): Promise<ProxiedService[]> => [
+    { name: 'redis', listenPort: await freePort(), targetHost: backends.host, targetPort: backends.redisPort },
+  ];
+  const columns: Column[] = [];
+  const haproxyServices = await services();
+  const haproxy = await startHaproxy('haproxy', { services: haproxyServices, threads: workers ?? 1, splice: false });
+  columns.push({ name: 'haproxy', redisPort: haproxyServices[0].listenPort, group: haproxy.pid });
+  const builds: Array<[string, string | undefined]> = [['', undefined]];
+  if (baseline !== undefined) builds.push(['base-', join(baseline, 'dist', 'control', 'cli', 'sf.js')]);
+  for (const [prefix, cliPath] of builds) {
+    for (const relay of ['native', 'js'] as const) {
+      const list = await services();
+      const router = await startRouter(`${prefix}router-${relay}`, { services: list, relay, workers, cliPath });
+      if (router.relay !== relay) throw new Error(`${prefix}router-${relay}: /health reports relay=${router.relay}`);
+      columns.push({ name: `${prefix}router-${relay}`, redisPort: list[0].listenPort, group: router.proc.pid });
+    }
+  }
+
+  const samples: Record<string, Record<Key, number[]>> = {};
+  for (const c of columns) samples[c.name] = { get: [], conn: [], getCpuUs: [], connCpuUs: [] };
+  for (let round = 0; round < rounds; round++) {
+    const order = columns.map((_, i) => columns[(i + round) % columns.length]);
+    for (const c of order) {
+      const cpu0 = groupCpuSeconds(c.group);
+      const rows = await runRedisBenchmark({ host: '127.0.0.1', port: c.redisPort, clients: 50, requests, pipeline: 1, tests: ['get'] });
+      samples[c.name].get.push(rows[0].rps);
+      samples[c.name].getCpuUs.push(((groupCpuSeconds(c.group) - cpu0) / requests) * 1e6);
+      await sleep(200);
+    }
+    for (const c of order) {
+      const cpu0 = groupCpuSeconds(c.group);
+      const r = await runConnRate({ host: '127.0.0.1', port: c.redisPort, seconds, concurrency: 50 });
+      samples[c.name].conn.push(r.connectionsPerSecond);
+      samples[c.name].connCpuUs.push(((groupCpuSeconds(c.group) - cpu0) / r.completed) * 1e6);
+      await sleep(200);
+    }
+    process.stderr.write(`round ${round + 1}/${rounds} done\n`);
+  }
+
+  const paired = (name: string, key: Key): number =>
+    median(samples[name][key].map((v, i) => v / samples.haproxy[key][i]));
+  process.stdout.write(
+    `${formatTable(
+      ['column', 'GET ops/s -P 1', '/haproxy', 'CPU us/GET', 'new conn/s', '/haproxy', 'CPU us/conn'],
+      columns.map((c) => [
+        c.name,
+        formatNumber(median(samples[c.name].get)),
+        formatRatio(paired(c.name, 'get')),
+        formatNumber(median(samples[c.name].getCpuUs)),
+        formatNumber(median(samples[c.name].conn)),
+        formatRatio(paired(c.name, 'conn')),
+        formatNumber(median(samples[c.name].connCpuUs)),
+      ]),
+    )}\n`,
+  );
+  writeResults('router-small-requests', { date: new Date().toISOString(), rounds, requests, seconds, workers, baseline, samples });
+}
+
+main()
+  .catch((err: unknown) => {
+    process.stderr.write(`${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exitCode = 1;
+  })
+  .finally(() => stopAll());
