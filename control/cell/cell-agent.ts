@@ -146,6 +146,7 @@ export class CellAgent {
   private invalidSpecs = new Map<string, string>();
   private stateLost = false;
   private registered = false;
+  private readonly orderChains = new Map<string, Promise<void>>();
   private availableEngineKinds: EngineKind[] = [];
 
   constructor(options: CellAgentOptions) {
@@ -243,6 +244,7 @@ export class CellAgent {
     for (const t of this.timers) clearInterval(t);
     this.timers = [];
     await this.reconciling;
+    await Promise.all(this.orderChains.values());
     await this.instances?.shutdown(this.opts.stopInstancesOnExit);
     try {
       await this.redis?.del(cellKeys.registration(this.name));
@@ -420,8 +422,28 @@ export class CellAgent {
         await new Promise((r) => setTimeout(r, 500));
         continue;
       }
-      if (popped) await this.handleOrder(popped[1]);
+      if (popped) this.dispatchOrder(popped[1]);
     }
+  }
+
+  /**
+   * Orders for one instance run in arrival order, orders for different instances concurrently:
+   * a fence must not wait behind another instance's volume copy or a slow promote.
+   */
+  private dispatchOrder(json: string): void {
+    let key = '*';
+    try {
+      const id = (JSON.parse(json) as { instanceId?: unknown }).instanceId;
+      if (typeof id === 'string') key = id;
+    } catch {
+      // Handled (and reported) by handleOrder.
+    }
+    const previous = this.orderChains.get(key) ?? Promise.resolve();
+    const next = previous.then(() => this.handleOrder(json)).catch((err) => this.log.warn({ err: errorMessageOf(err) }, 'order failed'));
+    this.orderChains.set(key, next);
+    void next.finally(() => {
+      if (this.orderChains.get(key) === next) this.orderChains.delete(key);
+    });
   }
 
   private async handleOrder(json: string): Promise<void> {

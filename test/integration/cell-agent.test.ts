@@ -161,6 +161,26 @@ describe('sf cell', function () {
     }
   });
 
+  it('runs orders for different instances concurrently: a fence does not wait behind a hung instance', async () => {
+    cell = startCell();
+    await driver.desire('c1', { instanceId: 'slow-0' });
+    await driver.desire('c1', { instanceId: 'fast-0' });
+    const slow = await driver.waitState('c1', 'slow-0', 'running', 20_000);
+    await driver.waitState('c1', 'fast-0', 'running', 20_000);
+    process.kill(slow.pid as number, 'SIGSTOP');
+    try {
+      const hung = driver.order('c1', { type: 'position', instanceId: 'slow-0' });
+      await new Promise((r) => setTimeout(r, 100));
+      const fence = await driver.order('c1', { type: 'fence', instanceId: 'fast-0' });
+      const position = await hung;
+      expect(fence.ok).to.equal(true);
+      expect(position.ok).to.equal(false);
+      expect(fence.finishedAt).to.be.below(position.finishedAt);
+    } finally {
+      process.kill(slow.pid as number, 'SIGCONT');
+    }
+  });
+
   it('deregisters at once on SIGTERM, and with --stop-instances-on-exit stops its instances cleanly', async () => {
     cell = spawnCell({ name: 'c1', redisUrl: state.url, dataDir: cellDir.dir, portRange: '22000-22099', extraArgs: ['--stop-instances-on-exit'] });
     await driver.desire('c1', { instanceId: 's-0' });
