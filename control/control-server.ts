@@ -4,6 +4,7 @@
  * leader lock) register their endpoints here the same way the routing API does.
  */
 import { Redis } from 'ioredis';
+import { createRedis } from '../router/redis-connection';
 import pino from 'pino';
 import { registerEventsApi } from './api/routes-events';
 import { registerRoutingApi } from './api/routes-routing';
@@ -37,7 +38,7 @@ export interface ControlServer {
 export async function startControlServer(options: ControlServerOptions = {}): Promise<ControlServer> {
   const opts = withDefaults(DEFAULT_CONTROL_SERVER_OPTIONS, options);
   const log = opts.logger ?? pino({ name: 'control', level: process.env.SF_LOG_LEVEL ?? 'info' });
-  const redis = new Redis(opts.redisUrl, { connectionName: 'sf-control', maxRetriesPerRequest: 2 });
+  const redis = createRedis(opts.redisUrl, { connectionName: 'sf-control', maxRetriesPerRequest: 2 });
   redis.on('error', (err: Error) => log.warn({ err: err.message }, 'redis connection problem'));
   const keys = controlKeys(opts.keyPrefix);
   const groups = new RouterGroupStore(redis, keys);

@@ -9,6 +9,7 @@
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Redis } from 'ioredis';
+import { createRedis } from './redis-connection';
 import { ErrorCode, SfError } from './errors';
 import { parseRoute, parseRouteTable, type Route, type RouteTable } from './route-model';
 import {
@@ -155,7 +156,7 @@ export class RedisRouteSource implements RouteSource {
   }
 
   private connect(suffix: string): Redis {
-    const conn = new Redis(this.opts.redisUrl, {
+    const conn = createRedis(this.opts.redisUrl, {
       connectionName: `sf-router:${this.opts.routerId}${suffix}`,
       // Commands fail fast while disconnected instead of queueing; the snapshot read after the
       // reconnect replaces whatever they would have done.

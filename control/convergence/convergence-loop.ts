@@ -4,6 +4,7 @@
  * nothing while this control is a standby.
  */
 import { Redis } from 'ioredis';
+import { createRedis } from '../../router/redis-connection';
 import type { Logger } from 'pino';
 import { CELL_EVENTS_CHANNEL } from '../cell/cell-protocol';
 import { ControlErrorCode, isSfError } from '../errors';
@@ -48,7 +49,7 @@ export class ConvergenceLoop {
   }
 
   async start(): Promise<void> {
-    this.sub = new Redis(this.opts.redisUrl, { connectionName: 'sf-control:convergence', maxRetriesPerRequest: null });
+    this.sub = createRedis(this.opts.redisUrl, { connectionName: 'sf-control:convergence', maxRetriesPerRequest: null });
     this.sub.on('error', (err: Error) => this.opts.logger.warn({ err: err.message }, 'convergence subscription problem'));
     this.sub.on('message', () => this.kick());
     await this.sub.subscribe(CELL_EVENTS_CHANNEL, this.store.keys.servicesChanged);

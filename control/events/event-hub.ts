@@ -4,6 +4,7 @@
  * control process sees every change — including expiries swept by another control.
  */
 import { Redis } from 'ioredis';
+import { createRedis } from '../../router/redis-connection';
 import type { RouteEvent } from '../state/tcp-route-types';
 
 export type RouteEventListener = (event: RouteEvent, id: number) => void;
@@ -21,7 +22,7 @@ export class EventHub {
 
   async start(): Promise<void> {
     // A subscribed connection can run nothing else, hence a connection of its own.
-    this.sub = new Redis(this.redisUrl, { connectionName: 'sf-control:events', maxRetriesPerRequest: null });
+    this.sub = createRedis(this.redisUrl, { connectionName: 'sf-control:events', maxRetriesPerRequest: null });
     this.sub.on('error', (err: Error) => this.onError(err));
     this.sub.on('message', (_channel: string, message: string) => this.dispatch(message));
     await this.sub.subscribe(this.channel);

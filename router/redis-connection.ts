@@ -1,0 +1,49 @@
+/**
+ * Opens the connection to the system of record. A plain `redis://` URL is one Redis (a laptop);
+ * `redis-sentinel://[:password@]host:port[,host:port...]/MASTER[?db=N]` asks Redis Sentinel for
+ * the current master of MASTER (production: DESIGN.md "Beyond one machine"), which ioredis
+ * follows across Sentinel failovers.
+ */
+import { Redis, type RedisOptions } from 'ioredis';
+import { ErrorCode, SfError } from './errors';
+
+export interface SentinelTarget {
+  sentinels: Array<{ host: string; port: number }>;
+  name: string;
+  password?: string;
+  db?: number;
+}
+
+const SENTINEL_SCHEME = 'redis-sentinel://';
+const DEFAULT_SENTINEL_PORT = 26379;
+
+/** Parses a `redis-sentinel://` URL; undefined for any other URL. */
+export function parseSentinelUrl(url: string): SentinelTarget | undefined {
+  if (!url.startsWith(SENTINEL_SCHEME)) return undefined;
+  const rest = url.slice(SENTINEL_SCHEME.length);
+  const slash = rest.indexOf('/');
+  if (slash < 0) throw new SfError(ErrorCode.InvalidOption, `${url}: a Sentinel URL needs the master name: redis-sentinel://host:26379/mymaster`, 'redis');
+  let hosts = rest.slice(0, slash);
+  let password: string | undefined;
+  const at = hosts.lastIndexOf('@');
+  if (at >= 0) {
+    password = decodeURIComponent(hosts.slice(0, at).replace(/^[^:]*:/, ''));
+    hosts = hosts.slice(at + 1);
+  }
+  const [name, query] = rest.slice(slash + 1).split('?') as [string, string | undefined];
+  if (!name) throw new SfError(ErrorCode.InvalidOption, `${url}: the master name is missing`, 'redis');
+  const sentinels = hosts.split(',').map((hp) => {
+    const m = /^(?:\[([^\]]+)\]|([^:]+))(?::(\d+))?$/.exec(hp);
+    if (!m) throw new SfError(ErrorCode.InvalidOption, `${url}: '${hp}' is not host:port`, 'redis');
+    return { host: m[1] ?? m[2]!, port: m[3] ? Number(m[3]) : DEFAULT_SENTINEL_PORT };
+  });
+  const db = query ? new URLSearchParams(query).get('db') : null;
+  return { sentinels, name: decodeURIComponent(name), password, db: db === null ? undefined : Number(db) };
+}
+
+/** A Redis client for `url` (redis://, rediss://, or redis-sentinel://) with `options`. */
+export function createRedis(url: string, options: RedisOptions = {}): Redis {
+  const sentinel = parseSentinelUrl(url);
+  if (!sentinel) return new Redis(url, options);
+  return new Redis({ ...options, sentinels: sentinel.sentinels, name: sentinel.name, password: sentinel.password, db: sentinel.db });
+}
