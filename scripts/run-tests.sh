@@ -16,6 +16,8 @@ run_mocha() {
   "$@" 2>&1 | tee "$log"
   local rc=${PIPESTATUS[0]}
   local p f
+  # Colour codes (CI=true makes some tools colour their output) would hide the summary lines.
+  sed -i 's/\x1b\[[0-9;]*m//g' "$log"
   p=$(grep -Eo '^ *[0-9]+ passing' "$log" | grep -Eo '[0-9]+' | tail -1)
   f=$(grep -Eo '^ *[0-9]+ failing' "$log" | grep -Eo '[0-9]+' | tail -1)
   p=${p:-0}
@@ -30,7 +32,7 @@ run_mocha() {
 
 run_mocha "all tests (relay: ${SF_RELAY:-auto})" npx mocha
 if node -e "process.exit(require('./dist/router/relay-select').selectRelay('auto').kind === 'native' ? 0 : 1)" 2>/dev/null; then
-  run_mocha "router tests on the JS relay" env SF_RELAY=js npx mocha --no-config --timeout 30000 --exit 'dist/test/integration/router-*.test.js'
+  run_mocha "router tests on the JS relay" env SF_RELAY=js npx mocha --no-config --no-color --timeout 30000 --exit 'dist/test/integration/router-*.test.js'
 else
   echo "== native relay not built: router tests ran on the JS relay only"
 fi
