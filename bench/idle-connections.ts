@@ -167,7 +167,8 @@ async function main(): Promise<void> {
     goalMet: mib(extrapolatedKiB) < GOAL_MIB,
     pids: loaded.pids,
   };
-  const path = writeResults('idle-connections', result);
+  // One file per configuration, so the js, native and multi-worker runs sit side by side.
+  const path = writeResults(`idle-connections-${router.relay}-w${workers ?? 1}`, result);
   process.stdout.write(`\nIdle connections through one router (relay=${router.relay}, workers=${workers ?? 1})\n\n`);
   process.stdout.write(
     `${formatTable(

@@ -42,7 +42,7 @@ function renderRouter(r: RouterResults): string {
   const out: string[] = [];
   out.push(
     `Run of ${r.date} (${r.settings.rounds} round(s)${r.settings.quick ? ', --quick' : ''}${r.complete ? '' : ', interrupted'}), ` +
-      `${r.host.cpus} CPUs ${r.host.cpuModel ?? ''}, kernel ${r.host.kernel}; ${r.versions.haproxy}; ${r.versions.redisServer.split(' ').slice(0, 3).join(' ')}; ` +
+      `${r.host.cpus} CPUs ${r.host.cpuModel ?? ''}, kernel ${r.host.kernel}; ${r.versions.haproxy.split(' - ')[0]}; ${r.versions.redisServer.split(' ').slice(0, 3).join(' ')}; ` +
       `relay paths: ${r.targets.filter((t) => t.relay).map((t) => `${t.name}=${t.relay}`).join(', ')}.`,
     '',
     'Medians:',
@@ -80,13 +80,44 @@ function renderMicro(r: MicroResults): string {
   ].join('\n');
 }
 
+interface IdleResults {
+  date: string;
+  relay: string;
+  settings: { workers: number; connections: number };
+  connectionsHeld: number;
+  perConnectionKiB: number;
+  closedWhileIdle: number;
+  rssMiB: { baseline: number; loaded: number; afterClose: number; extrapolatedToWanted: number };
+  goalMet: boolean;
+}
+
+function renderIdle(runs: IdleResults[]): string {
+  return table(
+    ['relay', 'workers', 'held', 'RSS idle MiB', 'RSS loaded MiB', 'KiB/conn', 'RSS at 10k MiB', 'after close MiB', 'dropped', '< 200 MB', 'date'],
+    runs.map((r) => [
+      r.relay,
+      String(r.settings.workers),
+      formatNumber(r.connectionsHeld),
+      formatNumber(r.rssMiB.baseline),
+      formatNumber(r.rssMiB.loaded),
+      formatNumber(r.perConnectionKiB),
+      formatNumber(r.rssMiB.extrapolatedToWanted),
+      formatNumber(r.rssMiB.afterClose),
+      String(r.closedWhileIdle),
+      r.goalMet ? 'yes' : 'no',
+      r.date,
+    ]),
+  );
+}
+
 function main(): void {
   const sections: string[] = [];
   const router = readJson<RouterResults>('router');
   if (router) sections.push(`### router-vs-haproxy\n\n${renderRouter(router)}`);
-  const idle = readJson<Record<string, unknown>>('idle-connections');
-  if (idle) sections.push(`### idle-connections\n\n\`\`\`json\n${JSON.stringify({ ...idle, health: undefined, pids: undefined }, null, 2)}\n\`\`\``);
-  const micros = readdirSync(resultsDir()).filter((f) => f.startsWith('micro-') && f.endsWith('.json'));
+  const files = readdirSync(resultsDir()).filter((f) => f.endsWith('.json'));
+  const idle = files.filter((f) => f.startsWith('idle-connections-')).map((f) => readJson<IdleResults>(f.replace(/\.json$/, '')));
+  if (idle.length > 0) sections.push(`### idle-connections\n\n${renderIdle(idle.filter((x): x is IdleResults => x !== undefined))}`);
+  const micros = files.filter((f) => f.startsWith('micro-'));
   for (const file of micros.sort()) {
     const micro = readJson<MicroResults>(file.replace(/\.json$/, ''));
     if (micro) sections.push(`### ${file.replace(/\.json$/, '')}\n\n${renderMicro(micro)}`);
