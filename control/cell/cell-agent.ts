@@ -147,6 +147,7 @@ export class CellAgent {
   private stateLost = false;
   private registered = false;
   private readonly orderChains = new Map<string, Promise<void>>();
+  private readonly pendingActions = new Set<Promise<void>>();
   private availableEngineKinds: EngineKind[] = [];
 
   constructor(options: CellAgentOptions) {
@@ -244,7 +245,7 @@ export class CellAgent {
     for (const t of this.timers) clearInterval(t);
     this.timers = [];
     await this.reconciling;
-    await Promise.all(this.orderChains.values());
+    await Promise.all([...this.orderChains.values(), ...this.pendingActions]);
     await this.instances?.shutdown(this.opts.stopInstancesOnExit);
     try {
       await this.redis?.del(cellKeys.registration(this.name));
@@ -346,7 +347,11 @@ export class CellAgent {
       if (!invalid.has(id) && !this.instances.ids().includes(id)) void this.report(id, null);
     }
     this.invalidSpecs = invalid;
-    await this.instances.reconcile(desired);
+    // Not awaited: a long start (a base backup of a large database) must not hold back the next
+    // pass, which handles other instances; per-instance states keep passes from colliding.
+    const actions = this.instances.reconcile(desired).catch((err) => this.log.warn({ err: errorMessageOf(err) }, 'reconcile action failed'));
+    this.pendingActions.add(actions);
+    void actions.finally(() => this.pendingActions.delete(actions));
   }
 
   /**
