@@ -9,7 +9,11 @@ import type { LeaderFence } from '../leader/fenced-commit';
 import type { CellSnapshot } from '../services/cell-directory';
 import type { InstanceRecord, ServiceRecord } from '../services/service-types';
 
-export type PrimaryLossReason = 'cell-dead' | 'instance-failed';
+/**
+ * `lease-lost`: the primary runs but its cell stopped renewing its lease (unhealthy engine);
+ * `fenced`: fencing has marked the primary (InstanceRecord.fenced) and promotion is pending.
+ */
+export type PrimaryLossReason = 'cell-dead' | 'instance-failed' | 'lease-lost' | 'fenced';
 
 export interface PrimaryLoss {
   service: ServiceRecord;
@@ -24,7 +28,9 @@ export type FailoverOutcome =
   /** Nothing was changed: the reconciler marks the service degraded with this message. */
   | { kind: 'degraded'; message: string }
   /** The coordinator is acting (or has acted) on the service itself; the reconciler leaves it be. */
-  | { kind: 'handling' };
+  | { kind: 'handling' }
+  /** Not lost after all (e.g. a lease gap shorter than its TTL): converge as usual. */
+  | { kind: 'healthy' };
 
 export interface FailoverCoordinator {
   /** Called on every convergence pass while the primary stays lost; must be idempotent. */
@@ -34,6 +40,7 @@ export interface FailoverCoordinator {
 /** The default until fencing exists: report, never promote. */
 export class DegradedFailoverCoordinator implements FailoverCoordinator {
   async primaryLost(loss: PrimaryLoss): Promise<FailoverOutcome> {
+    if (loss.reason === 'lease-lost') return { kind: 'healthy' };
     const why = loss.reason === 'cell-dead' ? `its cell ${loss.primary.cell} stopped heartbeating` : `it failed on cell ${loss.primary.cell}`;
     return {
       kind: 'degraded',

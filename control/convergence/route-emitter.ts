@@ -25,8 +25,10 @@ export class RouteEmitter {
       const actual = cells.get(inst.cell)?.actual.get(inst.id);
       if (!actual || actual.port === null || !inst.specWritten) continue;
       let state: BackendState;
-      if (actual.state === 'running') state = 'active';
-      else if (actual.state === 'fenced') state = 'fenced';
+      // A fence decision in the record wins over what the cell last reported: a partitioned
+      // cell's report may still say running (issue 5).
+      if (inst.fenced || actual.state === 'fenced') state = 'fenced';
+      else if (actual.state === 'running') state = 'active';
       else continue;
       out.push({ id: inst.id, host: actual.host, port: actual.port, role: inst.role, weight: 1, epoch: inst.epoch, state });
     }

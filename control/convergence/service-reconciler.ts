@@ -15,7 +15,7 @@ import type { CasOp } from '../state/cas-commit';
 import type { CellSnapshot } from '../services/cell-directory';
 import type { ServiceChange, ServiceStore } from '../services/service-store';
 import type { InstanceRecord, ServiceEvent, ServiceRecord, ServiceStatus } from '../services/service-types';
-import type { FailoverCoordinator } from './failover-coordinator';
+import type { FailoverCoordinator, PrimaryLossReason } from './failover-coordinator';
 import type { RouteEmitter } from './route-emitter';
 
 export interface ServiceReconcilerOptions {
@@ -23,9 +23,11 @@ export interface ServiceReconcilerOptions {
   restartBackoffMs?: number;
   /** How long a deleted service waits for its cells to report instances stopped. @default 30000 */
   deleteGraceMs?: number;
+  /** Lease TTL written into primary specs, so a hung engine loses its lease (issue 5); 0 = none. @default 3000 */
+  primaryLeaseTtlMs?: number;
 }
 
-export const DEFAULT_SERVICE_RECONCILER_OPTIONS: Required<ServiceReconcilerOptions> = { restartBackoffMs: 5_000, deleteGraceMs: 30_000 };
+export const DEFAULT_SERVICE_RECONCILER_OPTIONS: Required<ServiceReconcilerOptions> = { restartBackoffMs: 5_000, deleteGraceMs: 30_000, primaryLeaseTtlMs: 3_000 };
 
 type EventInput = Omit<ServiceEvent, 'at' | 'leaderToken'>;
 
@@ -99,11 +101,20 @@ export class ServiceReconciler {
     let problem: { status: ServiceStatus; message: string } | null = null;
     const primary = next.instances.find((i) => i.role === 'primary');
     if (primary) {
-      const reason = !alive(primary.cell) ? 'cell-dead' : primary.specWritten && actualOf(primary)?.state === 'failed' ? 'instance-failed' : null;
+      const actual = primary.specWritten ? actualOf(primary) : undefined;
+      const reason: PrimaryLossReason | null = !alive(primary.cell)
+        ? 'cell-dead'
+        : primary.fenced
+          ? 'fenced'
+          : actual?.state === 'failed'
+            ? 'instance-failed'
+            : actual?.state === 'running' && actual.leaseHeld === false
+              ? 'lease-lost'
+              : null;
       if (reason) {
         const outcome = await this.coordinator.primaryLost({ service: next, primary, reason, fence, cells });
         if (outcome.kind === 'handling') return null;
-        problem = { status: 'degraded', message: outcome.message };
+        if (outcome.kind === 'degraded') problem = { status: 'degraded', message: outcome.message };
       }
     }
 
@@ -218,24 +229,30 @@ export class ServiceReconciler {
   }
 
   private specOps(service: ServiceRecord, inst: InstanceRecord, upstream: { host: string; port: number } | null): CasOp[] {
-    const spec: InstanceSpecInput = {
-      instanceId: inst.id,
-      service: service.name,
-      engine: service.engine,
-      role: inst.role,
-      epoch: inst.epoch,
-      generation: inst.generation,
-      durability: service.durability,
-      replicas: service.replicas,
-      volume: { sizeMb: service.volume.sizeMb },
-      ...(inst.role === 'replica' && upstream ? { replicaOf: upstream } : {}),
-      ...(service.command ? { command: service.command } : {}),
-    };
-    return [
-      { cmd: 'HSET', key: cellKeys.desired(inst.cell), field: inst.id, value: JSON.stringify(spec) },
-      { cmd: 'PUBLISH', channel: cellKeys.notify(inst.cell), message: NOTIFY_DESIRED },
-    ];
+    return instanceSpecOps(service, inst, upstream, this.opts.primaryLeaseTtlMs);
   }
+}
+
+/** The desired-spec write (and its notification) for one instance; also used by failover. */
+export function instanceSpecOps(service: ServiceRecord, inst: InstanceRecord, upstream: { host: string; port: number } | null, primaryLeaseTtlMs = DEFAULT_SERVICE_RECONCILER_OPTIONS.primaryLeaseTtlMs): CasOp[] {
+  const spec: InstanceSpecInput = {
+    instanceId: inst.id,
+    service: service.name,
+    engine: service.engine,
+    role: inst.role,
+    epoch: inst.epoch,
+    generation: inst.generation,
+    durability: service.durability,
+    replicas: service.replicas,
+    volume: { sizeMb: service.volume.sizeMb },
+    ...(inst.role === 'replica' && upstream ? { replicaOf: upstream } : {}),
+    ...(service.command ? { command: service.command } : {}),
+    ...(inst.role === 'primary' && primaryLeaseTtlMs > 0 ? { lease: { ttlMs: primaryLeaseTtlMs } } : {}),
+  };
+  return [
+    { cmd: 'HSET', key: cellKeys.desired(inst.cell), field: inst.id, value: JSON.stringify(spec) },
+    { cmd: 'PUBLISH', channel: cellKeys.notify(inst.cell), message: NOTIFY_DESIRED },
+  ];
 }
 
 function removeSpecOps(inst: InstanceRecord): CasOp[] {

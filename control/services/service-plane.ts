@@ -8,7 +8,10 @@ import type { Logger } from 'pino';
 import { registerCellsApi } from '../api/routes-cells';
 import { registerServicesApi } from '../api/routes-services';
 import type { HttpServer } from '../api/http-server';
-import { DegradedFailoverCoordinator, type FailoverCoordinator } from '../convergence/failover-coordinator';
+import type { FailoverCoordinator } from '../convergence/failover-coordinator';
+import { registerFencingApi } from '../api/routes-fencing';
+import { FencingFailoverCoordinator } from '../failover/fencing-coordinator';
+import type { FailoverOptions } from '../failover/failover-options';
 import { ConvergenceLoop } from '../convergence/convergence-loop';
 import { OrphanCollector } from '../convergence/orphan-collector';
 import { RouteEmitter } from '../convergence/route-emitter';
@@ -28,8 +31,10 @@ export interface ServicePlaneOptions {
   leaderRenewMs?: number;
   /** Convergence poll interval besides events. @default 1000 */
   convergencePollMs?: number;
-  /** Issue 5 plugs fencing and promotion in here. @default DegradedFailoverCoordinator */
+  /** Replaces the fencing coordinator (tests, or `DegradedFailoverCoordinator` to never promote). @default FencingFailoverCoordinator */
   failoverCoordinator?: FailoverCoordinator;
+  /** Options of the default fencing coordinator (docs/fencing.md). */
+  failover?: FailoverOptions;
   reconciler?: ServiceReconcilerOptions;
   /** Id in the leader lock value. @default a random UUID */
   holderId?: string;
@@ -64,7 +69,8 @@ export async function startServicePlane(server: HttpServer, deps: ServicePlaneDe
   const store = new ServiceStore(deps.redis, keys);
   const directory = new CellDirectory(deps.redis);
   const emitter = new RouteEmitter(deps.groups, deps.routes);
-  const reconciler = new ServiceReconciler(store, emitter, opts.failoverCoordinator ?? new DegradedFailoverCoordinator(), opts.reconciler);
+  const fencing = new FencingFailoverCoordinator({ redis: deps.redis, store, directory, emitter, groups: deps.groups, routes: deps.routes, logger: log }, { primaryLeaseTtlMs: opts.reconciler?.primaryLeaseTtlMs, ...opts.failover });
+  const reconciler = new ServiceReconciler(store, emitter, opts.failoverCoordinator ?? fencing, opts.reconciler);
   let loop: ConvergenceLoop | undefined;
   const elector = new LeaderElector(deps.redis, {
     lockKey: keys.leaderLock,
@@ -82,6 +88,8 @@ export async function startServicePlane(server: HttpServer, deps: ServicePlaneDe
   loop = new ConvergenceLoop(elector, store, directory, reconciler, { redisUrl: deps.redisUrl, pollMs: opts.convergencePollMs, logger: log }, new OrphanCollector(deps.redis));
   registerServicesApi(server, { store, directory, groups: deps.groups, routes: deps.routes, elector });
   registerCellsApi(server, { directory, store });
+  fencing.attach(elector);
+  registerFencingApi(server, { coordinator: fencing, store, directory });
   await loop.start();
   await elector.start();
   const running = loop;

@@ -35,6 +35,23 @@ export interface InstanceRecord {
   upstream?: { host: string; port: number };
   /** When control last raised the generation to restart it; restarts are spaced out. */
   restartedAt?: number;
+  /**
+   * Set by fencing (control/failover): the instance must never serve as primary again with an
+   * epoch below `epoch`; its route backend is rendered `fenced` while this is set.
+   */
+  fenced?: FenceMark;
+}
+
+/** How far fencing of an instance got; a new leader resumes from here (docs/fencing.md). */
+export interface FenceMark {
+  /** The epoch the service moved to when this instance was fenced. */
+  epoch: number;
+  at: number;
+  trigger: string;
+  /** Steps 1-3 (route, shoot, network) are done; only promotion is left. */
+  complete: boolean;
+  /** Peers cut by a network fence, so `unfence` can lift exactly those. */
+  networkPeers?: string[];
 }
 
 export interface ServiceRecord {
@@ -99,7 +116,7 @@ export interface ServiceView {
 
 /** Published on `sf:service-events` and kept in a capped list, for operators and issue 5. */
 export interface ServiceEvent {
-  type: 'service-created' | 'service-placed' | 'instance-placed' | 'instance-removed' | 'instance-restarted' | 'instance-repointed' | 'primary-lost' | 'service-degraded' | 'service-unplaceable' | 'service-running' | 'service-deleted';
+  type: 'service-created' | 'service-placed' | 'instance-placed' | 'instance-removed' | 'instance-restarted' | 'instance-repointed' | 'primary-lost' | 'service-degraded' | 'service-unplaceable' | 'service-running' | 'service-deleted' | 'fencing';
   service: string;
   instanceId?: string;
   cell?: string;

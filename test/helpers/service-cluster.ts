@@ -11,7 +11,7 @@ import path from 'node:path';
 import { Redis } from 'ioredis';
 import { CELLS_SET_KEY, cellKeys, type ActualInstance } from '../../control/cell/cell-protocol';
 import type { ControlServerOptions } from '../../control/control-server';
-import type { ServiceView } from '../../control/services';
+import type { ServicePlaneOptions, ServiceView } from '../../control/services';
 import { startControlHarness, type ControlHarness } from './control-harness';
 import { freePort } from './free-port';
 import { startRedisServer, type RedisServerHandle } from './redis-server';
@@ -23,6 +23,8 @@ export interface ClusterOptions {
   controls?: number;
   /** @default 4096 */
   capacityMb?: number;
+  /** Service plane options merged over FAST_SERVICE_PLANE (e.g. failover timings). */
+  services?: ServicePlaneOptions;
 }
 
 export interface CellProcess {
@@ -90,7 +92,7 @@ export async function startServiceCluster(options: ClusterOptions = {}): Promise
   const routePorts: [number, number] = [routeBase, routeBase + 99];
   const controlOptions: ControlServerOptions = { defaultReservablePorts: `${routePorts[0]}-${routePorts[1]}`, services: { ...FAST_SERVICE_PLANE } };
   const controls: ControlHarness[] = [];
-  for (let i = 0; i < (options.controls ?? 1); i++) controls.push(await startControlHarness({ ...controlOptions, services: { ...FAST_SERVICE_PLANE, holderId: `control-${i + 1}` } }, redis));
+  for (let i = 0; i < (options.controls ?? 1); i++) controls.push(await startControlHarness({ ...controlOptions, services: { ...FAST_SERVICE_PLANE, ...options.services, holderId: `control-${i + 1}` } }, redis));
   const routerAdminPort = await freePort();
   const router = runSf(['router', '--redis', redis.url, '--router-group', 'default', '--admin', `127.0.0.1:${routerAdminPort}`], { SF_LOG_LEVEL: 'warn' });
   const cells: CellProcess[] = [];

@@ -1,0 +1,31 @@
+/** Options of the fencing failover coordinator, with their defaults in one constant. */
+
+export interface FailoverOptions {
+  /** Bounded wait for every live router to report the fenced table version. @default 2000 */
+  routerAckTimeoutMs?: number;
+  /** Timeout of each order to a cell (fence, position, promote, repoint). @default 2000 */
+  orderTimeoutMs?: number;
+  /** How often an order result is polled for. @default 10 */
+  orderPollMs?: number;
+  /** A running primary without its lease for this long counts as lost. @default 3000 */
+  leaseGraceMs?: number;
+  /** Planned switchover: how long the target may take to reach the primary's position. @default 10000 */
+  catchUpTimeoutMs?: number;
+  /** Lease TTL written into a promoted primary's spec (as the reconciler does); 0 = none. @default 3000 */
+  primaryLeaseTtlMs?: number;
+  /** After a failed attempt, the next automatic one waits this long. @default 1000 */
+  retryBackoffMs?: number;
+  /** Entries kept per service in the fencing history. @default 500 */
+  historyLimit?: number;
+}
+
+export const DEFAULT_FAILOVER_OPTIONS: Required<FailoverOptions> = {
+  routerAckTimeoutMs: 2_000,
+  orderTimeoutMs: 2_000,
+  orderPollMs: 10,
+  leaseGraceMs: 3_000,
+  catchUpTimeoutMs: 10_000,
+  primaryLeaseTtlMs: 3_000,
+  retryBackoffMs: 1_000,
+  historyLimit: 500,
+};

@@ -1,0 +1,165 @@
+/**
+ * The FailoverCoordinator of issue 5, plugged into the reconciler as the default: a lost primary
+ * (engine failed, cell expired, lease lost) is fenced at once (steps 1-3 of FencingSequence),
+ * then promotion follows at once under `fencing.policy: auto`, or waits for an operator's
+ * `failover` under `manual`. It also serves the operator actions (fence, unfence, failover).
+ *
+ * The reconciler calls `primaryLost` on every pass while the primary stays lost, so the work runs
+ * in the background, one operation per service at a time, and the reconciler is told to keep its
+ * hands off (`handling`). Progress lives in the service record (InstanceRecord.fenced), so a new
+ * leader resumes where the old one stopped.
+ */
+import { randomUUID } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { FailoverCoordinator, FailoverOutcome, PrimaryLoss } from '../convergence/failover-coordinator';
+import type { LeaderElector } from '../leader/leader-elector';
+import type { LeaderFence } from '../leader/fenced-commit';
+import { readLease } from '../cell/lease-keeper';
+import { withDefaults } from '../options';
+import type { ServiceRecord } from '../services/service-types';
+import { FailoverError, FailoverErrorCode } from './errors';
+import { DEFAULT_FAILOVER_OPTIONS, type FailoverOptions } from './failover-options';
+import { FencingHistory, type FencingStep } from './fencing-history';
+import { FencingOperation, FencingSequence, type FencingDeps } from './fencing-sequence';
+
+export interface FencingCoordinatorDeps extends Omit<FencingDeps, 'history' | 'options'> {
+  logger: Logger;
+}
+
+/** What an operator action returns: the steps it recorded and the record afterwards. */
+export interface FencingActionResult {
+  operation: string;
+  service: ServiceRecord;
+  steps: FencingStep[];
+}
+
+export type FencingAction = 'fence' | 'unfence' | 'failover';
+
+export class FencingFailoverCoordinator implements FailoverCoordinator {
+  readonly history: FencingHistory;
+  private readonly sequence: FencingSequence;
+  private readonly options: Required<FailoverOptions>;
+  private readonly inflight = new Map<string, Promise<unknown>>();
+  private readonly failedAt = new Map<string, { at: number; message: string }>();
+  /** instanceId -> when its lease was first seen missing, for the grace period. */
+  private readonly leaseMissingSince = new Map<string, number>();
+  private elector: LeaderElector | undefined;
+
+  constructor(
+    private readonly deps: FencingCoordinatorDeps,
+    options: FailoverOptions = {},
+  ) {
+    this.options = withDefaults(DEFAULT_FAILOVER_OPTIONS, options);
+    this.history = new FencingHistory(deps.redis, deps.store.keys, this.options.historyLimit);
+    this.sequence = new FencingSequence({ ...deps, history: this.history, options: this.options });
+  }
+
+  /** The elector is created after the coordinator (it is part of the reconciler's wiring). */
+  attach(elector: LeaderElector): void {
+    this.elector = elector;
+  }
+
+  async primaryLost(loss: PrimaryLoss): Promise<FailoverOutcome> {
+    const { service, primary, reason } = loss;
+    if (this.inflight.has(service.name)) return { kind: 'handling' };
+    if (reason === 'lease-lost' && !(await this.leaseExpired(primary.id, primary.epoch))) return { kind: 'healthy' };
+    this.leaseMissingSince.delete(primary.id);
+    const hasReplica = service.instances.some((i) => i.role === 'replica');
+    if (!hasReplica && !primary.fenced) {
+      return { kind: 'degraded', message: `primary ${primary.id} is lost (${describe(reason, primary.cell)}); the service has no replica to promote` };
+    }
+    if (primary.fenced?.complete && service.fencing.policy === 'manual') {
+      return { kind: 'degraded', message: `primary ${primary.id} is fenced (epoch ${primary.fenced.epoch}); fencing.policy is manual: promote with 'sf failover ${service.name}'` };
+    }
+    const failed = this.failedAt.get(service.name);
+    if (failed && Date.now() - failed.at < this.options.retryBackoffMs) return { kind: 'degraded', message: failed.message };
+
+    const trigger = primary.fenced?.trigger ?? reason;
+    const op = new FencingOperation(randomUUID(), service.name, trigger, loss.fence, this.history);
+    const auto = service.fencing.policy === 'auto';
+    this.track(service.name, async () => {
+      if (!primary.fenced?.complete) await this.sequence.fencePrimary(op);
+      if (auto) await this.sequence.promote(op);
+    });
+    return { kind: 'handling' };
+  }
+
+  /** Operator actions; they run on the leader only and wait for the operation to finish. */
+  async act(action: FencingAction, name: string, target?: string): Promise<FencingActionResult> {
+    const fence = this.leaderFence();
+    if (this.inflight.has(name)) {
+      // An automatic operation is running: let it finish, then act on the outcome.
+      await this.inflight.get(name)?.catch(() => undefined);
+    }
+    const rec = await this.deps.store.mustGet(name);
+    const primary = rec.instances.find((i) => i.role === 'primary');
+    const trigger = action === 'fence' ? 'operator-fence' : action === 'unfence' ? 'operator-unfence' : primary?.fenced ? 'operator-failover' : 'switchover';
+    const op = new FencingOperation(randomUUID(), name, trigger, fence, this.history);
+    const service = await this.track(name, async () => {
+      if (action === 'unfence') return this.sequence.unfence(op);
+      if (!primary) throw new FailoverError(FailoverErrorCode.NoPrimary, `service ${name} has no primary`);
+      if (action === 'fence') {
+        const fenced = await this.sequence.fencePrimary(op);
+        return rec.fencing.policy === 'auto' && fenced.instances.some((i) => i.role === 'replica') ? this.sequence.promote(op) : fenced;
+      }
+      if (primary.fenced) {
+        const fenced = primary.fenced.complete ? rec : await this.sequence.fencePrimary(op);
+        return fenced && this.sequence.promote(op, target);
+      }
+      return this.sequence.switchover(op, target);
+    }, true);
+    return { operation: op.id, service, steps: op.steps };
+  }
+
+  private leaderFence(): LeaderFence {
+    const fence = this.elector?.current();
+    if (!fence) throw new FailoverError(FailoverErrorCode.NotLeader, 'this control is not the leader; fencing actions run on the leader (see GET /v3/leader)');
+    return fence;
+  }
+
+  /** Runs one operation per service; failures are logged and retried after the backoff. */
+  private track<T>(name: string, work: () => Promise<T>, rethrow = false): Promise<T> {
+    const run = (async () => {
+      try {
+        const out = await work();
+        this.failedAt.delete(name);
+        return out;
+      } catch (err) {
+        const message = `failover of ${name} did not complete: ${(err as Error).message}`;
+        this.failedAt.set(name, { at: Date.now(), message });
+        this.deps.logger.warn({ service: name, err: (err as Error).message }, 'fencing operation failed');
+        throw err;
+      } finally {
+        this.inflight.delete(name);
+      }
+    })();
+    this.inflight.set(name, run);
+    if (!rethrow) run.catch(() => undefined);
+    return run;
+  }
+
+  /** A lease gap counts only when it outlasts the grace period and no lease with our epoch exists. */
+  private async leaseExpired(instanceId: string, epoch: number): Promise<boolean> {
+    const lease = await readLease(this.deps.redis, instanceId);
+    if (lease && lease.epoch >= epoch) {
+      this.leaseMissingSince.delete(instanceId);
+      return false;
+    }
+    const since = this.leaseMissingSince.get(instanceId) ?? Date.now();
+    this.leaseMissingSince.set(instanceId, since);
+    return Date.now() - since >= this.options.leaseGraceMs;
+  }
+}
+
+function describe(reason: PrimaryLoss['reason'], cell: string): string {
+  switch (reason) {
+    case 'cell-dead':
+      return `its cell ${cell} stopped heartbeating`;
+    case 'instance-failed':
+      return `it failed on cell ${cell}`;
+    case 'lease-lost':
+      return 'its lease expired';
+    case 'fenced':
+      return 'it was fenced';
+  }
+}
