@@ -133,6 +133,7 @@ class Loop {
       entry.second->CloseFds(false);
     }
     pairs_.clear();
+    incoming_.clear();
     close(wake_fd_);
     close(epfd_);
   }
@@ -150,6 +151,8 @@ class Loop {
   void Run();
   void Serve(Pair* pair, const End* end, uint32_t events, std::vector<std::shared_ptr<Pair>>* again);
   void Sweep(int64_t now);
+  // Adds the pairs queued by Add to the epoll set; runs on the loop thread.
+  void RegisterIncoming();
 
   const int pipe_size_;
   CloseSink* sink_;
@@ -162,6 +165,8 @@ class Loop {
   // two batches of events, so raw pointers from epoll stay valid for a whole batch.
   std::mutex mu_;
   std::unordered_map<Pair*, std::shared_ptr<Pair>> pairs_;
+  // Pairs handed over but not yet in the epoll set (guarded by mu_).
+  std::vector<std::shared_ptr<Pair>> incoming_;
 };
 
 void Pair::CloseFds(bool reset) {
@@ -346,27 +351,57 @@ std::shared_ptr<Pair> Loop::Add(int client_fd, int backend_fd, PairOptions&& opt
       return nullptr;  // ~Pair closes what was duplicated so far
     }
     pair->fd_[side] = fd;
-    int flags = fcntl(fd, F_GETFL);
-    fcntl(fd, F_SETFL, flags | O_NONBLOCK);
   }
   pair->last_active_ms_ = NowMs();
+  // The loop thread registers the pair itself. Registering here, on the JS thread, woke the loop
+  // at once (a connected socket is writable, so EPOLL_CTL_ADD reports it ready) while this thread
+  // still held the pair's lock: two cross-thread wake-ups and a blocked loop per connection, the
+  // largest single cost of a handover. Queued, it costs one eventfd write per batch of new pairs.
+  bool wake;
   {
-    // Own the pair before epoll can name it.
     std::lock_guard<std::mutex> lock(mu_);
     pairs_.emplace(pair.get(), pair);
+    wake = incoming_.empty();
+    incoming_.push_back(pair);
   }
-  std::lock_guard<std::mutex> pair_lock(pair->mu_);
-  for (int side = 0; side < 2; side++) {
-    epoll_event ev{};
-    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
-    ev.data.ptr = &pair->ends_[side];
-    if (epoll_ctl(epfd_, EPOLL_CTL_ADD, pair->fd_[side], &ev) != 0) {
-      *err = errno;
-      pair->Close(CloseReason::kKilled, *err, false, nullptr);
-      return nullptr;  // the sweep drops it from pairs_
-    }
+  if (wake) {
+    uint64_t one = 1;
+    ssize_t ignored = write(wake_fd_, &one, sizeof one);
+    (void)ignored;
   }
   return pair;
+}
+
+void Loop::RegisterIncoming() {
+  std::vector<std::shared_ptr<Pair>> incoming;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    incoming.swap(incoming_);
+  }
+  for (auto& pair : incoming) {
+    CloseEvent ev{};
+    {
+      // Destroy may have closed the pair while it waited in the queue.
+      std::lock_guard<std::mutex> lock(pair->mu_);
+      if (pair->closed_.load()) continue;
+      int side = 0;
+      for (; side < 2; side++) {
+        int fd = pair->fd_[side];
+        // Node's sockets are non-blocking already (the flag belongs to the open file, which the
+        // duplicate shares); set it only if someone handed over a blocking one.
+        int flags = fcntl(fd, F_GETFL);
+        if (flags >= 0 && (flags & O_NONBLOCK) == 0) fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+        epoll_event e{};
+        e.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+        e.data.ptr = &pair->ends_[side];
+        if (epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &e) != 0) break;
+      }
+      if (side == 2) continue;
+      // Out of epoll watches (ENOSPC) or memory: the pair cannot be relayed and must not hang.
+      pair->Close(side == 0 ? CloseReason::kClientError : CloseReason::kBackendError, errno, false, &ev);
+    }
+    (*sink_)(ev);
+  }
 }
 
 // Records what epoll reported for one end (none for a pair continuing its turn) and pumps both
@@ -443,6 +478,7 @@ void Loop::Run() {
         uint64_t v;
         ssize_t ignored = read(wake_fd_, &v, sizeof v);
         (void)ignored;
+        RegisterIncoming();
         continue;
       }
       Serve(end->pair, end, events[i].events, &again);
