@@ -10,6 +10,7 @@ import { homedir } from 'node:os';
 import path from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import { Redis } from 'ioredis';
+import { createRedis } from '../../router/redis-connection';
 import pino, { type Logger } from 'pino';
 import { z } from 'zod';
 import {
@@ -37,7 +38,7 @@ import type { Executor } from './executor';
 import { DockerExecutor } from './executor-docker';
 import { ProcessExecutor } from './executor-process';
 import type { NetworkFencer } from './fencer-network';
-import { DEFAULT_PORT_RANGE, type PortRange } from './port-allocator';
+import type { PortRange } from './port-allocator';
 
 export interface CellAgentOptions {
   name: string;
@@ -69,15 +70,8 @@ export interface CellAgentOptions {
   logger?: Logger;
 }
 
-export const DEFAULT_CELL_AGENT_OPTIONS = {
-  redisUrl: 'redis://127.0.0.1:6379',
-  listenHost: '127.0.0.1',
-  portRange: DEFAULT_PORT_RANGE,
-  heartbeatMs: 1_000,
-  heartbeatTtlMs: 3_000,
-  reconcileMs: 2_000,
-  stopInstancesOnExit: false,
-} as const;
+export { DEFAULT_CELL_AGENT_OPTIONS } from './cell-agent-defaults';
+import { DEFAULT_CELL_AGENT_OPTIONS } from './cell-agent-defaults';
 
 /**
  * `/var/lib/service-foundry/cells/NAME` for root (whose home is closed to the `postgres` user the
@@ -179,9 +173,9 @@ export class CellAgent {
     // ioredis reconnects forever; the cell waits for Redis rather than exiting, so `sf up` and
     // service managers may start it before Redis is up.
     const retryStrategy = (attempt: number): number => Math.min(100 * attempt, 2_000);
-    this.redis = new Redis(this.opts.redisUrl, { maxRetriesPerRequest: 1, retryStrategy });
-    this.sub = new Redis(this.opts.redisUrl, { maxRetriesPerRequest: null, retryStrategy });
-    this.orderConn = new Redis(this.opts.redisUrl, { maxRetriesPerRequest: null, retryStrategy });
+    this.redis = createRedis(this.opts.redisUrl, { maxRetriesPerRequest: 1, retryStrategy });
+    this.sub = createRedis(this.opts.redisUrl, { maxRetriesPerRequest: null, retryStrategy });
+    this.orderConn = createRedis(this.opts.redisUrl, { maxRetriesPerRequest: null, retryStrategy });
     let lastWarn = 0;
     for (const conn of [this.redis, this.sub, this.orderConn]) {
       conn.on('error', (err: Error) => {

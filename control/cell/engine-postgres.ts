@@ -123,7 +123,10 @@ export class PostgresEngine implements Engine {
       // A half-made directory (crash during initdb or base backup) is useless: start over.
       for (const entry of await readdir(dataDir)) await rm(path.join(dataDir, entry), { recursive: true, force: true });
       await chmod(dataDir, 0o700);
-      if (runAs) await chown(dataDir, runAs.uid, runAs.gid);
+      if (runAs) {
+        await chown(dataDir, runAs.uid, runAs.gid);
+        await this.checkReachable(dataDir, runAs);
+      }
       if (spec.role === 'primary') {
         await runCommand(await this.bin('initdb'), ['-D', dataDir, '-U', this.options.superuser, '-A', 'trust', '-E', 'UTF8'], { runAs, timeoutMs: 120_000 });
       } else {
@@ -145,6 +148,22 @@ export class PostgresEngine implements Engine {
     if (spec.role === 'replica') await writeFile(standbySignal, '');
     else await rm(standbySignal, { force: true });
     if (runAs) await runCommand('chown', ['-R', `${runAs.uid}:${runAs.gid}`, dataDir]);
+  }
+
+  /**
+   * PostgreSQL runs as its system user, who must be able to walk down to the data directory.
+   * A cell whose --data-dir sits in a private folder (root's home, a `mktemp -d` directory)
+   * would otherwise fail deep inside initdb with a bare "Permission denied".
+   */
+  private async checkReachable(dataDir: string, runAs: RunAs): Promise<void> {
+    try {
+      await runCommand('test', ['-w', dataDir], { runAs, timeoutMs: 10_000 });
+    } catch {
+      throw new CellError(
+        CellErrorCode.EngineUnavailable,
+        `postgres runs as user '${runAs.user}', who cannot reach ${dataDir}: make its parent directories searchable (chmod o+x) or give the cell a --data-dir outside private folders such as /root or a mktemp -d directory`,
+      );
+    }
   }
 
   /**

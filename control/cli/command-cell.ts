@@ -1,55 +1,11 @@
 /**
- * `sf cell`: runs the cell agent of this host (control/cell/cell-agent.ts).
+ * `sf cell`: runs the cell agent of this host (control/cell/cell-agent.ts); the body lives in
+ * cell-main.ts and loads only when the command runs.
  */
 import { Command } from 'commander';
-import { CellAgent, DEFAULT_CELL_AGENT_OPTIONS } from '../cell/cell-agent';
-import { NetworkFencer } from '../cell/fencer-network';
-import { parsePortRange } from '../cell/port-allocator';
-import { UsageError, exitWithError, parseIntFlag, stopOnSignals } from './cli-support';
-
-interface CellFlags {
-  name?: string;
-  zone?: string;
-  capacityMb?: string;
-  redis?: string;
-  dataDir?: string;
-  listenHost: string;
-  advertiseHost?: string;
-  portRange: string;
-  heartbeatMs: string;
-  heartbeatTtlMs: string;
-  trustCidr: string[];
-  stopInstancesOnExit?: boolean;
-}
-
-async function runCell(flags: CellFlags): Promise<void> {
-  if (!flags.name) throw new UsageError('--name is required');
-  if (!flags.zone) throw new UsageError('--zone is required');
-  if (!flags.capacityMb) throw new UsageError('--capacity-mb is required');
-  let portRange;
-  try {
-    portRange = parsePortRange(flags.portRange);
-  } catch (err) {
-    throw new UsageError(`--port-range: ${(err as Error).message}`);
-  }
-  const agent = new CellAgent({
-    name: flags.name,
-    zone: flags.zone,
-    capacityMb: parseIntFlag(flags.capacityMb, '--capacity-mb', 1),
-    redisUrl: flags.redis ?? process.env.SF_REDIS_URL,
-    dataDir: flags.dataDir,
-    listenHost: flags.listenHost,
-    advertiseHost: flags.advertiseHost,
-    portRange,
-    heartbeatMs: parseIntFlag(flags.heartbeatMs, '--heartbeat-ms', 50),
-    heartbeatTtlMs: parseIntFlag(flags.heartbeatTtlMs, '--heartbeat-ttl-ms', 100),
-    trustCidrs: flags.trustCidr,
-    stopInstancesOnExit: flags.stopInstancesOnExit === true,
-    fencer: new NetworkFencer(),
-  });
-  await agent.start();
-  stopOnSignals(agent.logger, 'cell', () => agent.stop());
-}
+import { DEFAULT_CELL_AGENT_OPTIONS } from '../cell/cell-agent-defaults';
+import { exitWithError } from './cli-support';
+import type { CellFlags } from './cell-main';
 
 export function registerCellCommand(program: Command): void {
   program
@@ -69,6 +25,7 @@ export function registerCellCommand(program: Command): void {
     .option('--stop-instances-on-exit', 'stop engines when the agent exits (default: leave them running for re-adoption)')
     .action(async (flags: CellFlags) => {
       try {
+        const { runCell } = await import('./cell-main');
         await runCell(flags);
       } catch (err) {
         exitWithError(err);
