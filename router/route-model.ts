@@ -98,11 +98,9 @@ export interface Backend {
   state: BackendState;
 }
 
-export interface Route {
-  port: number;
-  routerGroup: string;
+/** What a route sets besides its port, group and backends. */
+export interface RouteSettings {
   mode: RouteMode;
-  backends: Backend[];
   sni?: string[];
   proxyProtocol?: 1 | 2;
   tls?: boolean;
@@ -110,6 +108,12 @@ export interface Route {
   connectTimeoutMs?: number;
   idleTimeoutMs?: number;
   drainTimeoutMs?: number;
+}
+
+export interface Route extends RouteSettings {
+  port: number;
+  routerGroup: string;
+  backends: Backend[];
 }
 
 export interface RouteTable {

@@ -3,7 +3,7 @@
  * records on a port form one route of the router's model (router/route-model.ts); the route-level
  * fields (mode, sni, limits) are shared by them and the backend fields are each record's own.
  */
-import type { BackendRole, BackendState, RouteMode } from '../../router/route-model';
+import type { BackendRole, BackendState, RouteMode, RouteSettings } from '../../router/route-model';
 
 export interface ModificationTag {
   guid: string;
@@ -11,16 +11,7 @@ export interface ModificationTag {
 }
 
 /** Route-level fields a record may set; the latest writer's values apply to the whole route. */
-export interface RouteLevelFields {
-  mode?: RouteMode;
-  sni?: string[];
-  proxyProtocol?: 1 | 2;
-  tls?: boolean;
-  maxConnections?: number;
-  connectTimeoutMs?: number;
-  idleTimeoutMs?: number;
-  drainTimeoutMs?: number;
-}
+export type RouteLevelFields = Partial<RouteSettings>;
 
 export const ROUTE_LEVEL_FIELDS = [
   'mode',

@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
+import type { Socket } from 'node:net';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { expect } from 'chai';
@@ -38,6 +39,14 @@ describe('router relay', function () {
   async function addRoute(route: RouteInput): Promise<void> {
     const table = harness.router.currentTable();
     await harness.reload({ ...table, routes: [...table.routes, route] });
+  }
+
+  /** A backend that keeps its side open after the client's FIN, behind a new route port. */
+  async function routeToHalfOpenBackend(onConnection: (s: Socket) => void): Promise<{ backend: TestServer; port: number }> {
+    const backend = await startTcpServer(onConnection, { allowHalfOpen: true });
+    const port = await freePort();
+    await addRoute({ port, backends: [{ host: '127.0.0.1', port: backend.port }] });
+    return { backend, port };
   }
 
   after(async () => {
@@ -98,16 +107,11 @@ describe('router relay', function () {
   it('propagates a client half-close and still delivers the reply', async () => {
     // The backend waits for the client's FIN, then answers and closes: like a request/response
     // protocol framed by EOF.
-    const backend = await startTcpServer(
-      (s) => {
-        let body = '';
-        s.on('data', (c: Buffer) => (body += c.toString()));
-        s.on('end', () => s.end(`got ${body.length} bytes`));
-      },
-      { allowHalfOpen: true },
-    );
-    const port = await freePort();
-    await addRoute({ port, backends: [{ host: '127.0.0.1', port: backend.port }] });
+    const { backend, port } = await routeToHalfOpenBackend((s) => {
+      let body = '';
+      s.on('data', (c: Buffer) => (body += c.toString()));
+      s.on('end', () => s.end(`got ${body.length} bytes`));
+    });
     try {
       const client = await connectTo(port);
       let reply = '';
@@ -122,15 +126,10 @@ describe('router relay', function () {
 
   it('propagates a backend half-close while the client keeps sending', async () => {
     let receivedAfterFin = '';
-    const backend = await startTcpServer(
-      (s) => {
-        s.end('bye\n');
-        s.on('data', (c: Buffer) => (receivedAfterFin += c.toString()));
-      },
-      { allowHalfOpen: true },
-    );
-    const port = await freePort();
-    await addRoute({ port, backends: [{ host: '127.0.0.1', port: backend.port }] });
+    const { backend, port } = await routeToHalfOpenBackend((s) => {
+      s.end('bye\n');
+      s.on('data', (c: Buffer) => (receivedAfterFin += c.toString()));
+    });
     try {
       const client = await connectTo(port);
       let reply = '';
