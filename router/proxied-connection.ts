@@ -3,7 +3,7 @@
  * It tries backends in the order its route's balancer gives, within the connect timeout, then
  * hands both sockets to the relay.
  */
-import { connect as netConnect, isIP, type Socket } from 'node:net';
+import { connect as netConnect, isIP, type Server, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import type { Backend, Route } from './route-model';
 import { routeLimits } from './route-model';
@@ -219,4 +219,27 @@ function ignoreError(): void {
 export function setSocketOptions(socket: Socket, keepAliveMs: number): void {
   socket.setNoDelay(true);
   if (keepAliveMs > 0) socket.setKeepAlive(true, keepAliveMs);
+}
+
+/** The methods a listening server's libuv TCP handle shares with a connected socket's. */
+interface TcpHandleOptions {
+  setNoDelay?(enable: boolean): number;
+  setKeepAlive?(enable: boolean, initialDelaySeconds: number): number;
+}
+
+/**
+ * Sets what `setSocketOptions` sets, once, on a listening socket. Linux copies a listener's
+ * socket options (TCP_NODELAY, SO_KEEPALIVE, TCP_KEEPIDLE...) into every socket it accepts, so
+ * its clients then need no setsockopt calls of their own: five per connection with Node's
+ * keepalive, a measurable share of the cost of a short connection. Returns false when that could
+ * not be done (another platform, a Node without the handle methods, an option refused); the
+ * caller then sets the options on each accepted socket.
+ */
+export function setListenerSocketOptions(server: Server, keepAliveMs: number): boolean {
+  if (process.platform !== 'linux') return false;
+  const handle = (server as unknown as { _handle?: TcpHandleOptions | null })._handle;
+  if (!handle?.setNoDelay || !handle.setKeepAlive) return false;
+  if (handle.setNoDelay(true) !== 0) return false;
+  // In seconds, as Socket.setKeepAlive passes it to the same handle method.
+  return keepAliveMs <= 0 || handle.setKeepAlive(true, Math.floor(keepAliveMs / 1000)) === 0;
 }

@@ -158,9 +158,10 @@ export class RouteBinding implements ConnectionHost {
 
   /**
    * Takes a client accepted on this route's port. `initial` holds bytes already read from it
-   * (a ClientHello read to choose the route); they reach the backend first.
+   * (a ClientHello read to choose the route); they reach the backend first. `optionsInherited`:
+   * the client already has the router's TCP options from its listening socket.
    */
-  accept(client: Socket, initial?: Buffer): void {
+  accept(client: Socket, initial?: Buffer, optionsInherited = false): void {
     if (this.stats.active >= routeLimits(this.route).maxConnections || !this.env.admit()) {
       this.stats.refusedMaxConnections++;
       client.destroy();
@@ -168,7 +169,7 @@ export class RouteBinding implements ConnectionHost {
     }
     this.stats.active++;
     this.stats.total++;
-    setSocketOptions(client, this.keepAliveMs);
+    if (!optionsInherited) setSocketOptions(client, this.keepAliveMs);
     const conn = new ProxiedConnection(client, this, initial);
     this.connections.add(conn);
     conn.start();

@@ -7,6 +7,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { ErrorCode, SfError } from './errors';
 import { openReusePortFd } from './reuseport';
 import type { Route } from './route-model';
+import { setListenerSocketOptions } from './proxied-connection';
 import { RouteBinding, bindingKey, type ListenerEnvironment } from './route-binding';
 import { hostMatches, parseClientHelloSni } from './sni';
 
@@ -19,6 +20,8 @@ export class RouteListener {
   refusedUnknownServerName = 0;
   private readonly server: Server;
   private retired = false;
+  /** Accepted clients inherit TCP_NODELAY and keepalive from the listening socket. */
+  private optionsInherited = false;
 
   constructor(
     readonly port: number,
@@ -47,6 +50,7 @@ export class RouteListener {
       const where = fd !== undefined ? { fd } : { host: this.env.bindHost, port: this.port };
       this.server.listen({ ...where, backlog: this.env.backlog }, () => {
         this.server.removeListener('error', onError);
+        this.optionsInherited = setListenerSocketOptions(this.server, this.env.keepAliveMs);
         this.server.on('error', (err) => this.env.logger.error({ err, port: this.port }, 'listener error'));
         resolve();
       });
@@ -120,7 +124,7 @@ export class RouteListener {
     }
     const plain = this.plainBinding();
     if (plain) {
-      plain.accept(client);
+      plain.accept(client, undefined, this.optionsInherited);
       return;
     }
     this.readServerName(client);
@@ -140,7 +144,7 @@ export class RouteListener {
         client.destroy();
         return;
       }
-      binding.accept(client, buffered);
+      binding.accept(client, buffered, this.optionsInherited);
     };
     const onData = (chunk: Buffer): void => {
       buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
