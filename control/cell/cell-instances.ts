@@ -252,7 +252,9 @@ export class CellInstances {
     if (!inst) throw new CellError(CellErrorCode.InstanceNotFound, `no instance ${instanceId} on cell ${this.options.cell}`);
     this.dropLease(inst);
     const wasRunning = inst.executor.status(instanceId).state === 'running';
-    inst.expectingExit = 'fence';
+    // Only a live process produces the exit this flag swallows; set on a dead one it would hide
+    // the next real crash after a restart.
+    inst.expectingExit = wasRunning ? 'fence' : undefined;
     await inst.executor.kill(instanceId);
     inst.state = 'fenced';
     inst.handle = undefined;
