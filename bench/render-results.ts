@@ -2,7 +2,7 @@
  * Renders the JSON in bench/results/ as Markdown tables, for quoting the latest figures in
  * docs/benchmarks.md and in change notes without copying numbers by hand.
  *
- *   node dist/bench/render-results.js
+ *   node dist/bench/render-results.js [router-DATE]
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -112,7 +112,8 @@ function renderIdle(runs: IdleResults[]): string {
 
 function main(): void {
   const sections: string[] = [];
-  const router = readJson<RouterResults>('router');
+  // An optional argument picks a dated run (router-2026-...), the default is the latest.
+  const router = readJson<RouterResults>(process.argv[2] ?? 'router');
   if (router) sections.push(`### router-vs-haproxy\n\n${renderRouter(router)}`);
   const files = readdirSync(resultsDir()).filter((f) => f.endsWith('.json'));
   const idle = files.filter((f) => f.startsWith('idle-connections-')).map((f) => readJson<IdleResults>(f.replace(/\.json$/, '')));

@@ -310,6 +310,9 @@ async function main(): Promise<void> {
 
   const result = snapshot(true);
   const path = writeResults('router', result);
+  // router.json is the latest run, which the next run (or someone else's) replaces; a dated copy
+  // keeps every complete run's raw samples.
+  writeResults(`router-${startedAt.replace(/[:.]/g, '-')}`, result);
   printReport(result, running, raw);
   process.stdout.write(`\nresults: ${path}\n`);
 }
