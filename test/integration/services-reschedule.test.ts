@@ -1,5 +1,6 @@
 import { expect } from 'chai';
 import { cellKeys, type ActualInstance } from '../../control/cell/cell-protocol';
+import { DegradedFailoverCoordinator } from '../../control/convergence';
 import type { ServiceView } from '../../control/services';
 import { startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
 import { eventually } from '../helpers/tcp-client';
@@ -9,7 +10,8 @@ describe('convergence: lost cells', function () {
   let cluster: ServiceCluster;
 
   before(async () => {
-    cluster = await startServiceCluster({ cells: 3 });
+    // The report-only coordinator: this suite checks convergence without failover (fencing has its own suites).
+    cluster = await startServiceCluster({ cells: 3, services: { failoverCoordinator: new DegradedFailoverCoordinator() } });
   });
   after(async () => {
     await cluster?.stop();
