@@ -88,12 +88,14 @@ interface IdleResults {
   perConnectionKiB: number;
   closedWhileIdle: number;
   rssMiB: { baseline: number; loaded: number; afterClose: number; extrapolatedToWanted: number };
+  cycles?: Array<{ loadedMiB: number; afterCloseMiB: number }>;
+  worstLoadedMiB?: number;
   goalMet: boolean;
 }
 
 function renderIdle(runs: IdleResults[]): string {
   return table(
-    ['relay', 'workers', 'held', 'RSS idle MiB', 'RSS loaded MiB', 'KiB/conn', 'RSS at 10k MiB', 'after close MiB', 'dropped', '< 200 MB', 'date'],
+    ['relay', 'workers', 'held', 'RSS idle MiB', 'RSS loaded MiB', 'KiB/conn', 'RSS at 10k MiB', 'after close MiB', 'loaded/closed per cycle MiB', 'worst at 10k MiB', 'dropped', '< 200 MB', 'date'],
     runs.map((r) => [
       r.relay,
       String(r.settings.workers),
@@ -103,6 +105,8 @@ function renderIdle(runs: IdleResults[]): string {
       formatNumber(r.perConnectionKiB),
       formatNumber(r.rssMiB.extrapolatedToWanted),
       formatNumber(r.rssMiB.afterClose),
+      (r.cycles ?? []).map((c) => `${formatNumber(c.loadedMiB)}/${formatNumber(c.afterCloseMiB)}`).join(', '),
+      formatNumber(r.worstLoadedMiB),
       String(r.closedWhileIdle),
       r.goalMet ? 'yes' : 'no',
       r.date,
