@@ -11,13 +11,14 @@
  * per-round ratios to HAProxy, and the CPU time each proxy's process group spent per request and
  * per connection (steadier than throughput when the machine is shared).
  *
- *   node dist/bench/router-small-requests.js [--rounds 5] [--requests 50000] [--seconds 2] [--baseline DIR] [--workers N]
+ *   node dist/bench/router-small-requests.js [--rounds 5] [--requests 50000] [--pipeline 1] [--seconds 2] [--baseline DIR] [--workers N]
  */
 import { join } from 'node:path';
 import { startBackends } from './lib/backends';
 import { runConnRate } from './lib/conn-rate';
 import { startHaproxy, type ProxiedService } from './lib/haproxy';
 import { groupCpuSeconds } from './lib/proc-cpu';
+import { acquireRunLock } from './lib/run-lock';
 import { freePort, sleep, stopAll } from './lib/processes';
 import { runRedisBenchmark } from './lib/redis-bench';
 import { formatNumber, formatRatio, formatTable, median, writeResults } from './lib/report';
@@ -42,9 +43,11 @@ async function main(): Promise<void> {
   const rounds = Number(argValue(argv, '--rounds') ?? 5);
   const requests = Number(argValue(argv, '--requests') ?? 50_000);
   const seconds = Number(argValue(argv, '--seconds') ?? 2);
+  const pipeline = Number(argValue(argv, '--pipeline') ?? 1);
   const workers = argValue(argv, '--workers') !== undefined ? Number(argValue(argv, '--workers')) : undefined;
   const baseline = argValue(argv, '--baseline');
 
+  await acquireRunLock('router-small-requests');
   const backends = await startBackends();
   const services = async (): Promise<ProxiedService[]> => [
     { name: 'redis', listenPort: await freePort(), targetHost: backends.host, targetPort: backends.redisPort },
@@ -70,7 +73,7 @@ async function main(): Promise<void> {
     const order = columns.map((_, i) => columns[(i + round) % columns.length]);
     for (const c of order) {
       const cpu0 = groupCpuSeconds(c.group);
-      const rows = await runRedisBenchmark({ host: '127.0.0.1', port: c.redisPort, clients: 50, requests, pipeline: 1, tests: ['get'] });
+      const rows = await runRedisBenchmark({ host: '127.0.0.1', port: c.redisPort, clients: 50, requests, pipeline, tests: ['get'] });
       samples[c.name].get.push(rows[0].rps);
       samples[c.name].getCpuUs.push(((groupCpuSeconds(c.group) - cpu0) / requests) * 1e6);
       await sleep(200);
@@ -89,7 +92,7 @@ async function main(): Promise<void> {
     median(samples[name][key].map((v, i) => v / samples.haproxy[key][i]));
   process.stdout.write(
     `${formatTable(
-      ['column', 'GET ops/s -P 1', '/haproxy', 'CPU us/GET', 'new conn/s', '/haproxy', 'CPU us/conn'],
+      ['column', `GET ops/s -P ${pipeline}`, '/haproxy', 'CPU us/GET', 'new conn/s', '/haproxy', 'CPU us/conn'],
       columns.map((c) => [
         c.name,
         formatNumber(median(samples[c.name].get)),
@@ -101,7 +104,7 @@ async function main(): Promise<void> {
       ]),
     )}\n`,
   );
-  writeResults('router-small-requests', { date: new Date().toISOString(), rounds, requests, seconds, workers, baseline, samples });
+  writeResults('router-small-requests', { date: new Date().toISOString(), rounds, requests, pipeline, seconds, workers, baseline, samples });
 }
 
 main()
