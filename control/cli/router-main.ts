@@ -3,9 +3,15 @@
  * (`sf routes`, `sf services`...) start without loading the data plane.
  */
 import { hostname } from 'node:os';
-import { Router, FileRouteSource, createRouterMetrics, selectRelay, startAdminServer, type RelayChoice, type RouteSource } from '../../router';
-import { RedisRouteSource } from '../../router/route-source-redis';
-import { routeSourceFromControl } from '../../router/route-source-control';
+// Specific modules rather than the router's index: a standalone router never loads the Redis
+// client. A smaller heap matters on the relay path, because every relayed chunk is a fresh
+// Buffer and the full collections that external memory triggers cost in proportion to the heap.
+import { Router } from '../../router/router';
+import { FileRouteSource } from '../../router/route-source-file';
+import { createRouterMetrics } from '../../router/metrics';
+import { selectRelay, type RelayChoice } from '../../router/relay-select';
+import { startAdminServer } from '../../router/admin-server';
+import type { RouteSource } from '../../router/route-source';
 import { routerWorkerIndex, superviseRouterWorkers, workerAdminPort } from '../../router/router-workers';
 import { createLogger } from '../../router/logger';
 import { discoverAdminToken } from '../admin-token';
@@ -37,9 +43,15 @@ async function routeSource(flags: RouterFlags): Promise<RouteSource> {
     routerId: flags.routerId ?? `${hostname()}-${process.pid}`,
     cacheFile: flags.cacheFile,
   };
-  if (flags.control) return routeSourceFromControl(flags.control, await discoverAdminToken(), pushed);
+  if (flags.control) {
+    const { routeSourceFromControl } = await import('../../router/route-source-control');
+    return routeSourceFromControl(flags.control, await discoverAdminToken(), pushed);
+  }
   const redisUrl = flags.redis ?? process.env.SF_REDIS_URL;
-  if (redisUrl) return new RedisRouteSource({ redisUrl, ...pushed });
+  if (redisUrl) {
+    const { RedisRouteSource } = await import('../../router/route-source-redis');
+    return new RedisRouteSource({ redisUrl, ...pushed });
+  }
   throw new UsageError('sf router needs --routes FILE, --control URL, or --redis URL (or SF_REDIS_URL) for a pushed table');
 }
 
