@@ -30,7 +30,7 @@ run_mocha() {
   rm -f "$log"
 }
 
-run_mocha "all tests (relay: ${SF_RELAY:-auto})" npx mocha
+run_mocha "all tests (relay: ${SF_RELAY:-auto})" npx mocha --no-color
 if node -e "process.exit(require('./dist/router/relay-select').selectRelay('auto').kind === 'native' ? 0 : 1)" 2>/dev/null; then
   run_mocha "router tests on the JS relay" env SF_RELAY=js npx mocha --no-config --no-color --timeout 30000 --exit 'dist/test/integration/router-*.test.js'
 else
