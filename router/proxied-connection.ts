@@ -8,6 +8,7 @@ import { connect as tlsConnect } from 'node:tls';
 import type { Backend, Route } from './route-model';
 import { routeLimits } from './route-model';
 import { proxyHeader } from './proxy-protocol';
+import { ReadForwarder, tagForwarder } from './read-forwarder';
 import type { Relay, RelayCloseReason, RelayedPair } from './relay';
 import type { RouteStats } from './route-stats';
 
@@ -113,11 +114,19 @@ export class ProxiedConnection {
     const { connectTimeoutMs } = routeLimits(route);
     const socket = route.tls
       ? tlsConnect({ host: backend.host, port: backend.port, servername: isIP(backend.host) ? undefined : backend.host })
-      : netConnect({ host: backend.host, port: backend.port, allowHalfOpen: true, noDelay: true });
+      : this.connectPlain(backend);
     this.backendSocket = socket;
     socket.on('error', this.onConnectError);
     socket.once(route.tls ? 'secureConnect' : 'connect', this.onBackendConnect);
     this.connectTimer = setTimeout(this.onConnectTimeout, connectTimeoutMs);
+  }
+
+  /** The JS relay reads the backend through a reused buffer; the native relay takes the fd. */
+  private connectPlain(backend: Backend): Socket {
+    const options = { host: backend.host, port: backend.port, allowHalfOpen: true, noDelay: true };
+    if (this.host.relay.kind !== 'js') return netConnect(options);
+    const forwarder = new ReadForwarder();
+    return tagForwarder(netConnect({ ...options, onread: forwarder.onread }), forwarder);
   }
 
   private readonly onConnectTimeout = (): void => {

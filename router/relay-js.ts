@@ -4,6 +4,7 @@
  * libuv's read buffers, so there is no copy on the way through.
  */
 import type { Socket } from 'node:net';
+import { forwarderOf, resumeForwarded } from './read-forwarder';
 import type { Relay, RelayCallbacks, RelayCloseReason, RelayedPair, RelayOptions } from './relay';
 
 class JsRelayedPair implements RelayedPair {
@@ -18,8 +19,16 @@ class JsRelayedPair implements RelayedPair {
     options: RelayOptions,
     private readonly callbacks: RelayCallbacks,
   ) {
-    client.on('data', this.onClientData);
-    backend.on('data', this.onBackendData);
+    // A socket created with a ReadForwarder (read-forwarder.ts) writes its reads to the peer
+    // from a reused buffer; other sockets go through 'data' events.
+    const clientForwarder = forwarderOf(client);
+    const backendForwarder = forwarderOf(backend);
+    if (clientForwarder) clientForwarder.forwardTo(backend);
+    else client.on('data', this.onClientData);
+    if (backendForwarder) backendForwarder.forwardTo(client);
+    else backend.on('data', this.onBackendData);
+    this.resumeClient = clientForwarder ? () => resumeForwarded(client) : () => client.resume();
+    this.resumeBackend = backendForwarder ? () => resumeForwarded(backend) : () => backend.resume();
     client.on('drain', this.onClientDrain);
     backend.on('drain', this.onBackendDrain);
     // Half-close: a FIN from one side becomes a FIN towards the other, the other direction
@@ -36,8 +45,8 @@ class JsRelayedPair implements RelayedPair {
       client.setTimeout(options.idleTimeoutMs);
       client.on('timeout', this.onIdle);
     }
-    client.resume();
-    backend.resume();
+    this.resumeClient();
+    this.resumeBackend();
   }
 
   get bytesIn(): number {
@@ -73,12 +82,15 @@ class JsRelayedPair implements RelayedPair {
     if (!this.client.write(chunk)) this.backend.pause();
   };
 
+  private readonly resumeClient: () => void;
+  private readonly resumeBackend: () => void;
+
   private readonly onClientDrain = (): void => {
-    this.backend.resume();
+    this.resumeBackend();
   };
 
   private readonly onBackendDrain = (): void => {
-    this.client.resume();
+    this.resumeClient();
   };
 
   private readonly onClientEnd = (): void => {
