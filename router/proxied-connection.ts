@@ -8,7 +8,7 @@ import { connect as tlsConnect } from 'node:tls';
 import type { Backend, Route } from './route-model';
 import { routeLimits } from './route-model';
 import { proxyHeader } from './proxy-protocol';
-import { ReadForwarder, tagForwarder } from './read-forwarder';
+import { FORWARDERS_ENABLED, ReadForwarder, tagForwarder } from './read-forwarder';
 import type { Relay, RelayCloseReason, RelayedPair } from './relay';
 import type { RouteStats } from './route-stats';
 
@@ -124,7 +124,7 @@ export class ProxiedConnection {
   /** The JS relay reads the backend through a reused buffer; the native relay takes the fd. */
   private connectPlain(backend: Backend): Socket {
     const options = { host: backend.host, port: backend.port, allowHalfOpen: true, noDelay: true };
-    if (this.host.relay.kind !== 'js') return netConnect(options);
+    if (this.host.relay.kind !== 'js' || !FORWARDERS_ENABLED) return netConnect(options);
     const forwarder = new ReadForwarder();
     return tagForwarder(netConnect({ ...options, onread: forwarder.onread }), forwarder);
   }

@@ -9,9 +9,18 @@
  */
 import type { Socket } from 'node:net';
 
-/** Large enough for bulk transfers, small enough that idle connections do not hold much. */
-const READ_BUFFER_BYTES = 64 * 1024;
+/**
+ * Buffers start small, because a router holds thousands of mostly idle database connections,
+ * and grow when reads fill them, because bulk transfers want few large reads.
+ */
+const FIRST_BUFFER_BYTES = 1024;
+const MAX_BUFFER_BYTES = 64 * 1024;
+/** Consecutive reads using under a quarter of a grown buffer before it shrinks back. */
+const SMALL_READS_BEFORE_SHRINK = 16;
 const FORWARDER = Symbol('sf.readForwarder');
+
+/** `SF_JS_RELAY_READ=events` keeps Node's own read path (one Buffer per read), e.g. to compare. */
+export const FORWARDERS_ENABLED = process.env.SF_JS_RELAY_READ !== 'events';
 
 export interface OnReadOption {
   buffer: () => Uint8Array;
@@ -21,20 +30,23 @@ export interface OnReadOption {
 export class ReadForwarder {
   private buffer: Buffer | undefined;
   private bufferInFlight = false;
+  private size = FIRST_BUFFER_BYTES;
+  private smallReads = 0;
   private target: Socket | undefined;
   /** Bytes read before a target was attached (rare: data racing the relay's start). */
   private early: Buffer[] = [];
 
   readonly onread: OnReadOption = {
     buffer: () => {
-      if (!this.buffer || this.bufferInFlight) {
-        this.buffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
+      if (!this.buffer || this.bufferInFlight || this.buffer.length !== this.size) {
+        this.buffer = Buffer.allocUnsafeSlow(this.size);
         this.bufferInFlight = false;
       }
       return this.buffer;
     },
     callback: (bytes, buffer) => {
       const chunk = (buffer as Buffer).subarray(0, bytes);
+      this.adapt(bytes, buffer.length);
       const target = this.target;
       if (!target) {
         this.early.push(Buffer.from(chunk));
@@ -46,6 +58,17 @@ export class ReadForwarder {
       return flushed;
     },
   };
+
+  /** Grows the buffer on full reads (bulk), shrinks it after a run of small ones (idle, chatty). */
+  private adapt(bytes: number, capacity: number): void {
+    if (bytes === capacity) {
+      this.smallReads = 0;
+      if (this.size < MAX_BUFFER_BYTES) this.size *= 4;
+    } else if (this.size > FIRST_BUFFER_BYTES && bytes < capacity / 4 && ++this.smallReads >= SMALL_READS_BEFORE_SHRINK) {
+      this.smallReads = 0;
+      this.size = FIRST_BUFFER_BYTES;
+    }
+  }
 
   /** From now on every chunk read goes to `target`; returns whether it still has room. */
   forwardTo(target: Socket): void {

@@ -6,6 +6,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { ErrorCode, SfError } from './errors';
 import { acceptWithForwarders } from './accept-with-forwarder';
+import { FORWARDERS_ENABLED } from './read-forwarder';
 import { openReusePortFd } from './reuseport';
 import type { Route } from './route-model';
 import { setListenerSocketOptions } from './proxied-connection';
@@ -51,7 +52,7 @@ export class RouteListener {
       const where = fd !== undefined ? { fd } : { host: this.env.bindHost, port: this.port };
       this.server.listen({ ...where, backlog: this.env.backlog }, () => {
         // Only plain ports: a shared TLS port reads the ClientHello through 'data' events.
-        acceptWithForwarders(this.server, () => this.env.relay.kind === 'js' && this.plainBinding() !== undefined);
+        if (FORWARDERS_ENABLED) acceptWithForwarders(this.server, () => this.env.relay.kind === 'js' && this.plainBinding() !== undefined);
         this.server.removeListener('error', onError);
         this.optionsInherited = setListenerSocketOptions(this.server, this.env.keepAliveMs);
         this.server.on('error', (err) => this.env.logger.error({ err, port: this.port }, 'listener error'));
