@@ -170,3 +170,21 @@ export async function startServiceCluster(options: ClusterOptions = {}): Promise
   for (let i = 1; i <= (options.cells ?? 3); i++) await cluster.startCell(`cell-${i}`, `z${i}`);
   return cluster;
 }
+
+/**
+ * Starts one cluster for the enclosing `describe` (before) and stops it (after); returns a getter
+ * for the running cluster.
+ */
+export function useServiceCluster(options: ClusterOptions = {}): () => ServiceCluster {
+  let cluster: ServiceCluster | undefined;
+  before(async () => {
+    cluster = await startServiceCluster(options);
+  });
+  after(async () => {
+    await cluster?.stop();
+  });
+  return () => {
+    if (!cluster) throw new Error('the service cluster is not running');
+    return cluster;
+  };
+}

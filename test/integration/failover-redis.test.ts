@@ -3,18 +3,15 @@ import { Redis } from 'ioredis';
 import type { FencingStep } from '../../control/failover';
 import type { ServiceView } from '../../control/services';
 import { enginePid, primaryOf, promotedFrom, sf } from '../helpers/failover-support';
-import { startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
+import { useServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
 import { eventually } from '../helpers/tcp-client';
 
 describe('failover: redis', function () {
   this.timeout(120_000);
+  const running = useServiceCluster({ cells: 3 });
   let cluster: ServiceCluster;
-
-  before(async () => {
-    cluster = await startServiceCluster({ cells: 3 });
-  });
-  after(async () => {
-    await cluster?.stop();
+  beforeEach(() => {
+    cluster = running();
   });
 
   it('promotes a replica when the primary process is SIGKILLed; a client through the router reconnects to it', async () => {

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import type { ServiceView } from '../../control/services';
-import { startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
+import { useServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
 import { eventually } from '../helpers/tcp-client';
 
 /** Connects through the router until a write succeeds; returns the connected client. */
@@ -24,13 +24,10 @@ export async function firstWrite(port: number, timeoutMs: number): Promise<Redis
 
 describe('service instances: redis', function () {
   this.timeout(120_000);
+  const running = useServiceCluster({ cells: 3 });
   let cluster: ServiceCluster;
-
-  before(async () => {
-    cluster = await startServiceCluster({ cells: 3 });
-  });
-  after(async () => {
-    await cluster?.stop();
+  beforeEach(() => {
+    cluster = running();
   });
 
   it('places a primary and 2 replicas on 3 cells, serves writes through the router and replicates them', async () => {
