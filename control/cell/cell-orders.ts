@@ -3,7 +3,7 @@
  * returns its result. Orders are idempotent in effect (fencing a dead instance succeeds, promoting
  * a primary is a no-op for the engine) so that control may safely retry with a new order id.
  */
-import { mkdir, rm, stat } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Order, OrderResult } from './cell-protocol';
 import { CellError, CellErrorCode, errorCodeOf, errorMessageOf } from './errors';
@@ -11,6 +11,7 @@ import type { NetworkFencer } from './fencer-network';
 import { runCommand } from './run-command';
 import { recordPromotion, volumePaths } from './instance-volume';
 import type { CellInstances } from './cell-instances';
+import { pathExists as exists } from './path-exists';
 
 export interface OrderContext {
   cell: string;
@@ -83,14 +84,5 @@ async function run(order: Order, ctx: OrderContext): Promise<Record<string, unkn
     }
     case 'position':
       return { ...(await instances.refreshPosition(order.instanceId)) };
-  }
-}
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await stat(p);
-    return true;
-  } catch {
-    return false;
   }
 }

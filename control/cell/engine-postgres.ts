@@ -7,12 +7,13 @@
  * both SQL and replication. This is a stand-in until the platform hands out credentials
  * (docs/cells.md, "Security").
  */
-import { chmod, chown, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, readdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { HostPort } from './cell-protocol';
 import type { Availability, Engine, EngineContext, LaunchCommand, ReplicationPosition } from './engine';
 import { CellError, CellErrorCode } from './errors';
 import { findBinary, lookupUser, runCommand, type RunAs } from './run-command';
+import { pathExists as exists } from './path-exists';
 
 export interface PostgresEngineOptions {
   /** System user the server runs as when the cell runs as root (postgres refuses root). @default 'postgres' */
@@ -241,14 +242,5 @@ export class PostgresEngine implements Engine {
     const found = await this.find(name);
     if (!found) throw new CellError(CellErrorCode.EngineUnavailable, `${name} not found on PATH or in ${this.options.binDirs.join(', ')}`);
     return found;
-  }
-}
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await stat(p);
-    return true;
-  } catch {
-    return false;
   }
 }
