@@ -54,13 +54,17 @@ export interface FenceMark {
   networkPeers?: string[];
 }
 
-export interface ServiceRecord {
+/** What a user asked for, shared by the stored record and the API view. */
+export interface ServiceRequestFields {
   name: string;
   engine: EngineKind;
   replicas: number;
   durability: Durability;
   volume: { sizeMb: number };
   fencing: { policy: FencingPolicy };
+}
+
+export interface ServiceRecord extends ServiceRequestFields {
   /** Engine `tcp` only: what the cell runs. */
   command?: { file: string; args: string[] };
   routerGroup: string;
@@ -97,13 +101,7 @@ export interface InstanceView {
   last_error: { code: string; message: string } | null;
 }
 
-export interface ServiceView {
-  name: string;
-  engine: EngineKind;
-  replicas: number;
-  durability: Durability;
-  volume: { sizeMb: number };
-  fencing: { policy: FencingPolicy };
+export interface ServiceView extends ServiceRequestFields {
   router_group: string;
   port: number;
   status: ServiceStatus;

@@ -1,17 +1,8 @@
 import { expect } from 'chai';
+import type { TcpRouteMapping } from '../../control/state/tcp-route-types';
 import { startControlHarness, type ApiResponse, type ControlHarness } from '../helpers/control-harness';
 
-interface Mapping {
-  router_group_guid: string;
-  port: number;
-  backend_ip: string;
-  backend_port: number;
-  backend_id: string;
-  ttl: number | null;
-  modification_tag: { guid: string; index: number };
-  weight: number;
-  mode: string;
-}
+type Mapping = TcpRouteMapping;
 interface ErrorReply {
   error: { code: string; message: string; field?: string };
 }
