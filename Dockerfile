@@ -31,7 +31,7 @@ COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
 COPY --from=build /src/native-bindings/build/Release ./native-bindings/build/Release
 ENV NODE_ENV=production SF_HOME=/var/lib/sf
-RUN ln -s /opt/service-foundry/dist/control/cli/sf.js /usr/local/bin/sf && mkdir -p /var/lib/sf
+RUN ln -s /opt/service-foundry/dist/cli/sf.js /usr/local/bin/sf && mkdir -p /var/lib/sf
 # Control API, router admin, and the default router group's route ports.
 EXPOSE 7600 7601 16000-16999
 ENTRYPOINT ["sf"]

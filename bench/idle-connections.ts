@@ -79,7 +79,7 @@ const WATCHDOG_MS = 5 * 60_000;
 async function main(): Promise<void> {
   const settings = parseArgs(process.argv.slice(2));
   let phase = 'starting';
-  if (!routerCliAvailable()) throw new Error('dist/control/cli/sf.js is not built (npx tsc -p .)');
+  if (!routerCliAvailable()) throw new Error('dist/cli/sf.js is not built (npx tsc -p .)');
   const workers = settings.workers !== undefined && (await routerSupportsFlag('--workers')) ? settings.workers : undefined;
   const limit = await hardFileLimit();
   const held = Math.min(settings.connections, Math.floor((limit - ROUTER_FD_RESERVE) / 2));

@@ -6,7 +6,7 @@
  */
 import { createBalancer } from '../router/balancer-factory';
 import type { BalancerContext } from '../router/balancer';
-import { parseRoute, type RouteMode } from '../router/route-model';
+import { parseRoute, type RouteMode } from '../protocol/route-model';
 import { runMicro, type MicroCase } from './lib/micro';
 
 const NO_EXCLUDE: ReadonlySet<string> = new Set();

@@ -5,7 +5,7 @@
  *
  *   node dist/bench/micro-route-delta.js [--quick]
  */
-import { parseRouteTable } from '../router/route-model';
+import { parseRouteTable } from '../protocol/route-model';
 import { parseRouteDelta } from '../router/route-source-redis';
 import { runMicro, type MicroCase } from './lib/micro';
 

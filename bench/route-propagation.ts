@@ -15,7 +15,7 @@ import { createServer, connect, type Server, type Socket } from 'node:net';
 import pino from 'pino';
 import { startControlServer, type ControlServer } from '../control/control-server';
 import { Router } from '../router/router';
-import type { RouteTable } from '../router/route-model';
+import type { RouteTable } from '../protocol/route-model';
 import { RedisRouteSource } from '../router/route-source-redis';
 import type { RouteSource, RouteSourceListener } from '../router/route-source';
 import { startRedisServer } from '../test/helpers/redis-server';

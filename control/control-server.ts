@@ -4,7 +4,7 @@
  * leader lock) register their endpoints here the same way the routing API does.
  */
 import { Redis } from 'ioredis';
-import { createRedis } from '../router/redis-connection';
+import { createRedis } from '../common/redis-connection';
 import pino from 'pino';
 import { registerEventsApi } from './api/routes-events';
 import { registerRoutingApi } from './api/routes-routing';
@@ -17,7 +17,7 @@ import { RouterGroupStore } from './state/router-group-store';
 import { controlKeys } from './state/store-keys';
 import { TcpRouteStore } from './state/tcp-route-store';
 import { TokenStore } from './state/token-store';
-import { withDefaults } from './options';
+import { withDefaults } from '../common/options';
 import { RouteTtlSweeper } from './sweeper/route-ttl-sweeper';
 import { startServicePlane, type ServicePlane } from './services';
 

@@ -3,7 +3,7 @@
  * a message naming the field, and the HTTP status each code maps to. Clients and tests rely on
  * `code`, never on message text.
  */
-import { ErrorCode as RouterErrorCode, SfError, isSfError } from '../router/errors';
+import { ErrorCode as RouterErrorCode, SfError, isSfError } from '../common/errors';
 
 export const ControlErrorCode = {
   InvalidRequest: 'SF_ERR_INVALID_REQUEST',

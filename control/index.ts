@@ -12,4 +12,4 @@ export { TcpRouteStore, type TcpRouteStoreOptions } from './state/tcp-route-stor
 export type { TcpRouteInput, TcpRouteKeyInput, TcpRouteMapping, RouteEvent, ModificationTag } from './state/tcp-route-types';
 export { TokenStore, type TokenRecord } from './state/token-store';
 export { EventHub } from './events/event-hub';
-export { ApiClient, DEFAULT_CONTROL_URL, type ApiClientOptions } from './cli/api-client';
+export { ApiClient, DEFAULT_CONTROL_URL, type ApiClientOptions } from '../cli/api-client';

@@ -4,7 +4,7 @@
  */
 import { App, us_listen_socket_close, us_socket_local_port, type HttpResponse, type us_listen_socket } from '@trufflesuite/uws-js-unofficial';
 import type { Registry } from 'prom-client';
-import { ErrorCode, SfError } from './errors';
+import { ErrorCode, SfError } from '../common/errors';
 import type { Router } from './router';
 
 export interface AdminServer {

@@ -13,5 +13,5 @@ export { createRouterMetrics } from './metrics';
 export { connectionFate, type ConnectionFate } from './route-binding';
 export { parseClientHelloSni, hostMatches, type SniResult } from './sni';
 export { proxyHeader, proxyHeaderV1, proxyHeaderV2, type ProxyAddresses } from './proxy-protocol';
-export * from './route-model';
-export * from './errors';
+export * from '../protocol/route-model';
+export * from '../common/errors';

@@ -5,8 +5,8 @@
  */
 import { connect as netConnect, isIP, type Server, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
-import type { Backend, Route } from './route-model';
-import { routeLimits } from './route-model';
+import type { Backend, Route } from '../protocol/route-model';
+import { routeLimits } from '../protocol/route-model';
 import { proxyHeader } from './proxy-protocol';
 import { FORWARDERS_ENABLED, ReadForwarder, tagForwarder } from './read-forwarder';
 import type { Relay, RelayCloseReason, RelayedPair } from './relay';

@@ -7,10 +7,10 @@
 import type { Socket } from 'node:net';
 import type { Balancer } from './balancer';
 import { createBalancer } from './balancer-factory';
-import type { Logger } from './logger';
+import type { Logger } from '../common/logger';
 import { ProxiedConnection, setSocketOptions, type ConnectionHost } from './proxied-connection';
 import type { Relay, RelayCloseReason } from './relay';
-import { routeLimits, type Backend, type Route } from './route-model';
+import { routeLimits, type Backend, type Route } from '../protocol/route-model';
 import { newRouteStats, type RouteStats } from './route-stats';
 
 export interface ListenerEnvironment {

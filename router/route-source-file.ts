@@ -5,8 +5,8 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { basename, dirname, resolve } from 'node:path';
-import { ErrorCode, SfError, isSfError } from './errors';
-import { parseRouteTableJson, type RouteTable } from './route-model';
+import { ErrorCode, SfError, isSfError } from '../common/errors';
+import { parseRouteTableJson, type RouteTable } from '../protocol/route-model';
 import type { RouteSource, RouteSourceListener } from './route-source';
 
 export interface FileRouteSourceOptions {

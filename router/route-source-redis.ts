@@ -9,16 +9,16 @@
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Redis } from 'ioredis';
-import { createRedis } from './redis-connection';
-import { ErrorCode, SfError } from './errors';
-import { parseRoute, parseRouteTable, type Route, type RouteTable } from './route-model';
+import { createRedis } from '../common/redis-connection';
+import { ErrorCode, SfError } from '../common/errors';
+import { parseRoute, parseRouteTable, type Route, type RouteTable } from '../protocol/route-model';
 import {
   DEFAULT_KEY_PREFIX,
   routerGroupKeys,
   type RouteDelta,
   type RouterGroupKeys,
   type RouterHeartbeat,
-} from './route-push-protocol';
+} from '../protocol/route-push-protocol';
 import type { RouteSource, RouteSourceListener } from './route-source';
 
 export interface RedisRouteSourceOptions {

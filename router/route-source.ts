@@ -3,8 +3,8 @@
  * and the control plane's Redis push path (`route-source-redis.ts`). A source hands the router
  * whole, validated tables; the router works out what changed.
  */
-import type { SfError } from './errors';
-import type { RouteTable } from './route-model';
+import type { SfError } from '../common/errors';
+import type { RouteTable } from '../protocol/route-model';
 
 export interface RouteSourceListener {
   /** A new, validated table. Versions only grow; a source never hands back an older table. */

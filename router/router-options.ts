@@ -2,7 +2,7 @@
  * Router-wide options. Per-route limits live in the route model (DEFAULT_ROUTE_LIMITS).
  */
 import type { Relay } from './relay';
-import type { Logger } from './logger';
+import type { Logger } from '../common/logger';
 
 export type DisconnectPolicy = 'keep-last' | 'fail-closed';
 

@@ -6,8 +6,8 @@
  * Each worker is independent: its own route source, relay and admin endpoint.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import type { Logger } from './logger';
-import { ErrorCode, SfError } from './errors';
+import type { Logger } from '../common/logger';
+import { ErrorCode, SfError } from '../common/errors';
 import { reusePortAvailable } from './reuseport';
 
 /** Set in a worker's environment to its index, 0..N-1. */

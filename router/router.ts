@@ -2,11 +2,11 @@
  * The router: serves a route table on its ports. Applying a table is synchronous up to the
  * point where every fenced connection is already destroyed; only opening new ports waits.
  */
-import { ErrorCode, SfError } from './errors';
-import { createLogger, type Logger } from './logger';
+import { ErrorCode, SfError } from '../common/errors';
+import { createLogger, type Logger } from '../common/logger';
 import type { Relay } from './relay';
 import { createJsRelay } from './relay-js';
-import type { Route, RouteTable } from './route-model';
+import type { Route, RouteTable } from '../protocol/route-model';
 import type { ListenerEnvironment } from './route-binding';
 import { RouteListener } from './route-listener';
 import type { RouteSource } from './route-source';

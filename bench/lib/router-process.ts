@@ -28,9 +28,9 @@ export interface RunningRouter {
   relay: string;
 }
 
-/** dist/control/cli/sf.js, found from dist/bench/lib/. */
+/** dist/cli/sf.js, found from dist/bench/lib/. */
 export function sfCliPath(): string {
-  return join(__dirname, '..', '..', 'control', 'cli', 'sf.js');
+  return join(__dirname, '..', '..', 'cli', 'sf.js');
 }
 
 export function routerCliAvailable(): boolean {

@@ -69,7 +69,7 @@ async function startTargetOrThrow(spec: TargetSpec, backends: Backends): Promise
       return { ok: true, target: { spec, ...ports(list), proc, info: { pid: proc.pid } } };
     }
     case 'router': {
-      if (!routerCliAvailable()) return { ok: false, spec, reason: 'dist/control/cli/sf.js is not built' };
+      if (!routerCliAvailable()) return { ok: false, spec, reason: 'dist/cli/sf.js is not built' };
       const list = await services(backends);
       try {
         const router = await startRouter(spec.name, { services: list, relay: spec.relay, workers: spec.workers });

@@ -7,7 +7,7 @@
  */
 import * as uws from '@trufflesuite/uws-js-unofficial';
 import { ControlErrorCode, SfError, errorBody, httpStatusFor } from '../errors';
-import { withDefaults } from '../options';
+import { withDefaults } from '../../common/options';
 import { hasScope, type Authenticator, type Principal, type Scope } from './auth';
 
 export interface HttpServerOptions {

@@ -3,8 +3,8 @@
  * (router/route-model.ts) so the API can never accept a value a router would refuse.
  */
 import { z } from 'zod';
-import { backendSchema, routeSchema, schemaError } from '../../router/route-model';
-import { ROUTER_GROUP_NAME_PATTERN } from '../../router/route-push-protocol';
+import { backendSchema, routeSchema, schemaError } from '../../protocol/route-model';
+import { ROUTER_GROUP_NAME_PATTERN } from '../../protocol/route-push-protocol';
 import { ControlErrorCode } from '../errors';
 
 /** @default 86400 s: a TTL longer than a day is almost certainly a unit mistake */

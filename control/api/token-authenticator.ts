@@ -5,7 +5,7 @@
 import { timingSafeEqual } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
-import { schemaError } from '../../router/route-model';
+import { schemaError } from '../../protocol/route-model';
 import { ControlErrorCode, SfError } from '../errors';
 import { hashToken, type TokenStore } from '../state/token-store';
 import { SCOPES, type Authenticator, type Principal, type Scope } from './auth';

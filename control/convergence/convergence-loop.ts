@@ -4,11 +4,11 @@
  * nothing while this control is a standby.
  */
 import { Redis } from 'ioredis';
-import { createRedis } from '../../router/redis-connection';
+import { createRedis } from '../../common/redis-connection';
 import type { Logger } from 'pino';
-import { CELL_EVENTS_CHANNEL } from '../cell/cell-protocol';
+import { CELL_EVENTS_CHANNEL } from '../../protocol/cell-protocol';
 import { ControlErrorCode, isSfError } from '../errors';
-import { withDefaults } from '../options';
+import { withDefaults } from '../../common/options';
 import type { LeaderElector } from '../leader/leader-elector';
 import type { CellDirectory } from '../services/cell-directory';
 import type { ServiceStore } from '../services/service-store';

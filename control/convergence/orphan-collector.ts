@@ -4,7 +4,7 @@
  * cells are collected (a cell stops an instance that is not desired on its own), and an order is
  * re-sent at most every `retryMs`, since a cell may be busy or the order may fail.
  */
-import { cellKeys } from '../cell/cell-protocol';
+import { cellKeys } from '../../protocol/cell-protocol';
 import { fencedCommit, type LeaderFence } from '../leader/fenced-commit';
 import type { CasOp } from '../state/cas-commit';
 import type { CellSnapshot } from '../services/cell-directory';

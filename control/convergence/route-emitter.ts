@@ -5,7 +5,7 @@
  * they run. Records carry a modification tag `service:{name}` whose index is the leader token,
  * so a deposed leader's late route write is refused by the store's stale-tag rule.
  */
-import type { Backend, BackendState, Route } from '../../router/route-model';
+import type { Backend, BackendState, Route } from '../../protocol/route-model';
 import type { RouterGroupStore } from '../state/router-group-store';
 import type { TcpRouteStore } from '../state/tcp-route-store';
 import type { TcpRouteInput, TcpRouteKeyInput } from '../state/tcp-route-types';

@@ -5,9 +5,9 @@
  * FailoverCoordinator, tear down deleted services, and emit the route. Every write carries the
  * leader's fence, so it is a no-op for a deposed leader.
  */
-import { cellKeys, NOTIFY_DESIRED, type InstanceSpecInput } from '../cell/cell-protocol';
+import { cellKeys, NOTIFY_DESIRED, type InstanceSpecInput } from '../../protocol/cell-protocol';
 import { isSfError } from '../errors';
-import { withDefaults } from '../options';
+import { withDefaults } from '../../common/options';
 import type { LeaderFence } from '../leader/fenced-commit';
 import { cellCandidates } from '../placement/cell-candidates';
 import { runPlacementAuction } from '../placement/placement-auction';

@@ -4,7 +4,7 @@
  * control process sees every change — including expiries swept by another control.
  */
 import { Redis } from 'ioredis';
-import { createRedis } from '../../router/redis-connection';
+import { createRedis } from '../../common/redis-connection';
 import type { RouteEvent } from '../state/tcp-route-types';
 
 export type RouteEventListener = (event: RouteEvent, id: number) => void;

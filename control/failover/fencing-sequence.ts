@@ -14,9 +14,9 @@
  * Every record write carries the leader fence, so a deposed leader stops at its next write.
  */
 import type { Redis } from 'ioredis';
-import { sendOrder, type OrderRequest } from '../cell/cell-client';
-import type { OrderResult } from '../cell/cell-protocol';
-import { fenceLease } from '../cell/lease-keeper';
+import { sendOrder, type OrderRequest } from '../state/cell-client';
+import type { OrderResult } from '../../protocol/cell-protocol';
+import { fenceLease } from '../../cell/lease-keeper';
 import type { LeaderFence } from '../leader/fenced-commit';
 import type { RouteEmitter } from '../convergence/route-emitter';
 import { instanceSpecOps } from '../convergence/service-reconciler';

@@ -9,7 +9,7 @@
  * volume is already on the cell (a restart there keeps its data), a zone the service does not use
  * yet, and free capacity.
  */
-import type { EngineKind } from '../cell/cell-protocol';
+import type { EngineKind } from '../../protocol/cell-protocol';
 import { ControlErrorCode, SfError } from '../errors';
 
 export interface CellCandidate {

@@ -4,7 +4,7 @@
  * reports in its `actual` hash. Read-only: cells own these keys.
  */
 import type { Redis } from 'ioredis';
-import { CELLS_SET_KEY, cellKeys, type ActualInstance, type CellRecord } from '../cell/cell-protocol';
+import { CELLS_SET_KEY, cellKeys, type ActualInstance, type CellRecord } from '../../protocol/cell-protocol';
 
 export interface CellSnapshot {
   name: string;

@@ -17,7 +17,7 @@ import { OrphanCollector } from '../convergence/orphan-collector';
 import { RouteEmitter } from '../convergence/route-emitter';
 import { ServiceReconciler, type ServiceReconcilerOptions } from '../convergence/service-reconciler';
 import { LeaderElector } from '../leader/leader-elector';
-import { withDefaults } from '../options';
+import { withDefaults } from '../../common/options';
 import type { RouterGroupStore } from '../state/router-group-store';
 import type { TcpRouteStore } from '../state/tcp-route-store';
 import { CellDirectory } from './cell-directory';

@@ -4,7 +4,7 @@
  * copied here; it is read from the cells' `actual` hashes, so this record only changes when a
  * decision changes (DESIGN.md "Core model", issue 4).
  */
-import type { ActualState, Durability, EngineKind, InstanceRole } from '../cell/cell-protocol';
+import type { ActualState, Durability, EngineKind, InstanceRole } from '../../protocol/cell-protocol';
 
 export type FencingPolicy = 'auto' | 'manual';
 

@@ -5,7 +5,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { DEFAULT_ROUTER_GROUP } from '../../router/route-model';
+import { DEFAULT_ROUTER_GROUP } from '../../protocol/route-model';
 import { DEFAULT_RESERVABLE_PORTS } from '../control-options';
 import { ControlErrorCode, SfError } from '../errors';
 import { withCasRetry } from './cas-commit';

@@ -2,7 +2,7 @@
  * Control-only Redis keys. The keys routers read (per-group snapshot, deltas, heartbeats) are
  * defined in router/route-push-protocol.ts; docs/control-api.md lists both.
  */
-import { DEFAULT_KEY_PREFIX, routerGroupKeys, type RouterGroupKeys } from '../../router/route-push-protocol';
+import { DEFAULT_KEY_PREFIX, routerGroupKeys, type RouterGroupKeys } from '../../protocol/route-push-protocol';
 
 export interface ControlKeys {
   /** Hash: router group guid -> RouterGroup JSON. */

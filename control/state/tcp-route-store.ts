@@ -6,10 +6,10 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { parseRoute, type Backend, type Route, type RouteTable } from '../../router/route-model';
-import type { RouteDelta, RouterHeartbeat } from '../../router/route-push-protocol';
+import { parseRoute, type Backend, type Route, type RouteTable } from '../../protocol/route-model';
+import type { RouteDelta, RouterHeartbeat } from '../../protocol/route-push-protocol';
 import { ControlErrorCode, SfError } from '../errors';
-import { withDefaults } from '../options';
+import { withDefaults } from '../../common/options';
 import { withCasRetry, type CasGuard, type CasOp } from './cas-commit';
 import { parsePortRanges, rangesContain } from './port-ranges';
 import type { RouterGroup, RouterGroupStore } from './router-group-store';

@@ -5,7 +5,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { instanceSpecSchema, type InstanceSpec, type InstanceSpecInput } from '../../control/cell/cell-protocol';
+import { instanceSpecSchema, type InstanceSpec, type InstanceSpecInput } from '../../protocol/cell-protocol';
 
 export async function tempCellDir(prefix = 'sf-cell-'): Promise<{ dir: string; remove(): Promise<void> }> {
   const dir = await mkdtemp(path.join(tmpdir(), prefix));

@@ -5,11 +5,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
-import { putDesired, readActual, removeDesired, sendOrder, type OrderRequest } from '../../control/cell/cell-client';
-import type { ActualInstance, InstanceSpecInput, OrderResult } from '../../control/cell/cell-protocol';
+import { putDesired, readActual, removeDesired, sendOrder, type OrderRequest } from '../../control/state/cell-client';
+import type { ActualInstance, InstanceSpecInput, OrderResult } from '../../protocol/cell-protocol';
 import { eventually } from './cell-harness';
 
-const SF = path.resolve(__dirname, '../../control/cli/sf.js');
+const SF = path.resolve(__dirname, '../../cli/sf.js');
 
 export interface CellProcessOptions {
   name: string;

@@ -5,12 +5,12 @@
 import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { cellKeys, type ActualInstance } from '../../control/cell/cell-protocol';
+import { cellKeys, type ActualInstance } from '../../protocol/cell-protocol';
 import type { ServiceView } from '../../control/services';
 import { ADMIN_TOKEN } from './control-harness';
 import type { ServiceCluster } from './service-cluster';
 
-const SF = path.resolve(__dirname, '../../control/cli/sf.js');
+const SF = path.resolve(__dirname, '../../cli/sf.js');
 const exec = promisify(execFile);
 
 /** The pid of an instance's engine, from its cell's actual state (what the cell supervises). */

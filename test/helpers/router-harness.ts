@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FileRouteSource, Router, selectRelay, type RouteTableInput, type RouterOptions } from '../../router';
-import { silentLogger } from '../../router/logger';
+import { silentLogger } from '../../common/logger';
 
 export interface RouterHarness {
   router: Router;

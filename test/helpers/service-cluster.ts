@@ -9,7 +9,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
-import { CELLS_SET_KEY, cellKeys, type ActualInstance } from '../../control/cell/cell-protocol';
+import { CELLS_SET_KEY, cellKeys, type ActualInstance } from '../../protocol/cell-protocol';
 import type { ControlServerOptions } from '../../control/control-server';
 import type { ServicePlaneOptions, ServiceView } from '../../control/services';
 import { startControlHarness, type ControlHarness } from './control-harness';

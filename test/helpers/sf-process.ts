@@ -5,7 +5,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { eventually } from './tcp-client';
 
-export const SF_BIN = join(__dirname, '..', '..', 'control', 'cli', 'sf.js');
+export const SF_BIN = join(__dirname, '..', '..', 'cli', 'sf.js');
 
 export interface SfProcess {
   child: ChildProcess;

@@ -1,8 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
-import { cellKeys, CELL_EVENTS_CHANNEL, type CellRecord } from '../../control/cell/cell-protocol';
-import { CellErrorCode } from '../../control/cell/errors';
+import { cellKeys, CELL_EVENTS_CHANNEL, type CellRecord } from '../../protocol/cell-protocol';
+import { CellErrorCode } from '../../cell/errors';
 import { eventually, tempCellDir } from '../helpers/cell-harness';
 import { CellDriver, killProcess, spawnCell } from '../helpers/cell-process';
 import { freePort } from '../helpers/free-port';

@@ -3,11 +3,11 @@ import { connect } from 'node:net';
 import path from 'node:path';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
-import { PostgresEngine } from '../../control/cell/engine-postgres';
-import { RedisEngine } from '../../control/cell/engine-redis';
-import { TcpEngine } from '../../control/cell/engine-tcp';
-import { CellErrorCode } from '../../control/cell/errors';
-import { ProcessExecutor } from '../../control/cell/executor-process';
+import { PostgresEngine } from '../../cell/engine-postgres';
+import { RedisEngine } from '../../cell/engine-redis';
+import { TcpEngine } from '../../cell/engine-tcp';
+import { CellErrorCode } from '../../cell/errors';
+import { ProcessExecutor } from '../../cell/executor-process';
 import { eventually, spec, tempCellDir } from '../helpers/cell-harness';
 
 describe('ProcessExecutor', function () {

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
-import { cellKeys } from '../../control/cell/cell-protocol';
-import { fenceLease, LeaseKeeper, readLease, renewLease } from '../../control/cell/lease-keeper';
+import { cellKeys } from '../../protocol/cell-protocol';
+import { fenceLease, LeaseKeeper, readLease, renewLease } from '../../cell/lease-keeper';
 import { eventually } from '../helpers/cell-harness';
 import { startRedisServer, type RedisServerHandle } from '../helpers/redis-server';
 

@@ -1,12 +1,12 @@
 import path from 'node:path';
 import { expect } from 'chai';
-import { NetworkFencer } from '../../control/cell/fencer-network';
+import { NetworkFencer } from '../../cell/fencer-network';
 import { connect } from 'node:net';
 import { eventually } from '../helpers/cell-harness';
 import { createNetnsHost, netnsSupported, type NetnsHost } from '../helpers/netns';
 
 const ECHO = "require('net').createServer((s) => s.pipe(s)).listen(Number(process.argv[1]), process.argv[2])";
-const FENCER = path.resolve(__dirname, '../../control/cell/fencer-network.js');
+const FENCER = path.resolve(__dirname, '../../cell/fencer-network.js');
 
 /**
  * True when bytes sent come back from the echo server. A bare connect is not proof here: with the

@@ -1,13 +1,13 @@
 import path from 'node:path';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
-import { cellKeys } from '../../control/cell/cell-protocol';
+import { cellKeys } from '../../protocol/cell-protocol';
 import { eventually, tempCellDir } from '../helpers/cell-harness';
 import { CellDriver } from '../helpers/cell-process';
 import { createNetnsHost, enableForwarding, netnsSupported, type NetnsHost } from '../helpers/netns';
 import { startRedisServer, type RedisServerHandle } from '../helpers/redis-server';
 
-const SF = path.resolve(__dirname, '../../control/cli/sf.js');
+const SF = path.resolve(__dirname, '../../cli/sf.js');
 
 describe('sf cell in its own network namespace', function () {
   this.timeout(60_000);

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { freePort } from '../helpers/free-port';
 import { ADMIN_TOKEN, startControlHarness, type ControlHarness } from '../helpers/control-harness';
 
-const SF = join(__dirname, '..', '..', 'control', 'cli', 'sf.js');
+const SF = join(__dirname, '..', '..', 'cli', 'sf.js');
 
 interface CliResult {
   code: number | null;

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
-import { cellKeys } from '../../control/cell/cell-protocol';
+import { cellKeys } from '../../protocol/cell-protocol';
 import type { FencingStep } from '../../control/failover';
 import type { ServiceView } from '../../control/services';
 import { primaryOf } from '../helpers/failover-support';
@@ -13,7 +13,7 @@ import { createNetnsHost, netnsSupported, type NetnsHost } from '../helpers/netn
 import { freePortBlock, startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
 import { eventually } from '../helpers/tcp-client';
 
-const SF = path.resolve(__dirname, '../../control/cli/sf.js');
+const SF = path.resolve(__dirname, '../../cli/sf.js');
 const ip = promisify(execFile);
 
 /** Forwards gateway:port to the loopback-only state Redis, so a cell in a namespace reaches it. */

@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
-import { createRedis } from '../../router/redis-connection';
+import { createRedis } from '../../common/redis-connection';
 import { freePort } from '../helpers/free-port';
 import { startRedisServer, waitForPort, type RedisServerHandle } from '../helpers/redis-server';
 

@@ -10,7 +10,7 @@ import { startRouter, type RouterHarness } from '../helpers/router-harness';
 import { startNamedServer, type TestServer } from '../helpers/tcp-servers';
 import { connectTo, eventually, readLine } from '../helpers/tcp-client';
 
-const SF = join(__dirname, '..', '..', 'control', 'cli', 'sf.js');
+const SF = join(__dirname, '..', '..', 'cli', 'sf.js');
 
 /** A free port P whose neighbour P+1 is free too (worker k's admin port is P+k). */
 async function freePortPair(): Promise<number> {

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { cellKeys, type ActualInstance } from '../../control/cell/cell-protocol';
+import { cellKeys, type ActualInstance } from '../../protocol/cell-protocol';
 import { DegradedFailoverCoordinator } from '../../control/convergence';
 import type { ServiceView } from '../../control/services';
 import { startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';

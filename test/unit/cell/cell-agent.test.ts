@@ -1,6 +1,6 @@
 import { expect } from 'chai';
-import { CellAgent } from '../../../control/cell/cell-agent';
-import { CellErrorCode } from '../../../control/cell/errors';
+import { CellAgent } from '../../../cell/cell-agent';
+import { CellErrorCode } from '../../../cell/errors';
 
 describe('CellAgent', () => {
   describe('constructor', () => {

@@ -1,11 +1,11 @@
 import { expect } from 'chai';
-import { CellInstances } from '../../../control/cell/cell-instances';
-import type { ActualInstance, InstanceSpec } from '../../../control/cell/cell-protocol';
-import type { Engine } from '../../../control/cell/engine';
-import type { EngineRegistry } from '../../../control/cell/engine-registry';
-import { CellErrorCode } from '../../../control/cell/errors';
-import type { ExitListener, Executor, InstanceHandle, InstanceStatus } from '../../../control/cell/executor';
-import { admitStart } from '../../../control/cell/instance-volume';
+import { CellInstances } from '../../../cell/cell-instances';
+import type { ActualInstance, InstanceSpec } from '../../../protocol/cell-protocol';
+import type { Engine } from '../../../cell/engine';
+import type { EngineRegistry } from '../../../cell/engine-registry';
+import { CellErrorCode } from '../../../cell/errors';
+import type { ExitListener, Executor, InstanceHandle, InstanceStatus } from '../../../cell/executor';
+import { admitStart } from '../../../cell/instance-volume';
 import { spec, tempCellDir } from '../../helpers/cell-harness';
 
 /** An executor that runs nothing: it records calls and lets the test make instances exit. */

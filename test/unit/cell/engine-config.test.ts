@@ -1,8 +1,8 @@
 import { expect } from 'chai';
-import type { EngineContext } from '../../../control/cell/engine';
-import { lsnToValue, renderPgHba, renderPostgresConfig } from '../../../control/cell/engine-postgres';
-import { parseInfo, renderRedisConfig } from '../../../control/cell/engine-redis';
-import { expandPlaceholders } from '../../../control/cell/engine-tcp';
+import type { EngineContext } from '../../../cell/engine';
+import { lsnToValue, renderPgHba, renderPostgresConfig } from '../../../cell/engine-postgres';
+import { parseInfo, renderRedisConfig } from '../../../cell/engine-redis';
+import { expandPlaceholders } from '../../../cell/engine-tcp';
 import { spec } from '../../helpers/cell-harness';
 
 function ctx(input: Parameters<typeof spec>[0]): EngineContext {

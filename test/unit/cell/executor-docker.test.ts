@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { expect } from 'chai';
-import { CellErrorCode } from '../../../control/cell/errors';
-import { DockerExecutor } from '../../../control/cell/executor-docker';
+import { CellErrorCode } from '../../../cell/errors';
+import { DockerExecutor } from '../../../cell/executor-docker';
 import { spec, tempCellDir } from '../../helpers/cell-harness';
 
 describe('DockerExecutor', () => {

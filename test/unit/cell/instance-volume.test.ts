@@ -1,7 +1,7 @@
 import { expect } from 'chai';
-import { CellErrorCode } from '../../../control/cell/errors';
-import { admitStart, checkEpoch, listVolumes, readMeta, recordPromotion } from '../../../control/cell/instance-volume';
-import { parsePortRange } from '../../../control/cell/port-allocator';
+import { CellErrorCode } from '../../../cell/errors';
+import { admitStart, checkEpoch, listVolumes, readMeta, recordPromotion } from '../../../cell/instance-volume';
+import { parsePortRange } from '../../../cell/port-allocator';
 import { spec, tempCellDir } from '../../helpers/cell-harness';
 
 describe('instance-volume', () => {

@@ -1,0 +1,485 @@
+/**
+ * The cell agent (`sf cell`): one per host. It registers the cell in Redis with a TTL heartbeat,
+ * converges its instances to the desired specs control writes, executes control's orders and
+ * reports actual state. The protocol is in cell-protocol.ts and docs/cells.md.
+ *
+ * Three Redis connections, because a subscriber and a blocking BRPOP each monopolise one: commands
+ * (heartbeat, reports, leases), the notify subscription, and the order queue.
+ */
+import { homedir } from 'node:os';
+import path from 'node:path';
+import { mkdir } from 'node:fs/promises';
+import { Redis } from 'ioredis';
+import { createRedis } from '../common/redis-connection';
+import pino, { type Logger } from 'pino';
+import { z } from 'zod';
+import {
+  CELL_EVENTS_CHANNEL,
+  CELLS_SET_KEY,
+  cellKeys,
+  ENGINE_KINDS,
+  instanceSpecSchema,
+  NOTIFY_DESIRED,
+  ORDER_RESULT_TTL_MS,
+  orderSchema,
+  type ActualInstance,
+  type CellEvent,
+  type CellRecord,
+  type EngineKind,
+  type ExecutorKind,
+  type InstanceSpec,
+  type OrderResult,
+} from '../protocol/cell-protocol';
+import { CellInstances } from './cell-instances';
+import { executeOrder } from './cell-orders';
+import { availableEngines, createEngineRegistry, type EngineRegistry } from './engine-registry';
+import { CellError, CellErrorCode, errorMessageOf } from './errors';
+import type { Executor } from './executor';
+import { DockerExecutor } from './executor-docker';
+import { ProcessExecutor } from './executor-process';
+import type { NetworkFencer } from './fencer-network';
+import type { PortRange } from './port-allocator';
+
+export interface CellAgentOptions {
+  name: string;
+  zone: string;
+  capacityMb: number;
+  /** @default process.env.SF_REDIS_URL ?? 'redis://127.0.0.1:6379' */
+  redisUrl?: string;
+  /** @default /var/lib/service-foundry/cells/{name} as root, else ~/.service-foundry/cells/{name} */
+  dataDir?: string;
+  /** Address instances bind to. @default '127.0.0.1' */
+  listenHost?: string;
+  /** Address reported for routers and replicas. @default listenHost */
+  advertiseHost?: string;
+  /** @default 20000-20999 */
+  portRange?: PortRange;
+  /** @default 1000 */
+  heartbeatMs?: number;
+  /** @default 3000 */
+  heartbeatTtlMs?: number;
+  /** Re-read desired state even without a notification, and probe health. @default 2000 */
+  reconcileMs?: number;
+  /** Stop engines when the agent exits; by default they keep running and are re-adopted. @default false */
+  stopInstancesOnExit?: boolean;
+  /** Networks trusted by postgres besides loopback (docs/cells.md, Security). @default [] */
+  trustCidrs?: string[];
+  engines?: EngineRegistry;
+  executors?: Partial<Record<ExecutorKind, Executor>>;
+  fencer?: NetworkFencer;
+  logger?: Logger;
+}
+
+export { DEFAULT_CELL_AGENT_OPTIONS } from './cell-agent-defaults';
+import { DEFAULT_CELL_AGENT_OPTIONS } from './cell-agent-defaults';
+
+/**
+ * `/var/lib/service-foundry/cells/NAME` for root (whose home is closed to the `postgres` user the
+ * engines run as), `~/.service-foundry/cells/NAME` otherwise.
+ */
+export function defaultCellDataDir(name: string): string {
+  const base = process.getuid?.() === 0 ? '/var/lib/service-foundry' : path.join(homedir(), '.service-foundry');
+  return path.join(base, 'cells', name);
+}
+
+const FULL_REPORT_MS = 10_000;
+
+/** The scalar options, checked once at construction; errors name the field. */
+const cellAgentOptionsSchema = z
+  .object({
+    name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/, 'must be letters, digits, _ . - (max 64), starting with a letter or digit'),
+    zone: z.string().min(1, 'must not be empty'),
+    capacityMb: z.number().int().min(1),
+    redisUrl: z.string().regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL').optional(),
+    listenHost: z.string().min(1).optional(),
+    advertiseHost: z.string().min(1).optional(),
+    portRange: z.object({ from: z.number().int().min(1).max(65535), to: z.number().int().min(1).max(65535) }).refine((r) => r.from <= r.to, 'from must not exceed to').optional(),
+    heartbeatMs: z.number().int().min(50).optional(),
+    heartbeatTtlMs: z.number().int().min(100).optional(),
+    reconcileMs: z.number().int().min(100).optional(),
+  })
+  .refine((o) => (o.heartbeatTtlMs ?? DEFAULT_CELL_AGENT_OPTIONS.heartbeatTtlMs) > (o.heartbeatMs ?? DEFAULT_CELL_AGENT_OPTIONS.heartbeatMs), {
+    message: 'must be longer than heartbeatMs, or the registration expires between heartbeats',
+    path: ['heartbeatTtlMs'],
+  });
+
+function validateOptions(options: CellAgentOptions): void {
+  const parsed = cellAgentOptionsSchema.safeParse(options);
+  if (parsed.success) return;
+  const issue = parsed.error.issues[0];
+  const field = issue?.path.join('.') ?? '';
+  throw new CellError(CellErrorCode.InvalidOption, `cell option ${field} ${issue?.message ?? 'is invalid'}`, field);
+}
+
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host.startsWith('127.');
+}
+
+function waitReady(conn: Redis): Promise<void> {
+  if (conn.status === 'ready') return Promise.resolve();
+  return new Promise((resolve) => conn.once('ready', () => resolve()));
+}
+
+export class CellAgent {
+  readonly name: string;
+  readonly dataDir: string;
+  private readonly opts: CellAgentOptions & typeof DEFAULT_CELL_AGENT_OPTIONS & { advertiseHost: string };
+  private readonly log: Logger;
+  private readonly engines: EngineRegistry;
+  private readonly executors: Partial<Record<ExecutorKind, Executor>>;
+  private redis: Redis | undefined;
+  private sub: Redis | undefined;
+  private orderConn: Redis | undefined;
+  private instances: CellInstances | undefined;
+  private timers: NodeJS.Timeout[] = [];
+  private running = false;
+  private startedAt = 0;
+  private reconciling: Promise<void> | undefined;
+  private reconcileAgain = false;
+  private availableExecutors: ExecutorKind[] = [];
+  private invalidSpecs = new Map<string, string>();
+  private stateLost = false;
+  private registered = false;
+  private readonly orderChains = new Map<string, Promise<void>>();
+  private readonly pendingActions = new Set<Promise<void>>();
+  private availableEngineKinds: EngineKind[] = [];
+
+  constructor(options: CellAgentOptions) {
+    validateOptions(options);
+    const defined = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
+    const listenHost = options.listenHost ?? DEFAULT_CELL_AGENT_OPTIONS.listenHost;
+    this.opts = {
+      ...DEFAULT_CELL_AGENT_OPTIONS,
+      redisUrl: process.env.SF_REDIS_URL ?? DEFAULT_CELL_AGENT_OPTIONS.redisUrl,
+      ...defined,
+      listenHost,
+      advertiseHost: options.advertiseHost ?? listenHost,
+    } as CellAgent['opts'];
+    this.name = options.name;
+    this.dataDir = path.resolve(options.dataDir ?? defaultCellDataDir(options.name));
+    this.log = options.logger ?? pino({ name: 'sf-cell', base: { cell: options.name } }, pino.destination(2));
+    this.engines = options.engines ?? createEngineRegistry({ postgres: { trustCidrs: options.trustCidrs } });
+    const common = { dataDir: this.dataDir, portRange: this.opts.portRange, listenHost, advertiseHost: this.opts.advertiseHost, engines: this.engines };
+    this.executors = options.executors ?? { process: new ProcessExecutor(common), docker: new DockerExecutor(common) };
+  }
+
+  get logger(): Logger {
+    return this.log;
+  }
+
+  async start(): Promise<void> {
+    await mkdir(this.dataDir, { recursive: true });
+    this.startedAt = Date.now();
+    // ioredis reconnects forever; the cell waits for Redis rather than exiting, so `sf up` and
+    // service managers may start it before Redis is up.
+    const retryStrategy = (attempt: number): number => Math.min(100 * attempt, 2_000);
+    this.redis = createRedis(this.opts.redisUrl, { maxRetriesPerRequest: 1, retryStrategy });
+    this.sub = createRedis(this.opts.redisUrl, { maxRetriesPerRequest: null, retryStrategy });
+    this.orderConn = createRedis(this.opts.redisUrl, { maxRetriesPerRequest: null, retryStrategy });
+    let lastWarn = 0;
+    for (const conn of [this.redis, this.sub, this.orderConn]) {
+      conn.on('error', (err: Error) => {
+        if (Date.now() - lastWarn < 5_000) return;
+        lastWarn = Date.now();
+        this.log.warn({ err: err.message, redis: this.opts.redisUrl }, 'redis unreachable; retrying');
+      });
+    }
+    await Promise.all([this.redis, this.sub, this.orderConn].map(waitReady));
+    // After an outage the registration may have expired and reports may be gone (a Redis
+    // without persistence restarts empty): re-register and re-report everything.
+    this.redis.on('ready', () => void this.afterReconnect());
+
+    this.availableExecutors = [];
+    for (const [kind, executor] of Object.entries(this.executors) as Array<[ExecutorKind, Executor | undefined]>) {
+      if (!executor) continue;
+      const availability = await executor.available();
+      if (availability.ok) this.availableExecutors.push(kind);
+      else this.log.info({ executor: kind, reason: availability.reason }, 'executor unavailable');
+    }
+    const usable = Object.fromEntries(this.availableExecutors.map((k) => [k, this.executors[k]]));
+    this.availableEngineKinds = await availableEngines(this.engines);
+
+    this.instances = new CellInstances({
+      cell: this.name,
+      dataDir: this.dataDir,
+      advertiseHost: this.opts.advertiseHost,
+      executors: usable,
+      engines: this.engines,
+      redis: this.redis,
+      report: (id, actual) => void this.report(id, actual),
+    });
+    await this.instances.load();
+    await this.clearStaleReports();
+
+    this.running = true;
+    await this.heartbeat();
+    await this.publish({ type: 'registered', cell: this.name, record: this.record() });
+    this.timers.push(setInterval(() => void this.heartbeat(), this.opts.heartbeatMs));
+    this.timers.push(setInterval(() => this.requestReconcile(), this.opts.reconcileMs));
+    // Reports are written on change; a periodic full report repairs anything lost meanwhile.
+    this.timers.push(setInterval(() => this.instances?.reportAll(), FULL_REPORT_MS));
+    this.timers.push(setInterval(() => void this.instances?.probe().catch(() => undefined), this.opts.reconcileMs));
+
+    await this.sub.subscribe(cellKeys.notify(this.name));
+    this.sub.on('message', (_channel: string, message: string) => {
+      if (message === NOTIFY_DESIRED) this.requestReconcile();
+    });
+    this.requestReconcile();
+    void this.orderLoop();
+    if (!isLoopback(this.opts.listenHost) && !(this.opts.trustCidrs ?? []).length) {
+      this.log.warn({ listenHost: this.opts.listenHost }, 'postgres trusts loopback only: replicas on other hosts need --trust-cidr for their network');
+    }
+    this.log.info({ dataDir: this.dataDir, host: this.opts.advertiseHost, executors: this.availableExecutors, engines: this.availableEngineKinds, instances: this.instances.summary() }, 'cell registered');
+  }
+
+  /** Deregisters; instances keep running (re-adopted next start) unless stopInstancesOnExit. */
+  async stop(): Promise<void> {
+    if (!this.running) return;
+    this.running = false;
+    for (const t of this.timers) clearInterval(t);
+    this.timers = [];
+    await this.reconciling;
+    await Promise.all([...this.orderChains.values(), ...this.pendingActions]);
+    await this.instances?.shutdown(this.opts.stopInstancesOnExit);
+    try {
+      await this.redis?.del(cellKeys.registration(this.name));
+      await this.publish({ type: 'deregistered', cell: this.name });
+    } catch (err) {
+      this.log.warn({ err: errorMessageOf(err) }, 'deregistration failed; the key expires by TTL');
+    }
+    this.orderConn?.disconnect();
+    this.sub?.disconnect();
+    await this.redis?.quit().catch(() => undefined);
+  }
+
+  record(): CellRecord {
+    return {
+      name: this.name,
+      zone: this.opts.zone,
+      capacityMb: this.opts.capacityMb,
+      usedMb: this.instances?.usedMb() ?? 0,
+      host: this.opts.advertiseHost,
+      executors: this.availableExecutors,
+      engines: this.availableEngineKinds,
+      portRange: this.opts.portRange,
+      instances: this.instances?.count() ?? 0,
+      startedAt: this.startedAt,
+      heartbeatAt: Date.now(),
+      heartbeatTtlMs: this.opts.heartbeatTtlMs,
+    };
+  }
+
+  private async afterReconnect(): Promise<void> {
+    await this.heartbeat();
+    this.instances?.reportAll();
+  }
+
+  /**
+   * `SADD sf:cells NAME` answering 1 after this cell registered means Redis lost control's state
+   * (nothing ever removes a cell from that set). Its empty desired hash then means "unknown", not
+   * "stop everything": the cell keeps its instances until control writes desired state again.
+   * Every SADD goes through one connection, so exactly one caller sees the 1.
+   */
+  private noteRegistration(added: number): void {
+    if (added === 1 && this.registered && (this.instances?.count() ?? 0) > 0 && !this.stateLost) {
+      this.stateLost = true;
+      this.log.warn('control state in Redis looks wiped; keeping instances until desired state is written again');
+    }
+    this.registered = true;
+  }
+
+  private async heartbeat(): Promise<void> {
+    if (!this.running || !this.redis) return;
+    try {
+      const res = await this.redis
+        .multi()
+        .set(cellKeys.registration(this.name), JSON.stringify(this.record()), 'PX', this.opts.heartbeatTtlMs)
+        .sadd(CELLS_SET_KEY, this.name)
+        .exec();
+      this.noteRegistration(Number(res?.[1]?.[1] ?? 0));
+    } catch (err) {
+      this.log.warn({ err: errorMessageOf(err) }, 'heartbeat failed');
+    }
+  }
+
+  /** Coalesces reconcile requests: one run at a time, one more if asked during a run. */
+  requestReconcile(): void {
+    if (!this.running) return;
+    if (this.reconciling) {
+      this.reconcileAgain = true;
+      return;
+    }
+    this.reconciling = this.reconcile()
+      .catch((err) => this.log.warn({ err: errorMessageOf(err) }, 'reconcile failed'))
+      .finally(() => {
+        this.reconciling = undefined;
+        if (this.reconcileAgain) {
+          this.reconcileAgain = false;
+          this.requestReconcile();
+        }
+      });
+  }
+
+  private async reconcile(): Promise<void> {
+    if (!this.redis || !this.instances) return;
+    const raw = await this.redis.hgetall(cellKeys.desired(this.name));
+    if (Object.keys(raw).length === 0 && this.instances.count() > 0) this.noteRegistration(await this.redis.sadd(CELLS_SET_KEY, this.name));
+    if (this.stateLost) {
+      if (Object.keys(raw).length === 0) return;
+      this.stateLost = false;
+    }
+    const desired = new Map<string, InstanceSpec>();
+    const invalid = new Map<string, string>();
+    for (const [id, json] of Object.entries(raw)) {
+      const parsed = safeParseSpec(json);
+      if (parsed.ok && parsed.spec.instanceId === id) desired.set(id, parsed.spec);
+      else invalid.set(id, parsed.ok ? `instanceId '${parsed.spec.instanceId}' does not match its hash field` : parsed.message);
+    }
+    // Report each invalid spec once, and withdraw the report once it is fixed or removed.
+    for (const [id, message] of invalid) if (this.invalidSpecs.get(id) !== message) this.reportInvalid(id, message, raw[id] ?? '');
+    for (const id of this.invalidSpecs.keys()) {
+      if (!invalid.has(id) && !this.instances.ids().includes(id)) void this.report(id, null);
+    }
+    this.invalidSpecs = invalid;
+    // Not awaited: a long start (a base backup of a large database) must not hold back the next
+    // pass, which handles other instances; per-instance states keep passes from colliding.
+    const actions = this.instances.reconcile(desired).catch((err) => this.log.warn({ err: errorMessageOf(err) }, 'reconcile action failed'));
+    this.pendingActions.add(actions);
+    void actions.finally(() => this.pendingActions.delete(actions));
+  }
+
+  /**
+   * An invalid spec still gets a report, so control sees why nothing runs. Fields the spec got
+   * right are echoed; the rest are neutral placeholders (only `state` and `lastError` matter).
+   */
+  private reportInvalid(instanceId: string, message: string, raw: string): void {
+    this.log.warn({ instanceId, message }, 'invalid desired spec');
+    let loose: Record<string, unknown> = {};
+    try {
+      const value: unknown = JSON.parse(raw);
+      if (value && typeof value === 'object') loose = value as Record<string, unknown>;
+    } catch {
+      // Not JSON: nothing to echo.
+    }
+    const pick = <T>(key: string, ok: (v: unknown) => boolean, fallback: T): T => (ok(loose[key]) ? (loose[key] as T) : fallback);
+    const actual: ActualInstance = {
+      instanceId,
+      service: pick('service', (v) => typeof v === 'string', ''),
+      engine: pick('engine', (v) => ENGINE_KINDS.includes(v as EngineKind), 'tcp'),
+      executor: pick('executor', (v) => v === 'process' || v === 'docker', 'process'),
+      state: 'failed',
+      generation: pick('generation', Number.isInteger, 0),
+      pid: null,
+      host: this.opts.advertiseHost,
+      port: null,
+      role: pick('role', (v) => v === 'primary' || v === 'replica', 'replica'),
+      epoch: pick('epoch', Number.isInteger, 0),
+      position: null,
+      positionValue: null,
+      healthy: null,
+      leaseHeld: null,
+      volumePresent: false,
+      volumeSizeMb: 0,
+      lastError: { code: CellErrorCode.InvalidSpec, message },
+      updatedAt: Date.now(),
+    };
+    void this.report(instanceId, actual);
+  }
+
+  private async report(instanceId: string, actual: ActualInstance | null): Promise<void> {
+    if (!this.redis) return;
+    try {
+      if (actual) await this.redis.hset(cellKeys.actual(this.name), instanceId, JSON.stringify(actual));
+      else await this.redis.hdel(cellKeys.actual(this.name), instanceId);
+      await this.publish({ type: 'actual', cell: this.name, instanceId, actual });
+    } catch (err) {
+      this.log.warn({ instanceId, err: errorMessageOf(err) }, 'report failed');
+    }
+  }
+
+  /** Entries for instances this cell no longer knows (volume gone) would mislead control. */
+  private async clearStaleReports(): Promise<void> {
+    if (!this.redis || !this.instances) return;
+    const known = new Set(this.instances.ids());
+    const reported = await this.redis.hkeys(cellKeys.actual(this.name));
+    const stale = reported.filter((id) => !known.has(id));
+    if (stale.length) await this.redis.hdel(cellKeys.actual(this.name), ...stale);
+  }
+
+  private async publish(event: CellEvent): Promise<void> {
+    await this.redis?.publish(CELL_EVENTS_CHANNEL, JSON.stringify(event));
+  }
+
+  private async orderLoop(): Promise<void> {
+    while (this.running && this.orderConn) {
+      let popped: [string, string] | null;
+      try {
+        popped = await this.orderConn.brpop(cellKeys.orders(this.name), 1);
+      } catch (err) {
+        if (!this.running) return;
+        this.log.warn({ err: errorMessageOf(err) }, 'order queue read failed');
+        await new Promise((r) => setTimeout(r, 500));
+        continue;
+      }
+      if (popped) this.dispatchOrder(popped[1]);
+    }
+  }
+
+  /**
+   * Orders for one instance run in arrival order, orders for different instances concurrently:
+   * a fence must not wait behind another instance's volume copy or a slow promote.
+   */
+  private dispatchOrder(json: string): void {
+    let key = '*';
+    try {
+      const id = (JSON.parse(json) as { instanceId?: unknown }).instanceId;
+      if (typeof id === 'string') key = id;
+    } catch {
+      // Handled (and reported) by handleOrder.
+    }
+    const previous = this.orderChains.get(key) ?? Promise.resolve();
+    const next = previous.then(() => this.handleOrder(json)).catch((err) => this.log.warn({ err: errorMessageOf(err) }, 'order failed'));
+    this.orderChains.set(key, next);
+    void next.finally(() => {
+      if (this.orderChains.get(key) === next) this.orderChains.delete(key);
+    });
+  }
+
+  private async handleOrder(json: string): Promise<void> {
+    let result: OrderResult;
+    let parsedJson: unknown;
+    try {
+      parsedJson = JSON.parse(json);
+    } catch {
+      parsedJson = undefined;
+    }
+    const parsed = orderSchema.safeParse(parsedJson);
+    if (!parsed.success) {
+      const orderId = typeof (parsedJson as { orderId?: unknown })?.orderId === 'string' ? (parsedJson as { orderId: string }).orderId : `invalid-${Date.now()}`;
+      const issue = parsed.error.issues[0];
+      result = { orderId, type: 'invalid', cell: this.name, ok: false, error: { code: CellErrorCode.UnknownOrder, message: `invalid order: ${issue ? `${issue.path.join('.')}: ${issue.message}` : 'unparseable'}` }, finishedAt: Date.now() };
+    } else {
+      this.log.info({ order: parsed.data }, 'order');
+      result = await executeOrder(parsed.data, { cell: this.name, dataDir: this.dataDir, instances: this.instances as CellInstances, fencer: this.opts.fencer });
+    }
+    try {
+      await this.redis?.set(cellKeys.orderResult(result.orderId), JSON.stringify(result), 'PX', ORDER_RESULT_TTL_MS);
+      await this.publish({ type: 'order-result', cell: this.name, result });
+    } catch (err) {
+      this.log.warn({ orderId: result.orderId, err: errorMessageOf(err) }, 'order result not stored');
+    }
+  }
+}
+
+function safeParseSpec(json: string): { ok: true; spec: InstanceSpec } | { ok: false; message: string } {
+  let value: unknown;
+  try {
+    value = JSON.parse(json);
+  } catch {
+    return { ok: false, message: 'desired spec is not JSON' };
+  }
+  const parsed = instanceSpecSchema.safeParse(value);
+  if (parsed.success) return { ok: true, spec: parsed.data };
+  const issue = parsed.error.issues[0];
+  return { ok: false, message: issue ? `${issue.path.join('.') || 'spec'}: ${issue.message}` : 'invalid spec' };
+}

@@ -1,0 +1,449 @@
+/**
+ * The cell's model of its instances: what control wants (desired specs), what runs (executor
+ * handles), what is on disk (volumes), and the `ActualInstance` report built from all three.
+ * `reconcile` converges running instances to the desired specs with one rule control relies on:
+ * an instance is started only for a generation not yet attempted, so a crash is reported and
+ * never retried here (issue 4: "restarts nothing on its own initiative").
+ */
+import type { Redis } from 'ioredis';
+import { cellKeys, type ActualInstance, type ActualState, type ExecutorKind, type InstanceSpec } from '../protocol/cell-protocol';
+import type { Engine } from './engine';
+import type { EngineRegistry } from './engine-registry';
+import { CellError, CellErrorCode, errorCodeOf, errorMessageOf } from './errors';
+import type { Executor, InstanceHandle, InstanceStatus } from './executor';
+import { listVolumes, readMeta, volumePaths, writeMeta } from './instance-volume';
+import { LeaseKeeper } from './lease-keeper';
+
+export interface CellInstancesOptions {
+  cell: string;
+  dataDir: string;
+  advertiseHost: string;
+  executors: Partial<Record<ExecutorKind, Executor>>;
+  engines: EngineRegistry;
+  /** Used for leases; undefined = no leases kept. */
+  redis: Redis | undefined;
+  /** Called with every changed report (null = forgotten). */
+  report: (instanceId: string, actual: ActualInstance | null) => void;
+  /** @default 'process' */
+  defaultExecutor?: ExecutorKind;
+}
+
+interface LocalInstance {
+  spec: InstanceSpec;
+  executor: Executor;
+  state: ActualState;
+  handle: InstanceHandle | undefined;
+  lastError: { code: string; message: string } | null;
+  position: string | null;
+  positionValue: string | null;
+  healthy: boolean | null;
+  lease: LeaseKeeper | undefined;
+  /** Set while the cell itself stops or kills it, so the exit is not reported as a failure. */
+  expectingExit: 'stop' | 'fence' | undefined;
+  desired: boolean;
+  /** Generation of the last start attempt; -1 after a deliberate stop (re-adding restarts). */
+  attempted: number;
+}
+
+/** Read through a function so the compiler does not narrow a state that changes across awaits. */
+function fencedMeanwhile(inst: LocalInstance): boolean {
+  return inst.state === 'fenced';
+}
+
+export class CellInstances {
+  private readonly local = new Map<string, LocalInstance>();
+  private readonly unsubscribe: Array<() => void> = [];
+
+  constructor(private readonly options: CellInstancesOptions) {
+    for (const executor of Object.values(options.executors)) {
+      if (executor) this.unsubscribe.push(executor.onExit((id, status) => this.onExit(id, status)));
+    }
+  }
+
+  /** Re-adopts running instances and learns every volume on disk, so none is lost on restart. */
+  async load(): Promise<void> {
+    for (const executor of Object.values(this.options.executors)) {
+      if (!executor) continue;
+      for (const handle of await executor.adopt().catch(() => [])) {
+        const meta = await readMeta(volumePaths(this.options.dataDir, handle.instanceId));
+        if (!meta) continue;
+        const inst = this.ensure(meta.spec, executor, meta.generation);
+        inst.handle = handle;
+        inst.state = 'running';
+        inst.healthy = null;
+        // It ran because control wanted it; if the desired hash no longer lists it, stop it.
+        inst.desired = true;
+      }
+    }
+    for (const { meta } of await listVolumes(this.options.dataDir)) {
+      if (this.local.has(meta.instanceId)) continue;
+      const executor = this.executorFor(meta.spec);
+      if (!executor) continue;
+      const inst = this.ensure(meta.spec, executor, meta.generation);
+      inst.state = meta.generation >= 0 ? 'failed' : 'stopped';
+      if (meta.generation >= 0) {
+        // It was meant to run but is not: it died while no cell watched it. Control decides.
+        inst.lastError = { code: CellErrorCode.InstanceExited, message: 'not running when the cell started; not restarted until control raises the generation' };
+      }
+    }
+    for (const id of this.local.keys()) this.emit(id);
+  }
+
+  /** Sum of volume sizes on this cell, desired or merely present on disk. */
+  usedMb(): number {
+    let sum = 0;
+    for (const inst of this.local.values()) sum += inst.spec.volume.sizeMb;
+    return sum;
+  }
+
+  count(): number {
+    return this.local.size;
+  }
+
+  /** instanceId -> state, for the start-up log line. */
+  summary(): Record<string, string> {
+    return Object.fromEntries([...this.local].map(([id, inst]) => [id, `${inst.state}${inst.handle ? ` pid ${inst.handle.pid}` : ''}`]));
+  }
+
+  ids(): string[] {
+    return [...this.local.keys()];
+  }
+
+  async reconcile(desiredSpecs: Map<string, InstanceSpec>): Promise<void> {
+    const starts: Array<Promise<void>> = [];
+    for (const [id, spec] of desiredSpecs) {
+      const executor = this.executorFor(spec);
+      const inst = this.local.get(id);
+      if (!executor) {
+        this.fail(id, spec, new CellError(CellErrorCode.ExecutorUnavailable, `executor ${spec.executor} is not available on cell ${this.options.cell}`));
+        continue;
+      }
+      if (!inst) {
+        const fresh = this.ensure(spec, executor, Number.NEGATIVE_INFINITY);
+        fresh.desired = true;
+        starts.push(this.start(fresh));
+        continue;
+      }
+      inst.desired = true;
+      if (inst.state === 'running' && spec.generation > inst.attempted && inst.attempted >= 0) {
+        // A generation counts start requests: a higher one on a running instance restarts it.
+        starts.push(this.stop(id, false).then(() => this.startWith(inst, spec)));
+        continue;
+      }
+      if (inst.state === 'running' || inst.state === 'starting') {
+        starts.push(this.applyLiveChanges(inst, spec));
+        continue;
+      }
+      if (inst.state === 'stopping') continue;
+      inst.spec = spec;
+      if (spec.generation > inst.attempted) starts.push(this.start(inst));
+    }
+    for (const [id, inst] of this.local) {
+      if (desiredSpecs.has(id)) continue;
+      inst.desired = false;
+      // One still starting is stopped by `start` once it is up.
+      if (inst.state === 'running') starts.push(this.stop(id));
+    }
+    await Promise.all(starts);
+  }
+
+  /** Role/epoch/replicaOf changes on a running instance never restart it; orders change roles. */
+  private async applyLiveChanges(inst: LocalInstance, spec: InstanceSpec): Promise<void> {
+    const epoch = Math.max(inst.spec.epoch, spec.epoch);
+    const raised = epoch > inst.spec.epoch;
+    inst.spec = { ...spec, role: inst.spec.role, replicaOf: inst.spec.replicaOf, epoch, port: inst.handle?.port ?? spec.port };
+    if (inst.handle) inst.handle.context = { ...inst.handle.context, spec: inst.spec };
+    if (inst.lease) inst.lease.setEpoch(epoch);
+    if (!raised) return;
+    await this.persistEpoch(inst.spec.instanceId, epoch);
+    this.emit(inst.spec.instanceId);
+  }
+
+  private async persistEpoch(instanceId: string, epoch: number): Promise<void> {
+    const paths = volumePaths(this.options.dataDir, instanceId);
+    const meta = await readMeta(paths);
+    if (meta && epoch > meta.highestEpoch) await writeMeta(paths, { ...meta, highestEpoch: epoch });
+  }
+
+  private startWith(inst: LocalInstance, spec: InstanceSpec): Promise<void> {
+    inst.spec = spec;
+    return this.start(inst);
+  }
+
+  private async start(inst: LocalInstance): Promise<void> {
+    const id = inst.spec.instanceId;
+    inst.attempted = inst.spec.generation;
+    inst.state = 'starting';
+    inst.lastError = null;
+    this.emit(id);
+    try {
+      await this.checkEpochFloor(inst.spec);
+      const handle = await inst.executor.start(inst.spec);
+      if (fencedMeanwhile(inst)) {
+        // A fence order arrived while it was starting (e.g. during a base backup): it must not
+        // come up now.
+        inst.expectingExit = 'fence';
+        await inst.executor.kill(id);
+      } else {
+        inst.handle = handle;
+        inst.state = 'running';
+        inst.healthy = true;
+        inst.spec = { ...inst.spec, port: handle.port };
+        this.syncLease(inst);
+        await this.refreshPosition(id).catch(() => undefined);
+        if (!inst.desired) {
+          // Removed from desired state while it was starting.
+          await this.persistGeneration(id, inst.attempted);
+          return this.stop(id);
+        }
+      }
+    } catch (err) {
+      if (!fencedMeanwhile(inst)) {
+        inst.state = 'failed';
+        inst.handle = undefined;
+        inst.lastError = { code: errorCodeOf(err), message: errorMessageOf(err) };
+      }
+    }
+    await this.persistGeneration(id, inst.attempted);
+    this.emit(id);
+  }
+
+  /**
+   * The volume record only knows epochs this cell saw. When control fenced the instance it raised
+   * the instance's epoch floor in Redis (lease-keeper.ts `fenceLease`), so a primary start is
+   * also checked against that; if Redis cannot answer, the start is refused (fail closed).
+   */
+  async checkEpochFloor(spec: Pick<InstanceSpec, 'role' | 'instanceId' | 'epoch'>): Promise<void> {
+    if (spec.role !== 'primary' || !this.options.redis) return;
+    const floor = Number((await this.options.redis.get(cellKeys.leaseFloor(spec.instanceId))) ?? 0);
+    if (spec.epoch < floor) {
+      throw new CellError(CellErrorCode.StaleEpoch, `instance ${spec.instanceId}: refusing to start as primary with epoch ${spec.epoch}, control fenced it at epoch ${floor}`, 'epoch');
+    }
+  }
+
+  private async persistGeneration(instanceId: string, generation: number): Promise<void> {
+    const paths = volumePaths(this.options.dataDir, instanceId);
+    const meta = await readMeta(paths);
+    if (meta) await writeMeta(paths, { ...meta, generation });
+  }
+
+  /** Clean stop; `deliberate` marks it as wanted off (re-adding the spec starts it again). */
+  async stop(instanceId: string, deliberate = true): Promise<void> {
+    const inst = this.local.get(instanceId);
+    if (!inst || !inst.handle) return;
+    inst.expectingExit = 'stop';
+    inst.state = 'stopping';
+    this.emit(instanceId);
+    this.dropLease(inst);
+    await inst.executor.stop(instanceId);
+    inst.state = 'stopped';
+    inst.handle = undefined;
+    inst.healthy = null;
+    if (deliberate) {
+      inst.attempted = -1;
+      await this.persistGeneration(instanceId, -1);
+    }
+    this.emit(instanceId);
+  }
+
+  /** The fencing shot: SIGKILL. Returns whether it was running. */
+  async fence(instanceId: string): Promise<boolean> {
+    const inst = this.local.get(instanceId);
+    if (!inst) throw new CellError(CellErrorCode.InstanceNotFound, `no instance ${instanceId} on cell ${this.options.cell}`);
+    this.dropLease(inst);
+    const wasRunning = inst.executor.status(instanceId).state === 'running';
+    // Only a live process produces the exit this flag swallows; set on a dead one it would hide
+    // the next real crash after a restart.
+    inst.expectingExit = wasRunning ? 'fence' : undefined;
+    await inst.executor.kill(instanceId);
+    inst.state = 'fenced';
+    inst.handle = undefined;
+    inst.healthy = null;
+    this.emit(instanceId);
+    return wasRunning;
+  }
+
+  running(instanceId: string): { handle: InstanceHandle; engine: Engine } {
+    const inst = this.local.get(instanceId);
+    if (!inst || !inst.handle || inst.state !== 'running') {
+      throw new CellError(CellErrorCode.InstanceNotFound, `instance ${instanceId} is not running on cell ${this.options.cell}`);
+    }
+    return { handle: inst.handle, engine: this.options.engines[inst.spec.engine] };
+  }
+
+  requireStopped(instanceId: string): void {
+    const inst = this.local.get(instanceId);
+    if (!inst) throw new CellError(CellErrorCode.InstanceNotFound, `no instance ${instanceId} on cell ${this.options.cell}`);
+    if (inst.state === 'running' || inst.state === 'starting' || inst.state === 'stopping') {
+      throw new CellError(CellErrorCode.InstanceRunning, `instance ${instanceId} is ${inst.state}; stop it first`);
+    }
+  }
+
+  isDesired(instanceId: string): boolean {
+    return this.local.get(instanceId)?.desired ?? false;
+  }
+
+  async recordedEpoch(instanceId: string): Promise<number> {
+    return (await readMeta(volumePaths(this.options.dataDir, instanceId)))?.highestEpoch ?? 0;
+  }
+
+  /** Applies a role change done by an order (promote, repoint) to the model and the lease. */
+  update(instanceId: string, patch: Partial<Pick<InstanceSpec, 'role' | 'epoch' | 'replicaOf'>>): void {
+    const inst = this.local.get(instanceId);
+    if (!inst) return;
+    inst.spec = { ...inst.spec, ...patch };
+    if (inst.handle) inst.handle.context = { ...inst.handle.context, spec: inst.spec };
+    this.syncLease(inst);
+    this.emit(instanceId);
+  }
+
+  async refreshPosition(instanceId: string): Promise<{ role: string; position: string | null; positionValue: string | null }> {
+    const { handle, engine } = this.running(instanceId);
+    const inst = this.local.get(instanceId) as LocalInstance;
+    const pos = await engine.position(handle.context);
+    inst.position = pos?.position ?? null;
+    inst.positionValue = pos?.value ?? null;
+    this.emit(instanceId);
+    return { role: pos?.role ?? inst.spec.role, position: inst.position, positionValue: inst.positionValue };
+  }
+
+  /** Health and position of every running instance; reports only what changed. */
+  async probe(): Promise<void> {
+    await Promise.all(
+      [...this.local.values()]
+        .filter((inst) => inst.state === 'running' && inst.handle)
+        .map(async (inst) => {
+          const id = inst.spec.instanceId;
+          const engine = this.options.engines[inst.spec.engine];
+          const context = (inst.handle as InstanceHandle).context;
+          const healthy = await engine.healthy(context).catch(() => false);
+          const pos = healthy ? await engine.position(context).catch(() => null) : null;
+          const changed = healthy !== inst.healthy || (pos && pos.value !== inst.positionValue);
+          inst.healthy = healthy;
+          if (pos) {
+            inst.position = pos.position;
+            inst.positionValue = pos.value;
+          }
+          if (changed) this.emit(id);
+        }),
+    );
+  }
+
+  async forget(instanceId: string): Promise<void> {
+    const inst = this.local.get(instanceId);
+    if (inst) this.dropLease(inst);
+    this.local.delete(instanceId);
+    this.options.report(instanceId, null);
+  }
+
+  /** Stops lease renewal everywhere; with `stopInstances` also stops the engines. */
+  async shutdown(stopInstances: boolean): Promise<void> {
+    for (const inst of this.local.values()) this.dropLease(inst);
+    if (stopInstances) await Promise.all([...this.local.keys()].map((id) => this.stop(id)));
+    for (const off of this.unsubscribe) off();
+  }
+
+  actual(instanceId: string): ActualInstance | null {
+    const inst = this.local.get(instanceId);
+    if (!inst) return null;
+    const { spec } = inst;
+    return {
+      instanceId,
+      service: spec.service,
+      engine: spec.engine,
+      executor: inst.executor.kind,
+      state: inst.state,
+      generation: inst.attempted < 0 ? spec.generation : Math.max(inst.attempted, 0),
+      pid: inst.handle?.pid ?? null,
+      host: this.options.advertiseHost,
+      port: inst.handle?.port ?? spec.port ?? null,
+      role: spec.role,
+      epoch: spec.epoch,
+      position: inst.position,
+      positionValue: inst.positionValue,
+      healthy: inst.state === 'running' ? inst.healthy : null,
+      leaseHeld: inst.lease ? inst.lease.held : null,
+      volumePresent: true,
+      volumeSizeMb: spec.volume.sizeMb,
+      lastError: inst.lastError,
+      updatedAt: Date.now(),
+    };
+  }
+
+  reportAll(): void {
+    for (const id of this.local.keys()) this.emit(id);
+  }
+
+  private emit(instanceId: string): void {
+    this.options.report(instanceId, this.actual(instanceId));
+  }
+
+  private ensure(spec: InstanceSpec, executor: Executor, attempted: number): LocalInstance {
+    let inst = this.local.get(spec.instanceId);
+    if (!inst) {
+      inst = { spec, executor, state: 'stopped', handle: undefined, lastError: null, position: null, positionValue: null, healthy: null, lease: undefined, expectingExit: undefined, desired: false, attempted };
+      this.local.set(spec.instanceId, inst);
+    }
+    return inst;
+  }
+
+  private executorFor(spec: InstanceSpec): Executor | undefined {
+    return this.options.executors[spec.executor ?? this.options.defaultExecutor ?? 'process'];
+  }
+
+  private fail(id: string, spec: InstanceSpec, err: CellError): void {
+    const inst = this.local.get(id);
+    if (inst && inst.lastError?.code === err.code && inst.state === 'failed') return;
+    const executor = this.options.executors.process ?? Object.values(this.options.executors)[0];
+    if (!executor) return;
+    const target = this.ensure(spec, executor, spec.generation);
+    target.state = 'failed';
+    target.lastError = { code: err.code, message: err.message };
+    this.emit(id);
+  }
+
+  private onExit(instanceId: string, status: InstanceStatus): void {
+    const inst = this.local.get(instanceId);
+    if (!inst || inst.state === 'starting') return;
+    const expected = inst.expectingExit;
+    inst.expectingExit = undefined;
+    if (expected) return;
+    this.dropLease(inst);
+    inst.state = 'failed';
+    inst.handle = undefined;
+    inst.healthy = null;
+    const why = status.signal ? `signal ${status.signal}` : `exit code ${status.exitCode}`;
+    inst.lastError = { code: CellErrorCode.InstanceExited, message: `instance exited (${why}); not restarted until control raises the generation` };
+    this.emit(instanceId);
+  }
+
+  /** A running primary with `spec.lease` keeps a lease; anything else holds none. */
+  private syncLease(inst: LocalInstance): void {
+    const wants = inst.state === 'running' && inst.spec.role === 'primary' && inst.spec.lease !== undefined && this.options.redis !== undefined;
+    if (!wants) return this.dropLease(inst);
+    if (inst.lease) return inst.lease.setEpoch(inst.spec.epoch);
+    const id = inst.spec.instanceId;
+    const lease = new LeaseKeeper({
+      redis: this.options.redis as Redis,
+      instanceId: id,
+      holder: this.options.cell,
+      epoch: inst.spec.epoch,
+      ttlMs: inst.spec.lease?.ttlMs,
+      healthy: async () => {
+        const current = this.local.get(id);
+        if (!current?.handle) return false;
+        return this.options.engines[current.spec.engine].healthy(current.handle.context);
+      },
+    });
+    lease.on('acquired', () => this.emit(id));
+    lease.on('lost', () => this.emit(id));
+    inst.lease = lease;
+    lease.start();
+  }
+
+  private dropLease(inst: LocalInstance): void {
+    inst.lease?.stop();
+    inst.lease?.removeAllListeners();
+    inst.lease = undefined;
+  }
+}

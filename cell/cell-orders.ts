@@ -1,0 +1,88 @@
+/**
+ * Executes one order from control (cell-protocol.ts `Order`) against the cell's instances and
+ * returns its result. Orders are idempotent in effect (fencing a dead instance succeeds, promoting
+ * a primary is a no-op for the engine) so that control may safely retry with a new order id.
+ */
+import { mkdir, rm } from 'node:fs/promises';
+import path from 'node:path';
+import type { Order, OrderResult } from '../protocol/cell-protocol';
+import { CellError, CellErrorCode, errorCodeOf, errorMessageOf } from './errors';
+import type { NetworkFencer } from './fencer-network';
+import { runCommand } from './run-command';
+import { recordPromotion, volumePaths } from './instance-volume';
+import type { CellInstances } from './cell-instances';
+import { pathExists as exists } from './path-exists';
+
+export interface OrderContext {
+  cell: string;
+  dataDir: string;
+  instances: CellInstances;
+  fencer: NetworkFencer | undefined;
+}
+
+export async function executeOrder(order: Order, ctx: OrderContext): Promise<OrderResult> {
+  const base = { orderId: order.orderId, type: order.type, cell: ctx.cell };
+  try {
+    const data = await run(order, ctx);
+    return { ...base, ok: true, data, finishedAt: Date.now() };
+  } catch (err) {
+    return { ...base, ok: false, error: { code: errorCodeOf(err), message: errorMessageOf(err) }, finishedAt: Date.now() };
+  }
+}
+
+async function run(order: Order, ctx: OrderContext): Promise<Record<string, unknown>> {
+  const { instances } = ctx;
+  switch (order.type) {
+    case 'promote': {
+      const local = instances.running(order.instanceId);
+      const current = await instances.recordedEpoch(order.instanceId);
+      if (order.epoch < current) {
+        throw new CellError(CellErrorCode.StaleEpoch, `promote of ${order.instanceId} with epoch ${order.epoch} refused: it already had epoch ${current}`, 'epoch');
+      }
+      await instances.checkEpochFloor({ instanceId: order.instanceId, role: 'primary', epoch: order.epoch });
+      await local.engine.promote(local.handle.context);
+      await recordPromotion(ctx.dataDir, order.instanceId, order.epoch);
+      instances.update(order.instanceId, { role: 'primary', epoch: order.epoch, replicaOf: undefined });
+      return { ...(await instances.refreshPosition(order.instanceId)) };
+    }
+    case 'repoint': {
+      const local = instances.running(order.instanceId);
+      await local.engine.repoint(local.handle.context, order.primary);
+      instances.update(order.instanceId, { role: 'replica', replicaOf: order.primary });
+      return { primary: order.primary };
+    }
+    case 'fence': {
+      const wasRunning = await instances.fence(order.instanceId);
+      return { wasRunning };
+    }
+    case 'fence-network':
+    case 'unfence-network': {
+      if (!ctx.fencer) throw new CellError(CellErrorCode.FenceFailed, 'this cell has no network fencer configured');
+      if (order.type === 'fence-network') await ctx.fencer.fence(order.peers);
+      else await ctx.fencer.unfence(order.peers);
+      return { peers: order.peers };
+    }
+    case 'copy-volume': {
+      instances.requireStopped(order.instanceId);
+      const { volumeDir } = volumePaths(ctx.dataDir, order.instanceId);
+      const target = path.join(order.destination, order.instanceId);
+      if (await exists(target)) throw new CellError(CellErrorCode.InvalidSpec, `${target} already exists`, 'destination');
+      await mkdir(order.destination, { recursive: true });
+      // cp -a keeps owners and modes, which matter: postgres refuses a data dir that is not
+      // 0700 and its own.
+      await runCommand('cp', ['-a', volumeDir, target], { timeoutMs: 3_600_000 });
+      return { path: target };
+    }
+    case 'delete-volume': {
+      instances.requireStopped(order.instanceId);
+      if (instances.isDesired(order.instanceId)) {
+        throw new CellError(CellErrorCode.InstanceRunning, `instance ${order.instanceId} is still desired on this cell; remove it from desired first`);
+      }
+      await rm(volumePaths(ctx.dataDir, order.instanceId).volumeDir, { recursive: true, force: true });
+      await instances.forget(order.instanceId);
+      return {};
+    }
+    case 'position':
+      return { ...(await instances.refreshPosition(order.instanceId)) };
+  }
+}

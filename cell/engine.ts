@@ -1,0 +1,66 @@
+/**
+ * The `Engine` interface: what a kind of stateful server (redis, postgres, any TCP command) needs
+ * from the cell. An engine knows how to lay out and configure a data directory, which foreground
+ * command runs it, how to check health and how its replication is driven. It never owns the
+ * process: executors (executor.ts) start, stop and kill it, so every engine works with every
+ * executor.
+ */
+import type { EngineKind, HostPort, InstanceSpec } from '../protocol/cell-protocol';
+import type { RunAs } from './run-command';
+
+export interface Availability {
+  ok: boolean;
+  /** Why it is not available (a missing binary, no daemon...), empty when ok. */
+  reason: string;
+}
+
+/** Everything an engine needs to know about one instance on one cell. */
+export interface EngineContext {
+  spec: InstanceSpec;
+  /** The engine's own data directory, inside the instance's volume. */
+  dataDir: string;
+  volumeDir: string;
+  port: number;
+  /** Address the server binds to. */
+  listenHost: string;
+  /** Address others (replicas, routers) use to reach it. */
+  advertiseHost: string;
+}
+
+export interface LaunchCommand {
+  file: string;
+  args: string[];
+  env?: Record<string, string>;
+  /** Engines that refuse to run as root (postgres) name the user to run as. */
+  runAs?: RunAs;
+  /** The signal that asks for a clean, durable shutdown. */
+  stopSignal: NodeJS.Signals;
+}
+
+export interface ReplicationPosition {
+  role: 'primary' | 'replica';
+  /** Engine-native text: Redis offset, PostgreSQL LSN `X/Y`. */
+  position: string;
+  /** The same as a decimal integer string, comparable with BigInt. */
+  value: string;
+}
+
+export interface Engine {
+  readonly kind: EngineKind;
+  available(): Promise<Availability>;
+  /** Paths (e.g. the data dir) must be owned by this user; undefined = the cell's own user. */
+  runAs(): RunAs | undefined;
+  /**
+   * Makes the data directory ready to start: first-time initialisation (initdb, a base backup
+   * from the primary) and the generated configuration. Idempotent: an initialised directory is
+   * kept, only the configuration is rewritten from the spec.
+   */
+  prepare(ctx: EngineContext): Promise<void>;
+  launch(ctx: EngineContext): Promise<LaunchCommand>;
+  healthy(ctx: EngineContext): Promise<boolean>;
+  position(ctx: EngineContext): Promise<ReplicationPosition | null>;
+  /** Turns a replica into a primary. */
+  promote(ctx: EngineContext): Promise<void>;
+  /** Makes a replica follow another primary. */
+  repoint(ctx: EngineContext, primary: HostPort): Promise<void>;
+}

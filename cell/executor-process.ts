@@ -1,0 +1,366 @@
+/**
+ * The default executor: each instance is a child process in its own process group, with its
+ * volume under the cell's data directory and a port from the cell's range.
+ *
+ * Instances are spawned detached on purpose: a cell agent restart (upgrade, crash) must not take
+ * the databases down with it. The restarted cell re-adopts them from their volume records
+ * (`adopt`). Fencing kills the whole process group, so no PostgreSQL backend outlives its
+ * postmaster and keeps serving a connected client.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { chmod, open, readFile, stat } from 'node:fs/promises';
+import path from 'node:path';
+import type { InstanceSpec } from '../protocol/cell-protocol';
+import type { Availability, Engine, EngineContext } from './engine';
+import type { RunAs } from './run-command';
+import { createEngineRegistry, type EngineRegistry } from './engine-registry';
+import { CellError, CellErrorCode } from './errors';
+import type { ExitListener, Executor, InstanceHandle, InstanceStatus, StopOptions } from './executor';
+import { admitStart, INSTANCES_DIR, listVolumes, readMeta, volumePaths, writeMeta } from './instance-volume';
+import { DEFAULT_PORT_RANGE, PortAllocator, type PortRange } from './port-allocator';
+
+export interface ProcessExecutorOptions {
+  /** The cell's data directory; volumes live in `{dataDir}/instances/{instanceId}`. */
+  dataDir: string;
+  /** @default 20000-20999 */
+  portRange?: PortRange;
+  /** Address instances bind to. @default '127.0.0.1' */
+  listenHost?: string;
+  /** Address reported to control for routers and replicas. @default listenHost */
+  advertiseHost?: string;
+  /** @default createEngineRegistry() */
+  engines?: EngineRegistry;
+  /** How long an engine may take to answer its first health check. @default 120000 */
+  startTimeoutMs?: number;
+  /** @default 15000 */
+  stopTimeoutMs?: number;
+  /** @default 100 */
+  healthIntervalMs?: number;
+  /** How often adopted (non-child) processes are checked for exit. @default 1000 */
+  adoptedPollMs?: number;
+}
+
+export const DEFAULT_PROCESS_EXECUTOR_OPTIONS = {
+  portRange: DEFAULT_PORT_RANGE,
+  listenHost: '127.0.0.1',
+  startTimeoutMs: 120_000,
+  stopTimeoutMs: 15_000,
+  healthIntervalMs: 100,
+  adoptedPollMs: 1_000,
+} as const;
+
+interface Tracked {
+  handle: InstanceHandle;
+  engine: Engine;
+  stopSignal: NodeJS.Signals;
+  child: ChildProcess | undefined;
+  status: InstanceStatus;
+  exited: Promise<InstanceStatus>;
+  markExited: (status: InstanceStatus) => void;
+  poll: NodeJS.Timeout | undefined;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+  // An adopted process is not our child: once dead it may linger as a zombie until its new
+  // parent reaps it (some container inits never do), and signal 0 still succeeds on a zombie.
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+function signalGroup(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pid, signal);
+  } catch {
+    // Not a group leader (or gone): signal the process itself.
+    try {
+      process.kill(pid, signal);
+    } catch {
+      // Already gone.
+    }
+  }
+}
+
+async function logTail(file: string, bytes = 1200): Promise<string> {
+  try {
+    const text = await readFile(file, 'utf8');
+    return text.slice(-bytes).trim().split('\n').slice(-6).join(' | ');
+  } catch {
+    return '';
+  }
+}
+
+export class ProcessExecutor implements Executor {
+  readonly kind = 'process' as const;
+  private readonly opts: Required<Omit<ProcessExecutorOptions, 'advertiseHost'>> & { advertiseHost: string };
+  private readonly ports: PortAllocator;
+  private readonly tracked = new Map<string, Tracked>();
+  private readonly starting = new Map<string, Promise<InstanceHandle>>();
+  private readonly listeners = new Set<ExitListener>();
+
+  constructor(options: ProcessExecutorOptions) {
+    const listenHost = options.listenHost ?? DEFAULT_PROCESS_EXECUTOR_OPTIONS.listenHost;
+    this.opts = {
+      ...DEFAULT_PROCESS_EXECUTOR_OPTIONS,
+      engines: options.engines ?? createEngineRegistry(),
+      ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)),
+      dataDir: path.resolve(options.dataDir),
+      listenHost,
+      advertiseHost: options.advertiseHost ?? listenHost,
+    } as ProcessExecutor['opts'];
+    this.ports = new PortAllocator(this.opts.portRange, listenHost);
+  }
+
+  async available(): Promise<Availability> {
+    return { ok: true, reason: '' };
+  }
+
+  start(spec: InstanceSpec): Promise<InstanceHandle> {
+    const running = this.tracked.get(spec.instanceId);
+    if (running && running.status.state === 'running') return Promise.resolve(running.handle);
+    // Concurrent starts of one instance share one attempt.
+    let attempt = this.starting.get(spec.instanceId);
+    if (!attempt) {
+      attempt = this.doStart(spec).finally(() => this.starting.delete(spec.instanceId));
+      this.starting.set(spec.instanceId, attempt);
+    }
+    return attempt;
+  }
+
+  private async doStart(spec: InstanceSpec): Promise<InstanceHandle> {
+    const engine = this.opts.engines[spec.engine];
+    const availability = await engine.available();
+    if (!availability.ok) throw new CellError(CellErrorCode.EngineUnavailable, availability.reason);
+
+    const previous = await readMeta(volumePaths(this.opts.dataDir, spec.instanceId));
+    let port: number;
+    if (spec.port) {
+      this.ports.reserve(spec.port);
+      port = spec.port;
+    } else {
+      port = await this.ports.allocate(previous?.port);
+    }
+    try {
+      const { paths, meta } = await admitStart(this.opts.dataDir, spec, this.kind, port);
+      const runAs = engine.runAs();
+      if (runAs) await this.openPathFor(runAs, paths.volumeDir);
+      const context: EngineContext = {
+        spec,
+        dataDir: paths.dataDir,
+        volumeDir: paths.volumeDir,
+        port,
+        listenHost: this.opts.listenHost,
+        advertiseHost: this.opts.advertiseHost,
+      };
+      await engine.prepare(context);
+      const launch = await engine.launch(context);
+      const log = await open(paths.logFile, 'a');
+      let child: ChildProcess;
+      try {
+        child = spawn(launch.file, launch.args, {
+          detached: true,
+          cwd: '/',
+          stdio: ['ignore', log.fd, log.fd],
+          env: { ...process.env, ...launch.env },
+          ...(launch.runAs ? { uid: launch.runAs.uid, gid: launch.runAs.gid } : {}),
+        });
+      } finally {
+        await log.close();
+      }
+      const tracked = this.track(
+        {
+          instanceId: spec.instanceId,
+          executor: this.kind,
+          pid: child.pid ?? -1,
+          port,
+          host: this.opts.advertiseHost,
+          volumeDir: paths.volumeDir,
+          dataDir: paths.dataDir,
+          startedAt: Date.now(),
+          adopted: false,
+          context,
+        },
+        engine,
+        launch.stopSignal,
+        child,
+      );
+      await writeMeta(paths, { ...meta, pid: child.pid ?? null, port });
+      await this.waitHealthy(tracked, paths.logFile);
+      return tracked.handle;
+    } catch (err) {
+      this.ports.release(port);
+      throw err;
+    }
+  }
+
+  /**
+   * The engine's user must be able to walk down to its data directory. Directories the cell owns
+   * (its data dir and below) get the search bit; an ancestor above them that shuts the user out
+   * (typically /root, 0700) is an error naming it, since widening it is not the cell's call.
+   */
+  private async openPathFor(runAs: RunAs, volumeDir: string): Promise<void> {
+    for (const dir of [this.opts.dataDir, path.join(this.opts.dataDir, INSTANCES_DIR), volumeDir]) {
+      const mode = (await stat(dir)).mode & 0o777;
+      await chmod(dir, mode | 0o011);
+    }
+    for (let dir = path.dirname(this.opts.dataDir); ; dir = path.dirname(dir)) {
+      const st = await stat(dir);
+      const searchable = st.uid === runAs.uid ? st.mode & 0o100 : st.gid === runAs.gid ? st.mode & 0o010 : st.mode & 0o001;
+      if (!searchable) {
+        throw new CellError(CellErrorCode.EngineUnavailable, `user ${runAs.user} cannot reach ${this.opts.dataDir}: ${dir} is not searchable for it; choose a data dir outside it (e.g. /var/lib/service-foundry)`);
+      }
+      if (dir === path.dirname(dir)) break;
+    }
+  }
+
+  private async waitHealthy(tracked: Tracked, logFile: string): Promise<void> {
+    const deadline = Date.now() + this.opts.startTimeoutMs;
+    for (;;) {
+      if (tracked.status.state === 'exited') {
+        this.tracked.delete(tracked.handle.instanceId);
+        const why = tracked.status.signal ? `signal ${tracked.status.signal}` : `code ${tracked.status.exitCode}`;
+        throw new CellError(CellErrorCode.InstanceExited, `instance ${tracked.handle.instanceId} exited during start (${why}): ${await logTail(logFile)}`);
+      }
+      if (await tracked.engine.healthy(tracked.handle.context)) return;
+      if (Date.now() > deadline) {
+        signalGroup(tracked.handle.pid, 'SIGKILL');
+        await tracked.exited;
+        this.tracked.delete(tracked.handle.instanceId);
+        throw new CellError(CellErrorCode.StartTimeout, `instance ${tracked.handle.instanceId} not healthy after ${this.opts.startTimeoutMs} ms: ${await logTail(logFile)}`);
+      }
+      await sleep(this.opts.healthIntervalMs);
+    }
+  }
+
+  private track(handle: InstanceHandle, engine: Engine, stopSignal: NodeJS.Signals, child: ChildProcess | undefined): Tracked {
+    let markExited!: (status: InstanceStatus) => void;
+    const exited = new Promise<InstanceStatus>((resolve) => (markExited = resolve));
+    const tracked: Tracked = {
+      handle,
+      engine,
+      stopSignal,
+      child,
+      status: { state: 'running', pid: handle.pid, exitCode: null, signal: null },
+      exited,
+      markExited: () => undefined,
+      poll: undefined,
+    };
+    tracked.markExited = (status) => {
+      if (tracked.status.state === 'exited') return;
+      tracked.status = status;
+      if (tracked.poll) clearInterval(tracked.poll);
+      this.ports.release(handle.port);
+      markExited(status);
+      for (const listener of this.listeners) listener(handle.instanceId, status);
+    };
+    if (child) {
+      child.once('exit', (code, signal) => tracked.markExited({ state: 'exited', pid: handle.pid, exitCode: code, signal }));
+      child.once('error', () => tracked.markExited({ state: 'exited', pid: handle.pid, exitCode: null, signal: null }));
+    } else {
+      // Not our child: no exit event, so watch the pid.
+      tracked.poll = setInterval(() => {
+        if (!alive(handle.pid)) tracked.markExited({ state: 'exited', pid: handle.pid, exitCode: null, signal: null });
+      }, this.opts.adoptedPollMs);
+      tracked.poll.unref();
+    }
+    this.tracked.set(handle.instanceId, tracked);
+    return tracked;
+  }
+
+  async stop(instanceId: string, options: StopOptions = {}): Promise<void> {
+    const tracked = this.tracked.get(instanceId);
+    if (!tracked || tracked.status.state === 'exited') return;
+    const timeoutMs = options.timeoutMs ?? this.opts.stopTimeoutMs;
+    try {
+      process.kill(tracked.handle.pid, tracked.stopSignal);
+    } catch {
+      // Already gone; the exit event or the poll reports it.
+    }
+    const timer = sleep(timeoutMs).then(() => 'timeout' as const);
+    if ((await Promise.race([tracked.exited, timer])) === 'timeout') {
+      signalGroup(tracked.handle.pid, 'SIGKILL');
+      if (!tracked.child) tracked.markExited({ state: 'exited', pid: tracked.handle.pid, exitCode: null, signal: 'SIGKILL' });
+      await tracked.exited;
+    }
+  }
+
+  async kill(instanceId: string): Promise<void> {
+    const tracked = this.tracked.get(instanceId);
+    if (!tracked || tracked.status.state === 'exited') return;
+    signalGroup(tracked.handle.pid, 'SIGKILL');
+    if (!tracked.child) {
+      // An adopted process cannot be waited for: poll until the kernel has reaped it.
+      for (let i = 0; i < 100 && alive(tracked.handle.pid); i++) await sleep(20);
+      tracked.markExited({ state: 'exited', pid: tracked.handle.pid, exitCode: null, signal: 'SIGKILL' });
+    }
+    await tracked.exited;
+  }
+
+  status(instanceId: string): InstanceStatus {
+    return this.tracked.get(instanceId)?.status ?? { state: 'unknown', pid: null, exitCode: null, signal: null };
+  }
+
+  handle(instanceId: string): InstanceHandle | undefined {
+    const tracked = this.tracked.get(instanceId);
+    return tracked && tracked.status.state === 'running' ? tracked.handle : undefined;
+  }
+
+  handles(): InstanceHandle[] {
+    return [...this.tracked.values()].filter((t) => t.status.state === 'running').map((t) => t.handle);
+  }
+
+  async adopt(): Promise<InstanceHandle[]> {
+    const adopted: InstanceHandle[] = [];
+    for (const { paths, meta } of await listVolumes(this.opts.dataDir)) {
+      if (meta.executor !== this.kind || !meta.pid || !meta.port || this.tracked.has(meta.instanceId)) continue;
+      if (!alive(meta.pid) || !(await this.looksLikeEngine(meta.pid, meta.engine))) continue;
+      const engine = this.opts.engines[meta.engine];
+      this.ports.reserve(meta.port);
+      const context: EngineContext = {
+        spec: meta.spec,
+        dataDir: paths.dataDir,
+        volumeDir: paths.volumeDir,
+        port: meta.port,
+        listenHost: this.opts.listenHost,
+        advertiseHost: this.opts.advertiseHost,
+      };
+      const launch = await engine.launch(context).catch(() => undefined);
+      const tracked = this.track(
+        { instanceId: meta.instanceId, executor: this.kind, pid: meta.pid, port: meta.port, host: this.opts.advertiseHost, volumeDir: paths.volumeDir, dataDir: paths.dataDir, startedAt: meta.updatedAt, adopted: true, context },
+        engine,
+        launch?.stopSignal ?? 'SIGTERM',
+        undefined,
+      );
+      adopted.push(tracked.handle);
+    }
+    return adopted;
+  }
+
+  /** Guards against pid reuse: the recorded pid must still run the engine's binary. */
+  private async looksLikeEngine(pid: number, engine: string): Promise<boolean> {
+    try {
+      const cmdline = (await readFile(`/proc/${pid}/cmdline`, 'utf8')).replace(/\0/g, ' ');
+      if (engine === 'redis') return cmdline.includes('redis-server');
+      if (engine === 'postgres') return cmdline.includes('postgres');
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  onExit(listener: ExitListener): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+}

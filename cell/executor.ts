@@ -1,0 +1,59 @@
+/**
+ * The `Executor` interface: how a cell runs an instance. `process` (executor-process.ts, the
+ * default) runs engines as child processes; `docker` (executor-docker.ts) runs them as containers
+ * through the Docker Engine API. Both honour the same contract:
+ *
+ * - `start` is idempotent for a running instance, creates the volume on first use, refuses a
+ *   primary with a stale epoch (instance-volume.ts) and resolves once the engine answers health
+ *   checks, or rejects (and leaves nothing running) when it does not;
+ * - nothing is ever restarted by the executor: an exit is reported through `onExit`, and what
+ *   happens next is control's decision (issue 4);
+ * - `kill` is the fencing shot (SIGKILL, issue 5): immediate, no shutdown hooks.
+ */
+import type { ExecutorKind, InstanceSpec } from '../protocol/cell-protocol';
+import type { Availability, EngineContext } from './engine';
+
+export interface InstanceHandle {
+  instanceId: string;
+  executor: ExecutorKind;
+  pid: number;
+  port: number;
+  /** Address others use to reach it. */
+  host: string;
+  volumeDir: string;
+  dataDir: string;
+  startedAt: number;
+  /** Found running when the cell started (not a child of this cell process). */
+  adopted: boolean;
+  /** What the engine needs for health, replication position, promote and repoint. */
+  context: EngineContext;
+}
+
+export interface InstanceStatus {
+  state: 'running' | 'exited' | 'unknown';
+  pid: number | null;
+  exitCode: number | null;
+  signal: string | null;
+}
+
+export interface StopOptions {
+  /** Grace period before SIGKILL. @default 15000 */
+  timeoutMs?: number;
+}
+
+export type ExitListener = (instanceId: string, status: InstanceStatus) => void;
+
+export interface Executor {
+  readonly kind: ExecutorKind;
+  available(): Promise<Availability>;
+  start(spec: InstanceSpec): Promise<InstanceHandle>;
+  /** Clean shutdown with the engine's own signal; SIGKILL after the grace period. */
+  stop(instanceId: string, options?: StopOptions): Promise<void>;
+  kill(instanceId: string): Promise<void>;
+  status(instanceId: string): InstanceStatus;
+  handle(instanceId: string): InstanceHandle | undefined;
+  handles(): InstanceHandle[];
+  /** Finds instances still running from a previous life of the cell and tracks them again. */
+  adopt(): Promise<InstanceHandle[]>;
+  onExit(listener: ExitListener): () => void;
+}

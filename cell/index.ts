@@ -1,0 +1,19 @@
+/**
+ * The cell's public API: the protocol control speaks with cells, the agent, the executor and
+ * engine interfaces with their implementations, leases and the network fencer.
+ */
+export * from '../protocol/cell-protocol';
+export { CellAgent, DEFAULT_CELL_AGENT_OPTIONS, defaultCellDataDir, type CellAgentOptions } from './cell-agent';
+export { CellError, CellErrorCode, type CellErrorCodeValue } from './errors';
+export type { Executor, InstanceHandle, InstanceStatus, StopOptions, ExitListener } from './executor';
+export { ProcessExecutor, DEFAULT_PROCESS_EXECUTOR_OPTIONS, type ProcessExecutorOptions } from './executor-process';
+export { DockerExecutor, DEFAULT_DOCKER_IMAGES, type DockerExecutorOptions } from './executor-docker';
+export type { Availability, Engine, EngineContext, LaunchCommand, ReplicationPosition } from './engine';
+export { RedisEngine, type RedisEngineOptions } from './engine-redis';
+export { PostgresEngine, lsnToValue, type PostgresEngineOptions } from './engine-postgres';
+export { TcpEngine } from './engine-tcp';
+export { createEngineRegistry, availableEngines, type EngineRegistry, type EngineRegistryOptions } from './engine-registry';
+export { LeaseKeeper, renewLease, fenceLease, readLease, type LeaseKeeperOptions, type LeaseRenewal, type LeaseState } from './lease-keeper';
+export { NetworkFencer, type NetworkFencerOptions, type NetworkFenceMode } from './fencer-network';
+export { parsePortRange, DEFAULT_PORT_RANGE, type PortRange } from './port-allocator';
+export { checkEpoch, volumePaths, type InstanceMeta } from './instance-volume';

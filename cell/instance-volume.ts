@@ -1,0 +1,128 @@
+/**
+ * An instance's volume on the cell: `{cellDataDir}/instances/{instanceId}/` holding the engine's
+ * data directory (`data/`), its log (`instance.log`) and `sf-instance.json`, the cell's record of
+ * the instance. That record is what lets a restarted cell find its instances again, and it holds
+ * the highest epoch ever accepted for the instance, which is what the stale-primary check
+ * (issue 5) compares against: it lives with the data, so it survives anything the data survives.
+ */
+import { mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { EngineKind, ExecutorKind, InstanceRole, InstanceSpec } from '../protocol/cell-protocol';
+import { CellError, CellErrorCode } from './errors';
+
+export const INSTANCES_DIR = 'instances';
+export const META_FILE = 'sf-instance.json';
+
+export interface VolumePaths {
+  volumeDir: string;
+  dataDir: string;
+  logFile: string;
+  metaFile: string;
+}
+
+export interface InstanceMeta {
+  instanceId: string;
+  service: string;
+  engine: EngineKind;
+  executor: ExecutorKind;
+  role: InstanceRole;
+  /** Highest epoch this instance was ever started or promoted with. */
+  highestEpoch: number;
+  port: number | null;
+  pid: number | null;
+  generation: number;
+  sizeMb: number;
+  /** The last spec it was started with, so a restarted cell can report it fully. */
+  spec: InstanceSpec;
+  updatedAt: number;
+}
+
+export function volumePaths(cellDataDir: string, instanceId: string): VolumePaths {
+  const volumeDir = path.join(cellDataDir, INSTANCES_DIR, instanceId);
+  return {
+    volumeDir,
+    dataDir: path.join(volumeDir, 'data'),
+    logFile: path.join(volumeDir, 'instance.log'),
+    metaFile: path.join(volumeDir, META_FILE),
+  };
+}
+
+export async function readMeta(paths: VolumePaths): Promise<InstanceMeta | undefined> {
+  try {
+    return JSON.parse(await readFile(paths.metaFile, 'utf8')) as InstanceMeta;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Written with rename so a crash never leaves half a record (and never loses the epoch). */
+export async function writeMeta(paths: VolumePaths, meta: InstanceMeta): Promise<void> {
+  const tmp = `${paths.metaFile}.tmp`;
+  await writeFile(tmp, JSON.stringify({ ...meta, updatedAt: Date.now() }, null, 2));
+  await rename(tmp, paths.metaFile);
+}
+
+/**
+ * Refuses a primary whose epoch is older than one this instance already had: that is a deposed
+ * primary coming back, and letting it serve would split the brain (DESIGN.md, epochs).
+ */
+export function checkEpoch(meta: InstanceMeta | undefined, spec: InstanceSpec): void {
+  if (spec.role === 'primary' && meta && spec.epoch < meta.highestEpoch) {
+    throw new CellError(
+      CellErrorCode.StaleEpoch,
+      `instance ${spec.instanceId}: refusing to start as primary with epoch ${spec.epoch}, it already had epoch ${meta.highestEpoch}`,
+      'epoch',
+    );
+  }
+}
+
+/** Creates the volume (if new), checks the epoch and records the spec about to start. */
+export async function admitStart(cellDataDir: string, spec: InstanceSpec, executor: ExecutorKind, port: number | null): Promise<{ paths: VolumePaths; meta: InstanceMeta }> {
+  const paths = volumePaths(cellDataDir, spec.instanceId);
+  await mkdir(paths.dataDir, { recursive: true });
+  const previous = await readMeta(paths);
+  checkEpoch(previous, spec);
+  const meta: InstanceMeta = {
+    instanceId: spec.instanceId,
+    service: spec.service,
+    engine: spec.engine,
+    executor,
+    role: spec.role,
+    highestEpoch: Math.max(previous?.highestEpoch ?? 0, spec.epoch),
+    port,
+    pid: null,
+    generation: spec.generation,
+    sizeMb: spec.volume.sizeMb,
+    spec,
+    updatedAt: Date.now(),
+  };
+  await writeMeta(paths, meta);
+  return { paths, meta };
+}
+
+/** Applies a promotion to the record: role primary, epoch raised (never lowered). */
+export async function recordPromotion(cellDataDir: string, instanceId: string, epoch: number): Promise<InstanceMeta> {
+  const paths = volumePaths(cellDataDir, instanceId);
+  const meta = await readMeta(paths);
+  if (!meta) throw new CellError(CellErrorCode.InstanceNotFound, `no volume for instance ${instanceId}`);
+  const next: InstanceMeta = { ...meta, role: 'primary', highestEpoch: Math.max(meta.highestEpoch, epoch), spec: { ...meta.spec, role: 'primary', epoch, replicaOf: undefined } };
+  await writeMeta(paths, next);
+  return next;
+}
+
+/** Every volume on the cell with its record (volumes without a readable record are skipped). */
+export async function listVolumes(cellDataDir: string): Promise<Array<{ paths: VolumePaths; meta: InstanceMeta }>> {
+  let names: string[];
+  try {
+    names = await readdir(path.join(cellDataDir, INSTANCES_DIR));
+  } catch {
+    return [];
+  }
+  const out: Array<{ paths: VolumePaths; meta: InstanceMeta }> = [];
+  for (const name of names) {
+    const paths = volumePaths(cellDataDir, name);
+    const meta = await readMeta(paths);
+    if (meta) out.push({ paths, meta });
+  }
+  return out;
+}

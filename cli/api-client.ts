@@ -1,0 +1,130 @@
+/**
+ * The HTTP client behind the `sf` client commands: finds control and a token the way DESIGN.md
+ * promises (flags, then `SF_CONTROL_URL` / `SF_API_TOKEN`, then the admin token file `sf up`
+ * writes), and turns error bodies back into SfErrors with the server's code and field.
+ */
+import { discoverAdminToken } from '../control/admin-token';
+import { SfError } from '../control/errors';
+
+/** @default 'http://127.0.0.1:7600' */
+export const DEFAULT_CONTROL_URL = 'http://127.0.0.1:7600';
+
+export const ClientErrorCode = {
+  Unreachable: 'SF_ERR_CONTROL_UNREACHABLE',
+  BadResponse: 'SF_ERR_BAD_RESPONSE',
+} as const;
+
+export interface ApiClientOptions {
+  baseUrl: string;
+  token: string | null;
+}
+
+export interface ServerSentEvent {
+  event: string;
+  data: string;
+  id?: string;
+}
+
+export class ApiClient {
+  readonly baseUrl: string;
+  private readonly token: string | null;
+
+  constructor(options: ApiClientOptions) {
+    this.baseUrl = options.baseUrl.replace(/\/+$/, '');
+    this.token = options.token;
+  }
+
+  /** A client configured from the environment and the local admin token file. */
+  static async fromEnv(env: NodeJS.ProcessEnv = process.env): Promise<ApiClient> {
+    return new ApiClient({ baseUrl: env.SF_CONTROL_URL || DEFAULT_CONTROL_URL, token: await discoverAdminToken(env) });
+  }
+
+  async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const res = await this.send(method, path, body);
+    const text = await res.text();
+    let parsed: unknown = null;
+    try {
+      parsed = text ? JSON.parse(text) : null;
+    } catch {
+      throw new SfError(ClientErrorCode.BadResponse, `${method} ${path}: control answered ${res.status} with non-JSON`);
+    }
+    if (!res.ok) throw toError(res.status, parsed, `${method} ${path}`);
+    return parsed as T;
+  }
+
+  /** Follows a server-sent event stream until it ends or `signal` aborts. */
+  async stream(path: string, onEvent: (event: ServerSentEvent) => void, signal?: AbortSignal): Promise<void> {
+    const res = await this.send('GET', path, undefined, signal);
+    if (!res.ok || !res.body) {
+      const text = await res.text();
+      throw toError(res.status, safeJson(text), `GET ${path}`);
+    }
+    const decoder = new TextDecoder();
+    let buffer = '';
+    try {
+      for await (const chunk of res.body) {
+        buffer += decoder.decode(chunk as Uint8Array, { stream: true });
+        let end: number;
+        while ((end = buffer.indexOf('\n\n')) >= 0) {
+          const frame = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          const event = parseFrame(frame);
+          if (event) onEvent(event);
+        }
+      }
+    } catch (err) {
+      if (!signal?.aborted) throw err;
+    }
+  }
+
+  private async send(method: string, path: string, body: unknown, signal?: AbortSignal): Promise<Response> {
+    const headers: Record<string, string> = {};
+    if (this.token) headers.authorization = `Bearer ${this.token}`;
+    if (body !== undefined) headers['content-type'] = 'application/json';
+    try {
+      return await fetch(`${this.baseUrl}${path}`, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal,
+      });
+    } catch (err) {
+      const inner = (err as { cause?: { code?: string; message?: string } }).cause;
+      const cause = inner?.code ?? inner?.message ?? (err as Error).message;
+      throw new SfError(ClientErrorCode.Unreachable, `cannot reach control at ${this.baseUrl} (${cause}); is 'sf control' running? (SF_CONTROL_URL)`);
+    }
+  }
+}
+
+function toError(status: number, body: unknown, what: string): SfError {
+  const err = (body as { error?: { code?: string; message?: string; field?: string } } | null)?.error;
+  // Only input errors keep their field: the CLI exits 2 for those (fix the input) and 1 for
+  // refusals such as 401, 403 or a stale modification tag.
+  const inputError = status === 400 || status === 413 || status === 422;
+  if (err?.code) return new SfError(err.code, err.message ?? `${what} failed with ${status}`, inputError ? err.field : undefined);
+  return new SfError(ClientErrorCode.BadResponse, `${what} failed with HTTP ${status}`);
+}
+
+function safeJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return null;
+  }
+}
+
+function parseFrame(frame: string): ServerSentEvent | null {
+  let event = 'message';
+  let id: string | undefined;
+  const data: string[] = [];
+  for (const line of frame.split('\n')) {
+    if (line.startsWith(':')) continue; // comment / keep-alive
+    const colon = line.indexOf(':');
+    const field = colon < 0 ? line : line.slice(0, colon);
+    const value = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
+    if (field === 'event') event = value;
+    else if (field === 'data') data.push(value);
+    else if (field === 'id') id = value;
+  }
+  return data.length ? { event, data: data.join('\n'), id } : null;
+}

@@ -1,0 +1,59 @@
+/**
+ * `sf control`: runs the control plane's HTTP API over state in Redis. The server module (uWS,
+ * pino, ioredis) is loaded only when control actually runs, so the client commands registered
+ * next to this one start fast.
+ */
+import type { Command } from 'commander';
+import { ensureAdminToken } from '../control/admin-token';
+import type { StaticToken } from '../control/api/token-authenticator';
+import { DEFAULT_CONTROL_SERVER_OPTIONS as DEFAULTS } from '../control/control-options';
+import { exitWithError, parseHostPort, parseIntFlag } from './cli-support';
+
+interface ControlFlags {
+  listen: string;
+  redis?: string;
+  tokensFile?: string;
+  bodyLimit: string;
+  sweepIntervalMs: string;
+}
+
+async function runControl(flags: ControlFlags): Promise<void> {
+  const [{ default: pino }, { loadTokensFile }, { startControlServer }] = await Promise.all([
+    import('pino'),
+    import('../control/api/token-authenticator'),
+    import('../control/control-server'),
+  ]);
+  const log = pino({ name: 'control', level: process.env.SF_LOG_LEVEL ?? 'info' });
+  const listen = parseHostPort(flags.listen, '--listen');
+  const staticTokens: StaticToken[] = flags.tokensFile ? await loadTokensFile(flags.tokensFile) : [];
+  const admin = await ensureAdminToken();
+  if (admin.file) log.info({ file: admin.file }, 'admin token file (clients on this machine read it)');
+  const control = await startControlServer({
+    redisUrl: flags.redis ?? process.env.SF_REDIS_URL ?? DEFAULTS.redisUrl,
+    host: listen.host,
+    port: listen.port,
+    adminToken: admin.token,
+    staticTokens,
+    bodyLimitBytes: parseIntFlag(flags.bodyLimit, '--body-limit', 1024),
+    sweepIntervalMs: parseIntFlag(flags.sweepIntervalMs, '--sweep-interval-ms', 10),
+    logger: log,
+  });
+  const shutdown = (signal: string): void => {
+    log.info({ signal }, 'control stopping');
+    void control.close().then(() => process.exit(0));
+  };
+  process.once('SIGINT', () => shutdown('SIGINT'));
+  process.once('SIGTERM', () => shutdown('SIGTERM'));
+}
+
+export function registerControlCommand(program: Command): void {
+  program
+    .command('control')
+    .description('run the control plane API (state in Redis)')
+    .option('--listen <host:port>', 'API address', `${DEFAULTS.host}:${DEFAULTS.port}`)
+    .option('--redis <url>', `Redis URL (default: SF_REDIS_URL or ${DEFAULTS.redisUrl})`)
+    .option('--tokens-file <file>', 'JSON list of extra tokens: [{"name","token","scopes":["read"|"write"|"admin"]}]')
+    .option('--body-limit <bytes>', 'largest accepted request body', String(DEFAULTS.bodyLimitBytes))
+    .option('--sweep-interval-ms <ms>', 'how often expired routes are removed', String(DEFAULTS.sweepIntervalMs))
+    .action((flags: ControlFlags) => runControl(flags).catch(exitWithError));
+}

@@ -1,0 +1,162 @@
+/**
+ * `sf create-service`, `sf services`, `sf service NAME`, `sf delete-service NAME`: clients of
+ * `/v3/service_instances`. `--wait` polls until the service runs (or fails to place).
+ */
+import { Command, Option } from 'commander';
+import { ControlErrorCode, SfError } from '../control/errors';
+import type { ServiceCreateInput, ServiceView } from '../control/services';
+import { ApiClient } from './api-client';
+import { UsageError, exitWithError, parseIntFlag } from './cli-support';
+import { formatTable, printResult } from './output-table';
+
+interface CreateFlags {
+  replicas: string;
+  durability: 'sync' | 'async';
+  sizeMb: string;
+  fencing: 'auto' | 'manual';
+  routerGroup: string;
+  command?: string;
+  wait?: boolean;
+  timeout: string;
+  json?: boolean;
+}
+
+/** @default 120 s: a postgres service with replicas runs initdb and pg_basebackup */
+export const DEFAULT_WAIT_TIMEOUT_S = 120;
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function servicesTable(services: ServiceView[]): string {
+  return formatTable(
+    ['NAME', 'ENGINE', 'PORT', 'REPLICAS', 'DURABILITY', 'STATUS', 'PRIMARY'],
+    services.map((s) => {
+      const p = s.instances.find((i) => i.role === 'primary');
+      return [s.name, s.engine, s.port, s.replicas, s.durability, s.status, p ? `${p.id}@${p.cell}` : null];
+    }),
+  );
+}
+
+function serviceDetail(s: ServiceView): string {
+  const head =
+    `name:        ${s.name}\n` +
+    `engine:      ${s.engine}\n` +
+    `status:      ${s.status}${s.message ? ` (${s.message})` : ''}\n` +
+    `router port: ${s.port} (group ${s.router_group})\n` +
+    `replicas:    ${s.replicas}, durability ${s.durability}, volume ${s.volume.sizeMb} MB, fencing ${s.fencing.policy}\n\n`;
+  const rows = s.instances.map((i) => [i.id, i.role, i.state, i.epoch, i.cell, i.zone, i.host && i.port ? `${i.host}:${i.port}` : null, i.last_error?.message]);
+  return head + formatTable(['INSTANCE', 'ROLE', 'STATE', 'EPOCH', 'CELL', 'ZONE', 'ADDRESS', 'ERROR'], rows);
+}
+
+/** Polls until every instance runs; fails fast when the leader finds the service unplaceable. */
+export async function waitForService(client: ApiClient, name: string, timeoutMs: number): Promise<ServiceView> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const view = await client.request<ServiceView>('GET', `/v3/service_instances/${encodeURIComponent(name)}`);
+    if (view.status === 'running') return view;
+    if (view.status === 'unplaceable') throw new SfError(ControlErrorCode.PlacementUnsatisfiable, view.message ?? `service ${name} cannot be placed`);
+    const failed = view.instances.find((i) => i.state === 'failed');
+    if (failed) throw new SfError('SF_ERR_INSTANCE_FAILED', `instance ${failed.id} on ${failed.cell} failed: ${failed.last_error?.message ?? 'unknown error'}`);
+    if (Date.now() > deadline) throw new SfError('SF_ERR_TIMEOUT', `service ${name} is still ${view.status} after ${timeoutMs / 1000} s (see 'sf service ${name}')`);
+    await sleep(200);
+  }
+}
+
+async function createService(engine: string, name: string, flags: CreateFlags): Promise<void> {
+  const body: ServiceCreateInput = {
+    name,
+    engine: engine as ServiceCreateInput['engine'],
+    replicas: parseIntFlag(flags.replicas, '--replicas', 0, 8),
+    durability: flags.durability,
+    volume: { sizeMb: parseIntFlag(flags.sizeMb, '--size-mb', 1) },
+    fencing: { policy: flags.fencing },
+    router_group: flags.routerGroup,
+  };
+  if (flags.command) {
+    const [file, ...args] = flags.command.split(/\s+/).filter(Boolean);
+    if (!file) throw new UsageError('--command must name a program');
+    body.command = { file, args };
+  }
+  const client = await ApiClient.fromEnv();
+  const started = Date.now();
+  let view = await client.request<ServiceView>('POST', '/v3/service_instances', body);
+  if (flags.wait) view = await waitForService(client, name, parseIntFlag(flags.timeout, '--timeout', 1) * 1000);
+  printResult(flags.json, view, () => {
+    const lines = [`service ${name} ${flags.wait ? `running after ${((Date.now() - started) / 1000).toFixed(1)} s` : 'created'}: router port ${view.port}`];
+    if (!flags.wait) lines.push(`watch it start with: sf service ${name}`);
+    if (engine === 'redis') lines.push(`try: redis-cli -p ${view.port} ping`);
+    if (engine === 'postgres') lines.push(`try: psql -h 127.0.0.1 -p ${view.port} -U postgres -c 'select 1'`);
+    return lines.join('\n') + '\n';
+  });
+}
+
+async function listServices(flags: { json?: boolean }): Promise<void> {
+  const client = await ApiClient.fromEnv();
+  const { resources } = await client.request<{ resources: ServiceView[] }>('GET', '/v3/service_instances');
+  printResult(flags.json, resources, () => (resources.length ? servicesTable(resources) : 'no services\n'));
+}
+
+async function showService(name: string, flags: { json?: boolean }): Promise<void> {
+  const client = await ApiClient.fromEnv();
+  const view = await client.request<ServiceView>('GET', `/v3/service_instances/${encodeURIComponent(name)}`);
+  printResult(flags.json, view, () => serviceDetail(view));
+}
+
+async function deleteService(name: string, flags: { json?: boolean; wait: boolean; timeout: string }): Promise<void> {
+  const client = await ApiClient.fromEnv();
+  const view = await client.request<ServiceView>('DELETE', `/v3/service_instances/${encodeURIComponent(name)}`);
+  if (flags.wait) {
+    const deadline = Date.now() + parseIntFlag(flags.timeout, '--timeout', 1) * 1000;
+    for (;;) {
+      try {
+        await client.request('GET', `/v3/service_instances/${encodeURIComponent(name)}`);
+      } catch (err) {
+        if (err instanceof SfError && err.code === ControlErrorCode.NotFound) break;
+        throw err;
+      }
+      if (Date.now() > deadline) throw new SfError('SF_ERR_TIMEOUT', `service ${name} is still being deleted`);
+      await sleep(200);
+    }
+  }
+  printResult(flags.json, { deleted: name, port: view.port }, () => `service ${name} deleted; port ${view.port} is free\n`);
+}
+
+const run =
+  <A extends unknown[]>(fn: (...args: A) => Promise<void>) =>
+  (...args: A) =>
+    fn(...args).catch(exitWithError);
+
+export function registerServiceCommands(program: Command): void {
+  program
+    .command('create-service')
+    .description('create a service: one primary and N replicas on different cells, behind a router port')
+    .argument('<engine>', 'redis | postgres | tcp')
+    .argument('<name>', 'service name (lowercase letters, digits, -)')
+    .option('--replicas <n>', 'replicas besides the primary', '1')
+    .addOption(new Option('--durability <mode>', 'sync: acknowledged writes survive a failover; async: faster').choices(['sync', 'async']).default('async'))
+    .option('--size-mb <n>', 'volume size per instance, in MB', '256')
+    .addOption(new Option('--fencing <policy>', 'failover policy').choices(['auto', 'manual']).default('auto'))
+    .option('--router-group <name>', 'router group whose port the service gets', 'default')
+    .option('--command <cmdline>', "engine tcp: the command, with {port}, {host} and {dataDir} placeholders")
+    .option('--wait', 'wait until every instance runs')
+    .option('--timeout <seconds>', 'how long --wait waits', String(DEFAULT_WAIT_TIMEOUT_S))
+    .option('--json', 'machine-readable output')
+    .action(run(createService));
+
+  program.command('services').description('list services').option('--json', 'machine-readable output').action(run(listServices));
+
+  program
+    .command('service')
+    .description("show a service: router port, instances, roles, states, epochs")
+    .argument('<name>', 'service name')
+    .option('--json', 'machine-readable output')
+    .action(run(showService));
+
+  program
+    .command('delete-service')
+    .description('delete a service: stops its instances, removes its route and frees its port')
+    .argument('<name>', 'service name')
+    .option('--no-wait', 'return once deletion is requested')
+    .option('--timeout <seconds>', 'how long to wait for the deletion', '60')
+    .option('--json', 'machine-readable output')
+    .action(run(deleteService));
+}

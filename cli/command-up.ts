@@ -1,0 +1,230 @@
+/**
+ * `sf up`: the whole platform on one machine, as child processes of this one — a local
+ * redis-server for state (unless SF_REDIS_URL names one), control, one router and N cells in
+ * their own data directories. Stops them all on SIGINT/SIGTERM, and stops everything if one of
+ * them dies, so a half-running platform never lingers.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { connect, createServer } from 'node:net';
+import { join, resolve } from 'node:path';
+import type { Command } from 'commander';
+import { ensureAdminToken, sfHome } from '../control/admin-token';
+import { UsageError, exitWithError, parseIntFlag } from './cli-support';
+
+interface UpFlags {
+  dataDir?: string;
+  cells: string;
+  controlPort: string;
+  routerAdminPort: string;
+  redisPort: string;
+  cellPortBase: string;
+  capacityMb: string;
+  routePorts?: string;
+}
+
+/** @default values of `sf up` (DESIGN.md default addresses) */
+export const DEFAULT_UP_OPTIONS = {
+  cells: 3,
+  controlPort: 7600,
+  routerAdminPort: 7601,
+  redisPort: 7650,
+  /** Cell N gets instance ports base+100*(N-1) .. +99. */
+  cellPortBase: 20000,
+  capacityMb: 4096,
+} as const;
+
+interface Child {
+  name: string;
+  proc: ChildProcess;
+  log: string;
+}
+
+/**
+ * Root's home is closed to the `postgres` user the cells run PostgreSQL as, so root keeps the
+ * platform's data under /var/lib (as `sf cell` does); everyone else under SF_HOME.
+ */
+export function defaultUpDataDir(): string {
+  return process.getuid?.() === 0 ? '/var/lib/service-foundry/up' : join(sfHome(), 'up');
+}
+
+function portFree(port: number, host = '127.0.0.1'): Promise<boolean> {
+  return new Promise((resolvePort) => {
+    const srv = createServer();
+    srv.once('error', () => resolvePort(false));
+    srv.listen(port, host, () => srv.close(() => resolvePort(true)));
+  });
+}
+
+async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: number, children: Child[]): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await check().catch(() => false)) return;
+    const dead = children.find((c) => c.proc.exitCode !== null || c.proc.signalCode !== null);
+    if (dead) throw new Error(`${dead.name} exited while waiting for ${what}; see ${dead.log}`);
+    if (Date.now() > deadline) throw new Error(`${what} not ready after ${timeoutMs / 1000} s`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function runUp(flags: UpFlags): Promise<void> {
+  const cellCount = parseIntFlag(flags.cells, '--cells', 1, 50);
+  const controlPort = parseIntFlag(flags.controlPort, '--control-port', 1, 65535);
+  const routerAdminPort = parseIntFlag(flags.routerAdminPort, '--router-admin-port', 1, 65535);
+  const redisPort = parseIntFlag(flags.redisPort, '--redis-port', 1, 65535);
+  const cellPortBase = parseIntFlag(flags.cellPortBase, '--cell-port-base', 1024, 65535 - 100 * cellCount);
+  const capacityMb = parseIntFlag(flags.capacityMb, '--capacity-mb', 1);
+  const dataDir = resolve(flags.dataDir ?? defaultUpDataDir());
+  const externalRedis = process.env.SF_REDIS_URL;
+
+  const wanted: Array<[number, string, string]> = [
+    [controlPort, 'control API', '--control-port'],
+    [routerAdminPort, 'router admin', '--router-admin-port'],
+  ];
+  if (!externalRedis) wanted.push([redisPort, 'state redis-server', '--redis-port']);
+  for (const [port, what, flag] of wanted) {
+    if (!(await portFree(port))) throw new Error(`port ${port} (${what}) is already taken — is another 'sf up' running? Choose another with ${flag}`);
+  }
+
+  await mkdir(join(dataDir, 'logs'), { recursive: true });
+  const admin = await ensureAdminToken();
+  const sfScript = process.argv[1];
+  const children: Child[] = [];
+  let stopping = false;
+  const env = { ...process.env, SF_API_TOKEN: admin.token };
+
+  const start = (name: string, file: string, args: string[]): Child => {
+    const log = join(dataDir, 'logs', `${name}.log`);
+    const out = createWriteStream(log, { flags: 'a' });
+    const proc = spawn(file, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    proc.stdout?.pipe(out);
+    proc.stderr?.pipe(out);
+    const child = { name, proc, log };
+    children.push(child);
+    proc.once('exit', (code, signal) => {
+      if (stopping) return;
+      process.stderr.write(`sf up: ${name} exited (${signal ?? `code ${code}`}); see ${log}. Stopping everything.\n`);
+      void shutdown(1);
+    });
+    return child;
+  };
+
+  const shutdown = async (code: number): Promise<never> => {
+    stopping = true;
+    // Control first, so it does not reschedule instances of cells that are merely shutting
+    // down; then the rest in reverse start order, the state store last.
+    const control = children.filter((c) => c.name === 'control');
+    const order = [...control, ...[...children].reverse().filter((c) => c.name !== 'control')];
+    for (const child of order) {
+      if (child.proc.exitCode !== null || child.proc.signalCode !== null) continue;
+      const exited = new Promise<void>((r) => child.proc.once('exit', () => r()));
+      child.proc.kill('SIGTERM');
+      const timer = setTimeout(() => child.proc.kill('SIGKILL'), 10_000);
+      await exited;
+      clearTimeout(timer);
+    }
+    process.exit(code);
+  };
+  process.once('SIGINT', () => void shutdown(0));
+  process.once('SIGTERM', () => void shutdown(0));
+
+  try {
+    let redisUrl = externalRedis;
+    if (!redisUrl) {
+      const redisDir = join(dataDir, 'redis');
+      await mkdir(redisDir, { recursive: true });
+      start('redis', 'redis-server', ['--port', String(redisPort), '--bind', '127.0.0.1', '--dir', redisDir, '--appendonly', 'yes', '--save', '60 1']);
+      redisUrl = `redis://127.0.0.1:${redisPort}`;
+      await waitFor('redis-server', () => portAnswers(redisPort), 10_000, children);
+    }
+    start('control', process.execPath, [sfScript, 'control', '--listen', `127.0.0.1:${controlPort}`, '--redis', redisUrl]);
+    const controlUrl = `http://127.0.0.1:${controlPort}`;
+    await waitFor('control', async () => (await fetch(`${controlUrl}/health`)).ok, 20_000, children);
+    if (flags.routePorts) await setRoutePorts(controlUrl, admin.token, flags.routePorts);
+    start('router', process.execPath, [sfScript, 'router', '--redis', redisUrl, '--router-group', 'default', '--admin', `127.0.0.1:${routerAdminPort}`, '--cache-file', join(dataDir, 'router-routes.json')]);
+    for (let n = 1; n <= cellCount; n++) {
+      const from = cellPortBase + 100 * (n - 1);
+      start(`cell-${n}`, process.execPath, [
+        sfScript, 'cell', '--name', `cell-${n}`, '--zone', `z${n}`, '--capacity-mb', String(capacityMb), '--redis', redisUrl,
+        '--data-dir', join(dataDir, 'cells', `cell-${n}`), '--port-range', `${from}-${from + 99}`, '--stop-instances-on-exit',
+      ]);
+    }
+    await waitFor('router', async () => (await fetch(`http://127.0.0.1:${routerAdminPort}/health`)).ok, 20_000, children);
+    await waitFor(
+      `${cellCount} cells`,
+      async () => {
+        const res = await fetch(`${controlUrl}/v3/cells`, { headers: { authorization: `Bearer ${admin.token}` } });
+        const body = (await res.json()) as { resources: Array<{ alive: boolean }> };
+        return body.resources.filter((c) => c.alive).length >= cellCount;
+      },
+      30_000,
+      children,
+    );
+    process.stdout.write(
+      [
+        `Service Foundry is up (data in ${dataDir}, logs in ${join(dataDir, 'logs')})`,
+        `  state     ${redisUrl}${externalRedis ? ' (SF_REDIS_URL)' : ' (local redis-server)'}`,
+        `  control   ${controlUrl}  (admin token in ${admin.file ?? 'SF_API_TOKEN'})`,
+        `  router    admin http://127.0.0.1:${routerAdminPort}, group default, route ports ${flags.routePorts ?? '16000-16999'}`,
+        `  cells     ${Array.from({ length: cellCount }, (_, i) => `cell-${i + 1} (z${i + 1})`).join(', ')}`,
+        '',
+        'Try next:',
+        '  sf create-service redis cache --replicas 1 --wait',
+        '  sf service cache',
+        '  redis-cli -p <port from sf service> ping',
+        '  sf create-service postgres db --replicas 1 --wait',
+        "  psql -h 127.0.0.1 -p <port> -U postgres -c 'select 1'",
+        '  sf cells',
+        '',
+        'Ctrl-C stops everything.',
+        '',
+      ].join('\n'),
+    );
+  } catch (err) {
+    process.stderr.write(`sf up: ${(err as Error).message}\n`);
+    await shutdown(1);
+  }
+}
+
+/** Points the default router group at other ports (tests, or a machine where 16000+ is taken). */
+async function setRoutePorts(controlUrl: string, token: string, ranges: string): Promise<void> {
+  const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
+  const groups = (await (await fetch(`${controlUrl}/routing/v1/router_groups?name=default`, { headers })).json()) as Array<{ guid: string }>;
+  const guid = groups[0]?.guid;
+  if (!guid) throw new Error('control has no default router group');
+  const res = await fetch(`${controlUrl}/routing/v1/router_groups/${guid}`, { method: 'PUT', headers, body: JSON.stringify({ reservable_ports: ranges }) });
+  if (!res.ok) throw new Error(`--route-ports ${ranges}: ${await res.text()}`);
+}
+
+function portAnswers(port: number): Promise<boolean> {
+  return new Promise((r) => {
+    const s = connect(port, '127.0.0.1');
+    s.once('connect', () => {
+      s.destroy();
+      r(true);
+    });
+    s.once('error', () => r(false));
+  });
+}
+
+export function registerUpCommand(program: Command): void {
+  program
+    .command('up')
+    .description('run everything on this machine: state redis, control, a router and cells (stops on Ctrl-C)')
+    .option('--data-dir <dir>', 'where state, cell volumes and logs live (default: /var/lib/service-foundry/up as root, else ${SF_HOME:-~/.sf}/up)')
+    .option('--cells <n>', 'how many cells to start', String(DEFAULT_UP_OPTIONS.cells))
+    .option('--control-port <port>', 'control API port', String(DEFAULT_UP_OPTIONS.controlPort))
+    .option('--router-admin-port <port>', 'router admin port', String(DEFAULT_UP_OPTIONS.routerAdminPort))
+    .option('--redis-port <port>', 'port of the local state redis-server (unless SF_REDIS_URL is set)', String(DEFAULT_UP_OPTIONS.redisPort))
+    .option('--cell-port-base <port>', 'first instance port; each cell gets 100', String(DEFAULT_UP_OPTIONS.cellPortBase))
+    .option('--capacity-mb <n>', 'volume capacity per cell, in MB', String(DEFAULT_UP_OPTIONS.capacityMb))
+    .option('--route-ports <ranges>', "the default router group's ports, e.g. 16000-16999 (kept in state)")
+    .action((flags: UpFlags) =>
+      runUp(flags).catch((err: unknown) => {
+        if (err instanceof UsageError) exitWithError(err);
+        process.stderr.write(`sf up: ${(err as Error).message}\n`);
+        process.exit(1);
+      }),
+    );
+}

@@ -1,0 +1,88 @@
+/**
+ * The body of `sf router`, loaded only when that command runs so that client commands
+ * (`sf routes`, `sf services`...) start without loading the data plane.
+ */
+import { hostname } from 'node:os';
+// Specific modules rather than the router's index: a standalone router never loads the Redis
+// client. A smaller heap matters on the relay path, because every relayed chunk is a fresh
+// Buffer and the full collections that external memory triggers cost in proportion to the heap.
+import { Router } from '../router/router';
+import { FileRouteSource } from '../router/route-source-file';
+import { createRouterMetrics } from '../router/metrics';
+import { selectRelay, type RelayChoice } from '../router/relay-select';
+import { startAdminServer } from '../router/admin-server';
+import type { RouteSource } from '../router/route-source';
+import { routerWorkerIndex, superviseRouterWorkers, workerAdminPort } from '../router/router-workers';
+import { createLogger } from '../common/logger';
+import { discoverAdminToken } from '../control/admin-token';
+import { UsageError, parseHostPort, parseIntFlag, stopOnSignals } from './cli-support';
+
+export interface RouterFlags {
+  routes?: string;
+  redis?: string;
+  control?: string;
+  routerGroup: string;
+  routerId?: string;
+  cacheFile?: string;
+  admin: string;
+  bind: string;
+  maxConnections: string;
+  keepaliveMs: string;
+  backlog: string;
+  onDisconnect: 'keep-last' | 'fail-closed';
+  relay: RelayChoice;
+  workers: string;
+}
+
+async function routeSource(flags: RouterFlags): Promise<RouteSource> {
+  const chosen = [flags.routes && '--routes', flags.redis && '--redis', flags.control && '--control'].filter(Boolean);
+  if (chosen.length > 1) throw new UsageError(`${chosen.join(' and ')} are exclusive: a router serves one source`);
+  if (flags.routes) return new FileRouteSource(flags.routes);
+  const pushed = {
+    routerGroup: flags.routerGroup,
+    routerId: flags.routerId ?? `${hostname()}-${process.pid}`,
+    cacheFile: flags.cacheFile,
+  };
+  if (flags.control) {
+    const { routeSourceFromControl } = await import('../router/route-source-control');
+    return routeSourceFromControl(flags.control, await discoverAdminToken(), pushed);
+  }
+  const redisUrl = flags.redis ?? process.env.SF_REDIS_URL;
+  if (redisUrl) {
+    const { RedisRouteSource } = await import('../router/route-source-redis');
+    return new RedisRouteSource({ redisUrl, ...pushed });
+  }
+  throw new UsageError('sf router needs --routes FILE, --control URL, or --redis URL (or SF_REDIS_URL) for a pushed table');
+}
+
+export async function runRouter(flags: RouterFlags): Promise<void> {
+  // --workers N: this process supervises N workers (router/router-workers.ts), which run the code
+  // below with SO_REUSEPORT listeners and admin ports admin, admin+1, ...
+  const workers = parseIntFlag(flags.workers, '--workers', 1, 256);
+  const worker = routerWorkerIndex();
+  if (workers > 1 && worker === undefined) return superviseRouterWorkers(workers, createLogger('router'));
+  const admin = parseHostPort(flags.admin, '--admin');
+  admin.port = workerAdminPort(admin.port, worker);
+  const source = await routeSource(flags);
+  const router = new Router({
+    bindHost: flags.bind,
+    maxConnections: parseIntFlag(flags.maxConnections, '--max-connections', 1),
+    keepAliveMs: parseIntFlag(flags.keepaliveMs, '--keepalive-ms', 0),
+    backlog: parseIntFlag(flags.backlog, '--backlog', 1, 65535),
+    onDisconnect: flags.onDisconnect,
+    relay: selectRelay(flags.relay),
+    reusePort: workers > 1,
+  });
+  await router.start(source);
+  const adminServer = await startAdminServer(router, createRouterMetrics(router), admin.host, admin.port);
+  router.logger.info({ admin: `${admin.host}:${adminServer.port}`, relay: router.relay.kind, source: source.description, routes: router.currentTable().routes.length }, 'router started');
+
+  process.on('SIGHUP', () => {
+    router.logger.info('SIGHUP: reloading routes');
+    void router.reload();
+  });
+  stopOnSignals(router.logger, 'router', () => {
+    adminServer.close();
+    return router.close();
+  });
+}
