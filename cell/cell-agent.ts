@@ -9,7 +9,7 @@
 import { homedir } from 'node:os';
 import path from 'node:path';
 import { mkdir } from 'node:fs/promises';
-import { Redis } from 'ioredis';
+import { type Redis } from 'ioredis';
 import { createRedis } from '../common/redis-connection';
 import pino, { type Logger } from 'pino';
 import { z } from 'zod';

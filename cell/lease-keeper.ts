@@ -135,7 +135,7 @@ export class LeaseKeeper extends EventEmitter {
   /** One renewal attempt; exposed so tests and the cell can drive it deterministically. */
   async renewOnce(): Promise<LeaseRenewal | undefined> {
     const { redis, instanceId, holder } = this.options;
-    let healthy = false;
+    let healthy: boolean;
     try {
       healthy = await this.options.healthy();
     } catch {

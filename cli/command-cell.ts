@@ -2,7 +2,7 @@
  * `sf cell`: runs the cell agent of this host (control/cell/cell-agent.ts); the body lives in
  * cell-main.ts and loads only when the command runs.
  */
-import { Command } from 'commander';
+import { type Command } from 'commander';
 import { DEFAULT_CELL_AGENT_OPTIONS } from '../cell/cell-agent-defaults';
 import { exitWithError } from './cli-support';
 import type { CellFlags } from './cell-main';

@@ -2,7 +2,7 @@
  * `sf router`: runs a router from a static route file (standalone, no Redis or control) or
  * from a router group's table pushed through Redis. The body lives in router-main.ts.
  */
-import { Command, Option } from 'commander';
+import { type Command, Option } from 'commander';
 import { DEFAULT_ROUTER_OPTIONS } from '../router/router-options';
 import { DEFAULT_ROUTER_GROUP } from '../protocol/route-defaults';
 import { exitWithError } from './cli-support';

@@ -2,7 +2,7 @@
  * `sf routes`, `sf create-route`, `sf delete-route` and `sf router-groups`: clients of the
  * routing API. Router groups are named on the command line and resolved to guids here.
  */
-import { Command, Option } from 'commander';
+import { type Command, Option } from 'commander';
 import { ControlErrorCode, SfError } from '../control/errors';
 import type { RouterGroup } from '../control/state/router-group-store';
 import type { TcpRouteInput, TcpRouteKeyInput, TcpRouteMapping } from '../control/state/tcp-route-types';

@@ -2,7 +2,7 @@
  * `sf create-service`, `sf services`, `sf service NAME`, `sf delete-service NAME`: clients of
  * `/v3/service_instances`. `--wait` polls until the service runs (or fails to place).
  */
-import { Command, Option } from 'commander';
+import { type Command, Option } from 'commander';
 import { ControlErrorCode, SfError } from '../control/errors';
 import type { ServiceCreateInput, ServiceView } from '../control/services';
 import { ApiClient } from './api-client';

@@ -3,6 +3,8 @@
  * `sf`: the one executable. Daemons (`router`, `control`, `cell`, `up`) and API clients
  * (`routes`, `services`, ...) are registered here from one module each.
  */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Command, CommanderError } from 'commander';
 import { EXIT_USAGE, exitWithError } from './cli-support';
 import { registerCellCommand } from './command-cell';
@@ -20,7 +22,7 @@ const COMMANDS: Array<(program: Command) => void> = [registerRouterCommand, regi
 export function buildProgram(): Command {
   const program = new Command('sf')
     .description('Service Foundry: run stateful services behind an L4 TCP router')
-    .version(require('../../../package.json').version as string)
+    .version(packageVersion())
     .showHelpAfterError('(run sf --help for usage)')
     .exitOverride();
   for (const register of COMMANDS) register(program);
@@ -41,3 +43,9 @@ async function main(argv: string[]): Promise<void> {
 }
 
 if (require.main === module) void main(process.argv);
+
+/** The version from package.json, read at run time: dist/cli/sf.js sits two levels below it. */
+function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(join(__dirname, '..', '..', 'package.json'), 'utf8')) as { version: string };
+  return pkg.version;
+}

@@ -3,7 +3,6 @@
  * nothing), so several can run against one Redis. Later parts (service instances, cells, the
  * leader lock) register their endpoints here the same way the routing API does.
  */
-import { Redis } from 'ioredis';
 import { createRedis } from '../common/redis-connection';
 import pino from 'pino';
 import { registerEventsApi } from './api/routes-events';

@@ -11,6 +11,7 @@ export type RelayChoice = 'auto' | 'js' | 'native';
 function loadNativeRelay(): Relay | undefined {
   try {
     // Loaded lazily so that a router without the addon never touches native code.
+    // eslint-disable-next-line @typescript-eslint/no-require-imports -- a lazy load is the point here
     const mod = require('./relay-native') as { createNativeRelay?: () => Relay | undefined };
     return mod.createNativeRelay?.();
   } catch {

@@ -8,7 +8,7 @@
  */
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { Redis } from 'ioredis';
+import { type Redis } from 'ioredis';
 import { createRedis } from '../common/redis-connection';
 import { ErrorCode, SfError } from '../common/errors';
 import { parseRoute, parseRouteTable, type Route, type RouteTable } from '../protocol/route-model';

@@ -68,7 +68,7 @@ export async function startRouter(name: string, options: RouterOptions): Promise
   });
   const body = await waitForHttp(`http://127.0.0.1:${adminPort}/health`, proc);
   for (const s of options.services) await waitForPort(s.listenPort, proc);
-  let health: Record<string, unknown> = {};
+  let health: Record<string, unknown>;
   try {
     health = JSON.parse(body) as Record<string, unknown>;
   } catch {

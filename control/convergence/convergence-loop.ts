@@ -3,7 +3,7 @@
  * timer (a lost message only costs latency), and runs the reconciler over every service. It does
  * nothing while this control is a standby.
  */
-import { Redis } from 'ioredis';
+import { type Redis } from 'ioredis';
 import { createRedis } from '../../common/redis-connection';
 import type { Logger } from 'pino';
 import { CELL_EVENTS_CHANNEL } from '../../protocol/cell-protocol';

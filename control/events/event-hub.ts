@@ -3,7 +3,7 @@
  * Events travel through a Redis channel written in the same script as the change, so every
  * control process sees every change — including expiries swept by another control.
  */
-import { Redis } from 'ioredis';
+import { type Redis } from 'ioredis';
 import { createRedis } from '../../common/redis-connection';
 import type { RouteEvent } from '../state/tcp-route-types';
 

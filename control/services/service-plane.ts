@@ -71,7 +71,7 @@ export async function startServicePlane(server: HttpServer, deps: ServicePlaneDe
   const emitter = new RouteEmitter(deps.groups, deps.routes);
   const fencing = new FencingFailoverCoordinator({ redis: deps.redis, store, directory, emitter, groups: deps.groups, routes: deps.routes, logger: log }, { primaryLeaseTtlMs: opts.reconciler?.primaryLeaseTtlMs, ...opts.failover });
   const reconciler = new ServiceReconciler(store, emitter, opts.failoverCoordinator ?? fencing, opts.reconciler);
-  let loop: ConvergenceLoop | undefined;
+  let loop: ConvergenceLoop | undefined; // eslint-disable-line prefer-const -- assigned once the elector exists, which needs it in its callbacks
   const elector = new LeaderElector(deps.redis, {
     lockKey: keys.leaderLock,
     tokenKey: keys.leaderToken,

@@ -126,7 +126,7 @@ export async function startServiceCluster(options: ClusterOptions = {}): Promise
       try {
         await eventually(async () => (await state.exists(cellKeys.registration(name))) === 1, 30_000, `cell ${name} registered`);
       } catch (err) {
-        throw new Error(`${(err as Error).message}; cell output: ${proc.output().slice(-2000)} (exit ${proc.child.exitCode ?? proc.child.signalCode})`);
+        throw new Error(`${(err as Error).message}; cell output: ${proc.output().slice(-2000)} (exit ${proc.child.exitCode ?? proc.child.signalCode})`, { cause: err });
       }
       return cell;
     },

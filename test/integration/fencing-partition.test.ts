@@ -7,7 +7,6 @@ import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
 import { cellKeys } from '../../protocol/cell-protocol';
 import type { FencingStep } from '../../control/failover';
-import type { ServiceView } from '../../control/services';
 import { primaryOf } from '../helpers/failover-support';
 import { createNetnsHost, netnsSupported, type NetnsHost } from '../helpers/netns';
 import { freePortBlock, startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';

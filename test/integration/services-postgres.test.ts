@@ -27,7 +27,7 @@ describe('service instances: postgres', function () {
     const created = await cluster.api<ServiceView>('POST', '/v3/service_instances', { name: 'db', engine: 'postgres', replicas: 1, durability: 'sync', volume: { sizeMb: 128 } });
     expect(created.status).to.equal(201);
     const port = created.body.port;
-    let firstQueryMs = 0;
+    let firstQueryMs: number;
     const deadline = Date.now() + 120_000;
     for (;;) {
       try {

@@ -1,7 +1,6 @@
 import { expect } from 'chai';
 import { cellKeys, type ActualInstance } from '../../protocol/cell-protocol';
 import { DegradedFailoverCoordinator } from '../../control/convergence';
-import type { ServiceView } from '../../control/services';
 import { startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
 import { eventually } from '../helpers/tcp-client';
 
