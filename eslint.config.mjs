@@ -11,12 +11,18 @@ export default tseslint.config(
     files: ['**/*.ts'],
     rules: {
       '@typescript-eslint/no-explicit-any': 'error',
-      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_', caughtErrors: 'none' }],
+      '@typescript-eslint/no-unused-vars': [
+        'error',
+        { argsIgnorePattern: '^_', varsIgnorePattern: '^_', caughtErrors: 'none' },
+      ],
       '@typescript-eslint/consistent-type-imports': ['error', { fixStyle: 'inline-type-imports' }],
       'no-restricted-syntax': [
         'error',
         { selector: 'ExportDefaultDeclaration', message: 'Named exports only (STYLE.md).' },
-        { selector: "CallExpression[callee.object.name=/^(describe|it)$/][callee.property.name='only']", message: 'No .only in tests.' },
+        {
+          selector: "CallExpression[callee.object.name=/^(describe|it)$/][callee.property.name='only']",
+          message: 'No .only in tests.',
+        },
       ],
       'no-empty': ['error', { allowEmptyCatch: true }],
     },

@@ -42,7 +42,12 @@ function parseArgs(argv: string[]): Settings {
   const relay = value('--relay') ?? 'js';
   if (relay !== 'js' && relay !== 'native') throw new Error('--relay must be js or native');
   const workers = value('--workers');
-  return { connections: Number(value('--connections') ?? 10_000), cycles: Number(value('--cycles') ?? 3), relay, workers: workers === undefined ? undefined : Number(workers) };
+  return {
+    connections: Number(value('--connections') ?? 10_000),
+    cycles: Number(value('--cycles') ?? 3),
+    relay,
+    workers: workers === undefined ? undefined : Number(workers),
+  };
 }
 
 /** Opens one client through the router and completes a PING round trip on it. */
@@ -80,11 +85,14 @@ async function main(): Promise<void> {
   const settings = parseArgs(process.argv.slice(2));
   let phase = 'starting';
   if (!routerCliAvailable()) throw new Error('dist/cli/sf.js is not built (npx tsc -p .)');
-  const workers = settings.workers !== undefined && (await routerSupportsFlag('--workers')) ? settings.workers : undefined;
+  const workers =
+    settings.workers !== undefined && (await routerSupportsFlag('--workers')) ? settings.workers : undefined;
   const limit = await hardFileLimit();
   const held = Math.min(settings.connections, Math.floor((limit - ROUTER_FD_RESERVE) / 2));
   if (held < settings.connections) {
-    process.stderr.write(`RLIMIT_NOFILE hard limit ${limit} fits ${held} relayed pairs, not ${settings.connections}; extrapolating\n`);
+    process.stderr.write(
+      `RLIMIT_NOFILE hard limit ${limit} fits ${held} relayed pairs, not ${settings.connections}; extrapolating\n`,
+    );
   }
 
   await acquireRunLock('idle-connections');
@@ -114,7 +122,8 @@ async function main(): Promise<void> {
     let failed = 0;
     while (clients.length + failed < held) {
       const batch = Math.min(OPEN_BATCH, held - clients.length - failed);
-      if (process.env.SF_BENCH_TRACE) process.stderr.write(`opening ${batch}, held ${clients.length}, failed ${failed}\n`);
+      if (process.env.SF_BENCH_TRACE)
+        process.stderr.write(`opening ${batch}, held ${clients.length}, failed ${failed}\n`);
       const opened = await Promise.allSettled(Array.from({ length: batch }, () => openIdleClient(routePort)));
       for (const r of opened) {
         if (r.status === 'rejected') {
@@ -152,7 +161,9 @@ async function main(): Promise<void> {
 
   // RSS rarely shrinks after a close (V8 and malloc keep freed pages), so "after close" alone
   // cannot tell retention from a leak; filling again can: a leak grows with every cycle.
-  const cycles: Array<{ loadedMiB: number; afterCloseMiB: number }> = [{ loadedMiB: mib(loaded.rssKiB), afterCloseMiB: mib(after.rssKiB) }];
+  const cycles: Array<{ loadedMiB: number; afterCloseMiB: number }> = [
+    { loadedMiB: mib(loaded.rssKiB), afterCloseMiB: mib(after.rssKiB) },
+  ];
   for (let cycle = 1; cycle < settings.cycles; cycle++) {
     phase = `refill ${cycle + 1}`;
     const again = await fill();
@@ -207,9 +218,17 @@ async function main(): Promise<void> {
         [`router RSS with ${held} (MiB)`, formatNumber(result.rssMiB.loaded)],
         ['router peak RSS (MiB)', formatNumber(result.rssMiB.peak)],
         ['per connection (KiB)', formatNumber(perConnKiB)],
-        [`RSS at ${settings.connections} (MiB)`, `${formatNumber(result.rssMiB.extrapolatedToWanted)}${held < settings.connections ? ' (extrapolated)' : ''}`],
+        [
+          `RSS at ${settings.connections} (MiB)`,
+          `${formatNumber(result.rssMiB.extrapolatedToWanted)}${held < settings.connections ? ' (extrapolated)' : ''}`,
+        ],
         ['RSS after all closed (MiB)', formatNumber(result.rssMiB.afterClose)],
-        ...cycles.slice(1).map((c, i) => [`cycle ${i + 2}: loaded / closed (MiB)`, `${formatNumber(c.loadedMiB)} / ${formatNumber(c.afterCloseMiB)}`]),
+        ...cycles
+          .slice(1)
+          .map((c, i) => [
+            `cycle ${i + 2}: loaded / closed (MiB)`,
+            `${formatNumber(c.loadedMiB)} / ${formatNumber(c.afterCloseMiB)}`,
+          ]),
         [`worst fill, at ${settings.connections} (MiB)`, formatNumber(worstLoadedMiB)],
         ['closed while idle', String(closedWhileIdle)],
         ['failed to open', String(failedToOpen)],

@@ -8,14 +8,33 @@
 import { proxyHeader, type ProxyAddresses } from '../router/proxy-protocol';
 import { runMicro, type MicroCase } from './lib/micro';
 
-const V4: ProxyAddresses = { sourceAddress: '192.168.10.21', sourcePort: 51234, destinationAddress: '10.0.0.5', destinationPort: 16379 };
-const V6: ProxyAddresses = { sourceAddress: '2001:db8::21', sourcePort: 51234, destinationAddress: '2001:db8::5', destinationPort: 16379 };
+const V4: ProxyAddresses = {
+  sourceAddress: '192.168.10.21',
+  sourcePort: 51234,
+  destinationAddress: '10.0.0.5',
+  destinationPort: 16379,
+};
+const V6: ProxyAddresses = {
+  sourceAddress: '2001:db8::21',
+  sourcePort: 51234,
+  destinationAddress: '2001:db8::5',
+  destinationPort: 16379,
+};
 // What Node reports for IPv4 clients of a dual-stack listener.
-const MAPPED: ProxyAddresses = { sourceAddress: '::ffff:192.168.10.21', sourcePort: 51234, destinationAddress: '::ffff:10.0.0.5', destinationPort: 16379 };
+const MAPPED: ProxyAddresses = {
+  sourceAddress: '::ffff:192.168.10.21',
+  sourcePort: 51234,
+  destinationAddress: '::ffff:10.0.0.5',
+  destinationPort: 16379,
+};
 
 const cases: MicroCase[] = [];
 for (const version of [1, 2] as const) {
-  for (const [label, addresses] of [['ipv4', V4], ['ipv6', V6], ['ipv4-mapped', MAPPED]] as const) {
+  for (const [label, addresses] of [
+    ['ipv4', V4],
+    ['ipv6', V6],
+    ['ipv4-mapped', MAPPED],
+  ] as const) {
     cases.push({ name: `v${version} ${label}`, fn: () => proxyHeader(version, addresses) });
   }
 }

@@ -32,7 +32,11 @@ function rawTable(n: number): Record<string, unknown> {
 }
 
 const fenceDelta = JSON.stringify({ version: 43, upserts: [rawRoute(1, 3)], deletes: [] });
-const bulkDelta = JSON.stringify({ version: 44, upserts: Array.from({ length: 100 }, (_, i) => rawRoute(i, 3)).map((r, i) => ({ ...r, port: 10000 + i })), deletes: [16001, 16002] });
+const bulkDelta = JSON.stringify({
+  version: 44,
+  upserts: Array.from({ length: 100 }, (_, i) => rawRoute(i, 3)).map((r, i) => ({ ...r, port: 10000 + i })),
+  deletes: [16001, 16002],
+});
 const table1k = JSON.stringify(rawTable(1000));
 const table10k = JSON.stringify(rawTable(10_000));
 

@@ -16,7 +16,10 @@ interface SniRoute {
 }
 
 function table(n: number): SniRoute[] {
-  return Array.from({ length: n }, (_, i) => ({ id: i, sni: [`redis-${i}.services.example.com`, `*.tenant-${i}.example.com`] }));
+  return Array.from({ length: n }, (_, i) => ({
+    id: i,
+    sni: [`redis-${i}.services.example.com`, `*.tenant-${i}.example.com`],
+  }));
 }
 
 function lookup(routes: readonly SniRoute[], serverName: string): SniRoute | undefined {

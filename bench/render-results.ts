@@ -43,11 +43,17 @@ function renderRouter(r: RouterResults): string {
   out.push(
     `Run of ${r.date} (${r.settings.rounds} round(s)${r.settings.quick ? ', --quick' : ''}${r.complete ? '' : ', interrupted'}), ` +
       `${r.host.cpus} CPUs ${r.host.cpuModel ?? ''}, kernel ${r.host.kernel}; ${r.versions.haproxy.split(' - ')[0]}; ${r.versions.redisServer.split(' ').slice(0, 3).join(' ')}; ` +
-      `relay paths: ${r.targets.filter((t) => t.relay).map((t) => `${t.name}=${t.relay}`).join(', ')}.`,
+      `relay paths: ${r.targets
+        .filter((t) => t.relay)
+        .map((t) => `${t.name}=${t.relay}`)
+        .join(', ')}.`,
     '',
     'Medians:',
     '',
-    table(['metric', ...names], r.metrics.map((m) => [m.label, ...names.map((n) => formatNumber(r.medians[n]?.[m.key]))])),
+    table(
+      ['metric', ...names],
+      r.metrics.map((m) => [m.label, ...names.map((n) => formatNumber(r.medians[n]?.[m.key]))]),
+    ),
   );
   const targets = [...new Set(r.ratios.map((x) => x.target))];
   for (const target of targets) {
@@ -58,7 +64,11 @@ function renderRouter(r: RouterResults): string {
       '',
       table(
         ['metric', 'better', ...sets.map((s) => `/${s.reference}`)],
-        r.metrics.map((m) => [m.label, m.better, ...sets.map((s) => `${formatRatio(s.values[m.key])} (${formatRatio(s.paired[m.key])})`)]),
+        r.metrics.map((m) => [
+          m.label,
+          m.better,
+          ...sets.map((s) => `${formatRatio(s.values[m.key])} (${formatRatio(s.paired[m.key])})`),
+        ]),
       ),
     );
   }
@@ -76,7 +86,15 @@ function renderMicro(r: MicroResults): string {
   return [
     `${r.question} (${r.date}):`,
     '',
-    table(['case', 'ops/s', 'mean µs', 'p99 µs'], r.rows.map((x) => [x.name, formatNumber(x.opsPerSecond), formatNumber(x.meanNs / 1e3), formatNumber(x.p99Ns / 1e3)])),
+    table(
+      ['case', 'ops/s', 'mean µs', 'p99 µs'],
+      r.rows.map((x) => [
+        x.name,
+        formatNumber(x.opsPerSecond),
+        formatNumber(x.meanNs / 1e3),
+        formatNumber(x.p99Ns / 1e3),
+      ]),
+    ),
   ].join('\n');
 }
 
@@ -95,7 +113,21 @@ interface IdleResults {
 
 function renderIdle(runs: IdleResults[]): string {
   return table(
-    ['relay', 'workers', 'held', 'RSS idle MiB', 'RSS loaded MiB', 'KiB/conn', 'RSS at 10k MiB', 'after close MiB', 'loaded/closed per cycle MiB', 'worst at 10k MiB', 'dropped', '< 200 MB', 'date'],
+    [
+      'relay',
+      'workers',
+      'held',
+      'RSS idle MiB',
+      'RSS loaded MiB',
+      'KiB/conn',
+      'RSS at 10k MiB',
+      'after close MiB',
+      'loaded/closed per cycle MiB',
+      'worst at 10k MiB',
+      'dropped',
+      '< 200 MB',
+      'date',
+    ],
     runs.map((r) => [
       r.relay,
       String(r.settings.workers),
@@ -120,8 +152,11 @@ function main(): void {
   const router = readJson<RouterResults>(process.argv[2] ?? 'router');
   if (router) sections.push(`### router-vs-haproxy\n\n${renderRouter(router)}`);
   const files = readdirSync(resultsDir()).filter((f) => f.endsWith('.json'));
-  const idle = files.filter((f) => f.startsWith('idle-connections-')).map((f) => readJson<IdleResults>(f.replace(/\.json$/, '')));
-  if (idle.length > 0) sections.push(`### idle-connections\n\n${renderIdle(idle.filter((x): x is IdleResults => x !== undefined))}`);
+  const idle = files
+    .filter((f) => f.startsWith('idle-connections-'))
+    .map((f) => readJson<IdleResults>(f.replace(/\.json$/, '')));
+  if (idle.length > 0)
+    sections.push(`### idle-connections\n\n${renderIdle(idle.filter((x): x is IdleResults => x !== undefined))}`);
   const micros = files.filter((f) => f.startsWith('micro-'));
   for (const file of micros.sort()) {
     const micro = readJson<MicroResults>(file.replace(/\.json$/, ''));

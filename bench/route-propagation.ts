@@ -92,7 +92,12 @@ async function api(control: ControlServer, path: string, body: unknown): Promise
   return text ? JSON.parse(text) : null;
 }
 
-async function startRouter(redisUrl: string, group: string, id: string, bindHost: string): Promise<{ router: Router; source: TimedSource }> {
+async function startRouter(
+  redisUrl: string,
+  group: string,
+  id: string,
+  bindHost: string,
+): Promise<{ router: Router; source: TimedSource }> {
   const source = new TimedSource(new RedisRouteSource({ redisUrl, routerGroup: group, routerId: id }));
   const router = new Router({ logger: silent, bindHost, maxConnections: 1_000_000 });
   source.router = router;
@@ -117,12 +122,14 @@ async function openConnections(port: number, count: number): Promise<{ sockets: 
   const sockets: Socket[] = [];
   for (let i = 0; i < count; i += 100) {
     const batch = await Promise.all(
-      Array.from({ length: Math.min(100, count - i) }, () =>
-        new Promise<Socket>((resolve, reject) => {
-          const s = connect(port, '127.0.0.1', () => resolve(s));
-          s.once('error', reject);
-          s.once('close', () => closed++);
-        }),
+      Array.from(
+        { length: Math.min(100, count - i) },
+        () =>
+          new Promise<Socket>((resolve, reject) => {
+            const s = connect(port, '127.0.0.1', () => resolve(s));
+            s.once('error', reject);
+            s.once('close', () => closed++);
+          }),
       ),
     );
     sockets.push(...batch);
@@ -160,22 +167,37 @@ async function main(): Promise<void> {
   });
   const echo = await startEcho();
   const echoPort = (echo.address() as { port: number }).port;
-  const cleanup: Array<() => Promise<unknown> | void> = [() => redis.stop(), () => control.close(), () => void echo.close()];
+  const cleanup: Array<() => Promise<unknown> | void> = [
+    () => redis.stop(),
+    () => control.close(),
+    () => void echo.close(),
+  ];
   try {
     // Phase 1: propagation to two routers (127.0.0.1 and 127.0.0.2 share the port numbers).
-    const prop = (await api(control, '/routing/v1/router_groups', { name: 'prop', reservable_ports: '40000-40009' })) as { guid: string };
+    const prop = (await api(control, '/routing/v1/router_groups', {
+      name: 'prop',
+      reservable_ports: '40000-40009',
+    })) as { guid: string };
     const routers = [
       await startRouter(redis.url, 'prop', 'bench-a', '127.0.0.1'),
       await startRouter(redis.url, 'prop', 'bench-b', '127.0.0.2'),
     ];
     cleanup.unshift(...routers.map((r) => () => r.router.close()));
     const port = 40000;
-    const mapping = (weight: number) => ({ router_group_guid: prop.guid, port, backend_ip: '127.0.0.1', backend_port: echoPort, weight });
+    const mapping = (weight: number) => ({
+      router_group_guid: prop.guid,
+      port,
+      backend_ip: '127.0.0.1',
+      backend_port: echoPort,
+      weight,
+    });
     await api(control, '/routing/v1/tcp_routes/create', [mapping(1)]);
     const samples: number[] = [];
     for (let i = 0; i < CHANGES; i++) {
       const weight = (i % 999) + 2;
-      const applied = routers.map((r) => r.source.waitFor((t) => t.routes.some((x) => x.port === port && x.backends[0]?.weight === weight)));
+      const applied = routers.map((r) =>
+        r.source.waitFor((t) => t.routes.some((x) => x.port === port && x.backends[0]?.weight === weight)),
+      );
       const t0 = performance.now();
       await api(control, '/routing/v1/tcp_routes/create', [mapping(weight)]);
       const done = Math.max(...(await Promise.all(applied)));
@@ -186,11 +208,16 @@ async function main(): Promise<void> {
     cleanup.splice(0, routers.length);
 
     // Phase 2: 10,000 routes at once while 1,000 connections stay open through one router.
-    const bulk = (await api(control, '/routing/v1/router_groups', { name: 'bulk', reservable_ports: '20000-29999,30500' })) as { guid: string };
+    const bulk = (await api(control, '/routing/v1/router_groups', {
+      name: 'bulk',
+      reservable_ports: '20000-29999,30500',
+    })) as { guid: string };
     const bulkRouter = await startRouter(redis.url, 'bulk', 'bench-bulk', '127.0.0.1');
     cleanup.unshift(() => bulkRouter.router.close());
     const keepPort = 30500;
-    await api(control, '/routing/v1/tcp_routes/create', [{ router_group_guid: bulk.guid, port: keepPort, backend_ip: '127.0.0.1', backend_port: echoPort }]);
+    await api(control, '/routing/v1/tcp_routes/create', [
+      { router_group_guid: bulk.guid, port: keepPort, backend_ip: '127.0.0.1', backend_port: echoPort },
+    ]);
     await new Promise((r) => setTimeout(r, 100));
     const conns = await openConnections(keepPort, OPEN_CONNECTIONS);
     const echoedBefore = await echoCheck(conns.sockets);

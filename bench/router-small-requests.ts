@@ -73,7 +73,14 @@ async function main(): Promise<void> {
     const order = columns.map((_, i) => columns[(i + round) % columns.length]);
     for (const c of order) {
       const cpu0 = groupCpuSeconds(c.group);
-      const rows = await runRedisBenchmark({ host: '127.0.0.1', port: c.redisPort, clients: 50, requests, pipeline, tests: ['get'] });
+      const rows = await runRedisBenchmark({
+        host: '127.0.0.1',
+        port: c.redisPort,
+        clients: 50,
+        requests,
+        pipeline,
+        tests: ['get'],
+      });
       samples[c.name].get.push(rows[0].rps);
       samples[c.name].getCpuUs.push(((groupCpuSeconds(c.group) - cpu0) / requests) * 1e6);
       await sleep(200);
@@ -104,7 +111,16 @@ async function main(): Promise<void> {
       ]),
     )}\n`,
   );
-  writeResults('router-small-requests', { date: new Date().toISOString(), rounds, requests, pipeline, seconds, workers, baseline, samples });
+  writeResults('router-small-requests', {
+    date: new Date().toISOString(),
+    rounds,
+    requests,
+    pipeline,
+    seconds,
+    workers,
+    baseline,
+    samples,
+  });
 }
 
 main()

@@ -77,7 +77,10 @@ function parseArgs(argv: string[]): Settings {
   return {
     quick,
     rounds,
-    only: value('--only')?.split(',').map((s) => s.trim()).filter(Boolean),
+    only: value('--only')
+      ?.split(',')
+      .map((s) => s.trim())
+      .filter(Boolean),
     clients: 50,
     requestsP1: quick ? 5_000 : 50_000,
     requestsP16: quick ? 50_000 : 500_000,
@@ -113,7 +116,10 @@ function rotate<T>(list: readonly T[], by: number): T[] {
   return list.map((_, i) => list[(i + by) % n]);
 }
 
-function metricsOf(measurement: Measurement, result: RedisBenchRow[] | IperfResult | ConnRateResult): Record<string, number> {
+function metricsOf(
+  measurement: Measurement,
+  result: RedisBenchRow[] | IperfResult | ConnRateResult,
+): Record<string, number> {
   switch (measurement) {
     case 'redis-p1':
     case 'redis-p16': {
@@ -137,13 +143,31 @@ function metricsOf(measurement: Measurement, result: RedisBenchRow[] | IperfResu
   }
 }
 
-async function measure(measurement: Measurement, target: RunningTarget, s: Settings): Promise<RedisBenchRow[] | IperfResult | ConnRateResult> {
+async function measure(
+  measurement: Measurement,
+  target: RunningTarget,
+  s: Settings,
+): Promise<RedisBenchRow[] | IperfResult | ConnRateResult> {
   const host = '127.0.0.1';
   switch (measurement) {
     case 'redis-p1':
-      return runRedisBenchmark({ host, port: target.redisPort, clients: s.clients, requests: s.requestsP1, pipeline: 1, tests: ['get', 'set'] });
+      return runRedisBenchmark({
+        host,
+        port: target.redisPort,
+        clients: s.clients,
+        requests: s.requestsP1,
+        pipeline: 1,
+        tests: ['get', 'set'],
+      });
     case 'redis-p16':
-      return runRedisBenchmark({ host, port: target.redisPort, clients: s.clients, requests: s.requestsP16, pipeline: 16, tests: ['get', 'set'] });
+      return runRedisBenchmark({
+        host,
+        port: target.redisPort,
+        clients: s.clients,
+        requests: s.requestsP16,
+        pipeline: 16,
+        tests: ['get', 'set'],
+      });
     case 'iperf':
       return runIperf({ host, port: target.iperfPort, seconds: s.iperfSeconds, streams: 1 });
     case 'conn-rate':
@@ -180,12 +204,20 @@ function valuesByRound(raw: readonly RawSample[], target: string): Map<number, R
   return out;
 }
 
-function computeRatios(running: RunningTarget[], medians: Record<string, Record<string, number>>, raw: readonly RawSample[]): RatioSet[] {
+function computeRatios(
+  running: RunningTarget[],
+  medians: Record<string, Record<string, number>>,
+  raw: readonly RawSample[],
+): RatioSet[] {
   const names = new Set(running.map((t) => t.spec.name));
   const out: RatioSet[] = [];
   for (const t of running) {
     if (t.spec.kind === 'direct' || t.spec.kind === 'haproxy') continue;
-    const refs = [names.has('direct') ? 'direct' : undefined, matchingHaproxy(t.spec, names, false), matchingHaproxy(t.spec, names, true)];
+    const refs = [
+      names.has('direct') ? 'direct' : undefined,
+      matchingHaproxy(t.spec, names, false),
+      matchingHaproxy(t.spec, names, true),
+    ];
     for (const ref of refs) {
       if (!ref) continue;
       const values: Record<string, number> = {};
@@ -223,7 +255,8 @@ async function main(): Promise<void> {
   if (settings.only) {
     const wanted = new Set(settings.only);
     const unknown = [...wanted].filter((n) => !specs.some((s) => s.name === n));
-    if (unknown.length > 0) throw new Error(`--only: unknown target(s) ${unknown.join(', ')}; known: ${specs.map((s) => s.name).join(', ')}`);
+    if (unknown.length > 0)
+      throw new Error(`--only: unknown target(s) ${unknown.join(', ')}; known: ${specs.map((s) => s.name).join(', ')}`);
     specs = specs.filter((s) => wanted.has(s.name));
   }
 
@@ -237,7 +270,10 @@ async function main(): Promise<void> {
     else skipped.push({ target: spec.name, reason: started.reason });
   }
   if (!workers2) {
-    skipped.push({ target: 'router-*-w2', reason: routerCliAvailable() ? '`sf router --help` has no --workers yet' : 'router CLI not built' });
+    skipped.push({
+      target: 'router-*-w2',
+      reason: routerCliAvailable() ? '`sf router --help` has no --workers yet' : 'router CLI not built',
+    });
   }
   for (const s of skipped) process.stderr.write(`skipped ${s.target}: ${s.reason}\n`);
 
@@ -285,9 +321,16 @@ async function main(): Promise<void> {
     for (const measurement of MEASUREMENTS) {
       for (const target of rotated) {
         const t0 = Date.now();
-        const sample: RawSample = { round, target: target.spec.name, measurement, startedAt: new Date(t0).toISOString(), durationMs: 0 };
+        const sample: RawSample = {
+          round,
+          target: target.spec.name,
+          measurement,
+          startedAt: new Date(t0).toISOString(),
+          durationMs: 0,
+        };
         try {
-          if (target.proc && target.proc.child.exitCode !== null) throw new Error(`${target.spec.name} exited:\n${target.proc.output().slice(-2000)}`);
+          if (target.proc && target.proc.child.exitCode !== null)
+            throw new Error(`${target.spec.name} exited:\n${target.proc.output().slice(-2000)}`);
           const result = await measure(measurement, target, settings);
           sample.result = result;
           for (const [key, value] of Object.entries(metricsOf(measurement, result))) {
@@ -321,8 +364,12 @@ function printReport(result: Record<string, unknown>, running: RunningTarget[], 
   const medians = result.medians as Record<string, Record<string, number>>;
   const ratios = computeRatios(running, medians, raw);
   const names = running.map((t) => t.spec.name);
-  const relayNote = running.filter((t) => t.spec.kind === 'router').map((t) => `${t.spec.name}: relay=${String(t.info.relay)}`);
-  process.stdout.write(`\nMedians (${(result.settings as Settings).rounds} round(s)); ${relayNote.join(', ') || 'no router column'}\n\n`);
+  const relayNote = running
+    .filter((t) => t.spec.kind === 'router')
+    .map((t) => `${t.spec.name}: relay=${String(t.info.relay)}`);
+  process.stdout.write(
+    `\nMedians (${(result.settings as Settings).rounds} round(s)); ${relayNote.join(', ') || 'no router column'}\n\n`,
+  );
   process.stdout.write(
     `${formatTable(
       ['metric', ...names],
@@ -347,7 +394,8 @@ function printReport(result: Record<string, unknown>, running: RunningTarget[], 
       )}\n`,
     );
   }
-  for (const s of result.skipped as Array<{ target: string; reason: string }>) process.stdout.write(`\nskipped ${s.target}: ${s.reason}`);
+  for (const s of result.skipped as Array<{ target: string; reason: string }>)
+    process.stdout.write(`\nskipped ${s.target}: ${s.reason}`);
   process.stdout.write('\n');
 }
 

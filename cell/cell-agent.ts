@@ -87,21 +87,37 @@ const FULL_REPORT_MS = 10_000;
 /** The scalar options, checked once at construction; errors name the field. */
 const cellAgentOptionsSchema = z
   .object({
-    name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/, 'must be letters, digits, _ . - (max 64), starting with a letter or digit'),
+    name: z
+      .string()
+      .regex(
+        /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/,
+        'must be letters, digits, _ . - (max 64), starting with a letter or digit',
+      ),
     zone: z.string().min(1, 'must not be empty'),
     capacityMb: z.number().int().min(1),
-    redisUrl: z.string().regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL').optional(),
+    redisUrl: z
+      .string()
+      .regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL')
+      .optional(),
     listenHost: z.string().min(1).optional(),
     advertiseHost: z.string().min(1).optional(),
-    portRange: z.object({ from: z.number().int().min(1).max(65535), to: z.number().int().min(1).max(65535) }).refine((r) => r.from <= r.to, 'from must not exceed to').optional(),
+    portRange: z
+      .object({ from: z.number().int().min(1).max(65535), to: z.number().int().min(1).max(65535) })
+      .refine((r) => r.from <= r.to, 'from must not exceed to')
+      .optional(),
     heartbeatMs: z.number().int().min(50).optional(),
     heartbeatTtlMs: z.number().int().min(100).optional(),
     reconcileMs: z.number().int().min(100).optional(),
   })
-  .refine((o) => (o.heartbeatTtlMs ?? DEFAULT_CELL_AGENT_OPTIONS.heartbeatTtlMs) > (o.heartbeatMs ?? DEFAULT_CELL_AGENT_OPTIONS.heartbeatMs), {
-    message: 'must be longer than heartbeatMs, or the registration expires between heartbeats',
-    path: ['heartbeatTtlMs'],
-  });
+  .refine(
+    (o) =>
+      (o.heartbeatTtlMs ?? DEFAULT_CELL_AGENT_OPTIONS.heartbeatTtlMs) >
+      (o.heartbeatMs ?? DEFAULT_CELL_AGENT_OPTIONS.heartbeatMs),
+    {
+      message: 'must be longer than heartbeatMs, or the registration expires between heartbeats',
+      path: ['heartbeatTtlMs'],
+    },
+  );
 
 function validateOptions(options: CellAgentOptions): void {
   const parsed = cellAgentOptionsSchema.safeParse(options);
@@ -159,7 +175,13 @@ export class CellAgent {
     this.dataDir = path.resolve(options.dataDir ?? defaultCellDataDir(options.name));
     this.log = options.logger ?? pino({ name: 'sf-cell', base: { cell: options.name } }, pino.destination(2));
     this.engines = options.engines ?? createEngineRegistry({ postgres: { trustCidrs: options.trustCidrs } });
-    const common = { dataDir: this.dataDir, portRange: this.opts.portRange, listenHost, advertiseHost: this.opts.advertiseHost, engines: this.engines };
+    const common = {
+      dataDir: this.dataDir,
+      portRange: this.opts.portRange,
+      listenHost,
+      advertiseHost: this.opts.advertiseHost,
+      engines: this.engines,
+    };
     this.executors = options.executors ?? { process: new ProcessExecutor(common), docker: new DockerExecutor(common) };
   }
 
@@ -227,9 +249,21 @@ export class CellAgent {
     this.requestReconcile();
     void this.orderLoop();
     if (!isLoopback(this.opts.listenHost) && !(this.opts.trustCidrs ?? []).length) {
-      this.log.warn({ listenHost: this.opts.listenHost }, 'postgres trusts loopback only: replicas on other hosts need --trust-cidr for their network');
+      this.log.warn(
+        { listenHost: this.opts.listenHost },
+        'postgres trusts loopback only: replicas on other hosts need --trust-cidr for their network',
+      );
     }
-    this.log.info({ dataDir: this.dataDir, host: this.opts.advertiseHost, executors: this.availableExecutors, engines: this.availableEngineKinds, instances: this.instances.summary() }, 'cell registered');
+    this.log.info(
+      {
+        dataDir: this.dataDir,
+        host: this.opts.advertiseHost,
+        executors: this.availableExecutors,
+        engines: this.availableEngineKinds,
+        instances: this.instances.summary(),
+      },
+      'cell registered',
+    );
   }
 
   /** Deregisters; instances keep running (re-adopted next start) unless stopInstancesOnExit. */
@@ -323,7 +357,8 @@ export class CellAgent {
   private async reconcile(): Promise<void> {
     if (!this.redis || !this.instances) return;
     const raw = await this.redis.hgetall(cellKeys.desired(this.name));
-    if (Object.keys(raw).length === 0 && this.instances.count() > 0) this.noteRegistration(await this.redis.sadd(CELLS_SET_KEY, this.name));
+    if (Object.keys(raw).length === 0 && this.instances.count() > 0)
+      this.noteRegistration(await this.redis.sadd(CELLS_SET_KEY, this.name));
     if (this.stateLost) {
       if (Object.keys(raw).length === 0) return;
       this.stateLost = false;
@@ -333,17 +368,24 @@ export class CellAgent {
     for (const [id, json] of Object.entries(raw)) {
       const parsed = safeParseSpec(json);
       if (parsed.ok && parsed.spec.instanceId === id) desired.set(id, parsed.spec);
-      else invalid.set(id, parsed.ok ? `instanceId '${parsed.spec.instanceId}' does not match its hash field` : parsed.message);
+      else
+        invalid.set(
+          id,
+          parsed.ok ? `instanceId '${parsed.spec.instanceId}' does not match its hash field` : parsed.message,
+        );
     }
     // Report each invalid spec once, and withdraw the report once it is fixed or removed.
-    for (const [id, message] of invalid) if (this.invalidSpecs.get(id) !== message) this.reportInvalid(id, message, raw[id] ?? '');
+    for (const [id, message] of invalid)
+      if (this.invalidSpecs.get(id) !== message) this.reportInvalid(id, message, raw[id] ?? '');
     for (const id of this.invalidSpecs.keys()) {
       if (!invalid.has(id) && !this.instances.ids().includes(id)) void this.report(id, null);
     }
     this.invalidSpecs = invalid;
     // Not awaited: a long start (a base backup of a large database) must not hold back the next
     // pass, which handles other instances; per-instance states keep passes from colliding.
-    const actions = this.instances.reconcile(desired).catch((err) => this.log.warn({ err: errorMessageOf(err) }, 'reconcile action failed'));
+    const actions = this.instances
+      .reconcile(desired)
+      .catch((err) => this.log.warn({ err: errorMessageOf(err) }, 'reconcile action failed'));
     this.pendingActions.add(actions);
     void actions.finally(() => this.pendingActions.delete(actions));
   }
@@ -361,7 +403,8 @@ export class CellAgent {
     } catch {
       // Not JSON: nothing to echo.
     }
-    const pick = <T>(key: string, ok: (v: unknown) => boolean, fallback: T): T => (ok(loose[key]) ? (loose[key] as T) : fallback);
+    const pick = <T>(key: string, ok: (v: unknown) => boolean, fallback: T): T =>
+      ok(loose[key]) ? (loose[key] as T) : fallback;
     const actual: ActualInstance = {
       instanceId,
       service: pick('service', (v) => typeof v === 'string', ''),
@@ -438,7 +481,9 @@ export class CellAgent {
       // Handled (and reported) by handleOrder.
     }
     const previous = this.orderChains.get(key) ?? Promise.resolve();
-    const next = previous.then(() => this.handleOrder(json)).catch((err) => this.log.warn({ err: errorMessageOf(err) }, 'order failed'));
+    const next = previous
+      .then(() => this.handleOrder(json))
+      .catch((err) => this.log.warn({ err: errorMessageOf(err) }, 'order failed'));
     this.orderChains.set(key, next);
     void next.finally(() => {
       if (this.orderChains.get(key) === next) this.orderChains.delete(key);
@@ -455,12 +500,30 @@ export class CellAgent {
     }
     const parsed = orderSchema.safeParse(parsedJson);
     if (!parsed.success) {
-      const orderId = typeof (parsedJson as { orderId?: unknown })?.orderId === 'string' ? (parsedJson as { orderId: string }).orderId : `invalid-${Date.now()}`;
+      const orderId =
+        typeof (parsedJson as { orderId?: unknown })?.orderId === 'string'
+          ? (parsedJson as { orderId: string }).orderId
+          : `invalid-${Date.now()}`;
       const issue = parsed.error.issues[0];
-      result = { orderId, type: 'invalid', cell: this.name, ok: false, error: { code: CellErrorCode.UnknownOrder, message: `invalid order: ${issue ? `${issue.path.join('.')}: ${issue.message}` : 'unparseable'}` }, finishedAt: Date.now() };
+      result = {
+        orderId,
+        type: 'invalid',
+        cell: this.name,
+        ok: false,
+        error: {
+          code: CellErrorCode.UnknownOrder,
+          message: `invalid order: ${issue ? `${issue.path.join('.')}: ${issue.message}` : 'unparseable'}`,
+        },
+        finishedAt: Date.now(),
+      };
     } else {
       this.log.info({ order: parsed.data }, 'order');
-      result = await executeOrder(parsed.data, { cell: this.name, dataDir: this.dataDir, instances: this.instances as CellInstances, fencer: this.opts.fencer });
+      result = await executeOrder(parsed.data, {
+        cell: this.name,
+        dataDir: this.dataDir,
+        instances: this.instances as CellInstances,
+        fencer: this.opts.fencer,
+      });
     }
     try {
       await this.redis?.set(cellKeys.orderResult(result.orderId), JSON.stringify(result), 'PX', ORDER_RESULT_TTL_MS);

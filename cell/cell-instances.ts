@@ -6,7 +6,13 @@
  * never retried here (issue 4: "restarts nothing on its own initiative").
  */
 import type { Redis } from 'ioredis';
-import { cellKeys, type ActualInstance, type ActualState, type ExecutorKind, type InstanceSpec } from '../protocol/cell-protocol';
+import {
+  cellKeys,
+  type ActualInstance,
+  type ActualState,
+  type ExecutorKind,
+  type InstanceSpec,
+} from '../protocol/cell-protocol';
 import type { Engine } from './engine';
 import type { EngineRegistry } from './engine-registry';
 import { CellError, CellErrorCode, errorCodeOf, errorMessageOf } from './errors';
@@ -83,7 +89,10 @@ export class CellInstances {
       inst.state = meta.generation >= 0 ? 'failed' : 'stopped';
       if (meta.generation >= 0) {
         // It was meant to run but is not: it died while no cell watched it. Control decides.
-        inst.lastError = { code: CellErrorCode.InstanceExited, message: 'not running when the cell started; not restarted until control raises the generation' };
+        inst.lastError = {
+          code: CellErrorCode.InstanceExited,
+          message: 'not running when the cell started; not restarted until control raises the generation',
+        };
       }
     }
     for (const id of this.local.keys()) this.emit(id);
@@ -102,7 +111,9 @@ export class CellInstances {
 
   /** instanceId -> state, for the start-up log line. */
   summary(): Record<string, string> {
-    return Object.fromEntries([...this.local].map(([id, inst]) => [id, `${inst.state}${inst.handle ? ` pid ${inst.handle.pid}` : ''}`]));
+    return Object.fromEntries(
+      [...this.local].map(([id, inst]) => [id, `${inst.state}${inst.handle ? ` pid ${inst.handle.pid}` : ''}`]),
+    );
   }
 
   ids(): string[] {
@@ -115,7 +126,14 @@ export class CellInstances {
       const executor = this.executorFor(spec);
       const inst = this.local.get(id);
       if (!executor) {
-        this.fail(id, spec, new CellError(CellErrorCode.ExecutorUnavailable, `executor ${spec.executor} is not available on cell ${this.options.cell}`));
+        this.fail(
+          id,
+          spec,
+          new CellError(
+            CellErrorCode.ExecutorUnavailable,
+            `executor ${spec.executor} is not available on cell ${this.options.cell}`,
+          ),
+        );
         continue;
       }
       if (!inst) {
@@ -151,7 +169,13 @@ export class CellInstances {
   private async applyLiveChanges(inst: LocalInstance, spec: InstanceSpec): Promise<void> {
     const epoch = Math.max(inst.spec.epoch, spec.epoch);
     const raised = epoch > inst.spec.epoch;
-    inst.spec = { ...spec, role: inst.spec.role, replicaOf: inst.spec.replicaOf, epoch, port: inst.handle?.port ?? spec.port };
+    inst.spec = {
+      ...spec,
+      role: inst.spec.role,
+      replicaOf: inst.spec.replicaOf,
+      epoch,
+      port: inst.handle?.port ?? spec.port,
+    };
     if (inst.handle) inst.handle.context = { ...inst.handle.context, spec: inst.spec };
     if (inst.lease) inst.lease.setEpoch(epoch);
     if (!raised) return;
@@ -217,7 +241,11 @@ export class CellInstances {
     if (spec.role !== 'primary' || !this.options.redis) return;
     const floor = Number((await this.options.redis.get(cellKeys.leaseFloor(spec.instanceId))) ?? 0);
     if (spec.epoch < floor) {
-      throw new CellError(CellErrorCode.StaleEpoch, `instance ${spec.instanceId}: refusing to start as primary with epoch ${spec.epoch}, control fenced it at epoch ${floor}`, 'epoch');
+      throw new CellError(
+        CellErrorCode.StaleEpoch,
+        `instance ${spec.instanceId}: refusing to start as primary with epoch ${spec.epoch}, control fenced it at epoch ${floor}`,
+        'epoch',
+      );
     }
   }
 
@@ -249,7 +277,8 @@ export class CellInstances {
   /** The fencing shot: SIGKILL. Returns whether it was running. */
   async fence(instanceId: string): Promise<boolean> {
     const inst = this.local.get(instanceId);
-    if (!inst) throw new CellError(CellErrorCode.InstanceNotFound, `no instance ${instanceId} on cell ${this.options.cell}`);
+    if (!inst)
+      throw new CellError(CellErrorCode.InstanceNotFound, `no instance ${instanceId} on cell ${this.options.cell}`);
     this.dropLease(inst);
     const wasRunning = inst.executor.status(instanceId).state === 'running';
     // Only a live process produces the exit this flag swallows; set on a dead one it would hide
@@ -266,14 +295,18 @@ export class CellInstances {
   running(instanceId: string): { handle: InstanceHandle; engine: Engine } {
     const inst = this.local.get(instanceId);
     if (!inst || !inst.handle || inst.state !== 'running') {
-      throw new CellError(CellErrorCode.InstanceNotFound, `instance ${instanceId} is not running on cell ${this.options.cell}`);
+      throw new CellError(
+        CellErrorCode.InstanceNotFound,
+        `instance ${instanceId} is not running on cell ${this.options.cell}`,
+      );
     }
     return { handle: inst.handle, engine: this.options.engines[inst.spec.engine] };
   }
 
   requireStopped(instanceId: string): void {
     const inst = this.local.get(instanceId);
-    if (!inst) throw new CellError(CellErrorCode.InstanceNotFound, `no instance ${instanceId} on cell ${this.options.cell}`);
+    if (!inst)
+      throw new CellError(CellErrorCode.InstanceNotFound, `no instance ${instanceId} on cell ${this.options.cell}`);
     if (inst.state === 'running' || inst.state === 'starting' || inst.state === 'stopping') {
       throw new CellError(CellErrorCode.InstanceRunning, `instance ${instanceId} is ${inst.state}; stop it first`);
     }
@@ -297,7 +330,9 @@ export class CellInstances {
     this.emit(instanceId);
   }
 
-  async refreshPosition(instanceId: string): Promise<{ role: string; position: string | null; positionValue: string | null }> {
+  async refreshPosition(
+    instanceId: string,
+  ): Promise<{ role: string; position: string | null; positionValue: string | null }> {
     const { handle, engine } = this.running(instanceId);
     const inst = this.local.get(instanceId) as LocalInstance;
     const pos = await engine.position(handle.context);
@@ -381,7 +416,20 @@ export class CellInstances {
   private ensure(spec: InstanceSpec, executor: Executor, attempted: number): LocalInstance {
     let inst = this.local.get(spec.instanceId);
     if (!inst) {
-      inst = { spec, executor, state: 'stopped', handle: undefined, lastError: null, position: null, positionValue: null, healthy: null, lease: undefined, expectingExit: undefined, desired: false, attempted };
+      inst = {
+        spec,
+        executor,
+        state: 'stopped',
+        handle: undefined,
+        lastError: null,
+        position: null,
+        positionValue: null,
+        healthy: null,
+        lease: undefined,
+        expectingExit: undefined,
+        desired: false,
+        attempted,
+      };
       this.local.set(spec.instanceId, inst);
     }
     return inst;
@@ -413,13 +461,20 @@ export class CellInstances {
     inst.handle = undefined;
     inst.healthy = null;
     const why = status.signal ? `signal ${status.signal}` : `exit code ${status.exitCode}`;
-    inst.lastError = { code: CellErrorCode.InstanceExited, message: `instance exited (${why}); not restarted until control raises the generation` };
+    inst.lastError = {
+      code: CellErrorCode.InstanceExited,
+      message: `instance exited (${why}); not restarted until control raises the generation`,
+    };
     this.emit(instanceId);
   }
 
   /** A running primary with `spec.lease` keeps a lease; anything else holds none. */
   private syncLease(inst: LocalInstance): void {
-    const wants = inst.state === 'running' && inst.spec.role === 'primary' && inst.spec.lease !== undefined && this.options.redis !== undefined;
+    const wants =
+      inst.state === 'running' &&
+      inst.spec.role === 'primary' &&
+      inst.spec.lease !== undefined &&
+      this.options.redis !== undefined;
     if (!wants) return this.dropLease(inst);
     if (inst.lease) return inst.lease.setEpoch(inst.spec.epoch);
     const id = inst.spec.instanceId;

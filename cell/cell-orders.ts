@@ -26,7 +26,12 @@ export async function executeOrder(order: Order, ctx: OrderContext): Promise<Ord
     const data = await run(order, ctx);
     return { ...base, ok: true, data, finishedAt: Date.now() };
   } catch (err) {
-    return { ...base, ok: false, error: { code: errorCodeOf(err), message: errorMessageOf(err) }, finishedAt: Date.now() };
+    return {
+      ...base,
+      ok: false,
+      error: { code: errorCodeOf(err), message: errorMessageOf(err) },
+      finishedAt: Date.now(),
+    };
   }
 }
 
@@ -37,7 +42,11 @@ async function run(order: Order, ctx: OrderContext): Promise<Record<string, unkn
       const local = instances.running(order.instanceId);
       const current = await instances.recordedEpoch(order.instanceId);
       if (order.epoch < current) {
-        throw new CellError(CellErrorCode.StaleEpoch, `promote of ${order.instanceId} with epoch ${order.epoch} refused: it already had epoch ${current}`, 'epoch');
+        throw new CellError(
+          CellErrorCode.StaleEpoch,
+          `promote of ${order.instanceId} with epoch ${order.epoch} refused: it already had epoch ${current}`,
+          'epoch',
+        );
       }
       await instances.checkEpochFloor({ instanceId: order.instanceId, role: 'primary', epoch: order.epoch });
       await local.engine.promote(local.handle.context);
@@ -66,7 +75,8 @@ async function run(order: Order, ctx: OrderContext): Promise<Record<string, unkn
       instances.requireStopped(order.instanceId);
       const { volumeDir } = volumePaths(ctx.dataDir, order.instanceId);
       const target = path.join(order.destination, order.instanceId);
-      if (await exists(target)) throw new CellError(CellErrorCode.InvalidSpec, `${target} already exists`, 'destination');
+      if (await exists(target))
+        throw new CellError(CellErrorCode.InvalidSpec, `${target} already exists`, 'destination');
       await mkdir(order.destination, { recursive: true });
       // cp -a keeps owners and modes, which matter: postgres refuses a data dir that is not
       // 0700 and its own.
@@ -76,7 +86,10 @@ async function run(order: Order, ctx: OrderContext): Promise<Record<string, unkn
     case 'delete-volume': {
       instances.requireStopped(order.instanceId);
       if (instances.isDesired(order.instanceId)) {
-        throw new CellError(CellErrorCode.InstanceRunning, `instance ${order.instanceId} is still desired on this cell; remove it from desired first`);
+        throw new CellError(
+          CellErrorCode.InstanceRunning,
+          `instance ${order.instanceId} is still desired on this cell; remove it from desired first`,
+        );
       }
       await rm(volumePaths(ctx.dataDir, order.instanceId).volumeDir, { recursive: true, force: true });
       await instances.forget(order.instanceId);

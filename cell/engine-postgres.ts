@@ -112,7 +112,8 @@ export class PostgresEngine implements Engine {
   runAs(): RunAs | undefined {
     if (process.getuid?.() !== 0) return undefined;
     const user = lookupUser(this.options.systemUser);
-    if (!user) throw new CellError(CellErrorCode.EngineUnavailable, `system user '${this.options.systemUser}' does not exist`);
+    if (!user)
+      throw new CellError(CellErrorCode.EngineUnavailable, `system user '${this.options.systemUser}' does not exist`);
     return user;
   }
 
@@ -129,13 +130,32 @@ export class PostgresEngine implements Engine {
         await this.checkReachable(dataDir, runAs);
       }
       if (spec.role === 'primary') {
-        await runCommand(await this.bin('initdb'), ['-D', dataDir, '-U', this.options.superuser, '-A', 'trust', '-E', 'UTF8'], { runAs, timeoutMs: 120_000 });
+        await runCommand(
+          await this.bin('initdb'),
+          ['-D', dataDir, '-U', this.options.superuser, '-A', 'trust', '-E', 'UTF8'],
+          { runAs, timeoutMs: 120_000 },
+        );
       } else {
-        if (!spec.replicaOf) throw new CellError(CellErrorCode.InvalidSpec, 'a postgres replica needs replicaOf', 'replicaOf');
+        if (!spec.replicaOf)
+          throw new CellError(CellErrorCode.InvalidSpec, 'a postgres replica needs replicaOf', 'replicaOf');
         const { host, port } = spec.replicaOf;
         await runCommand(
           await this.bin('pg_basebackup'),
-          ['-h', host, '-p', String(port), '-U', this.options.superuser, '-D', dataDir, '-R', '-X', 'stream', '-c', 'fast'],
+          [
+            '-h',
+            host,
+            '-p',
+            String(port),
+            '-U',
+            this.options.superuser,
+            '-D',
+            dataDir,
+            '-R',
+            '-X',
+            'stream',
+            '-c',
+            'fast',
+          ],
           { runAs, timeoutMs: 600_000 },
         );
       }
@@ -176,14 +196,21 @@ export class PostgresEngine implements Engine {
    */
   private async rewind(ctx: EngineContext): Promise<void> {
     const { spec, dataDir } = ctx;
-    if (!spec.replicaOf) throw new CellError(CellErrorCode.InvalidSpec, 'a postgres replica needs replicaOf', 'replicaOf');
+    if (!spec.replicaOf)
+      throw new CellError(CellErrorCode.InvalidSpec, 'a postgres replica needs replicaOf', 'replicaOf');
     // pg_rewind may start the server in single-user mode: it must find a config for this cell.
-    await writeFile(path.join(dataDir, 'postgresql.conf'), renderPostgresConfig({ ...ctx, spec: { ...spec, replicaOf: undefined } }, this.options.superuser));
+    await writeFile(
+      path.join(dataDir, 'postgresql.conf'),
+      renderPostgresConfig({ ...ctx, spec: { ...spec, replicaOf: undefined } }, this.options.superuser),
+    );
     // A freshly promoted primary records its new timeline in pg_control only at its next
     // checkpoint; before that pg_rewind sees one timeline and wrongly finds nothing to rewind.
     await this.query({ ...ctx, listenHost: spec.replicaOf.host, port: spec.replicaOf.port }, 'checkpoint');
     const source = `host=${spec.replicaOf.host} port=${spec.replicaOf.port} user=${this.options.superuser} dbname=postgres`;
-    await runCommand(await this.bin('pg_rewind'), ['-D', dataDir, '--source-server', source], { runAs: this.runAs(), timeoutMs: 600_000 });
+    await runCommand(await this.bin('pg_rewind'), ['-D', dataDir, '--source-server', source], {
+      runAs: this.runAs(),
+      timeoutMs: 600_000,
+    });
   }
 
   async launch(ctx: EngineContext): Promise<LaunchCommand> {
@@ -211,15 +238,26 @@ export class PostgresEngine implements Engine {
   async promote(ctx: EngineContext): Promise<void> {
     // Promoting a primary is a no-op, so that control may retry a promote order safely.
     if ((await this.position(ctx))?.role === 'replica') {
-      await runCommand(await this.bin('pg_ctl'), ['promote', '-D', ctx.dataDir, '-w', '-t', '60'], { runAs: this.runAs() });
+      await runCommand(await this.bin('pg_ctl'), ['promote', '-D', ctx.dataDir, '-w', '-t', '60'], {
+        runAs: this.runAs(),
+      });
     }
-    await writeFile(path.join(ctx.dataDir, 'postgresql.conf'), renderPostgresConfig({ ...ctx, spec: { ...ctx.spec, role: 'primary', replicaOf: undefined } }, this.options.superuser));
+    await writeFile(
+      path.join(ctx.dataDir, 'postgresql.conf'),
+      renderPostgresConfig(
+        { ...ctx, spec: { ...ctx.spec, role: 'primary', replicaOf: undefined } },
+        this.options.superuser,
+      ),
+    );
   }
 
   async repoint(ctx: EngineContext, primary: HostPort): Promise<void> {
     // primary_conninfo is reloadable since PostgreSQL 13: rewrite the config and reload.
     const spec = { ...ctx.spec, role: 'replica' as const, replicaOf: primary };
-    await writeFile(path.join(ctx.dataDir, 'postgresql.conf'), renderPostgresConfig({ ...ctx, spec }, this.options.superuser));
+    await writeFile(
+      path.join(ctx.dataDir, 'postgresql.conf'),
+      renderPostgresConfig({ ...ctx, spec }, this.options.superuser),
+    );
     await this.query(ctx, 'select pg_reload_conf()');
   }
 
@@ -228,8 +266,25 @@ export class PostgresEngine implements Engine {
     const host = ctx.listenHost === '0.0.0.0' ? '127.0.0.1' : ctx.listenHost;
     return runCommand(
       await this.bin('psql'),
-      ['-h', host, '-p', String(ctx.port), '-U', this.options.superuser, '-d', 'postgres', '-XAtq', '-v', 'ON_ERROR_STOP=1', '-c', sql],
-      { timeoutMs: this.options.queryTimeoutMs, env: { PGCONNECT_TIMEOUT: String(Math.ceil(this.options.queryTimeoutMs / 1000)) } },
+      [
+        '-h',
+        host,
+        '-p',
+        String(ctx.port),
+        '-U',
+        this.options.superuser,
+        '-d',
+        'postgres',
+        '-XAtq',
+        '-v',
+        'ON_ERROR_STOP=1',
+        '-c',
+        sql,
+      ],
+      {
+        timeoutMs: this.options.queryTimeoutMs,
+        env: { PGCONNECT_TIMEOUT: String(Math.ceil(this.options.queryTimeoutMs / 1000)) },
+      },
     );
   }
 
@@ -240,7 +295,11 @@ export class PostgresEngine implements Engine {
 
   private async bin(name: Binary): Promise<string> {
     const found = await this.find(name);
-    if (!found) throw new CellError(CellErrorCode.EngineUnavailable, `${name} not found on PATH or in ${this.options.binDirs.join(', ')}`);
+    if (!found)
+      throw new CellError(
+        CellErrorCode.EngineUnavailable,
+        `${name} not found on PATH or in ${this.options.binDirs.join(', ')}`,
+      );
     return found;
   }
 }

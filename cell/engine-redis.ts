@@ -110,7 +110,9 @@ export class RedisEngine implements Engine {
 
   /** Keeps the config file in line with the live role, so an engine restart keeps it too. */
   private async rewriteConfig(ctx: EngineContext, primary?: HostPort): Promise<void> {
-    const spec = primary ? { ...ctx.spec, role: 'replica' as const, replicaOf: primary } : { ...ctx.spec, role: 'primary' as const, replicaOf: undefined };
+    const spec = primary
+      ? { ...ctx.spec, role: 'replica' as const, replicaOf: primary }
+      : { ...ctx.spec, role: 'primary' as const, replicaOf: undefined };
     await writeFile(path.join(ctx.dataDir, CONFIG_FILE), renderRedisConfig({ ...ctx, spec }));
   }
 

@@ -9,7 +9,10 @@ import { CellError, CellErrorCode } from './errors';
 import type { RunAs } from './run-command';
 
 export function expandPlaceholders(value: string, ctx: EngineContext): string {
-  return value.replace(/\{port\}/g, String(ctx.port)).replace(/\{host\}/g, ctx.listenHost).replace(/\{dataDir\}/g, ctx.dataDir);
+  return value
+    .replace(/\{port\}/g, String(ctx.port))
+    .replace(/\{host\}/g, ctx.listenHost)
+    .replace(/\{dataDir\}/g, ctx.dataDir);
 }
 
 export function tcpConnects(host: string, port: number, timeoutMs = 2_000): Promise<boolean> {

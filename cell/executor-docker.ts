@@ -36,7 +36,11 @@ export interface DockerExecutorOptions {
   pollMs?: number;
 }
 
-export const DEFAULT_DOCKER_IMAGES: Record<EngineKind, string> = { redis: 'redis:7', postgres: 'postgres:15', tcp: 'busybox' };
+export const DEFAULT_DOCKER_IMAGES: Record<EngineKind, string> = {
+  redis: 'redis:7',
+  postgres: 'postgres:15',
+  tcp: 'busybox',
+};
 
 interface Tracked {
   handle: InstanceHandle;
@@ -83,7 +87,14 @@ export class DockerExecutor implements Executor {
     const previous = await readMeta(volumePaths(this.options.dataDir, spec.instanceId));
     const port = spec.port ?? (await this.ports.allocate(previous?.port));
     const { paths, meta } = await admitStart(this.options.dataDir, spec, this.kind, port);
-    const context: EngineContext = { spec, dataDir: paths.dataDir, volumeDir: paths.volumeDir, port, listenHost: this.listenHost, advertiseHost: this.advertiseHost };
+    const context: EngineContext = {
+      spec,
+      dataDir: paths.dataDir,
+      volumeDir: paths.volumeDir,
+      port,
+      listenHost: this.listenHost,
+      advertiseHost: this.advertiseHost,
+    };
     await engine.prepare(context);
     const launch = await engine.launch(context);
     const image = this.options.images?.[spec.engine] ?? DEFAULT_DOCKER_IMAGES[spec.engine];
@@ -100,13 +111,29 @@ export class DockerExecutor implements Executor {
       Labels: { 'sf.instance': spec.instanceId, 'sf.service': spec.service },
       HostConfig: { NetworkMode: 'host', Binds: [`${paths.volumeDir}:${paths.volumeDir}`] },
     });
-    if (created.status !== 201) throw new CellError(CellErrorCode.EngineCommandFailed, `docker create failed (${created.status}): ${JSON.stringify(created.body)}`);
+    if (created.status !== 201)
+      throw new CellError(
+        CellErrorCode.EngineCommandFailed,
+        `docker create failed (${created.status}): ${JSON.stringify(created.body)}`,
+      );
     const containerId = (created.body as { Id: string }).Id;
     const started = await this.api.call('POST', `/containers/${containerId}/start`);
-    if (started.status !== 204 && started.status !== 304) throw new CellError(CellErrorCode.EngineCommandFailed, `docker start failed (${started.status})`);
+    if (started.status !== 204 && started.status !== 304)
+      throw new CellError(CellErrorCode.EngineCommandFailed, `docker start failed (${started.status})`);
     const inspect = await this.api.call('GET', `/containers/${containerId}/json`);
     const pid = (inspect.body as { State?: { Pid?: number } }).State?.Pid ?? -1;
-    const handle: InstanceHandle = { instanceId: spec.instanceId, executor: this.kind, pid, port, host: this.advertiseHost, volumeDir: paths.volumeDir, dataDir: paths.dataDir, startedAt: Date.now(), adopted: false, context };
+    const handle: InstanceHandle = {
+      instanceId: spec.instanceId,
+      executor: this.kind,
+      pid,
+      port,
+      host: this.advertiseHost,
+      volumeDir: paths.volumeDir,
+      dataDir: paths.dataDir,
+      startedAt: Date.now(),
+      adopted: false,
+      context,
+    };
     this.track(handle, containerId);
     await writeMeta(paths, { ...meta, pid, port });
     const deadline = Date.now() + (this.options.startTimeoutMs ?? 120_000);
@@ -123,7 +150,12 @@ export class DockerExecutor implements Executor {
   private track(handle: InstanceHandle, containerId: string): void {
     const poll = setInterval(() => void this.refresh(handle.instanceId), this.options.pollMs ?? 1_000);
     poll.unref();
-    this.tracked.set(handle.instanceId, { handle, containerId, status: { state: 'running', pid: handle.pid, exitCode: null, signal: null }, poll });
+    this.tracked.set(handle.instanceId, {
+      handle,
+      containerId,
+      status: { state: 'running', pid: handle.pid, exitCode: null, signal: null },
+      poll,
+    });
   }
 
   private async refresh(instanceId: string): Promise<void> {

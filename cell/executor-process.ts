@@ -216,9 +216,13 @@ export class ProcessExecutor implements Executor {
     }
     for (let dir = path.dirname(this.opts.dataDir); ; dir = path.dirname(dir)) {
       const st = await stat(dir);
-      const searchable = st.uid === runAs.uid ? st.mode & 0o100 : st.gid === runAs.gid ? st.mode & 0o010 : st.mode & 0o001;
+      const searchable =
+        st.uid === runAs.uid ? st.mode & 0o100 : st.gid === runAs.gid ? st.mode & 0o010 : st.mode & 0o001;
       if (!searchable) {
-        throw new CellError(CellErrorCode.EngineUnavailable, `user ${runAs.user} cannot reach ${this.opts.dataDir}: ${dir} is not searchable for it; choose a data dir outside it (e.g. /var/lib/service-foundry)`);
+        throw new CellError(
+          CellErrorCode.EngineUnavailable,
+          `user ${runAs.user} cannot reach ${this.opts.dataDir}: ${dir} is not searchable for it; choose a data dir outside it (e.g. /var/lib/service-foundry)`,
+        );
       }
       if (dir === path.dirname(dir)) break;
     }
@@ -230,20 +234,31 @@ export class ProcessExecutor implements Executor {
       if (tracked.status.state === 'exited') {
         this.tracked.delete(tracked.handle.instanceId);
         const why = tracked.status.signal ? `signal ${tracked.status.signal}` : `code ${tracked.status.exitCode}`;
-        throw new CellError(CellErrorCode.InstanceExited, `instance ${tracked.handle.instanceId} exited during start (${why}): ${await logTail(logFile)}`);
+        throw new CellError(
+          CellErrorCode.InstanceExited,
+          `instance ${tracked.handle.instanceId} exited during start (${why}): ${await logTail(logFile)}`,
+        );
       }
       if (await tracked.engine.healthy(tracked.handle.context)) return;
       if (Date.now() > deadline) {
         signalGroup(tracked.handle.pid, 'SIGKILL');
         await tracked.exited;
         this.tracked.delete(tracked.handle.instanceId);
-        throw new CellError(CellErrorCode.StartTimeout, `instance ${tracked.handle.instanceId} not healthy after ${this.opts.startTimeoutMs} ms: ${await logTail(logFile)}`);
+        throw new CellError(
+          CellErrorCode.StartTimeout,
+          `instance ${tracked.handle.instanceId} not healthy after ${this.opts.startTimeoutMs} ms: ${await logTail(logFile)}`,
+        );
       }
       await sleep(this.opts.healthIntervalMs);
     }
   }
 
-  private track(handle: InstanceHandle, engine: Engine, stopSignal: NodeJS.Signals, child: ChildProcess | undefined): Tracked {
+  private track(
+    handle: InstanceHandle,
+    engine: Engine,
+    stopSignal: NodeJS.Signals,
+    child: ChildProcess | undefined,
+  ): Tracked {
     let markExited!: (status: InstanceStatus) => void;
     const exited = new Promise<InstanceStatus>((resolve) => (markExited = resolve));
     const tracked: Tracked = {
@@ -265,7 +280,9 @@ export class ProcessExecutor implements Executor {
       for (const listener of this.listeners) listener(handle.instanceId, status);
     };
     if (child) {
-      child.once('exit', (code, signal) => tracked.markExited({ state: 'exited', pid: handle.pid, exitCode: code, signal }));
+      child.once('exit', (code, signal) =>
+        tracked.markExited({ state: 'exited', pid: handle.pid, exitCode: code, signal }),
+      );
       child.once('error', () => tracked.markExited({ state: 'exited', pid: handle.pid, exitCode: null, signal: null }));
     } else {
       // Not our child: no exit event, so watch the pid.
@@ -290,7 +307,8 @@ export class ProcessExecutor implements Executor {
     const timer = sleep(timeoutMs).then(() => 'timeout' as const);
     if ((await Promise.race([tracked.exited, timer])) === 'timeout') {
       signalGroup(tracked.handle.pid, 'SIGKILL');
-      if (!tracked.child) tracked.markExited({ state: 'exited', pid: tracked.handle.pid, exitCode: null, signal: 'SIGKILL' });
+      if (!tracked.child)
+        tracked.markExited({ state: 'exited', pid: tracked.handle.pid, exitCode: null, signal: 'SIGKILL' });
       await tracked.exited;
     }
   }
@@ -337,7 +355,18 @@ export class ProcessExecutor implements Executor {
       };
       const launch = await engine.launch(context).catch(() => undefined);
       const tracked = this.track(
-        { instanceId: meta.instanceId, executor: this.kind, pid: meta.pid, port: meta.port, host: this.opts.advertiseHost, volumeDir: paths.volumeDir, dataDir: paths.dataDir, startedAt: meta.updatedAt, adopted: true, context },
+        {
+          instanceId: meta.instanceId,
+          executor: this.kind,
+          pid: meta.pid,
+          port: meta.port,
+          host: this.opts.advertiseHost,
+          volumeDir: paths.volumeDir,
+          dataDir: paths.dataDir,
+          startedAt: meta.updatedAt,
+          adopted: true,
+          context,
+        },
         engine,
         launch?.stopSignal ?? 'SIGTERM',
         undefined,

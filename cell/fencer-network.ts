@@ -64,12 +64,20 @@ export class NetworkFencer {
       const { family, bytes, bits } = addressBytes(peer);
       try {
         await this.rt().newRoute(
-          { family, dstLen: bits, table: this.table, protocol: 'STATIC', scope: 'UNIVERSE', type: this.mode === 'blackhole' ? 'BLACKHOLE' : 'PROHIBIT' },
+          {
+            family,
+            dstLen: bits,
+            table: this.table,
+            protocol: 'STATIC',
+            scope: 'UNIVERSE',
+            type: this.mode === 'blackhole' ? 'BLACKHOLE' : 'PROHIBIT',
+          },
           { dst: bytes },
           { flags: FlagsNew.CREATE | FlagsNew.EXCL },
         );
       } catch (err) {
-        if (errno(err) !== 'EEXIST') throw new CellError(CellErrorCode.FenceFailed, `fencing ${peer} failed: ${errorMessageOf(err)}`);
+        if (errno(err) !== 'EEXIST')
+          throw new CellError(CellErrorCode.FenceFailed, `fencing ${peer} failed: ${errorMessageOf(err)}`);
       }
     }
   }
@@ -78,9 +86,13 @@ export class NetworkFencer {
     for (const peer of peers) {
       const { family, bytes, bits } = addressBytes(peer);
       try {
-        await this.rt().delRoute({ family, dstLen: bits, table: this.table, type: this.mode === 'blackhole' ? 'BLACKHOLE' : 'PROHIBIT' }, { dst: bytes });
+        await this.rt().delRoute(
+          { family, dstLen: bits, table: this.table, type: this.mode === 'blackhole' ? 'BLACKHOLE' : 'PROHIBIT' },
+          { dst: bytes },
+        );
       } catch (err) {
-        if (errno(err) !== 'ESRCH' && errno(err) !== 'ENOENT') throw new CellError(CellErrorCode.FenceFailed, `unfencing ${peer} failed: ${errorMessageOf(err)}`);
+        if (errno(err) !== 'ESRCH' && errno(err) !== 'ENOENT')
+          throw new CellError(CellErrorCode.FenceFailed, `unfencing ${peer} failed: ${errorMessageOf(err)}`);
       }
     }
   }

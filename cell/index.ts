@@ -12,8 +12,21 @@ export type { Availability, Engine, EngineContext, LaunchCommand, ReplicationPos
 export { RedisEngine, type RedisEngineOptions } from './engine-redis';
 export { PostgresEngine, lsnToValue, type PostgresEngineOptions } from './engine-postgres';
 export { TcpEngine } from './engine-tcp';
-export { createEngineRegistry, availableEngines, type EngineRegistry, type EngineRegistryOptions } from './engine-registry';
-export { LeaseKeeper, renewLease, fenceLease, readLease, type LeaseKeeperOptions, type LeaseRenewal, type LeaseState } from './lease-keeper';
+export {
+  createEngineRegistry,
+  availableEngines,
+  type EngineRegistry,
+  type EngineRegistryOptions,
+} from './engine-registry';
+export {
+  LeaseKeeper,
+  renewLease,
+  fenceLease,
+  readLease,
+  type LeaseKeeperOptions,
+  type LeaseRenewal,
+  type LeaseState,
+} from './lease-keeper';
 export { NetworkFencer, type NetworkFencerOptions, type NetworkFenceMode } from './fencer-network';
 export { parsePortRange, DEFAULT_PORT_RANGE, type PortRange } from './port-allocator';
 export { checkEpoch, volumePaths, type InstanceMeta } from './instance-volume';

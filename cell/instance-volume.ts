@@ -77,7 +77,12 @@ export function checkEpoch(meta: InstanceMeta | undefined, spec: InstanceSpec): 
 }
 
 /** Creates the volume (if new), checks the epoch and records the spec about to start. */
-export async function admitStart(cellDataDir: string, spec: InstanceSpec, executor: ExecutorKind, port: number | null): Promise<{ paths: VolumePaths; meta: InstanceMeta }> {
+export async function admitStart(
+  cellDataDir: string,
+  spec: InstanceSpec,
+  executor: ExecutorKind,
+  port: number | null,
+): Promise<{ paths: VolumePaths; meta: InstanceMeta }> {
   const paths = volumePaths(cellDataDir, spec.instanceId);
   await mkdir(paths.dataDir, { recursive: true });
   const previous = await readMeta(paths);
@@ -105,7 +110,12 @@ export async function recordPromotion(cellDataDir: string, instanceId: string, e
   const paths = volumePaths(cellDataDir, instanceId);
   const meta = await readMeta(paths);
   if (!meta) throw new CellError(CellErrorCode.InstanceNotFound, `no volume for instance ${instanceId}`);
-  const next: InstanceMeta = { ...meta, role: 'primary', highestEpoch: Math.max(meta.highestEpoch, epoch), spec: { ...meta.spec, role: 'primary', epoch, replicaOf: undefined } };
+  const next: InstanceMeta = {
+    ...meta,
+    role: 'primary',
+    highestEpoch: Math.max(meta.highestEpoch, epoch),
+    spec: { ...meta.spec, role: 'primary', epoch, replicaOf: undefined },
+  };
   await writeMeta(paths, next);
   return next;
 }

@@ -43,8 +43,23 @@ export interface LeaseRenewal {
   epoch: number;
 }
 
-export async function renewLease(redis: Redis, instanceId: string, epoch: number, holder: string, ttlMs: number): Promise<LeaseRenewal> {
-  const [ok, current] = (await redis.eval(RENEW_SCRIPT, 2, cellKeys.lease(instanceId), cellKeys.leaseFloor(instanceId), epoch, holder, ttlMs, Date.now())) as [number, number];
+export async function renewLease(
+  redis: Redis,
+  instanceId: string,
+  epoch: number,
+  holder: string,
+  ttlMs: number,
+): Promise<LeaseRenewal> {
+  const [ok, current] = (await redis.eval(
+    RENEW_SCRIPT,
+    2,
+    cellKeys.lease(instanceId),
+    cellKeys.leaseFloor(instanceId),
+    epoch,
+    holder,
+    ttlMs,
+    Date.now(),
+  )) as [number, number];
   return { ok: ok === 1, epoch: Number(current) };
 }
 

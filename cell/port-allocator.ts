@@ -17,7 +17,11 @@ export function parsePortRange(value: string): PortRange {
   const from = m ? Number(m[1]) : NaN;
   const to = m ? Number(m[2]) : NaN;
   if (!m || from < 1 || to > 65535 || from > to) {
-    throw new CellError(CellErrorCode.InvalidOption, `port range must be FROM-TO within 1-65535, got '${value}'`, 'portRange');
+    throw new CellError(
+      CellErrorCode.InvalidOption,
+      `port range must be FROM-TO within 1-65535, got '${value}'`,
+      'portRange',
+    );
   }
   return { from, to };
 }
@@ -52,7 +56,8 @@ export class PortAllocator {
   /** The preferred port when it is free, else the next free one (round robin, to avoid reuse races). */
   async allocate(preferred?: number | null): Promise<number> {
     // A relocated volume remembers its old cell's port, which may lie outside this range.
-    const inRange = preferred !== undefined && preferred !== null && preferred >= this.range.from && preferred <= this.range.to;
+    const inRange =
+      preferred !== undefined && preferred !== null && preferred >= this.range.from && preferred <= this.range.to;
     if (inRange && !this.reserved.has(preferred) && (await canBind(preferred, this.host))) {
       this.reserved.add(preferred);
       return preferred;
@@ -67,6 +72,9 @@ export class PortAllocator {
         return port;
       }
     }
-    throw new CellError(CellErrorCode.NoFreePort, `no free port in ${this.range.from}-${this.range.to} on ${this.host}`);
+    throw new CellError(
+      CellErrorCode.NoFreePort,
+      `no free port in ${this.range.from}-${this.range.to} on ${this.host}`,
+    );
   }
 }

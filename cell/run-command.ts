@@ -38,8 +38,19 @@ export function runCommand(file: string, args: string[], options: RunCommandOpti
       (err, stdout, stderr) => {
         if (!err) return resolve(stdout);
         const timedOut = (err as { killed?: boolean }).killed === true;
-        const tail = timedOut ? `timed out after ${timeoutMs} ms` : String(stderr || err.message).trim().split('\n').slice(-5).join(' | ');
-        reject(new CellError(CellErrorCode.EngineCommandFailed, `${path.basename(file)} ${args.slice(0, 3).join(' ')} failed: ${tail}`));
+        const tail = timedOut
+          ? `timed out after ${timeoutMs} ms`
+          : String(stderr || err.message)
+              .trim()
+              .split('\n')
+              .slice(-5)
+              .join(' | ');
+        reject(
+          new CellError(
+            CellErrorCode.EngineCommandFailed,
+            `${path.basename(file)} ${args.slice(0, 3).join(' ')} failed: ${tail}`,
+          ),
+        );
       },
     );
   });

@@ -91,7 +91,10 @@ export class ApiClient {
     } catch (err) {
       const inner = (err as { cause?: { code?: string; message?: string } }).cause;
       const cause = inner?.code ?? inner?.message ?? (err as Error).message;
-      throw new SfError(ClientErrorCode.Unreachable, `cannot reach control at ${this.baseUrl} (${cause}); is 'sf control' running? (SF_CONTROL_URL)`);
+      throw new SfError(
+        ClientErrorCode.Unreachable,
+        `cannot reach control at ${this.baseUrl} (${cause}); is 'sf control' running? (SF_CONTROL_URL)`,
+      );
     }
   }
 }
@@ -101,7 +104,8 @@ function toError(status: number, body: unknown, what: string): SfError {
   // Only input errors keep their field: the CLI exits 2 for those (fix the input) and 1 for
   // refusals such as 401, 403 or a stale modification tag.
   const inputError = status === 400 || status === 413 || status === 422;
-  if (err?.code) return new SfError(err.code, err.message ?? `${what} failed with ${status}`, inputError ? err.field : undefined);
+  if (err?.code)
+    return new SfError(err.code, err.message ?? `${what} failed with ${status}`, inputError ? err.field : undefined);
   return new SfError(ClientErrorCode.BadResponse, `${what} failed with HTTP ${status}`);
 }
 

@@ -49,4 +49,3 @@ export async function runCell(flags: CellFlags): Promise<void> {
   await agent.start();
   stopOnSignals(agent.logger, 'cell', () => agent.stop());
 }
-

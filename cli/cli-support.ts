@@ -47,7 +47,11 @@ export function parseIntFlag(value: string, flag: string, min = 0, max = Number.
 /**
  * Runs `close` once on SIGINT or SIGTERM, then exits 0: how every `sf` daemon stops cleanly.
  */
-export function stopOnSignals(log: { info(obj: object, msg: string): void }, what: string, close: () => Promise<void> | void): void {
+export function stopOnSignals(
+  log: { info(obj: object, msg: string): void },
+  what: string,
+  close: () => Promise<void> | void,
+): void {
   let stopping = false;
   const stop = (signal: NodeJS.Signals): void => {
     if (stopping) return;

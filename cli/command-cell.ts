@@ -15,14 +15,33 @@ export function registerCellCommand(program: Command): void {
     .option('--zone <zone>', 'failure zone; replicas of a service are spread across zones')
     .option('--capacity-mb <n>', 'volume capacity offered to placement, in MB')
     .option('--redis <url>', 'Redis URL of the control plane (default: SF_REDIS_URL or redis://127.0.0.1:6379)')
-    .option('--data-dir <dir>', 'where instance volumes live (default: /var/lib/service-foundry/cells/NAME as root, else ~/.service-foundry/cells/NAME)')
+    .option(
+      '--data-dir <dir>',
+      'where instance volumes live (default: /var/lib/service-foundry/cells/NAME as root, else ~/.service-foundry/cells/NAME)',
+    )
     .option('--listen-host <host>', 'address instances bind to', DEFAULT_CELL_AGENT_OPTIONS.listenHost)
     .option('--advertise-host <host>', 'address routers and replicas use to reach instances (default: --listen-host)')
-    .option('--port-range <from-to>', 'ports for instances', `${DEFAULT_CELL_AGENT_OPTIONS.portRange.from}-${DEFAULT_CELL_AGENT_OPTIONS.portRange.to}`)
+    .option(
+      '--port-range <from-to>',
+      'ports for instances',
+      `${DEFAULT_CELL_AGENT_OPTIONS.portRange.from}-${DEFAULT_CELL_AGENT_OPTIONS.portRange.to}`,
+    )
     .option('--heartbeat-ms <ms>', 'registration refresh interval', String(DEFAULT_CELL_AGENT_OPTIONS.heartbeatMs))
-    .option('--heartbeat-ttl-ms <ms>', 'registration TTL: the cell counts as dead this long after its last heartbeat', String(DEFAULT_CELL_AGENT_OPTIONS.heartbeatTtlMs))
-    .option('--trust-cidr <cidr>', 'network trusted by postgres besides loopback (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
-    .option('--stop-instances-on-exit', 'stop engines when the agent exits (default: leave them running for re-adoption)')
+    .option(
+      '--heartbeat-ttl-ms <ms>',
+      'registration TTL: the cell counts as dead this long after its last heartbeat',
+      String(DEFAULT_CELL_AGENT_OPTIONS.heartbeatTtlMs),
+    )
+    .option(
+      '--trust-cidr <cidr>',
+      'network trusted by postgres besides loopback (repeatable)',
+      (v: string, acc: string[]) => [...acc, v],
+      [] as string[],
+    )
+    .option(
+      '--stop-instances-on-exit',
+      'stop engines when the agent exits (default: leave them running for re-adoption)',
+    )
     .action(async (flags: CellFlags) => {
       try {
         const { runCell } = await import('./cell-main');

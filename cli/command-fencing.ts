@@ -32,16 +32,26 @@ function path(name: string, suffix: string): string {
   return `/v3/service_instances/${encodeURIComponent(name)}${suffix}`;
 }
 
-async function action(name: string, what: 'fence' | 'unfence' | 'failover', flags: { json?: boolean; to?: string }): Promise<void> {
+async function action(
+  name: string,
+  what: 'fence' | 'unfence' | 'failover',
+  flags: { json?: boolean; to?: string },
+): Promise<void> {
   const client = await ApiClient.fromEnv();
-  const res = await client.request<ActionResponse>('POST', path(name, `/actions/${what}`), what === 'failover' ? (flags.to ? { to: flags.to } : {}) : {});
+  const res = await client.request<ActionResponse>(
+    'POST',
+    path(name, `/actions/${what}`),
+    what === 'failover' ? (flags.to ? { to: flags.to } : {}) : {},
+  );
   printResult(flags.json, res, () => actionSummary(res));
 }
 
 async function history(name: string, flags: { json?: boolean }): Promise<void> {
   const client = await ApiClient.fromEnv();
   const { resources } = await client.request<{ resources: FencingStep[] }>('GET', path(name, '/fencing'));
-  printResult(flags.json, resources, () => (resources.length ? stepsTable([...resources].reverse()) : `no fencing history for ${name}\n`));
+  printResult(flags.json, resources, () =>
+    resources.length ? stepsTable([...resources].reverse()) : `no fencing history for ${name}\n`,
+  );
 }
 
 const run =
@@ -52,19 +62,25 @@ const run =
 export function registerFencingCommands(program: Command): void {
   program
     .command('fence')
-    .description("fence a service's primary (STONITH): route fence, SIGKILL, lease floor, network fence; promotes at once under fencing.policy auto")
+    .description(
+      "fence a service's primary (STONITH): route fence, SIGKILL, lease floor, network fence; promotes at once under fencing.policy auto",
+    )
     .argument('<name>', 'service name')
     .option('--json', 'machine-readable output')
     .action(run((name: string, flags: { json?: boolean }) => action(name, 'fence', flags)));
   program
     .command('unfence')
-    .description('lift a network fence; a fenced old primary rejoins as a replica, or stays fenced while it is still the primary')
+    .description(
+      'lift a network fence; a fenced old primary rejoins as a replica, or stays fenced while it is still the primary',
+    )
     .argument('<name>', 'service name')
     .option('--json', 'machine-readable output')
     .action(run((name: string, flags: { json?: boolean }) => action(name, 'unfence', flags)));
   program
     .command('failover')
-    .description('promote a replica: after a fence (manual policy), or a planned switchover without data loss when the primary is healthy')
+    .description(
+      'promote a replica: after a fence (manual policy), or a planned switchover without data loss when the primary is healthy',
+    )
     .argument('<name>', 'service name')
     .option('--to <instance>', 'the replica to promote (default: the most up-to-date)')
     .option('--json', 'machine-readable output')

@@ -13,19 +13,38 @@ export function registerRouterCommand(program: Command): void {
     .command('router')
     .description('run an L4 TCP router from a route file or a router group pushed by control')
     .option('--routes <file>', 'static JSON route file; reloaded on SIGHUP and when it changes')
-    .option('--control <url>', 'control API to ask for the Redis that carries the pushed table (token: SF_API_TOKEN or the local admin token)')
+    .option(
+      '--control <url>',
+      'control API to ask for the Redis that carries the pushed table (token: SF_API_TOKEN or the local admin token)',
+    )
     .option('--redis <url>', 'Redis URL of the control plane (default: SF_REDIS_URL)')
     .option('--router-group <name>', 'router group whose table to serve', DEFAULT_ROUTER_GROUP)
     .option('--router-id <id>', 'id reported in heartbeats (default: HOST-PID)')
     .option('--cache-file <file>', 'where the last table is kept for restarts while Redis is down')
     .option('--admin <host:port>', 'admin endpoint (/health, /routes, /metrics)', '127.0.0.1:7601')
     .option('--bind <host>', 'address the route ports listen on', DEFAULT_ROUTER_OPTIONS.bindHost)
-    .option('--max-connections <n>', 'client connections across all routes', String(DEFAULT_ROUTER_OPTIONS.maxConnections))
-    .option('--keepalive-ms <ms>', 'TCP keepalive delay on both sides, 0 disables', String(DEFAULT_ROUTER_OPTIONS.keepAliveMs))
+    .option(
+      '--max-connections <n>',
+      'client connections across all routes',
+      String(DEFAULT_ROUTER_OPTIONS.maxConnections),
+    )
+    .option(
+      '--keepalive-ms <ms>',
+      'TCP keepalive delay on both sides, 0 disables',
+      String(DEFAULT_ROUTER_OPTIONS.keepAliveMs),
+    )
     .option('--backlog <n>', 'listen backlog per route port', String(DEFAULT_ROUTER_OPTIONS.backlog))
-    .addOption(new Option('--on-disconnect <policy>', 'when the route source is lost').choices(['keep-last', 'fail-closed']).default('keep-last'))
+    .addOption(
+      new Option('--on-disconnect <policy>', 'when the route source is lost')
+        .choices(['keep-last', 'fail-closed'])
+        .default('keep-last'),
+    )
     .option('--workers <n>', 'router processes sharing each port with SO_REUSEPORT (needs the native addon)', '1')
-    .addOption(new Option('--relay <kind>', 'byte mover: native splice relay or pure JS').choices(['auto', 'js', 'native']).default('auto'))
+    .addOption(
+      new Option('--relay <kind>', 'byte mover: native splice relay or pure JS')
+        .choices(['auto', 'js', 'native'])
+        .default('auto'),
+    )
     .action(async (flags: RouterFlags) => {
       try {
         const { runRouter } = await import('./router-main');

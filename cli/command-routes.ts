@@ -42,7 +42,10 @@ interface DeleteFlags extends CommonFlags {
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
 
 async function groupByName(client: ApiClient, name: string): Promise<RouterGroup> {
-  const groups = await client.request<RouterGroup[]>('GET', `/routing/v1/router_groups?name=${encodeURIComponent(name)}`);
+  const groups = await client.request<RouterGroup[]>(
+    'GET',
+    `/routing/v1/router_groups?name=${encodeURIComponent(name)}`,
+  );
   const group = groups.find((g) => g.name === name);
   if (!group) throw new SfError(ControlErrorCode.NotFound, `no router group named '${name}'`, 'router-group');
   return group;
@@ -91,7 +94,10 @@ function createBody(flags: CreateFlags, group: RouterGroup): TcpRouteInput[] {
     weight: optionalInt(flags.weight, '--weight', 0, 1000),
     epoch: optionalInt(flags.epoch, '--epoch', 0),
     state: flags.state,
-    sni: flags.sni?.split(',').map((s) => s.trim()).filter(Boolean),
+    sni: flags.sni
+      ?.split(',')
+      .map((s) => s.trim())
+      .filter(Boolean),
     proxyProtocol: flags.proxyProtocol === undefined ? undefined : (Number(flags.proxyProtocol) as 1 | 2),
     tls: flags.tls,
     maxConnections: optionalInt(flags.maxConnections, '--max-connections', 1),
@@ -108,7 +114,11 @@ function createBody(flags: CreateFlags, group: RouterGroup): TcpRouteInput[] {
 async function createRoute(flags: CreateFlags): Promise<void> {
   const client = await ApiClient.fromEnv();
   const group = await groupByName(client, flags.routerGroup);
-  const created = await client.request<TcpRouteMapping[]>('POST', '/routing/v1/tcp_routes/create', createBody(flags, group));
+  const created = await client.request<TcpRouteMapping[]>(
+    'POST',
+    '/routing/v1/tcp_routes/create',
+    createBody(flags, group),
+  );
   printResult(flags.json, created, () => routesTable(created, new Map([[group.guid, group.name]])));
 }
 
@@ -124,11 +134,21 @@ async function deleteRoute(flags: DeleteFlags): Promise<void> {
     });
   } else {
     // Without --backend the whole route goes: every backend registered on the port.
-    const all = await client.request<TcpRouteMapping[]>('GET', `/routing/v1/tcp_routes?router_group_guid=${group.guid}`);
+    const all = await client.request<TcpRouteMapping[]>(
+      'GET',
+      `/routing/v1/tcp_routes?router_group_guid=${group.guid}`,
+    );
     keys = all
       .filter((r) => r.port === port)
-      .map((r) => ({ router_group_guid: group.guid, port, backend_ip: r.backend_ip, backend_port: r.backend_port, backend_id: r.backend_id }));
-    if (keys.length === 0) throw new SfError(ControlErrorCode.NotFound, `no route on port ${port} in '${group.name}'`, 'port');
+      .map((r) => ({
+        router_group_guid: group.guid,
+        port,
+        backend_ip: r.backend_ip,
+        backend_port: r.backend_port,
+        backend_id: r.backend_id,
+      }));
+    if (keys.length === 0)
+      throw new SfError(ControlErrorCode.NotFound, `no route on port ${port} in '${group.name}'`, 'port');
   }
   await client.request('POST', '/routing/v1/tcp_routes/delete', keys);
   printResult(flags.json, { deleted: keys.length }, () => `deleted ${keys.length} backend(s) from port ${port}\n`);
@@ -138,7 +158,10 @@ async function listRouterGroups(flags: Pick<CommonFlags, 'json'>): Promise<void>
   const client = await ApiClient.fromEnv();
   const groups = await client.request<RouterGroup[]>('GET', '/routing/v1/router_groups');
   printResult(flags.json, groups, () =>
-    formatTable(['NAME', 'TYPE', 'RESERVABLE PORTS', 'GUID'], groups.map((g) => [g.name, g.type, g.reservable_ports, g.guid])),
+    formatTable(
+      ['NAME', 'TYPE', 'RESERVABLE PORTS', 'GUID'],
+      groups.map((g) => [g.name, g.type, g.reservable_ports, g.guid]),
+    ),
   );
 }
 

@@ -43,7 +43,16 @@ function serviceDetail(s: ServiceView): string {
     `status:      ${s.status}${s.message ? ` (${s.message})` : ''}\n` +
     `router port: ${s.port} (group ${s.router_group})\n` +
     `replicas:    ${s.replicas}, durability ${s.durability}, volume ${s.volume.sizeMb} MB, fencing ${s.fencing.policy}\n\n`;
-  const rows = s.instances.map((i) => [i.id, i.role, i.state, i.epoch, i.cell, i.zone, i.host && i.port ? `${i.host}:${i.port}` : null, i.last_error?.message]);
+  const rows = s.instances.map((i) => [
+    i.id,
+    i.role,
+    i.state,
+    i.epoch,
+    i.cell,
+    i.zone,
+    i.host && i.port ? `${i.host}:${i.port}` : null,
+    i.last_error?.message,
+  ]);
   return head + formatTable(['INSTANCE', 'ROLE', 'STATE', 'EPOCH', 'CELL', 'ZONE', 'ADDRESS', 'ERROR'], rows);
 }
 
@@ -53,10 +62,19 @@ export async function waitForService(client: ApiClient, name: string, timeoutMs:
   for (;;) {
     const view = await client.request<ServiceView>('GET', `/v3/service_instances/${encodeURIComponent(name)}`);
     if (view.status === 'running') return view;
-    if (view.status === 'unplaceable') throw new SfError(ControlErrorCode.PlacementUnsatisfiable, view.message ?? `service ${name} cannot be placed`);
+    if (view.status === 'unplaceable')
+      throw new SfError(ControlErrorCode.PlacementUnsatisfiable, view.message ?? `service ${name} cannot be placed`);
     const failed = view.instances.find((i) => i.state === 'failed');
-    if (failed) throw new SfError('SF_ERR_INSTANCE_FAILED', `instance ${failed.id} on ${failed.cell} failed: ${failed.last_error?.message ?? 'unknown error'}`);
-    if (Date.now() > deadline) throw new SfError('SF_ERR_TIMEOUT', `service ${name} is still ${view.status} after ${timeoutMs / 1000} s (see 'sf service ${name}')`);
+    if (failed)
+      throw new SfError(
+        'SF_ERR_INSTANCE_FAILED',
+        `instance ${failed.id} on ${failed.cell} failed: ${failed.last_error?.message ?? 'unknown error'}`,
+      );
+    if (Date.now() > deadline)
+      throw new SfError(
+        'SF_ERR_TIMEOUT',
+        `service ${name} is still ${view.status} after ${timeoutMs / 1000} s (see 'sf service ${name}')`,
+      );
     await sleep(200);
   }
 }
@@ -81,7 +99,9 @@ async function createService(engine: string, name: string, flags: CreateFlags): 
   let view = await client.request<ServiceView>('POST', '/v3/service_instances', body);
   if (flags.wait) view = await waitForService(client, name, parseIntFlag(flags.timeout, '--timeout', 1) * 1000);
   printResult(flags.json, view, () => {
-    const lines = [`service ${name} ${flags.wait ? `running after ${((Date.now() - started) / 1000).toFixed(1)} s` : 'created'}: router port ${view.port}`];
+    const lines = [
+      `service ${name} ${flags.wait ? `running after ${((Date.now() - started) / 1000).toFixed(1)} s` : 'created'}: router port ${view.port}`,
+    ];
     if (!flags.wait) lines.push(`watch it start with: sf service ${name}`);
     if (engine === 'redis') lines.push(`try: redis-cli -p ${view.port} ping`);
     if (engine === 'postgres') lines.push(`try: psql -h 127.0.0.1 -p ${view.port} -U postgres -c 'select 1'`);
@@ -117,7 +137,11 @@ async function deleteService(name: string, flags: { json?: boolean; wait: boolea
       await sleep(200);
     }
   }
-  printResult(flags.json, { deleted: name, port: view.port }, () => `service ${name} deleted; port ${view.port} is free\n`);
+  printResult(
+    flags.json,
+    { deleted: name, port: view.port },
+    () => `service ${name} deleted; port ${view.port} is free\n`,
+  );
 }
 
 const run =
@@ -132,21 +156,29 @@ export function registerServiceCommands(program: Command): void {
     .argument('<engine>', 'redis | postgres | tcp')
     .argument('<name>', 'service name (lowercase letters, digits, -)')
     .option('--replicas <n>', 'replicas besides the primary', '1')
-    .addOption(new Option('--durability <mode>', 'sync: acknowledged writes survive a failover; async: faster').choices(['sync', 'async']).default('async'))
+    .addOption(
+      new Option('--durability <mode>', 'sync: acknowledged writes survive a failover; async: faster')
+        .choices(['sync', 'async'])
+        .default('async'),
+    )
     .option('--size-mb <n>', 'volume size per instance, in MB', '256')
     .addOption(new Option('--fencing <policy>', 'failover policy').choices(['auto', 'manual']).default('auto'))
     .option('--router-group <name>', 'router group whose port the service gets', 'default')
-    .option('--command <cmdline>', "engine tcp: the command, with {port}, {host} and {dataDir} placeholders")
+    .option('--command <cmdline>', 'engine tcp: the command, with {port}, {host} and {dataDir} placeholders')
     .option('--wait', 'wait until every instance runs')
     .option('--timeout <seconds>', 'how long --wait waits', String(DEFAULT_WAIT_TIMEOUT_S))
     .option('--json', 'machine-readable output')
     .action(run(createService));
 
-  program.command('services').description('list services').option('--json', 'machine-readable output').action(run(listServices));
+  program
+    .command('services')
+    .description('list services')
+    .option('--json', 'machine-readable output')
+    .action(run(listServices));
 
   program
     .command('service')
-    .description("show a service: router port, instances, roles, states, epochs")
+    .description('show a service: router port, instances, roles, states, epochs')
     .argument('<name>', 'service name')
     .option('--json', 'machine-readable output')
     .action(run(showService));

@@ -57,7 +57,12 @@ function portFree(port: number, host = '127.0.0.1'): Promise<boolean> {
   });
 }
 
-async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: number, children: Child[]): Promise<void> {
+async function waitFor(
+  what: string,
+  check: () => Promise<boolean>,
+  timeoutMs: number,
+  children: Child[],
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (await check().catch(() => false)) return;
@@ -84,7 +89,10 @@ async function runUp(flags: UpFlags): Promise<void> {
   ];
   if (!externalRedis) wanted.push([redisPort, 'state redis-server', '--redis-port']);
   for (const [port, what, flag] of wanted) {
-    if (!(await portFree(port))) throw new Error(`port ${port} (${what}) is already taken — is another 'sf up' running? Choose another with ${flag}`);
+    if (!(await portFree(port)))
+      throw new Error(
+        `port ${port} (${what}) is already taken — is another 'sf up' running? Choose another with ${flag}`,
+      );
   }
 
   await mkdir(join(dataDir, 'logs'), { recursive: true });
@@ -134,23 +142,70 @@ async function runUp(flags: UpFlags): Promise<void> {
     if (!redisUrl) {
       const redisDir = join(dataDir, 'redis');
       await mkdir(redisDir, { recursive: true });
-      start('redis', 'redis-server', ['--port', String(redisPort), '--bind', '127.0.0.1', '--dir', redisDir, '--appendonly', 'yes', '--save', '60 1']);
+      start('redis', 'redis-server', [
+        '--port',
+        String(redisPort),
+        '--bind',
+        '127.0.0.1',
+        '--dir',
+        redisDir,
+        '--appendonly',
+        'yes',
+        '--save',
+        '60 1',
+      ]);
       redisUrl = `redis://127.0.0.1:${redisPort}`;
       await waitFor('redis-server', () => portAnswers(redisPort), 10_000, children);
     }
-    start('control', process.execPath, [sfScript, 'control', '--listen', `127.0.0.1:${controlPort}`, '--redis', redisUrl]);
+    start('control', process.execPath, [
+      sfScript,
+      'control',
+      '--listen',
+      `127.0.0.1:${controlPort}`,
+      '--redis',
+      redisUrl,
+    ]);
     const controlUrl = `http://127.0.0.1:${controlPort}`;
     await waitFor('control', async () => (await fetch(`${controlUrl}/health`)).ok, 20_000, children);
     if (flags.routePorts) await setRoutePorts(controlUrl, admin.token, flags.routePorts);
-    start('router', process.execPath, [sfScript, 'router', '--redis', redisUrl, '--router-group', 'default', '--admin', `127.0.0.1:${routerAdminPort}`, '--cache-file', join(dataDir, 'router-routes.json')]);
+    start('router', process.execPath, [
+      sfScript,
+      'router',
+      '--redis',
+      redisUrl,
+      '--router-group',
+      'default',
+      '--admin',
+      `127.0.0.1:${routerAdminPort}`,
+      '--cache-file',
+      join(dataDir, 'router-routes.json'),
+    ]);
     for (let n = 1; n <= cellCount; n++) {
       const from = cellPortBase + 100 * (n - 1);
       start(`cell-${n}`, process.execPath, [
-        sfScript, 'cell', '--name', `cell-${n}`, '--zone', `z${n}`, '--capacity-mb', String(capacityMb), '--redis', redisUrl,
-        '--data-dir', join(dataDir, 'cells', `cell-${n}`), '--port-range', `${from}-${from + 99}`, '--stop-instances-on-exit',
+        sfScript,
+        'cell',
+        '--name',
+        `cell-${n}`,
+        '--zone',
+        `z${n}`,
+        '--capacity-mb',
+        String(capacityMb),
+        '--redis',
+        redisUrl,
+        '--data-dir',
+        join(dataDir, 'cells', `cell-${n}`),
+        '--port-range',
+        `${from}-${from + 99}`,
+        '--stop-instances-on-exit',
       ]);
     }
-    await waitFor('router', async () => (await fetch(`http://127.0.0.1:${routerAdminPort}/health`)).ok, 20_000, children);
+    await waitFor(
+      'router',
+      async () => (await fetch(`http://127.0.0.1:${routerAdminPort}/health`)).ok,
+      20_000,
+      children,
+    );
     await waitFor(
       `${cellCount} cells`,
       async () => {
@@ -190,10 +245,16 @@ async function runUp(flags: UpFlags): Promise<void> {
 /** Points the default router group at other ports (tests, or a machine where 16000+ is taken). */
 async function setRoutePorts(controlUrl: string, token: string, ranges: string): Promise<void> {
   const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
-  const groups = (await (await fetch(`${controlUrl}/routing/v1/router_groups?name=default`, { headers })).json()) as Array<{ guid: string }>;
+  const groups = (await (
+    await fetch(`${controlUrl}/routing/v1/router_groups?name=default`, { headers })
+  ).json()) as Array<{ guid: string }>;
   const guid = groups[0]?.guid;
   if (!guid) throw new Error('control has no default router group');
-  const res = await fetch(`${controlUrl}/routing/v1/router_groups/${guid}`, { method: 'PUT', headers, body: JSON.stringify({ reservable_ports: ranges }) });
+  const res = await fetch(`${controlUrl}/routing/v1/router_groups/${guid}`, {
+    method: 'PUT',
+    headers,
+    body: JSON.stringify({ reservable_ports: ranges }),
+  });
   if (!res.ok) throw new Error(`--route-ports ${ranges}: ${await res.text()}`);
 }
 
@@ -212,12 +273,23 @@ export function registerUpCommand(program: Command): void {
   program
     .command('up')
     .description('run everything on this machine: state redis, control, a router and cells (stops on Ctrl-C)')
-    .option('--data-dir <dir>', 'where state, cell volumes and logs live (default: /var/lib/service-foundry/up as root, else ${SF_HOME:-~/.sf}/up)')
+    .option(
+      '--data-dir <dir>',
+      'where state, cell volumes and logs live (default: /var/lib/service-foundry/up as root, else ${SF_HOME:-~/.sf}/up)',
+    )
     .option('--cells <n>', 'how many cells to start', String(DEFAULT_UP_OPTIONS.cells))
     .option('--control-port <port>', 'control API port', String(DEFAULT_UP_OPTIONS.controlPort))
     .option('--router-admin-port <port>', 'router admin port', String(DEFAULT_UP_OPTIONS.routerAdminPort))
-    .option('--redis-port <port>', 'port of the local state redis-server (unless SF_REDIS_URL is set)', String(DEFAULT_UP_OPTIONS.redisPort))
-    .option('--cell-port-base <port>', 'first instance port; each cell gets 100', String(DEFAULT_UP_OPTIONS.cellPortBase))
+    .option(
+      '--redis-port <port>',
+      'port of the local state redis-server (unless SF_REDIS_URL is set)',
+      String(DEFAULT_UP_OPTIONS.redisPort),
+    )
+    .option(
+      '--cell-port-base <port>',
+      'first instance port; each cell gets 100',
+      String(DEFAULT_UP_OPTIONS.cellPortBase),
+    )
     .option('--capacity-mb <n>', 'volume capacity per cell, in MB', String(DEFAULT_UP_OPTIONS.capacityMb))
     .option('--route-ports <ranges>', "the default router group's ports, e.g. 16000-16999 (kept in state)")
     .action((flags: UpFlags) =>

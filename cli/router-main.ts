@@ -52,7 +52,9 @@ async function routeSource(flags: RouterFlags): Promise<RouteSource> {
     const { RedisRouteSource } = await import('../router/route-source-redis');
     return new RedisRouteSource({ redisUrl, ...pushed });
   }
-  throw new UsageError('sf router needs --routes FILE, --control URL, or --redis URL (or SF_REDIS_URL) for a pushed table');
+  throw new UsageError(
+    'sf router needs --routes FILE, --control URL, or --redis URL (or SF_REDIS_URL) for a pushed table',
+  );
 }
 
 export async function runRouter(flags: RouterFlags): Promise<void> {
@@ -75,7 +77,15 @@ export async function runRouter(flags: RouterFlags): Promise<void> {
   });
   await router.start(source);
   const adminServer = await startAdminServer(router, createRouterMetrics(router), admin.host, admin.port);
-  router.logger.info({ admin: `${admin.host}:${adminServer.port}`, relay: router.relay.kind, source: source.description, routes: router.currentTable().routes.length }, 'router started');
+  router.logger.info(
+    {
+      admin: `${admin.host}:${adminServer.port}`,
+      relay: router.relay.kind,
+      source: source.description,
+      routes: router.currentTable().routes.length,
+    },
+    'router started',
+  );
 
   process.on('SIGHUP', () => {
     router.logger.info('SIGHUP: reloading routes');

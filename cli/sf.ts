@@ -17,7 +17,17 @@ import { registerCellsCommand } from './command-cells';
 import { registerUpCommand } from './command-up';
 import { registerFencingCommands } from './command-fencing';
 
-const COMMANDS: Array<(program: Command) => void> = [registerRouterCommand, registerCellCommand, registerControlCommand, registerRouteCommands, registerEventsCommand, registerServiceCommands, registerCellsCommand, registerUpCommand, registerFencingCommands];
+const COMMANDS: Array<(program: Command) => void> = [
+  registerRouterCommand,
+  registerCellCommand,
+  registerControlCommand,
+  registerRouteCommands,
+  registerEventsCommand,
+  registerServiceCommands,
+  registerCellsCommand,
+  registerUpCommand,
+  registerFencingCommands,
+];
 
 export function buildProgram(): Command {
   const program = new Command('sf')

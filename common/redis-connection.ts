@@ -22,7 +22,12 @@ export function parseSentinelUrl(url: string): SentinelTarget | undefined {
   if (!url.startsWith(SENTINEL_SCHEME)) return undefined;
   const rest = url.slice(SENTINEL_SCHEME.length);
   const slash = rest.indexOf('/');
-  if (slash < 0) throw new SfError(ErrorCode.InvalidOption, `${url}: a Sentinel URL needs the master name: redis-sentinel://host:26379/mymaster`, 'redis');
+  if (slash < 0)
+    throw new SfError(
+      ErrorCode.InvalidOption,
+      `${url}: a Sentinel URL needs the master name: redis-sentinel://host:26379/mymaster`,
+      'redis',
+    );
   let hosts = rest.slice(0, slash);
   let password: string | undefined;
   const at = hosts.lastIndexOf('@');
@@ -45,5 +50,11 @@ export function parseSentinelUrl(url: string): SentinelTarget | undefined {
 export function createRedis(url: string, options: RedisOptions = {}): Redis {
   const sentinel = parseSentinelUrl(url);
   if (!sentinel) return new Redis(url, options);
-  return new Redis({ ...options, sentinels: sentinel.sentinels, name: sentinel.name, password: sentinel.password, db: sentinel.db });
+  return new Redis({
+    ...options,
+    sentinels: sentinel.sentinels,
+    name: sentinel.name,
+    password: sentinel.password,
+    db: sentinel.db,
+  });
 }

@@ -35,7 +35,9 @@ export async function discoverAdminToken(env: NodeJS.ProcessEnv = process.env): 
  * The admin token a control should accept: `SF_API_TOKEN`, else the token file, else a new token
  * written to the file (mode 0600) so local clients can find it.
  */
-export async function ensureAdminToken(env: NodeJS.ProcessEnv = process.env): Promise<{ token: string; file: string | null }> {
+export async function ensureAdminToken(
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<{ token: string; file: string | null }> {
   if (env.SF_API_TOKEN) return { token: env.SF_API_TOKEN, file: null };
   const file = adminTokenFile(env);
   const existing = await readAdminTokenFile(env);

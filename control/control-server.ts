@@ -74,7 +74,11 @@ export async function startControlServer(options: ControlServerOptions = {}): Pr
   registerRoutingApi(server, { groups, routes });
   registerTokensApi(server, tokens);
   const unhookEvents = registerEventsApi(server, hub);
-  const services = await startServicePlane(server, { redis, redisUrl: opts.redisUrl, keyPrefix: opts.keyPrefix, groups, routes, logger: log }, opts.services);
+  const services = await startServicePlane(
+    server,
+    { redis, redisUrl: opts.redisUrl, keyPrefix: opts.keyPrefix, groups, routes, logger: log },
+    opts.services,
+  );
   const port = await server.listen(opts.host, opts.port);
   sweeper.start();
   const host = opts.host.includes(':') ? `[${opts.host}]` : opts.host;

@@ -3,13 +3,25 @@ export { startControlServer, type ControlServer } from './control-server';
 export { DEFAULT_CONTROL_SERVER_OPTIONS, DEFAULT_RESERVABLE_PORTS, type ControlServerOptions } from './control-options';
 export { ControlErrorCode, httpStatusFor, errorBody, type ErrorBody } from './errors';
 export { adminTokenFile, discoverAdminToken, ensureAdminToken, sfHome } from './admin-token';
-export { HttpServer, type HttpServerOptions, type RequestContext, type JsonReply, type EventStreamSink } from './api/http-server';
+export {
+  HttpServer,
+  type HttpServerOptions,
+  type RequestContext,
+  type JsonReply,
+  type EventStreamSink,
+} from './api/http-server';
 export { hasScope, type Authenticator, type Principal, type Scope } from './api/auth';
 export { casCommit, withCasRetry, encodeCasOps, type CasOp, type CasGuard, type CasPlan } from './state/cas-commit';
 export { controlKeys, type ControlKeys, type GroupKeys } from './state/store-keys';
 export { RouterGroupStore, type RouterGroup, type RouterGroupInput } from './state/router-group-store';
 export { TcpRouteStore, type TcpRouteStoreOptions } from './state/tcp-route-store';
-export type { TcpRouteInput, TcpRouteKeyInput, TcpRouteMapping, RouteEvent, ModificationTag } from './state/tcp-route-types';
+export type {
+  TcpRouteInput,
+  TcpRouteKeyInput,
+  TcpRouteMapping,
+  RouteEvent,
+  ModificationTag,
+} from './state/tcp-route-types';
 export { TokenStore, type TokenRecord } from './state/token-store';
 export { EventHub } from './events/event-hub';
 export { ApiClient, DEFAULT_CONTROL_URL, type ApiClientOptions } from '../cli/api-client';

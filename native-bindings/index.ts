@@ -12,9 +12,22 @@ export interface NativePairHandle {
 }
 
 /** Why the engine closed a pair; the numbers are the addon's `sf::CloseReason`. */
-export const NativeCloseReason = ['client-closed', 'backend-closed', 'client-error', 'backend-error', 'idle-timeout', 'killed'] as const;
+export const NativeCloseReason = [
+  'client-closed',
+  'backend-closed',
+  'client-error',
+  'backend-error',
+  'idle-timeout',
+  'killed',
+] as const;
 
-export type NativeCloseListener = (id: number, reason: number, errno: number, bytesIn: number, bytesOut: number) => void;
+export type NativeCloseListener = (
+  id: number,
+  reason: number,
+  errno: number,
+  bytesIn: number,
+  bytesOut: number,
+) => void;
 
 export interface NativeBindings {
   /** Starts the loop threads; `pipeSize` 0 keeps the kernel's pipe size. Call once per process. */
@@ -72,7 +85,8 @@ export function nativeLoadError(): Error | undefined {
 
 function tryLoad(): { bindings: NativeBindings | undefined; error: Error | undefined } {
   const path = CANDIDATES.find((p) => existsSync(p));
-  if (path === undefined) return { bindings: undefined, error: new Error('native addon not built (run scripts/build-native.sh)') };
+  if (path === undefined)
+    return { bindings: undefined, error: new Error('native addon not built (run scripts/build-native.sh)') };
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     return { bindings: require(path) as NativeBindings, error: undefined };

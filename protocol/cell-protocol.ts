@@ -116,7 +116,12 @@ export interface ActualInstance {
 }
 
 export const orderSchema = z.discriminatedUnion('type', [
-  z.object({ type: z.literal('promote'), orderId: z.string().min(1), instanceId: z.string(), epoch: z.number().int().min(0) }),
+  z.object({
+    type: z.literal('promote'),
+    orderId: z.string().min(1),
+    instanceId: z.string(),
+    epoch: z.number().int().min(0),
+  }),
   z.object({ type: z.literal('repoint'), orderId: z.string().min(1), instanceId: z.string(), primary: hostPortSchema }),
   /** SIGKILL now; the instance stays down until control raises the desired generation. */
   z.object({ type: z.literal('fence'), orderId: z.string().min(1), instanceId: z.string() }),
@@ -124,7 +129,12 @@ export const orderSchema = z.discriminatedUnion('type', [
   z.object({ type: z.literal('fence-network'), orderId: z.string().min(1), peers: z.array(z.string().min(1)) }),
   z.object({ type: z.literal('unfence-network'), orderId: z.string().min(1), peers: z.array(z.string().min(1)) }),
   /** Copy a stopped instance's volume to a directory (shared storage) for relocation. */
-  z.object({ type: z.literal('copy-volume'), orderId: z.string().min(1), instanceId: z.string(), destination: z.string().min(1) }),
+  z.object({
+    type: z.literal('copy-volume'),
+    orderId: z.string().min(1),
+    instanceId: z.string(),
+    destination: z.string().min(1),
+  }),
   /** Delete a stopped instance's volume and forget it. */
   z.object({ type: z.literal('delete-volume'), orderId: z.string().min(1), instanceId: z.string() }),
   /** Read the replication position now (control uses it to choose whom to promote). */

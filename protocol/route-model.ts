@@ -32,7 +32,10 @@ const portSchema = z
   .max(65535, 'must be an integer 1-65535');
 
 const nonNegativeInt = (what: string) =>
-  z.number({ error: `must be ${what}` }).int(`must be ${what}`).min(0, `must be ${what}`);
+  z
+    .number({ error: `must be ${what}` })
+    .int(`must be ${what}`)
+    .min(0, `must be ${what}`);
 
 export const backendSchema = z
   .object({
@@ -40,7 +43,12 @@ export const backendSchema = z
     host: hostSchema,
     port: portSchema,
     role: z.enum(['primary', 'replica'], { error: "must be 'primary' or 'replica'" }).default('primary'),
-    weight: z.number({ error: 'must be an integer 0-1000' }).int().min(0).max(1000, 'must be an integer 0-1000').default(1),
+    weight: z
+      .number({ error: 'must be an integer 0-1000' })
+      .int()
+      .min(0)
+      .max(1000, 'must be an integer 0-1000')
+      .default(1),
     epoch: nonNegativeInt('a non-negative integer').default(1),
     state: z
       .enum(['active', 'draining', 'fenced'], { error: "must be 'active', 'draining' or 'fenced'" })
@@ -60,7 +68,14 @@ export const routeSchema = z
     backends: z.array(backendSchema).max(1000),
     /** Hostnames served on a shared TLS port, chosen by the ClientHello's SNI (no termination). */
     sni: z
-      .array(z.string().regex(/^(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$/, 'must be a host name, optionally starting with *.'))
+      .array(
+        z
+          .string()
+          .regex(
+            /^(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$/,
+            'must be a host name, optionally starting with *.',
+          ),
+      )
       .max(100)
       .optional(),
     proxyProtocol: z.union([z.literal(1), z.literal(2)], { error: 'must be 1 or 2' }).optional(),
@@ -176,7 +191,11 @@ export function checkTableInvariants(table: RouteTable): void {
       const lower = name.toLowerCase();
       const prev = seen.names.get(lower);
       if (prev !== undefined) {
-        throw new SfError(ErrorCode.RouteConflict, `routes[${i}].sni[${k}] '${name}' on port ${route.port} is already used by routes[${prev}]`, `routes[${i}].sni[${k}]`);
+        throw new SfError(
+          ErrorCode.RouteConflict,
+          `routes[${i}].sni[${k}] '${name}' on port ${route.port} is already used by routes[${prev}]`,
+          `routes[${i}].sni[${k}]`,
+        );
       }
       seen.names.set(lower, i);
     });

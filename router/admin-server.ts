@@ -2,7 +2,13 @@
  * The router's admin endpoint on uWebSockets.js: `/health`, `/routes`, `/metrics`.
  * It binds to loopback by default; it exposes the table, so keep it off public interfaces.
  */
-import { App, us_listen_socket_close, us_socket_local_port, type HttpResponse, type us_listen_socket } from '@trufflesuite/uws-js-unofficial';
+import {
+  App,
+  us_listen_socket_close,
+  us_socket_local_port,
+  type HttpResponse,
+  type us_listen_socket,
+} from '@trufflesuite/uws-js-unofficial';
 import type { Registry } from 'prom-client';
 import { ErrorCode, SfError } from '../common/errors';
 import type { Router } from './router';
@@ -26,7 +32,10 @@ export function startAdminServer(router: Router, metrics: Registry, host: string
   const app = App();
   app.get('/health', (res) => {
     const status = router.status();
-    sendJson(res, status.serving ? '200 OK' : '503 Service Unavailable', { status: status.serving ? 'ok' : 'fail-closed', ...status });
+    sendJson(res, status.serving ? '200 OK' : '503 Service Unavailable', {
+      status: status.serving ? 'ok' : 'fail-closed',
+      ...status,
+    });
   });
   app.get('/routes', (res) => {
     sendJson(res, '200 OK', router.currentTable());
@@ -41,12 +50,18 @@ export function startAdminServer(router: Router, metrics: Registry, host: string
         if (!aborted) send(res, '200 OK', metrics.contentType, text);
       },
       (err: Error) => {
-        if (!aborted) sendJson(res, '500 Internal Server Error', { error: { code: 'SF_ERR_METRICS', message: err.message } });
+        if (!aborted)
+          sendJson(res, '500 Internal Server Error', { error: { code: 'SF_ERR_METRICS', message: err.message } });
       },
     );
   });
   app.any('/*', (res, req) => {
-    sendJson(res, '404 Not Found', { error: { code: 'SF_ERR_NOT_FOUND', message: `no admin endpoint ${req.getMethod().toUpperCase()} ${req.getUrl()}` } });
+    sendJson(res, '404 Not Found', {
+      error: {
+        code: 'SF_ERR_NOT_FOUND',
+        message: `no admin endpoint ${req.getMethod().toUpperCase()} ${req.getUrl()}`,
+      },
+    });
   });
   return new Promise((resolve, reject) => {
     app.listen(host, port, (socket: us_listen_socket | false) => {

@@ -10,14 +10,46 @@ type CounterField = Exclude<keyof RouteStats, 'port' | 'sni' | 'active'>;
 
 const ROUTE_COUNTERS: Array<{ name: string; help: string; field: CounterField }> = [
   { name: 'sf_router_connections_total', help: 'Client connections accepted per route port.', field: 'total' },
-  { name: 'sf_router_bytes_in_total', help: 'Bytes from clients towards backends per route port.', field: 'closedBytesIn' },
-  { name: 'sf_router_bytes_out_total', help: 'Bytes from backends towards clients per route port.', field: 'closedBytesOut' },
-  { name: 'sf_router_connect_errors_total', help: 'Backend connection attempts that failed per route port.', field: 'connectErrors' },
-  { name: 'sf_router_connect_timeouts_total', help: 'Backend connection attempts that timed out per route port.', field: 'connectTimeouts' },
-  { name: 'sf_router_refused_no_backend_total', help: 'Clients refused because no eligible backend existed.', field: 'refusedNoBackend' },
-  { name: 'sf_router_refused_max_connections_total', help: 'Clients refused by a connection limit.', field: 'refusedMaxConnections' },
-  { name: 'sf_router_fenced_kills_total', help: 'Connections destroyed because their backend was fenced.', field: 'killedFenced' },
-  { name: 'sf_router_drained_kills_total', help: 'Connections closed when their drain timeout expired.', field: 'killedDrained' },
+  {
+    name: 'sf_router_bytes_in_total',
+    help: 'Bytes from clients towards backends per route port.',
+    field: 'closedBytesIn',
+  },
+  {
+    name: 'sf_router_bytes_out_total',
+    help: 'Bytes from backends towards clients per route port.',
+    field: 'closedBytesOut',
+  },
+  {
+    name: 'sf_router_connect_errors_total',
+    help: 'Backend connection attempts that failed per route port.',
+    field: 'connectErrors',
+  },
+  {
+    name: 'sf_router_connect_timeouts_total',
+    help: 'Backend connection attempts that timed out per route port.',
+    field: 'connectTimeouts',
+  },
+  {
+    name: 'sf_router_refused_no_backend_total',
+    help: 'Clients refused because no eligible backend existed.',
+    field: 'refusedNoBackend',
+  },
+  {
+    name: 'sf_router_refused_max_connections_total',
+    help: 'Clients refused by a connection limit.',
+    field: 'refusedMaxConnections',
+  },
+  {
+    name: 'sf_router_fenced_kills_total',
+    help: 'Connections destroyed because their backend was fenced.',
+    field: 'killedFenced',
+  },
+  {
+    name: 'sf_router_drained_kills_total',
+    help: 'Connections closed when their drain timeout expired.',
+    field: 'killedDrained',
+  },
   { name: 'sf_router_idle_timeouts_total', help: 'Connections closed by the idle timeout.', field: 'idleTimeouts' },
 ];
 

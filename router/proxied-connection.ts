@@ -113,7 +113,11 @@ export class ProxiedConnection {
     const route = this.host.currentRoute();
     const { connectTimeoutMs } = routeLimits(route);
     const socket = route.tls
-      ? tlsConnect({ host: backend.host, port: backend.port, servername: isIP(backend.host) ? undefined : backend.host })
+      ? tlsConnect({
+          host: backend.host,
+          port: backend.port,
+          servername: isIP(backend.host) ? undefined : backend.host,
+        })
       : this.connectPlain(backend);
     this.backendSocket = socket;
     socket.on('error', this.onConnectError);

@@ -73,8 +73,12 @@ export function proxyHeaderV2(a: ProxyAddresses): Buffer {
   out[13] = fam === 4 ? V2_TCP4 : V2_TCP6;
   out.writeUInt16BE(addrLen, 14);
   if (fam === 4) {
-    unmapV4(a.sourceAddress).split('.').forEach((o, i) => (out[16 + i] = Number(o)));
-    unmapV4(a.destinationAddress).split('.').forEach((o, i) => (out[20 + i] = Number(o)));
+    unmapV4(a.sourceAddress)
+      .split('.')
+      .forEach((o, i) => (out[16 + i] = Number(o)));
+    unmapV4(a.destinationAddress)
+      .split('.')
+      .forEach((o, i) => (out[20 + i] = Number(o)));
     out.writeUInt16BE(a.sourcePort, 24);
     out.writeUInt16BE(a.destinationPort, 26);
   } else {

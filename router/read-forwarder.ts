@@ -64,7 +64,11 @@ export class ReadForwarder {
     if (bytes === capacity) {
       this.smallReads = 0;
       if (this.size < MAX_BUFFER_BYTES) this.size *= 4;
-    } else if (this.size > FIRST_BUFFER_BYTES && bytes < capacity / 4 && ++this.smallReads >= SMALL_READS_BEFORE_SHRINK) {
+    } else if (
+      this.size > FIRST_BUFFER_BYTES &&
+      bytes < capacity / 4 &&
+      ++this.smallReads >= SMALL_READS_BEFORE_SHRINK
+    ) {
       this.smallReads = 0;
       this.size = FIRST_BUFFER_BYTES;
     }

@@ -10,7 +10,13 @@
 import { constants as osConstants } from 'node:os';
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
-import { loadNativeBindings, NativeCloseReason, socketFd, type NativeBindings, type NativePairHandle } from '../native-bindings';
+import {
+  loadNativeBindings,
+  NativeCloseReason,
+  socketFd,
+  type NativeBindings,
+  type NativePairHandle,
+} from '../native-bindings';
 import type { Relay, RelayCallbacks, RelayCloseReason, RelayedPair, RelayOptions } from './relay';
 import { createJsRelay } from './relay-js';
 
@@ -62,7 +68,13 @@ class NativeEngine {
     if (--this.active === 0) this.bindings.unref();
   }
 
-  private readonly onNativeClose = (id: number, reason: number, errno: number, bytesIn: number, bytesOut: number): void => {
+  private readonly onNativeClose = (
+    id: number,
+    reason: number,
+    errno: number,
+    bytesIn: number,
+    bytesOut: number,
+  ): void => {
     this.pairs.get(id)?.ended(NativeCloseReason[reason] ?? 'killed', errno, bytesIn, bytesOut);
   };
 }
@@ -220,7 +232,9 @@ export function createNativeRelay(options: NativeRelayOptions = {}): Relay | und
   if (bindings === undefined) return undefined;
   const envThreads = Number(process.env.SF_NATIVE_RELAY_THREADS);
   engine ??= new NativeEngine(bindings, {
-    threads: options.threads ?? (Number.isInteger(envThreads) && envThreads > 0 ? envThreads : DEFAULT_NATIVE_RELAY_OPTIONS.threads),
+    threads:
+      options.threads ??
+      (Number.isInteger(envThreads) && envThreads > 0 ? envThreads : DEFAULT_NATIVE_RELAY_OPTIONS.threads),
     pipeSize: options.pipeSize ?? DEFAULT_NATIVE_RELAY_OPTIONS.pipeSize,
   });
   const shared = engine;
@@ -229,7 +243,8 @@ export function createNativeRelay(options: NativeRelayOptions = {}): Relay | und
   return {
     kind: 'native',
     start(client: Socket, backend: Socket, relayOptions: RelayOptions, callbacks: RelayCallbacks): RelayedPair {
-      if (client instanceof TLSSocket || backend instanceof TLSSocket) return jsRelay.start(client, backend, relayOptions, callbacks);
+      if (client instanceof TLSSocket || backend instanceof TLSSocket)
+        return jsRelay.start(client, backend, relayOptions, callbacks);
       return new NativeRelayedPair(shared, client, backend, relayOptions, callbacks);
     },
   };

@@ -25,7 +25,11 @@ export function selectRelay(choice: RelayChoice = 'auto'): Relay {
   const native = loadNativeRelay();
   if (native) return native;
   if (wanted === 'native') {
-    throw new SfError(ErrorCode.InvalidOption, 'relay native was asked for but the addon is not built (run npm run setup)', 'relay');
+    throw new SfError(
+      ErrorCode.InvalidOption,
+      'relay native was asked for but the addon is not built (run npm run setup)',
+      'relay',
+    );
   }
   return createJsRelay();
 }

@@ -6,7 +6,8 @@
  */
 import type { Socket } from 'node:net';
 
-export type RelayCloseReason = 'client-closed' | 'backend-closed' | 'client-error' | 'backend-error' | 'idle-timeout' | 'killed';
+export type RelayCloseReason =
+  'client-closed' | 'backend-closed' | 'client-error' | 'backend-error' | 'idle-timeout' | 'killed';
 
 export interface RelayCallbacks {
   /** Called exactly once when both directions are finished or the pair was destroyed. */

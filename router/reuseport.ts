@@ -42,7 +42,13 @@ export function openReusePortFd(options: ReusePortListenOptions): number | undef
   const bindings = loadNativeBindings();
   if (bindings === undefined) return undefined;
   const host = options.host === 'localhost' ? '127.0.0.1' : options.host;
-  return bindings.listenTcp(host, options.port, options.backlog ?? DEFAULT_REUSE_PORT_BACKLOG, true, isIPv6(host) && options.ipv6Only === true);
+  return bindings.listenTcp(
+    host,
+    options.port,
+    options.backlog ?? DEFAULT_REUSE_PORT_BACKLOG,
+    true,
+    isIPv6(host) && options.ipv6Only === true,
+  );
 }
 
 /**

@@ -43,7 +43,9 @@ export function connectionFate(route: Route, connected: Backend, connectedEpoch:
   if (now.state === 'fenced' || now.epoch > connectedEpoch) return 'kill';
   if (route.mode === 'primary') {
     if (now.role !== 'primary') return 'kill';
-    const newerPrimary = route.backends.some((b) => b.role === 'primary' && b.state !== 'fenced' && b.epoch > now.epoch);
+    const newerPrimary = route.backends.some(
+      (b) => b.role === 'primary' && b.state !== 'fenced' && b.epoch > now.epoch,
+    );
     if (newerPrimary) return 'kill';
   }
   if (now.state === 'draining') return 'drain';
@@ -52,7 +54,12 @@ export function connectionFate(route: Route, connected: Backend, connectedEpoch:
 
 /** Identifies a route among those sharing a port: its server names, or '' for the port's default. */
 export function bindingKey(route: Route): string {
-  return route.sni && route.sni.length > 0 ? route.sni.map((n) => n.toLowerCase()).sort().join(',') : '';
+  return route.sni && route.sni.length > 0
+    ? route.sni
+        .map((n) => n.toLowerCase())
+        .sort()
+        .join(',')
+    : '';
 }
 
 export class RouteBinding implements ConnectionHost {
@@ -103,7 +110,10 @@ export class RouteBinding implements ConnectionHost {
     this.stats.active--;
     this.env.released();
     if (this.env.logger.isLevelEnabled('debug')) {
-      this.env.logger.debug({ port: this.route.port, backend: conn.backend?.id, reason, bytesIn: conn.bytesIn, bytesOut: conn.bytesOut }, 'connection closed');
+      this.env.logger.debug(
+        { port: this.route.port, backend: conn.backend?.id, reason, bytesIn: conn.bytesIn, bytesOut: conn.bytesOut },
+        'connection closed',
+      );
     }
     if (this.connections.size === 0 && this.onEmpty) this.onEmpty();
   }

@@ -39,12 +39,19 @@ export class RouteListener {
   listen(): Promise<void> {
     return new Promise((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException): void => {
-        reject(new SfError(ErrorCode.ListenFailed, `cannot listen on ${this.env.bindHost}:${this.port}: ${err.code ?? err.message}`));
+        reject(
+          new SfError(
+            ErrorCode.ListenFailed,
+            `cannot listen on ${this.env.bindHost}:${this.port}: ${err.code ?? err.message}`,
+          ),
+        );
       };
       this.server.once('error', onError);
       let fd: number | undefined;
       try {
-        fd = this.env.reusePort ? openReusePortFd({ host: this.env.bindHost, port: this.port, backlog: this.env.backlog }) : undefined;
+        fd = this.env.reusePort
+          ? openReusePortFd({ host: this.env.bindHost, port: this.port, backlog: this.env.backlog })
+          : undefined;
       } catch (err) {
         onError(err as NodeJS.ErrnoException);
         return;
@@ -52,7 +59,8 @@ export class RouteListener {
       const where = fd !== undefined ? { fd } : { host: this.env.bindHost, port: this.port };
       this.server.listen({ ...where, backlog: this.env.backlog }, () => {
         // Only plain ports: a shared TLS port reads the ClientHello through 'data' events.
-        if (FORWARDERS_ENABLED) acceptWithForwarders(this.server, () => this.env.relay.kind === 'js' && this.plainBinding() !== undefined);
+        if (FORWARDERS_ENABLED)
+          acceptWithForwarders(this.server, () => this.env.relay.kind === 'js' && this.plainBinding() !== undefined);
         this.server.removeListener('error', onError);
         this.optionsInherited = setListenerSocketOptions(this.server, this.env.keepAliveMs);
         this.server.on('error', (err) => this.env.logger.error({ err, port: this.port }, 'listener error'));

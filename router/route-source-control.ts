@@ -11,7 +11,11 @@ export interface ControlInfo {
   key_prefix: string;
 }
 
-export async function fetchControlInfo(controlUrl: string, token: string | null, timeoutMs = 5_000): Promise<ControlInfo> {
+export async function fetchControlInfo(
+  controlUrl: string,
+  token: string | null,
+  timeoutMs = 5_000,
+): Promise<ControlInfo> {
   const url = `${controlUrl.replace(/\/+$/, '')}/v3/info`;
   let res: Response;
   try {
@@ -20,7 +24,11 @@ export async function fetchControlInfo(controlUrl: string, token: string | null,
       signal: AbortSignal.timeout(timeoutMs),
     });
   } catch (err) {
-    throw new SfError(ErrorCode.RouteSource, `cannot reach control at ${controlUrl}: ${(err as Error).message}`, 'control');
+    throw new SfError(
+      ErrorCode.RouteSource,
+      `cannot reach control at ${controlUrl}: ${(err as Error).message}`,
+      'control',
+    );
   }
   const body = (await res.json().catch(() => null)) as (Partial<ControlInfo> & { error?: { message?: string } }) | null;
   if (!res.ok || typeof body?.redis_url !== 'string') {

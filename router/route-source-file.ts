@@ -85,7 +85,11 @@ export class FileRouteSource implements RouteSource {
     try {
       text = await readFile(this.path, 'utf8');
     } catch (err) {
-      throw new SfError(ErrorCode.RouteSource, `cannot read route file ${this.path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, 'file');
+      throw new SfError(
+        ErrorCode.RouteSource,
+        `cannot read route file ${this.path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`,
+        'file',
+      );
     }
     return { table: parseRouteTableJson(text), text };
   }

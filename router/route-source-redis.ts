@@ -97,7 +97,12 @@ export class RedisRouteSource implements RouteSource {
   private firstTable: (() => void) | null = null;
 
   constructor(options: RedisRouteSourceOptions) {
-    this.opts = { ...DEFAULT_REDIS_ROUTE_SOURCE_OPTIONS, ...stripUndefined(options), redisUrl: options.redisUrl, routerId: options.routerId };
+    this.opts = {
+      ...DEFAULT_REDIS_ROUTE_SOURCE_OPTIONS,
+      ...stripUndefined(options),
+      redisUrl: options.redisUrl,
+      routerId: options.routerId,
+    };
     this.keys = routerGroupKeys(this.opts.routerGroup, this.opts.keyPrefix);
     this.description = `redis:${this.opts.routerGroup}`;
   }
@@ -249,7 +254,9 @@ export class RedisRouteSource implements RouteSource {
       const routes = (res[1][1] as string[]).map((text) => JSON.parse(text) as unknown);
       const table = parseRouteTable({ version, routes });
       if (table.version < this.version) {
-        this.report(`Redis holds version ${table.version}, older than the applied ${this.version}; the store was reset`);
+        this.report(
+          `Redis holds version ${table.version}, older than the applied ${this.version}; the store was reset`,
+        );
       }
       if (table.version !== this.version) this.deliver(table, false);
       const pending = this.buffered.sort((a, b) => a.version - b.version);

@@ -38,7 +38,11 @@ export function workerAdminPort(port: number, index: number | undefined): number
  */
 export function superviseRouterWorkers(count: number, logger: Logger): Promise<void> {
   if (!reusePortAvailable()) {
-    throw new SfError(ErrorCode.InvalidOption, '--workers needs the native addon for SO_REUSEPORT (run npm run setup)', 'workers');
+    throw new SfError(
+      ErrorCode.InvalidOption,
+      '--workers needs the native addon for SO_REUSEPORT (run npm run setup)',
+      'workers',
+    );
   }
   const children = new Map<number, ChildProcess>();
   let stopping = false;

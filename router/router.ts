@@ -92,7 +92,8 @@ export class Router {
       onConnectivity: (connected) => this.setSourceConnected(connected),
     });
     const first = await this.lastApply;
-    if (!first) throw firstError ?? new SfError(ErrorCode.RouteSource, `${source.description} delivered no route table`);
+    if (!first)
+      throw firstError ?? new SfError(ErrorCode.RouteSource, `${source.description} delivered no route table`);
     if (first.failed.length > 0) {
       await this.close();
       throw first.failed[0]!.error;
@@ -152,10 +153,18 @@ export class Router {
       );
     }
     this.table = table;
-    if (result.killed > 0) this.logger.info({ version: table.version, killed: result.killed }, 'fenced connections destroyed');
+    if (result.killed > 0)
+      this.logger.info({ version: table.version, killed: result.killed }, 'fenced connections destroyed');
     return Promise.all(opening).then(() => {
       this.logger.info(
-        { version: table.version, routes: table.routes.length, opened: result.opened.length, closed: result.closed.length, updated: result.updated, failed: result.failed.length },
+        {
+          version: table.version,
+          routes: table.routes.length,
+          opened: result.opened.length,
+          closed: result.closed.length,
+          updated: result.updated,
+          failed: result.failed.length,
+        },
         'route table applied',
       );
       return result;
@@ -185,7 +194,11 @@ export class Router {
           liveIn += c.bytesIn;
           liveOut += c.bytesOut;
         }
-        out.push({ ...binding.stats, closedBytesIn: binding.stats.closedBytesIn + liveIn, closedBytesOut: binding.stats.closedBytesOut + liveOut });
+        out.push({
+          ...binding.stats,
+          closedBytesIn: binding.stats.closedBytesIn + liveIn,
+          closedBytesOut: binding.stats.closedBytesOut + liveOut,
+        });
       }
     }
     return out;
@@ -218,7 +231,10 @@ export class Router {
   private setSourceConnected(connected: boolean): void {
     if (this.sourceConnected === connected) return;
     this.sourceConnected = connected;
-    this.logger.warn({ connected, policy: this.options.onDisconnect }, connected ? 'route source reconnected' : 'route source lost');
+    this.logger.warn(
+      { connected, policy: this.options.onDisconnect },
+      connected ? 'route source reconnected' : 'route source lost',
+    );
     if (!connected && this.options.onDisconnect === 'fail-closed') {
       // Without its source the router cannot learn of fences, so fail-closed cuts everything.
       for (const l of this.listeners.values()) l.killAll();

@@ -4,10 +4,7 @@
  * clients put the whole ClientHello in it in practice, and a router must not buffer without bound.
  */
 
-export type SniResult =
-  | { kind: 'need-more' }
-  | { kind: 'not-tls' }
-  | { kind: 'done'; serverName: string | undefined };
+export type SniResult = { kind: 'need-more' } | { kind: 'not-tls' } | { kind: 'done'; serverName: string | undefined };
 
 const TLS_HANDSHAKE = 0x16;
 const CLIENT_HELLO = 0x01;
@@ -52,7 +49,8 @@ export function parseClientHelloSni(buf: Buffer): SniResult {
         const nameLen = buf.readUInt16BE(q + 1);
         q += 3;
         if (q + nameLen > listEnd) break;
-        if (nameType === NAME_TYPE_HOST) return { kind: 'done', serverName: buf.toString('latin1', q, q + nameLen).toLowerCase() };
+        if (nameType === NAME_TYPE_HOST)
+          return { kind: 'done', serverName: buf.toString('latin1', q, q + nameLen).toLowerCase() };
         q += nameLen;
       }
       return NO_NAME;

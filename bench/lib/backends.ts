@@ -16,7 +16,24 @@ export async function startRedis(port: number, maxClients = 20_000): Promise<Man
   const proc = startProcess(
     'redis-server',
     'redis-server',
-    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'no', '--maxclients', String(maxClients), '--daemonize', 'no', '--loglevel', 'warning'],
+    [
+      '--port',
+      String(port),
+      '--bind',
+      '127.0.0.1',
+      '--save',
+      '',
+      '--appendonly',
+      'no',
+      '--protected-mode',
+      'no',
+      '--maxclients',
+      String(maxClients),
+      '--daemonize',
+      'no',
+      '--loglevel',
+      'warning',
+    ],
     // redis lowers maxclients to fit RLIMIT_NOFILE, so raise it for the idle-connection runs.
     { fileLimit: maxClients + 1024 },
   );

@@ -96,8 +96,20 @@ export function generateConnections(options: ConnRateOptions): Promise<ConnRateR
 
 /** Runs the generator in a child process and returns its result. */
 export async function runConnRate(options: ConnRateOptions): Promise<ConnRateResult> {
-  const args = [__filename, '--host', options.host, '--port', String(options.port), '--seconds', String(options.seconds), '--concurrency', String(options.concurrency)];
-  const result = await runToCompletion('conn-rate', process.execPath, args, { timeoutMs: (options.seconds + 60) * 1000 });
+  const args = [
+    __filename,
+    '--host',
+    options.host,
+    '--port',
+    String(options.port),
+    '--seconds',
+    String(options.seconds),
+    '--concurrency',
+    String(options.concurrency),
+  ];
+  const result = await runToCompletion('conn-rate', process.execPath, args, {
+    timeoutMs: (options.seconds + 60) * 1000,
+  });
   if (result.code !== 0) throw new Error(`conn-rate exited ${result.code}: ${result.stderr.slice(0, 2000)}`);
   return JSON.parse(result.stdout) as ConnRateResult;
 }

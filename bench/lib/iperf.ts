@@ -42,7 +42,17 @@ export function parseIperfJson(text: string): IperfResult {
 }
 
 export async function runIperf(options: IperfOptions): Promise<IperfResult> {
-  const args = ['-c', options.host, '-p', String(options.port), '-t', String(options.seconds), '-P', String(options.streams), '-J'];
+  const args = [
+    '-c',
+    options.host,
+    '-p',
+    String(options.port),
+    '-t',
+    String(options.seconds),
+    '-P',
+    String(options.streams),
+    '-J',
+  ];
   let lastError = '';
   // The single-test iperf3 server answers "busy" for a moment after the previous client;
   // a short retry keeps that from failing a sample.

@@ -64,7 +64,15 @@ export async function runMicro(name: string, question: string, cases: readonly M
   process.stdout.write(
     `${formatTable(
       ['case', 'ops/s', 'mean', 'p50', 'p99', '±%', 'samples'],
-      rows.map((r) => [r.name, formatNumber(r.opsPerSecond), formatDuration(r.meanNs), formatDuration(r.p50Ns), formatDuration(r.p99Ns), r.rmePercent.toFixed(1), String(r.samples)]),
+      rows.map((r) => [
+        r.name,
+        formatNumber(r.opsPerSecond),
+        formatDuration(r.meanNs),
+        formatDuration(r.p50Ns),
+        formatDuration(r.p99Ns),
+        r.rmePercent.toFixed(1),
+        String(r.samples),
+      ]),
     )}\n`,
   );
   const path = writeResults(`micro-${name}`, {

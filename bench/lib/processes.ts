@@ -45,7 +45,12 @@ function quote(arg: string): string {
  * Starts `command` in its own process group, so that stopping it also stops anything it
  * started in turn (router workers, the shell used to raise file limits).
  */
-export function startProcess(name: string, command: string, args: string[], options: StartOptions = {}): ManagedProcess {
+export function startProcess(
+  name: string,
+  command: string,
+  args: string[],
+  options: StartOptions = {},
+): ManagedProcess {
   installExitHooks();
   const spawnOptions: SpawnOptions = {
     cwd: options.cwd,
@@ -56,7 +61,11 @@ export function startProcess(name: string, command: string, args: string[], opti
   const child =
     options.fileLimit === undefined
       ? spawn(command, args, spawnOptions)
-      : spawn('sh', ['-c', `${raiseFileLimit(options.fileLimit)} && exec ${[command, ...args].map(quote).join(' ')}`], spawnOptions);
+      : spawn(
+          'sh',
+          ['-c', `${raiseFileLimit(options.fileLimit)} && exec ${[command, ...args].map(quote).join(' ')}`],
+          spawnOptions,
+        );
   if (child.pid === undefined) throw new Error(`${name}: could not start ${command}`);
   let output = '';
   const append = (chunk: Buffer): void => {
@@ -203,7 +212,12 @@ function describeExit(proc: ManagedProcess): Error {
 }
 
 /** Waits until `port` accepts connections, failing early if `proc` exits first. */
-export async function waitForPort(port: number, proc: ManagedProcess | undefined, timeoutMs = 10_000, host = '127.0.0.1'): Promise<void> {
+export async function waitForPort(
+  port: number,
+  proc: ManagedProcess | undefined,
+  timeoutMs = 10_000,
+  host = '127.0.0.1',
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (proc && (proc.child.exitCode !== null || proc.child.signalCode !== null)) throw describeExit(proc);
@@ -256,9 +270,19 @@ export interface RunResult {
 }
 
 /** Runs a short-lived command to completion (the load generators), tracked like the others. */
-export async function runToCompletion(name: string, command: string, args: string[], options: StartOptions & { timeoutMs?: number } = {}): Promise<RunResult> {
+export async function runToCompletion(
+  name: string,
+  command: string,
+  args: string[],
+  options: StartOptions & { timeoutMs?: number } = {},
+): Promise<RunResult> {
   installExitHooks();
-  const child = spawn(command, args, { env: options.env ?? process.env, cwd: options.cwd, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(command, args, {
+    env: options.env ?? process.env,
+    cwd: options.cwd,
+    detached: true,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   if (child.pid === undefined) throw new Error(`${name}: could not start ${command}`);
   const pid = child.pid;
   const tracked: ManagedProcess = {
@@ -274,7 +298,8 @@ export async function runToCompletion(name: string, command: string, args: strin
   let stderr = '';
   child.stdout?.on('data', (c: Buffer) => (stdout += c.toString('utf8')));
   child.stderr?.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
-  const timer = options.timeoutMs === undefined ? undefined : setTimeout(() => killGroup(pid, 'SIGKILL'), options.timeoutMs);
+  const timer =
+    options.timeoutMs === undefined ? undefined : setTimeout(() => killGroup(pid, 'SIGKILL'), options.timeoutMs);
   const [code] = (await once(child, 'close')) as [number | null];
   if (timer) clearTimeout(timer);
   running.delete(tracked);

@@ -33,7 +33,10 @@ function parseCsvLine(line: string): string[] {
 }
 
 export function parseRedisBenchCsv(text: string): RedisBenchRow[] {
-  const lines = text.split('\n').map((l) => l.trim()).filter((l) => l.startsWith('"'));
+  const lines = text
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l.startsWith('"'));
   const headerIndex = lines.findIndex((l) => l.startsWith('"test"'));
   if (headerIndex < 0) throw new Error(`redis-benchmark printed no CSV header:\n${text.slice(0, 2000)}`);
   const header = parseCsvLine(lines[headerIndex]);
@@ -60,12 +63,18 @@ export function parseRedisBenchCsv(text: string): RedisBenchRow[] {
 
 export async function runRedisBenchmark(options: RedisBenchOptions): Promise<RedisBenchRow[]> {
   const args = [
-    '-h', options.host,
-    '-p', String(options.port),
-    '-c', String(options.clients),
-    '-n', String(options.requests),
-    '-P', String(options.pipeline),
-    '-t', options.tests.join(','),
+    '-h',
+    options.host,
+    '-p',
+    String(options.port),
+    '-c',
+    String(options.clients),
+    '-n',
+    String(options.requests),
+    '-P',
+    String(options.pipeline),
+    '-t',
+    options.tests.join(','),
     '--csv',
   ];
   // A stuck proxy must fail the sample rather than hang the whole run.
@@ -73,7 +82,9 @@ export async function runRedisBenchmark(options: RedisBenchOptions): Promise<Red
   if (result.code !== 0) throw new Error(`redis-benchmark exited ${result.code}: ${result.stderr.slice(0, 2000)}`);
   const rows = parseRedisBenchCsv(result.stdout);
   if (rows.length !== options.tests.length) {
-    throw new Error(`redis-benchmark returned ${rows.length} rows for ${options.tests.length} tests:\n${result.stdout}${result.stderr}`);
+    throw new Error(
+      `redis-benchmark returned ${rows.length} rows for ${options.tests.length} tests:\n${result.stdout}${result.stderr}`,
+    );
   }
   return rows;
 }

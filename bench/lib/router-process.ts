@@ -4,7 +4,15 @@
  */
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { freePort, makeTempDir, runToCompletion, startProcess, waitForHttp, waitForPort, type ManagedProcess } from './processes';
+import {
+  freePort,
+  makeTempDir,
+  runToCompletion,
+  startProcess,
+  waitForHttp,
+  waitForPort,
+  type ManagedProcess,
+} from './processes';
 import type { ProxiedService } from './haproxy';
 
 export interface RouterOptions {
@@ -40,7 +48,9 @@ export function routerCliAvailable(): boolean {
 /** Whether `sf router --help` documents `flag` (used to probe for `--workers`). */
 export async function routerSupportsFlag(flag: string): Promise<boolean> {
   if (!routerCliAvailable()) return false;
-  const result = await runToCompletion('sf router --help', process.execPath, [sfCliPath(), 'router', '--help'], { timeoutMs: 15_000 });
+  const result = await runToCompletion('sf router --help', process.execPath, [sfCliPath(), 'router', '--help'], {
+    timeoutMs: 15_000,
+  });
   return `${result.stdout}${result.stderr}`.includes(flag);
 }
 

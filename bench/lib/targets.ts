@@ -59,7 +59,10 @@ async function startTargetOrThrow(spec: TargetSpec, backends: Backends): Promise
     case 'haproxy': {
       const list = await services(backends);
       const proc = await startHaproxy(spec.name, { services: list, threads: spec.threads, splice: spec.splice });
-      return { ok: true, target: { spec, ...ports(list), proc, info: { pid: proc.pid, nbthread: spec.threads, splice: spec.splice } } };
+      return {
+        ok: true,
+        target: { spec, ...ports(list), proc, info: { pid: proc.pid, nbthread: spec.threads, splice: spec.splice } },
+      };
     }
     case 'naive-pipe': {
       const list = await services(backends);
@@ -80,7 +83,12 @@ async function startTargetOrThrow(spec: TargetSpec, backends: Backends): Promise
         }
         return {
           ok: true,
-          target: { spec, ...ports(list), proc: router.proc, info: { pid: router.proc.pid, relay: router.relay, workers: spec.workers ?? 1, health: router.health } },
+          target: {
+            spec,
+            ...ports(list),
+            proc: router.proc,
+            info: { pid: router.proc.pid, relay: router.relay, workers: spec.workers ?? 1, health: router.health },
+          },
         };
       } catch (err) {
         return { ok: false, spec, reason: `router did not start: ${String(err).slice(0, 600)}` };

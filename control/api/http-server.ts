@@ -161,7 +161,10 @@ export class HttpServer {
       this.fallbackInstalled = true;
       this.app.any('/*', (res, req) => {
         const state = this.watch(res);
-        const err = new SfError(ControlErrorCode.NotFound, `no endpoint ${req.getMethod().toUpperCase()} ${req.getUrl()}`);
+        const err = new SfError(
+          ControlErrorCode.NotFound,
+          `no endpoint ${req.getMethod().toUpperCase()} ${req.getUrl()}`,
+        );
         this.reply(res, state, 404, errorBody(err));
       });
     }
@@ -333,7 +336,14 @@ export class HttpServer {
         .writeHeader('cache-control', 'no-cache')
         .write(': connected\n\n');
     });
-    handler(sink, { method: req.method, path: req.path, params: req.params, query: req.query, principal, body: async () => undefined });
+    handler(sink, {
+      method: req.method,
+      path: req.path,
+      params: req.params,
+      query: req.query,
+      principal,
+      body: async () => undefined,
+    });
   }
 }
 

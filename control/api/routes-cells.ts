@@ -15,7 +15,15 @@ export interface CellView {
   executors: string[];
   port_range: { from: number; to: number } | null;
   heartbeat_at: string | null;
-  instances: Array<{ id: string; service: string; role: string; state: string; epoch: number; port: number | null; healthy: boolean | null }>;
+  instances: Array<{
+    id: string;
+    service: string;
+    role: string;
+    state: string;
+    epoch: number;
+    port: number | null;
+    healthy: boolean | null;
+  }>;
 }
 
 export interface CellsApiDeps {
@@ -38,7 +46,15 @@ function cellView(cell: CellSnapshot, promisedMb: number): CellView {
     heartbeat_at: r ? new Date(r.heartbeatAt).toISOString() : null,
     instances: [...cell.actual.values()]
       .sort((a, b) => a.instanceId.localeCompare(b.instanceId))
-      .map((a) => ({ id: a.instanceId, service: a.service, role: a.role, state: a.state, epoch: a.epoch, port: a.port, healthy: a.healthy })),
+      .map((a) => ({
+        id: a.instanceId,
+        service: a.service,
+        role: a.role,
+        state: a.state,
+        epoch: a.epoch,
+        port: a.port,
+        healthy: a.healthy,
+      })),
   };
 }
 
@@ -46,7 +62,8 @@ export function registerCellsApi(server: HttpServer, { directory, store }: Cells
   const views = async (): Promise<CellView[]> => {
     const [cells, services] = await Promise.all([directory.snapshot(), store.list()]);
     const promised = new Map<string, number>();
-    for (const s of services) for (const i of s.instances) promised.set(i.cell, (promised.get(i.cell) ?? 0) + s.volume.sizeMb);
+    for (const s of services)
+      for (const i of s.instances) promised.set(i.cell, (promised.get(i.cell) ?? 0) + s.volume.sizeMb);
     return [...cells.values()].map((c) => cellView(c, promised.get(c.name) ?? 0));
   };
 

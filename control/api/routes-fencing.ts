@@ -27,7 +27,13 @@ export function registerFencingApi(server: HttpServer, deps: FencingApiDeps): vo
     try {
       await deps.store.mustGet(name);
       const res = await deps.coordinator.act(action, name, target);
-      return { body: { operation: res.operation, steps: res.steps, service: serviceView(res.service, await deps.directory.snapshot()) } };
+      return {
+        body: {
+          operation: res.operation,
+          steps: res.steps,
+          service: serviceView(res.service, await deps.directory.snapshot()),
+        },
+      };
     } catch (err) {
       // Failover codes are this module's; the shared table maps the rest.
       const status = (isSfError(err) && failoverHttpStatus(err.code)) || httpStatusFor(err);
@@ -36,12 +42,17 @@ export function registerFencingApi(server: HttpServer, deps: FencingApiDeps): vo
     }
   };
 
-  server.route('post', '/v3/service_instances/:name/actions/fence', 'write', async (ctx) => act('fence', ctx.params.name));
-  server.route('post', '/v3/service_instances/:name/actions/unfence', 'write', async (ctx) => act('unfence', ctx.params.name));
+  server.route('post', '/v3/service_instances/:name/actions/fence', 'write', async (ctx) =>
+    act('fence', ctx.params.name),
+  );
+  server.route('post', '/v3/service_instances/:name/actions/unfence', 'write', async (ctx) =>
+    act('unfence', ctx.params.name),
+  );
   server.route('post', '/v3/service_instances/:name/actions/failover', 'write', async (ctx) => {
     // The body is optional: an empty one means "choose the most up-to-date replica".
     const raw = await ctx.body().catch((err: unknown) => {
-      if (isSfError(err) && err.code === ControlErrorCode.InvalidJson && /must be a JSON document/.test(err.message)) return {};
+      if (isSfError(err) && err.code === ControlErrorCode.InvalidJson && /must be a JSON document/.test(err.message))
+        return {};
       throw err;
     });
     const body = validateBody(failoverBodySchema, raw ?? {}, '');

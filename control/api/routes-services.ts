@@ -45,6 +45,12 @@ export function registerServicesApi(server: HttpServer, deps: ServicesApiDeps): 
   server.route('get', '/v3/leader', 'read', async () => {
     const holder = await deps.store.leaderHolder();
     const fence = deps.elector.current();
-    return { body: { holder: holder?.holder ?? null, token: holder?.token ?? null, this_control: { id: deps.elector.holderId, leader: fence !== null } } };
+    return {
+      body: {
+        holder: holder?.holder ?? null,
+        token: holder?.token ?? null,
+        this_control: { id: deps.elector.holderId, leader: fence !== null },
+      },
+    };
   });
 }

@@ -11,7 +11,9 @@ import { validateBody } from './routing-schemas';
 
 const tokenCreateSchema = z
   .object({
-    name: z.string({ error: 'must be a string' }).regex(/^[A-Za-z0-9_.-]{1,100}$/, 'must be 1-100 of A-Z, a-z, 0-9, _ . -'),
+    name: z
+      .string({ error: 'must be a string' })
+      .regex(/^[A-Za-z0-9_.-]{1,100}$/, 'must be 1-100 of A-Z, a-z, 0-9, _ . -'),
     scopes: z.array(z.enum(SCOPES as [Scope, ...Scope[]], { error: "must be 'read', 'write' or 'admin'" })).min(1),
   })
   .strict();

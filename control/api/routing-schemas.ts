@@ -70,7 +70,9 @@ export const tcpRouteDeleteSchema = listOf(tcpRouteKeySchema);
 
 export const routerGroupCreateSchema = z
   .object({
-    name: z.string({ error: 'must be a string' }).regex(ROUTER_GROUP_NAME_PATTERN, 'must be 1-63 of a-z, 0-9, _ and -, starting alphanumeric'),
+    name: z
+      .string({ error: 'must be a string' })
+      .regex(ROUTER_GROUP_NAME_PATTERN, 'must be 1-63 of a-z, 0-9, _ and -, starting alphanumeric'),
     type: z.literal('tcp', { error: "must be 'tcp'" }).default('tcp'),
     reservable_ports: z.string({ error: "must be a string like '16000-16999'" }).min(1).max(1000),
   })

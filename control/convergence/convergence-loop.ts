@@ -24,7 +24,10 @@ export interface ConvergenceLoopOptions {
   logger: Logger;
 }
 
-export const DEFAULT_CONVERGENCE_LOOP_OPTIONS: Required<Pick<ConvergenceLoopOptions, 'pollMs' | 'debounceMs'>> = { pollMs: 1_000, debounceMs: 25 };
+export const DEFAULT_CONVERGENCE_LOOP_OPTIONS: Required<Pick<ConvergenceLoopOptions, 'pollMs' | 'debounceMs'>> = {
+  pollMs: 1_000,
+  debounceMs: 25,
+};
 
 export class ConvergenceLoop {
   private readonly opts: ConvergenceLoopOptions & Required<Pick<ConvergenceLoopOptions, 'pollMs' | 'debounceMs'>>;
@@ -49,8 +52,13 @@ export class ConvergenceLoop {
   }
 
   async start(): Promise<void> {
-    this.sub = createRedis(this.opts.redisUrl, { connectionName: 'sf-control:convergence', maxRetriesPerRequest: null });
-    this.sub.on('error', (err: Error) => this.opts.logger.warn({ err: err.message }, 'convergence subscription problem'));
+    this.sub = createRedis(this.opts.redisUrl, {
+      connectionName: 'sf-control:convergence',
+      maxRetriesPerRequest: null,
+    });
+    this.sub.on('error', (err: Error) =>
+      this.opts.logger.warn({ err: err.message }, 'convergence subscription problem'),
+    );
     this.sub.on('message', () => this.kick());
     await this.sub.subscribe(CELL_EVENTS_CHANNEL, this.store.keys.servicesChanged);
     this.timer = setInterval(() => this.kick(0), this.opts.pollMs);

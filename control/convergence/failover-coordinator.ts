@@ -41,7 +41,10 @@ export interface FailoverCoordinator {
 export class DegradedFailoverCoordinator implements FailoverCoordinator {
   async primaryLost(loss: PrimaryLoss): Promise<FailoverOutcome> {
     if (loss.reason === 'lease-lost') return { kind: 'healthy' };
-    const why = loss.reason === 'cell-dead' ? `its cell ${loss.primary.cell} stopped heartbeating` : `it failed on cell ${loss.primary.cell}`;
+    const why =
+      loss.reason === 'cell-dead'
+        ? `its cell ${loss.primary.cell} stopped heartbeating`
+        : `it failed on cell ${loss.primary.cell}`;
     return {
       kind: 'degraded',
       message: `primary ${loss.primary.id} is lost (${why}); no automatic failover is configured, replicas keep their data`,

@@ -1,6 +1,17 @@
 /** Convergence (leader only): the loop, the per-service reconciler, route emission, failover hook. */
 export { ConvergenceLoop, DEFAULT_CONVERGENCE_LOOP_OPTIONS, type ConvergenceLoopOptions } from './convergence-loop';
-export { ServiceReconciler, DEFAULT_SERVICE_RECONCILER_OPTIONS, instanceSpecOps, type ServiceReconcilerOptions } from './service-reconciler';
+export {
+  ServiceReconciler,
+  DEFAULT_SERVICE_RECONCILER_OPTIONS,
+  instanceSpecOps,
+  type ServiceReconcilerOptions,
+} from './service-reconciler';
 export { RouteEmitter } from './route-emitter';
 export { OrphanCollector } from './orphan-collector';
-export { DegradedFailoverCoordinator, type FailoverCoordinator, type FailoverOutcome, type PrimaryLoss, type PrimaryLossReason } from './failover-coordinator';
+export {
+  DegradedFailoverCoordinator,
+  type FailoverCoordinator,
+  type FailoverOutcome,
+  type PrimaryLoss,
+  type PrimaryLossReason,
+} from './failover-coordinator';

@@ -24,7 +24,11 @@ export class OrphanCollector {
    * `cells` must have been read before `services`: an instance shows up in a cell's report only
    * after a record names it, so an older cell view never shows an instance a newer record lacks.
    */
-  async collect(fence: LeaderFence, cells: ReadonlyMap<string, CellSnapshot>, services: Iterable<ServiceRecord>): Promise<number> {
+  async collect(
+    fence: LeaderFence,
+    cells: ReadonlyMap<string, CellSnapshot>,
+    services: Iterable<ServiceRecord>,
+  ): Promise<number> {
     const owned = new Set<string>();
     for (const s of services) for (const i of s.instances) owned.add(`${i.cell}/${i.id}`);
     const now = Date.now();
@@ -34,10 +38,15 @@ export class OrphanCollector {
       if (!cell.alive) continue;
       for (const actual of cell.actual.values()) {
         const key = `${cell.name}/${actual.instanceId}`;
-        if (owned.has(key) || !actual.volumePresent || (actual.state !== 'stopped' && actual.state !== 'failed')) continue;
+        if (owned.has(key) || !actual.volumePresent || (actual.state !== 'stopped' && actual.state !== 'failed'))
+          continue;
         if (now - (this.ordered.get(key) ?? 0) < this.retryMs) continue;
         this.ordered.set(key, now);
-        const order = { type: 'delete-volume', orderId: `gc-${actual.instanceId}-${now}`, instanceId: actual.instanceId };
+        const order = {
+          type: 'delete-volume',
+          orderId: `gc-${actual.instanceId}-${now}`,
+          instanceId: actual.instanceId,
+        };
         ops.push({ cmd: 'LPUSH_CAPPED', key: cellKeys.orders(cell.name), value: JSON.stringify(order), cap: 10_000 });
       }
     }

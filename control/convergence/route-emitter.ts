@@ -30,7 +30,15 @@ export class RouteEmitter {
       if (inst.fenced || actual.state === 'fenced') state = 'fenced';
       else if (actual.state === 'running') state = 'active';
       else continue;
-      out.push({ id: inst.id, host: actual.host, port: actual.port, role: inst.role, weight: 1, epoch: inst.epoch, state });
+      out.push({
+        id: inst.id,
+        host: actual.host,
+        port: actual.port,
+        role: inst.role,
+        weight: 1,
+        epoch: inst.epoch,
+        state,
+      });
     }
     return out.sort((a, b) => a.id.localeCompare(b.id));
   }
@@ -78,7 +86,10 @@ export class RouteEmitter {
   async remove(service: ServiceRecord): Promise<void> {
     const current = await this.currentRoute(service);
     if (!current) return;
-    await this.routes.delete(current.backends.map((b) => this.keyOf(service, b)), `service ${service.name} route`);
+    await this.routes.delete(
+      current.backends.map((b) => this.keyOf(service, b)),
+      `service ${service.name} route`,
+    );
   }
 
   async currentRoute(service: ServiceRecord): Promise<Route | null> {
@@ -89,10 +100,24 @@ export class RouteEmitter {
   }
 
   private keyOf(service: ServiceRecord, b: Backend): TcpRouteKeyInput {
-    return { router_group_guid: service.routerGroupGuid, port: service.port, backend_ip: b.host, backend_port: b.port, backend_id: b.id };
+    return {
+      router_group_guid: service.routerGroupGuid,
+      port: service.port,
+      backend_ip: b.host,
+      backend_port: b.port,
+      backend_id: b.id,
+    };
   }
 }
 
 function sameBackend(a: Backend | undefined, b: Backend): boolean {
-  return !!a && a.host === b.host && a.port === b.port && a.role === b.role && a.epoch === b.epoch && a.state === b.state && a.weight === b.weight;
+  return (
+    !!a &&
+    a.host === b.host &&
+    a.port === b.port &&
+    a.role === b.role &&
+    a.epoch === b.epoch &&
+    a.state === b.state &&
+    a.weight === b.weight
+  );
 }

@@ -27,7 +27,11 @@ export interface ServiceReconcilerOptions {
   primaryLeaseTtlMs?: number;
 }
 
-export const DEFAULT_SERVICE_RECONCILER_OPTIONS: Required<ServiceReconcilerOptions> = { restartBackoffMs: 5_000, deleteGraceMs: 30_000, primaryLeaseTtlMs: 3_000 };
+export const DEFAULT_SERVICE_RECONCILER_OPTIONS: Required<ServiceReconcilerOptions> = {
+  restartBackoffMs: 5_000,
+  deleteGraceMs: 30_000,
+  primaryLeaseTtlMs: 3_000,
+};
 
 type EventInput = Omit<ServiceEvent, 'at' | 'leaderToken'>;
 
@@ -84,7 +88,13 @@ export class ServiceReconciler {
       if (inst.role !== 'replica' || alive(inst.cell)) continue;
       next.instances = next.instances.filter((i) => i.id !== inst.id);
       ops.push(...removeSpecOps(inst));
-      events.push({ type: 'instance-removed', service: rec.name, instanceId: inst.id, cell: inst.cell, message: `replica ${inst.id} removed: cell ${inst.cell} is not alive` });
+      events.push({
+        type: 'instance-removed',
+        service: rec.name,
+        instanceId: inst.id,
+        cell: inst.cell,
+        message: `replica ${inst.id} removed: cell ${inst.cell} is not alive`,
+      });
     }
 
     // Failed replicas on live cells restart in place (same volume) after a backoff.
@@ -95,7 +105,13 @@ export class ServiceReconciler {
       inst.generation += 1;
       inst.restartedAt = now;
       ops.push(...this.specOps(next, inst, inst.upstream ?? primaryAddress(next, cells)));
-      events.push({ type: 'instance-restarted', service: rec.name, instanceId: inst.id, cell: inst.cell, message: `replica ${inst.id} failed (${actual.lastError?.message ?? 'exited'}); restarting it (generation ${inst.generation})` });
+      events.push({
+        type: 'instance-restarted',
+        service: rec.name,
+        instanceId: inst.id,
+        cell: inst.cell,
+        message: `replica ${inst.id} failed (${actual.lastError?.message ?? 'exited'}); restarting it (generation ${inst.generation})`,
+      });
     }
 
     let problem: { status: ServiceStatus; message: string } | null = null;
@@ -120,7 +136,8 @@ export class ServiceReconciler {
 
     // Placement of whatever is missing: the whole service at first, later lost replicas.
     const slots: string[] = [];
-    if (!primary && next.instances.length === 0) slots.push(...Array.from({ length: next.replicas + 1 }, (_, k) => `${next.name}-${next.nextIndex + k}`));
+    if (!primary && next.instances.length === 0)
+      slots.push(...Array.from({ length: next.replicas + 1 }, (_, k) => `${next.name}-${next.nextIndex + k}`));
     else if (primary) {
       const missing = next.replicas - next.instances.filter((i) => i.role === 'replica').length;
       for (let k = 0; k < missing; k++) slots.push(`${next.name}-${next.nextIndex + k}`);
@@ -129,7 +146,13 @@ export class ServiceReconciler {
       const others = [...allServices].filter((s) => s.name !== next.name);
       try {
         const decisions = runPlacementAuction(
-          { service: next.name, engine: next.engine, sizeMb: next.volume.sizeMb, slots: slots.map((instanceId) => ({ instanceId })), occupied: next.instances.map((i) => ({ cell: i.cell, zone: i.zone })) },
+          {
+            service: next.name,
+            engine: next.engine,
+            sizeMb: next.volume.sizeMb,
+            slots: slots.map((instanceId) => ({ instanceId })),
+            occupied: next.instances.map((i) => ({ cell: i.cell, zone: i.zone })),
+          },
           cellCandidates(cells, [...others, next]),
         );
         const initial = next.instances.length === 0;
@@ -145,7 +168,13 @@ export class ServiceReconciler {
             placedAt: now,
           };
           next.instances.push(inst);
-          events.push({ type: 'instance-placed', service: rec.name, instanceId: inst.id, cell: inst.cell, message: `${inst.role} ${inst.id} placed on ${inst.cell} (zone ${inst.zone}, score ${d.score.toFixed(1)})` });
+          events.push({
+            type: 'instance-placed',
+            service: rec.name,
+            instanceId: inst.id,
+            cell: inst.cell,
+            message: `${inst.role} ${inst.id} placed on ${inst.cell} (zone ${inst.zone}, score ${d.score.toFixed(1)})`,
+          });
         });
         next.nextIndex += decisions.length;
       } catch (err) {
@@ -176,18 +205,36 @@ export class ServiceReconciler {
       ops.push(...this.specOps(next, inst, upstream));
       const order = { type: 'repoint', orderId: `repoint-${inst.id}-${now}`, instanceId: inst.id, primary: upstream };
       ops.push({ cmd: 'LPUSH_CAPPED', key: cellKeys.orders(inst.cell), value: JSON.stringify(order), cap: 10_000 });
-      events.push({ type: 'instance-repointed', service: rec.name, instanceId: inst.id, cell: inst.cell, message: `replica ${inst.id} now follows ${upstream.host}:${upstream.port}` });
+      events.push({
+        type: 'instance-repointed',
+        service: rec.name,
+        instanceId: inst.id,
+        cell: inst.cell,
+        message: `replica ${inst.id} now follows ${upstream.host}:${upstream.port}`,
+      });
     }
 
     // Running also means routers can reach it: the route must already hold every instance, so a
     // client that waits for 'running' never connects before its route exists.
-    const allRunning = next.instances.length === next.replicas + 1 && next.instances.every((i) => i.specWritten && actualOf(i)?.state === 'running');
+    const allRunning =
+      next.instances.length === next.replicas + 1 &&
+      next.instances.every((i) => i.specWritten && actualOf(i)?.state === 'running');
     const complete = allRunning && (await this.emitter.isCurrent(next, cells));
     const status: ServiceStatus = problem?.status ?? (complete ? 'running' : 'starting');
     const message = problem?.message ?? null;
     if (status !== rec.status || message !== rec.message) {
-      const type: ServiceEvent['type'] = status === 'running' ? 'service-running' : status === 'unplaceable' ? 'service-unplaceable' : status === 'degraded' ? (primary && problem?.message.startsWith('primary') ? 'primary-lost' : 'service-degraded') : 'service-placed';
-      if (status !== 'starting' || rec.status === 'pending') events.push({ type, service: rec.name, message: message ?? `service ${rec.name} is ${status}` });
+      const type: ServiceEvent['type'] =
+        status === 'running'
+          ? 'service-running'
+          : status === 'unplaceable'
+            ? 'service-unplaceable'
+            : status === 'degraded'
+              ? primary && problem?.message.startsWith('primary')
+                ? 'primary-lost'
+                : 'service-degraded'
+              : 'service-placed';
+      if (status !== 'starting' || rec.status === 'pending')
+        events.push({ type, service: rec.name, message: message ?? `service ${rec.name} is ${status}` });
     }
     next.status = status;
     next.message = message;
@@ -198,7 +245,11 @@ export class ServiceReconciler {
   }
 
   /** Deletion: stop instances (remove their specs), delete stopped volumes, then the record. */
-  private teardown(rec: ServiceRecord, cells: ReadonlyMap<string, CellSnapshot>, fence: LeaderFence): ServiceChange | null {
+  private teardown(
+    rec: ServiceRecord,
+    cells: ReadonlyMap<string, CellSnapshot>,
+    fence: LeaderFence,
+  ): ServiceChange | null {
     const now = Date.now();
     const ops: CasOp[] = [];
     const keep: InstanceRecord[] = [];
@@ -225,16 +276,35 @@ export class ServiceReconciler {
       if (ops.length === 0) return null;
       return { record: { ...rec, instances: keep, leaderToken: fence.token, updatedAt: now }, extraOps: ops };
     }
-    return { record: null, extraOps: ops, events: [{ type: 'service-deleted', service: rec.name, message: `service ${rec.name} deleted; port ${rec.port} is free` }] };
+    return {
+      record: null,
+      extraOps: ops,
+      events: [
+        {
+          type: 'service-deleted',
+          service: rec.name,
+          message: `service ${rec.name} deleted; port ${rec.port} is free`,
+        },
+      ],
+    };
   }
 
-  private specOps(service: ServiceRecord, inst: InstanceRecord, upstream: { host: string; port: number } | null): CasOp[] {
+  private specOps(
+    service: ServiceRecord,
+    inst: InstanceRecord,
+    upstream: { host: string; port: number } | null,
+  ): CasOp[] {
     return instanceSpecOps(service, inst, upstream, this.opts.primaryLeaseTtlMs);
   }
 }
 
 /** The desired-spec write (and its notification) for one instance; also used by failover. */
-export function instanceSpecOps(service: ServiceRecord, inst: InstanceRecord, upstream: { host: string; port: number } | null, primaryLeaseTtlMs = DEFAULT_SERVICE_RECONCILER_OPTIONS.primaryLeaseTtlMs): CasOp[] {
+export function instanceSpecOps(
+  service: ServiceRecord,
+  inst: InstanceRecord,
+  upstream: { host: string; port: number } | null,
+  primaryLeaseTtlMs = DEFAULT_SERVICE_RECONCILER_OPTIONS.primaryLeaseTtlMs,
+): CasOp[] {
   const spec: InstanceSpecInput = {
     instanceId: inst.id,
     service: service.name,
@@ -263,10 +333,14 @@ function removeSpecOps(inst: InstanceRecord): CasOp[] {
 }
 
 /** Where replicas connect: the primary's address once its cell reports it running. */
-function primaryAddress(service: ServiceRecord, cells: ReadonlyMap<string, CellSnapshot>): { host: string; port: number } | null {
+function primaryAddress(
+  service: ServiceRecord,
+  cells: ReadonlyMap<string, CellSnapshot>,
+): { host: string; port: number } | null {
   const primary = service.instances.find((i) => i.role === 'primary');
   if (!primary || !primary.specWritten) return null;
   const actual = cells.get(primary.cell)?.actual.get(primary.id);
-  if (!actual || actual.state !== 'running' || actual.port === null || actual.generation < primary.generation) return null;
+  if (!actual || actual.state !== 'running' || actual.port === null || actual.generation < primary.generation)
+    return null;
   return { host: actual.host, port: actual.port };
 }

@@ -66,13 +66,20 @@ export class FencingFailoverCoordinator implements FailoverCoordinator {
     this.leaseMissingSince.delete(primary.id);
     const hasReplica = service.instances.some((i) => i.role === 'replica');
     if (!hasReplica && !primary.fenced) {
-      return { kind: 'degraded', message: `primary ${primary.id} is lost (${describe(reason, primary.cell)}); the service has no replica to promote` };
+      return {
+        kind: 'degraded',
+        message: `primary ${primary.id} is lost (${describe(reason, primary.cell)}); the service has no replica to promote`,
+      };
     }
     if (primary.fenced?.complete && service.fencing.policy === 'manual') {
-      return { kind: 'degraded', message: `primary ${primary.id} is fenced (epoch ${primary.fenced.epoch}); fencing.policy is manual: promote with 'sf failover ${service.name}'` };
+      return {
+        kind: 'degraded',
+        message: `primary ${primary.id} is fenced (epoch ${primary.fenced.epoch}); fencing.policy is manual: promote with 'sf failover ${service.name}'`,
+      };
     }
     const failed = this.failedAt.get(service.name);
-    if (failed && Date.now() - failed.at < this.options.retryBackoffMs) return { kind: 'degraded', message: failed.message };
+    if (failed && Date.now() - failed.at < this.options.retryBackoffMs)
+      return { kind: 'degraded', message: failed.message };
 
     const trigger = primary.fenced?.trigger ?? reason;
     const op = new FencingOperation(randomUUID(), service.name, trigger, loss.fence, this.history);
@@ -93,27 +100,44 @@ export class FencingFailoverCoordinator implements FailoverCoordinator {
     }
     const rec = await this.deps.store.mustGet(name);
     const primary = rec.instances.find((i) => i.role === 'primary');
-    const trigger = action === 'fence' ? 'operator-fence' : action === 'unfence' ? 'operator-unfence' : primary?.fenced ? 'operator-failover' : 'switchover';
+    const trigger =
+      action === 'fence'
+        ? 'operator-fence'
+        : action === 'unfence'
+          ? 'operator-unfence'
+          : primary?.fenced
+            ? 'operator-failover'
+            : 'switchover';
     const op = new FencingOperation(randomUUID(), name, trigger, fence, this.history);
-    const service = await this.track(name, async () => {
-      if (action === 'unfence') return this.sequence.unfence(op);
-      if (!primary) throw new FailoverError(FailoverErrorCode.NoPrimary, `service ${name} has no primary`);
-      if (action === 'fence') {
-        const fenced = await this.sequence.fencePrimary(op);
-        return rec.fencing.policy === 'auto' && fenced.instances.some((i) => i.role === 'replica') ? this.sequence.promote(op) : fenced;
-      }
-      if (primary.fenced) {
-        const fenced = primary.fenced.complete ? rec : await this.sequence.fencePrimary(op);
-        return fenced && this.sequence.promote(op, target);
-      }
-      return this.sequence.switchover(op, target);
-    }, true);
+    const service = await this.track(
+      name,
+      async () => {
+        if (action === 'unfence') return this.sequence.unfence(op);
+        if (!primary) throw new FailoverError(FailoverErrorCode.NoPrimary, `service ${name} has no primary`);
+        if (action === 'fence') {
+          const fenced = await this.sequence.fencePrimary(op);
+          return rec.fencing.policy === 'auto' && fenced.instances.some((i) => i.role === 'replica')
+            ? this.sequence.promote(op)
+            : fenced;
+        }
+        if (primary.fenced) {
+          const fenced = primary.fenced.complete ? rec : await this.sequence.fencePrimary(op);
+          return fenced && this.sequence.promote(op, target);
+        }
+        return this.sequence.switchover(op, target);
+      },
+      true,
+    );
     return { operation: op.id, service, steps: op.steps };
   }
 
   private leaderFence(): LeaderFence {
     const fence = this.elector?.current();
-    if (!fence) throw new FailoverError(FailoverErrorCode.NotLeader, 'this control is not the leader; fencing actions run on the leader (see GET /v3/leader)');
+    if (!fence)
+      throw new FailoverError(
+        FailoverErrorCode.NotLeader,
+        'this control is not the leader; fencing actions run on the leader (see GET /v3/leader)',
+      );
     return fence;
   }
 

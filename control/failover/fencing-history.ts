@@ -58,7 +58,11 @@ export class FencingHistory {
   ) {}
 
   /** Appends one step; false when the fence is stale (the entry is then dropped with the write). */
-  async record(fence: LeaderFence, op: { operation: string; trigger: string; service: string }, input: FencingStepInput): Promise<FencingStep> {
+  async record(
+    fence: LeaderFence,
+    op: { operation: string; trigger: string; service: string },
+    input: FencingStepInput,
+  ): Promise<FencingStep> {
     const entry: FencingStep = { ...op, ...input, at: Date.now(), leaderToken: fence.token };
     const event: ServiceEvent = {
       type: 'fencing',

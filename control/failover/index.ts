@@ -1,7 +1,18 @@
 /** Fencing and failover (issue 5): the coordinator, the fencing sequence and its history. */
-export { FencingFailoverCoordinator, type FencingActionResult, type FencingAction, type FencingCoordinatorDeps } from './fencing-coordinator';
+export {
+  FencingFailoverCoordinator,
+  type FencingActionResult,
+  type FencingAction,
+  type FencingCoordinatorDeps,
+} from './fencing-coordinator';
 export { FencingSequence, FencingOperation, type FencingDeps } from './fencing-sequence';
-export { FencingHistory, fencingHistoryKey, type FencingStep, type FencingStepName, type FencingOutcome } from './fencing-history';
+export {
+  FencingHistory,
+  fencingHistoryKey,
+  type FencingStep,
+  type FencingStepName,
+  type FencingOutcome,
+} from './fencing-history';
 export { DEFAULT_FAILOVER_OPTIONS, type FailoverOptions } from './failover-options';
 export { FailoverError, FailoverErrorCode, failoverHttpStatus, type FailoverErrorCodeValue } from './errors';
 export { waitForRouters, type RouterAck } from './router-ack';

@@ -17,7 +17,13 @@ export interface RouterAck {
   waitedMs: number;
 }
 
-export async function waitForRouters(routes: TcpRouteStore, group: RouterGroup, version: number, timeoutMs: number, pollMs = 10): Promise<RouterAck> {
+export async function waitForRouters(
+  routes: TcpRouteStore,
+  group: RouterGroup,
+  version: number,
+  timeoutMs: number,
+  pollMs = 10,
+): Promise<RouterAck> {
   const t0 = Date.now();
   for (;;) {
     const beats = await routes.routers(group);

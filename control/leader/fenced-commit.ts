@@ -50,7 +50,12 @@ interface FencedCapable {
 const defined = new WeakSet<Redis>();
 
 /** Applies `ops` if `fence` (when given) is still the newest leader and every guard holds. */
-export async function fencedCommit(redis: Redis, fence: LeaderFence | null, guards: CasGuard[], ops: CasOp[]): Promise<FencedResult> {
+export async function fencedCommit(
+  redis: Redis,
+  fence: LeaderFence | null,
+  guards: CasGuard[],
+  ops: CasOp[],
+): Promise<FencedResult> {
   if (!defined.has(redis)) {
     redis.defineCommand('sfFencedCommit', { lua: FENCED_COMMIT_SCRIPT });
     defined.add(redis);
@@ -84,7 +89,12 @@ export function staleLeaderError(token: number, currentToken: number): SfError {
 export type FencedPlan<T> = { guards: CasGuard[]; ops: CasOp[]; result: T } | { done: T };
 
 /** Read-compute-commit until the commit wins; a stale fence ends it at once with SF_ERR_STALE_LEADER. */
-export async function withFencedRetry<T>(redis: Redis, fence: LeaderFence | null, attempt: () => Promise<FencedPlan<T>>, attempts = 50): Promise<T> {
+export async function withFencedRetry<T>(
+  redis: Redis,
+  fence: LeaderFence | null,
+  attempt: () => Promise<FencedPlan<T>>,
+  attempts = 50,
+): Promise<T> {
   for (let i = 0; i < attempts; i++) {
     const plan = await attempt();
     if ('done' in plan) return plan.done;

@@ -24,7 +24,10 @@ export interface LeaderElectorOptions {
   onError?: (err: Error) => void;
 }
 
-export const DEFAULT_LEADER_ELECTOR_OPTIONS: Required<Pick<LeaderElectorOptions, 'ttlMs' | 'renewMs'>> = { ttlMs: 3_000, renewMs: 1_000 };
+export const DEFAULT_LEADER_ELECTOR_OPTIONS: Required<Pick<LeaderElectorOptions, 'ttlMs' | 'renewMs'>> = {
+  ttlMs: 3_000,
+  renewMs: 1_000,
+};
 
 // KEYS[1] lock, KEYS[2] token counter; ARGV[1] holder id, ARGV[2] ttl. Returns the new token or 0.
 const ACQUIRE_SCRIPT = `
@@ -101,7 +104,10 @@ export class LeaderElector {
     await this.ticking;
     const fence = this.fence;
     this.demote();
-    if (fence) await this.commands().sfLeaderRelease(fence.lockKey, fence.holder).catch(() => 0);
+    if (fence)
+      await this.commands()
+        .sfLeaderRelease(fence.lockKey, fence.holder)
+        .catch(() => 0);
   }
 
   /** Tries to become leader now (tests and start-up use it instead of waiting a tick). */
@@ -110,14 +116,28 @@ export class LeaderElector {
     const started = Date.now();
     try {
       if (this.fence) {
-        const renewed = await this.commands().sfLeaderRenew(this.opts.lockKey, this.fence.holder, String(this.opts.ttlMs));
+        const renewed = await this.commands().sfLeaderRenew(
+          this.opts.lockKey,
+          this.fence.holder,
+          String(this.opts.ttlMs),
+        );
         if (renewed === 1) this.validUntil = started + this.opts.ttlMs;
         else this.demote();
         return;
       }
-      const token = await this.commands().sfLeaderAcquire(this.opts.lockKey, this.opts.tokenKey, this.holderId, String(this.opts.ttlMs));
+      const token = await this.commands().sfLeaderAcquire(
+        this.opts.lockKey,
+        this.opts.tokenKey,
+        this.holderId,
+        String(this.opts.ttlMs),
+      );
       if (token > 0 && !this.stopped) {
-        this.fence = { lockKey: this.opts.lockKey, tokenKey: this.opts.tokenKey, holder: `${this.holderId}|${token}`, token };
+        this.fence = {
+          lockKey: this.opts.lockKey,
+          tokenKey: this.opts.tokenKey,
+          holder: `${this.holderId}|${token}`,
+          token,
+        };
         // Measured from before the request: the lock may expire in Redis no earlier than this.
         this.validUntil = started + this.opts.ttlMs;
         this.opts.onElected?.(this.fence);

@@ -7,7 +7,10 @@ import type { CellSnapshot } from '../services/cell-directory';
 import type { ServiceRecord } from '../services/service-types';
 import type { CellCandidate } from './placement-auction';
 
-export function cellCandidates(cells: ReadonlyMap<string, CellSnapshot>, services: Iterable<ServiceRecord>): CellCandidate[] {
+export function cellCandidates(
+  cells: ReadonlyMap<string, CellSnapshot>,
+  services: Iterable<ServiceRecord>,
+): CellCandidate[] {
   const promised = new Map<string, number>();
   for (const s of services) {
     for (const i of s.instances) promised.set(i.cell, (promised.get(i.cell) ?? 0) + s.volume.sizeMb);

@@ -90,7 +90,8 @@ export function runPlacementAuction(
       if (!zones.has(cell.zone)) score += w.newZone;
       if (cell.volumes?.includes(slot.instanceId)) score += w.volumeLocality;
       // Ties go to the alphabetically first cell, so the decision is deterministic.
-      if (!best || score > best.score || (score === best.score && cell.name < best.cell)) best = { cell: cell.name, zone: cell.zone, score };
+      if (!best || score > best.score || (score === best.score && cell.name < best.cell))
+        best = { cell: cell.name, zone: cell.zone, score };
     }
     if (!best) throw unsatisfiable(request, out.length, exclusions);
     out.push({ instanceId: slot.instanceId, ...best });
@@ -101,7 +102,12 @@ export function runPlacementAuction(
   return out;
 }
 
-function exclusionOf(cell: CellCandidate, request: PlacementRequest, usedMb: number, taken: ReadonlySet<string>): Exclusion | null {
+function exclusionOf(
+  cell: CellCandidate,
+  request: PlacementRequest,
+  usedMb: number,
+  taken: ReadonlySet<string>,
+): Exclusion | null {
   if (!cell.alive) return 'dead';
   if (!cell.engines.includes(request.engine)) return 'engine';
   if (taken.has(cell.name)) return 'same-service';

@@ -24,9 +24,15 @@ export interface ServiceAdmissionDeps {
 
 export async function admitService(deps: ServiceAdmissionDeps, req: ServiceCreateRequest): Promise<ServiceRecord> {
   const group = await deps.groups.byName(req.router_group);
-  if (!group) throw new SfError(ControlErrorCode.InvalidRequest, `router_group '${req.router_group}' names no router group`, 'router_group');
+  if (!group)
+    throw new SfError(
+      ControlErrorCode.InvalidRequest,
+      `router_group '${req.router_group}' names no router group`,
+      'router_group',
+    );
   return deps.store.change<ServiceRecord>(req.name, null, async (current, snapshot) => {
-    if (current) throw new SfError(ControlErrorCode.ServiceExists, `name '${req.name}' is already taken by a service`, 'name');
+    if (current)
+      throw new SfError(ControlErrorCode.ServiceExists, `name '${req.name}' is already taken by a service`, 'name');
     const cells = await deps.directory.snapshot();
     const slots = Array.from({ length: req.replicas + 1 }, (_, k) => ({ instanceId: `${req.name}-${k}` }));
     runPlacementAuction(
@@ -55,7 +61,11 @@ export async function admitService(deps: ServiceAdmissionDeps, req: ServiceCreat
       createdAt: now,
       updatedAt: now,
     };
-    const event = { type: 'service-created' as const, service: req.name, message: `service ${req.name} (${req.engine}, ${req.replicas} replicas) created on port ${port}` };
+    const event = {
+      type: 'service-created' as const,
+      service: req.name,
+      message: `service ${req.name} (${req.engine}, ${req.replicas} replicas) created on port ${port}`,
+    };
     return { change: { record, events: [event] }, result: record };
   });
 }
@@ -65,7 +75,12 @@ export async function requestServiceDeletion(store: ServiceStore, name: string):
   return store.change<ServiceRecord>(name, null, async (current) => {
     if (!current) throw new SfError(ControlErrorCode.NotFound, `no service named '${name}'`, 'name');
     if (current.status === 'deleting') return { done: current };
-    const record: ServiceRecord = { ...current, status: 'deleting', message: 'deletion requested', updatedAt: Date.now() };
+    const record: ServiceRecord = {
+      ...current,
+      status: 'deleting',
+      message: 'deletion requested',
+      updatedAt: Date.now(),
+    };
     return { change: { record }, result: record };
   });
 }
@@ -77,5 +92,9 @@ async function freePort(deps: ServiceAdmissionDeps, group: RouterGroup, services
   for (const [low, high] of parsePortRanges(group.reservable_ports)) {
     for (let p = low; p <= high; p++) if (!used.has(p)) return p;
   }
-  throw new SfError(ControlErrorCode.NoRoutePort, `router group '${group.name}' has no free port left in ${group.reservable_ports}`, 'router_group');
+  throw new SfError(
+    ControlErrorCode.NoRoutePort,
+    `router group '${group.name}' has no free port left in ${group.reservable_ports}`,
+    'router_group',
+  );
 }

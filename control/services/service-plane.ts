@@ -40,7 +40,9 @@ export interface ServicePlaneOptions {
   holderId?: string;
 }
 
-export const DEFAULT_SERVICE_PLANE_OPTIONS: Required<Pick<ServicePlaneOptions, 'leaderTtlMs' | 'leaderRenewMs' | 'convergencePollMs'>> = {
+export const DEFAULT_SERVICE_PLANE_OPTIONS: Required<
+  Pick<ServicePlaneOptions, 'leaderTtlMs' | 'leaderRenewMs' | 'convergencePollMs'>
+> = {
   leaderTtlMs: 3_000,
   leaderRenewMs: 1_000,
   convergencePollMs: 1_000,
@@ -62,14 +64,21 @@ export interface ServicePlane {
   close(): Promise<void>;
 }
 
-export async function startServicePlane(server: HttpServer, deps: ServicePlaneDeps, options: ServicePlaneOptions = {}): Promise<ServicePlane> {
+export async function startServicePlane(
+  server: HttpServer,
+  deps: ServicePlaneDeps,
+  options: ServicePlaneOptions = {},
+): Promise<ServicePlane> {
   const opts = withDefaults(DEFAULT_SERVICE_PLANE_OPTIONS, options);
   const log = deps.logger;
   const keys = serviceKeys(deps.keyPrefix);
   const store = new ServiceStore(deps.redis, keys);
   const directory = new CellDirectory(deps.redis);
   const emitter = new RouteEmitter(deps.groups, deps.routes);
-  const fencing = new FencingFailoverCoordinator({ redis: deps.redis, store, directory, emitter, groups: deps.groups, routes: deps.routes, logger: log }, { primaryLeaseTtlMs: opts.reconciler?.primaryLeaseTtlMs, ...opts.failover });
+  const fencing = new FencingFailoverCoordinator(
+    { redis: deps.redis, store, directory, emitter, groups: deps.groups, routes: deps.routes, logger: log },
+    { primaryLeaseTtlMs: opts.reconciler?.primaryLeaseTtlMs, ...opts.failover },
+  );
   const reconciler = new ServiceReconciler(store, emitter, opts.failoverCoordinator ?? fencing, opts.reconciler);
   let loop: ConvergenceLoop | undefined; // eslint-disable-line prefer-const -- assigned once the elector exists, which needs it in its callbacks
   const elector = new LeaderElector(deps.redis, {
@@ -85,7 +94,14 @@ export async function startServicePlane(server: HttpServer, deps: ServicePlaneDe
     onDemoted: (fence) => log.warn({ token: fence.token }, 'no longer leader: standing by'),
     onError: (err) => log.warn({ err: err.message }, 'leader lock problem'),
   });
-  loop = new ConvergenceLoop(elector, store, directory, reconciler, { redisUrl: deps.redisUrl, pollMs: opts.convergencePollMs, logger: log }, new OrphanCollector(deps.redis));
+  loop = new ConvergenceLoop(
+    elector,
+    store,
+    directory,
+    reconciler,
+    { redisUrl: deps.redisUrl, pollMs: opts.convergencePollMs, logger: log },
+    new OrphanCollector(deps.redis),
+  );
   registerServicesApi(server, { store, directory, groups: deps.groups, routes: deps.routes, elector });
   registerCellsApi(server, { directory, store });
   fencing.attach(elector);

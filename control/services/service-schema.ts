@@ -18,7 +18,10 @@ export const serviceCreateSchema = z
   .object({
     name: z
       .string({ error: 'must be a string' })
-      .regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'must be 1-63 lowercase letters, digits or -, starting with a letter or digit'),
+      .regex(
+        /^[a-z0-9][a-z0-9-]{0,62}$/,
+        'must be 1-63 lowercase letters, digits or -, starting with a letter or digit',
+      ),
     engine: z.enum(ENGINE_KINDS, { error: `must be one of ${ENGINE_KINDS.join(', ')}` }),
     replicas: z
       .number({ error: 'must be an integer' })
@@ -26,9 +29,17 @@ export const serviceCreateSchema = z
       .min(0, 'must be at least 0')
       .max(MAX_REPLICAS, `must be at most ${MAX_REPLICAS}`)
       .default(DEFAULT_SERVICE_REQUEST.replicas),
-    durability: z.enum(['sync', 'async'], { error: 'must be sync or async' }).default(DEFAULT_SERVICE_REQUEST.durability),
+    durability: z
+      .enum(['sync', 'async'], { error: 'must be sync or async' })
+      .default(DEFAULT_SERVICE_REQUEST.durability),
     volume: z
-      .object({ sizeMb: z.number({ error: 'must be an integer' }).int('must be an integer').min(1, 'must be at least 1').max(1_048_576, 'must be at most 1048576') })
+      .object({
+        sizeMb: z
+          .number({ error: 'must be an integer' })
+          .int('must be an integer')
+          .min(1, 'must be at least 1')
+          .max(1_048_576, 'must be at most 1048576'),
+      })
       .strict()
       .default({ ...DEFAULT_SERVICE_REQUEST.volume }),
     fencing: z
@@ -37,12 +48,17 @@ export const serviceCreateSchema = z
       .default({ ...DEFAULT_SERVICE_REQUEST.fencing }),
     router_group: z.string().min(1, 'must not be empty').default(DEFAULT_SERVICE_REQUEST.router_group),
     /** Engine `tcp` only: the command to run, with `{port}`, `{host}` and `{dataDir}` placeholders. */
-    command: z.object({ file: z.string().min(1, 'must not be empty'), args: z.array(z.string()).default([]) }).strict().optional(),
+    command: z
+      .object({ file: z.string().min(1, 'must not be empty'), args: z.array(z.string()).default([]) })
+      .strict()
+      .optional(),
   })
   .strict()
   .superRefine((v, ctx) => {
-    if (v.engine === 'tcp' && !v.command) ctx.addIssue({ code: 'custom', path: ['command'], message: 'is required for engine tcp' });
-    if (v.engine !== 'tcp' && v.command) ctx.addIssue({ code: 'custom', path: ['command'], message: 'is only allowed for engine tcp' });
+    if (v.engine === 'tcp' && !v.command)
+      ctx.addIssue({ code: 'custom', path: ['command'], message: 'is required for engine tcp' });
+    if (v.engine !== 'tcp' && v.command)
+      ctx.addIssue({ code: 'custom', path: ['command'], message: 'is only allowed for engine tcp' });
   });
 
 export type ServiceCreateRequest = z.output<typeof serviceCreateSchema>;

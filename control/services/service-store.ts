@@ -65,13 +65,20 @@ export class ServiceStore {
   async change<T>(
     name: string,
     fence: LeaderFence | null,
-    decide: (current: ServiceRecord | null, snapshot: ServiceSnapshot) => Promise<{ change: ServiceChange; result: T } | { done: T }>,
+    decide: (
+      current: ServiceRecord | null,
+      snapshot: ServiceSnapshot,
+    ) => Promise<{ change: ServiceChange; result: T } | { done: T }>,
   ): Promise<T> {
     return withFencedRetry(this.redis, fence, async (): Promise<FencedPlan<T>> => {
       const snapshot = await this.snapshot();
       const decision = await decide(snapshot.services.get(name) ?? null, snapshot);
       if ('done' in decision) return decision;
-      return { guards: [{ key: this.keys.servicesVersion, expected: snapshot.version }], ops: this.ops(name, decision.change, fence), result: decision.result };
+      return {
+        guards: [{ key: this.keys.servicesVersion, expected: snapshot.version }],
+        ops: this.ops(name, decision.change, fence),
+        result: decision.result,
+      };
     });
   }
 
@@ -91,7 +98,8 @@ export class ServiceStore {
 
   private ops(name: string, change: ServiceChange, fence: LeaderFence | null): CasOp[] {
     const ops: CasOp[] = [];
-    if (change.record) ops.push({ cmd: 'HSET', key: this.keys.services, field: name, value: JSON.stringify(change.record) });
+    if (change.record)
+      ops.push({ cmd: 'HSET', key: this.keys.services, field: name, value: JSON.stringify(change.record) });
     else ops.push({ cmd: 'HDEL', key: this.keys.services, field: name });
     ops.push(...(change.extraOps ?? []));
     const now = Date.now();

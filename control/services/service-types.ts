@@ -114,7 +114,19 @@ export interface ServiceView extends ServiceRequestFields {
 
 /** Published on `sf:service-events` and kept in a capped list, for operators and issue 5. */
 export interface ServiceEvent {
-  type: 'service-created' | 'service-placed' | 'instance-placed' | 'instance-removed' | 'instance-restarted' | 'instance-repointed' | 'primary-lost' | 'service-degraded' | 'service-unplaceable' | 'service-running' | 'service-deleted' | 'fencing';
+  type:
+    | 'service-created'
+    | 'service-placed'
+    | 'instance-placed'
+    | 'instance-removed'
+    | 'instance-restarted'
+    | 'instance-repointed'
+    | 'primary-lost'
+    | 'service-degraded'
+    | 'service-unplaceable'
+    | 'service-running'
+    | 'service-deleted'
+    | 'fencing';
   service: string;
   instanceId?: string;
   cell?: string;

@@ -75,7 +75,10 @@ const defined = new WeakSet<Redis>();
  * further key an op names is appended once and referenced by its 1-based index. Shared by every
  * script that applies CasOps, so they all read the same op format.
  */
-export function encodeCasOps(leadingKeys: string[], ops: CasOp[]): { keys: string[]; encoded: Array<Array<string | number>> } {
+export function encodeCasOps(
+  leadingKeys: string[],
+  ops: CasOp[],
+): { keys: string[]; encoded: Array<Array<string | number>> } {
   const keys = [...leadingKeys];
   const keyIndex = new Map<string, number>(keys.map((k, i) => [k, i + 1]));
   const indexOf = (key: string): number => {
@@ -99,7 +102,10 @@ export async function casCommit(redis: Redis, guards: CasGuard[], ops: CasOp[]):
     redis.defineCommand('sfCasCommit', { lua: COMMIT_SCRIPT });
     defined.add(redis);
   }
-  const { keys, encoded } = encodeCasOps(guards.map((g) => g.key), ops);
+  const { keys, encoded } = encodeCasOps(
+    guards.map((g) => g.key),
+    ops,
+  );
   const [ok, failed, current] = await (redis as unknown as CommitCapable).sfCasCommit(
     keys.length,
     ...keys,
@@ -144,7 +150,11 @@ export type CasPlan<T> = { guards: CasGuard[]; ops: CasOp[]; result: T } | { don
  * Runs read-compute-commit until the commit wins. `attempt` reads fresh state each time and
  * returns the guards (the versions it read) and ops, or a final value when there is nothing to write.
  */
-export async function withCasRetry<T>(attempt: () => Promise<CasPlan<T>>, redis: Redis, options: CasRetryOptions = {}): Promise<T> {
+export async function withCasRetry<T>(
+  attempt: () => Promise<CasPlan<T>>,
+  redis: Redis,
+  options: CasRetryOptions = {},
+): Promise<T> {
   const attempts = options.attempts ?? 50;
   for (let i = 0; i < attempts; i++) {
     const plan = await attempt();

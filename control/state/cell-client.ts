@@ -5,7 +5,15 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { cellKeys, instanceSpecSchema, NOTIFY_DESIRED, type ActualInstance, type InstanceSpecInput, type Order, type OrderResult } from '../../protocol/cell-protocol';
+import {
+  cellKeys,
+  instanceSpecSchema,
+  NOTIFY_DESIRED,
+  type ActualInstance,
+  type InstanceSpecInput,
+  type Order,
+  type OrderResult,
+} from '../../protocol/cell-protocol';
 import { CellError, CellErrorCode } from '../../cell/errors';
 
 /** Validates the spec (naming the field) before it reaches the cell. */
@@ -13,9 +21,17 @@ export async function putDesired(redis: Redis, cell: string, spec: InstanceSpecI
   const parsed = instanceSpecSchema.safeParse(spec);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
-    throw new CellError(CellErrorCode.InvalidSpec, `instance spec: ${issue ? `${issue.path.join('.')}: ${issue.message}` : 'invalid'}`, issue?.path.join('.'));
+    throw new CellError(
+      CellErrorCode.InvalidSpec,
+      `instance spec: ${issue ? `${issue.path.join('.')}: ${issue.message}` : 'invalid'}`,
+      issue?.path.join('.'),
+    );
   }
-  await redis.multi().hset(cellKeys.desired(cell), parsed.data.instanceId, JSON.stringify(parsed.data)).publish(cellKeys.notify(cell), NOTIFY_DESIRED).exec();
+  await redis
+    .multi()
+    .hset(cellKeys.desired(cell), parsed.data.instanceId, JSON.stringify(parsed.data))
+    .publish(cellKeys.notify(cell), NOTIFY_DESIRED)
+    .exec();
 }
 
 export async function removeDesired(redis: Redis, cell: string, instanceId: string): Promise<void> {
@@ -44,7 +60,12 @@ export interface SendOrderOptions {
  * when no result arrives in time (the cell may be dead, or died holding the order); the caller
  * retries with a new order id.
  */
-export async function sendOrder(redis: Redis, cell: string, request: OrderRequest, options: SendOrderOptions = {}): Promise<OrderResult> {
+export async function sendOrder(
+  redis: Redis,
+  cell: string,
+  request: OrderRequest,
+  options: SendOrderOptions = {},
+): Promise<OrderResult> {
   const orderId = options.orderId ?? randomUUID();
   const timeoutMs = options.timeoutMs ?? 30_000;
   await redis.lpush(cellKeys.orders(cell), JSON.stringify({ ...request, orderId }));
@@ -54,7 +75,10 @@ export async function sendOrder(redis: Redis, cell: string, request: OrderReques
     const json = await redis.get(cellKeys.orderResult(orderId));
     if (json) return JSON.parse(json) as OrderResult;
     if (Date.now() > deadline) {
-      throw new CellError(CellErrorCode.OrderTimeout, `no result for ${request.type} order ${orderId} from cell ${cell} within ${timeoutMs} ms`);
+      throw new CellError(
+        CellErrorCode.OrderTimeout,
+        `no result for ${request.type} order ${orderId} from cell ${cell} within ${timeoutMs} ms`,
+      );
     }
     await new Promise((r) => setTimeout(r, options.pollMs ?? 50));
   }

@@ -25,7 +25,6 @@ export interface RouterGroupInput {
   reservable_ports: string;
 }
 
-
 export class RouterGroupStore {
   constructor(
     private readonly redis: Redis,
@@ -83,7 +82,11 @@ export class RouterGroupStore {
   }
 
   /** Changes a group's ports; refused when they would overlap another group or strand a route. */
-  async update(guid: string, reservablePorts: string, portsInUse: (group: RouterGroup) => Promise<number[]>): Promise<RouterGroup> {
+  async update(
+    guid: string,
+    reservablePorts: string,
+    portsInUse: (group: RouterGroup) => Promise<number[]>,
+  ): Promise<RouterGroup> {
     const ranges = parsePortRanges(reservablePorts);
     return withCasRetry(async () => {
       const { version, groups } = await this.readAll();

@@ -102,7 +102,9 @@ export class TcpRouteStore {
   /** Removes records; unknown ones are ignored (deletes are idempotent, as in CF). */
   async delete(items: TcpRouteKeyInput[], field = 'tcp_routes'): Promise<number> {
     const resolved = await this.resolve(items, field, false);
-    return this.remove(resolved, (prev, r) => checkTag(prev.modification_tag, r.item.modification_tag, `${r.field}.modification_tag`));
+    return this.remove(resolved, (prev, r) =>
+      checkTag(prev.modification_tag, r.item.modification_tag, `${r.field}.modification_tag`),
+    );
   }
 
   /** Deletes every record whose TTL ran out; safe to run in several controls at once. */
@@ -124,7 +126,9 @@ export class TcpRouteStore {
   }
 
   async list(routerGroupGuid?: string): Promise<TcpRouteMapping[]> {
-    const groups = routerGroupGuid ? [await this.groups.mustGet(routerGroupGuid, 'router_group_guid')] : await this.groups.list();
+    const groups = routerGroupGuid
+      ? [await this.groups.mustGet(routerGroupGuid, 'router_group_guid')]
+      : await this.groups.list();
     const tx = this.redis.multi();
     for (const g of groups) {
       const gk = this.keys.group(g.name);
@@ -292,7 +296,8 @@ export class TcpRouteStore {
         const record = st.records.get(key) ?? null;
         if (record) ops.push({ cmd: 'HSET', key: gk.mappings, field: key, value: JSON.stringify(record) });
         else ops.push({ cmd: 'HDEL', key: gk.mappings, field: key });
-        if (record?.expires_at != null) ops.push({ cmd: 'ZADD', key: gk.expiry, score: record.expires_at, member: key });
+        if (record?.expires_at != null)
+          ops.push({ cmd: 'ZADD', key: gk.expiry, score: record.expires_at, member: key });
         else ops.push({ cmd: 'ZREM', key: gk.expiry, member: key });
       }
       const text = JSON.stringify(delta);
@@ -339,7 +344,10 @@ function buildRoute(base: Route | null, item: TcpRouteInput, backendId: string, 
   };
   const backends = base ? base.backends.map((b) => (b.id === backendId ? backend : b)) : [];
   if (!prev) backends.push(backend);
-  const route: Record<string, unknown> = { ...(base ?? { port: item.port, routerGroup: group, mode: 'primary' }), backends };
+  const route: Record<string, unknown> = {
+    ...(base ?? { port: item.port, routerGroup: group, mode: 'primary' }),
+    backends,
+  };
   for (const name of ROUTE_LEVEL_FIELDS) if (item[name] !== undefined) route[name] = item[name];
   // The router's own validation, so control never stores a route a router would refuse.
   return parseRoute(route, field);

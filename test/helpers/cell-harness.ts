@@ -12,11 +12,17 @@ export async function tempCellDir(prefix = 'sf-cell-'): Promise<{ dir: string; r
   return { dir, remove: () => rm(dir, { recursive: true, force: true }) };
 }
 
-export function spec(input: Partial<InstanceSpecInput> & Pick<InstanceSpecInput, 'instanceId' | 'engine'>): InstanceSpec {
+export function spec(
+  input: Partial<InstanceSpecInput> & Pick<InstanceSpecInput, 'instanceId' | 'engine'>,
+): InstanceSpec {
   return instanceSpecSchema.parse({ service: 'svc', role: 'primary', epoch: 1, volume: { sizeMb: 64 }, ...input });
 }
 
-export async function eventually<T>(fn: () => Promise<T | undefined | false>, timeoutMs = 10_000, what = 'condition'): Promise<T> {
+export async function eventually<T>(
+  fn: () => Promise<T | undefined | false>,
+  timeoutMs = 10_000,
+  what = 'condition',
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let lastError: unknown;
   for (;;) {
@@ -26,7 +32,8 @@ export async function eventually<T>(fn: () => Promise<T | undefined | false>, ti
     } catch (err) {
       lastError = err;
     }
-    if (Date.now() > deadline) throw new Error(`${what} not reached in ${timeoutMs} ms${lastError ? `: ${String(lastError)}` : ''}`);
+    if (Date.now() > deadline)
+      throw new Error(`${what} not reached in ${timeoutMs} ms${lastError ? `: ${String(lastError)}` : ''}`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }

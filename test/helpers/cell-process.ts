@@ -23,7 +23,27 @@ export interface CellProcessOptions {
 export function spawnCell(options: CellProcessOptions): ChildProcess {
   const child = spawn(
     process.execPath,
-    [SF, 'cell', '--name', options.name, '--zone', options.zone ?? 'z1', '--capacity-mb', '4096', '--redis', options.redisUrl, '--data-dir', options.dataDir, '--port-range', options.portRange, '--heartbeat-ms', '200', '--heartbeat-ttl-ms', '1000', ...(options.extraArgs ?? [])],
+    [
+      SF,
+      'cell',
+      '--name',
+      options.name,
+      '--zone',
+      options.zone ?? 'z1',
+      '--capacity-mb',
+      '4096',
+      '--redis',
+      options.redisUrl,
+      '--data-dir',
+      options.dataDir,
+      '--port-range',
+      options.portRange,
+      '--heartbeat-ms',
+      '200',
+      '--heartbeat-ttl-ms',
+      '1000',
+      ...(options.extraArgs ?? []),
+    ],
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );
   child.stderr?.on('data', (d: Buffer) => {
@@ -46,7 +66,14 @@ export class CellDriver {
   constructor(private readonly redis: Redis) {}
 
   async desire(cell: string, input: Partial<InstanceSpecInput> & { instanceId: string }): Promise<void> {
-    await putDesired(this.redis, cell, { service: 'svc', engine: 'redis', role: 'primary', epoch: 1, volume: { sizeMb: 64 }, ...input });
+    await putDesired(this.redis, cell, {
+      service: 'svc',
+      engine: 'redis',
+      role: 'primary',
+      epoch: 1,
+      volume: { sizeMb: 64 },
+      ...input,
+    });
   }
 
   undesire(cell: string, instanceId: string): Promise<void> {
@@ -59,11 +86,20 @@ export class CellDriver {
     return value;
   }
 
-  async waitState(cell: string, id: string, state: ActualInstance['state'], timeoutMs = 30_000): Promise<ActualInstance> {
-    return eventually(async () => {
-      const a = await this.actual(cell, id);
-      return a?.state === state ? a : undefined;
-    }, timeoutMs, `${cell}/${id} ${state}`);
+  async waitState(
+    cell: string,
+    id: string,
+    state: ActualInstance['state'],
+    timeoutMs = 30_000,
+  ): Promise<ActualInstance> {
+    return eventually(
+      async () => {
+        const a = await this.actual(cell, id);
+        return a?.state === state ? a : undefined;
+      },
+      timeoutMs,
+      `${cell}/${id} ${state}`,
+    );
   }
 
   /** Loosely typed on purpose: tests also send invalid orders. */

@@ -30,10 +30,17 @@ export function primaryOf(view: ServiceView): ServiceView['instances'][number] {
 
 /** A fully running service whose primary is no longer `old` and whose epoch passed `epoch`. */
 export function promotedFrom(old: string, epoch: number) {
-  return (v: ServiceView): boolean => v.status === 'running' && v.epoch > epoch && primaryOf(v).id !== old && v.instances.every((i) => i.state === 'running');
+  return (v: ServiceView): boolean =>
+    v.status === 'running' &&
+    v.epoch > epoch &&
+    primaryOf(v).id !== old &&
+    v.instances.every((i) => i.state === 'running');
 }
 
-export async function sf(cluster: ServiceCluster, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+export async function sf(
+  cluster: ServiceCluster,
+  args: string[],
+): Promise<{ code: number; stdout: string; stderr: string }> {
   const env = { ...process.env, SF_CONTROL_URL: cluster.controls[0].control.url, SF_API_TOKEN: ADMIN_TOKEN };
   try {
     const { stdout, stderr } = await exec(process.execPath, [SF, ...args], { env });
@@ -43,4 +50,3 @@ export async function sf(cluster: ServiceCluster, args: string[]): Promise<{ cod
     return { code: e.code, stdout: e.stdout, stderr: e.stderr };
   }
 }
-

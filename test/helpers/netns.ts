@@ -32,7 +32,9 @@ let exitHookInstalled = false;
 
 function ip(args: string[]): Promise<string> {
   return new Promise((resolve, reject) => {
-    execFile('ip', args, (err, stdout, stderr) => (err ? reject(new Error(`ip ${args.join(' ')}: ${stderr || err.message}`)) : resolve(stdout)));
+    execFile('ip', args, (err, stdout, stderr) =>
+      err ? reject(new Error(`ip ${args.join(' ')}: ${stderr || err.message}`)) : resolve(stdout),
+    );
   });
 }
 
@@ -83,7 +85,8 @@ export async function netnsSupported(): Promise<boolean> {
 /** Turns IPv4 forwarding on in the root namespace (restored on process exit) so namespaces reach each other. */
 export function enableForwarding(): void {
   installExitHook();
-  if (forwardingBefore === undefined) forwardingBefore = execFileSync('sysctl', ['-n', 'net.ipv4.ip_forward'], { encoding: 'utf8' }).trim();
+  if (forwardingBefore === undefined)
+    forwardingBefore = execFileSync('sysctl', ['-n', 'net.ipv4.ip_forward'], { encoding: 'utf8' }).trim();
   execFileSync('sysctl', ['-qw', 'net.ipv4.ip_forward=1']);
 }
 

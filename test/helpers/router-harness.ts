@@ -18,7 +18,10 @@ export interface RouterHarness {
   stop(): Promise<void>;
 }
 
-export async function startRouter(table: RouteTableInput, options: Partial<RouterOptions> = {}): Promise<RouterHarness> {
+export async function startRouter(
+  table: RouteTableInput,
+  options: Partial<RouterOptions> = {},
+): Promise<RouterHarness> {
   const dir = mkdtempSync(join(tmpdir(), 'sf-router-test-'));
   const file = join(dir, 'routes.json');
   const write = (t: RouteTableInput): void => writeFileSync(file, JSON.stringify(t));

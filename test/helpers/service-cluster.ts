@@ -90,11 +90,23 @@ export async function startServiceCluster(options: ClusterOptions = {}): Promise
   await chmod(dataDir, 0o755);
   const routeBase = await freePortBlock();
   const routePorts: [number, number] = [routeBase, routeBase + 99];
-  const controlOptions: ControlServerOptions = { defaultReservablePorts: `${routePorts[0]}-${routePorts[1]}`, services: { ...FAST_SERVICE_PLANE } };
+  const controlOptions: ControlServerOptions = {
+    defaultReservablePorts: `${routePorts[0]}-${routePorts[1]}`,
+    services: { ...FAST_SERVICE_PLANE },
+  };
   const controls: ControlHarness[] = [];
-  for (let i = 0; i < (options.controls ?? 1); i++) controls.push(await startControlHarness({ ...controlOptions, services: { ...FAST_SERVICE_PLANE, ...options.services, holderId: `control-${i + 1}` } }, redis));
+  for (let i = 0; i < (options.controls ?? 1); i++)
+    controls.push(
+      await startControlHarness(
+        { ...controlOptions, services: { ...FAST_SERVICE_PLANE, ...options.services, holderId: `control-${i + 1}` } },
+        redis,
+      ),
+    );
   const routerAdminPort = await freePort();
-  const router = runSf(['router', '--redis', redis.url, '--router-group', 'default', '--admin', `127.0.0.1:${routerAdminPort}`], { SF_LOG_LEVEL: 'warn' });
+  const router = runSf(
+    ['router', '--redis', redis.url, '--router-group', 'default', '--admin', `127.0.0.1:${routerAdminPort}`],
+    { SF_LOG_LEVEL: 'warn' },
+  );
   const cells: CellProcess[] = [];
   const stopped = new Set<ControlHarness>();
   const cluster: ServiceCluster = {
@@ -115,18 +127,40 @@ export async function startServiceCluster(options: ClusterOptions = {}): Promise
       const from = await freePortBlock();
       const proc = runSf(
         [
-          'cell', '--name', name, '--zone', zone, '--capacity-mb', String(options.capacityMb ?? 4096), '--redis', redis.url,
-          '--data-dir', path.join(dataDir, name), '--port-range', `${from}-${from + 99}`,
-          '--heartbeat-ms', '200', '--heartbeat-ttl-ms', '1000', '--stop-instances-on-exit',
+          'cell',
+          '--name',
+          name,
+          '--zone',
+          zone,
+          '--capacity-mb',
+          String(options.capacityMb ?? 4096),
+          '--redis',
+          redis.url,
+          '--data-dir',
+          path.join(dataDir, name),
+          '--port-range',
+          `${from}-${from + 99}`,
+          '--heartbeat-ms',
+          '200',
+          '--heartbeat-ttl-ms',
+          '1000',
+          '--stop-instances-on-exit',
         ],
         { SF_LOG_LEVEL: 'warn' },
       );
       const cell = { name, zone, proc };
       cells.push(cell);
       try {
-        await eventually(async () => (await state.exists(cellKeys.registration(name))) === 1, 30_000, `cell ${name} registered`);
+        await eventually(
+          async () => (await state.exists(cellKeys.registration(name))) === 1,
+          30_000,
+          `cell ${name} registered`,
+        );
       } catch (err) {
-        throw new Error(`${(err as Error).message}; cell output: ${proc.output().slice(-2000)} (exit ${proc.child.exitCode ?? proc.child.signalCode})`, { cause: err });
+        throw new Error(
+          `${(err as Error).message}; cell output: ${proc.output().slice(-2000)} (exit ${proc.child.exitCode ?? proc.child.signalCode})`,
+          { cause: err },
+        );
       }
       return cell;
     },

@@ -16,7 +16,10 @@ export interface SfProcess {
 }
 
 export function runSf(args: string[], env: NodeJS.ProcessEnv = {}): SfProcess {
-  const child = spawn(process.execPath, [SF_BIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [SF_BIN, ...args], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let out = '';
   child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
   child.stderr!.on('data', (c: Buffer) => (out += c.toString()));
@@ -40,7 +43,10 @@ export function runSf(args: string[], env: NodeJS.ProcessEnv = {}): SfProcess {
 }
 
 /** Runs `sf` to completion and returns its exit code and output. */
-export function runSfToExit(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; output: string }> {
+export function runSfToExit(
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+): Promise<{ code: number | null; output: string }> {
   const p = runSf(args, env);
   return new Promise((resolve) => p.child.once('exit', (code) => resolve({ code, output: p.output() })));
 }

@@ -15,7 +15,10 @@ export interface TestServer {
   stop(): Promise<void>;
 }
 
-export function startTcpServer(onConnection: (socket: Socket) => void, options: { allowHalfOpen?: boolean } = {}): Promise<TestServer> {
+export function startTcpServer(
+  onConnection: (socket: Socket) => void,
+  options: { allowHalfOpen?: boolean } = {},
+): Promise<TestServer> {
   const sockets = new Set<Socket>();
   const handle: TestServer = {
     port: 0,
@@ -68,7 +71,14 @@ export function startNamedServer(name: string): Promise<TestServer> {
 export async function startBlackholeServer(): Promise<{ port: number; stop(): Promise<void> }> {
   const { spawn } = await import('node:child_process');
   const { connect } = await import('node:net');
-  const child = spawn('python3', ['-c', "import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen(0)\nprint(s.getsockname()[1],flush=True)\ntime.sleep(600)"], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(
+    'python3',
+    [
+      '-c',
+      "import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen(0)\nprint(s.getsockname()[1],flush=True)\ntime.sleep(600)",
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
   const port = await new Promise<number>((resolve, reject) => {
     child.stdout!.once('data', (c: Buffer) => resolve(Number(c.toString().trim())));
     child.once('error', reject);

@@ -16,7 +16,8 @@ describe('sf cell', function () {
   let cellDir: { dir: string; remove(): Promise<void> };
   let cell: ChildProcess | undefined;
 
-  const startCell = (): ChildProcess => spawnCell({ name: 'c1', redisUrl: state.url, dataDir: cellDir.dir, portRange: '22000-22099' });
+  const startCell = (): ChildProcess =>
+    spawnCell({ name: 'c1', redisUrl: state.url, dataDir: cellDir.dir, portRange: '22000-22099' });
 
   async function registration(): Promise<CellRecord | undefined> {
     const json = await redis.get(cellKeys.registration('c1'));
@@ -64,7 +65,12 @@ describe('sf cell', function () {
     const t0 = Date.now();
     await driver.desire('c1', { instanceId: 'cache-0', epoch: 3, lease: { ttlMs: 1000 } });
     const running = await driver.waitState('c1', 'cache-0', 'running', 20_000);
-    const client = new Redis({ port: running.port as number, host: running.host, maxRetriesPerRequest: 0, retryStrategy: () => null });
+    const client = new Redis({
+      port: running.port as number,
+      host: running.host,
+      maxRetriesPerRequest: 0,
+      retryStrategy: () => null,
+    });
     client.on('error', () => undefined);
     await client.set('hello', 'world');
     console.log(`      redis via sf cell: desired written to first successful query ${Date.now() - t0} ms`);
@@ -115,10 +121,14 @@ describe('sf cell', function () {
     await killProcess(cell);
     const restartedAt = Date.now();
     cell = startCell();
-    await eventually(async () => {
-      const x = await driver.actual('c1', 'a-0');
-      return x?.state === 'running' && x.pid === a.pid && x.updatedAt >= restartedAt;
-    }, 15_000, 'a-0 re-adopted');
+    await eventually(
+      async () => {
+        const x = await driver.actual('c1', 'a-0');
+        return x?.state === 'running' && x.pid === a.pid && x.updatedAt >= restartedAt;
+      },
+      15_000,
+      'a-0 re-adopted',
+    );
 
     // Removing it from desired stops it and keeps the volume.
     await driver.undesire('c1', 'a-0');
@@ -131,7 +141,10 @@ describe('sf cell', function () {
   it('waits for Redis at start, and re-registers and re-reports after Redis restarts empty', async () => {
     const port = await freePort();
     const url = `redis://127.0.0.1:${port}`;
-    const startState = (): ChildProcess => spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+    const startState = (): ChildProcess =>
+      spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+        stdio: 'ignore',
+      });
     cell = spawnCell({ name: 'c9', redisUrl: url, dataDir: cellDir.dir, portRange: '22000-22099' });
     await new Promise((r) => setTimeout(r, 1_000));
     expect(cell.exitCode).to.equal(null);
@@ -140,7 +153,11 @@ describe('sf cell', function () {
     ownRedis.on('error', () => undefined);
     const ownDriver = new CellDriver(ownRedis);
     try {
-      await eventually(async () => (await ownRedis.exists(cellKeys.registration('c9'))) === 1, 15_000, 'registration once Redis is up');
+      await eventually(
+        async () => (await ownRedis.exists(cellKeys.registration('c9'))) === 1,
+        15_000,
+        'registration once Redis is up',
+      );
       await ownDriver.desire('c9', { instanceId: 'w-0' });
       const running = await ownDriver.waitState('c9', 'w-0', 'running', 20_000);
 
@@ -148,7 +165,11 @@ describe('sf cell', function () {
       own.kill('SIGKILL');
       await new Promise((r) => own.once('exit', r));
       own = startState();
-      await eventually(async () => (await ownRedis.exists(cellKeys.registration('c9'))) === 1, 15_000, 're-registration');
+      await eventually(
+        async () => (await ownRedis.exists(cellKeys.registration('c9'))) === 1,
+        15_000,
+        're-registration',
+      );
       const again = await eventually(() => ownDriver.actual('c9', 'w-0'), 15_000, 're-report');
       expect(again).to.include({ state: 'running', pid: running.pid });
       // The wiped desired hash is not taken as "stop everything".
@@ -182,7 +203,13 @@ describe('sf cell', function () {
   });
 
   it('deregisters at once on SIGTERM, and with --stop-instances-on-exit stops its instances cleanly', async () => {
-    cell = spawnCell({ name: 'c1', redisUrl: state.url, dataDir: cellDir.dir, portRange: '22000-22099', extraArgs: ['--stop-instances-on-exit'] });
+    cell = spawnCell({
+      name: 'c1',
+      redisUrl: state.url,
+      dataDir: cellDir.dir,
+      portRange: '22000-22099',
+      extraArgs: ['--stop-instances-on-exit'],
+    });
     await driver.desire('c1', { instanceId: 's-0' });
     const running = await driver.waitState('c1', 's-0', 'running', 20_000);
     const exited = new Promise<number | null>((r) => cell?.once('exit', (code) => r(code)));
@@ -195,7 +222,18 @@ describe('sf cell', function () {
 
   it('reports an invalid desired spec as failed with the field', async () => {
     cell = startCell();
-    await redis.hset(cellKeys.desired('c1'), 'bad-0', JSON.stringify({ instanceId: 'bad-0', service: 's', engine: 'mysql', role: 'primary', epoch: 1, volume: { sizeMb: 1 } }));
+    await redis.hset(
+      cellKeys.desired('c1'),
+      'bad-0',
+      JSON.stringify({
+        instanceId: 'bad-0',
+        service: 's',
+        engine: 'mysql',
+        role: 'primary',
+        epoch: 1,
+        volume: { sizeMb: 1 },
+      }),
+    );
     await redis.publish(cellKeys.notify('c1'), 'desired');
     const bad = await driver.waitState('c1', 'bad-0', 'failed', 10_000);
     expect(bad.lastError?.code).to.equal(CellErrorCode.InvalidSpec);

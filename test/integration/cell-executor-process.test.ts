@@ -37,18 +37,33 @@ describe('ProcessExecutor', function () {
     it('starts redis-server with its own data dir and port, and a replica follows the primary', async () => {
       const engine = new RedisEngine();
       const t0 = Date.now();
-      const primary = await executor.start(spec({ instanceId: 'r-0', engine: 'redis', durability: 'sync', replicas: 1 }));
+      const primary = await executor.start(
+        spec({ instanceId: 'r-0', engine: 'redis', durability: 'sync', replicas: 1 }),
+      );
       expect(await redis(primary.port).ping()).to.equal('PONG');
       console.log(`      redis: start to first successful query ${Date.now() - t0} ms`);
       expect(primary.dataDir).to.contain(cell.dir);
       expect(primary.port).to.be.within(21000, 21999);
       // Sync durability: the primary refuses writes while no replica is attached.
-      const refused = await redis(primary.port).set('k', 'v0').catch((err: Error) => err.message);
+      const refused = await redis(primary.port)
+        .set('k', 'v0')
+        .catch((err: Error) => err.message);
       expect(String(refused)).to.match(/NOREPLICAS/);
 
-      const replica = await executor.start(spec({ instanceId: 'r-1', engine: 'redis', role: 'replica', replicaOf: { host: '127.0.0.1', port: primary.port } }));
+      const replica = await executor.start(
+        spec({
+          instanceId: 'r-1',
+          engine: 'redis',
+          role: 'replica',
+          replicaOf: { host: '127.0.0.1', port: primary.port },
+        }),
+      );
       expect(replica.port).to.not.equal(primary.port);
-      await eventually(async () => (await redis(primary.port).set('k', 'v1')) === 'OK', 10_000, 'write accepted with a replica');
+      await eventually(
+        async () => (await redis(primary.port).set('k', 'v1')) === 'OK',
+        10_000,
+        'write accepted with a replica',
+      );
       await eventually(async () => (await redis(replica.port).get('k')) === 'v1', 10_000, 'replica has k');
 
       const p = await engine.position(primary.context);
@@ -105,7 +120,15 @@ describe('ProcessExecutor', function () {
         spec({
           instanceId: 't-0',
           engine: 'tcp',
-          command: { file: process.execPath, args: ['-e', "require('net').createServer((s) => s.pipe(s)).listen(Number(process.argv[1]), process.argv[2])", '{port}', '{host}'] },
+          command: {
+            file: process.execPath,
+            args: [
+              '-e',
+              "require('net').createServer((s) => s.pipe(s)).listen(Number(process.argv[1]), process.argv[2])",
+              '{port}',
+              '{host}',
+            ],
+          },
         }),
       );
       const echoed = await new Promise<string>((resolve, reject) => {
@@ -129,7 +152,10 @@ describe('ProcessExecutor', function () {
         console.log('      skipped: only a root cell runs postgres as another user');
         this.skip();
       }
-      const inner = new ProcessExecutor({ dataDir: path.join(cell.dir, 'closed', 'cell'), portRange: { from: 21000, to: 21999 } });
+      const inner = new ProcessExecutor({
+        dataDir: path.join(cell.dir, 'closed', 'cell'),
+        portRange: { from: 21000, to: 21999 },
+      });
       await mkdir(path.join(cell.dir, 'closed', 'cell'), { recursive: true });
       await chmod(path.join(cell.dir, 'closed'), 0o700);
       const err = await inner.start(spec({ instanceId: 'pg-x', engine: 'postgres' })).catch((e: unknown) => e);
@@ -140,16 +166,31 @@ describe('ProcessExecutor', function () {
     it('runs a primary with initdb and a streaming replica via pg_basebackup, promotes it, reads LSNs', async () => {
       const engine = new PostgresEngine();
       const t0 = Date.now();
-      const primary = await executor.start(spec({ instanceId: 'pg-0', engine: 'postgres', durability: 'sync', replicas: 1 }));
+      const primary = await executor.start(
+        spec({ instanceId: 'pg-0', engine: 'postgres', durability: 'sync', replicas: 1 }),
+      );
       await engine.query(primary.context, 'select 1');
       console.log(`      postgres: start to first successful query ${Date.now() - t0} ms`);
 
       const t1 = Date.now();
-      const replica = await executor.start(spec({ instanceId: 'pg-1', engine: 'postgres', role: 'replica', durability: 'sync', replicas: 1, replicaOf: { host: '127.0.0.1', port: primary.port } }));
+      const replica = await executor.start(
+        spec({
+          instanceId: 'pg-1',
+          engine: 'postgres',
+          role: 'replica',
+          durability: 'sync',
+          replicas: 1,
+          replicaOf: { host: '127.0.0.1', port: primary.port },
+        }),
+      );
       console.log(`      postgres replica: start (pg_basebackup) to healthy ${Date.now() - t1} ms`);
       // With synchronous_standby_names '*', this commit returns only once the standby has it.
       await engine.query(primary.context, "create table t(v text); insert into t values ('hello')");
-      await eventually(async () => (await engine.query(replica.context, 'select v from t')).trim() === 'hello', 10_000, 'replica row');
+      await eventually(
+        async () => (await engine.query(replica.context, 'select v from t')).trim() === 'hello',
+        10_000,
+        'replica row',
+      );
 
       const p = await engine.position(primary.context);
       const r = await engine.position(replica.context);
@@ -176,7 +217,11 @@ describe('ProcessExecutor', function () {
         executor.start(spec({ instanceId: 'pg-c', engine: 'postgres', role: 'replica', replicaOf })),
       ]);
       await engine.query(p0.context, "create table t(v text); insert into t values ('1')");
-      await eventually(async () => (await engine.query(p2.context, 'select count(*) from t')).trim() === '1', 10_000, 'pg-c has the row');
+      await eventually(
+        async () => (await engine.query(p2.context, 'select count(*) from t')).trim() === '1',
+        10_000,
+        'pg-c has the row',
+      );
 
       await executor.kill('pg-a');
       const positions = await Promise.all([engine.position(p1.context), engine.position(p2.context)]);
@@ -184,7 +229,11 @@ describe('ProcessExecutor', function () {
       await engine.promote(p1.context);
       await engine.repoint(p2.context, { host: '127.0.0.1', port: p1.port });
       await engine.query(p1.context, "insert into t values ('2')");
-      await eventually(async () => (await engine.query(p2.context, 'select count(*) from t')).trim() === '2', 15_000, 'pg-c follows pg-b');
+      await eventually(
+        async () => (await engine.query(p2.context, 'select count(*) from t')).trim() === '2',
+        15_000,
+        'pg-c follows pg-b',
+      );
     });
   });
 });

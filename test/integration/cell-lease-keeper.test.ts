@@ -41,7 +41,15 @@ describe('LeaseKeeper', function () {
     it('keeps the lease while healthy, lets it expire when not, and reports loss on a fence', async () => {
       let healthy = true;
       const events: string[] = [];
-      const keeper = new LeaseKeeper({ redis, instanceId: 'l-3', holder: 'cell-a', epoch: 3, ttlMs: 600, renewEveryMs: 100, healthy: async () => healthy });
+      const keeper = new LeaseKeeper({
+        redis,
+        instanceId: 'l-3',
+        holder: 'cell-a',
+        epoch: 3,
+        ttlMs: 600,
+        renewEveryMs: 100,
+        healthy: async () => healthy,
+      });
       keeper.on('acquired', () => events.push('acquired'));
       keeper.on('lost', (why: { reason: string }) => events.push(`lost:${why.reason}`));
       keeper.start();

@@ -36,7 +36,28 @@ describe('sf cell in its own network namespace', function () {
     cellDir = await tempCellDir();
     const child = cellHost.spawn(
       process.execPath,
-      [SF, 'cell', '--name', 'pa', '--zone', 'z1', '--capacity-mb', '1024', '--redis', `redis://${cellHost.gateway}:${state.port}`, '--data-dir', cellDir.dir, '--listen-host', cellHost.address, '--port-range', '22300-22399', '--heartbeat-ms', '200', '--heartbeat-ttl-ms', '1000'],
+      [
+        SF,
+        'cell',
+        '--name',
+        'pa',
+        '--zone',
+        'z1',
+        '--capacity-mb',
+        '1024',
+        '--redis',
+        `redis://${cellHost.gateway}:${state.port}`,
+        '--data-dir',
+        cellDir.dir,
+        '--listen-host',
+        cellHost.address,
+        '--port-range',
+        '22300-22399',
+        '--heartbeat-ms',
+        '200',
+        '--heartbeat-ttl-ms',
+        '1000',
+      ],
       { stdio: ['ignore', 'ignore', 'pipe'] },
     );
     child.stderr?.on('data', (d: Buffer) => {
@@ -55,12 +76,18 @@ describe('sf cell in its own network namespace', function () {
 
   /** PING from the client namespace, with a hard deadline (a cut network hangs, it does not fail). */
   async function pingFromClient(host: string, port: number): Promise<boolean> {
-    const out = await clientHost.run('timeout', ['2', 'redis-cli', '-h', host, '-p', String(port), 'ping']).catch(() => '');
+    const out = await clientHost
+      .run('timeout', ['2', 'redis-cli', '-h', host, '-p', String(port), 'ping'])
+      .catch(() => '');
     return out.trim() === 'PONG';
   }
 
   it('fence-network cuts the cell off from a peer while control still reaches it; unfence-network restores it', async () => {
-    await eventually(async () => (await redis.exists(cellKeys.registration('pa'))) === 1, 15_000, 'registration from the namespace');
+    await eventually(
+      async () => (await redis.exists(cellKeys.registration('pa'))) === 1,
+      15_000,
+      'registration from the namespace',
+    );
     await driver.desire('pa', { instanceId: 'np-0' });
     const running = await driver.waitState('pa', 'np-0', 'running', 20_000);
     expect(running.host).to.equal(cellHost.address);

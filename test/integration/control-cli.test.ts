@@ -42,7 +42,18 @@ describe('sf client commands', function () {
   });
 
   it('creates, lists and deletes a route with the token from SF_HOME', async function () {
-    const created = await sf(['create-route', '--port', '16401', '--backend', '127.0.0.1:6379', '--backend', '127.0.0.1:6380', '--mode', 'round-robin', '--json']);
+    const created = await sf([
+      'create-route',
+      '--port',
+      '16401',
+      '--backend',
+      '127.0.0.1:6379',
+      '--backend',
+      '127.0.0.1:6380',
+      '--mode',
+      'round-robin',
+      '--json',
+    ]);
     expect(created.code, created.stderr).to.equal(0);
     expect(JSON.parse(created.stdout)).to.have.length(2);
     const listed = await sf(['routes']);
@@ -73,7 +84,9 @@ describe('sf client commands', function () {
   });
 
   it('follows events until interrupted', async function () {
-    const child = spawn(process.execPath, [SF, 'events', '--json'], { env: { PATH: process.env.PATH ?? '', SF_CONTROL_URL: h.control.url, SF_HOME: home } });
+    const child = spawn(process.execPath, [SF, 'events', '--json'], {
+      env: { PATH: process.env.PATH ?? '', SF_CONTROL_URL: h.control.url, SF_HOME: home },
+    });
     let out = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
     const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
@@ -81,7 +94,9 @@ describe('sf client commands', function () {
       // The stream is open once the server counts the subscriber; give the process time to start.
       const deadline = Date.now() + 5000;
       while (!out.includes('16403') && Date.now() < deadline) {
-        await h.api('POST', '/routing/v1/tcp_routes/create', [{ router_group_guid: h.defaultGroup, port: 16403, backend_ip: '127.0.0.1', backend_port: 1 }]);
+        await h.api('POST', '/routing/v1/tcp_routes/create', [
+          { router_group_guid: h.defaultGroup, port: 16403, backend_ip: '127.0.0.1', backend_port: 1 },
+        ]);
         await new Promise((r) => setTimeout(r, 200));
       }
       const first = JSON.parse(out.split('\n')[0]) as { type: string; route: { port: number } };
@@ -90,7 +105,9 @@ describe('sf client commands', function () {
     } finally {
       child.kill('SIGINT');
       expect(await exited).to.equal(0);
-      await h.api('POST', '/routing/v1/tcp_routes/delete', [{ router_group_guid: h.defaultGroup, port: 16403, backend_ip: '127.0.0.1', backend_port: 1 }]);
+      await h.api('POST', '/routing/v1/tcp_routes/delete', [
+        { router_group_guid: h.defaultGroup, port: 16403, backend_ip: '127.0.0.1', backend_port: 1 },
+      ]);
     }
   });
 });

@@ -57,7 +57,10 @@ describe('control event streams', function () {
 
   it('streams Upsert and Delete as server-sent events', async function () {
     const abort = new AbortController();
-    const res = await fetch(`${h.control.url}/routing/v1/tcp_routes/events`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, signal: abort.signal });
+    const res = await fetch(`${h.control.url}/routing/v1/tcp_routes/events`, {
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+      signal: abort.signal,
+    });
     expect(res.status).to.equal(200);
     expect(res.headers.get('content-type')).to.equal('text/event-stream');
     let text = '';

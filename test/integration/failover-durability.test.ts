@@ -25,8 +25,18 @@ function percentile(values: number[], p: number): number {
  * replica (Redis replies to SET before any replica has it; see docs/fencing.md), under `async`
  * the SET reply is the acknowledgement.
  */
-function startWriter(port: number, sync: boolean): { acked: string[]; ackTimes: number[]; issueTimes: number[]; stop(): Promise<void> } {
-  const client = new Redis({ port, host: '127.0.0.1', retryStrategy: () => 10, maxRetriesPerRequest: null, connectTimeout: 1_000, commandTimeout: 2_000 });
+function startWriter(
+  port: number,
+  sync: boolean,
+): { acked: string[]; ackTimes: number[]; issueTimes: number[]; stop(): Promise<void> } {
+  const client = new Redis({
+    port,
+    host: '127.0.0.1',
+    retryStrategy: () => 10,
+    maxRetriesPerRequest: null,
+    connectTimeout: 1_000,
+    commandTimeout: 2_000,
+  });
   client.on('error', () => undefined);
   const acked: string[] = [];
   const ackTimes: number[] = [];
@@ -60,10 +70,21 @@ function startWriter(port: number, sync: boolean): { acked: string[]; ackTimes: 
   };
 }
 
-async function forcedFailovers(cluster: ServiceCluster, name: string, durability: 'sync' | 'async'): Promise<RunReport> {
-  const created = await cluster.api<ServiceView>('POST', '/v3/service_instances', { name, engine: 'redis', replicas: 2, durability, volume: { sizeMb: 64 } });
+async function forcedFailovers(
+  cluster: ServiceCluster,
+  name: string,
+  durability: 'sync' | 'async',
+): Promise<RunReport> {
+  const created = await cluster.api<ServiceView>('POST', '/v3/service_instances', {
+    name,
+    engine: 'redis',
+    replicas: 2,
+    durability,
+    volume: { sizeMb: 64 },
+  });
   expect(created.status).to.equal(201);
-  const settled = (v: ServiceView): boolean => v.status === 'running' && v.instances.length === 3 && v.instances.every((i) => i.state === 'running');
+  const settled = (v: ServiceView): boolean =>
+    v.status === 'running' && v.instances.length === 3 && v.instances.every((i) => i.state === 'running');
   let view = await cluster.waitForService(name, 60_000, settled);
   const writer = startWriter(view.port, durability === 'sync');
   const failoverMs: number[] = [];
@@ -75,7 +96,8 @@ async function forcedFailovers(cluster: ServiceCluster, name: string, durability
       // Let writes flow to this primary (and, under sync, its replicas) before it dies.
       const acksBefore = writer.acked.length;
       const flowing = Date.now();
-      while (writer.acked.length < acksBefore + 20 && Date.now() - flowing < 5_000) await new Promise((r) => setTimeout(r, 10));
+      while (writer.acked.length < acksBefore + 20 && Date.now() - flowing < 5_000)
+        await new Promise((r) => setTimeout(r, 10));
       const t0 = performance.now();
       process.kill(pid, 'SIGKILL');
       await cluster.waitForService(name, 60_000, promotedFrom(old.id, view.epoch));

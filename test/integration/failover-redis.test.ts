@@ -15,24 +15,39 @@ describe('failover: redis', function () {
   });
 
   it('promotes a replica when the primary process is SIGKILLed; a client through the router reconnects to it', async () => {
-    const created = await cluster.api<ServiceView>('POST', '/v3/service_instances', { name: 'kv', engine: 'redis', replicas: 2, durability: 'async', volume: { sizeMb: 64 } });
+    const created = await cluster.api<ServiceView>('POST', '/v3/service_instances', {
+      name: 'kv',
+      engine: 'redis',
+      replicas: 2,
+      durability: 'async',
+      volume: { sizeMb: 64 },
+    });
     expect(created.status).to.equal(201);
     const view = await cluster.waitForService('kv');
     const old = primaryOf(view);
-    const client = new Redis({ port: view.port, host: '127.0.0.1', retryStrategy: () => 20, maxRetriesPerRequest: null });
+    const client = new Redis({
+      port: view.port,
+      host: '127.0.0.1',
+      retryStrategy: () => 20,
+      maxRetriesPerRequest: null,
+    });
     client.on('error', () => undefined);
     try {
       await client.set('before', '1');
-      await eventually(async () => {
-        const replica = view.instances.find((i) => i.role === 'replica')!;
-        const direct = new Redis({ port: replica.port!, host: replica.host!, lazyConnect: true });
-        try {
-          await direct.connect();
-          return (await direct.get('before')) === '1';
-        } finally {
-          direct.disconnect();
-        }
-      }, 10_000, 'replicated');
+      await eventually(
+        async () => {
+          const replica = view.instances.find((i) => i.role === 'replica')!;
+          const direct = new Redis({ port: replica.port!, host: replica.host!, lazyConnect: true });
+          try {
+            await direct.connect();
+            return (await direct.get('before')) === '1';
+          } finally {
+            direct.disconnect();
+          }
+        },
+        10_000,
+        'replicated',
+      );
 
       const pid = await enginePid(cluster, view, old.id);
       const t0 = performance.now();
@@ -59,7 +74,11 @@ describe('failover: redis', function () {
       expect(back.role).to.equal('replica');
       const direct = new Redis({ port: back.port!, host: back.host! });
       try {
-        await eventually(async () => /role:slave/.test(await direct.info('replication')), 10_000, 'old primary is a replica');
+        await eventually(
+          async () => /role:slave/.test(await direct.info('replication')),
+          10_000,
+          'old primary is a replica',
+        );
       } finally {
         direct.disconnect();
       }
@@ -70,25 +89,50 @@ describe('failover: redis', function () {
     const history = await cluster.api<{ resources: FencingStep[] }>('GET', '/v3/service_instances/kv/fencing');
     const steps = history.body.resources.map((s) => s.step).reverse();
     // Fencing strictly before promotion (issue 5).
-    const order = ['route-fence', 'router-ack', 'shoot', 'lease-floor', 'network-fence', 'choose', 'promote', 'publish'];
+    const order = [
+      'route-fence',
+      'router-ack',
+      'shoot',
+      'lease-floor',
+      'network-fence',
+      'choose',
+      'promote',
+      'publish',
+    ];
     const idx = order.map((s) => steps.indexOf(s as FencingStep['step']));
-    expect(idx.every((i) => i >= 0), steps.join(',')).to.equal(true);
+    expect(
+      idx.every((i) => i >= 0),
+      steps.join(','),
+    ).to.equal(true);
     expect([...idx].sort((a, b) => a - b)).to.deep.equal(idx);
     expect(history.body.resources.find((s) => s.step === 'router-ack')?.outcome).to.equal('ok');
     expect(history.body.resources.every((s) => s.trigger === 'instance-failed')).to.equal(true);
   });
 
   it('manual policy: fences but promotes nothing until sf failover; the history lists every step', async () => {
-    await cluster.api('POST', '/v3/service_instances', { name: 'man', engine: 'redis', replicas: 1, durability: 'async', volume: { sizeMb: 64 }, fencing: { policy: 'manual' } });
+    await cluster.api('POST', '/v3/service_instances', {
+      name: 'man',
+      engine: 'redis',
+      replicas: 1,
+      durability: 'async',
+      volume: { sizeMb: 64 },
+      fencing: { policy: 'manual' },
+    });
     const view = await cluster.waitForService('man');
     const old = primaryOf(view);
     process.kill(await enginePid(cluster, view, old.id), 'SIGKILL');
-    const fenced = await cluster.waitForService('man', 20_000, (v) => v.status === 'degraded' && /policy is manual/.test(v.message ?? ''));
+    const fenced = await cluster.waitForService(
+      'man',
+      20_000,
+      (v) => v.status === 'degraded' && /policy is manual/.test(v.message ?? ''),
+    );
     await new Promise((r) => setTimeout(r, 1_000));
     const still = await cluster.waitForService('man', 1_000, () => true);
     expect(primaryOf(still).id).to.equal(old.id);
     expect(still.epoch).to.equal(fenced.epoch);
-    const table = (await (await fetch(`http://127.0.0.1:${cluster.routerAdminPort}/routes`)).json()) as { routes: Array<{ port: number; backends: Array<{ id: string; state: string; role: string }> }> };
+    const table = (await (await fetch(`http://127.0.0.1:${cluster.routerAdminPort}/routes`)).json()) as {
+      routes: Array<{ port: number; backends: Array<{ id: string; state: string; role: string }> }>;
+    };
     const backends = table.routes.find((r) => r.port === view.port)?.backends ?? [];
     expect(backends.find((b) => b.id === old.id)?.state ?? 'fenced').to.equal('fenced');
 
@@ -99,14 +143,28 @@ describe('failover: redis', function () {
     const after = await cluster.waitForService('man', 30_000, promotedFrom(old.id, view.epoch));
     const client = new Redis({ port: after.port, host: '127.0.0.1' });
     try {
-      await eventually(async () => (await client.set('m', '1').catch(() => null)) === 'OK', 10_000, 'write after manual failover');
+      await eventually(
+        async () => (await client.set('m', '1').catch(() => null)) === 'OK',
+        10_000,
+        'write after manual failover',
+      );
     } finally {
       client.disconnect();
     }
 
     const hist = await sf(cluster, ['fencing', 'man']);
     expect(hist.code).to.equal(0);
-    for (const step of ['route-fence', 'router-ack', 'shoot', 'lease-floor', 'network-fence', 'choose', 'promote', 'publish']) expect(hist.stdout).to.include(step);
+    for (const step of [
+      'route-fence',
+      'router-ack',
+      'shoot',
+      'lease-floor',
+      'network-fence',
+      'choose',
+      'promote',
+      'publish',
+    ])
+      expect(hist.stdout).to.include(step);
     const missing = await sf(cluster, ['fence', 'no-such-service']);
     expect(missing.code).to.equal(1);
     const usage = await sf(cluster, ['failover']);
@@ -114,10 +172,19 @@ describe('failover: redis', function () {
   });
 
   it('planned switchover of a healthy primary loses no acknowledged write', async () => {
-    const view = await cluster.waitForService('kv', 30_000, (v) => v.status === 'running' && v.instances.every((i) => i.state === 'running'));
+    const view = await cluster.waitForService(
+      'kv',
+      30_000,
+      (v) => v.status === 'running' && v.instances.every((i) => i.state === 'running'),
+    );
     const old = primaryOf(view);
     const target = view.instances.find((i) => i.role === 'replica')!.id;
-    const client = new Redis({ port: view.port, host: '127.0.0.1', retryStrategy: () => 20, maxRetriesPerRequest: null });
+    const client = new Redis({
+      port: view.port,
+      host: '127.0.0.1',
+      retryStrategy: () => 20,
+      maxRetriesPerRequest: null,
+    });
     client.on('error', () => undefined);
     const acked: string[] = [];
     let stop = false;
@@ -132,7 +199,9 @@ describe('failover: redis', function () {
     })();
     try {
       await new Promise((r) => setTimeout(r, 300));
-      const res = await cluster.api<{ steps: FencingStep[] }>('POST', '/v3/service_instances/kv/actions/failover', { to: target });
+      const res = await cluster.api<{ steps: FencingStep[] }>('POST', '/v3/service_instances/kv/actions/failover', {
+        to: target,
+      });
       expect(res.status, JSON.stringify(res.body)).to.equal(200);
       expect(res.body.steps.map((s) => s.step)).to.include('catch-up');
       const after = await cluster.waitForService('kv', 30_000, promotedFrom(old.id, view.epoch));
@@ -154,7 +223,9 @@ describe('failover: redis', function () {
     } finally {
       direct.disconnect();
     }
-    const bad = await cluster.api<{ error: { code: string } }>('POST', '/v3/service_instances/kv/actions/failover', { to: 'nope' });
+    const bad = await cluster.api<{ error: { code: string } }>('POST', '/v3/service_instances/kv/actions/failover', {
+      to: 'nope',
+    });
     expect(bad.status).to.equal(400);
     expect(bad.body.error.code).to.equal('SF_ERR_INVALID_FAILOVER_TARGET');
   });

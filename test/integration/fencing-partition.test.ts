@@ -31,7 +31,14 @@ async function forward(host: string, target: number): Promise<{ port: number; se
   });
   await new Promise<void>((r) => server.listen(0, host, r));
   const port = (server.address() as { port: number }).port;
-  return { port, server, close: () => { for (const s of sockets) s.destroy(); server.close(); } };
+  return {
+    port,
+    server,
+    close: () => {
+      for (const s of sockets) s.destroy();
+      server.close();
+    },
+  };
 }
 
 /** The AOF of a volume; empty once control deleted the volume. */
@@ -39,7 +46,8 @@ async function aofText(dir: string): Promise<string> {
   let text = '';
   const entries = await readdir(dir, { withFileTypes: true, recursive: true }).catch(() => []);
   for (const entry of entries) {
-    if (entry.isFile() && /\.aof/.test(entry.name)) text += await readFile(path.join(entry.parentPath ?? dir, entry.name), 'latin1');
+    if (entry.isFile() && /\.aof/.test(entry.name))
+      text += await readFile(path.join(entry.parentPath ?? dir, entry.name), 'latin1');
   }
   return text;
 }
@@ -61,13 +69,39 @@ describe('fencing: partitioned primary', function () {
     fwd = f;
     const from = await freePortBlock();
     // Named so it sorts first: placement ties go to the first cell, so the primary lands here.
-    ns.spawn(process.execPath, [
-      SF, 'cell', '--name', 'cell-0', '--zone', 'z0', '--capacity-mb', '4096', '--redis', `redis://${ns.gateway}:${f.port}`,
-      '--data-dir', path.join(cluster.dataDir, 'cell-0'), '--listen-host', ns.address, '--port-range', `${from}-${from + 99}`,
-      '--heartbeat-ms', '200', '--heartbeat-ttl-ms', '1000', '--stop-instances-on-exit',
-    ], { stdio: 'ignore', env: { ...process.env, SF_LOG_LEVEL: 'warn' } });
+    ns.spawn(
+      process.execPath,
+      [
+        SF,
+        'cell',
+        '--name',
+        'cell-0',
+        '--zone',
+        'z0',
+        '--capacity-mb',
+        '4096',
+        '--redis',
+        `redis://${ns.gateway}:${f.port}`,
+        '--data-dir',
+        path.join(cluster.dataDir, 'cell-0'),
+        '--listen-host',
+        ns.address,
+        '--port-range',
+        `${from}-${from + 99}`,
+        '--heartbeat-ms',
+        '200',
+        '--heartbeat-ttl-ms',
+        '1000',
+        '--stop-instances-on-exit',
+      ],
+      { stdio: 'ignore', env: { ...process.env, SF_LOG_LEVEL: 'warn' } },
+    );
     const state = cluster.state;
-    await eventually(async () => (await state.exists(cellKeys.registration('cell-0'))) === 1, 30_000, 'namespaced cell registered');
+    await eventually(
+      async () => (await state.exists(cellKeys.registration('cell-0'))) === 1,
+      30_000,
+      'namespaced cell registered',
+    );
   });
   after(async () => {
     fwd?.close();
@@ -78,7 +112,13 @@ describe('fencing: partitioned primary', function () {
   it('fails over when the primary is cut off, and no write through the router reaches the old primary after the fence', async () => {
     const c = cluster as ServiceCluster;
     const host = ns as NetnsHost;
-    await c.api('POST', '/v3/service_instances', { name: 'part', engine: 'redis', replicas: 2, durability: 'async', volume: { sizeMb: 64 } });
+    await c.api('POST', '/v3/service_instances', {
+      name: 'part',
+      engine: 'redis',
+      replicas: 2,
+      durability: 'async',
+      volume: { sizeMb: 64 },
+    });
     let view = await c.waitForService('part', 60_000);
     let old = primaryOf(view);
     if (old.cell !== 'cell-0') {
@@ -90,7 +130,13 @@ describe('fencing: partitioned primary', function () {
     }
     expect(old.host).to.equal(host.address);
 
-    const client = new Redis({ port: view.port, host: '127.0.0.1', retryStrategy: () => 10, maxRetriesPerRequest: null, commandTimeout: 1_000 });
+    const client = new Redis({
+      port: view.port,
+      host: '127.0.0.1',
+      retryStrategy: () => 10,
+      maxRetriesPerRequest: null,
+      commandTimeout: 1_000,
+    });
     client.on('error', () => undefined);
     const sent: Array<{ key: string; at: number }> = [];
     let stop = false;
@@ -124,8 +170,11 @@ describe('fencing: partitioned primary', function () {
       client.disconnect();
     }
 
-    const history = (await c.api<{ resources: FencingStep[] }>('GET', '/v3/service_instances/part/fencing')).body.resources;
-    const fenceStep = history.find((s) => s.step === 'route-fence' && s.instanceId === old.id && s.trigger === 'cell-dead');
+    const history = (await c.api<{ resources: FencingStep[] }>('GET', '/v3/service_instances/part/fencing')).body
+      .resources;
+    const fenceStep = history.find(
+      (s) => s.step === 'route-fence' && s.instanceId === old.id && s.trigger === 'cell-dead',
+    );
     expect(fenceStep, JSON.stringify(history.map((s) => [s.step, s.trigger, s.outcome]))).to.not.equal(undefined);
     expect(history.find((s) => s.step === 'shoot' && s.instanceId === old.id)?.outcome).to.equal('skipped');
     expect(history.find((s) => s.step === 'network-fence' && s.instanceId === old.id)?.outcome).to.equal('skipped');
@@ -135,7 +184,9 @@ describe('fencing: partitioned primary', function () {
     const late = sent.filter((s) => s.at > fencedAt);
     expect(late.length).to.be.greaterThan(0);
     const leaked = late.filter((s) => onOld.includes(`\r\n${s.key}\r\n`));
-    console.log(`      ${sent.length} writes sent, ${late.length} after the fence, ${leaked.length} of those on the old primary`);
+    console.log(
+      `      ${sent.length} writes sent, ${late.length} after the fence, ${leaked.length} of those on the old primary`,
+    );
     expect(leaked).to.deep.equal([]);
     // The old primary did take writes before the partition: the check reads the right place.
     expect(onOld.includes('\r\np-0\r\n')).to.equal(true);

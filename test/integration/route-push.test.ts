@@ -81,7 +81,9 @@ describe('route push through Redis', function () {
     expect(res.status, JSON.stringify(res.body)).to.equal(201);
   };
   const remove = (port: number) =>
-    h.api('POST', '/routing/v1/tcp_routes/delete', [{ router_group_guid: groupGuid, port, backend_ip: '127.0.0.1', backend_port: echo.port }]);
+    h.api('POST', '/routing/v1/tcp_routes/delete', [
+      { router_group_guid: groupGuid, port, backend_ip: '127.0.0.1', backend_port: echo.port },
+    ]);
   const recording = async (routerId: string, extra: Partial<RedisRouteSourceOptions> = {}) => {
     const s = new RecordingSource(opts(routerId, extra));
     await s.start();
@@ -98,7 +100,10 @@ describe('route push through Redis', function () {
       const p = await freePort();
       if (!ports.includes(p)) ports.push(p);
     }
-    const res = await h.api<{ guid: string }>('POST', '/routing/v1/router_groups', { name: 'push', reservable_ports: ports.join(',') });
+    const res = await h.api<{ guid: string }>('POST', '/routing/v1/router_groups', {
+      name: 'push',
+      reservable_ports: ports.join(','),
+    });
     groupGuid = res.body.guid;
   });
   afterEach(async function () {
@@ -112,14 +117,21 @@ describe('route push through Redis', function () {
   });
 
   it('applies a change in two routers, which then relay through the new port', async function () {
-    const routers = [new Router({ logger: silentLogger(), bindHost: '127.0.0.1' }), new Router({ logger: silentLogger(), bindHost: '127.0.0.2' })];
+    const routers = [
+      new Router({ logger: silentLogger(), bindHost: '127.0.0.1' }),
+      new Router({ logger: silentLogger(), bindHost: '127.0.0.2' }),
+    ];
     cleanups.push(async () => {
       for (const r of routers) await r.close();
     });
     await routers[0].start(new RedisRouteSource(opts('r1')));
     await routers[1].start(new RedisRouteSource(opts('r2')));
     await create(ports[0]);
-    await eventually(() => routers.every((r) => r.currentTable().routes.some((x) => x.port === ports[0])), 3000, 'both routers applied');
+    await eventually(
+      () => routers.every((r) => r.currentTable().routes.some((x) => x.port === ports[0])),
+      3000,
+      'both routers applied',
+    );
     expect(routers[0].currentTable().version).to.equal(routers[1].currentTable().version);
     expect(await echoThrough('127.0.0.1', ports[0])).to.equal('ping');
     expect(await echoThrough('127.0.0.2', ports[0])).to.equal('ping');
@@ -131,11 +143,18 @@ describe('route push through Redis', function () {
     await create(ports[1]);
     await eventually(() => a.ports().includes(ports[1]) && b.ports().includes(ports[1]));
     const version = a.last.version;
-    await eventually(async () => {
-      const res = await h.api<Array<{ routerId: string; version: number }>>('GET', `/routing/v1/router_groups/${groupGuid}/routers`);
-      const mine = res.body.filter((r) => r.routerId.startsWith('hb-'));
-      return mine.length === 2 && mine.every((r) => r.version === version);
-    }, 3000, 'both heartbeats at the applied version');
+    await eventually(
+      async () => {
+        const res = await h.api<Array<{ routerId: string; version: number }>>(
+          'GET',
+          `/routing/v1/router_groups/${groupGuid}/routers`,
+        );
+        const mine = res.body.filter((r) => r.routerId.startsWith('hb-'));
+        return mine.length === 2 && mine.every((r) => r.version === version);
+      },
+      3000,
+      'both heartbeats at the applied version',
+    );
     await a.source.stop();
     const res = await h.api<Array<{ routerId: string }>>('GET', `/routing/v1/router_groups/${groupGuid}/routers`);
     expect(res.body.map((r) => r.routerId)).to.not.include('hb-a');
@@ -158,7 +177,14 @@ describe('route push through Redis', function () {
     // A change written the way control writes it, minus the publish: only the heartbeat's
     // version check can notice it.
     const version = Number(await admin.get(keys.version)) + 1;
-    const route = { port: ports[4], routerGroup: 'push', mode: 'primary', backends: [{ id: 'x', host: '127.0.0.1', port: echo.port, role: 'primary', weight: 1, epoch: 1, state: 'active' }] };
+    const route = {
+      port: ports[4],
+      routerGroup: 'push',
+      mode: 'primary',
+      backends: [
+        { id: 'x', host: '127.0.0.1', port: echo.port, role: 'primary', weight: 1, epoch: 1, state: 'active' },
+      ],
+    };
     await admin.multi().set(keys.version, version).hset(keys.routes, String(ports[4]), JSON.stringify(route)).exec();
     await eventually(() => a.last.version === version, 3000, 'snapshot re-read');
     expect(a.ports()).to.include(ports[4]);
@@ -181,7 +207,11 @@ describe('route push through Redis', function () {
     for (const name of ['sf-router:conn-a', 'sf-router:conn-a:sub']) {
       await admin.call('CLIENT', 'KILL', 'ID', await clientIdByName(admin, name));
     }
-    await eventually(() => a.connectivity.includes(false) && a.connectivity[a.connectivity.length - 1] === true, 3000, 'down then up');
+    await eventually(
+      () => a.connectivity.includes(false) && a.connectivity[a.connectivity.length - 1] === true,
+      3000,
+      'down then up',
+    );
     expect(a.errors.map((e) => e.code)).to.include('SF_ERR_ROUTE_SOURCE');
   });
 
@@ -197,8 +227,11 @@ describe('route push through Redis', function () {
     });
     const port = ports[0];
     await other.api('POST', '/routing/v1/router_groups', { name: 'push', reservable_ports: String(port) });
-    const guid = (await other.api<Array<{ guid: string; name: string }>>('GET', '/routing/v1/router_groups?name=push')).body[0].guid;
-    await other.api('POST', '/routing/v1/tcp_routes/create', [{ router_group_guid: guid, port, backend_ip: '127.0.0.1', backend_port: echo.port }]);
+    const guid = (await other.api<Array<{ guid: string; name: string }>>('GET', '/routing/v1/router_groups?name=push'))
+      .body[0].guid;
+    await other.api('POST', '/routing/v1/tcp_routes/create', [
+      { router_group_guid: guid, port, backend_ip: '127.0.0.1', backend_port: echo.port },
+    ]);
 
     const first = new Router({ logger: silentLogger() });
     await first.start(new RedisRouteSource({ ...opts('restart'), redisUrl: redis.url, cacheFile }));
@@ -206,7 +239,12 @@ describe('route push through Redis', function () {
     await first.close();
     await redis.stop();
 
-    const source = new RedisRouteSource({ ...opts('restart'), redisUrl: redis.url, cacheFile, initialConnectTimeoutMs: 300 });
+    const source = new RedisRouteSource({
+      ...opts('restart'),
+      redisUrl: redis.url,
+      cacheFile,
+      initialConnectTimeoutMs: 300,
+    });
     const second = new Router({ logger: silentLogger() });
     cleanups.push(() => second.close());
     await second.start(source);
@@ -217,7 +255,11 @@ describe('route push through Redis', function () {
 
   it('refuses to start with Redis down and no cache file', async function () {
     const dead = await freePort();
-    const source = new RedisRouteSource({ ...opts('nocache'), redisUrl: `redis://127.0.0.1:${dead}`, initialConnectTimeoutMs: 200 });
+    const source = new RedisRouteSource({
+      ...opts('nocache'),
+      redisUrl: `redis://127.0.0.1:${dead}`,
+      initialConnectTimeoutMs: 200,
+    });
     const router = new Router({ logger: silentLogger() });
     try {
       await router.start(source);

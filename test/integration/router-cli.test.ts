@@ -20,7 +20,11 @@ describe('sf router', function () {
   describe('route file validation', () => {
     const cases: Array<[string, string, string]> = [
       ['not JSON', '{"routes": [', 'route file is not valid JSON'],
-      ['a bad backend port', '{"routes":[{"port":16001,"backends":[{"host":"127.0.0.1","port":0}]}]}', 'routes[0].backends[0].port must be an integer 1-65535'],
+      [
+        'a bad backend port',
+        '{"routes":[{"port":16001,"backends":[{"host":"127.0.0.1","port":0}]}]}',
+        'routes[0].backends[0].port must be an integer 1-65535',
+      ],
       ['a missing host', '{"routes":[{"port":16001,"backends":[{"port":5}]}]}', 'routes[0].backends[0].host'],
       ['a bad mode', '{"routes":[{"port":16001,"mode":"fastest","backends":[]}]}', 'routes[0].mode'],
       ['a duplicate port', '{"routes":[{"port":16001,"backends":[]},{"port":16001,"backends":[]}]}', 'routes[1].port'],
@@ -65,8 +69,16 @@ describe('sf router', function () {
       adminPort = await freePort();
       routePort = await freePort();
       file = join(dir, 'routes.json');
-      writeFileSync(file, JSON.stringify({ version: 3, routes: [{ port: routePort, backends: [{ id: 'pour', host: '127.0.0.1', port: backend.port }] }] }));
-      router = runSf(['router', '--routes', file, '--admin', `127.0.0.1:${adminPort}`], { SF_RELAY: process.env.SF_RELAY ?? 'auto' });
+      writeFileSync(
+        file,
+        JSON.stringify({
+          version: 3,
+          routes: [{ port: routePort, backends: [{ id: 'pour', host: '127.0.0.1', port: backend.port }] }],
+        }),
+      );
+      router = runSf(['router', '--routes', file, '--admin', `127.0.0.1:${adminPort}`], {
+        SF_RELAY: process.env.SF_RELAY ?? 'auto',
+      });
       await waitForHealth(adminPort);
     });
 
@@ -79,7 +91,10 @@ describe('sf router', function () {
       const health = (await (await fetch(`http://127.0.0.1:${adminPort}/health`)).json()) as Record<string, unknown>;
       expect(health).to.include({ status: 'ok', tableVersion: 3, routes: 1 });
       expect(['js', 'native']).to.include(health.relay);
-      const routes = (await (await fetch(`http://127.0.0.1:${adminPort}/routes`)).json()) as { version: number; routes: Array<{ port: number }> };
+      const routes = (await (await fetch(`http://127.0.0.1:${adminPort}/routes`)).json()) as {
+        version: number;
+        routes: Array<{ port: number }>;
+      };
       expect(routes.version).to.equal(3);
       expect(routes.routes[0]!.port).to.equal(routePort);
       const metrics = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
@@ -100,7 +115,9 @@ describe('sf router', function () {
       await sleep(2000);
       const after = await router.rss();
       const metrics = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
-      const bytesOut = Number(new RegExp(`sf_router_bytes_out_total\\{port="${routePort}",sni=""\\} (\\d+)`).exec(metrics)?.[1] ?? NaN);
+      const bytesOut = Number(
+        new RegExp(`sf_router_bytes_out_total\\{port="${routePort}",sni=""\\} (\\d+)`).exec(metrics)?.[1] ?? NaN,
+      );
       expect(after - before).to.be.lessThan(64 * 1024 * 1024);
       // Socket buffers on both sides hold a few MB at most: nothing like an unbounded queue.
       expect(bytesOut).to.be.lessThan(64 * 1024 * 1024);
@@ -109,9 +126,24 @@ describe('sf router', function () {
 
     it('reloads on SIGHUP', async () => {
       const newPort = await freePort();
-      writeFileSync(file, JSON.stringify({ version: 9, routes: [{ port: routePort, backends: [{ id: 'pour', host: '127.0.0.1', port: backend.port }] }, { port: newPort, backends: [{ host: '127.0.0.1', port: backend.port }] }] }));
+      writeFileSync(
+        file,
+        JSON.stringify({
+          version: 9,
+          routes: [
+            { port: routePort, backends: [{ id: 'pour', host: '127.0.0.1', port: backend.port }] },
+            { port: newPort, backends: [{ host: '127.0.0.1', port: backend.port }] },
+          ],
+        }),
+      );
       router.child.kill('SIGHUP');
-      await eventually(async () => ((await (await fetch(`http://127.0.0.1:${adminPort}/health`)).json()) as { tableVersion: number }).tableVersion === 9, 5000, 'SIGHUP reload');
+      await eventually(
+        async () =>
+          ((await (await fetch(`http://127.0.0.1:${adminPort}/health`)).json()) as { tableVersion: number })
+            .tableVersion === 9,
+        5000,
+        'SIGHUP reload',
+      );
       const s = await connectTo(newPort);
       expect(await readLine(s)).to.equal('pour');
       s.destroy();

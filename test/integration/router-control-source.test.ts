@@ -16,7 +16,9 @@ describe('sf router --control', function () {
     harness = await startControlHarness();
     backend = await startNamedServer('backend');
     adminPort = await freePort();
-    router = runSf(['router', '--control', harness.control.url, '--admin', `127.0.0.1:${adminPort}`], { SF_API_TOKEN: ADMIN_TOKEN });
+    router = runSf(['router', '--control', harness.control.url, '--admin', `127.0.0.1:${adminPort}`], {
+      SF_API_TOKEN: ADMIN_TOKEN,
+    });
     await waitForHealth(adminPort);
   });
 
@@ -32,10 +34,16 @@ describe('sf router --control', function () {
       { router_group_guid: harness.defaultGroup, port, backend_ip: '127.0.0.1', backend_port: backend.port, ttl: 120 },
     ]);
     expect(res.status).to.be.oneOf([200, 201]);
-    await eventually(async () => {
-      const table = (await (await fetch(`http://127.0.0.1:${adminPort}/routes`)).json()) as { routes: Array<{ port: number }> };
-      return table.routes.some((r) => r.port === port);
-    }, 5000, 'route pushed to the router');
+    await eventually(
+      async () => {
+        const table = (await (await fetch(`http://127.0.0.1:${adminPort}/routes`)).json()) as {
+          routes: Array<{ port: number }>;
+        };
+        return table.routes.some((r) => r.port === port);
+      },
+      5000,
+      'route pushed to the router',
+    );
     const client = await connectTo(port);
     expect(await readLine(client)).to.equal('backend');
     client.destroy();

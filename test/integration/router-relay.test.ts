@@ -42,7 +42,9 @@ describe('router relay', function () {
   }
 
   /** A backend that keeps its side open after the client's FIN, behind a new route port. */
-  async function routeToHalfOpenBackend(onConnection: (s: Socket) => void): Promise<{ backend: TestServer; port: number }> {
+  async function routeToHalfOpenBackend(
+    onConnection: (s: Socket) => void,
+  ): Promise<{ backend: TestServer; port: number }> {
     const backend = await startTcpServer(onConnection, { allowHalfOpen: true });
     const port = await freePort();
     await addRoute({ port, backends: [{ host: '127.0.0.1', port: backend.port }] });
@@ -165,7 +167,11 @@ describe('router relay', function () {
     await sleep(100);
     const ms = await closed(client, 5000);
     expect(ms).to.be.within(100, 2000);
-    await eventually(() => harness.router.routeStats().find((s) => s.port === port)!.idleTimeouts === 1, 3000, 'idle timeout counted');
+    await eventually(
+      () => harness.router.routeStats().find((s) => s.port === port)!.idleTimeouts === 1,
+      3000,
+      'idle timeout counted',
+    );
   });
 
   it('refuses clients beyond the route maxConnections', async () => {

@@ -47,7 +47,10 @@ describe('router reload and fencing', function () {
       const client = await connectTo(port);
       expect(await readLine(client)).to.equal('a');
       const newPort = await freePort();
-      await harness.reload({ version: 2, routes: [route(), { port: newPort, backends: [{ host: '127.0.0.1', port: b.port }] }] });
+      await harness.reload({
+        version: 2,
+        routes: [route(), { port: newPort, backends: [{ host: '127.0.0.1', port: b.port }] }],
+      });
       expect(await roundTrip(client, 'still')).to.equal('still');
       const other = await connectTo(newPort);
       expect(await readLine(other)).to.equal('b');
@@ -57,7 +60,10 @@ describe('router reload and fencing', function () {
 
     it('picks up a changed file without a signal', async () => {
       const newPort = await freePort();
-      harness.writeRoutes({ version: 2, routes: [route(), { port: newPort, backends: [{ host: '127.0.0.1', port: b.port }] }] });
+      harness.writeRoutes({
+        version: 2,
+        routes: [route(), { port: newPort, backends: [{ host: '127.0.0.1', port: b.port }] }],
+      });
       await eventually(() => harness.router.currentTable().version === 2, 5000, 'file change applied');
       const other = await connectTo(newPort);
       expect(await readLine(other)).to.equal('b');
@@ -72,7 +78,10 @@ describe('router reload and fencing', function () {
       await harness.reload({ version: 3, routes: [{ ...route(), port: keep }] });
       // The port is closed for new clients at once ...
       let refused = false;
-      await connectTo(port).then((s) => s.destroy(), () => (refused = true));
+      await connectTo(port).then(
+        (s) => s.destroy(),
+        () => (refused = true),
+      );
       expect(refused).to.equal(true);
       // ... while the old connection drains for drainTimeoutMs before it is closed.
       expect(await roundTrip(client, 'draining')).to.equal('draining');
@@ -92,15 +101,41 @@ describe('router reload and fencing', function () {
       const rr = await freePort();
       await harness.reload({
         version: 2,
-        routes: [route(), { port: rr, mode: 'round-robin', drainTimeoutMs: 300, backends: [{ id: 'a', host: '127.0.0.1', port: a.port }, { id: 'b', host: '127.0.0.1', port: b.port }] }],
+        routes: [
+          route(),
+          {
+            port: rr,
+            mode: 'round-robin',
+            drainTimeoutMs: 300,
+            backends: [
+              { id: 'a', host: '127.0.0.1', port: a.port },
+              { id: 'b', host: '127.0.0.1', port: b.port },
+            ],
+          },
+        ],
       });
       const c1 = await connectTo(rr);
       const first = await readLine(c1);
-      await harness.reload({ version: 3, routes: [route(), { port: rr, mode: 'round-robin', drainTimeoutMs: 300, backends: [{ id: 'z', host: '127.0.0.1', port: first === 'a' ? b.port : a.port }] }] });
+      await harness.reload({
+        version: 3,
+        routes: [
+          route(),
+          {
+            port: rr,
+            mode: 'round-robin',
+            drainTimeoutMs: 300,
+            backends: [{ id: 'z', host: '127.0.0.1', port: first === 'a' ? b.port : a.port }],
+          },
+        ],
+      });
       expect(await roundTrip(c1, 'drain')).to.equal('drain');
       const ms = await closed(c1, 5000);
       expect(ms).to.be.within(50, 2000);
-      await eventually(() => harness.router.routeStats().find((s) => s.port === rr)!.killedDrained === 1, 2000, 'drain counted');
+      await eventually(
+        () => harness.router.routeStats().find((s) => s.port === rr)!.killedDrained === 1,
+        2000,
+        'drain counted',
+      );
     });
   });
 
@@ -110,7 +145,18 @@ describe('router reload and fencing', function () {
       for (const c of clients) expect(await readLine(c)).to.equal('a');
       const closings = clients.map((c) => closed(c, 1000));
       const t0 = performance.now();
-      await harness.router.applyTable({ ...harness.router.currentTable(), version: 2, routes: [{ ...harness.router.currentTable().routes[0]!, backends: harness.router.currentTable().routes[0]!.backends.map((x) => (x.id === 'a' ? { ...x, state: 'fenced' as const } : x)) }] });
+      await harness.router.applyTable({
+        ...harness.router.currentTable(),
+        version: 2,
+        routes: [
+          {
+            ...harness.router.currentTable().routes[0]!,
+            backends: harness.router
+              .currentTable()
+              .routes[0]!.backends.map((x) => (x.id === 'a' ? { ...x, state: 'fenced' as const } : x)),
+          },
+        ],
+      });
       await Promise.all(closings);
       expect(performance.now() - t0).to.be.lessThan(100);
       expect(harness.router.routeStats()[0]!.killedFenced).to.equal(3);
@@ -123,7 +169,10 @@ describe('router reload and fencing', function () {
       const before = a.bytesReceived;
       const closing = closed(client, 3000);
       // b is promoted with epoch 2; a is demoted to replica.
-      await harness.reload({ version: 2, routes: [route({}, { a: { role: 'replica', epoch: 1 }, b: { role: 'primary', epoch: 2 } })] });
+      await harness.reload({
+        version: 2,
+        routes: [route({}, { a: { role: 'replica', epoch: 1 }, b: { role: 'primary', epoch: 2 } })],
+      });
       await closing;
       // Whatever the client still tries to send must not reach the old primary.
       client.write('late write\n');
@@ -146,7 +195,15 @@ describe('router reload and fencing', function () {
       const client = await connectTo(port);
       expect(await readLine(client)).to.equal('a');
       const closing = closed(client, 1000);
-      await harness.router.applyTable({ version: 2, routes: [{ ...harness.router.currentTable().routes[0]!, backends: harness.router.currentTable().routes[0]!.backends.map((x) => ({ ...x, epoch: x.epoch + 1 })) }] });
+      await harness.router.applyTable({
+        version: 2,
+        routes: [
+          {
+            ...harness.router.currentTable().routes[0]!,
+            backends: harness.router.currentTable().routes[0]!.backends.map((x) => ({ ...x, epoch: x.epoch + 1 })),
+          },
+        ],
+      });
       await closing;
     });
   });
@@ -156,7 +213,16 @@ describe('router reload and fencing', function () {
       const c = await startNamedServer('c');
       try {
         const rr = await freePort();
-        await harness.reload({ version: 2, routes: [{ port: rr, mode: 'round-robin', backends: [a, b, c].map((s, i) => ({ id: String(i), host: '127.0.0.1', port: s.port })) }] });
+        await harness.reload({
+          version: 2,
+          routes: [
+            {
+              port: rr,
+              mode: 'round-robin',
+              backends: [a, b, c].map((s, i) => ({ id: String(i), host: '127.0.0.1', port: s.port })),
+            },
+          ],
+        });
         const names: string[] = [];
         for (let i = 0; i < 30; i++) {
           const s = await connectTo(rr);
@@ -172,7 +238,19 @@ describe('router reload and fencing', function () {
 
     it('sends new least-conn clients to the backend with fewer connections', async () => {
       const lc = await freePort();
-      await harness.reload({ version: 2, routes: [{ port: lc, mode: 'least-conn', backends: [{ id: 'a', host: '127.0.0.1', port: a.port }, { id: 'b', host: '127.0.0.1', port: b.port }] }] });
+      await harness.reload({
+        version: 2,
+        routes: [
+          {
+            port: lc,
+            mode: 'least-conn',
+            backends: [
+              { id: 'a', host: '127.0.0.1', port: a.port },
+              { id: 'b', host: '127.0.0.1', port: b.port },
+            ],
+          },
+        ],
+      });
       const held: Array<{ socket: Socket; name: string }> = [];
       for (let i = 0; i < 4; i++) {
         const socket = await connectTo(lc);
@@ -199,7 +277,19 @@ describe('router reload and fencing', function () {
       const deadPort = dead.port;
       await dead.stop();
       const rr = await freePort();
-      await harness.reload({ version: 2, routes: [{ port: rr, mode: 'round-robin', backends: [{ id: 'dead', host: '127.0.0.1', port: deadPort }, { id: 'a', host: '127.0.0.1', port: a.port }] }] });
+      await harness.reload({
+        version: 2,
+        routes: [
+          {
+            port: rr,
+            mode: 'round-robin',
+            backends: [
+              { id: 'dead', host: '127.0.0.1', port: deadPort },
+              { id: 'a', host: '127.0.0.1', port: a.port },
+            ],
+          },
+        ],
+      });
       for (let i = 0; i < 4; i++) {
         const s = await connectTo(rr);
         expect(await readLine(s)).to.equal('a');
@@ -212,7 +302,20 @@ describe('router reload and fencing', function () {
       const blackhole = await startBlackholeServer();
       try {
         const rr = await freePort();
-        await harness.reload({ version: 2, routes: [{ port: rr, mode: 'round-robin', connectTimeoutMs: 200, backends: [{ id: 'silent', host: '127.0.0.1', port: blackhole.port }, { id: 'a', host: '127.0.0.1', port: a.port }] }] });
+        await harness.reload({
+          version: 2,
+          routes: [
+            {
+              port: rr,
+              mode: 'round-robin',
+              connectTimeoutMs: 200,
+              backends: [
+                { id: 'silent', host: '127.0.0.1', port: blackhole.port },
+                { id: 'a', host: '127.0.0.1', port: a.port },
+              ],
+            },
+          ],
+        });
         for (let i = 0; i < 2; i++) {
           const s = await connectTo(rr);
           expect(await readLine(s, 3000)).to.equal('a');

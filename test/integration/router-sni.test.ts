@@ -39,7 +39,11 @@ describe('router SNI routing', function () {
     client.on('data', (c: Buffer) => (got = Buffer.concat([got, c])));
     client.write(hello);
     // The backend says its name (one line), then echoes what it received.
-    await eventually(() => got.indexOf(10) >= 0 && got.length >= got.indexOf(10) + 1 + hello.length, 3000, 'name and echoed ClientHello');
+    await eventually(
+      () => got.indexOf(10) >= 0 && got.length >= got.indexOf(10) + 1 + hello.length,
+      3000,
+      'name and echoed ClientHello',
+    );
     client.destroy();
     const nl = got.indexOf(10);
     return { backend: got.subarray(0, nl).toString(), echoed: got.subarray(nl + 1), hello };
@@ -62,13 +66,20 @@ describe('router SNI routing', function () {
     client.write(hello);
     await closed(client, 3000);
     expect(a.accepted + b.accepted).to.equal(acceptedBefore);
-    await eventually(() => harness.router.refusedUnknownServerName().some((r) => r.port === port && r.count >= 1), 3000, 'refusal counted');
+    await eventually(
+      () => harness.router.refusedUnknownServerName().some((r) => r.port === port && r.count >= 1),
+      3000,
+      'refusal counted',
+    );
   });
 
   it('sends clients without a matching name to the default route of the port', async () => {
     await harness.reload({
       version: 2,
-      routes: [...harness.router.currentTable().routes, { port, backends: [{ id: 'default', host: '127.0.0.1', port: b.port }] }],
+      routes: [
+        ...harness.router.currentTable().routes,
+        { port, backends: [{ id: 'default', host: '127.0.0.1', port: b.port }] },
+      ],
     });
     expect((await helloTo('unknown.example.com')).backend).to.equal('b');
     expect((await helloTo('orders.db.example.com')).backend).to.equal('a');

@@ -35,18 +35,32 @@ describe('leader election', function () {
       const leaderIndex = infos.findIndex((i) => i.body.this_control.leader);
       const firstToken = infos[leaderIndex].body.token!;
 
-      await cluster.api('POST', '/v3/service_instances', { name: 'before', engine: 'redis', replicas: 0, volume: { sizeMb: 32 } });
+      await cluster.api('POST', '/v3/service_instances', {
+        name: 'before',
+        engine: 'redis',
+        replicas: 0,
+        volume: { sizeMb: 32 },
+      });
       await cluster.waitForService('before', 30_000);
 
       const t0 = performance.now();
       await cluster.stopControl(leaderIndex);
       const standby = cluster.controls[1 - leaderIndex];
-      await eventually(async () => (await standby.api<LeaderInfo>('GET', '/v3/leader')).body.this_control.leader, 10_000, 'standby elected');
+      await eventually(
+        async () => (await standby.api<LeaderInfo>('GET', '/v3/leader')).body.this_control.leader,
+        10_000,
+        'standby elected',
+      );
       console.log(`      standby elected ${(performance.now() - t0).toFixed(0)} ms after the leader stopped`);
       const info = await standby.api<LeaderInfo>('GET', '/v3/leader');
       expect(info.body.token).to.be.greaterThan(firstToken);
 
-      const created = await standby.api<ServiceView>('POST', '/v3/service_instances', { name: 'after', engine: 'redis', replicas: 1, volume: { sizeMb: 32 } });
+      const created = await standby.api<ServiceView>('POST', '/v3/service_instances', {
+        name: 'after',
+        engine: 'redis',
+        replicas: 1,
+        volume: { sizeMb: 32 },
+      });
       expect(created.status).to.equal(201);
       const placed = await cluster.waitForService('after', 30_000);
       expect(placed.instances).to.have.length(2);
@@ -69,41 +83,98 @@ describe('leader election', function () {
     it('a killed leader is replaced once its lock expires, and the new leader places services', async () => {
       const env = { SF_API_TOKEN: token, SF_LOG_LEVEL: 'warn' };
       const ports = [await freePort(), await freePort()];
-      for (const port of ports) procs.push(runSf(['control', '--listen', `127.0.0.1:${port}`, '--redis', redis.url], env));
+      for (const port of ports)
+        procs.push(runSf(['control', '--listen', `127.0.0.1:${port}`, '--redis', redis.url], env));
       const get = async (port: number): Promise<LeaderInfo | null> => {
         try {
-          const res = await fetch(`http://127.0.0.1:${port}/v3/leader`, { headers: { authorization: `Bearer ${token}` } });
+          const res = await fetch(`http://127.0.0.1:${port}/v3/leader`, {
+            headers: { authorization: `Bearer ${token}` },
+          });
           return (await res.json()) as LeaderInfo;
         } catch {
           return null;
         }
       };
-      await eventually(async () => {
-        const all = await Promise.all(ports.map(get));
-        return all.every((i) => i !== null) && all.filter((i) => i?.this_control.leader).length === 1;
-      }, 30_000, 'both controls up, one leader');
+      await eventually(
+        async () => {
+          const all = await Promise.all(ports.map(get));
+          return all.every((i) => i !== null) && all.filter((i) => i?.this_control.leader).length === 1;
+        },
+        30_000,
+        'both controls up, one leader',
+      );
       const infos = await Promise.all(ports.map(get));
       const leader = infos.findIndex((i) => i!.this_control.leader);
       const standbyPort = ports[1 - leader];
       const cellPort = await freePortBlock();
-      const cell = runSf(['cell', '--name', 'solo', '--zone', 'z1', '--capacity-mb', '1000', '--redis', redis.url, '--data-dir', `/tmp/sf-leader-test-${process.pid}`, '--port-range', `${cellPort}-${cellPort + 99}`, '--stop-instances-on-exit'], env);
+      const cell = runSf(
+        [
+          'cell',
+          '--name',
+          'solo',
+          '--zone',
+          'z1',
+          '--capacity-mb',
+          '1000',
+          '--redis',
+          redis.url,
+          '--data-dir',
+          `/tmp/sf-leader-test-${process.pid}`,
+          '--port-range',
+          `${cellPort}-${cellPort + 99}`,
+          '--stop-instances-on-exit',
+        ],
+        env,
+      );
       procs.push(cell);
 
       const t0 = performance.now();
       procs[leader].child.kill('SIGKILL');
-      await eventually(async () => (await get(standbyPort))?.this_control.leader === true, 10_000, 'standby takes over');
-      console.log(`      standby took over ${(performance.now() - t0).toFixed(0)} ms after the leader was SIGKILLed (lock TTL 3000 ms)`);
+      await eventually(
+        async () => (await get(standbyPort))?.this_control.leader === true,
+        10_000,
+        'standby takes over',
+      );
+      console.log(
+        `      standby took over ${(performance.now() - t0).toFixed(0)} ms after the leader was SIGKILLed (lock TTL 3000 ms)`,
+      );
       expect((await get(standbyPort))!.token).to.be.greaterThan(infos[leader]!.token!);
 
       const api = async <T>(method: string, path: string, body?: unknown): Promise<{ status: number; body: T }> => {
-        const res = await fetch(`http://127.0.0.1:${standbyPort}${path}`, { method, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) });
+        const res = await fetch(`http://127.0.0.1:${standbyPort}${path}`, {
+          method,
+          headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+          body: body === undefined ? undefined : JSON.stringify(body),
+        });
         return { status: res.status, body: (await res.json()) as T };
       };
-      await eventually(async () => (await api<{ resources: unknown[] }>('GET', '/v3/cells')).body.resources.length === 1, 30_000, 'cell registered');
-      expect((await api('POST', '/v3/service_instances', { name: 'next', engine: 'redis', replicas: 0, volume: { sizeMb: 32 } })).status).to.equal(201);
-      await eventually(async () => (await api<ServiceView>('GET', '/v3/service_instances/next')).body.status === 'running', 30_000, 'placed by the new leader');
-      const events = await api<{ resources: Array<{ type: string; leaderToken: number }> }>('GET', '/v3/service_instances/next/events');
-      expect(events.body.resources.find((e) => e.type === 'instance-placed')?.leaderToken).to.equal((await get(standbyPort))!.token);
+      await eventually(
+        async () => (await api<{ resources: unknown[] }>('GET', '/v3/cells')).body.resources.length === 1,
+        30_000,
+        'cell registered',
+      );
+      expect(
+        (
+          await api('POST', '/v3/service_instances', {
+            name: 'next',
+            engine: 'redis',
+            replicas: 0,
+            volume: { sizeMb: 32 },
+          })
+        ).status,
+      ).to.equal(201);
+      await eventually(
+        async () => (await api<ServiceView>('GET', '/v3/service_instances/next')).body.status === 'running',
+        30_000,
+        'placed by the new leader',
+      );
+      const events = await api<{ resources: Array<{ type: string; leaderToken: number }> }>(
+        'GET',
+        '/v3/service_instances/next/events',
+      );
+      expect(events.body.resources.find((e) => e.type === 'instance-placed')?.leaderToken).to.equal(
+        (await get(standbyPort))!.token,
+      );
     });
   });
 
@@ -121,8 +192,20 @@ describe('leader election', function () {
     });
 
     it("rejects a stale leader's write once a newer leader holds the lock", async () => {
-      const a = new LeaderElector(conn, { lockKey: keys.leaderLock, tokenKey: keys.leaderToken, holderId: 'a', ttlMs: 300, renewMs: 10_000 });
-      const b = new LeaderElector(conn, { lockKey: keys.leaderLock, tokenKey: keys.leaderToken, holderId: 'b', ttlMs: 5_000, renewMs: 10_000 });
+      const a = new LeaderElector(conn, {
+        lockKey: keys.leaderLock,
+        tokenKey: keys.leaderToken,
+        holderId: 'a',
+        ttlMs: 300,
+        renewMs: 10_000,
+      });
+      const b = new LeaderElector(conn, {
+        lockKey: keys.leaderLock,
+        tokenKey: keys.leaderToken,
+        holderId: 'b',
+        ttlMs: 5_000,
+        renewMs: 10_000,
+      });
       await a.tick();
       const staleFence = a.current()!;
       expect(staleFence.token).to.equal(1);
@@ -135,7 +218,12 @@ describe('leader election', function () {
       const fresh = b.current()!;
       expect(fresh.token).to.equal(2);
 
-      const stale = await fencedCommit(conn, staleFence, [], [{ cmd: 'HSET', key: keys.services, field: 'x', value: '{}' }]);
+      const stale = await fencedCommit(
+        conn,
+        staleFence,
+        [],
+        [{ cmd: 'HSET', key: keys.services, field: 'x', value: '{}' }],
+      );
       expect(stale).to.deep.equal({ ok: false, reason: 'stale-leader', currentToken: 2 });
       expect(await conn.hexists(keys.services, 'x')).to.equal(0);
 
@@ -146,7 +234,9 @@ describe('leader election', function () {
       } catch (err) {
         expect(isSfError(err) && err.code).to.equal(ControlErrorCode.StaleLeader);
       }
-      expect(await fencedCommit(conn, fresh, [], [{ cmd: 'HSET', key: keys.services, field: 'y', value: '{}' }])).to.deep.equal({ ok: true });
+      expect(
+        await fencedCommit(conn, fresh, [], [{ cmd: 'HSET', key: keys.services, field: 'y', value: '{}' }]),
+      ).to.deep.equal({ ok: true });
 
       // The deposed leader learns it on its next renewal.
       await a.tick();

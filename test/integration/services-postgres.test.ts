@@ -7,7 +7,11 @@ import { startServiceCluster, type ServiceCluster } from '../helpers/service-clu
 const run = promisify(execFile);
 
 async function psql(port: number, sql: string): Promise<string> {
-  const { stdout } = await run('psql', ['-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-d', 'postgres', '-At', '-c', sql], { timeout: 10_000 });
+  const { stdout } = await run(
+    'psql',
+    ['-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-d', 'postgres', '-At', '-c', sql],
+    { timeout: 10_000 },
+  );
   return stdout.trim();
 }
 
@@ -24,7 +28,13 @@ describe('service instances: postgres', function () {
 
   it('runs psql through the router port against the primary, and streams to the replica', async () => {
     const t0 = performance.now();
-    const created = await cluster.api<ServiceView>('POST', '/v3/service_instances', { name: 'db', engine: 'postgres', replicas: 1, durability: 'sync', volume: { sizeMb: 128 } });
+    const created = await cluster.api<ServiceView>('POST', '/v3/service_instances', {
+      name: 'db',
+      engine: 'postgres',
+      replicas: 1,
+      durability: 'sync',
+      volume: { sizeMb: 128 },
+    });
     expect(created.status).to.equal(201);
     const port = created.body.port;
     let firstQueryMs: number;
@@ -47,7 +57,7 @@ describe('service instances: postgres', function () {
     expect(view.instances.map((i) => i.role).sort()).to.deep.equal(['primary', 'replica']);
     expect(await psql(port, 'select pg_is_in_recovery()')).to.equal('f');
     // Sync durability with a replica: the primary waits for the standby on commit.
-    await psql(port, 'create table t (v text); insert into t values (\'x\')');
+    await psql(port, "create table t (v text); insert into t values ('x')");
     const replica = view.instances.find((i) => i.role === 'replica')!;
     expect(await psql(replica.port!, 'select pg_is_in_recovery()')).to.equal('t');
     expect(await psql(replica.port!, 'select v from t')).to.equal('x');

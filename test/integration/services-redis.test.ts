@@ -9,7 +9,13 @@ export async function firstWrite(port: number, timeoutMs: number): Promise<Redis
   const deadline = Date.now() + timeoutMs;
   let lastError = '';
   for (;;) {
-    const client = new Redis({ port, host: '127.0.0.1', maxRetriesPerRequest: 1, retryStrategy: () => null, connectTimeout: 1000 });
+    const client = new Redis({
+      port,
+      host: '127.0.0.1',
+      maxRetriesPerRequest: 1,
+      retryStrategy: () => null,
+      connectTimeout: 1000,
+    });
     client.on('error', () => undefined);
     try {
       if ((await client.set('greeting', 'hello')) === 'OK') return client;
@@ -17,7 +23,8 @@ export async function firstWrite(port: number, timeoutMs: number): Promise<Redis
       lastError = (err as Error).message;
     }
     client.disconnect();
-    if (Date.now() > deadline) throw new Error(`no write through router port ${port} within ${timeoutMs} ms: ${lastError}`);
+    if (Date.now() > deadline)
+      throw new Error(`no write through router port ${port} within ${timeoutMs} ms: ${lastError}`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }
@@ -32,7 +39,13 @@ describe('service instances: redis', function () {
 
   it('places a primary and 2 replicas on 3 cells, serves writes through the router and replicates them', async () => {
     const t0 = performance.now();
-    const created = await cluster.api<ServiceView>('POST', '/v3/service_instances', { name: 'cache', engine: 'redis', replicas: 2, durability: 'async', volume: { sizeMb: 64 } });
+    const created = await cluster.api<ServiceView>('POST', '/v3/service_instances', {
+      name: 'cache',
+      engine: 'redis',
+      replicas: 2,
+      durability: 'async',
+      volume: { sizeMb: 64 },
+    });
     expect(created.status).to.equal(201);
     expect(created.body.port).to.be.within(cluster.routePorts[0], cluster.routePorts[1]);
     const port = created.body.port;
@@ -57,7 +70,11 @@ describe('service instances: redis', function () {
     const replica = view.instances.find((i) => i.role === 'replica')!;
     const direct = new Redis({ port: replica.port!, host: replica.host!, maxRetriesPerRequest: 1 });
     try {
-      await eventually(async () => (await direct.get('k1')) === 'v1' && (await direct.get('greeting')) === 'hello', 20_000, 'replica has the writes');
+      await eventually(
+        async () => (await direct.get('k1')) === 'v1' && (await direct.get('greeting')) === 'hello',
+        20_000,
+        'replica has the writes',
+      );
       const role = await direct.info('replication');
       expect(role).to.match(/role:slave/);
     } finally {
@@ -66,25 +83,41 @@ describe('service instances: redis', function () {
     }
 
     // The router serves the primary only: a write through it never lands on a replica.
-    const table = (await (await fetch(`http://127.0.0.1:${cluster.routerAdminPort}/routes`)).json()) as { routes: Array<{ port: number; backends: Array<{ id: string; role: string }> }> };
+    const table = (await (await fetch(`http://127.0.0.1:${cluster.routerAdminPort}/routes`)).json()) as {
+      routes: Array<{ port: number; backends: Array<{ id: string; role: string }> }>;
+    };
     const route = table.routes.find((r) => r.port === port)!;
     expect(route.backends.map((b) => b.id).sort()).to.deep.equal(view.instances.map((i) => i.id).sort());
   });
 
   it('records why each decision was made, in order', async () => {
-    const events = await cluster.api<{ resources: Array<{ type: string; leaderToken: number }> }>('GET', '/v3/service_instances/cache/events');
+    const events = await cluster.api<{ resources: Array<{ type: string; leaderToken: number }> }>(
+      'GET',
+      '/v3/service_instances/cache/events',
+    );
     const types = events.body.resources.map((e) => e.type).reverse();
     expect(types[0]).to.equal('service-created');
     expect(types.filter((t) => t === 'instance-placed')).to.have.length(3);
     expect(types).to.include('service-running');
     expect(types).to.not.include('instance-repointed');
-    expect(events.body.resources.filter((e) => e.type !== 'service-created').every((e) => e.leaderToken > 0)).to.equal(true);
+    expect(events.body.resources.filter((e) => e.type !== 'service-created').every((e) => e.leaderToken > 0)).to.equal(
+      true,
+    );
   });
 
   it('lists services and cells', async () => {
     const list = await cluster.api<{ resources: ServiceView[] }>('GET', '/v3/service_instances');
     expect(list.body.resources.map((s) => s.name)).to.include('cache');
-    const cells = await cluster.api<{ resources: Array<{ name: string; alive: boolean; zone: string; capacity_mb: number; used_mb: number; instances: unknown[] }> }>('GET', '/v3/cells');
+    const cells = await cluster.api<{
+      resources: Array<{
+        name: string;
+        alive: boolean;
+        zone: string;
+        capacity_mb: number;
+        used_mb: number;
+        instances: unknown[];
+      }>;
+    }>('GET', '/v3/cells');
     expect(cells.body.resources.map((c) => c.name)).to.deep.equal(['cell-1', 'cell-2', 'cell-3']);
     for (const c of cells.body.resources) {
       expect(c.alive).to.equal(true);
@@ -98,18 +131,37 @@ describe('service instances: redis', function () {
     const port = before.body.port;
     const res = await cluster.api<ServiceView>('DELETE', '/v3/service_instances/cache');
     expect(res.status).to.equal(202);
-    await eventually(async () => (await cluster.api('GET', '/v3/service_instances/cache')).status === 404, 30_000, 'service gone');
-    await eventually(async () => {
-      const table = (await (await fetch(`http://127.0.0.1:${cluster.routerAdminPort}/routes`)).json()) as { routes: Array<{ port: number }> };
-      return !table.routes.some((r) => r.port === port);
-    }, 10_000, 'route removed from the router');
+    await eventually(
+      async () => (await cluster.api('GET', '/v3/service_instances/cache')).status === 404,
+      30_000,
+      'service gone',
+    );
+    await eventually(
+      async () => {
+        const table = (await (await fetch(`http://127.0.0.1:${cluster.routerAdminPort}/routes`)).json()) as {
+          routes: Array<{ port: number }>;
+        };
+        return !table.routes.some((r) => r.port === port);
+      },
+      10_000,
+      'route removed from the router',
+    );
     const cells = await cluster.api<{ resources: Array<{ instances: unknown[] }> }>('GET', '/v3/cells');
-    await eventually(async () => {
-      const c = await cluster.api<{ resources: Array<{ instances: unknown[] }> }>('GET', '/v3/cells');
-      return c.body.resources.every((x) => x.instances.length === 0);
-    }, 30_000, 'volumes deleted on every cell');
+    await eventually(
+      async () => {
+        const c = await cluster.api<{ resources: Array<{ instances: unknown[] }> }>('GET', '/v3/cells');
+        return c.body.resources.every((x) => x.instances.length === 0);
+      },
+      30_000,
+      'volumes deleted on every cell',
+    );
     expect(cells.status).to.equal(200);
-    const again = await cluster.api<ServiceView>('POST', '/v3/service_instances', { name: 'cache2', engine: 'redis', replicas: 0, volume: { sizeMb: 64 } });
+    const again = await cluster.api<ServiceView>('POST', '/v3/service_instances', {
+      name: 'cache2',
+      engine: 'redis',
+      replicas: 0,
+      volume: { sizeMb: 64 },
+    });
     expect(again.body.port).to.equal(port);
   });
 });

@@ -19,7 +19,10 @@ describe('service instances: tcp engine', function () {
       engine: 'tcp',
       replicas: 0,
       volume: { sizeMb: 16 },
-      command: { file: 'redis-server', args: ['--port', '{port}', '--bind', '{host}', '--dir', '{dataDir}', '--save', ''] },
+      command: {
+        file: 'redis-server',
+        args: ['--port', '{port}', '--bind', '{host}', '--dir', '{dataDir}', '--save', ''],
+      },
     });
     expect(created.status).to.equal(201);
     const view = await cluster.waitForService('plain', 30_000);

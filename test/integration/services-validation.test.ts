@@ -37,18 +37,31 @@ describe('service instances API: validation', function () {
   }
 
   it('answers 400 for an unknown router group', async () => {
-    const res = await cluster.api<ErrorBody>('POST', '/v3/service_instances', { name: 'a', engine: 'redis', router_group: 'nope' });
+    const res = await cluster.api<ErrorBody>('POST', '/v3/service_instances', {
+      name: 'a',
+      engine: 'redis',
+      router_group: 'nope',
+    });
     expect(res.status).to.equal(400);
     expect(res.body.error.field).to.equal('router_group');
   });
 
   it('answers 422 at once when placement cannot be satisfied', async () => {
     const t0 = Date.now();
-    const tooMany = await cluster.api<ErrorBody>('POST', '/v3/service_instances', { name: 'wide', engine: 'redis', replicas: 2 });
+    const tooMany = await cluster.api<ErrorBody>('POST', '/v3/service_instances', {
+      name: 'wide',
+      engine: 'redis',
+      replicas: 2,
+    });
     expect(tooMany.status).to.equal(422);
     expect(tooMany.body.error.code).to.equal('SF_ERR_PLACEMENT_UNSATISFIABLE');
     expect(tooMany.body.error.message).to.match(/needs 3 cells/);
-    const tooBig = await cluster.api<ErrorBody>('POST', '/v3/service_instances', { name: 'big', engine: 'redis', replicas: 0, volume: { sizeMb: 5000 } });
+    const tooBig = await cluster.api<ErrorBody>('POST', '/v3/service_instances', {
+      name: 'big',
+      engine: 'redis',
+      replicas: 0,
+      volume: { sizeMb: 5000 },
+    });
     expect(tooBig.status).to.equal(422);
     expect(tooBig.body.error.message).to.match(/not enough free capacity/);
     expect(Date.now() - t0).to.be.below(2_000);
@@ -56,8 +69,22 @@ describe('service instances API: validation', function () {
   });
 
   it('answers 409 for a duplicate name and 404 for an unknown service', async () => {
-    expect((await cluster.api('POST', '/v3/service_instances', { name: 'dup', engine: 'redis', replicas: 0, volume: { sizeMb: 16 } })).status).to.equal(201);
-    const dup = await cluster.api<ErrorBody>('POST', '/v3/service_instances', { name: 'dup', engine: 'redis', replicas: 0, volume: { sizeMb: 16 } });
+    expect(
+      (
+        await cluster.api('POST', '/v3/service_instances', {
+          name: 'dup',
+          engine: 'redis',
+          replicas: 0,
+          volume: { sizeMb: 16 },
+        })
+      ).status,
+    ).to.equal(201);
+    const dup = await cluster.api<ErrorBody>('POST', '/v3/service_instances', {
+      name: 'dup',
+      engine: 'redis',
+      replicas: 0,
+      volume: { sizeMb: 16 },
+    });
     expect(dup.status).to.equal(409);
     expect(dup.body.error.code).to.equal('SF_ERR_SERVICE_EXISTS');
     expect((await cluster.api<ErrorBody>('GET', '/v3/service_instances/ghost')).status).to.equal(404);
@@ -65,7 +92,9 @@ describe('service instances API: validation', function () {
   });
 
   it('needs a token with the write scope to create', async () => {
-    expect((await cluster.api('POST', '/v3/service_instances', { name: 'x', engine: 'redis' }, null)).status).to.equal(401);
+    expect((await cluster.api('POST', '/v3/service_instances', { name: 'x', engine: 'redis' }, null)).status).to.equal(
+      401,
+    );
     expect((await cluster.api('GET', '/v3/cells', undefined, null)).status).to.equal(401);
   });
 });

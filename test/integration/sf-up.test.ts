@@ -21,8 +21,20 @@ describe('sf up', function () {
     home = await mkdtemp(path.join(tmpdir(), 'sf-up-test-'));
     // Two cells, 100 instance ports each, side by side.
     const cellBase = await freePortBlock(200);
-    ports = { control: await freePort(), admin: await freePort(), redis: await freePort(), routeBase: await freePortBlock(), cellBase };
-    env = { SF_HOME: home, SF_REDIS_URL: '', SF_API_TOKEN: '', SF_CONTROL_URL: `http://127.0.0.1:${ports.control}`, SF_LOG_LEVEL: 'warn' };
+    ports = {
+      control: await freePort(),
+      admin: await freePort(),
+      redis: await freePort(),
+      routeBase: await freePortBlock(),
+      cellBase,
+    };
+    env = {
+      SF_HOME: home,
+      SF_REDIS_URL: '',
+      SF_API_TOKEN: '',
+      SF_CONTROL_URL: `http://127.0.0.1:${ports.control}`,
+      SF_LOG_LEVEL: 'warn',
+    };
   });
 
   after(async () => {
@@ -34,9 +46,21 @@ describe('sf up', function () {
   });
 
   const upArgs = (): string[] => [
-    'up', '--data-dir', path.join(home, 'data'), '--cells', '2',
-    '--control-port', String(ports.control), '--router-admin-port', String(ports.admin), '--redis-port', String(ports.redis),
-    '--cell-port-base', String(ports.cellBase), '--route-ports', `${ports.routeBase}-${ports.routeBase + 99}`,
+    'up',
+    '--data-dir',
+    path.join(home, 'data'),
+    '--cells',
+    '2',
+    '--control-port',
+    String(ports.control),
+    '--router-admin-port',
+    String(ports.admin),
+    '--redis-port',
+    String(ports.redis),
+    '--cell-port-base',
+    String(ports.cellBase),
+    '--route-ports',
+    `${ports.routeBase}-${ports.routeBase + 99}`,
   ];
 
   it('starts state, control, a router and cells, and the CLI works with no configuration', async () => {
@@ -48,7 +72,10 @@ describe('sf up', function () {
 
     const cells = await runSfToExit(['cells', '--json'], env);
     expect(cells.code).to.equal(0);
-    expect((JSON.parse(cells.output) as Array<{ name: string; alive: boolean }>).map((c) => c.name)).to.deep.equal(['cell-1', 'cell-2']);
+    expect((JSON.parse(cells.output) as Array<{ name: string; alive: boolean }>).map((c) => c.name)).to.deep.equal([
+      'cell-1',
+      'cell-2',
+    ]);
 
     const t0 = performance.now();
     const created = await runSfToExit(['create-service', 'redis', 'cache', '--replicas', '1', '--wait', '--json'], env);
@@ -61,7 +88,9 @@ describe('sf up', function () {
     } finally {
       client.disconnect();
     }
-    console.log(`      sf create-service redis --wait then PING through the router: ${(performance.now() - t0).toFixed(0)} ms`);
+    console.log(
+      `      sf create-service redis --wait then PING through the router: ${(performance.now() - t0).toFixed(0)} ms`,
+    );
 
     const shown = await runSfToExit(['service', 'cache', '--json'], env);
     const detail = JSON.parse(shown.output) as ServiceView;

@@ -16,7 +16,9 @@ describe('CellAgent', () => {
         [{ heartbeatMs: 1000, heartbeatTtlMs: 500 }, 'heartbeatTtlMs'],
       ];
       for (const [patch, field] of cases) {
-        expect(() => new CellAgent({ ...base, ...patch } as never), field).to.throw().that.includes({ code: CellErrorCode.InvalidOption, field });
+        expect(() => new CellAgent({ ...base, ...patch } as never), field)
+          .to.throw()
+          .that.includes({ code: CellErrorCode.InvalidOption, field });
       }
     });
 

@@ -25,7 +25,25 @@ class FakeExecutor implements Executor {
   async start(s: InstanceSpec): Promise<InstanceHandle> {
     this.calls.push(`start ${s.instanceId} g${s.generation}`);
     const { paths } = await admitStart(this.dataDir, s, this.kind, 20000);
-    const handle: InstanceHandle = { instanceId: s.instanceId, executor: this.kind, pid: this.nextPid++, port: 20000, host: '127.0.0.1', volumeDir: paths.volumeDir, dataDir: paths.dataDir, startedAt: Date.now(), adopted: false, context: { spec: s, dataDir: paths.dataDir, volumeDir: paths.volumeDir, port: 20000, listenHost: '127.0.0.1', advertiseHost: '127.0.0.1' } };
+    const handle: InstanceHandle = {
+      instanceId: s.instanceId,
+      executor: this.kind,
+      pid: this.nextPid++,
+      port: 20000,
+      host: '127.0.0.1',
+      volumeDir: paths.volumeDir,
+      dataDir: paths.dataDir,
+      startedAt: Date.now(),
+      adopted: false,
+      context: {
+        spec: s,
+        dataDir: paths.dataDir,
+        volumeDir: paths.volumeDir,
+        port: 20000,
+        listenHost: '127.0.0.1',
+        advertiseHost: '127.0.0.1',
+      },
+    };
     this.running.set(s.instanceId, handle);
     return handle;
   }
@@ -50,7 +68,9 @@ class FakeExecutor implements Executor {
   }
 
   status(id: string): InstanceStatus {
-    return this.running.has(id) ? { state: 'running', pid: 1, exitCode: null, signal: null } : { state: 'unknown', pid: null, exitCode: null, signal: null };
+    return this.running.has(id)
+      ? { state: 'running', pid: 1, exitCode: null, signal: null }
+      : { state: 'unknown', pid: null, exitCode: null, signal: null };
   }
 
   handle(id: string) {
@@ -126,7 +146,13 @@ describe('CellInstances', () => {
       await instances.reconcile(desired(s));
       await instances.reconcile(desired(s));
       expect(executor.calls).to.deep.equal(['start i g0']);
-      expect(reports.get('i')).to.include({ state: 'running', port: 20000, position: '7', positionValue: '7', generation: 0 });
+      expect(reports.get('i')).to.include({
+        state: 'running',
+        port: 20000,
+        position: '7',
+        positionValue: '7',
+        generation: 0,
+      });
     });
 
     it('reports a crash as failed and restarts only for a higher generation', async () => {
@@ -150,7 +176,11 @@ describe('CellInstances', () => {
 
     it('changes no role of a running instance from desired state, but records a higher epoch', async () => {
       await instances.reconcile(desired(spec({ instanceId: 'i', engine: 'redis', epoch: 1 })));
-      await instances.reconcile(desired(spec({ instanceId: 'i', engine: 'redis', epoch: 4, role: 'replica', replicaOf: { host: 'h', port: 1 } })));
+      await instances.reconcile(
+        desired(
+          spec({ instanceId: 'i', engine: 'redis', epoch: 4, role: 'replica', replicaOf: { host: 'h', port: 1 } }),
+        ),
+      );
       expect(executor.calls).to.deep.equal(['start i g0']);
       expect(reports.get('i')).to.include({ role: 'primary', epoch: 4 });
       expect(await instances.recordedEpoch('i')).to.equal(4);
@@ -208,7 +238,15 @@ describe('CellInstances', () => {
   describe('load', () => {
     it('reports volumes found on disk: failed when meant to run, so control decides', async () => {
       await instances.reconcile(desired(spec({ instanceId: 'i', engine: 'redis' })));
-      const reborn = new CellInstances({ cell: 'c', dataDir: cell.dir, advertiseHost: '127.0.0.1', executors: { process: new FakeExecutor(cell.dir) }, engines: { redis: fakeEngine, postgres: fakeEngine, tcp: fakeEngine } as EngineRegistry, redis: undefined, report: (id, a) => reports.set(id, a) });
+      const reborn = new CellInstances({
+        cell: 'c',
+        dataDir: cell.dir,
+        advertiseHost: '127.0.0.1',
+        executors: { process: new FakeExecutor(cell.dir) },
+        engines: { redis: fakeEngine, postgres: fakeEngine, tcp: fakeEngine } as EngineRegistry,
+        redis: undefined,
+        report: (id, a) => reports.set(id, a),
+      });
       await reborn.load();
       expect(reports.get('i')).to.include({ state: 'failed', volumePresent: true });
       expect(reborn.usedMb()).to.equal(64);

@@ -6,7 +6,14 @@ import { expandPlaceholders } from '../../../cell/engine-tcp';
 import { spec } from '../../helpers/cell-harness';
 
 function ctx(input: Parameters<typeof spec>[0]): EngineContext {
-  return { spec: spec(input), dataDir: '/v/data', volumeDir: '/v', port: 20001, listenHost: '127.0.0.1', advertiseHost: '10.0.0.5' };
+  return {
+    spec: spec(input),
+    dataDir: '/v/data',
+    volumeDir: '/v',
+    port: 20001,
+    listenHost: '127.0.0.1',
+    advertiseHost: '10.0.0.5',
+  };
 }
 
 describe('engine configuration', () => {
@@ -20,31 +27,50 @@ describe('engine configuration', () => {
     });
 
     it('maps async to everysec, and sync without replicas never blocks writes', () => {
-      expect(renderRedisConfig(ctx({ instanceId: 'r', engine: 'redis', durability: 'async', replicas: 1 }))).to.contain('appendfsync everysec').and.not.contain('min-replicas');
-      expect(renderRedisConfig(ctx({ instanceId: 'r', engine: 'redis', durability: 'sync', replicas: 0 }))).not.to.contain('min-replicas');
+      expect(renderRedisConfig(ctx({ instanceId: 'r', engine: 'redis', durability: 'async', replicas: 1 })))
+        .to.contain('appendfsync everysec')
+        .and.not.contain('min-replicas');
+      expect(
+        renderRedisConfig(ctx({ instanceId: 'r', engine: 'redis', durability: 'sync', replicas: 0 })),
+      ).not.to.contain('min-replicas');
     });
 
     it('follows replicaOf for a replica', () => {
-      const conf = renderRedisConfig(ctx({ instanceId: 'r', engine: 'redis', role: 'replica', replicaOf: { host: '10.0.0.9', port: 20000 } }));
+      const conf = renderRedisConfig(
+        ctx({ instanceId: 'r', engine: 'redis', role: 'replica', replicaOf: { host: '10.0.0.9', port: 20000 } }),
+      );
       expect(conf).to.contain('replicaof 10.0.0.9 20000\n');
     });
   });
 
   describe('parseInfo', () => {
     it('reads INFO fields and skips section headers', () => {
-      expect(parseInfo('# Replication\r\nrole:master\r\nmaster_repl_offset:42\r\n')).to.deep.equal({ role: 'master', master_repl_offset: '42' });
+      expect(parseInfo('# Replication\r\nrole:master\r\nmaster_repl_offset:42\r\n')).to.deep.equal({
+        role: 'master',
+        master_repl_offset: '42',
+      });
     });
   });
 
   describe('renderPostgresConfig', () => {
     it('sets synchronous commit and any-standby for sync with replicas', () => {
-      const conf = renderPostgresConfig(ctx({ instanceId: 'p', engine: 'postgres', durability: 'sync', replicas: 1 }), 'postgres');
-      expect(conf).to.contain('port = 20001\n').and.contain("listen_addresses = '127.0.0.1'").and.contain('wal_level = replica').and.contain('hot_standby = on');
+      const conf = renderPostgresConfig(
+        ctx({ instanceId: 'p', engine: 'postgres', durability: 'sync', replicas: 1 }),
+        'postgres',
+      );
+      expect(conf)
+        .to.contain('port = 20001\n')
+        .and.contain("listen_addresses = '127.0.0.1'")
+        .and.contain('wal_level = replica')
+        .and.contain('hot_standby = on');
       expect(conf).to.contain('synchronous_commit = on\n').and.contain("synchronous_standby_names = '*'\n");
     });
 
     it('uses local commit for async and names the primary for a replica', () => {
-      const conf = renderPostgresConfig(ctx({ instanceId: 'p-1', engine: 'postgres', role: 'replica', replicaOf: { host: 'h', port: 5 } }), 'postgres');
+      const conf = renderPostgresConfig(
+        ctx({ instanceId: 'p-1', engine: 'postgres', role: 'replica', replicaOf: { host: 'h', port: 5 } }),
+        'postgres',
+      );
       expect(conf).to.contain('synchronous_commit = local\n').and.contain("synchronous_standby_names = ''\n");
       expect(conf).to.contain("primary_conninfo = 'host=h port=5 user=postgres application_name=p-1'");
     });
@@ -67,7 +93,9 @@ describe('engine configuration', () => {
 
   describe('expandPlaceholders', () => {
     it('fills {port}, {host} and {dataDir}', () => {
-      expect(expandPlaceholders('--listen={host}:{port} --dir={dataDir}', ctx({ instanceId: 't', engine: 'tcp' }))).to.equal('--listen=127.0.0.1:20001 --dir=/v/data');
+      expect(
+        expandPlaceholders('--listen={host}:{port} --dir={dataDir}', ctx({ instanceId: 't', engine: 'tcp' })),
+      ).to.equal('--listen=127.0.0.1:20001 --dir=/v/data');
     });
   });
 });

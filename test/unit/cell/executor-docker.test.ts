@@ -12,7 +12,9 @@ describe('DockerExecutor', () => {
       const executor = new DockerExecutor({ dataDir: '/tmp', docker: { socketPath } });
       const availability = await executor.available();
       expect(availability.ok).to.equal(false);
-      expect(availability.reason).to.contain(socketPath).and.to.match(/ENOENT|no Docker daemon/);
+      expect(availability.reason)
+        .to.contain(socketPath)
+        .and.to.match(/ENOENT|no Docker daemon/);
     });
   });
 

@@ -8,7 +8,9 @@ describe('redis-connection', () => {
     });
 
     it('reads sentinels, master name, password and db', () => {
-      expect(parseSentinelUrl('redis-sentinel://:s3cret@10.0.0.1:26379,10.0.0.2,[::1]:26380/sf-state?db=2')).to.deep.equal({
+      expect(
+        parseSentinelUrl('redis-sentinel://:s3cret@10.0.0.1:26379,10.0.0.2,[::1]:26380/sf-state?db=2'),
+      ).to.deep.equal({
         sentinels: [
           { host: '10.0.0.1', port: 26379 },
           { host: '10.0.0.2', port: 26379 },

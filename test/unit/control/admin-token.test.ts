@@ -20,7 +20,10 @@ describe('admin-token', function () {
     });
 
     it('prefers SF_API_TOKEN and writes nothing', async function () {
-      expect(await ensureAdminToken({ SF_HOME: home, SF_API_TOKEN: 'from-env' })).to.deep.equal({ token: 'from-env', file: null });
+      expect(await ensureAdminToken({ SF_HOME: home, SF_API_TOKEN: 'from-env' })).to.deep.equal({
+        token: 'from-env',
+        file: null,
+      });
     });
   });
 

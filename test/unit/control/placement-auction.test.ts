@@ -1,5 +1,9 @@
 import { expect } from 'chai';
-import { runPlacementAuction, type CellCandidate, type PlacementRequest } from '../../../control/placement/placement-auction';
+import {
+  runPlacementAuction,
+  type CellCandidate,
+  type PlacementRequest,
+} from '../../../control/placement/placement-auction';
 import { isSfError } from '../../../control/errors';
 
 const cell = (name: string, zone: string, over: Partial<CellCandidate> = {}): CellCandidate => ({
@@ -38,7 +42,11 @@ describe('runPlacementAuction', () => {
   });
 
   it('spreads instances across zones before filling a zone', () => {
-    const out = runPlacementAuction(request(2), [cell('a1', 'z1'), cell('a2', 'z1', { usedMb: 0 }), cell('b1', 'z2', { usedMb: 800 })]);
+    const out = runPlacementAuction(request(2), [
+      cell('a1', 'z1'),
+      cell('a2', 'z1', { usedMb: 0 }),
+      cell('b1', 'z2', { usedMb: 800 }),
+    ]);
     expect(out.map((d) => d.zone).sort()).to.deep.equal(['z1', 'z2']);
   });
 
@@ -48,12 +56,19 @@ describe('runPlacementAuction', () => {
   });
 
   it('prefers the cell that already holds the instance volume', () => {
-    const out = runPlacementAuction(request(1), [cell('empty', 'z1'), cell('hasvol', 'z1', { usedMb: 500, volumes: ['svc-0'] })]);
+    const out = runPlacementAuction(request(1), [
+      cell('empty', 'z1'),
+      cell('hasvol', 'z1', { usedMb: 500, volumes: ['svc-0'] }),
+    ]);
     expect(out[0].cell).to.equal('hasvol');
   });
 
   it('counts cells already occupied by the service', () => {
-    const out = runPlacementAuction(request(1, { occupied: [{ cell: 'a', zone: 'z1' }] }), [cell('a', 'z1'), cell('b', 'z1'), cell('c', 'z2')]);
+    const out = runPlacementAuction(request(1, { occupied: [{ cell: 'a', zone: 'z1' }] }), [
+      cell('a', 'z1'),
+      cell('b', 'z1'),
+      cell('c', 'z2'),
+    ]);
     expect(out[0].cell).to.equal('c');
   });
 
@@ -69,7 +84,11 @@ describe('runPlacementAuction', () => {
 
   it('fails with SF_ERR_PLACEMENT_UNSATISFIABLE explaining each cell', () => {
     const err = placementError(() =>
-      runPlacementAuction(request(2), [cell('a', 'z1'), cell('dead', 'z2', { alive: false }), cell('small', 'z3', { capacityMb: 50 })]),
+      runPlacementAuction(request(2), [
+        cell('a', 'z1'),
+        cell('dead', 'z2', { alive: false }),
+        cell('small', 'z3', { capacityMb: 50 }),
+      ]),
     );
     expect(err.code).to.equal('SF_ERR_PLACEMENT_UNSATISFIABLE');
     expect(err.message).to.match(/needs 2 cells/);

@@ -12,7 +12,9 @@ describe('port-ranges', function () {
 
     it('refuses reversed, out-of-range and malformed parts naming the field', function () {
       for (const bad of ['2-1', '0-10', '1-70000', 'a-b', '', '1,,2']) {
-        expect(() => parsePortRanges(bad), bad).to.throw().with.property('field', 'reservable_ports');
+        expect(() => parsePortRanges(bad), bad)
+          .to.throw()
+          .with.property('field', 'reservable_ports');
       }
     });
   });

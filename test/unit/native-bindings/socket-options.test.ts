@@ -55,9 +55,9 @@ describeBuilt(built ? 'reuseport' : 'reuseport (skipped: the addon is not built;
       const plain = createServer();
       await new Promise<void>((r) => plain.listen(port, '127.0.0.1', () => r()));
       try {
-        expect(() => openReusePortFd({ host: '127.0.0.1', port })).to.throw().that.satisfies(
-          (err: NodeJS.ErrnoException) => err.code === 'EADDRINUSE' && err.errno === 98,
-        );
+        expect(() => openReusePortFd({ host: '127.0.0.1', port }))
+          .to.throw()
+          .that.satisfies((err: NodeJS.ErrnoException) => err.code === 'EADDRINUSE' && err.errno === 98);
       } finally {
         await closeServer(plain);
       }
@@ -85,7 +85,9 @@ describeBuilt(built ? 'reuseport' : 'reuseport (skipped: the addon is not built;
 
     it('reports a kernel refusal with errno', () => {
       const bindings = loadNativeBindings()!;
-      expect(() => bindings.setTcpUserTimeout(-1, 1000)).to.throw().that.satisfies((err: NodeJS.ErrnoException) => err.code === 'EBADF');
+      expect(() => bindings.setTcpUserTimeout(-1, 1000))
+        .to.throw()
+        .that.satisfies((err: NodeJS.ErrnoException) => err.code === 'EBADF');
     });
   });
 });

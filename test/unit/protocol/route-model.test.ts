@@ -16,7 +16,15 @@ describe('route-model', () => {
       const t = parseRouteTable({ routes: [{ port: 16379, backends: [{ host: '127.0.0.1', port: 6379 }] }] });
       expect(t.version).to.equal(0);
       expect(t.routes[0]).to.include({ port: 16379, mode: 'primary', routerGroup: 'default' });
-      expect(t.routes[0]!.backends[0]).to.deep.equal({ id: '127.0.0.1:6379', host: '127.0.0.1', port: 6379, role: 'primary', weight: 1, epoch: 1, state: 'active' });
+      expect(t.routes[0]!.backends[0]).to.deep.equal({
+        id: '127.0.0.1:6379',
+        host: '127.0.0.1',
+        port: 6379,
+        role: 'primary',
+        weight: 1,
+        epoch: 1,
+        state: 'active',
+      });
     });
 
     it('names the field of a bad port', () => {
@@ -38,7 +46,14 @@ describe('route-model', () => {
     });
 
     it('refuses two routes on one port', () => {
-      const err = errorOf(() => parseRouteTable({ routes: [{ port: 5, backends: [] }, { port: 5, backends: [] }] }));
+      const err = errorOf(() =>
+        parseRouteTable({
+          routes: [
+            { port: 5, backends: [] },
+            { port: 5, backends: [] },
+          ],
+        }),
+      );
       expect(err.code).to.equal(ErrorCode.RouteConflict);
       expect(err.field).to.equal('routes[1].port');
     });

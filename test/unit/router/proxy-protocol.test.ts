@@ -1,7 +1,12 @@
 import { expect } from 'chai';
 import { proxyHeaderV1, proxyHeaderV2 } from '../../../router';
 
-const v4 = { sourceAddress: '::ffff:10.0.0.1', sourcePort: 56324, destinationAddress: '127.0.0.1', destinationPort: 16379 };
+const v4 = {
+  sourceAddress: '::ffff:10.0.0.1',
+  sourcePort: 56324,
+  destinationAddress: '127.0.0.1',
+  destinationPort: 16379,
+};
 
 describe('proxy-protocol', () => {
   describe('proxyHeaderV1', () => {
@@ -28,7 +33,12 @@ describe('proxy-protocol', () => {
     });
 
     it('writes TCP over IPv6 with compressed addresses expanded', () => {
-      const h = proxyHeaderV2({ sourceAddress: '2001:db8::1', sourcePort: 1, destinationAddress: '::1', destinationPort: 2 });
+      const h = proxyHeaderV2({
+        sourceAddress: '2001:db8::1',
+        sourcePort: 1,
+        destinationAddress: '::1',
+        destinationPort: 2,
+      });
       expect(h[13]).to.equal(0x21);
       expect(h.readUInt16BE(14)).to.equal(36);
       expect(h.subarray(16, 32).toString('hex')).to.equal('20010db8000000000000000000000001');
