@@ -33,7 +33,7 @@ import {
 import { CellInstances } from './cell-instances';
 import { executeOrder } from './cell-orders';
 import { availableEngines, createEngineRegistry, type EngineRegistry } from './engine-registry';
-import { CellError, CellErrorCode, errorMessageOf } from './errors';
+import { ErrorCode, errorMessageOf, schemaError } from '../common/errors';
 import type { Executor } from './executor';
 import { DockerExecutor } from './executor-docker';
 import { ProcessExecutor } from './executor-process';
@@ -122,9 +122,7 @@ const cellAgentOptionsSchema = z
 function validateOptions(options: CellAgentOptions): void {
   const parsed = cellAgentOptionsSchema.safeParse(options);
   if (parsed.success) return;
-  const issue = parsed.error.issues[0];
-  const field = issue?.path.join('.') ?? '';
-  throw new CellError(CellErrorCode.InvalidOption, `cell option ${field} ${issue?.message ?? 'is invalid'}`, field);
+  throw schemaError(parsed.error, ErrorCode.InvalidOption);
 }
 
 function isLoopback(host: string): boolean {
@@ -423,7 +421,7 @@ export class CellAgent {
       leaseHeld: null,
       volumePresent: false,
       volumeSizeMb: 0,
-      lastError: { code: CellErrorCode.InvalidSpec, message },
+      lastError: { code: ErrorCode.InvalidInstanceSpec, message },
       updatedAt: Date.now(),
     };
     void this.report(instanceId, actual);
@@ -504,15 +502,14 @@ export class CellAgent {
         typeof (parsedJson as { orderId?: unknown })?.orderId === 'string'
           ? (parsedJson as { orderId: string }).orderId
           : `invalid-${Date.now()}`;
-      const issue = parsed.error.issues[0];
       result = {
         orderId,
         type: 'invalid',
         cell: this.name,
         ok: false,
         error: {
-          code: CellErrorCode.UnknownOrder,
-          message: `invalid order: ${issue ? `${issue.path.join('.')}: ${issue.message}` : 'unparseable'}`,
+          code: ErrorCode.UnknownOrder,
+          message: `invalid order: ${schemaError(parsed.error, ErrorCode.UnknownOrder, 'order').message}`,
         },
         finishedAt: Date.now(),
       };
@@ -543,6 +540,5 @@ function safeParseSpec(json: string): { ok: true; spec: InstanceSpec } | { ok: f
   }
   const parsed = instanceSpecSchema.safeParse(value);
   if (parsed.success) return { ok: true, spec: parsed.data };
-  const issue = parsed.error.issues[0];
-  return { ok: false, message: issue ? `${issue.path.join('.') || 'spec'}: ${issue.message}` : 'invalid spec' };
+  return { ok: false, message: schemaError(parsed.error, ErrorCode.InvalidInstanceSpec, 'spec').message };
 }

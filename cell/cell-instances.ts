@@ -15,7 +15,7 @@ import {
 } from '../protocol/cell-protocol';
 import type { Engine } from './engine';
 import type { EngineRegistry } from './engine-registry';
-import { CellError, CellErrorCode, errorCodeOf, errorMessageOf } from './errors';
+import { ErrorCode, SfError, errorCodeOf, errorMessageOf } from '../common/errors';
 import type { Executor, InstanceHandle, InstanceStatus } from './executor';
 import { listVolumes, readMeta, volumePaths, writeMeta } from './instance-volume';
 import { LeaseKeeper } from './lease-keeper';
@@ -90,7 +90,7 @@ export class CellInstances {
       if (meta.generation >= 0) {
         // It was meant to run but is not: it died while no cell watched it. Control decides.
         inst.lastError = {
-          code: CellErrorCode.InstanceExited,
+          code: ErrorCode.InstanceExited,
           message: 'not running when the cell started; not restarted until control raises the generation',
         };
       }
@@ -129,8 +129,8 @@ export class CellInstances {
         this.fail(
           id,
           spec,
-          new CellError(
-            CellErrorCode.ExecutorUnavailable,
+          new SfError(
+            ErrorCode.ExecutorUnavailable,
             `executor ${spec.executor} is not available on cell ${this.options.cell}`,
           ),
         );
@@ -241,8 +241,8 @@ export class CellInstances {
     if (spec.role !== 'primary' || !this.options.redis) return;
     const floor = Number((await this.options.redis.get(cellKeys.leaseFloor(spec.instanceId))) ?? 0);
     if (spec.epoch < floor) {
-      throw new CellError(
-        CellErrorCode.StaleEpoch,
+      throw new SfError(
+        ErrorCode.StaleEpoch,
         `instance ${spec.instanceId}: refusing to start as primary with epoch ${spec.epoch}, control fenced it at epoch ${floor}`,
         'epoch',
       );
@@ -277,8 +277,7 @@ export class CellInstances {
   /** The fencing shot: SIGKILL. Returns whether it was running. */
   async fence(instanceId: string): Promise<boolean> {
     const inst = this.local.get(instanceId);
-    if (!inst)
-      throw new CellError(CellErrorCode.InstanceNotFound, `no instance ${instanceId} on cell ${this.options.cell}`);
+    if (!inst) throw new SfError(ErrorCode.InstanceNotFound, `no instance ${instanceId} on cell ${this.options.cell}`);
     this.dropLease(inst);
     const wasRunning = inst.executor.status(instanceId).state === 'running';
     // Only a live process produces the exit this flag swallows; set on a dead one it would hide
@@ -295,8 +294,8 @@ export class CellInstances {
   running(instanceId: string): { handle: InstanceHandle; engine: Engine } {
     const inst = this.local.get(instanceId);
     if (!inst || !inst.handle || inst.state !== 'running') {
-      throw new CellError(
-        CellErrorCode.InstanceNotFound,
+      throw new SfError(
+        ErrorCode.InstanceNotFound,
         `instance ${instanceId} is not running on cell ${this.options.cell}`,
       );
     }
@@ -305,10 +304,9 @@ export class CellInstances {
 
   requireStopped(instanceId: string): void {
     const inst = this.local.get(instanceId);
-    if (!inst)
-      throw new CellError(CellErrorCode.InstanceNotFound, `no instance ${instanceId} on cell ${this.options.cell}`);
+    if (!inst) throw new SfError(ErrorCode.InstanceNotFound, `no instance ${instanceId} on cell ${this.options.cell}`);
     if (inst.state === 'running' || inst.state === 'starting' || inst.state === 'stopping') {
-      throw new CellError(CellErrorCode.InstanceRunning, `instance ${instanceId} is ${inst.state}; stop it first`);
+      throw new SfError(ErrorCode.InstanceRunning, `instance ${instanceId} is ${inst.state}; stop it first`);
     }
   }
 
@@ -439,7 +437,7 @@ export class CellInstances {
     return this.options.executors[spec.executor ?? this.options.defaultExecutor ?? 'process'];
   }
 
-  private fail(id: string, spec: InstanceSpec, err: CellError): void {
+  private fail(id: string, spec: InstanceSpec, err: SfError): void {
     const inst = this.local.get(id);
     if (inst && inst.lastError?.code === err.code && inst.state === 'failed') return;
     const executor = this.options.executors.process ?? Object.values(this.options.executors)[0];
@@ -462,7 +460,7 @@ export class CellInstances {
     inst.healthy = null;
     const why = status.signal ? `signal ${status.signal}` : `exit code ${status.exitCode}`;
     inst.lastError = {
-      code: CellErrorCode.InstanceExited,
+      code: ErrorCode.InstanceExited,
       message: `instance exited (${why}); not restarted until control raises the generation`,
     };
     this.emit(instanceId);

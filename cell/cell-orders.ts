@@ -6,7 +6,7 @@
 import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Order, OrderResult } from '../protocol/cell-protocol';
-import { CellError, CellErrorCode, errorCodeOf, errorMessageOf } from './errors';
+import { ErrorCode, SfError, errorCodeOf, errorMessageOf } from '../common/errors';
 import type { NetworkFencer } from './fencer-network';
 import { runCommand } from './run-command';
 import { recordPromotion, volumePaths } from './instance-volume';
@@ -42,8 +42,8 @@ async function run(order: Order, ctx: OrderContext): Promise<Record<string, unkn
       const local = instances.running(order.instanceId);
       const current = await instances.recordedEpoch(order.instanceId);
       if (order.epoch < current) {
-        throw new CellError(
-          CellErrorCode.StaleEpoch,
+        throw new SfError(
+          ErrorCode.StaleEpoch,
           `promote of ${order.instanceId} with epoch ${order.epoch} refused: it already had epoch ${current}`,
           'epoch',
         );
@@ -66,7 +66,7 @@ async function run(order: Order, ctx: OrderContext): Promise<Record<string, unkn
     }
     case 'fence-network':
     case 'unfence-network': {
-      if (!ctx.fencer) throw new CellError(CellErrorCode.FenceFailed, 'this cell has no network fencer configured');
+      if (!ctx.fencer) throw new SfError(ErrorCode.FenceFailed, 'this cell has no network fencer configured');
       if (order.type === 'fence-network') await ctx.fencer.fence(order.peers);
       else await ctx.fencer.unfence(order.peers);
       return { peers: order.peers };
@@ -76,7 +76,7 @@ async function run(order: Order, ctx: OrderContext): Promise<Record<string, unkn
       const { volumeDir } = volumePaths(ctx.dataDir, order.instanceId);
       const target = path.join(order.destination, order.instanceId);
       if (await exists(target))
-        throw new CellError(CellErrorCode.InvalidSpec, `${target} already exists`, 'destination');
+        throw new SfError(ErrorCode.InvalidInstanceSpec, `${target} already exists`, 'destination');
       await mkdir(order.destination, { recursive: true });
       // cp -a keeps owners and modes, which matter: postgres refuses a data dir that is not
       // 0700 and its own.
@@ -86,8 +86,8 @@ async function run(order: Order, ctx: OrderContext): Promise<Record<string, unkn
     case 'delete-volume': {
       instances.requireStopped(order.instanceId);
       if (instances.isDesired(order.instanceId)) {
-        throw new CellError(
-          CellErrorCode.InstanceRunning,
+        throw new SfError(
+          ErrorCode.InstanceRunning,
           `instance ${order.instanceId} is still desired on this cell; remove it from desired first`,
         );
       }

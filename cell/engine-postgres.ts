@@ -11,7 +11,7 @@ import { chmod, chown, readdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { HostPort } from '../protocol/cell-protocol';
 import type { Availability, Engine, EngineContext, LaunchCommand, ReplicationPosition } from './engine';
-import { CellError, CellErrorCode } from './errors';
+import { ErrorCode, SfError } from '../common/errors';
 import { findBinary, lookupUser, runCommand, type RunAs } from './run-command';
 import { pathExists as exists } from './path-exists';
 
@@ -113,7 +113,7 @@ export class PostgresEngine implements Engine {
     if (process.getuid?.() !== 0) return undefined;
     const user = lookupUser(this.options.systemUser);
     if (!user)
-      throw new CellError(CellErrorCode.EngineUnavailable, `system user '${this.options.systemUser}' does not exist`);
+      throw new SfError(ErrorCode.EngineUnavailable, `system user '${this.options.systemUser}' does not exist`);
     return user;
   }
 
@@ -137,7 +137,7 @@ export class PostgresEngine implements Engine {
         );
       } else {
         if (!spec.replicaOf)
-          throw new CellError(CellErrorCode.InvalidSpec, 'a postgres replica needs replicaOf', 'replicaOf');
+          throw new SfError(ErrorCode.InvalidInstanceSpec, 'a postgres replica needs replicaOf', 'replicaOf');
         const { host, port } = spec.replicaOf;
         await runCommand(
           await this.bin('pg_basebackup'),
@@ -180,8 +180,8 @@ export class PostgresEngine implements Engine {
     try {
       await runCommand('test', ['-w', dataDir], { runAs, timeoutMs: 10_000 });
     } catch {
-      throw new CellError(
-        CellErrorCode.EngineUnavailable,
+      throw new SfError(
+        ErrorCode.EngineUnavailable,
         `postgres runs as user '${runAs.user}', who cannot reach ${dataDir}: make its parent directories searchable (chmod o+x) or give the cell a --data-dir outside private folders such as /root or a mktemp -d directory`,
       );
     }
@@ -197,7 +197,7 @@ export class PostgresEngine implements Engine {
   private async rewind(ctx: EngineContext): Promise<void> {
     const { spec, dataDir } = ctx;
     if (!spec.replicaOf)
-      throw new CellError(CellErrorCode.InvalidSpec, 'a postgres replica needs replicaOf', 'replicaOf');
+      throw new SfError(ErrorCode.InvalidInstanceSpec, 'a postgres replica needs replicaOf', 'replicaOf');
     // pg_rewind may start the server in single-user mode: it must find a config for this cell.
     await writeFile(
       path.join(dataDir, 'postgresql.conf'),
@@ -296,8 +296,8 @@ export class PostgresEngine implements Engine {
   private async bin(name: Binary): Promise<string> {
     const found = await this.find(name);
     if (!found)
-      throw new CellError(
-        CellErrorCode.EngineUnavailable,
+      throw new SfError(
+        ErrorCode.EngineUnavailable,
         `${name} not found on PATH or in ${this.options.binDirs.join(', ')}`,
       );
     return found;

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { Redis } from 'ioredis';
 import type { HostPort } from '../protocol/cell-protocol';
 import type { Availability, Engine, EngineContext, LaunchCommand, ReplicationPosition } from './engine';
-import { CellError, CellErrorCode } from './errors';
+import { ErrorCode, SfError } from '../common/errors';
 import { findBinary, type RunAs } from './run-command';
 
 export interface RedisEngineOptions {
@@ -70,14 +70,14 @@ export class RedisEngine implements Engine {
 
   async prepare(ctx: EngineContext): Promise<void> {
     if (ctx.spec.role === 'replica' && !ctx.spec.replicaOf) {
-      throw new CellError(CellErrorCode.InvalidSpec, 'a redis replica needs replicaOf', 'replicaOf');
+      throw new SfError(ErrorCode.InvalidInstanceSpec, 'a redis replica needs replicaOf', 'replicaOf');
     }
     await writeFile(path.join(ctx.dataDir, CONFIG_FILE), renderRedisConfig(ctx));
   }
 
   async launch(ctx: EngineContext): Promise<LaunchCommand> {
     const bin = await this.binary();
-    if (!bin) throw new CellError(CellErrorCode.EngineUnavailable, 'redis-server not found on PATH');
+    if (!bin) throw new SfError(ErrorCode.EngineUnavailable, 'redis-server not found on PATH');
     return { file: bin, args: [path.join(ctx.dataDir, CONFIG_FILE)], stopSignal: 'SIGTERM' };
   }
 

@@ -5,7 +5,7 @@
  */
 import { connect } from 'node:net';
 import type { Availability, Engine, EngineContext, LaunchCommand, ReplicationPosition } from './engine';
-import { CellError, CellErrorCode } from './errors';
+import { ErrorCode, SfError } from '../common/errors';
 import type { RunAs } from './run-command';
 
 export function expandPlaceholders(value: string, ctx: EngineContext): string {
@@ -40,12 +40,12 @@ export class TcpEngine implements Engine {
   }
 
   async prepare(ctx: EngineContext): Promise<void> {
-    if (!ctx.spec.command) throw new CellError(CellErrorCode.InvalidSpec, 'engine tcp needs a command', 'command');
+    if (!ctx.spec.command) throw new SfError(ErrorCode.InvalidInstanceSpec, 'engine tcp needs a command', 'command');
   }
 
   async launch(ctx: EngineContext): Promise<LaunchCommand> {
     const command = ctx.spec.command;
-    if (!command) throw new CellError(CellErrorCode.InvalidSpec, 'engine tcp needs a command', 'command');
+    if (!command) throw new SfError(ErrorCode.InvalidInstanceSpec, 'engine tcp needs a command', 'command');
     return {
       file: expandPlaceholders(command.file, ctx),
       args: command.args.map((a) => expandPlaceholders(a, ctx)),
@@ -63,10 +63,10 @@ export class TcpEngine implements Engine {
   }
 
   async promote(): Promise<void> {
-    throw new CellError(CellErrorCode.EngineUnsupported, 'engine tcp has no replication to promote');
+    throw new SfError(ErrorCode.EngineUnsupported, 'engine tcp has no replication to promote');
   }
 
   async repoint(): Promise<void> {
-    throw new CellError(CellErrorCode.EngineUnsupported, 'engine tcp has no replication to repoint');
+    throw new SfError(ErrorCode.EngineUnsupported, 'engine tcp has no replication to repoint');
   }
 }

@@ -12,7 +12,7 @@ import path from 'node:path';
 import type { EngineKind, InstanceSpec } from '../protocol/cell-protocol';
 import type { Availability, EngineContext } from './engine';
 import { createEngineRegistry, type EngineRegistry } from './engine-registry';
-import { CellError, CellErrorCode, errorMessageOf } from './errors';
+import { ErrorCode, SfError, errorMessageOf } from '../common/errors';
 import type { ExitListener, Executor, InstanceHandle, InstanceStatus, StopOptions } from './executor';
 import { DockerApi, type DockerApiOptions } from './docker-api';
 import { admitStart, readMeta, volumePaths, writeMeta } from './instance-volume';
@@ -81,7 +81,7 @@ export class DockerExecutor implements Executor {
     const existing = this.tracked.get(spec.instanceId);
     if (existing && existing.status.state === 'running') return existing.handle;
     const availability = await this.available();
-    if (!availability.ok) throw new CellError(CellErrorCode.ExecutorUnavailable, availability.reason);
+    if (!availability.ok) throw new SfError(ErrorCode.ExecutorUnavailable, availability.reason);
 
     const engine = this.engines[spec.engine];
     const previous = await readMeta(volumePaths(this.options.dataDir, spec.instanceId));
@@ -112,14 +112,14 @@ export class DockerExecutor implements Executor {
       HostConfig: { NetworkMode: 'host', Binds: [`${paths.volumeDir}:${paths.volumeDir}`] },
     });
     if (created.status !== 201)
-      throw new CellError(
-        CellErrorCode.EngineCommandFailed,
+      throw new SfError(
+        ErrorCode.EngineCommandFailed,
         `docker create failed (${created.status}): ${JSON.stringify(created.body)}`,
       );
     const containerId = (created.body as { Id: string }).Id;
     const started = await this.api.call('POST', `/containers/${containerId}/start`);
     if (started.status !== 204 && started.status !== 304)
-      throw new CellError(CellErrorCode.EngineCommandFailed, `docker start failed (${started.status})`);
+      throw new SfError(ErrorCode.EngineCommandFailed, `docker start failed (${started.status})`);
     const inspect = await this.api.call('GET', `/containers/${containerId}/json`);
     const pid = (inspect.body as { State?: { Pid?: number } }).State?.Pid ?? -1;
     const handle: InstanceHandle = {
@@ -140,7 +140,7 @@ export class DockerExecutor implements Executor {
     while (!(await engine.healthy(context))) {
       if (this.status(spec.instanceId).state === 'exited' || Date.now() > deadline) {
         await this.kill(spec.instanceId);
-        throw new CellError(CellErrorCode.StartTimeout, `container ${name} did not become healthy`);
+        throw new SfError(ErrorCode.StartTimeout, `container ${name} did not become healthy`);
       }
       await new Promise((r) => setTimeout(r, 200));
     }

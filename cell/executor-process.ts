@@ -15,7 +15,7 @@ import type { InstanceSpec } from '../protocol/cell-protocol';
 import type { Availability, Engine, EngineContext } from './engine';
 import type { RunAs } from './run-command';
 import { createEngineRegistry, type EngineRegistry } from './engine-registry';
-import { CellError, CellErrorCode } from './errors';
+import { ErrorCode, SfError } from '../common/errors';
 import type { ExitListener, Executor, InstanceHandle, InstanceStatus, StopOptions } from './executor';
 import { admitStart, INSTANCES_DIR, listVolumes, readMeta, volumePaths, writeMeta } from './instance-volume';
 import { DEFAULT_PORT_RANGE, PortAllocator, type PortRange } from './port-allocator';
@@ -141,7 +141,7 @@ export class ProcessExecutor implements Executor {
   private async doStart(spec: InstanceSpec): Promise<InstanceHandle> {
     const engine = this.opts.engines[spec.engine];
     const availability = await engine.available();
-    if (!availability.ok) throw new CellError(CellErrorCode.EngineUnavailable, availability.reason);
+    if (!availability.ok) throw new SfError(ErrorCode.EngineUnavailable, availability.reason);
 
     const previous = await readMeta(volumePaths(this.opts.dataDir, spec.instanceId));
     let port: number;
@@ -219,8 +219,8 @@ export class ProcessExecutor implements Executor {
       const searchable =
         st.uid === runAs.uid ? st.mode & 0o100 : st.gid === runAs.gid ? st.mode & 0o010 : st.mode & 0o001;
       if (!searchable) {
-        throw new CellError(
-          CellErrorCode.EngineUnavailable,
+        throw new SfError(
+          ErrorCode.EngineUnavailable,
           `user ${runAs.user} cannot reach ${this.opts.dataDir}: ${dir} is not searchable for it; choose a data dir outside it (e.g. /var/lib/service-foundry)`,
         );
       }
@@ -234,8 +234,8 @@ export class ProcessExecutor implements Executor {
       if (tracked.status.state === 'exited') {
         this.tracked.delete(tracked.handle.instanceId);
         const why = tracked.status.signal ? `signal ${tracked.status.signal}` : `code ${tracked.status.exitCode}`;
-        throw new CellError(
-          CellErrorCode.InstanceExited,
+        throw new SfError(
+          ErrorCode.InstanceExited,
           `instance ${tracked.handle.instanceId} exited during start (${why}): ${await logTail(logFile)}`,
         );
       }
@@ -244,8 +244,8 @@ export class ProcessExecutor implements Executor {
         signalGroup(tracked.handle.pid, 'SIGKILL');
         await tracked.exited;
         this.tracked.delete(tracked.handle.instanceId);
-        throw new CellError(
-          CellErrorCode.StartTimeout,
+        throw new SfError(
+          ErrorCode.StartTimeout,
           `instance ${tracked.handle.instanceId} not healthy after ${this.opts.startTimeoutMs} ms: ${await logTail(logFile)}`,
         );
       }

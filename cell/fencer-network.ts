@@ -9,7 +9,7 @@
  */
 import { isIP } from 'node:net';
 import { createRtNetlink, FlagsNew, type RtNetlinkSocket } from 'netlink';
-import { CellError, CellErrorCode, errorMessageOf } from './errors';
+import { ErrorCode, SfError, errorMessageOf } from '../common/errors';
 
 export type NetworkFenceMode = 'blackhole' | 'prohibit';
 
@@ -27,7 +27,7 @@ function addressBytes(address: string): { family: number; bytes: Buffer; bits: n
   const version = isIP(address);
   if (version === 4) return { family: AF_INET, bytes: Buffer.from(address.split('.').map(Number)), bits: 32 };
   if (version === 6) return { family: AF_INET6, bytes: ipv6Bytes(address), bits: 128 };
-  throw new CellError(CellErrorCode.InvalidOption, `not an IP address: '${address}'`, 'peers');
+  throw new SfError(ErrorCode.InvalidOption, `not an IP address: '${address}'`, 'peers');
 }
 
 function ipv6Bytes(address: string): Buffer {
@@ -77,7 +77,7 @@ export class NetworkFencer {
         );
       } catch (err) {
         if (errno(err) !== 'EEXIST')
-          throw new CellError(CellErrorCode.FenceFailed, `fencing ${peer} failed: ${errorMessageOf(err)}`);
+          throw new SfError(ErrorCode.FenceFailed, `fencing ${peer} failed: ${errorMessageOf(err)}`);
       }
     }
   }
@@ -92,7 +92,7 @@ export class NetworkFencer {
         );
       } catch (err) {
         if (errno(err) !== 'ESRCH' && errno(err) !== 'ENOENT')
-          throw new CellError(CellErrorCode.FenceFailed, `unfencing ${peer} failed: ${errorMessageOf(err)}`);
+          throw new SfError(ErrorCode.FenceFailed, `unfencing ${peer} failed: ${errorMessageOf(err)}`);
       }
     }
   }
@@ -101,7 +101,7 @@ export class NetworkFencer {
   async setLinkUp(ifname: string, up: boolean): Promise<void> {
     const links = await this.rt().getLinks();
     const link = links.find((l) => l.attrs.ifname === ifname);
-    if (!link) throw new CellError(CellErrorCode.FenceFailed, `no link named ${ifname}`);
+    if (!link) throw new SfError(ErrorCode.FenceFailed, `no link named ${ifname}`);
     // Flags absent from `flags` but present in `change` are cleared.
     await this.rt().setLink({ index: link.data.index, flags: up ? { up: true } : {}, change: { up: true } });
   }

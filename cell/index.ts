@@ -4,7 +4,6 @@
  */
 export * from '../protocol/cell-protocol';
 export { CellAgent, DEFAULT_CELL_AGENT_OPTIONS, defaultCellDataDir, type CellAgentOptions } from './cell-agent';
-export { CellError, CellErrorCode, type CellErrorCodeValue } from './errors';
 export type { Executor, InstanceHandle, InstanceStatus, StopOptions, ExitListener } from './executor';
 export { ProcessExecutor, DEFAULT_PROCESS_EXECUTOR_OPTIONS, type ProcessExecutorOptions } from './executor-process';
 export { DockerExecutor, DEFAULT_DOCKER_IMAGES, type DockerExecutorOptions } from './executor-docker';

@@ -8,7 +8,7 @@
 import { mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { EngineKind, ExecutorKind, InstanceRole, InstanceSpec } from '../protocol/cell-protocol';
-import { CellError, CellErrorCode } from './errors';
+import { ErrorCode, SfError } from '../common/errors';
 
 export const INSTANCES_DIR = 'instances';
 export const META_FILE = 'sf-instance.json';
@@ -68,8 +68,8 @@ export async function writeMeta(paths: VolumePaths, meta: InstanceMeta): Promise
  */
 export function checkEpoch(meta: InstanceMeta | undefined, spec: InstanceSpec): void {
   if (spec.role === 'primary' && meta && spec.epoch < meta.highestEpoch) {
-    throw new CellError(
-      CellErrorCode.StaleEpoch,
+    throw new SfError(
+      ErrorCode.StaleEpoch,
       `instance ${spec.instanceId}: refusing to start as primary with epoch ${spec.epoch}, it already had epoch ${meta.highestEpoch}`,
       'epoch',
     );
@@ -109,7 +109,7 @@ export async function admitStart(
 export async function recordPromotion(cellDataDir: string, instanceId: string, epoch: number): Promise<InstanceMeta> {
   const paths = volumePaths(cellDataDir, instanceId);
   const meta = await readMeta(paths);
-  if (!meta) throw new CellError(CellErrorCode.InstanceNotFound, `no volume for instance ${instanceId}`);
+  if (!meta) throw new SfError(ErrorCode.InstanceNotFound, `no volume for instance ${instanceId}`);
   const next: InstanceMeta = {
     ...meta,
     role: 'primary',

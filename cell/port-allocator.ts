@@ -3,7 +3,7 @@
  * cell holds it or when binding it fails (another process of the host owns it).
  */
 import { createServer } from 'node:net';
-import { CellError, CellErrorCode } from './errors';
+import { ErrorCode, SfError } from '../common/errors';
 
 export interface PortRange {
   from: number;
@@ -17,8 +17,8 @@ export function parsePortRange(value: string): PortRange {
   const from = m ? Number(m[1]) : NaN;
   const to = m ? Number(m[2]) : NaN;
   if (!m || from < 1 || to > 65535 || from > to) {
-    throw new CellError(
-      CellErrorCode.InvalidOption,
+    throw new SfError(
+      ErrorCode.InvalidOption,
       `port range must be FROM-TO within 1-65535, got '${value}'`,
       'portRange',
     );
@@ -72,9 +72,6 @@ export class PortAllocator {
         return port;
       }
     }
-    throw new CellError(
-      CellErrorCode.NoFreePort,
-      `no free port in ${this.range.from}-${this.range.to} on ${this.host}`,
-    );
+    throw new SfError(ErrorCode.NoFreePort, `no free port in ${this.range.from}-${this.range.to} on ${this.host}`);
   }
 }

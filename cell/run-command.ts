@@ -6,7 +6,7 @@ import { execFile } from 'node:child_process';
 import { access, constants } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { CellError, CellErrorCode } from './errors';
+import { ErrorCode, SfError } from '../common/errors';
 
 export interface RunAs {
   uid: number;
@@ -46,8 +46,8 @@ export function runCommand(file: string, args: string[], options: RunCommandOpti
               .slice(-5)
               .join(' | ');
         reject(
-          new CellError(
-            CellErrorCode.EngineCommandFailed,
+          new SfError(
+            ErrorCode.EngineCommandFailed,
             `${path.basename(file)} ${args.slice(0, 3).join(' ')} failed: ${tail}`,
           ),
         );

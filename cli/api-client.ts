@@ -4,15 +4,10 @@
  * writes), and turns error bodies back into SfErrors with the server's code and field.
  */
 import { discoverAdminToken } from '../control/admin-token';
-import { SfError } from '../control/errors';
+import { ErrorCode, SfError, isErrorCode } from '../common/errors';
 
 /** @default 'http://127.0.0.1:7600' */
 export const DEFAULT_CONTROL_URL = 'http://127.0.0.1:7600';
-
-export const ClientErrorCode = {
-  Unreachable: 'SF_ERR_CONTROL_UNREACHABLE',
-  BadResponse: 'SF_ERR_BAD_RESPONSE',
-} as const;
 
 export interface ApiClientOptions {
   baseUrl: string;
@@ -46,7 +41,7 @@ export class ApiClient {
     try {
       parsed = text ? JSON.parse(text) : null;
     } catch {
-      throw new SfError(ClientErrorCode.BadResponse, `${method} ${path}: control answered ${res.status} with non-JSON`);
+      throw new SfError(ErrorCode.BadResponse, `${method} ${path}: control answered ${res.status} with non-JSON`);
     }
     if (!res.ok) throw toError(res.status, parsed, `${method} ${path}`);
     return parsed as T;
@@ -92,7 +87,7 @@ export class ApiClient {
       const inner = (err as { cause?: { code?: string; message?: string } }).cause;
       const cause = inner?.code ?? inner?.message ?? (err as Error).message;
       throw new SfError(
-        ClientErrorCode.Unreachable,
+        ErrorCode.ControlUnreachable,
         `cannot reach control at ${this.baseUrl} (${cause}); is 'sf control' running? (SF_CONTROL_URL)`,
       );
     }
@@ -104,9 +99,9 @@ function toError(status: number, body: unknown, what: string): SfError {
   // Only input errors keep their field: the CLI exits 2 for those (fix the input) and 1 for
   // refusals such as 401, 403 or a stale modification tag.
   const inputError = status === 400 || status === 413 || status === 422;
-  if (err?.code)
+  if (isErrorCode(err?.code))
     return new SfError(err.code, err.message ?? `${what} failed with ${status}`, inputError ? err.field : undefined);
-  return new SfError(ClientErrorCode.BadResponse, `${what} failed with HTTP ${status}`);
+  return new SfError(ErrorCode.BadResponse, `${what} failed with HTTP ${status}`);
 }
 
 function safeJson(text: string): unknown {

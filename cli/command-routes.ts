@@ -3,7 +3,7 @@
  * routing API. Router groups are named on the command line and resolved to guids here.
  */
 import { type Command, Option } from 'commander';
-import { ControlErrorCode, SfError } from '../control/errors';
+import { ErrorCode, SfError } from '../common/errors';
 import type { RouterGroup } from '../control/state/router-group-store';
 import type { TcpRouteInput, TcpRouteKeyInput, TcpRouteMapping } from '../control/state/tcp-route-types';
 import { ApiClient } from './api-client';
@@ -47,7 +47,7 @@ async function groupByName(client: ApiClient, name: string): Promise<RouterGroup
     `/routing/v1/router_groups?name=${encodeURIComponent(name)}`,
   );
   const group = groups.find((g) => g.name === name);
-  if (!group) throw new SfError(ControlErrorCode.NotFound, `no router group named '${name}'`, 'router-group');
+  if (!group) throw new SfError(ErrorCode.NotFound, `no router group named '${name}'`, 'router-group');
   return group;
 }
 
@@ -147,8 +147,7 @@ async function deleteRoute(flags: DeleteFlags): Promise<void> {
         backend_port: r.backend_port,
         backend_id: r.backend_id,
       }));
-    if (keys.length === 0)
-      throw new SfError(ControlErrorCode.NotFound, `no route on port ${port} in '${group.name}'`, 'port');
+    if (keys.length === 0) throw new SfError(ErrorCode.NotFound, `no route on port ${port} in '${group.name}'`, 'port');
   }
   await client.request('POST', '/routing/v1/tcp_routes/delete', keys);
   printResult(flags.json, { deleted: keys.length }, () => `deleted ${keys.length} backend(s) from port ${port}\n`);

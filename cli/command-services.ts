@@ -3,7 +3,7 @@
  * `/v3/service_instances`. `--wait` polls until the service runs (or fails to place).
  */
 import { type Command, Option } from 'commander';
-import { ControlErrorCode, SfError } from '../control/errors';
+import { ErrorCode, SfError } from '../common/errors';
 import type { ServiceCreateInput, ServiceView } from '../control/services';
 import { ApiClient } from './api-client';
 import { UsageError, exitWithError, parseIntFlag } from './cli-support';
@@ -63,16 +63,16 @@ export async function waitForService(client: ApiClient, name: string, timeoutMs:
     const view = await client.request<ServiceView>('GET', `/v3/service_instances/${encodeURIComponent(name)}`);
     if (view.status === 'running') return view;
     if (view.status === 'unplaceable')
-      throw new SfError(ControlErrorCode.PlacementUnsatisfiable, view.message ?? `service ${name} cannot be placed`);
+      throw new SfError(ErrorCode.PlacementUnsatisfiable, view.message ?? `service ${name} cannot be placed`);
     const failed = view.instances.find((i) => i.state === 'failed');
     if (failed)
       throw new SfError(
-        'SF_ERR_INSTANCE_FAILED',
+        ErrorCode.InstanceFailed,
         `instance ${failed.id} on ${failed.cell} failed: ${failed.last_error?.message ?? 'unknown error'}`,
       );
     if (Date.now() > deadline)
       throw new SfError(
-        'SF_ERR_TIMEOUT',
+        ErrorCode.Timeout,
         `service ${name} is still ${view.status} after ${timeoutMs / 1000} s (see 'sf service ${name}')`,
       );
     await sleep(200);
@@ -130,10 +130,10 @@ async function deleteService(name: string, flags: { json?: boolean; wait: boolea
       try {
         await client.request('GET', `/v3/service_instances/${encodeURIComponent(name)}`);
       } catch (err) {
-        if (err instanceof SfError && err.code === ControlErrorCode.NotFound) break;
+        if (err instanceof SfError && err.code === ErrorCode.NotFound) break;
         throw err;
       }
-      if (Date.now() > deadline) throw new SfError('SF_ERR_TIMEOUT', `service ${name} is still being deleted`);
+      if (Date.now() > deadline) throw new SfError(ErrorCode.Timeout, `service ${name} is still being deleted`);
       await sleep(200);
     }
   }

@@ -1,7 +1,6 @@
 /** The control plane's public API: what `sf`, `sf up`, tests and benchmarks build on. */
 export { startControlServer, type ControlServer } from './control-server';
 export { DEFAULT_CONTROL_SERVER_OPTIONS, DEFAULT_RESERVABLE_PORTS, type ControlServerOptions } from './control-options';
-export { ControlErrorCode, httpStatusFor, errorBody, type ErrorBody } from './errors';
 export { adminTokenFile, discoverAdminToken, ensureAdminToken, sfHome } from './admin-token';
 export {
   HttpServer,

@@ -3,7 +3,7 @@
  * Types are derived from the schema so validation and typing can never drift apart.
  */
 import { z } from 'zod';
-import { ErrorCode, SfError } from '../common/errors';
+import { ErrorCode, SfError, schemaError } from '../common/errors';
 
 /** Defaults for per-route limits; a route may override each. */
 export const DEFAULT_ROUTE_LIMITS = {
@@ -134,27 +134,6 @@ export interface Route extends RouteSettings {
 export interface RouteTable {
   version: number;
   routes: Route[];
-}
-
-/** Renders a schema issue path as `routes[0].backends[1].port`. */
-export function formatFieldPath(path: ReadonlyArray<PropertyKey>, prefix = ''): string {
-  let out = prefix;
-  for (const part of path) {
-    if (typeof part === 'number') out += `[${part}]`;
-    else out += out === '' ? String(part) : `.${String(part)}`;
-  }
-  return out;
-}
-
-/** Converts the first schema issue into an SfError naming the field. */
-export function schemaError(error: z.ZodError, code: string, prefix = ''): SfError {
-  const issue = error.issues[0];
-  const field = formatFieldPath(issue?.path ?? [], prefix) || prefix || 'body';
-  let message = issue?.message ?? 'is invalid';
-  if (issue?.code === 'unrecognized_keys') {
-    message = `has unknown field(s) ${issue.keys.map((k) => `'${k}'`).join(', ')}`;
-  }
-  return new SfError(code, `${field} ${message}`, field);
 }
 
 function normalizeBackend(b: z.output<typeof backendSchema>): Backend {

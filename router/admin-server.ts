@@ -51,14 +51,14 @@ export function startAdminServer(router: Router, metrics: Registry, host: string
       },
       (err: Error) => {
         if (!aborted)
-          sendJson(res, '500 Internal Server Error', { error: { code: 'SF_ERR_METRICS', message: err.message } });
+          sendJson(res, '500 Internal Server Error', { error: { code: ErrorCode.Metrics, message: err.message } });
       },
     );
   });
   app.any('/*', (res, req) => {
     sendJson(res, '404 Not Found', {
       error: {
-        code: 'SF_ERR_NOT_FOUND',
+        code: ErrorCode.NotFound,
         message: `no admin endpoint ${req.getMethod().toUpperCase()} ${req.getUrl()}`,
       },
     });

@@ -3,7 +3,7 @@
  * and the control plane's Redis push path (`route-source-redis.ts`). A source hands the router
  * whole, validated tables; the router works out what changed.
  */
-import type { SfError } from '../common/errors';
+import { type SfError } from '../common/errors';
 import type { RouteTable } from '../protocol/route-model';
 
 export interface RouteSourceListener {

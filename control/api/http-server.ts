@@ -6,7 +6,7 @@
  * client has gone.
  */
 import * as uws from '@trufflesuite/uws-js-unofficial';
-import { ControlErrorCode, SfError, errorBody, httpStatusFor } from '../errors';
+import { ErrorCode, SfError, errorBody, httpStatusFor } from '../../common/errors';
 import { withDefaults } from '../../common/options';
 import { hasScope, type Authenticator, type Principal, type Scope } from './auth';
 
@@ -161,17 +161,14 @@ export class HttpServer {
       this.fallbackInstalled = true;
       this.app.any('/*', (res, req) => {
         const state = this.watch(res);
-        const err = new SfError(
-          ControlErrorCode.NotFound,
-          `no endpoint ${req.getMethod().toUpperCase()} ${req.getUrl()}`,
-        );
+        const err = new SfError(ErrorCode.NotFound, `no endpoint ${req.getMethod().toUpperCase()} ${req.getUrl()}`);
         this.reply(res, state, 404, errorBody(err));
       });
     }
     return new Promise((resolve, reject) => {
       this.app.listen(host, port, (socket) => {
         if (!socket) {
-          reject(new SfError('SF_ERR_LISTEN_FAILED', `cannot listen on ${host}:${port}`, 'listen'));
+          reject(new SfError(ErrorCode.ListenFailed, `cannot listen on ${host}:${port}`, 'listen'));
           return;
         }
         this.listenSocket = socket;
@@ -202,11 +199,11 @@ export class HttpServer {
     const m = /^Bearer\s+(\S+)$/i.exec(req.authorization);
     // Browsers cannot set headers on EventSource or WebSocket, hence the query parameter.
     const token = m?.[1] ?? req.query.get('access_token');
-    if (!token) throw new SfError(ControlErrorCode.Unauthorized, 'a bearer token is required', 'authorization');
+    if (!token) throw new SfError(ErrorCode.Unauthorized, 'a bearer token is required', 'authorization');
     const principal = await this.opts.authenticator.authenticate(token);
-    if (!principal) throw new SfError(ControlErrorCode.Unauthorized, 'the bearer token is not valid', 'authorization');
+    if (!principal) throw new SfError(ErrorCode.Unauthorized, 'the bearer token is not valid', 'authorization');
     if (!hasScope(principal, scope)) {
-      throw new SfError(ControlErrorCode.Forbidden, `this endpoint needs the '${scope}' scope`, 'authorization');
+      throw new SfError(ErrorCode.Forbidden, `this endpoint needs the '${scope}' scope`, 'authorization');
     }
     return principal;
   }
@@ -243,8 +240,7 @@ export class HttpServer {
   private readBody(res: uws.HttpResponse, state: RequestState, declared: number): Promise<Buffer> {
     const limit = this.opts.bodyLimitBytes;
     return new Promise((resolve, reject) => {
-      const tooLarge = () =>
-        new SfError(ControlErrorCode.BodyTooLarge, `the request body exceeds ${limit} bytes`, 'body');
+      const tooLarge = () => new SfError(ErrorCode.BodyTooLarge, `the request body exceeds ${limit} bytes`, 'body');
       if (declared > limit) {
         reject(tooLarge());
         return;
@@ -369,10 +365,10 @@ function capture(req: uws.HttpRequest, names: string[]): CapturedRequest {
 }
 
 function parseJson(buf: Buffer): unknown {
-  if (buf.length === 0) throw new SfError(ControlErrorCode.InvalidJson, 'body must be a JSON document', 'body');
+  if (buf.length === 0) throw new SfError(ErrorCode.InvalidJson, 'body must be a JSON document', 'body');
   try {
     return JSON.parse(buf.toString('utf8'));
   } catch (err) {
-    throw new SfError(ControlErrorCode.InvalidJson, `body is not valid JSON: ${(err as Error).message}`, 'body');
+    throw new SfError(ErrorCode.InvalidJson, `body is not valid JSON: ${(err as Error).message}`, 'body');
   }
 }

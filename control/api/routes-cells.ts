@@ -1,5 +1,5 @@
 /** Cells under `/v3/cells`: registration, liveness, capacity and the instances each reports. */
-import { ControlErrorCode, SfError } from '../errors';
+import { ErrorCode, SfError } from '../../common/errors';
 import type { CellDirectory, CellSnapshot } from '../services/cell-directory';
 import type { ServiceStore } from '../services/service-store';
 import type { HttpServer } from './http-server';
@@ -71,7 +71,7 @@ export function registerCellsApi(server: HttpServer, { directory, store }: Cells
 
   server.route('get', '/v3/cells/:name', 'read', async (ctx) => {
     const cell = (await views()).find((c) => c.name === ctx.params.name);
-    if (!cell) throw new SfError(ControlErrorCode.NotFound, `no cell named '${ctx.params.name}'`, 'name');
+    if (!cell) throw new SfError(ErrorCode.NotFound, `no cell named '${ctx.params.name}'`, 'name');
     return { body: cell };
   });
 }

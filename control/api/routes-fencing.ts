@@ -5,9 +5,8 @@
  * healthy) and `GET .../fencing` (the history, newest first). Actions run on the leader.
  */
 import { z } from 'zod';
-import { ControlErrorCode, errorBody, httpStatusFor, isSfError } from '../errors';
+import { ErrorCode, errorBody, httpStatusFor, isSfError } from '../../common/errors';
 import type { FencingAction, FencingFailoverCoordinator } from '../failover/fencing-coordinator';
-import { failoverHttpStatus } from '../failover/errors';
 import type { CellDirectory } from '../services/cell-directory';
 import { serviceView } from '../services/service-view';
 import type { ServiceStore } from '../services/service-store';
@@ -36,7 +35,7 @@ export function registerFencingApi(server: HttpServer, deps: FencingApiDeps): vo
       };
     } catch (err) {
       // Failover codes are this module's; the shared table maps the rest.
-      const status = (isSfError(err) && failoverHttpStatus(err.code)) || httpStatusFor(err);
+      const status = httpStatusFor(err);
       if (status === 500) throw err;
       return { status, body: errorBody(err) };
     }
@@ -51,7 +50,7 @@ export function registerFencingApi(server: HttpServer, deps: FencingApiDeps): vo
   server.route('post', '/v3/service_instances/:name/actions/failover', 'write', async (ctx) => {
     // The body is optional: an empty one means "choose the most up-to-date replica".
     const raw = await ctx.body().catch((err: unknown) => {
-      if (isSfError(err) && err.code === ControlErrorCode.InvalidJson && /must be a JSON document/.test(err.message))
+      if (isSfError(err) && err.code === ErrorCode.InvalidJson && /must be a JSON document/.test(err.message))
         return {};
       throw err;
     });

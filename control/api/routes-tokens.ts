@@ -3,7 +3,7 @@
  * and scopes, `DELETE /v3/tokens/:name` revokes.
  */
 import { z } from 'zod';
-import { ControlErrorCode, SfError } from '../errors';
+import { ErrorCode, SfError } from '../../common/errors';
 import type { TokenStore } from '../state/token-store';
 import { SCOPES, type Scope } from './auth';
 import type { HttpServer } from './http-server';
@@ -29,7 +29,7 @@ export function registerTokensApi(server: HttpServer, tokens: TokenStore): void 
 
   server.route('del', '/v3/tokens/:name', 'admin', async (ctx) => {
     if (!(await tokens.delete(ctx.params.name))) {
-      throw new SfError(ControlErrorCode.NotFound, `no token named '${ctx.params.name}'`, 'name');
+      throw new SfError(ErrorCode.NotFound, `no token named '${ctx.params.name}'`, 'name');
     }
     return { status: 204 };
   });

@@ -3,9 +3,10 @@
  * (router/route-model.ts) so the API can never accept a value a router would refuse.
  */
 import { z } from 'zod';
-import { backendSchema, routeSchema, schemaError } from '../../protocol/route-model';
+import { backendSchema, routeSchema } from '../../protocol/route-model';
+import { schemaError } from '../../common/errors';
 import { ROUTER_GROUP_NAME_PATTERN } from '../../protocol/route-push-protocol';
-import { ControlErrorCode } from '../errors';
+import { ErrorCode } from '../../common/errors';
 
 /** @default 86400 s: a TTL longer than a day is almost certainly a unit mistake */
 export const MAX_ROUTE_TTL_SECONDS = 86_400;
@@ -83,6 +84,6 @@ export const routerGroupUpdateSchema = routerGroupCreateSchema.pick({ reservable
 /** Validates a request body, naming the offending field under `prefix` on failure. */
 export function validateBody<T extends z.ZodType>(schema: T, input: unknown, prefix: string): z.output<T> {
   const parsed = schema.safeParse(input);
-  if (!parsed.success) throw schemaError(parsed.error, ControlErrorCode.InvalidRequest, prefix);
+  if (!parsed.success) throw schemaError(parsed.error, ErrorCode.InvalidRequest, prefix);
   return parsed.data;
 }

@@ -5,8 +5,8 @@
 import { timingSafeEqual } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
-import { schemaError } from '../../protocol/route-model';
-import { ControlErrorCode, SfError } from '../errors';
+import { schemaError } from '../../common/errors';
+import { ErrorCode, SfError } from '../../common/errors';
 import { hashToken, type TokenStore } from '../state/token-store';
 import { SCOPES, type Authenticator, type Principal, type Scope } from './auth';
 
@@ -32,10 +32,10 @@ export async function loadTokensFile(file: string): Promise<StaticToken[]> {
   try {
     raw = JSON.parse(await readFile(file, 'utf8'));
   } catch (err) {
-    throw new SfError(ControlErrorCode.InvalidRequest, `tokens file ${file}: ${(err as Error).message}`, 'tokens-file');
+    throw new SfError(ErrorCode.InvalidRequest, `tokens file ${file}: ${(err as Error).message}`, 'tokens-file');
   }
   const parsed = tokenFileSchema.safeParse(raw);
-  if (!parsed.success) throw schemaError(parsed.error, ControlErrorCode.InvalidRequest, 'tokens-file');
+  if (!parsed.success) throw schemaError(parsed.error, ErrorCode.InvalidRequest, 'tokens-file');
   return parsed.data;
 }
 

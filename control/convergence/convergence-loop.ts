@@ -7,7 +7,7 @@ import { type Redis } from 'ioredis';
 import { createRedis } from '../../common/redis-connection';
 import type { Logger } from 'pino';
 import { CELL_EVENTS_CHANNEL } from '../../protocol/cell-protocol';
-import { ControlErrorCode, isSfError } from '../errors';
+import { ErrorCode, isSfError } from '../../common/errors';
 import { withDefaults } from '../../common/options';
 import type { LeaderElector } from '../leader/leader-elector';
 import type { CellDirectory } from '../services/cell-directory';
@@ -105,7 +105,7 @@ export class ConvergenceLoop {
         try {
           await this.reconciler.reconcile(name, fence, cells);
         } catch (err) {
-          if (isSfError(err) && err.code === ControlErrorCode.StaleLeader) {
+          if (isSfError(err) && err.code === ErrorCode.StaleLeader) {
             this.opts.logger.warn({ err: err.message }, 'a newer leader exists; standing down');
             await this.elector.tick();
             return;

@@ -6,7 +6,7 @@
  * leader's fence, so it is a no-op for a deposed leader.
  */
 import { cellKeys, NOTIFY_DESIRED, type InstanceSpecInput } from '../../protocol/cell-protocol';
-import { isSfError } from '../errors';
+import { isSfError } from '../../common/errors';
 import { withDefaults } from '../../common/options';
 import type { LeaderFence } from '../leader/fenced-commit';
 import { cellCandidates } from '../placement/cell-candidates';

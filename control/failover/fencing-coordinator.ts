@@ -17,7 +17,7 @@ import type { LeaderFence } from '../leader/fenced-commit';
 import { readLease } from '../../cell/lease-keeper';
 import { withDefaults } from '../../common/options';
 import type { ServiceRecord } from '../services/service-types';
-import { FailoverError, FailoverErrorCode } from './errors';
+import { ErrorCode, SfError } from '../../common/errors';
 import { DEFAULT_FAILOVER_OPTIONS, type FailoverOptions } from './failover-options';
 import { FencingHistory, type FencingStep } from './fencing-history';
 import { FencingOperation, FencingSequence, type FencingDeps } from './fencing-sequence';
@@ -113,7 +113,7 @@ export class FencingFailoverCoordinator implements FailoverCoordinator {
       name,
       async () => {
         if (action === 'unfence') return this.sequence.unfence(op);
-        if (!primary) throw new FailoverError(FailoverErrorCode.NoPrimary, `service ${name} has no primary`);
+        if (!primary) throw new SfError(ErrorCode.NoPrimary, `service ${name} has no primary`);
         if (action === 'fence') {
           const fenced = await this.sequence.fencePrimary(op);
           return rec.fencing.policy === 'auto' && fenced.instances.some((i) => i.role === 'replica')
@@ -134,8 +134,8 @@ export class FencingFailoverCoordinator implements FailoverCoordinator {
   private leaderFence(): LeaderFence {
     const fence = this.elector?.current();
     if (!fence)
-      throw new FailoverError(
-        FailoverErrorCode.NotLeader,
+      throw new SfError(
+        ErrorCode.NotLeader,
         'this control is not the leader; fencing actions run on the leader (see GET /v3/leader)',
       );
     return fence;

@@ -26,7 +26,7 @@ import type { InstanceRecord, ServiceRecord } from '../services/service-types';
 import type { CasOp } from '../state/cas-commit';
 import type { RouterGroupStore } from '../state/router-group-store';
 import type { TcpRouteStore } from '../state/tcp-route-store';
-import { FailoverError, FailoverErrorCode } from './errors';
+import { ErrorCode, SfError } from '../../common/errors';
 import type { FailoverOptions } from './failover-options';
 import type { FencingHistory, FencingStep, FencingStepInput } from './fencing-history';
 import { chooseReplica, type Candidate } from './replica-choice';
@@ -78,9 +78,9 @@ export class FencingSequence {
     // Step 1: the epoch grows and the primary is marked fenced in the record, which is what the
     // route emitter renders; a new leader sees the mark and resumes.
     const marked = await store.change<ServiceRecord>(op.service, op.fence, async (cur) => {
-      if (!cur) throw new FailoverError(FailoverErrorCode.NoPrimary, `service ${op.service} no longer exists`);
+      if (!cur) throw new SfError(ErrorCode.NoPrimary, `service ${op.service} no longer exists`);
       const primary = cur.instances.find((i) => i.role === 'primary');
-      if (!primary) throw new FailoverError(FailoverErrorCode.NoPrimary, `service ${op.service} has no primary`);
+      if (!primary) throw new SfError(ErrorCode.NoPrimary, `service ${op.service} has no primary`);
       if (primary.fenced) return { done: cur };
       const epoch = cur.epoch + 1;
       const next: ServiceRecord = {
@@ -225,7 +225,7 @@ export class FencingSequence {
     const candidates = await this.candidates(rec, cells, target);
     const chosen = chooseReplica(candidates);
     if (!chosen)
-      throw new FailoverError(FailoverErrorCode.NoCandidate, `service ${rec.name} has no running replica to promote`);
+      throw new SfError(ErrorCode.NoPromotionCandidate, `service ${rec.name} has no running replica to promote`);
     await op.record({
       step: 'choose',
       outcome: 'ok',
@@ -245,8 +245,8 @@ export class FencingSequence {
         epoch,
         message: res?.error?.message ?? 'no answer in time',
       });
-      throw new FailoverError(
-        FailoverErrorCode.OrderFailed,
+      throw new SfError(
+        ErrorCode.OrderFailed,
         `promote of ${chosen.instanceId} failed: ${res?.error?.message ?? 'no answer in time'}`,
       );
     }
@@ -286,7 +286,7 @@ export class FencingSequence {
     );
 
     const after = await this.deps.store.change<ServiceRecord>(op.service, op.fence, async (cur) => {
-      if (!cur) throw new FailoverError(FailoverErrorCode.NoPrimary, `service ${op.service} no longer exists`);
+      if (!cur) throw new SfError(ErrorCode.NoPrimary, `service ${op.service} no longer exists`);
       const next: ServiceRecord = {
         ...cur,
         leaderToken: op.fence.token,
@@ -359,8 +359,7 @@ export class FencingSequence {
     const at = Date.now();
     const marked = await store.change<ServiceRecord>(op.service, op.fence, async (cur) => {
       const primary = cur?.instances.find((i) => i.role === 'primary');
-      if (!cur || !primary)
-        throw new FailoverError(FailoverErrorCode.NoPrimary, `service ${op.service} has no primary`);
+      if (!cur || !primary) throw new SfError(ErrorCode.NoPrimary, `service ${op.service} has no primary`);
       const epoch = cur.epoch + 1;
       const next: ServiceRecord = {
         ...cur,
@@ -400,20 +399,16 @@ export class FencingSequence {
     const chosen = chooseReplica(candidates);
     try {
       if (!chosen)
-        throw new FailoverError(
-          FailoverErrorCode.NoCandidate,
-          `service ${op.service} has no running replica to switch to`,
-        );
+        throw new SfError(ErrorCode.NoPromotionCandidate, `service ${op.service} has no running replica to switch to`);
       const goal = await this.position(primary);
-      if (goal === null)
-        throw new FailoverError(FailoverErrorCode.OrderFailed, `could not read the position of ${primary.id}`);
+      if (goal === null) throw new SfError(ErrorCode.OrderFailed, `could not read the position of ${primary.id}`);
       const t0 = Date.now();
       for (;;) {
         const pos = await this.position({ id: chosen.instanceId, cell: chosen.cell });
         if (pos !== null && pos >= goal) break;
         if (Date.now() - t0 > this.deps.options.catchUpTimeoutMs) {
-          throw new FailoverError(
-            FailoverErrorCode.CatchUpTimeout,
+          throw new SfError(
+            ErrorCode.CatchUpTimeout,
             `${chosen.instanceId} reached ${String(pos)} of ${goal} within ${this.deps.options.catchUpTimeoutMs} ms`,
           );
         }
@@ -604,8 +599,8 @@ export class FencingSequence {
       );
     });
     if (target !== undefined && !eligible.some((i) => i.id === target)) {
-      throw new FailoverError(
-        FailoverErrorCode.InvalidTarget,
+      throw new SfError(
+        ErrorCode.InvalidFailoverTarget,
         `${target} is not a running replica of ${rec.name} (eligible: ${eligible.map((i) => i.id).join(', ') || 'none'})`,
         'to',
       );

@@ -14,6 +14,5 @@ export {
   type FencingOutcome,
 } from './fencing-history';
 export { DEFAULT_FAILOVER_OPTIONS, type FailoverOptions } from './failover-options';
-export { FailoverError, FailoverErrorCode, failoverHttpStatus, type FailoverErrorCodeValue } from './errors';
 export { waitForRouters, type RouterAck } from './router-ack';
 export { chooseReplica, type Candidate } from './replica-choice';

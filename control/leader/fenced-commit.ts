@@ -7,7 +7,7 @@
  */
 import type { Redis } from 'ioredis';
 import { APPLY_CAS_OPS_LUA, encodeCasOps, type CasGuard, type CasOp } from '../state/cas-commit';
-import { ControlErrorCode, SfError } from '../errors';
+import { ErrorCode, SfError } from '../../common/errors';
 
 /** Proof of leadership carried by a write. */
 export interface LeaderFence {
@@ -81,7 +81,7 @@ export async function fencedCommit(
 /** The error a deposed leader's write ends in. */
 export function staleLeaderError(token: number, currentToken: number): SfError {
   return new SfError(
-    ControlErrorCode.StaleLeader,
+    ErrorCode.StaleLeader,
     `leader token ${token} is stale (current token ${currentToken}); a newer leader owns placement`,
   );
 }
@@ -103,5 +103,5 @@ export async function withFencedRetry<T>(
     if (res.reason === 'stale-leader') throw staleLeaderError(fence?.token ?? 0, res.currentToken);
     await new Promise((r) => setTimeout(r, Math.random() * Math.min(2 ** i, 50)));
   }
-  throw new SfError(ControlErrorCode.StoreBusy, 'too many concurrent writers; try again');
+  throw new SfError(ErrorCode.StoreBusy, 'too many concurrent writers; try again');
 }

@@ -10,7 +10,7 @@
  * yet, and free capacity.
  */
 import type { EngineKind } from '../../protocol/cell-protocol';
-import { ControlErrorCode, SfError } from '../errors';
+import { ErrorCode, SfError } from '../../common/errors';
 
 export interface CellCandidate {
   name: string;
@@ -128,7 +128,7 @@ function unsatisfiable(request: PlacementRequest, placed: number, exclusions: Ma
     ? [...exclusions].map(([cell, why]) => `${cell}: ${EXPLAIN[why]}`).join('; ')
     : 'no cells are registered';
   return new SfError(
-    ControlErrorCode.PlacementUnsatisfiable,
+    ErrorCode.PlacementUnsatisfiable,
     `cannot place service '${request.service}': it needs ${needed} cells with engine ${request.engine} and ${request.sizeMb} MB free each, ` +
       `found ${request.occupied.length + placed} (${detail})`,
   );

@@ -4,7 +4,7 @@
  * auction the leader runs, so an impossible request fails at once instead of hanging), and the
  * service reserves a free port of its group. The leader then places it.
  */
-import { ControlErrorCode, SfError } from '../errors';
+import { ErrorCode, SfError } from '../../common/errors';
 import { cellCandidates } from '../placement/cell-candidates';
 import { runPlacementAuction } from '../placement/placement-auction';
 import { parsePortRanges } from '../state/port-ranges';
@@ -26,13 +26,12 @@ export async function admitService(deps: ServiceAdmissionDeps, req: ServiceCreat
   const group = await deps.groups.byName(req.router_group);
   if (!group)
     throw new SfError(
-      ControlErrorCode.InvalidRequest,
+      ErrorCode.InvalidRequest,
       `router_group '${req.router_group}' names no router group`,
       'router_group',
     );
   return deps.store.change<ServiceRecord>(req.name, null, async (current, snapshot) => {
-    if (current)
-      throw new SfError(ControlErrorCode.ServiceExists, `name '${req.name}' is already taken by a service`, 'name');
+    if (current) throw new SfError(ErrorCode.ServiceExists, `name '${req.name}' is already taken by a service`, 'name');
     const cells = await deps.directory.snapshot();
     const slots = Array.from({ length: req.replicas + 1 }, (_, k) => ({ instanceId: `${req.name}-${k}` }));
     runPlacementAuction(
@@ -73,7 +72,7 @@ export async function admitService(deps: ServiceAdmissionDeps, req: ServiceCreat
 /** Marks a service for deletion; the leader stops its instances, removes the route and frees the port. */
 export async function requestServiceDeletion(store: ServiceStore, name: string): Promise<ServiceRecord> {
   return store.change<ServiceRecord>(name, null, async (current) => {
-    if (!current) throw new SfError(ControlErrorCode.NotFound, `no service named '${name}'`, 'name');
+    if (!current) throw new SfError(ErrorCode.NotFound, `no service named '${name}'`, 'name');
     if (current.status === 'deleting') return { done: current };
     const record: ServiceRecord = {
       ...current,
@@ -93,7 +92,7 @@ async function freePort(deps: ServiceAdmissionDeps, group: RouterGroup, services
     for (let p = low; p <= high; p++) if (!used.has(p)) return p;
   }
   throw new SfError(
-    ControlErrorCode.NoRoutePort,
+    ErrorCode.NoRoutePort,
     `router group '${group.name}' has no free port left in ${group.reservable_ports}`,
     'router_group',
   );

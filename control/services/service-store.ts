@@ -5,7 +5,7 @@
  * overwrite its successor's decisions. Control keeps nothing in memory that a restart would lose.
  */
 import type { Redis } from 'ioredis';
-import { ControlErrorCode, SfError } from '../errors';
+import { ErrorCode, SfError } from '../../common/errors';
 import { withFencedRetry, type FencedPlan, type LeaderFence } from '../leader/fenced-commit';
 import type { CasOp } from '../state/cas-commit';
 import type { ServiceKeys } from './service-keys';
@@ -49,7 +49,7 @@ export class ServiceStore {
 
   async mustGet(name: string): Promise<ServiceRecord> {
     const record = await this.get(name);
-    if (!record) throw new SfError(ControlErrorCode.NotFound, `no service named '${name}'`, 'name');
+    if (!record) throw new SfError(ErrorCode.NotFound, `no service named '${name}'`, 'name');
     return record;
   }
 

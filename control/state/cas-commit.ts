@@ -7,7 +7,7 @@
  * written, and snapshot, delta and publish happen in one atomic step.
  */
 import type { Redis } from 'ioredis';
-import { ControlErrorCode, SfError } from '../errors';
+import { ErrorCode, SfError } from '../../common/errors';
 
 /** A write applied inside the script; keys are named here and passed as KEYS. */
 export type CasOp =
@@ -164,5 +164,5 @@ export async function withCasRetry<T>(
     // Jitter spreads out writers that keep colliding.
     await new Promise((r) => setTimeout(r, Math.random() * Math.min(2 ** i, 50)));
   }
-  throw new SfError(ControlErrorCode.StoreBusy, 'too many concurrent writers; try again');
+  throw new SfError(ErrorCode.StoreBusy, 'too many concurrent writers; try again');
 }

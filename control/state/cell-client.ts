@@ -14,18 +14,13 @@ import {
   type Order,
   type OrderResult,
 } from '../../protocol/cell-protocol';
-import { CellError, CellErrorCode } from '../../cell/errors';
+import { ErrorCode, SfError, schemaError } from '../../common/errors';
 
 /** Validates the spec (naming the field) before it reaches the cell. */
 export async function putDesired(redis: Redis, cell: string, spec: InstanceSpecInput): Promise<void> {
   const parsed = instanceSpecSchema.safeParse(spec);
   if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new CellError(
-      CellErrorCode.InvalidSpec,
-      `instance spec: ${issue ? `${issue.path.join('.')}: ${issue.message}` : 'invalid'}`,
-      issue?.path.join('.'),
-    );
+    throw schemaError(parsed.error, ErrorCode.InvalidInstanceSpec, 'spec');
   }
   await redis
     .multi()
@@ -75,8 +70,8 @@ export async function sendOrder(
     const json = await redis.get(cellKeys.orderResult(orderId));
     if (json) return JSON.parse(json) as OrderResult;
     if (Date.now() > deadline) {
-      throw new CellError(
-        CellErrorCode.OrderTimeout,
+      throw new SfError(
+        ErrorCode.OrderTimeout,
         `no result for ${request.type} order ${orderId} from cell ${cell} within ${timeoutMs} ms`,
       );
     }

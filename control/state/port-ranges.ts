@@ -2,7 +2,7 @@
  * Cloud Foundry's `reservable_ports` notation: comma-separated ports and inclusive ranges,
  * e.g. `"16000-16999"` or `"1024-1100, 5000"`.
  */
-import { invalid } from '../errors';
+import { invalid } from '../../common/errors';
 
 export type PortRange = readonly [low: number, high: number];
 

@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { DEFAULT_ROUTER_GROUP } from '../../protocol/route-model';
 import { DEFAULT_RESERVABLE_PORTS } from '../control-options';
-import { ControlErrorCode, SfError } from '../errors';
+import { ErrorCode, SfError } from '../../common/errors';
 import { withCasRetry } from './cas-commit';
 import { parsePortRanges, rangesContain, rangesOverlap, type PortRange } from './port-ranges';
 import type { ControlKeys } from './store-keys';
@@ -56,7 +56,7 @@ export class RouterGroupStore {
 
   async mustGet(guid: string, field = 'guid'): Promise<RouterGroup> {
     const group = await this.get(guid);
-    if (!group) throw new SfError(ControlErrorCode.NotFound, `${field} '${guid}' names no router group`, field);
+    if (!group) throw new SfError(ErrorCode.NotFound, `${field} '${guid}' names no router group`, field);
     return group;
   }
 
@@ -69,7 +69,7 @@ export class RouterGroupStore {
     return withCasRetry(async () => {
       const { version, groups } = await this.readAll();
       if (groups.some((g) => g.name === input.name)) {
-        throw new SfError(ControlErrorCode.RouterGroupExists, `name '${input.name}' is already taken`, 'name');
+        throw new SfError(ErrorCode.RouterGroupExists, `name '${input.name}' is already taken`, 'name');
       }
       this.checkNoOverlap(ranges, groups);
       const group: RouterGroup = { guid: randomUUID(), ...input };
@@ -91,7 +91,7 @@ export class RouterGroupStore {
     return withCasRetry(async () => {
       const { version, groups } = await this.readAll();
       const current = groups.find((g) => g.guid === guid);
-      if (!current) throw new SfError(ControlErrorCode.NotFound, `guid '${guid}' names no router group`, 'guid');
+      if (!current) throw new SfError(ErrorCode.NotFound, `guid '${guid}' names no router group`, 'guid');
       this.checkNoOverlap(
         ranges,
         groups.filter((g) => g.guid !== guid),
@@ -99,7 +99,7 @@ export class RouterGroupStore {
       const stranded = (await portsInUse(current)).find((p) => !rangesContain(ranges, p));
       if (stranded !== undefined) {
         throw new SfError(
-          ControlErrorCode.PortConflict,
+          ErrorCode.PortConflict,
           `reservable_ports must keep port ${stranded}, which has routes`,
           'reservable_ports',
         );
@@ -119,7 +119,7 @@ export class RouterGroupStore {
       const current = groups.find((g) => g.guid === guid);
       if (!current) return { done: undefined };
       if ((await portsInUse(current)).length > 0) {
-        throw new SfError(ControlErrorCode.RouterGroupInUse, `router group '${current.name}' still has routes`, 'guid');
+        throw new SfError(ErrorCode.RouterGroupInUse, `router group '${current.name}' still has routes`, 'guid');
       }
       return {
         guards: [{ key: this.keys.routerGroupsVersion, expected: version }],
@@ -141,7 +141,7 @@ export class RouterGroupStore {
       const port = rangesOverlap(ranges, parsePortRanges(other.reservable_ports));
       if (port !== null) {
         throw new SfError(
-          ControlErrorCode.PortConflict,
+          ErrorCode.PortConflict,
           `reservable_ports overlap router group '${other.name}' at port ${port}`,
           'reservable_ports',
         );

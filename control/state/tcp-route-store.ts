@@ -8,7 +8,7 @@ import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { parseRoute, type Backend, type Route, type RouteTable } from '../../protocol/route-model';
 import type { RouteDelta, RouterHeartbeat } from '../../protocol/route-push-protocol';
-import { ControlErrorCode, SfError } from '../errors';
+import { ErrorCode, SfError } from '../../common/errors';
 import { withDefaults } from '../../common/options';
 import { withCasRetry, type CasGuard, type CasOp } from './cas-commit';
 import { parsePortRanges, rangesContain } from './port-ranges';
@@ -188,14 +188,14 @@ export class TcpRouteStore {
       const group = byGuid.get(item.router_group_guid);
       if (!group) {
         throw new SfError(
-          ControlErrorCode.InvalidRequest,
+          ErrorCode.InvalidRequest,
           `${f}.router_group_guid '${item.router_group_guid}' names no router group`,
           `${f}.router_group_guid`,
         );
       }
       if (checkPorts && !rangesContain(parsePortRanges(group.reservable_ports), item.port)) {
         throw new SfError(
-          ControlErrorCode.PortNotReservable,
+          ErrorCode.PortNotReservable,
           `${f}.port ${item.port} is outside router group '${group.name}' reservable_ports ${group.reservable_ports}`,
           `${f}.port`,
         );
@@ -318,7 +318,7 @@ export class TcpRouteStore {
 function checkTag(stored: ModificationTag | undefined, given: ModificationTag | undefined, field: string): void {
   if (stored && given && stored.guid === given.guid && given.index < stored.index) {
     throw new SfError(
-      ControlErrorCode.StaleModificationTag,
+      ErrorCode.StaleModificationTag,
       `${field} index ${given.index} is older than the stored index ${stored.index}`,
       field,
     );

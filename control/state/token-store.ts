@@ -5,7 +5,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import type { Scope } from '../api/auth';
-import { ControlErrorCode, SfError } from '../errors';
+import { ErrorCode, SfError } from '../../common/errors';
 import { withCasRetry } from './cas-commit';
 import type { ControlKeys } from './store-keys';
 
@@ -46,7 +46,7 @@ export class TokenStore {
     return withCasRetry(async () => {
       const { version, entries } = await this.readAll();
       if (entries.some(([, r]) => r.name === name)) {
-        throw new SfError(ControlErrorCode.InvalidRequest, `name '${name}' is already taken`, 'name');
+        throw new SfError(ErrorCode.InvalidRequest, `name '${name}' is already taken`, 'name');
       }
       return {
         guards: [{ key: this.keys.tokensVersion, expected: version }],

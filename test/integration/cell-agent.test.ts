@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import { cellKeys, CELL_EVENTS_CHANNEL, type CellRecord } from '../../protocol/cell-protocol';
-import { CellErrorCode } from '../../cell/errors';
+import { ErrorCode } from '../../common/errors';
 import { eventually, tempCellDir } from '../helpers/cell-harness';
 import { CellDriver, killProcess, spawnCell } from '../helpers/cell-process';
 import { freePort } from '../helpers/free-port';
@@ -93,11 +93,11 @@ describe('sf cell', function () {
     // Control asks for a restart as primary with an older epoch: refused, reported with the code.
     await driver.desire('c1', { instanceId: 'cache-0', epoch: 2, generation: 1 });
     const refused = await driver.waitState('c1', 'cache-0', 'failed', 10_000);
-    expect(refused.lastError?.code).to.equal(CellErrorCode.StaleEpoch);
+    expect(refused.lastError?.code).to.equal(ErrorCode.StaleEpoch);
     expect((await driver.order('c1', { type: 'promote', instanceId: 'cache-0', epoch: 1 })).ok).to.equal(false);
 
     const invalid = await driver.order('c1', { type: 'explode' });
-    expect(invalid.error?.code).to.equal(CellErrorCode.UnknownOrder);
+    expect(invalid.error?.code).to.equal(ErrorCode.UnknownOrder);
     sub.disconnect();
   });
 
@@ -110,7 +110,7 @@ describe('sf cell', function () {
 
     process.kill(b.pid as number, 'SIGKILL');
     const failed = await driver.waitState('c1', 'b-0', 'failed', 10_000);
-    expect(failed.lastError?.code).to.equal(CellErrorCode.InstanceExited);
+    expect(failed.lastError?.code).to.equal(ErrorCode.InstanceExited);
     await new Promise((r) => setTimeout(r, 2_500));
     expect((await driver.actual('c1', 'b-0'))?.state).to.equal('failed');
 
@@ -236,7 +236,7 @@ describe('sf cell', function () {
     );
     await redis.publish(cellKeys.notify('c1'), 'desired');
     const bad = await driver.waitState('c1', 'bad-0', 'failed', 10_000);
-    expect(bad.lastError?.code).to.equal(CellErrorCode.InvalidSpec);
+    expect(bad.lastError?.code).to.equal(ErrorCode.InvalidInstanceSpec);
     expect(bad.lastError?.message).to.match(/^engine/);
     expect(bad).to.include({ service: 's', role: 'primary', epoch: 1 });
 

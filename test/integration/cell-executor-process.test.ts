@@ -6,7 +6,7 @@ import { Redis } from 'ioredis';
 import { PostgresEngine } from '../../cell/engine-postgres';
 import { RedisEngine } from '../../cell/engine-redis';
 import { TcpEngine } from '../../cell/engine-tcp';
-import { CellErrorCode } from '../../cell/errors';
+import { ErrorCode } from '../../common/errors';
 import { ProcessExecutor } from '../../cell/executor-process';
 import { eventually, spec, tempCellDir } from '../helpers/cell-harness';
 
@@ -85,7 +85,7 @@ describe('ProcessExecutor', function () {
         await executor.start(spec({ instanceId: 'r-epoch', engine: 'redis', epoch: 4 }));
         expect.fail('started a stale primary');
       } catch (err) {
-        expect((err as { code: string }).code).to.equal(CellErrorCode.StaleEpoch);
+        expect((err as { code: string }).code).to.equal(ErrorCode.StaleEpoch);
       }
       expect(executor.status('r-epoch').state).to.equal('exited');
       const again = await executor.start(spec({ instanceId: 'r-epoch', engine: 'redis', epoch: 6 }));
@@ -142,7 +142,7 @@ describe('ProcessExecutor', function () {
       console.log(`      tcp: start to first successful exchange ${Date.now() - t0} ms`);
       expect(echoed).to.equal('hi');
       const err = await new TcpEngine().promote().catch((e: unknown) => e);
-      expect((err as { code: string }).code).to.equal(CellErrorCode.EngineUnsupported);
+      expect((err as { code: string }).code).to.equal(ErrorCode.EngineUnsupported);
     });
   });
 
@@ -159,7 +159,7 @@ describe('ProcessExecutor', function () {
       await mkdir(path.join(cell.dir, 'closed', 'cell'), { recursive: true });
       await chmod(path.join(cell.dir, 'closed'), 0o700);
       const err = await inner.start(spec({ instanceId: 'pg-x', engine: 'postgres' })).catch((e: unknown) => e);
-      expect((err as { code: string }).code).to.equal(CellErrorCode.EngineUnavailable);
+      expect((err as { code: string }).code).to.equal(ErrorCode.EngineUnavailable);
       expect((err as Error).message).to.contain(path.join(cell.dir, 'closed'));
     });
 

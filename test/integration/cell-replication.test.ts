@@ -3,7 +3,7 @@ import path from 'node:path';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import { PostgresEngine } from '../../cell/engine-postgres';
-import { CellErrorCode } from '../../cell/errors';
+import { ErrorCode } from '../../common/errors';
 import { fenceLease } from '../../cell/lease-keeper';
 import { eventually, tempCellDir } from '../helpers/cell-harness';
 import { CellDriver, killProcess, spawnCell } from '../helpers/cell-process';
@@ -94,7 +94,7 @@ describe('sf cell replication and failover orders', function () {
       replicas: 1,
     });
     const refused = await driver.waitState('c1', 'kv-0', 'failed');
-    expect(refused.lastError?.code).to.equal(CellErrorCode.StaleEpoch);
+    expect(refused.lastError?.code).to.equal(ErrorCode.StaleEpoch);
 
     // It comes back as a replica of the new primary instead (a new generation).
     await driver.desire('c1', {
@@ -126,7 +126,7 @@ describe('sf cell replication and failover orders', function () {
     });
     expect(repoint.ok).to.equal(true);
     const stale = await driver.order('c1', { type: 'promote', instanceId: 'kv-0', epoch: 1 });
-    expect(stale.error?.code).to.equal(CellErrorCode.StaleEpoch);
+    expect(stale.error?.code).to.equal(ErrorCode.StaleEpoch);
   });
 
   it("relocation: a stopped instance's volume is copied to another cell and starts there with its data", async () => {

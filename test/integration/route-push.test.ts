@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { Router } from '../../router/router';
 import { silentLogger } from '../../common/logger';
-import type { SfError } from '../../common/errors';
+import { type SfError } from '../../common/errors';
 import type { RouteTable } from '../../protocol/route-model';
 import { routerGroupKeys } from '../../protocol/route-push-protocol';
 import { RedisRouteSource, type RedisRouteSourceOptions } from '../../router/route-source-redis';

@@ -1,7 +1,7 @@
 import { rm } from 'node:fs/promises';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
-import { ControlErrorCode, isSfError } from '../../control/errors';
+import { ErrorCode, isSfError } from '../../common/errors';
 import { fencedCommit } from '../../control/leader/fenced-commit';
 import { LeaderElector } from '../../control/leader/leader-elector';
 import { serviceKeys, ServiceStore, type ServiceView } from '../../control/services';
@@ -232,7 +232,7 @@ describe('leader election', function () {
         await store.change('x', staleFence, async () => ({ change: { record: null }, result: undefined }));
         expect.fail('a stale leader must not write');
       } catch (err) {
-        expect(isSfError(err) && err.code).to.equal(ControlErrorCode.StaleLeader);
+        expect(isSfError(err) && err.code).to.equal(ErrorCode.StaleLeader);
       }
       expect(
         await fencedCommit(conn, fresh, [], [{ cmd: 'HSET', key: keys.services, field: 'y', value: '{}' }]),

@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { CellAgent } from '../../../cell/cell-agent';
-import { CellErrorCode } from '../../../cell/errors';
+import { ErrorCode } from '../../../common/errors';
 
 describe('CellAgent', () => {
   describe('constructor', () => {
@@ -18,7 +18,7 @@ describe('CellAgent', () => {
       for (const [patch, field] of cases) {
         expect(() => new CellAgent({ ...base, ...patch } as never), field)
           .to.throw()
-          .that.includes({ code: CellErrorCode.InvalidOption, field });
+          .that.includes({ code: ErrorCode.InvalidOption, field });
       }
     });
 

@@ -3,7 +3,7 @@ import { CellInstances } from '../../../cell/cell-instances';
 import type { ActualInstance, InstanceSpec } from '../../../protocol/cell-protocol';
 import type { Engine } from '../../../cell/engine';
 import type { EngineRegistry } from '../../../cell/engine-registry';
-import { CellErrorCode } from '../../../cell/errors';
+import { ErrorCode } from '../../../common/errors';
 import type { ExitListener, Executor, InstanceHandle, InstanceStatus } from '../../../cell/executor';
 import { admitStart } from '../../../cell/instance-volume';
 import { spec, tempCellDir } from '../../helpers/cell-harness';
@@ -159,7 +159,7 @@ describe('CellInstances', () => {
       await instances.reconcile(desired(spec({ instanceId: 'i', engine: 'redis' })));
       executor.exit('i', null);
       expect(reports.get('i')?.state).to.equal('failed');
-      expect(reports.get('i')?.lastError?.code).to.equal(CellErrorCode.InstanceExited);
+      expect(reports.get('i')?.lastError?.code).to.equal(ErrorCode.InstanceExited);
       await instances.reconcile(desired(spec({ instanceId: 'i', engine: 'redis' })));
       expect(executor.calls).to.deep.equal(['start i g0']);
       await instances.reconcile(desired(spec({ instanceId: 'i', engine: 'redis', generation: 1 })));

@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs';
 import { expect } from 'chai';
-import { CellErrorCode } from '../../../cell/errors';
+import { ErrorCode } from '../../../common/errors';
 import { DockerExecutor } from '../../../cell/executor-docker';
 import { spec, tempCellDir } from '../../helpers/cell-harness';
 
@@ -36,7 +36,7 @@ describe('DockerExecutor', () => {
       try {
         const executor = new DockerExecutor({ dataDir: cell.dir, docker: { socketPath } });
         const err = await executor.start(spec({ instanceId: 'd-0', engine: 'redis' })).catch((e: unknown) => e);
-        expect((err as { code: string }).code).to.equal(CellErrorCode.ExecutorUnavailable);
+        expect((err as { code: string }).code).to.equal(ErrorCode.ExecutorUnavailable);
         expect(executor.handles()).to.deep.equal([]);
       } finally {
         await cell.remove();

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { CellErrorCode } from '../../../cell/errors';
+import { ErrorCode } from '../../../common/errors';
 import { admitStart, checkEpoch, listVolumes, readMeta, recordPromotion } from '../../../cell/instance-volume';
 import { parsePortRange } from '../../../cell/port-allocator';
 import { spec, tempCellDir } from '../../helpers/cell-harness';
@@ -17,7 +17,7 @@ describe('instance-volume', () => {
         );
         expect(() => checkEpoch(meta, spec({ instanceId: 'x', engine: 'redis', epoch: 6 })))
           .to.throw()
-          .with.property('code', CellErrorCode.StaleEpoch);
+          .with.property('code', ErrorCode.StaleEpoch);
         expect(() =>
           checkEpoch(
             meta,
@@ -58,7 +58,7 @@ describe('instance-volume', () => {
           'process',
           null,
         ).catch((e: unknown) => e);
-        expect((err as { code: string }).code).to.equal(CellErrorCode.StaleEpoch);
+        expect((err as { code: string }).code).to.equal(ErrorCode.StaleEpoch);
       } finally {
         await cell.remove();
       }

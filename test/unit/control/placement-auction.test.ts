@@ -4,7 +4,7 @@ import {
   type CellCandidate,
   type PlacementRequest,
 } from '../../../control/placement/placement-auction';
-import { isSfError } from '../../../control/errors';
+import { isSfError } from '../../../common/errors';
 
 const cell = (name: string, zone: string, over: Partial<CellCandidate> = {}): CellCandidate => ({
   name,
