@@ -10,13 +10,12 @@ import { homedir } from 'node:os';
 import path from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import { type Redis } from 'ioredis';
+import { withDefaults } from '../common/options';
+import { DEFAULT_KEY_PREFIX, keyLayout, type KeyLayout } from '../protocol/keys';
 import { createRedis } from '../common/redis-connection';
 import pino, { type Logger } from 'pino';
 import { z } from 'zod';
 import {
-  CELL_EVENTS_CHANNEL,
-  CELLS_SET_KEY,
-  cellKeys,
   ENGINE_KINDS,
   instanceSpecSchema,
   NOTIFY_DESIRED,
@@ -46,6 +45,8 @@ export interface CellAgentOptions {
   capacityMb: number;
   /** @default process.env.SF_REDIS_URL ?? 'redis://127.0.0.1:6379' */
   redisUrl?: string;
+  /** Prefix of every Redis key; must match control's. @default process.env.SF_KEY_PREFIX ?? 'sf:' */
+  keyPrefix?: string;
   /** @default /var/lib/service-foundry/cells/{name} as root, else ~/.service-foundry/cells/{name} */
   dataDir?: string;
   /** Address instances bind to. @default '127.0.0.1' */
@@ -99,6 +100,7 @@ const cellAgentOptionsSchema = z
       .string()
       .regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL')
       .optional(),
+    keyPrefix: z.string().max(64).optional(),
     listenHost: z.string().min(1).optional(),
     advertiseHost: z.string().min(1).optional(),
     portRange: z
@@ -137,7 +139,8 @@ function waitReady(conn: Redis): Promise<void> {
 export class CellAgent {
   readonly name: string;
   readonly dataDir: string;
-  private readonly opts: CellAgentOptions & typeof DEFAULT_CELL_AGENT_OPTIONS & { advertiseHost: string };
+  private readonly opts: CellAgentOptions &
+    typeof DEFAULT_CELL_AGENT_OPTIONS & { advertiseHost: string; keyPrefix: string };
   private readonly log: Logger;
   private readonly engines: EngineRegistry;
   private readonly executors: Partial<Record<ExecutorKind, Executor>>;
@@ -157,18 +160,20 @@ export class CellAgent {
   private readonly orderChains = new Map<string, Promise<void>>();
   private readonly pendingActions = new Set<Promise<void>>();
   private availableEngineKinds: EngineKind[] = [];
+  private readonly keys: KeyLayout;
 
   constructor(options: CellAgentOptions) {
     validateOptions(options);
-    const defined = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
     const listenHost = options.listenHost ?? DEFAULT_CELL_AGENT_OPTIONS.listenHost;
-    this.opts = {
-      ...DEFAULT_CELL_AGENT_OPTIONS,
-      redisUrl: process.env.SF_REDIS_URL ?? DEFAULT_CELL_AGENT_OPTIONS.redisUrl,
-      ...defined,
-      listenHost,
-      advertiseHost: options.advertiseHost ?? listenHost,
-    } as CellAgent['opts'];
+    this.opts = withDefaults(
+      {
+        ...DEFAULT_CELL_AGENT_OPTIONS,
+        redisUrl: process.env.SF_REDIS_URL ?? DEFAULT_CELL_AGENT_OPTIONS.redisUrl,
+        keyPrefix: process.env.SF_KEY_PREFIX ?? DEFAULT_KEY_PREFIX,
+      },
+      { ...options, listenHost, advertiseHost: options.advertiseHost ?? listenHost },
+    ) as CellAgent['opts'];
+    this.keys = keyLayout(this.opts.keyPrefix);
     this.name = options.name;
     this.dataDir = path.resolve(options.dataDir ?? defaultCellDataDir(options.name));
     this.log = options.logger ?? pino({ name: 'sf-cell', base: { cell: options.name } }, pino.destination(2));
@@ -226,6 +231,7 @@ export class CellAgent {
       executors: usable,
       engines: this.engines,
       redis: this.redis,
+      keys: this.keys,
       report: (id, actual) => void this.report(id, actual),
     });
     await this.instances.load();
@@ -240,7 +246,7 @@ export class CellAgent {
     this.timers.push(setInterval(() => this.instances?.reportAll(), FULL_REPORT_MS));
     this.timers.push(setInterval(() => void this.instances?.probe().catch(() => undefined), this.opts.reconcileMs));
 
-    await this.sub.subscribe(cellKeys.notify(this.name));
+    await this.sub.subscribe(this.keys.cell(this.name).notify);
     this.sub.on('message', (_channel: string, message: string) => {
       if (message === NOTIFY_DESIRED) this.requestReconcile();
     });
@@ -274,7 +280,7 @@ export class CellAgent {
     await Promise.all([...this.orderChains.values(), ...this.pendingActions]);
     await this.instances?.shutdown(this.opts.stopInstancesOnExit);
     try {
-      await this.redis?.del(cellKeys.registration(this.name));
+      await this.redis?.del(this.keys.cell(this.name).registration);
       await this.publish({ type: 'deregistered', cell: this.name });
     } catch (err) {
       this.log.warn({ err: errorMessageOf(err) }, 'deregistration failed; the key expires by TTL');
@@ -325,8 +331,8 @@ export class CellAgent {
     try {
       const res = await this.redis
         .multi()
-        .set(cellKeys.registration(this.name), JSON.stringify(this.record()), 'PX', this.opts.heartbeatTtlMs)
-        .sadd(CELLS_SET_KEY, this.name)
+        .set(this.keys.cell(this.name).registration, JSON.stringify(this.record()), 'PX', this.opts.heartbeatTtlMs)
+        .sadd(this.keys.cells, this.name)
         .exec();
       this.noteRegistration(Number(res?.[1]?.[1] ?? 0));
     } catch (err) {
@@ -354,9 +360,9 @@ export class CellAgent {
 
   private async reconcile(): Promise<void> {
     if (!this.redis || !this.instances) return;
-    const raw = await this.redis.hgetall(cellKeys.desired(this.name));
+    const raw = await this.redis.hgetall(this.keys.cell(this.name).desired);
     if (Object.keys(raw).length === 0 && this.instances.count() > 0)
-      this.noteRegistration(await this.redis.sadd(CELLS_SET_KEY, this.name));
+      this.noteRegistration(await this.redis.sadd(this.keys.cells, this.name));
     if (this.stateLost) {
       if (Object.keys(raw).length === 0) return;
       this.stateLost = false;
@@ -430,8 +436,8 @@ export class CellAgent {
   private async report(instanceId: string, actual: ActualInstance | null): Promise<void> {
     if (!this.redis) return;
     try {
-      if (actual) await this.redis.hset(cellKeys.actual(this.name), instanceId, JSON.stringify(actual));
-      else await this.redis.hdel(cellKeys.actual(this.name), instanceId);
+      if (actual) await this.redis.hset(this.keys.cell(this.name).actual, instanceId, JSON.stringify(actual));
+      else await this.redis.hdel(this.keys.cell(this.name).actual, instanceId);
       await this.publish({ type: 'actual', cell: this.name, instanceId, actual });
     } catch (err) {
       this.log.warn({ instanceId, err: errorMessageOf(err) }, 'report failed');
@@ -442,20 +448,20 @@ export class CellAgent {
   private async clearStaleReports(): Promise<void> {
     if (!this.redis || !this.instances) return;
     const known = new Set(this.instances.ids());
-    const reported = await this.redis.hkeys(cellKeys.actual(this.name));
+    const reported = await this.redis.hkeys(this.keys.cell(this.name).actual);
     const stale = reported.filter((id) => !known.has(id));
-    if (stale.length) await this.redis.hdel(cellKeys.actual(this.name), ...stale);
+    if (stale.length) await this.redis.hdel(this.keys.cell(this.name).actual, ...stale);
   }
 
   private async publish(event: CellEvent): Promise<void> {
-    await this.redis?.publish(CELL_EVENTS_CHANNEL, JSON.stringify(event));
+    await this.redis?.publish(this.keys.cellEvents, JSON.stringify(event));
   }
 
   private async orderLoop(): Promise<void> {
     while (this.running && this.orderConn) {
       let popped: [string, string] | null;
       try {
-        popped = await this.orderConn.brpop(cellKeys.orders(this.name), 1);
+        popped = await this.orderConn.brpop(this.keys.cell(this.name).orders, 1);
       } catch (err) {
         if (!this.running) return;
         this.log.warn({ err: errorMessageOf(err) }, 'order queue read failed');
@@ -523,7 +529,7 @@ export class CellAgent {
       });
     }
     try {
-      await this.redis?.set(cellKeys.orderResult(result.orderId), JSON.stringify(result), 'PX', ORDER_RESULT_TTL_MS);
+      await this.redis?.set(this.keys.orderResult(result.orderId), JSON.stringify(result), 'PX', ORDER_RESULT_TTL_MS);
       await this.publish({ type: 'order-result', cell: this.name, result });
     } catch (err) {
       this.log.warn({ orderId: result.orderId, err: errorMessageOf(err) }, 'order result not stored');
@@ -540,5 +546,5 @@ function safeParseSpec(json: string): { ok: true; spec: InstanceSpec } | { ok: f
   }
   const parsed = instanceSpecSchema.safeParse(value);
   if (parsed.success) return { ok: true, spec: parsed.data };
-  return { ok: false, message: schemaError(parsed.error, ErrorCode.InvalidInstanceSpec, 'spec').message };
+  return { ok: false, message: schemaError(parsed.error, ErrorCode.InvalidInstanceSpec).message };
 }

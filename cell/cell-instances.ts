@@ -5,14 +5,9 @@
  * an instance is started only for a generation not yet attempted, so a crash is reported and
  * never retried here (issue 4: "restarts nothing on its own initiative").
  */
+import type { KeyLayout } from '../protocol/keys';
 import type { Redis } from 'ioredis';
-import {
-  cellKeys,
-  type ActualInstance,
-  type ActualState,
-  type ExecutorKind,
-  type InstanceSpec,
-} from '../protocol/cell-protocol';
+import { type ActualInstance, type ActualState, type ExecutorKind, type InstanceSpec } from '../protocol/cell-protocol';
 import type { Engine } from './engine';
 import type { EngineRegistry } from './engine-registry';
 import { ErrorCode, SfError, errorCodeOf, errorMessageOf } from '../common/errors';
@@ -28,6 +23,8 @@ export interface CellInstancesOptions {
   engines: EngineRegistry;
   /** Used for leases; undefined = no leases kept. */
   redis: Redis | undefined;
+  /** The installation's key layout (leases and epoch floors). */
+  keys: KeyLayout;
   /** Called with every changed report (null = forgotten). */
   report: (instanceId: string, actual: ActualInstance | null) => void;
   /** @default 'process' */
@@ -239,7 +236,7 @@ export class CellInstances {
    */
   async checkEpochFloor(spec: Pick<InstanceSpec, 'role' | 'instanceId' | 'epoch'>): Promise<void> {
     if (spec.role !== 'primary' || !this.options.redis) return;
-    const floor = Number((await this.options.redis.get(cellKeys.leaseFloor(spec.instanceId))) ?? 0);
+    const floor = Number((await this.options.redis.get(this.options.keys.leaseFloor(spec.instanceId))) ?? 0);
     if (spec.epoch < floor) {
       throw new SfError(
         ErrorCode.StaleEpoch,
@@ -477,6 +474,7 @@ export class CellInstances {
     if (inst.lease) return inst.lease.setEpoch(inst.spec.epoch);
     const id = inst.spec.instanceId;
     const lease = new LeaseKeeper({
+      keys: this.options.keys,
       redis: this.options.redis as Redis,
       instanceId: id,
       holder: this.options.cell,

@@ -17,15 +17,7 @@ export {
   type EngineRegistry,
   type EngineRegistryOptions,
 } from './engine-registry';
-export {
-  LeaseKeeper,
-  renewLease,
-  fenceLease,
-  readLease,
-  type LeaseKeeperOptions,
-  type LeaseRenewal,
-  type LeaseState,
-} from './lease-keeper';
+export { LeaseKeeper, type LeaseKeeperOptions } from './lease-keeper';
 export { NetworkFencer, type NetworkFencerOptions, type NetworkFenceMode } from './fencer-network';
 export { parsePortRange, DEFAULT_PORT_RANGE, type PortRange } from './port-allocator';
 export { checkEpoch, volumePaths, type InstanceMeta } from './instance-volume';

@@ -11,6 +11,7 @@ export interface CellFlags {
   zone?: string;
   capacityMb?: string;
   redis?: string;
+  keyPrefix?: string;
   dataDir?: string;
   listenHost: string;
   advertiseHost?: string;
@@ -36,6 +37,7 @@ export async function runCell(flags: CellFlags): Promise<void> {
     zone: flags.zone,
     capacityMb: parseIntFlag(flags.capacityMb, '--capacity-mb', 1),
     redisUrl: flags.redis ?? process.env.SF_REDIS_URL,
+    keyPrefix: flags.keyPrefix ?? process.env.SF_KEY_PREFIX,
     dataDir: flags.dataDir,
     listenHost: flags.listenHost,
     advertiseHost: flags.advertiseHost,

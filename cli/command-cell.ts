@@ -16,6 +16,10 @@ export function registerCellCommand(program: Command): void {
     .option('--capacity-mb <n>', 'volume capacity offered to placement, in MB')
     .option('--redis <url>', 'Redis URL of the control plane (default: SF_REDIS_URL or redis://127.0.0.1:6379)')
     .option(
+      '--key-prefix <prefix>',
+      'prefix of every Redis key; control, cells and routers of one installation use the same (default: SF_KEY_PREFIX or sf:)',
+    )
+    .option(
       '--data-dir <dir>',
       'where instance volumes live (default: /var/lib/service-foundry/cells/NAME as root, else ~/.service-foundry/cells/NAME)',
     )

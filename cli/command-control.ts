@@ -12,6 +12,7 @@ import { exitWithError, parseHostPort, parseIntFlag } from './cli-support';
 interface ControlFlags {
   listen: string;
   redis?: string;
+  keyPrefix?: string;
   tokensFile?: string;
   bodyLimit: string;
   sweepIntervalMs: string;
@@ -30,6 +31,7 @@ async function runControl(flags: ControlFlags): Promise<void> {
   if (admin.file) log.info({ file: admin.file }, 'admin token file (clients on this machine read it)');
   const control = await startControlServer({
     redisUrl: flags.redis ?? process.env.SF_REDIS_URL ?? DEFAULTS.redisUrl,
+    keyPrefix: flags.keyPrefix ?? process.env.SF_KEY_PREFIX ?? DEFAULTS.keyPrefix,
     host: listen.host,
     port: listen.port,
     adminToken: admin.token,
@@ -52,6 +54,10 @@ export function registerControlCommand(program: Command): void {
     .description('run the control plane API (state in Redis)')
     .option('--listen <host:port>', 'API address', `${DEFAULTS.host}:${DEFAULTS.port}`)
     .option('--redis <url>', `Redis URL (default: SF_REDIS_URL or ${DEFAULTS.redisUrl})`)
+    .option(
+      '--key-prefix <prefix>',
+      'prefix of every Redis key; control, cells and routers of one installation use the same (default: SF_KEY_PREFIX or sf:)',
+    )
     .option('--tokens-file <file>', 'JSON list of extra tokens: [{"name","token","scopes":["read"|"write"|"admin"]}]')
     .option('--body-limit <bytes>', 'largest accepted request body', String(DEFAULTS.bodyLimitBytes))
     .option('--sweep-interval-ms <ms>', 'how often expired routes are removed', String(DEFAULTS.sweepIntervalMs))

@@ -18,6 +18,10 @@ export function registerRouterCommand(program: Command): void {
       'control API to ask for the Redis that carries the pushed table (token: SF_API_TOKEN or the local admin token)',
     )
     .option('--redis <url>', 'Redis URL of the control plane (default: SF_REDIS_URL)')
+    .option(
+      '--key-prefix <prefix>',
+      'prefix of every Redis key; control, cells and routers of one installation use the same (default: SF_KEY_PREFIX or sf:)',
+    )
     .option('--router-group <name>', 'router group whose table to serve', DEFAULT_ROUTER_GROUP)
     .option('--router-id <id>', 'id reported in heartbeats (default: HOST-PID)')
     .option('--cache-file <file>', 'where the last table is kept for restarts while Redis is down')

@@ -20,6 +20,7 @@ import { UsageError, parseHostPort, parseIntFlag, stopOnSignals } from './cli-su
 export interface RouterFlags {
   routes?: string;
   redis?: string;
+  keyPrefix?: string;
   control?: string;
   routerGroup: string;
   routerId?: string;
@@ -50,7 +51,7 @@ async function routeSource(flags: RouterFlags): Promise<RouteSource> {
   const redisUrl = flags.redis ?? process.env.SF_REDIS_URL;
   if (redisUrl) {
     const { RedisRouteSource } = await import('../router/route-source-redis');
-    return new RedisRouteSource({ redisUrl, ...pushed });
+    return new RedisRouteSource({ redisUrl, keyPrefix: flags.keyPrefix ?? process.env.SF_KEY_PREFIX, ...pushed });
   }
   throw new UsageError(
     'sf router needs --routes FILE, --control URL, or --redis URL (or SF_REDIS_URL) for a pushed table',

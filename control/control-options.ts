@@ -3,7 +3,7 @@
  * uWS, ioredis and pino.
  */
 import type { Logger } from 'pino';
-import { DEFAULT_KEY_PREFIX } from '../protocol/route-push-protocol';
+import { DEFAULT_KEY_PREFIX } from '../protocol/keys';
 import type { StaticToken } from './api/token-authenticator';
 import type { ServicePlaneOptions } from './services/service-plane';
 

@@ -13,7 +13,7 @@ import { TokenAuthenticator, type StaticToken } from './api/token-authenticator'
 import { DEFAULT_CONTROL_SERVER_OPTIONS, type ControlServerOptions } from './control-options';
 import { EventHub } from './events/event-hub';
 import { RouterGroupStore } from './state/router-group-store';
-import { controlKeys } from './state/store-keys';
+import { keyLayout } from '../protocol/keys';
 import { TcpRouteStore } from './state/tcp-route-store';
 import { TokenStore } from './state/token-store';
 import { withDefaults } from '../common/options';
@@ -39,11 +39,11 @@ export async function startControlServer(options: ControlServerOptions = {}): Pr
   const log = opts.logger ?? pino({ name: 'control', level: process.env.SF_LOG_LEVEL ?? 'info' });
   const redis = createRedis(opts.redisUrl, { connectionName: 'sf-control', maxRetriesPerRequest: 2 });
   redis.on('error', (err: Error) => log.warn({ err: err.message }, 'redis connection problem'));
-  const keys = controlKeys(opts.keyPrefix);
+  const keys = keyLayout(opts.keyPrefix);
   const groups = new RouterGroupStore(redis, keys);
   const routes = new TcpRouteStore(redis, keys, groups, { now: opts.now });
   const tokens = new TokenStore(redis, keys);
-  const hub = new EventHub(opts.redisUrl, keys.events, (err) => log.warn({ err: err.message }, 'event feed problem'));
+  const hub = new EventHub(opts.redisUrl, keys.routeEvents, (err) => log.warn({ err: err.message }, 'event feed problem'));
   const sweeper = new RouteTtlSweeper(routes, {
     intervalMs: opts.sweepIntervalMs,
     onError: (err) => log.warn({ err: (err as Error).message }, 'TTL sweep failed'),

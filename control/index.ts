@@ -11,7 +11,6 @@ export {
 } from './api/http-server';
 export { hasScope, type Authenticator, type Principal, type Scope } from './api/auth';
 export { casCommit, withCasRetry, encodeCasOps, type CasOp, type CasGuard, type CasPlan } from './state/cas-commit';
-export { controlKeys, type ControlKeys, type GroupKeys } from './state/store-keys';
 export { RouterGroupStore, type RouterGroup, type RouterGroupInput } from './state/router-group-store';
 export { TcpRouteStore, type TcpRouteStoreOptions } from './state/tcp-route-store';
 export type {

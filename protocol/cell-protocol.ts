@@ -5,6 +5,8 @@
  * - control writes `desired`, pushes `orders` and publishes on `notify`;
  * - the cell writes its registration key, `actual`, order results and publishes on `sf:cell-events`.
  *
+ * Keys are in keys.ts and take the installation's prefix (`sf:` below).
+ *
  * Flow: control HSETs an instance spec into `sf:cell:{name}:desired` and PUBLISHes `desired` on
  * `sf:cell:{name}:notify`; the cell re-reads the whole hash (it also polls, so a lost message only
  * costs latency), starts what is new, stops what disappeared, and reports every change in
@@ -14,31 +16,6 @@
  * (kept for ORDER_RESULT_TTL_MS) and publishes an `order-result` event. See docs/cells.md.
  */
 import { z } from 'zod';
-
-export const CELL_KEY_PREFIX = 'sf:cell:';
-/** Set of every cell name that ever registered; liveness is the registration key's existence. */
-export const CELLS_SET_KEY = 'sf:cells';
-/** One channel for all cells' reports, so control needs one subscription. */
-export const CELL_EVENTS_CHANNEL = 'sf:cell-events';
-
-export const cellKeys = {
-  /** String, JSON `CellRecord`, with a PX TTL refreshed by the heartbeat. Absent = cell dead. */
-  registration: (cell: string): string => `${CELL_KEY_PREFIX}${cell}`,
-  /** Hash instanceId -> JSON `InstanceSpec`. Written by control only. */
-  desired: (cell: string): string => `${CELL_KEY_PREFIX}${cell}:desired`,
-  /** Hash instanceId -> JSON `ActualInstance`. Written by the cell only. */
-  actual: (cell: string): string => `${CELL_KEY_PREFIX}${cell}:actual`,
-  /** List of JSON `Order`: control LPUSHes, the cell BRPOPs (FIFO). */
-  orders: (cell: string): string => `${CELL_KEY_PREFIX}${cell}:orders`,
-  /** Pub/sub channel control publishes `desired` on after changing the desired hash. */
-  notify: (cell: string): string => `${CELL_KEY_PREFIX}${cell}:notify`,
-  /** String, JSON `OrderResult`, with a TTL. */
-  orderResult: (orderId: string): string => `sf:order:${orderId}`,
-  /** Hash lease of a primary (see lease-keeper.ts). */
-  lease: (instanceId: string): string => `sf:lease:${instanceId}`,
-  /** String: the lowest epoch a lease renewal may carry; raised by control when it fences. */
-  leaseFloor: (instanceId: string): string => `sf:lease:${instanceId}:floor`,
-} as const;
 
 export const NOTIFY_DESIRED = 'desired';
 export const ORDER_RESULT_TTL_MS = 3_600_000;

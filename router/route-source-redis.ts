@@ -12,13 +12,8 @@ import { type Redis } from 'ioredis';
 import { createRedis } from '../common/redis-connection';
 import { ErrorCode, SfError } from '../common/errors';
 import { parseRoute, parseRouteTable, type Route, type RouteTable } from '../protocol/route-model';
-import {
-  DEFAULT_KEY_PREFIX,
-  routerGroupKeys,
-  type RouteDelta,
-  type RouterGroupKeys,
-  type RouterHeartbeat,
-} from '../protocol/route-push-protocol';
+import type { RouteDelta, RouterHeartbeat } from '../protocol/route-push-protocol';
+import { DEFAULT_KEY_PREFIX, routerGroupKeys, type RouterGroupKeys } from '../protocol/keys';
 import type { RouteSource, RouteSourceListener } from './route-source';
 
 export interface RedisRouteSourceOptions {

@@ -5,7 +5,7 @@
 import { z } from 'zod';
 import { backendSchema, routeSchema } from '../../protocol/route-model';
 import { schemaError } from '../../common/errors';
-import { ROUTER_GROUP_NAME_PATTERN } from '../../protocol/route-push-protocol';
+import { ROUTER_GROUP_NAME_PATTERN } from '../../protocol/keys';
 import { ErrorCode } from '../../common/errors';
 
 /** @default 86400 s: a TTL longer than a day is almost certainly a unit mistake */

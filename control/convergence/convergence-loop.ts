@@ -6,7 +6,6 @@
 import { type Redis } from 'ioredis';
 import { createRedis } from '../../common/redis-connection';
 import type { Logger } from 'pino';
-import { CELL_EVENTS_CHANNEL } from '../../protocol/cell-protocol';
 import { ErrorCode, isSfError } from '../../common/errors';
 import { withDefaults } from '../../common/options';
 import type { LeaderElector } from '../leader/leader-elector';
@@ -60,7 +59,7 @@ export class ConvergenceLoop {
       this.opts.logger.warn({ err: err.message }, 'convergence subscription problem'),
     );
     this.sub.on('message', () => this.kick());
-    await this.sub.subscribe(CELL_EVENTS_CHANNEL, this.store.keys.servicesChanged);
+    await this.sub.subscribe(this.store.keys.cellEvents, this.store.keys.servicesChanged);
     this.timer = setInterval(() => this.kick(0), this.opts.pollMs);
     this.kick(0);
   }

@@ -3,7 +3,6 @@ export { ConvergenceLoop, DEFAULT_CONVERGENCE_LOOP_OPTIONS, type ConvergenceLoop
 export {
   ServiceReconciler,
   DEFAULT_SERVICE_RECONCILER_OPTIONS,
-  instanceSpecOps,
   type ServiceReconcilerOptions,
 } from './service-reconciler';
 export { RouteEmitter } from './route-emitter';

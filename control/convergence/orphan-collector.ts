@@ -4,18 +4,21 @@
  * cells are collected (a cell stops an instance that is not desired on its own), and an order is
  * re-sent at most every `retryMs`, since a cell may be busy or the order may fail.
  */
-import { cellKeys } from '../../protocol/cell-protocol';
 import { fencedCommit, type LeaderFence } from '../leader/fenced-commit';
 import type { CasOp } from '../state/cas-commit';
 import type { CellSnapshot } from '../services/cell-directory';
 import type { ServiceRecord } from '../services/service-types';
 import type { Redis } from 'ioredis';
+import type { KeyLayout } from '../../protocol/keys';
+import type { Order } from '../../protocol/cell-protocol';
+import { queueOrderOp } from '../state/cell-client';
 
 export class OrphanCollector {
   private readonly ordered = new Map<string, number>();
 
   constructor(
     private readonly redis: Redis,
+    private readonly keys: KeyLayout,
     /** @default 5000 ms between two orders for the same volume (an order can fail while the cell still stops the instance) */
     private readonly retryMs = 5_000,
   ) {}
@@ -42,12 +45,12 @@ export class OrphanCollector {
           continue;
         if (now - (this.ordered.get(key) ?? 0) < this.retryMs) continue;
         this.ordered.set(key, now);
-        const order = {
+        const order: Order = {
           type: 'delete-volume',
           orderId: `gc-${actual.instanceId}-${now}`,
           instanceId: actual.instanceId,
         };
-        ops.push({ cmd: 'LPUSH_CAPPED', key: cellKeys.orders(cell.name), value: JSON.stringify(order), cap: 10_000 });
+        ops.push(queueOrderOp(this.keys, cell.name, order));
       }
     }
     if (ops.length === 0) return 0;

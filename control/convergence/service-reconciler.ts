@@ -5,7 +5,9 @@
  * FailoverCoordinator, tear down deleted services, and emit the route. Every write carries the
  * leader's fence, so it is a no-op for a deposed leader.
  */
-import { cellKeys, NOTIFY_DESIRED, type InstanceSpecInput } from '../../protocol/cell-protocol';
+import type { Order } from '../../protocol/cell-protocol';
+import { putDesiredOps, queueOrderOp, removeDesiredOps } from '../state/cell-client';
+import { DEFAULT_PRIMARY_LEASE_TTL_MS, instanceSpec } from '../services/instance-spec';
 import { isSfError } from '../../common/errors';
 import { withDefaults } from '../../common/options';
 import type { LeaderFence } from '../leader/fenced-commit';
@@ -30,7 +32,7 @@ export interface ServiceReconcilerOptions {
 export const DEFAULT_SERVICE_RECONCILER_OPTIONS: Required<ServiceReconcilerOptions> = {
   restartBackoffMs: 5_000,
   deleteGraceMs: 30_000,
-  primaryLeaseTtlMs: 3_000,
+  primaryLeaseTtlMs: DEFAULT_PRIMARY_LEASE_TTL_MS,
 };
 
 type EventInput = Omit<ServiceEvent, 'at' | 'leaderToken'>;
@@ -87,7 +89,7 @@ export class ServiceReconciler {
     for (const inst of [...next.instances]) {
       if (inst.role !== 'replica' || alive(inst.cell)) continue;
       next.instances = next.instances.filter((i) => i.id !== inst.id);
-      ops.push(...removeSpecOps(inst));
+      ops.push(...removeDesiredOps(this.store.keys, inst.cell, inst.id));
       events.push({
         type: 'instance-removed',
         service: rec.name,
@@ -203,8 +205,13 @@ export class ServiceReconciler {
       if (inst.upstream && inst.upstream.host === upstream.host && inst.upstream.port === upstream.port) continue;
       inst.upstream = upstream;
       ops.push(...this.specOps(next, inst, upstream));
-      const order = { type: 'repoint', orderId: `repoint-${inst.id}-${now}`, instanceId: inst.id, primary: upstream };
-      ops.push({ cmd: 'LPUSH_CAPPED', key: cellKeys.orders(inst.cell), value: JSON.stringify(order), cap: 10_000 });
+      const order: Order = {
+        type: 'repoint',
+        orderId: `repoint-${inst.id}-${now}`,
+        instanceId: inst.id,
+        primary: upstream,
+      };
+      ops.push(queueOrderOp(this.store.keys, inst.cell, order));
       events.push({
         type: 'instance-repointed',
         service: rec.name,
@@ -256,7 +263,7 @@ export class ServiceReconciler {
     for (const inst of rec.instances) {
       const cell = cells.get(inst.cell);
       if (inst.specWritten) {
-        ops.push(...removeSpecOps(inst));
+        ops.push(...removeDesiredOps(this.store.keys, inst.cell, inst.id));
         keep.push({ ...inst, specWritten: false, restartedAt: now });
         continue;
       }
@@ -268,8 +275,8 @@ export class ServiceReconciler {
         continue;
       }
       if (cell?.alive && actual?.volumePresent) {
-        const order = { type: 'delete-volume', orderId: `delete-${inst.id}-${now}`, instanceId: inst.id };
-        ops.push({ cmd: 'LPUSH_CAPPED', key: cellKeys.orders(inst.cell), value: JSON.stringify(order), cap: 10_000 });
+        const order: Order = { type: 'delete-volume', orderId: `delete-${inst.id}-${now}`, instanceId: inst.id };
+        ops.push(queueOrderOp(this.store.keys, inst.cell, order));
       }
     }
     if (keep.length > 0) {
@@ -294,42 +301,12 @@ export class ServiceReconciler {
     inst: InstanceRecord,
     upstream: { host: string; port: number } | null,
   ): CasOp[] {
-    return instanceSpecOps(service, inst, upstream, this.opts.primaryLeaseTtlMs);
+    return putDesiredOps(
+      this.store.keys,
+      inst.cell,
+      instanceSpec(service, inst, upstream, this.opts.primaryLeaseTtlMs),
+    );
   }
-}
-
-/** The desired-spec write (and its notification) for one instance; also used by failover. */
-export function instanceSpecOps(
-  service: ServiceRecord,
-  inst: InstanceRecord,
-  upstream: { host: string; port: number } | null,
-  primaryLeaseTtlMs = DEFAULT_SERVICE_RECONCILER_OPTIONS.primaryLeaseTtlMs,
-): CasOp[] {
-  const spec: InstanceSpecInput = {
-    instanceId: inst.id,
-    service: service.name,
-    engine: service.engine,
-    role: inst.role,
-    epoch: inst.epoch,
-    generation: inst.generation,
-    durability: service.durability,
-    replicas: service.replicas,
-    volume: { sizeMb: service.volume.sizeMb },
-    ...(inst.role === 'replica' && upstream ? { replicaOf: upstream } : {}),
-    ...(service.command ? { command: service.command } : {}),
-    ...(inst.role === 'primary' && primaryLeaseTtlMs > 0 ? { lease: { ttlMs: primaryLeaseTtlMs } } : {}),
-  };
-  return [
-    { cmd: 'HSET', key: cellKeys.desired(inst.cell), field: inst.id, value: JSON.stringify(spec) },
-    { cmd: 'PUBLISH', channel: cellKeys.notify(inst.cell), message: NOTIFY_DESIRED },
-  ];
-}
-
-function removeSpecOps(inst: InstanceRecord): CasOp[] {
-  return [
-    { cmd: 'HDEL', key: cellKeys.desired(inst.cell), field: inst.id },
-    { cmd: 'PUBLISH', channel: cellKeys.notify(inst.cell), message: NOTIFY_DESIRED },
-  ];
 }
 
 /** Where replicas connect: the primary's address once its cell reports it running. */

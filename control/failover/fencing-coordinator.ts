@@ -14,7 +14,7 @@ import type { Logger } from 'pino';
 import type { FailoverCoordinator, FailoverOutcome, PrimaryLoss } from '../convergence/failover-coordinator';
 import type { LeaderElector } from '../leader/leader-elector';
 import type { LeaderFence } from '../leader/fenced-commit';
-import { readLease } from '../../cell/lease-keeper';
+import { readLease } from '../../protocol/lease';
 import { withDefaults } from '../../common/options';
 import type { ServiceRecord } from '../services/service-types';
 import { ErrorCode, SfError } from '../../common/errors';
@@ -164,7 +164,7 @@ export class FencingFailoverCoordinator implements FailoverCoordinator {
 
   /** A lease gap counts only when it outlasts the grace period and no lease with our epoch exists. */
   private async leaseExpired(instanceId: string, epoch: number): Promise<boolean> {
-    const lease = await readLease(this.deps.redis, instanceId);
+    const lease = await readLease(this.deps.redis, this.deps.store.keys, instanceId);
     if (lease && lease.epoch >= epoch) {
       this.leaseMissingSince.delete(instanceId);
       return false;

@@ -7,7 +7,7 @@
 import type { Redis } from 'ioredis';
 import { fencedCommit, type LeaderFence } from '../leader/fenced-commit';
 import type { CasOp } from '../state/cas-commit';
-import type { ServiceKeys } from '../services/service-keys';
+import type { KeyLayout } from '../../protocol/keys';
 import type { ServiceEvent } from '../services/service-types';
 
 export type FencingStepName =
@@ -46,14 +46,10 @@ export interface FencingStep {
 
 export type FencingStepInput = Omit<FencingStep, 'at' | 'leaderToken' | 'service' | 'operation' | 'trigger'>;
 
-export function fencingHistoryKey(service: string): string {
-  return `sf:fencing:${service}`;
-}
-
 export class FencingHistory {
   constructor(
     private readonly redis: Redis,
-    private readonly keys: ServiceKeys,
+    private readonly keys: KeyLayout,
     private readonly limit: number,
   ) {}
 
@@ -75,9 +71,9 @@ export class FencingHistory {
     };
     const eventText = JSON.stringify(event);
     const ops: CasOp[] = [
-      { cmd: 'LPUSH_CAPPED', key: fencingHistoryKey(op.service), value: JSON.stringify(entry), cap: this.limit },
-      { cmd: 'LPUSH_CAPPED', key: this.keys.eventLog, value: eventText, cap: 500 },
-      { cmd: 'PUBLISH', channel: this.keys.events, message: eventText },
+      { cmd: 'LPUSH_CAPPED', key: this.keys.fencingHistory(op.service), value: JSON.stringify(entry), cap: this.limit },
+      { cmd: 'LPUSH_CAPPED', key: this.keys.serviceEventLog, value: eventText, cap: 500 },
+      { cmd: 'PUBLISH', channel: this.keys.serviceEvents, message: eventText },
     ];
     await fencedCommit(this.redis, fence, [], ops);
     return entry;
@@ -85,7 +81,7 @@ export class FencingHistory {
 
   /** Newest first. */
   async list(service: string, limit = this.limit): Promise<FencingStep[]> {
-    const texts = await this.redis.lrange(fencingHistoryKey(service), 0, limit - 1);
+    const texts = await this.redis.lrange(this.keys.fencingHistory(service), 0, limit - 1);
     return texts.map((t) => JSON.parse(t) as FencingStep);
   }
 }

@@ -14,12 +14,12 @@
  * Every record write carries the leader fence, so a deposed leader stops at its next write.
  */
 import type { Redis } from 'ioredis';
-import { sendOrder, type OrderRequest } from '../state/cell-client';
+import { putDesiredOps, sendOrder, type OrderRequest } from '../state/cell-client';
 import type { OrderResult } from '../../protocol/cell-protocol';
-import { fenceLease } from '../../cell/lease-keeper';
+import { fenceLease } from '../../protocol/lease';
 import type { LeaderFence } from '../leader/fenced-commit';
 import type { RouteEmitter } from '../convergence/route-emitter';
-import { instanceSpecOps } from '../convergence/service-reconciler';
+import { instanceSpec } from '../services/instance-spec';
 import type { CellDirectory, CellSnapshot } from '../services/cell-directory';
 import type { ServiceStore } from '../services/service-store';
 import type { InstanceRecord, ServiceRecord } from '../services/service-types';
@@ -140,7 +140,7 @@ export class FencingSequence {
         message: `cell ${primary.cell} is not alive (registration expired); relying on the route fence and the lease floor`,
       });
     }
-    const floor = await fenceLease(this.deps.redis, primary.id, epoch);
+    const floor = await fenceLease(this.deps.redis, this.deps.store.keys, primary.id, epoch);
     await op.record({
       step: 'lease-floor',
       outcome: 'ok',
@@ -300,14 +300,20 @@ export class FencingSequence {
           inst.epoch = epoch;
           delete inst.upstream;
           delete inst.fenced;
-          ops.push(...instanceSpecOps(next, inst, null, this.deps.options.primaryLeaseTtlMs));
+          ops.push(
+            ...putDesiredOps(
+              this.deps.store.keys,
+              inst.cell,
+              instanceSpec(next, inst, null, this.deps.options.primaryLeaseTtlMs),
+            ),
+          );
         } else if (old && inst.id === old.id) {
           inst.role = 'replica';
           if (planned && repointed.has(inst.id)) {
             // Repointed live: no restart, and it serves as a replica at once.
             delete inst.fenced;
             inst.upstream = address;
-            ops.push(...instanceSpecOps(next, inst, address));
+            ops.push(...putDesiredOps(this.deps.store.keys, inst.cell, instanceSpec(next, inst, address)));
           } else if (!planned && cells.get(inst.cell)?.alive) {
             // Killed on a live cell: it comes back as a replica of the new primary (a new
             // generation restarts it with `replicaof`), never as a primary with an old epoch.
@@ -315,12 +321,12 @@ export class FencingSequence {
             inst.restartedAt = Date.now();
             inst.upstream = address;
             delete inst.fenced;
-            ops.push(...instanceSpecOps(next, inst, address));
+            ops.push(...putDesiredOps(this.deps.store.keys, inst.cell, instanceSpec(next, inst, address)));
           }
           // On a dead cell it stays a fenced replica: the reconciler replaces it on a live cell.
         } else if (repointed.has(inst.id)) {
           inst.upstream = address;
-          ops.push(...instanceSpecOps(next, inst, address));
+          ops.push(...putDesiredOps(this.deps.store.keys, inst.cell, instanceSpec(next, inst, address)));
         }
       }
       return { change: { record: next, extraOps: ops }, result: next };
@@ -385,7 +391,7 @@ export class FencingSequence {
       message: `writes paused: ${primary.id} published fenced in table version ${version} (epoch ${primary.epoch} -> ${epoch})`,
     });
     await this.awaitRouters(op, marked, version, epoch);
-    const floor = await fenceLease(this.deps.redis, primary.id, epoch);
+    const floor = await fenceLease(this.deps.redis, this.deps.store.keys, primary.id, epoch);
     await op.record({
       step: 'lease-floor',
       outcome: 'ok',
@@ -505,7 +511,7 @@ export class FencingSequence {
         inst.generation += 1;
         inst.restartedAt = Date.now();
         inst.upstream = address;
-        ops.push(...instanceSpecOps(next, inst, address));
+        ops.push(...putDesiredOps(this.deps.store.keys, inst.cell, instanceSpec(next, inst, address)));
       }
       return { change: { record: next, extraOps: ops }, result: next };
     });
@@ -542,7 +548,13 @@ export class FencingSequence {
         if (inst.id !== primary.id || !res?.ok) continue;
         delete inst.fenced;
         inst.epoch = epoch;
-        ops.push(...instanceSpecOps(next, inst, null, this.deps.options.primaryLeaseTtlMs));
+        ops.push(
+          ...putDesiredOps(
+            this.deps.store.keys,
+            inst.cell,
+            instanceSpec(next, inst, null, this.deps.options.primaryLeaseTtlMs),
+          ),
+        );
       }
       return { change: { record: next, extraOps: ops }, result: next };
     });
@@ -641,7 +653,7 @@ export class FencingSequence {
   /** Sends an order; undefined when the cell does not answer in time. */
   private async order(cell: string, request: OrderRequest): Promise<OrderResult | undefined> {
     try {
-      return await sendOrder(this.deps.redis, cell, request, {
+      return await sendOrder(this.deps.redis, this.deps.store.keys, cell, request, {
         timeoutMs: this.deps.options.orderTimeoutMs,
         pollMs: this.deps.options.orderPollMs,
       });

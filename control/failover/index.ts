@@ -6,13 +6,7 @@ export {
   type FencingCoordinatorDeps,
 } from './fencing-coordinator';
 export { FencingSequence, FencingOperation, type FencingDeps } from './fencing-sequence';
-export {
-  FencingHistory,
-  fencingHistoryKey,
-  type FencingStep,
-  type FencingStepName,
-  type FencingOutcome,
-} from './fencing-history';
+export { FencingHistory, type FencingStep, type FencingStepName, type FencingOutcome } from './fencing-history';
 export { DEFAULT_FAILOVER_OPTIONS, type FailoverOptions } from './failover-options';
 export { waitForRouters, type RouterAck } from './router-ack';
 export { chooseReplica, type Candidate } from './replica-choice';

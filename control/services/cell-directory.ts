@@ -4,7 +4,8 @@
  * reports in its `actual` hash. Read-only: cells own these keys.
  */
 import type { Redis } from 'ioredis';
-import { CELLS_SET_KEY, cellKeys, type ActualInstance, type CellRecord } from '../../protocol/cell-protocol';
+import type { KeyLayout } from '../../protocol/keys';
+import { type ActualInstance, type CellRecord } from '../../protocol/cell-protocol';
 
 export interface CellSnapshot {
   name: string;
@@ -19,14 +20,17 @@ export class CellDirectory {
   /** Last record seen per cell, so a dead cell still shows its zone and capacity. */
   private readonly lastRecords = new Map<string, CellRecord>();
 
-  constructor(private readonly redis: Redis) {}
+  constructor(
+    private readonly redis: Redis,
+    private readonly keys: KeyLayout,
+  ) {}
 
   async snapshot(): Promise<Map<string, CellSnapshot>> {
-    const names = (await this.redis.smembers(CELLS_SET_KEY)).sort();
+    const names = (await this.redis.smembers(this.keys.cells)).sort();
     const out = new Map<string, CellSnapshot>();
     if (names.length === 0) return out;
     const tx = this.redis.multi();
-    for (const name of names) tx.get(cellKeys.registration(name)).hgetall(cellKeys.actual(name));
+    for (const name of names) tx.get(this.keys.cell(name).registration).hgetall(this.keys.cell(name).actual);
     const res = (await tx.exec()) ?? [];
     names.forEach((name, i) => {
       const regText = res[2 * i]?.[1] as string | null;

@@ -8,7 +8,6 @@ export {
 } from './service-plane';
 export { ServiceStore, type ServiceSnapshot, type ServiceChange } from './service-store';
 export { CellDirectory, type CellSnapshot } from './cell-directory';
-export { serviceKeys, type ServiceKeys } from './service-keys';
 export {
   serviceCreateSchema,
   DEFAULT_SERVICE_REQUEST,

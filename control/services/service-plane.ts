@@ -21,7 +21,7 @@ import { withDefaults } from '../../common/options';
 import type { RouterGroupStore } from '../state/router-group-store';
 import type { TcpRouteStore } from '../state/tcp-route-store';
 import { CellDirectory } from './cell-directory';
-import { serviceKeys } from './service-keys';
+import { keyLayout } from '../../protocol/keys';
 import { ServiceStore } from './service-store';
 
 export interface ServicePlaneOptions {
@@ -71,9 +71,9 @@ export async function startServicePlane(
 ): Promise<ServicePlane> {
   const opts = withDefaults(DEFAULT_SERVICE_PLANE_OPTIONS, options);
   const log = deps.logger;
-  const keys = serviceKeys(deps.keyPrefix);
+  const keys = keyLayout(deps.keyPrefix);
   const store = new ServiceStore(deps.redis, keys);
-  const directory = new CellDirectory(deps.redis);
+  const directory = new CellDirectory(deps.redis, keys);
   const emitter = new RouteEmitter(deps.groups, deps.routes);
   const fencing = new FencingFailoverCoordinator(
     { redis: deps.redis, store, directory, emitter, groups: deps.groups, routes: deps.routes, logger: log },
@@ -100,7 +100,7 @@ export async function startServicePlane(
     directory,
     reconciler,
     { redisUrl: deps.redisUrl, pollMs: opts.convergencePollMs, logger: log },
-    new OrphanCollector(deps.redis),
+    new OrphanCollector(deps.redis, keys),
   );
   registerServicesApi(server, { store, directory, groups: deps.groups, routes: deps.routes, elector });
   registerCellsApi(server, { directory, store });

@@ -8,7 +8,7 @@ import type { Redis } from 'ioredis';
 import { ErrorCode, SfError } from '../../common/errors';
 import { withFencedRetry, type FencedPlan, type LeaderFence } from '../leader/fenced-commit';
 import type { CasOp } from '../state/cas-commit';
-import type { ServiceKeys } from './service-keys';
+import type { KeyLayout } from '../../protocol/keys';
 import type { ServiceEvent, ServiceRecord } from './service-types';
 
 /** Service events kept for `GET /v3/service_instances/:name/events` and operators. */
@@ -30,7 +30,7 @@ export interface ServiceChange {
 export class ServiceStore {
   constructor(
     private readonly redis: Redis,
-    readonly keys: ServiceKeys,
+    readonly keys: KeyLayout,
   ) {}
 
   async snapshot(): Promise<ServiceSnapshot> {
@@ -91,7 +91,7 @@ export class ServiceStore {
   }
 
   async events(name?: string, limit = 100): Promise<ServiceEvent[]> {
-    const texts = await this.redis.lrange(this.keys.eventLog, 0, SERVICE_EVENT_HISTORY - 1);
+    const texts = await this.redis.lrange(this.keys.serviceEventLog, 0, SERVICE_EVENT_HISTORY - 1);
     const events = texts.map((t) => JSON.parse(t) as ServiceEvent).filter((e) => !name || e.service === name);
     return events.slice(0, limit);
   }
@@ -105,8 +105,8 @@ export class ServiceStore {
     const now = Date.now();
     for (const e of change.events ?? []) {
       const text = JSON.stringify({ ...e, at: now, leaderToken: fence?.token ?? 0 } satisfies ServiceEvent);
-      ops.push({ cmd: 'LPUSH_CAPPED', key: this.keys.eventLog, value: text, cap: SERVICE_EVENT_HISTORY });
-      ops.push({ cmd: 'PUBLISH', channel: this.keys.events, message: text });
+      ops.push({ cmd: 'LPUSH_CAPPED', key: this.keys.serviceEventLog, value: text, cap: SERVICE_EVENT_HISTORY });
+      ops.push({ cmd: 'PUBLISH', channel: this.keys.serviceEvents, message: text });
     }
     ops.push({ cmd: 'PUBLISH', channel: this.keys.servicesChanged, message: name });
     return ops;

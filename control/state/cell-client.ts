@@ -6,37 +6,83 @@
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import {
-  cellKeys,
   instanceSpecSchema,
   NOTIFY_DESIRED,
   type ActualInstance,
+  type InstanceSpec,
   type InstanceSpecInput,
   type Order,
   type OrderResult,
 } from '../../protocol/cell-protocol';
 import { ErrorCode, SfError, schemaError } from '../../common/errors';
+import type { KeyLayout } from '../../protocol/keys';
+import type { CasOp } from './cas-commit';
 
-/** Validates the spec (naming the field) before it reaches the cell. */
-export async function putDesired(redis: Redis, cell: string, spec: InstanceSpecInput): Promise<void> {
+/** The spec, validated (naming the field) before it can reach a cell. */
+export function validInstanceSpec(spec: InstanceSpecInput): InstanceSpec {
   const parsed = instanceSpecSchema.safeParse(spec);
-  if (!parsed.success) {
-    throw schemaError(parsed.error, ErrorCode.InvalidInstanceSpec, 'spec');
+  if (!parsed.success) throw schemaError(parsed.error, ErrorCode.InvalidInstanceSpec, 'spec');
+  return parsed.data;
+}
+
+/**
+ * The desired-spec write and its notification, as operations for a guarded commit: the one way
+ * control tells a cell what to run, whether from convergence, failover or a test.
+ */
+export function putDesiredOps(keys: KeyLayout, cell: string, spec: InstanceSpecInput): CasOp[] {
+  const valid = validInstanceSpec(spec);
+  const cellKeys = keys.cell(cell);
+  return [
+    { cmd: 'HSET', key: cellKeys.desired, field: valid.instanceId, value: JSON.stringify(valid) },
+    { cmd: 'PUBLISH', channel: cellKeys.notify, message: NOTIFY_DESIRED },
+  ];
+}
+
+export function removeDesiredOps(keys: KeyLayout, cell: string, instanceId: string): CasOp[] {
+  const cellKeys = keys.cell(cell);
+  return [
+    { cmd: 'HDEL', key: cellKeys.desired, field: instanceId },
+    { cmd: 'PUBLISH', channel: cellKeys.notify, message: NOTIFY_DESIRED },
+  ];
+}
+
+/** Writes one desired spec outside any guarded commit (tools and tests). */
+export async function putDesired(redis: Redis, keys: KeyLayout, cell: string, spec: InstanceSpecInput): Promise<void> {
+  await runOps(redis, putDesiredOps(keys, cell, spec));
+}
+
+export async function removeDesired(redis: Redis, keys: KeyLayout, cell: string, instanceId: string): Promise<void> {
+  await runOps(redis, removeDesiredOps(keys, cell, instanceId));
+}
+
+async function runOps(redis: Redis, ops: CasOp[]): Promise<void> {
+  const tx = redis.multi();
+  for (const op of ops) {
+    if (op.cmd === 'HSET') tx.hset(op.key, op.field, op.value);
+    else if (op.cmd === 'HDEL') tx.hdel(op.key, op.field);
+    else if (op.cmd === 'PUBLISH') tx.publish(op.channel, op.message);
+    else throw new Error(`runOps: ${op.cmd} is not a desired-state operation`);
   }
-  await redis
-    .multi()
-    .hset(cellKeys.desired(cell), parsed.data.instanceId, JSON.stringify(parsed.data))
-    .publish(cellKeys.notify(cell), NOTIFY_DESIRED)
-    .exec();
+  await tx.exec();
 }
 
-export async function removeDesired(redis: Redis, cell: string, instanceId: string): Promise<void> {
-  await redis.multi().hdel(cellKeys.desired(cell), instanceId).publish(cellKeys.notify(cell), NOTIFY_DESIRED).exec();
-}
-
-export async function readActual(redis: Redis, cell: string, instanceId: string): Promise<ActualInstance | undefined> {
-  const json = await redis.hget(cellKeys.actual(cell), instanceId);
+export async function readActual(
+  redis: Redis,
+  keys: KeyLayout,
+  cell: string,
+  instanceId: string,
+): Promise<ActualInstance | undefined> {
+  const json = await redis.hget(keys.cell(cell).actual, instanceId);
   return json ? (JSON.parse(json) as ActualInstance) : undefined;
 }
+
+/** Queues an order inside a guarded commit; the list is capped so a dead cell cannot grow it forever. */
+export function queueOrderOp(keys: KeyLayout, cell: string, order: Order): CasOp {
+  return { cmd: 'LPUSH_CAPPED', key: keys.cell(cell).orders, value: JSON.stringify(order), cap: ORDER_QUEUE_CAP };
+}
+
+/** @default 10000 orders queued for one cell */
+export const ORDER_QUEUE_CAP = 10_000;
 
 /** An order without its id: `sendOrder` assigns one. */
 export type OrderRequest = Order extends infer O ? (O extends Order ? Omit<O, 'orderId'> : never) : never;
@@ -57,17 +103,18 @@ export interface SendOrderOptions {
  */
 export async function sendOrder(
   redis: Redis,
+  keys: KeyLayout,
   cell: string,
   request: OrderRequest,
   options: SendOrderOptions = {},
 ): Promise<OrderResult> {
   const orderId = options.orderId ?? randomUUID();
   const timeoutMs = options.timeoutMs ?? 30_000;
-  await redis.lpush(cellKeys.orders(cell), JSON.stringify({ ...request, orderId }));
+  await redis.lpush(keys.cell(cell).orders, JSON.stringify({ ...request, orderId }));
   const deadline = Date.now() + timeoutMs;
   // Polling one key is cheap and needs no dedicated subscriber connection per caller.
   for (;;) {
-    const json = await redis.get(cellKeys.orderResult(orderId));
+    const json = await redis.get(keys.orderResult(orderId));
     if (json) return JSON.parse(json) as OrderResult;
     if (Date.now() > deadline) {
       throw new SfError(

@@ -10,7 +10,7 @@ import { DEFAULT_RESERVABLE_PORTS } from '../control-options';
 import { ErrorCode, SfError } from '../../common/errors';
 import { withCasRetry } from './cas-commit';
 import { parsePortRanges, rangesContain, rangesOverlap, type PortRange } from './port-ranges';
-import type { ControlKeys } from './store-keys';
+import type { KeyLayout } from '../../protocol/keys';
 
 export interface RouterGroup {
   guid: string;
@@ -28,7 +28,7 @@ export interface RouterGroupInput {
 export class RouterGroupStore {
   constructor(
     private readonly redis: Redis,
-    private readonly keys: ControlKeys,
+    private readonly keys: KeyLayout,
   ) {}
 
   /** Creates the `default` group unless a group of that name exists (safe to race). */

@@ -13,7 +13,7 @@ import { withDefaults } from '../../common/options';
 import { withCasRetry, type CasGuard, type CasOp } from './cas-commit';
 import { parsePortRanges, rangesContain } from './port-ranges';
 import type { RouterGroup, RouterGroupStore } from './router-group-store';
-import type { ControlKeys, GroupKeys } from './store-keys';
+import type { GroupKeys, KeyLayout } from '../../protocol/keys';
 import {
   ROUTE_LEVEL_FIELDS,
   backendIdOf,
@@ -59,7 +59,7 @@ export class TcpRouteStore {
 
   constructor(
     private readonly redis: Redis,
-    private readonly keys: ControlKeys,
+    private readonly keys: KeyLayout,
     private readonly groups: RouterGroupStore,
     options: TcpRouteStoreOptions = {},
   ) {
@@ -305,7 +305,8 @@ export class TcpRouteStore {
       ops.push({ cmd: 'PUBLISH', channel: gk.channel, message: text });
       events.push(...st.events);
     }
-    if (events.length > 0) ops.push({ cmd: 'PUBLISH', channel: this.keys.events, message: JSON.stringify(events) });
+    if (events.length > 0)
+      ops.push({ cmd: 'PUBLISH', channel: this.keys.routeEvents, message: JSON.stringify(events) });
     return { guards, ops };
   }
 }

@@ -7,7 +7,7 @@ import type { Redis } from 'ioredis';
 import type { Scope } from '../api/auth';
 import { ErrorCode, SfError } from '../../common/errors';
 import { withCasRetry } from './cas-commit';
-import type { ControlKeys } from './store-keys';
+import type { KeyLayout } from '../../protocol/keys';
 
 export interface TokenRecord {
   name: string;
@@ -26,7 +26,7 @@ export function generateToken(): string {
 export class TokenStore {
   constructor(
     private readonly redis: Redis,
-    private readonly keys: ControlKeys,
+    private readonly keys: KeyLayout,
   ) {}
 
   async lookup(token: string): Promise<TokenRecord | null> {

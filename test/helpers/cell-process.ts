@@ -8,6 +8,9 @@ import type { Redis } from 'ioredis';
 import { putDesired, readActual, removeDesired, sendOrder, type OrderRequest } from '../../control/state/cell-client';
 import type { ActualInstance, InstanceSpecInput, OrderResult } from '../../protocol/cell-protocol';
 import { eventually } from './cell-harness';
+import { keyLayout } from '../../protocol/keys';
+
+const KEYS = keyLayout();
 
 const SF = path.resolve(__dirname, '../../cli/sf.js');
 
@@ -66,7 +69,7 @@ export class CellDriver {
   constructor(private readonly redis: Redis) {}
 
   async desire(cell: string, input: Partial<InstanceSpecInput> & { instanceId: string }): Promise<void> {
-    await putDesired(this.redis, cell, {
+    await putDesired(this.redis, KEYS, cell, {
       service: 'svc',
       engine: 'redis',
       role: 'primary',
@@ -77,11 +80,11 @@ export class CellDriver {
   }
 
   undesire(cell: string, instanceId: string): Promise<void> {
-    return removeDesired(this.redis, cell, instanceId);
+    return removeDesired(this.redis, KEYS, cell, instanceId);
   }
 
   async actual(cell: string, id: string): Promise<ActualInstance | undefined> {
-    const value = await readActual(this.redis, cell, id);
+    const value = await readActual(this.redis, KEYS, cell, id);
     if (value?.pid) this.pids.add(value.pid);
     return value;
   }
@@ -104,7 +107,7 @@ export class CellDriver {
 
   /** Loosely typed on purpose: tests also send invalid orders. */
   order(cell: string, body: Record<string, unknown>, timeoutMs = 30_000): Promise<OrderResult> {
-    return sendOrder(this.redis, cell, body as OrderRequest, { timeoutMs });
+    return sendOrder(this.redis, KEYS, cell, body as OrderRequest, { timeoutMs });
   }
 
   /** Instances outlive their cell agent by design: tests kill them by process group. */

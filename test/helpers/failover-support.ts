@@ -5,10 +5,13 @@
 import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { cellKeys, type ActualInstance } from '../../protocol/cell-protocol';
+import { type ActualInstance } from '../../protocol/cell-protocol';
 import type { ServiceView } from '../../control/services';
 import { ADMIN_TOKEN } from './control-harness';
 import type { ServiceCluster } from './service-cluster';
+import { keyLayout } from '../../protocol/keys';
+
+const KEYS = keyLayout();
 
 const SF = path.resolve(__dirname, '../../cli/sf.js');
 const exec = promisify(execFile);
@@ -16,7 +19,7 @@ const exec = promisify(execFile);
 /** The pid of an instance's engine, from its cell's actual state (what the cell supervises). */
 export async function enginePid(cluster: ServiceCluster, view: ServiceView, instanceId: string): Promise<number> {
   const inst = view.instances.find((i) => i.id === instanceId)!;
-  const text = await cluster.state.hget(cellKeys.actual(inst.cell), instanceId);
+  const text = await cluster.state.hget(KEYS.cell(inst.cell).actual, instanceId);
   const pid = text ? (JSON.parse(text) as ActualInstance).pid : null;
   if (!pid) throw new Error(`no pid for ${instanceId}`);
   return pid;

@@ -9,7 +9,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
-import { CELLS_SET_KEY, cellKeys, type ActualInstance } from '../../protocol/cell-protocol';
+import { type ActualInstance } from '../../protocol/cell-protocol';
 import type { ControlServerOptions } from '../../control/control-server';
 import type { ServicePlaneOptions, ServiceView } from '../../control/services';
 import { startControlHarness, type ControlHarness } from './control-harness';
@@ -17,6 +17,7 @@ import { freePort } from './free-port';
 import { startRedisServer, type RedisServerHandle } from './redis-server';
 import { runSf, waitForHealth, type SfProcess } from './sf-process';
 import { eventually } from './tcp-client';
+import { DEFAULT_KEY_PREFIX, keyLayout } from '../../protocol/keys';
 
 export interface ClusterOptions {
   cells?: number;
@@ -25,6 +26,8 @@ export interface ClusterOptions {
   capacityMb?: number;
   /** Service plane options merged over FAST_SERVICE_PLANE (e.g. failover timings). */
   services?: ServicePlaneOptions;
+  /** Prefix of every Redis key, given to control, router and cells alike. @default 'sf:' */
+  keyPrefix?: string;
 }
 
 export interface CellProcess {
@@ -83,6 +86,8 @@ export async function freePortBlock(size = 100): Promise<number> {
 }
 
 export async function startServiceCluster(options: ClusterOptions = {}): Promise<ServiceCluster> {
+  const keyPrefix = options.keyPrefix ?? DEFAULT_KEY_PREFIX;
+  const KEYS = keyLayout(keyPrefix);
   const redis = await startRedisServer();
   const state = new Redis(redis.url);
   const dataDir = await mkdtemp(path.join(tmpdir(), 'sf-services-'));
@@ -92,6 +97,7 @@ export async function startServiceCluster(options: ClusterOptions = {}): Promise
   const routePorts: [number, number] = [routeBase, routeBase + 99];
   const controlOptions: ControlServerOptions = {
     defaultReservablePorts: `${routePorts[0]}-${routePorts[1]}`,
+    keyPrefix,
     services: { ...FAST_SERVICE_PLANE },
   };
   const controls: ControlHarness[] = [];
@@ -104,7 +110,17 @@ export async function startServiceCluster(options: ClusterOptions = {}): Promise
     );
   const routerAdminPort = await freePort();
   const router = runSf(
-    ['router', '--redis', redis.url, '--router-group', 'default', '--admin', `127.0.0.1:${routerAdminPort}`],
+    [
+      'router',
+      '--redis',
+      redis.url,
+      '--key-prefix',
+      keyPrefix,
+      '--router-group',
+      'default',
+      '--admin',
+      `127.0.0.1:${routerAdminPort}`,
+    ],
     { SF_LOG_LEVEL: 'warn' },
   );
   const cells: CellProcess[] = [];
@@ -136,6 +152,8 @@ export async function startServiceCluster(options: ClusterOptions = {}): Promise
           String(options.capacityMb ?? 4096),
           '--redis',
           redis.url,
+          '--key-prefix',
+          keyPrefix,
           '--data-dir',
           path.join(dataDir, name),
           '--port-range',
@@ -152,7 +170,7 @@ export async function startServiceCluster(options: ClusterOptions = {}): Promise
       cells.push(cell);
       try {
         await eventually(
-          async () => (await state.exists(cellKeys.registration(name))) === 1,
+          async () => (await state.exists(KEYS.cell(name).registration)) === 1,
           30_000,
           `cell ${name} registered`,
         );
@@ -181,8 +199,8 @@ export async function startServiceCluster(options: ClusterOptions = {}): Promise
       await Promise.all(cells.map((c) => c.proc.stop()));
       await router.stop();
       // Engines of a cell that was SIGKILLed outlive it; their pids are in the actual hashes.
-      for (const name of await state.smembers(CELLS_SET_KEY)) {
-        for (const text of Object.values(await state.hgetall(cellKeys.actual(name)))) {
+      for (const name of await state.smembers(KEYS.cells)) {
+        for (const text of Object.values(await state.hgetall(KEYS.cell(name).actual))) {
           const pid = (JSON.parse(text) as ActualInstance).pid;
           if (!pid) continue;
           for (const target of [-pid, pid]) {

@@ -1,12 +1,15 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
-import { cellKeys, CELL_EVENTS_CHANNEL, type CellRecord } from '../../protocol/cell-protocol';
+import { type CellRecord } from '../../protocol/cell-protocol';
 import { ErrorCode } from '../../common/errors';
 import { eventually, tempCellDir } from '../helpers/cell-harness';
 import { CellDriver, killProcess, spawnCell } from '../helpers/cell-process';
 import { freePort } from '../helpers/free-port';
 import { startRedisServer, type RedisServerHandle } from '../helpers/redis-server';
+import { keyLayout } from '../../protocol/keys';
+
+const KEYS = keyLayout();
 
 describe('sf cell', function () {
   this.timeout(120_000);
@@ -20,7 +23,7 @@ describe('sf cell', function () {
     spawnCell({ name: 'c1', redisUrl: state.url, dataDir: cellDir.dir, portRange: '22000-22099' });
 
   async function registration(): Promise<CellRecord | undefined> {
-    const json = await redis.get(cellKeys.registration('c1'));
+    const json = await redis.get(KEYS.cell('c1').registration);
     return json ? (JSON.parse(json) as CellRecord) : undefined;
   }
 
@@ -46,11 +49,15 @@ describe('sf cell', function () {
     expect(record.executors).to.deep.equal(['process']);
     expect(record.engines).to.include.members(['redis', 'postgres', 'tcp']);
     expect(await redis.sismember('sf:cells', 'c1')).to.equal(1);
-    expect(await redis.pttl(cellKeys.registration('c1'))).to.be.within(1, 1000);
+    expect(await redis.pttl(KEYS.cell('c1').registration)).to.be.within(1, 1000);
 
     await killProcess(cell);
     const killedAt = Date.now();
-    await eventually(async () => (await redis.exists(cellKeys.registration('c1'))) === 0, 3_000, 'registration expiry');
+    await eventually(
+      async () => (await redis.exists(KEYS.cell('c1').registration)) === 0,
+      3_000,
+      'registration expiry',
+    );
     expect(Date.now() - killedAt).to.be.below(1_500);
   });
 
@@ -59,7 +66,7 @@ describe('sf cell', function () {
     await eventually(registration, 15_000, 'registration');
     const events: string[] = [];
     const sub = new Redis(state.url);
-    await sub.subscribe(CELL_EVENTS_CHANNEL);
+    await sub.subscribe(KEYS.cellEvents);
     sub.on('message', (_c: string, m: string) => events.push(m));
 
     const t0 = Date.now();
@@ -77,7 +84,7 @@ describe('sf cell', function () {
     expect(running).to.include({ role: 'primary', epoch: 3, engine: 'redis', executor: 'process', host: '127.0.0.1' });
     expect(running.port).to.be.within(22000, 22099);
     expect(events.some((e) => e.includes('"type":"actual"') && e.includes('cache-0'))).to.equal(true);
-    await eventually(async () => (await redis.hget(cellKeys.lease('cache-0'), 'epoch')) === '3', 5_000, 'lease held');
+    await eventually(async () => (await redis.hget(KEYS.lease('cache-0'), 'epoch')) === '3', 5_000, 'lease held');
     await eventually(async () => (await registration())?.usedMb === 64, 3_000, 'usedMb 64');
 
     const pos = await driver.order('c1', { type: 'position', instanceId: 'cache-0' });
@@ -154,7 +161,7 @@ describe('sf cell', function () {
     const ownDriver = new CellDriver(ownRedis);
     try {
       await eventually(
-        async () => (await ownRedis.exists(cellKeys.registration('c9'))) === 1,
+        async () => (await ownRedis.exists(KEYS.cell('c9').registration)) === 1,
         15_000,
         'registration once Redis is up',
       );
@@ -166,7 +173,7 @@ describe('sf cell', function () {
       await new Promise((r) => own.once('exit', r));
       own = startState();
       await eventually(
-        async () => (await ownRedis.exists(cellKeys.registration('c9'))) === 1,
+        async () => (await ownRedis.exists(KEYS.cell('c9').registration)) === 1,
         15_000,
         're-registration',
       );
@@ -215,7 +222,7 @@ describe('sf cell', function () {
     const exited = new Promise<number | null>((r) => cell?.once('exit', (code) => r(code)));
     cell.kill('SIGTERM');
     expect(await exited).to.equal(0);
-    expect(await redis.exists(cellKeys.registration('c1'))).to.equal(0);
+    expect(await redis.exists(KEYS.cell('c1').registration)).to.equal(0);
     expect((await driver.actual('c1', 's-0'))?.state).to.equal('stopped');
     expect(() => process.kill(running.pid as number, 0)).to.throw();
   });
@@ -223,7 +230,7 @@ describe('sf cell', function () {
   it('reports an invalid desired spec as failed with the field', async () => {
     cell = startCell();
     await redis.hset(
-      cellKeys.desired('c1'),
+      KEYS.cell('c1').desired,
       'bad-0',
       JSON.stringify({
         instanceId: 'bad-0',
@@ -234,7 +241,7 @@ describe('sf cell', function () {
         volume: { sizeMb: 1 },
       }),
     );
-    await redis.publish(cellKeys.notify('c1'), 'desired');
+    await redis.publish(KEYS.cell('c1').notify, 'desired');
     const bad = await driver.waitState('c1', 'bad-0', 'failed', 10_000);
     expect(bad.lastError?.code).to.equal(ErrorCode.InvalidInstanceSpec);
     expect(bad.lastError?.message).to.match(/^engine/);

@@ -1,9 +1,12 @@
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
-import { cellKeys } from '../../protocol/cell-protocol';
-import { fenceLease, LeaseKeeper, readLease, renewLease } from '../../cell/lease-keeper';
+import { LeaseKeeper } from '../../cell/lease-keeper';
+import { fenceLease, readLease, renewLease } from '../../protocol/lease';
 import { eventually } from '../helpers/cell-harness';
 import { startRedisServer, type RedisServerHandle } from '../helpers/redis-server';
+import { keyLayout } from '../../protocol/keys';
+
+const KEYS = keyLayout();
 
 describe('LeaseKeeper', function () {
   this.timeout(20_000);
@@ -22,18 +25,18 @@ describe('LeaseKeeper', function () {
 
   describe('renewLease', () => {
     it('refuses a renewal with an older epoch than the lease, atomically', async () => {
-      expect(await renewLease(redis, 'l-1', 5, 'cell-a', 2_000)).to.deep.equal({ ok: true, epoch: 5 });
-      expect(await renewLease(redis, 'l-1', 4, 'cell-b', 2_000)).to.deep.equal({ ok: false, epoch: 5 });
-      expect((await readLease(redis, 'l-1'))?.holder).to.equal('cell-a');
-      expect(await renewLease(redis, 'l-1', 6, 'cell-b', 2_000)).to.deep.equal({ ok: true, epoch: 6 });
+      expect(await renewLease(redis, KEYS, 'l-1', 5, 'cell-a', 2_000)).to.deep.equal({ ok: true, epoch: 5 });
+      expect(await renewLease(redis, KEYS, 'l-1', 4, 'cell-b', 2_000)).to.deep.equal({ ok: false, epoch: 5 });
+      expect((await readLease(redis, KEYS, 'l-1'))?.holder).to.equal('cell-a');
+      expect(await renewLease(redis, KEYS, 'l-1', 6, 'cell-b', 2_000)).to.deep.equal({ ok: true, epoch: 6 });
     });
 
     it('refuses an old epoch even after the lease expired, once control has fenced it', async () => {
-      await renewLease(redis, 'l-2', 1, 'cell-a', 200);
-      expect(await fenceLease(redis, 'l-2', 2)).to.equal(2);
-      expect(await redis.exists(cellKeys.lease('l-2'))).to.equal(0);
-      expect((await renewLease(redis, 'l-2', 1, 'cell-a', 200)).ok).to.equal(false);
-      expect((await renewLease(redis, 'l-2', 2, 'cell-b', 200)).ok).to.equal(true);
+      await renewLease(redis, KEYS, 'l-2', 1, 'cell-a', 200);
+      expect(await fenceLease(redis, KEYS, 'l-2', 2)).to.equal(2);
+      expect(await redis.exists(KEYS.lease('l-2'))).to.equal(0);
+      expect((await renewLease(redis, KEYS, 'l-2', 1, 'cell-a', 200)).ok).to.equal(false);
+      expect((await renewLease(redis, KEYS, 'l-2', 2, 'cell-b', 200)).ok).to.equal(true);
     });
   });
 
@@ -42,6 +45,7 @@ describe('LeaseKeeper', function () {
       let healthy = true;
       const events: string[] = [];
       const keeper = new LeaseKeeper({
+        keys: KEYS,
         redis,
         instanceId: 'l-3',
         holder: 'cell-a',
@@ -56,18 +60,18 @@ describe('LeaseKeeper', function () {
       try {
         await eventually(async () => keeper.held, 2_000, 'lease acquired');
         await new Promise((r) => setTimeout(r, 900));
-        expect((await readLease(redis, 'l-3'))?.epoch).to.equal(3);
+        expect((await readLease(redis, KEYS, 'l-3'))?.epoch).to.equal(3);
 
         healthy = false;
-        await eventually(async () => (await redis.exists(cellKeys.lease('l-3'))) === 0, 3_000, 'lease expired');
+        await eventually(async () => (await redis.exists(KEYS.lease('l-3'))) === 0, 3_000, 'lease expired');
         expect(events).to.include('lost:unhealthy');
 
         healthy = true;
         await eventually(async () => keeper.held, 2_000, 'lease re-acquired');
-        await fenceLease(redis, 'l-3', 4);
+        await fenceLease(redis, KEYS, 'l-3', 4);
         await eventually(async () => !keeper.held, 2_000, 'lease lost');
         expect(events.at(-1)).to.equal('lost:refused');
-        expect(await redis.exists(cellKeys.lease('l-3'))).to.equal(0);
+        expect(await redis.exists(KEYS.lease('l-3'))).to.equal(0);
       } finally {
         keeper.stop();
       }

@@ -1,11 +1,13 @@
 import path from 'node:path';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
-import { cellKeys } from '../../protocol/cell-protocol';
 import { eventually, tempCellDir } from '../helpers/cell-harness';
 import { CellDriver } from '../helpers/cell-process';
 import { createNetnsHost, enableForwarding, netnsSupported, type NetnsHost } from '../helpers/netns';
 import { startRedisServer, type RedisServerHandle } from '../helpers/redis-server';
+import { keyLayout } from '../../protocol/keys';
+
+const KEYS = keyLayout();
 
 const SF = path.resolve(__dirname, '../../cli/sf.js');
 
@@ -84,7 +86,7 @@ describe('sf cell in its own network namespace', function () {
 
   it('fence-network cuts the cell off from a peer while control still reaches it; unfence-network restores it', async () => {
     await eventually(
-      async () => (await redis.exists(cellKeys.registration('pa'))) === 1,
+      async () => (await redis.exists(KEYS.cell('pa').registration)) === 1,
       15_000,
       'registration from the namespace',
     );
@@ -99,7 +101,7 @@ describe('sf cell in its own network namespace', function () {
     // The instance is alive and the cell still heartbeats: only the peer is cut.
     const pos = await driver.order('pa', { type: 'position', instanceId: 'np-0' });
     expect(pos.ok).to.equal(true);
-    expect(await redis.exists(cellKeys.registration('pa'))).to.equal(1);
+    expect(await redis.exists(KEYS.cell('pa').registration)).to.equal(1);
 
     const unfenced = await driver.order('pa', { type: 'unfence-network', peers: [clientHost.address] });
     expect(unfenced.ok).to.equal(true);

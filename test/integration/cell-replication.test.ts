@@ -4,7 +4,8 @@ import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import { PostgresEngine } from '../../cell/engine-postgres';
 import { ErrorCode } from '../../common/errors';
-import { fenceLease } from '../../cell/lease-keeper';
+import { fenceLease } from '../../protocol/lease';
+import { keyLayout } from '../../protocol/keys';
 import { eventually, tempCellDir } from '../helpers/cell-harness';
 import { CellDriver, killProcess, spawnCell } from '../helpers/cell-process';
 import { startRedisServer, type RedisServerHandle } from '../helpers/redis-server';
@@ -83,7 +84,7 @@ describe('sf cell replication and failover orders', function () {
 
     // Control raised kv-0's epoch floor when it fenced it: kv-0's own cell only ever saw epoch 1,
     // yet it refuses to bring it back as a primary.
-    await fenceLease(redis, 'kv-0', 2);
+    await fenceLease(redis, keyLayout(), 'kv-0', 2);
     await driver.desire('c1', {
       instanceId: 'kv-0',
       service: 'kv',

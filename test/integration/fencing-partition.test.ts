@@ -5,12 +5,14 @@ import path from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
-import { cellKeys } from '../../protocol/cell-protocol';
 import type { FencingStep } from '../../control/failover';
 import { primaryOf } from '../helpers/failover-support';
 import { createNetnsHost, netnsSupported, type NetnsHost } from '../helpers/netns';
 import { freePortBlock, startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
 import { eventually } from '../helpers/tcp-client';
+import { keyLayout } from '../../protocol/keys';
+
+const KEYS = keyLayout();
 
 const SF = path.resolve(__dirname, '../../cli/sf.js');
 const ip = promisify(execFile);
@@ -98,7 +100,7 @@ describe('fencing: partitioned primary', function () {
     );
     const state = cluster.state;
     await eventually(
-      async () => (await state.exists(cellKeys.registration('cell-0'))) === 1,
+      async () => (await state.exists(KEYS.cell('cell-0').registration)) === 1,
       30_000,
       'namespaced cell registered',
     );

@@ -7,7 +7,7 @@ import { Router } from '../../router/router';
 import { silentLogger } from '../../common/logger';
 import { type SfError } from '../../common/errors';
 import type { RouteTable } from '../../protocol/route-model';
-import { routerGroupKeys } from '../../protocol/route-push-protocol';
+import { routerGroupKeys } from '../../protocol/keys';
 import { RedisRouteSource, type RedisRouteSourceOptions } from '../../router/route-source-redis';
 import { startControlHarness, type ControlHarness } from '../helpers/control-harness';
 import { freePort } from '../helpers/free-port';

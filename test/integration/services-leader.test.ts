@@ -4,12 +4,13 @@ import { Redis } from 'ioredis';
 import { ErrorCode, isSfError } from '../../common/errors';
 import { fencedCommit } from '../../control/leader/fenced-commit';
 import { LeaderElector } from '../../control/leader/leader-elector';
-import { serviceKeys, ServiceStore, type ServiceView } from '../../control/services';
+import { ServiceStore, type ServiceView } from '../../control/services';
 import { startRedisServer, type RedisServerHandle } from '../helpers/redis-server';
 import { freePortBlock, startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
 import { freePort } from '../helpers/free-port';
 import { runSf, type SfProcess } from '../helpers/sf-process';
 import { eventually } from '../helpers/tcp-client';
+import { keyLayout } from '../../protocol/keys';
 
 interface LeaderInfo {
   holder: string | null;
@@ -181,7 +182,7 @@ describe('leader election', function () {
   describe('fencing tokens', () => {
     let redis: RedisServerHandle;
     let conn: Redis;
-    const keys = serviceKeys('sf:');
+    const keys = keyLayout('sf:');
     before(async () => {
       redis = await startRedisServer();
       conn = new Redis(redis.url);

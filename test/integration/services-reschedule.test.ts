@@ -1,8 +1,11 @@
 import { expect } from 'chai';
-import { cellKeys, type ActualInstance } from '../../protocol/cell-protocol';
+import { type ActualInstance } from '../../protocol/cell-protocol';
 import { DegradedFailoverCoordinator } from '../../control/convergence';
 import { startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
 import { eventually } from '../helpers/tcp-client';
+import { keyLayout } from '../../protocol/keys';
+
+const KEYS = keyLayout();
 
 describe('convergence: lost cells', function () {
   this.timeout(120_000);
@@ -28,7 +31,9 @@ describe('convergence: lost cells', function () {
     });
     const view = await cluster.waitForService('bounce');
     const replica = view.instances.find((i) => i.role === 'replica')!;
-    const actual = JSON.parse((await cluster.state.hget(cellKeys.actual(replica.cell), replica.id))!) as ActualInstance;
+    const actual = JSON.parse(
+      (await cluster.state.hget(KEYS.cell(replica.cell).actual, replica.id))!,
+    ) as ActualInstance;
     process.kill(actual.pid!, 'SIGKILL');
     await eventually(
       async () => {
@@ -47,7 +52,7 @@ describe('convergence: lost cells', function () {
       (v) => v.status === 'running' && v.instances.every((i) => i.state === 'running'),
     );
     expect(back.instances.find((i) => i.role === 'replica')!.id).to.equal(replica.id);
-    const now = JSON.parse((await cluster.state.hget(cellKeys.actual(replica.cell), replica.id))!) as ActualInstance;
+    const now = JSON.parse((await cluster.state.hget(KEYS.cell(replica.cell).actual, replica.id))!) as ActualInstance;
     expect(now.pid).to.not.equal(actual.pid);
     expect(now.generation).to.equal(1);
     expect((await cluster.api('DELETE', '/v3/service_instances/bounce')).status).to.equal(202);

@@ -7,6 +7,7 @@ import { ErrorCode } from '../../../common/errors';
 import type { ExitListener, Executor, InstanceHandle, InstanceStatus } from '../../../cell/executor';
 import { admitStart } from '../../../cell/instance-volume';
 import { spec, tempCellDir } from '../../helpers/cell-harness';
+import { keyLayout } from '../../../protocol/keys';
 
 /** An executor that runs nothing: it records calls and lets the test make instances exit. */
 class FakeExecutor implements Executor {
@@ -132,6 +133,7 @@ describe('CellInstances', () => {
       executors: { process: executor },
       engines: { redis: fakeEngine, postgres: fakeEngine, tcp: fakeEngine } as EngineRegistry,
       redis: undefined,
+      keys: keyLayout(),
       report: (id, a) => reports.set(id, a),
     });
   });
@@ -245,6 +247,7 @@ describe('CellInstances', () => {
         executors: { process: new FakeExecutor(cell.dir) },
         engines: { redis: fakeEngine, postgres: fakeEngine, tcp: fakeEngine } as EngineRegistry,
         redis: undefined,
+        keys: keyLayout(),
         report: (id, a) => reports.set(id, a),
       });
       await reborn.load();

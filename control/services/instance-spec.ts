@@ -1,0 +1,33 @@
+/**
+ * What a cell is told to run for one instance of a service: the mapping from control's service
+ * model to the cell protocol's instance spec. Convergence and failover both write specs, so the
+ * mapping lives here, below both of them, and the write itself (with its validation) is
+ * `putDesiredOps` in state/cell-client.ts.
+ */
+import type { InstanceSpecInput } from '../../protocol/cell-protocol';
+import type { InstanceRecord, ServiceRecord } from './service-types';
+
+/** @default 3000 ms: the lease a primary holds unless the reconciler is configured otherwise */
+export const DEFAULT_PRIMARY_LEASE_TTL_MS = 3_000;
+
+export function instanceSpec(
+  service: ServiceRecord,
+  inst: InstanceRecord,
+  upstream: { host: string; port: number } | null,
+  primaryLeaseTtlMs: number = DEFAULT_PRIMARY_LEASE_TTL_MS,
+): InstanceSpecInput {
+  return {
+    instanceId: inst.id,
+    service: service.name,
+    engine: service.engine,
+    role: inst.role,
+    epoch: inst.epoch,
+    generation: inst.generation,
+    durability: service.durability,
+    replicas: service.replicas,
+    volume: { sizeMb: service.volume.sizeMb },
+    ...(inst.role === 'replica' && upstream ? { replicaOf: upstream } : {}),
+    ...(service.command ? { command: service.command } : {}),
+    ...(inst.role === 'primary' && primaryLeaseTtlMs > 0 ? { lease: { ttlMs: primaryLeaseTtlMs } } : {}),
+  };
+}
