@@ -1,5 +1,5 @@
 /** The engines a cell offers, by kind; one place to construct them with their options. */
-import type { EngineKind } from '../protocol/cell-protocol';
+import type { EngineKind } from '../protocol';
 import type { Engine } from './engine';
 import { PostgresEngine, type PostgresEngineOptions } from './engine-postgres';
 import { RedisEngine, type RedisEngineOptions } from './engine-redis';

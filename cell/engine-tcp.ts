@@ -5,7 +5,7 @@
  */
 import { connect } from 'node:net';
 import type { Availability, Engine, EngineContext, LaunchCommand, ReplicationPosition } from './engine';
-import { ErrorCode, SfError } from '../common/errors';
+import { ErrorCode, SfError } from '../common';
 import type { RunAs } from './run-command';
 
 export function expandPlaceholders(value: string, ctx: EngineContext): string {

@@ -9,10 +9,10 @@
  * still run with the host's engine binaries against the bind-mounted directory.
  */
 import path from 'node:path';
-import type { EngineKind, InstanceSpec } from '../protocol/cell-protocol';
+import type { EngineKind, InstanceSpec } from '../protocol';
 import type { Availability, EngineContext } from './engine';
 import { createEngineRegistry, type EngineRegistry } from './engine-registry';
-import { ErrorCode, SfError, errorMessageOf } from '../common/errors';
+import { ErrorCode, SfError, errorMessageOf } from '../common';
 import type { ExitListener, Executor, InstanceHandle, InstanceStatus, StopOptions } from './executor';
 import { DockerApi, type DockerApiOptions } from './docker-api';
 import { admitStart, readMeta, volumePaths, writeMeta } from './instance-volume';

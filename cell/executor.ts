@@ -10,7 +10,7 @@
  *   happens next is control's decision (issue 4);
  * - `kill` is the fencing shot (SIGKILL, issue 5): immediate, no shutdown hooks.
  */
-import type { ExecutorKind, InstanceSpec } from '../protocol/cell-protocol';
+import type { ExecutorKind, InstanceSpec } from '../protocol';
 import type { Availability, EngineContext } from './engine';
 
 export interface InstanceHandle {

@@ -7,9 +7,9 @@
  * Every operation is idempotent (a route that already exists or is already gone is fine), since
  * fence orders may be retried.
  */
-import { isIP } from 'node:net';
+import ipaddr from 'ipaddr.js';
 import { createRtNetlink, FlagsNew, type RtNetlinkSocket } from 'netlink';
-import { ErrorCode, SfError, errorMessageOf } from '../common/errors';
+import { ErrorCode, SfError, errorMessageOf } from '../common';
 
 export type NetworkFenceMode = 'blackhole' | 'prohibit';
 
@@ -23,22 +23,17 @@ export interface NetworkFencerOptions {
 const AF_INET = 2;
 const AF_INET6 = 10;
 
-function addressBytes(address: string): { family: number; bytes: Buffer; bits: number } {
-  const version = isIP(address);
-  if (version === 4) return { family: AF_INET, bytes: Buffer.from(address.split('.').map(Number)), bits: 32 };
-  if (version === 6) return { family: AF_INET6, bytes: ipv6Bytes(address), bits: 128 };
-  throw new SfError(ErrorCode.InvalidOption, `not an IP address: '${address}'`, 'peers');
-}
-
-function ipv6Bytes(address: string): Buffer {
-  const [head, tail = ''] = address.split('::');
-  const parts = (s: string): string[] => (s ? s.split(':') : []);
-  const h = parts(head);
-  const t = parts(tail);
-  const groups = address.includes('::') ? [...h, ...Array(8 - h.length - t.length).fill('0'), ...t] : h;
-  const buf = Buffer.alloc(16);
-  groups.forEach((g, i) => buf.writeUInt16BE(parseInt(g, 16), i * 2));
-  return buf;
+/**
+ * The address as rtnetlink wants it. ipaddr.js parses every textual form, including IPv4-mapped
+ * IPv6 (`::ffff:10.0.0.1`), whose last 32 bits a hand-written parser once got wrong.
+ */
+export function addressBytes(address: string): { family: number; bytes: Buffer; bits: number } {
+  if (!ipaddr.isValid(address) || (ipaddr.IPv4.isValid(address) && !ipaddr.IPv4.isValidFourPartDecimal(address)))
+    throw new SfError(ErrorCode.InvalidOption, `not an IP address: '${address}'`, 'peers');
+  const parsed = ipaddr.parse(address);
+  return parsed.kind() === 'ipv4'
+    ? { family: AF_INET, bytes: Buffer.from(parsed.toByteArray()), bits: 32 }
+    : { family: AF_INET6, bytes: Buffer.from(parsed.toByteArray()), bits: 128 };
 }
 
 /** The errno name of a rejected request; netlink 0.3 only puts it in the message text. */

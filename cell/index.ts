@@ -1,8 +1,8 @@
 /**
- * The cell's public API: the protocol control speaks with cells, the agent, the executor and
- * engine interfaces with their implementations, leases and the network fencer.
+ * The cell's public API: the agent, the executor and engine interfaces with their
+ * implementations, the lease keeper and the network fencer. The protocol it speaks with control
+ * is in protocol/.
  */
-export * from '../protocol/cell-protocol';
 export { CellAgent, DEFAULT_CELL_AGENT_OPTIONS, defaultCellDataDir, type CellAgentOptions } from './cell-agent';
 export type { Executor, InstanceHandle, InstanceStatus, StopOptions, ExitListener } from './executor';
 export { ProcessExecutor, DEFAULT_PROCESS_EXECUTOR_OPTIONS, type ProcessExecutorOptions } from './executor-process';

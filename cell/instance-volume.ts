@@ -7,8 +7,8 @@
  */
 import { mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import type { EngineKind, ExecutorKind, InstanceRole, InstanceSpec } from '../protocol/cell-protocol';
-import { ErrorCode, SfError } from '../common/errors';
+import type { EngineKind, ExecutorKind, InstanceRole, InstanceSpec } from '../protocol';
+import { ErrorCode, SfError } from '../common';
 
 export const INSTANCES_DIR = 'instances';
 export const META_FILE = 'sf-instance.json';

@@ -5,8 +5,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type { Redis } from 'ioredis';
-import type { KeyLayout } from '../protocol/keys';
-import { renewLease, type LeaseRenewal } from '../protocol/lease';
+import { type KeyLayout, renewLease, type LeaseRenewal } from '../protocol';
 
 export interface LeaseKeeperOptions {
   redis: Redis;

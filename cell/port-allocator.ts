@@ -3,7 +3,7 @@
  * cell holds it or when binding it fails (another process of the host owns it).
  */
 import { createServer } from 'node:net';
-import { ErrorCode, SfError } from '../common/errors';
+import { ErrorCode, SfError } from '../common';
 
 export interface PortRange {
   from: number;

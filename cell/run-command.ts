@@ -6,7 +6,7 @@ import { execFile } from 'node:child_process';
 import { access, constants } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { ErrorCode, SfError } from '../common/errors';
+import { ErrorCode, SfError } from '../common';
 
 export interface RunAs {
   uid: number;

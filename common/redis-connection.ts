@@ -4,7 +4,7 @@
  * the current master of MASTER (production: DESIGN.md "Beyond one machine"), which ioredis
  * follows across Sentinel failovers.
  */
-import { Redis, type RedisOptions } from 'ioredis';
+import type { Redis, RedisOptions } from 'ioredis';
 import { ErrorCode, SfError } from './errors';
 
 export interface SentinelTarget {
@@ -48,9 +48,13 @@ export function parseSentinelUrl(url: string): SentinelTarget | undefined {
 
 /** A Redis client for `url` (redis://, rediss://, or redis-sentinel://) with `options`. */
 export function createRedis(url: string, options: RedisOptions = {}): Redis {
+  // Loaded on first use: common/ is imported by every role, and a router serving a route file
+  // never talks to Redis, so it should not pay for loading the client.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { Redis: RedisClient } = require('ioredis') as typeof import('ioredis');
   const sentinel = parseSentinelUrl(url);
-  if (!sentinel) return new Redis(url, options);
-  return new Redis({
+  if (!sentinel) return new RedisClient(url, options);
+  return new RedisClient({
     ...options,
     sentinels: sentinel.sentinels,
     name: sentinel.name,

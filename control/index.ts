@@ -22,4 +22,11 @@ export type {
 } from './state/tcp-route-types';
 export { TokenStore, type TokenRecord } from './state/token-store';
 export { EventHub } from './events/event-hub';
-export { ApiClient, DEFAULT_CONTROL_URL, type ApiClientOptions } from '../cli/api-client';
+export {
+  startServicePlane,
+  DEFAULT_SERVICE_PLANE_OPTIONS,
+  type ServicePlane,
+  type ServicePlaneOptions,
+  type ServicePlaneDeps,
+} from './service-plane';
+export type { ServiceView, ServiceCreateInput } from './services';

@@ -10,7 +10,7 @@ import {
   type us_listen_socket,
 } from '@trufflesuite/uws-js-unofficial';
 import type { Registry } from 'prom-client';
-import { ErrorCode, SfError } from '../common/errors';
+import { ErrorCode, SfError } from '../common';
 import type { Router } from './router';
 
 export interface AdminServer {

@@ -2,7 +2,7 @@ import type { Balancer, BalancerContext } from './balancer';
 import { LeastConnBalancer } from './balancer-least-conn';
 import { PrimaryBalancer } from './balancer-primary';
 import { RoundRobinBalancer } from './balancer-round-robin';
-import type { Route } from '../protocol/route-model';
+import type { Route } from '../protocol';
 
 export function createBalancer(route: Route, context: BalancerContext): Balancer {
   switch (route.mode) {

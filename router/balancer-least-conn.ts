@@ -1,5 +1,5 @@
 import type { Balancer, BalancerContext } from './balancer';
-import { isEligible, type Backend } from '../protocol/route-model';
+import { isEligible, type Backend } from '../protocol';
 
 /**
  * Least connections, weighted: the backend with the lowest active/weight wins; ties rotate so

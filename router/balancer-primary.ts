@@ -1,5 +1,5 @@
 import type { Balancer } from './balancer';
-import type { Backend } from '../protocol/route-model';
+import type { Backend } from '../protocol';
 
 /**
  * `primary` mode: every client goes to the one active primary with the highest epoch. There is

@@ -1,5 +1,5 @@
 import type { Balancer } from './balancer';
-import { isEligible, type Backend } from '../protocol/route-model';
+import { isEligible, type Backend } from '../protocol';
 
 /**
  * Smooth weighted round-robin (the nginx algorithm): spreads picks evenly in proportion to

@@ -3,7 +3,7 @@
  * is rebuilt when the route changes; `active` counts live across rebuilds (they belong to the
  * route's listener), so least-conn stays correct during reloads.
  */
-import type { Backend } from '../protocol/route-model';
+import type { Backend } from '../protocol';
 
 export interface BalancerContext {
   /** Live connection count per backend id. */

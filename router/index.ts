@@ -1,5 +1,6 @@
 /** The router's public API: what the CLI, control and tests may import. */
-export { Router, type ApplyResult, type RouterStatus } from './router';
+export { Router, type ApplyResult, type RouterStatus, type SelfLoop } from './router';
+export type { ListenAddress } from './self-address';
 export { DEFAULT_ROUTER_OPTIONS, type RouterOptions, type DisconnectPolicy } from './router-options';
 export type { RouteSource, RouteSourceListener } from './route-source';
 export { FileRouteSource, type FileRouteSourceOptions } from './route-source-file';
@@ -13,5 +14,6 @@ export { createRouterMetrics } from './metrics';
 export { connectionFate, type ConnectionFate } from './route-binding';
 export { parseClientHelloSni, hostMatches, type SniResult } from './sni';
 export { proxyHeader, proxyHeaderV1, proxyHeaderV2, type ProxyAddresses } from './proxy-protocol';
-export * from '../protocol/route-model';
-export * from '../common/errors';
+// The route model and the error registry, so an embedder of the router needs one import.
+export * from '../protocol';
+export * from '../common';

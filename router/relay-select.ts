@@ -2,7 +2,7 @@
  * Chooses the byte mover: the native splice relay when its addon is built and loadable, the
  * pure-JS relay otherwise. `SF_RELAY=js|native` overrides the `auto` choice.
  */
-import { ErrorCode, SfError } from '../common/errors';
+import { ErrorCode, SfError } from '../common';
 import type { Relay } from './relay';
 import { createJsRelay } from './relay-js';
 

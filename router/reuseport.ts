@@ -5,8 +5,7 @@
  * `server.listen({ fd })`. Without the addon there is no reuse-port listener: callers fall back
  * to a single worker, or to Node's cluster module.
  */
-import type { Server } from 'node:net';
-import { isIPv6 } from 'node:net';
+import { type Server, isIPv6 } from 'node:net';
 import { loadNativeBindings } from '../native-bindings';
 
 export interface ReusePortListenOptions {

@@ -4,11 +4,11 @@
  * (SNI), read without terminating TLS.
  */
 import { createServer, type Server, type Socket } from 'node:net';
-import { ErrorCode, SfError } from '../common/errors';
+import { ErrorCode, SfError } from '../common';
 import { acceptWithForwarders } from './accept-with-forwarder';
 import { FORWARDERS_ENABLED } from './read-forwarder';
 import { openReusePortFd } from './reuseport';
-import type { Route } from '../protocol/route-model';
+import type { Route } from '../protocol';
 import { setListenerSocketOptions } from './proxied-connection';
 import { RouteBinding, bindingKey, type ListenerEnvironment } from './route-binding';
 import { hostMatches, parseClientHelloSni } from './sni';

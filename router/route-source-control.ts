@@ -3,7 +3,7 @@
  * subscribes there on its own. Control is asked once at start; after that the router depends
  * only on Redis, so a control restart never disturbs routing.
  */
-import { ErrorCode, SfError } from '../common/errors';
+import { ErrorCode, SfError } from '../common';
 import { RedisRouteSource, type RedisRouteSourceOptions } from './route-source-redis';
 
 export interface ControlInfo {

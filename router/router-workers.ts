@@ -6,8 +6,7 @@
  * Each worker is independent: its own route source, relay and admin endpoint.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import type { Logger } from '../common/logger';
-import { ErrorCode, SfError } from '../common/errors';
+import { type Logger, ErrorCode, SfError } from '../common';
 import { reusePortAvailable } from './reuseport';
 
 /** Set in a worker's environment to its index, 0..N-1. */

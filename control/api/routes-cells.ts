@@ -1,5 +1,5 @@
 /** Cells under `/v3/cells`: registration, liveness, capacity and the instances each reports. */
-import { ErrorCode, SfError } from '../../common/errors';
+import { ErrorCode, SfError } from '../../common';
 import type { CellDirectory, CellSnapshot } from '../services/cell-directory';
 import type { ServiceStore } from '../services/service-store';
 import type { HttpServer } from './http-server';

@@ -5,7 +5,7 @@
  * healthy) and `GET .../fencing` (the history, newest first). Actions run on the leader.
  */
 import { z } from 'zod';
-import { ErrorCode, errorBody, httpStatusFor, isSfError } from '../../common/errors';
+import { ErrorCode, errorBody, httpStatusFor, isSfError } from '../../common';
 import type { FencingAction, FencingFailoverCoordinator } from '../failover/fencing-coordinator';
 import type { CellDirectory } from '../services/cell-directory';
 import { serviceView } from '../services/service-view';

@@ -3,7 +3,7 @@
  * and scopes, `DELETE /v3/tokens/:name` revokes.
  */
 import { z } from 'zod';
-import { ErrorCode, SfError } from '../../common/errors';
+import { ErrorCode, SfError } from '../../common';
 import type { TokenStore } from '../state/token-store';
 import { SCOPES, type Scope } from './auth';
 import type { HttpServer } from './http-server';

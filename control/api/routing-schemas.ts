@@ -3,10 +3,8 @@
  * (router/route-model.ts) so the API can never accept a value a router would refuse.
  */
 import { z } from 'zod';
-import { backendSchema, routeSchema } from '../../protocol/route-model';
-import { schemaError } from '../../common/errors';
-import { ROUTER_GROUP_NAME_PATTERN } from '../../protocol/keys';
-import { ErrorCode } from '../../common/errors';
+import { backendSchema, routeSchema, ROUTER_GROUP_NAME_PATTERN } from '../../protocol';
+import { schemaError, ErrorCode } from '../../common';
 
 /** @default 86400 s: a TTL longer than a day is almost certainly a unit mistake */
 export const MAX_ROUTE_TTL_SECONDS = 86_400;

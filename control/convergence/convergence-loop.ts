@@ -4,10 +4,8 @@
  * nothing while this control is a standby.
  */
 import { type Redis } from 'ioredis';
-import { createRedis } from '../../common/redis-connection';
+import { createRedis, ErrorCode, isSfError, withDefaults } from '../../common';
 import type { Logger } from 'pino';
-import { ErrorCode, isSfError } from '../../common/errors';
-import { withDefaults } from '../../common/options';
 import type { LeaderElector } from '../leader/leader-elector';
 import type { CellDirectory } from '../services/cell-directory';
 import type { ServiceStore } from '../services/service-store';

@@ -5,12 +5,5 @@ export {
   DEFAULT_SERVICE_RECONCILER_OPTIONS,
   type ServiceReconcilerOptions,
 } from './service-reconciler';
-export { RouteEmitter } from './route-emitter';
 export { OrphanCollector } from './orphan-collector';
-export {
-  DegradedFailoverCoordinator,
-  type FailoverCoordinator,
-  type FailoverOutcome,
-  type PrimaryLoss,
-  type PrimaryLossReason,
-} from './failover-coordinator';
+

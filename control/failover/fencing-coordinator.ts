@@ -11,13 +11,12 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { FailoverCoordinator, FailoverOutcome, PrimaryLoss } from '../convergence/failover-coordinator';
+import type { FailoverCoordinator, FailoverOutcome, PrimaryLoss } from '../services/failover-coordinator';
 import type { LeaderElector } from '../leader/leader-elector';
 import type { LeaderFence } from '../leader/fenced-commit';
-import { readLease } from '../../protocol/lease';
-import { withDefaults } from '../../common/options';
+import { readLease } from '../../protocol';
+import { withDefaults, ErrorCode, SfError } from '../../common';
 import type { ServiceRecord } from '../services/service-types';
-import { ErrorCode, SfError } from '../../common/errors';
 import { DEFAULT_FAILOVER_OPTIONS, type FailoverOptions } from './failover-options';
 import { FencingHistory, type FencingStep } from './fencing-history';
 import { FencingOperation, FencingSequence, type FencingDeps } from './fencing-sequence';

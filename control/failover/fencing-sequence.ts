@@ -15,10 +15,9 @@
  */
 import type { Redis } from 'ioredis';
 import { putDesiredOps, sendOrder, type OrderRequest } from '../state/cell-client';
-import type { OrderResult } from '../../protocol/cell-protocol';
-import { fenceLease } from '../../protocol/lease';
+import { type OrderResult, fenceLease } from '../../protocol';
 import type { LeaderFence } from '../leader/fenced-commit';
-import type { RouteEmitter } from '../convergence/route-emitter';
+import type { RouteEmitter } from '../services/route-emitter';
 import { instanceSpec } from '../services/instance-spec';
 import type { CellDirectory, CellSnapshot } from '../services/cell-directory';
 import type { ServiceStore } from '../services/service-store';
@@ -26,7 +25,7 @@ import type { InstanceRecord, ServiceRecord } from '../services/service-types';
 import type { CasOp } from '../state/cas-commit';
 import type { RouterGroupStore } from '../state/router-group-store';
 import type { TcpRouteStore } from '../state/tcp-route-store';
-import { ErrorCode, SfError } from '../../common/errors';
+import { ErrorCode, SfError } from '../../common';
 import type { FailoverOptions } from './failover-options';
 import type { FencingHistory, FencingStep, FencingStepInput } from './fencing-history';
 import { chooseReplica, type Candidate } from './replica-choice';

@@ -7,7 +7,7 @@
  */
 import type { Redis } from 'ioredis';
 import { APPLY_CAS_OPS_LUA, encodeCasOps, type CasGuard, type CasOp } from '../state/cas-commit';
-import { ErrorCode, SfError } from '../../common/errors';
+import { ErrorCode, SfError } from '../../common';
 
 /** Proof of leadership carried by a write. */
 export interface LeaderFence {

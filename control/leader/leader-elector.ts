@@ -7,7 +7,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { withDefaults } from '../../common/options';
+import { withDefaults } from '../../common';
 import type { LeaderFence } from './fenced-commit';
 
 export interface LeaderElectorOptions {

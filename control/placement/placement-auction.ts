@@ -9,8 +9,8 @@
  * volume is already on the cell (a restart there keeps its data), a zone the service does not use
  * yet, and free capacity.
  */
-import type { EngineKind } from '../../protocol/cell-protocol';
-import { ErrorCode, SfError } from '../../common/errors';
+import type { EngineKind } from '../../protocol';
+import { ErrorCode, SfError } from '../../common';
 
 export interface CellCandidate {
   name: string;

@@ -4,8 +4,7 @@
  * reports in its `actual` hash. Read-only: cells own these keys.
  */
 import type { Redis } from 'ioredis';
-import type { KeyLayout } from '../../protocol/keys';
-import { type ActualInstance, type CellRecord } from '../../protocol/cell-protocol';
+import type { KeyLayout, ActualInstance, CellRecord } from '../../protocol';
 
 export interface CellSnapshot {
   name: string;

@@ -1,11 +1,4 @@
 /** The service plane's public API. */
-export {
-  startServicePlane,
-  DEFAULT_SERVICE_PLANE_OPTIONS,
-  type ServicePlane,
-  type ServicePlaneOptions,
-  type ServicePlaneDeps,
-} from './service-plane';
 export { ServiceStore, type ServiceSnapshot, type ServiceChange } from './service-store';
 export { CellDirectory, type CellSnapshot } from './cell-directory';
 export {
@@ -18,4 +11,12 @@ export {
 export { serviceView, instanceView } from './service-view';
 export { admitService, requestServiceDeletion } from './service-admission';
 export type * from './service-types';
-export type { FailoverCoordinator, FailoverOutcome, PrimaryLoss } from '../convergence/failover-coordinator';
+export {
+  DegradedFailoverCoordinator,
+  type FailoverCoordinator,
+  type FailoverOutcome,
+  type PrimaryLoss,
+  type PrimaryLossReason,
+} from './failover-coordinator';
+export { RouteEmitter } from './route-emitter';
+export { instanceSpec, DEFAULT_PRIMARY_LEASE_TTL_MS } from './instance-spec';

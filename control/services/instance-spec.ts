@@ -4,7 +4,7 @@
  * mapping lives here, below both of them, and the write itself (with its validation) is
  * `putDesiredOps` in state/cell-client.ts.
  */
-import type { InstanceSpecInput } from '../../protocol/cell-protocol';
+import type { InstanceSpecInput } from '../../protocol';
 import type { InstanceRecord, ServiceRecord } from './service-types';
 
 /** @default 3000 ms: the lease a primary holds unless the reconciler is configured otherwise */

@@ -4,7 +4,7 @@
  * auction the leader runs, so an impossible request fails at once instead of hanging), and the
  * service reserves a free port of its group. The leader then places it.
  */
-import { ErrorCode, SfError } from '../../common/errors';
+import { ErrorCode, SfError } from '../../common';
 import { cellCandidates } from '../placement/cell-candidates';
 import { runPlacementAuction } from '../placement/placement-auction';
 import { parsePortRanges } from '../state/port-ranges';

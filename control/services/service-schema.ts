@@ -1,6 +1,6 @@
 /** The create-service request, validated once at the edge; errors name the field. */
 import { z } from 'zod';
-import { ENGINE_KINDS } from '../../protocol/cell-protocol';
+import { ENGINE_KINDS } from '../../protocol';
 
 /** Replicas per service: beyond this a mistake is likelier than a need. */
 export const MAX_REPLICAS = 8;

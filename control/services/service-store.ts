@@ -5,10 +5,10 @@
  * overwrite its successor's decisions. Control keeps nothing in memory that a restart would lose.
  */
 import type { Redis } from 'ioredis';
-import { ErrorCode, SfError } from '../../common/errors';
+import { ErrorCode, SfError } from '../../common';
 import { withFencedRetry, type FencedPlan, type LeaderFence } from '../leader/fenced-commit';
 import type { CasOp } from '../state/cas-commit';
-import type { KeyLayout } from '../../protocol/keys';
+import type { KeyLayout } from '../../protocol';
 import type { ServiceEvent, ServiceRecord } from './service-types';
 
 /** Service events kept for `GET /v3/service_instances/:name/events` and operators. */

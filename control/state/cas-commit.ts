@@ -7,7 +7,7 @@
  * written, and snapshot, delta and publish happen in one atomic step.
  */
 import type { Redis } from 'ioredis';
-import { ErrorCode, SfError } from '../../common/errors';
+import { ErrorCode, SfError } from '../../common';
 
 /** A write applied inside the script; keys are named here and passed as KEYS. */
 export type CasOp =

@@ -5,17 +5,8 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import {
-  instanceSpecSchema,
-  NOTIFY_DESIRED,
-  type ActualInstance,
-  type InstanceSpec,
-  type InstanceSpecInput,
-  type Order,
-  type OrderResult,
-} from '../../protocol/cell-protocol';
-import { ErrorCode, SfError, schemaError } from '../../common/errors';
-import type { KeyLayout } from '../../protocol/keys';
+import { instanceSpecSchema, NOTIFY_DESIRED, type ActualInstance, type InstanceSpec, type InstanceSpecInput, type Order, type OrderResult, type KeyLayout } from '../../protocol';
+import { ErrorCode, SfError, schemaError } from '../../common';
 import type { CasOp } from './cas-commit';
 
 /** The spec, validated (naming the field) before it can reach a cell. */

@@ -2,7 +2,10 @@
  * Cloud Foundry's `reservable_ports` notation: comma-separated ports and inclusive ranges,
  * e.g. `"16000-16999"` or `"1024-1100, 5000"`.
  */
-import { invalid } from '../../common/errors';
+import { invalid } from '../../common';
+
+/** @default '16000-16999': route ports of the default router group (DESIGN.md) */
+export const DEFAULT_RESERVABLE_PORTS = '16000-16999';
 
 export type PortRange = readonly [low: number, high: number];
 

@@ -5,12 +5,10 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { DEFAULT_ROUTER_GROUP } from '../../protocol/route-model';
-import { DEFAULT_RESERVABLE_PORTS } from '../control-options';
-import { ErrorCode, SfError } from '../../common/errors';
+import { DEFAULT_ROUTER_GROUP, type KeyLayout } from '../../protocol';
+import { DEFAULT_RESERVABLE_PORTS, parsePortRanges, rangesContain, rangesOverlap, type PortRange } from './port-ranges';
+import { ErrorCode, SfError } from '../../common';
 import { withCasRetry } from './cas-commit';
-import { parsePortRanges, rangesContain, rangesOverlap, type PortRange } from './port-ranges';
-import type { KeyLayout } from '../../protocol/keys';
 
 export interface RouterGroup {
   guid: string;

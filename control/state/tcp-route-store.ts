@@ -6,14 +6,11 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { parseRoute, type Backend, type Route, type RouteTable } from '../../protocol/route-model';
-import type { RouteDelta, RouterHeartbeat } from '../../protocol/route-push-protocol';
-import { ErrorCode, SfError } from '../../common/errors';
-import { withDefaults } from '../../common/options';
+import { parseRoute, type Backend, type Route, type RouteTable, type RouteDelta, type RouterHeartbeat, type GroupKeys, type KeyLayout } from '../../protocol';
+import { ErrorCode, SfError, withDefaults } from '../../common';
 import { withCasRetry, type CasGuard, type CasOp } from './cas-commit';
 import { parsePortRanges, rangesContain } from './port-ranges';
 import type { RouterGroup, RouterGroupStore } from './router-group-store';
-import type { GroupKeys, KeyLayout } from '../../protocol/keys';
 import {
   ROUTE_LEVEL_FIELDS,
   backendIdOf,

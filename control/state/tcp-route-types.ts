@@ -3,7 +3,7 @@
  * records on a port form one route of the router's model (router/route-model.ts); the route-level
  * fields (mode, sni, limits) are shared by them and the backend fields are each record's own.
  */
-import type { BackendRole, BackendState, RouteSettings } from '../../protocol/route-model';
+import type { BackendRole, BackendState, RouteSettings } from '../../protocol';
 
 export interface ModificationTag {
   guid: string;

@@ -4,10 +4,14 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import type { Scope } from '../api/auth';
-import { ErrorCode, SfError } from '../../common/errors';
+import { ErrorCode, SfError } from '../../common';
 import { withCasRetry } from './cas-commit';
-import type { KeyLayout } from '../../protocol/keys';
+import type { KeyLayout } from '../../protocol';
+
+/** Bearer-token scopes: `write` implies `read`; `admin` implies both and may manage tokens. */
+export type Scope = 'read' | 'write' | 'admin';
+
+export const SCOPES: readonly Scope[] = ['read', 'write', 'admin'];
 
 export interface TokenRecord {
   name: string;

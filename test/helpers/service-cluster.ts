@@ -11,7 +11,7 @@ import path from 'node:path';
 import { Redis } from 'ioredis';
 import { type ActualInstance } from '../../protocol/cell-protocol';
 import type { ControlServerOptions } from '../../control/control-server';
-import type { ServicePlaneOptions, ServiceView } from '../../control/services';
+import type { ServicePlaneOptions, ServiceView } from '../../control';
 import { startControlHarness, type ControlHarness } from './control-harness';
 import { freePort } from './free-port';
 import { startRedisServer, type RedisServerHandle } from './redis-server';

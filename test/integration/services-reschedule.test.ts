@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { type ActualInstance } from '../../protocol/cell-protocol';
-import { DegradedFailoverCoordinator } from '../../control/convergence';
+import { DegradedFailoverCoordinator } from '../../control/services';
 import { startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
 import { eventually } from '../helpers/tcp-client';
 import { keyLayout } from '../../protocol/keys';

@@ -5,12 +5,12 @@
  * they run. Records carry a modification tag `service:{name}` whose index is the leader token,
  * so a deposed leader's late route write is refused by the store's stale-tag rule.
  */
-import type { Backend, BackendState, Route } from '../../protocol/route-model';
+import type { Backend, BackendState, Route } from '../../protocol';
 import type { RouterGroupStore } from '../state/router-group-store';
 import type { TcpRouteStore } from '../state/tcp-route-store';
 import type { TcpRouteInput, TcpRouteKeyInput } from '../state/tcp-route-types';
-import type { CellSnapshot } from '../services/cell-directory';
-import type { ServiceRecord } from '../services/service-types';
+import type { CellSnapshot } from './cell-directory';
+import type { ServiceRecord } from './service-types';
 
 export class RouteEmitter {
   constructor(

@@ -5,24 +5,24 @@
  */
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
-import { registerCellsApi } from '../api/routes-cells';
-import { registerServicesApi } from '../api/routes-services';
-import type { HttpServer } from '../api/http-server';
-import type { FailoverCoordinator } from '../convergence/failover-coordinator';
-import { registerFencingApi } from '../api/routes-fencing';
-import { FencingFailoverCoordinator } from '../failover/fencing-coordinator';
-import type { FailoverOptions } from '../failover/failover-options';
-import { ConvergenceLoop } from '../convergence/convergence-loop';
-import { OrphanCollector } from '../convergence/orphan-collector';
-import { RouteEmitter } from '../convergence/route-emitter';
-import { ServiceReconciler, type ServiceReconcilerOptions } from '../convergence/service-reconciler';
-import { LeaderElector } from '../leader/leader-elector';
-import { withDefaults } from '../../common/options';
-import type { RouterGroupStore } from '../state/router-group-store';
-import type { TcpRouteStore } from '../state/tcp-route-store';
-import { CellDirectory } from './cell-directory';
-import { keyLayout } from '../../protocol/keys';
-import { ServiceStore } from './service-store';
+import { registerCellsApi } from './api/routes-cells';
+import { registerServicesApi } from './api/routes-services';
+import type { HttpServer } from './api/http-server';
+import type { FailoverCoordinator } from './services/failover-coordinator';
+import { registerFencingApi } from './api/routes-fencing';
+import { FencingFailoverCoordinator } from './failover/fencing-coordinator';
+import type { FailoverOptions } from './failover/failover-options';
+import { ConvergenceLoop } from './convergence/convergence-loop';
+import { OrphanCollector } from './convergence/orphan-collector';
+import { RouteEmitter } from './services/route-emitter';
+import { ServiceReconciler, type ServiceReconcilerOptions } from './convergence/service-reconciler';
+import { LeaderElector } from './leader/leader-elector';
+import { withDefaults } from '../common';
+import type { RouterGroupStore } from './state/router-group-store';
+import type { TcpRouteStore } from './state/tcp-route-store';
+import { CellDirectory } from './services/cell-directory';
+import { keyLayout } from '../protocol';
+import { ServiceStore } from './services/service-store';
 
 export interface ServicePlaneOptions {
   /** Leader lock TTL: how long a crashed leader delays its standby. @default 3000 */

@@ -1,13 +1,15 @@
 /**
  * What the leader does when a service's primary is lost (its cell's registration expired, or the
- * cell reports the primary failed). Fencing and promotion are issue 5: its coordinator fences the
- * old primary (epoch bump in the route table, SIGKILL order, network fence) and only then promotes
- * the most up-to-date replica. Until then the default below does NOT promote anything: it reports
- * the service degraded, so operators see the loss, and leaves the route alone.
+ * cell reports the primary failed). The interface lives here, below convergence and failover:
+ * the reconciler calls it, and failover/fencing-coordinator.ts implements it (fence the old
+ * primary first — epoch bump in the route table, SIGKILL order, lease floor, network fence — and
+ * only then promote the most up-to-date replica). The report-only coordinator below promotes
+ * nothing: it marks the service degraded and leaves the route alone, for operators who want a
+ * human in the loop and for tests of convergence alone.
  */
 import type { LeaderFence } from '../leader/fenced-commit';
-import type { CellSnapshot } from '../services/cell-directory';
-import type { InstanceRecord, ServiceRecord } from '../services/service-types';
+import type { CellSnapshot } from './cell-directory';
+import type { InstanceRecord, ServiceRecord } from './service-types';
 
 /**
  * `lease-lost`: the primary runs but its cell stopped renewing its lease (unhealthy engine);

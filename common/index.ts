@@ -1,0 +1,5 @@
+/** What every role shares: the error registry, logging, the Redis connection and option merging. */
+export * from './errors';
+export * from './logger';
+export * from './options';
+export * from './redis-connection';
