@@ -30,6 +30,11 @@ run_mocha() {
   rm -f "$log"
 }
 
+# Lint (typescript-eslint, prettier, and the import rules of .dependency-cruiser.cjs) counts as
+# one check: a failure fails the run but does not stop the tests from running.
+echo "== lint"
+if npm run --silent lint; then passed=$((passed + 1)); else failed=$((failed + 1)); status=1; fi
+
 run_mocha "all tests (relay: ${SF_RELAY:-auto})" npx mocha --no-color
 if node -e "process.exit(require('./dist/router/relay-select').selectRelay('auto').kind === 'native' ? 0 : 1)" 2>/dev/null; then
   run_mocha "router tests on the JS relay" env SF_RELAY=js npx mocha --no-config --no-color --timeout 30000 --exit 'dist/test/integration/router-*.test.js'
