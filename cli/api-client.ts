@@ -3,11 +3,13 @@
  * promises (flags, then `SF_CONTROL_URL` / `SF_API_TOKEN`, then the admin token file `sf up`
  * writes), and turns error bodies back into SfErrors with the server's code and field.
  */
-import { discoverAdminToken } from '../control/admin-token';
+import { DEFAULT_CONTROL_URL, controlUrlFromEnv, discoverAdminToken } from '../control/admin-token';
 import { ErrorCode, SfError, isErrorCode } from '../common/errors';
 
-/** @default 'http://127.0.0.1:7600' */
-export const DEFAULT_CONTROL_URL = 'http://127.0.0.1:7600';
+export { DEFAULT_CONTROL_URL };
+
+/** The last SSE event of a stream control ends because the client fell behind (control/api/http-server.ts). */
+export const RESYNC_EVENT = 'resync';
 
 export interface ApiClientOptions {
   baseUrl: string;
@@ -29,9 +31,10 @@ export class ApiClient {
     this.token = options.token;
   }
 
-  /** A client configured from the environment and the local admin token file. */
+  /** A client configured from the environment and the admin token file of the control it talks to. */
   static async fromEnv(env: NodeJS.ProcessEnv = process.env): Promise<ApiClient> {
-    return new ApiClient({ baseUrl: env.SF_CONTROL_URL || DEFAULT_CONTROL_URL, token: await discoverAdminToken(env) });
+    const baseUrl = controlUrlFromEnv(env);
+    return new ApiClient({ baseUrl, token: await discoverAdminToken(env, baseUrl) });
   }
 
   async request<T>(method: string, path: string, body?: unknown): Promise<T> {

@@ -4,7 +4,7 @@
  * next to this one start fast.
  */
 import type { Command } from 'commander';
-import { ensureAdminToken } from '../control/admin-token';
+import { controlUrlForListen, ensureAdminToken } from '../control/admin-token';
 import type { StaticToken } from '../control/api/token-authenticator';
 import { DEFAULT_CONTROL_SERVER_OPTIONS as DEFAULTS } from '../control/control-options';
 import { exitWithError, parseHostPort, parseIntFlag } from './cli-support';
@@ -27,7 +27,7 @@ async function runControl(flags: ControlFlags): Promise<void> {
   const log = pino({ name: 'control', level: process.env.SF_LOG_LEVEL ?? 'info' });
   const listen = parseHostPort(flags.listen, '--listen');
   const staticTokens: StaticToken[] = flags.tokensFile ? await loadTokensFile(flags.tokensFile) : [];
-  const admin = await ensureAdminToken();
+  const admin = await ensureAdminToken(process.env, controlUrlForListen(listen.host, listen.port));
   if (admin.file) log.info({ file: admin.file }, 'admin token file (clients on this machine read it)');
   const control = await startControlServer({
     redisUrl: flags.redis ?? process.env.SF_REDIS_URL ?? DEFAULTS.redisUrl,

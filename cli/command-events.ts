@@ -1,7 +1,11 @@
-/** `sf events`: follows the route event stream (SSE) until interrupted. */
+/**
+ * `sf events`: follows the route event stream (SSE) until interrupted. When control disconnects it
+ * for falling behind (a final `resync` event), it says so and exits 1: the events it missed are not
+ * replayed, so the honest answer is to re-read `sf routes` and follow again.
+ */
 import type { Command } from 'commander';
 import type { TcpRouteMapping } from '../control/state/tcp-route-types';
-import { ApiClient } from './api-client';
+import { ApiClient, RESYNC_EVENT } from './api-client';
 import { EXIT_FAILED, exitWithError } from './cli-support';
 
 interface EventsFlags {
@@ -16,16 +20,28 @@ function humanLine(type: string, r: TcpRouteMapping): string {
 async function followEvents(flags: EventsFlags): Promise<void> {
   const client = await ApiClient.fromEnv();
   const abort = new AbortController();
+  let resync = false;
   process.once('SIGINT', () => abort.abort());
   process.once('SIGTERM', () => abort.abort());
   await client.stream(
     '/routing/v1/tcp_routes/events',
     (ev) => {
+      if (ev.event === RESYNC_EVENT) {
+        resync = true;
+        return;
+      }
+      if (ev.event !== 'Upsert' && ev.event !== 'Delete') return;
       const route = JSON.parse(ev.data) as TcpRouteMapping;
       process.stdout.write(flags.json ? `${JSON.stringify({ type: ev.event, route })}\n` : humanLine(ev.event, route));
     },
     abort.signal,
   );
+  if (resync) {
+    process.stderr.write(
+      'sf: control ended the event stream because this client fell behind; events may be missing, re-read `sf routes` and run `sf events` again\n',
+    );
+    process.exit(EXIT_FAILED);
+  }
   if (!abort.signal.aborted) {
     process.stderr.write('sf: the event stream ended (control stopped?)\n');
     process.exit(EXIT_FAILED);

@@ -10,7 +10,7 @@ import { mkdir } from 'node:fs/promises';
 import { connect, createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
-import { ensureAdminToken, sfHome } from '../control/admin-token';
+import { controlUrlForListen, ensureAdminToken, sfHome } from '../control/admin-token';
 import { UsageError, exitWithError, parseIntFlag } from './cli-support';
 
 interface UpFlags {
@@ -96,7 +96,8 @@ async function runUp(flags: UpFlags): Promise<void> {
   }
 
   await mkdir(join(dataDir, 'logs'), { recursive: true });
-  const admin = await ensureAdminToken();
+  // One token file per control address, so two platforms on one machine never share one.
+  const admin = await ensureAdminToken(process.env, controlUrlForListen('127.0.0.1', controlPort));
   const sfScript = process.argv[1];
   const children: Child[] = [];
   let stopping = false;

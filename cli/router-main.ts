@@ -46,7 +46,7 @@ async function routeSource(flags: RouterFlags): Promise<RouteSource> {
   };
   if (flags.control) {
     const { routeSourceFromControl } = await import('../router/route-source-control');
-    return routeSourceFromControl(flags.control, await discoverAdminToken(), pushed);
+    return routeSourceFromControl(flags.control, await discoverAdminToken(process.env, flags.control), pushed);
   }
   const redisUrl = flags.redis ?? process.env.SF_REDIS_URL;
   if (redisUrl) {

@@ -4,6 +4,7 @@
  */
 import type { Logger } from 'pino';
 import { DEFAULT_KEY_PREFIX } from '../protocol/keys';
+import type { ControlApiOptions } from './api/api-options';
 import type { StaticToken } from './api/token-authenticator';
 import type { ServicePlaneOptions } from './services/service-plane';
 
@@ -33,6 +34,8 @@ export interface ControlServerOptions {
   logger?: Logger;
   /** @default Date.now (tests advance time for TTL expiry) */
   now?: () => number;
+  /** Request limits, event-consumer backlog and audit retention of the HTTP API. */
+  api?: ControlApiOptions;
   /** Service instances, cells, leader election and convergence (control/services). */
   services?: ServicePlaneOptions;
 }

@@ -5,10 +5,13 @@
  */
 import { createRedis } from '../common/redis-connection';
 import pino from 'pino';
+import { AuditLog } from './api/audit-log';
+import { publicRedisUrl } from './api/public-redis-url';
+import { registerAuditApi } from './api/routes-audit';
 import { registerEventsApi } from './api/routes-events';
 import { registerRoutingApi } from './api/routes-routing';
 import { registerTokensApi } from './api/routes-tokens';
-import { HttpServer } from './api/http-server';
+import { HttpServer, type EndpointInfo } from './api/http-server';
 import { TokenAuthenticator, type StaticToken } from './api/token-authenticator';
 import { DEFAULT_CONTROL_SERVER_OPTIONS, type ControlServerOptions } from './control-options';
 import { EventHub } from './events/event-hub';
@@ -31,6 +34,8 @@ export interface ControlServer {
   readonly routes: TcpRouteStore;
   readonly sweeper: RouteTtlSweeper;
   readonly services: ServicePlane;
+  /** Every endpoint the API serves (tests probe each one). */
+  readonly endpoints: readonly EndpointInfo[];
   close(): Promise<void>;
 }
 
@@ -50,10 +55,15 @@ export async function startControlServer(options: ControlServerOptions = {}): Pr
   });
   const statics: StaticToken[] = [...(opts.staticTokens ?? [])];
   if (opts.adminToken) statics.push({ name: 'admin', token: opts.adminToken, scopes: ['admin'] });
+  const audit = new AuditLog(redis, keys.audit, log, { maxEntries: opts.api?.auditMaxEntries });
   const server = new HttpServer({
     authenticator: new TokenAuthenticator(statics, tokens),
     bodyLimitBytes: opts.bodyLimitBytes,
+    maxUrlBytes: opts.api?.maxUrlBytes,
+    maxHeaderBytes: opts.api?.maxHeaderBytes,
+    eventBacklogLimitBytes: opts.api?.eventBacklogLimitBytes,
     onInternalError: (err, method, path) => log.error({ err, method, path }, 'request failed'),
+    onWrite: (write) => audit.record(write),
   });
 
   try {
@@ -64,13 +74,18 @@ export async function startControlServer(options: ControlServerOptions = {}): Pr
     await hub.stop();
     throw err;
   }
-  server.route('get', '/health', null, async () => ({
-    body: { ok: true, redis: redis.status === 'ready' },
-  }));
-  // What a router started with `--control URL` needs to subscribe on its own.
+  // Healthy means able to serve: the state store answers a PING and the event feed is subscribed.
+  server.route('get', '/health', null, async () => {
+    const redisOk = await redisAnswers(redis);
+    const ok = redisOk && hub.connected();
+    return { status: ok ? 200 : 503, body: { ok, redis: redisOk, events: hub.connected() } };
+  });
+  // Where a router started with `--control URL` subscribes; never with the store's credentials,
+  // which a router gets from its own environment or file.
   server.route('get', '/v3/info', 'read', async () => ({
-    body: { redis_url: opts.redisUrl, key_prefix: opts.keyPrefix },
+    body: { redis_url: publicRedisUrl(opts.redisUrl), key_prefix: opts.keyPrefix },
   }));
+  registerAuditApi(server, audit);
   registerRoutingApi(server, { groups, routes });
   registerTokensApi(server, tokens);
   const unhookEvents = registerEventsApi(server, hub);
@@ -92,6 +107,7 @@ export async function startControlServer(options: ControlServerOptions = {}): Pr
     routes,
     sweeper,
     services,
+    endpoints: server.endpoints(),
     async close() {
       await services.close();
       unhookEvents();
@@ -101,4 +117,23 @@ export async function startControlServer(options: ControlServerOptions = {}): Pr
       redis.disconnect();
     },
   };
+}
+
+/** How long `/health` waits for the state store's PING. */
+const HEALTH_PING_TIMEOUT_MS = 1_000;
+
+/** True when Redis answers a PING in time; false at once while the connection is down. */
+async function redisAnswers(redis: ReturnType<typeof createRedis>): Promise<boolean> {
+  if (redis.status !== 'ready') return false;
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<boolean>((resolve) => {
+    timer = setTimeout(() => resolve(false), HEALTH_PING_TIMEOUT_MS);
+  });
+  try {
+    return await Promise.race([redis.ping().then((r) => r === 'PONG'), timeout]);
+  } catch {
+    return false;
+  } finally {
+    clearTimeout(timer);
+  }
 }

@@ -65,6 +65,8 @@ export interface KeyLayout {
   readonly tokens: string;
   /** String: version guarding token writes. */
   readonly tokensVersion: string;
+  /** List: audit entries of API writes, newest first, capped (control/api/audit-log.ts). */
+  readonly audit: string;
 
   // Services and leadership (control only).
   /** Hash: service name -> ServiceRecord JSON. */
@@ -109,6 +111,7 @@ export function keyLayout(prefix: string = DEFAULT_KEY_PREFIX): KeyLayout {
     routeEvents: `${prefix}events`,
     tokens: `${prefix}tokens`,
     tokensVersion: `${prefix}tokens:version`,
+    audit: `${prefix}audit`,
     services: `${prefix}services`,
     servicesVersion: `${prefix}services:version`,
     servicesChanged: `${prefix}services:changed`,

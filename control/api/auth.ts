@@ -2,13 +2,18 @@
  * Bearer-token scopes and the interface the HTTP server authenticates through. `write` implies
  * `read`; `admin` implies both and may manage tokens.
  */
-export type Scope = 'read' | 'write' | 'admin';
+import type { Scope } from '../state/token-store';
 
-export const SCOPES: readonly Scope[] = ['read', 'write', 'admin'];
+export { SCOPES, type Scope } from '../state/token-store';
 
 export interface Principal {
   /** Token name for logs and audit, e.g. `admin` or the name given at creation. */
   name: string;
+  /**
+   * A short fingerprint of the token (the first 12 hex digits of its SHA-256) that tells apart
+   * tokens of one name in the audit log; never the token itself.
+   */
+  id?: string;
   scopes: readonly Scope[];
 }
 

@@ -5,10 +5,12 @@
 import { timingSafeEqual } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
-import { schemaError } from '../../common/errors';
-import { ErrorCode, SfError } from '../../common/errors';
+import { schemaError, ErrorCode, SfError } from '../../common';
 import { hashToken, type TokenStore } from '../state/token-store';
 import { SCOPES, type Authenticator, type Principal, type Scope } from './auth';
+
+/** Hex digits of a token's SHA-256 that identify it in the audit log (48 bits: no way back to it). */
+const TOKEN_ID_HEX_DIGITS = 12;
 
 export interface StaticToken {
   name: string;
@@ -47,16 +49,20 @@ export class TokenAuthenticator implements Authenticator {
     staticTokens: StaticToken[],
     private readonly store: TokenStore | null,
   ) {
-    this.statics = staticTokens.map((t) => ({
-      hash: Buffer.from(hashToken(t.token), 'hex'),
-      principal: { name: t.name, scopes: t.scopes },
-    }));
+    this.statics = staticTokens.map((t) => {
+      const hex = hashToken(t.token);
+      return {
+        hash: Buffer.from(hex, 'hex'),
+        principal: { name: t.name, id: hex.slice(0, TOKEN_ID_HEX_DIGITS), scopes: t.scopes },
+      };
+    });
   }
 
   async authenticate(token: string): Promise<Principal | null> {
-    const hash = Buffer.from(hashToken(token), 'hex');
+    const hex = hashToken(token);
+    const hash = Buffer.from(hex, 'hex');
     for (const s of this.statics) if (timingSafeEqual(s.hash, hash)) return s.principal;
     const record = await this.store?.lookup(token);
-    return record ? { name: record.name, scopes: record.scopes } : null;
+    return record ? { name: record.name, id: hex.slice(0, TOKEN_ID_HEX_DIGITS), scopes: record.scopes } : null;
   }
 }

@@ -4,7 +4,7 @@
  * control process sees every change — including expiries swept by another control.
  */
 import { type Redis } from 'ioredis';
-import { createRedis } from '../../common/redis-connection';
+import { createRedis } from '../../common';
 import type { RouteEvent } from '../state/tcp-route-types';
 
 export type RouteEventListener = (event: RouteEvent, id: number) => void;
@@ -28,6 +28,11 @@ export class EventHub {
     await this.sub.subscribe(this.channel);
   }
 
+  /** True while the subscription to the event channel is up (for `/health`). */
+  connected(): boolean {
+    return this.sub?.status === 'ready';
+  }
+
   /** Adds a listener; returns the function that removes it. */
   subscribe(listener: RouteEventListener): () => void {
     this.listeners.add(listener);
@@ -48,9 +53,20 @@ export class EventHub {
       this.onError(err as Error);
       return;
     }
+    if (!Array.isArray(events)) {
+      this.onError(new Error('event message is not a JSON array'));
+      return;
+    }
     for (const event of events) {
       const id = this.nextId++;
-      for (const listener of this.listeners) listener(event, id);
+      for (const listener of [...this.listeners]) {
+        try {
+          listener(event, id);
+        } catch (err) {
+          // One consumer's failure must not cost the others their events.
+          this.onError(err as Error);
+        }
+      }
     }
   }
 }

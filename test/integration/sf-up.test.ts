@@ -67,7 +67,7 @@ describe('sf up', function () {
     up = runSf(upArgs(), env);
     await eventually(() => up!.output().includes('Try next:'), 60_000, 'sf up ready');
     expect(up.output()).to.match(/sf create-service redis cache/);
-    const token = await stat(path.join(home, 'admin-token'));
+    const token = await stat(path.join(home, 'admin-tokens', `127.0.0.1-${ports.control}`));
     expect(token.mode & 0o777).to.equal(0o600);
 
     const cells = await runSfToExit(['cells', '--json'], env);

@@ -15,7 +15,11 @@ describe('auth', function () {
   describe('TokenAuthenticator', function () {
     it('resolves static tokens and rejects unknown ones without a store', async function () {
       const auth = new TokenAuthenticator([{ name: 'ci', token: 'ci-token-0123456789', scopes: ['read'] }], null);
-      expect(await auth.authenticate('ci-token-0123456789')).to.deep.equal({ name: 'ci', scopes: ['read'] });
+      const principal = await auth.authenticate('ci-token-0123456789');
+      expect(principal).to.deep.include({ name: 'ci', scopes: ['read'] });
+      // The audit log's fingerprint: a prefix of the token's SHA-256, never the token.
+      expect(principal?.id).to.match(/^[0-9a-f]{12}$/);
+      expect(principal?.id).to.not.include('ci-token');
       expect(await auth.authenticate('ci-token-012345678')).to.equal(null);
     });
   });
