@@ -75,9 +75,12 @@ export async function runRouter(flags: RouterFlags): Promise<void> {
     onDisconnect: flags.onDisconnect,
     relay: selectRelay(flags.relay),
     reusePort: workers > 1,
+    // No backend may be the admin endpoint; with port 0 it is known only once listening.
+    ownAddresses: admin.port !== 0 ? [admin] : [],
   });
   await router.start(source);
   const adminServer = await startAdminServer(router, createRouterMetrics(router), admin.host, admin.port);
+  if (admin.port === 0) router.addOwnAddress({ host: admin.host, port: adminServer.port });
   router.logger.info(
     {
       admin: `${admin.host}:${adminServer.port}`,

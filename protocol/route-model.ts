@@ -2,13 +2,20 @@
  * The route model: the one contract shared by the router, the control plane and route files.
  * Types are derived from the schema so validation and typing can never drift apart.
  */
+import ipaddr from 'ipaddr.js';
 import { z } from 'zod';
-import { ErrorCode, SfError, schemaError } from '../common/errors';
+import { ErrorCode, SfError, schemaError } from '../common';
 
 /** Defaults for per-route limits; a route may override each. */
 export const DEFAULT_ROUTE_LIMITS = {
-  /** @default 10000 concurrent client connections per route */
-  maxConnections: 10_000,
+  /**
+   * No cap of a route's own: a route is bounded by the router's global connection limit (derived
+   * from its descriptor limit) less what is reserved for every other route, so one route's idle
+   * clients can never take the last descriptors from the others (issue 11). A route may still
+   * set a lower cap.
+   * @default Infinity
+   */
+  maxConnections: Number.POSITIVE_INFINITY,
   /** @default 5000 ms to establish the backend connection before trying another backend */
   connectTimeoutMs: 5_000,
   /** @default 0 (disabled): database pools keep idle connections for hours; keepalive finds dead peers */
@@ -20,10 +27,37 @@ export const DEFAULT_ROUTE_LIMITS = {
 export { DEFAULT_ROUTER_GROUP } from './route-defaults';
 import { DEFAULT_ROUTER_GROUP } from './route-defaults';
 
-const hostSchema = z
-  .string()
-  .min(1, 'must be a non-empty host name or IP address')
-  .max(253, 'must be at most 253 characters');
+/** RFC 1123 section 2.1: letters, digits and inner hyphens, 1-63 characters per label. */
+const HOST_LABEL = /^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
+/** Spaces, ASCII control characters (NUL included) and DEL. */
+// eslint-disable-next-line no-control-regex -- control characters are exactly what is refused here
+const SPACE_OR_CONTROL = /[\s\x00-\x1f\x7f]/;
+
+/**
+ * Why `host` is not a usable backend host, or undefined when it is one: an IPv4 address in
+ * dotted-decimal form, an IPv6 address (without brackets), or a host name per RFC 1123.
+ * getaddrinfo(3) also reads `127.1`, `0x7f000001` or `2130706433` as addresses, so such forms
+ * (and names whose last label is all digits, RFC 3696 section 2) are refused: they would hide an
+ * address from anyone reading the table, the router's self-loop check included (issue 11).
+ */
+export function hostSyntaxProblem(host: string): string | undefined {
+  if (host.length === 0) return 'must be a non-empty host name or IP address';
+  if (SPACE_OR_CONTROL.test(host)) return 'must not contain spaces or control characters';
+  if (host.length > 253) return 'must be at most 253 characters';
+  if (ipaddr.IPv4.isValidFourPartDecimal(host) || ipaddr.IPv6.isValid(host)) return undefined;
+  if (host.startsWith('[')) return 'must be an IPv6 address without brackets';
+  if (ipaddr.IPv4.isValid(host)) return 'must be an IPv4 address in dotted-decimal form (a.b.c.d)';
+  const labels = (host.endsWith('.') ? host.slice(0, -1) : host).split('.');
+  if (!labels.every((l) => HOST_LABEL.test(l))) return 'must be a host name (RFC 1123) or an IP address';
+  if (/^\d+$/.test(labels[labels.length - 1]!))
+    return 'must not end in an all-numeric label unless it is an IP address';
+  return undefined;
+}
+
+const hostSchema = z.string({ error: 'must be a host name or IP address' }).superRefine((host, ctx) => {
+  const problem = hostSyntaxProblem(host);
+  if (problem) ctx.addIssue({ code: 'custom', message: problem });
+});
 
 const portSchema = z
   .number({ error: 'must be an integer 1-65535' })

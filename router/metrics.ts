@@ -37,8 +37,13 @@ const ROUTE_COUNTERS: Array<{ name: string; help: string; field: CounterField }>
   },
   {
     name: 'sf_router_refused_max_connections_total',
-    help: 'Clients refused by a connection limit.',
+    help: 'Clients refused by a connection limit (the route own or the router-wide one).',
     field: 'refusedMaxConnections',
+  },
+  {
+    name: 'sf_router_refused_self_loop_total',
+    help: 'Backend connections not made because the backend is one of the router own listening addresses.',
+    field: 'refusedSelfLoop',
   },
   {
     name: 'sf_router_fenced_kills_total',
@@ -90,6 +95,41 @@ export function createRouterMetrics(router: Router, withProcessMetrics = true): 
     collect() {
       this.reset();
       for (const r of router.refusedUnknownServerName()) this.inc({ port: String(r.port) }, r.count);
+    },
+  });
+  new Counter({
+    name: 'sf_router_refused_global_limit_total',
+    help: 'Clients refused because the router-wide connection limit (less other routes reservations) was reached.',
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc(router.refusedByGlobalLimit());
+    },
+  });
+  new Counter({
+    name: 'sf_router_routes_refused_total',
+    help: 'Pushed routes refused because a backend was the router itself, per route port.',
+    labelNames: ['port', 'reason'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const r of router.refusedRouteCounts()) this.inc({ port: String(r.port), reason: 'self-loop' }, r.count);
+    },
+  });
+  new Gauge({
+    name: 'sf_router_connection_limit',
+    help: 'Client connections the router takes across all routes, derived from its descriptor limit.',
+    registers: [registry],
+    collect() {
+      this.set(router.status().connectionLimit);
+    },
+  });
+  new Gauge({
+    name: 'sf_router_fd_limit',
+    help: 'The soft RLIMIT_NOFILE read at start (-1 where it could not be read).',
+    registers: [registry],
+    collect() {
+      this.set(router.status().fdLimit ?? -1);
     },
   });
   new Gauge({

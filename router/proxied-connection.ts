@@ -3,14 +3,14 @@
  * It tries backends in the order its route's balancer gives, within the connect timeout, then
  * hands both sockets to the relay.
  */
-import { connect as netConnect, isIP, type Server, type Socket } from 'node:net';
+import { connect as netConnect, isIP, type LookupFunction, type Server, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
-import type { Backend, Route } from '../protocol/route-model';
-import { routeLimits } from '../protocol/route-model';
+import { type Backend, type Route, routeLimits } from '../protocol';
 import { proxyHeader } from './proxy-protocol';
 import { FORWARDERS_ENABLED, ReadForwarder, tagForwarder } from './read-forwarder';
 import type { Relay, RelayCloseReason, RelayedPair } from './relay';
 import type { RouteStats } from './route-stats';
+import { SELF_LOOP_ERROR_CODE } from './self-address';
 
 /** What the connection needs from the listener that accepted it. */
 export interface ConnectionHost {
@@ -22,6 +22,12 @@ export interface ConnectionHost {
   backendAcquired(backendId: string): void;
   backendReleased(backendId: string): void;
   connectionClosed(conn: ProxiedConnection, reason: RelayCloseReason | 'refused' | 'aborted'): void;
+  /** True (and counted) when `backend` is one of the router's own listening addresses. */
+  refusesAsSelfLoop(backend: Backend): boolean;
+  /** The lookup to connect to `backend` with: one that refuses the router's own addresses, or Node's. */
+  backendLookup(backend: Backend): LookupFunction | undefined;
+  /** Counts a backend whose name resolved to one of the router's own addresses. */
+  selfLoopDetected(backend: Backend, detail: string): void;
 }
 
 export class ProxiedConnection {
@@ -97,7 +103,13 @@ export class ProxiedConnection {
   }
 
   private connectNext(): void {
-    const backend = this.host.pickBackend(this.tried);
+    let backend = this.host.pickBackend(this.tried);
+    // A connection into the router itself would be accepted and connected again, without end
+    // (issue 11); such a backend is passed over before any socket exists.
+    while (backend && this.host.refusesAsSelfLoop(backend)) {
+      this.tried.add(backend.id);
+      backend = this.host.pickBackend(this.tried);
+    }
     if (!backend) {
       if (this.tried.size === 0) this.host.stats.refusedNoBackend++;
       this.client.destroy();
@@ -112,13 +124,15 @@ export class ProxiedConnection {
 
     const route = this.host.currentRoute();
     const { connectTimeoutMs } = routeLimits(route);
+    const lookup = this.host.backendLookup(backend);
     const socket = route.tls
       ? tlsConnect({
           host: backend.host,
           port: backend.port,
           servername: isIP(backend.host) ? undefined : backend.host,
+          ...(lookup ? { lookup } : {}),
         })
-      : this.connectPlain(backend);
+      : this.connectPlain(backend, lookup);
     this.backendSocket = socket;
     socket.on('error', this.onConnectError);
     socket.once(route.tls ? 'secureConnect' : 'connect', this.onBackendConnect);
@@ -126,8 +140,14 @@ export class ProxiedConnection {
   }
 
   /** The JS relay reads the backend through a reused buffer; the native relay takes the fd. */
-  private connectPlain(backend: Backend): Socket {
-    const options = { host: backend.host, port: backend.port, allowHalfOpen: true, noDelay: true };
+  private connectPlain(backend: Backend, lookup: LookupFunction | undefined): Socket {
+    const options = {
+      host: backend.host,
+      port: backend.port,
+      allowHalfOpen: true,
+      noDelay: true,
+      ...(lookup ? { lookup } : {}),
+    };
     if (this.host.relay.kind !== 'js' || !FORWARDERS_ENABLED) return netConnect(options);
     const forwarder = new ReadForwarder();
     return tagForwarder(netConnect({ ...options, onread: forwarder.onread }), forwarder);
@@ -138,8 +158,9 @@ export class ProxiedConnection {
     this.retry();
   };
 
-  private readonly onConnectError = (): void => {
-    this.host.stats.connectErrors++;
+  private readonly onConnectError = (err: NodeJS.ErrnoException): void => {
+    if (err.code === SELF_LOOP_ERROR_CODE && this.backend) this.host.selfLoopDetected(this.backend, err.message);
+    else this.host.stats.connectErrors++;
     this.retry();
   };
 

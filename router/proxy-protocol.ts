@@ -3,6 +3,7 @@
  * the real client address. Only the sending side lives here: the router is the proxy.
  */
 import { isIPv4, isIPv6 } from 'node:net';
+import ipaddr from 'ipaddr.js';
 
 export interface ProxyAddresses {
   sourceAddress: string;
@@ -22,38 +23,46 @@ function unmapV4(address: string): string {
   return address.startsWith('::ffff:') && isIPv4(address.slice(7)) ? address.slice(7) : address;
 }
 
+/** A link-local IPv6 address may carry a zone (`fe80::1%eth0`), which has no place in a header. */
+function withoutZone(address: string): string {
+  const zone = address.indexOf('%');
+  return zone < 0 ? address : address.slice(0, zone);
+}
+
+/** Both Node and the byte encoder (ipaddr.js) must read it as IPv6, so encoding cannot throw. */
+function isIPv6Text(address: string): boolean {
+  const bare = withoutZone(address);
+  return isIPv6(bare) && ipaddr.IPv6.isValid(bare);
+}
+
+function isPort(p: number): boolean {
+  return Number.isInteger(p) && p >= 0 && p <= 65535;
+}
+
+/**
+ * The header's address family, 0 when the addresses cannot be told (a socket already closed
+ * reports none) or the ports are not ports: the header then says UNKNOWN (v1) or LOCAL (v2).
+ */
 function family(a: ProxyAddresses): 4 | 6 | 0 {
+  if (!isPort(a.sourcePort) || !isPort(a.destinationPort)) return 0;
   const src = unmapV4(a.sourceAddress);
   const dst = unmapV4(a.destinationAddress);
   if (isIPv4(src) && isIPv4(dst)) return 4;
-  if (isIPv6(src) && isIPv6(dst)) return 6;
+  if (isIPv6Text(src) && isIPv6Text(dst)) return 6;
   return 0;
 }
 
 export function proxyHeaderV1(a: ProxyAddresses): Buffer {
   const fam = family(a);
   if (fam === 0) return Buffer.from('PROXY UNKNOWN\r\n', 'latin1');
-  const src = fam === 4 ? unmapV4(a.sourceAddress) : a.sourceAddress;
-  const dst = fam === 4 ? unmapV4(a.destinationAddress) : a.destinationAddress;
+  const src = fam === 4 ? unmapV4(a.sourceAddress) : withoutZone(a.sourceAddress);
+  const dst = fam === 4 ? unmapV4(a.destinationAddress) : withoutZone(a.destinationAddress);
   return Buffer.from(`PROXY TCP${fam} ${src} ${dst} ${a.sourcePort} ${a.destinationPort}\r\n`, 'latin1');
 }
 
+/** The 16 bytes of an IPv6 address (every textual form, an embedded dotted IPv4 tail included). */
 function ipv6Bytes(address: string): Buffer {
-  const out = Buffer.alloc(16);
-  let text = address;
-  // An embedded dotted IPv4 tail (::ffff:1.2.3.4) becomes two hex groups.
-  const v4 = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
-  if (v4) {
-    const [a, b, c, d] = v4[1]!.split('.').map(Number) as [number, number, number, number];
-    text = text.slice(0, -v4[1]!.length) + `${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
-  }
-  const [head, tail] = text.includes('::') ? text.split('::') : [text, undefined];
-  const headGroups = head ? head.split(':') : [];
-  const tailGroups = tail ? tail.split(':') : [];
-  const zeros = 8 - headGroups.length - tailGroups.length;
-  const groups = [...headGroups, ...Array<string>(tail === undefined ? 0 : zeros).fill('0'), ...tailGroups];
-  groups.forEach((g, i) => out.writeUInt16BE(parseInt(g, 16) || 0, i * 2));
-  return out;
+  return Buffer.from(ipaddr.IPv6.parse(withoutZone(address)).toByteArray());
 }
 
 export function proxyHeaderV2(a: ProxyAddresses): Buffer {

@@ -4,14 +4,15 @@
  * kill) from how its backend changed. Usually one binding per port; TLS ports shared by SNI
  * carry one per server-name group (see route-listener.ts).
  */
-import type { Socket } from 'node:net';
+import type { LookupFunction, Socket } from 'node:net';
 import type { Balancer } from './balancer';
 import { createBalancer } from './balancer-factory';
-import type { Logger } from '../common/logger';
+import type { Logger } from '../common';
 import { ProxiedConnection, setSocketOptions, type ConnectionHost } from './proxied-connection';
 import type { Relay, RelayCloseReason } from './relay';
-import { routeLimits, type Backend, type Route } from '../protocol/route-model';
+import { routeLimits, type Backend, type Route } from '../protocol';
 import { newRouteStats, type RouteStats } from './route-stats';
+import type { ListenAddress } from './self-address';
 
 export interface ListenerEnvironment {
   relay: Relay;
@@ -23,9 +24,21 @@ export interface ListenerEnvironment {
   /** How long a shared TLS port waits for a client's ClientHello. */
   clientHelloTimeoutMs: number;
   keepAliveMs: number;
-  /** Shared across listeners: admits a connection under the router-wide limit. */
-  admit(): boolean;
-  released(): void;
+  /**
+   * Shared across listeners: admits a connection of `binding` (whose `stats.active` does not
+   * count it yet) under the router-wide limit, less what is reserved for the other routes.
+   */
+  admit(binding: RouteBinding): boolean;
+  /** A connection of `binding` ended; its `stats.active` no longer counts it. */
+  released(binding: RouteBinding): void;
+  /** A client of `binding` was refused by its route's limit or the router-wide one. */
+  limitReached(binding: RouteBinding, which: 'route' | 'global'): void;
+  /** The router address that connecting to `host`:`port` would reach, if any. */
+  ownAddressHit(host: string, port: number): ListenAddress | undefined;
+  /** For a name on a port the router listens on: a lookup that refuses the router's addresses. */
+  lookupFor(host: string, port: number): LookupFunction | undefined;
+  /** A backend of `binding` was not connected to because it is the router itself. */
+  selfLoopRefused(binding: RouteBinding, backend: Backend, detail: string): void;
   /** False while a fail-closed router has lost its route source. */
   serving(): boolean;
 }
@@ -71,6 +84,11 @@ export class RouteBinding implements ConnectionHost {
   private balancer: Balancer;
   private readonly activeByBackend = new Map<string, number>();
   private onEmpty: (() => void) | undefined;
+  /**
+   * Whether this binding holds a reservation of the router-wide limit (routes in the table do,
+   * retiring ones do not); the router sets it whenever a table is applied.
+   */
+  reserved = false;
 
   constructor(
     route: Route,
@@ -108,7 +126,7 @@ export class RouteBinding implements ConnectionHost {
   connectionClosed(conn: ProxiedConnection, reason: RelayCloseReason | 'refused' | 'aborted'): void {
     if (!this.connections.delete(conn)) return;
     this.stats.active--;
-    this.env.released();
+    this.env.released(this);
     if (this.env.logger.isLevelEnabled('debug')) {
       this.env.logger.debug(
         { port: this.route.port, backend: conn.backend?.id, reason, bytesIn: conn.bytesIn, bytesOut: conn.bytesOut },
@@ -158,6 +176,22 @@ export class RouteBinding implements ConnectionHost {
     for (const conn of this.connections) conn.kill();
   }
 
+  refusesAsSelfLoop(backend: Backend): boolean {
+    const hit = this.env.ownAddressHit(backend.host, backend.port);
+    if (!hit) return false;
+    this.selfLoopDetected(backend, `the router listens on ${hit.host}:${hit.port}`);
+    return true;
+  }
+
+  backendLookup(backend: Backend): LookupFunction | undefined {
+    return this.env.lookupFor(backend.host, backend.port);
+  }
+
+  selfLoopDetected(backend: Backend, detail: string): void {
+    this.stats.refusedSelfLoop++;
+    this.env.selfLoopRefused(this, backend, detail);
+  }
+
   private buildBalancer(route: Route): Balancer {
     return createBalancer(route, { active: (id) => this.activeFor(id) });
   }
@@ -172,8 +206,10 @@ export class RouteBinding implements ConnectionHost {
    * the client already has the router's TCP options from its listening socket.
    */
   accept(client: Socket, initial?: Buffer, optionsInherited = false): void {
-    if (this.stats.active >= routeLimits(this.route).maxConnections || !this.env.admit()) {
+    const overRoute = this.stats.active >= routeLimits(this.route).maxConnections;
+    if (overRoute || !this.env.admit(this)) {
       this.stats.refusedMaxConnections++;
+      this.env.limitReached(this, overRoute ? 'route' : 'global');
       client.destroy();
       return;
     }

@@ -3,11 +3,11 @@
  * `reload()` (SIGHUP) and when it changes on disk; an invalid file leaves the old table in force.
  */
 import { watch, type FSWatcher } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import { basename, dirname, resolve } from 'node:path';
-import { ErrorCode, SfError, isSfError } from '../common/errors';
-import { parseRouteTableJson, type RouteTable } from '../protocol/route-model';
+import { ErrorCode, SfError, isSfError, withDefaults } from '../common';
+import { parseRouteTableJson, type RouteTable } from '../protocol';
 import type { RouteSource, RouteSourceListener } from './route-source';
+import { readRegularFile } from './read-regular-file';
 
 export interface FileRouteSourceOptions {
   /**
@@ -38,7 +38,7 @@ export class FileRouteSource implements RouteSource {
 
   constructor(path: string, options: Partial<FileRouteSourceOptions> = {}) {
     this.path = resolve(path);
-    this.options = { ...DEFAULT_FILE_ROUTE_SOURCE_OPTIONS, ...options };
+    this.options = withDefaults(DEFAULT_FILE_ROUTE_SOURCE_OPTIONS, options);
     this.description = `file:${this.path}`;
   }
 
@@ -81,17 +81,10 @@ export class FileRouteSource implements RouteSource {
   }
 
   private async readTable(): Promise<{ table: RouteTable; text: string }> {
-    let text: string;
-    try {
-      text = await readFile(this.path, 'utf8');
-    } catch (err) {
-      throw new SfError(
-        ErrorCode.RouteSource,
-        `cannot read route file ${this.path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`,
-        'file',
-      );
-    }
-    return { table: parseRouteTableJson(text), text };
+    const text = await readRegularFile(this.path, 'route file', 'file');
+    const table = parseRouteTableJson(text);
+    this.listener?.check?.(table);
+    return { table, text };
   }
 
   /**

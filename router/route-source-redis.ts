@@ -6,15 +6,23 @@
  * The last table is persisted to a local JSON file so a router restarted while Redis is down
  * comes up serving it (DESIGN.md: keep serving the last table).
  */
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { mkdir, rename, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { type Redis } from 'ioredis';
-import { createRedis } from '../common/redis-connection';
-import { ErrorCode, SfError } from '../common/errors';
-import { parseRoute, parseRouteTable, type Route, type RouteTable } from '../protocol/route-model';
-import type { RouteDelta, RouterHeartbeat } from '../protocol/route-push-protocol';
-import { DEFAULT_KEY_PREFIX, routerGroupKeys, type RouterGroupKeys } from '../protocol/keys';
+import { createRedis, ErrorCode, SfError, withDefaults } from '../common';
+import {
+  parseRoute,
+  parseRouteTable,
+  type Route,
+  type RouteTable,
+  type RouteDelta,
+  type RouterHeartbeat,
+  DEFAULT_KEY_PREFIX,
+  routerGroupKeys,
+  type RouterGroupKeys,
+} from '../protocol';
 import type { RouteSource, RouteSourceListener } from './route-source';
+import { readRegularFile } from './read-regular-file';
 
 export interface RedisRouteSourceOptions {
   /** Redis URL, e.g. `redis://127.0.0.1:6379`. */
@@ -57,12 +65,19 @@ export function parseRouteDelta(text: string): RouteDelta {
     throw new SfError(ErrorCode.RouteSource, 'delta is not valid JSON', 'delta');
   }
   const d = raw as Partial<RouteDelta> | null;
-  if (!d || !Number.isSafeInteger(d.version) || !Array.isArray(d.upserts) || !Array.isArray(d.deletes)) {
+  if (
+    !d ||
+    typeof d !== 'object' ||
+    !Number.isSafeInteger(d.version) ||
+    (d.version as number) < 0 ||
+    !Array.isArray(d.upserts) ||
+    !Array.isArray(d.deletes)
+  ) {
     throw new SfError(ErrorCode.RouteSource, 'delta must have version, upserts[] and deletes[]', 'delta');
   }
-  const deletes = d.deletes.filter((p): p is number => Number.isInteger(p));
+  const deletes = d.deletes.filter((p): p is number => Number.isInteger(p) && p >= 1 && p <= 65535);
   if (deletes.length !== d.deletes.length) {
-    throw new SfError(ErrorCode.RouteSource, 'delta.deletes must hold ports', 'delta.deletes');
+    throw new SfError(ErrorCode.RouteSource, 'delta.deletes must hold ports 1-65535', 'delta.deletes');
   }
   const upserts = d.upserts.map((r, i) => parseRoute(r, `delta.upserts[${i}]`));
   return { version: d.version as number, upserts, deletes };
@@ -92,12 +107,7 @@ export class RedisRouteSource implements RouteSource {
   private firstTable: (() => void) | null = null;
 
   constructor(options: RedisRouteSourceOptions) {
-    this.opts = {
-      ...DEFAULT_REDIS_ROUTE_SOURCE_OPTIONS,
-      ...stripUndefined(options),
-      redisUrl: options.redisUrl,
-      routerId: options.routerId,
-    };
+    this.opts = withDefaults(DEFAULT_REDIS_ROUTE_SOURCE_OPTIONS, options);
     this.keys = routerGroupKeys(this.opts.routerGroup, this.opts.keyPrefix);
     this.description = `redis:${this.opts.routerGroup}`;
   }
@@ -354,16 +364,12 @@ export class RedisRouteSource implements RouteSource {
   private async loadCache(): Promise<RouteTable | null> {
     if (!this.opts.cacheFile) return null;
     try {
-      return parseRouteTable(JSON.parse(await readFile(this.opts.cacheFile, 'utf8')));
+      return parseRouteTable(JSON.parse(await readRegularFile(this.opts.cacheFile, 'cache file', 'cacheFile')));
     } catch (err) {
       this.report(`cache file ${this.opts.cacheFile} is unusable: ${(err as Error).message}`);
       return null;
     }
   }
-}
-
-function stripUndefined<T extends object>(o: T): Partial<T> {
-  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
 }
 
 /** Hides a password in a Redis URL before it reaches a log line. */

@@ -3,10 +3,16 @@
  * and the control plane's Redis push path (`route-source-redis.ts`). A source hands the router
  * whole, validated tables; the router works out what changed.
  */
-import { type SfError } from '../common/errors';
-import type { RouteTable } from '../protocol/route-model';
+import { type SfError } from '../common';
+import type { RouteTable } from '../protocol';
 
 export interface RouteSourceListener {
+  /**
+   * Throws an SfError when the router cannot serve `table` (a backend that is the router itself).
+   * A source whose tables are written whole by an operator (a route file) calls it and refuses a
+   * failing table like an invalid one; pushed sources leave it to the router to refuse routes.
+   */
+  check?(table: RouteTable): void;
   /** A new, validated table. Versions only grow; a source never hands back an older table. */
   onTable(table: RouteTable): void;
   /** A problem that leaves the last good table in force (bad file, Redis down, version gap). */

@@ -15,6 +15,8 @@ export interface RouteStats {
   connectTimeouts: number;
   refusedNoBackend: number;
   refusedMaxConnections: number;
+  /** Backend attempts not made because the backend is the router itself (issue 11). */
+  refusedSelfLoop: number;
   killedFenced: number;
   killedDrained: number;
   idleTimeouts: number;
@@ -32,6 +34,7 @@ export function newRouteStats(port: number, sni = ''): RouteStats {
     connectTimeouts: 0,
     refusedNoBackend: 0,
     refusedMaxConnections: 0,
+    refusedSelfLoop: 0,
     killedFenced: 0,
     killedDrained: 0,
     idleTimeouts: 0,

@@ -2,7 +2,8 @@
  * Router-wide options. Per-route limits live in the route model (DEFAULT_ROUTE_LIMITS).
  */
 import type { Relay } from './relay';
-import type { Logger } from '../common/logger';
+import type { Logger } from '../common';
+import type { ListenAddress } from './self-address';
 
 export type DisconnectPolicy = 'keep-last' | 'fail-closed';
 
@@ -13,10 +14,27 @@ export interface RouterOptions {
    */
   bindHost: string;
   /**
-   * Connections across all routes; a client beyond it is closed at once.
+   * Connections across all routes; a client beyond it is closed at once. Lowered to what the
+   * descriptor limit holds (router/connection-budget.ts).
    * @default 100000
    */
   maxConnections: number;
+  /**
+   * The descriptor limit the connection limit is derived from.
+   * @default the soft RLIMIT_NOFILE, read when the router is created (none where it cannot be read)
+   */
+  fdLimit?: number;
+  /**
+   * Addresses this process listens on besides the route ports (the admin endpoint): no backend
+   * may be one of them, nor a route port (router/self-address.ts).
+   * @default []
+   */
+  ownAddresses: ListenAddress[];
+  /**
+   * At most one warning per this interval for each reached limit (and each refused self-loop).
+   * @default 10000
+   */
+  limitLogIntervalMs: number;
   /**
    * What to do while the route source has lost its upstream (Redis, control).
    * @default 'keep-last'
@@ -51,6 +69,8 @@ export interface RouterOptions {
 export const DEFAULT_ROUTER_OPTIONS: Readonly<Omit<RouterOptions, 'relay' | 'logger'>> = {
   bindHost: '127.0.0.1',
   maxConnections: 100_000,
+  ownAddresses: [],
+  limitLogIntervalMs: 10_000,
   onDisconnect: 'keep-last',
   keepAliveMs: 30_000,
   backlog: 511,

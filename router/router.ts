@@ -2,13 +2,16 @@
  * The router: serves a route table on its ports. Applying a table is synchronous up to the
  * point where every fenced connection is already destroyed; only opening new ports waits.
  */
-import { ErrorCode, SfError } from '../common/errors';
-import { createLogger, type Logger } from '../common/logger';
+import type { LookupFunction } from 'node:net';
+import { ErrorCode, SfError, createLogger, type Logger, withDefaults } from '../common';
 import type { Relay } from './relay';
 import { createJsRelay } from './relay-js';
-import type { Route, RouteTable } from '../protocol/route-model';
-import type { ListenerEnvironment } from './route-binding';
+import type { Backend, Route, RouteTable } from '../protocol';
+import { bindingKey, type ListenerEnvironment, type RouteBinding } from './route-binding';
 import { RouteListener } from './route-listener';
+import { globalConnectionLimit, readFdLimit, routeReserve } from './connection-budget';
+import { RateLimitedLog } from './rate-limited-log';
+import { guardedLookup, needsLookup, ownAddressHit, type ListenAddress } from './self-address';
 import type { RouteSource } from './route-source';
 import type { RouteStats } from './route-stats';
 import { DEFAULT_ROUTER_OPTIONS, type RouterOptions } from './router-options';
@@ -21,6 +24,15 @@ export interface ApplyResult {
   killed: number;
   /** Ports that could not be opened (in use, no permission); the rest of the table applies. */
   failed: Array<{ port: number; error: SfError }>;
+  /** Routes left out because a backend is the router itself; the rest of the table applies. */
+  refused: Array<{ port: number; error: SfError }>;
+}
+
+/** A backend of a table that leads into one of the router's own listening addresses. */
+export interface SelfLoop {
+  route: number;
+  backend: number;
+  target: ListenAddress;
 }
 
 export interface RouterStatus {
@@ -31,6 +43,10 @@ export interface RouterStatus {
   source: string | undefined;
   sourceConnected: boolean;
   serving: boolean;
+  /** Client connections the router takes across all routes (from the descriptor limit). */
+  connectionLimit: number;
+  /** The soft RLIMIT_NOFILE read at start; null where it could not be read. */
+  fdLimit: number | null;
 }
 
 export class Router {
@@ -47,12 +63,28 @@ export class Router {
   private closed = false;
   private lastApply: Promise<ApplyResult> | undefined;
   private readonly env: ListenerEnvironment;
+  private readonly fdLimit: number | undefined;
+  private readonly ownAddresses: ListenAddress[];
+  private readonly limitLog: RateLimitedLog;
+  /** The router-wide limit in force, recomputed with each table (ports need descriptors too). */
+  private connectionLimit: number;
+  /** Connections reserved for each route of the table (connection-budget.ts routeReserve). */
+  private reserve = 0;
+  private reservedBindings = 0;
+  /** Sum over reserved bindings of min(active, reserve): the part of the reservations in use. */
+  private reservedInUse = 0;
+  private refusedGlobalLimit = 0;
+  private readonly refusedRoutes = new Map<number, number>();
 
   constructor(options: Partial<RouterOptions> = {}) {
     const { relay, logger, ...rest } = options;
-    this.options = { ...DEFAULT_ROUTER_OPTIONS, ...rest };
+    this.options = withDefaults(DEFAULT_ROUTER_OPTIONS, rest);
     this.relay = relay ?? createJsRelay();
     this.logger = logger ?? createLogger('router');
+    this.fdLimit = options.fdLimit ?? readFdLimit();
+    this.ownAddresses = [...this.options.ownAddresses];
+    this.connectionLimit = globalConnectionLimit(this.options.maxConnections, this.fdLimit, 0);
+    this.limitLog = new RateLimitedLog(this.logger, this.options.limitLogIntervalMs);
     this.env = {
       relay: this.relay,
       logger: this.logger,
@@ -61,16 +93,59 @@ export class Router {
       reusePort: this.options.reusePort,
       clientHelloTimeoutMs: this.options.clientHelloTimeoutMs,
       keepAliveMs: this.options.keepAliveMs,
-      admit: () => {
-        if (this.activeConnections >= this.options.maxConnections) return false;
-        this.activeConnections++;
-        return true;
-      },
-      released: () => {
+      admit: (binding) => this.admit(binding),
+      released: (binding) => {
         this.activeConnections--;
+        if (binding.reserved && binding.stats.active < this.reserve) this.reservedInUse--;
+      },
+      limitReached: (binding, which) => this.limitReached(binding, which),
+      ownAddressHit: (host, port) => this.ownAddressHit(host, port),
+      lookupFor: (host, port) => this.lookupFor(host, port),
+      selfLoopRefused: (binding, backend, detail) => {
+        const { port, sni } = binding.stats;
+        this.limitLog.warn(
+          `self-loop:${port}:${sni}:${backend.id}`,
+          { port, sni, backend: backend.id, host: backend.host, backendPort: backend.port },
+          `backend not connected: it is the router itself (${detail})`,
+        );
       },
       serving: () => this.serving(),
     };
+  }
+
+  /**
+   * Records another address this process listens on (the admin endpoint, once its port is
+   * known): from now on no backend may lead into it, in new tables or on connect.
+   */
+  addOwnAddress(address: ListenAddress): void {
+    this.ownAddresses.push({ ...address });
+  }
+
+  /**
+   * The backends of `table` that lead into the router's own addresses: the table's route ports
+   * on the bind address, and the other addresses it listens on. Names other than localhost are
+   * not resolved here; connect time checks them after resolution.
+   */
+  selfLoops(table: RouteTable): SelfLoop[] {
+    const own = [...new Set(table.routes.map((r) => r.port))].map((port) => ({ host: this.options.bindHost, port }));
+    own.push(...this.ownAddresses);
+    const loops: SelfLoop[] = [];
+    table.routes.forEach((route, i) => {
+      route.backends.forEach((b, j) => {
+        const target = ownAddressHit(b.host, b.port, own);
+        if (target) loops.push({ route: i, backend: j, target });
+      });
+    });
+    return loops;
+  }
+
+  /**
+   * Throws when `table` has a backend that is the router itself. Route files are checked whole
+   * this way (a bad file is refused); pushed tables lose only the offending routes (applyTable).
+   */
+  checkTable(table: RouteTable): void {
+    const loop = this.selfLoops(table)[0];
+    if (loop) throw selfLoopError(table, loop);
   }
 
   /** Starts serving tables from `source`; rejects if its first table cannot be served. */
@@ -78,6 +153,7 @@ export class Router {
     this.source = source;
     let firstError: SfError | undefined;
     await source.start({
+      check: (table) => this.checkTable(table),
       onTable: (table) => {
         this.lastApply = this.applyTable(table);
         this.lastApply.then(
@@ -113,9 +189,18 @@ export class Router {
    * Serves `table` from now on. Connections to fenced backends are destroyed before this
    * returns its promise; new ports are open when the promise resolves.
    */
-  applyTable(table: RouteTable): Promise<ApplyResult> {
+  applyTable(input: RouteTable): Promise<ApplyResult> {
     if (this.closed) return Promise.reject(new SfError(ErrorCode.RouteSource, 'router is closed'));
-    const result: ApplyResult = { version: table.version, opened: [], closed: [], updated: 0, killed: 0, failed: [] };
+    const result: ApplyResult = {
+      version: input.version,
+      opened: [],
+      closed: [],
+      updated: 0,
+      killed: 0,
+      failed: [],
+      refused: [],
+    };
+    const table = this.withoutSelfLoops(input, result);
     const wanted = new Map<number, Route[]>();
     for (const r of table.routes) {
       const onPort = wanted.get(r.port);
@@ -146,13 +231,17 @@ export class Router {
             result.opened.push(port);
           },
           (error: SfError) => {
-            if (this.listeners.get(port) === listener) this.listeners.delete(port);
+            if (this.listeners.get(port) === listener) {
+              this.listeners.delete(port);
+              this.rebudget();
+            }
             result.failed.push({ port, error });
           },
         ),
       );
     }
     this.table = table;
+    this.rebudget();
     if (result.killed > 0)
       this.logger.info({ version: table.version, killed: result.killed }, 'fenced connections destroyed');
     return Promise.all(opening).then(() => {
@@ -164,11 +253,43 @@ export class Router {
           closed: result.closed.length,
           updated: result.updated,
           failed: result.failed.length,
+          refused: result.refused.length,
+          connectionLimit: this.connectionLimit,
         },
         'route table applied',
       );
       return result;
     });
+  }
+
+  /**
+   * A pushed table may carry a route whose backend is the router itself (a bug in control, or
+   * a write to the state store by someone else): that route is refused, with a log line and
+   * `sf_router_routes_refused_total`, and the rest applies. Its live connections first meet the
+   * new version's fences (so a fence pushed together with the loop still cuts them), then drain
+   * like those of any route that left the table.
+   */
+  private withoutSelfLoops(table: RouteTable, result: ApplyResult): RouteTable {
+    const loops = this.selfLoops(table);
+    if (loops.length === 0) return table;
+    const refused = new Map<number, SelfLoop>();
+    for (const loop of loops) if (!refused.has(loop.route)) refused.set(loop.route, loop);
+    for (const [index, loop] of refused) {
+      const route = table.routes[index]!;
+      const error = selfLoopError(table, loop);
+      result.refused.push({ port: route.port, error });
+      this.refusedRoutes.set(route.port, (this.refusedRoutes.get(route.port) ?? 0) + 1);
+      this.logger.error(
+        { version: table.version, port: route.port, sni: route.sni, field: error.field, code: error.code },
+        `route refused: ${error.message}`,
+      );
+      const binding = this.listeners.get(route.port)?.bindings.get(bindingKey(route));
+      if (binding) {
+        const loopIds = new Set(loops.filter((l) => l.route === index).map((l) => route.backends[l.backend]!.id));
+        result.killed += binding.update({ ...route, backends: route.backends.filter((b) => !loopIds.has(b.id)) });
+      }
+    }
+    return { version: table.version, routes: table.routes.filter((_, i) => !refused.has(i)) };
   }
 
   status(): RouterStatus {
@@ -180,7 +301,19 @@ export class Router {
       source: this.source?.description,
       sourceConnected: this.sourceConnected,
       serving: this.serving(),
+      connectionLimit: this.connectionLimit,
+      fdLimit: this.fdLimit ?? null,
     };
+  }
+
+  /** Clients refused because the router-wide limit (or another route's reservation) was reached. */
+  refusedByGlobalLimit(): number {
+    return this.refusedGlobalLimit;
+  }
+
+  /** Pushed routes refused per port because a backend was the router itself. */
+  refusedRouteCounts(): Array<{ port: number; count: number }> {
+    return [...this.refusedRoutes].map(([port, count]) => ({ port, count }));
   }
 
   /** Counters of every listening and draining port, with live byte counts folded in. */
@@ -224,6 +357,87 @@ export class Router {
     await Promise.all(all.map((l) => l.close()));
   }
 
+  /**
+   * Admits a client of `binding` when the router-wide limit, less the unused reservations of
+   * the other routes, has room: one route's idle clients cannot take the last descriptors from
+   * another route (issue 11).
+   */
+  private admit(binding: RouteBinding): boolean {
+    const active = binding.stats.active;
+    const ownUnused = binding.reserved ? Math.max(0, this.reserve - active) : 0;
+    const othersUnused = this.reserve * this.reservedBindings - this.reservedInUse - ownUnused;
+    if (this.activeConnections >= this.connectionLimit - othersUnused) return false;
+    this.activeConnections++;
+    if (binding.reserved && active < this.reserve) this.reservedInUse++;
+    return true;
+  }
+
+  private limitReached(binding: RouteBinding, which: 'route' | 'global'): void {
+    const { port, sni, active } = binding.stats;
+    if (which === 'route') {
+      this.limitLog.warn(
+        `route:${port}:${sni}`,
+        { port, sni, active, limit: binding.currentRoute().maxConnections },
+        'route connection limit reached; refusing new clients of this route',
+      );
+      return;
+    }
+    this.refusedGlobalLimit++;
+    this.limitLog.warn(
+      'global',
+      {
+        port,
+        sni,
+        active: this.activeConnections,
+        limit: this.connectionLimit,
+        fdLimit: this.fdLimit ?? null,
+        reservePerRoute: this.reserve,
+      },
+      "router connection limit reached (or only other routes' reservations are left); refusing new clients",
+    );
+  }
+
+  /**
+   * Recomputes the router-wide limit and the per-route reservations for the ports and routes
+   * now in the table; bindings that left it (retiring) keep their connections but no reservation.
+   */
+  private rebudget(): void {
+    this.connectionLimit = globalConnectionLimit(this.options.maxConnections, this.fdLimit, this.listeners.size);
+    let bindings = 0;
+    for (const l of this.listeners.values()) bindings += l.bindings.size;
+    this.reserve = routeReserve(this.connectionLimit, bindings);
+    this.reservedBindings = bindings;
+    this.reservedInUse = 0;
+    for (const l of this.listeners.values()) {
+      for (const b of l.bindings.values()) {
+        b.reserved = true;
+        this.reservedInUse += Math.min(b.stats.active, this.reserve);
+      }
+      for (const b of l.retiring) b.reserved = false;
+    }
+    for (const l of this.retiring) for (const b of l.allBindings()) b.reserved = false;
+  }
+
+  /** The router's listening addresses that `host`:`port` leads into, checked on each connect. */
+  private ownAddressHit(host: string, port: number): ListenAddress | undefined {
+    if (this.listeners.has(port)) {
+      const hit = ownAddressHit(host, port, [{ host: this.options.bindHost, port }]);
+      if (hit) return hit;
+    }
+    // Usually one or two entries (the admin endpoint); the port compares first.
+    for (const a of this.ownAddresses) if (a.port === port && ownAddressHit(host, port, [a])) return a;
+    return undefined;
+  }
+
+  private lookupFor(host: string, port: number): LookupFunction | undefined {
+    const own = this.listeners.has(port) || this.ownAddresses.some((a) => a.port === port);
+    if (!own || !needsLookup(host)) return undefined;
+    return guardedLookup(port, () => [
+      ...(this.listeners.has(port) ? [{ host: this.options.bindHost, port }] : []),
+      ...this.ownAddresses,
+    ]);
+  }
+
   private serving(): boolean {
     return this.sourceConnected || this.options.onDisconnect === 'keep-last';
   }
@@ -240,4 +454,15 @@ export class Router {
       for (const l of this.listeners.values()) l.killAll();
     }
   }
+}
+
+function selfLoopError(table: RouteTable, loop: SelfLoop): SfError {
+  const backend: Backend = table.routes[loop.route]!.backends[loop.backend]!;
+  const field = `routes[${loop.route}].backends[${loop.backend}]`;
+  return new SfError(
+    ErrorCode.InvalidRouteTable,
+    `${field} ${backend.host}:${backend.port} is the router's own listening address ` +
+      `${loop.target.host}:${loop.target.port}; a route to it would loop back into the router`,
+    field,
+  );
 }
