@@ -28,8 +28,16 @@ export interface CellInstancesOptions {
   /** Called with every changed report (null = forgotten). */
   report: (instanceId: string, actual: ActualInstance | null) => void;
   /** @default 'process' */
+  /**
+   * Bound of the commit check on running primaries (a write that must commit, with sync
+   * durability acknowledged by a standby); past it the primary is reported `degraded`. @default 2000
+   */
+  commitCheckTimeoutMs?: number;
   defaultExecutor?: ExecutorKind;
 }
+/** Default of `CellInstancesOptions.commitCheckTimeoutMs`. */
+export const DEFAULT_COMMIT_CHECK_TIMEOUT_MS = 2_000;
+
 
 interface LocalInstance {
   spec: InstanceSpec;
@@ -54,6 +62,10 @@ function fencedMeanwhile(inst: LocalInstance): boolean {
 }
 
 export class CellInstances {
+  /** instanceId -> why the running primary cannot commit (issue 10), from the last commit check. */
+  private readonly cannotCommit = new Map<string, string>();
+  /** Commit checks in flight, so a hanging one is never started twice. */
+  private readonly checking = new Set<string>();
   private readonly local = new Map<string, LocalInstance>();
   private readonly unsubscribe: Array<() => void> = [];
 
@@ -306,6 +318,10 @@ export class CellInstances {
       throw new SfError(ErrorCode.InstanceRunning, `instance ${instanceId} is ${inst.state}; stop it first`);
     }
   }
+  isRunning(instanceId: string): boolean {
+    return this.local.get(instanceId)?.state === 'running';
+  }
+
 
   isDesired(instanceId: string): boolean {
     return this.local.get(instanceId)?.desired ?? false;
@@ -354,10 +370,36 @@ export class CellInstances {
             inst.position = pos.position;
             inst.positionValue = pos.value;
           }
+          if (healthy && inst.spec.role === 'primary') void this.checkCommit(inst);
           if (changed) this.emit(id);
         }),
     );
   }
+  /**
+   * Issue 10, "status tells the truth": a primary that answers PING or `select 1` may still be
+   * unable to commit (sync standby missing, connections exhausted). The engine's commit check
+   * performs a write within a bound; its verdict is reported as `degraded` and never touches the
+   * lease, so a primary waiting for its standby is reported, not fenced.
+   */
+  private async checkCommit(inst: LocalInstance): Promise<void> {
+    const id = inst.spec.instanceId;
+    const engine = this.options.engines[inst.spec.engine];
+    if (!engine.checkCommit || !inst.handle || this.checking.has(id)) return;
+    this.checking.add(id);
+    try {
+      const timeout = this.options.commitCheckTimeoutMs ?? DEFAULT_COMMIT_CHECK_TIMEOUT_MS;
+      const reason = await engine
+        .checkCommit(inst.handle.context, timeout)
+        .catch((err: unknown) => errorMessageOf(err));
+      const before = this.cannotCommit.get(id) ?? null;
+      if (reason) this.cannotCommit.set(id, reason);
+      else this.cannotCommit.delete(id);
+      if (reason !== before) this.emit(id);
+    } finally {
+      this.checking.delete(id);
+    }
+  }
+
 
   async forget(instanceId: string): Promise<void> {
     const inst = this.local.get(instanceId);
@@ -395,6 +437,8 @@ export class CellInstances {
       leaseHeld: inst.lease ? inst.lease.held : null,
       volumePresent: true,
       volumeSizeMb: spec.volume.sizeMb,
+      degraded:
+        inst.state === 'running' && spec.role === 'primary' ? (this.cannotCommit.get(instanceId) ?? null) : null,
       lastError: inst.lastError,
       updatedAt: Date.now(),
     };

@@ -97,5 +97,19 @@ async function run(order: Order, ctx: OrderContext): Promise<Record<string, unkn
     }
     case 'position':
       return { ...(await instances.refreshPosition(order.instanceId)) };
+    case 'stop': {
+      // Not deliberate: it stays desired, and control restarts it by raising the generation.
+      const wasRunning = instances.isRunning(order.instanceId);
+      await instances.stop(order.instanceId, false);
+      return { wasRunning };
+    }
+    case 'commit-check': {
+      const local = instances.running(order.instanceId);
+      const reason = local.engine.checkCommit
+        ? await local.engine.checkCommit(local.handle.context, order.timeoutMs)
+        : null;
+      if (reason) throw new SfError(ErrorCode.CommitCheckFailed, `${order.instanceId}: ${reason}`);
+      return { committed: true };
+    }
   }
 }

@@ -31,6 +31,8 @@ export interface PostgresEngineOptions {
 const DEFAULT_BIN_DIRS = ['/usr/lib/postgresql/17/bin', '/usr/lib/postgresql/16/bin', '/usr/lib/postgresql/15/bin'];
 const BINARIES = ['postgres', 'initdb', 'pg_ctl', 'pg_basebackup', 'pg_rewind', 'psql'] as const;
 type Binary = (typeof BINARIES)[number];
+/** application_name of the commit check's connection, so a check that ran out can be cancelled. */
+const COMMIT_CHECK_APP = 'sf-commit-check';
 
 function quote(value: string): string {
   return `'${value.replace(/'/g, "''")}'`;
@@ -132,7 +134,9 @@ export class PostgresEngine implements Engine {
       if (spec.role === 'primary') {
         await runCommand(
           await this.bin('initdb'),
-          ['-D', dataDir, '-U', this.options.superuser, '-A', 'trust', '-E', 'UTF8'],
+          // Data checksums, besides wal_log_hints in the config: pg_rewind needs one of them to
+          // turn a deposed primary into a standby (issue 10), and checksums also catch torn pages.
+          ['-D', dataDir, '-U', this.options.superuser, '-A', 'trust', '-E', 'UTF8', '--data-checksums'],
           { runAs, timeoutMs: 120_000 },
         );
       } else {
@@ -261,9 +265,50 @@ export class PostgresEngine implements Engine {
     await this.query(ctx, 'select pg_reload_conf()');
   }
 
+  /**
+   * Issue 10: a primary that cannot commit is not `running`. First a read that needs no write:
+   * client connections exhausted (the superuser's reserved slots let this check in when clients
+   * are refused), or sync durability with no synchronous standby connected (every commit would
+   * wait). Then the write itself: `txid_current()` assigns a transaction id, so its commit writes
+   * a commit record and waits for the sync standby like any client's. PostgreSQL turns off
+   * statement_timeout before the commit wait, so the bound is the client's; a check that ran
+   * out is cancelled (a cancelled sync wait returns), so checks never pile up as backends.
+   */
+  async checkCommit(ctx: EngineContext, timeoutMs: number): Promise<string | null> {
+    let state: string;
+    try {
+      state = await this.query(
+        ctx,
+        "select (select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()) || '|' || " +
+          "(current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int) || '|' || " +
+          "(select count(*) from pg_stat_replication where sync_state in ('sync', 'quorum')) || '|' || " +
+          "current_setting('synchronous_standby_names')",
+        timeoutMs,
+      );
+    } catch (err) {
+      return `cannot run a query: ${(err as Error).message}`;
+    }
+    const [used, limit, syncStandbys, names] = state.trim().split('|');
+    if (Number(used) >= Number(limit))
+      return `${used} of ${limit} client connections in use: new clients are refused (max_connections)`;
+    if (names && Number(syncStandbys) === 0)
+      return `no synchronous standby connected (synchronous_standby_names ${quote(names)}): every commit waits for one`;
+    try {
+      await this.query(ctx, 'select txid_current()', timeoutMs, COMMIT_CHECK_APP);
+      return null;
+    } catch (err) {
+      await this.query(
+        ctx,
+        `select pg_cancel_backend(pid) from pg_stat_activity where application_name = ${quote(COMMIT_CHECK_APP)} and pid <> pg_backend_pid()`,
+      ).catch(() => undefined);
+      return `a write did not commit within ${timeoutMs} ms: ${(err as Error).message}`;
+    }
+  }
+
   /** One SQL statement through psql over TCP; returns unaligned, tuples-only output. */
-  async query(ctx: EngineContext, sql: string): Promise<string> {
+  async query(ctx: EngineContext, sql: string, timeoutMs?: number, appName = 'sf-cell'): Promise<string> {
     const host = ctx.listenHost === '0.0.0.0' ? '127.0.0.1' : ctx.listenHost;
+    const timeout = timeoutMs ?? this.options.queryTimeoutMs;
     return runCommand(
       await this.bin('psql'),
       [
@@ -282,8 +327,8 @@ export class PostgresEngine implements Engine {
         sql,
       ],
       {
-        timeoutMs: this.options.queryTimeoutMs,
-        env: { PGCONNECT_TIMEOUT: String(Math.ceil(this.options.queryTimeoutMs / 1000)) },
+        timeoutMs: timeout,
+        env: { PGCONNECT_TIMEOUT: String(Math.max(2, Math.ceil(timeout / 1000))), PGAPPNAME: appName },
       },
     );
   }

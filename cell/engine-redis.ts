@@ -19,6 +19,8 @@ export interface RedisEngineOptions {
 }
 
 export const CONFIG_FILE = 'redis.conf';
+/** The key the commit check writes (with a 60 s TTL, so it never accumulates). */
+export const COMMIT_CHECK_KEY = '__sf_commit_check';
 
 /** Renders redis.conf from the spec; pure so it is unit-testable. */
 export function renderRedisConfig(ctx: EngineContext, primary?: HostPort): string {
@@ -108,6 +110,29 @@ export class RedisEngine implements Engine {
     await this.rewriteConfig(ctx, primary);
   }
 
+  /**
+   * A real write on the primary: `SET` of a short-lived key (refused with NOREPLICAS when
+   * `min-replicas-to-write` is not met), and with sync durability `WAIT 1` within the bound, the
+   * same acknowledgement a sync client waits for. A full `maxclients` shows as a refused connect.
+   */
+  async checkCommit(ctx: EngineContext, timeoutMs: number): Promise<string | null> {
+    const sync = ctx.spec.durability === 'sync' && ctx.spec.replicas > 0;
+    try {
+      return await this.command(
+        ctx,
+        async (r) => {
+          await r.set(COMMIT_CHECK_KEY, String(Date.now()), 'PX', 60_000);
+          if (!sync) return null;
+          const acked = Number(await r.call('WAIT', '1', String(timeoutMs)));
+          return acked >= 1 ? null : `no replica acknowledged a write within ${timeoutMs} ms (WAIT 1)`;
+        },
+        timeoutMs + 1_000,
+      );
+    } catch (err) {
+      return `a write did not commit: ${(err as Error).message}`;
+    }
+  }
+
   /** Keeps the config file in line with the live role, so an engine restart keeps it too. */
   private async rewriteConfig(ctx: EngineContext, primary?: HostPort): Promise<void> {
     const spec = primary
@@ -120,8 +145,8 @@ export class RedisEngine implements Engine {
     return this.options.redisServer ?? (await findBinary('redis-server'));
   }
 
-  private async command<T>(ctx: EngineContext, fn: (r: Redis) => Promise<T>): Promise<T> {
-    const timeout = this.options.commandTimeoutMs ?? 2_000;
+  private async command<T>(ctx: EngineContext, fn: (r: Redis) => Promise<T>, timeoutMs?: number): Promise<T> {
+    const timeout = timeoutMs ?? this.options.commandTimeoutMs ?? 2_000;
     const client = new Redis({
       host: ctx.listenHost === '0.0.0.0' ? '127.0.0.1' : ctx.listenHost,
       port: ctx.port,

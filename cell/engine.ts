@@ -63,4 +63,10 @@ export interface Engine {
   promote(ctx: EngineContext): Promise<void>;
   /** Makes a replica follow another primary. */
   repoint(ctx: EngineContext, primary: HostPort): Promise<void>;
+  /**
+   * On a primary: performs a write that must commit within `timeoutMs` (with sync durability,
+   * acknowledged by a standby) and returns why it cannot, or null when it can (issue 10: a
+   * primary that cannot commit is not `running`). Engines without a notion of writes omit it.
+   */
+  checkCommit?(ctx: EngineContext, timeoutMs: number): Promise<string | null>;
 }

@@ -7,7 +7,8 @@ import type { Command } from 'commander';
 import type { FencingStep } from '../control/failover/fencing-history';
 import type { ServiceView } from '../control/services';
 import { ApiClient } from './api-client';
-import { exitWithError } from './cli-support';
+import { ErrorCode, httpStatusFor, isSfError } from '../common/errors';
+import { UsageError, exitWithError } from './cli-support';
 import { formatTable, printResult } from './output-table';
 
 interface ActionResponse {
@@ -54,10 +55,25 @@ async function history(name: string, flags: { json?: boolean }): Promise<void> {
   );
 }
 
+/**
+ * A refused action (unknown service, bad `--to`, nothing to unfence...) is the caller's to fix:
+ * control answered 4xx and did nothing, so it exits 2 like any invalid input (issue 10).
+ */
+function exitRefusedOrFailed(err: unknown): never {
+  if (isSfError(err)) {
+    const status = httpStatusFor(err);
+    // A catch-up timeout is a switchover that ran and was abandoned: a failed operation.
+    const ran = err.code === ErrorCode.CatchUpTimeout;
+    const auth = err.code === ErrorCode.Unauthorized || err.code === ErrorCode.Forbidden;
+    if (status >= 400 && status < 500 && !ran && !auth) return exitWithError(new UsageError(err.message));
+  }
+  return exitWithError(err);
+}
+
 const run =
   <A extends unknown[]>(fn: (...args: A) => Promise<void>) =>
   (...args: A) =>
-    fn(...args).catch(exitWithError);
+    fn(...args).catch(exitRefusedOrFailed);
 
 export function registerFencingCommands(program: Command): void {
   program

@@ -59,6 +59,10 @@ export const ErrorCode = {
   CatchUpTimeout: 'SF_ERR_CATCH_UP_TIMEOUT',
   /** Another fencing operation on the same service is running. */
   FailoverInProgress: 'SF_ERR_FAILOVER_IN_PROGRESS',
+  /** A fencing action that is not possible in the service's current state (nothing to unfence, already fenced...). */
+  ActionRefused: 'SF_ERR_ACTION_REFUSED',
+  /** A primary could not commit a write within the bound (no sync standby, connections exhausted). */
+  CommitCheckFailed: 'SF_ERR_COMMIT_CHECK_FAILED',
   /** A cell refused or failed an order the sequence cannot continue without (e.g. promote). */
   OrderFailed: 'SF_ERR_ORDER_FAILED',
 
@@ -131,6 +135,8 @@ const HTTP_STATUS: Record<ErrorCodeValue, number> = {
   SF_ERR_NOT_LEADER: 503,
   SF_ERR_NO_PRIMARY: 409,
   SF_ERR_NO_PROMOTION_CANDIDATE: 409,
+  SF_ERR_ACTION_REFUSED: 409,
+  SF_ERR_COMMIT_CHECK_FAILED: 503,
   SF_ERR_INVALID_FAILOVER_TARGET: 400,
   SF_ERR_CATCH_UP_TIMEOUT: 409,
   SF_ERR_FAILOVER_IN_PROGRESS: 409,

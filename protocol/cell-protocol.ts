@@ -89,6 +89,11 @@ export interface ActualInstance {
   volumePresent: boolean;
   volumeSizeMb: number;
   lastError: { code: string; message: string } | null;
+  /**
+   * Why a running primary cannot commit writes right now (its cell's commit check: no sync
+   * standby acknowledged in time, connections exhausted...); null or absent when it can.
+   */
+  degraded?: string | null;
   updatedAt: number;
 }
 
@@ -116,6 +121,22 @@ export const orderSchema = z.discriminatedUnion('type', [
   z.object({ type: z.literal('delete-volume'), orderId: z.string().min(1), instanceId: z.string() }),
   /** Read the replication position now (control uses it to choose whom to promote). */
   z.object({ type: z.literal('position'), orderId: z.string().min(1), instanceId: z.string() }),
+  /**
+   * Clean stop (the engine's durable shutdown); the instance stays desired and stopped until
+   * control raises its generation. A planned switchover stops the old primary this way before it
+   * promotes the new one, so that at no moment two instances accept writes (issue 10).
+   */
+  z.object({ type: z.literal('stop'), orderId: z.string().min(1), instanceId: z.string() }),
+  /**
+   * A write on a primary that must commit within `timeoutMs` (with sync durability: acknowledged
+   * by a standby). Fails with the reason when it cannot (no sync standby, connections exhausted).
+   */
+  z.object({
+    type: z.literal('commit-check'),
+    orderId: z.string().min(1),
+    instanceId: z.string(),
+    timeoutMs: z.number().int().min(100).max(600_000),
+  }),
 ]);
 export type Order = z.infer<typeof orderSchema>;
 export type OrderType = Order['type'];

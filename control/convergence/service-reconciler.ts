@@ -133,6 +133,9 @@ export class ServiceReconciler {
         const outcome = await this.coordinator.primaryLost({ service: next, primary, reason, fence, cells });
         if (outcome.kind === 'handling') return null;
         if (outcome.kind === 'degraded') problem = { status: 'degraded', message: outcome.message };
+      } else if (actual?.state === 'running' && actual.degraded) {
+        // Issue 10: a primary that cannot commit (its cell's commit check) is not `running`.
+        problem = { status: 'degraded', message: `writes cannot commit on primary ${primary.id}: ${actual.degraded}` };
       }
     }
 

@@ -17,6 +17,13 @@ export interface FailoverOptions {
   retryBackoffMs?: number;
   /** Entries kept per service in the fencing history. @default 500 */
   historyLimit?: number;
+  /**
+   * Planned switchover: how long the old primary may take to come back as a replica of the new
+   * one (a clean stop, pg_rewind when needed, a restart) before the switchover says degraded. @default 60000
+   */
+  rejoinTimeoutMs?: number;
+  /** Bound of the write that proves the new primary can commit (sync: a standby acknowledged). @default 3000 */
+  commitCheckTimeoutMs?: number;
 }
 
 export const DEFAULT_FAILOVER_OPTIONS: Required<FailoverOptions> = {
@@ -28,4 +35,6 @@ export const DEFAULT_FAILOVER_OPTIONS: Required<FailoverOptions> = {
   primaryLeaseTtlMs: 3_000,
   retryBackoffMs: 1_000,
   historyLimit: 500,
+  rejoinTimeoutMs: 60_000,
+  commitCheckTimeoutMs: 3_000,
 };

@@ -19,11 +19,32 @@ import { withDefaults, ErrorCode, SfError } from '../../common';
 import type { ServiceRecord } from '../services/service-types';
 import { DEFAULT_FAILOVER_OPTIONS, type FailoverOptions } from './failover-options';
 import { FencingHistory, type FencingStep } from './fencing-history';
-import { FencingOperation, FencingSequence, type FencingDeps } from './fencing-sequence';
+import { FencingOperation, FencingSequence, type StepRecorder } from './fencing-sequence';
+import { cellFencingSteps, type FencingSteps } from './fencing-steps';
+import { planAction, type ActionPlan, type FencingAction } from './action-validation';
+import type { Redis } from 'ioredis';
+import type { RouteEmitter } from '../services/route-emitter';
+import type { CellDirectory } from '../services/cell-directory';
+import type { ServiceStore } from '../services/service-store';
+import type { RouterGroupStore } from '../state/router-group-store';
+import type { TcpRouteStore } from '../state/tcp-route-store';
 
-export interface FencingCoordinatorDeps extends Omit<FencingDeps, 'history' | 'options'> {
+export interface FencingCoordinatorDeps {
+  redis: Redis;
+  store: ServiceStore;
+  directory: CellDirectory;
+  emitter: RouteEmitter;
+  groups: RouterGroupStore;
+  routes: TcpRouteStore;
   logger: Logger;
+  /** Replaces the real steps (unit tests drive the coordinator with fakes). @default cellFencingSteps */
+  steps?: FencingSteps;
+  /** Replaces the Redis-backed history (unit tests). @default FencingHistory */
+  history?: FencingHistoryLike;
 }
+
+/** The history as the coordinator and the API use it. */
+export type FencingHistoryLike = StepRecorder & Pick<FencingHistory, 'list'>;
 
 /** What an operator action returns: the steps it recorded and the record afterwards. */
 export interface FencingActionResult {
@@ -32,10 +53,10 @@ export interface FencingActionResult {
   steps: FencingStep[];
 }
 
-export type FencingAction = 'fence' | 'unfence' | 'failover';
+export type { FencingAction };
 
 export class FencingFailoverCoordinator implements FailoverCoordinator {
-  readonly history: FencingHistory;
+  readonly history: FencingHistoryLike;
   private readonly sequence: FencingSequence;
   private readonly options: Required<FailoverOptions>;
   private readonly inflight = new Map<string, Promise<unknown>>();
@@ -49,8 +70,19 @@ export class FencingFailoverCoordinator implements FailoverCoordinator {
     options: FailoverOptions = {},
   ) {
     this.options = withDefaults(DEFAULT_FAILOVER_OPTIONS, options);
-    this.history = new FencingHistory(deps.redis, deps.store.keys, this.options.historyLimit);
-    this.sequence = new FencingSequence({ ...deps, history: this.history, options: this.options });
+    this.history = deps.history ?? new FencingHistory(deps.redis, deps.store.keys, this.options.historyLimit);
+    const steps =
+      deps.steps ??
+      cellFencingSteps({
+        redis: deps.redis,
+        keys: deps.store.keys,
+        directory: deps.directory,
+        emitter: deps.emitter,
+        groups: deps.groups,
+        routes: deps.routes,
+        options: this.options,
+      });
+    this.sequence = new FencingSequence({ store: deps.store, directory: deps.directory, steps, options: this.options });
   }
 
   /** The elector is created after the coordinator (it is part of the reconciler's wiring). */
@@ -90,44 +122,52 @@ export class FencingFailoverCoordinator implements FailoverCoordinator {
     return { kind: 'handling' };
   }
 
-  /** Operator actions; they run on the leader only and wait for the operation to finish. */
+  /**
+   * Operator actions; they run on the leader only and wait for the operation to finish. Issue 10:
+   * the action is validated on fresh state (planAction) before anything is fenced, floored or
+   * published, so a refused action leaves no trace but its 4xx error.
+   */
   async act(action: FencingAction, name: string, target?: string): Promise<FencingActionResult> {
     const fence = this.leaderFence();
-    if (this.inflight.has(name)) {
-      // An automatic operation is running: let it finish, then act on the outcome.
+    let plan: ActionPlan;
+    for (;;) {
+      // An automatic operation may be running: let it finish, then judge the outcome.
       await this.inflight.get(name)?.catch(() => undefined);
+      const rec = await this.deps.store.mustGet(name);
+      plan = planAction(action, rec, await this.deps.directory.snapshot(), target);
+      // No await between this check and track(): nothing can start in between.
+      if (!this.inflight.has(name)) break;
     }
-    const rec = await this.deps.store.mustGet(name);
-    const primary = rec.instances.find((i) => i.role === 'primary');
     const trigger =
-      action === 'fence'
+      plan.kind === 'fence'
         ? 'operator-fence'
-        : action === 'unfence'
+        : plan.kind === 'unfence'
           ? 'operator-unfence'
-          : primary?.fenced
-            ? 'operator-failover'
-            : 'switchover';
+          : plan.kind === 'switchover'
+            ? 'switchover'
+            : 'operator-failover';
     const op = new FencingOperation(randomUUID(), name, trigger, fence, this.history);
-    const service = await this.track(
-      name,
-      async () => {
-        if (action === 'unfence') return this.sequence.unfence(op);
-        if (!primary) throw new SfError(ErrorCode.NoPrimary, `service ${name} has no primary`);
-        if (action === 'fence') {
-          const fenced = await this.sequence.fencePrimary(op);
-          return rec.fencing.policy === 'auto' && fenced.instances.some((i) => i.role === 'replica')
-            ? this.sequence.promote(op)
-            : fenced;
-        }
-        if (primary.fenced) {
-          const fenced = primary.fenced.complete ? rec : await this.sequence.fencePrimary(op);
-          return fenced && this.sequence.promote(op, target);
-        }
-        return this.sequence.switchover(op, target);
-      },
-      true,
-    );
+    const service = await this.track(name, () => this.run(op, plan), true);
     return { operation: op.id, service, steps: op.steps };
+  }
+
+  private async run(op: FencingOperation, plan: ActionPlan): Promise<ServiceRecord> {
+    switch (plan.kind) {
+      case 'unfence':
+        return this.sequence.unfence(op);
+      case 'fence': {
+        const fenced = await this.sequence.fencePrimary(op);
+        return plan.promote ? this.sequence.promote(op) : fenced;
+      }
+      case 'promote':
+        if (!plan.primary.fenced?.complete) await this.sequence.fencePrimary(op);
+        return this.sequence.promote(op, plan.target);
+      case 'failover':
+        await this.sequence.fencePrimary(op);
+        return this.sequence.promote(op, plan.target);
+      case 'switchover':
+        return this.sequence.switchover(op, plan.target);
+    }
   }
 
   private leaderFence(): LeaderFence {

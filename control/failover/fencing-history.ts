@@ -18,9 +18,11 @@ export type FencingStepName =
   | 'network-fence'
   | 'choose'
   | 'catch-up'
+  | 'stop'
   | 'promote'
   | 'repoint'
   | 'rejoin'
+  | 'commit-check'
   | 'publish'
   | 'unfence'
   | 'abort';

@@ -11,34 +11,51 @@
  * 4. only then promote the most up-to-date replica with the new epoch, repoint the others, and
  *    publish the route with the new primary.
  *
- * Every record write carries the leader fence, so a deposed leader stops at its next write.
+ * The effects go through the parts of fencing-steps.ts (issue 10), so unit tests drive this class
+ * with fakes and prove the order; the record logic stays here. A step that throws stops the
+ * sequence where it is: nothing after it runs, and the record says how far it got. Every record
+ * write carries the leader fence, so a deposed leader stops at its next write.
  */
-import type { Redis } from 'ioredis';
-import { putDesiredOps, sendOrder, type OrderRequest } from '../state/cell-client';
-import { type OrderResult, fenceLease } from '../../protocol';
+import type { KeyLayout } from '../../protocol/keys';
+import type { HostPort } from '../../protocol/cell-protocol';
+import { putDesiredOps } from '../state/cell-client';
 import type { LeaderFence } from '../leader/fenced-commit';
-import type { RouteEmitter } from '../services/route-emitter';
 import { instanceSpec } from '../services/instance-spec';
-import type { CellDirectory, CellSnapshot } from '../services/cell-directory';
-import type { ServiceStore } from '../services/service-store';
+import type { CellSnapshot } from '../services/cell-directory';
+import type { ServiceChange } from '../services/service-store';
 import type { InstanceRecord, ServiceRecord } from '../services/service-types';
 import type { CasOp } from '../state/cas-commit';
-import type { RouterGroupStore } from '../state/router-group-store';
-import type { TcpRouteStore } from '../state/tcp-route-store';
-import { ErrorCode, SfError } from '../../common';
+import { ErrorCode, SfError, isSfError } from '../../common/errors';
 import type { FailoverOptions } from './failover-options';
-import type { FencingHistory, FencingStep, FencingStepInput } from './fencing-history';
+import type { FencingStep, FencingStepInput } from './fencing-history';
+import type { CellView, FencingSteps } from './fencing-steps';
+import { eligibleReplicas } from './action-validation';
 import { chooseReplica, type Candidate } from './replica-choice';
-import { waitForRouters } from './router-ack';
+
+/** The service records as the sequence needs them (ServiceStore). */
+export interface ServiceRecords {
+  readonly keys: KeyLayout;
+  mustGet(name: string): Promise<ServiceRecord>;
+  change<T>(
+    name: string,
+    fence: LeaderFence | null,
+    decide: (current: ServiceRecord | null) => Promise<{ change: ServiceChange; result: T } | { done: T }>,
+  ): Promise<T>;
+}
+
+/** Where steps are recorded (FencingHistory). */
+export interface StepRecorder {
+  record(
+    fence: LeaderFence,
+    op: { operation: string; trigger: string; service: string },
+    input: FencingStepInput,
+  ): Promise<FencingStep>;
+}
 
 export interface FencingDeps {
-  redis: Redis;
-  store: ServiceStore;
-  directory: CellDirectory;
-  emitter: RouteEmitter;
-  groups: RouterGroupStore;
-  routes: TcpRouteStore;
-  history: FencingHistory;
+  store: ServiceRecords;
+  directory: CellView;
+  steps: FencingSteps;
   options: Required<FailoverOptions>;
 }
 
@@ -51,7 +68,7 @@ export class FencingOperation {
     readonly service: string,
     readonly trigger: string,
     readonly fence: LeaderFence,
-    private readonly history: FencingHistory,
+    private readonly history: StepRecorder,
   ) {}
 
   async record(input: FencingStepInput): Promise<void> {
@@ -67,36 +84,28 @@ export class FencingOperation {
 
 const LOOPBACK = /^(127\.|::1$|localhost$)/;
 
+/** What `promote` did: the record afterwards and the old primary's new generation when it rejoins. */
+interface Promotion {
+  record: ServiceRecord;
+  chosen: Candidate;
+  address: HostPort;
+  /** Set when the old primary was turned into a replica that restarts at this generation. */
+  oldRejoinsAt?: number;
+}
+
 export class FencingSequence {
   constructor(private readonly deps: FencingDeps) {}
 
   /** Steps 1-3 for the service's current primary; idempotent, resumes a half-done fence. */
   async fencePrimary(op: FencingOperation): Promise<ServiceRecord> {
-    const { store } = this.deps;
-    const at = Date.now();
+    const { store, steps } = this.deps;
     // Step 1: the epoch grows and the primary is marked fenced in the record, which is what the
     // route emitter renders; a new leader sees the mark and resumes.
-    const marked = await store.change<ServiceRecord>(op.service, op.fence, async (cur) => {
-      if (!cur) throw new SfError(ErrorCode.NoPrimary, `service ${op.service} no longer exists`);
-      const primary = cur.instances.find((i) => i.role === 'primary');
-      if (!primary) throw new SfError(ErrorCode.NoPrimary, `service ${op.service} has no primary`);
-      if (primary.fenced) return { done: cur };
-      const epoch = cur.epoch + 1;
-      const next: ServiceRecord = {
-        ...cur,
-        epoch,
-        leaderToken: op.fence.token,
-        updatedAt: at,
-        instances: cur.instances.map((i) =>
-          i.id === primary.id ? { ...i, fenced: { epoch, at, trigger: op.trigger, complete: false } } : i,
-        ),
-      };
-      return { change: { record: next }, result: next };
-    });
+    const marked = await this.markFenced(op, true);
     const primary = marked.instances.find((i) => i.role === 'primary') as InstanceRecord;
     const epoch = primary.fenced?.epoch ?? marked.epoch;
     const cells = await this.deps.directory.snapshot();
-    const version = await this.publish(marked, cells, op.fence);
+    const version = await steps.routeFence.publish(marked, cells, op.fence);
     await op.record({
       step: 'route-fence',
       outcome: 'ok',
@@ -110,25 +119,17 @@ export class FencingSequence {
     // Step 2: shoot, then the lease floor (which also covers a cell that never got the order).
     const cell = cells.get(primary.cell);
     if (cell?.alive) {
-      const res = await this.order(primary.cell, { type: 'fence', instanceId: primary.id });
-      if (res?.ok)
-        await op.record({
-          step: 'shoot',
-          outcome: 'ok',
-          instanceId: primary.id,
-          cell: primary.cell,
-          epoch,
-          message: `SIGKILL by cell ${primary.cell} (was running: ${String(res.data?.wasRunning)})`,
-        });
-      else
-        await op.record({
-          step: 'shoot',
-          outcome: 'degraded',
-          instanceId: primary.id,
-          cell: primary.cell,
-          epoch,
-          message: `cell ${primary.cell} did not confirm the fence order: ${res?.error?.message ?? 'no answer in time'}`,
-        });
+      const res = await steps.shoot.shoot(primary.cell, primary.id);
+      await op.record({
+        step: 'shoot',
+        outcome: res?.ok ? 'ok' : 'degraded',
+        instanceId: primary.id,
+        cell: primary.cell,
+        epoch,
+        message: res?.ok
+          ? `SIGKILL by cell ${primary.cell} (was running: ${String(res.data?.wasRunning)})`
+          : `cell ${primary.cell} did not confirm the fence order: ${res?.error?.message ?? 'no answer in time'}`,
+      });
     } else {
       await op.record({
         step: 'shoot',
@@ -139,48 +140,30 @@ export class FencingSequence {
         message: `cell ${primary.cell} is not alive (registration expired); relying on the route fence and the lease floor`,
       });
     }
-    const floor = await fenceLease(this.deps.redis, this.deps.store.keys, primary.id, epoch);
-    await op.record({
-      step: 'lease-floor',
-      outcome: 'ok',
-      instanceId: primary.id,
-      cell: primary.cell,
-      epoch,
-      message: `lease floor of ${primary.id} is ${floor}: no renewal or primary start below it`,
-    });
+    await this.raiseFloor(op, primary, epoch, ': no renewal or primary start below it');
 
     // Step 3: the network fence needs the fenced cell to act in its own network.
     const peers = this.networkPeers(primary.cell, cells);
     let networkPeers: string[] | undefined;
+    const skip = (message: string) =>
+      op.record({
+        step: 'network-fence',
+        outcome: 'skipped',
+        instanceId: primary.id,
+        cell: primary.cell,
+        epoch,
+        message,
+      });
     if (!cell?.record || LOOPBACK.test(cell.record.host)) {
-      await op.record({
-        step: 'network-fence',
-        outcome: 'skipped',
-        instanceId: primary.id,
-        cell: primary.cell,
-        epoch,
-        message: `cell ${primary.cell} shares the host's loopback network; no separate network to cut`,
-      });
+      await skip(`cell ${primary.cell} shares the host's loopback network; no separate network to cut`);
     } else if (peers.length === 0) {
-      await op.record({
-        step: 'network-fence',
-        outcome: 'skipped',
-        instanceId: primary.id,
-        cell: primary.cell,
-        epoch,
-        message: `cell ${primary.cell} has no peers on other addresses to cut it from`,
-      });
+      await skip(`cell ${primary.cell} has no peers on other addresses to cut it from`);
     } else if (!cell.alive) {
-      await op.record({
-        step: 'network-fence',
-        outcome: 'skipped',
-        instanceId: primary.id,
-        cell: primary.cell,
-        epoch,
-        message: `cell ${primary.cell} is unreachable, so it cannot install the fence (it is partitioned already); route fence and lease floor hold`,
-      });
+      await skip(
+        `cell ${primary.cell} is unreachable, so it cannot install the fence (it is partitioned already); route fence and lease floor hold`,
+      );
     } else {
-      const res = await this.order(primary.cell, { type: 'fence-network', peers });
+      const res = await steps.networkFence.cut(primary.cell, peers);
       if (res?.ok) networkPeers = peers;
       await op.record({
         step: 'network-fence',
@@ -213,174 +196,28 @@ export class FencingSequence {
 
   /**
    * Step 4: promotes the most up-to-date running replica (or `target`) with the service epoch,
-   * repoints the other replicas, and publishes the route. `planned`: the old primary is alive
-   * and is repointed instead of restarted.
+   * repoints the other replicas, turns the old primary into a replica when its cell is alive
+   * (a new generation: it restarts with `replicaof` / as a standby, pg_rewind when needed), and
+   * publishes the route.
    */
-  async promote(op: FencingOperation, target?: string, planned = false): Promise<ServiceRecord> {
-    const rec = await this.deps.store.mustGet(op.service);
-    const old = rec.instances.find((i) => i.role === 'primary');
-    const epoch = rec.epoch;
-    const cells = await this.deps.directory.snapshot();
-    const candidates = await this.candidates(rec, cells, target);
-    const chosen = chooseReplica(candidates);
-    if (!chosen)
-      throw new SfError(ErrorCode.NoPromotionCandidate, `service ${rec.name} has no running replica to promote`);
-    await op.record({
-      step: 'choose',
-      outcome: 'ok',
-      instanceId: chosen.instanceId,
-      cell: chosen.cell,
-      epoch,
-      message: `${chosen.instanceId} chosen (positions: ${candidates.map((c) => `${c.instanceId}=${c.positionValue ?? '?'}`).join(', ')})`,
-    });
-
-    const res = await this.order(chosen.cell, { type: 'promote', instanceId: chosen.instanceId, epoch });
-    if (!res?.ok) {
-      await op.record({
-        step: 'promote',
-        outcome: 'failed',
-        instanceId: chosen.instanceId,
-        cell: chosen.cell,
-        epoch,
-        message: res?.error?.message ?? 'no answer in time',
-      });
-      throw new SfError(
-        ErrorCode.OrderFailed,
-        `promote of ${chosen.instanceId} failed: ${res?.error?.message ?? 'no answer in time'}`,
-      );
-    }
-    await op.record({
-      step: 'promote',
-      outcome: 'ok',
-      instanceId: chosen.instanceId,
-      cell: chosen.cell,
-      epoch,
-      message: `${chosen.instanceId} is primary with epoch ${epoch} at position ${String(res.data?.positionValue ?? '?')}`,
-    });
-    const actual = cells.get(chosen.cell)?.actual.get(chosen.instanceId);
-    const address = { host: actual?.host ?? '', port: actual?.port ?? 0 };
-
-    // Replicas (and a live old primary in a planned switchover) follow the new primary now; a
-    // failed repoint leaves `upstream` unchanged, so the reconciler retries it.
-    const followers = rec.instances.filter(
-      (i) => i.id !== chosen.instanceId && i.role === 'replica' && !i.fenced && cells.get(i.cell)?.alive,
-    );
-    if (planned && old) followers.push(old);
-    const repointed = new Set<string>();
-    await Promise.all(
-      followers.map(async (f) => {
-        const r = await this.order(f.cell, { type: 'repoint', instanceId: f.id, primary: address });
-        if (r?.ok) repointed.add(f.id);
-        await op.record({
-          step: 'repoint',
-          outcome: r?.ok ? 'ok' : 'degraded',
-          instanceId: f.id,
-          cell: f.cell,
-          epoch,
-          message: r?.ok
-            ? `${f.id} follows ${address.host}:${address.port}`
-            : `repoint failed (${r?.error?.message ?? 'no answer'}); the reconciler retries`,
-        });
-      }),
-    );
-
-    const after = await this.deps.store.change<ServiceRecord>(op.service, op.fence, async (cur) => {
-      if (!cur) throw new SfError(ErrorCode.NoPrimary, `service ${op.service} no longer exists`);
-      const next: ServiceRecord = {
-        ...cur,
-        leaderToken: op.fence.token,
-        updatedAt: Date.now(),
-        instances: cur.instances.map((i) => ({ ...i })),
-      };
-      const ops: CasOp[] = [];
-      for (const inst of next.instances) {
-        if (inst.id === chosen.instanceId) {
-          inst.role = 'primary';
-          inst.epoch = epoch;
-          delete inst.upstream;
-          delete inst.fenced;
-          ops.push(
-            ...putDesiredOps(
-              this.deps.store.keys,
-              inst.cell,
-              instanceSpec(next, inst, null, this.deps.options.primaryLeaseTtlMs),
-            ),
-          );
-        } else if (old && inst.id === old.id) {
-          inst.role = 'replica';
-          if (planned && repointed.has(inst.id)) {
-            // Repointed live: no restart, and it serves as a replica at once.
-            delete inst.fenced;
-            inst.upstream = address;
-            ops.push(...putDesiredOps(this.deps.store.keys, inst.cell, instanceSpec(next, inst, address)));
-          } else if (!planned && cells.get(inst.cell)?.alive) {
-            // Killed on a live cell: it comes back as a replica of the new primary (a new
-            // generation restarts it with `replicaof`), never as a primary with an old epoch.
-            inst.generation += 1;
-            inst.restartedAt = Date.now();
-            inst.upstream = address;
-            delete inst.fenced;
-            ops.push(...putDesiredOps(this.deps.store.keys, inst.cell, instanceSpec(next, inst, address)));
-          }
-          // On a dead cell it stays a fenced replica: the reconciler replaces it on a live cell.
-        } else if (repointed.has(inst.id)) {
-          inst.upstream = address;
-          ops.push(...putDesiredOps(this.deps.store.keys, inst.cell, instanceSpec(next, inst, address)));
-        }
-      }
-      return { change: { record: next, extraOps: ops }, result: next };
-    });
-    const rejoined = old && after.instances.find((i) => i.id === old.id && !i.fenced);
-    if (old && !planned) {
-      await op.record({
-        step: 'rejoin',
-        outcome: rejoined ? 'ok' : 'skipped',
-        instanceId: old.id,
-        cell: old.cell,
-        epoch,
-        message: rejoined
-          ? `${old.id} restarts as a replica of ${chosen.instanceId}`
-          : `${old.id} stays fenced (cell ${old.cell} not alive); a replacement replica is placed`,
-      });
-    }
-    const version = await this.publish(after, await this.deps.directory.snapshot(), op.fence);
-    await op.record({
-      step: 'publish',
-      outcome: 'ok',
-      instanceId: chosen.instanceId,
-      cell: chosen.cell,
-      epoch,
-      message: `route to ${chosen.instanceId} (${address.host}:${address.port}, epoch ${epoch}) in table version ${version}`,
-    });
-    return after;
+  async promote(op: FencingOperation, target?: string): Promise<ServiceRecord> {
+    return (await this.promoteReplica(op, target, false)).record;
   }
 
   /**
-   * Planned switchover of a healthy primary without data loss: pause (route fence), wait for the
-   * target to reach the primary's position, then promote and repoint the old primary.
+   * Planned switchover of a healthy primary without data loss and without two writers (issue 10,
+   * finding 3): pause writes (route fence, routers acknowledged), raise the lease floor, wait
+   * until the target reached the primary's position, stop the old primary cleanly, promote the
+   * target, publish, and only then report: after the old primary runs as a replica of the new one
+   * and, with sync durability, the new primary committed a write its standby acknowledged.
    */
   async switchover(op: FencingOperation, target?: string): Promise<ServiceRecord> {
-    const { store } = this.deps;
-    const at = Date.now();
-    const marked = await store.change<ServiceRecord>(op.service, op.fence, async (cur) => {
-      const primary = cur?.instances.find((i) => i.role === 'primary');
-      if (!cur || !primary) throw new SfError(ErrorCode.NoPrimary, `service ${op.service} has no primary`);
-      const epoch = cur.epoch + 1;
-      const next: ServiceRecord = {
-        ...cur,
-        epoch,
-        leaderToken: op.fence.token,
-        updatedAt: at,
-        instances: cur.instances.map((i) =>
-          i.id === primary.id ? { ...i, fenced: { epoch, at, trigger: op.trigger, complete: false } } : i,
-        ),
-      };
-      return { change: { record: next }, result: next };
-    });
+    const { steps, options } = this.deps;
+    const marked = await this.markFenced(op, false);
     const primary = marked.instances.find((i) => i.role === 'primary') as InstanceRecord;
     const epoch = marked.epoch;
     const cells = await this.deps.directory.snapshot();
-    const version = await this.publish(marked, cells, op.fence);
+    const version = await steps.routeFence.publish(marked, cells, op.fence);
     await op.record({
       step: 'route-fence',
       outcome: 'ok',
@@ -390,31 +227,25 @@ export class FencingSequence {
       message: `writes paused: ${primary.id} published fenced in table version ${version} (epoch ${primary.epoch} -> ${epoch})`,
     });
     await this.awaitRouters(op, marked, version, epoch);
-    const floor = await fenceLease(this.deps.redis, this.deps.store.keys, primary.id, epoch);
-    await op.record({
-      step: 'lease-floor',
-      outcome: 'ok',
-      instanceId: primary.id,
-      cell: primary.cell,
-      epoch,
-      message: `lease floor of ${primary.id} is ${floor}`,
-    });
+    await this.raiseFloor(op, primary, epoch, '');
 
-    const candidates = await this.candidates(marked, cells, target);
-    const chosen = chooseReplica(candidates);
+    let stopSent = false;
+    let promotion: Promotion;
     try {
+      const candidates = await this.candidates(marked, cells, target);
+      const chosen = chooseReplica(candidates);
       if (!chosen)
         throw new SfError(ErrorCode.NoPromotionCandidate, `service ${op.service} has no running replica to switch to`);
-      const goal = await this.position(primary);
+      const goal = await steps.promote.position(primary.cell, primary.id);
       if (goal === null) throw new SfError(ErrorCode.OrderFailed, `could not read the position of ${primary.id}`);
       const t0 = Date.now();
       for (;;) {
-        const pos = await this.position({ id: chosen.instanceId, cell: chosen.cell });
+        const pos = await steps.promote.position(chosen.cell, chosen.instanceId);
         if (pos !== null && pos >= goal) break;
-        if (Date.now() - t0 > this.deps.options.catchUpTimeoutMs) {
+        if (Date.now() - t0 > options.catchUpTimeoutMs) {
           throw new SfError(
             ErrorCode.CatchUpTimeout,
-            `${chosen.instanceId} reached ${String(pos)} of ${goal} within ${this.deps.options.catchUpTimeoutMs} ms`,
+            `${chosen.instanceId} reached ${String(pos)} of ${goal} within ${options.catchUpTimeoutMs} ms`,
           );
         }
         await new Promise((r) => setTimeout(r, 20));
@@ -427,11 +258,53 @@ export class FencingSequence {
         epoch,
         message: `${chosen.instanceId} reached the primary's position ${goal} in ${Date.now() - t0} ms`,
       });
+      // The old primary stops before the new one is promoted, so that at no moment two instances
+      // accept writes, even from clients that bypass the router.
+      stopSent = true;
+      const stopped = await steps.rejoin.stop(primary.cell, primary.id);
+      if (!stopped?.ok)
+        throw new SfError(
+          ErrorCode.OrderFailed,
+          `the old primary ${primary.id} did not stop: ${stopped?.error?.message ?? 'no answer in time'}`,
+        );
+      await op.record({
+        step: 'stop',
+        outcome: 'ok',
+        instanceId: primary.id,
+        cell: primary.cell,
+        epoch,
+        message: `${primary.id} stopped cleanly; no writer until ${chosen.instanceId} is promoted`,
+      });
+      promotion = await this.promoteReplica(op, chosen.instanceId, true);
     } catch (err) {
-      await this.abortSwitchover(op, primary, epoch, (err as Error).message);
+      const promotedMaybe = isSfError(err) && err.code === ErrorCode.OrderTimeout;
+      await this.abortSwitchover(op, primary, epoch, (err as Error).message, stopSent, promotedMaybe);
       throw err;
     }
-    return this.promote(op, chosen.instanceId, true);
+
+    // Not done until the old primary really is a replica: a config change alone left two
+    // writable primaries (issue 10, finding 3).
+    if (promotion.oldRejoinsAt !== undefined) {
+      const rejoined = await steps.rejoin.awaitReplica(
+        primary.cell,
+        primary.id,
+        promotion.oldRejoinsAt,
+        options.rejoinTimeoutMs,
+      );
+      await op.record({
+        step: 'rejoin',
+        outcome: rejoined.ok ? 'ok' : 'degraded',
+        instanceId: primary.id,
+        cell: primary.cell,
+        epoch,
+        message: rejoined.ok
+          ? `${rejoined.message}, following ${promotion.chosen.instanceId}`
+          : `${rejoined.message}; the reconciler restarts it as a replica`,
+      });
+    }
+    if (promotion.record.durability === 'sync' && promotion.record.replicas > 0)
+      await this.confirmCommit(op, promotion, epoch);
+    return promotion.record;
   }
 
   /**
@@ -439,6 +312,7 @@ export class FencingSequence {
    * exists; a fenced instance that is still the primary stays fenced (promote first).
    */
   async unfence(op: FencingOperation): Promise<ServiceRecord> {
+    const { steps } = this.deps;
     const rec = await this.deps.store.mustGet(op.service);
     const cells = await this.deps.directory.snapshot();
     const fenced = rec.instances.filter((i) => i.fenced);
@@ -456,9 +330,7 @@ export class FencingSequence {
     for (const inst of fenced) {
       const alive = cells.get(inst.cell)?.alive === true;
       if (inst.fenced?.networkPeers?.length) {
-        const res = alive
-          ? await this.order(inst.cell, { type: 'unfence-network', peers: inst.fenced.networkPeers })
-          : undefined;
+        const res = alive ? await steps.networkFence.lift(inst.cell, inst.fenced.networkPeers) : undefined;
         await op.record({
           step: 'unfence',
           outcome: res?.ok ? 'ok' : 'degraded',
@@ -522,18 +394,253 @@ export class FencingSequence {
         epoch: rec.epoch,
         message: address ? `${id} restarts as a replica of ${primary.id}` : `primary ${primary.id} has no address yet`,
       });
-    await this.publish(after, await this.deps.directory.snapshot(), op.fence);
+    await steps.routeFence.publish(after, await this.deps.directory.snapshot(), op.fence);
     return after;
   }
 
+  /**
+   * Marks the primary fenced with the next epoch. `resume`: a primary marked already keeps its
+   * mark (a new leader resumes a half-done fence); a switchover always takes a fresh epoch.
+   */
+  private markFenced(op: FencingOperation, resume: boolean): Promise<ServiceRecord> {
+    const at = Date.now();
+    return this.deps.store.change<ServiceRecord>(op.service, op.fence, async (cur) => {
+      if (!cur) throw new SfError(ErrorCode.NoPrimary, `service ${op.service} no longer exists`);
+      const primary = cur.instances.find((i) => i.role === 'primary');
+      if (!primary) throw new SfError(ErrorCode.NoPrimary, `service ${op.service} has no primary`);
+      if (resume && primary.fenced) return { done: cur };
+      const epoch = cur.epoch + 1;
+      const next: ServiceRecord = {
+        ...cur,
+        epoch,
+        leaderToken: op.fence.token,
+        updatedAt: at,
+        instances: cur.instances.map((i) =>
+          i.id === primary.id ? { ...i, fenced: { epoch, at, trigger: op.trigger, complete: false } } : i,
+        ),
+      };
+      return { change: { record: next }, result: next };
+    });
+  }
+
+  private async raiseFloor(op: FencingOperation, primary: InstanceRecord, epoch: number, why: string): Promise<void> {
+    const floor = await this.deps.steps.leaseFloor.raise(primary.id, epoch);
+    await op.record({
+      step: 'lease-floor',
+      outcome: 'ok',
+      instanceId: primary.id,
+      cell: primary.cell,
+      epoch,
+      message: `lease floor of ${primary.id} is ${floor}${why}`,
+    });
+  }
+
+  private async promoteReplica(op: FencingOperation, target: string | undefined, planned: boolean): Promise<Promotion> {
+    const { steps } = this.deps;
+    const rec = await this.deps.store.mustGet(op.service);
+    const old = rec.instances.find((i) => i.role === 'primary');
+    const epoch = rec.epoch;
+    const cells = await this.deps.directory.snapshot();
+    const candidates = await this.candidates(rec, cells, target);
+    const chosen = chooseReplica(candidates);
+    if (!chosen)
+      throw new SfError(ErrorCode.NoPromotionCandidate, `service ${rec.name} has no running replica to promote`);
+    await op.record({
+      step: 'choose',
+      outcome: 'ok',
+      instanceId: chosen.instanceId,
+      cell: chosen.cell,
+      epoch,
+      message: `${chosen.instanceId} chosen (positions: ${candidates.map((c) => `${c.instanceId}=${c.positionValue ?? '?'}`).join(', ')})`,
+    });
+
+    const res = await steps.promote.promote(chosen.cell, chosen.instanceId, epoch);
+    if (!res?.ok) {
+      await op.record({
+        step: 'promote',
+        outcome: 'failed',
+        instanceId: chosen.instanceId,
+        cell: chosen.cell,
+        epoch,
+        message: res?.error?.message ?? 'no answer in time',
+      });
+      // No answer means the promotion may have happened: callers must not bring the old
+      // primary back then (two writers); a refusal means it did not.
+      throw new SfError(
+        res ? ErrorCode.OrderFailed : ErrorCode.OrderTimeout,
+        `promote of ${chosen.instanceId} failed: ${res?.error?.message ?? 'no answer in time'}`,
+      );
+    }
+    await op.record({
+      step: 'promote',
+      outcome: 'ok',
+      instanceId: chosen.instanceId,
+      cell: chosen.cell,
+      epoch,
+      message: `${chosen.instanceId} is primary with epoch ${epoch} at position ${String(res.data?.positionValue ?? '?')}`,
+    });
+    const actual = cells.get(chosen.cell)?.actual.get(chosen.instanceId);
+    const address = { host: actual?.host ?? '', port: actual?.port ?? 0 };
+
+    // Replicas follow the new primary now; a failed repoint leaves `upstream` unchanged, so the
+    // reconciler retries it.
+    const followers = rec.instances.filter(
+      (i) => i.id !== chosen.instanceId && i.role === 'replica' && !i.fenced && cells.get(i.cell)?.alive,
+    );
+    const repointed = new Set<string>();
+    await Promise.all(
+      followers.map(async (f) => {
+        const r = await steps.rejoin.repoint(f.cell, f.id, address);
+        if (r?.ok) repointed.add(f.id);
+        await op.record({
+          step: 'repoint',
+          outcome: r?.ok ? 'ok' : 'degraded',
+          instanceId: f.id,
+          cell: f.cell,
+          epoch,
+          message: r?.ok
+            ? `${f.id} follows ${address.host}:${address.port}`
+            : `repoint failed (${r?.error?.message ?? 'no answer'}); the reconciler retries`,
+        });
+      }),
+    );
+
+    let oldRejoinsAt: number | undefined;
+    const after = await this.deps.store.change<ServiceRecord>(op.service, op.fence, async (cur) => {
+      if (!cur) throw new SfError(ErrorCode.NoPrimary, `service ${op.service} no longer exists`);
+      const next: ServiceRecord = {
+        ...cur,
+        leaderToken: op.fence.token,
+        updatedAt: Date.now(),
+        instances: cur.instances.map((i) => ({ ...i })),
+      };
+      const ops: CasOp[] = [];
+      oldRejoinsAt = undefined;
+      for (const inst of next.instances) {
+        if (inst.id === chosen.instanceId) {
+          inst.role = 'primary';
+          inst.epoch = epoch;
+          delete inst.upstream;
+          delete inst.fenced;
+          ops.push(
+            ...putDesiredOps(
+              this.deps.store.keys,
+              inst.cell,
+              instanceSpec(next, inst, null, this.deps.options.primaryLeaseTtlMs),
+            ),
+          );
+        } else if (old && inst.id === old.id) {
+          inst.role = 'replica';
+          if (cells.get(inst.cell)?.alive) {
+            // Killed (failover) or stopped (switchover) on a live cell: a new generation restarts
+            // it as a replica of the new primary (PostgreSQL rewinds it first when it diverged),
+            // never as a primary with an old epoch.
+            inst.generation += 1;
+            inst.restartedAt = Date.now();
+            inst.upstream = address;
+            delete inst.fenced;
+            oldRejoinsAt = inst.generation;
+            ops.push(...putDesiredOps(this.deps.store.keys, inst.cell, instanceSpec(next, inst, address)));
+          }
+          // On a dead cell it stays a fenced replica: the reconciler replaces it on a live cell.
+        } else if (repointed.has(inst.id)) {
+          inst.upstream = address;
+          ops.push(...putDesiredOps(this.deps.store.keys, inst.cell, instanceSpec(next, inst, address)));
+        }
+      }
+      return { change: { record: next, extraOps: ops }, result: next };
+    });
+    if (old && !planned) {
+      await op.record({
+        step: 'rejoin',
+        outcome: oldRejoinsAt !== undefined ? 'ok' : 'skipped',
+        instanceId: old.id,
+        cell: old.cell,
+        epoch,
+        message:
+          oldRejoinsAt !== undefined
+            ? `${old.id} restarts as a replica of ${chosen.instanceId}`
+            : `${old.id} stays fenced (cell ${old.cell} not alive); a replacement replica is placed`,
+      });
+    }
+    const version = await steps.routeFence.publish(after, await this.deps.directory.snapshot(), op.fence);
+    await op.record({
+      step: 'publish',
+      outcome: 'ok',
+      instanceId: chosen.instanceId,
+      cell: chosen.cell,
+      epoch,
+      message: `route to ${chosen.instanceId} (${address.host}:${address.port}, epoch ${epoch}) in table version ${version}`,
+    });
+    return { record: after, chosen, address, oldRejoinsAt };
+  }
+
+  /**
+   * With sync durability a switchover is complete only when the new primary can commit, i.e. a
+   * standby acknowledges; otherwise it is recorded degraded with the reason (the cell's commit
+   * check keeps the service `degraded` until then).
+   */
+  private async confirmCommit(op: FencingOperation, promotion: Promotion, epoch: number): Promise<void> {
+    const { steps, options } = this.deps;
+    const { chosen } = promotion;
+    const deadline = Date.now() + options.rejoinTimeoutMs;
+    let message: string;
+    for (;;) {
+      const res = await steps.rejoin.commitCheck(chosen.cell, chosen.instanceId, options.commitCheckTimeoutMs);
+      if (res?.ok) {
+        await op.record({
+          step: 'commit-check',
+          outcome: 'ok',
+          instanceId: chosen.instanceId,
+          cell: chosen.cell,
+          epoch,
+          message: `${chosen.instanceId} committed a write acknowledged by a standby`,
+        });
+        return;
+      }
+      message = res?.error?.message ?? 'no answer in time';
+      if (Date.now() >= deadline) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    await op.record({
+      step: 'commit-check',
+      outcome: 'degraded',
+      instanceId: chosen.instanceId,
+      cell: chosen.cell,
+      epoch,
+      message: `${chosen.instanceId} cannot commit with sync durability: ${message}; the service is degraded until a standby acknowledges`,
+    });
+  }
+
+  /**
+   * The old primary keeps its role, with the new epoch (its floor was raised to it). Running, it is
+   * re-confirmed by a `promote` order; when a stop order was sent it may be down, so a new
+   * generation restarts it as the primary.
+   */
   private async abortSwitchover(
     op: FencingOperation,
     primary: InstanceRecord,
     epoch: number,
     why: string,
+    stopSent: boolean,
+    promotedMaybe: boolean,
   ): Promise<void> {
-    // The old primary keeps its role, with the new epoch (its floor was raised to it).
-    const res = await this.order(primary.cell, { type: 'promote', instanceId: primary.id, epoch });
+    const { steps } = this.deps;
+    if (promotedMaybe) {
+      // The target may be primary now: the old one stays fenced and stopped, and the
+      // coordinator finishes the failover (promote is idempotent) on its next pass.
+      await op.record({
+        step: 'abort',
+        outcome: 'failed',
+        instanceId: primary.id,
+        cell: primary.cell,
+        epoch,
+        message: `switchover interrupted (${why}); ${primary.id} stays fenced, the failover is completed by the next pass`,
+      });
+      return;
+    }
+    const res = stopSent ? undefined : await steps.promote.promote(primary.cell, primary.id, epoch);
+    const restore = stopSent || res?.ok === true;
     const after = await this.deps.store.change<ServiceRecord | null>(op.service, op.fence, async (cur) => {
       if (!cur) return { done: null };
       const next: ServiceRecord = {
@@ -544,9 +651,13 @@ export class FencingSequence {
       };
       const ops: CasOp[] = [];
       for (const inst of next.instances) {
-        if (inst.id !== primary.id || !res?.ok) continue;
+        if (inst.id !== primary.id || inst.role !== 'primary' || !restore) continue;
         delete inst.fenced;
         inst.epoch = epoch;
+        if (stopSent) {
+          inst.generation += 1;
+          inst.restartedAt = Date.now();
+        }
         ops.push(
           ...putDesiredOps(
             this.deps.store.keys,
@@ -557,21 +668,24 @@ export class FencingSequence {
       }
       return { change: { record: next, extraOps: ops }, result: next };
     });
-    if (after) await this.publish(after, await this.deps.directory.snapshot(), op.fence);
+    if (after) await steps.routeFence.publish(after, await this.deps.directory.snapshot(), op.fence);
     await op.record({
       step: 'abort',
-      outcome: res?.ok ? 'ok' : 'failed',
+      outcome: restore ? 'ok' : 'failed',
       instanceId: primary.id,
       cell: primary.cell,
       epoch,
-      message: `switchover abandoned (${why}); ${res?.ok ? `${primary.id} serves again with epoch ${epoch}` : `${primary.id} stays fenced: ${res?.error?.message ?? 'no answer'}`}`,
+      message: `switchover abandoned (${why}); ${
+        restore
+          ? `${primary.id} serves again with epoch ${epoch}${stopSent ? ' once restarted' : ''}`
+          : `${primary.id} stays fenced: ${res?.error?.message ?? 'no answer'}`
+      }`,
     });
   }
 
   private async awaitRouters(op: FencingOperation, rec: ServiceRecord, version: number, epoch: number): Promise<void> {
-    const group = await this.deps.groups.get(rec.routerGroupGuid);
-    if (!group) return;
-    const ack = await waitForRouters(this.deps.routes, group, version, this.deps.options.routerAckTimeoutMs);
+    const ack = await this.deps.steps.routeFence.awaitRouters(rec, version);
+    if (!ack) return;
     await op.record({
       step: 'router-ack',
       outcome: ack.ok ? 'ok' : 'degraded',
@@ -582,33 +696,12 @@ export class FencingSequence {
     });
   }
 
-  /** Writes the route from the record and returns the group's table version now in force. */
-  private async publish(
-    rec: ServiceRecord,
-    cells: ReadonlyMap<string, CellSnapshot>,
-    fence: LeaderFence,
-  ): Promise<number> {
-    await this.deps.emitter.sync(rec, cells, fence.token);
-    const group = await this.deps.groups.get(rec.routerGroupGuid);
-    return group ? (await this.deps.routes.table(group)).version : 0;
-  }
-
   private async candidates(
     rec: ServiceRecord,
     cells: ReadonlyMap<string, CellSnapshot>,
     target?: string,
   ): Promise<Candidate[]> {
-    const eligible = rec.instances.filter((i) => {
-      const a = cells.get(i.cell)?.actual.get(i.id);
-      return (
-        i.role === 'replica' &&
-        !i.fenced &&
-        i.specWritten &&
-        cells.get(i.cell)?.alive &&
-        a?.state === 'running' &&
-        a.generation >= i.generation
-      );
-    });
+    const eligible = eligibleReplicas(rec, cells);
     if (target !== undefined && !eligible.some((i) => i.id === target)) {
       throw new SfError(
         ErrorCode.InvalidFailoverTarget,
@@ -619,7 +712,7 @@ export class FencingSequence {
     const chosen = target === undefined ? eligible : eligible.filter((i) => i.id === target);
     return Promise.all(
       chosen.map(async (i) => {
-        const fresh = await this.position(i);
+        const fresh = await this.deps.steps.promote.position(i.cell, i.id);
         return {
           instanceId: i.id,
           cell: i.cell,
@@ -628,13 +721,6 @@ export class FencingSequence {
         };
       }),
     );
-  }
-
-  /** The replication position read now through a `position` order; null when it cannot be read. */
-  private async position(inst: Pick<InstanceRecord, 'id' | 'cell'>): Promise<bigint | null> {
-    const res = await this.order(inst.cell, { type: 'position', instanceId: inst.id });
-    const value = res?.ok ? res.data?.positionValue : undefined;
-    return typeof value === 'string' && /^\d+$/.test(value) ? BigInt(value) : null;
   }
 
   /** Other cells' addresses, when they differ from the fenced cell's own and are not loopback. */
@@ -648,24 +734,9 @@ export class FencingSequence {
     }
     return [...peers].sort();
   }
-
-  /** Sends an order; undefined when the cell does not answer in time. */
-  private async order(cell: string, request: OrderRequest): Promise<OrderResult | undefined> {
-    try {
-      return await sendOrder(this.deps.redis, this.deps.store.keys, cell, request, {
-        timeoutMs: this.deps.options.orderTimeoutMs,
-        pollMs: this.deps.options.orderPollMs,
-      });
-    } catch {
-      return undefined;
-    }
-  }
 }
 
-function primaryAddress(
-  primary: InstanceRecord,
-  cells: ReadonlyMap<string, CellSnapshot>,
-): { host: string; port: number } | null {
+function primaryAddress(primary: InstanceRecord, cells: ReadonlyMap<string, CellSnapshot>): HostPort | null {
   const a = cells.get(primary.cell)?.actual.get(primary.id);
   return a && a.port !== null ? { host: a.host, port: a.port } : null;
 }

@@ -5,7 +5,26 @@ export {
   type FencingAction,
   type FencingCoordinatorDeps,
 } from './fencing-coordinator';
-export { FencingSequence, FencingOperation, type FencingDeps } from './fencing-sequence';
+export {
+  FencingSequence,
+  FencingOperation,
+  type FencingDeps,
+  type ServiceRecords,
+  type StepRecorder,
+} from './fencing-sequence';
+export {
+  cellFencingSteps,
+  type FencingSteps,
+  type RouteFenceStep,
+  type ShootStep,
+  type LeaseFloorStep,
+  type NetworkFenceStep,
+  type PromoteStep,
+  type RejoinStep,
+  type RejoinResult,
+  type CellView,
+} from './fencing-steps';
+export { planAction, eligibleReplicas, type ActionPlan } from './action-validation';
 export { FencingHistory, type FencingStep, type FencingStepName, type FencingOutcome } from './fencing-history';
 export { DEFAULT_FAILOVER_OPTIONS, type FailoverOptions } from './failover-options';
 export { waitForRouters, type RouterAck } from './router-ack';

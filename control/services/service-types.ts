@@ -86,7 +86,8 @@ export interface ServiceRecord extends ServiceRequestFields {
 }
 
 /** The state of an instance as the API shows it: the record merged with the cell's report. */
-export type InstanceViewState = ActualState | 'pending' | 'lost';
+/** `degraded`: running, but a primary whose writes cannot commit (ActualInstance.degraded). */
+export type InstanceViewState = ActualState | 'pending' | 'lost' | 'degraded';
 
 export interface InstanceView {
   id: string;

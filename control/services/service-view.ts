@@ -1,4 +1,5 @@
 /** The API's view of a service: its record merged with what the cells report right now. */
+import { ErrorCode } from '../../common/errors';
 import type { CellSnapshot } from './cell-directory';
 import type { InstanceRecord, InstanceView, ServiceRecord, ServiceView } from './service-types';
 
@@ -7,7 +8,13 @@ export function instanceView(instance: InstanceRecord, cells: ReadonlyMap<string
   const actual = cell?.actual.get(instance.id);
   // A report from before the current generation describes an earlier run, not this one.
   const current = actual && actual.generation >= instance.generation ? actual : undefined;
-  const state = !cell?.alive ? 'lost' : !instance.specWritten || !current ? 'pending' : current.state;
+  const state = !cell?.alive
+    ? 'lost'
+    : !instance.specWritten || !current
+      ? 'pending'
+      : current.state === 'running' && current.degraded
+        ? 'degraded'
+        : current.state;
   return {
     id: instance.id,
     cell: instance.cell,
@@ -18,7 +25,11 @@ export function instanceView(instance: InstanceRecord, cells: ReadonlyMap<string
     host: actual?.host ?? cell?.record?.host ?? null,
     port: actual?.port ?? null,
     healthy: current?.healthy ?? null,
-    last_error: current?.lastError ?? null,
+    // A primary that cannot commit says why where operators already look (issue 10).
+    last_error:
+      current?.state === 'running' && current.degraded
+        ? { code: ErrorCode.CommitCheckFailed, message: current.degraded }
+        : (current?.lastError ?? null),
   };
 }
 

@@ -1,0 +1,314 @@
+import { expect } from 'chai';
+import { FencingFailoverCoordinator } from '../../../control/failover/fencing-coordinator';
+import { FencingOperation, FencingSequence } from '../../../control/failover/fencing-sequence';
+import { planAction } from '../../../control/failover/action-validation';
+import type { LeaderElector } from '../../../control/leader/leader-elector';
+import type { ServiceStore } from '../../../control/services/service-store';
+import type { CellDirectory } from '../../../control/services/cell-directory';
+import type { RouteEmitter } from '../../../control/services/route-emitter';
+import type { RouterGroupStore } from '../../../control/state/router-group-store';
+import type { TcpRouteStore } from '../../../control/state/tcp-route-store';
+import type { Redis } from 'ioredis';
+import pino from 'pino';
+import { ErrorCode, isSfError } from '../../../common/errors';
+import {
+  FAST_OPTIONS,
+  FENCE,
+  FakeCells,
+  FakeHistory,
+  FakeSteps,
+  FakeStore,
+  instance,
+  service,
+  storeRecord,
+} from './failover-fakes';
+import type { ServiceRecord } from '../../../control/services/service-types';
+
+interface World {
+  store: FakeStore;
+  cells: FakeCells;
+  steps: FakeSteps;
+  history: FakeHistory;
+  sequence: FencingSequence;
+  coordinator: FencingFailoverCoordinator;
+  op(trigger?: string): FencingOperation;
+}
+
+function world(rec: ServiceRecord = service()): World {
+  const store = new FakeStore(rec);
+  const cells = new FakeCells(store);
+  const steps = new FakeSteps(store);
+  const history = new FakeHistory();
+  const sequence = new FencingSequence({ store, directory: cells, steps: steps.steps, options: FAST_OPTIONS });
+  const coordinator = new FencingFailoverCoordinator(
+    {
+      // Never touched: steps and history are fakes, and act() reads no lease.
+      redis: undefined as unknown as Redis,
+      store: store as unknown as ServiceStore,
+      directory: cells as unknown as CellDirectory,
+      emitter: undefined as unknown as RouteEmitter,
+      groups: undefined as unknown as RouterGroupStore,
+      routes: undefined as unknown as TcpRouteStore,
+      logger: pino({ level: 'silent' }),
+      steps: steps.steps,
+      history,
+    },
+    FAST_OPTIONS,
+  );
+  coordinator.attach({ current: () => FENCE } as unknown as LeaderElector);
+  return {
+    store,
+    cells,
+    steps,
+    history,
+    sequence,
+    coordinator,
+    op: (trigger = 'operator-fence') => new FencingOperation('op-1', 'cache', trigger, FENCE, history),
+  };
+}
+
+async function refusal(p: Promise<unknown>): Promise<{ code: string; field?: string }> {
+  try {
+    await p;
+  } catch (err) {
+    if (isSfError(err)) return { code: err.code, field: err.field };
+    throw err;
+  }
+  throw new Error('the action was not refused');
+}
+
+/** A refused action leaves no trace: no effect, no history entry, no record write. */
+function expectNoTrace(w: World, before: ServiceRecord): void {
+  expect(w.steps.log, 'effects').to.deep.equal([]);
+  expect(w.history.steps, 'history').to.deep.equal([]);
+  expect(w.store.writes, 'record writes').to.deep.equal([]);
+  expect(storeRecord(w.store)).to.deep.equal(before);
+}
+
+describe('FencingFailoverCoordinator', () => {
+  describe('act (validation before everything)', () => {
+    it('refuses failover --to an unknown instance before anything is fenced, floored or published', async () => {
+      const w = world();
+      const before = structuredClone(storeRecord(w.store));
+      const err = await refusal(w.coordinator.act('failover', 'cache', 'nosuch'));
+      expect(err).to.deep.equal({ code: ErrorCode.InvalidFailoverTarget, field: 'to' });
+      expectNoTrace(w, before);
+    });
+
+    it('refuses failover --to the primary, a fenced replica, or a replica that is not running', async () => {
+      for (const [target, setup] of [
+        ['cache-0', () => undefined],
+        ['cache-1', (w: World) => w.cells.states.set('cache-1', 'failed')],
+        [
+          'cache-1',
+          (w: World) =>
+            storeRecord(w.store).instances[1] &&
+            (storeRecord(w.store).instances[1].fenced = { epoch: 1, at: 0, trigger: 't', complete: true }),
+        ],
+      ] as const) {
+        const w = world();
+        setup(w);
+        const before = structuredClone(storeRecord(w.store));
+        const err = await refusal(w.coordinator.act('failover', 'cache', target));
+        expect(err.code).to.equal(ErrorCode.InvalidFailoverTarget);
+        expectNoTrace(w, before);
+      }
+    });
+
+    it('refuses an unknown service with 404 and touches nothing', async () => {
+      const w = world();
+      const before = structuredClone(storeRecord(w.store));
+      expect((await refusal(w.coordinator.act('fence', 'nosuch'))).code).to.equal(ErrorCode.NotFound);
+      expectNoTrace(w, before);
+    });
+
+    it('refuses a failover or a fence when no replica runs (fencing would leave no writer)', async () => {
+      for (const action of ['failover', 'fence'] as const) {
+        const w = world();
+        w.cells.states.set('cache-1', 'starting');
+        const before = structuredClone(storeRecord(w.store));
+        expect((await refusal(w.coordinator.act(action, 'cache'))).code).to.equal(ErrorCode.NoPromotionCandidate);
+        expectNoTrace(w, before);
+      }
+    });
+
+    it('refuses manual-policy misuse: unfence with nothing fenced, unfence of a fenced primary, a second fence', async () => {
+      const fencedPrimary = service({
+        fencing: { policy: 'manual' },
+        epoch: 2,
+        instances: [
+          instance('cache-0', 'cell-1', 'primary', {
+            fenced: { epoch: 2, at: 0, trigger: 'operator-fence', complete: true },
+          }),
+          instance('cache-1', 'cell-2', 'replica'),
+        ],
+      });
+      for (const [rec, action] of [
+        [service({ fencing: { policy: 'manual' } }), 'unfence'],
+        [fencedPrimary, 'unfence'],
+        [fencedPrimary, 'fence'],
+      ] as const) {
+        const w = world(structuredClone(rec));
+        const before = structuredClone(storeRecord(w.store));
+        expect((await refusal(w.coordinator.act(action, 'cache'))).code).to.equal(ErrorCode.ActionRefused);
+        expectNoTrace(w, before);
+      }
+    });
+
+    it('runs the same failover once the target is valid', async () => {
+      const w = world();
+      const res = await w.coordinator.act('failover', 'cache', 'cache-1');
+      expect(res.service.instances.find((i) => i.role === 'primary')?.id).to.equal('cache-1');
+      expect(w.steps.at('promote:cache-1')).to.be.greaterThan(-1);
+    });
+  });
+});
+
+describe('planAction', () => {
+  it('plans a switchover for a healthy primary, a fence-and-promote for a lost one, a promotion after a fence', async () => {
+    const w = world();
+    const cells = await w.cells.snapshot();
+    expect(planAction('failover', storeRecord(w.store), cells).kind).to.equal('switchover');
+    w.cells.states.set('cache-0', 'failed');
+    expect(planAction('failover', storeRecord(w.store), await w.cells.snapshot()).kind).to.equal('failover');
+    storeRecord(w.store).instances[0].fenced = { epoch: 2, at: 0, trigger: 't', complete: true };
+    expect(planAction('failover', storeRecord(w.store), await w.cells.snapshot()).kind).to.equal('promote');
+  });
+});
+
+describe('FencingSequence', () => {
+  describe('fencePrimary + promote', () => {
+    it('route-fences, waits for routers, shoots, floors, and only then promotes and publishes the new primary', async () => {
+      const w = world();
+      await w.sequence.fencePrimary(w.op());
+      await w.sequence.promote(w.op());
+      const { log } = w.steps;
+      expect(log[0]).to.equal('publish:primary=none:fenced=cache-0');
+      const order = [
+        'publish:primary=none',
+        'await-routers',
+        'shoot:cache-0',
+        'floor:cache-0:2',
+        'promote:cache-1:2',
+        'publish:primary=cache-1',
+      ];
+      const idx = order.map((p) => w.steps.at(p));
+      expect(
+        idx.every((i) => i >= 0),
+        log.join(' '),
+      ).to.equal(true);
+      expect([...idx].sort((a, b) => a - b)).to.deep.equal(idx);
+      const rec = storeRecord(w.store);
+      expect(rec.instances.find((i) => i.id === 'cache-1')?.role).to.equal('primary');
+      // The old primary comes back as a replica at a new generation, never as a primary.
+      expect(rec.instances.find((i) => i.id === 'cache-0')).to.include({ role: 'replica', generation: 1 });
+    });
+
+    it('stops at a failed route fence: nothing is shot, floored or promoted', async () => {
+      const w = world();
+      w.steps.fail.publish = 'throw';
+      await refusal(w.sequence.fencePrimary(w.op())).catch(() => undefined);
+      expect(w.steps.log).to.deep.equal(['publish:primary=none:fenced=cache-0']);
+    });
+
+    it('stops at a failed lease floor: no promotion', async () => {
+      const w = world();
+      w.steps.fail.floor = 'throw';
+      let threw = false;
+      try {
+        await w.sequence.fencePrimary(w.op());
+        await w.sequence.promote(w.op());
+      } catch {
+        threw = true;
+      }
+      expect(threw).to.equal(true);
+      expect(w.steps.at('promote')).to.equal(-1);
+      expect(storeRecord(w.store).instances[0].fenced?.complete).to.equal(false);
+    });
+
+    it('a refused promote publishes no new primary and leaves the old one fenced', async () => {
+      const w = world();
+      w.steps.fail.promote = 'refuse';
+      await w.sequence.fencePrimary(w.op());
+      expect((await refusal(w.sequence.promote(w.op()))).code).to.equal(ErrorCode.OrderFailed);
+      expect(w.steps.log.filter((e) => e.startsWith('publish'))).to.deep.equal(['publish:primary=none:fenced=cache-0']);
+      const rec = storeRecord(w.store);
+      expect(rec.instances[0]).to.include({ role: 'primary' });
+      expect(rec.instances[0].fenced?.complete).to.equal(true);
+      expect(w.history.steps.map((s) => `${s.step}:${s.outcome}`)).to.include('promote:failed');
+    });
+  });
+
+  describe('switchover', () => {
+    it('pauses, floors, waits for catch-up, stops the old primary BEFORE promoting, and reports after it rejoined and a write committed', async () => {
+      const w = world();
+      const rec = await w.sequence.switchover(w.op('switchover'));
+      const order = [
+        'publish:primary=none:fenced=cache-0',
+        'await-routers',
+        'floor:cache-0:2',
+        'stop:cache-0',
+        'promote:cache-1:2',
+        'publish:primary=cache-1',
+        'await-replica:cache-0:1',
+        'commit-check:cache-1',
+      ];
+      const idx = order.map((p) => w.steps.at(p));
+      expect(
+        idx.every((i) => i >= 0),
+        w.steps.log.join(' '),
+      ).to.equal(true);
+      expect([...idx].sort((a, b) => a - b)).to.deep.equal(idx);
+      expect(w.steps.at('shoot')).to.equal(-1);
+      expect(rec.instances.find((i) => i.id === 'cache-0')).to.include({ role: 'replica', generation: 1 });
+      expect(rec.instances.find((i) => i.id === 'cache-0')?.fenced).to.equal(undefined);
+      expect(w.history.steps.map((s) => s.step)).to.include.members(['stop', 'rejoin', 'commit-check']);
+    });
+
+    it('async durability: no commit check', async () => {
+      const w = world(service({ durability: 'async' }));
+      await w.sequence.switchover(w.op('switchover'));
+      expect(w.steps.at('commit-check')).to.equal(-1);
+    });
+
+    it('a target that does not catch up abandons the switchover before anything is stopped or promoted', async () => {
+      const w = world();
+      w.steps.positions.set('cache-0', 200n);
+      w.steps.positions.set('cache-1', 100n);
+      expect((await refusal(w.sequence.switchover(w.op('switchover')))).code).to.equal(ErrorCode.CatchUpTimeout);
+      expect(w.steps.at('stop')).to.equal(-1);
+      expect(w.steps.at('promote:cache-1')).to.equal(-1);
+      // The old primary is re-confirmed with the new epoch and unfenced.
+      expect(w.steps.at('promote:cache-0:2')).to.be.greaterThan(-1);
+      expect(storeRecord(w.store).instances[0]).to.include({ role: 'primary', epoch: 2 });
+      expect(storeRecord(w.store).instances[0].fenced).to.equal(undefined);
+    });
+
+    it('an old primary that does not stop is never joined by a second writer', async () => {
+      const w = world();
+      w.steps.fail.stop = 'refuse';
+      await refusal(w.sequence.switchover(w.op('switchover')));
+      expect(w.steps.at('promote:cache-1')).to.equal(-1);
+      // It may or may not have stopped: a new generation restarts it as the primary.
+      expect(storeRecord(w.store).instances[0]).to.include({ role: 'primary', generation: 1 });
+    });
+
+    it('a promote without an answer leaves the old primary fenced and stopped (it may be the second writer)', async () => {
+      const w = world();
+      w.steps.fail.promote = 'silent';
+      expect((await refusal(w.sequence.switchover(w.op('switchover')))).code).to.equal(ErrorCode.OrderTimeout);
+      const old = storeRecord(w.store).instances[0];
+      expect(old.role).to.equal('primary');
+      expect(old.generation).to.equal(0);
+      expect(old.fenced).to.not.equal(undefined);
+    });
+
+    it('records degraded, not ok, when the new primary cannot commit with sync durability', async () => {
+      const w = world();
+      w.steps.fail.commit = 'refuse';
+      await w.sequence.switchover(w.op('switchover'));
+      const check = w.history.steps.filter((s) => s.step === 'commit-check');
+      expect(check.at(-1)?.outcome).to.equal('degraded');
+    });
+  });
+});
