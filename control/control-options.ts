@@ -3,13 +3,13 @@
  * uWS, ioredis and pino.
  */
 import type { Logger } from 'pino';
-import { DEFAULT_KEY_PREFIX } from '../protocol/keys';
+import { DEFAULT_KEY_PREFIX } from '../protocol';
 import type { ControlApiOptions } from './api/api-options';
 import type { StaticToken } from './api/token-authenticator';
-import type { ServicePlaneOptions } from './services/service-plane';
+import type { ServicePlaneOptions } from './service-plane';
 
-/** @default '16000-16999', DESIGN.md's default route port range */
-export const DEFAULT_RESERVABLE_PORTS = '16000-16999';
+export { DEFAULT_RESERVABLE_PORTS } from './state/port-ranges';
+import { DEFAULT_RESERVABLE_PORTS } from './state/port-ranges';
 
 export interface ControlServerOptions {
   /** @default 'redis://127.0.0.1:6379' */

@@ -3,8 +3,7 @@
  * nothing), so several can run against one Redis. Later parts (service instances, cells, the
  * leader lock) register their endpoints here the same way the routing API does.
  */
-import { createRedis } from '../common/redis-connection';
-import pino from 'pino';
+import { createRedis, createLogger, withDefaults } from '../common';
 import { AuditLog } from './api/audit-log';
 import { publicRedisUrl } from './api/public-redis-url';
 import { registerAuditApi } from './api/routes-audit';
@@ -16,12 +15,11 @@ import { TokenAuthenticator, type StaticToken } from './api/token-authenticator'
 import { DEFAULT_CONTROL_SERVER_OPTIONS, type ControlServerOptions } from './control-options';
 import { EventHub } from './events/event-hub';
 import { RouterGroupStore } from './state/router-group-store';
-import { keyLayout } from '../protocol/keys';
+import { keyLayout } from '../protocol';
 import { TcpRouteStore } from './state/tcp-route-store';
 import { TokenStore } from './state/token-store';
-import { withDefaults } from '../common/options';
 import { RouteTtlSweeper } from './sweeper/route-ttl-sweeper';
-import { startServicePlane, type ServicePlane } from './services';
+import { startServicePlane, type ServicePlane } from './service-plane';
 
 export { DEFAULT_CONTROL_SERVER_OPTIONS, type ControlServerOptions };
 
@@ -41,14 +39,16 @@ export interface ControlServer {
 
 export async function startControlServer(options: ControlServerOptions = {}): Promise<ControlServer> {
   const opts = withDefaults(DEFAULT_CONTROL_SERVER_OPTIONS, options);
-  const log = opts.logger ?? pino({ name: 'control', level: process.env.SF_LOG_LEVEL ?? 'info' });
+  const log = opts.logger ?? createLogger('control');
   const redis = createRedis(opts.redisUrl, { connectionName: 'sf-control', maxRetriesPerRequest: 2 });
   redis.on('error', (err: Error) => log.warn({ err: err.message }, 'redis connection problem'));
   const keys = keyLayout(opts.keyPrefix);
   const groups = new RouterGroupStore(redis, keys);
   const routes = new TcpRouteStore(redis, keys, groups, { now: opts.now });
   const tokens = new TokenStore(redis, keys);
-  const hub = new EventHub(opts.redisUrl, keys.routeEvents, (err) => log.warn({ err: err.message }, 'event feed problem'));
+  const hub = new EventHub(opts.redisUrl, keys.routeEvents, (err) =>
+    log.warn({ err: err.message }, 'event feed problem'),
+  );
   const sweeper = new RouteTtlSweeper(routes, {
     intervalMs: opts.sweepIntervalMs,
     onError: (err) => log.warn({ err: (err as Error).message }, 'TTL sweep failed'),
