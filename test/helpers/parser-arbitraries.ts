@@ -88,7 +88,44 @@ export const routeInput: fc.Arbitrary<Record<string, unknown>> = fc.record(
   { requiredKeys: ['port', 'backends'] },
 );
 
+/** Tables every router must accept: distinct ports and ids, every value in range. */
+export const validTableInput: fc.Arbitrary<{ version: number; routes: Array<Record<string, unknown>> }> = fc.record({
+  version: fc.nat(),
+  routes: fc.uniqueArray(
+    fc.record(
+      {
+        port: validPort,
+        mode: fc.constantFrom('primary', 'round-robin', 'least-conn'),
+        backends: fc.uniqueArray(
+          fc.record(
+            {
+              id: fc.string({ minLength: 1, maxLength: 12 }),
+              host: wellFormedHost,
+              port: validPort,
+              role: fc.constantFrom('primary', 'replica'),
+              weight: fc.integer({ min: 0, max: 1000 }),
+              epoch: fc.nat(),
+              state: fc.constantFrom('active', 'draining', 'fenced'),
+            },
+            { requiredKeys: ['id', 'host', 'port'] },
+          ),
+          { maxLength: 4, selector: (b) => b.id },
+        ),
+        proxyProtocol: fc.constantFrom(1, 2),
+        tls: fc.boolean(),
+        maxConnections: fc.integer({ min: 1, max: 10_000_000 }),
+        connectTimeoutMs: fc.integer({ min: 1, max: 3_600_000 }),
+        idleTimeoutMs: fc.integer({ min: 0, max: 604_800_000 }),
+        drainTimeoutMs: fc.integer({ min: 0, max: 86_400_000 }),
+      },
+      { requiredKeys: ['port', 'backends'] },
+    ),
+    { maxLength: 5, selector: (r) => r.port },
+  ),
+});
+
 export const tableInput: fc.Arbitrary<unknown> = fc.oneof(
+  { weight: 4, arbitrary: validTableInput },
   {
     weight: 8,
     arbitrary: fc.record(

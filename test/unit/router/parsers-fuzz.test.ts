@@ -26,9 +26,10 @@ import {
   routeDeltaText,
   routeFileText,
   tableInput,
+  validTableInput,
 } from '../../helpers/parser-arbitraries';
 
-const RUNS = 3000;
+const RUNS = 2000;
 
 /** Calls `parse`; returns its value, or undefined after checking that what it threw is allowed. */
 function parsedOrRefused<T>(parse: () => T): T | undefined {
@@ -86,6 +87,18 @@ describe('router parsers under fuzzing', function () {
         fc.property(routeFileText, (text) => {
           const table = parsedOrRefused(() => parseRouteTableJson(text));
           if (table) expectWellFormed(table);
+        }),
+        { numRuns: RUNS },
+      );
+    });
+
+    it('accepts every valid table, with the defaults filled in', () => {
+      fc.assert(
+        fc.property(validTableInput, (input) => {
+          const table = parseRouteTableJson(JSON.stringify(input));
+          expect(table.routes.map((r) => r.port)).to.deep.equal(input.routes.map((r) => r.port));
+          for (const r of table.routes)
+            for (const b of r.backends) expect(b).to.include.keys('id', 'role', 'epoch', 'state');
         }),
         { numRuns: RUNS },
       );
