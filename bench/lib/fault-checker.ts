@@ -1,0 +1,558 @@
+/**
+ * The fault-schedule checker (issue 10), in the spirit of Jepsen: a platform with three cells, a
+ * Redis and a PostgreSQL service (one replica each, `durability: sync`), a writer per service
+ * through the router logging every acknowledged write, and a seeded schedule of faults applied
+ * one at a time with random gaps. Invariants (DESIGN.md, "Unhappy paths are the product"):
+ *
+ * - `acked-write-lost`: every acknowledged write is present, read through the router;
+ * - `one-primary`: at most one instance of a service claims to be primary (`ROLE`,
+ *   `pg_is_in_recovery()` on every instance port ever seen), probed continuously;
+ * - `one-writable`: at most one of them would also commit a write (see fault-probes.ts);
+ * - `router-points-at-primary`: once settled, the router's active backend is that primary;
+ * - `write-recovery`: a write through the router is acknowledged within 10 s of the fault;
+ * - `running-means-writable`: `running` only while writes through the router succeed (checked
+ *   with a fresh write at each settle point, and continuously against the writer's history);
+ * - `settles`: the service is `running` with all instances again within the settle timeout;
+ * - `refused-action-harmless`: a refused operator action fails no write and changes no epoch;
+ * - `action-exit-code`: an operator action exits as expected (0, or 2 for a refused one).
+ * Each violation is printed at once with the seed and the step that found it.
+ */
+import { randomBytes } from 'node:crypto';
+import { FaultPlatform, type FaultPlatformOptions, type ServiceViewLite } from './fault-platform';
+import { createPrng } from './fault-prng';
+import { probeRole, type RoleProbe } from './fault-probes';
+import type { AppliedFault, FaultKind, FaultService } from './fault-kinds';
+import { missingWrites, probeWrite, startWriter, type EngineName, type ServiceWriter } from './fault-writers';
+
+export interface CheckerOptions {
+  seed: number;
+  faults: number;
+  engines: readonly EngineName[];
+  kinds: readonly FaultKind[];
+  /** Random pause before each fault, in ms. @default [1000, 4000] */
+  gapMs?: readonly [number, number];
+  /** @default 10000 */
+  recoveryBoundMs?: number;
+  /** How long a service may take to be `running` with every instance again. @default 60000 */
+  settleTimeoutMs?: number;
+  /** How often every instance port is probed. @default 750 */
+  probeIntervalMs?: number;
+  platform?: FaultPlatformOptions;
+  /** Progress and violations as they happen. @default console.log */
+  log?: (line: string) => void;
+}
+
+export interface Violation {
+  seed: number;
+  /** 0 while setting up, K+1 for the final check. */
+  step: number;
+  fault: string;
+  invariant: string;
+  service?: string;
+  /** Milliseconds since the run started. */
+  atMs: number;
+  details: string;
+}
+
+export interface StepRecord {
+  step: number;
+  kind: string;
+  service?: string;
+  target?: string;
+  detail: string;
+  atMs: number;
+  action?: { code: number; output: string; ms: number };
+  /** Per service: fault -> first acknowledged write issued after it (null: none within the settle timeout). */
+  recoveryMs: Record<string, number | null>;
+  /** Per service: failed write attempts from this fault to the next one (or the end). */
+  failedWrites: Record<string, number>;
+  /** Fault -> every service `running` with all instances again (null: did not settle). */
+  settledMs: number | null;
+}
+
+export interface KindSummary {
+  kind: string;
+  engine: EngineName;
+  faults: number;
+  recoveryP50Ms: number | null;
+  recoveryP99Ms: number | null;
+  recoveryMaxMs: number | null;
+  failedWrites: number;
+  failedWritesPerFault: number;
+  violations: number;
+}
+
+export interface CheckerResult {
+  seed: number;
+  faults: number;
+  engines: EngineName[];
+  kinds: string[];
+  startedAt: string;
+  durationMs: number;
+  acknowledged: Record<string, number>;
+  failedWrites: Record<string, number>;
+  steps: StepRecord[];
+  summary: KindSummary[];
+  violations: Violation[];
+  /** Set when the run itself broke (not an invariant): the error and the platform's log tails. */
+  aborted?: { error: string; logs: Record<string, string> };
+}
+
+interface FencingEntryLite {
+  step: string;
+  trigger: string;
+  outcome: string;
+  instanceId?: string;
+  message: string;
+  at: number;
+}
+
+const SERVICE_NAMES: Record<EngineName, string> = { redis: 'fault-redis', postgres: 'fault-pg' };
+const VOLUME_MB: Record<EngineName, number> = { redis: 64, postgres: 128 };
+/** How long writes may fail while the status says `running` before that is a violation. */
+const RUNNING_WHILE_FAILING_MS = 5_000;
+/** No fault counts as settled sooner: longer than a write's timeout, so a hanging write has failed. */
+const MIN_SETTLE_MS = 2_500;
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+export function percentile(values: readonly number[], p: number): number | null {
+  if (values.length === 0) return null;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))];
+}
+
+function settled(view: ServiceViewLite | undefined): boolean {
+  return (
+    view !== undefined &&
+    view.status === 'running' &&
+    view.instances.length >= 2 &&
+    view.instances.filter((i) => i.role === 'primary').length === 1 &&
+    view.instances.every((i) => i.state === 'running')
+  );
+}
+
+function describeView(view: ServiceViewLite | undefined): string {
+  if (!view) return 'no view';
+  const inst = view.instances
+    .map((i) => `${i.id}@${i.cell} ${i.role} ${i.state} e${i.epoch}${i.last_error ? ` (${i.last_error.message})` : ''}`)
+    .join('; ');
+  return `status ${view.status}${view.message ? ` (${view.message})` : ''}, epoch ${view.epoch}: ${inst}`;
+}
+
+/** One run of a seeded schedule. Never throws for a violation; throws only if it cannot start. */
+export async function runFaultSchedule(options: CheckerOptions): Promise<CheckerResult> {
+  const log = options.log ?? ((line: string) => console.log(line));
+  const rng = createPrng(options.seed);
+  const gap = options.gapMs ?? [1_000, 4_000];
+  const recoveryBound = options.recoveryBoundMs ?? 10_000;
+  const settleTimeout = options.settleTimeoutMs ?? 60_000;
+  const probeInterval = options.probeIntervalMs ?? 750;
+  const services: FaultService[] = options.engines.map((engine) => ({ name: SERVICE_NAMES[engine], engine }));
+  const runId = randomBytes(4).toString('hex');
+  const t0 = performance.now();
+  const since = (t: number): number => Math.round(t - t0);
+  const violations: Violation[] = [];
+  const steps: StepRecord[] = [];
+  const writers = new Map<string, ServiceWriter>();
+  const views = new Map<string, ServiceViewLite | undefined>();
+  /** Every instance address a service ever had: an old primary may linger outside the view. */
+  const addresses = new Map<string, Map<string, string>>(services.map((s) => [s.name, new Map()]));
+  let step = 0;
+  let currentFault = 'setup';
+  const openEpisodes = new Set<string>();
+
+  const violate = (invariant: string, service: string | undefined, details: string): void => {
+    const v: Violation = {
+      seed: options.seed,
+      step,
+      fault: currentFault,
+      invariant,
+      service,
+      atMs: since(performance.now()),
+      details,
+    };
+    violations.push(v);
+    log(
+      `VIOLATION seed=${v.seed} step=${v.step} fault=${v.fault} invariant=${invariant}${service ? ` service=${service}` : ''}: ${details}`,
+    );
+  };
+  /** A condition that holds over many probes is one violation per step, not one per probe. */
+  const episode = (key: string, holds: boolean, report: () => void): void => {
+    const id = `${step}:${key}`;
+    if (!holds) {
+      openEpisodes.delete(id);
+      return;
+    }
+    if (openEpisodes.has(id)) return;
+    openEpisodes.add(id);
+    report();
+  };
+
+  const platform = new FaultPlatform(options.platform);
+  const result: CheckerResult = {
+    seed: options.seed,
+    faults: options.faults,
+    engines: [...options.engines],
+    kinds: options.kinds.map((k) => k.name),
+    startedAt: new Date().toISOString(),
+    durationMs: 0,
+    acknowledged: {},
+    failedWrites: {},
+    steps,
+    summary: [],
+    violations,
+  };
+
+  const rememberAddresses = (svc: FaultService, view: ServiceViewLite | undefined): void => {
+    for (const i of view?.instances ?? [])
+      if (i.host && i.port) addresses.get(svc.name)!.set(`${i.host}:${i.port}`, i.id);
+  };
+
+  /** The fencing history entries since a fault, compact, for a violation's details. */
+  const fencingSince = async (service: string, at: number): Promise<string> => {
+    const wallAt = Date.now() - (performance.now() - at);
+    try {
+      const res = await platform.api<{ resources: FencingEntryLite[] }>(
+        'GET',
+        `/v3/service_instances/${service}/fencing`,
+      );
+      const entries = (res.body.resources ?? []).filter((e) => e.at >= wallAt - 1_000).reverse();
+      if (entries.length === 0) return 'no entries';
+      return entries
+        .map(
+          (e) =>
+            `+${Math.round(e.at - wallAt)}ms ${e.trigger}/${e.step} ${e.outcome} ${e.instanceId ?? ''} ${e.message}`,
+        )
+        .join(' | ');
+    } catch (err) {
+      return `history unavailable (${(err as Error).message})`;
+    }
+  };
+
+  const probeAll = async (svc: FaultService): Promise<Array<RoleProbe & { instance: string }>> => {
+    const known = [...addresses.get(svc.name)!];
+    return Promise.all(
+      known.map(async ([address, instance]) => {
+        const [host, port] = address.split(':');
+        return { ...(await probeRole(svc.engine, host, Number(port))), instance };
+      }),
+    );
+  };
+
+  let monitoring = true;
+  const monitor = async (): Promise<void> => {
+    while (monitoring) {
+      const started = performance.now();
+      await Promise.all(
+        services.map(async (svc) => {
+          const view = await platform.service(svc.name);
+          if (view) views.set(svc.name, view);
+          rememberAddresses(svc, view);
+          const probes = await probeAll(svc);
+          const primaries = probes.filter((p) => p.primary);
+          const writable = probes.filter((p) => p.acceptsWrites);
+          const describe = (ps: typeof probes): string =>
+            ps.map((p) => `${p.instance} ${p.address} [${p.detail}]`).join(', ');
+          episode(`one-primary:${svc.name}`, primaries.length > 1, () =>
+            violate(
+              'one-primary',
+              svc.name,
+              `${primaries.length} instances claim primary: ${describe(primaries)}; view: ${describeView(view)}`,
+            ),
+          );
+          episode(`one-writable:${svc.name}`, writable.length > 1, () =>
+            violate(
+              'one-writable',
+              svc.name,
+              `${writable.length} instances would commit writes: ${describe(writable)}; view: ${describeView(view)}`,
+            ),
+          );
+          const writer = writers.get(svc.name);
+          const failingSince = writer?.failingSince();
+          const failingMs = failingSince === undefined ? 0 : performance.now() - failingSince;
+          episode(
+            `running-while-failing:${svc.name}`,
+            view?.status === 'running' && failingMs > RUNNING_WHILE_FAILING_MS,
+            () => {
+              const last = writer?.failed.at(-1);
+              violate(
+                'running-means-writable',
+                svc.name,
+                `status running while writes through the router have failed for ${Math.round(failingMs)} ms (last error: ${last?.error ?? 'write hangs'}); view: ${describeView(view)}`,
+              );
+            },
+          );
+        }),
+      ).catch((err: unknown) => log(`monitor: ${(err as Error).message}`));
+      await platform.refreshEnginePids();
+      await sleep(Math.max(50, probeInterval - (performance.now() - started)));
+    }
+  };
+
+  /** The checks run once the platform has settled after a fault (and at the end). */
+  const checkSettled = async (): Promise<void> => {
+    for (const svc of services) {
+      const view = await platform.service(svc.name);
+      const writer = writers.get(svc.name)!;
+      // Acknowledged writes: all of them, every time, so a write lost late is still found.
+      try {
+        const acked = writer.acked.map((a) => a.id);
+        const missing = await missingWrites(svc.engine, view?.port ?? 0, runId, acked);
+        if (missing.length > 0) {
+          const byId = new Map(writer.acked.map((a) => [a.id, a]));
+          const sample = missing
+            .slice(0, 5)
+            .map((id) => `#${id} acked at ${since(byId.get(id)!.ackedAt)} ms`)
+            .join(', ');
+          violate(
+            'acked-write-lost',
+            svc.name,
+            `${missing.length} of ${acked.length} acknowledged writes missing (${sample}); view: ${describeView(view)}`,
+          );
+          // Each lost write is reported once; later checks compare against what remains.
+          const lost = new Set(missing);
+          const keep = writer.acked.filter((a) => !lost.has(a.id));
+          writer.acked.length = 0;
+          writer.acked.push(...keep);
+        }
+      } catch (err) {
+        violate(
+          'acked-write-lost',
+          svc.name,
+          `could not read the writes back through the router: ${(err as Error).message}`,
+        );
+      }
+      // The router's backend is the one instance that claims primary.
+      const probes = await probeAll(svc);
+      const primaries = probes.filter((p) => p.primary).map((p) => p.address);
+      const backends = view ? await platform.routerBackends(view.port) : undefined;
+      const active = (backends ?? [])
+        .filter((b) => b.state === 'active' && b.role === 'primary')
+        .map((b) => `${b.host}:${b.port}`);
+      if (backends === undefined)
+        violate('router-points-at-primary', svc.name, 'the router admin /routes did not answer');
+      else if (primaries.length !== 1 || active.length !== 1 || active[0] !== primaries[0])
+        violate(
+          'router-points-at-primary',
+          svc.name,
+          `router active primary backend(s) [${active.join(', ')}], instances claiming primary [${primaries.join(', ')}]; view: ${describeView(view)}`,
+        );
+      // A `running` status means a client arriving now can write.
+      if (view?.status === 'running') {
+        const error = await probeWrite(svc.engine, view.port);
+        if (error)
+          violate(
+            'running-means-writable',
+            svc.name,
+            `status running but a fresh write through the router failed: ${error}`,
+          );
+      }
+    }
+  };
+
+  try {
+    await platform.start();
+    log(
+      `platform up: control ${platform.controlUrl}, router admin ${platform.routerAdminPort}, cells ${platform.cellNames.join(', ')}`,
+    );
+    for (const svc of services) {
+      const res = await platform.api('POST', '/v3/service_instances', {
+        name: svc.name,
+        engine: svc.engine,
+        replicas: 1,
+        durability: 'sync',
+        volume: { sizeMb: VOLUME_MB[svc.engine] },
+      });
+      if (res.status !== 201) throw new Error(`creating ${svc.name}: ${res.status} ${JSON.stringify(res.body)}`);
+    }
+    for (const svc of services)
+      await platform.waitUntil(`${svc.name} running`, async () => settled(await platform.service(svc.name)), 180_000);
+    for (const svc of services) {
+      const view = (await platform.service(svc.name))!;
+      views.set(svc.name, view);
+      rememberAddresses(svc, view);
+      writers.set(svc.name, startWriter(svc.engine, svc.name, view.port, runId));
+    }
+    await platform.waitUntil(
+      'first acknowledged writes',
+      async () => [...writers.values()].every((w) => w.acked.length >= 10),
+      60_000,
+    );
+    log(`services running: ${services.map((s) => `${s.name} (${s.engine}) on ${views.get(s.name)?.port}`).join(', ')}`);
+    const monitorDone = monitor();
+
+    const faultTimes: number[] = [];
+    for (let i = 1; i <= options.faults; i++) {
+      await sleep(rng.int(gap[0], gap[1]));
+      const kind = rng.pick(options.kinds);
+      // A violation found during the gap still belongs to the previous fault; from here on, to this one.
+      step = i;
+      currentFault = kind.name;
+      const epochsBefore = new Map(services.map((s) => [s.name, views.get(s.name)?.epoch]));
+      let fault: AppliedFault;
+      try {
+        fault = await kind.apply({ platform, rng, services, step });
+      } catch (err) {
+        fault = {
+          kind: kind.name,
+          detail: `the fault itself failed: ${(err as Error).message}`,
+          at: performance.now(),
+        };
+      }
+      faultTimes.push(fault.at);
+      log(
+        `step ${step} at ${since(fault.at)} ms: ${fault.kind}${fault.service ? ` ${fault.service}` : ''}: ${fault.detail}${fault.action ? ` -> exit ${fault.action.code} in ${Math.round(fault.action.ms)} ms` : ''}`,
+      );
+      const record: StepRecord = {
+        step,
+        kind: fault.kind,
+        service: fault.service,
+        target: fault.target,
+        detail: fault.detail,
+        atMs: since(fault.at),
+        action: fault.action,
+        recoveryMs: {},
+        failedWrites: {},
+        settledMs: null,
+      };
+      steps.push(record);
+      if (fault.action && fault.expectedCode !== undefined && fault.action.code !== fault.expectedCode)
+        violate(
+          'action-exit-code',
+          fault.service,
+          `expected exit ${fault.expectedCode}, got ${fault.action.code}: ${fault.action.output.slice(-400)}`,
+        );
+
+      // Settle: every service running with all its instances.
+      const deadline = fault.at + settleTimeout;
+      let lastViews = new Map<string, ServiceViewLite | undefined>();
+      for (;;) {
+        lastViews = new Map(
+          await Promise.all(services.map(async (s) => [s.name, await platform.service(s.name)] as const)),
+        );
+        // A view read right after a fault may not show it yet: settled also needs every writer
+        // acknowledged after the fault and not failing now, and enough time for a hanging write to
+        // have timed out.
+        const writersHealthy = services.every((s) => {
+          const w = writers.get(s.name)!;
+          return w.firstAckIssuedAfter(fault.at) !== undefined && w.failingSince() === undefined;
+        });
+        if (
+          performance.now() - fault.at > MIN_SETTLE_MS &&
+          writersHealthy &&
+          services.every((s) => settled(lastViews.get(s.name)))
+        ) {
+          record.settledMs = Math.round(performance.now() - fault.at);
+          break;
+        }
+        if (performance.now() > deadline) break;
+        await sleep(200);
+      }
+      // Recovery: the end of the outage the fault caused, i.e. the first acknowledged write issued
+      // after the last failed one (up to the settle point); with no failure, the first write after
+      // the fault. Measured from the fault, so an action's own duration counts.
+      const windowEnd = performance.now();
+      for (const svc of services) {
+        const writer = writers.get(svc.name)!;
+        const lastFailure = writer.failed.filter((f) => f.at >= fault.at && f.at <= windowEnd).at(-1);
+        const from = lastFailure ? lastFailure.at : fault.at;
+        const waitUntil = Math.max(deadline, windowEnd + 5_000);
+        while (!writer.firstAckIssuedAfter(from) && performance.now() < waitUntil) await sleep(20);
+        const ack = writer.firstAckIssuedAfter(from);
+        const ms = ack ? ack.ackedAt - fault.at : null;
+        record.recoveryMs[svc.name] = ms === null ? null : Math.round(ms);
+        if (ms === null || ms > recoveryBound)
+          violate(
+            'write-recovery',
+            svc.name,
+            `${
+              ms === null
+                ? `no acknowledged write through the router since ${Math.round(from - fault.at)} ms after the fault`
+                : `writes through the router recovered ${Math.round(ms)} ms after the fault (bound ${recoveryBound} ms)`
+            }; last error: ${lastFailure?.error ?? '-'}; ${writer.failedBetween(fault.at, windowEnd)} failed writes; ` +
+              `fencing: ${await fencingSince(svc.name, fault.at)}; view: ${describeView(lastViews.get(svc.name))}`,
+          );
+      }
+      if (record.settledMs === null)
+        for (const s of services)
+          if (!settled(lastViews.get(s.name)))
+            violate(
+              'settles',
+              s.name,
+              `not running with all instances ${settleTimeout} ms after the fault: ${describeView(lastViews.get(s.name))}; fencing: ${await fencingSince(s.name, fault.at)}`,
+            );
+      if (fault.refused) {
+        for (const s of services) {
+          const failed = writers.get(s.name)!.failedBetween(fault.at, fault.at + (fault.action?.ms ?? 0) + 2_000);
+          const epochAfter = lastViews.get(s.name)?.epoch;
+          if (s.name === fault.service && (failed > 0 || epochAfter !== epochsBefore.get(s.name)))
+            violate(
+              'refused-action-harmless',
+              s.name,
+              `${failed} writes failed during the refused action; epoch ${epochsBefore.get(s.name)} -> ${epochAfter}`,
+            );
+        }
+      }
+      await checkSettled();
+    }
+    step = options.faults + 1;
+    currentFault = 'final';
+    await sleep(1_000);
+    await checkSettled();
+    monitoring = false;
+    await monitorDone;
+    for (const w of writers.values()) await w.stop();
+    // Failed writes per fault: from this fault to the next one.
+    const end = performance.now();
+    steps.forEach((s, i) => {
+      const from = faultTimes[i];
+      const to = faultTimes[i + 1] ?? end;
+      for (const [name, w] of writers) s.failedWrites[name] = w.failedBetween(from, to);
+    });
+  } catch (err) {
+    result.aborted = { error: (err as Error).stack ?? String(err), logs: platform.logs() };
+    log(`run aborted at step ${step}: ${(err as Error).message}`);
+  } finally {
+    monitoring = false;
+    for (const w of writers.values()) await w.stop().catch(() => undefined);
+    await platform.stop().catch((err: unknown) => log(`stopping the platform: ${(err as Error).message}`));
+  }
+  for (const [name, w] of writers) {
+    result.acknowledged[name] = w.acked.length;
+    result.failedWrites[name] = w.failed.length;
+  }
+  result.summary = summarize(steps, violations, services);
+  result.durationMs = Math.round(performance.now() - t0);
+  return result;
+}
+
+export function summarize(
+  steps: readonly StepRecord[],
+  violations: readonly Violation[],
+  services: readonly FaultService[],
+): KindSummary[] {
+  const rows: KindSummary[] = [];
+  const kinds = [...new Set(steps.map((s) => s.kind))].sort();
+  for (const kind of kinds) {
+    const ofKind = steps.filter((s) => s.kind === kind);
+    for (const svc of services) {
+      const rec = ofKind.map((s) => s.recoveryMs[svc.name]).filter((v): v is number => typeof v === 'number');
+      const failed = ofKind.reduce((n, s) => n + (s.failedWrites[svc.name] ?? 0), 0);
+      rows.push({
+        kind,
+        engine: svc.engine,
+        faults: ofKind.length,
+        recoveryP50Ms: percentile(rec, 50),
+        recoveryP99Ms: percentile(rec, 99),
+        recoveryMaxMs: rec.length ? Math.max(...rec) : null,
+        failedWrites: failed,
+        failedWritesPerFault: ofKind.length ? failed / ofKind.length : 0,
+        violations: violations.filter((v) => v.fault === kind && v.service === svc.name).length,
+      });
+    }
+  }
+  return rows;
+}

@@ -1,0 +1,263 @@
+/**
+ * The faults a schedule is made of. Each kind is one plug-in (`FaultKind`): it picks its target
+ * with the schedule's PRNG, applies the fault, and says when it hit. New kinds (faults that need
+ * features still being built) are added to `FAULT_KINDS` with `optIn` set, so the default
+ * schedule leaves them out until they are expected to pass, and `--kinds` can still ask for them.
+ */
+import type { FaultPlatform, ServiceViewLite } from './fault-platform';
+import type { Prng } from './fault-prng';
+import type { EngineName } from './fault-writers';
+
+export interface FaultService {
+  name: string;
+  engine: EngineName;
+}
+
+export interface FaultContext {
+  platform: FaultPlatform;
+  rng: Prng;
+  services: readonly FaultService[];
+  /** The step number, for unique names (e.g. a bad failover target). */
+  step: number;
+}
+
+export interface AppliedFault {
+  kind: string;
+  /** The service the fault was aimed at, if any (all are checked). */
+  service?: string;
+  /** What was hit: a cell, an instance id, a process. */
+  target?: string;
+  detail: string;
+  /** performance.now() when the fault hit; recovery is measured from here. */
+  at: number;
+  /** An operator action the platform must refuse: it must fail no write and leave no trace. */
+  refused?: boolean;
+  /** The CLI's exit code and output, for operator actions. */
+  action?: { code: number; output: string; ms: number };
+  /** Expected exit code of the action (0 unless said otherwise). */
+  expectedCode?: number;
+}
+
+export interface FaultKind {
+  name: string;
+  description: string;
+  /** Set when the kind needs a feature under construction: why it is not in the default schedule. */
+  optIn?: string;
+  apply(ctx: FaultContext): Promise<AppliedFault>;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+async function targetService(ctx: FaultContext): Promise<{ svc: FaultService; view: ServiceViewLite | undefined }> {
+  const svc = ctx.rng.pick(ctx.services);
+  return { svc, view: await ctx.platform.service(svc.name) };
+}
+
+function primaryOf(view: ServiceViewLite | undefined): ServiceViewLite['instances'][number] | undefined {
+  return view?.instances.find((i) => i.role === 'primary');
+}
+
+async function cliAction(
+  ctx: FaultContext,
+  kind: string,
+  svc: FaultService,
+  args: string[],
+  detail: string,
+  expectedCode = 0,
+): Promise<AppliedFault> {
+  const at = performance.now();
+  const action = await ctx.platform.sf(args);
+  return { kind, service: svc.name, detail, at, action, expectedCode, refused: expectedCode !== 0 };
+}
+
+export const engineKill: FaultKind = {
+  name: 'engine-kill',
+  description: "SIGKILL of a service's primary engine process",
+  async apply(ctx) {
+    const { svc, view } = await targetService(ctx);
+    const primary = primaryOf(view);
+    const pid = primary ? (await ctx.platform.refreshEnginePids()).get(primary.id) : undefined;
+    const at = performance.now();
+    if (!primary || !pid)
+      return { kind: this.name, service: svc.name, detail: 'no primary pid known: nothing killed', at };
+    process.kill(pid, 'SIGKILL');
+    return { kind: this.name, service: svc.name, target: primary.id, detail: `SIGKILL pid ${pid}`, at };
+  },
+};
+
+export const cellKill: FaultKind = {
+  name: 'cell-kill',
+  description: 'SIGKILL of a cell agent (engines keep running), restarted 1-4 s later as a supervisor would',
+  async apply(ctx) {
+    const { svc, view } = await targetService(ctx);
+    // Mostly the primary's cell (the interesting case), sometimes any cell.
+    const cell = ctx.rng.chance(0.7) && primaryOf(view) ? primaryOf(view)!.cell : ctx.rng.pick(ctx.platform.cellNames);
+    const downMs = ctx.rng.int(1_000, 4_000);
+    await ctx.platform.refreshEnginePids();
+    const at = performance.now();
+    await ctx.platform.killCell(cell);
+    await sleep(downMs);
+    await ctx.platform.startCell(cell);
+    return {
+      kind: this.name,
+      service: svc.name,
+      target: cell,
+      detail: `SIGKILL ${cell}${primaryOf(view)?.cell === cell ? ` (primary of ${svc.name})` : ''}, restarted after ${downMs} ms`,
+      at,
+    };
+  },
+};
+
+export const controlRestart: FaultKind = {
+  name: 'control-restart',
+  description: 'control stopped (SIGKILL or SIGTERM) and started again',
+  async apply(ctx) {
+    const signal = ctx.rng.chance(0.5) ? 'SIGKILL' : 'SIGTERM';
+    const at = performance.now();
+    await ctx.platform.restartControl(signal);
+    return { kind: this.name, target: 'control', detail: `${signal}, restarted`, at };
+  },
+};
+
+export const routerRestart: FaultKind = {
+  name: 'router-restart',
+  description: 'SIGKILL of the router, started again (it reloads its cache file or the table)',
+  async apply(ctx) {
+    const at = performance.now();
+    await ctx.platform.restartRouter();
+    return { kind: this.name, target: 'router', detail: 'SIGKILL, restarted', at };
+  },
+};
+
+export const failoverPlanned: FaultKind = {
+  name: 'failover-planned',
+  description: '`sf failover NAME` on a healthy service (planned switchover)',
+  async apply(ctx) {
+    const { svc } = await targetService(ctx);
+    return cliAction(ctx, this.name, svc, ['failover', svc.name], `sf failover ${svc.name}`);
+  },
+};
+
+export const failoverTo: FaultKind = {
+  name: 'failover-to',
+  description: '`sf failover NAME --to REPLICA`',
+  async apply(ctx) {
+    const { svc, view } = await targetService(ctx);
+    const replica = view?.instances.find((i) => i.role === 'replica');
+    if (!replica)
+      return { kind: this.name, service: svc.name, detail: 'no replica: nothing done', at: performance.now() };
+    return cliAction(
+      ctx,
+      this.name,
+      svc,
+      ['failover', svc.name, '--to', replica.id],
+      `sf failover ${svc.name} --to ${replica.id}`,
+    );
+  },
+};
+
+export const failoverBadTarget: FaultKind = {
+  name: 'failover-bad-target',
+  description: '`sf failover NAME --to nosuch`: must be refused (exit 2) without touching the service',
+  async apply(ctx) {
+    const { svc } = await targetService(ctx);
+    const target = `nosuch-${ctx.step}`;
+    return cliAction(
+      ctx,
+      this.name,
+      svc,
+      ['failover', svc.name, '--to', target],
+      `sf failover ${svc.name} --to ${target}`,
+      2,
+    );
+  },
+};
+
+export const fenceUnfence: FaultKind = {
+  name: 'fence-unfence',
+  description: '`sf fence NAME`, then `sf unfence NAME` 0.5-2 s later',
+  async apply(ctx) {
+    const { svc } = await targetService(ctx);
+    const pauseMs = ctx.rng.int(500, 2_000);
+    const at = performance.now();
+    const fence = await ctx.platform.sf(['fence', svc.name]);
+    await sleep(pauseMs);
+    const unfence = await ctx.platform.sf(['unfence', svc.name]);
+    // Only the fence must succeed: under `auto` the fence already promoted a replica and rejoined
+    // the old primary, and `sf unfence` then answers 1 "nothing to unfence" by design.
+    return {
+      kind: this.name,
+      service: svc.name,
+      detail: `sf fence ${svc.name} (exit ${fence.code}); ${pauseMs} ms; sf unfence (exit ${unfence.code})`,
+      at,
+      action: {
+        code: fence.code,
+        output: `fence: ${fence.output}\nunfence: ${unfence.output}`,
+        ms: fence.ms + unfence.ms,
+      },
+      expectedCode: 0,
+    };
+  },
+};
+
+export const stateRedisRestart: FaultKind = {
+  name: 'state-redis-restart',
+  description: 'SIGKILL of the state redis-server, restarted on its append-only file',
+  async apply(ctx) {
+    const at = performance.now();
+    await ctx.platform.restartStateRedis(false);
+    return { kind: this.name, target: 'state-redis', detail: 'SIGKILL, restarted with its AOF', at };
+  },
+};
+
+export const stateRedisWipe: FaultKind = {
+  name: 'state-redis-wipe',
+  description: 'the state redis-server comes back empty (files lost)',
+  optIn: 'issue 10 finding 5: routers and control must survive a store that comes back empty (in progress)',
+  async apply(ctx) {
+    const at = performance.now();
+    await ctx.platform.restartStateRedis(true);
+    return { kind: this.name, target: 'state-redis', detail: 'SIGKILL, files deleted, restarted empty', at };
+  },
+};
+
+export const platformRestart: FaultKind = {
+  name: 'platform-restart',
+  description: 'what a restart of `sf up` does: control, router and cells stopped and started, engines kept',
+  optIn: 'issue 10 finding 1: restart grace and re-adoption by a new leader (in progress)',
+  async apply(ctx) {
+    const at = performance.now();
+    await ctx.platform.restartPlatformProcesses();
+    return { kind: this.name, target: 'control, router, cells', detail: 'SIGTERM all, restarted', at };
+  },
+};
+
+/** Every known kind; the default schedule uses those without `optIn`. */
+export const FAULT_KINDS: readonly FaultKind[] = [
+  engineKill,
+  cellKill,
+  controlRestart,
+  routerRestart,
+  failoverPlanned,
+  failoverTo,
+  failoverBadTarget,
+  fenceUnfence,
+  stateRedisRestart,
+  stateRedisWipe,
+  platformRestart,
+];
+
+export function defaultFaultKinds(): FaultKind[] {
+  return FAULT_KINDS.filter((k) => !k.optIn);
+}
+
+/** Kinds by name; throws naming the unknown one. */
+export function faultKindsByName(names: readonly string[]): FaultKind[] {
+  return names.map((n) => {
+    const kind = FAULT_KINDS.find((k) => k.name === n);
+    if (!kind) throw new Error(`unknown fault kind '${n}' (known: ${FAULT_KINDS.map((k) => k.name).join(', ')})`);
+    return kind;
+  });
+}
