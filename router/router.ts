@@ -127,12 +127,21 @@ export class Router {
    * not resolved here; connect time checks them after resolution.
    */
   selfLoops(table: RouteTable): SelfLoop[] {
-    const own = [...new Set(table.routes.map((r) => r.port))].map((port) => ({ host: this.options.bindHost, port }));
-    own.push(...this.ownAddresses);
+    // Indexed by port: a 10,000-route table costs one map lookup per backend, and only a backend
+    // on one of the router's ports has its host looked at.
+    const own = new Map<number, ListenAddress[]>();
+    const add = (a: ListenAddress): void => {
+      const onPort = own.get(a.port);
+      if (onPort) onPort.push(a);
+      else own.set(a.port, [a]);
+    };
+    for (const r of table.routes) if (!own.has(r.port)) add({ host: this.options.bindHost, port: r.port });
+    for (const a of this.ownAddresses) add(a);
     const loops: SelfLoop[] = [];
     table.routes.forEach((route, i) => {
       route.backends.forEach((b, j) => {
-        const target = ownAddressHit(b.host, b.port, own);
+        const onPort = own.get(b.port);
+        const target = onPort && ownAddressHit(b.host, b.port, onPort);
         if (target) loops.push({ route: i, backend: j, target });
       });
     });
