@@ -5,11 +5,11 @@
 import { type Command } from 'commander';
 import { DEFAULT_CELL_AGENT_OPTIONS } from '../cell/cell-agent-defaults';
 import { exitWithError } from './cli-support';
+import { withRedisCredentialsOption } from './redis-credentials-option';
 import type { CellFlags } from './cell-main';
 
 export function registerCellCommand(program: Command): void {
-  program
-    .command('cell')
+  withRedisCredentialsOption(program.command('cell'))
     .description('run the cell agent of this host: registers with control, runs and reports service instances')
     .option('--name <name>', 'cell name, unique in the platform')
     .option('--zone <zone>', 'failure zone; replicas of a service are spread across zones')

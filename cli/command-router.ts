@@ -6,11 +6,11 @@ import { type Command, Option } from 'commander';
 import { DEFAULT_ROUTER_OPTIONS } from '../router/router-options';
 import { DEFAULT_ROUTER_GROUP } from '../protocol/route-defaults';
 import { exitWithError } from './cli-support';
+import { withRedisCredentialsOption } from './redis-credentials-option';
 import type { RouterFlags } from './router-main';
 
 export function registerRouterCommand(program: Command): void {
-  program
-    .command('router')
+  withRedisCredentialsOption(program.command('router'))
     .description('run an L4 TCP router from a route file or a router group pushed by control')
     .option('--routes <file>', 'static JSON route file; reloaded on SIGHUP and when it changes')
     .option(

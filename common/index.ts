@@ -3,3 +3,4 @@ export * from './errors';
 export * from './logger';
 export * from './options';
 export * from './redis-connection';
+export * from './redis-credentials';

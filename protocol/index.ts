@@ -8,3 +8,4 @@ export * from './route-model';
 export * from './route-push-protocol';
 export * from './cell-protocol';
 export * from './lease';
+export * from './acl';
