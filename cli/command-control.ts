@@ -5,6 +5,7 @@
  */
 import type { Command } from 'commander';
 import { controlUrlForListen, ensureAdminToken } from '../control/admin-token';
+import { DEFAULT_CONTROL_API_OPTIONS as API_DEFAULTS } from '../control/api/api-options';
 import type { StaticToken } from '../control/api/token-authenticator';
 import { DEFAULT_CONTROL_SERVER_OPTIONS as DEFAULTS } from '../control/control-options';
 import { exitWithError, parseHostPort, parseIntFlag } from './cli-support';
@@ -16,6 +17,9 @@ interface ControlFlags {
   tokensFile?: string;
   bodyLimit: string;
   sweepIntervalMs: string;
+  maxUrlBytes: string;
+  maxHeaderBytes: string;
+  eventBacklogBytes: string;
 }
 
 async function runControl(flags: ControlFlags): Promise<void> {
@@ -38,6 +42,11 @@ async function runControl(flags: ControlFlags): Promise<void> {
     staticTokens,
     bodyLimitBytes: parseIntFlag(flags.bodyLimit, '--body-limit', 1024),
     sweepIntervalMs: parseIntFlag(flags.sweepIntervalMs, '--sweep-interval-ms', 10),
+    api: {
+      maxUrlBytes: parseIntFlag(flags.maxUrlBytes, '--max-url-bytes', 256, 100_000),
+      maxHeaderBytes: parseIntFlag(flags.maxHeaderBytes, '--max-header-bytes', 1024, 100_000),
+      eventBacklogLimitBytes: parseIntFlag(flags.eventBacklogBytes, '--event-backlog-bytes', 4096),
+    },
     logger: log,
   });
   const shutdown = (signal: string): void => {
@@ -61,5 +70,16 @@ export function registerControlCommand(program: Command): void {
     .option('--tokens-file <file>', 'JSON list of extra tokens: [{"name","token","scopes":["read"|"write"|"admin"]}]')
     .option('--body-limit <bytes>', 'largest accepted request body', String(DEFAULTS.bodyLimitBytes))
     .option('--sweep-interval-ms <ms>', 'how often expired routes are removed', String(DEFAULTS.sweepIntervalMs))
+    .option('--max-url-bytes <bytes>', 'longest request URL (414 beyond)', String(API_DEFAULTS.maxUrlBytes))
+    .option(
+      '--max-header-bytes <bytes>',
+      'largest request header block (431 beyond)',
+      String(API_DEFAULTS.maxHeaderBytes),
+    )
+    .option(
+      '--event-backlog-bytes <bytes>',
+      'how far an event-stream client may fall behind before it is disconnected (told to resync)',
+      String(API_DEFAULTS.eventBacklogLimitBytes),
+    )
     .action((flags: ControlFlags) => runControl(flags).catch(exitWithError));
 }
