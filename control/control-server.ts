@@ -98,6 +98,10 @@ export async function startControlServer(options: ControlServerOptions = {}): Pr
   sweeper.start();
   const host = opts.host.includes(':') ? `[${opts.host}]` : opts.host;
   log.info({ host: opts.host, port }, 'control API listening');
+  // A wildcard listen address is not an address to reach; on this host loopback reaches it.
+  const listenHost: string = opts.host;
+  const reachable = listenHost === '0.0.0.0' ? '127.0.0.1' : listenHost === '::' ? '[::1]' : host;
+  services.advertise(`http://${reachable}:${port}`);
 
   return {
     url: `http://${host}:${port}`,

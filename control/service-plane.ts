@@ -61,6 +61,8 @@ export interface ServicePlane {
   readonly store: ServiceStore;
   readonly elector: LeaderElector;
   readonly loop: ConvergenceLoop;
+  /** Publishes this control's API URL while it leads, so standbys forward actions to it (issue 10). */
+  advertise(url: string): void;
   close(): Promise<void>;
 }
 
@@ -113,7 +115,9 @@ export async function startServicePlane(
     store,
     elector,
     loop: running,
+    advertise: (url) => fencing.advertise(url),
     async close() {
+      fencing.stopAdvertising();
       await running.stop();
       await elector.stop();
     },

@@ -83,6 +83,8 @@ export interface KeyLayout {
   readonly leaderLock: string;
   /** String: the fencing token counter; INCRed by every acquisition of the lock. */
   readonly leaderToken: string;
+  /** String: JSON `{url, holder, token}` with a PX TTL, where the leader's API answers (forwarding). */
+  readonly leaderApi: string;
   /** List: a service's fencing history, newest first. */
   fencingHistory(service: string): string;
 
@@ -119,6 +121,7 @@ export function keyLayout(prefix: string = DEFAULT_KEY_PREFIX): KeyLayout {
     serviceEventLog: `${prefix}service-events:log`,
     leaderLock: `${prefix}leader`,
     leaderToken: `${prefix}leader:token`,
+    leaderApi: `${prefix}leader:api`,
     fencingHistory: (service) => `${prefix}fencing:${service}`,
     cells: `${prefix}cells`,
     cellEvents: `${prefix}cell-events`,

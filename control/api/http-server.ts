@@ -59,6 +59,8 @@ export interface RequestContext {
   query: URLSearchParams;
   /** Null only on routes that need no scope. */
   principal: Principal | null;
+  /** The raw Authorization header, so a standby can forward an action to the leader as its sender. */
+  authorization?: string;
   /** The parsed JSON body; rejects with SF_ERR_INVALID_JSON or SF_ERR_BODY_TOO_LARGE. */
   body(): Promise<unknown>;
 }
@@ -448,6 +450,7 @@ export class HttpServer {
         params: req.params,
         query: req.query,
         principal,
+        authorization: req.authorization,
         body: async () => parseJson(body ? await body : Buffer.alloc(0)),
       };
       const reply = await handler(ctx);

@@ -21,6 +21,7 @@ import { DEFAULT_FAILOVER_OPTIONS, type FailoverOptions } from './failover-optio
 import { FencingHistory, type FencingStep } from './fencing-history';
 import { FencingOperation, FencingSequence, type StepRecorder } from './fencing-sequence';
 import { cellFencingSteps, type FencingSteps } from './fencing-steps';
+import { LeaderAddressBook, type LeaderAddress } from './leader-address';
 import { planAction, type ActionPlan, type FencingAction } from './action-validation';
 import type { Redis } from 'ioredis';
 import type { RouteEmitter } from '../services/route-emitter';
@@ -64,6 +65,8 @@ export class FencingFailoverCoordinator implements FailoverCoordinator {
   /** instanceId -> when its lease was first seen missing, for the grace period. */
   private readonly leaseMissingSince = new Map<string, number>();
   private elector: LeaderElector | undefined;
+  /** Where the leader's API answers, published while this control leads (issue 10). */
+  private readonly addresses: LeaderAddressBook;
 
   constructor(
     private readonly deps: FencingCoordinatorDeps,
@@ -82,7 +85,26 @@ export class FencingFailoverCoordinator implements FailoverCoordinator {
         routes: deps.routes,
         options: this.options,
       });
+    this.addresses = new LeaderAddressBook(deps.redis, deps.store.keys, () => this.elector?.current() ?? null);
     this.sequence = new FencingSequence({ store: deps.store, directory: deps.directory, steps, options: this.options });
+  }
+
+  /** Publishes `url` as the leader's API address whenever this control leads. */
+  advertise(url: string): void {
+    this.addresses.advertise(url);
+  }
+
+  stopAdvertising(): void {
+    this.addresses.stop();
+  }
+
+  isLeader(): boolean {
+    return this.elector?.current() != null;
+  }
+
+  /** The current leader's API address (null when unknown), for forwarding actions to it. */
+  leaderAddress(): Promise<LeaderAddress | null> {
+    return this.addresses.lookup();
   }
 
   /** The elector is created after the coordinator (it is part of the reconciler's wiring). */

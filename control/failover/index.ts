@@ -24,6 +24,7 @@ export {
   type RejoinResult,
   type CellView,
 } from './fencing-steps';
+export { LeaderAddressBook, type LeaderAddress, type LeaderAddressOptions } from './leader-address';
 export { planAction, eligibleReplicas, type ActionPlan } from './action-validation';
 export { FencingHistory, type FencingStep, type FencingStepName, type FencingOutcome } from './fencing-history';
 export { DEFAULT_FAILOVER_OPTIONS, type FailoverOptions } from './failover-options';

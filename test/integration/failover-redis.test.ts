@@ -165,8 +165,9 @@ describe('failover: redis', function () {
       'publish',
     ])
       expect(hist.stdout).to.include(step);
+    // A refused action (here: an unknown service, 404) is the caller's to fix: exit 2 (issue 10).
     const missing = await sf(cluster, ['fence', 'no-such-service']);
-    expect(missing.code).to.equal(1);
+    expect(missing.code).to.equal(2);
     const usage = await sf(cluster, ['failover']);
     expect(usage.code).to.equal(2);
   });

@@ -1,0 +1,260 @@
+/**
+ * Issue 10 on a real platform (state Redis, control, router, three cells): a planned switchover
+ * demotes the old primary for real on both engines, a refused operator action costs no write,
+ * and a primary that cannot commit is reported `degraded`, not `running`.
+ */
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { expect } from 'chai';
+import { Redis } from 'ioredis';
+import type { FencingStep } from '../../control/failover';
+import type { ServiceView } from '../../control/services';
+import { enginePid, primaryOf, sf } from '../helpers/failover-support';
+import { useServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
+import { eventually } from '../helpers/tcp-client';
+
+const run = promisify(execFile);
+
+async function psql(port: number, sql: string, timeoutMs = 10_000): Promise<string> {
+  const { stdout } = await run(
+    'psql',
+    [
+      '-h',
+      '127.0.0.1',
+      '-p',
+      String(port),
+      '-U',
+      'postgres',
+      '-d',
+      'postgres',
+      '-XAtq',
+      '-v',
+      'ON_ERROR_STOP=1',
+      '-c',
+      sql,
+    ],
+    { timeout: timeoutMs, env: { ...process.env, PGCONNECT_TIMEOUT: '3' } },
+  );
+  return stdout.trim();
+}
+
+async function redisRole(port: number): Promise<string> {
+  const r = new Redis({
+    port,
+    host: '127.0.0.1',
+    lazyConnect: true,
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null,
+  });
+  r.on('error', () => undefined);
+  try {
+    await r.connect();
+    return String(((await r.call('ROLE')) as unknown[])[0]);
+  } finally {
+    r.disconnect();
+  }
+}
+
+async function create(cluster: ServiceCluster, body: Record<string, unknown>): Promise<ServiceView> {
+  const res = await cluster.api<ServiceView>('POST', '/v3/service_instances', { volume: { sizeMb: 64 }, ...body });
+  expect(res.status, JSON.stringify(res.body)).to.equal(201);
+  return cluster.waitForService(
+    String(body.name),
+    120_000,
+    (v) => v.status === 'running' && v.instances.every((i) => i.state === 'running'),
+  );
+}
+
+async function history(cluster: ServiceCluster, name: string): Promise<FencingStep[]> {
+  return (await cluster.api<{ resources: FencingStep[] }>('GET', `/v3/service_instances/${name}/fencing`)).body
+    .resources;
+}
+
+describe('failover: planned switchover, refused actions, degraded primaries', function () {
+  this.timeout(240_000);
+  const running = useServiceCluster({ cells: 3 });
+  let cluster: ServiceCluster;
+  beforeEach(() => {
+    cluster = running();
+  });
+
+  it('refused actions cost no write: bad --to, unknown service, nothing to unfence, a second switchover target that is the primary', async () => {
+    const view = await create(cluster, { name: 'guard', engine: 'redis', replicas: 1, durability: 'sync' });
+    const primary = primaryOf(view);
+    const client = new Redis({ port: view.port, host: '127.0.0.1', maxRetriesPerRequest: 0, retryStrategy: () => 20 });
+    client.on('error', () => undefined);
+    await eventually(async () => (await client.set('warm', '1').catch(() => null)) === 'OK', 10_000, 'first write');
+    const before = await history(cluster, 'guard');
+    let ok = 0;
+    let failed = 0;
+    let stop = false;
+    const writer = (async () => {
+      for (let i = 0; !stop; i++) {
+        try {
+          await client.set(`g-${i}`, String(i));
+          const acked = Number(await client.call('WAIT', '1', '1000'));
+          if (acked >= 1) ok++;
+          else failed++;
+        } catch {
+          failed++;
+          await new Promise((r) => setTimeout(r, 5));
+        }
+      }
+    })();
+    const refused: Array<[string[], number]> = [];
+    try {
+      await new Promise((r) => setTimeout(r, 300));
+      for (const args of [
+        ['failover', 'guard', '--to', 'nosuch'],
+        ['failover', 'guard', '--to', primary.id],
+        ['failover', 'nosuch'],
+        ['fence', 'nosuch'],
+        ['unfence', 'guard'],
+      ]) {
+        const res = await sf(cluster, args);
+        refused.push([args, res.code]);
+        expect(res.code, `sf ${args.join(' ')}: ${res.stderr}`).to.equal(2);
+        expect(res.stderr.trim().split('\n')).to.have.length(1);
+      }
+      const api = await cluster.api<{ error: { code: string; field?: string } }>(
+        'POST',
+        '/v3/service_instances/guard/actions/failover',
+        { to: 'nosuch' },
+      );
+      expect(api.status).to.equal(400);
+      expect(api.body.error).to.include({ code: 'SF_ERR_INVALID_FAILOVER_TARGET', field: 'to' });
+      await new Promise((r) => setTimeout(r, 1_500));
+    } finally {
+      stop = true;
+      await writer;
+      client.disconnect();
+    }
+    console.log(
+      `      refused actions (${refused.length} CLI + 1 API) under a sync writer: ${ok} writes acknowledged, ${failed} failed`,
+    );
+    expect(failed).to.equal(0);
+    expect(ok).to.be.greaterThan(0);
+    const after = await cluster.waitForService('guard', 5_000, () => true);
+    expect(after.epoch).to.equal(view.epoch);
+    expect(primaryOf(after).id).to.equal(primary.id);
+    expect(after.status).to.equal('running');
+    expect(await history(cluster, 'guard')).to.deep.equal(before);
+  });
+
+  it('redis: sf failover leaves exactly one master; the old primary is a read-only replica that receives writes made through the router', async () => {
+    const view = await create(cluster, { name: 'rsw', engine: 'redis', replicas: 1, durability: 'sync' });
+    const old = primaryOf(view);
+    const t0 = performance.now();
+    const res = await sf(cluster, ['failover', 'rsw', '--json']);
+    const ms = performance.now() - t0;
+    expect(res.code, res.stderr).to.equal(0);
+    const out = JSON.parse(res.stdout) as { steps: FencingStep[]; service: ServiceView };
+    const steps = out.steps.map((s) => `${s.step}:${s.outcome}`);
+    console.log(`      redis switchover (sf failover, sync, 1 replica): ${ms.toFixed(0)} ms`);
+    expect(steps).to.include.members(['stop:ok', 'promote:ok', 'rejoin:ok', 'commit-check:ok']);
+    expect(steps.indexOf('stop:ok')).to.be.lessThan(steps.indexOf('promote:ok'));
+
+    // At the moment the command returns: one master, and the old primary is a replica.
+    const roles = await Promise.all(out.service.instances.map((i) => redisRole(i.port!)));
+    expect(roles.filter((r) => r === 'master')).to.have.length(1);
+    const now = primaryOf(out.service);
+    expect(now.id).to.not.equal(old.id);
+    const oldPort = out.service.instances.find((i) => i.id === old.id)!.port!;
+    expect(await redisRole(oldPort)).to.equal('slave');
+
+    const direct = new Redis({ port: oldPort, host: '127.0.0.1', maxRetriesPerRequest: 0 });
+    const client = new Redis({ port: view.port, host: '127.0.0.1', maxRetriesPerRequest: 0, retryStrategy: () => 20 });
+    client.on('error', () => undefined);
+    try {
+      let err: Error | undefined;
+      await direct.set('x', '1').catch((e: Error) => (err = e));
+      expect(err?.message).to.match(/READONLY/);
+      await eventually(
+        async () => (await client.set('after-switch', 'v').catch(() => null)) === 'OK',
+        10_000,
+        'write through router',
+      );
+      expect(Number(await client.call('WAIT', '1', '5000'))).to.equal(1);
+      await eventually(async () => (await direct.get('after-switch')) === 'v', 10_000, 'replicated to the old primary');
+    } finally {
+      direct.disconnect();
+      client.disconnect();
+    }
+    const view2 = await cluster.waitForService('rsw', 20_000, (v) => v.status === 'running');
+    expect(view2.instances.every((i) => i.state === 'running')).to.equal(true);
+  });
+
+  it('postgres: sf failover leaves exactly one writable instance; the old primary is a standby that replays writes made through the router', async () => {
+    const view = await create(cluster, {
+      name: 'psw',
+      engine: 'postgres',
+      replicas: 1,
+      durability: 'sync',
+      volume: { sizeMb: 128 },
+    });
+    const old = primaryOf(view);
+    await eventually(
+      async () => {
+        await psql(view.port, 'create table if not exists t (id int primary key)');
+        await psql(view.port, 'insert into t values (1) on conflict do nothing');
+        return true;
+      },
+      30_000,
+      'first write through the router',
+    );
+    const t0 = performance.now();
+    const res = await sf(cluster, ['failover', 'psw', '--json']);
+    const ms = performance.now() - t0;
+    expect(res.code, res.stderr).to.equal(0);
+    const out = JSON.parse(res.stdout) as { steps: FencingStep[]; service: ServiceView };
+    const steps = out.steps.map((s) => `${s.step}:${s.outcome}`);
+    console.log(
+      `      postgres switchover (sf failover, sync, 1 replica): ${ms.toFixed(0)} ms; steps ${steps.join(' ')}`,
+    );
+    expect(steps).to.include.members(['stop:ok', 'promote:ok', 'rejoin:ok', 'commit-check:ok']);
+
+    const recovery = await Promise.all(out.service.instances.map((i) => psql(i.port!, 'select pg_is_in_recovery()')));
+    expect(
+      recovery.filter((r) => r === 'f'),
+      recovery.join(','),
+    ).to.have.length(1);
+    const oldPort = out.service.instances.find((i) => i.id === old.id)!.port!;
+    expect(await psql(oldPort, 'select pg_is_in_recovery()')).to.equal('t');
+
+    // A write through the router commits (sync: the old primary, now the standby, acknowledged it).
+    await eventually(
+      async () => {
+        await psql(view.port, 'insert into t values (2)', 10_000);
+        return true;
+      },
+      15_000,
+      'write through the router after the switchover',
+    );
+    await eventually(
+      async () => (await psql(oldPort, 'select count(*) from t')) === '2',
+      10_000,
+      'replayed on the old primary',
+    );
+    let refused = '';
+    await psql(oldPort, 'insert into t values (3)').catch((e: Error) => (refused = e.message));
+    expect(refused).to.match(/read-only/);
+  });
+
+  it('a sync primary whose standby stops acknowledging is degraded with the reason, and running again once it acknowledges', async () => {
+    const view = await create(cluster, { name: 'stall', engine: 'redis', replicas: 1, durability: 'sync' });
+    const replica = view.instances.find((i) => i.role === 'replica')!;
+    const pid = await enginePid(cluster, view, replica.id);
+    process.kill(pid, 'SIGSTOP');
+    try {
+      const degraded = await cluster.waitForService('stall', 20_000, (v) => v.status === 'degraded');
+      console.log(`      degraded: ${degraded.message}`);
+      expect(degraded.message).to.match(/cannot commit/);
+      const p = primaryOf(degraded);
+      expect(p.state).to.equal('degraded');
+      expect(p.last_error?.message).to.match(/acknowledged|did not commit/);
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    await cluster.waitForService('stall', 30_000, (v) => v.status === 'running' && primaryOf(v).state === 'running');
+  });
+});
