@@ -22,6 +22,13 @@ describe('redis-connection', () => {
       });
     });
 
+    it("reads the master's ACL user besides its password", () => {
+      expect(parseSentinelUrl('redis-sentinel://control:p%40ss@10.0.0.1/sf-state')).to.include({
+        username: 'control',
+        password: 'p@ss',
+      });
+    });
+
     it('refuses a URL without a master name', () => {
       expect(() => parseSentinelUrl('redis-sentinel://10.0.0.1:26379')).to.throw(/master name/);
     });
