@@ -31,6 +31,8 @@ export const ErrorCode = {
   MaxConnections: 'SF_ERR_MAX_CONNECTIONS',
   ListenFailed: 'SF_ERR_LISTEN_FAILED',
   RouteSource: 'SF_ERR_ROUTE_SOURCE',
+  /** The store holds an older route table than the router applied (it lost data); refused. */
+  RouteVersionBackwards: 'SF_ERR_ROUTE_VERSION_BACKWARDS',
   Metrics: 'SF_ERR_METRICS',
 
   // Control state.
@@ -118,6 +120,7 @@ const HTTP_STATUS: Record<ErrorCodeValue, number> = {
   SF_ERR_MAX_CONNECTIONS: 503,
   SF_ERR_LISTEN_FAILED: 500,
   SF_ERR_ROUTE_SOURCE: 503,
+  SF_ERR_ROUTE_VERSION_BACKWARDS: 503,
   SF_ERR_METRICS: 500,
 
   SF_ERR_STALE_MODIFICATION_TAG: 409,

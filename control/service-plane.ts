@@ -14,6 +14,7 @@ import { FencingFailoverCoordinator } from './failover/fencing-coordinator';
 import type { FailoverOptions } from './failover/failover-options';
 import { ConvergenceLoop } from './convergence/convergence-loop';
 import { OrphanCollector } from './convergence/orphan-collector';
+import { StateKeeper } from './convergence/state-keeper';
 import { RouteEmitter } from './services/route-emitter';
 import { ServiceReconciler, type ServiceReconcilerOptions } from './convergence/service-reconciler';
 import { LeaderElector } from './leader/leader-elector';
@@ -31,6 +32,12 @@ export interface ServicePlaneOptions {
   leaderRenewMs?: number;
   /** Convergence poll interval besides events. @default 1000 */
   convergencePollMs?: number;
+  /**
+   * A new leader judges no cell dead before this much of its term has passed, and never before
+   * twice the longest cell registration TTL (issue 10; ConvergenceLoopOptions.cellGraceMs).
+   * @default 0 (the TTL rule alone)
+   */
+  cellGraceMs?: number;
   /** Replaces the fencing coordinator (tests, or `DegradedFailoverCoordinator` to never promote). @default FencingFailoverCoordinator */
   failoverCoordinator?: FailoverCoordinator;
   /** Options of the default fencing coordinator (docs/fencing.md). */
@@ -38,6 +45,11 @@ export interface ServicePlaneOptions {
   reconciler?: ServiceReconcilerOptions;
   /** Id in the leader lock value. @default a random UUID */
   holderId?: string;
+  /**
+   * File where the leader keeps its last known copy of control's state, restored when the store
+   * comes back empty or older (issue 10; `sf control --data-dir`). @default none (no copy)
+   */
+  stateFile?: string;
 }
 
 export const DEFAULT_SERVICE_PLANE_OPTIONS: Required<
@@ -101,8 +113,9 @@ export async function startServicePlane(
     store,
     directory,
     reconciler,
-    { redisUrl: deps.redisUrl, pollMs: opts.convergencePollMs, logger: log },
-    new OrphanCollector(deps.redis, keys),
+    { redisUrl: deps.redisUrl, pollMs: opts.convergencePollMs, cellGraceMs: opts.cellGraceMs, logger: log },
+    new OrphanCollector(deps.redis, keys, undefined, log),
+    opts.stateFile ? new StateKeeper(deps.redis, keys, opts.stateFile, log) : undefined,
   );
   registerServicesApi(server, { store, directory, groups: deps.groups, routes: deps.routes, elector });
   registerCellsApi(server, { directory, store });

@@ -87,6 +87,11 @@ export interface KeyLayout {
   readonly leaderApi: string;
   /** List: a service's fencing history, newest first. */
   fencingHistory(service: string): string;
+  /**
+   * Hash: `cell/instanceId` -> VolumeTombstone JSON, the only volumes control may delete (a
+   * deleted service's, or a replaced replica's after its retention). Any other volume is kept.
+   */
+  readonly volumeTombstones: string;
 
   // Cells (each key has one writer: see CellKeys).
   /** Set of every cell name that ever registered; liveness is the registration key's existence. */
@@ -123,6 +128,7 @@ export function keyLayout(prefix: string = DEFAULT_KEY_PREFIX): KeyLayout {
     leaderToken: `${prefix}leader:token`,
     leaderApi: `${prefix}leader:api`,
     fencingHistory: (service) => `${prefix}fencing:${service}`,
+    volumeTombstones: `${prefix}volumes:tombstones`,
     cells: `${prefix}cells`,
     cellEvents: `${prefix}cell-events`,
     cell: (name) => ({

@@ -116,6 +116,16 @@ export function createRouterMetrics(router: Router, withProcessMetrics = true): 
       for (const r of router.refusedRouteCounts()) this.inc({ port: String(r.port), reason: 'self-loop' }, r.count);
     },
   });
+  new Counter({
+    name: 'sf_router_source_errors_total',
+    help: 'Problems the route source reported, by code (SF_ERR_ROUTE_VERSION_BACKWARDS: a store that lost data was refused).',
+    labelNames: ['code'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const e of router.sourceErrorCounts()) this.inc({ code: e.code }, e.count);
+    },
+  });
   new Gauge({
     name: 'sf_router_connection_limit',
     help: 'Client connections the router takes across all routes, derived from its descriptor limit.',

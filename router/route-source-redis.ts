@@ -105,6 +105,8 @@ export class RedisRouteSource implements RouteSource {
   private cacheWrite: Promise<void> | null = null;
   private cacheDirty = false;
   private firstTable: (() => void) | null = null;
+  /** The store was seen behind the applied version; one resync reports it, not every heartbeat. */
+  private storeBehind = false;
 
   constructor(options: RedisRouteSourceOptions) {
     this.opts = withDefaults(DEFAULT_REDIS_ROUTE_SOURCE_OPTIONS, options);
@@ -259,11 +261,16 @@ export class RedisRouteSource implements RouteSource {
       const routes = (res[1][1] as string[]).map((text) => JSON.parse(text) as unknown);
       const table = parseRouteTable({ version, routes });
       if (table.version < this.version) {
-        this.report(
-          `Redis holds version ${table.version}, older than the applied ${this.version}; the store was reset`,
+        // Issue 10: a store that lost data (restarted empty, flushed) must not empty every
+        // router. The applied table stays until control republishes a higher version.
+        this.listener?.onError(
+          new SfError(
+            ErrorCode.RouteVersionBackwards,
+            `refusing route table version ${table.version} from Redis: older than the applied ${this.version} ` +
+              `(the store lost data); keeping the applied table until control publishes a version above ${this.version}`,
+          ),
         );
-      }
-      if (table.version !== this.version) this.deliver(table, false);
+      } else if (table.version !== this.version) this.deliver(table, false);
       const pending = this.buffered.sort((a, b) => a.version - b.version);
       this.buffered = [];
       this.syncing = false;
@@ -290,6 +297,7 @@ export class RedisRouteSource implements RouteSource {
   }
 
   private deliver(table: RouteTable, fromCache: boolean): void {
+    this.storeBehind = false;
     this.routes = new Map(table.routes.map((r) => [r.port, r]));
     this.version = table.version;
     this.listener?.onTable(this.currentTable());
@@ -329,6 +337,12 @@ export class RedisRouteSource implements RouteSource {
         .exec();
       const remote = Number(res?.[1]?.[1] ?? 0);
       if (remote > this.version && !this.syncing) void this.resync();
+      // A store behind the applied version lost data (FLUSHALL, restarted empty) without this
+      // router reconnecting: the resync refuses its table and says so once (issue 10).
+      if (remote < this.version && !this.storeBehind && !this.syncing) {
+        this.storeBehind = true;
+        void this.resync();
+      }
     } catch {
       // The connection's 'close' event reports the outage; the next beat tries again.
     }

@@ -75,6 +75,8 @@ export class Router {
   private reservedInUse = 0;
   private refusedGlobalLimit = 0;
   private readonly refusedRoutes = new Map<number, number>();
+  /** Route source problems by error code (`sf_router_source_errors_total`). */
+  private readonly sourceErrors = new Map<string, number>();
 
   constructor(options: Partial<RouterOptions> = {}) {
     const { relay, logger, ...rest } = options;
@@ -172,6 +174,7 @@ export class Router {
       },
       onError: (err) => {
         firstError ??= err;
+        this.sourceErrors.set(err.code, (this.sourceErrors.get(err.code) ?? 0) + 1);
         this.logger.error({ code: err.code, field: err.field, source: source.description }, err.message);
       },
       onConnectivity: (connected) => this.setSourceConnected(connected),
@@ -318,6 +321,11 @@ export class Router {
   /** Clients refused because the router-wide limit (or another route's reservation) was reached. */
   refusedByGlobalLimit(): number {
     return this.refusedGlobalLimit;
+  }
+
+  /** Problems the route source reported, per error code (a refused backwards version, a lost connection...). */
+  sourceErrorCounts(): Array<{ code: string; count: number }> {
+    return [...this.sourceErrors].map(([code, count]) => ({ code, count }));
   }
 
   /** Pushed routes refused per port because a backend was the router itself. */

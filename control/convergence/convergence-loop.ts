@@ -11,6 +11,7 @@ import type { CellDirectory } from '../services/cell-directory';
 import type { ServiceStore } from '../services/service-store';
 import type { OrphanCollector } from './orphan-collector';
 import type { ServiceReconciler } from './service-reconciler';
+import type { StateKeeper } from './state-keeper';
 
 export interface ConvergenceLoopOptions {
   redisUrl: string;
@@ -18,16 +19,60 @@ export interface ConvergenceLoopOptions {
   pollMs?: number;
   /** Events within this window share one pass. @default 25 */
   debounceMs?: number;
+  /**
+   * How long a new leader (a restarted control, a standby taking over) waits before it judges a
+   * cell without a registration dead (issue 10): cells of a restarted `sf up` register a few
+   * seconds after control. Never less than twice the longest registration TTL a cell announced
+   * (twice the default 3 s TTL while no cell has registered yet in this process).
+   * @default 0 (the TTL rule alone)
+   */
+  cellGraceMs?: number;
   logger: Logger;
 }
 
-export const DEFAULT_CONVERGENCE_LOOP_OPTIONS: Required<Pick<ConvergenceLoopOptions, 'pollMs' | 'debounceMs'>> = {
+/** The cells' default registration TTL (`sf cell --heartbeat-ttl-ms`), when no cell has been seen yet. */
+const DEFAULT_CELL_TTL_MS = 3_000;
+
+export const DEFAULT_CONVERGENCE_LOOP_OPTIONS: Required<
+  Pick<ConvergenceLoopOptions, 'pollMs' | 'debounceMs' | 'cellGraceMs'>
+> = {
   pollMs: 1_000,
   debounceMs: 25,
+  cellGraceMs: 0,
 };
 
+/**
+ * The grace of one leadership term: from the first pass of a term until `cellGraceMs` (at least
+ * twice the longest registration TTL a cell announced) has passed, no cell is judged dead.
+ */
+export class CellGrace {
+  private token = -1;
+  private since = 0;
+  private longestTtlMs = 0;
+
+  constructor(
+    private readonly graceMs: number,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** True while cells missing in this term may still be coming back. */
+  active(termToken: number, cells: Iterable<{ record: { heartbeatTtlMs?: number } | null }>): boolean {
+    const now = this.now();
+    if (termToken !== this.token) {
+      this.token = termToken;
+      this.since = now;
+    }
+    for (const c of cells) this.longestTtlMs = Math.max(this.longestTtlMs, c.record?.heartbeatTtlMs ?? 0);
+    const grace = Math.max(this.graceMs, 2 * (this.longestTtlMs || DEFAULT_CELL_TTL_MS));
+    return now - this.since < grace;
+  }
+}
+
 export class ConvergenceLoop {
-  private readonly opts: ConvergenceLoopOptions & Required<Pick<ConvergenceLoopOptions, 'pollMs' | 'debounceMs'>>;
+  private readonly opts: ConvergenceLoopOptions &
+    Required<Pick<ConvergenceLoopOptions, 'pollMs' | 'debounceMs' | 'cellGraceMs'>>;
+  private readonly grace: CellGrace;
+  private graceLogged = -1;
   private sub: Redis | null = null;
   private timer: NodeJS.Timeout | null = null;
   private pending: NodeJS.Timeout | null = null;
@@ -44,8 +89,11 @@ export class ConvergenceLoop {
     private readonly reconciler: ServiceReconciler,
     options: ConvergenceLoopOptions,
     private readonly collector?: OrphanCollector,
+    /** Control's own copy of its state, checked against the store before every pass (issue 10). */
+    private readonly keeper?: StateKeeper,
   ) {
     this.opts = withDefaults(DEFAULT_CONVERGENCE_LOOP_OPTIONS, options);
+    this.grace = new CellGrace(this.opts.cellGraceMs);
   }
 
   async start(): Promise<void> {
@@ -95,12 +143,29 @@ export class ConvergenceLoop {
     const fence = this.elector.current();
     if (!fence) return;
     try {
+      if (this.keeper) {
+        // Never converge on a store that lost data: that would stop engines and empty routes.
+        if (await this.keeper.restoreIfLost()) {
+          await this.elector.resign();
+          this.kick(0);
+          return;
+        }
+      }
       const cells = await this.directory.snapshot();
+      const cellGrace = this.grace.active(fence.token, cells.values());
+      if (cellGrace && this.graceLogged !== fence.token) {
+        this.graceLogged = fence.token;
+        const missing = [...cells.values()].filter((c) => !c.alive).map((c) => c.name);
+        this.opts.logger.info(
+          { token: fence.token, missing },
+          'new leadership term: no cell is judged dead until the cell grace has passed',
+        );
+      }
       const { services } = await this.store.snapshot();
       for (const name of services.keys()) {
         if (this.elector.current()?.token !== fence.token) return;
         try {
-          await this.reconciler.reconcile(name, fence, cells);
+          await this.reconciler.reconcile(name, fence, cells, { cellGrace });
         } catch (err) {
           if (isSfError(err) && err.code === ErrorCode.StaleLeader) {
             this.opts.logger.warn({ err: err.message }, 'a newer leader exists; standing down');
@@ -111,6 +176,7 @@ export class ConvergenceLoop {
         }
       }
       await this.collector?.collect(fence, cells, (await this.store.snapshot()).services.values());
+      await this.keeper?.saveIfChanged();
       this.passes++;
     } catch (err) {
       this.opts.logger.warn({ err: (err as Error).message }, 'convergence pass failed');

@@ -5,11 +5,10 @@
  * FailoverCoordinator, tear down deleted services, and emit the route. Every write carries the
  * leader's fence, so it is a no-op for a deposed leader.
  */
-import type { Order } from '../../protocol/cell-protocol';
+import type { Order } from '../../protocol';
 import { putDesiredOps, queueOrderOp, removeDesiredOps } from '../state/cell-client';
 import { DEFAULT_PRIMARY_LEASE_TTL_MS, instanceSpec } from '../services/instance-spec';
-import { isSfError } from '../../common/errors';
-import { withDefaults } from '../../common/options';
+import { isSfError, withDefaults } from '../../common';
 import type { LeaderFence } from '../leader/fenced-commit';
 import { cellCandidates } from '../placement/cell-candidates';
 import { runPlacementAuction } from '../placement/placement-auction';
@@ -17,8 +16,9 @@ import type { CasOp } from '../state/cas-commit';
 import type { CellSnapshot } from '../services/cell-directory';
 import type { ServiceChange, ServiceStore } from '../services/service-store';
 import type { InstanceRecord, ServiceEvent, ServiceRecord, ServiceStatus } from '../services/service-types';
-import type { FailoverCoordinator, PrimaryLossReason } from './failover-coordinator';
-import type { RouteEmitter } from './route-emitter';
+import type { FailoverCoordinator, PrimaryLossReason } from '../services/failover-coordinator';
+import type { RouteEmitter } from '../services/route-emitter';
+import { DEFAULT_REPLACED_VOLUME_RETENTION_MS, putTombstoneOp } from './volume-tombstones';
 
 export interface ServiceReconcilerOptions {
   /** Minimum time between two restarts of one failed replica. @default 5000 */
@@ -27,12 +27,28 @@ export interface ServiceReconcilerOptions {
   deleteGraceMs?: number;
   /** Lease TTL written into primary specs, so a hung engine loses its lease (issue 5); 0 = none. @default 3000 */
   primaryLeaseTtlMs?: number;
+  /**
+   * How long the volume of a replica replaced because its cell was gone is kept before it may be
+   * deleted (issue 10: never delete data because a cell was late). @default 21600000 (6 h)
+   */
+  replacedVolumeRetentionMs?: number;
+}
+
+/** What the loop knows about this pass beyond the cells' reports. */
+export interface ReconcileContext {
+  /**
+   * True while the leader's term is younger than the cell grace (convergence-loop.ts): a cell
+   * without a registration may merely not have re-registered since a restart, so nothing is
+   * judged dead — no cell-dead or lease-lost failover, no replica replaced.
+   */
+  cellGrace: boolean;
 }
 
 export const DEFAULT_SERVICE_RECONCILER_OPTIONS: Required<ServiceReconcilerOptions> = {
   restartBackoffMs: 5_000,
   deleteGraceMs: 30_000,
   primaryLeaseTtlMs: DEFAULT_PRIMARY_LEASE_TTL_MS,
+  replacedVolumeRetentionMs: DEFAULT_REPLACED_VOLUME_RETENTION_MS,
 };
 
 type EventInput = Omit<ServiceEvent, 'at' | 'leaderToken'>;
@@ -49,7 +65,12 @@ export class ServiceReconciler {
     this.opts = withDefaults(DEFAULT_SERVICE_RECONCILER_OPTIONS, options);
   }
 
-  async reconcile(name: string, fence: LeaderFence, cells: ReadonlyMap<string, CellSnapshot>): Promise<void> {
+  async reconcile(
+    name: string,
+    fence: LeaderFence,
+    cells: ReadonlyMap<string, CellSnapshot>,
+    context: ReconcileContext = { cellGrace: false },
+  ): Promise<void> {
     const before = await this.store.get(name);
     if (before?.status === 'deleting') {
       await this.emitter.remove(before);
@@ -62,7 +83,7 @@ export class ServiceReconciler {
     }
     const after = await this.store.change(name, fence, async (rec, snapshot) => {
       if (!rec || rec.status === 'deleting') return { done: rec };
-      const change = await this.step(rec, cells, fence, snapshot.services.values());
+      const change = await this.step(rec, cells, fence, snapshot.services.values(), context);
       return change ? { change, result: change.record } : { done: rec };
     });
     if (after && after.status !== 'deleting') await this.emitter.sync(after, cells, fence.token);
@@ -74,6 +95,7 @@ export class ServiceReconciler {
     cells: ReadonlyMap<string, CellSnapshot>,
     fence: LeaderFence,
     allServices: Iterable<ServiceRecord>,
+    context: ReconcileContext,
   ): Promise<ServiceChange | null> {
     const now = Date.now();
     const next: ServiceRecord = { ...rec, instances: rec.instances.map((i) => ({ ...i })) };
@@ -85,17 +107,30 @@ export class ServiceReconciler {
       return a && a.generation >= i.generation ? a : undefined;
     };
 
-    // Replicas on dead cells are dropped here and re-created below on live cells.
+    // Replicas on dead cells are dropped here and re-created below on live cells; never during
+    // the grace of a new term, when a missing registration may only mean a restart (issue 10).
+    // The volume is kept: a tombstone lets it be deleted only after the retention.
     for (const inst of [...next.instances]) {
-      if (inst.role !== 'replica' || alive(inst.cell)) continue;
+      if (context.cellGrace || inst.role !== 'replica' || alive(inst.cell)) continue;
       next.instances = next.instances.filter((i) => i.id !== inst.id);
       ops.push(...removeDesiredOps(this.store.keys, inst.cell, inst.id));
+      const deleteAfter = now + this.opts.replacedVolumeRetentionMs;
+      ops.push(
+        putTombstoneOp(this.store.keys, {
+          cell: inst.cell,
+          instanceId: inst.id,
+          service: rec.name,
+          reason: 'replaced',
+          at: now,
+          deleteAfter,
+        }),
+      );
       events.push({
         type: 'instance-removed',
         service: rec.name,
         instanceId: inst.id,
         cell: inst.cell,
-        message: `replica ${inst.id} removed: cell ${inst.cell} is not alive`,
+        message: `replica ${inst.id} removed: cell ${inst.cell} is not alive; its volume is kept until ${new Date(deleteAfter).toISOString()}`,
       });
     }
 
@@ -120,15 +155,7 @@ export class ServiceReconciler {
     const primary = next.instances.find((i) => i.role === 'primary');
     if (primary) {
       const actual = primary.specWritten ? actualOf(primary) : undefined;
-      const reason: PrimaryLossReason | null = !alive(primary.cell)
-        ? 'cell-dead'
-        : primary.fenced
-          ? 'fenced'
-          : actual?.state === 'failed'
-            ? 'instance-failed'
-            : actual?.state === 'running' && actual.leaseHeld === false
-              ? 'lease-lost'
-              : null;
+      const reason = primaryLossReason(primary, alive(primary.cell), actual, context);
       if (reason) {
         const outcome = await this.coordinator.primaryLost({ service: next, primary, reason, fence, cells });
         if (outcome.kind === 'handling') return null;
@@ -277,10 +304,18 @@ export class ServiceReconciler {
         keep.push(inst);
         continue;
       }
-      if (cell?.alive && actual?.volumePresent) {
-        const order: Order = { type: 'delete-volume', orderId: `delete-${inst.id}-${now}`, instanceId: inst.id };
-        ops.push(queueOrderOp(this.store.keys, inst.cell, order));
-      }
+      // The collector deletes it once the cell is alive and reports it stopped, however long
+      // the cell is away; until then the tombstone remembers the decision (issue 10).
+      ops.push(
+        putTombstoneOp(this.store.keys, {
+          cell: inst.cell,
+          instanceId: inst.id,
+          service: rec.name,
+          reason: 'service-deleted',
+          at: now,
+          deleteAfter: now,
+        }),
+      );
     }
     if (keep.length > 0) {
       if (ops.length === 0) return null;
@@ -310,6 +345,25 @@ export class ServiceReconciler {
       instanceSpec(service, inst, upstream, this.opts.primaryLeaseTtlMs),
     );
   }
+}
+
+/**
+ * Why the primary counts as lost, or null. During the cell grace only what a live cell reports
+ * counts (a failed engine, a fence in the record); a missing registration or an unrenewed lease
+ * may be a restart still in progress.
+ */
+export function primaryLossReason(
+  primary: Pick<InstanceRecord, 'fenced'>,
+  cellAlive: boolean,
+  actual: { state: string; leaseHeld: boolean | null } | undefined,
+  context: ReconcileContext,
+): PrimaryLossReason | null {
+  // A fence already recorded is a decision taken earlier: it resumes even during the grace.
+  if (!cellAlive) return context.cellGrace ? (primary.fenced ? 'fenced' : null) : 'cell-dead';
+  if (primary.fenced) return 'fenced';
+  if (actual?.state === 'failed') return 'instance-failed';
+  if (actual?.state === 'running' && actual.leaseHeld === false) return context.cellGrace ? null : 'lease-lost';
+  return null;
 }
 
 /** Where replicas connect: the primary's address once its cell reports it running. */

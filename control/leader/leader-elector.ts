@@ -110,6 +110,21 @@ export class LeaderElector {
         .catch(() => 0);
   }
 
+  /**
+   * Gives up the current term and campaigns again at once, so the next term has a fresh token
+   * (used after control restored a store that lost data: the token counter was raised past every
+   * token the restored state holds, and the current term's token is below it).
+   */
+  async resign(): Promise<void> {
+    const fence = this.fence;
+    this.demote();
+    if (fence)
+      await this.commands()
+        .sfLeaderRelease(fence.lockKey, fence.holder)
+        .catch(() => 0);
+    await this.tick();
+  }
+
   /** Tries to become leader now (tests and start-up use it instead of waiting a tick). */
   async tick(): Promise<void> {
     if (this.stopped) return;

@@ -4,7 +4,7 @@
  * copied here; it is read from the cells' `actual` hashes, so this record only changes when a
  * decision changes (DESIGN.md "Core model", issue 4).
  */
-import type { ActualState, Durability, EngineKind, InstanceRole } from '../../protocol/cell-protocol';
+import type { ActualState, Durability, EngineKind, InstanceRole } from '../../protocol';
 
 export type FencingPolicy = 'auto' | 'manual';
 
@@ -127,6 +127,7 @@ export interface ServiceEvent {
     | 'service-unplaceable'
     | 'service-running'
     | 'service-deleted'
+    | 'volume-deleted'
     | 'fencing';
   service: string;
   instanceId?: string;

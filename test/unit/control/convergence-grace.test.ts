@@ -1,0 +1,64 @@
+import { expect } from 'chai';
+import { CellGrace } from '../../../control/convergence/convergence-loop';
+import { primaryLossReason } from '../../../control/convergence/service-reconciler';
+
+describe('CellGrace', () => {
+  const cellsWithTtl = (ttl: number) => [{ record: { heartbeatTtlMs: ttl } }];
+
+  describe('active', () => {
+    it('lasts twice the default cell TTL from the first pass of a term when no cell registered yet', () => {
+      let now = 1_000;
+      const grace = new CellGrace(0, () => now);
+      expect(grace.active(7, [{ record: null }])).to.equal(true);
+      now += 5_999;
+      expect(grace.active(7, [{ record: null }])).to.equal(true);
+      now += 1;
+      expect(grace.active(7, [{ record: null }])).to.equal(false);
+    });
+
+    it('follows the longest TTL the cells announce, and the configured floor', () => {
+      let now = 0;
+      const short = new CellGrace(0, () => now);
+      expect(short.active(1, cellsWithTtl(1_000))).to.equal(true);
+      now = 2_000;
+      expect(short.active(1, cellsWithTtl(1_000))).to.equal(false);
+      now = 0;
+      const configured = new CellGrace(10_000, () => now);
+      configured.active(1, cellsWithTtl(1_000));
+      now = 9_999;
+      expect(configured.active(1, cellsWithTtl(1_000))).to.equal(true);
+    });
+
+    it('starts again with every new leadership term (a standby taking over, a restarted control)', () => {
+      let now = 0;
+      const grace = new CellGrace(0, () => now);
+      grace.active(1, cellsWithTtl(1_000));
+      now = 10_000;
+      expect(grace.active(1, cellsWithTtl(1_000))).to.equal(false);
+      expect(grace.active(2, cellsWithTtl(1_000))).to.equal(true);
+    });
+  });
+});
+
+describe('primaryLossReason', () => {
+  const grace = { cellGrace: true };
+  const judged = { cellGrace: false };
+  const running = { state: 'running', leaseHeld: false };
+
+  it('does not judge a missing cell dead during the grace, and does after it', () => {
+    expect(primaryLossReason({}, false, undefined, grace)).to.equal(null);
+    expect(primaryLossReason({}, false, undefined, judged)).to.equal('cell-dead');
+  });
+
+  it('does not take an unrenewed lease for a loss during the grace', () => {
+    expect(primaryLossReason({}, true, running, grace)).to.equal(null);
+    expect(primaryLossReason({}, true, running, judged)).to.equal('lease-lost');
+  });
+
+  it('still acts on what a live cell reports, and resumes a recorded fence', () => {
+    expect(primaryLossReason({}, true, { state: 'failed', leaseHeld: null }, grace)).to.equal('instance-failed');
+    const fenced = { fenced: { epoch: 3, at: 0, trigger: 'operator-fence', complete: false } };
+    expect(primaryLossReason(fenced, false, undefined, grace)).to.equal('fenced');
+    expect(primaryLossReason(fenced, true, undefined, grace)).to.equal('fenced');
+  });
+});

@@ -1,0 +1,202 @@
+/**
+ * ServiceReconciler decisions with fakes (no Redis): what a pass writes when a cell is missing
+ * during and after a new leader's grace, and on deletion. The orders and tombstones it queues are
+ * read back from the ops of the change it commits.
+ */
+import { expect } from 'chai';
+import { ServiceReconciler } from '../../../control/convergence/service-reconciler';
+import type { CellSnapshot } from '../../../control/services/cell-directory';
+import type { FailoverCoordinator, PrimaryLoss } from '../../../control/services/failover-coordinator';
+import type { RouteEmitter } from '../../../control/services/route-emitter';
+import type { ServiceChange, ServiceSnapshot, ServiceStore } from '../../../control/services/service-store';
+import type { InstanceRecord, ServiceRecord } from '../../../control/services/service-types';
+import type { LeaderFence } from '../../../control/leader/fenced-commit';
+import type { ActualInstance } from '../../../protocol/cell-protocol';
+import { keyLayout } from '../../../protocol/keys';
+
+const keys = keyLayout('sf:');
+const fence: LeaderFence = { lockKey: keys.leaderLock, tokenKey: keys.leaderToken, holder: 'h|9', token: 9 };
+
+class FakeStore {
+  readonly keys = keys;
+  changes: ServiceChange[] = [];
+  constructor(public rec: ServiceRecord | null) {}
+  async get(): Promise<ServiceRecord | null> {
+    return this.rec;
+  }
+  async change<T>(
+    _name: string,
+    _fence: LeaderFence | null,
+    decide: (
+      c: ServiceRecord | null,
+      s: ServiceSnapshot,
+    ) => Promise<{ change: ServiceChange; result: T } | { done: T }>,
+  ): Promise<T> {
+    const services = new Map(this.rec ? [[this.rec.name, this.rec]] : []);
+    const d = await decide(this.rec, { version: 1, services });
+    if ('done' in d) return d.done;
+    this.changes.push(d.change);
+    this.rec = d.change.record;
+    return d.result;
+  }
+}
+
+class FakeCoordinator implements FailoverCoordinator {
+  losses: PrimaryLoss[] = [];
+  async primaryLost(loss: PrimaryLoss) {
+    this.losses.push(loss);
+    return { kind: 'handling' as const };
+  }
+}
+
+const emitter = { sync: async () => undefined, remove: async () => undefined, isCurrent: async () => true };
+
+function inst(id: string, cell: string, role: 'primary' | 'replica'): InstanceRecord {
+  return { id, cell, zone: cell, role, epoch: 3, generation: 0, specWritten: true, placedAt: 0 };
+}
+
+function service(status: ServiceRecord['status'] = 'running'): ServiceRecord {
+  return {
+    name: 'cache',
+    engine: 'redis',
+    replicas: 1,
+    durability: 'sync',
+    volume: { sizeMb: 64 },
+    fencing: { policy: 'auto' },
+    routerGroup: 'default',
+    routerGroupGuid: 'g',
+    port: 16000,
+    status,
+    message: null,
+    epoch: 3,
+    instances: [inst('cache-0', 'c1', 'primary'), inst('cache-1', 'c2', 'replica')],
+    nextIndex: 2,
+    leaderToken: 1,
+    createdAt: 0,
+    updatedAt: 0,
+  };
+}
+
+function actual(id: string, state: ActualInstance['state'], port: number): ActualInstance {
+  return {
+    instanceId: id,
+    service: 'cache',
+    engine: 'redis',
+    executor: 'process',
+    state,
+    generation: 0,
+    pid: 1,
+    host: '127.0.0.1',
+    port,
+    role: id === 'cache-0' ? 'primary' : 'replica',
+    epoch: 3,
+    position: null,
+    positionValue: null,
+    healthy: true,
+    leaseHeld: true,
+    volumePresent: true,
+    volumeSizeMb: 64,
+    lastError: null,
+    updatedAt: 0,
+  } as ActualInstance;
+}
+
+function cells(alive: Record<string, boolean>): Map<string, CellSnapshot> {
+  const out = new Map<string, CellSnapshot>();
+  let port = 20000;
+  for (const [name, isAlive] of Object.entries(alive)) {
+    const record = isAlive
+      ? {
+          name,
+          zone: name,
+          capacityMb: 4096,
+          usedMb: 0,
+          host: '127.0.0.1',
+          executors: ['process' as const],
+          engines: ['redis' as const],
+          portRange: { from: 20000, to: 20999 },
+          instances: 0,
+          startedAt: 0,
+          heartbeatAt: 0,
+          heartbeatTtlMs: 3000,
+        }
+      : null;
+    const acts = new Map<string, ActualInstance>();
+    if (name === 'c1') acts.set('cache-0', actual('cache-0', 'running', port++));
+    if (name === 'c2') acts.set('cache-1', actual('cache-1', 'running', port++));
+    out.set(name, { name, alive: isAlive, record, actual: acts });
+  }
+  return out;
+}
+
+function setup(rec: ServiceRecord) {
+  const store = new FakeStore(rec);
+  const coordinator = new FakeCoordinator();
+  const reconciler = new ServiceReconciler(
+    store as unknown as ServiceStore,
+    emitter as unknown as RouteEmitter,
+    coordinator,
+    { replacedVolumeRetentionMs: 60_000 },
+  );
+  return { store, coordinator, reconciler };
+}
+
+const opsOf = (store: FakeStore) => store.changes.flatMap((c) => c.extraOps ?? []);
+const deleteOrders = (store: FakeStore) =>
+  opsOf(store).filter((op) => op.cmd === 'LPUSH_CAPPED' && op.value.includes('"delete-volume"'));
+const tombstones = (store: FakeStore) =>
+  opsOf(store).filter((op) => op.cmd === 'HSET' && op.key === keys.volumeTombstones);
+
+describe('ServiceReconciler', () => {
+  describe('reconcile during a new leader grace', () => {
+    it('neither fails over a primary whose cell has not re-registered nor drops a replica', async () => {
+      const { store, coordinator, reconciler } = setup(service());
+      await reconciler.reconcile('cache', fence, cells({ c1: false, c2: false, c3: true }), { cellGrace: true });
+      expect(coordinator.losses).to.deep.equal([]);
+      expect(store.rec!.instances.map((i) => i.id)).to.deep.equal(['cache-0', 'cache-1']);
+      expect(tombstones(store)).to.deep.equal([]);
+      expect(deleteOrders(store)).to.deep.equal([]);
+    });
+  });
+
+  describe('reconcile after the grace', () => {
+    it('hands a primary on a dead cell to the coordinator as cell-dead', async () => {
+      const { coordinator, reconciler } = setup(service());
+      await reconciler.reconcile('cache', fence, cells({ c1: false, c2: true, c3: true }), { cellGrace: false });
+      expect(coordinator.losses.map((l) => l.reason)).to.deep.equal(['cell-dead']);
+    });
+
+    it('replaces a replica on a dead cell and tombstones its volume for the retention, ordering no deletion', async () => {
+      const { store, reconciler } = setup(service());
+      const before = Date.now();
+      await reconciler.reconcile('cache', fence, cells({ c1: true, c2: false, c3: true }), { cellGrace: false });
+      const ids = store.rec!.instances.map((i) => `${i.id}@${i.cell}`);
+      expect(ids).to.include('cache-0@c1');
+      expect(ids).to.not.include('cache-1@c2');
+      expect(ids).to.include('cache-2@c3');
+      expect(deleteOrders(store)).to.deep.equal([]);
+      const [op] = tombstones(store);
+      expect(op).to.include({ field: 'c2/cache-1' });
+      const tomb = JSON.parse((op as { value: string }).value) as { reason: string; deleteAfter: number };
+      expect(tomb.reason).to.equal('replaced');
+      expect(tomb.deleteAfter).to.be.at.least(before + 60_000);
+    });
+  });
+
+  describe('reconcile of a deleted service', () => {
+    it('tombstones every volume for the collector instead of ordering deletions itself', async () => {
+      const rec = service('deleting');
+      rec.instances = rec.instances.map((i) => ({ ...i, specWritten: false }));
+      const { store, reconciler } = setup(rec);
+      const c = cells({ c1: true, c2: false });
+      for (const snap of c.values()) for (const a of snap.actual.values()) a.state = 'stopped';
+      await reconciler.reconcile('cache', fence, c);
+      expect(store.rec).to.equal(null);
+      expect(deleteOrders(store)).to.deep.equal([]);
+      expect(tombstones(store).map((op) => (op as { field: string }).field)).to.deep.equal([
+        'c1/cache-0',
+        'c2/cache-1',
+      ]);
+    });
+  });
+});
