@@ -13,6 +13,7 @@ import { type Redis } from 'ioredis';
 import { withDefaults } from '../common/options';
 import { DEFAULT_KEY_PREFIX, keyLayout, type KeyLayout } from '../protocol/keys';
 import { createRedis } from '../common/redis-connection';
+import { redactRedisUrl } from '../common/redis-credentials';
 import pino, { type Logger } from 'pino';
 import { z } from 'zod';
 import {
@@ -206,7 +207,7 @@ export class CellAgent {
       conn.on('error', (err: Error) => {
         if (Date.now() - lastWarn < 5_000) return;
         lastWarn = Date.now();
-        this.log.warn({ err: err.message, redis: this.opts.redisUrl }, 'redis unreachable; retrying');
+        this.log.warn({ err: err.message, redis: redactRedisUrl(this.opts.redisUrl) }, 'redis unreachable; retrying');
       });
     }
     await Promise.all([this.redis, this.sub, this.orderConn].map(waitReady));
