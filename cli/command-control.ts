@@ -9,7 +9,6 @@ import { DEFAULT_CONTROL_API_OPTIONS as API_DEFAULTS } from '../control/api/api-
 import type { StaticToken } from '../control/api/token-authenticator';
 import { DEFAULT_CONTROL_SERVER_OPTIONS as DEFAULTS } from '../control/control-options';
 import { exitWithError, parseHostPort, parseIntFlag } from './cli-support';
-import { withRedisCredentialsOption } from './redis-credentials-option';
 
 interface ControlFlags {
   listen: string;
@@ -21,6 +20,7 @@ interface ControlFlags {
   maxUrlBytes: string;
   maxHeaderBytes: string;
   eventBacklogBytes: string;
+  dataDir?: string;
 }
 
 async function runControl(flags: ControlFlags): Promise<void> {
@@ -48,6 +48,8 @@ async function runControl(flags: ControlFlags): Promise<void> {
       maxHeaderBytes: parseIntFlag(flags.maxHeaderBytes, '--max-header-bytes', 1024, 100_000),
       eventBacklogLimitBytes: parseIntFlag(flags.eventBacklogBytes, '--event-backlog-bytes', 4096),
     },
+    // The leader's last known copy of its state, restored if the store comes back empty (issue 10).
+    services: flags.dataDir ? { stateFile: `${flags.dataDir.replace(/\/+$/, '')}/control-state.json` } : undefined,
     logger: log,
   });
   const shutdown = (signal: string): void => {
@@ -59,7 +61,8 @@ async function runControl(flags: ControlFlags): Promise<void> {
 }
 
 export function registerControlCommand(program: Command): void {
-  withRedisCredentialsOption(program.command('control'))
+  program
+    .command('control')
     .description('run the control plane API (state in Redis)')
     .option('--listen <host:port>', 'API address', `${DEFAULTS.host}:${DEFAULTS.port}`)
     .option('--redis <url>', `Redis URL (default: SF_REDIS_URL or ${DEFAULTS.redisUrl})`)
@@ -69,6 +72,10 @@ export function registerControlCommand(program: Command): void {
     )
     .option('--tokens-file <file>', 'JSON list of extra tokens: [{"name","token","scopes":["read"|"write"|"admin"]}]')
     .option('--body-limit <bytes>', 'largest accepted request body', String(DEFAULTS.bodyLimitBytes))
+    .option(
+      '--data-dir <dir>',
+      "where the leader keeps a copy of control's state, restored when the store comes back empty (default: none)",
+    )
     .option('--sweep-interval-ms <ms>', 'how often expired routes are removed', String(DEFAULTS.sweepIntervalMs))
     .option('--max-url-bytes <bytes>', 'longest request URL (414 beyond)', String(API_DEFAULTS.maxUrlBytes))
     .option(

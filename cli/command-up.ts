@@ -1,21 +1,16 @@
 /**
  * `sf up`: the whole platform on one machine, as child processes of this one — a local
  * redis-server for state (unless SF_REDIS_URL names one), control, one router and N cells in
- * their own data directories. Stops them all on SIGINT/SIGTERM, and stops everything if one of
- * them dies, so a half-running platform never lingers.
+ * their own data directories, under a supervisor (cli/supervisor.ts) that restarts any of them
+ * that exits, with backoff (issue 10). Only SIGINT/SIGTERM stop everything, in a safe order.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { connect, createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { controlUrlForListen, ensureAdminToken, sfHome } from '../control/admin-token';
 import { UsageError, exitWithError, parseIntFlag } from './cli-support';
-import { redactRedisUrl } from '../common/redis-credentials';
-import { DEFAULT_KEY_PREFIX } from '../protocol/keys';
-import { cellAclUser } from '../protocol/acl';
-import { prepareLockedStateStore, type LockedStateStore } from './state-store-acl';
+import { Supervisor } from './supervisor';
 
 interface UpFlags {
   dataDir?: string;
@@ -39,12 +34,6 @@ export const DEFAULT_UP_OPTIONS = {
   capacityMb: 4096,
 } as const;
 
-interface Child {
-  name: string;
-  proc: ChildProcess;
-  log: string;
-}
-
 /**
  * Root's home is closed to the `postgres` user the cells run PostgreSQL as, so root keeps the
  * platform's data under /var/lib (as `sf cell` does); everyone else under SF_HOME.
@@ -61,17 +50,22 @@ function portFree(port: number, host = '127.0.0.1'): Promise<boolean> {
   });
 }
 
+/** Start-up gives up on a component that keeps exiting; later, the supervisor never does. */
+const START_RESTART_LIMIT = 3;
+
 async function waitFor(
   what: string,
   check: () => Promise<boolean>,
   timeoutMs: number,
-  children: Child[],
+  supervisor: Supervisor,
+  names: string[],
 ): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (await check().catch(() => false)) return;
-    const dead = children.find((c) => c.proc.exitCode !== null || c.proc.signalCode !== null);
-    if (dead) throw new Error(`${dead.name} exited while waiting for ${what}; see ${dead.log}`);
+    const failing = names.find((n) => supervisor.restarts(n) >= START_RESTART_LIMIT);
+    if (failing)
+      throw new Error(`${failing} keeps exiting while waiting for ${what}; see ${supervisor.logOf(failing)}`);
     if (Date.now() > deadline) throw new Error(`${what} not ready after ${timeoutMs / 1000} s`);
     await new Promise((r) => setTimeout(r, 100));
   }
@@ -103,40 +97,20 @@ async function runUp(flags: UpFlags): Promise<void> {
   // One token file per control address, so two platforms on one machine never share one.
   const admin = await ensureAdminToken(process.env, controlUrlForListen('127.0.0.1', controlPort));
   const sfScript = process.argv[1];
-  const children: Child[] = [];
-  let stopping = false;
   const env = { ...process.env, SF_API_TOKEN: admin.token };
+  // Each component's pid, for operators and tests that kill one (docs/services.md).
+  const supervisor = new Supervisor({ env, pidFile: join(dataDir, 'up-processes.json') });
+  const cellNames = Array.from({ length: cellCount }, (_, i) => `cell-${i + 1}`);
+  const start = (name: string, file: string, args: string[]): void =>
+    supervisor.add({ name, file, args, log: join(dataDir, 'logs', `${name}.log`) });
 
-  const start = (name: string, file: string, args: string[]): Child => {
-    const log = join(dataDir, 'logs', `${name}.log`);
-    const out = createWriteStream(log, { flags: 'a' });
-    const proc = spawn(file, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    proc.stdout?.pipe(out);
-    proc.stderr?.pipe(out);
-    const child = { name, proc, log };
-    children.push(child);
-    proc.once('exit', (code, signal) => {
-      if (stopping) return;
-      process.stderr.write(`sf up: ${name} exited (${signal ?? `code ${code}`}); see ${log}. Stopping everything.\n`);
-      void shutdown(1);
-    });
-    return child;
-  };
-
+  let shuttingDown = false;
   const shutdown = async (code: number): Promise<never> => {
-    stopping = true;
+    if (shuttingDown) return new Promise<never>(() => undefined);
+    shuttingDown = true;
     // Control first, so it does not reschedule instances of cells that are merely shutting
-    // down; then the rest in reverse start order, the state store last.
-    const control = children.filter((c) => c.name === 'control');
-    const order = [...control, ...[...children].reverse().filter((c) => c.name !== 'control')];
-    for (const child of order) {
-      if (child.proc.exitCode !== null || child.proc.signalCode !== null) continue;
-      const exited = new Promise<void>((r) => child.proc.once('exit', () => r()));
-      child.proc.kill('SIGTERM');
-      const timer = setTimeout(() => child.proc.kill('SIGKILL'), 10_000);
-      await exited;
-      clearTimeout(timer);
-    }
+    // down; then the cells (which stop their engines), the router, the state store last.
+    await supervisor.stop([['control'], cellNames, ['router'], ['redis']]);
     process.exit(code);
   };
   process.once('SIGINT', () => void shutdown(0));
@@ -144,41 +118,42 @@ async function runUp(flags: UpFlags): Promise<void> {
 
   try {
     let redisUrl = externalRedis;
-    // With its own store, sf up locks it (issue 11): each role gets a credentials file's path.
-    let store: LockedStateStore | undefined;
-    const credentials = (user: string): string[] => (store ? ['--redis-credentials', store.credentialsFile(user)] : []);
     if (!redisUrl) {
       const redisDir = join(dataDir, 'redis');
       await mkdir(redisDir, { recursive: true });
-      store = await prepareLockedStateStore({
-        dataDir,
+      start('redis', 'redis-server', [
+        '--port',
+        String(redisPort),
+        '--bind',
+        '127.0.0.1',
+        '--dir',
         redisDir,
-        port: redisPort,
-        keyPrefix: process.env.SF_KEY_PREFIX ?? DEFAULT_KEY_PREFIX,
-        cells: Array.from({ length: cellCount }, (_, i) => `cell-${i + 1}`),
-      });
-      start('redis', 'redis-server', store.serverArgs);
+        '--appendonly',
+        'yes',
+        '--save',
+        '60 1',
+      ]);
       redisUrl = `redis://127.0.0.1:${redisPort}`;
-      await waitFor('redis-server', () => portAnswers(redisPort), 10_000, children);
+      await waitFor('redis-server', () => portAnswers(redisPort), 10_000, supervisor, ['redis']);
     }
     start('control', process.execPath, [
       sfScript,
       'control',
       '--listen',
       `127.0.0.1:${controlPort}`,
+      '--data-dir',
+      join(dataDir, 'control'),
       '--redis',
       redisUrl,
-      ...credentials('control'),
     ]);
     const controlUrl = `http://127.0.0.1:${controlPort}`;
-    await waitFor('control', async () => (await fetch(`${controlUrl}/health`)).ok, 20_000, children);
+    await waitFor('control', async () => (await fetch(`${controlUrl}/health`)).ok, 20_000, supervisor, ['control']);
     if (flags.routePorts) await setRoutePorts(controlUrl, admin.token, flags.routePorts);
     start('router', process.execPath, [
       sfScript,
       'router',
       '--redis',
       redisUrl,
-      ...credentials('router'),
       '--router-group',
       'default',
       '--admin',
@@ -199,7 +174,6 @@ async function runUp(flags: UpFlags): Promise<void> {
         String(capacityMb),
         '--redis',
         redisUrl,
-        ...credentials(cellAclUser(`cell-${n}`)),
         '--data-dir',
         join(dataDir, 'cells', `cell-${n}`),
         '--port-range',
@@ -211,7 +185,8 @@ async function runUp(flags: UpFlags): Promise<void> {
       'router',
       async () => (await fetch(`http://127.0.0.1:${routerAdminPort}/health`)).ok,
       20_000,
-      children,
+      supervisor,
+      ['router'],
     );
     await waitFor(
       `${cellCount} cells`,
@@ -221,12 +196,13 @@ async function runUp(flags: UpFlags): Promise<void> {
         return body.resources.filter((c) => c.alive).length >= cellCount;
       },
       30_000,
-      children,
+      supervisor,
+      cellNames,
     );
     process.stdout.write(
       [
         `Service Foundry is up (data in ${dataDir}, logs in ${join(dataDir, 'logs')})`,
-        `  state     ${redactRedisUrl(redisUrl)}${externalRedis ? ' (SF_REDIS_URL)' : ` (local redis-server, ACL users; operator login in ${store?.credentialsFile('admin')})`}`,
+        `  state     ${redisUrl}${externalRedis ? ' (SF_REDIS_URL)' : ' (local redis-server)'}`,
         `  control   ${controlUrl}  (admin token in ${admin.file ?? 'SF_API_TOKEN'})`,
         `  router    admin http://127.0.0.1:${routerAdminPort}, group default, route ports ${flags.routePorts ?? '16000-16999'}`,
         `  cells     ${Array.from({ length: cellCount }, (_, i) => `cell-${i + 1} (z${i + 1})`).join(', ')}`,
@@ -239,7 +215,7 @@ async function runUp(flags: UpFlags): Promise<void> {
         "  psql -h 127.0.0.1 -p <port> -U postgres -c 'select 1'",
         '  sf cells',
         '',
-        'Ctrl-C stops everything.',
+        'A component that exits is restarted; Ctrl-C stops everything.',
         '',
       ].join('\n'),
     );
