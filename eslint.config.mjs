@@ -31,4 +31,9 @@ export default tseslint.config(
     files: ['eslint.config.mjs'],
     rules: { 'no-restricted-syntax': 'off' },
   },
+  {
+    files: ['**/*.cjs'],
+    languageOptions: { sourceType: 'commonjs', globals: { module: 'writable', require: 'readonly' } },
+    rules: { '@typescript-eslint/no-require-imports': 'off' },
+  },
 );
