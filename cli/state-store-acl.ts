@@ -8,7 +8,7 @@
  * credentials file.
  *
  * DATA_DIR/state-store/            0700
- *   redis.conf                     0600  port, bind, dir, persistence, aclfile
+ *   redis.conf                     0600  port, bind, dir (made 0700), persistence, aclfile
  *   users.acl                      0600  `user NAME on #sha256 RULES...`, regenerated every start
  *   credentials/USER.json          0600  {"username", "password"}; kept across restarts
  */
@@ -91,6 +91,10 @@ export async function prepareLockedStateStore(opts: LockedStateStoreOptions): Pr
   // mkdir's mode is only for directories it creates (and is masked): make sure either way.
   await chmod(dir, 0o700);
   await chmod(credDir, 0o700);
+  // The AOF and RDB hold the whole state (token hashes, specs, tables): no other local user reads
+  // them behind the ACLs' back.
+  await mkdir(opts.redisDir, { recursive: true, mode: 0o700 });
+  await chmod(opts.redisDir, 0o700);
 
   const roles: AclUserRules[] = [
     adminAclRules(),

@@ -40,6 +40,7 @@ describe('sf up: locked state store', function () {
   it('gives every role its own user, in 0600 files of a 0700 directory', async () => {
     expect([...passwords.keys()].sort()).to.deep.equal(['admin', 'cell-cell-1', 'cell-cell-2', 'control', 'router']);
     expect((await stat(credDir)).mode & 0o777).to.equal(0o700);
+    expect((await stat(path.join(platform.dataDir, 'redis'))).mode & 0o777, 'the AOF directory').to.equal(0o700);
     for (const f of await readdir(credDir)) expect((await stat(path.join(credDir, f))).mode & 0o777).to.equal(0o600);
   });
 

@@ -4,7 +4,7 @@
  * role needs and nothing that would let it take the platform over.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -88,7 +88,7 @@ describe('locked state store', function () {
 
   it('keeps passwords out of argv and the ACL file, in 0600 files of a 0700 directory', async () => {
     const { stdout } = await run('ps', ['-eo', 'args']);
-    const aclText = await import('node:fs/promises').then((fs) => fs.readFile(store.aclFile, 'utf8'));
+    const aclText = await readFile(store.aclFile, 'utf8');
     for (const [user, c] of creds) {
       expect(stdout, `${user}'s password in ps`).to.not.include(c.password);
       expect(aclText, `${user}'s password in the ACL file`).to.not.include(c.password);
@@ -233,6 +233,75 @@ describe('locked state store', function () {
       expect(await b.get(group.version)).to.equal('1');
     });
 
+    it('presents them over TLS (rediss://)', async () => {
+      const tlsPort = await freePort();
+      const cert = path.join(dir, 'cert.pem');
+      const key = path.join(dir, 'key.pem');
+      await run('openssl', [
+        'req',
+        '-x509',
+        '-newkey',
+        'rsa:2048',
+        '-nodes',
+        '-days',
+        '1',
+        '-subj',
+        '/CN=127.0.0.1',
+        '-addext',
+        'subjectAltName=IP:127.0.0.1',
+        '-keyout',
+        key,
+        '-out',
+        cert,
+      ]);
+      // The same ACL file as the plain store: one more listener, TLS only.
+      const tls = spawn(
+        'redis-server',
+        [
+          '--port',
+          '0',
+          '--tls-port',
+          String(tlsPort),
+          '--bind',
+          '127.0.0.1',
+          '--tls-cert-file',
+          cert,
+          '--tls-key-file',
+          key,
+          '--tls-auth-clients',
+          'no',
+          '--save',
+          '',
+          '--aclfile',
+          store.aclFile,
+        ],
+        { stdio: ['ignore', 'ignore', 'inherit'] },
+      );
+      try {
+        await waitForPort(tlsPort);
+        const ca = await readFile(cert);
+        const anon = createRedis(`rediss://127.0.0.1:${tlsPort}`, {
+          tls: { ca },
+          lazyConnect: true,
+          retryStrategy: () => null,
+        });
+        anon.on('error', () => undefined);
+        clients.push(anon);
+        expect(await outcome(anon.ping())).to.match(/NOAUTH/);
+        setProcessRedisCredentials(creds.get('router'));
+        const router = createRedis(`rediss://127.0.0.1:${tlsPort}`, { tls: { ca }, lazyConnect: true });
+        clients.push(router);
+        expect(await router.ping()).to.equal('PONG');
+        expect(await outcome(router.hset(group.routes, '1', 'x'))).to.match(/NOPERM/);
+        router.disconnect();
+        anon.disconnect();
+      } finally {
+        const exited = new Promise((r) => tls.once('exit', r));
+        tls.kill('SIGKILL');
+        await exited;
+      }
+    });
+
     it('reaches the master through Sentinel with the credentials file', async () => {
       const sentinelPort = await freePort();
       const conf = path.join(dir, 'sentinel.conf');
@@ -261,6 +330,7 @@ describe('locked state store', function () {
         clients.push(viaSentinel);
         expect(await viaSentinel.get(group.version)).to.equal('1');
         expect(await outcome(viaSentinel.incr(group.version))).to.match(/NOPERM/);
+        viaSentinel.disconnect();
       } finally {
         const exited = new Promise((r) => sentinel.once('exit', r));
         sentinel.kill('SIGKILL');
