@@ -42,12 +42,16 @@ export const DEFAULT_CONVERGENCE_LOOP_OPTIONS: Required<
 };
 
 /**
- * The grace of one leadership term: from the first pass of a term until `cellGraceMs` (at least
- * twice the longest registration TTL a cell announced) has passed, no cell is judged dead.
+ * The grace of one leadership term. No cell is judged dead while no cell at all has registered in
+ * this term (a whole platform restarting: cells start seconds after control on a busy machine,
+ * and with no live cell there is nothing to fail over to anyway), nor until `cellGraceMs` — at
+ * least twice the longest registration TTL a cell announced — has passed since the later of the
+ * term's first pass and the first live cell it saw.
  */
 export class CellGrace {
   private token = -1;
   private since = 0;
+  private firstAliveAt: number | null = null;
   private longestTtlMs = 0;
 
   constructor(
@@ -56,15 +60,20 @@ export class CellGrace {
   ) {}
 
   /** True while cells missing in this term may still be coming back. */
-  active(termToken: number, cells: Iterable<{ record: { heartbeatTtlMs?: number } | null }>): boolean {
+  active(termToken: number, cells: Iterable<{ alive: boolean; record: { heartbeatTtlMs?: number } | null }>): boolean {
     const now = this.now();
     if (termToken !== this.token) {
       this.token = termToken;
       this.since = now;
+      this.firstAliveAt = null;
     }
-    for (const c of cells) this.longestTtlMs = Math.max(this.longestTtlMs, c.record?.heartbeatTtlMs ?? 0);
+    for (const c of cells) {
+      this.longestTtlMs = Math.max(this.longestTtlMs, c.record?.heartbeatTtlMs ?? 0);
+      if (c.alive) this.firstAliveAt ??= now;
+    }
+    if (this.firstAliveAt === null) return true;
     const grace = Math.max(this.graceMs, 2 * (this.longestTtlMs || DEFAULT_CELL_TTL_MS));
-    return now - this.since < grace;
+    return now - Math.max(this.since, this.firstAliveAt) < grace;
   }
 }
 

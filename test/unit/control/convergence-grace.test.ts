@@ -3,17 +3,22 @@ import { CellGrace } from '../../../control/convergence/convergence-loop';
 import { primaryLossReason } from '../../../control/convergence/service-reconciler';
 
 describe('CellGrace', () => {
-  const cellsWithTtl = (ttl: number) => [{ record: { heartbeatTtlMs: ttl } }];
+  const cellsWithTtl = (ttl: number) => [{ alive: true, record: { heartbeatTtlMs: ttl } }];
 
   describe('active', () => {
-    it('lasts twice the default cell TTL from the first pass of a term when no cell registered yet', () => {
+    it('lasts while no cell has registered in the term, then twice the TTL from the first live cell', () => {
       let now = 1_000;
       const grace = new CellGrace(0, () => now);
-      expect(grace.active(7, [{ record: null }])).to.equal(true);
+      const none = [{ alive: false, record: null }];
+      expect(grace.active(7, none)).to.equal(true);
+      now += 60_000;
+      // A whole platform restarting: still nothing to judge, nothing to fail over to.
+      expect(grace.active(7, none)).to.equal(true);
+      expect(grace.active(7, cellsWithTtl(3_000))).to.equal(true);
       now += 5_999;
-      expect(grace.active(7, [{ record: null }])).to.equal(true);
+      expect(grace.active(7, [...cellsWithTtl(3_000), ...none])).to.equal(true);
       now += 1;
-      expect(grace.active(7, [{ record: null }])).to.equal(false);
+      expect(grace.active(7, [...cellsWithTtl(3_000), ...none])).to.equal(false);
     });
 
     it('follows the longest TTL the cells announce, and the configured floor', () => {
