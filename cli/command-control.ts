@@ -9,6 +9,7 @@ import { DEFAULT_CONTROL_API_OPTIONS as API_DEFAULTS } from '../control/api/api-
 import type { StaticToken } from '../control/api/token-authenticator';
 import { DEFAULT_CONTROL_SERVER_OPTIONS as DEFAULTS } from '../control/control-options';
 import { exitWithError, parseHostPort, parseIntFlag } from './cli-support';
+import { withRedisCredentialsOption } from './redis-credentials-option';
 
 interface ControlFlags {
   listen: string;
@@ -61,8 +62,7 @@ async function runControl(flags: ControlFlags): Promise<void> {
 }
 
 export function registerControlCommand(program: Command): void {
-  program
-    .command('control')
+  withRedisCredentialsOption(program.command('control'))
     .description('run the control plane API (state in Redis)')
     .option('--listen <host:port>', 'API address', `${DEFAULTS.host}:${DEFAULTS.port}`)
     .option('--redis <url>', `Redis URL (default: SF_REDIS_URL or ${DEFAULTS.redisUrl})`)

@@ -10,6 +10,10 @@ import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { controlUrlForListen, ensureAdminToken, sfHome } from '../control/admin-token';
 import { UsageError, exitWithError, parseIntFlag } from './cli-support';
+import { redactRedisUrl } from '../common/redis-credentials';
+import { DEFAULT_KEY_PREFIX } from '../protocol/keys';
+import { cellAclUser } from '../protocol/acl';
+import { prepareLockedStateStore, type LockedStateStore } from './state-store-acl';
 import { Supervisor } from './supervisor';
 
 interface UpFlags {
@@ -118,21 +122,20 @@ async function runUp(flags: UpFlags): Promise<void> {
 
   try {
     let redisUrl = externalRedis;
+    // With its own store, sf up locks it (issue 11): each role gets a credentials file's path.
+    let store: LockedStateStore | undefined;
+    const credentials = (user: string): string[] => (store ? ['--redis-credentials', store.credentialsFile(user)] : []);
     if (!redisUrl) {
       const redisDir = join(dataDir, 'redis');
       await mkdir(redisDir, { recursive: true });
-      start('redis', 'redis-server', [
-        '--port',
-        String(redisPort),
-        '--bind',
-        '127.0.0.1',
-        '--dir',
+      store = await prepareLockedStateStore({
+        dataDir,
         redisDir,
-        '--appendonly',
-        'yes',
-        '--save',
-        '60 1',
-      ]);
+        port: redisPort,
+        keyPrefix: process.env.SF_KEY_PREFIX ?? DEFAULT_KEY_PREFIX,
+        cells: Array.from({ length: cellCount }, (_, i) => `cell-${i + 1}`),
+      });
+      start('redis', 'redis-server', store.serverArgs);
       redisUrl = `redis://127.0.0.1:${redisPort}`;
       await waitFor('redis-server', () => portAnswers(redisPort), 10_000, supervisor, ['redis']);
     }
@@ -145,6 +148,7 @@ async function runUp(flags: UpFlags): Promise<void> {
       join(dataDir, 'control'),
       '--redis',
       redisUrl,
+      ...credentials('control'),
     ]);
     const controlUrl = `http://127.0.0.1:${controlPort}`;
     await waitFor('control', async () => (await fetch(`${controlUrl}/health`)).ok, 20_000, supervisor, ['control']);
@@ -154,6 +158,7 @@ async function runUp(flags: UpFlags): Promise<void> {
       'router',
       '--redis',
       redisUrl,
+      ...credentials('router'),
       '--router-group',
       'default',
       '--admin',
@@ -174,6 +179,7 @@ async function runUp(flags: UpFlags): Promise<void> {
         String(capacityMb),
         '--redis',
         redisUrl,
+        ...credentials(cellAclUser(`cell-${n}`)),
         '--data-dir',
         join(dataDir, 'cells', `cell-${n}`),
         '--port-range',
@@ -202,7 +208,7 @@ async function runUp(flags: UpFlags): Promise<void> {
     process.stdout.write(
       [
         `Service Foundry is up (data in ${dataDir}, logs in ${join(dataDir, 'logs')})`,
-        `  state     ${redisUrl}${externalRedis ? ' (SF_REDIS_URL)' : ' (local redis-server)'}`,
+        `  state     ${redactRedisUrl(redisUrl)}${externalRedis ? ' (SF_REDIS_URL)' : ` (local redis-server, ACL users; operator login in ${store?.credentialsFile('admin')})`}`,
         `  control   ${controlUrl}  (admin token in ${admin.file ?? 'SF_API_TOKEN'})`,
         `  router    admin http://127.0.0.1:${routerAdminPort}, group default, route ports ${flags.routePorts ?? '16000-16999'}`,
         `  cells     ${Array.from({ length: cellCount }, (_, i) => `cell-${i + 1} (z${i + 1})`).join(', ')}`,
