@@ -66,6 +66,8 @@ export interface CellAgentOptions {
   stopInstancesOnExit?: boolean;
   /** Networks trusted by postgres besides loopback (docs/cells.md, Security). @default [] */
   trustCidrs?: string[];
+  /** Executables `tcp` instances may run (`--tcp-allow`); empty = any. @default [] */
+  tcpAllow?: string[];
   engines?: EngineRegistry;
   executors?: Partial<Record<ExecutorKind, Executor>>;
   fencer?: NetworkFencer;
@@ -178,7 +180,10 @@ export class CellAgent {
     this.name = options.name;
     this.dataDir = path.resolve(options.dataDir ?? defaultCellDataDir(options.name));
     this.log = options.logger ?? pino({ name: 'sf-cell', base: { cell: options.name } }, pino.destination(2));
-    this.engines = options.engines ?? createEngineRegistry({ postgres: { trustCidrs: options.trustCidrs } });
+    this.engines = options.engines ?? createEngineRegistry({
+        postgres: { trustCidrs: options.trustCidrs },
+        tcp: { allow: options.tcpAllow },
+      });
     const common = {
       dataDir: this.dataDir,
       portRange: this.opts.portRange,

@@ -10,12 +10,15 @@ import type { HostPort } from '../protocol/cell-protocol';
 import type { Availability, Engine, EngineContext, LaunchCommand, ReplicationPosition } from './engine';
 import { ErrorCode, SfError } from '../common/errors';
 import { findBinary, type RunAs } from './run-command';
+import { engineUser, engineUserProblem } from './engine-user';
 
 export interface RedisEngineOptions {
   /** @default found on PATH */
   redisServer?: string;
   /** @default 2000 */
   commandTimeoutMs?: number;
+  /** System user redis-server runs as when the cell is root. @default 'redis' */
+  systemUser?: string;
 }
 
 export const CONFIG_FILE = 'redis.conf';
@@ -63,11 +66,14 @@ export class RedisEngine implements Engine {
 
   async available(): Promise<Availability> {
     const bin = await this.binary();
-    return bin ? { ok: true, reason: '' } : { ok: false, reason: 'redis-server not found on PATH' };
+    if (!bin) return { ok: false, reason: 'redis-server not found on PATH' };
+    const problem = engineUserProblem(this.options.systemUser ?? 'redis', 'redis');
+    return problem ? { ok: false, reason: problem } : { ok: true, reason: '' };
   }
 
+  /** Never root (issue 11): a client that reached CONFIG SET dir + SAVE could write any file. */
   runAs(): RunAs | undefined {
-    return undefined;
+    return engineUser(this.options.systemUser ?? 'redis', 'redis');
   }
 
   async prepare(ctx: EngineContext): Promise<void> {

@@ -3,20 +3,21 @@ import type { EngineKind } from '../protocol';
 import type { Engine } from './engine';
 import { PostgresEngine, type PostgresEngineOptions } from './engine-postgres';
 import { RedisEngine, type RedisEngineOptions } from './engine-redis';
-import { TcpEngine } from './engine-tcp';
+import { TcpEngine, type TcpEngineOptions } from './engine-tcp';
 
 export type EngineRegistry = Record<EngineKind, Engine>;
 
 export interface EngineRegistryOptions {
   redis?: RedisEngineOptions;
   postgres?: PostgresEngineOptions;
+  tcp?: TcpEngineOptions;
 }
 
 export function createEngineRegistry(options: EngineRegistryOptions = {}): EngineRegistry {
   return {
     redis: new RedisEngine(options.redis),
     postgres: new PostgresEngine(options.postgres),
-    tcp: new TcpEngine(),
+    tcp: new TcpEngine(options.tcp),
   };
 }
 

@@ -17,7 +17,16 @@ import type { RunAs } from './run-command';
 import { createEngineRegistry, type EngineRegistry } from './engine-registry';
 import { ErrorCode, SfError } from '../common/errors';
 import type { ExitListener, Executor, InstanceHandle, InstanceStatus, StopOptions } from './executor';
-import { admitStart, INSTANCES_DIR, listVolumes, readMeta, volumePaths, writeMeta } from './instance-volume';
+import {
+  admitStart,
+  INSTANCES_DIR,
+  listVolumes,
+  readMeta,
+  secureVolume,
+  volumePaths,
+  writeMeta,
+} from './instance-volume';
+import { cleanEnv } from './instance-env';
 import { DEFAULT_PORT_RANGE, PortAllocator, type PortRange } from './port-allocator';
 
 export interface ProcessExecutorOptions {
@@ -155,6 +164,7 @@ export class ProcessExecutor implements Executor {
       const { paths, meta } = await admitStart(this.opts.dataDir, spec, this.kind, port);
       const runAs = engine.runAs();
       if (runAs) await this.openPathFor(runAs, paths.volumeDir);
+      await secureVolume(paths, runAs, false);
       const context: EngineContext = {
         spec,
         dataDir: paths.dataDir,
@@ -164,16 +174,21 @@ export class ProcessExecutor implements Executor {
         advertiseHost: this.opts.advertiseHost,
       };
       await engine.prepare(context);
+      // Whatever prepare wrote as the cell (configuration, credentials) becomes the engine's own.
+      await secureVolume(paths, runAs, true);
       const launch = await engine.launch(context);
-      const log = await open(paths.logFile, 'a');
+      const user = launch.runAs ?? runAs;
+      const log = await open(paths.logFile, 'a', 0o600);
       let child: ChildProcess;
       try {
         child = spawn(launch.file, launch.args, {
           detached: true,
           cwd: '/',
           stdio: ['ignore', log.fd, log.fd],
-          env: { ...process.env, ...launch.env },
-          ...(launch.runAs ? { uid: launch.runAs.uid, gid: launch.runAs.gid } : {}),
+          // Built from the spec alone: the cell's environment holds the platform's secrets (issue 11).
+          env: cleanEnv(launch.env, user, paths.dataDir),
+          // libuv also drops the cell's supplementary groups when it switches the user.
+          ...(user ? { uid: user.uid, gid: user.gid } : {}),
         });
       } finally {
         await log.close();

@@ -5,10 +5,11 @@
  * the highest epoch ever accepted for the instance, which is what the stale-primary check
  * (issue 5) compares against: it lives with the data, so it survives anything the data survives.
  */
-import { mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { EngineKind, ExecutorKind, InstanceRole, InstanceSpec } from '../protocol';
 import { ErrorCode, SfError } from '../common';
+import { runCommand, type RunAs } from './run-command';
 
 export const INSTANCES_DIR = 'instances';
 export const META_FILE = 'sf-instance.json';
@@ -58,7 +59,8 @@ export async function readMeta(paths: VolumePaths): Promise<InstanceMeta | undef
 /** Written with rename so a crash never leaves half a record (and never loses the epoch). */
 export async function writeMeta(paths: VolumePaths, meta: InstanceMeta): Promise<void> {
   const tmp = `${paths.metaFile}.tmp`;
-  await writeFile(tmp, JSON.stringify({ ...meta, updatedAt: Date.now() }, null, 2));
+  // 0600: the record holds the instance's spec, credentials included (issue 11).
+  await writeFile(tmp, JSON.stringify({ ...meta, updatedAt: Date.now() }, null, 2), { mode: 0o600 });
   await rename(tmp, paths.metaFile);
 }
 
@@ -84,7 +86,7 @@ export async function admitStart(
   port: number | null,
 ): Promise<{ paths: VolumePaths; meta: InstanceMeta }> {
   const paths = volumePaths(cellDataDir, spec.instanceId);
-  await mkdir(paths.dataDir, { recursive: true });
+  await mkdir(paths.dataDir, { recursive: true, mode: 0o700 });
   const previous = await readMeta(paths);
   checkEpoch(previous, spec);
   const meta: InstanceMeta = {
@@ -103,6 +105,29 @@ export async function admitStart(
   };
   await writeMeta(paths, meta);
   return { paths, meta };
+}
+
+/** Mode of a volume directory: the cell's, searchable so the engine's user reaches `data/` in it. */
+export const VOLUME_DIR_MODE = 0o711;
+/** Mode of the engine's data directory: its user's alone (issue 11, finding 4). */
+export const DATA_DIR_MODE = 0o700;
+
+/**
+ * Gives the engine's data directory to the user it runs as (0700, everything in it theirs) and
+ * keeps the rest of the volume the cell's: the record (`sf-instance.json`, with the highest epoch
+ * the stale-primary check trusts) and the log are 0600 files an engine cannot rewrite. With no
+ * `owner` (a cell that is not root) everything stays the cell's user's, with the same modes.
+ */
+export async function secureVolume(paths: VolumePaths, owner: RunAs | undefined, recursive: boolean): Promise<void> {
+  await chmod(paths.volumeDir, VOLUME_DIR_MODE);
+  await chmod(paths.dataDir, DATA_DIR_MODE);
+  for (const file of [paths.metaFile, paths.logFile]) await chmod(file, 0o600).catch(() => undefined);
+  // Configuration files may hold credentials (masterauth, primary_conninfo): nothing in the data
+  // directory is for group or others.
+  if (recursive) await runCommand('chmod', ['-R', 'go-rwx', paths.dataDir]);
+  if (!owner) return;
+  if (recursive) await runCommand('chown', ['-R', `${owner.uid}:${owner.gid}`, paths.dataDir]);
+  else await chown(paths.dataDir, owner.uid, owner.gid);
 }
 
 /** Applies a promotion to the record: role primary, epoch raised (never lowered). */

@@ -7,6 +7,7 @@ import { access, constants } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { ErrorCode, SfError } from '../common';
+import { cleanEnv } from './instance-env';
 
 export interface RunAs {
   uid: number;
@@ -20,19 +21,22 @@ export interface RunCommandOptions {
   runAs?: RunAs;
   env?: Record<string, string>;
   cwd?: string;
+  /** Written to the command's stdin: how secrets reach it without appearing in argv. */
+  input?: string;
 }
 
 export function runCommand(file: string, args: string[], options: RunCommandOptions = {}): Promise<string> {
-  const { timeoutMs = 60_000, runAs, env, cwd } = options;
+  const { timeoutMs = 60_000, runAs, env, cwd, input } = options;
   return new Promise((resolve, reject) => {
-    execFile(
+    const child = execFile(
       file,
       args,
       {
         timeout: timeoutMs,
         cwd: cwd ?? '/',
         maxBuffer: 16 * 1024 * 1024,
-        env: { ...process.env, ...(runAs ? { HOME: '/tmp', USER: runAs.user } : {}), ...env },
+        // Helpers get a clean environment like engines do: the cell's holds the platform's secrets.
+        env: cleanEnv(env, runAs, runAs ? '/tmp' : (process.env.HOME ?? '/')),
         ...(runAs ? { uid: runAs.uid, gid: runAs.gid } : {}),
       },
       (err, stdout, stderr) => {
@@ -53,6 +57,7 @@ export function runCommand(file: string, args: string[], options: RunCommandOpti
         );
       },
     );
+    if (input !== undefined) child.stdin?.end(input);
   });
 }
 

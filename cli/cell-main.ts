@@ -19,6 +19,7 @@ export interface CellFlags {
   heartbeatMs: string;
   heartbeatTtlMs: string;
   trustCidr: string[];
+  tcpAllow: string[];
   stopInstancesOnExit?: boolean;
 }
 
@@ -45,6 +46,7 @@ export async function runCell(flags: CellFlags): Promise<void> {
     heartbeatMs: parseIntFlag(flags.heartbeatMs, '--heartbeat-ms', 50),
     heartbeatTtlMs: parseIntFlag(flags.heartbeatTtlMs, '--heartbeat-ttl-ms', 100),
     trustCidrs: flags.trustCidr,
+    tcpAllow: flags.tcpAllow,
     stopInstancesOnExit: flags.stopInstancesOnExit === true,
     fencer: new NetworkFencer(),
   });

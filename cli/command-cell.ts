@@ -43,6 +43,12 @@ export function registerCellCommand(program: Command): void {
       [] as string[],
     )
     .option(
+      '--tcp-allow <file>',
+      'an executable tcp instances may run (repeatable; default: any, creating tcp services needs an admin token)',
+      (v: string, acc: string[]) => [...acc, v],
+      [] as string[],
+    )
+    .option(
       '--stop-instances-on-exit',
       'stop engines when the agent exits (default: leave them running for re-adoption)',
     )

@@ -84,6 +84,8 @@ export const ErrorCode = {
   FenceFailed: 'SF_ERR_FENCE_FAILED',
   UnknownOrder: 'SF_ERR_UNKNOWN_ORDER',
   OrderTimeout: 'SF_ERR_ORDER_TIMEOUT',
+  /** A `tcp` command outside the cell's allow-list (`sf cell --tcp-allow`). */
+  TcpCommandNotAllowed: 'SF_ERR_TCP_COMMAND_NOT_ALLOWED',
 
   // The CLI's view of control.
   ControlUnreachable: 'SF_ERR_CONTROL_UNREACHABLE',
@@ -160,6 +162,7 @@ const HTTP_STATUS: Record<ErrorCodeValue, number> = {
   SF_ERR_FENCE_FAILED: 502,
   SF_ERR_UNKNOWN_ORDER: 400,
   SF_ERR_ORDER_TIMEOUT: 504,
+  SF_ERR_TCP_COMMAND_NOT_ALLOWED: 403,
 
   SF_ERR_CONTROL_UNREACHABLE: 500,
   SF_ERR_BAD_RESPONSE: 500,

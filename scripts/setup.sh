@@ -26,6 +26,16 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
   fi
 fi
 
+# tcp instances run as this unprivileged user when the cell runs as root (docs/cells.md, Security).
+if ! id -u sf-instance >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ] && command -v useradd >/dev/null; then
+    echo "setup: creating the system user sf-instance (tcp instances run as it)"
+    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin sf-instance
+  else
+    echo "setup: please create the system user sf-instance (tcp instances run as it when the cell is root)" >&2
+  fi
+fi
+
 echo "setup: installing npm packages"
 if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --loglevel=error; else npm install --no-audit --no-fund --loglevel=error; fi
 

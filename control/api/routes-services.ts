@@ -8,6 +8,8 @@ import { serviceCreateSchema } from '../services/service-schema';
 import type { LeaderElector } from '../leader/leader-elector';
 import type { HttpServer } from './http-server';
 import { validateBody } from './routing-schemas';
+import { hasScope } from './auth';
+import { ErrorCode, SfError } from '../../common';
 
 export interface ServicesApiDeps extends ServiceAdmissionDeps {
   elector: LeaderElector;
@@ -23,6 +25,14 @@ export function registerServicesApi(server: HttpServer, deps: ServicesApiDeps): 
 
   server.route('post', '/v3/service_instances', 'write', async (ctx) => {
     const req = validateBody(serviceCreateSchema, await ctx.body(), '');
+    // A tcp service runs any command its creator names on a cell: that is an operator's power,
+    // not a user's (issue 11, finding 3); cells may narrow it further with --tcp-allow.
+    if (req.engine === 'tcp' && !(ctx.principal && hasScope(ctx.principal, 'admin')))
+      throw new SfError(
+        ErrorCode.Forbidden,
+        "engine tcp runs any command on a cell: it needs the 'admin' scope",
+        'engine',
+      );
     const record = await admitService(deps, req);
     return { status: 201, body: serviceView(record, await directory.snapshot()) };
   });

@@ -2,13 +2,16 @@
  * Shared pieces of the cell tests: a throwaway cell data directory, instance specs with defaults,
  * and waiting for a condition.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { instanceSpecSchema, type InstanceSpec, type InstanceSpecInput } from '../../protocol/cell-protocol';
 
 export async function tempCellDir(prefix = 'sf-cell-'): Promise<{ dir: string; remove(): Promise<void> }> {
   const dir = await mkdtemp(path.join(tmpdir(), prefix));
+  // Engines run as their own users when the tests run as root (redis, postgres, sf-instance):
+  // they must be able to walk down to their volumes.
+  await chmod(dir, 0o711);
   return { dir, remove: () => rm(dir, { recursive: true, force: true }) };
 }
 

@@ -13,6 +13,20 @@ describe('service instances: tcp engine', function () {
     await cluster?.stop();
   });
 
+  it('refuses a tcp service to a write token: running a command needs admin scope', async () => {
+    const token = await cluster.api<{ token: string }>('POST', '/v3/tokens', { name: 'writer', scopes: ['write'] });
+    expect(token.status).to.equal(201);
+    const refused = await cluster.api<{ error: { code: string; field: string } }>(
+      'POST',
+      '/v3/service_instances',
+      { name: 'shell', engine: 'tcp', replicas: 0, command: { file: '/bin/sh', args: ['-c', 'id'] } },
+      token.body.token,
+    );
+    expect(refused.status).to.equal(403);
+    expect(refused.body.error).to.include({ code: 'SF_ERR_FORBIDDEN', field: 'engine' });
+    expect((await cluster.api('GET', '/v3/service_instances/shell')).status).to.equal(404);
+  });
+
   it('runs any command listening on {port} behind the router', async () => {
     const created = await cluster.api<ServiceView>('POST', '/v3/service_instances', {
       name: 'plain',
