@@ -1,7 +1,7 @@
 /**
  * The locked state store of `sf up` (issue 11, finding 2): its redis-server starts from a
- * configuration file with an ACL file where the `default` user is off — a connection without
- * credentials gets NOAUTH — and each role has its own user with the rules of protocol/acl.ts.
+ * configuration file with an ACL file where the `default` user needs a password nobody knows — a
+ * connection without credentials gets NOAUTH — and each role has its own user with the rules of protocol/acl.ts.
  * Each user's password is generated once and kept in its own credentials file (mode 0600, in a
  * 0700 directory of the data dir); the ACL file holds only SHA-256 hashes of them. Nothing secret
  * goes into argv: redis-server gets the path of its configuration, each role the path of its
@@ -12,7 +12,7 @@
  *   users.acl                      0600  `user NAME on #sha256 RULES...`, regenerated every start
  *   credentials/USER.json          0600  {"username", "password"}; kept across restarts
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { chmod, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
@@ -104,7 +104,8 @@ export async function prepareLockedStateStore(opts: LockedStateStoreOptions): Pr
   ];
   const credentialsFile = (user: string): string => join(credDir, `${user}.json`);
   // Redis's ACL file takes no comments: what it is and where it comes from is said in redis.conf.
-  const lines = [aclFileLine(defaultUserAclRules(), undefined)];
+  // The default user's password is random and written nowhere: see defaultUserAclRules().
+  const lines = [aclFileLine(defaultUserAclRules(), randomBytes(32).toString('hex'))];
   for (const role of roles) {
     const creds = await credentialsFor(role.user, credentialsFile(role.user));
     lines.push(aclFileLine(role, creds.password));

@@ -220,7 +220,14 @@ export function adminAclRules(): AclUserRules {
   return { user: ADMIN_ACL_USER, rules: ['resetkeys', 'resetchannels', '~*', '&*', '+@all'] };
 }
 
-/** The built-in user every unauthenticated connection is: switched off, so it gets NOAUTH. */
+/**
+ * The built-in user every unauthenticated connection is. It needs a password, so such a
+ * connection gets NOAUTH; the caller gives it one nobody knows (a random hash), so nobody can
+ * log in as it either. It must keep every permission all the same: Redis 7.0 replays the
+ * append-only file as the `default` user and checks the ACL at each EXEC, so a `default` user
+ * that is `off` or stripped of rights makes every MULTI/EXEC and every script's effects fail
+ * on replay — the store would silently lose almost all of control's writes at each restart.
+ */
 export function defaultUserAclRules(): AclUserRules {
-  return { user: 'default', rules: ['off', 'resetkeys', 'resetchannels', '-@all'] };
+  return { user: 'default', rules: ['resetkeys', 'resetchannels', '~*', '&*', '+@all'] };
 }

@@ -1,6 +1,6 @@
 /**
  * The locked state store (issue 11, finding 2) against a real redis-server started from the
- * configuration `sf up` writes: the default user is off, and each role's ACL user can do what the
+ * configuration `sf up` writes: the default user needs a password nobody has, and each role's ACL user can do what the
  * role needs and nothing that would let it take the platform over.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
@@ -216,6 +216,31 @@ function describeLockedStore(prefix: string): void {
         control.set('other:key', '1'),
       ])
         expect(await outcome(attempt)).to.match(/NOPERM/);
+    });
+
+    it("keeps control's transactions and scripts across a restart (append-only replay passes the ACL)", async () => {
+      const control = as('control');
+      const key = (n: number): string => `${prefix}restart-check:${n}`;
+      await control.multi().set(key(1), 'tx').set(key(2), 'tx').exec();
+      await control.eval(
+        "redis.call('SET', KEYS[1], 'lua'); redis.call('SET', KEYS[2], 'lua'); return 1",
+        2,
+        key(3),
+        key(4),
+      );
+      // A clean stop flushes the append-only file; the replay at start is what is under test.
+      const exited = new Promise((r) => server.once('exit', r));
+      server.kill('SIGTERM');
+      await exited;
+      for (const c of clients.splice(0)) c.disconnect();
+      server = spawn('redis-server', store.serverArgs, { stdio: ['ignore', 'ignore', 'inherit'] });
+      await waitForPort(port);
+      const after = as('control');
+      expect(await after.mget(key(1), key(2), key(3), key(4))).to.deep.equal(['tx', 'tx', 'lua', 'lua']);
+      expect(await after.hget(group.routes, '16000')).to.equal('{"port":16000}');
+      const anonymous = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0 });
+      clients.push(anonymous);
+      expect(await outcome(anonymous.get(key(1)))).to.match(/NOAUTH/);
     });
 
     describe('createRedis', () => {
