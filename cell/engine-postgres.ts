@@ -269,8 +269,10 @@ export class PostgresEngine implements Engine {
    * Issue 10: a primary that cannot commit is not `running`. First a read that needs no write:
    * client connections exhausted (the superuser's reserved slots let this check in when clients
    * are refused), or sync durability with no synchronous standby connected (every commit would
-   * wait). Then the write itself: `txid_current()` assigns a transaction id, so its commit writes
-   * a commit record and waits for the sync standby like any client's. PostgreSQL turns off
+   * wait). Then the write itself: a transactional `pg_logical_emit_message` writes WAL inside a
+   * transaction, so its commit waits for the sync standby like any client's (a bare
+   * `txid_current()` does not: a transaction that wrote no WAL before its commit record skips the
+   * wait), and it touches no table. PostgreSQL turns off
    * statement_timeout before the commit wait, so the bound is the client's; a check that ran
    * out is cancelled (a cancelled sync wait returns), so checks never pile up as backends.
    */
@@ -294,14 +296,20 @@ export class PostgresEngine implements Engine {
     if (names && Number(syncStandbys) === 0)
       return `no synchronous standby connected (synchronous_standby_names ${quote(names)}): every commit waits for one`;
     try {
-      await this.query(ctx, 'select txid_current()', timeoutMs, COMMIT_CHECK_APP);
+      await this.query(
+        ctx,
+        `select pg_logical_emit_message(true, ${quote(COMMIT_CHECK_APP)}, '')`,
+        timeoutMs,
+        COMMIT_CHECK_APP,
+      );
       return null;
     } catch (err) {
       await this.query(
         ctx,
         `select pg_cancel_backend(pid) from pg_stat_activity where application_name = ${quote(COMMIT_CHECK_APP)} and pid <> pg_backend_pid()`,
       ).catch(() => undefined);
-      return `a write did not commit within ${timeoutMs} ms: ${(err as Error).message}`;
+      const why = (err as Error).message;
+      return `a write did not commit within ${timeoutMs} ms${/timed out/.test(why) ? '' : `: ${why}`}`;
     }
   }
 

@@ -108,8 +108,13 @@ export function cellFencingSteps(deps: CellFencingStepsDeps): FencingSteps {
       return undefined;
     }
   };
+  // Orders that do engine work get longer bounds than a plain order: a PostgreSQL promotion, a
+  // clean shutdown or a psql under load take seconds, and the fault-schedule runs of issue 10 saw
+  // "promote ... no answer in time" and "could not read the position" with the 2 s default.
+  const engineWorkMs = Math.max(deps.options.orderTimeoutMs, 60_000);
+  const positionMs = Math.max(deps.options.orderTimeoutMs, 10_000);
   const position = async (cell: string, instanceId: string): Promise<bigint | null> => {
-    const res = await order(cell, { type: 'position', instanceId });
+    const res = await order(cell, { type: 'position', instanceId }, positionMs);
     const value = res?.ok ? res.data?.positionValue : undefined;
     return typeof value === 'string' && /^\d+$/.test(value) ? BigInt(value) : null;
   };
@@ -134,13 +139,12 @@ export function cellFencingSteps(deps: CellFencingStepsDeps): FencingSteps {
     },
     promote: {
       position,
-      promote: (cell, instanceId, epoch) => order(cell, { type: 'promote', instanceId, epoch }),
+      promote: (cell, instanceId, epoch) => order(cell, { type: 'promote', instanceId, epoch }, engineWorkMs),
     },
     rejoin: {
       repoint: (cell, instanceId, primary) => order(cell, { type: 'repoint', instanceId, primary }),
       // A clean PostgreSQL shutdown writes a checkpoint and may wait for WAL senders.
-      stop: (cell, instanceId) =>
-        order(cell, { type: 'stop', instanceId }, Math.max(deps.options.orderTimeoutMs, 60_000)),
+      stop: (cell, instanceId) => order(cell, { type: 'stop', instanceId }, engineWorkMs),
       async awaitReplica(cell, instanceId, generation, timeoutMs) {
         const t0 = Date.now();
         let last = 'no report yet';
@@ -154,7 +158,7 @@ export function cellFencingSteps(deps: CellFencingStepsDeps): FencingSteps {
                 message: `${instanceId} failed to start as a replica: ${actual.lastError?.message ?? 'exited'}`,
               };
             if (actual.state === 'running') {
-              const res = await order(cell, { type: 'position', instanceId });
+              const res = await order(cell, { type: 'position', instanceId }, positionMs);
               if (res?.ok && res.data?.role === 'replica')
                 return { ok: true, message: `${instanceId} runs as a replica (read-only) after ${Date.now() - t0} ms` };
               last = res?.ok ? `engine reports role ${String(res.data?.role)}` : (res?.error?.message ?? 'no answer');

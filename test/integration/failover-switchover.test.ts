@@ -65,6 +65,12 @@ async function create(cluster: ServiceCluster, body: Record<string, unknown>): P
   );
 }
 
+/** `step+ms` from the first step, to see where a switchover spends its time. */
+function timeline(steps: FencingStep[]): string {
+  const t0 = steps[0]?.at ?? 0;
+  return steps.map((s) => `${s.step}+${s.at - t0}`).join(' ');
+}
+
 async function history(cluster: ServiceCluster, name: string): Promise<FencingStep[]> {
   return (await cluster.api<{ resources: FencingStep[] }>('GET', `/v3/service_instances/${name}/fencing`)).body
     .resources;
@@ -150,7 +156,7 @@ describe('failover: planned switchover, refused actions, degraded primaries', fu
     expect(res.code, res.stderr).to.equal(0);
     const out = JSON.parse(res.stdout) as { steps: FencingStep[]; service: ServiceView };
     const steps = out.steps.map((s) => `${s.step}:${s.outcome}`);
-    console.log(`      redis switchover (sf failover, sync, 1 replica): ${ms.toFixed(0)} ms`);
+    console.log(`      redis switchover (sf failover, sync, 1 replica): ${ms.toFixed(0)} ms; ${timeline(out.steps)}`);
     expect(steps).to.include.members(['stop:ok', 'promote:ok', 'rejoin:ok', 'commit-check:ok']);
     expect(steps.indexOf('stop:ok')).to.be.lessThan(steps.indexOf('promote:ok'));
 
@@ -203,13 +209,15 @@ describe('failover: planned switchover, refused actions, degraded primaries', fu
       'first write through the router',
     );
     const t0 = performance.now();
+    const wall0 = Date.now();
     const res = await sf(cluster, ['failover', 'psw', '--json']);
+    const wall1 = Date.now();
     const ms = performance.now() - t0;
     expect(res.code, res.stderr).to.equal(0);
     const out = JSON.parse(res.stdout) as { steps: FencingStep[]; service: ServiceView };
     const steps = out.steps.map((s) => `${s.step}:${s.outcome}`);
     console.log(
-      `      postgres switchover (sf failover, sync, 1 replica): ${ms.toFixed(0)} ms; steps ${steps.join(' ')}`,
+      `      postgres switchover (sf failover, sync, 1 replica): ${ms.toFixed(0)} ms; first step ${(out.steps[0].at - wall0).toFixed(0)} ms after the call, last ${(wall1 - (out.steps.at(-1)?.at ?? 0)).toFixed(0)} ms before the exit; ${timeline(out.steps)}`,
     );
     expect(steps).to.include.members(['stop:ok', 'promote:ok', 'rejoin:ok', 'commit-check:ok']);
 
@@ -256,5 +264,34 @@ describe('failover: planned switchover, refused actions, degraded primaries', fu
       process.kill(pid, 'SIGCONT');
     }
     await cluster.waitForService('stall', 30_000, (v) => v.status === 'running' && primaryOf(v).state === 'running');
+  });
+
+  it('a sync postgres primary whose standby hangs is degraded (its commits wait), and running again once the standby resumes', async () => {
+    const view = await create(cluster, {
+      name: 'pgstall',
+      engine: 'postgres',
+      replicas: 1,
+      durability: 'sync',
+      volume: { sizeMb: 128 },
+    });
+    const replica = view.instances.find((i) => i.role === 'replica')!;
+    const pid = await enginePid(cluster, view, replica.id);
+    // The postmaster and its children (each child is a process group of its own, so the
+    // postmaster's group alone would leave the WAL receiver acknowledging).
+    const { stdout } = await run('pgrep', ['-P', String(pid)]);
+    const pids = [pid, ...stdout.split(/\s+/).filter(Boolean).map(Number)];
+    for (const p of pids) process.kill(p, 'SIGSTOP');
+    try {
+      const degraded = await cluster.waitForService('pgstall', 30_000, (v) => v.status === 'degraded');
+      console.log(`      degraded: ${degraded.message}`);
+      expect(degraded.message).to.match(/cannot commit/);
+      expect(primaryOf(degraded).state).to.equal('degraded');
+    } finally {
+      for (const p of pids) process.kill(p, 'SIGCONT');
+    }
+    await cluster.waitForService('pgstall', 30_000, (v) => v.status === 'running' && primaryOf(v).state === 'running');
+    // The checks that ran out were cancelled: no backend is left waiting for the standby.
+    const p = primaryOf(await cluster.waitForService('pgstall', 5_000, () => true));
+    expect(await psql(p.port!, "select count(*) from pg_stat_activity where wait_event = 'SyncRep'")).to.equal('0');
   });
 });
