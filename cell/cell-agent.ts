@@ -62,6 +62,8 @@ export interface CellAgentOptions {
   heartbeatTtlMs?: number;
   /** Re-read desired state even without a notification, and probe health. @default 2000 */
   reconcileMs?: number;
+  /** Bound of the commit check on primaries; past it a primary is reported degraded (issue 10). @default 2000 */
+  commitCheckTimeoutMs?: number;
   /** Stop engines when the agent exits; by default they keep running and are re-adopted. @default false */
   stopInstancesOnExit?: boolean;
   /** Networks trusted by postgres besides loopback (docs/cells.md, Security). @default [] */
@@ -113,6 +115,7 @@ const cellAgentOptionsSchema = z
     heartbeatMs: z.number().int().min(50).optional(),
     heartbeatTtlMs: z.number().int().min(100).optional(),
     reconcileMs: z.number().int().min(100).optional(),
+    commitCheckTimeoutMs: z.number().int().min(100).optional(),
   })
   .refine(
     (o) =>
@@ -239,6 +242,7 @@ export class CellAgent {
       redis: this.redis,
       keys: this.keys,
       report: (id, actual) => void this.report(id, actual),
+      commitCheckTimeoutMs: this.opts.commitCheckTimeoutMs,
     });
     await this.instances.load();
     await this.clearStaleReports();

@@ -18,6 +18,7 @@ export interface CellFlags {
   portRange: string;
   heartbeatMs: string;
   heartbeatTtlMs: string;
+  commitCheckTimeoutMs?: string;
   trustCidr: string[];
   tcpAllow: string[];
   stopInstancesOnExit?: boolean;
@@ -45,6 +46,10 @@ export async function runCell(flags: CellFlags): Promise<void> {
     portRange,
     heartbeatMs: parseIntFlag(flags.heartbeatMs, '--heartbeat-ms', 50),
     heartbeatTtlMs: parseIntFlag(flags.heartbeatTtlMs, '--heartbeat-ttl-ms', 100),
+    commitCheckTimeoutMs:
+      flags.commitCheckTimeoutMs === undefined
+        ? undefined
+        : parseIntFlag(flags.commitCheckTimeoutMs, '--commit-check-timeout-ms', 100),
     trustCidrs: flags.trustCidr,
     tcpAllow: flags.tcpAllow,
     stopInstancesOnExit: flags.stopInstancesOnExit === true,

@@ -37,6 +37,10 @@ export function registerCellCommand(program: Command): void {
       String(DEFAULT_CELL_AGENT_OPTIONS.heartbeatTtlMs),
     )
     .option(
+      '--commit-check-timeout-ms <ms>',
+      'a primary whose check write does not commit (sync: is not acknowledged) within this is reported degraded (default: 2000)',
+    )
+    .option(
       '--trust-cidr <cidr>',
       'network trusted by postgres besides loopback (repeatable)',
       (v: string, acc: string[]) => [...acc, v],
