@@ -54,6 +54,8 @@ interface LocalInstance {
   desired: boolean;
   /** Generation of the last start attempt; -1 after a deliberate stop (re-adding restarts). */
   attempted: number;
+  /** Version of the credentials last applied to the running engine (issue 11); -1 = none yet. */
+  credentialsApplied: number;
 }
 
 /** Read through a function so the compiler does not narrow a state that changes across awaits. */
@@ -68,6 +70,8 @@ export class CellInstances {
   private readonly checking = new Set<string>();
   private readonly local = new Map<string, LocalInstance>();
   private readonly unsubscribe: Array<() => void> = [];
+  /** The credentials change running per instance, so changes apply one after the other. */
+  private readonly credentialSyncs = new Map<string, Promise<void>>();
 
   constructor(private readonly options: CellInstancesOptions) {
     for (const executor of Object.values(options.executors)) {
@@ -178,6 +182,7 @@ export class CellInstances {
   private async applyLiveChanges(inst: LocalInstance, spec: InstanceSpec): Promise<void> {
     const epoch = Math.max(inst.spec.epoch, spec.epoch);
     const raised = epoch > inst.spec.epoch;
+    const newCredentials = (spec.credentials?.version ?? -1) > (inst.spec.credentials?.version ?? -1);
     inst.spec = {
       ...spec,
       role: inst.spec.role,
@@ -187,6 +192,7 @@ export class CellInstances {
     };
     if (inst.handle) inst.handle.context = { ...inst.handle.context, spec: inst.spec };
     if (inst.lease) inst.lease.setEpoch(epoch);
+    if (newCredentials && inst.state === 'running') await this.syncCredentials(inst).catch(() => undefined);
     if (!raised) return;
     await this.persistEpoch(inst.spec.instanceId, epoch);
     this.emit(inst.spec.instanceId);
@@ -206,6 +212,7 @@ export class CellInstances {
   private async start(inst: LocalInstance): Promise<void> {
     const id = inst.spec.instanceId;
     inst.attempted = inst.spec.generation;
+    inst.credentialsApplied = -1;
     inst.state = 'starting';
     inst.lastError = null;
     this.emit(id);
@@ -224,6 +231,8 @@ export class CellInstances {
         inst.spec = { ...inst.spec, port: handle.port };
         this.syncLease(inst);
         await this.refreshPosition(id).catch(() => undefined);
+        // Keys created or revoked while it was down (PostgreSQL roles live in the primary's data).
+        await this.syncCredentials(inst).catch(() => undefined);
         if (!inst.desired) {
           // Removed from desired state while it was starting.
           await this.persistGeneration(id, inst.attempted);
@@ -329,6 +338,39 @@ export class CellInstances {
 
   async recordedEpoch(instanceId: string): Promise<number> {
     return (await readMeta(volumePaths(this.options.dataDir, instanceId)))?.highestEpoch ?? 0;
+  }
+
+  /**
+   * The `credentials` order: makes the instance's users those of `credentials` unless it already
+   * has a newer or equal set applied. Throws when the running engine refuses them.
+   */
+  async applyCredentials(instanceId: string, credentials: NonNullable<InstanceSpec['credentials']>): Promise<number> {
+    const inst = this.local.get(instanceId);
+    if (!inst) throw new SfError(ErrorCode.InstanceNotFound, `no instance ${instanceId} on cell ${this.options.cell}`);
+    if (credentials.version > (inst.spec.credentials?.version ?? -1)) {
+      inst.spec = { ...inst.spec, credentials };
+      if (inst.handle) inst.handle.context = { ...inst.handle.context, spec: inst.spec };
+    }
+    if (inst.state === 'running') await this.syncCredentials(inst);
+    return inst.spec.credentials?.version ?? -1;
+  }
+
+  /**
+   * One change at a time per instance: the order and the desired spec carry the same set and
+   * arrive together, and two concurrent passes would both create the same user.
+   */
+  private syncCredentials(inst: LocalInstance): Promise<void> {
+    const id = inst.spec.instanceId;
+    const run = async (): Promise<void> => {
+      const version = inst.spec.credentials?.version ?? -1;
+      const engine = this.options.engines[inst.spec.engine];
+      if (!inst.handle || version <= inst.credentialsApplied || !engine.applyCredentials) return;
+      await engine.applyCredentials(inst.handle.context);
+      inst.credentialsApplied = version;
+    };
+    const next = (this.credentialSyncs.get(id) ?? Promise.resolve()).catch(() => undefined).then(run);
+    this.credentialSyncs.set(id, next);
+    return next;
   }
 
   /** Applies a role change done by an order (promote, repoint) to the model and the lease. */
@@ -468,6 +510,7 @@ export class CellInstances {
         expectingExit: undefined,
         desired: false,
         attempted,
+        credentialsApplied: -1,
       };
       this.local.set(spec.instanceId, inst);
     }

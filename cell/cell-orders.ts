@@ -111,5 +111,8 @@ async function run(order: Order, ctx: OrderContext): Promise<Record<string, unkn
       if (reason) throw new SfError(ErrorCode.CommitCheckFailed, `${order.instanceId}: ${reason}`);
       return { committed: true };
     }
+    case 'credentials':
+      // The result names the version only: secrets never go into order results or events.
+      return { version: await instances.applyCredentials(order.instanceId, order.credentials) };
   }
 }

@@ -11,6 +11,7 @@ import type { Availability, Engine, EngineContext, LaunchCommand, ReplicationPos
 import { ErrorCode, SfError } from '../common/errors';
 import { findBinary, type RunAs } from './run-command';
 import { engineUser, engineUserProblem } from './engine-user';
+import { redisAclUsers, renderRedisAclFile } from './engine-credentials';
 
 export interface RedisEngineOptions {
   /** @default found on PATH */
@@ -22,6 +23,8 @@ export interface RedisEngineOptions {
 }
 
 export const CONFIG_FILE = 'redis.conf';
+/** The ACL file of a service with credentials (issue 11): hashes only, `default` off. */
+export const ACL_FILE = 'users.acl';
 /** The key the commit check writes (with a 60 s TTL, so it never accumulates). */
 export const COMMIT_CHECK_KEY = '__sf_commit_check';
 
@@ -50,6 +53,15 @@ export function renderRedisConfig(ctx: EngineContext, primary?: HostPort): strin
     // A primary refuses writes unless a replica acknowledged recently: the closest Redis has to
     // synchronous replication (with WAIT on the client side for a per-write guarantee).
     lines.push('min-replicas-to-write 1', 'min-replicas-max-lag 10');
+  }
+  if (spec.credentials) {
+    // Every instance may become a replica (repoint), so each knows how to authenticate to a
+    // primary; the file is 0600 in a 0700 directory of the redis user.
+    lines.push(
+      `aclfile ${path.join(ctx.dataDir, ACL_FILE)}`,
+      `masteruser ${spec.credentials.replication.username}`,
+      `masterauth ${spec.credentials.replication.password}`,
+    );
   }
   const upstream = primary ?? (spec.role === 'replica' ? spec.replicaOf : undefined);
   if (upstream) lines.push(`replicaof ${upstream.host} ${upstream.port}`);
@@ -80,7 +92,25 @@ export class RedisEngine implements Engine {
     if (ctx.spec.role === 'replica' && !ctx.spec.replicaOf) {
       throw new SfError(ErrorCode.InvalidInstanceSpec, 'a redis replica needs replicaOf', 'replicaOf');
     }
-    await writeFile(path.join(ctx.dataDir, CONFIG_FILE), renderRedisConfig(ctx));
+    if (ctx.spec.credentials)
+      await writeFile(path.join(ctx.dataDir, ACL_FILE), renderRedisAclFile(ctx.spec.credentials), { mode: 0o600 });
+    await writeFile(path.join(ctx.dataDir, CONFIG_FILE), renderRedisConfig(ctx), { mode: 0o600 });
+  }
+
+  /**
+   * Live user changes (service keys): `ACL SETUSER` for every user of the set, `ACL DELUSER` for
+   * the others (which also disconnects their clients), then `ACL SAVE` so a restart keeps them.
+   */
+  async applyCredentials(ctx: EngineContext): Promise<void> {
+    const creds = ctx.spec.credentials;
+    if (!creds) return;
+    const wanted = redisAclUsers(creds);
+    await this.command(ctx, async (r) => {
+      const existing = (await r.call('ACL', 'USERS')) as string[];
+      for (const [name, rules] of wanted) await r.call('ACL', 'SETUSER', name, 'reset', ...rules.split(' '));
+      for (const name of existing) if (name !== 'default' && !wanted.has(name)) await r.call('ACL', 'DELUSER', name);
+      await r.call('ACL', 'SAVE');
+    });
   }
 
   async launch(ctx: EngineContext): Promise<LaunchCommand> {
@@ -153,9 +183,12 @@ export class RedisEngine implements Engine {
 
   private async command<T>(ctx: EngineContext, fn: (r: Redis) => Promise<T>, timeoutMs?: number): Promise<T> {
     const timeout = timeoutMs ?? this.options.commandTimeoutMs ?? 2_000;
+    const admin = ctx.spec.credentials?.admin;
     const client = new Redis({
       host: ctx.listenHost === '0.0.0.0' ? '127.0.0.1' : ctx.listenHost,
       port: ctx.port,
+      // The platform's own management user, never a client's (issue 11).
+      ...(admin ? { username: admin.username, password: admin.password } : {}),
       lazyConnect: true,
       connectTimeout: timeout,
       commandTimeout: timeout,

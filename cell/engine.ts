@@ -69,4 +69,10 @@ export interface Engine {
    * primary that cannot commit is not `running`). Engines without a notion of writes omit it.
    */
   checkCommit?(ctx: EngineContext, timeoutMs: number): Promise<string | null>;
+  /**
+   * Makes the running engine's users those of `ctx.spec.credentials` (issue 11): creates and
+   * updates them, drops the others and ends their sessions. Idempotent. Engines without users
+   * omit it.
+   */
+  applyCredentials?(ctx: EngineContext): Promise<void>;
 }

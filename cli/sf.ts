@@ -13,6 +13,7 @@ import { registerControlCommand } from './command-control';
 import { registerEventsCommand } from './command-events';
 import { registerRouteCommands } from './command-routes';
 import { registerServiceCommands } from './command-services';
+import { registerServiceKeyCommands } from './command-service-keys';
 import { registerCellsCommand } from './command-cells';
 import { registerUpCommand } from './command-up';
 import { registerFencingCommands } from './command-fencing';
@@ -24,6 +25,7 @@ const COMMANDS: Array<(program: Command) => void> = [
   registerRouteCommands,
   registerEventsCommand,
   registerServiceCommands,
+  registerServiceKeyCommands,
   registerCellsCommand,
   registerUpCommand,
   registerFencingCommands,

@@ -44,6 +44,8 @@ export const ErrorCode = {
   StoreBusy: 'SF_ERR_STORE_BUSY',
   StoreUnavailable: 'SF_ERR_STORE_UNAVAILABLE',
   ServiceExists: 'SF_ERR_SERVICE_EXISTS',
+  /** A service key of that name exists already (`sf create-service-key`). */
+  ServiceKeyExists: 'SF_ERR_SERVICE_KEY_EXISTS',
   PlacementUnsatisfiable: 'SF_ERR_PLACEMENT_UNSATISFIABLE',
   NoRoutePort: 'SF_ERR_NO_ROUTE_PORT',
   StaleLeader: 'SF_ERR_STALE_LEADER',
@@ -133,6 +135,7 @@ const HTTP_STATUS: Record<ErrorCodeValue, number> = {
   SF_ERR_STORE_BUSY: 503,
   SF_ERR_STORE_UNAVAILABLE: 503,
   SF_ERR_SERVICE_EXISTS: 409,
+  SF_ERR_SERVICE_KEY_EXISTS: 409,
   SF_ERR_PLACEMENT_UNSATISFIABLE: 422,
   SF_ERR_NO_ROUTE_PORT: 422,
   SF_ERR_STALE_LEADER: 409,

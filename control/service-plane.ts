@@ -7,6 +7,7 @@ import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { registerCellsApi } from './api/routes-cells';
 import { registerServicesApi } from './api/routes-services';
+import { DEFAULT_ROUTER_HOST, registerServiceKeysApi } from './api/routes-service-keys';
 import type { HttpServer } from './api/http-server';
 import type { FailoverCoordinator } from './services/failover-coordinator';
 import { registerFencingApi } from './api/routes-fencing';
@@ -50,6 +51,8 @@ export interface ServicePlaneOptions {
    * comes back empty or older (issue 10; `sf control --data-dir`). @default none (no copy)
    */
   stateFile?: string;
+  /** The router address clients use, named in service keys' `host` and `uri`. @default '127.0.0.1' */
+  routerHost?: string;
 }
 
 export const DEFAULT_SERVICE_PLANE_OPTIONS: Required<
@@ -118,6 +121,12 @@ export async function startServicePlane(
     opts.stateFile ? new StateKeeper(deps.redis, keys, opts.stateFile, log) : undefined,
   );
   registerServicesApi(server, { store, directory, groups: deps.groups, routes: deps.routes, elector });
+  registerServiceKeysApi(server, {
+    store,
+    directory,
+    redis: deps.redis,
+    routerHost: opts.routerHost ?? DEFAULT_ROUTER_HOST,
+  });
   registerCellsApi(server, { directory, store });
   fencing.attach(elector);
   registerFencingApi(server, { coordinator: fencing, store, directory });

@@ -33,6 +33,27 @@ const hostPortSchema = z.object({
 });
 export type HostPort = z.infer<typeof hostPortSchema>;
 
+/** An engine user: Redis ACL user or PostgreSQL role. Names are safe in ACL rules and pg_hba. */
+const engineUserSchema = z.object({
+  username: z.string().regex(/^[a-z][a-z0-9_-]{0,62}$/, 'lowercase letters, digits, _ or -, starting with a letter'),
+  password: z.string().min(16).max(256),
+});
+export type EngineUser = z.infer<typeof engineUserSchema>;
+
+/**
+ * A service's credentials as its instances need them (issue 11): `admin` is the platform's own
+ * management user (health checks, promote, rewind), `replication` the one replicas connect as,
+ * `users` the clients' (one per service key). `version` only grows; a cell applies a set only
+ * when it is newer than the one it has.
+ */
+export const instanceCredentialsSchema = z.object({
+  version: z.number().int().min(0),
+  admin: engineUserSchema,
+  replication: engineUserSchema,
+  users: z.array(engineUserSchema),
+});
+export type InstanceCredentials = z.infer<typeof instanceCredentialsSchema>;
+
 export const instanceSpecSchema = z.object({
   /** Unique across the platform, e.g. `orders-db-0`; also the volume's directory name. */
   instanceId: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/, 'letters, digits, _ . - (max 128)'),
@@ -57,6 +78,11 @@ export const instanceSpecSchema = z.object({
   command: z.object({ file: z.string().min(1), args: z.array(z.string()).default([]) }).optional(),
   /** Primary lease renewal; absent = no lease kept for this instance. */
   lease: z.object({ ttlMs: z.number().int().min(500) }).optional(),
+  /**
+   * Engines redis and postgres: who may connect. Control always writes it; a spec without it
+   * (written by hand) runs the engine without authentication, as before issue 11.
+   */
+  credentials: instanceCredentialsSchema.optional(),
 });
 export type InstanceSpec = z.infer<typeof instanceSpecSchema>;
 export type InstanceSpecInput = z.input<typeof instanceSpecSchema>;
@@ -136,6 +162,17 @@ export const orderSchema = z.discriminatedUnion('type', [
     orderId: z.string().min(1),
     instanceId: z.string(),
     timeoutMs: z.number().int().min(100).max(600_000),
+  }),
+  /**
+   * Apply these credentials to the running engine now (service keys created or revoked): users
+   * added, changed or removed, a removed user's sessions ended. Ignored when the instance already
+   * has a set with this version or a newer one.
+   */
+  z.object({
+    type: z.literal('credentials'),
+    orderId: z.string().min(1),
+    instanceId: z.string(),
+    credentials: instanceCredentialsSchema,
   }),
 ]);
 export type Order = z.infer<typeof orderSchema>;

@@ -20,3 +20,16 @@ export {
 } from './failover-coordinator';
 export { RouteEmitter } from './route-emitter';
 export { instanceSpec, DEFAULT_PRIMARY_LEASE_TTL_MS } from './instance-spec';
+export {
+  hasCredentials,
+  generatePassword,
+  newServiceCredentials,
+  instanceCredentials,
+  keyUsername,
+  serviceKeyCredentials,
+  serviceKeyCreateSchema,
+  serviceKeyNameSchema,
+  MAX_SERVICE_KEYS,
+  PLATFORM_USERS,
+  type ServiceKeyCredentials,
+} from './service-credentials';

@@ -6,6 +6,7 @@
  */
 import type { InstanceSpecInput } from '../../protocol';
 import type { InstanceRecord, ServiceRecord } from './service-types';
+import { instanceCredentials } from './service-credentials';
 
 /** @default 3000 ms: the lease a primary holds unless the reconciler is configured otherwise */
 export const DEFAULT_PRIMARY_LEASE_TTL_MS = 3_000;
@@ -29,5 +30,6 @@ export function instanceSpec(
     ...(inst.role === 'replica' && upstream ? { replicaOf: upstream } : {}),
     ...(service.command ? { command: service.command } : {}),
     ...(inst.role === 'primary' && primaryLeaseTtlMs > 0 ? { lease: { ttlMs: primaryLeaseTtlMs } } : {}),
+    ...(service.credentials ? { credentials: instanceCredentials(service.credentials) } : {}),
   };
 }

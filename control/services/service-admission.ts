@@ -14,6 +14,7 @@ import type { CellDirectory } from './cell-directory';
 import type { ServiceCreateRequest } from './service-schema';
 import type { ServiceStore } from './service-store';
 import type { ServiceRecord } from './service-types';
+import { hasCredentials, newServiceCredentials } from './service-credentials';
 
 export interface ServiceAdmissionDeps {
   store: ServiceStore;
@@ -57,6 +58,8 @@ export async function admitService(deps: ServiceAdmissionDeps, req: ServiceCreat
       instances: [],
       nextIndex: 0,
       leaderToken: 0,
+      // Issue 11: nobody reaches the engine without credentials, the platform included.
+      ...(hasCredentials(req.engine) ? { credentials: newServiceCredentials(req.engine) } : {}),
       createdAt: now,
       updatedAt: now,
     };

@@ -42,6 +42,27 @@ export interface InstanceRecord {
   fenced?: FenceMark;
 }
 
+export interface ServiceUser {
+  username: string;
+  password: string;
+}
+
+/** A CF-style service key: one client user of the service, revocable on its own. */
+export interface ServiceKey extends ServiceUser {
+  createdAt: number;
+}
+
+export interface ServiceCredentials {
+  /** Raised on every change, so cells apply only newer sets (cell-protocol.ts). */
+  version: number;
+  /** The platform's management user (cells' health checks, promote, rewind). */
+  admin: ServiceUser;
+  /** What replicas connect to their primary as; never a client's. */
+  replication: ServiceUser;
+  /** Service keys by name. */
+  keys: Record<string, ServiceKey>;
+}
+
 /** How far fencing of an instance got; a new leader resumes from here (docs/fencing.md). */
 export interface FenceMark {
   /** The epoch the service moved to when this instance was fenced. */
@@ -81,6 +102,11 @@ export interface ServiceRecord extends ServiceRequestFields {
   nextIndex: number;
   /** Fencing token of the leader that last changed this record (0 = never placed). */
   leaderToken: number;
+  /**
+   * Engines redis and postgres: the service's users (issue 11), generated at creation. Never
+   * part of a view, an event or a log line; only the service-key endpoint hands a key's out.
+   */
+  credentials?: ServiceCredentials;
   createdAt: number;
   updatedAt: number;
 }
@@ -128,6 +154,8 @@ export interface ServiceEvent {
     | 'service-running'
     | 'service-deleted'
     | 'volume-deleted'
+    | 'service-key-created'
+    | 'service-key-deleted'
     | 'fencing';
   service: string;
   instanceId?: string;
