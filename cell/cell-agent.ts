@@ -530,7 +530,9 @@ export class CellAgent {
         finishedAt: Date.now(),
       };
     } else {
-      this.log.info({ order: parsed.data }, 'order');
+      // A credentials order carries passwords: log what it is, never what it holds (issue 11).
+      const { credentials, ...loggable } = { credentials: undefined, ...parsed.data };
+      this.log.info({ order: credentials ? { ...loggable, credentialsVersion: credentials.version } : loggable }, 'order');
       result = await executeOrder(parsed.data, {
         cell: this.name,
         dataDir: this.dataDir,

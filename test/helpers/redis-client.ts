@@ -1,7 +1,11 @@
 import { Redis } from 'ioredis';
 
 /** Connects through the router until a write succeeds; returns the connected client. */
-export async function firstWrite(port: number, timeoutMs: number): Promise<Redis> {
+export async function firstWrite(
+  port: number,
+  timeoutMs: number,
+  auth?: { username: string; password: string },
+): Promise<Redis> {
   const deadline = Date.now() + timeoutMs;
   let lastError = '';
   for (;;) {
@@ -11,6 +15,7 @@ export async function firstWrite(port: number, timeoutMs: number): Promise<Redis
       maxRetriesPerRequest: 1,
       retryStrategy: () => null,
       connectTimeout: 1000,
+      ...(auth ? { username: auth.username, password: auth.password } : {}),
     });
     client.on('error', () => undefined);
     try {

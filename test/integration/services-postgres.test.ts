@@ -3,14 +3,18 @@ import { promisify } from 'node:util';
 import { expect } from 'chai';
 import type { ServiceView } from '../../control/services';
 import { startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
+import { serviceKey, type ServiceKeyAuth } from '../helpers/service-key';
 
 const run = promisify(execFile);
+
+/** The service key the test connects with (issue 11: no connection without a password). */
+let key: ServiceKeyAuth;
 
 async function psql(port: number, sql: string): Promise<string> {
   const { stdout } = await run(
     'psql',
-    ['-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-d', 'postgres', '-At', '-c', sql],
-    { timeout: 10_000 },
+    ['-h', '127.0.0.1', '-p', String(port), '-U', key.username, '-d', 'postgres', '-w', '-At', '-c', sql],
+    { timeout: 10_000, env: { PATH: process.env.PATH ?? '', PGPASSWORD: key.password } },
   );
   return stdout.trim();
 }
@@ -36,6 +40,7 @@ describe('service instances: postgres', function () {
       volume: { sizeMb: 128 },
     });
     expect(created.status).to.equal(201);
+    key = await serviceKey(cluster.api, 'db');
     const port = created.body.port;
     let firstQueryMs: number;
     const deadline = Date.now() + 120_000;

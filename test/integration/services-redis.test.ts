@@ -4,6 +4,7 @@ import type { ServiceView } from '../../control/services';
 import { useServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
 import { eventually } from '../helpers/tcp-client';
 import { firstWrite } from '../helpers/redis-client';
+import { serviceKey } from '../helpers/service-key';
 
 describe('service instances: redis', function () {
   this.timeout(120_000);
@@ -27,7 +28,8 @@ describe('service instances: redis', function () {
     const port = created.body.port;
 
     // The first successful write through the router port is the user-visible "ready" moment.
-    const client = await firstWrite(port, 60_000);
+    const key = await serviceKey(cluster.api, 'cache');
+    const client = await firstWrite(port, 60_000, key);
     const firstQueryMs = performance.now() - t0;
     console.log(`      redis create-to-first-write through the router: ${firstQueryMs.toFixed(0)} ms`);
 
@@ -44,7 +46,7 @@ describe('service instances: redis', function () {
 
     await client.set('k1', 'v1');
     const replica = view.instances.find((i) => i.role === 'replica')!;
-    const direct = new Redis({ port: replica.port!, host: replica.host!, maxRetriesPerRequest: 1 });
+    const direct = new Redis({ port: replica.port!, host: replica.host!, maxRetriesPerRequest: 1, ...key });
     try {
       await eventually(
         async () => (await direct.get('k1')) === 'v1' && (await direct.get('greeting')) === 'hello',
@@ -76,7 +78,9 @@ describe('service instances: redis', function () {
     expect(types.filter((t) => t === 'instance-placed')).to.have.length(3);
     expect(types).to.include('service-running');
     expect(types).to.not.include('instance-repointed');
-    expect(events.body.resources.filter((e) => e.type !== 'service-created').every((e) => e.leaderToken > 0)).to.equal(
+    // Every decision is the leader's; what the API writes (creation, service keys) carries no token.
+    const apiEvents = ['service-created', 'service-key-created', 'service-key-deleted'];
+    expect(events.body.resources.filter((e) => !apiEvents.includes(e.type)).every((e) => e.leaderToken > 0)).to.equal(
       true,
     );
   });

@@ -1,4 +1,4 @@
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { chmod, mkdtemp, rm, stat } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -19,6 +19,9 @@ describe('sf up', function () {
 
   before(async () => {
     home = await mkdtemp(path.join(tmpdir(), 'sf-up-test-'));
+    // Engines run as their own users (redis, postgres) when the test runs as root: they must reach
+    // their volumes under the data dir.
+    await chmod(home, 0o755);
     // Two cells, 100 instance ports each, side by side.
     const cellBase = await freePortBlock(200);
     ports = {
@@ -82,7 +85,18 @@ describe('sf up', function () {
     expect(created.code, created.output).to.equal(0);
     const view = JSON.parse(created.output) as ServiceView;
     expect(view.status).to.equal('running');
-    const client = new Redis({ port: view.port, host: '127.0.0.1', maxRetriesPerRequest: 3 });
+    // Nothing answers without credentials (issue 11): a service key, through the CLI as a user would.
+    const keyed = await runSfToExit(['create-service-key', 'cache', 'app', '--json'], env);
+    expect(keyed.code, keyed.output).to.equal(0);
+    const key = JSON.parse(keyed.output) as { username: string; password: string; port: number };
+    expect(key.port).to.equal(view.port);
+    const client = new Redis({
+      port: view.port,
+      host: '127.0.0.1',
+      maxRetriesPerRequest: 3,
+      username: key.username,
+      password: key.password,
+    });
     try {
       expect(await client.ping()).to.equal('PONG');
     } finally {
