@@ -13,6 +13,7 @@
  *
  *   node dist/bench/router-small-requests.js [--rounds 5] [--requests 50000] [--pipeline 1] [--seconds 2] [--baseline DIR] [--workers N]
  */
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { startBackends } from './lib/backends';
 import { runConnRate } from './lib/conn-rate';
@@ -57,7 +58,11 @@ async function main(): Promise<void> {
   const haproxy = await startHaproxy('haproxy', { services: haproxyServices, threads: workers ?? 1, splice: false });
   columns.push({ name: 'haproxy', redisPort: haproxyServices[0].listenPort, group: haproxy.pid });
   const builds: Array<[string, string | undefined]> = [['', undefined]];
-  if (baseline !== undefined) builds.push(['base-', join(baseline, 'dist', 'control', 'cli', 'sf.js')]);
+  // A baseline from before the layout by role keeps its CLI under dist/control/cli/.
+  if (baseline !== undefined) {
+    const current = join(baseline, 'dist', 'cli', 'sf.js');
+    builds.push(['base-', existsSync(current) ? current : join(baseline, 'dist', 'control', 'cli', 'sf.js')]);
+  }
   for (const [prefix, cliPath] of builds) {
     for (const relay of ['native', 'js'] as const) {
       const list = await services();
