@@ -4,6 +4,7 @@ import type { FencingStep } from '../../control/failover';
 import type { ServiceView } from '../../control/services';
 import { enginePid, primaryOf, promotedFrom, sf } from '../helpers/failover-support';
 import { useServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
+import { serviceKey } from '../helpers/service-key';
 import { eventually } from '../helpers/tcp-client';
 
 describe('failover: redis', function () {
@@ -25,11 +26,14 @@ describe('failover: redis', function () {
     expect(created.status).to.equal(201);
     const view = await cluster.waitForService('kv');
     const old = primaryOf(view);
+    // Nothing answers without credentials (issue 11); a key works on every instance of the service.
+    const key = await serviceKey(cluster.api, 'kv');
     const client = new Redis({
       port: view.port,
       host: '127.0.0.1',
       retryStrategy: () => 20,
       maxRetriesPerRequest: null,
+      ...key,
     });
     client.on('error', () => undefined);
     try {
@@ -37,7 +41,7 @@ describe('failover: redis', function () {
       await eventually(
         async () => {
           const replica = view.instances.find((i) => i.role === 'replica')!;
-          const direct = new Redis({ port: replica.port!, host: replica.host!, lazyConnect: true });
+          const direct = new Redis({ port: replica.port!, host: replica.host!, lazyConnect: true, ...key });
           try {
             await direct.connect();
             return (await direct.get('before')) === '1';
@@ -72,7 +76,7 @@ describe('failover: redis', function () {
       // The old primary is back, as a replica of the new one, never as a primary.
       const back = after.instances.find((i) => i.id === old.id)!;
       expect(back.role).to.equal('replica');
-      const direct = new Redis({ port: back.port!, host: back.host! });
+      const direct = new Redis({ port: back.port!, host: back.host!, ...key });
       try {
         await eventually(
           async () => /role:slave/.test(await direct.info('replication')),
@@ -141,7 +145,7 @@ describe('failover: redis', function () {
     const out = JSON.parse(res.stdout) as { steps: FencingStep[]; service: ServiceView };
     expect(out.steps.map((s) => s.step)).to.include.members(['choose', 'promote', 'publish']);
     const after = await cluster.waitForService('man', 30_000, promotedFrom(old.id, view.epoch));
-    const client = new Redis({ port: after.port, host: '127.0.0.1' });
+    const client = new Redis({ port: after.port, host: '127.0.0.1', ...(await serviceKey(cluster.api, 'man')) });
     try {
       await eventually(
         async () => (await client.set('m', '1').catch(() => null)) === 'OK',
@@ -180,11 +184,13 @@ describe('failover: redis', function () {
     );
     const old = primaryOf(view);
     const target = view.instances.find((i) => i.role === 'replica')!.id;
+    const key = await serviceKey(cluster.api, 'kv', 'switchover');
     const client = new Redis({
       port: view.port,
       host: '127.0.0.1',
       retryStrategy: () => 20,
       maxRetriesPerRequest: null,
+      ...key,
     });
     client.on('error', () => undefined);
     const acked: string[] = [];
@@ -215,7 +221,7 @@ describe('failover: redis', function () {
     }
     const after = await cluster.waitForService('kv', 5_000, () => true);
     const p = primaryOf(after);
-    const direct = new Redis({ port: p.port!, host: p.host! });
+    const direct = new Redis({ port: p.port!, host: p.host!, ...key });
     try {
       const values = acked.length ? await direct.mget(...acked) : [];
       const lost = values.filter((v) => v === null).length;
