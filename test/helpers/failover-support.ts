@@ -5,7 +5,7 @@
 import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { type ActualInstance } from '../../protocol/cell-protocol';
+import { type ActualInstance, type EngineUser, type InstanceSpec } from '../../protocol/cell-protocol';
 import type { ServiceView } from '../../control/services';
 import { ADMIN_TOKEN } from './control-harness';
 import type { ServiceCluster } from './service-cluster';
@@ -23,6 +23,18 @@ export async function enginePid(cluster: ServiceCluster, view: ServiceView, inst
   const pid = text ? (JSON.parse(text) as ActualInstance).pid : null;
   if (!pid) throw new Error(`no pid for ${instanceId}`);
   return pid;
+}
+
+/**
+ * The platform's management user of an instance's engine (issue 11), from its desired spec: for
+ * the few checks a service key may not make (another session's wait events in PostgreSQL).
+ */
+export async function adminUser(cluster: ServiceCluster, view: ServiceView, instanceId: string): Promise<EngineUser> {
+  const inst = view.instances.find((i) => i.id === instanceId)!;
+  const text = await cluster.state.hget(KEYS.cell(inst.cell).desired, instanceId);
+  const admin = text ? (JSON.parse(text) as InstanceSpec).credentials?.admin : undefined;
+  if (!admin) throw new Error(`no credentials in the desired spec of ${instanceId}`);
+  return admin;
 }
 
 export function primaryOf(view: ServiceView): ServiceView['instances'][number] {

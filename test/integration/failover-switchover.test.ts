@@ -9,13 +9,15 @@ import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import type { FencingStep } from '../../control/failover';
 import type { ServiceView } from '../../control/services';
-import { enginePid, primaryOf, sf } from '../helpers/failover-support';
+import { adminUser, enginePid, primaryOf, sf } from '../helpers/failover-support';
 import { useServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
+import { serviceKey, type ServiceKeyAuth } from '../helpers/service-key';
 import { eventually } from '../helpers/tcp-client';
 
 const run = promisify(execFile);
 
-async function psql(port: number, sql: string, timeoutMs = 10_000): Promise<string> {
+/** psql as `auth` (a service key, or the management user); the password travels in the environment. */
+async function psql(port: number, auth: ServiceKeyAuth, sql: string, timeoutMs = 10_000): Promise<string> {
   const { stdout } = await run(
     'psql',
     [
@@ -24,7 +26,7 @@ async function psql(port: number, sql: string, timeoutMs = 10_000): Promise<stri
       '-p',
       String(port),
       '-U',
-      'postgres',
+      auth.username,
       '-d',
       'postgres',
       '-XAtq',
@@ -33,23 +35,28 @@ async function psql(port: number, sql: string, timeoutMs = 10_000): Promise<stri
       '-c',
       sql,
     ],
-    { timeout: timeoutMs, env: { ...process.env, PGCONNECT_TIMEOUT: '3' } },
+    { timeout: timeoutMs, env: { ...process.env, PGCONNECT_TIMEOUT: '3', PGPASSWORD: auth.password } },
   );
   return stdout.trim();
 }
 
-async function redisRole(port: number): Promise<string> {
+/**
+ * `master` or `slave`, from INFO replication: a service key may not run ROLE (an @admin command,
+ * docs/cells.md Security), and the key is what a client of the instance has.
+ */
+async function redisRole(port: number, auth: ServiceKeyAuth): Promise<string> {
   const r = new Redis({
     port,
     host: '127.0.0.1',
     lazyConnect: true,
     maxRetriesPerRequest: 0,
     retryStrategy: () => null,
+    ...auth,
   });
   r.on('error', () => undefined);
   try {
     await r.connect();
-    return String(((await r.call('ROLE')) as unknown[])[0]);
+    return /^role:(\w+)/m.exec(await r.info('replication'))?.[1] ?? 'unknown';
   } finally {
     r.disconnect();
   }
@@ -87,7 +94,13 @@ describe('failover: planned switchover, refused actions, degraded primaries', fu
   it('refused actions cost no write: bad --to, unknown service, nothing to unfence, a second switchover target that is the primary', async () => {
     const view = await create(cluster, { name: 'guard', engine: 'redis', replicas: 1, durability: 'sync' });
     const primary = primaryOf(view);
-    const client = new Redis({ port: view.port, host: '127.0.0.1', maxRetriesPerRequest: 0, retryStrategy: () => 20 });
+    const client = new Redis({
+      port: view.port,
+      host: '127.0.0.1',
+      maxRetriesPerRequest: 0,
+      retryStrategy: () => 20,
+      ...(await serviceKey(cluster.api, 'guard')),
+    });
     client.on('error', () => undefined);
     await eventually(async () => (await client.set('warm', '1').catch(() => null)) === 'OK', 10_000, 'first write');
     const before = await history(cluster, 'guard');
@@ -150,6 +163,7 @@ describe('failover: planned switchover, refused actions, degraded primaries', fu
   it('redis: sf failover leaves exactly one master; the old primary is a read-only replica that receives writes made through the router', async () => {
     const view = await create(cluster, { name: 'rsw', engine: 'redis', replicas: 1, durability: 'sync' });
     const old = primaryOf(view);
+    const key = await serviceKey(cluster.api, 'rsw');
     const t0 = performance.now();
     const res = await sf(cluster, ['failover', 'rsw', '--json']);
     const ms = performance.now() - t0;
@@ -161,15 +175,21 @@ describe('failover: planned switchover, refused actions, degraded primaries', fu
     expect(steps.indexOf('stop:ok')).to.be.lessThan(steps.indexOf('promote:ok'));
 
     // At the moment the command returns: one master, and the old primary is a replica.
-    const roles = await Promise.all(out.service.instances.map((i) => redisRole(i.port!)));
+    const roles = await Promise.all(out.service.instances.map((i) => redisRole(i.port!, key)));
     expect(roles.filter((r) => r === 'master')).to.have.length(1);
     const now = primaryOf(out.service);
     expect(now.id).to.not.equal(old.id);
     const oldPort = out.service.instances.find((i) => i.id === old.id)!.port!;
-    expect(await redisRole(oldPort)).to.equal('slave');
+    expect(await redisRole(oldPort, key)).to.equal('slave');
 
-    const direct = new Redis({ port: oldPort, host: '127.0.0.1', maxRetriesPerRequest: 0 });
-    const client = new Redis({ port: view.port, host: '127.0.0.1', maxRetriesPerRequest: 0, retryStrategy: () => 20 });
+    const direct = new Redis({ port: oldPort, host: '127.0.0.1', maxRetriesPerRequest: 0, ...key });
+    const client = new Redis({
+      port: view.port,
+      host: '127.0.0.1',
+      maxRetriesPerRequest: 0,
+      retryStrategy: () => 20,
+      ...key,
+    });
     client.on('error', () => undefined);
     try {
       let err: Error | undefined;
@@ -199,10 +219,11 @@ describe('failover: planned switchover, refused actions, degraded primaries', fu
       volume: { sizeMb: 128 },
     });
     const old = primaryOf(view);
+    const key = await serviceKey(cluster.api, 'psw');
     await eventually(
       async () => {
-        await psql(view.port, 'create table if not exists t (id int primary key)');
-        await psql(view.port, 'insert into t values (1) on conflict do nothing');
+        await psql(view.port, key, 'create table if not exists t (id int primary key)');
+        await psql(view.port, key, 'insert into t values (1) on conflict do nothing');
         return true;
       },
       30_000,
@@ -221,30 +242,32 @@ describe('failover: planned switchover, refused actions, degraded primaries', fu
     );
     expect(steps).to.include.members(['stop:ok', 'promote:ok', 'rejoin:ok', 'commit-check:ok']);
 
-    const recovery = await Promise.all(out.service.instances.map((i) => psql(i.port!, 'select pg_is_in_recovery()')));
+    const recovery = await Promise.all(
+      out.service.instances.map((i) => psql(i.port!, key, 'select pg_is_in_recovery()')),
+    );
     expect(
       recovery.filter((r) => r === 'f'),
       recovery.join(','),
     ).to.have.length(1);
     const oldPort = out.service.instances.find((i) => i.id === old.id)!.port!;
-    expect(await psql(oldPort, 'select pg_is_in_recovery()')).to.equal('t');
+    expect(await psql(oldPort, key, 'select pg_is_in_recovery()')).to.equal('t');
 
     // A write through the router commits (sync: the old primary, now the standby, acknowledged it).
     await eventually(
       async () => {
-        await psql(view.port, 'insert into t values (2)', 10_000);
+        await psql(view.port, key, 'insert into t values (2)', 10_000);
         return true;
       },
       15_000,
       'write through the router after the switchover',
     );
     await eventually(
-      async () => (await psql(oldPort, 'select count(*) from t')) === '2',
+      async () => (await psql(oldPort, key, 'select count(*) from t')) === '2',
       10_000,
       'replayed on the old primary',
     );
     let refused = '';
-    await psql(oldPort, 'insert into t values (3)').catch((e: Error) => (refused = e.message));
+    await psql(oldPort, key, 'insert into t values (3)').catch((e: Error) => (refused = e.message));
     expect(refused).to.match(/read-only/);
   });
 
@@ -291,7 +314,12 @@ describe('failover: planned switchover, refused actions, degraded primaries', fu
     }
     await cluster.waitForService('pgstall', 30_000, (v) => v.status === 'running' && primaryOf(v).state === 'running');
     // The checks that ran out were cancelled: no backend is left waiting for the standby.
-    const p = primaryOf(await cluster.waitForService('pgstall', 5_000, () => true));
-    expect(await psql(p.port!, "select count(*) from pg_stat_activity where wait_event = 'SyncRep'")).to.equal('0');
+    const settled = await cluster.waitForService('pgstall', 5_000, () => true);
+    const p = primaryOf(settled);
+    // As the management user: a key sees no wait event of the platform's own commit-check sessions.
+    const admin = await adminUser(cluster, settled, p.id);
+    expect(await psql(p.port!, admin, "select count(*) from pg_stat_activity where wait_event = 'SyncRep'")).to.equal(
+      '0',
+    );
   });
 });
