@@ -7,7 +7,7 @@
  * both SQL and replication. This is a stand-in until the platform hands out credentials
  * (docs/cells.md, "Security").
  */
-import { chmod, chown, readdir, rm, writeFile } from 'node:fs/promises';
+import { chmod, chown, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { HostPort } from '../protocol/cell-protocol';
 import type { Availability, Engine, EngineContext, LaunchCommand, ReplicationPosition } from './engine';
@@ -40,7 +40,50 @@ function quote(value: string): string {
   return `'${value.replace(/'/g, "''")}'`;
 }
 
-export function renderPostgresConfig(ctx: EngineContext, superuser: string, primary?: HostPort): string {
+/**
+ * WAL segment size of clusters this engine creates (initdb --wal-segsize), in MB. Issue 10:
+ * pg_rewind (PostgreSQL 15) copies the source's whole pg_wal, and with sync durability every
+ * commit waits until the deposed primary is rewound and streaming again. With 16 MB segments,
+ * `min_wal_size` (at least two segments, recycled ones included) and 128 MB of `wal_keep_size`
+ * it copied 50-130 MB and took 4-5 s on a loaded machine; 1 MB segments let pg_wal stay small.
+ */
+export const PG_WAL_SEGMENT_MB = 1;
+
+/** How much WAL a cluster keeps; `segmentMb` is fixed at initdb (16 for clusters made before). */
+export interface PgWalSettings {
+  /** @default 16 */
+  segmentMb?: number;
+  /**
+   * `wal_keep_size`: what lets a standby catch up after a short gap without a slot.
+   * @default '16MB' with sync durability (commits wait while no standby streams, so little WAL
+   * piles up, and a rewind copies all of it), '128MB' with async
+   */
+  keepSize?: string;
+}
+
+/**
+ * While pg_rewind finishes the crash recovery of a deposed primary, its own WAL back to the last
+ * common checkpoint must survive the checkpoint that ends that recovery.
+ */
+export const PG_REWIND_WAL_KEEP_SIZE = '1GB';
+
+/** The segment size of a cluster, from a WAL file in pg_wal; undefined when none is there yet. */
+export async function walSegmentMb(dataDir: string): Promise<number | undefined> {
+  try {
+    const dir = path.join(dataDir, 'pg_wal');
+    const segment = (await readdir(dir)).find((f) => /^[0-9A-F]{24}$/.test(f));
+    return segment ? (await stat(path.join(dir, segment))).size / (1024 * 1024) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export function renderPostgresConfig(
+  ctx: EngineContext,
+  superuser: string,
+  primary?: HostPort,
+  wal: PgWalSettings = {},
+): string {
   const { spec } = ctx;
   const sync = spec.durability === 'sync';
   const upstream = primary ?? (spec.role === 'replica' ? spec.replicaOf : undefined);
@@ -54,11 +97,15 @@ export function renderPostgresConfig(ctx: EngineContext, superuser: string, prim
     'max_wal_senders = 10',
     'max_replication_slots = 10',
     'hot_standby = on',
-    // Lets pg_rewind turn a deposed primary into a replica later. pg_rewind also needs the old
-    // primary's WAL back to the last common checkpoint, which the checkpoint at the end of its
-    // crash recovery would otherwise recycle; the same margin lets a lagging replica catch up.
+    // Lets pg_rewind turn a deposed primary into a replica later (its WAL is kept through the
+    // rewind by PG_REWIND_WAL_KEEP_SIZE, see rewind()).
     'wal_log_hints = on',
-    'wal_keep_size = 128MB',
+    `wal_keep_size = ${wal.keepSize ?? (sync ? '16MB' : '128MB')}`,
+    // The least PostgreSQL allows: recycled segments are copied by pg_rewind too.
+    `min_wal_size = ${2 * (wal.segmentMb ?? 16)}MB`,
+    // A rewound standby replays from the last checkpoint before the fork: frequent checkpoints
+    // keep that replay, and so the time until commits have their sync standby again, short.
+    'checkpoint_timeout = 1min',
     'fsync = on',
     `synchronous_commit = ${sync ? 'on' : 'local'}`,
     // Waiting for a standby that does not exist would block every commit forever.
@@ -156,7 +203,19 @@ export class PostgresEngine implements Engine {
           await this.bin('initdb'),
           // Data checksums, besides wal_log_hints in the config: pg_rewind needs one of them to
           // turn a deposed primary into a standby (issue 10), and checksums also catch torn pages.
-          ['-D', dataDir, '-U', this.options.superuser, '-A', 'trust', '-E', 'UTF8', '--data-checksums'],
+          // Small WAL segments keep pg_wal, which pg_rewind copies whole, small (PG_WAL_SEGMENT_MB).
+          [
+            '-D',
+            dataDir,
+            '-U',
+            this.options.superuser,
+            '-A',
+            'trust',
+            '-E',
+            'UTF8',
+            '--data-checksums',
+            `--wal-segsize=${PG_WAL_SEGMENT_MB}`,
+          ],
           { runAs, timeoutMs: 120_000 },
         );
         // initdb's `trust` never serves a connection: pg_hba.conf is rewritten below before the
@@ -189,7 +248,10 @@ export class PostgresEngine implements Engine {
     }
     const standbySignal = path.join(dataDir, 'standby.signal');
     if (initialised && spec.role === 'replica' && !(await exists(standbySignal))) await this.rewind(ctx);
-    await writeFile(path.join(dataDir, 'postgresql.conf'), renderPostgresConfig(ctx, this.options.superuser));
+    await writeFile(
+      path.join(dataDir, 'postgresql.conf'),
+      renderPostgresConfig(ctx, this.options.superuser, undefined, { segmentMb: await walSegmentMb(dataDir) }),
+    );
     await writeFile(path.join(dataDir, 'pg_hba.conf'), renderPgHba(this.options.trustCidrs, spec.credentials));
     // pg_basebackup -R writes primary_conninfo here, which would override ours on repoint.
     await writeFile(path.join(dataDir, 'postgresql.auto.conf'), '# Managed through postgresql.conf by the cell.\n');
@@ -225,10 +287,14 @@ export class PostgresEngine implements Engine {
     const { spec, dataDir } = ctx;
     if (!spec.replicaOf)
       throw new SfError(ErrorCode.InvalidInstanceSpec, 'a postgres replica needs replicaOf', 'replicaOf');
-    // pg_rewind may start the server in single-user mode: it must find a config for this cell.
+    // pg_rewind may start the server in single-user mode (crash recovery of a SIGKILLed primary):
+    // it must find a config for this cell, one that keeps the WAL back to the fork.
     await writeFile(
       path.join(dataDir, 'postgresql.conf'),
-      renderPostgresConfig({ ...ctx, spec: { ...spec, replicaOf: undefined } }, this.options.superuser),
+      renderPostgresConfig({ ...ctx, spec: { ...spec, replicaOf: undefined } }, this.options.superuser, undefined, {
+        segmentMb: await walSegmentMb(dataDir),
+        keepSize: PG_REWIND_WAL_KEEP_SIZE,
+      }),
     );
     // A freshly promoted primary records its new timeline in pg_control only at its next
     // checkpoint; before that pg_rewind sees one timeline and wrongly finds nothing to rewind.
@@ -276,6 +342,8 @@ export class PostgresEngine implements Engine {
       renderPostgresConfig(
         { ...ctx, spec: { ...ctx.spec, role: 'primary', replicaOf: undefined } },
         this.options.superuser,
+        undefined,
+        { segmentMb: await walSegmentMb(ctx.dataDir) },
       ),
     );
   }
@@ -285,7 +353,9 @@ export class PostgresEngine implements Engine {
     const spec = { ...ctx.spec, role: 'replica' as const, replicaOf: primary };
     await writeFile(
       path.join(ctx.dataDir, 'postgresql.conf'),
-      renderPostgresConfig({ ...ctx, spec }, this.options.superuser),
+      renderPostgresConfig({ ...ctx, spec }, this.options.superuser, undefined, {
+        segmentMb: await walSegmentMb(ctx.dataDir),
+      }),
     );
     await this.query(ctx, 'select pg_reload_conf()');
   }

@@ -215,7 +215,6 @@ export const stateRedisRestart: FaultKind = {
 export const stateRedisWipe: FaultKind = {
   name: 'state-redis-wipe',
   description: 'the state redis-server comes back empty (files lost)',
-  optIn: 'issue 10 finding 5: routers and control must survive a store that comes back empty (in progress)',
   async apply(ctx) {
     const at = performance.now();
     await ctx.platform.restartStateRedis(true);
@@ -225,8 +224,10 @@ export const stateRedisWipe: FaultKind = {
 
 export const platformRestart: FaultKind = {
   name: 'platform-restart',
+  // The harness plays the supervisor: it restarts the processes `sf up` supervises one by one
+  // (bench/lib/fault-platform.ts), with the same effect on engines and the store as a restart
+  // of a supervising `sf up` (cli/supervisor.ts): both are kept.
   description: 'what a restart of `sf up` does: control, router and cells stopped and started, engines kept',
-  optIn: 'issue 10 finding 1: restart grace and re-adoption by a new leader (in progress)',
   async apply(ctx) {
     const at = performance.now();
     await ctx.platform.restartPlatformProcesses();

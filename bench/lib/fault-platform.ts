@@ -229,7 +229,18 @@ export class FaultPlatform {
     this.controlProc = startProcess(
       'control',
       process.execPath,
-      [SF_SCRIPT, 'control', '--listen', `127.0.0.1:${this.controlPort}`, '--redis', this.stateUrl],
+      [
+        SF_SCRIPT,
+        'control',
+        '--listen',
+        `127.0.0.1:${this.controlPort}`,
+        '--redis',
+        this.stateUrl,
+        // As `sf up` does: the leader keeps a copy of control's state here and restores it when
+        // the store comes back empty or older (issue 10, finding 5).
+        '--data-dir',
+        join(this.dataDir, 'control'),
+      ],
       { env: this.env() },
     );
     const proc = this.controlProc;

@@ -413,6 +413,13 @@ export class FencingSequence {
       const next: ServiceRecord = {
         ...cur,
         epoch,
+        // Status tells the truth (issue 10): from the route fence until the reconciler judges the
+        // new primary, no write goes through; the reconciler leaves a service alone while its
+        // failover runs, so without this the record kept saying `running` all along.
+        status: 'degraded',
+        message: resume
+          ? `primary ${primary.id} fenced (${op.trigger}) at epoch ${epoch}: failing over, writes paused`
+          : `switchover from ${primary.id} at epoch ${epoch}: writes paused until the new primary is published`,
         leaderToken: op.fence.token,
         updatedAt: at,
         instances: cur.instances.map((i) =>

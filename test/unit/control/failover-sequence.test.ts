@@ -204,6 +204,17 @@ describe('FencingSequence', () => {
       expect(rec.instances.find((i) => i.id === 'cache-0')).to.include({ role: 'replica', generation: 1 });
     });
 
+    it('says degraded from the route fence on, never running while writes are paused', async () => {
+      const w = world();
+      expect(storeRecord(w.store).status).to.equal('running');
+      await w.sequence.fencePrimary(w.op('instance-failed'));
+      expect(storeRecord(w.store)).to.include({ status: 'degraded' });
+      expect(storeRecord(w.store).message).to.match(/cache-0 fenced \(instance-failed\).*writes paused/);
+      // The reconciler judges the new primary afterwards; the sequence never claims `running`.
+      await w.sequence.promote(w.op('instance-failed'));
+      expect(storeRecord(w.store).status).to.equal('degraded');
+    });
+
     it('stops at a failed route fence: nothing is shot, floored or promoted', async () => {
       const w = world();
       w.steps.fail.publish = 'throw';
