@@ -12,6 +12,7 @@ import { Redis } from 'ioredis';
 import type { ServiceView } from '../../control/services';
 import { freePort } from './free-port';
 import { freePortBlock } from './service-cluster';
+import type { ServiceKeyAuth } from './service-key';
 import { runSf, runSfToExit, type SfProcess } from './sf-process';
 import { eventually, sleep } from './tcp-client';
 
@@ -29,6 +30,8 @@ export interface UpPlatform {
   interrupt(): Promise<number | null>;
   sf(args: string[]): Promise<{ code: number | null; output: string }>;
   service(name: string): Promise<ServiceView>;
+  /** `sf create-service-key NAME KEY`: nothing answers without credentials (issue 11). */
+  serviceKey(name: string, key?: string): Promise<ServiceKeyAuth>;
   /** `cell/instanceId` of every volume directory on disk. */
   volumes(): Promise<string[]>;
   /** name -> pid of each component `sf up` supervises, from DATA/up-processes.json. */
@@ -99,6 +102,12 @@ export async function createUpPlatform(cells = 3): Promise<UpPlatform> {
       if (res.code !== 0) throw new Error(`sf service ${name}: ${res.output}`);
       return JSON.parse(res.output) as ServiceView;
     },
+    async serviceKey(name, key = 'test') {
+      const res = await runSfToExit(['create-service-key', name, key, '--json'], env);
+      if (res.code !== 0) throw new Error(`sf create-service-key ${name} ${key}: ${res.output}`);
+      const { username, password } = JSON.parse(res.output) as ServiceKeyAuth;
+      return { username, password };
+    },
     async volumes() {
       const out: string[] = [];
       const cellsDir = path.join(dataDir, 'cells');
@@ -140,17 +149,22 @@ export async function createUpPlatform(cells = 3): Promise<UpPlatform> {
   return platform;
 }
 
-export async function psql(port: number, sql: string, timeoutMs = 5_000): Promise<string> {
+/** psql through the router as a service key's user; the password travels in the environment. */
+export async function psql(port: number, auth: ServiceKeyAuth, sql: string, timeoutMs = 5_000): Promise<string> {
   const { stdout } = await run(
     'psql',
-    ['-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-d', 'postgres', '-At', '-c', sql],
-    { timeout: timeoutMs, env: { ...process.env, PGCONNECT_TIMEOUT: '2' } },
+    ['-h', '127.0.0.1', '-p', String(port), '-U', auth.username, '-d', 'postgres', '-At', '-c', sql],
+    { timeout: timeoutMs, env: { ...process.env, PGCONNECT_TIMEOUT: '2', PGPASSWORD: auth.password } },
   );
   return stdout.trim();
 }
 
-/** One Redis command through the router on a fresh connection; null on any error. */
-export async function redisThrough(port: number, ...cmd: [string, ...string[]]): Promise<unknown> {
+/** One Redis command through the router on a fresh connection as a key's user; null on any error. */
+export async function redisThrough(
+  port: number,
+  auth: ServiceKeyAuth,
+  ...cmd: [string, ...string[]]
+): Promise<unknown> {
   const client = new Redis({
     port,
     host: '127.0.0.1',
@@ -160,6 +174,7 @@ export async function redisThrough(port: number, ...cmd: [string, ...string[]]):
     retryStrategy: () => null,
     connectTimeout: 2_000,
     commandTimeout: 2_000,
+    ...auth,
   });
   client.on('error', () => undefined);
   try {

@@ -6,12 +6,14 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { expect } from 'chai';
+import type { ServiceKeyAuth } from '../helpers/service-key';
 import { createUpPlatform, redisThrough, timeUntil, type UpPlatform } from '../helpers/sf-up-platform';
 
 describe('sf up supervisor', function () {
   this.timeout(300_000);
   let p: UpPlatform;
   let port: number;
+  let key: ServiceKeyAuth;
 
   before(async () => {
     p = await createUpPlatform(3);
@@ -19,7 +21,9 @@ describe('sf up supervisor', function () {
     const res = await p.sf(['create-service', 'redis', 'cache', '--replicas', '1', '--durability', 'sync', '--wait']);
     expect(res.code, res.output).to.equal(0);
     port = (await p.service('cache')).port!;
-    expect(await redisThrough(port, 'SET', 'k', 'v0')).to.equal('OK');
+    // Nothing answers without credentials (issue 11).
+    key = await p.serviceKey('cache');
+    expect(await redisThrough(port, key, 'SET', 'k', 'v0')).to.equal('OK');
   });
 
   after(async () => {
@@ -58,7 +62,7 @@ describe('sf up supervisor', function () {
       const restartedMs = performance.now() - t0;
       let n = 0;
       const writeMs = await timeUntil(
-        async () => (await redisThrough(port, 'SET', 'k', `v-${component}-${n++}`)) === 'OK',
+        async () => (await redisThrough(port, key, 'SET', 'k', `v-${component}-${n++}`)) === 'OK',
         30_000,
         `a write through the router after ${component} restarted`,
       );
@@ -74,7 +78,7 @@ describe('sf up supervisor', function () {
   it('keeps the service running with its data, and stops everything on Ctrl-C', async () => {
     const view = await p.service('cache');
     expect(view.instances).to.have.length(2);
-    expect(await redisThrough(port, 'GET', 'k')).to.match(/^v-cell-3-/);
+    expect(await redisThrough(port, key, 'GET', 'k')).to.match(/^v-cell-3-/);
     expect(await p.interrupt()).to.equal(0);
   });
 });

@@ -30,9 +30,12 @@ describe('restart of sf up', function () {
     }
     const cache = await p.service('cache');
     const pg = await p.service('pg1');
-    expect(await redisThrough(cache.port!, 'SET', 'k', 'v1')).to.equal('OK');
-    await timeUntil(async () => (await psql(pg.port!, 'select 1')) === '1', 30_000, 'pg through the router');
-    await psql(pg.port!, "create table t (v text); insert into t values ('row1')");
+    // Nothing answers without credentials (issue 11); the keys outlive the restart too.
+    const redisKey = await p.serviceKey('cache');
+    const pgKey = await p.serviceKey('pg1');
+    expect(await redisThrough(cache.port!, redisKey, 'SET', 'k', 'v1')).to.equal('OK');
+    await timeUntil(async () => (await psql(pg.port!, pgKey, 'select 1')) === '1', 30_000, 'pg through the router');
+    await psql(pg.port!, pgKey, "create table t (v text); insert into t values ('row1')");
     const volumesBefore = await p.volumes();
     expect(volumesBefore).to.have.length(4);
 
@@ -42,19 +45,19 @@ describe('restart of sf up', function () {
     const t0 = performance.now();
     await p.start();
     const redisMs = await timeUntil(
-      async () => (await redisThrough(cache.port!, 'GET', 'k')) === 'v1',
+      async () => (await redisThrough(cache.port!, redisKey, 'GET', 'k')) === 'v1',
       60_000,
       'redis data through the router',
     );
     const pgMs = await timeUntil(
-      async () => (await psql(pg.port!, 'select v from t')) === 'row1',
+      async () => (await psql(pg.port!, pgKey, 'select v from t')) === 'row1',
       60_000,
       'postgres data through the router',
     );
     const servedMs = performance.now() - t0;
     // Writes too, which need the replica back under durability: sync.
-    expect(await redisThrough(cache.port!, 'SET', 'k2', 'v2')).to.equal('OK');
-    await psql(pg.port!, "insert into t values ('row2')");
+    expect(await redisThrough(cache.port!, redisKey, 'SET', 'k2', 'v2')).to.equal('OK');
+    await psql(pg.port!, pgKey, "insert into t values ('row2')");
     const cacheAfter = await p.service('cache');
     const pgAfter = await p.service('pg1');
     const volumesAfter = await p.volumes();

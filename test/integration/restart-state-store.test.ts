@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
 import { startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
+import { serviceKey } from '../helpers/service-key';
 import { psql, redisThrough, timeUntil } from '../helpers/sf-up-platform';
 import { sleep } from '../helpers/tcp-client';
 
@@ -60,9 +61,12 @@ describe('state store lost under a running cluster', function () {
     }
     const cache = await cluster.waitForService('cache', 60_000);
     const pg = await cluster.waitForService('pg1', 120_000);
-    await timeUntil(async () => (await psql(pg.port!, 'select 1')) === '1', 30_000, 'pg through the router');
-    await psql(pg.port!, "create table t (v text); insert into t values ('before')");
-    expect(await redisThrough(cache.port!, 'SET', 'k', 'before')).to.equal('OK');
+    // Nothing answers without credentials (issue 11); the keys must survive the store's loss too.
+    const redisKey = await serviceKey(cluster.api, 'cache');
+    const pgKey = await serviceKey(cluster.api, 'pg1');
+    await timeUntil(async () => (await psql(pg.port!, pgKey, 'select 1')) === '1', 30_000, 'pg through the router');
+    await psql(pg.port!, pgKey, "create table t (v text); insert into t values ('before')");
+    expect(await redisThrough(cache.port!, redisKey, 'SET', 'k', 'before')).to.equal('OK');
     // Let the leader write its copy (it does after each pass that changed a version).
     await sleep(1_500);
     const volumesBefore = await volumes();
@@ -76,10 +80,10 @@ describe('state store lost under a running cluster', function () {
     const writes = { redis: 0, pg: 0 };
     const writer = (async () => {
       for (let n = 0; !stop; n++) {
-        if ((await redisThrough(cache.port!, 'SET', `w${n}`, String(n))) === 'OK') writes.redis++;
+        if ((await redisThrough(cache.port!, redisKey, 'SET', `w${n}`, String(n))) === 'OK') writes.redis++;
         else failures.redis++;
         try {
-          await psql(pg.port!, `insert into t values ('w${n}')`, 3_000);
+          await psql(pg.port!, pgKey, `insert into t values ('w${n}')`, 3_000);
           writes.pg++;
         } catch {
           failures.pg++;
@@ -112,8 +116,8 @@ describe('state store lost under a running cluster', function () {
 
     const cacheAfter = await cluster.waitForService('cache', 30_000);
     const pgAfter = await cluster.waitForService('pg1', 30_000);
-    expect(await redisThrough(cache.port!, 'GET', 'k')).to.equal('before');
-    expect(await psql(pg.port!, "select v from t where v = 'before'")).to.equal('before');
+    expect(await redisThrough(cache.port!, redisKey, 'GET', 'k')).to.equal('before');
+    expect(await psql(pg.port!, pgKey, "select v from t where v = 'before'")).to.equal('before');
     expect(cacheAfter.epoch).to.equal(cache.epoch);
     expect(pgAfter.epoch).to.equal(pg.epoch);
     const volumesAfter = await volumes();

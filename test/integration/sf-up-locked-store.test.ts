@@ -61,8 +61,10 @@ describe('sf up: locked state store', function () {
     const created = await platform.sf(['create-service', 'redis', 'cache', '--replicas', '1', '--wait', '--json']);
     expect(created.code, created.output).to.equal(0);
     const { port } = await platform.service('cache');
-    expect(await redisThrough(port, 'SET', 'hello', 'world')).to.equal('OK');
-    expect(await redisThrough(port, 'GET', 'hello')).to.equal('world');
+    // The service itself answers only with a key (issue 11).
+    const key = await platform.serviceKey('cache');
+    expect(await redisThrough(port, key, 'SET', 'hello', 'world')).to.equal('OK');
+    expect(await redisThrough(port, key, 'GET', 'hello')).to.equal('world');
   });
 
   it('keeps every password out of argv, environments, logs and API bodies', async () => {
