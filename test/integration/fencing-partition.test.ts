@@ -9,6 +9,7 @@ import type { FencingStep } from '../../control/failover';
 import { primaryOf } from '../helpers/failover-support';
 import { createNetnsHost, netnsSupported, type NetnsHost } from '../helpers/netns';
 import { freePortBlock, startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
+import { serviceKey } from '../helpers/service-key';
 import { eventually } from '../helpers/tcp-client';
 import { keyLayout } from '../../protocol/keys';
 
@@ -132,12 +133,15 @@ describe('fencing: partitioned primary', function () {
     }
     expect(old.host).to.equal(host.address);
 
+    // Nothing answers without credentials (issue 11); the key is applied before the partition.
+    const auth = await serviceKey(c.api, 'part');
     const client = new Redis({
       port: view.port,
       host: '127.0.0.1',
       retryStrategy: () => 10,
       maxRetriesPerRequest: null,
       commandTimeout: 1_000,
+      ...auth,
     });
     client.on('error', () => undefined);
     const sent: Array<{ key: string; at: number }> = [];
