@@ -3,6 +3,7 @@ import { Redis } from 'ioredis';
 import type { ServiceView } from '../../control/services';
 import { enginePid, primaryOf, promotedFrom } from '../helpers/failover-support';
 import { startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
+import { serviceKey, type ServiceKeyAuth } from '../helpers/service-key';
 
 /** How many forced failovers per durability mode (issue 5 asks for 20). */
 const RUNS = Number(process.env.SF_FAILOVER_RUNS ?? 20);
@@ -28,6 +29,7 @@ function percentile(values: number[], p: number): number {
 function startWriter(
   port: number,
   sync: boolean,
+  auth: ServiceKeyAuth,
 ): { acked: string[]; ackTimes: number[]; issueTimes: number[]; stop(): Promise<void> } {
   const client = new Redis({
     port,
@@ -36,6 +38,7 @@ function startWriter(
     maxRetriesPerRequest: null,
     connectTimeout: 1_000,
     commandTimeout: 2_000,
+    ...auth,
   });
   client.on('error', () => undefined);
   const acked: string[] = [];
@@ -86,7 +89,9 @@ async function forcedFailovers(
   const settled = (v: ServiceView): boolean =>
     v.status === 'running' && v.instances.length === 3 && v.instances.every((i) => i.state === 'running');
   let view = await cluster.waitForService(name, 60_000, settled);
-  const writer = startWriter(view.port, durability === 'sync');
+  // Nothing answers without credentials (issue 11); a key works on every instance of the service.
+  const key = await serviceKey(cluster.api, name);
+  const writer = startWriter(view.port, durability === 'sync', key);
   const failoverMs: number[] = [];
   try {
     for (let run = 0; run < RUNS; run++) {
@@ -113,7 +118,7 @@ async function forcedFailovers(
   }
   view = await cluster.waitForService(name, 60_000, settled);
   const p = primaryOf(view);
-  const direct = new Redis({ port: p.port!, host: p.host! });
+  const direct = new Redis({ port: p.port!, host: p.host!, ...key });
   let lost = 0;
   try {
     for (let i = 0; i < writer.acked.length; i += 1_000) {
