@@ -10,13 +10,20 @@ import { homedir } from 'node:os';
 import path from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import { type Redis } from 'ioredis';
-import { withDefaults } from '../common/options';
-import { DEFAULT_KEY_PREFIX, keyLayout, type KeyLayout } from '../protocol/keys';
-import { createRedis } from '../common/redis-connection';
-import { redactRedisUrl } from '../common/redis-credentials';
-import pino, { type Logger } from 'pino';
-import { z } from 'zod';
 import {
+  withDefaults,
+  createRedis,
+  createLogger,
+  type Logger,
+  ErrorCode,
+  errorMessageOf,
+  schemaError,
+  redactRedisUrl,
+} from '../common';
+import {
+  DEFAULT_KEY_PREFIX,
+  keyLayout,
+  type KeyLayout,
   ENGINE_KINDS,
   instanceSpecSchema,
   NOTIFY_DESIRED,
@@ -29,11 +36,11 @@ import {
   type ExecutorKind,
   type InstanceSpec,
   type OrderResult,
-} from '../protocol/cell-protocol';
+} from '../protocol';
+import { z } from 'zod';
 import { CellInstances } from './cell-instances';
 import { executeOrder } from './cell-orders';
 import { availableEngines, createEngineRegistry, type EngineRegistry } from './engine-registry';
-import { ErrorCode, errorMessageOf, schemaError } from '../common/errors';
 import type { Executor } from './executor';
 import { DockerExecutor } from './executor-docker';
 import { ProcessExecutor } from './executor-process';
@@ -182,8 +189,10 @@ export class CellAgent {
     this.keys = keyLayout(this.opts.keyPrefix);
     this.name = options.name;
     this.dataDir = path.resolve(options.dataDir ?? defaultCellDataDir(options.name));
-    this.log = options.logger ?? pino({ name: 'sf-cell', base: { cell: options.name } }, pino.destination(2));
-    this.engines = options.engines ?? createEngineRegistry({
+    this.log = options.logger ?? createLogger('cell', { base: { cell: options.name }, destination: 'stderr' });
+    this.engines =
+      options.engines ??
+      createEngineRegistry({
         postgres: { trustCidrs: options.trustCidrs },
         tcp: { allow: options.tcpAllow },
       });
@@ -532,7 +541,10 @@ export class CellAgent {
     } else {
       // A credentials order carries passwords: log what it is, never what it holds (issue 11).
       const { credentials, ...loggable } = { credentials: undefined, ...parsed.data };
-      this.log.info({ order: credentials ? { ...loggable, credentialsVersion: credentials.version } : loggable }, 'order');
+      this.log.info(
+        { order: credentials ? { ...loggable, credentialsVersion: credentials.version } : loggable },
+        'order',
+      );
       result = await executeOrder(parsed.data, {
         cell: this.name,
         dataDir: this.dataDir,

@@ -5,12 +5,11 @@
  * an instance is started only for a generation not yet attempted, so a crash is reported and
  * never retried here (issue 4: "restarts nothing on its own initiative").
  */
-import type { KeyLayout } from '../protocol/keys';
+import type { KeyLayout, ActualInstance, ActualState, ExecutorKind, InstanceSpec } from '../protocol';
 import type { Redis } from 'ioredis';
-import { type ActualInstance, type ActualState, type ExecutorKind, type InstanceSpec } from '../protocol/cell-protocol';
 import type { Engine } from './engine';
 import type { EngineRegistry } from './engine-registry';
-import { ErrorCode, SfError, errorCodeOf, errorMessageOf } from '../common/errors';
+import { ErrorCode, SfError, errorCodeOf, errorMessageOf } from '../common';
 import type { Executor, InstanceHandle, InstanceStatus } from './executor';
 import { listVolumes, readMeta, volumePaths, writeMeta } from './instance-volume';
 import { LeaseKeeper } from './lease-keeper';
@@ -28,16 +27,16 @@ export interface CellInstancesOptions {
   /** Called with every changed report (null = forgotten). */
   report: (instanceId: string, actual: ActualInstance | null) => void;
   /** @default 'process' */
+  defaultExecutor?: ExecutorKind;
   /**
    * Bound of the commit check on running primaries (a write that must commit, with sync
    * durability acknowledged by a standby); past it the primary is reported `degraded`. @default 2000
    */
   commitCheckTimeoutMs?: number;
-  defaultExecutor?: ExecutorKind;
 }
+
 /** Default of `CellInstancesOptions.commitCheckTimeoutMs`. */
 export const DEFAULT_COMMIT_CHECK_TIMEOUT_MS = 2_000;
-
 
 interface LocalInstance {
   spec: InstanceSpec;
@@ -64,11 +63,11 @@ function fencedMeanwhile(inst: LocalInstance): boolean {
 }
 
 export class CellInstances {
+  private readonly local = new Map<string, LocalInstance>();
   /** instanceId -> why the running primary cannot commit (issue 10), from the last commit check. */
   private readonly cannotCommit = new Map<string, string>();
   /** Commit checks in flight, so a hanging one is never started twice. */
   private readonly checking = new Set<string>();
-  private readonly local = new Map<string, LocalInstance>();
   private readonly unsubscribe: Array<() => void> = [];
   /** The credentials change running per instance, so changes apply one after the other. */
   private readonly credentialSyncs = new Map<string, Promise<void>>();
@@ -327,10 +326,10 @@ export class CellInstances {
       throw new SfError(ErrorCode.InstanceRunning, `instance ${instanceId} is ${inst.state}; stop it first`);
     }
   }
+
   isRunning(instanceId: string): boolean {
     return this.local.get(instanceId)?.state === 'running';
   }
-
 
   isDesired(instanceId: string): boolean {
     return this.local.get(instanceId)?.desired ?? false;
@@ -412,11 +411,12 @@ export class CellInstances {
             inst.position = pos.position;
             inst.positionValue = pos.value;
           }
-          if (healthy && inst.spec.role === 'primary') void this.checkCommit(inst);
           if (changed) this.emit(id);
+          if (healthy && inst.spec.role === 'primary') void this.checkCommit(inst);
         }),
     );
   }
+
   /**
    * Issue 10, "status tells the truth": a primary that answers PING or `select 1` may still be
    * unable to commit (sync standby missing, connections exhausted). The engine's commit check
@@ -441,7 +441,6 @@ export class CellInstances {
       this.checking.delete(id);
     }
   }
-
 
   async forget(instanceId: string): Promise<void> {
     const inst = this.local.get(instanceId);
@@ -479,9 +478,9 @@ export class CellInstances {
       leaseHeld: inst.lease ? inst.lease.held : null,
       volumePresent: true,
       volumeSizeMb: spec.volume.sizeMb,
+      lastError: inst.lastError,
       degraded:
         inst.state === 'running' && spec.role === 'primary' ? (this.cannotCommit.get(instanceId) ?? null) : null,
-      lastError: inst.lastError,
       updatedAt: Date.now(),
     };
   }

@@ -5,8 +5,8 @@
  */
 import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
-import type { Order, OrderResult } from '../protocol/cell-protocol';
-import { ErrorCode, SfError, errorCodeOf, errorMessageOf } from '../common/errors';
+import type { Order, OrderResult } from '../protocol';
+import { ErrorCode, SfError, errorCodeOf, errorMessageOf } from '../common';
 import type { NetworkFencer } from './fencer-network';
 import { runCommand } from './run-command';
 import { recordPromotion, volumePaths } from './instance-volume';

@@ -9,13 +9,12 @@
  */
 import { chmod, chown, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import type { HostPort } from '../protocol/cell-protocol';
+import type { HostPort, InstanceCredentials } from '../protocol';
 import type { Availability, Engine, EngineContext, LaunchCommand, ReplicationPosition } from './engine';
-import { ErrorCode, SfError } from '../common/errors';
+import { ErrorCode, SfError } from '../common';
 import { findBinary, lookupUser, runCommand, type RunAs } from './run-command';
 import { pathExists as exists } from './path-exists';
 import { PG_CLIENTS_ROLE, pgBootstrapSql, pgLiteral, pgSyncUsersSql } from './engine-credentials';
-import type { InstanceCredentials } from '../protocol';
 
 export interface PostgresEngineOptions {
   /** System user the server runs as when the cell runs as root (postgres refuses root). @default 'postgres' */

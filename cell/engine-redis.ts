@@ -6,9 +6,9 @@
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Redis } from 'ioredis';
-import type { HostPort } from '../protocol/cell-protocol';
+import type { HostPort } from '../protocol';
 import type { Availability, Engine, EngineContext, LaunchCommand, ReplicationPosition } from './engine';
-import { ErrorCode, SfError } from '../common/errors';
+import { ErrorCode, SfError } from '../common';
 import { findBinary, type RunAs } from './run-command';
 import { engineUser, engineUserProblem } from './engine-user';
 import { redisAclUsers, renderRedisAclFile } from './engine-credentials';

@@ -5,7 +5,7 @@
  * process: executors (executor.ts) start, stop and kill it, so every engine works with every
  * executor.
  */
-import type { EngineKind, HostPort, InstanceSpec } from '../protocol/cell-protocol';
+import type { EngineKind, HostPort, InstanceSpec } from '../protocol';
 import type { RunAs } from './run-command';
 
 export interface Availability {

@@ -11,11 +11,11 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { chmod, open, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
-import type { InstanceSpec } from '../protocol/cell-protocol';
+import type { InstanceSpec } from '../protocol';
 import type { Availability, Engine, EngineContext } from './engine';
 import type { RunAs } from './run-command';
 import { createEngineRegistry, type EngineRegistry } from './engine-registry';
-import { ErrorCode, SfError } from '../common/errors';
+import { ErrorCode, SfError, withDefaults } from '../common';
 import type { ExitListener, Executor, InstanceHandle, InstanceStatus, StopOptions } from './executor';
 import {
   admitStart,
@@ -120,14 +120,15 @@ export class ProcessExecutor implements Executor {
 
   constructor(options: ProcessExecutorOptions) {
     const listenHost = options.listenHost ?? DEFAULT_PROCESS_EXECUTOR_OPTIONS.listenHost;
-    this.opts = {
-      ...DEFAULT_PROCESS_EXECUTOR_OPTIONS,
-      engines: options.engines ?? createEngineRegistry(),
-      ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)),
-      dataDir: path.resolve(options.dataDir),
-      listenHost,
-      advertiseHost: options.advertiseHost ?? listenHost,
-    } as ProcessExecutor['opts'];
+    this.opts = withDefaults(
+      { ...DEFAULT_PROCESS_EXECUTOR_OPTIONS, engines: options.engines ?? createEngineRegistry() },
+      {
+        ...options,
+        dataDir: path.resolve(options.dataDir),
+        listenHost,
+        advertiseHost: options.advertiseHost ?? listenHost,
+      },
+    ) as ProcessExecutor['opts'];
     this.ports = new PortAllocator(this.opts.portRange, listenHost);
   }
 

@@ -25,12 +25,12 @@ interface ControlFlags {
 }
 
 async function runControl(flags: ControlFlags): Promise<void> {
-  const [{ default: pino }, { loadTokensFile }, { startControlServer }] = await Promise.all([
-    import('pino'),
+  const [{ createLogger }, { loadTokensFile }, { startControlServer }] = await Promise.all([
+    import('../common/logger'),
     import('../control/api/token-authenticator'),
     import('../control/control-server'),
   ]);
-  const log = pino({ name: 'control', level: process.env.SF_LOG_LEVEL ?? 'info' });
+  const log = createLogger('control');
   const listen = parseHostPort(flags.listen, '--listen');
   const staticTokens: StaticToken[] = flags.tokensFile ? await loadTokensFile(flags.tokensFile) : [];
   const admin = await ensureAdminToken(process.env, controlUrlForListen(listen.host, listen.port));

@@ -6,4 +6,3 @@ export {
   type ServiceReconcilerOptions,
 } from './service-reconciler';
 export { OrphanCollector } from './orphan-collector';
-

@@ -12,8 +12,7 @@ import type { CasOp } from '../state/cas-commit';
 import type { CellSnapshot } from '../services/cell-directory';
 import type { ServiceEvent, ServiceRecord } from '../services/service-types';
 import { SERVICE_EVENT_HISTORY } from '../services/service-store';
-import type { KeyLayout } from '../../protocol/keys';
-import type { Order } from '../../protocol/cell-protocol';
+import type { KeyLayout, Order } from '../../protocol';
 import { queueOrderOp } from '../state/cell-client';
 import { parseTombstones, planVolumeDeletions } from './volume-tombstones';
 

@@ -15,7 +15,7 @@ import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
-import type { KeyLayout } from '../../protocol/keys';
+import type { KeyLayout } from '../../protocol';
 import type { ServiceRecord } from '../services/service-types';
 
 type Entry =

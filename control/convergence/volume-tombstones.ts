@@ -7,8 +7,7 @@
  * deleted: a missing cell or a missing record is not a decision to destroy data.
  */
 import type { CasOp } from '../state/cas-commit';
-import type { KeyLayout } from '../../protocol/keys';
-import type { ActualInstance } from '../../protocol/cell-protocol';
+import type { KeyLayout, ActualInstance } from '../../protocol';
 
 export type TombstoneReason = 'service-deleted' | 'replaced';
 

@@ -5,7 +5,7 @@
  * the action will do or throws a 4xx error; it has no effects, so a refused action leaves no trace
  * but its error. The coordinator runs it on fresh state right before the sequence starts.
  */
-import { ErrorCode, SfError } from '../../common/errors';
+import { ErrorCode, SfError } from '../../common';
 import type { CellSnapshot } from '../services/cell-directory';
 import type { InstanceRecord, ServiceRecord } from '../services/service-types';
 

@@ -7,7 +7,7 @@
 import type { Redis } from 'ioredis';
 import { fencedCommit, type LeaderFence } from '../leader/fenced-commit';
 import type { CasOp } from '../state/cas-commit';
-import type { KeyLayout } from '../../protocol/keys';
+import type { KeyLayout } from '../../protocol';
 import type { ServiceEvent } from '../services/service-types';
 
 export type FencingStepName =

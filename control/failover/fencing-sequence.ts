@@ -16,8 +16,7 @@
  * sequence where it is: nothing after it runs, and the record says how far it got. Every record
  * write carries the leader fence, so a deposed leader stops at its next write.
  */
-import type { KeyLayout } from '../../protocol/keys';
-import type { HostPort } from '../../protocol/cell-protocol';
+import type { KeyLayout, HostPort } from '../../protocol';
 import { putDesiredOps } from '../state/cell-client';
 import type { LeaderFence } from '../leader/fenced-commit';
 import { instanceSpec } from '../services/instance-spec';
@@ -25,7 +24,7 @@ import type { CellSnapshot } from '../services/cell-directory';
 import type { ServiceChange } from '../services/service-store';
 import type { InstanceRecord, ServiceRecord } from '../services/service-types';
 import type { CasOp } from '../state/cas-commit';
-import { ErrorCode, SfError, isSfError } from '../../common/errors';
+import { ErrorCode, SfError, isSfError } from '../../common';
 import type { FailoverOptions } from './failover-options';
 import type { FencingStep, FencingStepInput } from './fencing-history';
 import type { CellView, FencingSteps } from './fencing-steps';

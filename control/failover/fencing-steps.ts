@@ -8,9 +8,7 @@
  * parts below only *do* one thing each. `cellFencingSteps` is the real implementation.
  */
 import type { Redis } from 'ioredis';
-import type { HostPort, OrderResult } from '../../protocol/cell-protocol';
-import { fenceLease } from '../../protocol/lease';
-import type { KeyLayout } from '../../protocol/keys';
+import { type HostPort, type OrderResult, fenceLease, type KeyLayout } from '../../protocol';
 import type { LeaderFence } from '../leader/fenced-commit';
 import type { RouteEmitter } from '../services/route-emitter';
 import type { CellSnapshot } from '../services/cell-directory';

@@ -5,7 +5,7 @@
  * that value, so it never forwards to a control that lost the lock.
  */
 import type { Redis } from 'ioredis';
-import type { KeyLayout } from '../../protocol/keys';
+import type { KeyLayout } from '../../protocol';
 import type { LeaderFence } from '../leader/fenced-commit';
 
 export interface LeaderAddress {

@@ -1,5 +1,5 @@
 /** The API's view of a service: its record merged with what the cells report right now. */
-import { ErrorCode } from '../../common/errors';
+import { ErrorCode } from '../../common';
 import type { CellSnapshot } from './cell-directory';
 import type { InstanceRecord, InstanceView, ServiceRecord, ServiceView } from './service-types';
 

@@ -5,7 +5,16 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { instanceSpecSchema, NOTIFY_DESIRED, type ActualInstance, type InstanceSpec, type InstanceSpecInput, type Order, type OrderResult, type KeyLayout } from '../../protocol';
+import {
+  instanceSpecSchema,
+  NOTIFY_DESIRED,
+  type ActualInstance,
+  type InstanceSpec,
+  type InstanceSpecInput,
+  type Order,
+  type OrderResult,
+  type KeyLayout,
+} from '../../protocol';
 import { ErrorCode, SfError, schemaError } from '../../common';
 import type { CasOp } from './cas-commit';
 

@@ -6,7 +6,16 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { parseRoute, type Backend, type Route, type RouteTable, type RouteDelta, type RouterHeartbeat, type GroupKeys, type KeyLayout } from '../../protocol';
+import {
+  parseRoute,
+  type Backend,
+  type Route,
+  type RouteTable,
+  type RouteDelta,
+  type RouterHeartbeat,
+  type GroupKeys,
+  type KeyLayout,
+} from '../../protocol';
 import { ErrorCode, SfError, withDefaults } from '../../common';
 import { withCasRetry, type CasGuard, type CasOp } from './cas-commit';
 import { parsePortRanges, rangesContain } from './port-ranges';
