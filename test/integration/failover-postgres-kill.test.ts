@@ -1,0 +1,176 @@
+/**
+ * Issue 10, unplanned PostgreSQL failover with `durability: sync` and one replica: the promoted
+ * replica has no sync standby until the old primary is rewound and streams again, so commits wait
+ * for that rejoin. The fault-schedule checker saw writes through the router fail for 10-11 s after
+ * a SIGKILL and 16-47 s after `sf fence`; these tests hold the rejoin to the checker's bound, check
+ * that the service never says `running` while writes cannot commit, and that no committed write
+ * is lost.
+ */
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { expect } from 'chai';
+import type { ServiceView } from '../../control/services';
+import { enginePid, primaryOf, sf } from '../helpers/failover-support';
+import { useServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
+import { serviceKey, type ServiceKeyAuth } from '../helpers/service-key';
+
+const run = promisify(execFile);
+/** Writes through the router must commit again within this bound after the fault (as the checker). */
+const RECOVERY_BOUND_MS = 15_000;
+
+interface Sample {
+  at: number;
+  status: string | undefined;
+  committed: boolean;
+}
+
+describe('failover: PostgreSQL primary lost with sync durability', function () {
+  this.timeout(300_000);
+  const running = useServiceCluster({ cells: 3 });
+  let cluster: ServiceCluster;
+  let key: ServiceKeyAuth;
+  let nextId = 0;
+  const committed: number[] = [];
+
+  async function psql(port: number, sql: string, timeoutMs = 10_000): Promise<string> {
+    const { stdout } = await run(
+      'psql',
+      ['-h', '127.0.0.1', '-p', String(port), '-U', key.username, '-d', 'postgres', '-w', '-XAtq', '-c', sql],
+      {
+        timeout: timeoutMs,
+        env: { PATH: process.env.PATH ?? '', PGPASSWORD: key.password, PGCONNECT_TIMEOUT: '2' },
+      },
+    );
+    return stdout.trim();
+  }
+
+  /** One INSERT through the router; committed only when psql got the COMMIT's answer in time. */
+  async function write(port: number): Promise<boolean> {
+    const id = nextId++;
+    try {
+      await psql(port, `insert into kill_t values (${id})`, 2_000);
+      committed.push(id);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  async function view(): Promise<ServiceView | undefined> {
+    const res = await cluster.api<ServiceView>('GET', '/v3/service_instances/pgk');
+    return res.status === 200 ? res.body : undefined;
+  }
+
+  /**
+   * Samples status and a fresh write through the router until a write commits after `fault`
+   * and the service settles at a new epoch with every instance running; returns the samples.
+   */
+  async function watch(port: number, fault: number, epoch: number): Promise<Sample[]> {
+    const samples: Sample[] = [];
+    for (;;) {
+      const v = await view();
+      const ok = await write(port);
+      samples.push({ at: Date.now() - fault, status: v?.status, committed: ok });
+      // Settled after the failover: a new epoch (an `sf fence` may take seconds to start).
+      const settled =
+        v !== undefined && v.epoch > epoch && v.status === 'running' && v.instances.every((i) => i.state === 'running');
+      if (ok && settled && Date.now() - fault > 3_000) return samples;
+      if (Date.now() - fault > 60_000) throw new Error(`not settled: ${JSON.stringify(samples.slice(-5))}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  /** Checks what every fault must leave: one writable instance, the old primary a sync standby. */
+  async function checkRejoined(oldPrimary: string): Promise<void> {
+    const v = (await view())!;
+    const roles = await Promise.all(
+      v.instances.map(async (i) => [i.id, await psql(i.port!, 'select pg_is_in_recovery()')]),
+    );
+    expect(
+      roles.filter(([, r]) => r === 'f'),
+      JSON.stringify(roles),
+    ).to.have.length(1);
+    expect(Object.fromEntries(roles)[oldPrimary], 'the old primary is a standby').to.equal('t');
+    const primary = primaryOf(v);
+    expect(primary.id).to.not.equal(oldPrimary);
+    // It streams from the new primary: a write committed there shows up on it (pg_stat_replication
+    // hides its details from a service key's user).
+    const marker = nextId++;
+    await psql(v.port, `insert into kill_t values (${marker})`);
+    committed.push(marker);
+    const old = v.instances.find((i) => i.id === oldPrimary)!;
+    const deadline = Date.now() + 10_000;
+    while ((await psql(old.port!, `select count(*) from kill_t where id = ${marker}`)) !== '1') {
+      if (Date.now() > deadline) throw new Error(`${oldPrimary} did not replay a write of the new primary`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  function recoveryMs(samples: Sample[]): number {
+    const lastFailure = samples.filter((s) => !s.committed).at(-1);
+    const after = samples.find((s) => s.committed && (!lastFailure || s.at > lastFailure.at));
+    return after?.at ?? Number.POSITIVE_INFINITY;
+  }
+
+  before(async () => {
+    cluster = running();
+    const res = await cluster.api('POST', '/v3/service_instances', {
+      name: 'pgk',
+      engine: 'postgres',
+      replicas: 1,
+      durability: 'sync',
+      volume: { sizeMb: 64 },
+    });
+    expect(res.status, JSON.stringify(res.body)).to.equal(201);
+    const v = await cluster.waitForService(
+      'pgk',
+      180_000,
+      (s) => s.status === 'running' && s.instances.every((i) => i.state === 'running'),
+    );
+    key = await serviceKey(cluster.api, 'pgk');
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      try {
+        await psql(v.port, 'create table if not exists kill_t (id int primary key)');
+        break;
+      } catch (err) {
+        if (Date.now() > deadline) throw err;
+        await new Promise((r) => setTimeout(r, 300));
+      }
+    }
+  });
+
+  for (const fault of ['SIGKILL of the primary engine', 'sf fence'] as const)
+    it(`${fault}: writes commit again within ${RECOVERY_BOUND_MS} ms, the old primary rejoins as the sync standby, never running while writes wait`, async () => {
+      const before = (await view())!;
+      const old = primaryOf(before);
+      // Warm: writes commit through the router before the fault.
+      const warm = Date.now() + 30_000;
+      while (!(await write(before.port)))
+        if (Date.now() > warm) throw new Error('no write committed through the router before the fault');
+      const t0 = Date.now();
+      let action: Promise<{ code: number; stderr: string }> | undefined;
+      if (fault === 'sf fence') action = sf(cluster, ['fence', 'pgk']);
+      else process.kill(await enginePid(cluster, before, old.id), 'SIGKILL');
+      const samples = await watch(before.port, t0, before.epoch);
+      if (action) {
+        const res = await action;
+        expect(res.code, res.stderr).to.equal(0);
+      }
+      const recovered = recoveryMs(samples);
+      console.log(
+        `      ${fault}: writes commit again ${recovered} ms after the fault; ` +
+          `statuses ${[...new Set(samples.map((s) => s.status))].join(' -> ')}`,
+      );
+      expect(recovered).to.be.lessThan(RECOVERY_BOUND_MS);
+      // Status tells the truth: once control could see the fault, `running` means writes commit.
+      const lies = samples.filter((s) => s.at > 3_000 && s.status === 'running' && !s.committed);
+      expect(lies, JSON.stringify(lies)).to.deep.equal([]);
+      await checkRejoined(old.id);
+      // Every committed write is on the new primary (sync durability).
+      const present = new Set(
+        (await psql(before.port, 'select id from kill_t')).split('\n').filter(Boolean).map(Number),
+      );
+      expect(committed.filter((id) => !present.has(id))).to.deep.equal([]);
+    });
+});
