@@ -5,8 +5,8 @@
  * one at a time with random gaps. Invariants (DESIGN.md, "Unhappy paths are the product"):
  *
  * - `acked-write-lost`: every acknowledged write is present, read through the router;
- * - `one-primary`: at most one instance of a service claims to be primary (`ROLE`,
- *   `pg_is_in_recovery()` on every instance port ever seen), probed continuously;
+ * - `one-primary`: at most one instance of a service claims to be primary (`INFO
+ *   replication` `role:`, `pg_is_in_recovery()` on every instance port ever seen), probed continuously;
  * - `one-writable`: at most one of them would also commit a write (see fault-probes.ts);
  * - `router-points-at-primary`: once settled, the router's active backend is that primary;
  * - `write-recovery`: a write through the router is acknowledged within 10 s of the fault;
@@ -15,14 +15,22 @@
  * - `settles`: the service is `running` with all instances again within the settle timeout;
  * - `refused-action-harmless`: a refused operator action fails no write and changes no epoch;
  * - `action-exit-code`: an operator action exits as expected (0, or 2 for a refused one).
- * Each violation is printed at once with the seed and the step that found it.
+ * Each violation is printed at once with the seed and the step that found it. Writers, probes
+ * and read-backs all connect as one service key per service, created right after the service.
  */
 import { randomBytes } from 'node:crypto';
 import { FaultPlatform, type FaultPlatformOptions, type ServiceViewLite } from './fault-platform';
 import { createPrng } from './fault-prng';
 import { probeRole, type RoleProbe } from './fault-probes';
 import type { AppliedFault, FaultKind, FaultService } from './fault-kinds';
-import { missingWrites, probeWrite, startWriter, type EngineName, type ServiceWriter } from './fault-writers';
+import {
+  missingWrites,
+  probeWrite,
+  startWriter,
+  type EngineName,
+  type ServiceAuth,
+  type ServiceWriter,
+} from './fault-writers';
 
 export interface CheckerOptions {
   seed: number;
@@ -157,6 +165,13 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
   const violations: Violation[] = [];
   const steps: StepRecord[] = [];
   const writers = new Map<string, ServiceWriter>();
+  /** Each service's key user: nothing answers without one (issue 11). */
+  const auths = new Map<string, ServiceAuth>();
+  const authOf = (service: string): ServiceAuth => {
+    const auth = auths.get(service);
+    if (!auth) throw new Error(`no service key for ${service}`);
+    return auth;
+  };
   const views = new Map<string, ServiceViewLite | undefined>();
   /** Every instance address a service ever had: an old primary may linger outside the view. */
   const addresses = new Map<string, Map<string, string>>(services.map((s) => [s.name, new Map()]));
@@ -237,7 +252,7 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
     return Promise.all(
       known.map(async ([address, instance]) => {
         const [host, port] = address.split(':');
-        return { ...(await probeRole(svc.engine, host, Number(port))), instance };
+        return { ...(await probeRole(svc.engine, host, Number(port), authOf(svc.name))), instance };
       }),
     );
   };
@@ -300,7 +315,7 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
       // Acknowledged writes: all of them, every time, so a write lost late is still found.
       try {
         const acked = writer.acked.map((a) => a.id);
-        const missing = await missingWrites(svc.engine, view?.port ?? 0, runId, acked);
+        const missing = await missingWrites(svc.engine, view?.port ?? 0, runId, acked, authOf(svc.name));
         if (missing.length > 0) {
           const byId = new Map(writer.acked.map((a) => [a.id, a]));
           const sample = missing
@@ -342,7 +357,7 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
         );
       // A `running` status means a client arriving now can write.
       if (view?.status === 'running') {
-        const error = await probeWrite(svc.engine, view.port);
+        const error = await probeWrite(svc.engine, view.port, authOf(svc.name));
         if (error)
           violate(
             'running-means-writable',
@@ -367,6 +382,8 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
         volume: { sizeMb: VOLUME_MB[svc.engine] },
       });
       if (res.status !== 201) throw new Error(`creating ${svc.name}: ${res.status} ${JSON.stringify(res.body)}`);
+      // A key may be created before the service runs: its user is in the instances' first spec.
+      auths.set(svc.name, await platform.serviceKey(svc.name, 'fault-checker'));
     }
     for (const svc of services)
       await platform.waitUntil(`${svc.name} running`, async () => settled(await platform.service(svc.name)), 180_000);
@@ -374,7 +391,7 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
       const view = (await platform.service(svc.name))!;
       views.set(svc.name, view);
       rememberAddresses(svc, view);
-      writers.set(svc.name, startWriter(svc.engine, svc.name, view.port, runId));
+      writers.set(svc.name, startWriter(svc.engine, svc.name, view.port, runId, authOf(svc.name)));
     }
     await platform.waitUntil(
       'first acknowledged writes',

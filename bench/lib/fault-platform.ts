@@ -384,6 +384,22 @@ export class FaultPlatform {
     return { status: res.status, body: parsed as T };
   }
 
+  /**
+   * Creates service key `key` of `service` and returns its user (`POST
+   * /v3/service_instances/:name/keys`, control/api/routes-service-keys.ts).
+   */
+  async serviceKey(service: string, key: string): Promise<{ username: string; password: string }> {
+    const res = await this.api<{ username?: string; password?: string }>(
+      'POST',
+      `/v3/service_instances/${service}/keys`,
+      { name: key },
+      30_000,
+    );
+    if (res.status !== 201 || !res.body.username || res.body.password === undefined)
+      throw new Error(`service key ${key} of ${service}: ${res.status} ${JSON.stringify(res.body)}`);
+    return { username: res.body.username, password: res.body.password };
+  }
+
   async service(name: string): Promise<ServiceViewLite | undefined> {
     try {
       const res = await this.api<ServiceViewLite>('GET', `/v3/service_instances/${name}`, undefined, 3_000);

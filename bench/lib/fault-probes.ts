@@ -1,14 +1,24 @@
 /**
  * Asking an instance directly, on its own port and not through the router, whether it is a
- * primary: Redis `ROLE`, PostgreSQL `pg_is_in_recovery()`. Two answers are kept apart:
+ * primary: Redis `INFO replication` `role:`, PostgreSQL `pg_is_in_recovery()`. Two answers are
+ * kept apart:
  * - `primary`: the engine says it is a primary (what a client connecting to it would find);
  * - `acceptsWrites`: it would also commit a write now — a Redis primary with the replicas its
  *   `min-replicas-to-write` asks for, a PostgreSQL primary with a sync standby when
  *   `synchronous_standby_names` is set. A primary that fails these refuses or hangs writes.
+ *
+ * Probes connect as a service key's user, which has no administration rights (issue 11):
+ * - Redis: no `ROLE` or `CONFIG GET` (both @admin). `INFO replication` prints
+ *   `min_slaves_good_slaves` only when `min-replicas-to-write` (and its max lag) is set; the
+ *   engine sets it to 1 whenever it sets it (cell/engine-redis.ts), so its presence means "1
+ *   required".
+ * - PostgreSQL: `pg_stat_replication` shows a non-privileged role only the walsenders' pids, not
+ *   their `sync_state`; with `synchronous_standby_names = '*'` (the engine's only non-empty
+ *   value) any connected standby is a sync candidate, so the probe counts walsenders.
  */
 import { Redis } from 'ioredis';
 import { PgConnection } from './fault-pg-wire';
-import type { EngineName } from './fault-writers';
+import type { EngineName, ServiceAuth } from './fault-writers';
 
 export interface RoleProbe {
   address: string;
@@ -23,11 +33,13 @@ function infoField(info: string, field: string): string | undefined {
   return new RegExp(`^${field}:(.*)$`, 'm').exec(info)?.[1]?.trim();
 }
 
-async function probeRedis(host: string, port: number, timeoutMs: number): Promise<RoleProbe> {
+async function probeRedis(host: string, port: number, auth: ServiceAuth, timeoutMs: number): Promise<RoleProbe> {
   const address = `${host}:${port}`;
   const client = new Redis({
     host,
     port,
+    username: auth.username,
+    password: auth.password,
     lazyConnect: true,
     retryStrategy: () => null,
     maxRetriesPerRequest: 0,
@@ -37,12 +49,12 @@ async function probeRedis(host: string, port: number, timeoutMs: number): Promis
   client.on('error', () => undefined);
   try {
     await client.connect();
-    const role = (await client.call('ROLE')) as [string, ...unknown[]];
-    if (role[0] !== 'master')
-      return { address, reachable: true, primary: false, acceptsWrites: false, detail: role[0] };
     const info = await client.info('replication');
-    const min = Number(((await client.call('CONFIG', 'GET', 'min-replicas-to-write')) as string[])[1] ?? 0);
-    const good = Number(infoField(info, 'min_slaves_good_slaves') ?? infoField(info, 'connected_slaves') ?? 0);
+    const role = infoField(info, 'role') ?? 'unknown';
+    if (role !== 'master') return { address, reachable: true, primary: false, acceptsWrites: false, detail: role };
+    const goodField = infoField(info, 'min_slaves_good_slaves');
+    const min = goodField === undefined ? 0 : 1;
+    const good = Number(goodField ?? infoField(info, 'connected_slaves') ?? 0);
     return {
       address,
       reachable: true,
@@ -57,14 +69,14 @@ async function probeRedis(host: string, port: number, timeoutMs: number): Promis
   }
 }
 
-async function probePostgres(host: string, port: number, timeoutMs: number): Promise<RoleProbe> {
+async function probePostgres(host: string, port: number, auth: ServiceAuth, timeoutMs: number): Promise<RoleProbe> {
   const address = `${host}:${port}`;
   let conn: PgConnection | undefined;
   try {
-    conn = await PgConnection.connect(host, port, timeoutMs);
+    conn = await PgConnection.connect(host, port, timeoutMs, auth);
     const r = await conn.query(
       "SELECT pg_is_in_recovery(), current_setting('synchronous_standby_names'), " +
-        "(SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum'))",
+        '(SELECT count(*) FROM pg_stat_replication)',
       timeoutMs,
     );
     const [recovery, standbyNames, syncCount] = r.rows[0] ?? [];
@@ -77,7 +89,7 @@ async function probePostgres(host: string, port: number, timeoutMs: number): Pro
       reachable: true,
       primary: true,
       acceptsWrites: !needsStandby || standbys > 0,
-      detail: `pg_is_in_recovery()=f, ${standbys} sync standby(s)${needsStandby ? ` (synchronous_standby_names '${standbyNames}')` : ''}`,
+      detail: `pg_is_in_recovery()=f, ${standbys} standby(s) streaming${needsStandby ? ` (synchronous_standby_names '${standbyNames}')` : ''}`,
     };
   } catch (err) {
     return { address, reachable: false, primary: false, acceptsWrites: false, detail: (err as Error).message };
@@ -86,6 +98,12 @@ async function probePostgres(host: string, port: number, timeoutMs: number): Pro
   }
 }
 
-export function probeRole(engine: EngineName, host: string, port: number, timeoutMs = 800): Promise<RoleProbe> {
-  return engine === 'redis' ? probeRedis(host, port, timeoutMs) : probePostgres(host, port, timeoutMs);
+export function probeRole(
+  engine: EngineName,
+  host: string,
+  port: number,
+  auth: ServiceAuth,
+  timeoutMs = 800,
+): Promise<RoleProbe> {
+  return engine === 'redis' ? probeRedis(host, port, auth, timeoutMs) : probePostgres(host, port, auth, timeoutMs);
 }

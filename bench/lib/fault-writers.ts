@@ -7,12 +7,21 @@
  *   `synchronous_commit on`, the reply comes after the sync standby has the commit).
  * A write whose outcome is unknown (timeout, reset) is a failure and never an acknowledgement.
  *
+ * Every client connects as a service key's user (issue 11: no service answers without one): a
+ * Redis ACL user (`AUTH username password`), a PostgreSQL SCRAM-SHA-256 role.
+ *
  * All times are `performance.now()` milliseconds, the checker's single clock.
  */
 import { Redis } from 'ioredis';
 import { PgConnection } from './fault-pg-wire';
 
 export type EngineName = 'redis' | 'postgres';
+
+/** A service key's user, from `POST /v3/service_instances/:name/keys`. */
+export interface ServiceAuth {
+  username: string;
+  password: string;
+}
 
 export interface AckedWrite {
   id: number;
@@ -67,6 +76,7 @@ abstract class WriterBase implements ServiceWriter {
     readonly engine: EngineName,
     readonly service: string,
     protected readonly port: number,
+    protected readonly auth: ServiceAuth,
   ) {}
 
   start(): this {
@@ -140,13 +150,16 @@ class RedisWriter extends WriterBase {
     service: string,
     port: number,
     private readonly runId: string,
+    auth: ServiceAuth,
   ) {
-    super('redis', service, port);
+    super('redis', service, port, auth);
     // No offline queue and no retries: a command either reaches the current connection or fails
     // at once, so each attempt has one clear outcome.
     this.client = new Redis({
       host: '127.0.0.1',
       port,
+      username: auth.username,
+      password: auth.password,
       retryStrategy: () => RETRY_GAP_MS,
       maxRetriesPerRequest: 0,
       enableOfflineQueue: false,
@@ -169,15 +182,15 @@ class RedisWriter extends WriterBase {
 class PostgresWriter extends WriterBase {
   private conn: PgConnection | undefined;
 
-  constructor(service: string, port: number) {
-    super('postgres', service, port);
+  constructor(service: string, port: number, auth: ServiceAuth) {
+    super('postgres', service, port, auth);
   }
 
   protected async write(id: number): Promise<boolean> {
     if (!this.conn || this.conn.closed) {
       this.conn?.close();
       this.conn = undefined;
-      const conn = await PgConnection.connect('127.0.0.1', this.port, 1_000);
+      const conn = await PgConnection.connect('127.0.0.1', this.port, 1_000, this.auth);
       await conn.query(`CREATE TABLE IF NOT EXISTS ${PG_TABLE} (id bigint PRIMARY KEY)`, 3_000);
       this.conn = conn;
     }
@@ -197,21 +210,34 @@ class PostgresWriter extends WriterBase {
   }
 }
 
-export function startWriter(engine: EngineName, service: string, routePort: number, runId: string): ServiceWriter {
+export function startWriter(
+  engine: EngineName,
+  service: string,
+  routePort: number,
+  runId: string,
+  auth: ServiceAuth,
+): ServiceWriter {
   return engine === 'redis'
-    ? new RedisWriter(service, routePort, runId).start()
-    : new PostgresWriter(service, routePort).start();
+    ? new RedisWriter(service, routePort, runId, auth).start()
+    : new PostgresWriter(service, routePort, auth).start();
 }
 
 /**
  * One fresh write through the router, as a client arriving now would make it; true when it is
  * acknowledged within `timeoutMs`. Used to test a `running` status.
  */
-export async function probeWrite(engine: EngineName, routePort: number, timeoutMs = 3_000): Promise<string | null> {
+export async function probeWrite(
+  engine: EngineName,
+  routePort: number,
+  auth: ServiceAuth,
+  timeoutMs = 3_000,
+): Promise<string | null> {
   if (engine === 'redis') {
     const client = new Redis({
       host: '127.0.0.1',
       port: routePort,
+      username: auth.username,
+      password: auth.password,
       lazyConnect: true,
       retryStrategy: () => null,
       maxRetriesPerRequest: 0,
@@ -232,7 +258,7 @@ export async function probeWrite(engine: EngineName, routePort: number, timeoutM
   }
   let conn: PgConnection | undefined;
   try {
-    conn = await PgConnection.connect('127.0.0.1', routePort, timeoutMs);
+    conn = await PgConnection.connect('127.0.0.1', routePort, timeoutMs, auth);
     await conn.query(
       'CREATE TABLE IF NOT EXISTS sf_fault_probe (k int PRIMARY KEY, at timestamptz); ' +
         'INSERT INTO sf_fault_probe VALUES (1, now()) ON CONFLICT (k) DO UPDATE SET at = now()',
@@ -252,12 +278,15 @@ export async function missingWrites(
   routePort: number,
   runId: string,
   ids: number[],
+  auth: ServiceAuth,
 ): Promise<number[]> {
   if (ids.length === 0) return [];
   if (engine === 'redis') {
     const client = new Redis({
       host: '127.0.0.1',
       port: routePort,
+      username: auth.username,
+      password: auth.password,
       lazyConnect: true,
       retryStrategy: () => null,
       maxRetriesPerRequest: 0,
@@ -280,7 +309,7 @@ export async function missingWrites(
       client.disconnect();
     }
   }
-  const conn = await PgConnection.connect('127.0.0.1', routePort, 3_000);
+  const conn = await PgConnection.connect('127.0.0.1', routePort, 3_000, auth);
   try {
     const r = await conn.query(`SELECT id FROM ${PG_TABLE}`, 10_000);
     const present = new Set(r.rows.map((row) => Number(row[0])));
