@@ -338,9 +338,15 @@ export class CellAgent {
    * Every SADD goes through one connection, so exactly one caller sees the 1.
    */
   private noteRegistration(added: number): void {
-    if (added === 1 && this.registered && (this.instances?.count() ?? 0) > 0 && !this.stateLost) {
-      this.stateLost = true;
-      this.log.warn('control state in Redis looks wiped; keeping instances until desired state is written again');
+    if (added === 1 && this.registered) {
+      // The cell set forgot this cell: the store was wiped or restarted empty, and this cell's
+      // reports went with it. Control rebuilds routes from reports, so they are sent again now,
+      // not at the next periodic full report up to 10 s later (issue 10).
+      this.instances?.reportAll();
+      if ((this.instances?.count() ?? 0) > 0 && !this.stateLost) {
+        this.stateLost = true;
+        this.log.warn('control state in Redis looks wiped; keeping instances until desired state is written again');
+      }
     }
     this.registered = true;
   }

@@ -86,7 +86,8 @@ export class ServiceReconciler {
       const change = await this.step(rec, cells, fence, snapshot.services.values(), context);
       return change ? { change, result: change.record } : { done: rec };
     });
-    if (after && after.status !== 'deleting') await this.emitter.sync(after, cells, fence.token);
+    if (after && after.status !== 'deleting')
+      await this.emitter.sync(after, cells, fence.token, { keepUnreported: context.cellGrace });
   }
 
   /** Computes the next record of a live service, or null when nothing changes. */

@@ -43,8 +43,18 @@ export class RouteEmitter {
     return out.sort((a, b) => a.id.localeCompare(b.id));
   }
 
-  /** Writes the route if it differs from what routers have; returns true when it wrote. */
-  async sync(service: ServiceRecord, cells: ReadonlyMap<string, CellSnapshot>, leaderToken: number): Promise<boolean> {
+  /**
+   * Writes the route if it differs from what routers have; returns true when it wrote. With
+   * `keepUnreported` (a new leader's cell grace), a backend whose instance no cell has reported
+   * yet is kept: after a restart or a wiped store the reports come back within a heartbeat, and
+   * removing the backend meanwhile would close the route in every router (issue 10).
+   */
+  async sync(
+    service: ServiceRecord,
+    cells: ReadonlyMap<string, CellSnapshot>,
+    leaderToken: number,
+    options: { keepUnreported?: boolean } = {},
+  ): Promise<boolean> {
     const group = await this.groups.get(service.routerGroupGuid);
     if (!group) return false;
     const current = await this.currentRoute(service);
@@ -66,7 +76,13 @@ export class RouteEmitter {
         modification_tag: { guid: `service:${service.name}`, index: leaderToken },
       }));
     const wanted = new Set(want.map((b) => b.id));
-    const deletes = (current?.backends ?? []).filter((b) => !wanted.has(b.id)).map((b) => this.keyOf(service, b));
+    const unreported = (id: string): boolean => {
+      const inst = service.instances.find((i) => i.id === id);
+      return inst !== undefined && !cells.get(inst.cell)?.actual.has(inst.id);
+    };
+    const deletes = (current?.backends ?? [])
+      .filter((b) => !wanted.has(b.id) && !(options.keepUnreported && unreported(b.id)))
+      .map((b) => this.keyOf(service, b));
     // Add before removing, so a moving backend never leaves the route empty (an empty route
     // closes its listener in every router).
     if (upserts.length) await this.routes.upsert(upserts, `service ${service.name} route`);

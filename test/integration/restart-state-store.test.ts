@@ -40,14 +40,6 @@ describe('state store lost under a running cluster', function () {
     return out.sort();
   }
 
-  async function routerMetric(name: string): Promise<string> {
-    const text = await (await fetch(`http://127.0.0.1:${cluster.routerAdminPort}/metrics`)).text();
-    return text
-      .split('\n')
-      .filter((l) => l.startsWith(name))
-      .join('\n');
-  }
-
   it('keeps routers serving, restores services and routes, deletes nothing', async () => {
     for (const engine of ['redis', 'postgres']) {
       const res = await cluster.api('POST', '/v3/service_instances', {
@@ -129,8 +121,8 @@ describe('state store lost under a running cluster', function () {
     expect(deleted).to.deep.equal([]);
     expect(failures.redis).to.equal(0);
     expect(failures.pg).to.equal(0);
-    expect(await routerMetric('sf_router_source_errors_total{code="SF_ERR_ROUTE_VERSION_BACKWARDS"}')).to.match(
-      / [1-9]\d*$/,
-    );
+    // Whether a router ever saw the emptied store depends on whether its heartbeat ran before
+    // control's restore; route-push.test.ts proves the refusal itself. What must hold is above:
+    // no write failed and the routers ended on a newer table.
   });
 });

@@ -202,6 +202,26 @@ describe('route push through Redis', function () {
     expect(a.last.version).to.equal(Number(await admin.get(keys.version)));
   });
 
+  it('refuses a snapshot whose version went backwards (a wiped store) and keeps its table', async function () {
+    const a = await recording('back-a');
+    const keys = routerGroupKeys('push');
+    await create(ports[0]);
+    await eventually(() => a.ports().includes(ports[0]), 3000, 'route applied');
+    const before = a.last;
+    expect(before.routes.length).to.be.greaterThan(0);
+    // What a store that restarted empty looks like to a router: an older version, no routes.
+    // A delta with a gap makes the router re-read that snapshot.
+    await admin.multi().set(keys.version, 1).del(keys.routes).exec();
+    await admin.publish(keys.channel, JSON.stringify({ version: before.version + 7, upserts: [], deletes: [] }));
+    await eventually(
+      () => a.errors.some((e) => e.code === 'SF_ERR_ROUTE_VERSION_BACKWARDS'),
+      3000,
+      'backwards version refused',
+    );
+    expect(a.last.version).to.equal(before.version);
+    expect(a.ports()).to.deep.equal(before.routes.map((r) => r.port).sort((x, y) => x - y));
+  });
+
   it('reports lost and regained connectivity and resyncs', async function () {
     const a = await recording('conn-a');
     for (const name of ['sf-router:conn-a', 'sf-router:conn-a:sub']) {
