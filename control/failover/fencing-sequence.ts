@@ -100,20 +100,11 @@ export class FencingSequence {
     const { store, steps } = this.deps;
     // Step 1: the epoch grows and the primary is marked fenced in the record, which is what the
     // route emitter renders; a new leader sees the mark and resumes.
-    const marked = await this.markFenced(op, true);
-    const primary = marked.instances.find((i) => i.role === 'primary') as InstanceRecord;
-    const epoch = primary.fenced?.epoch ?? marked.epoch;
-    const cells = await this.deps.directory.snapshot();
-    const version = await steps.routeFence.publish(marked, cells, op.fence);
-    await op.record({
-      step: 'route-fence',
-      outcome: 'ok',
-      instanceId: primary.id,
-      cell: primary.cell,
-      epoch,
-      message: `epoch ${primary.epoch} -> ${epoch}; backend ${primary.id} published fenced in table version ${version}`,
-    });
-    await this.awaitRouters(op, marked, version, epoch);
+    const { marked, primary, epoch, cells } = await this.fenceRoute(
+      op,
+      true,
+      (p, e, version) => `epoch ${p.epoch} -> ${e}; backend ${p.id} published fenced in table version ${version}`,
+    );
 
     // Step 2: shoot, then the lease floor (which also covers a cell that never got the order).
     const cell = cells.get(primary.cell);
@@ -212,20 +203,12 @@ export class FencingSequence {
    */
   async switchover(op: FencingOperation, target?: string): Promise<ServiceRecord> {
     const { steps, options } = this.deps;
-    const marked = await this.markFenced(op, false);
-    const primary = marked.instances.find((i) => i.role === 'primary') as InstanceRecord;
-    const epoch = marked.epoch;
-    const cells = await this.deps.directory.snapshot();
-    const version = await steps.routeFence.publish(marked, cells, op.fence);
-    await op.record({
-      step: 'route-fence',
-      outcome: 'ok',
-      instanceId: primary.id,
-      cell: primary.cell,
-      epoch,
-      message: `writes paused: ${primary.id} published fenced in table version ${version} (epoch ${primary.epoch} -> ${epoch})`,
-    });
-    await this.awaitRouters(op, marked, version, epoch);
+    const { marked, primary, epoch, cells } = await this.fenceRoute(
+      op,
+      false,
+      (p, e, version) =>
+        `writes paused: ${p.id} published fenced in table version ${version} (epoch ${p.epoch} -> ${e})`,
+    );
     await this.raiseFloor(op, primary, epoch, '');
 
     let stopSent = false;
@@ -427,6 +410,33 @@ export class FencingSequence {
       };
       return { change: { record: next }, result: next };
     });
+  }
+
+  /**
+   * Step 1 of every sequence: the epoch grows and the primary is marked fenced in the record
+   * (`shoot` says whether it is to be killed or only paused for a switchover), the route emitter
+   * publishes it, and every live router acknowledges before anything else happens.
+   */
+  private async fenceRoute(
+    op: FencingOperation,
+    shoot: boolean,
+    describe: (primary: InstanceRecord, epoch: number, version: number) => string,
+  ): Promise<{ marked: ServiceRecord; primary: InstanceRecord; epoch: number; cells: Map<string, CellSnapshot> }> {
+    const marked = await this.markFenced(op, shoot);
+    const primary = marked.instances.find((i) => i.role === 'primary') as InstanceRecord;
+    const epoch = shoot ? (primary.fenced?.epoch ?? marked.epoch) : marked.epoch;
+    const cells = await this.deps.directory.snapshot();
+    const version = await this.deps.steps.routeFence.publish(marked, cells, op.fence);
+    await op.record({
+      step: 'route-fence',
+      outcome: 'ok',
+      instanceId: primary.id,
+      cell: primary.cell,
+      epoch,
+      message: describe(primary, epoch, version),
+    });
+    await this.awaitRouters(op, marked, version, epoch);
+    return { marked, primary, epoch, cells };
   }
 
   private async raiseFloor(op: FencingOperation, primary: InstanceRecord, epoch: number, why: string): Promise<void> {
