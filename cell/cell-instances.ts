@@ -228,6 +228,10 @@ export class CellInstances {
         inst.state = 'running';
         inst.healthy = true;
         inst.spec = { ...inst.spec, port: handle.port };
+        // The handle was made from the spec as it was when the start began; a credentials order
+        // or spec change that arrived meanwhile is in inst.spec only, and the engine's users are
+        // synced from the handle's spec just below (a key created during the start was lost).
+        handle.context = { ...handle.context, spec: inst.spec };
         this.syncLease(inst);
         await this.refreshPosition(id).catch(() => undefined);
         // Keys created or revoked while it was down (PostgreSQL roles live in the primary's data).
