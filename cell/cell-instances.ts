@@ -91,6 +91,7 @@ export class CellInstances {
         inst.healthy = null;
         // It ran because control wanted it; if the desired hash no longer lists it, stop it.
         inst.desired = true;
+        await this.adoptRole(inst, meta.highestEpoch);
       }
     }
     for (const { meta } of await listVolumes(this.options.dataDir)) {
@@ -108,6 +109,44 @@ export class CellInstances {
       }
     }
     for (const id of this.local.keys()) this.emit(id);
+  }
+
+  /**
+   * An engine found running when the agent starts may have been deposed while no agent watched
+   * it: control judged the cell dead, promoted a replica and raised this instance's epoch floor.
+   * Whatever the engine says it is, the floor decides: a primary below it is shot at once, before
+   * the cell registers, so it neither claims to be a writer until control's next pass reaches
+   * it nor is adopted as one. A primary the floor allows keeps its lease like one started here.
+   * If the floor cannot be read, the engine is left as found: control's reconciler still sees it.
+   */
+  private async adoptRole(inst: LocalInstance, recordedEpoch: number): Promise<void> {
+    const { redis } = this.options;
+    if (!inst.handle || !redis) return;
+    const id = inst.spec.instanceId;
+    const engine = this.options.engines[inst.spec.engine];
+    const role = await engine
+      .position(inst.handle.context)
+      .then((p) => p?.role)
+      .catch(() => undefined);
+    if ((role ?? inst.spec.role) !== 'primary') return;
+    const epoch = Math.max(inst.spec.epoch, recordedEpoch);
+    let floor: number;
+    try {
+      floor = Number((await redis.get(this.options.keys.leaseFloor(id))) ?? 0);
+    } catch {
+      return;
+    }
+    if (epoch >= floor) {
+      inst.spec = { ...inst.spec, role: 'primary', epoch };
+      inst.handle.context = { ...inst.handle.context, spec: inst.spec };
+      this.syncLease(inst);
+      return;
+    }
+    await this.fence(id);
+    inst.lastError = {
+      code: ErrorCode.StaleEpoch,
+      message: `found running as primary with epoch ${epoch} when the cell started, but control fenced it at epoch ${floor}: stopped`,
+    };
   }
 
   /** Sum of volume sizes on this cell, desired or merely present on disk. */

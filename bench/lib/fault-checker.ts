@@ -257,17 +257,26 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
     );
   };
 
+  /** instance id -> its cell, from every view seen. */
+  const cellOf = new Map<string, string>();
   let monitoring = true;
   const monitor = async (): Promise<void> => {
     while (monitoring) {
       const started = performance.now();
+      const absentAgents = await platform.absentAgents();
       await Promise.all(
         services.map(async (svc) => {
           const view = await platform.service(svc.name);
           if (view) views.set(svc.name, view);
           rememberAddresses(svc, view);
+          for (const i of view?.instances ?? []) cellOf.set(i.id, i.cell);
           const probes = await probeAll(svc);
-          const primaries = probes.filter((p) => p.primary);
+          // An engine that outlived its agent cannot be demoted by anyone until the agent is back
+          // (which then shoots it at once if it was deposed): its claim alone is excused while it
+          // could not commit. Were it writable, `one-writable` below still counts it.
+          const primaries = probes.filter(
+            (p) => p.primary && (p.acceptsWrites || !absentAgents.has(cellOf.get(p.instance) ?? '')),
+          );
           const writable = probes.filter((p) => p.acceptsWrites);
           const describe = (ps: typeof probes): string =>
             ps.map((p) => `${p.instance} ${p.address} [${p.detail}]`).join(', ');

@@ -78,6 +78,8 @@ interface CellSlot {
   zone: string;
   portFrom: number;
   proc: ManagedProcess | undefined;
+  /** Date.now() when the agent was last started. */
+  startedAt: number;
 }
 
 const KEYS = keyLayout();
@@ -195,6 +197,7 @@ export class FaultPlatform {
         zone: `z${n}`,
         portFrom: await freeBlock(100, this.ports),
         proc: undefined,
+        startedAt: 0,
       };
       this.cells.push(slot);
       await this.startCell(slot.name);
@@ -299,6 +302,7 @@ export class FaultPlatform {
   async startCell(name: string): Promise<void> {
     const slot = this.cells.find((c) => c.name === name);
     if (!slot) throw new Error(`no cell ${name}`);
+    slot.startedAt = Date.now();
     slot.proc = startProcess(
       name,
       process.execPath,
@@ -338,6 +342,29 @@ export class FaultPlatform {
   cellRunning(name: string): boolean {
     const p = this.cells.find((c) => c.name === name)?.proc;
     return p !== undefined && p.child.exitCode === null && p.child.signalCode === null;
+  }
+
+  /**
+   * Cells whose agent is not back: not running, or started but not yet registered (an agent
+   * registers only after it has re-adopted its engines and judged their roles). Nothing on such
+   * a cell can demote an engine that outlived its agent.
+   */
+  async absentAgents(): Promise<Set<string>> {
+    const absent = new Set<string>();
+    for (const slot of this.cells) {
+      if (!this.cellRunning(slot.name)) {
+        absent.add(slot.name);
+        continue;
+      }
+      try {
+        const text = await this.state.get(KEYS.cell(slot.name).registration);
+        const startedAt = text ? (JSON.parse(text) as { startedAt?: number }).startedAt : undefined;
+        if (startedAt === undefined || startedAt < slot.startedAt - 1_000) absent.add(slot.name);
+      } catch {
+        // The state store is away: nothing known, nothing excused.
+      }
+    }
+    return absent;
   }
 
   /**
