@@ -7,7 +7,7 @@
  * both SQL and replication. This is a stand-in until the platform hands out credentials
  * (docs/cells.md, "Security").
  */
-import { chmod, chown, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, readdir, realpath, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { HostPort, InstanceCredentials } from '../protocol';
 import type { Availability, Engine, EngineContext, LaunchCommand, ReplicationPosition } from './engine';
@@ -484,9 +484,23 @@ export class PostgresEngine implements Engine {
     );
   }
 
+  /**
+   * The server is found on PATH or in `binDirs`; every client tool comes from the server's own
+   * directory when it has one, so the tools match the server's version and are never Debian's
+   * `pg_wrapper` (/usr/bin/psql is a Perl script that picks a cluster on every call: 3x the
+   * start-up cost of psql itself, paid by each health check, position read and commit check).
+   */
   private async find(name: Binary): Promise<string | undefined> {
-    if (!this.bins.has(name)) this.bins.set(name, await findBinary(name, this.options.binDirs));
-    return this.bins.get(name);
+    if (this.bins.has(name)) return this.bins.get(name);
+    let found: string | undefined;
+    if (name !== 'postgres') {
+      const server = await this.find('postgres');
+      const serverDir = server ? path.dirname(await realpath(server).catch(() => server)) : undefined;
+      if (serverDir) found = await findBinary(name, [], [serverDir]);
+    }
+    found ??= await findBinary(name, this.options.binDirs);
+    this.bins.set(name, found);
+    return found;
   }
 
   private async bin(name: Binary): Promise<string> {

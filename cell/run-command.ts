@@ -61,9 +61,13 @@ export function runCommand(file: string, args: string[], options: RunCommandOpti
   });
 }
 
-/** Finds an executable on PATH or in the given extra directories; undefined when absent. */
-export async function findBinary(name: string, extraDirs: string[] = []): Promise<string | undefined> {
-  const dirs = [...(process.env.PATH ?? '').split(':').filter(Boolean), ...extraDirs];
+/** Finds an executable on PATH or in the given extra directories (only in `onlyDirs` when given); undefined when absent. */
+export async function findBinary(
+  name: string,
+  extraDirs: string[] = [],
+  onlyDirs?: string[],
+): Promise<string | undefined> {
+  const dirs = onlyDirs ?? [...(process.env.PATH ?? '').split(':').filter(Boolean), ...extraDirs];
   for (const dir of dirs) {
     const candidate = path.join(dir, name);
     try {
