@@ -8,7 +8,7 @@ import { controlUrlForListen, ensureAdminToken } from '../control/admin-token';
 import { DEFAULT_CONTROL_API_OPTIONS as API_DEFAULTS } from '../control/api/api-options';
 import type { StaticToken } from '../control/api/token-authenticator';
 import { DEFAULT_CONTROL_SERVER_OPTIONS as DEFAULTS } from '../control/control-options';
-import { exitWithError, parseHostPort, parseIntFlag } from './cli-support';
+import { exitWithError, parseHostPort, parseIntFlag, UsageError } from './cli-support';
 import { withRedisCredentialsOption } from './redis-credentials-option';
 
 interface ControlFlags {
@@ -21,6 +21,8 @@ interface ControlFlags {
   maxUrlBytes: string;
   maxHeaderBytes: string;
   eventBacklogBytes: string;
+  maxTtl: string;
+  routingCompat: string;
   dataDir?: string;
 }
 
@@ -48,6 +50,8 @@ async function runControl(flags: ControlFlags): Promise<void> {
       maxUrlBytes: parseIntFlag(flags.maxUrlBytes, '--max-url-bytes', 256, 100_000),
       maxHeaderBytes: parseIntFlag(flags.maxHeaderBytes, '--max-header-bytes', 1024, 100_000),
       eventBacklogLimitBytes: parseIntFlag(flags.eventBacklogBytes, '--event-backlog-bytes', 4096),
+      maxRouteTtlSeconds: parseIntFlag(flags.maxTtl, '--max-ttl', 1, 86_400),
+      routingCompat: parseRoutingCompat(flags.routingCompat),
     },
     // The leader's last known copy of its state, restored if the store comes back empty (issue 10).
     services: flags.dataDir ? { stateFile: `${flags.dataDir.replace(/\/+$/, '')}/control-state.json` } : undefined,
@@ -59,6 +63,11 @@ async function runControl(flags: ControlFlags): Promise<void> {
   };
   process.once('SIGINT', () => shutdown('SIGINT'));
   process.once('SIGTERM', () => shutdown('SIGTERM'));
+}
+
+function parseRoutingCompat(value: string): 'strict' | 'cf' {
+  if (value === 'strict' || value === 'cf') return value;
+  throw new UsageError(`--routing-compat must be 'strict' or 'cf', got '${value}'`);
 }
 
 export function registerControlCommand(program: Command): void {
@@ -87,6 +96,16 @@ export function registerControlCommand(program: Command): void {
       '--event-backlog-bytes <bytes>',
       'how far an event-stream client may fall behind before it is disconnected (told to resync)',
       String(API_DEFAULTS.eventBacklogLimitBytes),
+    )
+    .option(
+      '--max-ttl <seconds>',
+      'largest tcp route ttl, and the ttl of a registration without one (Cloud Foundry max_ttl)',
+      String(API_DEFAULTS.maxRouteTtlSeconds),
+    )
+    .option(
+      '--routing-compat <mode>',
+      "strict: refuse unknown fields, stranded ports and deleting groups with routes; cf: as Cloud Foundry's routing-api",
+      API_DEFAULTS.routingCompat,
     )
     .action((flags: ControlFlags) => runControl(flags).catch(exitWithError));
 }

@@ -88,7 +88,9 @@ function createBody(flags: CreateFlags, group: RouterGroup): TcpRouteInput[] {
   const port = parseIntFlag(flags.port, '--port', 1, 65535);
   const fields: Omit<TcpRouteInput, 'router_group_guid' | 'port' | 'backend_ip' | 'backend_port'> = {
     backend_id: flags.backendId,
-    ttl: optionalInt(flags.ttl, '--ttl', 0),
+    ttl: optionalInt(flags.ttl, '--ttl', 1),
+    // Without --ttl the route stays until deleted (the API's default would expire it).
+    ...(flags.ttl === undefined && { permanent: true }),
     mode: flags.mode,
     role: flags.role,
     weight: optionalInt(flags.weight, '--weight', 0, 1000),

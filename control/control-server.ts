@@ -86,7 +86,11 @@ export async function startControlServer(options: ControlServerOptions = {}): Pr
     body: { redis_url: publicRedisUrl(opts.redisUrl), key_prefix: opts.keyPrefix },
   }));
   registerAuditApi(server, audit);
-  registerRoutingApi(server, { groups, routes });
+  registerRoutingApi(
+    server,
+    { groups, routes },
+    { maxTtlSeconds: opts.api?.maxRouteTtlSeconds, compat: opts.api?.routingCompat },
+  );
   registerTokensApi(server, tokens);
   const unhookEvents = registerEventsApi(server, hub);
   const services = await startServicePlane(

@@ -11,6 +11,13 @@ export interface ControlApiOptions {
   eventBacklogLimitBytes?: number;
   /** @default 10000 audit entries kept in Redis */
   auditMaxEntries?: number;
+  /** @default 120 s: largest route ttl, and the ttl of a registration without one (CF's max_ttl) */
+  maxRouteTtlSeconds?: number;
+  /**
+   * `strict`: Service Foundry's extra routing checks (unknown fields, stranded ports, groups in
+   * use); `cf`: Cloud Foundry's behaviour. @default 'strict'
+   */
+  routingCompat?: 'strict' | 'cf';
 }
 
 export const DEFAULT_CONTROL_API_OPTIONS = {
@@ -18,4 +25,6 @@ export const DEFAULT_CONTROL_API_OPTIONS = {
   maxHeaderBytes: 16 * 1024,
   eventBacklogLimitBytes: 1024 * 1024,
   auditMaxEntries: 10_000,
+  maxRouteTtlSeconds: 120,
+  routingCompat: 'strict',
 } as const;

@@ -15,6 +15,11 @@ export interface Principal {
    */
   id?: string;
   scopes: readonly Scope[];
+  /**
+   * The Cloud Foundry scopes of a JWT (`routing.routes.read`...), present only for JWTs: where an
+   * endpoint names a CF scope, a JWT needs exactly that one (http-server.ts `requireScope`).
+   */
+  cfScopes?: readonly string[];
 }
 
 export interface Authenticator {

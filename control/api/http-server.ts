@@ -14,6 +14,7 @@ import * as uws from '@trufflesuite/uws-js-unofficial';
 import { ErrorCode, SfError, errorBody, httpStatusFor, type ErrorBody, withDefaults } from '../../common';
 import { DEFAULT_CONTROL_API_OPTIONS } from './api-options';
 import { hasScope, type Authenticator, type Principal, type Scope } from './auth';
+import { CF_ROUTING_PATH_PREFIX, cfErrorReply } from './cf-errors';
 
 export interface HttpServerOptions {
   authenticator: Authenticator;
@@ -41,6 +42,11 @@ export interface HttpServerOptions {
   onInternalError?: (err: unknown, method: string, path: string) => void;
   /** Called once for every write request (any method but GET) after its reply, for the audit log. */
   onWrite?: (record: WriteRecord) => void;
+  /**
+   * Answer errors under `/routing/v1/` in Cloud Foundry's shape and statuses (cf-errors.ts).
+   * @default true
+   */
+  cfRoutingErrors?: boolean;
 }
 
 export const DEFAULT_HTTP_SERVER_OPTIONS = {
@@ -48,6 +54,7 @@ export const DEFAULT_HTTP_SERVER_OPTIONS = {
   maxUrlBytes: DEFAULT_CONTROL_API_OPTIONS.maxUrlBytes,
   maxHeaderBytes: DEFAULT_CONTROL_API_OPTIONS.maxHeaderBytes,
   eventBacklogLimitBytes: DEFAULT_CONTROL_API_OPTIONS.eventBacklogLimitBytes,
+  cfRoutingErrors: true,
 } as const;
 
 export type HttpMethod = 'get' | 'post' | 'put' | 'del';
@@ -106,6 +113,8 @@ export interface EndpointInfo {
   method: 'GET' | 'POST' | 'PUT' | 'DELETE';
   pattern: string;
   scope: Scope | null;
+  /** The Cloud Foundry scope a JWT must carry here (routing API endpoints only). */
+  cfScope?: string;
   kind: 'json' | 'stream' | 'websocket';
 }
 
@@ -152,8 +161,8 @@ const MAX_AUDIT_PATH_CHARS = 512;
 /** Deeper JSON than this is refused before a validator walks it recursively. */
 const MAX_JSON_DEPTH = 64;
 
-/** Tokens are 27 characters; a multi-kilobyte one is refused without hashing. */
-const MAX_TOKEN_CHARS = 1024;
+/** Our tokens are 27 characters, UAA's JWTs a few kilobytes; a larger one is refused unread. */
+const MAX_TOKEN_CHARS = 8192;
 
 interface RequestState {
   aborted: boolean;
@@ -202,10 +211,13 @@ export class HttpServer {
     return this.registered.map((e) => ({ ...e }));
   }
 
-  /** Registers a JSON endpoint; `scope` null means no token is needed. */
-  route(method: HttpMethod, pattern: string, scope: Scope | null, handler: JsonHandler): this {
+  /**
+   * Registers a JSON endpoint; `scope` null means no token is needed. `cfScope` is the Cloud
+   * Foundry scope a JWT needs here instead of `scope` (routing API endpoints).
+   */
+  route(method: HttpMethod, pattern: string, scope: Scope | null, handler: JsonHandler, cfScope?: string): this {
     const names = paramNames(pattern);
-    this.registered.push({ method: METHOD_NAMES[method], pattern, scope, kind: 'json' });
+    this.registered.push({ method: METHOD_NAMES[method], pattern, scope, cfScope, kind: 'json' });
     this.app[method](pattern, (res, req) => {
       const state = this.watch(res);
       let captured: CapturedRequest;
@@ -217,7 +229,7 @@ export class HttpServer {
       }
       try {
         const body = method === 'get' ? null : this.readBody(res, state, captured.contentLength);
-        this.run(res, state, captured, scope, body, handler).catch((err: unknown) =>
+        this.run(res, state, captured, { scope, cfScope }, body, handler).catch((err: unknown) =>
           this.lastResort(res, state, err, captured),
         );
       } catch (err) {
@@ -228,9 +240,9 @@ export class HttpServer {
   }
 
   /** Registers a server-sent event stream (`text/event-stream`). */
-  stream(pattern: string, scope: Scope, handler: StreamHandler): this {
+  stream(pattern: string, scope: Scope, handler: StreamHandler, cfScope?: string): this {
     const names = paramNames(pattern);
-    this.registered.push({ method: 'GET', pattern, scope, kind: 'stream' });
+    this.registered.push({ method: 'GET', pattern, scope, cfScope, kind: 'stream' });
     this.app.get(pattern, (res, req) => {
       const state = this.watch(res);
       let captured: CapturedRequest;
@@ -240,7 +252,7 @@ export class HttpServer {
         this.refuseEarly(res, state, err, req, false);
         return;
       }
-      this.openStream(res, state, captured, scope, handler).catch((err: unknown) =>
+      this.openStream(res, state, captured, { scope, cfScope }, handler).catch((err: unknown) =>
         this.lastResort(res, state, err, captured),
       );
     });
@@ -272,7 +284,7 @@ export class HttpServer {
           this.refuseEarly(res, state, err, req, false);
           return;
         }
-        this.authorize(captured, scope, true)
+        this.authorize(captured, { scope }, true)
           .then((principal) => {
             if (state.aborted) return;
             state.aborted = true;
@@ -387,13 +399,9 @@ export class HttpServer {
    * `allowQueryToken` (GET event streams: EventSource and browser WebSockets cannot set headers);
    * anywhere else a token in the URL is refused, since URLs end up in logs and shell histories.
    */
-  private async authorize(
-    req: CapturedRequest,
-    scope: Scope | null,
-    allowQueryToken: boolean,
-  ): Promise<Principal | null> {
-    const principal = await this.authenticate(req, scope, allowQueryToken);
-    if (principal && scope) requireScope(principal, scope);
+  private async authorize(req: CapturedRequest, need: Need, allowQueryToken: boolean): Promise<Principal | null> {
+    const principal = await this.authenticate(req, need.scope, allowQueryToken);
+    if (principal) requireScope(principal, need);
     return principal;
   }
 
@@ -431,7 +439,7 @@ export class HttpServer {
     res: uws.HttpResponse,
     state: RequestState,
     req: CapturedRequest,
-    scope: Scope | null,
+    need: Need,
     body: Promise<Buffer> | null,
     handler: JsonHandler,
   ): Promise<void> {
@@ -442,8 +450,8 @@ export class HttpServer {
     let code: string | null;
     try {
       // Authenticated and scope-checked apart, so a refused write is audited with its sender.
-      principal = await this.authenticate(req, scope, false);
-      if (principal && scope) requireScope(principal, scope);
+      principal = await this.authenticate(req, need.scope, false);
+      if (principal) requireScope(principal, need);
       const ctx: RequestContext = {
         method: req.method,
         path: req.path,
@@ -458,10 +466,11 @@ export class HttpServer {
       code = errorCodeIn(reply.body);
       this.reply(res, state, status, reply.body);
     } catch (err) {
-      status = httpStatusFor(err);
+      const answer = this.errorAnswer(req.path, err);
+      status = answer.status;
       code = errorBody(err).error.code;
-      if (status === 500) this.opts.onInternalError?.(err, req.method, req.path);
-      this.reply(res, state, status, errorBody(err));
+      if (httpStatusFor(err) === 500) this.opts.onInternalError?.(err, req.method, req.path);
+      this.reply(res, state, status, answer.body);
     }
     this.audit(req, principal, status, code);
   }
@@ -503,24 +512,32 @@ export class HttpServer {
     } catch {
       // The request could not even be read; there is nothing to name in the log.
     }
-    const status = httpStatusFor(err);
+    const { status, body } = this.errorAnswer(path, err);
     if (status === 500) this.opts.onInternalError?.(err, method, shorten(path, 100));
     // Whatever of the request is still in flight must not be parsed as another request.
-    this.reply(res, state, status, errorBody(err), true);
+    this.reply(res, state, status, body, true);
     if (write || method !== 'GET') this.audit({ method, path }, null, status, errorBody(err).error.code);
   }
 
   private replyError(res: uws.HttpResponse, state: RequestState, err: unknown, req: CapturedRequest): void {
-    const status = httpStatusFor(err);
+    const { status, body } = this.errorAnswer(req.path, err);
     if (status === 500) this.opts.onInternalError?.(err, req.method, req.path);
-    this.reply(res, state, status, errorBody(err));
+    this.reply(res, state, status, body);
+  }
+
+  /** The status and body of an error: the registry's, or Cloud Foundry's under the routing API. */
+  private errorAnswer(path: string, err: unknown): { status: number; body: unknown } {
+    const status = httpStatusFor(err);
+    const body = errorBody(err);
+    if (this.opts.cfRoutingErrors && path.startsWith(CF_ROUTING_PATH_PREFIX)) return cfErrorReply(status, body);
+    return { status, body };
   }
 
   /** For a throw that escaped every other handler: answer 500 if nothing was sent yet, never crash. */
   private lastResort(res: uws.HttpResponse, state: RequestState, err: unknown, req: CapturedRequest): void {
     this.opts.onInternalError?.(err, req.method, req.path);
     try {
-      this.reply(res, state, 500, errorBody(err), true);
+      this.reply(res, state, 500, this.errorAnswer(req.path, err).body, true);
     } catch {
       // The response is gone (aborted or already ended); nothing more to do.
     }
@@ -573,12 +590,12 @@ export class HttpServer {
     res: uws.HttpResponse,
     state: RequestState,
     req: CapturedRequest,
-    scope: Scope,
+    need: Need,
     handler: StreamHandler,
   ): Promise<void> {
     let principal: Principal | null;
     try {
-      principal = await this.authorize(req, scope, true);
+      principal = await this.authorize(req, need, true);
     } catch (err) {
       this.replyError(res, state, err, req);
       return;
@@ -662,9 +679,26 @@ const METHOD_NAMES: Record<HttpMethod, EndpointInfo['method']> = {
   del: 'DELETE',
 };
 
-function requireScope(principal: Principal, scope: Scope): void {
-  if (!hasScope(principal, scope)) {
-    throw new SfError(ErrorCode.Forbidden, `this endpoint needs the '${scope}' scope`, 'authorization');
+/** What an endpoint asks of a token: our scope, and for a JWT the Cloud Foundry scope if any. */
+interface Need {
+  scope: Scope | null;
+  cfScope?: string;
+}
+
+/**
+ * A JWT (a principal with `cfScopes`) needs the endpoint's CF scope where one is set, exactly as
+ * routing-api checks it; anywhere else, and for our own tokens, our scope decides.
+ */
+function requireScope(principal: Principal, need: Need): void {
+  if (need.scope === null) return;
+  if (principal.cfScopes && need.cfScope) {
+    if (!principal.cfScopes.includes(need.cfScope)) {
+      throw new SfError(ErrorCode.Forbidden, `this endpoint needs the '${need.cfScope}' scope`, 'authorization');
+    }
+    return;
+  }
+  if (!hasScope(principal, need.scope)) {
+    throw new SfError(ErrorCode.Forbidden, `this endpoint needs the '${need.scope}' scope`, 'authorization');
   }
 }
 
@@ -775,6 +809,15 @@ function errorCodeIn(body: unknown): string | null {
 
 function boundedErrorBody(body: unknown): unknown {
   const err = (body as Partial<ErrorBody> | null | undefined)?.error;
-  if (!err || typeof err.message !== 'string' || err.message.length <= MAX_MESSAGE_CHARS) return body;
-  return { ...(body as object), error: { ...err, message: shorten(err.message, MAX_MESSAGE_CHARS) } };
+  if (!err || typeof err.message !== 'string') return body;
+  // Cloud Foundry's shape carries the message once more at the top (cf-errors.ts).
+  const top = (body as { message?: unknown }).message;
+  if (err.message.length <= MAX_MESSAGE_CHARS && (typeof top !== 'string' || top.length <= MAX_MESSAGE_CHARS)) {
+    return body;
+  }
+  return {
+    ...(body as object),
+    ...(typeof top === 'string' && { message: shorten(top, MAX_MESSAGE_CHARS) }),
+    error: { ...err, message: shorten(err.message, MAX_MESSAGE_CHARS) },
+  };
 }

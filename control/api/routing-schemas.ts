@@ -1,26 +1,62 @@
 /**
- * Request schemas of the routing API. The rich route fields reuse the router's own schemas
- * (router/route-model.ts) so the API can never accept a value a router would refuse.
+ * Request schemas of the routing API. Bodies are accepted as Cloud Foundry's routing-api client
+ * and route-emitter send them (`models.TcpRouteMapping`, `models.RouterGroup` as Go's
+ * encoding/json writes them: zero values included, `null` for nil pointers). The rich route fields
+ * reuse the router's own schemas (protocol/route-model.ts), so the API can never accept a value a
+ * router would refuse.
  */
 import { z } from 'zod';
 import { backendSchema, routeSchema, ROUTER_GROUP_NAME_PATTERN } from '../../protocol';
 import { schemaError, ErrorCode } from '../../common';
+import type { TcpRouteInput, TcpRouteKeyInput } from '../state/tcp-route-types';
 
-/** @default 86400 s: a TTL longer than a day is almost certainly a unit mistake */
-export const MAX_ROUTE_TTL_SECONDS = 86_400;
+/** @default 120 s: Cloud Foundry's `max_ttl`; a registration without `ttl` gets it */
+export const DEFAULT_MAX_ROUTE_TTL_SECONDS = 120;
 
 /** @default 10000 records per create/delete request */
 export const MAX_ROUTES_PER_REQUEST = 10_000;
 
+export interface RoutingSchemaOptions {
+  /** Largest `ttl` a registration may ask for, and the one it gets without `ttl`. */
+  maxTtlSeconds: number;
+  /**
+   * Refuse fields no schema knows (a typo never passes silently). Cloud Foundry's Go handlers
+   * ignore them; `sf control --routing-compat cf` does too.
+   */
+  refuseUnknownFields: boolean;
+}
+
 const port = routeSchema.shape.port;
 const host = backendSchema.shape.host;
 
-const modificationTagSchema = z
-  .object({
-    guid: z.string({ error: 'must be a string' }).min(1).max(100),
-    index: z.number({ error: 'must be a non-negative integer' }).int().min(0, 'must be a non-negative integer'),
-  })
-  .strict();
+/** Go's encoding/json takes `null` for any field as its zero value; so do we (as "absent"). */
+const nullable = <T extends z.ZodType>(schema: T) => schema.nullish().transform((v) => v ?? undefined);
+
+const text = (max: number) => z.string({ error: 'must be a string' }).max(max, `must be at most ${max} characters`);
+
+/** Accepted because every CF client sends it (`{"guid": "", "index": 0}`), then ignored: the server owns tags. */
+const modificationTagSchema = z.object({
+  guid: z.string({ error: 'must be a string' }).max(100),
+  index: z.number({ error: 'must be a non-negative integer' }).int().min(0, 'must be a non-negative integer'),
+});
+
+/** Cloud Foundry's record fields that Service Foundry stores and returns (tcp-route-types.ts). */
+const cfFields = {
+  backend_tls_port: nullable(
+    z
+      .number({ error: 'must be an integer 0-65535' })
+      .int('must be an integer 0-65535')
+      .min(0, 'must be an integer 0-65535')
+      .max(65535, 'must be an integer 0-65535'),
+  ),
+  instance_id: nullable(text(255)),
+  isolation_segment: nullable(text(255)),
+  backend_sni_hostname: nullable(text(253)),
+  sni_rewrite_hostname: nullable(text(253)),
+  terminate_frontend_tls: nullable(z.boolean({ error: 'must be true or false' })),
+  alpns: nullable(text(1000)),
+  enable_backend_mtls: nullable(z.boolean({ error: 'must be true or false' })),
+};
 
 const keyFields = {
   router_group_guid: z.string({ error: 'must be a router group guid' }).min(1).max(100),
@@ -28,56 +64,97 @@ const keyFields = {
   backend_ip: host,
   backend_port: port,
   backend_id: z.string().min(1).max(200).optional(),
-  modification_tag: modificationTagSchema.optional(),
+  modification_tag: nullable(modificationTagSchema),
+  ...cfFields,
 };
 
-export const tcpRouteKeySchema = z.object(keyFields).strict();
-
-export const tcpRouteSchema = z
-  .object({
-    ...keyFields,
-    ttl: z
-      .number({ error: `must be an integer 0-${MAX_ROUTE_TTL_SECONDS}` })
-      .int(`must be an integer 0-${MAX_ROUTE_TTL_SECONDS}`)
-      .min(0, `must be an integer 0-${MAX_ROUTE_TTL_SECONDS}`)
-      .max(MAX_ROUTE_TTL_SECONDS, `must be an integer 0-${MAX_ROUTE_TTL_SECONDS}`)
-      .optional(),
-    // Defaults are left to the store: an omitted field keeps the route's current value.
-    role: backendSchema.shape.role.unwrap().optional(),
-    weight: backendSchema.shape.weight.unwrap().optional(),
-    epoch: backendSchema.shape.epoch.unwrap().optional(),
-    state: backendSchema.shape.state.unwrap().optional(),
-    mode: routeSchema.shape.mode.unwrap().optional(),
-    sni: routeSchema.shape.sni,
-    proxyProtocol: routeSchema.shape.proxyProtocol,
-    tls: routeSchema.shape.tls,
-    maxConnections: routeSchema.shape.maxConnections,
-    connectTimeoutMs: routeSchema.shape.connectTimeoutMs,
-    idleTimeoutMs: routeSchema.shape.idleTimeoutMs,
-    drainTimeoutMs: routeSchema.shape.drainTimeoutMs,
-  })
-  .strict();
+function objectOf<T extends z.ZodRawShape>(shape: T, opts: RoutingSchemaOptions) {
+  const obj = z.object(shape);
+  return opts.refuseUnknownFields ? obj.strict() : obj.strip();
+}
 
 const listOf = <T extends z.ZodType>(item: T) =>
   z
     .array(item, { error: 'must be a JSON array of tcp routes' })
-    .min(1, 'must hold at least one route')
     .max(MAX_ROUTES_PER_REQUEST, `must hold at most ${MAX_ROUTES_PER_REQUEST} routes`);
 
-export const tcpRouteCreateSchema = listOf(tcpRouteSchema);
-export const tcpRouteDeleteSchema = listOf(tcpRouteKeySchema);
+/** The schemas of `tcp_routes/create` and `tcp_routes/delete` for one configuration. */
+export function tcpRouteSchemas(opts: RoutingSchemaOptions) {
+  const max = opts.maxTtlSeconds;
+  const ttlMessage = `must be an integer 1-${max} (the configured max ttl); omit it for ${max}`;
+  const route = objectOf(
+    {
+      ...keyFields,
+      ttl: nullable(z.number({ error: ttlMessage }).int(ttlMessage).min(1, ttlMessage).max(max, ttlMessage)),
+      // Our extension: a route that never expires. Never the result of leaving `ttl` out.
+      permanent: z.boolean({ error: 'must be true or false' }).optional(),
+      // Defaults are left to the store: an omitted field keeps the route's current value.
+      role: backendSchema.shape.role.unwrap().optional(),
+      weight: backendSchema.shape.weight.unwrap().optional(),
+      epoch: backendSchema.shape.epoch.unwrap().optional(),
+      state: backendSchema.shape.state.unwrap().optional(),
+      mode: routeSchema.shape.mode.unwrap().optional(),
+      sni: routeSchema.shape.sni,
+      proxyProtocol: routeSchema.shape.proxyProtocol,
+      tls: routeSchema.shape.tls,
+      maxConnections: routeSchema.shape.maxConnections,
+      connectTimeoutMs: routeSchema.shape.connectTimeoutMs,
+      idleTimeoutMs: routeSchema.shape.idleTimeoutMs,
+      drainTimeoutMs: routeSchema.shape.drainTimeoutMs,
+    },
+    opts,
+  )
+    .superRefine((r, ctx) => {
+      if (r.permanent && r.ttl !== undefined) {
+        ctx.addIssue({ code: 'custom', path: ['permanent'], message: 'cannot be combined with ttl' });
+      }
+      // Cloud Foundry's validator: ALPN is negotiated by a router that terminates TLS, so it needs that.
+      if (r.alpns && !r.terminate_frontend_tls) {
+        ctx.addIssue({ code: 'custom', path: ['alpns'], message: 'needs terminate_frontend_tls: true' });
+      }
+    })
+    .transform(({ modification_tag: _ignored, permanent, ttl, ...rest }): TcpRouteInput => {
+      void _ignored;
+      return { ...rest, ttl: permanent ? undefined : (ttl ?? max) };
+    });
+  const key = objectOf(
+    {
+      ...keyFields,
+      // Sent by CF clients on delete too; a delete does not look at it.
+      ttl: nullable(z.number({ error: 'must be a number' })),
+    },
+    opts,
+  ).transform(({ modification_tag: _tag, ttl: _ttl, ...rest }): TcpRouteKeyInput => {
+    void _tag;
+    void _ttl;
+    // CF's fields do not identify a record here (tcp-route-types.ts: keyed by backend_id).
+    for (const name of Object.keys(cfFields)) delete (rest as Record<string, unknown>)[name];
+    return rest;
+  });
+  return { create: listOf(route), delete: listOf(key) };
+}
 
-export const routerGroupCreateSchema = z
-  .object({
-    name: z
-      .string({ error: 'must be a string' })
-      .regex(ROUTER_GROUP_NAME_PATTERN, 'must be 1-63 of a-z, 0-9, _ and -, starting alphanumeric'),
-    type: z.literal('tcp', { error: "must be 'tcp'" }).default('tcp'),
-    reservable_ports: z.string({ error: "must be a string like '16000-16999'" }).min(1).max(1000),
-  })
-  .strict();
+const routerGroupName = z
+  .string({ error: 'must be a string' })
+  .regex(ROUTER_GROUP_NAME_PATTERN, 'must be 1-63 of a-z, 0-9, _ and -, starting alphanumeric');
 
-export const routerGroupUpdateSchema = routerGroupCreateSchema.pick({ reservable_ports: true }).strict();
+/** `POST /routing/v1/router_groups`: CF's client sends `guid` (empty) too; the server picks one. */
+export function routerGroupCreateSchema(opts: RoutingSchemaOptions) {
+  return objectOf(
+    {
+      guid: nullable(z.string({ error: 'must be a string' }).max(100)),
+      name: routerGroupName,
+      type: z.enum(['tcp', 'http'], { error: "must be 'tcp' or 'http'" }).default('tcp'),
+      reservable_ports: nullable(z.string({ error: "must be a string like '16000-16999'" }).max(1000)),
+    },
+    opts,
+  ).transform(({ name, type, reservable_ports }) => ({ name, type, reservable_ports: reservable_ports ?? '' }));
+}
+
+/** `PUT /routing/v1/router_groups/:guid` reads only `reservable_ports`, as CF does; the rest is ignored. */
+export const routerGroupUpdateSchema = z.looseObject({
+  reservable_ports: z.string({ error: "must be a string like '16000-16999'" }).max(1000),
+});
 
 /** Validates a request body, naming the offending field under `prefix` on failure. */
 export function validateBody<T extends z.ZodType>(schema: T, input: unknown, prefix: string): z.output<T> {

@@ -9,8 +9,13 @@ export const DEFAULT_RESERVABLE_PORTS = '16000-16999';
 
 export type PortRange = readonly [low: number, high: number];
 
+/** Cloud Foundry's lowest reservable port: ports below are the system's (routing-api's validator). */
+export const MIN_RESERVABLE_PORT = 1024;
+
+/** An empty text (an `http` router group's) has no ports. */
 export function parsePortRanges(text: string, field = 'reservable_ports'): PortRange[] {
   const ranges: PortRange[] = [];
+  if (text.trim() === '') return ranges;
   for (const part of text.split(',')) {
     const m = /^\s*(\d{1,5})(?:\s*-\s*(\d{1,5}))?\s*$/.exec(part);
     if (!m) throw invalid(field, `must be ports or ranges like '16000-16999', got '${part.trim()}'`);
@@ -36,4 +41,26 @@ export function rangesOverlap(a: readonly PortRange[], b: readonly PortRange[]):
     }
   }
   return null;
+}
+
+/**
+ * Cloud Foundry's rules for a group's own ports (routing-api `ReservablePorts.Validate`): every
+ * port within 1024-65535 and no two ranges of the group overlapping.
+ */
+export function parseReservablePorts(text: string, field = 'reservable_ports'): PortRange[] {
+  const ranges = parsePortRanges(text, field);
+  if (ranges.length === 0) throw invalid(field, "must name ports or ranges like '16000-16999'");
+  for (const [low, high] of ranges) {
+    if (low < MIN_RESERVABLE_PORT) {
+      throw invalid(
+        field,
+        `ports must lie within ${MIN_RESERVABLE_PORT}-65535, got ${low}${low === high ? '' : `-${high}`}`,
+      );
+    }
+  }
+  for (let i = 0; i < ranges.length; i++) {
+    const port = rangesOverlap([ranges[i]], ranges.slice(i + 1));
+    if (port !== null) throw invalid(field, `ranges overlap at port ${port}`);
+  }
+  return ranges;
 }

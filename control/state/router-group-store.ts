@@ -1,26 +1,48 @@
 /**
- * Router groups (Cloud Foundry's `router_groups`): a name, type `tcp` and the ports routes of the
- * group may use. Reservable ranges of different groups never overlap, so a port names exactly one
- * group and one route in the whole installation.
+ * Router groups (Cloud Foundry's `router_groups`): a name, a type and, for `tcp`, the ports routes
+ * of the group may use. Reservable ranges of different groups never overlap, so a port names
+ * exactly one group and one route in the whole installation. `http` groups are stored for CF
+ * clients that create them; Service Foundry routes no HTTP, so they hold no routes.
  */
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { DEFAULT_ROUTER_GROUP, type KeyLayout } from '../../protocol';
-import { DEFAULT_RESERVABLE_PORTS, parsePortRanges, rangesContain, rangesOverlap, type PortRange } from './port-ranges';
-import { ErrorCode, SfError } from '../../common';
+import {
+  DEFAULT_RESERVABLE_PORTS,
+  parsePortRanges,
+  parseReservablePorts,
+  rangesContain,
+  rangesOverlap,
+  type PortRange,
+} from './port-ranges';
+import { ErrorCode, SfError, invalid } from '../../common';
 import { withCasRetry } from './cas-commit';
+
+export type RouterGroupType = 'tcp' | 'http';
 
 export interface RouterGroup {
   guid: string;
   name: string;
-  type: 'tcp';
+  type: RouterGroupType;
+  /** `''` for an `http` group. */
   reservable_ports: string;
 }
 
 export interface RouterGroupInput {
   name: string;
-  type: 'tcp';
+  type: RouterGroupType;
   reservable_ports: string;
+}
+
+/**
+ * Checks Service Foundry makes beyond Cloud Foundry's; each may be switched off to behave as CF
+ * does (`sf control --routing-compat cf`).
+ */
+export interface RouterGroupChecks {
+  /** Refuse a port change that would leave a port with routes outside the group. @default true */
+  refuseStranding?: boolean;
+  /** Refuse to delete a group that still has routes. @default true */
+  refuseDeleteInUse?: boolean;
 }
 
 export class RouterGroupStore {
@@ -63,38 +85,64 @@ export class RouterGroupStore {
   }
 
   async create(input: RouterGroupInput): Promise<RouterGroup> {
-    const ranges = parsePortRanges(input.reservable_ports);
-    return withCasRetry(async () => {
+    const { group, created } = await this.createOrGet(input);
+    if (!created) throw new SfError(ErrorCode.RouterGroupExists, `name '${input.name}' is already taken`, 'name');
+    return group;
+  }
+
+  /**
+   * Creates a group, or returns the existing one of the same name and type unchanged (Cloud
+   * Foundry answers such a create with 200 and the stored group). The same name with another type
+   * is refused.
+   */
+  async createOrGet(input: RouterGroupInput): Promise<{ group: RouterGroup; created: boolean }> {
+    const ranges = portsOf(input.type, input.reservable_ports);
+    return withCasRetry<{ group: RouterGroup; created: boolean }>(async () => {
       const { version, groups } = await this.readAll();
-      if (groups.some((g) => g.name === input.name)) {
-        throw new SfError(ErrorCode.RouterGroupExists, `name '${input.name}' is already taken`, 'name');
+      const same = groups.find((g) => g.name === input.name);
+      if (same?.type === input.type) return { done: { group: same, created: false } };
+      if (same) {
+        throw new SfError(
+          ErrorCode.RouterGroupExists,
+          `name '${input.name}' is already taken by a ${same.type} router group`,
+          'name',
+        );
       }
       this.checkNoOverlap(ranges, groups);
       const group: RouterGroup = { guid: randomUUID(), ...input };
       return {
         guards: [{ key: this.keys.routerGroupsVersion, expected: version }],
         ops: [{ cmd: 'HSET', key: this.keys.routerGroups, field: group.guid, value: JSON.stringify(group) }],
-        result: group,
+        result: { group, created: true },
       };
     }, this.redis);
   }
 
-  /** Changes a group's ports; refused when they would overlap another group or strand a route. */
+  /**
+   * Changes a group's ports; refused when they would overlap another group or (unless
+   * `checks.refuseStranding` is false) strand a route. Unchanged ports are not validated again,
+   * as in CF.
+   */
   async update(
     guid: string,
     reservablePorts: string,
     portsInUse: (group: RouterGroup) => Promise<number[]>,
+    checks: RouterGroupChecks = {},
   ): Promise<RouterGroup> {
-    const ranges = parsePortRanges(reservablePorts);
-    return withCasRetry(async () => {
+    return withCasRetry<RouterGroup>(async () => {
       const { version, groups } = await this.readAll();
       const current = groups.find((g) => g.guid === guid);
       if (!current) throw new SfError(ErrorCode.NotFound, `guid '${guid}' names no router group`, 'guid');
+      if (current.reservable_ports === reservablePorts) return { done: current };
+      const ranges = portsOf(current.type, reservablePorts);
       this.checkNoOverlap(
         ranges,
         groups.filter((g) => g.guid !== guid),
       );
-      const stranded = (await portsInUse(current)).find((p) => !rangesContain(ranges, p));
+      const stranded =
+        checks.refuseStranding === false
+          ? undefined
+          : (await portsInUse(current)).find((p) => !rangesContain(ranges, p));
       if (stranded !== undefined) {
         throw new SfError(
           ErrorCode.PortConflict,
@@ -111,12 +159,17 @@ export class RouterGroupStore {
     }, this.redis);
   }
 
-  async delete(guid: string, portsInUse: (group: RouterGroup) => Promise<number[]>): Promise<void> {
+  /** Deletes a group; an unknown guid is a 404, as in CF. */
+  async delete(
+    guid: string,
+    portsInUse: (group: RouterGroup) => Promise<number[]>,
+    checks: RouterGroupChecks = {},
+  ): Promise<void> {
     await withCasRetry(async () => {
       const { version, groups } = await this.readAll();
       const current = groups.find((g) => g.guid === guid);
-      if (!current) return { done: undefined };
-      if ((await portsInUse(current)).length > 0) {
+      if (!current) throw new SfError(ErrorCode.NotFound, `guid '${guid}' names no router group`, 'guid');
+      if (checks.refuseDeleteInUse !== false && (await portsInUse(current)).length > 0) {
         throw new SfError(ErrorCode.RouterGroupInUse, `router group '${current.name}' still has routes`, 'guid');
       }
       return {
@@ -135,6 +188,7 @@ export class RouterGroupStore {
   }
 
   private checkNoOverlap(ranges: PortRange[], others: RouterGroup[]): void {
+    // An `http` group has no ports; parsePortRanges gives it none.
     for (const other of others) {
       const port = rangesOverlap(ranges, parsePortRanges(other.reservable_ports));
       if (port !== null) {
@@ -146,4 +200,14 @@ export class RouterGroupStore {
       }
     }
   }
+}
+
+/** A group's ports by CF's rules: `tcp` needs valid reservable ports, `http` may have none. */
+function portsOf(type: RouterGroupType, text: string): PortRange[] {
+  if (type === 'http') {
+    if (text !== '') throw invalid('reservable_ports', 'are not supported for router groups of type http');
+    return [];
+  }
+  if (text === '') throw invalid('reservable_ports', 'is required for a tcp router group');
+  return parseReservablePorts(text);
 }

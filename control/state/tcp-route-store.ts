@@ -21,6 +21,8 @@ import { withCasRetry, type CasGuard, type CasOp } from './cas-commit';
 import { parsePortRanges, rangesContain } from './port-ranges';
 import type { RouterGroup, RouterGroupStore } from './router-group-store';
 import {
+  CF_RECORD_FIELDS,
+  CF_UPDATABLE_FIELDS,
   ROUTE_LEVEL_FIELDS,
   backendIdOf,
   mappingKey,
@@ -30,7 +32,15 @@ import {
   type TcpRouteKeyInput,
   type TcpRouteMapping,
   type TcpRouteRecord,
+  type CfRecordFields,
 } from './tcp-route-types';
+
+/** Filters of `list`; absent ones match everything. */
+export interface TcpRouteFilter {
+  routerGroupGuid?: string;
+  /** Isolation segments to keep; `''` keeps records without one (CF's `?isolation_segment=`). */
+  isolationSegments?: readonly string[];
+}
 
 export interface TcpRouteStoreOptions {
   /** @default 100 deltas kept per group for inspection */
@@ -74,6 +84,8 @@ export class TcpRouteStore {
 
   /** Creates or refreshes records; `field` prefixes error paths (`tcp_routes[3].port`). */
   async upsert(items: TcpRouteInput[], field = 'tcp_routes'): Promise<TcpRouteMapping[]> {
+    // An empty request changes nothing and answers as CF does (201 / 204), without a commit.
+    if (items.length === 0) return [];
     const resolved = await this.resolve(items, field, true);
     return withCasRetry(async () => {
       const states = await this.read(resolved);
@@ -84,6 +96,7 @@ export class TcpRouteStore {
         checkTag(prev?.modification_tag, item.modification_tag, `${f}.modification_tag`);
         const ttl = item.ttl ? item.ttl : null;
         const record: TcpRouteRecord = {
+          ...cfFieldsOf(prev, item),
           port: item.port,
           backend_id: backendIdOf(item),
           backend_ip: item.backend_ip,
@@ -107,6 +120,7 @@ export class TcpRouteStore {
 
   /** Removes records; unknown ones are ignored (deletes are idempotent, as in CF). */
   async delete(items: TcpRouteKeyInput[], field = 'tcp_routes'): Promise<number> {
+    if (items.length === 0) return 0;
     const resolved = await this.resolve(items, field, false);
     return this.remove(resolved, (prev, r) =>
       checkTag(prev.modification_tag, r.item.modification_tag, `${r.field}.modification_tag`),
@@ -131,10 +145,19 @@ export class TcpRouteStore {
     return removed;
   }
 
-  async list(routerGroupGuid?: string): Promise<TcpRouteMapping[]> {
+  /**
+   * Records whose TTL has not run out (as CF lists them: a record past its expiry is gone even
+   * before a sweep removes it), filtered by group and isolation segment.
+   */
+  async list(filter: TcpRouteFilter = {}): Promise<TcpRouteMapping[]> {
+    const { routerGroupGuid, isolationSegments } = filter;
     const groups = routerGroupGuid
       ? [await this.groups.mustGet(routerGroupGuid, 'router_group_guid')]
       : await this.groups.list();
+    const now = this.opts.now();
+    const segments = isolationSegments ? new Set(isolationSegments) : null;
+    const keep = (r: TcpRouteRecord) =>
+      (r.expires_at === null || r.expires_at > now) && (!segments || segments.has(r.isolation_segment ?? ''));
     const tx = this.redis.multi();
     for (const g of groups) {
       const gk = this.keys.group(g.name);
@@ -145,7 +168,7 @@ export class TcpRouteStore {
     groups.forEach((g, i) => {
       const records = (res[2 * i]?.[1] as string[]).map((t) => JSON.parse(t) as TcpRouteRecord);
       const routes = res[2 * i + 1]?.[1] as Record<string, string>;
-      for (const record of records) {
+      for (const record of records.filter(keep)) {
         const routeText = routes[String(record.port)];
         if (routeText) out.push(toMapping(record, JSON.parse(routeText) as Route, g.guid));
       }
@@ -196,6 +219,13 @@ export class TcpRouteStore {
         throw new SfError(
           ErrorCode.InvalidRequest,
           `${f}.router_group_guid '${item.router_group_guid}' names no router group`,
+          `${f}.router_group_guid`,
+        );
+      }
+      if (checkPorts && group.type !== 'tcp') {
+        throw new SfError(
+          ErrorCode.InvalidRequest,
+          `${f}.router_group_guid '${group.guid}' is an ${group.type} router group; tcp routes need a tcp group`,
           `${f}.router_group_guid`,
         );
       }
@@ -338,6 +368,20 @@ function nextTag(stored: ModificationTag | undefined, given: ModificationTag | u
   return { guid: randomUUID(), index: 0 };
 }
 
+/**
+ * The CF fields of a record: all from the request for a new record; on a re-registration only
+ * those CF's `updateTcpRouteMapping` replaces, the rest kept from the first registration.
+ */
+function cfFieldsOf(prev: TcpRouteRecord | null, item: TcpRouteInput): CfRecordFields {
+  const out: Record<string, unknown> = {};
+  for (const name of CF_RECORD_FIELDS) {
+    const updatable = (CF_UPDATABLE_FIELDS as readonly string[]).includes(name);
+    const value = prev && !updatable ? prev[name] : item[name];
+    if (value !== undefined) out[name] = value;
+  }
+  return out as CfRecordFields;
+}
+
 function buildRoute(base: Route | null, item: TcpRouteInput, backendId: string, group: string, field: string): Route {
   const prev = base?.backends.find((b) => b.id === backendId);
   const backend: Backend = {
@@ -372,6 +416,15 @@ function toMapping(record: TcpRouteRecord, route: Route, groupGuid: string): Tcp
     port: record.port,
     backend_ip: record.backend_ip,
     backend_port: record.backend_port,
+    // CF's always-present fields with its zero values, then the ones it omits when empty.
+    backend_tls_port: record.backend_tls_port ?? 0,
+    instance_id: record.instance_id ?? '',
+    isolation_segment: record.isolation_segment ?? '',
+    ...(record.backend_sni_hostname !== undefined && { backend_sni_hostname: record.backend_sni_hostname }),
+    ...(record.sni_rewrite_hostname !== undefined && { sni_rewrite_hostname: record.sni_rewrite_hostname }),
+    ...(record.terminate_frontend_tls && { terminate_frontend_tls: true }),
+    ...(record.alpns && { alpns: record.alpns }),
+    ...(record.enable_backend_mtls && { enable_backend_mtls: true }),
     backend_id: record.backend_id,
     ttl: record.ttl,
     modification_tag: record.modification_tag,

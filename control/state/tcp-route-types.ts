@@ -36,8 +36,47 @@ export interface TcpRouteKeyInput {
   modification_tag?: ModificationTag;
 }
 
-export interface TcpRouteInput extends TcpRouteKeyInput, RouteLevelFields {
-  /** Seconds until the record expires unless re-registered; absent or 0: never. */
+/**
+ * Fields of Cloud Foundry's `TcpRouteMapping` that Service Foundry stores and returns but does not
+ * act on in the data path (backend TLS, SNI per record, frontend TLS termination, isolation
+ * segments are routed by CF's own components).
+ */
+export interface CfRecordFields {
+  /** @default 0 (CF: no backend TLS) */
+  backend_tls_port?: number;
+  /** @default '' */
+  instance_id?: string;
+  /** @default '' */
+  isolation_segment?: string;
+  backend_sni_hostname?: string;
+  sni_rewrite_hostname?: string;
+  terminate_frontend_tls?: boolean;
+  /** Comma-separated ALPN protocols, as CF keeps them. */
+  alpns?: string;
+  enable_backend_mtls?: boolean;
+}
+
+export const CF_RECORD_FIELDS = [
+  'backend_tls_port',
+  'instance_id',
+  'isolation_segment',
+  'backend_sni_hostname',
+  'sni_rewrite_hostname',
+  'terminate_frontend_tls',
+  'alpns',
+  'enable_backend_mtls',
+] as const satisfies ReadonlyArray<keyof CfRecordFields>;
+
+/**
+ * The CF fields a re-registration replaces; the others keep the values of the first registration,
+ * as in CF's `updateTcpRouteMapping`.
+ */
+export const CF_UPDATABLE_FIELDS = ['isolation_segment', 'sni_rewrite_hostname'] as const satisfies ReadonlyArray<
+  keyof CfRecordFields
+>;
+
+export interface TcpRouteInput extends TcpRouteKeyInput, RouteLevelFields, CfRecordFields {
+  /** Seconds until the record expires unless re-registered; absent: never (the API sets a default). */
   ttl?: number;
   role?: BackendRole;
   weight?: number;
@@ -46,7 +85,7 @@ export interface TcpRouteInput extends TcpRouteKeyInput, RouteLevelFields {
 }
 
 /** What control stores per record next to the route itself. */
-export interface TcpRouteRecord {
+export interface TcpRouteRecord extends CfRecordFields {
   port: number;
   backend_id: string;
   backend_ip: string;
@@ -63,6 +102,14 @@ export interface TcpRouteMapping extends RouteLevelFields {
   port: number;
   backend_ip: string;
   backend_port: number;
+  backend_tls_port: number;
+  instance_id: string;
+  isolation_segment: string;
+  backend_sni_hostname?: string;
+  sni_rewrite_hostname?: string;
+  terminate_frontend_tls?: boolean;
+  alpns?: string;
+  enable_backend_mtls?: boolean;
   backend_id: string;
   ttl: number | null;
   modification_tag: ModificationTag;

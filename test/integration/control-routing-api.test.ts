@@ -100,7 +100,7 @@ describe('control routing API', function () {
         backend_id: '127.0.0.1:6379',
         weight: 3,
         mode: 'round-robin',
-        ttl: null,
+        ttl: 120,
       });
       const table = (
         await h.api<{ version: number; routes: Array<{ port: number }> }>(
@@ -166,26 +166,30 @@ describe('control routing API', function () {
       }
     });
 
-    it('refuses a stale modification_tag and accepts newer ones', async function () {
+    it('owns the modification_tag: a client tag is ignored, as in CF', async function () {
       const tag = (index: number) => ({ modification_tag: { guid: 'writer-a', index } });
-      expect((await h.api('POST', '/routing/v1/tcp_routes/create', [route(16010, 6379, tag(5))])).status).to.equal(201);
-      expectError(
-        await h.api('POST', '/routing/v1/tcp_routes/create', [route(16010, 6379, { ...tag(3), weight: 9 })]),
-        409,
-        'SF_ERR_STALE_MODIFICATION_TAG',
-        'tcp_routes[0].modification_tag',
-      );
-      expect((await list())[0].weight).to.equal(1);
-      expect((await h.api('POST', '/routing/v1/tcp_routes/create', [route(16010, 6379, tag(5))])).status).to.equal(201);
-      expect(
-        (await h.api('POST', '/routing/v1/tcp_routes/create', [route(16010, 6379, { ...tag(6), weight: 2 })])).status,
-      ).to.equal(201);
-      expectError(
-        await h.api('POST', '/routing/v1/tcp_routes/delete', [route(16010, 6379, tag(4))]),
-        409,
-        'SF_ERR_STALE_MODIFICATION_TAG',
-      );
-      expect((await list())[0]).to.include({ weight: 2 });
+      const first = await h.api<Mapping[]>('POST', '/routing/v1/tcp_routes/create', [route(16010, 6379, tag(5))]);
+      expect(first.status).to.equal(201);
+      expect(first.body[0].modification_tag.guid).to.not.equal('writer-a');
+      expect(first.body[0].modification_tag.index).to.equal(0);
+      const second = await h.api<Mapping[]>('POST', '/routing/v1/tcp_routes/create', [
+        route(16010, 6379, { ...tag(3), weight: 9 }),
+      ]);
+      expect(second.body[0].modification_tag).to.deep.equal({ guid: first.body[0].modification_tag.guid, index: 1 });
+      expect((await h.api('POST', '/routing/v1/tcp_routes/delete', [route(16010, 6379, tag(0))])).status).to.equal(204);
+      expect(await list()).to.deep.equal([]);
+    });
+
+    it('refuses a stale modification_tag from an internal writer (the route emitter guards with it)', async function () {
+      const tag = (index: number) => ({ guid: 'service:x', index });
+      const base = { router_group_guid: h.defaultGroup, port: 16012, backend_ip: '127.0.0.1', backend_port: 6379 };
+      await h.control.routes.upsert([{ ...base, modification_tag: tag(5) }]);
+      let err: unknown;
+      await h.control.routes
+        .upsert([{ ...base, modification_tag: tag(3), weight: 9 }])
+        .catch((e: unknown) => (err = e));
+      expect((err as { code?: string }).code).to.equal('SF_ERR_STALE_MODIFICATION_TAG');
+      await h.control.routes.delete([base]);
     });
 
     it('increments the stored tag when a writer sends none', async function () {
@@ -278,12 +282,13 @@ describe('control routing API', function () {
       expectError(await h.api('GET', '/routing/v1/tcp_routes', undefined, 'wrong-token'), 401, 'SF_ERR_UNAUTHORIZED');
     });
 
-    it('lets a read token read but answers its writes with 403', async function () {
+    it('lets a read token read but answers its writes with 401, as CF does for a missing scope', async function () {
       const created = await h.api<{ token: string }>('POST', '/v3/tokens', { name: 'reader', scopes: ['read'] });
       expect(created.status).to.equal(201);
       const token = created.body.token;
       expect((await h.api('GET', '/routing/v1/tcp_routes', undefined, token)).status).to.equal(200);
-      expectError(await h.api('POST', '/routing/v1/tcp_routes/create', [route(16030)], token), 403, 'SF_ERR_FORBIDDEN');
+      expectError(await h.api('POST', '/routing/v1/tcp_routes/create', [route(16030)], token), 401, 'SF_ERR_FORBIDDEN');
+      expectError(await h.api('POST', '/v3/tokens', { name: 'x', scopes: ['read'] }, token), 403, 'SF_ERR_FORBIDDEN');
       expect((await h.api('DELETE', '/v3/tokens/reader')).status).to.equal(204);
       expectError(await h.api('GET', '/routing/v1/tcp_routes', undefined, token), 401, 'SF_ERR_UNAUTHORIZED');
     });
