@@ -155,6 +155,8 @@ export class CellAgent {
   private readonly opts: CellAgentOptions &
     typeof DEFAULT_CELL_AGENT_OPTIONS & { advertiseHost: string; keyPrefix: string };
   private readonly log: Logger;
+  /** The last state logged per instance, so only changes are logged. */
+  private readonly lastLogged = new Map<string, string>();
   private readonly engines: EngineRegistry;
   private readonly executors: Partial<Record<ExecutorKind, Executor>>;
   private redis: Redis | undefined;
@@ -459,6 +461,7 @@ export class CellAgent {
   }
 
   private async report(instanceId: string, actual: ActualInstance | null): Promise<void> {
+    this.logTransition(instanceId, actual);
     if (!this.redis) return;
     try {
       if (actual) await this.redis.hset(this.keys.cell(this.name).actual, instanceId, JSON.stringify(actual));
@@ -467,6 +470,30 @@ export class CellAgent {
     } catch (err) {
       this.log.warn({ instanceId, err: errorMessageOf(err) }, 'report failed');
     }
+  }
+
+  /**
+   * Decisions an operator looks for in the cell's log, not only in `sf service` (a refused
+   * primary start, an exit, a degraded primary): each change of an instance's state or error is
+   * one line, an error at warn level. Health flaps and positions are not logged.
+   */
+  private logTransition(instanceId: string, actual: ActualInstance | null): void {
+    const before = this.lastLogged.get(instanceId);
+    const now = actual
+      ? `${actual.state}|${actual.role}|${actual.epoch}|${actual.lastError?.message ?? ''}|${actual.degraded ?? ''}`
+      : 'forgotten';
+    if (before === now) return;
+    this.lastLogged.set(instanceId, now);
+    if (!actual) {
+      this.lastLogged.delete(instanceId);
+      this.log.info({ instanceId }, 'instance forgotten');
+      return;
+    }
+    const fields = { instanceId, service: actual.service, state: actual.state, role: actual.role, epoch: actual.epoch };
+    if (actual.degraded) this.log.warn(fields, `instance ${instanceId} degraded: ${actual.degraded}`);
+    else if (actual.lastError)
+      this.log.warn({ ...fields, code: actual.lastError.code }, `instance ${instanceId}: ${actual.lastError.message}`);
+    else this.log.info(fields, `instance ${instanceId} ${actual.state} as ${actual.role} (epoch ${actual.epoch})`);
   }
 
   /** Entries for instances this cell no longer knows (volume gone) would mislead control. */

@@ -39,7 +39,9 @@ export function parseHostPort(value: string, flag: string): { host: string; port
 export function parseIntFlag(value: string, flag: string, min = 0, max = Number.MAX_SAFE_INTEGER): number {
   const n = Number(value);
   if (!/^-?\d+$/.test(value) || !Number.isSafeInteger(n) || n < min || n > max) {
-    throw new UsageError(`${flag} must be an integer ${min}-${max}, got '${value}'`);
+    // Without an upper bound of its own, "1-9007199254740991" would only confuse.
+    const range = max === Number.MAX_SAFE_INTEGER ? `of at least ${min}` : `${min}-${max}`;
+    throw new UsageError(`${flag} must be an integer ${range}, got '${value}'`);
   }
   return n;
 }

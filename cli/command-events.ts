@@ -12,9 +12,13 @@ interface EventsFlags {
   json?: boolean;
 }
 
-function humanLine(type: string, r: TcpRouteMapping): string {
-  const tag = `${r.modification_tag.guid.slice(0, 8)}/${r.modification_tag.index}`;
-  return `${new Date().toISOString()}  ${type.padEnd(6)}  port ${r.port}  -> ${r.backend_ip}:${r.backend_port}  ${r.role} epoch ${r.epoch} ${r.state}  tag ${tag}\n`;
+/**
+ * One event per line. The tag is printed whole: control's tags are names (`service:cache`), and a
+ * random guid is only 36 characters. The backend id tells apart two backends on one address.
+ */
+export function humanLine(type: string, r: TcpRouteMapping, at = new Date()): string {
+  const tag = `${r.modification_tag.guid}/${r.modification_tag.index}`;
+  return `${at.toISOString()}  ${type.padEnd(6)}  port ${r.port}  -> ${r.backend_id} (${r.backend_ip}:${r.backend_port})  ${r.role} epoch ${r.epoch} ${r.state}  tag ${tag}\n`;
 }
 
 async function followEvents(flags: EventsFlags): Promise<void> {

@@ -4,7 +4,7 @@
  * Exit codes as everywhere: 0 ok, 1 the operation failed, 2 usage or invalid input.
  */
 import type { Command } from 'commander';
-import type { FencingStep } from '../control/failover/fencing-history';
+import type { FencingStepView as FencingStep } from '../control/api/history-views';
 import type { ServiceView } from '../control/services';
 import { ApiClient } from './api-client';
 import { ErrorCode, httpStatusFor, isSfError } from '../common/errors';
@@ -20,7 +20,7 @@ interface ActionResponse {
 function stepsTable(steps: FencingStep[]): string {
   return formatTable(
     ['TIME', 'STEP', 'OUTCOME', 'INSTANCE', 'EPOCH', 'TRIGGER', 'MESSAGE'],
-    steps.map((s) => [new Date(s.at).toISOString(), s.step, s.outcome, s.instanceId, s.epoch, s.trigger, s.message]),
+    steps.map((s) => [new Date(s.at).toISOString(), s.step, s.outcome, s.instance_id, s.epoch, s.trigger, s.message]),
   );
 }
 

@@ -42,7 +42,7 @@ function serviceDetail(s: ServiceView): string {
     `engine:      ${s.engine}\n` +
     `status:      ${s.status}${s.message ? ` (${s.message})` : ''}\n` +
     `router port: ${s.port} (group ${s.router_group})\n` +
-    `replicas:    ${s.replicas}, durability ${s.durability}, volume ${s.volume.sizeMb} MB, fencing ${s.fencing.policy}\n\n`;
+    `replicas:    ${s.replicas}, durability ${s.durability}, volume ${s.volume.size_mb} MB, fencing ${s.fencing.policy}\n\n`;
   const rows = s.instances.map((i) => [
     i.id,
     i.role,
@@ -85,10 +85,12 @@ async function createService(engine: string, name: string, flags: CreateFlags): 
     engine: engine as ServiceCreateInput['engine'],
     replicas: parseIntFlag(flags.replicas, '--replicas', 0, 8),
     durability: flags.durability,
-    volume: { sizeMb: parseIntFlag(flags.sizeMb, '--size-mb', 1) },
+    volume: { size_mb: parseIntFlag(flags.sizeMb, '--size-mb', 1) },
     fencing: { policy: flags.fencing },
     router_group: flags.routerGroup,
   };
+  if (engine === 'tcp' && !flags.command)
+    throw new UsageError("engine tcp needs --command 'PROGRAM ARGS...' (placeholders {port}, {host}, {dataDir})");
   if (flags.command) {
     const [file, ...args] = flags.command.split(/\s+/).filter(Boolean);
     if (!file) throw new UsageError('--command must name a program');

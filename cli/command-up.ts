@@ -109,16 +109,24 @@ async function runUp(flags: UpFlags): Promise<void> {
     supervisor.add({ name, file, args, log: join(dataDir, 'logs', `${name}.log`) });
 
   let shuttingDown = false;
-  const shutdown = async (code: number): Promise<never> => {
+  const shutdown = async (code: number, why: string): Promise<never> => {
     if (shuttingDown) return new Promise<never>(() => undefined);
     shuttingDown = true;
+    const t0 = Date.now();
+    // Said before and after, so a user who pressed Ctrl-C knows it was heard and when it is over.
+    process.stdout.write(
+      `sf up: stopping (${why}): control, then the cells and their instances, the router, the state store\n`,
+    );
     // Control first, so it does not reschedule instances of cells that are merely shutting
     // down; then the cells (which stop their engines), the router, the state store last.
     await supervisor.stop([['control'], cellNames, ['router'], ['redis']]);
+    process.stdout.write(
+      `sf up: stopped after ${((Date.now() - t0) / 1000).toFixed(1)} s; services and their data are kept in ${dataDir} for the next sf up\n`,
+    );
     process.exit(code);
   };
-  process.once('SIGINT', () => void shutdown(0));
-  process.once('SIGTERM', () => void shutdown(0));
+  process.once('SIGINT', () => void shutdown(0, 'SIGINT'));
+  process.once('SIGTERM', () => void shutdown(0, 'SIGTERM'));
 
   try {
     let redisUrl = externalRedis;
@@ -215,10 +223,11 @@ async function runUp(flags: UpFlags): Promise<void> {
         '',
         'Try next:',
         '  sf create-service redis cache --replicas 1 --wait',
-        '  sf service cache',
-        '  redis-cli -p <port from sf service> ping',
+        '  sf create-service-key cache app',
+        '  redis-cli -u "$(sf service-key cache app --json | jq -r .uri)" ping',
         '  sf create-service postgres db --replicas 1 --wait',
-        "  psql -h 127.0.0.1 -p <port> -U postgres -c 'select 1'",
+        '  sf create-service-key db app',
+        '  psql "$(sf service-key db app --json | jq -r .uri)" -c \'select 1\'',
         '  sf cells',
         '',
         'A component that exits is restarted; Ctrl-C stops everything.',
@@ -227,7 +236,7 @@ async function runUp(flags: UpFlags): Promise<void> {
     );
   } catch (err) {
     process.stderr.write(`sf up: ${(err as Error).message}\n`);
-    await shutdown(1);
+    await shutdown(1, 'start-up failed');
   }
 }
 

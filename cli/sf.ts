@@ -38,6 +38,8 @@ export function buildProgram(): Command {
     .showHelpAfterError('(run sf --help for usage)')
     .exitOverride();
   for (const register of COMMANDS) register(program);
+  // A mistake in a subcommand's flags is best answered by that subcommand's help.
+  for (const sub of program.commands) sub.showHelpAfterError(`(run sf ${sub.name()} --help for usage)`);
   return program;
 }
 

@@ -30,3 +30,4 @@ export {
   type ServicePlaneDeps,
 } from './service-plane';
 export type { ServiceView, ServiceCreateInput } from './services';
+export type { FencingStepView, ServiceEventView } from './api/history-views';

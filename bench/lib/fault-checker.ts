@@ -110,9 +110,10 @@ interface FencingEntryLite {
   step: string;
   trigger: string;
   outcome: string;
-  instanceId?: string;
+  instance_id: string | null;
   message: string;
-  at: number;
+  /** ISO time. */
+  at: string;
 }
 
 const SERVICE_NAMES: Record<EngineName, string> = { redis: 'fault-redis', postgres: 'fault-pg' };
@@ -234,12 +235,12 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
         'GET',
         `/v3/service_instances/${service}/fencing`,
       );
-      const entries = (res.body.resources ?? []).filter((e) => e.at >= wallAt - 1_000).reverse();
+      const entries = (res.body.resources ?? []).filter((e) => Date.parse(e.at) >= wallAt - 1_000).reverse();
       if (entries.length === 0) return 'no entries';
       return entries
         .map(
           (e) =>
-            `+${Math.round(e.at - wallAt)}ms ${e.trigger}/${e.step} ${e.outcome} ${e.instanceId ?? ''} ${e.message}`,
+            `+${Math.round(Date.parse(e.at) - wallAt)}ms ${e.trigger}/${e.step} ${e.outcome} ${e.instance_id ?? ''} ${e.message}`,
         )
         .join(' | ');
     } catch (err) {

@@ -12,6 +12,7 @@ import { serviceView } from '../services/service-view';
 import type { ServiceStore } from '../services/service-store';
 import type { HttpServer, JsonReply, RequestContext } from './http-server';
 import { validateBody } from './routing-schemas';
+import { fencingStepView } from './history-views';
 
 export interface FencingApiDeps {
   coordinator: FencingFailoverCoordinator;
@@ -72,7 +73,7 @@ export function registerFencingApi(server: HttpServer, deps: FencingApiDeps): vo
       return {
         body: {
           operation: res.operation,
-          steps: res.steps,
+          steps: res.steps.map(fencingStepView),
           service: serviceView(res.service, await deps.directory.snapshot()),
         },
       };
@@ -102,6 +103,6 @@ export function registerFencingApi(server: HttpServer, deps: FencingApiDeps): vo
   });
   server.route('get', '/v3/service_instances/:name/fencing', 'read', async (ctx) => {
     await deps.store.mustGet(ctx.params.name);
-    return { body: { resources: await deps.coordinator.history.list(ctx.params.name) } };
+    return { body: { resources: (await deps.coordinator.history.list(ctx.params.name)).map(fencingStepView) } };
   });
 }

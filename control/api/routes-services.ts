@@ -9,6 +9,7 @@ import type { LeaderElector } from '../leader/leader-elector';
 import type { HttpServer } from './http-server';
 import { validateBody } from './routing-schemas';
 import { hasScope } from './auth';
+import { serviceEventView } from './history-views';
 import { ErrorCode, SfError } from '../../common';
 
 export interface ServicesApiDeps extends ServiceAdmissionDeps {
@@ -49,7 +50,7 @@ export function registerServicesApi(server: HttpServer, deps: ServicesApiDeps): 
 
   server.route('get', '/v3/service_instances/:name/events', 'read', async (ctx) => {
     await store.mustGet(ctx.params.name);
-    return { body: { resources: await store.events(ctx.params.name) } };
+    return { body: { resources: (await store.events(ctx.params.name)).map(serviceEventView) } };
   });
 
   server.route('get', '/v3/leader', 'read', async () => {

@@ -548,6 +548,9 @@ export class FencingSequence {
         } else if (old && inst.id === old.id) {
           inst.role = 'replica';
           if (cells.get(inst.cell)?.alive) {
+            // A replica carries the epoch of the primary it follows (as a newly placed one does);
+            // keeping the deposed primary's would show it as if it still held the old term.
+            inst.epoch = epoch;
             // Killed (failover) or stopped (switchover) on a live cell: a new generation restarts
             // it as a replica of the new primary (PostgreSQL rewinds it first when it diverged),
             // never as a primary with an old epoch.
@@ -561,6 +564,7 @@ export class FencingSequence {
           // On a dead cell it stays a fenced replica: the reconciler replaces it on a live cell.
         } else if (repointed.has(inst.id)) {
           inst.upstream = address;
+          inst.epoch = epoch;
           ops.push(...putDesiredOps(this.deps.store.keys, inst.cell, instanceSpec(next, inst, address)));
         }
       }

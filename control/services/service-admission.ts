@@ -36,7 +36,7 @@ export async function admitService(deps: ServiceAdmissionDeps, req: ServiceCreat
     const cells = await deps.directory.snapshot();
     const slots = Array.from({ length: req.replicas + 1 }, (_, k) => ({ instanceId: `${req.name}-${k}` }));
     runPlacementAuction(
-      { service: req.name, engine: req.engine, sizeMb: req.volume.sizeMb, slots, occupied: [] },
+      { service: req.name, engine: req.engine, sizeMb: req.volume.size_mb, slots, occupied: [] },
       cellCandidates(cells, snapshot.services.values()),
     );
     const port = await freePort(deps, group, [...snapshot.services.values()]);
@@ -46,7 +46,7 @@ export async function admitService(deps: ServiceAdmissionDeps, req: ServiceCreat
       engine: req.engine,
       replicas: req.replicas,
       durability: req.durability,
-      volume: { sizeMb: req.volume.sizeMb },
+      volume: { sizeMb: req.volume.size_mb },
       fencing: { policy: req.fencing.policy },
       ...(req.command ? { command: { file: req.command.file, args: req.command.args } } : {}),
       routerGroup: group.name,

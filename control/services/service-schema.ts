@@ -9,19 +9,29 @@ export const MAX_REPLICAS = 8;
 export const DEFAULT_SERVICE_REQUEST = {
   replicas: 1,
   durability: 'async',
-  volume: { sizeMb: 256 },
+  volume: { size_mb: 256 },
   fencing: { policy: 'auto' },
   router_group: 'default',
 } as const;
 
+/**
+ * The `/v3` API speaks snake_case like Cloud Foundry's v3 (`size_mb`, `router_group`,
+ * `created_at`). `volume.sizeMb`, which earlier versions took, is still read as `size_mb` so
+ * that existing clients keep working; answers carry only `size_mb`.
+ */
+function legacyVolume(value: unknown): unknown {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return value;
+  const { sizeMb, ...rest } = value as Record<string, unknown>;
+  return sizeMb === undefined || 'size_mb' in rest ? value : { size_mb: sizeMb, ...rest };
+}
+
 export const serviceCreateSchema = z
   .object({
-    name: z
-      .string({ error: 'must be a string' })
-      .regex(
-        /^[a-z0-9][a-z0-9-]{0,62}$/,
-        'must be 1-63 lowercase letters, digits or -, starting with a letter or digit',
-      ),
+    name: z.string({ error: 'must be a string' }).regex(
+      // Ending in '-' would give instance ids like `x--0`: a name starts and ends alike.
+      /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/,
+      'must be 1-63 lowercase letters, digits or -, starting and ending with a letter or digit',
+    ),
     engine: z.enum(ENGINE_KINDS, { error: `must be one of ${ENGINE_KINDS.join(', ')}` }),
     replicas: z
       .number({ error: 'must be an integer' })
@@ -33,14 +43,18 @@ export const serviceCreateSchema = z
       .enum(['sync', 'async'], { error: 'must be sync or async' })
       .default(DEFAULT_SERVICE_REQUEST.durability),
     volume: z
-      .object({
-        sizeMb: z
-          .number({ error: 'must be an integer' })
-          .int('must be an integer')
-          .min(1, 'must be at least 1')
-          .max(1_048_576, 'must be at most 1048576'),
-      })
-      .strict()
+      .preprocess(
+        legacyVolume,
+        z
+          .object({
+            size_mb: z
+              .number({ error: 'must be an integer' })
+              .int('must be an integer')
+              .min(1, 'must be at least 1')
+              .max(1_048_576, 'must be at most 1048576'),
+          })
+          .strict(),
+      )
       .default({ ...DEFAULT_SERVICE_REQUEST.volume }),
     fencing: z
       .object({ policy: z.enum(['auto', 'manual'], { error: 'must be auto or manual' }) })

@@ -128,7 +128,9 @@ export interface InstanceView {
   last_error: { code: string; message: string } | null;
 }
 
-export interface ServiceView extends ServiceRequestFields {
+/** The API's shape: snake_case like the rest of `/v3` (the record keeps its stored names). */
+export interface ServiceView extends Omit<ServiceRequestFields, 'volume'> {
+  volume: { size_mb: number };
   router_group: string;
   port: number;
   status: ServiceStatus;

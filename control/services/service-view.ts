@@ -39,7 +39,7 @@ export function serviceView(record: ServiceRecord, cells: ReadonlyMap<string, Ce
     engine: record.engine,
     replicas: record.replicas,
     durability: record.durability,
-    volume: record.volume,
+    volume: { size_mb: record.volume.sizeMb },
     fencing: record.fencing,
     router_group: record.routerGroup,
     port: record.port,

@@ -42,6 +42,7 @@ const FIELDS = [
   'durability',
   'volume',
   'sizeMb',
+  'size_mb',
   'fencing',
   'policy',
   'to',

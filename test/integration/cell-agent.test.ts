@@ -63,6 +63,8 @@ describe('sf cell', function () {
 
   it('starts a desired instance, reports it running, obeys fence and refuses a stale-epoch primary', async () => {
     cell = startCell();
+    let log = '';
+    cell.stderr?.on('data', (d: Buffer) => (log += d.toString()));
     await eventually(registration, 15_000, 'registration');
     const events: string[] = [];
     const sub = new Redis(state.url);
@@ -101,6 +103,10 @@ describe('sf cell', function () {
     await driver.desire('c1', { instanceId: 'cache-0', epoch: 2, generation: 1 });
     const refused = await driver.waitState('c1', 'cache-0', 'failed', 10_000);
     expect(refused.lastError?.code).to.equal(ErrorCode.StaleEpoch);
+    // The decision is in the cell's own log too, not only in the report.
+    await eventually(async () => /refusing to start as primary with epoch 2/.test(log), 5_000, 'refusal logged');
+    const line = log.split('\n').find((l) => l.includes('refusing to start as primary')) ?? '{}';
+    expect(JSON.parse(line)).to.include({ instanceId: 'cache-0', code: ErrorCode.StaleEpoch, state: 'failed' });
     expect((await driver.order('c1', { type: 'promote', instanceId: 'cache-0', epoch: 1 })).ok).to.equal(false);
 
     const invalid = await driver.order('c1', { type: 'explode' });

@@ -3,7 +3,7 @@
  * publishes its API address next to its lock) instead of answering 503.
  */
 import { expect } from 'chai';
-import type { FencingStep } from '../../control/failover';
+import type { FencingStepView as FencingStep } from '../../control';
 import type { ServiceView } from '../../control/services';
 import { primaryOf } from '../helpers/failover-support';
 import { useServiceCluster, type ServiceCluster } from '../helpers/service-cluster';

@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
-import type { FencingStep } from '../../control/failover';
+import type { FencingStepView as FencingStep } from '../../control';
 import type { ServiceView } from '../../control/services';
 import { enginePid, primaryOf, promotedFrom, sf } from '../helpers/failover-support';
 import { useServiceCluster, type ServiceCluster } from '../helpers/service-cluster';

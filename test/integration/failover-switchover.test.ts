@@ -7,7 +7,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
-import type { FencingStep } from '../../control/failover';
+import type { FencingStepView as FencingStep } from '../../control';
 import type { ServiceView } from '../../control/services';
 import { adminUser, enginePid, primaryOf, sf } from '../helpers/failover-support';
 import { useServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
@@ -74,8 +74,8 @@ async function create(cluster: ServiceCluster, body: Record<string, unknown>): P
 
 /** `step+ms` from the first step, to see where a switchover spends its time. */
 function timeline(steps: FencingStep[]): string {
-  const t0 = steps[0]?.at ?? 0;
-  return steps.map((s) => `${s.step}+${s.at - t0}`).join(' ');
+  const t0 = Date.parse(steps[0]?.at ?? '');
+  return steps.map((s) => `${s.step}+${Date.parse(s.at) - t0}`).join(' ');
 }
 
 async function history(cluster: ServiceCluster, name: string): Promise<FencingStep[]> {
@@ -238,7 +238,7 @@ describe('failover: planned switchover, refused actions, degraded primaries', fu
     const out = JSON.parse(res.stdout) as { steps: FencingStep[]; service: ServiceView };
     const steps = out.steps.map((s) => `${s.step}:${s.outcome}`);
     console.log(
-      `      postgres switchover (sf failover, sync, 1 replica): ${ms.toFixed(0)} ms; first step ${(out.steps[0].at - wall0).toFixed(0)} ms after the call, last ${(wall1 - (out.steps.at(-1)?.at ?? 0)).toFixed(0)} ms before the exit; ${timeline(out.steps)}`,
+      `      postgres switchover (sf failover, sync, 1 replica): ${ms.toFixed(0)} ms; first step ${(Date.parse(out.steps[0].at) - wall0).toFixed(0)} ms after the call, last ${(wall1 - Date.parse(out.steps.at(-1)?.at ?? '')).toFixed(0)} ms before the exit; ${timeline(out.steps)}`,
     );
     expect(steps).to.include.members(['stop:ok', 'promote:ok', 'rejoin:ok', 'commit-check:ok']);
 

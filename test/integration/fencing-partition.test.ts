@@ -5,7 +5,7 @@ import path from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
-import type { FencingStep } from '../../control/failover';
+import type { FencingStepView as FencingStep } from '../../control';
 import { primaryOf } from '../helpers/failover-support';
 import { createNetnsHost, netnsSupported, type NetnsHost } from '../helpers/netns';
 import { freePortBlock, startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
@@ -179,12 +179,12 @@ describe('fencing: partitioned primary', function () {
     const history = (await c.api<{ resources: FencingStep[] }>('GET', '/v3/service_instances/part/fencing')).body
       .resources;
     const fenceStep = history.find(
-      (s) => s.step === 'route-fence' && s.instanceId === old.id && s.trigger === 'cell-dead',
+      (s) => s.step === 'route-fence' && s.instance_id === old.id && s.trigger === 'cell-dead',
     );
     expect(fenceStep, JSON.stringify(history.map((s) => [s.step, s.trigger, s.outcome]))).to.not.equal(undefined);
-    expect(history.find((s) => s.step === 'shoot' && s.instanceId === old.id)?.outcome).to.equal('skipped');
-    expect(history.find((s) => s.step === 'network-fence' && s.instanceId === old.id)?.outcome).to.equal('skipped');
-    const fencedAt = (fenceStep as FencingStep).at;
+    expect(history.find((s) => s.step === 'shoot' && s.instance_id === old.id)?.outcome).to.equal('skipped');
+    expect(history.find((s) => s.step === 'network-fence' && s.instance_id === old.id)?.outcome).to.equal('skipped');
+    const fencedAt = Date.parse((fenceStep as FencingStep).at);
 
     onOld += await aofText(volume);
     const late = sent.filter((s) => s.at > fencedAt);

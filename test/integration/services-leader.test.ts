@@ -169,11 +169,11 @@ describe('leader election', function () {
         30_000,
         'placed by the new leader',
       );
-      const events = await api<{ resources: Array<{ type: string; leaderToken: number }> }>(
+      const events = await api<{ resources: Array<{ type: string; leader_token: number }> }>(
         'GET',
         '/v3/service_instances/next/events',
       );
-      expect(events.body.resources.find((e) => e.type === 'instance-placed')?.leaderToken).to.equal(
+      expect(events.body.resources.find((e) => e.type === 'instance-placed')?.leader_token).to.equal(
         (await get(standbyPort))!.token,
       );
     });

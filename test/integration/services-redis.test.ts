@@ -69,7 +69,7 @@ describe('service instances: redis', function () {
   });
 
   it('records why each decision was made, in order', async () => {
-    const events = await cluster.api<{ resources: Array<{ type: string; leaderToken: number }> }>(
+    const events = await cluster.api<{ resources: Array<{ type: string; leader_token: number }> }>(
       'GET',
       '/v3/service_instances/cache/events',
     );
@@ -80,7 +80,7 @@ describe('service instances: redis', function () {
     expect(types).to.not.include('instance-repointed');
     // Every decision is the leader's; what the API writes (creation, service keys) carries no token.
     const apiEvents = ['service-created', 'service-key-created', 'service-key-deleted'];
-    expect(events.body.resources.filter((e) => !apiEvents.includes(e.type)).every((e) => e.leaderToken > 0)).to.equal(
+    expect(events.body.resources.filter((e) => !apiEvents.includes(e.type)).every((e) => e.leader_token > 0)).to.equal(
       true,
     );
   });

@@ -42,11 +42,11 @@ describe('convergence: lost cells', function () {
     process.kill(actual.pid!, 'SIGKILL');
     await eventually(
       async () => {
-        const events = await cluster.api<{ resources: Array<{ type: string; instanceId?: string }> }>(
+        const events = await cluster.api<{ resources: Array<{ type: string; instance_id: string | null }> }>(
           'GET',
           '/v3/service_instances/bounce/events',
         );
-        return events.body.resources.some((e) => e.type === 'instance-restarted' && e.instanceId === replica.id);
+        return events.body.resources.some((e) => e.type === 'instance-restarted' && e.instance_id === replica.id);
       },
       20_000,
       'replica restart decided',
@@ -93,11 +93,11 @@ describe('convergence: lost cells', function () {
     expect(fresh.id).to.not.equal(replica.id);
     expect(fresh.cell).to.not.equal(victim.name);
     expect(fresh.cell).to.not.equal(after.instances.find((i) => i.role === 'primary')!.cell);
-    const events = await cluster.api<{ resources: Array<{ type: string; instanceId?: string }> }>(
+    const events = await cluster.api<{ resources: Array<{ type: string; instance_id: string | null }> }>(
       'GET',
       '/v3/service_instances/kv/events',
     );
-    expect(events.body.resources.some((e) => e.type === 'instance-removed' && e.instanceId === replica.id)).to.equal(
+    expect(events.body.resources.some((e) => e.type === 'instance-removed' && e.instance_id === replica.id)).to.equal(
       true,
     );
   });

@@ -126,6 +126,9 @@ describe('sf up', function () {
     const exited = new Promise<number | null>((r) => up!.child.once('exit', (code) => r(code)));
     up!.child.kill('SIGTERM');
     expect(await exited).to.equal(0);
+    // It says it heard the signal, and when everything has stopped.
+    expect(up!.output()).to.match(/sf up: stopping \(SIGTERM\)/);
+    expect(up!.output()).to.match(/sf up: stopped after \d+\.\d s; services and their data are kept in /);
     for (const port of [ports.control, ports.admin, ports.redis]) {
       const server: Server = createServer();
       await new Promise<void>((resolve, reject) => {

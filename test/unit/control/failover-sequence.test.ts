@@ -271,7 +271,8 @@ describe('FencingSequence', () => {
       ).to.equal(true);
       expect([...idx].sort((a, b) => a - b)).to.deep.equal(idx);
       expect(w.steps.at('shoot')).to.equal(-1);
-      expect(rec.instances.find((i) => i.id === 'cache-0')).to.include({ role: 'replica', generation: 1 });
+      // Demoted, it follows the new primary and shows the new epoch, not the term it lost.
+      expect(rec.instances.find((i) => i.id === 'cache-0')).to.include({ role: 'replica', generation: 1, epoch: 2 });
       expect(rec.instances.find((i) => i.id === 'cache-0')?.fenced).to.equal(undefined);
       expect(w.history.steps.map((s) => s.step)).to.include.members(['stop', 'rejoin', 'commit-check']);
     });

@@ -1,0 +1,42 @@
+import { execFile } from 'node:child_process';
+import path from 'node:path';
+import { expect } from 'chai';
+
+const SF = path.join(__dirname, '..', '..', '..', 'cli', 'sf.js');
+
+/** Runs `sf` against a control nobody listens on: these errors must come before any request. */
+function sf(args: string[]): Promise<{ code: number | null; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      [SF, ...args],
+      { env: { ...process.env, SF_CONTROL_URL: 'http://127.0.0.1:1', SF_API_TOKEN: 'unused' } },
+      (err, _stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? null) : 0, stderr }),
+    );
+  });
+}
+
+describe('sf usage errors', function () {
+  this.timeout(20_000);
+
+  it('names --command when a tcp service has none', async () => {
+    const res = await sf(['create-service', 'tcp', 't1']);
+    expect(res.code).to.equal(2);
+    expect(res.stderr).to.match(/engine tcp needs --command/);
+  });
+
+  it('says "at least 1" for --size-mb 0, not a range up to 2^53', async () => {
+    const res = await sf(['create-service', 'redis', 'r1', '--size-mb', '0']);
+    expect(res.code).to.equal(2);
+    expect(res.stderr.trim()).to.equal("sf: --size-mb must be an integer of at least 1, got '0'");
+  });
+
+  it("points a subcommand's flag mistakes at that subcommand's help", async () => {
+    const res = await sf(['create-service', 'redis', 'r1', '--durability', 'maybe']);
+    expect(res.code).to.equal(2);
+    expect(res.stderr).to.include('(run sf create-service --help for usage)');
+    const unknown = await sf(['fence']);
+    expect(unknown.code).to.equal(2);
+    expect(unknown.stderr).to.include('(run sf fence --help for usage)');
+  });
+});
