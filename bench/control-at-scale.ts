@@ -1,0 +1,385 @@
+/**
+ * What does control cost as the platform grows? One `sf control` (a real process, measured from
+ * /proc), a real state redis-server, and simulated cells (bench/cell-simulator.ts) speaking the
+ * real cell protocol. For N services over C cells:
+ *
+ * - control CPU at rest and state Redis commands per second at rest (INFO total_commands_processed
+ *   over a window once everything runs; the top commands from INFO commandstats);
+ * - create-service latency at N existing: POST until a cell sees the primary's desired spec
+ *   ("scheduled"), p50/p99 over sequential creates;
+ * - failover of one service (a primary with one replica whose engine dies) until the replica is
+ *   promoted;
+ * - leader failover: a standby control, the leader SIGKILLed; time until the standby leads and a
+ *   new service is scheduled, and how many fence orders healthy instances got meanwhile;
+ * - bulk deletion of the N services.
+ *
+ *   node dist/bench/control-at-scale.js --services 1000 --cells 100 [--creates 50] [--window-s 10]
+ *     [--concurrency 8] [--time-limit-s 900] [--skip-delete]
+ *
+ * Writes bench/results/control-at-scale-<N>x<C>.json. The machine is shared: the load average is
+ * recorded with every figure.
+ */
+import { fork, type ChildProcess } from 'node:child_process';
+import { loadavg } from 'node:os';
+import { join } from 'node:path';
+import { Redis } from 'ioredis';
+import { groupCpuSeconds } from './lib/proc-cpu';
+import { freePort, makeTempDir, sleep, startProcess, stopAll, type ManagedProcess } from './lib/processes';
+import { formatNumber, formatTable, writeResults } from './lib/report';
+import { waitForPort } from '../test/helpers/redis-server';
+
+const TOKEN = 'bench-admin-token-0123456789abcdef';
+
+function arg(name: string, fallback: number): number {
+  const i = process.argv.indexOf(`--${name}`);
+  if (i < 0) return fallback;
+  const n = Number(process.argv[i + 1]);
+  if (!Number.isFinite(n) || n < 0) {
+    process.stderr.write(`control-at-scale: --${name} must be a number >= 0\n`);
+    process.exit(2);
+  }
+  return n;
+}
+
+const SERVICES = arg('services', 100);
+const CELLS = arg('cells', 10);
+const CREATES = arg('creates', 50);
+const WINDOW_S = arg('window-s', 10);
+const CONCURRENCY = arg('concurrency', 8);
+const TIME_LIMIT_MS = arg('time-limit-s', 900) * 1000;
+const SKIP_DELETE = process.argv.includes('--skip-delete');
+const SKIP_LEADER = process.argv.includes('--skip-leader-failover');
+
+type SimMessage =
+  | { type: 'ready'; cells: number }
+  | { type: 'scheduled' | 'running'; instanceId: string; service: string; at: number }
+  | { type: 'order'; order: string; instanceId: string | null; ok: boolean; at: number }
+  | { type: 'stats'; stats: Record<string, number> }
+  | { type: 'failed'; instanceId: string; ok: boolean };
+
+class Simulator {
+  readonly child: ChildProcess;
+  readonly scheduled = new Map<string, number>();
+  readonly running = new Map<string, number>();
+  readonly orders: Array<{ order: string; instanceId: string | null; ok: boolean; at: number }> = [];
+  private waiters: Array<() => void> = [];
+
+  constructor(redisUrl: string, cells: number) {
+    this.child = fork(join(__dirname, 'cell-simulator.js'), ['--redis', redisUrl, '--cells', String(cells)], {
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      detached: true,
+    });
+    this.child.on('message', (m: SimMessage) => {
+      if (m.type === 'scheduled') {
+        if (!this.scheduled.has(m.service)) this.scheduled.set(m.service, m.at);
+      } else if (m.type === 'running') this.running.set(m.instanceId, m.at);
+      else if (m.type === 'order') this.orders.push(m);
+      const w = this.waiters;
+      this.waiters = [];
+      w.forEach((f) => f());
+    });
+  }
+
+  async until(check: () => boolean, timeoutMs: number, what: string): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!check()) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+      await new Promise<void>((resolve) => {
+        this.waiters.push(resolve);
+        setTimeout(resolve, 200);
+      });
+    }
+  }
+
+  request<T extends SimMessage['type']>(
+    msg: Record<string, unknown>,
+    reply: T,
+  ): Promise<Extract<SimMessage, { type: T }>> {
+    return new Promise((resolve) => {
+      const on = (m: SimMessage): void => {
+        if (m.type !== reply) return;
+        this.child.off('message', on);
+        resolve(m as Extract<SimMessage, { type: T }>);
+      };
+      this.child.on('message', on);
+      this.child.send(msg);
+    });
+  }
+
+  stop(): void {
+    try {
+      if (this.child.pid) process.kill(-this.child.pid, 'SIGKILL');
+    } catch {
+      // Already gone.
+    }
+  }
+}
+
+class Api {
+  constructor(readonly base: string) {}
+
+  async call(method: string, path: string, body?: unknown): Promise<{ status: number; json: unknown }> {
+    const res = await fetch(`${this.base}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.text();
+    return { status: res.status, json: text ? (JSON.parse(text) as unknown) : null };
+  }
+}
+
+function percentile(values: number[], p: number): number {
+  if (values.length === 0) return NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
+}
+
+function load(): string {
+  return loadavg()
+    .map((l) => l.toFixed(1))
+    .join(' ');
+}
+
+async function startControl(redisUrl: string, home: string, name: string): Promise<{ proc: ManagedProcess; api: Api }> {
+  const port = await freePort();
+  const proc = startProcess(
+    name,
+    process.execPath,
+    [join(__dirname, '..', 'cli', 'sf.js'), 'control', '--listen', `127.0.0.1:${port}`, '--redis', redisUrl],
+    { env: { ...process.env, SF_API_TOKEN: TOKEN, SF_HOME: home, SF_LOG: 'warn' } },
+  );
+  await waitForPort(port, '127.0.0.1', 30_000);
+  return { proc, api: new Api(`http://127.0.0.1:${port}`) };
+}
+
+async function isLeader(api: Api): Promise<boolean> {
+  try {
+    const res = await api.call('GET', '/v3/leader');
+    return (res.json as { this_control?: { leader?: boolean } }).this_control?.leader === true;
+  } catch {
+    return false;
+  }
+}
+
+async function commandsProcessed(redis: Redis): Promise<{ total: number; byCommand: Map<string, number> }> {
+  const stats = await redis.info('stats');
+  const total = Number(/total_commands_processed:(\d+)/.exec(stats)?.[1] ?? 0);
+  const byCommand = new Map<string, number>();
+  for (const m of (await redis.info('commandstats')).matchAll(/cmdstat_([^:]+):calls=(\d+)/g))
+    byCommand.set(m[1]!, Number(m[2]));
+  return { total, byCommand };
+}
+
+async function createService(api: Api, name: string, replicas = 0): Promise<number> {
+  const t0 = Date.now();
+  const res = await api.call('POST', '/v3/service_instances', { name, engine: 'redis', replicas });
+  if (res.status !== 201) throw new Error(`create ${name}: ${res.status} ${JSON.stringify(res.json)}`);
+  return t0;
+}
+
+let simulator: Simulator | null = null;
+
+async function main(): Promise<void> {
+  const started = Date.now();
+  const result: Record<string, unknown> = { services: SERVICES, cells: CELLS, loadStart: load() };
+  const home = makeTempDir('sf-scale-');
+  const redisPort = await freePort();
+  startProcess('redis', 'redis-server', [
+    '--port',
+    String(redisPort),
+    '--bind',
+    '127.0.0.1',
+    '--save',
+    '',
+    '--appendonly',
+    'no',
+  ]);
+  await waitForPort(redisPort);
+  const redisUrl = `redis://127.0.0.1:${redisPort}`;
+  const redis = new Redis(redisUrl);
+  const leader = await startControl(redisUrl, home, 'control-1');
+  const api = leader.api;
+  let active = leader;
+  const groups = (await api.call('GET', '/routing/v1/router_groups')).json as Array<{ guid: string; name: string }>;
+  const group = groups.find((g) => g.name === 'default');
+  if (!group) throw new Error('no default router group');
+  const put = await api.call('PUT', `/routing/v1/router_groups/${group.guid}`, { reservable_ports: '16000-40000' });
+  if (put.status !== 200) throw new Error(`router group: ${put.status} ${JSON.stringify(put.json)}`);
+  const sim = new Simulator(redisUrl, CELLS);
+  simulator = sim;
+  await sim.until(() => sim.child.connected, 5_000, 'simulator');
+  await new Promise<void>((resolve) => sim.child.once('message', () => resolve()));
+
+  // 1. N services, created CONCURRENCY at a time, until each primary runs.
+  const t0 = Date.now();
+  let next = 0;
+  let created = 0;
+  const names = Array.from({ length: SERVICES }, (_, i) => `svc-${String(i).padStart(5, '0')}`);
+  await Promise.all(
+    Array.from({ length: Math.max(1, CONCURRENCY) }, async () => {
+      while (next < names.length && Date.now() - started < TIME_LIMIT_MS) {
+        const name = names[next++]!;
+        await createService(api, name);
+        created++;
+        if (created % 500 === 0)
+          process.stderr.write(`  ${created} created in ${((Date.now() - t0) / 1000).toFixed(0)} s (load ${load()})\n`);
+      }
+    }),
+  );
+  const createdAll = Date.now() - t0;
+  await sim.until(
+    () => sim.running.size >= created,
+    Math.max(60_000, TIME_LIMIT_MS - (Date.now() - started)),
+    `${created} instances running`,
+  );
+  result.created = created;
+  result.createAllSeconds = createdAll / 1000;
+  result.allRunningSeconds = (Date.now() - t0) / 1000;
+  process.stderr.write(`  ${created} services running after ${result.allRunningSeconds as number} s\n`);
+
+  // 2. At rest: let the last statuses settle, then measure a window.
+  await sleep(5_000);
+  const cpu0 = groupCpuSeconds(leader.proc.pid);
+  const ops0 = await commandsProcessed(redis);
+  const w0 = Date.now();
+  await sleep(WINDOW_S * 1000);
+  const seconds = (Date.now() - w0) / 1000;
+  const cpu1 = groupCpuSeconds(leader.proc.pid);
+  const ops1 = await commandsProcessed(redis);
+  const top = [...ops1.byCommand]
+    .map(([cmd, calls]) => [cmd, (calls - (ops0.byCommand.get(cmd) ?? 0)) / seconds] as const)
+    .filter(([, rate]) => rate > 0)
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, 8);
+  result.atRest = {
+    controlCpuPercent: (100 * (cpu1 - cpu0)) / seconds,
+    redisOpsPerSecond: (ops1.total - ops0.total) / seconds,
+    topCommands: Object.fromEntries(top),
+    load: load(),
+  };
+
+  // 3. create-service latency with N existing: POST → a cell has the primary's spec.
+  const createLatency: number[] = [];
+  const postLatency: number[] = [];
+  for (let i = 0; i < CREATES; i++) {
+    const name = `probe-${i}`;
+    const t = await createService(api, name);
+    postLatency.push(Date.now() - t);
+    await sim.until(() => sim.scheduled.has(name), 120_000, `${name} scheduled`);
+    createLatency.push(sim.scheduled.get(name)! - t);
+  }
+  result.create = {
+    scheduledP50Ms: percentile(createLatency, 50),
+    scheduledP99Ms: percentile(createLatency, 99),
+    postP50Ms: percentile(postLatency, 50),
+    postP99Ms: percentile(postLatency, 99),
+    samples: createLatency.length,
+    load: load(),
+  };
+
+  // 4. Failover of one service: its primary's engine dies; time until the replica is promoted.
+  await createService(api, 'failover-probe', 1);
+  await sim.until(
+    () => [...sim.running.keys()].filter((id) => id.startsWith('failover-probe-')).length >= 2,
+    120_000,
+    'failover-probe running',
+  );
+  await sleep(3_000);
+  const view = (await api.call('GET', '/v3/service_instances/failover-probe')).json as {
+    instances: Array<{ id: string; role: string }>;
+  };
+  const primaryId = view.instances.find((i) => i.role === 'primary')?.id;
+  if (!primaryId) throw new Error('failover-probe has no primary');
+  const failAt = Date.now();
+  await sim.request({ type: 'fail', instanceId: primaryId }, 'failed');
+  await sim.until(
+    () => sim.orders.some((o) => o.order === 'promote' && o.ok && o.at >= failAt),
+    60_000,
+    'promotion of the failover-probe replica',
+  );
+  const promoted = sim.orders.find((o) => o.order === 'promote' && o.ok && o.at >= failAt)!;
+  result.failover = { promotedMs: promoted.at - failAt, load: load() };
+
+  // 5. Leader failover: a standby takes over after the leader is SIGKILLed.
+  if (!SKIP_LEADER) {
+    const standby = await startControl(redisUrl, home, 'control-2');
+    await sleep(2_000);
+    const fencesBefore = sim.orders.filter((o) => o.order === 'fence').length;
+    const killAt = Date.now();
+    process.kill(-leader.proc.pid, 'SIGKILL');
+    await leader.proc.exited;
+    while (!(await isLeader(standby.api))) {
+      if (Date.now() - killAt > 60_000) throw new Error('the standby did not take over');
+      await sleep(50);
+    }
+    const ledAt = Date.now();
+    const t = await createService(standby.api, 'after-leader-change');
+    await sim.until(() => sim.scheduled.has('after-leader-change'), 60_000, 'a service scheduled by the new leader');
+    await sleep(10_000);
+    result.leaderFailover = {
+      leadsAfterMs: ledAt - killAt,
+      firstScheduledAfterKillMs: sim.scheduled.get('after-leader-change')! - killAt,
+      createScheduledMs: sim.scheduled.get('after-leader-change')! - t,
+      fenceOrdersWithin10s: sim.orders.filter((o) => o.order === 'fence').length - fencesBefore,
+      load: load(),
+    };
+    active = standby;
+  }
+
+  // 6. Bulk deletion of everything created in step 1.
+  if (!SKIP_DELETE) {
+    const d0 = Date.now();
+    let i = 0;
+    await Promise.all(
+      Array.from({ length: Math.max(1, CONCURRENCY) }, async () => {
+        while (i < created) {
+          const name = names[i++]!;
+          await active.api.call('DELETE', `/v3/service_instances/${name}`);
+        }
+      }),
+    );
+    const requested = Date.now() - d0;
+    for (;;) {
+      const count = Number(await redis.hlen('sf:services'));
+      if (count <= CREATES + 2 || Date.now() - d0 > TIME_LIMIT_MS) break;
+      await sleep(500);
+    }
+    result.bulkDelete = { requestsSeconds: requested / 1000, goneSeconds: (Date.now() - d0) / 1000, load: load() };
+  }
+
+  result.simulator = (await sim.request({ type: 'stats' }, 'stats')).stats;
+  result.loadEnd = load();
+  sim.stop();
+  redis.disconnect();
+  const file = writeResults(`control-at-scale-${SERVICES}x${CELLS}`, result);
+  const rest = result.atRest as { controlCpuPercent: number; redisOpsPerSecond: number };
+  const create = result.create as { scheduledP50Ms: number; scheduledP99Ms: number };
+  process.stdout.write(
+    formatTable(
+      ['services', 'cells', 'control CPU %', 'redis ops/s', 'create p50 ms', 'create p99 ms', 'failover ms', 'load'],
+      [
+        [
+          String(created),
+          String(CELLS),
+          formatNumber(rest.controlCpuPercent),
+          formatNumber(rest.redisOpsPerSecond),
+          formatNumber(create.scheduledP50Ms),
+          formatNumber(create.scheduledP99Ms),
+          formatNumber((result.failover as { promotedMs: number }).promotedMs),
+          String(result.loadEnd),
+        ],
+      ],
+    ) + `\n${JSON.stringify(result, null, 2)}\nwrote ${file}\n`,
+  );
+}
+
+main()
+  .catch((err: unknown) => {
+    process.stderr.write(`control-at-scale: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exitCode = 1;
+  })
+  .finally(() => {
+    simulator?.stop();
+    void stopAll();
+  });
