@@ -34,6 +34,8 @@ export const ErrorCode = {
   /** The store holds an older route table than the router applied (it lost data); refused. */
   RouteVersionBackwards: 'SF_ERR_ROUTE_VERSION_BACKWARDS',
   Metrics: 'SF_ERR_METRICS',
+  /** A certificate could not be issued, read or loaded (platform CA, a route's TLS files). */
+  Certificate: 'SF_ERR_CERTIFICATE',
 
   // Control state.
   StaleModificationTag: 'SF_ERR_STALE_MODIFICATION_TAG',
@@ -126,6 +128,7 @@ const HTTP_STATUS: Record<ErrorCodeValue, number> = {
   SF_ERR_ROUTE_SOURCE: 503,
   SF_ERR_ROUTE_VERSION_BACKWARDS: 503,
   SF_ERR_METRICS: 500,
+  SF_ERR_CERTIFICATE: 500,
 
   SF_ERR_STALE_MODIFICATION_TAG: 409,
   SF_ERR_PORT_NOT_RESERVABLE: 422,

@@ -2,5 +2,6 @@
 export * from './errors';
 export * from './logger';
 export * from './options';
+export * from './platform-ca';
 export * from './redis-connection';
 export * from './redis-credentials';

@@ -90,6 +90,56 @@ export const backendSchema = z
   })
   .strict();
 
+const filePathSchema = z
+  .string({ error: 'must be an absolute file path' })
+  .max(4096, 'must be at most 4096 characters')
+  .regex(/^\/[^\0]*$/, 'must be an absolute file path');
+
+/** TLS versions a terminating route may accept at least. */
+export const TLS_MIN_VERSIONS = ['TLSv1.2', 'TLSv1.3'] as const;
+
+/**
+ * TLS between clients and the router (and optionally on to the backend). Certificates are named
+ * by file path on the router's host, never carried inline: a private key must not travel through
+ * the API, the state store or route pushes. The router re-reads the files when they change, so a
+ * renewed certificate serves new connections while established ones keep theirs.
+ */
+export const routeTlsSchema = z
+  .object({
+    /** `terminate`: the router runs the TLS handshake; `passthrough`: the backend does, the router only checks that the client starts TLS. */
+    mode: z.enum(['terminate', 'passthrough'], { error: "must be 'terminate' or 'passthrough'" }).default('terminate'),
+    /** How a client asks for TLS: at once with a ClientHello (`tls`), or first with PostgreSQL's SSLRequest (`postgres`). */
+    startup: z.enum(['tls', 'postgres'], { error: "must be 'tls' or 'postgres'" }).default('tls'),
+    /** `required`: a client that does not start TLS is refused; `optional`: it is relayed in plaintext. */
+    policy: z.enum(['required', 'optional'], { error: "must be 'required' or 'optional'" }).default('required'),
+    certFile: filePathSchema.optional(),
+    keyFile: filePathSchema.optional(),
+    /** Clients must present a certificate signed by one of these CAs (mTLS). */
+    clientCaFile: filePathSchema.optional(),
+    minVersion: z.enum(TLS_MIN_VERSIONS, { error: "must be 'TLSv1.2' or 'TLSv1.3'" }).default('TLSv1.2'),
+    /** ALPN protocols offered, in order of preference (RFC 7301). */
+    alpn: z
+      .array(z.string().min(1, 'must be 1-255 characters').max(255, 'must be 1-255 characters'))
+      .min(1, 'must list at least one protocol')
+      .max(16, 'must list at most 16 protocols')
+      .optional(),
+    /** Also connect to the backend over TLS (as `tls: true` does). */
+    backend: z.boolean().optional(),
+  })
+  .strict()
+  .superRefine((tls, ctx) => {
+    if (tls.mode === 'terminate') {
+      for (const f of ['certFile', 'keyFile'] as const)
+        if (!tls[f]) ctx.addIssue({ code: 'custom', path: [f], message: "is required when mode is 'terminate'" });
+    } else {
+      for (const f of ['certFile', 'keyFile', 'clientCaFile', 'alpn', 'backend'] as const)
+        if (tls[f] !== undefined)
+          ctx.addIssue({ code: 'custom', path: [f], message: "applies only when mode is 'terminate'" });
+    }
+  });
+
+export type RouteTls = z.output<typeof routeTlsSchema>;
+
 export const routeSchema = z
   .object({
     port: portSchema,
@@ -113,8 +163,19 @@ export const routeSchema = z
       .max(100)
       .optional(),
     proxyProtocol: z.union([z.literal(1), z.literal(2)], { error: 'must be 1 or 2' }).optional(),
-    /** TLS towards the backend. */
-    tls: z.boolean().optional(),
+    /** `true`: TLS towards the backend only; an object: TLS with clients (routeTlsSchema). */
+    tls: z
+      .union([z.boolean(), z.record(z.string(), z.unknown())], { error: 'must be a boolean or a TLS settings object' })
+      .transform((value, ctx): boolean | RouteTls => {
+        // Parsed here rather than as a union member, so an error names the field inside
+        // (routes[0].tls.minVersion), not just the union.
+        if (typeof value === 'boolean') return value;
+        const parsed = routeTlsSchema.safeParse(value);
+        if (parsed.success) return parsed.data;
+        for (const issue of parsed.error.issues) ctx.addIssue({ ...issue } as Parameters<typeof ctx.addIssue>[0]);
+        return z.NEVER;
+      })
+      .optional(),
     maxConnections: z.number().int().min(1).max(10_000_000).optional(),
     connectTimeoutMs: z.number().int().min(1).max(3_600_000).optional(),
     idleTimeoutMs: z.number().int().min(0).max(604_800_000).optional(),
@@ -152,7 +213,7 @@ export interface RouteSettings {
   mode: RouteMode;
   sni?: string[];
   proxyProtocol?: 1 | 2;
-  tls?: boolean;
+  tls?: boolean | RouteTls;
   maxConnections?: number;
   connectTimeoutMs?: number;
   idleTimeoutMs?: number;
@@ -190,6 +251,15 @@ export function checkTableInvariants(table: RouteTable): void {
     const seen = byPort.get(route.port) ?? { names: new Map<string, number>(), defaultAt: undefined };
     byPort.set(route.port, seen);
     const names = route.sni ?? [];
+    // A shared port is routed by the ClientHello's name without terminating TLS; a route with
+    // TLS settings of its own needs its port to itself.
+    if (names.length > 0 && typeof route.tls === 'object') {
+      throw new SfError(
+        ErrorCode.InvalidRouteTable,
+        `routes[${i}].tls settings cannot be combined with sni (a port shared by server name is never terminated)`,
+        `routes[${i}].tls`,
+      );
+    }
     if (names.length === 0) {
       if (seen.defaultAt !== undefined) {
         throw new SfError(
@@ -268,6 +338,16 @@ export function routeLimits(route: Route): {
     idleTimeoutMs: route.idleTimeoutMs ?? DEFAULT_ROUTE_LIMITS.idleTimeoutMs,
     drainTimeoutMs: route.drainTimeoutMs ?? DEFAULT_ROUTE_LIMITS.drainTimeoutMs,
   };
+}
+
+/** True when the router connects to the route's backends over TLS. */
+export function backendTls(route: Route): boolean {
+  return route.tls === true || (typeof route.tls === 'object' && route.tls.backend === true);
+}
+
+/** The route's TLS with clients, or undefined for a plain route (or one with backend TLS only). */
+export function clientTls(route: Route): RouteTls | undefined {
+  return typeof route.tls === 'object' ? route.tls : undefined;
 }
 
 /** True when a backend may receive new connections. */

@@ -46,6 +46,21 @@ const ROUTE_COUNTERS: Array<{ name: string; help: string; field: CounterField }>
     field: 'refusedSelfLoop',
   },
   {
+    name: 'sf_router_tls_handshakes_total',
+    help: 'TLS handshakes the router completed as the server on terminating routes.',
+    field: 'tlsHandshakes',
+  },
+  {
+    name: 'sf_router_tls_handshake_errors_total',
+    help: 'Clients whose TLS start failed (handshake error, no certificate loaded, timeout).',
+    field: 'tlsHandshakeErrors',
+  },
+  {
+    name: 'sf_router_refused_plaintext_total',
+    help: 'Clients refused because their route requires TLS and they spoke plaintext.',
+    field: 'refusedPlaintext',
+  },
+  {
     name: 'sf_router_fenced_kills_total',
     help: 'Connections destroyed because their backend was fenced.',
     field: 'killedFenced',

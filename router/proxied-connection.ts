@@ -5,12 +5,13 @@
  */
 import { connect as netConnect, isIP, type LookupFunction, type Server, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
-import { type Backend, type Route, routeLimits } from '../protocol';
+import { type Backend, type Route, backendTls, routeLimits } from '../protocol';
 import { proxyHeader } from './proxy-protocol';
 import { FORWARDERS_ENABLED, ReadForwarder, tagForwarder } from './read-forwarder';
 import type { Relay, RelayCloseReason, RelayedPair } from './relay';
 import type { RouteStats } from './route-stats';
 import { SELF_LOOP_ERROR_CODE } from './self-address';
+import { resetAndDestroy } from './socket-reset';
 
 /** What the connection needs from the listener that accepted it. */
 export interface ConnectionHost {
@@ -75,8 +76,8 @@ export class ProxiedConnection {
       this.pair.destroy(true);
       return;
     }
-    this.backendSocket?.resetAndDestroy();
-    this.client.resetAndDestroy();
+    if (this.backendSocket) resetAndDestroy(this.backendSocket);
+    resetAndDestroy(this.client);
     this.finish('aborted');
   }
 
@@ -125,7 +126,7 @@ export class ProxiedConnection {
     const route = this.host.currentRoute();
     const { connectTimeoutMs } = routeLimits(route);
     const lookup = this.host.backendLookup(backend);
-    const socket = route.tls
+    const socket = backendTls(route)
       ? tlsConnect({
           host: backend.host,
           port: backend.port,
@@ -135,7 +136,7 @@ export class ProxiedConnection {
       : this.connectPlain(backend, lookup);
     this.backendSocket = socket;
     socket.on('error', this.onConnectError);
-    socket.once(route.tls ? 'secureConnect' : 'connect', this.onBackendConnect);
+    socket.once(backendTls(route) ? 'secureConnect' : 'connect', this.onBackendConnect);
     this.connectTimer = setTimeout(this.onConnectTimeout, connectTimeoutMs);
   }
 

@@ -6,6 +6,7 @@
 import type { Socket } from 'node:net';
 import { forwarderOf, resumeForwarded } from './read-forwarder';
 import type { Relay, RelayCallbacks, RelayCloseReason, RelayedPair, RelayOptions } from './relay';
+import { resetAndDestroy } from './socket-reset';
 
 class JsRelayedPair implements RelayedPair {
   private closed = false;
@@ -66,8 +67,8 @@ class JsRelayedPair implements RelayedPair {
   private kill(reset: boolean): void {
     if (reset) {
       // RST with SO_LINGER 0 drops whatever is still queued towards the backend.
-      this.backend.resetAndDestroy();
-      this.client.resetAndDestroy();
+      resetAndDestroy(this.backend);
+      resetAndDestroy(this.client);
     } else {
       this.backend.destroy();
       this.client.destroy();

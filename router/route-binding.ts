@@ -10,7 +10,9 @@ import { createBalancer } from './balancer-factory';
 import type { Logger } from '../common';
 import { ProxiedConnection, setSocketOptions, type ConnectionHost } from './proxied-connection';
 import type { Relay, RelayCloseReason } from './relay';
-import { routeLimits, type Backend, type Route } from '../protocol';
+import { clientTls, routeLimits, type Backend, type Route } from '../protocol';
+import { startClientTls } from './client-tls';
+import { ServerTlsContext, sameTlsSettings } from './tls-context';
 import { newRouteStats, type RouteStats } from './route-stats';
 import type { ListenAddress } from './self-address';
 
@@ -37,6 +39,8 @@ export interface ListenerEnvironment {
   ownAddressHit(host: string, port: number): ListenAddress | undefined;
   /** For a name on a port the router listens on: a lookup that refuses the router's addresses. */
   lookupFor(host: string, port: number): LookupFunction | undefined;
+  /** A terminating route's certificate could not be loaded (message names files, never contents). */
+  certificateProblem(binding: RouteBinding, message: string): void;
   /** A backend of `binding` was not connected to because it is the router itself. */
   selfLoopRefused(binding: RouteBinding, backend: Backend, detail: string): void;
   /** False while a fail-closed router has lost its route source. */
@@ -82,6 +86,8 @@ export class RouteBinding implements ConnectionHost {
   readonly connections = new Set<ProxiedConnection>();
   private route: Route;
   private balancer: Balancer;
+  /** The certificate of a terminating route, reloaded when its files change. */
+  private serverTls: ServerTlsContext | undefined;
   private readonly activeByBackend = new Map<string, number>();
   private onEmpty: (() => void) | undefined;
   /**
@@ -99,6 +105,7 @@ export class RouteBinding implements ConnectionHost {
     this.relay = env.relay;
     this.keepAliveMs = env.keepAliveMs;
     this.balancer = this.buildBalancer(route);
+    this.serverTls = this.buildServerTls(route);
   }
 
   currentRoute(): Route {
@@ -138,8 +145,11 @@ export class RouteBinding implements ConnectionHost {
 
   /** Takes a new version of this port's route; returns how many connections were killed. */
   update(route: Route): number {
+    const tlsChanged = !sameTlsSettings(clientTls(this.route), clientTls(route));
     this.route = route;
     this.balancer = this.buildBalancer(route);
+    // New settings (other files, a client CA) apply to new handshakes; established sessions stay.
+    if (tlsChanged) this.serverTls = this.buildServerTls(route);
     let killed = 0;
     for (const conn of this.connections) {
       if (!conn.backend) continue;
@@ -190,6 +200,35 @@ export class RouteBinding implements ConnectionHost {
   selfLoopDetected(backend: Backend, detail: string): void {
     this.stats.refusedSelfLoop++;
     this.env.selfLoopRefused(this, backend, detail);
+  }
+
+  tlsContext(): ServerTlsContext | undefined {
+    return this.serverTls;
+  }
+
+  certificateProblem(message: string): void {
+    this.env.certificateProblem(this, message);
+  }
+
+  private buildServerTls(route: Route): ServerTlsContext | undefined {
+    const tls = clientTls(route);
+    if (tls?.mode !== 'terminate') return undefined;
+    const context = new ServerTlsContext(tls);
+    if (context.lastError) this.env.certificateProblem(this, context.lastError.message);
+    return context;
+  }
+
+  /**
+   * Takes a client accepted on this route's port; a route with TLS settings first runs the
+   * client's TLS start (router/client-tls.ts), which hands the client back to `accept`.
+   */
+  acceptClient(client: Socket, optionsInherited: boolean, timeoutMs: number): void {
+    if (clientTls(this.route) === undefined) {
+      this.accept(client, undefined, optionsInherited);
+      return;
+    }
+    if (!optionsInherited) setSocketOptions(client, this.keepAliveMs);
+    startClientTls(client, this, timeoutMs);
   }
 
   private buildBalancer(route: Route): Balancer {

@@ -8,7 +8,7 @@ import { ErrorCode, SfError } from '../common';
 import { acceptWithForwarders } from './accept-with-forwarder';
 import { FORWARDERS_ENABLED } from './read-forwarder';
 import { openReusePortFd } from './reuseport';
-import type { Route } from '../protocol';
+import { clientTls, type Route } from '../protocol';
 import { setListenerSocketOptions } from './proxied-connection';
 import { RouteBinding, bindingKey, type ListenerEnvironment } from './route-binding';
 import { hostMatches, parseClientHelloSni } from './sni';
@@ -60,7 +60,16 @@ export class RouteListener {
       this.server.listen({ ...where, backlog: this.env.backlog }, () => {
         // Only plain ports: a shared TLS port reads the ClientHello through 'data' events.
         if (FORWARDERS_ENABLED)
-          acceptWithForwarders(this.server, () => this.env.relay.kind === 'js' && this.plainBinding() !== undefined);
+          acceptWithForwarders(
+            this.server,
+            // A route with TLS settings reads the client's first bytes through 'data' events.
+            () => {
+              const plain = this.plainBinding();
+              return (
+                this.env.relay.kind === 'js' && plain !== undefined && clientTls(plain.currentRoute()) === undefined
+              );
+            },
+          );
         this.server.removeListener('error', onError);
         this.optionsInherited = setListenerSocketOptions(this.server, this.env.keepAliveMs);
         this.server.on('error', (err) => this.env.logger.error({ err, port: this.port }, 'listener error'));
@@ -136,7 +145,7 @@ export class RouteListener {
     }
     const plain = this.plainBinding();
     if (plain) {
-      plain.accept(client, undefined, this.optionsInherited);
+      plain.acceptClient(client, this.optionsInherited, this.env.clientHelloTimeoutMs);
       return;
     }
     this.readServerName(client);

@@ -20,6 +20,12 @@ export interface RouteStats {
   killedFenced: number;
   killedDrained: number;
   idleTimeouts: number;
+  /** TLS handshakes the router completed as the server (terminating routes). */
+  tlsHandshakes: number;
+  /** Clients whose TLS start failed: handshake error, no certificate loaded, timeout. */
+  tlsHandshakeErrors: number;
+  /** Clients refused because the route requires TLS and they spoke plaintext. */
+  refusedPlaintext: number;
 }
 
 export function newRouteStats(port: number, sni = ''): RouteStats {
@@ -38,5 +44,8 @@ export function newRouteStats(port: number, sni = ''): RouteStats {
     killedFenced: 0,
     killedDrained: 0,
     idleTimeouts: 0,
+    tlsHandshakes: 0,
+    tlsHandshakeErrors: 0,
+    refusedPlaintext: 0,
   };
 }

@@ -6,7 +6,7 @@ import type { LookupFunction } from 'node:net';
 import { ErrorCode, SfError, createLogger, type Logger, withDefaults } from '../common';
 import type { Relay } from './relay';
 import { createJsRelay } from './relay-js';
-import type { Backend, Route, RouteTable } from '../protocol';
+import { backendTls, clientTls, type Backend, type Route, type RouteTable } from '../protocol';
 import { bindingKey, type ListenerEnvironment, type RouteBinding } from './route-binding';
 import { RouteListener } from './route-listener';
 import { globalConnectionLimit, readFdLimit, routeReserve } from './connection-budget';
@@ -47,6 +47,17 @@ export interface RouterStatus {
   connectionLimit: number;
   /** The soft RLIMIT_NOFILE read at start; null where it could not be read. */
   fdLimit: number | null;
+  /** Ports with TLS settings and the relay their connections use (terminated TLS is relayed in JS). */
+  tlsPorts: TlsPortStatus[];
+}
+
+export interface TlsPortStatus {
+  port: number;
+  /** `terminate` or `passthrough` with clients; `backend` for TLS towards the backend only. */
+  tls: 'terminate' | 'passthrough' | 'backend';
+  relay: Relay['kind'];
+  /** Why the route's certificate is not loaded, when it is not. */
+  certificateError?: string;
 }
 
 export class Router {
@@ -109,6 +120,14 @@ export class Router {
           `self-loop:${port}:${sni}:${backend.id}`,
           { port, sni, backend: backend.id, host: backend.host, backendPort: backend.port },
           `backend not connected: it is the router itself (${detail})`,
+        );
+      },
+      certificateProblem: (binding, message) => {
+        const { port } = binding.stats;
+        this.limitLog.warn(
+          `tls:${port}`,
+          { port, code: ErrorCode.Certificate },
+          `route certificate not loaded: ${message}`,
         );
       },
       serving: () => this.serving(),
@@ -315,7 +334,28 @@ export class Router {
       serving: this.serving(),
       connectionLimit: this.connectionLimit,
       fdLimit: this.fdLimit ?? null,
+      tlsPorts: this.tlsPorts(),
     };
+  }
+
+  private tlsPorts(): TlsPortStatus[] {
+    const out: TlsPortStatus[] = [];
+    for (const listener of this.listeners.values()) {
+      for (const binding of listener.bindings.values()) {
+        const route = binding.currentRoute();
+        const tls = clientTls(route);
+        if (!tls && !backendTls(route)) continue;
+        const js = tls?.mode === 'terminate' || backendTls(route);
+        const error = binding.tlsContext()?.lastError?.message;
+        out.push({
+          port: route.port,
+          tls: tls?.mode ?? 'backend',
+          relay: js ? 'js' : this.relay.kind,
+          ...(error ? { certificateError: error } : {}),
+        });
+      }
+    }
+    return out;
   }
 
   /** Clients refused because the router-wide limit (or another route's reservation) was reached. */
