@@ -43,6 +43,10 @@ export function registerRouterCommand(program: Command): void {
         .choices(['keep-last', 'fail-closed'])
         .default('keep-last'),
     )
+    .option(
+      '--threads <n>',
+      'native relay threads accepting, connecting and relaying in this process (default: number of cores)',
+    )
     .option('--workers <n>', 'router processes sharing each port with SO_REUSEPORT (needs the native addon)', '1')
     .addOption(
       new Option('--relay <kind>', 'byte mover: native splice relay or pure JS')

@@ -9,6 +9,7 @@ import { hostname } from 'node:os';
 import { Router } from '../router/router';
 import { FileRouteSource } from '../router/route-source-file';
 import { createRouterMetrics } from '../router/metrics';
+import { availableParallelism } from 'node:os';
 import { selectRelay, type RelayChoice } from '../router/relay-select';
 import { startAdminServer } from '../router/admin-server';
 import type { RouteSource } from '../router/route-source';
@@ -33,6 +34,7 @@ export interface RouterFlags {
   onDisconnect: 'keep-last' | 'fail-closed';
   relay: RelayChoice;
   workers: string;
+  threads?: string;
 }
 
 async function routeSource(flags: RouterFlags): Promise<RouteSource> {
@@ -64,6 +66,16 @@ export async function runRouter(flags: RouterFlags): Promise<void> {
   const workers = parseIntFlag(flags.workers, '--workers', 1, 256);
   const worker = routerWorkerIndex();
   if (workers > 1 && worker === undefined) return superviseRouterWorkers(workers, createLogger('router'));
+  // One process uses every core through relay threads; a worker process (the older way to use
+  // more cores) runs one thread unless told otherwise.
+  const threads =
+    flags.threads !== undefined
+      ? parseIntFlag(flags.threads, '--threads', 1, 256)
+      : process.env.SF_NATIVE_RELAY_THREADS !== undefined
+        ? undefined
+        : workers > 1
+          ? 1
+          : availableParallelism();
   const admin = parseHostPort(flags.admin, '--admin');
   admin.port = workerAdminPort(admin.port, worker);
   const source = await routeSource(flags);
@@ -73,7 +85,7 @@ export async function runRouter(flags: RouterFlags): Promise<void> {
     keepAliveMs: parseIntFlag(flags.keepaliveMs, '--keepalive-ms', 0),
     backlog: parseIntFlag(flags.backlog, '--backlog', 1, 65535),
     onDisconnect: flags.onDisconnect,
-    relay: selectRelay(flags.relay),
+    relay: selectRelay(flags.relay, { threads }),
     reusePort: workers > 1,
     // No backend may be the admin endpoint; with port 0 it is known only once listening.
     ownAddresses: admin.port !== 0 ? [admin] : [],

@@ -6,6 +6,11 @@ import { existsSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { join } from 'node:path';
 
+/** Opaque handle of one router's connection budget (and serving switch) inside the addon. */
+export interface NativeBudgetHandle {
+  readonly __nativeBudget: unique symbol;
+}
+
 /** Opaque handle of one relayed pair inside the addon. */
 export interface NativePairHandle {
   readonly __nativePair: unique symbol;
@@ -57,7 +62,83 @@ export interface NativeBindings {
   listenTcp(host: string, port: number, backlog: number, reusePort: boolean, ipv6Only: boolean): number;
   setTcpUserTimeout(fd: number, timeoutMs: number): void;
   setKeepAlive(fd: number, enable: boolean, idleSeconds: number, intervalSeconds: number, count: number): void;
+
+  // Native accept path (docs/native-relay.md): the addon owns the port, accepts, connects, relays.
+  /** Receives batches of `[kind, portId, port, ...]` triples (NativeAcceptEvent kinds). */
+  initEvents(onEvents: (flat: number[]) => void): void;
+  /** One router's connection budget; its ports and JS path admit clients against it. */
+  createBudget(): NativeBudgetHandle;
+  /** Listens on `host`:`port` and returns the port's id; throws a system error when refused. */
+  openPort(
+    budget: NativeBudgetHandle,
+    host: string,
+    port: number,
+    backlog: number,
+    reusePort: boolean,
+    keepAliveMs: number,
+  ): number;
+  /**
+   * The port's route, pushed on every table change: backends as parallel arrays, `numbers` holding
+   * port, weight, epoch, state (NATIVE_BACKEND_STATE) and primary (1/0) per backend. Fenced
+   * connections are reset before it returns; returns how many.
+   */
+  setRoute(
+    portId: number,
+    mode: number,
+    connectTimeoutMs: number,
+    idleTimeoutMs: number,
+    drainTimeoutMs: number,
+    maxConnections: number,
+    ids: string[],
+    hosts: string[],
+    numbers: number[],
+  ): number;
+  /** Stops accepting now (closes the listening socket) and drains the port's connections. */
+  retirePort(portId: number): boolean;
+  /** Forgets a retired port with no connection left; false while some remain. */
+  releasePort(portId: number): boolean;
+  killAll(portId: number): number;
+  /** Counters in NATIVE_PORT_STAT_FIELDS order, undefined for an unknown port. */
+  portStats(portId: number): number[] | undefined;
+  activeFor(portId: number, backendId: string): number;
+  setServing(budget: NativeBudgetHandle, serving: boolean): void;
+  rebudget(
+    budget: NativeBudgetHandle,
+    limit: number,
+    reserve: number,
+    reservedBindings: number,
+    jsReservedInUse: number,
+  ): void;
+  admit(budget: NativeBudgetHandle, ownActive: number, reserved: boolean): boolean;
+  release(budget: NativeBudgetHandle, ownActiveAfter: number, reserved: boolean): void;
+  /** `[active, refusedGlobal]` of the router-wide budget. */
+  budgetStats(budget: NativeBudgetHandle): [number, number];
 }
+
+/** The addon's `sf::NativeEvent::Kind`. */
+export const NativeAcceptEvent = ['route-limit', 'global-limit', 'self-loop'] as const;
+
+/** The addon's `sf::BackendSpec::State`. */
+export const NATIVE_BACKEND_STATE = { active: 0, draining: 1, fenced: 2, selfLoop: 3 } as const;
+
+/** The addon's `sf::RouteMode`. */
+export const NATIVE_ROUTE_MODE = { primary: 0, 'round-robin': 1, 'least-conn': 2 } as const;
+
+/** The order of `portStats()`; the addon's `sf::PortCounters`. */
+export const NATIVE_PORT_STAT_FIELDS = [
+  'active',
+  'total',
+  'bytesIn',
+  'bytesOut',
+  'connectErrors',
+  'connectTimeouts',
+  'refusedNoBackend',
+  'refusedMaxConnections',
+  'refusedSelfLoop',
+  'killedFenced',
+  'killedDrained',
+  'idleTimeouts',
+] as const;
 
 /** Where the addon may be: next to this file's source, or beside the compiled copy in dist/. */
 const CANDIDATES = [

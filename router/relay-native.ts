@@ -19,6 +19,7 @@ import {
 } from '../native-bindings';
 import type { Relay, RelayCallbacks, RelayCloseReason, RelayedPair, RelayOptions } from './relay';
 import { createJsRelay } from './relay-js';
+import { NativeAcceptor } from './native-accept';
 
 export interface NativeRelayOptions {
   /**
@@ -238,10 +239,15 @@ export function createNativeRelay(options: NativeRelayOptions = {}): Relay | und
     pipeSize: options.pipeSize ?? DEFAULT_NATIVE_RELAY_OPTIONS.pipeSize,
   });
   const shared = engine;
+  // One acceptor (connection budget) per relay, so per router. SF_NATIVE_ACCEPT=off keeps every
+  // port on the JS accept path (for comparison and diagnosis).
+  const acceptor = process.env.SF_NATIVE_ACCEPT !== 'off' ? new NativeAcceptor(bindings) : undefined;
   // TLS towards a backend is encrypted inside Node, so its bytes cannot be spliced.
   const jsRelay = createJsRelay();
   return {
     kind: 'native',
+    ...(acceptor ? { acceptor } : {}),
+    threads: shared.bindings.stats().threads,
     start(client: Socket, backend: Socket, relayOptions: RelayOptions, callbacks: RelayCallbacks): RelayedPair {
       if (client instanceof TLSSocket || backend instanceof TLSSocket)
         return jsRelay.start(client, backend, relayOptions, callbacks);

@@ -8,21 +8,28 @@ import { createJsRelay } from './relay-js';
 
 export type RelayChoice = 'auto' | 'js' | 'native';
 
-function loadNativeRelay(): Relay | undefined {
+function loadNativeRelay(options: NativeRelayThreads): Relay | undefined {
   try {
     // Loaded lazily so that a router without the addon never touches native code.
     // eslint-disable-next-line @typescript-eslint/no-require-imports -- a lazy load is the point here
-    const mod = require('./relay-native') as { createNativeRelay?: () => Relay | undefined };
-    return mod.createNativeRelay?.();
+    const mod = require('./relay-native') as {
+      createNativeRelay?: (o: NativeRelayThreads) => Relay | undefined;
+    };
+    return mod.createNativeRelay?.(options);
   } catch {
     return undefined;
   }
 }
 
-export function selectRelay(choice: RelayChoice = 'auto'): Relay {
+/** The native relay's thread count (`sf router --threads`); SF_NATIVE_RELAY_THREADS or 1 when unset. */
+export interface NativeRelayThreads {
+  threads?: number;
+}
+
+export function selectRelay(choice: RelayChoice = 'auto', options: NativeRelayThreads = {}): Relay {
   const wanted = choice === 'auto' ? ((process.env.SF_RELAY as RelayChoice | undefined) ?? 'auto') : choice;
   if (wanted === 'js') return createJsRelay();
-  const native = loadNativeRelay();
+  const native = loadNativeRelay(options);
   if (native) return native;
   if (wanted === 'native') {
     throw new SfError(

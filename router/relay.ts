@@ -5,6 +5,7 @@
  * The router keeps every decision (accept, route, connect, fence); a relay only moves bytes.
  */
 import type { Socket } from 'node:net';
+import type { NativeAcceptor } from './native-accept';
 
 export type RelayCloseReason =
   'client-closed' | 'backend-closed' | 'client-error' | 'backend-error' | 'idle-timeout' | 'killed';
@@ -33,6 +34,13 @@ export interface RelayedPair {
 
 export interface Relay {
   readonly kind: 'js' | 'native';
+  /**
+   * The native accept path (router/native-accept.ts): route ports that need no JavaScript per
+   * connection are accepted, connected and relayed by the addon alone. Native relay only.
+   */
+  readonly acceptor?: NativeAcceptor;
+  /** Threads moving bytes (the native relay's loop threads); the JS relay runs on the event loop. */
+  readonly threads?: number;
   /** Starts moving bytes; both sockets are connected and owned by the relay from here on. */
   start(client: Socket, backend: Socket, options: RelayOptions, callbacks: RelayCallbacks): RelayedPair;
 }

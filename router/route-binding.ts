@@ -15,6 +15,7 @@ import { startClientTls } from './client-tls';
 import { ServerTlsContext, sameTlsSettings } from './tls-context';
 import { newRouteStats, type RouteStats } from './route-stats';
 import type { ListenAddress } from './self-address';
+import type { NativeAcceptor } from './native-accept';
 
 export interface ListenerEnvironment {
   relay: Relay;
@@ -26,6 +27,8 @@ export interface ListenerEnvironment {
   /** How long a shared TLS port waits for a client's ClientHello. */
   clientHelloTimeoutMs: number;
   keepAliveMs: number;
+  /** The native accept path, when the native relay runs and it is not switched off. */
+  acceptor?: NativeAcceptor;
   /**
    * Shared across listeners: admits a connection of `binding` (whose `stats.active` does not
    * count it yet) under the router-wide limit, less what is reserved for the other routes.
@@ -95,6 +98,9 @@ export class RouteBinding implements ConnectionHost {
    * retiring ones do not); the router sets it whenever a table is applied.
    */
   reserved = false;
+  /** Set when the addon accepts this route's clients: counters and connections live there. */
+  private native: { acceptor: NativeAcceptor; id: number } | undefined;
+  private releaseTimer: NodeJS.Timeout | undefined;
 
   constructor(
     route: Route,
@@ -127,7 +133,53 @@ export class RouteBinding implements ConnectionHost {
   }
 
   activeFor(backendId: string): number {
+    if (this.native) return this.native.acceptor.activeFor(this.native.id, backendId);
     return this.activeByBackend.get(backendId) ?? 0;
+  }
+
+  /** True when the addon accepts this route's clients (router/native-accept.ts). */
+  get nativePath(): boolean {
+    return this.native !== undefined;
+  }
+
+  /** Hands the route to the addon's port `id`; from now on the addon accepts its clients. */
+  attachNative(acceptor: NativeAcceptor, id: number): void {
+    this.native = { acceptor, id };
+    acceptor.setRoute(id, this.route, this.selfLoopBackend);
+  }
+
+  /** The counters with live connections' bytes folded in, read at scrape time. */
+  snapshot(): RouteStats {
+    if (this.native) {
+      const n = this.native.acceptor.stats(this.native.id);
+      if (!n) return { ...this.stats, active: 0 };
+      return {
+        ...this.stats,
+        active: n.active,
+        total: n.total,
+        closedBytesIn: n.bytesIn,
+        closedBytesOut: n.bytesOut,
+        connectErrors: n.connectErrors,
+        connectTimeouts: n.connectTimeouts,
+        refusedNoBackend: n.refusedNoBackend,
+        refusedMaxConnections: n.refusedMaxConnections,
+        refusedSelfLoop: n.refusedSelfLoop,
+        killedFenced: n.killedFenced,
+        killedDrained: n.killedDrained,
+        idleTimeouts: n.idleTimeouts,
+      };
+    }
+    let liveIn = 0;
+    let liveOut = 0;
+    for (const c of this.connections) {
+      liveIn += c.bytesIn;
+      liveOut += c.bytesOut;
+    }
+    return {
+      ...this.stats,
+      closedBytesIn: this.stats.closedBytesIn + liveIn,
+      closedBytesOut: this.stats.closedBytesOut + liveOut,
+    };
   }
 
   connectionClosed(conn: ProxiedConnection, reason: RelayCloseReason | 'refused' | 'aborted'): void {
@@ -147,6 +199,7 @@ export class RouteBinding implements ConnectionHost {
   update(route: Route): number {
     const tlsChanged = !sameTlsSettings(clientTls(this.route), clientTls(route));
     this.route = route;
+    if (this.native) return this.native.acceptor.setRoute(this.native.id, route, this.selfLoopBackend);
     this.balancer = this.buildBalancer(route);
     // New settings (other files, a client CA) apply to new handshakes; established sessions stay.
     if (tlsChanged) this.serverTls = this.buildServerTls(route);
@@ -172,6 +225,20 @@ export class RouteBinding implements ConnectionHost {
 
   /** The route left the table: drain what is connected, then call `onGone`. */
   retire(onGone: () => void): void {
+    if (this.native) {
+      const { acceptor, id } = this.native;
+      acceptor.retire(id);
+      // The addon drains on its own; the port is forgotten once its last connection is gone.
+      const check = (): void => {
+        if (!acceptor.release(id)) return;
+        clearInterval(this.releaseTimer);
+        onGone();
+      };
+      this.releaseTimer = setInterval(check, 100);
+      this.releaseTimer.unref();
+      check();
+      return;
+    }
     const drainMs = routeLimits(this.route).drainTimeoutMs;
     if (this.connections.size === 0) {
       onGone();
@@ -183,6 +250,7 @@ export class RouteBinding implements ConnectionHost {
 
   /** Cuts every connection at once (fail-closed, shutdown). */
   killAll(): void {
+    if (this.native) this.native.acceptor.killAll(this.native.id);
     for (const conn of this.connections) conn.kill();
   }
 
@@ -230,6 +298,8 @@ export class RouteBinding implements ConnectionHost {
     if (!optionsInherited) setSocketOptions(client, this.keepAliveMs);
     startClientTls(client, this, timeoutMs);
   }
+
+  private readonly selfLoopBackend = (b: Backend): boolean => this.env.ownAddressHit(b.host, b.port) !== undefined;
 
   private buildBalancer(route: Route): Balancer {
     return createBalancer(route, { active: (id) => this.activeFor(id) });

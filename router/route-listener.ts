@@ -12,6 +12,7 @@ import { clientTls, type Route } from '../protocol';
 import { setListenerSocketOptions } from './proxied-connection';
 import { RouteBinding, bindingKey, type ListenerEnvironment } from './route-binding';
 import { hostMatches, parseClientHelloSni } from './sni';
+import { jsPathReason, type NativeAcceptEventKind } from './native-accept';
 
 export class RouteListener {
   /** Routes on this port by binding key ('' = the port's default route). */
@@ -20,7 +21,12 @@ export class RouteListener {
   readonly retiring = new Set<RouteBinding>();
   /** Clients on a shared TLS port whose server name matched no route (and no default route). */
   refusedUnknownServerName = 0;
-  private readonly server: Server;
+  /**
+   * Why this port is accepted in JS ('sni', 'proxy-protocol', 'tls', 'host-name', 'no-addon'), or
+   * undefined when the addon accepts it (router/native-accept.ts). Decided when the port opens.
+   */
+  readonly jsReason: string | undefined;
+  private readonly server: Server | undefined;
   private retired = false;
   /** Accepted clients inherit TCP_NODELAY and keepalive from the listening socket. */
   private optionsInherited = false;
@@ -31,12 +37,25 @@ export class RouteListener {
     private readonly env: ListenerEnvironment,
   ) {
     for (const route of routes) this.bindings.set(bindingKey(route), new RouteBinding(route, env));
+    this.jsReason = env.acceptor ? jsPathReason(routes) : 'no-addon';
     // pauseOnConnect keeps the client's first bytes in the kernel until a backend is connected
     // (and a PROXY header, if any, is written ahead of them).
-    this.server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, this.onConnection);
+    if (this.jsReason !== undefined)
+      this.server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, this.onConnection);
+  }
+
+  /**
+   * False when `routes` need the JS path but this port is accepted natively (a PROXY header or
+   * SNI was added): the router then closes the port and opens it again on the JS path. A JS port
+   * whose routes no longer need JS stays on the JS path until it leaves the table.
+   */
+  canServe(routes: Route[]): boolean {
+    return this.jsReason !== undefined || jsPathReason(routes) === undefined;
   }
 
   listen(): Promise<void> {
+    const server = this.server;
+    if (server === undefined) return this.listenNative();
     return new Promise((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException): void => {
         reject(
@@ -46,7 +65,7 @@ export class RouteListener {
           ),
         );
       };
-      this.server.once('error', onError);
+      server.once('error', onError);
       let fd: number | undefined;
       try {
         fd = this.env.reusePort
@@ -57,11 +76,11 @@ export class RouteListener {
         return;
       }
       const where = fd !== undefined ? { fd } : { host: this.env.bindHost, port: this.port };
-      this.server.listen({ ...where, backlog: this.env.backlog }, () => {
+      server.listen({ ...where, backlog: this.env.backlog }, () => {
         // Only plain ports: a shared TLS port reads the ClientHello through 'data' events.
         if (FORWARDERS_ENABLED)
           acceptWithForwarders(
-            this.server,
+            server,
             // A route with TLS settings reads the client's first bytes through 'data' events.
             () => {
               const plain = this.plainBinding();
@@ -70,12 +89,46 @@ export class RouteListener {
               );
             },
           );
-        this.server.removeListener('error', onError);
-        this.optionsInherited = setListenerSocketOptions(this.server, this.env.keepAliveMs);
-        this.server.on('error', (err) => this.env.logger.error({ err, port: this.port }, 'listener error'));
+        server.removeListener('error', onError);
+        this.optionsInherited = setListenerSocketOptions(server, this.env.keepAliveMs);
+        server.on('error', (err) => this.env.logger.error({ err, port: this.port }, 'listener error'));
         resolve();
       });
     });
+  }
+
+  /** The addon listens, accepts and relays; the binding pushes the route to it. */
+  private listenNative(): Promise<void> {
+    const acceptor = this.env.acceptor!;
+    const binding = this.plainBinding()!;
+    try {
+      const id = acceptor.open(
+        this.env.bindHost,
+        this.port,
+        { backlog: this.env.backlog, reusePort: this.env.reusePort, keepAliveMs: this.env.keepAliveMs },
+        (kind) => this.onNativeEvent(binding, kind),
+      );
+      binding.attachNative(acceptor, id);
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      return Promise.reject(
+        new SfError(
+          ErrorCode.ListenFailed,
+          `cannot listen on ${this.env.bindHost}:${this.port}: ${e.code ?? e.message}`,
+        ),
+      );
+    }
+    return Promise.resolve();
+  }
+
+  private onNativeEvent(binding: RouteBinding, kind: NativeAcceptEventKind): void {
+    if (kind === 'route-limit' || kind === 'global-limit')
+      this.env.limitReached(binding, kind === 'route-limit' ? 'route' : 'global');
+    else {
+      const route = binding.currentRoute();
+      const backend = route.backends.find((b) => this.env.ownAddressHit(b.host, b.port));
+      if (backend) this.env.selfLoopRefused(binding, backend, 'the backend is one of the router listening addresses');
+    }
   }
 
   /**
@@ -111,7 +164,7 @@ export class RouteListener {
   /** The port left the table: stop accepting, drain every binding, then call `onGone`. */
   retire(onGone: () => void): void {
     this.retired = true;
-    this.server.close();
+    this.server?.close();
     const all = [...this.bindings.values(), ...this.retiring];
     let left = all.length;
     if (left === 0) onGone();
@@ -129,7 +182,12 @@ export class RouteListener {
   close(): Promise<void> {
     this.retired = true;
     this.killAll();
-    return new Promise((resolve) => this.server.close(() => resolve()));
+    const server = this.server;
+    if (server === undefined) {
+      for (const b of this.allBindings()) b.retire(() => undefined);
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => server.close(() => resolve()));
   }
 
   /** The single binding of a port without server names: the common case, with no sniffing. */

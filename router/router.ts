@@ -40,6 +40,8 @@ export interface RouterStatus {
   routes: number;
   activeConnections: number;
   relay: Relay['kind'];
+  /** Threads relaying (native: its loop threads, which also accept and connect natively accepted ports). */
+  relayThreads: number;
   source: string | undefined;
   sourceConnected: boolean;
   serving: boolean;
@@ -47,6 +49,11 @@ export interface RouterStatus {
   connectionLimit: number;
   /** The soft RLIMIT_NOFILE read at start; null where it could not be read. */
   fdLimit: number | null;
+  /**
+   * Which path accepts each port: `native` ports are accepted, connected and relayed by the addon
+   * alone; `js` ports by Node, with the reason per port (first 100 listed).
+   */
+  accept: { native: number; js: number; jsPorts: Array<{ port: number; reason: string }> };
   /** Ports with TLS settings and the relay their connections use (terminated TLS is relayed in JS). */
   tlsPorts: TlsPortStatus[];
 }
@@ -106,8 +113,13 @@ export class Router {
       reusePort: this.options.reusePort,
       clientHelloTimeoutMs: this.options.clientHelloTimeoutMs,
       keepAliveMs: this.options.keepAliveMs,
+      ...(this.relay.acceptor ? { acceptor: this.relay.acceptor } : {}),
       admit: (binding) => this.admit(binding),
       released: (binding) => {
+        if (this.relay.acceptor) {
+          this.relay.acceptor.released(binding.stats.active, binding.reserved);
+          return;
+        }
         this.activeConnections--;
         if (binding.reserved && binding.stats.active < this.reserve) this.reservedInUse--;
       },
@@ -247,7 +259,16 @@ export class Router {
     }
     const opening: Array<Promise<void>> = [];
     for (const [port, routes] of wanted) {
-      const existing = this.listeners.get(port);
+      let existing = this.listeners.get(port);
+      if (existing && !existing.canServe(routes)) {
+        // A natively accepted port whose route now needs JS (PROXY header, SNI, TLS, names):
+        // its listening socket is closed at once and the port opens again on the JS path.
+        this.listeners.delete(port);
+        this.retiring.add(existing);
+        const old = existing;
+        old.retire(() => this.retiring.delete(old));
+        existing = undefined;
+      }
       if (existing) {
         if (existing.unchanged(routes)) continue;
         result.killed += existing.update(routes);
@@ -324,17 +345,25 @@ export class Router {
   }
 
   status(): RouterStatus {
+    const jsPorts: Array<{ port: number; reason: string }> = [];
+    let native = 0;
+    for (const l of this.listeners.values()) {
+      if (l.jsReason === undefined) native++;
+      else if (jsPorts.length < 100) jsPorts.push({ port: l.port, reason: l.jsReason });
+    }
     return {
       tableVersion: this.table.version,
       routes: this.table.routes.length,
-      activeConnections: this.activeConnections,
+      activeConnections: this.relay.acceptor ? this.relay.acceptor.budget().active : this.activeConnections,
       relay: this.relay.kind,
+      relayThreads: this.relay.threads ?? 1,
       source: this.source?.description,
       sourceConnected: this.sourceConnected,
       serving: this.serving(),
       connectionLimit: this.connectionLimit,
       fdLimit: this.fdLimit ?? null,
       tlsPorts: this.tlsPorts(),
+      accept: { native, js: this.listeners.size - native, jsPorts },
     };
   }
 
@@ -360,6 +389,7 @@ export class Router {
 
   /** Clients refused because the router-wide limit (or another route's reservation) was reached. */
   refusedByGlobalLimit(): number {
+    if (this.relay.acceptor) return this.relay.acceptor.budget().refusedGlobal;
     return this.refusedGlobalLimit;
   }
 
@@ -377,19 +407,7 @@ export class Router {
   routeStats(): RouteStats[] {
     const out: RouteStats[] = [];
     for (const listener of [...this.listeners.values(), ...this.retiring]) {
-      for (const binding of listener.allBindings()) {
-        let liveIn = 0;
-        let liveOut = 0;
-        for (const c of binding.connections) {
-          liveIn += c.bytesIn;
-          liveOut += c.bytesOut;
-        }
-        out.push({
-          ...binding.stats,
-          closedBytesIn: binding.stats.closedBytesIn + liveIn,
-          closedBytesOut: binding.stats.closedBytesOut + liveOut,
-        });
-      }
+      for (const binding of listener.allBindings()) out.push(binding.snapshot());
     }
     return out;
   }
@@ -420,6 +438,7 @@ export class Router {
    * another route (issue 11).
    */
   private admit(binding: RouteBinding): boolean {
+    if (this.relay.acceptor) return this.relay.acceptor.admit(binding.stats.active, binding.reserved);
     const active = binding.stats.active;
     const ownUnused = binding.reserved ? Math.max(0, this.reserve - active) : 0;
     const othersUnused = this.reserve * this.reservedBindings - this.reservedInUse - ownUnused;
@@ -439,13 +458,13 @@ export class Router {
       );
       return;
     }
-    this.refusedGlobalLimit++;
+    if (!this.relay.acceptor) this.refusedGlobalLimit++;
     this.limitLog.warn(
       'global',
       {
         port,
         sni,
-        active: this.activeConnections,
+        active: this.status().activeConnections,
         limit: this.connectionLimit,
         fdLimit: this.fdLimit ?? null,
         reservePerRoute: this.reserve,
@@ -468,11 +487,13 @@ export class Router {
     for (const l of this.listeners.values()) {
       for (const b of l.bindings.values()) {
         b.reserved = true;
-        this.reservedInUse += Math.min(b.stats.active, this.reserve);
+        // A natively accepted route's share is counted by the addon (Engine::Rebudget).
+        if (!b.nativePath) this.reservedInUse += Math.min(b.stats.active, this.reserve);
       }
       for (const b of l.retiring) b.reserved = false;
     }
     for (const l of this.retiring) for (const b of l.allBindings()) b.reserved = false;
+    this.relay.acceptor?.rebudget(this.connectionLimit, this.reserve, this.reservedBindings, this.reservedInUse);
   }
 
   /** The router's listening addresses that `host`:`port` leads into, checked on each connect. */
@@ -502,6 +523,7 @@ export class Router {
   private setSourceConnected(connected: boolean): void {
     if (this.sourceConnected === connected) return;
     this.sourceConnected = connected;
+    this.relay.acceptor?.setServing(this.serving());
     this.logger.warn(
       { connected, policy: this.options.onDisconnect },
       connected ? 'route source reconnected' : 'route source lost',

@@ -2,6 +2,8 @@
 // project loads this module directly.
 
 #include <napi.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <string.h>
 
 #include <memory>
@@ -14,6 +16,7 @@ namespace {
 struct AddonData {
   std::unique_ptr<sf::Engine> engine;
   Napi::ThreadSafeFunction on_close;
+  Napi::ThreadSafeFunction on_events;
 };
 
 // JS holds a pair through this; the engine keeps its own reference until the pair is closed, so
@@ -189,6 +192,215 @@ Napi::Value SetKeepAlive(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// --- Native accept path (docs/native-relay.md) ---------------------------------------------------
+
+sf::Engine* EngineOf(const Napi::CallbackInfo& info) {
+  AddonData* data = Data(info.Env());
+  if (!data->engine) {
+    ThrowType(info.Env(), "the relay engine is not initialised");
+    return nullptr;
+  }
+  return data->engine.get();
+}
+
+uint32_t U32(const Napi::Value& v) { return v.IsNumber() ? v.As<Napi::Number>().Uint32Value() : 0; }
+double Num(const Napi::Value& v) { return v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : 0; }
+
+// onEvents(flat: number[]) receives [kind, portId, port, ...] triples in batches.
+Napi::Value InitEvents(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  sf::Engine* engine = EngineOf(info);
+  if (engine == nullptr) return env.Undefined();
+  if (!info[0].IsFunction()) return ThrowType(env, "initEvents(onEvents: Function)");
+  AddonData* data = Data(env);
+  data->on_events = Napi::ThreadSafeFunction::New(env, info[0].As<Napi::Function>(), "sf-accept-events", 0, 1);
+  data->on_events.Unref(env);
+  Napi::ThreadSafeFunction tsfn = data->on_events;
+  sf::Engine* raw = engine;
+  engine->SetEventSink([tsfn, raw]() mutable {
+    tsfn.NonBlockingCall([raw](Napi::Env env, Napi::Function fn) {
+      if (env == nullptr || fn == nullptr) return;
+      std::vector<sf::NativeEvent> events = raw->TakeEvents();
+      Napi::Array out = Napi::Array::New(env, events.size() * 3);
+      for (size_t i = 0; i < events.size(); i++) {
+        out.Set(i * 3, Napi::Number::New(env, events[i].kind));
+        out.Set(i * 3 + 1, Napi::Number::New(env, events[i].port_id));
+        out.Set(i * 3 + 2, Napi::Number::New(env, events[i].port));
+      }
+      fn.Call({out});
+    });
+  });
+  return env.Undefined();
+}
+
+struct BudgetHandle {
+  std::shared_ptr<sf::Budget> budget;
+};
+
+sf::Budget* BudgetArg(const Napi::Value& v) {
+  if (!v.IsExternal()) return nullptr;
+  BudgetHandle* handle = v.As<Napi::External<BudgetHandle>>().Data();
+  return handle != nullptr ? handle->budget.get() : nullptr;
+}
+
+// createBudget() -> handle of one router's connection budget and serving switch
+Napi::Value CreateBudget(const Napi::CallbackInfo& info) {
+  return Napi::External<BudgetHandle>::New(info.Env(), new BudgetHandle{std::make_shared<sf::Budget>()},
+                                           [](Napi::Env, BudgetHandle* handle) { delete handle; });
+}
+
+// openPort(budget, host, port, backlog, reusePort, keepAliveMs) -> port id
+Napi::Value OpenPort(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  sf::Engine* engine = EngineOf(info);
+  if (engine == nullptr) return env.Undefined();
+  if (!info[0].IsExternal() || !info[1].IsString() || !info[2].IsNumber()) {
+    return ThrowType(env, "openPort(budget, host, port, backlog, reusePort, keepAliveMs)");
+  }
+  std::shared_ptr<sf::Budget> budget = info[0].As<Napi::External<BudgetHandle>>().Data()->budget;
+  std::string host = info[1].As<Napi::String>().Utf8Value();
+  int port = info[2].As<Napi::Number>().Int32Value();
+  int64_t id = engine->OpenPort(budget, host, port, static_cast<int>(Num(info[3])), info[4].ToBoolean().Value(),
+                                static_cast<int>(Num(info[5])));
+  if (id < 0) return ThrowErrno(env, "listen", "listen " + host + ":" + std::to_string(port), static_cast<int>(-id));
+  return Napi::Number::New(env, static_cast<double>(id));
+}
+
+// setRoute(portId, mode, connectTimeoutMs, idleTimeoutMs, drainTimeoutMs, maxConnections,
+//          ids: string[], hosts: string[], numbers: number[] (port, weight, epoch, state, primary per backend))
+// -> connections killed
+Napi::Value SetRoute(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  sf::Engine* engine = EngineOf(info);
+  if (engine == nullptr) return env.Undefined();
+  if (!info[6].IsArray() || !info[7].IsArray() || !info[8].IsArray()) {
+    return ThrowType(env, "setRoute(portId, mode, connectMs, idleMs, drainMs, maxConnections, ids, hosts, numbers)");
+  }
+  sf::RouteSpec route;
+  route.mode = static_cast<sf::RouteMode>(U32(info[1]));
+  route.connect_timeout_ms = static_cast<uint64_t>(Num(info[2]));
+  route.idle_timeout_ms = static_cast<uint64_t>(Num(info[3]));
+  route.drain_timeout_ms = static_cast<uint64_t>(Num(info[4]));
+  route.max_connections = static_cast<int64_t>(Num(info[5]));
+  Napi::Array ids = info[6].As<Napi::Array>();
+  Napi::Array hosts = info[7].As<Napi::Array>();
+  Napi::Array numbers = info[8].As<Napi::Array>();
+  const uint32_t n = ids.Length();
+  if (hosts.Length() != n || numbers.Length() != n * 5) return ThrowType(env, "setRoute: backend arrays differ in length");
+  route.backends.resize(n);
+  for (uint32_t i = 0; i < n; i++) {
+    sf::BackendSpec& b = route.backends[i];
+    b.id = ids.Get(i).As<Napi::String>().Utf8Value();
+    std::string host = hosts.Get(i).As<Napi::String>().Utf8Value();
+    const int port = static_cast<int>(Num(numbers.Get(i * 5)));
+    b.weight = static_cast<int>(Num(numbers.Get(i * 5 + 1)));
+    b.epoch = static_cast<uint64_t>(Num(numbers.Get(i * 5 + 2)));
+    b.state = static_cast<sf::BackendSpec::State>(U32(numbers.Get(i * 5 + 3)));
+    b.primary = Num(numbers.Get(i * 5 + 4)) != 0;
+    auto* v4 = reinterpret_cast<sockaddr_in*>(&b.addr);
+    auto* v6 = reinterpret_cast<sockaddr_in6*>(&b.addr);
+    if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+      v4->sin_family = AF_INET;
+      v4->sin_port = htons(static_cast<uint16_t>(port));
+      b.addr_len = sizeof(sockaddr_in);
+    } else if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+      v6->sin6_family = AF_INET6;
+      v6->sin6_port = htons(static_cast<uint16_t>(port));
+      b.addr_len = sizeof(sockaddr_in6);
+    } else {
+      return ThrowType(env, "setRoute: a backend host is not an IP address");
+    }
+  }
+  int64_t killed = engine->SetRoute(U32(info[0]), std::move(route));
+  return Napi::Number::New(env, static_cast<double>(killed));
+}
+
+Napi::Value RetirePort(const Napi::CallbackInfo& info) {
+  sf::Engine* engine = EngineOf(info);
+  if (engine == nullptr) return info.Env().Undefined();
+  return Napi::Boolean::New(info.Env(), engine->RetirePort(U32(info[0])));
+}
+
+Napi::Value ReleasePort(const Napi::CallbackInfo& info) {
+  sf::Engine* engine = EngineOf(info);
+  if (engine == nullptr) return info.Env().Undefined();
+  return Napi::Boolean::New(info.Env(), engine->ReleasePort(U32(info[0])));
+}
+
+Napi::Value KillAll(const Napi::CallbackInfo& info) {
+  sf::Engine* engine = EngineOf(info);
+  if (engine == nullptr) return info.Env().Undefined();
+  return Napi::Number::New(info.Env(), static_cast<double>(engine->KillAll(U32(info[0]))));
+}
+
+// portStats(portId) -> numbers in PortCounters order, or undefined for an unknown port
+Napi::Value PortStats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  sf::Engine* engine = EngineOf(info);
+  if (engine == nullptr) return env.Undefined();
+  sf::PortCounters c;
+  if (!engine->Stats(U32(info[0]), &c)) return env.Undefined();
+  const uint64_t values[] = {c.active,         c.total,          c.bytes_in,         c.bytes_out,
+                             c.connect_errors, c.connect_timeouts, c.refused_no_backend, c.refused_max,
+                             c.refused_self_loop, c.killed_fenced, c.killed_drained,   c.idle_timeouts};
+  Napi::Array out = Napi::Array::New(env, 12);
+  for (uint32_t i = 0; i < 12; i++) out.Set(i, Napi::Number::New(env, static_cast<double>(values[i])));
+  return out;
+}
+
+Napi::Value ActiveFor(const Napi::CallbackInfo& info) {
+  sf::Engine* engine = EngineOf(info);
+  if (engine == nullptr || !info[1].IsString()) return info.Env().Undefined();
+  return Napi::Number::New(info.Env(),
+                           static_cast<double>(engine->ActiveFor(U32(info[0]), info[1].As<Napi::String>().Utf8Value())));
+}
+
+// setServing(budget, serving)
+Napi::Value SetServing(const Napi::CallbackInfo& info) {
+  sf::Budget* budget = BudgetArg(info[0]);
+  if (budget == nullptr) return ThrowType(info.Env(), "setServing(budget, serving)");
+  budget->serving.store(info[1].ToBoolean().Value());
+  return info.Env().Undefined();
+}
+
+// rebudget(budget, limit, reserve, reservedBindings, jsReservedInUse)
+Napi::Value Rebudget(const Napi::CallbackInfo& info) {
+  sf::Engine* engine = EngineOf(info);
+  sf::Budget* budget = BudgetArg(info[0]);
+  if (engine == nullptr) return info.Env().Undefined();
+  if (budget == nullptr) return ThrowType(info.Env(), "rebudget(budget, limit, reserve, reservedBindings, jsInUse)");
+  engine->Rebudget(*budget, static_cast<int64_t>(Num(info[1])), static_cast<int64_t>(Num(info[2])),
+                   static_cast<int64_t>(Num(info[3])), static_cast<int64_t>(Num(info[4])));
+  return info.Env().Undefined();
+}
+
+// admit(budget, ownActive, reserved) -> bool; release(budget, ownActiveAfter, reserved): the JS
+// path's share of the router's one budget.
+Napi::Value Admit(const Napi::CallbackInfo& info) {
+  sf::Budget* budget = BudgetArg(info[0]);
+  if (budget == nullptr) return ThrowType(info.Env(), "admit(budget, ownActive, reserved)");
+  return Napi::Boolean::New(info.Env(), budget->Admit(static_cast<int64_t>(Num(info[1])), info[2].ToBoolean().Value()));
+}
+
+Napi::Value Release(const Napi::CallbackInfo& info) {
+  sf::Budget* budget = BudgetArg(info[0]);
+  if (budget == nullptr) return ThrowType(info.Env(), "release(budget, ownActiveAfter, reserved)");
+  budget->Release(static_cast<int64_t>(Num(info[1])), info[2].ToBoolean().Value());
+  return info.Env().Undefined();
+}
+
+// budgetStats(budget) -> [active, refusedGlobal]
+Napi::Value BudgetStats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  sf::Budget* budget = BudgetArg(info[0]);
+  if (budget == nullptr) return ThrowType(env, "budgetStats(budget)");
+  std::lock_guard<std::mutex> lock(budget->mu);
+  Napi::Array out = Napi::Array::New(env, 2);
+  out.Set(0u, Napi::Number::New(env, static_cast<double>(budget->active)));
+  out.Set(1u, Napi::Number::New(env, static_cast<double>(budget->refused_global)));
+  return out;
+}
+
 Napi::Object Module(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData(new AddonData());
   exports.Set("init", Napi::Function::New(env, Init));
@@ -202,6 +414,20 @@ Napi::Object Module(Napi::Env env, Napi::Object exports) {
   exports.Set("listenTcp", Napi::Function::New(env, ListenTcp));
   exports.Set("setTcpUserTimeout", Napi::Function::New(env, SetTcpUserTimeout));
   exports.Set("setKeepAlive", Napi::Function::New(env, SetKeepAlive));
+  exports.Set("initEvents", Napi::Function::New(env, InitEvents));
+  exports.Set("createBudget", Napi::Function::New(env, CreateBudget));
+  exports.Set("openPort", Napi::Function::New(env, OpenPort));
+  exports.Set("setRoute", Napi::Function::New(env, SetRoute));
+  exports.Set("retirePort", Napi::Function::New(env, RetirePort));
+  exports.Set("releasePort", Napi::Function::New(env, ReleasePort));
+  exports.Set("killAll", Napi::Function::New(env, KillAll));
+  exports.Set("portStats", Napi::Function::New(env, PortStats));
+  exports.Set("activeFor", Napi::Function::New(env, ActiveFor));
+  exports.Set("setServing", Napi::Function::New(env, SetServing));
+  exports.Set("rebudget", Napi::Function::New(env, Rebudget));
+  exports.Set("admit", Napi::Function::New(env, Admit));
+  exports.Set("release", Napi::Function::New(env, Release));
+  exports.Set("budgetStats", Napi::Function::New(env, BudgetStats));
   return exports;
 }
 

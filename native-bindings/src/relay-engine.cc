@@ -2,17 +2,21 @@
 // the choices that are easy to get wrong.
 
 #include "relay-engine.h"
+#include "socket-options.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
+#include <unordered_set>
 
 namespace sf {
 
@@ -30,6 +34,17 @@ constexpr int kMaxEvents = 256;
 // instead of three splices plus a pipe per direction, and bulk keeps zero-copy (the idea of
 // HAProxy's `option splice-auto`). 16 KiB is HAProxy's default buffer size too.
 constexpr size_t kCopyBufferSize = 16 * 1024;
+// epoll data of a listening socket: this bit set, the port id below it. Pointers (End*) never
+// have it, as user-space addresses end below 2^47.
+constexpr uint64_t kListenerTag = uint64_t{1} << 63;
+// Connections accepted per listener event before the loop serves others (the listener is
+// level-triggered, so what is left is reported again).
+constexpr int kAcceptBatch = 32;
+// After EMFILE or ENFILE a listener rests this long on that loop, instead of spinning on a queue
+// it cannot take from.
+constexpr int kAcceptPauseMs = 100;
+// Events queued for JS beyond this are dropped; the counters still count every refusal.
+constexpr size_t kMaxQueuedEvents = 1024;
 
 int64_t NowMs() {
   timespec ts;
@@ -50,6 +65,36 @@ void CloseQuietly(int& fd) {
 struct End {
   Pair* pair;
   int side;  // 0: client, 1: backend
+};
+
+// A route port's listening socket. Loops hold a reference while they accept from it, so the
+// descriptor is closed only once no thread can still be inside accept4() on it (a closed number
+// could otherwise be reused by an unrelated socket).
+struct Listener {
+  int fd = -1;
+  ~Listener() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+// A natively accepted route port: its listener, the route JS pushed last, the balancer's state and
+// the connections made through it. Everything but id and port is guarded by mu. Lock order: a
+// port's mu before a pair's mu, never the other way (loop threads release a pair's lock before
+// accounting it here).
+struct Port {
+  uint32_t id = 0;
+  int port = 0;
+  int keepalive_ms = 0;
+  std::shared_ptr<Budget> budget;
+  std::mutex mu;
+  std::shared_ptr<Listener> listener;
+  RouteSpec route;
+  std::vector<int64_t> rr_current;
+  uint32_t tie_break = 0;
+  std::unordered_map<std::string, int64_t> active_by_backend;
+  std::unordered_set<Pair*> conns;
+  PortCounters c;
+  bool retired = false;
 };
 
 // Direction d reads from socket d and writes to socket 1 - d: direction 0 carries client bytes to
@@ -99,6 +144,21 @@ class Pair : public std::enable_shared_from_this<Pair> {
   int first_eof_ = -1;
   int64_t last_active_ms_ = 0;
 
+  // Natively accepted pairs only (port_ set). Connecting: the backend socket is not connected
+  // yet, nothing is pumped. connecting_ and connect_deadline_ms_ are touched by the loop thread
+  // only; backend_id_, epoch_, tried_, holds_backend_ and accounted_ under port_->mu.
+  std::shared_ptr<Port> port_;
+  bool connecting_ = false;
+  int64_t connect_deadline_ms_ = 0;
+  std::string backend_id_;
+  uint64_t epoch_ = 0;
+  std::vector<std::string> tried_;
+  bool holds_backend_ = false;
+  bool accounted_ = false;
+  bool drain_expired_ = false;
+  // Set by the JS thread when the backend leaves the table or drains; 0: not draining.
+  std::atomic<int64_t> drain_deadline_ms_{0};
+
   Turn Pump(int dir, int pipe_size, char* buffer, CloseEvent* ev);
   // Sends a copied read to the other side of direction dir. False when it could not all go out:
   // the rest is kept for EPOLLOUT, or the pair was closed on an error.
@@ -109,7 +169,7 @@ class Pair : public std::enable_shared_from_this<Pair> {
 
 class Loop {
  public:
-  Loop(int pipe_size, CloseSink* sink) : pipe_size_(pipe_size), sink_(sink) {
+  Loop(Engine* engine, int pipe_size, CloseSink* sink) : engine_(engine), pipe_size_(pipe_size), sink_(sink) {
     epfd_ = epoll_create1(EPOLL_CLOEXEC);
     wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     epoll_event ev{};
@@ -145,9 +205,28 @@ class Loop {
     return pairs_.size();
   }
 
+  // Takes a natively accepted pair on this (the calling) loop thread and watches its client.
+  void Adopt(const std::shared_ptr<Pair>& pair);
+  bool WatchListener(uint32_t port_id, int fd) {
+    epoll_event e{};
+    e.events = EPOLLIN | EPOLLEXCLUSIVE;
+    e.data.u64 = kListenerTag | port_id;
+    return epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &e) == 0;
+  }
+
   int epfd_ = -1;
 
  private:
+  void OnListener(uint32_t port_id, int64_t now);
+  // Reports a closed pair: to the port's accounting when natively accepted, to JS otherwise.
+  void Report(Pair* pair, const CloseEvent& ev) {
+    if (pair->port_) engine_->Unaccount(pair, ev);
+    else (*sink_)(ev);
+  }
+
+  Engine* engine_;
+  // Listeners resting after EMFILE/ENFILE: port id and when to watch it again.
+  std::vector<std::pair<uint32_t, int64_t>> paused_;
   void Run();
   void Serve(Pair* pair, const End* end, uint32_t events, std::vector<std::shared_ptr<Pair>>* again);
   void Sweep(int64_t now);
@@ -408,6 +487,7 @@ void Loop::RegisterIncoming() {
 // directions of the pair.
 void Loop::Serve(Pair* pair, const End* end, uint32_t events, std::vector<std::shared_ptr<Pair>>* again) {
   bool more = false;
+  bool connect_failed = false;
   CloseEvent ev{};
   {
     std::lock_guard<std::mutex> lock(pair->mu_);
@@ -418,6 +498,38 @@ void Loop::Serve(Pair* pair, const End* end, uint32_t events, std::vector<std::s
       if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) pair->hangup_[end->side] = true;
       if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) pair->writable_[end->side] = true;
     }
+    if (pair->connecting_) {
+      // Only the backend's first writable (or error) edge ends a connect; until then the client's
+      // bytes wait in its receive queue, as pauseOnConnect keeps them on the JS path.
+      if (end == nullptr || end->side != 1 || (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) == 0) return;
+      int err = 0;
+      socklen_t len = sizeof err;
+      if (getsockopt(pair->fd_[1], SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+      if (err == 0) {
+        // An edge left over from a previous attempt's socket must not pass for this one's.
+        sockaddr_storage peer;
+        socklen_t plen = sizeof peer;
+        if (getpeername(pair->fd_[1], reinterpret_cast<sockaddr*>(&peer), &plen) != 0) {
+          if (errno == ENOTCONN) return;
+          err = errno;
+        }
+      }
+      if (err != 0) {
+        connect_failed = true;
+      } else {
+        pair->connecting_ = false;
+        pair->writable_[1] = true;
+        pair->readable_[0] = true;
+      }
+    }
+  }
+  if (connect_failed) {
+    engine_->ConnectNext(pair->shared_from_this(), 1);
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(pair->mu_);
+    if (pair->closed_.load() || pair->connecting_) return;
     uint64_t before = pair->bytes_[0].load(std::memory_order_relaxed) + pair->bytes_[1].load(std::memory_order_relaxed);
     for (int dir = 0; dir < 2; dir++) {
       Pair::Turn turn = pair->Pump(dir, pipe_size_, buffer_.get(), &ev);
@@ -431,17 +543,30 @@ void Loop::Serve(Pair* pair, const End* end, uint32_t events, std::vector<std::s
       return;
     }
   }
-  (*sink_)(ev);
+  Report(pair, ev);
 }
 
 void Loop::Sweep(int64_t now) {
   std::vector<std::shared_ptr<Pair>> idle;
+  std::vector<std::shared_ptr<Pair>> drained;
+  std::vector<std::shared_ptr<Pair>> timed_out;
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto it = pairs_.begin(); it != pairs_.end();) {
       Pair* p = it->first;
       if (p->closed_.load()) {
         it = pairs_.erase(it);
+        continue;
+      }
+      int64_t drain = p->drain_deadline_ms_.load(std::memory_order_relaxed);
+      if (drain > 0 && now >= drain) {
+        drained.push_back(it->second);
+        ++it;
+        continue;
+      }
+      if (p->connecting_) {
+        if (now >= p->connect_deadline_ms_) timed_out.push_back(it->second);
+        ++it;
         continue;
       }
       // last_active_ms_ is only written on this thread, so reading it here needs no pair lock.
@@ -458,7 +583,74 @@ void Loop::Sweep(int64_t now) {
       if (p->closed_.load()) continue;
       p->Close(CloseReason::kIdleTimeout, 0, false, &ev);
     }
-    (*sink_)(ev);
+    Report(p.get(), ev);
+  }
+  for (auto& p : drained) {
+    CloseEvent ev{};
+    {
+      std::lock_guard<std::mutex> lock(p->mu_);
+      if (p->closed_.load()) continue;
+      p->drain_expired_ = true;
+      p->Close(CloseReason::kKilled, 0, false, &ev);
+    }
+    Report(p.get(), ev);
+  }
+  for (auto& p : timed_out) {
+    if (!p->closed_.load() && p->connecting_) engine_->ConnectNext(p, 2);
+  }
+  for (auto it = paused_.begin(); it != paused_.end();) {
+    if (now < it->second) {
+      ++it;
+      continue;
+    }
+    std::shared_ptr<Port> port = engine_->FindPort(it->first);
+    if (port) {
+      std::lock_guard<std::mutex> lock(port->mu);
+      if (port->listener) WatchListener(port->id, port->listener->fd);
+    }
+    it = paused_.erase(it);
+  }
+}
+
+void Loop::Adopt(const std::shared_ptr<Pair>& pair) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    pairs_.emplace(pair.get(), pair);
+  }
+  CloseEvent ev{};
+  {
+    std::lock_guard<std::mutex> lock(pair->mu_);
+    if (pair->closed_.load()) return;
+    epoll_event e{};
+    e.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+    e.data.ptr = &pair->ends_[0];
+    if (epoll_ctl(epfd_, EPOLL_CTL_ADD, pair->fd_[0], &e) == 0) return;
+    pair->Close(CloseReason::kClientError, errno, false, &ev);
+  }
+  Report(pair.get(), ev);
+}
+
+void Loop::OnListener(uint32_t port_id, int64_t now) {
+  std::shared_ptr<Port> port = engine_->FindPort(port_id);
+  if (!port) return;
+  std::shared_ptr<Listener> listener;
+  {
+    std::lock_guard<std::mutex> lock(port->mu);
+    listener = port->listener;
+  }
+  if (!listener) return;
+  for (int i = 0; i < kAcceptBatch; i++) {
+    int fd = accept4(listener->fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0) {
+      engine_->Accept(this, port, fd);
+      continue;
+    }
+    if (errno == EINTR || errno == ECONNABORTED) continue;
+    if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+      epoll_ctl(epfd_, EPOLL_CTL_DEL, listener->fd, nullptr);
+      paused_.emplace_back(port_id, now + kAcceptPauseMs);
+    }
+    return;
   }
 }
 
@@ -473,6 +665,10 @@ void Loop::Run() {
     retry.swap(again);
     again.clear();
     for (int i = 0; i < n; i++) {
+      if (events[i].data.u64 & kListenerTag) {
+        OnListener(static_cast<uint32_t>(events[i].data.u64 & ~kListenerTag), NowMs());
+        continue;
+      }
       End* end = static_cast<End*>(events[i].data.ptr);
       if (end == nullptr) {
         uint64_t v;
@@ -497,7 +693,7 @@ void Loop::Run() {
 Engine::Engine(unsigned threads, int pipe_size, CloseSink sink) {
   sink_ = std::make_unique<CloseSink>(std::move(sink));
   if (threads == 0) threads = 1;
-  for (unsigned i = 0; i < threads; i++) loops_.push_back(std::make_unique<Loop>(pipe_size, sink_.get()));
+  for (unsigned i = 0; i < threads; i++) loops_.push_back(std::make_unique<Loop>(this, pipe_size, sink_.get()));
 }
 
 Engine::~Engine() { loops_.clear(); }
@@ -524,6 +720,453 @@ size_t Engine::ActivePairs() const {
   size_t total = 0;
   for (auto& loop : loops_) total += loop->Size();
   return total;
+}
+
+// --- Native accept path -------------------------------------------------------------------------
+
+bool Budget::Admit(int64_t own_active, bool reserved) {
+  std::lock_guard<std::mutex> lock(mu);
+  const int64_t own_unused = reserved ? std::max<int64_t>(0, reserve - own_active) : 0;
+  const int64_t others_unused = reserve * reserved_bindings - reserved_in_use - own_unused;
+  if (active >= limit - others_unused) {
+    refused_global++;
+    return false;
+  }
+  active++;
+  if (reserved && own_active < reserve) reserved_in_use++;
+  return true;
+}
+
+void Budget::Release(int64_t own_active_after, bool reserved) {
+  std::lock_guard<std::mutex> lock(mu);
+  active--;
+  if (reserved && own_active_after < reserve) reserved_in_use--;
+}
+
+namespace {
+
+bool Eligible(const BackendSpec& b) { return b.state == BackendSpec::kActive || b.state == BackendSpec::kSelfLoop; }
+
+bool Tried(const std::vector<std::string>& tried, const std::string& id) {
+  return std::find(tried.begin(), tried.end(), id) != tried.end();
+}
+
+// The balancers of router/balancer-*.ts over the pushed backends; port->mu is held. A self-loop
+// backend is chosen like an active one and refused by the caller, so it is counted as JS does.
+int PickIndex(Port& port, const std::vector<std::string>& tried) {
+  const auto& bs = port.route.backends;
+  const int n = static_cast<int>(bs.size());
+  switch (port.route.mode) {
+    case RouteMode::kPrimary: {
+      // The active primary with the highest epoch; never a replica, no failover.
+      int best = -1;
+      for (int i = 0; i < n; i++) {
+        if (!bs[i].primary || !Eligible(bs[i])) continue;
+        if (best < 0 || bs[i].epoch > bs[best].epoch) best = i;
+      }
+      return best >= 0 && !Tried(tried, bs[best].id) ? best : -1;
+    }
+    case RouteMode::kRoundRobin: {
+      // Smooth weighted round-robin (nginx).
+      int64_t total = 0;
+      int best = -1;
+      for (int i = 0; i < n; i++) {
+        if (!Eligible(bs[i]) || bs[i].weight <= 0 || Tried(tried, bs[i].id)) continue;
+        port.rr_current[i] += bs[i].weight;
+        total += bs[i].weight;
+        if (best < 0 || port.rr_current[i] > port.rr_current[best]) best = i;
+      }
+      if (best >= 0) port.rr_current[best] -= total;
+      return best;
+    }
+    case RouteMode::kLeastConn: {
+      // Fewest live connections per weight; ties rotate.
+      int best = -1;
+      double best_load = 0;
+      const int start = n > 0 ? static_cast<int>(port.tie_break++ % static_cast<uint32_t>(n)) : 0;
+      for (int k = 0; k < n; k++) {
+        const int i = (start + k) % n;
+        if (!Eligible(bs[i]) || bs[i].weight <= 0 || Tried(tried, bs[i].id)) continue;
+        auto it = port.active_by_backend.find(bs[i].id);
+        const double load = (it == port.active_by_backend.end() ? 0.0 : static_cast<double>(it->second)) / bs[i].weight;
+        if (best < 0 || load < best_load) {
+          best = i;
+          best_load = load;
+        }
+      }
+      return best;
+    }
+  }
+  return -1;
+}
+
+enum class Fate { kKeep, kDrain, kKill };
+
+// router/route-binding.ts connectionFate: fencing wins over everything.
+Fate FateOf(const RouteSpec& route, const std::string& id, uint64_t epoch) {
+  const BackendSpec* now = nullptr;
+  for (const auto& b : route.backends) {
+    if (b.id == id) {
+      now = &b;
+      break;
+    }
+  }
+  if (now == nullptr) return Fate::kDrain;
+  if (now->state == BackendSpec::kFenced || now->epoch > epoch) return Fate::kKill;
+  if (route.mode == RouteMode::kPrimary) {
+    if (!now->primary) return Fate::kKill;
+    for (const auto& b : route.backends) {
+      if (b.primary && b.state != BackendSpec::kFenced && b.epoch > now->epoch) return Fate::kKill;
+    }
+  }
+  if (now->state == BackendSpec::kDraining) return Fate::kDrain;
+  return Fate::kKeep;
+}
+
+void SetBackendOptions(int fd, int keepalive_ms) {
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (keepalive_ms > 0) {
+    int idle = std::max(1, keepalive_ms / 1000);
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+  }
+}
+
+}  // namespace
+
+int64_t Engine::OpenPort(const std::shared_ptr<Budget>& budget, const std::string& host, int port_number, int backlog,
+                         bool reuse_port, int keepalive_ms) {
+  ListenOptions o;
+  o.host = host;
+  o.port = port_number;
+  o.backlog = backlog;
+  o.reuse_port = reuse_port;
+  int fd = ListenTcp(o);
+  if (fd < 0) return fd;
+  // Accepted clients inherit these from the listening socket: no setsockopt per connection.
+  SetBackendOptions(fd, keepalive_ms);
+  auto port = std::make_shared<Port>();
+  port->port = port_number;
+  port->keepalive_ms = keepalive_ms;
+  port->budget = budget;
+  port->listener = std::make_shared<Listener>();
+  port->listener->fd = fd;
+  {
+    std::lock_guard<std::mutex> lock(ports_mu_);
+    port->id = next_port_id_++;
+    if (next_port_id_ >= (1u << 31)) next_port_id_ = 1;
+    ports_.emplace(port->id, port);
+  }
+  for (auto& loop : loops_) {
+    if (!loop->WatchListener(port->id, fd)) {
+      int err = errno;
+      RetirePort(port->id);
+      ReleasePort(port->id);
+      return -err;
+    }
+  }
+  return port->id;
+}
+
+std::shared_ptr<Port> Engine::FindPort(uint32_t port_id) {
+  std::lock_guard<std::mutex> lock(ports_mu_);
+  auto it = ports_.find(port_id);
+  return it == ports_.end() ? nullptr : it->second;
+}
+
+int64_t Engine::SetRoute(uint32_t port_id, RouteSpec&& route) {
+  std::shared_ptr<Port> port = FindPort(port_id);
+  if (!port) return -1;
+  std::lock_guard<std::mutex> lock(port->mu);
+  port->route = std::move(route);
+  port->rr_current.assign(port->route.backends.size(), 0);
+  port->tie_break = 0;
+  int64_t killed = 0;
+  const int64_t now = NowMs();
+  std::vector<Pair*> conns(port->conns.begin(), port->conns.end());
+  for (Pair* pair : conns) {
+    if (pair->backend_id_.empty()) continue;
+    Fate fate = FateOf(port->route, pair->backend_id_, pair->epoch_);
+    if (fate == Fate::kKeep) {
+      pair->drain_deadline_ms_.store(0);
+      continue;
+    }
+    if (fate == Fate::kDrain) {
+      if (pair->drain_deadline_ms_.load() == 0) {
+        // A deadline of "now" is taken by the loop's next sweep (at most 50 ms later).
+        pair->drain_deadline_ms_.store(now + static_cast<int64_t>(port->route.drain_timeout_ms) + 1);
+      }
+      continue;
+    }
+    // Fenced: reset before returning, so the backend receives no further byte from this router.
+    std::shared_ptr<Pair> hold = pair->shared_from_this();
+    CloseEvent ev{};
+    {
+      std::lock_guard<std::mutex> pair_lock(pair->mu_);
+      if (pair->closed_.load()) continue;
+      pair->Close(CloseReason::kKilled, 0, true, &ev);
+    }
+    UnaccountLocked(*port, pair, ev);
+    port->c.killed_fenced++;
+    killed++;
+  }
+  return killed;
+}
+
+bool Engine::RetirePort(uint32_t port_id) {
+  std::shared_ptr<Port> port = FindPort(port_id);
+  if (!port) return false;
+  std::lock_guard<std::mutex> lock(port->mu);
+  if (port->retired) return true;
+  port->retired = true;
+  if (port->listener) {
+    for (auto& loop : loops_) epoll_ctl(loop->epfd_, EPOLL_CTL_DEL, port->listener->fd, nullptr);
+    port->listener.reset();
+  }
+  const int64_t deadline = NowMs() + static_cast<int64_t>(port->route.drain_timeout_ms) + 1;
+  for (Pair* pair : port->conns) {
+    if (pair->drain_deadline_ms_.load() == 0) pair->drain_deadline_ms_.store(deadline);
+  }
+  return true;
+}
+
+void Engine::Rebudget(Budget& budget, int64_t limit, int64_t reserve, int64_t reserved_bindings,
+                      int64_t js_reserved_in_use) {
+  std::vector<std::shared_ptr<Port>> ports;
+  {
+    std::lock_guard<std::mutex> lock(ports_mu_);
+    for (auto& entry : ports_) {
+      if (entry.second->budget.get() == &budget) ports.push_back(entry.second);
+    }
+  }
+  int64_t in_use = js_reserved_in_use;
+  for (auto& port : ports) {
+    std::lock_guard<std::mutex> lock(port->mu);
+    if (!port->retired) in_use += std::min<int64_t>(static_cast<int64_t>(port->c.active), reserve);
+  }
+  std::lock_guard<std::mutex> lock(budget.mu);
+  budget.limit = limit;
+  budget.reserve = reserve;
+  budget.reserved_bindings = reserved_bindings;
+  budget.reserved_in_use = in_use;
+}
+
+bool Engine::ReleasePort(uint32_t port_id) {
+  std::lock_guard<std::mutex> lock(ports_mu_);
+  auto it = ports_.find(port_id);
+  if (it == ports_.end()) return true;
+  std::lock_guard<std::mutex> port_lock(it->second->mu);
+  if (!it->second->retired || !it->second->conns.empty()) return false;
+  ports_.erase(it);
+  return true;
+}
+
+int64_t Engine::KillAll(uint32_t port_id) {
+  std::shared_ptr<Port> port = FindPort(port_id);
+  if (!port) return -1;
+  std::lock_guard<std::mutex> lock(port->mu);
+  int64_t killed = 0;
+  std::vector<Pair*> conns(port->conns.begin(), port->conns.end());
+  for (Pair* pair : conns) {
+    std::shared_ptr<Pair> hold = pair->shared_from_this();
+    CloseEvent ev{};
+    {
+      std::lock_guard<std::mutex> pair_lock(pair->mu_);
+      if (pair->closed_.load()) continue;
+      pair->Close(CloseReason::kKilled, 0, true, &ev);
+    }
+    UnaccountLocked(*port, pair, ev);
+    killed++;
+  }
+  return killed;
+}
+
+bool Engine::Stats(uint32_t port_id, PortCounters* out) {
+  std::shared_ptr<Port> port = FindPort(port_id);
+  if (!port) return false;
+  std::lock_guard<std::mutex> lock(port->mu);
+  *out = port->c;
+  // Live connections' bytes are read from their counters, so /metrics sees traffic as it flows.
+  for (Pair* pair : port->conns) {
+    out->bytes_in += pair->bytes_[0].load(std::memory_order_relaxed);
+    out->bytes_out += pair->bytes_[1].load(std::memory_order_relaxed);
+  }
+  return true;
+}
+
+int64_t Engine::ActiveFor(uint32_t port_id, const std::string& backend_id) {
+  std::shared_ptr<Port> port = FindPort(port_id);
+  if (!port) return 0;
+  std::lock_guard<std::mutex> lock(port->mu);
+  auto it = port->active_by_backend.find(backend_id);
+  return it == port->active_by_backend.end() ? 0 : it->second;
+}
+
+void Engine::SetEventSink(EventSink sink) {
+  std::lock_guard<std::mutex> lock(events_mu_);
+  event_sink_ = std::move(sink);
+}
+
+void Engine::PushEvent(NativeEvent ev) {
+  EventSink sink;
+  {
+    std::lock_guard<std::mutex> lock(events_mu_);
+    if (events_.size() >= kMaxQueuedEvents) return;
+    if (events_.empty()) sink = event_sink_;
+    events_.push_back(ev);
+  }
+  if (sink) sink();
+}
+
+std::vector<NativeEvent> Engine::TakeEvents() {
+  std::vector<NativeEvent> out;
+  std::lock_guard<std::mutex> lock(events_mu_);
+  out.swap(events_);
+  return out;
+}
+
+void Engine::Accept(Loop* loop, const std::shared_ptr<Port>& port, int client_fd) {
+  std::shared_ptr<Pair> pair;
+  {
+    std::lock_guard<std::mutex> lock(port->mu);
+    if (port->retired || !port->budget->serving.load()) {
+      ::close(client_fd);
+      return;
+    }
+    const int64_t active = static_cast<int64_t>(port->c.active);
+    const bool over_route = port->route.max_connections >= 0 && active >= port->route.max_connections;
+    if (over_route || !port->budget->Admit(active, true)) {
+      port->c.refused_max++;
+      ::close(client_fd);
+      PushEvent({over_route ? NativeEvent::kRouteLimit : NativeEvent::kGlobalLimit, port->id, port->port});
+      return;
+    }
+    port->c.active++;
+    port->c.total++;
+    PairOptions options;
+    options.idle_timeout_ms = port->route.idle_timeout_ms;
+    pair = std::make_shared<Pair>(loop, std::move(options));
+    pair->fd_[0] = client_fd;
+    pair->port_ = port;
+    pair->accounted_ = true;
+    pair->connecting_ = true;
+    pair->last_active_ms_ = NowMs();
+    port->conns.insert(pair.get());
+  }
+  loop->Adopt(pair);
+  ConnectNext(pair, 0);
+}
+
+// failed: 0 first attempt, 1 the previous attempt failed, 2 it timed out.
+void Engine::ConnectNext(const std::shared_ptr<Pair>& pair, int failed) {
+  Port& port = *pair->port_;
+  for (;;) {
+    BackendSpec target;
+    uint64_t connect_timeout_ms;
+    bool none = false;
+    {
+      std::lock_guard<std::mutex> lock(port.mu);
+      if (!pair->accounted_) return;  // killed meanwhile
+      if (failed == 1) port.c.connect_errors++;
+      if (failed == 2) port.c.connect_timeouts++;
+      failed = 0;
+      if (pair->holds_backend_) {
+        auto it = port.active_by_backend.find(pair->backend_id_);
+        if (it != port.active_by_backend.end() && --it->second <= 0) port.active_by_backend.erase(it);
+        pair->holds_backend_ = false;
+      }
+      int index;
+      for (;;) {
+        index = PickIndex(port, pair->tried_);
+        if (index < 0 || port.route.backends[index].state != BackendSpec::kSelfLoop) break;
+        // A connection into the router itself would be accepted and connected again, without end.
+        pair->tried_.push_back(port.route.backends[index].id);
+        port.c.refused_self_loop++;
+        PushEvent({NativeEvent::kSelfLoop, port.id, port.port});
+      }
+      if (index < 0) {
+        if (pair->tried_.empty()) port.c.refused_no_backend++;
+        none = true;
+      } else {
+        target = port.route.backends[index];
+        pair->tried_.push_back(target.id);
+        pair->backend_id_ = target.id;
+        pair->epoch_ = target.epoch;
+        pair->holds_backend_ = true;
+        port.active_by_backend[target.id]++;
+      }
+      connect_timeout_ms = port.route.connect_timeout_ms;
+    }
+    if (none) {
+      CloseEvent ev{};
+      {
+        std::lock_guard<std::mutex> lock(pair->mu_);
+        if (pair->closed_.load()) return;
+        pair->Close(CloseReason::kKilled, 0, false, &ev);
+      }
+      Unaccount(pair.get(), ev);
+      return;
+    }
+    int fd = socket(target.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      failed = 1;
+      continue;
+    }
+    SetBackendOptions(fd, port.keepalive_ms);
+    if (connect(fd, reinterpret_cast<const sockaddr*>(&target.addr), target.addr_len) != 0 && errno != EINPROGRESS) {
+      ::close(fd);
+      failed = 1;
+      continue;
+    }
+    std::lock_guard<std::mutex> lock(pair->mu_);
+    if (pair->closed_.load()) {
+      ::close(fd);
+      return;
+    }
+    if (pair->fd_[1] >= 0) {
+      epoll_ctl(pair->loop_->epfd_, EPOLL_CTL_DEL, pair->fd_[1], nullptr);
+      CloseQuietly(pair->fd_[1]);
+    }
+    pair->fd_[1] = fd;
+    pair->connecting_ = true;
+    pair->connect_deadline_ms_ = NowMs() + static_cast<int64_t>(connect_timeout_ms);
+    pair->readable_[1] = true;
+    pair->writable_[1] = false;
+    pair->hangup_[1] = false;
+    epoll_event e{};
+    e.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+    e.data.ptr = &pair->ends_[1];
+    if (epoll_ctl(pair->loop_->epfd_, EPOLL_CTL_ADD, fd, &e) != 0) {
+      // Cannot watch it (out of epoll watches): this attempt fails like a refused connect. The
+      // descriptor stays with the pair and is replaced or closed with it.
+      pair->connect_deadline_ms_ = 0;
+    }
+    return;
+  }
+}
+
+void Engine::Unaccount(Pair* pair, const CloseEvent& ev) {
+  Port& port = *pair->port_;
+  std::lock_guard<std::mutex> lock(port.mu);
+  UnaccountLocked(port, pair, ev);
+}
+
+void Engine::UnaccountLocked(Port& port, Pair* pair, const CloseEvent& ev) {
+  if (!pair->accounted_) return;
+  pair->accounted_ = false;
+  port.conns.erase(pair);
+  port.c.active--;
+  port.budget->Release(static_cast<int64_t>(port.c.active), !port.retired);
+  if (pair->holds_backend_) {
+    auto it = port.active_by_backend.find(pair->backend_id_);
+    if (it != port.active_by_backend.end() && --it->second <= 0) port.active_by_backend.erase(it);
+    pair->holds_backend_ = false;
+  }
+  port.c.bytes_in += ev.bytes_in;
+  port.c.bytes_out += ev.bytes_out;
+  if (ev.reason == CloseReason::kIdleTimeout) port.c.idle_timeouts++;
+  if (pair->drain_expired_) port.c.killed_drained++;
 }
 
 }  // namespace sf

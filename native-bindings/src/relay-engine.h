@@ -6,6 +6,7 @@
 
 #pragma once
 
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include <atomic>
@@ -54,6 +55,65 @@ struct PairOptions {
 
 class Loop;
 class Pair;
+struct Port;
+struct Listener;
+
+// A backend of a natively accepted port, as JS pushed it with the route (docs/native-relay.md).
+struct BackendSpec {
+  std::string id;
+  sockaddr_storage addr{};
+  socklen_t addr_len = 0;
+  int weight = 1;
+  uint64_t epoch = 1;
+  enum State : uint8_t { kActive = 0, kDraining = 1, kFenced = 2, kSelfLoop = 3 } state = kActive;
+  bool primary = true;
+};
+
+enum class RouteMode : int { kPrimary = 0, kRoundRobin = 1, kLeastConn = 2 };
+
+struct RouteSpec {
+  RouteMode mode = RouteMode::kPrimary;
+  uint64_t connect_timeout_ms = 5000;
+  uint64_t idle_timeout_ms = 0;
+  uint64_t drain_timeout_ms = 30000;
+  int64_t max_connections = -1;  // -1: no limit of the route's own
+  std::vector<BackendSpec> backends;
+};
+
+// Per-port counters, the native side of router/route-stats.ts (same order as PORT_STAT_FIELDS in
+// native-bindings/index.ts).
+struct PortCounters {
+  uint64_t active = 0, total = 0, bytes_in = 0, bytes_out = 0, connect_errors = 0, connect_timeouts = 0,
+           refused_no_backend = 0, refused_max = 0, refused_self_loop = 0, killed_fenced = 0, killed_drained = 0,
+           idle_timeouts = 0;
+};
+
+// Things native code tells JS about, delivered in batches (one wake-up of the JS thread per batch).
+struct NativeEvent {
+  enum Kind : int { kRouteLimit = 0, kGlobalLimit = 1, kSelfLoop = 2 } kind;
+  uint32_t port_id;
+  int port;
+};
+using EventSink = std::function<void()>;
+
+// The router-wide connection limit with per-route reservations (router/connection-budget.ts),
+// shared by natively accepted ports and the JS path: a route's idle clients cannot take the last
+// descriptors reserved for the other routes. One per router (a process may run several, as tests
+// do); it also carries the router's serving switch (fail-closed without a route source).
+struct Budget {
+  std::atomic<bool> serving{true};
+  std::mutex mu;
+  int64_t limit = INT64_MAX;
+  int64_t reserve = 0;
+  int64_t reserved_bindings = 0;
+  int64_t active = 0;
+  int64_t reserved_in_use = 0;
+  uint64_t refused_global = 0;
+  // own_active: the route's live connections, not counting the one being admitted.
+  bool Admit(int64_t own_active, bool reserved);
+  // own_active_after: the route's live connections once this one is gone.
+  void Release(int64_t own_active_after, bool reserved);
+};
 
 class Engine {
  public:
@@ -79,11 +139,50 @@ class Engine {
   size_t ActivePairs() const;
   unsigned Threads() const { return static_cast<unsigned>(loops_.size()); }
 
+  // Native accept path. OpenPort listens (one socket, watched by every loop thread with
+  // EPOLLEXCLUSIVE) and returns the port's id, or a negative errno.
+  int64_t OpenPort(const std::shared_ptr<Budget>& budget, const std::string& host, int port, int backlog,
+                   bool reuse_port, int keepalive_ms);
+  // Takes the port's new route and decides, before returning, the fate of each live connection:
+  // fenced ones are reset and closed, removed or draining backends' ones drain. Returns how many
+  // were killed; -1 for an unknown port.
+  int64_t SetRoute(uint32_t port_id, RouteSpec&& route);
+  // Stops accepting (the listening socket is closed) and drains every connection.
+  bool RetirePort(uint32_t port_id);
+  // Resets and closes every connection of the port (fail-closed, shutdown).
+  int64_t KillAll(uint32_t port_id);
+  bool Stats(uint32_t port_id, PortCounters* out);
+  int64_t ActiveFor(uint32_t port_id, const std::string& backend_id);
+  // Drops a retired port once its last connection is gone; false while connections remain.
+  bool ReleasePort(uint32_t port_id);
+  void SetEventSink(EventSink sink);
+  std::vector<NativeEvent> TakeEvents();
+  // The router-wide limit and reservations for the table in force; js_reserved_in_use is the
+  // JS path's part of the reservations in use (the native ports' part is counted here).
+  void Rebudget(Budget& budget, int64_t limit, int64_t reserve, int64_t reserved_bindings,
+                int64_t js_reserved_in_use);
+
+  // Loop thread side (relay-engine.cc).
+  std::shared_ptr<Port> FindPort(uint32_t port_id);
+  void Accept(Loop* loop, const std::shared_ptr<Port>& port, int client_fd);
+  // Picks a backend for pair and starts a non-blocking connect; closes the pair when none is left.
+  void ConnectNext(const std::shared_ptr<Pair>& pair, int failed);
+  // Accounts a natively accepted pair that closed (counters, budget, least-conn counts).
+  void Unaccount(Pair* pair, const CloseEvent& ev);
+  void UnaccountLocked(Port& port, Pair* pair, const CloseEvent& ev);  // port.mu held
+  void PushEvent(NativeEvent ev);
+
  private:
   // Declared before loops_ so that it outlives them: loop threads call it until they are joined.
   std::unique_ptr<CloseSink> sink_;
   std::vector<std::unique_ptr<Loop>> loops_;
   std::atomic<uint32_t> next_loop_{0};
+  std::mutex ports_mu_;
+  std::unordered_map<uint32_t, std::shared_ptr<Port>> ports_;
+  uint32_t next_port_id_ = 1;
+  std::mutex events_mu_;
+  std::vector<NativeEvent> events_;
+  EventSink event_sink_;
 };
 
 }  // namespace sf
