@@ -1,0 +1,284 @@
+/**
+ * TLS with clients through the router, with real clients: redis-cli --tls, psql with
+ * sslmode=verify-full, openssl s_client, and Node's TLS client for rotation.
+ */
+import { expect } from 'chai';
+import { execFile } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { connect as netConnect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { PlatformCa, type IssuedCertificate } from '../../common';
+import { GSSENC_REQUEST_CODE, SSL_REQUEST_CODE } from '../../router/postgres-preamble';
+import { freePort } from '../helpers/free-port';
+import { startPostgresServer, type PostgresServerHandle } from '../helpers/postgres-server';
+import { startRedisServer, type RedisServerHandle } from '../helpers/redis-server';
+import { startRouter, type RouterHarness } from '../helpers/router-harness';
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+function run(file: string, args: string[], input?: string): Promise<Run> {
+  return new Promise((resolve) => {
+    const child = execFile(
+      file,
+      args,
+      { timeout: 20_000, env: { ...process.env, PGCONNECT_TIMEOUT: '10' } },
+      (err, stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+    );
+    if (input !== undefined) child.stdin?.end(input);
+  });
+}
+
+function rawExchange(port: number, send: Buffer, expectBytes: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const s = netConnect(port, '127.0.0.1', () => s.write(send));
+    let got = Buffer.alloc(0);
+    s.on('data', (d: Buffer) => {
+      got = Buffer.concat([got, d]);
+      if (got.length >= expectBytes) {
+        s.destroy();
+        resolve(got);
+      }
+    });
+    s.on('error', reject);
+    s.on('close', () => resolve(got));
+  });
+}
+
+function preamble(code: number): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeInt32BE(8, 0);
+  b.writeInt32BE(code, 4);
+  return b;
+}
+
+describe('router TLS with clients', function () {
+  this.timeout(90_000);
+  let dir: string;
+  let ca: PlatformCa;
+  let routerCert: IssuedCertificate;
+  let wrongCert: IssuedCertificate;
+  let clientCert: IssuedCertificate;
+  let redis: RedisServerHandle;
+  let pg: PostgresServerHandle;
+  let pgTls: PostgresServerHandle;
+  let router: RouterHarness;
+  const port: Record<string, number> = {};
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'sf-router-tls-'));
+    ca = await PlatformCa.open(join(dir, 'ca'));
+    routerCert = await ca.ensure('router', ['localhost', '127.0.0.1']);
+    wrongCert = await ca.ensure('elsewhere', ['elsewhere.example']);
+    clientCert = await ca.ensure('client', ['app']);
+    const engineCert = await ca.ensure('engine', ['localhost', '127.0.0.1']);
+    redis = await startRedisServer();
+    pg = await startPostgresServer();
+    pgTls = await startPostgresServer(engineCert);
+    for (const name of ['redis', 'wrong', 'mtls', 'optional', 'pg', 'pgWrong', 'pgPass', 'rotate'])
+      port[name] = await freePort();
+    // The rotating route has certificate files of its own, replaced during the test.
+    copyFileSync(routerCert.certFile, join(dir, 'rotate.crt'));
+    copyFileSync(routerCert.keyFile, join(dir, 'rotate.key'));
+    const terminate = (cert: IssuedCertificate, extra: object = {}): Record<string, unknown> => ({
+      certFile: cert.certFile,
+      keyFile: cert.keyFile,
+      ...extra,
+    });
+    const redisBackend = [{ host: '127.0.0.1', port: redis.port }];
+    const pgBackend = [{ host: '127.0.0.1', port: pg.port }];
+    router = await startRouter({
+      routes: [
+        { port: port.redis!, backends: redisBackend, tls: terminate(routerCert) },
+        { port: port.wrong!, backends: redisBackend, tls: terminate(wrongCert) },
+        { port: port.mtls!, backends: redisBackend, tls: terminate(routerCert, { clientCaFile: ca.certFile }) },
+        { port: port.optional!, backends: redisBackend, tls: terminate(routerCert, { policy: 'optional' }) },
+        { port: port.pg!, backends: pgBackend, tls: terminate(routerCert, { startup: 'postgres' }) },
+        { port: port.pgWrong!, backends: pgBackend, tls: terminate(wrongCert, { startup: 'postgres' }) },
+        {
+          port: port.pgPass!,
+          backends: [{ host: '127.0.0.1', port: pgTls.port }],
+          tls: { mode: 'passthrough', startup: 'postgres' },
+        },
+        {
+          port: port.rotate!,
+          backends: redisBackend,
+          tls: { certFile: join(dir, 'rotate.crt'), keyFile: join(dir, 'rotate.key') },
+        },
+      ],
+    });
+  });
+
+  after(async () => {
+    await router?.stop();
+    await redis?.stop();
+    await pg?.stop();
+    await pgTls?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const redisCli = (p: number, args: string[], tls = true): Promise<Run> =>
+    run('redis-cli', [...(tls ? ['--tls', '--cacert', ca.certFile] : []), '-h', 'localhost', '-p', String(p), ...args]);
+  const psql = (p: number, conninfo: string): Promise<Run> =>
+    run('psql', [`host=localhost port=${p} user=postgres dbname=postgres ${conninfo}`, '-XAtc', '\\conninfo']);
+
+  describe('a terminating Redis route', () => {
+    it('serves redis-cli --tls --cacert CA and reports the JS path in /health', async () => {
+      const r = await redisCli(port.redis!, ['set', 'k', 'v']);
+      expect(r.stdout.trim(), r.stderr).to.equal('OK');
+      expect((await redisCli(port.redis!, ['get', 'k'])).stdout.trim()).to.equal('v');
+      const status = router.router.status();
+      expect(status.tlsPorts).to.deep.include({ port: port.redis!, tls: 'terminate', relay: 'js' });
+    });
+
+    it('refuses a plaintext client and counts it', async () => {
+      const before = router.router.routeStats().find((s) => s.port === port.redis!)!.refusedPlaintext;
+      const r = await redisCli(port.redis!, ['ping'], false);
+      expect(r.stdout).to.not.include('PONG');
+      const after = router.router.routeStats().find((s) => s.port === port.redis!)!.refusedPlaintext;
+      expect(after).to.equal(before + 1);
+    });
+
+    it('presents a certificate for the wrong name, which the client refuses', async () => {
+      const r = await run(
+        'openssl',
+        [
+          's_client',
+          '-connect',
+          `127.0.0.1:${port.wrong!}`,
+          '-CAfile',
+          ca.certFile,
+          '-verify_hostname',
+          'localhost',
+          '-verify_return_error',
+          '-brief',
+        ],
+        '',
+      );
+      expect(r.code).to.not.equal(0);
+      expect(r.stderr).to.match(/hostname mismatch/i);
+      const ok = await run(
+        'openssl',
+        [
+          's_client',
+          '-connect',
+          `127.0.0.1:${port.redis!}`,
+          '-CAfile',
+          ca.certFile,
+          '-verify_hostname',
+          'localhost',
+          '-verify_return_error',
+          '-brief',
+        ],
+        '',
+      );
+      expect(ok.stderr).to.match(/Verification: OK/);
+    });
+
+    it('refuses a client without a certificate on an mTLS route and serves one with', async () => {
+      const without = await redisCli(port.mtls!, ['ping']);
+      expect(without.stdout).to.not.include('PONG');
+      const withCert = await redisCli(port.mtls!, ['--cert', clientCert.certFile, '--key', clientCert.keyFile, 'ping']);
+      expect(withCert.stdout.trim(), withCert.stderr).to.equal('PONG');
+    });
+
+    it('relays plaintext clients too when the policy is optional', async () => {
+      expect((await redisCli(port.optional!, ['ping'], false)).stdout.trim()).to.equal('PONG');
+      expect((await redisCli(port.optional!, ['ping'])).stdout.trim()).to.equal('PONG');
+    });
+  });
+
+  describe('a PostgreSQL route', () => {
+    it('answers the SSLRequest and serves psql with sslmode=verify-full', async () => {
+      const r = await psql(port.pg!, `sslmode=verify-full sslrootcert=${ca.certFile}`);
+      expect(r.code, r.stderr).to.equal(0);
+      expect(r.stdout).to.match(/SSL connection \(protocol: TLSv1\.3/);
+    });
+
+    it('refuses a plaintext StartupMessage with an ErrorResponse', async () => {
+      const r = await psql(port.pg!, 'sslmode=disable');
+      expect(r.code).to.not.equal(0);
+      expect(r.stderr).to.include('FATAL:  this route requires TLS');
+    });
+
+    it('presents a certificate for the wrong name, which psql verify-full refuses', async () => {
+      const r = await psql(port.pgWrong!, `sslmode=verify-full sslrootcert=${ca.certFile}`);
+      expect(r.code).to.not.equal(0);
+      expect(r.stderr).to.match(/does not match host name/);
+    });
+
+    it("answers a GSSENCRequest with 'N' and the SSLRequest after it with 'S'", async () => {
+      const got = await rawExchange(port.pg!, Buffer.concat([preamble(GSSENC_REQUEST_CODE)]), 1);
+      expect(got.toString('latin1')).to.equal('N');
+      const both = await new Promise<string>((resolve, reject) => {
+        const s = netConnect(port.pg!, '127.0.0.1', () => s.write(preamble(GSSENC_REQUEST_CODE)));
+        let answers = '';
+        s.on('data', (d: Buffer) => {
+          answers += d.toString('latin1');
+          if (answers === 'N') s.write(preamble(SSL_REQUEST_CODE));
+          if (answers.length >= 2) {
+            s.destroy();
+            resolve(answers);
+          }
+        });
+        s.on('error', reject);
+      });
+      expect(both).to.equal('NS');
+    });
+
+    it('relays the SSLRequest untouched to a TLS engine in passthrough mode', async () => {
+      const r = await run('psql', [
+        `host=localhost port=${port.pgPass!} user=postgres dbname=postgres sslmode=verify-full sslrootcert=${ca.certFile}`,
+        '-XAtc',
+        'select ssl from pg_stat_ssl where pid = pg_backend_pid()',
+      ]);
+      expect(r.stdout.trim(), r.stderr).to.equal('t');
+      const plain = await psql(port.pgPass!, 'sslmode=disable');
+      expect(plain.stderr).to.include('this route requires TLS');
+    });
+  });
+
+  describe('certificate rotation', () => {
+    function open(p: number): Promise<TLSSocket> {
+      return new Promise((resolve, reject) => {
+        const s = tlsConnect(
+          { port: p, host: '127.0.0.1', servername: 'localhost', ca: readFileSync(ca.certFile) },
+          () => resolve(s),
+        );
+        s.once('error', reject);
+      });
+    }
+    function ping(s: TLSSocket): Promise<string> {
+      return new Promise((resolve) => {
+        s.once('data', (d: Buffer) => resolve(d.toString()));
+        s.write('PING\r\n');
+      });
+    }
+
+    it('serves a new certificate to new connections while an old connection keeps running', async () => {
+      const old = await open(port.rotate!);
+      const oldSerial = old.getPeerX509Certificate()!.serialNumber;
+      expect(await ping(old)).to.equal('+PONG\r\n');
+      const next = await ca.ensure('router-next', ['localhost', '127.0.0.1']);
+      // Key first, then certificate, as PlatformCa writes them; the router keeps the old pair
+      // while the two do not match.
+      copyFileSync(next.keyFile, join(dir, 'rotate.key'));
+      copyFileSync(next.certFile, join(dir, 'rotate.crt'));
+      const nextSerial = new X509Certificate(readFileSync(next.certFile)).serialNumber;
+      await new Promise((r) => setTimeout(r, 1_200));
+      const fresh = await open(port.rotate!);
+      expect(fresh.getPeerX509Certificate()!.serialNumber).to.equal(nextSerial);
+      expect(nextSerial).to.not.equal(oldSerial);
+      expect(await ping(fresh)).to.equal('+PONG\r\n');
+      expect(await ping(old)).to.equal('+PONG\r\n');
+      old.destroy();
+      fresh.destroy();
+    });
+  });
+});
