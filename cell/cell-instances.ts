@@ -114,7 +114,8 @@ export class CellInstances {
   /**
    * An engine found running when the agent starts may have been deposed while no agent watched
    * it: control judged the cell dead, promoted a replica and raised this instance's epoch floor.
-   * Whatever the engine says it is, the floor decides: a primary below it is shot at once, before
+   * Unless the engine says it is a replica (an engine too busy to answer may have been promoted
+   * after its volume record was written), the floor decides: below it, it is shot at once, before
    * the cell registers, so it neither claims to be a writer until control's next pass reaches
    * it nor is adopted as one. A primary the floor allows keeps its lease like one started here.
    * If the floor cannot be read, the engine is left as found: control's reconciler still sees it.
@@ -128,7 +129,7 @@ export class CellInstances {
       .position(inst.handle.context)
       .then((p) => p?.role)
       .catch(() => undefined);
-    if ((role ?? inst.spec.role) !== 'primary') return;
+    if (role === 'replica') return;
     const epoch = Math.max(inst.spec.epoch, recordedEpoch);
     let floor: number;
     try {
@@ -137,6 +138,7 @@ export class CellInstances {
       return;
     }
     if (epoch >= floor) {
+      if ((role ?? inst.spec.role) !== 'primary') return;
       inst.spec = { ...inst.spec, role: 'primary', epoch };
       inst.handle.context = { ...inst.handle.context, spec: inst.spec };
       this.syncLease(inst);

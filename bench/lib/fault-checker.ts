@@ -120,6 +120,8 @@ const SERVICE_NAMES: Record<EngineName, string> = { redis: 'fault-redis', postgr
 const VOLUME_MB: Record<EngineName, number> = { redis: 64, postgres: 128 };
 /** How long writes may fail while the status says `running` before that is a violation. */
 const RUNNING_WHILE_FAILING_MS = 5_000;
+/** A write's own deadline (fault-writers.ts): a failure is known this long after the write began. */
+const WRITE_TIMEOUT_MS = 2_000;
 /** No fault counts as settled sooner: longer than a write's timeout, so a hanging write has failed. */
 const MIN_SETTLE_MS = 2_500;
 
@@ -484,12 +486,18 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
       const windowEnd = performance.now();
       for (const svc of services) {
         const writer = writers.get(svc.name)!;
-        const lastFailure = writer.failed.filter((f) => f.at >= fault.at && f.at <= windowEnd).at(-1);
+        const failures = writer.failed.filter((f) => f.at >= fault.at && f.at <= windowEnd);
+        const lastFailure = failures.at(-1);
         const from = lastFailure ? lastFailure.at : fault.at;
+        // An operator action hits when the platform acts, not when the CLI process was spawned
+        // (on a loaded machine node takes seconds to start): its outage starts with the first write
+        // it failed, or the action itself when the first failure came before it could act.
+        const hit =
+          fault.action && failures.length > 0 ? Math.max(fault.at, failures[0].at - WRITE_TIMEOUT_MS) : fault.at;
         const waitUntil = Math.max(deadline, windowEnd + 5_000);
         while (!writer.firstAckIssuedAfter(from) && performance.now() < waitUntil) await sleep(20);
         const ack = writer.firstAckIssuedAfter(from);
-        const ms = ack ? ack.ackedAt - fault.at : null;
+        const ms = ack ? ack.ackedAt - hit : null;
         record.recoveryMs[svc.name] = ms === null ? null : Math.round(ms);
         if (ms === null || ms > recoveryBound)
           violate(

@@ -25,7 +25,8 @@ export type FencingStepName =
   | 'commit-check'
   | 'publish'
   | 'unfence'
-  | 'abort';
+  | 'abort'
+  | 'restart-in-place';
 
 /** `degraded`: done, but not everywhere (a router did not confirm in time, a cell did not answer). */
 export type FencingOutcome = 'ok' | 'degraded' | 'skipped' | 'failed';

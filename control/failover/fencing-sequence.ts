@@ -24,7 +24,7 @@ import type { CellSnapshot } from '../services/cell-directory';
 import type { ServiceChange } from '../services/service-store';
 import type { InstanceRecord, ServiceRecord } from '../services/service-types';
 import type { CasOp } from '../state/cas-commit';
-import { ErrorCode, SfError, isSfError } from '../../common';
+import { ErrorCode, SfError, errorCodeOf, errorMessageOf, isSfError } from '../../common';
 import type { FailoverOptions } from './failover-options';
 import type { FencingStep, FencingStepInput } from './fencing-history';
 import type { CellView, FencingSteps } from './fencing-steps';
@@ -191,7 +191,82 @@ export class FencingSequence {
    * publishes the route.
    */
   async promote(op: FencingOperation, target?: string): Promise<ServiceRecord> {
-    return (await this.promoteReplica(op, target, false)).record;
+    try {
+      return (await this.promoteReplica(op, target, false)).record;
+    } catch (err) {
+      if (target !== undefined || errorCodeOf(err) !== ErrorCode.NoPromotionCandidate) throw err;
+      const restarted = await this.restartInPlace(op, errorMessageOf(err));
+      if (!restarted) throw err;
+      return restarted;
+    }
+  }
+
+  /**
+   * No replica can be promoted (its base backup never finished, it failed, it is on a dead cell)
+   * and the fenced primary's cell is alive: the old primary is the only copy of the data, so it is
+   * restarted where it is, as the primary with the new epoch (its floor allows exactly that). No
+   * other instance was promoted, so this brings back no second writer, and every write it
+   * acknowledged is on its volume. Without this, a primary SIGKILL during a replica's first base
+   * backup left the service without any writer until an operator deleted it.
+   */
+  private async restartInPlace(op: FencingOperation, why: string): Promise<ServiceRecord | null> {
+    const rec = await this.deps.store.mustGet(op.service);
+    const primary = rec.instances.find((i) => i.role === 'primary');
+    const cells = await this.deps.directory.snapshot();
+    if (!primary?.fenced || !cells.get(primary.cell)?.alive) return null;
+    const after = await this.restorePrimary(op, primary, rec.epoch, true);
+    await op.record({
+      step: 'restart-in-place',
+      outcome: after ? 'ok' : 'failed',
+      instanceId: primary.id,
+      cell: primary.cell,
+      epoch: rec.epoch,
+      message: after
+        ? `${why}: ${primary.id} restarts in place as the primary with epoch ${rec.epoch} (it holds every acknowledged write)`
+        : `${why}: ${primary.id} could not be restarted (the service changed)`,
+    });
+    return after;
+  }
+
+  /**
+   * The old primary serves again with `epoch`, unfenced and published; `restart` gives it a new
+   * generation, so its cell starts it again (it was stopped or shot).
+   */
+  private async restorePrimary(
+    op: FencingOperation,
+    primary: InstanceRecord,
+    epoch: number,
+    restart: boolean,
+  ): Promise<ServiceRecord | null> {
+    const after = await this.deps.store.change<ServiceRecord | null>(op.service, op.fence, async (cur) => {
+      if (!cur) return { done: null };
+      const next: ServiceRecord = {
+        ...cur,
+        leaderToken: op.fence.token,
+        updatedAt: Date.now(),
+        instances: cur.instances.map((i) => ({ ...i })),
+      };
+      const ops: CasOp[] = [];
+      for (const inst of next.instances) {
+        if (inst.id !== primary.id || inst.role !== 'primary') continue;
+        delete inst.fenced;
+        inst.epoch = epoch;
+        if (restart) {
+          inst.generation += 1;
+          inst.restartedAt = Date.now();
+        }
+        ops.push(
+          ...putDesiredOps(
+            this.deps.store.keys,
+            inst.cell,
+            instanceSpec(next, inst, null, this.deps.options.primaryLeaseTtlMs),
+          ),
+        );
+      }
+      return { change: { record: next, extraOps: ops }, result: next };
+    });
+    if (after) await this.deps.steps.routeFence.publish(after, await this.deps.directory.snapshot(), op.fence);
+    return after;
   }
 
   /**
@@ -661,34 +736,7 @@ export class FencingSequence {
     }
     const res = stopSent ? undefined : await steps.promote.promote(primary.cell, primary.id, epoch);
     const restore = stopSent || res?.ok === true;
-    const after = await this.deps.store.change<ServiceRecord | null>(op.service, op.fence, async (cur) => {
-      if (!cur) return { done: null };
-      const next: ServiceRecord = {
-        ...cur,
-        leaderToken: op.fence.token,
-        updatedAt: Date.now(),
-        instances: cur.instances.map((i) => ({ ...i })),
-      };
-      const ops: CasOp[] = [];
-      for (const inst of next.instances) {
-        if (inst.id !== primary.id || inst.role !== 'primary' || !restore) continue;
-        delete inst.fenced;
-        inst.epoch = epoch;
-        if (stopSent) {
-          inst.generation += 1;
-          inst.restartedAt = Date.now();
-        }
-        ops.push(
-          ...putDesiredOps(
-            this.deps.store.keys,
-            inst.cell,
-            instanceSpec(next, inst, null, this.deps.options.primaryLeaseTtlMs),
-          ),
-        );
-      }
-      return { change: { record: next, extraOps: ops }, result: next };
-    });
-    if (after) await steps.routeFence.publish(after, await this.deps.directory.snapshot(), op.fence);
+    if (restore) await this.restorePrimary(op, primary, epoch, stopSent);
     await op.record({
       step: 'abort',
       outcome: restore ? 'ok' : 'failed',

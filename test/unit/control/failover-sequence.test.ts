@@ -248,6 +248,30 @@ describe('FencingSequence', () => {
       expect(rec.instances[0].fenced?.complete).to.equal(true);
       expect(w.history.steps.map((s) => `${s.step}:${s.outcome}`)).to.include('promote:failed');
     });
+
+    it('with no replica to promote, restarts the fenced primary in place with the new epoch (it holds every write)', async () => {
+      const w = world();
+      // The replica's first base backup never finished: nothing else has the data.
+      w.cells.states.set('cache-1', 'failed');
+      await w.sequence.fencePrimary(w.op('instance-failed'));
+      await w.sequence.promote(w.op('instance-failed'));
+      expect(w.steps.at('promote:')).to.equal(-1);
+      expect(w.steps.log.at(-1)).to.equal('publish:primary=cache-0');
+      const rec = storeRecord(w.store);
+      expect(rec.instances[0]).to.include({ id: 'cache-0', role: 'primary', epoch: 2, generation: 1 });
+      expect(rec.instances[0].fenced).to.equal(undefined);
+      expect(w.history.steps.map((s) => `${s.step}:${s.outcome}`)).to.include('restart-in-place:ok');
+    });
+
+    it('with no replica to promote and the primary on a dead cell, restarts nothing and stays fenced', async () => {
+      const w = world();
+      w.cells.states.set('cache-1', 'failed');
+      w.cells.alive = new Set(['cell-2']);
+      await w.sequence.fencePrimary(w.op('cell-dead'));
+      expect((await refusal(w.sequence.promote(w.op('cell-dead')))).code).to.equal(ErrorCode.NoPromotionCandidate);
+      expect(storeRecord(w.store).instances[0].fenced?.complete).to.equal(true);
+      expect(w.steps.log.filter((e) => e.startsWith('publish'))).to.deep.equal(['publish:primary=none:fenced=cache-0']);
+    });
   });
 
   describe('switchover', () => {
