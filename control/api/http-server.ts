@@ -50,7 +50,7 @@ export const DEFAULT_HTTP_SERVER_OPTIONS = {
   eventBacklogLimitBytes: DEFAULT_CONTROL_API_OPTIONS.eventBacklogLimitBytes,
 } as const;
 
-export type HttpMethod = 'get' | 'post' | 'put' | 'del';
+export type HttpMethod = 'get' | 'post' | 'put' | 'patch' | 'del';
 
 export interface RequestContext {
   method: string;
@@ -103,7 +103,7 @@ export interface WriteRecord {
 
 /** One registered endpoint, as `endpoints()` lists them (tests probe every one). */
 export interface EndpointInfo {
-  method: 'GET' | 'POST' | 'PUT' | 'DELETE';
+  method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
   pattern: string;
   scope: Scope | null;
   kind: 'json' | 'stream' | 'websocket';
@@ -659,6 +659,7 @@ const METHOD_NAMES: Record<HttpMethod, EndpointInfo['method']> = {
   get: 'GET',
   post: 'POST',
   put: 'PUT',
+  patch: 'PATCH',
   del: 'DELETE',
 };
 
