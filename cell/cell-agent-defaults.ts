@@ -9,4 +9,5 @@ export const DEFAULT_CELL_AGENT_OPTIONS = {
   heartbeatTtlMs: 3_000,
   reconcileMs: 2_000,
   stopInstancesOnExit: false,
+  volumeCheckMs: 15_000,
 } as const;

@@ -69,6 +69,8 @@ export interface CellAgentOptions {
   heartbeatTtlMs?: number;
   /** Re-read desired state even without a notification, and probe health. @default 2000 */
   reconcileMs?: number;
+  /** Interval between two disk-usage measurements of every volume (docs/volumes.md). @default 15000 */
+  volumeCheckMs?: number;
   /** Bound of the commit check on primaries; past it a primary is reported degraded (issue 10). @default 2000 */
   commitCheckTimeoutMs?: number;
   /** Stop engines when the agent exits; by default they keep running and are re-adopted. @default false */
@@ -123,6 +125,7 @@ const cellAgentOptionsSchema = z
     heartbeatTtlMs: z.number().int().min(100).optional(),
     reconcileMs: z.number().int().min(100).optional(),
     commitCheckTimeoutMs: z.number().int().min(100).optional(),
+    volumeCheckMs: z.number().int().min(100).optional(),
   })
   .refine(
     (o) =>
@@ -167,6 +170,7 @@ export class CellAgent {
   private running = false;
   private startedAt = 0;
   private reconciling: Promise<void> | undefined;
+  private measuring: Promise<void> | undefined;
   private reconcileAgain = false;
   private availableExecutors: ExecutorKind[] = [];
   private invalidSpecs = new Map<string, string>();
@@ -266,6 +270,8 @@ export class CellAgent {
     // Reports are written on change; a periodic full report repairs anything lost meanwhile.
     this.timers.push(setInterval(() => this.instances?.reportAll(), FULL_REPORT_MS));
     this.timers.push(setInterval(() => void this.instances?.probe().catch(() => undefined), this.opts.reconcileMs));
+    this.timers.push(setInterval(() => void this.measureVolumes(), this.opts.volumeCheckMs));
+    void this.measureVolumes();
 
     await this.sub.subscribe(this.keys.cell(this.name).notify);
     this.sub.on('message', (_channel: string, message: string) => {
@@ -298,7 +304,7 @@ export class CellAgent {
     for (const t of this.timers) clearInterval(t);
     this.timers = [];
     await this.reconciling;
-    await Promise.all([...this.orderChains.values(), ...this.pendingActions]);
+    await Promise.all([...this.orderChains.values(), ...this.pendingActions, this.measuring]);
     await this.instances?.shutdown(this.opts.stopInstancesOnExit);
     try {
       await this.redis?.del(this.keys.cell(this.name).registration);
@@ -311,12 +317,23 @@ export class CellAgent {
     await this.redis?.quit().catch(() => undefined);
   }
 
+  /** One measurement at a time: a slow `du` on a big volume never piles up behind itself. */
+  private measureVolumes(): Promise<void> {
+    if (!this.measuring)
+      this.measuring = (this.instances?.measureVolumes() ?? Promise.resolve())
+        .catch((err: unknown) => this.log.warn({ err: errorMessageOf(err) }, 'volume measurement failed'))
+        .finally(() => (this.measuring = undefined));
+    return this.measuring;
+  }
+
   record(): CellRecord {
     return {
       name: this.name,
       zone: this.opts.zone,
       capacityMb: this.opts.capacityMb,
       usedMb: this.instances?.usedMb() ?? 0,
+      ...(this.instances?.diskUsedMb() !== undefined ? { diskUsedMb: this.instances.diskUsedMb() } : {}),
+      volumesFull: this.instances?.fullVolumes() ?? [],
       host: this.opts.advertiseHost,
       executors: this.availableExecutors,
       engines: this.availableEngineKinds,

@@ -13,6 +13,7 @@ import { ErrorCode, SfError, errorCodeOf, errorMessageOf } from '../common';
 import type { Executor, InstanceHandle, InstanceStatus } from './executor';
 import { listVolumes, readMeta, volumePaths, writeMeta } from './instance-volume';
 import { LeaseKeeper } from './lease-keeper';
+import { isFull, measureDirBytes, toMb } from './volume-meter';
 
 export interface CellInstancesOptions {
   cell: string;
@@ -55,6 +56,10 @@ interface LocalInstance {
   attempted: number;
   /** Version of the credentials last applied to the running engine (issue 11); -1 = none yet. */
   credentialsApplied: number;
+  /** Measured disk usage of the volume (MiB); null until measured. */
+  usedMb: number | null;
+  /** Usage reached the volume's size; the engine is told to refuse writes. */
+  full: boolean;
 }
 
 /** Read through a function so the compiler does not narrow a state that changes across awaits. */
@@ -151,6 +156,47 @@ export class CellInstances {
     };
   }
 
+  /**
+   * Measures every volume (`du`) and, where one crossed its size either way, tells its running
+   * engine to refuse writes or accept them again (docs/volumes.md). Other volumes are untouched.
+   */
+  async measureVolumes(): Promise<void> {
+    for (const inst of [...this.local.values()]) {
+      const id = inst.spec.instanceId;
+      const bytes = await measureDirBytes(volumePaths(this.options.dataDir, id).volumeDir).catch(() => null);
+      if (bytes === null) continue;
+      const usedMb = toMb(bytes);
+      const full = isFull(usedMb, inst.spec.volume.sizeMb);
+      const changed = usedMb !== inst.usedMb || full !== inst.full;
+      inst.usedMb = usedMb;
+      if (full !== inst.full) {
+        inst.full = full;
+        await this.applySettings(inst).catch(() => undefined);
+      }
+      if (changed) this.emit(id);
+    }
+  }
+
+  /** Measured usage of every volume on the cell (MiB); undefined before the first measurement. */
+  diskUsedMb(): number | undefined {
+    const measured = [...this.local.values()].filter((i) => i.usedMb !== null);
+    if (measured.length === 0) return undefined;
+    return measured.reduce((sum, i) => sum + (i.usedMb ?? 0), 0);
+  }
+
+  /** Instances whose volume is full. */
+  fullVolumes(): string[] {
+    return [...this.local.values()].filter((i) => i.full).map((i) => i.spec.instanceId);
+  }
+
+  /** Pushes disk sync and the volume's fullness to the running engine (no restart). */
+  private async applySettings(inst: LocalInstance): Promise<void> {
+    const engine = this.options.engines[inst.spec.engine];
+    if (!inst.handle || inst.state !== 'running' || !engine.applySettings) return;
+    inst.handle.context = { ...inst.handle.context, spec: inst.spec, volumeFull: inst.full };
+    await engine.applySettings(inst.handle.context);
+  }
+
   /** Sum of volume sizes on this cell, desired or merely present on disk. */
   usedMb(): number {
     let sum = 0;
@@ -223,6 +269,7 @@ export class CellInstances {
     const epoch = Math.max(inst.spec.epoch, spec.epoch);
     const raised = epoch > inst.spec.epoch;
     const newCredentials = (spec.credentials?.version ?? -1) > (inst.spec.credentials?.version ?? -1);
+    const newDiskSync = spec.diskSync !== inst.spec.diskSync;
     inst.spec = {
       ...spec,
       role: inst.spec.role,
@@ -233,6 +280,7 @@ export class CellInstances {
     if (inst.handle) inst.handle.context = { ...inst.handle.context, spec: inst.spec };
     if (inst.lease) inst.lease.setEpoch(epoch);
     if (newCredentials && inst.state === 'running') await this.syncCredentials(inst).catch(() => undefined);
+    if (newDiskSync) await this.applySettings(inst).catch((err: unknown) => this.noteError(inst, err));
     if (!raised) return;
     await this.persistEpoch(inst.spec.instanceId, epoch);
     this.emit(inst.spec.instanceId);
@@ -277,6 +325,8 @@ export class CellInstances {
         await this.refreshPosition(id).catch(() => undefined);
         // Keys created or revoked while it was down (PostgreSQL roles live in the primary's data).
         await this.syncCredentials(inst).catch(() => undefined);
+        // A volume found full before this start: the configuration was rendered without knowing.
+        if (inst.full) await this.applySettings(inst).catch(() => undefined);
         if (!inst.desired) {
           // Removed from desired state while it was starting.
           await this.persistGeneration(id, inst.attempted);
@@ -523,6 +573,9 @@ export class CellInstances {
       leaseHeld: inst.lease ? inst.lease.held : null,
       volumePresent: true,
       volumeSizeMb: spec.volume.sizeMb,
+      volumeUsedMb: inst.usedMb,
+      volumePath: volumePaths(this.options.dataDir, instanceId).volumeDir,
+      volumeFull: inst.full,
       lastError: inst.lastError,
       degraded:
         inst.state === 'running' && spec.role === 'primary' ? (this.cannotCommit.get(instanceId) ?? null) : null,
@@ -555,6 +608,8 @@ export class CellInstances {
         desired: false,
         attempted,
         credentialsApplied: -1,
+        usedMb: null,
+        full: false,
       };
       this.local.set(spec.instanceId, inst);
     }
@@ -563,6 +618,12 @@ export class CellInstances {
 
   private executorFor(spec: InstanceSpec): Executor | undefined {
     return this.options.executors[spec.executor ?? this.options.defaultExecutor ?? 'process'];
+  }
+
+  /** A live change the engine refused: reported, the instance keeps running as it was. */
+  private noteError(inst: LocalInstance, err: unknown): void {
+    inst.lastError = { code: errorCodeOf(err), message: errorMessageOf(err) };
+    this.emit(inst.spec.instanceId);
   }
 
   private fail(id: string, spec: InstanceSpec, err: SfError): void {

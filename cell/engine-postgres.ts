@@ -9,7 +9,13 @@
  */
 import { chmod, chown, readdir, realpath, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import type { HostPort, InstanceCredentials } from '../protocol';
+import {
+  defaultDiskSync,
+  type DiskSync,
+  type HostPort,
+  type InstanceCredentials,
+  type InstanceSpec,
+} from '../protocol';
 import type { Availability, Engine, EngineContext, LaunchCommand, ReplicationPosition } from './engine';
 import { ErrorCode, SfError } from '../common';
 import { findBinary, lookupUser, runCommand, type RunAs } from './run-command';
@@ -77,6 +83,28 @@ export async function walSegmentMb(dataDir: string): Promise<number | undefined>
   }
 }
 
+/**
+ * `synchronous_commit` and `fsync` for a spec's durability and disk sync (docs/volumes.md).
+ * PostgreSQL has one setting for both waits: a commit that waits for a sync standby has flushed
+ * its own WAL first, so with sync durability `interval` and `off` relax the standby's side
+ * (`remote_write`: in its OS, not yet on its disk). Without a standby to wait for, `interval` is
+ * `synchronous_commit off` (the WAL writer flushes every 200 ms; a crash loses at most ~600 ms
+ * of commits and never corrupts), and `off` also turns `fsync` off (a host crash may corrupt the
+ * cluster: for data that can be rebuilt).
+ */
+export function pgSyncSettings(spec: Pick<InstanceSpec, 'durability' | 'replicas' | 'diskSync'>): {
+  synchronousCommit: string;
+  fsync: boolean;
+} {
+  const mode: DiskSync = spec.diskSync ?? defaultDiskSync(spec.durability, 'postgres');
+  const waitsForStandby = spec.durability === 'sync' && spec.replicas > 0;
+  const local = spec.durability === 'sync' ? 'on' : 'local';
+  const commit: Record<DiskSync, string> = waitsForStandby
+    ? { always: 'on', interval: 'remote_write', off: 'remote_write' }
+    : { always: local, interval: 'off', off: 'off' };
+  return { synchronousCommit: commit[mode], fsync: mode !== 'off' };
+}
+
 export function renderPostgresConfig(
   ctx: EngineContext,
   superuser: string,
@@ -105,8 +133,11 @@ export function renderPostgresConfig(
     // A rewound standby replays from the last checkpoint before the fork: frequent checkpoints
     // keep that replay, and so the time until commits have their sync standby again, short.
     'checkpoint_timeout = 1min',
-    'fsync = on',
-    `synchronous_commit = ${sync ? 'on' : 'local'}`,
+    `fsync = ${pgSyncSettings(spec).fsync ? 'on' : 'off'}`,
+    `synchronous_commit = ${pgSyncSettings(spec).synchronousCommit}`,
+    // A full volume (docs/volumes.md): transactions start read-only, so writes fail with
+    // "cannot execute ... in a read-only transaction"; a session may still SET it off to clean up.
+    `default_transaction_read_only = ${ctx.volumeFull ? 'on' : 'off'}`,
     // Waiting for a standby that does not exist would block every commit forever.
     `synchronous_standby_names = ${quote(sync && spec.replicas > 0 ? '*' : '')}`,
     'shared_buffers = 32MB',
@@ -347,6 +378,15 @@ export class PostgresEngine implements Engine {
     );
   }
 
+  /** Disk sync and a full volume's read-only default: both reloadable, so no restart. */
+  async applySettings(ctx: EngineContext): Promise<void> {
+    await writeFile(
+      path.join(ctx.dataDir, 'postgresql.conf'),
+      renderPostgresConfig(ctx, this.options.superuser, undefined, { segmentMb: await walSegmentMb(ctx.dataDir) }),
+    );
+    await this.query(ctx, 'select pg_reload_conf()');
+  }
+
   async repoint(ctx: EngineContext, primary: HostPort): Promise<void> {
     // primary_conninfo is reloadable since PostgreSQL 13: rewrite the config and reload.
     const spec = { ...ctx.spec, role: 'replica' as const, replicaOf: primary };
@@ -450,7 +490,9 @@ export class PostgresEngine implements Engine {
         timeoutMs: this.options.queryTimeoutMs * 4,
         // Role changes must not wait for a sync standby that may not exist yet (a new primary);
         // a set lost with its primary is applied again, since every spec carries it.
-        input: `\\set ON_ERROR_STOP 1\nSET LOCAL synchronous_commit = local;\n${statements.map((s) => `${s};`).join('\n')}\n`,
+        // A full volume makes transactions read-only by default (docs/volumes.md); the platform's
+        // own role changes still apply, so a key can be created to clean up.
+        input: `\\set ON_ERROR_STOP 1\nSET LOCAL transaction_read_only = off;\nSET LOCAL synchronous_commit = local;\n${statements.map((s) => `${s};`).join('\n')}\n`,
         env: { PGAPPNAME: 'sf-cell', ...passwordEnv(ctx.spec.credentials?.admin.password) },
       },
     );

@@ -6,7 +6,7 @@
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Redis } from 'ioredis';
-import type { HostPort } from '../protocol';
+import { defaultDiskSync, type DiskSync, type HostPort } from '../protocol';
 import type { Availability, Engine, EngineContext, LaunchCommand, ReplicationPosition } from './engine';
 import { ErrorCode, SfError } from '../common';
 import { findBinary, type RunAs } from './run-command';
@@ -28,6 +28,27 @@ export const ACL_FILE = 'users.acl';
 /** The key the commit check writes (with a 60 s TTL, so it never accumulates). */
 export const COMMIT_CHECK_KEY = '__sf_commit_check';
 
+/** Redis's AOF fsync policy for each disk sync mode. */
+export const REDIS_APPENDFSYNC: Readonly<Record<DiskSync, string>> = {
+  always: 'always',
+  interval: 'everysec',
+  off: 'no',
+};
+
+/**
+ * A full volume makes Redis refuse every command that may add memory (`SET`, `LPUSH`... answer
+ * `OOM command not allowed`) while reads, `DEL`, `UNLINK` and `FLUSHDB` still work, so a client
+ * can make room: `maxmemory 1` with `noeviction` is always exceeded, and never evicts data.
+ */
+function redisVolumeSettings(full: boolean): Array<[string, string]> {
+  return full
+    ? [
+        ['maxmemory', '1'],
+        ['maxmemory-policy', 'noeviction'],
+      ]
+    : [['maxmemory', '0']];
+}
+
 /** Renders redis.conf from the spec; pure so it is unit-testable. */
 export function renderRedisConfig(ctx: EngineContext, primary?: HostPort): string {
   const { spec } = ctx;
@@ -39,7 +60,8 @@ export function renderRedisConfig(ctx: EngineContext, primary?: HostPort): strin
     'daemonize no',
     `dir ${ctx.dataDir}`,
     'appendonly yes',
-    `appendfsync ${spec.durability === 'sync' ? 'always' : 'everysec'}`,
+    `appendfsync ${REDIS_APPENDFSYNC[spec.diskSync ?? defaultDiskSync(spec.durability, 'redis')]}`,
+    ...redisVolumeSettings(ctx.volumeFull === true).map(([k, v]) => `${k} ${v}`),
     // AOF is the durable record; RDB snapshots would only add fork pauses.
     'save ""',
     'logfile ""',
@@ -144,6 +166,16 @@ export class RedisEngine implements Engine {
   async repoint(ctx: EngineContext, primary: HostPort): Promise<void> {
     await this.command(ctx, (r) => r.call('REPLICAOF', primary.host, String(primary.port)));
     await this.rewriteConfig(ctx, primary);
+  }
+
+  /** Disk sync and a full volume's refusal of writes, live (`CONFIG SET`) and in redis.conf. */
+  async applySettings(ctx: EngineContext): Promise<void> {
+    const appendfsync = REDIS_APPENDFSYNC[ctx.spec.diskSync ?? defaultDiskSync(ctx.spec.durability, 'redis')];
+    await this.command(ctx, async (r) => {
+      for (const [k, v] of [['appendfsync', appendfsync], ...redisVolumeSettings(ctx.volumeFull === true)])
+        await r.call('CONFIG', 'SET', k, v);
+    });
+    await this.rewriteConfig(ctx, ctx.spec.role === 'replica' ? ctx.spec.replicaOf : undefined);
   }
 
   /**

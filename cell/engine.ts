@@ -25,6 +25,8 @@ export interface EngineContext {
   listenHost: string;
   /** Address others (replicas, routers) use to reach it. */
   advertiseHost: string;
+  /** The volume reached its size: the engine must refuse writes (docs/volumes.md). */
+  volumeFull?: boolean;
 }
 
 export interface LaunchCommand {
@@ -75,4 +77,10 @@ export interface Engine {
    * omit it.
    */
   applyCredentials?(ctx: EngineContext): Promise<void>;
+  /**
+   * Applies the settings a running engine can change without a restart: its disk sync
+   * (`ctx.spec.diskSync`) and the refusal of writes of a full volume (`ctx.volumeFull`), to the
+   * live engine and to its configuration file, so a restart keeps them.
+   */
+  applySettings?(ctx: EngineContext): Promise<void>;
 }

@@ -19,6 +19,7 @@ export interface CellFlags {
   heartbeatMs: string;
   heartbeatTtlMs: string;
   commitCheckTimeoutMs?: string;
+  volumeCheckMs?: string;
   trustCidr: string[];
   tcpAllow: string[];
   stopInstancesOnExit?: boolean;
@@ -50,6 +51,8 @@ export async function runCell(flags: CellFlags): Promise<void> {
       flags.commitCheckTimeoutMs === undefined
         ? undefined
         : parseIntFlag(flags.commitCheckTimeoutMs, '--commit-check-timeout-ms', 100),
+    volumeCheckMs:
+      flags.volumeCheckMs === undefined ? undefined : parseIntFlag(flags.volumeCheckMs, '--volume-check-ms', 100),
     trustCidrs: flags.trustCidr,
     tcpAllow: flags.tcpAllow,
     stopInstancesOnExit: flags.stopInstancesOnExit === true,

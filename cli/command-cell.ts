@@ -41,6 +41,11 @@ export function registerCellCommand(program: Command): void {
       'a primary whose check write does not commit (sync: is not acknowledged) within this is reported degraded (default: 2000)',
     )
     .option(
+      '--volume-check-ms <ms>',
+      'interval between two disk-usage measurements (du) of every volume; a full one refuses writes',
+      String(DEFAULT_CELL_AGENT_OPTIONS.volumeCheckMs),
+    )
+    .option(
       '--trust-cidr <cidr>',
       'network trusted by postgres besides loopback (repeatable)',
       (v: string, acc: string[]) => [...acc, v],

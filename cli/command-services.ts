@@ -5,6 +5,7 @@
 import { type Command, Option } from 'commander';
 import { ErrorCode, SfError } from '../common/errors';
 import type { ServiceCreateInput, ServiceView } from '../control/services';
+import { DISK_SYNC_MODES, type DiskSync } from '../protocol';
 import { ApiClient } from './api-client';
 import { UsageError, exitWithError, parseIntFlag } from './cli-support';
 import { formatTable, printResult } from './output-table';
@@ -12,6 +13,7 @@ import { formatTable, printResult } from './output-table';
 interface CreateFlags {
   replicas: string;
   durability: 'sync' | 'async';
+  diskSync?: DiskSync;
   sizeMb: string;
   fencing: 'auto' | 'manual';
   routerGroup: string;
@@ -42,7 +44,7 @@ function serviceDetail(s: ServiceView): string {
     `engine:      ${s.engine}\n` +
     `status:      ${s.status}${s.message ? ` (${s.message})` : ''}\n` +
     `router port: ${s.port} (group ${s.router_group})\n` +
-    `replicas:    ${s.replicas}, durability ${s.durability}, volume ${s.volume.size_mb} MB, fencing ${s.fencing.policy}\n\n`;
+    `replicas:    ${s.replicas}, durability ${s.durability}, disk sync ${s.disk_sync}, volume ${s.volume.size_mb} MB, fencing ${s.fencing.policy}\n\n`;
   const rows = s.instances.map((i) => [
     i.id,
     i.role,
@@ -85,6 +87,7 @@ async function createService(engine: string, name: string, flags: CreateFlags): 
     engine: engine as ServiceCreateInput['engine'],
     replicas: parseIntFlag(flags.replicas, '--replicas', 0, 8),
     durability: flags.durability,
+    ...(flags.diskSync ? { disk_sync: flags.diskSync } : {}),
     volume: { size_mb: parseIntFlag(flags.sizeMb, '--size-mb', 1) },
     fencing: { policy: flags.fencing },
     router_group: flags.routerGroup,
@@ -123,6 +126,15 @@ async function showService(name: string, flags: { json?: boolean }): Promise<voi
   printResult(flags.json, view, () => serviceDetail(view));
 }
 
+async function updateService(name: string, flags: { diskSync?: DiskSync; json?: boolean }): Promise<void> {
+  if (!flags.diskSync) throw new UsageError('nothing to change: give --disk-sync');
+  const client = await ApiClient.fromEnv();
+  const view = await client.request<ServiceView>('PATCH', `/v3/service_instances/${encodeURIComponent(name)}`, {
+    disk_sync: flags.diskSync,
+  });
+  printResult(flags.json, view, () => `service ${name}: disk sync ${view.disk_sync}\n`);
+}
+
 async function deleteService(name: string, flags: { json?: boolean; wait: boolean; timeout: string }): Promise<void> {
   const client = await ApiClient.fromEnv();
   const view = await client.request<ServiceView>('DELETE', `/v3/service_instances/${encodeURIComponent(name)}`);
@@ -151,6 +163,13 @@ const run =
   (...args: A) =>
     fn(...args).catch(exitWithError);
 
+function diskSyncOption(): Option {
+  return new Option(
+    '--disk-sync <mode>',
+    'always: fsync every write; interval: about once a second; off: the OS decides (default: always with sync durability, else interval)',
+  ).choices(DISK_SYNC_MODES);
+}
+
 export function registerServiceCommands(program: Command): void {
   program
     .command('create-service')
@@ -163,6 +182,7 @@ export function registerServiceCommands(program: Command): void {
         .choices(['sync', 'async'])
         .default('async'),
     )
+    .addOption(diskSyncOption())
     .option('--size-mb <n>', 'volume size per instance, in MB', '256')
     .addOption(new Option('--fencing <policy>', 'failover policy').choices(['auto', 'manual']).default('auto'))
     .option('--router-group <name>', 'router group whose port the service gets', 'default')
@@ -184,6 +204,14 @@ export function registerServiceCommands(program: Command): void {
     .argument('<name>', 'service name')
     .option('--json', 'machine-readable output')
     .action(run(showService));
+
+  program
+    .command('update-service')
+    .description('change a running service without a restart (its disk sync)')
+    .argument('<name>', 'service name')
+    .addOption(diskSyncOption())
+    .option('--json', 'machine-readable output')
+    .action(run(updateService));
 
   program
     .command('delete-service')

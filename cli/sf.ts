@@ -15,6 +15,7 @@ import { registerRouteCommands } from './command-routes';
 import { registerServiceCommands } from './command-services';
 import { registerServiceKeyCommands } from './command-service-keys';
 import { registerCellsCommand } from './command-cells';
+import { registerVolumesCommand } from './command-volumes';
 import { registerUpCommand } from './command-up';
 import { registerFencingCommands } from './command-fencing';
 
@@ -27,6 +28,7 @@ const COMMANDS: Array<(program: Command) => void> = [
   registerServiceCommands,
   registerServiceKeyCommands,
   registerCellsCommand,
+  registerVolumesCommand,
   registerUpCommand,
   registerFencingCommands,
 ];

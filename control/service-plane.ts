@@ -6,6 +6,8 @@
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { registerCellsApi } from './api/routes-cells';
+import { registerVolumesApi } from './api/routes-volumes';
+import { registerServiceUpdateApi } from './api/routes-service-update';
 import { registerServicesApi } from './api/routes-services';
 import { DEFAULT_ROUTER_HOST, registerServiceKeysApi } from './api/routes-service-keys';
 import type { HttpServer } from './api/http-server';
@@ -128,6 +130,8 @@ export async function startServicePlane(
     routerHost: opts.routerHost ?? DEFAULT_ROUTER_HOST,
   });
   registerCellsApi(server, { directory, store });
+  registerVolumesApi(server, { directory, store });
+  registerServiceUpdateApi(server, { store, directory, redis: deps.redis });
   fencing.attach(elector);
   registerFencingApi(server, { coordinator: fencing, store, directory });
   await loop.start();

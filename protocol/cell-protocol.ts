@@ -26,6 +26,21 @@ export const EXECUTOR_KINDS = ['process', 'docker'] as const;
 export type ExecutorKind = (typeof EXECUTOR_KINDS)[number];
 export type InstanceRole = 'primary' | 'replica';
 export type Durability = 'sync' | 'async';
+/**
+ * How often an engine forces its writes to disk, apart from replication (docs/volumes.md):
+ * `always` at every commit, `interval` about once a second, `off` when the OS decides.
+ */
+export const DISK_SYNC_MODES = ['always', 'interval', 'off'] as const;
+export type DiskSync = (typeof DISK_SYNC_MODES)[number];
+
+/**
+ * The disk sync a spec without one gets: what `durability` alone meant before disk sync existed
+ * (Redis: `appendfsync always` with sync, `everysec` with async; PostgreSQL flushed its WAL at
+ * every commit either way).
+ */
+export function defaultDiskSync(durability: Durability, engine: EngineKind): DiskSync {
+  return durability === 'sync' || engine === 'postgres' ? 'always' : 'interval';
+}
 
 const hostPortSchema = z.object({
   host: z.string().min(1),
@@ -69,6 +84,8 @@ export const instanceSpecSchema = z.object({
   durability: z.enum(['sync', 'async']).default('async'),
   /** How many replicas the service has: sync durability only waits for replicas that exist. */
   replicas: z.number().int().min(0).default(0),
+  /** Absent: `defaultDiskSync(durability)`. Changes apply to a running engine without a restart. */
+  diskSync: z.enum(DISK_SYNC_MODES).optional(),
   volume: z.object({ sizeMb: z.number().int().min(1) }),
   /** Required when role is replica: where the primary is reachable. */
   replicaOf: hostPortSchema.optional(),
@@ -114,6 +131,12 @@ export interface ActualInstance {
   /** The volume directory exists on this cell (survives stop; removed by `delete-volume`). */
   volumePresent: boolean;
   volumeSizeMb: number;
+  /** Measured disk usage of the volume (MiB, rounded up); null until first measured. */
+  volumeUsedMb?: number | null;
+  /** The volume's directory on the cell. */
+  volumePath?: string;
+  /** Usage reached sizeMb: the engine refuses writes (docs/volumes.md, per engine). */
+  volumeFull?: boolean;
   lastError: { code: string; message: string } | null;
   /**
    * Why a running primary cannot commit writes right now (its cell's commit check: no sync
@@ -196,6 +219,10 @@ export interface CellRecord {
   capacityMb: number;
   /** Sum of the volume sizes of every instance whose volume is on this cell. */
   usedMb: number;
+  /** Measured disk usage of every volume on this cell (MiB); absent before the first measurement. */
+  diskUsedMb?: number;
+  /** Instances whose volume reached its size: their engines refuse writes. */
+  volumesFull?: string[];
   /** Address that clients, routers and replicas use to reach this cell's instances. */
   host: string;
   executors: ExecutorKind[];

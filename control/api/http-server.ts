@@ -57,7 +57,7 @@ export const DEFAULT_HTTP_SERVER_OPTIONS = {
   cfRoutingErrors: true,
 } as const;
 
-export type HttpMethod = 'get' | 'post' | 'put' | 'del';
+export type HttpMethod = 'get' | 'post' | 'put' | 'patch' | 'del';
 
 export interface RequestContext {
   method: string;
@@ -110,7 +110,7 @@ export interface WriteRecord {
 
 /** One registered endpoint, as `endpoints()` lists them (tests probe every one). */
 export interface EndpointInfo {
-  method: 'GET' | 'POST' | 'PUT' | 'DELETE';
+  method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
   pattern: string;
   scope: Scope | null;
   /** The Cloud Foundry scope a JWT must carry here (routing API endpoints only). */
@@ -676,6 +676,7 @@ const METHOD_NAMES: Record<HttpMethod, EndpointInfo['method']> = {
   get: 'GET',
   post: 'POST',
   put: 'PUT',
+  patch: 'PATCH',
   del: 'DELETE',
 };
 

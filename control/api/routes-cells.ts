@@ -11,6 +11,10 @@ export interface CellView {
   host: string | null;
   capacity_mb: number | null;
   used_mb: number | null;
+  /** Measured disk usage of the cell's volumes (docs/volumes.md); null before measured. */
+  disk_used_mb: number | null;
+  /** Instances whose volume is full: their engines refuse writes. */
+  volumes_full: string[];
   engines: string[];
   executors: string[];
   port_range: { from: number; to: number } | null;
@@ -40,6 +44,8 @@ function cellView(cell: CellSnapshot, promisedMb: number): CellView {
     host: r?.host ?? null,
     capacity_mb: r?.capacityMb ?? null,
     used_mb: r ? Math.max(r.usedMb, promisedMb) : null,
+    disk_used_mb: r?.diskUsedMb ?? null,
+    volumes_full: r?.volumesFull ?? [],
     engines: r?.engines ?? [],
     executors: r?.executors ?? [],
     port_range: r?.portRange ?? null,

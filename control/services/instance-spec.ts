@@ -4,7 +4,7 @@
  * mapping lives here, below both of them, and the write itself (with its validation) is
  * `putDesiredOps` in state/cell-client.ts.
  */
-import type { InstanceSpecInput } from '../../protocol';
+import { defaultDiskSync, type InstanceSpecInput } from '../../protocol';
 import type { InstanceRecord, ServiceRecord } from './service-types';
 import { instanceCredentials } from './service-credentials';
 
@@ -26,6 +26,7 @@ export function instanceSpec(
     generation: inst.generation,
     durability: service.durability,
     replicas: service.replicas,
+    diskSync: service.diskSync ?? defaultDiskSync(service.durability, service.engine),
     volume: { sizeMb: service.volume.sizeMb },
     ...(inst.role === 'replica' && upstream ? { replicaOf: upstream } : {}),
     ...(service.command ? { command: service.command } : {}),

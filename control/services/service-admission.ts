@@ -5,6 +5,7 @@
  * service reserves a free port of its group. The leader then places it.
  */
 import { ErrorCode, SfError } from '../../common';
+import { defaultDiskSync } from '../../protocol';
 import { cellCandidates } from '../placement/cell-candidates';
 import { runPlacementAuction } from '../placement/placement-auction';
 import { parsePortRanges } from '../state/port-ranges';
@@ -46,6 +47,7 @@ export async function admitService(deps: ServiceAdmissionDeps, req: ServiceCreat
       engine: req.engine,
       replicas: req.replicas,
       durability: req.durability,
+      diskSync: req.disk_sync ?? defaultDiskSync(req.durability, req.engine),
       volume: { sizeMb: req.volume.size_mb },
       fencing: { policy: req.fencing.policy },
       ...(req.command ? { command: { file: req.command.file, args: req.command.args } } : {}),

@@ -1,6 +1,6 @@
 /** The create-service request, validated once at the edge; errors name the field. */
 import { z } from 'zod';
-import { ENGINE_KINDS } from '../../protocol';
+import { DISK_SYNC_MODES, ENGINE_KINDS } from '../../protocol';
 
 /** Replicas per service: beyond this a mistake is likelier than a need. */
 export const MAX_REPLICAS = 8;
@@ -42,6 +42,8 @@ export const serviceCreateSchema = z
     durability: z
       .enum(['sync', 'async'], { error: 'must be sync or async' })
       .default(DEFAULT_SERVICE_REQUEST.durability),
+    /** Absent: `always` with sync durability, `interval` with async (docs/volumes.md). */
+    disk_sync: z.enum(DISK_SYNC_MODES, { error: `must be one of ${DISK_SYNC_MODES.join(', ')}` }).optional(),
     volume: z
       .preprocess(
         legacyVolume,
@@ -74,6 +76,14 @@ export const serviceCreateSchema = z
     if (v.engine !== 'tcp' && v.command)
       ctx.addIssue({ code: 'custom', path: ['command'], message: 'is only allowed for engine tcp' });
   });
+
+/** `PATCH /v3/service_instances/:name`: what may change on a running service. */
+export const serviceUpdateSchema = z
+  .object({
+    disk_sync: z.enum(DISK_SYNC_MODES, { error: `must be one of ${DISK_SYNC_MODES.join(', ')}` }),
+  })
+  .strict();
+export type ServiceUpdateRequest = z.output<typeof serviceUpdateSchema>;
 
 export type ServiceCreateRequest = z.output<typeof serviceCreateSchema>;
 export type ServiceCreateInput = z.input<typeof serviceCreateSchema>;

@@ -4,7 +4,7 @@
  * copied here; it is read from the cells' `actual` hashes, so this record only changes when a
  * decision changes (DESIGN.md "Core model", issue 4).
  */
-import type { ActualState, Durability, EngineKind, InstanceRole } from '../../protocol';
+import type { ActualState, DiskSync, Durability, EngineKind, InstanceRole } from '../../protocol';
 
 export type FencingPolicy = 'auto' | 'manual';
 
@@ -86,6 +86,8 @@ export interface ServiceRequestFields {
 }
 
 export interface ServiceRecord extends ServiceRequestFields {
+  /** How often the engine syncs to disk (docs/volumes.md); absent in records made before it existed. */
+  diskSync?: DiskSync;
   /** Engine `tcp` only: what the cell runs. */
   command?: { file: string; args: string[] };
   routerGroup: string;
@@ -131,6 +133,7 @@ export interface InstanceView {
 /** The API's shape: snake_case like the rest of `/v3` (the record keeps its stored names). */
 export interface ServiceView extends Omit<ServiceRequestFields, 'volume'> {
   volume: { size_mb: number };
+  disk_sync: DiskSync;
   router_group: string;
   port: number;
   status: ServiceStatus;
@@ -158,6 +161,7 @@ export interface ServiceEvent {
     | 'volume-deleted'
     | 'service-key-created'
     | 'service-key-deleted'
+    | 'service-updated'
     | 'fencing';
   service: string;
   instanceId?: string;

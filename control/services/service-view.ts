@@ -1,5 +1,6 @@
 /** The API's view of a service: its record merged with what the cells report right now. */
 import { ErrorCode } from '../../common';
+import { defaultDiskSync } from '../../protocol';
 import type { CellSnapshot } from './cell-directory';
 import type { InstanceRecord, InstanceView, ServiceRecord, ServiceView } from './service-types';
 
@@ -39,6 +40,7 @@ export function serviceView(record: ServiceRecord, cells: ReadonlyMap<string, Ce
     engine: record.engine,
     replicas: record.replicas,
     durability: record.durability,
+    disk_sync: record.diskSync ?? defaultDiskSync(record.durability, record.engine),
     volume: { size_mb: record.volume.sizeMb },
     fencing: record.fencing,
     router_group: record.routerGroup,

@@ -28,6 +28,8 @@ export interface ClusterOptions {
   services?: ServicePlaneOptions;
   /** Prefix of every Redis key, given to control, router and cells alike. @default 'sf:' */
   keyPrefix?: string;
+  /** Extra `sf cell` flags for every cell (e.g. `--volume-check-ms 500`). */
+  cellArgs?: string[];
 }
 
 export interface CellProcess {
@@ -163,6 +165,7 @@ export async function startServiceCluster(options: ClusterOptions = {}): Promise
           '--heartbeat-ttl-ms',
           '1000',
           '--stop-instances-on-exit',
+          ...(options.cellArgs ?? []),
         ],
         { SF_LOG_LEVEL: 'warn' },
       );
