@@ -7,6 +7,7 @@ import type { Command } from 'commander';
 import { controlUrlForListen, ensureAdminToken } from '../control/admin-token';
 import { DEFAULT_CONTROL_API_OPTIONS as API_DEFAULTS } from '../control/api/api-options';
 import type { StaticToken } from '../control/api/token-authenticator';
+import type { JwtVerifierOptions } from '../control/api/jwt-authenticator';
 import { DEFAULT_CONTROL_SERVER_OPTIONS as DEFAULTS } from '../control/control-options';
 import { exitWithError, parseHostPort, parseIntFlag, UsageError } from './cli-support';
 import { withRedisCredentialsOption } from './redis-credentials-option';
@@ -23,6 +24,11 @@ interface ControlFlags {
   eventBacklogBytes: string;
   maxTtl: string;
   routingCompat: string;
+  jwtPublicKey?: string;
+  jwtJwks?: string;
+  jwtSecretFile?: string;
+  jwtIssuer?: string;
+  jwtAudience?: string;
   dataDir?: string;
 }
 
@@ -44,6 +50,7 @@ async function runControl(flags: ControlFlags): Promise<void> {
     port: listen.port,
     adminToken: admin.token,
     staticTokens,
+    jwt: jwtOptions(flags),
     bodyLimitBytes: parseIntFlag(flags.bodyLimit, '--body-limit', 1024),
     sweepIntervalMs: parseIntFlag(flags.sweepIntervalMs, '--sweep-interval-ms', 10),
     api: {
@@ -63,6 +70,23 @@ async function runControl(flags: ControlFlags): Promise<void> {
   };
   process.once('SIGINT', () => shutdown('SIGINT'));
   process.once('SIGTERM', () => shutdown('SIGTERM'));
+}
+
+/** JWT verification from the flags (the secret file also from SF_JWT_SECRET_FILE), or none. */
+function jwtOptions(flags: ControlFlags): JwtVerifierOptions | undefined {
+  const secretFile = flags.jwtSecretFile ?? process.env.SF_JWT_SECRET_FILE;
+  const keys = [flags.jwtPublicKey, flags.jwtJwks, secretFile].filter((k) => k !== undefined);
+  if (keys.length === 0) return undefined;
+  if (keys.length > 1) throw new UsageError('give one of --jwt-public-key, --jwt-jwks and --jwt-secret-file');
+  const issuer = flags.jwtIssuer ?? process.env.SF_JWT_ISSUER;
+  if (!issuer) throw new UsageError('--jwt-issuer (or SF_JWT_ISSUER) is required with a JWT key');
+  return {
+    publicKeyFile: flags.jwtPublicKey,
+    jwksFile: flags.jwtJwks,
+    hs256SecretFile: secretFile,
+    issuer,
+    audience: flags.jwtAudience,
+  };
 }
 
 function parseRoutingCompat(value: string): 'strict' | 'cf' {
@@ -107,5 +131,13 @@ export function registerControlCommand(program: Command): void {
       "strict: refuse unknown fields, stranded ports and deleting groups with routes; cf: as Cloud Foundry's routing-api",
       API_DEFAULTS.routingCompat,
     )
+    .option('--jwt-public-key <file>', 'verify UAA-style JWTs with this RS256 public key (PEM, UAA token_key)')
+    .option('--jwt-jwks <file>', 'verify UAA-style JWTs with the keys of this JWKS file (UAA token_keys)')
+    .option(
+      '--jwt-secret-file <file>',
+      'verify HS256 JWTs with the secret in this file, for development (default: SF_JWT_SECRET_FILE)',
+    )
+    .option('--jwt-issuer <iss>', 'the iss every JWT must carry (default: SF_JWT_ISSUER)')
+    .option('--jwt-audience <aud>', 'an aud every JWT must include (default: not checked)')
     .action((flags: ControlFlags) => runControl(flags).catch(exitWithError));
 }

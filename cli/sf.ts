@@ -18,6 +18,7 @@ import { registerCellsCommand } from './command-cells';
 import { registerVolumesCommand } from './command-volumes';
 import { registerUpCommand } from './command-up';
 import { registerFencingCommands } from './command-fencing';
+import { registerTokenCommands } from './command-token';
 
 const COMMANDS: Array<(program: Command) => void> = [
   registerRouterCommand,
@@ -31,6 +32,7 @@ const COMMANDS: Array<(program: Command) => void> = [
   registerVolumesCommand,
   registerUpCommand,
   registerFencingCommands,
+  registerTokenCommands,
 ];
 
 export function buildProgram(): Command {

@@ -6,6 +6,7 @@ import type { Logger } from 'pino';
 import { DEFAULT_KEY_PREFIX } from '../protocol';
 import type { ControlApiOptions } from './api/api-options';
 import type { StaticToken } from './api/token-authenticator';
+import type { JwtVerifierOptions } from './api/jwt-authenticator';
 import type { ServicePlaneOptions } from './service-plane';
 
 export { DEFAULT_RESERVABLE_PORTS } from './state/port-ranges';
@@ -22,6 +23,8 @@ export interface ControlServerOptions {
   adminToken?: string;
   /** Further tokens from a config file. */
   staticTokens?: StaticToken[];
+  /** UAA-style JWTs (RS256 key, JWKS or HS256 secret, issuer); without it only opaque tokens work. */
+  jwt?: JwtVerifierOptions;
   /** @default 1048576 bytes per request body */
   bodyLimitBytes?: number;
   /** @default 1000 ms between TTL sweeps */

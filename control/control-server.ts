@@ -12,6 +12,7 @@ import { registerRoutingApi } from './api/routes-routing';
 import { registerTokensApi } from './api/routes-tokens';
 import { HttpServer, type EndpointInfo } from './api/http-server';
 import { TokenAuthenticator, type StaticToken } from './api/token-authenticator';
+import { JwtAuthenticator } from './api/jwt-authenticator';
 import { DEFAULT_CONTROL_SERVER_OPTIONS, type ControlServerOptions } from './control-options';
 import { EventHub } from './events/event-hub';
 import { RouterGroupStore } from './state/router-group-store';
@@ -40,6 +41,8 @@ export interface ControlServer {
 export async function startControlServer(options: ControlServerOptions = {}): Promise<ControlServer> {
   const opts = withDefaults(DEFAULT_CONTROL_SERVER_OPTIONS, options);
   const log = opts.logger ?? createLogger('control');
+  // The JWT key is read first: a bad key file stops control before it opens any connection.
+  const jwtFor = opts.jwt ? await JwtAuthenticator.create(opts.jwt, { authenticate: async () => null }) : null;
   const redis = createRedis(opts.redisUrl, { connectionName: 'sf-control', maxRetriesPerRequest: 2 });
   redis.on('error', (err: Error) => log.warn({ err: err.message }, 'redis connection problem'));
   const keys = keyLayout(opts.keyPrefix);
@@ -56,8 +59,9 @@ export async function startControlServer(options: ControlServerOptions = {}): Pr
   const statics: StaticToken[] = [...(opts.staticTokens ?? [])];
   if (opts.adminToken) statics.push({ name: 'admin', token: opts.adminToken, scopes: ['admin'] });
   const audit = new AuditLog(redis, keys.audit, log, { maxEntries: opts.api?.auditMaxEntries });
+  const opaque = new TokenAuthenticator(statics, tokens);
   const server = new HttpServer({
-    authenticator: new TokenAuthenticator(statics, tokens),
+    authenticator: jwtFor ? jwtFor.withFallback(opaque) : opaque,
     bodyLimitBytes: opts.bodyLimitBytes,
     maxUrlBytes: opts.api?.maxUrlBytes,
     maxHeaderBytes: opts.api?.maxHeaderBytes,

@@ -16,14 +16,7 @@ import {
   validateBody,
 } from './routing-schemas';
 import { ErrorCode, SfError } from '../../common';
-
-/** Cloud Foundry's routing scopes, as UAA puts them in a token's `scope` claim. */
-export const CF_ROUTING_SCOPES = {
-  routesRead: 'routing.routes.read',
-  routesWrite: 'routing.routes.write',
-  routerGroupsRead: 'routing.router_groups.read',
-  routerGroupsWrite: 'routing.router_groups.write',
-} as const;
+import { CF_ROUTING_SCOPES } from './cf-scopes';
 
 /**
  * `strict` (default) keeps Service Foundry's extra checks: unknown fields refused, a port change

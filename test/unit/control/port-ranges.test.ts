@@ -1,5 +1,10 @@
 import { expect } from 'chai';
-import { parsePortRanges, rangesContain, rangesOverlap } from '../../../control/state/port-ranges';
+import {
+  parsePortRanges,
+  parseReservablePorts,
+  rangesContain,
+  rangesOverlap,
+} from '../../../control/state/port-ranges';
 
 describe('port-ranges', function () {
   describe('parsePortRanges', function () {
@@ -11,8 +16,26 @@ describe('port-ranges', function () {
     });
 
     it('refuses reversed, out-of-range and malformed parts naming the field', function () {
-      for (const bad of ['2-1', '0-10', '1-70000', 'a-b', '', '1,,2']) {
+      for (const bad of ['2-1', '0-10', '1-70000', 'a-b', ' , ', '1,,2']) {
         expect(() => parsePortRanges(bad), bad)
+          .to.throw()
+          .with.property('field', 'reservable_ports');
+      }
+    });
+
+    it('gives an empty text (an http router group) no ports', function () {
+      expect(parsePortRanges('')).to.deep.equal([]);
+    });
+  });
+
+  describe('parseReservablePorts', function () {
+    it("applies Cloud Foundry's rules: 1024-65535, no overlap inside the group, not empty", function () {
+      expect(parseReservablePorts('1024-1100,5000')).to.deep.equal([
+        [1024, 1100],
+        [5000, 5000],
+      ]);
+      for (const bad of ['1023', '80-2000', '2000-3000,2500', '5000,5000', '']) {
+        expect(() => parseReservablePorts(bad), bad)
           .to.throw()
           .with.property('field', 'reservable_ports');
       }
