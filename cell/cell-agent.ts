@@ -38,6 +38,7 @@ import {
   type OrderResult,
 } from '../protocol';
 import { z } from 'zod';
+import { CellMetrics, startCellMetricsServer } from './cell-metrics';
 import { CellInstances } from './cell-instances';
 import { executeOrder } from './cell-orders';
 import { availableEngines, createEngineRegistry, type EngineRegistry } from './engine-registry';
@@ -83,6 +84,8 @@ export interface CellAgentOptions {
   executors?: Partial<Record<ExecutorKind, Executor>>;
   fencer?: NetworkFencer;
   logger?: Logger;
+  /** Where `/metrics` and `/health` answer (`sf cell --metrics-listen`); port 0 picks one. @default none */
+  metricsListen?: { host: string; port: number };
 }
 
 export { DEFAULT_CELL_AGENT_OPTIONS } from './cell-agent-defaults';
@@ -158,6 +161,10 @@ export class CellAgent {
   private readonly opts: CellAgentOptions &
     typeof DEFAULT_CELL_AGENT_OPTIONS & { advertiseHost: string; keyPrefix: string };
   private readonly log: Logger;
+  /** The last report of each instance, for metrics. */
+  private readonly reports = new Map<string, ActualInstance>();
+  private metricsServer: { port: number; close(): Promise<void> } | undefined;
+  readonly metrics: CellMetrics;
   /** The last state logged per instance, so only changes are logged. */
   private readonly lastLogged = new Map<string, string>();
   private readonly engines: EngineRegistry;
@@ -196,6 +203,11 @@ export class CellAgent {
     this.name = options.name;
     this.dataDir = path.resolve(options.dataDir ?? defaultCellDataDir(options.name));
     this.log = options.logger ?? createLogger('cell', { base: { cell: options.name }, destination: 'stderr' });
+    this.metrics = new CellMetrics({
+      reports: () => this.reports.values(),
+      capacityMb: options.capacityMb,
+      usedMb: () => this.instances?.usedMb() ?? 0,
+    });
     this.engines =
       options.engines ??
       createEngineRegistry({
@@ -219,6 +231,12 @@ export class CellAgent {
   async start(): Promise<void> {
     await mkdir(this.dataDir, { recursive: true });
     this.startedAt = Date.now();
+    if (this.opts.metricsListen)
+      this.metricsServer = await startCellMetricsServer(
+        this.metrics,
+        this.opts.metricsListen.host,
+        this.opts.metricsListen.port,
+      );
     // ioredis reconnects forever; the cell waits for Redis rather than exiting, so `sf up` and
     // service managers may start it before Redis is up.
     const retryStrategy = (attempt: number): number => Math.min(100 * attempt, 2_000);
@@ -315,6 +333,12 @@ export class CellAgent {
     this.orderConn?.disconnect();
     this.sub?.disconnect();
     await this.redis?.quit().catch(() => undefined);
+    await this.metricsServer?.close();
+  }
+
+  /** The port `/metrics` answers on, once started with `metricsListen`. */
+  get metricsPort(): number | undefined {
+    return this.metricsServer?.port;
   }
 
   /** One measurement at a time: a slow `du` on a big volume never piles up behind itself. */
@@ -342,7 +366,15 @@ export class CellAgent {
       startedAt: this.startedAt,
       heartbeatAt: Date.now(),
       heartbeatTtlMs: this.opts.heartbeatTtlMs,
+      ...(this.metricsServer && this.opts.metricsListen ? { metrics: this.metricsAddress() } : {}),
     };
+  }
+
+  /** A wildcard listener is reached at the cell's advertised address. */
+  private metricsAddress(): { host: string; port: number } {
+    const listen = this.opts.metricsListen?.host ?? '127.0.0.1';
+    const host = listen === '0.0.0.0' || listen === '::' ? this.opts.advertiseHost : listen;
+    return { host, port: this.metricsServer?.port ?? 0 };
   }
 
   private async afterReconnect(): Promise<void> {
@@ -479,6 +511,8 @@ export class CellAgent {
 
   private async report(instanceId: string, actual: ActualInstance | null): Promise<void> {
     this.logTransition(instanceId, actual);
+    if (actual) this.reports.set(instanceId, actual);
+    else this.reports.delete(instanceId);
     if (!this.redis) return;
     try {
       if (actual) await this.redis.hset(this.keys.cell(this.name).actual, instanceId, JSON.stringify(actual));
@@ -595,12 +629,14 @@ export class CellAgent {
         { order: credentials ? { ...loggable, credentialsVersion: credentials.version } : loggable },
         'order',
       );
+      const started = performance.now();
       result = await executeOrder(parsed.data, {
         cell: this.name,
         dataDir: this.dataDir,
         instances: this.instances as CellInstances,
         fencer: this.opts.fencer,
       });
+      this.metrics.observeOrder(parsed.data.type, result.ok, (performance.now() - started) / 1000);
     }
     try {
       await this.redis?.set(this.keys.orderResult(result.orderId), JSON.stringify(result), 'PX', ORDER_RESULT_TTL_MS);

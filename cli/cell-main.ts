@@ -4,7 +4,7 @@
 import { CellAgent } from '../cell/cell-agent';
 import { NetworkFencer } from '../cell/fencer-network';
 import { parsePortRange } from '../cell/port-allocator';
-import { UsageError, parseIntFlag, stopOnSignals } from './cli-support';
+import { UsageError, parseHostPort, parseIntFlag, stopOnSignals } from './cli-support';
 
 export interface CellFlags {
   name?: string;
@@ -23,6 +23,7 @@ export interface CellFlags {
   trustCidr: string[];
   tcpAllow: string[];
   stopInstancesOnExit?: boolean;
+  metricsListen?: string;
 }
 
 export async function runCell(flags: CellFlags): Promise<void> {
@@ -57,6 +58,7 @@ export async function runCell(flags: CellFlags): Promise<void> {
     tcpAllow: flags.tcpAllow,
     stopInstancesOnExit: flags.stopInstancesOnExit === true,
     fencer: new NetworkFencer(),
+    metricsListen: flags.metricsListen ? parseHostPort(flags.metricsListen, '--metrics-listen') : undefined,
   });
   await agent.start();
   stopOnSignals(agent.logger, 'cell', () => agent.stop());

@@ -58,6 +58,10 @@ export function registerCellCommand(program: Command): void {
       [] as string[],
     )
     .option(
+      '--metrics-listen <host:port>',
+      'serve Prometheus /metrics and /health here, like the router admin endpoint (default: off; keep it on loopback)',
+    )
+    .option(
       '--stop-instances-on-exit',
       'stop engines when the agent exits (default: leave them running for re-adoption)',
     )

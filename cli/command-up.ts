@@ -25,6 +25,7 @@ interface UpFlags {
   cellPortBase: string;
   capacityMb: string;
   routePorts?: string;
+  cellMetricsPortBase: string;
 }
 
 /** @default values of `sf up` (DESIGN.md default addresses) */
@@ -36,6 +37,8 @@ export const DEFAULT_UP_OPTIONS = {
   /** Cell N gets instance ports base+100*(N-1) .. +99. */
   cellPortBase: 20000,
   capacityMb: 4096,
+  /** Cell N serves /metrics on base+N-1; 0 lets each cell pick a free port. */
+  cellMetricsPortBase: 7700,
 } as const;
 
 /**
@@ -82,6 +85,8 @@ async function runUp(flags: UpFlags): Promise<void> {
   const redisPort = parseIntFlag(flags.redisPort, '--redis-port', 1, 65535);
   const cellPortBase = parseIntFlag(flags.cellPortBase, '--cell-port-base', 1024, 65535 - 100 * cellCount);
   const capacityMb = parseIntFlag(flags.capacityMb, '--capacity-mb', 1);
+  const metricsBase = parseIntFlag(flags.cellMetricsPortBase, '--cell-metrics-port-base', 0, 65535 - cellCount);
+  const cellMetricsPort = (n: number): number => (metricsBase === 0 ? 0 : metricsBase + n - 1);
   const dataDir = resolve(flags.dataDir ?? defaultUpDataDir());
   const externalRedis = process.env.SF_REDIS_URL;
 
@@ -90,6 +95,9 @@ async function runUp(flags: UpFlags): Promise<void> {
     [routerAdminPort, 'router admin', '--router-admin-port'],
   ];
   if (!externalRedis) wanted.push([redisPort, 'state redis-server', '--redis-port']);
+  if (metricsBase !== 0)
+    for (let n = 1; n <= cellCount; n++)
+      wanted.push([cellMetricsPort(n), `cell-${n} metrics`, '--cell-metrics-port-base']);
   for (const [port, what, flag] of wanted) {
     if (!(await portFree(port)))
       throw new Error(
@@ -192,6 +200,8 @@ async function runUp(flags: UpFlags): Promise<void> {
         join(dataDir, 'cells', `cell-${n}`),
         '--port-range',
         `${from}-${from + 99}`,
+        '--metrics-listen',
+        `127.0.0.1:${cellMetricsPort(n)}`,
         '--stop-instances-on-exit',
       ]);
     }
@@ -202,11 +212,13 @@ async function runUp(flags: UpFlags): Promise<void> {
       supervisor,
       ['router'],
     );
+    let cellMetrics: string[] = [];
     await waitFor(
       `${cellCount} cells`,
       async () => {
         const res = await fetch(`${controlUrl}/v3/cells`, { headers: { authorization: `Bearer ${admin.token}` } });
-        const body = (await res.json()) as { resources: Array<{ alive: boolean }> };
+        const body = (await res.json()) as { resources: Array<{ alive: boolean; metrics_url: string | null }> };
+        cellMetrics = body.resources.map((c) => c.metrics_url ?? '-');
         return body.resources.filter((c) => c.alive).length >= cellCount;
       },
       30_000,
@@ -220,6 +232,10 @@ async function runUp(flags: UpFlags): Promise<void> {
         `  control   ${controlUrl}  (admin token in ${admin.file ?? 'SF_API_TOKEN'})`,
         `  router    admin http://127.0.0.1:${routerAdminPort}, group default, route ports ${flags.routePorts ?? '16000-16999'}`,
         `  cells     ${Array.from({ length: cellCount }, (_, i) => `cell-${i + 1} (z${i + 1})`).join(', ')}`,
+        `  metrics   control ${controlUrl}/metrics (with the admin token or a read token)`,
+        `            router  http://127.0.0.1:${routerAdminPort}/metrics`,
+        `            cells   ${cellMetrics.join(' ')}`,
+        '            a Prometheus scrape configuration for all of them: sf prometheus-config',
         '',
         'Try next:',
         '  sf create-service redis cache --replicas 1 --wait',
@@ -290,6 +306,11 @@ export function registerUpCommand(program: Command): void {
     )
     .option('--capacity-mb <n>', 'volume capacity per cell, in MB', String(DEFAULT_UP_OPTIONS.capacityMb))
     .option('--route-ports <ranges>', "the default router group's ports, e.g. 16000-16999 (kept in state)")
+    .option(
+      '--cell-metrics-port-base <port>',
+      'cell N serves Prometheus /metrics on this port + N-1 (0: each cell picks a free port)',
+      String(DEFAULT_UP_OPTIONS.cellMetricsPortBase),
+    )
     .action((flags: UpFlags) =>
       runUp(flags).catch((err: unknown) => {
         if (err instanceof UsageError) exitWithError(err);

@@ -19,6 +19,7 @@ import { registerVolumesCommand } from './command-volumes';
 import { registerUpCommand } from './command-up';
 import { registerFencingCommands } from './command-fencing';
 import { registerTokenCommands } from './command-token';
+import { registerPrometheusCommand } from './command-prometheus';
 
 const COMMANDS: Array<(program: Command) => void> = [
   registerRouterCommand,
@@ -33,6 +34,7 @@ const COMMANDS: Array<(program: Command) => void> = [
   registerUpCommand,
   registerFencingCommands,
   registerTokenCommands,
+  registerPrometheusCommand,
 ];
 
 export function buildProgram(): Command {

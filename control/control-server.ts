@@ -21,6 +21,8 @@ import { TcpRouteStore } from './state/tcp-route-store';
 import { TokenStore } from './state/token-store';
 import { RouteTtlSweeper } from './sweeper/route-ttl-sweeper';
 import { startServicePlane, type ServicePlane } from './service-plane';
+import { ControlMetrics } from './control-metrics';
+import { CellDirectory } from './services/cell-directory';
 
 export { DEFAULT_CONTROL_SERVER_OPTIONS, type ControlServerOptions };
 
@@ -89,6 +91,12 @@ export async function startControlServer(options: ControlServerOptions = {}): Pr
   server.route('get', '/v3/info', 'read', async () => ({
     body: { redis_url: publicRedisUrl(opts.redisUrl), key_prefix: opts.keyPrefix },
   }));
+  // Like every other endpoint but /health, metrics need a token (read scope): Prometheus sends
+  // one with `authorization: {credentials_file: ...}` (sf prometheus-config).
+  const metrics = new ControlMetrics();
+  server.route('get', '/metrics', 'read', async () => ({
+    raw: { contentType: metrics.registry.contentType, data: await metrics.registry.metrics() },
+  }));
   registerAuditApi(server, audit);
   registerRoutingApi(
     server,
@@ -99,9 +107,11 @@ export async function startControlServer(options: ControlServerOptions = {}): Pr
   const unhookEvents = registerEventsApi(server, hub);
   const services = await startServicePlane(
     server,
-    { redis, redisUrl: opts.redisUrl, keyPrefix: opts.keyPrefix, groups, routes, logger: log },
+    { redis, redisUrl: opts.redisUrl, keyPrefix: opts.keyPrefix, groups, routes, logger: log, metrics },
     opts.services,
   );
+  const cellDirectory = new CellDirectory(redis, keys);
+  metrics.watchInstances({ services: () => services.store.list(), cells: () => cellDirectory.snapshot() });
   const port = await server.listen(opts.host, opts.port);
   sweeper.start();
   const host = opts.host.includes(':') ? `[${opts.host}]` : opts.host;

@@ -27,6 +27,9 @@ import type { TcpRouteStore } from './state/tcp-route-store';
 import { CellDirectory } from './services/cell-directory';
 import { keyLayout } from '../protocol';
 import { ServiceStore } from './services/service-store';
+import type { ControlMetrics } from './control-metrics';
+import { FencingHistory } from './failover/fencing-history';
+import { DEFAULT_FAILOVER_OPTIONS } from './failover/failover-options';
 
 export interface ServicePlaneOptions {
   /** Leader lock TTL: how long a crashed leader delays its standby. @default 3000 */
@@ -72,6 +75,8 @@ export interface ServicePlaneDeps {
   groups: RouterGroupStore;
   routes: TcpRouteStore;
   logger: Logger;
+  /** Counts passes, fencing steps and leader changes. @default none */
+  metrics?: ControlMetrics;
 }
 
 export interface ServicePlane {
@@ -94,8 +99,22 @@ export async function startServicePlane(
   const store = new ServiceStore(deps.redis, keys);
   const directory = new CellDirectory(deps.redis, keys);
   const emitter = new RouteEmitter(deps.groups, deps.routes);
+  const history = new FencingHistory(
+    deps.redis,
+    keys,
+    opts.failover?.historyLimit ?? DEFAULT_FAILOVER_OPTIONS.historyLimit,
+  );
   const fencing = new FencingFailoverCoordinator(
-    { redis: deps.redis, store, directory, emitter, groups: deps.groups, routes: deps.routes, logger: log },
+    {
+      redis: deps.redis,
+      store,
+      directory,
+      emitter,
+      groups: deps.groups,
+      routes: deps.routes,
+      logger: log,
+      history: deps.metrics ? deps.metrics.observeFencing(history) : history,
+    },
     { primaryLeaseTtlMs: opts.reconciler?.primaryLeaseTtlMs, ...opts.failover },
   );
   const reconciler = new ServiceReconciler(store, emitter, opts.failoverCoordinator ?? fencing, opts.reconciler);
@@ -108,9 +127,13 @@ export async function startServicePlane(
     renewMs: opts.leaderRenewMs,
     onElected: (fence) => {
       log.info({ token: fence.token, holder: fence.holder }, 'elected leader: placing and converging');
+      deps.metrics?.leaderChanged(true);
       loop?.kick(0);
     },
-    onDemoted: (fence) => log.warn({ token: fence.token }, 'no longer leader: standing by'),
+    onDemoted: (fence) => {
+      log.warn({ token: fence.token }, 'no longer leader: standing by');
+      deps.metrics?.leaderChanged(false);
+    },
     onError: (err) => log.warn({ err: err.message }, 'leader lock problem'),
   });
   loop = new ConvergenceLoop(
@@ -118,7 +141,13 @@ export async function startServicePlane(
     store,
     directory,
     reconciler,
-    { redisUrl: deps.redisUrl, pollMs: opts.convergencePollMs, cellGraceMs: opts.cellGraceMs, logger: log },
+    {
+      redisUrl: deps.redisUrl,
+      pollMs: opts.convergencePollMs,
+      cellGraceMs: opts.cellGraceMs,
+      logger: log,
+      onPass: (seconds, ok) => deps.metrics?.observePass(seconds, ok),
+    },
     new OrphanCollector(deps.redis, keys, undefined, log),
     opts.stateFile ? new StateKeeper(deps.redis, keys, opts.stateFile, log) : undefined,
   );

@@ -232,6 +232,8 @@ export interface CellRecord {
   startedAt: number;
   heartbeatAt: number;
   heartbeatTtlMs: number;
+  /** Where the cell's Prometheus `/metrics` answers, when it serves one (`--metrics-listen`). */
+  metrics?: { host: string; port: number };
 }
 
 export type CellEvent =

@@ -29,6 +29,8 @@ export interface FencingStepView {
   message: string;
   at: string;
   leader_token: number;
+  /** Since the operation's previous step (or its start); null in entries older than this field. */
+  duration_ms: number | null;
 }
 
 export function serviceEventView(e: ServiceEvent): ServiceEventView {
@@ -56,5 +58,6 @@ export function fencingStepView(s: FencingStep): FencingStepView {
     message: s.message,
     at: new Date(s.at).toISOString(),
     leader_token: s.leaderToken,
+    duration_ms: s.durationMs ?? null,
   };
 }

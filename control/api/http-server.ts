@@ -76,6 +76,15 @@ export interface JsonReply {
   /** @default 200 */
   status?: number;
   body?: unknown;
+  /** Sent as is instead of `body` as JSON: metrics text, the console's files. */
+  raw?: RawBody;
+}
+
+export interface RawBody {
+  contentType: string;
+  data: string | Uint8Array;
+  /** Extra response headers (caching, security policy). */
+  headers?: Record<string, string>;
 }
 
 export type JsonHandler = (ctx: RequestContext) => Promise<JsonReply>;
@@ -464,7 +473,8 @@ export class HttpServer {
       const reply = await handler(ctx);
       status = reply.status ?? 200;
       code = errorCodeIn(reply.body);
-      this.reply(res, state, status, reply.body);
+      if (reply.raw) this.replyRaw(res, state, status, reply.raw);
+      else this.reply(res, state, status, reply.body);
     } catch (err) {
       const answer = this.errorAnswer(req.path, err);
       status = answer.status;
@@ -567,6 +577,16 @@ export class HttpServer {
         chunks.push(Buffer.from(chunk.slice(0)));
         if (isLast) resolve(Buffer.concat(chunks));
       });
+    });
+  }
+
+  private replyRaw(res: uws.HttpResponse, state: RequestState, status: number, raw: RawBody): void {
+    if (state.aborted) return;
+    state.aborted = true;
+    res.cork(() => {
+      res.writeStatus(`${status} ${REASONS[status] ?? ''}`.trimEnd()).writeHeader('content-type', raw.contentType);
+      for (const [name, value] of Object.entries(raw.headers ?? {})) res.writeHeader(name, value);
+      res.end(raw.data);
     });
   }
 

@@ -19,6 +19,8 @@ export interface CellView {
   executors: string[];
   port_range: { from: number; to: number } | null;
   heartbeat_at: string | null;
+  /** The cell's Prometheus endpoint, when it serves one. */
+  metrics_url: string | null;
   instances: Array<{
     id: string;
     service: string;
@@ -50,6 +52,9 @@ function cellView(cell: CellSnapshot, promisedMb: number): CellView {
     executors: r?.executors ?? [],
     port_range: r?.portRange ?? null,
     heartbeat_at: r ? new Date(r.heartbeatAt).toISOString() : null,
+    metrics_url: r?.metrics
+      ? `http://${r.metrics.host.includes(':') ? `[${r.metrics.host}]` : r.metrics.host}:${r.metrics.port}/metrics`
+      : null,
     instances: [...cell.actual.values()]
       .sort((a, b) => a.instanceId.localeCompare(b.instanceId))
       .map((a) => ({

@@ -28,6 +28,8 @@ export interface ConvergenceLoopOptions {
    */
   cellGraceMs?: number;
   logger: Logger;
+  /** Called after every pass this control ran as leader (metrics). */
+  onPass?: (seconds: number, ok: boolean) => void;
 }
 
 /** The cells' default registration TTL (`sf cell --heartbeat-ttl-ms`), when no cell has been seen yet. */
@@ -151,6 +153,8 @@ export class ConvergenceLoop {
   async pass(): Promise<void> {
     const fence = this.elector.current();
     if (!fence) return;
+    const started = performance.now();
+    let ok = false;
     try {
       if (this.keeper) {
         // Never converge on a store that lost data: that would stop engines and empty routes.
@@ -187,8 +191,11 @@ export class ConvergenceLoop {
       await this.collector?.collect(fence, cells, (await this.store.snapshot()).services.values());
       await this.keeper?.saveIfChanged();
       this.passes++;
+      ok = true;
     } catch (err) {
       this.opts.logger.warn({ err: (err as Error).message }, 'convergence pass failed');
+    } finally {
+      this.opts.onPass?.((performance.now() - started) / 1000, ok);
     }
   }
 }

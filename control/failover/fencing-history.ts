@@ -45,6 +45,8 @@ export interface FencingStep {
   message: string;
   at: number;
   leaderToken: number;
+  /** How long the step took: since the operation's previous step, or since it started. */
+  durationMs?: number;
 }
 
 export type FencingStepInput = Omit<FencingStep, 'at' | 'leaderToken' | 'service' | 'operation' | 'trigger'>;

@@ -61,6 +61,8 @@ export interface FencingDeps {
 /** One fencing operation: its id, trigger and leader fence, and the steps it recorded. */
 export class FencingOperation {
   readonly steps: FencingStep[] = [];
+  /** When the operation started, then when its last step was recorded (step durations). */
+  private last = Date.now();
 
   constructor(
     readonly id: string,
@@ -71,11 +73,14 @@ export class FencingOperation {
   ) {}
 
   async record(input: FencingStepInput): Promise<void> {
+    const now = Date.now();
+    const durationMs = now - this.last;
+    this.last = now;
     this.steps.push(
       await this.history.record(
         this.fence,
         { operation: this.id, trigger: this.trigger, service: this.service },
-        input,
+        { durationMs, ...input },
       ),
     );
   }

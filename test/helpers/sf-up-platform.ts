@@ -75,6 +75,8 @@ export async function createUpPlatform(cells = 3): Promise<UpPlatform> {
     String(ports.cellBase),
     '--route-ports',
     `${ports.routeBase}-${ports.routeBase + 99}`,
+    '--cell-metrics-port-base',
+    '0',
   ];
   const platform: UpPlatform = {
     home,

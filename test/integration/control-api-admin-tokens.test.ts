@@ -48,6 +48,8 @@ describe('admin token files of two platforms on one machine (issue 11)', functio
           String(await freePort()),
           '--cell-port-base',
           String(cellBase),
+          '--cell-metrics-port-base',
+          '0',
           '--route-ports',
           `${routeBase}-${routeBase + 99}`,
         ],

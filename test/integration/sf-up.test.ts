@@ -1,4 +1,5 @@
-import { chmod, mkdtemp, rm, stat } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -64,6 +65,9 @@ describe('sf up', function () {
     String(ports.cellBase),
     '--route-ports',
     `${ports.routeBase}-${ports.routeBase + 99}`,
+    // Each cell picks a free metrics port: fixed ones would collide with other test runs.
+    '--cell-metrics-port-base',
+    '0',
   ];
 
   it('starts state, control, a router and cells, and the CLI works with no configuration', async () => {
@@ -114,6 +118,59 @@ describe('sf up', function () {
     expect(human.output).to.match(/INSTANCE\s+ROLE\s+STATE\s+EPOCH/);
     const usage = await runSfToExit(['create-service', 'redis', 'Bad!'], env);
     expect(usage.code).to.equal(2);
+  });
+
+  it('serves metrics from control (with a token), the router and every cell, and prints a scrape configuration promtool accepts', async () => {
+    const out = up!.output();
+    expect(out).to.include(`control http://127.0.0.1:${ports.control}/metrics`);
+    expect(out).to.include(`router  http://127.0.0.1:${ports.admin}/metrics`);
+    expect(out).to.match(/cells {3}http:\/\/127\.0\.0\.1:\d+\/metrics http:\/\/127\.0\.0\.1:\d+\/metrics/);
+
+    const controlMetrics = `http://127.0.0.1:${ports.control}/metrics`;
+    expect((await fetch(controlMetrics)).status).to.equal(401);
+    const token = (await readFile(path.join(home, 'admin-tokens', `127.0.0.1-${ports.control}`), 'utf8')).trim();
+    let text = '';
+    await eventually(
+      async () => {
+        text = await (await fetch(controlMetrics, { headers: { authorization: `Bearer ${token}` } })).text();
+        const replicaHealthy =
+          /sf_service_instance_healthy\{service="cache",instance="cache-\d+",cell="cell-\d",role="replica"\} 1/;
+        return replicaHealthy.test(text) && /sf_service_replication_lag_bytes\{service="cache"/.test(text);
+      },
+      15_000,
+      'instance health in control metrics',
+    );
+    expect(text).to.match(/sf_control_reconcile_passes_total\{outcome="ok"\} [1-9]/);
+    expect(text).to.match(/sf_control_reconcile_duration_seconds_count [1-9]/);
+    expect(text).to.match(/sf_control_leader 1/);
+    expect(text).to.match(/sf_control_leader_changes_total\{change="elected"\} 1/);
+    expect(text).to.match(/sf_service_epoch\{service="cache"\} 1/);
+
+    const cells = JSON.parse((await runSfToExit(['cells', '--json'], env)).output) as Array<{ metrics_url: string }>;
+    for (const cell of cells) {
+      const t = await (await fetch(cell.metrics_url)).text();
+      expect(t).to.match(/sf_cell_capacity_mb \d+/);
+      expect(t).to.match(
+        /sf_cell_instance_state\{service="cache",instance="cache-\d+",role="(primary|replica)",engine="redis",state="running"\} 1/,
+      );
+      // The service key above was a credentials order to each instance's cell.
+      expect(t).to.match(/sf_cell_order_duration_seconds_count\{type="credentials"\} [1-9]/);
+    }
+
+    const config = await runSfToExit(['prometheus-config'], env);
+    expect(config.code, config.output).to.equal(0);
+    expect(config.output).to.include(
+      `credentials_file: "${path.join(home, 'admin-tokens', `127.0.0.1-${ports.control}`)}"`,
+    );
+    const file = path.join(home, 'prometheus.yml');
+    await writeFile(file, config.output);
+    const check = await new Promise<{ code: number | null; output: string }>((resolve) =>
+      execFile('promtool', ['check', 'config', file], (err, stdout, stderr) =>
+        resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, output: stdout + stderr }),
+      ),
+    );
+    expect(check.code, check.output).to.equal(0);
+    expect(check.output).to.match(/SUCCESS/);
   });
 
   it('refuses to start a second time on the same ports, with a clear message', async () => {

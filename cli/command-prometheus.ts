@@ -1,0 +1,108 @@
+/**
+ * `sf prometheus-config`: a Prometheus scrape configuration for the whole platform — control
+ * (its `/metrics` needs a token, read from a file Prometheus is given), the routers' admin
+ * endpoints and every cell that serves metrics (their addresses from `GET /v3/cells`).
+ */
+import { access } from 'node:fs/promises';
+import type { Command } from 'commander';
+import { adminTokenFile, controlUrlFromEnv } from '../control/admin-token';
+import { ApiClient } from './api-client';
+import { UsageError, exitWithError, parseHostPort } from './cli-support';
+
+interface PrometheusFlags {
+  router: string[];
+  tokenFile?: string;
+  scrapeInterval: string;
+}
+
+/** @default the router admin address of `sf up` (DESIGN.md default addresses) */
+export const DEFAULT_ROUTER_ADMIN = '127.0.0.1:7601';
+
+export interface ScrapeTargets {
+  control: string;
+  tokenFile: string;
+  routers: string[];
+  cells: Array<{ name: string; target: string }>;
+  scrapeInterval: string;
+}
+
+/** YAML by hand: the shape is fixed and small, and every value is quoted. */
+export function prometheusConfig(t: ScrapeTargets): string {
+  const q = (s: string): string => JSON.stringify(s);
+  const lines = [
+    '# Service Foundry scrape configuration (sf prometheus-config)',
+    'global:',
+    `  scrape_interval: ${t.scrapeInterval}`,
+    'scrape_configs:',
+    '  - job_name: sf-control',
+    '    metrics_path: /metrics',
+    '    authorization:',
+    '      type: Bearer',
+    `      credentials_file: ${q(t.tokenFile)}`,
+    '    static_configs:',
+    `      - targets: [${q(t.control)}]`,
+    '  - job_name: sf-router',
+    '    metrics_path: /metrics',
+    '    static_configs:',
+    `      - targets: [${t.routers.map(q).join(', ')}]`,
+  ];
+  if (t.cells.length) {
+    lines.push('  - job_name: sf-cell', '    metrics_path: /metrics', '    static_configs:');
+    for (const c of t.cells) lines.push(`      - targets: [${q(c.target)}]`, `        labels: {cell: ${q(c.name)}}`);
+  }
+  return lines.join('\n') + '\n';
+}
+
+async function printConfig(flags: PrometheusFlags): Promise<void> {
+  if (!/^\d+(ms|s|m|h)$/.test(flags.scrapeInterval))
+    throw new UsageError(
+      `--scrape-interval must be a Prometheus duration like 15s or 1m, got '${flags.scrapeInterval}'`,
+    );
+  const controlUrl = controlUrlFromEnv(process.env);
+  const control = new URL(controlUrl).host;
+  const routers = flags.router.map((r) => {
+    const { host, port } = parseHostPort(r, '--router');
+    return `${host.includes(':') ? `[${host}]` : host}:${port}`;
+  });
+  // A token in the configuration would be a secret in a file nobody protects: name a file.
+  const tokenFile = flags.tokenFile ?? adminTokenFile(controlUrl);
+  try {
+    await access(tokenFile);
+  } catch {
+    throw new UsageError(
+      `no token file ${tokenFile}: pass --token-file FILE holding a token with the read scope (POST /v3/tokens)`,
+    );
+  }
+  const client = await ApiClient.fromEnv();
+  const { resources } = await client.request<{ resources: Array<{ name: string; metrics_url: string | null }> }>(
+    'GET',
+    '/v3/cells',
+  );
+  const cells = resources
+    .filter((c): c is { name: string; metrics_url: string } => c.metrics_url !== null)
+    .map((c) => ({ name: c.name, target: new URL(c.metrics_url).host }))
+    .sort((a, b) => a.name.localeCompare(b.name));
+  process.stdout.write(prometheusConfig({ control, tokenFile, routers, cells, scrapeInterval: flags.scrapeInterval }));
+}
+
+export function registerPrometheusCommand(program: Command): void {
+  program
+    .command('prometheus-config')
+    .description('print a Prometheus scrape configuration for control, the routers and every cell')
+    .option(
+      '--router <host:port>',
+      `a router admin address (repeatable; default ${DEFAULT_ROUTER_ADMIN})`,
+      (v: string, acc: string[]) => [...acc, v],
+      [] as string[],
+    )
+    .option(
+      '--token-file <file>',
+      "file with the token Prometheus sends to control (default: this control's admin token file; a read token is enough)",
+    )
+    .option('--scrape-interval <duration>', 'how often Prometheus scrapes', '15s')
+    .action((flags: PrometheusFlags) =>
+      printConfig({ ...flags, router: flags.router.length ? flags.router : [DEFAULT_ROUTER_ADMIN] }).catch(
+        exitWithError,
+      ),
+    );
+}
