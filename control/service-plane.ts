@@ -34,6 +34,12 @@ export interface ServicePlaneOptions {
   /** Convergence poll interval besides events. @default 1000 */
   convergencePollMs?: number;
   /**
+   * How often the leader reads every cell's reports and reconciles every service, changed or
+   * not; between these full passes it acts on what changed (ConvergenceLoopOptions.resyncMs).
+   * @default 30000
+   */
+  convergenceResyncMs?: number;
+  /**
    * A new leader judges no cell dead before this much of its term has passed, and never before
    * twice the longest cell registration TTL (issue 10; ConvergenceLoopOptions.cellGraceMs).
    * @default 0 (the TTL rule alone)
@@ -116,7 +122,13 @@ export async function startServicePlane(
     store,
     directory,
     reconciler,
-    { redisUrl: deps.redisUrl, pollMs: opts.convergencePollMs, cellGraceMs: opts.cellGraceMs, logger: log },
+    {
+      redisUrl: deps.redisUrl,
+      pollMs: opts.convergencePollMs,
+      cellGraceMs: opts.cellGraceMs,
+      resyncMs: opts.convergenceResyncMs,
+      logger: log,
+    },
     new OrphanCollector(deps.redis, keys, undefined, log),
     opts.stateFile ? new StateKeeper(deps.redis, keys, opts.stateFile, log) : undefined,
   );
