@@ -171,18 +171,29 @@ async function commandsProcessed(redis: Redis): Promise<{ total: number; byComma
   return { total, byCommand };
 }
 
+/** Creates retried after a 503 (store busy), as a client would; counted in the result. */
+let busyRetries = 0;
+
 async function createService(api: Api, name: string, replicas = 0): Promise<number> {
   const t0 = Date.now();
-  const res = await api.call('POST', '/v3/service_instances', { name, engine: 'redis', replicas });
-  if (res.status !== 201) throw new Error(`create ${name}: ${res.status} ${JSON.stringify(res.json)}`);
-  return t0;
+  for (;;) {
+    const res = await api.call('POST', '/v3/service_instances', { name, engine: 'redis', replicas });
+    if (res.status === 201) return t0;
+    if (res.status !== 503) throw new Error(`create ${name}: ${res.status} ${JSON.stringify(res.json)}`);
+    busyRetries++;
+    await sleep(100);
+  }
 }
 
 let simulator: Simulator | null = null;
+/** Filled step by step, so a run that times out still reports what it measured. */
+const partial: Record<string, unknown> = {};
+let stateRedis: Redis | null = null;
 
 async function main(): Promise<void> {
   const started = Date.now();
-  const result: Record<string, unknown> = { services: SERVICES, cells: CELLS, loadStart: load() };
+  const result = partial;
+  Object.assign(result, { services: SERVICES, cells: CELLS, loadStart: load() });
   const home = makeTempDir('sf-scale-');
   const redisPort = await freePort();
   startProcess('redis', 'redis-server', [
@@ -197,7 +208,8 @@ async function main(): Promise<void> {
   ]);
   await waitForPort(redisPort);
   const redisUrl = `redis://127.0.0.1:${redisPort}`;
-  const redis = new Redis(redisUrl);
+  const redis = new Redis(redisUrl, { lazyConnect: false, maxRetriesPerRequest: 1 });
+  stateRedis = redis;
   const leader = await startControl(redisUrl, home, 'control-1');
   const api = leader.api;
   let active = leader;
@@ -348,6 +360,7 @@ async function main(): Promise<void> {
     result.bulkDelete = { requestsSeconds: requested / 1000, goneSeconds: (Date.now() - d0) / 1000, load: load() };
   }
 
+  result.createBusyRetries = busyRetries;
   result.simulator = (await sim.request({ type: 'stats' }, 'stats')).stats;
   result.loadEnd = load();
   sim.stop();
@@ -377,9 +390,14 @@ async function main(): Promise<void> {
 main()
   .catch((err: unknown) => {
     process.stderr.write(`control-at-scale: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    partial.error = err instanceof Error ? err.message : String(err);
+    partial.loadEnd = load();
+    process.stdout.write(`partial: ${JSON.stringify(partial, null, 2)}\n`);
+    writeResults(`control-at-scale-${SERVICES}x${CELLS}`, partial);
     process.exitCode = 1;
   })
   .finally(() => {
     simulator?.stop();
+    stateRedis?.disconnect();
     void stopAll();
   });

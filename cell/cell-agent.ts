@@ -187,6 +187,8 @@ export class CellAgent {
   private readonly pendingActions = new Set<Promise<void>>();
   private availableEngineKinds: EngineKind[] = [];
   private readonly keys: KeyLayout;
+  /** instanceId -> the last report written, without its time. */
+  private readonly written = new Map<string, string>();
 
   constructor(options: CellAgentOptions) {
     validateOptions(options);
@@ -285,7 +287,7 @@ export class CellAgent {
     await this.publish({ type: 'registered', cell: this.name, record: this.record() });
     this.timers.push(setInterval(() => void this.heartbeat(), this.opts.heartbeatMs));
     this.timers.push(setInterval(() => this.requestReconcile(), this.opts.reconcileMs));
-    // Reports are written on change; a periodic full report repairs anything lost meanwhile.
+    // Reports are written on change; a periodic full report repairs anything whose write failed.
     this.timers.push(setInterval(() => this.instances?.reportAll(), FULL_REPORT_MS));
     this.timers.push(setInterval(() => void this.instances?.probe().catch(() => undefined), this.opts.reconcileMs));
     this.timers.push(setInterval(() => void this.measureVolumes(), this.opts.volumeCheckMs));
@@ -379,7 +381,7 @@ export class CellAgent {
 
   private async afterReconnect(): Promise<void> {
     await this.heartbeat();
-    this.instances?.reportAll();
+    this.reportEverything();
   }
 
   /**
@@ -393,7 +395,7 @@ export class CellAgent {
       // The cell set forgot this cell: the store was wiped or restarted empty, and this cell's
       // reports went with it. Control rebuilds routes from reports, so they are sent again now,
       // not at the next periodic full report up to 10 s later (issue 10).
-      this.instances?.reportAll();
+      this.reportEverything();
       if ((this.instances?.count() ?? 0) > 0 && !this.stateLost) {
         this.stateLost = true;
         this.log.warn('control state in Redis looks wiped; keeping instances until desired state is written again');
@@ -514,10 +516,16 @@ export class CellAgent {
     if (actual) this.reports.set(instanceId, actual);
     else this.reports.delete(instanceId);
     if (!this.redis) return;
+    // Deltas only: a report equal to the last one written (its time aside) is not sent again, so
+    // the periodic full report costs nothing at rest (issue 18); one that failed is retried by it.
+    const text = actual ? JSON.stringify({ ...actual, updatedAt: 0 }) : null;
+    if (text !== null && this.written.get(instanceId) === text) return;
+    this.written.delete(instanceId);
     try {
       if (actual) await this.redis.hset(this.keys.cell(this.name).actual, instanceId, JSON.stringify(actual));
       else await this.redis.hdel(this.keys.cell(this.name).actual, instanceId);
       await this.publish({ type: 'actual', cell: this.name, instanceId, actual });
+      if (text !== null) this.written.set(instanceId, text);
     } catch (err) {
       this.log.warn({ instanceId, err: errorMessageOf(err) }, 'report failed');
     }
@@ -545,6 +553,12 @@ export class CellAgent {
     else if (actual.lastError)
       this.log.warn({ ...fields, code: actual.lastError.code }, `instance ${instanceId}: ${actual.lastError.message}`);
     else this.log.info(fields, `instance ${instanceId} ${actual.state} as ${actual.role} (epoch ${actual.epoch})`);
+  }
+
+  /** Every report written again, whether it changed or not (the store may have lost them). */
+  private reportEverything(): void {
+    this.written.clear();
+    this.instances?.reportAll();
   }
 
   /** Entries for instances this cell no longer knows (volume gone) would mislead control. */

@@ -39,6 +39,12 @@ export interface ServicePlaneOptions {
   /** Convergence poll interval besides events. @default 1000 */
   convergencePollMs?: number;
   /**
+   * How often the leader reads every cell's reports and reconciles every service, changed or
+   * not; between these full passes it acts on what changed (ConvergenceLoopOptions.resyncMs).
+   * @default 30000
+   */
+  convergenceResyncMs?: number;
+  /**
    * A new leader judges no cell dead before this much of its term has passed, and never before
    * twice the longest cell registration TTL (issue 10; ConvergenceLoopOptions.cellGraceMs).
    * @default 0 (the TTL rule alone)
@@ -145,6 +151,7 @@ export async function startServicePlane(
       redisUrl: deps.redisUrl,
       pollMs: opts.convergencePollMs,
       cellGraceMs: opts.cellGraceMs,
+      resyncMs: opts.convergenceResyncMs,
       logger: log,
       onPass: (seconds, ok) => deps.metrics?.observePass(seconds, ok),
     },

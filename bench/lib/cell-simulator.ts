@@ -116,6 +116,8 @@ export class CellSimulator {
   private stopped = false;
   private orderLoopDone: Promise<void> = Promise.resolve();
   private readonly stats = { ordersHandled: 0, leaseRenewals: 0, leaseRefusals: 0 };
+  /** Reports whose last write failed, rewritten by the periodic full report. */
+  private readonly unsynced = new Set<string>();
 
   constructor(options: CellSimulatorOptions) {
     this.opts = { ...DEFAULT_CELL_SIMULATOR_OPTIONS, ...options };
@@ -447,11 +449,18 @@ export class CellSimulator {
     if (inst) p.hset(k.actual, id, JSON.stringify(inst.actual));
     else p.hdel(k.actual, id);
     p.publish(this.keys.cellEvents, JSON.stringify(event));
-    void p.exec().catch(() => undefined);
+    void p
+      .exec()
+      .then((res) => {
+        if (res?.some(([err]) => err)) this.unsynced.add(id);
+        else this.unsynced.delete(id);
+      })
+      .catch(() => this.unsynced.add(id));
   }
 
+  /** Like the agent's periodic full report: only what changed since, or failed to be written. */
   private reportAll(cell: SimCell): void {
-    for (const inst of cell.instances.values()) this.report(cell, inst);
+    for (const inst of cell.instances.values()) if (this.unsynced.has(inst.spec.instanceId)) this.report(cell, inst);
   }
 
   /** One BRPOP over every cell's order list: the order goes to the cell whose list it came from. */

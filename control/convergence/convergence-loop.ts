@@ -1,7 +1,10 @@
 /**
  * The leader's loop: wakes on cell events (`sf:cell-events`), on service changes and on a poll
- * timer (a lost message only costs latency), and runs the reconciler over every service. It does
- * nothing while this control is a standby.
+ * timer (a lost message only costs latency). It acts on change: the cells that reported and the
+ * services that changed are read again, the rest of its view stays in memory, and a service whose
+ * record and reports did not change since a reconcile that left it running is not reconciled
+ * again. Every `resyncMs` it reads everything and reconciles every service, the safety net for
+ * anything a lost message hid. It does nothing while this control is a standby.
  */
 import { type Redis } from 'ioredis';
 import { createRedis, ErrorCode, isSfError, withDefaults } from '../../common';
@@ -12,6 +15,9 @@ import type { ServiceStore } from '../services/service-store';
 import type { OrphanCollector } from './orphan-collector';
 import type { ServiceReconciler } from './service-reconciler';
 import type { StateKeeper } from './state-keeper';
+import type { ServiceRecord } from '../services/service-types';
+import type { CellSnapshot } from '../services/cell-directory';
+import type { ActualInstance } from '../../protocol';
 
 export interface ConvergenceLoopOptions {
   redisUrl: string;
@@ -27,6 +33,11 @@ export interface ConvergenceLoopOptions {
    * @default 0 (the TTL rule alone)
    */
   cellGraceMs?: number;
+  /**
+   * How often a pass reads every cell's reports and reconciles every service, changed or not
+   * (between them a pass reads what changed). @default 30000
+   */
+  resyncMs?: number;
   logger: Logger;
   /** Called after every pass this control ran as leader (metrics). */
   onPass?: (seconds: number, ok: boolean) => void;
@@ -36,11 +47,12 @@ export interface ConvergenceLoopOptions {
 const DEFAULT_CELL_TTL_MS = 3_000;
 
 export const DEFAULT_CONVERGENCE_LOOP_OPTIONS: Required<
-  Pick<ConvergenceLoopOptions, 'pollMs' | 'debounceMs' | 'cellGraceMs'>
+  Pick<ConvergenceLoopOptions, 'pollMs' | 'debounceMs' | 'cellGraceMs' | 'resyncMs'>
 > = {
   pollMs: 1_000,
   debounceMs: 25,
   cellGraceMs: 0,
+  resyncMs: 30_000,
 };
 
 /**
@@ -81,7 +93,7 @@ export class CellGrace {
 
 export class ConvergenceLoop {
   private readonly opts: ConvergenceLoopOptions &
-    Required<Pick<ConvergenceLoopOptions, 'pollMs' | 'debounceMs' | 'cellGraceMs'>>;
+    Required<Pick<ConvergenceLoopOptions, 'pollMs' | 'debounceMs' | 'cellGraceMs' | 'resyncMs'>>;
   private readonly grace: CellGrace;
   private graceLogged = -1;
   private sub: Redis | null = null;
@@ -92,6 +104,17 @@ export class ConvergenceLoop {
   private stopped = false;
   /** Completed passes, for tests and metrics. */
   passes = 0;
+  /** Completed full passes (everything read and reconciled), and how long the last one took. */
+  fullPasses = 0;
+  lastFullPassMs = 0;
+  /** Services reconciled by the last pass (the others were unchanged and left alone). */
+  lastReconciled = 0;
+  private lastFullAt = Number.NEGATIVE_INFINITY;
+  private lastKeeperAt = Number.NEGATIVE_INFINITY;
+  private lastServicesVersion = 0;
+  private lastToken = -1;
+  /** What each service's last reconcile saw, when it left the service running and unchanged. */
+  private readonly settled = new Map<string, unknown[]>();
 
   constructor(
     private readonly elector: LeaderElector,
@@ -115,7 +138,15 @@ export class ConvergenceLoop {
     this.sub.on('error', (err: Error) =>
       this.opts.logger.warn({ err: err.message }, 'convergence subscription problem'),
     );
-    this.sub.on('message', () => this.kick());
+    this.sub.on('message', (channel: string, message: string) => {
+      if (channel === this.store.keys.servicesChanged) this.store.noteChanged(message);
+      else this.directory.markDirty(cellOfEvent(message));
+      this.kick();
+    });
+    // Messages published while the subscription was down are lost: read everything again.
+    this.sub.on('ready', () => {
+      this.lastFullAt = Number.NEGATIVE_INFINITY;
+    });
     await this.sub.subscribe(this.store.keys.cellEvents, this.store.keys.servicesChanged);
     this.timer = setInterval(() => this.kick(0), this.opts.pollMs);
     this.kick(0);
@@ -149,22 +180,38 @@ export class ConvergenceLoop {
     }, delayMs);
   }
 
-  /** One pass over every service (exported for tests that step the loop by hand). */
+  /**
+   * One pass (exported for tests that step the loop by hand): a full one — everything read,
+   * every service reconciled — every `resyncMs`, else one over what changed.
+   */
   async pass(): Promise<void> {
     const fence = this.elector.current();
     if (!fence) return;
-    const started = performance.now();
+    const started = Date.now();
+    // A new term starts from everything: another leader may have acted in between.
+    const full = started - this.lastFullAt >= this.opts.resyncMs || fence.token !== this.lastToken;
+    this.lastToken = fence.token;
+    const startedPerf = performance.now();
     let ok = false;
     try {
-      if (this.keeper) {
-        // Never converge on a store that lost data: that would stop engines and empty routes.
+      const { version } = await this.store.snapshot();
+      // Never converge on a store that lost data: that would stop engines and empty routes. The
+      // copy is compared at the poll cadence, and at once when the services version went back.
+      if (
+        this.keeper &&
+        (full || version < this.lastServicesVersion || started - this.lastKeeperAt >= this.opts.pollMs)
+      ) {
+        this.lastKeeperAt = started;
         if (await this.keeper.restoreIfLost()) {
+          this.lastFullAt = Number.NEGATIVE_INFINITY;
           await this.elector.resign();
           this.kick(0);
           return;
         }
       }
-      const cells = await this.directory.snapshot();
+      this.lastServicesVersion = version;
+      const cells = full ? await this.directory.snapshot() : await this.directory.view();
+      if (full) this.lastFullAt = started;
       const cellGrace = this.grace.active(fence.token, cells.values());
       if (cellGrace && this.graceLogged !== fence.token) {
         this.graceLogged = fence.token;
@@ -175,10 +222,17 @@ export class ConvergenceLoop {
         );
       }
       const { services } = await this.store.snapshot();
-      for (const name of services.keys()) {
+      for (const name of this.settled.keys()) if (!services.has(name)) this.settled.delete(name);
+      let reconciled = 0;
+      for (const [name, record] of services) {
         if (this.elector.current()?.token !== fence.token) return;
+        const inputs = reconcileInputs(record, cells, cellGrace);
+        if (!full && sameInputs(this.settled.get(name), inputs)) continue;
+        this.settled.delete(name);
+        reconciled++;
         try {
           await this.reconciler.reconcile(name, fence, cells, { cellGrace });
+          if (settledService(record, cells)) this.settled.set(name, inputs);
         } catch (err) {
           if (isSfError(err) && err.code === ErrorCode.StaleLeader) {
             this.opts.logger.warn({ err: err.message }, 'a newer leader exists; standing down');
@@ -188,14 +242,102 @@ export class ConvergenceLoop {
           this.opts.logger.warn({ service: name, err: (err as Error).message }, 'convergence of a service failed');
         }
       }
-      await this.collector?.collect(fence, cells, (await this.store.snapshot()).services.values());
-      await this.keeper?.saveIfChanged();
+      this.lastReconciled = reconciled;
+      // The collector and the copy look at everything: only when something was reconciled.
+      if (full || reconciled > 0) {
+        await this.collector?.collect(fence, cells, (await this.store.snapshot()).services.values());
+        await this.keeper?.saveIfChanged();
+      }
       this.passes++;
       ok = true;
+      if (full) {
+        this.fullPasses++;
+        this.lastFullPassMs = Date.now() - started;
+      }
     } catch (err) {
+      if (full) this.lastFullAt = Number.NEGATIVE_INFINITY;
       this.opts.logger.warn({ err: (err as Error).message }, 'convergence pass failed');
     } finally {
-      this.opts.onPass?.((performance.now() - started) / 1000, ok);
+      this.opts.onPass?.((performance.now() - startedPerf) / 1000, ok);
     }
   }
+}
+
+/** The cell an `sf:cell-events` message is about ('' when it is not a cell event). */
+function cellOfEvent(message: string): string {
+  try {
+    const event = JSON.parse(message) as { cell?: unknown };
+    return typeof event.cell === 'string' ? event.cell : '';
+  } catch {
+    return '';
+  }
+}
+
+/**
+ * Everything a reconcile of this service reads that can change without a new record: the
+ * record itself (a new object whenever it changed), the grace, and per instance whether its cell
+ * is alive and its report (a new object whenever its text changed).
+ */
+function reconcileInputs(
+  record: ServiceRecord,
+  cells: ReadonlyMap<string, CellSnapshot>,
+  cellGrace: boolean,
+): unknown[] {
+  const out: unknown[] = [record, cellGrace];
+  for (const inst of record.instances) {
+    const cell = cells.get(inst.cell);
+    out.push(cell?.alive === true, cell?.actual.get(inst.id));
+  }
+  return out;
+}
+
+function sameInputs(a: unknown[] | undefined, b: unknown[]): boolean {
+  return a !== undefined && a.length === b.length && a.every((v, i) => v === b[i] || sameReport(v, b[i]));
+}
+
+/**
+ * Two reports that differ only in what the reconciler does not read (the time of the report, the
+ * replication position, the pid) count as the same: a cell that re-reports them is no change.
+ */
+function sameReport(a: unknown, b: unknown): boolean {
+  if (!a || !b || typeof a !== 'object' || typeof b !== 'object') return false;
+  const x = a as ActualInstance;
+  const y = b as ActualInstance;
+  return (
+    x.state === y.state &&
+    x.generation === y.generation &&
+    x.host === y.host &&
+    x.port === y.port &&
+    x.role === y.role &&
+    x.epoch === y.epoch &&
+    x.healthy === y.healthy &&
+    x.leaseHeld === y.leaseHeld &&
+    (x.degraded ?? null) === (y.degraded ?? null) &&
+    x.lastError?.code === y.lastError?.code &&
+    x.lastError?.message === y.lastError?.message
+  );
+}
+
+/**
+ * A service that needs nothing while its inputs stay as they are: running, every instance's
+ * spec written, its cell alive, its report running, healthy, holding its lease, not fenced.
+ * Anything else (a failover in progress, a restart backoff, a deletion) is reconciled every pass.
+ */
+function settledService(record: ServiceRecord, cells: ReadonlyMap<string, CellSnapshot>): boolean {
+  if (record.status !== 'running') return false;
+  return record.instances.every((inst) => {
+    const cell = cells.get(inst.cell);
+    const actual = cell?.actual.get(inst.id);
+    return (
+      cell?.alive === true &&
+      inst.specWritten &&
+      !inst.fenced &&
+      actual !== undefined &&
+      actual.state === 'running' &&
+      actual.generation >= inst.generation &&
+      actual.healthy !== false &&
+      actual.leaseHeld !== false &&
+      !actual.degraded
+    );
+  });
 }

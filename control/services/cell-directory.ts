@@ -15,40 +15,97 @@ export interface CellSnapshot {
   actual: Map<string, ActualInstance>;
 }
 
+/** What the leader keeps of one cell between passes: report texts, so unchanged ones are not parsed again. */
+interface CachedCell {
+  texts: Map<string, string>;
+  actual: Map<string, ActualInstance>;
+}
+
 export class CellDirectory {
   /** Last record seen per cell, so a dead cell still shows its zone and capacity. */
   private readonly lastRecords = new Map<string, CellRecord>();
+  private readonly cached = new Map<string, CachedCell>();
+  /** Cells that reported since their actual hash was last read. */
+  private readonly dirty = new Set<string>();
 
   constructor(
     private readonly redis: Redis,
     private readonly keys: KeyLayout,
   ) {}
 
+  /** A cell reported (an `sf:cell-events` message): its actual hash is read again by the next view. */
+  markDirty(cell: string): void {
+    this.dirty.add(cell);
+  }
+
+  /** Every cell and everything it reports, read from the store now. */
   async snapshot(): Promise<Map<string, CellSnapshot>> {
     const names = (await this.redis.smembers(this.keys.cells)).sort();
+    this.dirty.clear();
+    return this.read(names, new Set(names));
+  }
+
+  /**
+   * The leader's view for one pass: every registration (liveness) is read each time, in one
+   * transaction with the actual hashes of the cells that reported since the last read (and of
+   * cells not read yet); the rest comes from the last read. A report whose text did not change
+   * keeps its object, so a caller can tell "unchanged" by identity. The caller reads everything
+   * again (`snapshot`) now and then, so a lost message costs at most that period.
+   */
+  async view(): Promise<Map<string, CellSnapshot>> {
+    const names = (await this.redis.smembers(this.keys.cells)).sort();
+    const stale = new Set(names.filter((n) => this.dirty.has(n) || !this.cached.has(n)));
+    for (const n of stale) this.dirty.delete(n);
+    return this.read(names, stale);
+  }
+
+  /** Registrations of `names` and the actual hashes of `fresh`; the others from the cache. */
+  private async read(names: string[], fresh: Set<string>): Promise<Map<string, CellSnapshot>> {
     const out = new Map<string, CellSnapshot>();
     if (names.length === 0) return out;
+    const reread = names.filter((n) => fresh.has(n));
     const tx = this.redis.multi();
-    for (const name of names) tx.get(this.keys.cell(name).registration).hgetall(this.keys.cell(name).actual);
+    tx.mget(...names.map((n) => this.keys.cell(n).registration));
+    for (const name of reread) tx.hgetall(this.keys.cell(name).actual);
     const res = (await tx.exec()) ?? [];
+    for (const [err] of res) if (err) throw err;
+    const regs = (res[0]?.[1] as Array<string | null>) ?? [];
+    reread.forEach((name, i) => this.remember(name, (res[i + 1]?.[1] as Record<string, string> | null) ?? {}));
     names.forEach((name, i) => {
-      const regText = res[2 * i]?.[1] as string | null;
-      const actualRaw = (res[2 * i + 1]?.[1] as Record<string, string> | null) ?? {};
+      const regText = regs[i];
       let record: CellRecord | null = null;
       if (regText) {
         record = JSON.parse(regText) as CellRecord;
         this.lastRecords.set(name, record);
       }
-      const actual = new Map<string, ActualInstance>();
-      for (const [id, text] of Object.entries(actualRaw)) {
-        try {
-          actual.set(id, JSON.parse(text) as ActualInstance);
-        } catch {
-          // A malformed report is ignored; the cell rewrites it on its next change.
-        }
-      }
-      out.set(name, { name, alive: record !== null, record: record ?? this.lastRecords.get(name) ?? null, actual });
+      out.set(name, {
+        name,
+        alive: record !== null,
+        record: record ?? this.lastRecords.get(name) ?? null,
+        actual: this.cached.get(name)?.actual ?? new Map(),
+      });
     });
     return out;
+  }
+
+  private remember(name: string, raw: Record<string, string>): void {
+    const before = this.cached.get(name);
+    const texts = new Map<string, string>();
+    const actual = new Map<string, ActualInstance>();
+    for (const [id, text] of Object.entries(raw)) {
+      const same = before?.texts.get(id) === text ? before.actual.get(id) : undefined;
+      if (same) {
+        texts.set(id, text);
+        actual.set(id, same);
+        continue;
+      }
+      try {
+        actual.set(id, JSON.parse(text) as ActualInstance);
+        texts.set(id, text);
+      } catch {
+        // A malformed report is ignored; the cell rewrites it on its next change.
+      }
+    }
+    this.cached.set(name, { texts, actual });
   }
 }

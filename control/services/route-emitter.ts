@@ -111,8 +111,8 @@ export class RouteEmitter {
   async currentRoute(service: ServiceRecord): Promise<Route | null> {
     const group = await this.groups.get(service.routerGroupGuid);
     if (!group) return null;
-    const table = await this.routes.table(group);
-    return table.routes.find((r) => r.port === service.port) ?? null;
+    // Only this port's route: reading the whole table per service made every pass O(services²).
+    return this.routes.route(group, service.port);
   }
 
   private keyOf(service: ServiceRecord, b: Backend): TcpRouteKeyInput {

@@ -27,19 +27,99 @@ export interface ServiceChange {
   events?: Array<Omit<ServiceEvent, 'at' | 'leaderToken'>>;
 }
 
+/**
+ * The message published on `sf:services:changed` by a commit that produces `version`: the
+ * version, a space, the service's name. `*` means "anything may have changed" (a restore).
+ */
+export function servicesChangedMessage(version: number, name: string): string {
+  return `${version} ${name}`;
+}
+
 export class ServiceStore {
+  /**
+   * The last snapshot read, kept so that a pass over 10,000 services does not re-read 10,000
+   * records: it is brought up to date from the names the change messages carried (one HMGET),
+   * and read whole again whenever a message may have been missed. Records in it are shared and
+   * never mutated (every change builds a new record).
+   */
+  private cached: ServiceSnapshot | null = null;
+  /** version -> service name, from change messages newer than the cached snapshot. */
+  private readonly heard = new Map<number, string>();
+
   constructor(
     private readonly redis: Redis,
     readonly keys: KeyLayout,
   ) {}
 
+  /**
+   * Told of each message on `sf:services:changed` (the convergence loop's subscription). Without
+   * it every snapshot is a full read, as before.
+   */
+  noteChanged(message: string): void {
+    const space = message.indexOf(' ');
+    const version = Number(message.slice(0, space));
+    if (space < 0 || !Number.isInteger(version)) {
+      this.cached = null;
+      this.heard.clear();
+      return;
+    }
+    if (!this.cached || version > this.cached.version) this.heard.set(version, message.slice(space + 1));
+  }
+
+  /** Every record at one version: the cached one brought up to date, or a full read. */
   async snapshot(): Promise<ServiceSnapshot> {
+    const cached = this.cached;
+    if (cached) {
+      const version = Number((await this.redis.get(this.keys.servicesVersion)) ?? 0);
+      if (version === cached.version) return cached;
+      if (version > cached.version) {
+        const names = new Set<string>();
+        let heardAll = true;
+        for (let v = cached.version + 1; v <= version && heardAll; v++) {
+          const name = this.heard.get(v);
+          if (name === undefined) heardAll = false;
+          else names.add(name);
+        }
+        const caught = heardAll ? await this.catchUp(cached, version, [...names]) : null;
+        if (caught) return caught;
+      }
+    }
+    return this.readAll();
+  }
+
+  private async readAll(): Promise<ServiceSnapshot> {
     const res = await this.redis.multi().get(this.keys.servicesVersion).hgetall(this.keys.services).exec();
     const version = Number(res?.[0]?.[1] ?? 0);
     const raw = (res?.[1]?.[1] as Record<string, string> | null) ?? {};
     const services = new Map<string, ServiceRecord>();
     for (const [name, text] of Object.entries(raw)) services.set(name, JSON.parse(text) as ServiceRecord);
-    return { version, services };
+    return this.keep({ version, services });
+  }
+
+  /** The cached snapshot with `names` re-read, if the store is still at `version`. */
+  private async catchUp(cached: ServiceSnapshot, version: number, names: string[]): Promise<ServiceSnapshot | null> {
+    const res = await this.redis
+      .multi()
+      .get(this.keys.servicesVersion)
+      .hmget(this.keys.services, ...names)
+      .exec();
+    if (Number(res?.[0]?.[1] ?? 0) !== version) return null;
+    const texts = (res?.[1]?.[1] as Array<string | null> | null) ?? [];
+    const services = new Map(cached.services);
+    names.forEach((name, i) => {
+      const text = texts[i];
+      if (text) services.set(name, JSON.parse(text) as ServiceRecord);
+      else services.delete(name);
+    });
+    return this.keep({ version, services });
+  }
+
+  private keep(snapshot: ServiceSnapshot): ServiceSnapshot {
+    if (!this.cached || snapshot.version >= this.cached.version) {
+      this.cached = snapshot;
+      for (const v of this.heard.keys()) if (v <= snapshot.version) this.heard.delete(v);
+    }
+    return snapshot;
   }
 
   async get(name: string): Promise<ServiceRecord | null> {
@@ -72,11 +152,13 @@ export class ServiceStore {
   ): Promise<T> {
     return withFencedRetry(this.redis, fence, async (): Promise<FencedPlan<T>> => {
       const snapshot = await this.snapshot();
-      const decision = await decide(snapshot.services.get(name) ?? null, snapshot);
+      // A copy: the snapshot's records are shared with later passes and must stay as read.
+      const current = snapshot.services.get(name);
+      const decision = await decide(current ? structuredClone(current) : null, snapshot);
       if ('done' in decision) return decision;
       return {
         guards: [{ key: this.keys.servicesVersion, expected: snapshot.version }],
-        ops: this.ops(name, decision.change, fence),
+        ops: this.ops(name, decision.change, fence, snapshot.version + 1),
         result: decision.result,
       };
     });
@@ -96,7 +178,7 @@ export class ServiceStore {
     return events.slice(0, limit);
   }
 
-  private ops(name: string, change: ServiceChange, fence: LeaderFence | null): CasOp[] {
+  private ops(name: string, change: ServiceChange, fence: LeaderFence | null, version: number): CasOp[] {
     const ops: CasOp[] = [];
     if (change.record)
       ops.push({ cmd: 'HSET', key: this.keys.services, field: name, value: JSON.stringify(change.record) });
@@ -108,7 +190,7 @@ export class ServiceStore {
       ops.push({ cmd: 'LPUSH_CAPPED', key: this.keys.serviceEventLog, value: text, cap: SERVICE_EVENT_HISTORY });
       ops.push({ cmd: 'PUBLISH', channel: this.keys.serviceEvents, message: text });
     }
-    ops.push({ cmd: 'PUBLISH', channel: this.keys.servicesChanged, message: name });
+    ops.push({ cmd: 'PUBLISH', channel: this.keys.servicesChanged, message: servicesChangedMessage(version, name) });
     return ops;
   }
 }

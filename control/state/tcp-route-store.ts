@@ -184,6 +184,11 @@ export class TcpRouteStore {
     return { version: Number(res?.[0]?.[1] ?? 0), routes: routes.sort((a, b) => a.port - b.port) };
   }
 
+  /** One port's route as routers read it (one HGET, however large the table is). */
+  async route(group: RouterGroup, port: number): Promise<Route | null> {
+    return parseOrNull<Route>(await this.redis.hget(this.keys.group(group.name).routes, String(port)));
+  }
+
   async portsInUse(group: RouterGroup): Promise<number[]> {
     return (await this.redis.hkeys(this.keys.group(group.name).routes)).map(Number);
   }

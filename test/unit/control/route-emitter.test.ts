@@ -27,7 +27,7 @@ describe('RouteEmitter', function () {
     function emitter(deleted: unknown[]): RouteEmitter {
       const groups = { get: async () => ({ guid: 'g1' }) } as unknown as RouterGroupStore;
       const routes = {
-        table: async () => ({ version: 7, routes: [route] }),
+        route: async (_group: unknown, port: number) => (port === route.port ? route : null),
         upsert: async () => undefined,
         delete: async (keys: unknown[]) => void deleted.push(...keys),
       } as unknown as TcpRouteStore;
