@@ -11,7 +11,7 @@
  * per-round ratios to HAProxy, and the CPU time each proxy's process group spent per request and
  * per connection (steadier than throughput when the machine is shared).
  *
- *   node dist/bench/router-small-requests.js [--rounds 5] [--requests 50000] [--pipeline 1] [--seconds 2] [--baseline DIR] [--workers N]
+ *   node dist/bench/router-small-requests.js [--rounds 5] [--requests 50000] [--pipeline 1] [--seconds 2] [--baseline DIR] [--workers N] [--threads N]
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -47,6 +47,9 @@ async function main(): Promise<void> {
   const pipeline = Number(argValue(argv, '--pipeline') ?? 1);
   const workers = argValue(argv, '--workers') !== undefined ? Number(argValue(argv, '--workers')) : undefined;
   const baseline = argValue(argv, '--baseline');
+  // This build's routers run `--threads` relay threads (1 unless given: the CLI's default is the
+  // number of cores, and HAProxy runs the same count); a baseline build keeps its own default.
+  const threads = Number(argValue(argv, '--threads') ?? 1);
 
   await acquireRunLock('router-small-requests');
   const backends = await startBackends();
@@ -55,7 +58,11 @@ async function main(): Promise<void> {
   ];
   const columns: Column[] = [];
   const haproxyServices = await services();
-  const haproxy = await startHaproxy('haproxy', { services: haproxyServices, threads: workers ?? 1, splice: false });
+  const haproxy = await startHaproxy('haproxy', {
+    services: haproxyServices,
+    threads: (workers ?? 1) * threads,
+    splice: false,
+  });
   columns.push({ name: 'haproxy', redisPort: haproxyServices[0].listenPort, group: haproxy.pid });
   const builds: Array<[string, string | undefined]> = [['', undefined]];
   // A baseline from before the layout by role keeps its CLI under dist/control/cli/.
@@ -66,7 +73,13 @@ async function main(): Promise<void> {
   for (const [prefix, cliPath] of builds) {
     for (const relay of ['native', 'js'] as const) {
       const list = await services();
-      const router = await startRouter(`${prefix}router-${relay}`, { services: list, relay, workers, cliPath });
+      const router = await startRouter(`${prefix}router-${relay}`, {
+        services: list,
+        relay,
+        workers,
+        threads: cliPath === undefined ? threads : undefined,
+        cliPath,
+      });
       if (router.relay !== relay) throw new Error(`${prefix}router-${relay}: /health reports relay=${router.relay}`);
       columns.push({ name: `${prefix}router-${relay}`, redisPort: list[0].listenPort, group: router.proc.pid });
     }
@@ -123,6 +136,7 @@ async function main(): Promise<void> {
     pipeline,
     seconds,
     workers,
+    threads,
     baseline,
     samples,
   });

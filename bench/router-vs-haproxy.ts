@@ -90,24 +90,29 @@ function parseArgs(argv: string[]): Settings {
   };
 }
 
-/** The full column set; `workers2` adds the two-thread/two-worker pairs (issue 6). */
-function allSpecs(workers2: boolean): TargetSpec[] {
+/**
+ * The full column set; `workers2` adds the two-thread/two-worker pairs (issue 6), `threads` the
+ * two-thread router in one process and pins the one-thread columns to `--threads 1`.
+ */
+function allSpecs(workers2: boolean, threads: boolean): TargetSpec[] {
+  const one = threads ? 1 : undefined;
   const specs: TargetSpec[] = [
     { name: 'direct', kind: 'direct' },
     { name: 'haproxy', kind: 'haproxy', threads: 1, splice: false },
     { name: 'haproxy-splice', kind: 'haproxy', threads: 1, splice: true },
     { name: 'naive-pipe', kind: 'naive-pipe' },
-    { name: 'router-js', kind: 'router', relay: 'js', workers: workers2 ? 1 : undefined },
-    { name: 'router-native', kind: 'router', relay: 'native', workers: workers2 ? 1 : undefined },
+    { name: 'router-js', kind: 'router', relay: 'js', workers: workers2 ? 1 : undefined, threads: one },
+    { name: 'router-native', kind: 'router', relay: 'native', workers: workers2 ? 1 : undefined, threads: one },
   ];
   if (workers2) {
     specs.push(
       { name: 'haproxy-2t', kind: 'haproxy', threads: 2, splice: false },
       { name: 'haproxy-splice-2t', kind: 'haproxy', threads: 2, splice: true },
-      { name: 'router-js-w2', kind: 'router', relay: 'js', workers: 2 },
-      { name: 'router-native-w2', kind: 'router', relay: 'native', workers: 2 },
+      { name: 'router-js-w2', kind: 'router', relay: 'js', workers: 2, threads: one },
+      { name: 'router-native-w2', kind: 'router', relay: 'native', workers: 2, threads: one },
     );
   }
+  if (threads) specs.push({ name: 'router-native-t2', kind: 'router', relay: 'native', threads: 2 });
   return specs;
 }
 
@@ -251,7 +256,7 @@ function goalMet(metric: MetricDef, ratio: number, reference: string): boolean {
 async function main(): Promise<void> {
   const settings = parseArgs(process.argv.slice(2));
   const workers2 = await routerSupportsFlag('--workers');
-  let specs = allSpecs(workers2);
+  let specs = allSpecs(workers2, await routerSupportsFlag('--threads'));
   if (settings.only) {
     const wanted = new Set(settings.only);
     const unknown = [...wanted].filter((n) => !specs.some((s) => s.name === n));

@@ -143,6 +143,11 @@ export class RouteListener {
     return true;
   }
 
+  /** The keys of the routes served on this port, to tell when a table adds or removes one. */
+  bindingKeys(): string {
+    return this.bindings.size === 1 ? [...this.bindings.keys()][0]! : [...this.bindings.keys()].sort().join('|');
+  }
+
   /** The routes on this port in the new table; returns how many connections were fenced. */
   update(routes: Route[]): number {
     let killed = 0;

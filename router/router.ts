@@ -160,24 +160,22 @@ export class Router {
    * not resolved here; connect time checks them after resolution.
    */
   selfLoops(table: RouteTable): SelfLoop[] {
-    // Indexed by port: a 10,000-route table costs one map lookup per backend, and only a backend
-    // on one of the router's ports has its host looked at.
-    const own = new Map<number, ListenAddress[]>();
-    const add = (a: ListenAddress): void => {
-      const onPort = own.get(a.port);
-      if (onPort) onPort.push(a);
-      else own.set(a.port, [a]);
-    };
-    for (const r of table.routes) if (!own.has(r.port)) add({ host: this.options.bindHost, port: r.port });
-    for (const a of this.ownAddresses) add(a);
+    // Indexed by port: a 10,000-route table costs one set lookup per backend and allocates
+    // nothing per route; only a backend on one of the router's ports has its host looked at.
+    const routePorts = new Set<number>();
+    for (const r of table.routes) routePorts.add(r.port);
     const loops: SelfLoop[] = [];
-    table.routes.forEach((route, i) => {
-      route.backends.forEach((b, j) => {
-        const onPort = own.get(b.port);
-        const target = onPort && ownAddressHit(b.host, b.port, onPort);
+    const routes = table.routes;
+    for (let i = 0; i < routes.length; i++) {
+      const backends = routes[i]!.backends;
+      for (let j = 0; j < backends.length; j++) {
+        const b = backends[j]!;
+        const onPort: ListenAddress[] = routePorts.has(b.port) ? [{ host: this.options.bindHost, port: b.port }] : [];
+        for (const a of this.ownAddresses) if (a.port === b.port) onPort.push(a);
+        const target = onPort.length > 0 ? ownAddressHit(b.host, b.port, onPort) : undefined;
         if (target) loops.push({ route: i, backend: j, target });
-      });
-    });
+      }
+    }
     return loops;
   }
 
@@ -258,6 +256,9 @@ export class Router {
       result.closed.push(port);
     }
     const opening: Array<Promise<void>> = [];
+    // Budgets and reservations change only with the set of ports and routes; a table that only
+    // changes backends (the common push, a fence) skips the pass over every listener.
+    let structural = result.closed.length > 0;
     for (const [port, routes] of wanted) {
       let existing = this.listeners.get(port);
       if (existing && !existing.canServe(routes)) {
@@ -271,10 +272,13 @@ export class Router {
       }
       if (existing) {
         if (existing.unchanged(routes)) continue;
+        const bindings = existing.bindingKeys();
         result.killed += existing.update(routes);
+        if (existing.bindingKeys() !== bindings) structural = true;
         result.updated++;
         continue;
       }
+      structural = true;
       const listener = new RouteListener(port, routes, this.env);
       this.listeners.set(port, listener);
       opening.push(
@@ -293,7 +297,7 @@ export class Router {
       );
     }
     this.table = table;
-    this.rebudget();
+    if (structural) this.rebudget();
     if (result.killed > 0)
       this.logger.info({ version: table.version, killed: result.killed }, 'fenced connections destroyed');
     return Promise.all(opening).then(() => {

@@ -21,6 +21,8 @@ export interface RouterOptions {
   relay: 'js' | 'native';
   /** `--workers`; undefined leaves the flag out (the CLI may not support it yet). */
   workers?: number;
+  /** `--threads` (native relay threads); undefined leaves the flag out (older builds lack it). */
+  threads?: number;
   /** RLIMIT_NOFILE for the router process. */
   fileLimit?: number;
   /** Another build's `sf.js` (an A/B comparison of two builds); default this build's. */
@@ -72,6 +74,7 @@ export async function startRouter(name: string, options: RouterOptions): Promise
   const adminPort = await freePort();
   const args = [options.cliPath ?? sfCliPath(), 'router', '--routes', routesPath, '--admin', `127.0.0.1:${adminPort}`];
   if (options.workers !== undefined) args.push('--workers', String(options.workers));
+  if (options.threads !== undefined) args.push('--threads', String(options.threads));
   const proc = startProcess(name, process.execPath, args, {
     env: { ...process.env, SF_RELAY: options.relay },
     fileLimit: options.fileLimit ?? 65536,

@@ -12,7 +12,7 @@ export type TargetSpec =
   | { name: string; kind: 'direct' }
   | { name: string; kind: 'haproxy'; threads: number; splice: boolean }
   | { name: string; kind: 'naive-pipe' }
-  | { name: string; kind: 'router'; relay: 'js' | 'native'; workers?: number };
+  | { name: string; kind: 'router'; relay: 'js' | 'native'; workers?: number; threads?: number };
 
 export interface RunningTarget {
   spec: TargetSpec;
@@ -28,7 +28,7 @@ export type StartedTarget = { ok: true; target: RunningTarget } | { ok: false; s
 /** Threads (HAProxy) or workers (router) a target uses; pairs each router with its HAProxy. */
 export function targetThreads(spec: TargetSpec): number {
   if (spec.kind === 'haproxy') return spec.threads;
-  if (spec.kind === 'router') return spec.workers ?? 1;
+  if (spec.kind === 'router') return (spec.workers ?? 1) * (spec.threads ?? 1);
   return 1;
 }
 
@@ -75,7 +75,12 @@ async function startTargetOrThrow(spec: TargetSpec, backends: Backends): Promise
       if (!routerCliAvailable()) return { ok: false, spec, reason: 'dist/cli/sf.js is not built' };
       const list = await services(backends);
       try {
-        const router = await startRouter(spec.name, { services: list, relay: spec.relay, workers: spec.workers });
+        const router = await startRouter(spec.name, {
+          services: list,
+          relay: spec.relay,
+          workers: spec.workers,
+          threads: spec.threads,
+        });
         if (router.relay !== spec.relay) {
           // The router fell back (e.g. the addon is not built): this column would duplicate another.
           await router.proc.stop();
@@ -87,7 +92,13 @@ async function startTargetOrThrow(spec: TargetSpec, backends: Backends): Promise
             spec,
             ...ports(list),
             proc: router.proc,
-            info: { pid: router.proc.pid, relay: router.relay, workers: spec.workers ?? 1, health: router.health },
+            info: {
+              pid: router.proc.pid,
+              relay: router.relay,
+              workers: spec.workers ?? 1,
+              threads: spec.threads,
+              health: router.health,
+            },
           },
         };
       } catch (err) {
