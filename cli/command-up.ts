@@ -15,6 +15,7 @@ import { DEFAULT_KEY_PREFIX } from '../protocol/keys';
 import { cellAclUser } from '../protocol/acl';
 import { prepareLockedStateStore, type LockedStateStore } from './state-store-acl';
 import { Supervisor } from './supervisor';
+import { preparePlatformCa } from './up-platform-ca';
 
 interface UpFlags {
   dataDir?: string;
@@ -26,6 +27,8 @@ interface UpFlags {
   capacityMb: string;
   routePorts?: string;
   cellMetricsPortBase: string;
+  caCert?: string;
+  caKey?: string;
 }
 
 /** @default values of `sf up` (DESIGN.md default addresses) */
@@ -106,6 +109,7 @@ async function runUp(flags: UpFlags): Promise<void> {
   }
 
   await mkdir(join(dataDir, 'logs'), { recursive: true });
+  const platformCa = await preparePlatformCa(dataDir, flags, (line) => process.stderr.write(`${line}\n`));
   // One token file per control address, so two platforms on one machine never share one.
   const admin = await ensureAdminToken(process.env, controlUrlForListen('127.0.0.1', controlPort));
   const sfScript = process.argv[1];
@@ -231,6 +235,7 @@ async function runUp(flags: UpFlags): Promise<void> {
         `  state     ${redactRedisUrl(redisUrl)}${externalRedis ? ' (SF_REDIS_URL)' : ` (local redis-server, ACL users; operator login in ${store?.credentialsFile('admin')})`}`,
         `  control   ${controlUrl}  (admin token in ${admin.file ?? 'SF_API_TOKEN'})`,
         `  router    admin http://127.0.0.1:${routerAdminPort}, group default, route ports ${flags.routePorts ?? '16000-16999'}`,
+        `  tls       platform CA ${join(dataDir, 'ca.pem')} (sf ca --pem); router certificate ${platformCa.router.certFile}`,
         `  cells     ${Array.from({ length: cellCount }, (_, i) => `cell-${i + 1} (z${i + 1})`).join(', ')}`,
         `  metrics   control ${controlUrl}/metrics (with the admin token or a read token)`,
         `            router  http://127.0.0.1:${routerAdminPort}/metrics`,
@@ -311,6 +316,8 @@ export function registerUpCommand(program: Command): void {
       'cell N serves Prometheus /metrics on this port + N-1 (0: each cell picks a free port)',
       String(DEFAULT_UP_OPTIONS.cellMetricsPortBase),
     )
+    .option('--ca-cert <file>', "the operator's CA certificate (PEM) instead of one made in DATA/ca")
+    .option('--ca-key <file>', "the operator's CA private key (PEM, mode 0600), with --ca-cert")
     .action((flags: UpFlags) =>
       runUp(flags).catch((err: unknown) => {
         if (err instanceof UsageError) exitWithError(err);

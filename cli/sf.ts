@@ -20,6 +20,7 @@ import { registerUpCommand } from './command-up';
 import { registerFencingCommands } from './command-fencing';
 import { registerTokenCommands } from './command-token';
 import { registerPrometheusCommand } from './command-prometheus';
+import { registerCaCommand } from './command-ca';
 
 const COMMANDS: Array<(program: Command) => void> = [
   registerRouterCommand,
@@ -35,6 +36,7 @@ const COMMANDS: Array<(program: Command) => void> = [
   registerFencingCommands,
   registerTokenCommands,
   registerPrometheusCommand,
+  registerCaCommand,
 ];
 
 export function buildProgram(): Command {

@@ -9,6 +9,8 @@ command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 command -v redis-cli >/dev/null || command -v redis-benchmark >/dev/null || need_pkgs+=(redis-tools)
 command -v haproxy >/dev/null || need_pkgs+=(haproxy)
 command -v iperf3 >/dev/null || need_pkgs+=(iperf3)
+# The platform CA (common/platform-ca.ts) makes keys and certificates with the openssl CLI.
+command -v openssl >/dev/null || need_pkgs+=(openssl)
 command -v ip >/dev/null || need_pkgs+=(iproute2)
 { command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || need_pkgs+=(postgresql)
 command -v psql >/dev/null || need_pkgs+=(postgresql-client)

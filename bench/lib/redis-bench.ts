@@ -16,6 +16,8 @@ export interface RedisBenchOptions {
   pipeline: number;
   /** Commands to run (`-t`), e.g. ['get', 'set']. */
   tests: readonly string[];
+  /** Connect over TLS, verifying against `caFile` (`--tls --cacert`, `--sni`). */
+  tls?: { caFile: string; sni?: string };
 }
 
 export interface RedisBenchRow {
@@ -76,6 +78,9 @@ export async function runRedisBenchmark(options: RedisBenchOptions): Promise<Red
     '-t',
     options.tests.join(','),
     '--csv',
+    ...(options.tls
+      ? ['--tls', '--cacert', options.tls.caFile, ...(options.tls.sni ? ['--sni', options.tls.sni] : [])]
+      : []),
   ];
   // A stuck proxy must fail the sample rather than hang the whole run.
   const result = await runToCompletion('redis-benchmark', 'redis-benchmark', args, { timeoutMs: 300_000 });

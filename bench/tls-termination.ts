@@ -1,0 +1,279 @@
+/**
+ * Question: what does TLS termination in the router cost, next to HAProxy 2.6 terminating TLS on
+ * the same backends in the same run, and next to the router's own plaintext path?
+ *
+ * - new TLS connections per second: `openssl s_time -new` (a full handshake per connection),
+ *   several in parallel, against the router's terminating route and HAProxy's `bind ... ssl`;
+ * - bulk throughput: one TLS connection carrying a stream to a discarding backend;
+ * - redis-benchmark GET over TLS (router, HAProxy) and over plaintext (router, direct).
+ *
+ * Router and HAProxy each get one thread (the router terminates TLS on its JS thread; HAProxy
+ * `nbthread 1`); the certificate is a P-256 one from the platform CA (common/platform-ca.ts).
+ * Samples alternate between targets and the order rotates each round; read medians and ratios.
+ *
+ *   node dist/bench/tls-termination.js [--quick] [--rounds N]
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { connect as tlsConnect } from 'node:tls';
+import { PlatformCa } from '../common/platform-ca';
+import { haproxyVersion } from './lib/haproxy';
+import {
+  freePort,
+  makeTempDir,
+  runToCompletion,
+  sleep,
+  startProcess,
+  stopAll,
+  waitForHttp,
+  waitForPort,
+} from './lib/processes';
+import { runRedisBenchmark } from './lib/redis-bench';
+import { formatNumber, formatRatio, formatTable, median, writeResults } from './lib/report';
+import { acquireRunLock } from './lib/run-lock';
+import { sfCliPath } from './lib/router-process';
+
+interface Settings {
+  rounds: number;
+  connSeconds: number;
+  connParallel: number;
+  bulkMb: number;
+  redisRequests: number;
+}
+
+function parseArgs(argv: string[]): Settings {
+  const quick = argv.includes('--quick');
+  const i = argv.indexOf('--rounds');
+  const rounds = i >= 0 ? Number(argv[i + 1]) : quick ? 1 : 3;
+  if (!Number.isInteger(rounds) || rounds < 1) throw new Error('--rounds must be a positive integer');
+  return {
+    rounds,
+    connSeconds: quick ? 3 : 5,
+    connParallel: 4,
+    bulkMb: quick ? 64 : 256,
+    redisRequests: quick ? 50_000 : 200_000,
+  };
+}
+
+/** A backend that reads and discards everything, then closes: the far end of the bulk stream. */
+const SINK = `
+const net = require('node:net');
+net.createServer({ allowHalfOpen: true }, (s) => { s.on('data', () => {}); s.on('end', () => s.end()); })
+  .listen(Number(process.argv[1]), '127.0.0.1');
+`;
+
+/** Full handshakes per second: `parallel` openssl s_time processes, summed. */
+async function connRate(port: number, caFile: string, seconds: number, parallel: number): Promise<number> {
+  const runs = await Promise.all(
+    Array.from({ length: parallel }, (_, k) =>
+      runToCompletion(
+        `s_time-${k}`,
+        'openssl',
+        ['s_time', '-connect', `127.0.0.1:${port}`, '-new', '-time', String(seconds), '-CAfile', caFile],
+        { timeoutMs: (seconds + 30) * 1000 },
+      ),
+    ),
+  );
+  let total = 0;
+  for (const r of runs) {
+    // "1234 connections in 5.01s; 246.31 connections/user sec, ..." then "1234 connections in 6 real seconds".
+    const m = /(\d+) connections in (\d+) real seconds/.exec(r.stdout);
+    if (!m) throw new Error(`openssl s_time printed no result: ${r.stdout.slice(0, 500)}${r.stderr.slice(0, 500)}`);
+    total += Number(m[1]) / Math.max(1, Number(m[2]));
+  }
+  return total;
+}
+
+/** MB/s of one TLS stream of `mb` megabytes through `port` to the discarding backend. */
+function bulk(port: number, ca: Buffer, mb: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const chunk = Buffer.alloc(256 * 1024, 0x61);
+    let left = mb * 4;
+    const started = process.hrtime.bigint();
+    const s = tlsConnect({ port, host: '127.0.0.1', servername: 'localhost', ca }, () => {
+      const pump = (): void => {
+        while (left > 0) {
+          left--;
+          if (!s.write(chunk)) {
+            s.once('drain', pump);
+            return;
+          }
+        }
+        s.end();
+      };
+      pump();
+    });
+    s.on('data', () => undefined);
+    s.on('error', reject);
+    s.on('close', () => {
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      resolve(mb / seconds);
+    });
+  });
+}
+
+async function main(): Promise<void> {
+  const settings = parseArgs(process.argv.slice(2));
+  await acquireRunLock('tls-termination');
+  const dir = makeTempDir('sf-bench-tls-');
+  const ca = await PlatformCa.open(join(dir, 'ca'));
+  const cert = await ca.ensure('bench', ['localhost', '127.0.0.1']);
+  const caPem = readFileSync(ca.certFile);
+  const haproxyPem = join(dir, 'haproxy.pem');
+  writeFileSync(haproxyPem, readFileSync(cert.certFile, 'utf8') + readFileSync(cert.keyFile, 'utf8'), { mode: 0o600 });
+
+  const redisPort = await freePort();
+  const sinkPort = await freePort();
+  const redis = startProcess('redis', 'redis-server', [
+    '--port',
+    String(redisPort),
+    '--bind',
+    '127.0.0.1',
+    '--save',
+    '',
+    '--appendonly',
+    'no',
+  ]);
+  const sink = startProcess('sink', process.execPath, ['-e', SINK, String(sinkPort)]);
+  await waitForPort(redisPort, redis);
+  await waitForPort(sinkPort, sink);
+
+  const ports = {
+    routerTlsRedis: await freePort(),
+    routerPlainRedis: await freePort(),
+    routerTlsSink: await freePort(),
+    haproxyTlsRedis: await freePort(),
+    haproxyTlsSink: await freePort(),
+  };
+  const tls = { certFile: cert.certFile, keyFile: cert.keyFile };
+  const routes = {
+    routes: [
+      { port: ports.routerTlsRedis, backends: [{ host: '127.0.0.1', port: redisPort }], tls },
+      { port: ports.routerPlainRedis, backends: [{ host: '127.0.0.1', port: redisPort }] },
+      { port: ports.routerTlsSink, backends: [{ host: '127.0.0.1', port: sinkPort }], tls },
+    ],
+  };
+  const routeFile = join(dir, 'routes.json');
+  writeFileSync(routeFile, JSON.stringify(routes));
+  const adminPort = await freePort();
+  const router = startProcess(
+    'router',
+    process.execPath,
+    [sfCliPath(), 'router', '--routes', routeFile, '--admin', `127.0.0.1:${adminPort}`],
+    {
+      fileLimit: 65536,
+    },
+  );
+  const health = JSON.parse(await waitForHttp(`http://127.0.0.1:${adminPort}/health`, router)) as { relay: string };
+  const cfg = [
+    'global',
+    '  nbthread 1',
+    '  maxconn 4000',
+    'defaults',
+    '  mode tcp',
+    '  timeout connect 5s',
+    '  timeout client 1h',
+    '  timeout server 1h',
+    'frontend fe_redis',
+    `  bind 127.0.0.1:${ports.haproxyTlsRedis} ssl crt ${haproxyPem}`,
+    `  default_backend be_redis`,
+    'backend be_redis',
+    `  server s1 127.0.0.1:${redisPort}`,
+    'frontend fe_sink',
+    `  bind 127.0.0.1:${ports.haproxyTlsSink} ssl crt ${haproxyPem}`,
+    `  default_backend be_sink`,
+    'backend be_sink',
+    `  server s1 127.0.0.1:${sinkPort}`,
+    '',
+  ].join('\n');
+  writeFileSync(join(dir, 'haproxy.cfg'), cfg);
+  const haproxy = startProcess('haproxy', 'haproxy', ['-db', '-f', join(dir, 'haproxy.cfg')], { fileLimit: 65536 });
+  for (const p of Object.values(ports))
+    await waitForPort(p, p === ports.haproxyTlsRedis || p === ports.haproxyTlsSink ? haproxy : router);
+  await sleep(500);
+
+  const samples: Record<string, number[]> = {};
+  const add = (key: string, v: number): void => {
+    (samples[key] ??= []).push(v);
+  };
+  const redisGet = async (port: number, useTls: boolean): Promise<number> => {
+    const rows = await runRedisBenchmark({
+      host: '127.0.0.1',
+      port,
+      clients: 50,
+      requests: settings.redisRequests,
+      pipeline: 1,
+      tests: ['get'],
+      ...(useTls ? { tls: { caFile: ca.certFile, sni: 'localhost' } } : {}),
+    });
+    return rows[0]!.rps;
+  };
+  const steps: Array<[string, () => Promise<number>]> = [
+    ['conn_router', () => connRate(ports.routerTlsRedis, ca.certFile, settings.connSeconds, settings.connParallel)],
+    ['conn_haproxy', () => connRate(ports.haproxyTlsRedis, ca.certFile, settings.connSeconds, settings.connParallel)],
+    ['bulk_router', () => bulk(ports.routerTlsSink, caPem, settings.bulkMb)],
+    ['bulk_haproxy', () => bulk(ports.haproxyTlsSink, caPem, settings.bulkMb)],
+    ['get_router_tls', () => redisGet(ports.routerTlsRedis, true)],
+    ['get_haproxy_tls', () => redisGet(ports.haproxyTlsRedis, true)],
+    ['get_router_plain', () => redisGet(ports.routerPlainRedis, false)],
+    ['get_direct_plain', () => redisGet(redisPort, false)],
+  ];
+  for (let round = 0; round < settings.rounds; round++) {
+    const order = [...steps.slice(round % steps.length), ...steps.slice(0, round % steps.length)];
+    for (const [key, fn] of order) {
+      add(key, await fn());
+      process.stderr.write(`round ${round + 1} ${key}: ${formatNumber(samples[key]!.at(-1))}\n`);
+    }
+  }
+  const m = (k: string): number => median(samples[k] ?? []);
+  const table = formatTable(
+    ['measure', 'router', 'HAProxy 2.6', 'router / HAProxy'],
+    [
+      [
+        'new TLS conn/s',
+        formatNumber(m('conn_router')),
+        formatNumber(m('conn_haproxy')),
+        formatRatio(m('conn_router') / m('conn_haproxy')),
+      ],
+      [
+        'bulk TLS MB/s',
+        formatNumber(m('bulk_router')),
+        formatNumber(m('bulk_haproxy')),
+        formatRatio(m('bulk_router') / m('bulk_haproxy')),
+      ],
+      [
+        'GET ops/s over TLS (-c 50 -P 1)',
+        formatNumber(m('get_router_tls')),
+        formatNumber(m('get_haproxy_tls')),
+        formatRatio(m('get_router_tls') / m('get_haproxy_tls')),
+      ],
+    ],
+  );
+  const cost = formatTable(
+    ['GET ops/s (-c 50 -P 1)', 'value', 'ratio to router plaintext'],
+    [
+      ['router, plaintext', formatNumber(m('get_router_plain')), '1.00'],
+      [
+        'router, TLS terminated',
+        formatNumber(m('get_router_tls')),
+        formatRatio(m('get_router_tls') / m('get_router_plain')),
+      ],
+      [
+        'direct, plaintext',
+        formatNumber(m('get_direct_plain')),
+        formatRatio(m('get_direct_plain') / m('get_router_plain')),
+      ],
+    ],
+  );
+  const header = `router relay for plain routes: ${health.relay}; ${await haproxyVersion()}; rounds ${settings.rounds}`;
+  process.stdout.write(`${header}\n\n${table}\n\n${cost}\n`);
+  const file = writeResults('tls-termination', { settings, relay: health.relay, samples });
+  process.stdout.write(`\nraw samples: ${file}\n`);
+}
+
+main()
+  .catch((err: unknown) => {
+    process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
+    process.exitCode = 1;
+  })
+  .finally(() => void stopAll());

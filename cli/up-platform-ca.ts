@@ -1,0 +1,57 @@
+/**
+ * The platform CA under `sf up`: created in DATA/ca on first start (or the operator's, from
+ * `--ca-cert`/`--ca-key`), its certificate copied to DATA/ca.pem for `sf ca --pem`, and the
+ * router's certificate issued and renewed before expiry. A renewed certificate is written in
+ * place; the router reloads it for new handshakes (router/tls-context.ts).
+ */
+import { copyFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import { PlatformCa, type IssuedCertificate } from '../common/platform-ca';
+import { UsageError } from './cli-support';
+
+/** Where `sf up` keeps a copy of the CA certificate in force (its own, or the operator's). */
+export function caPemFile(dataDir: string): string {
+  return join(dataDir, 'ca.pem');
+}
+
+/** @default how often `sf up` checks whether a certificate is due for renewal: 1 hour */
+export const CA_RENEW_CHECK_MS = 3_600_000;
+
+export interface UpPlatformCa {
+  ca: PlatformCa;
+  router: IssuedCertificate;
+  stop(): void;
+}
+
+/** The names a client on this machine may use for the router. */
+function routerNames(): string[] {
+  return [...new Set(['localhost', '127.0.0.1', '::1', hostname()])];
+}
+
+export async function preparePlatformCa(
+  dataDir: string,
+  operator: { caCert?: string; caKey?: string },
+  log: (line: string) => void,
+): Promise<UpPlatformCa> {
+  if ((operator.caCert === undefined) !== (operator.caKey === undefined))
+    throw new UsageError('--ca-cert and --ca-key go together');
+  const ca = await PlatformCa.open(
+    join(dataDir, 'ca'),
+    {},
+    operator.caCert && operator.caKey ? { certFile: operator.caCert, keyFile: operator.caKey } : undefined,
+  );
+  await copyFile(ca.certFile, caPemFile(dataDir));
+  const names = routerNames();
+  const router = await ca.ensure('router', names);
+  const timer = setInterval(() => {
+    ca.ensure('router', names).then(
+      (cert) => {
+        if (cert.renewed) log(`sf up: router certificate renewed, valid until ${cert.notAfter.toISOString()}`);
+      },
+      (err: Error) => log(`sf up: router certificate renewal failed: ${err.message}`),
+    );
+  }, CA_RENEW_CHECK_MS);
+  timer.unref();
+  return { ca, router, stop: () => clearInterval(timer) };
+}
