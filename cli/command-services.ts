@@ -116,7 +116,17 @@ async function createService(engine: string, name: string, flags: CreateFlags): 
 
 async function listServices(flags: { json?: boolean }): Promise<void> {
   const client = await ApiClient.fromEnv();
-  const { resources } = await client.request<{ resources: ServiceView[] }>('GET', '/v3/service_instances');
+  // Pages of 1,000 (a few hundred KB each), following `next` until the last one.
+  const resources: ServiceView[] = [];
+  let path: string | null = '/v3/service_instances?page=1&per_page=1000';
+  while (path) {
+    const page: { resources: ServiceView[]; pagination?: { next: { href: string } | null } } = await client.request(
+      'GET',
+      path,
+    );
+    resources.push(...page.resources);
+    path = page.pagination?.next?.href ?? null;
+  }
   printResult(flags.json, resources, () => (resources.length ? servicesTable(resources) : 'no services\n'));
 }
 

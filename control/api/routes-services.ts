@@ -11,6 +11,7 @@ import { validateBody } from './routing-schemas';
 import { hasScope } from './auth';
 import { serviceEventView } from './history-views';
 import { ErrorCode, SfError } from '../../common';
+import { pageRequest, paginate } from './pagination';
 
 export interface ServicesApiDeps extends ServiceAdmissionDeps {
   elector: LeaderElector;
@@ -19,9 +20,13 @@ export interface ServicesApiDeps extends ServiceAdmissionDeps {
 export function registerServicesApi(server: HttpServer, deps: ServicesApiDeps): void {
   const { store, directory } = deps;
 
-  server.route('get', '/v3/service_instances', 'read', async () => {
-    const [records, cells] = await Promise.all([store.list(), directory.snapshot()]);
-    return { body: { resources: records.map((r) => serviceView(r, cells)) } };
+  server.route('get', '/v3/service_instances', 'read', async (ctx) => {
+    const req = pageRequest(ctx.query);
+    // Views are built for the requested page only: the records come from the store's snapshot,
+    // the reports of just the cells that page's instances are on.
+    const page = paginate(await store.list(), req, '/v3/service_instances');
+    const cells = await directory.cellsOf(page.resources);
+    return { body: { pagination: page.pagination, resources: page.resources.map((r) => serviceView(r, cells)) } };
   });
 
   server.route('post', '/v3/service_instances', 'write', async (ctx) => {
@@ -35,17 +40,17 @@ export function registerServicesApi(server: HttpServer, deps: ServicesApiDeps): 
         'engine',
       );
     const record = await admitService(deps, req);
-    return { status: 201, body: serviceView(record, await directory.snapshot()) };
+    return { status: 201, body: serviceView(record, await directory.cellsOf([record])) };
   });
 
   server.route('get', '/v3/service_instances/:name', 'read', async (ctx) => {
     const record = await store.mustGet(ctx.params.name);
-    return { body: serviceView(record, await directory.snapshot()) };
+    return { body: serviceView(record, await directory.cellsOf([record])) };
   });
 
   server.route('del', '/v3/service_instances/:name', 'write', async (ctx) => {
     const record = await requestServiceDeletion(store, ctx.params.name);
-    return { status: 202, body: serviceView(record, await directory.snapshot()) };
+    return { status: 202, body: serviceView(record, await directory.cellsOf([record])) };
   });
 
   server.route('get', '/v3/service_instances/:name/events', 'read', async (ctx) => {

@@ -59,6 +59,14 @@ export class CellDirectory {
     return this.read(names, stale);
   }
 
+  /** The cells the services' instances are on, read now (an API view needs no other cell). */
+  async cellsOf(
+    services: ReadonlyArray<{ instances: ReadonlyArray<{ cell: string }> }>,
+  ): Promise<Map<string, CellSnapshot>> {
+    const names = [...new Set(services.flatMap((s) => s.instances.map((i) => i.cell)))].sort();
+    return this.read(names, new Set(names));
+  }
+
   /** Registrations of `names` and the actual hashes of `fresh`; the others from the cache. */
   private async read(names: string[], fresh: Set<string>): Promise<Map<string, CellSnapshot>> {
     const out = new Map<string, CellSnapshot>();
