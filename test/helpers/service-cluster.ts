@@ -221,7 +221,7 @@ export async function startServiceCluster(options: ClusterOptions = {}): Promise
       await rm(dataDir, { recursive: true, force: true });
     },
   };
-  await waitForHealth(routerAdminPort, 15_000);
+  await waitForHealth(routerAdminPort, 60_000);
   for (let i = 1; i <= (options.cells ?? 3); i++) await cluster.startCell(`cell-${i}`, `z${i}`);
   return cluster;
 }

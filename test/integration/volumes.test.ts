@@ -71,7 +71,12 @@ describe('volumes', function () {
   const create = async (body: Record<string, unknown>): Promise<ServiceView> => {
     const res = await cluster.api('POST', '/v3/service_instances', { replicas: 0, ...body });
     expect(res.status, JSON.stringify(res.body)).to.equal(201);
-    return cluster.waitForService(body.name as string, 90_000);
+    return cluster.waitForService(body.name as string, 90_000).catch(async (err: unknown) => {
+      // The helper's message is built before its first poll; say what the service looks like now.
+      const now = await cluster.api('GET', `/v3/service_instances/${body.name as string}`);
+      console.log(JSON.stringify(now.body), cluster.cells[0].proc.output().slice(-2000));
+      throw err;
+    });
   };
 
   describe('GET /v3/volumes', () => {
