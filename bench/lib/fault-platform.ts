@@ -11,7 +11,7 @@
  * `stop()`, even if the state store forgot it.
  */
 import { execFile } from 'node:child_process';
-import { chmodSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { Redis } from 'ioredis';
@@ -507,10 +507,28 @@ export class FaultPlatform {
     return out;
   }
 
+  /** Engine processes (by /proc) whose working directory is inside this run's data directory. */
+  private enginesInDataDir(): number[] {
+    const found: number[] = [];
+    for (const entry of readdirSync('/proc')) {
+      if (!/^\d+$/.test(entry)) continue;
+      try {
+        const cwd = readlinkSync(`/proc/${entry}/cwd`);
+        if (cwd.startsWith(`${this.dataDir}/`)) found.push(Number(entry));
+      } catch {
+        // Gone, or not ours to read.
+      }
+    }
+    return found;
+  }
+
   async stop(): Promise<void> {
     await this.refreshEnginePids();
     const procs = [this.controlProc, this.routerProc, ...this.cells.map((c) => c.proc)];
     await Promise.all(procs.map((p) => p?.stop()));
+    // An engine started after the last report (a rejoin, a replacement replica) is in no report:
+    // every engine whose working directory is inside this run's data directory is ours too.
+    for (const pid of this.enginesInDataDir()) this.enginePids.add(pid);
     for (const pid of this.enginePids) {
       // Only a pid that still runs an engine: a pid the kernel reused belongs to someone else.
       let cmdline: string;

@@ -152,6 +152,32 @@ export class ServiceReconciler {
       });
     }
 
+    // An old primary fenced while its cell was dead stays a fenced replica in the record; its engine
+    // may still run as a primary (an agent that never restarted cannot know it was deposed). Once
+    // its cell is back and the new primary runs, a new generation restarts it as a replica of the
+    // new primary (PostgreSQL rewinds it first), as a failover does for a live cell. Without this
+    // it kept claiming primary until an operator ran `sf unfence` (issue 10, checker).
+    const serving = next.instances.find((i) => i.role === 'primary' && !i.fenced);
+    const newPrimary = context.cellGrace || !serving ? null : primaryAddress(next, cells);
+    for (const inst of next.instances) {
+      const actual = actualOf(inst);
+      if (!newPrimary || inst.role !== 'replica' || !inst.fenced || !alive(inst.cell)) continue;
+      if (actual?.state !== 'running' || actual.role !== 'primary') continue;
+      if (inst.restartedAt && now - inst.restartedAt < this.opts.restartBackoffMs) continue;
+      inst.generation += 1;
+      inst.restartedAt = now;
+      inst.upstream = newPrimary;
+      delete inst.fenced;
+      ops.push(...this.specOps(next, inst, newPrimary));
+      events.push({
+        type: 'instance-restarted',
+        service: rec.name,
+        instanceId: inst.id,
+        cell: inst.cell,
+        message: `deposed primary ${inst.id} is back with cell ${inst.cell}; restarting it as a replica of ${newPrimary.host}:${newPrimary.port} (generation ${inst.generation})`,
+      });
+    }
+
     let problem: { status: ServiceStatus; message: string } | null = null;
     const primary = next.instances.find((i) => i.role === 'primary');
     if (primary) {

@@ -183,6 +183,43 @@ describe('ServiceReconciler', () => {
     });
   });
 
+  describe('a deposed primary whose cell is back', () => {
+    const deposed = (): ServiceRecord => {
+      const rec = service();
+      rec.epoch = 4;
+      rec.instances = [
+        { ...inst('cache-0', 'c1', 'replica'), fenced: { epoch: 4, at: 0, trigger: 'cell-dead', complete: true } },
+        { ...inst('cache-1', 'c2', 'primary'), epoch: 4 },
+      ];
+      return rec;
+    };
+
+    it('restarts it at a new generation as a replica of the new primary when its engine still says primary', async () => {
+      const { store, reconciler } = setup(deposed());
+      const c = cells({ c1: true, c2: true });
+      await reconciler.reconcile('cache', fence, c, { cellGrace: false });
+      const old = store.rec!.instances.find((i) => i.id === 'cache-0')!;
+      expect(old).to.include({ role: 'replica', generation: 1 });
+      expect(old.fenced).to.equal(undefined);
+      expect(old.upstream).to.deep.equal({ host: '127.0.0.1', port: c.get('c2')!.actual.get('cache-1')!.port });
+      const spec = opsOf(store).find((op) => op.cmd === 'HSET' && op.key === keys.cell('c1').desired);
+      expect(JSON.parse((spec as { value: string }).value)).to.include({ role: 'replica', generation: 1 });
+    });
+
+    it('leaves it alone during a new leader grace or while its engine already follows', async () => {
+      for (const [grace, role] of [
+        [true, 'primary'],
+        [false, 'replica'],
+      ] as const) {
+        const { store, reconciler } = setup(deposed());
+        const c = cells({ c1: true, c2: true });
+        c.get('c1')!.actual.get('cache-0')!.role = role;
+        await reconciler.reconcile('cache', fence, c, { cellGrace: grace });
+        expect(store.rec!.instances.find((i) => i.id === 'cache-0')).to.include({ generation: 0 });
+      }
+    });
+  });
+
   describe('reconcile of a deleted service', () => {
     it('tombstones every volume for the collector instead of ordering deletions itself', async () => {
       const rec = service('deleting');
