@@ -91,6 +91,10 @@ function goMapping(m: {
   return `{${parts.join(',')}}`;
 }
 
+function goMappingList(group: string): string {
+  return `[${goMapping({ group, port: 23001, ip: '10.0.0.2', backendPort: 7000 })}]`;
+}
+
 interface SseEvent {
   id: string;
   event: string;
@@ -433,6 +437,69 @@ describe('Cloud Foundry routing-api compatibility', function () {
         expect(table.get('20100|')?.get('10.9.0.1:7001|0|')?.index).to.equal(2);
       } finally {
         sub.close();
+      }
+    });
+  });
+
+  describe('sf token issue and --routing-compat cf', function () {
+    it('mints a JWT control accepts, with the secret from a file', async function () {
+      const { execFile } = await import('node:child_process');
+      const sf = join(__dirname, '..', '..', 'cli', 'sf.js');
+      const run = (args: string[], env: Record<string, string>) =>
+        new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+          execFile(
+            process.execPath,
+            [sf, ...args],
+            { env: { PATH: process.env.PATH ?? '', ...env } },
+            (err, stdout, stderr) =>
+              resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+          );
+        });
+      const env = { SF_JWT_SECRET_FILE: join(dir, 'secret'), SF_JWT_ISSUER: ISSUER };
+      const ok = await run(['token', 'issue', '--scopes', 'routing.routes.read', '--ttl', '60'], env);
+      expect(ok.code, ok.stderr).to.equal(0);
+      const minted = ok.stdout.trim();
+      expect((await go('GET', '/routing/v1/tcp_routes', undefined, minted)).status).to.equal(200);
+      expectCfError(await go('POST', '/routing/v1/tcp_routes/create', '[]', minted), 401, 'UnauthorizedError');
+      const bad = await run(['token', 'issue', '--scopes', 'routing.everything'], env);
+      expect(bad.code).to.equal(2);
+      expect(bad.stderr).to.include('unknown scope');
+    });
+
+    it('cf mode ignores unknown fields and deletes a group that has routes; strict refuses both', async function () {
+      const body = (group: string) =>
+        `[{"router_group_guid":"${group}","port":23000,"backend_ip":"10.0.0.1","backend_port":7000,"future_field":1}]`;
+      const groupBody = '{"guid":"","name":"compat-mode","type":"tcp","reservable_ports":"23000-23009"}';
+      const strictGroup = (await go<CfRouterGroup>('POST', '/routing/v1/router_groups', groupBody)).body.guid;
+      expectCfError(await go('POST', '/routing/v1/tcp_routes/create', body(strictGroup)), 400, 'ProcessRequestError');
+      await go('POST', '/routing/v1/tcp_routes/create', goMappingList(strictGroup));
+      const refused = await go<CfError>('DELETE', `/routing/v1/router_groups/${strictGroup}`);
+      expect(refused.status).to.equal(409);
+      await go('POST', '/routing/v1/tcp_routes/delete', goMappingList(strictGroup));
+      await go('DELETE', `/routing/v1/router_groups/${strictGroup}`);
+
+      const cf = await startControlHarness(
+        {
+          jwt: { hs256SecretFile: join(dir, 'secret'), issuer: ISSUER },
+          api: { routingCompat: 'cf' },
+          keyPrefix: 'cfmode:',
+        },
+        h.redis,
+      );
+      try {
+        const call = async (method: string, path: string, b?: string) =>
+          (await fetch(`${cf.control.url}${path}`, { method, headers: { authorization: `bearer ${jwt}` }, body: b }))
+            .status;
+        const groupRes = await fetch(`${cf.control.url}/routing/v1/router_groups`, {
+          method: 'POST',
+          headers: { authorization: `bearer ${jwt}` },
+          body: groupBody,
+        });
+        const guid = ((await groupRes.json()) as CfRouterGroup).guid;
+        expect(await call('POST', '/routing/v1/tcp_routes/create', body(guid))).to.equal(201);
+        expect(await call('DELETE', `/routing/v1/router_groups/${guid}`)).to.equal(204);
+      } finally {
+        await cf.stop();
       }
     });
   });
