@@ -216,7 +216,14 @@ async function main(): Promise<void> {
     cleanup.unshift(() => bulkRouter.router.close());
     const keepPort = 30500;
     await api(control, '/routing/v1/tcp_routes/create', [
-      { router_group_guid: bulk.guid, port: keepPort, backend_ip: '127.0.0.1', backend_port: echoPort },
+      // Permanent: an API route without ttl expires after --max-ttl, and this one must outlive the run.
+      {
+        router_group_guid: bulk.guid,
+        port: keepPort,
+        backend_ip: '127.0.0.1',
+        backend_port: echoPort,
+        permanent: true,
+      },
     ]);
     await new Promise((r) => setTimeout(r, 100));
     const conns = await openConnections(keepPort, OPEN_CONNECTIONS);
@@ -226,6 +233,7 @@ async function main(): Promise<void> {
       port: 20000 + i,
       backend_ip: '127.0.0.1',
       backend_port: echoPort,
+      permanent: true,
     }));
     const applied = bulkRouter.source.waitFor((t) => t.routes.length >= BULK_ROUTES + 1);
     const t0 = performance.now();

@@ -8,7 +8,7 @@
 import { z } from 'zod';
 import { backendSchema, routeSchema, ROUTER_GROUP_NAME_PATTERN } from '../../protocol';
 import { schemaError, ErrorCode } from '../../common';
-import type { TcpRouteInput, TcpRouteKeyInput } from '../state/tcp-route-types';
+import { ROUTE_LEVEL_FIELDS, type TcpRouteInput, type TcpRouteKeyInput } from '../state/tcp-route-types';
 
 /** @default 120 s: Cloud Foundry's `max_ttl`; a registration without `ttl` gets it */
 export const DEFAULT_MAX_ROUTE_TTL_SECONDS = 120;
@@ -68,6 +68,9 @@ const keyFields = {
   ...cfFields,
 };
 
+/** Fields of a listed record that a delete accepts and ignores. */
+const RETURNED_FIELDS = ['expires_at', 'role', 'weight', 'epoch', 'state', ...ROUTE_LEVEL_FIELDS] as const;
+
 function objectOf<T extends z.ZodRawShape>(shape: T, opts: RoutingSchemaOptions) {
   const obj = z.object(shape);
   return opts.refuseUnknownFields ? obj.strict() : obj.strip();
@@ -122,14 +125,14 @@ export function tcpRouteSchemas(opts: RoutingSchemaOptions) {
       ...keyFields,
       // Sent by CF clients on delete too; a delete does not look at it.
       ttl: nullable(z.number({ error: 'must be a number' })),
+      // What `GET tcp_routes` returns besides the key, so a listed record can be sent back as is.
+      ...Object.fromEntries(RETURNED_FIELDS.map((name) => [name, z.unknown().optional()])),
     },
     opts,
-  ).transform(({ modification_tag: _tag, ttl: _ttl, ...rest }): TcpRouteKeyInput => {
-    void _tag;
-    void _ttl;
-    // CF's fields do not identify a record here (tcp-route-types.ts: keyed by backend_id).
-    for (const name of Object.keys(cfFields)) delete (rest as Record<string, unknown>)[name];
-    return rest;
+  ).transform((item): TcpRouteKeyInput => {
+    const { router_group_guid, port, backend_ip, backend_port, backend_id } = item;
+    // Neither the tag, the ttl nor CF's other fields identify a record here (keyed by backend_id).
+    return { router_group_guid, port, backend_ip, backend_port, ...(backend_id !== undefined && { backend_id }) };
   });
   return { create: listOf(route), delete: listOf(key) };
 }
