@@ -17,6 +17,7 @@ import { registerServiceKeyCommands } from './command-service-keys';
 import { registerCellsCommand } from './command-cells';
 import { registerUpCommand } from './command-up';
 import { registerFencingCommands } from './command-fencing';
+import { registerImagesCommand } from './command-images';
 
 const COMMANDS: Array<(program: Command) => void> = [
   registerRouterCommand,
@@ -29,6 +30,7 @@ const COMMANDS: Array<(program: Command) => void> = [
   registerCellsCommand,
   registerUpCommand,
   registerFencingCommands,
+  registerImagesCommand,
 ];
 
 export function buildProgram(): Command {

@@ -4,7 +4,7 @@
  * copied here; it is read from the cells' `actual` hashes, so this record only changes when a
  * decision changes (DESIGN.md "Core model", issue 4).
  */
-import type { ActualState, Durability, EngineKind, InstanceRole } from '../../protocol';
+import type { ActualState, Durability, EngineKind, ExecutorKind, InstanceRole } from '../../protocol';
 
 export type FencingPolicy = 'auto' | 'manual';
 
@@ -88,6 +88,8 @@ export interface ServiceRequestFields {
 export interface ServiceRecord extends ServiceRequestFields {
   /** Engine `tcp` only: what the cell runs. */
   command?: { file: string; args: string[] };
+  /** The executor its instances run with; absent = each cell's default (process). */
+  executor?: ExecutorKind;
   routerGroup: string;
   routerGroupGuid: string;
   /** The router port clients use; reserved at creation from the group's reservable ports. */
@@ -129,6 +131,7 @@ export interface InstanceView {
 }
 
 export interface ServiceView extends ServiceRequestFields {
+  executor?: ExecutorKind;
   router_group: string;
   port: number;
   status: ServiceStatus;

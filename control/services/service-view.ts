@@ -37,6 +37,7 @@ export function serviceView(record: ServiceRecord, cells: ReadonlyMap<string, Ce
   return {
     name: record.name,
     engine: record.engine,
+    ...(record.executor ? { executor: record.executor } : {}),
     replicas: record.replicas,
     durability: record.durability,
     volume: record.volume,
