@@ -22,6 +22,7 @@ export interface CellFlags {
   trustCidr: string[];
   tcpAllow: string[];
   stopInstancesOnExit?: boolean;
+  executor?: 'process' | 'docker';
 }
 
 export async function runCell(flags: CellFlags): Promise<void> {
@@ -53,6 +54,7 @@ export async function runCell(flags: CellFlags): Promise<void> {
     trustCidrs: flags.trustCidr,
     tcpAllow: flags.tcpAllow,
     stopInstancesOnExit: flags.stopInstancesOnExit === true,
+    ...(flags.executor ? { defaultExecutor: flags.executor } : {}),
     fencer: new NetworkFencer(),
   });
   await agent.start();

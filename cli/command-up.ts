@@ -7,7 +7,7 @@
 import { mkdir } from 'node:fs/promises';
 import { connect, createServer } from 'node:net';
 import { join, resolve } from 'node:path';
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { controlUrlForListen, ensureAdminToken, sfHome } from '../control/admin-token';
 import { UsageError, exitWithError, parseIntFlag } from './cli-support';
 import { redactRedisUrl } from '../common/redis-credentials';
@@ -25,6 +25,7 @@ interface UpFlags {
   cellPortBase: string;
   capacityMb: string;
   routePorts?: string;
+  executor?: string;
 }
 
 /** @default values of `sf up` (DESIGN.md default addresses) */
@@ -185,6 +186,7 @@ async function runUp(flags: UpFlags): Promise<void> {
         '--port-range',
         `${from}-${from + 99}`,
         '--stop-instances-on-exit',
+        ...(flags.executor ? ['--executor', flags.executor] : []),
       ]);
     }
     await waitFor(
@@ -281,6 +283,12 @@ export function registerUpCommand(program: Command): void {
     )
     .option('--capacity-mb <n>', 'volume capacity per cell, in MB', String(DEFAULT_UP_OPTIONS.capacityMb))
     .option('--route-ports <ranges>', "the default router group's ports, e.g. 16000-16999 (kept in state)")
+    .addOption(
+      new Option('--executor <kind>', 'how cells run instances by default (docker: see sf images build)').choices([
+        'process',
+        'docker',
+      ]),
+    )
     .action((flags: UpFlags) =>
       runUp(flags).catch((err: unknown) => {
         if (err instanceof UsageError) exitWithError(err);
