@@ -6,7 +6,8 @@
  * the cache.
  */
 import { spawn } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { createReadStream, existsSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { EngineKind } from '../protocol';
 import { ErrorCode, SfError } from '../common';
@@ -90,6 +91,8 @@ export function hostAptSources(): string[] {
 export interface BuildImageOptions {
   /** Rebuild even when an image of this version exists. @default false */
   force?: boolean;
+  /** Where the root filesystem's tarball is made before the import. @default '/var/tmp' */
+  workDir?: string;
   /** Progress lines (mmdebstrap's stderr). */
   log?: (line: string) => void;
 }
@@ -126,6 +129,8 @@ export async function buildEngineImage(
     await tagImage(api, image, recipe.repository, 'latest');
     return { engine, image, tags, built: false, seconds: (Date.now() - began) / 1000 };
   }
+  const workDir = await mkdtemp(path.join(options.workDir ?? '/var/tmp', 'sf-image-'));
+  const tarball = path.join(workDir, `${engine}.tar`);
   const args = [
     '--variant=apt',
     `--include=${recipe.packages.join(',')}`,
@@ -136,10 +141,10 @@ export async function buildEngineImage(
     // Debian's postgresql creates a "main" cluster on install; instances bring their own.
     '--customize-hook=rm -rf "$1"/var/lib/postgresql/*/main "$1"/etc/postgresql/*/main',
     hostSuite(),
-    '-',
+    tarball,
     ...hostAptSources(),
   ];
-  const child = spawn('mmdebstrap', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn('mmdebstrap', args, { stdio: ['ignore', 'ignore', 'pipe'] });
   const stderr: string[] = [];
   child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
     for (const line of chunk.split('\n').filter(Boolean)) {
@@ -157,19 +162,23 @@ export async function buildEngineImage(
   const changes = [`ENV PATH=${recipe.path}`, `LABEL sf.engine=${engine} sf.version=${version}`];
   const query = new URLSearchParams({ fromSrc: '-', repo: recipe.repository, tag: version });
   for (const c of changes) query.append('changes', c);
-  const imported = api.upload(`/images/create?${query.toString()}`, child.stdout).catch((err: Error) => {
-    // Nobody reads mmdebstrap's output any more: stop it rather than leave it blocked.
-    child.kill('SIGTERM');
-    return err;
-  });
-  const [code, res] = await Promise.all([exited, imported]);
-  if (code !== 0)
-    throw new SfError(ErrorCode.EngineCommandFailed, `mmdebstrap failed (${code}): ${stderr.slice(-5).join(' | ')}`);
-  if (res instanceof Error || res.status !== 200 || /"error"/.test(String(res.body)))
-    throw new SfError(
-      ErrorCode.EngineCommandFailed,
-      `docker import of ${image} failed: ${res instanceof Error ? res.message : JSON.stringify(res.body)}`,
-    );
+  try {
+    const code = await exited;
+    if (code !== 0)
+      throw new SfError(ErrorCode.EngineCommandFailed, `mmdebstrap failed (${code}): ${stderr.slice(-5).join(' | ')}`);
+    // From a finished file, not mmdebstrap's stdout: an import request left idle for the minutes
+    // a build takes does not survive.
+    const res = await api
+      .upload(`/images/create?${query.toString()}`, createReadStream(tarball))
+      .catch((err: Error) => err);
+    if (res instanceof Error || res.status !== 200 || /"error"/.test(JSON.stringify(res.body)))
+      throw new SfError(
+        ErrorCode.EngineCommandFailed,
+        `docker import of ${image} failed: ${res instanceof Error ? res.message : JSON.stringify(res.body)}`,
+      );
+  } finally {
+    await rm(workDir, { recursive: true, force: true });
+  }
   await tagImage(api, image, recipe.repository, 'latest');
   return { engine, image, tags, built: true, seconds: (Date.now() - began) / 1000 };
 }
