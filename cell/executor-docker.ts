@@ -14,7 +14,7 @@
  * - Limits of the spec's `resources` become the container's memory and CPU limits.
  */
 import { createHash } from 'node:crypto';
-import { appendFile, readFile } from 'node:fs/promises';
+import { appendFile, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { EngineKind, InstanceSpec } from '../protocol';
 import type { Availability, EngineContext } from './engine';
@@ -157,15 +157,20 @@ export class DockerExecutor implements Executor {
     }
     try {
       const { paths, meta } = await admitStart(this.dataDir, spec, this.kind, port);
+      const name = this.containerName(spec.instanceId);
+      // A leftover container of an earlier attempt would make the name clash, and must not run
+      // while the one-shot helpers below work on the volume.
+      await this.api.call('DELETE', `/containers/${name}?force=true`).catch(() => undefined);
+      // PostgreSQL ran as PID 1 of a container that is gone: its postmaster.pid names PID 1, which
+      // in a helper's fresh container is alive (the helper itself), and pg_rewind's single-user
+      // crash recovery would refuse to run. No container of this instance runs now, so it is stale.
+      await rm(path.join(paths.dataDir, 'postmaster.pid'), { force: true });
       await secureVolume(paths, owner, false);
       const context = this.context(spec, paths.volumeDir, paths.dataDir, port, image, owner);
       await engine.prepare(context);
       // Whatever prepare wrote as the cell (configuration, credentials) becomes the engine's own.
       await secureVolume(paths, owner, true);
       const launch = await engine.launch(context);
-      const name = this.containerName(spec.instanceId);
-      // A leftover container of an earlier attempt would make the name clash.
-      await this.api.call('DELETE', `/containers/${name}?force=true`).catch(() => undefined);
       const limits = spec.resources ?? {};
       const created = await this.api.call('POST', `/containers/create?name=${encodeURIComponent(name)}`, {
         Image: image,
