@@ -76,6 +76,8 @@ export interface CellAgentOptions {
   commitCheckTimeoutMs?: number;
   /** Stop engines when the agent exits; by default they keep running and are re-adopted. @default false */
   stopInstancesOnExit?: boolean;
+  /** Executor of specs that name none (`--executor`). @default 'process' */
+  defaultExecutor?: ExecutorKind;
   /** Networks trusted by postgres besides loopback (docs/cells.md, Security). @default [] */
   trustCidrs?: string[];
   /** Executables `tcp` instances may run (`--tcp-allow`); empty = any. @default [] */
@@ -278,6 +280,7 @@ export class CellAgent {
       keys: this.keys,
       report: (id, actual) => void this.report(id, actual),
       commitCheckTimeoutMs: this.opts.commitCheckTimeoutMs,
+      defaultExecutor: this.opts.defaultExecutor,
     });
     await this.instances.load();
     await this.clearStaleReports();

@@ -16,7 +16,7 @@ import {
   type InstanceCredentials,
   type InstanceSpec,
 } from '../protocol';
-import type { Availability, Engine, EngineContext, LaunchCommand, ReplicationPosition } from './engine';
+import type { Availability, Engine, EngineContext, LaunchCommand, ReplicationPosition, ToolOptions } from './engine';
 import { ErrorCode, SfError } from '../common';
 import { findBinary, lookupUser, runCommand, type RunAs } from './run-command';
 import { pathExists as exists } from './path-exists';
@@ -218,7 +218,7 @@ export class PostgresEngine implements Engine {
 
   async prepare(ctx: EngineContext): Promise<void> {
     const { spec, dataDir } = ctx;
-    const runAs = this.runAs();
+    const runAs = this.owner(ctx);
     const initialised = await exists(path.join(dataDir, 'PG_VERSION'));
     if (!initialised) {
       // A half-made directory (crash during initdb or base backup) is useless: start over.
@@ -226,11 +226,13 @@ export class PostgresEngine implements Engine {
       await chmod(dataDir, 0o700);
       if (runAs) {
         await chown(dataDir, runAs.uid, runAs.gid);
-        await this.checkReachable(dataDir, runAs);
+        // A container sees the bind-mounted volume, not the host's directories above it.
+        if (!ctx.tools) await this.checkReachable(dataDir, runAs);
       }
       if (spec.role === 'primary') {
-        await runCommand(
-          await this.bin('initdb'),
+        await this.tool(
+          ctx,
+          'initdb',
           // Data checksums, besides wal_log_hints in the config: pg_rewind needs one of them to
           // turn a deposed primary into a standby (issue 10), and checksums also catch torn pages.
           // Small WAL segments keep pg_wal, which pg_rewind copies whole, small (PG_WAL_SEGMENT_MB).
@@ -246,17 +248,18 @@ export class PostgresEngine implements Engine {
             '--data-checksums',
             `--wal-segsize=${PG_WAL_SEGMENT_MB}`,
           ],
-          { runAs, timeoutMs: 120_000 },
+          { timeoutMs: 120_000 },
         );
         // initdb's `trust` never serves a connection: pg_hba.conf is rewritten below before the
         // server first listens, and the platform roles get their passwords now, in single-user mode.
-        if (spec.credentials) await this.bootstrapRoles(dataDir, spec.credentials, runAs);
+        if (spec.credentials) await this.bootstrapRoles(ctx, spec.credentials);
       } else {
         if (!spec.replicaOf)
           throw new SfError(ErrorCode.InvalidInstanceSpec, 'a postgres replica needs replicaOf', 'replicaOf');
         const { host, port } = spec.replicaOf;
-        await runCommand(
-          await this.bin('pg_basebackup'),
+        await this.tool(
+          ctx,
+          'pg_basebackup',
           [
             '-h',
             host,
@@ -272,7 +275,7 @@ export class PostgresEngine implements Engine {
             '-c',
             'fast',
           ],
-          { runAs, timeoutMs: 600_000, env: passwordEnv(spec.credentials?.replication.password) },
+          { timeoutMs: 600_000, env: passwordEnv(spec.credentials?.replication.password) },
         );
       }
     }
@@ -330,8 +333,7 @@ export class PostgresEngine implements Engine {
     // checkpoint; before that pg_rewind sees one timeline and wrongly finds nothing to rewind.
     await this.query({ ...ctx, listenHost: spec.replicaOf.host, port: spec.replicaOf.port }, 'checkpoint');
     const source = `host=${spec.replicaOf.host} port=${spec.replicaOf.port} user=${this.options.superuser} dbname=postgres`;
-    await runCommand(await this.bin('pg_rewind'), ['-D', dataDir, '--source-server', source], {
-      runAs: this.runAs(),
+    await this.tool(ctx, 'pg_rewind', ['-D', dataDir, '--source-server', source], {
       timeoutMs: 600_000,
       // The password in the environment of the one process that needs it, never in argv.
       env: passwordEnv(spec.credentials?.admin.password),
@@ -340,6 +342,8 @@ export class PostgresEngine implements Engine {
 
   async launch(ctx: EngineContext): Promise<LaunchCommand> {
     // SIGINT is PostgreSQL's "fast" shutdown: clients are cut, a checkpoint is written.
+    // In a container the image's PATH finds the server, and the executor picks the user.
+    if (ctx.tools) return { file: 'postgres', args: ['-D', ctx.dataDir], stopSignal: 'SIGINT' };
     return { file: await this.bin('postgres'), args: ['-D', ctx.dataDir], runAs: this.runAs(), stopSignal: 'SIGINT' };
   }
 
@@ -363,9 +367,7 @@ export class PostgresEngine implements Engine {
   async promote(ctx: EngineContext): Promise<void> {
     // Promoting a primary is a no-op, so that control may retry a promote order safely.
     if ((await this.position(ctx))?.role === 'replica') {
-      await runCommand(await this.bin('pg_ctl'), ['promote', '-D', ctx.dataDir, '-w', '-t', '60'], {
-        runAs: this.runAs(),
-      });
+      await this.tool(ctx, 'pg_ctl', ['promote', '-D', ctx.dataDir, '-w', '-t', '60']);
     }
     await writeFile(
       path.join(ctx.dataDir, 'postgresql.conf'),
@@ -451,8 +453,9 @@ export class PostgresEngine implements Engine {
   async query(ctx: EngineContext, sql: string, timeoutMs?: number, appName = 'sf-cell'): Promise<string> {
     const host = ctx.listenHost === '0.0.0.0' ? '127.0.0.1' : ctx.listenHost;
     const timeout = timeoutMs ?? this.options.queryTimeoutMs;
-    return runCommand(
-      await this.bin('psql'),
+    return this.tool(
+      ctx,
+      'psql',
       [
         '-h',
         host,
@@ -483,8 +486,9 @@ export class PostgresEngine implements Engine {
   private async script(ctx: EngineContext, statements: string[]): Promise<void> {
     if (!statements.length) return;
     const host = ctx.listenHost === '0.0.0.0' ? '127.0.0.1' : ctx.listenHost;
-    await runCommand(
-      await this.bin('psql'),
+    await this.tool(
+      ctx,
+      'psql',
       ['-h', host, '-p', String(ctx.port), '-U', this.options.superuser, '-d', 'postgres', '-XAtq', '-1'],
       {
         timeoutMs: this.options.queryTimeoutMs * 4,
@@ -518,12 +522,27 @@ export class PostgresEngine implements Engine {
   }
 
   /** The platform roles of a new cluster, set in single-user mode (statements on stdin). */
-  private async bootstrapRoles(dataDir: string, creds: InstanceCredentials, runAs: RunAs | undefined): Promise<void> {
-    await runCommand(
-      await this.bin('postgres'),
-      ['--single', '-D', dataDir, '-c', 'exit_on_error=on', '-c', 'unix_socket_directories=', 'postgres'],
-      { runAs, timeoutMs: 120_000, input: pgBootstrapSql(this.options.superuser, creds).join('\n') + '\n' },
+  private async bootstrapRoles(ctx: EngineContext, creds: InstanceCredentials): Promise<void> {
+    await this.tool(
+      ctx,
+      'postgres',
+      ['--single', '-D', ctx.dataDir, '-c', 'exit_on_error=on', '-c', 'unix_socket_directories=', 'postgres'],
+      { timeoutMs: 120_000, input: pgBootstrapSql(this.options.superuser, creds).join('\n') + '\n' },
     );
+  }
+
+  /** The data directory's owner: the engine's user where it runs. */
+  private owner(ctx: EngineContext): RunAs | undefined {
+    return ctx.tools ? ctx.tools.owner : this.runAs();
+  }
+
+  /**
+   * Runs a helper where the engine runs: in its container through `ctx.tools`, or this host's
+   * binary, as the server's user except psql (a client, which runs as the cell).
+   */
+  private async tool(ctx: EngineContext, name: Binary, args: string[], options: ToolOptions = {}): Promise<string> {
+    if (ctx.tools) return ctx.tools.run(name, args, options);
+    return runCommand(await this.bin(name), args, { ...options, runAs: name === 'psql' ? undefined : this.runAs() });
   }
 
   /**

@@ -136,6 +136,8 @@ export class RedisEngine implements Engine {
   }
 
   async launch(ctx: EngineContext): Promise<LaunchCommand> {
+    // In a container the image's PATH finds the server.
+    if (ctx.tools) return { file: 'redis-server', args: [path.join(ctx.dataDir, CONFIG_FILE)], stopSignal: 'SIGTERM' };
     const bin = await this.binary();
     if (!bin) throw new SfError(ErrorCode.EngineUnavailable, 'redis-server not found on PATH');
     return { file: bin, args: [path.join(ctx.dataDir, CONFIG_FILE)], stopSignal: 'SIGTERM' };

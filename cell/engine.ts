@@ -6,7 +6,7 @@
  * executor.
  */
 import type { EngineKind, HostPort, InstanceSpec } from '../protocol';
-import type { RunAs } from './run-command';
+import type { RunAs, RunCommandOptions } from './run-command';
 
 export interface Availability {
   ok: boolean;
@@ -27,6 +27,21 @@ export interface EngineContext {
   advertiseHost: string;
   /** The volume reached its size: the engine must refuse writes (docs/volumes.md). */
   volumeFull?: boolean;
+  /**
+   * Where the engine's helpers (initdb, pg_basebackup, psql...) run and as whom; absent = on
+   * this host with its binaries (the process executor). The docker executor runs them inside
+   * the engine's image, so a docker cell needs no engine installed.
+   */
+  tools?: EngineTools;
+}
+
+export type ToolOptions = Omit<RunCommandOptions, 'runAs' | 'cwd'>;
+
+export interface EngineTools {
+  /** Runs a helper by name as the engine's user, where the engine runs; resolves with its stdout. */
+  run(name: string, args: string[], options?: ToolOptions): Promise<string>;
+  /** The engine's user there, as numbers for the host: owner of the data directory. */
+  readonly owner: RunAs | undefined;
 }
 
 export interface LaunchCommand {

@@ -24,6 +24,7 @@ export interface CellFlags {
   tcpAllow: string[];
   stopInstancesOnExit?: boolean;
   metricsListen?: string;
+  executor?: 'process' | 'docker';
 }
 
 export async function runCell(flags: CellFlags): Promise<void> {
@@ -57,6 +58,7 @@ export async function runCell(flags: CellFlags): Promise<void> {
     trustCidrs: flags.trustCidr,
     tcpAllow: flags.tcpAllow,
     stopInstancesOnExit: flags.stopInstancesOnExit === true,
+    ...(flags.executor ? { defaultExecutor: flags.executor } : {}),
     fencer: new NetworkFencer(),
     metricsListen: flags.metricsListen ? parseHostPort(flags.metricsListen, '--metrics-listen') : undefined,
   });

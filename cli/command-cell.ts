@@ -2,7 +2,7 @@
  * `sf cell`: runs the cell agent of this host (control/cell/cell-agent.ts); the body lives in
  * cell-main.ts and loads only when the command runs.
  */
-import { type Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { DEFAULT_CELL_AGENT_OPTIONS } from '../cell/cell-agent-defaults';
 import { exitWithError } from './cli-support';
 import { withRedisCredentialsOption } from './redis-credentials-option';
@@ -56,6 +56,12 @@ export function registerCellCommand(program: Command): void {
       'an executable tcp instances may run (repeatable; default: any, creating tcp services needs an admin token)',
       (v: string, acc: string[]) => [...acc, v],
       [] as string[],
+    )
+    .addOption(
+      new Option(
+        '--executor <kind>',
+        'executor of instances whose service names none (docker: DOCKER_HOST or /var/run/docker.sock, images from sf images build)',
+      ).choices(['process', 'docker']),
     )
     .option(
       '--metrics-listen <host:port>',

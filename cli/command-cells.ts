@@ -11,13 +11,14 @@ async function listCells(flags: { json?: boolean }): Promise<void> {
   printResult(flags.json, resources, () =>
     resources.length
       ? formatTable(
-          ['NAME', 'ZONE', 'ALIVE', 'HOST', 'USED/CAPACITY MB', 'ENGINES', 'INSTANCES'],
+          ['NAME', 'ZONE', 'ALIVE', 'HOST', 'USED/CAPACITY MB', 'EXECUTORS', 'ENGINES', 'INSTANCES'],
           resources.map((c) => [
             c.name,
             c.zone,
             c.alive ? 'yes' : 'NO',
             c.host,
             c.capacity_mb === null ? null : `${c.used_mb}/${c.capacity_mb}`,
+            c.executors.join(','),
             c.engines.join(','),
             c.instances.map((i) => `${i.id}(${i.role[0]},${i.state})`).join(' '),
           ]),
@@ -29,7 +30,7 @@ async function listCells(flags: { json?: boolean }): Promise<void> {
 export function registerCellsCommand(program: Command): void {
   program
     .command('cells')
-    .description('list cells: zone, liveness, capacity and the instances they run')
+    .description('list cells: zone, liveness, capacity, executors, engines and the instances they run')
     .option('--json', 'machine-readable output')
     .action((flags: { json?: boolean }) => listCells(flags).catch(exitWithError));
 }

@@ -18,6 +18,7 @@ interface CreateFlags {
   fencing: 'auto' | 'manual';
   routerGroup: string;
   command?: string;
+  executor?: string;
   wait?: boolean;
   timeout: string;
   json?: boolean;
@@ -41,7 +42,7 @@ function servicesTable(services: ServiceView[]): string {
 function serviceDetail(s: ServiceView): string {
   const head =
     `name:        ${s.name}\n` +
-    `engine:      ${s.engine}\n` +
+    `engine:      ${s.engine}${s.executor ? ` (${s.executor})` : ''}\n` +
     `status:      ${s.status}${s.message ? ` (${s.message})` : ''}\n` +
     `router port: ${s.port} (group ${s.router_group})\n` +
     `replicas:    ${s.replicas}, durability ${s.durability}, disk sync ${s.disk_sync}, volume ${s.volume.size_mb} MB, fencing ${s.fencing.policy}\n\n`;
@@ -91,6 +92,7 @@ async function createService(engine: string, name: string, flags: CreateFlags): 
     volume: { size_mb: parseIntFlag(flags.sizeMb, '--size-mb', 1) },
     fencing: { policy: flags.fencing },
     router_group: flags.routerGroup,
+    ...(flags.executor ? { executor: flags.executor as ServiceCreateInput['executor'] } : {}),
   };
   if (engine === 'tcp' && !flags.command)
     throw new UsageError("engine tcp needs --command 'PROGRAM ARGS...' (placeholders {port}, {host}, {dataDir})");
@@ -196,6 +198,12 @@ export function registerServiceCommands(program: Command): void {
     .option('--size-mb <n>', 'volume size per instance, in MB', '256')
     .addOption(new Option('--fencing <policy>', 'failover policy').choices(['auto', 'manual']).default('auto'))
     .option('--router-group <name>', 'router group whose port the service gets', 'default')
+    .addOption(
+      new Option('--executor <kind>', "run instances as processes or containers (default: each cell's)").choices([
+        'process',
+        'docker',
+      ]),
+    )
     .option('--command <cmdline>', 'engine tcp: the command, with {port}, {host} and {dataDir} placeholders')
     .option('--wait', 'wait until every instance runs')
     .option('--timeout <seconds>', 'how long --wait waits', String(DEFAULT_WAIT_TIMEOUT_S))

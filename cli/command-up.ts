@@ -7,7 +7,7 @@
 import { mkdir } from 'node:fs/promises';
 import { connect, createServer } from 'node:net';
 import { join, resolve } from 'node:path';
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { controlUrlForListen, ensureAdminToken, sfHome } from '../control/admin-token';
 import { UsageError, exitWithError, parseIntFlag } from './cli-support';
 import { redactRedisUrl } from '../common/redis-credentials';
@@ -29,6 +29,7 @@ interface UpFlags {
   cellMetricsPortBase: string;
   caCert?: string;
   caKey?: string;
+  executor?: string;
 }
 
 /** @default values of `sf up` (DESIGN.md default addresses) */
@@ -207,6 +208,7 @@ async function runUp(flags: UpFlags): Promise<void> {
         '--metrics-listen',
         `127.0.0.1:${cellMetricsPort(n)}`,
         '--stop-instances-on-exit',
+        ...(flags.executor ? ['--executor', flags.executor] : []),
       ]);
     }
     await waitFor(
@@ -318,6 +320,12 @@ export function registerUpCommand(program: Command): void {
     )
     .option('--ca-cert <file>', "the operator's CA certificate (PEM) instead of one made in DATA/ca")
     .option('--ca-key <file>', "the operator's CA private key (PEM, mode 0600), with --ca-cert")
+    .addOption(
+      new Option('--executor <kind>', 'how cells run instances by default (docker: see sf images build)').choices([
+        'process',
+        'docker',
+      ]),
+    )
     .action((flags: UpFlags) =>
       runUp(flags).catch((err: unknown) => {
         if (err instanceof UsageError) exitWithError(err);

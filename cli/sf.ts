@@ -21,6 +21,7 @@ import { registerFencingCommands } from './command-fencing';
 import { registerTokenCommands } from './command-token';
 import { registerPrometheusCommand } from './command-prometheus';
 import { registerCaCommand } from './command-ca';
+import { registerImagesCommand } from './command-images';
 
 const COMMANDS: Array<(program: Command) => void> = [
   registerRouterCommand,
@@ -37,6 +38,7 @@ const COMMANDS: Array<(program: Command) => void> = [
   registerTokenCommands,
   registerPrometheusCommand,
   registerCaCommand,
+  registerImagesCommand,
 ];
 
 export function buildProgram(): Command {

@@ -91,6 +91,10 @@ export const instanceSpecSchema = z.object({
   replicaOf: hostPortSchema.optional(),
   /** Executor to use; defaults to the cell's default (`process`). */
   executor: z.enum(EXECUTOR_KINDS).optional(),
+  /** Limits from the service's plan; the docker executor makes them container limits. */
+  resources: z
+    .object({ memoryMb: z.number().int().min(16).optional(), cpus: z.number().positive().max(1024).optional() })
+    .optional(),
   /** Engine `tcp` only: the command, with `{port}`, `{host}` and `{dataDir}` placeholders. */
   command: z.object({ file: z.string().min(1), args: z.array(z.string()).default([]) }).optional(),
   /** Primary lease renewal; absent = no lease kept for this instance. */

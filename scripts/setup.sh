@@ -14,6 +14,10 @@ command -v openssl >/dev/null || need_pkgs+=(openssl)
 command -v ip >/dev/null || need_pkgs+=(iproute2)
 { command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || need_pkgs+=(postgresql)
 command -v psql >/dev/null || need_pkgs+=(postgresql-client)
+# The docker executor: a daemon and CLI, and mmdebstrap to build engine images from Debian's
+# packages (`sf images build`); the pods' sidecars are Debian's Prometheus exporters.
+command -v dockerd >/dev/null || need_pkgs+=(docker.io)
+command -v mmdebstrap >/dev/null || need_pkgs+=(mmdebstrap)
 
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then

@@ -26,6 +26,7 @@ export function cellCandidates(
       capacityMb: cell.record.capacityMb,
       usedMb: Math.max(cell.record.usedMb, promised.get(cell.name) ?? 0),
       engines: cell.record.engines,
+      executors: cell.record.executors,
       volumes,
     });
   }

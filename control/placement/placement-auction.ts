@@ -9,7 +9,7 @@
  * volume is already on the cell (a restart there keeps its data), a zone the service does not use
  * yet, and free capacity.
  */
-import type { EngineKind } from '../../protocol';
+import type { EngineKind, ExecutorKind } from '../../protocol';
 import { ErrorCode, SfError } from '../../common';
 
 export interface CellCandidate {
@@ -20,6 +20,8 @@ export interface CellCandidate {
   /** Volume space already used or promised on the cell, in MB. */
   usedMb: number;
   engines: readonly EngineKind[];
+  /** Executors the cell offers; absent = process only (cells before executors were reported). */
+  executors?: readonly ExecutorKind[];
   /** Instance ids whose volume is present on this cell. */
   volumes?: readonly string[];
 }
@@ -32,6 +34,8 @@ export interface PlacementSlot {
 export interface PlacementRequest {
   service: string;
   engine: EngineKind;
+  /** The executor the service asks for; absent = any cell (each runs it with its default). */
+  executor?: ExecutorKind;
   sizeMb: number;
   slots: readonly PlacementSlot[];
   /** Cells (and their zones) already holding an instance of this service that stays. */
@@ -63,7 +67,7 @@ export interface PlacementDecision {
 }
 
 /** Why a cell could not bid, per cell, for the error message. */
-export type Exclusion = 'dead' | 'engine' | 'capacity' | 'same-service';
+export type Exclusion = 'dead' | 'engine' | 'executor' | 'capacity' | 'same-service';
 
 /** Places every slot or throws SF_ERR_PLACEMENT_UNSATISFIABLE explaining each cell's exclusion. */
 export function runPlacementAuction(
@@ -109,7 +113,9 @@ function exclusionOf(
   taken: ReadonlySet<string>,
 ): Exclusion | null {
   if (!cell.alive) return 'dead';
-  if (!cell.engines.includes(request.engine)) return 'engine';
+  // A docker cell runs engines from images, whatever the host has installed.
+  if (request.executor && !(cell.executors ?? ['process']).includes(request.executor)) return 'executor';
+  if (request.executor !== 'docker' && !cell.engines.includes(request.engine)) return 'engine';
   if (taken.has(cell.name)) return 'same-service';
   if (cell.capacityMb - usedMb < request.sizeMb) return 'capacity';
   return null;
@@ -118,6 +124,7 @@ function exclusionOf(
 const EXPLAIN: Record<Exclusion, string> = {
   dead: 'not alive',
   engine: 'engine not available',
+  executor: 'executor not available',
   capacity: 'not enough free capacity',
   'same-service': 'already runs an instance of this service',
 };

@@ -30,6 +30,7 @@ export function instanceSpec(
     volume: { sizeMb: service.volume.sizeMb },
     ...(inst.role === 'replica' && upstream ? { replicaOf: upstream } : {}),
     ...(service.command ? { command: service.command } : {}),
+    ...(service.executor ? { executor: service.executor } : {}),
     ...(inst.role === 'primary' && primaryLeaseTtlMs > 0 ? { lease: { ttlMs: primaryLeaseTtlMs } } : {}),
     ...(service.credentials ? { credentials: instanceCredentials(service.credentials) } : {}),
   };

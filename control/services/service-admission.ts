@@ -37,7 +37,14 @@ export async function admitService(deps: ServiceAdmissionDeps, req: ServiceCreat
     const cells = await deps.directory.snapshot();
     const slots = Array.from({ length: req.replicas + 1 }, (_, k) => ({ instanceId: `${req.name}-${k}` }));
     runPlacementAuction(
-      { service: req.name, engine: req.engine, sizeMb: req.volume.size_mb, slots, occupied: [] },
+      {
+        service: req.name,
+        engine: req.engine,
+        ...(req.executor ? { executor: req.executor } : {}),
+        sizeMb: req.volume.size_mb,
+        slots,
+        occupied: [],
+      },
       cellCandidates(cells, snapshot.services.values()),
     );
     const port = await freePort(deps, group, [...snapshot.services.values()]);
@@ -51,6 +58,7 @@ export async function admitService(deps: ServiceAdmissionDeps, req: ServiceCreat
       volume: { sizeMb: req.volume.size_mb },
       fencing: { policy: req.fencing.policy },
       ...(req.command ? { command: { file: req.command.file, args: req.command.args } } : {}),
+      ...(req.executor ? { executor: req.executor } : {}),
       routerGroup: group.name,
       routerGroupGuid: group.guid,
       port,

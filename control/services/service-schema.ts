@@ -1,6 +1,6 @@
 /** The create-service request, validated once at the edge; errors name the field. */
 import { z } from 'zod';
-import { DISK_SYNC_MODES, ENGINE_KINDS } from '../../protocol';
+import { DISK_SYNC_MODES, ENGINE_KINDS, EXECUTOR_KINDS } from '../../protocol';
 
 /** Replicas per service: beyond this a mistake is likelier than a need. */
 export const MAX_REPLICAS = 8;
@@ -63,6 +63,7 @@ export const serviceCreateSchema = z
       .strict()
       .default({ ...DEFAULT_SERVICE_REQUEST.fencing }),
     router_group: z.string().min(1, 'must not be empty').default(DEFAULT_SERVICE_REQUEST.router_group),
+    executor: z.enum(EXECUTOR_KINDS, { error: `must be one of ${EXECUTOR_KINDS.join(', ')}` }).optional(),
     /** Engine `tcp` only: the command to run, with `{port}`, `{host}` and `{dataDir}` placeholders. */
     command: z
       .object({ file: z.string().min(1, 'must not be empty'), args: z.array(z.string()).default([]) })

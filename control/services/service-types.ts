@@ -4,7 +4,7 @@
  * copied here; it is read from the cells' `actual` hashes, so this record only changes when a
  * decision changes (DESIGN.md "Core model", issue 4).
  */
-import type { ActualState, DiskSync, Durability, EngineKind, InstanceRole } from '../../protocol';
+import type { ActualState, DiskSync, Durability, EngineKind, ExecutorKind, InstanceRole } from '../../protocol';
 
 export type FencingPolicy = 'auto' | 'manual';
 
@@ -90,6 +90,8 @@ export interface ServiceRecord extends ServiceRequestFields {
   diskSync?: DiskSync;
   /** Engine `tcp` only: what the cell runs. */
   command?: { file: string; args: string[] };
+  /** The executor its instances run with; absent = each cell's default (process). */
+  executor?: ExecutorKind;
   routerGroup: string;
   routerGroupGuid: string;
   /** The router port clients use; reserved at creation from the group's reservable ports. */
@@ -134,6 +136,7 @@ export interface InstanceView {
 export interface ServiceView extends Omit<ServiceRequestFields, 'volume'> {
   volume: { size_mb: number };
   disk_sync: DiskSync;
+  executor?: ExecutorKind;
   router_group: string;
   port: number;
   status: ServiceStatus;

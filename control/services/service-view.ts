@@ -38,6 +38,7 @@ export function serviceView(record: ServiceRecord, cells: ReadonlyMap<string, Ce
   return {
     name: record.name,
     engine: record.engine,
+    ...(record.executor ? { executor: record.executor } : {}),
     replicas: record.replicas,
     durability: record.durability,
     disk_sync: record.diskSync ?? defaultDiskSync(record.durability, record.engine),
