@@ -12,6 +12,9 @@ command -v iperf3 >/dev/null || need_pkgs+=(iperf3)
 command -v ip >/dev/null || need_pkgs+=(iproute2)
 { command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || need_pkgs+=(postgresql)
 command -v psql >/dev/null || need_pkgs+=(postgresql-client)
+# The console's browser test and the check of `sf prometheus-config` (promtool).
+command -v chromium >/dev/null || need_pkgs+=(chromium)
+command -v promtool >/dev/null || need_pkgs+=(prometheus)
 
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
