@@ -30,6 +30,7 @@ interface ControlFlags {
   jwtIssuer?: string;
   jwtAudience?: string;
   dataDir?: string;
+  routerAdmin: string[];
 }
 
 async function runControl(flags: ControlFlags): Promise<void> {
@@ -63,6 +64,7 @@ async function runControl(flags: ControlFlags): Promise<void> {
     // The leader's last known copy of its state, restored if the store comes back empty (issue 10).
     services: flags.dataDir ? { stateFile: `${flags.dataDir.replace(/\/+$/, '')}/control-state.json` } : undefined,
     logger: log,
+    routerAdminUrls: flags.routerAdmin,
   });
   const shutdown = (signal: string): void => {
     log.info({ signal }, 'control stopping');
@@ -102,6 +104,12 @@ export function registerControlCommand(program: Command): void {
     .option(
       '--key-prefix <prefix>',
       'prefix of every Redis key; control, cells and routers of one installation use the same (default: SF_KEY_PREFIX or sf:)',
+    )
+    .option(
+      '--router-admin <url>',
+      "a router's admin URL, whose per-route counters the console charts (repeatable)",
+      (v: string, acc: string[]) => [...acc, v],
+      [] as string[],
     )
     .option('--tokens-file <file>', 'JSON list of extra tokens: [{"name","token","scopes":["read"|"write"|"admin"]}]')
     .option('--body-limit <bytes>', 'largest accepted request body', String(DEFAULTS.bodyLimitBytes))

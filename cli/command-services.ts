@@ -9,6 +9,7 @@ import { DISK_SYNC_MODES, type DiskSync } from '../protocol';
 import { ApiClient } from './api-client';
 import { UsageError, exitWithError, parseIntFlag } from './cli-support';
 import { formatTable, printResult } from './output-table';
+import { startProgress } from './progress';
 
 interface CreateFlags {
   replicas: string;
@@ -60,10 +61,16 @@ function serviceDetail(s: ServiceView): string {
 }
 
 /** Polls until every instance runs; fails fast when the leader finds the service unplaceable. */
-export async function waitForService(client: ApiClient, name: string, timeoutMs: number): Promise<ServiceView> {
+export async function waitForService(
+  client: ApiClient,
+  name: string,
+  timeoutMs: number,
+  onView?: (view: ServiceView) => void,
+): Promise<ServiceView> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const view = await client.request<ServiceView>('GET', `/v3/service_instances/${encodeURIComponent(name)}`);
+    onView?.(view);
     if (view.status === 'running') return view;
     if (view.status === 'unplaceable')
       throw new SfError(ErrorCode.PlacementUnsatisfiable, view.message ?? `service ${name} cannot be placed`);
@@ -104,7 +111,17 @@ async function createService(engine: string, name: string, flags: CreateFlags): 
   const client = await ApiClient.fromEnv();
   const started = Date.now();
   let view = await client.request<ServiceView>('POST', '/v3/service_instances', body);
-  if (flags.wait) view = await waitForService(client, name, parseIntFlag(flags.timeout, '--timeout', 1) * 1000);
+  if (flags.wait) {
+    const progress = startProgress(`service ${name}`);
+    try {
+      view = await waitForService(client, name, parseIntFlag(flags.timeout, '--timeout', 1) * 1000, (v) => {
+        const up = v.instances.filter((i) => i.state === 'running').length;
+        progress.update(`${v.status}, ${up}/${v.instances.length || v.replicas + 1} instances running`);
+      });
+    } finally {
+      progress.stop();
+    }
+  }
   printResult(flags.json, view, () => {
     const lines = [
       `service ${name} ${flags.wait ? `running after ${((Date.now() - started) / 1000).toFixed(1)} s` : 'created'}: router port ${view.port}`,

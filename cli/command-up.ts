@@ -61,6 +61,13 @@ function portFree(port: number, host = '127.0.0.1'): Promise<boolean> {
   });
 }
 
+/**
+ * How long start-up waits for each component to answer. Node alone takes 20 s to start a router
+ * on a 2-core machine at load average 30, so this is generous; a component that keeps exiting
+ * stops the wait earlier (START_RESTART_LIMIT).
+ */
+const START_TIMEOUT_MS = 90_000;
+
 /** Start-up gives up on a component that keeps exiting; later, the supervisor never does. */
 const START_RESTART_LIMIT = 3;
 
@@ -167,12 +174,16 @@ async function runUp(flags: UpFlags): Promise<void> {
       `127.0.0.1:${controlPort}`,
       '--data-dir',
       join(dataDir, 'control'),
+      '--router-admin',
+      `http://127.0.0.1:${routerAdminPort}`,
       '--redis',
       redisUrl,
       ...credentials('control'),
     ]);
     const controlUrl = `http://127.0.0.1:${controlPort}`;
-    await waitFor('control', async () => (await fetch(`${controlUrl}/health`)).ok, 20_000, supervisor, ['control']);
+    await waitFor('control', async () => (await fetch(`${controlUrl}/health`)).ok, START_TIMEOUT_MS, supervisor, [
+      'control',
+    ]);
     if (flags.routePorts) await setRoutePorts(controlUrl, admin.token, flags.routePorts);
     start('router', process.execPath, [
       sfScript,
@@ -214,7 +225,7 @@ async function runUp(flags: UpFlags): Promise<void> {
     await waitFor(
       'router',
       async () => (await fetch(`http://127.0.0.1:${routerAdminPort}/health`)).ok,
-      20_000,
+      START_TIMEOUT_MS,
       supervisor,
       ['router'],
     );
@@ -227,7 +238,7 @@ async function runUp(flags: UpFlags): Promise<void> {
         cellMetrics = body.resources.map((c) => c.metrics_url ?? '-');
         return body.resources.filter((c) => c.alive).length >= cellCount;
       },
-      30_000,
+      START_TIMEOUT_MS,
       supervisor,
       cellNames,
     );

@@ -109,54 +109,77 @@ export class ControlMetrics {
     };
   }
 
-  /** Adds per-instance health, replication lag and service epochs, read at each scrape. */
+  /**
+   * Adds per-instance health, replication lag and service epochs, read at each scrape. prom-client
+   * collects every metric of a scrape concurrently, so the three gauges share one read of the
+   * store and the cells, made by whichever collects first.
+   */
   watchInstances(source: InstanceSource): void {
-    const labelNames = ['service', 'instance', 'cell', 'role'] as const;
-    // One collector fills all three from one read of the store and the cells.
-    const healthy: Gauge<(typeof labelNames)[number]> = new Gauge({
-      name: 'sf_service_instance_healthy',
-      help: "1 when the instance's cell reports it running and healthy, 0 otherwise (lost, failed, fenced, pending).",
-      labelNames,
-      registers: [this.registry],
-      collect: async () => {
-        healthy.reset();
-        lag.reset();
-        epoch.reset();
-        const [services, cells] = await Promise.all([source.services(), source.cells()]);
-        for (const s of services) {
-          epoch.set({ service: s.name }, s.epoch);
-          const position = (id: string, cell: string): bigint | undefined => {
-            const v = cells.get(cell)?.actual.get(id)?.positionValue;
-            return v && /^\d+$/.test(v) ? BigInt(v) : undefined;
-          };
-          const primary = s.instances.find((i) => i.role === 'primary');
-          const primaryAt = primary ? position(primary.id, primary.cell) : undefined;
-          for (const i of s.instances) {
-            const snap = cells.get(i.cell);
-            const actual = snap?.alive ? snap.actual.get(i.id) : undefined;
-            const ok = actual?.state === 'running' && actual.healthy === true && !actual.degraded;
-            healthy.set({ service: s.name, instance: i.id, cell: i.cell, role: i.role }, ok ? 1 : 0);
-            const at = position(i.id, i.cell);
-            if (i.role === 'replica' && primaryAt !== undefined && at !== undefined) {
-              const behind = primaryAt > at ? primaryAt - at : 0n;
-              lag.set({ service: s.name, instance: i.id, cell: i.cell }, Number(behind));
-            }
-          }
-        }
-      },
-    });
-    // Registered after the gauge whose collector fills them, so a scrape reads fresh values.
-    const lag = new Gauge({
-      name: 'sf_service_replication_lag_bytes',
-      help: "How far a replica's replication position is behind its primary's (Redis offset, PostgreSQL LSN bytes).",
-      labelNames: ['service', 'instance', 'cell'],
-      registers: [this.registry],
-    });
-    const epoch = new Gauge({
-      name: 'sf_service_epoch',
-      help: "The service's primary epoch; it grows with every failover.",
-      labelNames: ['service'],
-      registers: [this.registry],
-    });
+    type Sample = { labels: Record<string, string>; value: number };
+    let pending: Promise<{ healthy: Sample[]; lag: Sample[]; epoch: Sample[] }> | null = null;
+    const read = () => {
+      if (!pending) {
+        pending = instanceSamples(source);
+        const clear = (): void => {
+          pending = null;
+        };
+        pending.then(clear, clear);
+      }
+      return pending;
+    };
+    const gauge = (name: string, help: string, labelNames: string[], pick: 'healthy' | 'lag' | 'epoch'): void => {
+      const g: Gauge = new Gauge({
+        name,
+        help,
+        labelNames,
+        registers: [this.registry],
+        collect: async () => {
+          g.reset();
+          for (const s of (await read())[pick]) g.set(s.labels, s.value);
+        },
+      });
+    };
+    gauge(
+      'sf_service_instance_healthy',
+      "1 when the instance's cell reports it running and healthy, 0 otherwise (lost, failed, fenced, pending).",
+      ['service', 'instance', 'cell', 'role'],
+      'healthy',
+    );
+    gauge(
+      'sf_service_replication_lag_bytes',
+      "How far a replica's replication position is behind its primary's (Redis offset, PostgreSQL LSN bytes).",
+      ['service', 'instance', 'cell'],
+      'lag',
+    );
+    gauge('sf_service_epoch', "The service's primary epoch; it grows with every failover.", ['service'], 'epoch');
   }
+}
+
+/** One read of the store and the cells, as the samples of the three instance gauges. */
+async function instanceSamples(source: InstanceSource) {
+  type Sample = { labels: Record<string, string>; value: number };
+  const out = { healthy: [] as Sample[], lag: [] as Sample[], epoch: [] as Sample[] };
+  const [services, cells] = await Promise.all([source.services(), source.cells()]);
+  for (const s of services) {
+    out.epoch.push({ labels: { service: s.name }, value: s.epoch });
+    const position = (id: string, cell: string): bigint | undefined => {
+      const v = cells.get(cell)?.actual.get(id)?.positionValue;
+      return v && /^\d+$/.test(v) ? BigInt(v) : undefined;
+    };
+    const primary = s.instances.find((i) => i.role === 'primary');
+    const primaryAt = primary ? position(primary.id, primary.cell) : undefined;
+    for (const i of s.instances) {
+      const snap = cells.get(i.cell);
+      const actual = snap?.alive ? snap.actual.get(i.id) : undefined;
+      const ok = actual?.state === 'running' && actual.healthy === true && !actual.degraded;
+      out.healthy.push({ labels: { service: s.name, instance: i.id, cell: i.cell, role: i.role }, value: ok ? 1 : 0 });
+      const at = position(i.id, i.cell);
+      if (i.role === 'replica' && primaryAt !== undefined && at !== undefined)
+        out.lag.push({
+          labels: { service: s.name, instance: i.id, cell: i.cell },
+          value: Number(primaryAt > at ? primaryAt - at : 0n),
+        });
+    }
+  }
+  return out;
 }

@@ -41,6 +41,8 @@ export interface ControlServerOptions {
   api?: ControlApiOptions;
   /** Service instances, cells, leader election and convergence (control/services). */
   services?: ServicePlaneOptions;
+  /** Admin URLs of routers whose per-route counters `GET /v3/route_stats` (the console) reads. @default [] */
+  routerAdminUrls?: string[];
 }
 
 export const DEFAULT_CONTROL_SERVER_OPTIONS = {

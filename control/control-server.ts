@@ -22,6 +22,7 @@ import { TokenStore } from './state/token-store';
 import { RouteTtlSweeper } from './sweeper/route-ttl-sweeper';
 import { startServicePlane, type ServicePlane } from './service-plane';
 import { ControlMetrics } from './control-metrics';
+import { registerConsole } from './api/routes-console';
 import { CellDirectory } from './services/cell-directory';
 
 export { DEFAULT_CONTROL_SERVER_OPTIONS, type ControlServerOptions };
@@ -97,6 +98,7 @@ export async function startControlServer(options: ControlServerOptions = {}): Pr
   server.route('get', '/metrics', 'read', async () => ({
     raw: { contentType: metrics.registry.contentType, data: await metrics.registry.metrics() },
   }));
+  registerConsole(server, opts.routerAdminUrls ?? []);
   registerAuditApi(server, audit);
   registerRoutingApi(
     server,

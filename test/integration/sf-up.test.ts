@@ -12,7 +12,7 @@ import { runSf, runSfToExit, type SfProcess } from '../helpers/sf-process';
 import { eventually } from '../helpers/tcp-client';
 
 describe('sf up', function () {
-  this.timeout(120_000);
+  this.timeout(300_000);
   let home: string;
   let up: SfProcess | undefined;
   let env: NodeJS.ProcessEnv;
@@ -72,7 +72,7 @@ describe('sf up', function () {
 
   it('starts state, control, a router and cells, and the CLI works with no configuration', async () => {
     up = runSf(upArgs(), env);
-    await eventually(() => up!.output().includes('Try next:'), 60_000, 'sf up ready');
+    await eventually(() => up!.output().includes('Try next:'), 180_000, 'sf up ready');
     expect(up.output()).to.match(/sf create-service redis cache/);
     const token = await stat(path.join(home, 'admin-tokens', `127.0.0.1-${ports.control}`));
     expect(token.mode & 0o777).to.equal(0o600);
