@@ -13,7 +13,7 @@ async function listVolumes(flags: { json?: boolean; service?: string }): Promise
     resources.length
       ? formatTable(
           ['VOLUME', 'SERVICE', 'CELL', 'USED/SIZE MB', 'STATE', 'PATH'],
-          resources.map((v) => [v.id, v.service, v.cell, `${v.usedMb ?? '?'}/${v.sizeMb}`, v.state, v.path]),
+          resources.map((v) => [v.id, v.service, v.cell, `${v.used_mb ?? '?'}/${v.size_mb}`, v.state, v.path]),
         )
       : 'no volumes\n',
   );

@@ -176,7 +176,7 @@ const handedOut = new Set<number>();
 
 /**
  * A free loopback port in 27000-27999, away from the project's defaults (7600/7601, 16000-16999)
- * and from other engineers' test ports; a random start keeps parallel runs apart.
+ * and from other processes' test ports; a random start keeps parallel runs apart.
  */
 export async function freePort(): Promise<number> {
   const span = PORT_RANGE_END - PORT_RANGE_START + 1;

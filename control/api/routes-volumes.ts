@@ -13,7 +13,7 @@ import type { HttpServer } from './http-server';
 /**
  * - `attached`: its instance runs or starts on it;
  * - `detached`: on disk, its instance not running (stopped, failed, fenced);
- * - `full`: usage reached `sizeMb`, the engine refuses writes;
+ * - `full`: usage reached `size_mb`, the engine refuses writes;
  * - `orphaned`: no service record names it (kept until deleted on purpose);
  * - `unknown`: its cell is not alive, the last report is shown.
  */
@@ -24,9 +24,9 @@ export interface VolumeView {
   service: string;
   instance: string;
   cell: string;
-  sizeMb: number;
+  size_mb: number;
   /** Measured by the cell every `--volume-check-ms`; null before the first measurement. */
-  usedMb: number | null;
+  used_mb: number | null;
   path: string | null;
   state: VolumeState;
 }
@@ -56,8 +56,8 @@ export function volumeViews(cells: ReadonlyMap<string, CellSnapshot>, services: 
         service: a.service,
         instance: a.instanceId,
         cell: cell.name,
-        sizeMb: a.volumeSizeMb,
-        usedMb: a.volumeUsedMb ?? null,
+        size_mb: a.volumeSizeMb,
+        used_mb: a.volumeUsedMb ?? null,
         path: a.volumePath ?? null,
         state: volumeState(cell, a, owners.has(`${cell.name}/${a.instanceId}`)),
       });

@@ -85,20 +85,20 @@ describe('volumes', function () {
     });
 
     it('lists each volume with its measured usage, path and state', async () => {
-      await create({ name: 'listed', engine: 'redis', volume: { sizeMb: 64 } });
+      await create({ name: 'listed', engine: 'redis', volume: { size_mb: 64 } });
       let vol: VolumeView | undefined;
       await eventually(
         async () => {
           [vol] = await volumes('listed');
-          return vol?.usedMb !== null && vol?.usedMb !== undefined;
+          return vol?.used_mb !== null && vol?.used_mb !== undefined;
         },
         15_000,
         'volume measured',
       );
       const v = vol as VolumeView;
-      expect(v).to.include({ id: `${v.cell}/listed-0`, service: 'listed', instance: 'listed-0', sizeMb: 64 });
+      expect(v).to.include({ id: `${v.cell}/listed-0`, service: 'listed', instance: 'listed-0', size_mb: 64 });
       expect(v.state).to.equal('attached');
-      expect(v.usedMb).to.be.within(0, 63);
+      expect(v.used_mb).to.be.within(0, 63);
       expect(v.path).to.match(/instances\/listed-0$/);
       const cells = (await cluster.api<{ resources: CellView[] }>('GET', '/v3/cells')).body.resources;
       expect(cells[0].disk_used_mb).to.be.a('number');
@@ -107,8 +107,8 @@ describe('volumes', function () {
 
   describe('size limit', () => {
     it('redis: a full volume refuses writes, serves reads and deletes; a neighbour keeps writing', async () => {
-      const full = await create({ name: 'small', engine: 'redis', volume: { sizeMb: 2 } });
-      const roomy = await create({ name: 'roomy', engine: 'redis', volume: { sizeMb: 256 } });
+      const full = await create({ name: 'small', engine: 'redis', volume: { size_mb: 2 } });
+      const roomy = await create({ name: 'roomy', engine: 'redis', volume: { size_mb: 256 } });
       const a = redisClient(full.port, await serviceKey(cluster.api, 'small'));
       const b = redisClient(roomy.port, await serviceKey(cluster.api, 'roomy'));
       clients.push(a, b);
@@ -130,7 +130,7 @@ describe('volumes', function () {
 
     it('postgres: a full volume makes transactions read-only; reads still work', async () => {
       // An initdb'd cluster is tens of MB: a 1 MB volume is full at its first measurement.
-      const view = await create({ name: 'tinypg', engine: 'postgres', volume: { sizeMb: 1 } });
+      const view = await create({ name: 'tinypg', engine: 'postgres', volume: { size_mb: 1 } });
       const key = await keyOf('tinypg');
       await eventually(async () => (await volumes('tinypg'))[0]?.state === 'full', 20_000, 'volume full');
       await eventually(
