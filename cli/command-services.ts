@@ -112,7 +112,8 @@ async function createService(engine: string, name: string, flags: CreateFlags): 
   const started = Date.now();
   let view = await client.request<ServiceView>('POST', '/v3/service_instances', body);
   if (flags.wait) {
-    const progress = startProgress(`service ${name}`);
+    // --json is for machines: only the result, no progress lines.
+    const progress = flags.json ? { update: () => undefined, stop: () => undefined } : startProgress(`service ${name}`);
     try {
       view = await waitForService(client, name, parseIntFlag(flags.timeout, '--timeout', 1) * 1000, (v) => {
         const up = v.instances.filter((i) => i.state === 'running').length;
