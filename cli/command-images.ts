@@ -9,6 +9,7 @@ import { DockerApi } from '../cell/docker-api';
 import { buildEngineImage, IMAGE_ENGINES, type BuiltImage, type ImageEngine } from '../cell/docker-images';
 import { UsageError, exitWithError } from './cli-support';
 import { formatTable, printResult } from './output-table';
+import { startProgress } from './progress';
 
 interface BuildFlags {
   force?: boolean;
@@ -27,14 +28,13 @@ async function build(names: string[], flags: BuildFlags): Promise<void> {
     throw new Error(`no Docker daemon answers at ${api.socketPath} (set DOCKER_HOST=unix://PATH)`);
   const results: BuiltImage[] = [];
   for (const engine of wanted as ImageEngine[]) {
-    results.push(
-      await buildEngineImage(api, engine, {
-        force: flags.force,
-        log: (line) => {
-          if (!flags.quiet && !flags.json) process.stderr.write(`${engine}: ${line}\n`);
-        },
-      }),
-    );
+    // A spinner with the current step and elapsed time on a terminal, plain lines otherwise.
+    const progress = flags.quiet || flags.json ? undefined : startProgress(`image ${engine}`);
+    try {
+      results.push(await buildEngineImage(api, engine, { force: flags.force, log: (line) => progress?.update(line) }));
+    } finally {
+      progress?.stop();
+    }
   }
   printResult(flags.json, results, () =>
     formatTable(
