@@ -350,6 +350,8 @@ export class CellAgent {
   private measureVolumes(): Promise<void> {
     if (!this.measuring)
       this.measuring = (this.instances?.measureVolumes() ?? Promise.resolve())
+        // The cell record (disk use, full volumes) follows the reports at once, not a beat later.
+        .then(() => this.heartbeat())
         .catch((err: unknown) => this.log.warn({ err: errorMessageOf(err) }, 'volume measurement failed'))
         .finally(() => (this.measuring = undefined));
     return this.measuring;
