@@ -20,7 +20,14 @@ import type { EngineKind, InstanceSpec } from '../protocol';
 import type { Availability, EngineContext } from './engine';
 import { createEngineRegistry, type EngineRegistry } from './engine-registry';
 import { ErrorCode, SfError, errorMessageOf } from '../common';
-import type { ExitListener, Executor, InstanceHandle, InstanceStatus, StopOptions } from './executor';
+import {
+  startOnce,
+  type ExitListener,
+  type Executor,
+  type InstanceHandle,
+  type InstanceStatus,
+  type StopOptions,
+} from './executor';
 import { DockerApi, demuxDockerStream, type DockerApiOptions } from './docker-api';
 import { ContainerTools, imageUser } from './docker-engine-tools';
 import { defaultEngineImage, imageExists } from './docker-images';
@@ -125,15 +132,7 @@ export class DockerExecutor implements Executor {
   }
 
   start(spec: InstanceSpec): Promise<InstanceHandle> {
-    const running = this.tracked.get(spec.instanceId);
-    if (running && running.status.state === 'running') return Promise.resolve(running.handle);
-    // Concurrent starts of one instance share one attempt.
-    let attempt = this.starting.get(spec.instanceId);
-    if (!attempt) {
-      attempt = this.doStart(spec).finally(() => this.starting.delete(spec.instanceId));
-      this.starting.set(spec.instanceId, attempt);
-    }
-    return attempt;
+    return startOnce(spec, this.tracked.get(spec.instanceId), this.starting, (s) => this.doStart(s));
   }
 
   private async doStart(spec: InstanceSpec): Promise<InstanceHandle> {

@@ -16,7 +16,14 @@ import type { Availability, Engine, EngineContext } from './engine';
 import type { RunAs } from './run-command';
 import { createEngineRegistry, type EngineRegistry } from './engine-registry';
 import { ErrorCode, SfError, withDefaults } from '../common';
-import type { ExitListener, Executor, InstanceHandle, InstanceStatus, StopOptions } from './executor';
+import {
+  startOnce,
+  type ExitListener,
+  type Executor,
+  type InstanceHandle,
+  type InstanceStatus,
+  type StopOptions,
+} from './executor';
 import {
   admitStart,
   INSTANCES_DIR,
@@ -137,15 +144,7 @@ export class ProcessExecutor implements Executor {
   }
 
   start(spec: InstanceSpec): Promise<InstanceHandle> {
-    const running = this.tracked.get(spec.instanceId);
-    if (running && running.status.state === 'running') return Promise.resolve(running.handle);
-    // Concurrent starts of one instance share one attempt.
-    let attempt = this.starting.get(spec.instanceId);
-    if (!attempt) {
-      attempt = this.doStart(spec).finally(() => this.starting.delete(spec.instanceId));
-      this.starting.set(spec.instanceId, attempt);
-    }
-    return attempt;
+    return startOnce(spec, this.tracked.get(spec.instanceId), this.starting, (s) => this.doStart(s));
   }
 
   private async doStart(spec: InstanceSpec): Promise<InstanceHandle> {

@@ -57,3 +57,22 @@ export interface Executor {
   adopt(): Promise<InstanceHandle[]>;
   onExit(listener: ExitListener): () => void;
 }
+
+/**
+ * An executor's `start`: the handle of an instance already running, or the one attempt in flight
+ * (concurrent starts of one instance share it), or a new attempt by `begin`.
+ */
+export function startOnce(
+  spec: InstanceSpec,
+  running: { handle: InstanceHandle; status: InstanceStatus } | undefined,
+  starting: Map<string, Promise<InstanceHandle>>,
+  begin: (spec: InstanceSpec) => Promise<InstanceHandle>,
+): Promise<InstanceHandle> {
+  if (running && running.status.state === 'running') return Promise.resolve(running.handle);
+  let attempt = starting.get(spec.instanceId);
+  if (!attempt) {
+    attempt = begin(spec).finally(() => starting.delete(spec.instanceId));
+    starting.set(spec.instanceId, attempt);
+  }
+  return attempt;
+}

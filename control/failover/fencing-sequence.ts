@@ -245,12 +245,7 @@ export class FencingSequence {
   ): Promise<ServiceRecord | null> {
     const after = await this.deps.store.change<ServiceRecord | null>(op.service, op.fence, async (cur) => {
       if (!cur) return { done: null };
-      const next: ServiceRecord = {
-        ...cur,
-        leaderToken: op.fence.token,
-        updatedAt: Date.now(),
-        instances: cur.instances.map((i) => ({ ...i })),
-      };
+      const next = editableCopy(cur, op);
       const ops: CasOp[] = [];
       for (const inst of next.instances) {
         if (inst.id !== primary.id || inst.role !== 'primary') continue;
@@ -430,12 +425,7 @@ export class FencingSequence {
     const address = primaryAddress(primary, cells);
     const after = await this.deps.store.change<ServiceRecord>(op.service, op.fence, async (cur) => {
       if (!cur) return { done: rec };
-      const next: ServiceRecord = {
-        ...cur,
-        leaderToken: op.fence.token,
-        updatedAt: Date.now(),
-        instances: cur.instances.map((i) => ({ ...i })),
-      };
+      const next = editableCopy(cur, op);
       const ops: CasOp[] = [];
       for (const inst of next.instances) {
         if (!rejoin.has(inst.id) || !inst.fenced || !address) continue;
@@ -604,12 +594,7 @@ export class FencingSequence {
     let oldRejoinsAt: number | undefined;
     const after = await this.deps.store.change<ServiceRecord>(op.service, op.fence, async (cur) => {
       if (!cur) throw new SfError(ErrorCode.NoPrimary, `service ${op.service} no longer exists`);
-      const next: ServiceRecord = {
-        ...cur,
-        leaderToken: op.fence.token,
-        updatedAt: Date.now(),
-        instances: cur.instances.map((i) => ({ ...i })),
-      };
+      const next = editableCopy(cur, op);
       const ops: CasOp[] = [];
       oldRejoinsAt = undefined;
       for (const inst of next.instances) {
@@ -812,4 +797,14 @@ export class FencingSequence {
 function primaryAddress(primary: InstanceRecord, cells: ReadonlyMap<string, CellSnapshot>): HostPort | null {
   const a = cells.get(primary.cell)?.actual.get(primary.id);
   return a && a.port !== null ? { host: a.host, port: a.port } : null;
+}
+
+/** A copy of the record, stamped with this term, whose instances may be changed in place. */
+function editableCopy(cur: ServiceRecord, op: FencingOperation): ServiceRecord {
+  return {
+    ...cur,
+    leaderToken: op.fence.token,
+    updatedAt: Date.now(),
+    instances: cur.instances.map((i) => ({ ...i })),
+  };
 }
