@@ -176,6 +176,7 @@ async function main(): Promise<void> {
     // Phase 1: propagation to two routers (127.0.0.1 and 127.0.0.2 share the port numbers).
     const prop = (await api(control, '/routing/v1/router_groups', {
       name: 'prop',
+      type: 'tcp',
       reservable_ports: '40000-40009',
     })) as { guid: string };
     const routers = [
@@ -210,6 +211,7 @@ async function main(): Promise<void> {
     // Phase 2: 10,000 routes at once while 1,000 connections stay open through one router.
     const bulk = (await api(control, '/routing/v1/router_groups', {
       name: 'bulk',
+      type: 'tcp',
       reservable_ports: '20000-29999,30500',
     })) as { guid: string };
     const bulkRouter = await startRouter(redis.url, 'bulk', 'bench-bulk', '127.0.0.1');

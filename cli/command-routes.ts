@@ -120,6 +120,8 @@ async function createRoute(flags: CreateFlags): Promise<void> {
     'POST',
     '/routing/v1/tcp_routes/create',
     createBody(flags, group),
+    // Without it control answers as Cloud Foundry does: 201 and no body.
+    { prefer: 'return=representation' },
   );
   printResult(flags.json, created, () => routesTable(created, new Map([[group.guid, group.name]])));
 }

@@ -68,6 +68,8 @@ export interface RequestContext {
   principal: Principal | null;
   /** The raw Authorization header, so a standby can forward an action to the leader as its sender. */
   authorization?: string;
+  /** The Prefer header (RFC 7240), e.g. `return=representation`; empty when absent. */
+  prefer: string;
   /** The parsed JSON body; rejects with SF_ERR_INVALID_JSON or SF_ERR_BODY_TOO_LARGE. */
   body(): Promise<unknown>;
 }
@@ -76,6 +78,8 @@ export interface JsonReply {
   /** @default 200 */
   status?: number;
   body?: unknown;
+  /** Extra response headers (Cloud Foundry's `X-Cf-Warnings`). */
+  headers?: Record<string, string>;
   /** Sent as is instead of `body` as JSON: metrics text, the console's files. */
   raw?: RawBody;
 }
@@ -184,6 +188,7 @@ interface CapturedRequest {
   params: Record<string, string>;
   query: URLSearchParams;
   authorization: string;
+  prefer: string;
   contentLength: number;
 }
 
@@ -468,13 +473,14 @@ export class HttpServer {
         query: req.query,
         principal,
         authorization: req.authorization,
+        prefer: req.prefer,
         body: async () => parseJson(body ? await body : Buffer.alloc(0)),
       };
       const reply = await handler(ctx);
       status = reply.status ?? 200;
       code = errorCodeIn(reply.body);
       if (reply.raw) this.replyRaw(res, state, status, reply.raw);
-      else this.reply(res, state, status, reply.body);
+      else this.reply(res, state, status, reply.body, false, reply.headers);
     } catch (err) {
       const answer = this.errorAnswer(req.path, err);
       status = answer.status;
@@ -590,7 +596,14 @@ export class HttpServer {
     });
   }
 
-  private reply(res: uws.HttpResponse, state: RequestState, status: number, body: unknown, close = false): void {
+  private reply(
+    res: uws.HttpResponse,
+    state: RequestState,
+    status: number,
+    body: unknown,
+    close = false,
+    headers: Record<string, string> = {},
+  ): void {
     if (state.aborted) return;
     state.aborted = true; // One reply per request.
     // After an oversized body the rest of it is still in flight, so the connection must go.
@@ -598,6 +611,7 @@ export class HttpServer {
     const payload = status >= 400 ? boundedErrorBody(body) : body;
     res.cork(() => {
       res.writeStatus(`${status} ${REASONS[status] ?? ''}`.trimEnd());
+      for (const [name, value] of Object.entries(headers)) res.writeHeader(name, value);
       if (payload === undefined || status === 204) {
         res.end(undefined, closeConnection);
         return;
@@ -683,6 +697,7 @@ export class HttpServer {
         params: req.params,
         query: req.query,
         principal,
+        prefer: req.prefer,
         body: async () => undefined,
       });
     } catch (err) {
@@ -761,6 +776,7 @@ function capture(req: uws.HttpRequest, names: string[], limits: Limits): Capture
     params,
     query: new URLSearchParams(rawQuery),
     authorization: req.getHeader('authorization'),
+    prefer: req.getHeader('prefer'),
     contentLength: Number.isFinite(length) ? length : 0,
   };
 }

@@ -24,6 +24,15 @@ import { CF_ROUTING_SCOPES } from './cf-scopes';
  */
 export type RoutingCompat = 'strict' | 'cf';
 
+/**
+ * The `X-Cf-Warnings` header CF's `PUT router_groups/:guid` always sends (URL-encoded, as CF's
+ * `url.QueryEscape` writes it): routes on ports outside the new range stop being routed.
+ */
+export const CF_PORT_WARNING = encodeURIComponent(
+  'Warning: if routes are registered for ports that are not in the new range, modifying your load ' +
+    'balancer to remove these ports will result in backends for those routes becoming inaccessible.',
+).replace(/%20/g, '+');
+
 export const ROUTING_COMPAT_MODES: readonly RoutingCompat[] = ['strict', 'cf'];
 
 export interface RoutingApiOptions {
@@ -95,7 +104,10 @@ export function registerRoutingApi(
     'admin',
     async (ctx) => {
       const input = validateBody(routerGroupUpdateSchema, await ctx.body(), '');
-      return { body: await groups.update(ctx.params.guid, input.reservable_ports, portsInUse, checks) };
+      return {
+        body: await groups.update(ctx.params.guid, input.reservable_ports, portsInUse, checks),
+        headers: { 'X-Cf-Warnings': CF_PORT_WARNING },
+      };
     },
     S.routerGroupsWrite,
   );
@@ -150,7 +162,10 @@ export function registerRoutingApi(
     'write',
     async (ctx) => {
       const input = validateBody(tcpSchemas.create, await ctx.body(), 'tcp_routes');
-      return { status: 201, body: await routes.upsert(input) };
+      const stored = await routes.upsert(input);
+      // CF answers 201 with no body; a client that asks (RFC 7240) gets the stored records.
+      if (!/\breturn=representation\b/i.test(ctx.prefer)) return { status: 201 };
+      return { status: 201, body: stored, headers: { 'Preference-Applied': 'return=representation' } };
     },
     S.routesWrite,
   );

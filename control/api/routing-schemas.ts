@@ -131,8 +131,18 @@ export function tcpRouteSchemas(opts: RoutingSchemaOptions) {
     opts,
   ).transform((item): TcpRouteKeyInput => {
     const { router_group_guid, port, backend_ip, backend_port, backend_id } = item;
-    // Neither the tag, the ttl nor CF's other fields identify a record here (keyed by backend_id).
-    return { router_group_guid, port, backend_ip, backend_port, ...(backend_id !== undefined && { backend_id }) };
+    const { backend_tls_port, backend_sni_hostname, enable_backend_mtls } = item;
+    // CF's key fields identify a record; the tag, the ttl and the other fields do not.
+    return {
+      router_group_guid,
+      port,
+      backend_ip,
+      backend_port,
+      ...(backend_tls_port !== undefined && { backend_tls_port }),
+      ...(backend_sni_hostname !== undefined && { backend_sni_hostname }),
+      ...(enable_backend_mtls !== undefined && { enable_backend_mtls }),
+      ...(backend_id !== undefined && { backend_id }),
+    };
   });
   return { create: listOf(route), delete: listOf(key) };
 }
@@ -147,7 +157,8 @@ export function routerGroupCreateSchema(opts: RoutingSchemaOptions) {
     {
       guid: nullable(z.string({ error: 'must be a string' }).max(100)),
       name: routerGroupName,
-      type: z.enum(['tcp', 'http'], { error: "must be 'tcp' or 'http'" }).default('tcp'),
+      // Required, as in CF (`missing type in router group`).
+      type: z.enum(['tcp', 'http'], { error: "must be 'tcp' or 'http'" }),
       reservable_ports: nullable(z.string({ error: "must be a string like '16000-16999'" }).max(1000)),
     },
     opts,

@@ -90,6 +90,7 @@ export class TcpRouteStore {
     return withCasRetry(async () => {
       const states = await this.read(resolved);
       const now = this.opts.now();
+      await this.checkFrontendTls(resolved, states, now);
       const out = resolved.map(({ item, group, key, field: f }) => {
         const st = states.get(group.name) as GroupState;
         const prev = st.records.get(key) ?? null;
@@ -243,6 +244,64 @@ export class TcpRouteStore {
       }
       return { item, group, key: mappingKey(item.port, backendIdOf(item)), field: f };
     });
+  }
+
+  /**
+   * Cloud Foundry's rule: every live record on one port with the same backend SNI host name agrees
+   * on `terminate_frontend_tls`, so a router never has to both terminate and pass through the same
+   * name. The other records of a port are read after the guarded read; the commit's version guard
+   * makes the pair consistent.
+   */
+  private async checkFrontendTls(
+    items: Array<ResolvedItem<TcpRouteInput>>,
+    states: Map<string, GroupState>,
+    now: number,
+  ): Promise<void> {
+    const others = new Map<string, { st: GroupState; keys: Set<string> }>();
+    for (const { group, item } of items) {
+      const st = states.get(group.name) as GroupState;
+      for (const b of st.routes.get(item.port)?.backends ?? []) {
+        const key = mappingKey(item.port, b.id);
+        if (st.records.has(key)) continue;
+        let o = others.get(group.name);
+        if (!o) others.set(group.name, (o = { st, keys: new Set() }));
+        o.keys.add(key);
+      }
+    }
+    const stored = new Map<string, TcpRouteRecord | null>();
+    await Promise.all(
+      [...others.values()].map(async ({ st, keys }) => {
+        const list = [...keys];
+        const texts = await this.redis.hmget(st.keys.mappings, ...list);
+        list.forEach((key, i) => stored.set(`${st.group.name}\n${key}`, parseOrNull<TcpRouteRecord>(texts[i])));
+      }),
+    );
+    // Earlier items of the same request count as stored: one request cannot mix the two either.
+    const seen = new Map<string, boolean>();
+    for (const { group, item, field } of items) {
+      const st = states.get(group.name) as GroupState;
+      const want = item.terminate_frontend_tls ?? false;
+      const sni = item.backend_sni_hostname ?? '';
+      const similar = (st.routes.get(item.port)?.backends ?? [])
+        .map((b) => {
+          const key = mappingKey(item.port, b.id);
+          return st.records.has(key) ? (st.records.get(key) ?? null) : (stored.get(`${group.name}\n${key}`) ?? null);
+        })
+        .filter((r): r is TcpRouteRecord => r !== null && (r.expires_at === null || r.expires_at > now))
+        .filter((r) => (r.backend_sni_hostname ?? '') === sni)
+        .map((r) => r.terminate_frontend_tls ?? false);
+      const sameRequest = seen.get(`${group.name}\n${item.port}\n${sni}`);
+      if (sameRequest !== undefined) similar.push(sameRequest);
+      if (similar.some((other) => other !== want)) {
+        throw new SfError(
+          ErrorCode.InvalidRequest,
+          `${field}.terminate_frontend_tls: ${want} not allowed: other backends of port ${item.port}` +
+            `${sni ? ` with backend_sni_hostname '${sni}'` : ''} have ${!want}`,
+          `${field}.terminate_frontend_tls`,
+        );
+      }
+      seen.set(`${group.name}\n${item.port}\n${sni}`, want);
+    }
   }
 
   /** Reads version, routes and records of every group the items touch, in one transaction. */

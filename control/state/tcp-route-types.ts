@@ -24,13 +24,19 @@ export const ROUTE_LEVEL_FIELDS = [
   'drainTimeoutMs',
 ] as const satisfies ReadonlyArray<keyof RouteLevelFields>;
 
-/** Identifies one record: the CF key (group, port, backend address) or an explicit backend id. */
+/**
+ * Identifies one record: CF's key (group, port, backend address, backend TLS port, backend SNI
+ * host name, backend mTLS) or an explicit backend id.
+ */
 export interface TcpRouteKeyInput {
   router_group_guid: string;
   port: number;
   backend_ip: string;
   backend_port: number;
-  /** @default `${backend_ip}:${backend_port}` */
+  backend_tls_port?: number;
+  backend_sni_hostname?: string;
+  enable_backend_mtls?: boolean;
+  /** @default derived from CF's key fields by `backendIdOf` */
   backend_id?: string;
   /** When given, a stale tag refuses the write (same guid, lower index). */
   modification_tag?: ModificationTag;
@@ -131,6 +137,21 @@ export function mappingKey(port: number, backendId: string): string {
   return `${port}|${backendId}`;
 }
 
-export function backendIdOf(input: Pick<TcpRouteKeyInput, 'backend_id' | 'backend_ip' | 'backend_port'>): string {
-  return input.backend_id ?? `${input.backend_ip}:${input.backend_port}`;
+/**
+ * The backend id of a record: the explicit one, or one built from the fields of CF's unique key
+ * (`idx_tcp_route`), so records CF keeps apart stay apart here. The plain `ip:port` form is kept
+ * when only the address is set.
+ */
+export function backendIdOf(
+  input: Pick<
+    TcpRouteKeyInput,
+    'backend_id' | 'backend_ip' | 'backend_port' | 'backend_tls_port' | 'backend_sni_hostname' | 'enable_backend_mtls'
+  >,
+): string {
+  if (input.backend_id !== undefined) return input.backend_id;
+  let id = `${input.backend_ip}:${input.backend_port}`;
+  if (input.backend_tls_port) id += `+tls:${input.backend_tls_port}`;
+  if (input.backend_sni_hostname) id += `+sni:${input.backend_sni_hostname}`;
+  if (input.enable_backend_mtls) id += '+mtls';
+  return id;
 }

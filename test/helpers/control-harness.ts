@@ -42,7 +42,8 @@ export async function startControlHarness(
     ...options,
   });
   const api = async <T>(method: string, path: string, body?: unknown, token: string | null = ADMIN_TOKEN) => {
-    const headers: Record<string, string> = {};
+    // As `sf` does: creates answer with the stored records (CF's clients get an empty 201).
+    const headers: Record<string, string> = { prefer: 'return=representation' };
     if (token) headers.authorization = `Bearer ${token}`;
     if (body !== undefined) headers['content-type'] = 'application/json';
     const res = await fetch(`${control.url}${path}`, {

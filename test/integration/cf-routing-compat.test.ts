@@ -158,7 +158,7 @@ describe('Cloud Foundry routing-api compatibility', function () {
       body,
     });
     const text = await res.text();
-    return { status: res.status, body: (text ? JSON.parse(text) : null) as T };
+    return { status: res.status, headers: res.headers, text, body: (text ? JSON.parse(text) : null) as T };
   };
   const token = (scopes: string[], ttlSeconds = 600) =>
     issueDevJwt({
@@ -213,6 +213,16 @@ describe('Cloud Foundry routing-api compatibility', function () {
       expectCfError(await go('POST', '/routing/v1/tcp_routes/create', `[${tcpRoute}]`), 400, 'ProcessRequestError');
     });
 
+    it('CreateRouterGroup without a type, or an empty one, is 400 as in CF', async function () {
+      for (const body of [
+        '{"guid":"","name":"no-type","reservable_ports":"24000"}',
+        '{"guid":"","name":"no-type","type":"","reservable_ports":"24000"}',
+      ]) {
+        expectCfError(await go('POST', '/routing/v1/router_groups', body), 400, 'ProcessRequestError');
+      }
+      expect((await go('GET', '/routing/v1/router_groups?name=no-type')).status).to.equal(404);
+    });
+
     it("refuses ports by CF's rules with 400 ProcessRequestError", async function () {
       for (const ports of ['80-2000', '21000-21100,21050', '']) {
         const body = `{"guid":"","name":"bad-ports","type":"tcp","reservable_ports":${JSON.stringify(ports)}}`;
@@ -235,6 +245,12 @@ describe('Cloud Foundry routing-api compatibility', function () {
       const res = await go<CfRouterGroup>('PUT', `/routing/v1/router_groups/${group.guid}`, body);
       expect(res.status).to.equal(200);
       expect(res.body).to.deep.equal({ ...group, reservable_ports: '20000-20199' });
+      // CF's warning, URL-encoded as Go's url.QueryEscape writes it.
+      const warning = res.headers.get('x-cf-warnings') ?? '';
+      expect(warning).to.match(
+        /^Warning%3A\+if\+routes\+are\+registered\+for\+ports\+that\+are\+not\+in\+the\+new\+range/,
+      );
+      expect(decodeURIComponent(warning.replace(/\+/g, ' '))).to.match(/becoming inaccessible\.$/);
       group = res.body;
     });
 
@@ -278,7 +294,10 @@ describe('Cloud Foundry routing-api compatibility', function () {
         alpns: 'h2,http/1.1',
         segment: 'is1',
       })}]`;
-      expect((await go('POST', '/routing/v1/tcp_routes/create', body)).status).to.equal(201);
+      const created = await go('POST', '/routing/v1/tcp_routes/create', body);
+      expect(created.status).to.equal(201);
+      // CF's handler writes the status only.
+      expect(created.text).to.equal('');
       const list = await go<CfMapping[]>('GET', '/routing/v1/tcp_routes');
       expect(list.status).to.equal(200);
       const [a, b] = list.body.sort((x, y) => x.port - y.port);
@@ -302,6 +321,44 @@ describe('Cloud Foundry routing-api compatibility', function () {
         isolation_segment: 'is1',
         backend_tls_port: 0,
       });
+    });
+
+    it("CF's record key: another backend TLS port, SNI host name or mTLS makes another record", async function () {
+      const base = { group: guid, port: 20030, ip: '10.0.3.1', backendPort: 7000 };
+      const variants = [
+        goMapping(base),
+        goMapping({ ...base, tlsPort: 7443 }),
+        goMapping({ ...base, sni: 'a.example.com' }),
+        goMapping(base).replace(/}$/, ',"enable_backend_mtls":true}'),
+      ];
+      expect((await go('POST', '/routing/v1/tcp_routes/create', `[${variants.join(',')}]`)).status).to.equal(201);
+      const listed = (await go<CfMapping[]>('GET', '/routing/v1/tcp_routes')).body;
+      expect(listed).to.have.length(4);
+      expect(new Set(listed.map((m) => m.modification_tag.guid)).size).to.equal(4);
+      // A delete names the record by the same key: only the TLS-port one goes.
+      expect((await go('POST', '/routing/v1/tcp_routes/delete', `[${variants[1]}]`)).status).to.equal(204);
+      const left = (await go<CfMapping[]>('GET', '/routing/v1/tcp_routes')).body;
+      expect(left.map((m) => m.backend_tls_port)).to.deep.equal([0, 0, 0]);
+    });
+
+    it('terminate_frontend_tls must agree across the backends of a port and SNI host name', async function () {
+      const m = (backendPort: number, extra: Partial<Parameters<typeof goMapping>[0]> = {}) =>
+        goMapping({ group: guid, port: 20040, ip: '10.0.4.1', backendPort, ...extra });
+      await go('POST', '/routing/v1/tcp_routes/create', `[${m(7000, { terminateTls: true })}]`);
+      const refused = await go<CfError>('POST', '/routing/v1/tcp_routes/create', `[${m(7001)}]`);
+      expectCfError(refused, 400, 'ProcessRequestError');
+      expect(refused.body.message).to.include('terminate_frontend_tls: false not allowed');
+      // Another SNI host name on the same port is a separate set, as in CF's FindSimilarTcpRouteMappings.
+      expect(
+        (await go('POST', '/routing/v1/tcp_routes/create', `[${m(7001, { sni: 'b.example.com' })}]`)).status,
+      ).to.equal(201);
+      expect(
+        (await go('POST', '/routing/v1/tcp_routes/create', `[${m(7002, { terminateTls: true })}]`)).status,
+      ).to.equal(201);
+      // An expired record no longer counts.
+      h.advance(121_000);
+      expect((await go('POST', '/routing/v1/tcp_routes/create', `[${m(7003)}]`)).status).to.equal(201);
+      expect(await h.control.sweeper.sweep()).to.equal(3);
     });
 
     it('a re-registration bumps the index of the stored tag and refreshes the ttl', async function () {

@@ -57,6 +57,7 @@ describe('control routing API', function () {
     it('refuses a group whose ports overlap another group', async function () {
       const res = await h.api('POST', '/routing/v1/router_groups', {
         name: 'overlap',
+        type: 'tcp',
         reservable_ports: '15000-16000',
       });
       expectError(res, 409, 'SF_ERR_PORT_CONFLICT', 'reservable_ports');
@@ -65,6 +66,7 @@ describe('control routing API', function () {
     it('creates, updates and deletes a group', async function () {
       const created = await h.api<{ guid: string }>('POST', '/routing/v1/router_groups', {
         name: 'edge',
+        type: 'tcp',
         reservable_ports: '20000-20099',
       });
       expect(created.status).to.equal(201);

@@ -102,6 +102,7 @@ describe('route push through Redis', function () {
     }
     const res = await h.api<{ guid: string }>('POST', '/routing/v1/router_groups', {
       name: 'push',
+      type: 'tcp',
       reservable_ports: ports.join(','),
     });
     groupGuid = res.body.guid;
@@ -246,7 +247,7 @@ describe('route push through Redis', function () {
       rmSync(dir, { recursive: true, force: true });
     });
     const port = ports[0];
-    await other.api('POST', '/routing/v1/router_groups', { name: 'push', reservable_ports: String(port) });
+    await other.api('POST', '/routing/v1/router_groups', { name: 'push', type: 'tcp', reservable_ports: String(port) });
     const guid = (await other.api<Array<{ guid: string; name: string }>>('GET', '/routing/v1/router_groups?name=push'))
       .body[0].guid;
     await other.api('POST', '/routing/v1/tcp_routes/create', [
