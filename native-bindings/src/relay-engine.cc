@@ -836,7 +836,7 @@ void SetBackendOptions(int fd, int keepalive_ms) {
 }  // namespace
 
 int64_t Engine::OpenPort(const std::shared_ptr<Budget>& budget, const std::string& host, int port_number, int backlog,
-                         bool reuse_port, int keepalive_ms) {
+                         bool reuse_port, int keepalive_ms, RouteSpec&& route) {
   ListenOptions o;
   o.host = host;
   o.port = port_number;
@@ -852,6 +852,8 @@ int64_t Engine::OpenPort(const std::shared_ptr<Budget>& budget, const std::strin
   port->budget = budget;
   port->listener = std::make_shared<Listener>();
   port->listener->fd = fd;
+  port->route = std::move(route);
+  port->rr_current.assign(port->route.backends.size(), 0);
   {
     std::lock_guard<std::mutex> lock(ports_mu_);
     port->id = next_port_id_++;
@@ -889,7 +891,8 @@ int64_t Engine::SetRoute(uint32_t port_id, RouteSpec&& route) {
     if (pair->backend_id_.empty()) continue;
     Fate fate = FateOf(port->route, pair->backend_id_, pair->epoch_);
     if (fate == Fate::kKeep) {
-      pair->drain_deadline_ms_.store(0);
+      // A retired port's connections keep draining whatever the route says of their backend.
+      if (!port->retired) pair->drain_deadline_ms_.store(0);
       continue;
     }
     if (fate == Fate::kDrain) {
