@@ -66,6 +66,8 @@ export interface NativeBindings {
   // Native accept path (docs/native-relay.md): the addon owns the port, accepts, connects, relays.
   /** Receives batches of `[kind, portId, port, ...]` triples (NativeAcceptEvent kinds). */
   initEvents(onEvents: (flat: number[]) => void): void;
+  /** Whether the natively accepted ports keep the process alive (while any is open or draining). */
+  refPorts(keep: boolean): void;
   /** One router's connection budget; its ports and JS path admit clients against it. */
   createBudget(): NativeBudgetHandle;
   /**

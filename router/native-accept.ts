@@ -39,8 +39,17 @@ export function jsPathReason(routes: readonly Route[]): string | undefined {
   return undefined;
 }
 
-/** Event handlers by port id, for every acceptor of the process (the addon has one queue). */
+/**
+ * Event handlers by port id, for every acceptor of the process (the addon has one queue). A port
+ * is here from its opening until it is released (retired and drained), and while any is, the
+ * process stays alive, as it does for a listening net.Server and its sockets.
+ */
 const handlers = new Map<number, (kind: NativeAcceptEventKind) => void>();
+
+function portsChanged(bindings: NativeBindings, before: number): void {
+  if (before === 0 && handlers.size > 0) bindings.refPorts(true);
+  else if (before > 0 && handlers.size === 0) bindings.refPorts(false);
+}
 let eventsBound = false;
 
 function onEvents(flat: number[]): void {
@@ -128,6 +137,7 @@ export class NativeAcceptor {
       routes.numbers,
     );
     const out = new Array<number | NodeJS.ErrnoException>(ports.length);
+    const before = handlers.size;
     for (let i = 0; i < ports.length; i++) {
       const id = ids[i]!;
       if (id >= 0) {
@@ -142,6 +152,7 @@ export class NativeAcceptor {
       err.syscall = 'listen';
       out[i] = err;
     }
+    portsChanged(this.bindings, before);
     return out;
   }
 
@@ -185,7 +196,9 @@ export class NativeAcceptor {
   /** Forgets a retired port once its last connection is gone; false while some remain. */
   release(id: number): boolean {
     if (!this.bindings.releasePort(id)) return false;
+    const before = handlers.size;
     handlers.delete(id);
+    portsChanged(this.bindings, before);
     return true;
   }
 

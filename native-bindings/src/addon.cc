@@ -152,6 +152,17 @@ Napi::Value Unref(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// refPorts(keep): natively accepted ports keep the process alive while any is open or draining,
+// as a listening net.Server and its sockets do (the accept-events function is the handle held).
+Napi::Value RefPorts(const Napi::CallbackInfo& info) {
+  AddonData* data = Data(info.Env());
+  if (data->on_events) {
+    if (info[0].ToBoolean().Value()) data->on_events.Ref(info.Env());
+    else data->on_events.Unref(info.Env());
+  }
+  return info.Env().Undefined();
+}
+
 Napi::Value Stats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   AddonData* data = Data(env);
@@ -467,6 +478,7 @@ Napi::Object Module(Napi::Env env, Napi::Object exports) {
   exports.Set("bytesOut", Napi::Function::New(env, BytesOut));
   exports.Set("ref", Napi::Function::New(env, Ref));
   exports.Set("unref", Napi::Function::New(env, Unref));
+  exports.Set("refPorts", Napi::Function::New(env, RefPorts));
   exports.Set("stats", Napi::Function::New(env, Stats));
   exports.Set("listenTcp", Napi::Function::New(env, ListenTcp));
   exports.Set("setTcpUserTimeout", Napi::Function::New(env, SetTcpUserTimeout));
