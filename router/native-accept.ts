@@ -35,7 +35,8 @@ export function jsPathReason(routes: readonly Route[]): string | undefined {
   if (route.proxyProtocol) return 'proxy-protocol';
   if (route.tls) return 'tls';
   // Names are resolved by Node, through a lookup that refuses the router's own addresses.
-  if (route.backends.some((b) => isIP(b.host) === 0)) return 'host-name';
+  // Scoped IPv6 addresses (fe80::1%eth0) are left to Node too: the addon parses plain addresses only.
+  if (route.backends.some((b) => isIP(b.host) === 0 || b.host.includes('%'))) return 'host-name';
   return undefined;
 }
 

@@ -117,16 +117,22 @@ export class RouteListener {
     const env = listeners[0]!.env;
     const acceptor = env.acceptor!;
     const bindings = listeners.map((l) => l.plainBinding()!);
-    const opened = acceptor.openMany(
-      env.bindHost,
-      listeners.map((l, i) => ({
-        port: l.port,
-        route: bindings[i]!.currentRoute(),
-        selfLoop: bindings[i]!.selfLoopBackend,
-      })),
-      { backlog: env.backlog, reusePort: env.reusePort, keepAliveMs: env.keepAliveMs },
-      (i, kind) => listeners[i]!.onNativeEvent(bindings[i]!, kind),
-    );
+    let opened: Array<number | NodeJS.ErrnoException>;
+    try {
+      opened = acceptor.openMany(
+        env.bindHost,
+        listeners.map((l, i) => ({
+          port: l.port,
+          route: bindings[i]!.currentRoute(),
+          selfLoop: bindings[i]!.selfLoopBackend,
+        })),
+        { backlog: env.backlog, reusePort: env.reusePort, keepAliveMs: env.keepAliveMs },
+        (i, kind) => listeners[i]!.onNativeEvent(bindings[i]!, kind),
+      );
+    } catch (err) {
+      // Arguments the addon refuses (a defect, not a port in use): none of these ports opened.
+      opened = listeners.map(() => err as NodeJS.ErrnoException);
+    }
     return opened.map((id, i) => {
       if (typeof id === 'number') {
         bindings[i]!.attachNative(acceptor, id);

@@ -326,9 +326,10 @@ const char* ParseRoutes(const Napi::Value& header_v, const Napi::Value& ids_v, c
       b.epoch = static_cast<uint64_t>(x[2]);
       b.state = static_cast<sf::BackendSpec::State>(static_cast<uint32_t>(x[3]));
       b.primary = x[4] != 0;
-      if (!BackendAddress(host.As<Napi::String>().Utf8Value(), static_cast<int>(x[0]), &b)) {
-        return "routes: a backend host is not an IP address";
-      }
+      // A host that is not an IP address (JS keeps such routes on its own path) is left without
+      // an address: connecting to it fails like a refused connect, and the rest of the batch,
+      // with its fences, still applies.
+      BackendAddress(host.As<Napi::String>().Utf8Value(), static_cast<int>(x[0]), &b);
     }
   }
   if (next != backends) return "routes: backend counts fall short of the backends given";
