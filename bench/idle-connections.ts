@@ -5,7 +5,7 @@
  * Each client connects through the router to redis-server, does one PING round trip (so the
  * backend side is established too), then stays idle. RSS is read from /proc after a settle time.
  *
- *   node dist/bench/idle-connections.js [--connections N] [--cycles N] [--relay js|native] [--workers N]
+ *   node dist/bench/idle-connections.js [--connections N] [--cycles N] [--relay js|native] [--workers N] [--threads N]
  *
  * Every relayed connection costs the router two descriptors. Where RLIMIT_NOFILE's hard limit
  * cannot fit 2 x N (containers often cap it at 20000 without CAP_SYS_RESOURCE), the run holds as
@@ -32,6 +32,8 @@ interface Settings {
   cycles: number;
   relay: 'js' | 'native';
   workers: number | undefined;
+  /** `--threads` of the router (relay threads in one process); undefined keeps its default (the cores). */
+  threads: number | undefined;
 }
 
 function parseArgs(argv: string[]): Settings {
@@ -42,11 +44,13 @@ function parseArgs(argv: string[]): Settings {
   const relay = value('--relay') ?? 'js';
   if (relay !== 'js' && relay !== 'native') throw new Error('--relay must be js or native');
   const workers = value('--workers');
+  const threads = value('--threads');
   return {
     connections: Number(value('--connections') ?? 10_000),
     cycles: Number(value('--cycles') ?? 3),
     relay,
     workers: workers === undefined ? undefined : Number(workers),
+    threads: threads === undefined ? undefined : Number(threads),
   };
 }
 
@@ -108,6 +112,7 @@ async function main(): Promise<void> {
     services: [{ name: 'redis', listenPort: routePort, targetHost: '127.0.0.1', targetPort: redisPort }],
     relay: settings.relay,
     workers,
+    ...(settings.threads !== undefined ? { threads: settings.threads } : {}),
     fileLimit: 2 * settings.connections + ROUTER_FD_RESERVE,
   });
   phase = 'router idle';

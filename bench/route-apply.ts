@@ -5,7 +5,11 @@
  * change in under 5 ms). Time is `Router.applyTable` until its promise resolves (every port
  * listening), after the table is parsed; parsing is `micro-route-delta`'s question.
  *
- *   node dist/bench/route-apply.js [--routes 10000] [--repeat 3] [--first-port 17000]
+ *   node dist/bench/route-apply.js [--routes 10000] [--repeat 3] [--first-port 17000] [--host 127.0.0.1]
+ *     [--only native|js]
+ *
+ * `--host` is the address the route ports bind (another loopback address such as 127.0.0.2 keeps a
+ * 10,000-port run clear of other programs listening on 127.0.0.1).
  */
 import { loadavg } from 'node:os';
 import { Router } from '../router/router';
@@ -59,14 +63,20 @@ async function timed(router: Router, t: RouteTable, into?: Case): Promise<{ fail
   return { failed: result.failed.length };
 }
 
-async function measure(relay: Relay, routes: number, firstPort: number, repeat: number): Promise<Case[]> {
+async function measure(
+  relay: Relay,
+  routes: number,
+  firstPort: number,
+  repeat: number,
+  bindHost: string,
+): Promise<Case[]> {
   const cases: Case[] = [
     { name: `${routes} new ports`, ms: [], cpuMs: [] },
     { name: `${routes} changed ports`, ms: [], cpuMs: [] },
     { name: `1 route changed of ${routes}`, ms: [], cpuMs: [] },
   ];
   for (let r = 0; r < repeat; r++) {
-    const router = new Router({ relay, logger: silentLogger() });
+    const router = new Router({ relay, bindHost, logger: silentLogger() });
     try {
       const first = await timed(router, table(1, firstPort, routes, 1), cases[0]);
       // Ports other processes hold are reported and left out; the rest of the table applies.
@@ -98,23 +108,26 @@ async function main(): Promise<void> {
   const routes = Number(argValue(argv, '--routes') ?? 10_000);
   const repeat = Number(argValue(argv, '--repeat') ?? 3);
   const firstPort = Number(argValue(argv, '--first-port') ?? 17_000);
+  const bindHost = argValue(argv, '--host') ?? '127.0.0.1';
+  const only = argValue(argv, '--only');
   const load = loadavg();
-  const relays: Array<[string, Relay | undefined]> = [
-    ['native accept', createNativeRelay({ threads: 2 })],
-    ['js', createJsRelay()],
-  ];
+  const relays: Array<[string, Relay | undefined]> = [];
+  if (only !== 'js') relays.push(['native accept', createNativeRelay({ threads: 2 })]);
+  if (only !== 'native') relays.push(['js', createJsRelay()]);
   const results: Record<string, Array<{ name: string; medianMs: number; medianCpuMs: number }>> = {};
   for (const [name, relay] of relays) {
     if (!relay) {
       process.stdout.write(`${name}: skipped (addon not built)\n`);
       continue;
     }
-    const cases = await measure(relay, routes, firstPort, repeat);
+    const cases = await measure(relay, routes, firstPort, repeat, bindHost);
     results[name] = cases.map((c) => ({ name: c.name, medianMs: median(c.ms), medianCpuMs: median(c.cpuMs) }));
   }
   const names = Object.keys(results);
   const head = `Route table apply, median wall ms / CPU ms (load average ${load.map((l) => l.toFixed(1)).join(' ')})`;
-  process.stdout.write(`\n${head}\n\n| case | ${names.join(' | ')} | CPU ratio |\n| --- | --- | --- | ---: |\n`);
+  process.stdout.write(
+    `\n${head}\n\n| case | ${names.join(' | ')} | CPU ratio |\n| --- | ${names.map(() => '---').join(' | ')} | ---: |\n`,
+  );
   for (let i = 0; i < 3; i++) {
     const row = names.map((n) => results[n]![i]!);
     const ratio = row.length === 2 ? `${(row[0]!.medianCpuMs / row[1]!.medianCpuMs).toFixed(2)}x` : '';

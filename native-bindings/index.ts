@@ -66,33 +66,36 @@ export interface NativeBindings {
   // Native accept path (docs/native-relay.md): the addon owns the port, accepts, connects, relays.
   /** Receives batches of `[kind, portId, port, ...]` triples (NativeAcceptEvent kinds). */
   initEvents(onEvents: (flat: number[]) => void): void;
+  /** Whether the natively accepted ports keep the process alive (while any is open or draining). */
+  refPorts(keep: boolean): void;
   /** One router's connection budget; its ports and JS path admit clients against it. */
   createBudget(): NativeBudgetHandle;
-  /** Listens on `host`:`port` and returns the port's id; throws a system error when refused. */
-  openPort(
+  /**
+   * Listens on each of `ports` at `host` in one call, each with its route in place before the first
+   * client is accepted (the routes as `setRoutes` takes them, one per port). Returns each port's
+   * id, or a negative errno where that port could not be opened (the others are open).
+   */
+  openPorts(
     budget: NativeBudgetHandle,
     host: string,
-    port: number,
+    ports: Float64Array,
     backlog: number,
     reusePort: boolean,
     keepAliveMs: number,
-  ): number;
-  /**
-   * The port's route, pushed on every table change: backends as parallel arrays, `numbers` holding
-   * port, weight, epoch, state (NATIVE_BACKEND_STATE) and primary (1/0) per backend. Fenced
-   * connections are reset before it returns; returns how many.
-   */
-  setRoute(
-    portId: number,
-    mode: number,
-    connectTimeoutMs: number,
-    idleTimeoutMs: number,
-    drainTimeoutMs: number,
-    maxConnections: number,
+    header: Float64Array,
     ids: string[],
     hosts: string[],
-    numbers: number[],
-  ): number;
+    numbers: Float64Array,
+  ): Float64Array;
+  /**
+   * The routes of several ports, pushed on every table change in one call. Per route `header`
+   * holds NATIVE_ROUTE_HEADER numbers (mode, connectTimeoutMs, idleTimeoutMs, drainTimeoutMs,
+   * maxConnections or -1, backend count); the routes' backends follow one another in `ids`,
+   * `hosts` and `numbers` (NATIVE_BACKEND_NUMBERS per backend: port, weight, epoch, state
+   * (NATIVE_BACKEND_STATE), primary 1/0). Fenced connections are reset before it returns;
+   * returns how many.
+   */
+  setRoutes(portIds: Float64Array, header: Float64Array, ids: string[], hosts: string[], numbers: Float64Array): number;
   /** Stops accepting now (closes the listening socket) and drains the port's connections. */
   retirePort(portId: number): boolean;
   /** Forgets a retired port with no connection left; false while some remain. */
@@ -120,6 +123,10 @@ export const NativeAcceptEvent = ['route-limit', 'global-limit', 'self-loop'] as
 
 /** The addon's `sf::BackendSpec::State`. */
 export const NATIVE_BACKEND_STATE = { active: 0, draining: 1, fenced: 2, selfLoop: 3 } as const;
+
+/** Numbers per route and per backend in `setRoutes`. */
+export const NATIVE_ROUTE_HEADER = 6;
+export const NATIVE_BACKEND_NUMBERS = 5;
 
 /** The addon's `sf::RouteMode`. */
 export const NATIVE_ROUTE_MODE = { primary: 0, 'round-robin': 1, 'least-conn': 2 } as const;

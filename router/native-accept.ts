@@ -4,13 +4,17 @@
  * route held in native memory, connects without blocking and relays, so a connection never
  * becomes a `net.Socket` (docs/native-relay.md, "Native accept path").
  *
- * JavaScript keeps control: it pushes a port's route on every table change (`setRoute`, which
- * also fences: connections of a fenced backend or an older epoch are reset before it returns),
- * reads the counters at scrape time, and hears about refused clients in batches.
+ * JavaScript keeps control: it opens a table's new ports in one call with their routes
+ * (`openMany`), pushes changed routes in one call per table (`queueRoute`, then `flush`, which also
+ * fences: connections of a fenced backend or an older epoch are reset before it returns), reads
+ * the counters at scrape time, and hears about refused clients in batches.
  */
 import { isIP } from 'node:net';
+import { getSystemErrorName } from 'node:util';
 import {
+  NATIVE_BACKEND_NUMBERS,
   NATIVE_BACKEND_STATE,
+  NATIVE_ROUTE_HEADER,
   NATIVE_PORT_STAT_FIELDS,
   NATIVE_ROUTE_MODE,
   NativeAcceptEvent,
@@ -31,12 +35,22 @@ export function jsPathReason(routes: readonly Route[]): string | undefined {
   if (route.proxyProtocol) return 'proxy-protocol';
   if (route.tls) return 'tls';
   // Names are resolved by Node, through a lookup that refuses the router's own addresses.
-  if (route.backends.some((b) => isIP(b.host) === 0)) return 'host-name';
+  // Scoped IPv6 addresses (fe80::1%eth0) are left to Node too: the addon parses plain addresses only.
+  if (route.backends.some((b) => isIP(b.host) === 0 || b.host.includes('%'))) return 'host-name';
   return undefined;
 }
 
-/** Event handlers by port id, for every acceptor of the process (the addon has one queue). */
+/**
+ * Event handlers by port id, for every acceptor of the process (the addon has one queue). A port
+ * is here from its opening until it is released (retired and drained), and while any is, the
+ * process stays alive, as it does for a listening net.Server and its sockets.
+ */
 const handlers = new Map<number, (kind: NativeAcceptEventKind) => void>();
+
+function portsChanged(bindings: NativeBindings, before: number): void {
+  if (before === 0 && handlers.size > 0) bindings.refPorts(true);
+  else if (before > 0 && handlers.size === 0) bindings.refPorts(false);
+}
 let eventsBound = false;
 
 function onEvents(flat: number[]): void {
@@ -46,9 +60,51 @@ function onEvents(flat: number[]): void {
   }
 }
 
+/** Routes in the addon's flat form (`setRoutes`, `openPorts` in native-bindings/index.ts). */
+function encodeRoutes(entries: ReadonlyArray<{ route: Route; selfLoop: (b: Backend) => boolean }>): {
+  header: Float64Array;
+  ids: string[];
+  hosts: string[];
+  numbers: Float64Array;
+} {
+  let backends = 0;
+  for (const e of entries) backends += e.route.backends.length;
+  const header = new Float64Array(entries.length * NATIVE_ROUTE_HEADER);
+  const ids = new Array<string>(backends);
+  const hosts = new Array<string>(backends);
+  const numbers = new Float64Array(backends * NATIVE_BACKEND_NUMBERS);
+  let k = 0;
+  for (let r = 0; r < entries.length; r++) {
+    const { route, selfLoop } = entries[r]!;
+    const limits = routeLimits(route);
+    const h = r * NATIVE_ROUTE_HEADER;
+    header[h] = NATIVE_ROUTE_MODE[route.mode];
+    header[h + 1] = limits.connectTimeoutMs;
+    header[h + 2] = limits.idleTimeoutMs;
+    header[h + 3] = limits.drainTimeoutMs;
+    header[h + 4] = Number.isFinite(limits.maxConnections) ? limits.maxConnections : -1;
+    header[h + 5] = route.backends.length;
+    for (const b of route.backends) {
+      const x = k * NATIVE_BACKEND_NUMBERS;
+      ids[k] = b.id;
+      hosts[k] = b.host;
+      numbers[x] = b.port;
+      numbers[x + 1] = b.weight;
+      numbers[x + 2] = b.epoch;
+      numbers[x + 3] =
+        b.state === 'active' && selfLoop(b) ? NATIVE_BACKEND_STATE.selfLoop : NATIVE_BACKEND_STATE[b.state];
+      numbers[x + 4] = b.role === 'primary' ? 1 : 0;
+      k++;
+    }
+  }
+  return { header, ids, hosts, numbers };
+}
+
 /** One router's view of the native accept path: its ports and its connection budget. */
 export class NativeAcceptor {
   private readonly budgetHandle: NativeBudgetHandle;
+  /** Routes waiting for `flush`: a table change pushes all of its ports' routes in one call. */
+  private queue: Array<{ id: number; route: Route; selfLoop: (b: Backend) => boolean }> = [];
 
   constructor(private readonly bindings: NativeBindings) {
     if (!eventsBound) bindings.initEvents(onEvents);
@@ -56,57 +112,81 @@ export class NativeAcceptor {
     this.budgetHandle = bindings.createBudget();
   }
 
-  /** Listens on the port; throws a system error (`code` EADDRINUSE...) when refused. */
-  open(
+  /**
+   * Listens on each port of `ports` in one call into the addon, each with its route in place before
+   * the first client is accepted. Returns per port its id, or the system error (`code`
+   * EADDRINUSE...) that refused it; the other ports are open regardless.
+   */
+  openMany(
     host: string,
-    port: number,
+    ports: ReadonlyArray<{ port: number; route: Route; selfLoop: (b: Backend) => boolean }>,
     options: { backlog: number; reusePort: boolean; keepAliveMs: number },
-    onEvent: (kind: NativeAcceptEventKind) => void,
-  ): number {
+    onEvent: (index: number, kind: NativeAcceptEventKind) => void,
+  ): Array<number | NodeJS.ErrnoException> {
     const bindHost = host === 'localhost' ? '127.0.0.1' : host;
-    const id = this.bindings.openPort(
+    const routes = encodeRoutes(ports);
+    const ids = this.bindings.openPorts(
       this.budgetHandle,
       bindHost,
-      port,
+      Float64Array.from(ports, (p) => p.port),
       options.backlog,
       options.reusePort,
       options.keepAliveMs,
+      routes.header,
+      routes.ids,
+      routes.hosts,
+      routes.numbers,
     );
-    handlers.set(id, onEvent);
-    return id;
+    const out = new Array<number | NodeJS.ErrnoException>(ports.length);
+    const before = handlers.size;
+    for (let i = 0; i < ports.length; i++) {
+      const id = ids[i]!;
+      if (id >= 0) {
+        handlers.set(id, (kind) => onEvent(i, kind));
+        out[i] = id;
+        continue;
+      }
+      const code = getSystemErrorName(id);
+      const err: NodeJS.ErrnoException = new Error(`listen ${code} ${bindHost}:${ports[i]!.port}`);
+      err.code = code;
+      err.errno = id;
+      err.syscall = 'listen';
+      out[i] = err;
+    }
+    portsChanged(this.bindings, before);
+    return out;
   }
 
   /**
-   * Pushes the port's route; connections of fenced backends are destroyed (RST) before this
-   * returns. `selfLoop` marks backends that are the router itself: never connected, counted.
+   * Queues the port's route for the next `flush`, which pushes every queued route in one call.
+   * `selfLoop` marks backends that are the router itself: never connected, counted.
    */
-  setRoute(id: number, route: Route, selfLoop: (b: Backend) => boolean): number {
-    const limits = routeLimits(route);
-    const n = route.backends.length;
-    const ids = new Array<string>(n);
-    const hosts = new Array<string>(n);
-    const numbers = new Array<number>(n * 5);
-    route.backends.forEach((b, i) => {
-      ids[i] = b.id;
-      hosts[i] = b.host;
-      numbers[i * 5] = b.port;
-      numbers[i * 5 + 1] = b.weight;
-      numbers[i * 5 + 2] = b.epoch;
-      numbers[i * 5 + 3] =
-        selfLoop(b) && b.state === 'active' ? NATIVE_BACKEND_STATE.selfLoop : NATIVE_BACKEND_STATE[b.state];
-      numbers[i * 5 + 4] = b.role === 'primary' ? 1 : 0;
-    });
-    return this.bindings.setRoute(
-      id,
-      NATIVE_ROUTE_MODE[route.mode],
-      limits.connectTimeoutMs,
-      limits.idleTimeoutMs,
-      limits.drainTimeoutMs,
-      Number.isFinite(limits.maxConnections) ? limits.maxConnections : -1,
-      ids,
-      hosts,
-      numbers,
+  queueRoute(id: number, route: Route, selfLoop: (b: Backend) => boolean): void {
+    this.queue.push({ id, route, selfLoop });
+  }
+
+  /**
+   * Pushes the queued routes to the addon, in order; connections of fenced backends are destroyed
+   * (RST) before this returns. Returns how many.
+   */
+  flush(): number {
+    const queue = this.queue;
+    if (queue.length === 0) return 0;
+    this.queue = [];
+    const routes = encodeRoutes(queue);
+    return this.bindings.setRoutes(
+      Float64Array.from(queue, (q) => q.id),
+      routes.header,
+      routes.ids,
+      routes.hosts,
+      routes.numbers,
     );
+  }
+
+  /** Pushes the port's route now (and whatever was queued before it); returns connections fenced. */
+  setRoute(id: number, route: Route, selfLoop: (b: Backend) => boolean): number {
+    this.queueRoute(id, route, selfLoop);
+    return this.flush();
   }
 
   /** Stops accepting at once; connections drain for the route's drainTimeoutMs. */
@@ -117,7 +197,9 @@ export class NativeAcceptor {
   /** Forgets a retired port once its last connection is gone; false while some remain. */
   release(id: number): boolean {
     if (!this.bindings.releasePort(id)) return false;
+    const before = handlers.size;
     handlers.delete(id);
+    portsChanged(this.bindings, before);
     return true;
   }
 

@@ -232,11 +232,13 @@ export function createNativeRelay(options: NativeRelayOptions = {}): Relay | und
   const bindings = loadNativeBindings();
   if (bindings === undefined) return undefined;
   const envThreads = Number(process.env.SF_NATIVE_RELAY_THREADS);
+  const envPipe = Number(process.env.SF_NATIVE_PIPE_SIZE);
   engine ??= new NativeEngine(bindings, {
     threads:
       options.threads ??
       (Number.isInteger(envThreads) && envThreads > 0 ? envThreads : DEFAULT_NATIVE_RELAY_OPTIONS.threads),
-    pipeSize: options.pipeSize ?? DEFAULT_NATIVE_RELAY_OPTIONS.pipeSize,
+    pipeSize:
+      options.pipeSize ?? (Number.isInteger(envPipe) && envPipe > 0 ? envPipe : DEFAULT_NATIVE_RELAY_OPTIONS.pipeSize),
   });
   const shared = engine;
   // One acceptor (connection budget) per relay, so per router. SF_NATIVE_ACCEPT=off keeps every

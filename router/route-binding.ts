@@ -142,11 +142,13 @@ export class RouteBinding implements ConnectionHost {
     return this.native !== undefined;
   }
 
-  /** Hands the route to the addon's port `id`; from now on the addon accepts its clients. */
+  /** The addon opened port `id` with this route (`openMany`); from now on it accepts the clients. */
   attachNative(acceptor: NativeAcceptor, id: number): void {
     this.native = { acceptor, id };
-    acceptor.setRoute(id, this.route, this.selfLoopBackend);
   }
+
+  /** Whether `b` is the router itself, for routes pushed to the addon. */
+  readonly selfLoopBackend = (b: Backend): boolean => this.env.ownAddressHit(b.host, b.port) !== undefined;
 
   /** The counters with live connections' bytes folded in, read at scrape time. */
   snapshot(): RouteStats {
@@ -195,11 +197,18 @@ export class RouteBinding implements ConnectionHost {
     if (this.connections.size === 0 && this.onEmpty) this.onEmpty();
   }
 
-  /** Takes a new version of this port's route; returns how many connections were killed. */
+  /**
+   * Takes a new version of this port's route; returns how many connections were killed. A natively
+   * accepted route is queued for the acceptor's `flush`, which fences and counts its connections.
+   */
   update(route: Route): number {
+    if (this.native) {
+      this.route = route;
+      this.native.acceptor.queueRoute(this.native.id, route, this.selfLoopBackend);
+      return 0;
+    }
     const tlsChanged = !sameTlsSettings(clientTls(this.route), clientTls(route));
     this.route = route;
-    if (this.native) return this.native.acceptor.setRoute(this.native.id, route, this.selfLoopBackend);
     this.balancer = this.buildBalancer(route);
     // New settings (other files, a client CA) apply to new handshakes; established sessions stay.
     if (tlsChanged) this.serverTls = this.buildServerTls(route);
@@ -298,8 +307,6 @@ export class RouteBinding implements ConnectionHost {
     if (!optionsInherited) setSocketOptions(client, this.keepAliveMs);
     startClientTls(client, this, timeoutMs);
   }
-
-  private readonly selfLoopBackend = (b: Backend): boolean => this.env.ownAddressHit(b.host, b.port) !== undefined;
 
   private buildBalancer(route: Route): Balancer {
     return createBalancer(route, { active: (id) => this.activeFor(id) });

@@ -28,6 +28,10 @@ export class RouteListener {
   readonly jsReason: string | undefined;
   private readonly server: Server | undefined;
   private retired = false;
+  /** The only binding, when the port has exactly one (kept with `bindings`). */
+  private sole: RouteBinding | undefined;
+  /** Marks the port as seen in the table being applied (Router.applyTable). */
+  seen = 0;
   /** Accepted clients inherit TCP_NODELAY and keepalive from the listening socket. */
   private optionsInherited = false;
 
@@ -37,6 +41,7 @@ export class RouteListener {
     private readonly env: ListenerEnvironment,
   ) {
     for (const route of routes) this.bindings.set(bindingKey(route), new RouteBinding(route, env));
+    this.refreshSole();
     this.jsReason = env.acceptor ? jsPathReason(routes) : 'no-addon';
     // pauseOnConnect keeps the client's first bytes in the kernel until a backend is connected
     // (and a PROXY header, if any, is written ahead of them).
@@ -97,28 +102,57 @@ export class RouteListener {
     });
   }
 
-  /** The addon listens, accepts and relays; the binding pushes the route to it. */
+  /** The addon listens, accepts and relays (one port; a table's new ports open with `listenNativeMany`). */
   private listenNative(): Promise<void> {
-    const acceptor = this.env.acceptor!;
-    const binding = this.plainBinding()!;
+    const error = RouteListener.listenNativeMany([this])[0];
+    return error ? Promise.reject(error) : Promise.resolve();
+  }
+
+  /**
+   * Opens natively accepted ports in one call into the addon, each with its route; returns per
+   * listener the error that refused its port, or undefined once it listens.
+   */
+  static listenNativeMany(listeners: readonly RouteListener[]): Array<SfError | undefined> {
+    if (listeners.length === 0) return [];
+    const env = listeners[0]!.env;
+    const acceptor = env.acceptor!;
+    const bindings = listeners.map((l) => l.plainBinding()!);
+    let opened: Array<number | NodeJS.ErrnoException>;
     try {
-      const id = acceptor.open(
-        this.env.bindHost,
-        this.port,
-        { backlog: this.env.backlog, reusePort: this.env.reusePort, keepAliveMs: this.env.keepAliveMs },
-        (kind) => this.onNativeEvent(binding, kind),
+      opened = acceptor.openMany(
+        env.bindHost,
+        listeners.map((l, i) => ({
+          port: l.port,
+          route: bindings[i]!.currentRoute(),
+          selfLoop: bindings[i]!.selfLoopBackend,
+        })),
+        { backlog: env.backlog, reusePort: env.reusePort, keepAliveMs: env.keepAliveMs },
+        (i, kind) => listeners[i]!.onNativeEvent(bindings[i]!, kind),
       );
-      binding.attachNative(acceptor, id);
     } catch (err) {
-      const e = err as NodeJS.ErrnoException;
-      return Promise.reject(
-        new SfError(
-          ErrorCode.ListenFailed,
-          `cannot listen on ${this.env.bindHost}:${this.port}: ${e.code ?? e.message}`,
-        ),
-      );
+      // Arguments the addon refuses (a defect, not a port in use): none of these ports opened.
+      opened = listeners.map(() => err as NodeJS.ErrnoException);
     }
-    return Promise.resolve();
+    return opened.map((id, i) => {
+      if (typeof id === 'number') {
+        bindings[i]!.attachNative(acceptor, id);
+        return undefined;
+      }
+      return new SfError(
+        ErrorCode.ListenFailed,
+        `cannot listen on ${env.bindHost}:${listeners[i]!.port}: ${id.code ?? id.message}`,
+      );
+    });
+  }
+
+  /** True when the addon accepts this port (decided when it opens). */
+  get nativePath(): boolean {
+    return this.jsReason === undefined;
+  }
+
+  /** The route of a port with a single route, the common case; undefined when it has several. */
+  soleRoute(): Route | undefined {
+    return this.sole?.currentRoute();
   }
 
   private onNativeEvent(binding: RouteBinding, kind: NativeAcceptEventKind): void {
@@ -163,7 +197,12 @@ export class RouteListener {
       if (!binding) this.bindings.set(key, new RouteBinding(route, this.env));
       else if (binding.currentRoute() !== route) killed += binding.update(route);
     }
+    this.refreshSole();
     return killed;
+  }
+
+  private refreshSole(): void {
+    this.sole = this.bindings.size === 1 ? this.bindings.values().next().value : undefined;
   }
 
   /** The port left the table: stop accepting, drain every binding, then call `onGone`. */

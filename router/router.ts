@@ -67,6 +67,9 @@ export interface TlsPortStatus {
   certificateError?: string;
 }
 
+/** Scratch marks by port number for `Router.selfLoops`, all zero between calls. */
+const portMarks = new Uint8Array(65_536);
+
 export class Router {
   readonly options: Readonly<Omit<RouterOptions, 'relay' | 'logger'>>;
   readonly relay: Relay;
@@ -80,6 +83,8 @@ export class Router {
   private sourceConnected = true;
   private closed = false;
   private lastApply: Promise<ApplyResult> | undefined;
+  /** Counts applied tables; a listener whose `seen` holds the current count is in the table. */
+  private applied = 0;
   private readonly env: ListenerEnvironment;
   private readonly fdLimit: number | undefined;
   private readonly ownAddresses: ListenAddress[];
@@ -160,21 +165,31 @@ export class Router {
    * not resolved here; connect time checks them after resolution.
    */
   selfLoops(table: RouteTable): SelfLoop[] {
-    // Indexed by port: a 10,000-route table costs one set lookup per backend and allocates
-    // nothing per route; only a backend on one of the router's ports has its host looked at.
-    const routePorts = new Set<number>();
-    for (const r of table.routes) routePorts.add(r.port);
-    const loops: SelfLoop[] = [];
+    // Indexed by port in a bitmap of all 65,536 (bit 1: a route port of the table, bit 2: another
+    // address the router listens on): a 10,000-route table costs one array read per backend and
+    // allocates nothing per route (a Set of 10,000 ports took ~3 ms to build); only a backend on
+    // one of the router's ports has its host looked at.
+    const marks = portMarks;
     const routes = table.routes;
-    for (let i = 0; i < routes.length; i++) {
-      const backends = routes[i]!.backends;
-      for (let j = 0; j < backends.length; j++) {
-        const b = backends[j]!;
-        const onPort: ListenAddress[] = routePorts.has(b.port) ? [{ host: this.options.bindHost, port: b.port }] : [];
-        for (const a of this.ownAddresses) if (a.port === b.port) onPort.push(a);
-        const target = onPort.length > 0 ? ownAddressHit(b.host, b.port, onPort) : undefined;
-        if (target) loops.push({ route: i, backend: j, target });
+    for (let i = 0; i < routes.length; i++) marks[routes[i]!.port] = 1;
+    for (const a of this.ownAddresses) marks[a.port]! |= 2;
+    const loops: SelfLoop[] = [];
+    try {
+      for (let i = 0; i < routes.length; i++) {
+        const backends = routes[i]!.backends;
+        for (let j = 0; j < backends.length; j++) {
+          const b = backends[j]!;
+          const mark = marks[b.port]!;
+          if (mark === 0) continue;
+          const onPort: ListenAddress[] = mark & 1 ? [{ host: this.options.bindHost, port: b.port }] : [];
+          for (const a of this.ownAddresses) if (a.port === b.port) onPort.push(a);
+          const target = ownAddressHit(b.host, b.port, onPort);
+          if (target) loops.push({ route: i, backend: j, target });
+        }
       }
+    } finally {
+      for (let i = 0; i < routes.length; i++) marks[routes[i]!.port] = 0;
+      for (const a of this.ownAddresses) marks[a.port] = 0;
     }
     return loops;
   }
@@ -242,20 +257,49 @@ export class Router {
       refused: [],
     };
     const table = this.withoutSelfLoops(input, result);
+    const acceptor = this.relay.acceptor;
+    // The refused routes' fences reach the addon before any of their ports retires.
+    if (acceptor) result.killed += acceptor.flush();
+    // One pass over the table: a port whose single route is the very object already served is
+    // done with one lookup (route sources keep unchanged route objects across versions, so a
+    // one-route change to a 10,000-route table touches one listener); the rest is grouped by port.
+    const seen = ++this.applied;
+    let kept = 0;
     const wanted = new Map<number, Route[]>();
-    for (const r of table.routes) {
-      const onPort = wanted.get(r.port);
-      if (onPort) onPort.push(r);
-      else wanted.set(r.port, [r]);
+    const routes = table.routes;
+    for (let i = 0; i < routes.length; i++) {
+      const r = routes[i]!;
+      const onPort = wanted.size > 0 ? wanted.get(r.port) : undefined;
+      if (onPort) {
+        onPort.push(r);
+        continue;
+      }
+      const listener = this.listeners.get(r.port);
+      if (listener !== undefined && listener.seen !== seen && listener.soleRoute() === r) {
+        listener.seen = seen;
+        kept++;
+        continue;
+      }
+      if (listener !== undefined && listener.seen === seen) {
+        // The port already counted as unchanged has another route now: it is taken with the rest.
+        listener.seen = 0;
+        kept--;
+        wanted.set(r.port, [listener.soleRoute()!, r]);
+      } else wanted.set(r.port, [r]);
     }
-    for (const [port, listener] of this.listeners) {
-      if (wanted.has(port)) continue;
-      this.listeners.delete(port);
-      this.retiring.add(listener);
-      listener.retire(() => this.retiring.delete(listener));
-      result.closed.push(port);
+    let inWanted = 0;
+    for (const port of wanted.keys()) if (this.listeners.has(port)) inWanted++;
+    if (kept + inWanted < this.listeners.size) {
+      for (const [port, listener] of this.listeners) {
+        if (listener.seen === seen || wanted.has(port)) continue;
+        this.listeners.delete(port);
+        this.retiring.add(listener);
+        listener.retire(() => this.retiring.delete(listener));
+        result.closed.push(port);
+      }
     }
     const opening: Array<Promise<void>> = [];
+    const openNative: RouteListener[] = [];
     // Budgets and reservations change only with the set of ports and routes; a table that only
     // changes backends (the common push, a fence) skips the pass over every listener.
     let structural = result.closed.length > 0;
@@ -281,6 +325,10 @@ export class Router {
       structural = true;
       const listener = new RouteListener(port, routes, this.env);
       this.listeners.set(port, listener);
+      if (listener.nativePath) {
+        openNative.push(listener);
+        continue;
+      }
       opening.push(
         listener.listen().then(
           () => {
@@ -296,6 +344,18 @@ export class Router {
         ),
       );
     }
+    // Changed routes of natively accepted ports go to the addon in one call, which fences.
+    if (acceptor) result.killed += acceptor.flush();
+    // The table's new native ports open in one call, each with its route.
+    RouteListener.listenNativeMany(openNative).forEach((error, i) => {
+      const listener = openNative[i]!;
+      if (!error) {
+        result.opened.push(listener.port);
+        return;
+      }
+      this.listeners.delete(listener.port);
+      result.failed.push({ port: listener.port, error });
+    });
     this.table = table;
     if (structural) this.rebudget();
     if (result.killed > 0)

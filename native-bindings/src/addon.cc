@@ -42,6 +42,10 @@ Napi::Value ThrowType(Napi::Env env, const char* message) {
   return env.Undefined();
 }
 
+// setRoutes: numbers per route in `header`, per backend in `numbers` (native-bindings/index.ts).
+constexpr size_t kRouteHeader = 6;
+constexpr size_t kBackendNumbers = 5;
+
 AddonData* Data(Napi::Env env) { return env.GetInstanceData<AddonData>(); }
 
 sf::Pair* PairArg(const Napi::Value& v) {
@@ -148,6 +152,17 @@ Napi::Value Unref(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// refPorts(keep): natively accepted ports keep the process alive while any is open or draining,
+// as a listening net.Server and its sockets do (the accept-events function is the handle held).
+Napi::Value RefPorts(const Napi::CallbackInfo& info) {
+  AddonData* data = Data(info.Env());
+  if (data->on_events) {
+    if (info[0].ToBoolean().Value()) data->on_events.Ref(info.Env());
+    else data->on_events.Unref(info.Env());
+  }
+  return info.Env().Undefined();
+}
+
 Napi::Value Stats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   AddonData* data = Data(env);
@@ -249,70 +264,124 @@ Napi::Value CreateBudget(const Napi::CallbackInfo& info) {
                                            [](Napi::Env, BudgetHandle* handle) { delete handle; });
 }
 
-// openPort(budget, host, port, backlog, reusePort, keepAliveMs) -> port id
-Napi::Value OpenPort(const Napi::CallbackInfo& info) {
+// Reads one backend address; false when host is not an IP address.
+bool BackendAddress(const std::string& host, int port, sf::BackendSpec* b) {
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&b->addr);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&b->addr);
+  if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(static_cast<uint16_t>(port));
+    b->addr_len = sizeof(sockaddr_in);
+    return true;
+  }
+  if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(static_cast<uint16_t>(port));
+    b->addr_len = sizeof(sockaddr_in6);
+    return true;
+  }
+  return false;
+}
+
+// Routes as setRoutes and openPorts take them: per route, `header` holds mode, connectTimeoutMs,
+// idleTimeoutMs, drainTimeoutMs, maxConnections and its backend count; the routes' backends follow
+// one another in ids, hosts and numbers (port, weight, epoch, state, primary per backend). Every
+// route is parsed before any is used, so a bad argument changes nothing. Returns an error message,
+// or nullptr.
+const char* ParseRoutes(const Napi::Value& header_v, const Napi::Value& ids_v, const Napi::Value& hosts_v,
+                        const Napi::Value& numbers_v, size_t routes, std::vector<sf::RouteSpec>* specs) {
+  if (!header_v.IsTypedArray() || !ids_v.IsArray() || !hosts_v.IsArray() || !numbers_v.IsTypedArray()) {
+    return "routes: header and numbers must be Float64Arrays, ids and hosts arrays";
+  }
+  Napi::Float64Array header = header_v.As<Napi::Float64Array>();
+  Napi::Array ids = ids_v.As<Napi::Array>();
+  Napi::Array hosts = hosts_v.As<Napi::Array>();
+  Napi::Float64Array numbers = numbers_v.As<Napi::Float64Array>();
+  const uint32_t backends = ids.Length();
+  if (header.ElementLength() != routes * kRouteHeader || hosts.Length() != backends ||
+      numbers.ElementLength() != static_cast<size_t>(backends) * kBackendNumbers) {
+    return "routes: arrays differ in length";
+  }
+  specs->resize(routes);
+  uint32_t next = 0;
+  for (size_t r = 0; r < routes; r++) {
+    const double* h = header.Data() + r * kRouteHeader;
+    sf::RouteSpec& route = (*specs)[r];
+    route.mode = static_cast<sf::RouteMode>(static_cast<uint32_t>(h[0]));
+    route.connect_timeout_ms = static_cast<uint64_t>(h[1]);
+    route.idle_timeout_ms = static_cast<uint64_t>(h[2]);
+    route.drain_timeout_ms = static_cast<uint64_t>(h[3]);
+    route.max_connections = static_cast<int64_t>(h[4]);
+    const uint32_t n = static_cast<uint32_t>(h[5]);
+    if (n > backends - next) return "routes: backend counts exceed the backends given";
+    route.backends.resize(n);
+    for (uint32_t i = 0; i < n; i++, next++) {
+      sf::BackendSpec& b = route.backends[i];
+      const double* x = numbers.Data() + static_cast<size_t>(next) * kBackendNumbers;
+      Napi::Value id = ids.Get(next);
+      Napi::Value host = hosts.Get(next);
+      if (!id.IsString() || !host.IsString()) return "routes: backend ids and hosts must be strings";
+      b.id = id.As<Napi::String>().Utf8Value();
+      b.weight = static_cast<int>(x[1]);
+      b.epoch = static_cast<uint64_t>(x[2]);
+      b.state = static_cast<sf::BackendSpec::State>(static_cast<uint32_t>(x[3]));
+      b.primary = x[4] != 0;
+      // A host that is not an IP address (JS keeps such routes on its own path) is left without
+      // an address: connecting to it fails like a refused connect, and the rest of the batch,
+      // with its fences, still applies.
+      BackendAddress(host.As<Napi::String>().Utf8Value(), static_cast<int>(x[0]), &b);
+    }
+  }
+  if (next != backends) return "routes: backend counts fall short of the backends given";
+  return nullptr;
+}
+
+// setRoutes(portIds: Float64Array, header, ids, hosts, numbers) -> connections killed. The new routes
+// of several ports in one call (a whole table change); fenced connections are reset before it returns.
+Napi::Value SetRoutes(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   sf::Engine* engine = EngineOf(info);
   if (engine == nullptr) return env.Undefined();
-  if (!info[0].IsExternal() || !info[1].IsString() || !info[2].IsNumber()) {
-    return ThrowType(env, "openPort(budget, host, port, backlog, reusePort, keepAliveMs)");
+  if (!info[0].IsTypedArray()) return ThrowType(env, "setRoutes(portIds, header, ids, hosts, numbers)");
+  Napi::Float64Array port_ids = info[0].As<Napi::Float64Array>();
+  std::vector<sf::RouteSpec> specs;
+  if (const char* bad = ParseRoutes(info[1], info[2], info[3], info[4], port_ids.ElementLength(), &specs)) {
+    return ThrowType(env, bad);
+  }
+  int64_t killed = 0;
+  for (size_t r = 0; r < specs.size(); r++) {
+    int64_t k = engine->SetRoute(static_cast<uint32_t>(port_ids[r]), std::move(specs[r]));
+    if (k > 0) killed += k;
+  }
+  return Napi::Number::New(env, static_cast<double>(killed));
+}
+
+// openPorts(budget, host, ports: Float64Array, backlog, reusePort, keepAliveMs, header, ids, hosts,
+// numbers) -> Float64Array of port ids, a negative errno where that port could not be opened (the
+// others are open). Each port starts with its route (as setRoutes takes them), so no client is
+// accepted before there is a backend to send it to.
+Napi::Value OpenPorts(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  sf::Engine* engine = EngineOf(info);
+  if (engine == nullptr) return env.Undefined();
+  if (!info[0].IsExternal() || !info[1].IsString() || !info[2].IsTypedArray()) {
+    return ThrowType(env, "openPorts(budget, host, ports, backlog, reusePort, keepAliveMs, header, ids, hosts, numbers)");
   }
   std::shared_ptr<sf::Budget> budget = info[0].As<Napi::External<BudgetHandle>>().Data()->budget;
   std::string host = info[1].As<Napi::String>().Utf8Value();
-  int port = info[2].As<Napi::Number>().Int32Value();
-  int64_t id = engine->OpenPort(budget, host, port, static_cast<int>(Num(info[3])), info[4].ToBoolean().Value(),
-                                static_cast<int>(Num(info[5])));
-  if (id < 0) return ThrowErrno(env, "listen", "listen " + host + ":" + std::to_string(port), static_cast<int>(-id));
-  return Napi::Number::New(env, static_cast<double>(id));
-}
-
-// setRoute(portId, mode, connectTimeoutMs, idleTimeoutMs, drainTimeoutMs, maxConnections,
-//          ids: string[], hosts: string[], numbers: number[] (port, weight, epoch, state, primary per backend))
-// -> connections killed
-Napi::Value SetRoute(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  sf::Engine* engine = EngineOf(info);
-  if (engine == nullptr) return env.Undefined();
-  if (!info[6].IsArray() || !info[7].IsArray() || !info[8].IsArray()) {
-    return ThrowType(env, "setRoute(portId, mode, connectMs, idleMs, drainMs, maxConnections, ids, hosts, numbers)");
+  Napi::Float64Array ports = info[2].As<Napi::Float64Array>();
+  const int backlog = static_cast<int>(Num(info[3]));
+  const bool reuse_port = info[4].ToBoolean().Value();
+  const int keepalive_ms = static_cast<int>(Num(info[5]));
+  const size_t n = ports.ElementLength();
+  std::vector<sf::RouteSpec> specs;
+  if (const char* bad = ParseRoutes(info[6], info[7], info[8], info[9], n, &specs)) return ThrowType(env, bad);
+  Napi::Float64Array out = Napi::Float64Array::New(env, n);
+  for (size_t i = 0; i < n; i++) {
+    out[i] = static_cast<double>(engine->OpenPort(budget, host, static_cast<int>(ports[i]), backlog, reuse_port,
+                                                  keepalive_ms, std::move(specs[i])));
   }
-  sf::RouteSpec route;
-  route.mode = static_cast<sf::RouteMode>(U32(info[1]));
-  route.connect_timeout_ms = static_cast<uint64_t>(Num(info[2]));
-  route.idle_timeout_ms = static_cast<uint64_t>(Num(info[3]));
-  route.drain_timeout_ms = static_cast<uint64_t>(Num(info[4]));
-  route.max_connections = static_cast<int64_t>(Num(info[5]));
-  Napi::Array ids = info[6].As<Napi::Array>();
-  Napi::Array hosts = info[7].As<Napi::Array>();
-  Napi::Array numbers = info[8].As<Napi::Array>();
-  const uint32_t n = ids.Length();
-  if (hosts.Length() != n || numbers.Length() != n * 5) return ThrowType(env, "setRoute: backend arrays differ in length");
-  route.backends.resize(n);
-  for (uint32_t i = 0; i < n; i++) {
-    sf::BackendSpec& b = route.backends[i];
-    b.id = ids.Get(i).As<Napi::String>().Utf8Value();
-    std::string host = hosts.Get(i).As<Napi::String>().Utf8Value();
-    const int port = static_cast<int>(Num(numbers.Get(i * 5)));
-    b.weight = static_cast<int>(Num(numbers.Get(i * 5 + 1)));
-    b.epoch = static_cast<uint64_t>(Num(numbers.Get(i * 5 + 2)));
-    b.state = static_cast<sf::BackendSpec::State>(U32(numbers.Get(i * 5 + 3)));
-    b.primary = Num(numbers.Get(i * 5 + 4)) != 0;
-    auto* v4 = reinterpret_cast<sockaddr_in*>(&b.addr);
-    auto* v6 = reinterpret_cast<sockaddr_in6*>(&b.addr);
-    if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
-      v4->sin_family = AF_INET;
-      v4->sin_port = htons(static_cast<uint16_t>(port));
-      b.addr_len = sizeof(sockaddr_in);
-    } else if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
-      v6->sin6_family = AF_INET6;
-      v6->sin6_port = htons(static_cast<uint16_t>(port));
-      b.addr_len = sizeof(sockaddr_in6);
-    } else {
-      return ThrowType(env, "setRoute: a backend host is not an IP address");
-    }
-  }
-  int64_t killed = engine->SetRoute(U32(info[0]), std::move(route));
-  return Napi::Number::New(env, static_cast<double>(killed));
+  return out;
 }
 
 Napi::Value RetirePort(const Napi::CallbackInfo& info) {
@@ -410,14 +479,15 @@ Napi::Object Module(Napi::Env env, Napi::Object exports) {
   exports.Set("bytesOut", Napi::Function::New(env, BytesOut));
   exports.Set("ref", Napi::Function::New(env, Ref));
   exports.Set("unref", Napi::Function::New(env, Unref));
+  exports.Set("refPorts", Napi::Function::New(env, RefPorts));
   exports.Set("stats", Napi::Function::New(env, Stats));
   exports.Set("listenTcp", Napi::Function::New(env, ListenTcp));
   exports.Set("setTcpUserTimeout", Napi::Function::New(env, SetTcpUserTimeout));
   exports.Set("setKeepAlive", Napi::Function::New(env, SetKeepAlive));
   exports.Set("initEvents", Napi::Function::New(env, InitEvents));
   exports.Set("createBudget", Napi::Function::New(env, CreateBudget));
-  exports.Set("openPort", Napi::Function::New(env, OpenPort));
-  exports.Set("setRoute", Napi::Function::New(env, SetRoute));
+  exports.Set("setRoutes", Napi::Function::New(env, SetRoutes));
+  exports.Set("openPorts", Napi::Function::New(env, OpenPorts));
   exports.Set("retirePort", Napi::Function::New(env, RetirePort));
   exports.Set("releasePort", Napi::Function::New(env, ReleasePort));
   exports.Set("killAll", Napi::Function::New(env, KillAll));

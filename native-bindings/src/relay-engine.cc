@@ -45,6 +45,17 @@ constexpr int kAcceptBatch = 32;
 constexpr int kAcceptPauseMs = 100;
 // Events queued for JS beyond this are dropped; the counters still count every refusal.
 constexpr size_t kMaxQueuedEvents = 1024;
+// Capacity of a streaming direction's pipe when no pipe size is configured. With the kernel's
+// 64 KiB a splice moves ~32 KiB and a 1 GB transfer costs ~30,000 splices; with 1 MiB it moves
+// ~480 KiB (strace -c, docs/native-relay.md), and iperf3 through the relay runs several times
+// faster. Pipe pages are allocated as data arrives, so an enlarged pipe costs memory only while
+// it holds data.
+constexpr int kStreamPipeSize = 1 << 20;
+// The kernel counts every pipe's capacity against the user (fs/pipe-user-pages-soft, 64 MiB by
+// default) and gives an unprivileged user over it pipes of two pages. Enlarged pipes therefore
+// share this budget per process; beyond it a pipe keeps the kernel's default size.
+constexpr int64_t kStreamPipeBudget = 32 << 20;
+std::atomic<int64_t> g_stream_pipe_bytes{0};
 
 int64_t NowMs() {
   timespec ts;
@@ -126,6 +137,8 @@ class Pair : public std::enable_shared_from_this<Pair> {
   End ends_[2];
   int pipe_r_[2] = {-1, -1};
   int pipe_w_[2] = {-1, -1};
+  // Capacity taken from kStreamPipeBudget by each direction's pipe (0: kernel default or configured).
+  int pipe_budget_[2] = {0, 0};
   size_t in_pipe_[2] = {0, 0};
   std::string pending_[2];
   size_t pending_off_[2] = {0, 0};
@@ -264,6 +277,8 @@ void Pair::CloseFds(bool reset) {
     CloseQuietly(pipe_r_[dir]);
     CloseQuietly(pipe_w_[dir]);
     in_pipe_[dir] = 0;
+    if (pipe_budget_[dir] > 0) g_stream_pipe_bytes.fetch_sub(pipe_budget_[dir]);
+    pipe_budget_[dir] = 0;
   }
 }
 
@@ -391,7 +406,15 @@ Pair::Turn Pair::Pump(int dir, int pipe_size, char* buffer, CloseEvent* ev) {
         }
         pipe_r_[dir] = p[0];
         pipe_w_[dir] = p[1];
-        if (pipe_size > 0) fcntl(p[1], F_SETPIPE_SZ, pipe_size);
+        if (pipe_size > 0) {
+          fcntl(p[1], F_SETPIPE_SZ, pipe_size);
+        } else if (g_stream_pipe_bytes.fetch_add(kStreamPipeSize) + kStreamPipeSize <= kStreamPipeBudget) {
+          // Refused (EPERM over the user's limit): the pipe keeps its default and the budget.
+          if (fcntl(p[1], F_SETPIPE_SZ, kStreamPipeSize) >= kStreamPipeSize) pipe_budget_[dir] = kStreamPipeSize;
+          else g_stream_pipe_bytes.fetch_sub(kStreamPipeSize);
+        } else {
+          g_stream_pipe_bytes.fetch_sub(kStreamPipeSize);
+        }
       }
       n = splice(fd_[src], nullptr, pipe_w_[dir], nullptr, 1 << 20, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
       if (n > 0) {
@@ -836,7 +859,7 @@ void SetBackendOptions(int fd, int keepalive_ms) {
 }  // namespace
 
 int64_t Engine::OpenPort(const std::shared_ptr<Budget>& budget, const std::string& host, int port_number, int backlog,
-                         bool reuse_port, int keepalive_ms) {
+                         bool reuse_port, int keepalive_ms, RouteSpec&& route) {
   ListenOptions o;
   o.host = host;
   o.port = port_number;
@@ -852,6 +875,8 @@ int64_t Engine::OpenPort(const std::shared_ptr<Budget>& budget, const std::strin
   port->budget = budget;
   port->listener = std::make_shared<Listener>();
   port->listener->fd = fd;
+  port->route = std::move(route);
+  port->rr_current.assign(port->route.backends.size(), 0);
   {
     std::lock_guard<std::mutex> lock(ports_mu_);
     port->id = next_port_id_++;
@@ -889,7 +914,8 @@ int64_t Engine::SetRoute(uint32_t port_id, RouteSpec&& route) {
     if (pair->backend_id_.empty()) continue;
     Fate fate = FateOf(port->route, pair->backend_id_, pair->epoch_);
     if (fate == Fate::kKeep) {
-      pair->drain_deadline_ms_.store(0);
+      // A retired port's connections keep draining whatever the route says of their backend.
+      if (!port->retired) pair->drain_deadline_ms_.store(0);
       continue;
     }
     if (fate == Fate::kDrain) {

@@ -140,9 +140,10 @@ class Engine {
   unsigned Threads() const { return static_cast<unsigned>(loops_.size()); }
 
   // Native accept path. OpenPort listens (one socket, watched by every loop thread with
-  // EPOLLEXCLUSIVE) and returns the port's id, or a negative errno.
+  // EPOLLEXCLUSIVE) with the port's first route in place, and returns the port's id, or a
+  // negative errno.
   int64_t OpenPort(const std::shared_ptr<Budget>& budget, const std::string& host, int port, int backlog,
-                   bool reuse_port, int keepalive_ms);
+                   bool reuse_port, int keepalive_ms, RouteSpec&& route);
   // Takes the port's new route and decides, before returning, the fate of each live connection:
   // fenced ones are reset and closed, removed or draining backends' ones drain. Returns how many
   // were killed; -1 for an unknown port.

@@ -1,10 +1,15 @@
 import { expect } from 'chai';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
 import { startRouter, type RouterHarness } from '../helpers/router-harness';
 import { freePort } from '../helpers/free-port';
 import { startNamedServer, type TestServer } from '../helpers/tcp-servers';
 import { closed, connectTo, readLine, sleep } from '../helpers/tcp-client';
 import { createNativeRelay } from '../../router/relay-native';
 import type { RouteInput } from '../../router';
+import { parseRouteTable } from '../../protocol';
 
 /**
  * What only the native accept path has: which path serves each port, the switch of a native port
@@ -100,5 +105,64 @@ describe('router native accept path', function () {
     await sleep(50);
     expect(a.bytesReceived).to.equal(before);
     expect(harness.router.routeStats()[0]).to.include({ killedFenced: 1, active: 0 });
+  });
+
+  it("opens a new table's ports in one call and reports only the port another process holds", async () => {
+    const taken = createServer();
+    const held = await freePort();
+    await new Promise<void>((resolve) => taken.listen(held, '127.0.0.1', resolve));
+    try {
+      const [p1, p2] = [await freePort(), await freePort()];
+      harness = await startRouter({ version: 1, routes: [plain(p1)] });
+      const result = await harness.router.applyTable(
+        parseRouteTable({ version: 2, routes: [plain(p1), plain(held), plain(p2)] }),
+      );
+      expect(result.failed.map((f) => f.port)).to.deep.equal([held]);
+      expect(result.failed[0]!.error.message).to.include('EADDRINUSE');
+      expect(result.opened).to.deep.equal([p2]);
+      expect(harness.router.status().accept.native).to.equal(2);
+      for (const port of [p1, p2]) {
+        const client = await connectTo(port);
+        expect(await readLine(client)).to.equal('a');
+        client.destroy();
+      }
+    } finally {
+      taken.close();
+    }
+  });
+
+  it('keeps a process whose only ports are native alive, and lets it exit once the router closes', async () => {
+    const port = await freePort();
+    const router = join(__dirname, '../../router/router');
+    const relay = join(__dirname, '../../router/relay-native');
+    const protocol = join(__dirname, '../../protocol');
+    // The child has no other handle: its IPC channel is unreferenced, so only the router's ports
+    // can hold it up.
+    const code = [
+      `const { Router } = require(${JSON.stringify(router)});`,
+      `const { createNativeRelay } = require(${JSON.stringify(relay)});`,
+      `const { parseRouteTable } = require(${JSON.stringify(protocol)});`,
+      'const r = new Router({ relay: createNativeRelay() });',
+      `r.applyTable(parseRouteTable({ version: 1, routes: [{ port: ${port}, backends: [{ id: 'a', host: '127.0.0.1', port: ${a.port} }] }] }))`,
+      "  .then((res) => { process.send(res.opened.length === 1 && r.status().accept.native === 1 ? 'ready' : 'not native'); process.channel.unref(); });",
+      "process.on('message', () => { void r.close(); });",
+    ].join('\n');
+    const child = spawn(process.execPath, ['-e', code], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+    const exited = once(child, 'exit');
+    try {
+      const [first] = (await once(child, 'message')) as [string];
+      expect(first).to.equal('ready');
+      const client = await connectTo(port);
+      expect(await readLine(client)).to.equal('a');
+      client.destroy();
+      // Without a reference held for the native port the child would have exited by now.
+      await sleep(500);
+      expect(child.exitCode).to.equal(null);
+      child.send('close');
+      const [exitCode] = (await exited) as [number];
+      expect(exitCode).to.equal(0);
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    }
   });
 });
