@@ -179,6 +179,10 @@ async function runUp(flags: UpFlags): Promise<void> {
       '--redis',
       redisUrl,
       ...credentials('control'),
+      // Services get TLS by default, with certificates from the platform CA (docs/tls.md).
+      '--ca-dir',
+      join(dataDir, 'ca'),
+      ...(flags.caCert && flags.caKey ? ['--ca-cert', resolve(flags.caCert), '--ca-key', resolve(flags.caKey)] : []),
     ]);
     const controlUrl = `http://127.0.0.1:${controlPort}`;
     await waitFor('control', async () => (await fetch(`${controlUrl}/health`)).ok, START_TIMEOUT_MS, supervisor, [
@@ -249,6 +253,7 @@ async function runUp(flags: UpFlags): Promise<void> {
         `  control   ${controlUrl}  (admin token in ${admin.file ?? 'SF_API_TOKEN'})`,
         `  router    admin http://127.0.0.1:${routerAdminPort}, group default, route ports ${flags.routePorts ?? '16000-16999'}`,
         `  tls       platform CA ${join(dataDir, 'ca.pem')} (sf ca --pem); router certificate ${platformCa.router.certFile}`,
+        '            services require TLS unless created with --tls optional|off',
         `  cells     ${Array.from({ length: cellCount }, (_, i) => `cell-${i + 1} (z${i + 1})`).join(', ')}`,
         `  metrics   control ${controlUrl}/metrics (with the admin token or a read token)`,
         `            router  http://127.0.0.1:${routerAdminPort}/metrics`,
@@ -258,7 +263,7 @@ async function runUp(flags: UpFlags): Promise<void> {
         'Try next:',
         '  sf create-service redis cache --replicas 1 --wait',
         '  sf create-service-key cache app',
-        '  redis-cli -u "$(sf service-key cache app --json | jq -r .uri)" ping',
+        '  redis-cli -u "$(sf service-key cache app --json | jq -r .uri)" --cacert "$(sf ca --path)" ping',
         '  sf create-service postgres db --replicas 1 --wait',
         '  sf create-service-key db app',
         '  psql "$(sf service-key db app --json | jq -r .uri)" -c \'select 1\'',
