@@ -224,6 +224,10 @@ async function runUp(flags: UpFlags): Promise<void> {
         `127.0.0.1:${cellMetricsPort(n)}`,
         '--stop-instances-on-exit',
         ...(flags.executor ? ['--executor', flags.executor] : []),
+        // PostgreSQL instances serve TLS and replicate over it, verified against the platform CA.
+        '--ca-dir',
+        join(dataDir, 'ca'),
+        ...(flags.caCert && flags.caKey ? ['--ca-cert', resolve(flags.caCert), '--ca-key', resolve(flags.caKey)] : []),
       ]);
     }
     await waitFor(
