@@ -3,6 +3,7 @@
  * pino, ioredis) is loaded only when control actually runs, so the client commands registered
  * next to this one start fast.
  */
+import { join } from 'node:path';
 import { Option, type Command } from 'commander';
 import { controlUrlForListen, ensureAdminToken } from '../control/admin-token';
 import { DEFAULT_CONTROL_API_OPTIONS as API_DEFAULTS } from '../control/api/api-options';
@@ -34,6 +35,8 @@ interface ControlFlags {
   caDir?: string;
   caCert?: string;
   caKey?: string;
+  tlsCert?: string;
+  tlsKey?: string;
   serviceTls?: 'required' | 'optional' | 'off';
 }
 
@@ -45,6 +48,8 @@ async function runControl(flags: ControlFlags): Promise<void> {
   ]);
   const log = createLogger('control');
   const operator = operatorCa(flags);
+  if ((flags.tlsCert === undefined) !== (flags.tlsKey === undefined))
+    throw new UsageError('--tls-cert and --tls-key go together');
   const listen = parseHostPort(flags.listen, '--listen');
   const staticTokens: StaticToken[] = flags.tokensFile ? await loadTokensFile(flags.tokensFile) : [];
   const admin = await ensureAdminToken(process.env, controlUrlForListen(listen.host, listen.port));
@@ -75,6 +80,16 @@ async function runControl(flags: ControlFlags): Promise<void> {
     },
     logger: log,
     routerAdminUrls: flags.routerAdmin,
+    ...(flags.tlsCert && flags.tlsKey
+      ? {
+          tls: {
+            certFile: flags.tlsCert,
+            keyFile: flags.tlsKey,
+            // A standby forwards to the leader's https address, verified against the platform CA.
+            caFile: flags.caCert ?? (flags.caDir ? join(flags.caDir, 'ca.crt') : process.env.SF_CA_FILE),
+          },
+        }
+      : {}),
   });
   const shutdown = (signal: string): void => {
     log.info({ signal }, 'control stopping');
@@ -161,6 +176,8 @@ export function registerControlCommand(program: Command): void {
       '--ca-dir <dir>',
       'the platform CA (ca.crt, ca.key; created if missing): services with TLS get certificates from it (default: none, plain routes only)',
     )
+    .option('--tls-cert <file>', 'serve the API over HTTPS with this certificate (PEM; default: plain HTTP)')
+    .option('--tls-key <file>', 'the private key of --tls-cert (PEM)')
     .option('--ca-cert <file>', "the operator's CA certificate (PEM) instead of one made in --ca-dir")
     .option('--ca-key <file>', "the operator's CA private key (PEM, mode 0600), with --ca-cert")
     .addOption(

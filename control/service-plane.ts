@@ -94,6 +94,8 @@ export interface ServicePlaneDeps {
   logger: Logger;
   /** Counts passes, fencing steps and leader changes. @default none */
   metrics?: ControlMetrics;
+  /** The CA (PEM) a leader's HTTPS address is verified with when a standby forwards to it. @default the system's */
+  leaderCa?: Buffer;
 }
 
 export interface ServicePlane {
@@ -189,7 +191,12 @@ export async function startServicePlane(
   registerVolumesApi(server, { directory, store });
   registerServiceUpdateApi(server, { store, directory, redis: deps.redis });
   fencing.attach(elector);
-  registerFencingApi(server, { coordinator: fencing, store, directory });
+  registerFencingApi(server, {
+    coordinator: fencing,
+    store,
+    directory,
+    ...(deps.leaderCa ? { leaderCa: deps.leaderCa } : {}),
+  });
   await loop.start();
   await elector.start();
   const running = loop;

@@ -40,7 +40,7 @@ export interface UpPlatform {
   cleanup(): Promise<void>;
 }
 
-export async function createUpPlatform(cells = 3): Promise<UpPlatform> {
+export async function createUpPlatform(cells = 3, extraArgs: string[] = []): Promise<UpPlatform> {
   const home = await mkdtemp(path.join(tmpdir(), 'sf-up-'));
   // As root, cells run PostgreSQL as the postgres user, which must reach the volumes.
   await chmod(home, 0o755);
@@ -77,6 +77,7 @@ export async function createUpPlatform(cells = 3): Promise<UpPlatform> {
     `${ports.routeBase}-${ports.routeBase + 99}`,
     '--cell-metrics-port-base',
     '0',
+    ...extraArgs,
   ];
   const platform: UpPlatform = {
     home,
