@@ -4,7 +4,7 @@
  * `.../actions/failover` (`{"to": INSTANCE}` optional; planned switchover when the primary is
  * healthy) and `GET .../fencing` (the history, newest first). Actions run on the leader.
  */
-import { fetchWithCa } from '../../common/https-fetch';
+import { fetchWithCa } from '../../common';
 import { z } from 'zod';
 import { ErrorCode, SfError, errorBody, httpStatusFor, isSfError } from '../../common';
 import type { FencingAction, FencingFailoverCoordinator } from '../failover/fencing-coordinator';

@@ -6,7 +6,7 @@
  * (or a copy kept current) at the same path.
  */
 import { hostname } from 'node:os';
-import { PlatformCa } from '../../common/platform-ca';
+import { PlatformCa } from '../../common';
 import { routeTlsSchema, type RouteTls } from '../../protocol';
 import type { ServiceRecord } from './service-types';
 import type { ServiceTlsPolicy } from './service-schema';
