@@ -552,9 +552,21 @@ export class PostgresEngine implements Engine {
           PGCONNECT_TIMEOUT: String(Math.max(2, Math.ceil(timeout / 1000))),
           PGAPPNAME: appName,
           ...passwordEnv(ctx.spec.credentials?.admin.password),
+          ...this.querySsl(ctx, host),
         },
       },
     );
+  }
+
+  /**
+   * The cell's own queries: plaintext on loopback, as before engines had certificates (a TLS
+   * handshake per health check costs CPU and buys nothing there); verified TLS to another host
+   * (pg_rewind's checkpoint on a remote primary).
+   */
+  private querySsl(ctx: EngineContext, host: string): Record<string, string> {
+    if (!this.tls) return {};
+    if (host === 'localhost' || host === '::1' || host.startsWith('127.')) return { PGSSLMODE: 'disable' };
+    return { PGSSLMODE: 'verify-full', PGSSLROOTCERT: pgTlsPaths(ctx.volumeDir).ca };
   }
 
   /** Statements in one transaction, through psql's stdin: they may carry password verifiers. */
