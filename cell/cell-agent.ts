@@ -47,6 +47,7 @@ import { DockerExecutor } from './executor-docker';
 import { ProcessExecutor } from './executor-process';
 import type { NetworkFencer } from './fencer-network';
 import type { PortRange } from './port-allocator';
+import type { EngineTlsFiles } from './engine-postgres';
 
 export interface CellAgentOptions {
   name: string;
@@ -82,6 +83,11 @@ export interface CellAgentOptions {
   trustCidrs?: string[];
   /** Executables `tcp` instances may run (`--tcp-allow`); empty = any. @default [] */
   tcpAllow?: string[];
+  /**
+   * The cell's certificate from the platform CA (`sf cell --ca-dir`, docs/tls.md): PostgreSQL
+   * instances serve TLS with it and replicate over TLS verified against the CA. @default none
+   */
+  tls?: EngineTlsFiles;
   engines?: EngineRegistry;
   executors?: Partial<Record<ExecutorKind, Executor>>;
   fencer?: NetworkFencer;
@@ -215,7 +221,7 @@ export class CellAgent {
     this.engines =
       options.engines ??
       createEngineRegistry({
-        postgres: { trustCidrs: options.trustCidrs },
+        postgres: { trustCidrs: options.trustCidrs, ...(options.tls ? { tls: options.tls } : {}) },
         tcp: { allow: options.tcpAllow },
       });
     const common = {

@@ -3,8 +3,11 @@
  * promises (flags, then `SF_CONTROL_URL` / `SF_API_TOKEN`, then the admin token file `sf up`
  * writes), and turns error bodies back into SfErrors with the server's code and field.
  */
-import { DEFAULT_CONTROL_URL, controlUrlFromEnv, discoverAdminToken } from '../control/admin-token';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { DEFAULT_CONTROL_URL, controlUrlFromEnv, discoverAdminToken, sfHome } from '../control/admin-token';
 import { ErrorCode, SfError, isErrorCode } from '../common/errors';
+import { fetchWithCa } from '../common/https-fetch';
 
 export { DEFAULT_CONTROL_URL };
 
@@ -14,6 +17,26 @@ export const RESYNC_EVENT = 'resync';
 export interface ApiClientOptions {
   baseUrl: string;
   token: string | null;
+  /** The CA (PEM) an https control is verified with. @default the system's */
+  ca?: Buffer;
+}
+
+/** Names the CA file the CLI verifies an https control with (docs/tls.md). */
+export const CA_FILE_ENV = 'SF_CA_FILE';
+
+/**
+ * The CA for an https control: SF_CA_FILE, else the platform CA of `sf up` on this machine
+ * (its data dir's ca.pem), else none (the system's CAs).
+ */
+async function controlCa(env: NodeJS.ProcessEnv, baseUrl: string): Promise<Buffer | undefined> {
+  const file = env[CA_FILE_ENV];
+  if (file)
+    return readFile(file).catch((err: Error) => {
+      throw new SfError(ErrorCode.InvalidOption, `${CA_FILE_ENV}=${file} cannot be read: ${err.message}`, CA_FILE_ENV);
+    });
+  if (!baseUrl.startsWith('https:')) return undefined;
+  const upDir = process.getuid?.() === 0 ? '/var/lib/service-foundry/up' : join(sfHome(env), 'up');
+  return readFile(join(upDir, 'ca.pem')).catch(() => undefined);
 }
 
 export interface ServerSentEvent {
@@ -25,16 +48,19 @@ export interface ServerSentEvent {
 export class ApiClient {
   readonly baseUrl: string;
   private readonly token: string | null;
+  private readonly ca: Buffer | undefined;
 
   constructor(options: ApiClientOptions) {
     this.baseUrl = options.baseUrl.replace(/\/+$/, '');
     this.token = options.token;
+    this.ca = options.ca;
   }
 
   /** A client configured from the environment and the admin token file of the control it talks to. */
   static async fromEnv(env: NodeJS.ProcessEnv = process.env): Promise<ApiClient> {
     const baseUrl = controlUrlFromEnv(env);
-    return new ApiClient({ baseUrl, token: await discoverAdminToken(env, baseUrl) });
+    const ca = await controlCa(env, baseUrl);
+    return new ApiClient({ baseUrl, token: await discoverAdminToken(env, baseUrl), ...(ca ? { ca } : {}) });
   }
 
   async request<T>(method: string, path: string, body?: unknown, extraHeaders?: Record<string, string>): Promise<T> {
@@ -86,12 +112,11 @@ export class ApiClient {
     if (this.token) headers.authorization = `Bearer ${this.token}`;
     if (body !== undefined) headers['content-type'] = 'application/json';
     try {
-      return await fetch(`${this.baseUrl}${path}`, {
-        method,
-        headers,
-        body: body === undefined ? undefined : JSON.stringify(body),
-        signal,
-      });
+      return await fetchWithCa(
+        `${this.baseUrl}${path}`,
+        { method, headers, body: body === undefined ? undefined : JSON.stringify(body), signal },
+        this.ca,
+      );
     } catch (err) {
       const inner = (err as { cause?: { code?: string; message?: string } }).cause;
       const cause = inner?.code ?? inner?.message ?? (err as Error).message;

@@ -1,7 +1,9 @@
 /**
  * The body of `sf cell`, loaded only when that command runs.
  */
+import { hostname } from 'node:os';
 import { CellAgent } from '../cell/cell-agent';
+import type { EngineTlsFiles } from '../cell/engine-postgres';
 import { NetworkFencer } from '../cell/fencer-network';
 import { parsePortRange } from '../cell/port-allocator';
 import { UsageError, parseHostPort, parseIntFlag, stopOnSignals } from './cli-support';
@@ -25,6 +27,40 @@ export interface CellFlags {
   stopInstancesOnExit?: boolean;
   metricsListen?: string;
   executor?: 'process' | 'docker';
+  caDir?: string;
+  caCert?: string;
+  caKey?: string;
+}
+
+/**
+ * The cell's certificate from the platform CA in `--ca-dir` (or the operator's CA), for the
+ * addresses replicas and routers use to reach its instances; renewed when due at each start.
+ */
+async function cellTls(flags: CellFlags, name: string): Promise<EngineTlsFiles | undefined> {
+  if ((flags.caCert === undefined) !== (flags.caKey === undefined))
+    throw new UsageError('--ca-cert and --ca-key go together');
+  if (!flags.caDir) {
+    if (flags.caCert) throw new UsageError('--ca-cert needs --ca-dir (where the cell certificate is issued)');
+    return undefined;
+  }
+  const { PlatformCa } = await import('../common/platform-ca');
+  const ca = await PlatformCa.open(
+    flags.caDir,
+    {},
+    flags.caCert && flags.caKey ? { certFile: flags.caCert, keyFile: flags.caKey } : undefined,
+  );
+  const names = [
+    ...new Set([
+      'localhost',
+      '127.0.0.1',
+      '::1',
+      hostname(),
+      flags.listenHost,
+      flags.advertiseHost ?? flags.listenHost,
+    ]),
+  ].filter((n) => n !== '0.0.0.0' && n !== '::');
+  const cert = await ca.ensure(`cell-${name}`, names);
+  return { certFile: cert.certFile, keyFile: cert.keyFile, caFile: ca.certFile };
 }
 
 export async function runCell(flags: CellFlags): Promise<void> {
@@ -37,6 +73,7 @@ export async function runCell(flags: CellFlags): Promise<void> {
   } catch (err) {
     throw new UsageError(`--port-range: ${(err as Error).message}`);
   }
+  const tls = await cellTls(flags, flags.name);
   const agent = new CellAgent({
     name: flags.name,
     zone: flags.zone,
@@ -59,6 +96,7 @@ export async function runCell(flags: CellFlags): Promise<void> {
     tcpAllow: flags.tcpAllow,
     stopInstancesOnExit: flags.stopInstancesOnExit === true,
     ...(flags.executor ? { defaultExecutor: flags.executor } : {}),
+    ...(tls ? { tls } : {}),
     fencer: new NetworkFencer(),
     metricsListen: flags.metricsListen ? parseHostPort(flags.metricsListen, '--metrics-listen') : undefined,
   });

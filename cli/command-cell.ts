@@ -68,6 +68,12 @@ export function registerCellCommand(program: Command): void {
       'serve Prometheus /metrics and /health here, like the router admin endpoint (default: off; keep it on loopback)',
     )
     .option(
+      '--ca-dir <dir>',
+      'the platform CA (ca.crt, ca.key): the cell gets a certificate from it and PostgreSQL instances serve and replicate over TLS (default: none)',
+    )
+    .option('--ca-cert <file>', "the operator's CA certificate (PEM) instead of one made in --ca-dir")
+    .option('--ca-key <file>', "the operator's CA private key (PEM, mode 0600), with --ca-cert")
+    .option(
       '--stop-instances-on-exit',
       'stop engines when the agent exits (default: leave them running for re-adoption)',
     )

@@ -3,7 +3,8 @@
  * pino, ioredis) is loaded only when control actually runs, so the client commands registered
  * next to this one start fast.
  */
-import type { Command } from 'commander';
+import { join } from 'node:path';
+import { Option, type Command } from 'commander';
 import { controlUrlForListen, ensureAdminToken } from '../control/admin-token';
 import { DEFAULT_CONTROL_API_OPTIONS as API_DEFAULTS } from '../control/api/api-options';
 import type { StaticToken } from '../control/api/token-authenticator';
@@ -31,6 +32,12 @@ interface ControlFlags {
   jwtAudience?: string;
   dataDir?: string;
   routerAdmin: string[];
+  caDir?: string;
+  caCert?: string;
+  caKey?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  serviceTls?: 'required' | 'optional' | 'off';
 }
 
 async function runControl(flags: ControlFlags): Promise<void> {
@@ -40,6 +47,9 @@ async function runControl(flags: ControlFlags): Promise<void> {
     import('../control/control-server'),
   ]);
   const log = createLogger('control');
+  const operator = operatorCa(flags);
+  if ((flags.tlsCert === undefined) !== (flags.tlsKey === undefined))
+    throw new UsageError('--tls-cert and --tls-key go together');
   const listen = parseHostPort(flags.listen, '--listen');
   const staticTokens: StaticToken[] = flags.tokensFile ? await loadTokensFile(flags.tokensFile) : [];
   const admin = await ensureAdminToken(process.env, controlUrlForListen(listen.host, listen.port));
@@ -62,9 +72,24 @@ async function runControl(flags: ControlFlags): Promise<void> {
       routingCompat: parseRoutingCompat(flags.routingCompat),
     },
     // The leader's last known copy of its state, restored if the store comes back empty (issue 10).
-    services: flags.dataDir ? { stateFile: `${flags.dataDir.replace(/\/+$/, '')}/control-state.json` } : undefined,
+    services: {
+      ...(flags.dataDir ? { stateFile: `${flags.dataDir.replace(/\/+$/, '')}/control-state.json` } : {}),
+      // Services with TLS get certificates from the platform CA (docs/tls.md).
+      ...(flags.caDir ? { platformCa: { dir: flags.caDir, operator } } : {}),
+      ...(flags.serviceTls ? { defaultServiceTls: flags.serviceTls } : {}),
+    },
     logger: log,
     routerAdminUrls: flags.routerAdmin,
+    ...(flags.tlsCert && flags.tlsKey
+      ? {
+          tls: {
+            certFile: flags.tlsCert,
+            keyFile: flags.tlsKey,
+            // A standby forwards to the leader's https address, verified against the platform CA.
+            caFile: flags.caCert ?? (flags.caDir ? join(flags.caDir, 'ca.crt') : process.env.SF_CA_FILE),
+          },
+        }
+      : {}),
   });
   const shutdown = (signal: string): void => {
     log.info({ signal }, 'control stopping');
@@ -72,6 +97,14 @@ async function runControl(flags: ControlFlags): Promise<void> {
   };
   process.once('SIGINT', () => shutdown('SIGINT'));
   process.once('SIGTERM', () => shutdown('SIGTERM'));
+}
+
+/** The operator's CA (`--ca-cert`, `--ca-key`), used instead of one made in `--ca-dir`. */
+function operatorCa(flags: ControlFlags): { certFile: string; keyFile: string } | undefined {
+  if ((flags.caCert === undefined) !== (flags.caKey === undefined))
+    throw new UsageError('--ca-cert and --ca-key go together');
+  if (flags.caCert && !flags.caDir) throw new UsageError('--ca-cert needs --ca-dir (where certificates are issued)');
+  return flags.caCert && flags.caKey ? { certFile: flags.caCert, keyFile: flags.caKey } : undefined;
 }
 
 /** JWT verification from the flags (the secret file also from SF_JWT_SECRET_FILE), or none. */
@@ -138,6 +171,20 @@ export function registerControlCommand(program: Command): void {
       '--routing-compat <mode>',
       "strict: refuse unknown fields, stranded ports and deleting groups with routes; cf: as Cloud Foundry's routing-api",
       API_DEFAULTS.routingCompat,
+    )
+    .option(
+      '--ca-dir <dir>',
+      'the platform CA (ca.crt, ca.key; created if missing): services with TLS get certificates from it (default: none, plain routes only)',
+    )
+    .option('--tls-cert <file>', 'serve the API over HTTPS with this certificate (PEM; default: plain HTTP)')
+    .option('--tls-key <file>', 'the private key of --tls-cert (PEM)')
+    .option('--ca-cert <file>', "the operator's CA certificate (PEM) instead of one made in --ca-dir")
+    .option('--ca-key <file>', "the operator's CA private key (PEM, mode 0600), with --ca-cert")
+    .addOption(
+      new Option(
+        '--service-tls <policy>',
+        'TLS of a service created without --tls (default: required with --ca-dir, else off)',
+      ).choices(['required', 'optional', 'off']),
     )
     .option('--jwt-public-key <file>', 'verify UAA-style JWTs with this RS256 public key (PEM, UAA token_key)')
     .option('--jwt-jwks <file>', 'verify UAA-style JWTs with the keys of this JWKS file (UAA token_keys)')

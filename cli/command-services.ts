@@ -5,6 +5,7 @@
 import { type Command, Option } from 'commander';
 import { ErrorCode, SfError } from '../common/errors';
 import type { ServiceCreateInput, ServiceView } from '../control/services';
+import { SERVICE_TLS_POLICIES, type ServiceTlsPolicy } from '../control/services/service-schema';
 import { DISK_SYNC_MODES, type DiskSync } from '../protocol';
 import { ApiClient } from './api-client';
 import { UsageError, exitWithError, parseIntFlag } from './cli-support';
@@ -20,6 +21,7 @@ interface CreateFlags {
   routerGroup: string;
   command?: string;
   executor?: string;
+  tls?: ServiceTlsPolicy;
   wait?: boolean;
   timeout: string;
   json?: boolean;
@@ -45,7 +47,7 @@ function serviceDetail(s: ServiceView): string {
     `name:        ${s.name}\n` +
     `engine:      ${s.engine}${s.executor ? ` (${s.executor})` : ''}\n` +
     `status:      ${s.status}${s.message ? ` (${s.message})` : ''}\n` +
-    `router port: ${s.port} (group ${s.router_group})\n` +
+    `router port: ${s.port} (group ${s.router_group}), tls ${s.tls}\n` +
     `replicas:    ${s.replicas}, durability ${s.durability}, disk sync ${s.disk_sync}, volume ${s.volume.size_mb} MB, fencing ${s.fencing.policy}\n\n`;
   const rows = s.instances.map((i) => [
     i.id,
@@ -100,6 +102,7 @@ async function createService(engine: string, name: string, flags: CreateFlags): 
     fencing: { policy: flags.fencing },
     router_group: flags.routerGroup,
     ...(flags.executor ? { executor: flags.executor as ServiceCreateInput['executor'] } : {}),
+    ...(flags.tls ? { tls: flags.tls } : {}),
   };
   if (engine === 'tcp' && !flags.command)
     throw new UsageError("engine tcp needs --command 'PROGRAM ARGS...' (placeholders {port}, {host}, {dataDir})");
@@ -221,6 +224,12 @@ export function registerServiceCommands(program: Command): void {
         'process',
         'docker',
       ]),
+    )
+    .addOption(
+      new Option(
+        '--tls <policy>',
+        "required: clients must use TLS (certificate from the platform CA); optional: TLS or plaintext; off: plaintext (default: control's, required under sf up)",
+      ).choices(SERVICE_TLS_POLICIES),
     )
     .option('--command <cmdline>', 'engine tcp: the command, with {port}, {host} and {dataDir} placeholders')
     .option('--wait', 'wait until every instance runs')

@@ -4,7 +4,7 @@
  * their own data directories, under a supervisor (cli/supervisor.ts) that restarts any of them
  * that exits, with backoff (issue 10). Only SIGINT/SIGTERM stop everything, in a safe order.
  */
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { connect, createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { Option, type Command } from 'commander';
@@ -15,7 +15,8 @@ import { DEFAULT_KEY_PREFIX } from '../protocol/keys';
 import { cellAclUser } from '../protocol/acl';
 import { prepareLockedStateStore, type LockedStateStore } from './state-store-acl';
 import { Supervisor } from './supervisor';
-import { preparePlatformCa } from './up-platform-ca';
+import { caPemFile, preparePlatformCa } from './up-platform-ca';
+import { fetchWithCa } from '../common/https-fetch';
 
 interface UpFlags {
   dataDir?: string;
@@ -29,6 +30,7 @@ interface UpFlags {
   cellMetricsPortBase: string;
   caCert?: string;
   caKey?: string;
+  controlHttps?: boolean;
   executor?: string;
 }
 
@@ -118,6 +120,7 @@ async function runUp(flags: UpFlags): Promise<void> {
 
   await mkdir(join(dataDir, 'logs'), { recursive: true });
   const platformCa = await preparePlatformCa(dataDir, flags, (line) => process.stderr.write(`${line}\n`));
+  const caPem = await readFile(platformCa.ca.certFile);
   // One token file per control address, so two platforms on one machine never share one.
   const admin = await ensureAdminToken(process.env, controlUrlForListen('127.0.0.1', controlPort));
   const sfScript = process.argv[1];
@@ -179,12 +182,23 @@ async function runUp(flags: UpFlags): Promise<void> {
       '--redis',
       redisUrl,
       ...credentials('control'),
+      // Services get TLS by default, with certificates from the platform CA (docs/tls.md).
+      '--ca-dir',
+      join(dataDir, 'ca'),
+      ...(flags.caCert && flags.caKey ? ['--ca-cert', resolve(flags.caCert), '--ca-key', resolve(flags.caKey)] : []),
+      ...(platformCa.control
+        ? ['--tls-cert', platformCa.control.certFile, '--tls-key', platformCa.control.keyFile]
+        : []),
     ]);
-    const controlUrl = `http://127.0.0.1:${controlPort}`;
-    await waitFor('control', async () => (await fetch(`${controlUrl}/health`)).ok, START_TIMEOUT_MS, supervisor, [
+    const controlUrl = `${platformCa.control ? 'https' : 'http'}://127.0.0.1:${controlPort}`;
+    await waitFor(
       'control',
-    ]);
-    if (flags.routePorts) await setRoutePorts(controlUrl, admin.token, flags.routePorts);
+      async () => (await fetchWithCa(`${controlUrl}/health`, {}, caPem)).ok,
+      START_TIMEOUT_MS,
+      supervisor,
+      ['control'],
+    );
+    if (flags.routePorts) await setRoutePorts(controlUrl, admin.token, flags.routePorts, caPem);
     start('router', process.execPath, [
       sfScript,
       'router',
@@ -220,6 +234,10 @@ async function runUp(flags: UpFlags): Promise<void> {
         `127.0.0.1:${cellMetricsPort(n)}`,
         '--stop-instances-on-exit',
         ...(flags.executor ? ['--executor', flags.executor] : []),
+        // PostgreSQL instances serve TLS and replicate over it, verified against the platform CA.
+        '--ca-dir',
+        join(dataDir, 'ca'),
+        ...(flags.caCert && flags.caKey ? ['--ca-cert', resolve(flags.caCert), '--ca-key', resolve(flags.caKey)] : []),
       ]);
     }
     await waitFor(
@@ -233,7 +251,11 @@ async function runUp(flags: UpFlags): Promise<void> {
     await waitFor(
       `${cellCount} cells`,
       async () => {
-        const res = await fetch(`${controlUrl}/v3/cells`, { headers: { authorization: `Bearer ${admin.token}` } });
+        const res = await fetchWithCa(
+          `${controlUrl}/v3/cells`,
+          { headers: { authorization: `Bearer ${admin.token}` } },
+          caPem,
+        );
         const body = (await res.json()) as { resources: Array<{ alive: boolean; metrics_url: string | null }> };
         cellMetrics = body.resources.map((c) => c.metrics_url ?? '-');
         return body.resources.filter((c) => c.alive).length >= cellCount;
@@ -247,8 +269,12 @@ async function runUp(flags: UpFlags): Promise<void> {
         `Service Foundry is up (data in ${dataDir}, logs in ${join(dataDir, 'logs')})`,
         `  state     ${redactRedisUrl(redisUrl)}${externalRedis ? ' (SF_REDIS_URL)' : ` (local redis-server, ACL users; operator login in ${store?.credentialsFile('admin')})`}`,
         `  control   ${controlUrl}  (admin token in ${admin.file ?? 'SF_API_TOKEN'})`,
+        ...(platformCa.control
+          ? [`            HTTPS: export SF_CONTROL_URL=${controlUrl}; the CLI verifies it with ${caPemFile(dataDir)}`]
+          : []),
         `  router    admin http://127.0.0.1:${routerAdminPort}, group default, route ports ${flags.routePorts ?? '16000-16999'}`,
         `  tls       platform CA ${join(dataDir, 'ca.pem')} (sf ca --pem); router certificate ${platformCa.router.certFile}`,
+        '            services require TLS unless created with --tls optional|off',
         `  cells     ${Array.from({ length: cellCount }, (_, i) => `cell-${i + 1} (z${i + 1})`).join(', ')}`,
         `  metrics   control ${controlUrl}/metrics (with the admin token or a read token)`,
         `            router  http://127.0.0.1:${routerAdminPort}/metrics`,
@@ -258,7 +284,7 @@ async function runUp(flags: UpFlags): Promise<void> {
         'Try next:',
         '  sf create-service redis cache --replicas 1 --wait',
         '  sf create-service-key cache app',
-        '  redis-cli -u "$(sf service-key cache app --json | jq -r .uri)" ping',
+        '  redis-cli -u "$(sf service-key cache app --json | jq -r .uri)" --cacert "$(sf ca --path)" ping',
         '  sf create-service postgres db --replicas 1 --wait',
         '  sf create-service-key db app',
         '  psql "$(sf service-key db app --json | jq -r .uri)" -c \'select 1\'',
@@ -275,18 +301,18 @@ async function runUp(flags: UpFlags): Promise<void> {
 }
 
 /** Points the default router group at other ports (tests, or a machine where 16000+ is taken). */
-async function setRoutePorts(controlUrl: string, token: string, ranges: string): Promise<void> {
+async function setRoutePorts(controlUrl: string, token: string, ranges: string, ca: Buffer): Promise<void> {
   const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
   const groups = (await (
-    await fetch(`${controlUrl}/routing/v1/router_groups?name=default`, { headers })
+    await fetchWithCa(`${controlUrl}/routing/v1/router_groups?name=default`, { headers }, ca)
   ).json()) as Array<{ guid: string }>;
   const guid = groups[0]?.guid;
   if (!guid) throw new Error('control has no default router group');
-  const res = await fetch(`${controlUrl}/routing/v1/router_groups/${guid}`, {
-    method: 'PUT',
-    headers,
-    body: JSON.stringify({ reservable_ports: ranges }),
-  });
+  const res = await fetchWithCa(
+    `${controlUrl}/routing/v1/router_groups/${guid}`,
+    { method: 'PUT', headers, body: JSON.stringify({ reservable_ports: ranges }) },
+    ca,
+  );
   if (!res.ok) throw new Error(`--route-ports ${ranges}: ${await res.text()}`);
 }
 
@@ -331,6 +357,10 @@ export function registerUpCommand(program: Command): void {
     )
     .option('--ca-cert <file>', "the operator's CA certificate (PEM) instead of one made in DATA/ca")
     .option('--ca-key <file>', "the operator's CA private key (PEM, mode 0600), with --ca-cert")
+    .option(
+      '--control-https',
+      'serve the control API over HTTPS with a certificate from the platform CA (clients: SF_CONTROL_URL=https://...)',
+    )
     .addOption(
       new Option('--executor <kind>', 'how cells run instances by default (docker: see sf images build)').choices([
         'process',

@@ -21,6 +21,8 @@ export const CA_RENEW_CHECK_MS = 3_600_000;
 export interface UpPlatformCa {
   ca: PlatformCa;
   router: IssuedCertificate;
+  /** Control's HTTPS certificate (`sf up --control-https`); read by control at its start. */
+  control?: IssuedCertificate;
   stop(): void;
 }
 
@@ -31,7 +33,7 @@ function routerNames(): string[] {
 
 export async function preparePlatformCa(
   dataDir: string,
-  operator: { caCert?: string; caKey?: string },
+  operator: { caCert?: string; caKey?: string; controlHttps?: boolean },
   log: (line: string) => void,
 ): Promise<UpPlatformCa> {
   if ((operator.caCert === undefined) !== (operator.caKey === undefined))
@@ -44,6 +46,7 @@ export async function preparePlatformCa(
   await copyFile(ca.certFile, caPemFile(dataDir));
   const names = routerNames();
   const router = await ca.ensure('router', names);
+  const control = operator.controlHttps ? await ca.ensure('control', names) : undefined;
   const timer = setInterval(() => {
     ca.ensure('router', names).then(
       (cert) => {
@@ -53,5 +56,5 @@ export async function preparePlatformCa(
     );
   }, CA_RENEW_CHECK_MS);
   timer.unref();
-  return { ca, router, stop: () => clearInterval(timer) };
+  return { ca, router, ...(control ? { control } : {}), stop: () => clearInterval(timer) };
 }

@@ -1,5 +1,6 @@
 /** What every role shares: the error registry, logging, the Redis connection and option merging. */
 export * from './errors';
+export * from './https-fetch';
 export * from './logger';
 export * from './options';
 export * from './platform-ca';

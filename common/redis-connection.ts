@@ -2,8 +2,12 @@
  * Opens the connection to the system of record. A plain `redis://` URL is one Redis (a laptop);
  * `redis-sentinel://[:password@]host:port[,host:port...]/MASTER[?db=N]` asks Redis Sentinel for
  * the current master of MASTER (production: DESIGN.md "Beyond one machine"), which ioredis
- * follows across Sentinel failovers.
+ * follows across Sentinel failovers. `rediss://` and `rediss-sentinel://` do the same over TLS
+ * (Sentinels and master alike), verified against the CA in `SF_REDIS_CA_FILE` when it is set
+ * (the platform CA, docs/tls.md), else against the system's.
  */
+import { readFileSync } from 'node:fs';
+import type { ConnectionOptions } from 'node:tls';
 import type * as IoRedis from 'ioredis';
 import type { Redis, RedisOptions } from 'ioredis';
 import { ErrorCode, SfError } from './errors';
@@ -16,15 +20,37 @@ export interface SentinelTarget {
   username?: string;
   password?: string;
   db?: number;
+  /** `rediss-sentinel://`: Sentinels and master are reached over TLS. */
+  tls?: boolean;
 }
 
 const SENTINEL_SCHEME = 'redis-sentinel://';
+const SENTINEL_TLS_SCHEME = 'rediss-sentinel://';
+
+/** The environment variable naming the CA (PEM) that TLS connections to the state store verify with. */
+export const REDIS_CA_FILE_ENV = 'SF_REDIS_CA_FILE';
+
+/** TLS options for the state store: the CA of SF_REDIS_CA_FILE when set, else the system's. */
+export function stateStoreTls(env: NodeJS.ProcessEnv = process.env): ConnectionOptions {
+  const file = env[REDIS_CA_FILE_ENV];
+  if (!file) return {};
+  try {
+    return { ca: readFileSync(file) };
+  } catch (err) {
+    throw new SfError(
+      ErrorCode.InvalidOption,
+      `${REDIS_CA_FILE_ENV}=${file} cannot be read: ${(err as Error).message}`,
+      REDIS_CA_FILE_ENV,
+    );
+  }
+}
 const DEFAULT_SENTINEL_PORT = 26379;
 
 /** Parses a `redis-sentinel://` URL; undefined for any other URL. */
 export function parseSentinelUrl(url: string): SentinelTarget | undefined {
-  if (!url.startsWith(SENTINEL_SCHEME)) return undefined;
-  const rest = url.slice(SENTINEL_SCHEME.length);
+  const tls = url.startsWith(SENTINEL_TLS_SCHEME);
+  if (!tls && !url.startsWith(SENTINEL_SCHEME)) return undefined;
+  const rest = url.slice((tls ? SENTINEL_TLS_SCHEME : SENTINEL_SCHEME).length);
   const slash = rest.indexOf('/');
   if (slash < 0)
     throw new SfError(
@@ -61,6 +87,7 @@ export function parseSentinelUrl(url: string): SentinelTarget | undefined {
     ...(username !== undefined ? { username } : {}),
     password,
     db: db === null ? undefined : Number(db),
+    ...(tls ? { tls: true } : {}),
   };
 }
 
@@ -84,9 +111,17 @@ export function createRedis(url: string, options: RedisOptions = {}): Redis {
   if (creds?.sentinelUsername !== undefined) auth.sentinelUsername = creds.sentinelUsername;
   if (creds?.sentinelPassword !== undefined) auth.sentinelPassword = creds.sentinelPassword;
   const sentinel = parseSentinelUrl(url);
-  // ioredis lets the URL's own fields win over the options object, which is the precedence wanted.
-  if (!sentinel) return new RedisClient(url, { ...options, ...auth });
+  // ioredis lets the URL's own fields win over the options object, which is the precedence wanted;
+  // for rediss:// it turns TLS on itself, and the options only add the CA (a caller's tls wins).
+  if (!sentinel)
+    return new RedisClient(url, {
+      ...(url.startsWith('rediss://') && !options.tls ? { tls: stateStoreTls() } : {}),
+      ...options,
+      ...auth,
+    });
+  const tls = sentinel.tls ? (options.tls ?? stateStoreTls()) : undefined;
   return new RedisClient({
+    ...(tls ? { tls, sentinelTLS: tls, enableTLSForSentinelMode: true } : {}),
     ...options,
     ...auth,
     sentinels: sentinel.sentinels,

@@ -41,6 +41,11 @@ export interface ControlServerOptions {
   api?: ControlApiOptions;
   /** Service instances, cells, leader election and convergence (control/services). */
   services?: ServicePlaneOptions;
+  /**
+   * Serve the API over HTTPS with this certificate and key (`sf control --tls-cert/--tls-key`;
+   * docs/tls.md), and trust `caFile` when forwarding to a leader. @default none (plain HTTP)
+   */
+  tls?: { certFile: string; keyFile: string; caFile?: string };
   /** Admin URLs of routers whose per-route counters `GET /v3/route_stats` (the console) reads. @default [] */
   routerAdminUrls?: string[];
 }

@@ -3,6 +3,7 @@
  * nothing), so several can run against one Redis. Later parts (service instances, cells, the
  * leader lock) register their endpoints here the same way the routing API does.
  */
+import { readFile } from 'node:fs/promises';
 import { createRedis, createLogger, withDefaults } from '../common';
 import { AuditLog } from './api/audit-log';
 import { publicRedisUrl } from './api/public-redis-url';
@@ -71,6 +72,7 @@ export async function startControlServer(options: ControlServerOptions = {}): Pr
     eventBacklogLimitBytes: opts.api?.eventBacklogLimitBytes,
     onInternalError: (err, method, path) => log.error({ err, method, path }, 'request failed'),
     onWrite: (write) => audit.record(write),
+    ...(opts.tls ? { tls: { certFile: opts.tls.certFile, keyFile: opts.tls.keyFile } } : {}),
   });
 
   try {
@@ -109,7 +111,16 @@ export async function startControlServer(options: ControlServerOptions = {}): Pr
   const unhookEvents = registerEventsApi(server, hub);
   const services = await startServicePlane(
     server,
-    { redis, redisUrl: opts.redisUrl, keyPrefix: opts.keyPrefix, groups, routes, logger: log, metrics },
+    {
+      redis,
+      redisUrl: opts.redisUrl,
+      keyPrefix: opts.keyPrefix,
+      groups,
+      routes,
+      logger: log,
+      metrics,
+      ...(opts.tls?.caFile ? { leaderCa: await readFile(opts.tls.caFile) } : {}),
+    },
     opts.services,
   );
   const cellDirectory = new CellDirectory(redis, keys);
@@ -121,10 +132,11 @@ export async function startControlServer(options: ControlServerOptions = {}): Pr
   // A wildcard listen address is not an address to reach; on this host loopback reaches it.
   const listenHost: string = opts.host;
   const reachable = listenHost === '0.0.0.0' ? '127.0.0.1' : listenHost === '::' ? '[::1]' : host;
-  services.advertise(`http://${reachable}:${port}`);
+  const scheme = opts.tls ? 'https' : 'http';
+  services.advertise(`${scheme}://${reachable}:${port}`);
 
   return {
-    url: `http://${host}:${port}`,
+    url: `${scheme}://${host}:${port}`,
     port,
     redisUrl: opts.redisUrl,
     groups,

@@ -19,6 +19,8 @@ import { ConvergenceLoop } from './convergence/convergence-loop';
 import { OrphanCollector } from './convergence/orphan-collector';
 import { StateKeeper } from './convergence/state-keeper';
 import { RouteEmitter } from './services/route-emitter';
+import { ServiceCertificates } from './services/service-certificates';
+import type { ServiceTlsPolicy } from './services/service-schema';
 import { ServiceReconciler, type ServiceReconcilerOptions } from './convergence/service-reconciler';
 import { LeaderElector } from './leader/leader-elector';
 import { withDefaults } from '../common';
@@ -64,6 +66,15 @@ export interface ServicePlaneOptions {
   stateFile?: string;
   /** The router address clients use, named in service keys' `host` and `uri`. @default '127.0.0.1' */
   routerHost?: string;
+  /**
+   * The platform CA (`sf control --ca-dir`, docs/tls.md): its directory (certificates are issued
+   * into `issued/`), and the operator's CA certificate and key when it is not the one made there.
+   * With it, services with TLS get certificates and routes that terminate TLS.
+   * @default none (plain routes only)
+   */
+  platformCa?: { dir: string; operator?: { certFile: string; keyFile: string } };
+  /** The TLS policy of a service created without one. @default 'required' with a platform CA, else 'off' */
+  defaultServiceTls?: ServiceTlsPolicy;
 }
 
 export const DEFAULT_SERVICE_PLANE_OPTIONS: Required<
@@ -83,6 +94,8 @@ export interface ServicePlaneDeps {
   logger: Logger;
   /** Counts passes, fencing steps and leader changes. @default none */
   metrics?: ControlMetrics;
+  /** The CA (PEM) a leader's HTTPS address is verified with when a standby forwards to it. @default the system's */
+  leaderCa?: Buffer;
 }
 
 export interface ServicePlane {
@@ -104,7 +117,11 @@ export async function startServicePlane(
   const keys = keyLayout(deps.keyPrefix);
   const store = new ServiceStore(deps.redis, keys);
   const directory = new CellDirectory(deps.redis, keys);
-  const emitter = new RouteEmitter(deps.groups, deps.routes);
+  const routerHost = opts.routerHost ?? DEFAULT_ROUTER_HOST;
+  const certificates = opts.platformCa
+    ? await ServiceCertificates.open(opts.platformCa.dir, routerHost, opts.platformCa.operator)
+    : undefined;
+  const emitter = new RouteEmitter(deps.groups, deps.routes, certificates);
   const history = new FencingHistory(
     deps.redis,
     keys,
@@ -158,18 +175,28 @@ export async function startServicePlane(
     new OrphanCollector(deps.redis, keys, undefined, log),
     opts.stateFile ? new StateKeeper(deps.redis, keys, opts.stateFile, log) : undefined,
   );
-  registerServicesApi(server, { store, directory, groups: deps.groups, routes: deps.routes, elector });
+  const tls = {
+    available: certificates !== undefined,
+    defaultPolicy: opts.defaultServiceTls ?? (certificates ? 'required' : 'off'),
+  } as const;
+  registerServicesApi(server, { store, directory, groups: deps.groups, routes: deps.routes, elector, tls });
   registerServiceKeysApi(server, {
     store,
     directory,
     redis: deps.redis,
-    routerHost: opts.routerHost ?? DEFAULT_ROUTER_HOST,
+    routerHost,
+    ...(certificates ? { caFile: certificates.caFile } : {}),
   });
   registerCellsApi(server, { directory, store });
   registerVolumesApi(server, { directory, store });
   registerServiceUpdateApi(server, { store, directory, redis: deps.redis });
   fencing.attach(elector);
-  registerFencingApi(server, { coordinator: fencing, store, directory });
+  registerFencingApi(server, {
+    coordinator: fencing,
+    store,
+    directory,
+    ...(deps.leaderCa ? { leaderCa: deps.leaderCa } : {}),
+  });
   await loop.start();
   await elector.start();
   const running = loop;

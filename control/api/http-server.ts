@@ -38,6 +38,11 @@ export interface HttpServerOptions {
    * @default 1048576
    */
   eventBacklogLimitBytes?: number;
+  /**
+   * Serve HTTPS with this certificate and key (PEM files, docs/tls.md); read once at start, so a
+   * renewed certificate takes effect when control restarts. @default none (plain HTTP)
+   */
+  tls?: { certFile: string; keyFile: string };
   /** Called with errors that become 500 responses, for the log. */
   onInternalError?: (err: unknown, method: string, path: string) => void;
   /** Called once for every write request (any method but GET) after its reply, for the audit log. */
@@ -203,8 +208,8 @@ interface SocketData {
   closed: boolean;
 }
 
-type ServerOptions = Required<Omit<HttpServerOptions, 'onInternalError' | 'onWrite'>> &
-  Pick<HttpServerOptions, 'onInternalError' | 'onWrite'>;
+type ServerOptions = Required<Omit<HttpServerOptions, 'onInternalError' | 'onWrite' | 'tls'>> &
+  Pick<HttpServerOptions, 'onInternalError' | 'onWrite' | 'tls'>;
 
 export class HttpServer {
   private readonly app: uws.TemplatedApp;
@@ -217,7 +222,9 @@ export class HttpServer {
 
   constructor(options: HttpServerOptions) {
     this.opts = withDefaults(DEFAULT_HTTP_SERVER_OPTIONS, options);
-    this.app = uws.App();
+    this.app = options.tls
+      ? uws.SSLApp({ cert_file_name: options.tls.certFile, key_file_name: options.tls.keyFile })
+      : uws.App();
   }
 
   /** Every endpoint registered so far, in registration order. */

@@ -4,6 +4,7 @@
  * `.../actions/failover` (`{"to": INSTANCE}` optional; planned switchover when the primary is
  * healthy) and `GET .../fencing` (the history, newest first). Actions run on the leader.
  */
+import { fetchWithCa } from '../../common';
 import { z } from 'zod';
 import { ErrorCode, SfError, errorBody, httpStatusFor, isSfError } from '../../common';
 import type { FencingAction, FencingFailoverCoordinator } from '../failover/fencing-coordinator';
@@ -18,6 +19,8 @@ export interface FencingApiDeps {
   coordinator: FencingFailoverCoordinator;
   store: ServiceStore;
   directory: CellDirectory;
+  /** The CA (PEM) that verifies the leader's HTTPS address. @default the system's */
+  leaderCa?: Buffer;
 }
 
 const failoverBodySchema = z.object({ to: z.string().min(1).optional() }).strict();
@@ -43,15 +46,19 @@ async function forwardToLeader(deps: FencingApiDeps, ctx: RequestContext, body: 
     );
   let res: Response;
   try {
-    res = await fetch(`${leader.url}${ctx.path}?${FORWARDED}=1`, {
-      method: ctx.method,
-      headers: {
-        'content-type': 'application/json',
-        ...(ctx.authorization ? { authorization: ctx.authorization } : {}),
+    res = await fetchWithCa(
+      `${leader.url}${ctx.path}?${FORWARDED}=1`,
+      {
+        method: ctx.method,
+        headers: {
+          'content-type': 'application/json',
+          ...(ctx.authorization ? { authorization: ctx.authorization } : {}),
+        },
+        body: JSON.stringify(body ?? {}),
+        signal: AbortSignal.timeout(FORWARD_TIMEOUT_MS),
       },
-      body: JSON.stringify(body ?? {}),
-      signal: AbortSignal.timeout(FORWARD_TIMEOUT_MS),
-    });
+      deps.leaderCa,
+    );
   } catch (err) {
     throw new SfError(ErrorCode.NotLeader, `the leader at ${leader.url} did not answer: ${(err as Error).message}`);
   }

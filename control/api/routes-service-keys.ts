@@ -9,6 +9,7 @@
  * Every endpoint needs write scope, listing included; this is the one place an API body carries
  * a secret (the key's password), and only for the key asked for.
  */
+import { readFile } from 'node:fs/promises';
 import type { Redis } from 'ioredis';
 import { ErrorCode, SfError } from '../../common';
 import type { CellDirectory } from '../services/cell-directory';
@@ -33,6 +34,8 @@ export interface ServiceKeysApiDeps {
   redis: Redis;
   /** The router address clients use, given in each key's `host` and `uri`. */
   routerHost: string;
+  /** The platform CA certificate file, handed to keys of services with TLS. @default none */
+  caFile?: string;
   /** How long each instance may take to apply a change. @default 15000 */
   applyTimeoutMs?: number;
 }
@@ -41,15 +44,20 @@ export interface ServiceKeysApiDeps {
 export const DEFAULT_ROUTER_HOST = '127.0.0.1';
 
 export function registerServiceKeysApi(server: HttpServer, deps: ServiceKeysApiDeps): void {
-  const keyBody = (record: ServiceRecord, key: string): Record<string, unknown> => {
+  const keyBody = async (record: ServiceRecord, key: string): Promise<Record<string, unknown>> => {
     const stored = record.credentials?.keys[key];
     if (!stored) throw new SfError(ErrorCode.NotFound, `service '${record.name}' has no key named '${key}'`, 'key');
+    // Read per request: the CA file is small, and an operator may replace it.
+    const ca =
+      deps.caFile && record.tls && record.tls !== 'off'
+        ? { file: deps.caFile, pem: await readFile(deps.caFile, 'utf8') }
+        : undefined;
     return {
       name: key,
       service: record.name,
       engine: record.engine,
       created_at: new Date(stored.createdAt).toISOString(),
-      ...serviceKeyCredentials(record, stored, deps.routerHost),
+      ...serviceKeyCredentials(record, stored, deps.routerHost, ca),
     };
   };
 
@@ -67,7 +75,7 @@ export function registerServiceKeysApi(server: HttpServer, deps: ServiceKeysApiD
       creds.keys[req.name] = { username: keyUsername(req.name), password: generatePassword(), createdAt: Date.now() };
     });
     await applyNow(deps, record, `key '${req.name}' is stored`);
-    return { status: 201, body: keyBody(record, req.name) };
+    return { status: 201, body: await keyBody(record, req.name) };
   });
 
   server.route('get', '/v3/service_instances/:name/keys', 'write', async (ctx) => {
@@ -85,7 +93,7 @@ export function registerServiceKeysApi(server: HttpServer, deps: ServiceKeysApiD
   });
 
   server.route('get', '/v3/service_instances/:name/keys/:key', 'write', async (ctx) => {
-    return { body: keyBody(await deps.store.mustGet(ctx.params.name), ctx.params.key) };
+    return { body: await keyBody(await deps.store.mustGet(ctx.params.name), ctx.params.key) };
   });
 
   server.route('del', '/v3/service_instances/:name/keys/:key', 'write', async (ctx) => {

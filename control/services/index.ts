@@ -5,6 +5,8 @@ export {
   serviceCreateSchema,
   DEFAULT_SERVICE_REQUEST,
   MAX_REPLICAS,
+  SERVICE_TLS_POLICIES,
+  type ServiceTlsPolicy,
   type ServiceCreateRequest,
   type ServiceCreateInput,
 } from './service-schema';
@@ -19,6 +21,7 @@ export {
   type PrimaryLossReason,
 } from './failover-coordinator';
 export { RouteEmitter } from './route-emitter';
+export { ServiceCertificates, serviceRouteTls, type ServiceTlsFiles } from './service-certificates';
 export { instanceSpec, DEFAULT_PRIMARY_LEASE_TTL_MS } from './instance-spec';
 export {
   hasCredentials,

@@ -5,18 +5,30 @@
  * they run. Records carry a modification tag `service:{name}` whose index is the leader token,
  * so a deposed leader's late route write is refused by the store's stale-tag rule.
  */
-import type { Backend, BackendState, Route } from '../../protocol';
+import type { Backend, BackendState, Route, RouteTls } from '../../protocol';
 import type { RouterGroupStore } from '../state/router-group-store';
 import type { TcpRouteStore } from '../state/tcp-route-store';
 import type { TcpRouteInput, TcpRouteKeyInput } from '../state/tcp-route-types';
 import type { CellSnapshot } from './cell-directory';
 import type { ServiceRecord } from './service-types';
+import { serviceRouteTls, type ServiceCertificates } from './service-certificates';
 
 export class RouteEmitter {
   constructor(
     private readonly groups: RouterGroupStore,
     private readonly routes: TcpRouteStore,
+    /** Issues the certificates of services with TLS; without it every route is plain. */
+    private readonly certificates?: ServiceCertificates,
   ) {}
+
+  /**
+   * The route's TLS section for the service (undefined: a plain route), issuing or renewing its
+   * certificate first, so the router never gets a route whose files do not exist yet.
+   */
+  async desiredTls(service: ServiceRecord): Promise<RouteTls | undefined> {
+    if (!this.certificates || !service.tls || service.tls === 'off') return undefined;
+    return serviceRouteTls(service, await this.certificates.ensure(service.name));
+  }
 
   /** The backends the service's route should have now. */
   desiredBackends(service: ServiceRecord, cells: ReadonlyMap<string, CellSnapshot>): Backend[] {
@@ -59,9 +71,12 @@ export class RouteEmitter {
     if (!group) return false;
     const current = await this.currentRoute(service);
     const want = this.desiredBackends(service, cells);
+    const tls = want.length ? await this.desiredTls(service) : undefined;
+    // A route written before its service had TLS (or by an older control) is rewritten whole.
+    const tlsStale = tls !== undefined && !sameTls(current?.tls, tls);
     const have = new Map((current?.backends ?? []).map((b) => [b.id, b]));
     const upserts: TcpRouteInput[] = want
-      .filter((b) => !sameBackend(have.get(b.id), b))
+      .filter((b) => tlsStale || !sameBackend(have.get(b.id), b))
       .map((b) => ({
         router_group_guid: service.routerGroupGuid,
         port: service.port,
@@ -73,6 +88,8 @@ export class RouteEmitter {
         state: b.state,
         weight: b.weight,
         mode: 'primary',
+        // Every write carries it: a route that lost all its backends is created anew by the next.
+        ...(tls ? { tls } : {}),
         modification_tag: { guid: `service:${service.name}`, index: leaderToken },
       }));
     const wanted = new Set(want.map((b) => b.id));
@@ -95,6 +112,10 @@ export class RouteEmitter {
     const current = await this.currentRoute(service);
     const want = this.desiredBackends(service, cells);
     const have = new Map((current?.backends ?? []).map((b) => [b.id, b]));
+    if (want.length && this.certificates && service.tls && service.tls !== 'off') {
+      const tls = await this.desiredTls(service);
+      if (!sameTls(current?.tls, tls)) return false;
+    }
     return have.size === want.length && want.every((b) => sameBackend(have.get(b.id), b));
   }
 
@@ -124,6 +145,10 @@ export class RouteEmitter {
       backend_id: b.id,
     };
   }
+}
+
+function sameTls(a: Route['tls'], b: RouteTls | undefined): boolean {
+  return JSON.stringify(a ?? null) === JSON.stringify(b ?? null);
 }
 
 function sameBackend(a: Backend | undefined, b: Backend): boolean {

@@ -12,7 +12,7 @@ import { parsePortRanges } from '../state/port-ranges';
 import type { RouterGroup, RouterGroupStore } from '../state/router-group-store';
 import type { TcpRouteStore } from '../state/tcp-route-store';
 import type { CellDirectory } from './cell-directory';
-import type { ServiceCreateRequest } from './service-schema';
+import type { ServiceCreateRequest, ServiceTlsPolicy } from './service-schema';
 import type { ServiceStore } from './service-store';
 import type { ServiceRecord } from './service-types';
 import { hasCredentials, newServiceCredentials } from './service-credentials';
@@ -22,9 +22,18 @@ export interface ServiceAdmissionDeps {
   directory: CellDirectory;
   groups: RouterGroupStore;
   routes: TcpRouteStore;
+  /** Whether control can issue certificates, and the policy of a request without one. @default off, unavailable */
+  tls?: { available: boolean; defaultPolicy: ServiceTlsPolicy };
 }
 
 export async function admitService(deps: ServiceAdmissionDeps, req: ServiceCreateRequest): Promise<ServiceRecord> {
+  const tls = req.tls ?? deps.tls?.defaultPolicy ?? 'off';
+  if (tls !== 'off' && !deps.tls?.available)
+    throw new SfError(
+      ErrorCode.InvalidRequest,
+      `tls '${tls}' needs a platform CA: start control with --ca-dir (sf up does), or ask for tls 'off'`,
+      'tls',
+    );
   const group = await deps.groups.byName(req.router_group);
   if (!group)
     throw new SfError(
@@ -59,6 +68,7 @@ export async function admitService(deps: ServiceAdmissionDeps, req: ServiceCreat
       fencing: { policy: req.fencing.policy },
       ...(req.command ? { command: { file: req.command.file, args: req.command.args } } : {}),
       ...(req.executor ? { executor: req.executor } : {}),
+      tls,
       routerGroup: group.name,
       routerGroupGuid: group.guid,
       port,

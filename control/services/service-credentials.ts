@@ -7,6 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
 import type { EngineKind, InstanceCredentials } from '../../protocol';
 import type { ServiceCredentials, ServiceRecord, ServiceUser } from './service-types';
+import type { ServiceTlsPolicy } from './service-schema';
 
 /** Engines that have users; `tcp` runs anything and has none the platform knows of. */
 export function hasCredentials(engine: EngineKind): boolean {
@@ -65,28 +66,56 @@ export interface ServiceKeyCredentials {
   /** PostgreSQL only. */
   database?: string;
   jdbcUrl?: string;
+  /** The service's TLS policy; with `required` or `optional` the URIs ask for verified TLS. */
+  tls: ServiceTlsPolicy;
+  /** With TLS: the platform CA certificate (PEM) that clients verify the router with. */
+  ca_certificate?: string;
+  /** With TLS: where that certificate is on control's host (`sf ca --path` under sf up). */
+  ca_file?: string;
 }
 
-export function serviceKeyCredentials(record: ServiceRecord, key: ServiceUser, host: string): ServiceKeyCredentials {
+/** Where a key's clients find the CA, for services with TLS. */
+export interface ServiceKeyCa {
+  file: string;
+  pem: string;
+}
+
+/**
+ * A key's credentials. With TLS (policy `required` or `optional`, and a CA) the URIs ask for it:
+ * `rediss://` for Redis, `sslmode=verify-full` with the CA file for PostgreSQL, so a client that
+ * takes the URI as it is verifies the router's certificate.
+ */
+export function serviceKeyCredentials(
+  record: ServiceRecord,
+  key: ServiceUser,
+  host: string,
+  ca?: ServiceKeyCa,
+): ServiceKeyCredentials {
   const user = encodeURIComponent(key.username);
   const password = encodeURIComponent(key.password);
   const where = `${host.includes(':') ? `[${host}]` : host}:${record.port}`;
+  const policy = record.tls ?? 'off';
+  const tls = policy !== 'off' && ca !== undefined;
+  const tlsFields = tls ? { tls: policy, ca_certificate: ca.pem, ca_file: ca.file } : { tls: policy };
   if (record.engine === 'postgres') {
+    const ssl = tls ? `sslmode=verify-full&sslrootcert=${encodeURIComponent(ca.file)}` : '';
     return {
-      uri: `postgresql://${user}:${password}@${where}/postgres`,
+      uri: `postgresql://${user}:${password}@${where}/postgres${ssl ? `?${ssl}` : ''}`,
       host,
       port: record.port,
       username: key.username,
       password: key.password,
       database: 'postgres',
-      jdbcUrl: `jdbc:postgresql://${where}/postgres?user=${user}&password=${password}`,
+      jdbcUrl: `jdbc:postgresql://${where}/postgres?user=${user}&password=${password}${ssl ? `&${ssl}` : ''}`,
+      ...tlsFields,
     };
   }
   return {
-    uri: `redis://${user}:${password}@${where}`,
+    uri: `${tls ? 'rediss' : 'redis'}://${user}:${password}@${where}`,
     host,
     port: record.port,
     username: key.username,
     password: key.password,
+    ...tlsFields,
   };
 }

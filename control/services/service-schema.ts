@@ -5,6 +5,13 @@ import { DISK_SYNC_MODES, ENGINE_KINDS, EXECUTOR_KINDS } from '../../protocol';
 /** Replicas per service: beyond this a mistake is likelier than a need. */
 export const MAX_REPLICAS = 8;
 
+/**
+ * TLS between clients and the service's router port (docs/tls.md): `required` refuses plaintext
+ * clients, `optional` serves both, `off` serves plaintext only.
+ */
+export const SERVICE_TLS_POLICIES = ['required', 'optional', 'off'] as const;
+export type ServiceTlsPolicy = (typeof SERVICE_TLS_POLICIES)[number];
+
 /** @default values applied to omitted fields of a create request */
 export const DEFAULT_SERVICE_REQUEST = {
   replicas: 1,
@@ -63,6 +70,8 @@ export const serviceCreateSchema = z
       .strict()
       .default({ ...DEFAULT_SERVICE_REQUEST.fencing }),
     router_group: z.string().min(1, 'must not be empty').default(DEFAULT_SERVICE_REQUEST.router_group),
+    /** Absent: control's default (`required` when it has a platform CA, else `off`). */
+    tls: z.enum(SERVICE_TLS_POLICIES, { error: `must be one of ${SERVICE_TLS_POLICIES.join(', ')}` }).optional(),
     executor: z.enum(EXECUTOR_KINDS, { error: `must be one of ${EXECUTOR_KINDS.join(', ')}` }).optional(),
     /** Engine `tcp` only: the command to run, with `{port}`, `{host}` and `{dataDir}` placeholders. */
     command: z

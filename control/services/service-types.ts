@@ -5,6 +5,7 @@
  * decision changes (DESIGN.md "Core model", issue 4).
  */
 import type { ActualState, DiskSync, Durability, EngineKind, ExecutorKind, InstanceRole } from '../../protocol';
+import type { ServiceTlsPolicy } from './service-schema';
 
 export type FencingPolicy = 'auto' | 'manual';
 
@@ -92,6 +93,8 @@ export interface ServiceRecord extends ServiceRequestFields {
   command?: { file: string; args: string[] };
   /** The executor its instances run with; absent = each cell's default (process). */
   executor?: ExecutorKind;
+  /** TLS with clients on the router port (docs/tls.md); absent in records made before it existed = off. */
+  tls?: ServiceTlsPolicy;
   routerGroup: string;
   routerGroupGuid: string;
   /** The router port clients use; reserved at creation from the group's reservable ports. */
@@ -137,6 +140,7 @@ export interface ServiceView extends Omit<ServiceRequestFields, 'volume'> {
   volume: { size_mb: number };
   disk_sync: DiskSync;
   executor?: ExecutorKind;
+  tls: ServiceTlsPolicy;
   router_group: string;
   port: number;
   status: ServiceStatus;

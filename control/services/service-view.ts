@@ -44,6 +44,7 @@ export function serviceView(record: ServiceRecord, cells: ReadonlyMap<string, Ce
     disk_sync: record.diskSync ?? defaultDiskSync(record.durability, record.engine),
     volume: { size_mb: record.volume.sizeMb },
     fencing: record.fencing,
+    tls: record.tls ?? 'off',
     router_group: record.routerGroup,
     port: record.port,
     status: record.status,

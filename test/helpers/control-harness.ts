@@ -2,7 +2,9 @@
  * Runs a real control (uWS API on a free port) over a real redis-server, with a clock the test
  * can move forward for TTL expiry, and a small JSON client.
  */
+import { readFileSync } from 'node:fs';
 import pino from 'pino';
+import { fetchWithCa } from '../../common/https-fetch';
 import { startControlServer, type ControlServer, type ControlServerOptions } from '../../control/control-server';
 import { startRedisServer, type RedisServerHandle } from './redis-server';
 
@@ -41,16 +43,22 @@ export async function startControlHarness(
     sweepIntervalMs: 60_000,
     ...options,
   });
+  // A control serving HTTPS is verified against the CA it was given (docs/tls.md).
+  const ca = options.tls?.caFile ? readFileSync(options.tls.caFile) : undefined;
   const api = async <T>(method: string, path: string, body?: unknown, token: string | null = ADMIN_TOKEN) => {
     // As `sf` does: creates answer with the stored records (CF's clients get an empty 201).
     const headers: Record<string, string> = { prefer: 'return=representation' };
     if (token) headers.authorization = `Bearer ${token}`;
     if (body !== undefined) headers['content-type'] = 'application/json';
-    const res = await fetch(`${control.url}${path}`, {
-      method,
-      headers,
-      body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
-    });
+    const res = await fetchWithCa(
+      `${control.url}${path}`,
+      {
+        method,
+        headers,
+        body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+      },
+      ca,
+    );
     const text = await res.text();
     return { status: res.status, body: (text ? JSON.parse(text) : null) as T };
   };

@@ -5,6 +5,8 @@
 export interface ServiceKeyAuth {
   username: string;
   password: string;
+  /** A service with TLS: the platform CA (PEM) and its file, to verify the router with. */
+  ca?: { pem: string; file: string };
 }
 
 type Api = <T>(method: string, path: string, body?: unknown) => Promise<{ status: number; body: T }>;

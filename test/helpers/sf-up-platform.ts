@@ -40,7 +40,7 @@ export interface UpPlatform {
   cleanup(): Promise<void>;
 }
 
-export async function createUpPlatform(cells = 3): Promise<UpPlatform> {
+export async function createUpPlatform(cells = 3, extraArgs: string[] = []): Promise<UpPlatform> {
   const home = await mkdtemp(path.join(tmpdir(), 'sf-up-'));
   // As root, cells run PostgreSQL as the postgres user, which must reach the volumes.
   await chmod(home, 0o755);
@@ -77,6 +77,7 @@ export async function createUpPlatform(cells = 3): Promise<UpPlatform> {
     `${ports.routeBase}-${ports.routeBase + 99}`,
     '--cell-metrics-port-base',
     '0',
+    ...extraArgs,
   ];
   const platform: UpPlatform = {
     home,
@@ -107,8 +108,10 @@ export async function createUpPlatform(cells = 3): Promise<UpPlatform> {
     async serviceKey(name, key = 'test') {
       const res = await runSfToExit(['create-service-key', name, key, '--json'], env);
       if (res.code !== 0) throw new Error(`sf create-service-key ${name} ${key}: ${res.output}`);
-      const { username, password } = JSON.parse(res.output) as ServiceKeyAuth;
-      return { username, password };
+      const body = JSON.parse(res.output) as ServiceKeyAuth & { ca_certificate?: string; ca_file?: string };
+      // Services under sf up require TLS by default: the key says how to verify the router.
+      const ca = body.ca_certificate && body.ca_file ? { pem: body.ca_certificate, file: body.ca_file } : undefined;
+      return { username: body.username, password: body.password, ...(ca ? { ca } : {}) };
     },
     async volumes() {
       const out: string[] = [];
@@ -151,17 +154,21 @@ export async function createUpPlatform(cells = 3): Promise<UpPlatform> {
   return platform;
 }
 
-/** psql through the router as a service key's user; the password travels in the environment. */
+/**
+ * psql through the router as a service key's user; the password travels in the environment. A
+ * key with a CA connects with sslmode=verify-full.
+ */
 export async function psql(port: number, auth: ServiceKeyAuth, sql: string, timeoutMs = 5_000): Promise<string> {
+  const ssl = auth.ca ? { PGSSLMODE: 'verify-full', PGSSLROOTCERT: auth.ca.file } : {};
   const { stdout } = await run(
     'psql',
     ['-h', '127.0.0.1', '-p', String(port), '-U', auth.username, '-d', 'postgres', '-At', '-c', sql],
-    { timeout: timeoutMs, env: { ...process.env, PGCONNECT_TIMEOUT: '2', PGPASSWORD: auth.password } },
+    { timeout: timeoutMs, env: { ...process.env, PGCONNECT_TIMEOUT: '2', PGPASSWORD: auth.password, ...ssl } },
   );
   return stdout.trim();
 }
 
-/** One Redis command through the router on a fresh connection as a key's user; null on any error. */
+/** One Redis command through the router on a fresh connection as a key's user (TLS with a key's CA); null on any error. */
 export async function redisThrough(
   port: number,
   auth: ServiceKeyAuth,
@@ -176,7 +183,9 @@ export async function redisThrough(
     retryStrategy: () => null,
     connectTimeout: 2_000,
     commandTimeout: 2_000,
-    ...auth,
+    username: auth.username,
+    password: auth.password,
+    ...(auth.ca ? { tls: { ca: auth.ca.pem, servername: 'localhost' } } : {}),
   });
   client.on('error', () => undefined);
   try {

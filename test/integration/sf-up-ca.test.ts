@@ -7,6 +7,7 @@ import { X509Certificate } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { createUpPlatform, type UpPlatform } from '../helpers/sf-up-platform';
+import { runSfToExit } from '../helpers/sf-process';
 
 describe('sf up platform CA', function () {
   this.timeout(180_000);
@@ -43,5 +44,27 @@ describe('sf up platform CA', function () {
     expect(await platform.interrupt()).to.equal(0);
     await platform.start();
     expect(await readFile(path.join(platform.dataDir, 'ca.pem'), 'utf8')).to.equal(before);
+  });
+});
+
+describe('sf up --control-https', function () {
+  this.timeout(180_000);
+  let platform: UpPlatform;
+
+  before(async () => {
+    platform = await createUpPlatform(1, ['--control-https']);
+    await platform.start();
+  });
+  after(async () => platform?.cleanup());
+
+  it('serves control over HTTPS with a certificate from the platform CA, verified by the CLI', async () => {
+    const url = `https://127.0.0.1:${platform.ports.control}`;
+    expect(platform.up!.output()).to.include(`control   ${url}`);
+    const caFile = path.join(platform.dataDir, 'ca.pem');
+    const ok = await runSfToExit(['cells', '--json'], { ...platform.env, SF_CONTROL_URL: url, SF_CA_FILE: caFile });
+    expect(ok.code, ok.output).to.equal(0);
+    expect((JSON.parse(ok.output) as Array<{ name: string }>).map((c) => c.name)).to.deep.equal(['cell-1']);
+    const refused = await runSfToExit(['cells', '--json'], { ...platform.env, SF_CONTROL_URL: url, SF_CA_FILE: '' });
+    expect(refused.code).to.equal(1);
   });
 });

@@ -92,14 +92,24 @@ describe('sf up', function () {
     // Nothing answers without credentials (issue 11): a service key, through the CLI as a user would.
     const keyed = await runSfToExit(['create-service-key', 'cache', 'app', '--json'], env);
     expect(keyed.code, keyed.output).to.equal(0);
-    const key = JSON.parse(keyed.output) as { username: string; password: string; port: number };
+    const key = JSON.parse(keyed.output) as {
+      username: string;
+      password: string;
+      port: number;
+      uri: string;
+      ca_certificate?: string;
+    };
     expect(key.port).to.equal(view.port);
+    // Services under sf up require TLS: the key's URI says rediss:// and the key carries the CA.
+    expect(view.tls).to.equal('required');
+    expect(key.uri).to.match(/^rediss:\/\//);
     const client = new Redis({
       port: view.port,
       host: '127.0.0.1',
       maxRetriesPerRequest: 3,
       username: key.username,
       password: key.password,
+      tls: { ca: key.ca_certificate, servername: 'localhost' },
     });
     try {
       expect(await client.ping()).to.equal('PONG');

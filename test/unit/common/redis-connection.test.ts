@@ -29,6 +29,12 @@ describe('redis-connection', () => {
       });
     });
 
+    it('marks rediss-sentinel:// as TLS to Sentinels and master, and leaves rediss:// alone', () => {
+      expect(parseSentinelUrl('rediss-sentinel://10.0.0.1:26379/sf-state')).to.include({ name: 'sf-state', tls: true });
+      expect(parseSentinelUrl('redis-sentinel://10.0.0.1:26379/sf-state')).to.not.have.property('tls');
+      expect(parseSentinelUrl('rediss://127.0.0.1:6380')).to.equal(undefined);
+    });
+
     it('refuses a URL without a master name', () => {
       expect(() => parseSentinelUrl('redis-sentinel://10.0.0.1:26379')).to.throw(/master name/);
     });

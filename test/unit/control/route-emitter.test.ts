@@ -1,5 +1,11 @@
 import { expect } from 'chai';
-import type { Route } from '../../../protocol';
+import { X509Certificate } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Route, RouteTls } from '../../../protocol';
+import { ServiceCertificates } from '../../../control/services/service-certificates';
+import type { TcpRouteInput } from '../../../control/state/tcp-route-types';
 import type { CellSnapshot } from '../../../control/services/cell-directory';
 import { RouteEmitter } from '../../../control/services/route-emitter';
 import type { ServiceRecord } from '../../../control/services/service-types';
@@ -44,6 +50,76 @@ describe('RouteEmitter', function () {
       const deleted: unknown[] = [];
       expect(await emitter(deleted).sync(service, cells, 1, { keepUnreported: true })).to.equal(false);
       expect(deleted).to.deep.equal([]);
+    });
+  });
+
+  describe('sync with TLS', function () {
+    this.timeout(30_000);
+    let dir: string;
+    let certificates: ServiceCertificates;
+    before(async () => {
+      dir = mkdtempSync(join(tmpdir(), 'sf-emitter-tls-'));
+      certificates = await ServiceCertificates.open(join(dir, 'ca'), '127.0.0.1');
+    });
+    after(() => rmSync(dir, { recursive: true, force: true }));
+
+    const backend = {
+      id: 'db-0',
+      host: '127.0.0.1',
+      port: 20001,
+      role: 'primary',
+      weight: 1,
+      epoch: 1,
+      state: 'active',
+    };
+    const service = {
+      name: 'db',
+      engine: 'postgres',
+      tls: 'required',
+      port: 16001,
+      routerGroupGuid: 'g1',
+      instances: [{ id: 'db-0', cell: 'cell-1', role: 'primary', epoch: 1, specWritten: true }],
+    } as unknown as ServiceRecord;
+    const cells = new Map([
+      [
+        'cell-1',
+        {
+          name: 'cell-1',
+          alive: true,
+          actual: new Map([['db-0', { state: 'running', host: '127.0.0.1', port: 20001 }]]),
+        } as unknown as CellSnapshot,
+      ],
+    ]);
+
+    function emitter(current: Route, upserts: TcpRouteInput[]): RouteEmitter {
+      const groups = { get: async () => ({ guid: 'g1' }) } as unknown as RouterGroupStore;
+      const routes = {
+        route: async () => current,
+        upsert: async (items: TcpRouteInput[]) => void upserts.push(...items),
+        delete: async () => undefined,
+      } as unknown as TcpRouteStore;
+      return new RouteEmitter(groups, routes, certificates);
+    }
+
+    it('rewrites a plain route of a TLS service with a terminating section and an issued certificate', async function () {
+      const upserts: TcpRouteInput[] = [];
+      const plain = { port: 16001, mode: 'primary', backends: [backend] } as Route;
+      expect(await emitter(plain, upserts).sync(service, cells, 1)).to.equal(true);
+      expect(upserts).to.have.length(1);
+      const tls = upserts[0].tls as RouteTls;
+      expect(tls).to.include({ mode: 'terminate', startup: 'postgres', policy: 'required' });
+      expect(tls.certFile).to.equal(join(dir, 'ca', 'issued', 'service-db.crt'));
+      expect(new X509Certificate(readFileSync(tls.certFile as string)).subjectAltName).to.include('DNS:db');
+    });
+
+    it('writes nothing when the route already has the same TLS section', async function () {
+      const first: TcpRouteInput[] = [];
+      const plain = { port: 16001, mode: 'primary', backends: [backend] } as Route;
+      await emitter(plain, first).sync(service, cells, 1);
+      const current = { ...plain, tls: first[0].tls } as Route;
+      const upserts: TcpRouteInput[] = [];
+      expect(await emitter(current, upserts).sync(service, cells, 1)).to.equal(false);
+      expect(upserts).to.deep.equal([]);
     });
   });
 });

@@ -1,0 +1,77 @@
+/**
+ * Certificates of services with TLS (docs/tls.md): control issues one per service from the
+ * platform CA (`sf control --ca-dir`), for the names a client may use to reach the router port,
+ * and the service's route names its files so the router terminates TLS with it. The files sit in
+ * the CA's `issued/` directory on control's host; a router on another host needs that directory
+ * (or a copy kept current) at the same path.
+ */
+import { hostname } from 'node:os';
+import { PlatformCa } from '../../common';
+import { routeTlsSchema, type RouteTls } from '../../protocol';
+import type { ServiceRecord } from './service-types';
+import type { ServiceTlsPolicy } from './service-schema';
+
+/** @default how long a checked certificate is trusted before it is checked for renewal again: 1 hour */
+export const SERVICE_CERT_RECHECK_MS = 3_600_000;
+
+export interface ServiceTlsFiles {
+  certFile: string;
+  keyFile: string;
+  /** The CA certificate clients verify with. */
+  caFile: string;
+}
+
+export class ServiceCertificates {
+  private readonly checked = new Map<string, { at: number; files: Promise<ServiceTlsFiles> }>();
+
+  constructor(
+    private readonly ca: PlatformCa,
+    /** Names besides the service's own every certificate carries (the router's addresses). */
+    private readonly routerNames: string[],
+    private readonly recheckMs = SERVICE_CERT_RECHECK_MS,
+  ) {}
+
+  static async open(
+    caDir: string,
+    routerHost: string,
+    operator?: { certFile: string; keyFile: string },
+  ): Promise<ServiceCertificates> {
+    const names = [...new Set(['localhost', '127.0.0.1', '::1', hostname(), routerHost])];
+    return new ServiceCertificates(await PlatformCa.open(caDir, {}, operator), names);
+  }
+
+  get caFile(): string {
+    return this.ca.certFile;
+  }
+
+  /** The service's certificate, issued or renewed when due; checked at most once per `recheckMs`. */
+  ensure(service: string, now = Date.now()): Promise<ServiceTlsFiles> {
+    const cached = this.checked.get(service);
+    if (cached && now - cached.at < this.recheckMs) return cached.files;
+    const files = this.ca
+      .ensure(`service-${service}`, [service, ...this.routerNames.filter((n) => n !== service)])
+      .then((c) => ({ certFile: c.certFile, keyFile: c.keyFile, caFile: this.ca.certFile }));
+    this.checked.set(service, { at: now, files });
+    // A failed issue is retried on the next call, not remembered for an hour.
+    files.catch(() => this.checked.delete(service));
+    return files;
+  }
+}
+
+/**
+ * The route TLS section of a service: terminated by the router with the service's certificate;
+ * PostgreSQL clients ask for TLS with an SSLRequest first. Undefined for `off`.
+ */
+export function serviceRouteTls(
+  service: Pick<ServiceRecord, 'engine'> & { tls?: ServiceTlsPolicy },
+  files: ServiceTlsFiles,
+): RouteTls | undefined {
+  if (!service.tls || service.tls === 'off') return undefined;
+  return routeTlsSchema.parse({
+    mode: 'terminate',
+    startup: service.engine === 'postgres' ? 'postgres' : 'tls',
+    policy: service.tls,
+    certFile: files.certFile,
+    keyFile: files.keyFile,
+  });
+}
