@@ -22,6 +22,7 @@ import { registerTokenCommands } from './command-token';
 import { registerPrometheusCommand } from './command-prometheus';
 import { registerCaCommand } from './command-ca';
 import { registerImagesCommand } from './command-images';
+import { registerSnapshotCommands } from './command-snapshots';
 
 const COMMANDS: Array<(program: Command) => void> = [
   registerRouterCommand,
@@ -39,6 +40,7 @@ const COMMANDS: Array<(program: Command) => void> = [
   registerPrometheusCommand,
   registerCaCommand,
   registerImagesCommand,
+  registerSnapshotCommands,
 ];
 
 export function buildProgram(): Command {

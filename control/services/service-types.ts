@@ -111,6 +111,8 @@ export interface ServiceRecord extends ServiceRequestFields {
    * part of a view, an event or a log line; only the service-key endpoint hands a key's out.
    */
   credentials?: ServiceCredentials;
+  /** Made from a snapshot: its first primary starts from that snapshot's data. */
+  restore?: { snapshotId: string; instanceId: string };
   createdAt: number;
   updatedAt: number;
 }
@@ -165,6 +167,11 @@ export interface ServiceEvent {
     | 'service-key-created'
     | 'service-key-deleted'
     | 'service-updated'
+    | 'snapshot-created'
+    | 'snapshot-copied'
+    | 'snapshot-failed'
+    | 'snapshot-deleted'
+    | 'service-restored'
     | 'fencing';
   service: string;
   instanceId?: string;
