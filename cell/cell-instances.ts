@@ -15,6 +15,7 @@ import { listVolumes, readMeta, volumePaths, writeMeta } from './instance-volume
 import { LeaseKeeper } from './lease-keeper';
 import { isFull, measureDirBytes, toMb } from './volume-meter';
 import type { SnapshotStore } from './snapshot-store';
+import { adoptIncoming } from './volume-incoming';
 
 export interface CellInstancesOptions {
   cell: string;
@@ -318,6 +319,8 @@ export class CellInstances {
           inst.spec.engine,
         );
       }
+      if (inst.spec.moveIn)
+        await adoptIncoming(this.options.dataDir, inst.spec.moveIn.moveId, volumePaths(this.options.dataDir, id));
       const handle = await inst.executor.start(inst.spec);
       if (fencedMeanwhile(inst)) {
         // A fence order arrived while it was starting (e.g. during a base backup): it must not

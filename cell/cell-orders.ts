@@ -13,6 +13,7 @@ import { recordPromotion, volumePaths } from './instance-volume';
 import type { CellInstances } from './cell-instances';
 import { pathExists as exists } from './path-exists';
 import type { SnapshotStore } from './snapshot-store';
+import { dropIncoming, importVolume } from './volume-incoming';
 import type { TransferServer } from './volume-transfer';
 import type { TransferProgress } from './volume-transfer';
 
@@ -149,6 +150,34 @@ async function run(order: Order, ctx: OrderContext): Promise<Record<string, unkn
       );
       return { ...meta };
     }
+    case 'export-volume': {
+      const transfer = needs(ctx.transfer, 'transfer port');
+      const { dataDir } = volumePaths(ctx.dataDir, order.instanceId);
+      if (!(await exists(dataDir)))
+        throw new SfError(ErrorCode.InstanceNotFound, `no volume for instance ${order.instanceId} on cell ${ctx.cell}`);
+      transfer.allow(order.token, dataDir, order.ttlMs);
+      return {};
+    }
+    case 'import-volume': {
+      if (instances.isRunning(order.instanceId) || (await exists(volumePaths(ctx.dataDir, order.instanceId).metaFile)))
+        throw new SfError(
+          ErrorCode.InstanceRunning,
+          `cell ${ctx.cell} already has a volume for ${order.instanceId}`,
+          'instanceId',
+        );
+      const result = await importVolume(
+        ctx.dataDir,
+        order.instanceId,
+        order.moveId,
+        { ...order.source, token: order.token },
+        order.final,
+        (p) => ctx.progress?.(order.moveId, p),
+      );
+      return { ...result };
+    }
+    case 'drop-incoming':
+      await dropIncoming(ctx.dataDir, order.instanceId);
+      return {};
     case 'delete-snapshot':
       await needs(ctx.snapshots, 'snapshot store').delete(order.snapshotId);
       return {};

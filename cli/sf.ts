@@ -23,6 +23,7 @@ import { registerPrometheusCommand } from './command-prometheus';
 import { registerCaCommand } from './command-ca';
 import { registerImagesCommand } from './command-images';
 import { registerSnapshotCommands } from './command-snapshots';
+import { registerMoveCommands } from './command-move';
 
 const COMMANDS: Array<(program: Command) => void> = [
   registerRouterCommand,
@@ -41,6 +42,7 @@ const COMMANDS: Array<(program: Command) => void> = [
   registerCaCommand,
   registerImagesCommand,
   registerSnapshotCommands,
+  registerMoveCommands,
 ];
 
 export function buildProgram(): Command {

@@ -15,6 +15,8 @@ import type { FailoverCoordinator } from './services/failover-coordinator';
 import { registerFencingApi } from './api/routes-fencing';
 import { registerSnapshotsApi } from './api/routes-snapshots';
 import { SnapshotCoordinator } from './services/snapshot-coordinator';
+import { registerMovesApi } from './api/routes-moves';
+import { VolumeMover } from './services/volume-mover';
 import { FencingFailoverCoordinator } from './failover/fencing-coordinator';
 import type { FailoverOptions } from './failover/failover-options';
 import { ConvergenceLoop } from './convergence/convergence-loop';
@@ -177,6 +179,10 @@ export async function startServicePlane(
     routes: deps.routes,
     snapshots: new SnapshotCoordinator(deps.redis, store, directory),
   });
+  registerMovesApi(
+    server,
+    new VolumeMover(deps.redis, deps.redisUrl, store, directory, opts.reconciler?.primaryLeaseTtlMs),
+  );
   fencing.attach(elector);
   registerFencingApi(server, { coordinator: fencing, store, directory });
   await loop.start();

@@ -112,6 +112,11 @@ export const instanceSpecSchema = z.object({
    * Snapshots) instead of an empty data directory; ignored once the volume exists.
    */
   restoreFrom: z.object({ snapshotId: z.string().regex(SNAPSHOT_ID_PATTERN) }).optional(),
+  /**
+   * A new volume takes the data a move copied into this cell (`import-volume` with `final`
+   * under this move id) instead of starting empty; ignored once the volume exists.
+   */
+  moveIn: z.object({ moveId: z.string().regex(SNAPSHOT_ID_PATTERN) }).optional(),
 });
 export type InstanceSpec = z.infer<typeof instanceSpecSchema>;
 export type InstanceSpecInput = z.input<typeof instanceSpecSchema>;
@@ -235,6 +240,30 @@ export const orderSchema = z.discriminatedUnion('type', [
     source: hostPortSchema,
     token: z.string().min(16),
   }),
+  /** Lets one peer cell read an instance's data directory over TCP with `token` (a move). */
+  z.object({
+    type: z.literal('export-volume'),
+    orderId: z.string().min(1),
+    instanceId: z.string(),
+    token: z.string().min(16),
+    ttlMs: z.number().int().min(1_000).max(86_400_000),
+  }),
+  /**
+   * Copies an instance's data directory from a peer cell into this cell's incoming area
+   * (resumable, only what changed since the last pass); `final` marks the copy complete for
+   * `moveId`, so a spec with that `moveIn` adopts it.
+   */
+  z.object({
+    type: z.literal('import-volume'),
+    orderId: z.string().min(1),
+    instanceId: z.string(),
+    moveId: z.string().regex(SNAPSHOT_ID_PATTERN),
+    source: hostPortSchema,
+    token: z.string().min(16),
+    final: z.boolean(),
+  }),
+  /** Removes the incoming copy of a move that was abandoned. */
+  z.object({ type: z.literal('drop-incoming'), orderId: z.string().min(1), instanceId: z.string() }),
   /** Removes a snapshot from this cell's store. */
   z.object({
     type: z.literal('delete-snapshot'),

@@ -38,5 +38,6 @@ export function instanceSpec(
     ...(service.restore && service.restore.instanceId === inst.id
       ? { restoreFrom: { snapshotId: service.restore.snapshotId } }
       : {}),
+    ...(inst.moveIn ? { moveIn: inst.moveIn } : {}),
   };
 }

@@ -40,6 +40,8 @@ export interface InstanceRecord {
    * epoch below `epoch`; its route backend is rendered `fenced` while this is set.
    */
   fenced?: FenceMark;
+  /** Set by a move: the instance's new volume starts from the copy that move made on its cell. */
+  moveIn?: { moveId: string };
 }
 
 export interface ServiceUser {
@@ -172,6 +174,10 @@ export interface ServiceEvent {
     | 'snapshot-failed'
     | 'snapshot-deleted'
     | 'service-restored'
+    | 'volume-move-started'
+    | 'volume-move-progress'
+    | 'volume-moved'
+    | 'volume-move-failed'
     | 'fencing';
   service: string;
   instanceId?: string;
