@@ -279,7 +279,6 @@ export class VolumeMover {
     const stopFollowing = await this.followProgress(m).catch(() => () => undefined);
     let sourceStopped = false;
     let handedOff = false;
-    let stoppedAt = 0;
     try {
       const cells = await this.directory.snapshot();
       const transfer = cells.get(m.from)?.record?.transfer;
@@ -291,7 +290,7 @@ export class VolumeMover {
       m.phase = 2;
       m.state = 'switching';
       await this.save(m);
-      stoppedAt = Date.now();
+      const stoppedAt = Date.now();
       await this.order(m.from, { type: 'stop', instanceId: m.instanceId }, 60_000);
       sourceStopped = true;
       await this.pass(m, token, transfer, true);
