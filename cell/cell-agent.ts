@@ -688,6 +688,8 @@ export class CellAgent {
         await this.heartbeat();
       }
       this.metrics.observeOrder(parsed.data.type, result.ok, (performance.now() - started) / 1000);
+      if (result.ok && typeof result.data?.bytes === 'number' && parsed.data.type.startsWith('import-'))
+        this.metrics.observeCopied(result.data.bytes);
     }
     try {
       await this.redis?.set(this.keys.orderResult(result.orderId), JSON.stringify(result), 'PX', ORDER_RESULT_TTL_MS);

@@ -20,6 +20,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import {
   chmod,
+  truncate,
   lstat,
   mkdir,
   open,
@@ -39,15 +40,33 @@ import { ErrorCode, SfError, errorMessageOf } from '../common';
 /** The receiver's record of verified files, inside the destination; never part of the tree. */
 export const TRANSFER_STATE_FILE = '.sf-transfer.json';
 const PART_SUFFIX = '.sf-part';
-const CHUNK = 256 * 1024;
+const CHUNK = 1024 * 1024;
 
-type FrameType = 'F' | 'D' | 'L' | 'E' | 'X';
+type FrameType = 'F' | 'A' | 'D' | 'L' | 'E' | 'X';
 
 interface FileHeader {
   path: string;
   mode: number;
   mtimeMs: number;
   sig: string;
+  /** `A` frames: the receiver's first `offset` bytes are the source's, only the rest is sent. */
+  offset?: number;
+}
+
+/** What the receiver holds of a file: the source's signature, its size and its SHA-256. */
+interface Held {
+  sig: string;
+  size: number;
+  sha: string;
+}
+
+/** SHA-256 of the first `length` bytes of a file. */
+async function hashPrefix(file: string, length: number): Promise<ReturnType<typeof createHash>> {
+  const hash = createHash('sha256');
+  if (length === 0) return hash;
+  for await (const chunk of createReadStream(file, { start: 0, end: length - 1, highWaterMark: CHUNK }))
+    hash.update(chunk as Buffer);
+  return hash;
 }
 
 export interface TransferProgress {
@@ -193,7 +212,7 @@ export class TransferServer {
         socket.end();
         return;
       }
-      const have = (request.have ?? {}) as Record<string, string>;
+      const have = (request.have ?? {}) as Record<string, Held>;
       const entries = await walk(grant.dir);
       for (const e of entries) {
         const abs = path.join(grant.dir, e.rel);
@@ -203,21 +222,31 @@ export class TransferServer {
         else if (e.kind === 'link') await send(socket, frame('L', { path: e.rel, target: await readlink(abs) }));
         else {
           const sig = signature(st.size, st.mtimeNs);
-          if (have[e.rel] === sig) continue;
+          const held = have[e.rel];
+          if (held?.sig === sig) continue;
+          // An append-only file (a Redis AOF, a log) that grew: when the receiver's copy is a
+          // prefix of it, only the new bytes travel; the prefix is read here, not sent.
+          let offset = 0;
+          if (held && held.size > 0 && Number(st.size) >= held.size) {
+            const prefix = await hashPrefix(abs, held.size).catch(() => undefined);
+            if (prefix?.digest('hex') === held.sha) offset = held.size;
+          }
           const header: FileHeader = {
             path: e.rel,
             mode: Number(st.mode) & 0o7777,
             mtimeMs: Number(st.mtimeMs),
             sig,
+            ...(offset ? { offset } : {}),
           };
-          await send(socket, frame('F', header));
+          await send(socket, frame(offset ? 'A' : 'F', header));
           const hash = createHash('sha256');
           // Read whatever the file holds now: a file that changes while it is read gets another
           // signature at the next pass, which sends it again.
-          for await (const chunk of createReadStream(abs, { highWaterMark: CHUNK })) {
+          for await (const chunk of createReadStream(abs, { start: offset, highWaterMark: CHUNK })) {
             const buf = chunk as Buffer;
             hash.update(buf);
-            await send(socket, Buffer.concat([u32(buf.length), buf]));
+            socket.write(u32(buf.length));
+            await send(socket, buf);
           }
           await send(socket, Buffer.concat([u32(0), hash.digest()]));
         }
@@ -282,11 +311,26 @@ class SocketReader {
       await new Promise<void>((resolve) => (this.wake = resolve));
       this.wake = undefined;
     }
-    const all = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks);
-    const out = all.subarray(0, n);
-    const rest = all.subarray(n);
-    this.chunks = rest.length ? [rest] : [];
-    this.length = rest.length;
+    let out: Buffer;
+    const first = this.chunks[0];
+    if (first.length >= n) {
+      // The common case: no copy, a view of what arrived.
+      out = first.subarray(0, n);
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+    } else {
+      out = Buffer.allocUnsafe(n);
+      let off = 0;
+      while (off < n) {
+        const c = this.chunks[0];
+        const take = Math.min(c.length, n - off);
+        c.copy(out, off, 0, take);
+        off += take;
+        if (take === c.length) this.chunks.shift();
+        else this.chunks[0] = c.subarray(take);
+      }
+    }
+    this.length -= n;
     if (this.length <= 4 * CHUNK) this.socket.resume();
     return out;
   }
@@ -323,17 +367,17 @@ export async function fetchTree(options: FetchTreeOptions): Promise<TransferResu
   const { dest } = options;
   await mkdir(dest, { recursive: true, mode: 0o700 });
   const statePath = path.join(dest, TRANSFER_STATE_FILE);
-  let state: Record<string, string> = {};
+  let state: Record<string, Held> = {};
   try {
-    state = JSON.parse(await readFile(statePath, 'utf8')) as Record<string, string>;
+    state = JSON.parse(await readFile(statePath, 'utf8')) as Record<string, Held>;
   } catch {
     state = {};
   }
   // Offer only what is still there whole: a partial file was never recorded.
-  const have: Record<string, string> = {};
-  for (const [rel, sig] of Object.entries(state)) {
+  const have: Record<string, Held> = {};
+  for (const [rel, held] of Object.entries(state)) {
     const st = await lstat(path.join(dest, rel)).catch(() => null);
-    if (st?.isFile() && `${st.size}` === sig.split(':')[0]) have[rel] = sig;
+    if (typeof held === 'object' && st?.isFile() && st.size === held.size) have[rel] = held;
   }
   const socket = net.connect({ host: options.host, port: options.port });
   socket.setNoDelay(true);
@@ -386,32 +430,42 @@ export async function fetchTree(options: FetchTreeOptions): Promise<TransferResu
         await symlink(String(header.target), abs);
       } else {
         const h = header as unknown as FileHeader;
-        const part = abs + PART_SUFFIX;
-        const fh = await open(part, 'w', 0o600);
+        const offset = type === 'A' ? (h.offset ?? 0) : 0;
+        // An append goes into the verified copy itself: until it is verified and recorded, the
+        // file's size no longer matches the record, so an interrupted append is sent whole next
+        // time. The prefix is hashed again for the record of the whole file.
+        const part = offset ? abs : abs + PART_SUFFIX;
+        const whole = offset ? await hashPrefix(abs, offset) : createHash('sha256');
+        const fh = await open(part, offset ? 'r+' : 'w', 0o600);
         const hash = createHash('sha256');
+        let size = offset;
         try {
           for (;;) {
             const len = (await reader.read(4)).readUInt32BE(0);
             if (len === 0) break;
             const data = await reader.read(len);
             hash.update(data);
-            await fh.write(data);
+            whole.update(data);
+            await fh.write(data, 0, data.length, size);
+            size += len;
             result.bytes += len;
             report();
           }
+          await fh.truncate(size);
           await fh.sync();
         } finally {
           await fh.close();
         }
         const digest = await reader.read(32);
         if (!hash.digest().equals(digest)) {
-          await rm(part, { force: true });
+          if (offset) await truncate(part, offset);
+          else await rm(part, { force: true });
           throw new SfError(ErrorCode.TransferFailed, `checksum mismatch on ${rel}`);
         }
         await chmod(part, h.mode);
         await utimes(part, h.mtimeMs / 1000, h.mtimeMs / 1000);
-        await rename(part, abs);
-        state[rel] = h.sig;
+        if (part !== abs) await rename(part, abs);
+        state[rel] = { sig: h.sig, size, sha: whole.digest('hex') };
         result.files += 1;
         if (Date.now() - lastSave > 2_000) {
           await saveState();
