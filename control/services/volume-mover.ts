@@ -164,7 +164,11 @@ export class VolumeMover {
     const source = cells.get(inst.cell);
     const actual = source?.actual.get(inst.id);
     if (!source?.alive || !source.record?.transfer || actual?.state !== 'running')
-      throw new SfError(ErrorCode.ActionRefused, `instance ${inst.id} is not running on a live cell`, 'instance');
+      throw new SfError(
+        ErrorCode.ActionRefused,
+        `instance ${inst.id} is not running on a live cell (cell ${inst.cell} ${source?.alive ? 'alive' : 'not alive'}, instance ${actual?.state ?? 'not reported'})`,
+        'instance',
+      );
     if (this.running.has(name) || (await this.list(name)).some((m) => !['done', 'failed'].includes(m.state)))
       throw new SfError(ErrorCode.ActionRefused, `a move of ${name} is already in progress`, 'name');
     const move: MoveRecord = {

@@ -261,7 +261,21 @@ describe('volume move', function () {
     // The cell comes back (same name and data directory) and the retry resumes and completes.
     cluster.cells.splice(cluster.cells.indexOf(target), 1);
     await cluster.startCell(to, target.zone);
-    const retry = await startMove('mv-kill', to);
+    // The operator retries once the source reports running again (it is, or restarts after a
+    // failure in phase 2); a refusal says why.
+    let retry: MoveView | undefined;
+    let refusal = '';
+    await eventually(
+      async () => {
+        const res = await cluster.api<MoveView>('POST', '/v3/service_instances/mv-kill/actions/move', { to });
+        if (res.status === 202) retry = res.body;
+        else refusal = JSON.stringify(res.body);
+        return res.status === 202;
+      },
+      60_000,
+      `move retried (${refusal})`,
+    );
+    if (!retry) throw new Error('no retry');
     const done = await finished(retry.id);
     expect(done.state, done.error ?? '').to.equal('done');
     const after = await cluster.waitForService('mv-kill', 120_000);

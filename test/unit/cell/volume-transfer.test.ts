@@ -69,7 +69,9 @@ describe('volume-transfer', () => {
     });
 
     it('is refused with a wrong token, and fails when nobody listens', async () => {
-      const refused = await fetchTree({ host: '127.0.0.1', port, token: 'b'.repeat(32), dest }).catch((e: unknown) => e);
+      const refused = await fetchTree({ host: '127.0.0.1', port, token: 'b'.repeat(32), dest }).catch(
+        (e: unknown) => e,
+      );
       expect(refused).to.have.property('code', ErrorCode.TransferFailed);
       await server.close();
       const down = await fetchTree({ host: '127.0.0.1', port, token, dest }).catch((e: unknown) => e);
