@@ -12,6 +12,7 @@
  * Writes bench/results/volume-move.json. `--mb N` and `--moves N` change the sizes.
  */
 import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -69,8 +70,8 @@ async function main(): Promise<void> {
     let view: ServiceView = await cluster.waitForService('bench-move', 120_000);
     const auth = await serviceKey(cluster.api, 'bench-move');
     const loader = new Redis({ host: '127.0.0.1', port: view.port, ...auth });
-    const value = Buffer.alloc(MB, 'x');
-    for (let i = 0; i < DATA_MB; i++) await loader.set(`blob:${i}`, value);
+    // Incompressible values: Redis compresses repeated bytes in its RDB, which would shrink the volume.
+    for (let i = 0; i < DATA_MB; i++) await loader.set(`blob:${i}`, randomBytes(MB));
     loader.disconnect();
 
     const dataDir = (cell: string): string => path.join(cluster.dataDir, cell, 'instances', 'bench-move-0', 'data');

@@ -102,6 +102,8 @@ const COPY_TIMEOUT_MS = 3_600_000;
 export class VolumeMover {
   private readonly events: SnapshotRecords;
   private readonly running = new Set<string>();
+  /** Bytes of the completed passes of each move in progress. */
+  private readonly copied = new Map<string, number>();
 
   constructor(
     private readonly redis: Redis,
@@ -213,6 +215,7 @@ export class VolumeMover {
     transfer: { host: string; port: number },
     final: boolean,
   ): Promise<void> {
+    const before = this.copied.get(m.id) ?? 0;
     const copy = this.order(
       m.to,
       { type: 'import-volume', instanceId: m.instanceId, moveId: m.id, source: transfer, token, final },
@@ -229,7 +232,12 @@ export class VolumeMover {
       }
     })();
     try {
-      await Promise.race([copy, watch]);
+      const data = await Promise.race([copy, watch]);
+      // The pass's own count is exact; progress events in between are samples.
+      const copied = before + Number((data as Record<string, unknown> | undefined)?.bytes ?? 0);
+      this.copied.set(m.id, copied);
+      m.bytes = copied;
+      await this.save(m);
     } finally {
       settled = true;
       copy.catch(() => undefined);
@@ -241,7 +249,6 @@ export class VolumeMover {
   private async followProgress(m: MoveRecord): Promise<() => void> {
     const sub = createRedis(this.redisUrl, { connectionName: 'sf-control:move', maxRetriesPerRequest: null });
     sub.on('error', () => undefined);
-    let base = 0;
     let lastBytes = 0;
     let lastAt = Date.now();
     let lastSaved = 0;
@@ -253,13 +260,13 @@ export class VolumeMover {
         return;
       }
       if (e.type !== 'transfer-progress' || e.id !== m.id) return;
-      // Each pass counts from 0: the move's bytes are the sum over passes.
-      if (e.bytes < lastBytes) base += lastBytes;
+      // Each pass counts from 0: a new pass restarts the rate's reference.
+      if (e.bytes < lastBytes) lastBytes = 0;
       const now = Date.now();
       const rate = now > lastAt ? ((e.bytes - lastBytes) * 1000) / (now - lastAt) : 0;
       lastBytes = e.bytes;
       lastAt = now;
-      m.bytes = base + e.bytes;
+      m.bytes = (this.copied.get(m.id) ?? 0) + e.bytes;
       m.rateBps = m.rateBps === null ? rate : Math.round(0.7 * m.rateBps + 0.3 * rate);
       m.etaS =
         m.totalBytes && m.rateBps && m.phase === 1
@@ -354,6 +361,7 @@ export class VolumeMover {
       ).catch(() => undefined);
     } finally {
       stopFollowing();
+      this.copied.delete(m.id);
     }
   }
 
