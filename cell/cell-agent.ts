@@ -48,6 +48,8 @@ import { ProcessExecutor } from './executor-process';
 import type { NetworkFencer } from './fencer-network';
 import type { PortRange } from './port-allocator';
 import type { EngineTlsFiles } from './engine-postgres';
+import { SnapshotStore } from './snapshot-store';
+import { TransferServer } from './volume-transfer';
 
 export interface CellAgentOptions {
   name: string;
@@ -94,6 +96,8 @@ export interface CellAgentOptions {
   logger?: Logger;
   /** Where `/metrics` and `/health` answer (`sf cell --metrics-listen`); port 0 picks one. @default none */
   metricsListen?: { host: string; port: number };
+  /** Port of the cell-to-cell copy listener (snapshots), on listenHost; 0 picks one. @default 0 */
+  transferPort?: number;
 }
 
 export { DEFAULT_CELL_AGENT_OPTIONS } from './cell-agent-defaults';
@@ -197,6 +201,9 @@ export class CellAgent {
   private readonly keys: KeyLayout;
   /** instanceId -> the last report written, without its time. */
   private readonly written = new Map<string, string>();
+  private readonly snapshots: SnapshotStore;
+  private readonly transfer: TransferServer;
+  private snapshotIds: string[] = [];
 
   constructor(options: CellAgentOptions) {
     validateOptions(options);
@@ -232,6 +239,8 @@ export class CellAgent {
       engines: this.engines,
     };
     this.executors = options.executors ?? { process: new ProcessExecutor(common), docker: new DockerExecutor(common) };
+    this.snapshots = new SnapshotStore(this.dataDir);
+    this.transfer = new TransferServer(listenHost);
   }
 
   get logger(): Logger {
@@ -241,6 +250,8 @@ export class CellAgent {
   async start(): Promise<void> {
     await mkdir(this.dataDir, { recursive: true });
     this.startedAt = Date.now();
+    await this.transfer.listen(this.opts.transferPort ?? 0);
+    this.snapshotIds = await this.snapshots.list();
     if (this.opts.metricsListen)
       this.metricsServer = await startCellMetricsServer(
         this.metrics,
@@ -287,6 +298,7 @@ export class CellAgent {
       report: (id, actual) => void this.report(id, actual),
       commitCheckTimeoutMs: this.opts.commitCheckTimeoutMs,
       defaultExecutor: this.opts.defaultExecutor,
+      snapshots: this.snapshots,
     });
     await this.instances.load();
     await this.clearStaleReports();
@@ -345,6 +357,7 @@ export class CellAgent {
     this.sub?.disconnect();
     await this.redis?.quit().catch(() => undefined);
     await this.metricsServer?.close();
+    await this.transfer.close();
   }
 
   /** The port `/metrics` answers on, once started with `metricsListen`. */
@@ -380,6 +393,8 @@ export class CellAgent {
       heartbeatAt: Date.now(),
       heartbeatTtlMs: this.opts.heartbeatTtlMs,
       ...(this.metricsServer && this.opts.metricsListen ? { metrics: this.metricsAddress() } : {}),
+      ...(this.transfer.port ? { transfer: { host: this.opts.advertiseHost, port: this.transfer.port } } : {}),
+      snapshots: this.snapshotIds,
     };
   }
 
@@ -607,8 +622,10 @@ export class CellAgent {
   private dispatchOrder(json: string): void {
     let key = '*';
     try {
-      const id = (JSON.parse(json) as { instanceId?: unknown }).instanceId;
-      if (typeof id === 'string') key = id;
+      const order = JSON.parse(json) as { instanceId?: unknown; snapshotId?: unknown };
+      // A snapshot copy may take minutes: it must not hold back cell-wide orders (network fences).
+      if (typeof order.instanceId === 'string') key = order.instanceId;
+      else if (typeof order.snapshotId === 'string') key = `snapshot:${order.snapshotId}`;
     } catch {
       // Handled (and reported) by handleOrder.
     }
@@ -660,8 +677,25 @@ export class CellAgent {
         dataDir: this.dataDir,
         instances: this.instances as CellInstances,
         fencer: this.opts.fencer,
+        snapshots: this.snapshots,
+        transfer: this.transfer,
+        progress: (id, p) =>
+          void this.publish({
+            type: 'transfer-progress',
+            cell: this.name,
+            id,
+            bytes: p.bytes,
+            totalBytes: p.totalBytes,
+            at: Date.now(),
+          }).catch(() => undefined),
       });
+      if (parsed.data.type.includes('snapshot')) {
+        this.snapshotIds = await this.snapshots.list();
+        await this.heartbeat();
+      }
       this.metrics.observeOrder(parsed.data.type, result.ok, (performance.now() - started) / 1000);
+      if (result.ok && typeof result.data?.bytes === 'number' && parsed.data.type.startsWith('import-'))
+        this.metrics.observeCopied(result.data.bytes);
     }
     try {
       await this.redis?.set(this.keys.orderResult(result.orderId), JSON.stringify(result), 'PX', ORDER_RESULT_TTL_MS);

@@ -14,6 +14,8 @@ import type { Executor, InstanceHandle, InstanceStatus } from './executor';
 import { listVolumes, readMeta, volumePaths, writeMeta } from './instance-volume';
 import { LeaseKeeper } from './lease-keeper';
 import { isFull, measureDirBytes, toMb } from './volume-meter';
+import type { SnapshotStore } from './snapshot-store';
+import { adoptIncoming } from './volume-incoming';
 
 export interface CellInstancesOptions {
   cell: string;
@@ -34,6 +36,8 @@ export interface CellInstancesOptions {
    * durability acknowledged by a standby); past it the primary is reported `degraded`. @default 2000
    */
   commitCheckTimeoutMs?: number;
+  /** Where `restoreFrom` specs find their snapshot; absent = restores fail. */
+  snapshots?: SnapshotStore;
 }
 
 /** Default of `CellInstancesOptions.commitCheckTimeoutMs`. */
@@ -306,6 +310,17 @@ export class CellInstances {
     this.emit(id);
     try {
       await this.checkEpochFloor(inst.spec);
+      if (inst.spec.restoreFrom) {
+        if (!this.options.snapshots)
+          throw new SfError(ErrorCode.SnapshotFailed, `cell ${this.options.cell} has no snapshot store`, 'restoreFrom');
+        await this.options.snapshots.materialize(
+          inst.spec.restoreFrom.snapshotId,
+          volumePaths(this.options.dataDir, id),
+          inst.spec.engine,
+        );
+      }
+      if (inst.spec.moveIn)
+        await adoptIncoming(this.options.dataDir, inst.spec.moveIn.moveId, volumePaths(this.options.dataDir, id));
       const handle = await inst.executor.start(inst.spec);
       if (fencedMeanwhile(inst)) {
         // A fence order arrived while it was starting (e.g. during a base backup): it must not
@@ -401,6 +416,13 @@ export class CellInstances {
     inst.healthy = null;
     this.emit(instanceId);
     return wasRunning;
+  }
+
+  /** The engine's user of a running instance, owner of what its helpers write. */
+  ownerOf(instanceId: string): { uid: number; gid: number } | undefined {
+    const inst = this.local.get(instanceId);
+    if (!inst) return undefined;
+    return inst.handle?.context.tools?.owner ?? this.options.engines[inst.spec.engine].runAs();
   }
 
   running(instanceId: string): { handle: InstanceHandle; engine: Engine } {

@@ -22,6 +22,7 @@ export class CellMetrics {
   readonly registry = new Registry();
   private readonly orders: Counter<'type' | 'outcome'>;
   private readonly orderSeconds: Histogram<'type'>;
+  private readonly copiedBytes: Counter;
 
   constructor(source: CellMetricsSource) {
     collectDefaultMetrics({ register: this.registry, prefix: 'sf_cell_' });
@@ -50,12 +51,19 @@ export class CellMetrics {
         healthy.reset();
         position.reset();
         epoch.reset();
+        volumeUsed.reset();
+        volumeSize.reset();
+        volumeFull.reset();
         for (const a of source.reports()) {
           const labels = { service: a.service, instance: a.instanceId, role: a.role, engine: a.engine };
           up.set({ ...labels, state: a.degraded ? 'degraded' : a.state }, 1);
           healthy.set(labels, a.state === 'running' && a.healthy === true && !a.degraded ? 1 : 0);
           epoch.set(labels, a.epoch);
           if (a.positionValue && /^\d+$/.test(a.positionValue)) position.set(labels, Number(a.positionValue));
+          if (!a.volumePresent) continue;
+          volumeSize.set(labels, a.volumeSizeMb);
+          volumeFull.set(labels, a.volumeFull ? 1 : 0);
+          if (typeof a.volumeUsedMb === 'number') volumeUsed.set(labels, a.volumeUsedMb);
         }
       },
     });
@@ -71,6 +79,29 @@ export class CellMetrics {
       name: 'sf_cell_instance_replication_position',
       help: 'Replication position (Redis offset, PostgreSQL LSN as bytes); a replica lags its primary by the difference.',
       labelNames,
+      registers,
+    });
+    const volumeUsed = new Gauge({
+      name: 'sf_cell_volume_used_mb',
+      help: 'Measured disk usage of each volume (du, every --volume-check-ms), MiB rounded up.',
+      labelNames,
+      registers,
+    });
+    const volumeSize = new Gauge({
+      name: 'sf_cell_volume_size_mb',
+      help: "Each volume's size limit (the service's volume.size_mb).",
+      labelNames,
+      registers,
+    });
+    const volumeFull = new Gauge({
+      name: 'sf_cell_volume_full',
+      help: '1 while a volume is full and its engine refuses writes (docs/volumes.md).',
+      labelNames,
+      registers,
+    });
+    this.copiedBytes = new Counter({
+      name: 'sf_cell_copy_received_bytes_total',
+      help: 'Bytes of the volume moves and snapshot copies this cell received from peer cells (completed copy orders).',
       registers,
     });
     new Gauge({
@@ -89,6 +120,10 @@ export class CellMetrics {
         this.set(source.usedMb());
       },
     });
+  }
+
+  observeCopied(bytes: number): void {
+    if (bytes > 0) this.copiedBytes.inc(bytes);
   }
 
   observeOrder(type: string, ok: boolean, seconds: number): void {

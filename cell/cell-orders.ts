@@ -12,12 +12,25 @@ import { runCommand } from './run-command';
 import { recordPromotion, volumePaths } from './instance-volume';
 import type { CellInstances } from './cell-instances';
 import { pathExists as exists } from './path-exists';
+import type { SnapshotStore } from './snapshot-store';
+import { dropIncoming, importVolume } from './volume-incoming';
+import type { TransferServer } from './volume-transfer';
+import type { TransferProgress } from './volume-transfer';
 
 export interface OrderContext {
   cell: string;
   dataDir: string;
   instances: CellInstances;
   fencer: NetworkFencer | undefined;
+  snapshots?: SnapshotStore;
+  transfer?: TransferServer;
+  /** Progress of a copy this cell receives, published as `transfer-progress` events. */
+  progress?: (id: string, p: TransferProgress) => void;
+}
+
+function needs<T>(value: T | undefined, what: string): T {
+  if (value === undefined) throw new SfError(ErrorCode.SnapshotFailed, `this cell has no ${what}`);
+  return value;
 }
 
 export async function executeOrder(order: Order, ctx: OrderContext): Promise<OrderResult> {
@@ -111,6 +124,63 @@ async function run(order: Order, ctx: OrderContext): Promise<Record<string, unkn
       if (reason) throw new SfError(ErrorCode.CommitCheckFailed, `${order.instanceId}: ${reason}`);
       return { committed: true };
     }
+    case 'snapshot': {
+      const store = needs(ctx.snapshots, 'snapshot store');
+      const local = instances.running(order.instanceId);
+      const meta = await store.take(
+        order.snapshotId,
+        local.engine,
+        local.handle.context,
+        instances.ownerOf(order.instanceId),
+      );
+      return { ...meta };
+    }
+    case 'export-snapshot': {
+      const store = needs(ctx.snapshots, 'snapshot store');
+      const transfer = needs(ctx.transfer, 'transfer port');
+      const meta = await store.meta(order.snapshotId);
+      if (!meta) throw new SfError(ErrorCode.NotFound, `no snapshot ${order.snapshotId} on cell ${ctx.cell}`);
+      transfer.allow(order.token, store.dir(order.snapshotId), order.ttlMs);
+      return { bytes: meta.bytes };
+    }
+    case 'import-snapshot': {
+      const store = needs(ctx.snapshots, 'snapshot store');
+      const meta = await store.import(order.snapshotId, { ...order.source, token: order.token }, (p) =>
+        ctx.progress?.(order.snapshotId, p),
+      );
+      return { ...meta };
+    }
+    case 'export-volume': {
+      const transfer = needs(ctx.transfer, 'transfer port');
+      const { dataDir } = volumePaths(ctx.dataDir, order.instanceId);
+      if (!(await exists(dataDir)))
+        throw new SfError(ErrorCode.InstanceNotFound, `no volume for instance ${order.instanceId} on cell ${ctx.cell}`);
+      transfer.allow(order.token, dataDir, order.ttlMs);
+      return {};
+    }
+    case 'import-volume': {
+      if (instances.isRunning(order.instanceId) || (await exists(volumePaths(ctx.dataDir, order.instanceId).metaFile)))
+        throw new SfError(
+          ErrorCode.InstanceRunning,
+          `cell ${ctx.cell} already has a volume for ${order.instanceId}`,
+          'instanceId',
+        );
+      const result = await importVolume(
+        ctx.dataDir,
+        order.instanceId,
+        order.moveId,
+        { ...order.source, token: order.token },
+        order.final,
+        (p) => ctx.progress?.(order.moveId, p),
+      );
+      return { ...result };
+    }
+    case 'drop-incoming':
+      await dropIncoming(ctx.dataDir, order.instanceId);
+      return {};
+    case 'delete-snapshot':
+      await needs(ctx.snapshots, 'snapshot store').delete(order.snapshotId);
+      return {};
     case 'credentials':
       // The result names the version only: secrets never go into order results or events.
       return { version: await instances.applyCredentials(order.instanceId, order.credentials) };

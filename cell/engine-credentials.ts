@@ -78,6 +78,20 @@ export function pgBootstrapSql(superuser: string, creds: InstanceCredentials): s
 }
 
 /**
+ * A cluster restored from another service's snapshot (single-user mode): the platform roles get
+ * this service's passwords; the replication role is created if the snapshot had another name.
+ */
+export function pgRestoredRolesSql(superuser: string, creds: InstanceCredentials): string[] {
+  const repl = creds.replication.username;
+  const verifier = pgLiteral(scramVerifier(creds.replication.password));
+  return [
+    `ALTER ROLE ${pgIdent(superuser)} PASSWORD ${pgLiteral(scramVerifier(creds.admin.password))}`,
+    // One line: single-user mode ends a statement at a newline.
+    `DO $sf$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = ${pgLiteral(repl)}) THEN EXECUTE ${pgLiteral(`ALTER ROLE ${pgIdent(repl)} WITH REPLICATION LOGIN PASSWORD `)} || ${pgLiteral(verifier)}; ELSE EXECUTE ${pgLiteral(`CREATE ROLE ${pgIdent(repl)} WITH REPLICATION LOGIN PASSWORD `)} || ${pgLiteral(verifier)}; END IF; END $sf$`,
+  ];
+}
+
+/**
  * The SQL that makes the client roles those of `wanted`, given the ones that exist: new roles join
  * the clients' group (and act as it), existing ones get the current password, roles no longer
  * wanted lose their login, their sessions are terminated, their objects go to the group, and they

@@ -16,11 +16,19 @@ import {
   type InstanceCredentials,
   type InstanceSpec,
 } from '../protocol';
-import type { Availability, Engine, EngineContext, LaunchCommand, ReplicationPosition, ToolOptions } from './engine';
+import {
+  RESTORED_MARKER,
+  type Availability,
+  type Engine,
+  type EngineContext,
+  type LaunchCommand,
+  type ReplicationPosition,
+  type ToolOptions,
+} from './engine';
 import { ErrorCode, SfError } from '../common';
 import { findBinary, lookupUser, runCommand, type RunAs } from './run-command';
 import { pathExists as exists } from './path-exists';
-import { PG_CLIENTS_ROLE, pgBootstrapSql, pgLiteral, pgSyncUsersSql } from './engine-credentials';
+import { PG_CLIENTS_ROLE, pgBootstrapSql, pgLiteral, pgRestoredRolesSql, pgSyncUsersSql } from './engine-credentials';
 
 export interface PostgresEngineOptions {
   /** System user the server runs as when the cell runs as root (postgres refuses root). @default 'postgres' */
@@ -315,6 +323,16 @@ export class PostgresEngine implements Engine {
         );
       }
     }
+    const restored = path.join(ctx.volumeDir, RESTORED_MARKER);
+    if (initialised && (await exists(restored))) {
+      // A cluster restored from another service's snapshot: its platform roles carry that
+      // service's passwords until they get this one's, in single-user mode before it listens
+      // (which also finishes the base backup's recovery). Client roles follow at the first
+      // credentials sync after the start, which drops the old service's keys.
+      if (runAs) await runCommand('chown', ['-R', `${runAs.uid}:${runAs.gid}`, dataDir]);
+      if (spec.credentials) await this.singleUser(ctx, pgRestoredRolesSql(this.options.superuser, spec.credentials));
+      await rm(restored, { force: true });
+    }
     const standbySignal = path.join(dataDir, 'standby.signal');
     if (initialised && spec.role === 'replica' && !(await exists(standbySignal))) await this.rewind(ctx);
     await writeFile(
@@ -608,13 +626,47 @@ export class PostgresEngine implements Engine {
     await this.script(ctx, pgSyncUsersSql(existing, creds.users));
   }
 
+  /**
+   * pg_basebackup from the running server as the replication user: a cluster copy with the WAL
+   * to make it consistent (`-X stream`), at the fast checkpoint's instant. Restored, it replays
+   * that WAL once and is exactly the data as of the backup's end.
+   */
+  async snapshot(ctx: EngineContext, dir: string): Promise<void> {
+    const host = ctx.listenHost === '0.0.0.0' ? '127.0.0.1' : ctx.listenHost;
+    const creds = ctx.spec.credentials?.replication;
+    await this.tool(
+      ctx,
+      'pg_basebackup',
+      [
+        '-h',
+        host,
+        '-p',
+        String(ctx.port),
+        '-U',
+        creds?.username ?? this.options.superuser,
+        '-D',
+        dir,
+        '-X',
+        'stream',
+        '-c',
+        'fast',
+        '--no-manifest',
+      ],
+      { timeoutMs: 3_600_000, env: passwordEnv(creds?.password) },
+    );
+  }
+
   /** The platform roles of a new cluster, set in single-user mode (statements on stdin). */
   private async bootstrapRoles(ctx: EngineContext, creds: InstanceCredentials): Promise<void> {
+    await this.singleUser(ctx, pgBootstrapSql(this.options.superuser, creds));
+  }
+
+  private async singleUser(ctx: EngineContext, statements: string[]): Promise<void> {
     await this.tool(
       ctx,
       'postgres',
       ['--single', '-D', ctx.dataDir, '-c', 'exit_on_error=on', '-c', 'unix_socket_directories=', 'postgres'],
-      { timeoutMs: 120_000, input: pgBootstrapSql(this.options.superuser, creds).join('\n') + '\n' },
+      { timeoutMs: 600_000, input: statements.join('\n') + '\n' },
     );
   }
 

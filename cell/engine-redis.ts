@@ -3,7 +3,7 @@
  * Durability maps to AOF fsync policy and, for sync with replicas, `min-replicas-to-write 1`
  * (DESIGN.md "Durability maps to the engine's own settings").
  */
-import { writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Redis } from 'ioredis';
 import { defaultDiskSync, type DiskSync, type HostPort } from '../protocol';
@@ -201,6 +201,41 @@ export class RedisEngine implements Engine {
     } catch (err) {
       return `a write did not commit: ${(err as Error).message}`;
     }
+  }
+
+  /**
+   * BGSAVE: a fork writes the dataset as of one instant, whatever clients do meanwhile. The RDB
+   * becomes the base of a fresh AOF (manifest, empty increment) so that a restored Redis, which
+   * runs with `appendonly yes` and would ignore a bare dump.rdb, loads it.
+   */
+  async snapshot(ctx: EngineContext, dir: string): Promise<void> {
+    const rdb = path.join(ctx.dataDir, 'dump.rdb');
+    await rm(rdb, { force: true });
+    const savesOf = (info: string): number => Number(parseInfo(info).rdb_saves ?? 0);
+    const before = savesOf(await this.command(ctx, (r) => r.info('persistence')));
+    // SCHEDULE: an AOF rewrite in progress delays the save instead of refusing it.
+    await this.command(ctx, (r) => r.call('BGSAVE', 'SCHEDULE'));
+    const deadline = Date.now() + 600_000;
+    for (;;) {
+      const info = parseInfo(await this.command(ctx, (r) => r.info('persistence')));
+      if (Number(info.rdb_saves ?? 0) > before && info.rdb_bgsave_in_progress === '0') {
+        if (info.rdb_last_bgsave_status !== 'ok')
+          throw new SfError(ErrorCode.SnapshotFailed, `BGSAVE failed on ${ctx.spec.instanceId} (see its log)`);
+        break;
+      }
+      if (Date.now() > deadline)
+        throw new SfError(ErrorCode.SnapshotFailed, `BGSAVE did not finish within 600 s on ${ctx.spec.instanceId}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const aofDir = path.join(dir, 'appendonlydir');
+    await mkdir(aofDir, { recursive: true });
+    await copyFile(rdb, path.join(aofDir, 'appendonly.aof.1.base.rdb'));
+    await writeFile(path.join(aofDir, 'appendonly.aof.1.incr.aof'), '');
+    await writeFile(
+      path.join(aofDir, 'appendonly.aof.manifest'),
+      'file appendonly.aof.1.base.rdb seq 1 type b\nfile appendonly.aof.1.incr.aof seq 1 type i\n',
+    );
+    await rm(rdb, { force: true });
   }
 
   /** Keeps the config file in line with the live role, so an engine restart keeps it too. */

@@ -98,4 +98,14 @@ export interface Engine {
    * live engine and to its configuration file, so a restart keeps them.
    */
   applySettings?(ctx: EngineContext): Promise<void>;
+  /**
+   * Writes a consistent copy of the running engine's data into `dir` (empty, inside the volume,
+   * owned by the engine's user), laid out so that copying it into an empty data directory and
+   * starting there gives exactly that data (docs/volumes.md, Snapshots). Engines that cannot
+   * omit it.
+   */
+  snapshot?(ctx: EngineContext, dir: string): Promise<void>;
 }
+
+/** In a volume restored from a snapshot until its engine has made the data its own (credentials). */
+export const RESTORED_MARKER = 'sf-restored';

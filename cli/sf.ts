@@ -22,6 +22,8 @@ import { registerTokenCommands } from './command-token';
 import { registerPrometheusCommand } from './command-prometheus';
 import { registerCaCommand } from './command-ca';
 import { registerImagesCommand } from './command-images';
+import { registerSnapshotCommands } from './command-snapshots';
+import { registerMoveCommands } from './command-move';
 
 const COMMANDS: Array<(program: Command) => void> = [
   registerRouterCommand,
@@ -39,6 +41,8 @@ const COMMANDS: Array<(program: Command) => void> = [
   registerPrometheusCommand,
   registerCaCommand,
   registerImagesCommand,
+  registerSnapshotCommands,
+  registerMoveCommands,
 ];
 
 export function buildProgram(): Command {

@@ -90,6 +90,10 @@ export const ErrorCode = {
   OrderTimeout: 'SF_ERR_ORDER_TIMEOUT',
   /** A `tcp` command outside the cell's allow-list (`sf cell --tcp-allow`). */
   TcpCommandNotAllowed: 'SF_ERR_TCP_COMMAND_NOT_ALLOWED',
+  /** A cell-to-cell copy failed (peer unreachable, refused token, checksum mismatch). */
+  TransferFailed: 'SF_ERR_TRANSFER_FAILED',
+  /** A snapshot could not be taken or restored (engine refused, no cell holds it). */
+  SnapshotFailed: 'SF_ERR_SNAPSHOT_FAILED',
 
   // The CLI's view of control.
   ControlUnreachable: 'SF_ERR_CONTROL_UNREACHABLE',
@@ -168,6 +172,8 @@ const HTTP_STATUS: Record<ErrorCodeValue, number> = {
   SF_ERR_FENCE_FAILED: 502,
   SF_ERR_UNKNOWN_ORDER: 400,
   SF_ERR_ORDER_TIMEOUT: 504,
+  SF_ERR_TRANSFER_FAILED: 502,
+  SF_ERR_SNAPSHOT_FAILED: 409,
   SF_ERR_TCP_COMMAND_NOT_ALLOWED: 403,
 
   SF_ERR_CONTROL_UNREACHABLE: 500,

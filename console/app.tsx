@@ -1,6 +1,7 @@
 /**
  * The Service Foundry console: services, cells, routers and routes, fencing history, a live
- * event feed and per-route charts, with fence / unfence / failover behind the write scope.
+ * event feed and per-route charts, with fence / unfence / failover, snapshot and move behind the
+ * write scope, each after a confirmation that says what it will do.
  * Everything is read from the control API with the token given at sign-in.
  */
 import { render } from 'preact';
@@ -138,6 +139,53 @@ function ServiceDetail(props: { token: string; s: Service; onDone: () => void })
       props.onDone();
     }
   };
+  /** Volume actions: a snapshot of the primary, or a move of the primary to a cell the operator names. */
+  const snapshot = async () => {
+    const p = s.instances.find((i) => i.role === 'primary');
+    const text = `Snapshot ${s.name}: a consistent copy of its primary ${p?.id ?? '(none)'} (${s.engine === 'redis' ? 'BGSAVE' : 'pg_basebackup'}) is taken on ${p?.cell ?? '?'} while it serves and copied to a second cell; only the newest 7 snapshots of the service are kept. Clients are not interrupted.`;
+    if (!window.confirm(text)) return;
+    await run('snapshot', async () => {
+      const r = await api<{ id: string; cells: string[] }>(
+        token,
+        'POST',
+        `/v3/service_instances/${encodeURIComponent(s.name)}/actions/snapshot`,
+        {},
+      );
+      return `snapshot ${r.id} on ${r.cells.join(', ')}`;
+    });
+  };
+  const move = async () => {
+    const p = s.instances.find((i) => i.role === 'primary');
+    const to = window.prompt(
+      `Move the primary ${p?.id ?? '(none)'} of ${s.name} from ${p?.cell ?? '?'} to which cell?`,
+    );
+    if (!to) return;
+    const text = `Move ${p?.id ?? '(none)'} from ${p?.cell ?? '?'} to ${to}: its volume is copied while it serves, then it is stopped, the rest is copied and verified, and it starts on ${to} with epoch ${s.epoch + 1} behind the same port ${s.port}. Writes fail for that switch (about a second), open connections are closed; the volume on ${p?.cell ?? '?'} is deleted once ${to} serves.`;
+    if (!window.confirm(text)) return;
+    await run('move', async () => {
+      const r = await api<{ id: string }>(
+        token,
+        'POST',
+        `/v3/service_instances/${encodeURIComponent(s.name)}/actions/move`,
+        {
+          to,
+        },
+      );
+      return `move ${r.id} started (sf moves ${s.name})`;
+    });
+  };
+  const run = async (what: string, fn: () => Promise<string>) => {
+    setBusy(what);
+    setResult(null);
+    try {
+      setResult(await fn());
+    } catch (err) {
+      setResult(err instanceof ApiError ? `${what} refused: ${err.message}` : String(err));
+    } finally {
+      setBusy(null);
+      props.onDone();
+    }
+  };
   const t0 = history.length ? Date.parse(history[history.length - 1]!.at) : 0;
   return (
     <section class="detail" data-detail={s.name}>
@@ -150,6 +198,14 @@ function ServiceDetail(props: { token: string; s: Service; onDone: () => void })
             {busy === a ? `${a}…` : a}
           </button>
         ))}
+        {s.engine !== 'tcp' && (
+          <button data-action="snapshot" disabled={busy !== null} onClick={() => void snapshot()}>
+            {busy === 'snapshot' ? 'snapshot…' : 'snapshot'}
+          </button>
+        )}
+        <button data-action="move" disabled={busy !== null} onClick={() => void move()}>
+          {busy === 'move' ? 'move…' : 'move'}
+        </button>
         {result && <span class="result">{result}</span>}
       </div>
       <h3>Fencing history</h3>

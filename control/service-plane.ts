@@ -13,6 +13,10 @@ import { DEFAULT_ROUTER_HOST, registerServiceKeysApi } from './api/routes-servic
 import type { HttpServer } from './api/http-server';
 import type { FailoverCoordinator } from './services/failover-coordinator';
 import { registerFencingApi } from './api/routes-fencing';
+import { registerSnapshotsApi } from './api/routes-snapshots';
+import { SnapshotCoordinator } from './services/snapshot-coordinator';
+import { registerMovesApi } from './api/routes-moves';
+import { VolumeMover } from './services/volume-mover';
 import { FencingFailoverCoordinator } from './failover/fencing-coordinator';
 import type { FailoverOptions } from './failover/failover-options';
 import { ConvergenceLoop } from './convergence/convergence-loop';
@@ -190,6 +194,17 @@ export async function startServicePlane(
   registerCellsApi(server, { directory, store });
   registerVolumesApi(server, { directory, store });
   registerServiceUpdateApi(server, { store, directory, redis: deps.redis });
+  registerSnapshotsApi(server, {
+    store,
+    directory,
+    groups: deps.groups,
+    routes: deps.routes,
+    snapshots: new SnapshotCoordinator(deps.redis, store, directory),
+  });
+  registerMovesApi(
+    server,
+    new VolumeMover(deps.redis, deps.redisUrl, store, directory, opts.reconciler?.primaryLeaseTtlMs),
+  );
   fencing.attach(elector);
   registerFencingApi(server, {
     coordinator: fencing,

@@ -42,6 +42,9 @@ export function defaultDiskSync(durability: Durability, engine: EngineKind): Dis
   return durability === 'sync' || engine === 'postgres' ? 'always' : 'interval';
 }
 
+/** Snapshot ids name directories on cells: `SERVICE-YYYYMMDDTHHMMSS-RANDOM`. */
+export const SNAPSHOT_ID_PATTERN = /^[a-z0-9][a-z0-9-]{0,127}$/;
+
 const hostPortSchema = z.object({
   host: z.string().min(1),
   port: z.number().int().min(1).max(65535),
@@ -104,6 +107,16 @@ export const instanceSpecSchema = z.object({
    * (written by hand) runs the engine without authentication, as before issue 11.
    */
   credentials: instanceCredentialsSchema.optional(),
+  /**
+   * A new volume starts from this snapshot of the cell's snapshot store (docs/volumes.md,
+   * Snapshots) instead of an empty data directory; ignored once the volume exists.
+   */
+  restoreFrom: z.object({ snapshotId: z.string().regex(SNAPSHOT_ID_PATTERN) }).optional(),
+  /**
+   * A new volume takes the data a move copied into this cell (`import-volume` with `final`
+   * under this move id) instead of starting empty; ignored once the volume exists.
+   */
+  moveIn: z.object({ moveId: z.string().regex(SNAPSHOT_ID_PATTERN) }).optional(),
 });
 export type InstanceSpec = z.infer<typeof instanceSpecSchema>;
 export type InstanceSpecInput = z.input<typeof instanceSpecSchema>;
@@ -201,6 +214,62 @@ export const orderSchema = z.discriminatedUnion('type', [
     instanceId: z.string(),
     credentials: instanceCredentialsSchema,
   }),
+  /**
+   * A consistent copy of a running instance's data into the cell's snapshot store, taken with
+   * the engine's own means (Redis BGSAVE, PostgreSQL pg_basebackup).
+   */
+  z.object({
+    type: z.literal('snapshot'),
+    orderId: z.string().min(1),
+    instanceId: z.string(),
+    snapshotId: z.string().regex(SNAPSHOT_ID_PATTERN),
+  }),
+  /** Lets one peer cell read a snapshot over TCP with `token` for `ttlMs` (cell-to-cell copy). */
+  z.object({
+    type: z.literal('export-snapshot'),
+    orderId: z.string().min(1),
+    snapshotId: z.string().regex(SNAPSHOT_ID_PATTERN),
+    token: z.string().min(16),
+    ttlMs: z.number().int().min(1_000).max(86_400_000),
+  }),
+  /** Copies a snapshot from a peer cell's transfer port into this cell's store (resumable). */
+  z.object({
+    type: z.literal('import-snapshot'),
+    orderId: z.string().min(1),
+    snapshotId: z.string().regex(SNAPSHOT_ID_PATTERN),
+    source: hostPortSchema,
+    token: z.string().min(16),
+  }),
+  /** Lets one peer cell read an instance's data directory over TCP with `token` (a move). */
+  z.object({
+    type: z.literal('export-volume'),
+    orderId: z.string().min(1),
+    instanceId: z.string(),
+    token: z.string().min(16),
+    ttlMs: z.number().int().min(1_000).max(86_400_000),
+  }),
+  /**
+   * Copies an instance's data directory from a peer cell into this cell's incoming area
+   * (resumable, only what changed since the last pass); `final` marks the copy complete for
+   * `moveId`, so a spec with that `moveIn` adopts it.
+   */
+  z.object({
+    type: z.literal('import-volume'),
+    orderId: z.string().min(1),
+    instanceId: z.string(),
+    moveId: z.string().regex(SNAPSHOT_ID_PATTERN),
+    source: hostPortSchema,
+    token: z.string().min(16),
+    final: z.boolean(),
+  }),
+  /** Removes the incoming copy of a move that was abandoned. */
+  z.object({ type: z.literal('drop-incoming'), orderId: z.string().min(1), instanceId: z.string() }),
+  /** Removes a snapshot from this cell's store. */
+  z.object({
+    type: z.literal('delete-snapshot'),
+    orderId: z.string().min(1),
+    snapshotId: z.string().regex(SNAPSHOT_ID_PATTERN),
+  }),
 ]);
 export type Order = z.infer<typeof orderSchema>;
 export type OrderType = Order['type'];
@@ -238,10 +307,16 @@ export interface CellRecord {
   heartbeatTtlMs: number;
   /** Where the cell's Prometheus `/metrics` answers, when it serves one (`--metrics-listen`). */
   metrics?: { host: string; port: number };
+  /** Where peer cells read snapshots and volumes from (cell-to-cell copies over TCP). */
+  transfer?: { host: string; port: number };
+  /** Snapshot ids in this cell's snapshot store. */
+  snapshots?: string[];
 }
 
 export type CellEvent =
   | { type: 'registered'; cell: string; record: CellRecord }
   | { type: 'actual'; cell: string; instanceId: string; actual: ActualInstance | null }
   | { type: 'order-result'; cell: string; result: OrderResult }
+  /** Progress of a copy this cell receives (snapshot or volume): bytes so far, total when known. */
+  | { type: 'transfer-progress'; cell: string; id: string; bytes: number; totalBytes: number | null; at: number }
   | { type: 'deregistered'; cell: string };

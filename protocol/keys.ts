@@ -92,6 +92,10 @@ export interface KeyLayout {
    * deleted service's, or a replaced replica's after its retention). Any other volume is kept.
    */
   readonly volumeTombstones: string;
+  /** Hash: snapshot id -> SnapshotRecord JSON (control/services/snapshot-records.ts). */
+  readonly snapshots: string;
+  /** Hash: move id -> MoveRecord JSON (control/services/volume-mover.ts). */
+  readonly moves: string;
 
   // Cells (each key has one writer: see CellKeys).
   /** Set of every cell name that ever registered; liveness is the registration key's existence. */
@@ -129,6 +133,8 @@ export function keyLayout(prefix: string = DEFAULT_KEY_PREFIX): KeyLayout {
     leaderApi: `${prefix}leader:api`,
     fencingHistory: (service) => `${prefix}fencing:${service}`,
     volumeTombstones: `${prefix}volumes:tombstones`,
+    snapshots: `${prefix}snapshots`,
+    moves: `${prefix}moves`,
     cells: `${prefix}cells`,
     cellEvents: `${prefix}cell-events`,
     cell: (name) => ({

@@ -33,5 +33,11 @@ export function instanceSpec(
     ...(service.executor ? { executor: service.executor } : {}),
     ...(inst.role === 'primary' && primaryLeaseTtlMs > 0 ? { lease: { ttlMs: primaryLeaseTtlMs } } : {}),
     ...(service.credentials ? { credentials: instanceCredentials(service.credentials) } : {}),
+    // Only the first primary of a restored service starts from the snapshot; a cell ignores it
+    // once the volume exists.
+    ...(service.restore && service.restore.instanceId === inst.id
+      ? { restoreFrom: { snapshotId: service.restore.snapshotId } }
+      : {}),
+    ...(inst.moveIn ? { moveIn: inst.moveIn } : {}),
   };
 }

@@ -14,7 +14,7 @@ import type { TcpRouteStore } from '../state/tcp-route-store';
 import type { CellDirectory } from './cell-directory';
 import type { ServiceCreateRequest, ServiceTlsPolicy } from './service-schema';
 import type { ServiceStore } from './service-store';
-import type { ServiceRecord } from './service-types';
+import type { InstanceRecord, ServiceRecord } from './service-types';
 import { hasCredentials, newServiceCredentials } from './service-credentials';
 
 export interface ServiceAdmissionDeps {
@@ -26,7 +26,20 @@ export interface ServiceAdmissionDeps {
   tls?: { available: boolean; defaultPolicy: ServiceTlsPolicy };
 }
 
-export async function admitService(deps: ServiceAdmissionDeps, req: ServiceCreateRequest): Promise<ServiceRecord> {
+/** A service made from a snapshot: its primary goes to one of the cells holding it. */
+export interface RestoreAdmission {
+  snapshotId: string;
+  /** Live cells whose snapshot store holds it. */
+  cells: string[];
+  /** Says what the service was made from, in its creation event. */
+  description: string;
+}
+
+export async function admitService(
+  deps: ServiceAdmissionDeps,
+  req: ServiceCreateRequest,
+  restore?: RestoreAdmission,
+): Promise<ServiceRecord> {
   const tls = req.tls ?? deps.tls?.defaultPolicy ?? 'off';
   if (tls !== 'off' && !deps.tls?.available)
     throw new SfError(
@@ -45,19 +58,37 @@ export async function admitService(deps: ServiceAdmissionDeps, req: ServiceCreat
     if (current) throw new SfError(ErrorCode.ServiceExists, `name '${req.name}' is already taken by a service`, 'name');
     const cells = await deps.directory.snapshot();
     const slots = Array.from({ length: req.replicas + 1 }, (_, k) => ({ instanceId: `${req.name}-${k}` }));
-    runPlacementAuction(
-      {
-        service: req.name,
-        engine: req.engine,
-        ...(req.executor ? { executor: req.executor } : {}),
-        sizeMb: req.volume.size_mb,
-        slots,
-        occupied: [],
-      },
-      cellCandidates(cells, snapshot.services.values()),
-    );
-    const port = await freePort(deps, group, [...snapshot.services.values()]);
+    const request = {
+      service: req.name,
+      engine: req.engine,
+      ...(req.executor ? { executor: req.executor } : {}),
+      sizeMb: req.volume.size_mb,
+    };
+    const candidates = cellCandidates(cells, snapshot.services.values());
     const now = Date.now();
+    const placed: InstanceRecord[] = [];
+    if (restore) {
+      // The primary is placed here, on a cell that holds the snapshot; replicas by the leader.
+      const [first] = runPlacementAuction(
+        { ...request, slots: slots.slice(0, 1), occupied: [] },
+        candidates.filter((c) => restore.cells.includes(c.name)),
+      );
+      placed.push({
+        id: first.instanceId,
+        cell: first.cell,
+        zone: first.zone,
+        role: 'primary',
+        epoch: 1,
+        generation: 0,
+        specWritten: false,
+        placedAt: now,
+      });
+      runPlacementAuction(
+        { ...request, slots: slots.slice(1), occupied: [{ cell: first.cell, zone: first.zone }] },
+        candidates,
+      );
+    } else runPlacementAuction({ ...request, slots, occupied: [] }, candidates);
+    const port = await freePort(deps, group, [...snapshot.services.values()]);
     const record: ServiceRecord = {
       name: req.name,
       engine: req.engine,
@@ -75,8 +106,9 @@ export async function admitService(deps: ServiceAdmissionDeps, req: ServiceCreat
       status: 'pending',
       message: null,
       epoch: 1,
-      instances: [],
-      nextIndex: 0,
+      instances: placed,
+      nextIndex: placed.length,
+      ...(restore && placed[0] ? { restore: { snapshotId: restore.snapshotId, instanceId: placed[0].id } } : {}),
       leaderToken: 0,
       // Issue 11: nobody reaches the engine without credentials, the platform included.
       ...(hasCredentials(req.engine) ? { credentials: newServiceCredentials(req.engine) } : {}),
@@ -86,7 +118,7 @@ export async function admitService(deps: ServiceAdmissionDeps, req: ServiceCreat
     const event = {
       type: 'service-created' as const,
       service: req.name,
-      message: `service ${req.name} (${req.engine}, ${req.replicas} replicas) created on port ${port}`,
+      message: `service ${req.name} (${req.engine}, ${req.replicas} replicas) created on port ${port}${restore ? ` from ${restore.description}` : ''}`,
     };
     return { change: { record, events: [event] }, result: record };
   });

@@ -41,6 +41,8 @@ export interface InstanceRecord {
    * epoch below `epoch`; its route backend is rendered `fenced` while this is set.
    */
   fenced?: FenceMark;
+  /** Set by a move: the instance's new volume starts from the copy that move made on its cell. */
+  moveIn?: { moveId: string };
 }
 
 export interface ServiceUser {
@@ -114,6 +116,8 @@ export interface ServiceRecord extends ServiceRequestFields {
    * part of a view, an event or a log line; only the service-key endpoint hands a key's out.
    */
   credentials?: ServiceCredentials;
+  /** Made from a snapshot: its first primary starts from that snapshot's data. */
+  restore?: { snapshotId: string; instanceId: string };
   createdAt: number;
   updatedAt: number;
 }
@@ -169,6 +173,15 @@ export interface ServiceEvent {
     | 'service-key-created'
     | 'service-key-deleted'
     | 'service-updated'
+    | 'snapshot-created'
+    | 'snapshot-copied'
+    | 'snapshot-failed'
+    | 'snapshot-deleted'
+    | 'service-restored'
+    | 'volume-move-started'
+    | 'volume-move-progress'
+    | 'volume-moved'
+    | 'volume-move-failed'
     | 'fencing';
   service: string;
   instanceId?: string;

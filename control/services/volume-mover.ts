@@ -1,0 +1,467 @@
+/**
+ * Moving an instance's volume to another cell (docs/volumes.md, Moving a volume), in two phases
+ * as Flocker does it:
+ *
+ * 1. while the instance serves, its data directory is copied cell to cell over TCP into the
+ *    target's incoming area (two passes: the second sends only what changed during the first);
+ * 2. the engine is stopped cleanly (its own durable shutdown: everything it acknowledged is on
+ *    its disk), the delta is copied, each file checked against the source's SHA-256 and fsynced
+ *    by the receiver; then one guarded commit hands the instance to the target cell — under a new
+ *    epoch for a primary, with the lease floor raised first so the source can never serve as
+ *    primary again — and the target adopts the copy and starts. Routers follow the route (same
+ *    port, new backend, new epoch); replicas are repointed by convergence.
+ *
+ * The source volume is deleted only once the target serves. A failure before the hand-off
+ * restarts the source on its own volume (which nothing touched); a target that does not start
+ * after the hand-off gives the instance back to the source, whose data is what was copied.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Redis } from 'ioredis';
+import { ErrorCode, SfError, createRedis, errorMessageOf } from '../../common';
+import { fenceLease, type CellEvent, type InstanceRole } from '../../protocol';
+import { putDesiredOps, removeDesiredOps, sendOrder, type OrderRequest } from '../state/cell-client';
+import type { CellDirectory } from './cell-directory';
+import { instanceSpec } from './instance-spec';
+import type { ServiceStore } from './service-store';
+import type { InstanceRecord, ServiceEvent, ServiceRecord } from './service-types';
+import { newSnapshotId } from './snapshot-coordinator';
+import { SnapshotRecords } from './snapshot-records';
+
+export type MoveState = 'copying' | 'switching' | 'starting' | 'done' | 'failed';
+
+export interface MoveRecord {
+  id: string;
+  service: string;
+  instanceId: string;
+  role: InstanceRole;
+  from: string;
+  to: string;
+  state: MoveState;
+  /** 1: copying while the source serves; 2: source stopped, delta, hand-off. */
+  phase: 1 | 2;
+  bytes: number;
+  totalBytes: number | null;
+  rateBps: number | null;
+  etaS: number | null;
+  /** From the source's stop to the target running: when writes fail. */
+  writeWindowMs: number | null;
+  error: string | null;
+  startedAt: number;
+  finishedAt: number | null;
+}
+
+export interface MoveView {
+  id: string;
+  service: string;
+  instance: string;
+  role: InstanceRole;
+  from: string;
+  to: string;
+  state: MoveState;
+  phase: 1 | 2;
+  bytes: number;
+  total_bytes: number | null;
+  rate_bps: number | null;
+  eta_s: number | null;
+  write_window_ms: number | null;
+  error: string | null;
+  started_at: string;
+  finished_at: string | null;
+}
+
+export function moveView(m: MoveRecord): MoveView {
+  return {
+    id: m.id,
+    service: m.service,
+    instance: m.instanceId,
+    role: m.role,
+    from: m.from,
+    to: m.to,
+    state: m.state,
+    phase: m.phase,
+    bytes: m.bytes,
+    total_bytes: m.totalBytes,
+    rate_bps: m.rateBps,
+    eta_s: m.etaS,
+    write_window_ms: m.writeWindowMs,
+    error: m.error,
+    started_at: new Date(m.startedAt).toISOString(),
+    finished_at: m.finishedAt ? new Date(m.finishedAt).toISOString() : null,
+  };
+}
+
+export interface MoveOptions {
+  /** How long the target may take to run the instance after the hand-off. @default 120000 */
+  startTimeoutMs?: number;
+  /** Copy passes while the source serves. @default 2 */
+  livePasses?: number;
+}
+
+const COPY_TIMEOUT_MS = 3_600_000;
+
+export class VolumeMover {
+  private readonly events: SnapshotRecords;
+  private readonly running = new Set<string>();
+  /** Bytes of the completed passes of each move in progress. */
+  private readonly copied = new Map<string, number>();
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly redisUrl: string,
+    private readonly store: ServiceStore,
+    private readonly directory: CellDirectory,
+    private readonly primaryLeaseTtlMs?: number,
+  ) {
+    this.events = new SnapshotRecords(redis, store.keys);
+  }
+
+  async get(id: string): Promise<MoveRecord | null> {
+    const text = await this.redis.hget(this.store.keys.moves, id);
+    return text ? (JSON.parse(text) as MoveRecord) : null;
+  }
+
+  async list(service?: string): Promise<MoveRecord[]> {
+    const all = Object.values(await this.redis.hgetall(this.store.keys.moves)).map((t) => JSON.parse(t) as MoveRecord);
+    return all.filter((m) => !service || m.service === service).sort((a, b) => b.startedAt - a.startedAt);
+  }
+
+  private async save(m: MoveRecord): Promise<void> {
+    await this.redis.hset(this.store.keys.moves, m.id, JSON.stringify(m));
+  }
+
+  private event(m: MoveRecord, type: ServiceEvent['type'], message: string, logged = true): Promise<void> {
+    const e = { type, service: m.service, instanceId: m.instanceId, cell: m.to, message };
+    if (logged) return this.events.event(e);
+    // Progress goes to the live stream only: it would push everything else out of the log.
+    return this.redis
+      .publish(this.store.keys.serviceEvents, JSON.stringify({ ...e, at: Date.now(), leaderToken: 0 }))
+      .then(() => undefined);
+  }
+
+  /** Validates the request and starts the move; resolves with its record at once. */
+  async start(name: string, to: string, instanceId?: string, options: MoveOptions = {}): Promise<MoveRecord> {
+    const service = await this.store.mustGet(name);
+    if (service.status === 'deleting')
+      throw new SfError(ErrorCode.ActionRefused, `service ${name} is being deleted`, 'name');
+    const inst = instanceId
+      ? service.instances.find((i) => i.id === instanceId)
+      : service.instances.find((i) => i.role === 'primary');
+    if (!inst)
+      throw new SfError(
+        ErrorCode.NotFound,
+        instanceId ? `service ${name} has no instance '${instanceId}'` : `service ${name} has no primary`,
+        instanceId ? 'instance' : 'name',
+      );
+    if (inst.fenced) throw new SfError(ErrorCode.ActionRefused, `instance ${inst.id} is fenced`, 'instance');
+    const cells = await this.directory.snapshot();
+    const target = cells.get(to);
+    if (!target?.alive || !target.record)
+      throw new SfError(ErrorCode.InvalidRequest, `to names no live cell: '${to}'`, 'to');
+    if (inst.cell === to) throw new SfError(ErrorCode.InvalidRequest, `instance ${inst.id} is already on ${to}`, 'to');
+    if (service.instances.some((i) => i.cell === to))
+      throw new SfError(ErrorCode.InvalidRequest, `cell ${to} already holds an instance of ${name}`, 'to');
+    if (!target.record.engines.includes(service.engine))
+      throw new SfError(ErrorCode.InvalidRequest, `cell ${to} does not run engine ${service.engine}`, 'to');
+    if (!target.record.transfer) throw new SfError(ErrorCode.InvalidRequest, `cell ${to} takes no copies`, 'to');
+    const source = cells.get(inst.cell);
+    const actual = source?.actual.get(inst.id);
+    if (!source?.alive || !source.record?.transfer || actual?.state !== 'running')
+      throw new SfError(
+        ErrorCode.ActionRefused,
+        `instance ${inst.id} is not running on a live cell (cell ${inst.cell} ${source?.alive ? 'alive' : 'not alive'}, instance ${actual?.state ?? 'not reported'})`,
+        'instance',
+      );
+    if (this.running.has(name) || (await this.list(name)).some((m) => !['done', 'failed'].includes(m.state)))
+      throw new SfError(ErrorCode.ActionRefused, `a move of ${name} is already in progress`, 'name');
+    const move: MoveRecord = {
+      id: newSnapshotId(`move-${name}`),
+      service: name,
+      instanceId: inst.id,
+      role: inst.role,
+      from: inst.cell,
+      to,
+      state: 'copying',
+      phase: 1,
+      bytes: 0,
+      totalBytes: actual.volumeUsedMb ? actual.volumeUsedMb * 1024 * 1024 : null,
+      rateBps: null,
+      etaS: null,
+      writeWindowMs: null,
+      error: null,
+      startedAt: Date.now(),
+      finishedAt: null,
+    };
+    await this.save(move);
+    await this.event(move, 'volume-move-started', `moving ${inst.role} ${inst.id} from ${inst.cell} to ${to}`);
+    this.running.add(name);
+    void this.run(move, options).finally(() => this.running.delete(name));
+    return move;
+  }
+
+  private async order(cell: string, request: OrderRequest, timeoutMs = 60_000): Promise<Record<string, unknown>> {
+    const result = await sendOrder(this.redis, this.store.keys, cell, request, { timeoutMs, pollMs: 50 });
+    if (!result.ok)
+      throw new SfError(
+        ErrorCode.TransferFailed,
+        `${request.type} on cell ${cell}: ${result.error?.message ?? 'failed'}`,
+      );
+    return result.data ?? {};
+  }
+
+  /** One copy pass; fails as soon as the target cell's registration is gone (a dead target). */
+  private async pass(
+    m: MoveRecord,
+    token: string,
+    transfer: { host: string; port: number },
+    final: boolean,
+  ): Promise<void> {
+    const before = this.copied.get(m.id) ?? 0;
+    const copy = this.order(
+      m.to,
+      { type: 'import-volume', instanceId: m.instanceId, moveId: m.id, source: transfer, token, final },
+      COPY_TIMEOUT_MS,
+    );
+    let settled = false;
+    const watch = (async () => {
+      let missing = 0;
+      while (!settled) {
+        await new Promise((r) => setTimeout(r, 500));
+        if (settled) return;
+        missing = (await this.redis.exists(this.store.keys.cell(m.to).registration)) ? 0 : missing + 1;
+        if (missing >= 2) throw new SfError(ErrorCode.TransferFailed, `cell ${m.to} died during the copy`);
+      }
+    })();
+    try {
+      const data = await Promise.race([copy, watch]);
+      // The pass's own count is exact; progress events in between are samples.
+      const copied = before + Number((data as Record<string, unknown> | undefined)?.bytes ?? 0);
+      this.copied.set(m.id, copied);
+      m.bytes = copied;
+      await this.save(m);
+    } finally {
+      settled = true;
+      copy.catch(() => undefined);
+      watch.catch(() => undefined);
+    }
+  }
+
+  /** Follows the target's progress events into the move record and the event stream. */
+  private async followProgress(m: MoveRecord): Promise<() => void> {
+    const sub = createRedis(this.redisUrl, { connectionName: 'sf-control:move', maxRetriesPerRequest: null });
+    sub.on('error', () => undefined);
+    let lastBytes = 0;
+    let lastAt = Date.now();
+    let lastSaved = 0;
+    sub.on('message', (_channel: string, text: string) => {
+      let e: CellEvent;
+      try {
+        e = JSON.parse(text) as CellEvent;
+      } catch {
+        return;
+      }
+      if (e.type !== 'transfer-progress' || e.id !== m.id) return;
+      // Each pass counts from 0: a new pass restarts the rate's reference.
+      if (e.bytes < lastBytes) lastBytes = 0;
+      const now = Date.now();
+      const rate = now > lastAt ? ((e.bytes - lastBytes) * 1000) / (now - lastAt) : 0;
+      lastBytes = e.bytes;
+      lastAt = now;
+      m.bytes = (this.copied.get(m.id) ?? 0) + e.bytes;
+      m.rateBps = m.rateBps === null ? rate : Math.round(0.7 * m.rateBps + 0.3 * rate);
+      m.etaS =
+        m.totalBytes && m.rateBps && m.phase === 1
+          ? Math.max(0, Math.round((m.totalBytes - e.bytes) / m.rateBps))
+          : null;
+      if (now - lastSaved < 500) return;
+      lastSaved = now;
+      void this.save(m).catch(() => undefined);
+      void this.event(
+        m,
+        'volume-move-progress',
+        `${m.instanceId}: ${(m.bytes / 1048576).toFixed(1)} MB copied${m.rateBps ? ` at ${(m.rateBps / 1048576).toFixed(1)} MB/s` : ''}`,
+        false,
+      ).catch(() => undefined);
+    });
+    await sub.subscribe(this.store.keys.cellEvents);
+    return () => sub.disconnect();
+  }
+
+  private async run(m: MoveRecord, options: MoveOptions): Promise<void> {
+    const stopFollowing = await this.followProgress(m).catch(() => () => undefined);
+    let sourceStopped = false;
+    let handedOff = false;
+    try {
+      const cells = await this.directory.snapshot();
+      const transfer = cells.get(m.from)?.record?.transfer;
+      if (!transfer) throw new SfError(ErrorCode.TransferFailed, `cell ${m.from} takes no copies`);
+      const token = randomBytes(24).toString('hex');
+      await this.order(m.from, { type: 'export-volume', instanceId: m.instanceId, token, ttlMs: COPY_TIMEOUT_MS });
+      for (let k = 0; k < (options.livePasses ?? 2); k++) await this.pass(m, token, transfer, false);
+
+      m.phase = 2;
+      m.state = 'switching';
+      await this.save(m);
+      const stoppedAt = Date.now();
+      await this.order(m.from, { type: 'stop', instanceId: m.instanceId }, 60_000);
+      sourceStopped = true;
+      await this.pass(m, token, transfer, true);
+
+      const service = await this.store.mustGet(m.service);
+      const newEpoch = m.role === 'primary' ? service.epoch + 1 : undefined;
+      // No lease may be renewed below the new epoch: the stopped source can never serve as
+      // primary again, whatever happens to this control from here on.
+      if (newEpoch !== undefined) await fenceLease(this.redis, this.store.keys, m.instanceId, newEpoch);
+      const zone = cells.get(m.to)?.record?.zone ?? '';
+      await this.handOff(m, (rec, inst) => {
+        inst.cell = m.to;
+        inst.zone = zone;
+        inst.moveIn = { moveId: m.id };
+        if (newEpoch !== undefined) {
+          inst.epoch = newEpoch;
+          rec.epoch = newEpoch;
+        }
+      });
+      handedOff = true;
+      m.state = 'starting';
+      await this.save(m);
+      await this.waitRunning(m, options.startTimeoutMs ?? 120_000);
+      m.writeWindowMs = Date.now() - stoppedAt;
+      // The target serves: only now is the source's copy deleted.
+      await this.order(m.from, { type: 'delete-volume', instanceId: m.instanceId }, 120_000).catch(async (err) => {
+        await this.event(
+          m,
+          'volume-move-failed',
+          `source volume of ${m.instanceId} on ${m.from} not deleted: ${errorMessageOf(err)}`,
+        );
+      });
+      m.state = 'done';
+      m.etaS = 0;
+      m.finishedAt = Date.now();
+      await this.save(m);
+      await this.event(
+        m,
+        'volume-moved',
+        `${m.role} ${m.instanceId} moved from ${m.from} to ${m.to}: ${(m.bytes / 1048576).toFixed(1)} MB copied, writes refused for ${m.writeWindowMs} ms`,
+      );
+    } catch (err) {
+      m.error = errorMessageOf(err);
+      m.state = 'failed';
+      m.finishedAt = Date.now();
+      try {
+        if (handedOff) await this.handBack(m);
+        else if (sourceStopped) await this.restartSource(m);
+      } catch (rollbackErr) {
+        m.error += `; giving the instance back to ${m.from} failed: ${errorMessageOf(rollbackErr)}`;
+      }
+      await this.save(m).catch(() => undefined);
+      await this.event(
+        m,
+        'volume-move-failed',
+        `move of ${m.instanceId} to ${m.to} failed, ${m.from} keeps serving: ${m.error}`,
+      ).catch(() => undefined);
+    } finally {
+      stopFollowing();
+      this.copied.delete(m.id);
+    }
+  }
+
+  /** One guarded commit: the instance's record changes and its desired spec moves cells. */
+  private async handOff(m: MoveRecord, change: (rec: ServiceRecord, inst: InstanceRecord) => void): Promise<void> {
+    await this.store.change(m.service, null, async (current) => {
+      const rec = current;
+      const inst = rec?.instances.find((i) => i.id === m.instanceId);
+      if (!rec || !inst || inst.cell !== m.from || rec.status === 'deleting')
+        throw new SfError(ErrorCode.ActionRefused, `${m.instanceId} changed during the move`);
+      change(rec, inst);
+      inst.generation += 1;
+      inst.specWritten = true;
+      rec.updatedAt = Date.now();
+      return {
+        change: {
+          record: rec,
+          extraOps: [
+            ...removeDesiredOps(this.store.keys, m.from, m.instanceId),
+            ...putDesiredOps(
+              this.store.keys,
+              m.to,
+              instanceSpec(rec, inst, inst.role === 'replica' ? (inst.upstream ?? null) : null, this.primaryLeaseTtlMs),
+            ),
+          ],
+        },
+        result: undefined,
+      };
+    });
+  }
+
+  private async waitRunning(m: MoveRecord, timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const rec = await this.store.mustGet(m.service);
+      const inst = rec.instances.find((i) => i.id === m.instanceId);
+      const json = await this.redis.hget(this.store.keys.cell(m.to).actual, m.instanceId);
+      const actual = json
+        ? (JSON.parse(json) as { state: string; generation: number; lastError?: { message: string } | null })
+        : null;
+      if (inst && actual && actual.generation >= inst.generation) {
+        if (actual.state === 'running') return;
+        if (actual.state === 'failed')
+          throw new SfError(
+            ErrorCode.TransferFailed,
+            `${m.instanceId} failed to start on ${m.to}: ${actual.lastError?.message ?? ''}`,
+          );
+      }
+      if (Date.now() > deadline)
+        throw new SfError(ErrorCode.Timeout, `${m.instanceId} did not run on ${m.to} within ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  /** Phase 2 failed before the hand-off: the source starts again on its untouched volume. */
+  private async restartSource(m: MoveRecord): Promise<void> {
+    await this.store.change(m.service, null, async (rec) => {
+      const inst = rec?.instances.find((i) => i.id === m.instanceId);
+      if (!rec || !inst || inst.cell !== m.from) return { done: undefined };
+      inst.generation += 1;
+      rec.updatedAt = Date.now();
+      return {
+        change: {
+          record: rec,
+          extraOps: putDesiredOps(
+            this.store.keys,
+            m.from,
+            instanceSpec(rec, inst, inst.role === 'replica' ? (inst.upstream ?? null) : null, this.primaryLeaseTtlMs),
+          ),
+        },
+        result: undefined,
+      };
+    });
+  }
+
+  /** The target did not start: the source volume (the copy's origin) serves again, new epoch kept. */
+  private async handBack(m: MoveRecord): Promise<void> {
+    const zone = (await this.directory.snapshot()).get(m.from)?.record?.zone ?? '';
+    await this.store.change(m.service, null, async (rec) => {
+      const inst = rec?.instances.find((i) => i.id === m.instanceId);
+      if (!rec || !inst || inst.cell !== m.to) return { done: undefined };
+      inst.cell = m.from;
+      inst.zone = zone;
+      delete inst.moveIn;
+      inst.generation += 1;
+      rec.updatedAt = Date.now();
+      return {
+        change: {
+          record: rec,
+          extraOps: [
+            ...removeDesiredOps(this.store.keys, m.to, m.instanceId),
+            ...putDesiredOps(
+              this.store.keys,
+              m.from,
+              instanceSpec(rec, inst, inst.role === 'replica' ? (inst.upstream ?? null) : null, this.primaryLeaseTtlMs),
+            ),
+          ],
+        },
+        result: undefined,
+      };
+    });
+  }
+}
