@@ -14,7 +14,11 @@
  * - bulk deletion of the N services.
  *
  *   node dist/bench/control-at-scale.js --services 1000 --cells 100 [--creates 50] [--window-s 10]
- *     [--concurrency 8] [--time-limit-s 900] [--skip-delete]
+ *     [--concurrency 8] [--time-limit-s 900] [--skip-delete] [--skip-leader-failover]
+ *     [--cpu-prof DIR]
+ *
+ * `--cpu-prof DIR` runs control under `node --cpu-prof` and leaves its .cpuprofile in DIR (the
+ * leader's is written when it stops, so use it with --skip-leader-failover).
  *
  * Writes bench/results/control-at-scale-<N>x<C>.json. The machine is shared: the load average is
  * recorded with every figure.
@@ -49,6 +53,10 @@ const CONCURRENCY = arg('concurrency', 8);
 const TIME_LIMIT_MS = arg('time-limit-s', 900) * 1000;
 const SKIP_DELETE = process.argv.includes('--skip-delete');
 const SKIP_LEADER = process.argv.includes('--skip-leader-failover');
+const CPU_PROF_DIR = ((): string | undefined => {
+  const i = process.argv.indexOf('--cpu-prof');
+  return i >= 0 ? process.argv[i + 1] : undefined;
+})();
 
 type SimMessage =
   | { type: 'ready'; cells: number }
@@ -146,7 +154,15 @@ async function startControl(redisUrl: string, home: string, name: string): Promi
   const proc = startProcess(
     name,
     process.execPath,
-    [join(__dirname, '..', 'cli', 'sf.js'), 'control', '--listen', `127.0.0.1:${port}`, '--redis', redisUrl],
+    [
+      ...(CPU_PROF_DIR ? ['--cpu-prof', '--cpu-prof-dir', CPU_PROF_DIR] : []),
+      join(__dirname, '..', 'cli', 'sf.js'),
+      'control',
+      '--listen',
+      `127.0.0.1:${port}`,
+      '--redis',
+      redisUrl,
+    ],
     { env: { ...process.env, SF_API_TOKEN: TOKEN, SF_HOME: home, SF_LOG: 'warn' } },
   );
   await waitForPort(port, '127.0.0.1', 30_000);
