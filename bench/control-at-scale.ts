@@ -11,6 +11,8 @@
  *   promoted;
  * - leader failover: a standby control, the leader SIGKILLed; time until the standby leads and a
  *   new service is scheduled, and how many fence orders healthy instances got meanwhile;
+ * - listing at size: every service page by page as `sf services` does, every TCP route as
+ *   `sf routes` does;
  * - bulk deletion of the N services.
  *
  *   node dist/bench/control-at-scale.js --services 1000 --cells 100 [--creates 50] [--window-s 10]
@@ -287,6 +289,22 @@ async function main(): Promise<void> {
     load: load(),
   };
 
+  // 2b. Listing at size, as `sf services` (pages of 1,000 following `next`) and `sf routes` do.
+  const l0 = Date.now();
+  let listed = 0;
+  for (let path: string | null = '/v3/service_instances?page=1&per_page=1000'; path;) {
+    const page = (await api.call('GET', path)).json as {
+      resources: unknown[];
+      pagination?: { next: { href: string } | null };
+    };
+    listed += page.resources.length;
+    path = page.pagination?.next?.href ?? null;
+  }
+  const servicesListMs = Date.now() - l0;
+  const r0 = Date.now();
+  const routes = (await api.call('GET', '/routing/v1/tcp_routes')).json as unknown[];
+  result.listing = { services: listed, servicesMs: servicesListMs, routes: routes.length, routesMs: Date.now() - r0 };
+
   // 3. create-service latency with N existing: POST → a cell has the primary's spec.
   const createLatency: number[] = [];
   const postLatency: number[] = [];
@@ -386,7 +404,17 @@ async function main(): Promise<void> {
   const create = result.create as { scheduledP50Ms: number; scheduledP99Ms: number };
   process.stdout.write(
     formatTable(
-      ['services', 'cells', 'control CPU %', 'redis ops/s', 'create p50 ms', 'create p99 ms', 'failover ms', 'load'],
+      [
+        'services',
+        'cells',
+        'control CPU %',
+        'redis ops/s',
+        'create p50 ms',
+        'create p99 ms',
+        'failover ms',
+        'list ms',
+        'load',
+      ],
       [
         [
           String(created),
@@ -396,6 +424,7 @@ async function main(): Promise<void> {
           formatNumber(create.scheduledP50Ms),
           formatNumber(create.scheduledP99Ms),
           formatNumber((result.failover as { promotedMs: number }).promotedMs),
+          formatNumber((result.listing as { servicesMs: number }).servicesMs),
           String(result.loadEnd),
         ],
       ],
