@@ -1,7 +1,8 @@
 /**
  * The cell's lease keeper (issue 5): holds its primary's lease claim (protocol/lease.ts) while the
  * engine answers health checks and the cell's own lease (its registration, kept by the heartbeat)
- * is current, and withdraws the claim when the engine stops answering, so control sees the loss.
+ * is current, and withdraws the claim when the engine has stopped answering for a TTL, so control
+ * sees the loss.
  *
  * Health is checked locally every `renewEveryMs`; Redis is touched only when something changes
  * (claim on start, promotion or recovery; release on failure), never at rest: the cell's heartbeat
@@ -51,13 +52,16 @@ export class LeaseKeeper extends EventEmitter {
   /** The epoch a claim was refused at: not tried again until the epoch changes (a fence is final). */
   private refusedEpoch: number | undefined;
   private epochValue: number;
+  private readonly ttlMs: number;
   private readonly renewEveryMs: number;
+  /** Since when health checks fail without a break (undefined while healthy). */
+  private unhealthySince: number | undefined;
 
   constructor(private readonly options: LeaseKeeperOptions) {
     super();
     this.epochValue = options.epoch;
-    const ttlMs = options.ttlMs ?? 3_000;
-    this.renewEveryMs = options.renewEveryMs ?? Math.max(100, Math.floor(ttlMs / 3));
+    this.ttlMs = options.ttlMs ?? 3_000;
+    this.renewEveryMs = options.renewEveryMs ?? Math.max(100, Math.floor(this.ttlMs / 3));
   }
 
   get held(): boolean {
@@ -120,10 +124,14 @@ export class LeaseKeeper extends EventEmitter {
     }
     if (!healthy) {
       this.setHeld(false, { reason: cellLease ? 'unhealthy' : 'cell-lease' });
-      // Withdraw the claim so control sees the loss now; retried at each look until it succeeds.
-      if (cellLease) await this.release().catch(() => undefined);
+      // The claim goes once the engine has failed its checks for a whole TTL, when a renewed lease
+      // would have expired: a check or two missed on a busy host is not a loss. Retried at each
+      // look until Redis takes it.
+      this.unhealthySince ??= Date.now();
+      if (cellLease && Date.now() - this.unhealthySince >= this.ttlMs) await this.release().catch(() => undefined);
       return undefined;
     }
+    this.unhealthySince = undefined;
     if (this.heldFlag && this.claimedEpoch === this.epochValue) return { ok: true, epoch: this.epochValue };
     if (this.refusedEpoch === this.epochValue) return { ok: false, epoch: this.epochValue };
     try {
