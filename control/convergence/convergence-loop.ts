@@ -274,9 +274,9 @@ export class ConvergenceLoop {
       }
       const { services } = await this.store.snapshot();
       for (const name of this.settled.keys()) if (!services.has(name)) this.settled.delete(name);
-      // A new term owes every service a reconcile at once; otherwise the round of settled services
-      // starts every `recheckMs` and is paid evenly over it.
-      if (this.round === null ? full && started - this.lastRoundAt >= this.opts.recheckMs : false) {
+      // A new term reconciles everything anyway (nothing is settled in it). The round of settled
+      // services starts every `recheckMs` and is paid evenly over it.
+      if (this.round === null && full && started - this.lastRoundAt >= this.opts.recheckMs) {
         this.lastRoundAt = started;
         this.round = { owed: new Set(services.keys()), size: services.size, startedAt: started };
       }
