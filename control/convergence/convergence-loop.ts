@@ -291,6 +291,10 @@ export class ConvergenceLoop {
       const changed: Array<[string, ServiceRecord, unknown[]]> = [];
       const owed: Array<[string, ServiceRecord, unknown[]]> = [];
       const seen = new Set<string>();
+      // The cursor moves only over the services in map order: named ones come first in every pass,
+      // so a pass cut among them must not move it (the others behind it would wait for ever).
+      const named = new Set(this.urgent);
+      const cursor = this.resumeAt;
       for (const name of this.passOrder(services)) {
         if (seen.has(name)) continue;
         seen.add(name);
@@ -312,7 +316,7 @@ export class ConvergenceLoop {
         if (this.elector.current()?.token !== fence.token) return;
         if (reconciled > 0 && performance.now() - budgetFrom > this.opts.passBudgetMs) {
           cut = true;
-          this.resumeAt = name;
+          this.resumeAt = named.has(name) ? cursor : name;
           break;
         }
         this.settled.delete(name);

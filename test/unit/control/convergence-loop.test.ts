@@ -64,6 +64,23 @@ describe('ConvergenceLoop', () => {
       expect(new Set(reconciled)).to.deep.equal(new Set(names));
     });
 
+    it('reaches every service while bursts of new ones, named by messages, take whole passes', async () => {
+      const names = Array.from({ length: 6 }, (_, i) => `s${i}`);
+      const { loop, reconciled, services } = fixture(names, { reconcileMs: 20, passBudgetMs: 30 });
+      let version = 2;
+      for (let i = 0; i < 20 && !names.every((n) => reconciled.includes(n)); i++) {
+        // Every other pass three creates land first: more than its budget, so it is cut among them.
+        if (i % 2 === 0)
+          for (let k = 0; k < 3; k++) {
+            const name = `new${i}-${k}`;
+            services.set(name, { name, status: 'creating', instances: [] } as unknown as ServiceRecord);
+            loop.serviceChanged(`${version++} ${name}`);
+          }
+        await loop.pass();
+      }
+      expect(names.filter((n) => !reconciled.includes(n))).to.deep.equal([]);
+    });
+
     it('still reconciles one service in a pass whose reads alone spent the budget', async () => {
       const { loop, reconciled } = fixture(['only'], { passBudgetMs: 0 });
       await loop.pass();
