@@ -5,7 +5,7 @@
  *
  *   node dist/bench/cell-simulator.js --redis redis://127.0.0.1:6379 --cells 1000 [--prefix sf:]
  *     [--heartbeat-ms 1000] [--heartbeat-ttl-ms 3000] [--desired-poll-ms 2000]
- *     [--full-report-ms 10000] [--lease-renew-ms 1000]
+ *     [--full-report-ms 10000]
  *
  * When started with an IPC channel (child_process.fork), it tells its parent `{type: 'ready'}`,
  * `{type: 'scheduled', instanceId, service, at}`, `{type: 'running', ...}` and
@@ -45,7 +45,6 @@ async function main(): Promise<void> {
     heartbeatTtlMs: numberFlag('heartbeat-ttl-ms', d.heartbeatTtlMs),
     desiredPollMs: numberFlag('desired-poll-ms', d.desiredPollMs),
     fullReportMs: numberFlag('full-report-ms', d.fullReportMs),
-    leaseRenewMs: numberFlag('lease-renew-ms', d.leaseRenewMs),
     onScheduled: (instanceId, service, at) => send({ type: 'scheduled', instanceId, service, at }),
     onRunning: (instanceId, service, at) => send({ type: 'running', instanceId, service, at }),
     onOrder: (order, result) =>

@@ -11,10 +11,16 @@
  *   promoted;
  * - leader failover: a standby control, the leader SIGKILLed; time until the standby leads and a
  *   new service is scheduled, and how many fence orders healthy instances got meanwhile;
+ * - listing at size: every service page by page as `sf services` does, every TCP route as
+ *   `sf routes` does;
  * - bulk deletion of the N services.
  *
  *   node dist/bench/control-at-scale.js --services 1000 --cells 100 [--creates 50] [--window-s 10]
- *     [--concurrency 8] [--time-limit-s 900] [--skip-delete]
+ *     [--concurrency 8] [--time-limit-s 900] [--skip-delete] [--skip-leader-failover]
+ *     [--cpu-prof DIR]
+ *
+ * `--cpu-prof DIR` runs control under `node --cpu-prof` and leaves its .cpuprofile in DIR (the
+ * leader's is written when it stops, so use it with --skip-leader-failover).
  *
  * Writes bench/results/control-at-scale-<N>x<C>.json. The machine is shared: the load average is
  * recorded with every figure.
@@ -49,6 +55,10 @@ const CONCURRENCY = arg('concurrency', 8);
 const TIME_LIMIT_MS = arg('time-limit-s', 900) * 1000;
 const SKIP_DELETE = process.argv.includes('--skip-delete');
 const SKIP_LEADER = process.argv.includes('--skip-leader-failover');
+const CPU_PROF_DIR = ((): string | undefined => {
+  const i = process.argv.indexOf('--cpu-prof');
+  return i >= 0 ? process.argv[i + 1] : undefined;
+})();
 
 type SimMessage =
   | { type: 'ready'; cells: number }
@@ -146,7 +156,15 @@ async function startControl(redisUrl: string, home: string, name: string): Promi
   const proc = startProcess(
     name,
     process.execPath,
-    [join(__dirname, '..', 'cli', 'sf.js'), 'control', '--listen', `127.0.0.1:${port}`, '--redis', redisUrl],
+    [
+      ...(CPU_PROF_DIR ? ['--cpu-prof', '--cpu-prof-dir', CPU_PROF_DIR] : []),
+      join(__dirname, '..', 'cli', 'sf.js'),
+      'control',
+      '--listen',
+      `127.0.0.1:${port}`,
+      '--redis',
+      redisUrl,
+    ],
     { env: { ...process.env, SF_API_TOKEN: TOKEN, SF_HOME: home, SF_LOG: 'warn' } },
   );
   await waitForPort(port, '127.0.0.1', 30_000);
@@ -242,7 +260,8 @@ async function main(): Promise<void> {
   const createdAll = Date.now() - t0;
   await sim.until(
     () => sim.running.size >= created,
-    Math.max(60_000, TIME_LIMIT_MS - (Date.now() - started)),
+    // Scheduling may trail creation at size: at least five minutes for the backlog.
+    Math.max(300_000, TIME_LIMIT_MS - (Date.now() - started)),
     `${created} instances running`,
   );
   result.created = created;
@@ -270,6 +289,22 @@ async function main(): Promise<void> {
     topCommands: Object.fromEntries(top),
     load: load(),
   };
+
+  // 2b. Listing at size, as `sf services` (pages of 1,000 following `next`) and `sf routes` do.
+  const l0 = Date.now();
+  let listed = 0;
+  for (let path: string | null = '/v3/service_instances?page=1&per_page=1000'; path;) {
+    const page = (await api.call('GET', path)).json as {
+      resources: unknown[];
+      pagination?: { next: { href: string } | null };
+    };
+    listed += page.resources.length;
+    path = page.pagination?.next?.href ?? null;
+  }
+  const servicesListMs = Date.now() - l0;
+  const r0 = Date.now();
+  const routes = (await api.call('GET', '/routing/v1/tcp_routes')).json as unknown[];
+  result.listing = { services: listed, servicesMs: servicesListMs, routes: routes.length, routesMs: Date.now() - r0 };
 
   // 3. create-service latency with N existing: POST → a cell has the primary's spec.
   const createLatency: number[] = [];
@@ -370,7 +405,17 @@ async function main(): Promise<void> {
   const create = result.create as { scheduledP50Ms: number; scheduledP99Ms: number };
   process.stdout.write(
     formatTable(
-      ['services', 'cells', 'control CPU %', 'redis ops/s', 'create p50 ms', 'create p99 ms', 'failover ms', 'load'],
+      [
+        'services',
+        'cells',
+        'control CPU %',
+        'redis ops/s',
+        'create p50 ms',
+        'create p99 ms',
+        'failover ms',
+        'list ms',
+        'load',
+      ],
       [
         [
           String(created),
@@ -380,6 +425,7 @@ async function main(): Promise<void> {
           formatNumber(create.scheduledP50Ms),
           formatNumber(create.scheduledP99Ms),
           formatNumber((result.failover as { promotedMs: number }).promotedMs),
+          formatNumber((result.listing as { servicesMs: number }).servicesMs),
           String(result.loadEnd),
         ],
       ],

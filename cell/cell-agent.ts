@@ -188,6 +188,8 @@ export class CellAgent {
   private timers: NodeJS.Timeout[] = [];
   private running = false;
   private startedAt = 0;
+  /** When the last heartbeat that Redis acknowledged was sent: the cell's lease runs from there. */
+  private heartbeatSentAt = 0;
   private reconciling: Promise<void> | undefined;
   private measuring: Promise<void> | undefined;
   private reconcileAgain = false;
@@ -295,6 +297,8 @@ export class CellAgent {
       engines: this.engines,
       redis: this.redis,
       keys: this.keys,
+      boot: this.startedAt,
+      cellLeaseCurrent: () => Date.now() - this.heartbeatSentAt < this.opts.heartbeatTtlMs,
       report: (id, actual) => void this.report(id, actual),
       commitCheckTimeoutMs: this.opts.commitCheckTimeoutMs,
       defaultExecutor: this.opts.defaultExecutor,
@@ -422,6 +426,7 @@ export class CellAgent {
       // reports went with it. Control rebuilds routes from reports, so they are sent again now,
       // not at the next periodic full report up to 10 s later (issue 10).
       this.reportEverything();
+      this.instances?.reclaimLeases();
       if ((this.instances?.count() ?? 0) > 0 && !this.stateLost) {
         this.stateLost = true;
         this.log.warn('control state in Redis looks wiped; keeping instances until desired state is written again');
@@ -432,12 +437,14 @@ export class CellAgent {
 
   private async heartbeat(): Promise<void> {
     if (!this.running || !this.redis) return;
+    const sentAt = Date.now();
     try {
       const res = await this.redis
         .multi()
         .set(this.keys.cell(this.name).registration, JSON.stringify(this.record()), 'PX', this.opts.heartbeatTtlMs)
         .sadd(this.keys.cells, this.name)
         .exec();
+      if (res?.[0]?.[0] == null) this.heartbeatSentAt = sentAt;
       this.noteRegistration(Number(res?.[1]?.[1] ?? 0));
     } catch (err) {
       this.log.warn({ err: errorMessageOf(err) }, 'heartbeat failed');

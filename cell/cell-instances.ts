@@ -27,6 +27,10 @@ export interface CellInstancesOptions {
   redis: Redis | undefined;
   /** The installation's key layout (leases and epoch floors). */
   keys: KeyLayout;
+  /** The agent's life, as its registration's `startedAt` says: lease claims carry it. @default 0 */
+  boot?: number;
+  /** Whether the cell's registration (its lease for all its primaries) is current. @default () => true */
+  cellLeaseCurrent?: () => boolean;
   /** Called with every changed report (null = forgotten). */
   report: (instanceId: string, actual: ActualInstance | null) => void;
   /** @default 'process' */
@@ -568,7 +572,9 @@ export class CellInstances {
 
   /** Stops lease renewal everywhere; with `stopInstances` also stops the engines. */
   async shutdown(stopInstances: boolean): Promise<void> {
-    for (const inst of this.local.values()) this.dropLease(inst);
+    // Claims of engines left running stay: the registration's expiry voids them, and the next
+    // agent re-claims what it adopts.
+    for (const inst of this.local.values()) this.dropLease(inst, stopInstances);
     if (stopInstances) await Promise.all([...this.local.keys()].map((id) => this.stop(id)));
     for (const off of this.unsubscribe) off();
   }
@@ -692,6 +698,8 @@ export class CellInstances {
       redis: this.options.redis as Redis,
       instanceId: id,
       holder: this.options.cell,
+      boot: this.options.boot ?? 0,
+      cellLeaseCurrent: this.options.cellLeaseCurrent,
       epoch: inst.spec.epoch,
       ttlMs: inst.spec.lease?.ttlMs,
       healthy: async () => {
@@ -706,7 +714,13 @@ export class CellInstances {
     lease.start();
   }
 
-  private dropLease(inst: LocalInstance): void {
+  /** After the store lost its state: every claim is written again at its keeper's next look. */
+  reclaimLeases(): void {
+    for (const inst of this.local.values()) inst.lease?.reclaim();
+  }
+
+  private dropLease(inst: LocalInstance, release = true): void {
+    if (release) void inst.lease?.release().catch(() => undefined);
     inst.lease?.stop();
     inst.lease?.removeAllListeners();
     inst.lease = undefined;

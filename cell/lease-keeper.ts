@@ -1,11 +1,16 @@
 /**
- * The cell's lease keeper (issue 5): renews its primary's lease (protocol/lease.ts) while the
- * engine answers health checks and stops renewing when it does not, so the lease expires and
- * control sees it.
+ * The cell's lease keeper (issue 5): holds its primary's lease claim (protocol/lease.ts) while the
+ * engine answers health checks and the cell's own lease (its registration, kept by the heartbeat)
+ * is current, and withdraws the claim when the engine has stopped answering for a TTL, so control
+ * sees the loss.
+ *
+ * Health is checked locally every `renewEveryMs`; Redis is touched only when something changes
+ * (claim on start, promotion or recovery; release on failure), never at rest: the cell's heartbeat
+ * is the one renewal that keeps all of its primaries' leases alive (docs/fencing.md).
  */
 import { EventEmitter } from 'node:events';
 import type { Redis } from 'ioredis';
-import { type KeyLayout, renewLease, type LeaseRenewal } from '../protocol';
+import { claimLease, type KeyLayout, type LeaseClaim, releaseLease } from '../protocol';
 
 export interface LeaseKeeperOptions {
   redis: Redis;
@@ -14,30 +19,43 @@ export interface LeaseKeeperOptions {
   instanceId: string;
   /** Who holds it: the cell name. */
   holder: string;
+  /** The holder's life: the `startedAt` its registration carries. */
+  boot: number;
   epoch: number;
   /** @default 3000 */
   ttlMs?: number;
-  /** @default ttlMs / 3 */
+  /** How often health and the cell's lease are looked at. @default ttlMs / 3 */
   renewEveryMs?: number;
-  /** Renewal happens only while this says the engine is healthy. */
+  /** The claim is held only while this says the engine is healthy. */
   healthy: () => Promise<boolean>;
+  /**
+   * Whether the cell's own lease (its registration) is current: the last heartbeat that reached
+   * Redis is younger than the registration's TTL. @default () => true
+   */
+  cellLeaseCurrent?: () => boolean;
 }
 
 export type LeaseKeeperEvent = 'acquired' | 'lost';
 
 /**
- * Keeps one lease alive. Emits `acquired` when a renewal succeeds after none did, and
- * `lost` with a reason (`refused` with the winning epoch, `unhealthy`, or `error`) when a renewal
- * is refused or skipped. It never stops the engine itself: what to do with a primary that lost
- * its lease is control's decision.
+ * Keeps one lease claim. Emits `acquired` when a claim succeeds after none did, and `lost` with a
+ * reason (`refused` with the winning epoch, `unhealthy`, `cell-lease` or `error`) when a claim
+ * is refused, withdrawn or cannot be made. It never stops the engine itself: what to do with a
+ * primary that lost its lease is control's decision.
  */
 export class LeaseKeeper extends EventEmitter {
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
   private heldFlag = false;
+  /** The epoch our claim in Redis carries, when one may be there (until a release succeeded). */
+  private claimedEpoch: number | undefined;
+  /** The epoch a claim was refused at: not tried again until the epoch changes (a fence is final). */
+  private refusedEpoch: number | undefined;
   private epochValue: number;
   private readonly ttlMs: number;
   private readonly renewEveryMs: number;
+  /** Since when health checks fail without a break (undefined while healthy). */
+  private unhealthySince: number | undefined;
 
   constructor(private readonly options: LeaseKeeperOptions) {
     super();
@@ -54,7 +72,7 @@ export class LeaseKeeper extends EventEmitter {
     return this.epochValue;
   }
 
-  /** After a promotion the same keeper renews with the new epoch. */
+  /** After a promotion the same keeper claims with the new epoch (at its next look). */
   setEpoch(epoch: number): void {
     this.epochValue = Math.max(this.epochValue, epoch);
   }
@@ -64,28 +82,62 @@ export class LeaseKeeper extends EventEmitter {
     void this.tick();
   }
 
-  /** Stops renewing; the lease then expires by TTL (not deleted: deletion is control's move). */
+  /**
+   * Stops looking after the claim. The claim is left in Redis (withdrawing it is `release`): a
+   * cell that stops lets its registration expire, which voids every claim it holds.
+   */
   stop(): void {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
   }
 
-  /** One renewal attempt; exposed so tests and the cell can drive it deterministically. */
-  async renewOnce(): Promise<LeaseRenewal | undefined> {
-    const { redis, instanceId, holder } = this.options;
-    let healthy: boolean;
-    try {
-      healthy = await this.options.healthy();
-    } catch {
-      healthy = false;
+  /** Forgets what was claimed, so the next look claims again (the store lost its state). */
+  reclaim(): void {
+    this.claimedEpoch = undefined;
+    this.refusedEpoch = undefined;
+  }
+
+  /** Withdraws our claim (the instance stopped or is no longer primary). */
+  async release(): Promise<void> {
+    const epoch = this.claimedEpoch;
+    if (epoch === undefined) return;
+    const { redis, keys, instanceId, holder, boot } = this.options;
+    await releaseLease(redis, keys, instanceId, epoch, { cell: holder, boot });
+    this.claimedEpoch = undefined;
+  }
+
+  /**
+   * One look: claims when healthy and not yet claimed at the current epoch, withdraws when not
+   * healthy. Exposed so tests and the cell can drive it deterministically.
+   */
+  async renewOnce(): Promise<LeaseClaim | undefined> {
+    const { redis, keys, instanceId, holder, boot } = this.options;
+    const cellLease = this.options.cellLeaseCurrent?.() ?? true;
+    let healthy = false;
+    if (cellLease) {
+      try {
+        healthy = await this.options.healthy();
+      } catch {
+        healthy = false;
+      }
     }
     if (!healthy) {
-      this.setHeld(false, { reason: 'unhealthy' });
+      this.setHeld(false, { reason: cellLease ? 'unhealthy' : 'cell-lease' });
+      // The claim goes once the engine has failed its checks for a whole TTL, when a renewed lease
+      // would have expired: a check or two missed on a busy host is not a loss. Retried at each
+      // look until Redis takes it.
+      this.unhealthySince ??= Date.now();
+      if (cellLease && Date.now() - this.unhealthySince >= this.ttlMs) await this.release().catch(() => undefined);
       return undefined;
     }
+    this.unhealthySince = undefined;
+    if (this.heldFlag && this.claimedEpoch === this.epochValue) return { ok: true, epoch: this.epochValue };
+    if (this.refusedEpoch === this.epochValue) return { ok: false, epoch: this.epochValue };
     try {
-      const result = await renewLease(redis, this.options.keys, instanceId, this.epochValue, holder, this.ttlMs);
+      const result = await claimLease(redis, keys, instanceId, this.epochValue, { cell: holder, boot });
+      if (result.ok) this.claimedEpoch = this.epochValue;
+      else this.refusedEpoch = this.epochValue;
       this.setHeld(result.ok, { reason: 'refused', epoch: result.epoch });
       return result;
     } catch (err) {

@@ -45,11 +45,16 @@ export interface ServicePlaneOptions {
   /** Convergence poll interval besides events. @default 1000 */
   convergencePollMs?: number;
   /**
-   * How often the leader reads every cell's reports and reconciles every service, changed or
-   * not; between these full passes it acts on what changed (ConvergenceLoopOptions.resyncMs).
+   * How often the leader reads every cell's reports and every record again and reconciles what
+   * differs from its view; between these it acts on what changed (ConvergenceLoopOptions.resyncMs).
    * @default 30000
    */
   convergenceResyncMs?: number;
+  /**
+   * Every settled service is reconciled again at least this often, spread evenly over the period
+   * (ConvergenceLoopOptions.recheckMs). @default 300000
+   */
+  convergenceRecheckMs?: number;
   /**
    * A new leader judges no cell dead before this much of its term has passed, and never before
    * twice the longest cell registration TTL (issue 10; ConvergenceLoopOptions.cellGraceMs).
@@ -173,6 +178,7 @@ export async function startServicePlane(
       pollMs: opts.convergencePollMs,
       cellGraceMs: opts.cellGraceMs,
       resyncMs: opts.convergenceResyncMs,
+      recheckMs: opts.convergenceRecheckMs,
       logger: log,
       onPass: (seconds, ok) => deps.metrics?.observePass(seconds, ok),
     },

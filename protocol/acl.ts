@@ -176,8 +176,8 @@ function leaseNotFloorPatterns(prefix: string): string[] {
  * desired state (its own or another cell's), another cell's keys, tokens, routes or floors.
  *
  * What a cell can still touch beyond its own instances: leases are named by instance, not by cell,
- * and an instance moves between cells, so any cell may renew (or let expire, via PEXPIRE) any
- * instance's lease; the floors control raises when it fences stay out of its reach, so a deposed
+ * and an instance moves between cells, so any cell may claim (or withdraw, via DEL) any
+ * instance's lease claim; the floors control raises when it fences stay out of its reach, so a deposed
  * primary never gets its lease back. Any order result (`order:*`, write only: it cannot read
  * them) and any member of the cell set (`SADD` only) may be written, since order ids are
  * random and the set is discovery, liveness being each cell's own registration key.
@@ -203,12 +203,12 @@ export function cellAclRules(cellName: string, prefix: string = DEFAULT_KEY_PREF
       `(+brpop +rpop +llen ~${lit(own.orders)})`,
       `(+sadd +sismember ~${lit(layout.cells)})`,
       `(+set %W~${pattern(layout.orderResult(ANY))})`,
-      // Leases: EVAL of the renewal script names the floor as a key, and Redis asks read and write
+      // Leases: EVAL of the claim and release scripts names the floor as a key, and Redis asks read and write
       // access to every key an EVAL names; the commands the script then runs are checked one by
       // one below, where floors are readable only.
       `(+eval +evalsha ~${pattern(layout.lease(ANY))})`,
       `(+get %R~${pattern(layout.leaseFloor(ANY))})`,
-      `(+hset +hget +hgetall +pexpire +pttl ${leases.join(' ')})`,
+      `(+hset +hget +hmget +hgetall +persist +del +pexpire +pttl ${leases.join(' ')})`,
       `(+publish &${lit(layout.cellEvents)})`,
       `(+subscribe +unsubscribe &${lit(own.notify)})`,
     ],

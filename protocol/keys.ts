@@ -105,9 +105,9 @@ export interface KeyLayout {
   cell(name: string): CellKeys;
   /** String, JSON `OrderResult`, with a TTL; written by the cell that ran the order. */
   orderResult(orderId: string): string;
-  /** Hash lease of a primary, renewed by its cell (protocol/lease.ts). */
+  /** Hash: a primary's lease claim, kept in force by its cell's registration (protocol/lease.ts). */
   lease(instanceId: string): string;
-  /** String: the lowest epoch a lease renewal may carry; raised by control when it fences. */
+  /** String: the lowest epoch a lease claim may carry; raised by control when it fences. */
   leaseFloor(instanceId: string): string;
 }
 

@@ -2,19 +2,20 @@
  * Many simulated cells in one process, speaking the real cell protocol (protocol/cell-protocol.ts,
  * docs/cells.md) against the real state Redis: registration with a TTL heartbeat, the desired
  * hash (notify + poll), actual reports with `actual` events, orders with results, and primary
- * leases renewed through protocol/lease.ts. Instances exist only as reported state: nothing runs.
+ * lease claims through protocol/lease.ts (the registration heartbeat is every primary's lease). Instances exist only as reported state: nothing runs.
  *
  * It is a benchmark tool, so control's cost at 1,000 cells and 10,000 services can be measured on
  * one machine. It is never used by tests that claim engines work. Its Redis traffic mirrors the
- * real agent's cadence (heartbeat, desired poll, periodic full report, lease renewal every third
- * of the TTL), so what control and the store see is what real cells would make them see.
+ * real agent's cadence (heartbeat, desired poll, periodic full report, a lease claim when a
+ * primary starts or is promoted and a release when it fails), so what control and the store see is what real cells would make them see.
  */
 import type { Redis } from 'ioredis';
 import { createRedis } from '../../common';
 import {
   keyLayout,
   ORDER_RESULT_TTL_MS,
-  renewLease,
+  claimLease,
+  releaseLease,
   type ActualInstance,
   type CellEvent,
   type CellRecord,
@@ -44,8 +45,6 @@ export interface CellSimulatorOptions {
   desiredPollMs?: number;
   /** The agent rewrites every report this often. @default 10000 */
   fullReportMs?: number;
-  /** Running primaries renew their lease this often (the agent: a third of the TTL). @default 1000 */
-  leaseRenewMs?: number;
   /** Simulated start time of an instance (starting → running). @default 20 */
   startMs?: number;
   /** Called when a cell first sees an instance's spec (the moment it is scheduled). */
@@ -66,7 +65,6 @@ export const DEFAULT_CELL_SIMULATOR_OPTIONS = {
   heartbeatTtlMs: 3_000,
   desiredPollMs: 2_000,
   fullReportMs: 10_000,
-  leaseRenewMs: 1_000,
   startMs: 20,
 };
 
@@ -98,7 +96,7 @@ export interface SimulatorStats {
   instances: number;
   running: number;
   ordersHandled: number;
-  leaseRenewals: number;
+  leaseClaims: number;
   leaseRefusals: number;
 }
 
@@ -115,7 +113,7 @@ export class CellSimulator {
   private timers: NodeJS.Timeout[] = [];
   private stopped = false;
   private orderLoopDone: Promise<void> = Promise.resolve();
-  private readonly stats = { ordersHandled: 0, leaseRenewals: 0, leaseRefusals: 0 };
+  private readonly stats = { ordersHandled: 0, leaseClaims: 0, leaseRefusals: 0 };
   /** Reports whose last write failed, rewritten by the periodic full report. */
   private readonly unsynced = new Set<string>();
 
@@ -177,7 +175,6 @@ export class CellSimulator {
     this.spread(this.opts.heartbeatMs, (cells) => void this.heartbeat(cells));
     this.spread(this.opts.desiredPollMs, (cells) => cells.forEach((c) => this.requestReconcile(c)));
     this.spread(this.opts.fullReportMs, (cells) => cells.forEach((c) => this.reportAll(c)));
-    this.spread(this.opts.leaseRenewMs, (cells) => void this.renewLeases(cells));
     for (const cell of this.cells.values()) this.requestReconcile(cell);
     this.orderLoopDone = this.orderLoop();
   }
@@ -207,11 +204,15 @@ export class CellSimulator {
     return { cells: this.cells.size, instances, running, ...this.stats };
   }
 
-  /** The instance's engine dies: reported failed, its lease no longer renewed. */
+  /** The instance's engine dies: reported failed, its lease claim withdrawn. */
   failInstance(instanceId: string): boolean {
     for (const cell of this.cells.values()) {
       const inst = cell.instances.get(instanceId);
       if (!inst) continue;
+      if (inst.actual.leaseHeld && this.redis)
+        void releaseLease(this.redis, this.keys, instanceId, inst.actual.epoch, this.holder(cell)).catch(
+          () => undefined,
+        );
       this.setActual(cell, inst, {
         state: 'failed',
         healthy: null,
@@ -380,7 +381,7 @@ export class CellSimulator {
     const t = setTimeout(() => {
       if (this.stopped || inst.actual.state !== 'starting') return;
       const generation = inst.spec.generation;
-      void this.acquireLease(inst).then((leaseHeld) => {
+      void this.acquireLease(cell, inst).then((leaseHeld) => {
         if (inst.actual.state !== 'starting' || inst.spec.generation !== generation) return;
         this.setActual(cell, inst, {
           state: 'running',
@@ -395,43 +396,21 @@ export class CellSimulator {
     t.unref();
   }
 
-  private async acquireLease(inst: SimInstance): Promise<boolean | null> {
+  private holder(cell: SimCell): { cell: string; boot: number } {
+    return { cell: cell.name, boot: cell.startedAt };
+  }
+
+  /** A primary claims its lease once, as it starts or is promoted; the heartbeat keeps it. */
+  private async acquireLease(cell: SimCell, inst: SimInstance): Promise<boolean | null> {
     if (!inst.spec.lease || inst.spec.role !== 'primary' || !this.redis) return null;
     try {
-      const res = await renewLease(
-        this.redis,
-        this.keys,
-        inst.spec.instanceId,
-        inst.actual.epoch,
-        this.cellOf(inst.spec.instanceId) ?? '',
-        inst.spec.lease.ttlMs,
-      );
+      const res = await claimLease(this.redis, this.keys, inst.spec.instanceId, inst.actual.epoch, this.holder(cell));
+      this.stats.leaseClaims++;
+      if (!res.ok) this.stats.leaseRefusals++;
       return res.ok;
     } catch {
       return false;
     }
-  }
-
-  /** Every running primary with a lease renews it, one script call each (protocol/lease.ts). */
-  private async renewLeases(cells: SimCell[]): Promise<void> {
-    if (!this.redis || this.stopped) return;
-    const work: Array<Promise<void>> = [];
-    for (const cell of cells) {
-      for (const inst of cell.instances.values()) {
-        if (!inst.spec.lease || inst.actual.role !== 'primary' || inst.actual.state !== 'running' || inst.fenced)
-          continue;
-        work.push(
-          renewLease(this.redis, this.keys, inst.spec.instanceId, inst.actual.epoch, cell.name, inst.spec.lease.ttlMs)
-            .then((res) => {
-              this.stats.leaseRenewals++;
-              if (!res.ok) this.stats.leaseRefusals++;
-              if (res.ok !== inst.actual.leaseHeld) this.setActual(cell, inst, { leaseHeld: res.ok });
-            })
-            .catch(() => undefined),
-        );
-      }
-    }
-    await Promise.all(work);
   }
 
   private setActual(cell: SimCell, inst: SimInstance, patch: Partial<ActualInstance>): void {
@@ -504,7 +483,7 @@ export class CellSimulator {
           }
           inst.spec = { ...inst.spec, role: 'primary', epoch: order.epoch };
           this.setActual(cell, inst, { role: 'primary', epoch: order.epoch });
-          this.setActual(cell, inst, { leaseHeld: await this.acquireLease(inst) });
+          this.setActual(cell, inst, { leaseHeld: await this.acquireLease(cell, inst) });
           result.data = { role: 'primary', position: inst.actual.position, positionValue: inst.actual.positionValue };
           break;
         case 'fence':

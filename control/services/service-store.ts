@@ -4,6 +4,7 @@
  * writes (placement, desired specs, teardown) carry its token, so a deposed leader cannot
  * overwrite its successor's decisions. Control keeps nothing in memory that a restart would lose.
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import type { Redis } from 'ioredis';
 import { ErrorCode, SfError } from '../../common';
 import { withFencedRetry, type FencedPlan, type LeaderFence } from '../leader/fenced-commit';
@@ -45,6 +46,15 @@ export class ServiceStore {
   private cached: ServiceSnapshot | null = null;
   /** version -> service name, from change messages newer than the cached snapshot. */
   private readonly heard = new Map<number, string>();
+  /**
+   * This process's changes, one at a time. Every change is guarded by the one services version,
+   * so concurrent changes of one process only made each other retry: about 90 parallel creates
+   * ended in SF_ERR_STORE_BUSY. In turn, each commits at its first attempt unless another control
+   * wrote meanwhile (that case still retries).
+   */
+  private queue: Promise<unknown> = Promise.resolve();
+  /** Set inside a change, so a change started from within one (nested) does not wait for itself. */
+  private readonly inChange = new AsyncLocalStorage<boolean>();
 
   constructor(
     private readonly redis: Redis,
@@ -143,6 +153,20 @@ export class ServiceStore {
    * whole snapshot, and returns the change, or null to write nothing.
    */
   async change<T>(
+    name: string,
+    fence: LeaderFence | null,
+    decide: (
+      current: ServiceRecord | null,
+      snapshot: ServiceSnapshot,
+    ) => Promise<{ change: ServiceChange; result: T } | { done: T }>,
+  ): Promise<T> {
+    if (this.inChange.getStore()) return this.changeNow(name, fence, decide);
+    const run = this.queue.then(() => this.inChange.run(true, () => this.changeNow(name, fence, decide)));
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  private changeNow<T>(
     name: string,
     fence: LeaderFence | null,
     decide: (

@@ -1,17 +1,24 @@
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import { LeaseKeeper } from '../../cell/lease-keeper';
-import { fenceLease, readLease, renewLease } from '../../protocol/lease';
+import { claimLease, fenceLease, readLease, releaseLease } from '../../protocol/lease';
 import { eventually } from '../helpers/cell-harness';
 import { startRedisServer, type RedisServerHandle } from '../helpers/redis-server';
 import { keyLayout } from '../../protocol/keys';
 
 const KEYS = keyLayout();
+const CELL_A = { cell: 'cell-a', boot: 1000 };
+const CELL_B = { cell: 'cell-b', boot: 2000 };
 
 describe('LeaseKeeper', function () {
   this.timeout(20_000);
   let server: RedisServerHandle;
   let redis: Redis;
+
+  /** The cell's own lease: its registration, as its heartbeat writes it. */
+  async function register(holder: { cell: string; boot: number }, ttlMs = 5_000): Promise<void> {
+    await redis.set(KEYS.cell(holder.cell).registration, JSON.stringify({ startedAt: holder.boot }), 'PX', ttlMs);
+  }
 
   before(async () => {
     server = await startRedisServer();
@@ -23,57 +30,105 @@ describe('LeaseKeeper', function () {
     await server.stop();
   });
 
-  describe('renewLease', () => {
-    it('refuses a renewal with an older epoch than the lease, atomically', async () => {
-      expect(await renewLease(redis, KEYS, 'l-1', 5, 'cell-a', 2_000)).to.deep.equal({ ok: true, epoch: 5 });
-      expect(await renewLease(redis, KEYS, 'l-1', 4, 'cell-b', 2_000)).to.deep.equal({ ok: false, epoch: 5 });
+  beforeEach(async () => {
+    await redis.flushall();
+    await register(CELL_A);
+    await register(CELL_B);
+  });
+
+  describe('claimLease', () => {
+    it('refuses a claim with an older epoch than the current claim, atomically', async () => {
+      expect(await claimLease(redis, KEYS, 'l-1', 5, CELL_A)).to.deep.equal({ ok: true, epoch: 5 });
+      expect(await claimLease(redis, KEYS, 'l-1', 4, CELL_B)).to.deep.equal({ ok: false, epoch: 5 });
       expect((await readLease(redis, KEYS, 'l-1'))?.holder).to.equal('cell-a');
-      expect(await renewLease(redis, KEYS, 'l-1', 6, 'cell-b', 2_000)).to.deep.equal({ ok: true, epoch: 6 });
+      expect(await claimLease(redis, KEYS, 'l-1', 6, CELL_B)).to.deep.equal({ ok: true, epoch: 6 });
+      expect((await readLease(redis, KEYS, 'l-1'))?.holder).to.equal('cell-b');
     });
 
-    it('refuses an old epoch even after the lease expired, once control has fenced it', async () => {
-      await renewLease(redis, KEYS, 'l-2', 1, 'cell-a', 200);
+    it('refuses an old epoch once control has fenced it, whoever claims', async () => {
+      await claimLease(redis, KEYS, 'l-2', 1, CELL_A);
       expect(await fenceLease(redis, KEYS, 'l-2', 2)).to.equal(2);
       expect(await redis.exists(KEYS.lease('l-2'))).to.equal(0);
-      expect((await renewLease(redis, KEYS, 'l-2', 1, 'cell-a', 200)).ok).to.equal(false);
-      expect((await renewLease(redis, KEYS, 'l-2', 2, 'cell-b', 200)).ok).to.equal(true);
+      expect((await claimLease(redis, KEYS, 'l-2', 1, CELL_A)).ok).to.equal(false);
+      expect((await claimLease(redis, KEYS, 'l-2', 2, CELL_B)).ok).to.equal(true);
+    });
+  });
+
+  describe('readLease', () => {
+    it('counts a claim only while its holder cell is registered, in the life that claimed it', async () => {
+      await claimLease(redis, KEYS, 'l-4', 1, CELL_A);
+      expect((await readLease(redis, KEYS, 'l-4'))?.epoch).to.equal(1);
+      // The cell restarted: the same name, another life.
+      await register({ cell: 'cell-a', boot: 1001 });
+      expect(await readLease(redis, KEYS, 'l-4')).to.equal(undefined);
+      await register(CELL_A, 100);
+      await eventually(async () => (await readLease(redis, KEYS, 'l-4')) === undefined, 2_000, 'registration expired');
+      expect(await redis.exists(KEYS.lease('l-4'))).to.equal(1);
+    });
+  });
+
+  describe('releaseLease', () => {
+    it('withdraws only a claim that is still exactly ours', async () => {
+      await claimLease(redis, KEYS, 'l-5', 3, CELL_A);
+      expect(await releaseLease(redis, KEYS, 'l-5', 2, CELL_A)).to.equal(false);
+      expect(await releaseLease(redis, KEYS, 'l-5', 3, CELL_B)).to.equal(false);
+      expect(await releaseLease(redis, KEYS, 'l-5', 3, { cell: 'cell-a', boot: 999 })).to.equal(false);
+      expect(await redis.exists(KEYS.lease('l-5'))).to.equal(1);
+      expect(await releaseLease(redis, KEYS, 'l-5', 3, CELL_A)).to.equal(true);
+      expect(await redis.exists(KEYS.lease('l-5'))).to.equal(0);
     });
   });
 
   describe('start', () => {
-    it('keeps the lease while healthy, lets it expire when not, and reports loss on a fence', async () => {
+    it('claims while healthy, withdraws when not, reports loss with the cell lease, and stays refused after a fence', async () => {
       let healthy = true;
+      let cellLease = true;
       const events: string[] = [];
       const keeper = new LeaseKeeper({
         keys: KEYS,
         redis,
         instanceId: 'l-3',
-        holder: 'cell-a',
+        holder: CELL_A.cell,
+        boot: CELL_A.boot,
         epoch: 3,
         ttlMs: 600,
         renewEveryMs: 100,
         healthy: async () => healthy,
+        cellLeaseCurrent: () => cellLease,
       });
       keeper.on('acquired', () => events.push('acquired'));
       keeper.on('lost', (why: { reason: string }) => events.push(`lost:${why.reason}`));
+      const monitor = redis.duplicate();
       keeper.start();
       try {
         await eventually(async () => keeper.held, 2_000, 'lease acquired');
-        await new Promise((r) => setTimeout(r, 900));
         expect((await readLease(redis, KEYS, 'l-3'))?.epoch).to.equal(3);
+        // At rest the keeper sends nothing: the cell's heartbeat keeps the lease.
+        const before = Number(/total_commands_processed:(\d+)/.exec(await monitor.info('stats'))?.[1]);
+        await new Promise((r) => setTimeout(r, 500));
+        const after = Number(/total_commands_processed:(\d+)/.exec(await monitor.info('stats'))?.[1]);
+        expect(after - before - 1, 'commands besides the first INFO').to.equal(0);
 
         healthy = false;
-        await eventually(async () => (await redis.exists(KEYS.lease('l-3'))) === 0, 3_000, 'lease expired');
+        await eventually(async () => (await redis.exists(KEYS.lease('l-3'))) === 0, 3_000, 'claim withdrawn');
         expect(events).to.include('lost:unhealthy');
 
         healthy = true;
-        await eventually(async () => keeper.held, 2_000, 'lease re-acquired');
+        await eventually(async () => keeper.held, 2_000, 'lease claimed again');
+        cellLease = false;
+        await eventually(async () => !keeper.held, 2_000, 'cell lease lapsed');
+        expect(events.at(-1)).to.equal('lost:cell-lease');
+        cellLease = true;
+        await eventually(async () => keeper.held, 2_000, 'lease claimed with the cell lease back');
+
         await fenceLease(redis, KEYS, 'l-3', 4);
-        await eventually(async () => !keeper.held, 2_000, 'lease lost');
-        expect(events.at(-1)).to.equal('lost:refused');
+        keeper.reclaim();
+        await eventually(async () => events.at(-1) === 'lost:refused', 2_000, 'refused');
+        expect(keeper.held).to.equal(false);
         expect(await redis.exists(KEYS.lease('l-3'))).to.equal(0);
       } finally {
         keeper.stop();
+        monitor.disconnect();
       }
     });
   });

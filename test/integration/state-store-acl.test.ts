@@ -17,7 +17,7 @@ import {
   setProcessRedisCredentials,
   type RedisCredentials,
 } from '../../common/redis-credentials';
-import { cellAclUser, fenceLease, keyLayout, renewLease } from '../../protocol';
+import { cellAclUser, claimLease, fenceLease, keyLayout, releaseLease } from '../../protocol';
 import { prepareLockedStateStore, type LockedStateStore } from '../../cli/state-store-acl';
 import { freePort } from '../helpers/free-port';
 import { waitForPort } from '../helpers/redis-server';
@@ -176,9 +176,10 @@ function describeLockedStore(prefix: string): void {
       expect(await outcome(sub.subscribe(other.notify))).to.match(/NOPERM/);
     });
 
-    it('lets a cell renew any lease but never lower a floor, for any instance id', async () => {
+    it('lets a cell claim and release any lease but never lower a floor, for any instance id', async () => {
       const cell = as(cellAclUser('cell-2'));
       const control = as('control');
+      const holder = { cell: 'cell-2', boot: 1 };
       // Instance ids as cell-protocol allows them; an id of exactly "floor" would make its lease key
       // end like a floor key and is refused (the platform's ids are always NAME-N).
       const ids = fc.sample(
@@ -188,8 +189,8 @@ function describeLockedStore(prefix: string): void {
       ids.push('r', 'or', 'oor', 'loor', 'xfloor', 'cache-0', 'f');
       for (const id of ids) {
         await control.set(keys.leaseFloor(id), '5');
-        expect((await renewLease(cell, keys, id, 5, 'cell-2', 5000)).ok, id).to.equal(true);
-        expect((await renewLease(cell, keys, id, 4, 'cell-2', 5000)).ok, id).to.equal(false);
+        expect((await claimLease(cell, keys, id, 5, holder)).ok, id).to.equal(true);
+        expect((await claimLease(cell, keys, id, 4, holder)).ok, id).to.equal(false);
         for (const attempt of [
           cell.set(keys.leaseFloor(id), '0'),
           cell.pexpire(keys.leaseFloor(id), 1),
@@ -200,10 +201,11 @@ function describeLockedStore(prefix: string): void {
         ])
           expect(await outcome(attempt), id).to.match(/NOPERM|can't access/);
         expect(await control.get(keys.leaseFloor(id)), id).to.equal('5');
+        expect(await releaseLease(cell, keys, id, 5, holder), id).to.equal(true);
       }
-      // Control still fences: the floor goes up and the old lease can no longer be renewed.
+      // Control still fences: the floor goes up and the old epoch can no longer be claimed.
       expect(await fenceLease(control, keys, 'cache-0', 6)).to.equal(6);
-      expect((await renewLease(cell, keys, 'cache-0', 5, 'cell-2', 5000)).ok).to.equal(false);
+      expect((await claimLease(cell, keys, 'cache-0', 5, holder)).ok).to.equal(false);
     });
 
     it('refuses control the store administration and anything outside the prefix', async () => {
