@@ -39,8 +39,15 @@ export interface CheckerOptions {
   kinds: readonly FaultKind[];
   /** Random pause before each fault, in ms. @default [1000, 4000] */
   gapMs?: readonly [number, number];
-  /** @default 10000 */
-  recoveryBoundMs?: number;
+  /**
+   * Writes must be acknowledged again within this long after a fault, else `write-recovery` is
+   * violated. `null` measures and reports recovery time only (a timing bound means little on an
+   * overloaded machine); a service whose writes never come back within the settle timeout is a
+   * violation either way. @default 10000
+   */
+  recoveryBoundMs?: number | null;
+  /** How long writes may fail while the status says `running` (router restarts excluded). @default 5000 */
+  runningWhileFailingMs?: number;
   /** How long a service may take to be `running` with every instance again. @default 60000 */
   settleTimeoutMs?: number;
   /** How often every instance port is probed. @default 750 */
@@ -158,7 +165,8 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
   const log = options.log ?? ((line: string) => console.log(line));
   const rng = createPrng(options.seed);
   const gap = options.gapMs ?? [1_000, 4_000];
-  const recoveryBound = options.recoveryBoundMs ?? 10_000;
+  const recoveryBound = options.recoveryBoundMs === undefined ? 10_000 : options.recoveryBoundMs;
+  const runningWhileFailingBound = options.runningWhileFailingMs ?? RUNNING_WHILE_FAILING_MS;
   const settleTimeout = options.settleTimeoutMs ?? 60_000;
   const probeInterval = options.probeIntervalMs ?? 750;
   const services: FaultService[] = options.engines.map((engine) => ({ name: SERVICE_NAMES[engine], engine }));
@@ -209,7 +217,10 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
     report();
   };
 
-  const platform = new FaultPlatform(options.platform);
+  const platform = new FaultPlatform({
+    partitionableCell: options.kinds.some((k) => k.name === 'cell-partition'),
+    ...options.platform,
+  });
   const result: CheckerResult = {
     seed: options.seed,
     faults: options.faults,
@@ -299,10 +310,16 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
           );
           const writer = writers.get(svc.name);
           const failingSince = writer?.failingSince();
-          const failingMs = failingSince === undefined ? 0 : performance.now() - failingSince;
+          // While the router process itself is down or restarting, failed writes say nothing about
+          // the service's status (control reports services, not routers): counted from its return.
+          const routerBack = platform.routerUpSince();
+          const failingMs =
+            failingSince === undefined || routerBack === undefined
+              ? 0
+              : performance.now() - Math.max(failingSince, routerBack);
           episode(
             `running-while-failing:${svc.name}`,
-            view?.status === 'running' && failingMs > RUNNING_WHILE_FAILING_MS,
+            view?.status === 'running' && failingMs > runningWhileFailingBound,
             () => {
               const last = writer?.failed.at(-1);
               violate(
@@ -469,9 +486,12 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
           const w = writers.get(s.name)!;
           return w.firstAckIssuedAfter(fault.at) !== undefined && w.failingSince() === undefined;
         });
+        // Every cell agent back and registered: one that is still starting has not yet re-adopted
+        // (and, if deposed, shot) the engines it left running.
         if (
           performance.now() - fault.at > MIN_SETTLE_MS &&
           writersHealthy &&
+          (await platform.absentAgents()).size === 0 &&
           services.every((s) => settled(lastViews.get(s.name)))
         ) {
           record.settledMs = Math.round(performance.now() - fault.at);
@@ -499,7 +519,7 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
         const ack = writer.firstAckIssuedAfter(from);
         const ms = ack ? ack.ackedAt - hit : null;
         record.recoveryMs[svc.name] = ms === null ? null : Math.round(ms);
-        if (ms === null || ms > recoveryBound)
+        if (ms === null || (recoveryBound !== null && ms > recoveryBound))
           violate(
             'write-recovery',
             svc.name,
