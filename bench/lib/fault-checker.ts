@@ -37,6 +37,11 @@ export interface CheckerOptions {
   faults: number;
   engines: readonly EngineName[];
   kinds: readonly FaultKind[];
+  /**
+   * The first faults take every kind once, in a seeded random order, so a short run covers them
+   * all; later faults (if `faults` is larger) pick at random. @default false
+   */
+  eachKindFirst?: boolean;
   /** Random pause before each fault, in ms. @default [1000, 4000] */
   gapMs?: readonly [number, number];
   /**
@@ -431,9 +436,14 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
     const monitorDone = monitor();
 
     const faultTimes: number[] = [];
+    const firstKinds: FaultKind[] = [];
+    if (options.eachKindFirst) {
+      const pool = [...options.kinds];
+      while (pool.length > 0) firstKinds.push(pool.splice(rng.int(0, pool.length - 1), 1)[0]!);
+    }
     for (let i = 1; i <= options.faults; i++) {
       await sleep(rng.int(gap[0], gap[1]));
-      const kind = rng.pick(options.kinds);
+      const kind = firstKinds[i - 1] ?? rng.pick(options.kinds);
       // A violation found during the gap still belongs to the previous fault; from here on, to this one.
       step = i;
       currentFault = kind.name;

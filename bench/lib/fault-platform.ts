@@ -359,7 +359,19 @@ export class FaultPlatform {
     slot.startedAt = Date.now();
     const net = this.network;
     const inNamespace = net !== undefined && name === this.partitionableCellName;
-    const hostArgs = net ? ['--listen-host', inNamespace ? net.host.address : net.rootAddress] : [];
+    // PostgreSQL trusts the platform's replication user on loopback only, unless told otherwise.
+    const hostArgs = net
+      ? [
+          '--listen-host',
+          inNamespace ? net.host.address : net.rootAddress,
+          '--trust-cidr',
+          `${net.host.address}/32`,
+          '--trust-cidr',
+          `${net.host.gateway}/32`,
+          '--trust-cidr',
+          `${net.rootAddress}/32`,
+        ]
+      : [];
     const [command, prefix] = inNamespace
       ? ['ip', ['netns', 'exec', net.host.name, process.execPath]]
       : [process.execPath, []];
