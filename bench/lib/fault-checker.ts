@@ -541,6 +541,15 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
               `fencing: ${await fencingSince(svc.name, fault.at)}; view: ${describeView(lastViews.get(svc.name))}`,
           );
       }
+      if (record.settledMs === null) {
+        const absent = [...(await platform.absentAgents())];
+        if (absent.length > 0)
+          violate(
+            'settles',
+            undefined,
+            `cell agent(s) ${absent.join(', ')} not running and registered ${settleTimeout} ms after the fault`,
+          );
+      }
       if (record.settledMs === null)
         for (const s of services)
           if (!settled(lastViews.get(s.name)))
