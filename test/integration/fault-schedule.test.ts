@@ -29,6 +29,8 @@ describe('fault schedule: a fixed-seed run of every fault kind', function () {
       kinds,
       recoveryBoundMs: null,
       gapMs: [500, 1_500],
+      // SF_FAULT_LOG_DIR=dir keeps every platform process's log for a failing run.
+      platform: { logDir: process.env.SF_FAULT_LOG_DIR ?? '' },
       log: (line) => console.log(`      ${line}`),
     });
     for (const s of result.steps)
