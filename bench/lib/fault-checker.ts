@@ -136,6 +136,8 @@ const RUNNING_WHILE_FAILING_MS = 5_000;
 const WRITE_TIMEOUT_MS = 2_000;
 /** No fault counts as settled sooner: longer than a write's timeout, so a hanging write has failed. */
 const MIN_SETTLE_MS = 2_500;
+/** Probe deadline for the settled checks, where a probe that did not answer is asked again. */
+const SETTLED_PROBE_TIMEOUT_MS = 5_000;
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
@@ -266,12 +268,12 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
     }
   };
 
-  const probeAll = async (svc: FaultService): Promise<Array<RoleProbe & { instance: string }>> => {
+  const probeAll = async (svc: FaultService, timeoutMs?: number): Promise<Array<RoleProbe & { instance: string }>> => {
     const known = [...addresses.get(svc.name)!];
     return Promise.all(
       known.map(async ([address, instance]) => {
         const [host, port] = address.split(':');
-        return { ...(await probeRole(svc.engine, host, Number(port), authOf(svc.name))), instance };
+        return { ...(await probeRole(svc.engine, host, Number(port), authOf(svc.name), timeoutMs)), instance };
       }),
     );
   };
@@ -374,9 +376,19 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
           `could not read the writes back through the router: ${(err as Error).message}`,
         );
       }
-      // The router's backend is the one instance that claims primary.
-      const probes = await probeAll(svc);
+      // The router's backend is the one instance that claims primary. A probe that could not
+      // connect or answer in time (a PostgreSQL backend fork and SCRAM exchange take seconds at
+      // load 30+) says nothing: asked again with a longer deadline before anything is judged.
+      let probes = await probeAll(svc);
+      for (
+        let attempt = 0;
+        attempt < 2 &&
+        probes.some((p) => !p.reachable && view?.instances.some((i) => `${i.host}:${i.port}` === p.address));
+        attempt++
+      )
+        probes = await probeAll(svc, SETTLED_PROBE_TIMEOUT_MS);
       const primaries = probes.filter((p) => p.primary).map((p) => p.address);
+      const unreachable = probes.filter((p) => !p.reachable).map((p) => `${p.address} (${p.detail})`);
       const backends = view ? await platform.routerBackends(view.port) : undefined;
       const active = (backends ?? [])
         .filter((b) => b.state === 'active' && b.role === 'primary')
@@ -387,7 +399,7 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
         violate(
           'router-points-at-primary',
           svc.name,
-          `router active primary backend(s) [${active.join(', ')}], instances claiming primary [${primaries.join(', ')}]; view: ${describeView(view)}`,
+          `router active primary backend(s) [${active.join(', ')}], instances claiming primary [${primaries.join(', ')}]${unreachable.length ? `, not answering [${unreachable.join(', ')}]` : ''}; view: ${describeView(view)}`,
         );
       // A `running` status means a client arriving now can write.
       if (view?.status === 'running') {
