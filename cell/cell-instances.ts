@@ -679,9 +679,33 @@ export class CellInstances {
       },
     });
     lease.on('acquired', () => this.emit(id));
-    lease.on('lost', () => this.emit(id));
+    lease.on('lost', (why: { reason?: string; epoch?: number }) => {
+      this.emit(id);
+      // Refused with a higher epoch after the lease had already expired unrenewed (the cell was
+      // cut off from the store for a whole TTL, as in a partition): control judged the cell dead
+      // and fenced this primary meanwhile. Shot at once, as a restarted agent does (adoptRole),
+      // instead of claiming primary until control's next pass reaches it (found by the fault
+      // checker's cell-partition runs). A refusal while the lease was fresh is left to control:
+      // a planned switchover raises the floor before it stops the old primary cleanly.
+      const ttl = inst.spec.lease?.ttlMs ?? 3_000;
+      if (why.reason === 'refused' && (why.epoch ?? 0) > lease.epoch && Date.now() - lease.renewedAt > ttl)
+        void this.shootDeposed(id, why.epoch ?? 0);
+    });
     inst.lease = lease;
     lease.start();
+  }
+
+  private async shootDeposed(id: string, floor: number): Promise<void> {
+    const inst = this.local.get(id);
+    if (!inst || inst.state !== 'running' || inst.spec.role !== 'primary') return;
+    const epoch = inst.spec.epoch;
+    await this.fence(id).catch(() => undefined);
+    if (!fencedMeanwhile(inst)) return;
+    inst.lastError = {
+      code: ErrorCode.StaleEpoch,
+      message: `primary with epoch ${epoch} could not renew its lease for a whole TTL, and control fenced it at epoch ${floor} meanwhile: stopped`,
+    };
+    this.emit(id);
   }
 
   private dropLease(inst: LocalInstance): void {

@@ -35,6 +35,7 @@ export class LeaseKeeper extends EventEmitter {
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
   private heldFlag = false;
+  private renewedAtMs = 0;
   private epochValue: number;
   private readonly ttlMs: number;
   private readonly renewEveryMs: number;
@@ -48,6 +49,11 @@ export class LeaseKeeper extends EventEmitter {
 
   get held(): boolean {
     return this.heldFlag;
+  }
+
+  /** Date.now() of the last renewal that succeeded; 0 before the first. */
+  get renewedAt(): number {
+    return this.renewedAtMs;
   }
 
   get epoch(): number {
@@ -86,6 +92,7 @@ export class LeaseKeeper extends EventEmitter {
     }
     try {
       const result = await renewLease(redis, this.options.keys, instanceId, this.epochValue, holder, this.ttlMs);
+      if (result.ok) this.renewedAtMs = Date.now();
       this.setHeld(result.ok, { reason: 'refused', epoch: result.epoch });
       return result;
     } catch (err) {

@@ -40,6 +40,30 @@ describe('LeaseKeeper', function () {
     });
   });
 
+  describe('renewedAt', () => {
+    it('moves with every renewal that succeeds and stays put on a refusal', async () => {
+      const keeper = new LeaseKeeper({
+        keys: KEYS,
+        redis,
+        instanceId: 'l-9',
+        holder: 'cell-a',
+        epoch: 1,
+        ttlMs: 1_000,
+        healthy: async () => true,
+      });
+      expect(keeper.renewedAt).to.equal(0);
+      const before = Date.now();
+      expect((await keeper.renewOnce())?.ok).to.equal(true);
+      const renewed = keeper.renewedAt;
+      expect(renewed).to.be.at.least(before);
+      // Fenced meanwhile: the cell tells a refusal after an expired lease (cut off for a whole
+      // TTL, then deposed) from one while the lease was fresh by this time.
+      await fenceLease(redis, KEYS, 'l-9', 2);
+      expect(await keeper.renewOnce()).to.deep.equal({ ok: false, epoch: 2 });
+      expect(keeper.renewedAt).to.equal(renewed);
+    });
+  });
+
   describe('start', () => {
     it('keeps the lease while healthy, lets it expire when not, and reports loss on a fence', async () => {
       let healthy = true;
