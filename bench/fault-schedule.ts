@@ -7,7 +7,8 @@
  * bench/results/fault-schedule-<seed>.json.
  *
  *   node dist/bench/fault-schedule.js --seed 7 --faults 20 [--engines redis,postgres]
- *     [--kinds engine-kill,cell-kill,...] [--list]
+ *     [--kinds engine-kill,cell-kill,...] [--recovery-bound-ms 10000] [--log-dir DIR]
+ *     [--log-level info] [--list]
  *
  * Exit code 0 with no violation, 1 with any (or when the run could not start), 2 for bad flags.
  */
@@ -23,6 +24,9 @@ interface Flags {
   engines: EngineName[];
   kinds: string[] | undefined;
   list: boolean;
+  logDir: string;
+  logLevel: string;
+  recoveryBoundMs: number;
 }
 
 function usage(message: string): never {
@@ -37,6 +41,9 @@ function parseFlags(argv: string[]): Flags {
     engines: ['redis', 'postgres'],
     kinds: undefined,
     list: false,
+    logDir: '',
+    logLevel: 'warn',
+    recoveryBoundMs: 10_000,
   };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
@@ -46,11 +53,16 @@ function parseFlags(argv: string[]): Flags {
     else if (arg === '--engines') flags.engines = value().split(',') as EngineName[];
     else if (arg === '--kinds') flags.kinds = value().split(',');
     else if (arg === '--list') flags.list = true;
+    else if (arg === '--log-dir') flags.logDir = value();
+    else if (arg === '--log-level') flags.logLevel = value();
+    else if (arg === '--recovery-bound-ms') flags.recoveryBoundMs = Number(value());
     else usage(`unknown flag ${arg}`);
   }
   if (!Number.isInteger(flags.seed) || flags.seed < 0) usage('--seed must be a non-negative integer');
   if (!Number.isInteger(flags.faults) || flags.faults < 1 || flags.faults > 1_000)
     usage('--faults must be an integer 1-1000');
+  if (!Number.isInteger(flags.recoveryBoundMs) || flags.recoveryBoundMs < 1)
+    usage('--recovery-bound-ms must be a positive integer');
   for (const e of flags.engines)
     if (e !== 'redis' && e !== 'postgres') usage(`--engines: unknown engine '${e}' (redis, postgres)`);
   return flags;
@@ -122,7 +134,14 @@ async function main(): Promise<void> {
   console.log(
     `fault schedule: seed ${flags.seed}, ${flags.faults} faults, engines ${flags.engines.join(',')}, kinds ${kinds.map((k) => k.name).join(',')}`,
   );
-  const result = await runFaultSchedule({ seed: flags.seed, faults: flags.faults, engines: flags.engines, kinds });
+  const result = await runFaultSchedule({
+    seed: flags.seed,
+    faults: flags.faults,
+    engines: flags.engines,
+    kinds,
+    recoveryBoundMs: flags.recoveryBoundMs,
+    platform: { logDir: flags.logDir, logLevel: flags.logLevel },
+  });
   console.log(render(result));
   const file = writeResults(`fault-schedule-${flags.seed}`, result);
   console.log(`\nwrote ${file}`);

@@ -710,6 +710,16 @@ export class CellInstances {
     });
     lease.on('acquired', () => this.emit(id));
     lease.on('lost', () => this.emit(id));
+    lease.on('refused', (why: { epoch?: number }) => {
+      // Refused with a higher epoch after the claim had not been held for a whole TTL (the cell
+      // was cut off from the store, as in a partition): control judged the cell dead and fenced
+      // this primary meanwhile. Shot at once, as a restarted agent does (adoptRole), instead of
+      // claiming primary until control's next pass reaches it (found by the fault checker's
+      // cell-partition runs). A planned switchover raises the floor while the claim is held and
+      // stops the old primary cleanly itself.
+      const ttl = inst.spec.lease?.ttlMs ?? 3_000;
+      if ((why.epoch ?? 0) > lease.epoch && Date.now() - lease.heldAt > ttl) void this.shootDeposed(id, why.epoch ?? 0);
+    });
     inst.lease = lease;
     lease.start();
   }
@@ -717,6 +727,19 @@ export class CellInstances {
   /** After the store lost its state: every claim is written again at its keeper's next look. */
   reclaimLeases(): void {
     for (const inst of this.local.values()) inst.lease?.reclaim();
+  }
+
+  private async shootDeposed(id: string, floor: number): Promise<void> {
+    const inst = this.local.get(id);
+    if (!inst || inst.state !== 'running' || inst.spec.role !== 'primary') return;
+    const epoch = inst.spec.epoch;
+    await this.fence(id).catch(() => undefined);
+    if (!fencedMeanwhile(inst)) return;
+    inst.lastError = {
+      code: ErrorCode.StaleEpoch,
+      message: `primary with epoch ${epoch} could not renew its lease for a whole TTL, and control fenced it at epoch ${floor} meanwhile: stopped`,
+    };
+    this.emit(id);
   }
 
   private dropLease(inst: LocalInstance, release = true): void {

@@ -35,7 +35,7 @@ export interface LeaseKeeperOptions {
   cellLeaseCurrent?: () => boolean;
 }
 
-export type LeaseKeeperEvent = 'acquired' | 'lost';
+export type LeaseKeeperEvent = 'acquired' | 'lost' | 'refused';
 
 /**
  * Keeps one lease claim. Emits `acquired` when a claim succeeds after none did, and `lost` with a
@@ -51,6 +51,8 @@ export class LeaseKeeper extends EventEmitter {
   private claimedEpoch: number | undefined;
   /** The epoch a claim was refused at: not tried again until the epoch changes (a fence is final). */
   private refusedEpoch: number | undefined;
+  /** Date.now() of the last look that found the claim held; 0 before the first. */
+  private heldAtMs = 0;
   private epochValue: number;
   private readonly ttlMs: number;
   private readonly renewEveryMs: number;
@@ -66,6 +68,11 @@ export class LeaseKeeper extends EventEmitter {
 
   get held(): boolean {
     return this.heldFlag;
+  }
+
+  /** Date.now() of the last look that found the claim held (healthy, cell lease current); 0 before. */
+  get heldAt(): number {
+    return this.heldAtMs;
   }
 
   get epoch(): number {
@@ -132,12 +139,22 @@ export class LeaseKeeper extends EventEmitter {
       return undefined;
     }
     this.unhealthySince = undefined;
-    if (this.heldFlag && this.claimedEpoch === this.epochValue) return { ok: true, epoch: this.epochValue };
+    if (this.heldFlag && this.claimedEpoch === this.epochValue) {
+      this.heldAtMs = Date.now();
+      return { ok: true, epoch: this.epochValue };
+    }
     if (this.refusedEpoch === this.epochValue) return { ok: false, epoch: this.epochValue };
     try {
       const result = await claimLease(redis, keys, instanceId, this.epochValue, { cell: holder, boot });
-      if (result.ok) this.claimedEpoch = this.epochValue;
-      else this.refusedEpoch = this.epochValue;
+      if (result.ok) {
+        this.claimedEpoch = this.epochValue;
+        this.heldAtMs = Date.now();
+      } else {
+        this.refusedEpoch = this.epochValue;
+        // Emitted at every refusal, held or not before: a claim refused after the cell's lease
+        // lapsed (a partition) says control fenced this primary meanwhile.
+        this.emit('refused', { epoch: result.epoch });
+      }
       this.setHeld(result.ok, { reason: 'refused', epoch: result.epoch });
       return result;
     } catch (err) {

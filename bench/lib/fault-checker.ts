@@ -37,10 +37,22 @@ export interface CheckerOptions {
   faults: number;
   engines: readonly EngineName[];
   kinds: readonly FaultKind[];
+  /**
+   * The first faults take every kind once, in a seeded random order, so a short run covers them
+   * all; later faults (if `faults` is larger) pick at random. @default false
+   */
+  eachKindFirst?: boolean;
   /** Random pause before each fault, in ms. @default [1000, 4000] */
   gapMs?: readonly [number, number];
-  /** @default 10000 */
-  recoveryBoundMs?: number;
+  /**
+   * Writes must be acknowledged again within this long after a fault, else `write-recovery` is
+   * violated. `null` measures and reports recovery time only (a timing bound means little on an
+   * overloaded machine); a service whose writes never come back within the settle timeout is a
+   * violation either way. @default 10000
+   */
+  recoveryBoundMs?: number | null;
+  /** How long writes may fail while the status says `running` (router restarts excluded). @default 5000 */
+  runningWhileFailingMs?: number;
   /** How long a service may take to be `running` with every instance again. @default 60000 */
   settleTimeoutMs?: number;
   /** How often every instance port is probed. @default 750 */
@@ -124,6 +136,8 @@ const RUNNING_WHILE_FAILING_MS = 5_000;
 const WRITE_TIMEOUT_MS = 2_000;
 /** No fault counts as settled sooner: longer than a write's timeout, so a hanging write has failed. */
 const MIN_SETTLE_MS = 2_500;
+/** Probe deadline for the settled checks, where a probe that did not answer is asked again. */
+const SETTLED_PROBE_TIMEOUT_MS = 5_000;
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
@@ -158,7 +172,8 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
   const log = options.log ?? ((line: string) => console.log(line));
   const rng = createPrng(options.seed);
   const gap = options.gapMs ?? [1_000, 4_000];
-  const recoveryBound = options.recoveryBoundMs ?? 10_000;
+  const recoveryBound = options.recoveryBoundMs === undefined ? 10_000 : options.recoveryBoundMs;
+  const runningWhileFailingBound = options.runningWhileFailingMs ?? RUNNING_WHILE_FAILING_MS;
   const settleTimeout = options.settleTimeoutMs ?? 60_000;
   const probeInterval = options.probeIntervalMs ?? 750;
   const services: FaultService[] = options.engines.map((engine) => ({ name: SERVICE_NAMES[engine], engine }));
@@ -209,7 +224,10 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
     report();
   };
 
-  const platform = new FaultPlatform(options.platform);
+  const platform = new FaultPlatform({
+    partitionableCell: options.kinds.some((k) => k.name === 'cell-partition'),
+    ...options.platform,
+  });
   const result: CheckerResult = {
     seed: options.seed,
     faults: options.faults,
@@ -250,12 +268,12 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
     }
   };
 
-  const probeAll = async (svc: FaultService): Promise<Array<RoleProbe & { instance: string }>> => {
+  const probeAll = async (svc: FaultService, timeoutMs?: number): Promise<Array<RoleProbe & { instance: string }>> => {
     const known = [...addresses.get(svc.name)!];
     return Promise.all(
       known.map(async ([address, instance]) => {
         const [host, port] = address.split(':');
-        return { ...(await probeRole(svc.engine, host, Number(port), authOf(svc.name))), instance };
+        return { ...(await probeRole(svc.engine, host, Number(port), authOf(svc.name), timeoutMs)), instance };
       }),
     );
   };
@@ -299,10 +317,16 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
           );
           const writer = writers.get(svc.name);
           const failingSince = writer?.failingSince();
-          const failingMs = failingSince === undefined ? 0 : performance.now() - failingSince;
+          // While the router process itself is down or restarting, failed writes say nothing about
+          // the service's status (control reports services, not routers): counted from its return.
+          const routerBack = platform.routerUpSince();
+          const failingMs =
+            failingSince === undefined || routerBack === undefined
+              ? 0
+              : performance.now() - Math.max(failingSince, routerBack);
           episode(
             `running-while-failing:${svc.name}`,
-            view?.status === 'running' && failingMs > RUNNING_WHILE_FAILING_MS,
+            view?.status === 'running' && failingMs > runningWhileFailingBound,
             () => {
               const last = writer?.failed.at(-1);
               violate(
@@ -352,9 +376,19 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
           `could not read the writes back through the router: ${(err as Error).message}`,
         );
       }
-      // The router's backend is the one instance that claims primary.
-      const probes = await probeAll(svc);
+      // The router's backend is the one instance that claims primary. A probe that could not
+      // connect or answer in time (a PostgreSQL backend fork and SCRAM exchange take seconds at
+      // load 30+) says nothing: asked again with a longer deadline before anything is judged.
+      let probes = await probeAll(svc);
+      for (
+        let attempt = 0;
+        attempt < 2 &&
+        probes.some((p) => !p.reachable && view?.instances.some((i) => `${i.host}:${i.port}` === p.address));
+        attempt++
+      )
+        probes = await probeAll(svc, SETTLED_PROBE_TIMEOUT_MS);
       const primaries = probes.filter((p) => p.primary).map((p) => p.address);
+      const unreachable = probes.filter((p) => !p.reachable).map((p) => `${p.address} (${p.detail})`);
       const backends = view ? await platform.routerBackends(view.port) : undefined;
       const active = (backends ?? [])
         .filter((b) => b.state === 'active' && b.role === 'primary')
@@ -365,7 +399,7 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
         violate(
           'router-points-at-primary',
           svc.name,
-          `router active primary backend(s) [${active.join(', ')}], instances claiming primary [${primaries.join(', ')}]; view: ${describeView(view)}`,
+          `router active primary backend(s) [${active.join(', ')}], instances claiming primary [${primaries.join(', ')}]${unreachable.length ? `, not answering [${unreachable.join(', ')}]` : ''}; view: ${describeView(view)}`,
         );
       // A `running` status means a client arriving now can write.
       if (view?.status === 'running') {
@@ -414,9 +448,14 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
     const monitorDone = monitor();
 
     const faultTimes: number[] = [];
+    const firstKinds: FaultKind[] = [];
+    if (options.eachKindFirst) {
+      const pool = [...options.kinds];
+      while (pool.length > 0) firstKinds.push(pool.splice(rng.int(0, pool.length - 1), 1)[0]!);
+    }
     for (let i = 1; i <= options.faults; i++) {
       await sleep(rng.int(gap[0], gap[1]));
-      const kind = rng.pick(options.kinds);
+      const kind = firstKinds[i - 1] ?? rng.pick(options.kinds);
       // A violation found during the gap still belongs to the previous fault; from here on, to this one.
       step = i;
       currentFault = kind.name;
@@ -469,9 +508,12 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
           const w = writers.get(s.name)!;
           return w.firstAckIssuedAfter(fault.at) !== undefined && w.failingSince() === undefined;
         });
+        // Every cell agent back and registered: one that is still starting has not yet re-adopted
+        // (and, if deposed, shot) the engines it left running.
         if (
           performance.now() - fault.at > MIN_SETTLE_MS &&
           writersHealthy &&
+          (await platform.absentAgents()).size === 0 &&
           services.every((s) => settled(lastViews.get(s.name)))
         ) {
           record.settledMs = Math.round(performance.now() - fault.at);
@@ -499,7 +541,7 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
         const ack = writer.firstAckIssuedAfter(from);
         const ms = ack ? ack.ackedAt - hit : null;
         record.recoveryMs[svc.name] = ms === null ? null : Math.round(ms);
-        if (ms === null || ms > recoveryBound)
+        if (ms === null || (recoveryBound !== null && ms > recoveryBound))
           violate(
             'write-recovery',
             svc.name,
@@ -509,6 +551,15 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
                 : `writes through the router recovered ${Math.round(ms)} ms after the fault (bound ${recoveryBound} ms)`
             }; last error: ${lastFailure?.error ?? '-'}; ${writer.failedBetween(fault.at, windowEnd)} failed writes; ` +
               `fencing: ${await fencingSince(svc.name, fault.at)}; view: ${describeView(lastViews.get(svc.name))}`,
+          );
+      }
+      if (record.settledMs === null) {
+        const absent = [...(await platform.absentAgents())];
+        if (absent.length > 0)
+          violate(
+            'settles',
+            undefined,
+            `cell agent(s) ${absent.join(', ')} not running and registered ${settleTimeout} ms after the fault`,
           );
       }
       if (record.settledMs === null)

@@ -235,6 +235,32 @@ export const platformRestart: FaultKind = {
   },
 };
 
+export const cellPartition: FaultKind = {
+  name: 'cell-partition',
+  description:
+    'the link of the cell in its own network namespace is cut for 2-8 s, then healed (the agent keeps running)',
+  optIn: 'needs root for network namespaces; the checker then runs one cell in a namespace',
+  async apply(ctx) {
+    const cell = ctx.platform.partitionableCellName;
+    const at = performance.now();
+    if (!cell) return { kind: this.name, detail: 'no partitionable cell: nothing done', at };
+    const ms = ctx.rng.int(2_000, 8_000);
+    const onIt: string[] = [];
+    for (const svc of ctx.services) {
+      const view = await ctx.platform.service(svc.name);
+      for (const i of view?.instances ?? []) if (i.cell === cell) onIt.push(`${i.id} (${i.role})`);
+    }
+    const cutAt = performance.now();
+    await ctx.platform.partitionCell(ms);
+    return {
+      kind: this.name,
+      target: cell,
+      detail: `${cell} cut off for ${ms} ms; on it: ${onIt.join(', ') || 'nothing'}`,
+      at: cutAt,
+    };
+  },
+};
+
 /** Every known kind; the default schedule uses those without `optIn`. */
 export const FAULT_KINDS: readonly FaultKind[] = [
   engineKill,
@@ -248,6 +274,7 @@ export const FAULT_KINDS: readonly FaultKind[] = [
   stateRedisRestart,
   stateRedisWipe,
   platformRestart,
+  cellPartition,
 ];
 
 export function defaultFaultKinds(): FaultKind[] {

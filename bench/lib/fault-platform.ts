@@ -11,11 +11,12 @@
  * `stop()`, even if the state store forgot it.
  */
 import { execFile } from 'node:child_process';
-import { chmodSync, mkdirSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
+import { appendFileSync, chmodSync, mkdirSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { Redis } from 'ioredis';
 import { keyLayout } from '../../protocol/keys';
+import { createCellNetwork, type CellNetwork } from './fault-netns';
 import { makeTempDir, startProcess, waitForPort, type ManagedProcess } from './processes';
 
 /** The `sf` entry point of this build (dist/cli/sf.js). */
@@ -30,6 +31,13 @@ export interface FaultPlatformOptions {
   capacityMb?: number;
   /** Log level of the platform processes. @default 'warn' */
   logLevel?: string;
+  /** When set, every platform process appends its whole output to `<logDir>/<name>.log`. @default '' */
+  logDir?: string;
+  /**
+   * Runs the last cell in a network namespace of its own so that it can be partitioned
+   * (bench/lib/fault-netns.ts); the other cells then listen on the host's address. @default false
+   */
+  partitionableCell?: boolean;
 }
 
 export interface InstanceViewLite {
@@ -138,17 +146,45 @@ export class FaultPlatform {
   private redisProc: ManagedProcess | undefined;
   private controlProc: ManagedProcess | undefined;
   private routerProc: ManagedProcess | undefined;
+  /** performance.now() when the router last answered its health check after a start; undefined while down. */
+  private routerUpAt: number | undefined;
   private readonly cells: CellSlot[] = [];
   private readonly ports = new Set<number>();
   /** Every engine pid a cell ever reported, so none outlives the run. */
   readonly enginePids = new Set<number>();
   private readonly opts: Required<FaultPlatformOptions>;
+  /** The network of the partitionable cell, when there is one. */
+  private network: CellNetwork | undefined;
 
   constructor(options: FaultPlatformOptions = {}) {
-    this.opts = { cells: 3, cellTtlMs: 1_000, capacityMb: 4_096, logLevel: 'warn', ...options };
+    this.opts = {
+      cells: 3,
+      cellTtlMs: 1_000,
+      capacityMb: 4_096,
+      logLevel: 'warn',
+      logDir: '',
+      partitionableCell: false,
+      ...options,
+    };
+    if (this.opts.logDir) mkdirSync(this.opts.logDir, { recursive: true });
     this.dataDir = makeTempDir('sf-fault-');
     // PostgreSQL runs as the postgres user when this runs as root: it must reach its volume.
     chmodSync(this.dataDir, 0o755);
+  }
+
+  /** Keeps a process's whole output in the log directory, if there is one. */
+  private keepLog(proc: ManagedProcess): ManagedProcess {
+    const dir = this.opts.logDir;
+    if (!dir) return proc;
+    const file = join(dir, `${proc.name}.log`);
+    const write = (chunk: Buffer): void => appendFileSync(file, chunk);
+    appendFileSync(file, `--- ${new Date().toISOString()} started, pid ${proc.pid}\n`);
+    proc.child.stdout?.on('data', write);
+    proc.child.stderr?.on('data', write);
+    void proc.exited.then((code) =>
+      appendFileSync(file, `--- ${new Date().toISOString()} exited ${code ?? proc.child.signalCode}\n`),
+    );
+    return proc;
   }
 
   get controlUrl(): string {
@@ -191,6 +227,11 @@ export class FaultPlatform {
     });
     if (put.status >= 300) throw new Error(`setting route ports: ${put.status} ${JSON.stringify(put.body)}`);
     await this.startRouter();
+    if (this.opts.partitionableCell) {
+      const net = await createCellNetwork(this.stateRedisPort);
+      if (typeof net === 'string') throw new Error(`a partitionable cell needs a namespace: ${net}`);
+      this.network = net;
+    }
     for (let n = 1; n <= this.opts.cells; n++) {
       const slot: CellSlot = {
         name: `cell-${n}`,
@@ -209,11 +250,13 @@ export class FaultPlatform {
   async startStateRedis(): Promise<void> {
     const dir = join(this.dataDir, 'state-redis');
     mkdirSync(dir, { recursive: true });
-    this.redisProc = startProcess(
-      'state-redis',
-      REDIS_BIN,
-      ['--port', String(this.stateRedisPort), '--bind', '127.0.0.1', '--dir', dir, '--appendonly', 'yes'],
-      { env: process.env },
+    this.redisProc = this.keepLog(
+      startProcess(
+        'state-redis',
+        REDIS_BIN,
+        ['--port', String(this.stateRedisPort), '--bind', '127.0.0.1', '--dir', dir, '--appendonly', 'yes'],
+        { env: process.env },
+      ),
     );
     await waitForPort(this.stateRedisPort, this.redisProc, 10_000);
   }
@@ -229,22 +272,24 @@ export class FaultPlatform {
   }
 
   async startControl(): Promise<void> {
-    this.controlProc = startProcess(
-      'control',
-      process.execPath,
-      [
-        SF_SCRIPT,
+    this.controlProc = this.keepLog(
+      startProcess(
         'control',
-        '--listen',
-        `127.0.0.1:${this.controlPort}`,
-        '--redis',
-        this.stateUrl,
-        // As `sf up` does: the leader keeps a copy of control's state here and restores it when
-        // the store comes back empty or older (issue 10, finding 5).
-        '--data-dir',
-        join(this.dataDir, 'control'),
-      ],
-      { env: this.env() },
+        process.execPath,
+        [
+          SF_SCRIPT,
+          'control',
+          '--listen',
+          `127.0.0.1:${this.controlPort}`,
+          '--redis',
+          this.stateUrl,
+          // As `sf up` does: the leader keeps a copy of control's state here and restores it when
+          // the store comes back empty or older (issue 10, finding 5).
+          '--data-dir',
+          join(this.dataDir, 'control'),
+        ],
+        { env: this.env() },
+      ),
     );
     const proc = this.controlProc;
     await this.waitUntil(
@@ -267,31 +312,40 @@ export class FaultPlatform {
   }
 
   async startRouter(): Promise<void> {
-    this.routerProc = startProcess(
-      'router',
-      process.execPath,
-      [
-        SF_SCRIPT,
+    this.routerProc = this.keepLog(
+      startProcess(
         'router',
-        '--redis',
-        this.stateUrl,
-        '--router-group',
-        'default',
-        '--admin',
-        `127.0.0.1:${this.routerAdminPort}`,
-        '--cache-file',
-        join(this.dataDir, 'router-routes.json'),
-      ],
-      { env: this.env() },
+        process.execPath,
+        [
+          SF_SCRIPT,
+          'router',
+          '--redis',
+          this.stateUrl,
+          '--router-group',
+          'default',
+          '--admin',
+          `127.0.0.1:${this.routerAdminPort}`,
+          '--cache-file',
+          join(this.dataDir, 'router-routes.json'),
+        ],
+        { env: this.env() },
+      ),
     );
     await this.waitUntil(
       'router healthy',
       async () => (await fetch(`http://127.0.0.1:${this.routerAdminPort}/health`)).ok,
       20_000,
     );
+    this.routerUpAt = performance.now();
+  }
+
+  /** When the router came back after its last start; undefined while it is down or starting. */
+  routerUpSince(): number | undefined {
+    return this.routerUpAt;
   }
 
   async restartRouter(): Promise<void> {
+    this.routerUpAt = undefined;
     if (this.routerProc) {
       process.kill(this.routerProc.pid, 'SIGKILL');
       await this.routerProc.exited;
@@ -303,31 +357,70 @@ export class FaultPlatform {
     const slot = this.cells.find((c) => c.name === name);
     if (!slot) throw new Error(`no cell ${name}`);
     slot.startedAt = Date.now();
-    slot.proc = startProcess(
-      name,
-      process.execPath,
-      [
-        SF_SCRIPT,
-        'cell',
-        '--name',
+    const net = this.network;
+    const inNamespace = net !== undefined && name === this.partitionableCellName;
+    // PostgreSQL trusts the platform's replication user on loopback only, unless told otherwise.
+    const hostArgs = net
+      ? [
+          '--listen-host',
+          inNamespace ? net.host.address : net.rootAddress,
+          '--trust-cidr',
+          `${net.host.address}/32`,
+          '--trust-cidr',
+          `${net.host.gateway}/32`,
+          '--trust-cidr',
+          `${net.rootAddress}/32`,
+        ]
+      : [];
+    const [command, prefix] = inNamespace
+      ? ['ip', ['netns', 'exec', net.host.name, process.execPath]]
+      : [process.execPath, []];
+    slot.proc = this.keepLog(
+      startProcess(
         name,
-        '--zone',
-        slot.zone,
-        '--capacity-mb',
-        String(this.opts.capacityMb),
-        '--redis',
-        this.stateUrl,
-        '--data-dir',
-        join(this.dataDir, 'cells', name),
-        '--port-range',
-        `${slot.portFrom}-${slot.portFrom + 99}`,
-        '--heartbeat-ms',
-        String(Math.max(100, Math.floor(this.opts.cellTtlMs / 5))),
-        '--heartbeat-ttl-ms',
-        String(this.opts.cellTtlMs),
-      ],
-      { env: this.env() },
+        command,
+        [
+          ...prefix,
+          SF_SCRIPT,
+          'cell',
+          ...hostArgs,
+          '--name',
+          name,
+          '--zone',
+          slot.zone,
+          '--capacity-mb',
+          String(this.opts.capacityMb),
+          '--redis',
+          inNamespace ? net.redisUrl : this.stateUrl,
+          '--data-dir',
+          join(this.dataDir, 'cells', name),
+          '--port-range',
+          `${slot.portFrom}-${slot.portFrom + 99}`,
+          '--heartbeat-ms',
+          String(Math.max(100, Math.floor(this.opts.cellTtlMs / 5))),
+          '--heartbeat-ttl-ms',
+          String(this.opts.cellTtlMs),
+        ],
+        { env: this.env() },
+      ),
     );
+  }
+
+  /** The cell in a namespace of its own, if the platform has one. */
+  get partitionableCellName(): string | undefined {
+    return this.network ? `cell-${this.opts.cells}` : undefined;
+  }
+
+  /** Cuts the partitionable cell's link for `ms`, then heals it. */
+  async partitionCell(ms: number): Promise<void> {
+    const net = this.network;
+    if (!net) throw new Error('no partitionable cell (FaultPlatformOptions.partitionableCell)');
+    await net.cut();
+    try {
+      await sleep(ms);
+    } finally {
+      await net.heal();
+    }
   }
 
   /** SIGKILL of the cell agent only: its engines keep running (an agent crash, not a host loss). */
@@ -373,6 +466,7 @@ export class FaultPlatform {
    * keep running.
    */
   async restartPlatformProcesses(): Promise<void> {
+    this.routerUpAt = undefined;
     const procs = [this.controlProc, this.routerProc, ...this.cells.map((c) => c.proc)].filter(
       (p): p is ManagedProcess => p !== undefined,
     );
@@ -547,6 +641,7 @@ export class FaultPlatform {
       }
     }
     this.state?.disconnect();
+    await this.network?.close();
     await this.redisProc?.stop();
     rmSync(this.dataDir, { recursive: true, force: true });
   }

@@ -78,12 +78,17 @@ export const DEFAULT_CONVERGENCE_LOOP_OPTIONS: Required<
  * this term (a whole platform restarting: cells start seconds after control on a busy machine,
  * and with no live cell there is nothing to fail over to anyway), nor until `cellGraceMs` — at
  * least twice the longest registration TTL a cell announced — has passed since the later of the
- * term's first pass and the first live cell it saw.
+ * term's first pass and the latest cell that registered while the grace was still open (agents
+ * restarted together register seconds apart under load; found by the fault-schedule checker,
+ * where a PostgreSQL replica whose agent came back 2 s after the others was replaced and sync
+ * writes stalled 25 s for the new replica's base backup).
  */
 export class CellGrace {
   private token = -1;
   private since = 0;
-  private firstAliveAt: number | null = null;
+  /** When the latest cell came (back) alive in this term; null while none has. */
+  private lastArrivalAt: number | null = null;
+  private readonly arrived = new Set<string>();
   private longestTtlMs = 0;
 
   constructor(
@@ -92,20 +97,30 @@ export class CellGrace {
   ) {}
 
   /** True while cells missing in this term may still be coming back. */
-  active(termToken: number, cells: Iterable<{ alive: boolean; record: { heartbeatTtlMs?: number } | null }>): boolean {
+  active(
+    termToken: number,
+    cells: Iterable<{ name: string; alive: boolean; record: { heartbeatTtlMs?: number } | null }>,
+  ): boolean {
     const now = this.now();
     if (termToken !== this.token) {
       this.token = termToken;
       this.since = now;
-      this.firstAliveAt = null;
+      this.lastArrivalAt = null;
+      this.arrived.clear();
     }
+    const grace = (): number => Math.max(this.graceMs, 2 * (this.longestTtlMs || DEFAULT_CELL_TTL_MS));
+    const open = this.lastArrivalAt === null || now - Math.max(this.since, this.lastArrivalAt) < grace();
     for (const c of cells) {
       this.longestTtlMs = Math.max(this.longestTtlMs, c.record?.heartbeatTtlMs ?? 0);
-      if (c.alive) this.firstAliveAt ??= now;
+      // While the grace is open, every cell that registers restarts it: agents restarted together
+      // come back seconds apart on a busy host, and the last one is no more dead than the first.
+      if (c.alive && !this.arrived.has(c.name)) {
+        this.arrived.add(c.name);
+        if (open) this.lastArrivalAt = now;
+      }
     }
-    if (this.firstAliveAt === null) return true;
-    const grace = Math.max(this.graceMs, 2 * (this.longestTtlMs || DEFAULT_CELL_TTL_MS));
-    return now - Math.max(this.since, this.firstAliveAt) < grace;
+    if (this.lastArrivalAt === null) return true;
+    return now - Math.max(this.since, this.lastArrivalAt) < grace();
   }
 }
 

@@ -108,6 +108,26 @@ export class ServiceReconciler {
       return a && a.generation >= i.generation ? a : undefined;
     };
 
+    // A record behind what its cells report: control restored an older copy of its state after
+    // the store lost data (state-keeper.ts), and a failover had happened after that copy was
+    // written. An instance running as primary with an epoch above the service's was promoted
+    // since: the record adopts it. Demoting it to follow the stale record would throw away every
+    // write it acknowledged since its promotion.
+    const ahead = this.primaryAhead(next, cells, actualOf);
+    if (ahead) {
+      this.adoptPrimary(next, ahead.inst, ahead.epoch, cells, ops);
+      events.push({
+        type: 'service-updated',
+        service: rec.name,
+        instanceId: ahead.inst.id,
+        cell: ahead.inst.cell,
+        message: `the record was behind its cells (state restored from an older copy): ${ahead.inst.id} runs as primary at epoch ${ahead.epoch}, above the record's ${rec.epoch}; adopted as the primary`,
+      });
+      next.leaderToken = fence.token;
+      next.updatedAt = now;
+      return { record: next, extraOps: ops, events };
+    }
+
     // Replicas on dead cells are dropped here and re-created below on live cells; never during
     // the grace of a new term, when a missing registration may only mean a restart (issue 10).
     // The volume is kept: a tombstone lets it be deleted only after the retention.
@@ -360,6 +380,58 @@ export class ServiceReconciler {
         },
       ],
     };
+  }
+
+  /** The instance reporting itself primary at the highest epoch above the service's, if any. */
+  private primaryAhead(
+    rec: ServiceRecord,
+    cells: ReadonlyMap<string, CellSnapshot>,
+    actualOf: (i: InstanceRecord) => { state: string; role: string; epoch: number } | undefined,
+  ): { inst: InstanceRecord; epoch: number } | null {
+    let best: { inst: InstanceRecord; epoch: number } | null = null;
+    for (const inst of rec.instances) {
+      const actual = actualOf(inst);
+      if (cells.get(inst.cell)?.alive !== true || actual?.state !== 'running' || actual.role !== 'primary') continue;
+      if (actual.epoch > rec.epoch && (!best || actual.epoch > best.epoch)) best = { inst, epoch: actual.epoch };
+    }
+    return best;
+  }
+
+  /**
+   * Makes `primary` the record's primary at `epoch`, as the cells report it; every other instance
+   * becomes its replica at that epoch. Instances already running as such keep their generation
+   * (the specs are rewritten to match them); one that still runs as a primary gets a new
+   * generation, so its cell restarts it as a replica (PostgreSQL rewinds it first).
+   */
+  private adoptPrimary(
+    next: ServiceRecord,
+    primary: InstanceRecord,
+    epoch: number,
+    cells: ReadonlyMap<string, CellSnapshot>,
+    ops: CasOp[],
+  ): void {
+    const reported = (i: InstanceRecord) => cells.get(i.cell)?.actual.get(i.id);
+    next.epoch = epoch;
+    for (const inst of next.instances) {
+      const actual = reported(inst);
+      inst.epoch = epoch;
+      delete inst.fenced;
+      if (inst === primary) {
+        inst.role = 'primary';
+        inst.generation = Math.max(inst.generation, actual?.generation ?? 0);
+        delete inst.upstream;
+        continue;
+      }
+      inst.role = 'replica';
+      const stillPrimary = actual?.state === 'running' && actual.role === 'primary';
+      inst.generation = Math.max(inst.generation, actual?.generation ?? 0) + (stillPrimary ? 1 : 0);
+    }
+    const address = reported(primary);
+    const upstream = address && address.port !== null ? { host: address.host, port: address.port } : null;
+    for (const inst of next.instances) {
+      if (inst !== primary) inst.upstream = upstream ?? inst.upstream;
+      if (inst.specWritten) ops.push(...this.specOps(next, inst, inst === primary ? null : upstream));
+    }
   }
 
   private specOps(

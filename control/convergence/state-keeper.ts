@@ -124,12 +124,29 @@ export class StateKeeper {
     return true;
   }
 
-  /** Writes a new copy when a counter moved since the last one. */
+  /**
+   * Writes a new copy when a counter moved since the last one. The copy only ever moves forward:
+   * a store whose counters are below the copy's lost data and is never copied (a pass that began
+   * before the store was wiped and saves after it would otherwise replace the good copy with an
+   * empty one, and the loss would never be repaired: found by the fault-schedule checker, a wipe
+   * 14 s after a platform restart left control with no services and routers with no routes), and
+   * counters that moved while the keys were read mean the read may mix two states: tried again on
+   * the next pass.
+   */
   async saveIfChanged(): Promise<void> {
     const markers = await this.markers();
     const tag = JSON.stringify(markers);
     if (tag === this.lastSaved) return;
+    const previous = await this.load();
+    if (previous && storeLostData(markers, previous.markers)) {
+      this.logger.warn(
+        { store: markers, copy: previous.markers },
+        'the state store is behind the last copy (it lost data): not copied; the next pass restores it',
+      );
+      return;
+    }
     const copy = await this.read(markers);
+    if (JSON.stringify(await this.markers()) !== tag) return;
     const tmp = `${this.file}.${process.pid}.tmp`;
     await mkdir(dirname(this.file), { recursive: true });
     // Token hashes are in it: owner-only, like the admin token file.

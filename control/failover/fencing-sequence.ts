@@ -149,8 +149,15 @@ export class FencingSequence {
         epoch,
         message,
       });
+    const sharing = this.cellsSharingNetwork(primary.cell, cells);
     if (!cell?.record || LOOPBACK.test(cell.record.host)) {
       await skip(`cell ${primary.cell} shares the host's loopback network; no separate network to cut`);
+    } else if (sharing.length > 0) {
+      // A fence installed in a network other cells share would cut them off too (found by the
+      // fault-schedule checker: a prohibit route set on a shared host cut a third cell off for good).
+      await skip(
+        `cell ${primary.cell} shares its address ${cell.record.host} with ${sharing.join(', ')}; a network fence would cut them too`,
+      );
     } else if (peers.length === 0) {
       await skip(`cell ${primary.cell} has no peers on other addresses to cut it from`);
     } else if (!cell.alive) {
@@ -779,6 +786,16 @@ export class FencingSequence {
         };
       }),
     );
+  }
+
+  /** Other cells that advertise the fenced cell's own address: they share its network. */
+  private cellsSharingNetwork(cellName: string, cells: ReadonlyMap<string, CellSnapshot>): string[] {
+    const own = cells.get(cellName)?.record?.host;
+    if (!own) return [];
+    return [...cells.values()]
+      .filter((c) => c.name !== cellName && c.record?.host === own)
+      .map((c) => c.name)
+      .sort();
   }
 
   /** Other cells' addresses, when they differ from the fenced cell's own and are not loopback. */

@@ -79,6 +79,39 @@ describe('LeaseKeeper', function () {
     });
   });
 
+  describe('heldAt and refused', () => {
+    it('moves heldAt while the claim is held, and reports every refusal with the winning epoch', async () => {
+      let cellLease = true;
+      const keeper = new LeaseKeeper({
+        keys: KEYS,
+        redis,
+        instanceId: 'l-9',
+        holder: CELL_A.cell,
+        boot: CELL_A.boot,
+        epoch: 1,
+        ttlMs: 1_000,
+        healthy: async () => true,
+        cellLeaseCurrent: () => cellLease,
+      });
+      const refusals: number[] = [];
+      keeper.on('refused', (why: { epoch: number }) => refusals.push(why.epoch));
+      expect(keeper.heldAt).to.equal(0);
+      const before = Date.now();
+      expect((await keeper.renewOnce())?.ok).to.equal(true);
+      const held = keeper.heldAt;
+      expect(held).to.be.at.least(before);
+      // Cut off from the store (the cell's lease lapsed), and fenced by control meanwhile: the
+      // refusal after it comes with the winning epoch, and heldAt tells how long ago it was held.
+      cellLease = false;
+      expect(await keeper.renewOnce()).to.equal(undefined);
+      await fenceLease(redis, KEYS, 'l-9', 2);
+      cellLease = true;
+      expect(await keeper.renewOnce()).to.deep.equal({ ok: false, epoch: 2 });
+      expect(keeper.heldAt).to.equal(held);
+      expect(refusals).to.deep.equal([2]);
+    });
+  });
+
   describe('start', () => {
     it('claims while healthy, withdraws when not, reports loss with the cell lease, and stays refused after a fence', async () => {
       let healthy = true;

@@ -3,13 +3,13 @@ import { CellGrace } from '../../../control/convergence/convergence-loop';
 import { primaryLossReason } from '../../../control/convergence/service-reconciler';
 
 describe('CellGrace', () => {
-  const cellsWithTtl = (ttl: number) => [{ alive: true, record: { heartbeatTtlMs: ttl } }];
+  const cellsWithTtl = (ttl: number, name = 'a') => [{ name, alive: true, record: { heartbeatTtlMs: ttl } }];
 
   describe('active', () => {
     it('lasts while no cell has registered in the term, then twice the TTL from the first live cell', () => {
       let now = 1_000;
       const grace = new CellGrace(0, () => now);
-      const none = [{ alive: false, record: null }];
+      const none = [{ name: 'b', alive: false, record: null }];
       expect(grace.active(7, none)).to.equal(true);
       now += 60_000;
       // A whole platform restarting: still nothing to judge, nothing to fail over to.
@@ -32,6 +32,23 @@ describe('CellGrace', () => {
       configured.active(1, cellsWithTtl(1_000));
       now = 9_999;
       expect(configured.active(1, cellsWithTtl(1_000))).to.equal(true);
+    });
+
+    it('starts again when another cell registers while it is open, so cells restarted together all come back', () => {
+      let now = 0;
+      const grace = new CellGrace(0, () => now);
+      const down = (name: string) => ({ name, alive: false, record: null });
+      expect(grace.active(1, [...cellsWithTtl(1_000, 'a'), down('b'), down('c')])).to.equal(true);
+      now = 1_900;
+      expect(grace.active(1, [...cellsWithTtl(1_000, 'a'), ...cellsWithTtl(1_000, 'b'), down('c')])).to.equal(true);
+      // 3.8 s after the first cell, 1.9 s after the second: c is still waited for.
+      now = 3_800;
+      expect(grace.active(1, [...cellsWithTtl(1_000, 'a'), ...cellsWithTtl(1_000, 'b'), down('c')])).to.equal(true);
+      now = 3_900;
+      expect(grace.active(1, [...cellsWithTtl(1_000, 'a'), ...cellsWithTtl(1_000, 'b'), down('c')])).to.equal(false);
+      // Once closed, a cell that comes back does not reopen it: a cell that dies later is judged.
+      now = 4_000;
+      expect(grace.active(1, [...cellsWithTtl(1_000, 'a'), ...cellsWithTtl(1_000, 'c'), down('b')])).to.equal(false);
     });
 
     it('starts again with every new leadership term (a standby taking over, a restarted control)', () => {

@@ -220,6 +220,36 @@ describe('ServiceReconciler', () => {
     });
   });
 
+  describe('a record behind its cells (state restored from an older copy)', () => {
+    it('adopts the instance that runs as primary at a higher epoch, never demotes it', async () => {
+      for (const oldRole of ['primary', 'replica'] as const) {
+        const { store, coordinator, reconciler } = setup(service());
+        const c = cells({ c1: true, c2: true });
+        // A failover after the copy was written: cache-1 was promoted at epoch 4; cache-0 either
+        // still runs as the deposed primary or already follows cache-1.
+        Object.assign(c.get('c2')!.actual.get('cache-1')!, { role: 'primary', epoch: 4 });
+        Object.assign(c.get('c1')!.actual.get('cache-0')!, { role: oldRole, epoch: oldRole === 'primary' ? 3 : 4 });
+        await reconciler.reconcile('cache', fence, c, { cellGrace: true });
+        expect(coordinator.losses).to.deep.equal([]);
+        const rec = store.rec!;
+        expect(rec.epoch).to.equal(4);
+        expect(rec.instances.find((i) => i.id === 'cache-1')).to.include({ role: 'primary', epoch: 4, generation: 0 });
+        const old = rec.instances.find((i) => i.id === 'cache-0')!;
+        // Still a primary: restarted as a replica (new generation); already following: left as it runs.
+        expect(old).to.include({ role: 'replica', epoch: 4, generation: oldRole === 'primary' ? 1 : 0 });
+        expect(old.upstream).to.deep.equal({ host: '127.0.0.1', port: c.get('c2')!.actual.get('cache-1')!.port });
+        const spec = opsOf(store).find((op) => op.cmd === 'HSET' && op.key === keys.cell('c2').desired);
+        expect(JSON.parse((spec as { value: string }).value)).to.include({ role: 'primary', epoch: 4 });
+      }
+    });
+
+    it('leaves a record alone whose primary epoch is the highest reported', async () => {
+      const { store, reconciler } = setup(service());
+      await reconciler.reconcile('cache', fence, cells({ c1: true, c2: true }), { cellGrace: false });
+      expect(store.rec!.instances.find((i) => i.id === 'cache-0')).to.include({ role: 'primary', epoch: 3 });
+    });
+  });
+
   describe('reconcile of a deleted service', () => {
     it('tombstones every volume for the collector instead of ordering deletions itself', async () => {
       const rec = service('deleting');

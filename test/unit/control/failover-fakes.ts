@@ -84,7 +84,28 @@ export class FakeStore {
 export class FakeCells {
   alive = new Set<string>();
   states = new Map<string, ActualInstance['state']>();
+  /** cell -> advertised host; a cell listed here has a registration record, others none. */
+  hosts = new Map<string, string>();
   constructor(private readonly store: FakeStore) {}
+
+  private record(name: string): CellSnapshot['record'] {
+    const host = this.hosts.get(name);
+    if (host === undefined) return null;
+    return {
+      name,
+      zone: name,
+      capacityMb: 4096,
+      usedMb: 0,
+      host,
+      executors: ['process'],
+      engines: ['redis'],
+      portRange: { from: 7000, to: 7099 },
+      instances: 0,
+      startedAt: 0,
+      heartbeatAt: 0,
+      heartbeatTtlMs: 1000,
+    };
+  }
 
   async snapshot(): Promise<Map<string, CellSnapshot>> {
     const out = new Map<string, CellSnapshot>();
@@ -92,7 +113,7 @@ export class FakeCells {
       const cell = out.get(inst.cell) ?? {
         name: inst.cell,
         alive: this.alive.size === 0 || this.alive.has(inst.cell),
-        record: null,
+        record: this.record(inst.cell),
         actual: new Map<string, ActualInstance>(),
       };
       cell.actual.set(inst.id, {
@@ -118,6 +139,10 @@ export class FakeCells {
       });
       out.set(inst.cell, cell);
     }
+    // Cells with no instance of the service still count as peers (or as sharing a host).
+    for (const [name] of this.hosts)
+      if (!out.has(name))
+        out.set(name, { name, alive: true, record: this.record(name), actual: new Map<string, ActualInstance>() });
     return out;
   }
 }

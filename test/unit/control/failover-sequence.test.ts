@@ -204,6 +204,29 @@ describe('FencingSequence', () => {
       expect(rec.instances.find((i) => i.id === 'cache-0')).to.include({ role: 'replica', generation: 1 });
     });
 
+    it('cuts the network of a primary whose cell has an address of its own, never of one that shares it', async () => {
+      const own = world();
+      own.cells.hosts = new Map([
+        ['cell-1', '10.0.0.1'],
+        ['cell-2', '10.0.0.2'],
+      ]);
+      await own.sequence.fencePrimary(own.op());
+      expect(own.steps.at('cut:cell-1'), own.steps.log.join(' ')).to.be.greaterThan(own.steps.at('floor:cache-0'));
+      // cell-3 shares cell-1's address (same host or namespace): a prohibit route set there would
+      // cut cell-3 off too, so the fence is skipped and says why.
+      const shared = world();
+      shared.cells.hosts = new Map([
+        ['cell-1', '10.0.0.1'],
+        ['cell-2', '10.0.0.2'],
+        ['cell-3', '10.0.0.1'],
+      ]);
+      await shared.sequence.fencePrimary(shared.op());
+      expect(shared.steps.at('cut:'), shared.steps.log.join(' ')).to.equal(-1);
+      const step = shared.history.steps.find((s) => s.step === 'network-fence');
+      expect(step?.outcome).to.equal('skipped');
+      expect(step?.message).to.contain('shares its address 10.0.0.1 with cell-3');
+    });
+
     it('says degraded from the route fence on, never running while writes are paused', async () => {
       const w = world();
       expect(storeRecord(w.store).status).to.equal('running');
