@@ -4,8 +4,8 @@
  */
 import { type Command, Option } from 'commander';
 import { ErrorCode, SfError } from '../common/errors';
-import type { ServiceCreateInput, ServiceView } from '../control/services';
-import { DISK_SYNC_MODES, type DiskSync } from '../protocol';
+import type { InstanceView, ServiceCreateInput, ServiceView } from '../control/services';
+import { DISK_SYNC_MODES, SIDECAR_ENGINES, SIDECAR_KINDS, type DiskSync, type SidecarKind } from '../protocol';
 import { ApiClient } from './api-client';
 import { UsageError, exitWithError, parseIntFlag } from './cli-support';
 import { formatTable, printResult } from './output-table';
@@ -20,6 +20,7 @@ interface CreateFlags {
   routerGroup: string;
   command?: string;
   executor?: string;
+  sidecar: string[];
   wait?: boolean;
   timeout: string;
   json?: boolean;
@@ -40,13 +41,20 @@ function servicesTable(services: ServiceView[]): string {
   );
 }
 
+/** `redis-exporter:20004`, one per sidecar; `-` for a port not reported yet. */
+function sidecarPorts(sidecars: InstanceView['sidecars']): string | null {
+  return sidecars?.length ? sidecars.map((c) => `${c.name}:${c.port ?? '-'}`).join(' ') : null;
+}
+
 function serviceDetail(s: ServiceView): string {
   const head =
     `name:        ${s.name}\n` +
     `engine:      ${s.engine}${s.executor ? ` (${s.executor})` : ''}\n` +
     `status:      ${s.status}${s.message ? ` (${s.message})` : ''}\n` +
     `router port: ${s.port} (group ${s.router_group})\n` +
-    `replicas:    ${s.replicas}, durability ${s.durability}, disk sync ${s.disk_sync}, volume ${s.volume.size_mb} MB, fencing ${s.fencing.policy}\n\n`;
+    `replicas:    ${s.replicas}, durability ${s.durability}, disk sync ${s.disk_sync}, volume ${s.volume.size_mb} MB, fencing ${s.fencing.policy}\n` +
+    (s.sidecars?.length ? `sidecars:    ${s.sidecars.join(', ')}\n` : '') +
+    '\n';
   const rows = s.instances.map((i) => [
     i.id,
     i.role,
@@ -55,9 +63,14 @@ function serviceDetail(s: ServiceView): string {
     i.cell,
     i.zone,
     i.host && i.port ? `${i.host}:${i.port}` : null,
+    ...(s.sidecars?.length ? [sidecarPorts(i.sidecars)] : []),
     i.last_error?.message,
   ]);
-  return head + formatTable(['INSTANCE', 'ROLE', 'STATE', 'EPOCH', 'CELL', 'ZONE', 'ADDRESS', 'ERROR'], rows);
+  const sidecarColumn = s.sidecars?.length ? ['SIDECARS'] : [];
+  return (
+    head +
+    formatTable(['INSTANCE', 'ROLE', 'STATE', 'EPOCH', 'CELL', 'ZONE', 'ADDRESS', ...sidecarColumn, 'ERROR'], rows)
+  );
 }
 
 /** Polls until every instance runs; fails fast when the leader finds the service unplaceable. */
@@ -89,6 +102,17 @@ export async function waitForService(
   }
 }
 
+/** `--sidecar` values, checked here so a typo is a usage error before anything is sent. */
+function sidecarsFlag(values: string[], engine: string): SidecarKind[] {
+  for (const v of values) {
+    if (!SIDECAR_KINDS.includes(v as SidecarKind))
+      throw new UsageError(`--sidecar must be one of ${SIDECAR_KINDS.join(', ')}, got '${v}'`);
+    if (SIDECAR_ENGINES[v as SidecarKind] !== engine)
+      throw new UsageError(`--sidecar ${v} serves engine ${SIDECAR_ENGINES[v as SidecarKind]}, not ${engine}`);
+  }
+  return [...new Set(values)] as SidecarKind[];
+}
+
 async function createService(engine: string, name: string, flags: CreateFlags): Promise<void> {
   const body: ServiceCreateInput = {
     name,
@@ -100,6 +124,7 @@ async function createService(engine: string, name: string, flags: CreateFlags): 
     fencing: { policy: flags.fencing },
     router_group: flags.routerGroup,
     ...(flags.executor ? { executor: flags.executor as ServiceCreateInput['executor'] } : {}),
+    ...(flags.sidecar.length ? { sidecars: sidecarsFlag(flags.sidecar, engine) } : {}),
   };
   if (engine === 'tcp' && !flags.command)
     throw new UsageError("engine tcp needs --command 'PROGRAM ARGS...' (placeholders {port}, {host}, {dataDir})");
@@ -221,6 +246,12 @@ export function registerServiceCommands(program: Command): void {
         'process',
         'docker',
       ]),
+    )
+    .option(
+      '--sidecar <name>',
+      `a sidecar beside each instance, sharing its network and volume (repeatable): ${SIDECAR_KINDS.join(', ')}`,
+      (value: string, previous: string[]) => [...previous, value],
+      [] as string[],
     )
     .option('--command <cmdline>', 'engine tcp: the command, with {port}, {host} and {dataDir} placeholders')
     .option('--wait', 'wait until every instance runs')

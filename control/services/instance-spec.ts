@@ -31,6 +31,7 @@ export function instanceSpec(
     ...(inst.role === 'replica' && upstream ? { replicaOf: upstream } : {}),
     ...(service.command ? { command: service.command } : {}),
     ...(service.executor ? { executor: service.executor } : {}),
+    ...(service.sidecars?.length ? { sidecars: service.sidecars } : {}),
     ...(inst.role === 'primary' && primaryLeaseTtlMs > 0 ? { lease: { ttlMs: primaryLeaseTtlMs } } : {}),
     ...(service.credentials ? { credentials: instanceCredentials(service.credentials) } : {}),
   };

@@ -59,6 +59,7 @@ export async function admitService(deps: ServiceAdmissionDeps, req: ServiceCreat
       fencing: { policy: req.fencing.policy },
       ...(req.command ? { command: { file: req.command.file, args: req.command.args } } : {}),
       ...(req.executor ? { executor: req.executor } : {}),
+      ...(req.sidecars?.length ? { sidecars: [...req.sidecars] } : {}),
       routerGroup: group.name,
       routerGroupGuid: group.guid,
       port,

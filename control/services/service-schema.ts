@@ -1,6 +1,6 @@
 /** The create-service request, validated once at the edge; errors name the field. */
 import { z } from 'zod';
-import { DISK_SYNC_MODES, ENGINE_KINDS, EXECUTOR_KINDS } from '../../protocol';
+import { DISK_SYNC_MODES, ENGINE_KINDS, EXECUTOR_KINDS, SIDECAR_ENGINES, SIDECAR_KINDS } from '../../protocol';
 
 /** Replicas per service: beyond this a mistake is likelier than a need. */
 export const MAX_REPLICAS = 8;
@@ -64,6 +64,13 @@ export const serviceCreateSchema = z
       .default({ ...DEFAULT_SERVICE_REQUEST.fencing }),
     router_group: z.string().min(1, 'must not be empty').default(DEFAULT_SERVICE_REQUEST.router_group),
     executor: z.enum(EXECUTOR_KINDS, { error: `must be one of ${EXECUTOR_KINDS.join(', ')}` }).optional(),
+    /** Sidecars each instance carries (its pod), sharing its network and volume (docs/cells.md, Pods). */
+    sidecars: z
+      .array(z.enum(SIDECAR_KINDS, { error: `must be one of ${SIDECAR_KINDS.join(', ')}` }), {
+        error: 'must be an array',
+      })
+      .max(SIDECAR_KINDS.length, `must list at most ${SIDECAR_KINDS.length} sidecars`)
+      .optional(),
     /** Engine `tcp` only: the command to run, with `{port}`, `{host}` and `{dataDir}` placeholders. */
     command: z
       .object({ file: z.string().min(1, 'must not be empty'), args: z.array(z.string()).default([]) })
@@ -76,6 +83,17 @@ export const serviceCreateSchema = z
       ctx.addIssue({ code: 'custom', path: ['command'], message: 'is required for engine tcp' });
     if (v.engine !== 'tcp' && v.command)
       ctx.addIssue({ code: 'custom', path: ['command'], message: 'is only allowed for engine tcp' });
+    const seen = new Set<string>();
+    for (const sidecar of v.sidecars ?? []) {
+      if (SIDECAR_ENGINES[sidecar] !== v.engine)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['sidecars'],
+          message: `${sidecar} serves engine ${SIDECAR_ENGINES[sidecar]}, not ${v.engine}`,
+        });
+      if (seen.has(sidecar)) ctx.addIssue({ code: 'custom', path: ['sidecars'], message: `lists ${sidecar} twice` });
+      seen.add(sidecar);
+    }
   });
 
 /** `PATCH /v3/service_instances/:name`: what may change on a running service. */

@@ -4,7 +4,15 @@
  * copied here; it is read from the cells' `actual` hashes, so this record only changes when a
  * decision changes (DESIGN.md "Core model", issue 4).
  */
-import type { ActualState, DiskSync, Durability, EngineKind, ExecutorKind, InstanceRole } from '../../protocol';
+import type {
+  ActualState,
+  DiskSync,
+  Durability,
+  EngineKind,
+  ExecutorKind,
+  InstanceRole,
+  SidecarKind,
+} from '../../protocol';
 
 export type FencingPolicy = 'auto' | 'manual';
 
@@ -92,6 +100,8 @@ export interface ServiceRecord extends ServiceRequestFields {
   command?: { file: string; args: string[] };
   /** The executor its instances run with; absent = each cell's default (process). */
   executor?: ExecutorKind;
+  /** Sidecars each instance carries (docs/cells.md, Pods); absent = none. */
+  sidecars?: SidecarKind[];
   routerGroup: string;
   routerGroupGuid: string;
   /** The router port clients use; reserved at creation from the group's reservable ports. */
@@ -129,7 +139,14 @@ export interface InstanceView {
   host: string | null;
   port: number | null;
   healthy: boolean | null;
+  /** The instance's sidecars with the port each listens on (null until the cell reports it). */
+  sidecars?: InstanceSidecarView[];
   last_error: { code: string; message: string } | null;
+}
+
+export interface InstanceSidecarView {
+  name: SidecarKind;
+  port: number | null;
 }
 
 /** The API's shape: snake_case like the rest of `/v3` (the record keeps its stored names). */
@@ -137,6 +154,7 @@ export interface ServiceView extends Omit<ServiceRequestFields, 'volume'> {
   volume: { size_mb: number };
   disk_sync: DiskSync;
   executor?: ExecutorKind;
+  sidecars?: SidecarKind[];
   router_group: string;
   port: number;
   status: ServiceStatus;
