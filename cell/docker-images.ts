@@ -38,7 +38,8 @@ export function upstreamVersion(debianVersion: string): string {
 }
 
 async function aptField(args: string[], pattern: RegExp): Promise<string> {
-  const out = await runCommand('apt-cache', args, { timeoutMs: 30_000 });
+  // Generous: apt-cache reads every package list, which takes long on a loaded machine.
+  const out = await runCommand('apt-cache', args, { timeoutMs: 180_000 });
   const m = pattern.exec(out);
   if (!m) throw new SfError(ErrorCode.EngineUnavailable, `apt-cache ${args.join(' ')}: no ${pattern.source} found`);
   return m[1];

@@ -21,6 +21,8 @@ interface CreateFlags {
   command?: string;
   executor?: string;
   sidecar: string[];
+  memoryMb?: string;
+  cpus?: string;
   wait?: boolean;
   timeout: string;
   json?: boolean;
@@ -54,6 +56,9 @@ function serviceDetail(s: ServiceView): string {
     `router port: ${s.port} (group ${s.router_group})\n` +
     `replicas:    ${s.replicas}, durability ${s.durability}, disk sync ${s.disk_sync}, volume ${s.volume.size_mb} MB, fencing ${s.fencing.policy}\n` +
     (s.sidecars?.length ? `sidecars:    ${s.sidecars.join(', ')}\n` : '') +
+    (s.resources
+      ? `limits:      ${[s.resources.memory_mb ? `memory ${s.resources.memory_mb} MB` : '', s.resources.cpus ? `${s.resources.cpus} CPUs` : ''].filter(Boolean).join(', ')}\n`
+      : '') +
     '\n';
   const rows = s.instances.map((i) => [
     i.id,
@@ -102,6 +107,13 @@ export async function waitForService(
   }
 }
 
+function cpusFlag(value: string): number {
+  const n = Number(value);
+  if (!/^\d+(\.\d+)?$/.test(value) || !(n > 0) || n > 1024)
+    throw new UsageError(`--cpus must be a positive number up to 1024, got '${value}'`);
+  return n;
+}
+
 /** `--sidecar` values, checked here so a typo is a usage error before anything is sent. */
 function sidecarsFlag(values: string[], engine: string): SidecarKind[] {
   for (const v of values) {
@@ -125,6 +137,14 @@ async function createService(engine: string, name: string, flags: CreateFlags): 
     router_group: flags.routerGroup,
     ...(flags.executor ? { executor: flags.executor as ServiceCreateInput['executor'] } : {}),
     ...(flags.sidecar.length ? { sidecars: sidecarsFlag(flags.sidecar, engine) } : {}),
+    ...(flags.memoryMb || flags.cpus
+      ? {
+          resources: {
+            ...(flags.memoryMb ? { memory_mb: parseIntFlag(flags.memoryMb, '--memory-mb', 16) } : {}),
+            ...(flags.cpus ? { cpus: cpusFlag(flags.cpus) } : {}),
+          },
+        }
+      : {}),
   };
   if (engine === 'tcp' && !flags.command)
     throw new UsageError("engine tcp needs --command 'PROGRAM ARGS...' (placeholders {port}, {host}, {dataDir})");
@@ -253,6 +273,8 @@ export function registerServiceCommands(program: Command): void {
       (value: string, previous: string[]) => [...previous, value],
       [] as string[],
     )
+    .option('--memory-mb <n>', 'memory limit per instance, in MB (a container limit with the docker executor)')
+    .option('--cpus <n>', 'CPU limit per instance, e.g. 0.5 (a container limit with the docker executor)')
     .option('--command <cmdline>', 'engine tcp: the command, with {port}, {host} and {dataDir} placeholders')
     .option('--wait', 'wait until every instance runs')
     .option('--timeout <seconds>', 'how long --wait waits', String(DEFAULT_WAIT_TIMEOUT_S))

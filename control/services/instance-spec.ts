@@ -32,6 +32,7 @@ export function instanceSpec(
     ...(service.command ? { command: service.command } : {}),
     ...(service.executor ? { executor: service.executor } : {}),
     ...(service.sidecars?.length ? { sidecars: service.sidecars } : {}),
+    ...(service.resources ? { resources: service.resources } : {}),
     ...(inst.role === 'primary' && primaryLeaseTtlMs > 0 ? { lease: { ttlMs: primaryLeaseTtlMs } } : {}),
     ...(service.credentials ? { credentials: instanceCredentials(service.credentials) } : {}),
   };

@@ -64,6 +64,26 @@ export const serviceCreateSchema = z
       .default({ ...DEFAULT_SERVICE_REQUEST.fencing }),
     router_group: z.string().min(1, 'must not be empty').default(DEFAULT_SERVICE_REQUEST.router_group),
     executor: z.enum(EXECUTOR_KINDS, { error: `must be one of ${EXECUTOR_KINDS.join(', ')}` }).optional(),
+    /**
+     * Limits per instance: the docker executor makes them the container's memory and CPU limits
+     * (the process executor runs engines without limits).
+     */
+    resources: z
+      .object({
+        memory_mb: z
+          .number({ error: 'must be an integer' })
+          .int('must be an integer')
+          .min(16, 'must be at least 16')
+          .max(1_048_576, 'must be at most 1048576')
+          .optional(),
+        cpus: z
+          .number({ error: 'must be a number' })
+          .positive('must be positive')
+          .max(1024, 'must be at most 1024')
+          .optional(),
+      })
+      .strict()
+      .optional(),
     /** Sidecars each instance carries (its pod), sharing its network and volume (docs/cells.md, Pods). */
     sidecars: z
       .array(z.enum(SIDECAR_KINDS, { error: `must be one of ${SIDECAR_KINDS.join(', ')}` }), {

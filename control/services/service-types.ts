@@ -102,6 +102,8 @@ export interface ServiceRecord extends ServiceRequestFields {
   executor?: ExecutorKind;
   /** Sidecars each instance carries (docs/cells.md, Pods); absent = none. */
   sidecars?: SidecarKind[];
+  /** Limits per instance (container limits on the docker executor); absent = none. */
+  resources?: { memoryMb?: number; cpus?: number };
   routerGroup: string;
   routerGroupGuid: string;
   /** The router port clients use; reserved at creation from the group's reservable ports. */
@@ -155,6 +157,7 @@ export interface ServiceView extends Omit<ServiceRequestFields, 'volume'> {
   disk_sync: DiskSync;
   executor?: ExecutorKind;
   sidecars?: SidecarKind[];
+  resources?: { memory_mb?: number; cpus?: number };
   router_group: string;
   port: number;
   status: ServiceStatus;

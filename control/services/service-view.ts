@@ -52,6 +52,14 @@ export function serviceView(record: ServiceRecord, cells: ReadonlyMap<string, Ce
     engine: record.engine,
     ...(record.executor ? { executor: record.executor } : {}),
     ...(record.sidecars?.length ? { sidecars: record.sidecars } : {}),
+    ...(record.resources
+      ? {
+          resources: {
+            ...(record.resources.memoryMb ? { memory_mb: record.resources.memoryMb } : {}),
+            ...(record.resources.cpus ? { cpus: record.resources.cpus } : {}),
+          },
+        }
+      : {}),
     replicas: record.replicas,
     durability: record.durability,
     disk_sync: record.diskSync ?? defaultDiskSync(record.durability, record.engine),

@@ -30,6 +30,8 @@ export interface ClusterOptions {
   keyPrefix?: string;
   /** Extra `sf cell` flags for every cell (e.g. `--volume-check-ms 500`). */
   cellArgs?: string[];
+  /** Extra environment of every cell (e.g. `DOCKER_HOST` of a private daemon). */
+  cellEnv?: NodeJS.ProcessEnv;
 }
 
 export interface CellProcess {
@@ -167,7 +169,7 @@ export async function startServiceCluster(options: ClusterOptions = {}): Promise
           '--stop-instances-on-exit',
           ...(options.cellArgs ?? []),
         ],
-        { SF_LOG_LEVEL: 'warn' },
+        { SF_LOG_LEVEL: 'warn', ...options.cellEnv },
       );
       const cell = { name, zone, proc };
       cells.push(cell);

@@ -69,7 +69,10 @@ describe('the sf image (Dockerfile, real daemon)', function () {
     const routes = path.join(dir, 'routes.json');
     await writeFile(
       routes,
-      JSON.stringify({ version: 1, routes: [{ port: routePort, backends: [{ host: '127.0.0.1', port: backend.port }] }] }),
+      JSON.stringify({
+        version: 1,
+        routes: [{ port: routePort, backends: [{ host: '127.0.0.1', port: backend.port }] }],
+      }),
     );
     const name = `sf-router-test-${process.pid}`;
     containers.push(name);
