@@ -24,7 +24,7 @@ COPY node_modules ./node_modules
 COPY dist ./dist
 COPY native-bindings/build/Release ./native-bindings/build/Release
 ENV NODE_ENV=production SF_HOME=/var/lib/sf
-RUN ln -s /opt/service-foundry/dist/cli/sf.js /usr/local/bin/sf && mkdir -p /var/lib/sf
+RUN chmod +x dist/cli/sf.js && ln -s /opt/service-foundry/dist/cli/sf.js /usr/local/bin/sf && mkdir -p /var/lib/sf
 # Control API, router admin, and the default router group's route ports.
 EXPOSE 7600 7601 16000-16999
 ENTRYPOINT ["sf"]

@@ -8,7 +8,7 @@
 import path from 'node:path';
 import type { Command } from 'commander';
 import { DockerApi } from '../cell/docker-api';
-import { buildEngineImage, IMAGE_ENGINES, type ImageEngine } from '../cell/docker-images';
+import { buildEngineImage, IMAGE_ENGINES } from '../cell/docker-images';
 import { UsageError, exitWithError } from './cli-support';
 import { formatTable, printResult } from './output-table';
 import { startProgress } from './progress';

@@ -238,7 +238,13 @@ describe('services on the docker executor (real daemon)', function () {
     );
     for (const i of view.instances) await engineContainer(i.id);
     await checkExporters(view, /^pg_up 1$/m);
-    await psql(view.port, key, 'create table t(v text); insert into t values (1)');
+    // The first connections may still meet the route's previous state; a client retries.
+    await eventually(
+      async () => (await psql(view.port, key, 'create table if not exists t(v text); select 1')) === '1',
+      30_000,
+      'a query through the router',
+    );
+    await psql(view.port, key, 'insert into t values (1)');
     const replica = view.instances.find((i) => i.role === 'replica')!;
     await eventually(
       async () => (await psql(replica.port!, key, 'select count(*) from t')) === '1',
