@@ -46,7 +46,7 @@ function flag(name: string): string | undefined {
   return i >= 0 ? process.argv[i + 1] : undefined;
 }
 
-/** One query through the router: a write, so that after a failover only the new primary answers. */
+/** One query through the router that only a primary answers as expected (a Redis write, PostgreSQL not in recovery). */
 async function query(engine: Engine, port: number, key: ServiceKeyAuth, n: number): Promise<boolean> {
   if (engine === 'redis') {
     const c = new Redis({
@@ -65,6 +65,7 @@ async function query(engine: Engine, port: number, key: ServiceKeyAuth, n: numbe
       c.disconnect();
     }
   }
+  // Only a primary answers `f`: after a failover, the new one.
   const { stdout } = await run(
     'psql',
     [
@@ -77,13 +78,13 @@ async function query(engine: Engine, port: number, key: ServiceKeyAuth, n: numbe
       '-d',
       'postgres',
       '-w',
-      '-At',
+      '-Atq',
       '-c',
-      'create table if not exists bench(n int); insert into bench values (1) returning 1',
+      'select pg_is_in_recovery()',
     ],
     { timeout: 5_000, env: { PATH: process.env.PATH ?? '', PGPASSWORD: key.password, PGCONNECT_TIMEOUT: '2' } },
   );
-  return stdout.trim() === '1';
+  return stdout.trim() === 'f';
 }
 
 async function untilQuery(engine: Engine, port: number, key: ServiceKeyAuth, timeoutMs: number): Promise<number> {
