@@ -7,7 +7,7 @@
  * write the router gets answered by the new primary. Executors are interleaved round by round so
  * machine load hits each alike; the table gives medians and the docker/process ratio.
  *
- *   node dist/bench/docker-vs-process.js [--rounds N] [--quick]
+ *   node dist/bench/docker-vs-process.js [--rounds N] [--quick] [--no-wait]
  *
  * Writes bench/results/docker-vs-process.json with every sample and the load average.
  */
@@ -147,7 +147,9 @@ async function main(): Promise<void> {
     process.stderr.write('docker-vs-process: --rounds must be a positive integer\n');
     process.exit(2);
   }
-  await acquireRunLock('docker-vs-process');
+  // --no-wait: measure now even while another load benchmark runs (its load is then in the
+  // figures, and in the load average printed with them).
+  if (!process.argv.includes('--no-wait')) await acquireRunLock('docker-vs-process');
   const daemon = await useDockerDaemon((line) => console.log(`  image build: ${line}`));
   if (typeof daemon === 'string') {
     console.error(`docker-vs-process: no Docker daemon: ${daemon}`);

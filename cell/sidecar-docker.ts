@@ -28,7 +28,7 @@ export interface DockerSidecarOptions {
   image: (ctx: EngineContext) => string;
   /** The engine container's name; a sidecar's is that plus its kind. */
   containerName: (instanceId: string) => string;
-  /** @default 10000 */
+  /** How long a sidecar container may take to listen (container start is slow on a loaded host). @default 30000 */
   startTimeoutMs?: number;
 }
 
@@ -92,7 +92,7 @@ export class DockerSidecars implements SidecarRunner {
       const ok = started && (started.status === 204 || started.status === 304);
       const listening =
         ok &&
-        (await waitListening(listenHost, port, this.options.startTimeoutMs ?? 10_000, () => false).catch(() => false));
+        (await waitListening(listenHost, port, this.options.startTimeoutMs ?? 30_000, () => false).catch(() => false));
       if (!ok || !listening || !containerId) {
         if (containerId) await this.keepLogs(containerId, ctx.volumeDir, kind);
         await api.call('DELETE', `/containers/${name}?force=true`).catch(() => undefined);

@@ -17,7 +17,7 @@ import { SIDECARS, sidecarLogName, waitListening, type SidecarHandle, type Sidec
 export interface ProcessSidecarOptions {
   ports: PortAllocator;
   listenHost: string;
-  /** How long a sidecar may take to listen. @default 10000 */
+  /** How long a sidecar may take to listen. @default 20000 */
   startTimeoutMs?: number;
 }
 
@@ -104,7 +104,7 @@ export class ProcessSidecars implements SidecarRunner {
       const listening = await waitListening(
         this.options.listenHost,
         port,
-        this.options.startTimeoutMs ?? 10_000,
+        this.options.startTimeoutMs ?? 20_000,
         () => exited,
       );
       if (!listening || !child.pid) {

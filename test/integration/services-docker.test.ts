@@ -233,18 +233,18 @@ describe('services on the docker executor (real daemon)', function () {
     const key = await serviceKey(c().api, 'dpg');
     const view = await c().waitForService(
       'dpg',
-      240_000,
+      420_000,
       (v) => v.status === 'running' && v.instances.every((i) => i.sidecars?.[0]?.port),
     );
     for (const i of view.instances) await engineContainer(i.id);
     await checkExporters(view, /^pg_up 1$/m);
     // The first connections may still meet the route's previous state; a client retries.
     await eventually(
-      async () => (await psql(view.port, key, 'create table if not exists t(v text); select 1')) === '1',
-      30_000,
+      async () => (await psql(view.port, key, 'select 1')) === '1',
+      120_000,
       'a query through the router',
     );
-    await psql(view.port, key, 'insert into t values (1)');
+    await psql(view.port, key, 'create table t(v text); insert into t values (1)');
     const replica = view.instances.find((i) => i.role === 'replica')!;
     await eventually(
       async () => (await psql(replica.port!, key, 'select count(*) from t')) === '1',
