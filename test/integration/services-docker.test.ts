@@ -11,6 +11,8 @@ import { promisify } from 'node:util';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import type { ServiceView } from '../../control/services';
+import type { ActualInstance } from '../../protocol/cell-protocol';
+import { keyLayout } from '../../protocol/keys';
 import { DockerApi } from '../../cell/docker-api';
 import { dockerCli } from '../../cell/docker-engine-tools';
 import { primaryOf, promotedFrom, sf } from '../helpers/failover-support';
@@ -208,7 +210,23 @@ describe('services on the docker executor (real daemon)', function () {
     const cell = c().cells.find((x) => x.name === replica.cell && x.proc.child.exitCode === null)!;
     cell.proc.child.kill('SIGKILL');
     await cell.proc.stop();
+    const restartedAt = Date.now();
     await c().startCell(cell.name, cell.zone);
+    // The new cell process reports the instance running, with its sidecar: it adopted them.
+    await eventually(
+      async () => {
+        const text = await c().state.hget(keyLayout('sf:').cell(cell.name).actual, replica.id);
+        const actual = text ? (JSON.parse(text) as ActualInstance) : undefined;
+        return (
+          actual !== undefined &&
+          actual.updatedAt > restartedAt &&
+          actual.state === 'running' &&
+          actual.sidecars?.[0]?.port === replica.sidecars?.[0].port
+        );
+      },
+      60_000,
+      'the restarted cell reports the adopted instance and sidecar',
+    );
     const after = await c().waitForService('dkv', 60_000, (v) =>
       v.instances.some((i) => i.id === replica.id && i.state === 'running' && i.sidecars?.[0]?.port),
     );
