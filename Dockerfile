@@ -1,37 +1,30 @@
-# Service Foundry: one image, entrypoint `sf`.
-#   docker build -t service-foundry .
-#   docker run --rm -p 16379:16379 -v $PWD/routes.json:/etc/sf/routes.json \
-#     service-foundry router --routes /etc/sf/routes.json --bind 0.0.0.0 --admin 0.0.0.0:7601
-
-# Build stage: compilers for TypeScript and the native relay addon.
-FROM node:20-bookworm AS build
-WORKDIR /src
-COPY package.json package-lock.json ./
-RUN npm ci --no-audit --no-fund
-COPY tsconfig.json ./
-COPY router ./router
-COPY control ./control
-COPY native-bindings ./native-bindings
-COPY bench ./bench
-COPY test ./test
-COPY scripts ./scripts
-RUN npm run build \
- && (bash scripts/build-native.sh || echo "native relay not built; the JS relay will be used") \
- && mkdir -p native-bindings/build/Release \
- && npm prune --omit=dev
-
-# Runtime stage: Node, the built code, and the engines a cell runs.
-FROM node:20-bookworm-slim AS runtime
-RUN apt-get update \
- && apt-get install -y --no-install-recommends redis-server redis-tools postgresql iproute2 ca-certificates \
- && rm -rf /var/lib/apt/lists/*
+# Service Foundry: one image, entrypoint `sf`, running every role (router, control, cell).
+#
+# Built from a built checkout (npm ci && npm run build) by `sf images build sf`, which copies
+# dist/ and node_modules pruned to production packages into the context and chooses BASE: the
+# public node:20-bookworm-slim where the daemon has it or can pull it, else a local Debian made
+# by mmdebstrap with the engines and this host's Node.js (service-foundry/node:VERSION). No
+# registry is needed with the local base.
+#
+#   sf images build sf
+#   docker run --rm --network host -v $PWD/routes.json:/etc/sf/routes.json \
+#     service-foundry/sf router --routes /etc/sf/routes.json --admin 127.0.0.1:7601
+ARG BASE=node:20-bookworm-slim
+FROM ${BASE}
+# The engines a cell runs as processes, and their exporters (sidecars); a local base has them.
+RUN if ! command -v redis-server >/dev/null || ! command -v psql >/dev/null; then \
+      apt-get update \
+      && apt-get install -y --no-install-recommends redis-server redis-tools postgresql iproute2 ca-certificates \
+           prometheus-redis-exporter prometheus-postgres-exporter \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi
 WORKDIR /opt/service-foundry
-COPY --from=build /src/package.json ./
-COPY --from=build /src/node_modules ./node_modules
-COPY --from=build /src/dist ./dist
-COPY --from=build /src/native-bindings/build/Release ./native-bindings/build/Release
+COPY package.json package-lock.json ./
+COPY node_modules ./node_modules
+COPY dist ./dist
+COPY native-bindings/build/Release ./native-bindings/build/Release
 ENV NODE_ENV=production SF_HOME=/var/lib/sf
-RUN ln -s /opt/service-foundry/dist/cli/sf.js /usr/local/bin/sf && mkdir -p /var/lib/sf
+RUN chmod +x dist/cli/sf.js && ln -s /opt/service-foundry/dist/cli/sf.js /usr/local/bin/sf && mkdir -p /var/lib/sf
 # Control API, router admin, and the default router group's route ports.
 EXPOSE 7600 7601 16000-16999
 ENTRYPOINT ["sf"]

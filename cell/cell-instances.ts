@@ -607,6 +607,7 @@ export class CellInstances {
       lastError: inst.lastError,
       degraded:
         inst.state === 'running' && spec.role === 'primary' ? (this.cannotCommit.get(instanceId) ?? null) : null,
+      ...(inst.state === 'running' && inst.handle?.sidecars?.length ? { sidecars: inst.handle.sidecars } : {}),
       updatedAt: Date.now(),
     };
   }

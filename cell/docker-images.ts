@@ -38,7 +38,8 @@ export function upstreamVersion(debianVersion: string): string {
 }
 
 async function aptField(args: string[], pattern: RegExp): Promise<string> {
-  const out = await runCommand('apt-cache', args, { timeoutMs: 30_000 });
+  // Generous: apt-cache reads every package list, which takes long on a loaded machine.
+  const out = await runCommand('apt-cache', args, { timeoutMs: 180_000 });
   const m = pattern.exec(out);
   if (!m) throw new SfError(ErrorCode.EngineUnavailable, `apt-cache ${args.join(' ')}: no ${pattern.source} found`);
   return m[1];
@@ -129,17 +130,49 @@ export async function buildEngineImage(
     await tagImage(api, image, recipe.repository, 'latest');
     return { engine, image, tags, built: false, seconds: (Date.now() - began) / 1000 };
   }
-  const workDir = await mkdtemp(path.join(options.workDir ?? '/var/tmp', 'sf-image-'));
-  const tarball = path.join(workDir, `${engine}.tar`);
+  await importDebianImage(api, {
+    repository: recipe.repository,
+    tag: version,
+    packages: recipe.packages,
+    // Debian's postgresql creates a "main" cluster on install; instances bring their own.
+    hooks: ['rm -rf "$1"/var/lib/postgresql/*/main "$1"/etc/postgresql/*/main'],
+    changes: [`ENV PATH=${recipe.path}`, `LABEL sf.engine=${engine} sf.version=${version}`],
+    workDir: options.workDir,
+    log: options.log,
+  });
+  await tagImage(api, image, recipe.repository, 'latest');
+  return { engine, image, tags, built: true, seconds: (Date.now() - began) / 1000 };
+}
+
+export interface DebianImageRecipe {
+  repository: string;
+  tag: string;
+  packages: string[];
+  /** mmdebstrap `--customize-hook`s (`copy-in FILE DIR` puts a host file in the image). */
+  hooks?: string[];
+  /** Dockerfile instructions applied on import (`ENV`, `LABEL`, `CMD`...). */
+  changes?: string[];
+  /** @default '/var/tmp' */
+  workDir?: string;
+  log?: (line: string) => void;
+}
+
+/**
+ * A minimal Debian of the host's release with `packages`, made by mmdebstrap from the host's own
+ * apt sources and imported into the daemon as `repository:tag` (`docker import`).
+ */
+export async function importDebianImage(api: DockerApi, recipe: DebianImageRecipe): Promise<void> {
+  const image = `${recipe.repository}:${recipe.tag}`;
+  const workDir = await mkdtemp(path.join(recipe.workDir ?? '/var/tmp', 'sf-image-'));
+  const tarball = path.join(workDir, 'rootfs.tar');
   const args = [
     '--variant=apt',
     `--include=${recipe.packages.join(',')}`,
-    // Documentation and translations are dead weight in an engine image.
+    // Documentation and translations are dead weight in an image.
     '--dpkgopt=path-exclude=/usr/share/doc/*',
     '--dpkgopt=path-exclude=/usr/share/man/*',
     '--dpkgopt=path-exclude=/usr/share/locale/*',
-    // Debian's postgresql creates a "main" cluster on install; instances bring their own.
-    '--customize-hook=rm -rf "$1"/var/lib/postgresql/*/main "$1"/etc/postgresql/*/main',
+    ...(recipe.hooks ?? []).map((h) => `--customize-hook=${h}`),
     hostSuite(),
     tarball,
     ...hostAptSources(),
@@ -149,7 +182,7 @@ export async function buildEngineImage(
   child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
     for (const line of chunk.split('\n').filter(Boolean)) {
       stderr.push(line);
-      options.log?.(line);
+      recipe.log?.(line);
     }
   });
   const exited = new Promise<number | null>((resolve) => {
@@ -159,9 +192,8 @@ export async function buildEngineImage(
       resolve(null);
     });
   });
-  const changes = [`ENV PATH=${recipe.path}`, `LABEL sf.engine=${engine} sf.version=${version}`];
-  const query = new URLSearchParams({ fromSrc: '-', repo: recipe.repository, tag: version });
-  for (const c of changes) query.append('changes', c);
+  const query = new URLSearchParams({ fromSrc: '-', repo: recipe.repository, tag: recipe.tag });
+  for (const c of recipe.changes ?? []) query.append('changes', c);
   try {
     const code = await exited;
     if (code !== 0)
@@ -179,11 +211,9 @@ export async function buildEngineImage(
   } finally {
     await rm(workDir, { recursive: true, force: true });
   }
-  await tagImage(api, image, recipe.repository, 'latest');
-  return { engine, image, tags, built: true, seconds: (Date.now() - began) / 1000 };
 }
 
-async function tagImage(api: DockerApi, image: string, repo: string, tag: string): Promise<void> {
+export async function tagImage(api: DockerApi, image: string, repo: string, tag: string): Promise<void> {
   const res = await api.call('POST', `/images/${encodeURIComponent(image)}/tag?repo=${repo}&tag=${tag}`);
   if (res.status !== 201)
     throw new SfError(ErrorCode.EngineCommandFailed, `docker tag ${image} ${repo}:${tag} failed (${res.status})`);

@@ -16,7 +16,7 @@
 import { createHash } from 'node:crypto';
 import { appendFile, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
-import type { EngineKind, InstanceSpec } from '../protocol';
+import type { EngineKind, InstanceSpec, SidecarActual } from '../protocol';
 import type { Availability, EngineContext } from './engine';
 import { createEngineRegistry, type EngineRegistry } from './engine-registry';
 import { ErrorCode, SfError, errorMessageOf } from '../common';
@@ -34,6 +34,7 @@ import { defaultEngineImage, imageExists } from './docker-images';
 import { admitStart, listVolumes, readMeta, secureVolume, volumePaths, writeMeta } from './instance-volume';
 import { DEFAULT_PORT_RANGE, PortAllocator, type PortRange } from './port-allocator';
 import type { RunAs } from './run-command';
+import { DockerSidecars } from './sidecar-docker';
 
 export interface DockerExecutorOptions {
   dataDir: string;
@@ -102,6 +103,7 @@ export class DockerExecutor implements Executor {
   private readonly dataDir: string;
   /** Distinguishes this cell's containers from other cells' on the same daemon. */
   private readonly cellTag: string;
+  private readonly sidecars: DockerSidecars;
 
   constructor(private readonly options: DockerExecutorOptions) {
     this.api = new DockerApi(options.docker);
@@ -111,6 +113,14 @@ export class DockerExecutor implements Executor {
     this.advertiseHost = options.advertiseHost ?? this.listenHost;
     this.ports = new PortAllocator(options.portRange ?? DEFAULT_PORT_RANGE, this.listenHost);
     this.cellTag = createHash('sha256').update(this.dataDir).digest('hex').slice(0, 10);
+    this.sidecars = new DockerSidecars({
+      api: this.api,
+      ports: this.ports,
+      listenHost: this.listenHost,
+      cellDataDir: this.dataDir,
+      image: (ctx) => this.image(ctx.spec.engine),
+      containerName: (id) => this.containerName(id),
+    });
   }
 
   async available(): Promise<Availability> {
@@ -226,11 +236,23 @@ export class DockerExecutor implements Executor {
       );
       await writeMeta(paths, { ...meta, pid, port });
       await this.waitHealthy(tracked, name);
+      await this.startSidecars(tracked, owner, previous?.sidecars ?? []);
       return tracked.handle;
     } catch (err) {
       this.ports.release(port);
       throw err;
     }
+  }
+
+  /** The pod's sidecar containers, once the engine answers; recorded on the volume. */
+  private async startSidecars(tracked: Tracked, owner: RunAs | undefined, previous: SidecarActual[]): Promise<void> {
+    const { context, instanceId } = tracked.handle;
+    if (!context.spec.sidecars?.length) return;
+    tracked.handle.sidecars = await this.sidecars.start(context, owner, previous);
+    if (tracked.status.state === 'exited') return this.sidecars.stop(instanceId);
+    const paths = volumePaths(this.dataDir, instanceId);
+    const meta = await readMeta(paths);
+    if (meta) await writeMeta(paths, { ...meta, sidecars: tracked.handle.sidecars });
   }
 
   private context(
@@ -324,6 +346,8 @@ export class DockerExecutor implements Executor {
       if (tracked.status.state === 'exited') return;
       tracked.status = status;
       this.ports.release(handle.port);
+      // The pod ends with its engine, however the engine ended.
+      void this.sidecars.stop(handle.instanceId);
       resolveExited(status);
       for (const listener of this.listeners) listener(handle.instanceId, status);
     };
@@ -381,6 +405,7 @@ export class DockerExecutor implements Executor {
       .call('POST', `/containers/${t.containerId}/stop?t=${seconds}`, undefined, (seconds + 10) * 1000)
       .catch(() => undefined);
     await t.exited;
+    await this.sidecars.stop(instanceId);
   }
 
   /** The fencing shot: `docker kill --signal KILL`, then wait until the daemon saw it end. */
@@ -391,6 +416,7 @@ export class DockerExecutor implements Executor {
     if (res.status !== 204 && res.status !== 404 && res.status !== 409)
       throw new SfError(ErrorCode.FenceFailed, `docker kill of ${instanceId} failed (${res.status})`);
     await t.exited;
+    await this.sidecars.stop(instanceId);
   }
 
   status(instanceId: string): InstanceStatus {
@@ -451,8 +477,14 @@ export class DockerExecutor implements Executor {
         },
         c.Id,
       );
+      if (meta.spec.sidecars?.length || meta.sidecars?.length) {
+        tracked.handle.sidecars = await this.sidecars.adopt(tracked.handle.context, owner, meta.sidecars ?? []);
+        await writeMeta(paths, { ...meta, sidecars: tracked.handle.sidecars });
+      }
       adopted.push(tracked.handle);
     }
+    // Sidecars whose engine container is gone go too.
+    await this.sidecars.reap(new Set(this.tracked.keys()));
     return adopted;
   }
 

@@ -11,7 +11,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { chmod, open, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
-import type { InstanceSpec } from '../protocol';
+import type { InstanceSpec, SidecarActual as SidecarHandle } from '../protocol';
 import type { Availability, Engine, EngineContext } from './engine';
 import type { RunAs } from './run-command';
 import { createEngineRegistry, type EngineRegistry } from './engine-registry';
@@ -35,6 +35,7 @@ import {
 } from './instance-volume';
 import { cleanEnv } from './instance-env';
 import { DEFAULT_PORT_RANGE, PortAllocator, type PortRange } from './port-allocator';
+import { ProcessSidecars } from './sidecar-process';
 
 export interface ProcessExecutorOptions {
   /** The cell's data directory; volumes live in `{dataDir}/instances/{instanceId}`. */
@@ -108,6 +109,15 @@ function signalGroup(pid: number, signal: NodeJS.Signals): void {
   }
 }
 
+/** The engine's user, or none when it cannot be had (the sidecars of an adopted engine then run as the cell). */
+function engineOwner(engine: Engine): RunAs | undefined {
+  try {
+    return engine.runAs();
+  } catch {
+    return undefined;
+  }
+}
+
 async function logTail(file: string, bytes = 1200): Promise<string> {
   try {
     const text = await readFile(file, 'utf8');
@@ -124,6 +134,7 @@ export class ProcessExecutor implements Executor {
   private readonly tracked = new Map<string, Tracked>();
   private readonly starting = new Map<string, Promise<InstanceHandle>>();
   private readonly listeners = new Set<ExitListener>();
+  private readonly sidecars: ProcessSidecars;
 
   constructor(options: ProcessExecutorOptions) {
     const listenHost = options.listenHost ?? DEFAULT_PROCESS_EXECUTOR_OPTIONS.listenHost;
@@ -137,6 +148,7 @@ export class ProcessExecutor implements Executor {
       },
     ) as ProcessExecutor['opts'];
     this.ports = new PortAllocator(this.opts.portRange, listenHost);
+    this.sidecars = new ProcessSidecars({ ports: this.ports, listenHost });
   }
 
   async available(): Promise<Availability> {
@@ -212,11 +224,24 @@ export class ProcessExecutor implements Executor {
       );
       await writeMeta(paths, { ...meta, pid: child.pid ?? null, port });
       await this.waitHealthy(tracked, paths.logFile);
+      await this.startSidecars(tracked, user, previous?.sidecars ?? []);
       return tracked.handle;
     } catch (err) {
       this.ports.release(port);
       throw err;
     }
+  }
+
+  /** The pod's sidecars, once the engine answers; recorded on the volume for a restarted cell. */
+  private async startSidecars(tracked: Tracked, owner: RunAs | undefined, previous: SidecarHandle[]): Promise<void> {
+    const { context, instanceId } = tracked.handle;
+    if (!context.spec.sidecars?.length) return;
+    tracked.handle.sidecars = await this.sidecars.start(context, owner, previous);
+    // Ended while its sidecars started: they end with it.
+    if (tracked.status.state === 'exited') return this.sidecars.stop(instanceId);
+    const paths = volumePaths(this.opts.dataDir, instanceId);
+    const meta = await readMeta(paths);
+    if (meta) await writeMeta(paths, { ...meta, sidecars: tracked.handle.sidecars });
   }
 
   /**
@@ -291,6 +316,8 @@ export class ProcessExecutor implements Executor {
       tracked.status = status;
       if (tracked.poll) clearInterval(tracked.poll);
       this.ports.release(handle.port);
+      // The pod ends with its engine, however the engine ended.
+      void this.sidecars.stop(handle.instanceId);
       markExited(status);
       for (const listener of this.listeners) listener(handle.instanceId, status);
     };
@@ -326,6 +353,7 @@ export class ProcessExecutor implements Executor {
         tracked.markExited({ state: 'exited', pid: tracked.handle.pid, exitCode: null, signal: 'SIGKILL' });
       await tracked.exited;
     }
+    await this.sidecars.stop(instanceId);
   }
 
   async kill(instanceId: string): Promise<void> {
@@ -338,6 +366,7 @@ export class ProcessExecutor implements Executor {
       tracked.markExited({ state: 'exited', pid: tracked.handle.pid, exitCode: null, signal: 'SIGKILL' });
     }
     await tracked.exited;
+    await this.sidecars.stop(instanceId);
   }
 
   status(instanceId: string): InstanceStatus {
@@ -357,7 +386,11 @@ export class ProcessExecutor implements Executor {
     const adopted: InstanceHandle[] = [];
     for (const { paths, meta } of await listVolumes(this.opts.dataDir)) {
       if (meta.executor !== this.kind || !meta.pid || !meta.port || this.tracked.has(meta.instanceId)) continue;
-      if (!alive(meta.pid) || !(await this.looksLikeEngine(meta.pid, meta.engine))) continue;
+      if (!alive(meta.pid) || !(await this.looksLikeEngine(meta.pid, meta.engine))) {
+        // The engine died while the cell was down: its pod goes with it.
+        await this.sidecars.reap(meta.sidecars ?? []);
+        continue;
+      }
       const engine = this.opts.engines[meta.engine];
       this.ports.reserve(meta.port);
       const context: EngineContext = {
@@ -386,6 +419,11 @@ export class ProcessExecutor implements Executor {
         launch?.stopSignal ?? 'SIGTERM',
         undefined,
       );
+      if (meta.spec.sidecars?.length || meta.sidecars?.length) {
+        const owner = launch?.runAs ?? engineOwner(engine);
+        tracked.handle.sidecars = await this.sidecars.adopt(context, owner, meta.sidecars ?? []);
+        await writeMeta(paths, { ...meta, sidecars: tracked.handle.sidecars });
+      }
       adopted.push(tracked.handle);
     }
     return adopted;

@@ -8,9 +8,11 @@
  *   checks, or rejects (and leaves nothing running) when it does not;
  * - nothing is ever restarted by the executor: an exit is reported through `onExit`, and what
  *   happens next is control's decision (issue 4);
- * - `kill` is the fencing shot (SIGKILL, issue 5): immediate, no shutdown hooks.
+ * - `kill` is the fencing shot (SIGKILL, issue 5): immediate, no shutdown hooks;
+ * - the spec's sidecars (sidecar.ts) start once the engine answers and stop when it ends,
+ *   however it ends.
  */
-import type { ExecutorKind, InstanceSpec } from '../protocol';
+import type { ExecutorKind, InstanceSpec, SidecarActual } from '../protocol';
 import type { Availability, EngineContext } from './engine';
 
 export interface InstanceHandle {
@@ -27,6 +29,8 @@ export interface InstanceHandle {
   adopted: boolean;
   /** What the engine needs for health, replication position, promote and repoint. */
   context: EngineContext;
+  /** The sidecars running beside it (its pod), started after the engine answered. */
+  sidecars?: SidecarActual[];
 }
 
 export interface InstanceStatus {

@@ -7,7 +7,7 @@
  */
 import { chmod, chown, mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import type { EngineKind, ExecutorKind, InstanceRole, InstanceSpec } from '../protocol';
+import type { EngineKind, ExecutorKind, InstanceRole, InstanceSpec, SidecarActual } from '../protocol';
 import { ErrorCode, SfError } from '../common';
 import { runCommand, type RunAs } from './run-command';
 
@@ -35,6 +35,8 @@ export interface InstanceMeta {
   sizeMb: number;
   /** The last spec it was started with, so a restarted cell can report it fully. */
   spec: InstanceSpec;
+  /** Its running sidecars (ports and processes), so a restarted cell adopts them too. */
+  sidecars?: SidecarActual[];
   updatedAt: number;
 }
 

@@ -4,9 +4,9 @@
  */
 import { type Command, Option } from 'commander';
 import { ErrorCode, SfError } from '../common/errors';
-import type { ServiceCreateInput, ServiceView } from '../control/services';
+import type { InstanceView, ServiceCreateInput, ServiceView } from '../control/services';
 import { SERVICE_TLS_POLICIES, type ServiceTlsPolicy } from '../control/services/service-schema';
-import { DISK_SYNC_MODES, type DiskSync } from '../protocol';
+import { DISK_SYNC_MODES, SIDECAR_ENGINES, SIDECAR_KINDS, type DiskSync, type SidecarKind } from '../protocol';
 import { ApiClient } from './api-client';
 import { UsageError, exitWithError, parseIntFlag } from './cli-support';
 import { formatTable, printResult } from './output-table';
@@ -22,6 +22,9 @@ interface CreateFlags {
   command?: string;
   executor?: string;
   tls?: ServiceTlsPolicy;
+  sidecar: string[];
+  memoryMb?: string;
+  cpus?: string;
   wait?: boolean;
   timeout: string;
   json?: boolean;
@@ -42,13 +45,23 @@ function servicesTable(services: ServiceView[]): string {
   );
 }
 
+/** `redis-exporter:20004`, one per sidecar; `-` for a port not reported yet. */
+function sidecarPorts(sidecars: InstanceView['sidecars']): string | null {
+  return sidecars?.length ? sidecars.map((c) => `${c.name}:${c.port ?? '-'}`).join(' ') : null;
+}
+
 function serviceDetail(s: ServiceView): string {
   const head =
     `name:        ${s.name}\n` +
     `engine:      ${s.engine}${s.executor ? ` (${s.executor})` : ''}\n` +
     `status:      ${s.status}${s.message ? ` (${s.message})` : ''}\n` +
     `router port: ${s.port} (group ${s.router_group}), tls ${s.tls}\n` +
-    `replicas:    ${s.replicas}, durability ${s.durability}, disk sync ${s.disk_sync}, volume ${s.volume.size_mb} MB, fencing ${s.fencing.policy}\n\n`;
+    `replicas:    ${s.replicas}, durability ${s.durability}, disk sync ${s.disk_sync}, volume ${s.volume.size_mb} MB, fencing ${s.fencing.policy}\n` +
+    (s.sidecars?.length ? `sidecars:    ${s.sidecars.join(', ')}\n` : '') +
+    (s.resources
+      ? `limits:      ${[s.resources.memory_mb ? `memory ${s.resources.memory_mb} MB` : '', s.resources.cpus ? `${s.resources.cpus} CPUs` : ''].filter(Boolean).join(', ')}\n`
+      : '') +
+    '\n';
   const rows = s.instances.map((i) => [
     i.id,
     i.role,
@@ -57,9 +70,14 @@ function serviceDetail(s: ServiceView): string {
     i.cell,
     i.zone,
     i.host && i.port ? `${i.host}:${i.port}` : null,
+    ...(s.sidecars?.length ? [sidecarPorts(i.sidecars)] : []),
     i.last_error?.message,
   ]);
-  return head + formatTable(['INSTANCE', 'ROLE', 'STATE', 'EPOCH', 'CELL', 'ZONE', 'ADDRESS', 'ERROR'], rows);
+  const sidecarColumn = s.sidecars?.length ? ['SIDECARS'] : [];
+  return (
+    head +
+    formatTable(['INSTANCE', 'ROLE', 'STATE', 'EPOCH', 'CELL', 'ZONE', 'ADDRESS', ...sidecarColumn, 'ERROR'], rows)
+  );
 }
 
 /** Polls until every instance runs; fails fast when the leader finds the service unplaceable. */
@@ -91,6 +109,24 @@ export async function waitForService(
   }
 }
 
+function cpusFlag(value: string): number {
+  const n = Number(value);
+  if (!/^\d+(\.\d+)?$/.test(value) || !(n > 0) || n > 1024)
+    throw new UsageError(`--cpus must be a positive number up to 1024, got '${value}'`);
+  return n;
+}
+
+/** `--sidecar` values, checked here so a typo is a usage error before anything is sent. */
+function sidecarsFlag(values: string[], engine: string): SidecarKind[] {
+  for (const v of values) {
+    if (!SIDECAR_KINDS.includes(v as SidecarKind))
+      throw new UsageError(`--sidecar must be one of ${SIDECAR_KINDS.join(', ')}, got '${v}'`);
+    if (SIDECAR_ENGINES[v as SidecarKind] !== engine)
+      throw new UsageError(`--sidecar ${v} serves engine ${SIDECAR_ENGINES[v as SidecarKind]}, not ${engine}`);
+  }
+  return [...new Set(values)] as SidecarKind[];
+}
+
 async function createService(engine: string, name: string, flags: CreateFlags): Promise<void> {
   const body: ServiceCreateInput = {
     name,
@@ -103,6 +139,15 @@ async function createService(engine: string, name: string, flags: CreateFlags): 
     router_group: flags.routerGroup,
     ...(flags.executor ? { executor: flags.executor as ServiceCreateInput['executor'] } : {}),
     ...(flags.tls ? { tls: flags.tls } : {}),
+    ...(flags.sidecar.length ? { sidecars: sidecarsFlag(flags.sidecar, engine) } : {}),
+    ...(flags.memoryMb || flags.cpus
+      ? {
+          resources: {
+            ...(flags.memoryMb ? { memory_mb: parseIntFlag(flags.memoryMb, '--memory-mb', 16) } : {}),
+            ...(flags.cpus ? { cpus: cpusFlag(flags.cpus) } : {}),
+          },
+        }
+      : {}),
   };
   if (engine === 'tcp' && !flags.command)
     throw new UsageError("engine tcp needs --command 'PROGRAM ARGS...' (placeholders {port}, {host}, {dataDir})");
@@ -231,6 +276,14 @@ export function registerServiceCommands(program: Command): void {
         "required: clients must use TLS (certificate from the platform CA); optional: TLS or plaintext; off: plaintext (default: control's, required under sf up)",
       ).choices(SERVICE_TLS_POLICIES),
     )
+    .option(
+      '--sidecar <name>',
+      `a sidecar beside each instance, sharing its network and volume (repeatable): ${SIDECAR_KINDS.join(', ')}`,
+      (value: string, previous: string[]) => [...previous, value],
+      [] as string[],
+    )
+    .option('--memory-mb <n>', 'memory limit per instance, in MB (a container limit with the docker executor)')
+    .option('--cpus <n>', 'CPU limit per instance, e.g. 0.5 (a container limit with the docker executor)')
     .option('--command <cmdline>', 'engine tcp: the command, with {port}, {host} and {dataDir} placeholders')
     .option('--wait', 'wait until every instance runs')
     .option('--timeout <seconds>', 'how long --wait waits', String(DEFAULT_WAIT_TIMEOUT_S))

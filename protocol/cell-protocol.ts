@@ -24,6 +24,17 @@ export const ENGINE_KINDS = ['redis', 'postgres', 'tcp'] as const;
 export type EngineKind = (typeof ENGINE_KINDS)[number];
 export const EXECUTOR_KINDS = ['process', 'docker'] as const;
 export type ExecutorKind = (typeof EXECUTOR_KINDS)[number];
+/**
+ * Sidecars an instance may carry (its pod): processes or containers that share its network and
+ * volume, start after it and stop with it. Each serves one engine.
+ */
+export const SIDECAR_KINDS = ['redis-exporter', 'postgres-exporter'] as const;
+export type SidecarKind = (typeof SIDECAR_KINDS)[number];
+/** The engine each sidecar serves. */
+export const SIDECAR_ENGINES: Record<SidecarKind, EngineKind> = {
+  'redis-exporter': 'redis',
+  'postgres-exporter': 'postgres',
+};
 export type InstanceRole = 'primary' | 'replica';
 export type Durability = 'sync' | 'async';
 /**
@@ -94,6 +105,8 @@ export const instanceSpecSchema = z.object({
   replicaOf: hostPortSchema.optional(),
   /** Executor to use; defaults to the cell's default (`process`). */
   executor: z.enum(EXECUTOR_KINDS).optional(),
+  /** Sidecars started with the instance, each on a port of the cell's range (docs/cells.md, Pods). */
+  sidecars: z.array(z.enum(SIDECAR_KINDS)).optional(),
   /** Limits from the service's plan; the docker executor makes them container limits. */
   resources: z
     .object({ memoryMb: z.number().int().min(16).optional(), cpus: z.number().positive().max(1024).optional() })
@@ -160,7 +173,16 @@ export interface ActualInstance {
    * standby acknowledged in time, connections exhausted...); null or absent when it can.
    */
   degraded?: string | null;
+  /** The instance's running sidecars and their ports; absent when it has none. */
+  sidecars?: SidecarActual[];
   updatedAt: number;
+}
+
+/** A running sidecar as the cell reports it. */
+export interface SidecarActual {
+  kind: SidecarKind;
+  port: number;
+  pid: number | null;
 }
 
 export const orderSchema = z.discriminatedUnion('type', [

@@ -18,6 +18,8 @@ command -v psql >/dev/null || need_pkgs+=(postgresql-client)
 # packages (`sf images build`); the pods' sidecars are Debian's Prometheus exporters.
 command -v dockerd >/dev/null || need_pkgs+=(docker.io)
 command -v mmdebstrap >/dev/null || need_pkgs+=(mmdebstrap)
+command -v prometheus-redis-exporter >/dev/null || need_pkgs+=(prometheus-redis-exporter)
+command -v prometheus-postgres-exporter >/dev/null || need_pkgs+=(prometheus-postgres-exporter)
 # The console's browser test and the check of `sf prometheus-config` (promtool).
 command -v chromium >/dev/null || need_pkgs+=(chromium)
 command -v promtool >/dev/null || need_pkgs+=(prometheus)

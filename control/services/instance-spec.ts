@@ -31,6 +31,8 @@ export function instanceSpec(
     ...(inst.role === 'replica' && upstream ? { replicaOf: upstream } : {}),
     ...(service.command ? { command: service.command } : {}),
     ...(service.executor ? { executor: service.executor } : {}),
+    ...(service.sidecars?.length ? { sidecars: service.sidecars } : {}),
+    ...(service.resources ? { resources: service.resources } : {}),
     ...(inst.role === 'primary' && primaryLeaseTtlMs > 0 ? { lease: { ttlMs: primaryLeaseTtlMs } } : {}),
     ...(service.credentials ? { credentials: instanceCredentials(service.credentials) } : {}),
     // Only the first primary of a restored service starts from the snapshot; a cell ignores it

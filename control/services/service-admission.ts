@@ -102,6 +102,15 @@ export async function admitService(
       ...(req.command ? { command: { file: req.command.file, args: req.command.args } } : {}),
       ...(req.executor ? { executor: req.executor } : {}),
       tls,
+      ...(req.sidecars?.length ? { sidecars: [...req.sidecars] } : {}),
+      ...(req.resources && (req.resources.memory_mb || req.resources.cpus)
+        ? {
+            resources: {
+              ...(req.resources.memory_mb ? { memoryMb: req.resources.memory_mb } : {}),
+              ...(req.resources.cpus ? { cpus: req.resources.cpus } : {}),
+            },
+          }
+        : {}),
       routerGroup: group.name,
       routerGroupGuid: group.guid,
       port,

@@ -1,6 +1,6 @@
 /** The create-service request, validated once at the edge; errors name the field. */
 import { z } from 'zod';
-import { DISK_SYNC_MODES, ENGINE_KINDS, EXECUTOR_KINDS } from '../../protocol';
+import { DISK_SYNC_MODES, ENGINE_KINDS, EXECUTOR_KINDS, SIDECAR_ENGINES, SIDECAR_KINDS } from '../../protocol';
 
 /** Replicas per service: beyond this a mistake is likelier than a need. */
 export const MAX_REPLICAS = 8;
@@ -73,6 +73,33 @@ export const serviceCreateSchema = z
     /** Absent: control's default (`required` when it has a platform CA, else `off`). */
     tls: z.enum(SERVICE_TLS_POLICIES, { error: `must be one of ${SERVICE_TLS_POLICIES.join(', ')}` }).optional(),
     executor: z.enum(EXECUTOR_KINDS, { error: `must be one of ${EXECUTOR_KINDS.join(', ')}` }).optional(),
+    /**
+     * Limits per instance: the docker executor makes them the container's memory and CPU limits
+     * (the process executor runs engines without limits).
+     */
+    resources: z
+      .object({
+        memory_mb: z
+          .number({ error: 'must be an integer' })
+          .int('must be an integer')
+          .min(16, 'must be at least 16')
+          .max(1_048_576, 'must be at most 1048576')
+          .optional(),
+        cpus: z
+          .number({ error: 'must be a number' })
+          .positive('must be positive')
+          .max(1024, 'must be at most 1024')
+          .optional(),
+      })
+      .strict()
+      .optional(),
+    /** Sidecars each instance carries (its pod), sharing its network and volume (docs/cells.md, Pods). */
+    sidecars: z
+      .array(z.enum(SIDECAR_KINDS, { error: `must be one of ${SIDECAR_KINDS.join(', ')}` }), {
+        error: 'must be an array',
+      })
+      .max(SIDECAR_KINDS.length, `must list at most ${SIDECAR_KINDS.length} sidecars`)
+      .optional(),
     /** Engine `tcp` only: the command to run, with `{port}`, `{host}` and `{dataDir}` placeholders. */
     command: z
       .object({ file: z.string().min(1, 'must not be empty'), args: z.array(z.string()).default([]) })
@@ -85,6 +112,17 @@ export const serviceCreateSchema = z
       ctx.addIssue({ code: 'custom', path: ['command'], message: 'is required for engine tcp' });
     if (v.engine !== 'tcp' && v.command)
       ctx.addIssue({ code: 'custom', path: ['command'], message: 'is only allowed for engine tcp' });
+    const seen = new Set<string>();
+    for (const sidecar of v.sidecars ?? []) {
+      if (SIDECAR_ENGINES[sidecar] !== v.engine)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['sidecars'],
+          message: `${sidecar} serves engine ${SIDECAR_ENGINES[sidecar]}, not ${v.engine}`,
+        });
+      if (seen.has(sidecar)) ctx.addIssue({ code: 'custom', path: ['sidecars'], message: `lists ${sidecar} twice` });
+      seen.add(sidecar);
+    }
   });
 
 /** `PATCH /v3/service_instances/:name`: what may change on a running service. */

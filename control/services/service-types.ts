@@ -4,7 +4,15 @@
  * copied here; it is read from the cells' `actual` hashes, so this record only changes when a
  * decision changes (DESIGN.md "Core model", issue 4).
  */
-import type { ActualState, DiskSync, Durability, EngineKind, ExecutorKind, InstanceRole } from '../../protocol';
+import type {
+  ActualState,
+  DiskSync,
+  Durability,
+  EngineKind,
+  ExecutorKind,
+  InstanceRole,
+  SidecarKind,
+} from '../../protocol';
 import type { ServiceTlsPolicy } from './service-schema';
 
 export type FencingPolicy = 'auto' | 'manual';
@@ -97,6 +105,10 @@ export interface ServiceRecord extends ServiceRequestFields {
   executor?: ExecutorKind;
   /** TLS with clients on the router port (docs/tls.md); absent in records made before it existed = off. */
   tls?: ServiceTlsPolicy;
+  /** Sidecars each instance carries (docs/cells.md, Pods); absent = none. */
+  sidecars?: SidecarKind[];
+  /** Limits per instance (container limits on the docker executor); absent = none. */
+  resources?: { memoryMb?: number; cpus?: number };
   routerGroup: string;
   routerGroupGuid: string;
   /** The router port clients use; reserved at creation from the group's reservable ports. */
@@ -136,7 +148,14 @@ export interface InstanceView {
   host: string | null;
   port: number | null;
   healthy: boolean | null;
+  /** The instance's sidecars with the port each listens on (null until the cell reports it). */
+  sidecars?: InstanceSidecarView[];
   last_error: { code: string; message: string } | null;
+}
+
+export interface InstanceSidecarView {
+  name: SidecarKind;
+  port: number | null;
 }
 
 /** The API's shape: snake_case like the rest of `/v3` (the record keeps its stored names). */
@@ -145,6 +164,8 @@ export interface ServiceView extends Omit<ServiceRequestFields, 'volume'> {
   disk_sync: DiskSync;
   executor?: ExecutorKind;
   tls: ServiceTlsPolicy;
+  sidecars?: SidecarKind[];
+  resources?: { memory_mb?: number; cpus?: number };
   router_group: string;
   port: number;
   status: ServiceStatus;

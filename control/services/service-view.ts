@@ -1,10 +1,14 @@
 /** The API's view of a service: its record merged with what the cells report right now. */
 import { ErrorCode } from '../../common';
-import { defaultDiskSync } from '../../protocol';
+import { defaultDiskSync, type SidecarKind } from '../../protocol';
 import type { CellSnapshot } from './cell-directory';
 import type { InstanceRecord, InstanceView, ServiceRecord, ServiceView } from './service-types';
 
-export function instanceView(instance: InstanceRecord, cells: ReadonlyMap<string, CellSnapshot>): InstanceView {
+export function instanceView(
+  instance: InstanceRecord,
+  cells: ReadonlyMap<string, CellSnapshot>,
+  sidecars: readonly SidecarKind[] = [],
+): InstanceView {
   const cell = cells.get(instance.cell);
   const actual = cell?.actual.get(instance.id);
   // A report from before the current generation describes an earlier run, not this one.
@@ -26,6 +30,14 @@ export function instanceView(instance: InstanceRecord, cells: ReadonlyMap<string
     host: actual?.host ?? cell?.record?.host ?? null,
     port: actual?.port ?? null,
     healthy: current?.healthy ?? null,
+    ...(sidecars.length
+      ? {
+          sidecars: sidecars.map((name) => ({
+            name,
+            port: (current?.state === 'running' && current.sidecars?.find((s) => s.kind === name)?.port) || null,
+          })),
+        }
+      : {}),
     // A primary that cannot commit says why where operators already look (issue 10).
     last_error:
       current?.state === 'running' && current.degraded
@@ -39,6 +51,15 @@ export function serviceView(record: ServiceRecord, cells: ReadonlyMap<string, Ce
     name: record.name,
     engine: record.engine,
     ...(record.executor ? { executor: record.executor } : {}),
+    ...(record.sidecars?.length ? { sidecars: record.sidecars } : {}),
+    ...(record.resources
+      ? {
+          resources: {
+            ...(record.resources.memoryMb ? { memory_mb: record.resources.memoryMb } : {}),
+            ...(record.resources.cpus ? { cpus: record.resources.cpus } : {}),
+          },
+        }
+      : {}),
     replicas: record.replicas,
     durability: record.durability,
     disk_sync: record.diskSync ?? defaultDiskSync(record.durability, record.engine),
@@ -50,7 +71,7 @@ export function serviceView(record: ServiceRecord, cells: ReadonlyMap<string, Ce
     status: record.status,
     message: record.message,
     epoch: record.epoch,
-    instances: record.instances.map((i) => instanceView(i, cells)),
+    instances: record.instances.map((i) => instanceView(i, cells, record.sidecars)),
     created_at: new Date(record.createdAt).toISOString(),
     updated_at: new Date(record.updatedAt).toISOString(),
   };

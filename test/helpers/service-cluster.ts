@@ -30,6 +30,8 @@ export interface ClusterOptions {
   keyPrefix?: string;
   /** Extra `sf cell` flags for every cell (e.g. `--volume-check-ms 500`). */
   cellArgs?: string[];
+  /** Extra environment of every cell (e.g. `DOCKER_HOST` of a private daemon). */
+  cellEnv?: NodeJS.ProcessEnv;
 }
 
 export interface CellProcess {
@@ -167,7 +169,7 @@ export async function startServiceCluster(options: ClusterOptions = {}): Promise
           '--stop-instances-on-exit',
           ...(options.cellArgs ?? []),
         ],
-        { SF_LOG_LEVEL: 'warn' },
+        { SF_LOG_LEVEL: 'warn', ...options.cellEnv },
       );
       const cell = { name, zone, proc };
       cells.push(cell);
@@ -187,15 +189,21 @@ export async function startServiceCluster(options: ClusterOptions = {}): Promise
     },
     async waitForService(name, timeoutMs = 60_000, check = (v) => v.status === 'running') {
       let last: ServiceView | undefined;
-      await eventually(
-        async () => {
-          const res = await cluster.api<ServiceView>('GET', `/v3/service_instances/${name}`);
-          last = res.body;
-          return res.status === 200 && check(res.body);
-        },
-        timeoutMs,
-        `service ${name} (last seen: ${JSON.stringify(last?.status)} ${JSON.stringify(last?.instances?.map((i) => [i.id, i.state, i.last_error?.message]))})`,
-      );
+      try {
+        await eventually(
+          async () => {
+            const res = await cluster.api<ServiceView>('GET', `/v3/service_instances/${name}`);
+            last = res.body;
+            return res.status === 200 && check(res.body);
+          },
+          timeoutMs,
+          `service ${name}`,
+        );
+      } catch (err) {
+        // The view as it was when the wait gave up, not when it began.
+        const seen = `${JSON.stringify(last?.status)} ${JSON.stringify(last?.instances?.map((i) => [i.id, i.state, i.last_error?.message, i.sidecars]))}`;
+        throw new Error(`${(err as Error).message} (last seen: ${seen})`, { cause: err });
+      }
       return last as ServiceView;
     },
     async stop() {

@@ -31,6 +31,18 @@ describe('sf usage errors', function () {
     expect(res.stderr.trim()).to.equal("sf: --size-mb must be an integer of at least 1, got '0'");
   });
 
+  it('refuses a sidecar of another engine, an unknown one and a bad --cpus before any request', async () => {
+    const other = await sf(['create-service', 'postgres', 'p1', '--sidecar', 'redis-exporter']);
+    expect(other.code).to.equal(2);
+    expect(other.stderr.trim()).to.equal('sf: --sidecar redis-exporter serves engine redis, not postgres');
+    const unknown = await sf(['create-service', 'redis', 'r1', '--sidecar', 'node-exporter']);
+    expect(unknown.code).to.equal(2);
+    expect(unknown.stderr).to.contain('--sidecar must be one of redis-exporter, postgres-exporter');
+    const cpus = await sf(['create-service', 'redis', 'r1', '--cpus', '-1']);
+    expect(cpus.code).to.equal(2);
+    expect(cpus.stderr).to.contain('--cpus must be a positive number');
+  });
+
   it("points a subcommand's flag mistakes at that subcommand's help", async () => {
     const res = await sf(['create-service', 'redis', 'r1', '--durability', 'maybe']);
     expect(res.code).to.equal(2);

@@ -19,4 +19,36 @@ describe('serviceCreateSchema', function () {
     const zero = parse({ name: 'a', volume: { sizeMb: 0 } });
     expect(zero.error?.issues[0]?.path).to.deep.equal(['volume', 'size_mb']);
   });
+
+  it('takes sidecars that serve the engine, each once, and names the field otherwise', function () {
+    expect(parse({ name: 'a', sidecars: ['redis-exporter'] }).data?.sidecars).to.deep.equal(['redis-exporter']);
+    expect(parse({ name: 'a', engine: 'postgres', sidecars: ['postgres-exporter'] }).success).to.equal(true);
+    for (const bad of [
+      { sidecars: ['postgres-exporter'] },
+      { sidecars: ['redis-exporter', 'redis-exporter'] },
+      { sidecars: ['node-exporter'] },
+      { sidecars: 'redis-exporter' },
+      { engine: 'tcp', command: { file: '/bin/true' }, sidecars: ['redis-exporter'] },
+    ]) {
+      const res = parse({ name: 'a', ...bad });
+      expect(res.success, JSON.stringify(bad)).to.equal(false);
+      expect(res.error?.issues[0]?.path[0], JSON.stringify(bad)).to.equal('sidecars');
+    }
+  });
+
+  it('takes resources (memory_mb, cpus) and names the field of a bad one', function () {
+    expect(parse({ name: 'a', resources: { memory_mb: 128, cpus: 0.5 } }).data?.resources).to.deep.equal({
+      memory_mb: 128,
+      cpus: 0.5,
+    });
+    for (const [bad, field] of [
+      [{ memory_mb: 8 }, 'memory_mb'],
+      [{ memory_mb: 1.5 }, 'memory_mb'],
+      [{ cpus: 0 }, 'cpus'],
+      [{ cpus: 'two' }, 'cpus'],
+    ] as const) {
+      const res = parse({ name: 'a', resources: bad });
+      expect(res.error?.issues[0]?.path, JSON.stringify(bad)).to.deep.equal(['resources', field]);
+    }
+  });
 });
