@@ -160,7 +160,7 @@ function ServiceDetail(props: { token: string; s: Service; onDone: () => void })
       `Move the primary ${p?.id ?? '(none)'} of ${s.name} from ${p?.cell ?? '?'} to which cell?`,
     );
     if (!to) return;
-    const text = `Move ${p?.id ?? '(none)'} from ${p?.cell ?? '?'} to ${to}: its volume is copied while it serves, then it is stopped, the rest is copied and verified, and it starts on ${to} with epoch ${s.epoch + 1} behind the same port ${s.port}. Writes fail for that switch (about a second), open connections are closed; the volume on ${p?.cell ?? '?'} is deleted once ${to} serves.`;
+    const text = `Move ${p?.id ?? '(none)'} from ${p?.cell ?? '?'} to ${to}: its volume is copied while it serves, then it is stopped, the rest is copied and verified, and it starts on ${to} with epoch ${s.epoch + 1} behind the same port ${s.port}. Writes fail for that switch (a few seconds for a large volume), open connections are closed; the volume on ${p?.cell ?? '?'} is deleted once ${to} serves.`;
     if (!window.confirm(text)) return;
     await run('move', async () => {
       const r = await api<{ id: string }>(
