@@ -444,7 +444,13 @@ export class CellAgent {
         .set(this.keys.cell(this.name).registration, JSON.stringify(this.record()), 'PX', this.opts.heartbeatTtlMs)
         .sadd(this.keys.cells, this.name)
         .exec();
-      if (res?.[0]?.[0] == null) this.heartbeatSentAt = sentAt;
+      if (res?.[0]?.[0] == null) {
+        // A heartbeat that took long, or the first after a gap, means the cell was cut off from
+        // the store for a while: control may have fenced one of its primaries meanwhile.
+        const gap = Date.now() - this.heartbeatSentAt > 2 * this.opts.heartbeatMs;
+        if (gap && this.heartbeatSentAt > 0) this.instances?.verifyLeases();
+        this.heartbeatSentAt = sentAt;
+      }
       this.noteRegistration(Number(res?.[1]?.[1] ?? 0));
     } catch (err) {
       this.log.warn({ err: errorMessageOf(err) }, 'heartbeat failed');

@@ -711,18 +711,24 @@ export class CellInstances {
     });
     lease.on('acquired', () => this.emit(id));
     lease.on('lost', () => this.emit(id));
-    lease.on('refused', (why: { epoch?: number }) => {
-      // Refused with a higher epoch after the claim had not been held for a whole TTL (the cell
-      // was cut off from the store, as in a partition): control judged the cell dead and fenced
-      // this primary meanwhile. Shot at once, as a restarted agent does (adoptRole), instead of
-      // claiming primary until control's next pass reaches it (found by the fault checker's
-      // cell-partition runs). A planned switchover raises the floor while the claim is held and
-      // stops the old primary cleanly itself.
+    lease.on('refused', (why: { epoch?: number; afterGap?: boolean }) => {
+      // Refused with a higher epoch after the cell was cut off from the store (its heartbeats had
+      // a gap, or the claim had not been held for a whole TTL), as in a partition: control judged
+      // the cell dead and fenced this primary meanwhile. Shot at once, as a restarted agent does
+      // (adoptRole), instead of serving as primary until control's fence order reaches it (found
+      // by the fault checker's cell-partition runs). A planned switchover raises the floor while
+      // the claim is held and stops the old primary cleanly itself.
       const ttl = inst.spec.lease?.ttlMs ?? 3_000;
-      if ((why.epoch ?? 0) > lease.epoch && Date.now() - lease.heldAt > ttl) void this.shootDeposed(id, why.epoch ?? 0);
+      const cutOff = why.afterGap === true || Date.now() - lease.heldAt > ttl;
+      if ((why.epoch ?? 0) > lease.epoch && cutOff) void this.shootDeposed(id, why.epoch ?? 0);
     });
     inst.lease = lease;
     lease.start();
+  }
+
+  /** After a gap in the cell's heartbeats: every claim is checked against the store now. */
+  verifyLeases(): void {
+    for (const inst of this.local.values()) if (inst.lease) void inst.lease.verify();
   }
 
   /** After the store lost its state: every claim is written again at its keeper's next look. */

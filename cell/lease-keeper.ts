@@ -53,6 +53,8 @@ export class LeaseKeeper extends EventEmitter {
   private refusedEpoch: number | undefined;
   /** Date.now() of the last look that found the claim held; 0 before the first. */
   private heldAtMs = 0;
+  /** Set by `verify`: the next look asks the store even though the claim is held. */
+  private verifying = false;
   private epochValue: number;
   private readonly ttlMs: number;
   private readonly renewEveryMs: number;
@@ -99,6 +101,17 @@ export class LeaseKeeper extends EventEmitter {
     this.timer = undefined;
   }
 
+  /**
+   * Checks the claim against the store now, held or not: the cell's heartbeats had a gap (a
+   * partition, a stalled connection), so control may have fenced this epoch meanwhile. A refusal
+   * is emitted as `refused` with `afterGap: true`.
+   */
+  async verify(): Promise<void> {
+    this.verifying = true;
+    this.refusedEpoch = undefined;
+    await this.renewOnce().catch(() => undefined);
+  }
+
   /** Forgets what was claimed, so the next look claims again (the store lost its state). */
   reclaim(): void {
     this.claimedEpoch = undefined;
@@ -139,7 +152,9 @@ export class LeaseKeeper extends EventEmitter {
       return undefined;
     }
     this.unhealthySince = undefined;
-    if (this.heldFlag && this.claimedEpoch === this.epochValue) {
+    const afterGap = this.verifying;
+    this.verifying = false;
+    if (!afterGap && this.heldFlag && this.claimedEpoch === this.epochValue) {
       this.heldAtMs = Date.now();
       return { ok: true, epoch: this.epochValue };
     }
@@ -153,7 +168,7 @@ export class LeaseKeeper extends EventEmitter {
         this.refusedEpoch = this.epochValue;
         // Emitted at every refusal, held or not before: a claim refused after the cell's lease
         // lapsed (a partition) says control fenced this primary meanwhile.
-        this.emit('refused', { epoch: result.epoch });
+        this.emit('refused', { epoch: result.epoch, afterGap });
       }
       this.setHeld(result.ok, { reason: 'refused', epoch: result.epoch });
       return result;

@@ -110,6 +110,29 @@ describe('LeaseKeeper', function () {
       expect(keeper.heldAt).to.equal(held);
       expect(refusals).to.deep.equal([2]);
     });
+
+    it('verify asks the store even while the claim is held, and reports a refusal as after a gap', async function () {
+      const keeper = new LeaseKeeper({
+        keys: KEYS,
+        redis,
+        instanceId: 'l-10',
+        holder: CELL_A.cell,
+        boot: CELL_A.boot,
+        epoch: 1,
+        ttlMs: 1_000,
+        healthy: async () => true,
+      });
+      const refusals: Array<{ epoch: number; afterGap: boolean }> = [];
+      keeper.on('refused', (why: { epoch: number; afterGap: boolean }) => refusals.push(why));
+      expect((await keeper.renewOnce())?.ok).to.equal(true);
+      // Control fenced the epoch while the cell's heartbeats could not reach the store: a held
+      // claim is not looked up again at rest, so only verify finds out.
+      await fenceLease(redis, KEYS, 'l-10', 2);
+      expect((await keeper.renewOnce())?.ok).to.equal(true);
+      await keeper.verify();
+      expect(keeper.held).to.equal(false);
+      expect(refusals).to.deep.equal([{ epoch: 2, afterGap: true }]);
+    });
   });
 
   describe('start', () => {
