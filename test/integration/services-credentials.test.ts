@@ -42,7 +42,8 @@ function redisClient(port: number, auth?: { username: string; password: string }
     maxRetriesPerRequest: 0,
     retryStrategy: () => null,
     enableReadyCheck: false,
-    ...(auth ?? {}),
+    // Only the credentials: a key also carries `tls` (the policy) and other fields ioredis reads.
+    ...(auth ? { username: auth.username, password: auth.password } : {}),
   });
   client.on('error', () => undefined);
   return client;
