@@ -77,9 +77,15 @@ function canBind(port: number): Promise<boolean> {
  * where other suites' free ports and outgoing connections live, and checked port by port.
  */
 export async function freePortBlock(size = 100): Promise<number> {
-  for (let attempt = 0; attempt < 200; attempt++) {
-    const base = 22_000 + Math.floor(Math.random() * ((8_000 - size) / 100)) * 100;
-    if (usedBlocks.has(base)) continue;
+  const bases = Array.from({ length: Math.floor((8_000 - size) / 100) }, (_, i) => 22_000 + i * 100);
+  for (let i = bases.length - 1; i > 0; i--) {
+    const j = Math.floor(Math.random() * (i + 1));
+    [bases[i], bases[j]] = [bases[j], bases[i]];
+  }
+  // Blocks handed out earlier in this process come last: a long suite starts more clusters than
+  // there are blocks, and a stopped cluster's block binds again.
+  const ordered = [...bases.filter((b) => !usedBlocks.has(b)), ...bases.filter((b) => usedBlocks.has(b))];
+  for (const base of ordered) {
     const checks = await Promise.all(Array.from({ length: size }, (_, i) => canBind(base + i)));
     if (checks.every(Boolean)) {
       usedBlocks.add(base);
