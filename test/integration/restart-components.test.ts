@@ -23,7 +23,9 @@ describe('sf up supervisor', function () {
     port = (await p.service('cache')).port!;
     // Nothing answers without credentials (issue 11).
     key = await p.serviceKey('cache');
-    expect(await redisThrough(port, key, 'SET', 'k', 'v0')).to.equal('OK');
+    // The route's TLS settings reach the router just after the instances run: the first write may
+    // need a moment.
+    await timeUntil(async () => (await redisThrough(port, key, 'SET', 'k', 'v0')) === 'OK', 15_000, 'the first write');
   });
 
   after(async () => {
