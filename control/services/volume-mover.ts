@@ -379,14 +379,7 @@ export class VolumeMover {
       return {
         change: {
           record: rec,
-          extraOps: [
-            ...removeDesiredOps(this.store.keys, m.from, m.instanceId),
-            ...putDesiredOps(
-              this.store.keys,
-              m.to,
-              instanceSpec(rec, inst, inst.role === 'replica' ? (inst.upstream ?? null) : null, this.primaryLeaseTtlMs),
-            ),
-          ],
+          extraOps: this.desiredMoveOps(rec, inst, m.from, m.to),
         },
         result: undefined,
       };
@@ -451,17 +444,19 @@ export class VolumeMover {
       return {
         change: {
           record: rec,
-          extraOps: [
-            ...removeDesiredOps(this.store.keys, m.to, m.instanceId),
-            ...putDesiredOps(
-              this.store.keys,
-              m.from,
-              instanceSpec(rec, inst, inst.role === 'replica' ? (inst.upstream ?? null) : null, this.primaryLeaseTtlMs),
-            ),
-          ],
+          extraOps: this.desiredMoveOps(rec, inst, m.to, m.from),
         },
         result: undefined,
       };
     });
+  }
+
+  /** The store ops that take an instance's desired spec off one cell and give it to another. */
+  private desiredMoveOps(rec: ServiceRecord, inst: InstanceRecord, off: string, onto: string) {
+    const upstream = inst.role === 'replica' ? (inst.upstream ?? null) : null;
+    return [
+      ...removeDesiredOps(this.store.keys, off, inst.id),
+      ...putDesiredOps(this.store.keys, onto, instanceSpec(rec, inst, upstream, this.primaryLeaseTtlMs)),
+    ];
   }
 }
