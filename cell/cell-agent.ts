@@ -190,6 +190,8 @@ export class CellAgent {
   private startedAt = 0;
   /** When the last heartbeat that Redis acknowledged was sent: the cell's lease runs from there. */
   private heartbeatSentAt = 0;
+  /** One heartbeat at a time: a stalled one is not joined by others queued behind it. */
+  private heartbeating = false;
   private reconciling: Promise<void> | undefined;
   private measuring: Promise<void> | undefined;
   private reconcileAgain = false;
@@ -437,16 +439,28 @@ export class CellAgent {
 
   private async heartbeat(): Promise<void> {
     if (!this.running || !this.redis) return;
+    if (this.heartbeating) return;
+    this.heartbeating = true;
+    const redis = this.redis;
     const sentAt = Date.now();
+    // A link that went down leaves the connection silently stalled, and what was queued on it
+    // waits for TCP's retransmission backoff (seconds) after the link is back: a heartbeat that
+    // has not returned within the TTL drops the connection, so the next one starts afresh.
+    const stalled = setTimeout(() => redis.disconnect(true), this.opts.heartbeatTtlMs);
     try {
-      const res = await this.redis
+      // Cut off for longer than the registration's TTL: control may have judged the cell dead
+      // and fenced its primaries meanwhile. They are shot before the cell registers again, so a
+      // registered cell never runs a deposed primary.
+      const lapsed = this.heartbeatSentAt > 0 && sentAt - this.heartbeatSentAt >= this.opts.heartbeatTtlMs;
+      if (lapsed) await this.instances?.shootDeposedAfterCutOff();
+      const res = await redis
         .multi()
         .set(this.keys.cell(this.name).registration, JSON.stringify(this.record()), 'PX', this.opts.heartbeatTtlMs)
         .sadd(this.keys.cells, this.name)
         .exec();
       if (res?.[0]?.[0] == null) {
-        // A heartbeat that took long, or the first after a gap, means the cell was cut off from
-        // the store for a while: control may have fenced one of its primaries meanwhile.
+        // A heartbeat that took long, or the first after a shorter gap, means the cell was cut
+        // off from the store for a while: every claim is checked again.
         const gap = Date.now() - this.heartbeatSentAt > 2 * this.opts.heartbeatMs;
         if (gap && this.heartbeatSentAt > 0) this.instances?.verifyLeases();
         this.heartbeatSentAt = sentAt;
@@ -454,6 +468,9 @@ export class CellAgent {
       this.noteRegistration(Number(res?.[1]?.[1] ?? 0));
     } catch (err) {
       this.log.warn({ err: errorMessageOf(err) }, 'heartbeat failed');
+    } finally {
+      clearTimeout(stalled);
+      this.heartbeating = false;
     }
   }
 

@@ -6,6 +6,7 @@
  * never retried here (issue 4: "restarts nothing on its own initiative").
  */
 import type { KeyLayout, ActualInstance, ActualState, ExecutorKind, InstanceSpec } from '../protocol';
+import { readLeaseFloors } from '../protocol';
 import type { Redis } from 'ioredis';
 import type { Engine } from './engine';
 import type { EngineRegistry } from './engine-registry';
@@ -724,6 +725,26 @@ export class CellInstances {
     });
     inst.lease = lease;
     lease.start();
+  }
+
+  /**
+   * After the cell was cut off from the store for longer than its registration's TTL, and before
+   * it registers again: control may have judged the cell dead and fenced its primaries at a higher
+   * epoch meanwhile. Every running primary whose floor is now above its epoch is shot before this
+   * returns, so no deposed primary runs on a cell that control sees registered again. Throws when
+   * the store cannot be read (the caller then does not register).
+   */
+  async shootDeposedAfterCutOff(): Promise<void> {
+    const redis = this.options.redis;
+    if (!redis) return;
+    const primaries = [...this.local.values()].filter(
+      (i) => i.state === 'running' && i.spec.role === 'primary' && i.spec.lease !== undefined,
+    );
+    const ids = primaries.map((i) => i.spec.instanceId);
+    const floors = await readLeaseFloors(redis, this.options.keys, ids);
+    await Promise.all(
+      primaries.map((inst, n) => (floors[n] > inst.spec.epoch ? this.shootDeposed(ids[n], floors[n]) : undefined)),
+    );
   }
 
   /** After a gap in the cell's heartbeats: every claim is checked against the store now. */

@@ -69,10 +69,11 @@ export async function eventually(
   check: () => boolean | Promise<boolean>,
   timeoutMs = 3000,
   what = 'condition',
+  everyMs = 20,
 ): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
     if (Date.now() > deadline) throw new Error(`${what} not met within ${timeoutMs} ms`);
-    await sleep(20);
+    await sleep(everyMs);
   }
 }

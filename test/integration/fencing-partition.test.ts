@@ -55,6 +55,36 @@ async function aofText(dir: string): Promise<string> {
   return text;
 }
 
+/** A connection to an engine, for asking its `ROLE` the moment something happens. */
+async function roleProbe(
+  host: string,
+  port: number,
+  auth: { username?: string; password?: string },
+): Promise<{ role(): Promise<string>; close(): void }> {
+  const probe = new Redis({
+    host,
+    port,
+    ...auth,
+    lazyConnect: true,
+    connectTimeout: 1_000,
+    commandTimeout: 1_000,
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null,
+  });
+  probe.on('error', () => undefined);
+  await probe.connect().catch(() => undefined);
+  return {
+    role: async () => {
+      try {
+        return String(((await probe.call('ROLE')) as unknown[])[0]);
+      } catch {
+        return 'unreachable';
+      }
+    },
+    close: () => probe.disconnect(),
+  };
+}
+
 describe('fencing: partitioned primary', function () {
   this.timeout(180_000);
   let cluster: ServiceCluster | undefined;
@@ -91,10 +121,11 @@ describe('fencing: partitioned primary', function () {
         ns.address,
         '--port-range',
         `${from}-${from + 99}`,
+        // The defaults: a lease keeper then looks at its claim once a second, as in production.
         '--heartbeat-ms',
-        '200',
-        '--heartbeat-ttl-ms',
         '1000',
+        '--heartbeat-ttl-ms',
+        '3000',
         '--stop-instances-on-exit',
       ],
       { stdio: 'ignore', env: { ...process.env, SF_LOG_LEVEL: 'warn' } },
@@ -108,8 +139,9 @@ describe('fencing: partitioned primary', function () {
   });
   after(async () => {
     fwd?.close();
-    await cluster?.stop();
+    // The namespaced cell first: it writes into the cluster's data directory until it stops.
     await ns?.cleanup();
+    await cluster?.stop();
   });
 
   it('fails over when the primary is cut off, and no write through the router reaches the old primary after the fence', async () => {
@@ -166,9 +198,27 @@ describe('fencing: partitioned primary', function () {
       // while it still runs behind the partition; read again after the heal while it exists
       // (control deletes the volume of a replaced instance once its cell is back).
       onOld = await aofText(volume);
-      // Heal: the old primary is reachable again and still running, yet fenced in every router.
+      // Heal: the old primary is reachable again, and fenced in every router. Its cell shoots it
+      // before it registers again, so from the moment control sees the cell back no deposed
+      // primary answers on it.
       await ip('ip', ['link', 'set', host.vethRoot, 'up']);
-      await new Promise((r) => setTimeout(r, 1_000));
+      // Connected before the cell's heartbeats get through, so ROLE is asked within a round trip
+      // of the registration's return.
+      const probe = await roleProbe(old.host ?? host.address, old.port ?? 0, auth);
+      try {
+        await eventually(
+          async () => (await c.state.exists(KEYS.cell('cell-0').registration)) === 1,
+          30_000,
+          'partitioned cell registered again',
+          5,
+        );
+        const role = await probe.role();
+        expect(role, `the old primary answered ROLE '${role}' once its cell had registered again`).to.not.equal(
+          'master',
+        );
+      } finally {
+        probe.close();
+      }
       expect(primaryOf(after).cell).to.not.equal('cell-0');
     } finally {
       stop = true;
