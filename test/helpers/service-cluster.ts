@@ -235,8 +235,14 @@ export async function startServiceCluster(options: ClusterOptions = {}): Promise
       await rm(dataDir, { recursive: true, force: true });
     },
   };
-  await waitForHealth(routerAdminPort, 60_000);
-  for (let i = 1; i <= (options.cells ?? 3); i++) await cluster.startCell(`cell-${i}`, `z${i}`);
+  try {
+    await waitForHealth(routerAdminPort, 60_000);
+    for (let i = 1; i <= (options.cells ?? 3); i++) await cluster.startCell(`cell-${i}`, `z${i}`);
+  } catch (err) {
+    // A start that fails midway stops what it started: the suite's `after` never sees a cluster.
+    await cluster.stop().catch(() => undefined);
+    throw err;
+  }
   return cluster;
 }
 
