@@ -25,6 +25,7 @@ import {
   keyLayout,
   type KeyLayout,
   ENGINE_KINDS,
+  heartbeatCell,
   instanceSpecSchema,
   NOTIFY_DESIRED,
   ORDER_RESULT_TTL_MS,
@@ -448,24 +449,30 @@ export class CellAgent {
     // has not returned within the TTL drops the connection, so the next one starts afresh.
     const stalled = setTimeout(() => redis.disconnect(true), this.opts.heartbeatTtlMs);
     try {
-      // Cut off for longer than the registration's TTL: control may have judged the cell dead
-      // and fenced its primaries meanwhile. They are shot before the cell registers again, so a
-      // registered cell never runs a deposed primary.
-      const lapsed = this.heartbeatSentAt > 0 && sentAt - this.heartbeatSentAt >= this.opts.heartbeatTtlMs;
-      if (lapsed) await this.instances?.shootDeposedAfterCutOff();
-      const res = await redis
-        .multi()
-        .set(this.keys.cell(this.name).registration, JSON.stringify(this.record()), 'PX', this.opts.heartbeatTtlMs)
-        .sadd(this.keys.cells, this.name)
-        .exec();
-      if (res?.[0]?.[0] == null) {
-        // A heartbeat that took long, or the first after a shorter gap, means the cell was cut
-        // off from the store for a while: every claim is checked again.
-        const gap = Date.now() - this.heartbeatSentAt > 2 * this.opts.heartbeatMs;
-        if (gap && this.heartbeatSentAt > 0) this.instances?.verifyLeases();
-        this.heartbeatSentAt = sentAt;
+      const res = await heartbeatCell(
+        redis,
+        this.keys,
+        this.name,
+        JSON.stringify(this.record()),
+        this.opts.heartbeatTtlMs,
+        this.instances?.leasedPrimaries() ?? [],
+      );
+      if (!res.registered) {
+        // The registration had expired and control fenced some of this cell's primaries
+        // meanwhile: they are shot first; the next heartbeat registers the cell again.
+        this.log.warn(
+          { instances: res.deposed.map((d) => d.instanceId) },
+          'cut off from the store past the TTL, and primaries were fenced meanwhile: stopping them before registering again',
+        );
+        await this.instances?.shootFencedWhileAway(res.deposed);
+        return;
       }
-      this.noteRegistration(Number(res?.[1]?.[1] ?? 0));
+      // A heartbeat that took long, or the first after a gap, means the cell was cut off from
+      // the store for a while: every claim is checked again.
+      const gap = Date.now() - this.heartbeatSentAt > 2 * this.opts.heartbeatMs;
+      if (gap && this.heartbeatSentAt > 0) this.instances?.verifyLeases();
+      this.heartbeatSentAt = sentAt;
+      this.noteRegistration(res.added);
     } catch (err) {
       this.log.warn({ err: errorMessageOf(err) }, 'heartbeat failed');
     } finally {

@@ -6,7 +6,7 @@
  * never retried here (issue 4: "restarts nothing on its own initiative").
  */
 import type { KeyLayout, ActualInstance, ActualState, ExecutorKind, InstanceSpec } from '../protocol';
-import { readLeaseFloors } from '../protocol';
+import type { HeartbeatPrimary } from '../protocol';
 import type { Redis } from 'ioredis';
 import type { Engine } from './engine';
 import type { EngineRegistry } from './engine-registry';
@@ -727,24 +727,19 @@ export class CellInstances {
     lease.start();
   }
 
+  /** The running primaries that hold (or claim) a lease, with their epochs: what a heartbeat checks. */
+  leasedPrimaries(): HeartbeatPrimary[] {
+    return [...this.local.values()]
+      .filter((i) => i.state === 'running' && i.spec.role === 'primary' && i.spec.lease !== undefined)
+      .map((i) => ({ instanceId: i.spec.instanceId, epoch: i.spec.epoch }));
+  }
+
   /**
-   * After the cell was cut off from the store for longer than its registration's TTL, and before
-   * it registers again: control may have judged the cell dead and fenced its primaries at a higher
-   * epoch meanwhile. Every running primary whose floor is now above its epoch is shot before this
-   * returns, so no deposed primary runs on a cell that control sees registered again. Throws when
-   * the store cannot be read (the caller then does not register).
+   * Shoots primaries that control fenced at a higher epoch while the cell was cut off (the
+   * heartbeat found them before re-registering), and returns once they are stopped.
    */
-  async shootDeposedAfterCutOff(): Promise<void> {
-    const redis = this.options.redis;
-    if (!redis) return;
-    const primaries = [...this.local.values()].filter(
-      (i) => i.state === 'running' && i.spec.role === 'primary' && i.spec.lease !== undefined,
-    );
-    const ids = primaries.map((i) => i.spec.instanceId);
-    const floors = await readLeaseFloors(redis, this.options.keys, ids);
-    await Promise.all(
-      primaries.map((inst, n) => (floors[n] > inst.spec.epoch ? this.shootDeposed(ids[n], floors[n]) : undefined)),
-    );
+  async shootFencedWhileAway(deposed: ReadonlyArray<{ instanceId: string; floor: number }>): Promise<void> {
+    await Promise.all(deposed.map((d) => this.shootDeposed(d.instanceId, d.floor)));
   }
 
   /** After a gap in the cell's heartbeats: every claim is checked against the store now. */

@@ -197,7 +197,7 @@ export function cellAclRules(cellName: string, prefix: string = DEFAULT_KEY_PREF
       'resetchannels',
       '-@all',
       ...CONNECTION_COMMANDS,
-      `(+set +del +get +pexpire +pttl ~${lit(own.registration)})`,
+      `(+set +del +get +exists +pexpire +pttl ~${lit(own.registration)})`,
       `(+hgetall +hget +hkeys +hlen +hscan %R~${lit(own.desired)})`,
       `(+hset +hdel +hgetall +hget +hkeys +hlen +del ~${lit(own.actual)})`,
       `(+brpop +rpop +llen ~${lit(own.orders)})`,
@@ -207,6 +207,8 @@ export function cellAclRules(cellName: string, prefix: string = DEFAULT_KEY_PREF
       // access to every key an EVAL names; the commands the script then runs are checked one by
       // one below, where floors are readable only.
       `(+eval +evalsha ~${pattern(layout.lease(ANY))})`,
+      // The heartbeat script names the cell's registration, the cell set and its primaries' floors.
+      `(+eval +evalsha ~${lit(own.registration)} ~${lit(layout.cells)} ~${pattern(layout.lease(ANY))})`,
       `(+get %R~${pattern(layout.leaseFloor(ANY))})`,
       `(+hset +hget +hmget +hgetall +persist +del +pexpire +pttl ${leases.join(' ')})`,
       `(+publish &${lit(layout.cellEvents)})`,

@@ -8,4 +8,5 @@ export * from './route-model';
 export * from './route-push-protocol';
 export * from './cell-protocol';
 export * from './lease';
+export * from './cell-heartbeat';
 export * from './acl';

@@ -108,20 +108,6 @@ export async function fenceLease(redis: Redis, keys: KeyLayout, instanceId: stri
   return Number(await redis.eval(FENCE_SCRIPT, 2, keys.lease(instanceId), keys.leaseFloor(instanceId), epoch));
 }
 
-/**
- * The epoch floors of several instances in one round trip (0 where none was set): what a cell
- * reads after it was cut off from the store, before it registers again.
- */
-export async function readLeaseFloors(
-  redis: Redis,
-  keys: KeyLayout,
-  instanceIds: readonly string[],
-): Promise<number[]> {
-  if (instanceIds.length === 0) return [];
-  const values = await redis.mget(...instanceIds.map((id) => keys.leaseFloor(id)));
-  return values.map((v) => Number(v ?? 0) || 0);
-}
-
 export interface LeaseState {
   epoch: number;
   holder: string;

@@ -2,6 +2,7 @@ import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import { LeaseKeeper } from '../../cell/lease-keeper';
 import { claimLease, fenceLease, readLease, releaseLease } from '../../protocol/lease';
+import { heartbeatCell } from '../../protocol/cell-heartbeat';
 import { eventually } from '../helpers/cell-harness';
 import { startRedisServer, type RedisServerHandle } from '../helpers/redis-server';
 import { keyLayout } from '../../protocol/keys';
@@ -34,6 +35,40 @@ describe('LeaseKeeper', function () {
     await redis.flushall();
     await register(CELL_A);
     await register(CELL_B);
+  });
+
+  describe('heartbeatCell', () => {
+    const primaries = [
+      { instanceId: 'pg-0', epoch: 3 },
+      { instanceId: 'cache-1', epoch: 5 },
+    ];
+
+    it('renews a current registration even when a floor is above a primary: a switchover stops it itself', async () => {
+      await fenceLease(redis, KEYS, 'pg-0', 4);
+      const beat = await heartbeatCell(redis, KEYS, CELL_A.cell, '{"startedAt":1000}', 5_000, primaries);
+      expect(beat).to.deep.equal({ registered: true, added: 1, deposed: [] });
+      expect(await redis.pttl(KEYS.cell(CELL_A.cell).registration)).to.be.greaterThan(4_000);
+    });
+
+    it('does not register again after its registration expired while primaries were fenced, and names them', async () => {
+      await redis.del(KEYS.cell(CELL_A.cell).registration);
+      await fenceLease(redis, KEYS, 'pg-0', 4);
+      await fenceLease(redis, KEYS, 'cache-1', 5);
+      const beat = await heartbeatCell(redis, KEYS, CELL_A.cell, '{"startedAt":1000}', 5_000, primaries);
+      expect(beat).to.deep.equal({ registered: false, added: 0, deposed: [{ instanceId: 'pg-0', floor: 4 }] });
+      expect(await redis.exists(KEYS.cell(CELL_A.cell).registration)).to.equal(0);
+      // Once the deposed primary is stopped, the cell registers with what it still runs.
+      const again = await heartbeatCell(redis, KEYS, CELL_A.cell, '{"startedAt":1000}', 5_000, primaries.slice(1));
+      expect(again.registered).to.equal(true);
+      expect(again.added).to.equal(1);
+    });
+
+    it('registers again after an expiry when no floor moved (a state store restart, not a fence)', async () => {
+      await redis.del(KEYS.cell(CELL_A.cell).registration);
+      const beat = await heartbeatCell(redis, KEYS, CELL_A.cell, '{"startedAt":1000}', 5_000, primaries);
+      expect(beat.registered).to.equal(true);
+      expect(beat.deposed).to.deep.equal([]);
+    });
   });
 
   describe('claimLease', () => {

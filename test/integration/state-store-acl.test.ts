@@ -17,7 +17,7 @@ import {
   setProcessRedisCredentials,
   type RedisCredentials,
 } from '../../common/redis-credentials';
-import { cellAclUser, claimLease, fenceLease, keyLayout, releaseLease } from '../../protocol';
+import { cellAclUser, claimLease, fenceLease, heartbeatCell, keyLayout, releaseLease } from '../../protocol';
 import { prepareLockedStateStore, type LockedStateStore } from '../../cli/state-store-acl';
 import { freePort } from '../helpers/free-port';
 import { waitForPort } from '../helpers/redis-server';
@@ -150,9 +150,13 @@ function describeLockedStore(prefix: string): void {
     it("lets a cell work its own keys, but not another cell's desired hash, tokens or routes", async () => {
       const cell = as(cellAclUser('cell-1'));
       const own = keys.cell('cell-1');
-      await as('control').hset(own.desired, 'cache-0', '{}');
+      const control = as('control');
+      await control.hset(own.desired, 'cache-0', '{}');
       expect(await cell.hgetall(own.desired)).to.deep.equal({ 'cache-0': '{}' });
-      await cell.multi().set(own.registration, '{}', 'PX', 3000).sadd(keys.cells, 'cell-1').exec();
+      await control.set(keys.leaseFloor('cache-0'), '2');
+      const beat = await heartbeatCell(cell, keys, 'cell-1', '{}', 3000, [{ instanceId: 'cache-0', epoch: 2 }]);
+      expect(beat.registered).to.equal(true);
+      expect(await cell.get(own.registration)).to.equal('{}');
       expect(await cell.hset(own.actual, 'cache-0', '{}')).to.equal(1);
       expect(await cell.set(keys.orderResult('o-1'), '{}', 'PX', 1000)).to.equal('OK');
       expect(await cell.publish(keys.cellEvents, '{}')).to.be.a('number');
@@ -163,6 +167,7 @@ function describeLockedStore(prefix: string): void {
         cell.hset(own.desired, 'x', '{"engine":"tcp","command":{"file":"/bin/sh"}}'),
         cell.hset(keys.tokens, 'x', '{"name":"evil","scopes":["admin"]}'),
         cell.set(other.registration, '{}'),
+        heartbeatCell(cell, keys, 'cell-2', '{}', 3000, []),
         cell.hset(other.actual, 'x', '{}'),
         cell.brpop(other.orders, 0.1),
         cell.srem(keys.cells, 'cell-2'),
