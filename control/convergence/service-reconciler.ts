@@ -158,7 +158,8 @@ export class ServiceReconciler {
     // Failed replicas on live cells restart in place (same volume) after a backoff.
     for (const inst of next.instances) {
       const actual = actualOf(inst);
-      if (inst.role !== 'replica' || !inst.specWritten || actual?.state !== 'failed') continue;
+      // A fenced replica is a deposed primary: it rejoins below, once a new primary serves.
+      if (inst.role !== 'replica' || inst.fenced || !inst.specWritten || actual?.state !== 'failed') continue;
       if (inst.restartedAt && now - inst.restartedAt < this.opts.restartBackoffMs) continue;
       inst.generation += 1;
       inst.restartedAt = now;
@@ -173,16 +174,21 @@ export class ServiceReconciler {
     }
 
     // An old primary fenced while its cell was dead stays a fenced replica in the record; its engine
-    // may still run as a primary (an agent that never restarted cannot know it was deposed). Once
-    // its cell is back and the new primary runs, a new generation restarts it as a replica of the
-    // new primary (PostgreSQL rewinds it first), as a failover does for a live cell. Without this
-    // it kept claiming primary until an operator ran `sf unfence` (issue 10, checker).
+    // may still run as a primary, or its cell shot it on return (a cell cut off past its TTL shoots
+    // primaries fenced meanwhile before it registers again). Once its cell is back and the new
+    // primary runs, a new generation restarts it as a replica of the new primary (PostgreSQL
+    // rewinds it first), as a failover does for a live cell. Without this it kept claiming primary,
+    // or stayed fenced, until an operator ran `sf unfence` (issue 10, checker).
     const serving = next.instances.find((i) => i.role === 'primary' && !i.fenced);
     const newPrimary = context.cellGrace || !serving ? null : primaryAddress(next, cells);
     for (const inst of next.instances) {
       const actual = actualOf(inst);
       if (!newPrimary || inst.role !== 'replica' || !inst.fenced || !alive(inst.cell)) continue;
-      if (actual?.state !== 'running' || actual.role !== 'primary') continue;
+      const deposed =
+        actual?.state === 'running'
+          ? actual.role === 'primary'
+          : actual?.state === 'fenced' || actual?.state === 'failed' || actual?.state === 'stopped';
+      if (!deposed) continue;
       if (inst.restartedAt && now - inst.restartedAt < this.opts.restartBackoffMs) continue;
       inst.generation += 1;
       inst.restartedAt = now;

@@ -206,6 +206,18 @@ describe('ServiceReconciler', () => {
       expect(JSON.parse((spec as { value: string }).value)).to.include({ role: 'replica', generation: 1 });
     });
 
+    it('restarts it as a replica too when its cell shot it on return (fenced, failed or stopped)', async () => {
+      for (const state of ['fenced', 'failed', 'stopped'] as const) {
+        const { store, reconciler } = setup(deposed());
+        const c = cells({ c1: true, c2: true });
+        Object.assign(c.get('c1')!.actual.get('cache-0')!, { state, role: 'primary' });
+        await reconciler.reconcile('cache', fence, c, { cellGrace: false });
+        const old = store.rec!.instances.find((i) => i.id === 'cache-0')!;
+        expect(old, state).to.include({ role: 'replica', generation: 1 });
+        expect(old.fenced, state).to.equal(undefined);
+      }
+    });
+
     it('leaves it alone during a new leader grace or while its engine already follows', async () => {
       for (const [grace, role] of [
         [true, 'primary'],
