@@ -1,7 +1,8 @@
 /**
- * A cell's heartbeat: its registration written with a TTL (the cell's lease) and its name kept in
- * the set of cells, in one script, so that re-registering and checking for deposed primaries are
- * one atomic step.
+ * A cell's heartbeat: its registration written with a TTL (the cell's lease), in one script, so
+ * that re-registering and checking for deposed primaries are one atomic step. At rest it only
+ * renews the registration; a missing one is written again and the cell's name added to the set
+ * of cells, whose answer tells a store that lost everything from an expiry.
  *
  * When the registration had expired (the cell was cut off, or its agent was away, for longer than
  * its TTL), control may have judged the cell dead and fenced its primaries at a higher epoch
@@ -12,28 +13,31 @@
  * expired is renewed as is: a planned switchover raises the old primary's floor while its cell is
  * alive, and stops that primary cleanly itself.
  */
+import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import type { KeyLayout } from './keys';
 
 const HEARTBEAT_SCRIPT = `
-local primaries = tonumber(ARGV[4])
-if redis.call('EXISTS', KEYS[1]) == 0 and primaries > 0 then
-  local deposed = {}
-  for i = 1, primaries do
-    local floor = tonumber(redis.call('GET', KEYS[2 + i]) or '0') or 0
-    if floor > tonumber(ARGV[4 + i]) then
-      table.insert(deposed, i)
-      table.insert(deposed, floor)
-    end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {1, 0, {}}
+end
+local deposed = {}
+for i = 1, tonumber(ARGV[4]) do
+  local floor = tonumber(redis.call('GET', KEYS[2 + i]) or '0') or 0
+  if floor > tonumber(ARGV[4 + i]) then
+    table.insert(deposed, i)
+    table.insert(deposed, floor)
   end
-  if #deposed > 0 then
-    return {0, 0, deposed}
-  end
+end
+if #deposed > 0 then
+  return {0, 0, deposed}
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local added = redis.call('SADD', KEYS[2], ARGV[3])
 return {1, added, {}}
 `;
+const HEARTBEAT_SHA = createHash('sha1').update(HEARTBEAT_SCRIPT).digest('hex');
 
 /** A primary the cell runs, at the epoch it was started with. */
 export interface HeartbeatPrimary {
@@ -58,8 +62,7 @@ export async function heartbeatCell(
   ttlMs: number,
   primaries: readonly HeartbeatPrimary[],
 ): Promise<HeartbeatResult> {
-  const [registered, added, deposed] = (await redis.eval(
-    HEARTBEAT_SCRIPT,
+  const args = [
     2 + primaries.length,
     keys.cell(cell).registration,
     keys.cells,
@@ -69,7 +72,14 @@ export async function heartbeatCell(
     cell,
     primaries.length,
     ...primaries.map((p) => p.epoch),
-  )) as [number, number, number[]];
+  ] as const;
+  // At rest one EVALSHA per beat; the script's text goes over the wire only when the store does
+  // not know it yet (first beat, or a store that restarted).
+  const reply = await redis.evalsha(HEARTBEAT_SHA, ...args).catch((err: unknown) => {
+    if (err instanceof Error && err.message.startsWith('NOSCRIPT')) return redis.eval(HEARTBEAT_SCRIPT, ...args);
+    throw err;
+  });
+  const [registered, added, deposed] = reply as [number, number, number[]];
   const found: HeartbeatResult['deposed'] = [];
   for (let i = 0; i + 1 < deposed.length; i += 2)
     found.push({ instanceId: primaries[deposed[i] - 1].instanceId, floor: Number(deposed[i + 1]) });
