@@ -2,10 +2,12 @@
 // the choices that are easy to get wrong.
 
 #include "relay-engine.h"
+#include "listen-batch.h"
 #include "socket-options.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
@@ -858,40 +860,79 @@ void SetBackendOptions(int fd, int keepalive_ms) {
 
 }  // namespace
 
-int64_t Engine::OpenPort(const std::shared_ptr<Budget>& budget, const std::string& host, int port_number, int backlog,
-                         bool reuse_port, int keepalive_ms, RouteSpec&& route) {
-  ListenOptions o;
-  o.host = host;
-  o.port = port_number;
-  o.backlog = backlog;
-  o.reuse_port = reuse_port;
-  int fd = ListenTcp(o);
-  if (fd < 0) return fd;
-  // Accepted clients inherit these from the listening socket: no setsockopt per connection.
-  SetBackendOptions(fd, keepalive_ms);
-  auto port = std::make_shared<Port>();
-  port->port = port_number;
-  port->keepalive_ms = keepalive_ms;
-  port->budget = budget;
-  port->listener = std::make_shared<Listener>();
-  port->listener->fd = fd;
-  port->route = std::move(route);
-  port->rr_current.assign(port->route.backends.size(), 0);
+std::vector<int64_t> Engine::OpenPorts(const std::shared_ptr<Budget>& budget, const std::string& host,
+                                       const std::vector<int>& port_numbers, std::vector<RouteSpec>&& routes,
+                                       int backlog, bool reuse_port, int keepalive_ms) {
+  const size_t n = port_numbers.size();
+  std::vector<int64_t> out(n, -EINVAL);
+  sockaddr_storage addr{};
+  socklen_t addr_len = 0;
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&addr);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&addr);
+  if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    addr_len = sizeof(sockaddr_in);
+  } else if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    addr_len = sizeof(sockaddr_in6);
+  } else {
+    return out;
+  }
+  std::vector<ListenRequest> requests(n);
+  for (size_t i = 0; i < n; i++) {
+    requests[i].addr = addr;
+    requests[i].addr_len = addr_len;
+    const uint16_t port_be = htons(static_cast<uint16_t>(port_numbers[i]));
+    if (addr.ss_family == AF_INET) reinterpret_cast<sockaddr_in*>(&requests[i].addr)->sin_port = port_be;
+    else reinterpret_cast<sockaddr_in6*>(&requests[i].addr)->sin6_port = port_be;
+  }
+  ListenBatch batch(n);
+  std::vector<int> fds = batch.Sockets(requests);
+  // Each port is in the table, with its route and its listening descriptor, before the kernel is
+  // asked to register it: the first connection finds everything in place.
+  std::vector<std::shared_ptr<Port>> made(n);
   {
     std::lock_guard<std::mutex> lock(ports_mu_);
-    port->id = next_port_id_++;
-    if (next_port_id_ >= (1u << 31)) next_port_id_ = 1;
-    ports_.emplace(port->id, port);
-  }
-  for (auto& loop : loops_) {
-    if (!loop->WatchListener(port->id, fd)) {
-      int err = errno;
-      RetirePort(port->id);
-      ReleasePort(port->id);
-      return -err;
+    for (size_t i = 0; i < n; i++) {
+      if (fds[i] < 0) {
+        out[i] = fds[i];
+        continue;
+      }
+      auto port = std::make_shared<Port>();
+      port->port = port_numbers[i];
+      port->keepalive_ms = keepalive_ms;
+      port->budget = budget;
+      port->listener = std::make_shared<Listener>();
+      port->listener->fd = fds[i];
+      port->route = std::move(routes[i]);
+      port->rr_current.assign(port->route.backends.size(), 0);
+      port->id = next_port_id_++;
+      if (next_port_id_ >= (1u << 31)) next_port_id_ = 1;
+      ports_.emplace(port->id, port);
+      requests[i].epoll_data = kListenerTag | port->id;
+      made[i] = std::move(port);
     }
   }
-  return port->id;
+  std::vector<int> epfds;
+  for (auto& loop : loops_) epfds.push_back(loop->epfd_);
+  ListenBatchOptions options;
+  options.backlog = backlog;
+  options.reuse_port = reuse_port;
+  options.keepalive_ms = keepalive_ms;
+  std::vector<int> rc = batch.Listen(fds, requests, options, epfds);
+  for (size_t i = 0; i < n; i++) {
+    if (!made[i]) continue;
+    if (rc[i] == 0) {
+      out[i] = made[i]->id;
+      continue;
+    }
+    // A registration may have succeeded before a later one failed: the port is retired like any
+    // other (its listener closed, whatever it accepted meanwhile drained).
+    out[i] = rc[i];
+    RetirePort(made[i]->id);
+    ReleasePort(made[i]->id);
+  }
+  return out;
 }
 
 std::shared_ptr<Port> Engine::FindPort(uint32_t port_id) {
