@@ -164,6 +164,8 @@ class Pair : public std::enable_shared_from_this<Pair> {
   // only; backend_id_, epoch_, tried_, holds_backend_ and accounted_ under port_->mu.
   std::shared_ptr<Port> port_;
   bool connecting_ = false;
+  // Backend sockets made for this pair so far (loop thread only).
+  int attempts_ = 0;
   int64_t connect_deadline_ms_ = 0;
   std::string backend_id_;
   uint64_t epoch_ = 0;
@@ -267,7 +269,10 @@ void Pair::CloseFds(bool reset) {
   for (int side = 0; side < 2; side++) {
     if (fd_[side] < 0) continue;
     // Remove the registration explicitly: epoll keys on the open file description, and if anyone
-    // else still held it, close() alone would leave events flowing for a dead pair.
+    // else still held it, close() alone would leave events flowing for a dead pair. That holds for
+    // natively accepted sockets too, though no one else is meant to hold them: a child process
+    // between fork and exec holds every descriptor (CLOEXEC acts only at exec), and an event
+    // delivered then would point at a freed Pair. Two syscalls per connection are the price.
     epoll_ctl(loop_->epfd_, EPOLL_CTL_DEL, fd_[side], nullptr);
     if (reset) {
       linger lg{1, 0};
@@ -368,8 +373,11 @@ Pair::Turn Pair::Pump(int dir, int pipe_size, char* buffer, CloseEvent* ev) {
 
     if (eof_[dir]) {
       if (!shut_[dir]) {
-        // Half-close: the peer sees our FIN only after everything before it was delivered.
-        shutdown(fd_[dst], SHUT_WR);
+        // Half-close: the peer sees our FIN only after everything before it was delivered. When
+        // the other direction is already shut, the pair closes right below, and close() sends the
+        // same FIN after the same queued bytes (both receive queues were read to their end, so it
+        // is no reset): the shutdown call is skipped.
+        if (!shut_[1 - dir]) shutdown(fd_[dst], SHUT_WR);
         shut_[dir] = true;
         if (shut_[0] && shut_[1]) {
           Close(first_eof_ == 1 ? CloseReason::kBackendClosed : CloseReason::kClientClosed, 0, false, ev);
@@ -529,8 +537,13 @@ void Loop::Serve(Pair* pair, const End* end, uint32_t events, std::vector<std::s
       if (end == nullptr || end->side != 1 || (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) == 0) return;
       int err = 0;
       socklen_t len = sizeof err;
-      if (getsockopt(pair->fd_[1], SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
-      if (err == 0) {
+      // The first attempt's socket is the only one that ever had this End registered, so its edge
+      // is its own; a connecting TCP socket reports EPOLLOUT only once established (tcp_poll), and
+      // a failed connect always adds EPOLLERR or EPOLLHUP. Such an edge needs no SO_ERROR and no
+      // getpeername: two syscalls less per connection. Retries keep both checks.
+      const bool clean_first = pair->attempts_ == 1 && (events & EPOLLOUT) && !(events & (EPOLLERR | EPOLLHUP));
+      if (!clean_first && getsockopt(pair->fd_[1], SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+      if (err == 0 && !clean_first) {
         // An edge left over from a previous attempt's socket must not pass for this one's.
         sockaddr_storage peer;
         socklen_t plen = sizeof peer;
@@ -1197,8 +1210,12 @@ void Engine::ConnectNext(const std::shared_ptr<Pair>& pair, int failed) {
     }
     pair->fd_[1] = fd;
     pair->connecting_ = true;
+    pair->attempts_++;
     pair->connect_deadline_ms_ = NowMs() + static_cast<int64_t>(connect_timeout_ms);
-    pair->readable_[1] = true;
+    // Not optimistic, unlike a handed-over pair's sockets: this one is new, so nothing can have
+    // arrived before it joins the epoll set, and the backend's first bytes raise an edge. Reading
+    // it on connect would cost an EAGAIN per connection for every client-speaks-first protocol.
+    pair->readable_[1] = false;
     pair->writable_[1] = false;
     pair->hangup_[1] = false;
     epoll_event e{};
