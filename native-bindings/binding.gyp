@@ -4,6 +4,7 @@
       "target_name": "sf_native",
       "sources": [
         "src/addon.cc",
+        "src/listen-batch.cc",
         "src/relay-engine.cc",
         "src/socket-options.cc"
       ],

@@ -21,12 +21,17 @@ import {
   type NativeBindings,
   type NativeBudgetHandle,
 } from '../native-bindings';
-import { routeLimits, type Backend, type Route } from '../protocol';
+import { DEFAULT_ROUTE_LIMITS, type Backend, type Route } from '../protocol';
 
 /** The counters the addon keeps per natively accepted port. */
 export type NativePortStats = Record<(typeof NATIVE_PORT_STAT_FIELDS)[number], number>;
 
 export type NativeAcceptEventKind = (typeof NativeAcceptEvent)[number];
+
+/** What hears about a natively accepted port's refused clients (its route binding). */
+export interface NativePortEvents {
+  nativeEvent(kind: NativeAcceptEventKind): void;
+}
 
 /** Why a port's routes must stay on the JS path (shown per port in `/health`), or undefined. */
 export function jsPathReason(routes: readonly Route[]): string | undefined {
@@ -45,7 +50,7 @@ export function jsPathReason(routes: readonly Route[]): string | undefined {
  * is here from its opening until it is released (retired and drained), and while any is, the
  * process stays alive, as it does for a listening net.Server and its sockets.
  */
-const handlers = new Map<number, (kind: NativeAcceptEventKind) => void>();
+const handlers = new Map<number, NativePortEvents>();
 
 function portsChanged(bindings: NativeBindings, before: number): void {
   if (before === 0 && handlers.size > 0) bindings.refPorts(true);
@@ -56,35 +61,45 @@ let eventsBound = false;
 function onEvents(flat: number[]): void {
   for (let i = 0; i + 2 < flat.length; i += 3) {
     const kind = NativeAcceptEvent[flat[i]!];
-    if (kind) handlers.get(flat[i + 1]!)?.(kind);
+    if (kind) handlers.get(flat[i + 1]!)?.nativeEvent(kind);
   }
 }
 
-/** Routes in the addon's flat form (`setRoutes`, `openPorts` in native-bindings/index.ts). */
-function encodeRoutes(entries: ReadonlyArray<{ route: Route; selfLoop: (b: Backend) => boolean }>): {
+/**
+ * Routes in the addon's flat form (`setRoutes`, `openPorts` in native-bindings/index.ts). Nothing is
+ * allocated per route: a 10,000-route table is four arrays.
+ */
+function encodeRoutes(
+  entries: ReadonlyArray<{ route: Route; selfLoop?: (b: Backend) => boolean }>,
+  sharedSelfLoop?: (b: Backend) => boolean,
+): {
   header: Float64Array;
   ids: string[];
   hosts: string[];
   numbers: Float64Array;
 } {
   let backends = 0;
-  for (const e of entries) backends += e.route.backends.length;
+  for (let r = 0; r < entries.length; r++) backends += entries[r]!.route.backends.length;
   const header = new Float64Array(entries.length * NATIVE_ROUTE_HEADER);
   const ids = new Array<string>(backends);
   const hosts = new Array<string>(backends);
   const numbers = new Float64Array(backends * NATIVE_BACKEND_NUMBERS);
+  const d = DEFAULT_ROUTE_LIMITS;
   let k = 0;
   for (let r = 0; r < entries.length; r++) {
-    const { route, selfLoop } = entries[r]!;
-    const limits = routeLimits(route);
+    const entry = entries[r]!;
+    const route = entry.route;
+    const selfLoop = (entry.selfLoop ?? sharedSelfLoop)!;
     const h = r * NATIVE_ROUTE_HEADER;
+    const maxConnections = route.maxConnections ?? d.maxConnections;
     header[h] = NATIVE_ROUTE_MODE[route.mode];
-    header[h + 1] = limits.connectTimeoutMs;
-    header[h + 2] = limits.idleTimeoutMs;
-    header[h + 3] = limits.drainTimeoutMs;
-    header[h + 4] = Number.isFinite(limits.maxConnections) ? limits.maxConnections : -1;
+    header[h + 1] = route.connectTimeoutMs ?? d.connectTimeoutMs;
+    header[h + 2] = route.idleTimeoutMs ?? d.idleTimeoutMs;
+    header[h + 3] = route.drainTimeoutMs ?? d.drainTimeoutMs;
+    header[h + 4] = Number.isFinite(maxConnections) ? maxConnections : -1;
     header[h + 5] = route.backends.length;
-    for (const b of route.backends) {
+    for (let j = 0; j < route.backends.length; j++) {
+      const b = route.backends[j]!;
       const x = k * NATIVE_BACKEND_NUMBERS;
       ids[k] = b.id;
       hosts[k] = b.host;
@@ -114,21 +129,24 @@ export class NativeAcceptor {
 
   /**
    * Listens on each port of `ports` in one call into the addon, each with its route in place before
-   * the first client is accepted. Returns per port its id, or the system error (`code`
-   * EADDRINUSE...) that refused it; the other ports are open regardless.
+   * the first client is accepted; `events` hears of the port's refused clients, and `selfLoop`
+   * tells backends that are the router itself. Returns per port its id, or the system error
+   * (`code` EADDRINUSE...) that refused it; the other ports are open regardless.
    */
   openMany(
     host: string,
-    ports: ReadonlyArray<{ port: number; route: Route; selfLoop: (b: Backend) => boolean }>,
+    ports: ReadonlyArray<{ route: Route; events: NativePortEvents }>,
     options: { backlog: number; reusePort: boolean; keepAliveMs: number },
-    onEvent: (index: number, kind: NativeAcceptEventKind) => void,
+    selfLoop: (b: Backend) => boolean,
   ): Array<number | NodeJS.ErrnoException> {
     const bindHost = host === 'localhost' ? '127.0.0.1' : host;
-    const routes = encodeRoutes(ports);
+    const routes = encodeRoutes(ports, selfLoop);
+    const numbers = new Float64Array(ports.length);
+    for (let i = 0; i < ports.length; i++) numbers[i] = ports[i]!.route.port;
     const ids = this.bindings.openPorts(
       this.budgetHandle,
       bindHost,
-      Float64Array.from(ports, (p) => p.port),
+      numbers,
       options.backlog,
       options.reusePort,
       options.keepAliveMs,
@@ -142,12 +160,12 @@ export class NativeAcceptor {
     for (let i = 0; i < ports.length; i++) {
       const id = ids[i]!;
       if (id >= 0) {
-        handlers.set(id, (kind) => onEvent(i, kind));
+        handlers.set(id, ports[i]!.events);
         out[i] = id;
         continue;
       }
       const code = getSystemErrorName(id);
-      const err: NodeJS.ErrnoException = new Error(`listen ${code} ${bindHost}:${ports[i]!.port}`);
+      const err: NodeJS.ErrnoException = new Error(`listen ${code} ${bindHost}:${ports[i]!.route.port}`);
       err.code = code;
       err.errno = id;
       err.syscall = 'listen';

@@ -15,7 +15,7 @@ import { startClientTls } from './client-tls';
 import { ServerTlsContext, sameTlsSettings } from './tls-context';
 import { newRouteStats, type RouteStats } from './route-stats';
 import type { ListenAddress } from './self-address';
-import type { NativeAcceptor } from './native-accept';
+import type { NativeAcceptEventKind, NativeAcceptor, NativePortEvents } from './native-accept';
 
 export interface ListenerEnvironment {
   relay: Relay;
@@ -42,6 +42,8 @@ export interface ListenerEnvironment {
   ownAddressHit(host: string, port: number): ListenAddress | undefined;
   /** For a name on a port the router listens on: a lookup that refuses the router's addresses. */
   lookupFor(host: string, port: number): LookupFunction | undefined;
+  /** Whether `b` is the router itself (one function per router, for routes pushed to the addon). */
+  selfLoop(b: Backend): boolean;
   /** A terminating route's certificate could not be loaded (message names files, never contents). */
   certificateProblem(binding: RouteBinding, message: string): void;
   /** A backend of `binding` was not connected to because it is the router itself. */
@@ -82,13 +84,14 @@ export function bindingKey(route: Route): string {
     : '';
 }
 
-export class RouteBinding implements ConnectionHost {
+export class RouteBinding implements ConnectionHost, NativePortEvents {
   readonly stats: RouteStats;
   readonly relay: Relay;
   readonly keepAliveMs: number;
   readonly connections = new Set<ProxiedConnection>();
   private route: Route;
-  private balancer: Balancer;
+  /** Built on the first pick after the route changed; natively accepted routes never need one. */
+  private balancer: Balancer | undefined;
   /** The certificate of a terminating route, reloaded when its files change. */
   private serverTls: ServerTlsContext | undefined;
   private readonly activeByBackend = new Map<string, number>();
@@ -110,7 +113,6 @@ export class RouteBinding implements ConnectionHost {
     this.stats = newRouteStats(route.port, bindingKey(route));
     this.relay = env.relay;
     this.keepAliveMs = env.keepAliveMs;
-    this.balancer = this.buildBalancer(route);
     this.serverTls = this.buildServerTls(route);
   }
 
@@ -119,6 +121,7 @@ export class RouteBinding implements ConnectionHost {
   }
 
   pickBackend(tried: ReadonlySet<string>): Backend | undefined {
+    this.balancer ??= this.buildBalancer(this.route);
     return this.balancer.pick(tried);
   }
 
@@ -147,8 +150,15 @@ export class RouteBinding implements ConnectionHost {
     this.native = { acceptor, id };
   }
 
-  /** Whether `b` is the router itself, for routes pushed to the addon. */
-  readonly selfLoopBackend = (b: Backend): boolean => this.env.ownAddressHit(b.host, b.port) !== undefined;
+  /** A client of this natively accepted route was refused (limits) or a backend is the router itself. */
+  nativeEvent(kind: NativeAcceptEventKind): void {
+    if (kind === 'route-limit' || kind === 'global-limit') {
+      this.env.limitReached(this, kind === 'route-limit' ? 'route' : 'global');
+      return;
+    }
+    const backend = this.route.backends.find((b) => this.env.ownAddressHit(b.host, b.port));
+    if (backend) this.env.selfLoopRefused(this, backend, 'the backend is one of the router listening addresses');
+  }
 
   /** The counters with live connections' bytes folded in, read at scrape time. */
   snapshot(): RouteStats {
@@ -204,12 +214,12 @@ export class RouteBinding implements ConnectionHost {
   update(route: Route): number {
     if (this.native) {
       this.route = route;
-      this.native.acceptor.queueRoute(this.native.id, route, this.selfLoopBackend);
+      this.native.acceptor.queueRoute(this.native.id, route, this.env.selfLoop);
       return 0;
     }
     const tlsChanged = !sameTlsSettings(clientTls(this.route), clientTls(route));
     this.route = route;
-    this.balancer = this.buildBalancer(route);
+    this.balancer = undefined;
     // New settings (other files, a client CA) apply to new handshakes; established sessions stay.
     if (tlsChanged) this.serverTls = this.buildServerTls(route);
     let killed = 0;
@@ -223,7 +233,7 @@ export class RouteBinding implements ConnectionHost {
         continue;
       }
       if (fate === 'drain') {
-        conn.drain(routeLimits(route).drainTimeoutMs, this.onDrainExpired);
+        conn.drain(routeLimits(route).drainTimeoutMs, () => this.onDrainExpired());
         continue;
       }
       conn.cancelDrain();
@@ -254,7 +264,7 @@ export class RouteBinding implements ConnectionHost {
       return;
     }
     this.onEmpty = onGone;
-    for (const conn of this.connections) conn.drain(drainMs, this.onDrainExpired);
+    for (const conn of this.connections) conn.drain(drainMs, () => this.onDrainExpired());
   }
 
   /** Cuts every connection at once (fail-closed, shutdown). */
@@ -312,9 +322,9 @@ export class RouteBinding implements ConnectionHost {
     return createBalancer(route, { active: (id) => this.activeFor(id) });
   }
 
-  private readonly onDrainExpired = (): void => {
+  private onDrainExpired(): void {
     this.stats.killedDrained++;
-  };
+  }
 
   /**
    * Takes a client accepted on this route's port. `initial` holds bytes already read from it

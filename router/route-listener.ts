@@ -12,7 +12,7 @@ import { clientTls, type Route } from '../protocol';
 import { setListenerSocketOptions } from './proxied-connection';
 import { RouteBinding, bindingKey, type ListenerEnvironment } from './route-binding';
 import { hostMatches, parseClientHelloSni } from './sni';
-import { jsPathReason, type NativeAcceptEventKind } from './native-accept';
+import { jsPathReason } from './native-accept';
 
 export class RouteListener {
   /** Routes on this port by binding key ('' = the port's default route). */
@@ -116,33 +116,37 @@ export class RouteListener {
     if (listeners.length === 0) return [];
     const env = listeners[0]!.env;
     const acceptor = env.acceptor!;
-    const bindings = listeners.map((l) => l.plainBinding()!);
+    const ports = new Array<{ route: Route; events: RouteBinding }>(listeners.length);
+    for (let i = 0; i < listeners.length; i++) {
+      const binding = listeners[i]!.sole!;
+      ports[i] = { route: binding.currentRoute(), events: binding };
+    }
     let opened: Array<number | NodeJS.ErrnoException>;
     try {
       opened = acceptor.openMany(
         env.bindHost,
-        listeners.map((l, i) => ({
-          port: l.port,
-          route: bindings[i]!.currentRoute(),
-          selfLoop: bindings[i]!.selfLoopBackend,
-        })),
+        ports,
         { backlog: env.backlog, reusePort: env.reusePort, keepAliveMs: env.keepAliveMs },
-        (i, kind) => listeners[i]!.onNativeEvent(bindings[i]!, kind),
+        env.selfLoop,
       );
     } catch (err) {
       // Arguments the addon refuses (a defect, not a port in use): none of these ports opened.
       opened = listeners.map(() => err as NodeJS.ErrnoException);
     }
-    return opened.map((id, i) => {
+    // Filled, not sparse: callers walk every entry (forEach skips holes).
+    const out = new Array<SfError | undefined>(listeners.length).fill(undefined);
+    for (let i = 0; i < listeners.length; i++) {
+      const id = opened[i]!;
       if (typeof id === 'number') {
-        bindings[i]!.attachNative(acceptor, id);
-        return undefined;
+        ports[i]!.events.attachNative(acceptor, id);
+        continue;
       }
-      return new SfError(
+      out[i] = new SfError(
         ErrorCode.ListenFailed,
         `cannot listen on ${env.bindHost}:${listeners[i]!.port}: ${id.code ?? id.message}`,
       );
-    });
+    }
+    return out;
   }
 
   /** True when the addon accepts this port (decided when it opens). */
@@ -153,16 +157,6 @@ export class RouteListener {
   /** The route of a port with a single route, the common case; undefined when it has several. */
   soleRoute(): Route | undefined {
     return this.sole?.currentRoute();
-  }
-
-  private onNativeEvent(binding: RouteBinding, kind: NativeAcceptEventKind): void {
-    if (kind === 'route-limit' || kind === 'global-limit')
-      this.env.limitReached(binding, kind === 'route-limit' ? 'route' : 'global');
-    else {
-      const route = binding.currentRoute();
-      const backend = route.backends.find((b) => this.env.ownAddressHit(b.host, b.port));
-      if (backend) this.env.selfLoopRefused(binding, backend, 'the backend is one of the router listening addresses');
-    }
   }
 
   /**

@@ -129,6 +129,7 @@ export class Router {
         if (binding.reserved && binding.stats.active < this.reserve) this.reservedInUse--;
       },
       limitReached: (binding, which) => this.limitReached(binding, which),
+      selfLoop: (b) => this.ownAddressHit(b.host, b.port) !== undefined,
       ownAddressHit: (host, port) => this.ownAddressHit(host, port),
       lookupFor: (host, port) => this.lookupFor(host, port),
       selfLoopRefused: (binding, backend, detail) => {

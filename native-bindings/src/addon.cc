@@ -376,11 +376,11 @@ Napi::Value OpenPorts(const Napi::CallbackInfo& info) {
   const size_t n = ports.ElementLength();
   std::vector<sf::RouteSpec> specs;
   if (const char* bad = ParseRoutes(info[6], info[7], info[8], info[9], n, &specs)) return ThrowType(env, bad);
+  std::vector<int> numbers(n);
+  for (size_t i = 0; i < n; i++) numbers[i] = static_cast<int>(ports[i]);
+  std::vector<int64_t> ids = engine->OpenPorts(budget, host, numbers, std::move(specs), backlog, reuse_port, keepalive_ms);
   Napi::Float64Array out = Napi::Float64Array::New(env, n);
-  for (size_t i = 0; i < n; i++) {
-    out[i] = static_cast<double>(engine->OpenPort(budget, host, static_cast<int>(ports[i]), backlog, reuse_port,
-                                                  keepalive_ms, std::move(specs[i])));
-  }
+  for (size_t i = 0; i < n; i++) out[i] = static_cast<double>(ids[i]);
   return out;
 }
 

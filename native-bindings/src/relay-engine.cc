@@ -2,10 +2,12 @@
 // the choices that are easy to get wrong.
 
 #include "relay-engine.h"
+#include "listen-batch.h"
 #include "socket-options.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
@@ -162,6 +164,8 @@ class Pair : public std::enable_shared_from_this<Pair> {
   // only; backend_id_, epoch_, tried_, holds_backend_ and accounted_ under port_->mu.
   std::shared_ptr<Port> port_;
   bool connecting_ = false;
+  // Backend sockets made for this pair so far (loop thread only).
+  int attempts_ = 0;
   int64_t connect_deadline_ms_ = 0;
   std::string backend_id_;
   uint64_t epoch_ = 0;
@@ -265,7 +269,10 @@ void Pair::CloseFds(bool reset) {
   for (int side = 0; side < 2; side++) {
     if (fd_[side] < 0) continue;
     // Remove the registration explicitly: epoll keys on the open file description, and if anyone
-    // else still held it, close() alone would leave events flowing for a dead pair.
+    // else still held it, close() alone would leave events flowing for a dead pair. That holds for
+    // natively accepted sockets too, though no one else is meant to hold them: a child process
+    // between fork and exec holds every descriptor (CLOEXEC acts only at exec), and an event
+    // delivered then would point at a freed Pair. Two syscalls per connection are the price.
     epoll_ctl(loop_->epfd_, EPOLL_CTL_DEL, fd_[side], nullptr);
     if (reset) {
       linger lg{1, 0};
@@ -366,8 +373,11 @@ Pair::Turn Pair::Pump(int dir, int pipe_size, char* buffer, CloseEvent* ev) {
 
     if (eof_[dir]) {
       if (!shut_[dir]) {
-        // Half-close: the peer sees our FIN only after everything before it was delivered.
-        shutdown(fd_[dst], SHUT_WR);
+        // Half-close: the peer sees our FIN only after everything before it was delivered. When
+        // the other direction is already shut, the pair closes right below, and close() sends the
+        // same FIN after the same queued bytes (both receive queues were read to their end, so it
+        // is no reset): the shutdown call is skipped.
+        if (!shut_[1 - dir]) shutdown(fd_[dst], SHUT_WR);
         shut_[dir] = true;
         if (shut_[0] && shut_[1]) {
           Close(first_eof_ == 1 ? CloseReason::kBackendClosed : CloseReason::kClientClosed, 0, false, ev);
@@ -527,8 +537,13 @@ void Loop::Serve(Pair* pair, const End* end, uint32_t events, std::vector<std::s
       if (end == nullptr || end->side != 1 || (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) == 0) return;
       int err = 0;
       socklen_t len = sizeof err;
-      if (getsockopt(pair->fd_[1], SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
-      if (err == 0) {
+      // The first attempt's socket is the only one that ever had this End registered, so its edge
+      // is its own; a connecting TCP socket reports EPOLLOUT only once established (tcp_poll), and
+      // a failed connect always adds EPOLLERR or EPOLLHUP. Such an edge needs no SO_ERROR and no
+      // getpeername: two syscalls less per connection. Retries keep both checks.
+      const bool clean_first = pair->attempts_ == 1 && (events & EPOLLOUT) && !(events & (EPOLLERR | EPOLLHUP));
+      if (!clean_first && getsockopt(pair->fd_[1], SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+      if (err == 0 && !clean_first) {
         // An edge left over from a previous attempt's socket must not pass for this one's.
         sockaddr_storage peer;
         socklen_t plen = sizeof peer;
@@ -858,40 +873,79 @@ void SetBackendOptions(int fd, int keepalive_ms) {
 
 }  // namespace
 
-int64_t Engine::OpenPort(const std::shared_ptr<Budget>& budget, const std::string& host, int port_number, int backlog,
-                         bool reuse_port, int keepalive_ms, RouteSpec&& route) {
-  ListenOptions o;
-  o.host = host;
-  o.port = port_number;
-  o.backlog = backlog;
-  o.reuse_port = reuse_port;
-  int fd = ListenTcp(o);
-  if (fd < 0) return fd;
-  // Accepted clients inherit these from the listening socket: no setsockopt per connection.
-  SetBackendOptions(fd, keepalive_ms);
-  auto port = std::make_shared<Port>();
-  port->port = port_number;
-  port->keepalive_ms = keepalive_ms;
-  port->budget = budget;
-  port->listener = std::make_shared<Listener>();
-  port->listener->fd = fd;
-  port->route = std::move(route);
-  port->rr_current.assign(port->route.backends.size(), 0);
+std::vector<int64_t> Engine::OpenPorts(const std::shared_ptr<Budget>& budget, const std::string& host,
+                                       const std::vector<int>& port_numbers, std::vector<RouteSpec>&& routes,
+                                       int backlog, bool reuse_port, int keepalive_ms) {
+  const size_t n = port_numbers.size();
+  std::vector<int64_t> out(n, -EINVAL);
+  sockaddr_storage addr{};
+  socklen_t addr_len = 0;
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&addr);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&addr);
+  if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    addr_len = sizeof(sockaddr_in);
+  } else if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    addr_len = sizeof(sockaddr_in6);
+  } else {
+    return out;
+  }
+  std::vector<ListenRequest> requests(n);
+  for (size_t i = 0; i < n; i++) {
+    requests[i].addr = addr;
+    requests[i].addr_len = addr_len;
+    const uint16_t port_be = htons(static_cast<uint16_t>(port_numbers[i]));
+    if (addr.ss_family == AF_INET) reinterpret_cast<sockaddr_in*>(&requests[i].addr)->sin_port = port_be;
+    else reinterpret_cast<sockaddr_in6*>(&requests[i].addr)->sin6_port = port_be;
+  }
+  ListenBatch batch(n);
+  std::vector<int> fds = batch.Sockets(requests);
+  // Each port is in the table, with its route and its listening descriptor, before the kernel is
+  // asked to register it: the first connection finds everything in place.
+  std::vector<std::shared_ptr<Port>> made(n);
   {
     std::lock_guard<std::mutex> lock(ports_mu_);
-    port->id = next_port_id_++;
-    if (next_port_id_ >= (1u << 31)) next_port_id_ = 1;
-    ports_.emplace(port->id, port);
-  }
-  for (auto& loop : loops_) {
-    if (!loop->WatchListener(port->id, fd)) {
-      int err = errno;
-      RetirePort(port->id);
-      ReleasePort(port->id);
-      return -err;
+    for (size_t i = 0; i < n; i++) {
+      if (fds[i] < 0) {
+        out[i] = fds[i];
+        continue;
+      }
+      auto port = std::make_shared<Port>();
+      port->port = port_numbers[i];
+      port->keepalive_ms = keepalive_ms;
+      port->budget = budget;
+      port->listener = std::make_shared<Listener>();
+      port->listener->fd = fds[i];
+      port->route = std::move(routes[i]);
+      port->rr_current.assign(port->route.backends.size(), 0);
+      port->id = next_port_id_++;
+      if (next_port_id_ >= (1u << 31)) next_port_id_ = 1;
+      ports_.emplace(port->id, port);
+      requests[i].epoll_data = kListenerTag | port->id;
+      made[i] = std::move(port);
     }
   }
-  return port->id;
+  std::vector<int> epfds;
+  for (auto& loop : loops_) epfds.push_back(loop->epfd_);
+  ListenBatchOptions options;
+  options.backlog = backlog;
+  options.reuse_port = reuse_port;
+  options.keepalive_ms = keepalive_ms;
+  std::vector<int> rc = batch.Listen(fds, requests, options, epfds);
+  for (size_t i = 0; i < n; i++) {
+    if (!made[i]) continue;
+    if (rc[i] == 0) {
+      out[i] = made[i]->id;
+      continue;
+    }
+    // A registration may have succeeded before a later one failed: the port is retired like any
+    // other (its listener closed, whatever it accepted meanwhile drained).
+    out[i] = rc[i];
+    RetirePort(made[i]->id);
+    ReleasePort(made[i]->id);
+  }
+  return out;
 }
 
 std::shared_ptr<Port> Engine::FindPort(uint32_t port_id) {
@@ -1156,8 +1210,12 @@ void Engine::ConnectNext(const std::shared_ptr<Pair>& pair, int failed) {
     }
     pair->fd_[1] = fd;
     pair->connecting_ = true;
+    pair->attempts_++;
     pair->connect_deadline_ms_ = NowMs() + static_cast<int64_t>(connect_timeout_ms);
-    pair->readable_[1] = true;
+    // Not optimistic, unlike a handed-over pair's sockets: this one is new, so nothing can have
+    // arrived before it joins the epoll set, and the backend's first bytes raise an edge. Reading
+    // it on connect would cost an EAGAIN per connection for every client-speaks-first protocol.
+    pair->readable_[1] = false;
     pair->writable_[1] = false;
     pair->hangup_[1] = false;
     epoll_event e{};

@@ -139,11 +139,12 @@ class Engine {
   size_t ActivePairs() const;
   unsigned Threads() const { return static_cast<unsigned>(loops_.size()); }
 
-  // Native accept path. OpenPort listens (one socket, watched by every loop thread with
-  // EPOLLEXCLUSIVE) with the port's first route in place, and returns the port's id, or a
-  // negative errno.
-  int64_t OpenPort(const std::shared_ptr<Budget>& budget, const std::string& host, int port, int backlog,
-                   bool reuse_port, int keepalive_ms, RouteSpec&& route);
+  // Native accept path. OpenPorts listens on each port (one socket per port, watched by every loop
+  // thread with EPOLLEXCLUSIVE), each with its first route in place, in one batch
+  // (listen-batch.h). Returns each port's id, or a negative errno where that port failed.
+  std::vector<int64_t> OpenPorts(const std::shared_ptr<Budget>& budget, const std::string& host,
+                                 const std::vector<int>& ports, std::vector<RouteSpec>&& routes, int backlog,
+                                 bool reuse_port, int keepalive_ms);
   // Takes the port's new route and decides, before returning, the fate of each live connection:
   // fenced ones are reset and closed, removed or draining backends' ones drain. Returns how many
   // were killed; -1 for an unknown port.

@@ -131,6 +131,42 @@ describe('router native accept path', function () {
     }
   });
 
+  for (const [how, uring] of [
+    ['in batches (io_uring where the kernel has it)', undefined],
+    ['with plain system calls', 'off'],
+  ] as const) {
+    it(`opens a table of 40 new ports ${how}, each serving, and reports the one another process holds`, async () => {
+      const taken = createServer();
+      const held = await freePort();
+      await new Promise<void>((resolve) => taken.listen(held, '127.0.0.1', resolve));
+      const before = process.env.SF_NATIVE_URING;
+      if (uring) process.env.SF_NATIVE_URING = uring;
+      try {
+        const ports: number[] = [];
+        while (ports.length < 40) {
+          const p = await freePort();
+          if (p !== held && !ports.includes(p)) ports.push(p);
+        }
+        harness = await startRouter({ version: 1, routes: [plain(ports[0]!)] });
+        const routes = [...ports.slice(0, 20), held, ...ports.slice(20)].map((p) => plain(p));
+        const result = await harness.router.applyTable(parseRouteTable({ version: 2, routes }));
+        expect(result.failed.map((f) => f.port)).to.deep.equal([held]);
+        expect(result.failed[0]!.error.message).to.include('EADDRINUSE');
+        expect([...result.opened].sort()).to.deep.equal(ports.slice(1).sort());
+        expect(harness.router.status().accept.native).to.equal(40);
+        for (const port of ports) {
+          const client = await connectTo(port);
+          expect(await readLine(client)).to.equal('a');
+          client.destroy();
+        }
+      } finally {
+        if (before === undefined) delete process.env.SF_NATIVE_URING;
+        else process.env.SF_NATIVE_URING = before;
+        taken.close();
+      }
+    });
+  }
+
   it('keeps a process whose only ports are native alive, and lets it exit once the router closes', async () => {
     const port = await freePort();
     const router = join(__dirname, '../../router/router');

@@ -1,0 +1,364 @@
+#include "listen-batch.h"
+
+#include <errno.h>
+#include <linux/io_uring.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+namespace sf {
+
+namespace {
+
+// Below this many ports a batch uses plain system calls: a ring costs about as many calls to set
+// up and tear down (io_uring_setup, three mmap, munmap, close) as a few ports do.
+constexpr size_t kUringMinPorts = 16;
+// Submission queue entries of a ring; a table's chains are submitted in rounds of at most this.
+constexpr unsigned kRingEntries = 4096;
+
+// Operation codes and setup flags the build machine's <linux/io_uring.h> may be too old to name
+// (the running kernel is probed before any is used).
+constexpr uint8_t kOpEpollCtl = 29;
+constexpr uint8_t kOpSocket = 45;
+constexpr uint8_t kOpUringCmd = 46;
+constexpr uint8_t kOpBind = 56;    // Linux 6.11
+constexpr uint8_t kOpListen = 57;  // Linux 6.11
+constexpr uint32_t kSocketCmdSetsockopt = 3;  // SOCKET_URING_OP_SETSOCKOPT, Linux 6.7
+constexpr uint32_t kSetupSingleIssuer = 1u << 12;
+constexpr uint32_t kSetupDeferTaskrun = 1u << 13;
+constexpr uint8_t kSqeIoLink = 1u << 2;
+constexpr uint8_t kSqeCqeSkipSuccess = 1u << 6;
+
+// The submission entry as the kernel reads it, spelled out so that the fields the older header
+// lacks (setsockopt's level, optname, optlen and optval) need no newer header.
+struct Sqe {
+  uint8_t opcode;
+  uint8_t flags;
+  uint16_t ioprio;
+  int32_t fd;
+  uint64_t off;   // bind: address length; epoll_ctl: target fd; uring_cmd: cmd_op (low half)
+  uint64_t addr;  // bind: address; epoll_ctl: event; setsockopt: level, optname
+  uint32_t len;   // listen: backlog; epoll_ctl: op; socket: protocol
+  uint32_t op_flags;
+  uint64_t user_data;
+  uint16_t buf_index;
+  uint16_t personality;
+  uint32_t file_index;  // setsockopt: optlen
+  uint64_t addr3;       // setsockopt: optval
+  uint64_t pad;
+};
+static_assert(sizeof(Sqe) == 64, "io_uring submission entries are 64 bytes");
+
+struct Cqe {
+  uint64_t user_data;
+  int32_t res;
+  uint32_t flags;
+};
+static_assert(sizeof(Cqe) == 16, "io_uring completion entries are 16 bytes");
+
+// 0: not probed, 1: io_uring usable, 2: not.
+std::atomic<int> g_uring_state{0};
+
+bool Probe(int ring_fd) {
+  constexpr unsigned kOps = 64;
+  std::vector<char> buf(sizeof(io_uring_probe) + kOps * sizeof(io_uring_probe_op), 0);
+  auto* probe = reinterpret_cast<io_uring_probe*>(buf.data());
+  if (syscall(__NR_io_uring_register, ring_fd, IORING_REGISTER_PROBE, probe, kOps) != 0) return false;
+  for (uint8_t op : {kOpEpollCtl, kOpSocket, kOpUringCmd, kOpBind, kOpListen}) {
+    if (op > probe->last_op || (probe->ops[op].flags & IO_URING_OP_SUPPORTED) == 0) return false;
+  }
+  return true;
+}
+
+int SetInt(int fd, int level, int name, int value) {
+  return setsockopt(fd, level, name, &value, sizeof value) == 0 ? 0 : -errno;
+}
+
+}  // namespace
+
+struct ListenBatch::Ring {
+  int fd = -1;
+  void* sq_map = nullptr;
+  size_t sq_map_len = 0;
+  void* cq_map = nullptr;
+  size_t cq_map_len = 0;
+  Sqe* sqes = nullptr;
+  size_t sqes_len = 0;
+  unsigned* sq_tail = nullptr;
+  unsigned sq_mask = 0;
+  unsigned* sq_array = nullptr;
+  unsigned* cq_head = nullptr;
+  unsigned* cq_tail = nullptr;
+  unsigned cq_mask = 0;
+  Cqe* cqes = nullptr;
+  unsigned entries = 0;
+  unsigned queued = 0;
+
+  ~Ring() {
+    if (sqes != nullptr) munmap(sqes, sqes_len);
+    if (cq_map != nullptr) munmap(cq_map, cq_map_len);
+    if (sq_map != nullptr) munmap(sq_map, sq_map_len);
+    if (fd >= 0) close(fd);
+  }
+
+  bool Setup(unsigned want) {
+    io_uring_params p{};
+    // Completions are collected only when this thread asks for them (DEFER_TASKRUN): a chain's
+    // steps then run back to back inside the submitting call instead of through task work.
+    // SUBMIT_ALL: an entry the kernel refuses fails alone instead of ending the submission.
+    p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL | kSetupSingleIssuer | kSetupDeferTaskrun;
+    p.cq_entries = want * 2;
+    fd = static_cast<int>(syscall(__NR_io_uring_setup, want, &p));
+    if (fd < 0 && errno == EINVAL) {
+      p = io_uring_params{};
+      p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL;
+      p.cq_entries = want * 2;
+      fd = static_cast<int>(syscall(__NR_io_uring_setup, want, &p));
+    }
+    if (fd < 0) return false;
+    sq_map_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    cq_map_len = p.cq_off.cqes + p.cq_entries * sizeof(Cqe);
+    sqes_len = p.sq_entries * sizeof(Sqe);
+    sq_map = mmap(nullptr, sq_map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQ_RING);
+    cq_map = mmap(nullptr, cq_map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_CQ_RING);
+    void* s = mmap(nullptr, sqes_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQES);
+    if (sq_map == MAP_FAILED) sq_map = nullptr;
+    if (cq_map == MAP_FAILED) cq_map = nullptr;
+    sqes = s == MAP_FAILED ? nullptr : static_cast<Sqe*>(s);
+    if (sq_map == nullptr || cq_map == nullptr || sqes == nullptr) return false;
+    char* sq = static_cast<char*>(sq_map);
+    char* cq = static_cast<char*>(cq_map);
+    sq_tail = reinterpret_cast<unsigned*>(sq + p.sq_off.tail);
+    sq_mask = *reinterpret_cast<unsigned*>(sq + p.sq_off.ring_mask);
+    sq_array = reinterpret_cast<unsigned*>(sq + p.sq_off.array);
+    cq_head = reinterpret_cast<unsigned*>(cq + p.cq_off.head);
+    cq_tail = reinterpret_cast<unsigned*>(cq + p.cq_off.tail);
+    cq_mask = *reinterpret_cast<unsigned*>(cq + p.cq_off.ring_mask);
+    cqes = reinterpret_cast<Cqe*>(cq + p.cq_off.cqes);
+    entries = p.sq_entries;
+    return true;
+  }
+
+  Sqe* Next() {
+    const unsigned tail = *sq_tail + queued;
+    const unsigned index = tail & sq_mask;
+    Sqe* sqe = &sqes[index];
+    std::memset(sqe, 0, sizeof *sqe);
+    sq_array[index] = index;
+    queued++;
+    return sqe;
+  }
+
+  // Submits what was queued and takes completions until `until` says every submitted chain has
+  // reported; each completion goes to `take`. Returns 0 or a negative errno of io_uring_enter.
+  template <typename Take, typename Until>
+  int SubmitAndReap(Take take, Until until) {
+    __atomic_store_n(sq_tail, *sq_tail + queued, __ATOMIC_RELEASE);
+    unsigned to_submit = queued;
+    queued = 0;
+    for (;;) {
+      long rc = syscall(__NR_io_uring_enter, fd, to_submit, 1, IORING_ENTER_GETEVENTS, nullptr, 0);
+      if (rc < 0 && errno != EINTR) return -errno;
+      if (rc >= 0 && to_submit > 0) {
+        if (rc == 0) return -EBUSY;  // nothing taken: never wait for completions that cannot come
+        to_submit -= static_cast<unsigned>(std::min<long>(rc, to_submit));
+      }
+      unsigned head = *cq_head;
+      const unsigned tail = __atomic_load_n(cq_tail, __ATOMIC_ACQUIRE);
+      for (; head != tail; head++) {
+        const Cqe& c = cqes[head & cq_mask];
+        take(c.user_data, c.res);
+      }
+      __atomic_store_n(cq_head, head, __ATOMIC_RELEASE);
+      if (to_submit == 0 && until()) return 0;
+    }
+  }
+};
+
+ListenBatch::ListenBatch(size_t ports) {
+  if (ports < kUringMinPorts) return;
+  if (g_uring_state.load() == 2) return;
+  const char* env = std::getenv("SF_NATIVE_URING");
+  if (env != nullptr && std::strcmp(env, "off") == 0) return;
+  auto* ring = new Ring();
+  unsigned want = static_cast<unsigned>(std::min<size_t>(kRingEntries, ports * 10));
+  bool ok = ring->Setup(want);
+  if (ok && g_uring_state.load() == 0) g_uring_state.store(Probe(ring->fd) ? 1 : 2);
+  if (!ok && g_uring_state.load() == 0) g_uring_state.store(2);
+  if (!ok || g_uring_state.load() != 1) {
+    delete ring;
+    return;
+  }
+  ring_ = ring;
+}
+
+ListenBatch::~ListenBatch() { delete ring_; }
+
+bool ListenBatchUsesUring() { return g_uring_state.load() == 1; }
+
+std::vector<int> ListenBatch::Sockets(const std::vector<ListenRequest>& requests) {
+  const size_t n = requests.size();
+  std::vector<int> fds(n, -EINVAL);
+  constexpr int kType = SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC;
+  if (ring_ == nullptr) {
+    for (size_t i = 0; i < n; i++) {
+      int fd = socket(requests[i].addr.ss_family, kType, 0);
+      fds[i] = fd >= 0 ? fd : -errno;
+    }
+    return fds;
+  }
+  size_t next = 0;
+  while (next < n) {
+    const size_t round = std::min<size_t>(n - next, ring_->entries);
+    for (size_t k = 0; k < round; k++) {
+      Sqe* s = ring_->Next();
+      s->opcode = kOpSocket;
+      s->fd = requests[next + k].addr.ss_family;
+      s->off = kType;
+      s->user_data = next + k;
+    }
+    size_t reported = 0;
+    int rc = ring_->SubmitAndReap(
+        [&](uint64_t i, int res) {
+          fds[i] = res;
+          reported++;
+        },
+        [&] { return reported == round; });
+    if (rc < 0) {
+      for (size_t k = 0; k < round; k++) {
+        if (fds[next + k] == -EINVAL) fds[next + k] = rc;
+      }
+    }
+    next += round;
+  }
+  return fds;
+}
+
+std::vector<int> ListenBatch::Listen(const std::vector<int>& fds, const std::vector<ListenRequest>& requests,
+                                     const ListenBatchOptions& options, const std::vector<int>& epfds) {
+  const size_t n = requests.size();
+  std::vector<int> result(n, 0);
+  const int one = 1;
+  const int keepidle = std::max(1, options.keepalive_ms / 1000);
+  struct Opt {
+    int level, name;
+    const int* value;
+  };
+  std::vector<Opt> opts = {{SOL_SOCKET, SO_REUSEADDR, &one}};
+  // With SO_REUSEPORT, worker processes bind the same port and the kernel spreads connections
+  // over their queues. The loop threads of one process need no socket each: they all watch this
+  // one (EPOLLEXCLUSIVE wakes one of them per connection), which costs one socket per port
+  // instead of one per thread, and keeps a connection queued until some thread is free.
+  if (options.reuse_port) opts.push_back({SOL_SOCKET, SO_REUSEPORT, &one});
+  opts.push_back({IPPROTO_TCP, TCP_NODELAY, &one});
+  if (options.keepalive_ms > 0) {
+    opts.push_back({SOL_SOCKET, SO_KEEPALIVE, &one});
+    opts.push_back({IPPROTO_TCP, TCP_KEEPIDLE, &keepidle});
+  }
+  std::vector<epoll_event> events(n);
+  for (size_t i = 0; i < n; i++) {
+    events[i].events = EPOLLIN | EPOLLEXCLUSIVE;
+    events[i].data.u64 = requests[i].epoll_data;
+  }
+
+  if (ring_ == nullptr) {
+    for (size_t i = 0; i < n; i++) {
+      const int fd = fds[i];
+      if (fd < 0) {
+        result[i] = fd;
+        continue;
+      }
+      int rc = 0;
+      for (const Opt& o : opts) {
+        if ((rc = SetInt(fd, o.level, o.name, *o.value)) != 0) break;
+      }
+      if (rc == 0 && bind(fd, reinterpret_cast<const sockaddr*>(&requests[i].addr), requests[i].addr_len) != 0) {
+        rc = -errno;
+      }
+      if (rc == 0 && listen(fd, options.backlog) != 0) rc = -errno;
+      for (size_t e = 0; rc == 0 && e < epfds.size(); e++) {
+        if (epoll_ctl(epfds[e], EPOLL_CTL_ADD, fd, &events[i]) != 0) rc = -errno;
+      }
+      result[i] = rc;
+    }
+    return result;
+  }
+
+  // One linked chain per port: options, bind, listen, registrations. A failing step cancels the
+  // rest of its chain and nothing else; only a failure or a chain's last step reports, so a table
+  // costs one completion per port.
+  const size_t steps = opts.size() + 2 + epfds.size();
+  const size_t per_round = std::max<size_t>(1, ring_->entries / steps);
+  size_t next = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (fds[i] < 0) result[i] = fds[i];
+  }
+  while (next < n) {
+    size_t chains = 0;
+    size_t end = next;
+    for (; end < n && chains < per_round; end++) {
+      const int fd = fds[end];
+      if (fd < 0) continue;
+      chains++;
+      size_t step = 0;
+      auto add = [&](uint8_t opcode) {
+        Sqe* s = ring_->Next();
+        s->opcode = opcode;
+        s->fd = fd;
+        s->user_data = (static_cast<uint64_t>(end) << 8) | step;
+        const bool last = ++step == steps;
+        s->flags = last ? 0 : (kSqeIoLink | kSqeCqeSkipSuccess);
+        return s;
+      };
+      for (const Opt& o : opts) {
+        Sqe* s = add(kOpUringCmd);
+        s->off = kSocketCmdSetsockopt;
+        const uint32_t level_name[2] = {static_cast<uint32_t>(o.level), static_cast<uint32_t>(o.name)};
+        std::memcpy(&s->addr, level_name, sizeof level_name);
+        s->file_index = sizeof(int);
+        s->addr3 = reinterpret_cast<uint64_t>(o.value);
+      }
+      Sqe* b = add(kOpBind);
+      b->addr = reinterpret_cast<uint64_t>(&requests[end].addr);
+      b->off = requests[end].addr_len;
+      Sqe* l = add(kOpListen);
+      l->len = static_cast<uint32_t>(options.backlog);
+      for (int epfd : epfds) {
+        Sqe* e = add(kOpEpollCtl);
+        e->fd = epfd;
+        e->len = EPOLL_CTL_ADD;
+        e->off = static_cast<uint64_t>(fd);
+        e->addr = reinterpret_cast<uint64_t>(&events[end]);
+      }
+    }
+    size_t finished = 0;
+    int rc = ring_->SubmitAndReap(
+        [&](uint64_t data, int res) {
+          const size_t i = static_cast<size_t>(data >> 8);
+          // The first real error of a chain is its result; the cancellations after it are not.
+          if (res < 0 && (result[i] == 0 || (result[i] == -ECANCELED && res != -ECANCELED))) result[i] = res;
+          // Exactly one completion per chain: its last step's, or the failure of an earlier step
+          // (a failing step that skips success completions also silences the cancellations after
+          // it, REQ_F_SKIP_LINK_CQES).
+          finished++;
+        },
+        [&] { return finished == chains; });
+    if (rc < 0) {
+      for (size_t i = next; i < end; i++) {
+        if (fds[i] >= 0 && result[i] == 0) result[i] = rc;
+      }
+    }
+    next = end;
+  }
+  return result;
+}
+
+}  // namespace sf

@@ -1,0 +1,64 @@
+// Opening many listening sockets at once. Each port costs eight or nine system calls (socket,
+// four setsockopt, bind, listen, one epoll_ctl per loop thread), and on a paravirtualised machine
+// the entry into the kernel, not the work inside it, is most of their cost (~1.2 µs per call here,
+// docs/native-relay.md "Opening many ports"). Through io_uring a table's ports go to the kernel in a
+// few submissions instead: every socket in one, then one linked chain per port (options, bind,
+// listen, epoll registrations), so a failing step cancels the rest of its port's chain only.
+//
+// Where io_uring is not there (kernels before 6.11 lack bind and listen in it; seccomp profiles
+// may refuse io_uring_setup; SF_NATIVE_URING=off), the same steps run as plain system calls.
+
+#pragma once
+
+#include <sys/socket.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace sf {
+
+struct ListenBatchOptions {
+  int backlog = 511;
+  bool reuse_port = false;
+  // TCP_NODELAY and keepalive are set on the listening socket, so that accepted clients inherit
+  // them and no setsockopt is needed per connection. keepalive_ms 0: no keepalive.
+  int keepalive_ms = 0;
+};
+
+struct ListenRequest {
+  sockaddr_storage addr{};
+  socklen_t addr_len = 0;
+  // Registered with each of the epoll sets given, EPOLLIN | EPOLLEXCLUSIVE, with this as its data.
+  uint64_t epoll_data = 0;
+};
+
+// The two steps of opening a table's ports. Sockets first, so that the caller can hand each
+// descriptor to its port before the port can be reported ready; then the rest. One batch may use
+// one io_uring instance for both steps (created for the batch: a ring belongs to the thread that
+// submits to it first, and batches are rare).
+class ListenBatch {
+ public:
+  // ports: how many requests the batch will carry; small batches use plain system calls, for
+  // which setting up a ring would cost more than it saves.
+  explicit ListenBatch(size_t ports);
+  ~ListenBatch();
+  ListenBatch(const ListenBatch&) = delete;
+  ListenBatch& operator=(const ListenBatch&) = delete;
+
+  // A non-blocking, close-on-exec TCP socket per request: its descriptor or a negative errno.
+  std::vector<int> Sockets(const std::vector<ListenRequest>& requests);
+  // SO_REUSEADDR (and SO_REUSEPORT), TCP_NODELAY and keepalive, bind, listen, and a registration
+  // with each descriptor of epfds, for each fds[i] >= 0 (the others are skipped). Per request 0,
+  // or the negative errno of the first step that failed (the steps after it are not taken, the
+  // registrations before it stay). The descriptors stay the caller's to close.
+  std::vector<int> Listen(const std::vector<int>& fds, const std::vector<ListenRequest>& requests,
+                          const ListenBatchOptions& options, const std::vector<int>& epfds);
+
+  bool UsesUring() const { return ring_ != nullptr; }
+
+ private:
+  struct Ring;
+  Ring* ring_ = nullptr;
+};
+
+}  // namespace sf
