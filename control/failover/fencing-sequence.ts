@@ -575,6 +575,25 @@ export class FencingSequence {
     const actual = cells.get(chosen.cell)?.actual.get(chosen.instanceId);
     const address = { host: actual?.host ?? '', port: actual?.port ?? 0 };
 
+    // The old primary rejoins below as a replica of the new one. A network fence on its cell
+    // would keep it, and every other instance there, from its peers for good (found by the fault
+    // checker: both services' replicas on that cell stopped replicating). The old primary was
+    // shot before the promotion, so the fence has done its work: it is lifted first.
+    const oldPeers = old?.fenced?.networkPeers;
+    if (old && oldPeers?.length && cells.get(old.cell)?.alive) {
+      const lifted = await steps.networkFence.lift(old.cell, oldPeers);
+      await op.record({
+        step: 'unfence',
+        outcome: lifted?.ok ? 'ok' : 'degraded',
+        instanceId: old.id,
+        cell: old.cell,
+        epoch,
+        message: lifted?.ok
+          ? `network fence of cell ${old.cell} lifted: ${old.id} rejoins as a replica`
+          : `cell ${old.cell} could not lift its network fence (${lifted?.error?.message ?? 'no answer in time'}); sf unfence ${op.service} retries`,
+      });
+    }
+
     // Replicas follow the new primary now; a failed repoint leaves `upstream` unchanged, so the
     // reconciler retries it.
     const followers = rec.instances.filter(

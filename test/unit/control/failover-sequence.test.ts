@@ -227,6 +227,22 @@ describe('FencingSequence', () => {
       expect(step?.message).to.contain('shares its address 10.0.0.1 with cell-3');
     });
 
+    it('lifts the network fence after the promotion, before the old primary rejoins as a replica', async () => {
+      const w = world();
+      w.cells.hosts = new Map([
+        ['cell-1', '10.0.0.1'],
+        ['cell-2', '10.0.0.2'],
+      ]);
+      await w.sequence.fencePrimary(w.op());
+      await w.sequence.promote(w.op());
+      const { log } = w.steps;
+      expect(w.steps.at('lift:cell-1'), log.join(' ')).to.be.greaterThan(w.steps.at('promote:cache-1:2'));
+      expect(w.steps.at('lift:cell-1'), log.join(' ')).to.be.lessThan(w.steps.at('publish:primary=cache-1'));
+      const rec = storeRecord(w.store);
+      expect(rec.instances.find((i) => i.id === 'cache-0')).to.include({ role: 'replica', generation: 1 });
+      expect(w.history.steps.find((s) => s.step === 'unfence')?.outcome).to.equal('ok');
+    });
+
     it('says degraded from the route fence on, never running while writes are paused', async () => {
       const w = world();
       expect(storeRecord(w.store).status).to.equal('running');
