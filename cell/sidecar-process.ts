@@ -12,7 +12,15 @@ import type { EngineContext } from './engine';
 import { cleanEnv } from './instance-env';
 import type { PortAllocator } from './port-allocator';
 import { findBinary, type RunAs } from './run-command';
-import { SIDECARS, sidecarLogName, waitListening, type SidecarHandle, type SidecarRunner } from './sidecar';
+import {
+  SIDECARS,
+  sidecarLogName,
+  sidecarSecretFile,
+  waitListening,
+  writeSidecarSecret,
+  type SidecarHandle,
+  type SidecarRunner,
+} from './sidecar';
 
 export interface ProcessSidecarOptions {
   ports: PortAllocator;
@@ -80,8 +88,16 @@ export class ProcessSidecars implements SidecarRunner {
         await note(`${def.binary} is not installed on this host (npm run setup installs it)`);
         continue;
       }
+      const secretFile = sidecarSecretFile(ctx.volumeDir, kind);
       const port = await this.options.ports.allocate(previous.find((p) => p.kind === kind)?.port);
-      const { args, env } = def.launch(ctx, { host: this.options.listenHost, port });
+      const launch = def.launch(ctx, { host: this.options.listenHost, port }, secretFile);
+      if (launch.error !== undefined) {
+        this.options.ports.release(port);
+        await note(`${kind} not started: ${launch.error}`);
+        continue;
+      }
+      const { args, env } = launch;
+      await writeSidecarSecret(secretFile, launch.secret, owner);
       const log = await open(logFile, 'a', 0o600);
       let child: ChildProcess;
       try {
