@@ -17,7 +17,7 @@ import { connect } from 'node:net';
 import path from 'node:path';
 import type { SidecarActual, SidecarKind } from '../protocol';
 import type { EngineContext } from './engine';
-import type { RunAs } from './run-command';
+import { findBinary, type RunAs } from './run-command';
 
 export interface SidecarDefinition {
   kind: SidecarKind;
@@ -121,6 +121,13 @@ export interface SidecarRunner {
 /** The log file of a sidecar, in the instance's volume, kept apart from the engine's. */
 export function sidecarLogName(kind: SidecarKind): string {
   return `sidecar-${kind}.log`;
+}
+
+/** The sidecars whose binaries this host has: what the cell can run as processes. */
+export async function availableSidecars(): Promise<SidecarKind[]> {
+  const kinds: SidecarKind[] = [];
+  for (const def of Object.values(SIDECARS)) if (await findBinary(def.binary)) kinds.push(def.kind);
+  return kinds;
 }
 
 /** The secrets file of a sidecar, in the instance's volume (bind-mounted at the same path on docker). */

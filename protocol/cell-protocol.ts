@@ -324,6 +324,11 @@ export interface CellRecord {
   host: string;
   executors: ExecutorKind[];
   engines: EngineKind[];
+  /**
+   * Sidecars the cell can run as processes (their binaries are installed); absent = none. A
+   * docker cell runs them from the engine's image whatever this says, like engines.
+   */
+  sidecars?: SidecarKind[];
   portRange: { from: number; to: number };
   instances: number;
   startedAt: number;

@@ -57,7 +57,7 @@ describeEachExecutor('restart of sf up', function (executor) {
     await timeUntil(async () => (await psql(pg.port!, pgKey, 'select 1')) === '1', 30_000, 'pg through the router');
     await psql(pg.port!, pgKey, "create table t (v text); insert into t values ('row1')");
     const volumesBefore = await p.volumes();
-    expect(volumesBefore).to.have.length(4);
+    expect(volumesBefore, JSON.stringify([volumesBefore, cache.instances, pg.instances])).to.have.length(4);
 
     const exitCode = await p.interrupt();
     expect(exitCode).to.equal(0);
