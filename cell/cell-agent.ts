@@ -37,6 +37,7 @@ import {
   type ExecutorKind,
   type InstanceSpec,
   type OrderResult,
+  type SidecarKind,
 } from '../protocol';
 import { z } from 'zod';
 import { CellMetrics, startCellMetricsServer } from './cell-metrics';
@@ -49,6 +50,7 @@ import { ProcessExecutor } from './executor-process';
 import type { NetworkFencer } from './fencer-network';
 import type { PortRange } from './port-allocator';
 import type { EngineTlsFiles } from './engine-postgres';
+import { availableSidecars } from './sidecar';
 import { SnapshotStore } from './snapshot-store';
 import { TransferServer } from './volume-transfer';
 
@@ -203,6 +205,7 @@ export class CellAgent {
   private readonly orderChains = new Map<string, Promise<void>>();
   private readonly pendingActions = new Set<Promise<void>>();
   private availableEngineKinds: EngineKind[] = [];
+  private availableSidecarKinds: SidecarKind[] = [];
   private readonly keys: KeyLayout;
   /** instanceId -> the last report written, without its time. */
   private readonly written = new Map<string, string>();
@@ -291,6 +294,7 @@ export class CellAgent {
     }
     const usable = Object.fromEntries(this.availableExecutors.map((k) => [k, this.executors[k]]));
     this.availableEngineKinds = await availableEngines(this.engines);
+    this.availableSidecarKinds = await availableSidecars();
 
     this.instances = new CellInstances({
       cell: this.name,
@@ -339,6 +343,7 @@ export class CellAgent {
         host: this.opts.advertiseHost,
         executors: this.availableExecutors,
         engines: this.availableEngineKinds,
+        sidecars: this.availableSidecarKinds,
         instances: this.instances.summary(),
       },
       'cell registered',
@@ -394,6 +399,7 @@ export class CellAgent {
       host: this.opts.advertiseHost,
       executors: this.availableExecutors,
       engines: this.availableEngineKinds,
+      sidecars: this.availableSidecarKinds,
       portRange: this.opts.portRange,
       instances: this.instances?.count() ?? 0,
       startedAt: this.startedAt,

@@ -20,6 +20,15 @@ export interface ContainerToolsOptions {
   container: () => string | undefined;
 }
 
+/**
+ * Added to a tool's time bound when it runs through the docker CLI: starting a process in a
+ * container (the CLI, the daemon, runc entering the namespaces) costs 0.1-0.5 s on an idle host
+ * and seconds on a loaded one, which a bound meant for the engine (a 2 s health query) must not
+ * count, or a busy host reads as a sick engine and fails it over.
+ * @default 3000
+ */
+export const DOCKER_EXEC_ALLOWANCE_MS = 3_000;
+
 /** The docker CLI against one daemon, with a clean environment plus `env`. */
 export function dockerCli(socketPath: string, args: string[], options: ToolOptions = {}): Promise<string> {
   return runCommand('docker', ['-H', `unix://${socketPath}`, ...args], { timeoutMs: 60_000, ...options });
@@ -55,7 +64,11 @@ export class ContainerTools implements EngineTools {
           image,
           ...args,
         ];
-    return dockerCli(socketPath, argv, options);
+    const bounded =
+      options.timeoutMs !== undefined
+        ? { ...options, timeoutMs: options.timeoutMs + DOCKER_EXEC_ALLOWANCE_MS }
+        : options;
+    return dockerCli(socketPath, argv, bounded);
   }
 }
 

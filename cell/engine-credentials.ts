@@ -13,6 +13,16 @@ export const REDIS_CLIENT_RULES = '~* &* +@all -@admin';
 export const REDIS_REPLICATION_RULES = '+psync +replconf +ping';
 /** The platform's management user: health, INFO, REPLICAOF, the commit check, ACL changes. */
 export const REDIS_ADMIN_RULES = '~* &* +@all';
+/**
+ * What redis_exporter needs and nothing more: no key, no channel, no write. Not `CONFIG GET`,
+ * which would hand out `masterauth` (the replication password); the exporter reads maxmemory and
+ * the like from INFO instead, and only its `redis_config_*` series are missing.
+ */
+export const REDIS_MONITOR_RULES =
+  '-@all +ping +auth +hello +select +echo +quit +reset +info +slowlog|get +slowlog|len +latency|latest +latency|histogram +memory|stats +client|info +client|setname';
+
+/** PostgreSQL's predefined role for monitoring: reads statistics and settings, no table data. */
+export const PG_MONITOR_ROLE = 'pg_monitor';
 
 /** PostgreSQL group role of every client user; their sessions run as it, so it owns their objects. */
 export const PG_CLIENTS_ROLE = 'sf_clients';
@@ -29,6 +39,8 @@ export function redisAclUsers(creds: InstanceCredentials): Map<string, string> {
     creds.replication.username,
     `on #${redisPasswordHash(creds.replication.password)} ${REDIS_REPLICATION_RULES}`,
   );
+  if (creds.monitoring)
+    users.set(creds.monitoring.username, `on #${redisPasswordHash(creds.monitoring.password)} ${REDIS_MONITOR_RULES}`);
   for (const user of creds.users)
     users.set(user.username, `on #${redisPasswordHash(user.password)} ${REDIS_CLIENT_RULES}`);
   return users;
@@ -74,6 +86,21 @@ export function pgBootstrapSql(superuser: string, creds: InstanceCredentials): s
     `CREATE ROLE ${pgIdent(PG_CLIENTS_ROLE)} NOLOGIN`,
     `GRANT ALL ON SCHEMA public TO ${pgIdent(PG_CLIENTS_ROLE)}`,
     `GRANT CREATE, CONNECT, TEMPORARY ON DATABASE postgres TO ${pgIdent(PG_CLIENTS_ROLE)}`,
+    ...(creds.monitoring ? pgMonitorRoleSql(creds.monitoring) : []),
+  ];
+}
+
+/**
+ * The monitoring role: created or given its password, a member of pg_monitor and nothing else.
+ * One statement per line (single-user mode ends a statement at a newline), idempotent, so a
+ * primary applies it with every credentials set.
+ */
+export function pgMonitorRoleSql(user: EngineUser): string[] {
+  const role = pgIdent(user.username);
+  const verifier = pgLiteral(scramVerifier(user.password));
+  return [
+    `DO $sf$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = ${pgLiteral(user.username)}) THEN EXECUTE ${pgLiteral(`ALTER ROLE ${role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD `)} || ${pgLiteral(verifier)}; ELSE EXECUTE ${pgLiteral(`CREATE ROLE ${role} WITH LOGIN PASSWORD `)} || ${pgLiteral(verifier)}; END IF; END $sf$`,
+    `GRANT ${pgIdent(PG_MONITOR_ROLE)} TO ${role}`,
   ];
 }
 
@@ -88,6 +115,7 @@ export function pgRestoredRolesSql(superuser: string, creds: InstanceCredentials
     `ALTER ROLE ${pgIdent(superuser)} PASSWORD ${pgLiteral(scramVerifier(creds.admin.password))}`,
     // One line: single-user mode ends a statement at a newline.
     `DO $sf$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = ${pgLiteral(repl)}) THEN EXECUTE ${pgLiteral(`ALTER ROLE ${pgIdent(repl)} WITH REPLICATION LOGIN PASSWORD `)} || ${pgLiteral(verifier)}; ELSE EXECUTE ${pgLiteral(`CREATE ROLE ${pgIdent(repl)} WITH REPLICATION LOGIN PASSWORD `)} || ${pgLiteral(verifier)}; END IF; END $sf$`,
+    ...(creds.monitoring ? pgMonitorRoleSql(creds.monitoring) : []),
   ];
 }
 

@@ -28,7 +28,14 @@ import {
 import { ErrorCode, SfError } from '../common';
 import { findBinary, lookupUser, runCommand, type RunAs } from './run-command';
 import { pathExists as exists } from './path-exists';
-import { PG_CLIENTS_ROLE, pgBootstrapSql, pgLiteral, pgRestoredRolesSql, pgSyncUsersSql } from './engine-credentials';
+import {
+  PG_CLIENTS_ROLE,
+  pgBootstrapSql,
+  pgLiteral,
+  pgMonitorRoleSql,
+  pgRestoredRolesSql,
+  pgSyncUsersSql,
+} from './engine-credentials';
 
 export interface PostgresEngineOptions {
   /** System user the server runs as when the cell runs as root (postgres refuses root). @default 'postgres' */
@@ -623,7 +630,11 @@ export class PostgresEngine implements Engine {
       .split('\n')
       .map((l) => l.trim())
       .filter(Boolean);
-    await this.script(ctx, pgSyncUsersSql(existing, creds.users));
+    await this.script(ctx, [
+      ...pgSyncUsersSql(existing, creds.users),
+      // A service created before monitoring users existed gets it here once given one.
+      ...(creds.monitoring ? pgMonitorRoleSql(creds.monitoring) : []),
+    ]);
   }
 
   /**

@@ -7,9 +7,8 @@
  * (`adopt`). Fencing kills the whole process group, so no PostgreSQL backend outlives its
  * postmaster and keeps serving a connected client.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
-import { chmod, open, readFile, stat } from 'node:fs/promises';
+import type { ChildProcess } from 'node:child_process';
+import { chmod, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { InstanceSpec, SidecarActual as SidecarHandle } from '../protocol';
 import type { Availability, Engine, EngineContext } from './engine';
@@ -33,7 +32,7 @@ import {
   volumePaths,
   writeMeta,
 } from './instance-volume';
-import { cleanEnv } from './instance-env';
+import { alive, signalGroup, spawnDetached } from './process-group';
 import { DEFAULT_PORT_RANGE, PortAllocator, type PortRange } from './port-allocator';
 import { ProcessSidecars } from './sidecar-process';
 
@@ -79,35 +78,6 @@ interface Tracked {
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-  // An adopted process is not our child: once dead it may linger as a zombie until its new
-  // parent reaps it (some container inits never do), and signal 0 still succeeds on a zombie.
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return false;
-  }
-}
-
-function signalGroup(pid: number, signal: NodeJS.Signals): void {
-  try {
-    process.kill(-pid, signal);
-  } catch {
-    // Not a group leader (or gone): signal the process itself.
-    try {
-      process.kill(pid, signal);
-    } catch {
-      // Already gone.
-    }
-  }
-}
 
 /** The engine's user, or none when it cannot be had (the sidecars of an adopted engine then run as the cell). */
 function engineOwner(engine: Engine): RunAs | undefined {
@@ -190,21 +160,15 @@ export class ProcessExecutor implements Executor {
       await secureVolume(paths, runAs, true);
       const launch = await engine.launch(context);
       const user = launch.runAs ?? runAs;
-      const log = await open(paths.logFile, 'a', 0o600);
-      let child: ChildProcess;
-      try {
-        child = spawn(launch.file, launch.args, {
-          detached: true,
-          cwd: '/',
-          stdio: ['ignore', log.fd, log.fd],
-          // Built from the spec alone: the cell's environment holds the platform's secrets (issue 11).
-          env: cleanEnv(launch.env, user, paths.dataDir),
-          // libuv also drops the cell's supplementary groups when it switches the user.
-          ...(user ? { uid: user.uid, gid: user.gid } : {}),
-        });
-      } finally {
-        await log.close();
-      }
+      // Built from the spec alone: the cell's environment holds the platform's secrets (issue 11).
+      const child = await spawnDetached({
+        file: launch.file,
+        args: launch.args,
+        logFile: paths.logFile,
+        env: launch.env ?? {},
+        user,
+        home: paths.dataDir,
+      });
       const tracked = this.track(
         {
           instanceId: spec.instanceId,

@@ -12,7 +12,15 @@ import { demuxDockerStream, type DockerApi } from './docker-api';
 import type { EngineContext } from './engine';
 import type { PortAllocator } from './port-allocator';
 import type { RunAs } from './run-command';
-import { SIDECARS, sidecarLogName, waitListening, type SidecarHandle, type SidecarRunner } from './sidecar';
+import {
+  SIDECARS,
+  sidecarLogName,
+  sidecarSecretFile,
+  waitListening,
+  writeSidecarSecret,
+  type SidecarHandle,
+  type SidecarRunner,
+} from './sidecar';
 
 export const LABEL_SIDECAR = 'sf.sidecar';
 export const LABEL_SIDECAR_OF = 'sf.sidecar-of';
@@ -62,8 +70,17 @@ export class DockerSidecars implements SidecarRunner {
           () => undefined,
         );
       await api.call('DELETE', `/containers/${name}?force=true`).catch(() => undefined);
+      const secretFile = sidecarSecretFile(ctx.volumeDir, kind);
       const port = await ports.allocate(previous.find((p) => p.kind === kind)?.port);
-      const { args, env } = def.launch(ctx, { host: listenHost, port });
+      const launch = def.launch(ctx, { host: listenHost, port }, secretFile);
+      if (launch.error !== undefined) {
+        ports.release(port);
+        await note(`${kind} not started: ${launch.error}`);
+        continue;
+      }
+      const { args, env } = launch;
+      // The volume is bind-mounted at the same path: the container reads the file the cell wrote.
+      await writeSidecarSecret(secretFile, launch.secret, owner);
       const created = await api.call('POST', `/containers/create?name=${encodeURIComponent(name)}`, {
         Image: this.options.image(ctx),
         Entrypoint: [def.binary],

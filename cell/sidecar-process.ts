@@ -4,15 +4,23 @@
  * output in `sidecar-KIND.log` of the instance's volume. Like engines, they outlive a cell
  * restart and are re-adopted from the volume record.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { appendFile, open } from 'node:fs/promises';
+import { appendFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { EngineContext } from './engine';
-import { cleanEnv } from './instance-env';
+import { alive, signalGroup, spawnDetached } from './process-group';
 import type { PortAllocator } from './port-allocator';
 import { findBinary, type RunAs } from './run-command';
-import { SIDECARS, sidecarLogName, waitListening, type SidecarHandle, type SidecarRunner } from './sidecar';
+import {
+  SIDECARS,
+  sidecarLogName,
+  sidecarSecretFile,
+  waitListening,
+  writeSidecarSecret,
+  type SidecarHandle,
+  type SidecarRunner,
+} from './sidecar';
 
 export interface ProcessSidecarOptions {
   ports: PortAllocator;
@@ -27,28 +35,6 @@ interface Running {
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return false;
-  }
-}
-
-function signalGroup(pid: number, signal: NodeJS.Signals): void {
-  try {
-    process.kill(-pid, signal);
-  } catch {
-    try {
-      process.kill(pid, signal);
-    } catch {
-      // Gone already.
-    }
-  }
-}
 
 /** Guards against pid reuse: the recorded pid must still run the sidecar's binary. */
 function runsBinary(pid: number, binary: string): boolean {
@@ -80,21 +66,17 @@ export class ProcessSidecars implements SidecarRunner {
         await note(`${def.binary} is not installed on this host (npm run setup installs it)`);
         continue;
       }
+      const secretFile = sidecarSecretFile(ctx.volumeDir, kind);
       const port = await this.options.ports.allocate(previous.find((p) => p.kind === kind)?.port);
-      const { args, env } = def.launch(ctx, { host: this.options.listenHost, port });
-      const log = await open(logFile, 'a', 0o600);
-      let child: ChildProcess;
-      try {
-        child = spawn(file, args, {
-          detached: true,
-          cwd: '/',
-          stdio: ['ignore', log.fd, log.fd],
-          env: cleanEnv(env, owner),
-          ...(owner ? { uid: owner.uid, gid: owner.gid } : {}),
-        });
-      } finally {
-        await log.close();
+      const launch = def.launch(ctx, { host: this.options.listenHost, port }, secretFile);
+      if (launch.error !== undefined) {
+        this.options.ports.release(port);
+        await note(`${kind} not started: ${launch.error}`);
+        continue;
       }
+      const { args, env } = launch;
+      await writeSidecarSecret(secretFile, launch.secret, owner);
+      const child = await spawnDetached({ file, args, logFile, env, user: owner });
       let exited = false;
       child.once('exit', () => {
         exited = true;

@@ -5,13 +5,19 @@
  * sidecars: the process executor as processes (sidecar-process.ts), the docker executor as
  * containers of the engine's image (sidecar-docker.ts).
  *
- * The two shipped are Debian's Prometheus exporters. They reach the engine as the platform's
- * management user; its password travels in the sidecar's environment only, never in argv.
+ * The two shipped are Debian's Prometheus exporters. They reach the engine as the service's
+ * monitoring user (a Redis ACL user limited to INFO and the like, a PostgreSQL role in
+ * pg_monitor), never the platform's management user. Its password is in a secrets file of the
+ * volume (mode 0600, owned by the sidecar's user) that the exporter reads by name
+ * (`REDIS_PASSWORD_FILE`, `DATA_SOURCE_PASS_FILE`): not in argv, not in the environment, so
+ * neither `/proc/PID/environ` nor `docker inspect` shows it.
  */
+import { chown, rm, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
+import path from 'node:path';
 import type { SidecarActual, SidecarKind } from '../protocol';
 import type { EngineContext } from './engine';
-import type { RunAs } from './run-command';
+import { findBinary, type RunAs } from './run-command';
 
 export interface SidecarDefinition {
   kind: SidecarKind;
@@ -19,8 +25,25 @@ export interface SidecarDefinition {
   binary: string;
   /** Where Prometheus scrapes it. */
   metricsPath: string;
-  /** Arguments and environment: what to scrape and where to listen. */
-  launch(ctx: EngineContext, listen: { host: string; port: number }): { args: string[]; env: Record<string, string> };
+  /**
+   * Arguments and environment (what to scrape, where to listen, the secrets file's name) and the
+   * secret to write into `secretFile` before the start; `error` when it cannot run as it should.
+   */
+  launch(ctx: EngineContext, listen: { host: string; port: number }, secretFile: string): SidecarLaunch;
+}
+
+export type SidecarLaunch =
+  { args: string[]; env: Record<string, string>; secret?: string; error?: undefined } | { error: string };
+
+/**
+ * The monitoring user, when the service has credentials. A service with credentials but no
+ * monitoring user (created before it existed) gets no exporter: the platform's admin password is
+ * not handed to one.
+ */
+function monitoringUser(ctx: EngineContext): { username: string; password: string } | undefined | Error {
+  const creds = ctx.spec.credentials;
+  if (!creds) return undefined;
+  return creds.monitoring ?? new Error('the service has no monitoring user (created before they existed)');
 }
 
 /** Where the cell and its sidecars reach an engine bound to `listenHost`. */
@@ -37,15 +60,19 @@ export const SIDECARS: Record<SidecarKind, SidecarDefinition> = {
     kind: 'redis-exporter',
     binary: 'prometheus-redis-exporter',
     metricsPath: '/metrics',
-    launch(ctx, listen) {
-      const admin = ctx.spec.credentials?.admin;
+    launch(ctx, listen, secretFile) {
+      const user = monitoringUser(ctx);
+      if (user instanceof Error) return { error: user.message };
+      const addr = `redis://${hostPort(engineHost(ctx), ctx.port)}`;
       return {
         args: [],
         env: {
-          REDIS_ADDR: `redis://${hostPort(engineHost(ctx), ctx.port)}`,
+          REDIS_ADDR: addr,
           REDIS_EXPORTER_WEB_LISTEN_ADDRESS: hostPort(listen.host, listen.port),
-          ...(admin ? { REDIS_USER: admin.username, REDIS_PASSWORD: admin.password } : {}),
+          ...(user ? { REDIS_USER: user.username, REDIS_PASSWORD_FILE: secretFile } : {}),
         },
+        // redis_exporter's password file maps each address to its password (JSON).
+        ...(user ? { secret: JSON.stringify({ [addr]: user.password }) } : {}),
       };
     },
   },
@@ -53,17 +80,19 @@ export const SIDECARS: Record<SidecarKind, SidecarDefinition> = {
     kind: 'postgres-exporter',
     binary: 'prometheus-postgres-exporter',
     metricsPath: '/metrics',
-    launch(ctx, listen) {
-      const password = ctx.spec.credentials?.admin.password;
-      // The superuser the cell manages the cluster as (engine-postgres.ts); its password is
-      // URL-encoded into the data source, which only the environment carries.
-      const auth = password ? `postgres:${encodeURIComponent(password)}` : 'postgres';
+    launch(ctx, listen, secretFile) {
+      const user = monitoringUser(ctx);
+      if (user instanceof Error) return { error: user.message };
       return {
         args: [],
         env: {
-          DATA_SOURCE_NAME: `postgresql://${auth}@${hostPort(engineHost(ctx), ctx.port)}/postgres?sslmode=disable`,
+          DATA_SOURCE_URI: `${hostPort(engineHost(ctx), ctx.port)}/postgres?sslmode=disable`,
+          // Without credentials the cluster trusts local connections (tests of the cell alone).
+          DATA_SOURCE_USER: user?.username ?? 'postgres',
+          ...(user ? { DATA_SOURCE_PASS_FILE: secretFile } : {}),
           PG_EXPORTER_WEB_LISTEN_ADDRESS: hostPort(listen.host, listen.port),
         },
+        ...(user ? { secret: user.password } : {}),
       };
     },
   },
@@ -92,6 +121,33 @@ export interface SidecarRunner {
 /** The log file of a sidecar, in the instance's volume, kept apart from the engine's. */
 export function sidecarLogName(kind: SidecarKind): string {
   return `sidecar-${kind}.log`;
+}
+
+/** The sidecars whose binaries this host has: what the cell can run as processes. */
+export async function availableSidecars(): Promise<SidecarKind[]> {
+  const kinds: SidecarKind[] = [];
+  for (const def of Object.values(SIDECARS)) if (await findBinary(def.binary)) kinds.push(def.kind);
+  return kinds;
+}
+
+/** The secrets file of a sidecar, in the instance's volume (bind-mounted at the same path on docker). */
+export function sidecarSecretFile(volumeDir: string, kind: SidecarKind): string {
+  return path.join(volumeDir, `sidecar-${kind}.secret`);
+}
+
+/**
+ * Writes (or, without a secret, removes) a sidecar's secrets file: mode 0600, owned by the user
+ * the sidecar runs as, replaced whole so an older password never lingers.
+ */
+export async function writeSidecarSecret(
+  file: string,
+  secret: string | undefined,
+  owner: RunAs | undefined,
+): Promise<void> {
+  await rm(file, { force: true });
+  if (secret === undefined) return;
+  await writeFile(file, secret, { mode: 0o600, flag: 'wx' });
+  if (owner) await chown(file, owner.uid, owner.gid);
 }
 
 /** The address a sidecar listening on `host` is reached at from the cell. */

@@ -11,7 +11,7 @@ async function listCells(flags: { json?: boolean }): Promise<void> {
   printResult(flags.json, resources, () =>
     resources.length
       ? formatTable(
-          ['NAME', 'ZONE', 'ALIVE', 'HOST', 'USED/CAPACITY MB', 'EXECUTORS', 'ENGINES', 'INSTANCES'],
+          ['NAME', 'ZONE', 'ALIVE', 'HOST', 'USED/CAPACITY MB', 'EXECUTORS', 'ENGINES', 'SIDECARS', 'INSTANCES'],
           resources.map((c) => [
             c.name,
             c.zone,
@@ -20,6 +20,7 @@ async function listCells(flags: { json?: boolean }): Promise<void> {
             c.capacity_mb === null ? null : `${c.used_mb}/${c.capacity_mb}`,
             c.executors.join(','),
             c.engines.join(','),
+            c.sidecars.join(',') || null,
             c.instances.map((i) => `${i.id}(${i.role[0]},${i.state})`).join(' '),
           ]),
         )
@@ -30,7 +31,7 @@ async function listCells(flags: { json?: boolean }): Promise<void> {
 export function registerCellsCommand(program: Command): void {
   program
     .command('cells')
-    .description('list cells: zone, liveness, capacity, executors, engines and the instances they run')
+    .description('list cells: zone, liveness, capacity, executors, engines, sidecars and the instances they run')
     .option('--json', 'machine-readable output')
     .action((flags: { json?: boolean }) => listCells(flags).catch(exitWithError));
 }

@@ -1,12 +1,17 @@
 /**
  * `sf prometheus-config`: a Prometheus scrape configuration for the whole platform — control
  * (its `/metrics` needs a token, read from a file Prometheus is given), the routers' admin
- * endpoints and every cell that serves metrics (their addresses from `GET /v3/cells`).
+ * endpoints, every cell that serves metrics (their addresses from `GET /v3/cells`) and every
+ * running sidecar that exports an engine's metrics (instance host + sidecar port, from the
+ * services). Sidecar ports change when an instance is placed again: the configuration is a
+ * snapshot, printed again after placements change.
  */
 import { access } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { adminTokenFile, controlUrlFromEnv } from '../control/admin-token';
+import type { ServiceView } from '../control/services';
 import { ApiClient } from './api-client';
+import { allServices } from './command-services';
 import { UsageError, exitWithError, parseHostPort } from './cli-support';
 
 interface PrometheusFlags {
@@ -23,7 +28,39 @@ export interface ScrapeTargets {
   tokenFile: string;
   routers: string[];
   cells: Array<{ name: string; target: string }>;
+  /** Exporter sidecars; absent or empty = no `sf-sidecar` job. */
+  sidecars?: SidecarTarget[];
   scrapeInterval: string;
+}
+
+export interface SidecarTarget {
+  target: string;
+  service: string;
+  instance: string;
+  engine: string;
+  sidecar: string;
+}
+
+/** `host:port` with an IPv6 host in brackets. */
+function hostPort(host: string, port: number): string {
+  return `${host.includes(':') ? `[${host}]` : host}:${port}`;
+}
+
+/** The scrape target of every running sidecar of every service, in a stable order. */
+export function sidecarTargets(services: readonly ServiceView[]): SidecarTarget[] {
+  const out: SidecarTarget[] = [];
+  for (const s of services)
+    for (const i of s.instances)
+      for (const sc of i.sidecars ?? [])
+        if (i.host && sc.port)
+          out.push({
+            target: hostPort(i.host, sc.port),
+            service: s.name,
+            instance: i.id,
+            engine: s.engine,
+            sidecar: sc.name,
+          });
+  return out.sort((a, b) => a.service.localeCompare(b.service) || a.instance.localeCompare(b.instance));
 }
 
 /** YAML by hand: the shape is fixed and small, and every value is quoted. */
@@ -50,6 +87,14 @@ export function prometheusConfig(t: ScrapeTargets): string {
     lines.push('  - job_name: sf-cell', '    metrics_path: /metrics', '    static_configs:');
     for (const c of t.cells) lines.push(`      - targets: [${q(c.target)}]`, `        labels: {cell: ${q(c.name)}}`);
   }
+  if (t.sidecars?.length) {
+    lines.push('  - job_name: sf-sidecar', '    metrics_path: /metrics', '    static_configs:');
+    for (const s of t.sidecars)
+      lines.push(
+        `      - targets: [${q(s.target)}]`,
+        `        labels: {service: ${q(s.service)}, instance: ${q(s.instance)}, engine: ${q(s.engine)}, sidecar: ${q(s.sidecar)}}`,
+      );
+  }
   return lines.join('\n') + '\n';
 }
 
@@ -62,7 +107,7 @@ async function printConfig(flags: PrometheusFlags): Promise<void> {
   const control = new URL(controlUrl).host;
   const routers = flags.router.map((r) => {
     const { host, port } = parseHostPort(r, '--router');
-    return `${host.includes(':') ? `[${host}]` : host}:${port}`;
+    return hostPort(host, port);
   });
   // A token in the configuration would be a secret in a file nobody protects: name a file.
   const tokenFile = flags.tokenFile ?? adminTokenFile(controlUrl);
@@ -82,13 +127,18 @@ async function printConfig(flags: PrometheusFlags): Promise<void> {
     .filter((c): c is { name: string; metrics_url: string } => c.metrics_url !== null)
     .map((c) => ({ name: c.name, target: new URL(c.metrics_url).host }))
     .sort((a, b) => a.name.localeCompare(b.name));
-  process.stdout.write(prometheusConfig({ control, tokenFile, routers, cells, scrapeInterval: flags.scrapeInterval }));
+  const sidecars = sidecarTargets(await allServices(client));
+  process.stdout.write(
+    prometheusConfig({ control, tokenFile, routers, cells, sidecars, scrapeInterval: flags.scrapeInterval }),
+  );
 }
 
 export function registerPrometheusCommand(program: Command): void {
   program
     .command('prometheus-config')
-    .description('print a Prometheus scrape configuration for control, the routers and every cell')
+    .description(
+      'print a Prometheus scrape configuration for control, the routers, every cell and every exporter sidecar',
+    )
     .option(
       '--router <host:port>',
       `a router admin address (repeatable; default ${DEFAULT_ROUTER_ADMIN})`,

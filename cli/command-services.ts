@@ -182,9 +182,8 @@ async function createService(engine: string, name: string, flags: CreateFlags): 
   });
 }
 
-async function listServices(flags: { json?: boolean }): Promise<void> {
-  const client = await ApiClient.fromEnv();
-  // Pages of 1,000 (a few hundred KB each), following `next` until the last one.
+/** Every service, in pages of 1,000 (a few hundred KB each), following `next` to the last one. */
+export async function allServices(client: ApiClient): Promise<ServiceView[]> {
   const resources: ServiceView[] = [];
   let path: string | null = '/v3/service_instances?page=1&per_page=1000';
   while (path) {
@@ -195,6 +194,11 @@ async function listServices(flags: { json?: boolean }): Promise<void> {
     resources.push(...page.resources);
     path = page.pagination?.next?.href ?? null;
   }
+  return resources;
+}
+
+async function listServices(flags: { json?: boolean }): Promise<void> {
+  const resources = await allServices(await ApiClient.fromEnv());
   printResult(flags.json, resources, () => (resources.length ? servicesTable(resources) : 'no services\n'));
 }
 

@@ -72,13 +72,15 @@ export type EngineUser = z.infer<typeof engineUserSchema>;
 /**
  * A service's credentials as its instances need them (issue 11): `admin` is the platform's own
  * management user (health checks, promote, rewind), `replication` the one replicas connect as,
- * `users` the clients' (one per service key). `version` only grows; a cell applies a set only
- * when it is newer than the one it has.
+ * `users` the clients' (one per service key), `monitoring` the one exporter sidecars read metrics
+ * as (absent in services created before it existed). `version` only grows; a cell applies a set
+ * only when it is newer than the one it has.
  */
 export const instanceCredentialsSchema = z.object({
   version: z.number().int().min(0),
   admin: engineUserSchema,
   replication: engineUserSchema,
+  monitoring: engineUserSchema.optional(),
   users: z.array(engineUserSchema),
 });
 export type InstanceCredentials = z.infer<typeof instanceCredentialsSchema>;
@@ -322,6 +324,11 @@ export interface CellRecord {
   host: string;
   executors: ExecutorKind[];
   engines: EngineKind[];
+  /**
+   * Sidecars the cell can run as processes (their binaries are installed); absent = none. A
+   * docker cell runs them from the engine's image whatever this says, like engines.
+   */
+  sidecars?: SidecarKind[];
   portRange: { from: number; to: number };
   instances: number;
   startedAt: number;

@@ -17,6 +17,8 @@ export interface CellView {
   volumes_full: string[];
   engines: string[];
   executors: string[];
+  /** Sidecars the cell can run as processes (docker cells run them from the engine's image). */
+  sidecars: string[];
   port_range: { from: number; to: number } | null;
   heartbeat_at: string | null;
   /** The cell's Prometheus endpoint, when it serves one. */
@@ -50,6 +52,7 @@ function cellView(cell: CellSnapshot, promisedMb: number): CellView {
     volumes_full: r?.volumesFull ?? [],
     engines: r?.engines ?? [],
     executors: r?.executors ?? [],
+    sidecars: r?.sidecars ?? [],
     port_range: r?.portRange ?? null,
     heartbeat_at: r ? new Date(r.heartbeatAt).toISOString() : null,
     metrics_url: r?.metrics

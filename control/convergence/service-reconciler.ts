@@ -235,6 +235,7 @@ export class ServiceReconciler {
             service: next.name,
             engine: next.engine,
             ...(next.executor ? { executor: next.executor } : {}),
+            ...(next.sidecars?.length ? { sidecars: next.sidecars } : {}),
             sizeMb: next.volume.sizeMb,
             slots: slots.map((instanceId) => ({ instanceId })),
             occupied: next.instances.map((i) => ({ cell: i.cell, zone: i.zone })),

@@ -27,6 +27,7 @@ export function cellCandidates(
       usedMb: Math.max(cell.record.usedMb, promised.get(cell.name) ?? 0),
       engines: cell.record.engines,
       executors: cell.record.executors,
+      ...(cell.record.sidecars ? { sidecars: cell.record.sidecars } : {}),
       volumes,
     });
   }

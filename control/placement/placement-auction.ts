@@ -3,13 +3,14 @@
  * bid wins. A pure function of its inputs, so the leader, the API's feasibility check and the
  * unit tests all run the same decision.
  *
- * Hard rules (a cell that breaks one does not bid): the cell is alive, runs the engine, has the
+ * Hard rules (a cell that breaks one does not bid): the cell is alive, runs the engine (and the
+ * service's sidecars, when it would run them as processes), has the
  * free capacity for the volume, and holds no other instance of the same service (a cell failure
  * must never take two copies of one service). Soft preferences (the bid's score): the instance's
  * volume is already on the cell (a restart there keeps its data), a zone the service does not use
  * yet, and free capacity.
  */
-import type { EngineKind, ExecutorKind } from '../../protocol';
+import type { EngineKind, ExecutorKind, SidecarKind } from '../../protocol';
 import { ErrorCode, SfError } from '../../common';
 
 export interface CellCandidate {
@@ -22,6 +23,8 @@ export interface CellCandidate {
   engines: readonly EngineKind[];
   /** Executors the cell offers; absent = process only (cells before executors were reported). */
   executors?: readonly ExecutorKind[];
+  /** Sidecars the cell can run as processes; absent = none. */
+  sidecars?: readonly SidecarKind[];
   /** Instance ids whose volume is present on this cell. */
   volumes?: readonly string[];
 }
@@ -36,6 +39,8 @@ export interface PlacementRequest {
   engine: EngineKind;
   /** The executor the service asks for; absent = any cell (each runs it with its default). */
   executor?: ExecutorKind;
+  /** Sidecars every instance runs beside its engine; absent = none. */
+  sidecars?: readonly SidecarKind[];
   sizeMb: number;
   slots: readonly PlacementSlot[];
   /** Cells (and their zones) already holding an instance of this service that stays. */
@@ -67,7 +72,7 @@ export interface PlacementDecision {
 }
 
 /** Why a cell could not bid, per cell, for the error message. */
-export type Exclusion = 'dead' | 'engine' | 'executor' | 'capacity' | 'same-service';
+export type Exclusion = 'dead' | 'engine' | 'executor' | 'sidecar' | 'capacity' | 'same-service';
 
 /** Places every slot or throws SF_ERR_PLACEMENT_UNSATISFIABLE explaining each cell's exclusion. */
 export function runPlacementAuction(
@@ -116,6 +121,10 @@ function exclusionOf(
   // A docker cell runs engines from images, whatever the host has installed.
   if (request.executor && !(cell.executors ?? ['process']).includes(request.executor)) return 'executor';
   if (request.executor !== 'docker' && !cell.engines.includes(request.engine)) return 'engine';
+  // Sidecars are part of the pod: a cell that cannot run them would run the engine alone, and the
+  // service's metrics would be missing with nothing failing. Docker cells run them from the image.
+  if (request.executor !== 'docker' && (request.sidecars ?? []).some((k) => !(cell.sidecars ?? []).includes(k)))
+    return 'sidecar';
   if (taken.has(cell.name)) return 'same-service';
   if (cell.capacityMb - usedMb < request.sizeMb) return 'capacity';
   return null;
@@ -125,6 +134,7 @@ const EXPLAIN: Record<Exclusion, string> = {
   dead: 'not alive',
   engine: 'engine not available',
   executor: 'executor not available',
+  sidecar: 'sidecar binary not installed',
   capacity: 'not enough free capacity',
   'same-service': 'already runs an instance of this service',
 };

@@ -64,6 +64,7 @@ export async function admitService(
       service: req.name,
       engine: req.engine,
       ...(req.executor ? { executor: req.executor } : {}),
+      ...(req.sidecars?.length ? { sidecars: req.sidecars } : {}),
       sizeMb: req.volume.size_mb,
     };
     const candidates = cellCandidates(cells, snapshot.services.values());

@@ -20,7 +20,7 @@ export function generatePassword(): string {
 }
 
 /** @default names of the platform's own users in every engine */
-export const PLATFORM_USERS = { admin: 'sf_admin', replication: 'sf_replication' } as const;
+export const PLATFORM_USERS = { admin: 'sf_admin', replication: 'sf_replication', monitoring: 'sf_monitor' } as const;
 
 /**
  * The platform users of a new service. PostgreSQL's management user is the cluster's superuser
@@ -31,6 +31,7 @@ export function newServiceCredentials(engine: EngineKind): ServiceCredentials {
     version: 1,
     admin: { username: engine === 'postgres' ? 'postgres' : PLATFORM_USERS.admin, password: generatePassword() },
     replication: { username: PLATFORM_USERS.replication, password: generatePassword() },
+    monitoring: { username: PLATFORM_USERS.monitoring, password: generatePassword() },
     keys: {},
   };
 }
@@ -53,7 +54,13 @@ export function keyUsername(key: string): string {
 export function instanceCredentials(creds: ServiceCredentials): InstanceCredentials {
   const users: ServiceUser[] = Object.values(creds.keys).map(({ username, password }) => ({ username, password }));
   users.sort((a, b) => a.username.localeCompare(b.username));
-  return { version: creds.version, admin: creds.admin, replication: creds.replication, users };
+  return {
+    version: creds.version,
+    admin: creds.admin,
+    replication: creds.replication,
+    ...(creds.monitoring ? { monitoring: creds.monitoring } : {}),
+    users,
+  };
 }
 
 /** The answer of `GET .../keys/:key`: what a CF binding's credentials block holds. */

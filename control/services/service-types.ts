@@ -70,6 +70,11 @@ export interface ServiceCredentials {
   admin: ServiceUser;
   /** What replicas connect to their primary as; never a client's. */
   replication: ServiceUser;
+  /**
+   * What exporter sidecars read metrics as: a Redis ACL user limited to INFO and the like, a
+   * PostgreSQL role in pg_monitor. Absent in services created before it existed.
+   */
+  monitoring?: ServiceUser;
   /** Service keys by name. */
   keys: Record<string, ServiceKey>;
 }

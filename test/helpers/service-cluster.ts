@@ -9,6 +9,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
+import { DockerApi } from '../../cell/docker-api';
 import { type ActualInstance } from '../../protocol/cell-protocol';
 import type { ControlServerOptions } from '../../control/control-server';
 import type { ServicePlaneOptions, ServiceView } from '../../control';
@@ -93,6 +94,16 @@ export async function freePortBlock(size = 100): Promise<number> {
     }
   }
   throw new Error('no free block of ports between 22000 and 29999');
+}
+
+/** Removes every container (engine or sidecar) whose cell's data directory lies under `dataDir`. */
+export async function removeContainers(dockerHost: string, dataDir: string): Promise<void> {
+  const api = new DockerApi({ socketPath: dockerHost.replace(/^unix:\/\//, '') });
+  const res = await api.call('GET', '/containers/json?all=1').catch(() => undefined);
+  const list = (res?.body ?? []) as Array<{ Id: string; Labels: Record<string, string> }>;
+  for (const c of list)
+    if (Object.entries(c.Labels ?? {}).some(([k, v]) => k.endsWith('cell-data-dir') && v.startsWith(dataDir)))
+      await api.call('DELETE', `/containers/${c.Id}?force=true`).catch(() => undefined);
 }
 
 export async function startServiceCluster(options: ClusterOptions = {}): Promise<ServiceCluster> {
@@ -229,6 +240,8 @@ export async function startServiceCluster(options: ClusterOptions = {}): Promise
           }
         }
       }
+      // Containers of a SIGKILLed cell outlive it too; they carry the cell's data directory.
+      if (options.cellEnv?.DOCKER_HOST) await removeContainers(options.cellEnv.DOCKER_HOST, dataDir);
       for (const c of controls) if (!stopped.has(c)) await c.stop().catch(() => undefined);
       state.disconnect();
       await redis.stop();
@@ -248,12 +261,13 @@ export async function startServiceCluster(options: ClusterOptions = {}): Promise
 
 /**
  * Starts one cluster for the enclosing `describe` (before) and stops it (after); returns a getter
- * for the running cluster.
+ * for the running cluster. Options may be a function, read when the cluster starts (a daemon's
+ * socket known only from an earlier hook).
  */
-export function useServiceCluster(options: ClusterOptions = {}): () => ServiceCluster {
+export function useServiceCluster(options: ClusterOptions | (() => ClusterOptions) = {}): () => ServiceCluster {
   let cluster: ServiceCluster | undefined;
   before(async () => {
-    cluster = await startServiceCluster(options);
+    cluster = await startServiceCluster(typeof options === 'function' ? options() : options);
   });
   after(async () => {
     await cluster?.stop();

@@ -11,7 +11,7 @@ import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
 import type { ServiceView } from '../../control/services';
 import { freePort } from './free-port';
-import { freePortBlock } from './service-cluster';
+import { freePortBlock, removeContainers } from './service-cluster';
 import type { ServiceKeyAuth } from './service-key';
 import { runSf, runSfToExit, type SfProcess } from './sf-process';
 import { eventually, sleep } from './tcp-client';
@@ -40,7 +40,11 @@ export interface UpPlatform {
   cleanup(): Promise<void>;
 }
 
-export async function createUpPlatform(cells = 3, extraArgs: string[] = []): Promise<UpPlatform> {
+export async function createUpPlatform(
+  cells = 3,
+  extraArgs: string[] = [],
+  extraEnv: NodeJS.ProcessEnv = {},
+): Promise<UpPlatform> {
   const home = await mkdtemp(path.join(tmpdir(), 'sf-up-'));
   // As root, cells run PostgreSQL as the postgres user, which must reach the volumes.
   await chmod(home, 0o755);
@@ -57,6 +61,7 @@ export async function createUpPlatform(cells = 3, extraArgs: string[] = []): Pro
     SF_API_TOKEN: '',
     SF_CONTROL_URL: `http://127.0.0.1:${ports.control}`,
     SF_LOG_LEVEL: 'info',
+    ...extraEnv,
   };
   const dataDir = path.join(home, 'data');
   const args = [
@@ -145,6 +150,8 @@ export async function createUpPlatform(cells = 3, extraArgs: string[] = []): Pro
           }
         }
       }
+      // Containers too, on the docker executor: they carry their cell's data directory.
+      if (env.DOCKER_HOST) await removeContainers(env.DOCKER_HOST, home);
       await sleep(200);
       // SF_TEST_KEEP_HOME=1 keeps logs and volumes of a failed run for a look.
       if (process.env.SF_TEST_KEEP_HOME) process.stdout.write(`      sf up home kept: ${home}\n`);

@@ -1,11 +1,15 @@
 /**
  * Pods: an instance's sidecars (Debian's Prometheus exporters) on both executors, with real
  * engines. Each instance's exporter answers `/metrics` with its engine's metrics, reaches the
- * engine with the platform's credentials without them ever being in argv, ends with the
- * instance, and is adopted again by a restarted cell.
+ * engine as the service's monitoring user, whose password is only in a secrets file (mode 0600),
+ * never in argv, the environment or `docker inspect`; ends with the instance, and is adopted
+ * again by a restarted cell.
  */
-import { readFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { readFile, stat } from 'node:fs/promises';
+import { promisify } from 'node:util';
 import { expect } from 'chai';
+import { Redis } from 'ioredis';
 import type { InstanceCredentials } from '../../protocol/cell-protocol';
 import { DockerApi } from '../../cell/docker-api';
 import { DockerExecutor } from '../../cell/executor-docker';
@@ -19,8 +23,35 @@ const CREDS: InstanceCredentials = {
   version: 1,
   admin: { username: 'sf_admin', password: 'admin-password-sidecar-0123' },
   replication: { username: 'sf_replication', password: 'replication-password-0123' },
+  monitoring: { username: 'sf_monitor', password: 'monitoring-password-sidecar-0123' },
   users: [],
 };
+const PASSWORDS = [CREDS.admin.password, CREDS.replication.password, CREDS.monitoring!.password];
+const run = promisify(execFile);
+
+/**
+ * No password where other users of the host can read it: the sidecar's argv and environment
+ * (`/proc/PID/...`) and, on docker, its container's configuration (`docker inspect`). The
+ * monitoring password is in the secrets file, mode 0600, owned by the sidecar's user.
+ */
+async function checkNoPassword(suite: Suite, h: InstanceHandle, kind: string): Promise<void> {
+  const sidecar = sidecarOf(h);
+  const places: Array<[string, string]> = [];
+  if (sidecar.pid) {
+    places.push(['cmdline', await readFile(`/proc/${sidecar.pid}/cmdline`, 'latin1')]);
+    places.push(['environ', await readFile(`/proc/${sidecar.pid}/environ`, 'latin1')]);
+  }
+  const inspected = await suite.inspectSidecar?.(h.instanceId);
+  if (suite.name === 'docker') expect(inspected, `docker inspect of the sidecar of ${h.instanceId}`).to.be.a('string');
+  if (inspected) places.push(['docker inspect', inspected]);
+  expect(places.length).to.be.greaterThan(0);
+  for (const [where, text] of places) for (const p of PASSWORDS) expect(text, where).to.not.contain(p);
+  const secrets = await stat(`${h.volumeDir}/sidecar-${kind}.secret`);
+  expect(secrets.mode & 0o777).to.equal(0o600);
+  // The engine's user, as the sidecar runs (root runs the tests; engines never run as root).
+  expect(secrets.uid).to.not.equal(0);
+  if (sidecar.pid) expect((await stat(`/proc/${sidecar.pid}`)).uid).to.equal(secrets.uid);
+}
 
 async function metrics(port: number): Promise<string> {
   const res = await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(5_000) });
@@ -46,6 +77,8 @@ interface Suite {
   setUp(): Promise<string | null>;
   tearDown(): Promise<void>;
   make(dataDir: string, portRange: { from: number; to: number }): Executor;
+  /** `docker inspect` of an instance's sidecar container, as JSON text (docker only). */
+  inspectSidecar?(instanceId: string): Promise<string | undefined>;
 }
 
 function sidecarSuite(suite: Suite): void {
@@ -106,11 +139,29 @@ function sidecarSuite(suite: Suite): void {
           `redis_up 1 (${role}) from the exporter of ${h.instanceId}`,
         );
         expect(text).to.match(new RegExp(`^redis_instance_info\\{.*tcp_port="${h.port}"`, 'm'));
-        // The password reaches the exporter in its environment, never in its command line.
-        if (sidecar.pid) {
-          const cmdline = await readFile(`/proc/${sidecar.pid}/cmdline`, 'utf8');
-          expect(cmdline).to.not.contain(CREDS.admin.password);
-        }
+        await checkNoPassword(suite, h, 'redis-exporter');
+      }
+      // The monitoring user reads INFO and nothing else: no key, no CONFIG (masterauth).
+      const monitor = new Redis({
+        port: primary.port,
+        host: '127.0.0.1',
+        lazyConnect: true,
+        maxRetriesPerRequest: 0,
+        ...CREDS.monitoring,
+      });
+      try {
+        await monitor.connect();
+        expect(await monitor.info('replication')).to.match(/role:master/);
+        const denied: Array<[string, ...string[]]> = [
+          ['GET', 'k'],
+          ['SET', 'k', 'v'],
+          ['CONFIG', 'GET', 'masterauth'],
+          ['ACL', 'LIST'],
+        ];
+        for (const [cmd, ...args] of denied)
+          expect(await monitor.call(cmd, ...args).catch((e: Error) => e.message), cmd).to.match(/NOPERM/);
+      } finally {
+        monitor.disconnect();
       }
     });
 
@@ -142,11 +193,27 @@ function sidecarSuite(suite: Suite): void {
           30_000,
           `pg_up 1 from the exporter of ${h.instanceId}`,
         );
-        if (sidecar.pid) {
-          const cmdline = await readFile(`/proc/${sidecar.pid}/cmdline`, 'utf8');
-          expect(cmdline).to.not.contain(CREDS.admin.password);
-        }
+        await checkNoPassword(suite, h, 'postgres-exporter');
       }
+      // The monitoring role is pg_monitor's member and no more.
+      const { stdout } = await run(
+        'psql',
+        [
+          '-h',
+          '127.0.0.1',
+          '-p',
+          String(primary.port),
+          '-U',
+          'sf_monitor',
+          '-d',
+          'postgres',
+          '-w',
+          '-XAtc',
+          "select rolsuper, rolcreaterole, rolreplication, pg_has_role('sf_monitor', 'pg_monitor', 'member') from pg_roles where rolname = current_user",
+        ],
+        { env: { PATH: process.env.PATH ?? '', PGPASSWORD: CREDS.monitoring!.password } },
+      );
+      expect(stdout.trim()).to.equal('f|f|f|t');
       // A standby is reported as one: the exporter reads the engine it sits beside.
       expect(await metrics(sidecarOf(replica).port)).to.match(/^pg_static\{.*\} 1$/m);
     });
@@ -206,4 +273,11 @@ sidecarSuite({
   },
   tearDown: () => releaseDockerDaemon(),
   make: (dataDir, portRange) => new DockerExecutor({ dataDir, portRange, docker: { socketPath } }),
+  async inspectSidecar(instanceId) {
+    const api = new DockerApi({ socketPath });
+    const filters = encodeURIComponent(JSON.stringify({ label: [`sf.sidecar-of=${instanceId}`] }));
+    const list = (await api.call('GET', `/containers/json?filters=${filters}`)).body as Array<{ Id: string }>;
+    if (!list[0]) return undefined;
+    return JSON.stringify((await api.call('GET', `/containers/${list[0].Id}/json`)).body);
+  },
 });

@@ -10,7 +10,8 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { expect } from 'chai';
 import type { ServiceView } from '../../control/services';
-import { enginePid, primaryOf, sf } from '../helpers/failover-support';
+import { describeEachExecutor } from '../helpers/executor-under-test';
+import { primaryOf, sf } from '../helpers/failover-support';
 import { useServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
 import { serviceKey, type ServiceKeyAuth } from '../helpers/service-key';
 
@@ -24,9 +25,9 @@ interface Sample {
   committed: boolean;
 }
 
-describe('failover: PostgreSQL primary lost with sync durability', function () {
+describeEachExecutor('failover: PostgreSQL primary lost with sync durability', function (executor) {
   this.timeout(300_000);
-  const running = useServiceCluster({ cells: 3 });
+  const running = useServiceCluster(() => ({ cells: 3, cellEnv: executor().cellEnv }));
   let cluster: ServiceCluster;
   let key: ServiceKeyAuth;
   let nextId = 0;
@@ -112,7 +113,9 @@ describe('failover: PostgreSQL primary lost with sync durability', function () {
     return after?.at ?? Number.POSITIVE_INFINITY;
   }
 
-  before(async () => {
+  before(async function () {
+    // The first PostgreSQL on docker initialises its volume inside a container: minutes under load.
+    this.timeout(600_000);
     cluster = running();
     const res = await cluster.api('POST', '/v3/service_instances', {
       name: 'pgk',
@@ -120,6 +123,7 @@ describe('failover: PostgreSQL primary lost with sync durability', function () {
       replicas: 1,
       durability: 'sync',
       volume: { sizeMb: 64 },
+      ...executor().serviceFields,
     });
     expect(res.status, JSON.stringify(res.body)).to.equal(201);
     const v = await cluster.waitForService(
@@ -151,7 +155,7 @@ describe('failover: PostgreSQL primary lost with sync durability', function () {
       const t0 = Date.now();
       let action: Promise<{ code: number; stderr: string }> | undefined;
       if (fault === 'sf fence') action = sf(cluster, ['fence', 'pgk']);
-      else process.kill(await enginePid(cluster, before, old.id), 'SIGKILL');
+      else await executor().killEngine(cluster, before, old.id);
       const samples = await watch(before.port, t0, before.epoch);
       if (action) {
         const res = await action;

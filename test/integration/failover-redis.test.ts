@@ -1,27 +1,48 @@
+/**
+ * Redis failover and fencing on each executor (process, docker): a killed primary's replica is
+ * promoted after the fence, manual policy, a planned switchover, and `sf fence` of a live primary
+ * whose shot is the executor's (SIGKILL, a container kill on docker) with no client byte reaching
+ * it after the route fence.
+ */
+import { readdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import type { FencingStepView as FencingStep } from '../../control';
 import type { ServiceView } from '../../control/services';
-import { enginePid, primaryOf, promotedFrom, sf } from '../helpers/failover-support';
+import { describeEachExecutor } from '../helpers/executor-under-test';
+import { primaryOf, promotedFrom, sf } from '../helpers/failover-support';
 import { useServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
 import { serviceKey } from '../helpers/service-key';
 import { eventually } from '../helpers/tcp-client';
 
-describe('failover: redis', function () {
-  this.timeout(120_000);
-  const running = useServiceCluster({ cells: 3 });
+/** The AOF of a volume, every part of it (base, increments). */
+async function aofText(dir: string): Promise<string> {
+  let text = '';
+  const entries = await readdir(dir, { withFileTypes: true, recursive: true }).catch(() => []);
+  for (const entry of entries)
+    if (entry.isFile() && /\.aof/.test(entry.name))
+      text += await readFile(path.join(entry.parentPath ?? dir, entry.name), 'latin1');
+  return text;
+}
+
+describeEachExecutor('failover: redis', function (executor) {
+  // Containers start and stop slower than processes: the docker run gets more time per test.
+  this.timeout(240_000);
+  const running = useServiceCluster(() => ({ cells: 3, cellEnv: executor().cellEnv }));
   let cluster: ServiceCluster;
   beforeEach(() => {
     cluster = running();
   });
 
-  it('promotes a replica when the primary process is SIGKILLed; a client through the router reconnects to it', async () => {
+  it('promotes a replica when the primary engine is killed (SIGKILL; docker kill of its container); a client through the router reconnects to it', async () => {
     const created = await cluster.api<ServiceView>('POST', '/v3/service_instances', {
       name: 'kv',
       engine: 'redis',
       replicas: 2,
       durability: 'async',
       volume: { sizeMb: 64 },
+      ...executor().serviceFields,
     });
     expect(created.status).to.equal(201);
     const view = await cluster.waitForService('kv');
@@ -53,9 +74,8 @@ describe('failover: redis', function () {
         'replicated',
       );
 
-      const pid = await enginePid(cluster, view, old.id);
       const t0 = performance.now();
-      process.kill(pid, 'SIGKILL');
+      await executor().killEngine(cluster, view, old.id);
       let served = false;
       let n = 0;
       while (!served) {
@@ -64,12 +84,13 @@ describe('failover: redis', function () {
         } catch {
           await new Promise((r) => setTimeout(r, 10));
         }
-        if (performance.now() - t0 > 30_000) throw new Error('no write through the router within 30 s of the kill');
+        // Wide: a container's exit reaches the cell through the daemon's event, slower under load.
+        if (performance.now() - t0 > 60_000) throw new Error('no write through the router within 60 s of the kill');
       }
       const ms = performance.now() - t0;
       console.log(`      kill -> write served by the new primary through the router: ${ms.toFixed(0)} ms`);
 
-      const after = await cluster.waitForService('kv', 30_000, promotedFrom(old.id, view.epoch));
+      const after = await cluster.waitForService('kv', 60_000, promotedFrom(old.id, view.epoch));
       const primary = primaryOf(after);
       expect(primary.epoch).to.equal(after.epoch).and.to.be.greaterThan(old.epoch);
       expect(await client.get('before')).to.equal('1');
@@ -121,10 +142,11 @@ describe('failover: redis', function () {
       durability: 'async',
       volume: { sizeMb: 64 },
       fencing: { policy: 'manual' },
+      ...executor().serviceFields,
     });
     const view = await cluster.waitForService('man');
     const old = primaryOf(view);
-    process.kill(await enginePid(cluster, view, old.id), 'SIGKILL');
+    await executor().killEngine(cluster, view, old.id);
     const fenced = await cluster.waitForService(
       'man',
       20_000,
@@ -144,7 +166,7 @@ describe('failover: redis', function () {
     expect(res.code, res.stderr).to.equal(0);
     const out = JSON.parse(res.stdout) as { steps: FencingStep[]; service: ServiceView };
     expect(out.steps.map((s) => s.step)).to.include.members(['choose', 'promote', 'publish']);
-    const after = await cluster.waitForService('man', 30_000, promotedFrom(old.id, view.epoch));
+    const after = await cluster.waitForService('man', 60_000, promotedFrom(old.id, view.epoch));
     const client = new Redis({ port: after.port, host: '127.0.0.1', ...(await serviceKey(cluster.api, 'man')) });
     try {
       await eventually(
@@ -211,7 +233,7 @@ describe('failover: redis', function () {
       });
       expect(res.status, JSON.stringify(res.body)).to.equal(200);
       expect(res.body.steps.map((s) => s.step)).to.include('catch-up');
-      const after = await cluster.waitForService('kv', 30_000, promotedFrom(old.id, view.epoch));
+      const after = await cluster.waitForService('kv', 60_000, promotedFrom(old.id, view.epoch));
       expect(primaryOf(after).id).to.equal(target);
       await new Promise((r) => setTimeout(r, 300));
     } finally {
@@ -235,5 +257,78 @@ describe('failover: redis', function () {
     });
     expect(bad.status).to.equal(400);
     expect(bad.body.error.code).to.equal('SF_ERR_INVALID_FAILOVER_TARGET');
+  });
+  it('sf fence of a live primary: the executor shoots it, and no client byte sent after the route fence reaches it', async () => {
+    // Sync durability: every write the primary took is in its AOF (appendfsync always) before it
+    // answers. Manual policy: nothing restarts the fenced primary, so its AOF stays as it was.
+    const created = await cluster.api('POST', '/v3/service_instances', {
+      name: 'fen',
+      engine: 'redis',
+      replicas: 1,
+      durability: 'sync',
+      volume: { sizeMb: 64 },
+      fencing: { policy: 'manual' },
+      ...executor().serviceFields,
+    });
+    expect(created.status, JSON.stringify(created.body)).to.equal(201);
+    const view = await cluster.waitForService(
+      'fen',
+      90_000,
+      (v) => v.status === 'running' && v.instances.every((i) => i.state === 'running'),
+    );
+    const old = primaryOf(view);
+    const engine = await executor().engineOf(cluster, view, old.id);
+    expect(engine, `the running engine of ${old.id}`).to.be.a('string');
+    const client = new Redis({
+      port: view.port,
+      host: '127.0.0.1',
+      retryStrategy: () => 10,
+      maxRetriesPerRequest: null,
+      commandTimeout: 1_000,
+      ...(await serviceKey(cluster.api, 'fen')),
+    });
+    client.on('error', () => undefined);
+    await eventually(async () => (await client.set('warm', '1').catch(() => null)) === 'OK', 30_000, 'first write');
+    const sent: Array<{ key: string; at: number }> = [];
+    let stop = false;
+    const writer = (async () => {
+      for (let i = 0; !stop; i++) {
+        const key = `f-${i}`;
+        sent.push({ key, at: Date.now() });
+        await client.set(key, String(i)).catch(() => new Promise((r) => setTimeout(r, 5)));
+      }
+    })();
+    const t0 = Date.now();
+    try {
+      await new Promise((r) => setTimeout(r, 500));
+      const res = await sf(cluster, ['fence', 'fen']);
+      expect(res.code, res.stderr).to.equal(0);
+      // Writes keep coming for a while after the fence: none may land on the old primary.
+      await new Promise((r) => setTimeout(r, 1_500));
+    } finally {
+      stop = true;
+      await writer;
+      client.disconnect();
+    }
+    const history = (await cluster.api<{ resources: FencingStep[] }>('GET', '/v3/service_instances/fen/fencing')).body
+      .resources;
+    const fenceStep = history.find((s) => s.step === 'route-fence' && s.instance_id === old.id);
+    expect(fenceStep, JSON.stringify(history.map((s) => [s.step, s.outcome]))).to.not.equal(undefined);
+    expect(history.find((s) => s.step === 'shoot' && s.instance_id === old.id)?.outcome).to.equal('ok');
+    // STONITH by the executor: the process is gone; on docker the daemon saw a KILL of the container.
+    expect(await executor().stillRunning(engine as string)).to.equal(false);
+    expect(await executor().shotWithKill(engine as string, t0), 'killed with SIGKILL').to.equal(true);
+
+    const onOld = await aofText(path.join(cluster.dataDir, old.cell, 'instances', old.id, 'data'));
+    // The check reads the right place: the old primary took the writes sent before the fence.
+    expect(onOld).to.include('\r\nf-0\r\n');
+    const fencedAt = Date.parse((fenceStep as FencingStep).at);
+    const late = sent.filter((s) => s.at > fencedAt);
+    expect(late.length).to.be.greaterThan(0);
+    const leaked = late.filter((s) => onOld.includes(`\r\n${s.key}\r\n`));
+    console.log(
+      `      ${sent.length} writes sent, ${late.length} after the fence, ${leaked.length} of those on the old primary`,
+    );
+    expect(leaked).to.deep.equal([]);
   });
 });

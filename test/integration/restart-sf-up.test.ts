@@ -2,17 +2,19 @@
  * Issue 10, finding 1: Ctrl-C `sf up` and start it again with a replicated Redis and a replicated
  * PostgreSQL service. Before the fix the new leader's first pass saw cells not yet registered,
  * fenced their primaries as cell-dead and deleted replica volumes. Now both services serve their
- * data again with the same primaries and epochs, and no volume disappears.
+ * data again with the same primaries and epochs, and no volume disappears. On each executor:
+ * `sf up --executor docker` runs every instance in a container.
  */
 import { expect } from 'chai';
+import { describeEachExecutor } from '../helpers/executor-under-test';
 import { createUpPlatform, psql, redisThrough, timeUntil, type UpPlatform } from '../helpers/sf-up-platform';
 
-describe('restart of sf up', function () {
-  this.timeout(300_000);
+describeEachExecutor('restart of sf up', function (executor) {
+  this.timeout(600_000);
   let p: UpPlatform;
 
   before(async () => {
-    p = await createUpPlatform(3);
+    p = await createUpPlatform(3, executor().flags, executor().cellEnv);
   });
 
   after(async () => {
@@ -25,11 +27,24 @@ describe('restart of sf up', function () {
       ['redis', 'cache'],
       ['postgres', 'pg1'],
     ]) {
-      const res = await p.sf(['create-service', engine!, name!, '--replicas', '1', '--durability', 'sync', '--wait']);
+      const res = await p.sf([
+        'create-service',
+        engine!,
+        name!,
+        '--replicas',
+        '1',
+        '--durability',
+        'sync',
+        ...executor().flags,
+        '--wait',
+        '--timeout',
+        '300',
+      ]);
       expect(res.code, res.output).to.equal(0);
     }
     const cache = await p.service('cache');
     const pg = await p.service('pg1');
+    for (const v of [cache, pg]) expect(v.executor ?? 'process', v.name).to.equal(executor().kind);
     // Nothing answers without credentials (issue 11); the keys outlive the restart too.
     const redisKey = await p.serviceKey('cache');
     const pgKey = await p.serviceKey('pg1');
@@ -42,7 +57,7 @@ describe('restart of sf up', function () {
     await timeUntil(async () => (await psql(pg.port!, pgKey, 'select 1')) === '1', 30_000, 'pg through the router');
     await psql(pg.port!, pgKey, "create table t (v text); insert into t values ('row1')");
     const volumesBefore = await p.volumes();
-    expect(volumesBefore).to.have.length(4);
+    expect(volumesBefore, JSON.stringify([volumesBefore, cache.instances, pg.instances])).to.have.length(4);
 
     const exitCode = await p.interrupt();
     expect(exitCode).to.equal(0);

@@ -85,7 +85,11 @@ describe('sf up', function () {
     ]);
 
     const t0 = performance.now();
-    const created = await runSfToExit(['create-service', 'redis', 'cache', '--replicas', '1', '--wait', '--json'], env);
+    // With an exporter sidecar per instance: prometheus-config below lists it as a target.
+    const created = await runSfToExit(
+      ['create-service', 'redis', 'cache', '--replicas', '1', '--sidecar', 'redis-exporter', '--wait', '--json'],
+      env,
+    );
     expect(created.code, created.output).to.equal(0);
     const view = JSON.parse(created.output) as ServiceView;
     expect(view.status).to.equal('running');
@@ -172,6 +176,17 @@ describe('sf up', function () {
     expect(config.output).to.include(
       `credentials_file: "${path.join(home, 'admin-tokens', `127.0.0.1-${ports.control}`)}"`,
     );
+    // One sf-sidecar target per instance: its host and exporter port, with who it exports.
+    const service = JSON.parse((await runSfToExit(['service', 'cache', '--json'], env)).output) as ServiceView;
+    expect(config.output).to.include('job_name: sf-sidecar');
+    for (const i of service.instances) {
+      const port = i.sidecars?.find((s) => s.name === 'redis-exporter')?.port;
+      expect(port, `exporter port of ${i.id}`).to.be.a('number');
+      expect(config.output).to.include(
+        `- targets: ["${i.host}:${port}"]\n        labels: {service: "cache", instance: "${i.id}", engine: "redis", sidecar: "redis-exporter"}`,
+      );
+      expect(await (await fetch(`http://${i.host}:${port}/metrics`)).text()).to.match(/^redis_up 1$/m);
+    }
     const file = path.join(home, 'prometheus.yml');
     await writeFile(file, config.output);
     const check = await new Promise<{ code: number | null; output: string }>((resolve) =>

@@ -105,4 +105,20 @@ describe('runPlacementAuction', () => {
     const cells = [cell('b', 'z1'), cell('a', 'z2')];
     expect(runPlacementAuction(request(1), cells)[0].cell).to.equal('a');
   });
+  it('places a service with sidecars only on cells that can run them, and says which cannot', () => {
+    const cells = [
+      cell('a', 'z1', { sidecars: [] }),
+      cell('b', 'z2', { sidecars: ['redis-exporter'] }),
+      cell('c', 'z3', { sidecars: ['redis-exporter', 'postgres-exporter'] }),
+    ];
+    const out = runPlacementAuction(request(2, { sidecars: ['redis-exporter'] }), cells);
+    expect(out.map((d) => d.cell).sort()).to.deep.equal(['b', 'c']);
+    const err = placementError(() => runPlacementAuction(request(3, { sidecars: ['redis-exporter'] }), cells));
+    expect(err.code).to.equal('SF_ERR_PLACEMENT_UNSATISFIABLE');
+    expect(err.message).to.contain('a: sidecar binary not installed');
+    // A docker cell runs sidecars from the engine's image, whatever the host has installed.
+    const docker = cells.map((c) => ({ ...c, executors: ['process', 'docker'] as const }));
+    const inContainers = runPlacementAuction(request(3, { sidecars: ['redis-exporter'], executor: 'docker' }), docker);
+    expect(inContainers).to.have.length(3);
+  });
 });
