@@ -8,10 +8,12 @@
  * The two shipped are Debian's Prometheus exporters. They reach the engine as the platform's
  * management user; its password travels in the sidecar's environment only, never in argv.
  */
+import { existsSync } from 'node:fs';
 import { connect } from 'node:net';
 import type { SidecarActual, SidecarKind } from '../protocol';
 import type { EngineContext } from './engine';
 import type { RunAs } from './run-command';
+import { engineTlsPaths } from './engine-tls';
 
 export interface SidecarDefinition {
   kind: SidecarKind;
@@ -39,10 +41,14 @@ export const SIDECARS: Record<SidecarKind, SidecarDefinition> = {
     metricsPath: '/metrics',
     launch(ctx, listen) {
       const admin = ctx.spec.credentials?.admin;
+      // An engine serving TLS (its CA copy is in the volume) is verified against the platform CA.
+      const ca = engineTlsPaths(ctx.volumeDir).ca;
+      const tls = ctx.spec.tls === true && existsSync(ca);
       return {
         args: [],
         env: {
-          REDIS_ADDR: `redis://${hostPort(engineHost(ctx), ctx.port)}`,
+          REDIS_ADDR: `${tls ? 'rediss' : 'redis'}://${hostPort(engineHost(ctx), ctx.port)}`,
+          ...(tls ? { REDIS_EXPORTER_TLS_CA_CERT_FILE: ca } : {}),
           REDIS_EXPORTER_WEB_LISTEN_ADDRESS: hostPort(listen.host, listen.port),
           ...(admin ? { REDIS_USER: admin.username, REDIS_PASSWORD: admin.password } : {}),
         },

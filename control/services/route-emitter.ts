@@ -30,9 +30,13 @@ export class RouteEmitter {
     return serviceRouteTls(service, await this.certificates.ensure(service.name));
   }
 
-  /** The backends the service's route should have now. */
+  /**
+   * The backends the service's route should have now. An instance whose cell reports that it
+   * serves TLS is reached over TLS, verified against the platform CA, when the service has TLS.
+   */
   desiredBackends(service: ServiceRecord, cells: ReadonlyMap<string, CellSnapshot>): Backend[] {
     const out: Backend[] = [];
+    const reencrypt = this.certificates !== undefined && service.tls !== undefined && service.tls !== 'off';
     for (const inst of service.instances) {
       const actual = cells.get(inst.cell)?.actual.get(inst.id);
       if (!actual || actual.port === null || !inst.specWritten) continue;
@@ -50,6 +54,7 @@ export class RouteEmitter {
         weight: 1,
         epoch: inst.epoch,
         state,
+        ...(reencrypt && actual.tls === true ? { tls: true } : {}),
       });
     }
     return out.sort((a, b) => a.id.localeCompare(b.id));
@@ -87,6 +92,7 @@ export class RouteEmitter {
         epoch: b.epoch,
         state: b.state,
         weight: b.weight,
+        backend_tls: b.tls === true,
         mode: 'primary',
         // Every write carries it: a route that lost all its backends is created anew by the next.
         ...(tls ? { tls } : {}),
@@ -159,6 +165,7 @@ function sameBackend(a: Backend | undefined, b: Backend): boolean {
     a.role === b.role &&
     a.epoch === b.epoch &&
     a.state === b.state &&
-    a.weight === b.weight
+    a.weight === b.weight &&
+    (a.tls ?? false) === (b.tls ?? false)
   );
 }
