@@ -36,7 +36,17 @@ export class RouteEmitter {
    */
   desiredBackends(service: ServiceRecord, cells: ReadonlyMap<string, CellSnapshot>): Backend[] {
     const out: Backend[] = [];
-    const reencrypt = this.certificates !== undefined && service.tls !== undefined && service.tls !== 'off';
+    // Not PostgreSQL: libpq's default SCRAM channel binding (tls-server-end-point, RFC 5929) binds
+    // the client's proof to the certificate it sees, the router's, while the engine checks it
+    // against its own, so every password login through a re-encrypting router would fail
+    // ("SCRAM channel binding check failed"). The router can re-encrypt to PostgreSQL (a
+    // backend's `tls`), but a service's route does so only once its engines present the
+    // router's certificate (docs/tls.md, Not yet).
+    const reencrypt =
+      this.certificates !== undefined &&
+      service.tls !== undefined &&
+      service.tls !== 'off' &&
+      service.engine !== 'postgres';
     for (const inst of service.instances) {
       const actual = cells.get(inst.cell)?.actual.get(inst.id);
       if (!actual || actual.port === null || !inst.specWritten) continue;
