@@ -5,13 +5,19 @@
  * - new TLS connections per second: `openssl s_time -new` (a full handshake per connection),
  *   several in parallel, against the router's terminating route and HAProxy's `bind ... ssl`;
  * - bulk throughput: one TLS connection carrying a stream to a discarding backend;
- * - redis-benchmark GET over TLS (router, HAProxy) and over plaintext (router, direct).
+ * - redis-benchmark GET over TLS (router, HAProxy) and over plaintext (router, direct);
+ * - redis-benchmark GET and SET through the router with TLS all the way (the client's TLS
+ *   terminated, re-encrypted to the engine's TLS port and verified against the platform CA, as a
+ *   service with TLS runs), next to client TLS only and to plaintext.
  *
  * Router and HAProxy each get one thread (the router terminates TLS on its JS thread; HAProxy
  * `nbthread 1`); the certificate is a P-256 one from the platform CA (common/platform-ca.ts).
  * Samples alternate between targets and the order rotates each round; read medians and ratios.
  *
- *   node dist/bench/tls-termination.js [--quick] [--rounds N]
+ *   node dist/bench/tls-termination.js [--quick] [--rounds N] [--redis-only]
+ *
+ * `--redis-only` runs just the redis-benchmark rows through the router (plaintext, client TLS,
+ * client + engine TLS).
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -39,6 +45,7 @@ interface Settings {
   connParallel: number;
   bulkMb: number;
   redisRequests: number;
+  redisOnly: boolean;
 }
 
 function parseArgs(argv: string[]): Settings {
@@ -52,6 +59,7 @@ function parseArgs(argv: string[]): Settings {
     connParallel: 4,
     bulkMb: quick ? 64 : 256,
     redisRequests: quick ? 50_000 : 200_000,
+    redisOnly: argv.includes('--redis-only'),
   };
 }
 
@@ -123,8 +131,20 @@ async function main(): Promise<void> {
   writeFileSync(haproxyPem, readFileSync(cert.certFile, 'utf8') + readFileSync(cert.keyFile, 'utf8'), { mode: 0o600 });
 
   const redisPort = await freePort();
+  const redisTlsPort = await freePort();
   const sinkPort = await freePort();
+  const engineCert = await ca.ensure('bench-engine', ['localhost', '127.0.0.1']);
   const redis = startProcess('redis', 'redis-server', [
+    '--tls-port',
+    String(redisTlsPort),
+    '--tls-cert-file',
+    engineCert.certFile,
+    '--tls-key-file',
+    engineCert.keyFile,
+    '--tls-ca-cert-file',
+    ca.certFile,
+    '--tls-auth-clients',
+    'no',
     '--port',
     String(redisPort),
     '--bind',
@@ -136,12 +156,14 @@ async function main(): Promise<void> {
   ]);
   const sink = startProcess('sink', process.execPath, ['-e', SINK, String(sinkPort)]);
   await waitForPort(redisPort, redis);
+  await waitForPort(redisTlsPort, redis);
   await waitForPort(sinkPort, sink);
 
   const ports = {
     routerTlsRedis: await freePort(),
     routerPlainRedis: await freePort(),
     routerTlsSink: await freePort(),
+    routerTlsEngineRedis: await freePort(),
     haproxyTlsRedis: await freePort(),
     haproxyTlsSink: await freePort(),
   };
@@ -151,6 +173,11 @@ async function main(): Promise<void> {
       { port: ports.routerTlsRedis, backends: [{ host: '127.0.0.1', port: redisPort }], tls },
       { port: ports.routerPlainRedis, backends: [{ host: '127.0.0.1', port: redisPort }] },
       { port: ports.routerTlsSink, backends: [{ host: '127.0.0.1', port: sinkPort }], tls },
+      {
+        port: ports.routerTlsEngineRedis,
+        backends: [{ host: '127.0.0.1', port: redisTlsPort, tls: true }],
+        tls: { ...tls, backendCaFile: ca.certFile },
+      },
     ],
   };
   const routeFile = join(dir, 'routes.json');
@@ -196,19 +223,20 @@ async function main(): Promise<void> {
   const add = (key: string, v: number): void => {
     (samples[key] ??= []).push(v);
   };
-  const redisGet = async (port: number, useTls: boolean): Promise<number> => {
+  const redisRun = async (port: number, useTls: boolean, test: 'get' | 'set'): Promise<number> => {
     const rows = await runRedisBenchmark({
       host: '127.0.0.1',
       port,
       clients: 50,
       requests: settings.redisRequests,
       pipeline: 1,
-      tests: ['get'],
+      tests: [test],
       ...(useTls ? { tls: { caFile: ca.certFile, sni: 'localhost' } } : {}),
     });
     return rows[0]!.rps;
   };
-  const steps: Array<[string, () => Promise<number>]> = [
+  const redisGet = (port: number, useTls: boolean): Promise<number> => redisRun(port, useTls, 'get');
+  const allSteps: Array<[string, () => Promise<number>]> = [
     ['conn_router', () => connRate(ports.routerTlsRedis, ca.certFile, settings.connSeconds, settings.connParallel)],
     ['conn_haproxy', () => connRate(ports.haproxyTlsRedis, ca.certFile, settings.connSeconds, settings.connParallel)],
     ['bulk_router', () => bulk(ports.routerTlsSink, caPem, settings.bulkMb)],
@@ -217,7 +245,12 @@ async function main(): Promise<void> {
     ['get_haproxy_tls', () => redisGet(ports.haproxyTlsRedis, true)],
     ['get_router_plain', () => redisGet(ports.routerPlainRedis, false)],
     ['get_direct_plain', () => redisGet(redisPort, false)],
+    ['get_router_tls_engine', () => redisGet(ports.routerTlsEngineRedis, true)],
+    ['set_router_plain', () => redisRun(ports.routerPlainRedis, false, 'set')],
+    ['set_router_tls', () => redisRun(ports.routerTlsRedis, true, 'set')],
+    ['set_router_tls_engine', () => redisRun(ports.routerTlsEngineRedis, true, 'set')],
   ];
+  const steps = settings.redisOnly ? allSteps.filter(([key]) => /^(get|set)_router_/.test(key)) : allSteps;
   for (let round = 0; round < settings.rounds; round++) {
     const order = [...steps.slice(round % steps.length), ...steps.slice(0, round % steps.length)];
     for (const [key, fn] of order) {
@@ -265,8 +298,24 @@ async function main(): Promise<void> {
       ],
     ],
   );
+  const allTheWay = formatTable(
+    ['through the router (-c 50 -P 1)', 'GET ops/s', 'ratio', 'SET ops/s', 'ratio'],
+    (
+      [
+        ['plaintext', 'router_plain'],
+        ['client TLS, plaintext to the engine', 'router_tls'],
+        ['client TLS + engine TLS (verified)', 'router_tls_engine'],
+      ] as const
+    ).map(([label, key]) => [
+      label,
+      formatNumber(m(`get_${key}`)),
+      formatRatio(m(`get_${key}`) / m('get_router_plain')),
+      formatNumber(m(`set_${key}`)),
+      formatRatio(m(`set_${key}`) / m('set_router_plain')),
+    ]),
+  );
   const header = `router relay for plain routes: ${health.relay}; ${await haproxyVersion()}; rounds ${settings.rounds}`;
-  process.stdout.write(`${header}\n\n${table}\n\n${cost}\n`);
+  process.stdout.write(`${header}\n\n${table}\n\n${cost}\n\n${allTheWay}\n`);
   const file = writeResults('tls-termination', { settings, relay: health.relay, samples });
   process.stdout.write(`\nraw samples: ${file}\n`);
 }

@@ -49,7 +49,7 @@ import { DockerExecutor } from './executor-docker';
 import { ProcessExecutor } from './executor-process';
 import type { NetworkFencer } from './fencer-network';
 import type { PortRange } from './port-allocator';
-import type { EngineTlsFiles } from './engine-postgres';
+import type { EngineTlsFiles } from './engine-tls';
 import { availableSidecars } from './sidecar';
 import { SnapshotStore } from './snapshot-store';
 import { TransferServer } from './volume-transfer';
@@ -90,7 +90,8 @@ export interface CellAgentOptions {
   tcpAllow?: string[];
   /**
    * The cell's certificate from the platform CA (`sf cell --ca-dir`, docs/tls.md): PostgreSQL
-   * instances serve TLS with it and replicate over TLS verified against the CA. @default none
+   * instances, and Redis instances whose spec asks for TLS, serve TLS with it and replicate over
+   * TLS verified against the CA. @default none
    */
   tls?: EngineTlsFiles;
   engines?: EngineRegistry;
@@ -236,6 +237,7 @@ export class CellAgent {
     this.engines =
       options.engines ??
       createEngineRegistry({
+        redis: options.tls ? { tls: options.tls } : {},
         postgres: { trustCidrs: options.trustCidrs, ...(options.tls ? { tls: options.tls } : {}) },
         tcp: { allow: options.tcpAllow },
       });

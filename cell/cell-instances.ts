@@ -609,6 +609,7 @@ export class CellInstances {
       degraded:
         inst.state === 'running' && spec.role === 'primary' ? (this.cannotCommit.get(instanceId) ?? null) : null,
       ...(inst.state === 'running' && inst.handle?.sidecars?.length ? { sidecars: inst.handle.sidecars } : {}),
+      ...(this.options.engines[spec.engine].servesTls?.(spec) ? { tls: true } : {}),
       updatedAt: Date.now(),
     };
   }

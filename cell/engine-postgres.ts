@@ -7,7 +7,7 @@
  * both SQL and replication. This is a stand-in until the platform hands out credentials
  * (docs/cells.md, "Security").
  */
-import { chmod, chown, copyFile, mkdir, readdir, readFile, realpath, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, readdir, realpath, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import {
   defaultDiskSync,
@@ -28,6 +28,9 @@ import {
 import { ErrorCode, SfError } from '../common';
 import { findBinary, lookupUser, runCommand, type RunAs } from './run-command';
 import { pathExists as exists } from './path-exists';
+import { copyEngineTlsFiles, engineTlsPaths, type EngineTlsFiles } from './engine-tls';
+
+export type { EngineTlsFiles } from './engine-tls';
 import {
   PG_CLIENTS_ROLE,
   pgBootstrapSql,
@@ -56,18 +59,8 @@ export interface PostgresEngineOptions {
   tls?: EngineTlsFiles;
 }
 
-/** PEM files on the cell's host: its certificate and key, and the CA that verifies its peers. */
-export interface EngineTlsFiles {
-  certFile: string;
-  keyFile: string;
-  caFile: string;
-}
-
-/** Where an instance keeps its copies of the TLS files: in its volume, beside the data directory. */
-export function pgTlsPaths(volumeDir: string): { dir: string; cert: string; key: string; ca: string } {
-  const dir = path.join(volumeDir, 'tls');
-  return { dir, cert: path.join(dir, 'server.crt'), key: path.join(dir, 'server.key'), ca: path.join(dir, 'ca.crt') };
-}
+/** Where an instance keeps its copies of the TLS files (engine-tls.ts). */
+export const pgTlsPaths = engineTlsPaths;
 
 /** libpq settings that verify the peer against the platform CA (empty without TLS). */
 function pgSslConninfo(ctx: EngineContext, tls: boolean): string {
@@ -264,6 +257,11 @@ export class PostgresEngine implements Engine {
     return user;
   }
 
+  /** Every instance on a cell with a certificate serves TLS (`ssl = on`), plaintext too for SQL. */
+  servesTls(): boolean {
+    return this.tls !== undefined;
+  }
+
   async prepare(ctx: EngineContext): Promise<void> {
     const { spec, dataDir } = ctx;
     const runAs = this.owner(ctx);
@@ -369,14 +367,7 @@ export class PostgresEngine implements Engine {
    * Copied on every start, so a renewed certificate takes effect at the next one.
    */
   private async copyTlsFiles(ctx: EngineContext, runAs: RunAs | undefined): Promise<void> {
-    if (!this.tls) return;
-    const files = pgTlsPaths(ctx.volumeDir);
-    await mkdir(files.dir, { recursive: true, mode: 0o700 });
-    await copyFile(this.tls.certFile, files.cert);
-    await copyFile(this.tls.caFile, files.ca);
-    await writeFile(files.key, await readFile(this.tls.keyFile), { mode: 0o600 });
-    await chmod(files.key, 0o600);
-    if (runAs) for (const f of [files.dir, files.cert, files.ca, files.key]) await chown(f, runAs.uid, runAs.gid);
+    if (this.tls) await copyEngineTlsFiles(this.tls, ctx.volumeDir, runAs);
   }
 
   /**

@@ -73,6 +73,11 @@ export interface Engine {
    * kept, only the configuration is rewritten from the spec.
    */
   prepare(ctx: EngineContext): Promise<void>;
+  /**
+   * True when an instance of `spec` serves TLS on its port with the cell's certificate (reported
+   * to control, which tells routers to re-encrypt to it). Absent: never.
+   */
+  servesTls?(spec: InstanceSpec): boolean;
   launch(ctx: EngineContext): Promise<LaunchCommand>;
   healthy(ctx: EngineContext): Promise<boolean>;
   position(ctx: EngineContext): Promise<ReplicationPosition | null>;

@@ -12,12 +12,14 @@
  * (`REDIS_PASSWORD_FILE`, `DATA_SOURCE_PASS_FILE`): not in argv, not in the environment, so
  * neither `/proc/PID/environ` nor `docker inspect` shows it.
  */
+import { existsSync } from 'node:fs';
 import { chown, rm, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import path from 'node:path';
 import type { SidecarActual, SidecarKind } from '../protocol';
 import type { EngineContext } from './engine';
 import { findBinary, type RunAs } from './run-command';
+import { engineTlsPaths } from './engine-tls';
 
 export interface SidecarDefinition {
   kind: SidecarKind;
@@ -63,11 +65,15 @@ export const SIDECARS: Record<SidecarKind, SidecarDefinition> = {
     launch(ctx, listen, secretFile) {
       const user = monitoringUser(ctx);
       if (user instanceof Error) return { error: user.message };
-      const addr = `redis://${hostPort(engineHost(ctx), ctx.port)}`;
+      // An engine serving TLS (its CA copy is in the volume) is verified against the platform CA.
+      const ca = engineTlsPaths(ctx.volumeDir).ca;
+      const tls = ctx.spec.tls === true && existsSync(ca);
+      const addr = `${tls ? 'rediss' : 'redis'}://${hostPort(engineHost(ctx), ctx.port)}`;
       return {
         args: [],
         env: {
           REDIS_ADDR: addr,
+          ...(tls ? { REDIS_EXPORTER_TLS_CA_CERT_FILE: ca } : {}),
           REDIS_EXPORTER_WEB_LISTEN_ADDRESS: hostPort(listen.host, listen.port),
           ...(user ? { REDIS_USER: user.username, REDIS_PASSWORD_FILE: secretFile } : {}),
         },

@@ -3,7 +3,7 @@
  */
 import { hostname } from 'node:os';
 import { CellAgent } from '../cell/cell-agent';
-import type { EngineTlsFiles } from '../cell/engine-postgres';
+import type { EngineTlsFiles } from '../cell/engine-tls';
 import { NetworkFencer } from '../cell/fencer-network';
 import { parsePortRange } from '../cell/port-allocator';
 import { UsageError, parseHostPort, parseIntFlag, stopOnSignals } from './cli-support';

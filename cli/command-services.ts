@@ -80,7 +80,18 @@ function serviceDetail(s: ServiceView): string {
   );
 }
 
-/** Polls until every instance runs; fails fast when the leader finds the service unplaceable. */
+async function routeServed(client: ApiClient, name: string): Promise<boolean> {
+  const route = await client.request<{ applied: boolean }>(
+    'GET',
+    `/v3/service_instances/${encodeURIComponent(name)}/route`,
+  );
+  return route.applied;
+}
+
+/**
+ * Polls until every instance runs and every live router serves the service's route; fails fast
+ * when the leader finds the service unplaceable.
+ */
 export async function waitForService(
   client: ApiClient,
   name: string,
@@ -91,7 +102,9 @@ export async function waitForService(
   for (;;) {
     const view = await client.request<ServiceView>('GET', `/v3/service_instances/${encodeURIComponent(name)}`);
     onView?.(view);
-    if (view.status === 'running') return view;
+    // Running is not enough: a client must find the route served, with the service's TLS, by
+    // every live router (a router reports a table version once its ports listen).
+    if (view.status === 'running' && (await routeServed(client, name))) return view;
     if (view.status === 'unplaceable')
       throw new SfError(ErrorCode.PlacementUnsatisfiable, view.message ?? `service ${name} cannot be placed`);
     const failed = view.instances.find((i) => i.state === 'failed');
@@ -103,7 +116,9 @@ export async function waitForService(
     if (Date.now() > deadline)
       throw new SfError(
         ErrorCode.Timeout,
-        `service ${name} is still ${view.status} after ${timeoutMs / 1000} s (see 'sf service ${name}')`,
+        view.status === 'running'
+          ? `service ${name} runs but the routers do not serve its route yet after ${timeoutMs / 1000} s (see 'sf routes')`
+          : `service ${name} is still ${view.status} after ${timeoutMs / 1000} s (see 'sf service ${name}')`,
       );
     await sleep(200);
   }
@@ -289,7 +304,7 @@ export function registerServiceCommands(program: Command): void {
     .option('--memory-mb <n>', 'memory limit per instance, in MB (a container limit with the docker executor)')
     .option('--cpus <n>', 'CPU limit per instance, e.g. 0.5 (a container limit with the docker executor)')
     .option('--command <cmdline>', 'engine tcp: the command, with {port}, {host} and {dataDir} placeholders')
-    .option('--wait', 'wait until every instance runs')
+    .option('--wait', 'wait until every instance runs and the routers serve its route')
     .option('--timeout <seconds>', 'how long --wait waits', String(DEFAULT_WAIT_TIMEOUT_S))
     .option('--json', 'machine-readable output')
     .action(run(createService));

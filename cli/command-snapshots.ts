@@ -116,7 +116,7 @@ export function registerSnapshotCommands(program: Command): void {
     .description("create a new service holding exactly the snapshot's data")
     .option('--replicas <n>', "replicas (default: the snapshot's service's)")
     .option('--size-mb <mb>', "volume size (default: the snapshot's service's)")
-    .option('--wait', 'wait until every instance runs')
+    .option('--wait', 'wait until every instance runs and the routers serve its route')
     .option('--timeout <seconds>', 'how long --wait waits', String(DEFAULT_WAIT_TIMEOUT_S))
     .option('--json', 'machine-readable output')
     .action((id: string, name: string, flags: RestoreFlags) => restoreSnapshot(id, name, flags).catch(exitWithError));

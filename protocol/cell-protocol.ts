@@ -132,6 +132,12 @@ export const instanceSpecSchema = z.object({
    * under this move id) instead of starting empty; ignored once the volume exists.
    */
   moveIn: z.object({ moveId: z.string().regex(SNAPSHOT_ID_PATTERN) }).optional(),
+  /**
+   * Engine redis: serve TLS only, with the cell's certificate from the platform CA (the service's
+   * TLS policy is required or optional); ignored by a cell without a certificate. PostgreSQL
+   * serves TLS whenever its cell has a certificate (docs/tls.md).
+   */
+  tls: z.boolean().optional(),
 });
 export type InstanceSpec = z.infer<typeof instanceSpecSchema>;
 export type InstanceSpecInput = z.input<typeof instanceSpecSchema>;
@@ -177,6 +183,8 @@ export interface ActualInstance {
   degraded?: string | null;
   /** The instance's running sidecars and their ports; absent when it has none. */
   sidecars?: SidecarActual[];
+  /** The engine serves TLS on `port`, with a certificate from the platform CA; absent: plaintext. */
+  tls?: boolean;
   updatedAt: number;
 }
 

@@ -87,6 +87,11 @@ export const backendSchema = z
     state: z
       .enum(['active', 'draining', 'fenced'], { error: "must be 'active', 'draining' or 'fenced'" })
       .default('active'),
+    /**
+     * The backend speaks TLS: the router connects to it over TLS (PostgreSQL routes first send an
+     * SSLRequest) and verifies its certificate against the route's `tls.backendCaFile`.
+     */
+    tls: z.boolean({ error: 'must be a boolean' }).optional(),
   })
   .strict();
 
@@ -125,6 +130,12 @@ export const routeTlsSchema = z
       .optional(),
     /** Also connect to the backend over TLS (as `tls: true` does). */
     backend: z.boolean().optional(),
+    /**
+     * The CA that backends' certificates must chain to when the router connects to them over
+     * TLS (the platform CA); without it the system's CAs. A backend that fails verification is
+     * refused, never reached in plaintext.
+     */
+    backendCaFile: filePathSchema.optional(),
   })
   .strict()
   .superRefine((tls, ctx) => {
@@ -132,7 +143,7 @@ export const routeTlsSchema = z
       for (const f of ['certFile', 'keyFile'] as const)
         if (!tls[f]) ctx.addIssue({ code: 'custom', path: [f], message: "is required when mode is 'terminate'" });
     } else {
-      for (const f of ['certFile', 'keyFile', 'clientCaFile', 'alpn', 'backend'] as const)
+      for (const f of ['certFile', 'keyFile', 'clientCaFile', 'alpn', 'backend', 'backendCaFile'] as const)
         if (tls[f] !== undefined)
           ctx.addIssue({ code: 'custom', path: [f], message: "applies only when mode is 'terminate'" });
     }
@@ -206,6 +217,8 @@ export interface Backend {
   weight: number;
   epoch: number;
   state: BackendState;
+  /** The router reaches this backend over TLS (absent: as the route says). */
+  tls?: boolean;
 }
 
 /** What a route sets besides its port, group and backends. */
@@ -343,6 +356,16 @@ export function routeLimits(route: Route): {
 /** True when the router connects to the route's backends over TLS. */
 export function backendTls(route: Route): boolean {
   return route.tls === true || (typeof route.tls === 'object' && route.tls.backend === true);
+}
+
+/** True when the router connects to this backend of the route over TLS. */
+export function backendUsesTls(route: Route, backend: Backend): boolean {
+  return backend.tls === true || backendTls(route);
+}
+
+/** True when the router reaches any backend of the route over TLS. */
+export function anyBackendTls(route: Route): boolean {
+  return backendTls(route) || route.backends.some((b) => b.tls === true);
 }
 
 /** The route's TLS with clients, or undefined for a plain route (or one with backend TLS only). */

@@ -56,6 +56,11 @@ const ROUTE_COUNTERS: Array<{ name: string; help: string; field: CounterField }>
     field: 'tlsHandshakeErrors',
   },
   {
+    name: 'sf_router_backend_tls_errors_total',
+    help: 'Backend connections refused because TLS to the backend failed (certificate not verified by the backend CA, SSLRequest declined).',
+    field: 'backendTlsErrors',
+  },
+  {
     name: 'sf_router_refused_plaintext_total',
     help: 'Clients refused because their route requires TLS and they spoke plaintext.',
     field: 'refusedPlaintext',

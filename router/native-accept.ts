@@ -38,7 +38,7 @@ export function jsPathReason(routes: readonly Route[]): string | undefined {
   if (routes.length !== 1 || (routes[0]!.sni?.length ?? 0) > 0) return 'sni';
   const route = routes[0]!;
   if (route.proxyProtocol) return 'proxy-protocol';
-  if (route.tls) return 'tls';
+  if (route.tls || route.backends.some((b) => b.tls === true)) return 'tls';
   // Names are resolved by Node, through a lookup that refuses the router's own addresses.
   // Scoped IPv6 addresses (fe80::1%eth0) are left to Node too: the addon parses plain addresses only.
   if (route.backends.some((b) => isIP(b.host) === 0 || b.host.includes('%'))) return 'host-name';

@@ -3,9 +3,9 @@
  * It tries backends in the order its route's balancer gives, within the connect timeout, then
  * hands both sockets to the relay.
  */
-import { connect as netConnect, isIP, type LookupFunction, type Server, type Socket } from 'node:net';
-import { connect as tlsConnect } from 'node:tls';
-import { type Backend, type Route, backendTls, routeLimits } from '../protocol';
+import { connect as netConnect, type LookupFunction, type Server, type Socket } from 'node:net';
+import { type Backend, type Route, backendUsesTls, routeLimits } from '../protocol';
+import { BACKEND_TLS_ERROR_CODE, connectBackendTls } from './backend-tls';
 import { proxyHeader } from './proxy-protocol';
 import { FORWARDERS_ENABLED, ReadForwarder, tagForwarder } from './read-forwarder';
 import type { Relay, RelayCloseReason, RelayedPair } from './relay';
@@ -37,6 +37,10 @@ export class ProxiedConnection {
   /** The backend's epoch when the connection was made; a newer epoch in the table means fenced. */
   epoch = 0;
   private backendSocket: Socket | undefined;
+  /** With TLS to the backend: the TCP socket under `backendSocket` (the same socket until TLS starts). */
+  private backendTcp: Socket | undefined;
+  /** The TCP connection to a TLS backend is up: a failure now is a TLS failure. */
+  private backendTcpUp = false;
   private pair: RelayedPair | undefined;
   private readonly tried = new Set<string>();
   private connectTimer: NodeJS.Timeout | undefined;
@@ -77,6 +81,7 @@ export class ProxiedConnection {
       return;
     }
     if (this.backendSocket) resetAndDestroy(this.backendSocket);
+    if (this.backendTcp && this.backendTcp !== this.backendSocket) this.backendTcp.destroy();
     resetAndDestroy(this.client);
     this.finish('aborted');
   }
@@ -126,17 +131,24 @@ export class ProxiedConnection {
     const route = this.host.currentRoute();
     const { connectTimeoutMs } = routeLimits(route);
     const lookup = this.host.backendLookup(backend);
-    const socket = backendTls(route)
-      ? tlsConnect({
-          host: backend.host,
-          port: backend.port,
-          servername: isIP(backend.host) ? undefined : backend.host,
-          ...(lookup ? { lookup } : {}),
-        })
-      : this.connectPlain(backend, lookup);
-    this.backendSocket = socket;
-    socket.on('error', this.onConnectError);
-    socket.once(backendTls(route) ? 'secureConnect' : 'connect', this.onBackendConnect);
+    if (backendUsesTls(route, backend)) {
+      this.backendTcpUp = false;
+      const tcp = connectBackendTls(route, backend, lookup, (tls) => {
+        this.backendSocket = tls;
+        tls.on('error', this.onConnectError);
+        tls.once('secureConnect', this.onBackendConnect);
+      });
+      tcp.once('tcpConnect', () => (this.backendTcpUp = true));
+      tcp.on('error', this.onConnectError);
+      this.backendSocket = tcp;
+      this.backendTcp = tcp;
+    } else {
+      const socket = this.connectPlain(backend, lookup);
+      this.backendSocket = socket;
+      this.backendTcp = undefined;
+      socket.on('error', this.onConnectError);
+      socket.once('connect', this.onBackendConnect);
+    }
     this.connectTimer = setTimeout(this.onConnectTimeout, connectTimeoutMs);
   }
 
@@ -161,19 +173,23 @@ export class ProxiedConnection {
 
   private readonly onConnectError = (err: NodeJS.ErrnoException): void => {
     if (err.code === SELF_LOOP_ERROR_CODE && this.backend) this.host.selfLoopDetected(this.backend, err.message);
+    // Fail closed: a backend whose certificate does not verify is passed over, never used in plaintext.
+    else if (this.backendTcp && (this.backendTcpUp || err.code === BACKEND_TLS_ERROR_CODE))
+      this.host.stats.backendTlsErrors++;
     else this.host.stats.connectErrors++;
     this.retry();
   };
 
   private retry(): void {
     clearTimeout(this.connectTimer);
-    const socket = this.backendSocket;
-    if (socket) {
+    for (const socket of new Set([this.backendSocket, this.backendTcp])) {
+      if (!socket) continue;
       socket.removeListener('error', this.onConnectError);
       socket.on('error', ignoreError);
       socket.destroy();
     }
     this.backendSocket = undefined;
+    this.backendTcp = undefined;
     this.releaseBackend();
     if (!this.done) this.connectNext();
   }
@@ -182,6 +198,11 @@ export class ProxiedConnection {
     clearTimeout(this.connectTimer);
     const socket = this.backendSocket!;
     socket.removeListener('error', this.onConnectError);
+    if (this.backendTcp && this.backendTcp !== socket) {
+      // The TLS socket reports its transport's errors from now on.
+      this.backendTcp.removeListener('error', this.onConnectError);
+      this.backendTcp.on('error', ignoreError);
+    }
     this.client.removeListener('error', this.onEarlyClientError);
     this.client.removeListener('close', this.onEarlyClientClose);
     setSocketOptions(socket, this.host.keepAliveMs);
@@ -224,9 +245,10 @@ export class ProxiedConnection {
   private abort(): void {
     if (this.done) return;
     clearTimeout(this.connectTimer);
-    if (this.backendSocket) {
-      this.backendSocket.on('error', ignoreError);
-      this.backendSocket.destroy();
+    for (const socket of new Set([this.backendSocket, this.backendTcp])) {
+      if (!socket) continue;
+      socket.on('error', ignoreError);
+      socket.destroy();
     }
     this.client.destroy();
     this.finish('aborted');

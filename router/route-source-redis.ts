@@ -107,6 +107,11 @@ export class RedisRouteSource implements RouteSource {
   private firstTable: (() => void) | null = null;
   /** The store was seen behind the applied version; one resync reports it, not every heartbeat. */
   private storeBehind = false;
+  /**
+   * The highest version the router serves (its apply settled): what the heartbeat reports, so
+   * control waiting for a version (a fence, a new service's route) knows its ports are open.
+   */
+  private servedVersion = -1;
 
   constructor(options: RedisRouteSourceOptions) {
     this.opts = withDefaults(DEFAULT_REDIS_ROUTE_SOURCE_OPTIONS, options);
@@ -239,8 +244,7 @@ export class RedisRouteSource implements RouteSource {
     for (const port of delta.deletes) this.routes.delete(port);
     for (const route of delta.upserts) this.routes.set(route.port, route);
     this.version = delta.version;
-    this.listener?.onTable(this.currentTable());
-    this.afterApply();
+    this.afterApply(this.listener?.onTable(this.currentTable()));
     return true;
   }
 
@@ -300,15 +304,26 @@ export class RedisRouteSource implements RouteSource {
     this.storeBehind = false;
     this.routes = new Map(table.routes.map((r) => [r.port, r]));
     this.version = table.version;
-    this.listener?.onTable(this.currentTable());
-    if (!fromCache) this.afterApply();
+    const applying = this.listener?.onTable(this.currentTable());
+    if (!fromCache) this.afterApply(applying);
+    else this.served(table.version, applying);
     this.firstTable?.();
     this.firstTable = null;
   }
 
-  private afterApply(): void {
+  private afterApply(applying: unknown): void {
     this.scheduleCacheWrite();
-    void this.heartbeat();
+    this.served(this.version, applying);
+  }
+
+  /** Reports `version` in a heartbeat once its apply settled (at once when the listener returned none). */
+  private served(version: number, applying: unknown): void {
+    const done = (): void => {
+      if (version > this.servedVersion) this.servedVersion = version;
+      void this.heartbeat();
+    };
+    if (applying instanceof Promise) applying.then(done, done);
+    else done();
   }
 
   private currentTable(): RouteTable {
@@ -321,11 +336,11 @@ export class RedisRouteSource implements RouteSource {
 
   /** Reports the applied version and notices a newer one whose delta never arrived. */
   private async heartbeat(): Promise<void> {
-    if (this.stopped || !this.cmd || !this.cmdReady || this.version < 0) return;
+    if (this.stopped || !this.cmd || !this.cmdReady || this.servedVersion < 0) return;
     const beat: RouterHeartbeat = {
       routerId: this.opts.routerId,
       routerGroup: this.opts.routerGroup,
-      version: this.version,
+      version: this.servedVersion,
       connected: this.connected,
       at: Date.now(),
     };

@@ -13,8 +13,12 @@ export interface RouteSourceListener {
    * failing table like an invalid one; pushed sources leave it to the router to refuse routes.
    */
   check?(table: RouteTable): void;
-  /** A new, validated table. Versions only grow; a source never hands back an older table. */
-  onTable(table: RouteTable): void;
+  /**
+   * A new, validated table. Versions only grow; a source never hands back an older table. A
+   * promise returned settles once the table is served (new ports listening, fenced backends'
+   * connections destroyed): a source that reports the version it applied reports it only then.
+   */
+  onTable(table: RouteTable): unknown;
   /** A problem that leaves the last good table in force (bad file, Redis down, version gap). */
   onError(err: SfError): void;
   /**

@@ -26,6 +26,12 @@ export interface RouteStats {
   tlsHandshakeErrors: number;
   /** Clients refused because the route requires TLS and they spoke plaintext. */
   refusedPlaintext: number;
+  /**
+   * Backend connections refused because TLS to the backend failed: its certificate does not
+   * verify against the route's backend CA, a PostgreSQL backend declined the SSLRequest, or the
+   * CA file cannot be read. The router never falls back to plaintext.
+   */
+  backendTlsErrors: number;
 }
 
 export function newRouteStats(port: number, sni = ''): RouteStats {
@@ -47,5 +53,6 @@ export function newRouteStats(port: number, sni = ''): RouteStats {
     tlsHandshakes: 0,
     tlsHandshakeErrors: 0,
     refusedPlaintext: 0,
+    backendTlsErrors: 0,
   };
 }

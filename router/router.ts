@@ -6,7 +6,7 @@ import type { LookupFunction } from 'node:net';
 import { ErrorCode, SfError, createLogger, type Logger, withDefaults } from '../common';
 import type { Relay } from './relay';
 import { createJsRelay } from './relay-js';
-import { backendTls, clientTls, type Backend, type Route, type RouteTable } from '../protocol';
+import { anyBackendTls, clientTls, type Backend, type Route, type RouteTable } from '../protocol';
 import { bindingKey, type ListenerEnvironment, type RouteBinding } from './route-binding';
 import { RouteListener } from './route-listener';
 import { globalConnectionLimit, readFdLimit, routeReserve } from './connection-budget';
@@ -216,6 +216,7 @@ export class Router {
           (r) => r.failed.forEach((f) => this.logger.error({ port: f.port, code: f.error.code }, f.error.message)),
           () => undefined,
         );
+        return this.lastApply;
       },
       onError: (err) => {
         firstError ??= err;
@@ -438,8 +439,8 @@ export class Router {
       for (const binding of listener.bindings.values()) {
         const route = binding.currentRoute();
         const tls = clientTls(route);
-        if (!tls && !backendTls(route)) continue;
-        const js = tls?.mode === 'terminate' || backendTls(route);
+        if (!tls && !anyBackendTls(route)) continue;
+        const js = tls?.mode === 'terminate' || anyBackendTls(route);
         const error = binding.tlsContext()?.lastError?.message;
         out.push({
           port: route.port,

@@ -3,6 +3,7 @@
  * Creation is admitted by any control; placement and convergence are the leader's.
  */
 import { serviceView } from '../services/service-view';
+import { serviceRouteStatus } from '../services/service-route-status';
 import { admitService, requestServiceDeletion, type ServiceAdmissionDeps } from '../services/service-admission';
 import { serviceCreateSchema } from '../services/service-schema';
 import type { LeaderElector } from '../leader/leader-elector';
@@ -46,6 +47,12 @@ export function registerServicesApi(server: HttpServer, deps: ServicesApiDeps): 
   server.route('get', '/v3/service_instances/:name', 'read', async (ctx) => {
     const record = await store.mustGet(ctx.params.name);
     return { body: serviceView(record, await directory.cellsOf([record])) };
+  });
+
+  // Whether every live router serves the service's route, with its TLS policy (sf create-service --wait).
+  server.route('get', '/v3/service_instances/:name/route', 'read', async (ctx) => {
+    const record = await store.mustGet(ctx.params.name);
+    return { body: await serviceRouteStatus(record, deps) };
   });
 
   server.route('del', '/v3/service_instances/:name', 'write', async (ctx) => {

@@ -69,7 +69,15 @@ const keyFields = {
 };
 
 /** Fields of a listed record that a delete accepts and ignores. */
-const RETURNED_FIELDS = ['expires_at', 'role', 'weight', 'epoch', 'state', ...ROUTE_LEVEL_FIELDS] as const;
+const RETURNED_FIELDS = [
+  'expires_at',
+  'role',
+  'weight',
+  'epoch',
+  'state',
+  'backend_tls',
+  ...ROUTE_LEVEL_FIELDS,
+] as const;
 
 function objectOf<T extends z.ZodRawShape>(shape: T, opts: RoutingSchemaOptions) {
   const obj = z.object(shape);
@@ -96,6 +104,7 @@ export function tcpRouteSchemas(opts: RoutingSchemaOptions) {
       weight: backendSchema.shape.weight.unwrap().optional(),
       epoch: backendSchema.shape.epoch.unwrap().optional(),
       state: backendSchema.shape.state.unwrap().optional(),
+      backend_tls: backendSchema.shape.tls,
       mode: routeSchema.shape.mode.unwrap().optional(),
       sni: routeSchema.shape.sni,
       proxyProtocol: routeSchema.shape.proxyProtocol,

@@ -41,5 +41,7 @@ export function instanceSpec(
       ? { restoreFrom: { snapshotId: service.restore.snapshotId } }
       : {}),
     ...(inst.moveIn ? { moveIn: inst.moveIn } : {}),
+    // The engine serves TLS with its cell's certificate, and the route re-encrypts to it.
+    ...(service.tls && service.tls !== 'off' ? { tls: true } : {}),
   };
 }

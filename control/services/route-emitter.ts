@@ -30,9 +30,23 @@ export class RouteEmitter {
     return serviceRouteTls(service, await this.certificates.ensure(service.name));
   }
 
-  /** The backends the service's route should have now. */
+  /**
+   * The backends the service's route should have now. An instance whose cell reports that it
+   * serves TLS is reached over TLS, verified against the platform CA, when the service has TLS.
+   */
   desiredBackends(service: ServiceRecord, cells: ReadonlyMap<string, CellSnapshot>): Backend[] {
     const out: Backend[] = [];
+    // Not PostgreSQL: libpq's default SCRAM channel binding (tls-server-end-point, RFC 5929) binds
+    // the client's proof to the certificate it sees, the router's, while the engine checks it
+    // against its own, so every password login through a re-encrypting router would fail
+    // ("SCRAM channel binding check failed"). The router can re-encrypt to PostgreSQL (a
+    // backend's `tls`), but a service's route does so only once its engines present the
+    // router's certificate (docs/tls.md, Not yet).
+    const reencrypt =
+      this.certificates !== undefined &&
+      service.tls !== undefined &&
+      service.tls !== 'off' &&
+      service.engine !== 'postgres';
     for (const inst of service.instances) {
       const actual = cells.get(inst.cell)?.actual.get(inst.id);
       if (!actual || actual.port === null || !inst.specWritten) continue;
@@ -50,6 +64,7 @@ export class RouteEmitter {
         weight: 1,
         epoch: inst.epoch,
         state,
+        ...(reencrypt && actual.tls === true ? { tls: true } : {}),
       });
     }
     return out.sort((a, b) => a.id.localeCompare(b.id));
@@ -87,6 +102,7 @@ export class RouteEmitter {
         epoch: b.epoch,
         state: b.state,
         weight: b.weight,
+        backend_tls: b.tls === true,
         mode: 'primary',
         // Every write carries it: a route that lost all its backends is created anew by the next.
         ...(tls ? { tls } : {}),
@@ -159,6 +175,7 @@ function sameBackend(a: Backend | undefined, b: Backend): boolean {
     a.role === b.role &&
     a.epoch === b.epoch &&
     a.state === b.state &&
-    a.weight === b.weight
+    a.weight === b.weight &&
+    (a.tls ?? false) === (b.tls ?? false)
   );
 }

@@ -73,5 +73,7 @@ export function serviceRouteTls(
     policy: service.tls,
     certFile: files.certFile,
     keyFile: files.keyFile,
+    // Engines that serve TLS are verified against the platform CA, not the system's CAs.
+    backendCaFile: files.caFile,
   });
 }

@@ -177,9 +177,10 @@ export class TcpRouteStore {
     return out.sort((a, b) => a.port - b.port || a.backend_id.localeCompare(b.backend_id));
   }
 
-  /** The group's snapshot exactly as routers read it. */
-  async table(group: RouterGroup): Promise<RouteTable> {
+  /** The group's snapshot exactly as routers read it; `versionOnly`: its version and no routes. */
+  async table(group: RouterGroup, options: { versionOnly?: boolean } = {}): Promise<RouteTable> {
     const gk = this.keys.group(group.name);
+    if (options.versionOnly) return { version: Number((await this.redis.get(gk.version)) ?? 0), routes: [] };
     const res = await this.redis.multi().get(gk.version).hvals(gk.routes).exec();
     const routes = ((res?.[1]?.[1] as string[]) ?? []).map((t) => JSON.parse(t) as Route);
     return { version: Number(res?.[0]?.[1] ?? 0), routes: routes.sort((a, b) => a.port - b.port) };
@@ -456,6 +457,7 @@ function buildRoute(base: Route | null, item: TcpRouteInput, backendId: string, 
     weight: item.weight ?? prev?.weight ?? 1,
     epoch: item.epoch ?? prev?.epoch ?? 1,
     state: item.state ?? prev?.state ?? 'active',
+    ...((item.backend_tls ?? prev?.tls) ? { tls: true } : {}),
   };
   const backends = base ? base.backends.map((b) => (b.id === backendId ? backend : b)) : [];
   if (!prev) backends.push(backend);
@@ -497,6 +499,7 @@ function toMapping(record: TcpRouteRecord, route: Route, groupGuid: string): Tcp
     weight: backend?.weight ?? 1,
     epoch: backend?.epoch ?? 1,
     state: backend?.state ?? 'active',
+    ...(backend?.tls && { backend_tls: true }),
   };
   for (const name of ROUTE_LEVEL_FIELDS) {
     if (route[name] !== undefined) (view as unknown as Record<string, unknown>)[name] = route[name];

@@ -88,6 +88,8 @@ export interface TcpRouteInput extends TcpRouteKeyInput, RouteLevelFields, CfRec
   weight?: number;
   epoch?: number;
   state?: BackendState;
+  /** The router reaches this backend over TLS (the backend's `tls`); absent: unchanged. */
+  backend_tls?: boolean;
 }
 
 /** What control stores per record next to the route itself. */
@@ -124,6 +126,8 @@ export interface TcpRouteMapping extends RouteLevelFields {
   weight: number;
   epoch: number;
   state: BackendState;
+  /** Present when the router reaches this backend over TLS. */
+  backend_tls?: boolean;
 }
 
 export type RouteEventType = 'Upsert' | 'Delete';

@@ -161,6 +161,39 @@ describe('route push through Redis', function () {
     expect(res.body.map((r) => r.routerId)).to.not.include('hb-a');
   });
 
+  it('reports a version in its heartbeat only once the listener served that table', async function () {
+    // A listener whose applies settle only when the test says so, like a router opening a port.
+    let release: () => void = () => undefined;
+    const tables: RouteTable[] = [];
+    const source = new RedisRouteSource(opts('slow-apply'));
+    await source.start({
+      onTable: (t) => {
+        tables.push(t);
+        return t.routes.some((r) => r.port === ports[2]) ? new Promise<void>((r) => (release = r)) : undefined;
+      },
+      onError: () => undefined,
+    });
+    cleanups.push(() => source.stop());
+    const beat = async (): Promise<number | undefined> => {
+      const res = await h.api<Array<{ routerId: string; version: number }>>(
+        'GET',
+        `/routing/v1/router_groups/${groupGuid}/routers`,
+      );
+      return res.body.find((r) => r.routerId === 'slow-apply')?.version;
+    };
+    await eventually(async () => (await beat()) !== undefined, 3000, 'first heartbeat');
+    const before = (await beat())!;
+    await create(ports[2]);
+    await eventually(() => tables.some((t) => t.routes.some((r) => r.port === ports[2])), 3000, 'table delivered');
+    const delivered = tables.at(-1)!.version;
+    // Several heartbeat intervals (100 ms) pass: the delivered version is not reported.
+    await new Promise((r) => setTimeout(r, 500));
+    expect(await beat()).to.equal(before);
+    expect(delivered).to.be.greaterThan(before);
+    release();
+    await eventually(async () => (await beat()) === delivered, 3000, 'heartbeat at the served version');
+  });
+
   it('converges via the snapshot after its subscription was cut', async function () {
     const a = await recording('cut-a');
     const b = await recording('cut-b');

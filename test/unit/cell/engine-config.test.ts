@@ -43,6 +43,30 @@ describe('engine configuration', () => {
     });
   });
 
+  describe('renderRedisConfig with TLS', () => {
+    it('serves TLS only on the instance port with the volume copies of the cell certificate, and replicates over TLS', () => {
+      const conf = renderRedisConfig(
+        ctx({ instanceId: 'r', engine: 'redis', role: 'replica', replicaOf: { host: '10.0.0.9', port: 20000 } }),
+        undefined,
+        true,
+      );
+      expect(conf).to.contain('port 0\n').and.contain('tls-port 20001\n').and.not.contain('port 20001\n#');
+      expect(conf.match(/^port /gm)).to.have.length(1);
+      expect(conf)
+        .to.contain('tls-cert-file /v/tls/server.crt\n')
+        .and.contain('tls-key-file /v/tls/server.key\n')
+        .and.contain('tls-ca-cert-file /v/tls/ca.crt\n')
+        .and.contain('tls-auth-clients no\n')
+        .and.contain('tls-replication yes\n')
+        .and.contain('replicaof 10.0.0.9 20000\n');
+    });
+
+    it('keeps the plaintext port without TLS', () => {
+      const conf = renderRedisConfig(ctx({ instanceId: 'r', engine: 'redis' }));
+      expect(conf).to.contain('port 20001\n').and.not.contain('tls-');
+    });
+  });
+
   describe('parseInfo', () => {
     it('reads INFO fields and skips section headers', () => {
       expect(parseInfo('# Replication\r\nrole:master\r\nmaster_repl_offset:42\r\n')).to.deep.equal({

@@ -121,5 +121,49 @@ describe('RouteEmitter', function () {
       expect(await emitter(current, upserts).sync(service, cells, 1)).to.equal(false);
       expect(upserts).to.deep.equal([]);
     });
+
+    it('reaches an engine that reports TLS over TLS, verified against the platform CA', async function () {
+      const tlsCells = new Map([
+        [
+          'cell-1',
+          {
+            name: 'cell-1',
+            alive: true,
+            actual: new Map([['db-0', { state: 'running', host: '127.0.0.1', port: 20001, tls: true }]]),
+          } as unknown as CellSnapshot,
+        ],
+      ]);
+      const redis = { ...service, engine: 'redis' } as unknown as ServiceRecord;
+      const first: TcpRouteInput[] = [];
+      const plain = { port: 16001, mode: 'primary', backends: [backend] } as Route;
+      await emitter(plain, first).sync(redis, tlsCells, 1);
+      expect(first[0]!.backend_tls).to.equal(true);
+      expect((first[0]!.tls as RouteTls).backendCaFile).to.equal(certificates.caFile);
+      // The same route with the backend's TLS is current; the plain engine's report changes it back.
+      const current = { ...plain, tls: first[0]!.tls, backends: [{ ...backend, tls: true }] } as Route;
+      const none: TcpRouteInput[] = [];
+      expect(await emitter(current, none).sync(redis, tlsCells, 1)).to.equal(false);
+      const back: TcpRouteInput[] = [];
+      expect(await emitter(current, back).sync(redis, cells, 1)).to.equal(true);
+      expect(back[0]!.backend_tls).to.equal(false);
+    });
+
+    it('keeps PostgreSQL engines and services without TLS in plaintext from the router, whatever they report', function () {
+      const off = { ...service, engine: 'redis', tls: 'off' } as unknown as ServiceRecord;
+      const tlsCells = new Map([
+        [
+          'cell-1',
+          {
+            name: 'cell-1',
+            alive: true,
+            actual: new Map([['db-0', { state: 'running', host: '127.0.0.1', port: 20001, tls: true }]]),
+          } as unknown as CellSnapshot,
+        ],
+      ]);
+      const e = emitter({ port: 16001, mode: 'primary', backends: [] } as unknown as Route, []);
+      expect(e.desiredBackends(off, tlsCells)[0]!.tls).to.equal(undefined);
+      // PostgreSQL: SCRAM channel binding would fail through a re-encrypting router.
+      expect(e.desiredBackends(service, tlsCells)[0]!.tls).to.equal(undefined);
+    });
   });
 });

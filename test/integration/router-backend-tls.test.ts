@@ -1,0 +1,159 @@
+/**
+ * TLS from the router to engines (docs/tls.md, Router to engine): a backend marked `tls` is
+ * reached over TLS and verified against the route's backendCaFile (the platform CA); PostgreSQL
+ * backends get an SSLRequest first. A backend whose certificate comes from another CA, or that
+ * declines TLS, is refused and counted, never used in plaintext. Real redis-server, redis-cli,
+ * postgres and psql.
+ */
+import { expect } from 'chai';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PlatformCa, type IssuedCertificate } from '../../common';
+import { createRouterMetrics } from '../../router';
+import { freePort } from '../helpers/free-port';
+import { startPostgresServer, type PostgresServerHandle } from '../helpers/postgres-server';
+import { startRedisServer, waitForPort, type RedisServerHandle } from '../helpers/redis-server';
+import { startRouter, type RouterHarness } from '../helpers/router-harness';
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+function run(file: string, args: string[]): Promise<Run> {
+  return new Promise((resolve) => {
+    execFile(file, args, { timeout: 20_000, env: { ...process.env, PGCONNECT_TIMEOUT: '10' } }, (err, stdout, stderr) =>
+      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout: stdout.trim(), stderr }),
+    );
+  });
+}
+
+/** A redis-server with its plaintext port and a TLS port serving `cert`. */
+async function startTlsRedis(
+  cert: IssuedCertificate,
+  caFile: string,
+): Promise<RedisServerHandle & { tlsPort: number }> {
+  const tlsPort = await freePort();
+  const server = await startRedisServer([
+    '--tls-port',
+    String(tlsPort),
+    '--tls-cert-file',
+    cert.certFile,
+    '--tls-key-file',
+    cert.keyFile,
+    '--tls-ca-cert-file',
+    caFile,
+    '--tls-auth-clients',
+    'no',
+  ]);
+  await waitForPort(tlsPort);
+  return { ...server, tlsPort };
+}
+
+describe('router TLS to engines', function () {
+  this.timeout(120_000);
+  let dir: string;
+  let ca: PlatformCa;
+  let routerCert: IssuedCertificate;
+  let redisGood: RedisServerHandle & { tlsPort: number };
+  let redisForeign: RedisServerHandle & { tlsPort: number };
+  let pgGood: PostgresServerHandle;
+  let pgForeign: PostgresServerHandle;
+  let pgPlain: PostgresServerHandle;
+  let router: RouterHarness;
+  const port: Record<string, number> = {};
+
+  const stats = (p: number) => router.router.routeStats().find((s) => s.port === p)!;
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'sf-backend-tls-'));
+    ca = await PlatformCa.open(join(dir, 'ca'));
+    // Another CA: its certificates carry the right names but do not chain to the platform CA.
+    const other = await PlatformCa.open(join(dir, 'other-ca'));
+    routerCert = await ca.ensure('router', ['localhost', '127.0.0.1']);
+    const engineCert = await ca.ensure('cell-a', ['localhost', '127.0.0.1']);
+    const foreignCert = await other.ensure('cell-x', ['localhost', '127.0.0.1']);
+    redisGood = await startTlsRedis(engineCert, ca.certFile);
+    redisForeign = await startTlsRedis(foreignCert, other.certFile);
+    pgGood = await startPostgresServer(engineCert);
+    pgForeign = await startPostgresServer(foreignCert);
+    pgPlain = await startPostgresServer();
+    for (const name of ['redis', 'redisForeign', 'pg', 'pgForeign', 'pgPlain']) port[name] = await freePort();
+    const terminate = (extra: object = {}): Record<string, unknown> => ({
+      certFile: routerCert.certFile,
+      keyFile: routerCert.keyFile,
+      backendCaFile: ca.certFile,
+      ...extra,
+    });
+    const tlsBackend = (p: number) => [{ host: '127.0.0.1', port: p, tls: true }];
+    router = await startRouter({
+      routes: [
+        { port: port.redis!, backends: tlsBackend(redisGood.tlsPort), tls: terminate() },
+        { port: port.redisForeign!, backends: tlsBackend(redisForeign.tlsPort), tls: terminate() },
+        { port: port.pg!, backends: tlsBackend(pgGood.port), tls: terminate({ startup: 'postgres' }) },
+        { port: port.pgForeign!, backends: tlsBackend(pgForeign.port), tls: terminate({ startup: 'postgres' }) },
+        { port: port.pgPlain!, backends: tlsBackend(pgPlain.port), tls: terminate({ startup: 'postgres' }) },
+      ],
+    });
+  });
+
+  after(async () => {
+    await router?.stop();
+    for (const s of [redisGood, redisForeign]) await s?.stop();
+    for (const s of [pgGood, pgForeign, pgPlain]) await s?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const redisCli = (p: number, ...cmd: string[]): Promise<Run> =>
+    run('redis-cli', ['--tls', '--cacert', ca.certFile, '-h', '127.0.0.1', '-p', String(p), ...cmd]);
+  const psql = (p: number, sql: string): Promise<Run> =>
+    run('psql', [
+      `host=127.0.0.1 port=${p} user=postgres dbname=postgres sslmode=verify-full sslrootcert=${ca.certFile}`,
+      '-XAtq',
+      '-c',
+      sql,
+    ]);
+
+  it('re-encrypts redis-cli --tls traffic to a redis engine verified against the platform CA', async () => {
+    const set = await redisCli(port.redis!, 'SET', 'k', 'v');
+    expect(set.stdout, set.stderr).to.equal('OK');
+    // The engine saw the write on its TLS port: the router reached it there.
+    const direct = await redisCli(redisGood.tlsPort, 'GET', 'k');
+    expect(direct.stdout).to.equal('v');
+    expect(stats(port.redis!).backendTlsErrors).to.equal(0);
+  });
+
+  it('refuses a redis engine whose certificate is not from the platform CA, and counts it', async () => {
+    const before = stats(port.redisForeign!).backendTlsErrors;
+    const r = await redisCli(port.redisForeign!, 'PING');
+    expect(r.stdout).to.not.equal('PONG');
+    expect(stats(port.redisForeign!).backendTlsErrors).to.be.greaterThan(before);
+    const metrics = await fetchMetrics(router);
+    expect(metrics).to.match(
+      new RegExp(`sf_router_backend_tls_errors_total\\{port="${port.redisForeign}"[^}]*\\} [1-9]`),
+    );
+  });
+
+  it('sends an SSLRequest to a PostgreSQL engine and speaks TLS to it', async () => {
+    const r = await psql(port.pg!, 'select ssl from pg_stat_ssl where pid = pg_backend_pid()');
+    expect(r.code, r.stderr).to.equal(0);
+    // The engine's own view of the router's connection: encrypted.
+    expect(r.stdout).to.equal('t');
+  });
+
+  it('refuses a PostgreSQL engine with a foreign certificate or without TLS', async () => {
+    for (const p of [port.pgForeign!, port.pgPlain!]) {
+      const before = stats(p).backendTlsErrors;
+      const r = await psql(p, 'select 1');
+      expect(r.code).to.not.equal(0);
+      expect(stats(p).backendTlsErrors).to.be.greaterThan(before);
+    }
+  });
+});
+
+function fetchMetrics(router: RouterHarness): Promise<string> {
+  return createRouterMetrics(router.router, false).metrics();
+}
