@@ -32,6 +32,11 @@ function flag(name: string, fallback: number): number {
 /** `--mb N` and `--moves N` override the sizes. */
 const DATA_MB = flag('--mb', QUICK ? 50 : 200);
 const MOVES = flag('--moves', QUICK ? 3 : 10);
+/** `--method copy` measures the copy path; the default is the mover's own choice (catch-up for Redis). */
+const METHOD = ((): string | undefined => {
+  const i = process.argv.indexOf('--method');
+  return i > 0 ? process.argv[i + 1] : undefined;
+})();
 const MB = 1024 * 1024;
 
 function percentile(sorted: number[], p: number): number {
@@ -116,13 +121,22 @@ async function main(): Promise<void> {
       }
     })();
 
-    const moves: Array<{ bytes: number; durationMs: number; clientGapMs: number; moverWindowMs: number }> = [];
+    const moves: Array<{
+      method: string;
+      bytes: number;
+      durationMs: number;
+      clientGapMs: number;
+      moverWindowMs: number;
+    }> = [];
     for (let k = 0; k < MOVES; k++) {
       view = (await cluster.api<ServiceView>('GET', '/v3/service_instances/bench-move')).body;
-      const from = view.instances[0].cell;
+      const from = view.instances.find((i) => i.role === 'primary')?.cell as string;
       const to = cluster.cells.find((c) => c.name !== from)?.name as string;
       longestGap = 0;
-      const started = await cluster.api<MoveView>('POST', '/v3/service_instances/bench-move/actions/move', { to });
+      const started = await cluster.api<MoveView>('POST', '/v3/service_instances/bench-move/actions/move', {
+        to,
+        ...(METHOD ? { method: METHOD } : {}),
+      });
       if (started.status !== 202) throw new Error(`move: ${started.status} ${JSON.stringify(started.body)}`);
       let m: MoveView = started.body;
       while (m.state !== 'done' && m.state !== 'failed') {
@@ -135,13 +149,29 @@ async function main(): Promise<void> {
       const ackBefore = lastAck;
       while (lastAck === ackBefore) await new Promise((r) => setTimeout(r, 20));
       moves.push({
+        method: m.method,
         bytes: m.bytes,
         durationMs: Date.parse(m.finished_at as string) - Date.parse(m.started_at),
         clientGapMs: longestGap,
         moverWindowMs: m.write_window_ms ?? 0,
       });
+      // Where a catch-up move's window went: the switchover's steps, newest operation first.
+      const history = (
+        await cluster.api<{ resources: Array<{ operation: string; step: string; duration_ms: number | null }> }>(
+          'GET',
+          '/v3/service_instances/bench-move/fencing',
+        )
+      ).body.resources;
+      const steps =
+        m.method === 'catch-up' && history.length > 0
+          ? history
+              .filter((h) => h.operation === history[0].operation)
+              .reverse()
+              .map((h) => `${h.step} ${h.duration_ms ?? '?'}`)
+              .join(', ')
+          : '';
       console.log(
-        `move ${k + 1}/${MOVES}: ${from} -> ${to}, ${(m.bytes / MB).toFixed(0)} MB in ${moves[k].durationMs} ms, writes failed for ${longestGap.toFixed(0)} ms`,
+        `move ${k + 1}/${MOVES} (${m.method}): ${from} -> ${to}, ${(m.bytes / MB).toFixed(0)} MB in ${moves[k].durationMs} ms, writes failed for ${longestGap.toFixed(0)} ms${steps ? ` (switchover steps, ms: ${steps})` : ''}`,
       );
     }
     writing = false;
@@ -167,7 +197,10 @@ async function main(): Promise<void> {
             'writes failing, client p50 / p99',
             `${percentile(gaps, 50).toFixed(0)} / ${percentile(gaps, 99).toFixed(0)} ms`,
           ],
-          ['source stop to target running p50 / p99', `${percentile(windows, 50)} / ${percentile(windows, 99)} ms`],
+          [
+            'mover window p50 / p99 (copy: source stop to target running; catch-up: route fence to new route)',
+            `${percentile(windows, 50)} / ${percentile(windows, 99)} ms`,
+          ],
           ['load before / after', `${loadBefore} / ${loadAfter}`],
         ],
       ),

@@ -52,7 +52,7 @@ import type { PortRange } from './port-allocator';
 import type { EngineTlsFiles } from './engine-tls';
 import { availableSidecars } from './sidecar';
 import { SnapshotStore } from './snapshot-store';
-import { TransferServer } from './volume-transfer';
+import { TransferServer, loadTransferTls } from './volume-transfer';
 
 export interface CellAgentOptions {
   name: string;
@@ -260,6 +260,7 @@ export class CellAgent {
   async start(): Promise<void> {
     await mkdir(this.dataDir, { recursive: true });
     this.startedAt = Date.now();
+    if (this.opts.tls) this.transfer.tls = await loadTransferTls(this.opts.tls);
     await this.transfer.listen(this.opts.transferPort ?? 0);
     this.snapshotIds = await this.snapshots.list();
     if (this.opts.metricsListen)

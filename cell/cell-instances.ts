@@ -56,6 +56,7 @@ interface LocalInstance {
   lastError: { code: string; message: string } | null;
   position: string | null;
   positionValue: string | null;
+  streaming?: boolean | null;
   healthy: boolean | null;
   lease: LeaseKeeper | undefined;
   /** Set while the cell itself stops or kills it, so the exit is not reported as a failure. */
@@ -512,6 +513,7 @@ export class CellInstances {
     const pos = await engine.position(handle.context);
     inst.position = pos?.position ?? null;
     inst.positionValue = pos?.value ?? null;
+    inst.streaming = pos?.streaming ?? null;
     this.emit(instanceId);
     return { role: pos?.role ?? inst.spec.role, position: inst.position, positionValue: inst.positionValue };
   }
@@ -527,11 +529,14 @@ export class CellInstances {
           const context = (inst.handle as InstanceHandle).context;
           const healthy = await engine.healthy(context).catch(() => false);
           const pos = healthy ? await engine.position(context).catch(() => null) : null;
-          const changed = healthy !== inst.healthy || (pos && pos.value !== inst.positionValue);
+          const changed =
+            healthy !== inst.healthy ||
+            (pos && (pos.value !== inst.positionValue || (pos.streaming ?? null) !== (inst.streaming ?? null)));
           inst.healthy = healthy;
           if (pos) {
             inst.position = pos.position;
             inst.positionValue = pos.value;
+            inst.streaming = pos.streaming ?? null;
           }
           if (changed) this.emit(id);
           if (healthy && inst.spec.role === 'primary') void this.checkCommit(inst);
@@ -598,6 +603,7 @@ export class CellInstances {
       epoch: spec.epoch,
       position: inst.position,
       positionValue: inst.positionValue,
+      streaming: inst.state === 'running' && spec.role === 'replica' ? (inst.streaming ?? null) : null,
       healthy: inst.state === 'running' ? inst.healthy : null,
       leaseHeld: inst.lease ? inst.lease.held : null,
       volumePresent: true,

@@ -145,9 +145,8 @@ async function run(order: Order, ctx: OrderContext): Promise<Record<string, unkn
     }
     case 'import-snapshot': {
       const store = needs(ctx.snapshots, 'snapshot store');
-      const meta = await store.import(order.snapshotId, { ...order.source, token: order.token }, (p) =>
-        ctx.progress?.(order.snapshotId, p),
-      );
+      const source = { ...order.source, token: order.token, ...(ctx.transfer?.tls ? { tls: ctx.transfer.tls } : {}) };
+      const meta = await store.import(order.snapshotId, source, (p) => ctx.progress?.(order.snapshotId, p));
       return { ...meta };
     }
     case 'export-volume': {
@@ -169,7 +168,7 @@ async function run(order: Order, ctx: OrderContext): Promise<Record<string, unkn
         ctx.dataDir,
         order.instanceId,
         order.moveId,
-        { ...order.source, token: order.token },
+        { ...order.source, token: order.token, ...(ctx.transfer?.tls ? { tls: ctx.transfer.tls } : {}) },
         order.final,
         (p) => ctx.progress?.(order.moveId, p),
       );

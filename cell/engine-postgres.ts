@@ -438,10 +438,11 @@ export class PostgresEngine implements Engine {
   async position(ctx: EngineContext): Promise<ReplicationPosition | null> {
     const out = await this.query(
       ctx,
-      "select pg_is_in_recovery(), coalesce((case when pg_is_in_recovery() then pg_last_wal_replay_lsn() else pg_current_wal_lsn() end)::text, '0/0')",
+      "select pg_is_in_recovery(), coalesce((case when pg_is_in_recovery() then pg_last_wal_replay_lsn() else pg_current_wal_lsn() end)::text, '0/0'), coalesce((select status from pg_stat_wal_receiver) = 'streaming', false)",
     );
-    const [recovery, lsn] = out.trim().split('|');
-    return { role: recovery === 't' ? 'replica' : 'primary', position: lsn, value: lsnToValue(lsn) };
+    const [recovery, lsn, receiving] = out.trim().split('|');
+    if (recovery !== 't') return { role: 'primary', position: lsn, value: lsnToValue(lsn) };
+    return { role: 'replica', position: lsn, value: lsnToValue(lsn), streaming: receiving === 't' };
   }
 
   async promote(ctx: EngineContext): Promise<void> {

@@ -190,7 +190,10 @@ export class RedisEngine implements Engine {
     // A replica's own processed offset is slave_repl_offset; a primary's is master_repl_offset.
     const offset = role === 'primary' ? info.master_repl_offset : (info.slave_repl_offset ?? info.master_repl_offset);
     const value = /^\d+$/.test(offset ?? '') ? String(offset) : '0';
-    return { role, position: value, value };
+    if (role === 'primary') return { role, position: value, value };
+    // During a full sync a replica reports offset 1 (Redis's placeholder) over its old data set.
+    const streaming = info.master_link_status === 'up' && info.master_sync_in_progress !== '1';
+    return { role, position: value, value, streaming };
   }
 
   async promote(ctx: EngineContext): Promise<void> {

@@ -60,6 +60,11 @@ export interface ReplicationPosition {
   position: string;
   /** The same as a decimal integer string, comparable with BigInt. */
   value: string;
+  /**
+   * A replica only: it has its first full copy and follows the primary's stream now (Redis link
+   * up and no sync in progress; PostgreSQL WAL receiver streaming). Absent when the engine cannot say.
+   */
+  streaming?: boolean;
 }
 
 export interface Engine {

@@ -13,7 +13,7 @@ import { RESTORED_MARKER, type Engine, type EngineContext } from './engine';
 import { readMeta, type VolumePaths } from './instance-volume';
 import { pathExists as exists } from './path-exists';
 import { runCommand } from './run-command';
-import { dropTransferState, fetchTree, treeBytes, type TransferProgress } from './volume-transfer';
+import { dropTransferState, fetchTree, treeBytes, type TransferProgress, type TransferTls } from './volume-transfer';
 
 export const SNAPSHOTS_DIR = 'snapshots';
 export const SNAPSHOT_META = 'snapshot.json';
@@ -114,7 +114,7 @@ export class SnapshotStore {
    */
   async import(
     id: string,
-    source: { host: string; port: number; token: string },
+    source: { host: string; port: number; token: string; tls?: TransferTls },
     onProgress?: (p: TransferProgress) => void,
   ): Promise<SnapshotMeta> {
     const done = await this.meta(id);

@@ -10,7 +10,13 @@ import { mkdir, readFile, rename, rm, writeFile, open } from 'node:fs/promises';
 import path from 'node:path';
 import { ErrorCode, SfError } from '../common';
 import { readMeta, type VolumePaths } from './instance-volume';
-import { dropTransferState, fetchTree, type TransferProgress, type TransferResult } from './volume-transfer';
+import {
+  dropTransferState,
+  fetchTree,
+  type TransferProgress,
+  type TransferResult,
+  type TransferTls,
+} from './volume-transfer';
 
 export const INCOMING_DIR = 'incoming';
 const MOVE_ID_FILE = 'move-id';
@@ -23,7 +29,7 @@ export async function importVolume(
   cellDataDir: string,
   instanceId: string,
   moveId: string,
-  source: { host: string; port: number; token: string },
+  source: { host: string; port: number; token: string; tls?: TransferTls },
   final: boolean,
   onProgress?: (p: TransferProgress) => void,
 ): Promise<TransferResult> {

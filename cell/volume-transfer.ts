@@ -11,6 +11,10 @@
  * instead of starting over, and a second pass over a changed tree sends only what changed (by
  * size and modification time, as rsync decides).
  *
+ * Where the platform CA exists (`sf cell --ca-dir`, docs/tls.md) the stream is TLS both ways: the
+ * source serves with its cell certificate and asks the receiver for one; each side accepts only a
+ * certificate the platform CA signed, and the token is still required on top.
+ *
  * Wire format, source to receiver after the receiver's request line
  * `{"token", "have": {path: signature}}\n`: frames of one type byte and a u32-length JSON header;
  * a file frame (`F`) is followed by chunks (u32 length + bytes, length 0 ends the file) and the
@@ -37,6 +41,7 @@ import {
 } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
+import tls from 'node:tls';
 import { ErrorCode, SfError, errorMessageOf } from '../common';
 
 /** The receiver's record of verified files, inside the destination; never part of the tree. */
@@ -164,10 +169,23 @@ export class TransferServer {
   private server: net.Server | undefined;
   private readonly grants = new Map<string, Grant>();
 
-  constructor(private readonly host: string) {}
+  /**
+   * `tls`: the cell's certificate, its key and the platform CA; copies are TLS both ways then.
+   * Set before `listen` (the cell reads its files as it starts).
+   */
+  constructor(
+    private readonly host: string,
+    public tls?: TransferTls,
+  ) {}
 
   async listen(port = 0): Promise<number> {
-    const server = net.createServer((socket) => void this.serve(socket));
+    const serve = (socket: net.Socket): void => void this.serve(socket);
+    // A receiver without a certificate from the platform CA fails the handshake: its token is
+    // never even read.
+    const server = this.tls
+      ? tls.createServer({ ...this.tls, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.2' }, serve)
+      : net.createServer(serve);
+    if (this.tls) server.on('tlsClientError', () => undefined);
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -348,10 +366,33 @@ class SocketReader {
   }
 }
 
+/** PEM of a cell's certificate and key, and of the platform CA that must have signed the peer's. */
+export interface TransferTls {
+  cert: Buffer;
+  key: Buffer;
+  ca: Buffer;
+}
+
+/** Reads the cell's TLS files (`sf cell --ca-dir`) for the transfer port. */
+export async function loadTransferTls(files: {
+  certFile: string;
+  keyFile: string;
+  caFile: string;
+}): Promise<TransferTls> {
+  const [cert, key, ca] = await Promise.all([
+    readFile(files.certFile),
+    readFile(files.keyFile),
+    readFile(files.caFile),
+  ]);
+  return { cert, key, ca };
+}
+
 export interface FetchTreeOptions {
   host: string;
   port: number;
   token: string;
+  /** Present when the cell has a certificate from the platform CA: the copy runs over TLS. */
+  tls?: TransferTls;
   dest: string;
   /** Called at most every 250 ms and at the end. */
   onProgress?: (p: TransferProgress) => void;
@@ -391,10 +432,20 @@ export async function fetchTree(options: FetchTreeOptions): Promise<TransferResu
     const st = await lstat(path.join(dest, rel)).catch(() => null);
     if (typeof held === 'object' && st?.isFile() && st.size === held.size) have[rel] = held;
   }
-  const socket = net.connect({ host: options.host, port: options.port });
+  // The peer is identified by its chain to the platform CA (cell certificates name the cell's
+  // advertised address, which need not be the address dialled); the token binds the copy.
+  const socket = options.tls
+    ? tls.connect({
+        host: options.host,
+        port: options.port,
+        ...options.tls,
+        minVersion: 'TLSv1.2',
+        checkServerIdentity: () => undefined,
+      })
+    : net.connect({ host: options.host, port: options.port });
   socket.setNoDelay(true);
   await new Promise<void>((resolve, reject) => {
-    socket.once('connect', resolve);
+    socket.once(options.tls ? 'secureConnect' : 'connect', resolve);
     socket.once('error', reject);
   }).catch((err: unknown) => {
     throw new SfError(

@@ -14,6 +14,7 @@ import { startProgress } from './progress';
 interface MoveFlags {
   to: string;
   instance?: string;
+  method?: string;
   wait?: boolean;
   timeout: string;
   json?: boolean;
@@ -27,16 +28,27 @@ export function moveStatus(m: MoveView): string {
   const rate = m.rate_bps ? `, ${(m.rate_bps / MB).toFixed(1)} MB/s` : '';
   const eta = m.eta_s !== null && m.state === 'copying' ? `, ETA ${m.eta_s} s` : '';
   const phase =
-    m.phase === 1 ? 'copying while it serves' : m.state === 'starting' ? 'starting on target' : 'final copy';
+    m.phase === 1
+      ? m.method === 'catch-up'
+        ? `${m.target_instance} catching up while it serves`
+        : 'copying while it serves'
+      : m.state === 'starting'
+        ? 'starting on target'
+        : m.method === 'catch-up'
+          ? 'switching roles'
+          : 'final copy';
   return `${phase}: ${(m.bytes / MB).toFixed(1)}${total} MB${rate}${eta}`;
 }
 
 async function move(name: string, flags: MoveFlags): Promise<void> {
+  if (flags.method !== undefined && flags.method !== 'catch-up' && flags.method !== 'copy')
+    throw new SfError(ErrorCode.InvalidRequest, `--method must be catch-up or copy, not '${flags.method}'`);
   const timeoutMs = parseIntFlag(flags.timeout, '--timeout', 1) * 1000;
   const client = await ApiClient.fromEnv();
   let view = await client.request<MoveView>('POST', `/v3/service_instances/${encodeURIComponent(name)}/actions/move`, {
     to: flags.to,
     ...(flags.instance ? { instance: flags.instance } : {}),
+    ...(flags.method ? { method: flags.method } : {}),
   });
   if (flags.wait) {
     const total = view.total_bytes ?? undefined;
@@ -59,7 +71,7 @@ async function move(name: string, flags: MoveFlags): Promise<void> {
   }
   printResult(flags.json, view, () =>
     view.state === 'done'
-      ? `${view.role} ${view.instance} moved from ${view.from} to ${view.to}: ${(view.bytes / MB).toFixed(1)} MB copied, writes refused for ${view.write_window_ms} ms\n`
+      ? `${view.role} ${view.instance} moved from ${view.from} to ${view.to}${view.target_instance !== view.instance ? ` (now ${view.target_instance})` : ''}: ${(view.bytes / MB).toFixed(1)} MB, writes refused for ${view.write_window_ms} ms\n`
       : `move ${view.id} started: ${view.instance} from ${view.from} to ${view.to}\nfollow it with: sf moves ${name}\n`,
   );
 }
@@ -86,6 +98,10 @@ export function registerMoveCommands(program: Command): void {
     .description("move a service instance's volume to another cell (the primary unless --instance)")
     .requiredOption('--to <cell>', 'the cell to move to')
     .option('--instance <id>', 'the instance to move (default: the primary)')
+    .option(
+      '--method <how>',
+      'catch-up (a new replica on the target, then a role switch; default for redis and postgres) or copy (volume copy, stop, start)',
+    )
     .option('--wait', 'follow the move with a progress bar until it is done')
     .option('--timeout <seconds>', 'how long --wait waits', '3600')
     .option('--json', 'machine-readable output')

@@ -223,13 +223,24 @@ async function showService(name: string, flags: { json?: boolean }): Promise<voi
   printResult(flags.json, view, () => serviceDetail(view));
 }
 
-async function updateService(name: string, flags: { diskSync?: DiskSync; json?: boolean }): Promise<void> {
-  if (!flags.diskSync) throw new UsageError('nothing to change: give --disk-sync');
+async function updateService(
+  name: string,
+  flags: { diskSync?: DiskSync; snapshotKeep?: string; json?: boolean },
+): Promise<void> {
+  if (!flags.diskSync && flags.snapshotKeep === undefined)
+    throw new UsageError('nothing to change: give --disk-sync or --snapshot-keep');
+  const keep =
+    flags.snapshotKeep !== undefined ? parseIntFlag(flags.snapshotKeep, '--snapshot-keep', 1, 1000) : undefined;
   const client = await ApiClient.fromEnv();
   const view = await client.request<ServiceView>('PATCH', `/v3/service_instances/${encodeURIComponent(name)}`, {
-    disk_sync: flags.diskSync,
+    ...(flags.diskSync ? { disk_sync: flags.diskSync } : {}),
+    ...(keep !== undefined ? { snapshot_keep: keep } : {}),
   });
-  printResult(flags.json, view, () => `service ${name}: disk sync ${view.disk_sync}\n`);
+  printResult(
+    flags.json,
+    view,
+    () => `service ${name}: disk sync ${view.disk_sync}, snapshots kept ${view.snapshot_keep}\n`,
+  );
 }
 
 async function deleteService(name: string, flags: { json?: boolean; wait: boolean; timeout: string }): Promise<void> {
@@ -324,9 +335,10 @@ export function registerServiceCommands(program: Command): void {
 
   program
     .command('update-service')
-    .description('change a running service without a restart (its disk sync)')
+    .description('change a running service without a restart (its disk sync, its snapshot retention)')
     .argument('<name>', 'service name')
     .addOption(diskSyncOption())
+    .option('--snapshot-keep <n>', 'snapshots kept when sf snapshot gives no --keep (default 7)')
     .option('--json', 'machine-readable output')
     .action(run(updateService));
 

@@ -103,7 +103,7 @@ export function registerSnapshotCommands(program: Command): void {
   program
     .command('snapshot <name>')
     .description("take a consistent snapshot of a service's primary (Redis BGSAVE, PostgreSQL pg_basebackup)")
-    .option('--keep <n>', 'keep only the newest N snapshots of the service (default 7)')
+    .option('--keep <n>', "keep only the newest N snapshots of the service (default: the service's snapshot_keep, 7)")
     .option('--json', 'machine-readable output')
     .action((name: string, flags: { keep?: string; json?: boolean }) => takeSnapshot(name, flags).catch(exitWithError));
   program

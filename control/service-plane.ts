@@ -20,6 +20,7 @@ import { VolumeMover } from './services/volume-mover';
 import { FencingFailoverCoordinator } from './failover/fencing-coordinator';
 import type { FailoverOptions } from './failover/failover-options';
 import { ConvergenceLoop } from './convergence/convergence-loop';
+import { putTombstoneOp } from './convergence/volume-tombstones';
 import { OrphanCollector } from './convergence/orphan-collector';
 import { StateKeeper } from './convergence/state-keeper';
 import { RouteEmitter } from './services/route-emitter';
@@ -209,7 +210,26 @@ export async function startServicePlane(
   });
   registerMovesApi(
     server,
-    new VolumeMover(deps.redis, deps.redisUrl, store, directory, opts.reconciler?.primaryLeaseTtlMs),
+    new VolumeMover(deps.redis, deps.redisUrl, store, directory, opts.reconciler?.primaryLeaseTtlMs, {
+      canSwitch: () => fencing.isLeader(),
+      switchover: async (service, target) => {
+        const res = await fencing.act('failover', service, target, { awaitRejoin: false });
+        // Writes fail from the route fence until the new primary's route is published.
+        const fenced = res.steps.find((s) => s.step === 'route-fence');
+        const published = res.steps.find((s) => s.step === 'publish');
+        return { windowMs: fenced && published ? published.at - fenced.at : null };
+      },
+      // The move's own leftovers carry no retention: the data lives on in the moved instance.
+      tombstoneOp: (cell, instanceId, service) =>
+        putTombstoneOp(store.keys, {
+          cell,
+          instanceId,
+          service,
+          reason: 'replaced',
+          at: Date.now(),
+          deleteAfter: Date.now(),
+        }),
+    }),
   );
   fencing.attach(elector);
   registerFencingApi(server, {

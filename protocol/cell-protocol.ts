@@ -162,6 +162,11 @@ export interface ActualInstance {
   position: string | null;
   /** The same position as a decimal integer string, comparable with BigInt across instances. */
   positionValue: string | null;
+  /**
+   * A replica that has its first full copy and follows the primary's stream (engine position
+   * `streaming`); absent or null when unknown or not a replica. A move waits for it.
+   */
+  streaming?: boolean | null;
   /** Last health check of a running instance (PING, `select 1`, TCP connect); null when not running. */
   healthy: boolean | null;
   /** true while the primary lease is held; null when no lease is kept. */

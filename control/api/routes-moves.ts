@@ -1,6 +1,6 @@
 /**
  * Volume moves (docs/volumes.md, Moving a volume): `POST /v3/service_instances/:name/actions/move`
- * `{"to": CELL, "instance": ID}` validates and starts one (202 with its record; the instance
+ * `{"to": CELL, "instance": ID, "method": "catch-up" | "copy"}` validates and starts one (202 with its record; the instance
  * defaults to the primary), `GET /v3/moves/:id` and `GET /v3/moves[?service=NAME]` follow it:
  * state, phase, bytes copied, rate, ETA and, once done, how long writes were refused.
  */
@@ -14,13 +14,14 @@ const moveBodySchema = z
   .object({
     to: z.string({ error: 'must be a cell name' }).min(1, 'must be a cell name'),
     instance: z.string().min(1, 'must not be empty').optional(),
+    method: z.enum(['catch-up', 'copy'], { error: "must be 'catch-up' or 'copy'" }).optional(),
   })
   .strict();
 
 export function registerMovesApi(server: HttpServer, mover: VolumeMover): void {
   server.route('post', '/v3/service_instances/:name/actions/move', 'write', async (ctx) => {
     const body = validateBody(moveBodySchema, await ctx.body(), '');
-    const move = await mover.start(ctx.params.name, body.to, body.instance);
+    const move = await mover.start(ctx.params.name, body.to, body.instance, body.method ? { method: body.method } : {});
     return { status: 202, body: moveView(move) };
   });
 

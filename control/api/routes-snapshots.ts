@@ -11,7 +11,8 @@ import { ErrorCode, SfError, isSfError } from '../../common';
 import { admitService, type ServiceAdmissionDeps } from '../services/service-admission';
 import { serviceCreateSchema } from '../services/service-schema';
 import { serviceView } from '../services/service-view';
-import { DEFAULT_SNAPSHOT_KEEP, type SnapshotCoordinator } from '../services/snapshot-coordinator';
+import type { SnapshotCoordinator } from '../services/snapshot-coordinator';
+import { MAX_SNAPSHOT_KEEP } from '../services/snapshot-keep';
 import { snapshotView } from '../services/snapshot-records';
 import type { HttpServer, RequestContext } from './http-server';
 import { validateBody } from './routing-schemas';
@@ -26,8 +27,8 @@ const snapshotBodySchema = z
       .number({ error: 'must be an integer' })
       .int('must be an integer')
       .min(1, 'must be at least 1')
-      .max(1000, 'must be at most 1000')
-      .default(DEFAULT_SNAPSHOT_KEEP),
+      .max(MAX_SNAPSHOT_KEEP, `must be at most ${MAX_SNAPSHOT_KEEP}`)
+      .optional(),
   })
   .strict();
 
@@ -58,7 +59,7 @@ export function registerSnapshotsApi(server: HttpServer, deps: SnapshotsApiDeps)
 
   server.route('post', '/v3/service_instances/:name/actions/snapshot', 'write', async (ctx) => {
     const body = validateBody(snapshotBodySchema, await optionalBody(ctx), '');
-    const record = await snapshots.take(ctx.params.name, { keep: body.keep });
+    const record = await snapshots.take(ctx.params.name, body.keep !== undefined ? { keep: body.keep } : {});
     return { status: 201, body: snapshotView(record) };
   });
 

@@ -224,7 +224,8 @@ export class ServiceReconciler {
     if (!primary && next.instances.length === 0)
       slots.push(...Array.from({ length: next.replicas + 1 }, (_, k) => `${next.name}-${next.nextIndex + k}`));
     else if (primary) {
-      const missing = next.replicas - next.instances.filter((i) => i.role === 'replica').length;
+      // A replica a move is building takes no slot: it replaces another instance.
+      const missing = next.replicas - next.instances.filter((i) => i.role === 'replica' && !i.moveOf).length;
       for (let k = 0; k < missing; k++) slots.push(`${next.name}-${next.nextIndex + k}`);
     }
     if (slots.length > 0) {
@@ -309,7 +310,7 @@ export class ServiceReconciler {
     // Running also means routers can reach it: the route must already hold every instance, so a
     // client that waits for 'running' never connects before its route exists.
     const allRunning =
-      next.instances.length === next.replicas + 1 &&
+      next.instances.filter((i) => !i.moveOf).length === next.replicas + 1 &&
       next.instances.every((i) => i.specWritten && actualOf(i)?.state === 'running');
     const complete = allRunning && (await this.emitter.isCurrent(next, cells));
     const status: ServiceStatus = problem?.status ?? (complete ? 'running' : 'starting');

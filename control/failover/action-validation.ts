@@ -23,12 +23,21 @@ export type ActionPlan =
   /** The primary is healthy: a planned switchover without data loss. */
   | { kind: 'switchover'; primary: InstanceRecord; target?: string };
 
-/** Replicas that can be promoted now: running at their current generation on a live cell. */
-export function eligibleReplicas(rec: ServiceRecord, cells: ReadonlyMap<string, CellSnapshot>): InstanceRecord[] {
+/**
+ * Replicas that can be promoted now: running at their current generation on a live cell. A
+ * replica a move is building (`moveOf`) counts only when it is named as the target: only the
+ * move promotes it.
+ */
+export function eligibleReplicas(
+  rec: ServiceRecord,
+  cells: ReadonlyMap<string, CellSnapshot>,
+  target?: string,
+): InstanceRecord[] {
   return rec.instances.filter((i) => {
     const a = cells.get(i.cell)?.actual.get(i.id);
     return (
       i.role === 'replica' &&
+      (!i.moveOf || i.id === target) &&
       !i.fenced &&
       i.specWritten &&
       cells.get(i.cell)?.alive === true &&
@@ -52,7 +61,7 @@ function checkTarget(
   target: string | undefined,
   what: string,
 ): void {
-  const eligible = eligibleReplicas(rec, cells);
+  const eligible = eligibleReplicas(rec, cells, target);
   const names = eligible.map((i) => i.id).join(', ') || 'none';
   if (target !== undefined) {
     const inst = rec.instances.find((i) => i.id === target);

@@ -19,7 +19,7 @@ import { withDefaults, ErrorCode, SfError } from '../../common';
 import type { ServiceRecord } from '../services/service-types';
 import { DEFAULT_FAILOVER_OPTIONS, type FailoverOptions } from './failover-options';
 import { FencingHistory, type FencingStep } from './fencing-history';
-import { FencingOperation, FencingSequence, type StepRecorder } from './fencing-sequence';
+import { FencingOperation, FencingSequence, type StepRecorder, type SwitchoverOptions } from './fencing-sequence';
 import { cellFencingSteps, type FencingSteps } from './fencing-steps';
 import { LeaderAddressBook, type LeaderAddress } from './leader-address';
 import { planAction, type ActionPlan, type FencingAction } from './action-validation';
@@ -117,7 +117,8 @@ export class FencingFailoverCoordinator implements FailoverCoordinator {
     if (this.inflight.has(service.name)) return { kind: 'handling' };
     if (reason === 'lease-lost' && !(await this.leaseExpired(primary.id, primary.epoch))) return { kind: 'healthy' };
     this.leaseMissingSince.delete(primary.id);
-    const hasReplica = service.instances.some((i) => i.role === 'replica');
+    // A replica a move is building is no promotion candidate (action-validation.ts).
+    const hasReplica = service.instances.some((i) => i.role === 'replica' && !i.moveOf);
     if (!hasReplica && !primary.fenced) {
       return {
         kind: 'degraded',
@@ -149,7 +150,12 @@ export class FencingFailoverCoordinator implements FailoverCoordinator {
    * the action is validated on fresh state (planAction) before anything is fenced, floored or
    * published, so a refused action leaves no trace but its 4xx error.
    */
-  async act(action: FencingAction, name: string, target?: string): Promise<FencingActionResult> {
+  async act(
+    action: FencingAction,
+    name: string,
+    target?: string,
+    options: SwitchoverOptions = {},
+  ): Promise<FencingActionResult> {
     const fence = this.leaderFence();
     let plan: ActionPlan;
     for (;;) {
@@ -169,11 +175,11 @@ export class FencingFailoverCoordinator implements FailoverCoordinator {
             ? 'switchover'
             : 'operator-failover';
     const op = new FencingOperation(randomUUID(), name, trigger, fence, this.history);
-    const service = await this.track(name, () => this.run(op, plan), true);
+    const service = await this.track(name, () => this.run(op, plan, options), true);
     return { operation: op.id, service, steps: op.steps };
   }
 
-  private async run(op: FencingOperation, plan: ActionPlan): Promise<ServiceRecord> {
+  private async run(op: FencingOperation, plan: ActionPlan, options: SwitchoverOptions): Promise<ServiceRecord> {
     switch (plan.kind) {
       case 'unfence':
         return this.sequence.unfence(op);
@@ -188,7 +194,7 @@ export class FencingFailoverCoordinator implements FailoverCoordinator {
         await this.sequence.fencePrimary(op);
         return this.sequence.promote(op, plan.target);
       case 'switchover':
-        return this.sequence.switchover(op, plan.target);
+        return this.sequence.switchover(op, plan.target, options);
     }
   }
 

@@ -88,6 +88,14 @@ export class FencingOperation {
 
 const LOOPBACK = /^(127\.|::1$|localhost$)/;
 
+export interface SwitchoverOptions {
+  /**
+   * Wait for the old primary to run as a replica of the new one before reporting. A volume move
+   * removes the old primary right after, so it does not wait. @default true
+   */
+  awaitRejoin?: boolean;
+}
+
 /** What `promote` did: the record afterwards and the old primary's new generation when it rejoins. */
 interface Promotion {
   record: ServiceRecord;
@@ -283,7 +291,7 @@ export class FencingSequence {
    * target, publish, and only then report: after the old primary runs as a replica of the new one
    * and, with sync durability, the new primary committed a write its standby acknowledged.
    */
-  async switchover(op: FencingOperation, target?: string): Promise<ServiceRecord> {
+  async switchover(op: FencingOperation, target?: string, how: SwitchoverOptions = {}): Promise<ServiceRecord> {
     const { steps, options } = this.deps;
     const { marked, primary, epoch, cells } = await this.fenceRoute(
       op,
@@ -348,7 +356,7 @@ export class FencingSequence {
 
     // Not done until the old primary really is a replica: a config change alone left two
     // writable primaries (issue 10, finding 3).
-    if (promotion.oldRejoinsAt !== undefined) {
+    if (promotion.oldRejoinsAt !== undefined && how.awaitRejoin !== false) {
       const rejoined = await steps.rejoin.awaitReplica(
         primary.cell,
         primary.id,
@@ -785,7 +793,7 @@ export class FencingSequence {
     cells: ReadonlyMap<string, CellSnapshot>,
     target?: string,
   ): Promise<Candidate[]> {
-    const eligible = eligibleReplicas(rec, cells);
+    const eligible = eligibleReplicas(rec, cells, target);
     if (target !== undefined && !eligible.some((i) => i.id === target)) {
       throw new SfError(
         ErrorCode.InvalidFailoverTarget,

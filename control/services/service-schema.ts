@@ -1,4 +1,5 @@
 /** The create-service request, validated once at the edge; errors name the field. */
+import { MAX_SNAPSHOT_KEEP } from './snapshot-keep';
 import { z } from 'zod';
 import { DISK_SYNC_MODES, ENGINE_KINDS, EXECUTOR_KINDS, SIDECAR_ENGINES, SIDECAR_KINDS } from '../../protocol';
 
@@ -128,9 +129,19 @@ export const serviceCreateSchema = z
 /** `PATCH /v3/service_instances/:name`: what may change on a running service. */
 export const serviceUpdateSchema = z
   .object({
-    disk_sync: z.enum(DISK_SYNC_MODES, { error: `must be one of ${DISK_SYNC_MODES.join(', ')}` }),
+    disk_sync: z.enum(DISK_SYNC_MODES, { error: `must be one of ${DISK_SYNC_MODES.join(', ')}` }).optional(),
+    /** Snapshots retention keeps when a snapshot request names no `keep` (default 7). */
+    snapshot_keep: z
+      .number({ error: 'must be an integer' })
+      .int('must be an integer')
+      .min(1, 'must be at least 1')
+      .max(MAX_SNAPSHOT_KEEP, `must be at most ${MAX_SNAPSHOT_KEEP}`)
+      .optional(),
   })
-  .strict();
+  .strict()
+  .refine((b) => b.disk_sync !== undefined || b.snapshot_keep !== undefined, {
+    message: 'give disk_sync or snapshot_keep',
+  });
 export type ServiceUpdateRequest = z.output<typeof serviceUpdateSchema>;
 
 export type ServiceCreateRequest = z.output<typeof serviceCreateSchema>;

@@ -51,6 +51,12 @@ export interface InstanceRecord {
   fenced?: FenceMark;
   /** Set by a move: the instance's new volume starts from the copy that move made on its cell. */
   moveIn?: { moveId: string };
+  /**
+   * Set while a move builds this instance as the replacement of instance `moveOf` (a replica that
+   * catches up through the engine's own replication): it counts for no replica slot and is never
+   * promoted by an automatic failover; the move promotes it or removes it.
+   */
+  moveOf?: string;
 }
 
 export interface ServiceUser {
@@ -104,6 +110,8 @@ export interface ServiceRequestFields {
 export interface ServiceRecord extends ServiceRequestFields {
   /** How often the engine syncs to disk (docs/volumes.md); absent in records made before it existed. */
   diskSync?: DiskSync;
+  /** How many snapshots `sf snapshot` keeps when the request names none; absent = 7. */
+  snapshotKeep?: number;
   /** Engine `tcp` only: what the cell runs. */
   command?: { file: string; args: string[] };
   /** The executor its instances run with; absent = each cell's default (process). */
@@ -167,6 +175,8 @@ export interface InstanceSidecarView {
 export interface ServiceView extends Omit<ServiceRequestFields, 'volume'> {
   volume: { size_mb: number };
   disk_sync: DiskSync;
+  /** Snapshots kept by retention when a snapshot request names no `keep`. */
+  snapshot_keep: number;
   executor?: ExecutorKind;
   tls: ServiceTlsPolicy;
   sidecars?: SidecarKind[];

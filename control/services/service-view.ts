@@ -1,4 +1,5 @@
 /** The API's view of a service: its record merged with what the cells report right now. */
+import { DEFAULT_SNAPSHOT_KEEP } from './snapshot-keep';
 import { ErrorCode } from '../../common';
 import { defaultDiskSync, type SidecarKind } from '../../protocol';
 import type { CellSnapshot } from './cell-directory';
@@ -63,6 +64,7 @@ export function serviceView(record: ServiceRecord, cells: ReadonlyMap<string, Ce
     replicas: record.replicas,
     durability: record.durability,
     disk_sync: record.diskSync ?? defaultDiskSync(record.durability, record.engine),
+    snapshot_keep: record.snapshotKeep ?? DEFAULT_SNAPSHOT_KEEP,
     volume: { size_mb: record.volume.sizeMb },
     fencing: record.fencing,
     tls: record.tls ?? 'off',

@@ -5,6 +5,7 @@
  * loses no snapshot. Retention keeps a service's newest `keep` snapshots. A restore creates a new
  * service whose first primary is placed on a cell holding the snapshot and starts from its data.
  */
+import { DEFAULT_SNAPSHOT_KEEP } from './snapshot-keep';
 import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { ErrorCode, SfError, errorMessageOf } from '../../common';
@@ -20,7 +21,7 @@ export interface SnapshotOptions {
   keep?: number;
 }
 
-export const DEFAULT_SNAPSHOT_KEEP = 7;
+export { DEFAULT_SNAPSHOT_KEEP };
 /** A snapshot of a large database may take minutes; so may its copy. */
 const SNAPSHOT_ORDER_TIMEOUT_MS = 900_000;
 const COPY_TIMEOUT_MS = 3_600_000;
@@ -116,7 +117,8 @@ export class SnapshotCoordinator {
       message: `snapshot ${id} of ${primary.id} taken on ${primary.cell} (${record.bytes} bytes)`,
     });
     const copied = await this.copyToSecondCell(record, cells);
-    await this.applyRetention(name, options.keep ?? DEFAULT_SNAPSHOT_KEEP);
+    // The request's keep, else the service's stored setting (sf update-service --snapshot-keep).
+    await this.applyRetention(name, options.keep ?? service.snapshotKeep ?? DEFAULT_SNAPSHOT_KEEP);
     return copied;
   }
 

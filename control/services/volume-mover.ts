@@ -17,7 +17,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { ErrorCode, SfError, createRedis, errorMessageOf } from '../../common';
+import { ErrorCode, SfError, createRedis, errorMessageOf, isSfError } from '../../common';
 import { fenceLease, type CellEvent, type InstanceRole } from '../../protocol';
 import { putDesiredOps, removeDesiredOps, sendOrder, type OrderRequest } from '../state/cell-client';
 import type { CellDirectory } from './cell-directory';
@@ -25,19 +25,30 @@ import { instanceSpec } from './instance-spec';
 import type { ServiceStore } from './service-store';
 import type { InstanceRecord, ServiceEvent, ServiceRecord } from './service-types';
 import { newSnapshotId } from './snapshot-coordinator';
+import { DEAD_AFTER_MS, MoveCatchUp, type MoveSwitching } from './volume-move-catch-up';
 import { SnapshotRecords } from './snapshot-records';
 
 export type MoveState = 'copying' | 'switching' | 'starting' | 'done' | 'failed';
+
+/**
+ * `catch-up`: a new replica on the target filled by the engine's replication, then a role switch
+ * (volume-move-catch-up.ts); `copy`: the volume copied cell to cell, the source stopped for the
+ * last pass and started on the target (engines without replication, or when asked).
+ */
+export type MoveMethod = 'catch-up' | 'copy';
 
 export interface MoveRecord {
   id: string;
   service: string;
   instanceId: string;
   role: InstanceRole;
+  method: MoveMethod;
+  /** The instance on the target cell: a new one for `catch-up`, `instanceId` for `copy`. */
+  targetInstanceId: string;
   from: string;
   to: string;
   state: MoveState;
-  /** 1: copying while the source serves; 2: source stopped, delta, hand-off. */
+  /** 1: copying while the source serves; 2: the switch (copy: source stopped, delta, hand-off). */
   phase: 1 | 2;
   bytes: number;
   totalBytes: number | null;
@@ -55,6 +66,8 @@ export interface MoveView {
   service: string;
   instance: string;
   role: InstanceRole;
+  method: MoveMethod;
+  target_instance: string;
   from: string;
   to: string;
   state: MoveState;
@@ -75,6 +88,8 @@ export function moveView(m: MoveRecord): MoveView {
     service: m.service,
     instance: m.instanceId,
     role: m.role,
+    method: m.method,
+    target_instance: m.targetInstanceId,
     from: m.from,
     to: m.to,
     state: m.state,
@@ -93,11 +108,16 @@ export function moveView(m: MoveRecord): MoveView {
 export interface MoveOptions {
   /** How long the target may take to run the instance after the hand-off. @default 120000 */
   startTimeoutMs?: number;
-  /** Copy passes while the source serves. @default 2 */
+  /** Most copy passes while the source serves (a second only when the first was long). @default 2 */
   livePasses?: number;
+  /** A live pass shorter than this is the last one: what changed meanwhile is small. @default 2000 */
+  shortPassMs?: number;
+  /** How to move; `catch-up` needs an engine with replication. @default catch-up where possible */
+  method?: MoveMethod;
 }
 
 const COPY_TIMEOUT_MS = 3_600_000;
+const SWITCH_ATTEMPTS = 3;
 
 export class VolumeMover {
   private readonly events: SnapshotRecords;
@@ -111,6 +131,7 @@ export class VolumeMover {
     private readonly store: ServiceStore,
     private readonly directory: CellDirectory,
     private readonly primaryLeaseTtlMs?: number,
+    private readonly switching?: MoveSwitching,
   ) {
     this.events = new SnapshotRecords(redis, store.keys);
   }
@@ -162,10 +183,12 @@ export class VolumeMover {
       throw new SfError(ErrorCode.InvalidRequest, `cell ${to} already holds an instance of ${name}`, 'to');
     if (!target.record.engines.includes(service.engine))
       throw new SfError(ErrorCode.InvalidRequest, `cell ${to} does not run engine ${service.engine}`, 'to');
-    if (!target.record.transfer) throw new SfError(ErrorCode.InvalidRequest, `cell ${to} takes no copies`, 'to');
+    const method = this.methodFor(service, inst, options.method);
+    if (method === 'copy' && !target.record.transfer)
+      throw new SfError(ErrorCode.InvalidRequest, `cell ${to} takes no copies`, 'to');
     const source = cells.get(inst.cell);
     const actual = source?.actual.get(inst.id);
-    if (!source?.alive || !source.record?.transfer || actual?.state !== 'running')
+    if (!source?.alive || (method === 'copy' && !source.record?.transfer) || actual?.state !== 'running')
       throw new SfError(
         ErrorCode.ActionRefused,
         `instance ${inst.id} is not running on a live cell (cell ${inst.cell} ${source?.alive ? 'alive' : 'not alive'}, instance ${actual?.state ?? 'not reported'})`,
@@ -178,6 +201,8 @@ export class VolumeMover {
       service: name,
       instanceId: inst.id,
       role: inst.role,
+      method,
+      targetInstanceId: inst.id,
       from: inst.cell,
       to,
       state: 'copying',
@@ -196,6 +221,26 @@ export class VolumeMover {
     this.running.add(name);
     void this.run(move, options).finally(() => this.running.delete(name));
     return move;
+  }
+
+  /**
+   * Catch-up wherever the engine replicates (and, for a primary, this control can run the
+   * switchover); the copy otherwise. Asking for catch-up where it cannot run is refused.
+   */
+  private methodFor(service: ServiceRecord, inst: InstanceRecord, asked?: MoveMethod): MoveMethod {
+    const replicates = service.engine === 'redis' || service.engine === 'postgres';
+    const switchable = inst.role === 'replica' || this.switching?.canSwitch() === true;
+    if (asked === 'copy') return 'copy';
+    if (replicates && switchable) return 'catch-up';
+    if (asked === 'catch-up')
+      throw new SfError(
+        ErrorCode.InvalidRequest,
+        replicates
+          ? 'method catch-up moves a primary only on the leading control'
+          : `method catch-up needs an engine with replication, not ${service.engine}`,
+        'method',
+      );
+    return 'copy';
   }
 
   private async order(cell: string, request: OrderRequest, timeoutMs = 60_000): Promise<Record<string, unknown>> {
@@ -223,12 +268,15 @@ export class VolumeMover {
     );
     let settled = false;
     const watch = (async () => {
-      let missing = 0;
+      // A loaded cell can miss heartbeats for a second; only a longer silence counts as death.
+      let missingSince: number | null = null;
       while (!settled) {
         await new Promise((r) => setTimeout(r, 500));
         if (settled) return;
-        missing = (await this.redis.exists(this.store.keys.cell(m.to).registration)) ? 0 : missing + 1;
-        if (missing >= 2) throw new SfError(ErrorCode.TransferFailed, `cell ${m.to} died during the copy`);
+        const present = await this.redis.exists(this.store.keys.cell(m.to).registration);
+        missingSince = present ? null : (missingSince ?? Date.now());
+        if (missingSince !== null && Date.now() - missingSince >= DEAD_AFTER_MS)
+          throw new SfError(ErrorCode.TransferFailed, `cell ${m.to} died during the copy`);
       }
     })();
     try {
@@ -287,6 +335,108 @@ export class VolumeMover {
   }
 
   private async run(m: MoveRecord, options: MoveOptions): Promise<void> {
+    if (m.method === 'catch-up' && this.switching) return this.runCatchUp(m, this.switching);
+    return this.runCopy(m, options);
+  }
+
+  private async runCatchUp(m: MoveRecord, switching: MoveSwitching): Promise<void> {
+    const catchUp = new MoveCatchUp(this.store, this.directory, switching, this.primaryLeaseTtlMs);
+    try {
+      m.totalBytes ??= MoveCatchUp.totalBytes(await this.directory.snapshot(), m.from, m.instanceId);
+      m.targetInstanceId = await catchUp.addTarget(m);
+      await this.save(m);
+      await this.event(
+        m,
+        'volume-move-progress',
+        `${m.targetInstanceId} placed on ${m.to}, catching up with the primary`,
+      );
+      await catchUp.awaitCaughtUp(m, COPY_TIMEOUT_MS, () => this.progress(m));
+      if (m.role === 'primary') {
+        m.phase = 2;
+        m.state = 'switching';
+        await this.save(m);
+        m.writeWindowMs = await this.switchWithRetries(m, catchUp);
+      } else m.writeWindowMs = 0;
+      await catchUp.removeSource(m);
+      // Stopped first: a cell deletes no volume under a running engine. The removed desired
+      // spec stops it too; the order only makes it happen now.
+      await this.order(m.from, { type: 'stop', instanceId: m.instanceId }, 60_000).catch(() => undefined);
+      await this.order(m.from, { type: 'delete-volume', instanceId: m.instanceId }, 120_000).catch(async (err) => {
+        await catchUp.tombstoneSource(m).catch(() => undefined);
+        await this.event(
+          m,
+          'volume-move-failed',
+          `source volume of ${m.instanceId} on ${m.from} not deleted yet (${errorMessageOf(err)}); it is deleted once the cell can`,
+        );
+      });
+      await this.finish(m);
+    } catch (err) {
+      m.error = errorMessageOf(err);
+      m.state = 'failed';
+      m.finishedAt = Date.now();
+      try {
+        await catchUp.dropTarget(m);
+      } catch (dropErr) {
+        m.error += `; removing ${m.targetInstanceId} failed: ${errorMessageOf(dropErr)}`;
+      }
+      await this.save(m).catch(() => undefined);
+      await this.event(
+        m,
+        'volume-move-failed',
+        `move of ${m.instanceId} to ${m.to} failed, ${m.from} keeps serving: ${m.error}`,
+      ).catch(() => undefined);
+    }
+  }
+
+  /**
+   * The switchover, tried again when it was refused before anything stopped (a position that
+   * could not be read in time, a catch-up that took too long on a loaded machine): the switchover
+   * undid itself, the source serves again, and the replica is caught up anew first.
+   */
+  private async switchWithRetries(m: MoveRecord, catchUp: MoveCatchUp): Promise<number> {
+    for (let attempt = 1; ; attempt++) {
+      const t0 = Date.now();
+      try {
+        const { windowMs } = await catchUp.switchover(m);
+        return windowMs ?? Date.now() - t0;
+      } catch (err) {
+        const retriable =
+          isSfError(err) && (err.code === ErrorCode.OrderFailed || err.code === ErrorCode.CatchUpTimeout);
+        if (!retriable || attempt >= SWITCH_ATTEMPTS) throw err;
+        await this.event(
+          m,
+          'volume-move-progress',
+          `switch to ${m.targetInstanceId} refused (${errorMessageOf(err)}); trying again`,
+        );
+        await catchUp.awaitCaughtUp(m, COPY_TIMEOUT_MS, () => this.progress(m));
+      }
+    }
+  }
+
+  private async progress(m: MoveRecord): Promise<void> {
+    await this.save(m);
+    await this.event(
+      m,
+      'volume-move-progress',
+      `${m.targetInstanceId}: ${(m.bytes / 1048576).toFixed(1)} MB on ${m.to}${m.rateBps ? ` at ${(m.rateBps / 1048576).toFixed(1)} MB/s` : ''}`,
+      false,
+    );
+  }
+
+  private async finish(m: MoveRecord): Promise<void> {
+    m.state = 'done';
+    m.phase = 2;
+    m.etaS = 0;
+    m.finishedAt = Date.now();
+    await this.save(m);
+    await this.event(
+      m,
+      'volume-moved',
+      `${m.role} ${m.instanceId} moved from ${m.from} to ${m.to}${m.targetInstanceId !== m.instanceId ? ` as ${m.targetInstanceId}` : ''}: ${(m.bytes / 1048576).toFixed(1)} MB, writes refused for ${m.writeWindowMs} ms`,
+    );
+  }
+
+  private async runCopy(m: MoveRecord, options: MoveOptions): Promise<void> {
     const stopFollowing = await this.followProgress(m).catch(() => () => undefined);
     let sourceStopped = false;
     let handedOff = false;
@@ -296,7 +446,13 @@ export class VolumeMover {
       if (!transfer) throw new SfError(ErrorCode.TransferFailed, `cell ${m.from} takes no copies`);
       const token = randomBytes(24).toString('hex');
       await this.order(m.from, { type: 'export-volume', instanceId: m.instanceId, token, ttlMs: COPY_TIMEOUT_MS });
-      for (let k = 0; k < (options.livePasses ?? 2); k++) await this.pass(m, token, transfer, false);
+      // A second live pass only when the first was long: after a short one little has changed,
+      // and the final pass (writes stopped) sends that little anyway.
+      for (let k = 0; k < (options.livePasses ?? 2); k++) {
+        const t0 = Date.now();
+        await this.pass(m, token, transfer, false);
+        if (Date.now() - t0 < (options.shortPassMs ?? 2_000)) break;
+      }
 
       m.phase = 2;
       m.state = 'switching';
@@ -334,15 +490,7 @@ export class VolumeMover {
           `source volume of ${m.instanceId} on ${m.from} not deleted: ${errorMessageOf(err)}`,
         );
       });
-      m.state = 'done';
-      m.etaS = 0;
-      m.finishedAt = Date.now();
-      await this.save(m);
-      await this.event(
-        m,
-        'volume-moved',
-        `${m.role} ${m.instanceId} moved from ${m.from} to ${m.to}: ${(m.bytes / 1048576).toFixed(1)} MB copied, writes refused for ${m.writeWindowMs} ms`,
-      );
+      await this.finish(m);
     } catch (err) {
       m.error = errorMessageOf(err);
       m.state = 'failed';

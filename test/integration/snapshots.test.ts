@@ -4,36 +4,14 @@
  * the second cell's store, and restored into a new service that holds exactly the snapshot's data
  * — not what was written after it — and answers only its own credentials.
  */
-import { execFile } from 'node:child_process';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { expect } from 'chai';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
-import { serviceKey, type ServiceKeyAuth } from '../helpers/service-key';
-import { eventually } from '../helpers/tcp-client';
+import { createService, keyOf as serviceKeyOf, psql, redisClient } from '../helpers/volume-support';
 import type { ServiceView } from '../../control';
 import type { SnapshotView } from '../../control/services/snapshot-records';
-
-const PSQL = '/usr/lib/postgresql/15/bin/psql';
-
-function psql(port: number, auth: ServiceKeyAuth, sql: string): Promise<string> {
-  return new Promise((resolve) => {
-    const env = { PATH: process.env.PATH ?? '', PGCONNECT_TIMEOUT: '5', PGPASSWORD: auth.password };
-    execFile(
-      PSQL,
-      ['-h', '127.0.0.1', '-p', String(port), '-U', auth.username, '-d', 'postgres', '-w', '-XAtq', '-c', sql],
-      { env, timeout: 30_000 },
-      (err, stdout, stderr) => resolve(err ? `ERROR ${stderr || err.message}` : stdout.trim()),
-    );
-  });
-}
-
-function redisClient(port: number, auth: ServiceKeyAuth): Redis {
-  const client = new Redis({ port, host: '127.0.0.1', maxRetriesPerRequest: 0, retryStrategy: () => null, ...auth });
-  client.on('error', () => undefined);
-  return client;
-}
 
 describe('snapshots', function () {
   this.timeout(300_000);
@@ -48,24 +26,8 @@ describe('snapshots', function () {
     await cluster?.stop();
   });
 
-  const create = async (body: Record<string, unknown>): Promise<ServiceView> => {
-    const res = await cluster.api('POST', '/v3/service_instances', { replicas: 0, ...body });
-    expect(res.status, JSON.stringify(res.body)).to.equal(201);
-    return cluster.waitForService(body.name as string, 120_000);
-  };
-
-  /** A key the engine accepts (PostgreSQL applies roles a moment after the API stored them). */
-  const keyOf = async (service: string, engine: string): Promise<ServiceKeyAuth> => {
-    const key = await serviceKey(cluster.api, service).catch(async () => {
-      const res = await cluster.api<ServiceKeyAuth>('GET', `/v3/service_instances/${service}/keys/test`);
-      expect(res.status).to.equal(200);
-      return { username: res.body.username, password: res.body.password };
-    });
-    const view = (await cluster.api<ServiceView>('GET', `/v3/service_instances/${service}`)).body;
-    if (engine === 'postgres')
-      await eventually(async () => (await psql(view.port, key, 'select 1')) === '1', 30_000, `key of ${service}`);
-    return key;
-  };
+  const create = (body: Record<string, unknown>): Promise<ServiceView> => createService(cluster, body);
+  const keyOf = (service: string) => serviceKeyOf(cluster, service);
 
   const snapshot = async (service: string, body: unknown = {}): Promise<SnapshotView> => {
     const res = await cluster.api<SnapshotView>('POST', `/v3/service_instances/${service}/actions/snapshot`, body);
@@ -85,7 +47,7 @@ describe('snapshots', function () {
 
   it('redis: a restore holds exactly the snapshot, copied to the second cell, with its own credentials', async () => {
     const source = await create({ name: 'snap-redis', engine: 'redis' });
-    const key = await keyOf('snap-redis', 'redis');
+    const key = await keyOf('snap-redis');
     const a = redisClient(source.port, key);
     clients.push(a);
     for (let i = 0; i < 200; i++) await a.set(`k${i}`, `v${i}`);
@@ -104,7 +66,7 @@ describe('snapshots', function () {
     const restored = await restore(snap.id, 'snap-redis-copy');
     expect(restored.engine).to.equal('redis');
     expect(restored.port).to.not.equal(source.port);
-    const newKey = await keyOf('snap-redis-copy', 'redis');
+    const newKey = await keyOf('snap-redis-copy');
     const b = redisClient(restored.port, newKey);
     clients.push(b);
     const keys = (await b.keys('k*')).sort();
@@ -131,7 +93,7 @@ describe('snapshots', function () {
 
   it('postgres: a restore holds exactly the snapshot and refuses the source service key', async () => {
     const source = await create({ name: 'snap-pg', engine: 'postgres' });
-    const key = await keyOf('snap-pg', 'postgres');
+    const key = await keyOf('snap-pg');
     expect(
       await psql(
         source.port,
@@ -153,7 +115,7 @@ describe('snapshots', function () {
     expect(await psql(source.port, key, 'select count(*) from t')).to.equal('2000');
 
     const restored = await restore(snap.id, 'snap-pg-copy');
-    const newKey = await keyOf('snap-pg-copy', 'postgres');
+    const newKey = await keyOf('snap-pg-copy');
     expect(await psql(restored.port, newKey, 'select count(*), max(id) from t')).to.equal('1000|1000');
     expect(await psql(restored.port, newKey, 'select v from t where id = 1')).to.equal('v1');
     expect(await psql(restored.port, newKey, "insert into t values (5000, 'mine')")).to.not.match(/ERROR/);
@@ -174,6 +136,35 @@ describe('snapshots', function () {
     expect(del.status).to.equal(200);
     for (const cell of second.cells) expect(await storedOn(cell, second.id), cell).to.equal(false);
     expect((await cluster.api('GET', `/v3/snapshots/${second.id}`)).status).to.equal(404);
+  });
+
+  it("uses the service's stored retention when a snapshot names no keep", async () => {
+    const view = await create({ name: 'snap-ret', engine: 'redis' });
+    expect(view.snapshot_keep).to.equal(7);
+    const bad = await cluster.api<{ error: { field: string } }>('PATCH', '/v3/service_instances/snap-ret', {
+      snapshot_keep: 0,
+    });
+    expect(bad.status).to.equal(400);
+    expect(bad.body.error.field).to.equal('snapshot_keep');
+    const kind = await cluster.api<{ error: { field: string } }>('PATCH', '/v3/service_instances/snap-ret', {
+      snapshot_keep: '2',
+    });
+    expect(kind.status).to.equal(400);
+    expect(kind.body.error.field).to.equal('snapshot_keep');
+    const set = await cluster.api<ServiceView>('PATCH', '/v3/service_instances/snap-ret', { snapshot_keep: 2 });
+    expect(set.status, JSON.stringify(set.body)).to.equal(200);
+    expect(set.body.snapshot_keep).to.equal(2);
+    // The setting does not change the disk sync it was not asked to change.
+    expect(set.body.disk_sync).to.equal(view.disk_sync);
+
+    const taken: SnapshotView[] = [];
+    for (let k = 0; k < 3; k++) taken.push(await snapshot('snap-ret'));
+    const listed = (await cluster.api<{ resources: SnapshotView[] }>('GET', '/v3/snapshots?service=snap-ret')).body;
+    expect(listed.resources.map((s) => s.id).sort()).to.deep.equal([taken[1].id, taken[2].id].sort());
+    // A request's own keep still wins over the stored setting.
+    const last = await snapshot('snap-ret', { keep: 1 });
+    const after = (await cluster.api<{ resources: SnapshotView[] }>('GET', '/v3/snapshots?service=snap-ret')).body;
+    expect(after.resources.map((s) => s.id)).to.deep.equal([last.id]);
   });
 
   it('refuses bad input naming the field, before acting', async () => {

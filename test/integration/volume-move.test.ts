@@ -1,56 +1,59 @@
 /**
- * Moving a volume cell to cell with every part real (docs/volumes.md, Moving a volume): a Redis
- * and a PostgreSQL primary holding about 20 MB (smaller than the 200 MB of the benchmark, so the
- * suite stays short on a loaded machine) move while a writer runs through the router; every
- * acknowledged write is there afterwards, the router port is the same, and the source volume is
- * gone only once the target serves. A target cell killed during the copy leaves the source
- * serving with its data, and a retry succeeds.
+ * Moving a volume cell to cell with every part real (docs/volumes.md, Moving a volume). By
+ * catch-up (the default for Redis and PostgreSQL): a primary holding about 20 MB (smaller than
+ * the 200 MB of the benchmark, so the suite stays short on a loaded machine) moves while a writer
+ * runs through the router; every acknowledged write is there afterwards, the router port is the
+ * same, and the source volume is gone only once the target serves. A replica moves without
+ * touching the primary. A source engine killed while the new replica catches up: failover runs
+ * as usual and the move leaves nothing behind. By copy: a target cell killed during the copy
+ * leaves the source serving with its data, and a retry succeeds.
  */
-import { execFile } from 'node:child_process';
-import { access } from 'node:fs/promises';
-import path from 'node:path';
 import { expect } from 'chai';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
+import { enginePid } from '../helpers/failover-support';
 import { startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
-import { serviceKey, type ServiceKeyAuth } from '../helpers/service-key';
 import { eventually } from '../helpers/tcp-client';
+import {
+  createService,
+  exists,
+  keyOf,
+  psql,
+  reconnectingRedisClient as redisClient,
+  volumeDir as volumeDirOf,
+} from '../helpers/volume-support';
 import type { ServiceView } from '../../control';
 import type { MoveView } from '../../control/services/volume-mover';
+import { keyLayout, type ActualInstance } from '../../protocol';
 
-const PSQL = '/usr/lib/postgresql/15/bin/psql';
+const KEYS = keyLayout();
 
-function psql(port: number, auth: ServiceKeyAuth, sql: string): Promise<string> {
-  return new Promise((resolve) => {
-    const env = { PATH: process.env.PATH ?? '', PGCONNECT_TIMEOUT: '5', PGPASSWORD: auth.password };
-    execFile(
-      PSQL,
-      ['-h', '127.0.0.1', '-p', String(port), '-U', auth.username, '-d', 'postgres', '-w', '-XAtq', '-c', sql],
-      { env, timeout: 30_000 },
-      (err, stdout, stderr) => resolve(err ? `ERROR ${stderr || err.message}` : stdout.trim()),
-    );
-  });
+/** A writer through the router, one SET at a time; a write counts once it is answered OK. */
+function redisWriter(client: Redis): { acked: number[]; failures: () => number; stop: () => Promise<void> } {
+  const acked: number[] = [];
+  let failures = 0;
+  let writing = true;
+  const loop = (async () => {
+    for (let n = 0; writing; n++) {
+      const ok = await client.set(`w${n}`, String(n)).then(
+        (r) => r === 'OK',
+        () => false,
+      );
+      if (ok) acked.push(n);
+      else {
+        failures += 1;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }
+  })();
+  return {
+    acked,
+    failures: () => failures,
+    stop: async () => {
+      writing = false;
+      await loop;
+    },
+  };
 }
-
-/** Connected before it is returned: with no offline queue, a command before `ready` fails. */
-async function redisClient(port: number, auth: ServiceKeyAuth): Promise<Redis> {
-  const client = new Redis({
-    port,
-    host: '127.0.0.1',
-    maxRetriesPerRequest: 0,
-    enableOfflineQueue: false,
-    retryStrategy: () => 50,
-    ...auth,
-  });
-  client.on('error', () => undefined);
-  await eventually(async () => client.status === 'ready', 30_000, `redis on ${port} ready`);
-  return client;
-}
-
-const exists = (p: string): Promise<boolean> =>
-  access(p).then(
-    () => true,
-    () => false,
-  );
 
 describe('volume move', function () {
   this.timeout(600_000);
@@ -65,22 +68,13 @@ describe('volume move', function () {
     await cluster?.stop();
   });
 
-  const create = async (body: Record<string, unknown>): Promise<ServiceView> => {
-    const res = await cluster.api('POST', '/v3/service_instances', { replicas: 0, ...body });
-    expect(res.status, JSON.stringify(res.body)).to.equal(201);
-    return cluster.waitForService(body.name as string, 120_000);
+  const create = (body: Record<string, unknown>): Promise<ServiceView> => createService(cluster, body);
+  const client = async (port: number, service: string): Promise<Redis> => {
+    const c = await redisClient(port, await keyOf(cluster, service));
+    clients.push(c);
+    return c;
   };
-
-  const keyOf = async (service: string, engine: string): Promise<ServiceKeyAuth> => {
-    const key = await serviceKey(cluster.api, service).catch(async () => {
-      const res = await cluster.api<ServiceKeyAuth>('GET', `/v3/service_instances/${service}/keys/test`);
-      return { username: res.body.username, password: res.body.password };
-    });
-    const view = (await cluster.api<ServiceView>('GET', `/v3/service_instances/${service}`)).body;
-    if (engine === 'postgres')
-      await eventually(async () => (await psql(view.port, key, 'select 1')) === '1', 30_000, `key of ${service}`);
-    return key;
-  };
+  const volumeDir = (cell: string, instance: string): string => volumeDirOf(cluster, cell, instance);
 
   /** A cell holding no instance of the service. */
   const freeCell = (view: ServiceView): string => {
@@ -90,11 +84,8 @@ describe('volume move', function () {
     return cell.name;
   };
 
-  const startMove = async (service: string, to: string, instance?: string): Promise<MoveView> => {
-    const res = await cluster.api<MoveView>('POST', `/v3/service_instances/${service}/actions/move`, {
-      to,
-      ...(instance ? { instance } : {}),
-    });
+  const startMove = async (service: string, to: string, extra: Record<string, unknown> = {}): Promise<MoveView> => {
+    const res = await cluster.api<MoveView>('POST', `/v3/service_instances/${service}/actions/move`, { to, ...extra });
     expect(res.status, JSON.stringify(res.body)).to.equal(202);
     return res.body;
   };
@@ -112,80 +103,107 @@ describe('volume move', function () {
     return last as MoveView;
   };
 
-  const volumeDir = (cell: string, instance: string): string => path.join(cluster.dataDir, cell, 'instances', instance);
+  /**
+   * The mover deletes the source volume once the target serves; when that order fails, a
+   * tombstone has the collector delete it, so the wait covers one collector round.
+   */
+  const sourceVolumeGone = (cell: string, instance: string): Promise<void> =>
+    eventually(
+      async () => !(await exists(volumeDir(cell, instance))),
+      30_000,
+      `volume of ${instance} on ${cell} deleted`,
+    );
 
-  it('redis: moves a primary under writes, keeps every acknowledged write and the port', async () => {
+  const actualOf = async (cell: string, instance: string): Promise<ActualInstance | null> => {
+    const text = await cluster.state.hget(KEYS.cell(cell).actual, instance);
+    return text ? (JSON.parse(text) as ActualInstance) : null;
+  };
+
+  it('redis: moves a primary under writes by catch-up, keeps every acknowledged write and the port', async () => {
     const before = await create({ name: 'mv-redis', engine: 'redis', replicas: 1 });
-    const key = await keyOf('mv-redis', 'redis');
-    const loader = await redisClient(before.port, key);
-    clients.push(loader);
+    const loader = await client(before.port, 'mv-redis');
     const blob = 'x'.repeat(100 * 1024);
     for (let i = 0; i < 200; i++) await loader.set(`blob${i}`, blob);
     const primary = before.instances.find((i) => i.role === 'primary');
-    if (!primary) throw new Error('no primary');
+    const replica = before.instances.find((i) => i.role === 'replica');
+    if (!primary || !replica) throw new Error('no primary or replica');
 
-    // The writer: one write at a time through the router; a write counts once it is answered OK.
-    const writer = await redisClient(before.port, key);
-    clients.push(writer);
-    const acked: number[] = [];
-    let failures = 0;
-    let writing = true;
-    const loop = (async () => {
-      for (let n = 0; writing; n++) {
-        const ok = await writer.set(`w${n}`, String(n)).then(
-          (r) => r === 'OK',
-          () => false,
-        );
-        if (ok) acked.push(n);
-        else {
-          failures += 1;
-          await new Promise((r) => setTimeout(r, 20));
-        }
-      }
-    })();
-
+    const writer = redisWriter(await client(before.port, 'mv-redis'));
     const to = freeCell(before);
     const move = await startMove('mv-redis', to);
     expect(move).to.include({ instance: primary.id, from: primary.cell, to, state: 'copying', role: 'primary' });
+    expect(move.method).to.equal('catch-up');
     const done = await finished(move.id);
     expect(done.state, done.error ?? '').to.equal('done');
-    expect(done.bytes).to.be.greaterThan(15 * 1024 * 1024);
+    expect(done.target_instance).to.not.equal(primary.id);
     expect(done.write_window_ms).to.be.a('number');
     // Writes go on through the same port to the moved primary.
     await eventually(
-      async () => acked.length > 0 && (await writer.set('after', '1').catch(() => 'no')) === 'OK',
+      async () => writer.acked.length > 0 && (await loader.set('after', '1').catch(() => 'no')) === 'OK',
       60_000,
       'writes after the move',
     );
-    writing = false;
-    await loop;
+    await writer.stop();
 
     const after = await cluster.waitForService('mv-redis', 120_000);
     expect(after.port).to.equal(before.port);
-    const moved = after.instances.find((i) => i.id === primary.id);
+    expect(after.instances.map((i) => i.id).sort()).to.deep.equal([done.target_instance, replica.id].sort());
+    const moved = after.instances.find((i) => i.id === done.target_instance);
     expect(moved).to.include({ cell: to, role: 'primary', state: 'running' });
     expect(moved?.epoch).to.be.greaterThan(primary.epoch);
-    expect(await exists(volumeDir(primary.cell, primary.id)), 'source volume removed').to.equal(false);
-    expect(await exists(volumeDir(to, primary.id))).to.equal(true);
+    await sourceVolumeGone(primary.cell, primary.id);
+    expect(await exists(volumeDir(to, done.target_instance))).to.equal(true);
 
-    const reader = await redisClient(after.port, key);
-    clients.push(reader);
-    const values = await reader.mget(...acked.map((n) => `w${n}`));
-    const missing = acked.filter((n, k) => values[k] !== String(n));
-    expect(missing, `acknowledged writes missing (of ${acked.length}, ${failures} failed attempts)`).to.deep.equal([]);
-    expect((await reader.get('blob199'))?.length).to.equal(blob.length);
+    const values = await loader.mget(...writer.acked.map((n) => `w${n}`));
+    const missing = writer.acked.filter((n, k) => values[k] !== String(n));
+    expect(
+      missing,
+      `acknowledged writes missing (of ${writer.acked.length}, ${writer.failures()} failed attempts)`,
+    ).to.deep.equal([]);
+    expect((await loader.get('blob199'))?.length).to.equal(blob.length);
     // The replica follows the moved primary.
-    const replica = after.instances.find((i) => i.role === 'replica');
-    expect(replica?.state).to.equal('running');
+    expect(after.instances.find((i) => i.id === replica.id)?.state).to.equal('running');
+    await eventually(
+      async () => (await actualOf(replica.cell, replica.id))?.streaming === true,
+      60_000,
+      'replica streaming from the moved primary',
+    );
     const events = (
       await cluster.api<{ resources: Array<{ type: string }> }>('GET', '/v3/service_instances/mv-redis/events')
     ).body.resources.map((e) => e.type);
     expect(events).to.include.members(['volume-move-started', 'volume-moved']);
   });
 
-  it('postgres: moves a primary under writes, keeps every committed row and the port', async () => {
+  it('redis: moves a replica with --instance without touching the primary', async () => {
+    const before = await cluster.waitForService('mv-redis', 60_000);
+    const primary = before.instances.find((i) => i.role === 'primary');
+    const replica = before.instances.find((i) => i.role === 'replica');
+    if (!primary || !replica) throw new Error('no primary or replica');
+    const writer = redisWriter(await client(before.port, 'mv-redis'));
+    const to = freeCell(before);
+    const move = await startMove('mv-redis', to, { instance: replica.id });
+    expect(move).to.include({ instance: replica.id, role: 'replica', from: replica.cell, to });
+    const done = await finished(move.id);
+    expect(done.state, done.error ?? '').to.equal('done');
+    expect(done.write_window_ms).to.equal(0);
+    await writer.stop();
+    // Not one write failed: the primary was never stopped, fenced or switched.
+    expect(writer.failures(), 'writes failed during a replica move').to.equal(0);
+    expect(writer.acked.length).to.be.greaterThan(0);
+
+    const after = await cluster.waitForService('mv-redis', 120_000);
+    const same = after.instances.find((i) => i.role === 'primary');
+    expect(same).to.include({ id: primary.id, cell: primary.cell, epoch: primary.epoch, state: 'running' });
+    expect(after.instances.map((i) => i.id).sort()).to.deep.equal([primary.id, done.target_instance].sort());
+    expect(after.instances.find((i) => i.id === done.target_instance)).to.include({ cell: to, role: 'replica' });
+    const actual = await actualOf(to, done.target_instance);
+    expect(actual?.streaming, 'new replica streams from the primary').to.equal(true);
+    await sourceVolumeGone(replica.cell, replica.id);
+  });
+
+  it('postgres: moves a primary under writes by catch-up, keeps every committed row and the port', async () => {
     const before = await create({ name: 'mv-pg', engine: 'postgres' });
-    const key = await keyOf('mv-pg', 'postgres');
+    const key = await keyOf(cluster, 'mv-pg');
     expect(
       await psql(
         before.port,
@@ -206,6 +224,7 @@ describe('volume move', function () {
     await eventually(async () => acked.length >= 3, 60_000, 'writer running');
     const to = freeCell(before);
     const move = await startMove('mv-pg', to);
+    expect(move.method).to.equal('catch-up');
     const done = await finished(move.id);
     expect(done.state, done.error ?? '').to.equal('done');
     await eventually(async () => (await psql(before.port, key, 'select 1')) === '1', 60_000, 'served after the move');
@@ -216,8 +235,9 @@ describe('volume move', function () {
 
     const after = await cluster.waitForService('mv-pg', 120_000);
     expect(after.port).to.equal(before.port);
-    expect(after.instances[0]).to.include({ id: primary.id, cell: to, role: 'primary', state: 'running' });
-    expect(await exists(volumeDir(primary.cell, primary.id)), 'source volume removed').to.equal(false);
+    expect(after.instances).to.have.length(1);
+    expect(after.instances[0]).to.include({ id: done.target_instance, cell: to, role: 'primary', state: 'running' });
+    await sourceVolumeGone(primary.cell, primary.id);
     const rows = new Set((await psql(after.port, key, 'select n from w')).split('\n').filter(Boolean).map(Number));
     expect(
       acked.filter((n) => !rows.has(n)),
@@ -226,20 +246,70 @@ describe('volume move', function () {
     expect(await psql(after.port, key, 'select count(*) from blob')).to.equal('1000');
   });
 
-  it('a target cell killed during the copy leaves the source serving; a retry succeeds', async () => {
+  it('a source engine killed during the catch-up: failover as usual, the move leaves nothing behind', async () => {
+    const before = await create({ name: 'mv-src', engine: 'redis', replicas: 1, durability: 'sync' });
+    const loader = await client(before.port, 'mv-src');
+    const blob = 'z'.repeat(256 * 1024);
+    for (let i = 0; i < 160; i++) await loader.set(`blob${i}`, blob);
+    const primary = before.instances.find((i) => i.role === 'primary');
+    const replica = before.instances.find((i) => i.role === 'replica');
+    if (!primary || !replica) throw new Error('no primary or replica');
+    const writer = redisWriter(await client(before.port, 'mv-src'));
+    await eventually(async () => writer.acked.length >= 3, 60_000, 'writer running');
+
+    const to = freeCell(before);
+    const move = await startMove('mv-src', to);
+    process.kill(await enginePid(cluster, before, primary.id), 'SIGKILL');
+    const failed = await finished(move.id);
+    expect(failed.state).to.equal('failed');
+    expect(failed.error).to.match(/lost|failover|changed|removed|no running primary/);
+
+    // Failover promoted the old replica (never the move's), and the move's replica is gone.
+    let view = before;
+    await eventually(
+      async () => {
+        view = (await cluster.api<ServiceView>('GET', '/v3/service_instances/mv-src')).body;
+        const p = view.instances.find((i) => i.role === 'primary');
+        return view.status === 'running' && p?.id === replica.id && p.state === 'running';
+      },
+      120_000,
+      'failed over to the replica',
+    );
+    expect(view.instances.map((i) => i.id).sort()).to.deep.equal([primary.id, replica.id].sort());
+    expect(view.instances.some((i) => i.cell === to)).to.equal(false);
+    await eventually(
+      async () => !(await exists(volumeDir(to, failed.target_instance))),
+      60_000,
+      "the move's replica volume deleted",
+    );
+    await eventually(
+      async () => (await loader.set('after', '1').catch(() => 'no')) === 'OK',
+      60_000,
+      'writes after the failover',
+    );
+    await writer.stop();
+    // Sync durability: every acknowledged write survived the failover.
+    const values = await loader.mget(...writer.acked.map((n) => `w${n}`));
+    expect(
+      writer.acked.filter((n, k) => values[k] !== String(n)),
+      `acknowledged writes missing (of ${writer.acked.length})`,
+    ).to.deep.equal([]);
+    expect((await loader.get('blob159'))?.length).to.equal(blob.length);
+  });
+
+  it('copy: a target cell killed during the copy leaves the source serving; a retry succeeds', async () => {
     const before = await create({ name: 'mv-kill', engine: 'redis' });
-    const key = await keyOf('mv-kill', 'redis');
-    const client = await redisClient(before.port, key);
-    clients.push(client);
+    const c = await client(before.port, 'mv-kill');
     const blob = 'y'.repeat(256 * 1024);
-    for (let i = 0; i < 160; i++) await client.set(`blob${i}`, blob);
-    await client.set('marker', 'before');
+    for (let i = 0; i < 160; i++) await c.set(`blob${i}`, blob);
+    await c.set('marker', 'before');
     const source = before.instances[0];
     const to = freeCell(before);
-    const target = cluster.cells.find((c) => c.name === to);
+    const target = cluster.cells.find((cell) => cell.name === to);
     if (!target) throw new Error('no target');
 
-    const move = await startMove('mv-kill', to);
+    const move = await startMove('mv-kill', to, { method: 'copy' });
+    expect(move.method).to.equal('copy');
     // Killed as soon as bytes arrive (or shortly after the start on a fast machine).
     const deadline = Date.now() + 2_000;
     for (;;) {
@@ -255,8 +325,8 @@ describe('volume move', function () {
     // The source kept serving: same cell, writes and reads through the router, data intact.
     const view = await cluster.waitForService('mv-kill', 60_000);
     expect(view.instances[0]).to.include({ id: source.id, cell: source.cell, state: 'running' });
-    expect(await client.set('marker', 'during')).to.equal('OK');
-    expect((await client.get('blob159'))?.length).to.equal(blob.length);
+    expect(await c.set('marker', 'during')).to.equal('OK');
+    expect((await c.get('blob159'))?.length).to.equal(blob.length);
 
     // The cell comes back (same name and data directory) and the retry resumes and completes.
     cluster.cells.splice(cluster.cells.indexOf(target), 1);
@@ -267,7 +337,10 @@ describe('volume move', function () {
     let refusal = '';
     await eventually(
       async () => {
-        const res = await cluster.api<MoveView>('POST', '/v3/service_instances/mv-kill/actions/move', { to });
+        const res = await cluster.api<MoveView>('POST', '/v3/service_instances/mv-kill/actions/move', {
+          to,
+          method: 'copy',
+        });
         if (res.status === 202) retry = res.body;
         else refusal = JSON.stringify(res.body);
         return res.status === 202;
@@ -278,11 +351,12 @@ describe('volume move', function () {
     if (!retry) throw new Error('no retry');
     const done = await finished(retry.id);
     expect(done.state, done.error ?? '').to.equal('done');
+    expect(done.bytes).to.be.greaterThan(15 * 1024 * 1024);
     const after = await cluster.waitForService('mv-kill', 120_000);
     expect(after.port).to.equal(before.port);
-    expect(after.instances[0].cell).to.equal(to);
-    await eventually(async () => (await client.get('marker').catch(() => null)) === 'during', 60_000, 'data moved');
-    expect((await client.get('blob0'))?.length).to.equal(blob.length);
+    expect(after.instances[0]).to.include({ id: source.id, cell: to });
+    await eventually(async () => (await c.get('marker').catch(() => null)) === 'during', 60_000, 'data moved');
+    expect((await c.get('blob0'))?.length).to.equal(blob.length);
   });
 
   it('refuses bad requests naming the field', async () => {
@@ -292,6 +366,7 @@ describe('volume move', function () {
       [{ to: 'nowhere' }, 400, 'to'],
       [{ to: view.instances[0].cell }, 400, 'to'],
       [{ to: freeCell(view), instance: 'mv-kill-99' }, 404, 'instance'],
+      [{ to: freeCell(view), method: 'teleport' }, 400, 'method'],
       [{ to: freeCell(view), extra: 1 }, 400, ''],
     ];
     for (const [body, status, field] of cases) {

@@ -4,37 +4,17 @@
  * read-only, while another service on the same cell keeps accepting writes; disk sync is set at
  * creation and changed on a running service without a restart.
  */
-import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { expect } from 'chai';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
-import { serviceKey, type ServiceKeyAuth } from '../helpers/service-key';
+import { serviceKey } from '../helpers/service-key';
 import { eventually } from '../helpers/tcp-client';
+import { createService, keyOf as serviceKeyOf, psql, redisClient } from '../helpers/volume-support';
 import type { VolumeView } from '../../control/api/routes-volumes';
 import type { CellView } from '../../control/api/routes-cells';
 import type { ServiceView } from '../../control';
-
-const PSQL = '/usr/lib/postgresql/15/bin/psql';
-
-function psql(port: number, auth: ServiceKeyAuth, sql: string): Promise<string> {
-  return new Promise((resolve) => {
-    const env = { PATH: process.env.PATH ?? '', PGCONNECT_TIMEOUT: '5', PGPASSWORD: auth.password };
-    execFile(
-      PSQL,
-      ['-h', '127.0.0.1', '-p', String(port), '-U', auth.username, '-d', 'postgres', '-w', '-XAtq', '-c', sql],
-      { env, timeout: 30_000 },
-      (err, stdout, stderr) => resolve(err ? `ERROR ${stderr || err.message}` : stdout.trim()),
-    );
-  });
-}
-
-function redisClient(port: number, auth: ServiceKeyAuth): Redis {
-  const client = new Redis({ port, host: '127.0.0.1', maxRetriesPerRequest: 0, retryStrategy: () => null, ...auth });
-  client.on('error', () => undefined);
-  return client;
-}
 
 describe('volumes', function () {
   this.timeout(240_000);
@@ -52,32 +32,8 @@ describe('volumes', function () {
   const volumes = async (service: string): Promise<VolumeView[]> =>
     (await cluster.api<{ resources: VolumeView[] }>('GET', `/v3/volumes?service=${service}`)).body.resources;
 
-  /**
-   * A service key; on a loaded machine PostgreSQL may apply it after the API's 15 s wait (502,
-   * "stored, but not applied yet"), so the stored key is used once the engine accepts it.
-   */
-  const keyOf = async (service: string): Promise<ServiceKeyAuth> => {
-    const key = await serviceKey(cluster.api, service).catch(async () => {
-      const res = await cluster.api<ServiceKeyAuth>('GET', `/v3/service_instances/${service}/keys/test`);
-      expect(res.status).to.equal(200);
-      return { username: res.body.username, password: res.body.password };
-    });
-    const view = (await cluster.api<ServiceView>('GET', `/v3/service_instances/${service}`)).body;
-    if (view.engine === 'postgres')
-      await eventually(async () => (await psql(view.port, key, 'select 1')) === '1', 30_000, `key of ${service}`);
-    return key;
-  };
-
-  const create = async (body: Record<string, unknown>): Promise<ServiceView> => {
-    const res = await cluster.api('POST', '/v3/service_instances', { replicas: 0, ...body });
-    expect(res.status, JSON.stringify(res.body)).to.equal(201);
-    return cluster.waitForService(body.name as string, 90_000).catch(async (err: unknown) => {
-      // The helper's message is built before its first poll; say what the service looks like now.
-      const now = await cluster.api('GET', `/v3/service_instances/${body.name as string}`);
-      console.log(JSON.stringify(now.body), cluster.cells[0].proc.output().slice(-2000));
-      throw err;
-    });
-  };
+  const keyOf = (service: string) => serviceKeyOf(cluster, service);
+  const create = (body: Record<string, unknown>): Promise<ServiceView> => createService(cluster, body, 90_000);
 
   describe('GET /v3/volumes', () => {
     it('needs a token', async () => {

@@ -2,8 +2,14 @@ import { appendFile, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'no
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
-import { TransferServer, fetchTree, TRANSFER_STATE_FILE } from '../../../cell/volume-transfer';
-import { ErrorCode } from '../../../common';
+import {
+  TransferServer,
+  fetchTree,
+  loadTransferTls,
+  TRANSFER_STATE_FILE,
+  type TransferTls,
+} from '../../../cell/volume-transfer';
+import { ErrorCode, PlatformCa } from '../../../common';
 
 async function tree(root: string, rel = ''): Promise<Record<string, string>> {
   const out: Record<string, string> = {};
@@ -76,6 +82,63 @@ describe('volume-transfer', () => {
       await server.close();
       const down = await fetchTree({ host: '127.0.0.1', port, token, dest }).catch((e: unknown) => e);
       expect(down).to.have.property('code', ErrorCode.TransferFailed);
+    });
+  });
+
+  describe('over TLS with the platform CA', () => {
+    let ca: PlatformCa;
+    /** A cell's TLS files as `sf cell --ca-dir` gives them: its certificate, key and the CA. */
+    const cellTls = async (authority: PlatformCa, name: string): Promise<TransferTls> => {
+      const issued = await authority.ensure(name, ['127.0.0.1']);
+      return loadTransferTls({ certFile: issued.certFile, keyFile: issued.keyFile, caFile: authority.certFile });
+    };
+
+    beforeEach(async () => {
+      ca = await PlatformCa.open(path.join(base, 'ca'));
+      await server.close();
+      server = new TransferServer('127.0.0.1', await cellTls(ca, 'cell-src'));
+      port = await server.listen(0);
+      server.allow(token, src, 60_000);
+    });
+
+    it('copies when the receiver presents a certificate from the platform CA', async () => {
+      const tls = await cellTls(ca, 'cell-dest');
+      const copied = await fetchTree({ host: '127.0.0.1', port, token, dest, tls });
+      expect(copied.files).to.equal(3);
+      expect(await tree(dest)).to.deep.equal(await tree(src));
+    });
+
+    it('refuses a receiver whose certificate another CA signed, and one with none', async () => {
+      const other = await PlatformCa.open(path.join(base, 'other-ca'));
+      // The receiver trusts the platform CA but presents a certificate from another one.
+      const stranger = await cellTls(other, 'cell-dest');
+      const wrongCert = await fetchTree({
+        host: '127.0.0.1',
+        port,
+        token,
+        dest,
+        tls: { ...stranger, ca: (await cellTls(ca, 'unused')).ca },
+      }).catch((e: unknown) => e);
+      expect(wrongCert).to.have.property('code', ErrorCode.TransferFailed);
+      const plain = await fetchTree({ host: '127.0.0.1', port, token, dest }).catch((e: unknown) => e);
+      expect(plain).to.have.property('code', ErrorCode.TransferFailed);
+      expect(await readdir(dest).catch(() => [] as string[])).to.not.include('aof');
+    });
+
+    it('refuses a source whose certificate the platform CA did not sign', async () => {
+      const other = await PlatformCa.open(path.join(base, 'other-ca'));
+      await server.close();
+      server = new TransferServer('127.0.0.1', await cellTls(other, 'cell-src'));
+      port = await server.listen(0);
+      server.allow(token, src, 60_000);
+      const refused = await fetchTree({
+        host: '127.0.0.1',
+        port,
+        token,
+        dest,
+        tls: await cellTls(ca, 'cell-dest'),
+      }).catch((e: unknown) => e);
+      expect(refused).to.have.property('code', ErrorCode.TransferFailed);
     });
   });
 });
