@@ -41,7 +41,7 @@ export interface CellSimulatorOptions {
   heartbeatMs?: number;
   /** Like `sf cell --heartbeat-ttl-ms`. @default 3000 */
   heartbeatTtlMs?: number;
-  /** The agent re-reads its desired hash this often besides notifications. @default 2000 */
+  /** The agent re-reads its desired hash this often besides notifications. @default 30000 */
   desiredPollMs?: number;
   /** The agent rewrites every report this often. @default 10000 */
   fullReportMs?: number;
@@ -63,7 +63,7 @@ export const DEFAULT_CELL_SIMULATOR_OPTIONS = {
   capacityMb: 1_048_576,
   heartbeatMs: 1_000,
   heartbeatTtlMs: 3_000,
-  desiredPollMs: 2_000,
+  desiredPollMs: 30_000,
   fullReportMs: 10_000,
   startMs: 20,
 };
@@ -270,24 +270,26 @@ export class CellSimulator {
     await this.heartbeat([...this.cells.values()]);
   }
 
-  /** The agent's heartbeat: SET registration PX ttl + SADD cells, one transaction per cell. */
+  /**
+   * The agent's heartbeat: `SET registration PX ttl XX`, and only when that finds no key a plain
+   * SET and `SADD cells` (the agent's check for a wiped store).
+   */
   private async heartbeat(cells: SimCell[]): Promise<void> {
     if (!this.redis || this.stopped) return;
     const redis = this.redis;
+    const ttl = this.opts.heartbeatTtlMs;
     await Promise.all(
-      cells.map((cell) =>
-        redis
-          .multi()
-          .set(
-            this.keys.cell(cell.name).registration,
-            JSON.stringify(this.record(cell)),
-            'PX',
-            this.opts.heartbeatTtlMs,
-          )
-          .sadd(this.keys.cells, cell.name)
-          .exec()
-          .catch(() => undefined),
-      ),
+      cells.map(async (cell) => {
+        const key = this.keys.cell(cell.name).registration;
+        const record = JSON.stringify(this.record(cell));
+        try {
+          if ((await redis.set(key, record, 'PX', ttl, 'XX')) !== null) return;
+          await redis.set(key, record, 'PX', ttl);
+          await redis.sadd(this.keys.cells, cell.name);
+        } catch {
+          // The next heartbeat tries again.
+        }
+      }),
     );
   }
 

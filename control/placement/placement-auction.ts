@@ -22,8 +22,8 @@ export interface CellCandidate {
   engines: readonly EngineKind[];
   /** Executors the cell offers; absent = process only (cells before executors were reported). */
   executors?: readonly ExecutorKind[];
-  /** Instance ids whose volume is present on this cell. */
-  volumes?: readonly string[];
+  /** Instance ids whose volume is present on this cell (an array, or a view of the cell's reports). */
+  volumes?: { includes(instanceId: string): boolean };
 }
 
 export interface PlacementSlot {

@@ -16,6 +16,7 @@ import type { ServiceCreateRequest, ServiceTlsPolicy } from './service-schema';
 import type { ServiceStore } from './service-store';
 import type { InstanceRecord, ServiceRecord } from './service-types';
 import { hasCredentials, newServiceCredentials } from './service-credentials';
+import type { ServiceUsage } from './service-usage';
 
 export interface ServiceAdmissionDeps {
   store: ServiceStore;
@@ -66,7 +67,8 @@ export async function admitService(
       ...(req.executor ? { executor: req.executor } : {}),
       sizeMb: req.volume.size_mb,
     };
-    const candidates = cellCandidates(cells, snapshot.services.values());
+    const usage = deps.store.usageAt(snapshot);
+    const candidates = cellCandidates(cells, (cell) => usage.promisedMb(cell));
     const now = Date.now();
     const placed: InstanceRecord[] = [];
     if (restore) {
@@ -90,7 +92,7 @@ export async function admitService(
         candidates,
       );
     } else runPlacementAuction({ ...request, slots, occupied: [] }, candidates);
-    const port = await freePort(deps, group, [...snapshot.services.values()]);
+    const port = await freePort(deps, group, () => deps.store.usageAt(snapshot));
     const record: ServiceRecord = {
       name: req.name,
       engine: req.engine,
@@ -150,12 +152,24 @@ export async function requestServiceDeletion(store: ServiceStore, name: string):
   });
 }
 
-/** The lowest port of the group that no route and no other service holds. */
-async function freePort(deps: ServiceAdmissionDeps, group: RouterGroup, services: ServiceRecord[]): Promise<number> {
-  const used = new Set(await deps.routes.portsInUse(group));
-  for (const s of services) if (s.routerGroupGuid === group.guid) used.add(s.port);
-  for (const [low, high] of parsePortRanges(group.reservable_ports)) {
-    for (let p = low; p <= high; p++) if (!used.has(p)) return p;
+/** Candidate ports checked against the route table per round trip. */
+const PORT_BATCH = 16;
+
+/**
+ * The lowest port of the group that no other service and no route holds: candidates come from the
+ * services' port index (no scan of every service or route), then one round trip asks which of
+ * them a route holds (routes not made for a service are rare, so one batch nearly always does).
+ */
+async function freePort(deps: ServiceAdmissionDeps, group: RouterGroup, usage: () => ServiceUsage): Promise<number> {
+  const ranges = parsePortRanges(group.reservable_ports);
+  const routed = new Set<number>();
+  for (;;) {
+    const candidates = usage().freePorts(group.guid, ranges, PORT_BATCH, routed);
+    if (candidates.length === 0) break;
+    const taken = await deps.routes.portsTaken(group, candidates);
+    const free = candidates.find((p) => !taken.has(p));
+    if (free !== undefined) return free;
+    for (const p of taken) routed.add(p);
   }
   throw new SfError(
     ErrorCode.NoRoutePort,

@@ -11,14 +11,20 @@ import { withFencedRetry, type FencedPlan, type LeaderFence } from '../leader/fe
 import type { CasOp } from '../state/cas-commit';
 import type { KeyLayout } from '../../protocol';
 import type { ServiceEvent, ServiceRecord } from './service-types';
+import { ServiceMap } from './service-map';
+import { ServiceUsage } from './service-usage';
 
 /** Service events kept for `GET /v3/service_instances/:name/events` and operators. */
 export const SERVICE_EVENT_HISTORY = 500;
 
 export interface ServiceSnapshot {
   version: number;
-  services: Map<string, ServiceRecord>;
+  /** Shared with later snapshots (service-map.ts): read only. */
+  services: ReadonlyMap<string, ServiceRecord>;
 }
+
+/** Change log entries kept for changedBetween (a pass that falls further behind checks everything). */
+const CHANGE_LOG_LIMIT = 4_096;
 
 /** What a leader (or API) change wants to write besides the record: cell specs, events. */
 export interface ServiceChange {
@@ -46,6 +52,13 @@ export class ServiceStore {
   private cached: ServiceSnapshot | null = null;
   /** version -> service name, from change messages newer than the cached snapshot. */
   private readonly heard = new Map<number, string>();
+  /** Sums over the cached snapshot's records, kept record by record (service-usage.ts). */
+  private usage: ServiceUsage | null = null;
+  private usageOf: ServiceSnapshot | null = null;
+  /** Each snapshot that became the cached one, numbered, with the names it changed (null: unknown). */
+  private readonly serials = new WeakMap<ServiceSnapshot, number>();
+  private serial = 0;
+  private readonly log: Array<{ serial: number; names: readonly string[] | null }> = [];
   /**
    * This process's changes, one at a time. Every change is guarded by the one services version,
    * so concurrent changes of one process only made each other retry: about 90 parallel creates
@@ -103,7 +116,7 @@ export class ServiceStore {
     const raw = (res?.[1]?.[1] as Record<string, string> | null) ?? {};
     const services = new Map<string, ServiceRecord>();
     for (const [name, text] of Object.entries(raw)) services.set(name, JSON.parse(text) as ServiceRecord);
-    return this.keep({ version, services });
+    return this.keep({ version, services: ServiceMap.of(services) }, null);
   }
 
   /** The cached snapshot with `names` re-read, if the store is still at `version`. */
@@ -115,21 +128,68 @@ export class ServiceStore {
       .exec();
     if (Number(res?.[0]?.[1] ?? 0) !== version) return null;
     const texts = (res?.[1]?.[1] as Array<string | null> | null) ?? [];
-    const services = new Map(cached.services);
+    const changes = new Map<string, ServiceRecord | null>();
     names.forEach((name, i) => {
       const text = texts[i];
-      if (text) services.set(name, JSON.parse(text) as ServiceRecord);
-      else services.delete(name);
+      changes.set(name, text ? (JSON.parse(text) as ServiceRecord) : null);
     });
-    return this.keep({ version, services });
+    const base = cached.services instanceof ServiceMap ? cached.services : ServiceMap.of(cached.services);
+    return this.keep({ version, services: base.with(changes) }, changes);
   }
 
-  private keep(snapshot: ServiceSnapshot): ServiceSnapshot {
+  /** `changes`: what differs from the cached snapshot (null: unknown, a full read). */
+  private keep(snapshot: ServiceSnapshot, changes: ReadonlyMap<string, ServiceRecord | null> | null): ServiceSnapshot {
     if (!this.cached || snapshot.version >= this.cached.version) {
+      const before = this.cached;
       this.cached = snapshot;
       for (const v of this.heard.keys()) if (v <= snapshot.version) this.heard.delete(v);
+      if (changes && this.usage && this.usageOf === before && before) {
+        for (const [name, record] of changes) this.usage.replace(before.services.get(name), record);
+        this.usageOf = snapshot;
+      } else {
+        this.usage = null;
+        this.usageOf = null;
+      }
+      this.serials.set(snapshot, ++this.serial);
+      this.log.push({ serial: this.serial, names: changes ? [...changes.keys()] : null });
+      if (this.log.length > CHANGE_LOG_LIMIT) this.log.splice(0, this.log.length - CHANGE_LOG_LIMIT);
     }
     return snapshot;
+  }
+
+  /**
+   * Sums over the records of `snapshot` (promised space per cell, ports held per group): kept up
+   * to date change by change for the latest snapshot, computed afresh for any other.
+   */
+  usageAt(snapshot: ServiceSnapshot): ServiceUsage {
+    if (snapshot === this.cached) {
+      if (this.usageOf !== snapshot || !this.usage) {
+        this.usage = ServiceUsage.of(snapshot.services.values());
+        this.usageOf = snapshot;
+      }
+      return this.usage;
+    }
+    return ServiceUsage.of(snapshot.services.values());
+  }
+
+  /**
+   * The names whose records may differ between two snapshots this store returned, `older` taken
+   * first; null when that is not known (a full read between them, or too long ago): then any may.
+   */
+  changedBetween(older: ServiceSnapshot, newer: ServiceSnapshot): Set<string> | null {
+    if (older === newer) return new Set();
+    const from = this.serials.get(older);
+    const to = this.serials.get(newer);
+    if (from === undefined || to === undefined || to < from) return null;
+    const first = this.log[0];
+    if (!first || first.serial > from + 1) return null;
+    const names = new Set<string>();
+    for (const entry of this.log) {
+      if (entry.serial <= from || entry.serial > to) continue;
+      if (!entry.names) return null;
+      for (const n of entry.names) names.add(n);
+    }
+    return names;
   }
 
   async get(name: string): Promise<ServiceRecord | null> {
