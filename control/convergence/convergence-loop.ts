@@ -515,8 +515,9 @@ function reconcileInputs(
   return out;
 }
 
+/** The record (first) by identity: a changed record is a new object. Reports by what the reconciler reads. */
 function sameInputs(a: unknown[] | undefined, b: unknown[]): boolean {
-  return a !== undefined && a.length === b.length && a.every((v, i) => v === b[i] || sameReport(v, b[i]));
+  return a !== undefined && a.length === b.length && a.every((v, i) => v === b[i] || (i > 0 && sameReport(v, b[i])));
 }
 
 /**
