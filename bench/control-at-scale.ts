@@ -274,8 +274,17 @@ async function main(): Promise<void> {
   result.allRunningSeconds = (Date.now() - t0) / 1000;
   process.stderr.write(`  ${created} services running after ${result.allRunningSeconds as number} s\n`);
 
-  // 2. At rest: let the last statuses settle, then measure a window.
+  // 2. At rest: let the last statuses settle (no service record written for 5 s; the leader
+  // marks services running after the cells report so), then measure a window.
   await sleep(5_000);
+  const settleFrom = Date.now();
+  for (let last = '', stable = 0; stable < 5 && Date.now() - settleFrom < 300_000;) {
+    const version = (await redis.get('sf:services:version')) ?? '';
+    stable = version === last ? stable + 1 : 0;
+    last = version;
+    await sleep(1_000);
+  }
+  result.settleSeconds = (Date.now() - settleFrom) / 1000;
   const cpu0 = groupCpuSeconds(leader.proc.pid);
   const ops0 = await commandsProcessed(redis);
   const w0 = Date.now();

@@ -234,18 +234,43 @@ export class ServiceStore {
       snapshot: ServiceSnapshot,
     ) => Promise<{ change: ServiceChange; result: T } | { done: T }>,
   ): Promise<T> {
-    return withFencedRetry(this.redis, fence, async (): Promise<FencedPlan<T>> => {
+    // The plan of the last attempt; when withFencedRetry returns after it, it is what committed.
+    let planned: { version: number; record: ServiceRecord | null } | null = null;
+    const result = withFencedRetry(this.redis, fence, async (): Promise<FencedPlan<T>> => {
+      planned = null;
       const snapshot = await this.snapshot();
       // A copy: the snapshot's records are shared with later passes and must stay as read.
       const current = snapshot.services.get(name);
       const decision = await decide(current ? structuredClone(current) : null, snapshot);
       if ('done' in decision) return decision;
+      const { record } = decision.change;
+      planned = {
+        version: snapshot.version + 1,
+        record: record ? (JSON.parse(JSON.stringify(record)) as ServiceRecord) : null,
+      };
       return {
         guards: [{ key: this.keys.servicesVersion, expected: snapshot.version }],
         ops: this.ops(name, decision.change, fence, snapshot.version + 1),
         result: decision.result,
       };
     });
+    return result.then((value) => {
+      if (planned) this.learn(name, planned.version, planned.record);
+      return value;
+    });
+  }
+
+  /**
+   * This process's own commit goes into the cache at once: the next change (the leader's next
+   * reconcile) would otherwise find the version moved before the change message arrived, and read
+   * every record again (at 10,000 services that full read made placement crawl).
+   */
+  private learn(name: string, version: number, record: ServiceRecord | null): void {
+    const cached = this.cached;
+    if (!cached || cached.version !== version - 1) return;
+    const changes = new Map([[name, record]]);
+    const base = cached.services instanceof ServiceMap ? cached.services : ServiceMap.of(cached.services);
+    this.keep({ version, services: base.with(changes) }, changes);
   }
 
   /** Who holds the leader lock now, from the lock's value `${holderId}|${token}`. */
