@@ -55,11 +55,12 @@ export async function admitService(
       `router_group '${req.router_group}' names no router group`,
       'router_group',
     );
+  // The directory's view: registrations read now, reports re-read only for cells that reported
+  // since (a full read of every cell's reports made each create cost O(instances)). Read before
+  // the change takes its turn: it costs O(cells), and changes run one at a time.
+  const cells = await deps.directory.sharedView();
   return deps.store.change<ServiceRecord>(req.name, null, async (current, snapshot) => {
     if (current) throw new SfError(ErrorCode.ServiceExists, `name '${req.name}' is already taken by a service`, 'name');
-    // The directory's view: registrations read now, reports re-read only for cells that reported
-    // since (a full read of every cell's reports made each create cost O(instances)).
-    const cells = await deps.directory.view();
     const slots = Array.from({ length: req.replicas + 1 }, (_, k) => ({ instanceId: `${req.name}-${k}` }));
     const request = {
       service: req.name,
