@@ -92,21 +92,26 @@ export class ServiceStore {
 
   /** Every record at one version: the cached one brought up to date, or a full read. */
   async snapshot(): Promise<ServiceSnapshot> {
-    const cached = this.cached;
-    if (cached) {
+    // A catch-up fails when another change commits between its two reads: that is no reason to
+    // read every record, so it tries again (twice) from the newer version.
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const cached = this.cached;
+      if (!cached) break;
       const version = Number((await this.redis.get(this.keys.servicesVersion)) ?? 0);
-      if (version === cached.version) return cached;
-      if (version > cached.version) {
-        const names = new Set<string>();
-        let heardAll = true;
-        for (let v = cached.version + 1; v <= version && heardAll; v++) {
-          const name = this.heard.get(v);
-          if (name === undefined) heardAll = false;
-          else names.add(name);
-        }
-        const caught = heardAll ? await this.catchUp(cached, version, [...names]) : null;
-        if (caught) return caught;
+      // Below what was cached: the store went back (restored, wiped). Read everything.
+      if (version < cached.version) break;
+      const from = this.cached ?? cached;
+      if (from.version >= version) return from;
+      const names = new Set<string>();
+      let heardAll = true;
+      for (let v = from.version + 1; v <= version && heardAll; v++) {
+        const name = this.heard.get(v);
+        if (name === undefined) heardAll = false;
+        else names.add(name);
       }
+      if (!heardAll) break;
+      const caught = await this.catchUp(from, version, [...names]);
+      if (caught) return caught;
     }
     return this.readAll();
   }
