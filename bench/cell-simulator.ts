@@ -4,7 +4,7 @@
  * only as reported state.
  *
  *   node dist/bench/cell-simulator.js --redis redis://127.0.0.1:6379 --cells 1000 [--prefix sf:]
- *     [--heartbeat-ms 1000] [--heartbeat-ttl-ms 3000] [--desired-poll-ms 2000]
+ *     [--heartbeat-ms 1000] [--heartbeat-ttl-ms 3000] [--desired-poll-ms 30000]
  *     [--full-report-ms 10000]
  *
  * When started with an IPC channel (child_process.fork), it tells its parent `{type: 'ready'}`,

@@ -246,14 +246,19 @@ async function main(): Promise<void> {
   let next = 0;
   let created = 0;
   const names = Array.from({ length: SERVICES }, (_, i) => `svc-${String(i).padStart(5, '0')}`);
+  // Every 500 creates: how long it took so far, for the creation rate as the platform grows.
+  const progress: Array<{ created: number; seconds: number; load: string }> = [];
+  result.createProgress = progress;
   await Promise.all(
     Array.from({ length: Math.max(1, CONCURRENCY) }, async () => {
       while (next < names.length && Date.now() - started < TIME_LIMIT_MS) {
         const name = names[next++]!;
         await createService(api, name);
         created++;
-        if (created % 500 === 0)
+        if (created % 500 === 0) {
+          progress.push({ created, seconds: (Date.now() - t0) / 1000, load: load() });
           process.stderr.write(`  ${created} created in ${((Date.now() - t0) / 1000).toFixed(0)} s (load ${load()})\n`);
+        }
       }
     }),
   );
@@ -269,8 +274,17 @@ async function main(): Promise<void> {
   result.allRunningSeconds = (Date.now() - t0) / 1000;
   process.stderr.write(`  ${created} services running after ${result.allRunningSeconds as number} s\n`);
 
-  // 2. At rest: let the last statuses settle, then measure a window.
+  // 2. At rest: let the last statuses settle (no service record written for 5 s; the leader
+  // marks services running after the cells report so), then measure a window.
   await sleep(5_000);
+  const settleFrom = Date.now();
+  for (let last = '', stable = 0; stable < 5 && Date.now() - settleFrom < 300_000;) {
+    const version = (await redis.get('sf:services:version')) ?? '';
+    stable = version === last ? stable + 1 : 0;
+    last = version;
+    await sleep(1_000);
+  }
+  result.settleSeconds = (Date.now() - settleFrom) / 1000;
   const cpu0 = groupCpuSeconds(leader.proc.pid);
   const ops0 = await commandsProcessed(redis);
   const w0 = Date.now();

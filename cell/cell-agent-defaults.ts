@@ -8,6 +8,7 @@ export const DEFAULT_CELL_AGENT_OPTIONS = {
   heartbeatMs: 1_000,
   heartbeatTtlMs: 3_000,
   reconcileMs: 2_000,
+  desiredPollMs: 30_000,
   stopInstancesOnExit: false,
   volumeCheckMs: 15_000,
 } as const;

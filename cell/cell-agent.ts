@@ -74,8 +74,14 @@ export interface CellAgentOptions {
   heartbeatMs?: number;
   /** @default 3000 */
   heartbeatTtlMs?: number;
-  /** Re-read desired state even without a notification, and probe health. @default 2000 */
+  /** Probe health and converge local instances to the desired state last read. @default 2000 */
   reconcileMs?: number;
+  /**
+   * Re-read the desired hash this often without a notification. Control notifies after every
+   * change, so the poll only covers a lost message; while the notify subscription is down the
+   * hash is re-read every reconcileMs instead. @default 30000
+   */
+  desiredPollMs?: number;
   /** Interval between two disk-usage measurements of every volume (docs/volumes.md). @default 15000 */
   volumeCheckMs?: number;
   /** Bound of the commit check on primaries; past it a primary is reported degraded (issue 10). @default 2000 */
@@ -118,6 +124,13 @@ export function defaultCellDataDir(name: string): string {
 
 const FULL_REPORT_MS = 10_000;
 
+/**
+ * How long one BRPOP waits for an order. An order is delivered the moment it is pushed whatever
+ * this is; a timeout only costs the store a command, so it is long. stop() disconnects the
+ * connection, which ends a wait at once.
+ */
+const ORDER_WAIT_S = 10;
+
 /** The scalar options, checked once at construction; errors name the field. */
 const cellAgentOptionsSchema = z
   .object({
@@ -143,6 +156,7 @@ const cellAgentOptionsSchema = z
     heartbeatMs: z.number().int().min(50).optional(),
     heartbeatTtlMs: z.number().int().min(100).optional(),
     reconcileMs: z.number().int().min(100).optional(),
+    desiredPollMs: z.number().int().min(100).optional(),
     commitCheckTimeoutMs: z.number().int().min(100).optional(),
     volumeCheckMs: z.number().int().min(100).optional(),
   })
@@ -199,6 +213,11 @@ export class CellAgent {
   private reconciling: Promise<void> | undefined;
   private measuring: Promise<void> | undefined;
   private reconcileAgain = false;
+  /** A notification (or a reconnect) asked for the desired hash to be read again. */
+  private desiredStale = true;
+  /** The desired hash as last read, and when (the poll re-reads it every desiredPollMs). */
+  private desiredRaw: Record<string, string> = {};
+  private desiredReadAt = 0;
   private availableExecutors: ExecutorKind[] = [];
   private invalidSpecs = new Map<string, string>();
   private stateLost = false;
@@ -330,9 +349,11 @@ export class CellAgent {
 
     await this.sub.subscribe(this.keys.cell(this.name).notify);
     this.sub.on('message', (_channel: string, message: string) => {
-      if (message === NOTIFY_DESIRED) this.requestReconcile();
+      if (message === NOTIFY_DESIRED) this.requestReconcile(true);
     });
-    this.requestReconcile();
+    // Notifications published while the subscription was down are lost: read the hash again.
+    this.sub.on('ready', () => this.requestReconcile(true));
+    this.requestReconcile(true);
     void this.orderLoop();
     if (!isLoopback(this.opts.listenHost) && !(this.opts.trustCidrs ?? []).length) {
       this.log.warn(
@@ -447,6 +468,12 @@ export class CellAgent {
     this.registered = true;
   }
 
+  /**
+   * At rest one command: an EVALSHA that rewrites the registration if it still exists. A missing
+   * one (first start, expired while the cell was cut off, or a store that lost everything) is
+   * written again, after the floors of the cell's primaries were checked, and the cell set asked,
+   * whose answer tells a wiped store from an expiry (protocol/cell-heartbeat.ts, noteRegistration).
+   */
   private async heartbeat(): Promise<void> {
     if (!this.running || !this.redis) return;
     if (this.heartbeating) return;
@@ -490,9 +517,13 @@ export class CellAgent {
     }
   }
 
-  /** Coalesces reconcile requests: one run at a time, one more if asked during a run. */
-  requestReconcile(): void {
+  /**
+   * Coalesces reconcile requests: one run at a time, one more if asked during a run. `fresh`
+   * (a notification, a reconnect) makes that run read the desired hash again.
+   */
+  requestReconcile(fresh = false): void {
     if (!this.running) return;
+    if (fresh) this.desiredStale = true;
     if (this.reconciling) {
       this.reconcileAgain = true;
       return;
@@ -508,11 +539,36 @@ export class CellAgent {
       });
   }
 
+  /**
+   * The desired hash is read on a notification, every desiredPollMs (a lost message), every
+   * reconcileMs while the subscription is down or the store looked wiped, and after a failed
+   * read; otherwise the last read is converged to again, which costs the store nothing.
+   */
+  private desiredDue(): boolean {
+    return (
+      this.desiredStale ||
+      this.stateLost ||
+      this.sub?.status !== 'ready' ||
+      Date.now() - this.desiredReadAt >= this.opts.desiredPollMs
+    );
+  }
+
   private async reconcile(): Promise<void> {
     if (!this.redis || !this.instances) return;
-    const raw = await this.redis.hgetall(this.keys.cell(this.name).desired);
-    if (Object.keys(raw).length === 0 && this.instances.count() > 0)
-      this.noteRegistration(await this.redis.sadd(this.keys.cells, this.name));
+    if (this.desiredDue()) {
+      this.desiredStale = false;
+      const readAt = Date.now();
+      try {
+        this.desiredRaw = await this.redis.hgetall(this.keys.cell(this.name).desired);
+      } catch (err) {
+        this.desiredStale = true;
+        throw err;
+      }
+      this.desiredReadAt = readAt;
+      if (Object.keys(this.desiredRaw).length === 0 && this.instances.count() > 0)
+        this.noteRegistration(await this.redis.sadd(this.keys.cells, this.name));
+    }
+    const raw = this.desiredRaw;
     if (this.stateLost) {
       if (Object.keys(raw).length === 0) return;
       this.stateLost = false;
@@ -650,7 +706,7 @@ export class CellAgent {
     while (this.running && this.orderConn) {
       let popped: [string, string] | null;
       try {
-        popped = await this.orderConn.brpop(this.keys.cell(this.name).orders, 1);
+        popped = await this.orderConn.brpop(this.keys.cell(this.name).orders, ORDER_WAIT_S);
       } catch (err) {
         if (!this.running) return;
         this.log.warn({ err: errorMessageOf(err) }, 'order queue read failed');

@@ -20,6 +20,7 @@ export interface CellFlags {
   portRange: string;
   heartbeatMs: string;
   heartbeatTtlMs: string;
+  desiredPollMs: string;
   commitCheckTimeoutMs?: string;
   volumeCheckMs?: string;
   trustCidr: string[];
@@ -86,6 +87,7 @@ export async function runCell(flags: CellFlags): Promise<void> {
     portRange,
     heartbeatMs: parseIntFlag(flags.heartbeatMs, '--heartbeat-ms', 50),
     heartbeatTtlMs: parseIntFlag(flags.heartbeatTtlMs, '--heartbeat-ttl-ms', 100),
+    desiredPollMs: parseIntFlag(flags.desiredPollMs, '--desired-poll-ms', 100),
     commitCheckTimeoutMs:
       flags.commitCheckTimeoutMs === undefined
         ? undefined

@@ -37,6 +37,11 @@ export function registerCellCommand(program: Command): void {
       String(DEFAULT_CELL_AGENT_OPTIONS.heartbeatTtlMs),
     )
     .option(
+      '--desired-poll-ms <ms>',
+      'read the desired state this often without a notification (every 2 s while the notify subscription is down)',
+      String(DEFAULT_CELL_AGENT_OPTIONS.desiredPollMs),
+    )
+    .option(
       '--commit-check-timeout-ms <ms>',
       'a primary whose check write does not commit (sync: is not acknowledged) within this is reported degraded (default: 2000)',
     )

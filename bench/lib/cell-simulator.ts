@@ -15,6 +15,7 @@ import {
   keyLayout,
   ORDER_RESULT_TTL_MS,
   claimLease,
+  heartbeatCell,
   releaseLease,
   type ActualInstance,
   type CellEvent,
@@ -41,7 +42,7 @@ export interface CellSimulatorOptions {
   heartbeatMs?: number;
   /** Like `sf cell --heartbeat-ttl-ms`. @default 3000 */
   heartbeatTtlMs?: number;
-  /** The agent re-reads its desired hash this often besides notifications. @default 2000 */
+  /** The agent re-reads its desired hash this often besides notifications. @default 30000 */
   desiredPollMs?: number;
   /** The agent rewrites every report this often. @default 10000 */
   fullReportMs?: number;
@@ -63,7 +64,7 @@ export const DEFAULT_CELL_SIMULATOR_OPTIONS = {
   capacityMb: 1_048_576,
   heartbeatMs: 1_000,
   heartbeatTtlMs: 3_000,
-  desiredPollMs: 2_000,
+  desiredPollMs: 30_000,
   fullReportMs: 10_000,
   startMs: 20,
 };
@@ -270,24 +271,23 @@ export class CellSimulator {
     await this.heartbeat([...this.cells.values()]);
   }
 
-  /** The agent's heartbeat: SET registration PX ttl + SADD cells, one transaction per cell. */
+  /**
+   * The agent's heartbeat (protocol/cell-heartbeat.ts): one EVALSHA that renews the registration,
+   * and only when it had expired writes it again and adds the cell to the set (the agent's check
+   * for a wiped store). Simulated instances hold no lease, so no floor is read.
+   */
   private async heartbeat(cells: SimCell[]): Promise<void> {
     if (!this.redis || this.stopped) return;
     const redis = this.redis;
+    const ttl = this.opts.heartbeatTtlMs;
     await Promise.all(
-      cells.map((cell) =>
-        redis
-          .multi()
-          .set(
-            this.keys.cell(cell.name).registration,
-            JSON.stringify(this.record(cell)),
-            'PX',
-            this.opts.heartbeatTtlMs,
-          )
-          .sadd(this.keys.cells, cell.name)
-          .exec()
-          .catch(() => undefined),
-      ),
+      cells.map(async (cell) => {
+        try {
+          await heartbeatCell(redis, this.keys, cell.name, JSON.stringify(this.record(cell)), ttl, []);
+        } catch {
+          // The next heartbeat tries again.
+        }
+      }),
     );
   }
 

@@ -17,7 +17,7 @@ import { createRedis, ErrorCode, isSfError, withDefaults } from '../../common';
 import type { Logger } from 'pino';
 import type { LeaderElector } from '../leader/leader-elector';
 import type { CellDirectory } from '../services/cell-directory';
-import type { ServiceStore } from '../services/service-store';
+import type { ServiceSnapshot, ServiceStore } from '../services/service-store';
 import type { OrphanCollector } from './orphan-collector';
 import type { ServiceReconciler } from './service-reconciler';
 import type { StateKeeper } from './state-keeper';
@@ -58,6 +58,9 @@ export interface ConvergenceLoopOptions {
   /** Called after every pass this control ran as leader (metrics). */
   onPass?: (seconds: number, ok: boolean) => void;
 }
+
+/** The collector and the state copy get at most 1/COLLECT_SHARE of the leader's time. */
+const COLLECT_SHARE = 10;
 
 /** The cells' default registration TTL (`sf cell --heartbeat-ttl-ms`), when no cell has been seen yet. */
 const DEFAULT_CELL_TTL_MS = 3_000;
@@ -158,8 +161,22 @@ export class ConvergenceLoop {
   private lastCollectAt = Number.NEGATIVE_INFINITY;
   /** Something was reconciled since the collector and the state copy last ran. */
   private collectPending = false;
-  /** Where the last pass stopped for its budget: the next one goes on from there. */
-  private resumeAt: string | null = null;
+  /** Least time between two runs of the collector and the copy while changes go on. */
+  private collectEveryMs = 0;
+  /**
+   * Services a pass found changed (or owed) but did not reconcile before its budget ran out: the
+   * next pass starts with them, so services needing work at every pass cannot starve the rest.
+   */
+  private carry = new Set<string>();
+  /** The snapshot the last pass looked at, and what each cell was then (alive, reports object). */
+  private lastSnapshot: ServiceSnapshot | null = null;
+  private lastCells = new Map<string, { alive: boolean; actual: ReadonlyMap<string, ActualInstance> }>();
+  private lastGrace: boolean | null = null;
+  /** Services that are not settled (reconciled every pass): the pass's work besides what changed. */
+  private readonly unsettled = new Set<string>();
+  /** cell -> services with an instance on it, and each service's cells: to go from a cell to its services. */
+  private readonly byCell = new Map<string, Set<string>>();
+  private readonly cellsOfService = new Map<string, readonly string[]>();
 
   constructor(
     private readonly elector: LeaderElector,
@@ -217,11 +234,6 @@ export class ConvergenceLoop {
     if (name && name !== '*') this.urgent.add(name);
   }
 
-  private passOrder(services: ReadonlyMap<string, ServiceRecord>): Iterable<string> {
-    if (this.urgent.size === 0 && this.resumeAt === null) return services.keys();
-    return [...this.urgent, ...rotate([...services.keys()], this.resumeAt)];
-  }
-
   /** Asks for a pass soon; passes never overlap, and one requested during a pass runs after it. */
   kick(delayMs = this.opts.debounceMs): void {
     if (this.stopped || this.pending) return;
@@ -245,6 +257,101 @@ export class ConvergenceLoop {
    * One pass (exported for tests that step the loop by hand): a full one — everything read,
    * every service reconciled — every `resyncMs`, else one over what changed.
    */
+  /** Names whose records changed since the last pass's snapshot; null when unknown (any may have). */
+  private changedSince(snapshot: ServiceSnapshot): Set<string> | null {
+    if (!this.lastSnapshot) return null;
+    const store = this.store as Partial<Pick<ServiceStore, 'changedBetween'>>;
+    return store.changedBetween?.(this.lastSnapshot, snapshot) ?? null;
+  }
+
+  /**
+   * The services a pass looks at, in order: named by messages, carried over, then the rest.
+   * `changed` null means every service (and the cell index is rebuilt); otherwise only the
+   * services `changed` names, those on cells whose liveness or reports changed since the last
+   * pass, those not settled, and up to `quota` of those the round owes.
+   */
+  private candidates(
+    services: ReadonlyMap<string, ServiceRecord>,
+    cells: ReadonlyMap<string, CellSnapshot>,
+    changed: Set<string> | null,
+    round: { owed: Set<string> } | null,
+    quota: number,
+  ): Iterable<string> {
+    const first = [...this.urgent, ...this.carry];
+    if (changed === null) {
+      this.byCell.clear();
+      this.cellsOfService.clear();
+      this.unsettled.clear();
+      for (const name of this.settled.keys()) if (!services.has(name)) this.settled.delete(name);
+      for (const [name, record] of services) {
+        this.index(name, record);
+        if (!this.settled.has(name)) this.unsettled.add(name);
+      }
+      return [...first, ...services.keys()];
+    }
+    const look = new Set<string>(first);
+    for (const name of changed) {
+      const record = services.get(name);
+      if (!record) {
+        this.forget(name);
+        continue;
+      }
+      this.index(name, record);
+      if (!this.settled.has(name)) this.unsettled.add(name);
+      look.add(name);
+    }
+    for (const [name, cell] of cells) {
+      const before = this.lastCells.get(name);
+      if (before && before.alive === cell.alive && before.actual === cell.actual) continue;
+      for (const service of this.byCell.get(name) ?? []) look.add(service);
+    }
+    for (const [name] of this.lastCells)
+      if (!cells.has(name)) for (const service of this.byCell.get(name) ?? []) look.add(service);
+    for (const name of this.unsettled) look.add(name);
+    if (round) {
+      let n = 0;
+      for (const name of round.owed) {
+        if (n++ >= quota) break;
+        look.add(name);
+      }
+    }
+    return look;
+  }
+
+  /** Keeps the cell index of one service up to date with its record. */
+  private index(name: string, record: ServiceRecord): void {
+    const before = this.cellsOfService.get(name);
+    const now = [...new Set(record.instances.map((i) => i.cell))];
+    if (before && before.length === now.length && before.every((c, i) => c === now[i])) return;
+    for (const cell of before ?? []) this.byCell.get(cell)?.delete(name);
+    for (const cell of now) {
+      let set = this.byCell.get(cell);
+      if (!set) this.byCell.set(cell, (set = new Set()));
+      set.add(name);
+    }
+    this.cellsOfService.set(name, now);
+  }
+
+  /** A service that no longer exists leaves every index. */
+  private forget(name: string): void {
+    for (const cell of this.cellsOfService.get(name) ?? []) this.byCell.get(cell)?.delete(name);
+    this.cellsOfService.delete(name);
+    this.settled.delete(name);
+    this.unsettled.delete(name);
+    this.urgent.delete(name);
+    this.carry.delete(name);
+  }
+
+  private settle(name: string, inputs: unknown[]): void {
+    this.settled.set(name, inputs);
+    this.unsettled.delete(name);
+  }
+
+  private unsettle(name: string): void {
+    this.settled.delete(name);
+    this.unsettled.add(name);
+  }
+
   async pass(): Promise<void> {
     const fence = this.elector.current();
     if (!fence) return;
@@ -255,6 +362,7 @@ export class ConvergenceLoop {
     if (fence.token !== this.lastToken) {
       this.settled.clear();
       this.round = null;
+      this.carry.clear();
     }
     this.lastToken = fence.token;
     const startedPerf = performance.now();
@@ -287,8 +395,8 @@ export class ConvergenceLoop {
           'new leadership term: no cell is judged dead until the cell grace has passed',
         );
       }
-      const { services } = await this.store.snapshot();
-      for (const name of this.settled.keys()) if (!services.has(name)) this.settled.delete(name);
+      const snapshot = await this.store.snapshot();
+      const { services } = snapshot;
       // A new term reconciles everything anyway (nothing is settled in it). The round of settled
       // services starts every `recheckMs` and is paid evenly over it.
       if (this.round === null && full && started - this.lastRoundAt >= this.opts.recheckMs) {
@@ -301,21 +409,25 @@ export class ConvergenceLoop {
         const due = Math.ceil((round.size * (started - round.startedAt + this.opts.pollMs)) / this.opts.recheckMs);
         roundQuota = Math.max(0, Math.min(round.size, due) - (round.size - round.owed.size));
       }
-      // First what changed (named by a message, or whose inputs differ from what settled it), from
-      // where the last pass stopped; then what the round owes, within what is left of the budget.
+      // Which services to look at: all of them on a resync, a new term, a grace that changed or
+      // records changed in ways this pass cannot name; else only those named by a change, on a
+      // cell whose liveness or reports changed, not settled, carried over, or owed by the round.
+      const names = full || cellGrace !== this.lastGrace ? null : this.changedSince(snapshot);
+      const look = this.candidates(services, cells, names, round, roundQuota);
+      this.lastSnapshot = snapshot;
+      this.lastGrace = cellGrace;
+      this.lastCells = new Map([...cells].map(([name, c]) => [name, { alive: c.alive, actual: c.actual }]));
+      // First what changed (named by a message, or whose inputs differ from what settled it),
+      // carried-over work before the rest; then what the round owes, within what is left of the budget.
       const changed: Array<[string, ServiceRecord, unknown[]]> = [];
       const owed: Array<[string, ServiceRecord, unknown[]]> = [];
       const seen = new Set<string>();
-      // The cursor moves only over the services in map order: named ones come first in every pass,
-      // so a pass cut among them must not move it (the others behind it would wait for ever).
-      const named = new Set(this.urgent);
-      const cursor = this.resumeAt;
-      for (const name of this.passOrder(services)) {
+      for (const name of look) {
         if (seen.has(name)) continue;
         seen.add(name);
         const record = services.get(name);
         if (!record) {
-          this.urgent.delete(name);
+          this.forget(name);
           round?.owed.delete(name);
           continue;
         }
@@ -323,24 +435,25 @@ export class ConvergenceLoop {
         if (this.urgent.has(name) || !sameInputs(this.settled.get(name), inputs)) changed.push([name, record, inputs]);
         else if (owed.length < roundQuota && round?.owed.has(name)) owed.push([name, record, inputs]);
       }
-      this.resumeAt = null;
+      const work = [...changed, ...owed];
+      this.carry = new Set(work.map(([name]) => name));
       let reconciled = 0;
       let cut = false;
       const budgetFrom = performance.now();
-      for (const [name, record, inputs] of [...changed, ...owed]) {
+      for (const [name, record, inputs] of work) {
         if (this.elector.current()?.token !== fence.token) return;
         if (reconciled > 0 && performance.now() - budgetFrom > this.opts.passBudgetMs) {
           cut = true;
-          this.resumeAt = named.has(name) ? cursor : name;
           break;
         }
-        this.settled.delete(name);
+        this.carry.delete(name);
+        this.unsettle(name);
         this.urgent.delete(name);
         round?.owed.delete(name);
         reconciled++;
         try {
           await this.reconciler.reconcile(name, fence, cells, { cellGrace });
-          if (settledService(record, cells)) this.settled.set(name, inputs);
+          if (settledService(record, cells)) this.settle(name, inputs);
         } catch (err) {
           if (isSfError(err) && err.code === ErrorCode.StaleLeader) {
             this.opts.logger.warn({ err: err.message }, 'a newer leader exists; standing down');
@@ -362,11 +475,16 @@ export class ConvergenceLoop {
       // at most once per poll period while passes follow each other (a bulk create or delete
       // otherwise read and wrote the whole state once per pass).
       if (reconciled > 0) this.collectPending = true;
-      if (full || (this.collectPending && started - this.lastCollectAt >= this.opts.pollMs)) {
+      if (full || (this.collectPending && started - this.lastCollectAt >= this.collectEveryMs)) {
         this.collectPending = false;
         this.lastCollectAt = started;
+        const collectFrom = performance.now();
         await this.collector?.collect(fence, cells, (await this.store.snapshot()).services.values());
         await this.keeper?.saveIfChanged();
+        // Both read the whole state (the copy writes it to a file too): O(N). While changes keep
+        // coming they take at most a tenth of the leader's time, not one run per second (at
+        // 10,000 services that starved placement: creates were scheduled at 6 a second).
+        this.collectEveryMs = Math.max(this.opts.pollMs, COLLECT_SHARE * (performance.now() - collectFrom));
       }
       this.passes++;
       ok = true;
@@ -377,15 +495,6 @@ export class ConvergenceLoop {
       this.opts.onPass?.((performance.now() - startedPerf) / 1000, ok);
     }
   }
-}
-
-/**
- * The service names from `from` on, round the list: a pass cut short by its budget must not start over with services that need work at every pass
- * (a failover in progress, a deletion), or those behind them would wait for ever.
- */
-function rotate(names: string[], from: string | null): string[] {
-  const at = from === null ? -1 : names.indexOf(from);
-  return at <= 0 ? names : [...names.slice(at), ...names.slice(0, at)];
 }
 
 /** The cell an `sf:cell-events` message is about ('' when it is not a cell event). */
@@ -416,8 +525,9 @@ function reconcileInputs(
   return out;
 }
 
+/** The record (first) by identity: a changed record is a new object. Reports by what the reconciler reads. */
 function sameInputs(a: unknown[] | undefined, b: unknown[]): boolean {
-  return a !== undefined && a.length === b.length && a.every((v, i) => v === b[i] || sameReport(v, b[i]));
+  return a !== undefined && a.length === b.length && a.every((v, i) => v === b[i] || (i > 0 && sameReport(v, b[i])));
 }
 
 /**

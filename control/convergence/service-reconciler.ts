@@ -83,7 +83,12 @@ export class ServiceReconciler {
     }
     const after = await this.store.change(name, fence, async (rec, snapshot) => {
       if (!rec || rec.status === 'deleting') return { done: rec };
-      const change = await this.step(rec, cells, fence, snapshot.services.values(), context);
+      // What the other services' records place on each cell: the sums over the snapshot, less
+      // this service's own stored record (its next version is counted at placement).
+      const usage = this.store.usageAt(snapshot);
+      const stored = snapshot.services.get(name);
+      const othersMb = (cell: string): number => usage.promisedMb(cell) - placedMb(stored, cell);
+      const change = await this.step(rec, cells, fence, othersMb, context);
       return change ? { change, result: change.record } : { done: rec };
     });
     if (after && after.status !== 'deleting')
@@ -95,7 +100,7 @@ export class ServiceReconciler {
     rec: ServiceRecord,
     cells: ReadonlyMap<string, CellSnapshot>,
     fence: LeaderFence,
-    allServices: Iterable<ServiceRecord>,
+    othersMb: (cell: string) => number,
     context: ReconcileContext,
   ): Promise<ServiceChange | null> {
     const now = Date.now();
@@ -229,7 +234,6 @@ export class ServiceReconciler {
       for (let k = 0; k < missing; k++) slots.push(`${next.name}-${next.nextIndex + k}`);
     }
     if (slots.length > 0) {
-      const others = [...allServices].filter((s) => s.name !== next.name);
       try {
         const decisions = runPlacementAuction(
           {
@@ -241,7 +245,7 @@ export class ServiceReconciler {
             slots: slots.map((instanceId) => ({ instanceId })),
             occupied: next.instances.map((i) => ({ cell: i.cell, zone: i.zone })),
           },
-          cellCandidates(cells, [...others, next]),
+          cellCandidates(cells, (cell) => othersMb(cell) + placedMb(next, cell)),
         );
         const initial = next.instances.length === 0;
         decisions.forEach((d, k) => {
@@ -485,4 +489,12 @@ function primaryAddress(
   if (!actual || actual.state !== 'running' || actual.port === null || actual.generation < primary.generation)
     return null;
   return { host: actual.host, port: actual.port };
+}
+
+/** The volume space a record places on `cell`. */
+function placedMb(record: ServiceRecord | undefined, cell: string): number {
+  if (!record) return 0;
+  let mb = 0;
+  for (const i of record.instances) if (i.cell === cell) mb += record.volume.sizeMb;
+  return mb;
 }

@@ -7,24 +7,26 @@ import type { CellSnapshot } from '../services/cell-directory';
 import type { ServiceRecord } from '../services/service-types';
 import type { CellCandidate } from './placement-auction';
 
+/**
+ * `promised`: the space service records place on each cell, as the records themselves (summed
+ * here) or as a lookup kept up to date elsewhere (ServiceStore.usageAt).
+ */
 export function cellCandidates(
   cells: ReadonlyMap<string, CellSnapshot>,
-  services: Iterable<ServiceRecord>,
+  promised: Iterable<ServiceRecord> | ((cell: string) => number),
 ): CellCandidate[] {
-  const promised = new Map<string, number>();
-  for (const s of services) {
-    for (const i of s.instances) promised.set(i.cell, (promised.get(i.cell) ?? 0) + s.volume.sizeMb);
-  }
+  const promisedMb = typeof promised === 'function' ? promised : promisedBy(promised);
   const out: CellCandidate[] = [];
   for (const cell of cells.values()) {
     if (!cell.record) continue;
-    const volumes = [...cell.actual.values()].filter((a) => a.volumePresent).map((a) => a.instanceId);
+    // A view, not a list: building every cell's list made each placement cost O(instances).
+    const volumes = { includes: (id: string): boolean => cell.actual.get(id)?.volumePresent === true };
     out.push({
       name: cell.name,
       zone: cell.record.zone,
       alive: cell.alive,
       capacityMb: cell.record.capacityMb,
-      usedMb: Math.max(cell.record.usedMb, promised.get(cell.name) ?? 0),
+      usedMb: Math.max(cell.record.usedMb, promisedMb(cell.name)),
       engines: cell.record.engines,
       executors: cell.record.executors,
       ...(cell.record.sidecars ? { sidecars: cell.record.sidecars } : {}),
@@ -32,4 +34,12 @@ export function cellCandidates(
     });
   }
   return out;
+}
+
+function promisedBy(services: Iterable<ServiceRecord>): (cell: string) => number {
+  const promised = new Map<string, number>();
+  for (const s of services) {
+    for (const i of s.instances) promised.set(i.cell, (promised.get(i.cell) ?? 0) + s.volume.sizeMb);
+  }
+  return (cell) => promised.get(cell) ?? 0;
 }

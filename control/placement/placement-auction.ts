@@ -25,8 +25,8 @@ export interface CellCandidate {
   executors?: readonly ExecutorKind[];
   /** Sidecars the cell can run as processes; absent = none. */
   sidecars?: readonly SidecarKind[];
-  /** Instance ids whose volume is present on this cell. */
-  volumes?: readonly string[];
+  /** Instance ids whose volume is present on this cell (an array, or a view of the cell's reports). */
+  volumes?: { includes(instanceId: string): boolean };
 }
 
 export interface PlacementSlot {

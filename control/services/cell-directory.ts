@@ -27,6 +27,8 @@ export class CellDirectory {
   private readonly cached = new Map<string, CachedCell>();
   /** Cells that reported since their actual hash was last read. */
   private readonly dirty = new Set<string>();
+  /** The view being read, shared by whoever asks meanwhile. */
+  private viewing: Promise<Map<string, CellSnapshot>> | undefined;
 
   constructor(
     private readonly redis: Redis,
@@ -52,6 +54,17 @@ export class CellDirectory {
    * keeps its object, so a caller can tell "unchanged" by identity. The caller reads everything
    * again (`snapshot`) now and then, so a lost message costs at most that period.
    */
+  /**
+   * A view that may have started being read just before the call: callers at the same moment (a
+   * burst of creates) share one read, which costs O(cells). For admission, whose check is
+   * advisory (the leader places); the leader's pass reads its own `view()`, so a report that
+   * arrived meanwhile is in it.
+   */
+  sharedView(): Promise<Map<string, CellSnapshot>> {
+    this.viewing ??= this.view().finally(() => (this.viewing = undefined));
+    return this.viewing;
+  }
+
   async view(): Promise<Map<string, CellSnapshot>> {
     const names = (await this.redis.smembers(this.keys.cells)).sort();
     const stale = new Set(names.filter((n) => this.dirty.has(n) || !this.cached.has(n)));

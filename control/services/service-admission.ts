@@ -16,6 +16,7 @@ import type { ServiceCreateRequest, ServiceTlsPolicy } from './service-schema';
 import type { ServiceStore } from './service-store';
 import type { InstanceRecord, ServiceRecord } from './service-types';
 import { hasCredentials, newServiceCredentials } from './service-credentials';
+import type { ServiceUsage } from './service-usage';
 
 export interface ServiceAdmissionDeps {
   store: ServiceStore;
@@ -54,11 +55,12 @@ export async function admitService(
       `router_group '${req.router_group}' names no router group`,
       'router_group',
     );
+  // The directory's view: registrations read now, reports re-read only for cells that reported
+  // since (a full read of every cell's reports made each create cost O(instances)). Read before
+  // the change takes its turn: it costs O(cells), and changes run one at a time.
+  const cells = await deps.directory.sharedView();
   return deps.store.change<ServiceRecord>(req.name, null, async (current, snapshot) => {
     if (current) throw new SfError(ErrorCode.ServiceExists, `name '${req.name}' is already taken by a service`, 'name');
-    // The directory's view: registrations read now, reports re-read only for cells that reported
-    // since (a full read of every cell's reports made each create cost O(instances)).
-    const cells = await deps.directory.view();
     const slots = Array.from({ length: req.replicas + 1 }, (_, k) => ({ instanceId: `${req.name}-${k}` }));
     const request = {
       service: req.name,
@@ -67,7 +69,8 @@ export async function admitService(
       ...(req.sidecars?.length ? { sidecars: req.sidecars } : {}),
       sizeMb: req.volume.size_mb,
     };
-    const candidates = cellCandidates(cells, snapshot.services.values());
+    const usage = deps.store.usageAt(snapshot);
+    const candidates = cellCandidates(cells, (cell) => usage.promisedMb(cell));
     const now = Date.now();
     const placed: InstanceRecord[] = [];
     if (restore) {
@@ -91,7 +94,7 @@ export async function admitService(
         candidates,
       );
     } else runPlacementAuction({ ...request, slots, occupied: [] }, candidates);
-    const port = await freePort(deps, group, [...snapshot.services.values()]);
+    const port = await freePort(deps, group, () => deps.store.usageAt(snapshot));
     const record: ServiceRecord = {
       name: req.name,
       engine: req.engine,
@@ -151,12 +154,24 @@ export async function requestServiceDeletion(store: ServiceStore, name: string):
   });
 }
 
-/** The lowest port of the group that no route and no other service holds. */
-async function freePort(deps: ServiceAdmissionDeps, group: RouterGroup, services: ServiceRecord[]): Promise<number> {
-  const used = new Set(await deps.routes.portsInUse(group));
-  for (const s of services) if (s.routerGroupGuid === group.guid) used.add(s.port);
-  for (const [low, high] of parsePortRanges(group.reservable_ports)) {
-    for (let p = low; p <= high; p++) if (!used.has(p)) return p;
+/** Candidate ports checked against the route table per round trip. */
+const PORT_BATCH = 16;
+
+/**
+ * The lowest port of the group that no other service and no route holds: candidates come from the
+ * services' port index (no scan of every service or route), then one round trip asks which of
+ * them a route holds (routes not made for a service are rare, so one batch nearly always does).
+ */
+async function freePort(deps: ServiceAdmissionDeps, group: RouterGroup, usage: () => ServiceUsage): Promise<number> {
+  const ranges = parsePortRanges(group.reservable_ports);
+  const routed = new Set<number>();
+  for (;;) {
+    const candidates = usage().freePorts(group.guid, ranges, PORT_BATCH, routed);
+    if (candidates.length === 0) break;
+    const taken = await deps.routes.portsTaken(group, candidates);
+    const free = candidates.find((p) => !taken.has(p));
+    if (free !== undefined) return free;
+    for (const p of taken) routed.add(p);
   }
   throw new SfError(
     ErrorCode.NoRoutePort,

@@ -11,14 +11,20 @@ import { withFencedRetry, type FencedPlan, type LeaderFence } from '../leader/fe
 import type { CasOp } from '../state/cas-commit';
 import type { KeyLayout } from '../../protocol';
 import type { ServiceEvent, ServiceRecord } from './service-types';
+import { ServiceMap } from './service-map';
+import { ServiceUsage } from './service-usage';
 
 /** Service events kept for `GET /v3/service_instances/:name/events` and operators. */
 export const SERVICE_EVENT_HISTORY = 500;
 
 export interface ServiceSnapshot {
   version: number;
-  services: Map<string, ServiceRecord>;
+  /** Shared with later snapshots (service-map.ts): read only. */
+  services: ReadonlyMap<string, ServiceRecord>;
 }
+
+/** Change log entries kept for changedBetween (a pass that falls further behind checks everything). */
+const CHANGE_LOG_LIMIT = 4_096;
 
 /** What a leader (or API) change wants to write besides the record: cell specs, events. */
 export interface ServiceChange {
@@ -46,13 +52,21 @@ export class ServiceStore {
   private cached: ServiceSnapshot | null = null;
   /** version -> service name, from change messages newer than the cached snapshot. */
   private readonly heard = new Map<number, string>();
+  /** Sums over the cached snapshot's records, kept record by record (service-usage.ts). */
+  private usage: ServiceUsage | null = null;
+  private usageOf: ServiceSnapshot | null = null;
+  /** Each snapshot that became the cached one, numbered, with the names it changed (null: unknown). */
+  private readonly serials = new WeakMap<ServiceSnapshot, number>();
+  private serial = 0;
+  private readonly log: Array<{ serial: number; names: readonly string[] | null }> = [];
   /**
    * This process's changes, one at a time. Every change is guarded by the one services version,
    * so concurrent changes of one process only made each other retry: about 90 parallel creates
    * ended in SF_ERR_STORE_BUSY. In turn, each commits at its first attempt unless another control
    * wrote meanwhile (that case still retries).
    */
-  private queue: Promise<unknown> = Promise.resolve();
+  private readonly waiting: Array<{ leader: boolean; run: () => Promise<void> }> = [];
+  private busy = false;
   /** Set inside a change, so a change started from within one (nested) does not wait for itself. */
   private readonly inChange = new AsyncLocalStorage<boolean>();
 
@@ -78,21 +92,26 @@ export class ServiceStore {
 
   /** Every record at one version: the cached one brought up to date, or a full read. */
   async snapshot(): Promise<ServiceSnapshot> {
-    const cached = this.cached;
-    if (cached) {
+    // A catch-up fails when another change commits between its two reads: that is no reason to
+    // read every record, so it tries again (twice) from the newer version.
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const cached = this.cached;
+      if (!cached) break;
       const version = Number((await this.redis.get(this.keys.servicesVersion)) ?? 0);
-      if (version === cached.version) return cached;
-      if (version > cached.version) {
-        const names = new Set<string>();
-        let heardAll = true;
-        for (let v = cached.version + 1; v <= version && heardAll; v++) {
-          const name = this.heard.get(v);
-          if (name === undefined) heardAll = false;
-          else names.add(name);
-        }
-        const caught = heardAll ? await this.catchUp(cached, version, [...names]) : null;
-        if (caught) return caught;
+      // Below what was cached: the store went back (restored, wiped). Read everything.
+      if (version < cached.version) break;
+      const from = this.cached ?? cached;
+      if (from.version >= version) return from;
+      const names = new Set<string>();
+      let heardAll = true;
+      for (let v = from.version + 1; v <= version && heardAll; v++) {
+        const name = this.heard.get(v);
+        if (name === undefined) heardAll = false;
+        else names.add(name);
       }
+      if (!heardAll) break;
+      const caught = await this.catchUp(from, version, [...names]);
+      if (caught) return caught;
     }
     return this.readAll();
   }
@@ -103,7 +122,7 @@ export class ServiceStore {
     const raw = (res?.[1]?.[1] as Record<string, string> | null) ?? {};
     const services = new Map<string, ServiceRecord>();
     for (const [name, text] of Object.entries(raw)) services.set(name, JSON.parse(text) as ServiceRecord);
-    return this.keep({ version, services });
+    return this.keep({ version, services: ServiceMap.of(services) }, null);
   }
 
   /** The cached snapshot with `names` re-read, if the store is still at `version`. */
@@ -115,21 +134,68 @@ export class ServiceStore {
       .exec();
     if (Number(res?.[0]?.[1] ?? 0) !== version) return null;
     const texts = (res?.[1]?.[1] as Array<string | null> | null) ?? [];
-    const services = new Map(cached.services);
+    const changes = new Map<string, ServiceRecord | null>();
     names.forEach((name, i) => {
       const text = texts[i];
-      if (text) services.set(name, JSON.parse(text) as ServiceRecord);
-      else services.delete(name);
+      changes.set(name, text ? (JSON.parse(text) as ServiceRecord) : null);
     });
-    return this.keep({ version, services });
+    const base = cached.services instanceof ServiceMap ? cached.services : ServiceMap.of(cached.services);
+    return this.keep({ version, services: base.with(changes) }, changes);
   }
 
-  private keep(snapshot: ServiceSnapshot): ServiceSnapshot {
+  /** `changes`: what differs from the cached snapshot (null: unknown, a full read). */
+  private keep(snapshot: ServiceSnapshot, changes: ReadonlyMap<string, ServiceRecord | null> | null): ServiceSnapshot {
     if (!this.cached || snapshot.version >= this.cached.version) {
+      const before = this.cached;
       this.cached = snapshot;
       for (const v of this.heard.keys()) if (v <= snapshot.version) this.heard.delete(v);
+      if (changes && this.usage && this.usageOf === before && before) {
+        for (const [name, record] of changes) this.usage.replace(before.services.get(name), record);
+        this.usageOf = snapshot;
+      } else {
+        this.usage = null;
+        this.usageOf = null;
+      }
+      this.serials.set(snapshot, ++this.serial);
+      this.log.push({ serial: this.serial, names: changes ? [...changes.keys()] : null });
+      if (this.log.length > CHANGE_LOG_LIMIT) this.log.splice(0, this.log.length - CHANGE_LOG_LIMIT);
     }
     return snapshot;
+  }
+
+  /**
+   * Sums over the records of `snapshot` (promised space per cell, ports held per group): kept up
+   * to date change by change for the latest snapshot, computed afresh for any other.
+   */
+  usageAt(snapshot: ServiceSnapshot): ServiceUsage {
+    if (snapshot === this.cached) {
+      if (this.usageOf !== snapshot || !this.usage) {
+        this.usage = ServiceUsage.of(snapshot.services.values());
+        this.usageOf = snapshot;
+      }
+      return this.usage;
+    }
+    return ServiceUsage.of(snapshot.services.values());
+  }
+
+  /**
+   * The names whose records may differ between two snapshots this store returned, `older` taken
+   * first; null when that is not known (a full read between them, or too long ago): then any may.
+   */
+  changedBetween(older: ServiceSnapshot, newer: ServiceSnapshot): Set<string> | null {
+    if (older === newer) return new Set();
+    const from = this.serials.get(older);
+    const to = this.serials.get(newer);
+    if (from === undefined || to === undefined || to < from) return null;
+    const first = this.log[0];
+    if (!first || first.serial > from + 1) return null;
+    const names = new Set<string>();
+    for (const entry of this.log) {
+      if (entry.serial <= from || entry.serial > to) continue;
+      if (!entry.names) return null;
+      for (const n of entry.names) names.add(n);
+    }
+    return names;
   }
 
   async get(name: string): Promise<ServiceRecord | null> {
@@ -161,9 +227,34 @@ export class ServiceStore {
     ) => Promise<{ change: ServiceChange; result: T } | { done: T }>,
   ): Promise<T> {
     if (this.inChange.getStore()) return this.changeNow(name, fence, decide);
-    const run = this.queue.then(() => this.inChange.run(true, () => this.changeNow(name, fence, decide)));
-    this.queue = run.catch(() => undefined);
-    return run;
+    return new Promise<T>((resolve, reject) => {
+      this.waiting.push({
+        leader: fence !== null,
+        run: () =>
+          this.inChange
+            .run(true, () => this.changeNow(name, fence, decide))
+            .then(resolve, reject)
+            .finally(() => {
+              this.busy = false;
+              this.next();
+            }),
+      });
+      this.next();
+    });
+  }
+
+  /**
+   * Starts the next waiting change: the leader's first. API creates arrive many at a time and
+   * each holds the turn for its admission; behind them the leader's placements waited their turn
+   * eight creates long, so at 10,000 services scheduling fell minutes behind creation.
+   */
+  private next(): void {
+    if (this.busy) return;
+    const leader = this.waiting.findIndex((w) => w.leader);
+    const [turn] = this.waiting.splice(leader >= 0 ? leader : 0, 1);
+    if (!turn) return;
+    this.busy = true;
+    void turn.run();
   }
 
   private changeNow<T>(
@@ -174,18 +265,43 @@ export class ServiceStore {
       snapshot: ServiceSnapshot,
     ) => Promise<{ change: ServiceChange; result: T } | { done: T }>,
   ): Promise<T> {
-    return withFencedRetry(this.redis, fence, async (): Promise<FencedPlan<T>> => {
+    // The plan of the last attempt; when withFencedRetry returns after it, it is what committed.
+    let planned: { version: number; record: ServiceRecord | null } | null = null;
+    const result = withFencedRetry(this.redis, fence, async (): Promise<FencedPlan<T>> => {
+      planned = null;
       const snapshot = await this.snapshot();
       // A copy: the snapshot's records are shared with later passes and must stay as read.
       const current = snapshot.services.get(name);
       const decision = await decide(current ? structuredClone(current) : null, snapshot);
       if ('done' in decision) return decision;
+      const { record } = decision.change;
+      planned = {
+        version: snapshot.version + 1,
+        record: record ? (JSON.parse(JSON.stringify(record)) as ServiceRecord) : null,
+      };
       return {
         guards: [{ key: this.keys.servicesVersion, expected: snapshot.version }],
         ops: this.ops(name, decision.change, fence, snapshot.version + 1),
         result: decision.result,
       };
     });
+    return result.then((value) => {
+      if (planned) this.learn(name, planned.version, planned.record);
+      return value;
+    });
+  }
+
+  /**
+   * This process's own commit goes into the cache at once: the next change (the leader's next
+   * reconcile) would otherwise find the version moved before the change message arrived, and read
+   * every record again (at 10,000 services that full read made placement crawl).
+   */
+  private learn(name: string, version: number, record: ServiceRecord | null): void {
+    const cached = this.cached;
+    if (!cached || cached.version !== version - 1) return;
+    const changes = new Map([[name, record]]);
+    const base = cached.services instanceof ServiceMap ? cached.services : ServiceMap.of(cached.services);
+    this.keep({ version, services: base.with(changes) }, changes);
   }
 
   /** Who holds the leader lock now, from the lock's value `${holderId}|${token}`. */

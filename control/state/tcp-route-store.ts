@@ -195,6 +195,21 @@ export class TcpRouteStore {
     return (await this.redis.hkeys(this.keys.group(group.name).routes)).map(Number);
   }
 
+  /** Which of `ports` a route of the group holds: one round trip, whatever the table's size. */
+  async portsTaken(group: RouterGroup, ports: readonly number[]): Promise<Set<number>> {
+    if (ports.length === 0) return new Set();
+    const key = this.keys.group(group.name).routes;
+    const p = this.redis.pipeline();
+    for (const port of ports) p.hexists(key, String(port));
+    const res = (await p.exec()) ?? [];
+    const taken = new Set<number>();
+    res.forEach(([err, held], i) => {
+      if (err) throw err;
+      if (held === 1) taken.add(ports[i]!);
+    });
+    return taken;
+  }
+
   /** Live routers of a group, from their heartbeat keys. */
   async routers(group: RouterGroup): Promise<RouterHeartbeat[]> {
     const prefix = this.keys.group(group.name).routerHeartbeatPrefix;

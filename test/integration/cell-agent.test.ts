@@ -8,6 +8,7 @@ import { CellDriver, killProcess, spawnCell } from '../helpers/cell-process';
 import { freePort } from '../helpers/free-port';
 import { startRedisServer, type RedisServerHandle } from '../helpers/redis-server';
 import { keyLayout } from '../../protocol/keys';
+import { instanceSpecSchema } from '../../protocol';
 
 const KEYS = keyLayout();
 
@@ -193,6 +194,45 @@ describe('sf cell', function () {
       ownRedis.disconnect();
       own.kill('SIGKILL');
     }
+  });
+
+  it('heartbeats with one EVALSHA at rest (a SET inside), no SADD or MULTI, and reads a desired entry that came without a notification at the next poll', async () => {
+    cell = spawnCell({
+      name: 'c1',
+      redisUrl: state.url,
+      dataDir: cellDir.dir,
+      portRange: '22000-22099',
+      extraArgs: ['--desired-poll-ms', '1500'],
+    });
+    await eventually(registration, 15_000, 'registration');
+    const calls = async (): Promise<Record<string, number>> => {
+      const out: Record<string, number> = {};
+      for (const m of (await redis.info('commandstats')).matchAll(/cmdstat_([^:]+):calls=(\d+)/g))
+        out[m[1]!] = Number(m[2]);
+      return out;
+    };
+    await new Promise((r) => setTimeout(r, 500));
+    const before = await calls();
+    // Ten heartbeats at --heartbeat-ms 200.
+    await new Promise((r) => setTimeout(r, 2_000));
+    const after = await calls();
+    expect((after.evalsha ?? 0) - (before.evalsha ?? 0)).to.be.at.least(5);
+    expect((after.set ?? 0) - (before.set ?? 0)).to.be.at.least(5);
+    expect((after.sadd ?? 0) - (before.sadd ?? 0)).to.equal(0);
+    expect((after.exec ?? 0) - (before.exec ?? 0)).to.equal(0);
+    expect(await redis.sismember('sf:cells', 'c1')).to.equal(1);
+
+    // Written as control would, but with no `desired` message: only the poll can find it.
+    const spec = instanceSpecSchema.parse({
+      instanceId: 'quiet-0',
+      service: 'svc',
+      engine: 'redis',
+      role: 'primary',
+      epoch: 1,
+      volume: { sizeMb: 64 },
+    });
+    await redis.hset(KEYS.cell('c1').desired, 'quiet-0', JSON.stringify(spec));
+    await driver.waitState('c1', 'quiet-0', 'running', 20_000);
   });
 
   it('runs orders for different instances concurrently: a fence does not wait behind a hung instance', async () => {

@@ -4,10 +4,10 @@ import { ConvergenceLoop } from '../../../control/convergence/convergence-loop';
 import type { LeaderElector } from '../../../control/leader/leader-elector';
 import type { LeaderFence } from '../../../control/leader/fenced-commit';
 import type { CellDirectory, CellSnapshot } from '../../../control/services/cell-directory';
-import type { ServiceStore } from '../../../control/services/service-store';
+import type { ServiceSnapshot, ServiceStore } from '../../../control/services/service-store';
 import type { ServiceRecord } from '../../../control/services/service-types';
 import type { ServiceReconciler } from '../../../control/convergence/service-reconciler';
-import { keyLayout } from '../../../protocol';
+import { keyLayout, type ActualInstance, type CellRecord } from '../../../protocol';
 
 const FENCE: LeaderFence = { lockKey: 'l', tokenKey: 't', holder: 'me|1', token: 1 };
 
@@ -41,7 +41,89 @@ function fixture(names: string[], options: { reconcileMs?: number; passBudgetMs?
   return { loop, reconciled, services };
 }
 
+/** Running services, each on its own cell, and a store that names what changed between snapshots. */
+function incrementalFixture() {
+  const record = (name: string, cell: string): ServiceRecord =>
+    ({
+      name,
+      status: 'running',
+      instances: [{ id: `${name}-0`, cell, role: 'primary', specWritten: true, generation: 0 }],
+    }) as unknown as ServiceRecord;
+  const report = (id: string, healthy: boolean): ActualInstance =>
+    ({ instanceId: id, state: 'running', generation: 0, healthy, leaseHeld: null }) as unknown as ActualInstance;
+  const cellOf = (name: string, actual: Map<string, ActualInstance>): CellSnapshot => ({
+    name,
+    alive: true,
+    record: { heartbeatTtlMs: 3_000 } as unknown as CellRecord,
+    actual,
+  });
+  const cells = new Map<string, CellSnapshot>([
+    ['c1', cellOf('c1', new Map([['a-0', report('a-0', true)]]))],
+    ['c2', cellOf('c2', new Map([['b-0', report('b-0', true)]]))],
+  ]);
+  let snapshot: ServiceSnapshot = {
+    version: 1,
+    services: new Map([
+      ['a', record('a', 'c1')],
+      ['b', record('b', 'c2')],
+    ]),
+  };
+  const changes = new Map<ServiceSnapshot, Set<string>>();
+  const store = {
+    keys: keyLayout(),
+    noteChanged: () => undefined,
+    snapshot: async () => snapshot,
+    changedBetween: (older: ServiceSnapshot, newer: ServiceSnapshot) =>
+      older === newer ? new Set<string>() : (changes.get(newer) ?? null),
+  };
+  const reconciled: string[] = [];
+  const loop = new ConvergenceLoop(
+    { current: () => FENCE, tick: async () => undefined, resign: async () => undefined } as unknown as LeaderElector,
+    store as unknown as ServiceStore,
+    { snapshot: async () => cells, view: async () => cells, markDirty: () => undefined } as unknown as CellDirectory,
+    { reconcile: async (name: string) => void reconciled.push(name) } as unknown as ServiceReconciler,
+    { redisUrl: 'redis://unused', logger: pino({ level: 'silent' }) },
+  );
+  /** A new snapshot where `name`'s record is replaced, and the store says so. */
+  const rewrite = (name: string): void => {
+    const services = new Map(snapshot.services);
+    services.set(name, { ...services.get(name)! });
+    snapshot = { version: snapshot.version + 1, services };
+    changes.set(snapshot, new Set([name]));
+  };
+  const report2 = (cell: string, id: string, healthy: boolean): void => {
+    cells.set(cell, cellOf(cell, new Map([[id, report(id, healthy)]])));
+  };
+  return { loop, reconciled, rewrite, report: report2 };
+}
+
 describe('ConvergenceLoop', () => {
+  describe('pass (between resyncs)', () => {
+    it('reconciles only the services whose record, cell or reports changed', async () => {
+      const { loop, reconciled, rewrite, report } = incrementalFixture();
+      await loop.pass();
+      expect(reconciled).to.have.members(['a', 'b']);
+      reconciled.length = 0;
+      await loop.pass();
+      expect(reconciled).to.deep.equal([]);
+      report('c1', 'a-0', false);
+      await loop.pass();
+      expect(reconciled).to.deep.equal(['a']);
+      reconciled.length = 0;
+      rewrite('b');
+      await loop.pass();
+      // a is unhealthy, so not settled: reconciled at every pass until it is.
+      expect(reconciled).to.have.members(['a', 'b']);
+      reconciled.length = 0;
+      report('c1', 'a-0', true);
+      await loop.pass();
+      expect(reconciled).to.deep.equal(['a']);
+      reconciled.length = 0;
+      await loop.pass();
+      expect(reconciled).to.deep.equal([]);
+    });
+  });
+
   describe('pass', () => {
     it('reconciles a service named by a change message before every other', async () => {
       const { loop, reconciled, services } = fixture(['a', 'b', 'c', 'd']);

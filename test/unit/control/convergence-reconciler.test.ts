@@ -11,6 +11,7 @@ import type { RouteEmitter } from '../../../control/services/route-emitter';
 import type { ServiceChange, ServiceSnapshot, ServiceStore } from '../../../control/services/service-store';
 import type { InstanceRecord, ServiceRecord } from '../../../control/services/service-types';
 import type { LeaderFence } from '../../../control/leader/fenced-commit';
+import { ServiceUsage } from '../../../control/services/service-usage';
 import type { ActualInstance } from '../../../protocol/cell-protocol';
 import { keyLayout } from '../../../protocol/keys';
 
@@ -23,6 +24,9 @@ class FakeStore {
   constructor(public rec: ServiceRecord | null) {}
   async get(): Promise<ServiceRecord | null> {
     return this.rec;
+  }
+  usageAt(s: ServiceSnapshot): ServiceUsage {
+    return ServiceUsage.of(s.services.values());
   }
   async change<T>(
     _name: string,
