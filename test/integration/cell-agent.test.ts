@@ -6,6 +6,7 @@ import { ErrorCode } from '../../common/errors';
 import { eventually, tempCellDir } from '../helpers/cell-harness';
 import { CellDriver, killProcess, spawnCell } from '../helpers/cell-process';
 import { freePort } from '../helpers/free-port';
+import { freePortBlock } from '../helpers/service-cluster';
 import { startRedisServer, type RedisServerHandle } from '../helpers/redis-server';
 import { keyLayout } from '../../protocol/keys';
 import { instanceSpecSchema } from '../../protocol';
@@ -19,9 +20,11 @@ describe('sf cell', function () {
   let driver: CellDriver;
   let cellDir: { dir: string; remove(): Promise<void> };
   let cell: ChildProcess | undefined;
+  /** A block no other suite hands out: instance ports of a fixed range collided with them. */
+  let ports = '';
 
   const startCell = (): ChildProcess =>
-    spawnCell({ name: 'c1', redisUrl: state.url, dataDir: cellDir.dir, portRange: '22000-22099' });
+    spawnCell({ name: 'c1', redisUrl: state.url, dataDir: cellDir.dir, portRange: ports });
 
   async function registration(): Promise<CellRecord | undefined> {
     const json = await redis.get(KEYS.cell('c1').registration);
@@ -33,6 +36,8 @@ describe('sf cell', function () {
     redis = new Redis(state.url);
     driver = new CellDriver(redis);
     cellDir = await tempCellDir();
+    const from = await freePortBlock();
+    ports = `${from}-${from + 99}`;
   });
 
   afterEach(async () => {
@@ -159,7 +164,7 @@ describe('sf cell', function () {
       spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
         stdio: 'ignore',
       });
-    cell = spawnCell({ name: 'c9', redisUrl: url, dataDir: cellDir.dir, portRange: '22000-22099' });
+    cell = spawnCell({ name: 'c9', redisUrl: url, dataDir: cellDir.dir, portRange: ports });
     await new Promise((r) => setTimeout(r, 1_000));
     expect(cell.exitCode).to.equal(null);
     let own = startState();
@@ -201,7 +206,7 @@ describe('sf cell', function () {
       name: 'c1',
       redisUrl: state.url,
       dataDir: cellDir.dir,
-      portRange: '22000-22099',
+      portRange: ports,
       extraArgs: ['--desired-poll-ms', '1500'],
     });
     await eventually(registration, 15_000, 'registration');
@@ -260,7 +265,7 @@ describe('sf cell', function () {
       name: 'c1',
       redisUrl: state.url,
       dataDir: cellDir.dir,
-      portRange: '22000-22099',
+      portRange: ports,
       extraArgs: ['--stop-instances-on-exit'],
     });
     await driver.desire('c1', { instanceId: 's-0' });
