@@ -209,7 +209,7 @@ export class CellAgent {
   /** When the last heartbeat that Redis acknowledged was sent: the cell's lease runs from there. */
   private heartbeatSentAt = 0;
   /** One heartbeat at a time: a stalled one is not joined by others queued behind it. */
-  private heartbeating = false;
+  private heartbeatRun: Promise<boolean> | undefined;
   private reconciling: Promise<void> | undefined;
   private measuring: Promise<void> | undefined;
   private reconcileAgain = false;
@@ -406,7 +406,9 @@ export class CellAgent {
     if (!this.measuring)
       this.measuring = (this.instances?.measureVolumes() ?? Promise.resolve())
         // The cell record (disk use, full volumes) follows the reports at once, not a beat later.
-        .then(() => this.heartbeat())
+        .then(async () => {
+          await this.heartbeat();
+        })
         .catch((err: unknown) => this.log.warn({ err: errorMessageOf(err) }, 'volume measurement failed'))
         .finally(() => (this.measuring = undefined));
     return this.measuring;
@@ -451,7 +453,8 @@ export class CellAgent {
    * `SADD sf:cells NAME` answering 1 after this cell registered means Redis lost control's state
    * (nothing ever removes a cell from that set). Its empty desired hash then means "unknown", not
    * "stop everything": the cell keeps its instances until control writes desired state again.
-   * Every SADD goes through one connection, so exactly one caller sees the 1.
+   * Only the heartbeat asks (when it writes a missing registration), and a reconcile that finds an
+   * empty hash waits for a beat, so the answer is never missed.
    */
   private noteRegistration(added: number): void {
     if (added === 1 && this.registered) {
@@ -474,11 +477,18 @@ export class CellAgent {
    * written again, after the floors of the cell's primaries were checked, and the cell set asked,
    * whose answer tells a wiped store from an expiry (protocol/cell-heartbeat.ts, noteRegistration).
    */
-  private async heartbeat(): Promise<void> {
-    if (!this.running || !this.redis) return;
-    if (this.heartbeating) return;
-    this.heartbeating = true;
-    const redis = this.redis;
+  private heartbeat(): Promise<boolean> {
+    if (!this.running || !this.redis) return Promise.resolve(false);
+    // One at a time: a caller during a beat waits for that beat (and sees what it learned).
+    this.heartbeatRun ??= this.beat().finally(() => {
+      this.heartbeatRun = undefined;
+    });
+    return this.heartbeatRun;
+  }
+
+  /** One heartbeat; true when the cell is registered after it. */
+  private async beat(): Promise<boolean> {
+    const redis = this.redis as Redis;
     const sentAt = Date.now();
     // A link that went down leaves the connection silently stalled, and what was queued on it
     // waits for TCP's retransmission backoff (seconds) after the link is back: a heartbeat that
@@ -501,7 +511,7 @@ export class CellAgent {
           'cut off from the store past the TTL, and primaries were fenced meanwhile: stopping them before registering again',
         );
         await this.instances?.shootFencedWhileAway(res.deposed);
-        return;
+        return false;
       }
       // A heartbeat that took long, or the first after a gap, means the cell was cut off from
       // the store for a while: every claim is checked again.
@@ -509,11 +519,12 @@ export class CellAgent {
       if (gap && this.heartbeatSentAt > 0) this.instances?.verifyLeases();
       this.heartbeatSentAt = sentAt;
       this.noteRegistration(res.added);
+      return true;
     } catch (err) {
       this.log.warn({ err: errorMessageOf(err) }, 'heartbeat failed');
+      return false;
     } finally {
       clearTimeout(stalled);
-      this.heartbeating = false;
     }
   }
 
@@ -559,14 +570,20 @@ export class CellAgent {
       this.desiredStale = false;
       const readAt = Date.now();
       try {
-        this.desiredRaw = await this.redis.hgetall(this.keys.cell(this.name).desired);
+        const raw = await this.redis.hgetall(this.keys.cell(this.name).desired);
+        // An empty hash is believed only after a heartbeat: in a store that lost its state the
+        // registration is gone too, and the beat that writes it again learns from the cell set
+        // that the store was wiped (noteRegistration). Awaiting the beat (or the one under way)
+        // orders that answer before this check; until a beat succeeds nothing is cached, so an
+        // empty hash is never converged to (stopping every instance) on a guess.
+        if (Object.keys(raw).length === 0 && this.instances.count() > 0 && !(await this.heartbeat()))
+          throw new Error('an empty desired state could not be confirmed: the heartbeat failed');
+        this.desiredRaw = raw;
       } catch (err) {
         this.desiredStale = true;
         throw err;
       }
       this.desiredReadAt = readAt;
-      if (Object.keys(this.desiredRaw).length === 0 && this.instances.count() > 0)
-        this.noteRegistration(await this.redis.sadd(this.keys.cells, this.name));
     }
     const raw = this.desiredRaw;
     if (this.stateLost) {
