@@ -4,7 +4,6 @@
  * whose shot is the executor's (SIGKILL, a container kill on docker) with no client byte reaching
  * it after the route fence.
  */
-import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
@@ -15,16 +14,7 @@ import { primaryOf, promotedFrom, sf } from '../helpers/failover-support';
 import { useServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
 import { serviceKey } from '../helpers/service-key';
 import { eventually } from '../helpers/tcp-client';
-
-/** The AOF of a volume, every part of it (base, increments). */
-async function aofText(dir: string): Promise<string> {
-  let text = '';
-  const entries = await readdir(dir, { withFileTypes: true, recursive: true }).catch(() => []);
-  for (const entry of entries)
-    if (entry.isFile() && /\.aof/.test(entry.name))
-      text += await readFile(path.join(entry.parentPath ?? dir, entry.name), 'latin1');
-  return text;
-}
+import { aofText } from '../helpers/redis-aof';
 
 describeEachExecutor('failover: redis', function (executor) {
   // Containers start and stop slower than processes: the docker run gets more time per test.

@@ -1,5 +1,4 @@
 import { expect } from 'chai';
-import { readdir, readFile } from 'node:fs/promises';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import path from 'node:path';
 import { execFile } from 'node:child_process';
@@ -11,6 +10,7 @@ import { createNetnsHost, netnsSupported, type NetnsHost } from '../helpers/netn
 import { freePortBlock, startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
 import { serviceKey } from '../helpers/service-key';
 import { eventually } from '../helpers/tcp-client';
+import { aofText } from '../helpers/redis-aof';
 import { keyLayout } from '../../protocol/keys';
 
 const KEYS = keyLayout();
@@ -42,17 +42,6 @@ async function forward(host: string, target: number): Promise<{ port: number; se
       server.close();
     },
   };
-}
-
-/** The AOF of a volume; empty once control deleted the volume. */
-async function aofText(dir: string): Promise<string> {
-  let text = '';
-  const entries = await readdir(dir, { withFileTypes: true, recursive: true }).catch(() => []);
-  for (const entry of entries) {
-    if (entry.isFile() && /\.aof/.test(entry.name))
-      text += await readFile(path.join(entry.parentPath ?? dir, entry.name), 'latin1');
-  }
-  return text;
 }
 
 /** A connection to an engine, for asking its `ROLE` the moment something happens. */
