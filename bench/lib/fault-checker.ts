@@ -6,7 +6,8 @@
  *
  * - `acked-write-lost`: every acknowledged write is present, read through the router;
  * - `one-primary`: at most one instance of a service claims to be primary (`INFO
- *   replication` `role:`, `pg_is_in_recovery()` on every instance port ever seen), probed continuously;
+ *   replication` `role:`, `pg_is_in_recovery()` on every instance port ever seen), probed continuously; two claims are confirmed by a second
+ *   round of probes before they count, as one round is not one instant;
  * - `one-writable`: at most one of them would also commit a write (see fault-probes.ts);
  * - `router-points-at-primary`: once settled, the router's active backend is that primary;
  * - `write-recovery`: a write through the router is acknowledged within 10 s of the fault;
@@ -291,14 +292,25 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
           if (view) views.set(svc.name, view);
           rememberAddresses(svc, view);
           for (const i of view?.instances ?? []) cellOf.set(i.id, i.cell);
-          const probes = await probeAll(svc);
-          // An engine that outlived its agent cannot be demoted by anyone until the agent is back
-          // (which then shoots it at once if it was deposed): its claim alone is excused while it
-          // could not commit. Were it writable, `one-writable` below still counts it.
-          const primaries = probes.filter(
-            (p) => p.primary && (p.acceptsWrites || !absentAgents.has(cellOf.get(p.instance) ?? '')),
-          );
-          const writable = probes.filter((p) => p.acceptsWrites);
+          // Probes of different instances are not one instant: one answered just before a
+          // promotion and another just after it look like two primaries that never coexisted. A
+          // claim of two is reported only if a second round, started after the first ended, says
+          // the same; a real split brain lasts longer than one round trip.
+          const classify = (ps: Array<RoleProbe & { instance: string }>) => ({
+            // An engine that outlived its agent cannot be demoted by anyone until the agent is
+            // back (which then shoots it at once if it was deposed): its claim alone is excused
+            // while it could not commit. Were it writable, `one-writable` still counts it.
+            primaries: ps.filter(
+              (p) => p.primary && (p.acceptsWrites || !absentAgents.has(cellOf.get(p.instance) ?? '')),
+            ),
+            writable: ps.filter((p) => p.acceptsWrites),
+          });
+          let probes = await probeAll(svc);
+          let { primaries, writable } = classify(probes);
+          if (primaries.length > 1 || writable.length > 1) {
+            probes = await probeAll(svc);
+            ({ primaries, writable } = classify(probes));
+          }
           const describe = (ps: typeof probes): string =>
             ps.map((p) => `${p.instance} ${p.address} [${p.detail}]`).join(', ');
           episode(`one-primary:${svc.name}`, primaries.length > 1, () =>
