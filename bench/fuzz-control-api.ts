@@ -1,7 +1,7 @@
 /**
  * Question: does a live control answer 100,000 generated requests (JSON bodies to every write
  * endpoint, paths with broken percent-encodings to every route) each in time, never with a 500,
- * every error the registry's JSON body, and still pass /health afterwards (issue 11)?
+ * every error the registry's JSON body, and still pass /health afterwards?
  *
  *   node dist/bench/fuzz-control-api.js [--runs N] [--seed S]
  *

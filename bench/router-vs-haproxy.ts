@@ -91,7 +91,7 @@ function parseArgs(argv: string[]): Settings {
 }
 
 /**
- * The full column set; `workers2` adds the two-thread/two-worker pairs (issue 6), `threads` the
+ * The full column set; `workers2` adds the two-thread/two-worker pairs, `threads` the
  * two-thread router in one process and pins the one-thread columns to `--threads 1`.
  */
 function allSpecs(workers2: boolean, threads: boolean): TargetSpec[] {

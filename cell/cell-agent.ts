@@ -84,7 +84,7 @@ export interface CellAgentOptions {
   desiredPollMs?: number;
   /** Interval between two disk-usage measurements of every volume (docs/volumes.md). @default 15000 */
   volumeCheckMs?: number;
-  /** Bound of the commit check on primaries; past it a primary is reported degraded (issue 10). @default 2000 */
+  /** Bound of the commit check on primaries; past it a primary is reported degraded. @default 2000 */
   commitCheckTimeoutMs?: number;
   /** Stop engines when the agent exits; by default they keep running and are re-adopted. @default false */
   stopInstancesOnExit?: boolean;
@@ -460,7 +460,7 @@ export class CellAgent {
     if (added === 1 && this.registered) {
       // The cell set forgot this cell: the store was wiped or restarted empty, and this cell's
       // reports went with it. Control rebuilds routes from reports, so they are sent again now,
-      // not at the next periodic full report up to 10 s later (issue 10).
+      // not at the next periodic full report up to 10 s later.
       this.reportEverything();
       this.instances?.reclaimLeases();
       if ((this.instances?.count() ?? 0) > 0 && !this.stateLost) {
@@ -662,7 +662,7 @@ export class CellAgent {
     else this.reports.delete(instanceId);
     if (!this.redis) return;
     // Deltas only: a report equal to the last one written (its time aside) is not sent again, so
-    // the periodic full report costs nothing at rest (issue 18); one that failed is retried by it.
+    // the periodic full report costs nothing at rest; one that failed is retried by it.
     const text = actual ? JSON.stringify({ ...actual, updatedAt: 0 }) : null;
     if (text !== null && this.written.get(instanceId) === text) return;
     this.written.delete(instanceId);
@@ -784,7 +784,7 @@ export class CellAgent {
         finishedAt: Date.now(),
       };
     } else {
-      // A credentials order carries passwords: log what it is, never what it holds (issue 11).
+      // A credentials order carries passwords: log what it is, never what it holds.
       const { credentials, ...loggable } = { credentials: undefined, ...parsed.data };
       this.log.info(
         { order: credentials ? { ...loggable, credentialsVersion: credentials.version } : loggable },

@@ -3,7 +3,7 @@
  * handles), what is on disk (volumes), and the `ActualInstance` report built from all three.
  * `reconcile` converges running instances to the desired specs with one rule control relies on:
  * an instance is started only for a generation not yet attempted, so a crash is reported and
- * never retried here (issue 4: "restarts nothing on its own initiative").
+ * never retried here ("restarts nothing on its own initiative").
  */
 import type { KeyLayout, ActualInstance, ActualState, ExecutorKind, InstanceSpec } from '../protocol';
 import type { HeartbeatPrimary } from '../protocol';
@@ -64,7 +64,7 @@ interface LocalInstance {
   desired: boolean;
   /** Generation of the last start attempt; -1 after a deliberate stop (re-adding restarts). */
   attempted: number;
-  /** Version of the credentials last applied to the running engine (issue 11); -1 = none yet. */
+  /** Version of the credentials last applied to the running engine; -1 = none yet. */
   credentialsApplied: number;
   /** Measured disk usage of the volume (MiB); null until measured. */
   usedMb: number | null;
@@ -79,7 +79,7 @@ function fencedMeanwhile(inst: LocalInstance): boolean {
 
 export class CellInstances {
   private readonly local = new Map<string, LocalInstance>();
-  /** instanceId -> why the running primary cannot commit (issue 10), from the last commit check. */
+  /** instanceId -> why the running primary cannot commit, from the last commit check. */
   private readonly cannotCommit = new Map<string, string>();
   /** Commit checks in flight, so a hanging one is never started twice. */
   private readonly checking = new Set<string>();
@@ -545,7 +545,7 @@ export class CellInstances {
   }
 
   /**
-   * Issue 10, "status tells the truth": a primary that answers PING or `select 1` may still be
+   * Status tells the truth: a primary that answers PING or `select 1` may still be
    * unable to commit (sync standby missing, connections exhausted). The engine's commit check
    * performs a write within a bound; its verdict is reported as `degraded` and never touches the
    * lease, so a primary waiting for its standby is reported, not fenced.

@@ -1,6 +1,6 @@
 /**
  * How a service's credentials (cell-protocol.ts `InstanceCredentials`) become engine users
- * (issue 11, finding 4): Redis ACL rules with SHA-256 password hashes, PostgreSQL SCRAM-SHA-256
+ *: Redis ACL rules with SHA-256 password hashes, PostgreSQL SCRAM-SHA-256
  * verifiers. Engines are given hashes and verifiers, never a plaintext password they do not need,
  * so a copy of `users.acl` or of `pg_authid` does not hand out the passwords.
  */

@@ -30,7 +30,7 @@ export interface RedisEngineOptions {
 }
 
 export const CONFIG_FILE = 'redis.conf';
-/** The ACL file of a service with credentials (issue 11): hashes only, `default` off. */
+/** The ACL file of a service with credentials: hashes only, `default` off. */
 export const ACL_FILE = 'users.acl';
 /** The key the commit check writes (with a 60 s TTL, so it never accumulates). */
 export const COMMIT_CHECK_KEY = '__sf_commit_check';
@@ -131,7 +131,7 @@ export class RedisEngine implements Engine {
     return problem ? { ok: false, reason: problem } : { ok: true, reason: '' };
   }
 
-  /** Never root (issue 11): a client that reached CONFIG SET dir + SAVE could write any file. */
+  /** Never root: a client that reached CONFIG SET dir + SAVE could write any file. */
   runAs(): RunAs | undefined {
     return engineUser(this.options.systemUser ?? 'redis', 'redis');
   }
@@ -298,7 +298,7 @@ export class RedisEngine implements Engine {
       host: ctx.listenHost === '0.0.0.0' ? '127.0.0.1' : ctx.listenHost,
       port: ctx.port,
       ...(tls ? { tls } : {}),
-      // The platform's own management user, never a client's (issue 11).
+      // The platform's own management user, never a client's.
       ...(admin ? { username: admin.username, password: admin.password } : {}),
       lazyConnect: true,
       connectTimeout: timeout,

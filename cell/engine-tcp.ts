@@ -58,7 +58,7 @@ export class TcpEngine implements Engine {
     return problem ? { ok: false, reason: problem } : { ok: true, reason: '' };
   }
 
-  /** A `tcp` command is whatever a user asked for: it never runs as root (issue 11, finding 3). */
+  /** A `tcp` command is whatever a user asked for: it never runs as root. */
   runAs(): RunAs | undefined {
     return engineUser(this.user, 'tcp');
   }

@@ -1,5 +1,5 @@
 /**
- * The system user each engine runs as (issue 11, findings 3 and 4): Redis as `redis`, PostgreSQL
+ * The system user each engine runs as: Redis as `redis`, PostgreSQL
  * as `postgres`, `tcp` commands as `sf-instance`, when the cell is root. A cell that is not root
  * runs its instances as itself: it has no other user to give them.
  */

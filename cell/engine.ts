@@ -92,12 +92,12 @@ export interface Engine {
   repoint(ctx: EngineContext, primary: HostPort): Promise<void>;
   /**
    * On a primary: performs a write that must commit within `timeoutMs` (with sync durability,
-   * acknowledged by a standby) and returns why it cannot, or null when it can (issue 10: a
+   * acknowledged by a standby) and returns why it cannot, or null when it can (a
    * primary that cannot commit is not `running`). Engines without a notion of writes omit it.
    */
   checkCommit?(ctx: EngineContext, timeoutMs: number): Promise<string | null>;
   /**
-   * Makes the running engine's users those of `ctx.spec.credentials` (issue 11): creates and
+   * Makes the running engine's users those of `ctx.spec.credentials`: creates and
    * updates them, drops the others and ends their sessions. Idempotent. Engines without users
    * omit it.
    */

@@ -160,7 +160,7 @@ export class ProcessExecutor implements Executor {
       await secureVolume(paths, runAs, true);
       const launch = await engine.launch(context);
       const user = launch.runAs ?? runAs;
-      // Built from the spec alone: the cell's environment holds the platform's secrets (issue 11).
+      // Built from the spec alone: the cell's environment holds the platform's secrets.
       const child = await spawnDetached({
         file: launch.file,
         args: launch.args,

@@ -7,8 +7,8 @@
  *   primary with a stale epoch (instance-volume.ts) and resolves once the engine answers health
  *   checks, or rejects (and leaves nothing running) when it does not;
  * - nothing is ever restarted by the executor: an exit is reported through `onExit`, and what
- *   happens next is control's decision (issue 4);
- * - `kill` is the fencing shot (SIGKILL, issue 5): immediate, no shutdown hooks;
+ *   happens next is control's decision;
+ * - `kill` is the fencing shot (SIGKILL): immediate, no shutdown hooks;
  * - the spec's sidecars (sidecar.ts) start once the engine answers and stop when it ends,
  *   however it ends.
  */

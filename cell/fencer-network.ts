@@ -1,5 +1,5 @@
 /**
- * Network fencing (issue 5, step 3) through rtnetlink with the `netlink` package: a blackhole or
+ * Network fencing (step 3 of the fencing sequence) through rtnetlink with the `netlink` package: a blackhole or
  * prohibit route per peer address, or a link set down, in the network namespace the cell runs in.
  * Run inside a cell's namespace, it cuts that cell from its peers, so an old primary that is still
  * alive can neither receive client traffic nor reach its replicas; `unfence` lifts it.

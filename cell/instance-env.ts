@@ -1,5 +1,5 @@
 /**
- * The environment and the system user an instance runs with (issue 11, findings 3 and 4).
+ * The environment and the system user an instance runs with.
  *
  * An engine gets an environment built from its spec and a few locale basics, never the cell's
  * own: the cell's environment holds the platform's secrets (`SF_API_TOKEN`, `SF_REDIS_URL`, a

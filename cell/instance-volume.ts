@@ -3,7 +3,7 @@
  * data directory (`data/`), its log (`instance.log`) and `sf-instance.json`, the cell's record of
  * the instance. That record is what lets a restarted cell find its instances again, and it holds
  * the highest epoch ever accepted for the instance, which is what the stale-primary check
- * (issue 5) compares against: it lives with the data, so it survives anything the data survives.
+ * compares against: it lives with the data, so it survives anything the data survives.
  */
 import { chmod, chown, mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -61,7 +61,7 @@ export async function readMeta(paths: VolumePaths): Promise<InstanceMeta | undef
 /** Written with rename so a crash never leaves half a record (and never loses the epoch). */
 export async function writeMeta(paths: VolumePaths, meta: InstanceMeta): Promise<void> {
   const tmp = `${paths.metaFile}.tmp`;
-  // 0600: the record holds the instance's spec, credentials included (issue 11).
+  // 0600: the record holds the instance's spec, credentials included.
   await writeFile(tmp, JSON.stringify({ ...meta, updatedAt: Date.now() }, null, 2), { mode: 0o600 });
   await rename(tmp, paths.metaFile);
 }
@@ -111,7 +111,7 @@ export async function admitStart(
 
 /** Mode of a volume directory: the cell's, searchable so the engine's user reaches `data/` in it. */
 export const VOLUME_DIR_MODE = 0o711;
-/** Mode of the engine's data directory: its user's alone (issue 11, finding 4). */
+/** Mode of the engine's data directory: its user's alone. */
 export const DATA_DIR_MODE = 0o700;
 
 /**

@@ -1,5 +1,5 @@
 /**
- * The cell's lease keeper (issue 5): holds its primary's lease claim (protocol/lease.ts) while the
+ * The cell's lease keeper: holds its primary's lease claim (protocol/lease.ts) while the
  * engine answers health checks and the cell's own lease (its registration, kept by the heartbeat)
  * is current, and withdraws the claim when the engine has stopped answering for a TTL, so control
  * sees the loss.

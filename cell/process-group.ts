@@ -31,7 +31,7 @@ export async function spawnDetached(s: DetachedSpawn): Promise<ChildProcess> {
       detached: true,
       cwd: '/',
       stdio: ['ignore', log.fd, log.fd],
-      // The cell's environment holds the platform's secrets (issue 11).
+      // The cell's environment holds the platform's secrets.
       env: cleanEnv(s.env, s.user, s.home),
       // libuv also drops the cell's supplementary groups when it switches the user.
       ...(s.user ? { uid: s.user.uid, gid: s.user.gid } : {}),

@@ -71,7 +71,7 @@ async function runControl(flags: ControlFlags): Promise<void> {
       maxRouteTtlSeconds: parseIntFlag(flags.maxTtl, '--max-ttl', 1, 86_400),
       routingCompat: parseRoutingCompat(flags.routingCompat),
     },
-    // The leader's last known copy of its state, restored if the store comes back empty (issue 10).
+    // The leader's last known copy of its state, restored if the store comes back empty.
     services: {
       ...(flags.dataDir ? { stateFile: `${flags.dataDir.replace(/\/+$/, '')}/control-state.json` } : {}),
       // Services with TLS get certificates from the platform CA (docs/tls.md).

@@ -57,7 +57,7 @@ async function history(name: string, flags: { json?: boolean }): Promise<void> {
 
 /**
  * A refused action (unknown service, bad `--to`, nothing to unfence...) is the caller's to fix:
- * control answered 4xx and did nothing, so it exits 2 like any invalid input (issue 10).
+ * control answered 4xx and did nothing, so it exits 2 like any invalid input.
  */
 function exitRefusedOrFailed(err: unknown): never {
   if (isSfError(err)) {

@@ -1,7 +1,7 @@
 /**
  * `sf create-service-key NAME KEY`, `sf service-key NAME KEY`, `sf service-keys NAME`,
  * `sf delete-service-key NAME KEY`: CF-style service keys, clients of
- * `/v3/service_instances/:name/keys` (issue 11). The password is printed only by
+ * `/v3/service_instances/:name/keys`. The password is printed only by
  * `create-service-key` and `service-key`, the two commands that exist to hand it out.
  */
 import { type Command } from 'commander';

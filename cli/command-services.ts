@@ -191,7 +191,7 @@ async function createService(engine: string, name: string, flags: CreateFlags): 
       `service ${name} ${flags.wait ? `running after ${((Date.now() - started) / 1000).toFixed(1)} s` : 'created'}: router port ${view.port}`,
     ];
     if (!flags.wait) lines.push(`watch it start with: sf service ${name}`);
-    // Nothing answers without credentials (issue 11): a service key is how a client gets some.
+    // Nothing answers without credentials: a service key is how a client gets some.
     if (engine !== 'tcp') lines.push(`credentials: sf create-service-key ${name} KEY, then sf service-key ${name} KEY`);
     return lines.join('\n') + '\n';
   });

@@ -2,7 +2,7 @@
  * `sf up`: the whole platform on one machine, as child processes of this one — a local
  * redis-server for state (unless SF_REDIS_URL names one), control, one router and N cells in
  * their own data directories, under a supervisor (cli/supervisor.ts) that restarts any of them
- * that exits, with backoff (issue 10). Only SIGINT/SIGTERM stop everything, in a safe order.
+ * that exits, with backoff. Only SIGINT/SIGTERM stop everything, in a safe order.
  */
 import { mkdir, readFile } from 'node:fs/promises';
 import { connect, createServer } from 'node:net';
@@ -153,7 +153,7 @@ async function runUp(flags: UpFlags): Promise<void> {
 
   try {
     let redisUrl = externalRedis;
-    // With its own store, sf up locks it (issue 11): each role gets a credentials file's path.
+    // With its own store, sf up locks it: each role gets a credentials file's path.
     let store: LockedStateStore | undefined;
     const credentials = (user: string): string[] => (store ? ['--redis-credentials', store.credentialsFile(user)] : []);
     if (!redisUrl) {

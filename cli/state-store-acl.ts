@@ -1,5 +1,5 @@
 /**
- * The locked state store of `sf up` (issue 11, finding 2): its redis-server starts from a
+ * The locked state store of `sf up`: its redis-server starts from a
  * configuration file with an ACL file where the `default` user needs a password nobody knows — a
  * connection without credentials gets NOAUTH — and each role has its own user with the rules of protocol/acl.ts.
  * Each user's password is generated once and kept in its own credentials file (mode 0600, in a

@@ -1,5 +1,5 @@
 /**
- * The process supervisor of `sf up` (issue 10: a supervisor, not a fuse). Each platform process
+ * The process supervisor of `sf up` (a supervisor, not a fuse). Each platform process
  * (state redis-server, control, router, cells) runs as a child; one that exits for any reason
  * other than a stop this supervisor asked for is started again after a backoff that doubles while
  * it keeps failing fast (250 ms up to 10 s) and resets once it has run for a while. Every exit

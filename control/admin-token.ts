@@ -4,7 +4,7 @@
  * `sf control` write that file (mode 0600, directory 0700), and the CLI reads the one for the URL
  * it talks to, so a new user needs no configuration (DESIGN.md, "Contracts").
  *
- * Keying by address is issue 11's finding 8: with one `admin-token` file per machine, two `sf up`
+ * Keyed by address because with one `admin-token` file per machine, two `sf up`
  * with different data dirs shared it, and the CLI sent the first platform's token to the second.
  * A control's address is unique on a machine while it runs, so two running platforms never share
  * a file, and the CLI never sends a token to a control it was not written for.

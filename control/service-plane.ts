@@ -58,7 +58,7 @@ export interface ServicePlaneOptions {
   convergenceRecheckMs?: number;
   /**
    * A new leader judges no cell dead before this much of its term has passed, and never before
-   * twice the longest cell registration TTL (issue 10; ConvergenceLoopOptions.cellGraceMs).
+   * twice the longest cell registration TTL (ConvergenceLoopOptions.cellGraceMs).
    * @default 0 (the TTL rule alone)
    */
   cellGraceMs?: number;
@@ -71,7 +71,7 @@ export interface ServicePlaneOptions {
   holderId?: string;
   /**
    * File where the leader keeps its last known copy of control's state, restored when the store
-   * comes back empty or older (issue 10; `sf control --data-dir`). @default none (no copy)
+   * comes back empty or older (`sf control --data-dir`). @default none (no copy)
    */
   stateFile?: string;
   /** The router address clients use, named in service keys' `host` and `uri`. @default '127.0.0.1' */
@@ -112,7 +112,7 @@ export interface ServicePlane {
   readonly store: ServiceStore;
   readonly elector: LeaderElector;
   readonly loop: ConvergenceLoop;
-  /** Publishes this control's API URL while it leads, so standbys forward actions to it (issue 10). */
+  /** Publishes this control's API URL while it leads, so standbys forward actions to it. */
   advertise(url: string): void;
   close(): Promise<void>;
 }

@@ -1,5 +1,5 @@
 /**
- * Who may touch which key of the state store: one Redis ACL user per role (issue 11, "a locked
+ * Who may touch which key of the state store: one Redis ACL user per role ("a locked
  * state store"). Every key pattern is derived from the key layout (protocol/keys.ts), so the rules
  * follow the installation's prefix and any later change of a key name. The rules are plain
  * strings in Redis's ACL syntax (https://redis.io/docs/management/security/acl/), without the

@@ -70,7 +70,7 @@ const engineUserSchema = z.object({
 export type EngineUser = z.infer<typeof engineUserSchema>;
 
 /**
- * A service's credentials as its instances need them (issue 11): `admin` is the platform's own
+ * A service's credentials as its instances need them: `admin` is the platform's own
  * management user (health checks, promote, rewind), `replication` the one replicas connect as,
  * `users` the clients' (one per service key), `monitoring` the one exporter sidecars read metrics
  * as (absent in services created before it existed). `version` only grows; a cell applies a set
@@ -119,7 +119,7 @@ export const instanceSpecSchema = z.object({
   lease: z.object({ ttlMs: z.number().int().min(500) }).optional(),
   /**
    * Engines redis and postgres: who may connect. Control always writes it; a spec without it
-   * (written by hand) runs the engine without authentication, as before issue 11.
+   * (written by hand) runs the engine without authentication, as older specs did.
    */
   credentials: instanceCredentialsSchema.optional(),
   /**
@@ -227,7 +227,7 @@ export const orderSchema = z.discriminatedUnion('type', [
   /**
    * Clean stop (the engine's durable shutdown); the instance stays desired and stopped until
    * control raises its generation. A planned switchover stops the old primary this way before it
-   * promotes the new one, so that at no moment two instances accept writes (issue 10).
+   * promotes the new one, so that at no moment two instances accept writes.
    */
   z.object({ type: z.literal('stop'), orderId: z.string().min(1), instanceId: z.string() }),
   /**

@@ -11,7 +11,7 @@ export const DEFAULT_ROUTE_LIMITS = {
   /**
    * No cap of a route's own: a route is bounded by the router's global connection limit (derived
    * from its descriptor limit) less what is reserved for every other route, so one route's idle
-   * clients can never take the last descriptors from the others (issue 11). A route may still
+   * clients can never take the last descriptors from the others. A route may still
    * set a lower cap.
    * @default Infinity
    */
@@ -38,7 +38,7 @@ const SPACE_OR_CONTROL = /[\s\x00-\x1f\x7f]/;
  * dotted-decimal form, an IPv6 address (without brackets), or a host name per RFC 1123.
  * getaddrinfo(3) also reads `127.1`, `0x7f000001` or `2130706433` as addresses, so such forms
  * (and names whose last label is all digits, RFC 3696 section 2) are refused: they would hide an
- * address from anyone reading the table, the router's self-loop check included (issue 11).
+ * address from anyone reading the table, the router's self-loop check included.
  */
 export function hostSyntaxProblem(host: string): string | undefined {
   if (host.length === 0) return 'must be a non-empty host name or IP address';

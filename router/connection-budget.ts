@@ -1,7 +1,7 @@
 /**
  * How many client connections the router may hold, from its descriptor limit. Each relayed
  * connection holds two descriptors (client and backend, on either relay); the rest of the process
- * needs some too, and running out of descriptors fails every route at once (issue 11). So the
+ * needs some too, and running out of descriptors fails every route at once. So the
  * limit leaves headroom for the process, the admin endpoint, Redis and each route's listening
  * socket, and each route keeps a small reservation the others cannot take.
  */

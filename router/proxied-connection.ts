@@ -111,7 +111,7 @@ export class ProxiedConnection {
   private connectNext(): void {
     let backend = this.host.pickBackend(this.tried);
     // A connection into the router itself would be accepted and connected again, without end
-    // (issue 11); such a backend is passed over before any socket exists.
+    //; such a backend is passed over before any socket exists.
     while (backend && this.host.refusesAsSelfLoop(backend)) {
       this.tried.add(backend.id);
       backend = this.host.pickBackend(this.tried);

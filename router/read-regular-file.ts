@@ -1,7 +1,7 @@
 /**
  * Reads a file the router was pointed at (route file, cache file) only when it is a regular
  * file. A FIFO at that path would block the read forever in libuv's thread pool, wedging reloads
- * and shutdown (issue 11); a directory or a device is no route file either.
+ * and shutdown; a directory or a device is no route file either.
  */
 import { constants, type Stats } from 'node:fs';
 import { open, stat } from 'node:fs/promises';

@@ -265,7 +265,7 @@ export class RedisRouteSource implements RouteSource {
       const routes = (res[1][1] as string[]).map((text) => JSON.parse(text) as unknown);
       const table = parseRouteTable({ version, routes });
       if (table.version < this.version) {
-        // Issue 10: a store that lost data (restarted empty, flushed) must not empty every
+        // A store that lost data (restarted empty, flushed) must not empty every
         // router. The applied table stays until control republishes a higher version.
         this.listener?.onError(
           new SfError(
@@ -353,7 +353,7 @@ export class RedisRouteSource implements RouteSource {
       const remote = Number(res?.[1]?.[1] ?? 0);
       if (remote > this.version && !this.syncing) void this.resync();
       // A store behind the applied version lost data (FLUSHALL, restarted empty) without this
-      // router reconnecting: the resync refuses its table and says so once (issue 10).
+      // router reconnecting: the resync refuses its table and says so once.
       if (remote < this.version && !this.storeBehind && !this.syncing) {
         this.storeBehind = true;
         void this.resync();

@@ -15,7 +15,7 @@ export interface RouteStats {
   connectTimeouts: number;
   refusedNoBackend: number;
   refusedMaxConnections: number;
-  /** Backend attempts not made because the backend is the router itself (issue 11). */
+  /** Backend attempts not made because the backend is the router itself. */
   refusedSelfLoop: number;
   killedFenced: number;
   killedDrained: number;

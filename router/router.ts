@@ -501,7 +501,7 @@ export class Router {
   /**
    * Admits a client of `binding` when the router-wide limit, less the unused reservations of
    * the other routes, has room: one route's idle clients cannot take the last descriptors from
-   * another route (issue 11).
+   * another route.
    */
   private admit(binding: RouteBinding): boolean {
     if (this.relay.acceptor) return this.relay.acceptor.admit(binding.stats.active, binding.reserved);

@@ -1,7 +1,7 @@
 /**
  * The router's own listening addresses, and whether a backend address leads back into one of
  * them. A route whose backend is the router itself makes every client connection open another
- * one, until the descriptor limit is reached and every route fails (issue 11: 190,000 looping
+ * one, until the descriptor limit is reached and every route fails (one such route made 190,000 looping
  * connections, going on after the client left). Tables are checked when they arrive, and each
  * connection again before it is made, after name resolution, since a name may hide an address.
  */
@@ -27,7 +27,7 @@ interface HostClass {
   loopback: boolean;
   /**
    * 127.0.0.1, ::1 or `localhost`: the addresses a local client reaches the router on by default,
-   * treated as one (with the unspecified addresses) as issue 11 asks.
+   * treated as one (with the unspecified addresses).
    */
   defaultLoopback: boolean;
 }

@@ -1,5 +1,5 @@
 /**
- * The fault-schedule checker (issue 10), in the spirit of Jepsen: a platform with three cells, a
+ * The fault-schedule checker, in the spirit of Jepsen: a platform with three cells, a
  * Redis and a PostgreSQL service (one replica each, `durability: sync`), a writer per service
  * through the router logging every acknowledged write, and a seeded schedule of faults applied
  * one at a time with random gaps. Invariants (DESIGN.md, "Unhappy paths are the product"):
@@ -184,7 +184,7 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
   const violations: Violation[] = [];
   const steps: StepRecord[] = [];
   const writers = new Map<string, ServiceWriter>();
-  /** Each service's key user: nothing answers without one (issue 11). */
+  /** Each service's key user: nothing answers without one. */
   const auths = new Map<string, ServiceAuth>();
   const authOf = (service: string): ServiceAuth => {
     const auth = auths.get(service);

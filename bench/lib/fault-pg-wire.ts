@@ -1,7 +1,7 @@
 /**
  * The smallest PostgreSQL client the fault checker needs: one connection, the simple query
  * protocol, and the password methods a service's pg_hba.conf may ask for: SCRAM-SHA-256 (what
- * every service uses since issue 11, RFC 5802/7677), md5 and cleartext; trust still works.
+ * every service uses, RFC 5802/7677), md5 and cleartext; trust still works.
  * The project has no PostgreSQL driver, and spawning `psql` per write would cost a process per
  * acknowledged write; this speaks protocol 3.0 directly over a socket.
  *

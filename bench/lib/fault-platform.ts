@@ -2,7 +2,7 @@
  * The platform the fault checker attacks: what `sf up` starts (a state redis-server with an
  * append-only file, `sf control`, one `sf router`, N `sf cell`), every one a real process, but
  * started here one by one so that each can be killed and restarted on its own. `sf up` today
- * stops everything when one child dies (issue 10, finding 4), which would end the run at the
+ * stops everything when one child dies, which would end the run at the
  * first fault; this harness plays the supervisor `sf up` is meant to become.
  *
  * Cells run with a 1 s registration TTL (as test/helpers/service-cluster.ts) so a run of many
@@ -284,7 +284,7 @@ export class FaultPlatform {
           '--redis',
           this.stateUrl,
           // As `sf up` does: the leader keeps a copy of control's state here and restores it when
-          // the store comes back empty or older (issue 10, finding 5).
+          // the store comes back empty or older.
           '--data-dir',
           join(this.dataDir, 'control'),
         ],

@@ -7,7 +7,7 @@
  *   `min-replicas-to-write` asks for, a PostgreSQL primary with a sync standby when
  *   `synchronous_standby_names` is set. A primary that fails these refuses or hangs writes.
  *
- * Probes connect as a service key's user, which has no administration rights (issue 11):
+ * Probes connect as a service key's user, which has no administration rights:
  * - Redis: no `ROLE` or `CONFIG GET` (both @admin). `INFO replication` prints
  *   `min_slaves_good_slaves` only when `min-replicas-to-write` (and its max lag) is set; the
  *   engine sets it to 1 whenever it sets it (cell/engine-redis.ts), so its presence means "1

@@ -7,7 +7,7 @@
  *   `synchronous_commit on`, the reply comes after the sync standby has the commit).
  * A write whose outcome is unknown (timeout, reset) is a failure and never an acknowledgement.
  *
- * Every client connects as a service key's user (issue 11: no service answers without one): a
+ * Every client connects as a service key's user (no service answers without one): a
  * Redis ACL user (`AUTH username password`), a PostgreSQL SCRAM-SHA-256 role.
  *
  * All times are `performance.now()` milliseconds, the checker's single clock.

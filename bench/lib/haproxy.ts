@@ -20,7 +20,7 @@ export interface HaproxyOptions {
   threads: number;
   /**
    * `option splice-auto`: HAProxy moves bytes with splice(2) when it judges it worthwhile,
-   * the same technique as the router's native relay (issue 6).
+   * the same technique as the router's native relay.
    */
   splice: boolean;
 }

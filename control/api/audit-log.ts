@@ -1,5 +1,5 @@
 /**
- * The audit log of writes (issue 11): every request that may change state — any method but GET —
+ * The audit log of writes: every request that may change state — any method but GET —
  * is recorded with who sent it (token name and fingerprint, never the token), what (method and
  * path), when, and the result (status and error code). Each entry is a structured log line, and
  * entries with a known sender are also kept in a capped Redis list read at `GET /v3/audit`.

@@ -5,7 +5,7 @@
  * `onAborted` is always attached, and every write after an await is corked and skipped when the
  * client has gone.
  *
- * Nothing a client sends may stop the process (issue 11, finding 1: a malformed percent-encoding
+ * Nothing a client sends may stop the process (a malformed percent-encoding
  * in a path parameter threw out of a uWS callback and control exited). Every callback this file
  * hands to uWS is wrapped, so a throw, sync or async, before or after authentication, becomes an
  * error reply with the registry's body, and every promise it starts has a rejection handler.

@@ -1,6 +1,6 @@
 /**
  * A Redis URL fit to show a client (`GET /v3/info`): scheme, hosts, database or master name, and
- * nothing that authenticates. Issue 11 finding 5: `/v3/info` handed the state store's password to
+ * nothing that authenticates. `/v3/info` once handed the state store's password to
  * any read token.
  */
 

@@ -1,5 +1,5 @@
 /**
- * Fencing actions and history of a service (issue 5), Pacemaker `stonith_admin` style:
+ * Fencing actions and history of a service, Pacemaker `stonith_admin` style:
  * `POST .../actions/fence` (STONITH of the current primary), `.../actions/unfence`,
  * `.../actions/failover` (`{"to": INSTANCE}` optional; planned switchover when the primary is
  * healthy) and `GET .../fencing` (the history, newest first). Actions run on the leader.
@@ -31,7 +31,7 @@ const FORWARDED = 'forwarded';
 const FORWARD_TIMEOUT_MS = 600_000;
 
 /**
- * Issue 10: a standby control forwards an operator action to the leader (whose address the
+ * A standby control forwards an operator action to the leader (whose address the
  * leader publishes next to its lock) as the same sender, and relays the answer, instead of
  * answering 503. A request that was forwarded once is never forwarded again.
  */

@@ -1,5 +1,5 @@
 /**
- * CF-style service keys (issue 11): `/v3/service_instances/:name/keys[/:key]`. A key is one
+ * CF-style service keys: `/v3/service_instances/:name/keys[/:key]`. A key is one
  * client user of the service's engine — a Redis ACL user, a PostgreSQL SCRAM role — with its own
  * password. Creating or deleting one changes the service's record and its instances' desired
  * specs in one guarded commit (so a restarted instance comes back with the right users), then

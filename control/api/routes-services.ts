@@ -33,7 +33,7 @@ export function registerServicesApi(server: HttpServer, deps: ServicesApiDeps): 
   server.route('post', '/v3/service_instances', 'write', async (ctx) => {
     const req = validateBody(serviceCreateSchema, await ctx.body(), '');
     // A tcp service runs any command its creator names on a cell: that is an operator's power,
-    // not a user's (issue 11, finding 3); cells may narrow it further with --tcp-allow.
+    // not a user's; cells may narrow it further with --tcp-allow.
     if (req.engine === 'tcp' && !(ctx.principal && hasScope(ctx.principal, 'admin')))
       throw new SfError(
         ErrorCode.Forbidden,

@@ -33,7 +33,7 @@ export interface ConvergenceLoopOptions {
   debounceMs?: number;
   /**
    * How long a new leader (a restarted control, a standby taking over) waits before it judges a
-   * cell without a registration dead (issue 10): cells of a restarted `sf up` register a few
+   * cell without a registration dead: cells of a restarted `sf up` register a few
    * seconds after control. Never less than twice the longest registration TTL a cell announced
    * (twice the default 3 s TTL while no cell has registered yet in this process).
    * @default 0 (the TTL rule alone)
@@ -185,7 +185,7 @@ export class ConvergenceLoop {
     private readonly reconciler: ServiceReconciler,
     options: ConvergenceLoopOptions,
     private readonly collector?: OrphanCollector,
-    /** Control's own copy of its state, checked against the store before every pass (issue 10). */
+    /** Control's own copy of its state, checked against the store before every pass. */
     private readonly keeper?: StateKeeper,
   ) {
     this.opts = withDefaults(DEFAULT_CONVERGENCE_LOOP_OPTIONS, options);

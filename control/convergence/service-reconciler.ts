@@ -25,11 +25,11 @@ export interface ServiceReconcilerOptions {
   restartBackoffMs?: number;
   /** How long a deleted service waits for its cells to report instances stopped. @default 30000 */
   deleteGraceMs?: number;
-  /** Lease TTL written into primary specs, so a hung engine loses its lease (issue 5); 0 = none. @default 3000 */
+  /** Lease TTL written into primary specs, so a hung engine loses its lease; 0 = none. @default 3000 */
   primaryLeaseTtlMs?: number;
   /**
    * How long the volume of a replica replaced because its cell was gone is kept before it may be
-   * deleted (issue 10: never delete data because a cell was late). @default 21600000 (6 h)
+   * deleted (never delete data because a cell was late). @default 21600000 (6 h)
    */
   replacedVolumeRetentionMs?: number;
 }
@@ -134,7 +134,7 @@ export class ServiceReconciler {
     }
 
     // Replicas on dead cells are dropped here and re-created below on live cells; never during
-    // the grace of a new term, when a missing registration may only mean a restart (issue 10).
+    // the grace of a new term, when a missing registration may only mean a restart.
     // The volume is kept: a tombstone lets it be deleted only after the retention.
     for (const inst of [...next.instances]) {
       if (context.cellGrace || inst.role !== 'replica' || alive(inst.cell)) continue;
@@ -183,7 +183,7 @@ export class ServiceReconciler {
     // primaries fenced meanwhile before it registers again). Once its cell is back and the new
     // primary runs, a new generation restarts it as a replica of the new primary (PostgreSQL
     // rewinds it first), as a failover does for a live cell. Without this it kept claiming primary,
-    // or stayed fenced, until an operator ran `sf unfence` (issue 10, checker).
+    // or stayed fenced, until an operator ran `sf unfence` (found by the fault-schedule checker).
     const serving = next.instances.find((i) => i.role === 'primary' && !i.fenced);
     const newPrimary = context.cellGrace || !serving ? null : primaryAddress(next, cells);
     for (const inst of next.instances) {
@@ -219,7 +219,7 @@ export class ServiceReconciler {
         if (outcome.kind === 'handling') return null;
         if (outcome.kind === 'degraded') problem = { status: 'degraded', message: outcome.message };
       } else if (actual?.state === 'running' && actual.degraded) {
-        // Issue 10: a primary that cannot commit (its cell's commit check) is not `running`.
+        // A primary that cannot commit (its cell's commit check) is not `running`.
         problem = { status: 'degraded', message: `writes cannot commit on primary ${primary.id}: ${actual.degraded}` };
       }
     }
@@ -365,7 +365,7 @@ export class ServiceReconciler {
         continue;
       }
       // The collector deletes it once the cell is alive and reports it stopped, however long
-      // the cell is away; until then the tombstone remembers the decision (issue 10).
+      // the cell is away; until then the tombstone remembers the decision.
       ops.push(
         putTombstoneOp(this.store.keys, {
           cell: inst.cell,

@@ -1,5 +1,5 @@
 /**
- * Control's own last known copy of the state it writes (issue 10, finding 5). The state Redis is
+ * Control's own last known copy of the state it writes. The state Redis is
  * the system of record, but one that comes back empty (restarted without its files, FLUSHALL)
  * must not make control start from nothing: routers would be told to drop every route and cells
  * to stop every engine. The leader therefore keeps a copy of every key control owns — service

@@ -1,6 +1,6 @@
 /**
  * Which volumes control may delete, decided apart from any Redis so unit tests prove the rules
- * with fakes (issue 10). A volume is deleted only when a tombstone names it: a deleted service's
+ * with fakes. A volume is deleted only when a tombstone names it: a deleted service's
  * instances (deletable at once), or a replica replaced while its cell was away (deletable after a
  * long retention, default hours). A volume nobody owns and no tombstone names — the store lost
  * its records, or a cell came back with something control forgot — is kept and reported, never

@@ -1,5 +1,5 @@
 /**
- * Validation of operator fencing actions before anything acts (issue 10, finding 2: a refused
+ * Validation of operator fencing actions before anything acts (a refused
  * `sf failover cache --to nosuch` had already route-fenced the primary and raised its lease
  * floor). `planAction` reads the service record and the cells' reports and either returns what
  * the action will do or throws a 4xx error; it has no effects, so a refused action leaves no trace
@@ -138,7 +138,7 @@ export function planAction(
       );
     }
     // Fencing the only writer with nothing to promote leaves the service without one: refuse
-    // rather than strand it (issue 10, finding 1 shows where that ends).
+    // rather than strand it (a restart of `sf up` once ended there).
     checkTarget(rec, cells, undefined, `promote after fencing ${primary.id}, so fencing it would leave no writer`);
     return { kind: 'fence', primary, promote: rec.fencing.policy === 'auto' };
   }

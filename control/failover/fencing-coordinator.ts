@@ -1,5 +1,5 @@
 /**
- * The FailoverCoordinator of issue 5, plugged into the reconciler as the default: a lost primary
+ * The FailoverCoordinator, plugged into the reconciler as the default: a lost primary
  * (engine failed, cell expired, lease lost) is fenced at once (steps 1-3 of FencingSequence),
  * then promotion follows at once under `fencing.policy: auto`, or waits for an operator's
  * `failover` under `manual`. It also serves the operator actions (fence, unfence, failover).
@@ -65,7 +65,7 @@ export class FencingFailoverCoordinator implements FailoverCoordinator {
   /** instanceId -> when its lease was first seen missing, for the grace period. */
   private readonly leaseMissingSince = new Map<string, number>();
   private elector: LeaderElector | undefined;
-  /** Where the leader's API answers, published while this control leads (issue 10). */
+  /** Where the leader's API answers, published while this control leads. */
   private readonly addresses: LeaderAddressBook;
 
   constructor(
@@ -146,7 +146,7 @@ export class FencingFailoverCoordinator implements FailoverCoordinator {
   }
 
   /**
-   * Operator actions; they run on the leader only and wait for the operation to finish. Issue 10:
+   * Operator actions; they run on the leader only and wait for the operation to finish.
    * the action is validated on fresh state (planAction) before anything is fenced, floored or
    * published, so a refused action leaves no trace but its 4xx error.
    */

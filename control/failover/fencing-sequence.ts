@@ -1,5 +1,5 @@
 /**
- * The fencing sequence of issue 5, one method per phase, each step recorded in the fencing
+ * The fencing sequence, one method per phase, each step recorded in the fencing
  * history. Order matters and is the whole point:
  *
  * 1. route fence: the service epoch grows, the old primary's backend is published `fenced`, and
@@ -11,7 +11,7 @@
  * 4. only then promote the most up-to-date replica with the new epoch, repoint the others, and
  *    publish the route with the new primary.
  *
- * The effects go through the parts of fencing-steps.ts (issue 10), so unit tests drive this class
+ * The effects go through the parts of fencing-steps.ts, so unit tests drive this class
  * with fakes and prove the order; the record logic stays here. A step that throws stops the
  * sequence where it is: nothing after it runs, and the record says how far it got. Every record
  * write carries the leader fence, so a deposed leader stops at its next write.
@@ -285,8 +285,8 @@ export class FencingSequence {
   }
 
   /**
-   * Planned switchover of a healthy primary without data loss and without two writers (issue 10,
-   * finding 3): pause writes (route fence, routers acknowledged), raise the lease floor, wait
+   * Planned switchover of a healthy primary without data loss and without two writers:
+   * pause writes (route fence, routers acknowledged), raise the lease floor, wait
    * until the target reached the primary's position, stop the old primary cleanly, promote the
    * target, publish, and only then report: after the old primary runs as a replica of the new one
    * and, with sync durability, the new primary committed a write its standby acknowledged.
@@ -355,7 +355,7 @@ export class FencingSequence {
     }
 
     // Not done until the old primary really is a replica: a config change alone left two
-    // writable primaries (issue 10, finding 3).
+    // writable primaries.
     if (promotion.oldRejoinsAt !== undefined && how.awaitRejoin !== false) {
       const rejoined = await steps.rejoin.awaitReplica(
         primary.cell,
@@ -480,7 +480,7 @@ export class FencingSequence {
       const next: ServiceRecord = {
         ...cur,
         epoch,
-        // Status tells the truth (issue 10): from the route fence until the reconciler judges the
+        // Status tells the truth: from the route fence until the reconciler judges the
         // new primary, no write goes through; the reconciler leaves a service alone while its
         // failover runs, so without this the record kept saying `running` all along.
         status: 'degraded',

@@ -1,5 +1,5 @@
 /**
- * The steps of a fencing sequence as parts with narrow dependencies (issue 10), one interface per
+ * The steps of a fencing sequence as parts with narrow dependencies, one interface per
  * step, so that the order that keeps data safe — validation before everything, route fence before
  * shoot before promote, a failed step stopping the sequence — is proved by unit tests with fakes,
  * and the real parts (orders to cells, lease scripts, route tables) are tested on their own.
@@ -107,7 +107,7 @@ export function cellFencingSteps(deps: CellFencingStepsDeps): FencingSteps {
     }
   };
   // Orders that do engine work get longer bounds than a plain order: a PostgreSQL promotion, a
-  // clean shutdown or a psql under load take seconds, and the fault-schedule runs of issue 10 saw
+  // clean shutdown or a psql under load take seconds, and the fault-schedule runs saw
   // "promote ... no answer in time" and "could not read the position" with the 2 s default.
   const engineWorkMs = Math.max(deps.options.orderTimeoutMs, 60_000);
   const positionMs = Math.max(deps.options.orderTimeoutMs, 10_000);

@@ -1,4 +1,4 @@
-/** Fencing and failover (issue 5): the coordinator, the fencing sequence and its history. */
+/** Fencing and failover: the coordinator, the fencing sequence and its history. */
 export {
   FencingFailoverCoordinator,
   type FencingActionResult,

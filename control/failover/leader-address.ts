@@ -1,5 +1,5 @@
 /**
- * Where the leader's API answers (issue 10: operator actions on a standby control are forwarded
+ * Where the leader's API answers (operator actions on a standby control are forwarded
  * to the leader instead of answering 503). The leader publishes its URL next to the lock, with
  * the lock value it holds and a TTL; a standby trusts the record only while the lock still holds
  * that value, so it never forwards to a control that lost the lock.

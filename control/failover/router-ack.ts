@@ -2,7 +2,7 @@
  * Waits until every live router of a group reports (in its heartbeat key) a table version at
  * least the one that carried a fence. Routers heartbeat right after applying a table, so this is
  * usually a few milliseconds; a router that does not confirm within the bound is named, and the
- * fence step counts as degraded rather than blocking failover forever (issue 5).
+ * fence step counts as degraded rather than blocking failover forever.
  */
 import type { RouterGroup } from '../state/router-group-store';
 import type { TcpRouteStore } from '../state/tcp-route-store';

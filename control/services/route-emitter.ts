@@ -52,7 +52,7 @@ export class RouteEmitter {
       if (!actual || actual.port === null || !inst.specWritten) continue;
       let state: BackendState;
       // A fence decision in the record wins over what the cell last reported: a partitioned
-      // cell's report may still say running (issue 5).
+      // cell's report may still say running.
       if (inst.fenced || actual.state === 'fenced') state = 'fenced';
       else if (actual.state === 'running') state = 'active';
       else continue;
@@ -74,7 +74,7 @@ export class RouteEmitter {
    * Writes the route if it differs from what routers have; returns true when it wrote. With
    * `keepUnreported` (a new leader's cell grace), a backend whose instance no cell has reported
    * yet is kept: after a restart or a wiped store the reports come back within a heartbeat, and
-   * removing the backend meanwhile would close the route in every router (issue 10).
+   * removing the backend meanwhile would close the route in every router.
    */
   async sync(
     service: ServiceRecord,

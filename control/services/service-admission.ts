@@ -125,7 +125,7 @@ export async function admitService(
       nextIndex: placed.length,
       ...(restore && placed[0] ? { restore: { snapshotId: restore.snapshotId, instanceId: placed[0].id } } : {}),
       leaderToken: 0,
-      // Issue 11: nobody reaches the engine without credentials, the platform included.
+      // Nobody reaches the engine without credentials, the platform included.
       ...(hasCredentials(req.engine) ? { credentials: newServiceCredentials(req.engine) } : {}),
       createdAt: now,
       updatedAt: now,

@@ -1,5 +1,5 @@
 /**
- * A service's credentials (issue 11): generated at creation, kept in its record in the state
+ * A service's credentials: generated at creation, kept in its record in the state
  * store, written into its instances' specs, and handed out per service key, CF-style. Pure
  * functions; the API's side is api/routes-service-keys.ts.
  */

@@ -2,7 +2,7 @@
  * The service model control keeps in Redis (`sf:services`): what the user asked for, where each
  * instance was placed, and the service's router port. Actual state (running, host, port) is never
  * copied here; it is read from the cells' `actual` hashes, so this record only changes when a
- * decision changes (DESIGN.md "Core model", issue 4).
+ * decision changes (DESIGN.md "Core model").
  */
 import type {
   ActualState,
@@ -33,7 +33,7 @@ export interface InstanceRecord {
   cell: string;
   zone: string;
   role: InstanceRole;
-  /** Fencing epoch of the primary role (only grows; issue 5 bumps it on failover). */
+  /** Fencing epoch of the primary role (only grows; a failover bumps it). */
   epoch: number;
   /** Raised to ask the cell to restart a failed instance (cells never restart on their own). */
   generation: number;
@@ -137,7 +137,7 @@ export interface ServiceRecord extends ServiceRequestFields {
   /** Fencing token of the leader that last changed this record (0 = never placed). */
   leaderToken: number;
   /**
-   * Engines redis and postgres: the service's users (issue 11), generated at creation. Never
+   * Engines redis and postgres: the service's users, generated at creation. Never
    * part of a view, an event or a log line; only the service-key endpoint hands a key's out.
    */
   credentials?: ServiceCredentials;
@@ -191,7 +191,7 @@ export interface ServiceView extends Omit<ServiceRequestFields, 'volume'> {
   updated_at: string;
 }
 
-/** Published on `sf:service-events` and kept in a capped list, for operators and issue 5. */
+/** Published on `sf:service-events` and kept in a capped list, for operators and the failover logic. */
 export interface ServiceEvent {
   type:
     | 'service-created'

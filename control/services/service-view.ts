@@ -39,7 +39,7 @@ export function instanceView(
           })),
         }
       : {}),
-    // A primary that cannot commit says why where operators already look (issue 10).
+    // A primary that cannot commit says why where operators already look.
     last_error:
       current?.state === 'running' && current.degraded
         ? { code: ErrorCode.CommitCheckFailed, message: current.degraded }

@@ -26,7 +26,7 @@ export async function enginePid(cluster: ServiceCluster, view: ServiceView, inst
 }
 
 /**
- * The platform's management user of an instance's engine (issue 11), from its desired spec: for
+ * The platform's management user of an instance's engine, from its desired spec: for
  * the few checks a service key may not make (another session's wait events in PostgreSQL).
  */
 export async function adminUser(cluster: ServiceCluster, view: ServiceView, instanceId: string): Promise<EngineUser> {

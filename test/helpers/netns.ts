@@ -1,5 +1,5 @@
 /**
- * Network namespaces as stand-in hosts for partition tests (issue 5). Each host is a namespace
+ * Network namespaces as stand-in hosts for partition tests. Each host is a namespace
  * joined to the root namespace by a veth pair on its own /24: the root side is 10.99.N.1, the
  * namespace side 10.99.N.2 with a default route back, so namespaces reach the root namespace and,
  * with forwarding on, each other. Processes run inside with `ip netns exec`.

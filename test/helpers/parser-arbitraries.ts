@@ -30,7 +30,7 @@ const wellFormedHost = fc.oneof(
   fc.constantFrom('localhost', '127.0.0.1', '::1', '0.0.0.0', '::', '::ffff:127.0.0.1', 'db-1.internal'),
 );
 
-/** Hosts as they come: well-formed, non-canonical IPv4, and the strings issue 11 found accepted. */
+/** Hosts as they come: well-formed, non-canonical IPv4, and strings that were once wrongly accepted. */
 export const hostish: fc.Arbitrary<unknown> = fc.oneof(
   { weight: 5, arbitrary: wellFormedHost },
   { weight: 1, arbitrary: fc.ipV4Extended() },

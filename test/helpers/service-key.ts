@@ -1,5 +1,5 @@
 /**
- * Service keys for tests (issue 11): nothing answers without credentials, so a test that talks to
+ * Service keys for tests: nothing answers without credentials, so a test that talks to
  * a service through the router first asks control for a key, as a user would.
  */
 export interface ServiceKeyAuth {

@@ -30,7 +30,7 @@ export interface UpPlatform {
   interrupt(): Promise<number | null>;
   sf(args: string[]): Promise<{ code: number | null; output: string }>;
   service(name: string): Promise<ServiceView>;
-  /** `sf create-service-key NAME KEY`: nothing answers without credentials (issue 11). */
+  /** `sf create-service-key NAME KEY`: nothing answers without credentials. */
   serviceKey(name: string, key?: string): Promise<ServiceKeyAuth>;
   /** `cell/instanceId` of every volume directory on disk. */
   volumes(): Promise<string[]>;

@@ -1,5 +1,5 @@
 /**
- * Issue 11, finding 4: engines started with credentials answer nobody without them — Redis
+ * Engines started with credentials answer nobody without them — Redis
  * `NOAUTH`, PostgreSQL a password failure — replicate with their own replication user, and follow
  * a changed set of users at once (a revoked user's session ends).
  */

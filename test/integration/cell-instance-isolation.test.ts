@@ -1,5 +1,5 @@
 /**
- * Issue 11, findings 3 and 4: instances run unprivileged, with an environment built from their
+ * Instances run unprivileged, with an environment built from their
  * spec only, in volumes only their user can read. Checked on real processes through /proc.
  */
 import { readFile, stat } from 'node:fs/promises';

@@ -1,5 +1,5 @@
 /**
- * Issue 11, finding 8: two `sf up` on one machine shared one admin token file, and the CLI sent
+ * Two `sf up` on one machine shared one admin token file, and the CLI sent
  * the first platform's token to the second. Now each control address has its own file and the CLI
  * reads the one for the control it talks to.
  */
@@ -12,7 +12,7 @@ import { freePortBlock } from '../helpers/service-cluster';
 import { runSf, runSfToExit, type SfProcess } from '../helpers/sf-process';
 import { eventually } from '../helpers/tcp-client';
 
-describe('admin token files of two platforms on one machine (issue 11)', function () {
+describe('admin token files of two platforms on one machine', function () {
   this.timeout(180_000);
   let home: string;
   const ups: SfProcess[] = [];

@@ -1,5 +1,5 @@
 /**
- * Property-based fuzzing of the control API (issue 11): generated JSON bodies to every write
+ * Property-based fuzzing of the control API: generated JSON bodies to every write
  * endpoint and generated paths to every route, against a live control. Every answer comes in time,
  * none is a 500, every error is the registry's JSON body, and control still answers /health.
  * bench/fuzz-control-api.ts runs the same properties 100,000 times.
@@ -11,7 +11,7 @@ import { ADMIN_TOKEN, startControlHarness, type ControlHarness } from '../helper
 
 const RUNS = Number(process.env.SF_FUZZ_RUNS ?? 2000);
 
-describe('control API fuzzing (issue 11)', function () {
+describe('control API fuzzing', function () {
   this.timeout(300_000);
   let h: ControlHarness;
   const tally = new Map<string, number>();

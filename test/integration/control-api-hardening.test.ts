@@ -1,5 +1,5 @@
 /**
- * Issue 11 against a live control: malformed requests to every endpoint, size limits, where a
+ * Hardening against a live control: malformed requests to every endpoint, size limits, where a
  * token may travel, secrets in answers, `/health` with the store down, and the audit log.
  */
 import { expect } from 'chai';
@@ -29,7 +29,7 @@ function expectErrorBody(res: RawResponse, what: string): void {
   expect(body.error?.message, what).to.be.a('string');
 }
 
-describe('control API hardening (issue 11)', function () {
+describe('control API hardening', function () {
   this.timeout(120_000);
   let h: ControlHarness;
   let readToken: string;
@@ -44,7 +44,7 @@ describe('control API hardening (issue 11)', function () {
   });
 
   describe('malformed requests to every endpoint', function () {
-    it('answers each with an error body and keeps serving /health (finding 1)', async function () {
+    it('answers each with an error body and keeps serving /health', async function () {
       const endpoints = h.control.endpoints;
       expect(endpoints.length).to.be.at.least(20);
       const withParams = endpoints.filter((e) => e.pattern.includes('/:'));
@@ -158,7 +158,7 @@ describe('control API hardening (issue 11)', function () {
     });
   });
 
-  describe('size limits (finding 9)', function () {
+  describe('size limits', function () {
     it('answers an over-long URL with 414 and a large header block with 431, echoing neither', async function () {
       const marker = 'ECHOCHECK';
       const longUrl = `/v3/cells/${marker.repeat(1000)}`; // 9 KiB
@@ -216,7 +216,7 @@ describe('control API hardening (issue 11)', function () {
     });
   });
 
-  describe('access_token (finding 9)', function () {
+  describe('access_token', function () {
     it('is refused on writes and plain reads, and writes nothing', async function () {
       const route = { router_group_guid: h.defaultGroup, port: 16510, backend_ip: '127.0.0.1', backend_port: 6379 };
       const write = await rawRequest(h.control.port, {
@@ -264,7 +264,7 @@ describe('control API hardening (issue 11)', function () {
     });
   });
 
-  describe('audit log (finding 9)', function () {
+  describe('audit log', function () {
     it('records who, what, when and the result of every write, never the token', async function () {
       const lines: string[] = [];
       const sink = new Writable({
@@ -316,7 +316,7 @@ describe('control API hardening (issue 11)', function () {
   });
 });
 
-describe('control API secrets and health (issue 11)', function () {
+describe('control API secrets and health', function () {
   this.timeout(60_000);
   const PASSWORD = 'state-store-pass-7f3a9c';
   let redis: RedisServerHandle;
@@ -331,7 +331,7 @@ describe('control API secrets and health (issue 11)', function () {
     await redis.stop();
   });
 
-  it('never returns the state store password or the admin token in any GET body (finding 5)', async function () {
+  it('never returns the state store password or the admin token in any GET body', async function () {
     const info = await h.api<{ redis_url: string }>('GET', '/v3/info', undefined, ADMIN_TOKEN);
     expect(info.status).to.equal(200);
     expect(info.body.redis_url).to.equal(`redis://127.0.0.1:${redis.port}`);
@@ -356,7 +356,7 @@ describe('control API secrets and health (issue 11)', function () {
     expect(checked).to.be.at.least(15);
   });
 
-  it('answers /health with 503 and ok:false while its Redis is down (finding 9)', async function () {
+  it('answers /health with 503 and ok:false while its Redis is down', async function () {
     const up = await rawRequest(h.control.port, { method: 'GET', target: '/health' });
     expect(up?.status).to.equal(200);
     expect(JSON.parse(up?.body ?? '')).to.deep.equal({ ok: true, redis: true, events: true });

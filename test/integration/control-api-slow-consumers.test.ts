@@ -1,5 +1,5 @@
 /**
- * Issue 11, finding 8: event consumers that fall behind. Each stream's client either receives
+ * Event consumers that fall behind. Each stream's client either receives
  * every event in order or is disconnected with a reason (SSE: a final `event: resync`; WebSocket:
  * close code 1008 with a `resync` reason) — never silently shorted.
  */
@@ -106,7 +106,7 @@ function expectContiguous(seqs: number[]): void {
   });
 }
 
-describe('control event streams with slow consumers (issue 11)', function () {
+describe('control event streams with slow consumers', function () {
   this.timeout(120_000);
   const LIMIT = 64 * 1024;
   let h: ControlHarness;

@@ -5,7 +5,7 @@ import { enginePid, primaryOf, promotedFrom } from '../helpers/failover-support'
 import { startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
 import { serviceKey, type ServiceKeyAuth } from '../helpers/service-key';
 
-/** How many forced failovers per durability mode (issue 5 asks for 20). */
+/** How many forced failovers per durability mode. */
 const RUNS = Number(process.env.SF_FAILOVER_RUNS ?? 20);
 
 interface RunReport {
@@ -89,7 +89,7 @@ async function forcedFailovers(
   const settled = (v: ServiceView): boolean =>
     v.status === 'running' && v.instances.length === 3 && v.instances.every((i) => i.state === 'running');
   let view = await cluster.waitForService(name, 60_000, settled);
-  // Nothing answers without credentials (issue 11); a key works on every instance of the service.
+  // Nothing answers without credentials; a key works on every instance of the service.
   const key = await serviceKey(cluster.api, name);
   const writer = startWriter(view.port, durability === 'sync', key);
   const failoverMs: number[] = [];

@@ -1,5 +1,5 @@
 /**
- * Issue 10: an operator action sent to a standby control is forwarded to the leader (which
+ * An operator action sent to a standby control is forwarded to the leader (which
  * publishes its API address next to its lock) instead of answering 503.
  */
 import { expect } from 'chai';

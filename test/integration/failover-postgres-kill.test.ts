@@ -1,5 +1,5 @@
 /**
- * Issue 10, unplanned PostgreSQL failover with `durability: sync` and one replica: the promoted
+ * Unplanned PostgreSQL failover with `durability: sync` and one replica: the promoted
  * replica has no sync standby until the old primary is rewound and streams again, so commits wait
  * for that rejoin. The fault-schedule checker saw writes through the router fail for 10-11 s after
  * a SIGKILL and 16-47 s after `sf fence`; these tests hold the rejoin to the checker's bound, check

@@ -37,7 +37,7 @@ describeEachExecutor('failover: redis', function (executor) {
     expect(created.status).to.equal(201);
     const view = await cluster.waitForService('kv');
     const old = primaryOf(view);
-    // Nothing answers without credentials (issue 11); a key works on every instance of the service.
+    // Nothing answers without credentials; a key works on every instance of the service.
     const key = await serviceKey(cluster.api, 'kv');
     const client = new Redis({
       port: view.port,
@@ -103,7 +103,7 @@ describeEachExecutor('failover: redis', function (executor) {
 
     const history = await cluster.api<{ resources: FencingStep[] }>('GET', '/v3/service_instances/kv/fencing');
     const steps = history.body.resources.map((s) => s.step).reverse();
-    // Fencing strictly before promotion (issue 5).
+    // Fencing strictly before promotion.
     const order = [
       'route-fence',
       'router-ack',
@@ -181,7 +181,7 @@ describeEachExecutor('failover: redis', function (executor) {
       'publish',
     ])
       expect(hist.stdout).to.include(step);
-    // A refused action (here: an unknown service, 404) is the caller's to fix: exit 2 (issue 10).
+    // A refused action (here: an unknown service, 404) is the caller's to fix: exit 2.
     const missing = await sf(cluster, ['fence', 'no-such-service']);
     expect(missing.code).to.equal(2);
     const usage = await sf(cluster, ['failover']);

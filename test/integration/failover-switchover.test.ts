@@ -1,5 +1,5 @@
 /**
- * Issue 10 on a real platform (state Redis, control, router, three cells): a planned switchover
+ * On a real platform (state Redis, control, router, three cells): a planned switchover
  * demotes the old primary for real on both engines, a refused operator action costs no write,
  * and a primary that cannot commit is reported `degraded`, not `running`.
  */

@@ -4,7 +4,7 @@ import { FAULT_KINDS, type FaultKind } from '../../bench/lib/fault-kinds';
 import { netnsSupported } from '../helpers/netns';
 
 /**
- * A fixed-seed run of the fault-schedule checker (bench/fault-schedule.ts, issue 10) that applies
+ * A fixed-seed run of the fault-schedule checker (bench/fault-schedule.ts) that applies
  * every fault kind once, in a seeded order: the cell partition too when this host can make
  * network namespaces. Recovery time is measured and printed, not bounded (no timing asserts: on a
  * shared machine PostgreSQL's rewind and standby start take from 3 s to over 20 s); every other

@@ -154,7 +154,7 @@ describe('fencing: partitioned primary', function () {
     }
     expect(old.host).to.equal(host.address);
 
-    // Nothing answers without credentials (issue 11); the key is applied before the partition.
+    // Nothing answers without credentials; the key is applied before the partition.
     const auth = await serviceKey(c.api, 'part');
     const client = new Redis({
       port: view.port,

@@ -30,7 +30,7 @@ describe('key prefix', function () {
     });
     expect(created.status).to.equal(201);
     await cluster.waitForService('prefixed');
-    // Nothing answers without credentials (issue 11); the key goes through the prefixed store too.
+    // Nothing answers without credentials; the key goes through the prefixed store too.
     const client = await firstWrite(created.body.port, 30_000, await serviceKey(cluster.api, 'prefixed'));
     try {
       expect(await client.get('greeting')).to.equal('hello');

@@ -1,5 +1,5 @@
 /**
- * Issue 10, finding 4: `sf up` is a supervisor, not a fuse. SIGKILL of any platform process — the
+ * `sf up` is a supervisor, not a fuse. SIGKILL of any platform process — the
  * state redis-server, control, the router, a cell — is followed by a restart of that process
  * alone; engines keep running with the same pids, and a write through the router succeeds again.
  */
@@ -21,7 +21,7 @@ describe('sf up supervisor', function () {
     const res = await p.sf(['create-service', 'redis', 'cache', '--replicas', '1', '--durability', 'sync', '--wait']);
     expect(res.code, res.output).to.equal(0);
     port = (await p.service('cache')).port!;
-    // Nothing answers without credentials (issue 11).
+    // Nothing answers without credentials.
     key = await p.serviceKey('cache');
     // --wait returned once every router serves the route with its TLS: the first write is served.
     expect(await redisThrough(port, key, 'SET', 'k', 'v0')).to.equal('OK');

@@ -1,5 +1,5 @@
 /**
- * Issue 10, finding 1: Ctrl-C `sf up` and start it again with a replicated Redis and a replicated
+ * Ctrl-C `sf up` and start it again with a replicated Redis and a replicated
  * PostgreSQL service. Before the fix the new leader's first pass saw cells not yet registered,
  * fenced their primaries as cell-dead and deleted replica volumes. Now both services serve their
  * data again with the same primaries and epochs, and no volume disappears. On each executor:
@@ -45,10 +45,10 @@ describeEachExecutor('restart of sf up', function (executor) {
     const cache = await p.service('cache');
     const pg = await p.service('pg1');
     for (const v of [cache, pg]) expect(v.executor ?? 'process', v.name).to.equal(executor().kind);
-    // Nothing answers without credentials (issue 11); the keys outlive the restart too.
+    // Nothing answers without credentials; the keys outlive the restart too.
     const redisKey = await p.serviceKey('cache');
     const pgKey = await p.serviceKey('pg1');
-    // A fresh key can take a moment to reach every instance (noted in the issue 11 closing note).
+    // A fresh key can take a moment to reach every instance.
     await timeUntil(
       async () => (await redisThrough(cache.port!, redisKey, 'SET', 'k', 'v1')) === 'OK',
       30_000,

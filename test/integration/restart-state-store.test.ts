@@ -1,5 +1,5 @@
 /**
- * Issue 10, finding 5: the state Redis loses everything (FLUSHALL) under a running cluster with a
+ * The state Redis loses everything (FLUSHALL) under a running cluster with a
  * replicated Redis and a replicated PostgreSQL service. Routers refuse the older table version and
  * keep serving; the leader restores its last known copy (service records, route tables, cells'
  * desired specs), republishes above every router's version, and the platform goes on: no engine
@@ -53,7 +53,7 @@ describe('state store lost under a running cluster', function () {
     }
     const cache = await cluster.waitForService('cache', 60_000);
     const pg = await cluster.waitForService('pg1', 120_000);
-    // Nothing answers without credentials (issue 11); the keys must survive the store's loss too.
+    // Nothing answers without credentials; the keys must survive the store's loss too.
     const redisKey = await serviceKey(cluster.api, 'cache');
     const pgKey = await serviceKey(cluster.api, 'pg1');
     await timeUntil(async () => (await psql(pg.port!, pgKey, 'select 1')) === '1', 30_000, 'pg through the router');

@@ -1,5 +1,5 @@
 /**
- * Issue 11: one route's idle clients exhausted the router's descriptors and starved every
+ * One route's idle clients exhausted the router's descriptors and starved every
  * route, with no log line. The router-wide limit now comes from RLIMIT_NOFILE with headroom,
  * each route keeps a reservation, and a reached limit is logged (rate-limited) and counted.
  */

@@ -1,5 +1,5 @@
 /**
- * Issue 11: a route whose backend is the router itself, and route-file paths that are not
+ * A route whose backend is the router itself, and route-file paths that are not
  * regular files. Real routers (in this process and as `sf router`), real sockets, real FIFOs.
  */
 import { execFileSync } from 'node:child_process';

@@ -1,5 +1,5 @@
 /**
- * Issue 11, "done when": a client without credentials gets NOAUTH from Redis and a password
+ * A client without credentials gets NOAUTH from Redis and a password
  * failure from PostgreSQL through the router; with a service key both work; after the key is
  * deleted the same key fails at once, and its open sessions are closed. Every part real.
  */

@@ -7,7 +7,7 @@ import { serviceKey, type ServiceKeyAuth } from '../helpers/service-key';
 
 const run = promisify(execFile);
 
-/** The service key the test connects with (issue 11: no connection without a password). */
+/** The service key the test connects with (no connection without a password). */
 let key: ServiceKeyAuth;
 
 async function psql(port: number, sql: string): Promise<string> {

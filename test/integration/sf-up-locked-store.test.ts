@@ -1,5 +1,5 @@
 /**
- * `sf up` with its locked state store (issue 11, finding 2), as real processes: the platform works
+ * `sf up` with its locked state store, as real processes: the platform works
  * with every role on its own ACL user, nobody gets in without credentials, and no password shows
  * in argv, environments, logs or API bodies.
  */
@@ -61,7 +61,7 @@ describe('sf up: locked state store', function () {
     const created = await platform.sf(['create-service', 'redis', 'cache', '--replicas', '1', '--wait', '--json']);
     expect(created.code, created.output).to.equal(0);
     const { port } = await platform.service('cache');
-    // The service itself answers only with a key (issue 11).
+    // The service itself answers only with a key.
     const key = await platform.serviceKey('cache');
     // --wait returned once every router serves the route with its TLS: the first write is served.
     expect(await redisThrough(port, key, 'SET', 'hello', 'world')).to.equal('OK');

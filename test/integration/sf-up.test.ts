@@ -93,7 +93,7 @@ describe('sf up', function () {
     expect(created.code, created.output).to.equal(0);
     const view = JSON.parse(created.output) as ServiceView;
     expect(view.status).to.equal('running');
-    // Nothing answers without credentials (issue 11): a service key, through the CLI as a user would.
+    // Nothing answers without credentials: a service key, through the CLI as a user would.
     const keyed = await runSfToExit(['create-service-key', 'cache', 'app', '--json'], env);
     expect(keyed.code, keyed.output).to.equal(0);
     const key = JSON.parse(keyed.output) as {

@@ -1,5 +1,5 @@
 /**
- * The locked state store (issue 11, finding 2) against a real redis-server started from the
+ * The locked state store against a real redis-server started from the
  * configuration `sf up` writes: the default user needs a password nobody has, and each role's ACL user can do what the
  * role needs and nothing that would let it take the platform over.
  */

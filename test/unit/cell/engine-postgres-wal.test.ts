@@ -17,7 +17,7 @@ function ctx(input: Parameters<typeof spec>[0]): EngineContext {
   };
 }
 
-/** Issue 10: pg_rewind copies the source's whole pg_wal, so a sync service keeps it small. */
+/** pg_rewind copies the source's whole pg_wal, so a sync service keeps it small. */
 describe('PostgreSQL WAL settings', () => {
   describe('renderPostgresConfig', () => {
     it('keeps little WAL with sync durability and the least min_wal_size the segment size allows', () => {

@@ -26,7 +26,7 @@ describe('admin-token', function () {
       expect((await ensureAdminToken(env, 'http://127.0.0.1:7600')).token).to.equal(first.token);
     });
 
-    it('gives two controls on one machine two token files (issue 11, finding 8)', async function () {
+    it('gives two controls on one machine two token files', async function () {
       const env = { SF_HOME: home };
       const a = await ensureAdminToken(env, controlUrlForListen('127.0.0.1', 7600));
       const b = await ensureAdminToken(env, controlUrlForListen('127.0.0.1', 7700));

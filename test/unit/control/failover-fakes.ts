@@ -1,5 +1,5 @@
 /**
- * Fakes for the fencing unit tests (issue 10): an in-memory service store, a fixed cell view,
+ * Fakes for the fencing unit tests: an in-memory service store, a fixed cell view,
  * a history that keeps steps in an array, and fencing steps that log every effect in order and
  * can be told to fail. No Redis, no cells: the tests prove the order of effects in milliseconds.
  */

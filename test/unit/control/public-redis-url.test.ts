@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { publicRedisUrl } from '../../../control/api/public-redis-url';
 
 describe('publicRedisUrl', function () {
-  it('drops user-info and authenticating query parameters (issue 11, finding 5)', function () {
+  it('drops user-info and authenticating query parameters', function () {
     expect(publicRedisUrl('redis://:s3cret@127.0.0.1:7650')).to.equal('redis://127.0.0.1:7650');
     expect(publicRedisUrl('redis://control:s3cret@127.0.0.1:7650/2')).to.equal('redis://127.0.0.1:7650/2');
     expect(publicRedisUrl('rediss://u:p%40ss@db.example:6380?password=x&db=3')).to.equal(

@@ -1,5 +1,5 @@
 /**
- * Property-based fuzzing of every parser the router runs on input it does not control (issue 11):
+ * Property-based fuzzing of every parser the router runs on input it does not control:
  * route files and tables, route deltas, the ClientHello peek, and the PROXY header encoder with
  * the addresses it is given. Each property: no exception but an SfError with a registry code,
  * and whatever is accepted is well-formed. bench/fuzz-parsers.ts runs the same generators at
