@@ -15,6 +15,7 @@ import { DEFAULT_KEY_PREFIX } from '../protocol/keys';
 import { cellAclUser } from '../protocol/acl';
 import { prepareLockedStateStore, type LockedStateStore } from './state-store-acl';
 import { Supervisor } from './supervisor';
+import { stopProcessesUnder } from './leftover-engines';
 import { caPemFile, preparePlatformCa } from './up-platform-ca';
 import { fetchWithCa } from '../common/https-fetch';
 
@@ -32,6 +33,7 @@ interface UpFlags {
   caKey?: string;
   controlHttps?: boolean;
   executor?: string;
+  stopTimeout: string;
 }
 
 /** @default values of `sf up` (DESIGN.md default addresses) */
@@ -45,6 +47,11 @@ export const DEFAULT_UP_OPTIONS = {
   capacityMb: 4096,
   /** Cell N serves /metrics on base+N-1; 0 lets each cell pick a free port. */
   cellMetricsPortBase: 7700,
+  /**
+   * Seconds each component gets to stop on Ctrl-C before SIGKILL: a cell stops its engines
+   * cleanly first, and a PostgreSQL shutdown checkpoint at load takes seconds.
+   */
+  stopTimeoutS: 30,
 } as const;
 
 /**
@@ -98,6 +105,7 @@ async function runUp(flags: UpFlags): Promise<void> {
   const redisPort = parseIntFlag(flags.redisPort, '--redis-port', 1, 65535);
   const cellPortBase = parseIntFlag(flags.cellPortBase, '--cell-port-base', 1024, 65535 - 100 * cellCount);
   const capacityMb = parseIntFlag(flags.capacityMb, '--capacity-mb', 1);
+  const stopTimeoutMs = parseIntFlag(flags.stopTimeout, '--stop-timeout', 1, 3600) * 1000;
   const metricsBase = parseIntFlag(flags.cellMetricsPortBase, '--cell-metrics-port-base', 0, 65535 - cellCount);
   const cellMetricsPort = (n: number): number => (metricsBase === 0 ? 0 : metricsBase + n - 1);
   const dataDir = resolve(flags.dataDir ?? defaultUpDataDir());
@@ -142,7 +150,10 @@ async function runUp(flags: UpFlags): Promise<void> {
     );
     // Control first, so it does not reschedule instances of cells that are merely shutting
     // down; then the cells (which stop their engines), the router, the state store last.
-    await supervisor.stop([['control'], cellNames, ['router'], ['redis']]);
+    await supervisor.stop([['control'], cellNames, ['router'], ['redis']], stopTimeoutMs);
+    // A cell killed at the timeout leaves what it was still running or starting: stopped here.
+    for (const p of await stopProcessesUnder(join(dataDir, 'cells'), stopTimeoutMs).catch(() => []))
+      process.stdout.write(`sf up: stopped ${p.comm} (pid ${p.pid}) that its cell left running: ${p.args.join(' ')}\n`);
     process.stdout.write(
       `sf up: stopped after ${((Date.now() - t0) / 1000).toFixed(1)} s; services and their data are kept in ${dataDir} for the next sf up\n`,
     );
@@ -360,6 +371,11 @@ export function registerUpCommand(program: Command): void {
     .option(
       '--control-https',
       'serve the control API over HTTPS with a certificate from the platform CA (clients: SF_CONTROL_URL=https://...)',
+    )
+    .option(
+      '--stop-timeout <seconds>',
+      'on Ctrl-C, how long each component may take to stop before SIGKILL',
+      String(DEFAULT_UP_OPTIONS.stopTimeoutS),
     )
     .addOption(
       new Option('--executor <kind>', 'how cells run instances by default (docker: see sf images build)').choices([
