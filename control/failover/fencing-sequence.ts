@@ -121,7 +121,7 @@ export class FencingSequence {
 
     // Step 2: shoot, then the lease floor (which also covers a cell that never got the order).
     const cell = cells.get(primary.cell);
-    if (cell?.alive) {
+    const shoot = async (late: string): Promise<void> => {
       const res = await steps.shoot.shoot(primary.cell, primary.id);
       await op.record({
         step: 'shoot',
@@ -130,9 +130,12 @@ export class FencingSequence {
         cell: primary.cell,
         epoch,
         message: res?.ok
-          ? `SIGKILL by cell ${primary.cell} (was running: ${String(res.data?.wasRunning)})`
+          ? `SIGKILL by cell ${primary.cell} (was running: ${String(res.data?.wasRunning)})${late}`
           : `cell ${primary.cell} did not confirm the fence order: ${res?.error?.message ?? 'no answer in time'}`,
       });
+    };
+    if (cell?.alive) {
+      await shoot('');
     } else {
       await op.record({
         step: 'shoot',
@@ -144,6 +147,13 @@ export class FencingSequence {
       });
     }
     await this.raiseFloor(op, primary, epoch, ': no renewal or primary start below it');
+    // A cell that registered again between the snapshot above and the floor passed its
+    // heartbeat's floor check, so it would keep its deposed primary running until the rejoin
+    // (seen after a restart at load: both instances claimed primary for seconds). Once the floor
+    // is up, a cell that comes back later is refused by its heartbeat and shoots on its own; one
+    // that came back before it is shot now.
+    if (!cell?.alive && (await this.deps.directory.snapshot()).get(primary.cell)?.alive)
+      await shoot(`; the cell came back before the lease floor was raised`);
 
     // Step 3: the network fence needs the fenced cell to act in its own network.
     const peers = this.networkPeers(primary.cell, cells);

@@ -302,6 +302,34 @@ describe('FencingSequence', () => {
       expect(w.history.steps.map((s) => `${s.step}:${s.outcome}`)).to.include('restart-in-place:ok');
     });
 
+    it('shoots a primary whose cell came back between the cell-dead snapshot and the lease floor', async () => {
+      const w = world();
+      w.cells.alive = new Set(['cell-2']);
+      // The cell registers again while the route fence is being published, before the floor.
+      const publish = w.steps.steps.routeFence.publish.bind(w.steps.steps.routeFence);
+      w.steps.steps.routeFence.publish = async (...args) => {
+        const version = await publish(...args);
+        w.cells.alive = new Set();
+        return version;
+      };
+      await w.sequence.fencePrimary(w.op('cell-dead'));
+      const floor = w.steps.at('floor:cache-0:2');
+      const shot = w.steps.at('shoot:cache-0');
+      expect(floor, w.steps.log.join(' ')).to.be.at.least(0);
+      expect(shot, w.steps.log.join(' ')).to.be.greaterThan(floor);
+      expect(w.history.steps.map((s) => `${s.step}:${s.outcome}`)).to.deep.include.members([
+        'shoot:skipped',
+        'shoot:ok',
+      ]);
+    });
+
+    it('does not shoot a primary whose cell stays dead', async () => {
+      const w = world();
+      w.cells.alive = new Set(['cell-2']);
+      await w.sequence.fencePrimary(w.op('cell-dead'));
+      expect(w.steps.at('shoot:cache-0'), w.steps.log.join(' ')).to.equal(-1);
+    });
+
     it('with no replica to promote and the primary on a dead cell, restarts nothing and stays fenced', async () => {
       const w = world();
       w.cells.states.set('cache-1', 'failed');
