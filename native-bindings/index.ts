@@ -64,20 +64,29 @@ export interface NativeBindings {
   setKeepAlive(fd: number, enable: boolean, idleSeconds: number, intervalSeconds: number, count: number): void;
 
   // Native accept path (docs/native-relay.md): the addon owns the port, accepts, connects, relays.
-  /** Receives batches of `[kind, portId, port, ...]` triples (NativeAcceptEvent kinds). */
+  /** Receives batches of `[kind, owner, portId, port, ...]` quadruples (NativeAcceptEvent kinds). */
   initEvents(onEvents: (flat: number[]) => void): void;
   /** Whether the natively accepted ports keep the process alive (while any is open or draining). */
   refPorts(keep: boolean): void;
-  /** One router's connection budget; its ports and JS path admit clients against it. */
-  createBudget(): NativeBudgetHandle;
+  /** One router's connection budget; its ports and JS path admit clients against it. Events name `owner`. */
+  createBudget(owner: number): NativeBudgetHandle;
   /**
-   * Listens on each of `ports` at `host` in one call, each with its route in place before the first
-   * client is accepted (the routes as `setRoutes` takes them, one per port). Returns each port's
-   * id, or a negative errno where that port could not be opened (the others are open).
+   * One table change in one call, in this order: the ports of `changedIds` take the first
+   * `changedIds.length` routes (connections of fenced backends or older epochs are reset before it
+   * returns), the ports of `retiredIds` stop accepting and drain, and each of `ports` at `host` opens
+   * with the next route in place before its first client is accepted. Per route `header` holds
+   * NATIVE_ROUTE_HEADER numbers (mode, connectTimeoutMs, idleTimeoutMs, drainTimeoutMs,
+   * maxConnections or -1, backend count); the routes' backends follow one another in `ids` and
+   * `numbers` (NATIVE_BACKEND_NUMBERS per backend: port, weight, epoch, state
+   * (NATIVE_BACKEND_STATE), primary 1/0, index into `hosts`, which lists each host once). Returns
+   * `[killed, id per new port]`, a negative errno where that port could not be opened (the others
+   * are open).
    */
-  openPorts(
+  applyPorts(
     budget: NativeBudgetHandle,
     host: string,
+    changedIds: Float64Array,
+    retiredIds: Float64Array,
     ports: Float64Array,
     backlog: number,
     reusePort: boolean,
@@ -87,22 +96,17 @@ export interface NativeBindings {
     hosts: string[],
     numbers: Float64Array,
   ): Float64Array;
-  /**
-   * The routes of several ports, pushed on every table change in one call. Per route `header`
-   * holds NATIVE_ROUTE_HEADER numbers (mode, connectTimeoutMs, idleTimeoutMs, drainTimeoutMs,
-   * maxConnections or -1, backend count); the routes' backends follow one another in `ids`,
-   * `hosts` and `numbers` (NATIVE_BACKEND_NUMBERS per backend: port, weight, epoch, state
-   * (NATIVE_BACKEND_STATE), primary 1/0). Fenced connections are reset before it returns;
-   * returns how many.
-   */
-  setRoutes(portIds: Float64Array, header: Float64Array, ids: string[], hosts: string[], numbers: Float64Array): number;
   /** Stops accepting now (closes the listening socket) and drains the port's connections. */
   retirePort(portId: number): boolean;
   /** Forgets a retired port with no connection left; false while some remain. */
   releasePort(portId: number): boolean;
+  /** `releasePort` for each id: 1 where that port was forgotten. */
+  releasePorts(portIds: Float64Array): Uint8Array;
   killAll(portId: number): number;
   /** Counters in NATIVE_PORT_STAT_FIELDS order, undefined for an unknown port. */
   portStats(portId: number): number[] | undefined;
+  /** NATIVE_PORT_STAT_FIELDS.length counters per port, in one call; all -1 for an unknown port. */
+  portStatsMany(portIds: Float64Array): Float64Array;
   activeFor(portId: number, backendId: string): number;
   setServing(budget: NativeBudgetHandle, serving: boolean): void;
   rebudget(
@@ -124,9 +128,9 @@ export const NativeAcceptEvent = ['route-limit', 'global-limit', 'self-loop'] as
 /** The addon's `sf::BackendSpec::State`. */
 export const NATIVE_BACKEND_STATE = { active: 0, draining: 1, fenced: 2, selfLoop: 3 } as const;
 
-/** Numbers per route and per backend in `setRoutes`. */
+/** Numbers per route and per backend in `applyPorts`. */
 export const NATIVE_ROUTE_HEADER = 6;
-export const NATIVE_BACKEND_NUMBERS = 5;
+export const NATIVE_BACKEND_NUMBERS = 6;
 
 /** The addon's `sf::RouteMode`. */
 export const NATIVE_ROUTE_MODE = { primary: 0, 'round-robin': 1, 'least-conn': 2 } as const;

@@ -4,10 +4,11 @@
  * route held in native memory, connects without blocking and relays, so a connection never
  * becomes a `net.Socket` (docs/native-relay.md, "Native accept path").
  *
- * JavaScript keeps control: it opens a table's new ports in one call with their routes
- * (`openMany`), pushes changed routes in one call per table (`queueRoute`, then `flush`, which also
- * fences: connections of a fenced backend or an older epoch are reset before it returns), reads
- * the counters at scrape time, and hears about refused clients in batches.
+ * JavaScript keeps control: a table change goes to the addon in one call (`apply`: changed routes,
+ * which also fences, as connections of a fenced backend or an older epoch are reset before it
+ * returns; removed ports; new ports with their routes), it reads the counters at scrape time, and
+ * hears about refused clients in batches. The router keeps no object per native port
+ * (router/native-port-table.ts).
  */
 import { isIP } from 'node:net';
 import { getSystemErrorName } from 'node:util';
@@ -28,68 +29,81 @@ export type NativePortStats = Record<(typeof NATIVE_PORT_STAT_FIELDS)[number], n
 
 export type NativeAcceptEventKind = (typeof NativeAcceptEvent)[number];
 
-/** What hears about a natively accepted port's refused clients (its route binding). */
-export interface NativePortEvents {
-  nativeEvent(kind: NativeAcceptEventKind): void;
-}
-
 /** Why a port's routes must stay on the JS path (shown per port in `/health`), or undefined. */
 export function jsPathReason(routes: readonly Route[]): string | undefined {
-  if (routes.length !== 1 || (routes[0]!.sni?.length ?? 0) > 0) return 'sni';
-  const route = routes[0]!;
+  if (routes.length !== 1) return 'sni';
+  return routeJsReason(routes[0]!);
+}
+
+/** `jsPathReason` of a port with this one route (no array per port when a table is diffed). */
+export function routeJsReason(route: Route): string | undefined {
+  if ((route.sni?.length ?? 0) > 0) return 'sni';
   if (route.proxyProtocol) return 'proxy-protocol';
-  if (route.tls || route.backends.some((b) => b.tls === true)) return 'tls';
+  const backends = route.backends;
+  if (route.tls) return 'tls';
+  for (let i = 0; i < backends.length; i++) if (backends[i]!.tls === true) return 'tls';
   // Names are resolved by Node, through a lookup that refuses the router's own addresses.
   // Scoped IPv6 addresses (fe80::1%eth0) are left to Node too: the addon parses plain addresses only.
-  if (route.backends.some((b) => isIP(b.host) === 0 || b.host.includes('%'))) return 'host-name';
+  for (let i = 0; i < backends.length; i++) {
+    const host = backends[i]!.host;
+    if (isIP(host) === 0 || host.includes('%')) return 'host-name';
+  }
   return undefined;
 }
 
-/**
- * Event handlers by port id, for every acceptor of the process (the addon has one queue). A port
- * is here from its opening until it is released (retired and drained), and while any is, the
- * process stays alive, as it does for a listening net.Server and its sockets.
- */
-const handlers = new Map<number, NativePortEvents>();
-
-function portsChanged(bindings: NativeBindings, before: number): void {
-  if (before === 0 && handlers.size > 0) bindings.refPorts(true);
-  else if (before > 0 && handlers.size === 0) bindings.refPorts(false);
+/** What hears of one router's natively accepted ports' refused clients (router/native-port-table.ts). */
+export interface NativePortEvents {
+  nativeEvent(kind: NativeAcceptEventKind, portId: number, port: number): void;
 }
+
+/** Acceptors by owner number, for the addon's one event queue (a process may run several routers). */
+const acceptors = new Map<number, NativeAcceptor>();
+let nextOwner = 1;
 let eventsBound = false;
+/** Natively accepted ports open or draining in this process: while any is, the process stays alive. */
+let livePorts = 0;
 
 function onEvents(flat: number[]): void {
-  for (let i = 0; i + 2 < flat.length; i += 3) {
+  for (let i = 0; i + 3 < flat.length; i += 4) {
     const kind = NativeAcceptEvent[flat[i]!];
-    if (kind) handlers.get(flat[i + 1]!)?.nativeEvent(kind);
+    if (kind) acceptors.get(flat[i + 1]!)?.event(kind, flat[i + 2]!, flat[i + 3]!);
   }
 }
 
+/** A table change for the addon, in the order it is applied (`NativeAcceptor.apply`). */
+export interface NativeChange {
+  /** Ports whose route changed, by id, with their new routes (fences are applied first). */
+  changedIds: readonly number[];
+  changedRoutes: readonly Route[];
+  /** Ports that left the table (or moved to the JS path), by id: they stop accepting and drain. */
+  retiredIds: readonly number[];
+  /** New ports, each opened with its route. */
+  opened: readonly Route[];
+}
+
 /**
- * Routes in the addon's flat form (`setRoutes`, `openPorts` in native-bindings/index.ts). Nothing is
- * allocated per route: a 10,000-route table is four arrays.
+ * Routes in the addon's flat form (`applyPorts` in native-bindings/index.ts). Nothing is allocated
+ * per route: a 10,000-route table is three arrays and a string list, and each distinct backend
+ * host travels once.
  */
 function encodeRoutes(
-  entries: ReadonlyArray<{ route: Route; selfLoop?: (b: Backend) => boolean }>,
-  sharedSelfLoop?: (b: Backend) => boolean,
-): {
-  header: Float64Array;
-  ids: string[];
-  hosts: string[];
-  numbers: Float64Array;
-} {
+  first: readonly Route[],
+  second: readonly Route[],
+  selfLoop: (b: Backend) => boolean,
+): { header: Float64Array; ids: string[]; hosts: string[]; numbers: Float64Array } {
   let backends = 0;
-  for (let r = 0; r < entries.length; r++) backends += entries[r]!.route.backends.length;
-  const header = new Float64Array(entries.length * NATIVE_ROUTE_HEADER);
+  for (let r = 0; r < first.length; r++) backends += first[r]!.backends.length;
+  for (let r = 0; r < second.length; r++) backends += second[r]!.backends.length;
+  const header = new Float64Array((first.length + second.length) * NATIVE_ROUTE_HEADER);
   const ids = new Array<string>(backends);
-  const hosts = new Array<string>(backends);
+  const hosts: string[] = [];
+  const hostIndex = new Map<string, number>();
   const numbers = new Float64Array(backends * NATIVE_BACKEND_NUMBERS);
   const d = DEFAULT_ROUTE_LIMITS;
   let k = 0;
-  for (let r = 0; r < entries.length; r++) {
-    const entry = entries[r]!;
-    const route = entry.route;
-    const selfLoop = (entry.selfLoop ?? sharedSelfLoop)!;
+  const total = first.length + second.length;
+  for (let r = 0; r < total; r++) {
+    const route = r < first.length ? first[r]! : second[r - first.length]!;
     const h = r * NATIVE_ROUTE_HEADER;
     const maxConnections = route.maxConnections ?? d.maxConnections;
     header[h] = NATIVE_ROUTE_MODE[route.mode];
@@ -101,14 +115,20 @@ function encodeRoutes(
     for (let j = 0; j < route.backends.length; j++) {
       const b = route.backends[j]!;
       const x = k * NATIVE_BACKEND_NUMBERS;
+      let host = hostIndex.get(b.host);
+      if (host === undefined) {
+        host = hosts.length;
+        hosts.push(b.host);
+        hostIndex.set(b.host, host);
+      }
       ids[k] = b.id;
-      hosts[k] = b.host;
       numbers[x] = b.port;
       numbers[x + 1] = b.weight;
       numbers[x + 2] = b.epoch;
       numbers[x + 3] =
         b.state === 'active' && selfLoop(b) ? NATIVE_BACKEND_STATE.selfLoop : NATIVE_BACKEND_STATE[b.state];
       numbers[x + 4] = b.role === 'primary' ? 1 : 0;
+      numbers[x + 5] = host;
       k++;
     }
   }
@@ -118,35 +138,55 @@ function encodeRoutes(
 /** One router's view of the native accept path: its ports and its connection budget. */
 export class NativeAcceptor {
   private readonly budgetHandle: NativeBudgetHandle;
-  /** Routes waiting for `flush`: a table change pushes all of its ports' routes in one call. */
-  private queue: Array<{ id: number; route: Route; selfLoop: (b: Backend) => boolean }> = [];
+  private readonly owner: number;
+  /** Hears the events of this acceptor's ports (the router's native port table). */
+  private readonly listeners = new Set<NativePortEvents>();
 
   constructor(private readonly bindings: NativeBindings) {
     if (!eventsBound) bindings.initEvents(onEvents);
     eventsBound = true;
-    this.budgetHandle = bindings.createBudget();
+    this.owner = nextOwner++;
+    acceptors.set(this.owner, this);
+    this.budgetHandle = bindings.createBudget(this.owner);
+  }
+
+  /** `events` hears of refused clients on this acceptor's ports (each checks the port is its own). */
+  listen(events: NativePortEvents): void {
+    this.listeners.add(events);
+  }
+
+  unlisten(events: NativePortEvents): void {
+    this.listeners.delete(events);
+  }
+
+  /** @internal The addon reported a refused client on port `portId`. */
+  event(kind: NativeAcceptEventKind, portId: number, port: number): void {
+    for (const l of this.listeners) l.nativeEvent(kind, portId, port);
   }
 
   /**
-   * Listens on each port of `ports` in one call into the addon, each with its route in place before
-   * the first client is accepted; `events` hears of the port's refused clients, and `selfLoop`
-   * tells backends that are the router itself. Returns per port its id, or the system error
-   * (`code` EADDRINUSE...) that refused it; the other ports are open regardless.
+   * Applies a table change in one call into the addon: changed routes first (connections of fenced
+   * backends are reset before this returns), then retirements, then new ports, each listening with
+   * its route in place before its first client. `selfLoop` marks backends that are the router
+   * itself (never connected, counted). Returns the connections killed and per new port its id or
+   * the system error (`code` EADDRINUSE...) that refused it; the other ports open regardless.
    */
-  openMany(
+  apply(
     host: string,
-    ports: ReadonlyArray<{ route: Route; events: NativePortEvents }>,
+    change: NativeChange,
     options: { backlog: number; reusePort: boolean; keepAliveMs: number },
     selfLoop: (b: Backend) => boolean,
-  ): Array<number | NodeJS.ErrnoException> {
+  ): { killed: number; opened: Array<number | NodeJS.ErrnoException> } {
     const bindHost = host === 'localhost' ? '127.0.0.1' : host;
-    const routes = encodeRoutes(ports, selfLoop);
-    const numbers = new Float64Array(ports.length);
-    for (let i = 0; i < ports.length; i++) numbers[i] = ports[i]!.route.port;
-    const ids = this.bindings.openPorts(
+    const routes = encodeRoutes(change.changedRoutes, change.opened, selfLoop);
+    const ports = new Float64Array(change.opened.length);
+    for (let i = 0; i < ports.length; i++) ports[i] = change.opened[i]!.port;
+    const result = this.bindings.applyPorts(
       this.budgetHandle,
       bindHost,
-      numbers,
+      Float64Array.from(change.changedIds),
+      Float64Array.from(change.retiredIds),
+      ports,
       options.backlog,
       options.reusePort,
       options.keepAliveMs,
@@ -155,70 +195,33 @@ export class NativeAcceptor {
       routes.hosts,
       routes.numbers,
     );
-    const out = new Array<number | NodeJS.ErrnoException>(ports.length);
-    const before = handlers.size;
+    const opened = new Array<number | NodeJS.ErrnoException>(ports.length);
+    let live = 0;
     for (let i = 0; i < ports.length; i++) {
-      const id = ids[i]!;
+      const id = result[i + 1]!;
       if (id >= 0) {
-        handlers.set(id, ports[i]!.events);
-        out[i] = id;
+        opened[i] = id;
+        live++;
         continue;
       }
       const code = getSystemErrorName(id);
-      const err: NodeJS.ErrnoException = new Error(`listen ${code} ${bindHost}:${ports[i]!.route.port}`);
+      const err: NodeJS.ErrnoException = new Error(`listen ${code} ${bindHost}:${ports[i]!}`);
       err.code = code;
       err.errno = id;
       err.syscall = 'listen';
-      out[i] = err;
+      opened[i] = err;
     }
-    portsChanged(this.bindings, before);
-    return out;
+    this.portsLive(live);
+    return { killed: result[0]!, opened };
   }
 
-  /**
-   * Queues the port's route for the next `flush`, which pushes every queued route in one call.
-   * `selfLoop` marks backends that are the router itself: never connected, counted.
-   */
-  queueRoute(id: number, route: Route, selfLoop: (b: Backend) => boolean): void {
-    this.queue.push({ id, route, selfLoop });
-  }
-
-  /**
-   * Pushes the queued routes to the addon, in order; connections of fenced backends are destroyed
-   * (RST) before this returns. Returns how many.
-   */
-  flush(): number {
-    const queue = this.queue;
-    if (queue.length === 0) return 0;
-    this.queue = [];
-    const routes = encodeRoutes(queue);
-    return this.bindings.setRoutes(
-      Float64Array.from(queue, (q) => q.id),
-      routes.header,
-      routes.ids,
-      routes.hosts,
-      routes.numbers,
-    );
-  }
-
-  /** Pushes the port's route now (and whatever was queued before it); returns connections fenced. */
-  setRoute(id: number, route: Route, selfLoop: (b: Backend) => boolean): number {
-    this.queueRoute(id, route, selfLoop);
-    return this.flush();
-  }
-
-  /** Stops accepting at once; connections drain for the route's drainTimeoutMs. */
-  retire(id: number): void {
-    this.bindings.retirePort(id);
-  }
-
-  /** Forgets a retired port once its last connection is gone; false while some remain. */
-  release(id: number): boolean {
-    if (!this.bindings.releasePort(id)) return false;
-    const before = handlers.size;
-    handlers.delete(id);
-    portsChanged(this.bindings, before);
-    return true;
+  /** Forgets the retired ports whose last connection is gone: 1 per such id, 0 while some remain. */
+  release(ids: readonly number[]): Uint8Array {
+    const released = this.bindings.releasePorts(Float64Array.from(ids));
+    let gone = 0;
+    for (let i = 0; i < released.length; i++) gone += released[i]!;
+    this.portsLive(-gone);
+    return released;
   }
 
   killAll(id: number): number {
@@ -231,6 +234,11 @@ export class NativeAcceptor {
     const out = {} as NativePortStats;
     NATIVE_PORT_STAT_FIELDS.forEach((f, i) => (out[f] = values[i] ?? 0));
     return out;
+  }
+
+  /** The counters of many ports in one call: NATIVE_PORT_STAT_FIELDS.length numbers per id, -1 if unknown. */
+  statsMany(ids: readonly number[]): Float64Array {
+    return this.bindings.portStatsMany(Float64Array.from(ids));
   }
 
   activeFor(id: number, backendId: string): number {
@@ -258,5 +266,14 @@ export class NativeAcceptor {
   budget(): { active: number; refusedGlobal: number } {
     const [active, refusedGlobal] = this.bindings.budgetStats(this.budgetHandle);
     return { active, refusedGlobal };
+  }
+
+  /** Natively accepted ports keep the process alive while any is open or draining, as a net.Server does. */
+  private portsLive(delta: number): void {
+    if (delta === 0) return;
+    const before = livePorts;
+    livePorts += delta;
+    if (before === 0 && livePorts > 0) this.bindings.refPorts(true);
+    else if (before > 0 && livePorts === 0) this.bindings.refPorts(false);
   }
 }

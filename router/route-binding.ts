@@ -15,7 +15,7 @@ import { startClientTls } from './client-tls';
 import { ServerTlsContext, sameTlsSettings } from './tls-context';
 import { newRouteStats, type RouteStats } from './route-stats';
 import type { ListenAddress } from './self-address';
-import type { NativeAcceptEventKind, NativeAcceptor, NativePortEvents } from './native-accept';
+import type { NativeAcceptor } from './native-accept';
 
 export interface ListenerEnvironment {
   relay: Relay;
@@ -27,7 +27,10 @@ export interface ListenerEnvironment {
   /** How long a shared TLS port waits for a client's ClientHello. */
   clientHelloTimeoutMs: number;
   keepAliveMs: number;
-  /** The native accept path, when the native relay runs and it is not switched off. */
+  /**
+   * The native accept path, when the native relay runs and it is not switched off (its ports are
+   * the router's native port table's; JS ports share its connection budget).
+   */
   acceptor?: NativeAcceptor;
   /**
    * Shared across listeners: admits a connection of `binding` (whose `stats.active` does not
@@ -84,13 +87,13 @@ export function bindingKey(route: Route): string {
     : '';
 }
 
-export class RouteBinding implements ConnectionHost, NativePortEvents {
+export class RouteBinding implements ConnectionHost {
   readonly stats: RouteStats;
   readonly relay: Relay;
   readonly keepAliveMs: number;
   readonly connections = new Set<ProxiedConnection>();
   private route: Route;
-  /** Built on the first pick after the route changed; natively accepted routes never need one. */
+  /** Built on the first pick after the route changed. */
   private balancer: Balancer | undefined;
   /** The certificate of a terminating route, reloaded when its files change. */
   private serverTls: ServerTlsContext | undefined;
@@ -101,9 +104,6 @@ export class RouteBinding implements ConnectionHost, NativePortEvents {
    * retiring ones do not); the router sets it whenever a table is applied.
    */
   reserved = false;
-  /** Set when the addon accepts this route's clients: counters and connections live there. */
-  private native: { acceptor: NativeAcceptor; id: number } | undefined;
-  private releaseTimer: NodeJS.Timeout | undefined;
 
   constructor(
     route: Route,
@@ -136,51 +136,11 @@ export class RouteBinding implements ConnectionHost, NativePortEvents {
   }
 
   activeFor(backendId: string): number {
-    if (this.native) return this.native.acceptor.activeFor(this.native.id, backendId);
     return this.activeByBackend.get(backendId) ?? 0;
-  }
-
-  /** True when the addon accepts this route's clients (router/native-accept.ts). */
-  get nativePath(): boolean {
-    return this.native !== undefined;
-  }
-
-  /** The addon opened port `id` with this route (`openMany`); from now on it accepts the clients. */
-  attachNative(acceptor: NativeAcceptor, id: number): void {
-    this.native = { acceptor, id };
-  }
-
-  /** A client of this natively accepted route was refused (limits) or a backend is the router itself. */
-  nativeEvent(kind: NativeAcceptEventKind): void {
-    if (kind === 'route-limit' || kind === 'global-limit') {
-      this.env.limitReached(this, kind === 'route-limit' ? 'route' : 'global');
-      return;
-    }
-    const backend = this.route.backends.find((b) => this.env.ownAddressHit(b.host, b.port));
-    if (backend) this.env.selfLoopRefused(this, backend, 'the backend is one of the router listening addresses');
   }
 
   /** The counters with live connections' bytes folded in, read at scrape time. */
   snapshot(): RouteStats {
-    if (this.native) {
-      const n = this.native.acceptor.stats(this.native.id);
-      if (!n) return { ...this.stats, active: 0 };
-      return {
-        ...this.stats,
-        active: n.active,
-        total: n.total,
-        closedBytesIn: n.bytesIn,
-        closedBytesOut: n.bytesOut,
-        connectErrors: n.connectErrors,
-        connectTimeouts: n.connectTimeouts,
-        refusedNoBackend: n.refusedNoBackend,
-        refusedMaxConnections: n.refusedMaxConnections,
-        refusedSelfLoop: n.refusedSelfLoop,
-        killedFenced: n.killedFenced,
-        killedDrained: n.killedDrained,
-        idleTimeouts: n.idleTimeouts,
-      };
-    }
     let liveIn = 0;
     let liveOut = 0;
     for (const c of this.connections) {
@@ -207,16 +167,8 @@ export class RouteBinding implements ConnectionHost, NativePortEvents {
     if (this.connections.size === 0 && this.onEmpty) this.onEmpty();
   }
 
-  /**
-   * Takes a new version of this port's route; returns how many connections were killed. A natively
-   * accepted route is queued for the acceptor's `flush`, which fences and counts its connections.
-   */
+  /** Takes a new version of this port's route; returns how many connections were killed. */
   update(route: Route): number {
-    if (this.native) {
-      this.route = route;
-      this.native.acceptor.queueRoute(this.native.id, route, this.env.selfLoop);
-      return 0;
-    }
     const tlsChanged = !sameTlsSettings(clientTls(this.route), clientTls(route));
     this.route = route;
     this.balancer = undefined;
@@ -244,20 +196,6 @@ export class RouteBinding implements ConnectionHost, NativePortEvents {
 
   /** The route left the table: drain what is connected, then call `onGone`. */
   retire(onGone: () => void): void {
-    if (this.native) {
-      const { acceptor, id } = this.native;
-      acceptor.retire(id);
-      // The addon drains on its own; the port is forgotten once its last connection is gone.
-      const check = (): void => {
-        if (!acceptor.release(id)) return;
-        clearInterval(this.releaseTimer);
-        onGone();
-      };
-      this.releaseTimer = setInterval(check, 100);
-      this.releaseTimer.unref();
-      check();
-      return;
-    }
     const drainMs = routeLimits(this.route).drainTimeoutMs;
     if (this.connections.size === 0) {
       onGone();
@@ -269,7 +207,6 @@ export class RouteBinding implements ConnectionHost, NativePortEvents {
 
   /** Cuts every connection at once (fail-closed, shutdown). */
   killAll(): void {
-    if (this.native) this.native.acceptor.killAll(this.native.id);
     for (const conn of this.connections) conn.kill();
   }
 

@@ -1,7 +1,8 @@
 /**
- * One route port: its listening socket and the route bindings served on it. A port normally
- * carries one route; TLS ports may carry several told apart by the ClientHello's server name
- * (SNI), read without terminating TLS.
+ * One route port accepted in JS: its listening socket and the route bindings served on it. A port
+ * normally carries one route; TLS ports may carry several told apart by the ClientHello's server
+ * name (SNI), read without terminating TLS. Ports the addon accepts have no listener object
+ * (router/native-port-table.ts).
  */
 import { createServer, type Server, type Socket } from 'node:net';
 import { ErrorCode, SfError } from '../common';
@@ -22,11 +23,11 @@ export class RouteListener {
   /** Clients on a shared TLS port whose server name matched no route (and no default route). */
   refusedUnknownServerName = 0;
   /**
-   * Why this port is accepted in JS ('sni', 'proxy-protocol', 'tls', 'host-name', 'no-addon'), or
-   * undefined when the addon accepts it (router/native-accept.ts). Decided when the port opens.
+   * Why this port is accepted in JS ('sni', 'proxy-protocol', 'tls', 'host-name', 'no-addon'),
+   * decided when the port opens (router/native-accept.ts).
    */
-  readonly jsReason: string | undefined;
-  private readonly server: Server | undefined;
+  readonly jsReason: string;
+  private readonly server: Server;
   private retired = false;
   /** The only binding, when the port has exactly one (kept with `bindings`). */
   private sole: RouteBinding | undefined;
@@ -42,25 +43,15 @@ export class RouteListener {
   ) {
     for (const route of routes) this.bindings.set(bindingKey(route), new RouteBinding(route, env));
     this.refreshSole();
-    this.jsReason = env.acceptor ? jsPathReason(routes) : 'no-addon';
+    // A port whose routes no longer need JS stays on the JS path until it leaves the table.
+    this.jsReason = (env.acceptor ? jsPathReason(routes) : 'no-addon') ?? 'opened-in-js';
     // pauseOnConnect keeps the client's first bytes in the kernel until a backend is connected
     // (and a PROXY header, if any, is written ahead of them).
-    if (this.jsReason !== undefined)
-      this.server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, this.onConnection);
-  }
-
-  /**
-   * False when `routes` need the JS path but this port is accepted natively (a PROXY header or
-   * SNI was added): the router then closes the port and opens it again on the JS path. A JS port
-   * whose routes no longer need JS stays on the JS path until it leaves the table.
-   */
-  canServe(routes: Route[]): boolean {
-    return this.jsReason !== undefined || jsPathReason(routes) === undefined;
+    this.server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, this.onConnection);
   }
 
   listen(): Promise<void> {
     const server = this.server;
-    if (server === undefined) return this.listenNative();
     return new Promise((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException): void => {
         reject(
@@ -100,58 +91,6 @@ export class RouteListener {
         resolve();
       });
     });
-  }
-
-  /** The addon listens, accepts and relays (one port; a table's new ports open with `listenNativeMany`). */
-  private listenNative(): Promise<void> {
-    const error = RouteListener.listenNativeMany([this])[0];
-    return error ? Promise.reject(error) : Promise.resolve();
-  }
-
-  /**
-   * Opens natively accepted ports in one call into the addon, each with its route; returns per
-   * listener the error that refused its port, or undefined once it listens.
-   */
-  static listenNativeMany(listeners: readonly RouteListener[]): Array<SfError | undefined> {
-    if (listeners.length === 0) return [];
-    const env = listeners[0]!.env;
-    const acceptor = env.acceptor!;
-    const ports = new Array<{ route: Route; events: RouteBinding }>(listeners.length);
-    for (let i = 0; i < listeners.length; i++) {
-      const binding = listeners[i]!.sole!;
-      ports[i] = { route: binding.currentRoute(), events: binding };
-    }
-    let opened: Array<number | NodeJS.ErrnoException>;
-    try {
-      opened = acceptor.openMany(
-        env.bindHost,
-        ports,
-        { backlog: env.backlog, reusePort: env.reusePort, keepAliveMs: env.keepAliveMs },
-        env.selfLoop,
-      );
-    } catch (err) {
-      // Arguments the addon refuses (a defect, not a port in use): none of these ports opened.
-      opened = listeners.map(() => err as NodeJS.ErrnoException);
-    }
-    // Filled, not sparse: callers walk every entry (forEach skips holes).
-    const out = new Array<SfError | undefined>(listeners.length).fill(undefined);
-    for (let i = 0; i < listeners.length; i++) {
-      const id = opened[i]!;
-      if (typeof id === 'number') {
-        ports[i]!.events.attachNative(acceptor, id);
-        continue;
-      }
-      out[i] = new SfError(
-        ErrorCode.ListenFailed,
-        `cannot listen on ${env.bindHost}:${listeners[i]!.port}: ${id.code ?? id.message}`,
-      );
-    }
-    return out;
-  }
-
-  /** True when the addon accepts this port (decided when it opens). */
-  get nativePath(): boolean {
-    return this.jsReason === undefined;
   }
 
   /** The route of a port with a single route, the common case; undefined when it has several. */
@@ -202,7 +141,7 @@ export class RouteListener {
   /** The port left the table: stop accepting, drain every binding, then call `onGone`. */
   retire(onGone: () => void): void {
     this.retired = true;
-    this.server?.close();
+    this.server.close();
     const all = [...this.bindings.values(), ...this.retiring];
     let left = all.length;
     if (left === 0) onGone();
@@ -221,10 +160,6 @@ export class RouteListener {
     this.retired = true;
     this.killAll();
     const server = this.server;
-    if (server === undefined) {
-      for (const b of this.allBindings()) b.retire(() => undefined);
-      return Promise.resolve();
-    }
     return new Promise((resolve) => server.close(() => resolve()));
   }
 

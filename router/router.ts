@@ -9,6 +9,8 @@ import { createJsRelay } from './relay-js';
 import { anyBackendTls, clientTls, type Backend, type Route, type RouteTable } from '../protocol';
 import { bindingKey, type ListenerEnvironment, type RouteBinding } from './route-binding';
 import { RouteListener } from './route-listener';
+import { routeJsReason } from './native-accept';
+import { NativePortTable } from './native-port-table';
 import { globalConnectionLimit, readFdLimit, routeReserve } from './connection-budget';
 import { RateLimitedLog } from './rate-limited-log';
 import { guardedLookup, needsLookup, ownAddressHit, type ListenAddress } from './self-address';
@@ -69,13 +71,18 @@ export interface TlsPortStatus {
 
 /** Scratch marks by port number for `Router.selfLoops`, all zero between calls. */
 const portMarks = new Uint8Array(65_536);
+/** Scratch count of routes per port for `Router.applyTable`, all zero between calls. */
+const portCounts = new Uint16Array(65_536);
 
 export class Router {
   readonly options: Readonly<Omit<RouterOptions, 'relay' | 'logger'>>;
   readonly relay: Relay;
   readonly logger: Logger;
   private table: RouteTable = { version: 0, routes: [] };
+  /** Ports accepted in JS (no addon, or a route that needs JS per connection). */
   private readonly listeners = new Map<number, RouteListener>();
+  /** Ports the addon accepts: no object per port (router/native-port-table.ts). */
+  private readonly native: NativePortTable | undefined;
   /** Listeners of removed ports whose connections are still draining. */
   private readonly retiring = new Set<RouteListener>();
   private activeConnections = 0;
@@ -128,18 +135,19 @@ export class Router {
         this.activeConnections--;
         if (binding.reserved && binding.stats.active < this.reserve) this.reservedInUse--;
       },
-      limitReached: (binding, which) => this.limitReached(binding, which),
+      limitReached: (binding, which) =>
+        this.limitReached(
+          binding.stats.port,
+          binding.stats.sni,
+          binding.stats.active,
+          binding.currentRoute().maxConnections,
+          which,
+        ),
       selfLoop: (b) => this.ownAddressHit(b.host, b.port) !== undefined,
       ownAddressHit: (host, port) => this.ownAddressHit(host, port),
       lookupFor: (host, port) => this.lookupFor(host, port),
-      selfLoopRefused: (binding, backend, detail) => {
-        const { port, sni } = binding.stats;
-        this.limitLog.warn(
-          `self-loop:${port}:${sni}:${backend.id}`,
-          { port, sni, backend: backend.id, host: backend.host, backendPort: backend.port },
-          `backend not connected: it is the router itself (${detail})`,
-        );
-      },
+      selfLoopRefused: (binding, backend, detail) =>
+        this.selfLoopRefused(binding.stats.port, binding.stats.sni, backend, detail),
       certificateProblem: (binding, message) => {
         const { port } = binding.stats;
         this.limitLog.warn(
@@ -150,6 +158,26 @@ export class Router {
       },
       serving: () => this.serving(),
     };
+    const acceptor = this.relay.acceptor;
+    this.native = acceptor
+      ? new NativePortTable(acceptor, {
+          limitReached: (port, route, which, active) =>
+            this.limitReached(port, '', active, route.maxConnections, which),
+          selfLoopRefused: (port, route) => {
+            const backend = route.backends.find((b) => this.ownAddressHit(b.host, b.port));
+            if (backend)
+              this.selfLoopRefused(port, '', backend, 'the backend is one of the router listening addresses');
+          },
+        })
+      : undefined;
+  }
+
+  private selfLoopRefused(port: number, sni: string, backend: Backend, detail: string): void {
+    this.limitLog.warn(
+      `self-loop:${port}:${sni}:${backend.id}`,
+      { port, sni, backend: backend.id, host: backend.host, backendPort: backend.port },
+      `backend not connected: it is the router itself (${detail})`,
+    );
   }
 
   /**
@@ -259,35 +287,66 @@ export class Router {
       refused: [],
     };
     const table = this.withoutSelfLoops(input, result);
-    const acceptor = this.relay.acceptor;
-    // The refused routes' fences reach the addon before any of their ports retires.
-    if (acceptor) result.killed += acceptor.flush();
-    // One pass over the table: a port whose single route is the very object already served is
-    // done with one lookup (route sources keep unchanged route objects across versions, so a
-    // one-route change to a 10,000-route table touches one listener); the rest is grouped by port.
+    const native = this.native;
+    // One pass over the table. A port whose single route is the very object already served costs
+    // a typed-array read or one lookup (route sources keep unchanged route objects across versions,
+    // so a one-route change to a 10,000-route table touches one port). Natively accepted ports
+    // have no object here: their changes are gathered in the native port table and go to the addon
+    // in one call below. Only JS ports, and ports with several routes (SNI), are grouped in a Map.
     const seen = ++this.applied;
-    let kept = 0;
-    const wanted = new Map<number, Route[]>();
     const routes = table.routes;
-    for (let i = 0; i < routes.length; i++) {
-      const r = routes[i]!;
-      const onPort = wanted.size > 0 ? wanted.get(r.port) : undefined;
-      if (onPort) {
-        onPort.push(r);
-        continue;
+    const counts = portCounts;
+    for (let i = 0; i < routes.length; i++) counts[routes[i]!.port]!++;
+    let kept = 0;
+    let nativeSeen = 0;
+    const wanted = new Map<number, Route[]>();
+    try {
+      for (let i = 0; i < routes.length; i++) {
+        const r = routes[i]!;
+        const port = r.port;
+        if (counts[port]! > 1) {
+          // Several routes on one port (told apart by SNI): always the JS path.
+          const group = wanted.get(port);
+          if (group) group.push(r);
+          else wanted.set(port, [r]);
+          continue;
+        }
+        if (native?.has(port)) {
+          if (native.routeOf(port) === r) {
+            native.seen[port] = seen;
+            nativeSeen++;
+          } else if (routeJsReason(r) === undefined) {
+            native.seen[port] = seen;
+            nativeSeen++;
+            native.change(port, r);
+            result.updated++;
+          } else {
+            // Its route now needs JS (PROXY header, TLS, names): the native port retires (its
+            // listening socket closes in the addon call below) and the port opens on the JS path.
+            wanted.set(port, [r]);
+          }
+          continue;
+        }
+        const listener = this.listeners.get(port);
+        if (listener !== undefined) {
+          if (listener.soleRoute() === r) {
+            listener.seen = seen;
+            kept++;
+          } else wanted.set(port, [r]);
+          continue;
+        }
+        if (native !== undefined && routeJsReason(r) === undefined) native.open(r);
+        else wanted.set(port, [r]);
       }
-      const listener = this.listeners.get(r.port);
-      if (listener !== undefined && listener.seen !== seen && listener.soleRoute() === r) {
-        listener.seen = seen;
-        kept++;
-        continue;
+    } finally {
+      for (let i = 0; i < routes.length; i++) counts[routes[i]!.port] = 0;
+    }
+    if (native !== undefined && nativeSeen < native.size) {
+      for (const port of native.unseen(seen)) {
+        native.retire(port);
+        // A port moving to the JS path is not closed: it opens again below.
+        if (!wanted.has(port)) result.closed.push(port);
       }
-      if (listener !== undefined && listener.seen === seen) {
-        // The port already counted as unchanged has another route now: it is taken with the rest.
-        listener.seen = 0;
-        kept--;
-        wanted.set(r.port, [listener.soleRoute()!, r]);
-      } else wanted.set(r.port, [r]);
     }
     let inWanted = 0;
     for (const port of wanted.keys()) if (this.listeners.has(port)) inWanted++;
@@ -300,22 +359,12 @@ export class Router {
         result.closed.push(port);
       }
     }
-    const opening: Array<Promise<void>> = [];
-    const openNative: RouteListener[] = [];
+    const openJs: RouteListener[] = [];
     // Budgets and reservations change only with the set of ports and routes; a table that only
-    // changes backends (the common push, a fence) skips the pass over every listener.
+    // changes backends (the common push, a fence) skips the pass over every port.
     let structural = result.closed.length > 0;
     for (const [port, routes] of wanted) {
-      let existing = this.listeners.get(port);
-      if (existing && !existing.canServe(routes)) {
-        // A natively accepted port whose route now needs JS (PROXY header, SNI, TLS, names):
-        // its listening socket is closed at once and the port opens again on the JS path.
-        this.listeners.delete(port);
-        this.retiring.add(existing);
-        const old = existing;
-        old.retire(() => this.retiring.delete(old));
-        existing = undefined;
-      }
+      const existing = this.listeners.get(port);
       if (existing) {
         if (existing.unchanged(routes)) continue;
         const bindings = existing.bindingKeys();
@@ -327,37 +376,36 @@ export class Router {
       structural = true;
       const listener = new RouteListener(port, routes, this.env);
       this.listeners.set(port, listener);
-      if (listener.nativePath) {
-        openNative.push(listener);
-        continue;
-      }
-      opening.push(
-        listener.listen().then(
-          () => {
-            result.opened.push(port);
-          },
-          (error: SfError) => {
-            if (this.listeners.get(port) === listener) {
-              this.listeners.delete(port);
-              this.rebudget();
-            }
-            result.failed.push({ port, error });
-          },
-        ),
-      );
+      openJs.push(listener);
     }
-    // Changed routes of natively accepted ports go to the addon in one call, which fences.
-    if (acceptor) result.killed += acceptor.flush();
-    // The table's new native ports open in one call, each with its route.
-    RouteListener.listenNativeMany(openNative).forEach((error, i) => {
-      const listener = openNative[i]!;
-      if (!error) {
-        result.opened.push(listener.port);
-        return;
-      }
-      this.listeners.delete(listener.port);
-      result.failed.push({ port: listener.port, error });
-    });
+    // The table's change to natively accepted ports, in one call: changed routes (fences are
+    // applied before it returns), removed ports, new ports each with its route.
+    if (native?.pending()) {
+      const committed = native.commit(
+        this.options.bindHost,
+        { backlog: this.options.backlog, reusePort: this.options.reusePort, keepAliveMs: this.options.keepAliveMs },
+        this.env.selfLoop,
+      );
+      result.killed += committed.killed;
+      if (committed.opened.length > 0 || committed.failed.length > 0) structural = true;
+      for (const port of committed.opened) result.opened.push(port);
+      for (const f of committed.failed) result.failed.push(f);
+    }
+    // JS ports listen only now: a port that moved off the native path was closed by the call above.
+    const opening = openJs.map((listener) =>
+      listener.listen().then(
+        () => {
+          result.opened.push(listener.port);
+        },
+        (error: SfError) => {
+          if (this.listeners.get(listener.port) === listener) {
+            this.listeners.delete(listener.port);
+            this.rebudget();
+          }
+          result.failed.push({ port: listener.port, error });
+        },
+      ),
+    );
     this.table = table;
     if (structural) this.rebudget();
     if (result.killed > 0)
@@ -401,21 +449,22 @@ export class Router {
         { version: table.version, port: route.port, sni: route.sni, field: error.field, code: error.code },
         `route refused: ${error.message}`,
       );
+      const loopIds = new Set(loops.filter((l) => l.route === index).map((l) => route.backends[l.backend]!.id));
+      const withoutLoops = { ...route, backends: route.backends.filter((b) => !loopIds.has(b.id)) };
       const binding = this.listeners.get(route.port)?.bindings.get(bindingKey(route));
-      if (binding) {
-        const loopIds = new Set(loops.filter((l) => l.route === index).map((l) => route.backends[l.backend]!.id));
-        result.killed += binding.update({ ...route, backends: route.backends.filter((b) => !loopIds.has(b.id)) });
-      }
+      if (binding) result.killed += binding.update(withoutLoops);
+      // A native port's fence goes to the addon with the rest of the change, ahead of retirements.
+      else if (this.native?.has(route.port) && bindingKey(route) === '') this.native.fence(route.port, withoutLoops);
     }
     return { version: table.version, routes: table.routes.filter((_, i) => !refused.has(i)) };
   }
 
   status(): RouterStatus {
     const jsPorts: Array<{ port: number; reason: string }> = [];
-    let native = 0;
+    const native = this.native?.size ?? 0;
     for (const l of this.listeners.values()) {
-      if (l.jsReason === undefined) native++;
-      else if (jsPorts.length < 100) jsPorts.push({ port: l.port, reason: l.jsReason });
+      if (jsPorts.length >= 100) break;
+      jsPorts.push({ port: l.port, reason: l.jsReason });
     }
     return {
       tableVersion: this.table.version,
@@ -429,7 +478,7 @@ export class Router {
       connectionLimit: this.connectionLimit,
       fdLimit: this.fdLimit ?? null,
       tlsPorts: this.tlsPorts(),
-      accept: { native, js: this.listeners.size - native, jsPorts },
+      accept: { native, js: this.listeners.size, jsPorts },
     };
   }
 
@@ -475,16 +524,20 @@ export class Router {
     for (const listener of [...this.listeners.values(), ...this.retiring]) {
       for (const binding of listener.allBindings()) out.push(binding.snapshot());
     }
+    if (this.native) for (const s of this.native.stats()) out.push(s);
     return out;
   }
 
   /** Clients refused on shared TLS ports because their server name matched no route. */
   refusedUnknownServerName(): Array<{ port: number; count: number }> {
-    return [...this.listeners.values()].map((l) => ({ port: l.port, count: l.refusedUnknownServerName }));
+    const out = [...this.listeners.values()].map((l) => ({ port: l.port, count: l.refusedUnknownServerName }));
+    for (const port of this.native?.ports() ?? []) out.push({ port, count: 0 });
+    return out;
   }
 
   /** Live connection count per backend id of the route on `port` (tests, least-conn checks). */
   activeByBackend(port: number, backendId: string, serverNames = ''): number {
+    if (serverNames === '' && this.native?.has(port)) return this.native.activeFor(port, backendId);
     return this.listeners.get(port)?.bindings.get(serverNames)?.activeFor(backendId) ?? 0;
   }
 
@@ -495,6 +548,7 @@ export class Router {
     const all = [...this.listeners.values(), ...this.retiring];
     this.listeners.clear();
     this.retiring.clear();
+    this.native?.close();
     await Promise.all(all.map((l) => l.close()));
   }
 
@@ -514,12 +568,17 @@ export class Router {
     return true;
   }
 
-  private limitReached(binding: RouteBinding, which: 'route' | 'global'): void {
-    const { port, sni, active } = binding.stats;
+  private limitReached(
+    port: number,
+    sni: string,
+    active: number,
+    limit: number | undefined,
+    which: 'route' | 'global',
+  ): void {
     if (which === 'route') {
       this.limitLog.warn(
         `route:${port}:${sni}`,
-        { port, sni, active, limit: binding.currentRoute().maxConnections },
+        { port, sni, active, limit },
         'route connection limit reached; refusing new clients of this route',
       );
       return;
@@ -544,8 +603,14 @@ export class Router {
    * now in the table; bindings that left it (retiring) keep their connections but no reservation.
    */
   private rebudget(): void {
-    this.connectionLimit = globalConnectionLimit(this.options.maxConnections, this.fdLimit, this.listeners.size);
-    let bindings = 0;
+    const nativePorts = this.native?.size ?? 0;
+    this.connectionLimit = globalConnectionLimit(
+      this.options.maxConnections,
+      this.fdLimit,
+      this.listeners.size + nativePorts,
+    );
+    // A native port carries one route, whose share the addon counts (Engine::Rebudget).
+    let bindings = nativePorts;
     for (const l of this.listeners.values()) bindings += l.bindings.size;
     this.reserve = routeReserve(this.connectionLimit, bindings);
     this.reservedBindings = bindings;
@@ -553,8 +618,7 @@ export class Router {
     for (const l of this.listeners.values()) {
       for (const b of l.bindings.values()) {
         b.reserved = true;
-        // A natively accepted route's share is counted by the addon (Engine::Rebudget).
-        if (!b.nativePath) this.reservedInUse += Math.min(b.stats.active, this.reserve);
+        this.reservedInUse += Math.min(b.stats.active, this.reserve);
       }
       for (const b of l.retiring) b.reserved = false;
     }
@@ -564,7 +628,7 @@ export class Router {
 
   /** The router's listening addresses that `host`:`port` leads into, checked on each connect. */
   private ownAddressHit(host: string, port: number): ListenAddress | undefined {
-    if (this.listeners.has(port)) {
+    if (this.hasPort(port)) {
       const hit = ownAddressHit(host, port, [{ host: this.options.bindHost, port }]);
       if (hit) return hit;
     }
@@ -574,12 +638,17 @@ export class Router {
   }
 
   private lookupFor(host: string, port: number): LookupFunction | undefined {
-    const own = this.listeners.has(port) || this.ownAddresses.some((a) => a.port === port);
+    const own = this.hasPort(port) || this.ownAddresses.some((a) => a.port === port);
     if (!own || !needsLookup(host)) return undefined;
     return guardedLookup(port, () => [
-      ...(this.listeners.has(port) ? [{ host: this.options.bindHost, port }] : []),
+      ...(this.hasPort(port) ? [{ host: this.options.bindHost, port }] : []),
       ...this.ownAddresses,
     ]);
+  }
+
+  /** Whether `port` is one of the table's route ports (either path). */
+  private hasPort(port: number): boolean {
+    return this.listeners.has(port) || (this.native?.has(port) ?? false);
   }
 
   private serving(): boolean {
@@ -597,6 +666,7 @@ export class Router {
     if (!connected && this.options.onDisconnect === 'fail-closed') {
       // Without its source the router cannot learn of fences, so fail-closed cuts everything.
       for (const l of this.listeners.values()) l.killAll();
+      this.native?.killAll();
     }
   }
 }

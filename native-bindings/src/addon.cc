@@ -42,9 +42,9 @@ Napi::Value ThrowType(Napi::Env env, const char* message) {
   return env.Undefined();
 }
 
-// setRoutes: numbers per route in `header`, per backend in `numbers` (native-bindings/index.ts).
+// applyPorts: numbers per route in `header`, per backend in `numbers` (native-bindings/index.ts).
 constexpr size_t kRouteHeader = 6;
-constexpr size_t kBackendNumbers = 5;
+constexpr size_t kBackendNumbers = 6;
 
 AddonData* Data(Napi::Env env) { return env.GetInstanceData<AddonData>(); }
 
@@ -221,7 +221,7 @@ sf::Engine* EngineOf(const Napi::CallbackInfo& info) {
 uint32_t U32(const Napi::Value& v) { return v.IsNumber() ? v.As<Napi::Number>().Uint32Value() : 0; }
 double Num(const Napi::Value& v) { return v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : 0; }
 
-// onEvents(flat: number[]) receives [kind, portId, port, ...] triples in batches.
+// onEvents(flat: number[]) receives [kind, owner, portId, port, ...] quadruples in batches.
 Napi::Value InitEvents(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   sf::Engine* engine = EngineOf(info);
@@ -236,11 +236,12 @@ Napi::Value InitEvents(const Napi::CallbackInfo& info) {
     tsfn.NonBlockingCall([raw](Napi::Env env, Napi::Function fn) {
       if (env == nullptr || fn == nullptr) return;
       std::vector<sf::NativeEvent> events = raw->TakeEvents();
-      Napi::Array out = Napi::Array::New(env, events.size() * 3);
+      Napi::Array out = Napi::Array::New(env, events.size() * 4);
       for (size_t i = 0; i < events.size(); i++) {
-        out.Set(i * 3, Napi::Number::New(env, events[i].kind));
-        out.Set(i * 3 + 1, Napi::Number::New(env, events[i].port_id));
-        out.Set(i * 3 + 2, Napi::Number::New(env, events[i].port));
+        out.Set(i * 4, Napi::Number::New(env, events[i].kind));
+        out.Set(i * 4 + 1, Napi::Number::New(env, events[i].owner));
+        out.Set(i * 4 + 2, Napi::Number::New(env, events[i].port_id));
+        out.Set(i * 4 + 3, Napi::Number::New(env, events[i].port));
       }
       fn.Call({out});
     });
@@ -258,9 +259,12 @@ sf::Budget* BudgetArg(const Napi::Value& v) {
   return handle != nullptr ? handle->budget.get() : nullptr;
 }
 
-// createBudget() -> handle of one router's connection budget and serving switch
+// createBudget(owner) -> handle of one router's connection budget and serving switch; its ports'
+// events carry `owner`.
 Napi::Value CreateBudget(const Napi::CallbackInfo& info) {
-  return Napi::External<BudgetHandle>::New(info.Env(), new BudgetHandle{std::make_shared<sf::Budget>()},
+  auto budget = std::make_shared<sf::Budget>();
+  budget->owner = U32(info[0]);
+  return Napi::External<BudgetHandle>::New(info.Env(), new BudgetHandle{std::move(budget)},
                                            [](Napi::Env, BudgetHandle* handle) { delete handle; });
 }
 
@@ -283,9 +287,10 @@ bool BackendAddress(const std::string& host, int port, sf::BackendSpec* b) {
   return false;
 }
 
-// Routes as setRoutes and openPorts take them: per route, `header` holds mode, connectTimeoutMs,
-// idleTimeoutMs, drainTimeoutMs, maxConnections and its backend count; the routes' backends follow
-// one another in ids, hosts and numbers (port, weight, epoch, state, primary per backend). Every
+// Routes as applyPorts takes them: per route, `header` holds mode, connectTimeoutMs, idleTimeoutMs,
+// drainTimeoutMs, maxConnections and its backend count; the routes' backends follow one another in
+// ids and numbers (port, weight, epoch, state, primary, host index per backend). `hosts` lists each
+// backend host once (a table has far fewer hosts than backends), so each is parsed once. Every
 // route is parsed before any is used, so a bad argument changes nothing. Returns an error message,
 // or nullptr.
 const char* ParseRoutes(const Napi::Value& header_v, const Napi::Value& ids_v, const Napi::Value& hosts_v,
@@ -298,9 +303,19 @@ const char* ParseRoutes(const Napi::Value& header_v, const Napi::Value& ids_v, c
   Napi::Array hosts = hosts_v.As<Napi::Array>();
   Napi::Float64Array numbers = numbers_v.As<Napi::Float64Array>();
   const uint32_t backends = ids.Length();
-  if (header.ElementLength() != routes * kRouteHeader || hosts.Length() != backends ||
+  if (header.ElementLength() != routes * kRouteHeader ||
       numbers.ElementLength() != static_cast<size_t>(backends) * kBackendNumbers) {
     return "routes: arrays differ in length";
+  }
+  // Each distinct host parsed once; a host that is not an IP address (JS keeps such routes on its
+  // own path) is left without an address: connecting to it fails like a refused connect, and the
+  // rest of the batch, with its fences, still applies.
+  const uint32_t host_count = hosts.Length();
+  std::vector<sf::BackendSpec> parsed(host_count);
+  for (uint32_t i = 0; i < host_count; i++) {
+    Napi::Value host = hosts.Get(i);
+    if (!host.IsString()) return "routes: backend hosts must be strings";
+    BackendAddress(host.As<Napi::String>().Utf8Value(), 0, &parsed[i]);
   }
   specs->resize(routes);
   uint32_t next = 0;
@@ -319,68 +334,70 @@ const char* ParseRoutes(const Napi::Value& header_v, const Napi::Value& ids_v, c
       sf::BackendSpec& b = route.backends[i];
       const double* x = numbers.Data() + static_cast<size_t>(next) * kBackendNumbers;
       Napi::Value id = ids.Get(next);
-      Napi::Value host = hosts.Get(next);
-      if (!id.IsString() || !host.IsString()) return "routes: backend ids and hosts must be strings";
+      const uint32_t host = static_cast<uint32_t>(x[5]);
+      if (!id.IsString()) return "routes: backend ids must be strings";
+      if (host >= host_count) return "routes: a backend's host index is out of range";
       b.id = id.As<Napi::String>().Utf8Value();
       b.weight = static_cast<int>(x[1]);
       b.epoch = static_cast<uint64_t>(x[2]);
       b.state = static_cast<sf::BackendSpec::State>(static_cast<uint32_t>(x[3]));
       b.primary = x[4] != 0;
-      // A host that is not an IP address (JS keeps such routes on its own path) is left without
-      // an address: connecting to it fails like a refused connect, and the rest of the batch,
-      // with its fences, still applies.
-      BackendAddress(host.As<Napi::String>().Utf8Value(), static_cast<int>(x[0]), &b);
+      b.addr = parsed[host].addr;
+      b.addr_len = parsed[host].addr_len;
+      const uint16_t port_be = htons(static_cast<uint16_t>(x[0]));
+      if (b.addr.ss_family == AF_INET) reinterpret_cast<sockaddr_in*>(&b.addr)->sin_port = port_be;
+      else if (b.addr.ss_family == AF_INET6) reinterpret_cast<sockaddr_in6*>(&b.addr)->sin6_port = port_be;
     }
   }
   if (next != backends) return "routes: backend counts fall short of the backends given";
   return nullptr;
 }
 
-// setRoutes(portIds: Float64Array, header, ids, hosts, numbers) -> connections killed. The new routes
-// of several ports in one call (a whole table change); fenced connections are reset before it returns.
-Napi::Value SetRoutes(const Napi::CallbackInfo& info) {
+// applyPorts(budget, host, changedIds: Float64Array, retiredIds: Float64Array, ports: Float64Array,
+// backlog, reusePort, keepAliveMs, header, ids, hosts, numbers) -> Float64Array [killed, id per new
+// port]. One table change in one call: the changed ports take their routes (the first
+// changedIds.length routes; fenced connections are reset before the call returns), the retired
+// ports stop accepting and drain, and the new ports open, each with its route (the routes after)
+// in place before its first client: each new port's id, or a negative errno where that port could
+// not be opened (the others are open).
+Napi::Value ApplyPorts(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   sf::Engine* engine = EngineOf(info);
   if (engine == nullptr) return env.Undefined();
-  if (!info[0].IsTypedArray()) return ThrowType(env, "setRoutes(portIds, header, ids, hosts, numbers)");
-  Napi::Float64Array port_ids = info[0].As<Napi::Float64Array>();
-  std::vector<sf::RouteSpec> specs;
-  if (const char* bad = ParseRoutes(info[1], info[2], info[3], info[4], port_ids.ElementLength(), &specs)) {
-    return ThrowType(env, bad);
-  }
-  int64_t killed = 0;
-  for (size_t r = 0; r < specs.size(); r++) {
-    int64_t k = engine->SetRoute(static_cast<uint32_t>(port_ids[r]), std::move(specs[r]));
-    if (k > 0) killed += k;
-  }
-  return Napi::Number::New(env, static_cast<double>(killed));
-}
-
-// openPorts(budget, host, ports: Float64Array, backlog, reusePort, keepAliveMs, header, ids, hosts,
-// numbers) -> Float64Array of port ids, a negative errno where that port could not be opened (the
-// others are open). Each port starts with its route (as setRoutes takes them), so no client is
-// accepted before there is a backend to send it to.
-Napi::Value OpenPorts(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  sf::Engine* engine = EngineOf(info);
-  if (engine == nullptr) return env.Undefined();
-  if (!info[0].IsExternal() || !info[1].IsString() || !info[2].IsTypedArray()) {
-    return ThrowType(env, "openPorts(budget, host, ports, backlog, reusePort, keepAliveMs, header, ids, hosts, numbers)");
+  if (!info[0].IsExternal() || !info[1].IsString() || !info[2].IsTypedArray() || !info[3].IsTypedArray() ||
+      !info[4].IsTypedArray()) {
+    return ThrowType(env,
+                     "applyPorts(budget, host, changedIds, retiredIds, ports, backlog, reusePort, keepAliveMs, "
+                     "header, ids, hosts, numbers)");
   }
   std::shared_ptr<sf::Budget> budget = info[0].As<Napi::External<BudgetHandle>>().Data()->budget;
   std::string host = info[1].As<Napi::String>().Utf8Value();
-  Napi::Float64Array ports = info[2].As<Napi::Float64Array>();
-  const int backlog = static_cast<int>(Num(info[3]));
-  const bool reuse_port = info[4].ToBoolean().Value();
-  const int keepalive_ms = static_cast<int>(Num(info[5]));
+  Napi::Float64Array changed_ids = info[2].As<Napi::Float64Array>();
+  Napi::Float64Array retired_ids = info[3].As<Napi::Float64Array>();
+  Napi::Float64Array ports = info[4].As<Napi::Float64Array>();
+  const int backlog = static_cast<int>(Num(info[5]));
+  const bool reuse_port = info[6].ToBoolean().Value();
+  const int keepalive_ms = static_cast<int>(Num(info[7]));
+  const size_t changes = changed_ids.ElementLength();
   const size_t n = ports.ElementLength();
   std::vector<sf::RouteSpec> specs;
-  if (const char* bad = ParseRoutes(info[6], info[7], info[8], info[9], n, &specs)) return ThrowType(env, bad);
+  if (const char* bad = ParseRoutes(info[8], info[9], info[10], info[11], changes + n, &specs)) {
+    return ThrowType(env, bad);
+  }
+  std::vector<std::pair<uint32_t, sf::RouteSpec>> changed(changes);
+  for (size_t i = 0; i < changes; i++) changed[i] = {static_cast<uint32_t>(changed_ids[i]), std::move(specs[i])};
+  std::vector<uint32_t> retired(retired_ids.ElementLength());
+  for (size_t i = 0; i < retired.size(); i++) retired[i] = static_cast<uint32_t>(retired_ids[i]);
   std::vector<int> numbers(n);
   for (size_t i = 0; i < n; i++) numbers[i] = static_cast<int>(ports[i]);
-  std::vector<int64_t> ids = engine->OpenPorts(budget, host, numbers, std::move(specs), backlog, reuse_port, keepalive_ms);
-  Napi::Float64Array out = Napi::Float64Array::New(env, n);
-  for (size_t i = 0; i < n; i++) out[i] = static_cast<double>(ids[i]);
+  std::vector<sf::RouteSpec> opening(std::make_move_iterator(specs.begin() + static_cast<std::ptrdiff_t>(changes)),
+                                     std::make_move_iterator(specs.end()));
+  std::vector<int64_t> ids;
+  const int64_t killed = engine->ApplyPorts(std::move(changed), retired, budget, host, numbers, std::move(opening),
+                                            backlog, reuse_port, keepalive_ms, &ids);
+  Napi::Float64Array out = Napi::Float64Array::New(env, n + 1);
+  out[0] = static_cast<double>(killed);
+  for (size_t i = 0; i < n; i++) out[i + 1] = static_cast<double>(i < ids.size() ? ids[i] : -EINVAL);
   return out;
 }
 
@@ -414,6 +431,45 @@ Napi::Value PortStats(const Napi::CallbackInfo& info) {
                              c.refused_self_loop, c.killed_fenced, c.killed_drained,   c.idle_timeouts};
   Napi::Array out = Napi::Array::New(env, 12);
   for (uint32_t i = 0; i < 12; i++) out.Set(i, Napi::Number::New(env, static_cast<double>(values[i])));
+  return out;
+}
+
+// portStatsMany(portIds: Float64Array) -> Float64Array of 12 numbers per port in PortCounters order
+// (a scrape of a 10,000-port router is one call); an unknown port's numbers are all -1.
+Napi::Value PortStatsMany(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  sf::Engine* engine = EngineOf(info);
+  if (engine == nullptr) return env.Undefined();
+  if (!info[0].IsTypedArray()) return ThrowType(env, "portStatsMany(portIds: Float64Array)");
+  Napi::Float64Array ids = info[0].As<Napi::Float64Array>();
+  const size_t n = ids.ElementLength();
+  Napi::Float64Array out = Napi::Float64Array::New(env, n * 12);
+  for (size_t i = 0; i < n; i++) {
+    sf::PortCounters c;
+    double* o = out.Data() + i * 12;
+    if (!engine->Stats(static_cast<uint32_t>(ids[i]), &c)) {
+      for (int k = 0; k < 12; k++) o[k] = -1;
+      continue;
+    }
+    const uint64_t values[] = {c.active,         c.total,            c.bytes_in,           c.bytes_out,
+                               c.connect_errors, c.connect_timeouts, c.refused_no_backend, c.refused_max,
+                               c.refused_self_loop, c.killed_fenced, c.killed_drained,     c.idle_timeouts};
+    for (int k = 0; k < 12; k++) o[k] = static_cast<double>(values[k]);
+  }
+  return out;
+}
+
+// releasePorts(portIds: Float64Array) -> Uint8Array, 1 where that retired port had no connection
+// left and is forgotten (as releasePort, for every draining port in one call).
+Napi::Value ReleasePorts(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  sf::Engine* engine = EngineOf(info);
+  if (engine == nullptr) return env.Undefined();
+  if (!info[0].IsTypedArray()) return ThrowType(env, "releasePorts(portIds: Float64Array)");
+  Napi::Float64Array ids = info[0].As<Napi::Float64Array>();
+  const size_t n = ids.ElementLength();
+  Napi::Uint8Array out = Napi::Uint8Array::New(env, n);
+  for (size_t i = 0; i < n; i++) out[i] = engine->ReleasePort(static_cast<uint32_t>(ids[i])) ? 1 : 0;
   return out;
 }
 
@@ -486,12 +542,13 @@ Napi::Object Module(Napi::Env env, Napi::Object exports) {
   exports.Set("setKeepAlive", Napi::Function::New(env, SetKeepAlive));
   exports.Set("initEvents", Napi::Function::New(env, InitEvents));
   exports.Set("createBudget", Napi::Function::New(env, CreateBudget));
-  exports.Set("setRoutes", Napi::Function::New(env, SetRoutes));
-  exports.Set("openPorts", Napi::Function::New(env, OpenPorts));
+  exports.Set("applyPorts", Napi::Function::New(env, ApplyPorts));
   exports.Set("retirePort", Napi::Function::New(env, RetirePort));
   exports.Set("releasePort", Napi::Function::New(env, ReleasePort));
   exports.Set("killAll", Napi::Function::New(env, KillAll));
   exports.Set("portStats", Napi::Function::New(env, PortStats));
+  exports.Set("portStatsMany", Napi::Function::New(env, PortStatsMany));
+  exports.Set("releasePorts", Napi::Function::New(env, ReleasePorts));
   exports.Set("activeFor", Napi::Function::New(env, ActiveFor));
   exports.Set("setServing", Napi::Function::New(env, SetServing));
   exports.Set("rebudget", Napi::Function::New(env, Rebudget));

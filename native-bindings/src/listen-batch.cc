@@ -21,7 +21,7 @@ namespace {
 // Below this many ports a batch uses plain system calls: a ring costs about as many calls to set
 // up and tear down (io_uring_setup, three mmap, munmap, close) as a few ports do.
 constexpr size_t kUringMinPorts = 16;
-// Submission queue entries of a ring; a table's chains are submitted in rounds of at most this.
+// Submission queue entries of a ring; a step's entries are submitted in rounds of at most this.
 constexpr unsigned kRingEntries = 4096;
 
 // Operation codes and setup flags the build machine's <linux/io_uring.h> may be too old to name
@@ -34,7 +34,10 @@ constexpr uint8_t kOpListen = 57;  // Linux 6.11
 constexpr uint32_t kSocketCmdSetsockopt = 3;  // SOCKET_URING_OP_SETSOCKOPT, Linux 6.7
 constexpr uint32_t kSetupSingleIssuer = 1u << 12;
 constexpr uint32_t kSetupDeferTaskrun = 1u << 13;
-constexpr uint8_t kSqeIoLink = 1u << 2;
+constexpr uint8_t kOpNop = 0;
+constexpr uint8_t kSqeIoDrain = 1u << 1;
+// user_data of the NOP that closes a round (ports are numbered from 0 up).
+constexpr uint64_t kRoundEnd = ~uint64_t{0};
 constexpr uint8_t kSqeCqeSkipSuccess = 1u << 6;
 
 // The submission entry as the kernel reads it, spelled out so that the fields the older header
@@ -111,7 +114,7 @@ struct ListenBatch::Ring {
 
   bool Setup(unsigned want) {
     io_uring_params p{};
-    // Completions are collected only when this thread asks for them (DEFER_TASKRUN): a chain's
+    // Completions are collected only when this thread asks for them (DEFER_TASKRUN): a round's
     // steps then run back to back inside the submitting call instead of through task work.
     // SUBMIT_ALL: an entry the kernel refuses fails alone instead of ending the submission.
     p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL | kSetupSingleIssuer | kSetupDeferTaskrun;
@@ -157,7 +160,7 @@ struct ListenBatch::Ring {
     return sqe;
   }
 
-  // Submits what was queued and takes completions until `until` says every submitted chain has
+  // Submits what was queued and takes completions until `until` says every submitted entry has
   // reported; each completion goes to `take`. Returns 0 or a negative errno of io_uring_enter.
   template <typename Take, typename Until>
   int SubmitAndReap(Take take, Until until) {
@@ -242,16 +245,95 @@ std::vector<int> ListenBatch::Sockets(const std::vector<ListenRequest>& requests
   return fds;
 }
 
+std::vector<int> ListenBatch::Rounds(const std::vector<int>& fds, const std::vector<ListenRequest>& requests,
+                                     const ListenBatchOptions& options, const std::vector<int>& epfds,
+                                     const std::vector<Opt>& opts, std::vector<epoll_event>& events,
+                                     std::vector<int>& result) {
+  const size_t n = requests.size();
+  for (size_t i = 0; i < n; i++) {
+    if (fds[i] < 0) result[i] = fds[i];
+  }
+  // One round per step over every port still on course: all options, then all binds, then all
+  // listens, then the registrations with each epoll set, so a port whose step failed takes no
+  // further step (a listen after a failed bind would bind a random port). No linked chains: a link
+  // hands each next step to task work (~7 hand-overs per port), and rounds cost a third less CPU
+  // for 10,000 ports (docs/native-relay.md). Each round ends with a NOP that starts only once
+  // every entry before it completed (IOSQE_IO_DRAIN; an entry the kernel finishes in a worker
+  // thread is waited for too), and only failures post completions (IOSQE_CQE_SKIP_SUCCESS).
+  auto round = [&](size_t per_port, auto fill) {
+    const size_t capacity = std::max<size_t>(1, (ring_->entries - 1) / per_port);
+    size_t i = 0;
+    while (i < n) {
+      std::vector<size_t> taken;
+      for (; i < n && taken.size() < capacity; i++) {
+        if (result[i] != 0) continue;
+        fill(i);
+        taken.push_back(i);
+      }
+      if (taken.empty()) continue;
+      Sqe* nop = ring_->Next();
+      nop->opcode = kOpNop;
+      nop->flags = kSqeIoDrain;
+      nop->user_data = kRoundEnd;
+      bool done = false;
+      int rc = ring_->SubmitAndReap(
+          [&](uint64_t data, int res) {
+            if (data == kRoundEnd) {
+              done = true;
+              return;
+            }
+            if (res < 0 && result[data] == 0) result[data] = res;
+          },
+          [&] { return done; });
+      if (rc < 0) {
+        for (size_t k : taken) {
+          if (result[k] == 0) result[k] = rc;
+        }
+      }
+    }
+  };
+  auto sqe = [&](uint8_t opcode, size_t i) {
+    Sqe* s = ring_->Next();
+    s->opcode = opcode;
+    s->fd = fds[i];
+    s->flags = kSqeCqeSkipSuccess;
+    s->user_data = i;
+    return s;
+  };
+  round(opts.size(), [&](size_t i) {
+    for (const Opt& o : opts) {
+      Sqe* s = sqe(kOpUringCmd, i);
+      s->off = kSocketCmdSetsockopt;
+      const uint32_t level_name[2] = {static_cast<uint32_t>(o.level), static_cast<uint32_t>(o.name)};
+      std::memcpy(&s->addr, level_name, sizeof level_name);
+      s->file_index = sizeof(int);
+      s->addr3 = reinterpret_cast<uint64_t>(o.value);
+    }
+  });
+  round(1, [&](size_t i) {
+    Sqe* b = sqe(kOpBind, i);
+    b->addr = reinterpret_cast<uint64_t>(&requests[i].addr);
+    b->off = requests[i].addr_len;
+  });
+  round(1, [&](size_t i) { sqe(kOpListen, i)->len = static_cast<uint32_t>(options.backlog); });
+  round(epfds.size(), [&](size_t i) {
+    for (int epfd : epfds) {
+      Sqe* e = sqe(kOpEpollCtl, i);
+      e->fd = epfd;
+      e->len = EPOLL_CTL_ADD;
+      e->off = static_cast<uint64_t>(fds[i]);
+      e->addr = reinterpret_cast<uint64_t>(&events[i]);
+    }
+  });
+  return result;
+}
+
 std::vector<int> ListenBatch::Listen(const std::vector<int>& fds, const std::vector<ListenRequest>& requests,
                                      const ListenBatchOptions& options, const std::vector<int>& epfds) {
   const size_t n = requests.size();
   std::vector<int> result(n, 0);
   const int one = 1;
   const int keepidle = std::max(1, options.keepalive_ms / 1000);
-  struct Opt {
-    int level, name;
-    const int* value;
-  };
   std::vector<Opt> opts = {{SOL_SOCKET, SO_REUSEADDR, &one}};
   // With SO_REUSEPORT, worker processes bind the same port and the kernel spreads connections
   // over their queues. The loop threads of one process need no socket each: they all watch this
@@ -292,73 +374,7 @@ std::vector<int> ListenBatch::Listen(const std::vector<int>& fds, const std::vec
     return result;
   }
 
-  // One linked chain per port: options, bind, listen, registrations. A failing step cancels the
-  // rest of its chain and nothing else; only a failure or a chain's last step reports, so a table
-  // costs one completion per port.
-  const size_t steps = opts.size() + 2 + epfds.size();
-  const size_t per_round = std::max<size_t>(1, ring_->entries / steps);
-  size_t next = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (fds[i] < 0) result[i] = fds[i];
-  }
-  while (next < n) {
-    size_t chains = 0;
-    size_t end = next;
-    for (; end < n && chains < per_round; end++) {
-      const int fd = fds[end];
-      if (fd < 0) continue;
-      chains++;
-      size_t step = 0;
-      auto add = [&](uint8_t opcode) {
-        Sqe* s = ring_->Next();
-        s->opcode = opcode;
-        s->fd = fd;
-        s->user_data = (static_cast<uint64_t>(end) << 8) | step;
-        const bool last = ++step == steps;
-        s->flags = last ? 0 : (kSqeIoLink | kSqeCqeSkipSuccess);
-        return s;
-      };
-      for (const Opt& o : opts) {
-        Sqe* s = add(kOpUringCmd);
-        s->off = kSocketCmdSetsockopt;
-        const uint32_t level_name[2] = {static_cast<uint32_t>(o.level), static_cast<uint32_t>(o.name)};
-        std::memcpy(&s->addr, level_name, sizeof level_name);
-        s->file_index = sizeof(int);
-        s->addr3 = reinterpret_cast<uint64_t>(o.value);
-      }
-      Sqe* b = add(kOpBind);
-      b->addr = reinterpret_cast<uint64_t>(&requests[end].addr);
-      b->off = requests[end].addr_len;
-      Sqe* l = add(kOpListen);
-      l->len = static_cast<uint32_t>(options.backlog);
-      for (int epfd : epfds) {
-        Sqe* e = add(kOpEpollCtl);
-        e->fd = epfd;
-        e->len = EPOLL_CTL_ADD;
-        e->off = static_cast<uint64_t>(fd);
-        e->addr = reinterpret_cast<uint64_t>(&events[end]);
-      }
-    }
-    size_t finished = 0;
-    int rc = ring_->SubmitAndReap(
-        [&](uint64_t data, int res) {
-          const size_t i = static_cast<size_t>(data >> 8);
-          // The first real error of a chain is its result; the cancellations after it are not.
-          if (res < 0 && (result[i] == 0 || (result[i] == -ECANCELED && res != -ECANCELED))) result[i] = res;
-          // Exactly one completion per chain: its last step's, or the failure of an earlier step
-          // (a failing step that skips success completions also silences the cancellations after
-          // it, REQ_F_SKIP_LINK_CQES).
-          finished++;
-        },
-        [&] { return finished == chains; });
-    if (rc < 0) {
-      for (size_t i = next; i < end; i++) {
-        if (fds[i] >= 0 && result[i] == 0) result[i] = rc;
-      }
-    }
-    next = end;
-  }
-  return result;
+  return Rounds(fds, requests, options, epfds, opts, events, result);
 }
 
 }  // namespace sf

@@ -2,14 +2,16 @@
 // four setsockopt, bind, listen, one epoll_ctl per loop thread), and on a paravirtualised machine
 // the entry into the kernel, not the work inside it, is most of their cost (~1.2 µs per call here,
 // docs/native-relay.md "Opening many ports"). Through io_uring a table's ports go to the kernel in a
-// few submissions instead: every socket in one, then one linked chain per port (options, bind,
-// listen, epoll registrations), so a failing step cancels the rest of its port's chain only.
+// few submissions instead: every socket in one, then one round per step (options, bind, listen,
+// epoll registrations) over the ports whose earlier steps succeeded, so a failing step stops its
+// own port only.
 //
 // Where io_uring is not there (kernels before 6.11 lack bind and listen in it; seccomp profiles
 // may refuse io_uring_setup; SF_NATIVE_URING=off), the same steps run as plain system calls.
 
 #pragma once
 
+#include <sys/epoll.h>
 #include <sys/socket.h>
 
 #include <cstdint>
@@ -56,8 +58,17 @@ class ListenBatch {
 
   bool UsesUring() const { return ring_ != nullptr; }
 
+  // A socket option set on every listening socket of a batch.
+  struct Opt {
+    int level, name;
+    const int* value;
+  };
+
  private:
   struct Ring;
+  std::vector<int> Rounds(const std::vector<int>& fds, const std::vector<ListenRequest>& requests,
+                          const ListenBatchOptions& options, const std::vector<int>& epfds,
+                          const std::vector<Opt>& opts, std::vector<epoll_event>& events, std::vector<int>& result);
   Ring* ring_ = nullptr;
 };
 

@@ -948,6 +948,20 @@ std::vector<int64_t> Engine::OpenPorts(const std::shared_ptr<Budget>& budget, co
   return out;
 }
 
+int64_t Engine::ApplyPorts(std::vector<std::pair<uint32_t, RouteSpec>>&& changed, const std::vector<uint32_t>& retired,
+                           const std::shared_ptr<Budget>& budget, const std::string& host,
+                           const std::vector<int>& ports, std::vector<RouteSpec>&& routes, int backlog,
+                           bool reuse_port, int keepalive_ms, std::vector<int64_t>* opened) {
+  int64_t killed = 0;
+  for (auto& entry : changed) {
+    const int64_t k = SetRoute(entry.first, std::move(entry.second));
+    if (k > 0) killed += k;
+  }
+  for (uint32_t id : retired) RetirePort(id);
+  if (!ports.empty()) *opened = OpenPorts(budget, host, ports, std::move(routes), backlog, reuse_port, keepalive_ms);
+  return killed;
+}
+
 std::shared_ptr<Port> Engine::FindPort(uint32_t port_id) {
   std::lock_guard<std::mutex> lock(ports_mu_);
   auto it = ports_.find(port_id);
@@ -1119,7 +1133,8 @@ void Engine::Accept(Loop* loop, const std::shared_ptr<Port>& port, int client_fd
     if (over_route || !port->budget->Admit(active, true)) {
       port->c.refused_max++;
       ::close(client_fd);
-      PushEvent({over_route ? NativeEvent::kRouteLimit : NativeEvent::kGlobalLimit, port->id, port->port});
+      PushEvent({over_route ? NativeEvent::kRouteLimit : NativeEvent::kGlobalLimit, port->budget->owner, port->id,
+                 port->port});
       return;
     }
     port->c.active++;
@@ -1163,7 +1178,7 @@ void Engine::ConnectNext(const std::shared_ptr<Pair>& pair, int failed) {
         // A connection into the router itself would be accepted and connected again, without end.
         pair->tried_.push_back(port.route.backends[index].id);
         port.c.refused_self_loop++;
-        PushEvent({NativeEvent::kSelfLoop, port.id, port.port});
+        PushEvent({NativeEvent::kSelfLoop, port.budget->owner, port.id, port.port});
       }
       if (index < 0) {
         if (pair->tried_.empty()) port.c.refused_no_backend++;

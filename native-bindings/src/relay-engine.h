@@ -91,6 +91,7 @@ struct PortCounters {
 // Things native code tells JS about, delivered in batches (one wake-up of the JS thread per batch).
 struct NativeEvent {
   enum Kind : int { kRouteLimit = 0, kGlobalLimit = 1, kSelfLoop = 2 } kind;
+  uint32_t owner;  // the port's Budget::owner: which router of the process hears of it
   uint32_t port_id;
   int port;
 };
@@ -101,6 +102,8 @@ using EventSink = std::function<void()>;
 // descriptors reserved for the other routes. One per router (a process may run several, as tests
 // do); it also carries the router's serving switch (fail-closed without a route source).
 struct Budget {
+  // Names the router in events (a process may run several; each has its own budget).
+  uint32_t owner = 0;
   std::atomic<bool> serving{true};
   std::mutex mu;
   int64_t limit = INT64_MAX;
@@ -145,6 +148,13 @@ class Engine {
   std::vector<int64_t> OpenPorts(const std::shared_ptr<Budget>& budget, const std::string& host,
                                  const std::vector<int>& ports, std::vector<RouteSpec>&& routes, int backlog,
                                  bool reuse_port, int keepalive_ms);
+  // One table change in one call, in this order: the changed ports' routes (fences first, as
+  // SetRoute), then the removed ports retire, then the new ports open (as OpenPorts). Returns the
+  // connections killed; *opened gets OpenPorts' result for the new ports.
+  int64_t ApplyPorts(std::vector<std::pair<uint32_t, RouteSpec>>&& changed, const std::vector<uint32_t>& retired,
+                     const std::shared_ptr<Budget>& budget, const std::string& host, const std::vector<int>& ports,
+                     std::vector<RouteSpec>&& routes, int backlog, bool reuse_port, int keepalive_ms,
+                     std::vector<int64_t>* opened);
   // Takes the port's new route and decides, before returning, the fate of each live connection:
   // fenced ones are reset and closed, removed or draining backends' ones drain. Returns how many
   // were killed; -1 for an unknown port.

@@ -45,7 +45,8 @@ const describeAvailable = available ? describe : describe.skip;
 describeAvailable(
   available ? 'router workers on one port' : 'router workers on one port (skipped: the addon is not built)',
   function () {
-    this.timeout(30_000);
+    // Room for the `--workers 2` case below, which waits up to 45 s for its processes to start.
+    this.timeout(90_000);
     let backend: TestServer;
     const routers: RouterHarness[] = [];
 
@@ -106,9 +107,11 @@ describeAvailable(
       );
       const exited = new Promise<number | null>((resolve) => supervisor.once('exit', (code) => resolve(code)));
       try {
+        // A supervisor and two worker processes each load the whole CLI: on a loaded 2-core machine
+        // (load average 30-50) that took 15-20 s in a row, so 20 s failed now and then.
         await eventually(
           async () => (await health(adminPort)) !== undefined && (await health(adminPort + 1)) !== undefined,
-          20_000,
+          45_000,
           'both workers up',
         );
         // The workers inherit SF_RELAY, so the suite's run with SF_RELAY=js expects the JS relay.

@@ -107,6 +107,38 @@ describe('router native accept path', function () {
     expect(harness.router.routeStats()[0]).to.include({ killedFenced: 1, active: 0 });
   });
 
+  it('keeps counting a native port that left the table while its client drains, and forgets it once the client is gone', async () => {
+    const [gone, stays] = [await freePort(), await freePort()];
+    harness = await startRouter({ version: 1, routes: [plain(gone, { drainTimeoutMs: 10_000 }), plain(stays)] });
+    const client = await connectTo(gone);
+    expect(await readLine(client)).to.equal('a');
+    const kept = harness.router.currentTable().routes[1]!;
+    const result = await harness.router.applyTable({ version: 2, routes: [kept] });
+    expect(result).to.include({ updated: 0, killed: 0 });
+    expect(result.closed).to.deep.equal([gone]);
+    expect(harness.router.status().accept.native).to.equal(1);
+    // The draining client still relays, and its port's counters are still reported.
+    client.write('still here\n');
+    expect(await readLine(client)).to.equal('still here');
+    expect(harness.router.routeStats().find((s) => s.port === gone)).to.include({ active: 1, total: 1 });
+    // No new client is accepted on the port that left the table; the other port serves on.
+    const refused = await connectTo(gone).then(
+      (c) => {
+        c.destroy();
+        return false;
+      },
+      () => true,
+    );
+    expect(refused).to.equal(true);
+    const other = await connectTo(stays);
+    expect(await readLine(other)).to.equal('a');
+    other.destroy();
+    client.destroy();
+    const deadline = Date.now() + 5_000;
+    while (harness.router.routeStats().some((s) => s.port === gone) && Date.now() < deadline) await sleep(50);
+    expect(harness.router.routeStats().map((s) => s.port)).to.deep.equal([stays]);
+  });
+
   it("opens a new table's ports in one call and reports only the port another process holds", async () => {
     const taken = createServer();
     const held = await freePort();
