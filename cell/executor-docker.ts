@@ -244,6 +244,15 @@ export class DockerExecutor implements Executor {
     }
   }
 
+  async ensureSidecars(instanceId: string): Promise<SidecarActual[]> {
+    const t = this.tracked.get(instanceId);
+    if (!t || t.status.state === 'exited') return [];
+    const spec = t.handle.context.spec;
+    const owner = await this.imageOwner(this.image(spec.engine), spec.engine).catch(() => undefined);
+    await this.startSidecars(t, owner, t.handle.sidecars ?? []);
+    return t.handle.sidecars ?? [];
+  }
+
   /** The pod's sidecar containers, once the engine answers; recorded on the volume. */
   private async startSidecars(tracked: Tracked, owner: RunAs | undefined, previous: SidecarActual[]): Promise<void> {
     const { context, instanceId } = tracked.handle;
