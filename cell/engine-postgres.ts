@@ -216,6 +216,9 @@ function passwordEnv(password: string | undefined): Record<string, string> {
   return password ? { PGPASSWORD: password } : {};
 }
 
+/** Bound of the CHECKPOINT on a new primary before a rewind. */
+const PG_CHECKPOINT_TIMEOUT_MS = 120_000;
+
 /** `16/B374D848` -> decimal string, comparable with BigInt. */
 export function lsnToValue(lsn: string): string {
   const m = /^([0-9A-Fa-f]+)\/([0-9A-Fa-f]+)$/.exec(lsn);
@@ -412,7 +415,12 @@ export class PostgresEngine implements Engine {
     );
     // A freshly promoted primary records its new timeline in pg_control only at its next
     // checkpoint; before that pg_rewind sees one timeline and wrongly finds nothing to rewind.
-    await this.query({ ...ctx, listenHost: spec.replicaOf.host, port: spec.replicaOf.port }, 'checkpoint');
+    // A checkpoint writes every dirty buffer: seconds on a loaded host, more than a query's bound.
+    await this.query(
+      { ...ctx, listenHost: spec.replicaOf.host, port: spec.replicaOf.port },
+      'checkpoint',
+      PG_CHECKPOINT_TIMEOUT_MS,
+    );
     const source = `host=${spec.replicaOf.host} port=${spec.replicaOf.port} user=${this.options.superuser} dbname=postgres${pgSslConninfo(ctx, this.tls !== undefined)}`;
     await this.tool(ctx, 'pg_rewind', ['-D', dataDir, '--source-server', source], {
       timeoutMs: 600_000,

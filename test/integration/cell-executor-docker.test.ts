@@ -206,7 +206,11 @@ describe('DockerExecutor (real daemon)', function () {
       await engine.promote(replica.context);
       expect((await engine.position(replica.context))?.role).to.equal('primary');
       const promoted = { ...replica.context, spec: { ...replicaSpec, role: 'primary' as const, replicaOf: undefined } };
-      await engine.query({ ...promoted, spec: { ...promoted.spec, replicas: 0 } }, "insert into t values ('after')");
+      // With sync durability its commits wait for a standby, and the only one is the deposed
+      // primary rejoining below: the service is told it has none for now (the settings reload).
+      const alone = { ...promoted, spec: { ...promoted.spec, replicas: 0 } };
+      await engine.applySettings(alone);
+      await engine.query(alone, "insert into t values ('after')");
 
       // The deposed primary comes back as a standby of the new one: rewound inside a container.
       const rejoined = await executor.start(
