@@ -53,6 +53,7 @@ import type { EngineTlsFiles } from './engine-tls';
 import { availableSidecars } from './sidecar';
 import { SnapshotStore } from './snapshot-store';
 import { TransferServer, loadTransferTls } from './volume-transfer';
+import { closePgConnections } from './pg-client';
 
 export interface CellAgentOptions {
   name: string;
@@ -383,6 +384,7 @@ export class CellAgent {
     await this.reconciling;
     await Promise.all([...this.orderChains.values(), ...this.pendingActions, this.measuring]);
     await this.instances?.shutdown(this.opts.stopInstancesOnExit);
+    closePgConnections();
     try {
       await this.redis?.del(this.keys.cell(this.name).registration);
       await this.publish({ type: 'deregistered', cell: this.name });

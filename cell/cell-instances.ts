@@ -17,6 +17,7 @@ import { LeaseKeeper } from './lease-keeper';
 import { isFull, measureDirBytes, toMb } from './volume-meter';
 import type { SnapshotStore } from './snapshot-store';
 import { adoptIncoming } from './volume-incoming';
+import { withMonitoringUser } from './engine-credentials';
 
 export interface CellInstancesOptions {
   cell: string;
@@ -231,7 +232,8 @@ export class CellInstances {
 
   async reconcile(desiredSpecs: Map<string, InstanceSpec>): Promise<void> {
     const starts: Array<Promise<void>> = [];
-    for (const [id, spec] of desiredSpecs) {
+    for (const [id, desired] of desiredSpecs) {
+      const spec = completeSpec(desired);
       const executor = this.executorFor(spec);
       const inst = this.local.get(id);
       if (!executor) {
@@ -278,7 +280,10 @@ export class CellInstances {
   private async applyLiveChanges(inst: LocalInstance, spec: InstanceSpec): Promise<void> {
     const epoch = Math.max(inst.spec.epoch, spec.epoch);
     const raised = epoch > inst.spec.epoch;
-    const newCredentials = (spec.credentials?.version ?? -1) > (inst.spec.credentials?.version ?? -1);
+    // Also a set not yet applied in this cell's life (an adopted instance): applying is idempotent,
+    // and it is how a service from before monitoring users gets one (and its exporters).
+    const newCredentials =
+      (spec.credentials?.version ?? -1) > Math.min(inst.spec.credentials?.version ?? -1, inst.credentialsApplied);
     const newDiskSync = spec.diskSync !== inst.spec.diskSync;
     inst.spec = {
       ...spec,
@@ -335,6 +340,7 @@ export class CellInstances {
         await inst.executor.kill(id);
       } else {
         inst.handle = handle;
+        if (inst.spec.role === 'primary') this.presumeUncommitted(inst);
         inst.state = 'running';
         inst.healthy = true;
         inst.spec = { ...inst.spec, port: handle.port };
@@ -344,6 +350,7 @@ export class CellInstances {
         handle.context = { ...handle.context, spec: inst.spec };
         this.syncLease(inst);
         await this.refreshPosition(id).catch(() => undefined);
+        if (inst.spec.role === 'primary') void this.checkCommit(inst);
         // Keys created or revoked while it was down (PostgreSQL roles live in the primary's data).
         await this.syncCredentials(inst).catch(() => undefined);
         // A volume found full before this start: the configuration was rendered without knowing.
@@ -470,7 +477,7 @@ export class CellInstances {
     const inst = this.local.get(instanceId);
     if (!inst) throw new SfError(ErrorCode.InstanceNotFound, `no instance ${instanceId} on cell ${this.options.cell}`);
     if (credentials.version > (inst.spec.credentials?.version ?? -1)) {
-      inst.spec = { ...inst.spec, credentials };
+      inst.spec = { ...inst.spec, credentials: withMonitoringUser(credentials) };
       if (inst.handle) inst.handle.context = { ...inst.handle.context, spec: inst.spec };
     }
     if (inst.state === 'running') await this.syncCredentials(inst);
@@ -489,20 +496,48 @@ export class CellInstances {
       if (!inst.handle || version <= inst.credentialsApplied || !engine.applyCredentials) return;
       await engine.applyCredentials(inst.handle.context);
       inst.credentialsApplied = version;
+      await this.ensureSidecars(inst);
     };
     const next = (this.credentialSyncs.get(id) ?? Promise.resolve()).catch(() => undefined).then(run);
     this.credentialSyncs.set(id, next);
     return next;
   }
 
+  /**
+   * Sidecars of the spec that do not run yet: an exporter left out at the start because its
+   * monitoring user did not exist starts once the user does.
+   */
+  private async ensureSidecars(inst: LocalInstance): Promise<void> {
+    const wanted = inst.spec.sidecars ?? [];
+    const handle = inst.handle;
+    if (!handle || !inst.executor.ensureSidecars) return;
+    if (wanted.every((kind) => handle.sidecars?.some((s) => s.kind === kind))) return;
+    handle.sidecars = await inst.executor.ensureSidecars(inst.spec.instanceId);
+    this.emit(inst.spec.instanceId);
+  }
+
   /** Applies a role change done by an order (promote, repoint) to the model and the lease. */
   update(instanceId: string, patch: Partial<Pick<InstanceSpec, 'role' | 'epoch' | 'replicaOf'>>): void {
     const inst = this.local.get(instanceId);
     if (!inst) return;
+    const promoted = patch.role === 'primary' && inst.spec.role !== 'primary';
     inst.spec = { ...inst.spec, ...patch };
     if (inst.handle) inst.handle.context = { ...inst.handle.context, spec: inst.spec };
+    if (promoted) this.presumeUncommitted(inst);
     this.syncLease(inst);
     this.emit(instanceId);
+    if (promoted) void this.checkCommit(inst);
+  }
+
+  /**
+   * A primary that has not yet passed a commit check is not reported able to commit: right after
+   * a promotion with sync durability it has no standby until the old primary rejoins, and a
+   * report without a verdict would read as `running` while every write waits. The first check
+   * (started at once) replaces this with its own verdict.
+   */
+  private presumeUncommitted(inst: LocalInstance): void {
+    if (!this.options.engines[inst.spec.engine].checkCommit) return;
+    this.cannotCommit.set(inst.spec.instanceId, 'no write has committed on it as primary yet (commit check under way)');
   }
 
   async refreshPosition(
@@ -778,4 +813,9 @@ export class CellInstances {
     inst.lease?.removeAllListeners();
     inst.lease = undefined;
   }
+}
+
+/** The spec as the cell runs it: credentials from before monitoring users get one. */
+function completeSpec(spec: InstanceSpec): InstanceSpec {
+  return spec.credentials ? { ...spec, credentials: withMonitoringUser(spec.credentials) } : spec;
 }

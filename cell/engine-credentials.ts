@@ -27,6 +27,22 @@ export const PG_MONITOR_ROLE = 'pg_monitor';
 /** PostgreSQL group role of every client user; their sessions run as it, so it owns their objects. */
 export const PG_CLIENTS_ROLE = 'sf_clients';
 
+/** The monitoring user's name, as control names it for new services. */
+export const MONITORING_USERNAME = 'sf_monitor';
+
+/**
+ * Credentials with a monitoring user. A set from before monitoring users existed has none, and
+ * its exporters would not start; the cell gives it one whose password is an HMAC of the admin
+ * password, so every cell of the service derives the same user, the same way on every pass
+ * (idempotent), without a change to the service's record. Knowing it reveals nothing of the
+ * admin password. A set that has one is returned as it is.
+ */
+export function withMonitoringUser(creds: InstanceCredentials): InstanceCredentials {
+  if (creds.monitoring) return creds;
+  const password = createHmac('sha256', creds.admin.password).update('sf monitoring user').digest('base64url');
+  return { ...creds, monitoring: { username: MONITORING_USERNAME, password } };
+}
+
 export function redisPasswordHash(password: string): string {
   return createHash('sha256').update(password).digest('hex');
 }

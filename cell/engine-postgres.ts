@@ -1,7 +1,7 @@
 /**
  * Engine `postgres`: initdb for a primary, pg_basebackup from the primary for a replica, a
  * generated postgresql.conf and pg_hba.conf, `postgres -D` in the foreground (so the executor owns
- * the pid and sees its exit; `pg_ctl start` would daemonize it away), `pg_ctl promote` to promote.
+ * the pid and sees its exit; `pg_ctl start` would daemonize it away), `pg_promote()` to promote.
  *
  * Authentication: the platform user `postgres` is trusted on loopback (and on `trustCidrs`) for
  * both SQL and replication. This is a stand-in until the platform hands out credentials
@@ -29,6 +29,7 @@ import { ErrorCode, SfError } from '../common';
 import { findBinary, lookupUser, runCommand, type RunAs } from './run-command';
 import { pathExists as exists } from './path-exists';
 import { copyEngineTlsFiles, engineTlsPaths, type EngineTlsFiles } from './engine-tls';
+import { pgQuery, type PgTarget } from './pg-client';
 
 export type { EngineTlsFiles } from './engine-tls';
 import {
@@ -214,6 +215,9 @@ export function renderPgHba(trustCidrs: string[], credentials?: InstanceCredenti
 function passwordEnv(password: string | undefined): Record<string, string> {
   return password ? { PGPASSWORD: password } : {};
 }
+
+/** Bound of the CHECKPOINT on a new primary before a rewind. */
+const PG_CHECKPOINT_TIMEOUT_MS = 120_000;
 
 /** `16/B374D848` -> decimal string, comparable with BigInt. */
 export function lsnToValue(lsn: string): string {
@@ -411,7 +415,12 @@ export class PostgresEngine implements Engine {
     );
     // A freshly promoted primary records its new timeline in pg_control only at its next
     // checkpoint; before that pg_rewind sees one timeline and wrongly finds nothing to rewind.
-    await this.query({ ...ctx, listenHost: spec.replicaOf.host, port: spec.replicaOf.port }, 'checkpoint');
+    // A checkpoint writes every dirty buffer: seconds on a loaded host, more than a query's bound.
+    await this.query(
+      { ...ctx, listenHost: spec.replicaOf.host, port: spec.replicaOf.port },
+      'checkpoint',
+      PG_CHECKPOINT_TIMEOUT_MS,
+    );
     const source = `host=${spec.replicaOf.host} port=${spec.replicaOf.port} user=${this.options.superuser} dbname=postgres${pgSslConninfo(ctx, this.tls !== undefined)}`;
     await this.tool(ctx, 'pg_rewind', ['-D', dataDir, '--source-server', source], {
       timeoutMs: 600_000,
@@ -448,7 +457,11 @@ export class PostgresEngine implements Engine {
   async promote(ctx: EngineContext): Promise<void> {
     // Promoting a primary is a no-op, so that control may retry a promote order safely.
     if ((await this.position(ctx))?.role === 'replica') {
-      await this.tool(ctx, 'pg_ctl', ['promote', '-D', ctx.dataDir, '-w', '-t', '60']);
+      // pg_promote() over the cell's connection: what `pg_ctl promote -w -t 60` does, without a
+      // process (a `docker exec` on the docker executor) on the failover's critical path.
+      const done = await this.query(ctx, 'select pg_promote(true, 60)', 65_000);
+      if (done.trim() !== 't')
+        throw new SfError(ErrorCode.EngineCommandFailed, `${ctx.spec.instanceId} was not promoted within 60 s`);
     }
     await writeFile(
       path.join(ctx.dataDir, 'postgresql.conf'),
@@ -541,69 +554,52 @@ export class PostgresEngine implements Engine {
     }
   }
 
-  /** One SQL statement through psql over TCP; returns unaligned, tuples-only output. */
+  /**
+   * One SQL statement from the cell over TCP (pg-client.ts), on either executor: no psql process
+   * or `docker exec` per statement. Returns psql's unaligned, tuples-only output.
+   */
   async query(ctx: EngineContext, sql: string, timeoutMs?: number, appName = 'sf-cell'): Promise<string> {
     const host = ctx.listenHost === '0.0.0.0' ? '127.0.0.1' : ctx.listenHost;
-    const timeout = timeoutMs ?? this.options.queryTimeoutMs;
-    return this.tool(
-      ctx,
-      'psql',
-      [
-        '-h',
-        host,
-        '-p',
-        String(ctx.port),
-        '-U',
-        this.options.superuser,
-        '-d',
-        'postgres',
-        '-XAtq',
-        '-v',
-        'ON_ERROR_STOP=1',
-        '-c',
-        sql,
-      ],
-      {
-        timeoutMs: timeout,
-        env: {
-          PGCONNECT_TIMEOUT: String(Math.max(2, Math.ceil(timeout / 1000))),
-          PGAPPNAME: appName,
-          ...passwordEnv(ctx.spec.credentials?.admin.password),
-          ...this.querySsl(ctx, host),
-        },
-      },
-    );
+    return pgQuery(this.target(ctx, host, appName), sql, timeoutMs ?? this.options.queryTimeoutMs);
   }
 
   /**
-   * The cell's own queries: plaintext on loopback, as before engines had certificates (a TLS
+   * The cell's connection: plaintext on loopback, as before engines had certificates (a TLS
    * handshake per health check costs CPU and buys nothing there); verified TLS to another host
    * (pg_rewind's checkpoint on a remote primary).
    */
-  private querySsl(ctx: EngineContext, host: string): Record<string, string> {
-    if (!this.tls) return {};
-    if (host === 'localhost' || host === '::1' || host.startsWith('127.')) return { PGSSLMODE: 'disable' };
-    return { PGSSLMODE: 'verify-full', PGSSLROOTCERT: pgTlsPaths(ctx.volumeDir).ca };
+  private target(ctx: EngineContext, host: string, applicationName: string): PgTarget {
+    const loopback = host === 'localhost' || host === '::1' || host.startsWith('127.');
+    return {
+      host,
+      port: ctx.port,
+      user: this.options.superuser,
+      database: 'postgres',
+      password: ctx.spec.credentials?.admin.password,
+      applicationName,
+      ...(this.tls && !loopback ? { caFile: pgTlsPaths(ctx.volumeDir).ca } : {}),
+    };
   }
 
-  /** Statements in one transaction, through psql's stdin: they may carry password verifiers. */
+  /**
+   * Statements in one transaction, in one round trip over one connection (they may carry
+   * password verifiers, which never reach a command line or a log).
+   */
   private async script(ctx: EngineContext, statements: string[]): Promise<void> {
     if (!statements.length) return;
     const host = ctx.listenHost === '0.0.0.0' ? '127.0.0.1' : ctx.listenHost;
-    await this.tool(
-      ctx,
-      'psql',
-      ['-h', host, '-p', String(ctx.port), '-U', this.options.superuser, '-d', 'postgres', '-XAtq', '-1'],
-      {
-        timeoutMs: this.options.queryTimeoutMs * 4,
-        // Role changes must not wait for a sync standby that may not exist yet (a new primary);
-        // a set lost with its primary is applied again, since every spec carries it.
-        // A full volume makes transactions read-only by default (docs/volumes.md); the platform's
-        // own role changes still apply, so a key can be created to clean up.
-        input: `\\set ON_ERROR_STOP 1\nSET LOCAL transaction_read_only = off;\nSET LOCAL synchronous_commit = local;\n${statements.map((s) => `${s};`).join('\n')}\n`,
-        env: { PGAPPNAME: 'sf-cell', ...passwordEnv(ctx.spec.credentials?.admin.password) },
-      },
-    );
+    // Role changes must not wait for a sync standby that may not exist yet (a new primary);
+    // a set lost with its primary is applied again, since every spec carries it.
+    // A full volume makes transactions read-only by default (docs/volumes.md); the platform's
+    // own role changes still apply, so a key can be created to clean up.
+    const sql = [
+      'BEGIN',
+      'SET LOCAL transaction_read_only = off',
+      'SET LOCAL synchronous_commit = local',
+      ...statements,
+      'COMMIT',
+    ].join(';\n');
+    await pgQuery(this.target(ctx, host, 'sf-cell'), `${sql};`, this.options.queryTimeoutMs * 4);
   }
 
   /**

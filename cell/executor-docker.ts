@@ -19,7 +19,7 @@ import path from 'node:path';
 import type { EngineKind, InstanceSpec, SidecarActual } from '../protocol';
 import type { Availability, EngineContext } from './engine';
 import { createEngineRegistry, type EngineRegistry } from './engine-registry';
-import { ErrorCode, SfError, errorMessageOf } from '../common';
+import { ErrorCode, SfError, createLogger, errorMessageOf } from '../common';
 import {
   startOnce,
   type ExitListener,
@@ -76,8 +76,11 @@ interface Tracked {
   handle: InstanceHandle;
   containerId: string;
   status: InstanceStatus;
+  /** Resolves once the container has ended and its output is kept and it is removed. */
   exited: Promise<InstanceStatus>;
+  /** The exit as the cell reports it (listeners told at once); `exited` resolves with `settled`. */
   markExited: (status: InstanceStatus) => void;
+  settled: () => void;
 }
 
 interface ContainerState {
@@ -88,6 +91,17 @@ interface ContainerState {
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Milliseconds of each phase of a start, logged once it is healthy: where a slow start spent its time. */
+class Phases {
+  private last = Date.now();
+  readonly spent: Record<string, number> = {};
+  mark(phase: string): void {
+    const now = Date.now();
+    this.spent[phase] = now - this.last;
+    this.last = now;
+  }
+}
 
 export class DockerExecutor implements Executor {
   readonly kind = 'docker' as const;
@@ -104,6 +118,7 @@ export class DockerExecutor implements Executor {
   /** Distinguishes this cell's containers from other cells' on the same daemon. */
   private readonly cellTag: string;
   private readonly sidecars: DockerSidecars;
+  private readonly log = createLogger('executor-docker', { destination: 'stderr' });
 
   constructor(private readonly options: DockerExecutorOptions) {
     this.api = new DockerApi(options.docker);
@@ -146,6 +161,7 @@ export class DockerExecutor implements Executor {
   }
 
   private async doStart(spec: InstanceSpec): Promise<InstanceHandle> {
+    const phases = new Phases();
     const availability = await this.available();
     if (!availability.ok) throw new SfError(ErrorCode.ExecutorUnavailable, availability.reason);
     const image = this.image(spec.engine);
@@ -155,6 +171,7 @@ export class DockerExecutor implements Executor {
         `image ${image} is not in the Docker daemon at ${this.api.socketPath}: build it with \`sf images build\``,
       );
     const owner = await this.imageOwner(image, spec.engine);
+    phases.mark('image');
     const engine = this.engines[spec.engine];
     const previous = await readMeta(volumePaths(this.dataDir, spec.instanceId));
     let port: number;
@@ -175,8 +192,10 @@ export class DockerExecutor implements Executor {
       // crash recovery would refuse to run. No container of this instance runs now, so it is stale.
       await rm(path.join(paths.dataDir, 'postmaster.pid'), { force: true });
       await secureVolume(paths, owner, false);
+      phases.mark('volume');
       const context = this.context(spec, paths.volumeDir, paths.dataDir, port, image, owner);
       await engine.prepare(context);
+      phases.mark('prepare');
       // Whatever prepare wrote as the cell (configuration, credentials) becomes the engine's own.
       await secureVolume(paths, owner, true);
       const launch = await engine.launch(context);
@@ -211,6 +230,7 @@ export class DockerExecutor implements Executor {
           `docker create of ${name} failed (${created.status}): ${JSON.stringify(created.body)}`,
         );
       const containerId = (created.body as { Id: string }).Id;
+      phases.mark('create');
       const started = await this.api.call('POST', `/containers/${containerId}/start`);
       if (started.status !== 204 && started.status !== 304)
         throw new SfError(
@@ -235,13 +255,31 @@ export class DockerExecutor implements Executor {
         containerId,
       );
       await writeMeta(paths, { ...meta, pid, port });
+      phases.mark('start');
       await this.waitHealthy(tracked, name);
+      phases.mark('healthy');
       await this.startSidecars(tracked, owner, previous?.sidecars ?? []);
+      phases.mark('sidecars');
+      this.log.info(
+        { instanceId: spec.instanceId, role: spec.role, ms: phases.spent },
+        `container ${name} started (ms per phase: ${Object.entries(phases.spent)
+          .map(([k, v]) => `${k} ${v}`)
+          .join(', ')})`,
+      );
       return tracked.handle;
     } catch (err) {
       this.ports.release(port);
       throw err;
     }
+  }
+
+  async ensureSidecars(instanceId: string): Promise<SidecarActual[]> {
+    const t = this.tracked.get(instanceId);
+    if (!t || t.status.state === 'exited') return [];
+    const spec = t.handle.context.spec;
+    const owner = await this.imageOwner(this.image(spec.engine), spec.engine).catch(() => undefined);
+    await this.startSidecars(t, owner, t.handle.sidecars ?? []);
+    return t.handle.sidecars ?? [];
   }
 
   /** The pod's sidecar containers, once the engine answers; recorded on the volume. */
@@ -341,6 +379,7 @@ export class DockerExecutor implements Executor {
       status: { state: 'running', pid: handle.pid, exitCode: null, signal: null },
       exited,
       markExited: () => undefined,
+      settled: () => resolveExited(tracked.status),
     };
     tracked.markExited = (status) => {
       if (tracked.status.state === 'exited') return;
@@ -348,7 +387,6 @@ export class DockerExecutor implements Executor {
       this.ports.release(handle.port);
       // The pod ends with its engine, however the engine ended.
       void this.sidecars.stop(handle.instanceId);
-      resolveExited(status);
       for (const listener of this.listeners) listener(handle.instanceId, status);
     };
     this.tracked.set(handle.instanceId, tracked);
@@ -381,12 +419,16 @@ export class DockerExecutor implements Executor {
       await sleep(this.options.pollMs ?? 1_000);
     }
     const state = await this.inspect(t.containerId).catch(() => undefined);
-    await this.saveLogs(t.containerId, t.handle.instanceId).catch(() => undefined);
-    await this.api.call('DELETE', `/containers/${t.containerId}?force=true`).catch(() => undefined);
     const exitCode = state?.ExitCode ?? null;
     // 137 = 128 + SIGKILL: how a kill (a fence, docker kill, the OOM killer) shows in a container.
     const signal = exitCode === 137 ? 'SIGKILL' : null;
+    // Reported first: a failover waits for this report, not for the logs (two more daemon calls
+    // that took seconds on a loaded host). The container has stopped, so nothing it runs writes
+    // any more; `stop` and `kill` still return only once its output is kept and it is removed.
     t.markExited({ state: 'exited', pid: t.handle.pid, exitCode: signal ? null : exitCode, signal });
+    await this.saveLogs(t.containerId, t.handle.instanceId).catch(() => undefined);
+    await this.api.call('DELETE', `/containers/${t.containerId}?force=true`).catch(() => undefined);
+    t.settled();
   }
 
   private async saveLogs(containerId: string, instanceId: string): Promise<void> {

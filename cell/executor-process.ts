@@ -196,6 +196,13 @@ export class ProcessExecutor implements Executor {
     }
   }
 
+  async ensureSidecars(instanceId: string): Promise<SidecarHandle[]> {
+    const t = this.tracked.get(instanceId);
+    if (!t || t.status.state === 'exited') return [];
+    await this.startSidecars(t, engineOwner(this.opts.engines[t.handle.context.spec.engine]), t.handle.sidecars ?? []);
+    return t.handle.sidecars ?? [];
+  }
+
   /** The pod's sidecars, once the engine answers; recorded on the volume for a restarted cell. */
   private async startSidecars(tracked: Tracked, owner: RunAs | undefined, previous: SidecarHandle[]): Promise<void> {
     const { context, instanceId } = tracked.handle;

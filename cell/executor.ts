@@ -60,6 +60,11 @@ export interface Executor {
   /** Finds instances still running from a previous life of the cell and tracks them again. */
   adopt(): Promise<InstanceHandle[]>;
   onExit(listener: ExitListener): () => void;
+  /**
+   * Starts the sidecars of the running instance's spec (its handle's context) that do not run,
+   * e.g. an exporter left out at the start for want of a monitoring user; returns all of them.
+   */
+  ensureSidecars?(instanceId: string): Promise<SidecarActual[]>;
 }
 
 /**

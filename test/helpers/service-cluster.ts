@@ -186,7 +186,8 @@ export async function startServiceCluster(options: ClusterOptions = {}): Promise
           '--stop-instances-on-exit',
           ...(options.cellArgs ?? []),
         ],
-        { SF_LOG_LEVEL: 'warn', ...options.cellEnv },
+        // SF_TEST_CELL_LOG_LEVEL=info keeps each step of the cells in their output, for profiling.
+        { SF_LOG_LEVEL: process.env.SF_TEST_CELL_LOG_LEVEL ?? 'warn', ...options.cellEnv },
       );
       const cell = { name, zone, proc };
       cells.push(cell);

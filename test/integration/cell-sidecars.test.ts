@@ -11,7 +11,11 @@ import { promisify } from 'node:util';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import type { InstanceCredentials } from '../../protocol/cell-protocol';
+import { CellInstances } from '../../cell/cell-instances';
 import { DockerApi } from '../../cell/docker-api';
+import { withMonitoringUser } from '../../cell/engine-credentials';
+import { createEngineRegistry } from '../../cell/engine-registry';
+import { keyLayout } from '../../protocol/keys';
 import { DockerExecutor } from '../../cell/executor-docker';
 import type { Executor, InstanceHandle } from '../../cell/executor';
 import { ProcessExecutor } from '../../cell/executor-process';
@@ -232,6 +236,69 @@ function sidecarSuite(suite: Suite): void {
       expect(await answers(k.port)).to.equal(false);
       await executor.stop('r-stop');
       expect(await answers(s.port)).to.equal(false);
+    });
+
+    it('gives a service from before monitoring users one when the restarted cell reconciles it, and starts its exporter', async () => {
+      // As an older cell ran it: credentials without a monitoring user, so no exporter.
+      const { monitoring: _none, ...older } = CREDS;
+      const oldSpec = spec({ instanceId: 'r-old', engine: 'redis', credentials: older, sidecars: ['redis-exporter'] });
+      const h = await executor.start(oldSpec);
+      expect(h.sidecars ?? []).to.deep.equal([]);
+      // The cell restarts with this code: it adopts the engine, then reconciles the desired spec.
+      const reborn = suite.make(cell.dir, range);
+      const reports = new Map<string, unknown>();
+      const instances = new CellInstances({
+        cell: 'c1',
+        dataDir: cell.dir,
+        advertiseHost: '127.0.0.1',
+        executors: { [reborn.kind]: reborn },
+        defaultExecutor: reborn.kind,
+        engines: createEngineRegistry(),
+        redis: undefined,
+        keys: keyLayout('sf-test'),
+        report: (id, actual) => reports.set(id, actual),
+      });
+      try {
+        await instances.load();
+        await instances.reconcile(new Map([['r-old', oldSpec]]));
+        const adopted = reborn.handle('r-old');
+        expect(adopted, 'the adopted instance').to.not.equal(undefined);
+        const sidecar = sidecarOf(adopted!);
+        await eventually(
+          async () => /^redis_up 1$/m.test(await metrics(sidecar.port)),
+          30_000,
+          'redis_up 1 from the exporter started after the monitoring user',
+        );
+        // The user is derived from the admin password: every cell of the service gets the same one.
+        const derived = withMonitoringUser(older).monitoring!;
+        expect(derived.username).to.equal('sf_monitor');
+        expect(withMonitoringUser(older).monitoring).to.deep.equal(derived);
+        const monitor = new Redis({
+          port: adopted!.port,
+          host: '127.0.0.1',
+          lazyConnect: true,
+          maxRetriesPerRequest: 0,
+          ...derived,
+        });
+        try {
+          await monitor.connect();
+          expect(await monitor.info('replication')).to.match(/role:master/);
+          expect(await monitor.call('GET', 'k').catch((e: Error) => e.message)).to.match(/NOPERM/);
+        } finally {
+          monitor.disconnect();
+        }
+        await checkNoPassword(suite, adopted!, 'redis-exporter');
+        expect(await readFile(`${adopted!.volumeDir}/sidecar-redis-exporter.secret`, 'utf8')).to.contain(
+          derived.password,
+        );
+        // Idempotent: another pass changes nothing.
+        await instances.reconcile(new Map([['r-old', oldSpec]]));
+        expect(reborn.handle('r-old')?.sidecars).to.deep.equal(adopted!.sidecars);
+        expect(reports.get('r-old')).to.have.nested.property('sidecars[0].port', sidecar.port);
+      } finally {
+        await instances.shutdown(false);
+        await reborn.kill('r-old');
+      }
     });
 
     it('re-adopts the sidecars of its running instances after the cell restarts', async () => {

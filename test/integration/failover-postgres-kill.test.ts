@@ -9,6 +9,7 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { expect } from 'chai';
+import type { FencingStepView, ServiceEventView } from '../../control';
 import type { ServiceView } from '../../control/services';
 import { describeEachExecutor } from '../helpers/executor-under-test';
 import { primaryOf, sf } from '../helpers/failover-support';
@@ -27,7 +28,14 @@ interface Sample {
 
 describeEachExecutor('failover: PostgreSQL primary lost with sync durability', function (executor) {
   this.timeout(300_000);
-  const running = useServiceCluster(() => ({ cells: 3, cellEnv: executor().cellEnv }));
+  // The faults here are engine faults, seen through the cells' reports. With the harness's 1 s
+  // heartbeat TTL a cell stalled for a second on a loaded host was judged dead and its replica
+  // replaced (seen at load 40: the run then measured a cell loss, not the engine's failover).
+  const running = useServiceCluster(() => ({
+    cells: 3,
+    cellEnv: executor().cellEnv,
+    cellArgs: ['--heartbeat-ttl-ms', '5000'],
+  }));
   let cluster: ServiceCluster;
   let key: ServiceKeyAuth;
   let nextId = 0;
@@ -107,6 +115,30 @@ describeEachExecutor('failover: PostgreSQL primary lost with sync durability', f
     }
   }
 
+  /**
+   * Where the time went: each fencing step and service event since the fault, in ms after it
+   * (the cells' own steps are in their output with SF_TEST_CELL_LOG_LEVEL=info).
+   */
+  async function timeline(fault: number): Promise<string> {
+    const [fencing, events] = await Promise.all([
+      cluster.api<{ resources: FencingStepView[] }>('GET', '/v3/service_instances/pgk/fencing'),
+      cluster.api<{ resources: ServiceEventView[] }>('GET', '/v3/service_instances/pgk/events'),
+    ]);
+    const lines = [
+      ...(fencing.body.resources ?? []).map((f) => ({
+        at: Date.parse(f.at),
+        text: `fence ${f.step} ${f.outcome} ${f.instance_id ?? ''} ${f.message}`,
+      })),
+      ...(events.body.resources ?? []).map((e) => ({
+        at: Date.parse(e.at),
+        text: `event ${e.type} ${e.instance_id ?? ''} ${e.message}`,
+      })),
+    ]
+      .filter((l) => l.at >= fault - 1_000)
+      .sort((a, b) => a.at - b.at);
+    return lines.map((l) => `        +${l.at - fault} ms ${l.text.slice(0, 160)}`).join('\n');
+  }
+
   function recoveryMs(samples: Sample[]): number {
     const lastFailure = samples.filter((s) => !s.committed).at(-1);
     const after = samples.find((s) => s.committed && (!lastFailure || s.at > lastFailure.at));
@@ -144,6 +176,12 @@ describeEachExecutor('failover: PostgreSQL primary lost with sync durability', f
     }
   });
 
+  afterEach(function () {
+    // A failed case shows what each cell did last.
+    if (this.currentTest?.state !== 'failed' || !cluster) return;
+    for (const c of cluster.cells) console.log(`      --- ${c.name} ---\n${c.proc.output().slice(-6000)}`);
+  });
+
   for (const fault of ['SIGKILL of the primary engine', 'sf fence'] as const)
     it(`${fault}: writes commit again within ${RECOVERY_BOUND_MS} ms, the old primary rejoins as the sync standby, never running while writes wait`, async () => {
       const before = (await view())!;
@@ -162,9 +200,10 @@ describeEachExecutor('failover: PostgreSQL primary lost with sync durability', f
         expect(res.code, res.stderr).to.equal(0);
       }
       const recovered = recoveryMs(samples);
+      const statusChanges = samples.filter((s, i) => i === 0 || s.status !== samples[i - 1].status);
       console.log(
         `      ${fault}: writes commit again ${recovered} ms after the fault; ` +
-          `statuses ${[...new Set(samples.map((s) => s.status))].join(' -> ')}`,
+          `statuses ${statusChanges.map((s) => `${s.status}@${s.at}`).join(' -> ')}\n${await timeline(t0)}`,
       );
       expect(recovered).to.be.lessThan(RECOVERY_BOUND_MS);
       // Status tells the truth: once control could see the fault, `running` means writes commit.

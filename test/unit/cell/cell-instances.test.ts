@@ -82,7 +82,7 @@ class FakeExecutor implements Executor {
     return [...this.running.values()];
   }
 
-  async adopt() {
+  async adopt(): Promise<InstanceHandle[]> {
     return [];
   }
 
@@ -141,6 +141,156 @@ describe('CellInstances', () => {
   afterEach(() => cell.remove());
 
   const desired = (...specs: InstanceSpec[]): Map<string, InstanceSpec> => new Map(specs.map((s) => [s.instanceId, s]));
+
+  describe('commit verdict of a new primary', () => {
+    /** An engine whose commit checks wait until the test answers them. */
+    function gatedEngine(): { engine: Engine; answer: (verdict: string | null) => void; checks: () => number } {
+      const pending: Array<(v: string | null) => void> = [];
+      let count = 0;
+      const engine: Engine = {
+        ...fakeEngine,
+        position: async (ctx) =>
+          ctx.spec.role === 'primary'
+            ? { role: 'primary', position: '7', value: '7' }
+            : { role: 'replica', position: '7', value: '7' },
+        checkCommit: () => {
+          count++;
+          return new Promise((resolve) => pending.push(resolve));
+        },
+      };
+      return { engine, answer: (v) => pending.splice(0).forEach((r) => r(v)), checks: () => count };
+    }
+
+    function withEngine(engine: Engine): CellInstances {
+      return new CellInstances({
+        cell: 'c',
+        dataDir: cell.dir,
+        advertiseHost: '127.0.0.1',
+        executors: { process: executor },
+        engines: { redis: engine, postgres: engine, tcp: engine } as EngineRegistry,
+        redis: undefined,
+        keys: keyLayout(),
+        report: (id, a) => reports.set(id, a),
+      });
+    }
+
+    it('reports a promoted replica unable to commit until its first commit check passes', async () => {
+      const gated = gatedEngine();
+      const cells = withEngine(gated.engine);
+      await cells.reconcile(
+        desired(spec({ instanceId: 'r', engine: 'postgres', role: 'replica', replicaOf: { host: 'h', port: 1 } })),
+      );
+      expect(reports.get('r')).to.include({ state: 'running', role: 'replica', degraded: null });
+      cells.update('r', { role: 'primary', epoch: 2, replicaOf: undefined });
+      // With sync durability it has no standby yet: no verdict must not read as "commits".
+      expect(reports.get('r')?.degraded).to.match(/no write has committed/);
+      expect(gated.checks()).to.equal(1);
+      gated.answer(null);
+      await new Promise((r) => setImmediate(r));
+      expect(reports.get('r')).to.include({ role: 'primary', degraded: null });
+    });
+
+    it('reports a starting primary unable to commit until its first commit check passes', async () => {
+      const gated = gatedEngine();
+      const cells = withEngine(gated.engine);
+      await cells.reconcile(desired(spec({ instanceId: 'p', engine: 'postgres' })));
+      expect(reports.get('p')?.degraded).to.match(/no write has committed/);
+      gated.answer('no synchronous standby connected');
+      await new Promise((r) => setImmediate(r));
+      expect(reports.get('p')?.degraded).to.equal('no synchronous standby connected');
+    });
+  });
+
+  describe('credentials', () => {
+    const older = {
+      version: 3,
+      admin: { username: 'sf_admin', password: 'admin-password-older-0123' },
+      replication: { username: 'sf_replication', password: 'replication-password-0123' },
+      users: [],
+    };
+
+    it('gives credentials from before monitoring users one derived from the admin password, the same on every cell', async () => {
+      const applied: Array<string | undefined> = [];
+      const engine: Engine = {
+        ...fakeEngine,
+        applyCredentials: async (ctx) => {
+          applied.push(ctx.spec.credentials?.monitoring?.username);
+        },
+      };
+      const one = new CellInstances({
+        cell: 'c',
+        dataDir: cell.dir,
+        advertiseHost: '127.0.0.1',
+        executors: { process: executor },
+        engines: { redis: engine, postgres: engine, tcp: engine } as EngineRegistry,
+        redis: undefined,
+        keys: keyLayout(),
+        report: (id, a) => reports.set(id, a),
+      });
+      await one.reconcile(desired(spec({ instanceId: 'i', engine: 'redis', credentials: older })));
+      expect(applied).to.deep.equal(['sf_monitor']);
+      const started = executor.handle('i')!.context.spec.credentials!;
+      expect(started.monitoring?.username).to.equal('sf_monitor');
+      expect(started.monitoring?.password).to.have.length.greaterThan(20);
+      expect(started.monitoring?.password).to.not.equal(older.admin.password);
+      // Idempotent: the same set is not applied again, and another cell derives the same user.
+      await one.reconcile(desired(spec({ instanceId: 'i', engine: 'redis', credentials: older })));
+      expect(applied).to.have.length(1);
+      const other = await tempCellDir();
+      try {
+        const otherExecutor = new FakeExecutor(other.dir);
+        const two = new CellInstances({
+          cell: 'c2',
+          dataDir: other.dir,
+          advertiseHost: '127.0.0.1',
+          executors: { process: otherExecutor },
+          engines: { redis: engine, postgres: engine, tcp: engine } as EngineRegistry,
+          redis: undefined,
+          keys: keyLayout(),
+          report: () => undefined,
+        });
+        await two.reconcile(desired(spec({ instanceId: 'j', engine: 'redis', credentials: older })));
+        expect(otherExecutor.handle('j')!.context.spec.credentials!.monitoring).to.deep.equal(started.monitoring);
+      } finally {
+        await other.remove();
+      }
+    });
+
+    it('applies the credentials of an adopted instance once and starts the sidecars they allow', async () => {
+      const applied: number[] = [];
+      const engine: Engine = {
+        ...fakeEngine,
+        applyCredentials: async (ctx) => {
+          applied.push(ctx.spec.credentials?.version ?? -1);
+        },
+      };
+      const s = spec({ instanceId: 'i', engine: 'redis', credentials: older, sidecars: ['redis-exporter'] });
+      await executor.start(s);
+      const ensured: string[] = [];
+      executor.adopt = async () => [executor.handle('i')!];
+      const fake = executor as FakeExecutor & { ensureSidecars(id: string): Promise<InstanceHandle['sidecars']> };
+      fake.ensureSidecars = async (id) => {
+        ensured.push(id);
+        return [{ kind: 'redis-exporter', port: 20001, pid: 4242 }];
+      };
+      const cells = new CellInstances({
+        cell: 'c',
+        dataDir: cell.dir,
+        advertiseHost: '127.0.0.1',
+        executors: { process: executor },
+        engines: { redis: engine, postgres: engine, tcp: engine } as EngineRegistry,
+        redis: undefined,
+        keys: keyLayout(),
+        report: (id, a) => reports.set(id, a),
+      });
+      await cells.load();
+      await cells.reconcile(desired(s));
+      await cells.reconcile(desired(s));
+      expect(applied).to.deep.equal([3]);
+      expect(ensured).to.deep.equal(['i']);
+      expect(reports.get('i')?.sidecars).to.deep.equal([{ kind: 'redis-exporter', port: 20001, pid: 4242 }]);
+    });
+  });
 
   describe('reconcile', () => {
     it('starts a new instance once and reports it running with its position', async () => {
