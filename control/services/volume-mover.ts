@@ -243,8 +243,20 @@ export class VolumeMover {
     return 'copy';
   }
 
-  private async order(cell: string, request: OrderRequest, timeoutMs = 60_000): Promise<Record<string, unknown>> {
-    const result = await sendOrder(this.redis, this.store.keys, cell, request, { timeoutMs, pollMs: 50 });
+  private async order(
+    cell: string,
+    request: OrderRequest,
+    timeoutMs = 60_000,
+    signal?: AbortSignal,
+  ): Promise<Record<string, unknown>> {
+    // An order the cell is still executing (a slow stop or delete on a loaded machine) is waited
+    // for, up to twice its bound; one nobody runs (a dead cell) fails at the bound.
+    const result = await sendOrder(this.redis, this.store.keys, cell, request, {
+      timeoutMs,
+      pollMs: 50,
+      runningMaxMs: 2 * timeoutMs,
+      ...(signal ? { signal } : {}),
+    });
     if (!result.ok)
       throw new SfError(
         ErrorCode.TransferFailed,
@@ -261,10 +273,13 @@ export class VolumeMover {
     final: boolean,
   ): Promise<void> {
     const before = this.copied.get(m.id) ?? 0;
+    // Aborted when the pass ends another way (a dead target): no polling for an hour after it.
+    const abandon = new AbortController();
     const copy = this.order(
       m.to,
       { type: 'import-volume', instanceId: m.instanceId, moveId: m.id, source: transfer, token, final },
       COPY_TIMEOUT_MS,
+      abandon.signal,
     );
     let settled = false;
     const watch = (async () => {
@@ -288,6 +303,7 @@ export class VolumeMover {
       await this.save(m);
     } finally {
       settled = true;
+      abandon.abort();
       copy.catch(() => undefined);
       watch.catch(() => undefined);
     }
