@@ -15,7 +15,7 @@
  * restarts the source on its own volume (which nothing touched); a target that does not start
  * after the hand-off gives the instance back to the source, whose data is what was copied.
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { ErrorCode, SfError, createRedis, errorMessageOf, isSfError } from '../../common';
 import { fenceLease, type CellEvent, type InstanceRole } from '../../protocol';
@@ -248,6 +248,7 @@ export class VolumeMover {
     request: OrderRequest,
     timeoutMs = 60_000,
     signal?: AbortSignal,
+    orderId?: string,
   ): Promise<Record<string, unknown>> {
     // An order the cell is still executing (a slow stop or delete on a loaded machine) is waited
     // for, up to twice its bound; one nobody runs (a dead cell) fails at the bound.
@@ -256,6 +257,7 @@ export class VolumeMover {
       pollMs: 50,
       runningMaxMs: 2 * timeoutMs,
       ...(signal ? { signal } : {}),
+      ...(orderId ? { orderId } : {}),
     });
     if (!result.ok)
       throw new SfError(
@@ -275,20 +277,27 @@ export class VolumeMover {
     const before = this.copied.get(m.id) ?? 0;
     // Aborted when the pass ends another way (a dead target): no polling for an hour after it.
     const abandon = new AbortController();
+    const orderId = randomUUID();
     const copy = this.order(
       m.to,
       { type: 'import-volume', instanceId: m.instanceId, moveId: m.id, source: transfer, token, final },
       COPY_TIMEOUT_MS,
       abandon.signal,
+      orderId,
     );
     let settled = false;
     const watch = (async () => {
       // A loaded cell can miss heartbeats for a second; only a longer silence counts as death.
+      // A cell that renews the copy order's running mark is alive and copying, whatever its
+      // registration says: on a loaded machine a receiving cell missed heartbeats for seconds
+      // and a copy that was progressing was taken for a dead target.
       let missingSince: number | null = null;
       while (!settled) {
         await new Promise((r) => setTimeout(r, 500));
         if (settled) return;
-        const present = await this.redis.exists(this.store.keys.cell(m.to).registration);
+        const present =
+          (await this.redis.exists(this.store.keys.cell(m.to).registration)) === 1 ||
+          (await this.redis.exists(this.store.keys.orderRunning(orderId))) === 1;
         missingSince = present ? null : (missingSince ?? Date.now());
         if (missingSince !== null && Date.now() - missingSince >= DEAD_AFTER_MS)
           throw new SfError(ErrorCode.TransferFailed, `cell ${m.to} died during the copy`);
