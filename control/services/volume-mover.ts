@@ -425,9 +425,16 @@ export class VolumeMover {
         const { windowMs } = await catchUp.switchover(m);
         return windowMs ?? Date.now() - t0;
       } catch (err) {
+        // Each of these is refused before anything was stopped or promoted: "not the leader"
+        // before the first step (a control on a loaded machine can miss a lease renewal and
+        // take the lead back a moment later), the others undone by the switchover itself.
         const retriable =
-          isSfError(err) && (err.code === ErrorCode.OrderFailed || err.code === ErrorCode.CatchUpTimeout);
+          isSfError(err) &&
+          (err.code === ErrorCode.OrderFailed ||
+            err.code === ErrorCode.CatchUpTimeout ||
+            err.code === ErrorCode.NotLeader);
         if (!retriable || attempt >= SWITCH_ATTEMPTS) throw err;
+        if (isSfError(err) && err.code === ErrorCode.NotLeader) await new Promise((r) => setTimeout(r, 2_000));
         await this.event(
           m,
           'volume-move-progress',
