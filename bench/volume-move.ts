@@ -9,7 +9,9 @@
  * - Write-failure window: per move, the longest gap between two acknowledged writes as the writer
  *   sees it, and the mover's own measure (source stop to target running); p50/p99 over the moves.
  *
- * Writes bench/results/volume-move.json. `--mb N` and `--moves N` change the sizes.
+ * Writes bench/results/volume-move.json (`--stop-source`: volume-move-stop-source.json). `--mb N`
+ * and `--moves N` change the sizes; `--method copy` measures the copy path. Interrupted, it still
+ * stops every process it started.
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -37,6 +39,11 @@ const METHOD = ((): string | undefined => {
   const i = process.argv.indexOf('--method');
   return i > 0 ? process.argv[i + 1] : undefined;
 })();
+/**
+ * `--stop-source`: a switchover stops the old primary cleanly before the promotion instead of
+ * pausing its writes (the behaviour of engines that cannot pause), to compare both at one load.
+ */
+const STOP_SOURCE = process.argv.includes('--stop-source');
 const MB = 1024 * 1024;
 
 function percentile(sorted: number[], p: number): number {
@@ -61,9 +68,26 @@ async function uptime(): Promise<string> {
   return new Promise((resolve) => execFile('uptime', (_e, out) => resolve(String(out).trim())));
 }
 
+/** Stops what the bench started; set once the platform runs. */
+let stopPlatform: (() => Promise<void>) | undefined;
+
+// Interrupted (Ctrl-C, a timeout's SIGTERM): every process the platform started is still ended
+// by its pid (service-cluster.ts stop), not left running.
+for (const signal of ['SIGINT', 'SIGTERM'] as const)
+  process.once(signal, () => {
+    console.error(`${signal}: stopping the platform`);
+    void (stopPlatform?.() ?? Promise.resolve()).finally(() => process.exit(130));
+  });
+
 async function main(): Promise<void> {
   const loadBefore = await uptime();
-  const cluster = await startServiceCluster({ cells: 2, capacityMb: 8192 });
+  const cluster = await startServiceCluster({
+    cells: 2,
+    capacityMb: 8192,
+    ...(STOP_SOURCE ? { services: { failover: { pauseWritesMs: 0 } } } : {}),
+  });
+  let stopped: Promise<void> | undefined;
+  stopPlatform = () => (stopped ??= cluster.stop());
   try {
     const res = await cluster.api('POST', '/v3/service_instances', {
       name: 'bench-move',
@@ -205,7 +229,8 @@ async function main(): Promise<void> {
         ],
       ),
     );
-    const file = writeResults('volume-move', {
+    const file = writeResults(STOP_SOURCE ? 'volume-move-stop-source' : 'volume-move', {
+      oldPrimary: STOP_SOURCE ? 'stopped before the promotion' : 'writes paused, stopped after the new route',
       dataMb: DATA_MB,
       bytesOnDisk,
       cpMs,
@@ -224,7 +249,7 @@ async function main(): Promise<void> {
     });
     console.log(`results: ${file}`);
   } finally {
-    await cluster.stop();
+    await stopPlatform();
   }
 }
 

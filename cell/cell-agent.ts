@@ -29,6 +29,7 @@ import {
   instanceSpecSchema,
   NOTIFY_DESIRED,
   ORDER_RESULT_TTL_MS,
+  ORDER_RUNNING_TTL_MS,
   orderSchema,
   type ActualInstance,
   type CellEvent,
@@ -793,6 +794,13 @@ export class CellAgent {
         'order',
       );
       const started = performance.now();
+      // The running mark: a sender whose bound passed waits on while it is renewed (a slow
+      // engine under load), and gives up once it lapses (this cell died holding the order).
+      const runningKey = this.keys.orderRunning(parsed.data.orderId);
+      const mark = (): void =>
+        void this.redis?.set(runningKey, this.name, 'PX', ORDER_RUNNING_TTL_MS).catch(() => undefined);
+      mark();
+      const marking = setInterval(mark, Math.floor(ORDER_RUNNING_TTL_MS / 3));
       result = await executeOrder(parsed.data, {
         cell: this.name,
         dataDir: this.dataDir,
@@ -809,7 +817,7 @@ export class CellAgent {
             totalBytes: p.totalBytes,
             at: Date.now(),
           }).catch(() => undefined),
-      });
+      }).finally(() => clearInterval(marking));
       if (parsed.data.type.includes('snapshot')) {
         this.snapshotIds = await this.snapshots.list();
         await this.heartbeat();
@@ -820,6 +828,7 @@ export class CellAgent {
     }
     try {
       await this.redis?.set(this.keys.orderResult(result.orderId), JSON.stringify(result), 'PX', ORDER_RESULT_TTL_MS);
+      await this.redis?.del(this.keys.orderRunning(result.orderId));
       await this.publish({ type: 'order-result', cell: this.name, result });
     } catch (err) {
       this.log.warn({ orderId: result.orderId, err: errorMessageOf(err) }, 'order result not stored');

@@ -116,6 +116,18 @@ async function run(order: Order, ctx: OrderContext): Promise<Record<string, unkn
       await instances.stop(order.instanceId, false);
       return { wasRunning };
     }
+    case 'pause-writes': {
+      const local = instances.running(order.instanceId);
+      if (!local.engine.pauseWrites)
+        throw new SfError(
+          ErrorCode.EngineUnsupported,
+          `engine ${local.engine.kind} cannot pause writes without a restart`,
+          'instanceId',
+        );
+      await local.engine.pauseWrites(local.handle.context, order.timeoutMs);
+      // Read after the pause: the position every acknowledged write is below.
+      return { paused: true, ...(await instances.refreshPosition(order.instanceId)) };
+    }
     case 'commit-check': {
       const local = instances.running(order.instanceId);
       const reason = local.engine.checkCommit

@@ -197,8 +197,23 @@ export class RedisEngine implements Engine {
   }
 
   async promote(ctx: EngineContext): Promise<void> {
-    await this.command(ctx, (r) => r.call('REPLICAOF', 'NO', 'ONE'));
+    // UNPAUSE: a primary whose switchover was abandoned is confirmed by a promote and takes
+    // writes again at once (a no-op when nothing is paused).
+    await this.command(ctx, async (r) => {
+      await r.call('REPLICAOF', 'NO', 'ONE');
+      await r.call('CLIENT', 'UNPAUSE');
+    });
     await this.rewriteConfig(ctx);
+  }
+
+  /**
+   * `CLIENT PAUSE ms WRITE`: clients' write commands block (a client sees no answer, so nothing
+   * is acknowledged) while reads, the replication stream and replicas' acknowledgements go on.
+   * Keys do not expire or get evicted and no PING goes to replicas during the pause, so
+   * `master_repl_offset` stays where it is: the exact goal of a switchover's catch-up.
+   */
+  async pauseWrites(ctx: EngineContext, timeoutMs: number): Promise<void> {
+    await this.command(ctx, (r) => r.call('CLIENT', 'PAUSE', String(timeoutMs), 'WRITE'));
   }
 
   async repoint(ctx: EngineContext, primary: HostPort): Promise<void> {

@@ -91,6 +91,12 @@ export interface Engine {
   /** Makes a replica follow another primary. */
   repoint(ctx: EngineContext, primary: HostPort): Promise<void>;
   /**
+   * On a primary: client writes are refused (blocked) for `timeoutMs` while replication goes on,
+   * so the position stops moving and a replica can reach it exactly; `promote` lifts it. Engines
+   * that cannot do this without a restart omit it (a switchover stops them instead).
+   */
+  pauseWrites?(ctx: EngineContext, timeoutMs: number): Promise<void>;
+  /**
    * On a primary: performs a write that must commit within `timeoutMs` (with sync durability,
    * acknowledged by a standby) and returns why it cannot, or null when it can (a
    * primary that cannot commit is not `running`). Engines without a notion of writes omit it.

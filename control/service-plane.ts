@@ -213,7 +213,21 @@ export async function startServicePlane(
     new VolumeMover(deps.redis, deps.redisUrl, store, directory, opts.reconciler?.primaryLeaseTtlMs, {
       canSwitch: () => fencing.isLeader(),
       switchover: async (service, target) => {
-        const res = await fencing.act('failover', service, target, { awaitRejoin: false });
+        const res = await fencing.act('failover', service, target, {
+          awaitRejoin: false,
+          // The moved primary's volume goes with a tombstone in the same commit, so it is deleted
+          // even if this control stops before the mover deletes it.
+          retire: (rec, old) => [
+            putTombstoneOp(store.keys, {
+              cell: old.cell,
+              instanceId: old.id,
+              service: rec.name,
+              reason: 'replaced',
+              at: Date.now(),
+              deleteAfter: Date.now(),
+            }),
+          ],
+        });
         // Writes fail from the route fence until the new primary's route is published.
         const fenced = res.steps.find((s) => s.step === 'route-fence');
         const published = res.steps.find((s) => s.step === 'publish');

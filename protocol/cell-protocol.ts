@@ -13,12 +13,16 @@
  * `sf:cell:{name}:actual` plus an `actual` event on `sf:cell-events`. One-shot actions (promote,
  * repoint, fence, copy a volume, ...) are orders: control LPUSHes an `Order` onto
  * `sf:cell:{name}:orders`, the cell BRPOPs it, executes it and writes `sf:order:{orderId}`
- * (kept for ORDER_RESULT_TTL_MS) and publishes an `order-result` event. See docs/cells.md.
+ * (kept for ORDER_RESULT_TTL_MS) and publishes an `order-result` event. While it executes an
+ * order it keeps `sf:order:{orderId}:running` (TTL ORDER_RUNNING_TTL_MS, renewed), so a sender
+ * can tell an order in progress on a slow cell from one nobody runs. See docs/cells.md.
  */
 import { z } from 'zod';
 
 export const NOTIFY_DESIRED = 'desired';
 export const ORDER_RESULT_TTL_MS = 3_600_000;
+/** The running mark of an order lapses this long after its cell stopped renewing it (died). */
+export const ORDER_RUNNING_TTL_MS = 5_000;
 
 export const ENGINE_KINDS = ['redis', 'postgres', 'tcp'] as const;
 export type EngineKind = (typeof ENGINE_KINDS)[number];
@@ -230,6 +234,20 @@ export const orderSchema = z.discriminatedUnion('type', [
    * promotes the new one, so that at no moment two instances accept writes.
    */
   z.object({ type: z.literal('stop'), orderId: z.string().min(1), instanceId: z.string() }),
+  /**
+   * A primary stops taking client writes for `timeoutMs` while it keeps serving its replicas
+   * (Redis `CLIENT PAUSE WRITE`), and answers with its position, which no longer moves. A planned
+   * switchover pauses the old primary instead of stopping it when the engine can: the same
+   * guarantee (no second writer, an exact goal for the catch-up) without a shutdown in the
+   * window. A `promote` of the same instance lifts the pause. Engines that cannot pause refuse it
+   * with `SF_ERR_ENGINE_UNSUPPORTED`; control stops those instead.
+   */
+  z.object({
+    type: z.literal('pause-writes'),
+    orderId: z.string().min(1),
+    instanceId: z.string(),
+    timeoutMs: z.number().int().min(100).max(3_600_000),
+  }),
   /**
    * A write on a primary that must commit within `timeoutMs` (with sync durability: acknowledged
    * by a standby). Fails with the reason when it cannot (no sync standby, connections exhausted).

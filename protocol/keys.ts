@@ -105,6 +105,8 @@ export interface KeyLayout {
   cell(name: string): CellKeys;
   /** String, JSON `OrderResult`, with a TTL; written by the cell that ran the order. */
   orderResult(orderId: string): string;
+  /** String (the cell's name) with a short TTL the cell renews while it executes the order. */
+  orderRunning(orderId: string): string;
   /** Hash: a primary's lease claim, kept in force by its cell's registration (protocol/lease.ts). */
   lease(instanceId: string): string;
   /** String: the lowest epoch a lease claim may carry; raised by control when it fences. */
@@ -145,6 +147,7 @@ export function keyLayout(prefix: string = DEFAULT_KEY_PREFIX): KeyLayout {
       notify: `${cellBase}${name}:notify`,
     }),
     orderResult: (orderId) => `${prefix}order:${orderId}`,
+    orderRunning: (orderId) => `${prefix}order:${orderId}:running`,
     lease: (instanceId) => `${prefix}lease:${instanceId}`,
     leaseFloor: (instanceId) => `${prefix}lease:${instanceId}:floor`,
   };

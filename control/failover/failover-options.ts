@@ -5,6 +5,11 @@ export interface FailoverOptions {
   routerAckTimeoutMs?: number;
   /** Timeout of each order to a cell (fence, position, promote, repoint). @default 2000 */
   orderTimeoutMs?: number;
+  /**
+   * Past its timeout, an order the cell marks as running (it is executing it: a slow engine on a
+   * loaded machine) is waited for up to this long from when it was sent. @default 120000
+   */
+  orderRunningMaxMs?: number;
   /** How often an order result is polled for. @default 10 */
   orderPollMs?: number;
   /** A running primary without its lease for this long counts as lost. @default 3000 */
@@ -24,11 +29,20 @@ export interface FailoverOptions {
   rejoinTimeoutMs?: number;
   /** Bound of the write that proves the new primary can commit (sync: a standby acknowledged). @default 3000 */
   commitCheckTimeoutMs?: number;
+  /**
+   * Planned switchover: how long the old primary's writes stay paused (engines that can pause).
+   * It is restarted or removed right after the new primary is published; the bound only matters
+   * when the switchover stops half-way (control lost its lead), and is long so that the next
+   * leader fences it before it would take writes again. 0: never pause, always stop (the
+   * behaviour of engines that cannot pause). @default 600000
+   */
+  pauseWritesMs?: number;
 }
 
 export const DEFAULT_FAILOVER_OPTIONS: Required<FailoverOptions> = {
   routerAckTimeoutMs: 2_000,
   orderTimeoutMs: 2_000,
+  orderRunningMaxMs: 120_000,
   orderPollMs: 10,
   leaseGraceMs: 3_000,
   catchUpTimeoutMs: 10_000,
@@ -37,4 +51,5 @@ export const DEFAULT_FAILOVER_OPTIONS: Required<FailoverOptions> = {
   historyLimit: 500,
   rejoinTimeoutMs: 60_000,
   commitCheckTimeoutMs: 3_000,
+  pauseWritesMs: 600_000,
 };

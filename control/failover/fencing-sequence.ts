@@ -16,8 +16,8 @@
  * sequence where it is: nothing after it runs, and the record says how far it got. Every record
  * write carries the leader fence, so a deposed leader stops at its next write.
  */
-import type { KeyLayout, HostPort } from '../../protocol';
-import { putDesiredOps } from '../state/cell-client';
+import type { KeyLayout, HostPort, OrderResult } from '../../protocol';
+import { putDesiredOps, removeDesiredOps } from '../state/cell-client';
 import type { LeaderFence } from '../leader/fenced-commit';
 import { instanceSpec } from '../services/instance-spec';
 import type { CellSnapshot } from '../services/cell-directory';
@@ -94,6 +94,13 @@ export interface SwitchoverOptions {
    * removes the old primary right after, so it does not wait. @default true
    */
   awaitRejoin?: boolean;
+  /**
+   * The old primary leaves the service instead of rejoining as a replica (a volume move: the new
+   * primary replaces it). It is taken out of the record and its cell's desired hash in the same
+   * commit that promotes the new primary, with the store ops this returns (a tombstone for its
+   * volume), so its cell stops it and nothing restarts it.
+   */
+  retire?: (record: ServiceRecord, old: InstanceRecord) => CasOp[];
 }
 
 /** What `promote` did: the record afterwards and the old primary's new generation when it rejoins. */
@@ -295,19 +302,35 @@ export class FencingSequence {
   }
 
   /**
-   * Planned switchover of a healthy primary without data loss and without two writers:
-   * pause writes (route fence, routers acknowledged), raise the lease floor, wait
-   * until the target reached the primary's position, stop the old primary cleanly, promote the
-   * target, publish, and only then report: after the old primary runs as a replica of the new one
+   * Planned switchover of a healthy primary without data loss and without two writers: route
+   * fence (routers acknowledged), raise the lease floor, stop the old primary
+   * taking writes, wait until the target reached its position, promote the target, publish, and
+   * only then report: after the old primary runs as a replica of the new one (unless it retires)
    * and, with sync durability, the new primary committed a write its standby acknowledged.
+   *
+   * The old primary stops taking writes before the new one is promoted, so that at no moment two
+   * instances accept writes, even from clients that bypass the router. An engine that can pause
+   * writes (Redis `CLIENT PAUSE WRITE`) is paused: its position freezes at once and it keeps
+   * running, so no shutdown sits between the route fence and the new route; it is restarted as a
+   * replica (or removed) after the new primary is published. Any other engine, or a pause that got
+   * no answer, is stopped cleanly after the catch-up, as before.
    */
   async switchover(op: FencingOperation, target?: string, how: SwitchoverOptions = {}): Promise<ServiceRecord> {
     const { steps, options } = this.deps;
+    // The old primary's writes are paused while the routers let go of it: the catch-up needs
+    // both, neither needs the other, and the pause takes a round trip to its cell. It starts once
+    // the record says a switchover runs, so a control that stops here leaves a record the next
+    // leader resumes from (it fences the paused primary) rather than a paused primary nobody knows of.
+    let pausing: Promise<OrderResult | undefined> | null = null;
     const { marked, primary, epoch, cells } = await this.fenceRoute(
       op,
       false,
       (p, e, version) =>
         `writes paused: ${p.id} published fenced in table version ${version} (epoch ${p.epoch} -> ${e})`,
+      (p) => {
+        if (options.pauseWritesMs <= 0) return;
+        pausing = steps.rejoin.pauseWrites(p.cell, p.id, options.pauseWritesMs).catch(() => undefined);
+      },
     );
     await this.raiseFloor(op, primary, epoch, '');
 
@@ -318,16 +341,25 @@ export class FencingSequence {
       const chosen = chooseReplica(candidates);
       if (!chosen)
         throw new SfError(ErrorCode.NoPromotionCandidate, `service ${op.service} has no running replica to switch to`);
-      const goal = await steps.promote.position(primary.cell, primary.id);
+      const pause = await this.recordPause(op, primary, epoch, pausing);
+      const goal = pause.goal ?? (await steps.promote.position(primary.cell, primary.id));
       if (goal === null) throw new SfError(ErrorCode.OrderFailed, `could not read the position of ${primary.id}`);
       const t0 = Date.now();
+      // The bound counts from the last progress: a target that advances (slowly, on a loaded
+      // machine) is waited for, one that stands still for the whole bound is given up.
+      let best: bigint | null = null;
+      let progressAt = t0;
       for (;;) {
         const pos = await steps.promote.position(chosen.cell, chosen.instanceId);
         if (pos !== null && pos >= goal) break;
-        if (Date.now() - t0 > options.catchUpTimeoutMs) {
+        if (pos !== null && (best === null || pos > best)) {
+          if (best !== null) progressAt = Date.now();
+          best = pos;
+        }
+        if (Date.now() - progressAt > options.catchUpTimeoutMs) {
           throw new SfError(
             ErrorCode.CatchUpTimeout,
-            `${chosen.instanceId} reached ${String(pos)} of ${goal} within ${options.catchUpTimeoutMs} ms`,
+            `${chosen.instanceId} reached ${String(pos)} of ${goal} and made no progress for ${options.catchUpTimeoutMs} ms`,
           );
         }
         await new Promise((r) => setTimeout(r, 20));
@@ -340,24 +372,24 @@ export class FencingSequence {
         epoch,
         message: `${chosen.instanceId} reached the primary's position ${goal} in ${Date.now() - t0} ms`,
       });
-      // The old primary stops before the new one is promoted, so that at no moment two instances
-      // accept writes, even from clients that bypass the router.
-      stopSent = true;
-      const stopped = await steps.rejoin.stop(primary.cell, primary.id);
-      if (!stopped?.ok)
-        throw new SfError(
-          ErrorCode.OrderFailed,
-          `the old primary ${primary.id} did not stop: ${stopped?.error?.message ?? 'no answer in time'}`,
-        );
-      await op.record({
-        step: 'stop',
-        outcome: 'ok',
-        instanceId: primary.id,
-        cell: primary.cell,
-        epoch,
-        message: `${primary.id} stopped cleanly; no writer until ${chosen.instanceId} is promoted`,
-      });
-      promotion = await this.promoteReplica(op, chosen.instanceId, true);
+      if (!pause.paused) {
+        stopSent = true;
+        const stopped = await steps.rejoin.stop(primary.cell, primary.id);
+        if (!stopped?.ok)
+          throw new SfError(
+            ErrorCode.OrderFailed,
+            `the old primary ${primary.id} did not stop: ${stopped?.error?.message ?? 'no answer in time'}`,
+          );
+        await op.record({
+          step: 'stop',
+          outcome: 'ok',
+          instanceId: primary.id,
+          cell: primary.cell,
+          epoch,
+          message: `${primary.id} stopped cleanly; no writer until ${chosen.instanceId} is promoted`,
+        });
+      }
+      promotion = await this.promoteReplica(op, chosen.instanceId, true, how.retire);
     } catch (err) {
       const promotedMaybe = isSfError(err) && err.code === ErrorCode.OrderTimeout;
       await this.abortSwitchover(op, primary, epoch, (err as Error).message, stopSent, promotedMaybe);
@@ -387,6 +419,38 @@ export class FencingSequence {
     if (promotion.record.durability === 'sync' && promotion.record.replicas > 0)
       await this.confirmCommit(op, promotion, epoch);
     return promotion.record;
+  }
+
+  /**
+   * The old primary of a switchover stops taking client writes while it keeps running and feeding
+   * its replicas; `goal` is its position afterwards, which no acknowledged write is beyond. Not
+   * paused (the engine cannot, or the cell did not answer): the caller stops it after the
+   * catch-up. A pause that got no answer may still happen; the stop (or, when the switchover is
+   * abandoned, the `promote` that confirms the old primary, which lifts a pause) comes after it on
+   * the instance's order chain.
+   */
+  private async recordPause(
+    op: FencingOperation,
+    primary: InstanceRecord,
+    epoch: number,
+    pausing: Promise<OrderResult | undefined> | null,
+  ): Promise<{ paused: boolean; goal: bigint | null }> {
+    const { options } = this.deps;
+    if (!pausing) return { paused: false, goal: null };
+    const res = await pausing;
+    const value = res?.ok ? res.data?.positionValue : undefined;
+    const goal = typeof value === 'string' && /^\d+$/.test(value) ? BigInt(value) : null;
+    await op.record({
+      step: 'pause',
+      outcome: res?.ok ? 'ok' : res?.error?.code === ErrorCode.EngineUnsupported ? 'skipped' : 'degraded',
+      instanceId: primary.id,
+      cell: primary.cell,
+      epoch,
+      message: res?.ok
+        ? `${primary.id} takes no client writes (paused for up to ${options.pauseWritesMs} ms) at position ${value ?? '?'}; it is stopped after the new primary is published`
+        : `${primary.id} not paused (${res?.error?.message ?? 'no answer in time'}); it is stopped after the catch-up`,
+    });
+    return { paused: res?.ok === true, goal };
   }
 
   /**
@@ -516,9 +580,11 @@ export class FencingSequence {
     op: FencingOperation,
     shoot: boolean,
     describe: (primary: InstanceRecord, epoch: number, version: number) => string,
+    onMarked?: (primary: InstanceRecord) => void,
   ): Promise<{ marked: ServiceRecord; primary: InstanceRecord; epoch: number; cells: Map<string, CellSnapshot> }> {
     const marked = await this.markFenced(op, shoot);
     const primary = marked.instances.find((i) => i.role === 'primary') as InstanceRecord;
+    onMarked?.(primary);
     const epoch = shoot ? (primary.fenced?.epoch ?? marked.epoch) : marked.epoch;
     const cells = await this.deps.directory.snapshot();
     const version = await this.deps.steps.routeFence.publish(marked, cells, op.fence);
@@ -546,7 +612,12 @@ export class FencingSequence {
     });
   }
 
-  private async promoteReplica(op: FencingOperation, target: string | undefined, planned: boolean): Promise<Promotion> {
+  private async promoteReplica(
+    op: FencingOperation,
+    target: string | undefined,
+    planned: boolean,
+    retire?: SwitchoverOptions['retire'],
+  ): Promise<Promotion> {
     const { steps } = this.deps;
     const rec = await this.deps.store.mustGet(op.service);
     const old = rec.instances.find((i) => i.role === 'primary');
@@ -641,12 +712,18 @@ export class FencingSequence {
       const next = editableCopy(cur, op);
       const ops: CasOp[] = [];
       oldRejoinsAt = undefined;
+      if (retire && old && next.instances.some((i) => i.id === old.id)) {
+        next.instances = next.instances.filter((i) => i.id !== old.id);
+        ops.push(...removeDesiredOps(this.deps.store.keys, old.cell, old.id), ...retire(next, old));
+      }
       for (const inst of next.instances) {
         if (inst.id === chosen.instanceId) {
           inst.role = 'primary';
           inst.epoch = epoch;
           delete inst.upstream;
           delete inst.fenced;
+          // A replica built to replace another (a move) is a full member once it is the primary.
+          delete inst.moveOf;
           ops.push(
             ...putDesiredOps(
               this.deps.store.keys,
@@ -679,7 +756,7 @@ export class FencingSequence {
       }
       return { change: { record: next, extraOps: ops }, result: next };
     });
-    if (old && !planned) {
+    if (old && !planned && !retire) {
       await op.record({
         step: 'rejoin',
         outcome: oldRejoinsAt !== undefined ? 'ok' : 'skipped',
@@ -701,6 +778,17 @@ export class FencingSequence {
       epoch,
       message: `route to ${chosen.instanceId} (${address.host}:${address.port}, epoch ${epoch}) in table version ${version}`,
     });
+    // Recorded after the route is out: the record is history, not a step writes wait for.
+    if (old && retire) {
+      await op.record({
+        step: 'retire',
+        outcome: 'ok',
+        instanceId: old.id,
+        cell: old.cell,
+        epoch,
+        message: `${old.id} leaves the service: ${chosen.instanceId} replaces it; cell ${old.cell} stops it`,
+      });
+    }
     return { record: after, chosen, address, oldRejoinsAt };
   }
 
@@ -814,7 +902,9 @@ export class FencingSequence {
     const chosen = target === undefined ? eligible : eligible.filter((i) => i.id === target);
     return Promise.all(
       chosen.map(async (i) => {
-        const fresh = await this.deps.steps.promote.position(i.cell, i.id);
+        // A named target is the one choice: its position is read where it matters (a
+        // switchover's catch-up), not here, where it would only cost an order round trip.
+        const fresh = target === undefined ? await this.deps.steps.promote.position(i.cell, i.id) : null;
         return {
           instanceId: i.id,
           cell: i.cell,

@@ -62,6 +62,11 @@ export interface RejoinStep {
   /** A clean stop; the instance stays stopped until control raises its generation. */
   stop(cell: string, instanceId: string): Promise<OrderResult | undefined>;
   /**
+   * A primary stops taking client writes for `timeoutMs` and answers with its position
+   * (`positionValue`); refused with `SF_ERR_ENGINE_UNSUPPORTED` by engines that cannot.
+   */
+  pauseWrites(cell: string, instanceId: string, timeoutMs: number): Promise<OrderResult | undefined>;
+  /**
    * Waits until the instance runs at `generation` or later and its engine says it is a replica
    * (PostgreSQL in recovery, Redis `role:slave`): the demotion is real, not just configured.
    */
@@ -101,6 +106,9 @@ export function cellFencingSteps(deps: CellFencingStepsDeps): FencingSteps {
       return await sendOrder(deps.redis, deps.keys, cell, request, {
         timeoutMs: timeoutMs ?? deps.options.orderTimeoutMs,
         pollMs: deps.options.orderPollMs,
+        // An order its cell is executing is waited for: a definite answer from a slow cell is
+        // worth more than "no answer", which a sequence must treat as "maybe done".
+        runningMaxMs: deps.options.orderRunningMaxMs,
       });
     } catch {
       return undefined;
@@ -143,6 +151,8 @@ export function cellFencingSteps(deps: CellFencingStepsDeps): FencingSteps {
       repoint: (cell, instanceId, primary) => order(cell, { type: 'repoint', instanceId, primary }),
       // A clean PostgreSQL shutdown writes a checkpoint and may wait for WAL senders.
       stop: (cell, instanceId) => order(cell, { type: 'stop', instanceId }, engineWorkMs),
+      pauseWrites: (cell, instanceId, timeoutMs) =>
+        order(cell, { type: 'pause-writes', instanceId, timeoutMs }, positionMs),
       async awaitReplica(cell, instanceId, generation, timeoutMs) {
         const t0 = Date.now();
         let last = 'no report yet';

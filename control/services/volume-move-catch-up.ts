@@ -6,8 +6,11 @@
  * streaming — while the source serves. Once the replica has reached the primary's position:
  *
  * - a primary is handed over by the planned switchover of docs/fencing.md (route fenced under a
- *   new epoch, lease floor raised, exact catch-up, clean stop of the source, promotion, route
- *   published): writes fail only for that role switch, not for a copy or an engine start;
+ *   new epoch, lease floor raised, the source's writes paused — Redis — or, for engines that
+ *   cannot pause, the source stopped cleanly after the exact catch-up, promotion, route
+ *   published); the source leaves the service in the promotion commit and its cell stops it
+ *   after the new route is out: writes fail only for that role switch, not for a copy, an engine
+ *   start or a shutdown;
  * - a replica needs no switch: the primary is never touched.
  *
  * The source instance is then removed from the record and its volume deleted. Before the switch a
@@ -27,7 +30,11 @@ import type { InstanceRecord, ServiceRecord } from './service-types';
 export interface MoveSwitching {
   /** True when this control may run a switchover now (it leads). */
   canSwitch(): boolean;
-  /** Planned switchover of `service` to its replica `target`; resolves with how long writes were refused. */
+  /**
+   * Planned switchover of `service` to its replica `target`, which replaces the old primary: the
+   * old primary leaves the service in the promotion commit (its volume tombstoned) instead of
+   * rejoining as a replica. Resolves with how long writes were refused.
+   */
   switchover(service: string, target: string): Promise<{ windowMs: number | null }>;
   /** A store op that lets the volume of `instanceId` on `cell` be deleted once the cell can (tombstone). */
   tombstoneOp(cell: string, instanceId: string, service: string): CasOp;
@@ -170,6 +177,8 @@ export class MoveCatchUp {
       const rec = cur ? editable(cur) : null;
       const source = rec?.instances.find((i) => i.id === m.instanceId);
       const target = rec?.instances.find((i) => i.id === m.targetInstanceId);
+      // A primary's switchover retires the source in the commit that promotes the target.
+      if (rec && target && !source && !target.moveOf) return { done: undefined };
       if (!rec || !source || !target || source.cell !== m.from || source.role === 'primary')
         throw new SfError(ErrorCode.ActionRefused, `${m.instanceId} changed during the move`);
       rec.instances = rec.instances.filter((i) => i.id !== source.id);

@@ -15,7 +15,7 @@
  * restarts the source on its own volume (which nothing touched); a target that does not start
  * after the hand-off gives the instance back to the source, whose data is what was copied.
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { ErrorCode, SfError, createRedis, errorMessageOf, isSfError } from '../../common';
 import { fenceLease, type CellEvent, type InstanceRole } from '../../protocol';
@@ -243,8 +243,22 @@ export class VolumeMover {
     return 'copy';
   }
 
-  private async order(cell: string, request: OrderRequest, timeoutMs = 60_000): Promise<Record<string, unknown>> {
-    const result = await sendOrder(this.redis, this.store.keys, cell, request, { timeoutMs, pollMs: 50 });
+  private async order(
+    cell: string,
+    request: OrderRequest,
+    timeoutMs = 60_000,
+    signal?: AbortSignal,
+    orderId?: string,
+  ): Promise<Record<string, unknown>> {
+    // An order the cell is still executing (a slow stop or delete on a loaded machine) is waited
+    // for, up to twice its bound; one nobody runs (a dead cell) fails at the bound.
+    const result = await sendOrder(this.redis, this.store.keys, cell, request, {
+      timeoutMs,
+      pollMs: 50,
+      runningMaxMs: 2 * timeoutMs,
+      ...(signal ? { signal } : {}),
+      ...(orderId ? { orderId } : {}),
+    });
     if (!result.ok)
       throw new SfError(
         ErrorCode.TransferFailed,
@@ -261,19 +275,29 @@ export class VolumeMover {
     final: boolean,
   ): Promise<void> {
     const before = this.copied.get(m.id) ?? 0;
+    // Aborted when the pass ends another way (a dead target): no polling for an hour after it.
+    const abandon = new AbortController();
+    const orderId = randomUUID();
     const copy = this.order(
       m.to,
       { type: 'import-volume', instanceId: m.instanceId, moveId: m.id, source: transfer, token, final },
       COPY_TIMEOUT_MS,
+      abandon.signal,
+      orderId,
     );
     let settled = false;
     const watch = (async () => {
       // A loaded cell can miss heartbeats for a second; only a longer silence counts as death.
+      // A cell that renews the copy order's running mark is alive and copying, whatever its
+      // registration says: on a loaded machine a receiving cell missed heartbeats for seconds
+      // and a copy that was progressing was taken for a dead target.
       let missingSince: number | null = null;
       while (!settled) {
         await new Promise((r) => setTimeout(r, 500));
         if (settled) return;
-        const present = await this.redis.exists(this.store.keys.cell(m.to).registration);
+        const present =
+          (await this.redis.exists(this.store.keys.cell(m.to).registration)) === 1 ||
+          (await this.redis.exists(this.store.keys.orderRunning(orderId))) === 1;
         missingSince = present ? null : (missingSince ?? Date.now());
         if (missingSince !== null && Date.now() - missingSince >= DEAD_AFTER_MS)
           throw new SfError(ErrorCode.TransferFailed, `cell ${m.to} died during the copy`);
@@ -288,6 +312,7 @@ export class VolumeMover {
       await this.save(m);
     } finally {
       settled = true;
+      abandon.abort();
       copy.catch(() => undefined);
       watch.catch(() => undefined);
     }
@@ -400,9 +425,16 @@ export class VolumeMover {
         const { windowMs } = await catchUp.switchover(m);
         return windowMs ?? Date.now() - t0;
       } catch (err) {
+        // Each of these is refused before anything was stopped or promoted: "not the leader"
+        // before the first step (a control on a loaded machine can miss a lease renewal and
+        // take the lead back a moment later), the others undone by the switchover itself.
         const retriable =
-          isSfError(err) && (err.code === ErrorCode.OrderFailed || err.code === ErrorCode.CatchUpTimeout);
+          isSfError(err) &&
+          (err.code === ErrorCode.OrderFailed ||
+            err.code === ErrorCode.CatchUpTimeout ||
+            err.code === ErrorCode.NotLeader);
         if (!retriable || attempt >= SWITCH_ATTEMPTS) throw err;
+        if (isSfError(err) && err.code === ErrorCode.NotLeader) await new Promise((r) => setTimeout(r, 2_000));
         await this.event(
           m,
           'volume-move-progress',

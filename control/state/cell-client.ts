@@ -94,6 +94,14 @@ export interface SendOrderOptions {
   pollMs?: number;
   /** @default a random UUID */
   orderId?: string;
+  /**
+   * Past `timeoutMs`, wait on while the cell marks the order running (it renews the mark while it
+   * executes; the mark lapses within seconds of a cell's death), up to this long from the send.
+   * A slow engine under load then answers instead of being taken for a dead one. @default timeoutMs
+   */
+  runningMaxMs?: number;
+  /** Stops waiting (rejects) once aborted: the caller gave up on the order another way. */
+  signal?: AbortSignal;
 }
 
 /**
@@ -111,16 +119,33 @@ export async function sendOrder(
   const orderId = options.orderId ?? randomUUID();
   const timeoutMs = options.timeoutMs ?? 30_000;
   await redis.lpush(keys.cell(cell).orders, JSON.stringify({ ...request, orderId }));
-  const deadline = Date.now() + timeoutMs;
+  const sentAt = Date.now();
+  const deadline = sentAt + timeoutMs;
+  const ceiling = sentAt + Math.max(timeoutMs, options.runningMaxMs ?? 0);
+  let seenRunning = false;
   // Polling one key is cheap and needs no dedicated subscriber connection per caller.
   for (;;) {
     const json = await redis.get(keys.orderResult(orderId));
     if (json) return JSON.parse(json) as OrderResult;
-    if (Date.now() > deadline) {
+    if (options.signal?.aborted)
       throw new SfError(
         ErrorCode.OrderTimeout,
-        `no result for ${request.type} order ${orderId} from cell ${cell} within ${timeoutMs} ms`,
+        `stopped waiting for ${request.type} order ${orderId} from cell ${cell}`,
       );
+    if (Date.now() > deadline) {
+      const running = Date.now() <= ceiling && (await redis.exists(keys.orderRunning(orderId))) === 1;
+      seenRunning ||= running;
+      if (!running) {
+        // The result may have landed between the two reads.
+        const late = await redis.get(keys.orderResult(orderId));
+        if (late) return JSON.parse(late) as OrderResult;
+        throw new SfError(
+          ErrorCode.OrderTimeout,
+          `no result for ${request.type} order ${orderId} from cell ${cell} within ${Date.now() - sentAt} ms${
+            seenRunning && Date.now() > ceiling ? ' (the cell was still running it)' : ''
+          }`,
+        );
+      }
     }
     await new Promise((r) => setTimeout(r, options.pollMs ?? 50));
   }

@@ -15,6 +15,7 @@ import type { ControlServerOptions } from '../../control/control-server';
 import type { ServicePlaneOptions, ServiceView } from '../../control';
 import { startControlHarness, type ControlHarness } from './control-harness';
 import { freePort } from './free-port';
+import { killProcessesUnder } from './process-sweep';
 import { startRedisServer, type RedisServerHandle } from './redis-server';
 import { runSf, waitForHealth, type SfProcess } from './sf-process';
 import { eventually } from './tcp-client';
@@ -225,25 +226,35 @@ export async function startServiceCluster(options: ClusterOptions = {}): Promise
       return last as ServiceView;
     },
     async stop() {
-      await Promise.all(cells.map((c) => c.proc.stop()));
-      await router.stop();
+      // Each part is stopped whatever happened to the one before: a failed step must not leave
+      // the state Redis or an engine running.
+      const attempt = async (work: () => Promise<unknown>): Promise<void> => {
+        await work().catch(() => undefined);
+      };
+      await attempt(() => Promise.all(cells.map((c) => c.proc.stop())));
+      await attempt(() => router.stop());
       // Engines of a cell that was SIGKILLed outlive it; their pids are in the actual hashes.
-      for (const name of await state.smembers(KEYS.cells)) {
-        for (const text of Object.values(await state.hgetall(KEYS.cell(name).actual))) {
-          const pid = (JSON.parse(text) as ActualInstance).pid;
-          if (!pid) continue;
-          for (const target of [-pid, pid]) {
-            try {
-              process.kill(target, 'SIGKILL');
-            } catch {
-              // Already gone.
+      await attempt(async () => {
+        for (const name of await state.smembers(KEYS.cells)) {
+          for (const text of Object.values(await state.hgetall(KEYS.cell(name).actual))) {
+            const pid = (JSON.parse(text) as ActualInstance).pid;
+            if (!pid) continue;
+            for (const target of [-pid, pid]) {
+              try {
+                process.kill(target, 'SIGKILL');
+              } catch {
+                // Already gone.
+              }
             }
           }
         }
-      }
+      });
+      // Whatever else runs with this platform's data directory on its command line (an engine
+      // whose cell forgot it, or a cell that did not stop): found in /proc, ended by pid.
+      await attempt(() => killProcessesUnder(dataDir));
       // Containers of a SIGKILLed cell outlive it too; they carry the cell's data directory.
-      if (options.cellEnv?.DOCKER_HOST) await removeContainers(options.cellEnv.DOCKER_HOST, dataDir);
-      for (const c of controls) if (!stopped.has(c)) await c.stop().catch(() => undefined);
+      if (options.cellEnv?.DOCKER_HOST) await attempt(() => removeContainers(options.cellEnv!.DOCKER_HOST!, dataDir));
+      for (const c of controls) if (!stopped.has(c)) await attempt(() => c.stop());
       state.disconnect();
       await redis.stop();
       await rm(dataDir, { recursive: true, force: true });

@@ -85,21 +85,36 @@ describe('volume move', function () {
   };
 
   const startMove = async (service: string, to: string, extra: Record<string, unknown> = {}): Promise<MoveView> => {
-    const res = await cluster.api<MoveView>('POST', `/v3/service_instances/${service}/actions/move`, { to, ...extra });
+    const post = (): Promise<{ status: number; body: MoveView }> =>
+      cluster.api<MoveView>('POST', `/v3/service_instances/${service}/actions/move`, { to, ...extra });
+    let res = await post();
+    // The harness's cells hold a 1 s registration: on a loaded machine one can look dead for a
+    // moment, and the move is rightly refused then. Asked again once it is back; any other
+    // refusal is the answer.
+    const deadline = Date.now() + 60_000;
+    while (res.status !== 202 && /not alive|no live cell/.test(JSON.stringify(res.body)) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 500));
+      res = await post();
+    }
     expect(res.status, JSON.stringify(res.body)).to.equal(202);
     return res.body;
   };
 
   const finished = async (id: string, timeoutMs = 240_000): Promise<MoveView> => {
     let last: MoveView | undefined;
-    await eventually(
-      async () => {
-        last = (await cluster.api<MoveView>('GET', `/v3/moves/${id}`)).body;
-        return last.state === 'done' || last.state === 'failed';
-      },
-      timeoutMs,
-      `move ${id} finished`,
-    );
+    try {
+      await eventually(
+        async () => {
+          last = (await cluster.api<MoveView>('GET', `/v3/moves/${id}`)).body;
+          return last.state === 'done' || last.state === 'failed';
+        },
+        timeoutMs,
+        `move ${id} finished`,
+      );
+    } catch (err) {
+      // Where a slow move stood when the wait gave up says which phase took the time.
+      throw new Error(`${(err as Error).message}; last seen: ${JSON.stringify(last)}`, { cause: err });
+    }
     return last as MoveView;
   };
 
@@ -113,6 +128,18 @@ describe('volume move', function () {
       30_000,
       `volume of ${instance} on ${cell} deleted`,
     );
+
+  /** The service's fencing steps, oldest first, one per line (printed when a move fails). */
+  const fencingHistory = async (service: string): Promise<string> =>
+    (
+      await cluster.api<{ resources: Array<{ step: string; outcome: string; message: string; at: string }> }>(
+        'GET',
+        `/v3/service_instances/${service}/fencing`,
+      )
+    ).body.resources
+      .reverse()
+      .map((h) => `        ${h.at} ${h.step}:${h.outcome} ${h.message}`)
+      .join('\n');
 
   const actualOf = async (cell: string, instance: string): Promise<ActualInstance | null> => {
     const text = await cluster.state.hget(KEYS.cell(cell).actual, instance);
@@ -172,6 +199,19 @@ describe('volume move', function () {
       await cluster.api<{ resources: Array<{ type: string }> }>('GET', '/v3/service_instances/mv-redis/events')
     ).body.resources.map((e) => e.type);
     expect(events).to.include.members(['volume-move-started', 'volume-moved']);
+    // The source was paused, not stopped, before the promotion, and retired in the promotion
+    // commit rather than restarted as a replica.
+    const history = (
+      await cluster.api<{ resources: Array<{ step: string; outcome: string; instance_id?: string }> }>(
+        'GET',
+        '/v3/service_instances/mv-redis/fencing',
+      )
+    ).body.resources
+      .reverse()
+      .map((h) => `${h.step}:${h.outcome}`);
+    expect(history).to.include.members(['pause:ok', 'promote:ok', 'retire:ok']);
+    expect(history.indexOf('pause:ok')).to.be.lessThan(history.indexOf('promote:ok'));
+    expect(history.filter((h) => h.startsWith('stop:') || h.startsWith('rejoin:'))).to.deep.equal([]);
   });
 
   it('redis: moves a replica with --instance without touching the primary', async () => {
@@ -226,6 +266,7 @@ describe('volume move', function () {
     const move = await startMove('mv-pg', to);
     expect(move.method).to.equal('catch-up');
     const done = await finished(move.id);
+    if (done.state !== 'done') console.log(`      fencing history of mv-pg:\n${await fencingHistory('mv-pg')}`);
     expect(done.state, done.error ?? '').to.equal('done');
     await eventually(async () => (await psql(before.port, key, 'select 1')) === '1', 60_000, 'served after the move');
     const count = acked.length;
@@ -288,13 +329,28 @@ describe('volume move', function () {
       'writes after the failover',
     );
     await writer.stop();
-    // Sync durability: every acknowledged write survived the failover.
-    const values = await loader.mget(...writer.acked.map((n) => `w${n}`));
+    // Sync durability: every acknowledged write survived the failover. The read is retried when
+    // the connection drops (a route change after the old primary rejoined), never on its answer.
+    let values: Array<string | null> = [];
+    await eventually(
+      async () => {
+        values = await loader.mget(...writer.acked.map((n) => `w${n}`)).catch(() => []);
+        return values.length === writer.acked.length;
+      },
+      60_000,
+      'acknowledged writes read back',
+    );
     expect(
       writer.acked.filter((n, k) => values[k] !== String(n)),
       `acknowledged writes missing (of ${writer.acked.length})`,
     ).to.deep.equal([]);
-    expect((await loader.get('blob159'))?.length).to.equal(blob.length);
+    let last: string | null = null;
+    await eventually(
+      async () => (last = await loader.get('blob159').catch(() => null)) !== null,
+      60_000,
+      'blob read back',
+    );
+    expect(last ?? '').to.have.length(blob.length);
   });
 
   it('copy: a target cell killed during the copy leaves the source serving; a retry succeeds', async () => {
@@ -317,8 +373,11 @@ describe('volume move', function () {
       if (now.bytes > 0 || Date.now() > deadline || now.state !== 'copying') break;
       await new Promise((r) => setTimeout(r, 20));
     }
+    const t0 = Date.now();
+    const at = (): string => `+${Date.now() - t0} ms`;
     target.proc.child.kill('SIGKILL');
     const failed = await finished(move.id);
+    console.log(`      target cell killed; move failed at ${at()}: ${failed.error}`);
     expect(failed.state).to.equal('failed');
     expect(failed.error).to.match(/died|copy|transfer|cell/i);
 
@@ -331,6 +390,7 @@ describe('volume move', function () {
     // The cell comes back (same name and data directory) and the retry resumes and completes.
     cluster.cells.splice(cluster.cells.indexOf(target), 1);
     await cluster.startCell(to, target.zone);
+    console.log(`      cell ${to} registered again at ${at()}`);
     // The operator retries once the source reports running again (it is, or restarts after a
     // failure in phase 2); a refusal says why.
     let retry: MoveView | undefined;
@@ -349,7 +409,11 @@ describe('volume move', function () {
       `move retried (${refusal})`,
     );
     if (!retry) throw new Error('no retry');
+    console.log(`      retry accepted at ${at()}`);
     const done = await finished(retry.id);
+    console.log(
+      `      retry ${done.state} at ${at()}: ${(done.bytes / 1048576).toFixed(1)} MB, writes refused ${done.write_window_ms} ms`,
+    );
     expect(done.state, done.error ?? '').to.equal('done');
     expect(done.bytes).to.be.greaterThan(15 * 1024 * 1024);
     const after = await cluster.waitForService('mv-kill', 120_000);

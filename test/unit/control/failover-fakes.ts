@@ -186,9 +186,16 @@ export type Failure = 'throw' | 'refuse' | 'silent';
 /** Fencing steps that log each effect (`publish:fenced:cache-0`, `shoot:cache-0`, ...). */
 export class FakeSteps {
   readonly log: string[] = [];
-  fail: Partial<Record<'publish' | 'shoot' | 'floor' | 'promote' | 'stop' | 'rejoin' | 'commit', Failure>> = {};
+  fail: Partial<Record<'publish' | 'shoot' | 'floor' | 'promote' | 'stop' | 'pause' | 'rejoin' | 'commit', Failure>> =
+    {};
+  /** Whether the engine can pause writes (Redis can); otherwise a pause is refused as unsupported. */
+  canPause = false;
+  /** Per pause order: whether the record marked the primary fenced when it was sent. */
+  readonly pausedWhileMarked: boolean[] = [];
   /** Positions per instance, for the catch-up and the choice. */
   positions = new Map<string, bigint>();
+  /** How far an instance's position moves on after each read (a replica catching up). */
+  advance = new Map<string, bigint>();
 
   constructor(private readonly store: FakeStore) {}
 
@@ -233,13 +240,31 @@ export class FakeSteps {
       lift: async (cell) => this.answer('shoot', 'unfence-network', `lift:${cell}`),
     },
     promote: {
-      position: async (_cell, id) => this.positions.get(id) ?? 100n,
+      position: async (_cell, id) => {
+        const now = this.positions.get(id) ?? 100n;
+        this.positions.set(id, now + (this.advance.get(id) ?? 0n));
+        return now;
+      },
       promote: async (_cell, id, epoch) =>
         this.answer('promote', 'promote', `promote:${id}:${epoch}`, { positionValue: '100' }),
     },
     rejoin: {
       repoint: async (_cell, id) => this.answer('rejoin', 'repoint', `repoint:${id}`),
       stop: async (_cell, id) => this.answer('stop', 'stop', `stop:${id}`),
+      pauseWrites: async (_cell, id) => {
+        this.pausedWhileMarked.push(this.store.rec?.instances.find((i) => i.id === id)?.fenced !== undefined);
+        if (!this.canPause) {
+          this.log.push(`pause-unsupported:${id}`);
+          return {
+            ...refused('pause-writes', `${id} cannot pause`),
+            error: { code: ErrorCode.EngineUnsupported, message: `${id} cannot pause` },
+          };
+        }
+        return this.answer('pause', 'pause-writes', `pause:${id}`, {
+          paused: true,
+          positionValue: String(this.positions.get(id) ?? 100n),
+        });
+      },
       awaitReplica: async (_cell, id, generation) => {
         this.log.push(`await-replica:${id}:${generation}`);
         return this.fail.rejoin

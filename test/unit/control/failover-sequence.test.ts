@@ -368,6 +368,98 @@ describe('FencingSequence', () => {
       expect(w.history.steps.map((s) => s.step)).to.include.members(['stop', 'rejoin', 'commit-check']);
     });
 
+    it('an engine that pauses writes is paused, not stopped, before the promotion, and restarted as a replica after it', async () => {
+      const w = world();
+      w.steps.canPause = true;
+      const rec = await w.sequence.switchover(w.op('switchover'));
+      // The pause goes out with the route fence (after the record marks the switchover), not after it.
+      const order = [
+        'pause:cache-0',
+        'publish:primary=none:fenced=cache-0',
+        'await-routers',
+        'floor:cache-0:2',
+        'promote:cache-1:2',
+        'publish:primary=cache-1',
+        'await-replica:cache-0:1',
+      ];
+      const idx = order.map((p) => w.steps.at(p));
+      expect(
+        idx.every((i) => i >= 0),
+        w.steps.log.join(' '),
+      ).to.equal(true);
+      expect([...idx].sort((a, b) => a - b)).to.deep.equal(idx);
+      // No shutdown between the route fence and the new route: the restart as a replica stops it.
+      expect(w.steps.at('stop')).to.equal(-1);
+      expect(rec.instances.find((i) => i.id === 'cache-0')).to.include({ role: 'replica', generation: 1, epoch: 2 });
+      expect(w.history.steps.find((s) => s.step === 'pause')?.outcome).to.equal('ok');
+      expect(w.steps.pausedWhileMarked).to.deep.equal([true]);
+    });
+
+    it('the catch-up goal is the paused position: a target below it is never promoted', async () => {
+      const w = world();
+      w.steps.canPause = true;
+      w.steps.positions.set('cache-0', 200n);
+      w.steps.positions.set('cache-1', 150n);
+      expect((await refusal(w.sequence.switchover(w.op('switchover')))).code).to.equal(ErrorCode.CatchUpTimeout);
+      expect(w.steps.at('promote:cache-1')).to.equal(-1);
+      // Abandoned: the promote that re-confirms the old primary comes after the pause (it lifts it).
+      expect(w.steps.at('promote:cache-0:2')).to.be.greaterThan(w.steps.at('pause:cache-0'));
+      expect(storeRecord(w.store).instances[0]).to.include({ role: 'primary', epoch: 2, generation: 0 });
+    });
+
+    it('a target that keeps advancing is waited for past the catch-up bound', async () => {
+      const w = world();
+      w.steps.canPause = true;
+      w.steps.positions.set('cache-0', 200n);
+      w.steps.positions.set('cache-1', 100n);
+      // One step per read, 20 ms apart: about 2 s to the goal, ten times the 200 ms bound.
+      w.steps.advance.set('cache-1', 1n);
+      const rec = await w.sequence.switchover(w.op('switchover'));
+      expect(rec.instances.find((i) => i.id === 'cache-1')?.role).to.equal('primary');
+      expect((w.steps.positions.get('cache-1') ?? 0n) >= 200n).to.equal(true);
+    });
+
+    it('a pause without an answer falls back to the clean stop before the promotion', async () => {
+      const w = world();
+      w.steps.canPause = true;
+      w.steps.fail.pause = 'silent';
+      await w.sequence.switchover(w.op('switchover'));
+      expect(w.steps.at('pause:cache-0')).to.be.lessThan(w.steps.at('stop:cache-0'));
+      expect(w.steps.at('stop:cache-0')).to.be.lessThan(w.steps.at('promote:cache-1:2'));
+      expect(w.history.steps.find((s) => s.step === 'pause')?.outcome).to.equal('degraded');
+    });
+
+    it('retire: the old primary leaves the record in the promotion commit and is not restarted', async () => {
+      const w = world(
+        service({
+          replicas: 0,
+          durability: 'async',
+          instances: [
+            instance('cache-0', 'cell-1', 'primary'),
+            instance('cache-2', 'cell-2', 'replica', { moveOf: 'cache-0' }),
+          ],
+        }),
+      );
+      w.steps.canPause = true;
+      const retired: string[] = [];
+      const rec = await w.sequence.switchover(w.op('switchover'), 'cache-2', {
+        awaitRejoin: false,
+        retire: (_rec, old) => {
+          retired.push(old.id);
+          return [];
+        },
+      });
+      expect(retired).to.deep.equal(['cache-0']);
+      expect(rec.instances.map((i) => i.id)).to.deep.equal(['cache-2']);
+      expect(rec.instances[0]).to.include({ role: 'primary', epoch: 2 });
+      expect(rec.instances[0].moveOf).to.equal(undefined);
+      expect(w.steps.at('await-replica')).to.equal(-1);
+      expect(w.steps.at('stop')).to.equal(-1);
+      // The promotion is one commit: no record ever showed the new primary next to the old one.
+      expect(w.store.writes.some((r) => r.instances.filter((i) => i.role === 'primary').length > 1)).to.equal(false);
+      expect(w.history.steps.map((s) => s.step)).to.include('retire');
+    });
+
     it('async durability: no commit check', async () => {
       const w = world(service({ durability: 'async' }));
       await w.sequence.switchover(w.op('switchover'));
