@@ -4,8 +4,10 @@
  * features still being built) are added to `FAULT_KINDS` with `optIn` set, so the default
  * schedule leaves them out until they are expected to pass, and `--kinds` can still ask for them.
  */
-import type { FaultPlatform, ServiceViewLite } from './fault-platform';
+import { FaultPlatform } from './fault-platform';
+import type { FaultPlatformBase, PlatformMode, ServiceViewLite } from './fault-platform-base';
 import type { Prng } from './fault-prng';
+import { SfUpFaultPlatform } from './fault-sf-up-platform';
 import type { EngineName } from './fault-writers';
 
 export interface FaultService {
@@ -14,7 +16,7 @@ export interface FaultService {
 }
 
 export interface FaultContext {
-  platform: FaultPlatform;
+  platform: FaultPlatformBase;
   rng: Prng;
   services: readonly FaultService[];
   /** The step number, for unique names (e.g. a bad failover target). */
@@ -36,6 +38,13 @@ export interface AppliedFault {
   action?: { code: number; output: string; ms: number };
   /** Expected exit code of the action (0 unless said otherwise). */
   expectedCode?: number;
+  /**
+   * When the platform was started again, for a fault that stops it on purpose (`sf-up-restart`):
+   * recovery is measured from here, as the time the platform takes to serve again.
+   */
+  restartedAt?: number;
+  /** Invariants the fault itself found broken (e.g. `sf up` did not stop on Ctrl-C). */
+  problems?: Array<{ invariant: string; details: string }>;
 }
 
 export interface FaultKind {
@@ -43,6 +52,12 @@ export interface FaultKind {
   description: string;
   /** Set when the kind needs a feature under construction: why it is not in the default schedule. */
   optIn?: string;
+  /** The platforms it can run on (`--platform`); every one when absent. */
+  platforms?: readonly PlatformMode[];
+  /** Why it cannot run on the other platforms. */
+  platformsReason?: string;
+  /** Its own `write-recovery` bound, when the general one does not fit what it does. */
+  recoveryBoundMs?: number;
   apply(ctx: FaultContext): Promise<AppliedFault>;
 }
 
@@ -89,7 +104,8 @@ export const engineKill: FaultKind = {
 
 export const cellKill: FaultKind = {
   name: 'cell-kill',
-  description: 'SIGKILL of a cell agent (engines keep running), restarted 1-4 s later as a supervisor would',
+  description:
+    'SIGKILL of a cell agent (engines keep running), restarted 1-4 s later as a supervisor would (by sf up itself under --platform sf-up)',
   async apply(ctx) {
     const { svc, view } = await targetService(ctx);
     // Mostly the primary's cell (the interesting case), sometimes any cell.
@@ -97,14 +113,12 @@ export const cellKill: FaultKind = {
     const downMs = ctx.rng.int(1_000, 4_000);
     await ctx.platform.refreshEnginePids();
     const at = performance.now();
-    await ctx.platform.killCell(cell);
-    await sleep(downMs);
-    await ctx.platform.startCell(cell);
+    const back = await ctx.platform.restartCell(cell, downMs);
     return {
       kind: this.name,
       service: svc.name,
       target: cell,
-      detail: `SIGKILL ${cell}${primaryOf(view)?.cell === cell ? ` (primary of ${svc.name})` : ''}, restarted after ${downMs} ms`,
+      detail: `SIGKILL ${cell}${primaryOf(view)?.cell === cell ? ` (primary of ${svc.name})` : ''}, ${back}`,
       at,
     };
   },
@@ -228,9 +242,14 @@ export const platformRestart: FaultKind = {
   // (bench/lib/fault-platform.ts), with the same effect on engines and the store as a restart
   // of a supervising `sf up` (cli/supervisor.ts): both are kept.
   description: 'what a restart of `sf up` does: control, router and cells stopped and started, engines kept',
+  platforms: ['processes'],
+  platformsReason:
+    'it is the harness playing the supervisor; with --platform sf-up, sf-up-restart restarts the real one',
   async apply(ctx) {
+    const platform = ctx.platform;
+    if (!(platform instanceof FaultPlatform)) throw new Error('platform-restart needs --platform processes');
     const at = performance.now();
-    await ctx.platform.restartPlatformProcesses();
+    await platform.restartPlatformProcesses();
     return { kind: this.name, target: 'control, router, cells', detail: 'SIGTERM all, restarted', at };
   },
 };
@@ -240,8 +259,13 @@ export const cellPartition: FaultKind = {
   description:
     'the link of the cell in its own network namespace is cut for 2-8 s, then healed (the agent keeps running)',
   optIn: 'needs root for network namespaces; the checker then runs one cell in a namespace',
+  platforms: ['processes'],
+  platformsReason:
+    'it needs a cell in a network namespace of its own, and sf up starts every cell in the host namespace',
   async apply(ctx) {
-    const cell = ctx.platform.partitionableCellName;
+    const platform = ctx.platform;
+    if (!(platform instanceof FaultPlatform)) throw new Error('cell-partition needs --platform processes');
+    const cell = platform.partitionableCellName;
     const at = performance.now();
     if (!cell) return { kind: this.name, detail: 'no partitionable cell: nothing done', at };
     const ms = ctx.rng.int(2_000, 8_000);
@@ -251,12 +275,55 @@ export const cellPartition: FaultKind = {
       for (const i of view?.instances ?? []) if (i.cell === cell) onIt.push(`${i.id} (${i.role})`);
     }
     const cutAt = performance.now();
-    await ctx.platform.partitionCell(ms);
+    await platform.partitionCell(ms);
     return {
       kind: this.name,
       target: cell,
       detail: `${cell} cut off for ${ms} ms; on it: ${onIt.join(', ') || 'nothing'}`,
       at: cutAt,
+    };
+  },
+};
+
+/**
+ * The measure for a restart of `sf up` with replicated services: all serve their data within
+ * 15 s of the new start (engines are stopped by Ctrl-C and started again with their volumes).
+ */
+const SF_UP_RESTART_BOUND_MS = 15_000;
+
+export const sfUpRestart: FaultKind = {
+  name: 'sf-up-restart',
+  description:
+    '`sf up` stopped with Ctrl-C (SIGINT to its process group as a terminal sends it, or to sf up alone) and started again on the same data directory',
+  platforms: ['sf-up'],
+  platformsReason: 'it restarts a real sf up process',
+  recoveryBoundMs: SF_UP_RESTART_BOUND_MS,
+  async apply(ctx) {
+    const platform = ctx.platform;
+    if (!(platform instanceof SfUpFaultPlatform)) throw new Error('sf-up-restart needs --platform sf-up');
+    const terminal = ctx.rng.chance(0.5);
+    const at = performance.now();
+    const r = await platform.restartSfUp(terminal);
+    const problems: AppliedFault['problems'] = [];
+    if (r.exitCode !== 0)
+      problems.push({
+        invariant: 'sf-up-stops',
+        details: `sf up ${r.exitCode === null ? 'did not exit' : `exited ${r.exitCode}`} ${Math.round(r.stopMs)} ms after SIGINT`,
+      });
+    if (r.leftoverComponents.length > 0)
+      problems.push({
+        invariant: 'sf-up-stops',
+        details: `components still running after sf up exited: ${r.leftoverComponents.join(', ')} (killed)`,
+      });
+    return {
+      kind: this.name,
+      target: 'sf up',
+      detail:
+        `SIGINT to ${terminal ? 'the process group (terminal Ctrl-C)' : 'sf up alone'}: exit ${r.exitCode ?? '-'} after ${r.stopMs} ms, ` +
+        `${r.enginesLeftRunning} engine(s) still running; started again, ready after ${r.readyMs} ms`,
+      at,
+      restartedAt: r.startedAt,
+      problems,
     };
   },
 };
@@ -275,17 +342,30 @@ export const FAULT_KINDS: readonly FaultKind[] = [
   stateRedisWipe,
   platformRestart,
   cellPartition,
+  sfUpRestart,
 ];
 
-export function defaultFaultKinds(): FaultKind[] {
-  return FAULT_KINDS.filter((k) => !k.optIn);
+export function runsOn(kind: FaultKind, mode: PlatformMode): boolean {
+  return !kind.platforms || kind.platforms.includes(mode);
 }
 
-/** Kinds by name; throws naming the unknown one. */
-export function faultKindsByName(names: readonly string[]): FaultKind[] {
+/** The default schedule of a platform: the kinds without `optIn` that run on it. */
+export function defaultFaultKinds(mode: PlatformMode = 'processes'): FaultKind[] {
+  return FAULT_KINDS.filter((k) => !k.optIn && runsOn(k, mode));
+}
+
+/**
+ * Kinds by name, for platform `mode`; throws naming an unknown one, or one that cannot run on
+ * that platform and why.
+ */
+export function faultKindsByName(names: readonly string[], mode: PlatformMode = 'processes'): FaultKind[] {
   return names.map((n) => {
     const kind = FAULT_KINDS.find((k) => k.name === n);
     if (!kind) throw new Error(`unknown fault kind '${n}' (known: ${FAULT_KINDS.map((k) => k.name).join(', ')})`);
+    if (!runsOn(kind, mode))
+      throw new Error(
+        `fault kind '${n}' cannot run with --platform ${mode}: ${kind.platformsReason ?? `it runs on ${kind.platforms?.join(', ')}`}`,
+      );
     return kind;
   });
 }
