@@ -39,6 +39,12 @@ export interface AppliedFault {
   /** Expected exit code of the action (0 unless said otherwise). */
   expectedCode?: number;
   /**
+   * Exit codes that are all right, instead of `expectedCode`: a switchover asked while the service
+   * had no running replica (an earlier fault not yet recovered) may succeed once one is back, or
+   * be refused (exit 2, "no running replica to promote") as validation demands.
+   */
+  acceptedCodes?: number[];
+  /**
    * When the platform was started again, for a fault that stops it on purpose (`sf-up-restart`):
    * recovery is measured from here, as the time the platform takes to serve again.
    */
@@ -85,6 +91,56 @@ async function cliAction(
   const at = performance.now();
   const action = await ctx.platform.sf(args);
   return { kind, service: svc.name, detail, at, action, expectedCode, refused: expectedCode !== 0 };
+}
+
+/** A switchover is possible only with a running replica; without one it must be refused. */
+function switchoverCodes(view: ServiceViewLite | undefined, replicaId?: string): Partial<AppliedFault> {
+  const ready = view?.instances.some(
+    (i) => i.role === 'replica' && i.state === 'running' && (replicaId === undefined || i.id === replicaId),
+  );
+  return ready ? {} : { acceptedCodes: [0, 2], detail: ' (no running replica when asked: exit 0 or 2)' };
+}
+
+/** Failovers the platform starts on its own. */
+const AUTOMATIC_TRIGGERS = new Set(['cell-dead', 'instance-failed', 'lease-lost']);
+/** How far before an action an automatic failover still counts as under way. */
+const UNDER_WAY_MS = 30_000;
+
+/**
+ * An automatic failover of `service` that began from UNDER_WAY_MS before `at` on (an earlier fault
+ * not yet recovered, or one the action's own CLI start-up overlapped), from its fencing history.
+ */
+async function automaticFailoverNear(ctx: FaultContext, service: string, at: number): Promise<string | undefined> {
+  const wallFrom = Date.now() - (performance.now() - at) - UNDER_WAY_MS;
+  try {
+    const res = await ctx.platform.api<{ resources?: Array<{ trigger: string; step: string; at: string }> }>(
+      'GET',
+      `/v3/service_instances/${service}/fencing`,
+    );
+    const e = (res.body.resources ?? []).find((r) => AUTOMATIC_TRIGGERS.has(r.trigger) && Date.parse(r.at) >= wallFrom);
+    return e ? `${e.trigger}/${e.step} at ${e.at}` : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * A switchover or fence needs a replica to promote; asked while none was running (an earlier
+ * fault not yet recovered) or while an automatic failover was under way, validation must refuse
+ * it with exit 2 and leave the service alone, or it may succeed once a replica is back: either is
+ * right. A refusal of a healthy service is still a violation.
+ */
+async function withCodes(ctx: FaultContext, fault: AppliedFault, codes: Partial<AppliedFault>): Promise<AppliedFault> {
+  if (codes.acceptedCodes)
+    return { ...fault, acceptedCodes: codes.acceptedCodes, detail: `${fault.detail}${codes.detail ?? ''}` };
+  if (fault.action?.code !== 2 || !fault.service) return fault;
+  const failover = await automaticFailoverNear(ctx, fault.service, fault.at);
+  if (!failover) return fault;
+  return {
+    ...fault,
+    acceptedCodes: [0, 2],
+    detail: `${fault.detail} (refused during an automatic failover: ${failover})`,
+  };
 }
 
 export const engineKill: FaultKind = {
@@ -149,8 +205,12 @@ export const failoverPlanned: FaultKind = {
   name: 'failover-planned',
   description: '`sf failover NAME` on a healthy service (planned switchover)',
   async apply(ctx) {
-    const { svc } = await targetService(ctx);
-    return cliAction(ctx, this.name, svc, ['failover', svc.name], `sf failover ${svc.name}`);
+    const { svc, view } = await targetService(ctx);
+    return withCodes(
+      ctx,
+      await cliAction(ctx, this.name, svc, ['failover', svc.name], `sf failover ${svc.name}`),
+      switchoverCodes(view),
+    );
   },
 };
 
@@ -162,12 +222,16 @@ export const failoverTo: FaultKind = {
     const replica = view?.instances.find((i) => i.role === 'replica');
     if (!replica)
       return { kind: this.name, service: svc.name, detail: 'no replica: nothing done', at: performance.now() };
-    return cliAction(
+    return withCodes(
       ctx,
-      this.name,
-      svc,
-      ['failover', svc.name, '--to', replica.id],
-      `sf failover ${svc.name} --to ${replica.id}`,
+      await cliAction(
+        ctx,
+        this.name,
+        svc,
+        ['failover', svc.name, '--to', replica.id],
+        `sf failover ${svc.name} --to ${replica.id}`,
+      ),
+      switchoverCodes(view, replica.id),
     );
   },
 };
@@ -193,7 +257,7 @@ export const fenceUnfence: FaultKind = {
   name: 'fence-unfence',
   description: '`sf fence NAME`, then `sf unfence NAME` 0.5-2 s later',
   async apply(ctx) {
-    const { svc } = await targetService(ctx);
+    const { svc, view } = await targetService(ctx);
     const pauseMs = ctx.rng.int(500, 2_000);
     const at = performance.now();
     const fence = await ctx.platform.sf(['fence', svc.name]);
@@ -201,18 +265,22 @@ export const fenceUnfence: FaultKind = {
     const unfence = await ctx.platform.sf(['unfence', svc.name]);
     // Only the fence must succeed: under `auto` the fence already promoted a replica and rejoined
     // the old primary, and `sf unfence` then answers 1 "nothing to unfence" by design.
-    return {
-      kind: this.name,
-      service: svc.name,
-      detail: `sf fence ${svc.name} (exit ${fence.code}); ${pauseMs} ms; sf unfence (exit ${unfence.code})`,
-      at,
-      action: {
-        code: fence.code,
-        output: `fence: ${fence.output}\nunfence: ${unfence.output}`,
-        ms: fence.ms + unfence.ms,
+    return withCodes(
+      ctx,
+      {
+        kind: this.name,
+        service: svc.name,
+        detail: `sf fence ${svc.name} (exit ${fence.code}); ${pauseMs} ms; sf unfence (exit ${unfence.code})`,
+        at,
+        action: {
+          code: fence.code,
+          output: `fence: ${fence.output}\nunfence: ${unfence.output}`,
+          ms: fence.ms + unfence.ms,
+        },
+        expectedCode: 0,
       },
-      expectedCode: 0,
-    };
+      switchoverCodes(view),
+    );
   },
 };
 

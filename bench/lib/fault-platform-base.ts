@@ -281,8 +281,12 @@ export abstract class FaultPlatformBase {
     }
   }
 
-  /** Runs the real `sf` CLI against this platform, as an operator would. */
-  sf(args: string[], timeoutMs = 90_000): Promise<CliResult> {
+  /**
+   * Runs the real `sf` CLI against this platform, as an operator would. The deadline is long: a
+   * PostgreSQL switchover reports only once the old primary runs as a standby again, which took
+   * over 90 s at load average 40 (a CLI killed by the deadline exits 1 with no output).
+   */
+  sf(args: string[], timeoutMs = 300_000): Promise<CliResult> {
     const t0 = performance.now();
     return new Promise((done) => {
       execFile(
