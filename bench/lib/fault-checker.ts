@@ -327,6 +327,8 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
 
   /** instance id -> its cell, from every view seen. */
   const cellOf = new Map<string, string>();
+  /** service -> when the monitor last saw its status other than `running`. */
+  const lastNotRunningAt = new Map<string, number>();
   let monitoring = true;
   const monitor = async (): Promise<void> => {
     while (monitoring) {
@@ -383,10 +385,15 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
           // While the router process itself is down or restarting, failed writes say nothing about
           // the service's status (control reports services, not routers): counted from its return.
           const routerBack = platform.routerUpSince();
+          // A status that said `starting` or `degraded` while writes failed told the truth: the
+          // failure counts from the last time the service was seen not running (the earliest the
+          // status can have turned `running`), e.g. a primary started again by `sf up` that
+          // reports running a moment before its commit check finds no standby yet.
+          if (view && view.status !== 'running') lastNotRunningAt.set(svc.name, started);
           const failingMs =
             failingSince === undefined || routerBack === undefined
               ? 0
-              : performance.now() - Math.max(failingSince, routerBack);
+              : performance.now() - Math.max(failingSince, routerBack, lastNotRunningAt.get(svc.name) ?? 0);
           episode(
             `running-while-failing:${svc.name}`,
             view?.status === 'running' && failingMs > runningWhileFailingBound,
