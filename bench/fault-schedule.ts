@@ -7,65 +7,31 @@
  * bench/results/fault-schedule-<seed>.json.
  *
  *   node dist/bench/fault-schedule.js --seed 7 --faults 20 [--engines redis,postgres]
- *     [--kinds engine-kill,cell-kill,...] [--recovery-bound-ms 10000] [--log-dir DIR]
- *     [--log-level info] [--list]
+ *     [--kinds engine-kill,cell-kill,...] [--platform processes|sf-up] [--recovery-bound-ms 10000]
+ *     [--log-dir DIR] [--log-level info] [--list]
+ *
+ * `--platform processes` (the default) starts the state redis, control, router and cells one by
+ * one and restarts them itself; `--platform sf-up` runs one real `sf up` whose supervisor restarts
+ * what a fault kills, and adds the `sf-up-restart` fault (Ctrl-C, then `sf up` again). Kinds that
+ * cannot run on the chosen platform (`cell-partition` needs a cell in a network namespace) are
+ * refused with exit 2.
  *
  * Exit code 0 with no violation, 1 with any (or when the run could not start), 2 for bad flags.
  */
-import { defaultFaultKinds, FAULT_KINDS, faultKindsByName } from './lib/fault-kinds';
+import { FAULT_KINDS } from './lib/fault-kinds';
 import { runFaultSchedule, type CheckerResult } from './lib/fault-checker';
-import type { EngineName } from './lib/fault-writers';
+import { FlagError, parseFaultFlags, type FaultFlags } from './lib/fault-flags';
 import { formatNumber, formatTable, writeResults } from './lib/report';
 import { acquireRunLock } from './lib/run-lock';
 
-interface Flags {
-  seed: number;
-  faults: number;
-  engines: EngineName[];
-  kinds: string[] | undefined;
-  list: boolean;
-  logDir: string;
-  logLevel: string;
-  recoveryBoundMs: number;
-}
-
-function usage(message: string): never {
-  process.stderr.write(`fault-schedule: ${message}\n`);
-  process.exit(2);
-}
-
-function parseFlags(argv: string[]): Flags {
-  const flags: Flags = {
-    seed: Date.now() % 100_000,
-    faults: 10,
-    engines: ['redis', 'postgres'],
-    kinds: undefined,
-    list: false,
-    logDir: '',
-    logLevel: 'warn',
-    recoveryBoundMs: 10_000,
-  };
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i];
-    const value = (): string => argv[++i] ?? usage(`${arg} needs a value`);
-    if (arg === '--seed') flags.seed = Number(value());
-    else if (arg === '--faults') flags.faults = Number(value());
-    else if (arg === '--engines') flags.engines = value().split(',') as EngineName[];
-    else if (arg === '--kinds') flags.kinds = value().split(',');
-    else if (arg === '--list') flags.list = true;
-    else if (arg === '--log-dir') flags.logDir = value();
-    else if (arg === '--log-level') flags.logLevel = value();
-    else if (arg === '--recovery-bound-ms') flags.recoveryBoundMs = Number(value());
-    else usage(`unknown flag ${arg}`);
+function parseFlags(argv: string[]): FaultFlags {
+  try {
+    return parseFaultFlags(argv);
+  } catch (err) {
+    if (!(err instanceof FlagError)) throw err;
+    process.stderr.write(`fault-schedule: ${err.message}\n`);
+    process.exit(2);
   }
-  if (!Number.isInteger(flags.seed) || flags.seed < 0) usage('--seed must be a non-negative integer');
-  if (!Number.isInteger(flags.faults) || flags.faults < 1 || flags.faults > 1_000)
-    usage('--faults must be an integer 1-1000');
-  if (!Number.isInteger(flags.recoveryBoundMs) || flags.recoveryBoundMs < 1)
-    usage('--recovery-bound-ms must be a positive integer');
-  for (const e of flags.engines)
-    if (e !== 'redis' && e !== 'postgres') usage(`--engines: unknown engine '${e}' (redis, postgres)`);
-  return flags;
 }
 
 function render(result: CheckerResult): string {
@@ -80,6 +46,7 @@ function render(result: CheckerResult): string {
       'max ms',
       'failed writes',
       'per fault',
+      'volumes deleted',
       'violations',
     ],
     result.summary.map((r) => [
@@ -91,6 +58,7 @@ function render(result: CheckerResult): string {
       ms(r.recoveryMaxMs),
       String(r.failedWrites),
       formatNumber(r.failedWritesPerFault),
+      String(r.volumesDeleted),
       String(r.violations),
     ]),
   );
@@ -103,8 +71,11 @@ function render(result: CheckerResult): string {
     result.violations.length === 0
       ? '0 violations'
       : `${result.violations.length} violations: ${[...byInvariant].map(([k, n]) => `${k} ${n}`).join(', ')}`;
+  const loads = result.steps.map((s) => s.load1);
+  const load = loads.length ? `load average ${Math.min(...loads)}-${Math.max(...loads)} at the faults` : '';
   return [
     '',
+    `${load}`,
     `seed ${result.seed}, ${result.steps.length}/${result.faults} faults, ${(result.durationMs / 1000).toFixed(0)} s; ${acked}`,
     '',
     table,
@@ -121,18 +92,15 @@ async function main(): Promise<void> {
   const flags = parseFlags(process.argv.slice(2));
   if (flags.list) {
     for (const k of FAULT_KINDS)
-      console.log(`${k.name.padEnd(22)} ${k.description}${k.optIn ? ` [opt-in: ${k.optIn}]` : ''}`);
+      console.log(
+        `${k.name.padEnd(22)} ${k.description}${k.optIn ? ` [opt-in: ${k.optIn}]` : ''}${k.platforms ? ` [platform: ${k.platforms.join(', ')}]` : ''}`,
+      );
     return;
   }
-  let kinds;
-  try {
-    kinds = flags.kinds ? faultKindsByName(flags.kinds) : defaultFaultKinds();
-  } catch (err) {
-    usage((err as Error).message);
-  }
+  const kinds = flags.kinds;
   await acquireRunLock('fault-schedule');
   console.log(
-    `fault schedule: seed ${flags.seed}, ${flags.faults} faults, engines ${flags.engines.join(',')}, kinds ${kinds.map((k) => k.name).join(',')}`,
+    `fault schedule: platform ${flags.platform}, seed ${flags.seed}, ${flags.faults} faults, engines ${flags.engines.join(',')}, kinds ${kinds.map((k) => k.name).join(',')}`,
   );
   const result = await runFaultSchedule({
     seed: flags.seed,
@@ -140,10 +108,14 @@ async function main(): Promise<void> {
     engines: flags.engines,
     kinds,
     recoveryBoundMs: flags.recoveryBoundMs,
+    platformMode: flags.platform,
     platform: { logDir: flags.logDir, logLevel: flags.logLevel },
   });
   console.log(render(result));
-  const file = writeResults(`fault-schedule-${flags.seed}`, result);
+  const file = writeResults(
+    flags.platform === 'processes' ? `fault-schedule-${flags.seed}` : `fault-schedule-${flags.platform}-${flags.seed}`,
+    result,
+  );
   console.log(`\nwrote ${file}`);
   process.exit(result.violations.length === 0 && !result.aborted ? 0 : 1);
 }

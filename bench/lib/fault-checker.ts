@@ -15,15 +15,22 @@
  *   with a fresh write at each settle point, and continuously against the writer's history);
  * - `settles`: the service is `running` with all instances again within the settle timeout;
  * - `refused-action-harmless`: a refused operator action fails no write and changes no epoch;
- * - `action-exit-code`: an operator action exits as expected (0, or 2 for a refused one).
+ * - `action-exit-code`: an operator action exits as expected (0, or 2 for a refused one);
+ * - `volume-kept`: no volume on disk ever disappears (nothing in a run deletes a service, and a
+ *   volume is never deleted because its cell was missing);
+ * - `sf-up-stops` (platform `sf-up`): Ctrl-C stops `sf up` with exit 0 and leaves no component
+ *   running.
  * Each violation is printed at once with the seed and the step that found it. Writers, probes
  * and read-backs all connect as one service key per service, created right after the service.
  */
 import { randomBytes } from 'node:crypto';
-import { FaultPlatform, type FaultPlatformOptions, type ServiceViewLite } from './fault-platform';
+import { loadavg } from 'node:os';
+import { FaultPlatform, type FaultPlatformOptions } from './fault-platform';
+import type { FaultPlatformBase, PlatformMode, ServiceViewLite } from './fault-platform-base';
+import { SfUpFaultPlatform } from './fault-sf-up-platform';
 import { createPrng } from './fault-prng';
 import { probeRole, type RoleProbe } from './fault-probes';
-import type { AppliedFault, FaultKind, FaultService } from './fault-kinds';
+import { runsOn, type AppliedFault, type FaultKind, type FaultService } from './fault-kinds';
 import {
   missingWrites,
   probeWrite,
@@ -58,6 +65,12 @@ export interface CheckerOptions {
   settleTimeoutMs?: number;
   /** How often every instance port is probed. @default 750 */
   probeIntervalMs?: number;
+  /**
+   * `processes`: the checker starts and restarts each platform process itself; `sf-up`: one real
+   * `sf up` does, and the checker kills what it supervises. @default 'processes'
+   */
+  platformMode?: PlatformMode;
+  /** Options of the platform; under `sf-up` only `logDir` and `logLevel` apply. */
   platform?: FaultPlatformOptions;
   /** Progress and violations as they happen. @default console.log */
   log?: (line: string) => void;
@@ -89,6 +102,10 @@ export interface StepRecord {
   failedWrites: Record<string, number>;
   /** Fault -> every service `running` with all instances again (null: did not settle). */
   settledMs: number | null;
+  /** Volumes on disk before the fault and gone once it settled (none may ever be). */
+  volumesDeleted: number;
+  /** The machine's 1-minute load average when the fault hit. */
+  load1: number;
 }
 
 export interface KindSummary {
@@ -100,6 +117,8 @@ export interface KindSummary {
   recoveryMaxMs: number | null;
   failedWrites: number;
   failedWritesPerFault: number;
+  /** Volumes deleted during faults of this kind (counted once per kind, not per engine). */
+  volumesDeleted: number;
   violations: number;
 }
 
@@ -225,10 +244,19 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
     report();
   };
 
-  const platform = new FaultPlatform({
-    partitionableCell: options.kinds.some((k) => k.name === 'cell-partition'),
-    ...options.platform,
-  });
+  const mode = options.platformMode ?? 'processes';
+  const misfit = options.kinds.filter((k) => !runsOn(k, mode));
+  if (misfit.length > 0)
+    throw new Error(
+      `fault kind(s) ${misfit.map((k) => `${k.name} (${k.platformsReason ?? ''})`).join(', ')} cannot run on platform ${mode}`,
+    );
+  const platform: FaultPlatformBase =
+    mode === 'sf-up'
+      ? new SfUpFaultPlatform({ logDir: options.platform?.logDir, logLevel: options.platform?.logLevel })
+      : new FaultPlatform({
+          partitionableCell: options.kinds.some((k) => k.name === 'cell-partition'),
+          ...options.platform,
+        });
   const result: CheckerResult = {
     seed: options.seed,
     faults: options.faults,
@@ -279,13 +307,33 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
     );
   };
 
+  /** Every volume ever seen on disk: none may disappear during a run (nothing deletes a service). */
+  const knownVolumes = new Set<string>();
+  const lostVolumes = new Set<string>();
+  /** Volumes seen before that are gone now: each is a violation once; returns how many newly went. */
+  const checkVolumes = (): number => {
+    const now = new Set(platform.volumes());
+    const gone = [...knownVolumes].filter((v) => !now.has(v) && !lostVolumes.has(v));
+    for (const v of gone) lostVolumes.add(v);
+    if (gone.length > 0)
+      violate(
+        'volume-kept',
+        undefined,
+        `${gone.length} volume(s) deleted although no service was: ${gone.join(', ')}; on disk now: ${[...now].join(', ')}`,
+      );
+    for (const v of now) knownVolumes.add(v);
+    return gone.length;
+  };
+
   /** instance id -> its cell, from every view seen. */
   const cellOf = new Map<string, string>();
+  /** service -> when the monitor last saw its status other than `running`. */
+  const lastNotRunningAt = new Map<string, number>();
   let monitoring = true;
   const monitor = async (): Promise<void> => {
     while (monitoring) {
       const started = performance.now();
-      const absentAgents = await platform.absentAgents();
+      let absentAgents = await platform.absentAgents();
       await Promise.all(
         services.map(async (svc) => {
           const view = await platform.service(svc.name);
@@ -309,6 +357,11 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
           let { primaries, writable } = classify(probes);
           if (primaries.length > 1 || writable.length > 1) {
             probes = await probeAll(svc);
+            // A round of probes takes seconds on a loaded machine: an agent whose registration
+            // expired meanwhile (control judged its cell dead and failed over) is as absent for
+            // this round as one found absent before it. Both reads count.
+            const absentNow = await platform.absentAgents();
+            absentAgents = new Set([...absentAgents, ...absentNow]);
             ({ primaries, writable } = classify(probes));
           }
           const describe = (ps: typeof probes): string =>
@@ -332,10 +385,15 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
           // While the router process itself is down or restarting, failed writes say nothing about
           // the service's status (control reports services, not routers): counted from its return.
           const routerBack = platform.routerUpSince();
+          // A status that said `starting` or `degraded` while writes failed told the truth: the
+          // failure counts from the last time the service was seen not running (the earliest the
+          // status can have turned `running`), e.g. a primary started again by `sf up` that
+          // reports running a moment before its commit check finds no standby yet.
+          if (view && view.status !== 'running') lastNotRunningAt.set(svc.name, started);
           const failingMs =
             failingSince === undefined || routerBack === undefined
               ? 0
-              : performance.now() - Math.max(failingSince, routerBack);
+              : performance.now() - Math.max(failingSince, routerBack, lastNotRunningAt.get(svc.name) ?? 0);
           episode(
             `running-while-failing:${svc.name}`,
             view?.status === 'running' && failingMs > runningWhileFailingBound,
@@ -438,6 +496,10 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
         replicas: 1,
         durability: 'sync',
         volume: { sizeMb: VOLUME_MB[svc.engine] },
+        // Under sf up services require TLS by default (docs/tls.md); the checker's clients (writers
+        // through the router, probes on engine ports, a PostgreSQL wire client of its own) speak
+        // plaintext, as they do on the processes platform, whose cells have no CA.
+        ...(mode === 'sf-up' ? { tls: 'off' } : {}),
       });
       if (res.status !== 201) throw new Error(`creating ${svc.name}: ${res.status} ${JSON.stringify(res.body)}`);
       // A key may be created before the service runs: its user is in the instances' first spec.
@@ -472,6 +534,7 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
       step = i;
       currentFault = kind.name;
       const epochsBefore = new Map(services.map((s) => [s.name, views.get(s.name)?.epoch]));
+      for (const v of platform.volumes()) knownVolumes.add(v);
       let fault: AppliedFault;
       try {
         fault = await kind.apply({ platform, rng, services, step });
@@ -497,17 +560,23 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
         recoveryMs: {},
         failedWrites: {},
         settledMs: null,
+        volumesDeleted: 0,
+        load1: Math.round(loadavg()[0] * 10) / 10,
       };
       steps.push(record);
-      if (fault.action && fault.expectedCode !== undefined && fault.action.code !== fault.expectedCode)
+      for (const p of fault.problems ?? []) violate(p.invariant, fault.service, p.details);
+      const accepted = fault.acceptedCodes ?? (fault.expectedCode === undefined ? undefined : [fault.expectedCode]);
+      if (fault.action && accepted && !accepted.includes(fault.action.code))
         violate(
           'action-exit-code',
           fault.service,
-          `expected exit ${fault.expectedCode}, got ${fault.action.code}: ${fault.action.output.slice(-400)}`,
+          `expected exit ${accepted.join(' or ')}, got ${fault.action.code}: ${fault.action.output.slice(-400)}`,
         );
 
       // Settle: every service running with all its instances.
-      const deadline = fault.at + settleTimeout;
+      // A platform stopped and started on purpose has the settle timeout from the moment it said
+      // it was up again (its own start-up is bounded by `sf up`, and reported in the step).
+      const deadline = (fault.restartedAt === undefined ? fault.at : performance.now()) + settleTimeout;
       let lastViews = new Map<string, ServiceViewLite | undefined>();
       for (;;) {
         lastViews = new Map(
@@ -546,21 +615,25 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
         // An operator action hits when the platform acts, not when the CLI process was spawned
         // (on a loaded machine node takes seconds to start): its outage starts with the first write
         // it failed, or the action itself when the first failure came before it could act.
+        // A fault that stops the platform on purpose is measured from its new start: the time the
+        // platform takes to serve again, not the time the operator kept it stopped.
         const hit =
-          fault.action && failures.length > 0 ? Math.max(fault.at, failures[0].at - WRITE_TIMEOUT_MS) : fault.at;
+          fault.restartedAt ??
+          (fault.action && failures.length > 0 ? Math.max(fault.at, failures[0].at - WRITE_TIMEOUT_MS) : fault.at);
         const waitUntil = Math.max(deadline, windowEnd + 5_000);
         while (!writer.firstAckIssuedAfter(from) && performance.now() < waitUntil) await sleep(20);
         const ack = writer.firstAckIssuedAfter(from);
         const ms = ack ? ack.ackedAt - hit : null;
         record.recoveryMs[svc.name] = ms === null ? null : Math.round(ms);
-        if (ms === null || (recoveryBound !== null && ms > recoveryBound))
+        const bound = recoveryBound === null ? null : (kind.recoveryBoundMs ?? recoveryBound);
+        if (ms === null || (bound !== null && ms > bound))
           violate(
             'write-recovery',
             svc.name,
             `${
               ms === null
                 ? `no acknowledged write through the router since ${Math.round(from - fault.at)} ms after the fault`
-                : `writes through the router recovered ${Math.round(ms)} ms after the fault (bound ${recoveryBound} ms)`
+                : `writes through the router recovered ${Math.round(ms)} ms after the ${fault.restartedAt ? 'new start' : 'fault'} (bound ${bound} ms)`
             }; last error: ${lastFailure?.error ?? '-'}; ${writer.failedBetween(fault.at, windowEnd)} failed writes; ` +
               `fencing: ${await fencingSince(svc.name, fault.at)}; view: ${describeView(lastViews.get(svc.name))}`,
           );
@@ -594,11 +667,21 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
             );
         }
       }
+      record.volumesDeleted = checkVolumes();
+      // One line per step, so that a run cut short still says what each fault cost.
+      log(
+        `step ${step} ${record.kind}: settled ${record.settledMs === null ? 'never' : `after ${record.settledMs} ms`}; recovery ${Object.entries(
+          record.recoveryMs,
+        )
+          .map(([name, ms]) => `${name} ${ms ?? '-'} ms`)
+          .join(', ')}; volumes deleted ${record.volumesDeleted}; load ${record.load1}`,
+      );
       await checkSettled();
     }
     step = options.faults + 1;
     currentFault = 'final';
     await sleep(1_000);
+    checkVolumes();
     await checkSettled();
     monitoring = false;
     await monitorDone;
@@ -648,6 +731,7 @@ export function summarize(
         recoveryMaxMs: rec.length ? Math.max(...rec) : null,
         failedWrites: failed,
         failedWritesPerFault: ofKind.length ? failed / ofKind.length : 0,
+        volumesDeleted: ofKind.reduce((n, s) => n + (s.volumesDeleted ?? 0), 0),
         violations: violations.filter((v) => v.fault === kind && v.service === svc.name).length,
       });
     }
