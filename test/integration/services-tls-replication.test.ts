@@ -115,7 +115,10 @@ describe('PostgreSQL replication over TLS', function () {
     );
   }
 
-  /** What the engine sees of this very connection: TLS between router and engine. */
+  /**
+   * What the engine sees of this very connection: TLS between router and engine. Asked as the
+   * platform's admin user: a service key's user found no pg_stat_ssl row for its own backend.
+   */
   const ENGINE_SIDE_SSL =
     "select coalesce((select ssl::text from pg_stat_ssl where pid = pg_backend_pid()), 'no pg_stat_ssl row for ' || pg_backend_pid())";
 
@@ -150,7 +153,7 @@ describe('PostgreSQL replication over TLS', function () {
     );
     expect(status.body.tls_backends, JSON.stringify(status.body)).to.equal(2);
     // channel_binding=require: SCRAM-SHA-256-PLUS, bound to the certificate psql saw at the router.
-    const r = await throughRouter(view, ENGINE_SIDE_SSL);
+    const r = await throughRouter(view, ENGINE_SIDE_SSL, await adminUser(cluster(), view, primaryOf(view).id));
     expect(r.code, r.stderr).to.equal(0);
     expect(r.stdout).to.equal('true');
     const serviceCert = new X509Certificate(readFileSync(join(caDir, 'issued', 'service-pgr.crt'))).fingerprint256;
@@ -189,15 +192,18 @@ describe('PostgreSQL replication over TLS', function () {
         ),
       '1',
     );
+    const oadmin = await adminUser(cluster(), optional, primaryOf(optional).id);
     const clear = await psql(
-      `host=127.0.0.1 port=${optional.port} user=${okey.username} dbname=postgres sslmode=disable`,
+      `host=127.0.0.1 port=${optional.port} user=${oadmin.username} dbname=postgres sslmode=disable`,
       ENGINE_SIDE_SSL,
-      okey.password,
+      oadmin.password,
     );
     expect(clear.code, clear.stderr).to.equal(0);
     // A plaintext client on an optional route reaches the engine in plaintext (docs/tls.md).
     expect(clear.stdout).to.equal('false');
-    const tls = await throughRouter(optional, ENGINE_SIDE_SSL, okey);
+    const tls = await throughRouter(optional, ENGINE_SIDE_SSL, oadmin);
+    const keyed = await throughRouter(optional, 'select 1', okey);
+    expect(keyed.stdout, keyed.stderr).to.equal('1');
     expect(tls.code, tls.stderr).to.equal(0);
     expect(tls.stdout).to.equal('true');
   });
@@ -237,7 +243,8 @@ describe('PostgreSQL replication over TLS', function () {
     // Optional again: the engine presents the service's certificate again and is re-encrypted to.
     await patch('optional');
     await until('route after optional', routeOf, 'optional/1/true');
-    const bound = await throughRouter(optional, `${ENGINE_SIDE_SSL}; select count(*) from p`, okey);
+    const oadmin = await adminUser(cluster(), optional, primaryOf(optional).id);
+    const bound = await throughRouter(optional, `${ENGINE_SIDE_SSL}; select count(*) from p`, oadmin);
     expect(bound.stdout, bound.stderr).to.equal('true\n3');
   });
 
@@ -275,7 +282,7 @@ describe('PostgreSQL replication over TLS', function () {
       for (const inst of view.instances)
         await until(`engine ${inst.id} certificate`, () => presented(Number(inst.port)), renewed);
       // A new connection binds to the new certificate at the router and at the engine alike.
-      const fresh = await throughRouter(view, ENGINE_SIDE_SSL);
+      const fresh = await throughRouter(view, ENGINE_SIDE_SSL, await adminUser(cluster(), view, primaryOf(view).id));
       expect(fresh.code, fresh.stderr).to.equal(0);
       expect(fresh.stdout).to.equal('true');
       await ask('select 42', '42');
