@@ -334,6 +334,10 @@ export class CellAgent {
       commitCheckTimeoutMs: this.opts.commitCheckTimeoutMs,
       defaultExecutor: this.opts.defaultExecutor,
       snapshots: this.snapshots,
+      onTlsRefresh: (id, error) =>
+        error
+          ? this.log.warn({ instance: id, err: error }, 'renewed certificate not loaded')
+          : this.log.info({ instance: id }, 'renewed certificate loaded'),
     });
     await this.instances.load();
     await this.clearStaleReports();

@@ -42,6 +42,8 @@ export interface CellInstancesOptions {
    * durability acknowledged by a standby); past it the primary is reported `degraded`. @default 2000
    */
   commitCheckTimeoutMs?: number;
+  /** Told of each certificate an engine loaded while running, or failed to (docs/tls.md). */
+  onTlsRefresh?: (instanceId: string, error: string | null) => void;
   /** Where `restoreFrom` specs find their snapshot; absent = restores fail. */
   snapshots?: SnapshotStore;
 }
@@ -84,6 +86,7 @@ export class CellInstances {
   private readonly cannotCommit = new Map<string, string>();
   /** Commit checks in flight, so a hanging one is never started twice. */
   private readonly checking = new Set<string>();
+  private readonly refreshing = new Set<string>();
   private readonly unsubscribe: Array<() => void> = [];
   /** The credentials change running per instance, so changes apply one after the other. */
   private readonly credentialSyncs = new Map<string, Promise<void>>();
@@ -285,6 +288,10 @@ export class CellInstances {
     const newCredentials =
       (spec.credentials?.version ?? -1) > Math.min(inst.spec.credentials?.version ?? -1, inst.credentialsApplied);
     const newDiskSync = spec.diskSync !== inst.spec.diskSync;
+    // A TLS policy change (docs/tls.md): the engine loads the other certificate by reload.
+    const newTls =
+      (spec.tls ?? false) !== (inst.spec.tls ?? false) ||
+      JSON.stringify(spec.tlsCertificate ?? null) !== JSON.stringify(inst.spec.tlsCertificate ?? null);
     inst.spec = {
       ...spec,
       role: inst.spec.role,
@@ -296,6 +303,12 @@ export class CellInstances {
     if (inst.lease) inst.lease.setEpoch(epoch);
     if (newCredentials && inst.state === 'running') await this.syncCredentials(inst).catch(() => undefined);
     if (newDiskSync) await this.applySettings(inst).catch((err: unknown) => this.noteError(inst, err));
+    if (newTls && inst.state === 'running' && inst.handle) {
+      // Reported after the reload, so the route re-encrypts only to an engine that presents the
+      // certificate it verifies.
+      await this.refreshTls(inst, this.options.engines[spec.engine], inst.handle.context);
+      this.emit(inst.spec.instanceId);
+    }
     if (!raised) return;
     await this.persistEpoch(inst.spec.instanceId, epoch);
     this.emit(inst.spec.instanceId);
@@ -575,6 +588,7 @@ export class CellInstances {
           }
           if (changed) this.emit(id);
           if (healthy && inst.spec.role === 'primary') void this.checkCommit(inst);
+          if (healthy && engine.refreshTls) void this.refreshTls(inst, engine, context);
         }),
     );
   }
@@ -601,6 +615,27 @@ export class CellInstances {
       if (reason !== before) this.emit(id);
     } finally {
       this.checking.delete(id);
+    }
+  }
+
+  /**
+   * Loads a renewed certificate into a running engine (one refresh per instance at a time); a
+   * failure is told and tried again at the next probe, the engine keeping what it serves.
+   */
+  private async refreshTls(inst: LocalInstance, engine: Engine, context: InstanceHandle['context']): Promise<void> {
+    const id = inst.spec.instanceId;
+    if (!engine.refreshTls || this.refreshing.has(id)) return;
+    this.refreshing.add(id);
+    try {
+      if (await engine.refreshTls(context)) {
+        this.options.onTlsRefresh?.(id, null);
+        // What the cell reports (`tls`) may have changed with the certificate.
+        this.emit(id);
+      }
+    } catch (err) {
+      this.options.onTlsRefresh?.(id, errorMessageOf(err));
+    } finally {
+      this.refreshing.delete(id);
     }
   }
 

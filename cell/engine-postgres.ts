@@ -7,7 +7,9 @@
  * both SQL and replication. This is a stand-in until the platform hands out credentials
  * (docs/cells.md, "Security").
  */
+import { lookup } from 'node:dns/promises';
 import { chmod, chown, readdir, realpath, rm, stat, writeFile } from 'node:fs/promises';
+import { isIP } from 'node:net';
 import path from 'node:path';
 import {
   defaultDiskSync,
@@ -28,7 +30,7 @@ import {
 import { ErrorCode, SfError } from '../common';
 import { findBinary, lookupUser, runCommand, type RunAs } from './run-command';
 import { pathExists as exists } from './path-exists';
-import { copyEngineTlsFiles, engineTlsPaths, type EngineTlsFiles } from './engine-tls';
+import { copyEngineTlsFiles, engineTlsPaths, tlsFilesChanged, type EngineTlsFiles } from './engine-tls';
 import { pgQuery, type PgTarget } from './pg-client';
 
 export type { EngineTlsFiles } from './engine-tls';
@@ -64,8 +66,20 @@ export interface PostgresEngineOptions {
 export const pgTlsPaths = engineTlsPaths;
 
 /** libpq settings that verify the peer against the platform CA (empty without TLS). */
-function pgSslConninfo(ctx: EngineContext, tls: boolean): string {
-  return tls ? ` sslmode=verify-full sslrootcert=${pgTlsPaths(ctx.volumeDir).ca}` : '';
+function pgSslConninfo(ctx: EngineContext, tls: boolean, peer?: PgPeerName): string {
+  if (!tls) return '';
+  return ` sslmode=verify-full sslrootcert=${pgTlsPaths(ctx.volumeDir).ca}${peer ? ` hostaddr=${peer.hostaddr}` : ''}`;
+}
+
+/**
+ * How an instance presenting its service's certificate is verified by its peers: that
+ * certificate names the service, not the cell, so libpq connects to the address (`hostaddr`) and
+ * checks the certificate against the service's name (`host`).
+ */
+export interface PgPeerName {
+  serverName: string;
+  /** A numeric address: the peer's host, resolved. */
+  hostaddr: string;
 }
 
 const DEFAULT_BIN_DIRS = ['/usr/lib/postgresql/17/bin', '/usr/lib/postgresql/16/bin', '/usr/lib/postgresql/15/bin'];
@@ -144,6 +158,8 @@ export function renderPostgresConfig(
   primary?: HostPort,
   wal: PgWalSettings = {},
   tls = false,
+  /** With TLS: the upstream presents the service's certificate, verified by this name. */
+  peer?: PgPeerName,
 ): string {
   const { spec } = ctx;
   const sync = spec.durability === 'sync';
@@ -187,7 +203,8 @@ export function renderPostgresConfig(
     const creds = spec.credentials?.replication;
     const user = creds ? `user=${creds.username} password=${creds.password}` : `user=${superuser}`;
     // With TLS the replica verifies its primary's certificate against the platform CA.
-    const conninfo = `host=${upstream.host} port=${upstream.port} ${user} application_name=${spec.instanceId}${pgSslConninfo(ctx, tls)}`;
+    const host = tls && peer ? peer.serverName : upstream.host;
+    const conninfo = `host=${host} port=${upstream.port} ${user} application_name=${spec.instanceId}${pgSslConninfo(ctx, tls, peer)}`;
     lines.push(`primary_conninfo = ${quote(conninfo)}`);
   }
   return lines.join('\n') + '\n';
@@ -261,9 +278,48 @@ export class PostgresEngine implements Engine {
     return user;
   }
 
-  /** Every instance on a cell with a certificate serves TLS (`ssl = on`), plaintext too for SQL. */
-  servesTls(): boolean {
-    return this.tls !== undefined;
+  /**
+   * Every instance on a cell with a certificate serves TLS (`ssl = on`), plaintext too for SQL;
+   * the router may re-encrypt to it only when it presents its service's certificate (the
+   * route's), for SCRAM channel binding, so only then does the cell report `tls`.
+   */
+  servesTls(spec: InstanceSpec): boolean {
+    return this.tls !== undefined && spec.tlsCertificate !== undefined;
+  }
+
+  /**
+   * The files an instance serves TLS with: its service's certificate when the spec names one,
+   * else the cell's; the platform CA either way.
+   */
+  private tlsFiles(spec: InstanceSpec): EngineTlsFiles | undefined {
+    if (!this.tls) return undefined;
+    return spec.tlsCertificate ? { ...spec.tlsCertificate, caFile: this.tls.caFile } : this.tls;
+  }
+
+  /** How this instance verifies a peer at `host` (undefined: by `host` itself). */
+  private async peerName(ctx: EngineContext, host: string): Promise<PgPeerName | undefined> {
+    if (!this.tls || !ctx.spec.tlsCertificate) return undefined;
+    return { serverName: ctx.spec.service, hostaddr: isIP(host) ? host : (await lookup(host)).address };
+  }
+
+  /** postgresql.conf for `ctx`, its upstream's certificate verified as `peerName` says. */
+  private async config(ctx: EngineContext, wal: PgWalSettings): Promise<string> {
+    const upstream = ctx.spec.role === 'replica' ? ctx.spec.replicaOf : undefined;
+    const peer = upstream ? await this.peerName(ctx, upstream.host) : undefined;
+    return renderPostgresConfig(ctx, this.options.superuser, undefined, wal, this.tls !== undefined, peer);
+  }
+
+  /**
+   * A renewed or replaced certificate (its source files changed) is copied into the volume and
+   * loaded with `pg_reload_conf()`: new connections get it, established ones keep their session.
+   * Called from the cell's health probe; true when it reloaded.
+   */
+  async refreshTls(ctx: EngineContext): Promise<boolean> {
+    const files = this.tlsFiles(ctx.spec);
+    if (!files || !(await tlsFilesChanged(files, ctx.volumeDir))) return false;
+    await this.copyTlsFiles(ctx, this.owner(ctx));
+    await this.query(ctx, 'select pg_reload_conf()');
+    return true;
   }
 
   async prepare(ctx: EngineContext): Promise<void> {
@@ -309,12 +365,13 @@ export class PostgresEngine implements Engine {
         if (!spec.replicaOf)
           throw new SfError(ErrorCode.InvalidInstanceSpec, 'a postgres replica needs replicaOf', 'replicaOf');
         const { host, port } = spec.replicaOf;
+        const peer = await this.peerName(ctx, host);
         await this.tool(
           ctx,
           'pg_basebackup',
           [
             '-h',
-            host,
+            peer?.serverName ?? host,
             '-p',
             String(port),
             '-U',
@@ -326,7 +383,7 @@ export class PostgresEngine implements Engine {
             'stream',
             '-c',
             'fast',
-            ...(this.tls ? ['-d', pgSslConninfo(ctx, true).trim()] : []),
+            ...(this.tls ? ['-d', pgSslConninfo(ctx, true, peer).trim()] : []),
           ],
           { timeoutMs: 600_000, env: passwordEnv(spec.credentials?.replication.password) },
         );
@@ -346,13 +403,7 @@ export class PostgresEngine implements Engine {
     if (initialised && spec.role === 'replica' && !(await exists(standbySignal))) await this.rewind(ctx);
     await writeFile(
       path.join(dataDir, 'postgresql.conf'),
-      renderPostgresConfig(
-        ctx,
-        this.options.superuser,
-        undefined,
-        { segmentMb: await walSegmentMb(dataDir) },
-        this.tls !== undefined,
-      ),
+      await this.config(ctx, { segmentMb: await walSegmentMb(dataDir) }),
     );
     await writeFile(
       path.join(dataDir, 'pg_hba.conf'),
@@ -371,7 +422,8 @@ export class PostgresEngine implements Engine {
    * Copied on every start, so a renewed certificate takes effect at the next one.
    */
   private async copyTlsFiles(ctx: EngineContext, runAs: RunAs | undefined): Promise<void> {
-    if (this.tls) await copyEngineTlsFiles(this.tls, ctx.volumeDir, runAs);
+    const files = this.tlsFiles(ctx.spec);
+    if (files) await copyEngineTlsFiles(files, ctx.volumeDir, runAs);
   }
 
   /**
@@ -421,7 +473,8 @@ export class PostgresEngine implements Engine {
       'checkpoint',
       PG_CHECKPOINT_TIMEOUT_MS,
     );
-    const source = `host=${spec.replicaOf.host} port=${spec.replicaOf.port} user=${this.options.superuser} dbname=postgres${pgSslConninfo(ctx, this.tls !== undefined)}`;
+    const peer = await this.peerName(ctx, spec.replicaOf.host);
+    const source = `host=${peer?.serverName ?? spec.replicaOf.host} port=${spec.replicaOf.port} user=${this.options.superuser} dbname=postgres${pgSslConninfo(ctx, this.tls !== undefined, peer)}`;
     await this.tool(ctx, 'pg_rewind', ['-D', dataDir, '--source-server', source], {
       timeoutMs: 600_000,
       // The password in the environment of the one process that needs it, never in argv.
@@ -465,12 +518,9 @@ export class PostgresEngine implements Engine {
     }
     await writeFile(
       path.join(ctx.dataDir, 'postgresql.conf'),
-      renderPostgresConfig(
+      await this.config(
         { ...ctx, spec: { ...ctx.spec, role: 'primary', replicaOf: undefined } },
-        this.options.superuser,
-        undefined,
         { segmentMb: await walSegmentMb(ctx.dataDir) },
-        this.tls !== undefined,
       ),
     );
   }
@@ -479,13 +529,7 @@ export class PostgresEngine implements Engine {
   async applySettings(ctx: EngineContext): Promise<void> {
     await writeFile(
       path.join(ctx.dataDir, 'postgresql.conf'),
-      renderPostgresConfig(
-        ctx,
-        this.options.superuser,
-        undefined,
-        { segmentMb: await walSegmentMb(ctx.dataDir) },
-        this.tls !== undefined,
-      ),
+      await this.config(ctx, { segmentMb: await walSegmentMb(ctx.dataDir) }),
     );
     await this.query(ctx, 'select pg_reload_conf()');
   }
@@ -495,13 +539,7 @@ export class PostgresEngine implements Engine {
     const spec = { ...ctx.spec, role: 'replica' as const, replicaOf: primary };
     await writeFile(
       path.join(ctx.dataDir, 'postgresql.conf'),
-      renderPostgresConfig(
-        { ...ctx, spec },
-        this.options.superuser,
-        undefined,
-        { segmentMb: await walSegmentMb(ctx.dataDir) },
-        this.tls !== undefined,
-      ),
+      await this.config({ ...ctx, spec }, { segmentMb: await walSegmentMb(ctx.dataDir) }),
     );
     await this.query(ctx, 'select pg_reload_conf()');
   }
@@ -560,7 +598,7 @@ export class PostgresEngine implements Engine {
    */
   async query(ctx: EngineContext, sql: string, timeoutMs?: number, appName = 'sf-cell'): Promise<string> {
     const host = ctx.listenHost === '0.0.0.0' ? '127.0.0.1' : ctx.listenHost;
-    return pgQuery(this.target(ctx, host, appName), sql, timeoutMs ?? this.options.queryTimeoutMs);
+    return pgQuery(await this.target(ctx, host, appName), sql, timeoutMs ?? this.options.queryTimeoutMs);
   }
 
   /**
@@ -568,16 +606,19 @@ export class PostgresEngine implements Engine {
    * handshake per health check costs CPU and buys nothing there); verified TLS to another host
    * (pg_rewind's checkpoint on a remote primary).
    */
-  private target(ctx: EngineContext, host: string, applicationName: string): PgTarget {
+  private async target(ctx: EngineContext, host: string, applicationName: string): Promise<PgTarget> {
     const loopback = host === 'localhost' || host === '::1' || host.startsWith('127.');
+    // An engine with the service's certificate names the service, not its host: verified as that.
+    const peer = this.tls && !loopback ? await this.peerName(ctx, host) : undefined;
     return {
-      host,
+      host: peer?.hostaddr ?? host,
       port: ctx.port,
       user: this.options.superuser,
       database: 'postgres',
       password: ctx.spec.credentials?.admin.password,
       applicationName,
       ...(this.tls && !loopback ? { caFile: pgTlsPaths(ctx.volumeDir).ca } : {}),
+      ...(peer ? { serverName: peer.serverName } : {}),
     };
   }
 
@@ -599,7 +640,7 @@ export class PostgresEngine implements Engine {
       ...statements,
       'COMMIT',
     ].join(';\n');
-    await pgQuery(this.target(ctx, host, 'sf-cell'), `${sql};`, this.options.queryTimeoutMs * 4);
+    await pgQuery(await this.target(ctx, host, 'sf-cell'), `${sql};`, this.options.queryTimeoutMs * 4);
   }
 
   /**

@@ -12,7 +12,7 @@ import { ErrorCode, SfError } from '../common';
 import { findBinary, type RunAs } from './run-command';
 import { engineUser, engineUserProblem } from './engine-user';
 import { redisAclUsers, renderRedisAclFile } from './engine-credentials';
-import { copyEngineTlsFiles, engineTlsPaths, type EngineTlsFiles } from './engine-tls';
+import { copyEngineTlsFiles, engineTlsPaths, tlsFilesChanged, type EngineTlsFiles } from './engine-tls';
 
 export interface RedisEngineOptions {
   /** @default found on PATH */
@@ -150,6 +150,21 @@ export class RedisEngine implements Engine {
   /** TLS when the spec asks for it and the cell has a certificate to serve it with. */
   servesTls(spec: InstanceSpec): boolean {
     return spec.tls === true && this.options.tls !== undefined;
+  }
+
+  /**
+   * A renewed certificate (the cell's files changed) is copied into the volume and loaded with
+   * `CONFIG SET` of the same paths, which makes redis-server build a new TLS context: new
+   * connections get the new certificate, established ones keep their session.
+   */
+  async refreshTls(ctx: EngineContext): Promise<boolean> {
+    const files = this.options.tls;
+    if (!files || !this.servesTls(ctx.spec) || !(await tlsFilesChanged(files, ctx.volumeDir))) return false;
+    const copies = await copyEngineTlsFiles(files, ctx.volumeDir, ctx.tools ? ctx.tools.owner : this.runAs());
+    await this.command(ctx, (r) =>
+      r.call('CONFIG', 'SET', 'tls-cert-file', copies.cert, 'tls-key-file', copies.key, 'tls-ca-cert-file', copies.ca),
+    );
+    return true;
   }
 
   /**

@@ -44,3 +44,25 @@ export async function copyEngineTlsFiles(
   if (runAs) for (const f of [files.dir, files.cert, files.ca, files.key]) await chown(f, runAs.uid, runAs.gid);
   return files;
 }
+
+/**
+ * True when the source files differ from the instance's copies (a renewed or replaced
+ * certificate): the engine then copies them again and reloads. Compared by content, so a file
+ * rewritten with the same bytes changes nothing; a source that cannot be read changes nothing
+ * either (the engine keeps what it serves).
+ */
+export async function tlsFilesChanged(tls: EngineTlsFiles, volumeDir: string): Promise<boolean> {
+  const copies = engineTlsPaths(volumeDir);
+  const pairs: Array<[string, string]> = [
+    [tls.certFile, copies.cert],
+    [tls.keyFile, copies.key],
+    [tls.caFile, copies.ca],
+  ];
+  for (const [source, copy] of pairs) {
+    const wanted = await readFile(source).catch(() => undefined);
+    if (!wanted) return false;
+    const have = await readFile(copy).catch(() => undefined);
+    if (!have || !have.equals(wanted)) return true;
+  }
+  return false;
+}

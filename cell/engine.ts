@@ -83,6 +83,12 @@ export interface Engine {
    * to control, which tells routers to re-encrypt to it). Absent: never.
    */
   servesTls?(spec: InstanceSpec): boolean;
+  /**
+   * Loads a renewed or replaced certificate into the running server when its source files
+   * changed (new connections get it, established ones keep theirs); true when it did. Called by
+   * the health probe. Absent: a new certificate takes effect at the next start.
+   */
+  refreshTls?(ctx: EngineContext): Promise<boolean>;
   launch(ctx: EngineContext): Promise<LaunchCommand>;
   healthy(ctx: EngineContext): Promise<boolean>;
   position(ctx: EngineContext): Promise<ReplicationPosition | null>;

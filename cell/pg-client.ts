@@ -26,6 +26,8 @@ export interface PgTarget {
   applicationName: string;
   /** PEM of the CA to verify the server against (verify-full); none = plaintext. */
   caFile?: string;
+  /** The name the server's certificate must carry, when it is not `host`. */
+  serverName?: string;
 }
 
 /** How long an idle management connection is kept. */
@@ -46,7 +48,7 @@ function keyOf(t: PgTarget): string {
   const secret = createHash('sha256')
     .update(t.password ?? '')
     .digest('hex');
-  return [t.host, t.port, t.user, t.database, t.applicationName, t.caFile ?? '', secret].join('\0');
+  return [t.host, t.port, t.user, t.database, t.applicationName, t.caFile ?? '', t.serverName ?? '', secret].join('\0');
 }
 
 async function open(target: PgTarget, timeoutMs: number): Promise<Client> {
@@ -58,7 +60,12 @@ async function open(target: PgTarget, timeoutMs: number): Promise<Client> {
     // A function: never the cell's PGPASSWORD or ~/.pgpass, only the instance's credentials.
     password: () => target.password ?? '',
     application_name: target.applicationName,
-    ssl: target.caFile ? { ca: await readFile(target.caFile, 'utf8') } : false,
+    ssl: target.caFile
+      ? {
+          ca: await readFile(target.caFile, 'utf8'),
+          ...(target.serverName ? { servername: target.serverName } : {}),
+        }
+      : false,
     connectionTimeoutMillis: timeoutMs,
     types: TEXT_TYPES,
   });

@@ -225,21 +225,22 @@ async function showService(name: string, flags: { json?: boolean }): Promise<voi
 
 async function updateService(
   name: string,
-  flags: { diskSync?: DiskSync; snapshotKeep?: string; json?: boolean },
+  flags: { diskSync?: DiskSync; snapshotKeep?: string; tls?: ServiceTlsPolicy; json?: boolean },
 ): Promise<void> {
-  if (!flags.diskSync && flags.snapshotKeep === undefined)
-    throw new UsageError('nothing to change: give --disk-sync or --snapshot-keep');
+  if (!flags.diskSync && flags.snapshotKeep === undefined && !flags.tls)
+    throw new UsageError('nothing to change: give --disk-sync, --snapshot-keep or --tls');
   const keep =
     flags.snapshotKeep !== undefined ? parseIntFlag(flags.snapshotKeep, '--snapshot-keep', 1, 1000) : undefined;
   const client = await ApiClient.fromEnv();
   const view = await client.request<ServiceView>('PATCH', `/v3/service_instances/${encodeURIComponent(name)}`, {
     ...(flags.diskSync ? { disk_sync: flags.diskSync } : {}),
     ...(keep !== undefined ? { snapshot_keep: keep } : {}),
+    ...(flags.tls ? { tls: flags.tls } : {}),
   });
   printResult(
     flags.json,
     view,
-    () => `service ${name}: disk sync ${view.disk_sync}, snapshots kept ${view.snapshot_keep}\n`,
+    () => `service ${name}: disk sync ${view.disk_sync}, snapshots kept ${view.snapshot_keep}, tls ${view.tls}\n`,
   );
 }
 
@@ -335,10 +336,16 @@ export function registerServiceCommands(program: Command): void {
 
   program
     .command('update-service')
-    .description('change a running service without a restart (its disk sync, its snapshot retention)')
+    .description('change a running service without a restart (its disk sync, snapshot retention, TLS policy)')
     .argument('<name>', 'service name')
     .addOption(diskSyncOption())
     .option('--snapshot-keep <n>', 'snapshots kept when sf snapshot gives no --keep (default 7)')
+    .addOption(
+      new Option(
+        '--tls <policy>',
+        'the TLS policy: the route follows at once; redis can change only between required and optional (docs/tls.md)',
+      ).choices(SERVICE_TLS_POLICIES),
+    )
     .option('--json', 'machine-readable output')
     .action(run(updateService));
 

@@ -189,7 +189,15 @@ export async function startServicePlane(
   const tls = {
     available: certificates !== undefined,
     defaultPolicy: opts.defaultServiceTls ?? (certificates ? 'required' : 'off'),
-  } as const;
+    ...(certificates
+      ? {
+          certificate: async (service: string) => {
+            const files = await certificates.ensure(service);
+            return { certFile: files.certFile, keyFile: files.keyFile };
+          },
+        }
+      : {}),
+  };
   registerServicesApi(server, { store, directory, groups: deps.groups, routes: deps.routes, elector, tls });
   registerServiceKeysApi(server, {
     store,
@@ -200,7 +208,7 @@ export async function startServicePlane(
   });
   registerCellsApi(server, { directory, store });
   registerVolumesApi(server, { directory, store });
-  registerServiceUpdateApi(server, { store, directory, redis: deps.redis });
+  registerServiceUpdateApi(server, { store, directory, redis: deps.redis, tls });
   registerSnapshotsApi(server, {
     store,
     directory,

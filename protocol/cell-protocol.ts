@@ -142,6 +142,21 @@ export const instanceSpecSchema = z.object({
    * serves TLS whenever its cell has a certificate (docs/tls.md).
    */
   tls: z.boolean().optional(),
+  /**
+   * Engine postgres: present this certificate (the service's, the one its route terminates
+   * with) instead of the cell's, so a client's SCRAM channel binding (RFC 5929
+   * `tls-server-end-point`, a hash of the certificate the client saw at the router) matches the
+   * engine's certificate when the router re-encrypts (docs/tls.md, Router to engine). Files on the
+   * cell's host, at the same path as on control's; replicas then verify their primary against the
+   * service's name. Ignored by a cell without a certificate.
+   */
+  tlsCertificate: z
+    .object({
+      certFile: z.string().regex(/^\/[^\0]*$/, 'must be an absolute file path'),
+      keyFile: z.string().regex(/^\/[^\0]*$/, 'must be an absolute file path'),
+    })
+    .strict()
+    .optional(),
 });
 export type InstanceSpec = z.infer<typeof instanceSpecSchema>;
 export type InstanceSpecInput = z.input<typeof instanceSpecSchema>;

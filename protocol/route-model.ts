@@ -136,6 +136,15 @@ export const routeTlsSchema = z
      * refused, never reached in plaintext.
      */
     backendCaFile: filePathSchema.optional(),
+    /**
+     * The name backends' certificates must carry, sent as SNI, instead of the address connected
+     * to: a PostgreSQL service's engines present the service's certificate (so SCRAM channel
+     * binding holds through the router), which names the service, not the cells.
+     */
+    backendServerName: z
+      .string({ error: 'must be a host name' })
+      .regex(/^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$/, 'must be a host name')
+      .optional(),
   })
   .strict()
   .superRefine((tls, ctx) => {
@@ -143,7 +152,15 @@ export const routeTlsSchema = z
       for (const f of ['certFile', 'keyFile'] as const)
         if (!tls[f]) ctx.addIssue({ code: 'custom', path: [f], message: "is required when mode is 'terminate'" });
     } else {
-      for (const f of ['certFile', 'keyFile', 'clientCaFile', 'alpn', 'backend', 'backendCaFile'] as const)
+      for (const f of [
+        'certFile',
+        'keyFile',
+        'clientCaFile',
+        'alpn',
+        'backend',
+        'backendCaFile',
+        'backendServerName',
+      ] as const)
         if (tls[f] !== undefined)
           ctx.addIssue({ code: 'custom', path: [f], message: "applies only when mode is 'terminate'" });
     }

@@ -1,7 +1,7 @@
 /**
  * TLS from the router to a backend (docs/tls.md, Router to engine): the backend's certificate is
  * verified against the route's `backendCaFile` (the platform CA), or the system's CAs without
- * one, and its name against the address connected to. PostgreSQL speaks TLS only after an
+ * one, and its name against the route's `backendServerName`, else the address connected to. PostgreSQL speaks TLS only after an
  * SSLRequest answered `S` (protocol 3.0, "SSL Session Encryption"), so on a route whose clients
  * start that way the router sends one first. Nothing here falls back to plaintext: a backend that
  * fails is an error the connection counts and retries elsewhere.
@@ -64,7 +64,8 @@ export function connectBackendTls(
   const settings = clientTls(route);
   let ca: Buffer | undefined;
   const host = backend.host;
-  const servername = isIP(host) ? undefined : host;
+  // Node checks the certificate against `servername` when there is one, else against `host`.
+  const servername = settings?.backendServerName ?? (isIP(host) ? undefined : host);
   const plain = netConnect({ host, port: backend.port, noDelay: true, ...(lookup ? { lookup } : {}) });
   try {
     ca = settings?.backendCaFile ? backendCa(settings.backendCaFile) : undefined;

@@ -4,7 +4,8 @@
  * hands both sockets to the relay.
  */
 import { connect as netConnect, type LookupFunction, type Server, type Socket } from 'node:net';
-import { type Backend, type Route, backendUsesTls, routeLimits } from '../protocol';
+import { type Backend, type Route, backendUsesTls, clientTls, routeLimits } from '../protocol';
+import { TLSSocket } from 'node:tls';
 import { BACKEND_TLS_ERROR_CODE, connectBackendTls } from './backend-tls';
 import { proxyHeader } from './proxy-protocol';
 import { FORWARDERS_ENABLED, ReadForwarder, tagForwarder } from './read-forwarder';
@@ -108,6 +109,16 @@ export class ProxiedConnection {
     this.drainTimer = undefined;
   }
 
+  /**
+   * A PostgreSQL client that did not start TLS (an `optional` route) is relayed to the backend in
+   * plaintext: over a re-encrypted leg the engine would offer SCRAM-SHA-256-PLUS, which libpq
+   * refuses on a connection it knows to be plaintext ("server offered SCRAM-SHA-256-PLUS
+   * authentication over a non-SSL connection"), the guard against a stripped TLS layer.
+   */
+  private plaintextPostgresClient(route: Route): boolean {
+    return clientTls(route)?.startup === 'postgres' && !(this.client instanceof TLSSocket);
+  }
+
   private connectNext(): void {
     let backend = this.host.pickBackend(this.tried);
     // A connection into the router itself would be accepted and connected again, without end
@@ -131,7 +142,7 @@ export class ProxiedConnection {
     const route = this.host.currentRoute();
     const { connectTimeoutMs } = routeLimits(route);
     const lookup = this.host.backendLookup(backend);
-    if (backendUsesTls(route, backend)) {
+    if (backendUsesTls(route, backend) && !this.plaintextPostgresClient(route)) {
       this.backendTcpUp = false;
       const tcp = connectBackendTls(route, backend, lookup, (tls) => {
         this.backendSocket = tls;

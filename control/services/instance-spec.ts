@@ -43,5 +43,9 @@ export function instanceSpec(
     ...(inst.moveIn ? { moveIn: inst.moveIn } : {}),
     // The engine serves TLS with its cell's certificate, and the route re-encrypts to it.
     ...(service.tls && service.tls !== 'off' ? { tls: true } : {}),
+    // PostgreSQL engines present the route's certificate, for SCRAM channel binding.
+    ...(service.tls && service.tls !== 'off' && service.tlsCertificate
+      ? { tlsCertificate: service.tlsCertificate }
+      : {}),
   };
 }

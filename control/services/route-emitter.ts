@@ -36,17 +36,11 @@ export class RouteEmitter {
    */
   desiredBackends(service: ServiceRecord, cells: ReadonlyMap<string, CellSnapshot>): Backend[] {
     const out: Backend[] = [];
-    // Not PostgreSQL: libpq's default SCRAM channel binding (tls-server-end-point, RFC 5929) binds
-    // the client's proof to the certificate it sees, the router's, while the engine checks it
-    // against its own, so every password login through a re-encrypting router would fail
-    // ("SCRAM channel binding check failed"). The router can re-encrypt to PostgreSQL (a
-    // backend's `tls`), but a service's route does so only once its engines present the
-    // router's certificate (docs/tls.md, Not yet).
-    const reencrypt =
-      this.certificates !== undefined &&
-      service.tls !== undefined &&
-      service.tls !== 'off' &&
-      service.engine !== 'postgres';
+    // A PostgreSQL cell reports `tls` only for an engine that presents the service's certificate,
+    // the router's: libpq's default SCRAM channel binding (tls-server-end-point, RFC 5929) binds
+    // the client's proof to the certificate it saw at the router, and the engine checks it
+    // against its own, so any other certificate fails every password login (docs/tls.md).
+    const reencrypt = this.certificates !== undefined && service.tls !== undefined && service.tls !== 'off';
     for (const inst of service.instances) {
       const actual = cells.get(inst.cell)?.actual.get(inst.id);
       if (!actual || actual.port === null || !inst.specWritten) continue;
@@ -87,8 +81,9 @@ export class RouteEmitter {
     const current = await this.currentRoute(service);
     const want = this.desiredBackends(service, cells);
     const tls = want.length ? await this.desiredTls(service) : undefined;
-    // A route written before its service had TLS (or by an older control) is rewritten whole.
-    const tlsStale = tls !== undefined && !sameTls(current?.tls, tls);
+    // A route written before its service had TLS (or by an older control), or before its policy
+    // changed, is rewritten whole.
+    const tlsStale = current !== null && want.length > 0 && !sameTls(current.tls, tls);
     const have = new Map((current?.backends ?? []).map((b) => [b.id, b]));
     const upserts: TcpRouteInput[] = want
       .filter((b) => tlsStale || !sameBackend(have.get(b.id), b))
@@ -105,7 +100,7 @@ export class RouteEmitter {
         backend_tls: b.tls === true,
         mode: 'primary',
         // Every write carries it: a route that lost all its backends is created anew by the next.
-        ...(tls ? { tls } : {}),
+        ...(tls ? { tls } : tlsStale ? { clear_tls: true } : {}),
         modification_tag: { guid: `service:${service.name}`, index: leaderToken },
       }));
     const wanted = new Set(want.map((b) => b.id));
@@ -128,10 +123,7 @@ export class RouteEmitter {
     const current = await this.currentRoute(service);
     const want = this.desiredBackends(service, cells);
     const have = new Map((current?.backends ?? []).map((b) => [b.id, b]));
-    if (want.length && this.certificates && service.tls && service.tls !== 'off') {
-      const tls = await this.desiredTls(service);
-      if (!sameTls(current?.tls, tls)) return false;
-    }
+    if (want.length && current && !sameTls(current.tls, await this.desiredTls(service))) return false;
     return have.size === want.length && want.every((b) => sameBackend(have.get(b.id), b));
   }
 

@@ -24,7 +24,12 @@ export interface ServiceAdmissionDeps {
   groups: RouterGroupStore;
   routes: TcpRouteStore;
   /** Whether control can issue certificates, and the policy of a request without one. @default off, unavailable */
-  tls?: { available: boolean; defaultPolicy: ServiceTlsPolicy };
+  tls?: {
+    available: boolean;
+    defaultPolicy: ServiceTlsPolicy;
+    /** Issues (or finds) the service's certificate: a PostgreSQL service's engines present it. */
+    certificate?: (service: string) => Promise<{ certFile: string; keyFile: string }>;
+  };
 }
 
 /** A service made from a snapshot: its primary goes to one of the cells holding it. */
@@ -95,6 +100,11 @@ export async function admitService(
       );
     } else runPlacementAuction({ ...request, slots, occupied: [] }, candidates);
     const port = await freePort(deps, group, () => deps.store.usageAt(snapshot));
+    // Issued before the record exists, so the first engine finds the files at its first start.
+    const tlsCertificate =
+      req.engine === 'postgres' && tls !== 'off' && deps.tls?.certificate
+        ? await deps.tls.certificate(req.name)
+        : undefined;
     const record: ServiceRecord = {
       name: req.name,
       engine: req.engine,
@@ -106,6 +116,7 @@ export async function admitService(
       ...(req.command ? { command: { file: req.command.file, args: req.command.args } } : {}),
       ...(req.executor ? { executor: req.executor } : {}),
       tls,
+      ...(tlsCertificate ? { tlsCertificate } : {}),
       ...(req.sidecars?.length ? { sidecars: [...req.sidecars] } : {}),
       ...(req.resources && (req.resources.memory_mb || req.resources.cpus)
         ? {

@@ -63,7 +63,7 @@ export class ServiceCertificates {
  * PostgreSQL clients ask for TLS with an SSLRequest first. Undefined for `off`.
  */
 export function serviceRouteTls(
-  service: Pick<ServiceRecord, 'engine'> & { tls?: ServiceTlsPolicy },
+  service: Pick<ServiceRecord, 'engine' | 'name'> & { tls?: ServiceTlsPolicy },
   files: ServiceTlsFiles,
 ): RouteTls | undefined {
   if (!service.tls || service.tls === 'off') return undefined;
@@ -75,5 +75,8 @@ export function serviceRouteTls(
     keyFile: files.keyFile,
     // Engines that serve TLS are verified against the platform CA, not the system's CAs.
     backendCaFile: files.caFile,
+    // PostgreSQL engines present this same certificate (SCRAM channel binding, docs/tls.md),
+    // which names the service, not the cells the router connects to.
+    ...(service.engine === 'postgres' ? { backendServerName: service.name } : {}),
   });
 }

@@ -137,10 +137,12 @@ export const serviceUpdateSchema = z
       .min(1, 'must be at least 1')
       .max(MAX_SNAPSHOT_KEEP, `must be at most ${MAX_SNAPSHOT_KEEP}`)
       .optional(),
+    /** The TLS policy (docs/tls.md, Changing the policy of a running service). */
+    tls: z.enum(SERVICE_TLS_POLICIES, { error: `must be one of ${SERVICE_TLS_POLICIES.join(', ')}` }).optional(),
   })
   .strict()
-  .refine((b) => b.disk_sync !== undefined || b.snapshot_keep !== undefined, {
-    message: 'give disk_sync or snapshot_keep',
+  .refine((b) => b.disk_sync !== undefined || b.snapshot_keep !== undefined || b.tls !== undefined, {
+    message: 'give disk_sync, snapshot_keep or tls',
   });
 export type ServiceUpdateRequest = z.output<typeof serviceUpdateSchema>;
 

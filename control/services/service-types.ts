@@ -118,6 +118,13 @@ export interface ServiceRecord extends ServiceRequestFields {
   executor?: ExecutorKind;
   /** TLS with clients on the router port (docs/tls.md); absent in records made before it existed = off. */
   tls?: ServiceTlsPolicy;
+  /**
+   * PostgreSQL with TLS: the service's certificate files, which its engines present as the router
+   * does, so SCRAM channel binding holds through a re-encrypting router (docs/tls.md). Absent in
+   * records made before it existed: those engines keep the cell's certificate, and the route
+   * reaches them in plaintext.
+   */
+  tlsCertificate?: { certFile: string; keyFile: string };
   /** Sidecars each instance carries (docs/cells.md, Pods); absent = none. */
   sidecars?: SidecarKind[];
   /** Limits per instance (container limits on the docker executor); absent = none. */

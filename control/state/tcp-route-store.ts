@@ -481,6 +481,7 @@ function buildRoute(base: Route | null, item: TcpRouteInput, backendId: string, 
     backends,
   };
   for (const name of ROUTE_LEVEL_FIELDS) if (item[name] !== undefined) route[name] = item[name];
+  if (item.clear_tls && item.tls === undefined) delete route.tls;
   // The router's own validation, so control never stores a route a router would refuse.
   return parseRoute(route, field);
 }

@@ -90,6 +90,8 @@ export interface TcpRouteInput extends TcpRouteKeyInput, RouteLevelFields, CfRec
   state?: BackendState;
   /** The router reaches this backend over TLS (the backend's `tls`); absent: unchanged. */
   backend_tls?: boolean;
+  /** Removes the route's TLS section (a service whose TLS policy became `off`); not in the routing API. */
+  clear_tls?: boolean;
 }
 
 /** What control stores per record next to the route itself. */

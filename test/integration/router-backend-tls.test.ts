@@ -7,7 +7,7 @@
  */
 import { expect } from 'chai';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PlatformCa, type IssuedCertificate } from '../../common';
@@ -23,10 +23,14 @@ interface Run {
   stderr: string;
 }
 
-function run(file: string, args: string[]): Promise<Run> {
+function run(file: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> {
   return new Promise((resolve) => {
-    execFile(file, args, { timeout: 20_000, env: { ...process.env, PGCONNECT_TIMEOUT: '10' } }, (err, stdout, stderr) =>
-      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout: stdout.trim(), stderr }),
+    execFile(
+      file,
+      args,
+      { timeout: 20_000, env: { ...process.env, PGCONNECT_TIMEOUT: '10', ...env } },
+      (err, stdout, stderr) =>
+        resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout: stdout.trim(), stderr }),
     );
   });
 }
@@ -63,6 +67,7 @@ describe('router TLS to engines', function () {
   let pgGood: PostgresServerHandle;
   let pgForeign: PostgresServerHandle;
   let pgPlain: PostgresServerHandle;
+  let pgBound: PostgresServerHandle;
   let router: RouterHarness;
   const port: Record<string, number> = {};
 
@@ -81,7 +86,11 @@ describe('router TLS to engines', function () {
     pgGood = await startPostgresServer(engineCert);
     pgForeign = await startPostgresServer(foreignCert);
     pgPlain = await startPostgresServer();
-    for (const name of ['redis', 'redisForeign', 'pg', 'pgForeign', 'pgPlain']) port[name] = await freePort();
+    // The engine presents the route's own certificate, as a PostgreSQL service's engines do.
+    pgBound = await startPostgresServer(routerCert);
+    for (const pg of [pgGood, pgBound]) await scramUser(pg);
+    for (const name of ['redis', 'redisForeign', 'pg', 'pgForeign', 'pgPlain', 'pgBound'])
+      port[name] = await freePort();
     const terminate = (extra: object = {}): Record<string, unknown> => ({
       certFile: routerCert.certFile,
       keyFile: routerCert.keyFile,
@@ -96,6 +105,11 @@ describe('router TLS to engines', function () {
         { port: port.pg!, backends: tlsBackend(pgGood.port), tls: terminate({ startup: 'postgres' }) },
         { port: port.pgForeign!, backends: tlsBackend(pgForeign.port), tls: terminate({ startup: 'postgres' }) },
         { port: port.pgPlain!, backends: tlsBackend(pgPlain.port), tls: terminate({ startup: 'postgres' }) },
+        {
+          port: port.pgBound!,
+          backends: tlsBackend(pgBound.port),
+          tls: terminate({ startup: 'postgres', backendServerName: 'localhost' }),
+        },
       ],
     });
   });
@@ -103,7 +117,7 @@ describe('router TLS to engines', function () {
   after(async () => {
     await router?.stop();
     for (const s of [redisGood, redisForeign]) await s?.stop();
-    for (const s of [pgGood, pgForeign, pgPlain]) await s?.stop();
+    for (const s of [pgGood, pgForeign, pgPlain, pgBound]) await s?.stop();
     rmSync(dir, { recursive: true, force: true });
   });
 
@@ -144,6 +158,28 @@ describe('router TLS to engines', function () {
     expect(r.stdout).to.equal('t');
   });
 
+  it('keeps SCRAM channel binding when the engine presents the route certificate, and only then', async () => {
+    const bound = (p: number): Promise<Run> =>
+      run(
+        'psql',
+        [
+          `host=127.0.0.1 port=${p} user=u dbname=postgres sslmode=verify-full sslrootcert=${ca.certFile} channel_binding=require`,
+          '-XAtq',
+          '-c',
+          'select ssl from pg_stat_ssl where pid = pg_backend_pid()',
+        ],
+        { PGPASSWORD: 'pw' },
+      );
+    // SCRAM-SHA-256-PLUS bound to the certificate psql saw at the router, checked by the engine
+    // against its own: the same certificate, verified by the route's backendServerName.
+    const same = await bound(port.pgBound!);
+    expect(same.stdout, same.stderr).to.equal('t');
+    // An engine with another certificate (the cell's) cannot check the binding.
+    const other = await bound(port.pg!);
+    expect(other.code).to.not.equal(0);
+    expect(other.stderr).to.match(/channel binding/);
+  });
+
   it('refuses a PostgreSQL engine with a foreign certificate or without TLS', async () => {
     for (const p of [port.pgForeign!, port.pgPlain!]) {
       const before = stats(p).backendTlsErrors;
@@ -153,6 +189,21 @@ describe('router TLS to engines', function () {
     }
   });
 });
+
+/** A password user `u` (SCRAM) besides the trusted superuser, so a login can bind to TLS. */
+async function scramUser(pg: PostgresServerHandle): Promise<void> {
+  const sql = (q: string): Promise<Run> =>
+    run('psql', [`host=127.0.0.1 port=${pg.port} user=postgres dbname=postgres sslmode=disable`, '-XAtq', '-c', q]);
+  const hba = join(pg.dir, 'data', 'pg_hba.conf');
+  writeFileSync(hba, `host all u 127.0.0.1/32 scram-sha-256\n${readFileSync(hba, 'utf8')}`);
+  for (const q of [
+    "set password_encryption = 'scram-sha-256'; create role u login password 'pw'",
+    'select pg_reload_conf()',
+  ]) {
+    const r = await sql(q);
+    if (r.code !== 0) throw new Error(`${q}: ${r.stderr}`);
+  }
+}
 
 function fetchMetrics(router: RouterHarness): Promise<string> {
   return createRouterMetrics(router.router, false).metrics();

@@ -61,8 +61,8 @@ describe('services with TLS', function () {
     return cluster().waitForService(name, 120_000);
   }
 
-  async function key(service: string): Promise<KeyBody> {
-    const res = await cluster().api<KeyBody>('POST', `/v3/service_instances/${service}/keys`, { name: 'app' });
+  async function key(service: string, name = 'app'): Promise<KeyBody> {
+    const res = await cluster().api<KeyBody>('POST', `/v3/service_instances/${service}/keys`, { name });
     expect(res.status, JSON.stringify(res.body)).to.equal(201);
     return res.body;
   }
@@ -136,6 +136,42 @@ describe('services with TLS', function () {
       );
       // A plaintext engine never answers a ClientHello: redis-cli waits until it is stopped.
       expect(tls.stdout.trim()).to.not.equal('PONG');
+    });
+
+    it('changes optional to required on a running service, and refuses off to required naming tls', async () => {
+      const creds = await key('both', 'policy');
+      const plainUri = creds.uri.replace(/^rediss:/, 'redis:');
+      const set = await run('redis-cli', ['-u', creds.uri, '--cacert', caFile, '--no-auth-warning', 'set', 'k', 'v']);
+      expect(set.stdout.trim(), set.stderr).to.equal('OK');
+      const changed = await cluster().api<ServiceView>('PATCH', '/v3/service_instances/both', { tls: 'required' });
+      expect(changed.status, JSON.stringify(changed.body)).to.equal(200);
+      expect(changed.body.tls).to.equal('required');
+      // The route follows within a push; until then plaintext may still be served.
+      const deadline = Date.now() + 60_000;
+      let plain = await run('redis-cli', ['-u', plainUri, '--no-auth-warning', 'get', 'k'], 10_000);
+      while (plain.stdout.trim() === 'v') {
+        if (Date.now() > deadline) throw new Error('plaintext still served 60 s after the change to required');
+        await new Promise((r) => setTimeout(r, 500));
+        plain = await run('redis-cli', ['-u', plainUri, '--no-auth-warning', 'get', 'k'], 10_000);
+      }
+      const tls = await run('redis-cli', ['-u', creds.uri, '--cacert', caFile, '--no-auth-warning', 'get', 'k']);
+      expect(tls.stdout.trim(), tls.stderr).to.equal('v');
+
+      const refused = await cluster().api<{ error: { field: string; message: string } }>(
+        'PATCH',
+        '/v3/service_instances/plain',
+        { tls: 'required' },
+      );
+      expect(refused.status).to.equal(400);
+      expect(refused.body.error.field).to.equal('tls');
+      expect(refused.body.error.message).to.match(/plaintext port/);
+      const unchanged = await cluster().api<ServiceView>('GET', '/v3/service_instances/plain');
+      expect(unchanged.body.tls).to.equal('off');
+      const bad = await cluster().api<{ error: { field: string } }>('PATCH', '/v3/service_instances/plain', {
+        tls: 'sometimes',
+      });
+      expect(bad.status).to.equal(400);
+      expect(bad.body.error.field).to.equal('tls');
     });
   });
 

@@ -98,6 +98,21 @@ describe('engine configuration', () => {
       expect(conf).to.contain('synchronous_commit = local\n').and.contain("synchronous_standby_names = ''\n");
       expect(conf).to.contain("primary_conninfo = 'host=h port=5 user=postgres application_name=p-1'");
     });
+
+    it("verifies a primary that presents its service's certificate by the service name at the primary's address", () => {
+      const conf = renderPostgresConfig(
+        ctx({ instanceId: 'p-1', engine: 'postgres', role: 'replica', replicaOf: { host: '10.0.0.9', port: 5 } }),
+        'postgres',
+        undefined,
+        {},
+        true,
+        { serverName: 'db', hostaddr: '10.0.0.9' },
+      );
+      expect(conf).to.contain('ssl = on\n').and.contain('host=db port=5 ');
+      expect(conf).to.match(
+        /primary_conninfo = '[^']*sslmode=verify-full sslrootcert=\/v\/tls\/ca\.crt hostaddr=10\.0\.0\.9'/,
+      );
+    });
   });
 
   describe('renderPgHba', () => {

@@ -148,7 +148,7 @@ describe('RouteEmitter', function () {
       expect(back[0]!.backend_tls).to.equal(false);
     });
 
-    it('keeps PostgreSQL engines and services without TLS in plaintext from the router, whatever they report', function () {
+    it('keeps services without TLS in plaintext from the router, whatever their engines report', function () {
       const off = { ...service, engine: 'redis', tls: 'off' } as unknown as ServiceRecord;
       const tlsCells = new Map([
         [
@@ -162,8 +162,27 @@ describe('RouteEmitter', function () {
       ]);
       const e = emitter({ port: 16001, mode: 'primary', backends: [] } as unknown as Route, []);
       expect(e.desiredBackends(off, tlsCells)[0]!.tls).to.equal(undefined);
-      // PostgreSQL: SCRAM channel binding would fail through a re-encrypting router.
-      expect(e.desiredBackends(service, tlsCells)[0]!.tls).to.equal(undefined);
+    });
+
+    it('re-encrypts to PostgreSQL engines that report TLS, verifying them by the service name', async function () {
+      const tlsCells = new Map([
+        [
+          'cell-1',
+          {
+            name: 'cell-1',
+            alive: true,
+            actual: new Map([['db-0', { state: 'running', host: '127.0.0.1', port: 20001, tls: true }]]),
+          } as unknown as CellSnapshot,
+        ],
+      ]);
+      const upserts: TcpRouteInput[] = [];
+      await emitter({ port: 16001, mode: 'primary', backends: [backend] } as Route, upserts).sync(service, tlsCells, 1);
+      expect(upserts[0]!.backend_tls).to.equal(true);
+      // The engines present the service's certificate (SCRAM channel binding), which names the service.
+      expect((upserts[0]!.tls as RouteTls).backendServerName).to.equal('db');
+      // An engine on a cell that does not report TLS (no certificate) stays plaintext.
+      const e = emitter({ port: 16001, mode: 'primary', backends: [] } as unknown as Route, []);
+      expect(e.desiredBackends(service, cells)[0]!.tls).to.equal(undefined);
     });
   });
 });
