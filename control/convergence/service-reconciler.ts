@@ -95,6 +95,39 @@ export class ServiceReconciler {
       await this.emitter.sync(after, cells, fence.token, { keepUnreported: context.cellGrace });
   }
 
+  /**
+   * The first placement of services that have no instance yet (`isNewService`), many in one
+   * commit: at 10,000 services one commit per service held scheduling to a few a second behind a
+   * burst of creates. Each service is decided as `reconcile` would (auction, the primary's spec),
+   * each auction counting the space the earlier ones of the batch took. Returns the names it
+   * decided; the others (changed meanwhile: deleted, placed) are for `reconcile`. No route is
+   * written: a service that never ran has none, and it is reconciled again once its cell reports.
+   */
+  async placeNew(
+    names: readonly string[],
+    fence: LeaderFence,
+    cells: ReadonlyMap<string, CellSnapshot>,
+    context: ReconcileContext = { cellGrace: false },
+  ): Promise<ReadonlySet<string>> {
+    return this.store.changeMany(names, fence, async (current, snapshot) => {
+      const usage = this.store.usageAt(snapshot);
+      const taken = new Map<string, number>();
+      const changes = new Map<string, ServiceChange>();
+      const decided = new Set<string>();
+      for (const name of names) {
+        const rec = current.get(name);
+        if (!rec || !isNewService(rec)) continue;
+        decided.add(name);
+        const othersMb = (cell: string): number => usage.promisedMb(cell) + (taken.get(cell) ?? 0);
+        const change = await this.step(rec, cells, fence, othersMb, context);
+        if (!change) continue;
+        changes.set(name, change);
+        for (const i of change.record?.instances ?? []) taken.set(i.cell, (taken.get(i.cell) ?? 0) + rec.volume.sizeMb);
+      }
+      return { changes, result: decided };
+    });
+  }
+
   /** Computes the next record of a live service, or null when nothing changes. */
   private async step(
     rec: ServiceRecord,
@@ -476,6 +509,15 @@ export function primaryLossReason(
   if (actual?.state === 'failed') return 'instance-failed';
   if (actual?.state === 'running' && actual.leaseHeld === false) return context.cellGrace ? null : 'lease-lost';
   return null;
+}
+
+/**
+ * A service never placed: no instance, waiting for (or refused by) its first auction. Its next
+ * record depends on the cells' capacity alone (no report, no route, no failover), so `placeNew`
+ * decides many at once.
+ */
+export function isNewService(record: ServiceRecord): boolean {
+  return record.instances.length === 0 && record.status === 'pending';
 }
 
 /** Where replicas connect: the primary's address once its cell reports it running. */

@@ -226,13 +226,37 @@ export class ServiceStore {
       snapshot: ServiceSnapshot,
     ) => Promise<{ change: ServiceChange; result: T } | { done: T }>,
   ): Promise<T> {
-    if (this.inChange.getStore()) return this.changeNow(name, fence, decide);
+    return this.inTurn(fence, () => this.changeNow(name, fence, decide));
+  }
+
+  /**
+   * Read-modify-write of several services in one commit (the leader's first placement of a burst
+   * of new services: one commit per service held scheduling to a few dozen a second). `decide`
+   * sees the current records of `names` (null when absent) and the snapshot, and returns the
+   * changes to write (names it leaves out are not written). Guarded by the services version like
+   * `change`; the version moves on by the number of records written, and each record's change
+   * message carries its own version, so every reader's catch-up names each of them.
+   */
+  async changeMany<T>(
+    names: readonly string[],
+    fence: LeaderFence | null,
+    decide: (
+      current: ReadonlyMap<string, ServiceRecord | null>,
+      snapshot: ServiceSnapshot,
+    ) => Promise<{ changes: ReadonlyMap<string, ServiceChange>; result: T }>,
+  ): Promise<T> {
+    return this.inTurn(fence, () => this.changeManyNow(names, fence, decide));
+  }
+
+  /** Runs `work` in this process's turn of changes (at once inside a change: nested). */
+  private inTurn<T>(fence: LeaderFence | null, work: () => Promise<T>): Promise<T> {
+    if (this.inChange.getStore()) return work();
     return new Promise<T>((resolve, reject) => {
       this.waiting.push({
         leader: fence !== null,
         run: () =>
           this.inChange
-            .run(true, () => this.changeNow(name, fence, decide))
+            .run(true, work)
             .then(resolve, reject)
             .finally(() => {
               this.busy = false;
@@ -291,17 +315,60 @@ export class ServiceStore {
     });
   }
 
+  private changeManyNow<T>(
+    names: readonly string[],
+    fence: LeaderFence | null,
+    decide: (
+      current: ReadonlyMap<string, ServiceRecord | null>,
+      snapshot: ServiceSnapshot,
+    ) => Promise<{ changes: ReadonlyMap<string, ServiceChange>; result: T }>,
+  ): Promise<T> {
+    let planned: { version: number; records: Map<string, ServiceRecord | null> } | null = null;
+    const result = withFencedRetry(this.redis, fence, async (): Promise<FencedPlan<T>> => {
+      planned = null;
+      const snapshot = await this.snapshot();
+      const current = new Map<string, ServiceRecord | null>();
+      for (const name of names) {
+        const record = snapshot.services.get(name);
+        current.set(name, record ? structuredClone(record) : null);
+      }
+      const { changes, result } = await decide(current, snapshot);
+      if (changes.size === 0) return { done: result };
+      const ops: CasOp[] = [];
+      const records = new Map<string, ServiceRecord | null>();
+      let version = snapshot.version;
+      for (const [name, change] of changes) {
+        ops.push(...this.ops(name, change, fence, ++version));
+        records.set(name, change.record ? (JSON.parse(JSON.stringify(change.record)) as ServiceRecord) : null);
+      }
+      // The script bumps the version by one; each further record moves it one more.
+      if (version > snapshot.version + 1)
+        ops.push({ cmd: 'SET', key: this.keys.servicesVersion, value: String(version) });
+      planned = { version, records };
+      return { guards: [{ key: this.keys.servicesVersion, expected: snapshot.version }], ops, result };
+    });
+    return result.then((value) => {
+      const done = planned as { version: number; records: Map<string, ServiceRecord | null> } | null;
+      if (done) this.learnMany(done.version - done.records.size, done.version, done.records);
+      return value;
+    });
+  }
+
   /**
    * This process's own commit goes into the cache at once: the next change (the leader's next
    * reconcile) would otherwise find the version moved before the change message arrived, and read
    * every record again (at 10,000 services that full read made placement crawl).
    */
   private learn(name: string, version: number, record: ServiceRecord | null): void {
+    this.learnMany(version - 1, version, new Map([[name, record]]));
+  }
+
+  /** Several records committed together, moving the version from `from` to `to`. */
+  private learnMany(from: number, to: number, changes: ReadonlyMap<string, ServiceRecord | null>): void {
     const cached = this.cached;
-    if (!cached || cached.version !== version - 1) return;
-    const changes = new Map([[name, record]]);
+    if (!cached || cached.version !== from) return;
     const base = cached.services instanceof ServiceMap ? cached.services : ServiceMap.of(cached.services);
-    this.keep({ version, services: base.with(changes) }, changes);
+    this.keep({ version: to, services: base.with(changes) }, changes);
   }
 
   /** Who holds the leader lock now, from the lock's value `${holderId}|${token}`. */
