@@ -451,7 +451,14 @@ export class ConvergenceLoop {
           changed.push([name, record, inputs]);
         } else if (owedNow) owed.push([name, record, inputs]);
       }
-      const work = [...changed, ...owed];
+      // Every other pass, services that ran before go first (a failover must not wait behind a
+      // burst of new services starting); the passes between keep the order found, so that
+      // services always needing work (degraded ones) cannot starve the new ones either.
+      const established = (r: ServiceRecord): boolean => r.status === 'running' || r.status === 'degraded';
+      const work =
+        this.passes % 2 === 0
+          ? [...changed.filter(([, r]) => established(r)), ...changed.filter(([, r]) => !established(r)), ...owed]
+          : [...changed, ...owed];
       this.carry = new Set(work.map(([name]) => name));
       let reconciled = 0;
       let cut = false;

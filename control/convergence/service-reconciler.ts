@@ -81,6 +81,12 @@ export class ServiceReconciler {
       });
       return;
     }
+    // A starting service whose instances all run as specified gets its route first, so this
+    // reconcile can already say running (the route must hold every instance before that): one
+    // reconcile per new service instead of two, which at a burst of placements halved the time
+    // until they all ran. Only then: the route is what the record's next version gives too.
+    if (before?.status === 'starting' && readyToRun(before, cells))
+      await this.emitter.sync(before, cells, fence.token, { keepUnreported: context.cellGrace });
     const after = await this.store.change(name, fence, async (rec, snapshot) => {
       if (!rec || rec.status === 'deleting') return { done: rec };
       // What the other services' records place on each cell: the sums over the snapshot, less
@@ -509,6 +515,30 @@ export function primaryLossReason(
   if (actual?.state === 'failed') return 'instance-failed';
   if (actual?.state === 'running' && actual.leaseHeld === false) return context.cellGrace ? null : 'lease-lost';
   return null;
+}
+
+/**
+ * Every instance placed as the service asks, its spec written, not fenced, on a live cell that
+ * reports it running at its generation: all a `starting` service waits for before it runs.
+ */
+function readyToRun(record: ServiceRecord, cells: ReadonlyMap<string, CellSnapshot>): boolean {
+  if (record.instances.length !== record.replicas + 1) return false;
+  return record.instances.every((i) => {
+    const cell = cells.get(i.cell);
+    const actual = cell?.actual.get(i.id);
+    return (
+      cell?.alive === true &&
+      i.specWritten &&
+      !i.fenced &&
+      !i.moveOf &&
+      actual !== undefined &&
+      actual.state === 'running' &&
+      actual.generation >= i.generation &&
+      actual.healthy !== false &&
+      actual.leaseHeld !== false &&
+      !actual.degraded
+    );
+  });
 }
 
 /**

@@ -283,6 +283,52 @@ describe('ServiceReconciler', () => {
     });
   });
 
+  describe('reconcile of a starting service', () => {
+    /** An emitter whose route is current once sync wrote it. */
+    function routeEmitter() {
+      const state = { synced: false, syncs: 0 };
+      const fake = {
+        sync: async () => {
+          state.syncs++;
+          state.synced = true;
+          return true;
+        },
+        remove: async () => undefined,
+        isCurrent: async () => state.synced,
+      };
+      return { state, fake };
+    }
+
+    it('writes the route first and runs in one reconcile once every instance reports running', async () => {
+      const { state, fake } = routeEmitter();
+      const store = new FakeStore(service('starting'));
+      const reconciler = new ServiceReconciler(
+        store as unknown as ServiceStore,
+        fake as unknown as RouteEmitter,
+        new FakeCoordinator(),
+      );
+      await reconciler.reconcile('cache', fence, cells({ c1: true, c2: true }));
+      expect(store.rec!.status).to.equal('running');
+      expect(state.syncs).to.be.greaterThan(0);
+    });
+
+    it('writes no route ahead while an instance has not reported running', async () => {
+      const { state, fake } = routeEmitter();
+      const store = new FakeStore(service('starting'));
+      const reconciler = new ServiceReconciler(
+        store as unknown as ServiceStore,
+        fake as unknown as RouteEmitter,
+        new FakeCoordinator(),
+      );
+      const c = cells({ c1: true, c2: true });
+      c.get('c2')!.actual.get('cache-1')!.state = 'starting';
+      await reconciler.reconcile('cache', fence, c);
+      expect(store.rec!.status).to.equal('starting');
+      // Only the sync after the change (which has nothing of cache-1 to route yet).
+      expect(state.syncs).to.equal(1);
+    });
+  });
+
   describe('placeNew', () => {
     /** A store holding several new services; changeMany commits what decide returns. */
     function batchStore(records: ServiceRecord[], existing: ServiceRecord[] = []) {
