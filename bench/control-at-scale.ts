@@ -419,8 +419,9 @@ async function main(): Promise<void> {
   result.createBusyRetries = busyRetries;
   // What the controls warned about (their log level is warn), last lines.
   result.controlWarnings = [leader, active === leader ? null : active]
-    .flatMap((c) => (c ? c.proc.output().trim().split('\n').slice(-20) : []))
-    .filter((l) => l.length > 0)
+    .flatMap((c) => (c ? c.proc.output().trim().split('\n') : []))
+    .filter((l) => l.length > 0 && !l.includes('"level":30'))
+    .slice(-20)
     .map((l) => l.slice(0, 300));
   result.simulator = (await sim.request({ type: 'stats' }, 'stats')).stats;
   result.loadEnd = load();
