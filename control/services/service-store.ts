@@ -23,6 +23,9 @@ export interface ServiceSnapshot {
   services: ReadonlyMap<string, ServiceRecord>;
 }
 
+/** Tries of a catch-up before a full read (waits 10, 20, … ms for messages not heard yet: 450 ms in all). */
+const CATCH_UP_ATTEMPTS = 10;
+
 /** Change log entries kept for changedBetween (a pass that falls further behind checks everything). */
 const CHANGE_LOG_LIMIT = 4_096;
 
@@ -50,6 +53,8 @@ export class ServiceStore {
    * never mutated (every change builds a new record).
    */
   private cached: ServiceSnapshot | null = null;
+  /** Change messages reach this store (noteChanged was called): worth waiting for one. */
+  private hearing = false;
   /** version -> service name, from change messages newer than the cached snapshot. */
   private readonly heard = new Map<number, string>();
   /** Sums over the cached snapshot's records, kept record by record (service-usage.ts). */
@@ -80,6 +85,7 @@ export class ServiceStore {
    * it every snapshot is a full read, as before.
    */
   noteChanged(message: string): void {
+    this.hearing = true;
     const space = message.indexOf(' ');
     const version = Number(message.slice(0, space));
     if (space < 0 || !Number.isInteger(version)) {
@@ -92,9 +98,11 @@ export class ServiceStore {
 
   /** Every record at one version: the cached one brought up to date, or a full read. */
   async snapshot(): Promise<ServiceSnapshot> {
-    // A catch-up fails when another change commits between its two reads: that is no reason to
-    // read every record, so it tries again (twice) from the newer version.
-    for (let attempt = 0; attempt < 3; attempt++) {
+    // A catch-up fails when another change commits between its two reads, and a version is not
+    // heard yet when its message is still on its way (the subscription is another connection):
+    // neither is a reason to read every record (at 10,000 services those full reads took most of
+    // the leader's time while creates went on), so it tries again, waiting a little for messages.
+    for (let attempt = 0; attempt < CATCH_UP_ATTEMPTS; attempt++) {
       const cached = this.cached;
       if (!cached) break;
       const version = Number((await this.redis.get(this.keys.servicesVersion)) ?? 0);
@@ -109,7 +117,12 @@ export class ServiceStore {
         if (name === undefined) heardAll = false;
         else names.add(name);
       }
-      if (!heardAll) break;
+      if (!heardAll) {
+        // A store that hears no messages (no subscription) reads everything, as before.
+        if (!this.hearing) break;
+        await new Promise((r) => setTimeout(r, 10 * (attempt + 1)));
+        continue;
+      }
       const caught = await this.catchUp(from, version, [...names]);
       if (caught) return caught;
     }
