@@ -285,6 +285,13 @@ async function main(): Promise<void> {
     await sleep(1_000);
   }
   result.settleSeconds = (Date.now() - settleFrom) / 1000;
+  // Every record should say running by now; anything else is a convergence problem worth seeing.
+  const statuses: Record<string, number> = {};
+  for (const text of await redis.hvals('sf:services')) {
+    const status = (JSON.parse(text) as { status: string }).status;
+    statuses[status] = (statuses[status] ?? 0) + 1;
+  }
+  result.statusesAtRest = statuses;
   const cpu0 = groupCpuSeconds(leader.proc.pid);
   const ops0 = await commandsProcessed(redis);
   const w0 = Date.now();
@@ -410,6 +417,12 @@ async function main(): Promise<void> {
   }
 
   result.createBusyRetries = busyRetries;
+  // What the controls warned about (their log level is warn), last lines.
+  result.controlWarnings = [leader, active === leader ? null : active]
+    .flatMap((c) => (c ? c.proc.output().trim().split('\n') : []))
+    .filter((l) => l.length > 0 && !l.includes('"level":30'))
+    .slice(-20)
+    .map((l) => l.slice(0, 300));
   result.simulator = (await sim.request({ type: 'stats' }, 'stats')).stats;
   result.loadEnd = load();
   sim.stop();

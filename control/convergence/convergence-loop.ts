@@ -19,7 +19,7 @@ import type { LeaderElector } from '../leader/leader-elector';
 import type { CellDirectory } from '../services/cell-directory';
 import type { ServiceSnapshot, ServiceStore } from '../services/service-store';
 import type { OrphanCollector } from './orphan-collector';
-import type { ServiceReconciler } from './service-reconciler';
+import { isNewService, type ServiceReconciler } from './service-reconciler';
 import type { StateKeeper } from './state-keeper';
 import type { ServiceRecord } from '../services/service-types';
 import type { CellSnapshot } from '../services/cell-directory';
@@ -58,6 +58,9 @@ export interface ConvergenceLoopOptions {
   /** Called after every pass this control ran as leader (metrics). */
   onPass?: (seconds: number, ok: boolean) => void;
 }
+
+/** New services placed by one commit (ServiceReconciler.placeNew). */
+const PLACE_BATCH = 200;
 
 /** The collector and the state copy get at most 1/COLLECT_SHARE of the leader's time. */
 const COLLECT_SHARE = 10;
@@ -153,6 +156,11 @@ export class ConvergenceLoop {
   private lastToken = -1;
   /** What each service's last reconcile saw, when it left the service running and unchanged. */
   private readonly settled = new Map<string, unknown[]>();
+  /**
+   * Services not settled but waiting for their cells' first reports (waitingForFirstReports),
+   * with the inputs of the reconcile that found them so: skipped while those stay the same.
+   */
+  private readonly waiting = new Map<string, unknown[]>();
   /** Services named by change messages since they were last reconciled: first in every pass. */
   private readonly urgent = new Set<string>();
   /** The resync round under way: services it still owes a reconcile, in the order it pays them. */
@@ -337,6 +345,7 @@ export class ConvergenceLoop {
     for (const cell of this.cellsOfService.get(name) ?? []) this.byCell.get(cell)?.delete(name);
     this.cellsOfService.delete(name);
     this.settled.delete(name);
+    this.waiting.delete(name);
     this.unsettled.delete(name);
     this.urgent.delete(name);
     this.carry.delete(name);
@@ -349,6 +358,7 @@ export class ConvergenceLoop {
 
   private unsettle(name: string): void {
     this.settled.delete(name);
+    this.waiting.delete(name);
     this.unsettled.add(name);
   }
 
@@ -361,6 +371,7 @@ export class ConvergenceLoop {
     // What was settled in an earlier term says nothing about what the leaders since then did.
     if (fence.token !== this.lastToken) {
       this.settled.clear();
+      this.waiting.clear();
       this.round = null;
       this.carry.clear();
     }
@@ -432,28 +443,74 @@ export class ConvergenceLoop {
           continue;
         }
         const inputs = reconcileInputs(record, cells, cellGrace);
-        if (this.urgent.has(name) || !sameInputs(this.settled.get(name), inputs)) changed.push([name, record, inputs]);
-        else if (owed.length < roundQuota && round?.owed.has(name)) owed.push([name, record, inputs]);
+        const owedNow = owed.length < roundQuota && round?.owed.has(name) === true;
+        if (this.urgent.has(name) || !sameInputs(this.settled.get(name), inputs)) {
+          // Waiting for its cells' first reports with the very inputs of a reconcile that found
+          // it so: that reconcile changed nothing, and this one would not either.
+          if (!this.urgent.has(name) && !owedNow && sameObjects(this.waiting.get(name), inputs)) continue;
+          changed.push([name, record, inputs]);
+        } else if (owedNow) owed.push([name, record, inputs]);
       }
-      const work = [...changed, ...owed];
+      // Every other pass, services that ran before go first (a failover must not wait behind a
+      // burst of new services starting); the passes between keep the order found, so that
+      // services always needing work (degraded ones) cannot starve the new ones either.
+      const established = (r: ServiceRecord): boolean => r.status === 'running' || r.status === 'degraded';
+      const work =
+        this.passes % 2 === 0
+          ? [...changed.filter(([, r]) => established(r)), ...changed.filter(([, r]) => !established(r)), ...owed]
+          : [...changed, ...owed];
       this.carry = new Set(work.map(([name]) => name));
       let reconciled = 0;
       let cut = false;
       const budgetFrom = performance.now();
-      for (const [name, record, inputs] of work) {
-        if (this.elector.current()?.token !== fence.token) return;
-        if (reconciled > 0 && performance.now() - budgetFrom > this.opts.passBudgetMs) {
-          cut = true;
-          break;
-        }
+      const take = (name: string): void => {
         this.carry.delete(name);
         this.unsettle(name);
         this.urgent.delete(name);
         round?.owed.delete(name);
         reconciled++;
+      };
+      // New services first, many to a commit (the rest, one by one, below).
+      const fresh = work.filter(([, record]) => isNewService(record)).map(([name]) => name);
+      for (let i = 0; i < fresh.length && !cut; i += PLACE_BATCH) {
+        if (this.elector.current()?.token !== fence.token) return;
+        if (reconciled > 0 && performance.now() - budgetFrom > this.opts.passBudgetMs) {
+          cut = true;
+          break;
+        }
+        const batch = fresh.slice(i, i + PLACE_BATCH);
+        batch.forEach(take);
+        try {
+          const decided = await this.reconciler.placeNew(batch, fence, cells, { cellGrace });
+          // Changed since the snapshot (deleted, placed by an earlier term): reconciled one by one.
+          for (const name of batch) if (!decided.has(name)) this.carry.add(name);
+        } catch (err) {
+          if (isSfError(err) && err.code === ErrorCode.StaleLeader) {
+            this.opts.logger.warn({ err: err.message }, 'a newer leader exists; standing down');
+            await this.elector.tick();
+            return;
+          }
+          this.opts.logger.warn(
+            { services: batch.length, err: (err as Error).message },
+            'placement of new services failed',
+          );
+          for (const name of batch) this.carry.add(name);
+        }
+      }
+      const placed = new Set(fresh);
+      for (const [name, record, inputs] of work) {
+        if (cut) break;
+        if (placed.has(name)) continue;
+        if (this.elector.current()?.token !== fence.token) return;
+        if (reconciled > 0 && performance.now() - budgetFrom > this.opts.passBudgetMs) {
+          cut = true;
+          break;
+        }
+        take(name);
         try {
           await this.reconciler.reconcile(name, fence, cells, { cellGrace });
           if (settledService(record, cells)) this.settle(name, inputs);
+          else if (waitingForFirstReports(record, cells)) this.waiting.set(name, inputs);
         } catch (err) {
           if (isSfError(err) && err.code === ErrorCode.StaleLeader) {
             this.opts.logger.warn({ err: err.message }, 'a newer leader exists; standing down');
@@ -573,6 +630,31 @@ function settledService(record: ServiceRecord, cells: ReadonlyMap<string, CellSn
       actual.healthy !== false &&
       actual.leaseHeld !== false &&
       !actual.degraded
+    );
+  });
+}
+
+/** Both input lists hold the very same values (reports compared by identity, not content). */
+function sameObjects(a: unknown[] | undefined, b: unknown[]): boolean {
+  return a !== undefined && a.length === b.length && a.every((v, i) => v === b[i]);
+}
+
+/**
+ * A placed service whose cells have reported none of its instances yet, all on live cells and
+ * none fenced: a reconcile has nothing to do (no report to act on, no failover, no restart, no
+ * route) until a report, a cell's liveness or the record changes — all of which are inputs.
+ */
+function waitingForFirstReports(record: ServiceRecord, cells: ReadonlyMap<string, CellSnapshot>): boolean {
+  if (record.status !== 'starting' || record.message) return false;
+  if (record.instances.filter((i) => !i.moveOf).length !== record.replicas + 1) return false;
+  return record.instances.every((inst) => {
+    const cell = cells.get(inst.cell);
+    return (
+      cell?.alive === true &&
+      !inst.fenced &&
+      !inst.moveOf &&
+      cell.actual.get(inst.id) === undefined &&
+      (inst.role !== 'primary' || inst.specWritten)
     );
   });
 }

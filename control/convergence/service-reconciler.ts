@@ -81,6 +81,12 @@ export class ServiceReconciler {
       });
       return;
     }
+    // A starting service whose instances all run as specified gets its route first, so this
+    // reconcile can already say running (the route must hold every instance before that): one
+    // reconcile per new service instead of two, which at a burst of placements halved the time
+    // until they all ran. Only then: the route is what the record's next version gives too.
+    if (before?.status === 'starting' && readyToRun(before, cells))
+      await this.emitter.sync(before, cells, fence.token, { keepUnreported: context.cellGrace });
     const after = await this.store.change(name, fence, async (rec, snapshot) => {
       if (!rec || rec.status === 'deleting') return { done: rec };
       // What the other services' records place on each cell: the sums over the snapshot, less
@@ -93,6 +99,39 @@ export class ServiceReconciler {
     });
     if (after && after.status !== 'deleting')
       await this.emitter.sync(after, cells, fence.token, { keepUnreported: context.cellGrace });
+  }
+
+  /**
+   * The first placement of services that have no instance yet (`isNewService`), many in one
+   * commit: at 10,000 services one commit per service held scheduling to a few a second behind a
+   * burst of creates. Each service is decided as `reconcile` would (auction, the primary's spec),
+   * each auction counting the space the earlier ones of the batch took. Returns the names it
+   * decided; the others (changed meanwhile: deleted, placed) are for `reconcile`. No route is
+   * written: a service that never ran has none, and it is reconciled again once its cell reports.
+   */
+  async placeNew(
+    names: readonly string[],
+    fence: LeaderFence,
+    cells: ReadonlyMap<string, CellSnapshot>,
+    context: ReconcileContext = { cellGrace: false },
+  ): Promise<ReadonlySet<string>> {
+    return this.store.changeMany(names, fence, async (current, snapshot) => {
+      const usage = this.store.usageAt(snapshot);
+      const taken = new Map<string, number>();
+      const changes = new Map<string, ServiceChange>();
+      const decided = new Set<string>();
+      for (const name of names) {
+        const rec = current.get(name);
+        if (!rec || !isNewService(rec)) continue;
+        decided.add(name);
+        const othersMb = (cell: string): number => usage.promisedMb(cell) + (taken.get(cell) ?? 0);
+        const change = await this.step(rec, cells, fence, othersMb, context);
+        if (!change) continue;
+        changes.set(name, change);
+        for (const i of change.record?.instances ?? []) taken.set(i.cell, (taken.get(i.cell) ?? 0) + rec.volume.sizeMb);
+      }
+      return { changes, result: decided };
+    });
   }
 
   /** Computes the next record of a live service, or null when nothing changes. */
@@ -476,6 +515,39 @@ export function primaryLossReason(
   if (actual?.state === 'failed') return 'instance-failed';
   if (actual?.state === 'running' && actual.leaseHeld === false) return context.cellGrace ? null : 'lease-lost';
   return null;
+}
+
+/**
+ * Every instance placed as the service asks, its spec written, not fenced, on a live cell that
+ * reports it running at its generation: all a `starting` service waits for before it runs.
+ */
+function readyToRun(record: ServiceRecord, cells: ReadonlyMap<string, CellSnapshot>): boolean {
+  if (record.instances.length !== record.replicas + 1) return false;
+  return record.instances.every((i) => {
+    const cell = cells.get(i.cell);
+    const actual = cell?.actual.get(i.id);
+    return (
+      cell?.alive === true &&
+      i.specWritten &&
+      !i.fenced &&
+      !i.moveOf &&
+      actual !== undefined &&
+      actual.state === 'running' &&
+      actual.generation >= i.generation &&
+      actual.healthy !== false &&
+      actual.leaseHeld !== false &&
+      !actual.degraded
+    );
+  });
+}
+
+/**
+ * A service never placed: no instance, waiting for (or refused by) its first auction. Its next
+ * record depends on the cells' capacity alone (no report, no route, no failover), so `placeNew`
+ * decides many at once.
+ */
+export function isNewService(record: ServiceRecord): boolean {
+  return record.instances.length === 0 && record.status === 'pending';
 }
 
 /** Where replicas connect: the primary's address once its cell reports it running. */

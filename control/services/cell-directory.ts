@@ -21,10 +21,15 @@ interface CachedCell {
   actual: Map<string, ActualInstance>;
 }
 
+/** The heartbeat time in a registration's JSON text (the one field each heartbeat changes). */
+const HEARTBEAT_AT = /"heartbeatAt":(\d+)/;
+
 export class CellDirectory {
   /** Last record seen per cell, so a dead cell still shows its zone and capacity. */
   private readonly lastRecords = new Map<string, CellRecord>();
   private readonly cached = new Map<string, CachedCell>();
+  /** Each cell's last registration text without its `heartbeatAt`, and its record. */
+  private readonly parsed = new Map<string, { rest: string; record: CellRecord }>();
   /** Cells that reported since their actual hash was last read. */
   private readonly dirty = new Set<string>();
   /** The view being read, shared by whoever asks meanwhile. */
@@ -96,7 +101,7 @@ export class CellDirectory {
       const regText = regs[i];
       let record: CellRecord | null = null;
       if (regText) {
-        record = JSON.parse(regText) as CellRecord;
+        record = this.parse(name, regText);
         this.lastRecords.set(name, record);
       }
       out.set(name, {
@@ -107,6 +112,21 @@ export class CellDirectory {
       });
     });
     return out;
+  }
+
+  /**
+   * A registration's record. Between two heartbeats only `heartbeatAt` changes: the record parsed
+   * before is reused with the new time (every pass read 1,000 registrations, and parsing them was
+   * a large share of a pass at 1,000 cells).
+   */
+  private parse(name: string, text: string): CellRecord {
+    const at = HEARTBEAT_AT.exec(text);
+    const rest = at ? text.slice(0, at.index) + text.slice(at.index + at[0].length) : text;
+    const before = this.parsed.get(name);
+    if (at && before?.rest === rest) return { ...before.record, heartbeatAt: Number(at[1]) };
+    const record = JSON.parse(text) as CellRecord;
+    this.parsed.set(name, { rest, record });
+    return record;
   }
 
   private remember(name: string, raw: Record<string, string>): void {

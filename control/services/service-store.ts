@@ -23,6 +23,9 @@ export interface ServiceSnapshot {
   services: ReadonlyMap<string, ServiceRecord>;
 }
 
+/** Tries of a catch-up before a full read (waits 10, 20, … ms for messages not heard yet: 450 ms in all). */
+const CATCH_UP_ATTEMPTS = 10;
+
 /** Change log entries kept for changedBetween (a pass that falls further behind checks everything). */
 const CHANGE_LOG_LIMIT = 4_096;
 
@@ -50,6 +53,8 @@ export class ServiceStore {
    * never mutated (every change builds a new record).
    */
   private cached: ServiceSnapshot | null = null;
+  /** Change messages reach this store (noteChanged was called): worth waiting for one. */
+  private hearing = false;
   /** version -> service name, from change messages newer than the cached snapshot. */
   private readonly heard = new Map<number, string>();
   /** Sums over the cached snapshot's records, kept record by record (service-usage.ts). */
@@ -80,6 +85,7 @@ export class ServiceStore {
    * it every snapshot is a full read, as before.
    */
   noteChanged(message: string): void {
+    this.hearing = true;
     const space = message.indexOf(' ');
     const version = Number(message.slice(0, space));
     if (space < 0 || !Number.isInteger(version)) {
@@ -92,9 +98,11 @@ export class ServiceStore {
 
   /** Every record at one version: the cached one brought up to date, or a full read. */
   async snapshot(): Promise<ServiceSnapshot> {
-    // A catch-up fails when another change commits between its two reads: that is no reason to
-    // read every record, so it tries again (twice) from the newer version.
-    for (let attempt = 0; attempt < 3; attempt++) {
+    // A catch-up fails when another change commits between its two reads, and a version is not
+    // heard yet when its message is still on its way (the subscription is another connection):
+    // neither is a reason to read every record (at 10,000 services those full reads took most of
+    // the leader's time while creates went on), so it tries again, waiting a little for messages.
+    for (let attempt = 0; attempt < CATCH_UP_ATTEMPTS; attempt++) {
       const cached = this.cached;
       if (!cached) break;
       const version = Number((await this.redis.get(this.keys.servicesVersion)) ?? 0);
@@ -109,7 +117,12 @@ export class ServiceStore {
         if (name === undefined) heardAll = false;
         else names.add(name);
       }
-      if (!heardAll) break;
+      if (!heardAll) {
+        // A store that hears no messages (no subscription) reads everything, as before.
+        if (!this.hearing) break;
+        await new Promise((r) => setTimeout(r, 10 * (attempt + 1)));
+        continue;
+      }
       const caught = await this.catchUp(from, version, [...names]);
       if (caught) return caught;
     }
@@ -226,13 +239,37 @@ export class ServiceStore {
       snapshot: ServiceSnapshot,
     ) => Promise<{ change: ServiceChange; result: T } | { done: T }>,
   ): Promise<T> {
-    if (this.inChange.getStore()) return this.changeNow(name, fence, decide);
+    return this.inTurn(fence, () => this.changeNow(name, fence, decide));
+  }
+
+  /**
+   * Read-modify-write of several services in one commit (the leader's first placement of a burst
+   * of new services: one commit per service held scheduling to a few dozen a second). `decide`
+   * sees the current records of `names` (null when absent) and the snapshot, and returns the
+   * changes to write (names it leaves out are not written). Guarded by the services version like
+   * `change`; the version moves on by the number of records written, and each record's change
+   * message carries its own version, so every reader's catch-up names each of them.
+   */
+  async changeMany<T>(
+    names: readonly string[],
+    fence: LeaderFence | null,
+    decide: (
+      current: ReadonlyMap<string, ServiceRecord | null>,
+      snapshot: ServiceSnapshot,
+    ) => Promise<{ changes: ReadonlyMap<string, ServiceChange>; result: T }>,
+  ): Promise<T> {
+    return this.inTurn(fence, () => this.changeManyNow(names, fence, decide));
+  }
+
+  /** Runs `work` in this process's turn of changes (at once inside a change: nested). */
+  private inTurn<T>(fence: LeaderFence | null, work: () => Promise<T>): Promise<T> {
+    if (this.inChange.getStore()) return work();
     return new Promise<T>((resolve, reject) => {
       this.waiting.push({
         leader: fence !== null,
         run: () =>
           this.inChange
-            .run(true, () => this.changeNow(name, fence, decide))
+            .run(true, work)
             .then(resolve, reject)
             .finally(() => {
               this.busy = false;
@@ -291,17 +328,60 @@ export class ServiceStore {
     });
   }
 
+  private changeManyNow<T>(
+    names: readonly string[],
+    fence: LeaderFence | null,
+    decide: (
+      current: ReadonlyMap<string, ServiceRecord | null>,
+      snapshot: ServiceSnapshot,
+    ) => Promise<{ changes: ReadonlyMap<string, ServiceChange>; result: T }>,
+  ): Promise<T> {
+    let planned: { version: number; records: Map<string, ServiceRecord | null> } | null = null;
+    const result = withFencedRetry(this.redis, fence, async (): Promise<FencedPlan<T>> => {
+      planned = null;
+      const snapshot = await this.snapshot();
+      const current = new Map<string, ServiceRecord | null>();
+      for (const name of names) {
+        const record = snapshot.services.get(name);
+        current.set(name, record ? structuredClone(record) : null);
+      }
+      const { changes, result } = await decide(current, snapshot);
+      if (changes.size === 0) return { done: result };
+      const ops: CasOp[] = [];
+      const records = new Map<string, ServiceRecord | null>();
+      let version = snapshot.version;
+      for (const [name, change] of changes) {
+        ops.push(...this.ops(name, change, fence, ++version));
+        records.set(name, change.record ? (JSON.parse(JSON.stringify(change.record)) as ServiceRecord) : null);
+      }
+      // The script bumps the version by one; each further record moves it one more.
+      if (version > snapshot.version + 1)
+        ops.push({ cmd: 'SET', key: this.keys.servicesVersion, value: String(version) });
+      planned = { version, records };
+      return { guards: [{ key: this.keys.servicesVersion, expected: snapshot.version }], ops, result };
+    });
+    return result.then((value) => {
+      const done = planned as { version: number; records: Map<string, ServiceRecord | null> } | null;
+      if (done) this.learnMany(done.version - done.records.size, done.version, done.records);
+      return value;
+    });
+  }
+
   /**
    * This process's own commit goes into the cache at once: the next change (the leader's next
    * reconcile) would otherwise find the version moved before the change message arrived, and read
    * every record again (at 10,000 services that full read made placement crawl).
    */
   private learn(name: string, version: number, record: ServiceRecord | null): void {
+    this.learnMany(version - 1, version, new Map([[name, record]]));
+  }
+
+  /** Several records committed together, moving the version from `from` to `to`. */
+  private learnMany(from: number, to: number, changes: ReadonlyMap<string, ServiceRecord | null>): void {
     const cached = this.cached;
-    if (!cached || cached.version !== version - 1) return;
-    const changes = new Map([[name, record]]);
+    if (!cached || cached.version !== from) return;
     const base = cached.services instanceof ServiceMap ? cached.services : ServiceMap.of(cached.services);
-    this.keep({ version, services: base.with(changes) }, changes);
+    this.keep({ version: to, services: base.with(changes) }, changes);
   }
 
   /** Who holds the leader lock now, from the lock's value `${holderId}|${token}`. */

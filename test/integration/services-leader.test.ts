@@ -5,6 +5,8 @@ import { ErrorCode, isSfError } from '../../common/errors';
 import { fencedCommit } from '../../control/leader/fenced-commit';
 import { LeaderElector } from '../../control/leader/leader-elector';
 import { ServiceStore, type ServiceView } from '../../control/services';
+import type { ServiceChange } from '../../control/services/service-store';
+import type { ServiceRecord } from '../../control/services/service-types';
 import { startRedisServer, type RedisServerHandle } from '../helpers/redis-server';
 import { freePortBlock, startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
 import { freePort } from '../helpers/free-port';
@@ -244,6 +246,70 @@ describe('leader election', function () {
       expect(a.current()).to.equal(null);
       await b.stop();
       expect(await conn.exists(keys.leaderLock)).to.equal(0);
+    });
+
+    it('commits several records in one fenced write: the version moves by their number, one change message each', async () => {
+      const elector = new LeaderElector(conn, {
+        lockKey: keys.leaderLock,
+        tokenKey: keys.leaderToken,
+        holderId: 'c',
+        ttlMs: 5_000,
+        renewMs: 10_000,
+      });
+      await elector.tick();
+      const fence = elector.current()!;
+      const writer = new ServiceStore(conn, keys);
+      const reader = new ServiceStore(conn, keys);
+      const sub = new Redis(redis.url);
+      const heard: string[] = [];
+      sub.on('message', (_channel: string, message: string) => {
+        heard.push(message);
+        reader.noteChanged(message);
+      });
+      await sub.subscribe(keys.servicesChanged);
+      try {
+        const before = await reader.snapshot();
+        const writerBefore = await writer.snapshot();
+        const record = (name: string) => ({ name, status: 'starting', instances: [] }) as unknown as ServiceRecord;
+        const result = await writer.changeMany(['m1', 'm2', 'm3'], fence, async (current) => {
+          expect([...current.values()]).to.deep.equal([null, null, null]);
+          const changes = new Map<string, ServiceChange>([
+            ['m1', { record: record('m1') }],
+            ['m2', { record: record('m2') }],
+          ]);
+          return { changes, result: 'ok' };
+        });
+        expect(result).to.equal('ok');
+        expect(Number(await conn.get(keys.servicesVersion))).to.equal(before.version + 2);
+        expect(await conn.hexists(keys.services, 'm3')).to.equal(0);
+        await eventually(async () => heard.length >= 2, 5_000, 'two change messages');
+        expect(heard).to.deep.equal([`${before.version + 1} m1`, `${before.version + 2} m2`]);
+        // The writer learned its own commit; a reader catches up from the messages.
+        for (const [store, from] of [
+          [writer, writerBefore],
+          [reader, before],
+        ] as const) {
+          const after = await store.snapshot();
+          expect(after.version).to.equal(before.version + 2);
+          expect(after.services.get('m2')).to.deep.include({ name: 'm2', status: 'starting' });
+          expect([...(store.changedBetween(from, after) ?? [])]).to.have.members(['m1', 'm2']);
+        }
+        // A deposed leader's batch writes nothing.
+        await conn.incr(keys.leaderToken);
+        try {
+          await writer.changeMany(['m4'], fence, async () => ({
+            changes: new Map([['m4', { record: record('m4') }]]),
+            result: undefined,
+          }));
+          expect.fail('a stale leader must not write');
+        } catch (err) {
+          expect(isSfError(err) && err.code).to.equal(ErrorCode.StaleLeader);
+        }
+        expect(await conn.hexists(keys.services, 'm4')).to.equal(0);
+      } finally {
+        sub.disconnect();
+        await elector.stop();
+      }
     });
   });
 });

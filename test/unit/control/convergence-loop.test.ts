@@ -77,13 +77,30 @@ function incrementalFixture() {
       older === newer ? new Set<string>() : (changes.get(newer) ?? null),
   };
   const reconciled: string[] = [];
+  /** Every placeNew call's names; it decides those `placeable` names (all when unset). */
+  const batches: string[][] = [];
+  let placeable: ((name: string) => boolean) | null = null;
+  const reconciler = {
+    reconcile: async (name: string) => void reconciled.push(name),
+    placeNew: async (names: readonly string[]) => {
+      batches.push([...names]);
+      return new Set(names.filter((n) => placeable?.(n) ?? true));
+    },
+  };
   const loop = new ConvergenceLoop(
     { current: () => FENCE, tick: async () => undefined, resign: async () => undefined } as unknown as LeaderElector,
     store as unknown as ServiceStore,
     { snapshot: async () => cells, view: async () => cells, markDirty: () => undefined } as unknown as CellDirectory,
-    { reconcile: async (name: string) => void reconciled.push(name) } as unknown as ServiceReconciler,
+    reconciler as unknown as ServiceReconciler,
     { redisUrl: 'redis://unused', logger: pino({ level: 'silent' }) },
   );
+  /** A new snapshot where `name` has `record` (a new object), and the store says so. */
+  const put = (name: string, record: ServiceRecord): void => {
+    const services = new Map(snapshot.services);
+    services.set(name, record);
+    snapshot = { version: snapshot.version + 1, services };
+    changes.set(snapshot, new Set([name]));
+  };
   /** A new snapshot where `name`'s record is replaced, and the store says so. */
   const rewrite = (name: string): void => {
     const services = new Map(snapshot.services);
@@ -94,7 +111,10 @@ function incrementalFixture() {
   const report2 = (cell: string, id: string, healthy: boolean): void => {
     cells.set(cell, cellOf(cell, new Map([[id, report(id, healthy)]])));
   };
-  return { loop, reconciled, rewrite, report: report2 };
+  const decideOnly = (f: (name: string) => boolean): void => {
+    placeable = f;
+  };
+  return { loop, reconciled, rewrite, report: report2, put, batches, decideOnly, cellOf, reportOf: report, cells };
 }
 
 describe('ConvergenceLoop', () => {
@@ -121,6 +141,72 @@ describe('ConvergenceLoop', () => {
       reconciled.length = 0;
       await loop.pass();
       expect(reconciled).to.deep.equal([]);
+    });
+  });
+
+  describe('new services and services waiting for their first reports', () => {
+    const pending = (name: string): ServiceRecord =>
+      ({ name, status: 'pending', replicas: 0, instances: [] }) as unknown as ServiceRecord;
+    const starting = (name: string, cell: string): ServiceRecord =>
+      ({
+        name,
+        status: 'starting',
+        message: null,
+        replicas: 0,
+        instances: [{ id: `${name}-0`, cell, role: 'primary', specWritten: true, generation: 0 }],
+      }) as unknown as ServiceRecord;
+
+    it('places new services in one batch instead of one reconcile each; one the batch did not decide is reconciled', async () => {
+      const { loop, reconciled, put, batches, decideOnly } = incrementalFixture();
+      await loop.pass();
+      reconciled.length = 0;
+      for (const name of ['n1', 'n2', 'n3']) {
+        put(name, pending(name));
+        loop.serviceChanged(`0 ${name}`);
+      }
+      decideOnly((name) => name !== 'n2');
+      await loop.pass();
+      expect(batches).to.deep.equal([['n1', 'n2', 'n3']]);
+      expect(reconciled).to.deep.equal([]);
+      // n2 was no longer new when the batch read it (placed meanwhile): the next pass reconciles it alone.
+      for (const name of ['n1', 'n2', 'n3']) put(name, starting(name, 'c2'));
+      batches.length = 0;
+      await loop.pass();
+      expect(batches).to.deep.equal([]);
+      expect(reconciled).to.include('n2');
+    });
+
+    it('reconciles a service waiting for its first report once, then not again until the report comes', async () => {
+      const { loop, reconciled, put, cells, cellOf, reportOf } = incrementalFixture();
+      await loop.pass();
+      reconciled.length = 0;
+      put('w', starting('w', 'c1'));
+      await loop.pass();
+      expect(reconciled).to.deep.equal(['w']);
+      reconciled.length = 0;
+      await loop.pass();
+      await loop.pass();
+      expect(reconciled).to.deep.equal([]);
+      // Its cell reports it: reconciled again (it is not settled until its record says running).
+      const c1 = cells.get('c1')!;
+      cells.set('c1', cellOf('c1', new Map([...c1.actual, ['w-0', reportOf('w-0', true)]])));
+      await loop.pass();
+      expect(reconciled).to.deep.equal(['w']);
+      reconciled.length = 0;
+      await loop.pass();
+      expect(reconciled).to.deep.equal(['w']);
+    });
+
+    it('keeps reconciling a starting service with a report at every pass', async () => {
+      const { loop, reconciled, put, cells, cellOf, reportOf } = incrementalFixture();
+      put('w', starting('w', 'c1'));
+      const c1 = cells.get('c1')!;
+      cells.set('c1', cellOf('c1', new Map([...c1.actual, ['w-0', reportOf('w-0', true)]])));
+      await loop.pass();
+      reconciled.length = 0;
+      await loop.pass();
+      await loop.pass();
+      expect(reconciled).to.deep.equal(['w', 'w']);
     });
   });
 

@@ -282,4 +282,133 @@ describe('ServiceReconciler', () => {
       ]);
     });
   });
+
+  describe('reconcile of a starting service', () => {
+    /** An emitter whose route is current once sync wrote it. */
+    function routeEmitter() {
+      const state = { synced: false, syncs: 0 };
+      const fake = {
+        sync: async () => {
+          state.syncs++;
+          state.synced = true;
+          return true;
+        },
+        remove: async () => undefined,
+        isCurrent: async () => state.synced,
+      };
+      return { state, fake };
+    }
+
+    it('writes the route first and runs in one reconcile once every instance reports running', async () => {
+      const { state, fake } = routeEmitter();
+      const store = new FakeStore(service('starting'));
+      const reconciler = new ServiceReconciler(
+        store as unknown as ServiceStore,
+        fake as unknown as RouteEmitter,
+        new FakeCoordinator(),
+      );
+      await reconciler.reconcile('cache', fence, cells({ c1: true, c2: true }));
+      expect(store.rec!.status).to.equal('running');
+      expect(state.syncs).to.be.greaterThan(0);
+    });
+
+    it('writes no route ahead while an instance has not reported running', async () => {
+      const { state, fake } = routeEmitter();
+      const store = new FakeStore(service('starting'));
+      const reconciler = new ServiceReconciler(
+        store as unknown as ServiceStore,
+        fake as unknown as RouteEmitter,
+        new FakeCoordinator(),
+      );
+      const c = cells({ c1: true, c2: true });
+      c.get('c2')!.actual.get('cache-1')!.state = 'starting';
+      await reconciler.reconcile('cache', fence, c);
+      expect(store.rec!.status).to.equal('starting');
+      // Only the sync after the change (which has nothing of cache-1 to route yet).
+      expect(state.syncs).to.equal(1);
+    });
+  });
+
+  describe('placeNew', () => {
+    /** A store holding several new services; changeMany commits what decide returns. */
+    function batchStore(records: ServiceRecord[], existing: ServiceRecord[] = []) {
+      const all = new Map([...existing, ...records].map((r) => [r.name, r]));
+      const commits: Array<Map<string, ServiceChange>> = [];
+      const store = {
+        keys,
+        usageAt: (s: ServiceSnapshot) => ServiceUsage.of(s.services.values()),
+        async changeMany<T>(
+          names: readonly string[],
+          _fence: LeaderFence | null,
+          decide: (
+            c: ReadonlyMap<string, ServiceRecord | null>,
+            s: ServiceSnapshot,
+          ) => Promise<{ changes: ReadonlyMap<string, ServiceChange>; result: T }>,
+        ): Promise<T> {
+          const current = new Map(names.map((n) => [n, all.has(n) ? structuredClone(all.get(n)!) : null]));
+          const { changes, result } = await decide(current, { version: 1, services: new Map(all) });
+          commits.push(new Map(changes));
+          for (const [name, change] of changes) {
+            if (change.record) all.set(name, change.record);
+            else all.delete(name);
+          }
+          return result;
+        },
+      };
+      const reconciler = new ServiceReconciler(
+        store as unknown as ServiceStore,
+        emitter as unknown as RouteEmitter,
+        new FakeCoordinator(),
+      );
+      return { reconciler, commits, all };
+    }
+
+    const fresh = (name: string, sizeMb: number): ServiceRecord => ({
+      ...service('pending'),
+      name,
+      replicas: 0,
+      volume: { sizeMb },
+      instances: [],
+      nextIndex: 0,
+    });
+
+    function twoCells(capacityMb: number): Map<string, CellSnapshot> {
+      const c = cells({ c1: true, c2: true });
+      for (const snap of c.values()) {
+        snap.record!.capacityMb = capacityMb;
+        snap.actual.clear();
+      }
+      return c;
+    }
+
+    it('places several new services in one commit, each auction counting the space the earlier ones took', async () => {
+      const { reconciler, commits, all } = batchStore([fresh('a', 60), fresh('b', 60), fresh('c', 60)]);
+      const decided = await reconciler.placeNew(['a', 'b', 'c'], fence, twoCells(100));
+      expect([...decided]).to.have.members(['a', 'b', 'c']);
+      expect(commits).to.have.length(1);
+      // Two cells of 100 MB hold one 60 MB volume each: the third does not fit anywhere.
+      expect(all.get('a')!.instances.map((i) => i.cell)).to.have.length(1);
+      expect(all.get('b')!.instances.map((i) => i.cell)).to.have.length(1);
+      expect(all.get('a')!.instances[0]!.cell).to.not.equal(all.get('b')!.instances[0]!.cell);
+      expect(all.get('c')!).to.include({ status: 'unplaceable' });
+      expect(all.get('c')!.instances).to.deep.equal([]);
+      // The primary's spec goes out with the placement.
+      const specs = [...commits[0]!.values()].flatMap((c) => c.extraOps ?? []).filter((op) => op.cmd === 'HSET');
+      expect(specs).to.have.length(2);
+      expect(all.get('a')!.instances[0]).to.include({ role: 'primary', specWritten: true });
+    });
+
+    it('counts the space existing records promise, and leaves services that are no longer new to reconcile', async () => {
+      const placed: ServiceRecord = {
+        ...fresh('old', 60),
+        status: 'running',
+        instances: [{ ...inst('old-0', 'c1', 'primary') }],
+      };
+      const { reconciler, all } = batchStore([fresh('a', 60)], [placed]);
+      const decided = await reconciler.placeNew(['a', 'old', 'gone'], fence, twoCells(100));
+      expect([...decided]).to.deep.equal(['a']);
+      expect(all.get('a')!.instances[0]!.cell).to.equal('c2');
+      expect(all.get('old')).to.equal(placed);
+    });
+  });
 });
