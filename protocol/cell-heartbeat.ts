@@ -1,8 +1,8 @@
 /**
- * A cell's heartbeat: its registration written with a TTL (the cell's lease), in one script, so
- * that re-registering and checking for deposed primaries are one atomic step. At rest it only
- * renews the registration; a missing one is written again and the cell's name added to the set
- * of cells, whose answer tells a store that lost everything from an expiry.
+ * A cell's heartbeat: its registration written with a TTL (the cell's lease). At rest it only
+ * renews the registration, with one `SET ... XX`; a missing one is written again by a script, so
+ * that re-registering and checking for deposed primaries are one atomic step, and the cell's name
+ * is added to the set of cells, whose answer tells a store that lost everything from an expiry.
  *
  * When the registration had expired (the cell was cut off, or its agent was away, for longer than
  * its TTL), control may have judged the cell dead and fenced its primaries at a higher epoch
@@ -73,8 +73,12 @@ export async function heartbeatCell(
     primaries.length,
     ...primaries.map((p) => p.epoch),
   ] as const;
-  // At rest one EVALSHA per beat; the script's text goes over the wire only when the store does
-  // not know it yet (first beat, or a store that restarted).
+  // At rest a beat is one plain SET that only renews a registration that is still there (`XX`):
+  // one command for the store to count, where a script counts its own calls too. Only an expired
+  // registration needs the script's floor check; its text goes over the wire only when the store
+  // does not know it yet (first beat, or a store that restarted).
+  if ((await redis.set(keys.cell(cell).registration, registration, 'PX', ttlMs, 'XX')) === 'OK')
+    return { registered: true, added: 0, deposed: [] };
   const reply = await redis.evalsha(HEARTBEAT_SHA, ...args).catch((err: unknown) => {
     if (err instanceof Error && err.message.startsWith('NOSCRIPT')) return redis.eval(HEARTBEAT_SCRIPT, ...args);
     throw err;

@@ -63,6 +63,15 @@ describe('LeaseKeeper', function () {
       expect(again.added).to.equal(1);
     });
 
+    it('costs the store one command per beat at rest, as the store counts them', async () => {
+      await heartbeatCell(redis, KEYS, CELL_A.cell, '{"startedAt":1000}', 5_000, primaries);
+      const before = Number(/total_commands_processed:(\d+)/.exec(await redis.info('stats'))![1]);
+      await heartbeatCell(redis, KEYS, CELL_A.cell, '{"startedAt":1000}', 5_000, primaries);
+      const after = Number(/total_commands_processed:(\d+)/.exec(await redis.info('stats'))![1]);
+      // The INFO that read `before` is counted once it has run: one more is the beat itself.
+      expect(after - before).to.equal(2);
+    });
+
     it('registers again after an expiry when no floor moved (a state store restart, not a fence)', async () => {
       await redis.del(KEYS.cell(CELL_A.cell).registration);
       const beat = await heartbeatCell(redis, KEYS, CELL_A.cell, '{"startedAt":1000}', 5_000, primaries);
