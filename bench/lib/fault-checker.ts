@@ -5,6 +5,7 @@
  * one at a time with random gaps. Invariants (DESIGN.md, "Unhappy paths are the product"):
  *
  * - `acked-write-lost`: every acknowledged write is present, read through the router;
+ * - `read-back`: that read itself succeeds (a failure to read proves no loss, so it has its own name);
  * - `one-primary`: at most one instance of a service claims to be primary (`INFO
  *   replication` `role:`, `pg_is_in_recovery()` on every instance port ever seen), probed continuously; two claims are confirmed by a second
  *   round of probes before they count, as one round is not one instant;
@@ -39,6 +40,10 @@ import {
   type ServiceAuth,
   type ServiceWriter,
 } from './fault-writers';
+
+/** A read-back of the acknowledged writes is tried this often, this far apart, before it fails. */
+const READ_BACK_ATTEMPTS = 3;
+const READ_BACK_RETRY_MS = 3_000;
 
 export interface CheckerOptions {
   seed: number;
@@ -421,7 +426,18 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
       // Acknowledged writes: all of them, every time, so a write lost late is still found.
       try {
         const acked = writer.acked.map((a) => a.id);
-        const missing = await missingWrites(svc.engine, view?.port ?? 0, runId, acked, authOf(svc.name));
+        // A read-back that cannot connect says nothing about the writes: asked again (a router
+        // restarting, a PostgreSQL backend fork at load) before it is reported as a failure.
+        const readBack = () => missingWrites(svc.engine, view?.port ?? 0, runId, acked, authOf(svc.name));
+        let missing: number[] | undefined;
+        for (let attempt = 1; missing === undefined; attempt++) {
+          try {
+            missing = await readBack();
+          } catch (err) {
+            if (attempt >= READ_BACK_ATTEMPTS) throw err;
+            await sleep(READ_BACK_RETRY_MS);
+          }
+        }
         if (missing.length > 0) {
           const byId = new Map(writer.acked.map((a) => [a.id, a]));
           const sample = missing
@@ -441,9 +457,9 @@ export async function runFaultSchedule(options: CheckerOptions): Promise<Checker
         }
       } catch (err) {
         violate(
-          'acked-write-lost',
+          'read-back',
           svc.name,
-          `could not read the writes back through the router: ${(err as Error).message}`,
+          `could not read the writes back through the router (${READ_BACK_ATTEMPTS} tries): ${(err as Error).message}`,
         );
       }
       // The router's backend is the one instance that claims primary. A probe that could not
