@@ -14,6 +14,8 @@ command -v openssl >/dev/null || need_pkgs+=(openssl)
 command -v ip >/dev/null || need_pkgs+=(iproute2)
 { command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || need_pkgs+=(postgresql)
 command -v psql >/dev/null || need_pkgs+=(postgresql-client)
+# `sf up`'s banner and the docs read a service key's URI with jq.
+command -v jq >/dev/null || need_pkgs+=(jq)
 # The docker executor: a daemon and CLI, and mmdebstrap to build engine images from Debian's
 # packages (`sf images build`); the pods' sidecars are Debian's Prometheus exporters.
 command -v dockerd >/dev/null || need_pkgs+=(docker.io)
