@@ -45,6 +45,12 @@ export function servicesChangedMessage(version: number, name: string): string {
   return `${version} ${name}`;
 }
 
+/** What `changeMany` asks of its caller: the changes to write, given the current records. */
+export type DecideMany<T> = (
+  current: ReadonlyMap<string, ServiceRecord | null>,
+  snapshot: ServiceSnapshot,
+) => Promise<{ changes: ReadonlyMap<string, ServiceChange>; result: T }>;
+
 export class ServiceStore {
   /**
    * The last snapshot read, kept so that a pass over 10,000 services does not re-read 10,000
@@ -250,14 +256,7 @@ export class ServiceStore {
    * `change`; the version moves on by the number of records written, and each record's change
    * message carries its own version, so every reader's catch-up names each of them.
    */
-  async changeMany<T>(
-    names: readonly string[],
-    fence: LeaderFence | null,
-    decide: (
-      current: ReadonlyMap<string, ServiceRecord | null>,
-      snapshot: ServiceSnapshot,
-    ) => Promise<{ changes: ReadonlyMap<string, ServiceChange>; result: T }>,
-  ): Promise<T> {
+  async changeMany<T>(names: readonly string[], fence: LeaderFence | null, decide: DecideMany<T>): Promise<T> {
     return this.inTurn(fence, () => this.changeManyNow(names, fence, decide));
   }
 
@@ -328,14 +327,7 @@ export class ServiceStore {
     });
   }
 
-  private changeManyNow<T>(
-    names: readonly string[],
-    fence: LeaderFence | null,
-    decide: (
-      current: ReadonlyMap<string, ServiceRecord | null>,
-      snapshot: ServiceSnapshot,
-    ) => Promise<{ changes: ReadonlyMap<string, ServiceChange>; result: T }>,
-  ): Promise<T> {
+  private changeManyNow<T>(names: readonly string[], fence: LeaderFence | null, decide: DecideMany<T>): Promise<T> {
     let planned: { version: number; records: Map<string, ServiceRecord | null> } | null = null;
     const result = withFencedRetry(this.redis, fence, async (): Promise<FencedPlan<T>> => {
       planned = null;
