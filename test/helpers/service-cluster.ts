@@ -64,7 +64,10 @@ export interface ServiceCluster {
 /** Leader timings short enough for failover tests, long enough for a loaded CI machine. */
 export const FAST_SERVICE_PLANE = { leaderTtlMs: 1_500, leaderRenewMs: 300, convergencePollMs: 300 } as const;
 
-const usedBlocks = new Set<number>();
+/** Blocks handed out and not yet released, as [first, end) ranges: never handed out twice. */
+const heldBlocks = new Map<number, number>();
+/** Blocks released earlier in this process: tried last, so a just-stopped cluster's ports rest. */
+const releasedBlocks = new Set<number>();
 
 function canBind(port: number): Promise<boolean> {
   return new Promise((resolve) => {
@@ -74,27 +77,40 @@ function canBind(port: number): Promise<boolean> {
   });
 }
 
+function overlapsHeld(base: number, size: number): boolean {
+  for (const [first, end] of heldBlocks) if (base < end && first < base + size) return true;
+  return false;
+}
+
 /**
- * A block of 100 free ports between 22000 and 29999: below the kernel's ephemeral range (32768+),
- * where other suites' free ports and outgoing connections live, and checked port by port.
+ * A block of `size` free ports between 22000 and 29999: below the kernel's ephemeral range
+ * (32768+), where other suites' free ports and outgoing connections live, and checked port by
+ * port. The block stays held until `releasePortBlock`: a free port is not proof that nobody owns
+ * it, since a cluster's route ports listen only once its services exist, and a cell's range
+ * handed out again as another cell's or a router's made an engine and a route share a port.
  */
 export async function freePortBlock(size = 100): Promise<number> {
-  const bases = Array.from({ length: Math.floor((8_000 - size) / 100) }, (_, i) => 22_000 + i * 100);
+  const bases = Array.from({ length: Math.floor((8_000 - size) / 100) + 1 }, (_, i) => 22_000 + i * 100);
   for (let i = bases.length - 1; i > 0; i--) {
     const j = Math.floor(Math.random() * (i + 1));
     [bases[i], bases[j]] = [bases[j], bases[i]];
   }
-  // Blocks handed out earlier in this process come last: a long suite starts more clusters than
-  // there are blocks, and a stopped cluster's block binds again.
-  const ordered = [...bases.filter((b) => !usedBlocks.has(b)), ...bases.filter((b) => usedBlocks.has(b))];
+  // Released blocks come last: a long suite starts more clusters than there are blocks.
+  const ordered = [...bases.filter((b) => !releasedBlocks.has(b)), ...bases.filter((b) => releasedBlocks.has(b))];
   for (const base of ordered) {
+    if (overlapsHeld(base, size)) continue;
+    // Held before the asynchronous check, so a concurrent caller cannot take the same block.
+    heldBlocks.set(base, base + size);
     const checks = await Promise.all(Array.from({ length: size }, (_, i) => canBind(base + i)));
-    if (checks.every(Boolean)) {
-      usedBlocks.add(base);
-      return base;
-    }
+    if (checks.every(Boolean)) return base;
+    heldBlocks.delete(base);
   }
-  throw new Error('no free block of ports between 22000 and 29999');
+  throw new Error(`no free block of ${size} ports between 22000 and 29999 (${heldBlocks.size} held)`);
+}
+
+/** Gives back a block from `freePortBlock` once nothing of its owner listens on it any more. */
+export function releasePortBlock(base: number): void {
+  if (heldBlocks.delete(base)) releasedBlocks.add(base);
 }
 
 /** Removes every container (engine or sidecar) whose cell's data directory lies under `dataDir`. */
@@ -116,6 +132,7 @@ export async function startServiceCluster(options: ClusterOptions = {}): Promise
   // Postgres runs as the postgres user when the tests run as root: it must reach its volume.
   await chmod(dataDir, 0o755);
   const routeBase = await freePortBlock();
+  const blocks = [routeBase];
   const routePorts: [number, number] = [routeBase, routeBase + 99];
   const controlOptions: ControlServerOptions = {
     defaultReservablePorts: `${routePorts[0]}-${routePorts[1]}`,
@@ -163,6 +180,7 @@ export async function startServiceCluster(options: ClusterOptions = {}): Promise
     },
     async startCell(name, zone) {
       const from = await freePortBlock();
+      blocks.push(from);
       const proc = runSf(
         [
           'cell',
@@ -258,6 +276,7 @@ export async function startServiceCluster(options: ClusterOptions = {}): Promise
       state.disconnect();
       await redis.stop();
       await rm(dataDir, { recursive: true, force: true });
+      for (const base of blocks) releasePortBlock(base);
     },
   };
   try {

@@ -11,7 +11,7 @@ import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
 import type { ServiceView } from '../../control/services';
 import { freePort } from './free-port';
-import { freePortBlock, removeContainers } from './service-cluster';
+import { freePortBlock, releasePortBlock, removeContainers } from './service-cluster';
 import type { ServiceKeyAuth } from './service-key';
 import { runSf, runSfToExit, type SfProcess } from './sf-process';
 import { eventually, sleep } from './tcp-client';
@@ -156,6 +156,8 @@ export async function createUpPlatform(
       // SF_TEST_KEEP_HOME=1 keeps logs and volumes of a failed run for a look.
       if (process.env.SF_TEST_KEEP_HOME) process.stdout.write(`      sf up home kept: ${home}\n`);
       else await rm(home, { recursive: true, force: true });
+      releasePortBlock(ports.routeBase);
+      releasePortBlock(ports.cellBase);
     },
   };
   return platform;

@@ -6,7 +6,7 @@ import { ErrorCode } from '../../common/errors';
 import { eventually, tempCellDir } from '../helpers/cell-harness';
 import { CellDriver, killProcess, spawnCell } from '../helpers/cell-process';
 import { freePort } from '../helpers/free-port';
-import { freePortBlock } from '../helpers/service-cluster';
+import { freePortBlock, releasePortBlock } from '../helpers/service-cluster';
 import { startRedisServer, type RedisServerHandle } from '../helpers/redis-server';
 import { keyLayout } from '../../protocol/keys';
 import { instanceSpecSchema } from '../../protocol';
@@ -22,6 +22,7 @@ describe('sf cell', function () {
   let cell: ChildProcess | undefined;
   /** A block no other suite hands out: instance ports of a fixed range collided with them. */
   let ports = '';
+  let block = 0;
 
   const startCell = (): ChildProcess =>
     spawnCell({ name: 'c1', redisUrl: state.url, dataDir: cellDir.dir, portRange: ports });
@@ -36,8 +37,8 @@ describe('sf cell', function () {
     redis = new Redis(state.url);
     driver = new CellDriver(redis);
     cellDir = await tempCellDir();
-    const from = await freePortBlock();
-    ports = `${from}-${from + 99}`;
+    block = await freePortBlock();
+    ports = `${block}-${block + 99}`;
   });
 
   afterEach(async () => {
@@ -46,6 +47,7 @@ describe('sf cell', function () {
     redis.disconnect();
     await state.stop();
     await cellDir.remove();
+    releasePortBlock(block);
   });
 
   it('registers with a TTL heartbeat and the key expires when the cell process is killed', async () => {

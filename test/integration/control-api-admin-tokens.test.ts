@@ -8,7 +8,7 @@ import { mkdtemp, readFile, readdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { freePort } from '../helpers/free-port';
-import { freePortBlock } from '../helpers/service-cluster';
+import { freePortBlock, releasePortBlock } from '../helpers/service-cluster';
 import { runSf, runSfToExit, type SfProcess } from '../helpers/sf-process';
 import { eventually } from '../helpers/tcp-client';
 
@@ -16,6 +16,7 @@ describe('admin token files of two platforms on one machine', function () {
   this.timeout(180_000);
   let home: string;
   const ups: SfProcess[] = [];
+  const blocks: number[] = [];
   const controls: number[] = [];
 
   before(async () => {
@@ -24,6 +25,7 @@ describe('admin token files of two platforms on one machine', function () {
   after(async () => {
     for (const up of ups) await up.stop();
     await rm(home, { recursive: true, force: true });
+    for (const base of blocks) releasePortBlock(base);
   });
 
   it('gives each `sf up` its own token file and the CLI the right token for each', async function () {
@@ -32,6 +34,7 @@ describe('admin token files of two platforms on one machine', function () {
       const control = await freePort();
       const routeBase = await freePortBlock();
       const cellBase = await freePortBlock();
+      blocks.push(routeBase, cellBase);
       controls.push(control);
       const up = runSf(
         [

@@ -7,7 +7,7 @@ import { Redis } from 'ioredis';
 import type { FencingStepView as FencingStep } from '../../control';
 import { primaryOf } from '../helpers/failover-support';
 import { createNetnsHost, netnsSupported, type NetnsHost } from '../helpers/netns';
-import { freePortBlock, startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
+import { freePortBlock, releasePortBlock, startServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
 import { serviceKey } from '../helpers/service-key';
 import { eventually } from '../helpers/tcp-client';
 import { aofText } from '../helpers/redis-aof';
@@ -77,6 +77,7 @@ async function roleProbe(
 describe('fencing: partitioned primary', function () {
   this.timeout(180_000);
   let cluster: ServiceCluster | undefined;
+  let block: number | undefined;
   let ns: NetnsHost | undefined;
   let fwd: { close(): void } | undefined;
 
@@ -90,6 +91,7 @@ describe('fencing: partitioned primary', function () {
     const f = await forward(ns.gateway, cluster.redis.port);
     fwd = f;
     const from = await freePortBlock();
+    block = from;
     // Named so it sorts first: placement ties go to the first cell, so the primary lands here.
     ns.spawn(
       process.execPath,
@@ -131,6 +133,7 @@ describe('fencing: partitioned primary', function () {
     // The namespaced cell first: it writes into the cluster's data directory until it stops.
     await ns?.cleanup();
     await cluster?.stop();
+    if (block !== undefined) releasePortBlock(block);
   });
 
   it('fails over when the primary is cut off, and no write through the router reaches the old primary after the fence', async () => {

@@ -7,7 +7,7 @@ import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import type { ServiceView } from '../../control/services';
 import { freePort } from '../helpers/free-port';
-import { freePortBlock } from '../helpers/service-cluster';
+import { freePortBlock, releasePortBlock } from '../helpers/service-cluster';
 import { runSf, runSfToExit, type SfProcess } from '../helpers/sf-process';
 import { eventually } from '../helpers/tcp-client';
 
@@ -47,6 +47,8 @@ describe('sf up', function () {
       await new Promise((r) => up!.child.once('exit', r));
     }
     await rm(home, { recursive: true, force: true });
+    releasePortBlock(ports.routeBase);
+    releasePortBlock(ports.cellBase);
   });
 
   const upArgs = (): string[] => [
