@@ -80,12 +80,13 @@ function serviceDetail(s: ServiceView): string {
   );
 }
 
-async function routeServed(client: ApiClient, name: string): Promise<boolean> {
-  const route = await client.request<{ applied: boolean }>(
-    'GET',
-    `/v3/service_instances/${encodeURIComponent(name)}/route`,
-  );
-  return route.applied;
+interface RouteServing {
+  applied: boolean;
+  listen_failures?: Array<{ router: string; reason: string }>;
+}
+
+function routeServing(client: ApiClient, name: string): Promise<RouteServing> {
+  return client.request<RouteServing>('GET', `/v3/service_instances/${encodeURIComponent(name)}/route`);
 }
 
 /**
@@ -104,7 +105,8 @@ export async function waitForService(
     onView?.(view);
     // Running is not enough: a client must find the route served, with the service's TLS, by
     // every live router (a router reports a table version once its ports listen).
-    if (view.status === 'running' && (await routeServed(client, name))) return view;
+    const route = view.status === 'running' ? await routeServing(client, name) : undefined;
+    if (route?.applied) return view;
     if (view.status === 'unplaceable')
       throw new SfError(ErrorCode.PlacementUnsatisfiable, view.message ?? `service ${name} cannot be placed`);
     const failed = view.instances.find((i) => i.state === 'failed');
@@ -113,13 +115,17 @@ export async function waitForService(
         ErrorCode.InstanceFailed,
         `instance ${failed.id} on ${failed.cell} failed: ${failed.last_error?.message ?? 'unknown error'}`,
       );
-    if (Date.now() > deadline)
+    if (Date.now() > deadline) {
+      const cannotListen = route?.listen_failures?.[0];
       throw new SfError(
         ErrorCode.Timeout,
-        view.status === 'running'
-          ? `service ${name} runs but the routers do not serve its route yet after ${timeoutMs / 1000} s (see 'sf routes')`
-          : `service ${name} is still ${view.status} after ${timeoutMs / 1000} s (see 'sf service ${name}')`,
+        cannotListen
+          ? `service ${name} runs but router ${cannotListen.router} cannot open its port: ${cannotListen.reason}`
+          : view.status === 'running'
+            ? `service ${name} runs but the routers do not serve its route yet after ${timeoutMs / 1000} s (see 'sf routes')`
+            : `service ${name} is still ${view.status} after ${timeoutMs / 1000} s (see 'sf service ${name}')`,
       );
+    }
     await sleep(200);
   }
 }

@@ -24,4 +24,6 @@ export interface RouterHeartbeat {
   connected: boolean;
   /** Epoch milliseconds of the heartbeat. */
   at: number;
+  /** Ports of the applied table this router could not open (first 100); absent when none. */
+  failedPorts?: Array<{ port: number; reason: string }>;
 }

@@ -179,6 +179,14 @@ export function createRouterMetrics(router: Router, withProcessMetrics = true): 
     },
   });
   new Gauge({
+    name: 'sf_router_ports_not_listening',
+    help: 'Route ports of the table the router could not open (another process holds the port); retried.',
+    registers: [registry],
+    collect() {
+      this.set(router.status().listenFailures.count);
+    },
+  });
+  new Gauge({
     name: 'sf_router_source_connected',
     help: '1 while the route source reaches its upstream.',
     registers: [registry],

@@ -27,6 +27,7 @@ export const DEFAULT_FILE_ROUTE_SOURCE_OPTIONS: FileRouteSourceOptions = { watch
 
 export class FileRouteSource implements RouteSource {
   readonly description: string;
+  readonly strictStart = true;
   private readonly path: string;
   private readonly options: FileRouteSourceOptions;
   private listener: RouteSourceListener | undefined;

@@ -344,6 +344,8 @@ export class RedisRouteSource implements RouteSource {
       connected: this.connected,
       at: Date.now(),
     };
+    const failed = this.listener?.listenFailures?.();
+    if (failed && failed.length > 0) beat.failedPorts = failed.map((f) => ({ port: f.port, reason: f.reason }));
     try {
       const res = await this.cmd
         .pipeline()

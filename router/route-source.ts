@@ -26,11 +26,22 @@ export interface RouteSourceListener {
    * (`keep-last`, the default) or stops serving (`fail-closed`) while disconnected.
    */
   onConnectivity?(connected: boolean): void;
+  /**
+   * Ports of the table the router could not open: a source that reports to control (heartbeats)
+   * says so, so that the route is not called served.
+   */
+  listenFailures?(): ReadonlyArray<{ port: number; reason: string }>;
 }
 
 export interface RouteSource {
   /** Short name for logs and `/health`, e.g. `file:/etc/sf/routes.json` or `redis:default`. */
   readonly description: string;
+  /**
+   * True for a table an operator wrote (a route file): a first table with a port the router cannot
+   * open stops the router, as a bad configuration should. A pushed table is served in part instead,
+   * its failed ports retried and reported, since one squatted port must not take every route down.
+   */
+  readonly strictStart?: boolean;
   /**
    * Starts delivering tables. Resolves once the first table was delivered, or rejects when the
    * source cannot produce a valid first table (the router then refuses to start).

@@ -4,6 +4,7 @@
 import type { Relay } from './relay';
 import type { Logger } from '../common';
 import type { ListenAddress } from './self-address';
+import { DEFAULT_LISTEN_RETRY_MS } from './listen-failures';
 
 export type DisconnectPolicy = 'keep-last' | 'fail-closed';
 
@@ -61,6 +62,11 @@ export interface RouterOptions {
    * @default 5000
    */
   clientHelloTimeoutMs: number;
+  /**
+   * How often route ports that failed to open (another process holds the port) are tried again.
+   * @default 2000
+   */
+  listenRetryMs: number;
   /** The byte mover; the JS relay when not given. */
   relay?: Relay;
   logger?: Logger;
@@ -76,4 +82,5 @@ export const DEFAULT_ROUTER_OPTIONS: Readonly<Omit<RouterOptions, 'relay' | 'log
   backlog: 511,
   reusePort: false,
   clientHelloTimeoutMs: 5_000,
+  listenRetryMs: DEFAULT_LISTEN_RETRY_MS,
 };

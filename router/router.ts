@@ -10,6 +10,7 @@ import { anyBackendTls, clientTls, type Backend, type Route, type RouteTable } f
 import { bindingKey, type ListenerEnvironment, type RouteBinding } from './route-binding';
 import { RouteListener } from './route-listener';
 import { routeJsReason } from './native-accept';
+import { ListenFailures, type ListenFailure } from './listen-failures';
 import { NativePortTable } from './native-port-table';
 import { globalConnectionLimit, readFdLimit, routeReserve } from './connection-budget';
 import { RateLimitedLog } from './rate-limited-log';
@@ -58,6 +59,8 @@ export interface RouterStatus {
   accept: { native: number; js: number; jsPorts: Array<{ port: number; reason: string }> };
   /** Ports with TLS settings and the relay their connections use (terminated TLS is relayed in JS). */
   tlsPorts: TlsPortStatus[];
+  /** Table ports the router could not open (first 100 listed), retried every `listenRetryMs`. */
+  listenFailures: { count: number; ports: ListenFailure[] };
 }
 
 export interface TlsPortStatus {
@@ -107,6 +110,9 @@ export class Router {
   private readonly refusedRoutes = new Map<number, number>();
   /** Route source problems by error code (`sf_router_source_errors_total`). */
   private readonly sourceErrors = new Map<string, number>();
+  /** Table ports that could not be opened; retried every `listenRetryMs` while any is left. */
+  private readonly listenFailures = new ListenFailures();
+  private listenRetry: NodeJS.Timeout | null = null;
 
   constructor(options: Partial<RouterOptions> = {}) {
     const { relay, logger, ...rest } = options;
@@ -240,12 +246,9 @@ export class Router {
       check: (table) => this.checkTable(table),
       onTable: (table) => {
         this.lastApply = this.applyTable(table);
-        this.lastApply.then(
-          (r) => r.failed.forEach((f) => this.logger.error({ port: f.port, code: f.error.code }, f.error.message)),
-          () => undefined,
-        );
         return this.lastApply;
       },
+      listenFailures: () => this.listenFailures.list(),
       onError: (err) => {
         firstError ??= err;
         this.sourceErrors.set(err.code, (this.sourceErrors.get(err.code) ?? 0) + 1);
@@ -256,7 +259,7 @@ export class Router {
     const first = await this.lastApply;
     if (!first)
       throw firstError ?? new SfError(ErrorCode.RouteSource, `${source.description} delivered no route table`);
-    if (first.failed.length > 0) {
+    if (first.failed.length > 0 && source.strictStart === true) {
       await this.close();
       throw first.failed[0]!.error;
     }
@@ -424,8 +427,33 @@ export class Router {
         },
         'route table applied',
       );
+      this.noteListenOutcome(result);
       return result;
     });
+  }
+
+  /**
+   * Keeps the ports that failed to open, logs each new failure and each recovery once, and tries
+   * the failed ports again later: the holder of a port may let it go (an old process exiting).
+   */
+  private noteListenOutcome(result: ApplyResult): void {
+    if (result.failed.length === 0 && this.listenFailures.size === 0) return;
+    let ports: Set<number> | undefined;
+    const inTable = (port: number): boolean => (ports ??= new Set(this.table.routes.map((r) => r.port))).has(port);
+    const { fresh, recovered } = this.listenFailures.update(result.failed, result.opened, inTable);
+    for (const f of fresh)
+      this.logger.error(
+        { port: f.port, retryMs: this.options.listenRetryMs },
+        `${f.reason}: the route is not served here, and control is told so; retrying`,
+      );
+    for (const port of recovered) this.logger.info({ port }, 'route port listening after failed attempts');
+    if (this.closed || this.listenRetry !== null || this.listenFailures.size === 0) return;
+    this.listenRetry = setTimeout(() => {
+      this.listenRetry = null;
+      // The table in force again: ports that are open cost nothing, failed ones are opened anew.
+      if (!this.closed) this.lastApply = this.applyTable(this.table);
+    }, this.options.listenRetryMs);
+    this.listenRetry.unref();
   }
 
   /**
@@ -479,6 +507,7 @@ export class Router {
       fdLimit: this.fdLimit ?? null,
       tlsPorts: this.tlsPorts(),
       accept: { native, js: this.listeners.size, jsPorts },
+      listenFailures: { count: this.listenFailures.size, ports: this.listenFailures.list() },
     };
   }
 
@@ -544,6 +573,7 @@ export class Router {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    if (this.listenRetry !== null) clearTimeout(this.listenRetry);
     await this.source?.stop();
     const all = [...this.listeners.values(), ...this.retiring];
     this.listeners.clear();

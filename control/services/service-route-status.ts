@@ -25,7 +25,12 @@ export interface ServiceRouteStatus {
   routers: number;
   /** Routers still below `version`. */
   lagging: string[];
-  /** present, and every live router applied `version`. */
+  /**
+   * Routers that could not open the port (another process holds it there), with their reason: a
+   * client of such a router reaches whatever holds the port, not the service.
+   */
+  listen_failures: Array<{ router: string; reason: string }>;
+  /** present, every live router applied `version`, and none failed to open the port. */
   applied: boolean;
 }
 
@@ -35,7 +40,16 @@ export async function serviceRouteStatus(
 ): Promise<ServiceRouteStatus> {
   const base = { port: record.port, router_group: record.routerGroup };
   const group = await deps.groups.get(record.routerGroupGuid);
-  const empty = { ...base, present: false, tls: 'off', tls_backends: 0, version: null, routers: 0, lagging: [] };
+  const empty = {
+    ...base,
+    present: false,
+    tls: 'off',
+    tls_backends: 0,
+    version: null,
+    routers: 0,
+    lagging: [],
+    listen_failures: [],
+  };
   if (!group) return { ...empty, applied: false };
   const route = await deps.routes.route(group, record.port);
   const tls = route && typeof route.tls === 'object' && route.tls.mode === 'terminate' ? route.tls.policy : 'off';
@@ -47,6 +61,9 @@ export async function serviceRouteStatus(
   // Read after the route: a version at least the one that carried it.
   const version = (await deps.routes.table(group, { versionOnly: true })).version;
   const lagging = beats.filter((b) => b.version < version).map((b) => b.routerId);
+  const listenFailures = beats.flatMap((b) =>
+    (b.failedPorts ?? []).filter((f) => f.port === record.port).map((f) => ({ router: b.routerId, reason: f.reason })),
+  );
   return {
     ...base,
     present,
@@ -55,6 +72,7 @@ export async function serviceRouteStatus(
     version,
     routers: beats.length,
     lagging,
-    applied: lagging.length === 0,
+    listen_failures: listenFailures,
+    applied: lagging.length === 0 && listenFailures.length === 0,
   };
 }

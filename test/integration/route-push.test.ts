@@ -1,6 +1,7 @@
 import { expect } from 'chai';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { Router } from '../../router/router';
@@ -192,6 +193,41 @@ describe('route push through Redis', function () {
     expect(delivered).to.be.greaterThan(before);
     release();
     await eventually(async () => (await beat()) === delivered, 3000, 'heartbeat at the served version');
+  });
+
+  it('serves the rest of a pushed table when another process holds a port, reports it, and opens it once freed', async function () {
+    // What holds the port here answers anything: a client that reached it would bypass the route.
+    const holder = createServer((c) => c.end('not the route\n'));
+    await new Promise<void>((r) => holder.listen(ports[3], '127.0.0.1', r));
+    let holderOpen = true;
+    cleanups.push(async () => {
+      if (holderOpen) await new Promise((r) => holder.close(r));
+    });
+    await create(ports[3]);
+    await create(ports[4]);
+    const router = new Router({ logger: silentLogger(), bindHost: '127.0.0.1', listenRetryMs: 200 });
+    cleanups.push(() => router.close());
+    // A pushed table with one squatted port still starts the router: the other route serves.
+    await router.start(new RedisRouteSource(opts('squat')));
+    expect(await echoThrough('127.0.0.1', ports[4])).to.equal('ping');
+    const failures = router.status().listenFailures;
+    expect(failures.count).to.equal(1);
+    expect(failures.ports[0]).to.include({ port: ports[3] });
+    expect(failures.ports[0]!.reason).to.include('EADDRINUSE');
+    const beat = async (): Promise<{ failedPorts?: Array<{ port: number; reason: string }> } | undefined> => {
+      const res = await h.api<Array<{ routerId: string; failedPorts?: Array<{ port: number; reason: string }> }>>(
+        'GET',
+        `/routing/v1/router_groups/${groupGuid}/routers`,
+      );
+      return res.body.find((r) => r.routerId === 'squat');
+    };
+    await eventually(async () => (await beat())?.failedPorts?.[0]?.port === ports[3], 3000, 'heartbeat names the port');
+    await new Promise((r) => holder.close(r));
+    holderOpen = false;
+    // Retried every 200 ms: the port opens without a new table.
+    await eventually(() => router.status().listenFailures.count === 0, 5000, 'port opened on a retry');
+    expect(await echoThrough('127.0.0.1', ports[3])).to.equal('ping');
+    await eventually(async () => (await beat())?.failedPorts === undefined, 3000, 'heartbeat clear');
   });
 
   it('converges via the snapshot after its subscription was cut', async function () {

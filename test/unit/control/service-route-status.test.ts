@@ -16,7 +16,11 @@ describe('serviceRouteStatus', function () {
   const backend = { id: 'cache-0', host: '127.0.0.1', port: 20001, role: 'primary', weight: 1, epoch: 1 };
   const terminating = { mode: 'terminate', policy: 'required', certFile: '/c', keyFile: '/k' };
 
-  function deps(route: Route | null, version: number, beats: Array<Pick<RouterHeartbeat, 'routerId' | 'version'>>) {
+  function deps(
+    route: Route | null,
+    version: number,
+    beats: Array<Pick<RouterHeartbeat, 'routerId' | 'version' | 'failedPorts'>>,
+  ) {
     const groups = { get: async () => ({ guid: 'g1', name: 'default' }) } as unknown as RouterGroupStore;
     const routes = {
       route: async () => route,
@@ -70,5 +74,20 @@ describe('serviceRouteStatus', function () {
       ]),
     );
     expect(s).to.include({ present: true, applied: true });
+  });
+
+  it('is not applied while a router cannot open the port, and names it with its reason', async function () {
+    const route = { port: 16000, tls: terminating, backends: [{ ...backend, state: 'active' }] } as unknown as Route;
+    const reason = 'cannot listen on 127.0.0.1:16000: EADDRINUSE';
+    const s = await serviceRouteStatus(
+      service,
+      deps(route, 7, [
+        { routerId: 'r1', version: 7, failedPorts: [{ port: 16000, reason }] },
+        { routerId: 'r2', version: 7, failedPorts: [{ port: 16001, reason: 'another port' }] },
+      ]),
+    );
+    expect(s).to.include({ present: true, applied: false });
+    expect(s.lagging).to.deep.equal([]);
+    expect(s.listen_failures).to.deep.equal([{ router: 'r1', reason }]);
   });
 });
