@@ -59,6 +59,7 @@ export type { FencingAction };
 export class FencingFailoverCoordinator implements FailoverCoordinator {
   readonly history: FencingHistoryLike;
   private readonly sequence: FencingSequence;
+  private readonly steps: FencingSteps;
   private readonly options: Required<FailoverOptions>;
   private readonly inflight = new Map<string, Promise<unknown>>();
   private readonly failedAt = new Map<string, { at: number; message: string }>();
@@ -86,6 +87,7 @@ export class FencingFailoverCoordinator implements FailoverCoordinator {
         options: this.options,
       });
     this.addresses = new LeaderAddressBook(deps.redis, deps.store.keys, () => this.elector?.current() ?? null);
+    this.steps = steps;
     this.sequence = new FencingSequence({ store: deps.store, directory: deps.directory, steps, options: this.options });
   }
 
@@ -158,11 +160,20 @@ export class FencingFailoverCoordinator implements FailoverCoordinator {
   ): Promise<FencingActionResult> {
     const fence = this.leaderFence();
     let plan: ActionPlan;
+    let silentPrimary = false;
     for (;;) {
       // An automatic operation may be running: let it finish, then judge the outcome.
       await this.inflight.get(name)?.catch(() => undefined);
       const rec = await this.deps.store.mustGet(name);
       plan = planAction(action, rec, await this.deps.directory.snapshot(), target);
+      // A primary killed a moment ago looks running until its cell reports it, and a switchover
+      // would fence its route and only then find it cannot read its position. Asked before
+      // anything is touched, a primary that does not answer is handled as a lost one: fenced
+      // (shot, floored), then the best replica promoted, which is what the operator asked for.
+      silentPrimary =
+        plan.kind === 'switchover' && (await this.steps.promote.position(plan.primary.cell, plan.primary.id)) === null;
+      if (silentPrimary && plan.kind === 'switchover')
+        plan = { kind: 'failover', primary: plan.primary, ...(plan.target ? { target: plan.target } : {}) };
       // No await between this check and track(): nothing can start in between.
       if (!this.inflight.has(name)) break;
     }
@@ -175,7 +186,23 @@ export class FencingFailoverCoordinator implements FailoverCoordinator {
             ? 'switchover'
             : 'operator-failover';
     const op = new FencingOperation(randomUUID(), name, trigger, fence, this.history);
-    const service = await this.track(name, () => this.run(op, plan, options), true);
+    const chosen = plan;
+    const service = await this.track(
+      name,
+      async () => {
+        if (silentPrimary && chosen.kind === 'failover')
+          await op.record({
+            step: 'check',
+            outcome: 'failed',
+            instanceId: chosen.primary.id,
+            cell: chosen.primary.cell,
+            epoch: chosen.primary.epoch,
+            message: `${chosen.primary.id} did not answer for its position: no switchover from a primary that may be dead; failing over instead`,
+          });
+        return this.run(op, chosen, options);
+      },
+      true,
+    );
     return { operation: op.id, service, steps: op.steps };
   }
 

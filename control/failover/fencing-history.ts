@@ -28,7 +28,8 @@ export type FencingStepName =
   | 'publish'
   | 'unfence'
   | 'abort'
-  | 'restart-in-place';
+  | 'restart-in-place'
+  | 'check';
 
 /** `degraded`: done, but not everywhere (a router did not confirm in time, a cell did not answer). */
 export type FencingOutcome = 'ok' | 'degraded' | 'skipped' | 'failed';

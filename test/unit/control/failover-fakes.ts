@@ -196,6 +196,8 @@ export class FakeSteps {
   positions = new Map<string, bigint>();
   /** How far an instance's position moves on after each read (a replica catching up). */
   advance = new Map<string, bigint>();
+  /** Instances whose position cannot be read (an engine killed a moment ago). */
+  readonly silent = new Set<string>();
 
   constructor(private readonly store: FakeStore) {}
 
@@ -241,6 +243,7 @@ export class FakeSteps {
     },
     promote: {
       position: async (_cell, id) => {
+        if (this.silent.has(id)) return null;
         const now = this.positions.get(id) ?? 100n;
         this.positions.set(id, now + (this.advance.get(id) ?? 0n));
         return now;

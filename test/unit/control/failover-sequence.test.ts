@@ -155,6 +155,19 @@ describe('FencingFailoverCoordinator', () => {
       }
     });
 
+    it('turns a switchover from a primary that does not answer into a failover: shot before the promotion', async () => {
+      // The cell still reports the primary running: killed a moment ago, not reported yet.
+      const w = world();
+      w.steps.silent.add('cache-0');
+      const res = await w.coordinator.act('failover', 'cache');
+      expect(res.service.instances.find((i) => i.role === 'primary')?.id).to.equal('cache-1');
+      expect(res.steps[0]).to.include({ step: 'check', instanceId: 'cache-0' });
+      // Fenced as a lost primary, never paused or stopped as a healthy one.
+      expect(w.steps.at('shoot:cache-0')).to.be.greaterThan(-1);
+      expect(w.steps.at('shoot:cache-0')).to.be.lessThan(w.steps.at('promote:cache-1'));
+      expect(w.steps.log.filter((e) => e.startsWith('stop:') || e.startsWith('pause'))).to.deep.equal([]);
+    });
+
     it('runs the same failover once the target is valid', async () => {
       const w = world();
       const res = await w.coordinator.act('failover', 'cache', 'cache-1');
