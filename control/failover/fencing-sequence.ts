@@ -372,6 +372,12 @@ export class FencingSequence {
         epoch,
         message: `${chosen.instanceId} reached the primary's position ${goal} in ${Date.now() - t0} ms`,
       });
+      // A paused primary still calls itself primary: promoting the target now would make two
+      // (neither could commit, but an engine's own view is what clients and tools trust). It
+      // follows the target first, as Redis's own FAILOVER does; the two follow each other until
+      // the promotion, with nothing to exchange, since the target caught up with the pause.
+      // Without an answer it is stopped instead, as an engine that cannot pause is.
+      if (pause.paused && !(await this.demotePaused(op, primary, chosen, cells, epoch))) pause.paused = false;
       if (!pause.paused) {
         stopSent = true;
         const stopped = await steps.rejoin.stop(primary.cell, primary.id);
@@ -429,6 +435,32 @@ export class FencingSequence {
    * abandoned, the `promote` that confirms the old primary, which lifts a pause) comes after it on
    * the instance's order chain.
    */
+  /** Points the paused old primary at the switchover's target; false when that did not happen. */
+  private async demotePaused(
+    op: FencingOperation,
+    primary: InstanceRecord,
+    target: { instanceId: string; cell: string },
+    cells: ReadonlyMap<string, CellSnapshot>,
+    epoch: number,
+  ): Promise<boolean> {
+    const address = cells.get(target.cell)?.actual.get(target.instanceId);
+    const res =
+      address && address.port !== null
+        ? await this.deps.steps.rejoin.repoint(primary.cell, primary.id, { host: address.host, port: address.port })
+        : undefined;
+    await op.record({
+      step: 'repoint',
+      outcome: res?.ok ? 'ok' : 'degraded',
+      instanceId: primary.id,
+      cell: primary.cell,
+      epoch,
+      message: res?.ok
+        ? `${primary.id} follows ${target.instanceId} before it is promoted: never two primaries`
+        : `${primary.id} did not follow ${target.instanceId} (${res?.error?.message ?? 'no answer in time'}); it is stopped before the promotion`,
+    });
+    return res?.ok === true;
+  }
+
   private async recordPause(
     op: FencingOperation,
     primary: InstanceRecord,

@@ -62,6 +62,29 @@ async function redisRole(port: number, auth: ServiceKeyAuth): Promise<string> {
   }
 }
 
+/** Reads an engine's role until `watching.on` turns false; each answer with when it was asked and came back. */
+async function watchRole(
+  port: number,
+  auth: ServiceKeyAuth,
+  watching: { on: boolean },
+): Promise<Array<{ sent: number; at: number; role: string }>> {
+  const r = new Redis({ port, host: '127.0.0.1', maxRetriesPerRequest: 0, retryStrategy: () => 20, ...auth });
+  r.on('error', () => undefined);
+  const seen: Array<{ sent: number; at: number; role: string }> = [];
+  try {
+    while (watching.on) {
+      const sent = performance.now();
+      const info = await r.info('replication').catch(() => '');
+      const role = /^role:(\w+)/m.exec(info)?.[1];
+      if (role) seen.push({ sent, at: performance.now(), role });
+      await new Promise((done) => setTimeout(done, 5));
+    }
+  } finally {
+    r.disconnect();
+  }
+  return seen;
+}
+
 async function create(cluster: ServiceCluster, body: Record<string, unknown>): Promise<ServiceView> {
   const res = await cluster.api<ServiceView>('POST', '/v3/service_instances', { volume: { sizeMb: 64 }, ...body });
   expect(res.status, JSON.stringify(res.body)).to.equal(201);
@@ -164,9 +187,24 @@ describe('failover: planned switchover, refused actions, degraded primaries', fu
     const view = await create(cluster, { name: 'rsw', engine: 'redis', replicas: 1, durability: 'sync' });
     const old = primaryOf(view);
     const key = await serviceKey(cluster.api, 'rsw');
+    // Each engine's own role, read over and over on a kept connection while the switchover runs.
+    const watching = { on: true };
+    const watched = view.instances.map((i) => watchRole(i.port!, key, watching));
     const t0 = performance.now();
     const res = await sf(cluster, ['failover', 'rsw', '--json']);
     const ms = performance.now() - t0;
+    watching.on = false;
+    const seen = await Promise.all(watched);
+    // Never two masters. Proof of two would be the old primary answering `master` to a question
+    // asked after the new one's `master` answer came back; asked and answered times make it exact.
+    const oldSeen = seen[view.instances.findIndex((i) => i.id === old.id)]!;
+    const newSeen = seen[view.instances.findIndex((i) => i.id !== old.id)]!;
+    const lastOld = Math.max(...oldSeen.filter((r) => r.role === 'master').map((r) => r.sent));
+    const firstNew = Math.min(...newSeen.filter((r) => r.role === 'master').map((r) => r.at));
+    expect(Number.isFinite(firstNew), 'the new primary was seen as master').to.equal(true);
+    expect(lastOld, `old primary asked and master at ${lastOld}, new one master by ${firstNew}`).to.be.at.most(
+      firstNew,
+    );
     expect(res.code, res.stderr).to.equal(0);
     const out = JSON.parse(res.stdout) as { steps: FencingStep[]; service: ServiceView };
     const steps = out.steps.map((s) => `${s.step}:${s.outcome}`);

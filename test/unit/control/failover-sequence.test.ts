@@ -391,6 +391,8 @@ describe('FencingSequence', () => {
         'publish:primary=none:fenced=cache-0',
         'await-routers',
         'floor:cache-0:2',
+        // The paused old primary follows the target before the target is promoted: one primary.
+        'repoint:cache-0',
         'promote:cache-1:2',
         'publish:primary=cache-1',
         'await-replica:cache-0:1',
@@ -406,6 +408,17 @@ describe('FencingSequence', () => {
       expect(rec.instances.find((i) => i.id === 'cache-0')).to.include({ role: 'replica', generation: 1, epoch: 2 });
       expect(w.history.steps.find((s) => s.step === 'pause')?.outcome).to.equal('ok');
       expect(w.steps.pausedWhileMarked).to.deep.equal([true]);
+    });
+
+    it('a paused old primary that does not follow the target is stopped before the promotion', async () => {
+      const w = world();
+      w.steps.canPause = true;
+      w.steps.fail.rejoin = 'silent';
+      await w.sequence.switchover(w.op('switchover'), undefined, { awaitRejoin: false });
+      expect(w.steps.at('repoint:cache-0')).to.be.greaterThan(-1);
+      expect(w.steps.at('stop:cache-0')).to.be.greaterThan(w.steps.at('repoint:cache-0'));
+      expect(w.steps.at('promote:cache-1:2')).to.be.greaterThan(w.steps.at('stop:cache-0'));
+      expect(w.history.steps.find((s) => s.step === 'repoint')?.outcome).to.equal('degraded');
     });
 
     it('the catch-up goal is the paused position: a target below it is never promoted', async () => {
