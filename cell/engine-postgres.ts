@@ -32,6 +32,7 @@ import { findBinary, lookupUser, runCommand, type RunAs } from './run-command';
 import { pathExists as exists } from './path-exists';
 import { copyEngineTlsFiles, engineTlsPaths, tlsFilesChanged, type EngineTlsFiles } from './engine-tls';
 import { pgQuery, type PgTarget } from './pg-client';
+import { removeStaleLockFile } from './stale-lock-file';
 
 export type { EngineTlsFiles } from './engine-tls';
 import {
@@ -328,6 +329,8 @@ export class PostgresEngine implements Engine {
     // First: a replica's base backup already verifies its primary with the CA copy.
     await this.copyTlsFiles(ctx, runAs);
     const initialised = await exists(path.join(dataDir, 'PG_VERSION'));
+    // In a container the engine has its own pid namespace, where the pid in the file means nothing.
+    if (initialised && !ctx.tools) await removeStaleLockFile(dataDir);
     if (!initialised) {
       // A half-made directory (crash during initdb or base backup) is useless: start over.
       for (const entry of await readdir(dataDir)) await rm(path.join(dataDir, entry), { recursive: true, force: true });

@@ -6,11 +6,14 @@
  * that the service never says `running` while writes cannot commit, and that no committed write
  * is lost.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import { promisify } from 'node:util';
 import { expect } from 'chai';
 import type { FencingStepView, ServiceEventView } from '../../control';
 import type { ServiceView } from '../../control/services';
+import { lookupUser } from '../../cell/run-command';
 import { describeEachExecutor } from '../helpers/executor-under-test';
 import { primaryOf, sf } from '../helpers/failover-support';
 import { useServiceCluster, type ServiceCluster } from '../helpers/service-cluster';
@@ -180,8 +183,15 @@ describeEachExecutor('failover: PostgreSQL primary lost with sync durability', f
     for (const c of cluster.cells) console.log(`      --- ${c.name} ---\n${c.proc.output().slice(-6000)}`);
   });
 
-  for (const fault of ['SIGKILL of the primary engine', 'sf fence'] as const)
-    it(`${fault}: writes commit again, the old primary rejoins as the sync standby, never running while writes wait`, async () => {
+  const faults = [
+    'SIGKILL of the primary engine',
+    'sf fence',
+    'SIGKILL, its pid then taken by another process',
+  ] as const;
+  for (const fault of faults)
+    it(`${fault}: writes commit again, the old primary rejoins as the sync standby, never running while writes wait`, async function () {
+      // The pid in postmaster.pid is a host pid only on the process executor.
+      if (fault.startsWith('SIGKILL, its pid') && executor().kind !== 'process') this.skip();
       const before = (await view())!;
       const old = primaryOf(before);
       // Warm: writes commit through the router before the fault.
@@ -190,9 +200,23 @@ describeEachExecutor('failover: PostgreSQL primary lost with sync durability', f
         if (Date.now() > warm) throw new Error('no write committed through the router before the fault');
       const t0 = Date.now();
       let action: Promise<{ code: number; stderr: string }> | undefined;
+      let squatter: ChildProcess | undefined;
       if (fault === 'sf fence') action = sf(cluster, ['fence', 'pgk']);
       else await executor().killEngine(cluster, before, old.id);
-      const samples = await watch(before.port, t0, before.epoch);
+      if (fault.startsWith('SIGKILL, its pid')) {
+        // With pid_max 32768 a killed postmaster's pid comes back soon, and a zombie nobody reaped
+        // answers signals too: PostgreSQL then takes its postmaster.pid for a live server and the
+        // rewind of the deposed primary fails ("lock file already exists"). A live process of
+        // ours stands in for the pid's new owner, as the engine's user: PostgreSQL takes a pid it
+        // may not signal (EPERM) for another user's process, not for a server.
+        const owner = lookupUser('postgres');
+        squatter = spawn('sleep', ['120'], { stdio: 'ignore', ...(owner ? { uid: owner.uid, gid: owner.gid } : {}) });
+        const lock = path.join(cluster.dataDir, old.cell, 'instances', old.id, 'data', 'postmaster.pid');
+        const lines = (await readFile(lock, 'utf8')).split('\n');
+        lines[0] = String(squatter.pid);
+        await writeFile(lock, lines.join('\n'));
+      }
+      const samples = await watch(before.port, t0, before.epoch).finally(() => squatter?.kill('SIGKILL'));
       if (action) {
         const res = await action;
         expect(res.code, res.stderr).to.equal(0);
