@@ -25,6 +25,8 @@ describe('PostgreSQL WAL settings', () => {
       const conf = renderPostgresConfig(sync, 'postgres', undefined, { segmentMb: 1 });
       expect(conf).to.contain('wal_keep_size = 16MB\n').and.contain('min_wal_size = 2MB\n');
       expect(conf).to.contain('checkpoint_timeout = 1min\n').and.contain('wal_log_hints = on\n');
+      // A promotion asked while a standby waits to retry its stream waits out this interval.
+      expect(conf).to.contain('wal_retrieve_retry_interval = 500ms\n');
       // A cluster made before 1 MB segments (16 MB): min_wal_size must stay two segments.
       expect(renderPostgresConfig(sync, 'postgres')).to.contain('min_wal_size = 32MB\n');
     });
