@@ -219,6 +219,7 @@ describe('Redis engines with TLS', function () {
       const directId = await direct.client('ID');
       expect(await viaRouter.set('before', 'rotation')).to.equal('OK');
 
+      const t0 = Date.now();
       const rotated = await cluster().api<{ fingerprint_sha256: string; engines: number }>(
         'POST',
         '/v3/service_instances/rtls/actions/rotate-certificate',
@@ -241,6 +242,9 @@ describe('Redis engines with TLS', function () {
         'the router presents the rotated certificate',
         () => presented(view.port),
         (f) => f === after,
+      );
+      console.log(
+        `      rotation: every engine and the router present the new certificate ${Date.now() - t0} ms after the call`,
       );
       for (const inst of view.instances) {
         const files = await onEngine(inst.port!, admins.get(inst.id)!, 'CONFIG', 'GET', 'tls-cert-file');
