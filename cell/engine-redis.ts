@@ -143,7 +143,8 @@ export class RedisEngine implements Engine {
     if (ctx.spec.credentials)
       await writeFile(path.join(ctx.dataDir, ACL_FILE), renderRedisAclFile(ctx.spec.credentials), { mode: 0o600 });
     const tls = this.servesTls(ctx.spec);
-    if (tls) await copyEngineTlsFiles(this.options.tls!, ctx.volumeDir, ctx.tools ? ctx.tools.owner : this.runAs());
+    if (tls)
+      await copyEngineTlsFiles(this.tlsFiles(ctx.spec)!, ctx.volumeDir, ctx.tools ? ctx.tools.owner : this.runAs());
     await writeFile(path.join(ctx.dataDir, CONFIG_FILE), renderRedisConfig(ctx, undefined, tls), { mode: 0o600 });
   }
 
@@ -153,12 +154,23 @@ export class RedisEngine implements Engine {
   }
 
   /**
-   * A renewed certificate (the cell's files changed) is copied into the volume and loaded with
+   * The files an instance serves TLS with: its service's certificate when the spec names one (the
+   * route's, so `sf rotate-certificate` reaches router and engines alike), else the cell's; the
+   * platform CA either way. Redis does not check a primary's name when a replica connects, so
+   * a certificate naming the service serves replication as well as the cell's did.
+   */
+  private tlsFiles(spec: InstanceSpec): EngineTlsFiles | undefined {
+    if (!this.options.tls) return undefined;
+    return spec.tlsCertificate ? { ...spec.tlsCertificate, caFile: this.options.tls.caFile } : this.options.tls;
+  }
+
+  /**
+   * A renewed certificate (its source files changed) is copied into the volume and loaded with
    * `CONFIG SET` of the same paths, which makes redis-server build a new TLS context: new
    * connections get the new certificate, established ones keep their session.
    */
   async refreshTls(ctx: EngineContext): Promise<boolean> {
-    const files = this.options.tls;
+    const files = this.tlsFiles(ctx.spec);
     if (!files || !this.servesTls(ctx.spec) || !(await tlsFilesChanged(files, ctx.volumeDir))) return false;
     const copies = await copyEngineTlsFiles(files, ctx.volumeDir, ctx.tools ? ctx.tools.owner : this.runAs());
     await this.command(ctx, (r) =>
@@ -322,8 +334,14 @@ export class RedisEngine implements Engine {
   private async command<T>(ctx: EngineContext, fn: (r: Redis) => Promise<T>, timeoutMs?: number): Promise<T> {
     const timeout = timeoutMs ?? this.options.commandTimeoutMs ?? 2_000;
     const admin = ctx.spec.credentials?.admin;
-    // With TLS the engine is verified against the platform CA (its name: the address connected to).
-    const tls = this.servesTls(ctx.spec) ? { ca: await readFile(this.options.tls!.caFile) } : undefined;
+    // With TLS the engine is verified against the platform CA, by its service's name when it
+    // presents the service's certificate, else by the address connected to.
+    const tls = this.servesTls(ctx.spec)
+      ? {
+          ca: await readFile(this.options.tls!.caFile),
+          ...(ctx.spec.tlsCertificate ? { servername: ctx.spec.service } : {}),
+        }
+      : undefined;
     const client = new Redis({
       host: ctx.listenHost === '0.0.0.0' ? '127.0.0.1' : ctx.listenHost,
       port: ctx.port,

@@ -1,13 +1,14 @@
 /**
  * The HTTP client behind the `sf` client commands: finds control and a token the way DESIGN.md
- * promises (flags, then `SF_CONTROL_URL` / `SF_API_TOKEN`, then the admin token file `sf up`
- * writes), and turns error bodies back into SfErrors with the server's code and field.
+ * promises (flags, then `SF_CONTROL_URL` / `SF_API_TOKEN`, then what `sf up` on this machine
+ * recorded: its control's URL and CA, cli/local-control.ts, and its admin token file), and turns
+ * error bodies back into SfErrors with the server's code and field.
  */
 import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
-import { DEFAULT_CONTROL_URL, controlUrlFromEnv, discoverAdminToken, sfHome } from '../control/admin-token';
+import { DEFAULT_CONTROL_URL, discoverAdminToken } from '../control/admin-token';
 import { ErrorCode, SfError, isErrorCode } from '../common/errors';
 import { fetchWithCa } from '../common/https-fetch';
+import { CA_FILE_ENV, resolveControl } from './local-control';
 
 export { DEFAULT_CONTROL_URL };
 
@@ -21,22 +22,16 @@ export interface ApiClientOptions {
   ca?: Buffer;
 }
 
-/** Names the CA file the CLI verifies an https control with (docs/tls.md). */
-export const CA_FILE_ENV = 'SF_CA_FILE';
+export { CA_FILE_ENV };
 
-/**
- * The CA for an https control: SF_CA_FILE, else the platform CA of `sf up` on this machine
- * (its data dir's ca.pem), else none (the system's CAs).
- */
-async function controlCa(env: NodeJS.ProcessEnv, baseUrl: string): Promise<Buffer | undefined> {
-  const file = env[CA_FILE_ENV];
-  if (file)
-    return readFile(file).catch((err: Error) => {
-      throw new SfError(ErrorCode.InvalidOption, `${CA_FILE_ENV}=${file} cannot be read: ${err.message}`, CA_FILE_ENV);
-    });
-  if (!baseUrl.startsWith('https:')) return undefined;
-  const upDir = process.getuid?.() === 0 ? '/var/lib/service-foundry/up' : join(sfHome(env), 'up');
-  return readFile(join(upDir, 'ca.pem')).catch(() => undefined);
+/** The CA (PEM) for an https control (resolveControl): unreadable is an error only when named by SF_CA_FILE. */
+async function controlCa(env: NodeJS.ProcessEnv, caFile: string | undefined): Promise<Buffer | undefined> {
+  if (!caFile) return undefined;
+  const named = env[CA_FILE_ENV] === caFile;
+  return readFile(caFile).catch((err: Error) => {
+    if (!named) return undefined;
+    throw new SfError(ErrorCode.InvalidOption, `${CA_FILE_ENV}=${caFile} cannot be read: ${err.message}`, CA_FILE_ENV);
+  });
 }
 
 export interface ServerSentEvent {
@@ -58,8 +53,8 @@ export class ApiClient {
 
   /** A client configured from the environment and the admin token file of the control it talks to. */
   static async fromEnv(env: NodeJS.ProcessEnv = process.env): Promise<ApiClient> {
-    const baseUrl = controlUrlFromEnv(env);
-    const ca = await controlCa(env, baseUrl);
+    const { url: baseUrl, caFile } = await resolveControl(env);
+    const ca = await controlCa(env, caFile);
     return new ApiClient({ baseUrl, token: await discoverAdminToken(env, baseUrl), ...(ca ? { ca } : {}) });
   }
 

@@ -8,11 +8,12 @@
  */
 import { access } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { adminTokenFile, controlUrlFromEnv } from '../control/admin-token';
+import { adminTokenFile } from '../control/admin-token';
 import type { ServiceView } from '../control/services';
 import { ApiClient } from './api-client';
 import { allServices } from './command-services';
 import { UsageError, exitWithError, parseHostPort } from './cli-support';
+import { resolveControl } from './local-control';
 
 interface PrometheusFlags {
   router: string[];
@@ -25,6 +26,8 @@ export const DEFAULT_ROUTER_ADMIN = '127.0.0.1:7601';
 
 export interface ScrapeTargets {
   control: string;
+  /** Control over HTTPS (sf up's default): scraped with `scheme: https`, verified with this CA file. */
+  controlTls?: { caFile: string };
   tokenFile: string;
   routers: string[];
   cells: Array<{ name: string; target: string }>;
@@ -73,6 +76,7 @@ export function prometheusConfig(t: ScrapeTargets): string {
     'scrape_configs:',
     '  - job_name: sf-control',
     '    metrics_path: /metrics',
+    ...(t.controlTls ? ['    scheme: https', '    tls_config:', `      ca_file: ${q(t.controlTls.caFile)}`] : []),
     '    authorization:',
     '      type: Bearer',
     `      credentials_file: ${q(t.tokenFile)}`,
@@ -103,8 +107,9 @@ async function printConfig(flags: PrometheusFlags): Promise<void> {
     throw new UsageError(
       `--scrape-interval must be a Prometheus duration like 15s or 1m, got '${flags.scrapeInterval}'`,
     );
-  const controlUrl = controlUrlFromEnv(process.env);
+  const { url: controlUrl, caFile } = await resolveControl(process.env);
   const control = new URL(controlUrl).host;
+  const controlTls = controlUrl.startsWith('https:') && caFile ? { caFile } : undefined;
   const routers = flags.router.map((r) => {
     const { host, port } = parseHostPort(r, '--router');
     return hostPort(host, port);
@@ -129,7 +134,15 @@ async function printConfig(flags: PrometheusFlags): Promise<void> {
     .sort((a, b) => a.name.localeCompare(b.name));
   const sidecars = sidecarTargets(await allServices(client));
   process.stdout.write(
-    prometheusConfig({ control, tokenFile, routers, cells, sidecars, scrapeInterval: flags.scrapeInterval }),
+    prometheusConfig({
+      control,
+      ...(controlTls ? { controlTls } : {}),
+      tokenFile,
+      routers,
+      cells,
+      sidecars,
+      scrapeInterval: flags.scrapeInterval,
+    }),
   );
 }
 

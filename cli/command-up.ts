@@ -17,6 +17,7 @@ import { prepareLockedStateStore, type LockedStateStore } from './state-store-ac
 import { Supervisor } from './supervisor';
 import { stopProcessesUnder } from './leftover-engines';
 import { caPemFile, preparePlatformCa } from './up-platform-ca';
+import { removeLocalControl, writeLocalControl } from './local-control';
 import { fetchWithCa } from '../common/https-fetch';
 
 interface UpFlags {
@@ -127,10 +128,15 @@ async function runUp(flags: UpFlags): Promise<void> {
   }
 
   await mkdir(join(dataDir, 'logs'), { recursive: true });
-  const platformCa = await preparePlatformCa(dataDir, flags, (line) => process.stderr.write(`${line}\n`));
+  // Control speaks HTTPS by default, with a certificate from the platform CA (docs/tls.md).
+  const controlHttps = flags.controlHttps !== false;
+  const platformCa = await preparePlatformCa(dataDir, { ...flags, controlHttps }, (line) =>
+    process.stderr.write(`${line}\n`),
+  );
   const caPem = await readFile(platformCa.ca.certFile);
   // One token file per control address, so two platforms on one machine never share one.
-  const admin = await ensureAdminToken(process.env, controlUrlForListen('127.0.0.1', controlPort));
+  const listenUrl = controlUrlForListen('127.0.0.1', controlPort);
+  const admin = await ensureAdminToken(process.env, listenUrl);
   const sfScript = process.argv[1];
   const env = { ...process.env, SF_API_TOKEN: admin.token };
   // Each component's pid, for operators and tests that kill one (docs/services.md).
@@ -151,6 +157,8 @@ async function runUp(flags: UpFlags): Promise<void> {
     // Control first, so it does not reschedule instances of cells that are merely shutting
     // down; then the cells (which stop their engines), the router, the state store last.
     await supervisor.stop([['control'], cellNames, ['router'], ['redis']], stopTimeoutMs);
+    // The CLI no longer finds a control here (cli/local-control.ts).
+    await removeLocalControl(process.env, listenUrl).catch(() => undefined);
     // A cell killed at the timeout leaves what it was still running or starting: stopped here.
     for (const p of await stopProcessesUnder(join(dataDir, 'cells'), stopTimeoutMs).catch(() => []))
       process.stdout.write(`sf up: stopped ${p.comm} (pid ${p.pid}) that its cell left running: ${p.args.join(' ')}\n`);
@@ -210,6 +218,11 @@ async function runUp(flags: UpFlags): Promise<void> {
       ['control'],
     );
     if (flags.routePorts) await setRoutePorts(controlUrl, admin.token, flags.routePorts, caPem);
+    // The CLI on this machine finds this control, and the CA that verifies it, without settings.
+    await writeLocalControl(process.env, listenUrl, {
+      url: controlUrl,
+      ...(platformCa.control ? { ca_file: caPemFile(dataDir) } : {}),
+    });
     start('router', process.execPath, [
       sfScript,
       'router',
@@ -281,7 +294,13 @@ async function runUp(flags: UpFlags): Promise<void> {
         `  state     ${redactRedisUrl(redisUrl)}${externalRedis ? ' (SF_REDIS_URL)' : ` (local redis-server, ACL users; operator login in ${store?.credentialsFile('admin')})`}`,
         `  control   ${controlUrl}  (admin token in ${admin.file ?? 'SF_API_TOKEN'})`,
         ...(platformCa.control
-          ? [`            HTTPS: export SF_CONTROL_URL=${controlUrl}; the CLI verifies it with ${caPemFile(dataDir)}`]
+          ? [
+              `            HTTPS with a certificate from the platform CA; sf on this machine verifies it with ${caPemFile(dataDir)}`,
+              `            curl --cacert ${caPemFile(dataDir)} -H "authorization: Bearer ${admin.file ? `$(cat ${admin.file})` : '$SF_API_TOKEN'}" ${controlUrl}/v3/cells`,
+            ]
+          : ['            plain HTTP (--no-control-https)']),
+        ...(controlPort !== DEFAULT_UP_OPTIONS.controlPort
+          ? [`            not the default port: export SF_CONTROL_URL=${controlUrl}`]
           : []),
         `  router    admin http://127.0.0.1:${routerAdminPort}, group default, route ports ${flags.routePorts ?? '16000-16999'}`,
         `  tls       platform CA ${join(dataDir, 'ca.pem')} (sf ca --pem); router certificate ${platformCa.router.certFile}`,
@@ -370,7 +389,11 @@ export function registerUpCommand(program: Command): void {
     .option('--ca-key <file>', "the operator's CA private key (PEM, mode 0600), with --ca-cert")
     .option(
       '--control-https',
-      'serve the control API over HTTPS with a certificate from the platform CA (clients: SF_CONTROL_URL=https://...)',
+      'serve the control API over HTTPS with a certificate from the platform CA (the default; sf on this machine verifies it with DATA/ca.pem)',
+    )
+    .option(
+      '--no-control-https',
+      'serve the control API over plain HTTP on loopback instead (a browser without the platform CA, old tools)',
     )
     .option(
       '--stop-timeout <seconds>',

@@ -21,7 +21,7 @@ export const CA_RENEW_CHECK_MS = 3_600_000;
 export interface UpPlatformCa {
   ca: PlatformCa;
   router: IssuedCertificate;
-  /** Control's HTTPS certificate (`sf up --control-https`); read by control at its start. */
+  /** Control's HTTPS certificate (the default; none with `--no-control-https`); read by control at its start. */
   control?: IssuedCertificate;
   stop(): void;
 }

@@ -190,8 +190,10 @@ export class PlatformCa {
    * renewed when it expires within `renewBeforeDays`, when its names differ, or when another CA
    * signed it. Written as `issued/NAME.crt` and `issued/NAME.key` (0600), key first: a reader
    * that sees the new certificate with the old key fails to load the pair and keeps what it had.
+   * `force`: a new key and certificate even when the current one is still good (an operator who
+   * suspects the key leaked: `sf rotate-certificate`).
    */
-  async ensure(name: string, sans: string[], now = new Date()): Promise<IssuedCertificate> {
+  async ensure(name: string, sans: string[], now = new Date(), force = false): Promise<IssuedCertificate> {
     if (!NAME.test(name)) throw new SfError(ErrorCode.Certificate, `certificate name '${name}' must match ${NAME}`);
     if (sans.length === 0) throw new SfError(ErrorCode.Certificate, `certificate ${name} needs at least one name`);
     const certFile = join(this.issuedDir, `${name}.crt`);
@@ -200,7 +202,7 @@ export class PlatformCa {
       (pem) => new X509Certificate(pem),
       () => undefined,
     );
-    if (current && (await exists(keyFile)) && !this.needsRenewal(current, sans, now))
+    if (!force && current && (await exists(keyFile)) && !this.needsRenewal(current, sans, now))
       return { certFile, keyFile, renewed: false, notAfter: new Date(current.validTo) };
     const key = await newKey();
     const tmpKey = `${keyFile}.${randomBytes(4).toString('hex')}.tmp`;

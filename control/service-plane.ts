@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import { registerCellsApi } from './api/routes-cells';
 import { registerVolumesApi } from './api/routes-volumes';
 import { registerServiceUpdateApi } from './api/routes-service-update';
+import { registerCertificatesApi } from './api/routes-certificates';
 import { registerServicesApi } from './api/routes-services';
 import { DEFAULT_ROUTER_HOST, registerServiceKeysApi } from './api/routes-service-keys';
 import type { HttpServer } from './api/http-server';
@@ -209,6 +210,7 @@ export async function startServicePlane(
   registerCellsApi(server, { directory, store });
   registerVolumesApi(server, { directory, store });
   registerServiceUpdateApi(server, { store, directory, redis: deps.redis, tls });
+  registerCertificatesApi(server, { store, ...(certificates ? { certificates } : {}) });
   registerSnapshotsApi(server, {
     store,
     directory,

@@ -145,9 +145,23 @@ export const routeTlsSchema = z
       .string({ error: 'must be a host name' })
       .regex(/^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$/, 'must be a host name')
       .optional(),
+    /**
+     * mTLS to backends: the certificate (and its key) the router presents when it connects to a
+     * backend over TLS, for backends that ask clients for one (Redis `tls-auth-clients yes`,
+     * PostgreSQL `clientcert=verify-ca`). Files on the router's host, re-read when they change.
+     */
+    backendCertFile: filePathSchema.optional(),
+    backendKeyFile: filePathSchema.optional(),
   })
   .strict()
   .superRefine((tls, ctx) => {
+    if ((tls.backendCertFile === undefined) !== (tls.backendKeyFile === undefined))
+      ctx.addIssue({
+        code: 'custom',
+        path: [tls.backendCertFile === undefined ? 'backendCertFile' : 'backendKeyFile'],
+        message:
+          tls.backendCertFile === undefined ? 'is required with backendKeyFile' : 'is required with backendCertFile',
+      });
     if (tls.mode === 'terminate') {
       for (const f of ['certFile', 'keyFile'] as const)
         if (!tls[f]) ctx.addIssue({ code: 'custom', path: [f], message: "is required when mode is 'terminate'" });
@@ -160,6 +174,8 @@ export const routeTlsSchema = z
         'backend',
         'backendCaFile',
         'backendServerName',
+        'backendCertFile',
+        'backendKeyFile',
       ] as const)
         if (tls[f] !== undefined)
           ctx.addIssue({ code: 'custom', path: [f], message: "applies only when mode is 'terminate'" });

@@ -1,7 +1,8 @@
 /**
  * TLS from the router to a backend (docs/tls.md, Router to engine): the backend's certificate is
  * verified against the route's `backendCaFile` (the platform CA), or the system's CAs without
- * one, and its name against the route's `backendServerName`, else the address connected to. PostgreSQL speaks TLS only after an
+ * one, and its name against the route's `backendServerName`, else the address connected to. With
+ * `backendCertFile`/`backendKeyFile` the router presents that certificate to the backend (mTLS). PostgreSQL speaks TLS only after an
  * SSLRequest answered `S` (protocol 3.0, "SSL Session Encryption"), so on a route whose clients
  * start that way the router sends one first. Nothing here falls back to plaintext: a backend that
  * fails is an error the connection counts and retries elsewhere.
@@ -28,7 +29,10 @@ interface CachedCa {
 
 const caFiles = new Map<string, CachedCa>();
 
-/** The CA file's contents, re-read when it changes (checked at most once a second). Throws when unreadable. */
+/**
+ * The CA file's contents, re-read when it changes (checked at most once a second). Throws when
+ * unreadable. Also reads the router's client certificate and key for mTLS to backends.
+ */
 export function backendCa(file: string, now = Date.now()): Buffer {
   const cached = caFiles.get(file);
   if (cached && now - cached.checkedAt < BACKEND_CA_RECHECK_MS) return cached.pem;
@@ -67,14 +71,33 @@ export function connectBackendTls(
   // Node checks the certificate against `servername` when there is one, else against `host`.
   const servername = settings?.backendServerName ?? (isIP(host) ? undefined : host);
   const plain = netConnect({ host, port: backend.port, noDelay: true, ...(lookup ? { lookup } : {}) });
+  // mTLS: the certificate the router presents to backends that ask for one.
+  let identity: { cert: Buffer; key: Buffer } | undefined;
   try {
     ca = settings?.backendCaFile ? backendCa(settings.backendCaFile) : undefined;
   } catch (err) {
     process.nextTick(() => plain.destroy(backendTlsError(`cannot read the backend CA: ${(err as Error).message}`)));
     return plain;
   }
-  const secure = (): TLSSocket => {
-    const tls = tlsConnect({ socket: plain, host, servername, ...(ca ? { ca } : {}) });
+  try {
+    if (settings?.backendCertFile && settings.backendKeyFile)
+      identity = { cert: backendCa(settings.backendCertFile), key: backendCa(settings.backendKeyFile) };
+  } catch (err) {
+    process.nextTick(() =>
+      plain.destroy(backendTlsError(`cannot read the router's backend certificate: ${(err as Error).message}`)),
+    );
+    return plain;
+  }
+  const secure = (): TLSSocket | undefined => {
+    let tls: TLSSocket;
+    try {
+      tls = tlsConnect({ socket: plain, host, servername, ...(ca ? { ca } : {}), ...(identity ?? {}) });
+    } catch (err) {
+      // A certificate read in the middle of its renewal (the new certificate, the old key): the
+      // context cannot be built; this backend fails like any TLS failure, the next try rereads.
+      plain.destroy(backendTlsError(`cannot start TLS to backend ${backend.id}: ${(err as Error).message}`));
+      return undefined;
+    }
     onSocket(tls);
     return tls;
   };

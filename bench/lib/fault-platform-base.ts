@@ -13,6 +13,7 @@ import { appendFileSync, chmodSync, mkdirSync, readdirSync, readFileSync, readli
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import type { Redis } from 'ioredis';
+import { fetchWithCa, type CaFetchInit } from '../../common/https-fetch';
 import { keyLayout } from '../../protocol/keys';
 import { makeTempDir, type ManagedProcess } from './processes';
 
@@ -173,8 +174,25 @@ export abstract class FaultPlatformBase {
     return proc;
   }
 
+  /**
+   * The platform CA file that verifies control when it speaks HTTPS (sf up's default); undefined
+   * for a control on plain HTTP.
+   */
+  protected controlCaFile(): string | undefined {
+    return undefined;
+  }
+
+  private controlCaPem: Buffer | undefined;
+
   get controlUrl(): string {
-    return `http://127.0.0.1:${this.controlPort}`;
+    return `${this.controlCaFile() ? 'https' : 'http'}://127.0.0.1:${this.controlPort}`;
+  }
+
+  /** fetch to control, verified against the platform CA when control speaks HTTPS. */
+  async controlFetch(path: string, init: CaFetchInit = {}): Promise<Response> {
+    const caFile = this.controlCaFile();
+    if (caFile && !this.controlCaPem) this.controlCaPem = readFileSync(caFile);
+    return fetchWithCa(`${this.controlUrl}${path}`, init, caFile ? this.controlCaPem : undefined);
   }
 
   protected get logDir(): string {
@@ -218,7 +236,7 @@ export abstract class FaultPlatformBase {
   }
 
   async api<T = unknown>(method: string, path: string, body?: unknown, timeoutMs = 10_000): Promise<ApiResponse<T>> {
-    const res = await fetch(`${this.controlUrl}${path}`, {
+    const res = await this.controlFetch(path, {
       method,
       headers: { authorization: `Bearer ${this.token}`, 'content-type': 'application/json' },
       body: body === undefined ? undefined : JSON.stringify(body),

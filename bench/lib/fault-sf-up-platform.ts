@@ -116,6 +116,11 @@ export class SfUpFaultPlatform extends FaultPlatformBase {
     return join(this.upDataDir, 'cells', name);
   }
 
+  /** sf up serves control over HTTPS with a certificate from its platform CA (DATA/ca.pem). */
+  protected override controlCaFile(): string {
+    return join(this.upDataDir, 'ca.pem');
+  }
+
   protected override env(): NodeJS.ProcessEnv {
     const env = super.env();
     // sf up runs its own store: an operator's SF_REDIS_URL would point it elsewhere.
@@ -240,7 +245,7 @@ export class SfUpFaultPlatform extends FaultPlatformBase {
     await this.killComponent('control', signal);
     await this.waitUntil(
       'control healthy',
-      async () => (await fetch(`${this.controlUrl}/health`, { signal: AbortSignal.timeout(2_000) })).ok,
+      async () => (await this.controlFetch('/health', { signal: AbortSignal.timeout(2_000) })).ok,
       60_000,
     );
   }

@@ -102,7 +102,7 @@ export async function admitService(
     const port = await freePort(deps, group, () => deps.store.usageAt(snapshot));
     // Issued before the record exists, so the first engine finds the files at its first start.
     const tlsCertificate =
-      req.engine === 'postgres' && tls !== 'off' && deps.tls?.certificate
+      (req.engine === 'postgres' || req.engine === 'redis') && tls !== 'off' && deps.tls?.certificate
         ? await deps.tls.certificate(req.name)
         : undefined;
     const record: ServiceRecord = {

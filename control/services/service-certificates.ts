@@ -48,9 +48,31 @@ export class ServiceCertificates {
   ensure(service: string, now = Date.now()): Promise<ServiceTlsFiles> {
     const cached = this.checked.get(service);
     if (cached && now - cached.at < this.recheckMs) return cached.files;
+    return this.issue(service, now, false);
+  }
+
+  /**
+   * A new key and certificate for the service now, however long the current one has to run (a
+   * key that may have leaked). Written over the same files, which every holder reloads (docs/tls.md).
+   */
+  async rotate(service: string, now = Date.now()): Promise<ServiceTlsFiles & { notAfter: Date }> {
+    let notAfter = new Date(0);
+    const files = await this.issue(service, now, true, (d) => (notAfter = d));
+    return { ...files, notAfter };
+  }
+
+  private issue(
+    service: string,
+    now: number,
+    force: boolean,
+    issued?: (notAfter: Date) => void,
+  ): Promise<ServiceTlsFiles> {
     const files = this.ca
-      .ensure(`service-${service}`, [service, ...this.routerNames.filter((n) => n !== service)])
-      .then((c) => ({ certFile: c.certFile, keyFile: c.keyFile, caFile: this.ca.certFile }));
+      .ensure(`service-${service}`, [service, ...this.routerNames.filter((n) => n !== service)], new Date(now), force)
+      .then((c) => {
+        issued?.(c.notAfter);
+        return { certFile: c.certFile, keyFile: c.keyFile, caFile: this.ca.certFile };
+      });
     this.checked.set(service, { at: now, files });
     // A failed issue is retried on the next call, not remembered for an hour.
     files.catch(() => this.checked.delete(service));
@@ -63,7 +85,7 @@ export class ServiceCertificates {
  * PostgreSQL clients ask for TLS with an SSLRequest first. Undefined for `off`.
  */
 export function serviceRouteTls(
-  service: Pick<ServiceRecord, 'engine' | 'name'> & { tls?: ServiceTlsPolicy },
+  service: Pick<ServiceRecord, 'engine' | 'name' | 'tlsCertificate'> & { tls?: ServiceTlsPolicy },
   files: ServiceTlsFiles,
 ): RouteTls | undefined {
   if (!service.tls || service.tls === 'off') return undefined;
@@ -76,7 +98,10 @@ export function serviceRouteTls(
     // Engines that serve TLS are verified against the platform CA, not the system's CAs.
     backendCaFile: files.caFile,
     // PostgreSQL engines present this same certificate (SCRAM channel binding, docs/tls.md),
-    // which names the service, not the cells the router connects to.
-    ...(service.engine === 'postgres' ? { backendServerName: service.name } : {}),
+    // which names the service, not the cells the router connects to; so do the engines of a
+    // Redis service admitted with one (an older one's present their cell's, named by address).
+    ...(service.engine === 'postgres' || (service.engine === 'redis' && service.tlsCertificate)
+      ? { backendServerName: service.name }
+      : {}),
   });
 }

@@ -33,13 +33,14 @@ function legacyVolume(value: unknown): unknown {
   return sizeMb === undefined || 'size_mb' in rest ? value : { size_mb: sizeMb, ...rest };
 }
 
+/** A service's name. Ending in '-' would give instance ids like `x--0`: a name starts and ends alike. */
+export const SERVICE_NAME_PATTERN = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
+export const SERVICE_NAME_RULE =
+  'must be 1-63 lowercase letters, digits or -, starting and ending with a letter or digit';
+
 export const serviceCreateSchema = z
   .object({
-    name: z.string({ error: 'must be a string' }).regex(
-      // Ending in '-' would give instance ids like `x--0`: a name starts and ends alike.
-      /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/,
-      'must be 1-63 lowercase letters, digits or -, starting and ending with a letter or digit',
-    ),
+    name: z.string({ error: 'must be a string' }).regex(SERVICE_NAME_PATTERN, SERVICE_NAME_RULE),
     engine: z.enum(ENGINE_KINDS, { error: `must be one of ${ENGINE_KINDS.join(', ')}` }),
     replicas: z
       .number({ error: 'must be an integer' })

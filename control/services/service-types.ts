@@ -216,6 +216,7 @@ export interface ServiceEvent {
     | 'service-key-created'
     | 'service-key-deleted'
     | 'service-updated'
+    | 'certificate-rotated'
     | 'snapshot-created'
     | 'snapshot-copied'
     | 'snapshot-failed'

@@ -10,6 +10,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
 import type { ServiceView } from '../../control/services';
+import { fetchWithCa, type CaFetchInit } from '../../common/https-fetch';
 import { freePort } from './free-port';
 import { freePortBlock, releasePortBlock, removeContainers } from './service-cluster';
 import type { ServiceKeyAuth } from './service-key';
@@ -22,6 +23,10 @@ export interface UpPlatform {
   home: string;
   dataDir: string;
   env: NodeJS.ProcessEnv;
+  /** The control API's URL (https unless started with --no-control-https). */
+  controlUrl: string;
+  /** fetch to control, verified against the platform CA when it is https. */
+  controlFetch(path: string, init?: CaFetchInit): Promise<Response>;
   ports: { control: number; admin: number; redis: number; routeBase: number; cellBase: number };
   up: SfProcess | undefined;
   /** Starts `sf up` and resolves once it printed its banner. */
@@ -59,7 +64,10 @@ export async function createUpPlatform(
     SF_HOME: home,
     SF_REDIS_URL: '',
     SF_API_TOKEN: '',
-    SF_CONTROL_URL: `http://127.0.0.1:${ports.control}`,
+    // sf up serves control over HTTPS by default; the CLI finds the CA through SF_HOME (the
+    // record sf up writes there), so no SF_CA_FILE. A platform started with --no-control-https
+    // is plain HTTP.
+    SF_CONTROL_URL: `${extraArgs.includes('--no-control-https') ? 'http' : 'https'}://127.0.0.1:${ports.control}`,
     SF_LOG_LEVEL: 'info',
     ...extraEnv,
   };
@@ -84,10 +92,15 @@ export async function createUpPlatform(
     '0',
     ...extraArgs,
   ];
+  const controlUrl = env.SF_CONTROL_URL!;
   const platform: UpPlatform = {
     home,
     dataDir,
     env,
+    controlUrl,
+    async controlFetch(p, init = {}) {
+      return fetchWithCa(`${controlUrl}${p}`, init, await readFile(path.join(dataDir, 'ca.pem')));
+    },
     ports,
     up: undefined,
     async start(timeoutMs = 90_000) {

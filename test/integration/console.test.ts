@@ -1,3 +1,4 @@
+import { X509Certificate, createHash } from 'node:crypto';
 import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { expect } from 'chai';
@@ -8,6 +9,14 @@ import { createUpPlatform, type UpPlatform } from '../helpers/sf-up-platform';
 const CHROMIUM = process.env.SF_CHROMIUM ?? '/usr/bin/chromium';
 
 describe('web console (/ui/) in chromium', function () {
+  /** The SHA-256 of control's public key (base64), as chromium's SPKI allow-list takes it. */
+  async function controlSpki(): Promise<string> {
+    const cert = new X509Certificate(await readFile(path.join(platform.dataDir, 'ca', 'issued', 'control.crt')));
+    return createHash('sha256')
+      .update(cert.publicKey.export({ type: 'spki', format: 'der' }))
+      .digest('base64');
+  }
+
   this.timeout(600_000);
   let platform: UpPlatform;
   let browser: Browser | undefined;
@@ -18,15 +27,19 @@ describe('web console (/ui/) in chromium', function () {
   before(async () => {
     platform = await createUpPlatform(2);
     await platform.start(300_000);
-    controlUrl = `http://127.0.0.1:${platform.ports.control}`;
+    // sf up serves control over HTTPS with a certificate from its platform CA.
+    controlUrl = platform.controlUrl;
+    expect(controlUrl).to.match(/^https:/);
     token = (
       await readFile(path.join(platform.home, 'admin-tokens', `127.0.0.1-${platform.ports.control}`), 'utf8')
     ).trim();
     browser = await puppeteer.launch({
       executablePath: CHROMIUM,
       headless: true,
-      // Root cannot use chromium's sandbox; the page is our own console on loopback.
-      args: ['--no-sandbox', '--disable-dev-shm-usage'],
+      // Root cannot use chromium's sandbox; the page is our own console on loopback. The browser
+      // does not know the platform CA, so it is told to accept control's own key and no other
+      // (a user imports DATA/ca.pem instead, docs/tls.md).
+      args: ['--no-sandbox', '--disable-dev-shm-usage', `--ignore-certificate-errors-spki-list=${await controlSpki()}`],
     });
     page = await browser.newPage();
     await page.setViewport({ width: 1400, height: 900 });
@@ -63,7 +76,7 @@ describe('web console (/ui/) in chromium', function () {
     expect(page.url()).to.not.include(token);
     expect(await page.evaluate("sessionStorage.getItem('sf-token')")).to.equal(token);
 
-    const created = await fetch(`${controlUrl}/v3/service_instances`, {
+    const created = await platform.controlFetch('/v3/service_instances', {
       method: 'POST',
       headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
       // Manual fencing: after `sf fence` the service stays degraded until someone fails it over.
@@ -107,7 +120,7 @@ describe('web console (/ui/) in chromium', function () {
     await page.waitForFunction(() => true);
     expect(message).to.match(/^Fail over web: /);
     const view = (await (
-      await fetch(`${controlUrl}/v3/service_instances/web`, { headers: { authorization: `Bearer ${token}` } })
+      await platform.controlFetch('/v3/service_instances/web', { headers: { authorization: `Bearer ${token}` } })
     ).json()) as { status: string };
     expect(view.status).to.equal('degraded');
   });

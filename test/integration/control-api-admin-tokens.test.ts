@@ -7,6 +7,7 @@ import { expect } from 'chai';
 import { mkdtemp, readFile, readdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { fetchWithCa } from '../../common/https-fetch';
 import { freePort } from '../helpers/free-port';
 import { freePortBlock, releasePortBlock } from '../helpers/service-cluster';
 import { runSf, runSfToExit, type SfProcess } from '../helpers/sf-process';
@@ -73,16 +74,19 @@ describe('admin token files of two platforms on one machine', function () {
     }
     expect((await stat(path.join(home, 'admin-tokens'))).mode & 0o777).to.equal(0o700);
 
-    // The CLI, configured only with the control URL, authenticates against each platform.
+    // The CLI, configured only with the control URL, authenticates against each platform, each
+    // verified (HTTPS, sf up's default) with its own platform's CA, recorded per address in SF_HOME.
     for (const p of controls) {
-      const cells = await runSfToExit(['cells', '--json'], { ...env, SF_CONTROL_URL: `http://127.0.0.1:${p}` });
+      const cells = await runSfToExit(['cells', '--json'], { ...env, SF_CONTROL_URL: `https://127.0.0.1:${p}` });
       expect(cells.code, cells.output).to.equal(0);
       expect((JSON.parse(cells.output) as Array<{ name: string }>).map((c) => c.name)).to.deep.equal(['cell-1']);
     }
     // Each control accepts its own token only.
-    const other = await fetch(`http://127.0.0.1:${controls[1]}/v3/cells`, {
-      headers: { authorization: `Bearer ${tokens[0]}` },
-    });
+    const other = await fetchWithCa(
+      `https://127.0.0.1:${controls[1]}/v3/cells`,
+      { headers: { authorization: `Bearer ${tokens[0]}` } },
+      await readFile(path.join(home, 'data-b', 'ca.pem')),
+    );
     expect(other.status).to.equal(401);
   });
 });

@@ -2,7 +2,8 @@
  * TLS from the router to engines (docs/tls.md, Router to engine): a backend marked `tls` is
  * reached over TLS and verified against the route's backendCaFile (the platform CA); PostgreSQL
  * backends get an SSLRequest first. A backend whose certificate comes from another CA, or that
- * declines TLS, is refused and counted, never used in plaintext. Real redis-server, redis-cli,
+ * declines TLS, is refused and counted, never used in plaintext. With a backend certificate the
+ * router presents it to an engine that asks clients for one (mTLS). Real redis-server, redis-cli,
  * postgres and psql.
  */
 import { expect } from 'chai';
@@ -39,6 +40,7 @@ function run(file: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise
 async function startTlsRedis(
   cert: IssuedCertificate,
   caFile: string,
+  authClients: 'yes' | 'no' = 'no',
 ): Promise<RedisServerHandle & { tlsPort: number }> {
   const tlsPort = await freePort();
   const server = await startRedisServer([
@@ -51,7 +53,7 @@ async function startTlsRedis(
     '--tls-ca-cert-file',
     caFile,
     '--tls-auth-clients',
-    'no',
+    authClients,
   ]);
   await waitForPort(tlsPort);
   return { ...server, tlsPort };
@@ -64,6 +66,7 @@ describe('router TLS to engines', function () {
   let routerCert: IssuedCertificate;
   let redisGood: RedisServerHandle & { tlsPort: number };
   let redisForeign: RedisServerHandle & { tlsPort: number };
+  let redisMtls: RedisServerHandle & { tlsPort: number };
   let pgGood: PostgresServerHandle;
   let pgForeign: PostgresServerHandle;
   let pgPlain: PostgresServerHandle;
@@ -83,13 +86,24 @@ describe('router TLS to engines', function () {
     const foreignCert = await other.ensure('cell-x', ['localhost', '127.0.0.1']);
     redisGood = await startTlsRedis(engineCert, ca.certFile);
     redisForeign = await startTlsRedis(foreignCert, other.certFile);
+    // Asks every TLS client for a certificate signed by the platform CA (mTLS).
+    redisMtls = await startTlsRedis(engineCert, ca.certFile, 'yes');
     pgGood = await startPostgresServer(engineCert);
     pgForeign = await startPostgresServer(foreignCert);
     pgPlain = await startPostgresServer();
     // The engine presents the route's own certificate, as a PostgreSQL service's engines do.
     pgBound = await startPostgresServer(routerCert);
     for (const pg of [pgGood, pgBound]) await scramUser(pg);
-    for (const name of ['redis', 'redisForeign', 'pg', 'pgForeign', 'pgPlain', 'pgBound'])
+    for (const name of [
+      'redis',
+      'redisForeign',
+      'redisMtls',
+      'redisMtlsNoCert',
+      'pg',
+      'pgForeign',
+      'pgPlain',
+      'pgBound',
+    ])
       port[name] = await freePort();
     const terminate = (extra: object = {}): Record<string, unknown> => ({
       certFile: routerCert.certFile,
@@ -102,6 +116,12 @@ describe('router TLS to engines', function () {
       routes: [
         { port: port.redis!, backends: tlsBackend(redisGood.tlsPort), tls: terminate() },
         { port: port.redisForeign!, backends: tlsBackend(redisForeign.tlsPort), tls: terminate() },
+        {
+          port: port.redisMtls!,
+          backends: tlsBackend(redisMtls.tlsPort),
+          tls: terminate({ backendCertFile: routerCert.certFile, backendKeyFile: routerCert.keyFile }),
+        },
+        { port: port.redisMtlsNoCert!, backends: tlsBackend(redisMtls.tlsPort), tls: terminate() },
         { port: port.pg!, backends: tlsBackend(pgGood.port), tls: terminate({ startup: 'postgres' }) },
         { port: port.pgForeign!, backends: tlsBackend(pgForeign.port), tls: terminate({ startup: 'postgres' }) },
         { port: port.pgPlain!, backends: tlsBackend(pgPlain.port), tls: terminate({ startup: 'postgres' }) },
@@ -116,7 +136,7 @@ describe('router TLS to engines', function () {
 
   after(async () => {
     await router?.stop();
-    for (const s of [redisGood, redisForeign]) await s?.stop();
+    for (const s of [redisGood, redisForeign, redisMtls]) await s?.stop();
     for (const s of [pgGood, pgForeign, pgPlain, pgBound]) await s?.stop();
     rmSync(dir, { recursive: true, force: true });
   });
@@ -130,6 +150,17 @@ describe('router TLS to engines', function () {
       '-c',
       sql,
     ]);
+
+  it('presents the route backend certificate to an engine that asks for one (mTLS), and is refused without it', async () => {
+    const withCert = await redisCli(port.redisMtls!, 'SET', 'm', 'tls');
+    expect(withCert.stdout, withCert.stderr).to.equal('OK');
+    // The same engine, reached by a route that presents no certificate: the engine refuses it.
+    const without = await redisCli(port.redisMtlsNoCert!, 'GET', 'm');
+    expect(without.stdout).to.not.equal('tls');
+    // And a client without a certificate straight to the engine is refused as well.
+    const direct = await redisCli(redisMtls.tlsPort, 'GET', 'm');
+    expect(direct.stdout).to.not.equal('tls');
+  });
 
   it('re-encrypts redis-cli --tls traffic to a redis engine verified against the platform CA', async () => {
     const set = await redisCli(port.redis!, 'SET', 'k', 'v');

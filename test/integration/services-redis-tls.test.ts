@@ -1,15 +1,19 @@
 /**
  * Redis engines with certificates (docs/tls.md): a Redis service with TLS required runs every
- * instance TLS only (`port 0`, `tls-port`) with its cell's certificate from the platform CA, the
+ * instance TLS only (`port 0`, `tls-port`) with its service's certificate from the platform CA, the
  * replica streams from its primary over TLS (`tls-replication yes`), a plaintext connection to an
  * engine port gets nothing, and the router re-encrypts redis-cli --tls traffic to the engine,
- * verified against the platform CA. Real cells, redis-server and redis-cli throughout.
+ * verified against the platform CA. A rotated certificate (`rotate-certificate`) is loaded by the
+ * engines with `CONFIG SET` and by the router while connections already open keep working. Real
+ * cells, redis-server, redis-cli and openssl throughout.
  */
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
+import { Redis } from 'ioredis';
 import type { ServiceView } from '../../control/services';
 import type { EngineUser } from '../../protocol/cell-protocol';
 import { adminUser, enginePid, primaryOf } from '../helpers/failover-support';
@@ -27,6 +31,16 @@ function redisCli(args: string[]): Promise<Run> {
     execFile('redis-cli', args, { timeout: 20_000 }, (err, stdout, stderr) =>
       resolve({ code: err ? 1 : 0, stdout: stdout.trim(), stderr }),
     );
+  });
+}
+
+/** The SHA-256 fingerprint of the certificate a TLS port (engine or router) presents. */
+function presented(port: number): Promise<string> {
+  return new Promise((resolve) => {
+    execFile('openssl', ['s_client', '-connect', `127.0.0.1:${port}`], { timeout: 20_000 }, (_err, stdout) => {
+      const pem = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/.exec(stdout)?.[0];
+      resolve(pem ? new X509Certificate(pem).fingerprint256 : `none: ${stdout.slice(0, 200)}`);
+    }).stdin?.end();
   });
 }
 
@@ -173,6 +187,90 @@ describe('Redis engines with TLS', function () {
     // A plaintext client is refused by the router (required policy).
     const plain = await redisCli(['-u', uri.replace('rediss://', 'redis://'), 'PING']);
     expect(plain.stdout).to.not.equal('PONG');
+  });
+
+  it('rotates the service certificate: engines load it by CONFIG SET, open TLS connections keep working', async () => {
+    const certFile = join(caDir, 'issued', 'service-rtls.crt');
+    const before = new X509Certificate(readFileSync(certFile)).fingerprint256;
+    // The engines present the service's certificate (the route's), not their cell's.
+    for (const inst of view.instances) expect(await presented(inst.port!)).to.equal(before);
+    const primary = primaryOf(view);
+    const ca = readFileSync(caFile);
+    // Connections opened before the rotation: through the router as the key's user, and to the
+    // primary engine itself as the platform's. No reconnects: each must stay the same connection.
+    const open = (port: number, auth: { username: string; password: string }): Redis =>
+      new Redis({
+        host: '127.0.0.1',
+        port,
+        username: auth.username,
+        password: auth.password,
+        tls: { ca },
+        lazyConnect: true,
+        maxRetriesPerRequest: 0,
+        retryStrategy: () => null,
+        enableOfflineQueue: false,
+      });
+    const viaRouter = open(view.port, key);
+    const direct = open(primary.port!, admins.get(primary.id)!);
+    try {
+      await viaRouter.connect();
+      await direct.connect();
+      const routerId = await viaRouter.client('ID');
+      const directId = await direct.client('ID');
+      expect(await viaRouter.set('before', 'rotation')).to.equal('OK');
+
+      const t0 = Date.now();
+      const rotated = await cluster().api<{ fingerprint_sha256: string; engines: number }>(
+        'POST',
+        '/v3/service_instances/rtls/actions/rotate-certificate',
+      );
+      expect(rotated.status, JSON.stringify(rotated.body)).to.equal(200);
+      const after = new X509Certificate(readFileSync(certFile)).fingerprint256;
+      expect(after).to.not.equal(before);
+      expect(rotated.body.fingerprint_sha256).to.equal(after);
+      expect(rotated.body.engines).to.equal(2);
+
+      // Each engine loads it on its cell's next probe (CONFIG SET tls-cert-file ...), the router
+      // on its next handshake.
+      for (const inst of view.instances)
+        await until(
+          `engine ${inst.id} presents the rotated certificate`,
+          () => presented(inst.port!),
+          (f) => f === after,
+        );
+      await until(
+        'the router presents the rotated certificate',
+        () => presented(view.port),
+        (f) => f === after,
+      );
+      console.log(
+        `      rotation: every engine and the router present the new certificate ${Date.now() - t0} ms after the call`,
+      );
+      for (const inst of view.instances) {
+        const files = await onEngine(inst.port!, admins.get(inst.id)!, 'CONFIG', 'GET', 'tls-cert-file');
+        expect(files.stdout).to.match(/tls\/server\.crt$/);
+      }
+
+      // The connections opened before answer, on the same connection.
+      expect(await viaRouter.get('before')).to.equal('rotation');
+      expect(await viaRouter.client('ID')).to.equal(routerId);
+      expect(await direct.ping()).to.equal('PONG');
+      expect(await direct.client('ID')).to.equal(directId);
+      // A new redis-cli --tls --cacert through the router, verified against the platform CA.
+      const uri = `rediss://${encodeURIComponent(key.username)}:${encodeURIComponent(key.password)}@127.0.0.1:${view.port}`;
+      const fresh = await redisCli(['--tls', '--cacert', caFile, '-u', uri, 'GET', 'before']);
+      expect(fresh.stdout, fresh.stderr).to.equal('rotation');
+      // The replica still streams from its primary over TLS (a new link would use the new pair).
+      const replica = view.instances.find((i) => i.role === 'replica')!;
+      await until(
+        'the write on the replica after the rotation',
+        async () => (await onEngine(replica.port!, admins.get(replica.id)!, 'GET', 'before')).stdout,
+        (v) => v === 'rotation',
+      );
+    } finally {
+      viaRouter.disconnect();
+      direct.disconnect();
+    }
   });
 
   it('fails over with TLS on: the replica is promoted, the old primary rejoins over TLS, the router re-encrypts to the new primary', async () => {

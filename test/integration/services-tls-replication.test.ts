@@ -4,8 +4,8 @@
  * replicas stream from their primary with `sslmode=verify-full` against the service's name, and a
  * replication connection without TLS is refused. The router re-encrypts to the engines, and a
  * client's SCRAM channel binding holds through it (`channel_binding=require`), with the route's
- * policy honoured. A renewed certificate reaches router and engines without a restart, an open
- * session keeping its own. A failover (primary SIGKILLed) still works: the replica is promoted,
+ * policy honoured. A renewed certificate, and one rotated on demand (`sf rotate-certificate`),
+ * reaches router and engines without a restart, an open session keeping its own. A failover (primary SIGKILLed) still works: the replica is promoted,
  * the old primary is rewound over TLS and streams again over TLS. Real PostgreSQL, psql, openssl
  * and cells throughout.
  */
@@ -20,7 +20,9 @@ import type { ServiceView } from '../../control/services';
 import { type InstanceSpec } from '../../protocol/cell-protocol';
 import { keyLayout } from '../../protocol/keys';
 import { adminUser, enginePid, primaryOf, promotedFrom } from '../helpers/failover-support';
+import { ADMIN_TOKEN } from '../helpers/control-harness';
 import { useServiceCluster } from '../helpers/service-cluster';
+import { runSfToExit } from '../helpers/sf-process';
 import { serviceKey, type ServiceKeyAuth } from '../helpers/service-key';
 
 const PSQL = '/usr/lib/postgresql/15/bin/psql';
@@ -290,6 +292,103 @@ describe('PostgreSQL replication over TLS', function () {
       session.stdin.end();
       session.kill();
     }
+  });
+
+  it('rotates a service certificate on demand (sf rotate-certificate): router and engines present it, sessions survive', async () => {
+    const session = spawn(
+      PSQL,
+      [
+        `host=127.0.0.1 port=${view.port} user=${key.username} dbname=postgres sslmode=verify-full sslrootcert=${caFile} channel_binding=require`,
+        '-XAtq',
+      ],
+      { env: { PATH: process.env.PATH ?? '', PGPASSWORD: key.password }, stdio: ['pipe', 'pipe', 'pipe'] },
+    );
+    let out = '';
+    session.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    const ask = async (sql: string, want: string): Promise<void> => {
+      session.stdin.write(`${sql};\n`);
+      const deadline = Date.now() + 30_000;
+      while (!out.split('\n').includes(want)) {
+        if (Date.now() > deadline) throw new Error(`open session did not answer ${sql}: ${out}`);
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    };
+    const env = { SF_CONTROL_URL: cluster().controls[0].control.url, SF_API_TOKEN: ADMIN_TOKEN };
+    try {
+      await ask('select 51', '51');
+      const certFile = join(caDir, 'issued', 'service-pgr.crt');
+      const keyFile = join(caDir, 'issued', 'service-pgr.key');
+      const before = new X509Certificate(readFileSync(certFile));
+      const keyBefore = readFileSync(keyFile, 'utf8');
+      // Nothing is due (the names and dates are good): only the operator's command renews it.
+      const t0 = Date.now();
+      const cli = await runSfToExit(['rotate-certificate', 'pgr', '--json'], env);
+      expect(cli.code, cli.output).to.equal(0);
+      const answer = JSON.parse(cli.output.slice(cli.output.indexOf('{'), cli.output.lastIndexOf('}') + 1)) as {
+        service: string;
+        fingerprint_sha256: string;
+        engines: number;
+      };
+      const rotated = new X509Certificate(readFileSync(certFile));
+      expect(rotated.fingerprint256).to.not.equal(before.fingerprint256);
+      expect(answer.fingerprint_sha256).to.equal(rotated.fingerprint256);
+      expect(answer.engines).to.equal(2);
+      // A new key, not only a new certificate over the old one.
+      expect(readFileSync(keyFile, 'utf8')).to.not.equal(keyBefore);
+      expect(rotated.publicKey.export({ type: 'spki', format: 'der' })).to.not.deep.equal(
+        before.publicKey.export({ type: 'spki', format: 'der' }),
+      );
+
+      await until('router certificate after rotation', () => presented(view.port), rotated.fingerprint256);
+      for (const inst of view.instances)
+        await until(
+          `engine ${inst.id} certificate after rotation`,
+          () => presented(Number(inst.port)),
+          rotated.fingerprint256,
+        );
+      console.log(
+        `      rotation: the router and both engines present the new certificate ${Date.now() - t0} ms after sf rotate-certificate started`,
+      );
+      // A new login binds to the new certificate at the router and at the engine alike.
+      const fresh = await throughRouter(view, ENGINE_SIDE_SSL, await adminUser(cluster(), view, primaryOf(view).id));
+      expect(fresh.code, fresh.stderr).to.equal(0);
+      expect(fresh.stdout).to.equal('true');
+      const keyed = await throughRouter(view, 'select count(*) from t');
+      expect(keyed.code, keyed.stderr).to.equal(0);
+      // The session opened before the rotation keeps its TLS session and answers.
+      await ask('select 52', '52');
+
+      // The event stream records it, with public facts only.
+      const events = await cluster().api<{ resources: Array<{ type: string; message: string }> }>(
+        'GET',
+        '/v3/service_instances/pgr/events',
+      );
+      const event = events.body.resources.find((e) => e.type === 'certificate-rotated');
+      expect(event, JSON.stringify(events.body)).to.not.equal(undefined);
+      expect(event!.message).to.include(rotated.fingerprint256);
+      expect(event!.message).to.not.match(/PRIVATE KEY/);
+    } finally {
+      session.stdin.end();
+      session.kill();
+    }
+
+    // Bad input: unknown service 404, a service without TLS 409 naming tls, a bad name exit 2.
+    const unknown = await cluster().api<{ error: { field: string } }>(
+      'POST',
+      '/v3/service_instances/nosuch/actions/rotate-certificate',
+    );
+    expect(unknown.status).to.equal(404);
+    const off = await cluster().api<ServiceView>('PATCH', '/v3/service_instances/pgo', { tls: 'off' });
+    expect(off.status, JSON.stringify(off.body)).to.equal(200);
+    const refused = await cluster().api<{ error: { code: string; field: string } }>(
+      'POST',
+      '/v3/service_instances/pgo/actions/rotate-certificate',
+    );
+    expect(refused.status, JSON.stringify(refused.body)).to.equal(409);
+    expect(refused.body.error.field).to.equal('tls');
+    const bad = await runSfToExit(['rotate-certificate', 'Not_A_Name'], env);
+    expect(bad.code).to.equal(2);
+    expect(bad.output.trim().split('\n')).to.have.length(1);
   });
 
   it('refuses a replication connection without TLS', async () => {

@@ -82,7 +82,7 @@ describe('sf up: locked state store', function () {
     const headers = { authorization: `Bearer ${token}` };
     const api = await Promise.all(
       ['/v3/info', '/v3/cells', '/v3/service_instances', '/routing/v1/router_groups'].map(async (p) =>
-        (await fetch(`${platform.env.SF_CONTROL_URL}${p}`, { headers })).text(),
+        (await platform.controlFetch(p, { headers })).text(),
       ),
     );
     expect(ps).to.include('--redis-credentials');

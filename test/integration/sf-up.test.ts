@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
+import { fetchWithCa } from '../../common/https-fetch';
 import type { ServiceView } from '../../control/services';
 import { freePort } from '../helpers/free-port';
 import { freePortBlock, releasePortBlock } from '../helpers/service-cluster';
@@ -36,7 +37,8 @@ describe('sf up', function () {
       SF_HOME: home,
       SF_REDIS_URL: '',
       SF_API_TOKEN: '',
-      SF_CONTROL_URL: `http://127.0.0.1:${ports.control}`,
+      // Control speaks HTTPS by default; the CLI finds the CA through what sf up records in SF_HOME.
+      SF_CONTROL_URL: `https://127.0.0.1:${ports.control}`,
       SF_LOG_LEVEL: 'warn',
     };
   });
@@ -138,17 +140,18 @@ describe('sf up', function () {
 
   it('serves metrics from control (with a token), the router and every cell, and prints a scrape configuration promtool accepts', async () => {
     const out = up!.output();
-    expect(out).to.include(`control http://127.0.0.1:${ports.control}/metrics`);
+    expect(out).to.include(`control https://127.0.0.1:${ports.control}/metrics`);
     expect(out).to.include(`router  http://127.0.0.1:${ports.admin}/metrics`);
     expect(out).to.match(/cells {3}http:\/\/127\.0\.0\.1:\d+\/metrics http:\/\/127\.0\.0\.1:\d+\/metrics/);
 
-    const controlMetrics = `http://127.0.0.1:${ports.control}/metrics`;
-    expect((await fetch(controlMetrics)).status).to.equal(401);
+    const controlMetrics = `https://127.0.0.1:${ports.control}/metrics`;
+    const ca = await readFile(path.join(home, 'data', 'ca.pem'));
+    expect((await fetchWithCa(controlMetrics, {}, ca)).status).to.equal(401);
     const token = (await readFile(path.join(home, 'admin-tokens', `127.0.0.1-${ports.control}`), 'utf8')).trim();
     let text = '';
     await eventually(
       async () => {
-        text = await (await fetch(controlMetrics, { headers: { authorization: `Bearer ${token}` } })).text();
+        text = await (await fetchWithCa(controlMetrics, { headers: { authorization: `Bearer ${token}` } }, ca)).text();
         const replicaHealthy =
           /sf_service_instance_healthy\{service="cache",instance="cache-\d+",cell="cell-\d",role="replica"\} 1/;
         return replicaHealthy.test(text) && /sf_service_replication_lag_bytes\{service="cache"/.test(text);

@@ -65,6 +65,19 @@ describe('PlatformCa', function () {
       expect(readFileSync(renewed.certFile, 'utf8')).to.not.equal(before);
     });
 
+    it('issues a new key and certificate on demand while the current one is still good', async () => {
+      const ca = await PlatformCa.open(dir);
+      const first = await ca.ensure('svc', ['svc', 'localhost']);
+      const cert = readFileSync(first.certFile, 'utf8');
+      const key = readFileSync(first.keyFile, 'utf8');
+      expect((await ca.ensure('svc', ['svc', 'localhost'])).renewed).to.equal(false);
+      const forced = await ca.ensure('svc', ['svc', 'localhost'], new Date(), true);
+      expect(forced.renewed).to.equal(true);
+      expect(readFileSync(forced.certFile, 'utf8')).to.not.equal(cert);
+      expect(readFileSync(forced.keyFile, 'utf8')).to.not.equal(key);
+      expect(statSync(forced.keyFile).mode & 0o777).to.equal(0o600);
+    });
+
     it('renews a certificate another CA signed', async () => {
       const other = await PlatformCa.open(join(dir, 'other'));
       const mine = await PlatformCa.open(join(dir, 'mine'));

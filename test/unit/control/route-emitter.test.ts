@@ -184,5 +184,35 @@ describe('RouteEmitter', function () {
       const e = emitter({ port: 16001, mode: 'primary', backends: [] } as unknown as Route, []);
       expect(e.desiredBackends(service, cells)[0]!.tls).to.equal(undefined);
     });
+
+    it('verifies Redis engines by the service name when they present the service certificate, else by address', async function () {
+      const tlsCells = new Map([
+        [
+          'cell-1',
+          {
+            name: 'cell-1',
+            alive: true,
+            actual: new Map([['db-0', { state: 'running', host: '127.0.0.1', port: 20001, tls: true }]]),
+          } as unknown as CellSnapshot,
+        ],
+      ]);
+      const withCert = {
+        ...service,
+        engine: 'redis',
+        tlsCertificate: { certFile: '/x/service-db.crt', keyFile: '/x/service-db.key' },
+      } as unknown as ServiceRecord;
+      const upserts: TcpRouteInput[] = [];
+      await emitter({ port: 16001, mode: 'primary', backends: [backend] } as Route, upserts).sync(
+        withCert,
+        tlsCells,
+        1,
+      );
+      expect((upserts[0]!.tls as RouteTls).backendServerName).to.equal('db');
+      // A Redis service admitted before its engines had the service's certificate: their cell's.
+      const older = { ...service, engine: 'redis', tlsCertificate: undefined } as unknown as ServiceRecord;
+      const plain: TcpRouteInput[] = [];
+      await emitter({ port: 16001, mode: 'primary', backends: [backend] } as Route, plain).sync(older, tlsCells, 1);
+      expect((plain[0]!.tls as RouteTls).backendServerName).to.equal(undefined);
+    });
   });
 });

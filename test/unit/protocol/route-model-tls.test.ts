@@ -33,6 +33,13 @@ describe('route-model tls', () => {
       expect(clientTls(r)).to.equal(undefined);
     });
 
+    it('takes a certificate the router presents to backends (mTLS)', () => {
+      const r = parseRouteTable({
+        routes: [route({ certFile: '/c', keyFile: '/k', backendCertFile: '/rc', backendKeyFile: '/rk' })],
+      }).routes[0]!;
+      expect(clientTls(r)).to.include({ backendCertFile: '/rc', backendKeyFile: '/rk' });
+    });
+
     it('takes backend: true inside the settings', () => {
       const r = parseRouteTable({ routes: [route({ certFile: '/c', keyFile: '/k', backend: true })] }).routes[0]!;
       expect(backendTls(r)).to.equal(true);
@@ -80,6 +87,18 @@ describe('route-model tls', () => {
         { certFile: '/c', keyFile: '/k', cert: 'PEM' },
         'routes[0].tls',
         "has unknown field(s) 'cert'",
+      ],
+      [
+        'a backend certificate without its key',
+        { certFile: '/c', keyFile: '/k', backendCertFile: '/rc' },
+        'routes[0].tls.backendKeyFile',
+        'is required with backendCertFile',
+      ],
+      [
+        'a backend key on a passthrough route',
+        { mode: 'passthrough', backendCertFile: '/rc', backendKeyFile: '/rk' },
+        'routes[0].tls.backendCertFile',
+        "applies only when mode is 'terminate'",
       ],
       ['a string', 'yes', 'routes[0].tls', 'must be a boolean or a TLS settings object'],
     ];
