@@ -57,7 +57,11 @@ export interface NativeBindings {
   bytesOut(pair: NativePairHandle): number;
   ref(): void;
   unref(): void;
-  stats(): { threads: number; pairs: number };
+  /**
+   * Loop threads, pairs they hold, and per thread the natively accepted clients it was given and
+   * still holds (queued, connecting or relaying).
+   */
+  stats(): { threads: number; pairs: number; accepted: number[] };
   /** A bound, listening, non-blocking socket for `server.listen({ fd })`. */
   listenTcp(host: string, port: number, backlog: number, reusePort: boolean, ipv6Only: boolean): number;
   setTcpUserTimeout(fd: number, timeoutMs: number): void;

@@ -258,7 +258,10 @@ export function createNativeRelay(options: NativeRelayOptions = {}): Relay | und
   };
 }
 
-/** What ran, for `/health` and the benchmark: loop threads and pairs the addon holds. */
-export function nativeRelayStats(): { threads: number; pairs: number } | undefined {
+/**
+ * What ran, for `/health` and the benchmark: loop threads, pairs the addon holds, and per thread
+ * the natively accepted clients it holds.
+ */
+export function nativeRelayStats(): { threads: number; pairs: number; accepted: number[] } | undefined {
   return engine?.bindings.stats();
 }

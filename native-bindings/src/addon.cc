@@ -169,6 +169,14 @@ Napi::Value Stats(const Napi::CallbackInfo& info) {
   Napi::Object out = Napi::Object::New(env);
   out.Set("threads", Napi::Number::New(env, data->engine ? data->engine->Threads() : 0));
   out.Set("pairs", Napi::Number::New(env, data->engine ? static_cast<double>(data->engine->ActivePairs()) : 0));
+  Napi::Array accepted = Napi::Array::New(env);
+  if (data->engine) {
+    std::vector<int64_t> per = data->engine->AcceptedPerThread();
+    for (size_t i = 0; i < per.size(); i++) {
+      accepted.Set(static_cast<uint32_t>(i), Napi::Number::New(env, static_cast<double>(per[i])));
+    }
+  }
+  out.Set("accepted", accepted);
   return out;
 }
 

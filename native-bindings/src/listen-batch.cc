@@ -26,6 +26,7 @@ constexpr unsigned kRingEntries = 4096;
 
 // Operation codes and setup flags the build machine's <linux/io_uring.h> may be too old to name
 // (the running kernel is probed before any is used).
+constexpr uint8_t kOpClose = 19;
 constexpr uint8_t kOpEpollCtl = 29;
 constexpr uint8_t kOpSocket = 45;
 constexpr uint8_t kOpUringCmd = 46;
@@ -75,7 +76,7 @@ bool Probe(int ring_fd) {
   std::vector<char> buf(sizeof(io_uring_probe) + kOps * sizeof(io_uring_probe_op), 0);
   auto* probe = reinterpret_cast<io_uring_probe*>(buf.data());
   if (syscall(__NR_io_uring_register, ring_fd, IORING_REGISTER_PROBE, probe, kOps) != 0) return false;
-  for (uint8_t op : {kOpEpollCtl, kOpSocket, kOpUringCmd, kOpBind, kOpListen}) {
+  for (uint8_t op : {kOpClose, kOpEpollCtl, kOpSocket, kOpUringCmd, kOpBind, kOpListen}) {
     if (op > probe->last_op || (probe->ops[op].flags & IO_URING_OP_SUPPORTED) == 0) return false;
   }
   return true;
@@ -245,100 +246,69 @@ std::vector<int> ListenBatch::Sockets(const std::vector<ListenRequest>& requests
   return fds;
 }
 
-std::vector<int> ListenBatch::Rounds(const std::vector<int>& fds, const std::vector<ListenRequest>& requests,
-                                     const ListenBatchOptions& options, const std::vector<int>& epfds,
-                                     const std::vector<Opt>& opts, std::vector<epoll_event>& events,
-                                     std::vector<int>& result) {
-  const size_t n = requests.size();
-  for (size_t i = 0; i < n; i++) {
-    if (fds[i] < 0) result[i] = fds[i];
+namespace {
+
+// One round over the items `take` accepts: `fill` queues per_item entries for item i, each
+// flagged IOSQE_CQE_SKIP_SUCCESS with user_data i, so only failures post completions, and `fail`
+// hears of them (res < 0). The round ends with a NOP flagged IOSQE_IO_DRAIN, which starts only once
+// every entry before it completed (an entry the kernel finishes in a worker thread is waited for
+// too). No linked chains: a link hands each next step to task work (~7 hand-overs per port), and
+// rounds cost a third less CPU for 10,000 ports (docs/native-relay.md). A failed submission fails
+// every item of the round with its errno.
+template <typename Take, typename Fill, typename Fail>
+void RunRound(ListenBatch::Ring& ring, size_t n, size_t per_item, Take take, Fill fill, Fail fail) {
+  const size_t capacity = std::max<size_t>(1, (ring.entries - 1) / per_item);
+  std::vector<size_t> taken;
+  size_t i = 0;
+  while (i < n) {
+    taken.clear();
+    for (; i < n && taken.size() < capacity; i++) {
+      if (!take(i)) continue;
+      fill(i);
+      taken.push_back(i);
+    }
+    if (taken.empty()) continue;
+    Sqe* nop = ring.Next();
+    nop->opcode = kOpNop;
+    nop->flags = kSqeIoDrain;
+    nop->user_data = kRoundEnd;
+    bool done = false;
+    int rc = ring.SubmitAndReap(
+        [&](uint64_t data, int res) {
+          if (data == kRoundEnd) {
+            done = true;
+            return;
+          }
+          if (res < 0) fail(static_cast<size_t>(data), res);
+        },
+        [&] { return done; });
+    if (rc < 0) {
+      for (size_t k : taken) fail(k, rc);
+    }
   }
-  // One round per step over every port still on course: all options, then all binds, then all
-  // listens, then the registrations with each epoll set, so a port whose step failed takes no
-  // further step (a listen after a failed bind would bind a random port). No linked chains: a link
-  // hands each next step to task work (~7 hand-overs per port), and rounds cost a third less CPU
-  // for 10,000 ports (docs/native-relay.md). Each round ends with a NOP that starts only once
-  // every entry before it completed (IOSQE_IO_DRAIN; an entry the kernel finishes in a worker
-  // thread is waited for too), and only failures post completions (IOSQE_CQE_SKIP_SUCCESS).
-  auto round = [&](size_t per_port, auto fill) {
-    const size_t capacity = std::max<size_t>(1, (ring_->entries - 1) / per_port);
-    size_t i = 0;
-    while (i < n) {
-      std::vector<size_t> taken;
-      for (; i < n && taken.size() < capacity; i++) {
-        if (result[i] != 0) continue;
-        fill(i);
-        taken.push_back(i);
-      }
-      if (taken.empty()) continue;
-      Sqe* nop = ring_->Next();
-      nop->opcode = kOpNop;
-      nop->flags = kSqeIoDrain;
-      nop->user_data = kRoundEnd;
-      bool done = false;
-      int rc = ring_->SubmitAndReap(
-          [&](uint64_t data, int res) {
-            if (data == kRoundEnd) {
-              done = true;
-              return;
-            }
-            if (res < 0 && result[data] == 0) result[data] = res;
-          },
-          [&] { return done; });
-      if (rc < 0) {
-        for (size_t k : taken) {
-          if (result[k] == 0) result[k] = rc;
-        }
-      }
-    }
-  };
-  auto sqe = [&](uint8_t opcode, size_t i) {
-    Sqe* s = ring_->Next();
-    s->opcode = opcode;
-    s->fd = fds[i];
-    s->flags = kSqeCqeSkipSuccess;
-    s->user_data = i;
-    return s;
-  };
-  round(opts.size(), [&](size_t i) {
-    for (const Opt& o : opts) {
-      Sqe* s = sqe(kOpUringCmd, i);
-      s->off = kSocketCmdSetsockopt;
-      const uint32_t level_name[2] = {static_cast<uint32_t>(o.level), static_cast<uint32_t>(o.name)};
-      std::memcpy(&s->addr, level_name, sizeof level_name);
-      s->file_index = sizeof(int);
-      s->addr3 = reinterpret_cast<uint64_t>(o.value);
-    }
-  });
-  round(1, [&](size_t i) {
-    Sqe* b = sqe(kOpBind, i);
-    b->addr = reinterpret_cast<uint64_t>(&requests[i].addr);
-    b->off = requests[i].addr_len;
-  });
-  round(1, [&](size_t i) { sqe(kOpListen, i)->len = static_cast<uint32_t>(options.backlog); });
-  round(epfds.size(), [&](size_t i) {
-    for (int epfd : epfds) {
-      Sqe* e = sqe(kOpEpollCtl, i);
-      e->fd = epfd;
-      e->len = EPOLL_CTL_ADD;
-      e->off = static_cast<uint64_t>(fds[i]);
-      e->addr = reinterpret_cast<uint64_t>(&events[i]);
-    }
-  });
-  return result;
 }
 
+Sqe* Entry(ListenBatch::Ring& ring, uint8_t opcode, int fd, size_t i) {
+  Sqe* s = ring.Next();
+  s->opcode = opcode;
+  s->fd = fd;
+  s->flags = kSqeCqeSkipSuccess;
+  s->user_data = i;
+  return s;
+}
+
+}  // namespace
+
 std::vector<int> ListenBatch::Listen(const std::vector<int>& fds, const std::vector<ListenRequest>& requests,
-                                     const ListenBatchOptions& options, const std::vector<int>& epfds) {
+                                     const ListenBatchOptions& options) {
   const size_t n = requests.size();
   std::vector<int> result(n, 0);
   const int one = 1;
   const int keepidle = std::max(1, options.keepalive_ms / 1000);
   std::vector<Opt> opts = {{SOL_SOCKET, SO_REUSEADDR, &one}};
   // With SO_REUSEPORT, worker processes bind the same port and the kernel spreads connections
-  // over their queues. The loop threads of one process need no socket each: they all watch this
-  // one (EPOLLEXCLUSIVE wakes one of them per connection), which costs one socket per port
-  // instead of one per thread, and keeps a connection queued until some thread is free.
+  // over their queues. The loop threads of one process need no socket each: one of them watches
+  // this one and spreads what it accepts (docs/native-relay.md, "Listening").
   if (options.reuse_port) opts.push_back({SOL_SOCKET, SO_REUSEPORT, &one});
   opts.push_back({IPPROTO_TCP, TCP_NODELAY, &one});
   if (options.keepalive_ms > 0) {
@@ -347,17 +317,15 @@ std::vector<int> ListenBatch::Listen(const std::vector<int>& fds, const std::vec
   }
   std::vector<epoll_event> events(n);
   for (size_t i = 0; i < n; i++) {
-    events[i].events = EPOLLIN | EPOLLEXCLUSIVE;
+    events[i].events = EPOLLIN;
     events[i].data.u64 = requests[i].epoll_data;
+    if (fds[i] < 0) result[i] = fds[i];
   }
 
   if (ring_ == nullptr) {
     for (size_t i = 0; i < n; i++) {
       const int fd = fds[i];
-      if (fd < 0) {
-        result[i] = fd;
-        continue;
-      }
+      if (fd < 0) continue;
       int rc = 0;
       for (const Opt& o : opts) {
         if ((rc = SetInt(fd, o.level, o.name, *o.value)) != 0) break;
@@ -366,15 +334,92 @@ std::vector<int> ListenBatch::Listen(const std::vector<int>& fds, const std::vec
         rc = -errno;
       }
       if (rc == 0 && listen(fd, options.backlog) != 0) rc = -errno;
-      for (size_t e = 0; rc == 0 && e < epfds.size(); e++) {
-        if (epoll_ctl(epfds[e], EPOLL_CTL_ADD, fd, &events[i]) != 0) rc = -errno;
+      if (rc == 0 && requests[i].epfd >= 0 && epoll_ctl(requests[i].epfd, EPOLL_CTL_ADD, fd, &events[i]) != 0) {
+        rc = -errno;
       }
       result[i] = rc;
     }
     return result;
   }
 
-  return Rounds(fds, requests, options, epfds, opts, events, result);
+  // One round per step over every port still on course: all options, then all binds, then all
+  // listens, then the registrations, so a port whose step failed takes no further step (a listen
+  // after a failed bind would bind a random port).
+  Ring& ring = *ring_;
+  auto on_course = [&](size_t i) { return result[i] == 0; };
+  auto failed = [&](size_t i, int res) {
+    if (result[i] == 0) result[i] = res;
+  };
+  RunRound(
+      ring, n, opts.size(), on_course,
+      [&](size_t i) {
+        for (const Opt& o : opts) {
+          Sqe* s = Entry(ring, kOpUringCmd, fds[i], i);
+          s->off = kSocketCmdSetsockopt;
+          const uint32_t level_name[2] = {static_cast<uint32_t>(o.level), static_cast<uint32_t>(o.name)};
+          std::memcpy(&s->addr, level_name, sizeof level_name);
+          s->file_index = sizeof(int);
+          s->addr3 = reinterpret_cast<uint64_t>(o.value);
+        }
+      },
+      failed);
+  RunRound(
+      ring, n, 1, on_course,
+      [&](size_t i) {
+        Sqe* b = Entry(ring, kOpBind, fds[i], i);
+        b->addr = reinterpret_cast<uint64_t>(&requests[i].addr);
+        b->off = requests[i].addr_len;
+      },
+      failed);
+  RunRound(
+      ring, n, 1, on_course,
+      [&](size_t i) { Entry(ring, kOpListen, fds[i], i)->len = static_cast<uint32_t>(options.backlog); }, failed);
+  RunRound(
+      ring, n, 1, [&](size_t i) { return result[i] == 0 && requests[i].epfd >= 0; },
+      [&](size_t i) {
+        Sqe* e = Entry(ring, kOpEpollCtl, requests[i].epfd, i);
+        e->len = EPOLL_CTL_ADD;
+        e->off = static_cast<uint64_t>(fds[i]);
+        e->addr = reinterpret_cast<uint64_t>(&events[i]);
+      },
+      failed);
+  return result;
+}
+
+size_t ListenBatch::Unwatch(const std::vector<CloseRequest>& requests) {
+  const size_t n = requests.size();
+  size_t failures = 0;
+  if (ring_ == nullptr) {
+    for (const CloseRequest& r : requests) {
+      if (r.epfd >= 0 && r.fd >= 0 && epoll_ctl(r.epfd, EPOLL_CTL_DEL, r.fd, nullptr) != 0) failures++;
+    }
+    return failures;
+  }
+  Ring& ring = *ring_;
+  RunRound(
+      ring, n, 1, [&](size_t i) { return requests[i].epfd >= 0 && requests[i].fd >= 0; },
+      [&](size_t i) {
+        Sqe* e = Entry(ring, kOpEpollCtl, requests[i].epfd, i);
+        e->len = EPOLL_CTL_DEL;
+        e->off = static_cast<uint64_t>(requests[i].fd);
+      },
+      [&](size_t, int) { failures++; });
+  return failures;
+}
+
+size_t ListenBatch::Close(const std::vector<int>& fds) {
+  size_t failures = 0;
+  if (ring_ == nullptr) {
+    for (int fd : fds) {
+      if (fd >= 0 && close(fd) != 0) failures++;
+    }
+    return failures;
+  }
+  Ring& ring = *ring_;
+  RunRound(
+      ring, fds.size(), 1, [&](size_t i) { return fds[i] >= 0; },
+      [&](size_t i) { Entry(ring, kOpClose, fds[i], i); }, [&](size_t, int) { failures++; });
+  return failures;
 }
 
 }  // namespace sf

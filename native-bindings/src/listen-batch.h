@@ -1,10 +1,11 @@
-// Opening many listening sockets at once. Each port costs eight or nine system calls (socket,
-// four setsockopt, bind, listen, one epoll_ctl per loop thread), and on a paravirtualised machine
-// the entry into the kernel, not the work inside it, is most of their cost (~1.2 µs per call here,
-// docs/native-relay.md "Opening many ports"). Through io_uring a table's ports go to the kernel in a
-// few submissions instead: every socket in one, then one round per step (options, bind, listen,
-// epoll registrations) over the ports whose earlier steps succeeded, so a failing step stops its
-// own port only.
+// Opening and closing many listening sockets at once. Each port costs eight system calls to open
+// (socket, four setsockopt, bind, listen, one epoll_ctl) and two to close (epoll_ctl, close), and
+// on a paravirtualised machine the entry into the kernel, not the work inside it, is much of their
+// cost (~1.2 µs per call here, docs/native-relay.md "Opening many ports"). Through io_uring a
+// table's ports go to the kernel in a few submissions instead: every socket in one, then one round
+// per step (options, bind, listen, epoll registration) over the ports whose earlier steps
+// succeeded, so a failing step stops its own port only; closing is a round of deregistrations and
+// a round of closes.
 //
 // Where io_uring is not there (kernels before 6.11 lack bind and listen in it; seccomp profiles
 // may refuse io_uring_setup; SF_NATIVE_URING=off), the same steps run as plain system calls.
@@ -30,8 +31,16 @@ struct ListenBatchOptions {
 struct ListenRequest {
   sockaddr_storage addr{};
   socklen_t addr_len = 0;
-  // Registered with each of the epoll sets given, EPOLLIN | EPOLLEXCLUSIVE, with this as its data.
+  // The one epoll set the listening socket is registered with (EPOLLIN, level-triggered), and the
+  // data its events carry.
+  int epfd = -1;
   uint64_t epoll_data = 0;
+};
+
+// A listening socket to close, and the epoll set it is registered with (-1: none).
+struct CloseRequest {
+  int epfd = -1;
+  int fd = -1;
 };
 
 // The two steps of opening a table's ports. Sockets first, so that the caller can hand each
@@ -49,12 +58,19 @@ class ListenBatch {
 
   // A non-blocking, close-on-exec TCP socket per request: its descriptor or a negative errno.
   std::vector<int> Sockets(const std::vector<ListenRequest>& requests);
-  // SO_REUSEADDR (and SO_REUSEPORT), TCP_NODELAY and keepalive, bind, listen, and a registration
-  // with each descriptor of epfds, for each fds[i] >= 0 (the others are skipped). Per request 0,
-  // or the negative errno of the first step that failed (the steps after it are not taken, the
-  // registrations before it stay). The descriptors stay the caller's to close.
+  // SO_REUSEADDR (and SO_REUSEPORT), TCP_NODELAY and keepalive, bind, listen, and the
+  // registration with requests[i].epfd, for each fds[i] >= 0 (the others are skipped). Per request
+  // 0, or the negative errno of the first step that failed (the steps after it are not taken). The
+  // descriptors stay the caller's to close.
   std::vector<int> Listen(const std::vector<int>& fds, const std::vector<ListenRequest>& requests,
-                          const ListenBatchOptions& options, const std::vector<int>& epfds);
+                          const ListenBatchOptions& options);
+  // Removes each socket from its epoll set. Returns how many removals failed (a socket that was
+  // not registered any more counts).
+  size_t Unwatch(const std::vector<CloseRequest>& requests);
+  // Closes each descriptor (-1 entries are skipped). Returns how many closes failed. Callers remove
+  // a socket from its epoll set first (Unwatch, which has completed when it returns), so that no
+  // descriptor number is reused while a removal could still name it.
+  size_t Close(const std::vector<int>& fds);
 
   bool UsesUring() const { return ring_ != nullptr; }
 
@@ -63,12 +79,9 @@ class ListenBatch {
     int level, name;
     const int* value;
   };
+  struct Ring;
 
  private:
-  struct Ring;
-  std::vector<int> Rounds(const std::vector<int>& fds, const std::vector<ListenRequest>& requests,
-                          const ListenBatchOptions& options, const std::vector<int>& epfds,
-                          const std::vector<Opt>& opts, std::vector<epoll_event>& events, std::vector<int>& result);
   Ring* ring_ = nullptr;
 };
 

@@ -91,13 +91,15 @@ struct Listener {
 };
 
 // A natively accepted route port: its listener, the route JS pushed last, the balancer's state and
-// the connections made through it. Everything but id and port is guarded by mu. Lock order: a
-// port's mu before a pair's mu, never the other way (loop threads release a pair's lock before
+// the connections made through it. Everything but id, port and owner is guarded by mu. Lock order:
+// a port's mu before a pair's mu, never the other way (loop threads release a pair's lock before
 // accounting it here).
 struct Port {
   uint32_t id = 0;
   int port = 0;
   int keepalive_ms = 0;
+  // The loop thread whose epoll set watches the listener; it accepts and spreads the clients.
+  Loop* owner = nullptr;
   std::shared_ptr<Budget> budget;
   std::mutex mu;
   std::shared_ptr<Listener> listener;
@@ -211,6 +213,8 @@ class Loop {
     }
     pairs_.clear();
     incoming_.clear();
+    for (auto& h : handed_) ::close(h.second);
+    handed_.clear();
     close(wake_fd_);
     close(epfd_);
   }
@@ -226,12 +230,34 @@ class Loop {
   void Adopt(const std::shared_ptr<Pair>& pair);
   bool WatchListener(uint32_t port_id, int fd) {
     epoll_event e{};
-    e.events = EPOLLIN | EPOLLEXCLUSIVE;
+    e.events = EPOLLIN;
     e.data.u64 = kListenerTag | port_id;
     return epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &e) == 0;
   }
+  // Queues a client another loop accepted for this one. True when the caller must Wake() this
+  // loop: it waits in epoll_wait (or is about to) and no one woke it yet. A loop that is busy takes
+  // its queue after its current batch of events without any wake-up, which saves the eventfd write
+  // and read per handed client when the threads are loaded.
+  bool Hand(const std::shared_ptr<Port>& port, int client_fd) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      handed_.emplace_back(port, client_fd);
+    }
+    // Paired with Run: the loop announces it will wait, then looks at handed_ready_; the caller
+    // publishes handed_ready_, then looks at waiting_. One of the two sees the other's store.
+    handed_ready_.store(true);
+    return waiting_.exchange(false);
+  }
+  void Wake() {
+    uint64_t one = 1;
+    ssize_t ignored = write(wake_fd_, &one, sizeof one);
+    (void)ignored;
+  }
 
   int epfd_ = -1;
+  // Natively accepted clients given to this loop and not yet gone (queued, connecting or relaying):
+  // what the accepting loop compares to spread clients (Engine::PickLoop).
+  std::atomic<int64_t> accepted_{0};
 
  private:
   void OnListener(uint32_t port_id, int64_t now);
@@ -247,7 +273,8 @@ class Loop {
   void Run();
   void Serve(Pair* pair, const End* end, uint32_t events, std::vector<std::shared_ptr<Pair>>* again);
   void Sweep(int64_t now);
-  // Adds the pairs queued by Add to the epoll set; runs on the loop thread.
+  // Adds the pairs queued by Add to the epoll set and takes the clients queued by Hand; runs on
+  // the loop thread.
   void RegisterIncoming();
 
   const int pipe_size_;
@@ -263,6 +290,12 @@ class Loop {
   std::unordered_map<Pair*, std::shared_ptr<Pair>> pairs_;
   // Pairs handed over but not yet in the epoll set (guarded by mu_).
   std::vector<std::shared_ptr<Pair>> incoming_;
+  // Clients accepted by another loop for this one (guarded by mu_).
+  std::vector<std::pair<std::shared_ptr<Port>, int>> handed_;
+  // Something was handed since the loop last took its queues.
+  std::atomic<bool> handed_ready_{false};
+  // The loop is in epoll_wait with a timeout, or about to be, and no one woke it yet.
+  std::atomic<bool> waiting_{false};
 };
 
 void Pair::CloseFds(bool reset) {
@@ -476,20 +509,20 @@ std::shared_ptr<Pair> Loop::Add(int client_fd, int backend_fd, PairOptions&& opt
     wake = incoming_.empty();
     incoming_.push_back(pair);
   }
-  if (wake) {
-    uint64_t one = 1;
-    ssize_t ignored = write(wake_fd_, &one, sizeof one);
-    (void)ignored;
-  }
+  if (wake) Wake();
   return pair;
 }
 
 void Loop::RegisterIncoming() {
   std::vector<std::shared_ptr<Pair>> incoming;
+  std::vector<std::pair<std::shared_ptr<Port>, int>> handed;
   {
     std::lock_guard<std::mutex> lock(mu_);
     incoming.swap(incoming_);
+    handed.swap(handed_);
+    handed_ready_.store(false);
   }
+  for (auto& h : handed) engine_->Accept(this, h.first, h.second);
   for (auto& pair : incoming) {
     CloseEvent ev{};
     {
@@ -677,10 +710,17 @@ void Loop::OnListener(uint32_t port_id, int64_t now) {
     listener = port->listener;
   }
   if (!listener) return;
+  // Loops given a client in this batch that need a wake-up, woken once each after the batch.
+  std::vector<Loop*> wake;
   for (int i = 0; i < kAcceptBatch; i++) {
     int fd = accept4(listener->fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd >= 0) {
-      engine_->Accept(this, port, fd);
+      Loop* to = engine_->PickLoop(this);
+      if (to == this) {
+        engine_->Accept(this, port, fd);
+      } else if (to->Hand(port, fd)) {
+        wake.push_back(to);
+      }
       continue;
     }
     if (errno == EINTR || errno == ECONNABORTED) continue;
@@ -688,8 +728,9 @@ void Loop::OnListener(uint32_t port_id, int64_t now) {
       epoll_ctl(epfd_, EPOLL_CTL_DEL, listener->fd, nullptr);
       paused_.emplace_back(port_id, now + kAcceptPauseMs);
     }
-    return;
+    break;
   }
+  for (Loop* to : wake) to->Wake();
 }
 
 void Loop::Run() {
@@ -698,7 +739,13 @@ void Loop::Run() {
   std::vector<std::shared_ptr<Pair>> retry;
   int64_t last_sweep = NowMs();
   while (!stopping_.load()) {
-    int n = epoll_wait(epfd_, events, kMaxEvents, again.empty() ? kSweepPeriodMs : 0);
+    int timeout = again.empty() ? kSweepPeriodMs : 0;
+    if (timeout > 0) {
+      waiting_.store(true);
+      if (handed_ready_.load()) timeout = 0;  // handed meanwhile: take it now, do not sleep
+    }
+    int n = epoll_wait(epfd_, events, kMaxEvents, timeout);
+    waiting_.store(false);
     if (n < 0 && errno != EINTR) break;
     retry.swap(again);
     again.clear();
@@ -720,6 +767,8 @@ void Loop::Run() {
     // Pairs that used up their turn continue here; edge-triggered epoll will not report them again.
     for (auto& p : retry) Serve(p.get(), nullptr, 0, &again);
     retry.clear();
+    // Clients handed while this loop was busy (no wake-up was sent for them).
+    if (handed_ready_.load()) RegisterIncoming();
     int64_t now = NowMs();
     if (now - last_sweep >= kSweepPeriodMs) {
       last_sweep = now;
@@ -758,6 +807,29 @@ size_t Engine::ActivePairs() const {
   size_t total = 0;
   for (auto& loop : loops_) total += loop->Size();
   return total;
+}
+
+std::vector<int64_t> Engine::AcceptedPerThread() const {
+  std::vector<int64_t> out;
+  for (auto& loop : loops_) out.push_back(loop->accepted_.load());
+  return out;
+}
+
+Loop* Engine::PickLoop(Loop* self) {
+  // The loop with the fewest natively accepted clients, the accepting one on a tie (it needs no
+  // hand-over). Loads are read without a lock: two loops accepting at once may both pick the same
+  // one, which the next clients even out.
+  Loop* best = self;
+  int64_t least = self->accepted_.load(std::memory_order_relaxed);
+  for (auto& loop : loops_) {
+    const int64_t load = loop->accepted_.load(std::memory_order_relaxed);
+    if (load < least) {
+      least = load;
+      best = loop.get();
+    }
+  }
+  best->accepted_.fetch_add(1, std::memory_order_relaxed);
+  return best;
 }
 
 // --- Native accept path -------------------------------------------------------------------------
@@ -913,6 +985,8 @@ std::vector<int64_t> Engine::OpenPorts(const std::shared_ptr<Budget>& budget, co
       }
       auto port = std::make_shared<Port>();
       port->port = port_numbers[i];
+      // Listeners are spread over the loops; each loop spreads the clients it accepts.
+      port->owner = loops_[next_listener_loop_++ % loops_.size()].get();
       port->keepalive_ms = keepalive_ms;
       port->budget = budget;
       port->listener = std::make_shared<Listener>();
@@ -922,25 +996,24 @@ std::vector<int64_t> Engine::OpenPorts(const std::shared_ptr<Budget>& budget, co
       port->id = next_port_id_++;
       if (next_port_id_ >= (1u << 31)) next_port_id_ = 1;
       ports_.emplace(port->id, port);
+      requests[i].epfd = port->owner->epfd_;
       requests[i].epoll_data = kListenerTag | port->id;
       made[i] = std::move(port);
     }
   }
-  std::vector<int> epfds;
-  for (auto& loop : loops_) epfds.push_back(loop->epfd_);
   ListenBatchOptions options;
   options.backlog = backlog;
   options.reuse_port = reuse_port;
   options.keepalive_ms = keepalive_ms;
-  std::vector<int> rc = batch.Listen(fds, requests, options, epfds);
+  std::vector<int> rc = batch.Listen(fds, requests, options);
   for (size_t i = 0; i < n; i++) {
     if (!made[i]) continue;
     if (rc[i] == 0) {
       out[i] = made[i]->id;
       continue;
     }
-    // A registration may have succeeded before a later one failed: the port is retired like any
-    // other (its listener closed, whatever it accepted meanwhile drained).
+    // The registration is the last step, so a failed port was never watched and accepted nothing;
+    // it is retired like any other (its listener closed) and forgotten.
     out[i] = rc[i];
     RetirePort(made[i]->id);
     ReleasePort(made[i]->id);
@@ -957,7 +1030,7 @@ int64_t Engine::ApplyPorts(std::vector<std::pair<uint32_t, RouteSpec>>&& changed
     const int64_t k = SetRoute(entry.first, std::move(entry.second));
     if (k > 0) killed += k;
   }
-  for (uint32_t id : retired) RetirePort(id);
+  if (!retired.empty()) RetirePorts(retired);
   if (!ports.empty()) *opened = OpenPorts(budget, host, ports, std::move(routes), backlog, reuse_port, keepalive_ms);
   return killed;
 }
@@ -1008,21 +1081,52 @@ int64_t Engine::SetRoute(uint32_t port_id, RouteSpec&& route) {
   return killed;
 }
 
-bool Engine::RetirePort(uint32_t port_id) {
-  std::shared_ptr<Port> port = FindPort(port_id);
-  if (!port) return false;
-  std::lock_guard<std::mutex> lock(port->mu);
-  if (port->retired) return true;
-  port->retired = true;
-  if (port->listener) {
-    for (auto& loop : loops_) epoll_ctl(loop->epfd_, EPOLL_CTL_DEL, port->listener->fd, nullptr);
-    port->listener.reset();
+bool Engine::RetirePort(uint32_t port_id) { return RetirePorts({port_id}) == 1; }
+
+size_t Engine::RetirePorts(const std::vector<uint32_t>& port_ids) {
+  std::vector<std::shared_ptr<Port>> ports;
+  ports.reserve(port_ids.size());
+  std::vector<CloseRequest> watched;
+  watched.reserve(port_ids.size());
+  for (uint32_t port_id : port_ids) {
+    std::shared_ptr<Port> port = FindPort(port_id);
+    if (!port) continue;
+    std::lock_guard<std::mutex> lock(port->mu);
+    if (!port->retired && port->listener && port->owner != nullptr) {
+      watched.push_back({port->owner->epfd_, port->listener->fd});
+    }
+    ports.push_back(std::move(port));
   }
-  const int64_t deadline = NowMs() + static_cast<int64_t>(port->route.drain_timeout_ms) + 1;
-  for (Pair* pair : port->conns) {
-    if (pair->drain_deadline_ms_.load() == 0) pair->drain_deadline_ms_.store(deadline);
+  // Listeners leave their loop's epoll set first (so a retired port's pending clients raise no
+  // events), then the ports retire, then the descriptors close: one submission per step for a big
+  // batch (listen-batch.h), as they were opened.
+  ListenBatch batch(ports.size());
+  batch.Unwatch(watched);
+  std::vector<int> closing;
+  closing.reserve(ports.size());
+  for (auto& port : ports) {
+    std::shared_ptr<Listener> listener;
+    {
+      std::lock_guard<std::mutex> lock(port->mu);
+      if (port->retired) continue;
+      port->retired = true;
+      // Once the port holds no listener, no loop can take a new reference to it (OnListener and
+      // the rest after EMFILE both read it under port->mu).
+      listener.swap(port->listener);
+      const int64_t deadline = NowMs() + static_cast<int64_t>(port->route.drain_timeout_ms) + 1;
+      for (Pair* pair : port->conns) {
+        if (pair->drain_deadline_ms_.load() == 0) pair->drain_deadline_ms_.store(deadline);
+      }
+    }
+    // A loop accepting from it right now holds another reference; the descriptor then closes with
+    // the loop's last one.
+    if (listener && listener->fd >= 0 && listener.use_count() == 1) {
+      closing.push_back(listener->fd);
+      listener->fd = -1;
+    }
   }
-  return true;
+  batch.Close(closing);
+  return ports.size();
 }
 
 void Engine::Rebudget(Budget& budget, int64_t limit, int64_t reserve, int64_t reserved_bindings,
@@ -1125,12 +1229,14 @@ void Engine::Accept(Loop* loop, const std::shared_ptr<Port>& port, int client_fd
   {
     std::lock_guard<std::mutex> lock(port->mu);
     if (port->retired || !port->budget->serving.load()) {
+      loop->accepted_.fetch_sub(1, std::memory_order_relaxed);
       ::close(client_fd);
       return;
     }
     const int64_t active = static_cast<int64_t>(port->c.active);
     const bool over_route = port->route.max_connections >= 0 && active >= port->route.max_connections;
     if (over_route || !port->budget->Admit(active, true)) {
+      loop->accepted_.fetch_sub(1, std::memory_order_relaxed);
       port->c.refused_max++;
       ::close(client_fd);
       PushEvent({over_route ? NativeEvent::kRouteLimit : NativeEvent::kGlobalLimit, port->budget->owner, port->id,
@@ -1254,6 +1360,7 @@ void Engine::Unaccount(Pair* pair, const CloseEvent& ev) {
 void Engine::UnaccountLocked(Port& port, Pair* pair, const CloseEvent& ev) {
   if (!pair->accounted_) return;
   pair->accounted_ = false;
+  pair->loop_->accepted_.fetch_sub(1, std::memory_order_relaxed);
   port.conns.erase(pair);
   port.c.active--;
   port.budget->Release(static_cast<int64_t>(port.c.active), !port.retired);

@@ -141,10 +141,13 @@ class Engine {
 
   size_t ActivePairs() const;
   unsigned Threads() const { return static_cast<unsigned>(loops_.size()); }
+  // Natively accepted clients per loop thread (queued, connecting or relaying).
+  std::vector<int64_t> AcceptedPerThread() const;
 
-  // Native accept path. OpenPorts listens on each port (one socket per port, watched by every loop
-  // thread with EPOLLEXCLUSIVE), each with its first route in place, in one batch
-  // (listen-batch.h). Returns each port's id, or a negative errno where that port failed.
+  // Native accept path. OpenPorts listens on each port (one socket per port, watched by one loop
+  // thread, which spreads the clients it accepts over all of them), each with its first route in
+  // place, in one batch (listen-batch.h). Returns each port's id, or a negative errno where that
+  // port failed.
   std::vector<int64_t> OpenPorts(const std::shared_ptr<Budget>& budget, const std::string& host,
                                  const std::vector<int>& ports, std::vector<RouteSpec>&& routes, int backlog,
                                  bool reuse_port, int keepalive_ms);
@@ -161,6 +164,9 @@ class Engine {
   int64_t SetRoute(uint32_t port_id, RouteSpec&& route);
   // Stops accepting (the listening socket is closed) and drains every connection.
   bool RetirePort(uint32_t port_id);
+  // RetirePort for many ports, their listeners closed in one batch (listen-batch.h). Returns how
+  // many of the ids were known.
+  size_t RetirePorts(const std::vector<uint32_t>& port_ids);
   // Resets and closes every connection of the port (fail-closed, shutdown).
   int64_t KillAll(uint32_t port_id);
   bool Stats(uint32_t port_id, PortCounters* out);
@@ -176,6 +182,9 @@ class Engine {
 
   // Loop thread side (relay-engine.cc).
   std::shared_ptr<Port> FindPort(uint32_t port_id);
+  // The loop that takes a client `self` just accepted: the one with the fewest natively accepted
+  // clients, `self` on a tie. Counts the client on it.
+  Loop* PickLoop(Loop* self);
   void Accept(Loop* loop, const std::shared_ptr<Port>& port, int client_fd);
   // Picks a backend for pair and starts a non-blocking connect; closes the pair when none is left.
   void ConnectNext(const std::shared_ptr<Pair>& pair, int failed);
@@ -192,6 +201,8 @@ class Engine {
   std::mutex ports_mu_;
   std::unordered_map<uint32_t, std::shared_ptr<Port>> ports_;
   uint32_t next_port_id_ = 1;
+  // The loop that watches the next new port's listener (round-robin; guarded by ports_mu_).
+  size_t next_listener_loop_ = 0;
   std::mutex events_mu_;
   std::vector<NativeEvent> events_;
   EventSink event_sink_;

@@ -191,6 +191,20 @@ describe('router native accept path', function () {
           expect(await readLine(client)).to.equal('a');
           client.destroy();
         }
+        // A table that drops 39 of them closes their listeners in the same way (one batch).
+        const kept = harness.router.currentTable().routes.find((r) => r.port === ports[0])!;
+        const dropped = await harness.router.applyTable({ version: 3, routes: [kept] });
+        expect([...dropped.closed].sort()).to.deep.equal(ports.slice(1).sort());
+        expect(harness.router.status().accept.native).to.equal(1);
+        // Each dropped port is free again at once: its listening socket is closed, not just unwatched.
+        for (const port of ports.slice(1)) {
+          const again = createServer();
+          await new Promise<void>((resolve, reject) => {
+            again.once('error', reject);
+            again.listen(port, '127.0.0.1', resolve);
+          });
+          await new Promise((resolve) => again.close(resolve));
+        }
       } finally {
         if (before === undefined) delete process.env.SF_NATIVE_URING;
         else process.env.SF_NATIVE_URING = before;
@@ -198,6 +212,63 @@ describe('router native accept path', function () {
       }
     });
   }
+
+  it('spreads the clients of one port evenly over two relay threads, and fences them all before applyTable returns', async function () {
+    // A child process to start and 40 clients one after another: slow on a loaded machine.
+    this.timeout(60_000);
+    const port = await freePort();
+    const router = join(__dirname, '../../router/router');
+    const relay = join(__dirname, '../../router/relay-native');
+    const protocol = join(__dirname, '../../protocol');
+    // A process of its own: the relay threads are fixed by the first relay of a process, and this
+    // one needs two (the test process may run with one). One thread watches the port's listener
+    // and hands clients to the other.
+    const route = (epoch: number): string =>
+      `{ port: ${port}, backends: [{ id: 'a', host: '127.0.0.1', port: ${a.port}, epoch: ${epoch} }] }`;
+    const code = [
+      `const { Router } = require(${JSON.stringify(router)});`,
+      `const { createNativeRelay, nativeRelayStats } = require(${JSON.stringify(relay)});`,
+      `const { parseRouteTable } = require(${JSON.stringify(protocol)});`,
+      'const r = new Router({ relay: createNativeRelay({ threads: 2 }) });',
+      `r.applyTable(parseRouteTable({ version: 1, routes: [${route(1)}] }))`,
+      '  .then(() => process.send({ native: r.status().accept.native, threads: nativeRelayStats().threads }));',
+      "process.on('message', (m) => {",
+      "  if (m === 'stats') process.send({ accepted: nativeRelayStats().accepted });",
+      `  if (m === 'fence') r.applyTable(parseRouteTable({ version: 2, routes: [${route(2)}] }))`,
+      '    .then((res) => process.send({ killed: res.killed, accepted: nativeRelayStats().accepted }));',
+      "  if (m === 'close') void r.close().then(() => process.exit(0));",
+      '});',
+    ].join('\n');
+    const child = spawn(process.execPath, ['-e', code], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+    const next = async (): Promise<Record<string, unknown>> => ((await once(child, 'message')) as [never])[0];
+    const clients: Array<Awaited<ReturnType<typeof connectTo>>> = [];
+    try {
+      expect(await next()).to.deep.equal({ native: 1, threads: 2 });
+      // One after another, each relaying before the next connects: the accepting thread gives
+      // each client to the thread holding fewer, so 40 clients end 20 and 20.
+      for (let i = 0; i < 40; i++) {
+        const client = await connectTo(port);
+        expect(await readLine(client)).to.equal('a');
+        clients.push(client);
+      }
+      child.send('stats');
+      expect(await next()).to.deep.equal({ accepted: [20, 20] });
+      const closing = clients.map((c) => closed(c, 5000));
+      const before = a.bytesReceived;
+      child.send('fence');
+      // Every client of both threads was reset before applyTable returned.
+      expect(await next()).to.deep.equal({ killed: 40, accepted: [0, 0] });
+      for (const c of clients) c.write('after the fence\n');
+      await Promise.all(closing);
+      await sleep(50);
+      expect(a.bytesReceived).to.equal(before);
+      child.send('close');
+      await once(child, 'exit');
+    } finally {
+      for (const c of clients) c.destroy();
+      if (child.exitCode === null) child.kill('SIGKILL');
+    }
+  });
 
   it('keeps a process whose only ports are native alive, and lets it exit once the router closes', async () => {
     const port = await freePort();
