@@ -59,11 +59,14 @@ export interface ConvergenceLoopOptions {
   onPass?: (seconds: number, ok: boolean) => void;
 }
 
-/** Services decided by one commit (ServiceReconciler.placeNew and runReady). */
+/** Services decided by one commit (ServiceReconciler.placeNew and runReady) or rechecked by one read. */
 const BATCH = 200;
 
-/** Work decided many services to a commit: first placements, and the step from starting to running. */
-type BatchKind = 'place' | 'run';
+/**
+ * Work done for many services at once: first placements and the step from starting to running
+ * (one commit each), and the recheck round's look at settled services (one read of their routes).
+ */
+type BatchKind = 'place' | 'run' | 'recheck';
 
 /** The collector and the state copy get at most 1/COLLECT_SHARE of the leader's time. */
 const COLLECT_SHARE = 10;
@@ -485,13 +488,17 @@ export class ConvergenceLoop {
       // running, many to a commit: a batch goes where its first member stands in the order (so
       // established services still go first every other pass), and takes up to BATCH of its kind
       // from the rest of the work. Everything else is reconciled one by one.
-      const kinds = work.map(([name, record]) => (this.alone.get(name) === record ? null : batchKind(record, cells)));
-      const ofKind: Record<BatchKind, string[]> = { place: [], run: [] };
+      const owedNames = new Set(owed.map(([name]) => name));
+      const inputsOf = new Map(work.map(([name, , inputs]) => [name, inputs]));
+      const kinds = work.map(([name, record]): BatchKind | null =>
+        this.alone.get(name) === record ? null : owedNames.has(name) ? 'recheck' : batchKind(record, cells),
+      );
+      const ofKind: Record<BatchKind, string[]> = { place: [], run: [], recheck: [] };
       work.forEach(([name], i) => {
         const kind = kinds[i];
         if (kind) ofKind[kind].push(name);
       });
-      const next: Record<BatchKind, number> = { place: 0, run: 0 };
+      const next: Record<BatchKind, number> = { place: 0, run: 0, recheck: 0 };
       const batched = new Set<string>();
       for (let i = 0; i < work.length; i++) {
         const [name, record, inputs] = work[i] as [string, ServiceRecord, unknown[]];
@@ -511,7 +518,14 @@ export class ConvergenceLoop {
             const decided =
               kind === 'place'
                 ? await this.reconciler.placeNew(batch, fence, cells, { cellGrace })
-                : await this.reconciler.runReady(batch, fence, cells, { cellGrace });
+                : kind === 'run'
+                  ? await this.reconciler.runReady(batch, fence, cells, { cellGrace })
+                  : await this.reconciler.recheck(
+                      batch.map((n) => services.get(n) as ServiceRecord),
+                      cells,
+                    );
+            // A settled service found as it should be stays settled, on the inputs that settled it.
+            if (kind === 'recheck') for (const n of batch) if (decided.has(n)) this.settle(n, inputsOf.get(n) ?? []);
             // Changed since the snapshot (deleted, placed by an earlier term, no longer ready):
             // reconciled one by one in the next pass.
             for (const n of batch) {
@@ -527,7 +541,11 @@ export class ConvergenceLoop {
             }
             this.opts.logger.warn(
               { services: batch.length, err: (err as Error).message },
-              kind === 'place' ? 'placement of new services failed' : 'marking started services running failed',
+              kind === 'place'
+                ? 'placement of new services failed'
+                : kind === 'run'
+                  ? 'marking started services running failed'
+                  : 'recheck of settled services failed',
             );
             // One by one next time: a service that fails alone no longer holds up the others.
             for (const n of batch) {

@@ -189,6 +189,28 @@ export class ServiceReconciler {
     return written.decided;
   }
 
+  /**
+   * The recheck round's look at settled services, many at once: their routes read in one HMGET
+   * per router group and compared with what their records and reports want (a TLS route's
+   * certificate is renewed on the way, as `reconcile` does). For a settled service that is all a
+   * reconcile can change (its record says running and every instance runs as specified), so only
+   * those whose route drifted need one; at 10,000 services the round reconciled 33 a second, six
+   * reads each, most of the state store's commands at rest. Returns the names found as they
+   * should be; the others are for `reconcile`.
+   */
+  async recheck(
+    records: readonly ServiceRecord[],
+    cells: ReadonlyMap<string, CellSnapshot>,
+  ): Promise<ReadonlySet<string>> {
+    const routes = await this.emitter.currentRoutes(records);
+    const fine = new Set<string>();
+    for (const rec of records) {
+      if (rec.status !== 'running' || !routes.has(rec.name)) continue;
+      if (await this.emitter.isCurrentGiven(rec, routes.get(rec.name) ?? null, cells)) fine.add(rec.name);
+    }
+    return fine;
+  }
+
   /** Computes the next record of a live service, or null when nothing changes. */
   private async step(
     rec: ServiceRecord,

@@ -317,7 +317,7 @@ describe('leader election', function () {
       }
     });
 
-    it('marks started services running many to a commit: their routes in one write, one change message per record; a deposed leader commits nothing', async () => {
+    it('marks started services running many to a commit: their routes in one write, one change message per record; the recheck reads their routes at once; a deposed leader commits nothing', async () => {
       const elector = new LeaderElector(conn, {
         lockKey: keys.leaderLock,
         tokenKey: keys.leaderToken,
@@ -410,6 +410,21 @@ describe('leader election', function () {
         expect(Number(await conn.get(keys.servicesVersion))).to.equal(version + 3);
         await eventually(async () => heard.length >= 3, 5_000, 'three change messages');
         expect(heard).to.deep.equal([`${version + 1} r1`, `${version + 2} r2`, `${version + 3} r3`]);
+
+        // The recheck round finds the three as they should be, from one read of their routes, and
+        // names one whose route lost its backend behind the leader's back.
+        const running = await Promise.all(['r1', 'r2', 'r3'].map(async (n) => (await store.get(n))!));
+        expect([...(await reconciler.recheck(running, cells))]).to.have.members(['r1', 'r2', 'r3']);
+        await routes.delete([
+          {
+            router_group_guid: group.guid,
+            port: firstPort + 1,
+            backend_ip: '127.0.0.1',
+            backend_port: 30_001,
+            backend_id: 'r2-0',
+          },
+        ]);
+        expect([...(await reconciler.recheck(running, cells))]).to.have.members(['r1', 'r3']);
 
         // A deposed leader's batch changes no record and sends no change message.
         await conn.incr(keys.leaderToken);

@@ -42,7 +42,7 @@ function fixture(names: string[], options: { reconcileMs?: number; passBudgetMs?
 }
 
 /** Running services, each on its own cell, and a store that names what changed between snapshots. */
-function incrementalFixture() {
+function incrementalFixture(options: { resyncMs?: number; recheckMs?: number } = {}) {
   const record = (name: string, cell: string): ServiceRecord =>
     ({
       name,
@@ -83,8 +83,10 @@ function incrementalFixture() {
   /** Every runReady call's names; it decides those `runnable` names (all when unset). */
   const runs: string[][] = [];
   let runnable: ((name: string) => boolean) | null = null;
-  /** Every call to the reconciler, in order: `reconcile x`, `place x,y`, `run x,y`. */
+  /** Every call to the reconciler, in order: `reconcile x`, `place x,y`, `run x,y`, `recheck x,y`. */
   const calls: string[] = [];
+  /** The recheck finds these fine (all when unset). */
+  let fine: ((name: string) => boolean) | null = null;
   const reconciler = {
     reconcile: async (name: string) => {
       calls.push(`reconcile ${name}`);
@@ -94,6 +96,10 @@ function incrementalFixture() {
       calls.push(`place ${names.join(',')}`);
       batches.push([...names]);
       return new Set(names.filter((n) => placeable?.(n) ?? true));
+    },
+    recheck: async (records: readonly ServiceRecord[]) => {
+      calls.push(`recheck ${records.map((r) => r.name).join(',')}`);
+      return new Set(records.map((r) => r.name).filter((n) => fine?.(n) ?? true));
     },
     runReady: async (names: readonly string[]) => {
       calls.push(`run ${names.join(',')}`);
@@ -106,7 +112,7 @@ function incrementalFixture() {
     store as unknown as ServiceStore,
     { snapshot: async () => cells, view: async () => cells, markDirty: () => undefined } as unknown as CellDirectory,
     reconciler as unknown as ServiceReconciler,
-    { redisUrl: 'redis://unused', logger: pino({ level: 'silent' }) },
+    { redisUrl: 'redis://unused', logger: pino({ level: 'silent' }), ...options },
   );
   /** A new snapshot where `name` has `record` (a new object), and the store says so. */
   const put = (name: string, record: ServiceRecord): void => {
@@ -131,6 +137,9 @@ function incrementalFixture() {
   const runOnly = (f: (name: string) => boolean): void => {
     runnable = f;
   };
+  const fineOnly = (f: (name: string) => boolean): void => {
+    fine = f;
+  };
   return {
     loop,
     reconciled,
@@ -141,6 +150,7 @@ function incrementalFixture() {
     decideOnly,
     runs,
     runOnly,
+    fineOnly,
     calls,
     cellOf,
     reportOf: report,
@@ -305,6 +315,32 @@ describe('ConvergenceLoop', () => {
         ['reconcile a', 'run r1,r2'],
         ['run r1,r2', 'reconcile a'],
       ]);
+    });
+  });
+
+  describe('the recheck round', () => {
+    it('looks at the settled services it owes in one batch and leaves them settled', async () => {
+      // Every pass a full one, and a new round at each: the round owes every settled service.
+      const f = incrementalFixture({ resyncMs: 0, recheckMs: 0 });
+      await f.loop.pass();
+      expect(f.calls).to.have.members(['reconcile a', 'reconcile b']);
+      f.calls.length = 0;
+      await f.loop.pass();
+      await f.loop.pass();
+      expect(f.calls).to.deep.equal(['recheck a,b', 'recheck a,b']);
+    });
+
+    it('reconciles one whose route the recheck did not find as it should be, on its own', async () => {
+      const f = incrementalFixture({ resyncMs: 0, recheckMs: 0 });
+      await f.loop.pass();
+      f.fineOnly((name) => name !== 'b');
+      f.calls.length = 0;
+      await f.loop.pass();
+      expect(f.calls).to.deep.equal(['recheck a,b']);
+      f.fineOnly(() => true);
+      f.calls.length = 0;
+      await f.loop.pass();
+      expect(f.calls).to.deep.equal(['reconcile b', 'recheck a']);
     });
   });
 

@@ -537,4 +537,39 @@ describe('ServiceReconciler', () => {
       expect(f.calls).to.deep.equal([]);
     });
   });
+
+  describe('recheck', () => {
+    it('reads the routes of many settled services at once and names those as they should be', async () => {
+      const reads: string[][] = [];
+      const current = new Set(['s1', 's3']);
+      const fake = {
+        async currentRoutes(records: readonly ServiceRecord[]) {
+          reads.push(records.map((r) => r.name));
+          // s4's router group is gone: no route to read.
+          return new Map(records.filter((r) => r.name !== 's4').map((r) => [r.name, { port: r.port } as unknown]));
+        },
+        async isCurrentGiven(rec: ServiceRecord, route: unknown) {
+          return route !== null && current.has(rec.name);
+        },
+        async isCurrent() {
+          throw new Error('recheck reads no route per service');
+        },
+      };
+      const reconciler = new ServiceReconciler(
+        new FakeStore(null) as unknown as ServiceStore,
+        fake as unknown as RouteEmitter,
+        new FakeCoordinator(),
+      );
+      const records = [
+        { ...service('running'), name: 's1' },
+        { ...service('running'), name: 's2' },
+        { ...service('degraded'), name: 's3' },
+        { ...service('running'), name: 's4' },
+      ];
+      const fine = await reconciler.recheck(records, cells({ c1: true, c2: true }));
+      expect(reads).to.deep.equal([['s1', 's2', 's3', 's4']]);
+      // s2's route drifted, s3 no longer runs, s4 has no group: each for a reconcile of its own.
+      expect([...fine]).to.deep.equal(['s1']);
+    });
+  });
 });
