@@ -4,7 +4,7 @@
  * only as reported state.
  *
  *   node dist/bench/cell-simulator.js --redis redis://127.0.0.1:6379 --cells 1000 [--prefix sf:]
- *     [--heartbeat-ms 1000] [--heartbeat-ttl-ms 3000] [--desired-poll-ms 30000]
+ *     [--heartbeat-ms 1500 (half the TTL)] [--heartbeat-ttl-ms 3000] [--desired-poll-ms 30000]
  *     [--full-report-ms 10000]
  *
  * When started with an IPC channel (child_process.fork), it tells its parent `{type: 'ready'}`,
@@ -41,7 +41,7 @@ async function main(): Promise<void> {
     redisUrl: flag('redis') ?? process.env.SF_REDIS_URL ?? 'redis://127.0.0.1:6379',
     keyPrefix: flag('prefix') ?? process.env.SF_KEY_PREFIX ?? d.keyPrefix,
     cells: numberFlag('cells', d.cells),
-    heartbeatMs: numberFlag('heartbeat-ms', d.heartbeatMs),
+    heartbeatMs: flag('heartbeat-ms') === undefined ? undefined : numberFlag('heartbeat-ms', 1),
     heartbeatTtlMs: numberFlag('heartbeat-ttl-ms', d.heartbeatTtlMs),
     desiredPollMs: numberFlag('desired-poll-ms', d.desiredPollMs),
     fullReportMs: numberFlag('full-report-ms', d.fullReportMs),

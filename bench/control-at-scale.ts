@@ -17,7 +17,7 @@
  *
  *   node dist/bench/control-at-scale.js --services 1000 --cells 100 [--creates 50] [--window-s 10]
  *     [--concurrency 8] [--time-limit-s 900] [--skip-delete] [--skip-leader-failover]
- *     [--cpu-prof DIR]
+ *     [--cpu-prof DIR] [--heartbeat-ms MS (the simulated cells'; default half their 3 s TTL)]
  *
  * `--cpu-prof DIR` runs control under `node --cpu-prof` and leaves its .cpuprofile in DIR (the
  * leader's is written when it stops, so use it with --skip-leader-failover).
@@ -55,6 +55,8 @@ const CONCURRENCY = arg('concurrency', 8);
 const TIME_LIMIT_MS = arg('time-limit-s', 900) * 1000;
 const SKIP_DELETE = process.argv.includes('--skip-delete');
 const SKIP_LEADER = process.argv.includes('--skip-leader-failover');
+/** The simulated cells' heartbeat period (0: the agent's default, half the TTL). */
+const HEARTBEAT_MS = arg('heartbeat-ms', 0);
 const CPU_PROF_DIR = ((): string | undefined => {
   const i = process.argv.indexOf('--cpu-prof');
   return i >= 0 ? process.argv[i + 1] : undefined;
@@ -75,10 +77,15 @@ class Simulator {
   private waiters: Array<() => void> = [];
 
   constructor(redisUrl: string, cells: number) {
-    this.child = fork(join(__dirname, 'cell-simulator.js'), ['--redis', redisUrl, '--cells', String(cells)], {
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-      detached: true,
-    });
+    const heartbeat = HEARTBEAT_MS > 0 ? ['--heartbeat-ms', String(HEARTBEAT_MS)] : [];
+    this.child = fork(
+      join(__dirname, 'cell-simulator.js'),
+      ['--redis', redisUrl, '--cells', String(cells), ...heartbeat],
+      {
+        stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+        detached: true,
+      },
+    );
     this.child.on('message', (m: SimMessage) => {
       if (m.type === 'scheduled') {
         if (!this.scheduled.has(m.service)) this.scheduled.set(m.service, m.at);

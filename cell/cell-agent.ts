@@ -72,7 +72,10 @@ export interface CellAgentOptions {
   advertiseHost?: string;
   /** @default 20000-20999 */
   portRange?: PortRange;
-  /** @default 1000 */
+  /**
+   * The longest time between two heartbeats; a failed one is tried again a third of this later.
+   * @default half of heartbeatTtlMs (1500)
+   */
   heartbeatMs?: number;
   /** @default 3000 */
   heartbeatTtlMs?: number;
@@ -113,7 +116,7 @@ export interface CellAgentOptions {
 }
 
 export { DEFAULT_CELL_AGENT_OPTIONS } from './cell-agent-defaults';
-import { DEFAULT_CELL_AGENT_OPTIONS } from './cell-agent-defaults';
+import { DEFAULT_CELL_AGENT_OPTIONS, defaultHeartbeatMs } from './cell-agent-defaults';
 
 /**
  * `/var/lib/service-foundry/cells/NAME` for root (whose home is closed to the `postgres` user the
@@ -165,7 +168,7 @@ const cellAgentOptionsSchema = z
   .refine(
     (o) =>
       (o.heartbeatTtlMs ?? DEFAULT_CELL_AGENT_OPTIONS.heartbeatTtlMs) >
-      (o.heartbeatMs ?? DEFAULT_CELL_AGENT_OPTIONS.heartbeatMs),
+      (o.heartbeatMs ?? defaultHeartbeatMs(o.heartbeatTtlMs ?? DEFAULT_CELL_AGENT_OPTIONS.heartbeatTtlMs)),
     {
       message: 'must be longer than heartbeatMs, or the registration expires between heartbeats',
       path: ['heartbeatTtlMs'],
@@ -191,7 +194,7 @@ export class CellAgent {
   readonly name: string;
   readonly dataDir: string;
   private readonly opts: CellAgentOptions &
-    typeof DEFAULT_CELL_AGENT_OPTIONS & { advertiseHost: string; keyPrefix: string };
+    typeof DEFAULT_CELL_AGENT_OPTIONS & { advertiseHost: string; keyPrefix: string; heartbeatMs: number };
   private readonly log: Logger;
   /** The last report of each instance, for metrics. */
   private readonly reports = new Map<string, ActualInstance>();
@@ -212,6 +215,8 @@ export class CellAgent {
   private heartbeatSentAt = 0;
   /** One heartbeat at a time: a stalled one is not joined by others queued behind it. */
   private heartbeatRun: Promise<boolean> | undefined;
+  /** The early try after a failed heartbeat, if one is due. */
+  private heartbeatRetry: NodeJS.Timeout | undefined;
   private reconciling: Promise<void> | undefined;
   private measuring: Promise<void> | undefined;
   private reconcileAgain = false;
@@ -244,7 +249,14 @@ export class CellAgent {
         redisUrl: process.env.SF_REDIS_URL ?? DEFAULT_CELL_AGENT_OPTIONS.redisUrl,
         keyPrefix: process.env.SF_KEY_PREFIX ?? DEFAULT_KEY_PREFIX,
       },
-      { ...options, listenHost, advertiseHost: options.advertiseHost ?? listenHost },
+      {
+        ...options,
+        listenHost,
+        advertiseHost: options.advertiseHost ?? listenHost,
+        heartbeatMs:
+          options.heartbeatMs ??
+          defaultHeartbeatMs(options.heartbeatTtlMs ?? DEFAULT_CELL_AGENT_OPTIONS.heartbeatTtlMs),
+      },
     ) as CellAgent['opts'];
     this.keys = keyLayout(this.opts.keyPrefix);
     this.name = options.name;
@@ -386,6 +398,8 @@ export class CellAgent {
     this.running = false;
     for (const t of this.timers) clearInterval(t);
     this.timers = [];
+    if (this.heartbeatRetry) clearTimeout(this.heartbeatRetry);
+    this.heartbeatRetry = undefined;
     await this.reconciling;
     await Promise.all([...this.orderChains.values(), ...this.pendingActions, this.measuring]);
     await this.instances?.shutdown(this.opts.stopInstancesOnExit);
@@ -518,21 +532,42 @@ export class CellAgent {
           'cut off from the store past the TTL, and primaries were fenced meanwhile: stopping them before registering again',
         );
         await this.instances?.shootFencedWhileAway(res.deposed);
+        this.retryHeartbeat();
         return false;
       }
       // A heartbeat that took long, or the first after a gap, means the cell was cut off from
-      // the store for a while: every claim is checked again.
-      const gap = Date.now() - this.heartbeatSentAt > 2 * this.opts.heartbeatMs;
+      // the store for a while: every claim is checked again. The gap is two periods, and never
+      // more than two thirds of the TTL (2 s at the defaults, as with the 1 s beat), so a longer
+      // period does not let a longer cut go unchecked.
+      const gapMs = Math.min(2 * this.opts.heartbeatMs, (2 * this.opts.heartbeatTtlMs) / 3);
+      const gap = Date.now() - this.heartbeatSentAt > gapMs;
       if (gap && this.heartbeatSentAt > 0) this.instances?.verifyLeases();
       this.heartbeatSentAt = sentAt;
       this.noteRegistration(res.added);
       return true;
     } catch (err) {
       this.log.warn({ err: errorMessageOf(err) }, 'heartbeat failed');
+      this.retryHeartbeat();
       return false;
     } finally {
       clearTimeout(stalled);
     }
+  }
+
+  /**
+   * A failed beat is tried again a third of a period later, not a period later: with the period
+   * half the TTL, waiting a whole period would leave the registration one failed beat from
+   * expiring, where the old 1 s beat under a 3 s TTL had two to spare.
+   */
+  private retryHeartbeat(): void {
+    if (!this.running || this.heartbeatRetry) return;
+    this.heartbeatRetry = setTimeout(
+      () => {
+        this.heartbeatRetry = undefined;
+        void this.heartbeat();
+      },
+      Math.max(10, Math.floor(this.opts.heartbeatMs / 3)),
+    );
   }
 
   /**

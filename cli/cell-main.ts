@@ -18,7 +18,7 @@ export interface CellFlags {
   listenHost: string;
   advertiseHost?: string;
   portRange: string;
-  heartbeatMs: string;
+  heartbeatMs?: string;
   heartbeatTtlMs: string;
   desiredPollMs: string;
   commitCheckTimeoutMs?: string;
@@ -85,7 +85,7 @@ export async function runCell(flags: CellFlags): Promise<void> {
     listenHost: flags.listenHost,
     advertiseHost: flags.advertiseHost,
     portRange,
-    heartbeatMs: parseIntFlag(flags.heartbeatMs, '--heartbeat-ms', 50),
+    heartbeatMs: flags.heartbeatMs === undefined ? undefined : parseIntFlag(flags.heartbeatMs, '--heartbeat-ms', 50),
     heartbeatTtlMs: parseIntFlag(flags.heartbeatTtlMs, '--heartbeat-ttl-ms', 100),
     desiredPollMs: parseIntFlag(flags.desiredPollMs, '--desired-poll-ms', 100),
     commitCheckTimeoutMs:

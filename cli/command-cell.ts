@@ -30,7 +30,10 @@ export function registerCellCommand(program: Command): void {
       'ports for instances',
       `${DEFAULT_CELL_AGENT_OPTIONS.portRange.from}-${DEFAULT_CELL_AGENT_OPTIONS.portRange.to}`,
     )
-    .option('--heartbeat-ms <ms>', 'registration refresh interval', String(DEFAULT_CELL_AGENT_OPTIONS.heartbeatMs))
+    .option(
+      '--heartbeat-ms <ms>',
+      'registration refresh interval; a failed beat is tried again a third of it later (default: half of --heartbeat-ttl-ms)',
+    )
     .option(
       '--heartbeat-ttl-ms <ms>',
       'registration TTL: the cell counts as dead this long after its last heartbeat',

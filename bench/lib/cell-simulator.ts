@@ -11,6 +11,7 @@
  */
 import type { Redis } from 'ioredis';
 import { createRedis } from '../../common';
+import { defaultHeartbeatMs } from '../../cell/cell-agent-defaults';
 import {
   keyLayout,
   ORDER_RESULT_TTL_MS,
@@ -38,7 +39,7 @@ export interface CellSimulatorOptions {
   zones?: number;
   /** Capacity each cell offers. @default 1048576 (1 TB: capacity is not what is measured) */
   capacityMb?: number;
-  /** Like `sf cell --heartbeat-ms`. @default 1000 */
+  /** Like `sf cell --heartbeat-ms`. @default half of heartbeatTtlMs (1500), as the agent */
   heartbeatMs?: number;
   /** Like `sf cell --heartbeat-ttl-ms`. @default 3000 */
   heartbeatTtlMs?: number;
@@ -62,7 +63,6 @@ export const DEFAULT_CELL_SIMULATOR_OPTIONS = {
   namePrefix: 'sim-',
   zones: 3,
   capacityMb: 1_048_576,
-  heartbeatMs: 1_000,
   heartbeatTtlMs: 3_000,
   desiredPollMs: 30_000,
   fullReportMs: 10_000,
@@ -119,7 +119,12 @@ export class CellSimulator {
   private readonly unsynced = new Set<string>();
 
   constructor(options: CellSimulatorOptions) {
-    this.opts = { ...DEFAULT_CELL_SIMULATOR_OPTIONS, ...options };
+    const ttl = options.heartbeatTtlMs ?? DEFAULT_CELL_SIMULATOR_OPTIONS.heartbeatTtlMs;
+    this.opts = {
+      ...DEFAULT_CELL_SIMULATOR_OPTIONS,
+      ...options,
+      heartbeatMs: options.heartbeatMs ?? defaultHeartbeatMs(ttl),
+    };
     this.keys = keyLayout(this.opts.keyPrefix);
     for (let i = 1; i <= this.opts.cells; i++) {
       const name = `${this.opts.namePrefix}${i}`;

@@ -19,7 +19,7 @@ import type { LeaderElector } from '../leader/leader-elector';
 import type { CellDirectory } from '../services/cell-directory';
 import type { ServiceSnapshot, ServiceStore } from '../services/service-store';
 import type { OrphanCollector } from './orphan-collector';
-import { isNewService, type ServiceReconciler } from './service-reconciler';
+import { isNewService, readyToRun, type ServiceReconciler } from './service-reconciler';
 import type { StateKeeper } from './state-keeper';
 import type { ServiceRecord } from '../services/service-types';
 import type { CellSnapshot } from '../services/cell-directory';
@@ -59,8 +59,14 @@ export interface ConvergenceLoopOptions {
   onPass?: (seconds: number, ok: boolean) => void;
 }
 
-/** New services placed by one commit (ServiceReconciler.placeNew). */
-const PLACE_BATCH = 200;
+/** Services decided by one commit (ServiceReconciler.placeNew and runReady) or rechecked by one read. */
+const BATCH = 200;
+
+/**
+ * Work done for many services at once: first placements and the step from starting to running
+ * (one commit each), and the recheck round's look at settled services (one read of their routes).
+ */
+type BatchKind = 'place' | 'run' | 'recheck';
 
 /** The collector and the state copy get at most 1/COLLECT_SHARE of the leader's time. */
 const COLLECT_SHARE = 10;
@@ -161,6 +167,12 @@ export class ConvergenceLoop {
    * with the inputs of the reconcile that found them so: skipped while those stay the same.
    */
   private readonly waiting = new Map<string, unknown[]>();
+  /**
+   * Services a batch (placeNew, runReady) left undecided or failed on, with the record it had
+   * then: reconciled one by one while that record stays, so one that no batch can decide (its
+   * router group gone, say) is not handed to a batch at every pass, nor holds up the others.
+   */
+  private readonly alone = new Map<string, ServiceRecord>();
   /** Services named by change messages since they were last reconciled: first in every pass. */
   private readonly urgent = new Set<string>();
   /** The resync round under way: services it still owes a reconcile, in the order it pays them. */
@@ -346,6 +358,7 @@ export class ConvergenceLoop {
     this.cellsOfService.delete(name);
     this.settled.delete(name);
     this.waiting.delete(name);
+    this.alone.delete(name);
     this.unsettled.delete(name);
     this.urgent.delete(name);
     this.carry.delete(name);
@@ -372,6 +385,7 @@ export class ConvergenceLoop {
     if (fence.token !== this.lastToken) {
       this.settled.clear();
       this.waiting.clear();
+      this.alone.clear();
       this.round = null;
       this.carry.clear();
     }
@@ -470,41 +484,76 @@ export class ConvergenceLoop {
         round?.owed.delete(name);
         reconciled++;
       };
-      // New services first, many to a commit (the rest, one by one, below).
-      const fresh = work.filter(([, record]) => isNewService(record)).map(([name]) => name);
-      for (let i = 0; i < fresh.length && !cut; i += PLACE_BATCH) {
+      // New services are placed, and starting services whose instances all run are marked
+      // running, many to a commit: a batch goes where its first member stands in the order (so
+      // established services still go first every other pass), and takes up to BATCH of its kind
+      // from the rest of the work. Everything else is reconciled one by one.
+      const owedNames = new Set(owed.map(([name]) => name));
+      const inputsOf = new Map(work.map(([name, , inputs]) => [name, inputs]));
+      const kinds = work.map(([name, record]): BatchKind | null =>
+        this.alone.get(name) === record ? null : owedNames.has(name) ? 'recheck' : batchKind(record, cells),
+      );
+      const ofKind: Record<BatchKind, string[]> = { place: [], run: [], recheck: [] };
+      work.forEach(([name], i) => {
+        const kind = kinds[i];
+        if (kind) ofKind[kind].push(name);
+      });
+      const next: Record<BatchKind, number> = { place: 0, run: 0, recheck: 0 };
+      const batched = new Set<string>();
+      for (let i = 0; i < work.length; i++) {
+        const [name, record, inputs] = work[i] as [string, ServiceRecord, unknown[]];
+        if (batched.has(name)) continue;
         if (this.elector.current()?.token !== fence.token) return;
         if (reconciled > 0 && performance.now() - budgetFrom > this.opts.passBudgetMs) {
           cut = true;
           break;
         }
-        const batch = fresh.slice(i, i + PLACE_BATCH);
-        batch.forEach(take);
-        try {
-          const decided = await this.reconciler.placeNew(batch, fence, cells, { cellGrace });
-          // Changed since the snapshot (deleted, placed by an earlier term): reconciled one by one.
-          for (const name of batch) if (!decided.has(name)) this.carry.add(name);
-        } catch (err) {
-          if (isSfError(err) && err.code === ErrorCode.StaleLeader) {
-            this.opts.logger.warn({ err: err.message }, 'a newer leader exists; standing down');
-            await this.elector.tick();
-            return;
+        const kind = kinds[i];
+        if (kind) {
+          const batch = ofKind[kind].slice(next[kind], next[kind] + BATCH);
+          next[kind] += batch.length;
+          for (const n of batch) batched.add(n);
+          batch.forEach(take);
+          try {
+            const decided =
+              kind === 'place'
+                ? await this.reconciler.placeNew(batch, fence, cells, { cellGrace })
+                : kind === 'run'
+                  ? await this.reconciler.runReady(batch, fence, cells, { cellGrace })
+                  : await this.reconciler.recheck(
+                      batch.map((n) => services.get(n) as ServiceRecord),
+                      cells,
+                    );
+            // A settled service found as it should be stays settled, on the inputs that settled it.
+            if (kind === 'recheck') for (const n of batch) if (decided.has(n)) this.settle(n, inputsOf.get(n) ?? []);
+            // Changed since the snapshot (deleted, placed by an earlier term, no longer ready):
+            // reconciled one by one in the next pass.
+            for (const n of batch) {
+              if (decided.has(n)) continue;
+              this.carry.add(n);
+              this.alone.set(n, services.get(n) as ServiceRecord);
+            }
+          } catch (err) {
+            if (isSfError(err) && err.code === ErrorCode.StaleLeader) {
+              this.opts.logger.warn({ err: err.message }, 'a newer leader exists; standing down');
+              await this.elector.tick();
+              return;
+            }
+            this.opts.logger.warn(
+              { services: batch.length, err: (err as Error).message },
+              kind === 'place'
+                ? 'placement of new services failed'
+                : kind === 'run'
+                  ? 'marking started services running failed'
+                  : 'recheck of settled services failed',
+            );
+            // One by one next time: a service that fails alone no longer holds up the others.
+            for (const n of batch) {
+              this.carry.add(n);
+              this.alone.set(n, services.get(n) as ServiceRecord);
+            }
           }
-          this.opts.logger.warn(
-            { services: batch.length, err: (err as Error).message },
-            'placement of new services failed',
-          );
-          for (const name of batch) this.carry.add(name);
-        }
-      }
-      const placed = new Set(fresh);
-      for (const [name, record, inputs] of work) {
-        if (cut) break;
-        if (placed.has(name)) continue;
-        if (this.elector.current()?.token !== fence.token) return;
-        if (reconciled > 0 && performance.now() - budgetFrom > this.opts.passBudgetMs) {
-          cut = true;
-          break;
+          continue;
         }
         take(name);
         try {
@@ -632,6 +681,13 @@ function settledService(record: ServiceRecord, cells: ReadonlyMap<string, CellSn
       !actual.degraded
     );
   });
+}
+
+/** Whether a service's next step is one `placeNew` or `runReady` decides for many at once. */
+function batchKind(record: ServiceRecord, cells: ReadonlyMap<string, CellSnapshot>): BatchKind | null {
+  if (isNewService(record)) return 'place';
+  if (record.status === 'starting' && readyToRun(record, cells)) return 'run';
+  return null;
 }
 
 /** Both input lists hold the very same values (reports compared by identity, not content). */

@@ -78,7 +78,52 @@ export class RouteEmitter {
   ): Promise<boolean> {
     const group = await this.groups.get(service.routerGroupGuid);
     if (!group) return false;
-    const current = await this.currentRoute(service);
+    const plan = await this.plan(service, await this.routes.route(group, service.port), cells, leaderToken, options);
+    // Add before removing, so a moving backend never leaves the route empty (an empty route
+    // closes its listener in every router).
+    if (plan.upserts.length) await this.routes.upsert(plan.upserts, `service ${service.name} route`);
+    if (plan.deletes.length) await this.routes.delete(plan.deletes, `service ${service.name} route`);
+    return plan.upserts.length > 0 || plan.deletes.length > 0;
+  }
+
+  /**
+   * `sync` for several services at once: their routes read in one HMGET per router group and
+   * written in one request (a burst of services starting together otherwise cost a few round
+   * trips each). Returns the names whose route it wrote. Every backend carries its service's
+   * modification tag, so a deposed leader's batch is refused whole by the stale-tag rule.
+   */
+  async syncMany(
+    services: readonly ServiceRecord[],
+    cells: ReadonlyMap<string, CellSnapshot>,
+    leaderToken: number,
+    options: { keepUnreported?: boolean } = {},
+  ): Promise<Set<string>> {
+    const current = await this.currentRoutes(services);
+    const upserts: TcpRouteInput[] = [];
+    const deletes: TcpRouteKeyInput[] = [];
+    const wrote = new Set<string>();
+    for (const service of services) {
+      const route = current.get(service.name);
+      if (route === undefined) continue;
+      const plan = await this.plan(service, route, cells, leaderToken, options);
+      if (plan.upserts.length === 0 && plan.deletes.length === 0) continue;
+      wrote.add(service.name);
+      upserts.push(...plan.upserts);
+      deletes.push(...plan.deletes);
+    }
+    if (upserts.length) await this.routes.upsert(upserts, 'service routes');
+    if (deletes.length) await this.routes.delete(deletes, 'service routes');
+    return wrote;
+  }
+
+  /** What `sync` writes for a service whose stored route is `current`. */
+  private async plan(
+    service: ServiceRecord,
+    current: Route | null,
+    cells: ReadonlyMap<string, CellSnapshot>,
+    leaderToken: number,
+    options: { keepUnreported?: boolean },
+  ): Promise<{ upserts: TcpRouteInput[]; deletes: TcpRouteKeyInput[] }> {
     const want = this.desiredBackends(service, cells);
     const tls = want.length ? await this.desiredTls(service) : undefined;
     // A route written before its service had TLS (or by an older control), or before its policy
@@ -111,20 +156,45 @@ export class RouteEmitter {
     const deletes = (current?.backends ?? [])
       .filter((b) => !wanted.has(b.id) && !(options.keepUnreported && unreported(b.id)))
       .map((b) => this.keyOf(service, b));
-    // Add before removing, so a moving backend never leaves the route empty (an empty route
-    // closes its listener in every router).
-    if (upserts.length) await this.routes.upsert(upserts, `service ${service.name} route`);
-    if (deletes.length) await this.routes.delete(deletes, `service ${service.name} route`);
-    return upserts.length > 0 || deletes.length > 0;
+    return { upserts, deletes };
   }
 
   /** True when the stored route already has exactly the backends the service should have. */
   async isCurrent(service: ServiceRecord, cells: ReadonlyMap<string, CellSnapshot>): Promise<boolean> {
-    const current = await this.currentRoute(service);
+    return this.isCurrentGiven(service, await this.currentRoute(service), cells);
+  }
+
+  /** `isCurrent` against a route read before (`currentRoutes`). */
+  async isCurrentGiven(
+    service: ServiceRecord,
+    current: Route | null,
+    cells: ReadonlyMap<string, CellSnapshot>,
+  ): Promise<boolean> {
     const want = this.desiredBackends(service, cells);
     const have = new Map((current?.backends ?? []).map((b) => [b.id, b]));
     if (want.length && current && !sameTls(current.tls, await this.desiredTls(service))) return false;
     return have.size === want.length && want.every((b) => sameBackend(have.get(b.id), b));
+  }
+
+  /**
+   * The stored routes of several services, one HMGET per router group; a service whose group
+   * no longer exists is left out (it has no route to write either).
+   */
+  async currentRoutes(services: readonly ServiceRecord[]): Promise<Map<string, Route | null>> {
+    const byGroup = new Map<string, ServiceRecord[]>();
+    for (const s of services) {
+      const list = byGroup.get(s.routerGroupGuid);
+      if (list) list.push(s);
+      else byGroup.set(s.routerGroupGuid, [s]);
+    }
+    const out = new Map<string, Route | null>();
+    for (const [guid, members] of byGroup) {
+      const group = await this.groups.get(guid);
+      if (!group) continue;
+      const routes = await this.routes.routesAt(group, [...new Set(members.map((s) => s.port))]);
+      for (const s of members) out.set(s.name, routes.get(s.port) ?? null);
+    }
+    return out;
   }
 
   /** Removes every backend of the service's port. */

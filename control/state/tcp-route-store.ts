@@ -191,6 +191,15 @@ export class TcpRouteStore {
     return parseOrNull<Route>(await this.redis.hget(this.keys.group(group.name).routes, String(port)));
   }
 
+  /** Several ports' routes as routers read them (one HMGET); null for a port without one. */
+  async routesAt(group: RouterGroup, ports: readonly number[]): Promise<Map<number, Route | null>> {
+    const out = new Map<number, Route | null>();
+    if (ports.length === 0) return out;
+    const texts = await this.redis.hmget(this.keys.group(group.name).routes, ...ports.map(String));
+    ports.forEach((port, i) => out.set(port, parseOrNull<Route>(texts[i])));
+    return out;
+  }
+
   async portsInUse(group: RouterGroup): Promise<number[]> {
     return (await this.redis.hkeys(this.keys.group(group.name).routes)).map(Number);
   }

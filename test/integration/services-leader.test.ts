@@ -4,7 +4,12 @@ import { Redis } from 'ioredis';
 import { ErrorCode, isSfError } from '../../common/errors';
 import { fencedCommit } from '../../control/leader/fenced-commit';
 import { LeaderElector } from '../../control/leader/leader-elector';
-import { ServiceStore, type ServiceView } from '../../control/services';
+import { DegradedFailoverCoordinator, RouteEmitter, ServiceStore, type ServiceView } from '../../control/services';
+import type { CellSnapshot } from '../../control/services/cell-directory';
+import { ServiceReconciler } from '../../control/convergence/service-reconciler';
+import { RouterGroupStore } from '../../control/state/router-group-store';
+import { TcpRouteStore } from '../../control/state/tcp-route-store';
+import type { ActualInstance, CellRecord } from '../../protocol';
 import type { ServiceChange } from '../../control/services/service-store';
 import type { ServiceRecord } from '../../control/services/service-types';
 import { startRedisServer, type RedisServerHandle } from '../helpers/redis-server';
@@ -306,6 +311,134 @@ describe('leader election', function () {
           expect(isSfError(err) && err.code).to.equal(ErrorCode.StaleLeader);
         }
         expect(await conn.hexists(keys.services, 'm4')).to.equal(0);
+      } finally {
+        sub.disconnect();
+        await elector.stop();
+      }
+    });
+
+    it('marks started services running many to a commit: their routes in one write, one change message per record; the recheck reads their routes at once; a deposed leader commits nothing', async () => {
+      const elector = new LeaderElector(conn, {
+        lockKey: keys.leaderLock,
+        tokenKey: keys.leaderToken,
+        holderId: 'd',
+        ttlMs: 5_000,
+        renewMs: 10_000,
+      });
+      await elector.tick();
+      const fence = elector.current()!;
+      // The tests above leave records that are not whole services ('{}').
+      await conn.del(keys.services);
+      const groups = new RouterGroupStore(conn, keys);
+      const group = await groups.ensureDefault();
+      const routes = new TcpRouteStore(conn, keys, groups);
+      const store = new ServiceStore(conn, keys);
+      const reconciler = new ServiceReconciler(
+        store,
+        new RouteEmitter(groups, routes),
+        new DegradedFailoverCoordinator(),
+      );
+      const firstPort = Number(/^(\d+)/.exec(group.reservable_ports)![1]);
+      const names = ['r1', 'r2', 'r3', 'r4', 'r5'];
+      const cellRecord = { name: 'c1', zone: 'z1', capacityMb: 4096, heartbeatTtlMs: 3_000 } as CellRecord;
+      const actual = new Map<string, ActualInstance>();
+      names.forEach((name, i) => {
+        actual.set(`${name}-0`, {
+          instanceId: `${name}-0`,
+          state: 'running',
+          generation: 0,
+          host: '127.0.0.1',
+          port: 30_000 + i,
+          role: 'primary',
+          epoch: 1,
+          healthy: true,
+          leaseHeld: true,
+        } as ActualInstance);
+      });
+      const cells = new Map<string, CellSnapshot>([['c1', { name: 'c1', alive: true, record: cellRecord, actual }]]);
+      const starting = (name: string, i: number): ServiceRecord =>
+        ({
+          name,
+          engine: 'redis',
+          replicas: 0,
+          volume: { sizeMb: 16 },
+          routerGroup: group.name,
+          routerGroupGuid: group.guid,
+          port: firstPort + i,
+          status: 'starting',
+          message: null,
+          epoch: 1,
+          instances: [
+            {
+              id: `${name}-0`,
+              cell: 'c1',
+              zone: 'z1',
+              role: 'primary',
+              epoch: 1,
+              generation: 0,
+              specWritten: true,
+              placedAt: 0,
+            },
+          ],
+          nextIndex: 1,
+          leaderToken: fence.token,
+          createdAt: 0,
+          updatedAt: 0,
+        }) as unknown as ServiceRecord;
+      for (const [i, name] of names.entries())
+        await store.change(name, null, async () => ({ change: { record: starting(name, i) }, result: undefined }));
+
+      const sub = new Redis(redis.url);
+      const heard: string[] = [];
+      sub.on('message', (_channel: string, message: string) => heard.push(message));
+      await sub.subscribe(keys.servicesChanged);
+      try {
+        const version = Number(await conn.get(keys.servicesVersion));
+        const routesVersion = (await routes.table(group, { versionOnly: true })).version;
+        const decided = await reconciler.runReady(['r1', 'r2', 'r3'], fence, cells);
+        expect([...decided]).to.have.members(['r1', 'r2', 'r3']);
+        for (const [i, name] of ['r1', 'r2', 'r3'].entries()) {
+          expect(await store.get(name)).to.include({ status: 'running', leaderToken: fence.token });
+          const route = await routes.route(group, firstPort + i);
+          expect(route?.backends.map((b) => [b.id, b.port, b.state])).to.deep.equal([
+            [`${name}-0`, 30_000 + i, 'active'],
+          ]);
+        }
+        // One route write for the three (the write after the commit found nothing to change).
+        expect((await routes.table(group, { versionOnly: true })).version).to.equal(routesVersion + 1);
+        // One commit: the services version moved by three, one change message per record.
+        expect(Number(await conn.get(keys.servicesVersion))).to.equal(version + 3);
+        await eventually(async () => heard.length >= 3, 5_000, 'three change messages');
+        expect(heard).to.deep.equal([`${version + 1} r1`, `${version + 2} r2`, `${version + 3} r3`]);
+
+        // The recheck round finds the three as they should be, from one read of their routes, and
+        // names one whose route lost its backend behind the leader's back.
+        const running = await Promise.all(['r1', 'r2', 'r3'].map(async (n) => (await store.get(n))!));
+        expect([...(await reconciler.recheck(running, cells))]).to.have.members(['r1', 'r2', 'r3']);
+        await routes.delete([
+          {
+            router_group_guid: group.guid,
+            port: firstPort + 1,
+            backend_ip: '127.0.0.1',
+            backend_port: 30_001,
+            backend_id: 'r2-0',
+          },
+        ]);
+        expect([...(await reconciler.recheck(running, cells))]).to.have.members(['r1', 'r3']);
+
+        // A deposed leader's batch changes no record and sends no change message.
+        await conn.incr(keys.leaderToken);
+        try {
+          await reconciler.runReady(['r4', 'r5'], fence, cells);
+          expect.fail('a stale leader must not commit');
+        } catch (err) {
+          expect(isSfError(err) && err.code).to.equal(ErrorCode.StaleLeader);
+        }
+        expect(await store.get('r4')).to.include({ status: 'starting' });
+        expect(await store.get('r5')).to.include({ status: 'starting' });
+        expect(Number(await conn.get(keys.servicesVersion))).to.equal(version + 3);
+        await new Promise((r) => setTimeout(r, 200));
+        expect(heard).to.have.length(3);
       } finally {
         sub.disconnect();
         await elector.stop();

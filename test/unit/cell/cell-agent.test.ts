@@ -1,5 +1,6 @@
 import { expect } from 'chai';
 import { CellAgent } from '../../../cell/cell-agent';
+import { defaultHeartbeatMs } from '../../../cell/cell-agent-defaults';
 import { ErrorCode } from '../../../common/errors';
 
 describe('CellAgent', () => {
@@ -20,6 +21,17 @@ describe('CellAgent', () => {
           .to.throw()
           .that.includes({ code: ErrorCode.InvalidOption, field });
       }
+    });
+
+    it('derives the heartbeat period from the TTL when none is given, so a short TTL alone is valid', () => {
+      expect(defaultHeartbeatMs(3000)).to.equal(1500);
+      expect(defaultHeartbeatMs(500)).to.equal(250);
+      const agent = new CellAgent({ ...base, heartbeatTtlMs: 500 });
+      expect(agent.record()).to.include({ heartbeatTtlMs: 500 });
+      // A period given is kept, and still has to be shorter than the TTL.
+      expect(() => new CellAgent({ ...base, heartbeatTtlMs: 500, heartbeatMs: 500 }))
+        .to.throw()
+        .that.includes({ code: ErrorCode.InvalidOption, field: 'heartbeatTtlMs' });
     });
 
     it('accepts defaults for everything but name, zone and capacity', () => {

@@ -42,7 +42,7 @@ function fixture(names: string[], options: { reconcileMs?: number; passBudgetMs?
 }
 
 /** Running services, each on its own cell, and a store that names what changed between snapshots. */
-function incrementalFixture() {
+function incrementalFixture(options: { resyncMs?: number; recheckMs?: number } = {}) {
   const record = (name: string, cell: string): ServiceRecord =>
     ({
       name,
@@ -80,11 +80,31 @@ function incrementalFixture() {
   /** Every placeNew call's names; it decides those `placeable` names (all when unset). */
   const batches: string[][] = [];
   let placeable: ((name: string) => boolean) | null = null;
+  /** Every runReady call's names; it decides those `runnable` names (all when unset). */
+  const runs: string[][] = [];
+  let runnable: ((name: string) => boolean) | null = null;
+  /** Every call to the reconciler, in order: `reconcile x`, `place x,y`, `run x,y`, `recheck x,y`. */
+  const calls: string[] = [];
+  /** The recheck finds these fine (all when unset). */
+  let fine: ((name: string) => boolean) | null = null;
   const reconciler = {
-    reconcile: async (name: string) => void reconciled.push(name),
+    reconcile: async (name: string) => {
+      calls.push(`reconcile ${name}`);
+      reconciled.push(name);
+    },
     placeNew: async (names: readonly string[]) => {
+      calls.push(`place ${names.join(',')}`);
       batches.push([...names]);
       return new Set(names.filter((n) => placeable?.(n) ?? true));
+    },
+    recheck: async (records: readonly ServiceRecord[]) => {
+      calls.push(`recheck ${records.map((r) => r.name).join(',')}`);
+      return new Set(records.map((r) => r.name).filter((n) => fine?.(n) ?? true));
+    },
+    runReady: async (names: readonly string[]) => {
+      calls.push(`run ${names.join(',')}`);
+      runs.push([...names]);
+      return new Set(names.filter((n) => runnable?.(n) ?? true));
     },
   };
   const loop = new ConvergenceLoop(
@@ -92,7 +112,7 @@ function incrementalFixture() {
     store as unknown as ServiceStore,
     { snapshot: async () => cells, view: async () => cells, markDirty: () => undefined } as unknown as CellDirectory,
     reconciler as unknown as ServiceReconciler,
-    { redisUrl: 'redis://unused', logger: pino({ level: 'silent' }) },
+    { redisUrl: 'redis://unused', logger: pino({ level: 'silent' }), ...options },
   );
   /** A new snapshot where `name` has `record` (a new object), and the store says so. */
   const put = (name: string, record: ServiceRecord): void => {
@@ -114,7 +134,28 @@ function incrementalFixture() {
   const decideOnly = (f: (name: string) => boolean): void => {
     placeable = f;
   };
-  return { loop, reconciled, rewrite, report: report2, put, batches, decideOnly, cellOf, reportOf: report, cells };
+  const runOnly = (f: (name: string) => boolean): void => {
+    runnable = f;
+  };
+  const fineOnly = (f: (name: string) => boolean): void => {
+    fine = f;
+  };
+  return {
+    loop,
+    reconciled,
+    rewrite,
+    report: report2,
+    put,
+    batches,
+    decideOnly,
+    runs,
+    runOnly,
+    fineOnly,
+    calls,
+    cellOf,
+    reportOf: report,
+    cells,
+  };
 }
 
 describe('ConvergenceLoop', () => {
@@ -188,8 +229,10 @@ describe('ConvergenceLoop', () => {
       await loop.pass();
       expect(reconciled).to.deep.equal([]);
       // Its cell reports it: reconciled again (it is not settled until its record says running).
+      // Not running yet: a report of it running goes to a batch instead (below).
       const c1 = cells.get('c1')!;
-      cells.set('c1', cellOf('c1', new Map([...c1.actual, ['w-0', reportOf('w-0', true)]])));
+      const report = { ...reportOf('w-0', true), state: 'starting' } as ActualInstance;
+      cells.set('c1', cellOf('c1', new Map([...c1.actual, ['w-0', report]])));
       await loop.pass();
       expect(reconciled).to.deep.equal(['w']);
       reconciled.length = 0;
@@ -201,12 +244,103 @@ describe('ConvergenceLoop', () => {
       const { loop, reconciled, put, cells, cellOf, reportOf } = incrementalFixture();
       put('w', starting('w', 'c1'));
       const c1 = cells.get('c1')!;
-      cells.set('c1', cellOf('c1', new Map([...c1.actual, ['w-0', reportOf('w-0', true)]])));
+      // Reported but not running yet (a running one is marked running by a batch, below).
+      const report = { ...reportOf('w-0', true), state: 'starting' } as ActualInstance;
+      cells.set('c1', cellOf('c1', new Map([...c1.actual, ['w-0', report]])));
       await loop.pass();
       reconciled.length = 0;
       await loop.pass();
       await loop.pass();
       expect(reconciled).to.deep.equal(['w', 'w']);
+    });
+  });
+
+  describe('starting services whose instances all run', () => {
+    const starting = (name: string, cell: string): ServiceRecord =>
+      ({
+        name,
+        status: 'starting',
+        message: null,
+        replicas: 0,
+        instances: [{ id: `${name}-0`, cell, role: 'primary', specWritten: true, generation: 0 }],
+      }) as unknown as ServiceRecord;
+
+    /** `names` starting, each on its own cell that reports its instance running. */
+    function startedFixture(names: string[]) {
+      const f = incrementalFixture();
+      for (const name of names) {
+        f.cells.set(`c-${name}`, f.cellOf(`c-${name}`, new Map([[`${name}-0`, f.reportOf(`${name}-0`, true)]])));
+        f.put(name, starting(name, `c-${name}`));
+      }
+      return f;
+    }
+
+    it('marks them running in one batch instead of one reconcile each', async () => {
+      const f = startedFixture(['r1', 'r2', 'r3']);
+      await f.loop.pass();
+      expect(f.runs).to.deep.equal([['r1', 'r2', 'r3']]);
+      expect(f.reconciled.filter((n) => n.startsWith('r'))).to.deep.equal([]);
+    });
+
+    it('reconciles one the batch did not decide alone from then on, even while it still looks ready', async () => {
+      const f = startedFixture(['r1', 'r2', 'r3']);
+      f.runOnly((name) => name !== 'r2');
+      await f.loop.pass();
+      expect(f.runs).to.deep.equal([['r1', 'r2', 'r3']]);
+      f.runs.length = 0;
+      f.reconciled.length = 0;
+      f.runOnly(() => true);
+      // The fake changes no record: r1 and r3 are still starting, and batched again; r2 is not.
+      await f.loop.pass();
+      await f.loop.pass();
+      expect(f.reconciled).to.deep.equal(['r2', 'r2']);
+      expect(f.runs.flat()).to.not.include('r2');
+      expect(f.runs.flat()).to.include.members(['r1', 'r3']);
+    });
+
+    it('puts a batch where its first member stands: established services still go first every other pass', async () => {
+      const f = startedFixture(['r1', 'r2']);
+      await f.loop.pass();
+      const orders: string[][] = [];
+      for (const healthy of [false, true]) {
+        // The batch's members are named by messages (first in the order found); a's report changed.
+        f.report('c1', 'a-0', healthy);
+        f.loop.serviceChanged('0 r1');
+        f.loop.serviceChanged('0 r2');
+        f.calls.length = 0;
+        await f.loop.pass();
+        orders.push(f.calls.filter((c) => c === 'reconcile a' || c.startsWith('run ')));
+      }
+      expect(orders).to.have.deep.members([
+        ['reconcile a', 'run r1,r2'],
+        ['run r1,r2', 'reconcile a'],
+      ]);
+    });
+  });
+
+  describe('the recheck round', () => {
+    it('looks at the settled services it owes in one batch and leaves them settled', async () => {
+      // Every pass a full one, and a new round at each: the round owes every settled service.
+      const f = incrementalFixture({ resyncMs: 0, recheckMs: 0 });
+      await f.loop.pass();
+      expect(f.calls).to.have.members(['reconcile a', 'reconcile b']);
+      f.calls.length = 0;
+      await f.loop.pass();
+      await f.loop.pass();
+      expect(f.calls).to.deep.equal(['recheck a,b', 'recheck a,b']);
+    });
+
+    it('reconciles one whose route the recheck did not find as it should be, on its own', async () => {
+      const f = incrementalFixture({ resyncMs: 0, recheckMs: 0 });
+      await f.loop.pass();
+      f.fineOnly((name) => name !== 'b');
+      f.calls.length = 0;
+      await f.loop.pass();
+      expect(f.calls).to.deep.equal(['recheck a,b']);
+      f.fineOnly(() => true);
+      f.calls.length = 0;
+      await f.loop.pass();
+      expect(f.calls).to.deep.equal(['reconcile b', 'recheck a']);
     });
   });
 

@@ -411,4 +411,165 @@ describe('ServiceReconciler', () => {
       expect(all.get('old')).to.equal(placed);
     });
   });
+
+  describe('runReady', () => {
+    /** Starting services; `cells` reports cache-0 and cache-1 running, so `readyNamed` ones are ready. */
+    const readyNamed = (name: string): ServiceRecord => {
+      const rec = { ...service('starting'), name };
+      // The replica already follows the primary's reported address (cells(): c1 reports port 20000).
+      rec.instances[1]!.upstream = { host: '127.0.0.1', port: 20000 };
+      return rec;
+    };
+    const notReported = (name: string): ServiceRecord => ({
+      ...service('starting'),
+      name,
+      instances: [inst(`${name}-0`, 'c1', 'primary'), inst(`${name}-1`, 'c2', 'replica')],
+    });
+
+    /**
+     * A store whose changeMany commits what decide returns (`before` may change a record first,
+     * as another writer would), and an emitter whose routes are current once written, unless
+     * `unwritable` names the service.
+     */
+    function runFixture(
+      records: ServiceRecord[],
+      options: { before?: (all: Map<string, ServiceRecord>) => void } = {},
+    ) {
+      const all = new Map(records.map((r) => [r.name, r]));
+      const commits: Array<{ fence: LeaderFence | null; changes: Map<string, ServiceChange> }> = [];
+      const calls: string[] = [];
+      const store = {
+        keys,
+        usageAt: (s: ServiceSnapshot) => ServiceUsage.of(s.services.values()),
+        snapshot: async () => ({ version: 1, services: new Map(all) }),
+        async changeMany<T>(
+          names: readonly string[],
+          f: LeaderFence | null,
+          decide: (
+            c: ReadonlyMap<string, ServiceRecord | null>,
+            s: ServiceSnapshot,
+          ) => Promise<{ changes: ReadonlyMap<string, ServiceChange>; result: T }>,
+        ): Promise<T> {
+          options.before?.(all);
+          calls.push(`commit ${names.join(',')}`);
+          const current = new Map(names.map((n) => [n, all.has(n) ? structuredClone(all.get(n)!) : null]));
+          const { changes, result } = await decide(current, { version: 1, services: new Map(all) });
+          commits.push({ fence: f, changes: new Map(changes) });
+          for (const [name, change] of changes) {
+            if (change.record) all.set(name, change.record);
+            else all.delete(name);
+          }
+          return result;
+        },
+      };
+      const routed = new Set<string>();
+      const unwritable = new Set<string>();
+      const tokens: number[] = [];
+      const routeEmitter = {
+        async syncMany(services: readonly ServiceRecord[], _cells: unknown, token: number) {
+          calls.push(`routes ${services.map((s) => s.name).join(',')}`);
+          tokens.push(token);
+          for (const s of services) if (!unwritable.has(s.name)) routed.add(s.name);
+          return new Set(services.map((s) => s.name));
+        },
+        async currentRoutes(services: readonly ServiceRecord[]) {
+          // A route stands for "written": the fake's isCurrentGiven says current when there is one.
+          return new Map(services.map((s) => [s.name, routed.has(s.name) ? ({ port: s.port } as unknown) : null]));
+        },
+        async isCurrentGiven(_next: ServiceRecord, route: unknown) {
+          return route !== null;
+        },
+        async isCurrent() {
+          throw new Error('runReady reads no route per service');
+        },
+      };
+      const reconciler = new ServiceReconciler(
+        store as unknown as ServiceStore,
+        routeEmitter as unknown as RouteEmitter,
+        new FakeCoordinator(),
+      );
+      return { reconciler, all, commits, calls, tokens, unwritable };
+    }
+
+    it('writes the routes of the ready ones in one request, then marks them running in one fenced commit', async () => {
+      const f = runFixture([readyNamed('s1'), readyNamed('s2'), notReported('s3')]);
+      const decided = await f.reconciler.runReady(['s1', 's2', 's3'], fence, cells({ c1: true, c2: true }));
+      expect([...decided]).to.have.members(['s1', 's2']);
+      // Routes first (the route must hold every instance before the record says running), then
+      // one commit, then the routes of what it committed (nothing left to write).
+      expect(f.calls).to.deep.equal(['routes s1,s2', 'commit s1,s2', 'routes s1,s2']);
+      expect(f.commits).to.have.length(1);
+      expect(f.commits[0]!.fence).to.equal(fence);
+      expect(f.tokens).to.deep.equal([fence.token, fence.token]);
+      expect([...f.commits[0]!.changes.keys()]).to.deep.equal(['s1', 's2']);
+      for (const name of ['s1', 's2']) {
+        expect(f.all.get(name)).to.include({ status: 'running', leaderToken: fence.token });
+        const events = f.commits[0]!.changes.get(name)!.events ?? [];
+        expect(events.map((e) => e.type)).to.deep.equal(['service-running']);
+      }
+      expect(f.all.get('s3')).to.include({ status: 'starting' });
+    });
+
+    it('leaves a service starting when its route is not current after the write', async () => {
+      const f = runFixture([readyNamed('s1'), readyNamed('s2')]);
+      f.unwritable.add('s2');
+      const decided = await f.reconciler.runReady(['s1', 's2'], fence, cells({ c1: true, c2: true }));
+      expect([...decided]).to.have.members(['s1', 's2']);
+      expect(f.all.get('s1')).to.include({ status: 'running' });
+      expect(f.all.get('s2')).to.include({ status: 'starting' });
+      expect([...f.commits[0]!.changes.keys()]).to.deep.equal(['s1']);
+    });
+
+    it('leaves a record that changed after its route was written to reconcile', async () => {
+      const f = runFixture([readyNamed('s1'), readyNamed('s2')], {
+        before: (all) => all.set('s2', { ...all.get('s2')!, updatedAt: 42 }),
+      });
+      const decided = await f.reconciler.runReady(['s1', 's2'], fence, cells({ c1: true, c2: true }));
+      expect([...decided]).to.deep.equal(['s1']);
+      expect([...f.commits[0]!.changes.keys()]).to.deep.equal(['s1']);
+      expect(f.all.get('s2')).to.include({ status: 'starting', updatedAt: 42 });
+    });
+
+    it('writes nothing when none is ready', async () => {
+      const f = runFixture([notReported('s3'), { ...readyNamed('s4'), status: 'running' }]);
+      const decided = await f.reconciler.runReady(['s3', 's4', 'gone'], fence, cells({ c1: true, c2: true }));
+      expect([...decided]).to.deep.equal([]);
+      expect(f.calls).to.deep.equal([]);
+    });
+  });
+
+  describe('recheck', () => {
+    it('reads the routes of many settled services at once and names those as they should be', async () => {
+      const reads: string[][] = [];
+      const current = new Set(['s1', 's3']);
+      const fake = {
+        async currentRoutes(records: readonly ServiceRecord[]) {
+          reads.push(records.map((r) => r.name));
+          // s4's router group is gone: no route to read.
+          return new Map(records.filter((r) => r.name !== 's4').map((r) => [r.name, { port: r.port } as unknown]));
+        },
+        async isCurrentGiven(rec: ServiceRecord, route: unknown) {
+          return route !== null && current.has(rec.name);
+        },
+        async isCurrent() {
+          throw new Error('recheck reads no route per service');
+        },
+      };
+      const reconciler = new ServiceReconciler(
+        new FakeStore(null) as unknown as ServiceStore,
+        fake as unknown as RouteEmitter,
+        new FakeCoordinator(),
+      );
+      const records = [
+        { ...service('running'), name: 's1' },
+        { ...service('running'), name: 's2' },
+        { ...service('degraded'), name: 's3' },
+        { ...service('running'), name: 's4' },
+      ];
+      const fine = await reconciler.recheck(records, cells({ c1: true, c2: true }));
+      expect(reads).to.deep.equal([['s1', 's2', 's3', 's4']]);
+      // s2's route drifted, s3 no longer runs, s4 has no group: each for a reconcile of its own.
+      expect([...fine]).to.deep.equal(['s1']);
+    });
+  });
 });

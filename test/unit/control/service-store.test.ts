@@ -1,0 +1,135 @@
+/**
+ * ServiceStore's record catch-up against a real redis-server: a store that hears change messages
+ * brings its cached records up to date from the names they carry (one HMGET) and, when the
+ * services version is ahead of the messages heard (a message still on its way on the
+ * subscription's connection), waits briefly for them instead of reading every record (HGETALL).
+ * Messages are handed to the store by hand here, so the test decides when one "arrives".
+ */
+import { expect } from 'chai';
+import { Redis } from 'ioredis';
+import { ServiceStore, servicesChangedMessage } from '../../../control/services/service-store';
+import type { ServiceRecord } from '../../../control/services/service-types';
+import { keyLayout } from '../../../protocol/keys';
+import { startRedisServer, type RedisServerHandle } from '../../helpers/redis-server';
+
+const keys = keyLayout('sf:');
+
+function record(name: string): ServiceRecord {
+  return { name, status: 'pending', instances: [] } as unknown as ServiceRecord;
+}
+
+/** Calls of a command since the server started, from INFO commandstats. */
+async function calls(redis: Redis, command: string): Promise<number> {
+  const info = await redis.info('commandstats');
+  const match = new RegExp(`^cmdstat_${command}:calls=(\\d+)`, 'm').exec(info);
+  return match ? Number(match[1]) : 0;
+}
+
+/**
+ * Runs `after` once a read of the services version on `conn` has answered, `delayMs` later (a
+ * change message that arrives just after the version that announced it), and counts those reads.
+ */
+function onVersionRead(conn: Redis, after: () => void, delayMs: number): { reads: number } {
+  const counter = { reads: 0 };
+  const get = conn.get.bind(conn);
+  let armed = true;
+  conn.get = ((key: string) => {
+    if (key !== keys.servicesVersion) return get(key);
+    counter.reads++;
+    return get(key).then((value) => {
+      if (armed) {
+        armed = false;
+        setTimeout(after, delayMs);
+      }
+      return value;
+    });
+  }) as typeof conn.get;
+  return counter;
+}
+
+describe('ServiceStore', function () {
+  this.timeout(30_000);
+  let server: RedisServerHandle;
+  let admin: Redis;
+  const conns: Redis[] = [];
+
+  function connect(): Redis {
+    const conn = new Redis(server.url);
+    conns.push(conn);
+    return conn;
+  }
+
+  before(async () => {
+    server = await startRedisServer();
+    admin = new Redis(server.url);
+  });
+  after(async () => {
+    for (const c of conns) c.disconnect();
+    admin.disconnect();
+    await server.stop();
+  });
+  beforeEach(async () => {
+    await admin.flushall();
+  });
+
+  /** A write by another process: the record and version move, the message is the caller's to deliver. */
+  async function write(writer: ServiceStore, name: string): Promise<string> {
+    await writer.change(name, null, async () => ({ change: { record: record(name) }, result: undefined }));
+    const version = Number(await admin.get(keys.servicesVersion));
+    return servicesChangedMessage(version, name);
+  }
+
+  describe('snapshot', () => {
+    it('waits for a change message still on its way instead of reading every record', async () => {
+      const writer = new ServiceStore(connect(), keys);
+      const readerConn = connect();
+      const reader = new ServiceStore(readerConn, keys);
+      reader.noteChanged(await write(writer, 'a'));
+      const first = await reader.snapshot();
+      expect([...first.services.keys()]).to.deep.equal(['a']);
+
+      const message = await write(writer, 'b');
+      // The version read answers first; the message that names the change comes 1 ms later.
+      const versionReads = onVersionRead(readerConn, () => reader.noteChanged(message), 1);
+      const hgetallBefore = await calls(admin, 'hgetall');
+      const hmgetBefore = await calls(admin, 'hmget');
+      const caught = await reader.snapshot();
+
+      expect(caught.version).to.equal(first.version + 1);
+      expect([...caught.services.keys()].sort()).to.deep.equal(['a', 'b']);
+      expect(await calls(admin, 'hgetall')).to.equal(hgetallBefore, 'no full read of the records');
+      expect(await calls(admin, 'hmget')).to.equal(hmgetBefore + 1, 'one read of the named record');
+      expect(versionReads.reads).to.be.greaterThan(1, 'the version was read again after the wait');
+      expect([...(reader.changedBetween(first, caught) ?? [])]).to.deep.equal(['b']);
+    });
+
+    it('reads every record after the tries when the message never comes', async () => {
+      const writer = new ServiceStore(connect(), keys);
+      const reader = new ServiceStore(connect(), keys);
+      reader.noteChanged(await write(writer, 'a'));
+      const first = await reader.snapshot();
+      await write(writer, 'b');
+      const hgetallBefore = await calls(admin, 'hgetall');
+      const caught = await reader.snapshot();
+      expect([...caught.services.keys()].sort()).to.deep.equal(['a', 'b']);
+      expect(await calls(admin, 'hgetall')).to.equal(hgetallBefore + 1);
+      // A full read in between: which names changed is not known.
+      expect(reader.changedBetween(first, caught)).to.equal(null);
+    });
+
+    it('reads every record at once in a store that hears no change messages', async () => {
+      const writer = new ServiceStore(connect(), keys);
+      const readerConn = connect();
+      const reader = new ServiceStore(readerConn, keys);
+      await write(writer, 'a');
+      await reader.snapshot();
+      await write(writer, 'b');
+      const versionReads = onVersionRead(readerConn, () => undefined, 0);
+      const hgetallBefore = await calls(admin, 'hgetall');
+      const caught = await reader.snapshot();
+      expect([...caught.services.keys()].sort()).to.deep.equal(['a', 'b']);
+      expect(await calls(admin, 'hgetall')).to.equal(hgetallBefore + 1);
+      expect(versionReads.reads).to.equal(1, 'no wait for messages it cannot hear');
+    });
+  });
+});
