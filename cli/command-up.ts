@@ -81,6 +81,9 @@ const START_TIMEOUT_MS = 90_000;
 /** Start-up gives up on a component that keeps exiting; later, the supervisor never does. */
 const START_RESTART_LIMIT = 3;
 
+/** @default ms between an `sf up` cell's heartbeats (its registration TTL stays the default 3 s) */
+export const UP_CELL_HEARTBEAT_MS = 1_000;
+
 async function waitFor(
   what: string,
   check: () => Promise<boolean>,
@@ -257,6 +260,11 @@ async function runUp(flags: UpFlags): Promise<void> {
         '--metrics-listen',
         `127.0.0.1:${cellMetricsPort(n)}`,
         '--stop-instances-on-exit',
+        // A 1 s beat, not the default half TTL: on one host the cells compete with the engines for
+        // CPU, so a beat's margin before the 3 s TTL matters more here, and three cells cost the
+        // store nothing.
+        '--heartbeat-ms',
+        String(UP_CELL_HEARTBEAT_MS),
         ...(flags.executor ? ['--executor', flags.executor] : []),
         // PostgreSQL instances serve TLS and replicate over it, verified against the platform CA.
         '--ca-dir',
