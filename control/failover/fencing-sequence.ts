@@ -443,11 +443,8 @@ export class FencingSequence {
     cells: ReadonlyMap<string, CellSnapshot>,
     epoch: number,
   ): Promise<boolean> {
-    const address = cells.get(target.cell)?.actual.get(target.instanceId);
-    const res =
-      address && address.port !== null
-        ? await this.deps.steps.rejoin.repoint(primary.cell, primary.id, { host: address.host, port: address.port })
-        : undefined;
+    const address = instanceAddress({ cell: target.cell, id: target.instanceId }, cells);
+    const res = address ? await this.deps.steps.rejoin.repoint(primary.cell, primary.id, address) : undefined;
     await op.record({
       step: 'repoint',
       outcome: res?.ok ? 'ok' : 'degraded',
@@ -543,7 +540,7 @@ export class FencingSequence {
       }
     }
     if (rejoin.size === 0 || !primary) return rec;
-    const address = primaryAddress(primary, cells);
+    const address = instanceAddress(primary, cells);
     const after = await this.deps.store.change<ServiceRecord>(op.service, op.fence, async (cur) => {
       if (!cur) return { done: rec };
       const next = editableCopy(cur, op);
@@ -970,8 +967,12 @@ export class FencingSequence {
   }
 }
 
-function primaryAddress(primary: InstanceRecord, cells: ReadonlyMap<string, CellSnapshot>): HostPort | null {
-  const a = cells.get(primary.cell)?.actual.get(primary.id);
+/** Where an instance's cell last reported it listening; null while it reports no port. */
+function instanceAddress(
+  instance: Pick<InstanceRecord, 'cell' | 'id'>,
+  cells: ReadonlyMap<string, CellSnapshot>,
+): HostPort | null {
+  const a = cells.get(instance.cell)?.actual.get(instance.id);
   return a && a.port !== null ? { host: a.host, port: a.port } : null;
 }
 

@@ -9,7 +9,7 @@
  * the old primary is rewound over TLS and streams again over TLS. Real PostgreSQL, psql, openssl
  * and cells throughout.
  */
-import { execFile, spawn } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -115,6 +115,32 @@ describe('PostgreSQL replication over TLS', function () {
       sql,
       auth.password,
     );
+  }
+
+  /**
+   * A psql session through the router, verify-full with channel binding, kept open: `ask` sends a
+   * statement and waits for the line it must print.
+   */
+  function openSession(): { session: ChildProcess; ask: (sql: string, want: string) => Promise<void> } {
+    const session = spawn(
+      PSQL,
+      [
+        `host=127.0.0.1 port=${view.port} user=${key.username} dbname=postgres sslmode=verify-full sslrootcert=${caFile} channel_binding=require`,
+        '-XAtq',
+      ],
+      { env: { PATH: process.env.PATH ?? '', PGPASSWORD: key.password }, stdio: ['pipe', 'pipe', 'pipe'] },
+    );
+    let out = '';
+    session.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    const ask = async (sql: string, want: string): Promise<void> => {
+      session.stdin!.write(`${sql};\n`);
+      const deadline = Date.now() + 30_000;
+      while (!out.split('\n').includes(want)) {
+        if (Date.now() > deadline) throw new Error(`open session did not answer ${sql}: ${out}`);
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    };
+    return { session, ask };
   }
 
   /**
@@ -252,24 +278,7 @@ describe('PostgreSQL replication over TLS', function () {
 
   it('serves a renewed certificate to new connections while an open session keeps running', async () => {
     // A session opened before the renewal, kept open across it.
-    const session = spawn(
-      PSQL,
-      [
-        `host=127.0.0.1 port=${view.port} user=${key.username} dbname=postgres sslmode=verify-full sslrootcert=${caFile} channel_binding=require`,
-        '-XAtq',
-      ],
-      { env: { PATH: process.env.PATH ?? '', PGPASSWORD: key.password }, stdio: ['pipe', 'pipe', 'pipe'] },
-    );
-    let out = '';
-    session.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    const ask = async (sql: string, want: string): Promise<void> => {
-      session.stdin.write(`${sql};\n`);
-      const deadline = Date.now() + 30_000;
-      while (!out.split('\n').includes(want)) {
-        if (Date.now() > deadline) throw new Error(`open session did not answer ${sql}: ${out}`);
-        await new Promise((r) => setTimeout(r, 200));
-      }
-    };
+    const { session, ask } = openSession();
     try {
       await ask('select 41', '41');
       const certFile = join(caDir, 'issued', 'service-pgr.crt');
@@ -289,30 +298,13 @@ describe('PostgreSQL replication over TLS', function () {
       expect(fresh.stdout).to.equal('true');
       await ask('select 42', '42');
     } finally {
-      session.stdin.end();
+      session.stdin?.end();
       session.kill();
     }
   });
 
   it('rotates a service certificate on demand (sf rotate-certificate): router and engines present it, sessions survive', async () => {
-    const session = spawn(
-      PSQL,
-      [
-        `host=127.0.0.1 port=${view.port} user=${key.username} dbname=postgres sslmode=verify-full sslrootcert=${caFile} channel_binding=require`,
-        '-XAtq',
-      ],
-      { env: { PATH: process.env.PATH ?? '', PGPASSWORD: key.password }, stdio: ['pipe', 'pipe', 'pipe'] },
-    );
-    let out = '';
-    session.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    const ask = async (sql: string, want: string): Promise<void> => {
-      session.stdin.write(`${sql};\n`);
-      const deadline = Date.now() + 30_000;
-      while (!out.split('\n').includes(want)) {
-        if (Date.now() > deadline) throw new Error(`open session did not answer ${sql}: ${out}`);
-        await new Promise((r) => setTimeout(r, 200));
-      }
-    };
+    const { session, ask } = openSession();
     const env = { SF_CONTROL_URL: cluster().controls[0].control.url, SF_API_TOKEN: ADMIN_TOKEN };
     try {
       await ask('select 51', '51');
@@ -368,7 +360,7 @@ describe('PostgreSQL replication over TLS', function () {
       expect(event!.message).to.include(rotated.fingerprint256);
       expect(event!.message).to.not.match(/PRIVATE KEY/);
     } finally {
-      session.stdin.end();
+      session.stdin?.end();
       session.kill();
     }
 
