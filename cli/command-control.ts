@@ -95,6 +95,8 @@ async function runControl(flags: ControlFlags): Promise<void> {
     log.info({ signal }, 'control stopping');
     void control.close().then(() => process.exit(0));
   };
+  // Like nginx and HAProxy: SIGHUP serves a renewed HTTPS certificate now, not at the next check.
+  process.on('SIGHUP', () => void control.checkTls());
   process.once('SIGINT', () => shutdown('SIGINT'));
   process.once('SIGTERM', () => shutdown('SIGTERM'));
 }

@@ -1,8 +1,9 @@
 /**
  * The platform CA under `sf up`: created in DATA/ca on first start (or the operator's, from
  * `--ca-cert`/`--ca-key`), its certificate copied to DATA/ca.pem for `sf ca --pem`, and the
- * router's certificate issued and renewed before expiry. A renewed certificate is written in
- * place; the router reloads it for new handshakes (router/tls-context.ts).
+ * router's and control's certificates issued and renewed before expiry. A renewed certificate is
+ * written in place; the router reloads it for new handshakes (router/tls-context.ts), control for
+ * new connections (control/api/https-files-watch.ts).
  */
 import { copyFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
@@ -21,7 +22,7 @@ export const CA_RENEW_CHECK_MS = 3_600_000;
 export interface UpPlatformCa {
   ca: PlatformCa;
   router: IssuedCertificate;
-  /** Control's HTTPS certificate (the default; none with `--no-control-https`); read by control at its start. */
+  /** Control's HTTPS certificate (the default; none with `--no-control-https`). */
   control?: IssuedCertificate;
   stop(): void;
 }
@@ -47,13 +48,17 @@ export async function preparePlatformCa(
   const names = routerNames();
   const router = await ca.ensure('router', names);
   const control = operator.controlHttps ? await ca.ensure('control', names) : undefined;
-  const timer = setInterval(() => {
-    ca.ensure('router', names).then(
+  const renew = (name: 'router' | 'control'): void => {
+    ca.ensure(name, names).then(
       (cert) => {
-        if (cert.renewed) log(`sf up: router certificate renewed, valid until ${cert.notAfter.toISOString()}`);
+        if (cert.renewed) log(`sf up: ${name} certificate renewed, valid until ${cert.notAfter.toISOString()}`);
       },
-      (err: Error) => log(`sf up: router certificate renewal failed: ${err.message}`),
+      (err: Error) => log(`sf up: ${name} certificate renewal failed: ${err.message}`),
     );
+  };
+  const timer = setInterval(() => {
+    renew('router');
+    if (control) renew('control');
   }, CA_RENEW_CHECK_MS);
   timer.unref();
   return { ca, router, ...(control ? { control } : {}), stop: () => clearInterval(timer) };

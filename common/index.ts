@@ -1,4 +1,5 @@
-/** What every role shares: the error registry, logging, the Redis connection and option merging. */
+/** What every role shares: the error registry, logging, the Redis connection, option merging and claiming a listening port. */
+export * from './claim-port';
 export * from './errors';
 export * from './https-fetch';
 export * from './logger';

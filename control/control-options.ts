@@ -43,9 +43,10 @@ export interface ControlServerOptions {
   services?: ServicePlaneOptions;
   /**
    * Serve the API over HTTPS with this certificate and key (`sf control --tls-cert/--tls-key`;
-   * docs/tls.md), and trust `caFile` when forwarding to a leader. @default none (plain HTTP)
+   * docs/tls.md), and trust `caFile` when forwarding to a leader. The files are looked at every
+   * `reloadCheckMs` (default 30 s) and a renewed pair served to new connections. @default none (plain HTTP)
    */
-  tls?: { certFile: string; keyFile: string; caFile?: string };
+  tls?: { certFile: string; keyFile: string; caFile?: string; reloadCheckMs?: number };
   /** Admin URLs of routers whose per-route counters `GET /v3/route_stats` (the console) reads. @default [] */
   routerAdminUrls?: string[];
 }

@@ -5,6 +5,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { createRedis, createLogger, withDefaults } from '../common';
+import { watchHttpsFiles } from './api/https-files-watch';
 import { AuditLog } from './api/audit-log';
 import { publicRedisUrl } from './api/public-redis-url';
 import { registerAuditApi } from './api/routes-audit';
@@ -39,6 +40,8 @@ export interface ControlServer {
   readonly services: ServicePlane;
   /** Every endpoint the API serves (tests probe each one). */
   readonly endpoints: readonly EndpointInfo[];
+  /** Looks at the HTTPS certificate files now and serves them if they changed (also on SIGHUP). */
+  checkTls(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -126,6 +129,9 @@ export async function startControlServer(options: ControlServerOptions = {}): Pr
   const cellDirectory = new CellDirectory(redis, keys);
   metrics.watchInstances({ services: () => services.store.list(), cells: () => cellDirectory.snapshot() });
   const port = await server.listen(opts.host, opts.port);
+  const httpsWatch = opts.tls
+    ? await watchHttpsFiles(opts.tls, (files) => server.reloadTls(files), log, opts.tls.reloadCheckMs)
+    : undefined;
   sweeper.start();
   const host = opts.host.includes(':') ? `[${opts.host}]` : opts.host;
   log.info({ host: opts.host, port }, 'control API listening');
@@ -144,7 +150,9 @@ export async function startControlServer(options: ControlServerOptions = {}): Pr
     sweeper,
     services,
     endpoints: server.endpoints(),
+    checkTls: () => httpsWatch?.check() ?? Promise.resolve(),
     async close() {
+      httpsWatch?.stop();
       await services.close();
       unhookEvents();
       await sweeper.stop();

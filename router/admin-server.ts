@@ -10,7 +10,7 @@ import {
   type us_listen_socket,
 } from '@trufflesuite/uws-js-unofficial';
 import type { Registry } from 'prom-client';
-import { ErrorCode, SfError } from '../common';
+import { ErrorCode, SfError, claimPort } from '../common';
 import type { Router } from './router';
 
 export interface AdminServer {
@@ -28,7 +28,16 @@ function sendJson(res: HttpResponse, status: string, body: unknown): void {
   send(res, status, 'application/json', JSON.stringify(body));
 }
 
-export function startAdminServer(router: Router, metrics: Registry, host: string, port: number): Promise<AdminServer> {
+export async function startAdminServer(
+  router: Router,
+  metrics: Registry,
+  host: string,
+  requestedPort: number,
+): Promise<AdminServer> {
+  // A second router on this admin port would otherwise share it silently (claim-port.ts).
+  const port = await claimPort(host, requestedPort).catch((err: Error) => {
+    throw new SfError(ErrorCode.ListenFailed, `admin endpoint ${err.message}`, 'admin');
+  });
   const app = App();
   app.get('/health', (res) => {
     const status = router.status();

@@ -10,11 +10,12 @@
  * hands to uWS is wrapped, so a throw, sync or async, before or after authentication, becomes an
  * error reply with the registry's body, and every promise it starts has a rejection handler.
  */
-import * as uws from '@trufflesuite/uws-js-unofficial';
+import type * as uws from '@trufflesuite/uws-js-unofficial';
 import { ErrorCode, SfError, errorBody, httpStatusFor, type ErrorBody, withDefaults } from '../../common';
 import { DEFAULT_CONTROL_API_OPTIONS } from './api-options';
 import { hasScope, type Authenticator, type Principal, type Scope } from './auth';
 import { CF_ROUTING_PATH_PREFIX, cfErrorReply } from './cf-errors';
+import { ReloadableApp, type HttpsFiles } from './reloadable-app';
 
 export interface HttpServerOptions {
   authenticator: Authenticator;
@@ -39,8 +40,8 @@ export interface HttpServerOptions {
    */
   eventBacklogLimitBytes?: number;
   /**
-   * Serve HTTPS with this certificate and key (PEM files, docs/tls.md); read once at start, so a
-   * renewed certificate takes effect when control restarts. @default none (plain HTTP)
+   * Serve HTTPS with this certificate and key (PEM files, docs/tls.md); `reloadTls` serves a
+   * renewed pair to new connections without a restart. @default none (plain HTTP)
    */
   tls?: { certFile: string; keyFile: string };
   /** Called with errors that become 500 responses, for the log. */
@@ -212,9 +213,8 @@ type ServerOptions = Required<Omit<HttpServerOptions, 'onInternalError' | 'onWri
   Pick<HttpServerOptions, 'onInternalError' | 'onWrite' | 'tls'>;
 
 export class HttpServer {
-  private readonly app: uws.TemplatedApp;
+  private readonly app: ReloadableApp;
   private readonly opts: ServerOptions;
-  private listenSocket: uws.us_listen_socket | null = null;
   private readonly streams = new Set<EventStreamSink>();
   private readonly subscribers = new Map<string, Set<uws.WebSocket<SocketData>>>();
   private readonly registered: EndpointInfo[] = [];
@@ -222,9 +222,7 @@ export class HttpServer {
 
   constructor(options: HttpServerOptions) {
     this.opts = withDefaults(DEFAULT_HTTP_SERVER_OPTIONS, options);
-    this.app = options.tls
-      ? uws.SSLApp({ cert_file_name: options.tls.certFile, key_file_name: options.tls.keyFile })
-      : uws.App();
+    this.app = new ReloadableApp(options.tls);
   }
 
   /** Every endpoint registered so far, in registration order. */
@@ -239,7 +237,7 @@ export class HttpServer {
   route(method: HttpMethod, pattern: string, scope: Scope | null, handler: JsonHandler, cfScope?: string): this {
     const names = paramNames(pattern);
     this.registered.push({ method: METHOD_NAMES[method], pattern, scope, cfScope, kind: 'json' });
-    this.app[method](pattern, (res, req) => {
+    const handle = (res: uws.HttpResponse, req: uws.HttpRequest): void => {
       const state = this.watch(res);
       let captured: CapturedRequest;
       try {
@@ -256,7 +254,8 @@ export class HttpServer {
       } catch (err) {
         this.lastResort(res, state, err, captured);
       }
-    });
+    };
+    this.app.register((app) => app[method](pattern, handle));
     return this;
   }
 
@@ -264,7 +263,7 @@ export class HttpServer {
   stream(pattern: string, scope: Scope, handler: StreamHandler, cfScope?: string): this {
     const names = paramNames(pattern);
     this.registered.push({ method: 'GET', pattern, scope, cfScope, kind: 'stream' });
-    this.app.get(pattern, (res, req) => {
+    const handle = (res: uws.HttpResponse, req: uws.HttpRequest): void => {
       const state = this.watch(res);
       let captured: CapturedRequest;
       try {
@@ -276,7 +275,8 @@ export class HttpServer {
       this.openStream(res, state, captured, { scope, cfScope }, handler).catch((err: unknown) =>
         this.lastResort(res, state, err, captured),
       );
-    });
+    };
+    this.app.register((app) => app.get(pattern, handle));
     return this;
   }
 
@@ -284,7 +284,7 @@ export class HttpServer {
   websocket(pattern: string, scope: Scope, hooks: WebSocketHooks): this {
     this.registered.push({ method: 'GET', pattern, scope, kind: 'websocket' });
     const limit = this.opts.eventBacklogLimitBytes;
-    this.app.ws<SocketData>(pattern, {
+    const behavior: uws.WebSocketBehavior<SocketData> = {
       idleTimeout: 60,
       sendPingsAutomatically: true,
       maxPayloadLength: 4 * 1024,
@@ -333,7 +333,8 @@ export class HttpServer {
         data.closed = true;
         for (const topic of data.topics) this.subscribers.get(topic)?.delete(ws);
       },
-    });
+    };
+    this.app.register((app) => app.ws<SocketData>(pattern, behavior));
     return this;
   }
 
@@ -369,7 +370,7 @@ export class HttpServer {
   async listen(host: string, port: number): Promise<number> {
     if (!this.fallbackInstalled) {
       this.fallbackInstalled = true;
-      this.app.any('/*', (res, req) => {
+      const handle = (res: uws.HttpResponse, req: uws.HttpRequest): void => {
         const state = this.watch(res);
         try {
           const captured = capture(req, [], this.opts);
@@ -383,28 +384,25 @@ export class HttpServer {
         } catch (err) {
           this.refuseEarly(res, state, err, req, true);
         }
-      });
+      };
+      this.app.register((app) => app.any('/*', handle));
     }
-    return new Promise((resolve, reject) => {
-      this.app.listen(host, port, (socket) => {
-        if (!socket) {
-          reject(new SfError(ErrorCode.ListenFailed, `cannot listen on ${host}:${port}`, 'listen'));
-          return;
-        }
-        this.listenSocket = socket;
-        resolve(uws.us_socket_local_port(socket as unknown as uws.us_socket));
-      });
-    });
+    return this.app.listen(host, port);
+  }
+
+  /**
+   * Serves a renewed certificate and key to new connections; open ones keep theirs. A pair that
+   * does not load is refused and the current one stays in force (reloadable-app.ts).
+   */
+  reloadTls(files: HttpsFiles): Promise<void> {
+    return this.app.reload(files);
   }
 
   /** Stops listening and closes every open stream and socket. */
   close(): void {
-    if (this.listenSocket) uws.us_listen_socket_close(this.listenSocket);
-    this.listenSocket = null;
     for (const s of [...this.streams]) s.close();
     this.subscribers.clear();
-    // `close()` exists on the app at runtime (it closes every socket) but not in the typings.
-    (this.app as unknown as { close?: () => void }).close?.();
+    this.app.close();
   }
 
   private watch(res: uws.HttpResponse): RequestState {

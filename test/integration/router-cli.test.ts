@@ -104,6 +104,18 @@ describe('sf router', function () {
       expect(missing.status).to.equal(404);
     });
 
+    it('refuses a second router on its admin port instead of sharing it', async () => {
+      // uWS binds with SO_REUSEPORT: without the claim, both routers would answer on the port.
+      const empty = join(dir, 'no-routes.json');
+      writeFileSync(empty, JSON.stringify({ version: 1, routes: [] }));
+      const { code, output } = await runSfToExit(['router', '--routes', empty, '--admin', `127.0.0.1:${adminPort}`]);
+      // The port named by --admin is taken: the operator's to change, so a usage error.
+      expect(code, output).to.equal(2);
+      expect(output).to.match(/admin endpoint cannot listen on 127\.0\.0\.1:\d+: EADDRINUSE/);
+      const health = await fetch(`http://127.0.0.1:${adminPort}/health`);
+      expect(health.status).to.equal(200);
+    });
+
     it('keeps its memory bounded while a paused client faces a fast backend', async () => {
       const client = await connectTo(routePort);
       expect(await readLine(client)).to.equal('pour');
