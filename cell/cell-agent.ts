@@ -109,8 +109,11 @@ export interface CellAgentOptions {
   executors?: Partial<Record<ExecutorKind, Executor>>;
   fencer?: NetworkFencer;
   logger?: Logger;
-  /** Where `/metrics` and `/health` answer (`sf cell --metrics-listen`); port 0 picks one. @default none */
-  metricsListen?: { host: string; port: number };
+  /**
+   * Where `/metrics` and `/health` answer (`sf cell --metrics-listen`); port 0 picks one.
+   * `/metrics` takes `token` as a bearer token. @default none
+   */
+  metricsListen?: { host: string; port: number; token: string };
   /** Port of the cell-to-cell copy listener (snapshots), on listenHost; 0 picks one. @default 0 */
   transferPort?: number;
 }
@@ -301,6 +304,7 @@ export class CellAgent {
         this.metrics,
         this.opts.metricsListen.host,
         this.opts.metricsListen.port,
+        this.opts.metricsListen.token,
       );
     // ioredis reconnects forever; the cell waits for Redis rather than exiting, so `sf up` and
     // service managers may start it before Redis is up.

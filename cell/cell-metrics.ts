@@ -5,7 +5,7 @@
  */
 import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { ErrorCode, SfError } from '../common';
+import { ErrorCode, SfError, bearerAccepted, bearerRequiredBody } from '../common';
 import type { ActualInstance } from '../protocol';
 
 /** What the collectors read from the agent. */
@@ -134,15 +134,24 @@ export class CellMetrics {
 
 /**
  * `/metrics` and `/health` on their own port, like the router's admin endpoint: bound to
- * loopback unless told otherwise, read only, no secret in them (docs/cells.md).
+ * loopback unless told otherwise, read only, no secret in them (docs/cells.md). `/metrics` needs
+ * `authorization: Bearer token`; `/health` answers without one, for probes.
  */
 export function startCellMetricsServer(
   metrics: CellMetrics,
   host: string,
   port: number,
+  token: string,
 ): Promise<{ port: number; close(): Promise<void> }> {
+  if (!token) throw new SfError(ErrorCode.InvalidRequest, 'cell metrics need a token', 'token');
   const server: Server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
+    if (req.method === 'GET' && path === '/metrics' && !bearerAccepted(req.headers.authorization, token)) {
+      res
+        .writeHead(401, { 'content-type': 'application/json', 'www-authenticate': 'Bearer realm="sf-cell"' })
+        .end(bearerRequiredBody('cell metrics', 'docs/cells.md, --metrics-listen'));
+      return;
+    }
     if (req.method === 'GET' && path === '/metrics') {
       metrics.registry.metrics().then(
         (text) => res.writeHead(200, { 'content-type': metrics.registry.contentType }).end(text),

@@ -6,6 +6,8 @@ import { CellAgent } from '../cell/cell-agent';
 import type { EngineTlsFiles } from '../cell/engine-tls';
 import { NetworkFencer } from '../cell/fencer-network';
 import { parsePortRange } from '../cell/port-allocator';
+import { claimPort } from '../common';
+import { controlUrlForListen, ensureAdminToken } from '../control/admin-token';
 import { UsageError, parseHostPort, parseIntFlag, stopOnSignals } from './cli-support';
 
 export interface CellFlags {
@@ -64,6 +66,17 @@ async function cellTls(flags: CellFlags, name: string): Promise<EngineTlsFiles |
   return { certFile: cert.certFile, keyFile: cert.keyFile, caFile: ca.certFile };
 }
 
+/**
+ * The metrics address and the token `/metrics` takes: SF_API_TOKEN, else the token file named
+ * after the address (written when missing), so the port is settled first when it is 0.
+ */
+async function metricsListen(flag: string): Promise<{ host: string; port: number; token: string }> {
+  const { host, port } = parseHostPort(flag, '--metrics-listen');
+  const chosen = port === 0 ? await claimPort(host, 0) : port;
+  const { token } = await ensureAdminToken(process.env, controlUrlForListen(host, chosen));
+  return { host, port: chosen, token };
+}
+
 export async function runCell(flags: CellFlags): Promise<void> {
   if (!flags.name) throw new UsageError('--name is required');
   if (!flags.zone) throw new UsageError('--zone is required');
@@ -100,7 +113,7 @@ export async function runCell(flags: CellFlags): Promise<void> {
     ...(flags.executor ? { defaultExecutor: flags.executor } : {}),
     ...(tls ? { tls } : {}),
     fencer: new NetworkFencer(),
-    metricsListen: flags.metricsListen ? parseHostPort(flags.metricsListen, '--metrics-listen') : undefined,
+    metricsListen: flags.metricsListen ? await metricsListen(flags.metricsListen) : undefined,
   });
   await agent.start();
   stopOnSignals(agent.logger, 'cell', () => agent.stop());

@@ -73,7 +73,7 @@ export function registerCellCommand(program: Command): void {
     )
     .option(
       '--metrics-listen <host:port>',
-      'serve Prometheus /metrics and /health here, like the router admin endpoint (default: off; keep it on loopback)',
+      'serve Prometheus /metrics and /health here, like the router admin endpoint; /metrics needs SF_API_TOKEN or the token file named after this address (default: off; keep it on loopback)',
     )
     .option(
       '--ca-dir <dir>',

@@ -18,6 +18,7 @@ import { resolveControl } from './local-control';
 interface PrometheusFlags {
   router: string[];
   tokenFile?: string;
+  platformTokenFile?: string;
   scrapeInterval: string;
 }
 
@@ -29,6 +30,8 @@ export interface ScrapeTargets {
   /** Control over HTTPS (sf up's default): scraped with `scheme: https`, verified with this CA file. */
   controlTls?: { caFile: string };
   tokenFile: string;
+  /** The token routers' admin endpoints and cells' metrics take (their SF_API_TOKEN; under sf up, control's admin token). */
+  platformTokenFile: string;
   routers: string[];
   cells: Array<{ name: string; target: string }>;
   /** Exporter sidecars; absent or empty = no `sf-sidecar` job. */
@@ -84,11 +87,21 @@ export function prometheusConfig(t: ScrapeTargets): string {
     `      - targets: [${q(t.control)}]`,
     '  - job_name: sf-router',
     '    metrics_path: /metrics',
+    '    authorization:',
+    '      type: Bearer',
+    `      credentials_file: ${q(t.platformTokenFile)}`,
     '    static_configs:',
     `      - targets: [${t.routers.map(q).join(', ')}]`,
   ];
   if (t.cells.length) {
-    lines.push('  - job_name: sf-cell', '    metrics_path: /metrics', '    static_configs:');
+    lines.push(
+      '  - job_name: sf-cell',
+      '    metrics_path: /metrics',
+      '    authorization:',
+      '      type: Bearer',
+      `      credentials_file: ${q(t.platformTokenFile)}`,
+      '    static_configs:',
+    );
     for (const c of t.cells) lines.push(`      - targets: [${q(c.target)}]`, `        labels: {cell: ${q(c.name)}}`);
   }
   if (t.sidecars?.length) {
@@ -116,12 +129,16 @@ async function printConfig(flags: PrometheusFlags): Promise<void> {
   });
   // A token in the configuration would be a secret in a file nobody protects: name a file.
   const tokenFile = flags.tokenFile ?? adminTokenFile(controlUrl);
-  try {
-    await access(tokenFile);
-  } catch {
-    throw new UsageError(
-      `no token file ${tokenFile}: pass --token-file FILE holding a token with the read scope (POST /v3/tokens)`,
-    );
+  const platformTokenFile = flags.platformTokenFile ?? adminTokenFile(controlUrl);
+  for (const [file, flag, what] of [
+    [tokenFile, '--token-file', 'a token with the read scope (POST /v3/tokens)'],
+    [platformTokenFile, '--platform-token-file', "the routers' and cells' token (their SF_API_TOKEN)"],
+  ] as const) {
+    try {
+      await access(file);
+    } catch {
+      throw new UsageError(`no token file ${file}: pass ${flag} FILE holding ${what}`);
+    }
   }
   const client = await ApiClient.fromEnv();
   const { resources } = await client.request<{ resources: Array<{ name: string; metrics_url: string | null }> }>(
@@ -138,6 +155,7 @@ async function printConfig(flags: PrometheusFlags): Promise<void> {
       control,
       ...(controlTls ? { controlTls } : {}),
       tokenFile,
+      platformTokenFile,
       routers,
       cells,
       sidecars,
@@ -161,6 +179,10 @@ export function registerPrometheusCommand(program: Command): void {
     .option(
       '--token-file <file>',
       "file with the token Prometheus sends to control (default: this control's admin token file; a read token is enough)",
+    )
+    .option(
+      '--platform-token-file <file>',
+      "file with the token Prometheus sends to routers' admin endpoints and cells' metrics (default: this control's admin token file, which sf up's router and cells take)",
     )
     .option('--scrape-interval <duration>', 'how often Prometheus scrapes', '15s')
     .action((flags: PrometheusFlags) =>

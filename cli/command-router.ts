@@ -25,7 +25,11 @@ export function registerRouterCommand(program: Command): void {
     .option('--router-group <name>', 'router group whose table to serve', DEFAULT_ROUTER_GROUP)
     .option('--router-id <id>', 'id reported in heartbeats (default: HOST-PID)')
     .option('--cache-file <file>', 'where the last table is kept for restarts while Redis is down')
-    .option('--admin <host:port>', 'admin endpoint (/health, /routes, /metrics)', '127.0.0.1:7601')
+    .option(
+      '--admin <host:port>',
+      'admin endpoint (/health; /routes and /metrics need SF_API_TOKEN or the token file named after this address)',
+      '127.0.0.1:7601',
+    )
     .option('--bind <host>', 'address the route ports listen on', DEFAULT_ROUTER_OPTIONS.bindHost)
     .option(
       '--max-connections <n>',

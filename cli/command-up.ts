@@ -310,12 +310,12 @@ async function runUp(flags: UpFlags): Promise<void> {
         ...(controlPort !== DEFAULT_UP_OPTIONS.controlPort
           ? [`            not the default port: export SF_CONTROL_URL=${controlUrl}`]
           : []),
-        `  router    admin http://127.0.0.1:${routerAdminPort}, group default, route ports ${flags.routePorts ?? '16000-16999'}`,
+        `  router    admin http://127.0.0.1:${routerAdminPort} (/routes and /metrics with the admin token), group default, route ports ${flags.routePorts ?? '16000-16999'}`,
         `  tls       platform CA ${join(dataDir, 'ca.pem')} (sf ca --pem); router certificate ${platformCa.router.certFile}`,
         '            services require TLS unless created with --tls optional|off',
         `  cells     ${Array.from({ length: cellCount }, (_, i) => `cell-${i + 1} (z${i + 1})`).join(', ')}`,
         `  metrics   control ${controlUrl}/metrics (with the admin token or a read token)`,
-        `            router  http://127.0.0.1:${routerAdminPort}/metrics`,
+        `            router  http://127.0.0.1:${routerAdminPort}/metrics (with the admin token)`,
         `            cells   ${cellMetrics.join(' ')}`,
         '            a Prometheus scrape configuration for all of them: sf prometheus-config',
         '',

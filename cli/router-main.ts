@@ -15,7 +15,8 @@ import { startAdminServer } from '../router/admin-server';
 import type { RouteSource } from '../router/route-source';
 import { routerWorkerIndex, superviseRouterWorkers, workerAdminPort } from '../router/router-workers';
 import { createLogger } from '../common/logger';
-import { discoverAdminToken } from '../control/admin-token';
+import { controlUrlForListen, discoverAdminToken, ensureAdminToken } from '../control/admin-token';
+import { claimPort } from '../common';
 import { UsageError, parseHostPort, parseIntFlag, stopOnSignals } from './cli-support';
 
 export interface RouterFlags {
@@ -91,11 +92,22 @@ export async function runRouter(flags: RouterFlags): Promise<void> {
     ownAddresses: admin.port !== 0 ? [admin] : [],
   });
   await router.start(source);
-  const adminServer = await startAdminServer(router, createRouterMetrics(router), admin.host, admin.port);
+  // The admin token is SF_API_TOKEN, else the token file named after the admin address (written
+  // when missing, like control's), so the port is settled first when it is 0.
+  const adminPort = admin.port === 0 ? await claimPort(admin.host, 0) : admin.port;
+  const adminToken = await ensureAdminToken(process.env, controlUrlForListen(admin.host, adminPort));
+  const adminServer = await startAdminServer(
+    router,
+    createRouterMetrics(router),
+    admin.host,
+    adminPort,
+    adminToken.token,
+  );
   if (admin.port === 0) router.addOwnAddress({ host: admin.host, port: adminServer.port });
   router.logger.info(
     {
       admin: `${admin.host}:${adminServer.port}`,
+      ...(adminToken.file ? { adminTokenFile: adminToken.file } : {}),
       relay: router.relay.kind,
       source: source.description,
       routes: router.currentTable().routes.length,

@@ -1,4 +1,5 @@
 /** What every role shares: the error registry, logging, the Redis connection, option merging and claiming a listening port. */
+export * from './bearer';
 export * from './claim-port';
 export * from './errors';
 export * from './https-fetch';

@@ -103,7 +103,7 @@ export async function startControlServer(options: ControlServerOptions = {}): Pr
   server.route('get', '/metrics', 'read', async () => ({
     raw: { contentType: metrics.registry.contentType, data: await metrics.registry.metrics() },
   }));
-  registerConsole(server, opts.routerAdminUrls ?? []);
+  registerConsole(server, opts.routerAdminUrls ?? [], opts.adminToken);
   registerAuditApi(server, audit);
   registerRoutingApi(
     server,

@@ -280,7 +280,9 @@ export abstract class FaultPlatformBase {
   /** The router's active primary backend(s) for a route port, from its admin `/routes`. */
   async routerBackends(port: number): Promise<RouteBackendLite[] | undefined> {
     try {
+      // The router's admin token is its SF_API_TOKEN, which is this platform's token.
       const res = await fetch(`http://127.0.0.1:${this.routerAdminPort}/routes`, {
+        headers: { authorization: `Bearer ${this.token}` },
         signal: AbortSignal.timeout(2_000),
       });
       const table = (await res.json()) as { routes: Array<{ port: number; backends: RouteBackendLite[] }> };

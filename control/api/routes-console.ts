@@ -83,10 +83,11 @@ export function parseRouterMetrics(text: string): { tableVersion: number | null;
   return { tableVersion, routes: [...byPort.values()].sort((a, b) => a.port - b.port) };
 }
 
-async function scrapeRouter(url: string): Promise<RouterStats> {
+async function scrapeRouter(url: string, token: string | undefined): Promise<RouterStats> {
   try {
     const res = await fetch(`${url.replace(/\/+$/, '')}/metrics`, {
       signal: AbortSignal.timeout(ROUTER_SCRAPE_TIMEOUT_MS),
+      ...(token ? { headers: { authorization: `Bearer ${token}` } } : {}),
     });
     if (!res.ok) throw new Error(`answered ${res.status}`);
     const { tableVersion, routes } = parseRouterMetrics(await res.text());
@@ -96,9 +97,14 @@ async function scrapeRouter(url: string): Promise<RouterStats> {
   }
 }
 
+/**
+ * `routerToken`: what control sends to the routers' admin endpoints (which need a token); under
+ * `sf up` the router and control share the admin token.
+ */
 export function registerConsole(
   server: HttpServer,
   routerAdminUrls: readonly string[],
+  routerToken: string | undefined,
   dir = DEFAULT_CONSOLE_DIR,
 ): void {
   const cache = new Map<string, Buffer>();
@@ -123,6 +129,9 @@ export function registerConsole(
   server.route('get', '/ui/', null, () => file('index.html'));
   server.route('get', '/ui/:file', null, (ctx) => file(ctx.params.file ?? ''));
   server.route('get', '/v3/route_stats', 'read', async () => ({
-    body: { at: new Date().toISOString(), routers: await Promise.all(routerAdminUrls.map(scrapeRouter)) },
+    body: {
+      at: new Date().toISOString(),
+      routers: await Promise.all(routerAdminUrls.map((url) => scrapeRouter(url, routerToken))),
+    },
   }));
 }

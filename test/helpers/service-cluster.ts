@@ -17,7 +17,7 @@ import { startControlHarness, type ControlHarness } from './control-harness';
 import { freePort } from './free-port';
 import { killProcessesUnder } from './process-sweep';
 import { startRedisServer, type RedisServerHandle } from './redis-server';
-import { runSf, waitForHealth, type SfProcess } from './sf-process';
+import { ROUTER_ADMIN_TOKEN, runSf, waitForHealth, type SfProcess } from './sf-process';
 import { eventually } from './tcp-client';
 import { DEFAULT_KEY_PREFIX, keyLayout } from '../../protocol/keys';
 
@@ -160,7 +160,7 @@ export async function startServiceCluster(options: ClusterOptions = {}): Promise
       '--admin',
       `127.0.0.1:${routerAdminPort}`,
     ],
-    { SF_LOG_LEVEL: 'warn' },
+    { SF_LOG_LEVEL: 'warn', SF_API_TOKEN: ROUTER_ADMIN_TOKEN },
   );
   const cells: CellProcess[] = [];
   const stopped = new Set<ControlHarness>();

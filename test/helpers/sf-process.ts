@@ -66,3 +66,21 @@ export async function waitForHealth(adminPort: number, timeoutMs = 10_000): Prom
     `router admin on ${adminPort} healthy`,
   );
 }
+
+/** The token test routers' admin endpoints take: tests start routers with it as SF_API_TOKEN. */
+export const ROUTER_ADMIN_TOKEN = 'test-router-admin-token-0123456789';
+
+/** GET a router admin path that needs the token (`/routes`, `/metrics`), as text. */
+export async function routerAdminText(adminPort: number, path: string, token = ROUTER_ADMIN_TOKEN): Promise<string> {
+  const res = await fetch(`http://127.0.0.1:${adminPort}${path}`, {
+    headers: { authorization: `Bearer ${token}` },
+    signal: AbortSignal.timeout(10_000),
+  });
+  if (!res.ok) throw new Error(`router admin ${path} answered ${res.status}`);
+  return res.text();
+}
+
+/** GET a router admin path that needs the token, as JSON. */
+export async function routerAdminJson<T>(adminPort: number, path: string, token = ROUTER_ADMIN_TOKEN): Promise<T> {
+  return JSON.parse(await routerAdminText(adminPort, path, token)) as T;
+}

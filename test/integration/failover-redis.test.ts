@@ -15,6 +15,7 @@ import { useServiceCluster, type ServiceCluster } from '../helpers/service-clust
 import { serviceKey } from '../helpers/service-key';
 import { eventually } from '../helpers/tcp-client';
 import { aofText } from '../helpers/redis-aof';
+import { routerAdminJson } from '../helpers/sf-process';
 
 describeEachExecutor('failover: redis', function (executor) {
   // Containers start and stop slower than processes: the docker run gets more time per test.
@@ -146,7 +147,7 @@ describeEachExecutor('failover: redis', function (executor) {
     const still = await cluster.waitForService('man', 1_000, () => true);
     expect(primaryOf(still).id).to.equal(old.id);
     expect(still.epoch).to.equal(fenced.epoch);
-    const table = (await (await fetch(`http://127.0.0.1:${cluster.routerAdminPort}/routes`)).json()) as {
+    const table = (await routerAdminJson(cluster.routerAdminPort, '/routes')) as {
       routes: Array<{ port: number; backends: Array<{ id: string; state: string; role: string }> }>;
     };
     const backends = table.routes.find((r) => r.port === view.port)?.backends ?? [];

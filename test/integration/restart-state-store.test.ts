@@ -13,6 +13,7 @@ import { startServiceCluster, type ServiceCluster } from '../helpers/service-clu
 import { serviceKey } from '../helpers/service-key';
 import { psql, redisThrough, timeUntil } from '../helpers/sf-up-platform';
 import { sleep } from '../helpers/tcp-client';
+import { routerAdminJson } from '../helpers/sf-process';
 
 describe('state store lost under a running cluster', function () {
   this.timeout(240_000);
@@ -62,7 +63,7 @@ describe('state store lost under a running cluster', function () {
     // Let the leader write its copy (it does after each pass that changed a version).
     await sleep(1_500);
     const volumesBefore = await volumes();
-    const tableBefore = (await (await fetch(`http://127.0.0.1:${cluster.routerAdminPort}/routes`)).json()) as {
+    const tableBefore = (await routerAdminJson(cluster.routerAdminPort, '/routes')) as {
       version: number;
     };
 
@@ -93,7 +94,7 @@ describe('state store lost under a running cluster', function () {
     );
     await timeUntil(
       async () => {
-        const t = (await (await fetch(`http://127.0.0.1:${cluster.routerAdminPort}/routes`)).json()) as {
+        const t = (await routerAdminJson(cluster.routerAdminPort, '/routes')) as {
           version: number;
         };
         return t.version > tableBefore.version;

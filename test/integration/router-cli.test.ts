@@ -3,7 +3,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
 import { freePort } from '../helpers/free-port';
-import { runSf, runSfToExit, waitForHealth, type SfProcess } from '../helpers/sf-process';
+import {
+  ROUTER_ADMIN_TOKEN,
+  routerAdminJson,
+  routerAdminText,
+  runSf,
+  runSfToExit,
+  waitForHealth,
+  type SfProcess,
+} from '../helpers/sf-process';
 import { startTcpServer, type TestServer } from '../helpers/tcp-servers';
 import { connectTo, eventually, readLine, sleep } from '../helpers/tcp-client';
 
@@ -78,6 +86,7 @@ describe('sf router', function () {
       );
       router = runSf(['router', '--routes', file, '--admin', `127.0.0.1:${adminPort}`], {
         SF_RELAY: process.env.SF_RELAY ?? 'auto',
+        SF_API_TOKEN: ROUTER_ADMIN_TOKEN,
       });
       await waitForHealth(adminPort);
     });
@@ -91,17 +100,37 @@ describe('sf router', function () {
       const health = (await (await fetch(`http://127.0.0.1:${adminPort}/health`)).json()) as Record<string, unknown>;
       expect(health).to.include({ status: 'ok', tableVersion: 3, routes: 1 });
       expect(['js', 'native']).to.include(health.relay);
-      const routes = (await (await fetch(`http://127.0.0.1:${adminPort}/routes`)).json()) as {
+      const routes = (await routerAdminJson(adminPort, '/routes')) as {
         version: number;
         routes: Array<{ port: number }>;
       };
       expect(routes.version).to.equal(3);
       expect(routes.routes[0]!.port).to.equal(routePort);
-      const metrics = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
+      const metrics = await routerAdminText(adminPort, '/metrics');
       expect(metrics).to.contain('sf_router_table_version 3');
       expect(metrics).to.match(/sf_router_active_connections\{port="\d+",sni=""\} \d+/);
       const missing = await fetch(`http://127.0.0.1:${adminPort}/nope`);
       expect(missing.status).to.equal(404);
+    });
+
+    it('answers /routes and /metrics only with its token, /health without one', async () => {
+      for (const path of ['/routes', '/metrics'])
+        for (const authorization of [
+          undefined,
+          'Bearer wrong-token',
+          ROUTER_ADMIN_TOKEN,
+          `Basic ${ROUTER_ADMIN_TOKEN}`,
+        ]) {
+          const res = await fetch(`http://127.0.0.1:${adminPort}${path}`, {
+            ...(authorization ? { headers: { authorization } } : {}),
+          });
+          const body = (await res.json()) as { error: { code: string; field: string } };
+          expect(res.status, `${path} with ${authorization ?? 'no authorization'}`).to.equal(401);
+          expect(res.headers.get('www-authenticate')).to.match(/^Bearer/);
+          expect(body.error).to.include({ code: 'SF_ERR_UNAUTHORIZED', field: 'authorization' });
+          expect(JSON.stringify(body)).to.not.contain(String(routePort));
+        }
+      expect((await fetch(`http://127.0.0.1:${adminPort}/health`)).status).to.equal(200);
     });
 
     it('refuses a second router on its admin port instead of sharing it', async () => {
@@ -126,7 +155,7 @@ describe('sf router', function () {
       // The backend would send gigabytes in this time; the router must stop reading from it.
       await sleep(2000);
       const after = await router.rss();
-      const metrics = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
+      const metrics = await routerAdminText(adminPort, '/metrics');
       const bytesOut = Number(
         new RegExp(`sf_router_bytes_out_total\\{port="${routePort}",sni=""\\} (\\d+)`).exec(metrics)?.[1] ?? NaN,
       );

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { ADMIN_TOKEN, startControlHarness, type ControlHarness } from '../helpers/control-harness';
 import { freePort, freePortInRange } from '../helpers/free-port';
-import { runSf, waitForHealth, type SfProcess } from '../helpers/sf-process';
+import { runSf, waitForHealth, type SfProcess, routerAdminJson } from '../helpers/sf-process';
 import { startNamedServer, type TestServer } from '../helpers/tcp-servers';
 import { connectTo, eventually, readLine } from '../helpers/tcp-client';
 
@@ -36,7 +36,7 @@ describe('sf router --control', function () {
     expect(res.status).to.be.oneOf([200, 201]);
     await eventually(
       async () => {
-        const table = (await (await fetch(`http://127.0.0.1:${adminPort}/routes`)).json()) as {
+        const table = (await routerAdminJson(adminPort, '/routes', ADMIN_TOKEN)) as {
           routes: Array<{ port: number }>;
         };
         return table.routes.some((r) => r.port === port);

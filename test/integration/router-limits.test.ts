@@ -13,7 +13,7 @@ import pino from 'pino';
 import { Router, createRouterMetrics, parseRouteTable, selectRelay } from '../../router';
 import { reservedFds } from '../../router/connection-budget';
 import { freePort } from '../helpers/free-port';
-import { SF_BIN, waitForHealth } from '../helpers/sf-process';
+import { ROUTER_ADMIN_TOKEN, SF_BIN, routerAdminText, waitForHealth } from '../helpers/sf-process';
 import { startEchoServer, type TestServer } from '../helpers/tcp-servers';
 import { closed, connectTo, eventually, readLine, sleep } from '../helpers/tcp-client';
 
@@ -156,7 +156,10 @@ describe('router connection limits', function () {
         '--admin',
         `127.0.0.1:${admin}`,
       ],
-      { env: { ...process.env, SF_RELAY: process.env.SF_RELAY ?? 'auto' }, stdio: ['ignore', 'pipe', 'pipe'] },
+      {
+        env: { ...process.env, SF_RELAY: process.env.SF_RELAY ?? 'auto', SF_API_TOKEN: ROUTER_ADMIN_TOKEN },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
     );
     let output = '';
     child.stdout.on('data', (c: Buffer) => (output += c.toString()));
@@ -171,7 +174,7 @@ describe('router connection limits', function () {
       expect(result.open.length).to.equal(expected);
       expect(result.refused).to.equal(10);
       // Descriptors are left: the admin endpoint answers, the metrics say why clients were refused.
-      const metrics = await (await fetch(`http://127.0.0.1:${admin}/metrics`)).text();
+      const metrics = await routerAdminText(admin, '/metrics');
       expect(metricValue(metrics, 'sf_router_fd_limit')).to.equal(fdLimit);
       expect(metricValue(metrics, 'sf_router_refused_global_limit_total')).to.equal(10);
       await eventually(() => output.includes('router connection limit reached'), 3000, 'limit log line');

@@ -5,6 +5,7 @@ import { useServiceCluster, type ServiceCluster } from '../helpers/service-clust
 import { eventually } from '../helpers/tcp-client';
 import { firstWrite } from '../helpers/redis-client';
 import { serviceKey } from '../helpers/service-key';
+import { routerAdminJson } from '../helpers/sf-process';
 
 describe('service instances: redis', function () {
   this.timeout(120_000);
@@ -61,7 +62,7 @@ describe('service instances: redis', function () {
     }
 
     // The router serves the primary only: a write through it never lands on a replica.
-    const table = (await (await fetch(`http://127.0.0.1:${cluster.routerAdminPort}/routes`)).json()) as {
+    const table = (await routerAdminJson(cluster.routerAdminPort, '/routes')) as {
       routes: Array<{ port: number; backends: Array<{ id: string; role: string }> }>;
     };
     const route = table.routes.find((r) => r.port === port)!;
@@ -118,7 +119,7 @@ describe('service instances: redis', function () {
     );
     await eventually(
       async () => {
-        const table = (await (await fetch(`http://127.0.0.1:${cluster.routerAdminPort}/routes`)).json()) as {
+        const table = (await routerAdminJson(cluster.routerAdminPort, '/routes')) as {
           routes: Array<{ port: number }>;
         };
         return !table.routes.some((r) => r.port === port);

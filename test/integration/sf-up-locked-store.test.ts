@@ -9,9 +9,9 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { expect } from 'chai';
 import { readRedisCredentialsFile } from '../../common/redis-credentials';
-import { adminTokenFile } from '../../control/admin-token';
+import { adminTokenFile, controlUrlForListen, readAdminTokenFile } from '../../control/admin-token';
 import { freePort } from '../helpers/free-port';
-import { runSf, runSfToExit, waitForHealth } from '../helpers/sf-process';
+import { runSf, runSfToExit, waitForHealth, routerAdminJson } from '../helpers/sf-process';
 import { createUpPlatform, redisThrough, type UpPlatform } from '../helpers/sf-up-platform';
 import { eventually } from '../helpers/tcp-client';
 
@@ -116,10 +116,12 @@ describe('sf up: locked state store', function () {
     );
     try {
       await waitForHealth(admin, 20_000);
+      // Without SF_API_TOKEN the router wrote its admin token to the file named after its address.
+      const lockedToken = (await readAdminTokenFile(controlUrlForListen('127.0.0.1', admin), env)) ?? '';
       const { port } = await platform.service('cache');
       await eventually(
         async () => {
-          const table = (await (await fetch(`http://127.0.0.1:${admin}/routes`)).json()) as {
+          const table = (await routerAdminJson(admin, '/routes', lockedToken)) as {
             routes: Array<{ port: number }>;
           };
           return table.routes.some((r) => r.port === port);

@@ -166,8 +166,11 @@ describe('sf up', function () {
     expect(text).to.match(/sf_service_epoch\{service="cache"\} 1/);
 
     const cells = JSON.parse((await runSfToExit(['cells', '--json'], env)).output) as Array<{ metrics_url: string }>;
+    // Cells' /metrics take the platform's admin token (their SF_API_TOKEN under sf up), and nothing less.
+    const adminToken = (await readFile(path.join(home, 'admin-tokens', `127.0.0.1-${ports.control}`), 'utf8')).trim();
     for (const cell of cells) {
-      const t = await (await fetch(cell.metrics_url)).text();
+      expect((await fetch(cell.metrics_url)).status, `${cell.metrics_url} without a token`).to.equal(401);
+      const t = await (await fetch(cell.metrics_url, { headers: { authorization: `Bearer ${adminToken}` } })).text();
       expect(t).to.match(/sf_cell_capacity_mb \d+/);
       expect(t).to.match(
         /sf_cell_instance_state\{service="cache",instance="cache-\d+",role="(primary|replica)",engine="redis",state="running"\} 1/,
@@ -175,6 +178,13 @@ describe('sf up', function () {
       // The service key above was a credentials order to each instance's cell.
       expect(t).to.match(/sf_cell_order_duration_seconds_count\{type="credentials"\} [1-9]/);
     }
+    // So does the router's admin endpoint, for its table and metrics.
+    const routerMetrics = `http://127.0.0.1:${ports.admin}/metrics`;
+    expect((await fetch(routerMetrics)).status, 'router metrics without a token').to.equal(401);
+    const routerText = await (
+      await fetch(routerMetrics, { headers: { authorization: `Bearer ${adminToken}` } })
+    ).text();
+    expect(routerText).to.match(/sf_router_table_version [1-9]/);
 
     const config = await runSfToExit(['prometheus-config'], env);
     expect(config.code, config.output).to.equal(0);
