@@ -141,6 +141,19 @@ describe('volume move', function () {
       .map((h) => `        ${h.at} ${h.step}:${h.outcome} ${h.message}`)
       .join('\n');
 
+  /** The service's events, oldest first, one per line (printed when a move fails). */
+  const serviceEvents = async (service: string): Promise<string> =>
+    (
+      await cluster.api<{ resources: Array<{ type: string; message: string; at: string | number }> }>(
+        'GET',
+        `/v3/service_instances/${service}/events`,
+      )
+    ).body.resources
+      .slice()
+      .reverse()
+      .map((e) => `        ${String(e.at)} ${e.type}: ${e.message}`)
+      .join('\n');
+
   const actualOf = async (cell: string, instance: string): Promise<ActualInstance | null> => {
     const text = await cluster.state.hget(KEYS.cell(cell).actual, instance);
     return text ? (JSON.parse(text) as ActualInstance) : null;
@@ -266,7 +279,10 @@ describe('volume move', function () {
     const move = await startMove('mv-pg', to);
     expect(move.method).to.equal('catch-up');
     const done = await finished(move.id);
-    if (done.state !== 'done') console.log(`      fencing history of mv-pg:\n${await fencingHistory('mv-pg')}`);
+    if (done.state !== 'done')
+      console.log(
+        `      fencing history of mv-pg:\n${await fencingHistory('mv-pg')}\n      events:\n${await serviceEvents('mv-pg')}\n      move steps: ${JSON.stringify(done.steps)}`,
+      );
     expect(done.state, done.error ?? '').to.equal('done');
     await eventually(async () => (await psql(before.port, key, 'select 1')) === '1', 60_000, 'served after the move');
     const count = acked.length;
