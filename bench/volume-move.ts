@@ -267,6 +267,8 @@ async function main(): Promise<void> {
       // Let the writer see the new primary through the router before the gap is read.
       const ackBefore = lastAck;
       while (lastAck === ackBefore) await new Promise((r) => setTimeout(r, 20));
+      // A second blip right after the switch (the source's removal, a route change) counts too.
+      await new Promise((r) => setTimeout(r, 1_000));
       moves.push({
         method: m.method,
         bytes: m.bytes,
@@ -290,7 +292,7 @@ async function main(): Promise<void> {
               .join(', ')
           : '';
       console.log(
-        `move ${k + 1}/${MOVES} (${m.method}): ${from} -> ${to}, ${(m.bytes / MB).toFixed(0)} MB in ${moves[k].durationMs} ms, writes failed for ${longestGap.toFixed(0)} ms${steps ? ` (switchover steps, ms: ${steps})` : ''}`,
+        `move ${k + 1}/${MOVES} (${m.method}): ${from} -> ${to}, ${(m.bytes / MB).toFixed(0)} MB in ${moves[k].durationMs} ms, writes failed for ${moves[k].clientGapMs.toFixed(0)} ms${steps ? ` (switchover steps, ms: ${steps})` : ''}`,
       );
     }
     writing = false;

@@ -129,6 +129,13 @@ export interface MoveOptions {
 }
 
 const COPY_TIMEOUT_MS = 3_600_000;
+/**
+ * Attempts of one copy pass that the receiving cell reports failed (a cut connection, a source
+ * that stopped sending) while it is alive: each resumes from what the receiver verified.
+ */
+const PASS_ATTEMPTS = 4;
+/** Passes that failed on the receiving cell while it lived: resumable. */
+const interruptedPasses = new WeakSet<object>();
 const SWITCH_ATTEMPTS = 3;
 
 export class VolumeMover {
@@ -290,6 +297,35 @@ export class VolumeMover {
     return result.data ?? {};
   }
 
+  /**
+   * One copy pass, resumed where it stopped when the receiving cell reports it failed (a dropped
+   * connection, a source that sent nothing for its idle bound): the receiver keeps every file it
+   * verified and tells the source, which sends only the rest. A dead target is not resumed.
+   */
+  private async resumingPass(
+    m: MoveRecord,
+    token: string,
+    transfer: { host: string; port: number },
+    final: boolean,
+  ): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.pass(m, token, transfer, final);
+      } catch (err) {
+        if (!interruptedPasses.has(err as object) || attempt >= PASS_ATTEMPTS) throw err;
+        // What the failed attempt received is on the target (whole files); count it once.
+        this.copied.set(m.id, m.bytes);
+        (m.steps ??= []).push({ step: 'copy-interrupted', at: Date.now(), ms: 0 });
+        await this.event(
+          m,
+          'volume-move-progress',
+          `copy to ${m.to} interrupted (${errorMessageOf(err)}); resuming (attempt ${attempt + 1} of ${PASS_ATTEMPTS})`,
+        );
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
+  }
+
   /** One copy pass; fails as soon as the target cell's registration is gone (a dead target). */
   private async pass(
     m: MoveRecord,
@@ -307,7 +343,11 @@ export class VolumeMover {
       COPY_TIMEOUT_MS,
       abandon.signal,
       orderId,
-    );
+    ).catch((err: unknown) => {
+      // The receiving cell answered that the copy failed: it lives, and kept what it verified.
+      if (isSfError(err) && err.code === ErrorCode.TransferFailed) interruptedPasses.add(err);
+      throw err;
+    });
     let settled = false;
     const watch = (async () => {
       // A loaded cell can miss heartbeats for a second; only a longer silence counts as death.
@@ -526,7 +566,7 @@ export class VolumeMover {
       // and the final pass (writes stopped) sends that little anyway.
       for (let k = 0; k < (options.livePasses ?? 2); k++) {
         const t0 = Date.now();
-        await this.step(m, `live-pass-${k + 1}`, () => this.pass(m, token, transfer, false));
+        await this.step(m, `live-pass-${k + 1}`, () => this.resumingPass(m, token, transfer, false));
         if (Date.now() - t0 < (options.shortPassMs ?? 2_000)) break;
       }
 
@@ -536,7 +576,7 @@ export class VolumeMover {
       const stoppedAt = Date.now();
       await this.step(m, 'stop-source', () => this.order(m.from, { type: 'stop', instanceId: m.instanceId }, 60_000));
       sourceStopped = true;
-      await this.step(m, 'final-pass', () => this.pass(m, token, transfer, true));
+      await this.step(m, 'final-pass', () => this.resumingPass(m, token, transfer, true));
 
       const service = await this.store.mustGet(m.service);
       const newEpoch = m.role === 'primary' ? service.epoch + 1 : undefined;
