@@ -101,6 +101,14 @@ export interface SwitchoverOptions {
    * volume), so its cell stops it and nothing restarts it.
    */
   retire?: (record: ServiceRecord, old: InstanceRecord) => CasOp[];
+  /**
+   * A primary that does not answer for its position before anything is touched is failed over
+   * (fenced, shot, the best replica promoted), as an operator's `sf failover` expects. A volume
+   * move says false: its source may well be alive on a loaded machine, and shooting it would
+   * lose what its replica had not received; the switchover is refused instead (the move tries
+   * again). @default true
+   */
+  failoverIfSilent?: boolean;
 }
 
 /** What `promote` did: the record afterwards and the old primary's new generation when it rejoins. */

@@ -168,6 +168,17 @@ describe('FencingFailoverCoordinator', () => {
       expect(w.steps.log.filter((e) => e.startsWith('stop:') || e.startsWith('pause'))).to.deep.equal([]);
     });
 
+    it("a move's switchover from a primary that does not answer is refused, with nothing fenced, shot or published", async () => {
+      // On a loaded machine a healthy source can miss one position read; shooting it would lose
+      // what the move's replica had not received yet.
+      const w = world();
+      w.steps.silent.add('cache-0');
+      const before = structuredClone(storeRecord(w.store));
+      const err = await refusal(w.coordinator.act('failover', 'cache', 'cache-1', { failoverIfSilent: false }));
+      expect(err.code).to.equal(ErrorCode.OrderFailed);
+      expectNoTrace(w, before);
+    });
+
     it('runs the same failover once the target is valid', async () => {
       const w = world();
       const res = await w.coordinator.act('failover', 'cache', 'cache-1');
