@@ -321,19 +321,24 @@ export class FencingSequence {
    * writes (Redis `CLIENT PAUSE WRITE`) is paused: its position freezes at once and it keeps
    * running, so no shutdown sits between the route fence and the new route; it is restarted as a
    * replica (or removed) after the new primary is published. An engine that cannot pause
-   * (PostgreSQL) is stopped cleanly at once instead, while the routers let go of it, and its
-   * position at the stop (read from its data directory) is the catch-up's goal. A pause or stop
-   * that got no answer leads to a stop after the catch-up, as before.
+   * (PostgreSQL) is stopped cleanly as soon as the routers let go of it and its floor is raised,
+   * and the position its stop reports (read from its data directory) is the catch-up's goal: it
+   * covers every write it took, also from clients that bypass the router. A pause that got no
+   * answer leads to a stop after the catch-up, as before.
    */
   async switchover(op: FencingOperation, target?: string, how: SwitchoverOptions = {}): Promise<ServiceRecord> {
     const { steps, options } = this.deps;
-    // The old primary's writes are paused (or it is stopped) while the routers let go of it: the
-    // catch-up needs both, neither needs the other, and the pause and above all a clean stop take
-    // time on its cell. It starts once the record says a switchover runs, so a control that
-    // stops here leaves a record the next leader resumes from (it fences the old primary) rather
-    // than a paused or stopped primary nobody knows of.
+    // The old primary's writes are paused while the routers let go of it: the catch-up needs
+    // both, neither needs the other, and the pause takes a round trip to its cell. It starts once
+    // the record says a switchover runs, so a control that stops here leaves a record the next
+    // leader resumes from (it fences the old primary) rather than a paused primary nobody knows
+    // of. An engine that cannot pause is stopped only once the routers let go of it and its floor
+    // is raised: stopped earlier, its shutdown had to end the sessions of clients still writing
+    // through the routers, and measured no faster (docs/benchmarks.md, volume-move).
     let halting: Promise<Halt> | null = null;
     let stopSent = false;
+    let fencedOff: () => void = () => undefined;
+    const routersLetGo = new Promise<void>((resolve) => (fencedOff = resolve));
     const { marked, primary, epoch, cells } = await this.fenceRoute(
       op,
       false,
@@ -346,6 +351,7 @@ export class FencingSequence {
           .catch(() => undefined)
           .then(async (paused): Promise<Halt> => {
             if (paused?.ok || paused?.error?.code !== ErrorCode.EngineUnsupported) return { paused };
+            await routersLetGo;
             // Sent means maybe stopped: from here an abandoned switchover restarts the old primary.
             stopSent = true;
             return { paused, stopped: await steps.rejoin.stop(p.cell, p.id).catch(() => undefined) };
@@ -353,6 +359,7 @@ export class FencingSequence {
       },
     );
     await this.raiseFloor(op, primary, epoch, '');
+    fencedOff();
 
     let promotion: Promotion;
     try {
