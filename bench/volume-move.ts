@@ -44,8 +44,10 @@ const METHOD = ((): string | undefined => {
   return i > 0 ? process.argv[i + 1] : undefined;
 })();
 /**
- * `--stop-source`: a switchover stops the old primary cleanly before the promotion instead of
- * pausing its writes (the behaviour of engines that cannot pause), to compare both at one load.
+ * `--stop-source`: the switchover runs with `pauseWritesMs: 0`: it reads the old primary's
+ * position, waits for the target to reach it and only then stops the old primary cleanly, instead
+ * of pausing its writes (Redis) or stopping it right after the routers acknowledged and taking
+ * the stop's position as the goal (PostgreSQL); to compare both orders at one load.
  */
 const STOP_SOURCE = process.argv.includes('--stop-source');
 /** `--engine postgres` moves a PostgreSQL primary; the default is Redis. */
