@@ -175,20 +175,27 @@ export class CellInstances {
    * engine to refuse writes or accept them again (docs/volumes.md). Other volumes are untouched.
    */
   async measureVolumes(): Promise<void> {
-    for (const inst of [...this.local.values()]) {
-      const id = inst.spec.instanceId;
-      const bytes = await measureDirBytes(volumePaths(this.options.dataDir, id).volumeDir).catch(() => null);
-      if (bytes === null) continue;
-      const usedMb = toMb(bytes);
-      const full = isFull(usedMb, inst.spec.volume.sizeMb);
-      const changed = usedMb !== inst.usedMb || full !== inst.full;
-      inst.usedMb = usedMb;
-      if (full !== inst.full) {
-        inst.full = full;
-        await this.applySettings(inst).catch(() => undefined);
-      }
-      if (changed) this.emit(id);
+    for (const id of [...this.local.keys()]) await this.measureVolume(id).catch(() => null);
+  }
+
+  /**
+   * Measures one instance's volume now and applies the result as the periodic round does;
+   * resolves with its bytes (`measure-volume` order).
+   */
+  async measureVolume(id: string): Promise<number> {
+    const inst = this.local.get(id);
+    if (!inst) throw new SfError(ErrorCode.InstanceNotFound, `no instance ${id} on this cell`, 'instanceId');
+    const bytes = await measureDirBytes(volumePaths(this.options.dataDir, id).volumeDir);
+    const usedMb = toMb(bytes);
+    const full = isFull(usedMb, inst.spec.volume.sizeMb);
+    const changed = usedMb !== inst.usedMb || full !== inst.full;
+    inst.usedMb = usedMb;
+    if (full !== inst.full) {
+      inst.full = full;
+      await this.applySettings(inst).catch(() => undefined);
     }
+    if (changed) this.emit(id);
+    return bytes;
   }
 
   /** Measured usage of every volume on the cell (MiB); undefined before the first measurement. */
@@ -425,6 +432,18 @@ export class CellInstances {
       await this.persistGeneration(instanceId, -1);
     }
     this.emit(instanceId);
+  }
+
+  /**
+   * Where the instance's last clean stop left its data, for engines that can tell; null when it
+   * cannot be told (the engine cannot, the stop was not clean, the instance is unknown).
+   */
+  async stoppedPosition(instanceId: string): Promise<{ position: string; positionValue: string } | null> {
+    const inst = this.local.get(instanceId);
+    const engine = inst ? this.options.engines[inst.spec.engine] : undefined;
+    if (!engine?.stoppedPosition) return null;
+    const pos = await engine.stoppedPosition(volumePaths(this.options.dataDir, instanceId).dataDir).catch(() => null);
+    return pos ? { position: pos.position, positionValue: pos.value } : null;
   }
 
   /** The fencing shot: SIGKILL. Returns whether it was running. */

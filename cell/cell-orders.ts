@@ -110,11 +110,15 @@ async function run(order: Order, ctx: OrderContext): Promise<Record<string, unkn
     }
     case 'position':
       return { ...(await instances.refreshPosition(order.instanceId)) };
+    case 'measure-volume':
+      return { bytes: await instances.measureVolume(order.instanceId) };
     case 'stop': {
       // Not deliberate: it stays desired, and control restarts it by raising the generation.
       const wasRunning = instances.isRunning(order.instanceId);
       await instances.stop(order.instanceId, false);
-      return { wasRunning };
+      // Where the clean stop left the data, when the engine can tell: a switchover that stops an
+      // engine unable to pause takes it as the position its target must reach.
+      return { wasRunning, ...(await instances.stoppedPosition(order.instanceId)) };
     }
     case 'pause-writes': {
       const local = instances.running(order.instanceId);

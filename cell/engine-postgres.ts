@@ -8,7 +8,7 @@
  * (docs/cells.md, "Security").
  */
 import { lookup } from 'node:dns/promises';
-import { chmod, chown, readdir, realpath, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, readFile, readdir, realpath, rm, stat, writeFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import path from 'node:path';
 import {
@@ -248,6 +248,23 @@ export function lsnToValue(lsn: string): string {
   const m = /^([0-9A-Fa-f]+)\/([0-9A-Fa-f]+)$/.exec(lsn);
   if (!m) return '0';
   return ((BigInt(`0x${m[1]}`) << 32n) + BigInt(`0x${m[2]}`)).toString();
+}
+
+/**
+ * Where a cleanly stopped cluster's data ends, from `global/pg_control` (what `pg_controldata`
+ * prints as "Latest checkpoint location"): a clean shutdown ends with a checkpoint record, written
+ * after every commit, so every acknowledged write precedes it. Null unless the state says shut
+ * down. The layout is PostgreSQL's `ControlFileData` in the host's byte order (the file never
+ * travels between machines): `state` at 16, `checkPoint` at 32.
+ */
+export async function cleanStopLsn(dataDir: string): Promise<string | null> {
+  const control = await readFile(path.join(dataDir, 'global', 'pg_control')).catch(() => null);
+  if (!control || control.length < 40) return null;
+  const DB_SHUTDOWNED = 1;
+  const state = control.readUInt32LE(16);
+  if (state !== DB_SHUTDOWNED) return null;
+  const lsn = control.readBigUInt64LE(32);
+  return `${(lsn >> 32n).toString(16).toUpperCase()}/${(lsn & 0xffffffffn).toString(16).toUpperCase()}`;
 }
 
 export class PostgresEngine implements Engine {
@@ -516,14 +533,24 @@ export class PostgresEngine implements Engine {
     return { role: 'replica', position: lsn, value: lsnToValue(lsn), streaming: receiving === 't' };
   }
 
+  async stoppedPosition(dataDir: string): Promise<ReplicationPosition | null> {
+    const lsn = await cleanStopLsn(dataDir);
+    return lsn ? { role: 'primary', position: lsn, value: lsnToValue(lsn) } : null;
+  }
+
   async promote(ctx: EngineContext): Promise<void> {
     // Promoting a primary is a no-op, so that control may retry a promote order safely.
     if ((await this.position(ctx))?.role === 'replica') {
-      // pg_promote() over the cell's connection: what `pg_ctl promote -w -t 60` does, without a
-      // process (a `docker exec` on the docker executor) on the failover's critical path.
-      const done = await this.query(ctx, 'select pg_promote(true, 60)', 65_000);
-      if (done.trim() !== 't')
-        throw new SfError(ErrorCode.EngineCommandFailed, `${ctx.spec.instanceId} was not promoted within 60 s`);
+      // pg_promote() over the cell's connection: what `pg_ctl promote` does, without a process
+      // (a `docker exec` on the docker executor) on the failover's critical path. Its own wait
+      // looks every 100 ms; asked every 10 ms here, the new primary is known 50 ms sooner on average.
+      await this.query(ctx, 'select pg_promote(false)', 10_000);
+      const deadline = Date.now() + 60_000;
+      while ((await this.query(ctx, 'select pg_is_in_recovery()', 10_000)).trim() !== 'f') {
+        if (Date.now() > deadline)
+          throw new SfError(ErrorCode.EngineCommandFailed, `${ctx.spec.instanceId} was not promoted within 60 s`);
+        await new Promise((r) => setTimeout(r, 10));
+      }
     }
     await writeFile(
       path.join(ctx.dataDir, 'postgresql.conf'),

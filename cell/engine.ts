@@ -103,6 +103,13 @@ export interface Engine {
    */
   pauseWrites?(ctx: EngineContext, timeoutMs: number): Promise<void>;
   /**
+   * The position a clean stop left in the data directory `dataDir` (PostgreSQL: the shutdown
+   * checkpoint, which every acknowledged write precedes); null when the last stop was not clean.
+   * Engines that cannot pause report it, so that a switchover can stop them at once and still know
+   * the position its target must reach.
+   */
+  stoppedPosition?(dataDir: string): Promise<ReplicationPosition | null>;
+  /**
    * On a primary: performs a write that must commit within `timeoutMs` (with sync durability,
    * acknowledged by a standby) and returns why it cannot, or null when it can (a
    * primary that cannot commit is not `running`). Engines without a notion of writes omit it.

@@ -4,8 +4,9 @@
  * given by an order; the receiving cell pulls, so it drives the copy and reports its progress.
  *
  * Per file the stream carries its bytes and a SHA-256 the receiver checks before it renames the
- * file into place: a file is either absent, or complete and verified; each pass ends with a
- * syncfs of the receiving filesystem, before the pass reports success. The
+ * file into place: a file is either absent, or complete and verified; each pass ends with the
+ * files it wrote (an fsync each, or a syncfs when there are many) and every directory on disk,
+ * before the pass reports success. The
  * receiver keeps a record of what it verified (`.sf-transfer.json`) and tells the source what it
  * already has, so a copy interrupted by a dead peer or a lost connection resumes where it stopped
  * instead of starting over, and a second pass over a changed tree sends only what changed (by
@@ -458,6 +459,17 @@ export async function fetchTree(options: FetchTreeOptions): Promise<TransferResu
   const result: TransferResult = { bytes: 0, files: 0, skipped: Object.keys(have).length };
   let lastReport = 0;
   let lastSave = Date.now();
+  // Files written since the last time they were made durable. A few are fsynced one by one: a
+  // syncfs of the whole filesystem also waits for every other tenant's dirty data (a 40 MB copy
+  // took 1.4-1.8 s instead of 0.5 s next to 1.5 GB of another process's unwritten data). Many
+  // small files (a PostgreSQL cluster has a thousand) cost less in one syncfs than one fsync each.
+  let unsynced: string[] = [];
+  const syncWritten = async (): Promise<void> => {
+    const files = unsynced;
+    unsynced = [];
+    if (files.length > FSYNC_EACH_MAX) await syncFs(dest);
+    else await fsyncAll(files);
+  };
   const report = (force = false): void => {
     const now = Date.now();
     if (!options.onProgress || (!force && now - lastReport < 250)) return;
@@ -525,18 +537,20 @@ export async function fetchTree(options: FetchTreeOptions): Promise<TransferResu
         await chmod(part, h.mode);
         await utimes(part, h.mtimeMs / 1000, h.mtimeMs / 1000);
         if (part !== abs) await rename(part, abs);
+        unsynced.push(abs);
         state[rel] = { sig: h.sig, size, sha: whole.digest('hex') };
         result.files += 1;
         if (Date.now() - lastSave > 2_000) {
-          await syncFs(dest);
+          // Recorded as verified only once on disk: a resumed copy trusts the record.
+          await syncWritten();
           await saveState();
           lastSave = Date.now();
         }
       }
     }
-    // One syncfs for the pass instead of an fsync per file (a PostgreSQL cluster has a thousand):
-    // the data and the directories are on disk before the pass reports success or records them.
-    await syncFs(dest);
+    // The files this pass wrote (synced together, so the filesystem batches their journal
+    // commits) and every directory are on disk before the pass reports success or records them.
+    await syncWritten();
     await fsyncDirs(dest);
     await saveState();
     report(true);
@@ -577,6 +591,18 @@ function syncFs(dir: string): Promise<void> {
       err ? reject(new SfError(ErrorCode.TransferFailed, `sync -f ${dir} failed: ${err.message}`)) : resolve(),
     ),
   );
+}
+
+/** Up to this many files written since the last sync are fsynced one by one, more by one syncfs. */
+const FSYNC_EACH_MAX = 64;
+
+/** fsync of each file, several at a time (their journal commits are shared). */
+async function fsyncAll(files: readonly string[], parallel = 16): Promise<void> {
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < files.length) await fsyncPath(files[next++]);
+  };
+  await Promise.all(Array.from({ length: Math.min(parallel, files.length) }, worker));
 }
 
 async function fsyncDirs(dest: string): Promise<void> {

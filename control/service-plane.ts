@@ -225,6 +225,8 @@ export async function startServicePlane(
       switchover: async (service, target) => {
         const res = await fencing.act('failover', service, target, {
           awaitRejoin: false,
+          // The source of a move is not shot because one position read went unanswered.
+          failoverIfSilent: false,
           // The moved primary's volume goes with a tombstone in the same commit, so it is deleted
           // even if this control stops before the mover deletes it.
           retire: (rec, old) => [

@@ -244,6 +244,11 @@ export const orderSchema = z.discriminatedUnion('type', [
   /** Read the replication position now (control uses it to choose whom to promote). */
   z.object({ type: z.literal('position'), orderId: z.string().min(1), instanceId: z.string() }),
   /**
+   * Measure one instance's volume now (`du`), as the periodic measurement does, and answer with
+   * its bytes: a move reports what its new replica holds without waiting for the next round.
+   */
+  z.object({ type: z.literal('measure-volume'), orderId: z.string().min(1), instanceId: z.string() }),
+  /**
    * Clean stop (the engine's durable shutdown); the instance stays desired and stopped until
    * control raises its generation. A planned switchover stops the old primary this way before it
    * promotes the new one, so that at no moment two instances accept writes.

@@ -53,8 +53,19 @@ export const DEFAULT_SERVICE_RECONCILER_OPTIONS: Required<ServiceReconcilerOptio
 
 type EventInput = Omit<ServiceEvent, 'at' | 'leaderToken'>;
 
+/**
+ * A replica a move builds (`moveOf`) belongs to its mover, which judges its cell's death itself
+ * (3 s without a registration, volume-move-catch-up.ts) and removes it. Convergence drops it for
+ * a dead cell only after this much silence, when no mover can still be looking after it: a
+ * receiving cell on a loaded machine can miss a heartbeat, and dropping its replica at once
+ * failed a move that was progressing.
+ */
+export const MOVE_TARGET_SILENCE_MS = 30_000;
+
 export class ServiceReconciler {
   private readonly opts: Required<ServiceReconcilerOptions>;
+  /** When each cell was first seen without a registration, since it last had one. */
+  private readonly deadSince = new Map<string, number>();
 
   constructor(
     private readonly store: ServiceStore,
@@ -211,6 +222,13 @@ export class ServiceReconciler {
     return fine;
   }
 
+  /** How long `cell` has been seen without a registration (0 when first seen so now). */
+  private silentFor(cell: string, now: number): number {
+    const since = this.deadSince.get(cell) ?? now;
+    this.deadSince.set(cell, since);
+    return now - since;
+  }
+
   /** Computes the next record of a live service, or null when nothing changes. */
   private async step(
     rec: ServiceRecord,
@@ -224,7 +242,11 @@ export class ServiceReconciler {
     const next: ServiceRecord = { ...rec, instances: rec.instances.map((i) => ({ ...i })) };
     const ops: CasOp[] = [];
     const events: EventInput[] = [];
-    const alive = (cell: string): boolean => cells.get(cell)?.alive === true;
+    const alive = (cell: string): boolean => {
+      const up = cells.get(cell)?.alive === true;
+      if (up) this.deadSince.delete(cell);
+      return up;
+    };
     const actualOf = (i: InstanceRecord) => {
       const a = cells.get(i.cell)?.actual.get(i.id);
       return a && a.generation >= i.generation ? a : undefined;
@@ -255,6 +277,7 @@ export class ServiceReconciler {
     // The volume is kept: a tombstone lets it be deleted only after the retention.
     for (const inst of [...next.instances]) {
       if (context.cellGrace || inst.role !== 'replica' || alive(inst.cell)) continue;
+      if (inst.moveOf && this.silentFor(inst.cell, now) < MOVE_TARGET_SILENCE_MS) continue;
       next.instances = next.instances.filter((i) => i.id !== inst.id);
       ops.push(...removeDesiredOps(this.store.keys, inst.cell, inst.id));
       const deleteAfter = now + this.opts.replacedVolumeRetentionMs;

@@ -172,6 +172,11 @@ export class FencingFailoverCoordinator implements FailoverCoordinator {
       // (shot, floored), then the best replica promoted, which is what the operator asked for.
       silentPrimary =
         plan.kind === 'switchover' && (await this.steps.promote.position(plan.primary.cell, plan.primary.id)) === null;
+      if (silentPrimary && options.failoverIfSilent === false)
+        throw new SfError(
+          ErrorCode.OrderFailed,
+          `${plan.kind === 'switchover' ? plan.primary.id : 'the primary'} did not answer for its position; nothing was touched`,
+        );
       if (silentPrimary && plan.kind === 'switchover')
         plan = { kind: 'failover', primary: plan.primary, ...(plan.target ? { target: plan.target } : {}) };
       // No await between this check and track(): nothing can start in between.

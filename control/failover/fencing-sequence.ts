@@ -101,6 +101,14 @@ export interface SwitchoverOptions {
    * volume), so its cell stops it and nothing restarts it.
    */
   retire?: (record: ServiceRecord, old: InstanceRecord) => CasOp[];
+  /**
+   * A primary that does not answer for its position before anything is touched is failed over
+   * (fenced, shot, the best replica promoted), as an operator's `sf failover` expects. A volume
+   * move says false: its source may well be alive on a loaded machine, and shooting it would
+   * lose what its replica had not received; the switchover is refused instead (the move tries
+   * again). @default true
+   */
+  failoverIfSilent?: boolean;
 }
 
 /** What `promote` did: the record afterwards and the old primary's new generation when it rejoins. */
@@ -312,16 +320,25 @@ export class FencingSequence {
    * instances accept writes, even from clients that bypass the router. An engine that can pause
    * writes (Redis `CLIENT PAUSE WRITE`) is paused: its position freezes at once and it keeps
    * running, so no shutdown sits between the route fence and the new route; it is restarted as a
-   * replica (or removed) after the new primary is published. Any other engine, or a pause that got
-   * no answer, is stopped cleanly after the catch-up, as before.
+   * replica (or removed) after the new primary is published. An engine that cannot pause
+   * (PostgreSQL) is stopped cleanly as soon as the routers let go of it and its floor is raised,
+   * and the position its stop reports (read from its data directory) is the catch-up's goal: it
+   * covers every write it took, also from clients that bypass the router. A pause that got no
+   * answer leads to a stop after the catch-up, as before.
    */
   async switchover(op: FencingOperation, target?: string, how: SwitchoverOptions = {}): Promise<ServiceRecord> {
     const { steps, options } = this.deps;
     // The old primary's writes are paused while the routers let go of it: the catch-up needs
     // both, neither needs the other, and the pause takes a round trip to its cell. It starts once
     // the record says a switchover runs, so a control that stops here leaves a record the next
-    // leader resumes from (it fences the paused primary) rather than a paused primary nobody knows of.
-    let pausing: Promise<OrderResult | undefined> | null = null;
+    // leader resumes from (it fences the old primary) rather than a paused primary nobody knows
+    // of. An engine that cannot pause is stopped only once the routers let go of it and its floor
+    // is raised: stopped earlier, its shutdown had to end the sessions of clients still writing
+    // through the routers, and measured no faster (docs/benchmarks.md, volume-move).
+    let halting: Promise<Halt> | null = null;
+    let stopSent = false;
+    let fencedOff: () => void = () => undefined;
+    const routersLetGo = new Promise<void>((resolve) => (fencedOff = resolve));
     const { marked, primary, epoch, cells } = await this.fenceRoute(
       op,
       false,
@@ -329,19 +346,28 @@ export class FencingSequence {
         `writes paused: ${p.id} published fenced in table version ${version} (epoch ${p.epoch} -> ${e})`,
       (p) => {
         if (options.pauseWritesMs <= 0) return;
-        pausing = steps.rejoin.pauseWrites(p.cell, p.id, options.pauseWritesMs).catch(() => undefined);
+        halting = steps.rejoin
+          .pauseWrites(p.cell, p.id, options.pauseWritesMs)
+          .catch(() => undefined)
+          .then(async (paused): Promise<Halt> => {
+            if (paused?.ok || paused?.error?.code !== ErrorCode.EngineUnsupported) return { paused };
+            await routersLetGo;
+            // Sent means maybe stopped: from here an abandoned switchover restarts the old primary.
+            stopSent = true;
+            return { paused, stopped: await steps.rejoin.stop(p.cell, p.id).catch(() => undefined) };
+          });
       },
     );
     await this.raiseFloor(op, primary, epoch, '');
+    fencedOff();
 
-    let stopSent = false;
     let promotion: Promotion;
     try {
       const candidates = await this.candidates(marked, cells, target);
       const chosen = chooseReplica(candidates);
       if (!chosen)
         throw new SfError(ErrorCode.NoPromotionCandidate, `service ${op.service} has no running replica to switch to`);
-      const pause = await this.recordPause(op, primary, epoch, pausing);
+      const pause = await this.recordPause(op, primary, epoch, halting);
       const goal = pause.goal ?? (await steps.promote.position(primary.cell, primary.id));
       if (goal === null) throw new SfError(ErrorCode.OrderFailed, `could not read the position of ${primary.id}`);
       const t0 = Date.now();
@@ -378,7 +404,7 @@ export class FencingSequence {
       // the promotion, with nothing to exchange, since the target caught up with the pause.
       // Without an answer it is stopped instead, as an engine that cannot pause is.
       if (pause.paused && !(await this.demotePaused(op, primary, chosen, cells, epoch))) pause.paused = false;
-      if (!pause.paused) {
+      if (!pause.paused && !pause.stopped) {
         stopSent = true;
         const stopped = await steps.rejoin.stop(primary.cell, primary.id);
         if (!stopped?.ok)
@@ -462,13 +488,13 @@ export class FencingSequence {
     op: FencingOperation,
     primary: InstanceRecord,
     epoch: number,
-    pausing: Promise<OrderResult | undefined> | null,
-  ): Promise<{ paused: boolean; goal: bigint | null }> {
+    halting: Promise<Halt> | null,
+  ): Promise<{ paused: boolean; stopped: boolean; goal: bigint | null }> {
     const { options } = this.deps;
-    if (!pausing) return { paused: false, goal: null };
-    const res = await pausing;
+    if (!halting) return { paused: false, stopped: false, goal: null };
+    const { paused: res, stopped } = await halting;
     const value = res?.ok ? res.data?.positionValue : undefined;
-    const goal = typeof value === 'string' && /^\d+$/.test(value) ? BigInt(value) : null;
+    const goal = positionOf(value);
     await op.record({
       step: 'pause',
       outcome: res?.ok ? 'ok' : res?.error?.code === ErrorCode.EngineUnsupported ? 'skipped' : 'degraded',
@@ -477,9 +503,33 @@ export class FencingSequence {
       epoch,
       message: res?.ok
         ? `${primary.id} takes no client writes (paused for up to ${options.pauseWritesMs} ms) at position ${value ?? '?'}; it is stopped after the new primary is published`
-        : `${primary.id} not paused (${res?.error?.message ?? 'no answer in time'}); it is stopped after the catch-up`,
+        : `${primary.id} not paused (${res?.error?.message ?? 'no answer in time'}); it is stopped ${
+            res?.error?.code === ErrorCode.EngineUnsupported ? 'now' : 'after the catch-up'
+          }`,
     });
-    return { paused: res?.ok === true, goal };
+    if (res?.ok || res?.error?.code !== ErrorCode.EngineUnsupported)
+      return { paused: res?.ok === true, stopped: false, goal };
+    // Stopped at once: a clean stop leaves every acknowledged write below the position it reports
+    // (the server's last checkpoint, written at the shutdown); without one the target cannot be
+    // shown to hold everything, and the switchover is abandoned (the old primary restarted).
+    const stopValue = stopped?.ok ? stopped.data?.positionValue : undefined;
+    const stopGoal = positionOf(stopValue);
+    if (!stopped?.ok || stopGoal === null)
+      throw new SfError(
+        ErrorCode.OrderFailed,
+        stopped?.ok
+          ? `the old primary ${primary.id} stopped without reporting its position`
+          : `the old primary ${primary.id} did not stop: ${stopped?.error?.message ?? 'no answer in time'}`,
+      );
+    await op.record({
+      step: 'stop',
+      outcome: 'ok',
+      instanceId: primary.id,
+      cell: primary.cell,
+      epoch,
+      message: `${primary.id} stopped cleanly at position ${stopValue ?? '?'}; no writer until the target is promoted`,
+    });
+    return { paused: false, stopped: true, goal: stopGoal };
   }
 
   /**
@@ -965,6 +1015,17 @@ export class FencingSequence {
     }
     return [...peers].sort();
   }
+}
+
+/** How the old primary of a switchover stopped taking writes: its pause, else its clean stop. */
+interface Halt {
+  paused: OrderResult | undefined;
+  /** Sent only when the engine cannot pause. */
+  stopped?: OrderResult | undefined;
+}
+
+function positionOf(value: unknown): bigint | null {
+  return typeof value === 'string' && /^\d+$/.test(value) ? BigInt(value) : null;
 }
 
 /** Where an instance's cell last reported it listening; null while it reports no port. */

@@ -37,6 +37,14 @@ export type MoveState = 'copying' | 'switching' | 'starting' | 'done' | 'failed'
  */
 export type MoveMethod = 'catch-up' | 'copy';
 
+/** One step of a move as it happened: where the time of a move (and of its switch) went. */
+export interface MoveStep {
+  step: string;
+  /** When the step started (ms since the epoch). */
+  at: number;
+  ms: number;
+}
+
 export interface MoveRecord {
   id: string;
   service: string;
@@ -56,6 +64,8 @@ export interface MoveRecord {
   etaS: number | null;
   /** From the source's stop to the target running: when writes fail. */
   writeWindowMs: number | null;
+  /** The steps done so far, in order (absent in records written before steps were kept). */
+  steps?: MoveStep[];
   error: string | null;
   startedAt: number;
   finishedAt: number | null;
@@ -77,6 +87,7 @@ export interface MoveView {
   rate_bps: number | null;
   eta_s: number | null;
   write_window_ms: number | null;
+  steps: Array<{ step: string; at: string; duration_ms: number }>;
   error: string | null;
   started_at: string;
   finished_at: string | null;
@@ -99,6 +110,7 @@ export function moveView(m: MoveRecord): MoveView {
     rate_bps: m.rateBps,
     eta_s: m.etaS,
     write_window_ms: m.writeWindowMs,
+    steps: (m.steps ?? []).map((s) => ({ step: s.step, at: new Date(s.at).toISOString(), duration_ms: s.ms })),
     error: m.error,
     started_at: new Date(m.startedAt).toISOString(),
     finished_at: m.finishedAt ? new Date(m.finishedAt).toISOString() : null,
@@ -117,6 +129,13 @@ export interface MoveOptions {
 }
 
 const COPY_TIMEOUT_MS = 3_600_000;
+/**
+ * Attempts of one copy pass that the receiving cell reports failed (a cut connection, a source
+ * that stopped sending) while it is alive: each resumes from what the receiver verified.
+ */
+const PASS_ATTEMPTS = 4;
+/** Passes that failed on the receiving cell while it lived: resumable. */
+const interruptedPasses = new WeakSet<object>();
 const SWITCH_ATTEMPTS = 3;
 
 export class VolumeMover {
@@ -148,6 +167,16 @@ export class VolumeMover {
 
   private async save(m: MoveRecord): Promise<void> {
     await this.redis.hset(this.store.keys.moves, m.id, JSON.stringify(m));
+  }
+
+  /** Runs one step of a move and keeps when it started and how long it took (also when it failed). */
+  private async step<T>(m: MoveRecord, step: string, work: () => Promise<T>): Promise<T> {
+    const at = Date.now();
+    try {
+      return await work();
+    } finally {
+      (m.steps ??= []).push({ step, at, ms: Date.now() - at });
+    }
   }
 
   private event(m: MoveRecord, type: ServiceEvent['type'], message: string, logged = true): Promise<void> {
@@ -212,6 +241,7 @@ export class VolumeMover {
       rateBps: null,
       etaS: null,
       writeWindowMs: null,
+      steps: [],
       error: null,
       startedAt: Date.now(),
       finishedAt: null,
@@ -267,6 +297,35 @@ export class VolumeMover {
     return result.data ?? {};
   }
 
+  /**
+   * One copy pass, resumed where it stopped when the receiving cell reports it failed (a dropped
+   * connection, a source that sent nothing for its idle bound): the receiver keeps every file it
+   * verified and tells the source, which sends only the rest. A dead target is not resumed.
+   */
+  private async resumingPass(
+    m: MoveRecord,
+    token: string,
+    transfer: { host: string; port: number },
+    final: boolean,
+  ): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.pass(m, token, transfer, final);
+      } catch (err) {
+        if (!interruptedPasses.has(err as object) || attempt >= PASS_ATTEMPTS) throw err;
+        // What the failed attempt received is on the target (whole files); count it once.
+        this.copied.set(m.id, m.bytes);
+        (m.steps ??= []).push({ step: 'copy-interrupted', at: Date.now(), ms: 0 });
+        await this.event(
+          m,
+          'volume-move-progress',
+          `copy to ${m.to} interrupted (${errorMessageOf(err)}); resuming (attempt ${attempt + 1} of ${PASS_ATTEMPTS})`,
+        );
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
+  }
+
   /** One copy pass; fails as soon as the target cell's registration is gone (a dead target). */
   private async pass(
     m: MoveRecord,
@@ -284,7 +343,11 @@ export class VolumeMover {
       COPY_TIMEOUT_MS,
       abandon.signal,
       orderId,
-    );
+    ).catch((err: unknown) => {
+      // The receiving cell answered that the copy failed: it lives, and kept what it verified.
+      if (isSfError(err) && err.code === ErrorCode.TransferFailed) interruptedPasses.add(err);
+      throw err;
+    });
     let settled = false;
     const watch = (async () => {
       // A loaded cell can miss heartbeats for a second; only a longer silence counts as death.
@@ -368,32 +431,37 @@ export class VolumeMover {
     const catchUp = new MoveCatchUp(this.store, this.directory, switching, this.primaryLeaseTtlMs);
     try {
       m.totalBytes ??= MoveCatchUp.totalBytes(await this.directory.snapshot(), m.from, m.instanceId);
-      m.targetInstanceId = await catchUp.addTarget(m);
+      m.targetInstanceId = await this.step(m, 'place', () => catchUp.addTarget(m));
       await this.save(m);
       await this.event(
         m,
         'volume-move-progress',
         `${m.targetInstanceId} placed on ${m.to}, catching up with the primary`,
       );
-      await catchUp.awaitCaughtUp(m, COPY_TIMEOUT_MS, () => this.progress(m));
+      await this.step(m, 'catch-up', () => catchUp.awaitCaughtUp(m, COPY_TIMEOUT_MS, () => this.progress(m)));
+      await this.step(m, 'measure', () => this.measureTarget(m));
       if (m.role === 'primary') {
         m.phase = 2;
         m.state = 'switching';
         await this.save(m);
-        m.writeWindowMs = await this.switchWithRetries(m, catchUp);
+        m.writeWindowMs = await this.step(m, 'switchover', () => this.switchWithRetries(m, catchUp));
       } else m.writeWindowMs = 0;
       await catchUp.removeSource(m);
       // Stopped first: a cell deletes no volume under a running engine. The removed desired
       // spec stops it too; the order only makes it happen now.
-      await this.order(m.from, { type: 'stop', instanceId: m.instanceId }, 60_000).catch(() => undefined);
-      await this.order(m.from, { type: 'delete-volume', instanceId: m.instanceId }, 120_000).catch(async (err) => {
-        await catchUp.tombstoneSource(m).catch(() => undefined);
-        await this.event(
-          m,
-          'volume-move-failed',
-          `source volume of ${m.instanceId} on ${m.from} not deleted yet (${errorMessageOf(err)}); it is deleted once the cell can`,
-        );
-      });
+      await this.step(m, 'stop-source', () =>
+        this.order(m.from, { type: 'stop', instanceId: m.instanceId }, 60_000).catch(() => undefined),
+      );
+      await this.step(m, 'delete-source', () =>
+        this.order(m.from, { type: 'delete-volume', instanceId: m.instanceId }, 120_000).catch(async (err) => {
+          await catchUp.tombstoneSource(m).catch(() => undefined);
+          await this.event(
+            m,
+            'volume-move-failed',
+            `source volume of ${m.instanceId} on ${m.from} not deleted yet (${errorMessageOf(err)}); it is deleted once the cell can`,
+          );
+        }),
+      );
       await this.finish(m);
     } catch (err) {
       m.error = errorMessageOf(err);
@@ -445,6 +513,20 @@ export class VolumeMover {
     }
   }
 
+  /**
+   * What the caught-up replica holds, measured now: the samples taken while it caught up come
+   * from the cell's periodic measurement (every 15 s), which a short move can miss entirely.
+   * Without an answer the last sample stays.
+   */
+  private async measureTarget(m: MoveRecord): Promise<void> {
+    const data = await this.order(m.to, { type: 'measure-volume', instanceId: m.targetInstanceId }, 30_000).catch(
+      () => null,
+    );
+    if (typeof data?.bytes !== 'number') return;
+    m.bytes = data.bytes;
+    await this.save(m);
+  }
+
   private async progress(m: MoveRecord): Promise<void> {
     await this.save(m);
     await this.event(
@@ -477,12 +559,14 @@ export class VolumeMover {
       const transfer = cells.get(m.from)?.record?.transfer;
       if (!transfer) throw new SfError(ErrorCode.TransferFailed, `cell ${m.from} takes no copies`);
       const token = randomBytes(24).toString('hex');
-      await this.order(m.from, { type: 'export-volume', instanceId: m.instanceId, token, ttlMs: COPY_TIMEOUT_MS });
+      await this.step(m, 'export', () =>
+        this.order(m.from, { type: 'export-volume', instanceId: m.instanceId, token, ttlMs: COPY_TIMEOUT_MS }),
+      );
       // A second live pass only when the first was long: after a short one little has changed,
       // and the final pass (writes stopped) sends that little anyway.
       for (let k = 0; k < (options.livePasses ?? 2); k++) {
         const t0 = Date.now();
-        await this.pass(m, token, transfer, false);
+        await this.step(m, `live-pass-${k + 1}`, () => this.resumingPass(m, token, transfer, false));
         if (Date.now() - t0 < (options.shortPassMs ?? 2_000)) break;
       }
 
@@ -490,38 +574,43 @@ export class VolumeMover {
       m.state = 'switching';
       await this.save(m);
       const stoppedAt = Date.now();
-      await this.order(m.from, { type: 'stop', instanceId: m.instanceId }, 60_000);
+      await this.step(m, 'stop-source', () => this.order(m.from, { type: 'stop', instanceId: m.instanceId }, 60_000));
       sourceStopped = true;
-      await this.pass(m, token, transfer, true);
+      await this.step(m, 'final-pass', () => this.resumingPass(m, token, transfer, true));
 
       const service = await this.store.mustGet(m.service);
       const newEpoch = m.role === 'primary' ? service.epoch + 1 : undefined;
       // No lease may be renewed below the new epoch: the stopped source can never serve as
       // primary again, whatever happens to this control from here on.
-      if (newEpoch !== undefined) await fenceLease(this.redis, this.store.keys, m.instanceId, newEpoch);
+      if (newEpoch !== undefined)
+        await this.step(m, 'lease-floor', () => fenceLease(this.redis, this.store.keys, m.instanceId, newEpoch));
       const zone = cells.get(m.to)?.record?.zone ?? '';
-      await this.handOff(m, (rec, inst) => {
-        inst.cell = m.to;
-        inst.zone = zone;
-        inst.moveIn = { moveId: m.id };
-        if (newEpoch !== undefined) {
-          inst.epoch = newEpoch;
-          rec.epoch = newEpoch;
-        }
-      });
+      await this.step(m, 'hand-off', () =>
+        this.handOff(m, (rec, inst) => {
+          inst.cell = m.to;
+          inst.zone = zone;
+          inst.moveIn = { moveId: m.id };
+          if (newEpoch !== undefined) {
+            inst.epoch = newEpoch;
+            rec.epoch = newEpoch;
+          }
+        }),
+      );
       handedOff = true;
       m.state = 'starting';
       await this.save(m);
-      await this.waitRunning(m, options.startTimeoutMs ?? 120_000);
+      await this.step(m, 'start-target', () => this.waitRunning(m, options.startTimeoutMs ?? 120_000));
       m.writeWindowMs = Date.now() - stoppedAt;
       // The target serves: only now is the source's copy deleted.
-      await this.order(m.from, { type: 'delete-volume', instanceId: m.instanceId }, 120_000).catch(async (err) => {
-        await this.event(
-          m,
-          'volume-move-failed',
-          `source volume of ${m.instanceId} on ${m.from} not deleted: ${errorMessageOf(err)}`,
-        );
-      });
+      await this.step(m, 'delete-source', () =>
+        this.order(m.from, { type: 'delete-volume', instanceId: m.instanceId }, 120_000).catch(async (err) => {
+          await this.event(
+            m,
+            'volume-move-failed',
+            `source volume of ${m.instanceId} on ${m.from} not deleted: ${errorMessageOf(err)}`,
+          );
+        }),
+      );
       await this.finish(m);
     } catch (err) {
       m.error = errorMessageOf(err);

@@ -283,6 +283,13 @@ describe('failover: planned switchover, refused actions, degraded primaries', fu
     );
     // PostgreSQL cannot pause writes: it is stopped cleanly before the promotion.
     expect(steps).to.include.members(['pause:skipped', 'stop:ok', 'promote:ok', 'rejoin:ok', 'commit-check:ok']);
+    // Stopped at once, not after the catch-up: its stop reports where it left the data (the
+    // shutdown checkpoint in pg_control), and that position is the one the target reached.
+    expect(steps.indexOf('stop:ok')).to.be.lessThan(steps.indexOf('catch-up:ok'));
+    const stopped = /at position (\d+)/.exec(out.steps.find((st) => st.step === 'stop')?.message ?? '')?.[1];
+    const reached = /position (\d+) in/.exec(out.steps.find((st) => st.step === 'catch-up')?.message ?? '')?.[1];
+    expect(stopped, 'position reported by the stop').to.match(/^[1-9]\d*$/);
+    expect(reached).to.equal(stopped);
 
     const recovery = await Promise.all(
       out.service.instances.map((i) => psql(i.port!, key, 'select pg_is_in_recovery()')),

@@ -8,6 +8,7 @@
  * as usual and the move leaves nothing behind. By copy: a target cell killed during the copy
  * leaves the source serving with its data, and a retry succeeds.
  */
+import { execFile } from 'node:child_process';
 import { expect } from 'chai';
 import type { Redis } from 'ioredis';
 import { enginePid } from '../helpers/failover-support';
@@ -23,7 +24,7 @@ import {
 } from '../helpers/volume-support';
 import type { ServiceView } from '../../control';
 import type { MoveView } from '../../control/services/volume-mover';
-import { keyLayout, type ActualInstance } from '../../protocol';
+import { keyLayout, type ActualInstance, type CellRecord } from '../../protocol';
 
 const KEYS = keyLayout();
 
@@ -139,6 +140,19 @@ describe('volume move', function () {
     ).body.resources
       .reverse()
       .map((h) => `        ${h.at} ${h.step}:${h.outcome} ${h.message}`)
+      .join('\n');
+
+  /** The service's events, oldest first, one per line (printed when a move fails). */
+  const serviceEvents = async (service: string): Promise<string> =>
+    (
+      await cluster.api<{ resources: Array<{ type: string; message: string; at: string | number }> }>(
+        'GET',
+        `/v3/service_instances/${service}/events`,
+      )
+    ).body.resources
+      .slice()
+      .reverse()
+      .map((e) => `        ${String(e.at)} ${e.type}: ${e.message}`)
       .join('\n');
 
   const actualOf = async (cell: string, instance: string): Promise<ActualInstance | null> => {
@@ -266,7 +280,10 @@ describe('volume move', function () {
     const move = await startMove('mv-pg', to);
     expect(move.method).to.equal('catch-up');
     const done = await finished(move.id);
-    if (done.state !== 'done') console.log(`      fencing history of mv-pg:\n${await fencingHistory('mv-pg')}`);
+    if (done.state !== 'done')
+      console.log(
+        `      fencing history of mv-pg:\n${await fencingHistory('mv-pg')}\n      events:\n${await serviceEvents('mv-pg')}\n      move steps: ${JSON.stringify(done.steps)}`,
+      );
     expect(done.state, done.error ?? '').to.equal('done');
     await eventually(async () => (await psql(before.port, key, 'select 1')) === '1', 60_000, 'served after the move');
     const count = acked.length;
@@ -285,6 +302,12 @@ describe('volume move', function () {
       'committed rows missing',
     ).to.deep.equal([]);
     expect(await psql(after.port, key, 'select count(*) from blob')).to.equal('1000');
+    // The source could not pause: it was stopped at once and the target caught up with the
+    // position its stop reported, before the promotion.
+    const history = (await fencingHistory('mv-pg')).split('\n').map((line) => line.trim().split(' ')[1]);
+    expect(history).to.include.members(['pause:skipped', 'stop:ok', 'catch-up:ok', 'promote:ok']);
+    expect(history.indexOf('stop:ok')).to.be.lessThan(history.indexOf('catch-up:ok'));
+    expect(history.indexOf('catch-up:ok')).to.be.lessThan(history.indexOf('promote:ok'));
   });
 
   it('a source engine killed during the catch-up: failover as usual, the move leaves nothing behind', async () => {
@@ -412,8 +435,10 @@ describe('volume move', function () {
     console.log(`      retry accepted at ${at()}`);
     const done = await finished(retry.id);
     console.log(
-      `      retry ${done.state} at ${at()}: ${(done.bytes / 1048576).toFixed(1)} MB, writes refused ${done.write_window_ms} ms`,
+      `      retry ${done.state} at ${at()}: ${(done.bytes / 1048576).toFixed(1)} MB, writes refused ${done.write_window_ms} ms (steps, ms: ${done.steps.map((st) => `${st.step} ${st.duration_ms}`).join(', ')})`,
     );
+    if (process.env.SF_TEST_DUMP_CELLS)
+      for (const cell of cluster.cells) console.log(`----- ${cell.name}\n${cell.proc.output().slice(-20000)}`);
     expect(done.state, done.error ?? '').to.equal('done');
     expect(done.bytes).to.be.greaterThan(15 * 1024 * 1024);
     const after = await cluster.waitForService('mv-kill', 120_000);
@@ -421,6 +446,52 @@ describe('volume move', function () {
     expect(after.instances[0]).to.include({ id: source.id, cell: to });
     await eventually(async () => (await c.get('marker').catch(() => null)) === 'during', 60_000, 'data moved');
     expect((await c.get('blob0'))?.length).to.equal(blob.length);
+  });
+
+  it('copy: a copy connection cut in the middle is resumed by the mover; the move completes', async function () {
+    // `ss -K` closes a socket of another process: it needs root (as the engines' users do here).
+    if (process.getuid?.() !== 0) this.skip();
+    const before = await create({ name: 'mv-cut', engine: 'redis' });
+    const c = await client(before.port, 'mv-cut');
+    const blob = 'c'.repeat(256 * 1024);
+    for (let i = 0; i < 160; i++) await c.set(`blob${i}`, blob);
+    await c.set('marker', 'before');
+    const source = before.instances[0];
+    const registration = JSON.parse(
+      (await cluster.state.get(KEYS.cell(source.cell).registration)) ?? '{}',
+    ) as CellRecord;
+    const sourcePort = registration.transfer?.port;
+    if (!sourcePort) throw new Error(`cell ${source.cell} advertises no transfer port`);
+    const to = freeCell(before);
+
+    const move = await startMove('mv-cut', to, { method: 'copy' });
+    // The receiving cell's connection to the source's transfer port, closed once (RST) as soon
+    // as it exists: what a network blip or a restarted middlebox does to a long copy.
+    const cutOnce = (): Promise<boolean> =>
+      new Promise((resolve) =>
+        execFile('ss', ['-tnK', 'dport', '=', `:${sourcePort}`], (err, out) =>
+          resolve(!err && /ESTAB/.test(String(out))),
+        ),
+      );
+    let cut = false;
+    for (const deadline = Date.now() + 60_000; !cut && Date.now() < deadline;) {
+      cut = await cutOnce();
+      const now = (await cluster.api<MoveView>('GET', `/v3/moves/${move.id}`)).body;
+      if (now.state === 'done' || now.state === 'failed') break;
+    }
+    expect(cut, 'a copy connection was cut').to.equal(true);
+    const done = await finished(move.id);
+    console.log(
+      `      after the cut: ${done.state} (steps, ms: ${done.steps.map((st) => `${st.step} ${st.duration_ms}`).join(', ')})`,
+    );
+    expect(done.state, done.error ?? '').to.equal('done');
+    expect(done.steps.map((st) => st.step)).to.include('copy-interrupted');
+    const after = await cluster.waitForService('mv-cut', 120_000);
+    expect(after.port).to.equal(before.port);
+    expect(after.instances[0]).to.include({ id: source.id, cell: to });
+    await eventually(async () => (await c.get('marker').catch(() => null)) === 'before', 60_000, 'data moved');
+    expect((await c.get('blob159'))?.length).to.equal(blob.length);
+    await sourceVolumeGone(source.cell, source.id);
   });
 
   it('refuses bad requests naming the field', async () => {

@@ -4,7 +4,7 @@
  * read back from the ops of the change it commits.
  */
 import { expect } from 'chai';
-import { ServiceReconciler } from '../../../control/convergence/service-reconciler';
+import { MOVE_TARGET_SILENCE_MS, ServiceReconciler } from '../../../control/convergence/service-reconciler';
 import type { CellSnapshot } from '../../../control/services/cell-directory';
 import type { FailoverCoordinator, PrimaryLoss } from '../../../control/services/failover-coordinator';
 import type { RouteEmitter } from '../../../control/services/route-emitter';
@@ -184,6 +184,53 @@ describe('ServiceReconciler', () => {
       const tomb = JSON.parse((op as { value: string }).value) as { reason: string; deleteAfter: number };
       expect(tomb.reason).to.equal('replaced');
       expect(tomb.deleteAfter).to.be.at.least(before + 60_000);
+    });
+  });
+
+  describe("a move's replica on a cell that looks dead", () => {
+    const moving = (): ServiceRecord => {
+      const rec = service();
+      rec.replicas = 0;
+      rec.instances = [inst('cache-0', 'c1', 'primary'), { ...inst('cache-1', 'c2', 'replica'), moveOf: 'cache-0' }];
+      return rec;
+    };
+
+    it('keeps it while its mover may still be looking after it', async () => {
+      const { store, reconciler } = setup(moving());
+      await reconciler.reconcile('cache', fence, cells({ c1: true, c2: false, c3: true }), { cellGrace: false });
+      await reconciler.reconcile('cache', fence, cells({ c1: true, c2: false, c3: true }), { cellGrace: false });
+      expect(store.rec!.instances.map((i) => i.id)).to.deep.equal(['cache-0', 'cache-1']);
+      expect(tombstones(store)).to.deep.equal([]);
+    });
+
+    it('drops it once its cell has been silent past the bound', async () => {
+      const { store, reconciler } = setup(moving());
+      const realNow = Date.now;
+      try {
+        await reconciler.reconcile('cache', fence, cells({ c1: true, c2: false, c3: true }), { cellGrace: false });
+        const later = realNow() + MOVE_TARGET_SILENCE_MS + 1_000;
+        Date.now = () => later;
+        await reconciler.reconcile('cache', fence, cells({ c1: true, c2: false, c3: true }), { cellGrace: false });
+      } finally {
+        Date.now = realNow;
+      }
+      expect(store.rec!.instances.map((i) => i.id)).to.deep.equal(['cache-0']);
+      expect(tombstones(store).map((op) => (op as { field: string }).field)).to.deep.equal(['c2/cache-1']);
+    });
+
+    it('counts the silence afresh after its cell was seen again', async () => {
+      const { store, reconciler } = setup(moving());
+      const realNow = Date.now;
+      try {
+        await reconciler.reconcile('cache', fence, cells({ c1: true, c2: false, c3: true }), { cellGrace: false });
+        await reconciler.reconcile('cache', fence, cells({ c1: true, c2: true, c3: true }), { cellGrace: false });
+        const later = realNow() + MOVE_TARGET_SILENCE_MS + 1_000;
+        Date.now = () => later;
+        await reconciler.reconcile('cache', fence, cells({ c1: true, c2: false, c3: true }), { cellGrace: false });
+      } finally {
+        Date.now = realNow;
+      }
+      expect(store.rec!.instances.map((i) => i.id)).to.deep.equal(['cache-0', 'cache-1']);
     });
   });
 

@@ -190,6 +190,8 @@ export class FakeSteps {
     {};
   /** Whether the engine can pause writes (Redis can); otherwise a pause is refused as unsupported. */
   canPause = false;
+  /** Whether a clean stop reports where it left the data (PostgreSQL does), as `positionValue`. */
+  stopReportsPosition = true;
   /** Per pause order: whether the record marked the primary fenced when it was sent. */
   readonly pausedWhileMarked: boolean[] = [];
   /** Positions per instance, for the catch-up and the choice. */
@@ -253,7 +255,13 @@ export class FakeSteps {
     },
     rejoin: {
       repoint: async (_cell, id) => this.answer('rejoin', 'repoint', `repoint:${id}`),
-      stop: async (_cell, id) => this.answer('stop', 'stop', `stop:${id}`),
+      stop: async (_cell, id) =>
+        this.answer(
+          'stop',
+          'stop',
+          `stop:${id}`,
+          this.stopReportsPosition ? { positionValue: String(this.positions.get(id) ?? 100n) } : {},
+        ),
       pauseWrites: async (_cell, id) => {
         this.pausedWhileMarked.push(this.store.rec?.instances.find((i) => i.id === id)?.fenced !== undefined);
         if (!this.canPause) {
