@@ -6,7 +6,8 @@
         "src/addon.cc",
         "src/listen-batch.cc",
         "src/relay-engine.cc",
-        "src/socket-options.cc"
+        "src/socket-options.cc",
+        "src/tls-server.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],

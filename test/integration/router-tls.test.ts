@@ -123,18 +123,35 @@ describe('router TLS with clients', function () {
     rmSync(dir, { recursive: true, force: true });
   });
 
+  /** Which path terminates TLS: the relay threads when the native relay accepts, else Node. */
+  const terminatedBy = (): 'native' | 'js' =>
+    router.router.status().relay === 'native' &&
+    process.env.SF_NATIVE_ACCEPT !== 'off' &&
+    process.env.SF_NATIVE_TLS !== 'off'
+      ? 'native'
+      : 'js';
   const redisCli = (p: number, args: string[], tls = true): Promise<Run> =>
     run('redis-cli', [...(tls ? ['--tls', '--cacert', ca.certFile] : []), '-h', 'localhost', '-p', String(p), ...args]);
   const psql = (p: number, conninfo: string): Promise<Run> =>
     run('psql', [`host=localhost port=${p} user=postgres dbname=postgres ${conninfo}`, '-XAtc', '\\conninfo']);
 
   describe('a terminating Redis route', () => {
-    it('serves redis-cli --tls --cacert CA and reports the JS path in /health', async () => {
+    it('serves redis-cli --tls --cacert CA and reports in /health which path terminates it', async () => {
       const r = await redisCli(port.redis!, ['set', 'k', 'v']);
       expect(r.stdout.trim(), r.stderr).to.equal('OK');
       expect((await redisCli(port.redis!, ['get', 'k'])).stdout.trim()).to.equal('v');
       const status = router.router.status();
-      expect(status.tlsPorts).to.deep.include({ port: port.redis!, tls: 'terminate', relay: 'js' });
+      // With the native relay, terminating routes are served by its threads (OpenSSL in the
+      // addon); a silent fall-back to Node's TLS would show as relay 'js' and a JS port here.
+      expect(status.tlsPorts).to.deep.include({ port: port.redis!, tls: 'terminate', relay: terminatedBy() });
+      const jsPorts = status.accept.jsPorts.map((p) => p.port);
+      if (terminatedBy() === 'native') {
+        for (const name of ['redis', 'wrong', 'mtls', 'optional', 'pg', 'pgWrong', 'rotate'])
+          expect(jsPorts, name).to.not.include(port[name]!);
+        expect(status.accept.jsPorts).to.deep.include({ port: port.pgPass!, reason: 'tls-passthrough' });
+      } else expect(jsPorts).to.include(port.redis!);
+      const stats = router.router.routeStats().find((s) => s.port === port.redis!)!;
+      expect(stats.tlsHandshakes).to.be.at.least(2);
     });
 
     it('refuses a plaintext client and counts it', async () => {
