@@ -10,14 +10,17 @@
  *   terminated, re-encrypted to the engine's TLS port and verified against the platform CA, as a
  *   service with TLS runs), next to client TLS only and to plaintext.
  *
- * Router and HAProxy each get one thread (the router terminates TLS on its JS thread; HAProxy
- * `nbthread 1`); the certificate is a P-256 one from the platform CA (common/platform-ca.ts).
- * Samples alternate between targets and the order rotates each round; read medians and ratios.
+ * Router and HAProxy get the same number of threads (`--threads 1,2`: one run per count, the
+ * router with `--threads N`, HAProxy `nbthread N`); with the native relay the router terminates
+ * TLS on its relay threads (OpenSSL in the addon), otherwise on its JS thread. The certificate is a
+ * P-256 one from the platform CA (common/platform-ca.ts). Samples alternate between targets and
+ * the order rotates each round; read medians and ratios. The load average (`uptime`) is printed
+ * before and after each thread count.
  *
- *   node dist/bench/tls-termination.js [--quick] [--rounds N] [--redis-only]
+ *   node dist/bench/tls-termination.js [--quick] [--rounds N] [--threads 1,2] [--redis-only] [--engine]
  *
  * `--redis-only` runs just the redis-benchmark rows through the router (plaintext, client TLS,
- * client + engine TLS).
+ * client + engine TLS); `--engine` adds the client + engine TLS and SET rows to a full run.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -46,6 +49,8 @@ interface Settings {
   bulkMb: number;
   redisRequests: number;
   redisOnly: boolean;
+  engine: boolean;
+  threads: number[];
 }
 
 function parseArgs(argv: string[]): Settings {
@@ -60,7 +65,20 @@ function parseArgs(argv: string[]): Settings {
     bulkMb: quick ? 64 : 256,
     redisRequests: quick ? 50_000 : 200_000,
     redisOnly: argv.includes('--redis-only'),
+    engine: argv.includes('--engine'),
+    threads: parseThreads(argv),
   };
+}
+
+function parseThreads(argv: string[]): number[] {
+  const i = argv.indexOf('--threads');
+  if (i < 0) return [1];
+  const list = String(argv[i + 1] ?? '')
+    .split(',')
+    .map(Number);
+  if (list.length === 0 || list.some((n) => !Number.isInteger(n) || n < 1 || n > 64))
+    throw new Error('--threads must be a comma-separated list of integers 1-64');
+  return list;
 }
 
 /** A backend that reads and discards everything, then closes: the far end of the bulk stream. */
@@ -120,9 +138,39 @@ function bulk(port: number, ca: Buffer, mb: number): Promise<number> {
   });
 }
 
+async function loadAverage(): Promise<string> {
+  const r = await runToCompletion('uptime', 'uptime', []);
+  return /load average: (.*)$/m.exec(r.stdout)?.[1]?.trim() ?? r.stdout.trim();
+}
+
 async function main(): Promise<void> {
   const settings = parseArgs(process.argv.slice(2));
   await acquireRunLock('tls-termination');
+  const reports: string[] = [];
+  const allSamples: Record<string, Record<string, number[]>> = {};
+  let relay = '';
+  for (const threads of settings.threads) {
+    const before = await loadAverage();
+    const started = new Date().toISOString();
+    const run = await runFor(settings, threads);
+    const after = await loadAverage();
+    relay = run.relay;
+    allSamples[`threads_${threads}`] = run.samples;
+    reports.push(
+      `## ${threads} thread(s): router --threads ${threads}, HAProxy nbthread ${threads}\n` +
+        `started ${started}; load average before: ${before}; after: ${after}\n` +
+        `TLS ports in /health: ${run.tlsPorts}\n\n${run.report}`,
+    );
+    process.stdout.write(`${reports.at(-1)!}\n\n`);
+  }
+  const file = writeResults('tls-termination', { settings, relay, samples: allSamples });
+  process.stdout.write(`raw samples: ${file}\n`);
+}
+
+async function runFor(
+  settings: Settings,
+  threads: number,
+): Promise<{ relay: string; tlsPorts: string; samples: Record<string, number[]>; report: string }> {
   const dir = makeTempDir('sf-bench-tls-');
   const ca = await PlatformCa.open(join(dir, 'ca'));
   const cert = await ca.ensure('bench', ['localhost', '127.0.0.1']);
@@ -186,15 +234,18 @@ async function main(): Promise<void> {
   const router = startProcess(
     'router',
     process.execPath,
-    [sfCliPath(), 'router', '--routes', routeFile, '--admin', `127.0.0.1:${adminPort}`],
+    [sfCliPath(), 'router', '--routes', routeFile, '--admin', `127.0.0.1:${adminPort}`, '--threads', String(threads)],
     {
       fileLimit: 65536,
     },
   );
-  const health = JSON.parse(await waitForHttp(`http://127.0.0.1:${adminPort}/health`, router)) as { relay: string };
+  const health = JSON.parse(await waitForHttp(`http://127.0.0.1:${adminPort}/health`, router)) as {
+    relay: string;
+    tlsPorts?: Array<{ port: number; relay: string }>;
+  };
   const cfg = [
     'global',
-    '  nbthread 1',
+    `  nbthread ${threads}`,
     '  maxconn 4000',
     'defaults',
     '  mode tcp',
@@ -250,12 +301,16 @@ async function main(): Promise<void> {
     ['set_router_tls', () => redisRun(ports.routerTlsRedis, true, 'set')],
     ['set_router_tls_engine', () => redisRun(ports.routerTlsEngineRedis, true, 'set')],
   ];
-  const steps = settings.redisOnly ? allSteps.filter(([key]) => /^(get|set)_router_/.test(key)) : allSteps;
+  const steps = settings.redisOnly
+    ? allSteps.filter(([key]) => /^(get|set)_router_/.test(key))
+    : settings.engine
+      ? allSteps
+      : allSteps.filter(([key]) => !/^set_|_engine$/.test(key));
   for (let round = 0; round < settings.rounds; round++) {
     const order = [...steps.slice(round % steps.length), ...steps.slice(0, round % steps.length)];
     for (const [key, fn] of order) {
       add(key, await fn());
-      process.stderr.write(`round ${round + 1} ${key}: ${formatNumber(samples[key]!.at(-1))}\n`);
+      process.stderr.write(`threads ${threads} round ${round + 1} ${key}: ${formatNumber(samples[key]!.at(-1))}\n`);
     }
   }
   const m = (k: string): number => median(samples[k] ?? []);
@@ -314,10 +369,21 @@ async function main(): Promise<void> {
       formatRatio(m(`set_${key}`) / m('set_router_plain')),
     ]),
   );
-  const header = `router relay for plain routes: ${health.relay}; ${await haproxyVersion()}; rounds ${settings.rounds}`;
-  process.stdout.write(`${header}\n\n${table}\n\n${cost}\n\n${allTheWay}\n`);
-  const file = writeResults('tls-termination', { settings, relay: health.relay, samples });
-  process.stdout.write(`\nraw samples: ${file}\n`);
+  const header = `router relay: ${health.relay}; ${await haproxyVersion()}; rounds ${settings.rounds}`;
+  const raw = Object.entries(samples)
+    .map(([k, v]) => `${k}: ${v.map((x) => formatNumber(x)).join(' / ')}`)
+    .join('\n');
+  const withEngine = settings.engine || settings.redisOnly ? `\n\n${allTheWay}` : '';
+  await haproxy.stop();
+  await router.stop();
+  await sink.stop();
+  await redis.stop();
+  return {
+    relay: health.relay,
+    tlsPorts: JSON.stringify(health.tlsPorts ?? []),
+    samples,
+    report: `${header}\n\n${table}\n\n${cost}${withEngine}\n\nsamples:\n${raw}`,
+  };
 }
 
 main()
