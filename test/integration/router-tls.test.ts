@@ -6,7 +6,7 @@ import { expect } from 'chai';
 import { execFile } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { connect as netConnect } from 'node:net';
+import { connect as netConnect, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
@@ -16,6 +16,40 @@ import { freePort } from '../helpers/free-port';
 import { startPostgresServer, type PostgresServerHandle } from '../helpers/postgres-server';
 import { startRedisServer, type RedisServerHandle } from '../helpers/redis-server';
 import { startRouter, type RouterHarness } from '../helpers/router-harness';
+import type { RouteTableInput } from '../../router';
+
+/** A backend that echoes what it gets and counts every byte that reached it. */
+interface CountingBackend {
+  server: Server;
+  port: number;
+  received: number;
+  stop(): Promise<void>;
+}
+
+async function countingBackend(): Promise<CountingBackend> {
+  const sockets = new Set<Socket>();
+  const backend: CountingBackend = {
+    server: createServer((s) => {
+      sockets.add(s);
+      s.on('data', (d: Buffer) => {
+        backend.received += d.length;
+        s.write(d);
+      });
+      s.on('error', () => undefined);
+      s.on('close', () => sockets.delete(s));
+    }),
+    port: 0,
+    received: 0,
+    stop: () =>
+      new Promise((resolve) => {
+        for (const s of sockets) s.destroy();
+        backend.server.close(() => resolve());
+      }),
+  };
+  await new Promise<void>((resolve) => backend.server.listen(0, '127.0.0.1', resolve));
+  backend.port = (backend.server.address() as { port: number }).port;
+  return backend;
+}
 
 interface Run {
   code: number;
@@ -69,6 +103,9 @@ describe('router TLS with clients', function () {
   let pg: PostgresServerHandle;
   let pgTls: PostgresServerHandle;
   let router: RouterHarness;
+  let table: RouteTableInput;
+  let fenceA: CountingBackend;
+  let fenceB: CountingBackend;
   const port: Record<string, number> = {};
 
   before(async () => {
@@ -81,7 +118,9 @@ describe('router TLS with clients', function () {
     redis = await startRedisServer();
     pg = await startPostgresServer();
     pgTls = await startPostgresServer(engineCert);
-    for (const name of ['redis', 'wrong', 'mtls', 'optional', 'pg', 'pgWrong', 'pgPass', 'rotate'])
+    fenceA = await countingBackend();
+    fenceB = await countingBackend();
+    for (const name of ['redis', 'wrong', 'mtls', 'optional', 'pg', 'pgWrong', 'pgPass', 'rotate', 'fence'])
       port[name] = await freePort();
     // The rotating route has certificate files of its own, replaced during the test.
     copyFileSync(routerCert.certFile, join(dir, 'rotate.crt'));
@@ -93,7 +132,7 @@ describe('router TLS with clients', function () {
     });
     const redisBackend = [{ host: '127.0.0.1', port: redis.port }];
     const pgBackend = [{ host: '127.0.0.1', port: pg.port }];
-    router = await startRouter({
+    table = {
       routes: [
         { port: port.redis!, backends: redisBackend, tls: terminate(routerCert) },
         { port: port.wrong!, backends: redisBackend, tls: terminate(wrongCert) },
@@ -111,8 +150,14 @@ describe('router TLS with clients', function () {
           backends: redisBackend,
           tls: { certFile: join(dir, 'rotate.crt'), keyFile: join(dir, 'rotate.key') },
         },
+        {
+          port: port.fence!,
+          backends: [{ id: 'a', host: '127.0.0.1', port: fenceA.port, epoch: 1 }],
+          tls: terminate(routerCert),
+        },
       ],
-    });
+    };
+    router = await startRouter(table);
   });
 
   after(async () => {
@@ -120,6 +165,8 @@ describe('router TLS with clients', function () {
     await redis?.stop();
     await pg?.stop();
     await pgTls?.stop();
+    await fenceA?.stop();
+    await fenceB?.stop();
     rmSync(dir, { recursive: true, force: true });
   });
 
@@ -296,6 +343,62 @@ describe('router TLS with clients', function () {
       expect(await ping(old)).to.equal('+PONG\r\n');
       old.destroy();
       fresh.destroy();
+    });
+  });
+
+  describe('fencing', () => {
+    it('destroys a terminated connection of a fenced backend before the table applies, and a client still in its handshake reaches only the new backend', async () => {
+      const ca_ = readFileSync(ca.certFile);
+      const client = await new Promise<TLSSocket>((resolve, reject) => {
+        const s = tlsConnect({ port: port.fence!, host: '127.0.0.1', servername: 'localhost', ca: ca_ }, () =>
+          resolve(s),
+        );
+        s.once('error', reject);
+      });
+      const echo = (s: TLSSocket, text: string): Promise<string> =>
+        new Promise((resolve) => {
+          s.once('data', (d: Buffer) => resolve(d.toString()));
+          s.write(text);
+        });
+      expect(await echo(client, 'hello')).to.equal('hello');
+      const closed = new Promise<void>((resolve) => client.once('close', () => resolve()));
+      client.on('error', () => undefined);
+      // A client connected but not yet through its handshake: it has no backend yet.
+      const raw = await new Promise<Socket>((resolve, reject) => {
+        const s = netConnect(port.fence!, '127.0.0.1', () => resolve(s));
+        s.once('error', reject);
+      });
+      const before = fenceA.received;
+      expect(before).to.equal(5);
+      const fenced = {
+        routes: table.routes.map((r) =>
+          r.port === port.fence!
+            ? {
+                ...r,
+                backends: [
+                  { id: 'a', host: '127.0.0.1', port: fenceA.port, epoch: 1, state: 'fenced' as const },
+                  { id: 'b', host: '127.0.0.1', port: fenceB.port, epoch: 2 },
+                ],
+              }
+            : r,
+        ),
+      };
+      await router.reload(fenced);
+      // Once the table applied, the fenced backend's connection is gone: nothing written after it
+      // can reach the fenced backend.
+      client.write('after-the-fence');
+      await closed;
+      const stats = router.router.routeStats().find((s) => s.port === port.fence!)!;
+      expect(stats.killedFenced).to.equal(1);
+      const late = tlsConnect({ socket: raw, servername: 'localhost', ca: ca_ });
+      await new Promise<void>((resolve, reject) => {
+        late.once('secureConnect', () => resolve());
+        late.once('error', reject);
+      });
+      expect(await echo(late, 'world')).to.equal('world');
+      late.destroy();
+      expect(fenceB.received).to.equal(5);
+      expect(fenceA.received).to.equal(before);
     });
   });
 });
