@@ -4,7 +4,7 @@
  */
 import { expect } from 'chai';
 import { execFile } from 'node:child_process';
-import { X509Certificate } from 'node:crypto';
+import { X509Certificate, createHash, randomBytes } from 'node:crypto';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { connect as netConnect, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -106,6 +106,8 @@ describe('router TLS with clients', function () {
   let table: RouteTableInput;
   let fenceA: CountingBackend;
   let fenceB: CountingBackend;
+  let echo: CountingBackend;
+  let halfClose: Server;
   const port: Record<string, number> = {};
 
   before(async () => {
@@ -120,7 +122,29 @@ describe('router TLS with clients', function () {
     pgTls = await startPostgresServer(engineCert);
     fenceA = await countingBackend();
     fenceB = await countingBackend();
-    for (const name of ['redis', 'wrong', 'mtls', 'optional', 'pg', 'pgWrong', 'pgPass', 'rotate', 'fence'])
+    echo = await countingBackend();
+    // Answers a client's end of stream with what it counted, then ends too.
+    halfClose = createServer({ allowHalfOpen: true }, (s) => {
+      let got = 0;
+      s.on('data', (d: Buffer) => (got += d.length));
+      s.on('end', () => s.end(`got ${got}`));
+      s.on('error', () => undefined);
+    });
+    await new Promise<void>((resolve) => halfClose.listen(0, '127.0.0.1', resolve));
+    const halfClosePort = (halfClose.address() as { port: number }).port;
+    for (const name of [
+      'redis',
+      'wrong',
+      'mtls',
+      'optional',
+      'pg',
+      'pgWrong',
+      'pgPass',
+      'rotate',
+      'fence',
+      'echo',
+      'half',
+    ])
       port[name] = await freePort();
     // The rotating route has certificate files of its own, replaced during the test.
     copyFileSync(routerCert.certFile, join(dir, 'rotate.crt'));
@@ -150,6 +174,8 @@ describe('router TLS with clients', function () {
           backends: redisBackend,
           tls: { certFile: join(dir, 'rotate.crt'), keyFile: join(dir, 'rotate.key') },
         },
+        { port: port.echo!, backends: [{ host: '127.0.0.1', port: echo.port }], tls: terminate(routerCert) },
+        { port: port.half!, backends: [{ host: '127.0.0.1', port: halfClosePort }], tls: terminate(routerCert) },
         {
           port: port.fence!,
           backends: [{ id: 'a', host: '127.0.0.1', port: fenceA.port, epoch: 1 }],
@@ -167,6 +193,8 @@ describe('router TLS with clients', function () {
     await pgTls?.stop();
     await fenceA?.stop();
     await fenceB?.stop();
+    await echo?.stop();
+    await new Promise((resolve) => halfClose?.close(resolve));
     rmSync(dir, { recursive: true, force: true });
   });
 
@@ -399,6 +427,55 @@ describe('router TLS with clients', function () {
       late.destroy();
       expect(fenceB.received).to.equal(5);
       expect(fenceA.received).to.equal(before);
+    });
+  });
+
+  describe('streams through a terminating route', () => {
+    const connectTls = (p: number): Promise<TLSSocket> =>
+      new Promise((resolve, reject) => {
+        const s = tlsConnect(
+          { port: p, host: '127.0.0.1', servername: 'localhost', ca: readFileSync(ca.certFile) },
+          () => resolve(s),
+        );
+        s.once('error', reject);
+      });
+
+    it('carries 16 MB each way byte-exact while the client reads slowly (partial writes, backpressure)', async () => {
+      const s = await connectTls(port.echo!);
+      const data = randomBytes(16 * 1024 * 1024);
+      const sent = createHash('sha256').update(data).digest('hex');
+      const got = createHash('sha256');
+      let received = 0;
+      const done = new Promise<void>((resolve, reject) => {
+        s.on('data', (d: Buffer) => {
+          got.update(d);
+          received += d.length;
+          if (received >= data.length) resolve();
+          // Reading in bursts lets the router's writes to the client block now and then.
+          s.pause();
+          setTimeout(() => s.resume(), 1);
+        });
+        s.on('error', reject);
+      });
+      for (let off = 0; off < data.length; off += 1 << 20) s.write(data.subarray(off, off + (1 << 20)));
+      await done;
+      expect(received).to.equal(data.length);
+      expect(got.digest('hex')).to.equal(sent);
+      s.destroy();
+    });
+
+    it("carries a client's close_notify to the backend as a half-close while the backend still answers", async () => {
+      const s = await connectTls(port.half!);
+      let answer = '';
+      const ended = new Promise<void>((resolve, reject) => {
+        s.on('data', (d: Buffer) => (answer += d.toString()));
+        s.on('end', () => resolve());
+        s.on('error', reject);
+      });
+      s.end('twelve bytes');
+      await ended;
+      expect(answer).to.equal('got 12');
+      s.destroy();
     });
   });
 });
