@@ -636,6 +636,26 @@ Pair::StartResult Pair::RunStart(int64_t now, CloseEvent* ev) {
         if (r == 1) {
           start_handshakes_++;
           start_ = Start::kNone;
+          // What came with the end of the handshake (OpenSSL reads ahead) is read now, before a
+          // backend is connected: a client that already ended (a handshake-only check, `openssl
+          // s_time`) is closed without connecting any backend, as HAProxy does; its first bytes
+          // wait in the pair's buffer and go out first once the backend is connected. Nothing is
+          // read when nothing is there (no EAGAIN spent): a client that has not spoken yet (a
+          // server-speaks-first protocol) gets its backend at once.
+          if (SSL_has_pending(ssl_) != 0 || hangup_[0]) {
+            char first[kCopyBufferSize];
+            const ssize_t n = In(0, first, sizeof first);
+            if (n > 0) {
+              pending_[0].assign(first, static_cast<size_t>(n));
+              pending_off_[0] = 0;
+            } else if (n == 0) {
+              Close(CloseReason::kClientClosed, 0, false, ev);
+              return StartResult::kClosed;
+            } else if (errno != EAGAIN) {
+              Close(CloseReason::kClientError, errno, false, ev);
+              return StartResult::kClosed;
+            }
+          }
           return StartResult::kConnect;
         }
         const int e = SSL_get_error(ssl_, r);
