@@ -39,6 +39,13 @@ constexpr int kMaxEvents = 256;
 // instead of three splices plus a pipe per direction, and bulk keeps zero-copy (the idea of
 // HAProxy's `option splice-auto`). 16 KiB is HAProxy's default buffer size too.
 constexpr size_t kCopyBufferSize = 16 * 1024;
+// A TLS pair never splices; its reads go through a buffer of this size: up to four records'
+// plaintext gathered from the client before one send to the backend, and up to four records' worth
+// read from the backend for one SSL_write. Bulk then costs a quarter of the backend-side system
+// calls (and of the backend's wake-ups) of one record per call.
+constexpr size_t kTlsBufferSize = 64 * 1024;
+// The most plaintext one TLS record carries (RFC 8446 section 5.1).
+constexpr size_t kTlsRecordSize = 16 * 1024;
 // epoll data of a listening socket: this bit set, the port id below it. Pointers (End*) never
 // have it, as user-space addresses end below 2^47.
 constexpr uint64_t kListenerTag = uint64_t{1} << 63;
@@ -398,7 +405,7 @@ class Loop {
   const int pipe_size_;
   CloseSink* sink_;
   // The copy buffer of this thread; only Serve on this thread touches it, under one pair's lock.
-  std::unique_ptr<char[]> buffer_{new char[kCopyBufferSize]};
+  std::unique_ptr<char[]> buffer_{new char[kTlsBufferSize]};
   int wake_fd_ = -1;
   std::atomic<bool> stopping_{false};
   std::thread thread_;
@@ -748,13 +755,31 @@ Pair::Turn Pair::Pump(int dir, int pipe_size, char* buffer, CloseEvent* ev) {
       // have to be kept in memory, while leaving it in the source's receive buffer lets TCP flow
       // control slow the sender down.
       if (!writable_[dst]) return Turn::kIdle;
-      n = In(src, buffer, kCopyBufferSize);
+      const size_t want = ssl_ != nullptr ? kTlsBufferSize : kCopyBufferSize;
+      n = In(src, buffer, want);
       if (n > 0) {
         if (ssl_ != nullptr) {
           // Decrypted or to be encrypted: never spliced. The socket is drained when OpenSSL's last
           // read of it came back short and it holds no record back.
-          if (src == 0 && io_.short_read && SSL_has_pending(ssl_) == 0 && !hangup_[0]) readable_[0] = false;
-          if (src == 1 && static_cast<size_t>(n) < kCopyBufferSize && !hangup_[1]) readable_[1] = false;
+          if (src == 0) {
+            // SSL_read hands over one record at a time: gather what is known to be there.
+            bool ended = false;
+            while (static_cast<size_t>(n) + kTlsRecordSize <= want &&
+                   (SSL_has_pending(ssl_) != 0 || !io_.short_read || hangup_[0])) {
+              const ssize_t more = In(0, buffer + n, want - static_cast<size_t>(n));
+              if (more > 0) {
+                n += more;
+                continue;
+              }
+              // An end (close_notify) or an error is met again by the next read, after these
+              // bytes went out: the socket stays marked readable for it, as no edge may follow.
+              if (more == 0 || errno != EAGAIN) ended = true;
+              else readable_[0] = false;
+              break;
+            }
+            if (!ended && io_.short_read && SSL_has_pending(ssl_) == 0 && !hangup_[0]) readable_[0] = false;
+          }
+          if (src == 1 && static_cast<size_t>(n) < want && !hangup_[1]) readable_[1] = false;
         } else if (static_cast<size_t>(n) == kCopyBufferSize) {
           splicing_[dir] = true;
         } else if (!hangup_[src]) {
