@@ -62,7 +62,7 @@ function parseArgs(argv: string[]): Settings {
     rounds,
     connSeconds: quick ? 3 : 5,
     connParallel: 4,
-    bulkMb: quick ? 64 : 256,
+    bulkMb: quick ? 128 : 512,
     redisRequests: quick ? 50_000 : 200_000,
     redisOnly: argv.includes('--redis-only'),
     engine: argv.includes('--engine'),
@@ -84,7 +84,7 @@ function parseThreads(argv: string[]): number[] {
 /** A backend that reads and discards everything, then closes: the far end of the bulk stream. */
 const SINK = `
 const net = require('node:net');
-net.createServer({ allowHalfOpen: true }, (s) => { s.on('data', () => {}); s.on('end', () => s.end()); })
+net.createServer({ allowHalfOpen: true }, (s) => { s.on('error', () => {}); s.on('data', () => {}); s.on('end', () => s.end()); })
   .listen(Number(process.argv[1]), '127.0.0.1');
 `;
 
@@ -106,6 +106,38 @@ async function connRate(port: number, caFile: string, seconds: number, parallel:
     const m = /(\d+) connections in (\d+) real seconds/.exec(r.stdout);
     if (!m) throw new Error(`openssl s_time printed no result: ${r.stdout.slice(0, 500)}${r.stderr.slice(0, 500)}`);
     total += Number(m[1]) / Math.max(1, Number(m[2]));
+  }
+  return total;
+}
+
+/**
+ * Builds bench/native/tls-bulk-client.c (the system's OpenSSL, AES-NI) into `dir`; undefined when
+ * there is no compiler or no libssl-dev, and the bulk rows then use Node's TLS client, which on
+ * this machine's Node encrypts at ~0.4-0.6 GB/s and limits both targets alike.
+ */
+async function buildBulkClient(dir: string): Promise<string | undefined> {
+  const source = join(__dirname, '..', '..', 'bench', 'native', 'tls-bulk-client.c');
+  const out = join(dir, 'tls-bulk-client');
+  const r = await runToCompletion('cc', 'cc', ['-O2', '-o', out, source, '-lssl', '-lcrypto'], { timeoutMs: 60_000 });
+  if (r.code !== 0) {
+    process.stderr.write(`bulk client not built (${r.stderr.trim().split('\n')[0] ?? ''}); using Node's TLS client\n`);
+    return undefined;
+  }
+  return out;
+}
+
+/** MB/s of `streams` TLS streams of `mb` megabytes each through `port`, summed, with the C client. */
+async function bulkNative(client: string, port: number, caFile: string, mb: number, streams: number): Promise<number> {
+  const runs = await Promise.all(
+    Array.from({ length: streams }, (_, k) =>
+      runToCompletion(`bulk-${k}`, client, [String(port), caFile, 'localhost', String(mb)], { timeoutMs: 300_000 }),
+    ),
+  );
+  let total = 0;
+  for (const r of runs) {
+    const v = Number(r.stdout.trim());
+    if (r.code !== 0 || !Number.isFinite(v)) throw new Error(`bulk client failed: ${r.stderr.slice(0, 500)}`);
+    total += v;
   }
   return total;
 }
@@ -175,6 +207,12 @@ async function runFor(
   const ca = await PlatformCa.open(join(dir, 'ca'));
   const cert = await ca.ensure('bench', ['localhost', '127.0.0.1']);
   const caPem = readFileSync(ca.certFile);
+  const bulkClient = await buildBulkClient(dir);
+  // One stream per thread, so that every thread of both has one to carry.
+  const runBulk = (port: number): Promise<number> =>
+    bulkClient
+      ? bulkNative(bulkClient, port, ca.certFile, settings.bulkMb, threads)
+      : bulk(port, caPem, settings.bulkMb);
   const haproxyPem = join(dir, 'haproxy.pem');
   writeFileSync(haproxyPem, readFileSync(cert.certFile, 'utf8') + readFileSync(cert.keyFile, 'utf8'), { mode: 0o600 });
 
@@ -290,8 +328,8 @@ async function runFor(
   const allSteps: Array<[string, () => Promise<number>]> = [
     ['conn_router', () => connRate(ports.routerTlsRedis, ca.certFile, settings.connSeconds, settings.connParallel)],
     ['conn_haproxy', () => connRate(ports.haproxyTlsRedis, ca.certFile, settings.connSeconds, settings.connParallel)],
-    ['bulk_router', () => bulk(ports.routerTlsSink, caPem, settings.bulkMb)],
-    ['bulk_haproxy', () => bulk(ports.haproxyTlsSink, caPem, settings.bulkMb)],
+    ['bulk_router', () => runBulk(ports.routerTlsSink)],
+    ['bulk_haproxy', () => runBulk(ports.haproxyTlsSink)],
     ['get_router_tls', () => redisGet(ports.routerTlsRedis, true)],
     ['get_haproxy_tls', () => redisGet(ports.haproxyTlsRedis, true)],
     ['get_router_plain', () => redisGet(ports.routerPlainRedis, false)],
@@ -369,7 +407,10 @@ async function runFor(
       formatRatio(m(`set_${key}`) / m('set_router_plain')),
     ]),
   );
-  const header = `router relay: ${health.relay}; ${await haproxyVersion()}; rounds ${settings.rounds}`;
+  const bulkBy = bulkClient
+    ? `bulk: ${threads} stream(s) of ${settings.bulkMb} MB each from bench/native/tls-bulk-client.c`
+    : `bulk: one stream of ${settings.bulkMb} MB from Node's TLS client`;
+  const header = `router relay: ${health.relay}; ${await haproxyVersion()}; rounds ${settings.rounds}; ${bulkBy}`;
   const raw = Object.entries(samples)
     .map(([k, v]) => `${k}: ${v.map((x) => formatNumber(x)).join(' / ')}`)
     .join('\n');

@@ -281,8 +281,10 @@ class Pair : public std::enable_shared_from_this<Pair> {
   // client has no backend: the loop reads PostgreSQL's preamble or peeks at the first byte, then
   // runs the handshake; a backend is picked (from the route in force) only after it. Loop thread
   // only, under mu_.
-  enum class Start : uint8_t { kNone, kSniff, kPreamble, kHandshake, kRefusing };
-  enum class StartResult { kWait, kConnect, kClosed };
+  // kSettled: the handshake is done and the client sent nothing yet; the backend is connected after
+  // the loop's next pass over its events, unless the client ended meanwhile.
+  enum class Start : uint8_t { kNone, kSniff, kPreamble, kHandshake, kRefusing, kSettled };
+  enum class StartResult { kWait, kConnect, kClosed, kDefer };
   Start start_ = Start::kNone;
   int64_t start_deadline_ms_ = 0;
   int preambles_ = 0;
@@ -419,6 +421,10 @@ class Loop {
   std::vector<std::pair<std::shared_ptr<Port>, int>> handed_;
   // Something was handed since the loop last took its queues.
   std::atomic<bool> handed_ready_{false};
+  // TLS clients whose handshake ended with nothing sent yet (Pair::Start::kSettled), queued during
+  // this pass: their backends are connected at the end of the next pass (loop thread only).
+  std::vector<std::shared_ptr<Pair>> settling_;
+  void Settle(const std::shared_ptr<Pair>& pair);
   // The loop is in epoll_wait with a timeout, or about to be, and no one woke it yet.
   std::atomic<bool> waiting_{false};
 };
@@ -615,6 +621,27 @@ Pair::StartResult Pair::RunStart(int64_t now, CloseEvent* ev) {
         start_ = Start::kRefusing;
         continue;
       }
+      case Start::kSettled: {
+        if (!readable_[0] && !hangup_[0] && SSL_has_pending(ssl_) == 0) return StartResult::kWait;
+        char first[kCopyBufferSize];
+        const ssize_t n = In(0, first, sizeof first);
+        if (n > 0) {
+          pending_[0].assign(first, static_cast<size_t>(n));
+          pending_off_[0] = 0;
+          start_ = Start::kNone;
+          return StartResult::kConnect;
+        }
+        if (n == 0) {
+          Close(CloseReason::kClientClosed, 0, false, ev);
+          return StartResult::kClosed;
+        }
+        if (errno != EAGAIN) {
+          Close(CloseReason::kClientError, errno, false, ev);
+          return StartResult::kClosed;
+        }
+        readable_[0] = false;
+        return StartResult::kDefer;
+      }
       case Start::kRefusing: {
         char sink[512];
         ssize_t n = recv(fd, sink, sizeof sink, 0);
@@ -643,27 +670,19 @@ Pair::StartResult Pair::RunStart(int64_t now, CloseEvent* ev) {
         if (r == 1) {
           start_handshakes_++;
           start_ = Start::kNone;
-          // What came with the end of the handshake (OpenSSL reads ahead) is read now, before a
+          // What came with the end of the handshake (OpenSSL reads ahead) is read before a
           // backend is connected: a client that already ended (a handshake-only check, `openssl
           // s_time`) is closed without connecting any backend, as HAProxy does; its first bytes
-          // wait in the pair's buffer and go out first once the backend is connected. Nothing is
-          // read when nothing is there (no EAGAIN spent): a client that has not spoken yet (a
-          // server-speaks-first protocol) gets its backend at once.
-          if (SSL_has_pending(ssl_) != 0 || hangup_[0]) {
-            char first[kCopyBufferSize];
-            const ssize_t n = In(0, first, sizeof first);
-            if (n > 0) {
-              pending_[0].assign(first, static_cast<size_t>(n));
-              pending_off_[0] = 0;
-            } else if (n == 0) {
-              Close(CloseReason::kClientClosed, 0, false, ev);
-              return StartResult::kClosed;
-            } else if (errno != EAGAIN) {
-              Close(CloseReason::kClientError, errno, false, ev);
-              return StartResult::kClosed;
-            }
+          // wait in the pair's buffer and go out first once the backend is connected. A client
+          // that sent nothing yet is settled: its backend is connected after the loop's next pass
+          // over its events (no sleep: that pass does not wait), which gives a close_notify sent
+          // right after the handshake the time to arrive.
+          start_ = Start::kSettled;
+          if (SSL_has_pending(ssl_) == 0 && !hangup_[0] && io_.short_read) {
+            readable_[0] = false;  // drained: the next bytes raise an edge
+            return StartResult::kDefer;
           }
-          return StartResult::kConnect;
+          continue;
         }
         const int e = SSL_get_error(ssl_, r);
         if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return StartResult::kWait;
@@ -909,6 +928,8 @@ void Loop::Serve(Pair* pair, const End* end, uint32_t events, std::vector<std::s
   Pair::StartResult start = Pair::StartResult::kConnect;
   bool counted = false;
   bool starting = false;
+  // Already waiting in settling_ or the loop's due list: not queued twice.
+  bool deferred = false;
   int counts[3] = {0, 0, 0};
   {
     std::lock_guard<std::mutex> lock(pair->mu_);
@@ -927,6 +948,7 @@ void Loop::Serve(Pair* pair, const End* end, uint32_t events, std::vector<std::s
       // Only the client's events move its start (it has no backend yet).
       if (end == nullptr || end->side != 0) return;
       starting = true;
+      deferred = pair->start_ == Pair::Start::kSettled;
       start = pair->RunStart(NowMs(), &ev);
       counts[0] = pair->start_handshakes_;
       counts[1] = pair->start_handshake_errors_;
@@ -978,6 +1000,7 @@ void Loop::Serve(Pair* pair, const End* end, uint32_t events, std::vector<std::s
     // The handshake is done (or the client relayed in plaintext): the backend is picked now, from
     // the route in force, so a fence applied meanwhile cannot be missed.
     else if (start == Pair::StartResult::kConnect) engine_->ConnectNext(pair->shared_from_this(), 0);
+    else if (start == Pair::StartResult::kDefer && !deferred) settling_.push_back(pair->shared_from_this());
     return;
   }
   {
@@ -1020,7 +1043,7 @@ void Loop::Sweep(int64_t now) {
         continue;
       }
       if (p->start_ != Pair::Start::kNone) {
-        if (now >= p->start_deadline_ms_) unstarted.push_back(it->second);
+        if (p->start_ != Pair::Start::kSettled && now >= p->start_deadline_ms_) unstarted.push_back(it->second);
         ++it;
         continue;
       }
@@ -1138,13 +1161,23 @@ void Loop::OnListener(uint32_t port_id, int64_t now) {
   for (Loop* to : wake) to->Wake();
 }
 
+void Loop::Settle(const std::shared_ptr<Pair>& pair) {
+  {
+    std::lock_guard<std::mutex> lock(pair->mu_);
+    if (pair->closed_.load() || pair->start_ != Pair::Start::kSettled) return;
+    pair->start_ = Pair::Start::kNone;
+  }
+  engine_->ConnectNext(pair, 0);
+}
+
 void Loop::Run() {
   epoll_event events[kMaxEvents];
   std::vector<std::shared_ptr<Pair>> again;
   std::vector<std::shared_ptr<Pair>> retry;
+  std::vector<std::shared_ptr<Pair>> due;
   int64_t last_sweep = NowMs();
   while (!stopping_.load()) {
-    int timeout = again.empty() ? kSweepPeriodMs : 0;
+    int timeout = again.empty() && settling_.empty() ? kSweepPeriodMs : 0;
     if (timeout > 0) {
       waiting_.store(true);
       if (handed_ready_.load()) timeout = 0;  // handed meanwhile: take it now, do not sleep
@@ -1154,6 +1187,8 @@ void Loop::Run() {
     if (n < 0 && errno != EINTR) break;
     retry.swap(again);
     again.clear();
+    // Settled in the previous pass: connected once this pass's events (a close_notify) are seen.
+    due.swap(settling_);
     for (int i = 0; i < n; i++) {
       if (events[i].data.u64 & kListenerTag) {
         OnListener(static_cast<uint32_t>(events[i].data.u64 & ~kListenerTag), NowMs());
@@ -1172,6 +1207,8 @@ void Loop::Run() {
     // Pairs that used up their turn continue here; edge-triggered epoll will not report them again.
     for (auto& p : retry) Serve(p.get(), nullptr, 0, &again);
     retry.clear();
+    for (auto& p : due) Settle(p);
+    due.clear();
     // Clients handed while this loop was busy (no wake-up was sent for them).
     if (handed_ready_.load()) RegisterIncoming();
     int64_t now = NowMs();
