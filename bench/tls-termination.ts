@@ -88,8 +88,22 @@ net.createServer({ allowHalfOpen: true }, (s) => { s.on('error', () => {}); s.on
   .listen(Number(process.argv[1]), '127.0.0.1');
 `;
 
-/** Full handshakes per second: `parallel` openssl s_time processes, summed. */
-async function connRate(port: number, caFile: string, seconds: number, parallel: number): Promise<number> {
+/** CPU time (user + system) a process used so far, in ms, from /proc (Linux). */
+function cpuMs(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the command name; in clock
+  // ticks, 100 per second on Linux.
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
+}
+
+/** Full handshakes per second: `parallel` openssl s_time processes, summed; and the connections made. */
+async function connRate(
+  port: number,
+  caFile: string,
+  seconds: number,
+  parallel: number,
+): Promise<{ rate: number; count: number }> {
   const runs = await Promise.all(
     Array.from({ length: parallel }, (_, k) =>
       runToCompletion(
@@ -101,13 +115,15 @@ async function connRate(port: number, caFile: string, seconds: number, parallel:
     ),
   );
   let total = 0;
+  let count = 0;
   for (const r of runs) {
     // "1234 connections in 5.01s; 246.31 connections/user sec, ..." then "1234 connections in 6 real seconds".
     const m = /(\d+) connections in (\d+) real seconds/.exec(r.stdout);
     if (!m) throw new Error(`openssl s_time printed no result: ${r.stdout.slice(0, 500)}${r.stderr.slice(0, 500)}`);
     total += Number(m[1]) / Math.max(1, Number(m[2]));
+    count += Number(m[1]);
   }
-  return total;
+  return { rate: total, count };
 }
 
 /**
@@ -325,11 +341,26 @@ async function runFor(
     return rows[0]!.rps;
   };
   const redisGet = (port: number, useTls: boolean): Promise<number> => redisRun(port, useTls, 'get');
+  // The CPU the proxy itself spent per connection and per GB: on a machine shared with other work,
+  // throughput swings with the neighbours' load, CPU per unit of work much less.
+  const connWithCpu = async (who: string, pid: number, port: number): Promise<number> => {
+    const before = cpuMs(pid);
+    const r = await connRate(port, ca.certFile, settings.connSeconds, settings.connParallel);
+    add(`cpu_us_per_conn_${who}`, ((cpuMs(pid) - before) * 1000) / Math.max(1, r.count));
+    return r.rate;
+  };
+  const bulkWithCpu = async (who: string, pid: number, port: number): Promise<number> => {
+    const before = cpuMs(pid);
+    const rate = await runBulk(port);
+    const gb = (settings.bulkMb * (bulkClient ? threads : 1)) / 1024;
+    add(`cpu_ms_per_gb_${who}`, (cpuMs(pid) - before) / gb);
+    return rate;
+  };
   const allSteps: Array<[string, () => Promise<number>]> = [
-    ['conn_router', () => connRate(ports.routerTlsRedis, ca.certFile, settings.connSeconds, settings.connParallel)],
-    ['conn_haproxy', () => connRate(ports.haproxyTlsRedis, ca.certFile, settings.connSeconds, settings.connParallel)],
-    ['bulk_router', () => runBulk(ports.routerTlsSink)],
-    ['bulk_haproxy', () => runBulk(ports.haproxyTlsSink)],
+    ['conn_router', () => connWithCpu('router', router.pid, ports.routerTlsRedis)],
+    ['conn_haproxy', () => connWithCpu('haproxy', haproxy.pid, ports.haproxyTlsRedis)],
+    ['bulk_router', () => bulkWithCpu('router', router.pid, ports.routerTlsSink)],
+    ['bulk_haproxy', () => bulkWithCpu('haproxy', haproxy.pid, ports.haproxyTlsSink)],
     ['get_router_tls', () => redisGet(ports.routerTlsRedis, true)],
     ['get_haproxy_tls', () => redisGet(ports.haproxyTlsRedis, true)],
     ['get_router_plain', () => redisGet(ports.routerPlainRedis, false)],
@@ -372,6 +403,18 @@ async function runFor(
         formatNumber(m('get_router_tls')),
         formatNumber(m('get_haproxy_tls')),
         formatRatio(m('get_router_tls') / m('get_haproxy_tls')),
+      ],
+      [
+        'CPU µs per new TLS connection (lower is better)',
+        formatNumber(m('cpu_us_per_conn_router')),
+        formatNumber(m('cpu_us_per_conn_haproxy')),
+        formatRatio(m('cpu_us_per_conn_router') / m('cpu_us_per_conn_haproxy')),
+      ],
+      [
+        'CPU ms per GB of bulk TLS (lower is better)',
+        formatNumber(m('cpu_ms_per_gb_router')),
+        formatNumber(m('cpu_ms_per_gb_haproxy')),
+        formatRatio(m('cpu_ms_per_gb_router') / m('cpu_ms_per_gb_haproxy')),
       ],
     ],
   );
