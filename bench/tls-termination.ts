@@ -10,14 +10,17 @@
  *   terminated, re-encrypted to the engine's TLS port and verified against the platform CA, as a
  *   service with TLS runs), next to client TLS only and to plaintext.
  *
- * Router and HAProxy each get one thread (the router terminates TLS on its JS thread; HAProxy
- * `nbthread 1`); the certificate is a P-256 one from the platform CA (common/platform-ca.ts).
- * Samples alternate between targets and the order rotates each round; read medians and ratios.
+ * Router and HAProxy get the same number of threads (`--threads 1,2`: one run per count, the
+ * router with `--threads N`, HAProxy `nbthread N`); with the native relay the router terminates
+ * TLS on its relay threads (OpenSSL in the addon), otherwise on its JS thread. The certificate is a
+ * P-256 one from the platform CA (common/platform-ca.ts). Samples alternate between targets and
+ * the order rotates each round; read medians and ratios. The load average (`uptime`) is printed
+ * before and after each thread count.
  *
- *   node dist/bench/tls-termination.js [--quick] [--rounds N] [--redis-only]
+ *   node dist/bench/tls-termination.js [--quick] [--rounds N] [--threads 1,2] [--redis-only] [--engine]
  *
  * `--redis-only` runs just the redis-benchmark rows through the router (plaintext, client TLS,
- * client + engine TLS).
+ * client + engine TLS); `--engine` adds the client + engine TLS and SET rows to a full run.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -46,6 +49,8 @@ interface Settings {
   bulkMb: number;
   redisRequests: number;
   redisOnly: boolean;
+  engine: boolean;
+  threads: number[];
 }
 
 function parseArgs(argv: string[]): Settings {
@@ -57,21 +62,48 @@ function parseArgs(argv: string[]): Settings {
     rounds,
     connSeconds: quick ? 3 : 5,
     connParallel: 4,
-    bulkMb: quick ? 64 : 256,
+    bulkMb: quick ? 128 : 512,
     redisRequests: quick ? 50_000 : 200_000,
     redisOnly: argv.includes('--redis-only'),
+    engine: argv.includes('--engine'),
+    threads: parseThreads(argv),
   };
+}
+
+function parseThreads(argv: string[]): number[] {
+  const i = argv.indexOf('--threads');
+  if (i < 0) return [1];
+  const list = String(argv[i + 1] ?? '')
+    .split(',')
+    .map(Number);
+  if (list.length === 0 || list.some((n) => !Number.isInteger(n) || n < 1 || n > 64))
+    throw new Error('--threads must be a comma-separated list of integers 1-64');
+  return list;
 }
 
 /** A backend that reads and discards everything, then closes: the far end of the bulk stream. */
 const SINK = `
 const net = require('node:net');
-net.createServer({ allowHalfOpen: true }, (s) => { s.on('data', () => {}); s.on('end', () => s.end()); })
+net.createServer({ allowHalfOpen: true }, (s) => { s.on('error', () => {}); s.on('data', () => {}); s.on('end', () => s.end()); })
   .listen(Number(process.argv[1]), '127.0.0.1');
 `;
 
-/** Full handshakes per second: `parallel` openssl s_time processes, summed. */
-async function connRate(port: number, caFile: string, seconds: number, parallel: number): Promise<number> {
+/** CPU time (user + system) a process used so far, in ms, from /proc (Linux). */
+function cpuMs(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the command name; in clock
+  // ticks, 100 per second on Linux.
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
+}
+
+/** Full handshakes per second: `parallel` openssl s_time processes, summed; and the connections made. */
+async function connRate(
+  port: number,
+  caFile: string,
+  seconds: number,
+  parallel: number,
+): Promise<{ rate: number; count: number }> {
   const runs = await Promise.all(
     Array.from({ length: parallel }, (_, k) =>
       runToCompletion(
@@ -83,11 +115,45 @@ async function connRate(port: number, caFile: string, seconds: number, parallel:
     ),
   );
   let total = 0;
+  let count = 0;
   for (const r of runs) {
     // "1234 connections in 5.01s; 246.31 connections/user sec, ..." then "1234 connections in 6 real seconds".
     const m = /(\d+) connections in (\d+) real seconds/.exec(r.stdout);
     if (!m) throw new Error(`openssl s_time printed no result: ${r.stdout.slice(0, 500)}${r.stderr.slice(0, 500)}`);
     total += Number(m[1]) / Math.max(1, Number(m[2]));
+    count += Number(m[1]);
+  }
+  return { rate: total, count };
+}
+
+/**
+ * Builds bench/native/tls-bulk-client.c (the system's OpenSSL, AES-NI) into `dir`; undefined when
+ * there is no compiler or no libssl-dev, and the bulk rows then use Node's TLS client, which on
+ * this machine's Node encrypts at ~0.4-0.6 GB/s and limits both targets alike.
+ */
+async function buildBulkClient(dir: string): Promise<string | undefined> {
+  const source = join(__dirname, '..', '..', 'bench', 'native', 'tls-bulk-client.c');
+  const out = join(dir, 'tls-bulk-client');
+  const r = await runToCompletion('cc', 'cc', ['-O2', '-o', out, source, '-lssl', '-lcrypto'], { timeoutMs: 60_000 });
+  if (r.code !== 0) {
+    process.stderr.write(`bulk client not built (${r.stderr.trim().split('\n')[0] ?? ''}); using Node's TLS client\n`);
+    return undefined;
+  }
+  return out;
+}
+
+/** MB/s of `streams` TLS streams of `mb` megabytes each through `port`, summed, with the C client. */
+async function bulkNative(client: string, port: number, caFile: string, mb: number, streams: number): Promise<number> {
+  const runs = await Promise.all(
+    Array.from({ length: streams }, (_, k) =>
+      runToCompletion(`bulk-${k}`, client, [String(port), caFile, 'localhost', String(mb)], { timeoutMs: 300_000 }),
+    ),
+  );
+  let total = 0;
+  for (const r of runs) {
+    const v = Number(r.stdout.trim());
+    if (r.code !== 0 || !Number.isFinite(v)) throw new Error(`bulk client failed: ${r.stderr.slice(0, 500)}`);
+    total += v;
   }
   return total;
 }
@@ -120,13 +186,49 @@ function bulk(port: number, ca: Buffer, mb: number): Promise<number> {
   });
 }
 
+async function loadAverage(): Promise<string> {
+  const r = await runToCompletion('uptime', 'uptime', []);
+  return /load average: (.*)$/m.exec(r.stdout)?.[1]?.trim() ?? r.stdout.trim();
+}
+
 async function main(): Promise<void> {
   const settings = parseArgs(process.argv.slice(2));
   await acquireRunLock('tls-termination');
+  const reports: string[] = [];
+  const allSamples: Record<string, Record<string, number[]>> = {};
+  let relay = '';
+  for (const threads of settings.threads) {
+    const before = await loadAverage();
+    const started = new Date().toISOString();
+    const run = await runFor(settings, threads);
+    const after = await loadAverage();
+    relay = run.relay;
+    allSamples[`threads_${threads}`] = run.samples;
+    reports.push(
+      `## ${threads} thread(s): router --threads ${threads}, HAProxy nbthread ${threads}\n` +
+        `started ${started}; load average before: ${before}; after: ${after}\n` +
+        `TLS ports in /health: ${run.tlsPorts}\n\n${run.report}`,
+    );
+    process.stdout.write(`${reports.at(-1)!}\n\n`);
+  }
+  const file = writeResults('tls-termination', { settings, relay, samples: allSamples });
+  process.stdout.write(`raw samples: ${file}\n`);
+}
+
+async function runFor(
+  settings: Settings,
+  threads: number,
+): Promise<{ relay: string; tlsPorts: string; samples: Record<string, number[]>; report: string }> {
   const dir = makeTempDir('sf-bench-tls-');
   const ca = await PlatformCa.open(join(dir, 'ca'));
   const cert = await ca.ensure('bench', ['localhost', '127.0.0.1']);
   const caPem = readFileSync(ca.certFile);
+  const bulkClient = await buildBulkClient(dir);
+  // One stream per thread, so that every thread of both has one to carry.
+  const runBulk = (port: number): Promise<number> =>
+    bulkClient
+      ? bulkNative(bulkClient, port, ca.certFile, settings.bulkMb, threads)
+      : bulk(port, caPem, settings.bulkMb);
   const haproxyPem = join(dir, 'haproxy.pem');
   writeFileSync(haproxyPem, readFileSync(cert.certFile, 'utf8') + readFileSync(cert.keyFile, 'utf8'), { mode: 0o600 });
 
@@ -186,15 +288,18 @@ async function main(): Promise<void> {
   const router = startProcess(
     'router',
     process.execPath,
-    [sfCliPath(), 'router', '--routes', routeFile, '--admin', `127.0.0.1:${adminPort}`],
+    [sfCliPath(), 'router', '--routes', routeFile, '--admin', `127.0.0.1:${adminPort}`, '--threads', String(threads)],
     {
       fileLimit: 65536,
     },
   );
-  const health = JSON.parse(await waitForHttp(`http://127.0.0.1:${adminPort}/health`, router)) as { relay: string };
+  const health = JSON.parse(await waitForHttp(`http://127.0.0.1:${adminPort}/health`, router)) as {
+    relay: string;
+    tlsPorts?: Array<{ port: number; relay: string }>;
+  };
   const cfg = [
     'global',
-    '  nbthread 1',
+    `  nbthread ${threads}`,
     '  maxconn 4000',
     'defaults',
     '  mode tcp',
@@ -236,11 +341,26 @@ async function main(): Promise<void> {
     return rows[0]!.rps;
   };
   const redisGet = (port: number, useTls: boolean): Promise<number> => redisRun(port, useTls, 'get');
+  // The CPU the proxy itself spent per connection and per GB: on a machine shared with other work,
+  // throughput swings with the neighbours' load, CPU per unit of work much less.
+  const connWithCpu = async (who: string, pid: number, port: number): Promise<number> => {
+    const before = cpuMs(pid);
+    const r = await connRate(port, ca.certFile, settings.connSeconds, settings.connParallel);
+    add(`cpu_us_per_conn_${who}`, ((cpuMs(pid) - before) * 1000) / Math.max(1, r.count));
+    return r.rate;
+  };
+  const bulkWithCpu = async (who: string, pid: number, port: number): Promise<number> => {
+    const before = cpuMs(pid);
+    const rate = await runBulk(port);
+    const gb = (settings.bulkMb * (bulkClient ? threads : 1)) / 1024;
+    add(`cpu_ms_per_gb_${who}`, (cpuMs(pid) - before) / gb);
+    return rate;
+  };
   const allSteps: Array<[string, () => Promise<number>]> = [
-    ['conn_router', () => connRate(ports.routerTlsRedis, ca.certFile, settings.connSeconds, settings.connParallel)],
-    ['conn_haproxy', () => connRate(ports.haproxyTlsRedis, ca.certFile, settings.connSeconds, settings.connParallel)],
-    ['bulk_router', () => bulk(ports.routerTlsSink, caPem, settings.bulkMb)],
-    ['bulk_haproxy', () => bulk(ports.haproxyTlsSink, caPem, settings.bulkMb)],
+    ['conn_router', () => connWithCpu('router', router.pid, ports.routerTlsRedis)],
+    ['conn_haproxy', () => connWithCpu('haproxy', haproxy.pid, ports.haproxyTlsRedis)],
+    ['bulk_router', () => bulkWithCpu('router', router.pid, ports.routerTlsSink)],
+    ['bulk_haproxy', () => bulkWithCpu('haproxy', haproxy.pid, ports.haproxyTlsSink)],
     ['get_router_tls', () => redisGet(ports.routerTlsRedis, true)],
     ['get_haproxy_tls', () => redisGet(ports.haproxyTlsRedis, true)],
     ['get_router_plain', () => redisGet(ports.routerPlainRedis, false)],
@@ -250,12 +370,16 @@ async function main(): Promise<void> {
     ['set_router_tls', () => redisRun(ports.routerTlsRedis, true, 'set')],
     ['set_router_tls_engine', () => redisRun(ports.routerTlsEngineRedis, true, 'set')],
   ];
-  const steps = settings.redisOnly ? allSteps.filter(([key]) => /^(get|set)_router_/.test(key)) : allSteps;
+  const steps = settings.redisOnly
+    ? allSteps.filter(([key]) => /^(get|set)_router_/.test(key))
+    : settings.engine
+      ? allSteps
+      : allSteps.filter(([key]) => !/^set_|_engine$/.test(key));
   for (let round = 0; round < settings.rounds; round++) {
     const order = [...steps.slice(round % steps.length), ...steps.slice(0, round % steps.length)];
     for (const [key, fn] of order) {
       add(key, await fn());
-      process.stderr.write(`round ${round + 1} ${key}: ${formatNumber(samples[key]!.at(-1))}\n`);
+      process.stderr.write(`threads ${threads} round ${round + 1} ${key}: ${formatNumber(samples[key]!.at(-1))}\n`);
     }
   }
   const m = (k: string): number => median(samples[k] ?? []);
@@ -279,6 +403,18 @@ async function main(): Promise<void> {
         formatNumber(m('get_router_tls')),
         formatNumber(m('get_haproxy_tls')),
         formatRatio(m('get_router_tls') / m('get_haproxy_tls')),
+      ],
+      [
+        'CPU µs per new TLS connection (lower is better)',
+        formatNumber(m('cpu_us_per_conn_router')),
+        formatNumber(m('cpu_us_per_conn_haproxy')),
+        formatRatio(m('cpu_us_per_conn_router') / m('cpu_us_per_conn_haproxy')),
+      ],
+      [
+        'CPU ms per GB of bulk TLS (lower is better)',
+        formatNumber(m('cpu_ms_per_gb_router')),
+        formatNumber(m('cpu_ms_per_gb_haproxy')),
+        formatRatio(m('cpu_ms_per_gb_router') / m('cpu_ms_per_gb_haproxy')),
       ],
     ],
   );
@@ -314,10 +450,24 @@ async function main(): Promise<void> {
       formatRatio(m(`set_${key}`) / m('set_router_plain')),
     ]),
   );
-  const header = `router relay for plain routes: ${health.relay}; ${await haproxyVersion()}; rounds ${settings.rounds}`;
-  process.stdout.write(`${header}\n\n${table}\n\n${cost}\n\n${allTheWay}\n`);
-  const file = writeResults('tls-termination', { settings, relay: health.relay, samples });
-  process.stdout.write(`\nraw samples: ${file}\n`);
+  const bulkBy = bulkClient
+    ? `bulk: ${threads} stream(s) of ${settings.bulkMb} MB each from bench/native/tls-bulk-client.c`
+    : `bulk: one stream of ${settings.bulkMb} MB from Node's TLS client`;
+  const header = `router relay: ${health.relay}; ${await haproxyVersion()}; rounds ${settings.rounds}; ${bulkBy}`;
+  const raw = Object.entries(samples)
+    .map(([k, v]) => `${k}: ${v.map((x) => formatNumber(x)).join(' / ')}`)
+    .join('\n');
+  const withEngine = settings.engine || settings.redisOnly ? `\n\n${allTheWay}` : '';
+  await haproxy.stop();
+  await router.stop();
+  await sink.stop();
+  await redis.stop();
+  return {
+    relay: health.relay,
+    tlsPorts: JSON.stringify(health.tlsPorts ?? []),
+    samples,
+    report: `${header}\n\n${table}\n\n${cost}${withEngine}\n\nsamples:\n${raw}`,
+  };
 }
 
 main()

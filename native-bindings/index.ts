@@ -99,7 +99,10 @@ export interface NativeBindings {
     ids: string[],
     hosts: string[],
     numbers: Float64Array,
+    tls?: NativeTlsRoute[],
   ): Float64Array;
+  /** Why the port's certificate did not load (file names and OpenSSL's reason), or undefined. */
+  tlsError(portId: number): string | undefined;
   /** Stops accepting now (closes the listening socket) and drains the port's connections. */
   retirePort(portId: number): boolean;
   /** Forgets a retired port with no connection left; false while some remain. */
@@ -124,6 +127,23 @@ export interface NativeBindings {
   release(budget: NativeBudgetHandle, ownActiveAfter: number, reserved: boolean): void;
   /** `[active, refusedGlobal]` of the router-wide budget. */
   budgetStats(budget: NativeBudgetHandle): [number, number];
+}
+
+/**
+ * A terminating route among `applyPorts`' routes (`index` into them): the relay threads run its
+ * preamble and TLS handshake with OpenSSL and relay the decrypted stream (docs/native-relay.md).
+ */
+export interface NativeTlsRoute {
+  index: number;
+  certFile: string;
+  keyFile: string;
+  clientCaFile?: string;
+  minVersion: 'TLSv1.2' | 'TLSv1.3';
+  alpn?: string[];
+  startup: 'tls' | 'postgres';
+  policy: 'required' | 'optional';
+  /** A client whose preamble and handshake take longer is closed (counted as a handshake error). */
+  handshakeTimeoutMs: number;
 }
 
 /** The addon's `sf::NativeEvent::Kind`. */
@@ -153,6 +173,9 @@ export const NATIVE_PORT_STAT_FIELDS = [
   'killedFenced',
   'killedDrained',
   'idleTimeouts',
+  'tlsHandshakes',
+  'tlsHandshakeErrors',
+  'refusedPlaintext',
 ] as const;
 
 /** Where the addon may be: next to this file's source, or beside the compiled copy in dist/. */

@@ -21,8 +21,9 @@ import {
   NativeAcceptEvent,
   type NativeBindings,
   type NativeBudgetHandle,
+  type NativeTlsRoute,
 } from '../native-bindings';
-import { DEFAULT_ROUTE_LIMITS, type Backend, type Route } from '../protocol';
+import { DEFAULT_ROUTE_LIMITS, anyBackendTls, clientTls, type Backend, type Route } from '../protocol';
 
 /** The counters the addon keeps per natively accepted port. */
 export type NativePortStats = Record<(typeof NATIVE_PORT_STAT_FIELDS)[number], number>;
@@ -40,8 +41,16 @@ export function routeJsReason(route: Route): string | undefined {
   if ((route.sni?.length ?? 0) > 0) return 'sni';
   if (route.proxyProtocol) return 'proxy-protocol';
   const backends = route.backends;
-  if (route.tls) return 'tls';
-  for (let i = 0; i < backends.length; i++) if (backends[i]!.tls === true) return 'tls';
+  if (route.tls !== undefined) {
+    // TLS towards backends is Node's; a passthrough route's start is checked in JS. A terminating
+    // route is served by the relay threads with OpenSSL (SF_NATIVE_TLS=off keeps it in JS).
+    if (anyBackendTls(route)) return 'backend-tls';
+    const tls = clientTls(route);
+    if (tls?.mode === 'passthrough') return 'tls-passthrough';
+    if (process.env.SF_NATIVE_TLS === 'off') return 'tls';
+  } else {
+    for (let i = 0; i < backends.length; i++) if (backends[i]!.tls === true) return 'backend-tls';
+  }
   // Names are resolved by Node, through a lookup that refuses the router's own addresses.
   // Scoped IPv6 addresses (fe80::1%eth0) are left to Node too: the addon parses plain addresses only.
   for (let i = 0; i < backends.length; i++) {
@@ -50,6 +59,17 @@ export function routeJsReason(route: Route): string | undefined {
   }
   return undefined;
 }
+
+/** How native ports listen, and how long a client of a terminating route has for its preamble and handshake. */
+export interface NativeCommitOptions {
+  backlog: number;
+  reusePort: boolean;
+  keepAliveMs: number;
+  handshakeTimeoutMs?: number;
+}
+
+/** The router's default ClientHello timeout (router-options.ts), when a caller gives none. */
+const DEFAULT_HANDSHAKE_TIMEOUT_MS = 5_000;
 
 /** What hears of one router's natively accepted ports' refused clients (router/native-port-table.ts). */
 export interface NativePortEvents {
@@ -135,6 +155,31 @@ function encodeRoutes(
   return { header, ids, hosts, numbers };
 }
 
+/** The terminating routes among `routes` (both lists, in order), for `applyPorts`. */
+function encodeTls(first: readonly Route[], second: readonly Route[], handshakeTimeoutMs: number): NativeTlsRoute[] {
+  const out: NativeTlsRoute[] = [];
+  const total = first.length + second.length;
+  for (let r = 0; r < total; r++) {
+    const route = r < first.length ? first[r]! : second[r - first.length]!;
+    if (route.tls === undefined) continue;
+    const tls = clientTls(route);
+    if (tls?.mode !== 'terminate') continue;
+    out.push({
+      index: r,
+      certFile: tls.certFile!,
+      keyFile: tls.keyFile!,
+      ...(tls.clientCaFile ? { clientCaFile: tls.clientCaFile } : {}),
+      minVersion: tls.minVersion,
+      // A PostgreSQL route offers `postgresql` (direct TLS negotiation needs it), as on the JS path.
+      ...(tls.alpn ? { alpn: tls.alpn } : tls.startup === 'postgres' ? { alpn: ['postgresql'] } : {}),
+      startup: tls.startup,
+      policy: tls.policy,
+      handshakeTimeoutMs,
+    });
+  }
+  return out;
+}
+
 /** One router's view of the native accept path: its ports and its connection budget. */
 export class NativeAcceptor {
   private readonly budgetHandle: NativeBudgetHandle;
@@ -174,7 +219,7 @@ export class NativeAcceptor {
   apply(
     host: string,
     change: NativeChange,
-    options: { backlog: number; reusePort: boolean; keepAliveMs: number },
+    options: NativeCommitOptions,
     selfLoop: (b: Backend) => boolean,
   ): { killed: number; opened: Array<number | NodeJS.ErrnoException> } {
     const bindHost = host === 'localhost' ? '127.0.0.1' : host;
@@ -194,6 +239,7 @@ export class NativeAcceptor {
       routes.ids,
       routes.hosts,
       routes.numbers,
+      encodeTls(change.changedRoutes, change.opened, options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS),
     );
     const opened = new Array<number | NodeJS.ErrnoException>(ports.length);
     let live = 0;
@@ -222,6 +268,11 @@ export class NativeAcceptor {
     for (let i = 0; i < released.length; i++) gone += released[i]!;
     this.portsLive(-gone);
     return released;
+  }
+
+  /** Why the port's certificate did not load, or undefined. */
+  tlsError(id: number): string | undefined {
+    return this.bindings.tlsError(id);
   }
 
   killAll(id: number): number {

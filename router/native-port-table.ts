@@ -11,7 +11,7 @@
 import { ErrorCode, SfError } from '../common';
 import type { Backend, Route } from '../protocol';
 import { NATIVE_PORT_STAT_FIELDS } from '../native-bindings';
-import type { NativeAcceptEventKind, NativeAcceptor, NativePortEvents } from './native-accept';
+import type { NativeAcceptEventKind, NativeAcceptor, NativeCommitOptions, NativePortEvents } from './native-accept';
 import { newRouteStats, type RouteStats } from './route-stats';
 
 const PORTS = 65_536;
@@ -28,6 +28,8 @@ export interface NativeCommitResult {
   killed: number;
   opened: number[];
   failed: Array<{ port: number; error: SfError }>;
+  /** Terminating routes of this change whose certificate did not load (their clients fail the handshake). */
+  certificateErrors: Array<{ port: number; message: string }>;
 }
 
 export class NativePortTable implements NativePortEvents {
@@ -124,12 +126,8 @@ export class NativePortTable implements NativePortEvents {
    * Sends the gathered change to the addon in one call: changed routes (fences take effect before
    * this returns), then retirements, then new ports.
    */
-  commit(
-    host: string,
-    options: { backlog: number; reusePort: boolean; keepAliveMs: number },
-    selfLoop: (b: Backend) => boolean,
-  ): NativeCommitResult {
-    const result: NativeCommitResult = { killed: 0, opened: [], failed: [] };
+  commit(host: string, options: NativeCommitOptions, selfLoop: (b: Backend) => boolean): NativeCommitResult {
+    const result: NativeCommitResult = { killed: 0, opened: [], failed: [], certificateErrors: [] };
     if (!this.pending()) return result;
     const change = {
       changedIds: this.changedIds,
@@ -166,6 +164,16 @@ export class NativePortTable implements NativePortEvents {
       }
       this.add(route.port, id, route);
       result.opened.push(route.port);
+    }
+    for (let i = 0; i < change.changedRoutes.length; i++) {
+      if (change.changedRoutes[i]!.tls === undefined) continue;
+      const message = this.acceptor.tlsError(change.changedIds[i]!);
+      if (message !== undefined) result.certificateErrors.push({ port: change.changedRoutes[i]!.port, message });
+    }
+    for (const port of result.opened) {
+      if (this.routes[port]?.tls === undefined) continue;
+      const message = this.tlsError(port);
+      if (message !== undefined) result.certificateErrors.push({ port, message });
     }
     if (change.retiredIds.length > 0) this.releaseDrained();
     return result;
@@ -219,9 +227,18 @@ export class NativePortTable implements NativePortEvents {
       s.killedFenced = values[at + 9]!;
       s.killedDrained = values[at + 10]!;
       s.idleTimeouts = values[at + 11]!;
+      s.tlsHandshakes = values[at + 12]!;
+      s.tlsHandshakeErrors = values[at + 13]!;
+      s.refusedPlaintext = values[at + 14]!;
       out.push(s);
     }
     return out;
+  }
+
+  /** Why the certificate of the native port's terminating route did not load, or undefined. */
+  tlsError(port: number): string | undefined {
+    const id = this.ids[port]!;
+    return id === 0 ? undefined : this.acceptor.tlsError(id);
   }
 
   /** Live connections of the port's route to `backendId`. */

@@ -386,10 +386,21 @@ export class Router {
     if (native?.pending()) {
       const committed = native.commit(
         this.options.bindHost,
-        { backlog: this.options.backlog, reusePort: this.options.reusePort, keepAliveMs: this.options.keepAliveMs },
+        {
+          backlog: this.options.backlog,
+          reusePort: this.options.reusePort,
+          keepAliveMs: this.options.keepAliveMs,
+          handshakeTimeoutMs: this.options.clientHelloTimeoutMs,
+        },
         this.env.selfLoop,
       );
       result.killed += committed.killed;
+      for (const c of committed.certificateErrors)
+        this.limitLog.warn(
+          `tls:${c.port}`,
+          { port: c.port, code: ErrorCode.Certificate },
+          `route certificate not loaded: ${c.message}`,
+        );
       if (committed.opened.length > 0 || committed.failed.length > 0) structural = true;
       for (const port of committed.opened) result.opened.push(port);
       for (const f of committed.failed) result.failed.push(f);
@@ -526,6 +537,16 @@ export class Router {
           relay: js ? 'js' : this.relay.kind,
           ...(error ? { certificateError: error } : {}),
         });
+      }
+    }
+    // Terminating routes on the native accept path: the relay threads run their handshakes.
+    const native = this.native;
+    if (native !== undefined) {
+      for (const port of native.ports()) {
+        const route = native.routeOf(port);
+        if (route?.tls === undefined) continue;
+        const error = native.tlsError(port);
+        out.push({ port, tls: 'terminate', relay: 'native', ...(error ? { certificateError: error } : {}) });
       }
     }
     return out;

@@ -11,6 +11,9 @@ command -v haproxy >/dev/null || need_pkgs+=(haproxy)
 command -v iperf3 >/dev/null || need_pkgs+=(iperf3)
 # The platform CA (common/platform-ca.ts) makes keys and certificates with the openssl CLI.
 command -v openssl >/dev/null || need_pkgs+=(openssl)
+# The native relay terminates TLS with the system's OpenSSL, linked statically into the addon
+# (scripts/build-native.sh; Node's own copy lacks the AES assembly on some builds).
+[ -f "/usr/lib/$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)/libssl.a" ] || need_pkgs+=(libssl-dev)
 command -v ip >/dev/null || need_pkgs+=(iproute2)
 { command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || need_pkgs+=(postgresql)
 command -v psql >/dev/null || need_pkgs+=(postgresql-client)

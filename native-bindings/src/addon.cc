@@ -10,6 +10,7 @@
 
 #include "relay-engine.h"
 #include "socket-options.h"
+#include "tls-server.h"
 
 namespace {
 
@@ -45,6 +46,8 @@ Napi::Value ThrowType(Napi::Env env, const char* message) {
 // applyPorts: numbers per route in `header`, per backend in `numbers` (native-bindings/index.ts).
 constexpr size_t kRouteHeader = 6;
 constexpr size_t kBackendNumbers = 6;
+// Counters per port (NATIVE_PORT_STAT_FIELDS in native-bindings/index.ts).
+constexpr uint32_t kPortStats = 15;
 
 AddonData* Data(Napi::Env env) { return env.GetInstanceData<AddonData>(); }
 
@@ -361,6 +364,57 @@ const char* ParseRoutes(const Napi::Value& header_v, const Napi::Value& ids_v, c
   return nullptr;
 }
 
+std::string Str(const Napi::Object& o, const char* key) {
+  Napi::Value v = o.Get(key);
+  return v.IsString() ? v.As<Napi::String>().Utf8Value() : std::string();
+}
+
+// The terminating routes among the routes of applyPorts: an array (or undefined) of
+// {index, certFile, keyFile, clientCaFile?, minVersion, alpn?: string[], startup, policy,
+// handshakeTimeoutMs}, `index` into the routes. Each is given the shared TLS server of its
+// settings (its certificate loaded now, on this thread).
+const char* ParseTls(sf::Engine* engine, const Napi::Value& tls_v, std::vector<sf::RouteSpec>* specs) {
+  if (tls_v.IsUndefined() || tls_v.IsNull()) return nullptr;
+  if (!tls_v.IsArray()) return "tls: must be an array";
+  Napi::Array list = tls_v.As<Napi::Array>();
+  for (uint32_t i = 0; i < list.Length(); i++) {
+    Napi::Value e = list.Get(i);
+    if (!e.IsObject()) return "tls: entries must be objects";
+    Napi::Object o = e.As<Napi::Object>();
+    const uint32_t index = U32(o.Get("index"));
+    if (index >= specs->size()) return "tls: index out of range";
+    sf::TlsSpec spec;
+    spec.cert_file = Str(o, "certFile");
+    spec.key_file = Str(o, "keyFile");
+    spec.client_ca_file = Str(o, "clientCaFile");
+    if (spec.cert_file.empty() || spec.key_file.empty()) return "tls: certFile and keyFile are required";
+    spec.min_version = Str(o, "minVersion") == "TLSv1.3" ? TLS1_3_VERSION : TLS1_2_VERSION;
+    Napi::Value alpn = o.Get("alpn");
+    if (alpn.IsArray()) {
+      Napi::Array a = alpn.As<Napi::Array>();
+      for (uint32_t k = 0; k < a.Length(); k++) {
+        Napi::Value p = a.Get(k);
+        if (p.IsString()) spec.alpn.push_back(p.As<Napi::String>().Utf8Value());
+      }
+    }
+    spec.postgres = Str(o, "startup") == "postgres";
+    spec.optional = Str(o, "policy") == "optional";
+    spec.handshake_timeout_ms = static_cast<uint64_t>(Num(o.Get("handshakeTimeoutMs")));
+    if (spec.handshake_timeout_ms == 0) spec.handshake_timeout_ms = 10000;
+    (*specs)[index].tls = engine->TlsFor(spec);
+  }
+  return nullptr;
+}
+
+// tlsError(portId) -> why the port's certificate did not load, or undefined
+Napi::Value TlsError(const Napi::CallbackInfo& info) {
+  sf::Engine* engine = EngineOf(info);
+  if (engine == nullptr) return info.Env().Undefined();
+  std::string error = engine->TlsError(U32(info[0]));
+  if (error.empty()) return info.Env().Undefined();
+  return Napi::String::New(info.Env(), error);
+}
+
 // applyPorts(budget, host, changedIds: Float64Array, retiredIds: Float64Array, ports: Float64Array,
 // backlog, reusePort, keepAliveMs, header, ids, hosts, numbers) -> Float64Array [killed, id per new
 // port]. One table change in one call: the changed ports take their routes (the first
@@ -392,6 +446,7 @@ Napi::Value ApplyPorts(const Napi::CallbackInfo& info) {
   if (const char* bad = ParseRoutes(info[8], info[9], info[10], info[11], changes + n, &specs)) {
     return ThrowType(env, bad);
   }
+  if (const char* bad = ParseTls(engine, info[12], &specs)) return ThrowType(env, bad);
   std::vector<std::pair<uint32_t, sf::RouteSpec>> changed(changes);
   for (size_t i = 0; i < changes; i++) changed[i] = {static_cast<uint32_t>(changed_ids[i]), std::move(specs[i])};
   std::vector<uint32_t> retired(retired_ids.ElementLength());
@@ -434,15 +489,16 @@ Napi::Value PortStats(const Napi::CallbackInfo& info) {
   if (engine == nullptr) return env.Undefined();
   sf::PortCounters c;
   if (!engine->Stats(U32(info[0]), &c)) return env.Undefined();
-  const uint64_t values[] = {c.active,         c.total,          c.bytes_in,         c.bytes_out,
+  const uint64_t values[kPortStats] = {c.active,         c.total,          c.bytes_in,         c.bytes_out,
                              c.connect_errors, c.connect_timeouts, c.refused_no_backend, c.refused_max,
-                             c.refused_self_loop, c.killed_fenced, c.killed_drained,   c.idle_timeouts};
-  Napi::Array out = Napi::Array::New(env, 12);
-  for (uint32_t i = 0; i < 12; i++) out.Set(i, Napi::Number::New(env, static_cast<double>(values[i])));
+                             c.refused_self_loop, c.killed_fenced, c.killed_drained,   c.idle_timeouts,
+                             c.tls_handshakes, c.tls_handshake_errors, c.refused_plaintext};
+  Napi::Array out = Napi::Array::New(env, kPortStats);
+  for (uint32_t i = 0; i < kPortStats; i++) out.Set(i, Napi::Number::New(env, static_cast<double>(values[i])));
   return out;
 }
 
-// portStatsMany(portIds: Float64Array) -> Float64Array of 12 numbers per port in PortCounters order
+// portStatsMany(portIds: Float64Array) -> Float64Array of kPortStats numbers per port in PortCounters order
 // (a scrape of a 10,000-port router is one call); an unknown port's numbers are all -1.
 Napi::Value PortStatsMany(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -451,18 +507,19 @@ Napi::Value PortStatsMany(const Napi::CallbackInfo& info) {
   if (!info[0].IsTypedArray()) return ThrowType(env, "portStatsMany(portIds: Float64Array)");
   Napi::Float64Array ids = info[0].As<Napi::Float64Array>();
   const size_t n = ids.ElementLength();
-  Napi::Float64Array out = Napi::Float64Array::New(env, n * 12);
+  Napi::Float64Array out = Napi::Float64Array::New(env, n * kPortStats);
   for (size_t i = 0; i < n; i++) {
     sf::PortCounters c;
-    double* o = out.Data() + i * 12;
+    double* o = out.Data() + i * kPortStats;
     if (!engine->Stats(static_cast<uint32_t>(ids[i]), &c)) {
-      for (int k = 0; k < 12; k++) o[k] = -1;
+      for (uint32_t k = 0; k < kPortStats; k++) o[k] = -1;
       continue;
     }
-    const uint64_t values[] = {c.active,         c.total,            c.bytes_in,           c.bytes_out,
+    const uint64_t values[kPortStats] = {c.active,         c.total,            c.bytes_in,           c.bytes_out,
                                c.connect_errors, c.connect_timeouts, c.refused_no_backend, c.refused_max,
-                               c.refused_self_loop, c.killed_fenced, c.killed_drained,     c.idle_timeouts};
-    for (int k = 0; k < 12; k++) o[k] = static_cast<double>(values[k]);
+                               c.refused_self_loop, c.killed_fenced, c.killed_drained,     c.idle_timeouts,
+                               c.tls_handshakes, c.tls_handshake_errors, c.refused_plaintext};
+    for (uint32_t k = 0; k < kPortStats; k++) o[k] = static_cast<double>(values[k]);
   }
   return out;
 }
@@ -563,6 +620,7 @@ Napi::Object Module(Napi::Env env, Napi::Object exports) {
   exports.Set("admit", Napi::Function::New(env, Admit));
   exports.Set("release", Napi::Function::New(env, Release));
   exports.Set("budgetStats", Napi::Function::New(env, BudgetStats));
+  exports.Set("tlsError", Napi::Function::New(env, TlsError));
   return exports;
 }
 

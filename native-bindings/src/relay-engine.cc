@@ -4,6 +4,9 @@
 #include "relay-engine.h"
 #include "listen-batch.h"
 #include "socket-options.h"
+#include "tls-server.h"
+
+#include <openssl/err.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -36,6 +39,13 @@ constexpr int kMaxEvents = 256;
 // instead of three splices plus a pipe per direction, and bulk keeps zero-copy (the idea of
 // HAProxy's `option splice-auto`). 16 KiB is HAProxy's default buffer size too.
 constexpr size_t kCopyBufferSize = 16 * 1024;
+// A TLS pair never splices; its reads go through a buffer of this size: up to four records'
+// plaintext gathered from the client before one send to the backend, and up to four records' worth
+// read from the backend for one SSL_write. Bulk then costs a quarter of the backend-side system
+// calls (and of the backend's wake-ups) of one record per call.
+constexpr size_t kTlsBufferSize = 64 * 1024;
+// The most plaintext one TLS record carries (RFC 8446 section 5.1).
+constexpr size_t kTlsRecordSize = 16 * 1024;
 // epoll data of a listening socket: this bit set, the port id below it. Pointers (End*) never
 // have it, as user-space addresses end below 2^47.
 constexpr uint64_t kListenerTag = uint64_t{1} << 63;
@@ -63,6 +73,95 @@ int64_t NowMs() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
   return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+// The client's side of a TLS pair as OpenSSL sees it: a BIO over the socket that records whether
+// the last read emptied the receive queue (so, as for plain reads, no read is spent collecting
+// EAGAIN) and sends with MSG_NOSIGNAL.
+struct TlsIo {
+  int fd = -1;
+  bool short_read = false;
+  int error = 0;
+};
+
+int TlsIoRead(BIO* b, char* out, int len) {
+  auto* io = static_cast<TlsIo*>(BIO_get_data(b));
+  BIO_clear_retry_flags(b);
+  for (;;) {
+    ssize_t n = recv(io->fd, out, static_cast<size_t>(len), 0);
+    if (n > 0) {
+      io->short_read = n < len;
+      return static_cast<int>(n);
+    }
+    if (n == 0) return 0;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) BIO_set_retry_read(b);
+    else io->error = errno;
+    return -1;
+  }
+}
+
+int TlsIoWrite(BIO* b, const char* data, int len) {
+  auto* io = static_cast<TlsIo*>(BIO_get_data(b));
+  BIO_clear_retry_flags(b);
+  for (;;) {
+    ssize_t n = send(io->fd, data, static_cast<size_t>(len), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n >= 0) return static_cast<int>(n);
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) BIO_set_retry_write(b);
+    else io->error = errno;
+    return -1;
+  }
+}
+
+long TlsIoCtrl(BIO*, int cmd, long, void*) { return cmd == BIO_CTRL_FLUSH ? 1 : 0; }
+
+int TlsIoCreate(BIO* b) {
+  BIO_set_init(b, 1);
+  return 1;
+}
+
+BIO_METHOD* TlsIoMethod() {
+  static BIO_METHOD* method = [] {
+    BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "sf-relay-socket");
+    BIO_meth_set_read(m, TlsIoRead);
+    BIO_meth_set_write(m, TlsIoWrite);
+    BIO_meth_set_ctrl(m, TlsIoCtrl);
+    BIO_meth_set_create(m, TlsIoCreate);
+    return m;
+  }();
+  return method;
+}
+
+// PostgreSQL's preamble codes (router/postgres-preamble.ts).
+constexpr uint32_t kSslRequest = 80877103;
+constexpr uint32_t kGssencRequest = 80877104;
+constexpr uint32_t kCancelRequest = 80877102;
+constexpr unsigned char kTlsHandshakeRecord = 0x16;
+// Several GSSENCRequests in a row lead nowhere: not a client (router/client-tls.ts).
+constexpr int kMaxPreambles = 4;
+
+uint32_t Be32(const unsigned char* b) {
+  return (uint32_t{b[0]} << 24) | (uint32_t{b[1]} << 16) | (uint32_t{b[2]} << 8) | uint32_t{b[3]};
+}
+
+// The ErrorResponse the JS path answers a plaintext StartupMessage with on a route that requires
+// TLS (router/postgres-preamble.ts postgresErrorResponse, SQLSTATE 28000): libpq prints
+// "FATAL:  this route requires TLS: ...".
+const std::string& PlaintextRefusal() {
+  static const std::string out = [] {
+    static const char kFields[] =
+        "SFATAL\0VFATAL\0C28000\0Mthis route requires TLS: connect with sslmode=require or stronger\0\0";
+    const std::string fields(kFields, sizeof kFields - 1);
+    std::string m = "E";
+    const uint32_t len = static_cast<uint32_t>(4 + fields.size());
+    m += static_cast<char>(len >> 24);
+    m += static_cast<char>(len >> 16);
+    m += static_cast<char>(len >> 8);
+    m += static_cast<char>(len);
+    return m + fields;
+  }();
+  return out;
 }
 
 void CloseQuietly(int& fd) {
@@ -178,6 +277,34 @@ class Pair : public std::enable_shared_from_this<Pair> {
   // Set by the JS thread when the backend leaves the table or drains; 0: not draining.
   std::atomic<int64_t> drain_deadline_ms_{0};
 
+  // TLS termination (a natively accepted client of a terminating route). Until start_ is kNone the
+  // client has no backend: the loop reads PostgreSQL's preamble or peeks at the first byte, then
+  // runs the handshake; a backend is picked (from the route in force) only after it. Loop thread
+  // only, under mu_.
+  // kSettled: the handshake is done and the client sent nothing yet; the backend is connected after
+  // the loop's next pass over its events, unless the client ended meanwhile.
+  enum class Start : uint8_t { kNone, kSniff, kPreamble, kHandshake, kRefusing, kSettled };
+  enum class StartResult { kWait, kConnect, kClosed, kDefer };
+  Start start_ = Start::kNone;
+  int64_t start_deadline_ms_ = 0;
+  int preambles_ = 0;
+  std::shared_ptr<TlsServer> tls_;
+  SSL* ssl_ = nullptr;
+  TlsIo io_;
+  // An SSL_read that needs the socket writable (or an SSL_write that needs it readable) is retried
+  // on that edge.
+  bool ssl_read_wants_write_ = false;
+  bool ssl_write_wants_read_ = false;
+  // What the start did to the port's counters, added under the port's lock by the caller.
+  int start_handshakes_ = 0, start_handshake_errors_ = 0, start_refused_ = 0;
+
+  StartResult RunStart(int64_t now, CloseEvent* ev);
+  // Reads from side src: recv, or SSL_read on a TLS client. >0 bytes, 0 end of stream, -1 with errno.
+  ssize_t In(int src, char* buffer, size_t len);
+  // Writes to side dst: send, or SSL_write on a TLS client. >0 bytes taken, -1 with errno (EAGAIN
+  // when the socket cannot take more now).
+  ssize_t Out(int dst, const char* data, size_t len);
+
   Turn Pump(int dir, int pipe_size, char* buffer, CloseEvent* ev);
   // Sends a copied read to the other side of direction dir. False when it could not all go out:
   // the rest is kept for EPOLLOUT, or the pair was closed on an error.
@@ -280,7 +407,7 @@ class Loop {
   const int pipe_size_;
   CloseSink* sink_;
   // The copy buffer of this thread; only Serve on this thread touches it, under one pair's lock.
-  std::unique_ptr<char[]> buffer_{new char[kCopyBufferSize]};
+  std::unique_ptr<char[]> buffer_{new char[kTlsBufferSize]};
   int wake_fd_ = -1;
   std::atomic<bool> stopping_{false};
   std::thread thread_;
@@ -294,6 +421,10 @@ class Loop {
   std::vector<std::pair<std::shared_ptr<Port>, int>> handed_;
   // Something was handed since the loop last took its queues.
   std::atomic<bool> handed_ready_{false};
+  // TLS clients whose handshake ended with nothing sent yet (Pair::Start::kSettled), queued during
+  // this pass: their backends are connected at the end of the next pass (loop thread only).
+  std::vector<std::shared_ptr<Pair>> settling_;
+  void Settle(const std::shared_ptr<Pair>& pair);
   // The loop is in epoll_wait with a timeout, or about to be, and no one woke it yet.
   std::atomic<bool> waiting_{false};
 };
@@ -312,6 +443,11 @@ void Pair::CloseFds(bool reset) {
       setsockopt(fd_[side], SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     }
     CloseQuietly(fd_[side]);
+  }
+  if (ssl_ != nullptr) {
+    // No close_notify: a pair closed here is reset or already ended; SSL_free sends nothing.
+    SSL_free(ssl_);
+    ssl_ = nullptr;
   }
   for (int dir = 0; dir < 2; dir++) {
     CloseQuietly(pipe_r_[dir]);
@@ -334,7 +470,7 @@ bool Pair::SendCopy(int dir, const char* data, size_t len, CloseEvent* ev) {
   const int dst = 1 - dir;
   size_t sent = 0;
   while (sent < len) {
-    ssize_t w = send(fd_[dst], data + sent, len - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+    ssize_t w = Out(dst, data + sent, len - sent);
     if (w > 0) {
       sent += static_cast<size_t>(w);
       bytes_[dir].fetch_add(static_cast<uint64_t>(w), std::memory_order_relaxed);
@@ -355,6 +491,210 @@ bool Pair::SendCopy(int dir, const char* data, size_t len, CloseEvent* ev) {
   return true;
 }
 
+ssize_t Pair::In(int src, char* buffer, size_t len) {
+  if (src == 1 || ssl_ == nullptr) return recv(fd_[src], buffer, len, 0);
+  ssl_read_wants_write_ = false;
+  const int n = SSL_read(ssl_, buffer, static_cast<int>(len));
+  if (n > 0) return n;
+  switch (SSL_get_error(ssl_, n)) {
+    case SSL_ERROR_WANT_READ:
+      errno = EAGAIN;
+      return -1;
+    case SSL_ERROR_WANT_WRITE:
+      ssl_read_wants_write_ = true;
+      errno = EAGAIN;
+      return -1;
+    case SSL_ERROR_ZERO_RETURN:
+      // close_notify, or (SSL_OP_IGNORE_UNEXPECTED_EOF) a TCP end without it.
+      return 0;
+    case SSL_ERROR_SYSCALL:
+      ERR_clear_error();
+      errno = io_.error != 0 ? io_.error : ECONNRESET;
+      return -1;
+    default:
+      ERR_clear_error();
+      errno = EPROTO;
+      return -1;
+  }
+}
+
+ssize_t Pair::Out(int dst, const char* data, size_t len) {
+  if (dst == 1 || ssl_ == nullptr) return send(fd_[dst], data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+  ssl_write_wants_read_ = false;
+  const int n = SSL_write(ssl_, data, static_cast<int>(std::min<size_t>(len, INT32_MAX)));
+  if (n > 0) return n;
+  switch (SSL_get_error(ssl_, n)) {
+    case SSL_ERROR_WANT_WRITE:
+      errno = EAGAIN;
+      return -1;
+    case SSL_ERROR_WANT_READ:
+      ssl_write_wants_read_ = true;
+      errno = EAGAIN;
+      return -1;
+    case SSL_ERROR_SYSCALL:
+      ERR_clear_error();
+      errno = io_.error != 0 ? io_.error : EPIPE;
+      return -1;
+    default:
+      ERR_clear_error();
+      errno = EPROTO;
+      return -1;
+  }
+}
+
+// The client's start on a terminating route, as router/client-tls.ts runs it on the JS path:
+// PostgreSQL's preamble (SSLRequest answered 'S', GSSENCRequest 'N', a CancelRequest relayed in
+// plaintext, a plaintext StartupMessage refused with an ErrorResponse unless the policy is
+// optional), or a peek at the first byte (a ClientHello, or plaintext: refused, or relayed when
+// optional); then the handshake. Nothing is consumed that the backend or OpenSSL must see: the
+// preamble is peeked before it is read.
+Pair::StartResult Pair::RunStart(int64_t now, CloseEvent* ev) {
+  const int fd = fd_[0];
+  for (;;) {
+    switch (start_) {
+      case Start::kNone:
+        return StartResult::kConnect;
+      case Start::kSniff:
+      case Start::kPreamble: {
+        unsigned char b[8];
+        const size_t want = start_ == Start::kSniff ? 1 : 8;
+        ssize_t n = recv(fd, b, want, MSG_PEEK);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EAGAIN) return StartResult::kWait;
+        if (n <= 0) {
+          Close(n == 0 ? CloseReason::kClientClosed : CloseReason::kClientError, n == 0 ? 0 : errno, false, ev);
+          return StartResult::kClosed;
+        }
+        if (b[0] == kTlsHandshakeRecord) {
+          start_ = Start::kHandshake;
+          continue;
+        }
+        if (start_ == Start::kSniff) {
+          if (tls_->spec.optional) {
+            start_ = Start::kNone;
+            return StartResult::kConnect;
+          }
+          // Plaintext on a route that requires TLS: refused without an answer.
+          start_refused_++;
+          Close(CloseReason::kKilled, 0, false, ev);
+          return StartResult::kClosed;
+        }
+        if (static_cast<size_t>(n) < want) {
+          if (hangup_[0]) {
+            Close(CloseReason::kClientClosed, 0, false, ev);
+            return StartResult::kClosed;
+          }
+          return StartResult::kWait;  // the rest raises a new edge
+        }
+        const uint32_t length = Be32(b);
+        const uint32_t code = Be32(b + 4);
+        if (length == 8 && (code == kSslRequest || code == kGssencRequest)) {
+          if (code == kGssencRequest && ++preambles_ > kMaxPreambles) {
+            start_refused_++;
+            Close(CloseReason::kKilled, 0, false, ev);
+            return StartResult::kClosed;
+          }
+          ssize_t r = recv(fd, b, 8, 0);
+          (void)r;
+          // The router has no Kerberos: 'N' tells libpq to go on with an SSLRequest (or plaintext).
+          const char answer = code == kSslRequest ? 'S' : 'N';
+          if (send(fd, &answer, 1, MSG_NOSIGNAL | MSG_DONTWAIT) != 1) {
+            Close(CloseReason::kClientError, errno, false, ev);
+            return StartResult::kClosed;
+          }
+          if (code == kSslRequest) start_ = Start::kHandshake;
+          continue;
+        }
+        if ((length == 16 && code == kCancelRequest) || tls_->spec.optional) {
+          // A CancelRequest carries only a backend pid and secret and gets no answer; PostgreSQL
+          // itself takes it in plaintext. With the optional policy, so is any plaintext client.
+          start_ = Start::kNone;
+          return StartResult::kConnect;
+        }
+        start_refused_++;
+        const std::string& answer = PlaintextRefusal();
+        ssize_t w = send(fd, answer.data(), answer.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)w;
+        shutdown(fd, SHUT_WR);
+        // The client reads the error and closes; what it sent is read and dropped until then, so
+        // the close is a FIN, not a reset that could destroy the error before libpq reads it.
+        start_ = Start::kRefusing;
+        continue;
+      }
+      case Start::kSettled: {
+        if (!readable_[0] && !hangup_[0] && SSL_has_pending(ssl_) == 0) return StartResult::kWait;
+        char first[kCopyBufferSize];
+        const ssize_t n = In(0, first, sizeof first);
+        if (n > 0) {
+          pending_[0].assign(first, static_cast<size_t>(n));
+          pending_off_[0] = 0;
+          start_ = Start::kNone;
+          return StartResult::kConnect;
+        }
+        if (n == 0) {
+          Close(CloseReason::kClientClosed, 0, false, ev);
+          return StartResult::kClosed;
+        }
+        if (errno != EAGAIN) {
+          Close(CloseReason::kClientError, errno, false, ev);
+          return StartResult::kClosed;
+        }
+        readable_[0] = false;
+        return StartResult::kDefer;
+      }
+      case Start::kRefusing: {
+        char sink[512];
+        ssize_t n = recv(fd, sink, sizeof sink, 0);
+        if (n > 0) continue;
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EAGAIN) return StartResult::kWait;
+        Close(CloseReason::kClientClosed, 0, false, ev);
+        return StartResult::kClosed;
+      }
+      case Start::kHandshake: {
+        if (ssl_ == nullptr) {
+          ssl_ = tls_->NewSsl(now);
+          if (ssl_ == nullptr) {
+            // No certificate ever loaded (TlsError says why): the client cannot be served.
+            start_handshake_errors_++;
+            Close(CloseReason::kKilled, 0, false, ev);
+            return StartResult::kClosed;
+          }
+          io_.fd = fd;
+          BIO* bio = BIO_new(TlsIoMethod());
+          BIO_set_data(bio, &io_);
+          SSL_set_bio(ssl_, bio, bio);
+          SSL_set_accept_state(ssl_);
+        }
+        const int r = SSL_do_handshake(ssl_);
+        if (r == 1) {
+          start_handshakes_++;
+          start_ = Start::kNone;
+          // What came with the end of the handshake (OpenSSL reads ahead) is read before a
+          // backend is connected: a client that already ended (a handshake-only check, `openssl
+          // s_time`) is closed without connecting any backend, as HAProxy does; its first bytes
+          // wait in the pair's buffer and go out first once the backend is connected. A client
+          // that sent nothing yet is settled: its backend is connected after the loop's next pass
+          // over its events (no sleep: that pass does not wait), which gives a close_notify sent
+          // right after the handshake the time to arrive.
+          start_ = Start::kSettled;
+          if (SSL_has_pending(ssl_) == 0 && !hangup_[0] && io_.short_read) {
+            readable_[0] = false;  // drained: the next bytes raise an edge
+            return StartResult::kDefer;
+          }
+          continue;
+        }
+        const int e = SSL_get_error(ssl_, r);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return StartResult::kWait;
+        ERR_clear_error();
+        start_handshake_errors_++;
+        Close(CloseReason::kClientError, io_.error != 0 ? io_.error : EPROTO, false, ev);
+        return StartResult::kClosed;
+      }
+    }
+  }
+}
+
 Pair::Turn Pair::Pump(int dir, int pipe_size, char* buffer, CloseEvent* ev) {
   const int src = dir;
   const int dst = 1 - dir;
@@ -367,8 +707,7 @@ Pair::Turn Pair::Pump(int dir, int pipe_size, char* buffer, CloseEvent* ev) {
     std::string& pending = pending_[dir];
     while (pending_off_[dir] < pending.size()) {
       if (!writable_[dst]) return Turn::kIdle;
-      ssize_t n = send(fd_[dst], pending.data() + pending_off_[dir], pending.size() - pending_off_[dir],
-                       MSG_NOSIGNAL | MSG_DONTWAIT);
+      ssize_t n = Out(dst, pending.data() + pending_off_[dir], pending.size() - pending_off_[dir]);
       if (n > 0) {
         pending_off_[dir] += static_cast<size_t>(n);
         bytes_[dir].fetch_add(static_cast<uint64_t>(n), std::memory_order_relaxed);
@@ -410,7 +749,15 @@ Pair::Turn Pair::Pump(int dir, int pipe_size, char* buffer, CloseEvent* ev) {
         // the other direction is already shut, the pair closes right below, and close() sends the
         // same FIN after the same queued bytes (both receive queues were read to their end, so it
         // is no reset): the shutdown call is skipped.
-        if (!shut_[1 - dir]) shutdown(fd_[dst], SHUT_WR);
+        if (!shut_[1 - dir]) {
+          // To a TLS client: close_notify first, then FIN (a client may go on sending; TLS 1.3
+          // and OpenSSL keep reading after a sent close_notify).
+          if (dst == 0 && ssl_ != nullptr) {
+            SSL_shutdown(ssl_);
+            ERR_clear_error();
+          }
+          shutdown(fd_[dst], SHUT_WR);
+        }
         shut_[dir] = true;
         if (shut_[0] && shut_[1]) {
           Close(first_eof_ == 1 ? CloseReason::kBackendClosed : CloseReason::kClientClosed, 0, false, ev);
@@ -427,9 +774,32 @@ Pair::Turn Pair::Pump(int dir, int pipe_size, char* buffer, CloseEvent* ev) {
       // have to be kept in memory, while leaving it in the source's receive buffer lets TCP flow
       // control slow the sender down.
       if (!writable_[dst]) return Turn::kIdle;
-      n = recv(fd_[src], buffer, kCopyBufferSize, 0);
+      const size_t want = ssl_ != nullptr ? kTlsBufferSize : kCopyBufferSize;
+      n = In(src, buffer, want);
       if (n > 0) {
-        if (static_cast<size_t>(n) == kCopyBufferSize) {
+        if (ssl_ != nullptr) {
+          // Decrypted or to be encrypted: never spliced. The socket is drained when OpenSSL's last
+          // read of it came back short and it holds no record back.
+          if (src == 0) {
+            // SSL_read hands over one record at a time: gather what is known to be there.
+            bool ended = false;
+            while (static_cast<size_t>(n) + kTlsRecordSize <= want &&
+                   (SSL_has_pending(ssl_) != 0 || !io_.short_read || hangup_[0])) {
+              const ssize_t more = In(0, buffer + n, want - static_cast<size_t>(n));
+              if (more > 0) {
+                n += more;
+                continue;
+              }
+              // An end (close_notify) or an error is met again by the next read, after these
+              // bytes went out: the socket stays marked readable for it, as no edge may follow.
+              if (more == 0 || errno != EAGAIN) ended = true;
+              else readable_[0] = false;
+              break;
+            }
+            if (!ended && io_.short_read && SSL_has_pending(ssl_) == 0 && !hangup_[0]) readable_[0] = false;
+          }
+          if (src == 1 && static_cast<size_t>(n) < want && !hangup_[1]) readable_[1] = false;
+        } else if (static_cast<size_t>(n) == kCopyBufferSize) {
           splicing_[dir] = true;
         } else if (!hangup_[src]) {
           // A short read emptied the receive queue (TCP copies everything queued up to the
@@ -555,6 +925,12 @@ void Loop::Serve(Pair* pair, const End* end, uint32_t events, std::vector<std::s
   bool more = false;
   bool connect_failed = false;
   CloseEvent ev{};
+  Pair::StartResult start = Pair::StartResult::kConnect;
+  bool counted = false;
+  bool starting = false;
+  // Already waiting in settling_ or the loop's due list: not queued twice.
+  bool deferred = false;
+  int counts[3] = {0, 0, 0};
   {
     std::lock_guard<std::mutex> lock(pair->mu_);
     if (pair->closed_.load()) return;
@@ -563,8 +939,23 @@ void Loop::Serve(Pair* pair, const End* end, uint32_t events, std::vector<std::s
       if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) pair->readable_[end->side] = true;
       if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) pair->hangup_[end->side] = true;
       if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) pair->writable_[end->side] = true;
+      if (end->side == 0 && pair->ssl_ != nullptr) {
+        if (pair->ssl_read_wants_write_ && (events & EPOLLOUT)) pair->readable_[0] = true;
+        if (pair->ssl_write_wants_read_ && (events & EPOLLIN)) pair->writable_[0] = true;
+      }
     }
-    if (pair->connecting_) {
+    if (pair->start_ != Pair::Start::kNone) {
+      // Only the client's events move its start (it has no backend yet).
+      if (end == nullptr || end->side != 0) return;
+      starting = true;
+      deferred = pair->start_ == Pair::Start::kSettled;
+      start = pair->RunStart(NowMs(), &ev);
+      counts[0] = pair->start_handshakes_;
+      counts[1] = pair->start_handshake_errors_;
+      counts[2] = pair->start_refused_;
+      pair->start_handshakes_ = pair->start_handshake_errors_ = pair->start_refused_ = 0;
+      counted = counts[0] + counts[1] + counts[2] > 0;
+    } else if (pair->connecting_) {
       // Only the backend's first writable (or error) edge ends a connect; until then the client's
       // bytes wait in its receive queue, as pauseOnConnect keeps them on the JS path.
       if (end == nullptr || end->side != 1 || (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) == 0) return;
@@ -598,9 +989,23 @@ void Loop::Serve(Pair* pair, const End* end, uint32_t events, std::vector<std::s
     engine_->ConnectNext(pair->shared_from_this(), 1);
     return;
   }
+  if (starting) {
+    if (counted) {
+      std::lock_guard<std::mutex> lock(pair->port_->mu);
+      pair->port_->c.tls_handshakes += counts[0];
+      pair->port_->c.tls_handshake_errors += counts[1];
+      pair->port_->c.refused_plaintext += counts[2];
+    }
+    if (start == Pair::StartResult::kClosed) Report(pair, ev);
+    // The handshake is done (or the client relayed in plaintext): the backend is picked now, from
+    // the route in force, so a fence applied meanwhile cannot be missed.
+    else if (start == Pair::StartResult::kConnect) engine_->ConnectNext(pair->shared_from_this(), 0);
+    else if (start == Pair::StartResult::kDefer && !deferred) settling_.push_back(pair->shared_from_this());
+    return;
+  }
   {
     std::lock_guard<std::mutex> lock(pair->mu_);
-    if (pair->closed_.load() || pair->connecting_) return;
+    if (pair->closed_.load() || pair->connecting_ || pair->start_ != Pair::Start::kNone) return;
     uint64_t before = pair->bytes_[0].load(std::memory_order_relaxed) + pair->bytes_[1].load(std::memory_order_relaxed);
     for (int dir = 0; dir < 2; dir++) {
       Pair::Turn turn = pair->Pump(dir, pipe_size_, buffer_.get(), &ev);
@@ -621,6 +1026,8 @@ void Loop::Sweep(int64_t now) {
   std::vector<std::shared_ptr<Pair>> idle;
   std::vector<std::shared_ptr<Pair>> drained;
   std::vector<std::shared_ptr<Pair>> timed_out;
+  // Clients whose preamble or TLS handshake did not end in time (the router's ClientHello timeout).
+  std::vector<std::shared_ptr<Pair>> unstarted;
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto it = pairs_.begin(); it != pairs_.end();) {
@@ -632,6 +1039,11 @@ void Loop::Sweep(int64_t now) {
       int64_t drain = p->drain_deadline_ms_.load(std::memory_order_relaxed);
       if (drain > 0 && now >= drain) {
         drained.push_back(it->second);
+        ++it;
+        continue;
+      }
+      if (p->start_ != Pair::Start::kNone) {
+        if (p->start_ != Pair::Start::kSettled && now >= p->start_deadline_ms_) unstarted.push_back(it->second);
         ++it;
         continue;
       }
@@ -668,6 +1080,22 @@ void Loop::Sweep(int64_t now) {
   }
   for (auto& p : timed_out) {
     if (!p->closed_.load() && p->connecting_) engine_->ConnectNext(p, 2);
+  }
+  for (auto& p : unstarted) {
+    CloseEvent ev{};
+    bool failed;
+    {
+      std::lock_guard<std::mutex> lock(p->mu_);
+      if (p->closed_.load() || p->start_ == Pair::Start::kNone) continue;
+      // A refused client that does not close is only let go; anything else failed its handshake.
+      failed = p->start_ != Pair::Start::kRefusing;
+      p->Close(CloseReason::kKilled, 0, false, &ev);
+    }
+    if (failed) {
+      std::lock_guard<std::mutex> lock(p->port_->mu);
+      p->port_->c.tls_handshake_errors++;
+    }
+    Report(p.get(), ev);
   }
   for (auto it = paused_.begin(); it != paused_.end();) {
     if (now < it->second) {
@@ -733,13 +1161,23 @@ void Loop::OnListener(uint32_t port_id, int64_t now) {
   for (Loop* to : wake) to->Wake();
 }
 
+void Loop::Settle(const std::shared_ptr<Pair>& pair) {
+  {
+    std::lock_guard<std::mutex> lock(pair->mu_);
+    if (pair->closed_.load() || pair->start_ != Pair::Start::kSettled) return;
+    pair->start_ = Pair::Start::kNone;
+  }
+  engine_->ConnectNext(pair, 0);
+}
+
 void Loop::Run() {
   epoll_event events[kMaxEvents];
   std::vector<std::shared_ptr<Pair>> again;
   std::vector<std::shared_ptr<Pair>> retry;
+  std::vector<std::shared_ptr<Pair>> due;
   int64_t last_sweep = NowMs();
   while (!stopping_.load()) {
-    int timeout = again.empty() ? kSweepPeriodMs : 0;
+    int timeout = again.empty() && settling_.empty() ? kSweepPeriodMs : 0;
     if (timeout > 0) {
       waiting_.store(true);
       if (handed_ready_.load()) timeout = 0;  // handed meanwhile: take it now, do not sleep
@@ -749,6 +1187,8 @@ void Loop::Run() {
     if (n < 0 && errno != EINTR) break;
     retry.swap(again);
     again.clear();
+    // Settled in the previous pass: connected once this pass's events (a close_notify) are seen.
+    due.swap(settling_);
     for (int i = 0; i < n; i++) {
       if (events[i].data.u64 & kListenerTag) {
         OnListener(static_cast<uint32_t>(events[i].data.u64 & ~kListenerTag), NowMs());
@@ -767,6 +1207,8 @@ void Loop::Run() {
     // Pairs that used up their turn continue here; edge-triggered epoll will not report them again.
     for (auto& p : retry) Serve(p.get(), nullptr, 0, &again);
     retry.clear();
+    for (auto& p : due) Settle(p);
+    due.clear();
     // Clients handed while this loop was busy (no wake-up was sent for them).
     if (handed_ready_.load()) RegisterIncoming();
     int64_t now = NowMs();
@@ -1201,6 +1643,33 @@ int64_t Engine::ActiveFor(uint32_t port_id, const std::string& backend_id) {
   return it == port->active_by_backend.end() ? 0 : it->second;
 }
 
+std::shared_ptr<TlsServer> Engine::TlsFor(const TlsSpec& spec) {
+  const std::string key = spec.Key();
+  std::lock_guard<std::mutex> lock(tls_mu_);
+  auto it = tls_servers_.find(key);
+  if (it != tls_servers_.end()) {
+    if (auto live = it->second.lock()) return live;
+  }
+  for (auto i = tls_servers_.begin(); i != tls_servers_.end();) {
+    if (i->second.expired()) i = tls_servers_.erase(i);
+    else ++i;
+  }
+  auto made = std::make_shared<TlsServer>(spec);
+  tls_servers_[key] = made;
+  return made;
+}
+
+std::string Engine::TlsError(uint32_t port_id) {
+  std::shared_ptr<Port> port = FindPort(port_id);
+  if (!port) return std::string();
+  std::shared_ptr<TlsServer> tls;
+  {
+    std::lock_guard<std::mutex> lock(port->mu);
+    tls = port->route.tls;
+  }
+  return tls ? tls->LastError() : std::string();
+}
+
 void Engine::SetEventSink(EventSink sink) {
   std::lock_guard<std::mutex> lock(events_mu_);
   event_sink_ = std::move(sink);
@@ -1251,12 +1720,19 @@ void Engine::Accept(Loop* loop, const std::shared_ptr<Port>& port, int client_fd
     pair->fd_[0] = client_fd;
     pair->port_ = port;
     pair->accounted_ = true;
-    pair->connecting_ = true;
     pair->last_active_ms_ = NowMs();
+    if (port->route.tls) {
+      // The client starts TLS (or PostgreSQL's preamble) before any backend is picked.
+      pair->tls_ = port->route.tls;
+      pair->start_ = pair->tls_->spec.postgres ? Pair::Start::kPreamble : Pair::Start::kSniff;
+      pair->start_deadline_ms_ = pair->last_active_ms_ + static_cast<int64_t>(pair->tls_->spec.handshake_timeout_ms);
+    } else {
+      pair->connecting_ = true;
+    }
     port->conns.insert(pair.get());
   }
   loop->Adopt(pair);
-  ConnectNext(pair, 0);
+  if (!pair->tls_) ConnectNext(pair, 0);
 }
 
 // failed: 0 first attempt, 1 the previous attempt failed, 2 it timed out.

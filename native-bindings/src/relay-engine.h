@@ -55,6 +55,8 @@ struct PairOptions {
 
 class Loop;
 class Pair;
+class TlsServer;
+struct TlsSpec;
 struct Port;
 struct Listener;
 
@@ -78,6 +80,11 @@ struct RouteSpec {
   uint64_t drain_timeout_ms = 30000;
   int64_t max_connections = -1;  // -1: no limit of the route's own
   std::vector<BackendSpec> backends;
+  // A terminating route: clients run a TLS handshake (after PostgreSQL's SSLRequest on such routes)
+  // with the relay thread before a backend is picked, and their bytes are decrypted on the way in
+  // and encrypted on the way out. Shared by every route with the same settings; a connection
+  // holds the one it started with.
+  std::shared_ptr<TlsServer> tls;
 };
 
 // Per-port counters, the native side of router/route-stats.ts (same order as PORT_STAT_FIELDS in
@@ -85,7 +92,7 @@ struct RouteSpec {
 struct PortCounters {
   uint64_t active = 0, total = 0, bytes_in = 0, bytes_out = 0, connect_errors = 0, connect_timeouts = 0,
            refused_no_backend = 0, refused_max = 0, refused_self_loop = 0, killed_fenced = 0, killed_drained = 0,
-           idle_timeouts = 0;
+           idle_timeouts = 0, tls_handshakes = 0, tls_handshake_errors = 0, refused_plaintext = 0;
 };
 
 // Things native code tells JS about, delivered in batches (one wake-up of the JS thread per batch).
@@ -173,6 +180,11 @@ class Engine {
   int64_t ActiveFor(uint32_t port_id, const std::string& backend_id);
   // Drops a retired port once its last connection is gone; false while connections remain.
   bool ReleasePort(uint32_t port_id);
+  // The TLS server of these settings, shared with every route that has the same ones (its
+  // certificate loaded now, so a bad file shows at once in TlsError).
+  std::shared_ptr<TlsServer> TlsFor(const TlsSpec& spec);
+  // Why the port's certificate did not load (empty when it did, or the port does not terminate).
+  std::string TlsError(uint32_t port_id);
   void SetEventSink(EventSink sink);
   std::vector<NativeEvent> TakeEvents();
   // The router-wide limit and reservations for the table in force; js_reserved_in_use is the
@@ -205,6 +217,8 @@ class Engine {
   size_t next_listener_loop_ = 0;
   std::mutex events_mu_;
   std::vector<NativeEvent> events_;
+  std::mutex tls_mu_;
+  std::unordered_map<std::string, std::weak_ptr<TlsServer>> tls_servers_;
   EventSink event_sink_;
 };
 

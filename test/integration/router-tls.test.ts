@@ -4,9 +4,9 @@
  */
 import { expect } from 'chai';
 import { execFile } from 'node:child_process';
-import { X509Certificate } from 'node:crypto';
+import { X509Certificate, createHash, randomBytes } from 'node:crypto';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { connect as netConnect } from 'node:net';
+import { connect as netConnect, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
@@ -16,6 +16,40 @@ import { freePort } from '../helpers/free-port';
 import { startPostgresServer, type PostgresServerHandle } from '../helpers/postgres-server';
 import { startRedisServer, type RedisServerHandle } from '../helpers/redis-server';
 import { startRouter, type RouterHarness } from '../helpers/router-harness';
+import type { RouteTableInput } from '../../router';
+
+/** A backend that echoes what it gets and counts every byte that reached it. */
+interface CountingBackend {
+  server: Server;
+  port: number;
+  received: number;
+  stop(): Promise<void>;
+}
+
+async function countingBackend(): Promise<CountingBackend> {
+  const sockets = new Set<Socket>();
+  const backend: CountingBackend = {
+    server: createServer((s) => {
+      sockets.add(s);
+      s.on('data', (d: Buffer) => {
+        backend.received += d.length;
+        s.write(d);
+      });
+      s.on('error', () => undefined);
+      s.on('close', () => sockets.delete(s));
+    }),
+    port: 0,
+    received: 0,
+    stop: () =>
+      new Promise((resolve) => {
+        for (const s of sockets) s.destroy();
+        backend.server.close(() => resolve());
+      }),
+  };
+  await new Promise<void>((resolve) => backend.server.listen(0, '127.0.0.1', resolve));
+  backend.port = (backend.server.address() as { port: number }).port;
+  return backend;
+}
 
 interface Run {
   code: number;
@@ -69,6 +103,11 @@ describe('router TLS with clients', function () {
   let pg: PostgresServerHandle;
   let pgTls: PostgresServerHandle;
   let router: RouterHarness;
+  let table: RouteTableInput;
+  let fenceA: CountingBackend;
+  let fenceB: CountingBackend;
+  let echo: CountingBackend;
+  let halfClose: Server;
   const port: Record<string, number> = {};
 
   before(async () => {
@@ -81,7 +120,31 @@ describe('router TLS with clients', function () {
     redis = await startRedisServer();
     pg = await startPostgresServer();
     pgTls = await startPostgresServer(engineCert);
-    for (const name of ['redis', 'wrong', 'mtls', 'optional', 'pg', 'pgWrong', 'pgPass', 'rotate'])
+    fenceA = await countingBackend();
+    fenceB = await countingBackend();
+    echo = await countingBackend();
+    // Answers a client's end of stream with what it counted, then ends too.
+    halfClose = createServer({ allowHalfOpen: true }, (s) => {
+      let got = 0;
+      s.on('data', (d: Buffer) => (got += d.length));
+      s.on('end', () => s.end(`got ${got}`));
+      s.on('error', () => undefined);
+    });
+    await new Promise<void>((resolve) => halfClose.listen(0, '127.0.0.1', resolve));
+    const halfClosePort = (halfClose.address() as { port: number }).port;
+    for (const name of [
+      'redis',
+      'wrong',
+      'mtls',
+      'optional',
+      'pg',
+      'pgWrong',
+      'pgPass',
+      'rotate',
+      'fence',
+      'echo',
+      'half',
+    ])
       port[name] = await freePort();
     // The rotating route has certificate files of its own, replaced during the test.
     copyFileSync(routerCert.certFile, join(dir, 'rotate.crt'));
@@ -93,7 +156,7 @@ describe('router TLS with clients', function () {
     });
     const redisBackend = [{ host: '127.0.0.1', port: redis.port }];
     const pgBackend = [{ host: '127.0.0.1', port: pg.port }];
-    router = await startRouter({
+    table = {
       routes: [
         { port: port.redis!, backends: redisBackend, tls: terminate(routerCert) },
         { port: port.wrong!, backends: redisBackend, tls: terminate(wrongCert) },
@@ -111,8 +174,16 @@ describe('router TLS with clients', function () {
           backends: redisBackend,
           tls: { certFile: join(dir, 'rotate.crt'), keyFile: join(dir, 'rotate.key') },
         },
+        { port: port.echo!, backends: [{ host: '127.0.0.1', port: echo.port }], tls: terminate(routerCert) },
+        { port: port.half!, backends: [{ host: '127.0.0.1', port: halfClosePort }], tls: terminate(routerCert) },
+        {
+          port: port.fence!,
+          backends: [{ id: 'a', host: '127.0.0.1', port: fenceA.port, epoch: 1 }],
+          tls: terminate(routerCert),
+        },
       ],
-    });
+    };
+    router = await startRouter(table);
   });
 
   after(async () => {
@@ -120,21 +191,42 @@ describe('router TLS with clients', function () {
     await redis?.stop();
     await pg?.stop();
     await pgTls?.stop();
+    await fenceA?.stop();
+    await fenceB?.stop();
+    await echo?.stop();
+    await new Promise((resolve) => halfClose?.close(resolve));
     rmSync(dir, { recursive: true, force: true });
   });
 
+  /** Which path terminates TLS: the relay threads when the native relay accepts, else Node. */
+  const terminatedBy = (): 'native' | 'js' =>
+    router.router.status().relay === 'native' &&
+    process.env.SF_NATIVE_ACCEPT !== 'off' &&
+    process.env.SF_NATIVE_TLS !== 'off'
+      ? 'native'
+      : 'js';
   const redisCli = (p: number, args: string[], tls = true): Promise<Run> =>
     run('redis-cli', [...(tls ? ['--tls', '--cacert', ca.certFile] : []), '-h', 'localhost', '-p', String(p), ...args]);
   const psql = (p: number, conninfo: string): Promise<Run> =>
     run('psql', [`host=localhost port=${p} user=postgres dbname=postgres ${conninfo}`, '-XAtc', '\\conninfo']);
 
   describe('a terminating Redis route', () => {
-    it('serves redis-cli --tls --cacert CA and reports the JS path in /health', async () => {
+    it('serves redis-cli --tls --cacert CA and reports in /health which path terminates it', async () => {
       const r = await redisCli(port.redis!, ['set', 'k', 'v']);
       expect(r.stdout.trim(), r.stderr).to.equal('OK');
       expect((await redisCli(port.redis!, ['get', 'k'])).stdout.trim()).to.equal('v');
       const status = router.router.status();
-      expect(status.tlsPorts).to.deep.include({ port: port.redis!, tls: 'terminate', relay: 'js' });
+      // With the native relay, terminating routes are served by its threads (OpenSSL in the
+      // addon); a silent fall-back to Node's TLS would show as relay 'js' and a JS port here.
+      expect(status.tlsPorts).to.deep.include({ port: port.redis!, tls: 'terminate', relay: terminatedBy() });
+      const jsPorts = status.accept.jsPorts.map((p) => p.port);
+      if (terminatedBy() === 'native') {
+        for (const name of ['redis', 'wrong', 'mtls', 'optional', 'pg', 'pgWrong', 'rotate'])
+          expect(jsPorts, name).to.not.include(port[name]!);
+        expect(status.accept.jsPorts).to.deep.include({ port: port.pgPass!, reason: 'tls-passthrough' });
+      } else expect(jsPorts).to.include(port.redis!);
+      const stats = router.router.routeStats().find((s) => s.port === port.redis!)!;
+      expect(stats.tlsHandshakes).to.be.at.least(2);
     });
 
     it('refuses a plaintext client and counts it', async () => {
@@ -279,6 +371,111 @@ describe('router TLS with clients', function () {
       expect(await ping(old)).to.equal('+PONG\r\n');
       old.destroy();
       fresh.destroy();
+    });
+  });
+
+  describe('fencing', () => {
+    it('destroys a terminated connection of a fenced backend before the table applies, and a client still in its handshake reaches only the new backend', async () => {
+      const ca_ = readFileSync(ca.certFile);
+      const client = await new Promise<TLSSocket>((resolve, reject) => {
+        const s = tlsConnect({ port: port.fence!, host: '127.0.0.1', servername: 'localhost', ca: ca_ }, () =>
+          resolve(s),
+        );
+        s.once('error', reject);
+      });
+      const echo = (s: TLSSocket, text: string): Promise<string> =>
+        new Promise((resolve) => {
+          s.once('data', (d: Buffer) => resolve(d.toString()));
+          s.write(text);
+        });
+      expect(await echo(client, 'hello')).to.equal('hello');
+      const closed = new Promise<void>((resolve) => client.once('close', () => resolve()));
+      client.on('error', () => undefined);
+      // A client connected but not yet through its handshake: it has no backend yet.
+      const raw = await new Promise<Socket>((resolve, reject) => {
+        const s = netConnect(port.fence!, '127.0.0.1', () => resolve(s));
+        s.once('error', reject);
+      });
+      const before = fenceA.received;
+      expect(before).to.equal(5);
+      const fenced = {
+        routes: table.routes.map((r) =>
+          r.port === port.fence!
+            ? {
+                ...r,
+                backends: [
+                  { id: 'a', host: '127.0.0.1', port: fenceA.port, epoch: 1, state: 'fenced' as const },
+                  { id: 'b', host: '127.0.0.1', port: fenceB.port, epoch: 2 },
+                ],
+              }
+            : r,
+        ),
+      };
+      await router.reload(fenced);
+      // Once the table applied, the fenced backend's connection is gone: nothing written after it
+      // can reach the fenced backend.
+      client.write('after-the-fence');
+      await closed;
+      const stats = router.router.routeStats().find((s) => s.port === port.fence!)!;
+      expect(stats.killedFenced).to.equal(1);
+      const late = tlsConnect({ socket: raw, servername: 'localhost', ca: ca_ });
+      await new Promise<void>((resolve, reject) => {
+        late.once('secureConnect', () => resolve());
+        late.once('error', reject);
+      });
+      expect(await echo(late, 'world')).to.equal('world');
+      late.destroy();
+      expect(fenceB.received).to.equal(5);
+      expect(fenceA.received).to.equal(before);
+    });
+  });
+
+  describe('streams through a terminating route', () => {
+    const connectTls = (p: number): Promise<TLSSocket> =>
+      new Promise((resolve, reject) => {
+        const s = tlsConnect(
+          { port: p, host: '127.0.0.1', servername: 'localhost', ca: readFileSync(ca.certFile) },
+          () => resolve(s),
+        );
+        s.once('error', reject);
+      });
+
+    it('carries 16 MB each way byte-exact while the client reads slowly (partial writes, backpressure)', async () => {
+      const s = await connectTls(port.echo!);
+      const data = randomBytes(16 * 1024 * 1024);
+      const sent = createHash('sha256').update(data).digest('hex');
+      const got = createHash('sha256');
+      let received = 0;
+      const done = new Promise<void>((resolve, reject) => {
+        s.on('data', (d: Buffer) => {
+          got.update(d);
+          received += d.length;
+          if (received >= data.length) resolve();
+          // Reading in bursts lets the router's writes to the client block now and then.
+          s.pause();
+          setTimeout(() => s.resume(), 1);
+        });
+        s.on('error', reject);
+      });
+      for (let off = 0; off < data.length; off += 1 << 20) s.write(data.subarray(off, off + (1 << 20)));
+      await done;
+      expect(received).to.equal(data.length);
+      expect(got.digest('hex')).to.equal(sent);
+      s.destroy();
+    });
+
+    it("carries a client's close_notify to the backend as a half-close while the backend still answers", async () => {
+      const s = await connectTls(port.half!);
+      let answer = '';
+      const ended = new Promise<void>((resolve, reject) => {
+        s.on('data', (d: Buffer) => (answer += d.toString()));
+        s.on('end', () => resolve());
+        s.on('error', reject);
+      });
+      s.end('twelve bytes');
+      await ended;
+      expect(answer).to.equal('got 12');
+      s.destroy();
     });
   });
 });
