@@ -59,14 +59,16 @@ export interface ConvergenceLoopOptions {
   onPass?: (seconds: number, ok: boolean) => void;
 }
 
-/** Services decided by one commit (ServiceReconciler.placeNew and runReady) or rechecked by one read. */
+/** Services decided by one commit (ServiceReconciler.placeNew, runReady, tearDown) or rechecked by one read. */
 const BATCH = 200;
 
 /**
- * Work done for many services at once: first placements and the step from starting to running
- * (one commit each), and the recheck round's look at settled services (one read of their routes).
+ * Work done for many services at once: first placements, the step from starting to running and
+ * the steps of deletion (one commit each); the recheck round's look at settled services, and the
+ * look at services that seem settled but were not reconciled in this term (one read of their
+ * routes, nothing written).
  */
-type BatchKind = 'place' | 'run' | 'recheck';
+type BatchKind = 'place' | 'run' | 'delete' | 'recheck' | 'confirm';
 
 /** The collector and the state copy get at most 1/COLLECT_SHARE of the leader's time. */
 const COLLECT_SHARE = 10;
@@ -173,6 +175,8 @@ export class ConvergenceLoop {
    * router group gone, say) is not handed to a batch at every pass, nor holds up the others.
    */
   private readonly alone = new Map<string, ServiceRecord>();
+  /** Services reconciled (or decided by a batch) in this term. */
+  private readonly lookedAt = new Set<string>();
   /** Services named by change messages since they were last reconciled: first in every pass. */
   private readonly urgent = new Set<string>();
   /** The resync round under way: services it still owes a reconcile, in the order it pays them. */
@@ -356,6 +360,7 @@ export class ConvergenceLoop {
   private forget(name: string): void {
     for (const cell of this.cellsOfService.get(name) ?? []) this.byCell.get(cell)?.delete(name);
     this.cellsOfService.delete(name);
+    this.lookedAt.delete(name);
     this.settled.delete(name);
     this.waiting.delete(name);
     this.alone.delete(name);
@@ -388,6 +393,10 @@ export class ConvergenceLoop {
       this.alone.clear();
       this.round = null;
       this.carry.clear();
+      // Heard while standing by: the term looks at everything anyway, and what the messages
+      // named is no more urgent than the rest.
+      this.urgent.clear();
+      this.lookedAt.clear();
     }
     this.lastToken = fence.token;
     const startedPerf = performance.now();
@@ -461,7 +470,15 @@ export class ConvergenceLoop {
         if (this.urgent.has(name) || !sameInputs(this.settled.get(name), inputs)) {
           // Waiting for its cells' first reports with the very inputs of a reconcile that found
           // it so: that reconcile changed nothing, and this one would not either.
-          if (!this.urgent.has(name) && !owedNow && sameObjects(this.waiting.get(name), inputs)) continue;
+          // A deletion waiting for its cells likewise, except on a resync: its wait for the cells
+          // has a time limit (deleteGraceMs), which no input shows.
+          if (
+            !this.urgent.has(name) &&
+            !owedNow &&
+            !(full && record.status === 'deleting') &&
+            sameObjects(this.waiting.get(name), inputs)
+          )
+            continue;
           changed.push([name, record, inputs]);
         } else if (owedNow) owed.push([name, record, inputs]);
       }
@@ -478,6 +495,7 @@ export class ConvergenceLoop {
       let cut = false;
       const budgetFrom = performance.now();
       const take = (name: string): void => {
+        this.lookedAt.add(name);
         this.carry.delete(name);
         this.unsettle(name);
         this.urgent.delete(name);
@@ -490,15 +508,23 @@ export class ConvergenceLoop {
       // from the rest of the work. Everything else is reconciled one by one.
       const owedNames = new Set(owed.map(([name]) => name));
       const inputsOf = new Map(work.map(([name, , inputs]) => [name, inputs]));
+      // A term's first look at a service that seems settled confirms it with others, unless a
+      // change message named it (its record changed: more likely to need a write than not). A new
+      // leader of 10,000 services otherwise reconciled each, a few round trips apiece, for a minute.
       const kinds = work.map(([name, record]): BatchKind | null =>
-        this.alone.get(name) === record ? null : owedNames.has(name) ? 'recheck' : batchKind(record, cells),
+        this.alone.get(name) === record
+          ? null
+          : owedNames.has(name)
+            ? 'recheck'
+            : (batchKind(record, cells) ??
+              (!this.lookedAt.has(name) && !this.urgent.has(name) && settledService(record, cells) ? 'confirm' : null)),
       );
-      const ofKind: Record<BatchKind, string[]> = { place: [], run: [], recheck: [] };
+      const ofKind: Record<BatchKind, string[]> = { place: [], run: [], delete: [], recheck: [], confirm: [] };
       work.forEach(([name], i) => {
         const kind = kinds[i];
         if (kind) ofKind[kind].push(name);
       });
-      const next: Record<BatchKind, number> = { place: 0, run: 0, recheck: 0 };
+      const next: Record<BatchKind, number> = { place: 0, run: 0, delete: 0, recheck: 0, confirm: 0 };
       const batched = new Set<string>();
       for (let i = 0; i < work.length; i++) {
         const [name, record, inputs] = work[i] as [string, ServiceRecord, unknown[]];
@@ -515,17 +541,32 @@ export class ConvergenceLoop {
           for (const n of batch) batched.add(n);
           batch.forEach(take);
           try {
-            const decided =
-              kind === 'place'
-                ? await this.reconciler.placeNew(batch, fence, cells, { cellGrace })
-                : kind === 'run'
-                  ? await this.reconciler.runReady(batch, fence, cells, { cellGrace })
-                  : await this.reconciler.recheck(
-                      batch.map((n) => services.get(n) as ServiceRecord),
-                      cells,
-                    );
-            // A settled service found as it should be stays settled, on the inputs that settled it.
-            if (kind === 'recheck') for (const n of batch) if (decided.has(n)) this.settle(n, inputsOf.get(n) ?? []);
+            let decided: ReadonlySet<string>;
+            if (kind === 'place') decided = await this.reconciler.placeNew(batch, fence, cells, { cellGrace });
+            else if (kind === 'run') decided = await this.reconciler.runReady(batch, fence, cells, { cellGrace });
+            else if (kind === 'recheck')
+              decided = await this.reconciler.recheck(
+                batch.map((n) => services.get(n) as ServiceRecord),
+                cells,
+              );
+            else if (kind === 'confirm')
+              decided = await this.reconciler.confirm(
+                batch.map((n) => services.get(n) as ServiceRecord),
+                fence,
+                cells,
+                { cellGrace },
+              );
+            else {
+              const torn = await this.reconciler.tearDown(batch, fence, cells);
+              decided = torn.decided;
+              // Waiting for their cells to report the instances stopped: nothing to do while
+              // their inputs stay the same (a resync looks again, for the grace that runs out).
+              for (const n of torn.idle) this.waiting.set(n, inputsOf.get(n) ?? []);
+            }
+            // A settled service found as it should be stays settled, on the inputs that settled it;
+            // one confirmed is settled on the inputs it was confirmed with.
+            if (kind === 'recheck' || kind === 'confirm')
+              for (const n of batch) if (decided.has(n)) this.settle(n, inputsOf.get(n) ?? []);
             // Changed since the snapshot (deleted, placed by an earlier term, no longer ready):
             // reconciled one by one in the next pass.
             for (const n of batch) {
@@ -545,7 +586,11 @@ export class ConvergenceLoop {
                 ? 'placement of new services failed'
                 : kind === 'run'
                   ? 'marking started services running failed'
-                  : 'recheck of settled services failed',
+                  : kind === 'delete'
+                    ? 'deletion of services failed'
+                    : kind === 'confirm'
+                      ? 'confirming services that seem settled failed'
+                      : 'recheck of settled services failed',
             );
             // One by one next time: a service that fails alone no longer holds up the others.
             for (const n of batch) {
@@ -683,9 +728,10 @@ function settledService(record: ServiceRecord, cells: ReadonlyMap<string, CellSn
   });
 }
 
-/** Whether a service's next step is one `placeNew` or `runReady` decides for many at once. */
+/** Whether a service's next step is one `placeNew`, `runReady` or `tearDown` decides for many at once. */
 function batchKind(record: ServiceRecord, cells: ReadonlyMap<string, CellSnapshot>): BatchKind | null {
   if (isNewService(record)) return 'place';
+  if (record.status === 'deleting') return 'delete';
   if (record.status === 'starting' && readyToRun(record, cells)) return 'run';
   return null;
 }

@@ -9,7 +9,7 @@ import type { Redis } from 'ioredis';
 import { ErrorCode, SfError } from '../../common';
 import { withFencedRetry, type FencedPlan, type LeaderFence } from '../leader/fenced-commit';
 import type { CasOp } from '../state/cas-commit';
-import type { KeyLayout } from '../../protocol';
+import { NOTIFY_DESIRED, type KeyLayout } from '../../protocol';
 import type { ServiceEvent, ServiceRecord } from './service-types';
 import { ServiceMap } from './service-map';
 import { ServiceUsage } from './service-usage';
@@ -346,6 +346,7 @@ export class ServiceStore {
         ops.push(...this.ops(name, change, fence, ++version));
         records.set(name, change.record ? (JSON.parse(JSON.stringify(change.record)) as ServiceRecord) : null);
       }
+      dropRepeatedNotifies(ops);
       // The script bumps the version by one; each further record moves it one more.
       if (version > snapshot.version + 1)
         ops.push({ cmd: 'SET', key: this.keys.servicesVersion, value: String(version) });
@@ -405,4 +406,24 @@ export class ServiceStore {
     ops.push({ cmd: 'PUBLISH', channel: this.keys.servicesChanged, message: servicesChangedMessage(version, name) });
     return ops;
   }
+}
+
+/**
+ * A cell told its desired hash changed is told once per commit: the last of identical notices
+ * stays (after every write of the commit), the others go. A batch of 200 services tearing down or
+ * starting on the same cells otherwise sent that cell one notice per instance, and each made it
+ * read its whole desired hash again.
+ */
+function dropRepeatedNotifies(ops: CasOp[]): void {
+  const last = new Map<string, number>();
+  ops.forEach((op, i) => {
+    if (op.cmd === 'PUBLISH' && op.message === NOTIFY_DESIRED) last.set(op.channel, i);
+  });
+  let w = 0;
+  for (let i = 0; i < ops.length; i++) {
+    const op = ops[i] as CasOp;
+    if (op.cmd === 'PUBLISH' && op.message === NOTIFY_DESIRED && last.get(op.channel) !== i) continue;
+    ops[w++] = op;
+  }
+  ops.length = w;
 }
