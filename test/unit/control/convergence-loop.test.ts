@@ -77,6 +77,8 @@ function incrementalFixture(options: { resyncMs?: number; recheckMs?: number } =
       older === newer ? new Set<string>() : (changes.get(newer) ?? null),
   };
   const reconciled: string[] = [];
+  /** How each pass read the cells: `snapshot` (everything), `view share` (a share again), `view`. */
+  const reads: string[] = [];
   /** Deleting services whose tearDown finds nothing to do (waiting for their cells). */
   const idleDeletes = new Set<string>();
   /** Every placeNew call's names; it decides those `placeable` names (all when unset). */
@@ -123,7 +125,17 @@ function incrementalFixture(options: { resyncMs?: number; recheckMs?: number } =
   const loop = new ConvergenceLoop(
     { current: () => FENCE, tick: async () => undefined, resign: async () => undefined } as unknown as LeaderElector,
     store as unknown as ServiceStore,
-    { snapshot: async () => cells, view: async () => cells, markDirty: () => undefined } as unknown as CellDirectory,
+    {
+      snapshot: async () => {
+        reads.push('snapshot');
+        return cells;
+      },
+      view: async (share = 0) => {
+        reads.push(share > 0 ? 'view share' : 'view');
+        return cells;
+      },
+      markDirty: () => undefined,
+    } as unknown as CellDirectory,
     reconciler as unknown as ServiceReconciler,
     { redisUrl: 'redis://unused', logger: pino({ level: 'silent' }), ...options },
   );
@@ -169,6 +181,7 @@ function incrementalFixture(options: { resyncMs?: number; recheckMs?: number } =
     fineOnly,
     confirmOnly,
     idleDeletes,
+    reads,
     calls,
     cellOf,
     reportOf: report,
@@ -334,6 +347,21 @@ describe('ConvergenceLoop', () => {
         ['reconcile a', 'run r1,r2'],
         ['run r1,r2', 'reconcile a'],
       ]);
+    });
+  });
+
+  describe('the resync', () => {
+    it('reads a share of the cells again at every pass instead of everything at once, and looks only at what changed', async () => {
+      const f = incrementalFixture({ resyncMs: 10 });
+      await f.loop.pass();
+      expect(f.reads).to.deep.equal(['snapshot']);
+      f.calls.length = 0;
+      for (let i = 0; i < 3; i++) {
+        await new Promise((r) => setTimeout(r, 15));
+        await f.loop.pass();
+      }
+      expect(f.reads.slice(1)).to.deep.equal(['view share', 'view share', 'view share']);
+      expect(f.calls).to.deep.equal([]);
     });
   });
 
