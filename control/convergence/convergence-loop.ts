@@ -470,9 +470,18 @@ export class ConvergenceLoop {
       this.lastCells = new Map([...cells].map(([name, c]) => [name, { alive: c.alive, actual: c.actual }]));
       // First what changed (named by a message, or whose inputs differ from what settled it),
       // carried-over work before the rest; then what the round owes, within what is left of the budget.
-      const changed: Array<[string, ServiceRecord, unknown[]]> = [];
-      const owed: Array<[string, ServiceRecord, unknown[]]> = [];
+      const changed: Array<[string, ServiceRecord]> = [];
+      const owed: Array<[string, ServiceRecord]> = [];
       const seen = new Set<string>();
+      // A service's inputs are taken only when something compares or keeps them: a new term's
+      // passes each went over 10,000 unsettled services, building every one's inputs, to reconcile
+      // the few the budget allowed (the same record and cells give the same inputs all pass long).
+      const taken = new Map<string, unknown[]>();
+      const inputsOf = (name: string, record: ServiceRecord): unknown[] => {
+        let inputs = taken.get(name);
+        if (!inputs) taken.set(name, (inputs = reconcileInputs(record, cells, cellGrace)));
+        return inputs;
+      };
       for (const name of look) {
         if (seen.has(name)) continue;
         seen.add(name);
@@ -482,9 +491,10 @@ export class ConvergenceLoop {
           round?.owed.delete(name);
           continue;
         }
-        const inputs = reconcileInputs(record, cells, cellGrace);
         const owedNow = owed.length < roundQuota && round?.owed.has(name) === true;
-        if (this.urgent.has(name) || !sameInputs(this.settled.get(name), inputs)) {
+        const settledOn = this.settled.get(name);
+        if (this.urgent.has(name) || settledOn === undefined || !sameInputs(settledOn, inputsOf(name, record))) {
+          const waitingOn = this.waiting.get(name);
           // Waiting for its cells' first reports with the very inputs of a reconcile that found
           // it so: that reconcile changed nothing, and this one would not either.
           // A deletion waiting for its cells likewise, except on a resync: its wait for the cells
@@ -493,11 +503,12 @@ export class ConvergenceLoop {
             !this.urgent.has(name) &&
             !owedNow &&
             !(resync && record.status === 'deleting') &&
-            sameObjects(this.waiting.get(name), inputs)
+            waitingOn !== undefined &&
+            sameObjects(waitingOn, inputsOf(name, record))
           )
             continue;
-          changed.push([name, record, inputs]);
-        } else if (owedNow) owed.push([name, record, inputs]);
+          changed.push([name, record]);
+        } else if (owedNow) owed.push([name, record]);
       }
       // Every other pass, services that ran before go first (a failover must not wait behind a
       // burst of new services starting); the passes between keep the order found, so that
@@ -524,7 +535,6 @@ export class ConvergenceLoop {
       // established services still go first every other pass), and takes up to BATCH of its kind
       // from the rest of the work. Everything else is reconciled one by one.
       const owedNames = new Set(owed.map(([name]) => name));
-      const inputsOf = new Map(work.map(([name, , inputs]) => [name, inputs]));
       // A term's first look at a service that seems settled confirms it with others, unless a
       // change message named it (its record changed: more likely to need a write than not). A new
       // leader of 10,000 services otherwise reconciled each, a few round trips apiece, for a minute.
@@ -544,7 +554,7 @@ export class ConvergenceLoop {
       const next: Record<BatchKind, number> = { place: 0, run: 0, delete: 0, recheck: 0, confirm: 0 };
       const batched = new Set<string>();
       for (let i = 0; i < work.length; i++) {
-        const [name, record, inputs] = work[i] as [string, ServiceRecord, unknown[]];
+        const [name, record] = work[i] as [string, ServiceRecord];
         if (batched.has(name)) continue;
         if (this.elector.current()?.token !== fence.token) return;
         if (reconciled > 0 && performance.now() - budgetFrom > this.opts.passBudgetMs) {
@@ -578,12 +588,12 @@ export class ConvergenceLoop {
               decided = torn.decided;
               // Waiting for their cells to report the instances stopped: nothing to do while
               // their inputs stay the same (a resync looks again, for the grace that runs out).
-              for (const n of torn.idle) this.waiting.set(n, inputsOf.get(n) ?? []);
+              for (const n of torn.idle) this.waiting.set(n, inputsOf(n, services.get(n) as ServiceRecord));
             }
             // A settled service found as it should be stays settled, on the inputs that settled it;
             // one confirmed is settled on the inputs it was confirmed with.
             if (kind === 'recheck' || kind === 'confirm')
-              for (const n of batch) if (decided.has(n)) this.settle(n, inputsOf.get(n) ?? []);
+              for (const n of batch) if (decided.has(n)) this.settle(n, inputsOf(n, services.get(n) as ServiceRecord));
             // Changed since the snapshot (deleted, placed by an earlier term, no longer ready):
             // reconciled one by one in the next pass.
             for (const n of batch) {
@@ -620,8 +630,8 @@ export class ConvergenceLoop {
         take(name);
         try {
           await this.reconciler.reconcile(name, fence, cells, { cellGrace });
-          if (settledService(record, cells)) this.settle(name, inputs);
-          else if (waitingForFirstReports(record, cells)) this.waiting.set(name, inputs);
+          if (settledService(record, cells)) this.settle(name, inputsOf(name, record));
+          else if (waitingForFirstReports(record, cells)) this.waiting.set(name, inputsOf(name, record));
         } catch (err) {
           if (isSfError(err) && err.code === ErrorCode.StaleLeader) {
             this.opts.logger.warn({ err: err.message }, 'a newer leader exists; standing down');
