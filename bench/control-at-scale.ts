@@ -18,6 +18,7 @@
  *   node dist/bench/control-at-scale.js --services 1000 --cells 100 [--creates 50] [--window-s 10]
  *     [--concurrency 8] [--time-limit-s 900] [--skip-delete] [--skip-leader-failover]
  *     [--cpu-prof DIR] [--heartbeat-ms MS (the simulated cells'; default half their 3 s TTL)]
+ *     [--failovers K (services failed over one after another; the median is reported)]
  *
  * `--cpu-prof DIR` runs control under `node --cpu-prof` and leaves its .cpuprofile in DIR (the
  * leader's is written when it stops, so use it with --skip-leader-failover).
@@ -54,6 +55,8 @@ const WINDOW_S = arg('window-s', 10);
 const CONCURRENCY = arg('concurrency', 8);
 const TIME_LIMIT_MS = arg('time-limit-s', 900) * 1000;
 const SKIP_DELETE = process.argv.includes('--skip-delete');
+/** Services failed over one after another in step 4 (the median is reported). */
+const FAILOVERS = arg('failovers', 1);
 const SKIP_LEADER = process.argv.includes('--skip-leader-failover');
 /** The simulated cells' heartbeat period (0: the agent's default, half the TTL). */
 const HEARTBEAT_MS = arg('heartbeat-ms', 0);
@@ -390,33 +393,43 @@ async function main(): Promise<void> {
   };
 
   // 4. Failover of one service: its primary's engine dies; time until the replica is promoted.
+  // `--failovers K` services with a replica each, failed one after another (a single failover is
+  // one sample of a noisy machine).
   phase('failover-setup');
-  await createService(api, 'failover-probe', 1);
+  const probes = Array.from({ length: Math.max(1, FAILOVERS) }, (_, i) =>
+    FAILOVERS > 1 ? `failover-probe-${i}` : 'failover-probe',
+  );
+  for (const name of probes) await createService(api, name, 1);
   await sim.until(
-    () => [...sim.running.keys()].filter((id) => id.startsWith('failover-probe-')).length >= 2,
+    () => probes.every((name) => [...sim.running.keys()].filter((id) => id.startsWith(`${name}-`)).length >= 2),
     120_000,
-    'failover-probe running',
+    'failover probes running',
   );
   await sleep(3_000);
-  const view = (await api.call('GET', '/v3/service_instances/failover-probe')).json as {
-    instances: Array<{ id: string; role: string }>;
-  };
-  const primaryId = view.instances.find((i) => i.role === 'primary')?.id;
-  if (!primaryId) throw new Error('failover-probe has no primary');
   phase('failover');
   const failOps0 = await commandsProcessed(redis);
-  const failAt = Date.now();
-  await sim.request({ type: 'fail', instanceId: primaryId }, 'failed');
-  await sim.until(
-    () => sim.orders.some((o) => o.order === 'promote' && o.ok && o.at >= failAt),
-    60_000,
-    'promotion of the failover-probe replica',
-  );
-  const promoted = sim.orders.find((o) => o.order === 'promote' && o.ok && o.at >= failAt)!;
+  const promotions: number[] = [];
+  for (const name of probes) {
+    const view = (await api.call('GET', `/v3/service_instances/${name}`)).json as {
+      instances: Array<{ id: string; role: string }>;
+    };
+    const primaryId = view.instances.find((i) => i.role === 'primary')?.id;
+    if (!primaryId) throw new Error(`${name} has no primary`);
+    const failAt = Date.now();
+    await sim.request({ type: 'fail', instanceId: primaryId }, 'failed');
+    const promotedOf = () =>
+      sim.orders.find((o) => o.order === 'promote' && o.ok && o.at >= failAt && o.instanceId?.startsWith(`${name}-`));
+    await sim.until(() => promotedOf() !== undefined, 60_000, `promotion of the ${name} replica`);
+    promotions.push(promotedOf()!.at - failAt);
+    if (probes.length > 1) await sleep(1_000);
+  }
   result.failover = {
-    promotedMs: promoted.at - failAt,
-    // During the failover, the simulated cells' heartbeats and polls included.
-    commands: commandsBetween(failOps0, await commandsProcessed(redis), 1),
+    promotedMs: percentile(promotions, 50),
+    maxMs: Math.max(...promotions),
+    samplesMs: promotions,
+    // During the failovers (and the pauses between them), per failover, the simulated cells'
+    // heartbeats and polls included.
+    commands: commandsBetween(failOps0, await commandsProcessed(redis), probes.length),
     load: load(),
   };
 
@@ -464,7 +477,7 @@ async function main(): Promise<void> {
     phase('delete-wait');
     for (;;) {
       const count = Number(await redis.hlen('sf:services'));
-      if (count <= CREATES + 2 || Date.now() - d0 > TIME_LIMIT_MS) break;
+      if (count <= CREATES + 1 + Math.max(1, FAILOVERS) || Date.now() - d0 > TIME_LIMIT_MS) break;
       await sleep(500);
     }
     result.bulkDelete = { requestsSeconds: requested / 1000, goneSeconds: (Date.now() - d0) / 1000, load: load() };
