@@ -18,6 +18,7 @@
  *   node dist/bench/control-at-scale.js --services 1000 --cells 100 [--creates 50] [--window-s 10]
  *     [--concurrency 8] [--time-limit-s 900] [--skip-delete] [--skip-leader-failover]
  *     [--cpu-prof DIR] [--heartbeat-ms MS (the simulated cells'; default half their 3 s TTL)]
+ *     [--failovers K (services failed over one after another; the median is reported)]
  *
  * `--cpu-prof DIR` runs control under `node --cpu-prof` and leaves its .cpuprofile in DIR (the
  * leader's is written when it stops, so use it with --skip-leader-failover).
@@ -54,6 +55,8 @@ const WINDOW_S = arg('window-s', 10);
 const CONCURRENCY = arg('concurrency', 8);
 const TIME_LIMIT_MS = arg('time-limit-s', 900) * 1000;
 const SKIP_DELETE = process.argv.includes('--skip-delete');
+/** Services failed over one after another in step 4 (the median is reported). */
+const FAILOVERS = arg('failovers', 1);
 const SKIP_LEADER = process.argv.includes('--skip-leader-failover');
 /** The simulated cells' heartbeat period (0: the agent's default, half the TTL). */
 const HEARTBEAT_MS = arg('heartbeat-ms', 0);
@@ -196,6 +199,33 @@ async function commandsProcessed(redis: Redis): Promise<{ total: number; byComma
   return { total, byCommand };
 }
 
+/**
+ * When each step began and ended, on the monotonic clock a `--cpu-prof` profile's timestamps use
+ * (microseconds), so a profile can be cut into the steps.
+ */
+const phases: Array<{ phase: string; fromUs: number; toUs?: number }> = [];
+function phase(name: string): void {
+  const now = Number(process.hrtime.bigint() / 1000n);
+  const open = phases[phases.length - 1];
+  if (open && open.toUs === undefined) open.toUs = now;
+  if (name) phases.push({ phase: name, fromUs: now });
+}
+
+/** State Redis commands between two `commandsProcessed` reads, the busiest first. */
+function commandsBetween(
+  a: { total: number; byCommand: Map<string, number> },
+  b: { total: number; byCommand: Map<string, number> },
+  per: number,
+): { total: number; top: Record<string, number> } {
+  const top = [...b.byCommand]
+    .map(([cmd, calls]) => [cmd, (calls - (a.byCommand.get(cmd) ?? 0)) / per] as const)
+    .filter(([, n]) => n > 0)
+    .sort((x, y) => y[1] - x[1])
+    .slice(0, 10)
+    .map(([cmd, n]) => [cmd, Math.round(n * 10) / 10] as const);
+  return { total: Math.round(((b.total - a.total) / per) * 10) / 10, top: Object.fromEntries(top) };
+}
+
 /** Creates retried after a 503 (store busy), as a client would; counted in the result. */
 let busyRetries = 0;
 
@@ -249,6 +279,8 @@ async function main(): Promise<void> {
   await new Promise<void>((resolve) => sim.child.once('message', () => resolve()));
 
   // 1. N services, created CONCURRENCY at a time, until each primary runs.
+  result.phases = phases;
+  phase('create-n');
   const t0 = Date.now();
   let next = 0;
   let created = 0;
@@ -283,6 +315,7 @@ async function main(): Promise<void> {
 
   // 2. At rest: let the last statuses settle (no service record written for 5 s; the leader
   // marks services running after the cells report so), then measure a window.
+  phase('settle');
   await sleep(5_000);
   const settleFrom = Date.now();
   for (let last = '', stable = 0; stable < 5 && Date.now() - settleFrom < 300_000;) {
@@ -299,6 +332,7 @@ async function main(): Promise<void> {
     statuses[status] = (statuses[status] ?? 0) + 1;
   }
   result.statusesAtRest = statuses;
+  phase('rest');
   const cpu0 = groupCpuSeconds(leader.proc.pid);
   const ops0 = await commandsProcessed(redis);
   const w0 = Date.now();
@@ -319,6 +353,7 @@ async function main(): Promise<void> {
   };
 
   // 2b. Listing at size, as `sf services` (pages of 1,000 following `next`) and `sf routes` do.
+  phase('listing');
   const l0 = Date.now();
   let listed = 0;
   for (let path: string | null = '/v3/service_instances?page=1&per_page=1000'; path;) {
@@ -337,6 +372,8 @@ async function main(): Promise<void> {
   // 3. create-service latency with N existing: POST → a cell has the primary's spec.
   const createLatency: number[] = [];
   const postLatency: number[] = [];
+  phase('creates');
+  const createOps0 = await commandsProcessed(redis);
   for (let i = 0; i < CREATES; i++) {
     const name = `probe-${i}`;
     const t = await createService(api, name);
@@ -350,34 +387,55 @@ async function main(): Promise<void> {
     postP50Ms: percentile(postLatency, 50),
     postP99Ms: percentile(postLatency, 99),
     samples: createLatency.length,
+    // Per create, the simulated cells' heartbeats and polls meanwhile included.
+    commandsPerCreate: commandsBetween(createOps0, await commandsProcessed(redis), Math.max(1, CREATES)),
     load: load(),
   };
 
   // 4. Failover of one service: its primary's engine dies; time until the replica is promoted.
-  await createService(api, 'failover-probe', 1);
+  // `--failovers K` services with a replica each, failed one after another (a single failover is
+  // one sample of a noisy machine).
+  phase('failover-setup');
+  const probes = Array.from({ length: Math.max(1, FAILOVERS) }, (_, i) =>
+    FAILOVERS > 1 ? `failover-probe-${i}` : 'failover-probe',
+  );
+  for (const name of probes) await createService(api, name, 1);
   await sim.until(
-    () => [...sim.running.keys()].filter((id) => id.startsWith('failover-probe-')).length >= 2,
+    () => probes.every((name) => [...sim.running.keys()].filter((id) => id.startsWith(`${name}-`)).length >= 2),
     120_000,
-    'failover-probe running',
+    'failover probes running',
   );
   await sleep(3_000);
-  const view = (await api.call('GET', '/v3/service_instances/failover-probe')).json as {
-    instances: Array<{ id: string; role: string }>;
+  phase('failover');
+  const failOps0 = await commandsProcessed(redis);
+  const promotions: number[] = [];
+  for (const name of probes) {
+    const view = (await api.call('GET', `/v3/service_instances/${name}`)).json as {
+      instances: Array<{ id: string; role: string }>;
+    };
+    const primaryId = view.instances.find((i) => i.role === 'primary')?.id;
+    if (!primaryId) throw new Error(`${name} has no primary`);
+    const failAt = Date.now();
+    await sim.request({ type: 'fail', instanceId: primaryId }, 'failed');
+    const promotedOf = () =>
+      sim.orders.find((o) => o.order === 'promote' && o.ok && o.at >= failAt && o.instanceId?.startsWith(`${name}-`));
+    await sim.until(() => promotedOf() !== undefined, 60_000, `promotion of the ${name} replica`);
+    promotions.push(promotedOf()!.at - failAt);
+    if (probes.length > 1) await sleep(1_000);
+  }
+  result.failover = {
+    promotedMs: percentile(promotions, 50),
+    maxMs: Math.max(...promotions),
+    samplesMs: promotions,
+    // During the failovers (and the pauses between them), per failover, the simulated cells'
+    // heartbeats and polls included.
+    commands: commandsBetween(failOps0, await commandsProcessed(redis), probes.length),
+    load: load(),
   };
-  const primaryId = view.instances.find((i) => i.role === 'primary')?.id;
-  if (!primaryId) throw new Error('failover-probe has no primary');
-  const failAt = Date.now();
-  await sim.request({ type: 'fail', instanceId: primaryId }, 'failed');
-  await sim.until(
-    () => sim.orders.some((o) => o.order === 'promote' && o.ok && o.at >= failAt),
-    60_000,
-    'promotion of the failover-probe replica',
-  );
-  const promoted = sim.orders.find((o) => o.order === 'promote' && o.ok && o.at >= failAt)!;
-  result.failover = { promotedMs: promoted.at - failAt, load: load() };
 
   // 5. Leader failover: a standby takes over after the leader is SIGKILLed.
   if (!SKIP_LEADER) {
+    phase('leader-failover');
     const standby = await startControl(redisUrl, home, 'control-2');
     await sleep(2_000);
     const fencesBefore = sim.orders.filter((o) => o.order === 'fence').length;
@@ -404,6 +462,7 @@ async function main(): Promise<void> {
 
   // 6. Bulk deletion of everything created in step 1.
   if (!SKIP_DELETE) {
+    phase('delete');
     const d0 = Date.now();
     let i = 0;
     await Promise.all(
@@ -415,14 +474,16 @@ async function main(): Promise<void> {
       }),
     );
     const requested = Date.now() - d0;
+    phase('delete-wait');
     for (;;) {
       const count = Number(await redis.hlen('sf:services'));
-      if (count <= CREATES + 2 || Date.now() - d0 > TIME_LIMIT_MS) break;
+      if (count <= CREATES + 1 + Math.max(1, FAILOVERS) || Date.now() - d0 > TIME_LIMIT_MS) break;
       await sleep(500);
     }
     result.bulkDelete = { requestsSeconds: requested / 1000, goneSeconds: (Date.now() - d0) / 1000, load: load() };
   }
 
+  phase('');
   result.createBusyRetries = busyRetries;
   // What the controls warned about (their log level is warn), last lines.
   result.controlWarnings = [leader, active === leader ? null : active]

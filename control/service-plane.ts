@@ -47,8 +47,8 @@ export interface ServicePlaneOptions {
   /** Convergence poll interval besides events. @default 1000 */
   convergencePollMs?: number;
   /**
-   * How often the leader reads every cell's reports and every record again and reconciles what
-   * differs from its view; between these it acts on what changed (ConvergenceLoopOptions.resyncMs).
+   * Every cell's reports are read again at least this often, spread over the leader's passes,
+   * and whatever differs from its view is reconciled (ConvergenceLoopOptions.resyncMs).
    * @default 30000
    */
   convergenceResyncMs?: number;

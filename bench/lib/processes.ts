@@ -170,13 +170,19 @@ function canListen(port: number): Promise<boolean> {
   });
 }
 
-const PORT_RANGE_START = 27000;
-const PORT_RANGE_END = 27999;
+/** `SF_BENCH_PORTS=FROM-TO` moves the range, so runs side by side on one host cannot collide. */
+const [PORT_RANGE_START, PORT_RANGE_END] = ((): [number, number] => {
+  const m = /^(\d+)-(\d+)$/.exec(process.env.SF_BENCH_PORTS ?? '');
+  const from = m ? Number(m[1]) : 27000;
+  const to = m ? Number(m[2]) : 27999;
+  return from > 0 && from <= to && to < 65536 ? [from, to] : [27000, 27999];
+})();
 const handedOut = new Set<number>();
 
 /**
- * A free loopback port in 27000-27999, away from the project's defaults (7600/7601, 16000-16999)
- * and from other processes' test ports; a random start keeps parallel runs apart.
+ * A free loopback port in 27000-27999 (or `SF_BENCH_PORTS`), away from the project's defaults
+ * (7600/7601, 16000-16999) and from other processes' test ports; a random start keeps parallel
+ * runs apart.
  */
 export async function freePort(): Promise<number> {
   const span = PORT_RANGE_END - PORT_RANGE_START + 1;

@@ -167,7 +167,7 @@ export class FencingSequence {
     // (seen after a restart at load: both instances claimed primary for seconds). Once the floor
     // is up, a cell that comes back later is refused by its heartbeat and shoots on its own; one
     // that came back before it is shot now.
-    if (!cell?.alive && (await this.deps.directory.snapshot()).get(primary.cell)?.alive)
+    if (!cell?.alive && (await this.deps.directory.snapshot([primary.cell])).get(primary.cell)?.alive)
       await shoot(`; the cell came back before the lease floor was raised`);
 
     // Step 3: the network fence needs the fenced cell to act in its own network.
@@ -257,7 +257,7 @@ export class FencingSequence {
   private async restartInPlace(op: FencingOperation, why: string): Promise<ServiceRecord | null> {
     const rec = await this.deps.store.mustGet(op.service);
     const primary = rec.instances.find((i) => i.role === 'primary');
-    const cells = await this.deps.directory.snapshot();
+    const cells = await this.deps.directory.snapshot(cellsOf(rec));
     if (!primary?.fenced || !cells.get(primary.cell)?.alive) return null;
     const after = await this.restorePrimary(op, primary, rec.epoch, true);
     await op.record({
@@ -305,7 +305,8 @@ export class FencingSequence {
       }
       return { change: { record: next, extraOps: ops }, result: next };
     });
-    if (after) await this.deps.steps.routeFence.publish(after, await this.deps.directory.snapshot(), op.fence);
+    if (after)
+      await this.deps.steps.routeFence.publish(after, await this.deps.directory.snapshot(cellsOf(after)), op.fence);
     return after;
   }
 
@@ -539,7 +540,7 @@ export class FencingSequence {
   async unfence(op: FencingOperation): Promise<ServiceRecord> {
     const { steps } = this.deps;
     const rec = await this.deps.store.mustGet(op.service);
-    const cells = await this.deps.directory.snapshot();
+    const cells = await this.deps.directory.snapshot(cellsOf(rec));
     const fenced = rec.instances.filter((i) => i.fenced);
     if (fenced.length === 0) {
       await op.record({
@@ -614,7 +615,7 @@ export class FencingSequence {
         epoch: rec.epoch,
         message: address ? `${id} restarts as a replica of ${primary.id}` : `primary ${primary.id} has no address yet`,
       });
-    await steps.routeFence.publish(after, await this.deps.directory.snapshot(), op.fence);
+    await steps.routeFence.publish(after, await this.deps.directory.snapshot(cellsOf(after)), op.fence);
     return after;
   }
 
@@ -665,7 +666,7 @@ export class FencingSequence {
     const primary = marked.instances.find((i) => i.role === 'primary') as InstanceRecord;
     onMarked?.(primary);
     const epoch = shoot ? (primary.fenced?.epoch ?? marked.epoch) : marked.epoch;
-    const cells = await this.deps.directory.snapshot();
+    const cells = await this.deps.directory.snapshot(cellsOf(marked));
     const version = await this.deps.steps.routeFence.publish(marked, cells, op.fence);
     await op.record({
       step: 'route-fence',
@@ -701,7 +702,7 @@ export class FencingSequence {
     const rec = await this.deps.store.mustGet(op.service);
     const old = rec.instances.find((i) => i.role === 'primary');
     const epoch = rec.epoch;
-    const cells = await this.deps.directory.snapshot();
+    const cells = await this.deps.directory.snapshot(cellsOf(rec));
     const candidates = await this.candidates(rec, cells, target);
     const chosen = chooseReplica(candidates);
     if (!chosen)
@@ -848,7 +849,7 @@ export class FencingSequence {
             : `${old.id} stays fenced (cell ${old.cell} not alive); a replacement replica is placed`,
       });
     }
-    const version = await steps.routeFence.publish(after, await this.deps.directory.snapshot(), op.fence);
+    const version = await steps.routeFence.publish(after, await this.deps.directory.snapshot(cellsOf(after)), op.fence);
     await op.record({
       step: 'publish',
       outcome: 'ok',
@@ -1045,4 +1046,12 @@ function editableCopy(cur: ServiceRecord, op: FencingOperation): ServiceRecord {
     updatedAt: Date.now(),
     instances: cur.instances.map((i) => ({ ...i })),
   };
+}
+
+/**
+ * The cells whose reports a step reads: the service's own (every cell's registration is read
+ * anyway, for liveness and the network peers).
+ */
+function cellsOf(rec: ServiceRecord): string[] {
+  return [...new Set(rec.instances.map((i) => i.cell))];
 }

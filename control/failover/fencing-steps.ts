@@ -21,7 +21,11 @@ import { waitForRouters, type RouterAck } from './router-ack';
 
 /** The cells as control sees them (CellDirectory). */
 export interface CellView {
-  snapshot(): Promise<Map<string, CellSnapshot>>;
+  /**
+   * Every cell's registration read now, and the reports of the cells `about` names (of every cell
+   * when omitted); the other cells' reports may be from an earlier read.
+   */
+  snapshot(about?: readonly string[]): Promise<Map<string, CellSnapshot>>;
 }
 
 /** Step 1: the route reflects the record (a fenced backend is published `fenced`). */
@@ -129,7 +133,8 @@ export function cellFencingSteps(deps: CellFencingStepsDeps): FencingSteps {
       async publish(rec, cells, fence) {
         await deps.emitter.sync(rec, cells, fence.token);
         const group = await deps.groups.get(rec.routerGroupGuid);
-        return group ? (await deps.routes.table(group)).version : 0;
+        // The version alone: the whole table (10,000 routes at size) was read and parsed for it.
+        return group ? (await deps.routes.table(group, { versionOnly: true })).version : 0;
       },
       async awaitRouters(rec, version) {
         const group = await deps.groups.get(rec.routerGroupGuid);
@@ -157,7 +162,7 @@ export function cellFencingSteps(deps: CellFencingStepsDeps): FencingSteps {
         const t0 = Date.now();
         let last = 'no report yet';
         while (Date.now() - t0 < timeoutMs) {
-          const snap = (await deps.directory.snapshot()).get(cell);
+          const snap = (await deps.directory.snapshot([cell])).get(cell);
           const actual = snap?.actual.get(instanceId);
           if (actual && actual.generation >= generation) {
             if (actual.state === 'failed')

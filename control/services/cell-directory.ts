@@ -32,6 +32,8 @@ export class CellDirectory {
   private readonly parsed = new Map<string, { rest: string; record: CellRecord }>();
   /** Cells that reported since their actual hash was last read. */
   private readonly dirty = new Set<string>();
+  /** Where the next `view(refresh)` goes on re-reading cells in turn. */
+  private turn = 0;
   /** The view being read, shared by whoever asks meanwhile. */
   private viewing: Promise<Map<string, CellSnapshot>> | undefined;
 
@@ -45,20 +47,25 @@ export class CellDirectory {
     this.dirty.add(cell);
   }
 
-  /** Every cell and everything it reports, read from the store now. */
-  async snapshot(): Promise<Map<string, CellSnapshot>> {
+  /**
+   * Every cell and everything it reports, read from the store now. With `about`, only those
+   * cells' reports are read now (with every registration, so liveness and addresses are current
+   * for all); the others' come from the last read. A failover needs the reports of its service's
+   * cells, not the 10,000 of a thousand cells: read whole, each of its several snapshots grew
+   * with everything the platform runs.
+   */
+  async snapshot(about?: readonly string[]): Promise<Map<string, CellSnapshot>> {
     const names = (await this.redis.smembers(this.keys.cells)).sort();
-    this.dirty.clear();
-    return this.read(names, new Set(names));
+    if (about === undefined) {
+      this.dirty.clear();
+      return this.read(names, new Set(names));
+    }
+    const wanted = new Set(about);
+    const fresh = new Set(names.filter((n) => wanted.has(n) || !this.cached.has(n)));
+    for (const n of fresh) this.dirty.delete(n);
+    return this.read(names, fresh);
   }
 
-  /**
-   * The leader's view for one pass: every registration (liveness) is read each time, in one
-   * transaction with the actual hashes of the cells that reported since the last read (and of
-   * cells not read yet); the rest comes from the last read. A report whose text did not change
-   * keeps its object, so a caller can tell "unchanged" by identity. The caller reads everything
-   * again (`snapshot`) now and then, so a lost message costs at most that period.
-   */
   /**
    * A view that may have started being read just before the call: callers at the same moment (a
    * burst of creates) share one read, which costs O(cells). For admission, whose check is
@@ -70,9 +77,22 @@ export class CellDirectory {
     return this.viewing;
   }
 
-  async view(): Promise<Map<string, CellSnapshot>> {
+  /**
+   * The leader's view for one pass: every registration (liveness) is read each time, in one
+   * transaction with the actual hashes of the cells that reported since the last read (and of
+   * cells not read yet) and of a `refresh` share of the cells in turn; the rest comes from the
+   * last read. A report whose text did not change keeps its object, so a caller can tell
+   * "unchanged" by identity. The leader's shares add up to every cell once per resync period, so
+   * a lost message costs at most that period.
+   */
+  async view(refresh = 0): Promise<Map<string, CellSnapshot>> {
     const names = (await this.redis.smembers(this.keys.cells)).sort();
     const stale = new Set(names.filter((n) => this.dirty.has(n) || !this.cached.has(n)));
+    // `refresh` of the cells besides, in turn: what a lost message hid is read within the time
+    // the caller's shares add up to one.
+    const turn = Math.min(names.length, Math.ceil(refresh * names.length));
+    for (let i = 0; i < turn; i++) stale.add(names[(this.turn + i) % names.length] as string);
+    this.turn = names.length > 0 ? (this.turn + turn) % names.length : 0;
     for (const n of stale) this.dirty.delete(n);
     return this.read(names, stale);
   }

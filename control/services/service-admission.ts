@@ -152,7 +152,8 @@ export async function admitService(
 
 /** Marks a service for deletion; the leader stops its instances, removes the route and frees the port. */
 export async function requestServiceDeletion(store: ServiceStore, name: string): Promise<ServiceRecord> {
-  return store.change<ServiceRecord>(name, null, async (current) => {
+  // Deletion requests arriving together share a commit: each decides from its own record alone.
+  return store.changeJoined<ServiceRecord>(name, async (current) => {
     if (!current) throw new SfError(ErrorCode.NotFound, `no service named '${name}'`, 'name');
     if (current.status === 'deleting') return { done: current };
     const record: ServiceRecord = {

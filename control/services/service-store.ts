@@ -9,7 +9,7 @@ import type { Redis } from 'ioredis';
 import { ErrorCode, SfError } from '../../common';
 import { withFencedRetry, type FencedPlan, type LeaderFence } from '../leader/fenced-commit';
 import type { CasOp } from '../state/cas-commit';
-import type { KeyLayout } from '../../protocol';
+import { NOTIFY_DESIRED, type KeyLayout } from '../../protocol';
 import type { ServiceEvent, ServiceRecord } from './service-types';
 import { ServiceMap } from './service-map';
 import { ServiceUsage } from './service-usage';
@@ -51,6 +51,17 @@ export type DecideMany<T> = (
   snapshot: ServiceSnapshot,
 ) => Promise<{ changes: ReadonlyMap<string, ServiceChange>; result: T }>;
 
+/** Requests that share one commit at most (changeJoined). */
+const JOIN_LIMIT = 200;
+
+/** A request waiting to share a commit with others (changeJoined). */
+interface JoinedRequest {
+  name: string;
+  decide: (current: ServiceRecord | null) => Promise<{ change: ServiceChange; result: unknown } | { done: unknown }>;
+  resolve: (value: unknown) => void;
+  reject: (err: unknown) => void;
+}
+
 export class ServiceStore {
   /**
    * The last snapshot read, kept so that a pass over 10,000 services does not re-read 10,000
@@ -78,6 +89,9 @@ export class ServiceStore {
    */
   private readonly waiting: Array<{ leader: boolean; run: () => Promise<void> }> = [];
   private busy = false;
+  /** Requests waiting to share a commit (changeJoined), and whether a turn is queued for them. */
+  private readonly joining: JoinedRequest[] = [];
+  private joinQueued = false;
   /** Set inside a change, so a change started from within one (nested) does not wait for itself. */
   private readonly inChange = new AsyncLocalStorage<boolean>();
 
@@ -260,6 +274,80 @@ export class ServiceStore {
     return this.inTurn(fence, () => this.changeManyNow(names, fence, decide));
   }
 
+  /**
+   * `change` without a fence (an API request) that may share its commit with others of its kind
+   * waiting at the same time: all of them, up to JOIN_LIMIT, are decided against one snapshot and
+   * written in one version-guarded commit (`changeMany`), each record's change message carrying
+   * its own version. For requests that each touch only their own record and decide from it alone
+   * (a deletion request): 10,000 deletions, one commit and two round trips each in turn, took
+   * longer than the teardown that follows them. A request whose decision throws fails alone; one
+   * for a record already in the group waits for the next commit.
+   */
+  async changeJoined<T>(
+    name: string,
+    decide: (current: ServiceRecord | null) => Promise<{ change: ServiceChange; result: T } | { done: T }>,
+  ): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.joining.push({
+        name,
+        decide: decide as JoinedRequest['decide'],
+        resolve: resolve as (value: unknown) => void,
+        reject,
+      });
+      if (!this.joinQueued) {
+        this.joinQueued = true;
+        void this.inTurn(null, () => this.commitJoined()).catch(() => undefined);
+      }
+    });
+  }
+
+  /** One commit for the joined requests waiting now (the rest take the next turn). */
+  private async commitJoined(): Promise<void> {
+    this.joinQueued = false;
+    const group: JoinedRequest[] = [];
+    const names = new Set<string>();
+    const later: JoinedRequest[] = [];
+    for (const request of this.joining.splice(0)) {
+      if (group.length < JOIN_LIMIT && !names.has(request.name)) {
+        group.push(request);
+        names.add(request.name);
+      } else later.push(request);
+    }
+    if (later.length > 0) {
+      this.joining.unshift(...later);
+      this.joinQueued = true;
+      void this.inTurn(null, () => this.commitJoined()).catch(() => undefined);
+    }
+    const outcomes = new Map<JoinedRequest, { ok: true; value: unknown } | { ok: false; err: unknown }>();
+    try {
+      await this.changeManyNow([...names], null, async (current) => {
+        outcomes.clear();
+        const changes = new Map<string, ServiceChange>();
+        for (const request of group) {
+          try {
+            const decision = await request.decide(current.get(request.name) ?? null);
+            if ('done' in decision) outcomes.set(request, { ok: true, value: decision.done });
+            else {
+              changes.set(request.name, decision.change);
+              outcomes.set(request, { ok: true, value: decision.result });
+            }
+          } catch (err) {
+            outcomes.set(request, { ok: false, err });
+          }
+        }
+        return { changes, result: undefined };
+      });
+    } catch (err) {
+      for (const request of group) request.reject(err);
+      return;
+    }
+    for (const request of group) {
+      const outcome = outcomes.get(request);
+      if (outcome?.ok) request.resolve(outcome.value);
+      else request.reject(outcome ? outcome.err : new Error('no decision'));
+    }
+  }
+
   /** Runs `work` in this process's turn of changes (at once inside a change: nested). */
   private inTurn<T>(fence: LeaderFence | null, work: () => Promise<T>): Promise<T> {
     if (this.inChange.getStore()) return work();
@@ -346,6 +434,7 @@ export class ServiceStore {
         ops.push(...this.ops(name, change, fence, ++version));
         records.set(name, change.record ? (JSON.parse(JSON.stringify(change.record)) as ServiceRecord) : null);
       }
+      dropRepeatedNotifies(ops);
       // The script bumps the version by one; each further record moves it one more.
       if (version > snapshot.version + 1)
         ops.push({ cmd: 'SET', key: this.keys.servicesVersion, value: String(version) });
@@ -405,4 +494,24 @@ export class ServiceStore {
     ops.push({ cmd: 'PUBLISH', channel: this.keys.servicesChanged, message: servicesChangedMessage(version, name) });
     return ops;
   }
+}
+
+/**
+ * A cell told its desired hash changed is told once per commit: the last of identical notices
+ * stays (after every write of the commit), the others go. A batch of 200 services tearing down or
+ * starting on the same cells otherwise sent that cell one notice per instance, and each made it
+ * read its whole desired hash again.
+ */
+function dropRepeatedNotifies(ops: CasOp[]): void {
+  const last = new Map<string, number>();
+  ops.forEach((op, i) => {
+    if (op.cmd === 'PUBLISH' && op.message === NOTIFY_DESIRED) last.set(op.channel, i);
+  });
+  let w = 0;
+  for (let i = 0; i < ops.length; i++) {
+    const op = ops[i] as CasOp;
+    if (op.cmd === 'PUBLISH' && op.message === NOTIFY_DESIRED && last.get(op.channel) !== i) continue;
+    ops[w++] = op;
+  }
+  ops.length = w;
 }

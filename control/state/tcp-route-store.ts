@@ -225,7 +225,9 @@ export class TcpRouteStore {
     const keys: string[] = [];
     let cursor = '0';
     do {
-      const [next, batch] = await this.redis.scan(cursor, 'MATCH', `${escapeGlob(prefix)}*`, 'COUNT', 1000);
+      // The whole keyspace is walked (10,000 services keep tens of thousands of keys): ten
+      // thousand a call, a few round trips per fence step instead of dozens.
+      const [next, batch] = await this.redis.scan(cursor, 'MATCH', `${escapeGlob(prefix)}*`, 'COUNT', 10_000);
       cursor = next;
       keys.push(...batch);
     } while (cursor !== '0');

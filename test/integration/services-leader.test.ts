@@ -444,5 +444,210 @@ describe('leader election', function () {
         await elector.stop();
       }
     });
+
+    it('tears down deleting services many to a commit: routes in one write, one notice per cell, records gone once stopped; confirms settled-looking services without writing; a deposed leader removes and commits nothing', async () => {
+      const elector = new LeaderElector(conn, {
+        lockKey: keys.leaderLock,
+        tokenKey: keys.leaderToken,
+        holderId: 'e',
+        ttlMs: 5_000,
+        renewMs: 10_000,
+      });
+      await elector.tick();
+      const fence = elector.current()!;
+      await conn.del(keys.services);
+      const groups = new RouterGroupStore(conn, keys);
+      const group = await groups.ensureDefault();
+      const routes = new TcpRouteStore(conn, keys, groups);
+      const emitter = new RouteEmitter(groups, routes);
+      const store = new ServiceStore(conn, keys);
+      const reconciler = new ServiceReconciler(store, emitter, new DegradedFailoverCoordinator());
+      const firstPort = Number(/^(\d+)/.exec(group.reservable_ports)![1]) + 100;
+      // d1-d3 on cell c1, d4 and d5 on c2.
+      const names = ['d1', 'd2', 'd3', 'd4', 'd5'];
+      const cellOf = (name: string): string => (['d4', 'd5'].includes(name) ? 'c2' : 'c1');
+      const report = (name: string, i: number): ActualInstance =>
+        ({
+          instanceId: `${name}-0`,
+          state: 'running',
+          generation: 0,
+          host: '127.0.0.1',
+          port: 31_000 + i,
+          role: 'primary',
+          epoch: 1,
+          healthy: true,
+          leaseHeld: true,
+        }) as ActualInstance;
+      const cellsWith = (reported: string[]): Map<string, CellSnapshot> =>
+        new Map(
+          ['c1', 'c2'].map((c) => [
+            c,
+            {
+              name: c,
+              alive: true,
+              record: { name: c, zone: c, capacityMb: 4096, heartbeatTtlMs: 3_000 } as CellRecord,
+              actual: new Map(
+                names
+                  .map((n, i) => [n, i] as const)
+                  .filter(([n]) => cellOf(n) === c && reported.includes(n))
+                  .map(([n, i]) => [`${n}-0`, report(n, i)]),
+              ),
+            },
+          ]),
+        );
+      const running = (name: string, i: number): ServiceRecord =>
+        ({
+          name,
+          engine: 'redis',
+          replicas: 0,
+          volume: { sizeMb: 16 },
+          routerGroup: group.name,
+          routerGroupGuid: group.guid,
+          port: firstPort + i,
+          status: 'running',
+          message: null,
+          epoch: 1,
+          instances: [
+            {
+              id: `${name}-0`,
+              cell: cellOf(name),
+              zone: cellOf(name),
+              role: 'primary',
+              epoch: 1,
+              generation: 0,
+              specWritten: true,
+              placedAt: 0,
+            },
+          ],
+          nextIndex: 1,
+          leaderToken: fence.token,
+          createdAt: 0,
+          updatedAt: 0,
+        }) as unknown as ServiceRecord;
+      const cells = cellsWith(names);
+      for (const [i, name] of names.entries()) {
+        await store.change(name, null, async () => ({ change: { record: running(name, i) }, result: undefined }));
+        await conn.hset(keys.cell(cellOf(name)).desired, `${name}-0`, '{}');
+      }
+      await emitter.syncMany(
+        names.map((n, i) => running(n, i)),
+        cells,
+        fence.token,
+      );
+
+      // Settled-looking services are confirmed from one read of their routes, nothing written;
+      // one whose step would change its record (a stale message to clear) is not, nor one whose
+      // route lost its backend.
+      const version0 = Number(await conn.get(keys.servicesVersion));
+      const stale = { ...running('d5', 4), message: 'primary d5-0 is lost' } as ServiceRecord;
+      await routes.delete([
+        {
+          router_group_guid: group.guid,
+          port: firstPort + 2,
+          backend_ip: '127.0.0.1',
+          backend_port: 31_002,
+          backend_id: 'd3-0',
+        },
+      ]);
+      const confirmed = await reconciler.confirm([running('d4', 3), stale, running('d3', 2)], fence, cells);
+      expect([...confirmed]).to.deep.equal(['d4']);
+      await emitter.syncMany([running('d3', 2)], cells, fence.token);
+      expect(Number(await conn.get(keys.servicesVersion))).to.equal(version0);
+
+      for (const name of ['d1', 'd2', 'd3'])
+        await store.change(name, null, async (cur) => ({
+          change: { record: { ...cur!, status: 'deleting' } },
+          result: undefined,
+        }));
+      const sub = new Redis(redis.url);
+      const notices: string[] = [];
+      const heard: string[] = [];
+      sub.on('message', (channel: string, message: string) =>
+        channel === keys.servicesChanged ? heard.push(message) : notices.push(`${channel} ${message}`),
+      );
+      await sub.subscribe(keys.servicesChanged, keys.cell('c1').notify, keys.cell('c2').notify);
+      try {
+        const version = Number(await conn.get(keys.servicesVersion));
+        const routesVersion = (await routes.table(group, { versionOnly: true })).version;
+        // Step one: routes gone in one write, specs removed from the cell with one notice, records
+        // kept until the cell reports the instances stopped.
+        const first = await reconciler.tearDown(['d1', 'd2', 'd3', 'd4'], fence, cells);
+        expect([...first.decided]).to.have.members(['d1', 'd2', 'd3']);
+        expect([...first.idle]).to.deep.equal([]);
+        expect((await routes.table(group, { versionOnly: true })).version).to.equal(routesVersion + 1);
+        for (const i of [0, 1, 2]) expect(await routes.route(group, firstPort + i)).to.equal(null);
+        expect(await routes.route(group, firstPort + 3)).to.not.equal(null);
+        expect(await conn.hkeys(keys.cell('c1').desired)).to.deep.equal([]);
+        expect(await conn.hkeys(keys.cell('c2').desired)).to.have.members(['d4-0', 'd5-0']);
+        expect(Number(await conn.get(keys.servicesVersion))).to.equal(version + 3);
+        for (const name of ['d1', 'd2', 'd3'])
+          expect((await store.get(name))?.instances.map((i) => i.specWritten)).to.deep.equal([false]);
+        await eventually(async () => heard.length >= 3, 5_000, 'three change messages');
+        await new Promise((r) => setTimeout(r, 200));
+        expect(notices).to.deep.equal([`${keys.cell('c1').notify} desired`]);
+
+        // Still reported running: nothing to do, nothing written.
+        const waiting = await reconciler.tearDown(['d1', 'd2', 'd3'], fence, cells);
+        expect([...waiting.idle]).to.have.members(['d1', 'd2', 'd3']);
+        expect(Number(await conn.get(keys.servicesVersion))).to.equal(version + 3);
+
+        // Reported gone: tombstones and the records removed, one commit.
+        const gone = await reconciler.tearDown(['d1', 'd2', 'd3'], fence, cellsWith(['d4', 'd5']));
+        expect([...gone.decided]).to.have.members(['d1', 'd2', 'd3']);
+        for (const name of ['d1', 'd2', 'd3']) expect(await store.get(name)).to.equal(null);
+        expect(await conn.hkeys(keys.volumeTombstones)).to.include.members(['c1/d1-0', 'c1/d2-0', 'c1/d3-0']);
+        expect(Number(await conn.get(keys.servicesVersion))).to.equal(version + 6);
+
+        // A deposed leader: a newer one (token + 1) rewrote d4's route; the old one's teardown of
+        // d4 is refused whole: route, spec and record stay.
+        await store.change('d4', null, async (cur) => ({
+          change: { record: { ...cur!, status: 'deleting' } },
+          result: undefined,
+        }));
+        const newer = Number(await conn.incr(keys.leaderToken));
+        await routes.upsert([
+          {
+            router_group_guid: group.guid,
+            port: firstPort + 3,
+            backend_ip: '127.0.0.1',
+            backend_port: 31_003,
+            backend_id: 'd4-0',
+            role: 'primary',
+            epoch: 1,
+            state: 'active',
+            weight: 1,
+            mode: 'primary',
+            modification_tag: { guid: 'service:d4', index: newer },
+          },
+        ]);
+        const before = Number(await conn.get(keys.servicesVersion));
+        try {
+          await reconciler.tearDown(['d4'], fence, cells);
+          expect.fail('a deposed leader must not tear down');
+        } catch (err) {
+          expect(isSfError(err) && err.code).to.equal(ErrorCode.StaleModificationTag);
+        }
+        expect(await routes.route(group, firstPort + 3)).to.not.equal(null);
+        expect(await conn.hexists(keys.cell('c2').desired, 'd4-0')).to.equal(1);
+        expect((await store.get('d4'))?.instances.map((i) => i.specWritten)).to.deep.equal([true]);
+        // One whose route no newer leader wrote: the records' commit is refused by the fence.
+        await store.change('d5', null, async (cur) => ({
+          change: { record: { ...cur!, status: 'deleting' } },
+          result: undefined,
+        }));
+        try {
+          await reconciler.tearDown(['d5'], fence, cells);
+          expect.fail('a deposed leader must not commit');
+        } catch (err) {
+          expect(isSfError(err) && err.code).to.equal(ErrorCode.StaleLeader);
+        }
+        expect(await conn.hexists(keys.cell('c2').desired, 'd5-0')).to.equal(1);
+        expect((await store.get('d5'))?.instances.map((i) => i.specWritten)).to.deep.equal([true]);
+        expect(Number(await conn.get(keys.servicesVersion))).to.equal(before + 1);
+      } finally {
+        sub.disconnect();
+        await elector.stop();
+      }
+    });
   });
 });

@@ -51,6 +51,55 @@ describe('CellDirectory', function () {
   }
 
   describe('view', () => {
+    it('reads again, besides the cells that reported, its share of the others in turn', async () => {
+      const directory = new CellDirectory(redis, keys);
+      for (const name of ['c1', 'c2', 'c3', 'c4']) {
+        await register(registration(name, 1000));
+        await redis.hset(
+          keys.cell(name).actual,
+          `${name}-0`,
+          JSON.stringify({ instanceId: `${name}-0`, state: 'running' }),
+        );
+      }
+      await directory.view();
+      // Reports changed with no message heard (lost): a view without a share keeps the old ones.
+      for (const name of ['c1', 'c2', 'c3', 'c4'])
+        await redis.hset(
+          keys.cell(name).actual,
+          `${name}-0`,
+          JSON.stringify({ instanceId: `${name}-0`, state: 'failed' }),
+        );
+      const state = (view: Map<string, { actual: Map<string, { state: string }> }>) =>
+        ['c1', 'c2', 'c3', 'c4'].map((n) => view.get(n)?.actual.get(`${n}-0`)?.state);
+      expect(state(await directory.view())).to.deep.equal(['running', 'running', 'running', 'running']);
+      // Half of them at a time, in turn: two views of half read all four again.
+      expect(state(await directory.view(0.5))).to.deep.equal(['failed', 'failed', 'running', 'running']);
+      expect(state(await directory.view(0.5))).to.deep.equal(['failed', 'failed', 'failed', 'failed']);
+    });
+
+    it('reads the reports of the cells asked for now, the others from the last read', async () => {
+      const directory = new CellDirectory(redis, keys);
+      for (const name of ['c1', 'c2']) {
+        await register(registration(name, 1000));
+        await redis.hset(
+          keys.cell(name).actual,
+          `${name}-0`,
+          JSON.stringify({ instanceId: `${name}-0`, state: 'running' }),
+        );
+      }
+      await directory.snapshot();
+      for (const name of ['c1', 'c2'])
+        await redis.hset(
+          keys.cell(name).actual,
+          `${name}-0`,
+          JSON.stringify({ instanceId: `${name}-0`, state: 'failed' }),
+        );
+      const view = await directory.snapshot(['c2']);
+      expect(view.get('c1')?.actual.get('c1-0')?.state).to.equal('running');
+      expect(view.get('c2')?.actual.get('c2-0')?.state).to.equal('failed');
+      expect((await directory.snapshot()).get('c1')?.actual.get('c1-0')?.state).to.equal('failed');
+    });
+
     it('reuses the parsed registration when only heartbeatAt changed, with the new time', async () => {
       const directory = new CellDirectory(redis, keys);
       await register(registration('c1', 1000));

@@ -77,6 +77,10 @@ function incrementalFixture(options: { resyncMs?: number; recheckMs?: number } =
       older === newer ? new Set<string>() : (changes.get(newer) ?? null),
   };
   const reconciled: string[] = [];
+  /** How each pass read the cells: `snapshot` (everything), `view share` (a share again), `view`. */
+  const reads: string[] = [];
+  /** Deleting services whose tearDown finds nothing to do (waiting for their cells). */
+  const idleDeletes = new Set<string>();
   /** Every placeNew call's names; it decides those `placeable` names (all when unset). */
   const batches: string[][] = [];
   let placeable: ((name: string) => boolean) | null = null;
@@ -87,6 +91,8 @@ function incrementalFixture(options: { resyncMs?: number; recheckMs?: number } =
   const calls: string[] = [];
   /** The recheck finds these fine (all when unset). */
   let fine: ((name: string) => boolean) | null = null;
+  /** The confirmation of settled-looking services finds these as they should be (all when unset). */
+  let confirmable: ((name: string) => boolean) | null = null;
   const reconciler = {
     reconcile: async (name: string) => {
       calls.push(`reconcile ${name}`);
@@ -101,6 +107,15 @@ function incrementalFixture(options: { resyncMs?: number; recheckMs?: number } =
       calls.push(`recheck ${records.map((r) => r.name).join(',')}`);
       return new Set(records.map((r) => r.name).filter((n) => fine?.(n) ?? true));
     },
+    confirm: async (records: readonly ServiceRecord[]) => {
+      calls.push(`confirm ${records.map((r) => r.name).join(',')}`);
+      return new Set(records.map((r) => r.name).filter((n) => confirmable?.(n) ?? true));
+    },
+    tearDown: async (names: readonly string[]) => {
+      calls.push(`delete ${names.join(',')}`);
+      const decided = new Set(names.filter((n) => snapshot.services.get(n)?.status === 'deleting'));
+      return { decided, idle: new Set([...decided].filter((n) => idleDeletes.has(n))) };
+    },
     runReady: async (names: readonly string[]) => {
       calls.push(`run ${names.join(',')}`);
       runs.push([...names]);
@@ -110,7 +125,17 @@ function incrementalFixture(options: { resyncMs?: number; recheckMs?: number } =
   const loop = new ConvergenceLoop(
     { current: () => FENCE, tick: async () => undefined, resign: async () => undefined } as unknown as LeaderElector,
     store as unknown as ServiceStore,
-    { snapshot: async () => cells, view: async () => cells, markDirty: () => undefined } as unknown as CellDirectory,
+    {
+      snapshot: async () => {
+        reads.push('snapshot');
+        return cells;
+      },
+      view: async (share = 0) => {
+        reads.push(share > 0 ? 'view share' : 'view');
+        return cells;
+      },
+      markDirty: () => undefined,
+    } as unknown as CellDirectory,
     reconciler as unknown as ServiceReconciler,
     { redisUrl: 'redis://unused', logger: pino({ level: 'silent' }), ...options },
   );
@@ -140,6 +165,9 @@ function incrementalFixture(options: { resyncMs?: number; recheckMs?: number } =
   const fineOnly = (f: (name: string) => boolean): void => {
     fine = f;
   };
+  const confirmOnly = (f: (name: string) => boolean): void => {
+    confirmable = f;
+  };
   return {
     loop,
     reconciled,
@@ -151,6 +179,9 @@ function incrementalFixture(options: { resyncMs?: number; recheckMs?: number } =
     runs,
     runOnly,
     fineOnly,
+    confirmOnly,
+    idleDeletes,
+    reads,
     calls,
     cellOf,
     reportOf: report,
@@ -161,9 +192,10 @@ function incrementalFixture(options: { resyncMs?: number; recheckMs?: number } =
 describe('ConvergenceLoop', () => {
   describe('pass (between resyncs)', () => {
     it('reconciles only the services whose record, cell or reports changed', async () => {
-      const { loop, reconciled, rewrite, report } = incrementalFixture();
+      const { loop, reconciled, rewrite, report, calls } = incrementalFixture();
       await loop.pass();
-      expect(reconciled).to.have.members(['a', 'b']);
+      // The term's first look at two services that seem settled: one confirmation for both.
+      expect(calls).to.deep.equal(['confirm a,b']);
       reconciled.length = 0;
       await loop.pass();
       expect(reconciled).to.deep.equal([]);
@@ -318,12 +350,94 @@ describe('ConvergenceLoop', () => {
     });
   });
 
+  describe('the resync', () => {
+    it('reads a share of the cells again at every pass instead of everything at once, and looks only at what changed', async () => {
+      const f = incrementalFixture({ resyncMs: 10 });
+      await f.loop.pass();
+      expect(f.reads).to.deep.equal(['snapshot']);
+      f.calls.length = 0;
+      for (let i = 0; i < 3; i++) {
+        await new Promise((r) => setTimeout(r, 15));
+        await f.loop.pass();
+      }
+      expect(f.reads.slice(1)).to.deep.equal(['view share', 'view share', 'view share']);
+      expect(f.calls).to.deep.equal([]);
+    });
+  });
+
+  describe('a new term', () => {
+    it('confirms the services that seem settled in one batch instead of one reconcile each; one not confirmed is reconciled alone', async () => {
+      const f = incrementalFixture();
+      f.confirmOnly((name) => name !== 'b');
+      await f.loop.pass();
+      expect(f.calls).to.deep.equal(['confirm a,b']);
+      f.calls.length = 0;
+      await f.loop.pass();
+      expect(f.calls).to.deep.equal(['reconcile b']);
+      f.calls.length = 0;
+      await f.loop.pass();
+      expect(f.calls).to.deep.equal([]);
+      // Past the term's first look, a changed report is reconciled, as before.
+      f.report('c1', 'a-0', false);
+      await f.loop.pass();
+      expect(f.calls).to.deep.equal(['reconcile a']);
+    });
+  });
+
+  describe('deleting services', () => {
+    const deleting = (name: string): ServiceRecord =>
+      ({
+        name,
+        status: 'deleting',
+        message: null,
+        replicas: 0,
+        instances: [{ id: `${name}-0`, cell: 'c3', role: 'primary', specWritten: false, generation: 0 }],
+      }) as unknown as ServiceRecord;
+
+    it('tears them down in one batch instead of one reconcile each; one waiting for its cells is left alone until its inputs change', async () => {
+      const f = incrementalFixture();
+      f.cells.set('c3', f.cellOf('c3', new Map()));
+      await f.loop.pass();
+      for (const name of ['d1', 'd2', 'd3']) {
+        f.put(name, deleting(name));
+        f.loop.serviceChanged(`0 ${name}`);
+      }
+      f.idleDeletes.add('d2');
+      f.idleDeletes.add('d3');
+      f.calls.length = 0;
+      await f.loop.pass();
+      expect(f.calls).to.deep.equal(['delete d1,d2,d3']);
+      // The fake writes nothing: d1 (whose step wrote) is torn down again; d2 and d3 wait.
+      f.calls.length = 0;
+      await f.loop.pass();
+      expect(f.calls).to.deep.equal(['delete d1']);
+      // The cell reports d2 (it stopped): looked at again; d3 still waits.
+      f.cells.set('c3', f.cellOf('c3', new Map([['d2-0', { ...f.reportOf('d2-0', true), state: 'stopped' }]])));
+      f.calls.length = 0;
+      await f.loop.pass();
+      expect(f.calls).to.have.length(1);
+      expect(f.calls[0]!.split(' ')[1]!.split(',')).to.have.members(['d1', 'd2']);
+    });
+
+    it('looks at one waiting for its cells again at every resync (its wait has a time limit no input shows)', async () => {
+      const f = incrementalFixture({ resyncMs: 0 });
+      f.cells.set('c3', f.cellOf('c3', new Map()));
+      f.put('d1', deleting('d1'));
+      f.idleDeletes.add('d1');
+      await f.loop.pass();
+      f.calls.length = 0;
+      await f.loop.pass();
+      await f.loop.pass();
+      expect(f.calls).to.deep.equal(['delete d1', 'delete d1']);
+    });
+  });
+
   describe('the recheck round', () => {
     it('looks at the settled services it owes in one batch and leaves them settled', async () => {
       // Every pass a full one, and a new round at each: the round owes every settled service.
       const f = incrementalFixture({ resyncMs: 0, recheckMs: 0 });
       await f.loop.pass();
-      expect(f.calls).to.have.members(['reconcile a', 'reconcile b']);
+      expect(f.calls).to.deep.equal(['confirm a,b']);
       f.calls.length = 0;
       await f.loop.pass();
       await f.loop.pass();

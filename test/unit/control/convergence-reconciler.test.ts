@@ -53,7 +53,7 @@ class FakeCoordinator implements FailoverCoordinator {
   }
 }
 
-const emitter = { sync: async () => undefined, remove: async () => undefined, isCurrent: async () => true };
+const emitter = { sync: async () => undefined, removeMany: async () => new Set<string>(), isCurrent: async () => true };
 
 function inst(id: string, cell: string, role: 'primary' | 'replica'): InstanceRecord {
   return { id, cell, zone: cell, role, epoch: 3, generation: 0, specWritten: true, placedAt: 0 };
@@ -340,7 +340,7 @@ describe('ServiceReconciler', () => {
           state.synced = true;
           return true;
         },
-        remove: async () => undefined,
+        removeMany: async () => new Set<string>(),
         isCurrent: async () => state.synced,
       };
       return { state, fake };

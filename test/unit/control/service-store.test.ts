@@ -132,4 +132,29 @@ describe('ServiceStore', function () {
       expect(versionReads.reads).to.equal(1, 'no wait for messages it cannot hear');
     });
   });
+
+  describe('changeJoined', () => {
+    it('writes requests that wait together in one commit; one whose decision fails fails alone', async () => {
+      const store = new ServiceStore(connect(), keys);
+      const names = Array.from({ length: 20 }, (_, i) => `j${i}`);
+      for (const name of names) await write(store, name);
+      const version = Number(await admin.get(keys.servicesVersion));
+      const commits = await calls(admin, 'evalsha');
+      const outcomes = await Promise.allSettled(
+        [...names, 'missing'].map((name) =>
+          store.changeJoined(name, async (current) => {
+            if (!current) throw new Error(`no ${name}`);
+            return { change: { record: { ...current, status: 'deleting' } }, result: name };
+          }),
+        ),
+      );
+      expect(outcomes.map((o) => (o.status === 'fulfilled' ? o.value : 'failed'))).to.deep.equal([...names, 'failed']);
+      for (const name of names)
+        expect(JSON.parse((await admin.hget(keys.services, name))!)).to.include({ status: 'deleting' });
+      // Twenty records, one change message (and one version) each, in far fewer commits than
+      // requests: the first request's commit starts alone, the other nineteen share the next.
+      expect(Number(await admin.get(keys.servicesVersion))).to.equal(version + 20);
+      expect((await calls(admin, 'evalsha')) - commits).to.be.within(1, 2);
+    });
+  });
 });
