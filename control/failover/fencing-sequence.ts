@@ -338,8 +338,10 @@ export class FencingSequence {
     // through the routers, and measured no faster (docs/benchmarks.md, volume-move).
     let halting: Promise<Halt> | null = null;
     let stopSent = false;
-    let fencedOff: () => void = () => undefined;
-    const routersLetGo = new Promise<void>((resolve) => (fencedOff = resolve));
+    // Resolved true once the stop may be sent (routers acknowledged, floor raised, a target
+    // chosen), false when the switchover ends before that: a refused one must not stop anything.
+    let release: (go: boolean) => void = () => undefined;
+    const mayStop = new Promise<boolean>((resolve) => (release = resolve));
     const { marked, primary, epoch, cells } = await this.fenceRoute(
       op,
       false,
@@ -352,7 +354,7 @@ export class FencingSequence {
           .catch(() => undefined)
           .then(async (paused): Promise<Halt> => {
             if (paused?.ok || paused?.error?.code !== ErrorCode.EngineUnsupported) return { paused };
-            await routersLetGo;
+            if (!(await mayStop)) return { paused };
             // Sent means maybe stopped: from here an abandoned switchover restarts the old primary.
             stopSent = true;
             return { paused, stopped: await steps.rejoin.stop(p.cell, p.id).catch(() => undefined) };
@@ -360,7 +362,6 @@ export class FencingSequence {
       },
     );
     await this.raiseFloor(op, primary, epoch, '');
-    fencedOff();
 
     let promotion: Promotion;
     try {
@@ -368,6 +369,7 @@ export class FencingSequence {
       const chosen = chooseReplica(candidates);
       if (!chosen)
         throw new SfError(ErrorCode.NoPromotionCandidate, `service ${op.service} has no running replica to switch to`);
+      release(true);
       const pause = await this.recordPause(op, primary, epoch, halting);
       const goal = pause.goal ?? (await steps.promote.position(primary.cell, primary.id));
       if (goal === null) throw new SfError(ErrorCode.OrderFailed, `could not read the position of ${primary.id}`);
@@ -424,6 +426,7 @@ export class FencingSequence {
       }
       promotion = await this.promoteReplica(op, chosen.instanceId, true, how.retire);
     } catch (err) {
+      release(false);
       const promotedMaybe = isSfError(err) && err.code === ErrorCode.OrderTimeout;
       await this.abortSwitchover(op, primary, epoch, (err as Error).message, stopSent, promotedMaybe);
       throw err;

@@ -407,6 +407,18 @@ describe('FencingSequence', () => {
       expect(storeRecord(w.store).instances[0].fenced).to.equal(undefined);
     });
 
+    it('a switchover refused before a target is chosen never stops an engine that cannot pause', async () => {
+      const w = world();
+      expect((await refusal(w.sequence.switchover(w.op('switchover'), 'nosuch'))).code).to.equal(
+        ErrorCode.InvalidFailoverTarget,
+      );
+      await new Promise((r) => setTimeout(r, 20));
+      expect(w.steps.at('pause-unsupported:cache-0')).to.be.greaterThan(-1);
+      expect(w.steps.at('stop:cache-0'), w.steps.log.join(' ')).to.equal(-1);
+      // Re-confirmed as the primary, running as it was (no restart).
+      expect(storeRecord(w.store).instances[0]).to.include({ role: 'primary', epoch: 2, generation: 0 });
+    });
+
     it('a stop that reports no position abandons the switchover and restarts the old primary', async () => {
       const w = world();
       w.steps.stopReportsPosition = false;
