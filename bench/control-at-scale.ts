@@ -409,6 +409,9 @@ async function main(): Promise<void> {
   phase('failover');
   const failOps0 = await commandsProcessed(redis);
   const promotions: number[] = [];
+  // Where each failover's time went: when each fencing step ended, after the engine died (the
+  // first step's time is control noticing; the rest are mostly orders the simulated cell runs).
+  const stepTimes = new Map<string, number[]>();
   for (const name of probes) {
     const view = (await api.call('GET', `/v3/service_instances/${name}`)).json as {
       instances: Array<{ id: string; role: string }>;
@@ -421,12 +424,24 @@ async function main(): Promise<void> {
       sim.orders.find((o) => o.order === 'promote' && o.ok && o.at >= failAt && o.instanceId?.startsWith(`${name}-`));
     await sim.until(() => promotedOf() !== undefined, 60_000, `promotion of the ${name} replica`);
     promotions.push(promotedOf()!.at - failAt);
+    const steps = (await api.call('GET', `/v3/service_instances/${name}/fencing`)).json as {
+      resources?: Array<{ step: string; at: string }>;
+    };
+    for (const step of steps.resources ?? []) {
+      const at = Date.parse(step.at);
+      if (at < failAt) continue;
+      const list = stepTimes.get(step.step) ?? [];
+      list.push(at - failAt);
+      stepTimes.set(step.step, list);
+    }
     if (probes.length > 1) await sleep(1_000);
   }
   result.failover = {
     promotedMs: percentile(promotions, 50),
     maxMs: Math.max(...promotions),
     samplesMs: promotions,
+    // Median time after the engine died at which each fencing step was recorded.
+    stepsAtMs: Object.fromEntries([...stepTimes].map(([step, at]) => [step, percentile(at, 50)])),
     // During the failovers (and the pauses between them), per failover, the simulated cells'
     // heartbeats and polls included.
     commands: commandsBetween(failOps0, await commandsProcessed(redis), probes.length),

@@ -316,7 +316,9 @@ export class ServiceStore {
     if (later.length > 0) {
       this.joining.unshift(...later);
       this.joinQueued = true;
-      void this.inTurn(null, () => this.commitJoined()).catch(() => undefined);
+      // Queued behind this commit, not run inside it: from within a change, inTurn runs its work
+      // at once (a nested change), and two joined commits at once only made each other retry.
+      this.inChange.exit(() => void this.inTurn(null, () => this.commitJoined()).catch(() => undefined));
     }
     const outcomes = new Map<JoinedRequest, { ok: true; value: unknown } | { ok: false; err: unknown }>();
     try {

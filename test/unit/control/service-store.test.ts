@@ -156,5 +156,28 @@ describe('ServiceStore', function () {
       expect(Number(await admin.get(keys.servicesVersion))).to.equal(version + 20);
       expect((await calls(admin, 'evalsha')) - commits).to.be.within(1, 2);
     });
+
+    it('commits requests for a record already in the commit in the next one, after it', async () => {
+      const store = new ServiceStore(connect(), keys);
+      await write(store, 'dup');
+      await write(store, 'other');
+      const commits = await calls(admin, 'evalsha');
+      const seen: Array<string | undefined> = [];
+      const mark = (name: string, message: string) =>
+        store.changeJoined(name, async (current) => {
+          seen.push(current?.message ?? undefined);
+          return { change: { record: { ...current!, message } }, result: message };
+        });
+      // The first request commits alone; then 'dup' twice and 'other': the second 'dup' waits for
+      // the commit of the first and sees it.
+      const results = await Promise.all([mark('other', 'a'), mark('dup', 'b'), mark('dup', 'c'), mark('other', 'd')]);
+      expect(results).to.deep.equal(['a', 'b', 'c', 'd']);
+      expect(JSON.parse((await admin.hget(keys.services, 'dup'))!)).to.include({ message: 'c' });
+      expect(JSON.parse((await admin.hget(keys.services, 'other'))!)).to.include({ message: 'd' });
+      expect(seen).to.include('b');
+      // One commit each for: 'other' alone, then 'dup' and 'other', then the second 'dup'; none
+      // tried again (two joined commits at once made each other retry).
+      expect((await calls(admin, 'evalsha')) - commits).to.equal(3);
+    });
   });
 });
