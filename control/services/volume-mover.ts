@@ -69,6 +69,9 @@ export interface MoveRecord {
   error: string | null;
   startedAt: number;
   finishedAt: number | null;
+  /** The mover running it (one per control process) and when it last said it still does. */
+  runner?: string;
+  heartbeatAt?: number;
 }
 
 export interface MoveView {
@@ -138,9 +141,26 @@ const PASS_ATTEMPTS = 4;
 const interruptedPasses = new WeakSet<object>();
 const SWITCH_ATTEMPTS = 3;
 
+/** How often a running move's record says it is still being run. */
+export const MOVE_HEARTBEAT_MS = 5_000;
+
+/**
+ * An unfinished move whose runner has not said so for this long was left by a control that
+ * stopped (a restart, a crash, a lost lead) and is abandoned (VolumeMover.settle); six beats,
+ * so a control starved of CPU for a while is not taken for gone.
+ */
+export const MOVE_ABANDONED_AFTER_MS = 6 * MOVE_HEARTBEAT_MS;
+
+/** True for a move that is neither done nor failed. */
+function unfinished(m: MoveRecord): boolean {
+  return m.state !== 'done' && m.state !== 'failed';
+}
+
 export class VolumeMover {
   private readonly events: SnapshotRecords;
   private readonly running = new Set<string>();
+  /** This process's mover, named in the records of the moves it runs. */
+  private readonly runner = randomUUID();
   /** Bytes of the completed passes of each move in progress. */
   private readonly copied = new Map<string, number>();
 
@@ -157,12 +177,45 @@ export class VolumeMover {
 
   async get(id: string): Promise<MoveRecord | null> {
     const text = await this.redis.hget(this.store.keys.moves, id);
-    return text ? (JSON.parse(text) as MoveRecord) : null;
+    return text ? this.settle(JSON.parse(text) as MoveRecord) : null;
   }
 
   async list(service?: string): Promise<MoveRecord[]> {
     const all = Object.values(await this.redis.hgetall(this.store.keys.moves)).map((t) => JSON.parse(t) as MoveRecord);
-    return all.filter((m) => !service || m.service === service).sort((a, b) => b.startedAt - a.startedAt);
+    const mine = all.filter((m) => !service || m.service === service);
+    return (await Promise.all(mine.map((m) => this.settle(m)))).sort((a, b) => b.startedAt - a.startedAt);
+  }
+
+  /**
+   * A move nobody runs any more, ended as failed: the control that ran it stopped before it
+   * finished, and without this its record said `copying` for ever and refused every later move of
+   * the service. What a move's own failure would undo is undone: a catch-up's new replica is
+   * removed (kept, without its move mark, if a failover made it the primary in the meantime); a
+   * copy stopped in its switch before the hand-off has its source started again (as after a
+   * failed switch), one after the hand-off stays on the target, where its record puts it. Any
+   * control may do it, and doing it twice changes nothing.
+   */
+  private async settle(m: MoveRecord, now = Date.now()): Promise<MoveRecord> {
+    if (!unfinished(m) || this.running.has(m.service)) return m;
+    if (now - (m.heartbeatAt ?? m.startedAt) < MOVE_ABANDONED_AFTER_MS) return m;
+    const phase = m.phase;
+    m.state = 'failed';
+    m.finishedAt = now;
+    m.error = `abandoned in phase ${phase}: the control running it stopped before it finished`;
+    const undo =
+      m.method === 'catch-up'
+        ? m.targetInstanceId === m.instanceId
+          ? Promise.resolve()
+          : this.switching
+            ? new MoveCatchUp(this.store, this.directory, this.switching, this.primaryLeaseTtlMs).dropTarget(m)
+            : Promise.reject(new Error('no control here to remove it'))
+        : phase === 2
+          ? this.restartSource(m)
+          : Promise.resolve();
+    await undo.catch((err: unknown) => (m.error += `; undoing it failed: ${errorMessageOf(err)}`));
+    await this.save(m);
+    await this.event(m, 'volume-move-failed', `move of ${m.instanceId} from ${m.from} to ${m.to} ${m.error}`);
+    return m;
   }
 
   private async save(m: MoveRecord): Promise<void> {
@@ -203,6 +256,9 @@ export class VolumeMover {
         instanceId ? 'instance' : 'name',
       );
     if (inst.fenced) throw new SfError(ErrorCode.ActionRefused, `instance ${inst.id} is fenced`, 'instance');
+    // One left by a control that stopped is ended here first (settle), not waited for.
+    if (this.running.has(name) || (await this.list(name)).some(unfinished))
+      throw new SfError(ErrorCode.ActionRefused, `a move of ${name} is already in progress`, 'name');
     const cells = await this.directory.snapshot();
     const target = cells.get(to);
     if (!target?.alive || !target.record)
@@ -223,8 +279,6 @@ export class VolumeMover {
         `instance ${inst.id} is not running on a live cell (cell ${inst.cell} ${source?.alive ? 'alive' : 'not alive'}, instance ${actual?.state ?? 'not reported'})`,
         'instance',
       );
-    if (this.running.has(name) || (await this.list(name)).some((m) => !['done', 'failed'].includes(m.state)))
-      throw new SfError(ErrorCode.ActionRefused, `a move of ${name} is already in progress`, 'name');
     const move: MoveRecord = {
       id: newSnapshotId(`move-${name}`),
       service: name,
@@ -245,12 +299,24 @@ export class VolumeMover {
       error: null,
       startedAt: Date.now(),
       finishedAt: null,
+      runner: this.runner,
+      heartbeatAt: Date.now(),
     };
     await this.save(move);
     await this.event(move, 'volume-move-started', `moving ${inst.role} ${inst.id} from ${inst.cell} to ${to}`);
     this.running.add(name);
-    void this.run(move, options).finally(() => this.running.delete(name));
-    return move;
+    // The record is the move's own object: a beat saves its latest state with the time.
+    const beat = setInterval(() => {
+      if (!unfinished(move)) return;
+      move.heartbeatAt = Date.now();
+      this.save(move).catch(() => undefined);
+    }, MOVE_HEARTBEAT_MS);
+    beat.unref();
+    void this.run(move, options).finally(() => {
+      clearInterval(beat);
+      this.running.delete(name);
+    });
+    return { ...move };
   }
 
   /**
