@@ -5,7 +5,7 @@
  */
 import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { ErrorCode, SfError, bearerAccepted, bearerRequiredBody } from '../common';
+import { ErrorCode, PROCESS_METRICS_SETTINGS, SfError, bearerAccepted, bearerRequiredBody } from '../common';
 import type { ActualInstance } from '../protocol';
 
 /** What the collectors read from the agent. */
@@ -25,7 +25,7 @@ export class CellMetrics {
   private readonly copiedBytes: Counter;
 
   constructor(source: CellMetricsSource) {
-    collectDefaultMetrics({ register: this.registry, prefix: 'sf_cell_' });
+    collectDefaultMetrics({ register: this.registry, prefix: 'sf_cell_', ...PROCESS_METRICS_SETTINGS });
     const registers = [this.registry];
     this.orders = new Counter({
       name: 'sf_cell_orders_total',

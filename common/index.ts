@@ -6,5 +6,6 @@ export * from './https-fetch';
 export * from './logger';
 export * from './options';
 export * from './platform-ca';
+export * from './process-metrics';
 export * from './redis-connection';
 export * from './redis-credentials';

@@ -5,6 +5,7 @@
  * passes down; nothing on a request path awaits prom-client.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { PROCESS_METRICS_SETTINGS } from '../common';
 import type { FencingHistoryLike } from './failover/fencing-coordinator';
 import type { CellSnapshot } from './services/cell-directory';
 import type { ServiceRecord } from './services/service-types';
@@ -32,7 +33,7 @@ export class ControlMetrics {
   private isLeader = false;
 
   constructor() {
-    collectDefaultMetrics({ register: this.registry, prefix: 'sf_control_' });
+    collectDefaultMetrics({ register: this.registry, prefix: 'sf_control_', ...PROCESS_METRICS_SETTINGS });
     const registers = [this.registry];
     this.passes = new Counter({
       name: 'sf_control_reconcile_passes_total',

@@ -3,6 +3,7 @@
  * scrape time (collect callbacks), so the relay path never touches prom-client.
  */
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { PROCESS_METRICS_SETTINGS } from '../common';
 import type { Router } from './router';
 import type { RouteStats } from './route-stats';
 
@@ -80,7 +81,8 @@ const ROUTE_COUNTERS: Array<{ name: string; help: string; field: CounterField }>
 
 export function createRouterMetrics(router: Router, withProcessMetrics = true): Registry {
   const registry = new Registry();
-  if (withProcessMetrics) collectDefaultMetrics({ register: registry, prefix: 'sf_router_' });
+  if (withProcessMetrics)
+    collectDefaultMetrics({ register: registry, prefix: 'sf_router_', ...PROCESS_METRICS_SETTINGS });
   let snapshot: RouteStats[] = [];
   const refresh = (): RouteStats[] => (snapshot = router.routeStats());
 
