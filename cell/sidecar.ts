@@ -20,6 +20,7 @@ import type { SidecarActual, SidecarKind } from '../protocol';
 import type { EngineContext } from './engine';
 import { findBinary, type RunAs } from './run-command';
 import { engineTlsPaths } from './engine-tls';
+import { redisSocketPath } from './engine-redis';
 
 export interface SidecarDefinition {
   kind: SidecarKind;
@@ -65,10 +66,16 @@ export const SIDECARS: Record<SidecarKind, SidecarDefinition> = {
     launch(ctx, listen, secretFile) {
       const user = monitoringUser(ctx);
       if (user instanceof Error) return { error: user.message };
-      // An engine serving TLS (its CA copy is in the volume) is verified against the platform CA.
+      // The engine's unix socket when it has one (redisSocketPath says why); else TCP, and an
+      // engine serving TLS (its CA copy is in the volume) is verified against the platform CA,
+      // which works where the engine listens on an address its certificate names (loopback).
+      const socket = redisSocketPath(ctx.dataDir);
       const ca = engineTlsPaths(ctx.volumeDir).ca;
-      const tls = ctx.spec.tls === true && existsSync(ca);
-      const addr = `${tls ? 'rediss' : 'redis'}://${hostPort(engineHost(ctx), ctx.port)}`;
+      const viaSocket = socket !== undefined && existsSync(socket);
+      const tls = !viaSocket && ctx.spec.tls === true && existsSync(ca);
+      const addr = viaSocket
+        ? `unix://${socket}`
+        : `${tls ? 'rediss' : 'redis'}://${hostPort(engineHost(ctx), ctx.port)}`;
       return {
         args: [],
         env: {

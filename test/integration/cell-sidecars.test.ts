@@ -11,6 +11,8 @@ import { promisify } from 'node:util';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import type { InstanceCredentials } from '../../protocol/cell-protocol';
+import path from 'node:path';
+import { PlatformCa } from '../../common';
 import { CellInstances } from '../../cell/cell-instances';
 import { DockerApi } from '../../cell/docker-api';
 import { withMonitoringUser } from '../../cell/engine-credentials';
@@ -57,8 +59,8 @@ async function checkNoPassword(suite: Suite, h: InstanceHandle, kind: string): P
   if (sidecar.pid) expect((await stat(`/proc/${sidecar.pid}`)).uid).to.equal(secrets.uid);
 }
 
-async function metrics(port: number): Promise<string> {
-  const res = await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(5_000) });
+async function metrics(port: number, host = '127.0.0.1'): Promise<string> {
+  const res = await fetch(`http://${host}:${port}/metrics`, { signal: AbortSignal.timeout(5_000) });
   expect(res.status).to.equal(200);
   return res.text();
 }
@@ -75,12 +77,18 @@ function sidecarOf(handle: InstanceHandle): { port: number; pid: number | null }
   return (handle.sidecars ?? [])[0];
 }
 
+/** Where a cell's instances listen and what its engines serve, when not the defaults. */
+interface CellOptions {
+  listenHost: string;
+  engines: ReturnType<typeof createEngineRegistry>;
+}
+
 interface Suite {
   name: string;
   /** Null when the executor cannot run here (the suite skips, saying why). */
   setUp(): Promise<string | null>;
   tearDown(): Promise<void>;
-  make(dataDir: string, portRange: { from: number; to: number }): Executor;
+  make(dataDir: string, portRange: { from: number; to: number }, cell?: CellOptions): Executor;
   /** `docker inspect` of an instance's sidecar container, as JSON text (docker only). */
   inspectSidecar?(instanceId: string): Promise<string | undefined>;
 }
@@ -222,6 +230,59 @@ function sidecarSuite(suite: Suite): void {
       expect(await metrics(sidecarOf(replica).port)).to.match(/^pg_static\{.*\} 1$/m);
     });
 
+    it('exports a TLS-only redis on an address its certificate does not name, through its unix socket', async () => {
+      // The service's certificate names the service and loopback's usual address, not the one
+      // this cell listens on (as on a cell with its own address): a TCP client verifying it by
+      // address fails, and the exporter has no option to expect another name.
+      const ca = await PlatformCa.open(path.join(cell.dir, 'ca'));
+      const cellCert = await ca.ensure('cell', ['localhost', '127.0.0.1']);
+      const serviceCert = await ca.ensure('service-svc', ['svc', '127.0.0.1']);
+      const listenHost = '127.0.0.2';
+      const tlsCell = suite.make(cell.dir, range, {
+        listenHost,
+        engines: createEngineRegistry({
+          redis: { tls: { certFile: cellCert.certFile, keyFile: cellCert.keyFile, caFile: ca.certFile } },
+        }),
+      });
+      try {
+        const h = await tlsCell.start(
+          spec({
+            instanceId: 'r-tls',
+            engine: 'redis',
+            credentials: CREDS,
+            sidecars: ['redis-exporter'],
+            tls: true,
+            tlsCertificate: { certFile: serviceCert.certFile, keyFile: serviceCert.keyFile },
+          }),
+        );
+        const sidecar = sidecarOf(h);
+        const text = await eventually(
+          async () => {
+            const t = await metrics(sidecar.port, listenHost);
+            return /^redis_up 1$/m.test(t) ? t : undefined;
+          },
+          30_000,
+          `redis_up 1 from the exporter of ${h.instanceId}`,
+        );
+        expect(text).to.match(/^redis_instance_info\{.*role="master"/m);
+        // The engine still refuses plaintext on its port: TLS only there.
+        const plain = new Redis({ host: listenHost, port: h.port, lazyConnect: true, maxRetriesPerRequest: 0 });
+        plain.on('error', () => undefined);
+        const refused = await plain
+          .connect()
+          .then(() => plain.ping())
+          .then(
+            () => 'answered',
+            (e: Error) => e.message,
+          );
+        plain.disconnect();
+        expect(refused).to.not.equal('answered');
+        await checkNoPassword(suite, h, 'redis-exporter');
+      } finally {
+        for (const h of tlsCell.handles()) await tlsCell.kill(h.instanceId);
+      }
+    });
+
     it('stops the sidecars with the instance, whether killed or stopped', async () => {
       const killed = await executor.start(
         spec({ instanceId: 'r-kill', engine: 'redis', credentials: CREDS, sidecars: ['redis-exporter'] }),
@@ -325,7 +386,7 @@ sidecarSuite({
     return null;
   },
   async tearDown() {},
-  make: (dataDir, portRange) => new ProcessExecutor({ dataDir, portRange }),
+  make: (dataDir, portRange, cell) => new ProcessExecutor({ dataDir, portRange, ...cell }),
 });
 
 let socketPath = '';
@@ -339,7 +400,7 @@ sidecarSuite({
     return null;
   },
   tearDown: () => releaseDockerDaemon(),
-  make: (dataDir, portRange) => new DockerExecutor({ dataDir, portRange, docker: { socketPath } }),
+  make: (dataDir, portRange, cell) => new DockerExecutor({ dataDir, portRange, docker: { socketPath }, ...cell }),
   async inspectSidecar(instanceId) {
     const api = new DockerApi({ socketPath });
     const filters = encodeURIComponent(JSON.stringify({ label: [`sf.sidecar-of=${instanceId}`] }));
