@@ -22,6 +22,7 @@ import { createEngineRegistry, type EngineRegistry } from './engine-registry';
 import { ErrorCode, SfError, createLogger, errorMessageOf } from '../common';
 import {
   startOnce,
+  InstanceTracker,
   type ExitListener,
   type Executor,
   type InstanceHandle,
@@ -103,12 +104,11 @@ class Phases {
   }
 }
 
-export class DockerExecutor implements Executor {
+export class DockerExecutor extends InstanceTracker<Tracked> implements Executor {
   readonly kind = 'docker' as const;
   private readonly api: DockerApi;
   private readonly engines: EngineRegistry;
   private readonly ports: PortAllocator;
-  private readonly tracked = new Map<string, Tracked>();
   private readonly starting = new Map<string, Promise<InstanceHandle>>();
   private readonly listeners = new Set<ExitListener>();
   private readonly users = new Map<string, Promise<RunAs>>();
@@ -121,6 +121,7 @@ export class DockerExecutor implements Executor {
   private readonly log = createLogger('executor-docker', { destination: 'stderr' });
 
   constructor(private readonly options: DockerExecutorOptions) {
+    super();
     this.api = new DockerApi(options.docker);
     this.engines = options.engines ?? createEngineRegistry();
     this.dataDir = path.resolve(options.dataDir);
@@ -459,19 +460,6 @@ export class DockerExecutor implements Executor {
       throw new SfError(ErrorCode.FenceFailed, `docker kill of ${instanceId} failed (${res.status})`);
     await t.exited;
     await this.sidecars.stop(instanceId);
-  }
-
-  status(instanceId: string): InstanceStatus {
-    return this.tracked.get(instanceId)?.status ?? { state: 'unknown', pid: null, exitCode: null, signal: null };
-  }
-
-  handle(instanceId: string): InstanceHandle | undefined {
-    const t = this.tracked.get(instanceId);
-    return t && t.status.state === 'running' ? t.handle : undefined;
-  }
-
-  handles(): InstanceHandle[] {
-    return [...this.tracked.values()].filter((t) => t.status.state === 'running').map((t) => t.handle);
   }
 
   /**

@@ -17,6 +17,7 @@ import { createEngineRegistry, type EngineRegistry } from './engine-registry';
 import { ErrorCode, SfError, withDefaults } from '../common';
 import {
   startOnce,
+  InstanceTracker,
   type ExitListener,
   type Executor,
   type InstanceHandle,
@@ -97,16 +98,16 @@ async function logTail(file: string, bytes = 1200): Promise<string> {
   }
 }
 
-export class ProcessExecutor implements Executor {
+export class ProcessExecutor extends InstanceTracker<Tracked> implements Executor {
   readonly kind = 'process' as const;
   private readonly opts: Required<Omit<ProcessExecutorOptions, 'advertiseHost'>> & { advertiseHost: string };
   private readonly ports: PortAllocator;
-  private readonly tracked = new Map<string, Tracked>();
   private readonly starting = new Map<string, Promise<InstanceHandle>>();
   private readonly listeners = new Set<ExitListener>();
   private readonly sidecars: ProcessSidecars;
 
   constructor(options: ProcessExecutorOptions) {
+    super();
     const listenHost = options.listenHost ?? DEFAULT_PROCESS_EXECUTOR_OPTIONS.listenHost;
     this.opts = withDefaults(
       { ...DEFAULT_PROCESS_EXECUTOR_OPTIONS, engines: options.engines ?? createEngineRegistry() },
@@ -338,19 +339,6 @@ export class ProcessExecutor implements Executor {
     }
     await tracked.exited;
     await this.sidecars.stop(instanceId);
-  }
-
-  status(instanceId: string): InstanceStatus {
-    return this.tracked.get(instanceId)?.status ?? { state: 'unknown', pid: null, exitCode: null, signal: null };
-  }
-
-  handle(instanceId: string): InstanceHandle | undefined {
-    const tracked = this.tracked.get(instanceId);
-    return tracked && tracked.status.state === 'running' ? tracked.handle : undefined;
-  }
-
-  handles(): InstanceHandle[] {
-    return [...this.tracked.values()].filter((t) => t.status.state === 'running').map((t) => t.handle);
   }
 
   async adopt(): Promise<InstanceHandle[]> {

@@ -85,3 +85,27 @@ export function startOnce(
   }
   return attempt;
 }
+
+/** What both executors keep per instance that the status queries read. */
+export interface TrackedInstance {
+  handle: InstanceHandle;
+  status: InstanceStatus;
+}
+
+/** `Executor.status`, `handle` and `handles` over the instances an executor tracks. */
+export abstract class InstanceTracker<T extends TrackedInstance> {
+  protected readonly tracked = new Map<string, T>();
+
+  status(instanceId: string): InstanceStatus {
+    return this.tracked.get(instanceId)?.status ?? { state: 'unknown', pid: null, exitCode: null, signal: null };
+  }
+
+  handle(instanceId: string): InstanceHandle | undefined {
+    const t = this.tracked.get(instanceId);
+    return t && t.status.state === 'running' ? t.handle : undefined;
+  }
+
+  handles(): InstanceHandle[] {
+    return [...this.tracked.values()].filter((t) => t.status.state === 'running').map((t) => t.handle);
+  }
+}

@@ -410,19 +410,7 @@ export class FencingSequence {
       if (!pause.paused && !pause.stopped) {
         stopSent = true;
         const stopped = await steps.rejoin.stop(primary.cell, primary.id);
-        if (!stopped?.ok)
-          throw new SfError(
-            ErrorCode.OrderFailed,
-            `the old primary ${primary.id} did not stop: ${stopped?.error?.message ?? 'no answer in time'}`,
-          );
-        await op.record({
-          step: 'stop',
-          outcome: 'ok',
-          instanceId: primary.id,
-          cell: primary.cell,
-          epoch,
-          message: `${primary.id} stopped cleanly; no writer until ${chosen.instanceId} is promoted`,
-        });
+        await this.recordStop(op, primary, epoch, stopped, { promoted: chosen.instanceId, needPosition: false });
       }
       promotion = await this.promoteReplica(op, chosen.instanceId, true, how.retire);
     } catch (err) {
@@ -516,24 +504,40 @@ export class FencingSequence {
     // Stopped at once: a clean stop leaves every acknowledged write below the position it reports
     // (the server's last checkpoint, written at the shutdown); without one the target cannot be
     // shown to hold everything, and the switchover is abandoned (the old primary restarted).
-    const stopValue = stopped?.ok ? stopped.data?.positionValue : undefined;
-    const stopGoal = positionOf(stopValue);
-    if (!stopped?.ok || stopGoal === null)
+    const stopGoal = await this.recordStop(op, primary, epoch, stopped, { promoted: 'the target', needPosition: true });
+    return { paused: false, stopped: true, goal: stopGoal };
+  }
+
+  /**
+   * Records the old primary's clean stop, or throws when it did not stop (or stopped without the
+   * position a catch-up needs as its goal). Returns the position it reported, if any.
+   */
+  private async recordStop(
+    op: FencingOperation,
+    primary: InstanceRecord,
+    epoch: number,
+    stopped: OrderResult | undefined,
+    how: { promoted: string; needPosition: boolean },
+  ): Promise<bigint | null> {
+    const value = stopped?.ok ? stopped.data?.positionValue : undefined;
+    const position = positionOf(value);
+    if (!stopped?.ok || (how.needPosition && position === null))
       throw new SfError(
         ErrorCode.OrderFailed,
         stopped?.ok
           ? `the old primary ${primary.id} stopped without reporting its position`
           : `the old primary ${primary.id} did not stop: ${stopped?.error?.message ?? 'no answer in time'}`,
       );
+    const at = how.needPosition ? ` at position ${value ?? '?'}` : '';
     await op.record({
       step: 'stop',
       outcome: 'ok',
       instanceId: primary.id,
       cell: primary.cell,
       epoch,
-      message: `${primary.id} stopped cleanly at position ${stopValue ?? '?'}; no writer until the target is promoted`,
+      message: `${primary.id} stopped cleanly${at}; no writer until ${how.promoted} is promoted`,
     });
-    return { paused: false, stopped: true, goal: stopGoal };
+    return position;
   }
 
   /**
