@@ -2,7 +2,7 @@ import { rm } from 'node:fs/promises';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import { ErrorCode, isSfError } from '../../common/errors';
-import { fencedCommit } from '../../control/leader/fenced-commit';
+import { fencedCommit, type LeaderFence } from '../../control/leader/fenced-commit';
 import { LeaderElector } from '../../control/leader/leader-elector';
 import { DegradedFailoverCoordinator, RouteEmitter, ServiceStore, type ServiceView } from '../../control/services';
 import type { CellSnapshot } from '../../control/services/cell-directory';
@@ -199,21 +199,84 @@ describe('leader election', function () {
       await redis.stop();
     });
 
+    const elector = (holderId: string, ttlMs = 5_000): LeaderElector =>
+      new LeaderElector(conn, {
+        lockKey: keys.leaderLock,
+        tokenKey: keys.leaderToken,
+        holderId,
+        ttlMs,
+        renewMs: 10_000,
+      });
+    const lead = async (holderId: string): Promise<{ elector: LeaderElector; fence: LeaderFence }> => {
+      const e = elector(holderId);
+      await e.tick();
+      return { elector: e, fence: e.current()! };
+    };
+    /** Route and service stores and a reconciler over them, without the records earlier tests left ('{}'). */
+    const convergence = async () => {
+      await conn.del(keys.services);
+      const groups = new RouterGroupStore(conn, keys);
+      const group = await groups.ensureDefault();
+      const routes = new TcpRouteStore(conn, keys, groups);
+      const emitter = new RouteEmitter(groups, routes);
+      const store = new ServiceStore(conn, keys);
+      const reconciler = new ServiceReconciler(store, emitter, new DegradedFailoverCoordinator());
+      const firstPort = Number(/^(\d+)/.exec(group.reservable_ports)![1]);
+      return { group, routes, emitter, store, reconciler, firstPort };
+    };
+    /** A one-instance Redis service's record, written by the leader holding `token`. */
+    const serviceRecord = (
+      name: string,
+      at: { port: number; cell: string; zone: string },
+      status: 'starting' | 'running',
+      group: { name: string; guid: string },
+      token: number,
+    ): ServiceRecord =>
+      ({
+        name,
+        engine: 'redis',
+        replicas: 0,
+        volume: { sizeMb: 16 },
+        routerGroup: group.name,
+        routerGroupGuid: group.guid,
+        port: at.port,
+        status,
+        message: null,
+        epoch: 1,
+        instances: [
+          {
+            id: `${name}-0`,
+            cell: at.cell,
+            zone: at.zone,
+            role: 'primary',
+            epoch: 1,
+            generation: 0,
+            specWritten: true,
+            placedAt: 0,
+          },
+        ],
+        nextIndex: 1,
+        leaderToken: token,
+        createdAt: 0,
+        updatedAt: 0,
+      }) as unknown as ServiceRecord;
+    /** A service's healthy primary as its cell reports it. */
+    const primaryReport = (name: string, port: number): ActualInstance =>
+      ({
+        instanceId: `${name}-0`,
+        state: 'running',
+        generation: 0,
+        host: '127.0.0.1',
+        port,
+        role: 'primary',
+        epoch: 1,
+        healthy: true,
+        leaseHeld: true,
+      }) as ActualInstance;
+
     it("rejects a stale leader's write once a newer leader holds the lock", async () => {
-      const a = new LeaderElector(conn, {
-        lockKey: keys.leaderLock,
-        tokenKey: keys.leaderToken,
-        holderId: 'a',
-        ttlMs: 300,
-        renewMs: 10_000,
-      });
-      const b = new LeaderElector(conn, {
-        lockKey: keys.leaderLock,
-        tokenKey: keys.leaderToken,
-        holderId: 'b',
-        ttlMs: 5_000,
-        renewMs: 10_000,
-      });
+      const a = elector('a', 300);
+      const b = elector('b');
       await a.tick();
       const staleFence = a.current()!;
       expect(staleFence.token).to.equal(1);
@@ -254,15 +317,7 @@ describe('leader election', function () {
     });
 
     it('commits several records in one fenced write: the version moves by their number, one change message each', async () => {
-      const elector = new LeaderElector(conn, {
-        lockKey: keys.leaderLock,
-        tokenKey: keys.leaderToken,
-        holderId: 'c',
-        ttlMs: 5_000,
-        renewMs: 10_000,
-      });
-      await elector.tick();
-      const fence = elector.current()!;
+      const { elector: leader, fence } = await lead('c');
       const writer = new ServiceStore(conn, keys);
       const reader = new ServiceStore(conn, keys);
       const sub = new Redis(redis.url);
@@ -313,78 +368,20 @@ describe('leader election', function () {
         expect(await conn.hexists(keys.services, 'm4')).to.equal(0);
       } finally {
         sub.disconnect();
-        await elector.stop();
+        await leader.stop();
       }
     });
 
     it('marks started services running many to a commit: their routes in one write, one change message per record; the recheck reads their routes at once; a deposed leader commits nothing', async () => {
-      const elector = new LeaderElector(conn, {
-        lockKey: keys.leaderLock,
-        tokenKey: keys.leaderToken,
-        holderId: 'd',
-        ttlMs: 5_000,
-        renewMs: 10_000,
-      });
-      await elector.tick();
-      const fence = elector.current()!;
-      // The tests above leave records that are not whole services ('{}').
-      await conn.del(keys.services);
-      const groups = new RouterGroupStore(conn, keys);
-      const group = await groups.ensureDefault();
-      const routes = new TcpRouteStore(conn, keys, groups);
-      const store = new ServiceStore(conn, keys);
-      const reconciler = new ServiceReconciler(
-        store,
-        new RouteEmitter(groups, routes),
-        new DegradedFailoverCoordinator(),
-      );
-      const firstPort = Number(/^(\d+)/.exec(group.reservable_ports)![1]);
+      const { elector: leader, fence } = await lead('d');
+      const { group, routes, store, reconciler, firstPort } = await convergence();
       const names = ['r1', 'r2', 'r3', 'r4', 'r5'];
       const cellRecord = { name: 'c1', zone: 'z1', capacityMb: 4096, heartbeatTtlMs: 3_000 } as CellRecord;
       const actual = new Map<string, ActualInstance>();
-      names.forEach((name, i) => {
-        actual.set(`${name}-0`, {
-          instanceId: `${name}-0`,
-          state: 'running',
-          generation: 0,
-          host: '127.0.0.1',
-          port: 30_000 + i,
-          role: 'primary',
-          epoch: 1,
-          healthy: true,
-          leaseHeld: true,
-        } as ActualInstance);
-      });
+      names.forEach((name, i) => actual.set(`${name}-0`, primaryReport(name, 30_000 + i)));
       const cells = new Map<string, CellSnapshot>([['c1', { name: 'c1', alive: true, record: cellRecord, actual }]]);
       const starting = (name: string, i: number): ServiceRecord =>
-        ({
-          name,
-          engine: 'redis',
-          replicas: 0,
-          volume: { sizeMb: 16 },
-          routerGroup: group.name,
-          routerGroupGuid: group.guid,
-          port: firstPort + i,
-          status: 'starting',
-          message: null,
-          epoch: 1,
-          instances: [
-            {
-              id: `${name}-0`,
-              cell: 'c1',
-              zone: 'z1',
-              role: 'primary',
-              epoch: 1,
-              generation: 0,
-              specWritten: true,
-              placedAt: 0,
-            },
-          ],
-          nextIndex: 1,
-          leaderToken: fence.token,
-          createdAt: 0,
-          updatedAt: 0,
-        }) as unknown as ServiceRecord;
+        serviceRecord(name, { port: firstPort + i, cell: 'c1', zone: 'z1' }, 'starting', group, fence.token);
       for (const [i, name] of names.entries())
         await store.change(name, null, async () => ({ change: { record: starting(name, i) }, result: undefined }));
 
@@ -441,43 +438,19 @@ describe('leader election', function () {
         expect(heard).to.have.length(3);
       } finally {
         sub.disconnect();
-        await elector.stop();
+        await leader.stop();
       }
     });
 
     it('tears down deleting services many to a commit: routes in one write, one notice per cell, records gone once stopped; confirms settled-looking services without writing; a deposed leader removes and commits nothing', async () => {
-      const elector = new LeaderElector(conn, {
-        lockKey: keys.leaderLock,
-        tokenKey: keys.leaderToken,
-        holderId: 'e',
-        ttlMs: 5_000,
-        renewMs: 10_000,
-      });
-      await elector.tick();
-      const fence = elector.current()!;
-      await conn.del(keys.services);
-      const groups = new RouterGroupStore(conn, keys);
-      const group = await groups.ensureDefault();
-      const routes = new TcpRouteStore(conn, keys, groups);
-      const emitter = new RouteEmitter(groups, routes);
-      const store = new ServiceStore(conn, keys);
-      const reconciler = new ServiceReconciler(store, emitter, new DegradedFailoverCoordinator());
-      const firstPort = Number(/^(\d+)/.exec(group.reservable_ports)![1]) + 100;
+      const { elector: leader, fence } = await lead('e');
+      const setUp = await convergence();
+      const { group, routes, emitter, store, reconciler } = setUp;
+      const firstPort = setUp.firstPort + 100;
       // d1-d3 on cell c1, d4 and d5 on c2.
       const names = ['d1', 'd2', 'd3', 'd4', 'd5'];
       const cellOf = (name: string): string => (['d4', 'd5'].includes(name) ? 'c2' : 'c1');
-      const report = (name: string, i: number): ActualInstance =>
-        ({
-          instanceId: `${name}-0`,
-          state: 'running',
-          generation: 0,
-          host: '127.0.0.1',
-          port: 31_000 + i,
-          role: 'primary',
-          epoch: 1,
-          healthy: true,
-          leaseHeld: true,
-        }) as ActualInstance;
+      const report = (name: string, i: number): ActualInstance => primaryReport(name, 31_000 + i);
       const cellsWith = (reported: string[]): Map<string, CellSnapshot> =>
         new Map(
           ['c1', 'c2'].map((c) => [
@@ -496,34 +469,13 @@ describe('leader election', function () {
           ]),
         );
       const running = (name: string, i: number): ServiceRecord =>
-        ({
+        serviceRecord(
           name,
-          engine: 'redis',
-          replicas: 0,
-          volume: { sizeMb: 16 },
-          routerGroup: group.name,
-          routerGroupGuid: group.guid,
-          port: firstPort + i,
-          status: 'running',
-          message: null,
-          epoch: 1,
-          instances: [
-            {
-              id: `${name}-0`,
-              cell: cellOf(name),
-              zone: cellOf(name),
-              role: 'primary',
-              epoch: 1,
-              generation: 0,
-              specWritten: true,
-              placedAt: 0,
-            },
-          ],
-          nextIndex: 1,
-          leaderToken: fence.token,
-          createdAt: 0,
-          updatedAt: 0,
-        }) as unknown as ServiceRecord;
+          { port: firstPort + i, cell: cellOf(name), zone: cellOf(name) },
+          'running',
+          group,
+          fence.token,
+        );
       const cells = cellsWith(names);
       for (const [i, name] of names.entries()) {
         await store.change(name, null, async () => ({ change: { record: running(name, i) }, result: undefined }));
@@ -646,7 +598,7 @@ describe('leader election', function () {
         expect(Number(await conn.get(keys.servicesVersion))).to.equal(before + 1);
       } finally {
         sub.disconnect();
-        await elector.stop();
+        await leader.stop();
       }
     });
   });
