@@ -283,6 +283,7 @@ export class CellAgent {
       listenHost,
       advertiseHost: this.opts.advertiseHost,
       engines: this.engines,
+      ...(options.tls ? { tls: options.tls } : {}),
     };
     this.executors = options.executors ?? { process: new ProcessExecutor(common), docker: new DockerExecutor(common) };
     this.snapshots = new SnapshotStore(this.dataDir);

@@ -30,12 +30,20 @@ export function engineTlsPaths(volumeDir: string): EngineTlsPaths {
 }
 
 /** Copies the cell's files into the instance's volume, the key readable by its owner only. */
-export async function copyEngineTlsFiles(
+export function copyEngineTlsFiles(
   tls: EngineTlsFiles,
   volumeDir: string,
   runAs: RunAs | undefined,
 ): Promise<EngineTlsPaths> {
-  const files = engineTlsPaths(volumeDir);
+  return copyTlsFiles(tls, engineTlsPaths(volumeDir), runAs);
+}
+
+/** Copies certificate, key and CA to `files`, the key readable by `runAs` (or the cell) only. */
+export async function copyTlsFiles(
+  tls: EngineTlsFiles,
+  files: EngineTlsPaths,
+  runAs: RunAs | undefined,
+): Promise<EngineTlsPaths> {
   await mkdir(files.dir, { recursive: true, mode: 0o700 });
   await copyFile(tls.certFile, files.cert);
   await copyFile(tls.caFile, files.ca);

@@ -18,6 +18,7 @@ import { appendFile, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { EngineKind, InstanceSpec, SidecarActual } from '../protocol';
 import type { Availability, EngineContext } from './engine';
+import type { EngineTlsFiles } from './engine-tls';
 import { createEngineRegistry, type EngineRegistry } from './engine-registry';
 import { ErrorCode, SfError, createLogger, errorMessageOf } from '../common';
 import {
@@ -48,6 +49,8 @@ export interface DockerExecutorOptions {
   /** Image per engine. @default DEFAULT_DOCKER_IMAGES */
   images?: Partial<Record<EngineKind, string>>;
   engines?: EngineRegistry;
+  /** The cell's certificate (docs/tls.md): sidecars serve HTTPS with it to clients with a certificate. */
+  tls?: EngineTlsFiles;
   docker?: DockerApiOptions;
   /** @default 120000 */
   startTimeoutMs?: number;
@@ -133,6 +136,7 @@ export class DockerExecutor extends InstanceTracker<Tracked> implements Executor
       api: this.api,
       ports: this.ports,
       listenHost: this.listenHost,
+      tls: options.tls,
       cellDataDir: this.dataDir,
       image: (ctx) => this.image(ctx.spec.engine),
       containerName: (id) => this.containerName(id),

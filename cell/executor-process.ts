@@ -12,6 +12,7 @@ import { chmod, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { InstanceSpec, SidecarActual as SidecarHandle } from '../protocol';
 import type { Availability, Engine, EngineContext } from './engine';
+import type { EngineTlsFiles } from './engine-tls';
 import type { RunAs } from './run-command';
 import { createEngineRegistry, type EngineRegistry } from './engine-registry';
 import { ErrorCode, SfError, withDefaults } from '../common';
@@ -48,6 +49,8 @@ export interface ProcessExecutorOptions {
   advertiseHost?: string;
   /** @default createEngineRegistry() */
   engines?: EngineRegistry;
+  /** The cell's certificate (docs/tls.md): sidecars serve HTTPS with it to clients with a certificate. */
+  tls?: EngineTlsFiles;
   /** How long an engine may take to answer its first health check. @default 120000 */
   startTimeoutMs?: number;
   /** @default 15000 */
@@ -119,7 +122,7 @@ export class ProcessExecutor extends InstanceTracker<Tracked> implements Executo
       },
     ) as ProcessExecutor['opts'];
     this.ports = new PortAllocator(this.opts.portRange, listenHost);
-    this.sidecars = new ProcessSidecars({ ports: this.ports, listenHost });
+    this.sidecars = new ProcessSidecars({ ports: this.ports, listenHost, tls: options.tls });
   }
 
   async available(): Promise<Availability> {

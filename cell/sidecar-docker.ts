@@ -10,14 +10,14 @@ import { appendFile } from 'node:fs/promises';
 import type { SidecarKind } from '../protocol';
 import { demuxDockerStream, type DockerApi } from './docker-api';
 import type { EngineContext } from './engine';
+import type { EngineTlsFiles } from './engine-tls';
 import type { PortAllocator } from './port-allocator';
 import type { RunAs } from './run-command';
 import {
   SIDECARS,
   sidecarLogName,
-  sidecarSecretFile,
+  prepareSidecar,
   waitListening,
-  writeSidecarSecret,
   type SidecarHandle,
   type SidecarRunner,
 } from './sidecar';
@@ -30,6 +30,8 @@ export interface DockerSidecarOptions {
   api: DockerApi;
   ports: PortAllocator;
   listenHost: string;
+  /** The cell's certificate: sidecars serve HTTPS with it and require a client certificate. */
+  tls?: EngineTlsFiles;
   /** The cell's data directory, as labelled on its containers. */
   cellDataDir: string;
   /** The engine's image for an instance's engine. */
@@ -70,17 +72,15 @@ export class DockerSidecars implements SidecarRunner {
           () => undefined,
         );
       await api.call('DELETE', `/containers/${name}?force=true`).catch(() => undefined);
-      const secretFile = sidecarSecretFile(ctx.volumeDir, kind);
       const port = await ports.allocate(previous.find((p) => p.kind === kind)?.port);
-      const launch = def.launch(ctx, { host: listenHost, port }, secretFile);
+      // The volume is bind-mounted at the same path: the container reads the files the cell wrote.
+      const launch = await prepareSidecar(def, ctx, { host: listenHost, port }, owner, this.options.tls);
       if (launch.error !== undefined) {
         ports.release(port);
         await note(`${kind} not started: ${launch.error}`);
         continue;
       }
       const { args, env } = launch;
-      // The volume is bind-mounted at the same path: the container reads the file the cell wrote.
-      await writeSidecarSecret(secretFile, launch.secret, owner);
       const created = await api.call('POST', `/containers/create?name=${encodeURIComponent(name)}`, {
         Image: this.options.image(ctx),
         Entrypoint: [def.binary],
@@ -93,6 +93,7 @@ export class DockerSidecars implements SidecarRunner {
           [LABEL_SIDECAR_OF]: id,
           [LABEL_SIDECAR_CELL_DIR]: this.options.cellDataDir,
           'sf.sidecar-port': String(port),
+          ...(this.options.tls ? { 'sf.sidecar-tls': '1' } : {}),
         },
         HostConfig: {
           NetworkMode: 'host',
@@ -121,7 +122,7 @@ export class DockerSidecars implements SidecarRunner {
       }
       const inspected = await api.call('GET', `/containers/${containerId}/json`);
       const pid = (inspected.body as { State?: { Pid?: number } } | undefined)?.State?.Pid ?? null;
-      list.push({ kind, port, pid });
+      list.push({ kind, port, pid, ...(this.options.tls ? { tls: true } : {}) });
     }
     return [...list];
   }
@@ -189,7 +190,7 @@ export class DockerSidecars implements SidecarRunner {
       }
       this.options.ports.reserve(port);
       const pid = recorded.find((r) => r.kind === kind)?.pid ?? null;
-      list.push({ kind, port, pid });
+      list.push({ kind, port, pid, ...(c.Labels['sf.sidecar-tls'] === '1' ? { tls: true } : {}) });
     }
     this.running.set(id, list);
     return this.start(ctx, owner, recorded);

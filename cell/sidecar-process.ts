@@ -9,15 +9,15 @@ import { readFileSync } from 'node:fs';
 import { appendFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { EngineContext } from './engine';
+import type { EngineTlsFiles } from './engine-tls';
 import { alive, signalGroup, spawnDetached } from './process-group';
 import type { PortAllocator } from './port-allocator';
 import { findBinary, type RunAs } from './run-command';
 import {
   SIDECARS,
   sidecarLogName,
-  sidecarSecretFile,
+  prepareSidecar,
   waitListening,
-  writeSidecarSecret,
   type SidecarHandle,
   type SidecarRunner,
 } from './sidecar';
@@ -25,6 +25,8 @@ import {
 export interface ProcessSidecarOptions {
   ports: PortAllocator;
   listenHost: string;
+  /** The cell's certificate: sidecars serve HTTPS with it and require a client certificate. */
+  tls?: EngineTlsFiles;
   /** How long a sidecar may take to listen. @default 20000 */
   startTimeoutMs?: number;
 }
@@ -66,16 +68,14 @@ export class ProcessSidecars implements SidecarRunner {
         await note(`${def.binary} is not installed on this host (npm run setup installs it)`);
         continue;
       }
-      const secretFile = sidecarSecretFile(ctx.volumeDir, kind);
       const port = await this.options.ports.allocate(previous.find((p) => p.kind === kind)?.port);
-      const launch = def.launch(ctx, { host: this.options.listenHost, port }, secretFile);
+      const launch = await prepareSidecar(def, ctx, { host: this.options.listenHost, port }, owner, this.options.tls);
       if (launch.error !== undefined) {
         this.options.ports.release(port);
         await note(`${kind} not started: ${launch.error}`);
         continue;
       }
       const { args, env } = launch;
-      await writeSidecarSecret(secretFile, launch.secret, owner);
       const child = await spawnDetached({ file, args, logFile, env, user: owner });
       let exited = false;
       child.once('exit', () => {
@@ -95,7 +95,7 @@ export class ProcessSidecars implements SidecarRunner {
         await note(`${kind} did not listen on port ${port}`);
         continue;
       }
-      list.push({ handle: { kind, port, pid: child.pid }, child });
+      list.push({ handle: { kind, port, pid: child.pid, ...(this.options.tls ? { tls: true } : {}) }, child });
     }
     return list.map((r) => r.handle);
   }

@@ -19,7 +19,7 @@ import path from 'node:path';
 import type { SidecarActual, SidecarKind } from '../protocol';
 import type { EngineContext } from './engine';
 import { findBinary, type RunAs } from './run-command';
-import { engineTlsPaths } from './engine-tls';
+import { copyTlsFiles, engineTlsPaths, type EngineTlsFiles, type EngineTlsPaths } from './engine-tls';
 import { redisSocketPath } from './engine-redis';
 
 export interface SidecarDefinition {
@@ -31,12 +31,52 @@ export interface SidecarDefinition {
   /**
    * Arguments and environment (what to scrape, where to listen, the secrets file's name) and the
    * secret to write into `secretFile` before the start; `error` when it cannot run as it should.
+   * With `tls` the sidecar serves HTTPS with those files and requires a client certificate the
+   * platform CA signed.
    */
-  launch(ctx: EngineContext, listen: { host: string; port: number }, secretFile: string): SidecarLaunch;
+  launch(
+    ctx: EngineContext,
+    listen: { host: string; port: number },
+    secretFile: string,
+    tls?: SidecarTlsPaths,
+  ): SidecarLaunch;
 }
 
 export type SidecarLaunch =
-  { args: string[]; env: Record<string, string>; secret?: string; error?: undefined } | { error: string };
+  | {
+      args: string[];
+      env: Record<string, string>;
+      secret?: string;
+      /** Files the sidecar reads (its web configuration), written beside the secret. */
+      files?: Array<{ path: string; content: string }>;
+      error?: undefined;
+    }
+  | { error: string };
+
+/**
+ * The copies of the cell's certificate, key and the platform CA a sidecar serves HTTPS with, in
+ * the instance's volume: the sidecar runs as the engine's user (and on docker sees only the
+ * volume), and the cell's key is readable by the cell alone.
+ */
+export type SidecarTlsPaths = EngineTlsPaths;
+
+export function sidecarTlsPaths(volumeDir: string): SidecarTlsPaths {
+  const dir = path.join(volumeDir, 'sidecar-tls');
+  return { dir, cert: path.join(dir, 'server.crt'), key: path.join(dir, 'server.key'), ca: path.join(dir, 'ca.crt') };
+}
+
+/** postgres_exporter's web configuration: HTTPS, and only for clients with a certificate of the CA. */
+function exporterWebConfig(tls: SidecarTlsPaths): string {
+  return [
+    'tls_server_config:',
+    `  cert_file: ${JSON.stringify(tls.cert)}`,
+    `  key_file: ${JSON.stringify(tls.key)}`,
+    '  client_auth_type: RequireAndVerifyClientCert',
+    `  client_ca_file: ${JSON.stringify(tls.ca)}`,
+    '  min_version: TLS12',
+    '',
+  ].join('\n');
+}
 
 /**
  * The monitoring user, when the service has credentials. A service with credentials but no
@@ -63,7 +103,7 @@ export const SIDECARS: Record<SidecarKind, SidecarDefinition> = {
     kind: 'redis-exporter',
     binary: 'prometheus-redis-exporter',
     metricsPath: '/metrics',
-    launch(ctx, listen, secretFile) {
+    launch(ctx, listen, secretFile, web) {
       const user = monitoringUser(ctx);
       if (user instanceof Error) return { error: user.message };
       // The engine's unix socket when it has one (redisSocketPath says why); else TCP, and an
@@ -82,6 +122,15 @@ export const SIDECARS: Record<SidecarKind, SidecarDefinition> = {
           REDIS_ADDR: addr,
           ...(tls ? { REDIS_EXPORTER_TLS_CA_CERT_FILE: ca } : {}),
           REDIS_EXPORTER_WEB_LISTEN_ADDRESS: hostPort(listen.host, listen.port),
+          ...(web
+            ? {
+                REDIS_EXPORTER_TLS_SERVER_CERT_FILE: web.cert,
+                REDIS_EXPORTER_TLS_SERVER_KEY_FILE: web.key,
+                // Set: a client without a certificate the platform CA signed is refused.
+                REDIS_EXPORTER_TLS_SERVER_CA_CERT_FILE: web.ca,
+                REDIS_EXPORTER_TLS_SERVER_MIN_VERSION: 'TLS1.2',
+              }
+            : {}),
           ...(user ? { REDIS_USER: user.username, REDIS_PASSWORD_FILE: secretFile } : {}),
         },
         // redis_exporter's password file maps each address to its password (JSON).
@@ -93,11 +142,13 @@ export const SIDECARS: Record<SidecarKind, SidecarDefinition> = {
     kind: 'postgres-exporter',
     binary: 'prometheus-postgres-exporter',
     metricsPath: '/metrics',
-    launch(ctx, listen, secretFile) {
+    launch(ctx, listen, secretFile, web) {
       const user = monitoringUser(ctx);
       if (user instanceof Error) return { error: user.message };
+      const webConfig = web ? path.join(web.dir, 'web-config.yml') : undefined;
       return {
-        args: [],
+        args: webConfig ? [`--web.config.file=${webConfig}`] : [],
+        ...(web && webConfig ? { files: [{ path: webConfig, content: exporterWebConfig(web) }] } : {}),
         env: {
           DATA_SOURCE_URI: `${hostPort(engineHost(ctx), ctx.port)}/postgres?sslmode=disable`,
           // Without credentials the cluster trusts local connections (tests of the cell alone).
@@ -161,6 +212,35 @@ export async function writeSidecarSecret(
   if (secret === undefined) return;
   await writeFile(file, secret, { mode: 0o600, flag: 'wx' });
   if (owner) await chown(file, owner.uid, owner.gid);
+}
+
+/**
+ * What both runners do before a sidecar starts: its launch (HTTPS with the cell's certificate
+ * when the cell has one, copied into the volume for the sidecar's user), its secret and its files
+ * written for `owner`. A copy that fails is the launch's error, never the engine's.
+ */
+export async function prepareSidecar(
+  def: SidecarDefinition,
+  ctx: EngineContext,
+  listen: { host: string; port: number },
+  owner: RunAs | undefined,
+  tls: EngineTlsFiles | undefined,
+): Promise<SidecarLaunch> {
+  const secretFile = sidecarSecretFile(ctx.volumeDir, def.kind);
+  const web = tls ? sidecarTlsPaths(ctx.volumeDir) : undefined;
+  const launch = def.launch(ctx, listen, secretFile, web);
+  if (launch.error !== undefined) return launch;
+  try {
+    if (tls && web) await copyTlsFiles(tls, web, owner);
+  } catch (err) {
+    return { error: `cannot copy the cell's certificate for HTTPS: ${(err as Error).message}` };
+  }
+  await writeSidecarSecret(secretFile, launch.secret, owner);
+  for (const file of launch.files ?? []) {
+    await writeFile(file.path, file.content, { mode: 0o600 });
+    if (owner) await chown(file.path, owner.uid, owner.gid);
+  }
+  return launch;
 }
 
 /** The address a sidecar listening on `host` is reached at from the cell. */

@@ -13,12 +13,15 @@ import type { ServiceView } from '../control/services';
 import { ApiClient } from './api-client';
 import { allServices } from './command-services';
 import { UsageError, exitWithError, parseHostPort } from './cli-support';
-import { resolveControl } from './local-control';
+import { CA_FILE_ENV, readLocalControl, resolveControl } from './local-control';
 
 interface PrometheusFlags {
   router: string[];
   tokenFile?: string;
   platformTokenFile?: string;
+  clientCert?: string;
+  clientKey?: string;
+  caFile?: string;
   scrapeInterval: string;
 }
 
@@ -36,6 +39,11 @@ export interface ScrapeTargets {
   cells: Array<{ name: string; target: string }>;
   /** Exporter sidecars; absent or empty = no `sf-sidecar` job. */
   sidecars?: SidecarTarget[];
+  /**
+   * What Prometheus verifies sidecars serving HTTPS with (the platform CA) and the client
+   * certificate it presents to them; required when any target has `tls`.
+   */
+  sidecarTls?: { caFile: string; certFile: string; keyFile: string };
   scrapeInterval: string;
 }
 
@@ -45,6 +53,8 @@ export interface SidecarTarget {
   instance: string;
   engine: string;
   sidecar: string;
+  /** HTTPS with a client certificate (a cell with the platform CA's certificate). */
+  tls: boolean;
 }
 
 /** `host:port` with an IPv6 host in brackets. */
@@ -65,6 +75,7 @@ export function sidecarTargets(services: readonly ServiceView[]): SidecarTarget[
             instance: i.id,
             engine: s.engine,
             sidecar: sc.name,
+            tls: sc.tls === true,
           });
   return out.sort((a, b) => a.service.localeCompare(b.service) || a.instance.localeCompare(b.instance));
 }
@@ -104,15 +115,67 @@ export function prometheusConfig(t: ScrapeTargets): string {
     );
     for (const c of t.cells) lines.push(`      - targets: [${q(c.target)}]`, `        labels: {cell: ${q(c.name)}}`);
   }
-  if (t.sidecars?.length) {
-    lines.push('  - job_name: sf-sidecar', '    metrics_path: /metrics', '    static_configs:');
-    for (const s of t.sidecars)
+  const sidecarJob = (name: string, targets: SidecarTarget[], tls: string[]): void => {
+    if (!targets.length) return;
+    lines.push(`  - job_name: ${name}`, '    metrics_path: /metrics', ...tls, '    static_configs:');
+    for (const s of targets)
       lines.push(
         `      - targets: [${q(s.target)}]`,
         `        labels: {service: ${q(s.service)}, instance: ${q(s.instance)}, engine: ${q(s.engine)}, sidecar: ${q(s.sidecar)}}`,
       );
-  }
+  };
+  const sidecars = t.sidecars ?? [];
+  sidecarJob(
+    'sf-sidecar',
+    sidecars.filter((s) => !s.tls),
+    [],
+  );
+  const tls = t.sidecarTls;
+  sidecarJob(
+    'sf-sidecar-tls',
+    sidecars.filter((s) => s.tls),
+    tls
+      ? [
+          '    scheme: https',
+          '    tls_config:',
+          `      ca_file: ${q(tls.caFile)}`,
+          `      cert_file: ${q(tls.certFile)}`,
+          `      key_file: ${q(tls.keyFile)}`,
+        ]
+      : [],
+  );
   return lines.join('\n') + '\n';
+}
+
+/**
+ * The CA and client certificate for sidecars that serve HTTPS: the flags, else what `sf up`
+ * recorded for this control. Files only (Prometheus reads them); each must exist.
+ */
+async function scrapeIdentity(
+  flags: PrometheusFlags,
+  controlUrl: string,
+  controlCa: string | undefined,
+): Promise<{ caFile: string; certFile: string; keyFile: string }> {
+  const recorded = await readLocalControl(controlUrl);
+  const caFile = flags.caFile ?? process.env[CA_FILE_ENV] ?? recorded?.ca_file ?? controlCa;
+  const certFile = flags.clientCert ?? recorded?.scrape_cert_file;
+  const keyFile = flags.clientKey ?? recorded?.scrape_key_file;
+  const why = 'exporter sidecars serve HTTPS to clients with a certificate from the platform CA';
+  if (!certFile || !keyFile)
+    throw new UsageError(`${why}: pass --client-cert FILE and --client-key FILE (sf up issues them)`);
+  if (!caFile) throw new UsageError(`${why}: pass --ca-file FILE (the platform CA certificate, sf ca --pem)`);
+  for (const [file, flag] of [
+    [caFile, '--ca-file'],
+    [certFile, '--client-cert'],
+    [keyFile, '--client-key'],
+  ] as const) {
+    try {
+      await access(file);
+    } catch {
+      throw new UsageError(`no file ${file}: pass ${flag} FILE`);
+    }
+  }
+  return { caFile, certFile, keyFile };
 }
 
 async function printConfig(flags: PrometheusFlags): Promise<void> {
@@ -150,6 +213,7 @@ async function printConfig(flags: PrometheusFlags): Promise<void> {
     .map((c) => ({ name: c.name, target: new URL(c.metrics_url).host }))
     .sort((a, b) => a.name.localeCompare(b.name));
   const sidecars = sidecarTargets(await allServices(client));
+  const sidecarTls = sidecars.some((s) => s.tls) ? await scrapeIdentity(flags, controlUrl, caFile) : undefined;
   process.stdout.write(
     prometheusConfig({
       control,
@@ -159,6 +223,7 @@ async function printConfig(flags: PrometheusFlags): Promise<void> {
       routers,
       cells,
       sidecars,
+      ...(sidecarTls ? { sidecarTls } : {}),
       scrapeInterval: flags.scrapeInterval,
     }),
   );
@@ -183,6 +248,15 @@ export function registerPrometheusCommand(program: Command): void {
     .option(
       '--platform-token-file <file>',
       "file with the token Prometheus sends to routers' admin endpoints and cells' metrics (default: this control's admin token file, which sf up's router and cells take)",
+    )
+    .option(
+      '--client-cert <file>',
+      'certificate Prometheus presents to exporter sidecars that serve HTTPS (default: the one sf up issued, ca/issued/prometheus.crt in its data dir)',
+    )
+    .option('--client-key <file>', 'key of --client-cert (default: the one sf up issued)')
+    .option(
+      '--ca-file <file>',
+      'platform CA certificate that verifies exporter sidecars (default: SF_CA_FILE, else the one sf up recorded)',
     )
     .option('--scrape-interval <duration>', 'how often Prometheus scrapes', '15s')
     .action((flags: PrometheusFlags) =>

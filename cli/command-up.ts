@@ -224,7 +224,9 @@ async function runUp(flags: UpFlags): Promise<void> {
     // The CLI on this machine finds this control, and the CA that verifies it, without settings.
     await writeLocalControl(process.env, listenUrl, {
       url: controlUrl,
-      ...(platformCa.control ? { ca_file: caPemFile(dataDir) } : {}),
+      ca_file: caPemFile(dataDir),
+      scrape_cert_file: platformCa.scrape.certFile,
+      scrape_key_file: platformCa.scrape.keyFile,
     });
     start('router', process.execPath, [
       sfScript,

@@ -16,8 +16,14 @@ export const CA_FILE_ENV = 'SF_CA_FILE';
 export interface LocalControl {
   /** The URL local clients use: `https://127.0.0.1:7600` under `sf up` by default. */
   url: string;
-  /** The platform CA certificate that verifies an https control (DATA/ca.pem). */
+  /** The platform CA certificate (DATA/ca.pem): verifies an https control and exporter sidecars. */
   ca_file?: string;
+  /**
+   * The client certificate and key Prometheus presents to exporter sidecars, which serve HTTPS
+   * to holders of a certificate from the platform CA only (`sf prometheus-config`).
+   */
+  scrape_cert_file?: string;
+  scrape_key_file?: string;
 }
 
 const DIR = 'controls';
@@ -51,7 +57,10 @@ export async function readLocalControl(
   try {
     const parsed = JSON.parse(await readFile(localControlFile(controlUrl, env), 'utf8')) as Partial<LocalControl>;
     if (typeof parsed.url !== 'string') return undefined;
-    return { url: parsed.url, ...(typeof parsed.ca_file === 'string' ? { ca_file: parsed.ca_file } : {}) };
+    const files = (['ca_file', 'scrape_cert_file', 'scrape_key_file'] as const).filter(
+      (k) => typeof parsed[k] === 'string',
+    );
+    return { url: parsed.url, ...Object.fromEntries(files.map((k) => [k, parsed[k]])) };
   } catch {
     return undefined;
   }

@@ -1,7 +1,8 @@
 /**
  * The platform CA under `sf up`: created in DATA/ca on first start (or the operator's, from
  * `--ca-cert`/`--ca-key`), its certificate copied to DATA/ca.pem for `sf ca --pem`, and the
- * router's and control's certificates issued and renewed before expiry. A renewed certificate is
+ * router's and control's certificates, and the client certificate Prometheus scrapes exporter
+ * sidecars with, issued and renewed before expiry. A renewed certificate is
  * written in place; the router reloads it for new handshakes (router/tls-context.ts), control for
  * new connections (control/api/https-files-watch.ts).
  */
@@ -24,8 +25,13 @@ export interface UpPlatformCa {
   router: IssuedCertificate;
   /** Control's HTTPS certificate (the default; none with `--no-control-https`). */
   control?: IssuedCertificate;
+  /** The client certificate Prometheus presents to exporter sidecars (`sf prometheus-config`). */
+  scrape: IssuedCertificate;
   stop(): void;
 }
+
+/** The name in the certificate Prometheus scrapes exporter sidecars with (a client's: no address). */
+const SCRAPE_CLIENT_NAME = 'prometheus';
 
 /** The names a client on this machine may use for the router. */
 function routerNames(): string[] {
@@ -48,8 +54,9 @@ export async function preparePlatformCa(
   const names = routerNames();
   const router = await ca.ensure('router', names);
   const control = operator.controlHttps ? await ca.ensure('control', names) : undefined;
-  const renew = (name: 'router' | 'control'): void => {
-    ca.ensure(name, names).then(
+  const scrape = await ca.ensure('prometheus', [SCRAPE_CLIENT_NAME]);
+  const renew = (name: 'router' | 'control' | 'prometheus'): void => {
+    ca.ensure(name, name === 'prometheus' ? [SCRAPE_CLIENT_NAME] : names).then(
       (cert) => {
         if (cert.renewed) log(`sf up: ${name} certificate renewed, valid until ${cert.notAfter.toISOString()}`);
       },
@@ -58,8 +65,9 @@ export async function preparePlatformCa(
   };
   const timer = setInterval(() => {
     renew('router');
+    renew('prometheus');
     if (control) renew('control');
   }, CA_RENEW_CHECK_MS);
   timer.unref();
-  return { ca, router, ...(control ? { control } : {}), stop: () => clearInterval(timer) };
+  return { ca, router, scrape, ...(control ? { control } : {}), stop: () => clearInterval(timer) };
 }

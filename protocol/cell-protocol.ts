@@ -217,6 +217,8 @@ export interface SidecarActual {
   kind: SidecarKind;
   port: number;
   pid: number | null;
+  /** Serves HTTPS and requires a client certificate from the platform CA; absent: plain HTTP. */
+  tls?: boolean;
 }
 
 export const orderSchema = z.discriminatedUnion('type', [

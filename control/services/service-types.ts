@@ -176,6 +176,8 @@ export interface InstanceView {
 export interface InstanceSidecarView {
   name: SidecarKind;
   port: number | null;
+  /** HTTPS with a client certificate from the platform CA (docs/tls.md); absent: plain HTTP. */
+  tls?: boolean;
 }
 
 /** The API's shape: snake_case like the rest of `/v3` (the record keeps its stored names). */

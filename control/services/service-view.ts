@@ -33,10 +33,10 @@ export function instanceView(
     healthy: current?.healthy ?? null,
     ...(sidecars.length
       ? {
-          sidecars: sidecars.map((name) => ({
-            name,
-            port: (current?.state === 'running' && current.sidecars?.find((s) => s.kind === name)?.port) || null,
-          })),
+          sidecars: sidecars.map((name) => {
+            const running = current?.state === 'running' ? current.sidecars?.find((s) => s.kind === name) : undefined;
+            return { name, port: running?.port || null, ...(running?.tls ? { tls: true } : {}) };
+          }),
         }
       : {}),
     // A primary that cannot commit says why where operators already look.

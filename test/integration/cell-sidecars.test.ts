@@ -24,6 +24,7 @@ import { ProcessExecutor } from '../../cell/executor-process';
 import { findBinary } from '../../cell/run-command';
 import { eventually, spec, tempCellDir } from '../helpers/cell-harness';
 import { releaseDockerDaemon, useDockerDaemon } from '../helpers/docker-daemon';
+import { httpsGet } from '../helpers/https-get';
 
 const CREDS: InstanceCredentials = {
   version: 1,
@@ -72,7 +73,7 @@ async function answers(port: number): Promise<boolean> {
   );
 }
 
-function sidecarOf(handle: InstanceHandle): { port: number; pid: number | null } {
+function sidecarOf(handle: InstanceHandle): { port: number; pid: number | null; tls?: boolean } {
   expect(handle.sidecars, `sidecars of ${handle.instanceId}`).to.have.length(1);
   return (handle.sidecars ?? [])[0];
 }
@@ -81,6 +82,7 @@ function sidecarOf(handle: InstanceHandle): { port: number; pid: number | null }
 interface CellOptions {
   listenHost: string;
   engines: ReturnType<typeof createEngineRegistry>;
+  tls: { certFile: string; keyFile: string; caFile: string };
 }
 
 interface Suite {
@@ -230,40 +232,89 @@ function sidecarSuite(suite: Suite): void {
       expect(await metrics(sidecarOf(replica).port)).to.match(/^pg_static\{.*\} 1$/m);
     });
 
-    it('exports a TLS-only redis on an address its certificate does not name, through its unix socket', async () => {
-      // The service's certificate names the service and loopback's usual address, not the one
-      // this cell listens on (as on a cell with its own address): a TCP client verifying it by
-      // address fails, and the exporter has no option to expect another name.
-      const ca = await PlatformCa.open(path.join(cell.dir, 'ca'));
-      const cellCert = await ca.ensure('cell', ['localhost', '127.0.0.1']);
-      const serviceCert = await ca.ensure('service-svc', ['svc', '127.0.0.1']);
-      const listenHost = '127.0.0.2';
-      const tlsCell = suite.make(cell.dir, range, {
-        listenHost,
-        engines: createEngineRegistry({
-          redis: { tls: { certFile: cellCert.certFile, keyFile: cellCert.keyFile, caFile: ca.certFile } },
-        }),
+    describe('on a cell with a certificate from the platform CA', () => {
+      let ca: PlatformCa;
+      let scraper: { ca: Buffer; cert: Buffer; key: Buffer };
+      let cellTls: { certFile: string; keyFile: string; caFile: string };
+      let serviceCert: { certFile: string; keyFile: string };
+      beforeEach(async () => {
+        ca = await PlatformCa.open(path.join(cell.dir, 'ca'));
+        // The cell's certificate names its addresses; the service's names the service and
+        // loopback's usual address, not 127.0.0.2 (as on a cell with an address of its own).
+        const cellCert = await ca.ensure('cell', ['localhost', '127.0.0.1', '127.0.0.2']);
+        cellTls = { certFile: cellCert.certFile, keyFile: cellCert.keyFile, caFile: ca.certFile };
+        const svc = await ca.ensure('service-svc', ['svc', '127.0.0.1']);
+        serviceCert = { certFile: svc.certFile, keyFile: svc.keyFile };
+        const client = await ca.ensure('prometheus', ['prometheus']);
+        scraper = {
+          ca: await readFile(ca.certFile),
+          cert: await readFile(client.certFile),
+          key: await readFile(client.keyFile),
+        };
       });
-      try {
-        const h = await tlsCell.start(
-          spec({
-            instanceId: 'r-tls',
-            engine: 'redis',
-            credentials: CREDS,
-            sidecars: ['redis-exporter'],
-            tls: true,
-            tlsCertificate: { certFile: serviceCert.certFile, keyFile: serviceCert.keyFile },
-          }),
-        );
-        const sidecar = sidecarOf(h);
+      const tlsCell = (listenHost: string): Executor =>
+        suite.make(cell.dir, range, {
+          listenHost,
+          tls: cellTls,
+          engines: createEngineRegistry({ redis: { tls: cellTls }, postgres: { tls: cellTls } }),
+        });
+
+      /** Exporters serve HTTPS to a client with a certificate of the CA and to nobody else. */
+      async function checkHttpsOnly(host: string, sidecar: { port: number }, up: RegExp): Promise<string> {
         const text = await eventually(
           async () => {
-            const t = await metrics(sidecar.port, listenHost);
-            return /^redis_up 1$/m.test(t) ? t : undefined;
+            const r = await httpsGet(`https://${host}:${sidecar.port}/metrics`, scraper);
+            return r.status === 200 && up.test(r.body) ? r.body : undefined;
           },
           30_000,
-          `redis_up 1 from the exporter of ${h.instanceId}`,
+          `${up} from the exporter on ${host}:${sidecar.port}`,
         );
+        const noCert = await httpsGet(`https://${host}:${sidecar.port}/metrics`, { ca: scraper.ca }).then(
+          (r) => `answered ${r.status}`,
+          (e: Error) => e.message,
+        );
+        expect(noCert, 'HTTPS without a client certificate').to.not.match(/^answered/);
+        const other = await PlatformCa.open(path.join(cell.dir, 'other-ca'));
+        const stranger = await other.ensure('prometheus', ['prometheus']);
+        const wrongCa = await httpsGet(`https://${host}:${sidecar.port}/metrics`, {
+          ca: scraper.ca,
+          cert: await readFile(stranger.certFile),
+          key: await readFile(stranger.keyFile),
+        }).then(
+          (r) => `answered ${r.status}`,
+          (e: Error) => e.message,
+        );
+        expect(wrongCa, 'a client certificate another CA signed').to.not.match(/^answered/);
+        const plain = await fetch(`http://${host}:${sidecar.port}/metrics`, {
+          signal: AbortSignal.timeout(5_000),
+        }).then(
+          async (r) => `answered ${r.status}: ${(await r.text()).slice(0, 40)}`,
+          (e: Error) => e.message,
+        );
+        expect(plain, 'plain HTTP').to.not.match(/^answered 200/);
+        return text;
+      }
+
+      const tlsExecutors: Executor[] = [];
+      afterEach(async () => {
+        for (const e of tlsExecutors.splice(0)) for (const h of e.handles()) await e.kill(h.instanceId);
+      });
+      /** An instance with its exporter, served TLS with the service's certificate, on a cell at `listenHost`. */
+      function startTls(listenHost: string, instanceId: string, engine: 'redis' | 'postgres'): Promise<InstanceHandle> {
+        const executor2 = tlsCell(listenHost);
+        tlsExecutors.push(executor2);
+        const sidecar = engine === 'redis' ? 'redis-exporter' : 'postgres-exporter';
+        return executor2.start(
+          spec({ instanceId, engine, credentials: CREDS, sidecars: [sidecar], tls: true, tlsCertificate: serviceCert }),
+        );
+      }
+
+      it('exports a TLS-only redis on an address its certificate does not name (through its unix socket), over HTTPS to certificate holders only', async () => {
+        const listenHost = '127.0.0.2';
+        const h = await startTls(listenHost, 'r-tls', 'redis');
+        const sidecar = sidecarOf(h);
+        expect(sidecar.tls).to.equal(true);
+        const text = await checkHttpsOnly(listenHost, sidecar, /^redis_up 1$/m);
         expect(text).to.match(/^redis_instance_info\{.*role="master"/m);
         // The engine still refuses plaintext on its port: TLS only there.
         const plain = new Redis({ host: listenHost, port: h.port, lazyConnect: true, maxRetriesPerRequest: 0 });
@@ -278,9 +329,13 @@ function sidecarSuite(suite: Suite): void {
         plain.disconnect();
         expect(refused).to.not.equal('answered');
         await checkNoPassword(suite, h, 'redis-exporter');
-      } finally {
-        for (const h of tlsCell.handles()) await tlsCell.kill(h.instanceId);
-      }
+      });
+
+      it('exports postgres over HTTPS to certificate holders only', async () => {
+        const h = await startTls('127.0.0.1', 'p-tls', 'postgres');
+        await checkHttpsOnly('127.0.0.1', sidecarOf(h), /^pg_up 1$/m);
+        await checkNoPassword(suite, h, 'postgres-exporter');
+      });
     });
 
     it('stops the sidecars with the instance, whether killed or stopped', async () => {

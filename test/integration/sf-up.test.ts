@@ -11,6 +11,7 @@ import { freePort } from '../helpers/free-port';
 import { freePortBlock, releasePortBlock } from '../helpers/service-cluster';
 import { runSf, runSfToExit, type SfProcess } from '../helpers/sf-process';
 import { eventually } from '../helpers/tcp-client';
+import { httpsGet } from '../helpers/https-get';
 
 describe('sf up', function () {
   this.timeout(300_000);
@@ -191,16 +192,37 @@ describe('sf up', function () {
     expect(config.output).to.include(
       `credentials_file: "${path.join(home, 'admin-tokens', `127.0.0.1-${ports.control}`)}"`,
     );
-    // One sf-sidecar target per instance: its host and exporter port, with who it exports.
+    // One sf-sidecar-tls target per instance: its host and exporter port, with who it exports.
+    // The cells have the platform CA's certificates, so exporters serve HTTPS to holders of a
+    // client certificate of that CA only: the one sf up issued for Prometheus, recorded for sf.
     const service = JSON.parse((await runSfToExit(['service', 'cache', '--json'], env)).output) as ServiceView;
-    expect(config.output).to.include('job_name: sf-sidecar');
+    const recorded = JSON.parse(
+      await readFile(path.join(home, 'controls', `127.0.0.1-${ports.control}.json`), 'utf8'),
+    ) as { ca_file: string; scrape_cert_file: string; scrape_key_file: string };
+    expect(config.output).to.include('job_name: sf-sidecar-tls');
+    expect(config.output).to.not.include('job_name: sf-sidecar\n');
+    expect(config.output).to.include(
+      `      ca_file: "${recorded.ca_file}"\n      cert_file: "${recorded.scrape_cert_file}"\n      key_file: "${recorded.scrape_key_file}"`,
+    );
+    const scraper = {
+      ca: await readFile(recorded.ca_file),
+      cert: await readFile(recorded.scrape_cert_file),
+      key: await readFile(recorded.scrape_key_file),
+    };
     for (const i of service.instances) {
-      const port = i.sidecars?.find((s) => s.name === 'redis-exporter')?.port;
-      expect(port, `exporter port of ${i.id}`).to.be.a('number');
+      const sidecar = i.sidecars?.find((s) => s.name === 'redis-exporter');
+      expect(sidecar?.port, `exporter port of ${i.id}`).to.be.a('number');
+      expect(sidecar?.tls, `exporter of ${i.id} over HTTPS`).to.equal(true);
       expect(config.output).to.include(
-        `- targets: ["${i.host}:${port}"]\n        labels: {service: "cache", instance: "${i.id}", engine: "redis", sidecar: "redis-exporter"}`,
+        `- targets: ["${i.host}:${sidecar?.port}"]\n        labels: {service: "cache", instance: "${i.id}", engine: "redis", sidecar: "redis-exporter"}`,
       );
-      expect(await (await fetch(`http://${i.host}:${port}/metrics`)).text()).to.match(/^redis_up 1$/m);
+      const url = `https://${i.host}:${sidecar?.port}/metrics`;
+      expect((await httpsGet(url, scraper)).body).to.match(/^redis_up 1$/m);
+      const anonymous = await httpsGet(url, { ca: scraper.ca }).then(
+        (r) => `answered ${r.status}`,
+        (e: Error) => e.message,
+      );
+      expect(anonymous, 'an exporter without a client certificate').to.not.match(/^answered/);
     }
     const file = path.join(home, 'prometheus.yml');
     await writeFile(file, config.output);
