@@ -68,6 +68,8 @@ export interface TlsPortStatus {
   /** `terminate` or `passthrough` with clients; `backend` for TLS towards the backend only. */
   tls: 'terminate' | 'passthrough' | 'backend';
   relay: Relay['kind'];
+  /** The router connects to (some of) the route's backends over TLS. */
+  backendTls?: boolean;
   /** Why the route's certificate is not loaded, when it is not. */
   certificateError?: string;
 }
@@ -535,6 +537,7 @@ export class Router {
           port: route.port,
           tls: tls?.mode ?? 'backend',
           relay: js ? 'js' : this.relay.kind,
+          ...(anyBackendTls(route) ? { backendTls: true } : {}),
           ...(error ? { certificateError: error } : {}),
         });
       }
@@ -544,9 +547,17 @@ export class Router {
     if (native !== undefined) {
       for (const port of native.ports()) {
         const route = native.routeOf(port);
-        if (route?.tls === undefined) continue;
+        if (route === undefined) continue;
+        const tls = clientTls(route);
+        if (tls === undefined && !anyBackendTls(route)) continue;
         const error = native.tlsError(port);
-        out.push({ port, tls: 'terminate', relay: 'native', ...(error ? { certificateError: error } : {}) });
+        out.push({
+          port,
+          tls: tls?.mode ?? 'backend',
+          relay: 'native',
+          ...(anyBackendTls(route) ? { backendTls: true } : {}),
+          ...(error ? { certificateError: error } : {}),
+        });
       }
     }
     return out;
