@@ -176,7 +176,12 @@ describe('router TLS to engines', function () {
     'wrongName',
     'stall',
     'plainClient',
+    'retry',
+    'rotatingCa',
   ];
+  // The route's backend CA file, rewritten by a test: first another CA's, then the platform CA's.
+  let rotatingCaFile: string;
+  let otherCaFile: string;
 
   const stats = (p: number) => router.router.routeStats().find((s) => s.port === p)!;
 
@@ -185,6 +190,9 @@ describe('router TLS to engines', function () {
     ca = await PlatformCa.open(join(dir, 'ca'));
     // Another CA: its certificates carry the right names but do not chain to the platform CA.
     const other = await PlatformCa.open(join(dir, 'other-ca'));
+    otherCaFile = other.certFile;
+    rotatingCaFile = join(dir, 'rotating-ca.pem');
+    writeFileSync(rotatingCaFile, readFileSync(other.certFile));
     routerCert = await ca.ensure('router', ['localhost', '127.0.0.1']);
     const engineCert = await ca.ensure('cell-a', ['localhost', '127.0.0.1']);
     const foreignCert = await other.ensure('cell-x', ['localhost', '127.0.0.1']);
@@ -238,6 +246,20 @@ describe('router TLS to engines', function () {
       },
       // Plaintext clients, TLS to the backend verified against the system's CAs (no CA given).
       { port: port.plainClient!, backends: tlsBackend(redisGood.tlsPort), tls: true },
+      {
+        port: port.retry!,
+        mode: 'round-robin',
+        backends: [
+          { id: 'foreign', host: '127.0.0.1', port: redisForeign.tlsPort, tls: true },
+          { id: 'good', host: '127.0.0.1', port: redisGood.tlsPort, tls: true },
+        ],
+        tls: terminate(),
+      },
+      {
+        port: port.rotatingCa!,
+        backends: tlsBackend(redisGood.tlsPort),
+        tls: terminate({ backendCaFile: rotatingCaFile }),
+      },
     ];
     router = await startRouter({ routes });
   });
@@ -378,6 +400,31 @@ describe('router TLS to engines', function () {
     expect(raw[0]).to.equal(0x16);
     expect(raw.includes('fenced-marker')).to.equal(false);
     await router.reload({ routes });
+  });
+
+  it('tries the next backend when one fails verification, as the JS path does', async () => {
+    const before = stats(port.retry!).backendTlsErrors;
+    // Round-robin puts the foreign backend first for one of two clients: that client is served by
+    // the other backend after a counted failure.
+    for (let i = 0; i < 2; i++) {
+      const r = await redisCli(port.retry!, 'PING');
+      expect(r.stdout, r.stderr).to.equal('PONG');
+    }
+    expect(stats(port.retry!).backendTlsErrors).to.be.greaterThan(before);
+  });
+
+  it('takes a changed backend CA file for new connections', async () => {
+    const refused = await redisCli(port.rotatingCa!, 'PING');
+    expect(refused.stdout).to.not.equal('PONG');
+    expect(stats(port.rotatingCa!).backendTlsErrors).to.be.greaterThan(0);
+    writeFileSync(rotatingCaFile, readFileSync(ca.certFile));
+    // The file is checked at most once a second: a connection within that second may still fail.
+    await eventually(
+      async () => (await redisCli(port.rotatingCa!, 'PING')).stdout === 'PONG',
+      20_000,
+      'the new CA in force',
+    );
+    writeFileSync(rotatingCaFile, readFileSync(otherCaFile));
   });
 
   it('presents the route backend certificate to an engine that asks for one (mTLS), and is refused without it', async () => {
