@@ -160,6 +160,11 @@ describe('router TLS to engines', function () {
   let wrongName: Awaited<ReturnType<typeof tlsEchoBehindRecorder>>;
   // Takes TCP connections and never answers the router's ClientHello: a backend mid-handshake.
   let stall: RecordingServer;
+  // Answers an SSLRequest with 'S' and bytes after it in the same write, as an attacker in the
+  // path would to have them taken as the start of the TLS session (CVE-2021-23222).
+  let injector: RecordingServer;
+  // Takes TCP connections and never answers: its backend handshake times out.
+  let silent: RecordingServer;
   let router: RouterHarness;
   let routes: RouteTableInput['routes'];
   const port: Record<string, number> = {};
@@ -178,6 +183,8 @@ describe('router TLS to engines', function () {
     'plainClient',
     'retry',
     'rotatingCa',
+    'pgInject',
+    'handshakeTimeout',
   ];
   // The route's backend CA file, rewritten by a test: first another CA's, then the platform CA's.
   let rotatingCaFile: string;
@@ -210,6 +217,8 @@ describe('router TLS to engines', function () {
     // Chains to the platform CA but names neither the address connected to nor anything routed.
     wrongName = await tlsEchoBehindRecorder(await ca.ensure('cell-wrong', ['wrong.example']));
     stall = await recordingServer(() => undefined);
+    silent = await recordingServer(() => undefined);
+    injector = await recordingServer((socket) => socket.once('data', () => socket.write('SX')));
     for (const name of portNames) port[name] = await freePort();
     const terminate = (extra: object = {}): Record<string, unknown> => ({
       certFile: routerCert.certFile,
@@ -256,6 +265,22 @@ describe('router TLS to engines', function () {
         tls: terminate(),
       },
       {
+        port: port.pgInject!,
+        backends: tlsBackend(injector.port),
+        tls: terminate({ startup: 'postgres' }),
+      },
+      {
+        port: port.handshakeTimeout!,
+        mode: 'round-robin',
+        // Short, so the silent backend's handshake gives up quickly; the test asserts no duration.
+        connectTimeoutMs: 500,
+        backends: [
+          { id: 'silent', host: '127.0.0.1', port: silent.port, tls: true },
+          { id: 'good', host: '127.0.0.1', port: redisGood.tlsPort, tls: true },
+        ],
+        tls: terminate(),
+      },
+      {
         port: port.rotatingCa!,
         backends: tlsBackend(redisGood.tlsPort),
         tls: terminate({ backendCaFile: rotatingCaFile }),
@@ -268,7 +293,7 @@ describe('router TLS to engines', function () {
     await router?.stop();
     for (const s of [redisGood, redisForeign, redisMtls]) await s?.stop();
     for (const s of [pgGood, pgForeign, pgPlain, pgBound]) await s?.stop();
-    for (const s of [echo, wrongName, stall]) await s?.stop();
+    for (const s of [echo, wrongName, stall, injector, silent]) await s?.stop();
     rmSync(dir, { recursive: true, force: true });
   });
 
@@ -411,6 +436,28 @@ describe('router TLS to engines', function () {
       expect(r.stdout, r.stderr).to.equal('PONG');
     }
     expect(stats(port.retry!).backendTlsErrors).to.be.greaterThan(before);
+  });
+
+  it('refuses a PostgreSQL backend that sends bytes after its S, and sends it nothing more', async () => {
+    const before = stats(port.pgInject!).backendTlsErrors;
+    const r = await psql(port.pgInject!, 'select 1');
+    expect(r.code).to.not.equal(0);
+    expect(stats(port.pgInject!).backendTlsErrors).to.be.greaterThan(before);
+    // The SSLRequest and nothing else: no ClientHello on top of the injected bytes, no plaintext.
+    expect(injector.received.length).to.be.greaterThan(0);
+    for (const chunks of injector.received) expect(Buffer.concat(chunks).toString('hex')).to.equal('0000000804d2162f');
+  });
+
+  it('counts a backend whose handshake does not end within the connect timeout, and serves the client from the next', async () => {
+    const before = stats(port.handshakeTimeout!).connectTimeouts;
+    for (let i = 0; i < 2; i++) {
+      const r = await redisCli(port.handshakeTimeout!, 'PING');
+      expect(r.stdout, r.stderr).to.equal('PONG');
+    }
+    expect(stats(port.handshakeTimeout!).connectTimeouts).to.be.greaterThan(before);
+    // It got a ClientHello, never a client byte.
+    expect(silent.received.length).to.be.greaterThan(0);
+    expect(Buffer.concat(silent.received.flat())[0]).to.equal(0x16);
   });
 
   it('takes a changed backend CA file for new connections', async () => {
