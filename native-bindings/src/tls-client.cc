@@ -199,7 +199,14 @@ BackendTls::BackendTls(std::shared_ptr<TlsClientContext> ctx, bool postgres, con
   SSL_set_bio(ssl_, bio, bio);
   SSL_set_connect_state(ssl_);
   bool ok;
-  if (!server_name.empty()) {
+  unsigned char literal[16];
+  const bool name_is_ip = !server_name.empty() && (inet_pton(AF_INET, server_name.c_str(), literal) == 1 ||
+                                                   inet_pton(AF_INET6, server_name.c_str(), literal) == 1);
+  if (name_is_ip) {
+    // A name that is an IP address is checked as one (Node's checkServerIdentity does), and not
+    // sent as SNI (RFC 6066 section 3 allows host names only; Node leaves it out too).
+    ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl_), server_name.c_str()) == 1;
+  } else if (!server_name.empty()) {
     // The name is sent as SNI and must be in the certificate (router/backend-tls.ts: Node checks
     // `servername` when there is one).
     ok = SSL_set_tlsext_host_name(ssl_, server_name.c_str()) == 1 && SSL_set1_host(ssl_, server_name.c_str()) == 1;

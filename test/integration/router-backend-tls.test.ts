@@ -185,6 +185,7 @@ describe('router TLS to engines', function () {
     'rotatingCa',
     'pgInject',
     'handshakeTimeout',
+    'ipName',
   ];
   // The route's backend CA file, rewritten by a test: first another CA's, then the platform CA's.
   let rotatingCaFile: string;
@@ -263,6 +264,12 @@ describe('router TLS to engines', function () {
           { id: 'good', host: '127.0.0.1', port: redisGood.tlsPort, tls: true },
         ],
         tls: terminate(),
+      },
+      // A backendServerName that is an address is checked against the certificate's IP names.
+      {
+        port: port.ipName!,
+        backends: tlsBackend(redisGood.tlsPort),
+        tls: terminate({ backendServerName: '127.0.0.1' }),
       },
       {
         port: port.pgInject!,
@@ -492,6 +499,8 @@ describe('router TLS to engines', function () {
     const direct = await redisCli(redisGood.tlsPort, 'GET', 'k');
     expect(direct.stdout).to.equal('v');
     expect(stats(port.redis!).backendTlsErrors).to.equal(0);
+    const byAddress = await redisCli(port.ipName!, 'GET', 'k');
+    expect(byAddress.stdout, byAddress.stderr).to.equal('v');
   });
 
   it('refuses a redis engine whose certificate is not from the platform CA, and counts it', async () => {
