@@ -103,6 +103,8 @@ export interface NativeBindings {
   ): Float64Array;
   /** Why the port's certificate (or its backend CA or client certificate) did not load, or undefined. */
   tlsError(portId: number): string | undefined;
+  /** Why the port's last TLS start with a backend failed (verification, a declined SSLRequest), or undefined. */
+  backendTlsFailure?(portId: number): string | undefined;
   /** What this build supports beyond the basics (`backend-tls`); absent in older builds. */
   readonly features?: readonly string[];
   /** Stops accepting now (closes the listening socket) and drains the port's connections. */

@@ -299,6 +299,11 @@ export class NativeAcceptor {
     return this.bindings.tlsError(id);
   }
 
+  /** Why the port's last TLS start with a backend failed, or undefined. */
+  backendTlsFailure(id: number): string | undefined {
+    return this.bindings.backendTlsFailure?.(id);
+  }
+
   killAll(id: number): number {
     return this.bindings.killAll(id);
   }

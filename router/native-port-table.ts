@@ -244,6 +244,12 @@ export class NativePortTable implements NativePortEvents {
     return id === 0 ? undefined : this.acceptor.tlsError(id);
   }
 
+  /** Why the native port's last TLS start with a backend failed, or undefined. */
+  backendTlsFailure(port: number): string | undefined {
+    const id = this.ids[port]!;
+    return id === 0 ? undefined : this.acceptor.backendTlsFailure(id);
+  }
+
   /** Live connections of the port's route to `backendId`. */
   activeFor(port: number, backendId: string): number {
     const id = this.ids[port]!;

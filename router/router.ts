@@ -70,6 +70,8 @@ export interface TlsPortStatus {
   relay: Relay['kind'];
   /** The router connects to (some of) the route's backends over TLS. */
   backendTls?: boolean;
+  /** Why the last TLS start with one of those backends failed (verification, a declined SSLRequest). */
+  lastBackendTlsError?: string;
   /** Why the route's certificate is not loaded, when it is not. */
   certificateError?: string;
 }
@@ -538,6 +540,7 @@ export class Router {
           tls: tls?.mode ?? 'backend',
           relay: js ? 'js' : this.relay.kind,
           ...(anyBackendTls(route) ? { backendTls: true } : {}),
+          ...(binding.lastBackendTlsError ? { lastBackendTlsError: binding.lastBackendTlsError } : {}),
           ...(error ? { certificateError: error } : {}),
         });
       }
@@ -551,11 +554,13 @@ export class Router {
         const tls = clientTls(route);
         if (tls === undefined && !anyBackendTls(route)) continue;
         const error = native.tlsError(port);
+        const failure = anyBackendTls(route) ? native.backendTlsFailure(port) : undefined;
         out.push({
           port,
           tls: tls?.mode ?? 'backend',
           relay: 'native',
           ...(anyBackendTls(route) ? { backendTls: true } : {}),
+          ...(failure ? { lastBackendTlsError: failure } : {}),
           ...(error ? { certificateError: error } : {}),
         });
       }

@@ -428,6 +428,15 @@ const char* ParseTls(sf::Engine* engine, const Napi::Value& tls_v, std::vector<s
   return nullptr;
 }
 
+// backendTlsFailure(portId) -> why the port's last backend TLS start failed, or undefined
+Napi::Value BackendTlsFailure(const Napi::CallbackInfo& info) {
+  sf::Engine* engine = EngineOf(info);
+  if (engine == nullptr) return info.Env().Undefined();
+  std::string failure = engine->BackendTlsFailure(U32(info[0]));
+  if (failure.empty()) return info.Env().Undefined();
+  return Napi::String::New(info.Env(), failure);
+}
+
 // tlsError(portId) -> why the port's certificate did not load, or undefined
 Napi::Value TlsError(const Napi::CallbackInfo& info) {
   sf::Engine* engine = EngineOf(info);
@@ -643,6 +652,7 @@ Napi::Object Module(Napi::Env env, Napi::Object exports) {
   exports.Set("release", Napi::Function::New(env, Release));
   exports.Set("budgetStats", Napi::Function::New(env, BudgetStats));
   exports.Set("tlsError", Napi::Function::New(env, TlsError));
+  exports.Set("backendTlsFailure", Napi::Function::New(env, BackendTlsFailure));
   // What this build can do beyond the basics, so that a router paired with an older addon keeps
   // such routes on the JS path.
   Napi::Array features = Napi::Array::New(env, 1);

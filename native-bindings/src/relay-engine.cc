@@ -1724,6 +1724,17 @@ std::string Engine::TlsError(uint32_t port_id) {
   return error;
 }
 
+std::string Engine::BackendTlsFailure(uint32_t port_id) {
+  std::shared_ptr<Port> port = FindPort(port_id);
+  if (!port) return std::string();
+  std::shared_ptr<TlsClient> client;
+  {
+    std::lock_guard<std::mutex> lock(port->mu);
+    client = port->route.backend_tls;
+  }
+  return client ? client->LastFailure() : std::string();
+}
+
 std::shared_ptr<TlsClient> Engine::TlsClientFor(const TlsClientSpec& spec) {
   const std::string key = spec.Key();
   std::lock_guard<std::mutex> lock(tls_mu_);

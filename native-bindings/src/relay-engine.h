@@ -193,6 +193,8 @@ class Engine {
   std::shared_ptr<TlsServer> TlsFor(const TlsSpec& spec);
   // Why the port's certificate did not load (empty when it did, or the port does not terminate).
   std::string TlsError(uint32_t port_id);
+  // Why the port's last backend TLS start failed, or empty.
+  std::string BackendTlsFailure(uint32_t port_id);
   // The backend-side TLS client of these settings, shared as TlsFor's servers are.
   std::shared_ptr<TlsClient> TlsClientFor(const TlsClientSpec& spec);
   void SetEventSink(EventSink sink);

@@ -18,6 +18,7 @@ struct TlsClientContext {
   std::mutex mu;
   // One resumable session per backend (address and name), replaced by each newer one.
   std::unordered_map<std::string, SSL_SESSION*> sessions;
+  std::string last_failure;
   ~TlsClientContext() {
     for (auto& s : sessions) SSL_SESSION_free(s.second);
     if (ctx != nullptr) SSL_CTX_free(ctx);
@@ -171,6 +172,17 @@ void TlsClient::Load() {
   error_.clear();
 }
 
+std::string TlsClient::LastFailure() {
+  std::shared_ptr<TlsClientContext> ctx;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ctx = ctx_;
+  }
+  if (!ctx) return std::string();
+  std::lock_guard<std::mutex> lock(ctx->mu);
+  return ctx->last_failure;
+}
+
 std::shared_ptr<TlsClientContext> TlsClient::Context(int64_t now_ms) {
   std::lock_guard<std::mutex> lock(mu_);
   if (now_ms - checked_ms_ >= kReloadCheckMs) {
@@ -251,6 +263,15 @@ int BackendTls::OnNewSession(SSL* ssl, SSL_SESSION* session) {
 }
 
 BackendTls::Step BackendTls::Handshake() {
+  const Step step = Advance();
+  if (step == Step::kFailed && ctx_) {
+    std::lock_guard<std::mutex> lock(ctx_->mu);
+    ctx_->last_failure = failure;
+  }
+  return step;
+}
+
+BackendTls::Step BackendTls::Advance() {
   if (ssl_ == nullptr) return Step::kFailed;
   for (;;) {
     switch (phase_) {

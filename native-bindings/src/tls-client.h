@@ -51,6 +51,10 @@ class TlsClient {
   std::shared_ptr<TlsClientContext> Context(int64_t now_ms);
   // The last load error (file names and OpenSSL's reason); empty once a load succeeded.
   std::string LastError();
+  // Why the last connection on the context in force failed its start ("backend certificate:
+  // Hostname mismatch", "the backend declined TLS ..."), or empty: what an operator needs beside
+  // the counter. A new context (changed files) starts without one.
+  std::string LastFailure();
 
   const TlsClientSpec spec;
 
@@ -107,6 +111,7 @@ class BackendTls {
 
  private:
   enum class Phase : uint8_t { kRequest, kAnswer, kHandshake, kDone };
+  Step Advance();
   Phase phase_;
   int request_sent_ = 0;
   std::shared_ptr<TlsClientContext> ctx_;

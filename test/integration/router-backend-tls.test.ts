@@ -392,6 +392,9 @@ describe('router TLS to engines', function () {
     expect(raw[0]).to.equal(0x16);
     expect(raw.includes('plaintext-marker')).to.equal(false);
     expect(wrongName.appBytes).to.equal(0);
+    // /health says why, on either path (Node: "does not match", OpenSSL: "IP address mismatch").
+    const entry = router.router.status().tlsPorts.find((p) => p.port === port.wrongName!);
+    expect(entry?.lastBackendTlsError).to.match(/match/i);
   });
 
   it('verifies backends against the system CAs when the route gives no CA (plaintext clients)', async () => {
@@ -453,6 +456,8 @@ describe('router TLS to engines', function () {
     // The SSLRequest and nothing else: no ClientHello on top of the injected bytes, no plaintext.
     expect(injector.received.length).to.be.greaterThan(0);
     for (const chunks of injector.received) expect(Buffer.concat(chunks).toString('hex')).to.equal('0000000804d2162f');
+    const entry = router.router.status().tlsPorts.find((p) => p.port === port.pgInject!);
+    expect(entry?.lastBackendTlsError).to.match(/declined TLS/);
   });
 
   it('counts a backend whose handshake does not end within the connect timeout, and serves the client from the next', async () => {
