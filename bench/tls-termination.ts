@@ -18,9 +18,17 @@
  * before and after each thread count.
  *
  *   node dist/bench/tls-termination.js [--quick] [--rounds N] [--threads 1,2] [--redis-only] [--engine]
+ *                                      [--reencrypt]
  *
  * `--redis-only` runs just the redis-benchmark rows through the router (plaintext, client TLS,
  * client + engine TLS); `--engine` adds the client + engine TLS and SET rows to a full run.
+ *
+ * `--reencrypt` asks instead: terminating and re-encrypting to a TLS backend (the router's route
+ * with `backendCaFile`, HAProxy's `server ... ssl verify required ca-file CA`), same certificate
+ * and CA on both: new connections per second (redis-benchmark GET with a new TLS connection per
+ * request, `-k 0`, so each one costs the client's handshake and a backend handshake, resumed or
+ * not as each proxy does by default), CPU per such connection, bulk MB/s to a TLS sink
+ * (bench/native/tls-sink-server.c) and GET ops/s to redis-server's TLS port.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -50,6 +58,8 @@ interface Settings {
   redisRequests: number;
   redisOnly: boolean;
   engine: boolean;
+  reencrypt: boolean;
+  reconnRequests: number;
   threads: number[];
 }
 
@@ -66,6 +76,8 @@ function parseArgs(argv: string[]): Settings {
     redisRequests: quick ? 50_000 : 200_000,
     redisOnly: argv.includes('--redis-only'),
     engine: argv.includes('--engine'),
+    reencrypt: argv.includes('--reencrypt'),
+    reconnRequests: quick ? 5_000 : 20_000,
     threads: parseThreads(argv),
   };
 }
@@ -142,6 +154,15 @@ async function buildBulkClient(dir: string): Promise<string | undefined> {
   return out;
 }
 
+/** Builds bench/native/tls-sink-server.c into `dir` (the TLS backend of the re-encrypting bulk rows). */
+async function buildSinkServer(dir: string): Promise<string> {
+  const source = join(__dirname, '..', '..', 'bench', 'native', 'tls-sink-server.c');
+  const out = join(dir, 'tls-sink-server');
+  const r = await runToCompletion('cc', 'cc', ['-O2', '-o', out, source, '-lssl', '-lcrypto'], { timeoutMs: 60_000 });
+  if (r.code !== 0) throw new Error(`--reencrypt needs cc and libssl-dev: ${r.stderr.trim().split('\n')[0] ?? ''}`);
+  return out;
+}
+
 /** MB/s of `streams` TLS streams of `mb` megabytes each through `port`, summed, with the C client. */
 async function bulkNative(client: string, port: number, caFile: string, mb: number, streams: number): Promise<number> {
   const runs = await Promise.all(
@@ -200,7 +221,7 @@ async function main(): Promise<void> {
   for (const threads of settings.threads) {
     const before = await loadAverage();
     const started = new Date().toISOString();
-    const run = await runFor(settings, threads);
+    const run = settings.reencrypt ? await runReencrypt(settings, threads) : await runFor(settings, threads);
     const after = await loadAverage();
     relay = run.relay;
     allSamples[`threads_${threads}`] = run.samples;
@@ -467,6 +488,195 @@ async function runFor(
     tlsPorts: JSON.stringify(health.tlsPorts ?? []),
     samples,
     report: `${header}\n\n${table}\n\n${cost}${withEngine}\n\nsamples:\n${raw}`,
+  };
+}
+
+/**
+ * Terminating and re-encrypting to TLS backends: the router (relay threads with the addon) against
+ * HAProxy with `ssl verify required ca-file` on its server lines.
+ */
+async function runReencrypt(
+  settings: Settings,
+  threads: number,
+): Promise<{ relay: string; tlsPorts: string; samples: Record<string, number[]>; report: string }> {
+  const dir = makeTempDir('sf-bench-tls-re-');
+  const ca = await PlatformCa.open(join(dir, 'ca'));
+  const cert = await ca.ensure('bench', ['localhost', '127.0.0.1']);
+  const engineCert = await ca.ensure('bench-engine', ['localhost', '127.0.0.1']);
+  const bulkClient = await buildBulkClient(dir);
+  const sinkServer = await buildSinkServer(dir);
+  const haproxyPem = join(dir, 'haproxy.pem');
+  writeFileSync(haproxyPem, readFileSync(cert.certFile, 'utf8') + readFileSync(cert.keyFile, 'utf8'), { mode: 0o600 });
+  const redisTlsPort = await freePort();
+  const sinkPort = await freePort();
+  const redis = startProcess('redis', 'redis-server', [
+    '--port',
+    '0',
+    '--tls-port',
+    String(redisTlsPort),
+    '--tls-cert-file',
+    engineCert.certFile,
+    '--tls-key-file',
+    engineCert.keyFile,
+    '--tls-ca-cert-file',
+    ca.certFile,
+    '--tls-auth-clients',
+    'no',
+    '--bind',
+    '127.0.0.1',
+    '--save',
+    '',
+    '--appendonly',
+    'no',
+  ]);
+  const sink = startProcess('tls-sink', sinkServer, [String(sinkPort), engineCert.certFile, engineCert.keyFile]);
+  await waitForPort(redisTlsPort, redis);
+  await waitForPort(sinkPort, sink);
+  const ports = {
+    routerRedis: await freePort(),
+    routerSink: await freePort(),
+    haproxyRedis: await freePort(),
+    haproxySink: await freePort(),
+  };
+  const tls = { certFile: cert.certFile, keyFile: cert.keyFile, backendCaFile: ca.certFile };
+  const routeFile = join(dir, 'routes.json');
+  writeFileSync(
+    routeFile,
+    JSON.stringify({
+      routes: [
+        { port: ports.routerRedis, backends: [{ host: '127.0.0.1', port: redisTlsPort, tls: true }], tls },
+        { port: ports.routerSink, backends: [{ host: '127.0.0.1', port: sinkPort, tls: true }], tls },
+      ],
+    }),
+  );
+  const adminPort = await freePort();
+  const router = startProcess(
+    'router',
+    process.execPath,
+    [sfCliPath(), 'router', '--routes', routeFile, '--admin', `127.0.0.1:${adminPort}`, '--threads', String(threads)],
+    { fileLimit: 65536 },
+  );
+  const health = JSON.parse(await waitForHttp(`http://127.0.0.1:${adminPort}/health`, router)) as {
+    relay: string;
+    tlsPorts?: Array<{ port: number; relay: string }>;
+  };
+  // The router verifies the backend's IP address (no backendServerName); HAProxy its name.
+  const server = (p: number): string =>
+    `  server s1 127.0.0.1:${p} ssl verify required ca-file ${ca.certFile} verifyhost localhost`;
+  const cfg = [
+    'global',
+    `  nbthread ${threads}`,
+    '  maxconn 4000',
+    'defaults',
+    '  mode tcp',
+    '  timeout connect 5s',
+    '  timeout client 1h',
+    '  timeout server 1h',
+    'frontend fe_redis',
+    `  bind 127.0.0.1:${ports.haproxyRedis} ssl crt ${haproxyPem}`,
+    '  default_backend be_redis',
+    'backend be_redis',
+    server(redisTlsPort),
+    'frontend fe_sink',
+    `  bind 127.0.0.1:${ports.haproxySink} ssl crt ${haproxyPem}`,
+    '  default_backend be_sink',
+    'backend be_sink',
+    server(sinkPort),
+    '',
+  ].join('\n');
+  writeFileSync(join(dir, 'haproxy.cfg'), cfg);
+  const haproxy = startProcess('haproxy', 'haproxy', ['-db', '-f', join(dir, 'haproxy.cfg')], { fileLimit: 65536 });
+  for (const [name, p] of Object.entries(ports)) await waitForPort(p, name.startsWith('haproxy') ? haproxy : router);
+  await sleep(500);
+
+  const samples: Record<string, number[]> = {};
+  const add = (key: string, v: number): void => {
+    (samples[key] ??= []).push(v);
+  };
+  const tlsOptions = { caFile: ca.certFile, sni: 'localhost' };
+  const reconnect = async (who: string, pid: number, port: number): Promise<number> => {
+    const before = cpuMs(pid);
+    const rows = await runRedisBenchmark({
+      host: '127.0.0.1',
+      port,
+      clients: 50,
+      requests: settings.reconnRequests,
+      pipeline: 1,
+      tests: ['get'],
+      keepAlive: false,
+      tls: tlsOptions,
+    });
+    add(`cpu_us_per_conn_${who}`, ((cpuMs(pid) - before) * 1000) / settings.reconnRequests);
+    return rows[0]!.rps;
+  };
+  const bulkWithCpu = async (who: string, pid: number, port: number): Promise<number> => {
+    const before = cpuMs(pid);
+    const rate = bulkClient
+      ? await bulkNative(bulkClient, port, ca.certFile, settings.bulkMb, threads)
+      : await bulk(port, readFileSync(ca.certFile), settings.bulkMb);
+    add(`cpu_ms_per_gb_${who}`, (cpuMs(pid) - before) / ((settings.bulkMb * (bulkClient ? threads : 1)) / 1024));
+    return rate;
+  };
+  const get = async (port: number): Promise<number> =>
+    (
+      await runRedisBenchmark({
+        host: '127.0.0.1',
+        port,
+        clients: 50,
+        requests: settings.redisRequests,
+        pipeline: 1,
+        tests: ['get'],
+        tls: tlsOptions,
+      })
+    )[0]!.rps;
+  const steps: Array<[string, () => Promise<number>]> = [
+    ['conn_router', () => reconnect('router', router.pid, ports.routerRedis)],
+    ['conn_haproxy', () => reconnect('haproxy', haproxy.pid, ports.haproxyRedis)],
+    ['bulk_router', () => bulkWithCpu('router', router.pid, ports.routerSink)],
+    ['bulk_haproxy', () => bulkWithCpu('haproxy', haproxy.pid, ports.haproxySink)],
+    ['get_router', () => get(ports.routerRedis)],
+    ['get_haproxy', () => get(ports.haproxyRedis)],
+  ];
+  for (let round = 0; round < settings.rounds; round++) {
+    const order = [...steps.slice(round % steps.length), ...steps.slice(0, round % steps.length)];
+    for (const [key, fn] of order) {
+      add(key, await fn());
+      process.stderr.write(`threads ${threads} round ${round + 1} ${key}: ${formatNumber(samples[key]!.at(-1))}\n`);
+    }
+  }
+  const m = (k: string): number => median(samples[k] ?? []);
+  const row = (label: string, key: string): string[] => [
+    label,
+    formatNumber(m(`${key}_router`)),
+    formatNumber(m(`${key}_haproxy`)),
+    formatRatio(m(`${key}_router`) / m(`${key}_haproxy`)),
+  ];
+  const table = formatTable(
+    ['client TLS terminated, re-encrypted to a verified TLS backend', 'router', 'HAProxy 2.6', 'router / HAProxy'],
+    [
+      row('new conn/s (GET per connection, -k 0 -c 50)', 'conn'),
+      row('CPU µs per new connection (lower is better)', 'cpu_us_per_conn'),
+      row('bulk MB/s to a TLS sink', 'bulk'),
+      row('CPU ms per GB of bulk (lower is better)', 'cpu_ms_per_gb'),
+      row('GET ops/s (-c 50 -P 1)', 'get'),
+    ],
+  );
+  const bulkBy = bulkClient
+    ? `bulk: ${threads} stream(s) of ${settings.bulkMb} MB each from bench/native/tls-bulk-client.c`
+    : `bulk: one stream of ${settings.bulkMb} MB from Node's TLS client`;
+  const header = `router relay: ${health.relay}; ${await haproxyVersion()}; rounds ${settings.rounds}; ${bulkBy}`;
+  const raw = Object.entries(samples)
+    .map(([k, v]) => `${k}: ${v.map((x) => formatNumber(x)).join(' / ')}`)
+    .join('\n');
+  await haproxy.stop();
+  await router.stop();
+  await sink.stop();
+  await redis.stop();
+  return {
+    relay: health.relay,
+    tlsPorts: JSON.stringify(health.tlsPorts ?? []),
+    samples,
+    report: `${header}\n\n${table}\n\nsamples:\n${raw}`,
   };
 }
 

@@ -7,6 +7,7 @@
         "src/listen-batch.cc",
         "src/relay-engine.cc",
         "src/socket-options.cc",
+        "src/tls-client.cc",
         "src/tls-server.cc"
       ],
       "variables": {

@@ -101,8 +101,12 @@ export interface NativeBindings {
     numbers: Float64Array,
     tls?: NativeTlsRoute[],
   ): Float64Array;
-  /** Why the port's certificate did not load (file names and OpenSSL's reason), or undefined. */
+  /** Why the port's certificate (or its backend CA or client certificate) did not load, or undefined. */
   tlsError(portId: number): string | undefined;
+  /** Why the port's last TLS start with a backend failed (verification, a declined SSLRequest), or undefined. */
+  backendTlsFailure?(portId: number): string | undefined;
+  /** What this build supports beyond the basics (`backend-tls`); absent in older builds. */
+  readonly features?: readonly string[];
   /** Stops accepting now (closes the listening socket) and drains the port's connections. */
   retirePort(portId: number): boolean;
   /** Forgets a retired port with no connection left; false while some remain. */
@@ -130,13 +134,14 @@ export interface NativeBindings {
 }
 
 /**
- * A terminating route among `applyPorts`' routes (`index` into them): the relay threads run its
- * preamble and TLS handshake with OpenSSL and relay the decrypted stream (docs/native-relay.md).
+ * A TLS route among `applyPorts`' routes (`index` into them). With `certFile` it terminates: the
+ * relay threads run its preamble and TLS handshake with OpenSSL and relay the decrypted stream;
+ * with `backend` they connect to the backends marked in `backend.tls` over TLS (docs/native-relay.md).
  */
 export interface NativeTlsRoute {
   index: number;
-  certFile: string;
-  keyFile: string;
+  certFile?: string;
+  keyFile?: string;
   clientCaFile?: string;
   minVersion: 'TLSv1.2' | 'TLSv1.3';
   alpn?: string[];
@@ -144,6 +149,22 @@ export interface NativeTlsRoute {
   policy: 'required' | 'optional';
   /** A client whose preamble and handshake take longer is closed (counted as a handshake error). */
   handshakeTimeoutMs: number;
+  backend?: NativeBackendTls;
+}
+
+/** TLS towards a route's backends (router/backend-tls.ts semantics). */
+export interface NativeBackendTls {
+  /** The CA backends' certificates must chain to; the system's CAs without it. */
+  caFile?: string;
+  /** The router's certificate and key for backends that ask for one (mTLS). */
+  certFile?: string;
+  keyFile?: string;
+  /** The name to verify and send as SNI; without it the backend's address is verified. */
+  serverName?: string;
+  /** An SSLRequest goes first; only an `S` answer leads on to TLS. */
+  postgres: boolean;
+  /** Per backend of the route, in order: reached over TLS. */
+  tls: boolean[];
 }
 
 /** The addon's `sf::NativeEvent::Kind`. */
@@ -176,6 +197,7 @@ export const NATIVE_PORT_STAT_FIELDS = [
   'tlsHandshakes',
   'tlsHandshakeErrors',
   'refusedPlaintext',
+  'backendTlsErrors',
 ] as const;
 
 /** Where the addon may be: next to this file's source, or beside the compiled copy in dist/. */

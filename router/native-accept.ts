@@ -19,11 +19,12 @@ import {
   NATIVE_PORT_STAT_FIELDS,
   NATIVE_ROUTE_MODE,
   NativeAcceptEvent,
+  loadNativeBindings,
   type NativeBindings,
   type NativeBudgetHandle,
   type NativeTlsRoute,
 } from '../native-bindings';
-import { DEFAULT_ROUTE_LIMITS, anyBackendTls, clientTls, type Backend, type Route } from '../protocol';
+import { DEFAULT_ROUTE_LIMITS, anyBackendTls, backendUsesTls, clientTls, type Backend, type Route } from '../protocol';
 
 /** The counters the addon keeps per natively accepted port. */
 export type NativePortStats = Record<(typeof NATIVE_PORT_STAT_FIELDS)[number], number>;
@@ -41,15 +42,14 @@ export function routeJsReason(route: Route): string | undefined {
   if ((route.sni?.length ?? 0) > 0) return 'sni';
   if (route.proxyProtocol) return 'proxy-protocol';
   const backends = route.backends;
-  if (route.tls !== undefined) {
-    // TLS towards backends is Node's; a passthrough route's start is checked in JS. A terminating
-    // route is served by the relay threads with OpenSSL (SF_NATIVE_TLS=off keeps it in JS).
-    if (anyBackendTls(route)) return 'backend-tls';
-    const tls = clientTls(route);
-    if (tls?.mode === 'passthrough') return 'tls-passthrough';
+  // A passthrough route's start is checked in JS. Terminating routes and TLS towards backends are
+  // served by the relay threads with OpenSSL (SF_NATIVE_TLS=off keeps both in JS; an addon built
+  // before backend TLS keeps routes with TLS towards backends there).
+  const toBackends = anyBackendTls(route);
+  if (route.tls !== undefined || toBackends) {
+    if (clientTls(route)?.mode === 'passthrough') return 'tls-passthrough';
     if (process.env.SF_NATIVE_TLS === 'off') return 'tls';
-  } else {
-    for (let i = 0; i < backends.length; i++) if (backends[i]!.tls === true) return 'backend-tls';
+    if (toBackends && !nativeBackendTls()) return 'backend-tls';
   }
   // Names are resolved by Node, through a lookup that refuses the router's own addresses.
   // Scoped IPv6 addresses (fe80::1%eth0) are left to Node too: the addon parses plain addresses only.
@@ -58,6 +58,14 @@ export function routeJsReason(route: Route): string | undefined {
     if (isIP(host) === 0 || host.includes('%')) return 'host-name';
   }
   return undefined;
+}
+
+let backendTlsSupported: boolean | undefined;
+
+/** True when the addon connects to backends over TLS itself. */
+export function nativeBackendTls(): boolean {
+  backendTlsSupported ??= loadNativeBindings()?.features?.includes('backend-tls') === true;
+  return backendTlsSupported;
 }
 
 /** How native ports listen, and how long a client of a terminating route has for its preamble and handshake. */
@@ -155,26 +163,42 @@ function encodeRoutes(
   return { header, ids, hosts, numbers };
 }
 
-/** The terminating routes among `routes` (both lists, in order), for `applyPorts`. */
+/** TLS towards the route's backends, as router/backend-tls.ts connects on the JS path. */
+function encodeBackendTls(route: Route): NativeTlsRoute['backend'] {
+  const tls = clientTls(route);
+  return {
+    ...(tls?.backendCaFile ? { caFile: tls.backendCaFile } : {}),
+    ...(tls?.backendCertFile && tls.backendKeyFile
+      ? { certFile: tls.backendCertFile, keyFile: tls.backendKeyFile }
+      : {}),
+    ...(tls?.backendServerName ? { serverName: tls.backendServerName } : {}),
+    postgres: tls?.startup === 'postgres',
+    tls: route.backends.map((b) => backendUsesTls(route, b)),
+  };
+}
+
+/** The TLS routes among `routes` (both lists, in order), for `applyPorts`. */
 function encodeTls(first: readonly Route[], second: readonly Route[], handshakeTimeoutMs: number): NativeTlsRoute[] {
   const out: NativeTlsRoute[] = [];
   const total = first.length + second.length;
   for (let r = 0; r < total; r++) {
     const route = r < first.length ? first[r]! : second[r - first.length]!;
-    if (route.tls === undefined) continue;
+    const toBackends = anyBackendTls(route);
+    if (route.tls === undefined && !toBackends) continue;
     const tls = clientTls(route);
-    if (tls?.mode !== 'terminate') continue;
+    const terminate = tls?.mode === 'terminate';
+    if (!terminate && !toBackends) continue;
     out.push({
       index: r,
-      certFile: tls.certFile!,
-      keyFile: tls.keyFile!,
-      ...(tls.clientCaFile ? { clientCaFile: tls.clientCaFile } : {}),
-      minVersion: tls.minVersion,
+      ...(terminate ? { certFile: tls.certFile!, keyFile: tls.keyFile! } : {}),
+      ...(terminate && tls.clientCaFile ? { clientCaFile: tls.clientCaFile } : {}),
+      minVersion: tls?.minVersion ?? 'TLSv1.2',
       // A PostgreSQL route offers `postgresql` (direct TLS negotiation needs it), as on the JS path.
-      ...(tls.alpn ? { alpn: tls.alpn } : tls.startup === 'postgres' ? { alpn: ['postgresql'] } : {}),
-      startup: tls.startup,
-      policy: tls.policy,
+      ...(tls?.alpn ? { alpn: tls.alpn } : tls?.startup === 'postgres' ? { alpn: ['postgresql'] } : {}),
+      startup: tls?.startup ?? 'tls',
+      policy: tls?.policy ?? 'required',
       handshakeTimeoutMs,
+      ...(toBackends ? { backend: encodeBackendTls(route) } : {}),
     });
   }
   return out;
@@ -273,6 +297,11 @@ export class NativeAcceptor {
   /** Why the port's certificate did not load, or undefined. */
   tlsError(id: number): string | undefined {
     return this.bindings.tlsError(id);
+  }
+
+  /** Why the port's last TLS start with a backend failed, or undefined. */
+  backendTlsFailure(id: number): string | undefined {
+    return this.bindings.backendTlsFailure?.(id);
   }
 
   killAll(id: number): number {

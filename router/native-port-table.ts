@@ -9,7 +9,7 @@
  * and map entries per port (~6 µs and garbage per port), most of the JavaScript time of applying it.
  */
 import { ErrorCode, SfError } from '../common';
-import type { Backend, Route } from '../protocol';
+import { anyBackendTls, type Backend, type Route } from '../protocol';
 import { NATIVE_PORT_STAT_FIELDS } from '../native-bindings';
 import type { NativeAcceptEventKind, NativeAcceptor, NativeCommitOptions, NativePortEvents } from './native-accept';
 import { newRouteStats, type RouteStats } from './route-stats';
@@ -166,12 +166,14 @@ export class NativePortTable implements NativePortEvents {
       result.opened.push(route.port);
     }
     for (let i = 0; i < change.changedRoutes.length; i++) {
-      if (change.changedRoutes[i]!.tls === undefined) continue;
+      const changed = change.changedRoutes[i]!;
+      if (changed.tls === undefined && !anyBackendTls(changed)) continue;
       const message = this.acceptor.tlsError(change.changedIds[i]!);
       if (message !== undefined) result.certificateErrors.push({ port: change.changedRoutes[i]!.port, message });
     }
     for (const port of result.opened) {
-      if (this.routes[port]?.tls === undefined) continue;
+      const route = this.routes[port];
+      if (route === undefined || (route.tls === undefined && !anyBackendTls(route))) continue;
       const message = this.tlsError(port);
       if (message !== undefined) result.certificateErrors.push({ port, message });
     }
@@ -230,6 +232,7 @@ export class NativePortTable implements NativePortEvents {
       s.tlsHandshakes = values[at + 12]!;
       s.tlsHandshakeErrors = values[at + 13]!;
       s.refusedPlaintext = values[at + 14]!;
+      s.backendTlsErrors = values[at + 15]!;
       out.push(s);
     }
     return out;
@@ -239,6 +242,12 @@ export class NativePortTable implements NativePortEvents {
   tlsError(port: number): string | undefined {
     const id = this.ids[port]!;
     return id === 0 ? undefined : this.acceptor.tlsError(id);
+  }
+
+  /** Why the native port's last TLS start with a backend failed, or undefined. */
+  backendTlsFailure(port: number): string | undefined {
+    const id = this.ids[port]!;
+    return id === 0 ? undefined : this.acceptor.backendTlsFailure(id);
   }
 
   /** Live connections of the port's route to `backendId`. */

@@ -30,6 +30,8 @@ export interface ConnectionHost {
   backendLookup(backend: Backend): LookupFunction | undefined;
   /** Counts a backend whose name resolved to one of the router's own addresses. */
   selfLoopDetected(backend: Backend, detail: string): void;
+  /** A backend reached over TLS failed verification or declined TLS (already counted): why. */
+  backendTlsFailed(message: string): void;
 }
 
 export class ProxiedConnection {
@@ -185,9 +187,10 @@ export class ProxiedConnection {
   private readonly onConnectError = (err: NodeJS.ErrnoException): void => {
     if (err.code === SELF_LOOP_ERROR_CODE && this.backend) this.host.selfLoopDetected(this.backend, err.message);
     // Fail closed: a backend whose certificate does not verify is passed over, never used in plaintext.
-    else if (this.backendTcp && (this.backendTcpUp || err.code === BACKEND_TLS_ERROR_CODE))
+    else if (this.backendTcp && (this.backendTcpUp || err.code === BACKEND_TLS_ERROR_CODE)) {
       this.host.stats.backendTlsErrors++;
-    else this.host.stats.connectErrors++;
+      this.host.backendTlsFailed(err.message);
+    } else this.host.stats.connectErrors++;
     this.retry();
   };
 

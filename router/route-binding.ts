@@ -230,6 +230,13 @@ export class RouteBinding implements ConnectionHost {
     return this.serverTls;
   }
 
+  /** Why the last TLS start with a backend failed, for `/health`. */
+  lastBackendTlsError: string | undefined;
+
+  backendTlsFailed(message: string): void {
+    this.lastBackendTlsError = message;
+  }
+
   certificateProblem(message: string): void {
     this.env.certificateProblem(this, message);
   }

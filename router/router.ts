@@ -68,6 +68,10 @@ export interface TlsPortStatus {
   /** `terminate` or `passthrough` with clients; `backend` for TLS towards the backend only. */
   tls: 'terminate' | 'passthrough' | 'backend';
   relay: Relay['kind'];
+  /** The router connects to (some of) the route's backends over TLS. */
+  backendTls?: boolean;
+  /** Why the last TLS start with one of those backends failed (verification, a declined SSLRequest). */
+  lastBackendTlsError?: string;
   /** Why the route's certificate is not loaded, when it is not. */
   certificateError?: string;
 }
@@ -535,6 +539,8 @@ export class Router {
           port: route.port,
           tls: tls?.mode ?? 'backend',
           relay: js ? 'js' : this.relay.kind,
+          ...(anyBackendTls(route) ? { backendTls: true } : {}),
+          ...(binding.lastBackendTlsError ? { lastBackendTlsError: binding.lastBackendTlsError } : {}),
           ...(error ? { certificateError: error } : {}),
         });
       }
@@ -544,9 +550,19 @@ export class Router {
     if (native !== undefined) {
       for (const port of native.ports()) {
         const route = native.routeOf(port);
-        if (route?.tls === undefined) continue;
+        if (route === undefined) continue;
+        const tls = clientTls(route);
+        if (tls === undefined && !anyBackendTls(route)) continue;
         const error = native.tlsError(port);
-        out.push({ port, tls: 'terminate', relay: 'native', ...(error ? { certificateError: error } : {}) });
+        const failure = anyBackendTls(route) ? native.backendTlsFailure(port) : undefined;
+        out.push({
+          port,
+          tls: tls?.mode ?? 'backend',
+          relay: 'native',
+          ...(anyBackendTls(route) ? { backendTls: true } : {}),
+          ...(failure ? { lastBackendTlsError: failure } : {}),
+          ...(error ? { certificateError: error } : {}),
+        });
       }
     }
     return out;

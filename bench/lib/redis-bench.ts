@@ -18,6 +18,8 @@ export interface RedisBenchOptions {
   tests: readonly string[];
   /** Connect over TLS, verifying against `caFile` (`--tls --cacert`, `--sni`). */
   tls?: { caFile: string; sni?: string };
+  /** `false`: a new connection per request (`-k 0`). @default true */
+  keepAlive?: boolean;
 }
 
 export interface RedisBenchRow {
@@ -78,6 +80,7 @@ export async function runRedisBenchmark(options: RedisBenchOptions): Promise<Red
     '-t',
     options.tests.join(','),
     '--csv',
+    ...(options.keepAlive === false ? ['-k', '0'] : []),
     ...(options.tls
       ? ['--tls', '--cacert', options.tls.caFile, ...(options.tls.sni ? ['--sni', options.tls.sni] : [])]
       : []),

@@ -10,6 +10,7 @@
 
 #include "relay-engine.h"
 #include "socket-options.h"
+#include "tls-client.h"
 #include "tls-server.h"
 
 namespace {
@@ -47,7 +48,7 @@ Napi::Value ThrowType(Napi::Env env, const char* message) {
 constexpr size_t kRouteHeader = 6;
 constexpr size_t kBackendNumbers = 6;
 // Counters per port (NATIVE_PORT_STAT_FIELDS in native-bindings/index.ts).
-constexpr uint32_t kPortStats = 15;
+constexpr uint32_t kPortStats = 16;
 
 AddonData* Data(Napi::Env env) { return env.GetInstanceData<AddonData>(); }
 
@@ -369,10 +370,12 @@ std::string Str(const Napi::Object& o, const char* key) {
   return v.IsString() ? v.As<Napi::String>().Utf8Value() : std::string();
 }
 
-// The terminating routes among the routes of applyPorts: an array (or undefined) of
-// {index, certFile, keyFile, clientCaFile?, minVersion, alpn?: string[], startup, policy,
-// handshakeTimeoutMs}, `index` into the routes. Each is given the shared TLS server of its
-// settings (its certificate loaded now, on this thread).
+// The TLS routes among the routes of applyPorts: an array (or undefined) of {index, certFile?,
+// keyFile?, clientCaFile?, minVersion, alpn?: string[], startup, policy, handshakeTimeoutMs,
+// backend?: {caFile?, certFile?, keyFile?, serverName?, postgres, tls: number[]}}, `index` into the
+// routes. A terminating route (certFile) is given the shared TLS server of its settings, a route
+// with TLS towards backends the shared TLS client of its backend settings and, per backend (in
+// order), whether it is reached over TLS. Their files are loaded now, on this thread.
 const char* ParseTls(sf::Engine* engine, const Napi::Value& tls_v, std::vector<sf::RouteSpec>* specs) {
   if (tls_v.IsUndefined() || tls_v.IsNull()) return nullptr;
   if (!tls_v.IsArray()) return "tls: must be an array";
@@ -383,10 +386,29 @@ const char* ParseTls(sf::Engine* engine, const Napi::Value& tls_v, std::vector<s
     Napi::Object o = e.As<Napi::Object>();
     const uint32_t index = U32(o.Get("index"));
     if (index >= specs->size()) return "tls: index out of range";
+    Napi::Value backend_v = o.Get("backend");
+    if (backend_v.IsObject()) {
+      Napi::Object b = backend_v.As<Napi::Object>();
+      sf::TlsClientSpec client;
+      client.ca_file = Str(b, "caFile");
+      client.cert_file = Str(b, "certFile");
+      client.key_file = Str(b, "keyFile");
+      client.server_name = Str(b, "serverName");
+      client.postgres = b.Get("postgres").ToBoolean().Value();
+      if (client.cert_file.empty() != client.key_file.empty()) return "tls: backend certFile and keyFile go together";
+      Napi::Value flags_v = b.Get("tls");
+      if (!flags_v.IsArray()) return "tls: backend.tls must be an array";
+      Napi::Array flags = flags_v.As<Napi::Array>();
+      auto& backends = (*specs)[index].backends;
+      if (flags.Length() != backends.size()) return "tls: backend.tls must have one entry per backend";
+      for (uint32_t k = 0; k < flags.Length(); k++) backends[k].tls = flags.Get(k).ToBoolean().Value();
+      (*specs)[index].backend_tls = engine->TlsClientFor(client);
+    }
     sf::TlsSpec spec;
     spec.cert_file = Str(o, "certFile");
     spec.key_file = Str(o, "keyFile");
     spec.client_ca_file = Str(o, "clientCaFile");
+    if (spec.cert_file.empty() && spec.key_file.empty() && backend_v.IsObject()) continue;  // backend TLS only
     if (spec.cert_file.empty() || spec.key_file.empty()) return "tls: certFile and keyFile are required";
     spec.min_version = Str(o, "minVersion") == "TLSv1.3" ? TLS1_3_VERSION : TLS1_2_VERSION;
     Napi::Value alpn = o.Get("alpn");
@@ -404,6 +426,15 @@ const char* ParseTls(sf::Engine* engine, const Napi::Value& tls_v, std::vector<s
     (*specs)[index].tls = engine->TlsFor(spec);
   }
   return nullptr;
+}
+
+// backendTlsFailure(portId) -> why the port's last backend TLS start failed, or undefined
+Napi::Value BackendTlsFailure(const Napi::CallbackInfo& info) {
+  sf::Engine* engine = EngineOf(info);
+  if (engine == nullptr) return info.Env().Undefined();
+  std::string failure = engine->BackendTlsFailure(U32(info[0]));
+  if (failure.empty()) return info.Env().Undefined();
+  return Napi::String::New(info.Env(), failure);
 }
 
 // tlsError(portId) -> why the port's certificate did not load, or undefined
@@ -492,7 +523,7 @@ Napi::Value PortStats(const Napi::CallbackInfo& info) {
   const uint64_t values[kPortStats] = {c.active,         c.total,          c.bytes_in,         c.bytes_out,
                              c.connect_errors, c.connect_timeouts, c.refused_no_backend, c.refused_max,
                              c.refused_self_loop, c.killed_fenced, c.killed_drained,   c.idle_timeouts,
-                             c.tls_handshakes, c.tls_handshake_errors, c.refused_plaintext};
+                             c.tls_handshakes, c.tls_handshake_errors, c.refused_plaintext, c.backend_tls_errors};
   Napi::Array out = Napi::Array::New(env, kPortStats);
   for (uint32_t i = 0; i < kPortStats; i++) out.Set(i, Napi::Number::New(env, static_cast<double>(values[i])));
   return out;
@@ -518,7 +549,7 @@ Napi::Value PortStatsMany(const Napi::CallbackInfo& info) {
     const uint64_t values[kPortStats] = {c.active,         c.total,            c.bytes_in,           c.bytes_out,
                                c.connect_errors, c.connect_timeouts, c.refused_no_backend, c.refused_max,
                                c.refused_self_loop, c.killed_fenced, c.killed_drained,     c.idle_timeouts,
-                               c.tls_handshakes, c.tls_handshake_errors, c.refused_plaintext};
+                               c.tls_handshakes, c.tls_handshake_errors, c.refused_plaintext, c.backend_tls_errors};
     for (uint32_t k = 0; k < kPortStats; k++) o[k] = static_cast<double>(values[k]);
   }
   return out;
@@ -621,6 +652,12 @@ Napi::Object Module(Napi::Env env, Napi::Object exports) {
   exports.Set("release", Napi::Function::New(env, Release));
   exports.Set("budgetStats", Napi::Function::New(env, BudgetStats));
   exports.Set("tlsError", Napi::Function::New(env, TlsError));
+  exports.Set("backendTlsFailure", Napi::Function::New(env, BackendTlsFailure));
+  // What this build can do beyond the basics, so that a router paired with an older addon keeps
+  // such routes on the JS path.
+  Napi::Array features = Napi::Array::New(env, 1);
+  features.Set(0u, Napi::String::New(env, "backend-tls"));
+  exports.Set("features", features);
   return exports;
 }
 

@@ -4,6 +4,7 @@
 #include "relay-engine.h"
 #include "listen-batch.h"
 #include "socket-options.h"
+#include "tls-client.h"
 #include "tls-server.h"
 
 #include <openssl/err.h>
@@ -295,6 +296,9 @@ class Pair : public std::enable_shared_from_this<Pair> {
   // on that edge.
   bool ssl_read_wants_write_ = false;
   bool ssl_write_wants_read_ = false;
+  // TLS towards the backend (tls-client.h), made with each connect attempt to a backend marked
+  // `tls`; while it has not finished its start the pair stays connecting_.
+  std::unique_ptr<BackendTls> btls_;
   // What the start did to the port's counters, added under the port's lock by the caller.
   int start_handshakes_ = 0, start_handshake_errors_ = 0, start_refused_ = 0;
 
@@ -449,6 +453,7 @@ void Pair::CloseFds(bool reset) {
     SSL_free(ssl_);
     ssl_ = nullptr;
   }
+  btls_.reset();
   for (int dir = 0; dir < 2; dir++) {
     CloseQuietly(pipe_r_[dir]);
     CloseQuietly(pipe_w_[dir]);
@@ -492,6 +497,7 @@ bool Pair::SendCopy(int dir, const char* data, size_t len, CloseEvent* ev) {
 }
 
 ssize_t Pair::In(int src, char* buffer, size_t len) {
+  if (src == 1 && btls_) return btls_->Read(buffer, len);
   if (src == 1 || ssl_ == nullptr) return recv(fd_[src], buffer, len, 0);
   ssl_read_wants_write_ = false;
   const int n = SSL_read(ssl_, buffer, static_cast<int>(len));
@@ -519,6 +525,7 @@ ssize_t Pair::In(int src, char* buffer, size_t len) {
 }
 
 ssize_t Pair::Out(int dst, const char* data, size_t len) {
+  if (dst == 1 && btls_) return btls_->Write(data, len);
   if (dst == 1 || ssl_ == nullptr) return send(fd_[dst], data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
   ssl_write_wants_read_ = false;
   const int n = SSL_write(ssl_, data, static_cast<int>(std::min<size_t>(len, INT32_MAX)));
@@ -756,6 +763,7 @@ Pair::Turn Pair::Pump(int dir, int pipe_size, char* buffer, CloseEvent* ev) {
             SSL_shutdown(ssl_);
             ERR_clear_error();
           }
+          if (dst == 1 && btls_) btls_->Shutdown();
           shutdown(fd_[dst], SHUT_WR);
         }
         shut_[dir] = true;
@@ -774,13 +782,28 @@ Pair::Turn Pair::Pump(int dir, int pipe_size, char* buffer, CloseEvent* ev) {
       // have to be kept in memory, while leaving it in the source's receive buffer lets TCP flow
       // control slow the sender down.
       if (!writable_[dst]) return Turn::kIdle;
-      const size_t want = ssl_ != nullptr ? kTlsBufferSize : kCopyBufferSize;
+      const bool tls = ssl_ != nullptr || btls_;
+      const size_t want = tls ? kTlsBufferSize : kCopyBufferSize;
       n = In(src, buffer, want);
       if (n > 0) {
-        if (ssl_ != nullptr) {
+        if (tls && src == 1 && btls_) {
+          // From a TLS backend: records gathered as from a TLS client (below).
+          bool ended = false;
+          while (static_cast<size_t>(n) + kTlsRecordSize <= want && (btls_->MayHaveMore() || hangup_[1])) {
+            const ssize_t more = In(1, buffer + n, want - static_cast<size_t>(n));
+            if (more > 0) {
+              n += more;
+              continue;
+            }
+            if (more == 0 || errno != EAGAIN) ended = true;
+            else readable_[1] = false;
+            break;
+          }
+          if (!ended && !btls_->MayHaveMore() && !hangup_[1]) readable_[1] = false;
+        } else if (tls) {
           // Decrypted or to be encrypted: never spliced. The socket is drained when OpenSSL's last
           // read of it came back short and it holds no record back.
-          if (src == 0) {
+          if (src == 0 && ssl_ != nullptr) {
             // SSL_read hands over one record at a time: gather what is known to be there.
             bool ended = false;
             while (static_cast<size_t>(n) + kTlsRecordSize <= want &&
@@ -798,6 +821,7 @@ Pair::Turn Pair::Pump(int dir, int pipe_size, char* buffer, CloseEvent* ev) {
             }
             if (!ended && io_.short_read && SSL_has_pending(ssl_) == 0 && !hangup_[0]) readable_[0] = false;
           }
+          if (src == 0 && ssl_ == nullptr && static_cast<size_t>(n) < want && !hangup_[0]) readable_[0] = false;
           if (src == 1 && static_cast<size_t>(n) < want && !hangup_[1]) readable_[1] = false;
         } else if (static_cast<size_t>(n) == kCopyBufferSize) {
           splicing_[dir] = true;
@@ -924,6 +948,8 @@ void Loop::RegisterIncoming() {
 void Loop::Serve(Pair* pair, const End* end, uint32_t events, std::vector<std::shared_ptr<Pair>>* again) {
   bool more = false;
   bool connect_failed = false;
+  // The backend's TLS start, when it ran in this call and did not have to wait.
+  BackendTls::Step backend_tls = BackendTls::Step::kWait;
   CloseEvent ev{};
   Pair::StartResult start = Pair::StartResult::kConnect;
   bool counted = false;
@@ -943,6 +969,10 @@ void Loop::Serve(Pair* pair, const End* end, uint32_t events, std::vector<std::s
         if (pair->ssl_read_wants_write_ && (events & EPOLLOUT)) pair->readable_[0] = true;
         if (pair->ssl_write_wants_read_ && (events & EPOLLIN)) pair->writable_[0] = true;
       }
+      if (end->side == 1 && pair->btls_) {
+        if (pair->btls_->read_wants_write && (events & EPOLLOUT)) pair->readable_[1] = true;
+        if (pair->btls_->write_wants_read && (events & EPOLLIN)) pair->writable_[1] = true;
+      }
     }
     if (pair->start_ != Pair::Start::kNone) {
       // Only the client's events move its start (it has no backend yet).
@@ -955,6 +985,11 @@ void Loop::Serve(Pair* pair, const End* end, uint32_t events, std::vector<std::s
       counts[2] = pair->start_refused_;
       pair->start_handshakes_ = pair->start_handshake_errors_ = pair->start_refused_ = 0;
       counted = counts[0] + counts[1] + counts[2] > 0;
+    } else if (pair->connecting_ && pair->btls_ && pair->btls_->tcp_up) {
+      // Connected, in the backend's TLS start: any event of the backend moves it on.
+      if (end == nullptr || end->side != 1) return;
+      backend_tls = pair->btls_->Handshake();
+      if (backend_tls == BackendTls::Step::kWait) return;
     } else if (pair->connecting_) {
       // Only the backend's first writable (or error) edge ends a connect; until then the client's
       // bytes wait in its receive queue, as pauseOnConnect keeps them on the JS path.
@@ -978,15 +1013,29 @@ void Loop::Serve(Pair* pair, const End* end, uint32_t events, std::vector<std::s
       }
       if (err != 0) {
         connect_failed = true;
+      } else if (pair->btls_) {
+        // TCP is up; the backend's TLS start (tls-client.h) runs before the first client byte.
+        pair->btls_->tcp_up = true;
+        backend_tls = pair->btls_->Handshake();
+        if (backend_tls == BackendTls::Step::kWait) return;
       } else {
         pair->connecting_ = false;
         pair->writable_[1] = true;
         pair->readable_[0] = true;
       }
     }
+    if (backend_tls == BackendTls::Step::kDone) {
+      pair->connecting_ = false;
+      pair->writable_[1] = true;
+      // What the backend sent with the end of its handshake (TLS 1.3 session tickets) is read now.
+      pair->readable_[1] = true;
+      pair->readable_[0] = true;
+    }
   }
-  if (connect_failed) {
-    engine_->ConnectNext(pair->shared_from_this(), 1);
+  if (connect_failed || backend_tls == BackendTls::Step::kFailed) {
+    // Fail closed: a backend that declined TLS or failed verification is passed over (counted
+    // apart from refused connects, as on the JS path), never used in plaintext.
+    engine_->ConnectNext(pair->shared_from_this(), connect_failed ? 1 : 3);
     return;
   }
   if (starting) {
@@ -1663,11 +1712,43 @@ std::string Engine::TlsError(uint32_t port_id) {
   std::shared_ptr<Port> port = FindPort(port_id);
   if (!port) return std::string();
   std::shared_ptr<TlsServer> tls;
+  std::shared_ptr<TlsClient> client;
   {
     std::lock_guard<std::mutex> lock(port->mu);
     tls = port->route.tls;
+    client = port->route.backend_tls;
   }
-  return tls ? tls->LastError() : std::string();
+  std::string error = tls ? tls->LastError() : std::string();
+  const std::string backend = client ? client->LastError() : std::string();
+  if (!backend.empty()) error += (error.empty() ? "" : "; ") + backend;
+  return error;
+}
+
+std::string Engine::BackendTlsFailure(uint32_t port_id) {
+  std::shared_ptr<Port> port = FindPort(port_id);
+  if (!port) return std::string();
+  std::shared_ptr<TlsClient> client;
+  {
+    std::lock_guard<std::mutex> lock(port->mu);
+    client = port->route.backend_tls;
+  }
+  return client ? client->LastFailure() : std::string();
+}
+
+std::shared_ptr<TlsClient> Engine::TlsClientFor(const TlsClientSpec& spec) {
+  const std::string key = spec.Key();
+  std::lock_guard<std::mutex> lock(tls_mu_);
+  auto it = tls_clients_.find(key);
+  if (it != tls_clients_.end()) {
+    if (auto live = it->second.lock()) return live;
+  }
+  for (auto i = tls_clients_.begin(); i != tls_clients_.end();) {
+    if (i->second.expired()) i = tls_clients_.erase(i);
+    else ++i;
+  }
+  auto made = std::make_shared<TlsClient>(spec);
+  tls_clients_[key] = made;
+  return made;
 }
 
 void Engine::SetEventSink(EventSink sink) {
@@ -1735,18 +1816,20 @@ void Engine::Accept(Loop* loop, const std::shared_ptr<Port>& port, int client_fd
   if (!pair->tls_) ConnectNext(pair, 0);
 }
 
-// failed: 0 first attempt, 1 the previous attempt failed, 2 it timed out.
+// failed: 0 first attempt, 1 the previous attempt failed, 2 it timed out, 3 its TLS start failed.
 void Engine::ConnectNext(const std::shared_ptr<Pair>& pair, int failed) {
   Port& port = *pair->port_;
   for (;;) {
     BackendSpec target;
     uint64_t connect_timeout_ms;
+    std::shared_ptr<TlsClient> backend_tls;
     bool none = false;
     {
       std::lock_guard<std::mutex> lock(port.mu);
       if (!pair->accounted_) return;  // killed meanwhile
       if (failed == 1) port.c.connect_errors++;
       if (failed == 2) port.c.connect_timeouts++;
+      if (failed == 3) port.c.backend_tls_errors++;
       failed = 0;
       if (pair->holds_backend_) {
         auto it = port.active_by_backend.find(pair->backend_id_);
@@ -1772,6 +1855,7 @@ void Engine::ConnectNext(const std::shared_ptr<Pair>& pair, int failed) {
         pair->epoch_ = target.epoch;
         pair->holds_backend_ = true;
         port.active_by_backend[target.id]++;
+        if (target.tls) backend_tls = port.route.backend_tls;
       }
       connect_timeout_ms = port.route.connect_timeout_ms;
     }
@@ -1806,6 +1890,15 @@ void Engine::ConnectNext(const std::shared_ptr<Pair>& pair, int failed) {
       CloseQuietly(pair->fd_[1]);
     }
     pair->fd_[1] = fd;
+    pair->btls_.reset();
+    // A PostgreSQL client that did not start TLS (an optional route) reaches the backend in
+    // plaintext, as on the JS path (router/proxied-connection.ts plaintextPostgresClient): over a
+    // re-encrypted leg the engine would offer SCRAM-SHA-256-PLUS, which libpq refuses on a
+    // connection it knows to be plaintext.
+    if (backend_tls && !(pair->tls_ && pair->tls_->spec.postgres && pair->ssl_ == nullptr)) {
+      pair->btls_ = std::make_unique<BackendTls>(backend_tls->Context(NowMs()), backend_tls->spec.postgres,
+                                                 backend_tls->spec.server_name, fd, target.addr);
+    }
     pair->connecting_ = true;
     pair->attempts_++;
     pair->connect_deadline_ms_ = NowMs() + static_cast<int64_t>(connect_timeout_ms);

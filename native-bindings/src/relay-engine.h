@@ -57,6 +57,8 @@ class Loop;
 class Pair;
 class TlsServer;
 struct TlsSpec;
+class TlsClient;
+struct TlsClientSpec;
 struct Port;
 struct Listener;
 
@@ -69,6 +71,8 @@ struct BackendSpec {
   uint64_t epoch = 1;
   enum State : uint8_t { kActive = 0, kDraining = 1, kFenced = 2, kSelfLoop = 3 } state = kActive;
   bool primary = true;
+  // The router connects to this backend over TLS (RouteSpec::backend_tls).
+  bool tls = false;
 };
 
 enum class RouteMode : int { kPrimary = 0, kRoundRobin = 1, kLeastConn = 2 };
@@ -85,6 +89,9 @@ struct RouteSpec {
   // and encrypted on the way out. Shared by every route with the same settings; a connection
   // holds the one it started with.
   std::shared_ptr<TlsServer> tls;
+  // TLS towards the backends marked `tls` (after PostgreSQL's SSLRequest on such routes): their
+  // connect ends only once the backend is verified. Shared like `tls`.
+  std::shared_ptr<TlsClient> backend_tls;
 };
 
 // Per-port counters, the native side of router/route-stats.ts (same order as PORT_STAT_FIELDS in
@@ -92,7 +99,8 @@ struct RouteSpec {
 struct PortCounters {
   uint64_t active = 0, total = 0, bytes_in = 0, bytes_out = 0, connect_errors = 0, connect_timeouts = 0,
            refused_no_backend = 0, refused_max = 0, refused_self_loop = 0, killed_fenced = 0, killed_drained = 0,
-           idle_timeouts = 0, tls_handshakes = 0, tls_handshake_errors = 0, refused_plaintext = 0;
+           idle_timeouts = 0, tls_handshakes = 0, tls_handshake_errors = 0, refused_plaintext = 0,
+           backend_tls_errors = 0;
 };
 
 // Things native code tells JS about, delivered in batches (one wake-up of the JS thread per batch).
@@ -185,6 +193,10 @@ class Engine {
   std::shared_ptr<TlsServer> TlsFor(const TlsSpec& spec);
   // Why the port's certificate did not load (empty when it did, or the port does not terminate).
   std::string TlsError(uint32_t port_id);
+  // Why the port's last backend TLS start failed, or empty.
+  std::string BackendTlsFailure(uint32_t port_id);
+  // The backend-side TLS client of these settings, shared as TlsFor's servers are.
+  std::shared_ptr<TlsClient> TlsClientFor(const TlsClientSpec& spec);
   void SetEventSink(EventSink sink);
   std::vector<NativeEvent> TakeEvents();
   // The router-wide limit and reservations for the table in force; js_reserved_in_use is the
@@ -219,6 +231,7 @@ class Engine {
   std::vector<NativeEvent> events_;
   std::mutex tls_mu_;
   std::unordered_map<std::string, std::weak_ptr<TlsServer>> tls_servers_;
+  std::unordered_map<std::string, std::weak_ptr<TlsClient>> tls_clients_;
   EventSink event_sink_;
 };
 

@@ -6,6 +6,7 @@ import path from 'node:path';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import { fetchWithCa } from '../../common/https-fetch';
+import { loadNativeBindings } from '../../native-bindings';
 import type { ServiceView } from '../../control/services';
 import { freePort } from '../helpers/free-port';
 import { freePortBlock, releasePortBlock } from '../helpers/service-cluster';
@@ -128,6 +129,22 @@ describe('sf up', function () {
     console.log(
       `      sf create-service redis --wait then PING through the router: ${(performance.now() - t0).toFixed(0)} ms`,
     );
+    // Engines under sf up speak TLS only, so the route terminates and re-encrypts; with the addon
+    // built its relay threads do both (a fall-back to Node's TLS would show as relay 'js').
+    const health = (await (await fetch(`http://127.0.0.1:${ports.admin}/health`)).json()) as {
+      relay: string;
+      tlsPorts: Array<{ port: number; tls: string; relay: string; backendTls?: boolean }>;
+      accept: { jsPorts: Array<{ port: number; reason: string }> };
+    };
+    const routed = health.tlsPorts.find((p) => p.port === view.port);
+    expect(routed, JSON.stringify(health.tlsPorts)).to.include({ tls: 'terminate', backendTls: true });
+    const nativeExpected =
+      loadNativeBindings() !== undefined &&
+      process.env.SF_RELAY !== 'js' &&
+      process.env.SF_NATIVE_ACCEPT !== 'off' &&
+      process.env.SF_NATIVE_TLS !== 'off';
+    expect(routed!.relay).to.equal(nativeExpected ? 'native' : 'js');
+    if (nativeExpected) expect(health.accept.jsPorts.map((p) => p.port)).to.not.include(view.port);
 
     const shown = await runSfToExit(['service', 'cache', '--json'], env);
     const detail = JSON.parse(shown.output) as ServiceView;

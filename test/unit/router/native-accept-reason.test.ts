@@ -1,6 +1,7 @@
 import { expect } from 'chai';
 import { parseRoute } from '../../../router';
-import { routeJsReason } from '../../../router/native-accept';
+import { loadNativeBindings } from '../../../native-bindings';
+import { nativeBackendTls, routeJsReason } from '../../../router/native-accept';
 
 const files = { certFile: '/etc/sf/router.crt', keyFile: '/etc/sf/router.key' };
 const route = (extra: object): ReturnType<typeof parseRoute> =>
@@ -21,18 +22,26 @@ describe('which path a route port takes (routeJsReason)', () => {
     );
   });
 
-  it('keeps TLS towards backends and passthrough on the JS path, naming why', () => {
-    expect(routeJsReason(route({ tls: { ...files, backend: true } }))).to.equal('backend-tls');
-    expect(routeJsReason(route({ tls: true }))).to.equal('backend-tls');
+  it('accepts routes with TLS towards their backends natively when the addon connects over TLS itself', () => {
+    const expected = nativeBackendTls() ? undefined : 'backend-tls';
+    expect(routeJsReason(route({ tls: { ...files, backend: true } }))).to.equal(expected);
+    expect(routeJsReason(route({ tls: true }))).to.equal(expected);
     expect(
       routeJsReason(parseRoute({ port: 6380, backends: [{ host: '127.0.0.1', port: 6379, tls: true }], tls: files })),
-    ).to.equal('backend-tls');
+    ).to.equal(expected);
+    // The addon built in this tree supports it: a build that lost it would send every route of
+    // `sf up` (TLS-only engines) to the JS path.
+    if (loadNativeBindings() !== undefined) expect(nativeBackendTls()).to.equal(true);
+  });
+
+  it('keeps passthrough on the JS path, naming why', () => {
     expect(routeJsReason(route({ tls: { mode: 'passthrough' } }))).to.equal('tls-passthrough');
   });
 
   it('keeps termination in JS with SF_NATIVE_TLS=off', () => {
     process.env.SF_NATIVE_TLS = 'off';
     expect(routeJsReason(route({ tls: files }))).to.equal('tls');
+    expect(routeJsReason(route({ tls: { ...files, backend: true } }))).to.equal('tls');
     expect(routeJsReason(route({}))).to.equal(undefined);
   });
 });
