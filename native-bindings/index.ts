@@ -168,7 +168,7 @@ export interface NativeBackendTls {
 }
 
 /** The addon's `sf::NativeEvent::Kind`. */
-export const NativeAcceptEvent = ['route-limit', 'global-limit', 'self-loop'] as const;
+export const NativeAcceptEvent = ['route-limit', 'global-limit', 'self-loop', 'backend-tls'] as const;
 
 /** The addon's `sf::BackendSpec::State`. */
 export const NATIVE_BACKEND_STATE = { active: 0, draining: 1, fenced: 2, selfLoop: 3 } as const;

@@ -22,6 +22,8 @@ const RELEASE_CHECK_MS = 100;
 export interface NativePortHooks {
   limitReached(port: number, route: Route, which: 'route' | 'global', active: number): void;
   selfLoopRefused(port: number, route: Route): void;
+  /** A backend's TLS start failed (the client went on to the next backend, if any). */
+  backendTlsFailed(port: number, reason: string): void;
 }
 
 export interface NativeCommitResult {
@@ -267,6 +269,10 @@ export class NativePortTable implements NativePortEvents {
     if (!route) return;
     if (kind === 'self-loop') {
       this.hooks.selfLoopRefused(port, route);
+      return;
+    }
+    if (kind === 'backend-tls') {
+      this.hooks.backendTlsFailed(port, this.acceptor.backendTlsFailure(portId) ?? 'no reason recorded');
       return;
     }
     const active = this.acceptor.stats(portId)?.active ?? 0;

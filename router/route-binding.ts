@@ -51,6 +51,8 @@ export interface ListenerEnvironment {
   certificateProblem(binding: RouteBinding, message: string): void;
   /** A backend of `binding` was not connected to because it is the router itself. */
   selfLoopRefused(binding: RouteBinding, backend: Backend, detail: string): void;
+  /** A backend's TLS start failed (verification, a declined SSLRequest); logged, rate-limited. */
+  backendTlsFailed(binding: RouteBinding, reason: string): void;
   /** False while a fail-closed router has lost its route source. */
   serving(): boolean;
 }
@@ -235,6 +237,7 @@ export class RouteBinding implements ConnectionHost {
 
   backendTlsFailed(message: string): void {
     this.lastBackendTlsError = message;
+    this.env.backendTlsFailed(this, message);
   }
 
   certificateProblem(message: string): void {

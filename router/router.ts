@@ -158,6 +158,7 @@ export class Router {
       lookupFor: (host, port) => this.lookupFor(host, port),
       selfLoopRefused: (binding, backend, detail) =>
         this.selfLoopRefused(binding.stats.port, binding.stats.sni, backend, detail),
+      backendTlsFailed: (binding, reason) => this.backendTlsFailed(binding.stats.port, binding.stats.sni, reason),
       certificateProblem: (binding, message) => {
         const { port } = binding.stats;
         this.limitLog.warn(
@@ -178,8 +179,18 @@ export class Router {
             if (backend)
               this.selfLoopRefused(port, '', backend, 'the backend is one of the router listening addresses');
           },
+          backendTlsFailed: (port, reason) => this.backendTlsFailed(port, '', reason),
         })
       : undefined;
+  }
+
+  /** Every client of a backend whose certificate stopped verifying fails: the log says why, once per interval. */
+  private backendTlsFailed(port: number, sni: string, reason: string): void {
+    this.limitLog.warn(
+      `backend-tls:${port}:${sni}`,
+      { port, sni, code: ErrorCode.Certificate },
+      `TLS to a backend failed (the next backend is tried): ${reason}`,
+    );
   }
 
   private selfLoopRefused(port: number, sni: string, backend: Backend, detail: string): void {

@@ -1829,7 +1829,12 @@ void Engine::ConnectNext(const std::shared_ptr<Pair>& pair, int failed) {
       if (!pair->accounted_) return;  // killed meanwhile
       if (failed == 1) port.c.connect_errors++;
       if (failed == 2) port.c.connect_timeouts++;
-      if (failed == 3) port.c.backend_tls_errors++;
+      if (failed == 3) {
+        port.c.backend_tls_errors++;
+        // Logged by JS (rate-limited) with the reason the port keeps: a backend whose certificate
+        // stopped verifying fails every client, and an operator looks at the log first.
+        PushEvent({NativeEvent::kBackendTls, port.budget->owner, port.id, port.port});
+      }
       failed = 0;
       if (pair->holds_backend_) {
         auto it = port.active_by_backend.find(pair->backend_id_);

@@ -105,7 +105,7 @@ struct PortCounters {
 
 // Things native code tells JS about, delivered in batches (one wake-up of the JS thread per batch).
 struct NativeEvent {
-  enum Kind : int { kRouteLimit = 0, kGlobalLimit = 1, kSelfLoop = 2 } kind;
+  enum Kind : int { kRouteLimit = 0, kGlobalLimit = 1, kSelfLoop = 2, kBackendTls = 3 } kind;
   uint32_t owner;  // the port's Budget::owner: which router of the process hears of it
   uint32_t port_id;
   int port;

@@ -8,6 +8,7 @@
  * redis-server, redis-cli, postgres and psql; Node TLS servers where a test must see raw bytes.
  */
 import { expect } from 'chai';
+import { pino } from 'pino';
 import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -166,6 +167,7 @@ describe('router TLS to engines', function () {
   // Takes TCP connections and never answers: its backend handshake times out.
   let silent: RecordingServer;
   let router: RouterHarness;
+  const routerLog: string[] = [];
   let routes: RouteTableInput['routes'];
   const port: Record<string, number> = {};
   const portNames = [
@@ -293,7 +295,11 @@ describe('router TLS to engines', function () {
         tls: terminate({ backendCaFile: rotatingCaFile }),
       },
     ];
-    router = await startRouter({ routes });
+    // Warnings kept to check what an operator reads when a backend's TLS fails.
+    router = await startRouter(
+      { routes },
+      { logger: pino({ level: 'warn' }, { write: (line: string) => void routerLog.push(line) }) },
+    );
   });
 
   after(async () => {
@@ -395,6 +401,13 @@ describe('router TLS to engines', function () {
     // /health says why, on either path (Node: "does not match", OpenSSL: "IP address mismatch").
     const entry = router.router.status().tlsPorts.find((p) => p.port === port.wrongName!);
     expect(entry?.lastBackendTlsError).to.match(/match/i);
+    // And so does the log, once per interval and port, with the reason.
+    const logged = (): { msg?: string } | undefined =>
+      routerLog
+        .map((l) => JSON.parse(l) as { port?: number; msg?: string })
+        .find((l) => l.port === port.wrongName && /TLS to a backend failed/.test(l.msg ?? ''));
+    await eventually(async () => logged() !== undefined, 5_000, 'a log line for the failed backend TLS');
+    expect(logged()?.msg).to.match(/match/i);
   });
 
   it('verifies backends against the system CAs when the route gives no CA (plaintext clients)', async () => {
