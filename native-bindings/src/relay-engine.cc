@@ -177,6 +177,68 @@ void CloseQuietly(int& fd) {
   }
 }
 
+bool IsLoopback(const sockaddr_storage& addr) {
+  if (addr.ss_family == AF_INET) {
+    return (ntohl(reinterpret_cast<const sockaddr_in&>(addr).sin_addr.s_addr) >> 24) == 127;
+  }
+  if (addr.ss_family == AF_INET6) {
+    const in6_addr& a = reinterpret_cast<const sockaddr_in6&>(addr).sin6_addr;
+    return IN6_IS_ADDR_LOOPBACK(&a) || (IN6_IS_ADDR_V4MAPPED(&a) && a.s6_addr[12] == 127);
+  }
+  return false;
+}
+
+// The congestion control of the router's connections with a peer on this host (a backend on a
+// loopback address, the clients of a port listening on one), or nullptr for the system's.
+// Pacing (BBR paces every segment with a high-resolution timer when no fq qdisc does it) spreads a
+// flow over a bottleneck link; a loopback connection has none, and on a paravirtualised machine
+// each timer costs an exit to the hypervisor: with BBR, the system's default here, relaying a
+// stream to a backend on 127.0.0.1 cost the relay thread ~0.25 CPU s/GB and the whole path
+// (client, relay, server) ~0.8, against ~0.13 and ~0.45 with cubic (docs/native-relay.md, "Bulk").
+// So when the system's default is not one of the loss-based algorithms that do not pace, such
+// connections get cubic (reno where cubic is not allowed to this user: reno always is).
+// SF_NATIVE_LOOPBACK_CC names another algorithm, or `system` to keep the default.
+std::atomic<const char*> g_loopback_cc{nullptr};
+std::once_flag g_loopback_cc_once;
+
+const char* LoopbackCongestion() {
+  std::call_once(g_loopback_cc_once, [] {
+    static std::string chosen;
+    const char* env = std::getenv("SF_NATIVE_LOOPBACK_CC");
+    if (env != nullptr && *env != '\0') {
+      if (std::strcmp(env, "system") != 0) chosen = env;
+    } else {
+      char buf[64] = {0};
+      int fd = ::open("/proc/sys/net/ipv4/tcp_congestion_control", O_RDONLY | O_CLOEXEC);
+      if (fd >= 0) {
+        ssize_t n = ::read(fd, buf, sizeof buf - 1);
+        ::close(fd);
+        std::string system_cc(buf, n > 0 ? static_cast<size_t>(n) : 0);
+        while (!system_cc.empty() && (system_cc.back() == '\n' || system_cc.back() == ' ')) system_cc.pop_back();
+        if (!system_cc.empty() && system_cc != "cubic" && system_cc != "reno") chosen = "cubic";
+      }
+    }
+    g_loopback_cc.store(chosen.empty() ? nullptr : chosen.c_str());
+  });
+  return g_loopback_cc.load(std::memory_order_relaxed);
+}
+
+void SetUnpacedCongestion(int fd) {
+  const char* cc = LoopbackCongestion();
+  if (cc == nullptr) return;
+  if (setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, cc, static_cast<socklen_t>(std::strlen(cc))) != 0 &&
+      errno == EPERM && std::strcmp(cc, "cubic") == 0) {
+    // Not in net.ipv4.tcp_allowed_congestion_control for this user: reno, from now on.
+    static const char kReno[] = "reno";
+    g_loopback_cc.store(kReno);
+    setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, kReno, sizeof kReno - 1);
+  }
+}
+
+void SetLoopbackCongestion(int fd, const sockaddr_storage& addr) {
+  if (IsLoopback(addr)) SetUnpacedCongestion(fd);
+}
+
 }  // namespace
 
 // One end (socket) of a pair; the epoll registration points here so an event names its side.
@@ -190,6 +252,10 @@ struct End {
 // could otherwise be reused by an unrelated socket).
 struct Listener {
   int fd = -1;
+  // Listening on a loopback address while loopback connections get a congestion control that
+  // does not pace: the first accepted client sets it on the listener too, and every later client
+  // inherits it from there (no call per connection, none while a table opens).
+  std::atomic<bool> congestion_pending{false};
   ~Listener() {
     if (fd >= 0) ::close(fd);
   }
@@ -1146,9 +1212,16 @@ void Loop::OnListener(uint32_t port_id, int64_t now) {
   if (!listener) return;
   // Loops given a client in this batch that need a wake-up, woken once each after the batch.
   std::vector<Loop*> wake;
+  bool unpaced_batch = false;
   for (int i = 0; i < kAcceptBatch; i++) {
     int fd = accept4(listener->fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd >= 0) {
+      if (unpaced_batch || listener->congestion_pending.exchange(false, std::memory_order_relaxed)) {
+        // Clients queued before the listener changed were made with the default: this batch's too.
+        if (!unpaced_batch) SetUnpacedCongestion(listener->fd);
+        unpaced_batch = true;
+        SetUnpacedCongestion(fd);
+      }
       Loop* to = engine_->PickLoop(this);
       if (to == this) {
         engine_->Accept(this, port, fd);
@@ -1391,64 +1464,6 @@ void SetBackendOptions(int fd, int keepalive_ms) {
   }
 }
 
-bool IsLoopback(const sockaddr_storage& addr) {
-  if (addr.ss_family == AF_INET) {
-    return (ntohl(reinterpret_cast<const sockaddr_in&>(addr).sin_addr.s_addr) >> 24) == 127;
-  }
-  if (addr.ss_family == AF_INET6) {
-    const in6_addr& a = reinterpret_cast<const sockaddr_in6&>(addr).sin6_addr;
-    return IN6_IS_ADDR_LOOPBACK(&a) || (IN6_IS_ADDR_V4MAPPED(&a) && a.s6_addr[12] == 127);
-  }
-  return false;
-}
-
-// The congestion control of connections to a backend on this host, or nullptr for the system's.
-// Pacing (BBR paces every segment with a high-resolution timer when no fq qdisc does it) spreads a
-// flow over a bottleneck link; a loopback connection has none, and on a paravirtualised machine
-// each timer costs an exit to the hypervisor: with BBR, the system's default here, relaying a
-// stream to a backend on 127.0.0.1 cost the relay thread ~0.25 CPU s/GB and the whole path
-// (client, relay, server) ~0.8, against ~0.13 and ~0.45 with cubic (docs/native-relay.md, "Bulk").
-// So when the system's default is not one of the loss-based algorithms that do not pace, loopback
-// backends get cubic (reno where cubic is not allowed to this user: reno always is).
-// SF_NATIVE_LOOPBACK_CC names another algorithm, or `system` to keep the default.
-std::atomic<const char*> g_loopback_cc{nullptr};
-std::once_flag g_loopback_cc_once;
-
-const char* LoopbackCongestion() {
-  std::call_once(g_loopback_cc_once, [] {
-    static std::string chosen;
-    const char* env = std::getenv("SF_NATIVE_LOOPBACK_CC");
-    if (env != nullptr && *env != '\0') {
-      if (std::strcmp(env, "system") != 0) chosen = env;
-    } else {
-      char buf[64] = {0};
-      int fd = ::open("/proc/sys/net/ipv4/tcp_congestion_control", O_RDONLY | O_CLOEXEC);
-      if (fd >= 0) {
-        ssize_t n = ::read(fd, buf, sizeof buf - 1);
-        ::close(fd);
-        std::string system_cc(buf, n > 0 ? static_cast<size_t>(n) : 0);
-        while (!system_cc.empty() && (system_cc.back() == '\n' || system_cc.back() == ' ')) system_cc.pop_back();
-        if (!system_cc.empty() && system_cc != "cubic" && system_cc != "reno") chosen = "cubic";
-      }
-    }
-    g_loopback_cc.store(chosen.empty() ? nullptr : chosen.c_str());
-  });
-  return g_loopback_cc.load(std::memory_order_relaxed);
-}
-
-void SetLoopbackCongestion(int fd, const sockaddr_storage& addr) {
-  if (!IsLoopback(addr)) return;
-  const char* cc = LoopbackCongestion();
-  if (cc == nullptr) return;
-  if (setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, cc, static_cast<socklen_t>(std::strlen(cc))) != 0 &&
-      errno == EPERM && std::strcmp(cc, "cubic") == 0) {
-    // Not in net.ipv4.tcp_allowed_congestion_control for this user: reno, from now on.
-    static const char kReno[] = "reno";
-    g_loopback_cc.store(kReno);
-    setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, kReno, sizeof kReno - 1);
-  }
-}
-
 }  // namespace
 
 std::vector<int64_t> Engine::OpenPorts(const std::shared_ptr<Budget>& budget, const std::string& host,
@@ -1477,6 +1492,8 @@ std::vector<int64_t> Engine::OpenPorts(const std::shared_ptr<Budget>& budget, co
     if (addr.ss_family == AF_INET) reinterpret_cast<sockaddr_in*>(&requests[i].addr)->sin_port = port_be;
     else reinterpret_cast<sockaddr_in6*>(&requests[i].addr)->sin6_port = port_be;
   }
+  // Clients of a port on a loopback address are on this host too.
+  const bool unpaced_clients = IsLoopback(addr) && LoopbackCongestion() != nullptr;
   ListenBatchOptions options;
   options.backlog = backlog;
   options.reuse_port = reuse_port;
@@ -1515,6 +1532,7 @@ std::vector<int64_t> Engine::OpenPorts(const std::shared_ptr<Budget>& budget, co
       port->budget = budget;
       port->listener = std::make_shared<Listener>();
       port->listener->fd = fds[i - lo];
+      port->listener->congestion_pending.store(unpaced_clients);
       port->route = std::move(routes[i]);
       port->rr_current.assign(port->route.backends.size(), 0);
       made[i] = std::move(port);

@@ -322,7 +322,7 @@ describe('router native accept path', function () {
     }
   });
 
-  it('connects a backend on 127.0.0.1 with a congestion control that does not pace, or the one SF_NATIVE_LOOPBACK_CC names', async function () {
+  it('relays between peers on 127.0.0.1 with a congestion control that does not pace, or the one SF_NATIVE_LOOPBACK_CC names', async function () {
     // Three child processes (the choice is made once per process): slow on a loaded machine.
     this.timeout(90_000);
     const system = readFileSync('/proc/sys/net/ipv4/tcp_congestion_control', 'utf8').trim();
@@ -354,16 +354,21 @@ describe('router native accept path', function () {
       const child = spawn(process.execPath, ['-e', code], { env, stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
       try {
         await once(child, 'message');
-        const client = await connectTo(port);
-        expect(await readLine(client)).to.equal('a');
-        // The router's connection to the backend, and the algorithm ss reports for it.
-        const info = execFileSync('ss', ['-tinH', 'dst', `127.0.0.1:${a.port}`], { encoding: 'utf8' });
-        const names = info
-          .split('\n')
-          .filter((line) => /^\s/.test(line))
-          .map((line) => line.trim().split(/\s+/)[0]);
-        expect(names, `SF_NATIVE_LOOPBACK_CC=${setting ?? '(unset)'}`).to.deep.equal([expected]);
-        client.destroy();
+        // The first client sets the listener's algorithm, the second inherits it from there.
+        const clients = [await connectTo(port)];
+        expect(await readLine(clients[0]!)).to.equal('a');
+        clients.push(await connectTo(port));
+        expect(await readLine(clients[1]!)).to.equal('a');
+        // What ss reports for the router's connections to the backend and for its two clients.
+        const algorithms = (filter: string[]): string[] =>
+          execFileSync('ss', ['-tinH', ...filter], { encoding: 'utf8' })
+            .split('\n')
+            .filter((line) => /^\s/.test(line))
+            .map((line) => line.trim().split(/\s+/)[0]!);
+        const how = `SF_NATIVE_LOOPBACK_CC=${setting ?? '(unset)'}`;
+        expect(algorithms(['dst', `127.0.0.1:${a.port}`]), how).to.deep.equal([expected, expected]);
+        expect(algorithms(['src', `127.0.0.1:${port}`]), how).to.deep.equal([expected, expected]);
+        for (const c of clients) c.destroy();
         child.send('close');
         await once(child, 'exit');
       } finally {
