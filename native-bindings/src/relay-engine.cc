@@ -1216,7 +1216,8 @@ void Loop::OnListener(uint32_t port_id, int64_t now) {
   for (int i = 0; i < kAcceptBatch; i++) {
     int fd = accept4(listener->fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd >= 0) {
-      if (unpaced_batch || listener->congestion_pending.exchange(false, std::memory_order_relaxed)) {
+      if (unpaced_batch || (listener->congestion_pending.load(std::memory_order_relaxed) &&
+                             listener->congestion_pending.exchange(false, std::memory_order_relaxed))) {
         // Clients queued before the listener changed were made with the default: this batch's too.
         if (!unpaced_batch) SetUnpacedCongestion(listener->fd);
         unpaced_batch = true;
