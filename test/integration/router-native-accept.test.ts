@@ -215,55 +215,62 @@ describe('router native accept path', function () {
     });
   }
 
-  it('opens 600 new ports in one share per relay thread, each serving, and reports the one another process holds', async function () {
-    // A child process to start and 600 ports to open, connect and close: slow on a loaded machine.
-    this.timeout(90_000);
-    // 300 ports per share: a table this big opens on both relay threads of the child at once.
-    const base = await freePortBlock(600);
-    const held = base + 450;
-    const taken = createServer();
-    await new Promise<void>((resolve) => taken.listen(held, '127.0.0.1', resolve));
-    const router = join(__dirname, '../../router/router');
-    const relay = join(__dirname, '../../router/relay-native');
-    const protocol = join(__dirname, '../../protocol');
-    const code = [
-      `const { Router } = require(${JSON.stringify(router)});`,
-      `const { createNativeRelay } = require(${JSON.stringify(relay)});`,
-      `const { parseRouteTable } = require(${JSON.stringify(protocol)});`,
-      'const r = new Router({ relay: createNativeRelay({ threads: 2 }) });',
-      `const routes = Array.from({ length: 600 }, (_, i) => ({ port: ${base} + i, backends: [{ id: 'a', host: '127.0.0.1', port: ${a.port}, epoch: 1 }] }));`,
-      'r.applyTable(parseRouteTable({ version: 1, routes })).then((res) => process.send({',
-      '  failed: res.failed.map((f) => [f.port, f.error.message]), opened: res.opened.length, native: r.status().accept.native }));',
-      "process.on('message', (m) => { if (m === 'close') void r.close().then(() => process.exit(0)); });",
-    ].join('\n');
-    const child = spawn(process.execPath, ['-e', code], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
-    try {
-      const [opened] = (await once(child, 'message')) as [
-        { failed: Array<[number, string]>; opened: number; native: number },
-      ];
-      expect(opened.failed.map(([port]) => port)).to.deep.equal([held]);
-      expect(opened.failed[0]![1]).to.include('EADDRINUSE');
-      expect(opened.opened).to.equal(599);
-      expect(opened.native).to.equal(599);
-      // Every port of both shares serves (50 clients at a time).
-      const ports = Array.from({ length: 600 }, (_, i) => base + i).filter((p) => p !== held);
-      for (let i = 0; i < ports.length; i += 50) {
-        await Promise.all(
-          ports.slice(i, i + 50).map(async (port) => {
-            const client = await connectTo(port);
-            expect(await readLine(client)).to.equal('a');
-            client.destroy();
-          }),
-        );
+  for (const [how, uring] of [
+    ['in batches', undefined],
+    ['with plain system calls', 'off'],
+  ] as const) {
+    it(`opens 600 new ports in one share per relay thread ${how}, each serving, and reports the one another process holds`, async function () {
+      // A child process to start and 600 ports to open, connect and close: slow on a loaded machine.
+      this.timeout(90_000);
+      // 300 ports per share: a table this big opens on both relay threads of the child at once.
+      const base = await freePortBlock(600);
+      const held = base + 450;
+      const taken = createServer();
+      await new Promise<void>((resolve) => taken.listen(held, '127.0.0.1', resolve));
+      const router = join(__dirname, '../../router/router');
+      const relay = join(__dirname, '../../router/relay-native');
+      const protocol = join(__dirname, '../../protocol');
+      const code = [
+        `const { Router } = require(${JSON.stringify(router)});`,
+        `const { createNativeRelay } = require(${JSON.stringify(relay)});`,
+        `const { parseRouteTable } = require(${JSON.stringify(protocol)});`,
+        'const r = new Router({ relay: createNativeRelay({ threads: 2 }) });',
+        `const routes = Array.from({ length: 600 }, (_, i) => ({ port: ${base} + i, backends: [{ id: 'a', host: '127.0.0.1', port: ${a.port}, epoch: 1 }] }));`,
+        'r.applyTable(parseRouteTable({ version: 1, routes })).then((res) => process.send({',
+        '  failed: res.failed.map((f) => [f.port, f.error.message]), opened: res.opened.length, native: r.status().accept.native }));',
+        "process.on('message', (m) => { if (m === 'close') void r.close().then(() => process.exit(0)); });",
+      ].join('\n');
+      const env = { ...process.env };
+      if (uring) env.SF_NATIVE_URING = uring;
+      const child = spawn(process.execPath, ['-e', code], { env, stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+      try {
+        const [opened] = (await once(child, 'message')) as [
+          { failed: Array<[number, string]>; opened: number; native: number },
+        ];
+        expect(opened.failed.map(([port]) => port)).to.deep.equal([held]);
+        expect(opened.failed[0]![1]).to.include('EADDRINUSE');
+        expect(opened.opened).to.equal(599);
+        expect(opened.native).to.equal(599);
+        // Every port of both shares serves (50 clients at a time).
+        const ports = Array.from({ length: 600 }, (_, i) => base + i).filter((p) => p !== held);
+        for (let i = 0; i < ports.length; i += 50) {
+          await Promise.all(
+            ports.slice(i, i + 50).map(async (port) => {
+              const client = await connectTo(port);
+              expect(await readLine(client)).to.equal('a');
+              client.destroy();
+            }),
+          );
+        }
+        child.send('close');
+        await once(child, 'exit');
+      } finally {
+        if (child.exitCode === null) child.kill('SIGKILL');
+        taken.close();
+        releasePortBlock(base);
       }
-      child.send('close');
-      await once(child, 'exit');
-    } finally {
-      if (child.exitCode === null) child.kill('SIGKILL');
-      taken.close();
-      releasePortBlock(base);
-    }
-  });
+    });
+  }
 
   it('spreads the clients of one port evenly over two relay threads, and fences them all before applyTable returns', async function () {
     // A child process to start and 40 clients one after another: slow on a loaded machine.
