@@ -21,7 +21,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <system_error>
+#include <thread>
 #include <unordered_set>
 
 namespace sf {
@@ -40,6 +43,9 @@ constexpr int kMaxEvents = 256;
 // instead of three splices plus a pipe per direction, and bulk keeps zero-copy (the idea of
 // HAProxy's `option splice-auto`). 16 KiB is HAProxy's default buffer size too.
 constexpr size_t kCopyBufferSize = 16 * 1024;
+// Ports per thread below which a table's new ports open on the calling thread alone: a share costs
+// a thread and a ring (tens of µs), 256 ports ~1.5 ms of system calls.
+constexpr size_t kPortsPerOpenShare = 256;
 // A TLS pair never splices; its reads go through a buffer of this size: up to four records'
 // plaintext gathered from the client before one send to the backend, and up to four records' worth
 // read from the backend for one SSL_write. Bulk then costs a quarter of the backend-side system
@@ -172,6 +178,68 @@ void CloseQuietly(int& fd) {
   }
 }
 
+bool IsLoopback(const sockaddr_storage& addr) {
+  if (addr.ss_family == AF_INET) {
+    return (ntohl(reinterpret_cast<const sockaddr_in&>(addr).sin_addr.s_addr) >> 24) == 127;
+  }
+  if (addr.ss_family == AF_INET6) {
+    const in6_addr& a = reinterpret_cast<const sockaddr_in6&>(addr).sin6_addr;
+    return IN6_IS_ADDR_LOOPBACK(&a) || (IN6_IS_ADDR_V4MAPPED(&a) && a.s6_addr[12] == 127);
+  }
+  return false;
+}
+
+// The congestion control of the router's connections with a peer on this host (a backend on a
+// loopback address, the clients of a port listening on one), or nullptr for the system's.
+// Pacing (BBR paces every segment with a high-resolution timer when no fq qdisc does it) spreads a
+// flow over a bottleneck link; a loopback connection has none, and on a paravirtualised machine
+// each timer costs an exit to the hypervisor: with BBR, the system's default here, relaying a
+// stream to a backend on 127.0.0.1 cost the relay thread ~0.25 CPU s/GB and the whole path
+// (client, relay, server) ~0.8, against ~0.13 and ~0.45 with cubic (docs/native-relay.md, "Bulk").
+// So when the system's default is not one of the loss-based algorithms that do not pace, such
+// connections get cubic (reno where cubic is not allowed to this user: reno always is).
+// SF_NATIVE_LOOPBACK_CC names another algorithm, or `system` to keep the default.
+std::atomic<const char*> g_loopback_cc{nullptr};
+std::once_flag g_loopback_cc_once;
+
+const char* LoopbackCongestion() {
+  std::call_once(g_loopback_cc_once, [] {
+    static std::string chosen;
+    const char* env = std::getenv("SF_NATIVE_LOOPBACK_CC");
+    if (env != nullptr && *env != '\0') {
+      if (std::strcmp(env, "system") != 0) chosen = env;
+    } else {
+      char buf[64] = {0};
+      int fd = ::open("/proc/sys/net/ipv4/tcp_congestion_control", O_RDONLY | O_CLOEXEC);
+      if (fd >= 0) {
+        ssize_t n = ::read(fd, buf, sizeof buf - 1);
+        ::close(fd);
+        std::string system_cc(buf, n > 0 ? static_cast<size_t>(n) : 0);
+        while (!system_cc.empty() && (system_cc.back() == '\n' || system_cc.back() == ' ')) system_cc.pop_back();
+        if (!system_cc.empty() && system_cc != "cubic" && system_cc != "reno") chosen = "cubic";
+      }
+    }
+    g_loopback_cc.store(chosen.empty() ? nullptr : chosen.c_str());
+  });
+  return g_loopback_cc.load(std::memory_order_relaxed);
+}
+
+void SetUnpacedCongestion(int fd) {
+  const char* cc = LoopbackCongestion();
+  if (cc == nullptr) return;
+  if (setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, cc, static_cast<socklen_t>(std::strlen(cc))) != 0 &&
+      errno == EPERM && std::strcmp(cc, "cubic") == 0) {
+    // Not in net.ipv4.tcp_allowed_congestion_control for this user: reno, from now on.
+    static const char kReno[] = "reno";
+    g_loopback_cc.store(kReno);
+    setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, kReno, sizeof kReno - 1);
+  }
+}
+
+void SetLoopbackCongestion(int fd, const sockaddr_storage& addr) {
+  if (IsLoopback(addr)) SetUnpacedCongestion(fd);
+}
+
 }  // namespace
 
 // One end (socket) of a pair; the epoll registration points here so an event names its side.
@@ -185,6 +253,10 @@ struct End {
 // could otherwise be reused by an unrelated socket).
 struct Listener {
   int fd = -1;
+  // Listening on a loopback address while loopback connections get a congestion control that
+  // does not pace: the first accepted client sets it on the listener too, and every later client
+  // inherits it from there (no call per connection, none while a table opens).
+  std::atomic<bool> congestion_pending{false};
   ~Listener() {
     if (fd >= 0) ::close(fd);
   }
@@ -1189,9 +1261,17 @@ void Loop::OnListener(uint32_t port_id, int64_t now) {
   if (!listener) return;
   // Loops given a client in this batch that need a wake-up, woken once each after the batch.
   std::vector<Loop*> wake;
+  bool unpaced_batch = false;
   for (int i = 0; i < kAcceptBatch; i++) {
     int fd = accept4(listener->fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd >= 0) {
+      if (unpaced_batch || (listener->congestion_pending.load(std::memory_order_relaxed) &&
+                             listener->congestion_pending.exchange(false, std::memory_order_relaxed))) {
+        // Clients queued before the listener changed were made with the default: this batch's too.
+        if (!unpaced_batch) SetUnpacedCongestion(listener->fd);
+        unpaced_batch = true;
+        SetUnpacedCongestion(fd);
+      }
       Loop* to = engine_->PickLoop(this);
       if (to == this) {
         engine_->Accept(this, port, fd);
@@ -1462,41 +1542,81 @@ std::vector<int64_t> Engine::OpenPorts(const std::shared_ptr<Budget>& budget, co
     if (addr.ss_family == AF_INET) reinterpret_cast<sockaddr_in*>(&requests[i].addr)->sin_port = port_be;
     else reinterpret_cast<sockaddr_in6*>(&requests[i].addr)->sin6_port = port_be;
   }
-  ListenBatch batch(n);
-  std::vector<int> fds = batch.Sockets(requests);
-  // Each port is in the table, with its route and its listening descriptor, before the kernel is
-  // asked to register it: the first connection finds everything in place.
-  std::vector<std::shared_ptr<Port>> made(n);
-  {
-    std::lock_guard<std::mutex> lock(ports_mu_);
-    for (size_t i = 0; i < n; i++) {
-      if (fds[i] < 0) {
-        out[i] = fds[i];
-        continue;
-      }
-      auto port = std::make_shared<Port>();
-      port->port = port_numbers[i];
-      // Listeners are spread over the loops; each loop spreads the clients it accepts.
-      port->owner = loops_[next_listener_loop_++ % loops_.size()].get();
-      port->keepalive_ms = keepalive_ms;
-      port->budget = budget;
-      port->listener = std::make_shared<Listener>();
-      port->listener->fd = fds[i];
-      port->route = std::move(routes[i]);
-      port->rr_current.assign(port->route.backends.size(), 0);
-      port->id = next_port_id_++;
-      if (next_port_id_ >= (1u << 31)) next_port_id_ = 1;
-      ports_.emplace(port->id, port);
-      requests[i].epfd = port->owner->epfd_;
-      requests[i].epoll_data = kListenerTag | port->id;
-      made[i] = std::move(port);
-    }
-  }
+  // Clients of a port on a loopback address are on this host too.
+  const bool unpaced_clients = IsLoopback(addr) && LoopbackCongestion() != nullptr;
   ListenBatchOptions options;
   options.backlog = backlog;
   options.reuse_port = reuse_port;
   options.keepalive_ms = keepalive_ms;
-  std::vector<int> rc = batch.Listen(fds, requests, options);
+  // A big batch opens in shares, one per relay thread, each on a thread of its own with its own
+  // ring: the kernel work of a port (socket, bind, listen, registration) takes locks of its own
+  // port's hash buckets and of one epoll set, so shares on different cores hardly wait for each
+  // other, and 10,000 ports open in about half the wall time on two cores for the same CPU time
+  // (docs/native-relay.md, "Opening many ports"). Each share's ports are watched by one loop
+  // thread, so that no two shares register with the same epoll set.
+  const size_t hw = std::max(1u, std::thread::hardware_concurrency());
+  const size_t shares = std::max<size_t>(1, std::min({loops_.size(), hw, n / kPortsPerOpenShare}));
+  size_t first_loop = 0;
+  if (shares > 1) {
+    std::lock_guard<std::mutex> lock(ports_mu_);
+    first_loop = next_listener_loop_;
+    next_listener_loop_ += shares;
+  }
+  std::vector<std::shared_ptr<Port>> made(n);
+  std::vector<int> rc(n, 0);
+  auto open_share = [&](size_t share) {
+    const size_t lo = n * share / shares;
+    const size_t hi = n * (share + 1) / shares;
+    std::vector<ListenRequest> share_requests(requests.begin() + static_cast<ptrdiff_t>(lo),
+                                              requests.begin() + static_cast<ptrdiff_t>(hi));
+    ListenBatch batch(hi - lo);
+    std::vector<int> fds = batch.Sockets(share_requests);
+    for (size_t i = lo; i < hi; i++) {
+      if (fds[i - lo] < 0) {
+        out[i] = fds[i - lo];
+        continue;
+      }
+      auto port = std::make_shared<Port>();
+      port->port = port_numbers[i];
+      port->keepalive_ms = keepalive_ms;
+      port->budget = budget;
+      port->listener = std::make_shared<Listener>();
+      port->listener->fd = fds[i - lo];
+      port->listener->congestion_pending.store(unpaced_clients);
+      port->route = std::move(routes[i]);
+      port->rr_current.assign(port->route.backends.size(), 0);
+      made[i] = std::move(port);
+    }
+    // Each port is in the table, with its route and its listening descriptor, before the kernel is
+    // asked to register it: the first connection finds everything in place.
+    {
+      std::lock_guard<std::mutex> lock(ports_mu_);
+      for (size_t i = lo; i < hi; i++) {
+        if (!made[i]) continue;
+        Port& port = *made[i];
+        // Listeners are spread over the loops; each loop spreads the clients it accepts.
+        port.owner = shares == 1 ? loops_[next_listener_loop_++ % loops_.size()].get()
+                                 : loops_[(first_loop + share) % loops_.size()].get();
+        port.id = next_port_id_++;
+        if (next_port_id_ >= (1u << 31)) next_port_id_ = 1;
+        ports_.emplace(port.id, made[i]);
+        share_requests[i - lo].epfd = port.owner->epfd_;
+        share_requests[i - lo].epoll_data = kListenerTag | port.id;
+      }
+    }
+    std::vector<int> share_rc = batch.Listen(fds, share_requests, options);
+    std::copy(share_rc.begin(), share_rc.end(), rc.begin() + static_cast<ptrdiff_t>(lo));
+  };
+  std::vector<std::thread> helpers;
+  for (size_t share = 1; share < shares; share++) {
+    try {
+      helpers.emplace_back(open_share, share);
+    } catch (const std::system_error&) {
+      open_share(share);  // no thread to be had: this thread opens that share too
+    }
+  }
+  open_share(0);
+  for (auto& helper : helpers) helper.join();
   for (size_t i = 0; i < n; i++) {
     if (!made[i]) continue;
     if (rc[i] == 0) {
@@ -1880,6 +2000,7 @@ void Engine::ConnectNext(const std::shared_ptr<Pair>& pair, int failed) {
       continue;
     }
     SetBackendOptions(fd, port.keepalive_ms);
+    SetLoopbackCongestion(fd, target.addr);
     if (connect(fd, reinterpret_cast<const sockaddr*>(&target.addr), target.addr_len) != 0 && errno != EINPROGRESS) {
       ::close(fd);
       failed = 1;

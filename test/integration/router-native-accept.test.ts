@@ -1,10 +1,12 @@
 import { expect } from 'chai';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { startRouter, type RouterHarness } from '../helpers/router-harness';
 import { freePort } from '../helpers/free-port';
+import { freePortBlock, releasePortBlock } from '../helpers/service-cluster';
 import { startNamedServer, type TestServer } from '../helpers/tcp-servers';
 import { closed, connectTo, readLine, sleep } from '../helpers/tcp-client';
 import { createNativeRelay } from '../../router/relay-native';
@@ -213,6 +215,63 @@ describe('router native accept path', function () {
     });
   }
 
+  for (const [how, uring] of [
+    ['in batches', undefined],
+    ['with plain system calls', 'off'],
+  ] as const) {
+    it(`opens 600 new ports in one share per relay thread ${how}, each serving, and reports the one another process holds`, async function () {
+      // A child process to start and 600 ports to open, connect and close: slow on a loaded machine.
+      this.timeout(90_000);
+      // 300 ports per share: a table this big opens on both relay threads of the child at once.
+      const base = await freePortBlock(600);
+      const held = base + 450;
+      const taken = createServer();
+      await new Promise<void>((resolve) => taken.listen(held, '127.0.0.1', resolve));
+      const router = join(__dirname, '../../router/router');
+      const relay = join(__dirname, '../../router/relay-native');
+      const protocol = join(__dirname, '../../protocol');
+      const code = [
+        `const { Router } = require(${JSON.stringify(router)});`,
+        `const { createNativeRelay } = require(${JSON.stringify(relay)});`,
+        `const { parseRouteTable } = require(${JSON.stringify(protocol)});`,
+        'const r = new Router({ relay: createNativeRelay({ threads: 2 }) });',
+        `const routes = Array.from({ length: 600 }, (_, i) => ({ port: ${base} + i, backends: [{ id: 'a', host: '127.0.0.1', port: ${a.port}, epoch: 1 }] }));`,
+        'r.applyTable(parseRouteTable({ version: 1, routes })).then((res) => process.send({',
+        '  failed: res.failed.map((f) => [f.port, f.error.message]), opened: res.opened.length, native: r.status().accept.native }));',
+        "process.on('message', (m) => { if (m === 'close') void r.close().then(() => process.exit(0)); });",
+      ].join('\n');
+      const env = { ...process.env };
+      if (uring) env.SF_NATIVE_URING = uring;
+      const child = spawn(process.execPath, ['-e', code], { env, stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+      try {
+        const [opened] = (await once(child, 'message')) as [
+          { failed: Array<[number, string]>; opened: number; native: number },
+        ];
+        expect(opened.failed.map(([port]) => port)).to.deep.equal([held]);
+        expect(opened.failed[0]![1]).to.include('EADDRINUSE');
+        expect(opened.opened).to.equal(599);
+        expect(opened.native).to.equal(599);
+        // Every port of both shares serves (50 clients at a time).
+        const ports = Array.from({ length: 600 }, (_, i) => base + i).filter((p) => p !== held);
+        for (let i = 0; i < ports.length; i += 50) {
+          await Promise.all(
+            ports.slice(i, i + 50).map(async (port) => {
+              const client = await connectTo(port);
+              expect(await readLine(client)).to.equal('a');
+              client.destroy();
+            }),
+          );
+        }
+        child.send('close');
+        await once(child, 'exit');
+      } finally {
+        if (child.exitCode === null) child.kill('SIGKILL');
+        taken.close();
+        releasePortBlock(base);
+      }
+    });
+  }
+
   it('spreads the clients of one port evenly over two relay threads, and fences them all before applyTable returns', async function () {
     // A child process to start and 40 clients one after another: slow on a loaded machine.
     this.timeout(60_000);
@@ -267,6 +326,61 @@ describe('router native accept path', function () {
     } finally {
       for (const c of clients) c.destroy();
       if (child.exitCode === null) child.kill('SIGKILL');
+    }
+  });
+
+  it('relays between peers on 127.0.0.1 with a congestion control that does not pace, or the one SF_NATIVE_LOOPBACK_CC names', async function () {
+    // Three child processes (the choice is made once per process): slow on a loaded machine.
+    this.timeout(90_000);
+    const system = readFileSync('/proc/sys/net/ipv4/tcp_congestion_control', 'utf8').trim();
+    const allowed = readFileSync('/proc/sys/net/ipv4/tcp_allowed_congestion_control', 'utf8').trim().split(/\s+/);
+    // Without CAP_NET_ADMIN only the allowed algorithms can be set; reno always is.
+    const unpaced = process.getuid?.() === 0 || allowed.includes('cubic') ? 'cubic' : 'reno';
+    const byDefault = system === 'cubic' || system === 'reno' ? system : unpaced;
+    const router = join(__dirname, '../../router/router');
+    const relay = join(__dirname, '../../router/relay-native');
+    const protocol = join(__dirname, '../../protocol');
+    for (const [setting, expected] of [
+      [undefined, byDefault],
+      ['reno', 'reno'],
+      ['system', system],
+    ] as const) {
+      const port = await freePort();
+      const code = [
+        `const { Router } = require(${JSON.stringify(router)});`,
+        `const { createNativeRelay } = require(${JSON.stringify(relay)});`,
+        `const { parseRouteTable } = require(${JSON.stringify(protocol)});`,
+        'const r = new Router({ relay: createNativeRelay() });',
+        `r.applyTable(parseRouteTable({ version: 1, routes: [{ port: ${port}, backends: [{ id: 'a', host: '127.0.0.1', port: ${a.port}, epoch: 1 }] }] }))`,
+        "  .then(() => process.send('ready'));",
+        "process.on('message', (m) => { if (m === 'close') void r.close().then(() => process.exit(0)); });",
+      ].join('\n');
+      const env = { ...process.env };
+      delete env.SF_NATIVE_LOOPBACK_CC;
+      if (setting !== undefined) env.SF_NATIVE_LOOPBACK_CC = setting;
+      const child = spawn(process.execPath, ['-e', code], { env, stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+      try {
+        await once(child, 'message');
+        // The first client sets the listener's algorithm, the second inherits it from there.
+        const clients = [await connectTo(port)];
+        expect(await readLine(clients[0]!)).to.equal('a');
+        clients.push(await connectTo(port));
+        expect(await readLine(clients[1]!)).to.equal('a');
+        // What ss reports for the router's connections to the backend and for its two clients.
+        const algorithms = (filter: string[]): string[] =>
+          execFileSync('ss', ['-tinH', ...filter], { encoding: 'utf8' })
+            .split('\n')
+            .filter((line) => /^\s/.test(line))
+            .map((line) => line.trim().split(/\s+/)[0]!);
+        const how = `SF_NATIVE_LOOPBACK_CC=${setting ?? '(unset)'}`;
+        expect(algorithms(['dst', `127.0.0.1:${a.port}`]), how).to.deep.equal([expected, expected]);
+        expect(algorithms(['src', `127.0.0.1:${port}`]), how).to.deep.equal([expected, expected]);
+        for (const c of clients) c.destroy();
+        child.send('close');
+        await once(child, 'exit');
+      } finally {
+        if (child.exitCode === null) child.kill('SIGKILL');
+      }
     }
   });
 
