@@ -29,6 +29,8 @@ interface Settings {
   requestsP1: number;
   requestsP16: number;
   iperfSeconds: number;
+  /** `--iperf-congestion ALGO`: the iperf3 client's congestion control (`-C`); the system's without. */
+  iperfCongestion?: string;
   connSeconds: number;
   connConcurrency: number;
 }
@@ -85,6 +87,7 @@ function parseArgs(argv: string[]): Settings {
     requestsP1: quick ? 5_000 : 50_000,
     requestsP16: quick ? 50_000 : 500_000,
     iperfSeconds: quick ? 1 : 4,
+    ...(value('--iperf-congestion') ? { iperfCongestion: value('--iperf-congestion') } : {}),
     connSeconds: quick ? 1 : 3,
     connConcurrency: 50,
   };
@@ -174,7 +177,13 @@ async function measure(
         tests: ['get', 'set'],
       });
     case 'iperf':
-      return runIperf({ host, port: target.iperfPort, seconds: s.iperfSeconds, streams: 1 });
+      return runIperf({
+        host,
+        port: target.iperfPort,
+        seconds: s.iperfSeconds,
+        streams: 1,
+        ...(s.iperfCongestion ? { congestion: s.iperfCongestion } : {}),
+      });
     case 'conn-rate':
       return runConnRate({ host, port: target.redisPort, seconds: s.connSeconds, concurrency: s.connConcurrency });
   }

@@ -11,6 +11,11 @@ export interface IperfOptions {
   seconds: number;
   /** Parallel streams (`-P`); 1 measures one relayed connection. */
   streams: number;
+  /**
+   * The client's congestion control (`-C`), e.g. `cubic`: with the system's BBR, which paces
+   * with a timer per burst, the client's own pacing can be what limits every column.
+   */
+  congestion?: string;
 }
 
 export interface IperfResult {
@@ -52,6 +57,7 @@ export async function runIperf(options: IperfOptions): Promise<IperfResult> {
     '-P',
     String(options.streams),
     '-J',
+    ...(options.congestion ? ['-C', options.congestion] : []),
   ];
   let lastError = '';
   // The single-test iperf3 server answers "busy" for a moment after the previous client;
