@@ -81,12 +81,29 @@ int64_t NowMs() {
 struct TlsIo {
   int fd = -1;
   bool short_read = false;
+  // The first error of a send or recv: a reset or broken connection stays broken, so later writes
+  // fail with it at once, without a system call (OpenSSL writes its second ticket after the first
+  // one's EPIPE when the client hung up).
   int error = 0;
+  // What the start read from the socket before the handshake began (the first bytes, which told a
+  // ClientHello from plaintext): OpenSSL reads them first. prefix_drained: that read emptied the
+  // receive queue.
+  std::string prefix;
+  size_t prefix_off = 0;
+  bool prefix_drained = false;
 };
 
 int TlsIoRead(BIO* b, char* out, int len) {
   auto* io = static_cast<TlsIo*>(BIO_get_data(b));
   BIO_clear_retry_flags(b);
+  if (io->prefix_off < io->prefix.size()) {
+    const size_t n = std::min(io->prefix.size() - io->prefix_off, static_cast<size_t>(len));
+    memcpy(out, io->prefix.data() + io->prefix_off, n);
+    io->prefix_off += n;
+    io->short_read = io->prefix_off == io->prefix.size() && io->prefix_drained;
+    if (io->prefix_off == io->prefix.size()) std::string().swap(io->prefix), io->prefix_off = 0;
+    return static_cast<int>(n);
+  }
   for (;;) {
     ssize_t n = recv(io->fd, out, static_cast<size_t>(len), 0);
     if (n > 0) {
@@ -104,6 +121,10 @@ int TlsIoRead(BIO* b, char* out, int len) {
 int TlsIoWrite(BIO* b, const char* data, int len) {
   auto* io = static_cast<TlsIo*>(BIO_get_data(b));
   BIO_clear_retry_flags(b);
+  if (io->error != 0) {
+    errno = io->error;  // OpenSSL tells a closed connection by errno (EPIPE, ECONNRESET)
+    return -1;
+  }
   for (;;) {
     ssize_t n = send(io->fd, data, static_cast<size_t>(len), MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n >= 0) return static_cast<int>(n);
@@ -546,18 +567,47 @@ ssize_t Pair::Out(int dst, const char* data, size_t len) {
 // PostgreSQL's preamble (SSLRequest answered 'S', GSSENCRequest 'N', a CancelRequest relayed in
 // plaintext, a plaintext StartupMessage refused with an ErrorResponse unless the policy is
 // optional), or a peek at the first byte (a ClientHello, or plaintext: refused, or relayed when
-// optional); then the handshake. Nothing is consumed that the backend or OpenSSL must see: the
-// preamble is peeked before it is read.
+// optional); then the handshake. Nothing is lost that the backend or OpenSSL must see: the
+// preamble is peeked before it is read, and the first bytes read by the sniff go to OpenSSL (a
+// ClientHello, through the BIO's prefix) or to the backend first (plaintext, in pending_). Reading
+// them instead of peeking at one byte saves a system call per connection.
 Pair::StartResult Pair::RunStart(int64_t now, CloseEvent* ev) {
   const int fd = fd_[0];
   for (;;) {
     switch (start_) {
       case Start::kNone:
         return StartResult::kConnect;
-      case Start::kSniff:
+      case Start::kSniff: {
+        char first[kCopyBufferSize];
+        const ssize_t n = recv(fd, first, sizeof first, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EAGAIN) return StartResult::kWait;
+        if (n <= 0) {
+          Close(n == 0 ? CloseReason::kClientClosed : CloseReason::kClientError, n == 0 ? 0 : errno, false, ev);
+          return StartResult::kClosed;
+        }
+        if (static_cast<unsigned char>(first[0]) == kTlsHandshakeRecord) {
+          io_.prefix.assign(first, static_cast<size_t>(n));
+          io_.prefix_off = 0;
+          io_.prefix_drained = static_cast<size_t>(n) < sizeof first;
+          start_ = Start::kHandshake;
+          continue;
+        }
+        if (tls_->spec.optional) {
+          // Plaintext on a route that allows it: relayed, what was read going first.
+          pending_[0].assign(first, static_cast<size_t>(n));
+          pending_off_[0] = 0;
+          start_ = Start::kNone;
+          return StartResult::kConnect;
+        }
+        // Plaintext on a route that requires TLS: refused without an answer.
+        start_refused_++;
+        Close(CloseReason::kKilled, 0, false, ev);
+        return StartResult::kClosed;
+      }
       case Start::kPreamble: {
         unsigned char b[8];
-        const size_t want = start_ == Start::kSniff ? 1 : 8;
+        const size_t want = 8;
         ssize_t n = recv(fd, b, want, MSG_PEEK);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && errno == EAGAIN) return StartResult::kWait;
@@ -568,16 +618,6 @@ Pair::StartResult Pair::RunStart(int64_t now, CloseEvent* ev) {
         if (b[0] == kTlsHandshakeRecord) {
           start_ = Start::kHandshake;
           continue;
-        }
-        if (start_ == Start::kSniff) {
-          if (tls_->spec.optional) {
-            start_ = Start::kNone;
-            return StartResult::kConnect;
-          }
-          // Plaintext on a route that requires TLS: refused without an answer.
-          start_refused_++;
-          Close(CloseReason::kKilled, 0, false, ev);
-          return StartResult::kClosed;
         }
         if (static_cast<size_t>(n) < want) {
           if (hangup_[0]) {
@@ -629,6 +669,7 @@ Pair::StartResult Pair::RunStart(int64_t now, CloseEvent* ev) {
           pending_[0].assign(first, static_cast<size_t>(n));
           pending_off_[0] = 0;
           start_ = Start::kNone;
+          TlsServer::IssueTickets(ssl_);
           return StartResult::kConnect;
         }
         if (n == 0) {
@@ -678,7 +719,8 @@ Pair::StartResult Pair::RunStart(int64_t now, CloseEvent* ev) {
           // over its events (no sleep: that pass does not wait), which gives a close_notify sent
           // right after the handshake the time to arrive.
           start_ = Start::kSettled;
-          if (SSL_has_pending(ssl_) == 0 && !hangup_[0] && io_.short_read) {
+          // A send that failed (the client reset or is gone) skips the wait: the read below ends it.
+          if (SSL_has_pending(ssl_) == 0 && !hangup_[0] && io_.short_read && io_.error == 0) {
             readable_[0] = false;  // drained: the next bytes raise an edge
             return StartResult::kDefer;
           }
@@ -1166,6 +1208,8 @@ void Loop::Settle(const std::shared_ptr<Pair>& pair) {
     std::lock_guard<std::mutex> lock(pair->mu_);
     if (pair->closed_.load() || pair->start_ != Pair::Start::kSettled) return;
     pair->start_ = Pair::Start::kNone;
+    // The client stayed past a pass of the loop: it gets its session tickets now.
+    TlsServer::IssueTickets(pair->ssl_);
   }
   engine_->ConnectNext(pair, 0);
 }

@@ -229,6 +229,47 @@ describe('router TLS with clients', function () {
       expect(stats.tlsHandshakes).to.be.at.least(2);
     });
 
+    it('gives TLS 1.3 session tickets to a client that talks and to one that stays silent, and resumes with them', async () => {
+      const ca2 = readFileSync(ca.certFile);
+      const open = (session?: Buffer): Promise<{ s: TLSSocket; sessions: Buffer[]; ticket: Promise<Buffer> }> =>
+        new Promise((resolve, reject) => {
+          const sessions: Buffer[] = [];
+          let gotTicket: (b: Buffer) => void = () => undefined;
+          const ticket = new Promise<Buffer>((r) => (gotTicket = r));
+          const s = tlsConnect(
+            { port: port.redis!, host: '127.0.0.1', servername: 'localhost', ca: ca2, minVersion: 'TLSv1.3', session },
+            () => resolve({ s, sessions, ticket }),
+          );
+          // Node emits 'session' once per NewSessionTicket received.
+          s.on('session', (b: Buffer) => {
+            sessions.push(b);
+            gotTicket(b);
+          });
+          s.once('error', reject);
+        });
+      const ping = (s: TLSSocket): Promise<string> =>
+        new Promise((resolve) => {
+          s.once('data', (d: Buffer) => resolve(d.toString()));
+          s.write('PING\r\n');
+        });
+      // A client that talks first: its tickets come with (before) the answer.
+      const talker = await open();
+      expect(await ping(talker.s)).to.equal('+PONG\r\n');
+      const saved = await talker.ticket;
+      talker.s.destroy();
+      const resumed = await open(saved);
+      expect(resumed.s.isSessionReused()).to.equal(true);
+      expect(await ping(resumed.s)).to.equal('+PONG\r\n');
+      resumed.s.destroy();
+      // A client that stays silent still gets its tickets (for a protocol where the server speaks
+      // first), without sending anything.
+      const silent = await open();
+      const silentTicket = await silent.ticket;
+      expect(silentTicket.length).to.be.greaterThan(0);
+      expect(silent.s.isSessionReused()).to.equal(false);
+      silent.s.destroy();
+    });
+
     it('refuses a plaintext client and counts it', async () => {
       const before = router.router.routeStats().find((s) => s.port === port.redis!)!.refusedPlaintext;
       const r = await redisCli(port.redis!, ['ping'], false);
