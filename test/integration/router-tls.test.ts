@@ -235,7 +235,12 @@ describe('router TLS with clients', function () {
         new Promise((resolve, reject) => {
           const sessions: Buffer[] = [];
           let gotTicket: (b: Buffer) => void = () => undefined;
-          const ticket = new Promise<Buffer>((r) => (gotTicket = r));
+          // A generous wait (a loaded machine), so that a missing ticket fails with its own message.
+          const ticket = new Promise<Buffer>((r, fail) => {
+            gotTicket = r;
+            setTimeout(() => fail(new Error('no session ticket arrived within 30 s')), 30_000).unref();
+          });
+          ticket.catch(() => undefined);
           const s = tlsConnect(
             { port: port.redis!, host: '127.0.0.1', servername: 'localhost', ca: ca2, minVersion: 'TLSv1.3', session },
             () => resolve({ s, sessions, ticket }),
