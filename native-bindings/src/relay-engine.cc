@@ -305,7 +305,16 @@ class Pair : public std::enable_shared_from_this<Pair> {
   // kSettled: the handshake is done and the client sent nothing yet; the backend is connected after
   // the loop's next pass over its events, unless the client ended meanwhile.
   enum class Start : uint8_t { kNone, kSniff, kPreamble, kHandshake, kRefusing, kSettled };
-  enum class StartResult { kWait, kConnect, kClosed, kDefer };
+  // kFail: the client is refused or failed its handshake; the caller counts it on the port, then
+  // closes it (fail_reason_, fail_error_), so the count is visible before the client sees the end.
+  enum class StartResult { kWait, kConnect, kClosed, kDefer, kFail };
+  CloseReason fail_reason_ = CloseReason::kKilled;
+  int fail_error_ = 0;
+  StartResult Fail(CloseReason reason, int error) {
+    fail_reason_ = reason;
+    fail_error_ = error;
+    return StartResult::kFail;
+  }
   Start start_ = Start::kNone;
   int64_t start_deadline_ms_ = 0;
   int preambles_ = 0;
@@ -316,6 +325,10 @@ class Pair : public std::enable_shared_from_this<Pair> {
   // on that edge.
   bool ssl_read_wants_write_ = false;
   bool ssl_write_wants_read_ = false;
+  // A client that was silent after its handshake gets its session tickets with the first bytes of
+  // either side (TlsServer::IssueTickets), not before: a connection on which nothing is ever said
+  // (a check that stays open a moment longer than the loop's pass) builds none.
+  bool tickets_due_ = false;
   // What the start did to the port's counters, added under the port's lock by the caller.
   int start_handshakes_ = 0, start_handshake_errors_ = 0, start_refused_ = 0;
 
@@ -516,7 +529,13 @@ ssize_t Pair::In(int src, char* buffer, size_t len) {
   if (src == 1 || ssl_ == nullptr) return recv(fd_[src], buffer, len, 0);
   ssl_read_wants_write_ = false;
   const int n = SSL_read(ssl_, buffer, static_cast<int>(len));
-  if (n > 0) return n;
+  if (n > 0) {
+    if (tickets_due_) {
+      tickets_due_ = false;
+      TlsServer::IssueTickets(ssl_);
+    }
+    return n;
+  }
   switch (SSL_get_error(ssl_, n)) {
     case SSL_ERROR_WANT_READ:
       errno = EAGAIN;
@@ -542,6 +561,10 @@ ssize_t Pair::In(int src, char* buffer, size_t len) {
 ssize_t Pair::Out(int dst, const char* data, size_t len) {
   if (dst == 1 || ssl_ == nullptr) return send(fd_[dst], data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
   ssl_write_wants_read_ = false;
+  if (tickets_due_) {
+    tickets_due_ = false;
+    TlsServer::IssueTickets(ssl_);  // they go out first, ahead of this write
+  }
   const int n = SSL_write(ssl_, data, static_cast<int>(std::min<size_t>(len, INT32_MAX)));
   if (n > 0) return n;
   switch (SSL_get_error(ssl_, n)) {
@@ -602,8 +625,7 @@ Pair::StartResult Pair::RunStart(int64_t now, CloseEvent* ev) {
         }
         // Plaintext on a route that requires TLS: refused without an answer.
         start_refused_++;
-        Close(CloseReason::kKilled, 0, false, ev);
-        return StartResult::kClosed;
+        return Fail(CloseReason::kKilled, 0);
       }
       case Start::kPreamble: {
         unsigned char b[8];
@@ -631,8 +653,7 @@ Pair::StartResult Pair::RunStart(int64_t now, CloseEvent* ev) {
         if (length == 8 && (code == kSslRequest || code == kGssencRequest)) {
           if (code == kGssencRequest && ++preambles_ > kMaxPreambles) {
             start_refused_++;
-            Close(CloseReason::kKilled, 0, false, ev);
-            return StartResult::kClosed;
+            return Fail(CloseReason::kKilled, 0);
           }
           ssize_t r = recv(fd, b, 8, 0);
           (void)r;
@@ -698,8 +719,7 @@ Pair::StartResult Pair::RunStart(int64_t now, CloseEvent* ev) {
           if (ssl_ == nullptr) {
             // No certificate ever loaded (TlsError says why): the client cannot be served.
             start_handshake_errors_++;
-            Close(CloseReason::kKilled, 0, false, ev);
-            return StartResult::kClosed;
+            return Fail(CloseReason::kKilled, 0);
           }
           io_.fd = fd;
           BIO* bio = BIO_new(TlsIoMethod());
@@ -730,8 +750,7 @@ Pair::StartResult Pair::RunStart(int64_t now, CloseEvent* ev) {
         if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return StartResult::kWait;
         ERR_clear_error();
         start_handshake_errors_++;
-        Close(CloseReason::kClientError, io_.error != 0 ? io_.error : EPROTO, false, ev);
-        return StartResult::kClosed;
+        return Fail(CloseReason::kClientError, io_.error != 0 ? io_.error : EPROTO);
       }
     }
   }
@@ -1038,7 +1057,14 @@ void Loop::Serve(Pair* pair, const End* end, uint32_t events, std::vector<std::s
       pair->port_->c.tls_handshake_errors += counts[1];
       pair->port_->c.refused_plaintext += counts[2];
     }
-    if (start == Pair::StartResult::kClosed) Report(pair, ev);
+    if (start == Pair::StartResult::kFail) {
+      {
+        std::lock_guard<std::mutex> lock(pair->mu_);
+        if (pair->closed_.load()) return;  // destroyed meanwhile, and reported by who did it
+        pair->Close(pair->fail_reason_, pair->fail_error_, false, &ev);
+      }
+      Report(pair, ev);
+    } else if (start == Pair::StartResult::kClosed) Report(pair, ev);
     // The handshake is done (or the client relayed in plaintext): the backend is picked now, from
     // the route in force, so a fence applied meanwhile cannot be missed.
     else if (start == Pair::StartResult::kConnect) engine_->ConnectNext(pair->shared_from_this(), 0);
@@ -1208,8 +1234,8 @@ void Loop::Settle(const std::shared_ptr<Pair>& pair) {
     std::lock_guard<std::mutex> lock(pair->mu_);
     if (pair->closed_.load() || pair->start_ != Pair::Start::kSettled) return;
     pair->start_ = Pair::Start::kNone;
-    // The client stayed past a pass of the loop: it gets its session tickets now.
-    TlsServer::IssueTickets(pair->ssl_);
+    // The client stayed past a pass of the loop: its session tickets go with the first bytes.
+    pair->tickets_due_ = true;
   }
   engine_->ConnectNext(pair, 0);
 }

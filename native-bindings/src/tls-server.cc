@@ -153,7 +153,7 @@ void TlsServer::Load() {
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
   static const unsigned char kSessionContext[] = "sf-router";
   SSL_CTX_set_session_id_context(ctx, kSessionContext, sizeof kSessionContext - 1);
-  // TLS 1.3 tickets wait until the client stays (IssueTickets).
+  // TLS 1.3 tickets wait for the connection's first bytes (IssueTickets).
   SSL_CTX_set_num_tickets(ctx, 0);
   SSL_CTX_set_client_hello_cb(ctx, &TlsServer::OnClientHello, nullptr);
   if (!alpn_wire_.empty()) SSL_CTX_set_alpn_select_cb(ctx, &TlsServer::SelectAlpn, this);
