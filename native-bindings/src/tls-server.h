@@ -51,8 +51,9 @@ class TlsServer {
   uint64_t Reloads() const { return reloads_.load(); }
   // TLS 1.3 session tickets are not sent with the handshake (num_tickets 0) but by IssueTickets with
   // the connection's first bytes (the client's, or the backend's first answer): a client that hangs
-  // up right after its handshake (health checks, `openssl s_time`) costs no ticket, and each ticket costs about as much CPU as a tenth of the handshake
-  // (an HKDF, a random session id, the session encoded, encrypted and MACed, a record and a send).
+  // up right after its handshake (health checks, `openssl s_time`) costs no ticket. Two tickets
+  // cost about an eighth of a handshake's CPU (each an HKDF, a random session id, the session
+  // encoded, encrypted and MACed, a record and a send).
   // Issues kTicketsPerConnection tickets (OpenSSL's default count) when the client can use them
   // (TLS 1.3 and it offered psk_key_exchange_modes); they go out on the SSL's next write, or now
   // through SSL_do_handshake. False when none were due.
