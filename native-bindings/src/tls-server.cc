@@ -72,7 +72,9 @@ std::string TlsServer::LastError() {
 int TlsServer::OnClientHello(SSL* ssl, int*, void*) {
   const unsigned char* data;
   size_t len;
-  if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_psk_kex_modes, &data, &len) == 1) SSL_set_app_data(ssl, &kWantsTickets);
+  if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_psk_kex_modes, &data, &len) == 1) {
+    SSL_set_app_data(ssl, &kWantsTickets);
+  }
   return SSL_CLIENT_HELLO_SUCCESS;
 }
 
