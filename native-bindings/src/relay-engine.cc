@@ -88,12 +88,29 @@ int64_t NowMs() {
 struct TlsIo {
   int fd = -1;
   bool short_read = false;
+  // The first error of a send or recv: a reset or broken connection stays broken, so later writes
+  // fail with it at once, without a system call (OpenSSL writes its second ticket after the first
+  // one's EPIPE when the client hung up).
   int error = 0;
+  // What the start read from the socket before the handshake began (the first bytes, which told a
+  // ClientHello from plaintext): OpenSSL reads them first. prefix_drained: that read emptied the
+  // receive queue.
+  std::string prefix;
+  size_t prefix_off = 0;
+  bool prefix_drained = false;
 };
 
 int TlsIoRead(BIO* b, char* out, int len) {
   auto* io = static_cast<TlsIo*>(BIO_get_data(b));
   BIO_clear_retry_flags(b);
+  if (io->prefix_off < io->prefix.size()) {
+    const size_t n = std::min(io->prefix.size() - io->prefix_off, static_cast<size_t>(len));
+    memcpy(out, io->prefix.data() + io->prefix_off, n);
+    io->prefix_off += n;
+    io->short_read = io->prefix_off == io->prefix.size() && io->prefix_drained;
+    if (io->prefix_off == io->prefix.size()) std::string().swap(io->prefix), io->prefix_off = 0;
+    return static_cast<int>(n);
+  }
   for (;;) {
     ssize_t n = recv(io->fd, out, static_cast<size_t>(len), 0);
     if (n > 0) {
@@ -111,6 +128,10 @@ int TlsIoRead(BIO* b, char* out, int len) {
 int TlsIoWrite(BIO* b, const char* data, int len) {
   auto* io = static_cast<TlsIo*>(BIO_get_data(b));
   BIO_clear_retry_flags(b);
+  if (io->error != 0) {
+    errno = io->error;  // OpenSSL tells a closed connection by errno (EPIPE, ECONNRESET)
+    return -1;
+  }
   for (;;) {
     ssize_t n = send(io->fd, data, static_cast<size_t>(len), MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n >= 0) return static_cast<int>(n);
@@ -357,7 +378,16 @@ class Pair : public std::enable_shared_from_this<Pair> {
   // kSettled: the handshake is done and the client sent nothing yet; the backend is connected after
   // the loop's next pass over its events, unless the client ended meanwhile.
   enum class Start : uint8_t { kNone, kSniff, kPreamble, kHandshake, kRefusing, kSettled };
-  enum class StartResult { kWait, kConnect, kClosed, kDefer };
+  // kFail: the client is refused or failed its handshake; the caller counts it on the port, then
+  // closes it (fail_reason_, fail_error_), so the count is visible before the client sees the end.
+  enum class StartResult { kWait, kConnect, kClosed, kDefer, kFail };
+  CloseReason fail_reason_ = CloseReason::kKilled;
+  int fail_error_ = 0;
+  StartResult Fail(CloseReason reason, int error) {
+    fail_reason_ = reason;
+    fail_error_ = error;
+    return StartResult::kFail;
+  }
   Start start_ = Start::kNone;
   int64_t start_deadline_ms_ = 0;
   int preambles_ = 0;
@@ -371,6 +401,10 @@ class Pair : public std::enable_shared_from_this<Pair> {
   // TLS towards the backend (tls-client.h), made with each connect attempt to a backend marked
   // `tls`; while it has not finished its start the pair stays connecting_.
   std::unique_ptr<BackendTls> btls_;
+  // A client that was silent after its handshake gets its session tickets with the first bytes of
+  // either side (TlsServer::IssueTickets), not before: a connection on which nothing is ever said
+  // (a check that stays open a moment longer than the loop's pass) builds none.
+  bool tickets_due_ = false;
   // What the start did to the port's counters, added under the port's lock by the caller.
   int start_handshakes_ = 0, start_handshake_errors_ = 0, start_refused_ = 0;
 
@@ -573,7 +607,13 @@ ssize_t Pair::In(int src, char* buffer, size_t len) {
   if (src == 1 || ssl_ == nullptr) return recv(fd_[src], buffer, len, 0);
   ssl_read_wants_write_ = false;
   const int n = SSL_read(ssl_, buffer, static_cast<int>(len));
-  if (n > 0) return n;
+  if (n > 0) {
+    if (tickets_due_) {
+      tickets_due_ = false;
+      TlsServer::IssueTickets(ssl_);
+    }
+    return n;
+  }
   switch (SSL_get_error(ssl_, n)) {
     case SSL_ERROR_WANT_READ:
       errno = EAGAIN;
@@ -600,6 +640,10 @@ ssize_t Pair::Out(int dst, const char* data, size_t len) {
   if (dst == 1 && btls_) return btls_->Write(data, len);
   if (dst == 1 || ssl_ == nullptr) return send(fd_[dst], data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
   ssl_write_wants_read_ = false;
+  if (tickets_due_) {
+    tickets_due_ = false;
+    TlsServer::IssueTickets(ssl_);  // they go out first, ahead of this write
+  }
   const int n = SSL_write(ssl_, data, static_cast<int>(std::min<size_t>(len, INT32_MAX)));
   if (n > 0) return n;
   switch (SSL_get_error(ssl_, n)) {
@@ -625,18 +669,46 @@ ssize_t Pair::Out(int dst, const char* data, size_t len) {
 // PostgreSQL's preamble (SSLRequest answered 'S', GSSENCRequest 'N', a CancelRequest relayed in
 // plaintext, a plaintext StartupMessage refused with an ErrorResponse unless the policy is
 // optional), or a peek at the first byte (a ClientHello, or plaintext: refused, or relayed when
-// optional); then the handshake. Nothing is consumed that the backend or OpenSSL must see: the
-// preamble is peeked before it is read.
+// optional); then the handshake. Nothing is lost that the backend or OpenSSL must see: the
+// preamble is peeked before it is read, and the first bytes read by the sniff go to OpenSSL (a
+// ClientHello, through the BIO's prefix) or to the backend first (plaintext, in pending_). Reading
+// them instead of peeking at one byte saves a system call per connection.
 Pair::StartResult Pair::RunStart(int64_t now, CloseEvent* ev) {
   const int fd = fd_[0];
   for (;;) {
     switch (start_) {
       case Start::kNone:
         return StartResult::kConnect;
-      case Start::kSniff:
+      case Start::kSniff: {
+        char first[kCopyBufferSize];
+        const ssize_t n = recv(fd, first, sizeof first, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EAGAIN) return StartResult::kWait;
+        if (n <= 0) {
+          Close(n == 0 ? CloseReason::kClientClosed : CloseReason::kClientError, n == 0 ? 0 : errno, false, ev);
+          return StartResult::kClosed;
+        }
+        if (static_cast<unsigned char>(first[0]) == kTlsHandshakeRecord) {
+          io_.prefix.assign(first, static_cast<size_t>(n));
+          io_.prefix_off = 0;
+          io_.prefix_drained = static_cast<size_t>(n) < sizeof first;
+          start_ = Start::kHandshake;
+          continue;
+        }
+        if (tls_->spec.optional) {
+          // Plaintext on a route that allows it: relayed, what was read going first.
+          pending_[0].assign(first, static_cast<size_t>(n));
+          pending_off_[0] = 0;
+          start_ = Start::kNone;
+          return StartResult::kConnect;
+        }
+        // Plaintext on a route that requires TLS: refused without an answer.
+        start_refused_++;
+        return Fail(CloseReason::kKilled, 0);
+      }
       case Start::kPreamble: {
         unsigned char b[8];
-        const size_t want = start_ == Start::kSniff ? 1 : 8;
+        const size_t want = 8;
         ssize_t n = recv(fd, b, want, MSG_PEEK);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && errno == EAGAIN) return StartResult::kWait;
@@ -647,16 +719,6 @@ Pair::StartResult Pair::RunStart(int64_t now, CloseEvent* ev) {
         if (b[0] == kTlsHandshakeRecord) {
           start_ = Start::kHandshake;
           continue;
-        }
-        if (start_ == Start::kSniff) {
-          if (tls_->spec.optional) {
-            start_ = Start::kNone;
-            return StartResult::kConnect;
-          }
-          // Plaintext on a route that requires TLS: refused without an answer.
-          start_refused_++;
-          Close(CloseReason::kKilled, 0, false, ev);
-          return StartResult::kClosed;
         }
         if (static_cast<size_t>(n) < want) {
           if (hangup_[0]) {
@@ -670,8 +732,7 @@ Pair::StartResult Pair::RunStart(int64_t now, CloseEvent* ev) {
         if (length == 8 && (code == kSslRequest || code == kGssencRequest)) {
           if (code == kGssencRequest && ++preambles_ > kMaxPreambles) {
             start_refused_++;
-            Close(CloseReason::kKilled, 0, false, ev);
-            return StartResult::kClosed;
+            return Fail(CloseReason::kKilled, 0);
           }
           ssize_t r = recv(fd, b, 8, 0);
           (void)r;
@@ -708,6 +769,7 @@ Pair::StartResult Pair::RunStart(int64_t now, CloseEvent* ev) {
           pending_[0].assign(first, static_cast<size_t>(n));
           pending_off_[0] = 0;
           start_ = Start::kNone;
+          TlsServer::IssueTickets(ssl_);
           return StartResult::kConnect;
         }
         if (n == 0) {
@@ -736,8 +798,7 @@ Pair::StartResult Pair::RunStart(int64_t now, CloseEvent* ev) {
           if (ssl_ == nullptr) {
             // No certificate ever loaded (TlsError says why): the client cannot be served.
             start_handshake_errors_++;
-            Close(CloseReason::kKilled, 0, false, ev);
-            return StartResult::kClosed;
+            return Fail(CloseReason::kKilled, 0);
           }
           io_.fd = fd;
           BIO* bio = BIO_new(TlsIoMethod());
@@ -757,7 +818,8 @@ Pair::StartResult Pair::RunStart(int64_t now, CloseEvent* ev) {
           // over its events (no sleep: that pass does not wait), which gives a close_notify sent
           // right after the handshake the time to arrive.
           start_ = Start::kSettled;
-          if (SSL_has_pending(ssl_) == 0 && !hangup_[0] && io_.short_read) {
+          // A send that failed (the client reset or is gone) skips the wait: the read below ends it.
+          if (SSL_has_pending(ssl_) == 0 && !hangup_[0] && io_.short_read && io_.error == 0) {
             readable_[0] = false;  // drained: the next bytes raise an edge
             return StartResult::kDefer;
           }
@@ -767,8 +829,7 @@ Pair::StartResult Pair::RunStart(int64_t now, CloseEvent* ev) {
         if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return StartResult::kWait;
         ERR_clear_error();
         start_handshake_errors_++;
-        Close(CloseReason::kClientError, io_.error != 0 ? io_.error : EPROTO, false, ev);
-        return StartResult::kClosed;
+        return Fail(CloseReason::kClientError, io_.error != 0 ? io_.error : EPROTO);
       }
     }
   }
@@ -1117,7 +1178,14 @@ void Loop::Serve(Pair* pair, const End* end, uint32_t events, std::vector<std::s
       pair->port_->c.tls_handshake_errors += counts[1];
       pair->port_->c.refused_plaintext += counts[2];
     }
-    if (start == Pair::StartResult::kClosed) Report(pair, ev);
+    if (start == Pair::StartResult::kFail) {
+      {
+        std::lock_guard<std::mutex> lock(pair->mu_);
+        if (pair->closed_.load()) return;  // destroyed meanwhile, and reported by who did it
+        pair->Close(pair->fail_reason_, pair->fail_error_, false, &ev);
+      }
+      Report(pair, ev);
+    } else if (start == Pair::StartResult::kClosed) Report(pair, ev);
     // The handshake is done (or the client relayed in plaintext): the backend is picked now, from
     // the route in force, so a fence applied meanwhile cannot be missed.
     else if (start == Pair::StartResult::kConnect) engine_->ConnectNext(pair->shared_from_this(), 0);
@@ -1295,6 +1363,8 @@ void Loop::Settle(const std::shared_ptr<Pair>& pair) {
     std::lock_guard<std::mutex> lock(pair->mu_);
     if (pair->closed_.load() || pair->start_ != Pair::Start::kSettled) return;
     pair->start_ = Pair::Start::kNone;
+    // The client stayed past a pass of the loop: its session tickets go with the first bytes.
+    pair->tickets_due_ = true;
   }
   engine_->ConnectNext(pair, 0);
 }

@@ -37,6 +37,10 @@ std::string OpenSslError() {
   return out;
 }
 
+// Marks (as the SSL's app data) a client that offered psk_key_exchange_modes: one that can resume
+// with a TLS 1.3 ticket (RFC 8446 4.2.9: tickets it cannot use are not sent).
+char kWantsTickets;
+
 }  // namespace
 
 std::string TlsSpec::Key() const {
@@ -63,6 +67,27 @@ TlsServer::~TlsServer() {
 std::string TlsServer::LastError() {
   std::lock_guard<std::mutex> lock(mu_);
   return error_;
+}
+
+int TlsServer::OnClientHello(SSL* ssl, int*, void*) {
+  const unsigned char* data;
+  size_t len;
+  if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_psk_kex_modes, &data, &len) == 1) {
+    SSL_set_app_data(ssl, &kWantsTickets);
+  }
+  return SSL_CLIENT_HELLO_SUCCESS;
+}
+
+bool TlsServer::IssueTickets(SSL* ssl) {
+  if (SSL_get_app_data(ssl) != &kWantsTickets || SSL_version(ssl) != TLS1_3_VERSION) return false;
+  SSL_set_app_data(ssl, nullptr);
+  for (int i = 0; i < kTicketsPerConnection; i++) {
+    if (SSL_new_session_ticket(ssl) != 1) break;
+  }
+  // Sent now when the socket takes them; otherwise with the next SSL_read or SSL_write (both run
+  // the pending handshake messages first, and report WANT_WRITE meanwhile).
+  if (SSL_do_handshake(ssl) != 1) ERR_clear_error();
+  return true;
 }
 
 int TlsServer::SelectAlpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
@@ -130,6 +155,9 @@ void TlsServer::Load() {
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
   static const unsigned char kSessionContext[] = "sf-router";
   SSL_CTX_set_session_id_context(ctx, kSessionContext, sizeof kSessionContext - 1);
+  // TLS 1.3 tickets wait for the connection's first bytes (IssueTickets).
+  SSL_CTX_set_num_tickets(ctx, 0);
+  SSL_CTX_set_client_hello_cb(ctx, &TlsServer::OnClientHello, nullptr);
   if (!alpn_wire_.empty()) SSL_CTX_set_alpn_select_cb(ctx, &TlsServer::SelectAlpn, this);
   if (ctx_ != nullptr) {
     SSL_CTX_free(ctx_);  // connections on it hold their own references

@@ -49,6 +49,16 @@ class TlsServer {
   // succeeded.
   std::string LastError();
   uint64_t Reloads() const { return reloads_.load(); }
+  // TLS 1.3 session tickets are not sent with the handshake (num_tickets 0) but by IssueTickets with
+  // the connection's first bytes (the client's, or the backend's first answer): a client that hangs
+  // up right after its handshake (health checks, `openssl s_time`) costs no ticket. Two tickets
+  // cost about an eighth of a handshake's CPU (each an HKDF, a random session id, the session
+  // encoded, encrypted and MACed, a record and a send).
+  // Issues kTicketsPerConnection tickets (OpenSSL's default count) when the client can use them
+  // (TLS 1.3 and it offered psk_key_exchange_modes); they go out on the SSL's next write, or now
+  // through SSL_do_handshake. False when none were due.
+  static bool IssueTickets(SSL* ssl);
+  static constexpr int kTicketsPerConnection = 2;
 
   const TlsSpec spec;
 
@@ -62,6 +72,7 @@ class TlsServer {
   std::atomic<uint64_t> reloads_{0};
   // ALPN protocols in wire format (length-prefixed), for the selection callback.
   std::string alpn_wire_;
+  static int OnClientHello(SSL* ssl, int* alert, void* arg);
   static int SelectAlpn(SSL* ssl, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
                         unsigned int inlen, void* arg);
 };

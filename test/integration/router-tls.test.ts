@@ -108,6 +108,7 @@ describe('router TLS with clients', function () {
   let fenceB: CountingBackend;
   let echo: CountingBackend;
   let halfClose: Server;
+  let greeter: Server;
   const port: Record<string, number> = {};
 
   before(async () => {
@@ -131,6 +132,14 @@ describe('router TLS with clients', function () {
       s.on('error', () => undefined);
     });
     await new Promise<void>((resolve) => halfClose.listen(0, '127.0.0.1', resolve));
+    // Speaks first (as MySQL or SMTP servers do): greets each connection, then echoes.
+    greeter = createServer((s) => {
+      s.on('error', () => undefined);
+      s.write('hello\r\n');
+      s.pipe(s);
+    });
+    await new Promise<void>((resolve) => greeter.listen(0, '127.0.0.1', resolve));
+    const greeterPort = (greeter.address() as { port: number }).port;
     const halfClosePort = (halfClose.address() as { port: number }).port;
     for (const name of [
       'redis',
@@ -144,6 +153,7 @@ describe('router TLS with clients', function () {
       'fence',
       'echo',
       'half',
+      'greet',
     ])
       port[name] = await freePort();
     // The rotating route has certificate files of its own, replaced during the test.
@@ -176,6 +186,7 @@ describe('router TLS with clients', function () {
         },
         { port: port.echo!, backends: [{ host: '127.0.0.1', port: echo.port }], tls: terminate(routerCert) },
         { port: port.half!, backends: [{ host: '127.0.0.1', port: halfClosePort }], tls: terminate(routerCert) },
+        { port: port.greet!, backends: [{ host: '127.0.0.1', port: greeterPort }], tls: terminate(routerCert) },
         {
           port: port.fence!,
           backends: [{ id: 'a', host: '127.0.0.1', port: fenceA.port, epoch: 1 }],
@@ -195,6 +206,7 @@ describe('router TLS with clients', function () {
     await fenceB?.stop();
     await echo?.stop();
     await new Promise((resolve) => halfClose?.close(resolve));
+    await new Promise((resolve) => greeter?.close(resolve));
     rmSync(dir, { recursive: true, force: true });
   });
 
@@ -227,6 +239,56 @@ describe('router TLS with clients', function () {
       } else expect(jsPorts).to.include(port.redis!);
       const stats = router.router.routeStats().find((s) => s.port === port.redis!)!;
       expect(stats.tlsHandshakes).to.be.at.least(2);
+    });
+
+    it('gives TLS 1.3 session tickets with the first bytes of a client that talks, or of a backend that speaks first, and resumes with them', async () => {
+      const caPem = readFileSync(ca.certFile);
+      const open = (
+        p: number,
+        session?: Buffer,
+      ): Promise<{ s: TLSSocket; ticket: Promise<Buffer>; greeting: Promise<string> }> =>
+        new Promise((resolve, reject) => {
+          let gotTicket: (b: Buffer) => void = () => undefined;
+          // A generous wait (a loaded machine), so that a missing ticket fails with its own message.
+          const ticket = new Promise<Buffer>((r, fail) => {
+            gotTicket = r;
+            setTimeout(() => fail(new Error('no session ticket arrived within 30 s')), 30_000).unref();
+          });
+          ticket.catch(() => undefined);
+          const s = tlsConnect(
+            { port: p, host: '127.0.0.1', servername: 'localhost', ca: caPem, minVersion: 'TLSv1.3', session },
+            () => resolve({ s, ticket, greeting }),
+          );
+          const greeting = new Promise<string>((r) => s.once('data', (d: Buffer) => r(d.toString())));
+          // Node emits 'session' once per NewSessionTicket received.
+          s.on('session', (b: Buffer) => gotTicket(b));
+          s.once('error', reject);
+        });
+      const ping = (s: TLSSocket): Promise<string> =>
+        new Promise((resolve) => {
+          s.once('data', (d: Buffer) => resolve(d.toString()));
+          s.write('PING\r\n');
+        });
+      // A client that talks first: its tickets come with (before) the answer.
+      const talker = await open(port.redis!);
+      expect(await ping(talker.s)).to.equal('+PONG\r\n');
+      const saved = await talker.ticket;
+      talker.s.destroy();
+      const resumed = await open(port.redis!, saved);
+      expect(resumed.s.isSessionReused()).to.equal(true);
+      expect(await ping(resumed.s)).to.equal('+PONG\r\n');
+      resumed.s.destroy();
+      // A client that sends nothing to a backend that speaks first: the tickets come with the
+      // greeting, and resume too.
+      const silent = await open(port.greet!);
+      expect(await silent.greeting).to.equal('hello\r\n');
+      const silentTicket = await silent.ticket;
+      expect(silent.s.isSessionReused()).to.equal(false);
+      silent.s.destroy();
+      const again = await open(port.greet!, silentTicket);
+      expect(again.s.isSessionReused()).to.equal(true);
+      expect(await again.greeting).to.equal('hello\r\n');
+      again.s.destroy();
     });
 
     it('refuses a plaintext client and counts it', async () => {
