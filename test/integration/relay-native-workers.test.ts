@@ -103,6 +103,8 @@ describeAvailable(
         {
           env: { ...process.env, SF_LOG_LEVEL: 'warn' },
           stdio: 'ignore',
+          // Its own process group: a failed case stops the workers too, not only the supervisor.
+          detached: true,
         },
       );
       const exited = new Promise<number | null>((resolve) => supervisor.once('exit', (code) => resolve(code)));
@@ -126,7 +128,11 @@ describeAvailable(
         expect(await health(adminPort)).to.equal(undefined);
         expect(await health(adminPort + 1)).to.equal(undefined);
       } finally {
-        supervisor.kill('SIGKILL');
+        try {
+          if (supervisor.pid) process.kill(-supervisor.pid, 'SIGKILL');
+        } catch {
+          // Already gone with its workers (the SIGTERM above stopped them all).
+        }
         rmSync(dir, { recursive: true, force: true });
       }
     });
