@@ -69,7 +69,14 @@ describe('sf up platform CA and control over HTTPS (the default)', function () {
     const record = JSON.parse(
       await readFile(path.join(platform.home, 'controls', `127.0.0.1-${platform.ports.control}.json`), 'utf8'),
     ) as { url: string; ca_file: string };
-    expect(record).to.deep.equal({ url, ca_file: caFile });
+    // With the client certificate Prometheus scrapes exporter sidecars with (sf prometheus-config).
+    const issued = path.join(platform.dataDir, 'ca', 'issued');
+    expect(record).to.deep.equal({
+      url,
+      ca_file: caFile,
+      scrape_cert_file: path.join(issued, 'prometheus.crt'),
+      scrape_key_file: path.join(issued, 'prometheus.key'),
+    });
 
     // The banner's curl line, as a user copies it.
     const curlLine = banner
