@@ -179,6 +179,8 @@ async function scrapeIdentity(
 }
 
 async function printConfig(flags: PrometheusFlags): Promise<void> {
+  if ((flags.clientCert === undefined) !== (flags.clientKey === undefined))
+    throw new UsageError('--client-cert and --client-key go together');
   if (!/^\d+(ms|s|m|h)$/.test(flags.scrapeInterval))
     throw new UsageError(
       `--scrape-interval must be a Prometheus duration like 15s or 1m, got '${flags.scrapeInterval}'`,

@@ -43,6 +43,14 @@ describe('sf usage errors', function () {
     expect(cpus.stderr).to.contain('--cpus must be a positive number');
   });
 
+  it('refuses a client certificate without its key (or the reverse) for sf prometheus-config before any request', async () => {
+    for (const flag of ['--client-cert', '--client-key']) {
+      const res = await sf(['prometheus-config', flag, '/tmp/some.pem']);
+      expect(res.code, flag).to.equal(2);
+      expect(res.stderr.trim()).to.equal('sf: --client-cert and --client-key go together');
+    }
+  });
+
   it("points a subcommand's flag mistakes at that subcommand's help", async () => {
     const res = await sf(['create-service', 'redis', 'r1', '--durability', 'maybe']);
     expect(res.code).to.equal(2);
