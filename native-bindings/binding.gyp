@@ -6,6 +6,7 @@
         "src/addon.cc",
         "src/listen-batch.cc",
         "src/relay-engine.cc",
+        "src/socket-bio.cc",
         "src/socket-options.cc",
         "src/tls-client.cc",
         "src/tls-server.cc"

@@ -3,6 +3,7 @@
 
 #include "relay-engine.h"
 #include "listen-batch.h"
+#include "socket-bio.h"
 #include "socket-options.h"
 #include "tls-client.h"
 #include "tls-server.h"
@@ -80,85 +81,6 @@ int64_t NowMs() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
   return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
-}
-
-// The client's side of a TLS pair as OpenSSL sees it: a BIO over the socket that records whether
-// the last read emptied the receive queue (so, as for plain reads, no read is spent collecting
-// EAGAIN) and sends with MSG_NOSIGNAL.
-struct TlsIo {
-  int fd = -1;
-  bool short_read = false;
-  // The first error of a send or recv: a reset or broken connection stays broken, so later writes
-  // fail with it at once, without a system call (OpenSSL writes its second ticket after the first
-  // one's EPIPE when the client hung up).
-  int error = 0;
-  // What the start read from the socket before the handshake began (the first bytes, which told a
-  // ClientHello from plaintext): OpenSSL reads them first. prefix_drained: that read emptied the
-  // receive queue.
-  std::string prefix;
-  size_t prefix_off = 0;
-  bool prefix_drained = false;
-};
-
-int TlsIoRead(BIO* b, char* out, int len) {
-  auto* io = static_cast<TlsIo*>(BIO_get_data(b));
-  BIO_clear_retry_flags(b);
-  if (io->prefix_off < io->prefix.size()) {
-    const size_t n = std::min(io->prefix.size() - io->prefix_off, static_cast<size_t>(len));
-    memcpy(out, io->prefix.data() + io->prefix_off, n);
-    io->prefix_off += n;
-    io->short_read = io->prefix_off == io->prefix.size() && io->prefix_drained;
-    if (io->prefix_off == io->prefix.size()) std::string().swap(io->prefix), io->prefix_off = 0;
-    return static_cast<int>(n);
-  }
-  for (;;) {
-    ssize_t n = recv(io->fd, out, static_cast<size_t>(len), 0);
-    if (n > 0) {
-      io->short_read = n < len;
-      return static_cast<int>(n);
-    }
-    if (n == 0) return 0;
-    if (errno == EINTR) continue;
-    if (errno == EAGAIN) BIO_set_retry_read(b);
-    else io->error = errno;
-    return -1;
-  }
-}
-
-int TlsIoWrite(BIO* b, const char* data, int len) {
-  auto* io = static_cast<TlsIo*>(BIO_get_data(b));
-  BIO_clear_retry_flags(b);
-  if (io->error != 0) {
-    errno = io->error;  // OpenSSL tells a closed connection by errno (EPIPE, ECONNRESET)
-    return -1;
-  }
-  for (;;) {
-    ssize_t n = send(io->fd, data, static_cast<size_t>(len), MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n >= 0) return static_cast<int>(n);
-    if (errno == EINTR) continue;
-    if (errno == EAGAIN) BIO_set_retry_write(b);
-    else io->error = errno;
-    return -1;
-  }
-}
-
-long TlsIoCtrl(BIO*, int cmd, long, void*) { return cmd == BIO_CTRL_FLUSH ? 1 : 0; }
-
-int TlsIoCreate(BIO* b) {
-  BIO_set_init(b, 1);
-  return 1;
-}
-
-BIO_METHOD* TlsIoMethod() {
-  static BIO_METHOD* method = [] {
-    BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "sf-relay-socket");
-    BIO_meth_set_read(m, TlsIoRead);
-    BIO_meth_set_write(m, TlsIoWrite);
-    BIO_meth_set_ctrl(m, TlsIoCtrl);
-    BIO_meth_set_create(m, TlsIoCreate);
-    return m;
-  }();
-  return method;
 }
 
 // PostgreSQL's preamble codes (router/postgres-preamble.ts).
@@ -393,7 +315,7 @@ class Pair : public std::enable_shared_from_this<Pair> {
   int preambles_ = 0;
   std::shared_ptr<TlsServer> tls_;
   SSL* ssl_ = nullptr;
-  TlsIo io_;
+  SocketIo io_;
   // An SSL_read that needs the socket writable (or an SSL_write that needs it readable) is retried
   // on that edge.
   bool ssl_read_wants_write_ = false;
@@ -801,7 +723,7 @@ Pair::StartResult Pair::RunStart(int64_t now, CloseEvent* ev) {
             return Fail(CloseReason::kKilled, 0);
           }
           io_.fd = fd;
-          BIO* bio = BIO_new(TlsIoMethod());
+          BIO* bio = BIO_new(SocketBioMethod());
           BIO_set_data(bio, &io_);
           SSL_set_bio(ssl_, bio, bio);
           SSL_set_accept_state(ssl_);

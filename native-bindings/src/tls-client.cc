@@ -33,65 +33,6 @@ constexpr int64_t kReloadCheckMs = 1000;
 // PostgreSQL's SSLRequest: length 8, code 1234.5679 (protocol 3.0, "SSL Session Encryption").
 constexpr unsigned char kSslRequest[8] = {0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f};
 
-std::string OpenSslError() {
-  char buf[256];
-  unsigned long e = ERR_get_error();
-  std::string out = e != 0 ? (ERR_error_string_n(e, buf, sizeof buf), std::string(buf)) : "unknown error";
-  ERR_clear_error();
-  return out;
-}
-
-// The socket under a backend's SSL: records whether the last read emptied the receive queue (so
-// the relay spends no read collecting EAGAIN) and sends with MSG_NOSIGNAL.
-int IoRead(BIO* b, char* out, int len) {
-  auto* io = static_cast<BackendTls::Io*>(BIO_get_data(b));
-  BIO_clear_retry_flags(b);
-  for (;;) {
-    ssize_t n = recv(io->fd, out, static_cast<size_t>(len), 0);
-    if (n > 0) {
-      io->short_read = n < len;
-      return static_cast<int>(n);
-    }
-    if (n == 0) return 0;
-    if (errno == EINTR) continue;
-    if (errno == EAGAIN) BIO_set_retry_read(b);
-    else io->error = errno;
-    return -1;
-  }
-}
-
-int IoWrite(BIO* b, const char* data, int len) {
-  auto* io = static_cast<BackendTls::Io*>(BIO_get_data(b));
-  BIO_clear_retry_flags(b);
-  for (;;) {
-    ssize_t n = send(io->fd, data, static_cast<size_t>(len), MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n >= 0) return static_cast<int>(n);
-    if (errno == EINTR) continue;
-    if (errno == EAGAIN) BIO_set_retry_write(b);
-    else io->error = errno;
-    return -1;
-  }
-}
-
-long IoCtrl(BIO*, int cmd, long, void*) { return cmd == BIO_CTRL_FLUSH ? 1 : 0; }
-
-int IoCreate(BIO* b) {
-  BIO_set_init(b, 1);
-  return 1;
-}
-
-BIO_METHOD* IoMethod() {
-  static BIO_METHOD* method = [] {
-    BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "sf-relay-backend");
-    BIO_meth_set_read(m, IoRead);
-    BIO_meth_set_write(m, IoWrite);
-    BIO_meth_set_ctrl(m, IoCtrl);
-    BIO_meth_set_create(m, IoCreate);
-    return m;
-  }();
-  return method;
-}
-
 std::string Stamp(const std::string& f, std::string* error) {
   struct stat st;
   if (stat(f.c_str(), &st) != 0) {
@@ -206,7 +147,7 @@ BackendTls::BackendTls(std::shared_ptr<TlsClientContext> ctx, bool postgres, con
     return;
   }
   SSL_set_app_data(ssl_, this);
-  BIO* bio = BIO_new(IoMethod());
+  BIO* bio = BIO_new(SocketBioMethod());
   BIO_set_data(bio, &io_);
   SSL_set_bio(ssl_, bio, bio);
   SSL_set_connect_state(ssl_);

@@ -9,6 +9,8 @@
 
 #pragma once
 
+#include "socket-bio.h"
+
 #include <openssl/ssl.h>
 #include <sys/socket.h>
 #include <sys/types.h>
@@ -103,11 +105,7 @@ class BackendTls {
   // Why the last step failed (for tests and diagnostics), or empty.
   std::string failure;
 
-  struct Io {
-    int fd = -1;
-    bool short_read = false;
-    int error = 0;
-  };
+  using Io = SocketIo;
 
  private:
   enum class Phase : uint8_t { kRequest, kAnswer, kHandshake, kDone };

@@ -1,6 +1,7 @@
 // TLS contexts of terminating routes (tls-server.h).
 
 #include "tls-server.h"
+#include "socket-bio.h"
 
 #include <openssl/err.h>
 #include <sys/stat.h>
@@ -29,13 +30,6 @@ std::string Stamp(const std::vector<const std::string*>& files, std::string* err
   return out;
 }
 
-std::string OpenSslError() {
-  char buf[256];
-  unsigned long e = ERR_get_error();
-  std::string out = e != 0 ? (ERR_error_string_n(e, buf, sizeof buf), std::string(buf)) : "unknown error";
-  ERR_clear_error();
-  return out;
-}
 
 // Marks (as the SSL's app data) a client that offered psk_key_exchange_modes: one that can resume
 // with a TLS 1.3 ticket (RFC 8446 4.2.9: tickets it cannot use are not sent).
