@@ -212,6 +212,38 @@ async function loadAverage(): Promise<string> {
   return /load average: (.*)$/m.exec(r.stdout)?.[1]?.trim() ?? r.stdout.trim();
 }
 
+/**
+ * The engine the columns share: redis-server on loopback without persistence, TLS on `tlsPort`
+ * with the engine's certificate (clients not asked for one), plaintext on `plainPort` (0: none).
+ */
+function startTlsRedis(
+  tlsPort: number,
+  plainPort: number,
+  cert: { certFile: string; keyFile: string },
+  caFile: string,
+): ReturnType<typeof startProcess> {
+  return startProcess('redis', 'redis-server', [
+    '--port',
+    String(plainPort),
+    '--tls-port',
+    String(tlsPort),
+    '--tls-cert-file',
+    cert.certFile,
+    '--tls-key-file',
+    cert.keyFile,
+    '--tls-ca-cert-file',
+    caFile,
+    '--tls-auth-clients',
+    'no',
+    '--bind',
+    '127.0.0.1',
+    '--save',
+    '',
+    '--appendonly',
+    'no',
+  ]);
+}
+
 async function main(): Promise<void> {
   const settings = parseArgs(process.argv.slice(2));
   await acquireRunLock('tls-termination');
@@ -257,26 +289,7 @@ async function runFor(
   const redisTlsPort = await freePort();
   const sinkPort = await freePort();
   const engineCert = await ca.ensure('bench-engine', ['localhost', '127.0.0.1']);
-  const redis = startProcess('redis', 'redis-server', [
-    '--tls-port',
-    String(redisTlsPort),
-    '--tls-cert-file',
-    engineCert.certFile,
-    '--tls-key-file',
-    engineCert.keyFile,
-    '--tls-ca-cert-file',
-    ca.certFile,
-    '--tls-auth-clients',
-    'no',
-    '--port',
-    String(redisPort),
-    '--bind',
-    '127.0.0.1',
-    '--save',
-    '',
-    '--appendonly',
-    'no',
-  ]);
+  const redis = startTlsRedis(redisTlsPort, redisPort, engineCert, ca.certFile);
   const sink = startProcess('sink', process.execPath, ['-e', SINK, String(sinkPort)]);
   await waitForPort(redisPort, redis);
   await waitForPort(redisTlsPort, redis);
@@ -509,26 +522,7 @@ async function runReencrypt(
   writeFileSync(haproxyPem, readFileSync(cert.certFile, 'utf8') + readFileSync(cert.keyFile, 'utf8'), { mode: 0o600 });
   const redisTlsPort = await freePort();
   const sinkPort = await freePort();
-  const redis = startProcess('redis', 'redis-server', [
-    '--port',
-    '0',
-    '--tls-port',
-    String(redisTlsPort),
-    '--tls-cert-file',
-    engineCert.certFile,
-    '--tls-key-file',
-    engineCert.keyFile,
-    '--tls-ca-cert-file',
-    ca.certFile,
-    '--tls-auth-clients',
-    'no',
-    '--bind',
-    '127.0.0.1',
-    '--save',
-    '',
-    '--appendonly',
-    'no',
-  ]);
+  const redis = startTlsRedis(redisTlsPort, 0, engineCert, ca.certFile);
   const sink = startProcess('tls-sink', sinkServer, [String(sinkPort), engineCert.certFile, engineCert.keyFile]);
   await waitForPort(redisTlsPort, redis);
   await waitForPort(sinkPort, sink);
