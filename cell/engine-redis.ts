@@ -75,9 +75,12 @@ function redisVolumeSettings(full: boolean): Array<[string, string]> {
 
 /**
  * TLS only, on the instance's one port: clients reach an engine through the router, which
- * re-encrypts to it, so a plaintext port would only be a way around the policy. Clients are not
- * asked for a certificate (the router and replicas authenticate with their ACL users); a replica
- * verifies its primary against the CA (`tls-ca-cert-file`) before it sends its credentials.
+ * re-encrypts to it, so a plaintext port would only be a way around the policy. Every TCP client
+ * must present a certificate the platform CA signed (`tls-auth-clients yes`), besides its ACL
+ * user's password: the router presents its own, the cell its cell's, and a replica the engine's
+ * certificate (Redis's client side uses `tls-cert-file` when no `tls-client-cert-file` is set; the
+ * platform CA issues every certificate for clientAuth too). A replica verifies its primary
+ * against the CA (`tls-ca-cert-file`) before it sends its credentials.
  */
 function redisTlsSettings(ctx: EngineContext): string[] {
   const files = engineTlsPaths(ctx.volumeDir);
@@ -87,7 +90,7 @@ function redisTlsSettings(ctx: EngineContext): string[] {
     `tls-cert-file ${files.cert}`,
     `tls-key-file ${files.key}`,
     `tls-ca-cert-file ${files.ca}`,
-    'tls-auth-clients no',
+    'tls-auth-clients yes',
     'tls-replication yes',
   ];
 }
@@ -358,13 +361,18 @@ export class RedisEngine implements Engine {
     const timeout = timeoutMs ?? this.options.commandTimeoutMs ?? 2_000;
     const admin = ctx.spec.credentials?.admin;
     // With TLS the engine is verified against the platform CA, by its service's name when it
-    // presents the service's certificate, else by the address connected to.
-    const tls = this.servesTls(ctx.spec)
-      ? {
-          ca: await readFile(this.options.tls!.caFile),
-          ...(ctx.spec.tlsCertificate ? { servername: ctx.spec.service } : {}),
-        }
-      : undefined;
+    // presents the service's certificate, else by the address connected to; the cell presents
+    // its own certificate, which the engine requires of every client.
+    const own = this.options.tls;
+    const tls =
+      own && this.servesTls(ctx.spec)
+        ? {
+            ca: await readFile(own.caFile),
+            cert: await readFile(own.certFile),
+            key: await readFile(own.keyFile),
+            ...(ctx.spec.tlsCertificate ? { servername: ctx.spec.service } : {}),
+          }
+        : undefined;
     const client = new Redis({
       host: ctx.listenHost === '0.0.0.0' ? '127.0.0.1' : ctx.listenHost,
       port: ctx.port,

@@ -28,6 +28,9 @@ export interface PgTarget {
   caFile?: string;
   /** The name the server's certificate must carry, when it is not `host`. */
   serverName?: string;
+  /** The certificate and key presented to a server that asks for one (with `caFile`). */
+  certFile?: string;
+  keyFile?: string;
 }
 
 /** How long an idle management connection is kept. */
@@ -48,7 +51,17 @@ function keyOf(t: PgTarget): string {
   const secret = createHash('sha256')
     .update(t.password ?? '')
     .digest('hex');
-  return [t.host, t.port, t.user, t.database, t.applicationName, t.caFile ?? '', t.serverName ?? '', secret].join('\0');
+  return [
+    t.host,
+    t.port,
+    t.user,
+    t.database,
+    t.applicationName,
+    t.caFile ?? '',
+    t.serverName ?? '',
+    t.certFile ?? '',
+    secret,
+  ].join('\0');
 }
 
 async function open(target: PgTarget, timeoutMs: number): Promise<Client> {
@@ -64,6 +77,9 @@ async function open(target: PgTarget, timeoutMs: number): Promise<Client> {
       ? {
           ca: await readFile(target.caFile, 'utf8'),
           ...(target.serverName ? { servername: target.serverName } : {}),
+          ...(target.certFile && target.keyFile
+            ? { cert: await readFile(target.certFile, 'utf8'), key: await readFile(target.keyFile, 'utf8') }
+            : {}),
         }
       : false,
     connectionTimeoutMillis: timeoutMs,

@@ -94,6 +94,10 @@ function engineHost(ctx: EngineContext): string {
   return ctx.listenHost === '0.0.0.0' ? '127.0.0.1' : ctx.listenHost;
 }
 
+function isLoopbackHost(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host.startsWith('127.');
+}
+
 function hostPort(host: string, port: number): string {
   return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }
@@ -108,7 +112,8 @@ export const SIDECARS: Record<SidecarKind, SidecarDefinition> = {
       if (user instanceof Error) return { error: user.message };
       // The engine's unix socket when it has one (redisSocketPath says why); else TCP, and an
       // engine serving TLS (its CA copy is in the volume) is verified against the platform CA,
-      // which works where the engine listens on an address its certificate names (loopback).
+      // which works where the engine listens on an address its certificate names (loopback),
+      // and is shown the engine's own certificate, since the engine requires one of every client.
       const socket = redisSocketPath(ctx.dataDir);
       const ca = engineTlsPaths(ctx.volumeDir).ca;
       const viaSocket = socket !== undefined && existsSync(socket);
@@ -120,7 +125,13 @@ export const SIDECARS: Record<SidecarKind, SidecarDefinition> = {
         args: [],
         env: {
           REDIS_ADDR: addr,
-          ...(tls ? { REDIS_EXPORTER_TLS_CA_CERT_FILE: ca } : {}),
+          ...(tls
+            ? {
+                REDIS_EXPORTER_TLS_CA_CERT_FILE: ca,
+                REDIS_EXPORTER_TLS_CLIENT_CERT_FILE: engineTlsPaths(ctx.volumeDir).cert,
+                REDIS_EXPORTER_TLS_CLIENT_KEY_FILE: engineTlsPaths(ctx.volumeDir).key,
+              }
+            : {}),
           REDIS_EXPORTER_WEB_LISTEN_ADDRESS: hostPort(listen.host, listen.port),
           ...(web
             ? {
@@ -146,11 +157,22 @@ export const SIDECARS: Record<SidecarKind, SidecarDefinition> = {
       const user = monitoringUser(ctx);
       if (user instanceof Error) return { error: user.message };
       const webConfig = web ? path.join(web.dir, 'web-config.yml') : undefined;
+      // On loopback in plaintext, as the cell's own probes (pg_hba.conf allows it there). Where
+      // the engine listens on another address, an engine with a certificate takes TLS only, with
+      // a client certificate the platform CA signed: the exporter presents the engine's own copy
+      // and checks the engine's chain against the CA (not its name: the certificate names the
+      // service, and lib/pq cannot be told which name to expect).
+      const host = engineHost(ctx);
+      const files = engineTlsPaths(ctx.volumeDir);
+      const tls = !isLoopbackHost(host) && existsSync(files.ca) && existsSync(files.cert);
+      const ssl = tls
+        ? `sslmode=verify-ca&sslrootcert=${encodeURIComponent(files.ca)}&sslcert=${encodeURIComponent(files.cert)}&sslkey=${encodeURIComponent(files.key)}`
+        : 'sslmode=disable';
       return {
         args: webConfig ? [`--web.config.file=${webConfig}`] : [],
         ...(web && webConfig ? { files: [{ path: webConfig, content: exporterWebConfig(web) }] } : {}),
         env: {
-          DATA_SOURCE_URI: `${hostPort(engineHost(ctx), ctx.port)}/postgres?sslmode=disable`,
+          DATA_SOURCE_URI: `${hostPort(host, ctx.port)}/postgres?${ssl}`,
           // Without credentials the cluster trusts local connections (tests of the cell alone).
           DATA_SOURCE_USER: user?.username ?? 'postgres',
           ...(user ? { DATA_SOURCE_PASS_FILE: secretFile } : {}),

@@ -27,7 +27,11 @@ export class RouteEmitter {
    */
   async desiredTls(service: ServiceRecord): Promise<RouteTls | undefined> {
     if (!this.certificates || !service.tls || service.tls === 'off') return undefined;
-    return serviceRouteTls(service, await this.certificates.ensure(service.name));
+    return serviceRouteTls(
+      service,
+      await this.certificates.ensure(service.name),
+      await this.certificates.routerClient(),
+    );
   }
 
   /**

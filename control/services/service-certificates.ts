@@ -14,6 +14,22 @@ import type { ServiceTlsPolicy } from './service-schema';
 /** @default how long a checked certificate is trusted before it is checked for renewal again: 1 hour */
 export const SERVICE_CERT_RECHECK_MS = 3_600_000;
 
+/**
+ * The client certificate routers present to engines (`issued/router-client.crt`): engines with a
+ * platform certificate require one the platform CA signed of every TCP client (docs/tls.md). It
+ * names no address (a client's), only this name.
+ */
+export const ROUTER_CLIENT_CERT = 'router-client';
+const ROUTER_CLIENT_NAME = 'sf-router';
+/** Its entry among the checked certificates: not a name a service can have. */
+const ROUTER_CLIENT_KEY = '/router-client';
+
+/** A certificate and key on control's host. */
+export interface CertificatePair {
+  certFile: string;
+  keyFile: string;
+}
+
 export interface ServiceTlsFiles {
   certFile: string;
   keyFile: string;
@@ -52,6 +68,21 @@ export class ServiceCertificates {
   }
 
   /**
+   * The routers' client certificate towards engines, issued or renewed when due; checked at most
+   * once per `recheckMs`, as services' are.
+   */
+  routerClient(now = Date.now()): Promise<CertificatePair> {
+    const cached = this.checked.get(ROUTER_CLIENT_KEY);
+    if (cached && now - cached.at < this.recheckMs) return cached.files;
+    const files = this.ca
+      .ensure(ROUTER_CLIENT_CERT, [ROUTER_CLIENT_NAME], new Date(now))
+      .then((c) => ({ certFile: c.certFile, keyFile: c.keyFile, caFile: this.ca.certFile }));
+    this.checked.set(ROUTER_CLIENT_KEY, { at: now, files });
+    files.catch(() => this.checked.delete(ROUTER_CLIENT_KEY));
+    return files;
+  }
+
+  /**
    * A new key and certificate for the service now, however long the current one has to run (a
    * key that may have leaked). Written over the same files, which every holder reloads (docs/tls.md).
    */
@@ -87,6 +118,8 @@ export class ServiceCertificates {
 export function serviceRouteTls(
   service: Pick<ServiceRecord, 'engine' | 'name' | 'tlsCertificate'> & { tls?: ServiceTlsPolicy },
   files: ServiceTlsFiles,
+  /** The routers' client certificate: engines with a platform certificate require one. */
+  routerClient?: CertificatePair,
 ): RouteTls | undefined {
   if (!service.tls || service.tls === 'off') return undefined;
   return routeTlsSchema.parse({
@@ -103,5 +136,6 @@ export function serviceRouteTls(
     ...(service.engine === 'postgres' || (service.engine === 'redis' && service.tlsCertificate)
       ? { backendServerName: service.name }
       : {}),
+    ...(routerClient ? { backendCertFile: routerClient.certFile, backendKeyFile: routerClient.keyFile } : {}),
   });
 }

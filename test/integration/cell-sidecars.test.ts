@@ -7,6 +7,7 @@
  */
 import { execFile } from 'node:child_process';
 import { readFile, stat } from 'node:fs/promises';
+import { networkInterfaces } from 'node:os';
 import { promisify } from 'node:util';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
@@ -233,6 +234,10 @@ function sidecarSuite(suite: Suite): void {
     });
 
     describe('on a cell with a certificate from the platform CA', () => {
+      /** An address of this host other than loopback, if it has one. */
+      const hostAddress = Object.values(networkInterfaces())
+        .flat()
+        .find((a) => a && a.family === 'IPv4' && !a.internal)?.address;
       let ca: PlatformCa;
       let scraper: { ca: Buffer; cert: Buffer; key: Buffer };
       let cellTls: { certFile: string; keyFile: string; caFile: string };
@@ -241,7 +246,12 @@ function sidecarSuite(suite: Suite): void {
         ca = await PlatformCa.open(path.join(cell.dir, 'ca'));
         // The cell's certificate names its addresses; the service's names the service and
         // loopback's usual address, not 127.0.0.2 (as on a cell with an address of its own).
-        const cellCert = await ca.ensure('cell', ['localhost', '127.0.0.1', '127.0.0.2']);
+        const cellCert = await ca.ensure('cell', [
+          'localhost',
+          '127.0.0.1',
+          '127.0.0.2',
+          ...(hostAddress ? [hostAddress] : []),
+        ]);
         cellTls = { certFile: cellCert.certFile, keyFile: cellCert.keyFile, caFile: ca.certFile };
         const svc = await ca.ensure('service-svc', ['svc', '127.0.0.1']);
         serviceCert = { certFile: svc.certFile, keyFile: svc.keyFile };
@@ -252,11 +262,11 @@ function sidecarSuite(suite: Suite): void {
           key: await readFile(client.keyFile),
         };
       });
-      const tlsCell = (listenHost: string): Executor =>
+      const tlsCell = (listenHost: string, trustCidrs: string[] = []): Executor =>
         suite.make(cell.dir, range, {
           listenHost,
           tls: cellTls,
-          engines: createEngineRegistry({ redis: { tls: cellTls }, postgres: { tls: cellTls } }),
+          engines: createEngineRegistry({ redis: { tls: cellTls }, postgres: { tls: cellTls, trustCidrs } }),
         });
 
       /** Exporters serve HTTPS to a client with a certificate of the CA and to nobody else. */
@@ -300,8 +310,13 @@ function sidecarSuite(suite: Suite): void {
         for (const e of tlsExecutors.splice(0)) for (const h of e.handles()) await e.kill(h.instanceId);
       });
       /** An instance with its exporter, served TLS with the service's certificate, on a cell at `listenHost`. */
-      function startTls(listenHost: string, instanceId: string, engine: 'redis' | 'postgres'): Promise<InstanceHandle> {
-        const executor2 = tlsCell(listenHost);
+      function startTls(
+        listenHost: string,
+        instanceId: string,
+        engine: 'redis' | 'postgres',
+        trustCidrs: string[] = [],
+      ): Promise<InstanceHandle> {
+        const executor2 = tlsCell(listenHost, trustCidrs);
         tlsExecutors.push(executor2);
         const sidecar = engine === 'redis' ? 'redis-exporter' : 'postgres-exporter';
         return executor2.start(
@@ -334,6 +349,20 @@ function sidecarSuite(suite: Suite): void {
       it('exports postgres over HTTPS to certificate holders only', async () => {
         const h = await startTls('127.0.0.1', 'p-tls', 'postgres');
         await checkHttpsOnly('127.0.0.1', sidecarOf(h), /^pg_up 1$/m);
+        await checkNoPassword(suite, h, 'postgres-exporter');
+      });
+
+      it('exports postgres listening on an address other than loopback, where it takes TLS with a platform client certificate only', async function () {
+        // The engine takes no plaintext SQL from a network other than loopback: the exporter
+        // connects over TLS and presents the engine's certificate.
+        const address = hostAddress;
+        if (!address) return this.skip();
+        const h = await startTls(address, 'p-tls-addr', 'postgres', [`${address}/32`]);
+        // pg_up 1: from this address pg_hba.conf has only `hostssl ... clientcert=verify-ca` lines.
+        await checkHttpsOnly(address, sidecarOf(h), /^pg_up 1$/m);
+        const hba = await readFile(path.join(h.dataDir, 'pg_hba.conf'), 'utf8');
+        expect(hba).to.contain(`hostssl all all ${address}/32 scram-sha-256 clientcert=verify-ca`);
+        expect(hba).to.not.match(new RegExp(`^host(nossl)? all all ${address.replace(/\./g, '\\.')}/32`, 'm'));
         await checkNoPassword(suite, h, 'postgres-exporter');
       });
     });

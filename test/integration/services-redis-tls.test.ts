@@ -2,18 +2,20 @@
  * Redis engines with certificates (docs/tls.md): a Redis service with TLS required runs every
  * instance TLS only (`port 0`, `tls-port`) with its service's certificate from the platform CA, the
  * replica streams from its primary over TLS (`tls-replication yes`), a plaintext connection to an
- * engine port gets nothing, and the router re-encrypts redis-cli --tls traffic to the engine,
- * verified against the platform CA. A rotated certificate (`rotate-certificate`) is loaded by the
+ * engine port gets nothing, a TLS client without a certificate the platform CA signed is refused by
+ * every engine (the router presents its own), and the router re-encrypts redis-cli --tls traffic
+ * to the engine, verified against the platform CA. A rotated certificate (`rotate-certificate`) is loaded by the
  * engines with `CONFIG SET` and by the router while connections already open keep working. Real
  * cells, redis-server, redis-cli and openssl throughout.
  */
 import { execFile } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
+import { PlatformCa } from '../../common/platform-ca';
 import type { ServiceView } from '../../control/services';
 import type { EngineUser } from '../../protocol/cell-protocol';
 import { adminUser, enginePid, primaryOf } from '../helpers/failover-support';
@@ -58,6 +60,10 @@ describe('Redis engines with TLS', function () {
   const dir = mkdtempSync(join(tmpdir(), 'sf-redis-tls-'));
   const caDir = join(dir, 'ca');
   const caFile = join(caDir, 'ca.crt');
+  // The routers' client certificate, which control issues from the platform CA: engines require
+  // one the CA signed of every client, so the test's own commands on an engine present it too.
+  const clientCert = join(caDir, 'issued', 'router-client.crt');
+  const clientKey = join(caDir, 'issued', 'router-client.key');
   const cluster = useServiceCluster({
     cells: 2,
     services: { platformCa: { dir: caDir } },
@@ -75,6 +81,10 @@ describe('Redis engines with TLS', function () {
       '--tls',
       '--cacert',
       caFile,
+      '--cert',
+      clientCert,
+      '--key',
+      clientKey,
       '-h',
       '127.0.0.1',
       '-p',
@@ -113,6 +123,11 @@ describe('Redis engines with TLS', function () {
       (s) => s.status === 'running' && s.instances.every((i) => i.state === 'running'),
     );
     key = await serviceKey(cluster().api, 'rtls');
+    await until(
+      'the routers client certificate',
+      async () => existsSync(clientKey),
+      (v) => v,
+    );
     for (const inst of view.instances) admins.set(inst.id, await adminUser(cluster(), view, inst.id));
     const primary = primaryOf(view);
     const replica = view.instances.find((i) => i.role === 'replica')!;
@@ -135,6 +150,35 @@ describe('Redis engines with TLS', function () {
       expect((await onEngine(inst.port!, admin, 'CONFIG', 'GET', 'tls-replication')).stdout).to.equal(
         'tls-replication\nyes',
       );
+    }
+  });
+
+  it('refuses a TLS client without a certificate from the platform CA on every engine port', async () => {
+    const other = await PlatformCa.open(join(dir, 'other-ca'));
+    const foreign = await other.ensure('intruder', ['intruder']);
+    for (const inst of view.instances) {
+      const admin = admins.get(inst.id)!;
+      expect((await onEngine(inst.port!, admin, 'CONFIG', 'GET', 'tls-auth-clients')).stdout).to.equal(
+        'tls-auth-clients\nyes',
+      );
+      const auth = ['-h', '127.0.0.1', '-p', String(inst.port), '--user', admin.username, '--pass', admin.password];
+      const bare = await redisCli(['--tls', '--cacert', caFile, ...auth, '--no-auth-warning', 'PING']);
+      expect(bare.stdout, 'no client certificate').to.not.equal('PONG');
+      const intruder = await redisCli([
+        '--tls',
+        '--cacert',
+        caFile,
+        '--cert',
+        foreign.certFile,
+        '--key',
+        foreign.keyFile,
+        ...auth,
+        '--no-auth-warning',
+        'PING',
+      ]);
+      expect(intruder.stdout, 'a certificate another CA signed').to.not.equal('PONG');
+      // The router's certificate (the platform CA's) with the same user is served.
+      expect((await onEngine(inst.port!, admin, 'PING')).stdout).to.equal('PONG');
     }
   });
 
@@ -204,7 +248,7 @@ describe('Redis engines with TLS', function () {
         port,
         username: auth.username,
         password: auth.password,
-        tls: { ca },
+        tls: { ca, cert: readFileSync(clientCert), key: readFileSync(clientKey) },
         lazyConnect: true,
         maxRetriesPerRequest: 0,
         retryStrategy: () => null,

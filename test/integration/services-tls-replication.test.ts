@@ -12,6 +12,7 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
@@ -60,6 +61,37 @@ function presented(port: number): Promise<string> {
   });
 }
 
+/**
+ * A plaintext StartupMessage to a PostgreSQL port from `localAddress`; resolves with the
+ * server's error message, or the type of its first answer when that is not an error ('R': it
+ * asked for a password).
+ */
+function plaintextStartup(localAddress: string, port: number, user: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const params = Buffer.from(`user\0${user}\0database\0postgres\0\0`);
+    const msg = Buffer.alloc(8 + params.length);
+    msg.writeInt32BE(msg.length, 0);
+    msg.writeInt32BE(196608, 4); // protocol 3.0
+    params.copy(msg, 8);
+    const sock = connect({ host: '127.0.0.1', port, localAddress }, () => sock.write(msg));
+    let got = Buffer.alloc(0);
+    sock.setTimeout(10_000, () => sock.destroy(new Error('no answer to the StartupMessage')));
+    sock.on('data', (d: Buffer) => {
+      got = Buffer.concat([got, d]);
+      if (got.length < 5 || got.length < 1 + got.readInt32BE(1)) return;
+      sock.destroy();
+      if (got[0] !== 0x45) return resolve(`answer ${String.fromCharCode(got[0])}`);
+      // ErrorResponse: fields of a type byte and a NUL-terminated string; M is the message.
+      const fields = got
+        .subarray(5, 1 + got.readInt32BE(1))
+        .toString()
+        .split('\0');
+      resolve(fields.find((f) => f.startsWith('M'))?.slice(1) ?? fields.join(' '));
+    });
+    sock.on('error', reject);
+  });
+}
+
 /** Polls `read` until it returns `want` (the machine may be loaded: generous bounds). */
 async function until(what: string, read: () => Promise<string>, want: string, timeoutMs = 60_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -78,7 +110,8 @@ describe('PostgreSQL replication over TLS', function () {
   const caFile = join(caDir, 'ca.crt');
   // Control (in-process, started first) creates the CA in caDir; the cells then take it.
   const cluster = useServiceCluster({
-    cells: 2,
+    // The third holds no instance of pgr until a replica is moved to it by catch-up.
+    cells: 3,
     // Slower leader and lease timings than the other suites': on a loaded machine (load 30-40)
     // the fast ones made leadership change hands and the primary miss its lease while the
     // replica's base backup ran, so the service was failed over before it ever ran. What this
@@ -89,8 +122,14 @@ describe('PostgreSQL replication over TLS', function () {
       leaderRenewMs: 1_000,
       reconciler: { primaryLeaseTtlMs: 10_000 },
     },
-    cellArgs: ['--ca-dir', caDir],
+    // 127.0.0.0/8 besides the loopback address itself: a client bound to 127.0.0.3 stands for
+    // one on another host of a trusted network.
+    cellArgs: ['--ca-dir', caDir, '--trust-cidr', '127.0.0.0/8'],
   });
+  // The routers' client certificate, which control issues from the platform CA.
+  const clientCert = join(caDir, 'issued', 'router-client.crt');
+  const clientKey = join(caDir, 'issued', 'router-client.key');
+  const withCert = `sslcert=${clientCert} sslkey=${clientKey}`;
   let key: ServiceKeyAuth;
   let view: ServiceView;
 
@@ -394,12 +433,48 @@ describe('PostgreSQL replication over TLS', function () {
     );
     expect(plain.code).to.equal(1);
     expect(plain.stderr).to.match(/no pg_hba\.conf entry/);
-    const tls = await psql(
+    const bare = await psql(
       `host=127.0.0.1 port=${primary.port} user=${repl.username} dbname=postgres replication=true sslmode=verify-full sslrootcert=${caFile}`,
       'IDENTIFY_SYSTEM',
       repl.password,
     );
+    expect(bare.code).to.equal(1);
+    expect(bare.stderr).to.match(/requires a valid client certificate/);
+    const tls = await psql(
+      `host=127.0.0.1 port=${primary.port} user=${repl.username} dbname=postgres replication=true sslmode=verify-full sslrootcert=${caFile} ${withCert}`,
+      'IDENTIFY_SYSTEM',
+      repl.password,
+    );
     expect(tls.code, tls.stderr).to.equal(0);
+  });
+
+  it('requires a client certificate from the platform CA of every TLS client, and takes no plaintext SQL from other networks', async () => {
+    const other = await PlatformCa.open(join(dir, 'other-ca'));
+    const foreign = await other.ensure('intruder', ['intruder']);
+    for (const inst of view.instances) {
+      const admin = await adminUser(cluster(), view, inst.id);
+      const conn = `host=127.0.0.1 port=${inst.port} user=${admin.username} dbname=postgres sslmode=verify-full sslrootcert=${caFile}`;
+      const bare = await psql(conn, 'select 1', admin.password);
+      expect(bare.code, `${inst.id} without a client certificate`).to.equal(1);
+      expect(bare.stderr).to.match(/requires a valid client certificate/);
+      const intruder = await psql(
+        `${conn} sslcert=${foreign.certFile} sslkey=${foreign.keyFile}`,
+        'select 1',
+        admin.password,
+      );
+      expect(intruder.code, `${inst.id} with a certificate of another CA`).to.equal(1);
+      expect(intruder.stderr).to.match(/certificate|alert|SSL/i);
+      // The router's certificate (the platform CA's) is served, with the user's password still asked.
+      const served = await psql(`${conn} ${withCert}`, ENGINE_SIDE_SSL, admin.password);
+      expect(served.code, served.stderr).to.equal(0);
+      expect(served.stdout).to.equal('true');
+      const wrongPassword = await psql(`${conn} ${withCert}`, 'select 1', 'not-the-password');
+      expect(wrongPassword.code).to.equal(1);
+      expect(wrongPassword.stderr).to.match(/password authentication failed/);
+      // Plaintext SQL from another address of a trusted network: refused before any password.
+      const answer = await plaintextStartup('127.0.0.3', inst.port!, admin.username);
+      expect(answer).to.match(/no pg_hba\.conf entry for host "127\.0\.0\.3".*no encryption/);
+    }
   });
 
   it('fails over with TLS on: the old primary is rewound and streams again over TLS', async () => {
@@ -416,5 +491,43 @@ describe('PostgreSQL replication over TLS', function () {
     const write = await throughRouter(after, 'insert into t values (2); select count(*) from t');
     expect(write.code, write.stderr).to.equal(0);
     expect(write.stdout).to.equal('2');
+  });
+  it('moves a replica by catch-up with TLS on: the new replica copies and streams over TLS with its certificate', async () => {
+    const before = await cluster().waitForService('pgr');
+    const replica = before.instances.find((i) => i.role === 'replica')!;
+    const used = new Set(before.instances.map((i) => i.cell));
+    const to = cluster().cells.find((c) => !used.has(c.name))!.name;
+    let res = await cluster().api<{ id: string; method: string }>('POST', '/v3/service_instances/pgr/actions/move', {
+      to,
+      instance: replica.id,
+    });
+    // A loaded machine's cell can look dead for a moment; asked again once it is back.
+    const deadline = Date.now() + 60_000;
+    while (res.status !== 202 && /not alive|no live cell/.test(JSON.stringify(res.body)) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 500));
+      res = await cluster().api('POST', '/v3/service_instances/pgr/actions/move', { to, instance: replica.id });
+    }
+    expect(res.status, JSON.stringify(res.body)).to.equal(202);
+    expect(res.body.method).to.equal('catch-up');
+    let state = '';
+    const end = Date.now() + 240_000;
+    while (state !== 'done' && state !== 'failed') {
+      if (Date.now() > end) throw new Error(`move not finished: ${state}`);
+      await new Promise((r) => setTimeout(r, 500));
+      const m = await cluster().api<{ state: string; error?: string }>('GET', `/v3/moves/${res.body.id}`);
+      state = m.body.state === 'failed' ? `failed: ${m.body.error ?? ''}` : m.body.state;
+      if (state.startsWith('failed')) throw new Error(`move ${state}`);
+    }
+    const after = await cluster().waitForService('pgr', 120_000, (s) =>
+      s.instances.some((i) => i.cell === to && i.role === 'replica' && i.state === 'running'),
+    );
+    let last: string;
+    const streamDeadline = Date.now() + 60_000;
+    while (!/^t\|TLSv1\.[23]$/.test((last = await replicationSsl(after)))) {
+      if (Date.now() > streamDeadline) throw new Error(`moved replica not streaming over TLS: ${last}`);
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    const count = await throughRouter(after, 'select count(*) from t');
+    expect(count.stdout, count.stderr).to.equal('2');
   });
 });

@@ -56,7 +56,7 @@ describe('engine configuration', () => {
         .to.contain('tls-cert-file /v/tls/server.crt\n')
         .and.contain('tls-key-file /v/tls/server.key\n')
         .and.contain('tls-ca-cert-file /v/tls/ca.crt\n')
-        .and.contain('tls-auth-clients no\n')
+        .and.contain('tls-auth-clients yes\n')
         .and.contain('tls-replication yes\n')
         .and.contain('replicaof 10.0.0.9 20000\n');
     });
@@ -109,9 +109,11 @@ describe('engine configuration', () => {
         { serverName: 'db', hostaddr: '10.0.0.9' },
       );
       expect(conf).to.contain('ssl = on\n').and.contain('host=db port=5 ');
+      // The replica presents its own certificate: the primary requires one over TLS.
       expect(conf).to.match(
-        /primary_conninfo = '[^']*sslmode=verify-full sslrootcert=\/v\/tls\/ca\.crt hostaddr=10\.0\.0\.9'/,
+        /primary_conninfo = '[^']*sslmode=verify-full sslrootcert=\/v\/tls\/ca\.crt sslcert=\/v\/tls\/server\.crt sslkey=\/v\/tls\/server\.key hostaddr=10\.0\.0\.9'/,
       );
+      expect(conf).to.contain("ssl_ca_file = '/v/tls/ca.crt'\n");
     });
   });
 
@@ -119,6 +121,45 @@ describe('engine configuration', () => {
     it('trusts loopback and the given networks for SQL and replication', () => {
       const hba = renderPgHba(['10.99.0.0/16']);
       expect(hba).to.contain('host all all 127.0.0.1/32 trust').and.contain('host replication all 10.99.0.0/16 trust');
+    });
+
+    const creds = {
+      admin: { username: 'sf_admin', password: 'a' },
+      replication: { username: 'sf_repl', password: 'r' },
+      users: [],
+    } as unknown as Parameters<typeof renderPgHba>[1];
+    const lines = (hba: string): string[] => hba.split('\n').filter((l) => l && !l.startsWith('#'));
+
+    it('without TLS: a password on every network, plaintext allowed', () => {
+      expect(lines(renderPgHba(['10.99.0.0/16'], creds))).to.deep.equal([
+        'host all all 127.0.0.1/32 scram-sha-256',
+        'host replication sf_repl 127.0.0.1/32 scram-sha-256',
+        'host all all ::1/128 scram-sha-256',
+        'host replication sf_repl ::1/128 scram-sha-256',
+        'host all all 10.99.0.0/16 scram-sha-256',
+        'host replication sf_repl 10.99.0.0/16 scram-sha-256',
+      ]);
+    });
+
+    it("with the service's certificate: TLS with a platform client certificate from other networks, plaintext SQL on loopback only", () => {
+      expect(lines(renderPgHba(['10.99.0.0/16'], creds, 'service'))).to.deep.equal([
+        'hostssl all all 127.0.0.1/32 scram-sha-256 clientcert=verify-ca',
+        'hostnossl all all 127.0.0.1/32 scram-sha-256',
+        'hostssl replication sf_repl 127.0.0.1/32 scram-sha-256 clientcert=verify-ca',
+        'hostssl all all ::1/128 scram-sha-256 clientcert=verify-ca',
+        'hostnossl all all ::1/128 scram-sha-256',
+        'hostssl replication sf_repl ::1/128 scram-sha-256 clientcert=verify-ca',
+        'hostssl all all 10.99.0.0/16 scram-sha-256 clientcert=verify-ca',
+        'hostssl replication sf_repl 10.99.0.0/16 scram-sha-256 clientcert=verify-ca',
+      ]);
+    });
+
+    it("with the cell's certificate (a service without TLS): plaintext SQL from the trusted networks too, TLS with a client certificate", () => {
+      const hba = lines(renderPgHba(['10.99.0.0/16'], creds, 'cell'));
+      expect(hba).to.include('hostnossl all all 10.99.0.0/16 scram-sha-256');
+      expect(hba).to.include('hostssl all all 10.99.0.0/16 scram-sha-256 clientcert=verify-ca');
+      expect(hba).to.include('hostssl replication sf_repl 10.99.0.0/16 scram-sha-256 clientcert=verify-ca');
+      expect(hba.filter((l) => l.startsWith('host '))).to.deep.equal([]);
     });
   });
 

@@ -110,6 +110,12 @@ describe('RouteEmitter', function () {
       expect(tls).to.include({ mode: 'terminate', startup: 'postgres', policy: 'required' });
       expect(tls.certFile).to.equal(join(dir, 'ca', 'issued', 'service-db.crt'));
       expect(new X509Certificate(readFileSync(tls.certFile as string)).subjectAltName).to.include('DNS:db');
+      // Engines require a client certificate from the platform CA: the route names the routers' own.
+      expect(tls.backendCertFile).to.equal(join(dir, 'ca', 'issued', 'router-client.crt'));
+      expect(tls.backendKeyFile).to.equal(join(dir, 'ca', 'issued', 'router-client.key'));
+      const client = new X509Certificate(readFileSync(tls.backendCertFile as string));
+      expect(client.checkIssued(new X509Certificate(readFileSync(join(dir, 'ca', 'ca.crt'))))).to.equal(true);
+      expect(client.subjectAltName).to.equal('DNS:sf-router');
     });
 
     it('writes nothing when the route already has the same TLS section', async function () {
