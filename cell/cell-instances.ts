@@ -298,6 +298,7 @@ export class CellInstances {
     // A TLS policy change (docs/tls.md): the engine loads the other certificate by reload.
     const newTls =
       (spec.tls ?? false) !== (inst.spec.tls ?? false) ||
+      (spec.tlsOptional ?? false) !== (inst.spec.tlsOptional ?? false) ||
       JSON.stringify(spec.tlsCertificate ?? null) !== JSON.stringify(inst.spec.tlsCertificate ?? null);
     inst.spec = {
       ...spec,

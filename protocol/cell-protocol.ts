@@ -143,6 +143,13 @@ export const instanceSpecSchema = z.object({
    */
   tls: z.boolean().optional(),
   /**
+   * With `tls`: the service's policy is `optional`, so the router also relays plaintext clients,
+   * and a PostgreSQL client that chose plaintext reaches the engine in plaintext (docs/tls.md,
+   * Router to engine). A PostgreSQL engine then takes plaintext SQL (with a password) from the
+   * trusted networks as well as from loopback; under `required` from loopback only.
+   */
+  tlsOptional: z.boolean().optional(),
+  /**
    * Engine postgres: present this certificate (the service's, the one its route terminates
    * with) instead of the cell's, so a client's SCRAM channel binding (RFC 5929
    * `tls-server-end-point`, a hash of the certificate the client saw at the router) matches the

@@ -75,6 +75,7 @@ export function registerServiceUpdateApi(server: HttpServer, deps: ServiceUpdate
         // Each cell applies it to its running engine (PostgreSQL: a reload with the other
         // certificate), and reports the engine's TLS so the route follows.
         specPatch.tls = req.tls !== 'off' ? true : undefined;
+        specPatch.tlsOptional = req.tls === 'optional' ? true : undefined;
         specPatch.tlsCertificate = req.tls !== 'off' ? next.tlsCertificate : undefined;
       }
       if (Object.keys(specPatch).length)

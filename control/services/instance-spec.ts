@@ -43,6 +43,7 @@ export function instanceSpec(
     ...(inst.moveIn ? { moveIn: inst.moveIn } : {}),
     // The engine serves TLS with its cell's certificate, and the route re-encrypts to it.
     ...(service.tls && service.tls !== 'off' ? { tls: true } : {}),
+    ...(service.tls === 'optional' ? { tlsOptional: true } : {}),
     // PostgreSQL engines present the route's certificate, for SCRAM channel binding.
     ...(service.tls && service.tls !== 'off' && service.tlsCertificate
       ? { tlsCertificate: service.tlsCertificate }

@@ -294,8 +294,24 @@ describe('PostgreSQL replication over TLS', function () {
       expect(res.body.tls).to.equal(tls);
     };
 
+    // Plaintext SQL from another address of a trusted network (the plaintext leg of an optional
+    // route's plaintext client when the router is on another host): asked for a password under
+    // `optional`, refused under `required`, on every engine.
+    const plaintextFromTrusted = async (): Promise<string> => {
+      const answers = await Promise.all(
+        optional.instances.map((i) => plaintextStartup('127.0.0.3', i.port!, okey.username)),
+      );
+      return answers.map((a) => (/no pg_hba\.conf entry .*no encryption/.test(a) ? 'refused' : a)).join(',');
+    };
+    expect(await plaintextFromTrusted()).to.equal(optional.instances.map(() => 'answer R').join(','));
+
     await patch('required');
     await until('route after required', routeOf, 'required/1/true');
+    await until(
+      'plaintext SQL from a trusted network under required',
+      plaintextFromTrusted,
+      optional.instances.map(() => 'refused').join(','),
+    );
     const refused = await psql(plainConn, 'select 1', okey.password);
     expect(refused.stderr).to.match(/this route requires TLS/);
     const count1 = await throughRouter(optional, 'insert into p values (2); select count(*) from p', okey);
@@ -310,6 +326,11 @@ describe('PostgreSQL replication over TLS', function () {
     // Optional again: the engine presents the service's certificate again and is re-encrypted to.
     await patch('optional');
     await until('route after optional', routeOf, 'optional/1/true');
+    await until(
+      'plaintext SQL from a trusted network under optional again',
+      plaintextFromTrusted,
+      optional.instances.map(() => 'answer R').join(','),
+    );
     const oadmin = await adminUser(cluster(), optional, primaryOf(optional).id);
     const bound = await throughRouter(optional, `${ENGINE_SIDE_SSL}; select count(*) from p`, oadmin);
     expect(bound.stdout, bound.stderr).to.equal('true\n3');

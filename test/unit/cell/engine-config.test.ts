@@ -154,6 +154,14 @@ describe('engine configuration', () => {
       ]);
     });
 
+    it('with an optional policy: plaintext SQL from the trusted networks too, for the plaintext leg of plaintext clients', () => {
+      const hba = lines(renderPgHba(['10.99.0.0/16'], creds, 'service-optional'));
+      expect(hba).to.include('hostnossl all all 10.99.0.0/16 scram-sha-256');
+      expect(hba).to.include('hostssl all all 10.99.0.0/16 scram-sha-256 clientcert=verify-ca');
+      expect(hba).to.include('hostssl replication sf_repl 10.99.0.0/16 scram-sha-256 clientcert=verify-ca');
+      expect(hba.filter((l) => l.startsWith('host ') || l.startsWith('hostnossl replication'))).to.deep.equal([]);
+    });
+
     it("with the cell's certificate (a service without TLS): plaintext SQL from the trusted networks too, TLS with a client certificate", () => {
       const hba = lines(renderPgHba(['10.99.0.0/16'], creds, 'cell'));
       expect(hba).to.include('hostnossl all all 10.99.0.0/16 scram-sha-256');
