@@ -183,6 +183,26 @@ void SetLoopbackCongestion(int fd, const sockaddr_storage& addr) {
   if (IsLoopback(addr)) SetUnpacedCongestion(fd);
 }
 
+// A TLS client always speaks first (its ClientHello, or PostgreSQL's SSLRequest), so the listener
+// of a terminating route asks the kernel to hand a connection over only once its first bytes are
+// there (TCP_DEFER_ACCEPT): the relay thread is woken once per new client instead of twice (at the
+// client's ACK, then at its ClientHello), and the handshake starts in the pass that accepts it
+// (Loop::StartAccepted). A client silent for this long is handed over anyway (after the SYN-ACK
+// the kernel retransmits at one second), and the route's handshake timeout runs from then on.
+// Never on other listeners: a protocol whose server speaks first would wait out the second.
+// SF_NATIVE_DEFER_ACCEPT=off leaves it off everywhere.
+constexpr int kDeferAcceptSeconds = 1;
+
+void SetDeferAccept(int listener_fd, bool on) {
+  static const bool enabled = [] {
+    const char* env = std::getenv("SF_NATIVE_DEFER_ACCEPT");
+    return env == nullptr || std::strcmp(env, "off") != 0;
+  }();
+  if (!enabled) return;
+  const int seconds = on ? kDeferAcceptSeconds : 0;
+  setsockopt(listener_fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &seconds, sizeof seconds);
+}
+
 }  // namespace
 
 // One end (socket) of a pair; the epoll registration points here so an event names its side.
@@ -320,6 +340,8 @@ class Pair : public std::enable_shared_from_this<Pair> {
   // on that edge.
   bool ssl_read_wants_write_ = false;
   bool ssl_write_wants_read_ = false;
+  // The handshake last stopped for want of writing (else of reading) the client's socket.
+  bool handshake_wants_write_ = false;
   // TLS towards the backend (tls-client.h), made with each connect attempt to a backend marked
   // `tls`; while it has not finished its start the pair stays connecting_.
   std::unique_ptr<BackendTls> btls_;
@@ -387,6 +409,15 @@ class Loop {
 
   // Takes a natively accepted pair on this (the calling) loop thread and watches its client.
   void Adopt(const std::shared_ptr<Pair>& pair);
+  // Runs the start of an adopted client of a terminating route now, in the pass that accepted it,
+  // as if epoll had reported it readable: its listener defers accepting until the first bytes are
+  // there (SetDeferAccept), so the ClientHello (or SSLRequest) is read and answered without
+  // waiting for the next epoll_wait. The edge its registration raises next finds nothing new
+  // (RunStart reads again only after a new edge).
+  void StartAccepted(const std::shared_ptr<Pair>& pair) {
+    std::vector<std::shared_ptr<Pair>> unused;  // a pair in its start is never pumped
+    Serve(pair.get(), &pair->ends_[0], EPOLLIN, &unused);
+  }
   bool WatchListener(uint32_t port_id, int fd) {
     epoll_event e{};
     e.events = EPOLLIN;
@@ -602,10 +633,16 @@ Pair::StartResult Pair::RunStart(int64_t now, CloseEvent* ev) {
       case Start::kNone:
         return StartResult::kConnect;
       case Start::kSniff: {
+        // Empty at the last read, and no edge since (the one its registration raises, after a
+        // start that ran right after accept4): no read to collect another EAGAIN.
+        if (!readable_[0]) return StartResult::kWait;
         char first[kCopyBufferSize];
         const ssize_t n = recv(fd, first, sizeof first, 0);
         if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && errno == EAGAIN) return StartResult::kWait;
+        if (n < 0 && errno == EAGAIN) {
+          readable_[0] = false;
+          return StartResult::kWait;
+        }
         if (n <= 0) {
           Close(n == 0 ? CloseReason::kClientClosed : CloseReason::kClientError, n == 0 ? 0 : errno, false, ev);
           return StartResult::kClosed;
@@ -629,11 +666,15 @@ Pair::StartResult Pair::RunStart(int64_t now, CloseEvent* ev) {
         return Fail(CloseReason::kKilled, 0);
       }
       case Start::kPreamble: {
+        if (!readable_[0]) return StartResult::kWait;  // as in kSniff
         unsigned char b[8];
         const size_t want = 8;
         ssize_t n = recv(fd, b, want, MSG_PEEK);
         if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && errno == EAGAIN) return StartResult::kWait;
+        if (n < 0 && errno == EAGAIN) {
+          readable_[0] = false;
+          return StartResult::kWait;
+        }
         if (n <= 0) {
           Close(n == 0 ? CloseReason::kClientClosed : CloseReason::kClientError, n == 0 ? 0 : errno, false, ev);
           return StartResult::kClosed;
@@ -647,6 +688,7 @@ Pair::StartResult Pair::RunStart(int64_t now, CloseEvent* ev) {
             Close(CloseReason::kClientClosed, 0, false, ev);
             return StartResult::kClosed;
           }
+          readable_[0] = false;
           return StartResult::kWait;  // the rest raises a new edge
         }
         const uint32_t length = Be32(b);
@@ -715,6 +757,9 @@ Pair::StartResult Pair::RunStart(int64_t now, CloseEvent* ev) {
         return StartResult::kClosed;
       }
       case Start::kHandshake: {
+        // The handshake waits for the socket the way it last asked for and no edge came since (as
+        // in kSniff): OpenSSL would only meet the same EAGAIN again.
+        if (ssl_ != nullptr && (handshake_wants_write_ ? !writable_[0] : !readable_[0])) return StartResult::kWait;
         if (ssl_ == nullptr) {
           ssl_ = tls_->NewSsl(now);
           if (ssl_ == nullptr) {
@@ -748,7 +793,12 @@ Pair::StartResult Pair::RunStart(int64_t now, CloseEvent* ev) {
           continue;
         }
         const int e = SSL_get_error(ssl_, r);
-        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return StartResult::kWait;
+        // Either ends at an EAGAIN of the socket BIO: the next edge of that kind moves it on.
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+          handshake_wants_write_ = e == SSL_ERROR_WANT_WRITE;
+          (handshake_wants_write_ ? writable_ : readable_)[0] = false;
+          return StartResult::kWait;
+        }
         ERR_clear_error();
         start_handshake_errors_++;
         return Fail(CloseReason::kClientError, io_.error != 0 ? io_.error : EPROTO);
@@ -1576,6 +1626,8 @@ std::vector<int64_t> Engine::OpenPorts(const std::shared_ptr<Budget>& budget, co
       port->listener->fd = fds[i - lo];
       port->listener->congestion_pending.store(unpaced_clients);
       port->route = std::move(routes[i]);
+      // Before listen(), so that no client of a terminating route is accepted without it.
+      if (port->route.tls) SetDeferAccept(port->listener->fd, true);
       port->rr_current.assign(port->route.backends.size(), 0);
       made[i] = std::move(port);
     }
@@ -1648,7 +1700,11 @@ int64_t Engine::SetRoute(uint32_t port_id, RouteSpec&& route) {
   std::shared_ptr<Port> port = FindPort(port_id);
   if (!port) return -1;
   std::lock_guard<std::mutex> lock(port->mu);
+  const bool was_tls = port->route.tls != nullptr;
   port->route = std::move(route);
+  if (port->listener && was_tls != (port->route.tls != nullptr)) {
+    SetDeferAccept(port->listener->fd, port->route.tls != nullptr);
+  }
   port->rr_current.assign(port->route.backends.size(), 0);
   port->tie_break = 0;
   int64_t killed = 0;
@@ -1926,6 +1982,7 @@ void Engine::Accept(Loop* loop, const std::shared_ptr<Port>& port, int client_fd
   }
   loop->Adopt(pair);
   if (!pair->tls_) ConnectNext(pair, 0);
+  else loop->StartAccepted(pair);
 }
 
 // failed: 0 first attempt, 1 the previous attempt failed, 2 it timed out, 3 its TLS start failed.

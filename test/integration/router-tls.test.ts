@@ -540,4 +540,90 @@ describe('router TLS with clients', function () {
       s.destroy();
     });
   });
+  describe('a client that has not spoken yet', () => {
+    // A router of its own, with a short ClientHello timeout.
+    let own: RouterHarness;
+    const ownPort: Record<string, number> = {};
+    before(async () => {
+      ownPort.tls = await freePort();
+      ownPort.plain = await freePort();
+      const backends = [{ host: '127.0.0.1', port: echo.port }];
+      own = await startRouter(
+        {
+          routes: [
+            { port: ownPort.tls, backends, tls: { certFile: routerCert.certFile, keyFile: routerCert.keyFile } },
+            { port: ownPort.plain, backends },
+          ],
+        },
+        { clientHelloTimeoutMs: 1500 },
+      );
+    });
+    after(async () => {
+      await own?.stop();
+    });
+    const ownStats = (p: number) => own.router.routeStats().find((s) => s.port === p)!;
+    /** Connects, says nothing, and resets the connection. */
+    const connectAndReset = (p: number): Promise<void> =>
+      new Promise((resolve, reject) => {
+        const s = netConnect(p, '127.0.0.1', () => s.resetAndDestroy());
+        s.on('close', () => resolve());
+        s.on('error', reject);
+      });
+    /** A client that speaks: one round trip through the echo backend. */
+    const roundTrip = (p: number, useTls: boolean): Promise<void> =>
+      new Promise((resolve, reject) => {
+        const s: Socket = useTls
+          ? tlsConnect({ port: p, host: '127.0.0.1', servername: 'localhost', ca: readFileSync(ca.certFile) }, () =>
+              s.write('ping'),
+            )
+          : netConnect(p, '127.0.0.1', () => s.write('ping'));
+        s.once('data', () => {
+          s.destroy();
+          resolve();
+        });
+        s.on('error', reject);
+      });
+    const until = async (what: string, check: () => boolean): Promise<void> => {
+      // Generous: the counters move on the relay threads of a loaded machine.
+      for (const started = Date.now(); !check(); await new Promise((r) => setTimeout(r, 20)))
+        if (Date.now() - started > 20_000) throw new Error(`${what} did not happen within 20 s`);
+    };
+
+    it('is handed to the relay threads of a terminating port only once it speaks, and at once on a plaintext port', async () => {
+      // The kernel holds a client of a terminating port (TCP_DEFER_ACCEPT) until its first bytes
+      // arrive: one that resets before saying anything is never accepted, so the client after it
+      // is the only one the port counts. A plaintext port accepts both: its protocol may be one
+      // whose server speaks first. (The JS path accepts every client at once, and counts one on a
+      // terminating port once its TLS start is over.)
+      const tlsBefore = ownStats(ownPort.tls!).total;
+      await connectAndReset(ownPort.tls!);
+      await roundTrip(ownPort.tls!, true);
+      // Accepted in the order they came, so a reset client taken at once would be counted by now
+      // (one relay thread; with two, once the other thread took its queue).
+      await until('the speaking client counted', () => ownStats(ownPort.tls!).total >= tlsBefore + 1);
+      expect(ownStats(ownPort.tls!).total).to.equal(tlsBefore + 1);
+
+      const plainBefore = ownStats(ownPort.plain!).total;
+      await connectAndReset(ownPort.plain!);
+      await roundTrip(ownPort.plain!, false);
+      await until('both plaintext clients counted', () => ownStats(ownPort.plain!).total >= plainBefore + 2);
+      expect(ownStats(ownPort.plain!).total).to.equal(plainBefore + 2);
+    });
+
+    it('closes a client that connects and stays silent once the ClientHello timeout ends, and counts it', async () => {
+      const before = ownStats(ownPort.tls!).tlsHandshakeErrors;
+      const s = netConnect(ownPort.tls!, '127.0.0.1');
+      s.on('error', () => undefined);
+      // Closed by the router (on the native path after the kernel's deferral second, then the
+      // route's 1.5 s), never by the client; the suite's timeout bounds the wait.
+      const got = await new Promise<string>((resolve) => {
+        let data = '';
+        s.on('data', (d: Buffer) => (data += d.toString()));
+        s.on('close', () => resolve(data));
+      });
+      expect(got).to.equal('');
+      await until('the silent client counted', () => ownStats(ownPort.tls!).tlsHandshakeErrors >= before + 1);
+      expect(ownStats(ownPort.tls!).tlsHandshakeErrors).to.equal(before + 1);
+    });
+  });
 });
