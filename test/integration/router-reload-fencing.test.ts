@@ -1,8 +1,14 @@
 import { expect } from 'chai';
-import type { Socket } from 'node:net';
+import { createConnection, type Socket } from 'node:net';
 import { startRouter, type RouterHarness } from '../helpers/router-harness';
 import { freePort } from '../helpers/free-port';
-import { startBlackholeServer, startNamedServer, startTcpServer, type TestServer } from '../helpers/tcp-servers';
+import {
+  startBlackholeServer,
+  startEchoServer,
+  startNamedServer,
+  startTcpServer,
+  type TestServer,
+} from '../helpers/tcp-servers';
 import { closed, connectAndCollect, connectTo, eventually, readLine, sleep } from '../helpers/tcp-client';
 import type { RouteInput } from '../../router';
 
@@ -323,6 +329,53 @@ describe('router reload and fencing', function () {
         }
         expect(harness.router.routeStats().find((s) => s.port === rr)!.connectTimeouts).to.be.greaterThan(0);
       } finally {
+        await blackhole.stop();
+      }
+    });
+
+    it('gives what a client sent before any backend answered to the backend that takes it, whole and once, after a refused and a timed-out connect', async () => {
+      const dead = await startTcpServer(() => undefined);
+      const deadPort = dead.port;
+      await dead.stop();
+      const blackhole = await startBlackholeServer();
+      const echo = await startEchoServer();
+      try {
+        const rr = await freePort();
+        await harness.reload({
+          version: 2,
+          routes: [
+            {
+              port: rr,
+              mode: 'round-robin',
+              connectTimeoutMs: 200,
+              backends: [
+                { id: 'dead', host: '127.0.0.1', port: deadPort },
+                { id: 'silent', host: '127.0.0.1', port: blackhole.port },
+                { id: 'echo', host: '127.0.0.1', port: echo.port },
+              ],
+            },
+          ],
+        });
+        // Each client sends its request and its FIN as it connects, so both are there when the
+        // router accepts it, and reads the echo to its end: a lost or doubled byte shows.
+        let sent = 0;
+        for (let i = 0; i < 6; i++) {
+          const text = `request ${i} ${'x'.repeat(i * 3000)}\n`;
+          sent += text.length;
+          const s = createConnection({ port: rr, host: '127.0.0.1', allowHalfOpen: true });
+          s.on('error', () => undefined);
+          s.end(text);
+          let got = '';
+          s.on('data', (c: Buffer) => (got += c.toString('latin1')));
+          await closed(s, 5000);
+          expect(got).to.equal(text);
+        }
+        expect(echo.bytesReceived).to.equal(sent);
+        const stats = harness.router.routeStats().find((r) => r.port === rr)!;
+        expect(stats.connectErrors).to.be.greaterThan(0);
+        expect(stats.connectTimeouts).to.be.greaterThan(0);
+      } finally {
+        await echo.stop();
         await blackhole.stop();
       }
     });
