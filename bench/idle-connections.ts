@@ -106,7 +106,7 @@ async function main(): Promise<void> {
   }, WATCHDOG_MS);
   watchdog.unref();
   const redisPort = await freePort();
-  await startRedis(redisPort, held + 1000);
+  await startRedis(redisPort, { maxClients: held + 1000 });
   const routePort = await freePort();
   const router = await startRouter('router', {
     services: [{ name: 'redis', listenPort: routePort, targetHost: '127.0.0.1', targetPort: redisPort }],

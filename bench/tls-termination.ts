@@ -44,7 +44,9 @@ import {
   stopAll,
   waitForHttp,
   waitForPort,
+  type ManagedProcess,
 } from './lib/processes';
+import { startRedis } from './lib/backends';
 import { runRedisBenchmark } from './lib/redis-bench';
 import { formatNumber, formatRatio, formatTable, median, writeResults } from './lib/report';
 import { acquireRunLock } from './lib/run-lock';
@@ -213,35 +215,32 @@ async function loadAverage(): Promise<string> {
 }
 
 /**
- * The engine the columns share: redis-server on loopback without persistence, TLS on `tlsPort`
- * with the engine's certificate (clients not asked for one), plaintext on `plainPort` (0: none).
+ * The engine the columns share: the benches' redis-server (bench/lib/backends.ts), with TLS on
+ * `tlsPort` and the engine's certificate (clients not asked for one), plaintext on `plainPort`
+ * (0: none); resolves once both listen.
  */
-function startTlsRedis(
+async function startTlsRedis(
   tlsPort: number,
   plainPort: number,
   cert: { certFile: string; keyFile: string },
   caFile: string,
-): ReturnType<typeof startProcess> {
-  return startProcess('redis', 'redis-server', [
-    '--port',
-    String(plainPort),
-    '--tls-port',
-    String(tlsPort),
-    '--tls-cert-file',
-    cert.certFile,
-    '--tls-key-file',
-    cert.keyFile,
-    '--tls-ca-cert-file',
-    caFile,
-    '--tls-auth-clients',
-    'no',
-    '--bind',
-    '127.0.0.1',
-    '--save',
-    '',
-    '--appendonly',
-    'no',
-  ]);
+): Promise<ManagedProcess> {
+  const redis = await startRedis(plainPort, {
+    args: [
+      '--tls-port',
+      String(tlsPort),
+      '--tls-cert-file',
+      cert.certFile,
+      '--tls-key-file',
+      cert.keyFile,
+      '--tls-ca-cert-file',
+      caFile,
+      '--tls-auth-clients',
+      'no',
+    ],
+  });
+  await waitForPort(tlsPort, redis);
+  return redis;
 }
 
 async function main(): Promise<void> {
@@ -289,10 +288,8 @@ async function runFor(
   const redisTlsPort = await freePort();
   const sinkPort = await freePort();
   const engineCert = await ca.ensure('bench-engine', ['localhost', '127.0.0.1']);
-  const redis = startTlsRedis(redisTlsPort, redisPort, engineCert, ca.certFile);
+  const redis = await startTlsRedis(redisTlsPort, redisPort, engineCert, ca.certFile);
   const sink = startProcess('sink', process.execPath, ['-e', SINK, String(sinkPort)]);
-  await waitForPort(redisPort, redis);
-  await waitForPort(redisTlsPort, redis);
   await waitForPort(sinkPort, sink);
 
   const ports = {
@@ -522,9 +519,8 @@ async function runReencrypt(
   writeFileSync(haproxyPem, readFileSync(cert.certFile, 'utf8') + readFileSync(cert.keyFile, 'utf8'), { mode: 0o600 });
   const redisTlsPort = await freePort();
   const sinkPort = await freePort();
-  const redis = startTlsRedis(redisTlsPort, 0, engineCert, ca.certFile);
+  const redis = await startTlsRedis(redisTlsPort, 0, engineCert, ca.certFile);
   const sink = startProcess('tls-sink', sinkServer, [String(sinkPort), engineCert.certFile, engineCert.keyFile]);
-  await waitForPort(redisTlsPort, redis);
   await waitForPort(sinkPort, sink);
   const ports = {
     routerRedis: await freePort(),

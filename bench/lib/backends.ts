@@ -12,7 +12,16 @@ export interface Backends {
   iperf: ManagedProcess;
 }
 
-export async function startRedis(port: number, maxClients = 20_000): Promise<ManagedProcess> {
+export interface RedisOptions {
+  /** @default 20000 */
+  maxClients?: number;
+  /** More redis-server arguments (a TLS port and its files, say). */
+  args?: string[];
+}
+
+/** Starts redis-server on `port` (0: no plaintext port, then the caller waits for its own). */
+export async function startRedis(port: number, options: RedisOptions = {}): Promise<ManagedProcess> {
+  const maxClients = options.maxClients ?? 20_000;
   const proc = startProcess(
     'redis-server',
     'redis-server',
@@ -33,11 +42,12 @@ export async function startRedis(port: number, maxClients = 20_000): Promise<Man
       'no',
       '--loglevel',
       'warning',
+      ...(options.args ?? []),
     ],
     // redis lowers maxclients to fit RLIMIT_NOFILE, so raise it for the idle-connection runs.
     { fileLimit: maxClients + 1024 },
   );
-  await waitForPort(port, proc);
+  if (port > 0) await waitForPort(port, proc);
   return proc;
 }
 
