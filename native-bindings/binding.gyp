@@ -5,6 +5,7 @@
       "sources": [
         "src/addon.cc",
         "src/listen-batch.cc",
+        "src/port-steering.cc",
         "src/relay-engine.cc",
         "src/socket-bio.cc",
         "src/socket-options.cc",

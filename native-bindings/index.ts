@@ -7,6 +7,24 @@ import type { Socket } from 'node:net';
 import { join } from 'node:path';
 
 /** Opaque handle of one router's connection budget (and serving switch) inside the addon. */
+/**
+ * Opening many ports through one listening socket (docs/native-relay.md, "Opening many ports"): a
+ * BPF sk_lookup program steers a table change's new ports to a listening socket of the relay when
+ * the change opens at least `minPorts` ports.
+ */
+export interface PortSteeringStatus {
+  /** `SF_NATIVE_STEER` is not `off`. */
+  enabled: boolean;
+  /** The program is loaded and attached (tried on the first change big enough to use it). */
+  available: boolean;
+  /** Why it is not available, once tried (no CAP_BPF, an old kernel); empty otherwise. */
+  reason: string;
+  minPorts: number;
+  /** Ports steered now, and the listening sockets they are steered to. */
+  ports: number;
+  listeners: number;
+}
+
 export interface NativeBudgetHandle {
   readonly __nativeBudget: unique symbol;
 }
@@ -61,7 +79,7 @@ export interface NativeBindings {
    * Loop threads, pairs they hold, and per thread the natively accepted clients it was given and
    * still holds (queued, connecting or relaying).
    */
-  stats(): { threads: number; pairs: number; accepted: number[] };
+  stats(): { threads: number; pairs: number; accepted: number[]; steering: PortSteeringStatus };
   /** A bound, listening, non-blocking socket for `server.listen({ fd })`. */
   listenTcp(host: string, port: number, backlog: number, reusePort: boolean, ipv6Only: boolean): number;
   setTcpUserTimeout(fd: number, timeoutMs: number): void;

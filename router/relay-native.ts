@@ -250,6 +250,7 @@ export function createNativeRelay(options: NativeRelayOptions = {}): Relay | und
     kind: 'native',
     ...(acceptor ? { acceptor } : {}),
     threads: shared.bindings.stats().threads,
+    steering: () => shared.bindings.stats().steering,
     start(client: Socket, backend: Socket, relayOptions: RelayOptions, callbacks: RelayCallbacks): RelayedPair {
       if (client instanceof TLSSocket || backend instanceof TLSSocket)
         return jsRelay.start(client, backend, relayOptions, callbacks);
@@ -262,6 +263,6 @@ export function createNativeRelay(options: NativeRelayOptions = {}): Relay | und
  * What ran, for `/health` and the benchmark: loop threads, pairs the addon holds, and per thread
  * the natively accepted clients it holds.
  */
-export function nativeRelayStats(): { threads: number; pairs: number; accepted: number[] } | undefined {
+export function nativeRelayStats(): ReturnType<NativeBindings['stats']> | undefined {
   return engine?.bindings.stats();
 }

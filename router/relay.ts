@@ -6,6 +6,7 @@
  */
 import type { Socket } from 'node:net';
 import type { NativeAcceptor } from './native-accept';
+import type { PortSteeringStatus } from '../native-bindings';
 
 export type RelayCloseReason =
   'client-closed' | 'backend-closed' | 'client-error' | 'backend-error' | 'idle-timeout' | 'killed';
@@ -41,6 +42,8 @@ export interface Relay {
   readonly acceptor?: NativeAcceptor;
   /** Threads moving bytes (the native relay's loop threads); the JS relay runs on the event loop. */
   readonly threads?: number;
+  /** Ports opened through one listening socket (native relay only; native-bindings PortSteeringStatus). */
+  steering?(): PortSteeringStatus;
   /** Starts moving bytes; both sockets are connected and owned by the relay from here on. */
   start(client: Socket, backend: Socket, options: RelayOptions, callbacks: RelayCallbacks): RelayedPair;
 }

@@ -5,6 +5,7 @@
 import type { LookupFunction } from 'node:net';
 import { ErrorCode, SfError, createLogger, type Logger, withDefaults } from '../common';
 import type { Relay } from './relay';
+import type { PortSteeringStatus } from '../native-bindings';
 import { createJsRelay } from './relay-js';
 import { anyBackendTls, clientTls, type Backend, type Route, type RouteTable } from '../protocol';
 import { bindingKey, type ListenerEnvironment, type RouteBinding } from './route-binding';
@@ -56,7 +57,13 @@ export interface RouterStatus {
    * Which path accepts each port: `native` ports are accepted, connected and relayed by the addon
    * alone; `js` ports by Node, with the reason per port (first 100 listed).
    */
-  accept: { native: number; js: number; jsPorts: Array<{ port: number; reason: string }> };
+  accept: {
+    native: number;
+    js: number;
+    jsPorts: Array<{ port: number; reason: string }>;
+    /** Native ports opened through one listening socket per set of accept options (native relay only). */
+    steering?: PortSteeringStatus;
+  };
   /** Ports with TLS settings and the relay their connections use (terminated TLS is relayed in JS). */
   tlsPorts: TlsPortStatus[];
   /** Table ports the router could not open (first 100 listed), retried every `listenRetryMs`. */
@@ -532,7 +539,12 @@ export class Router {
       connectionLimit: this.connectionLimit,
       fdLimit: this.fdLimit ?? null,
       tlsPorts: this.tlsPorts(),
-      accept: { native, js: this.listeners.size, jsPorts },
+      accept: {
+        native,
+        js: this.listeners.size,
+        jsPorts,
+        ...(this.relay.steering ? { steering: this.relay.steering() } : {}),
+      },
       listenFailures: { count: this.listenFailures.size, ports: this.listenFailures.list() },
     };
   }

@@ -181,6 +181,15 @@ Napi::Value Stats(const Napi::CallbackInfo& info) {
     }
   }
   out.Set("accepted", accepted);
+  Napi::Object steering = Napi::Object::New(env);
+  sf::SteeringState st = data->engine ? data->engine->Steering() : sf::SteeringState{};
+  steering.Set("enabled", Napi::Boolean::New(env, st.enabled));
+  steering.Set("available", Napi::Boolean::New(env, st.available));
+  steering.Set("reason", Napi::String::New(env, st.reason));
+  steering.Set("minPorts", Napi::Number::New(env, static_cast<double>(st.min_ports)));
+  steering.Set("ports", Napi::Number::New(env, static_cast<double>(st.ports)));
+  steering.Set("listeners", Napi::Number::New(env, static_cast<double>(st.listeners)));
+  out.Set("steering", steering);
   return out;
 }
 

@@ -305,13 +305,14 @@ std::vector<int> ListenBatch::Listen(const std::vector<int>& fds, const std::vec
   std::vector<int> result(n, 0);
   const int one = 1;
   const int keepidle = std::max(1, options.keepalive_ms / 1000);
-  std::vector<Opt> opts = {{SOL_SOCKET, SO_REUSEADDR, &one}};
+  std::vector<Opt> opts;
+  if (!options.reserve_only) opts.push_back({SOL_SOCKET, SO_REUSEADDR, &one});
   // With SO_REUSEPORT, worker processes bind the same port and the kernel spreads connections
   // over their queues. The loop threads of one process need no socket each: one of them watches
   // this one and spreads what it accepts (docs/native-relay.md, "Listening").
   if (options.reuse_port) opts.push_back({SOL_SOCKET, SO_REUSEPORT, &one});
-  opts.push_back({IPPROTO_TCP, TCP_NODELAY, &one});
-  if (options.keepalive_ms > 0) {
+  if (!options.reserve_only) opts.push_back({IPPROTO_TCP, TCP_NODELAY, &one});
+  if (options.keepalive_ms > 0 && !options.reserve_only) {
     opts.push_back({SOL_SOCKET, SO_KEEPALIVE, &one});
     opts.push_back({IPPROTO_TCP, TCP_KEEPIDLE, &keepidle});
   }
@@ -333,6 +334,10 @@ std::vector<int> ListenBatch::Listen(const std::vector<int>& fds, const std::vec
       if (rc == 0 && bind(fd, reinterpret_cast<const sockaddr*>(&requests[i].addr), requests[i].addr_len) != 0) {
         rc = -errno;
       }
+      if (options.reserve_only) {
+        result[i] = rc;
+        continue;
+      }
       if (rc == 0 && listen(fd, options.backlog) != 0) rc = -errno;
       if (rc == 0 && requests[i].epfd >= 0 && epoll_ctl(requests[i].epfd, EPOLL_CTL_ADD, fd, &events[i]) != 0) {
         rc = -errno;
@@ -350,7 +355,7 @@ std::vector<int> ListenBatch::Listen(const std::vector<int>& fds, const std::vec
   auto failed = [&](size_t i, int res) {
     if (result[i] == 0) result[i] = res;
   };
-  RunRound(
+  if (!opts.empty()) RunRound(
       ring, n, opts.size(), on_course,
       [&](size_t i) {
         for (const Opt& o : opts) {
@@ -371,6 +376,7 @@ std::vector<int> ListenBatch::Listen(const std::vector<int>& fds, const std::vec
         b->off = requests[i].addr_len;
       },
       failed);
+  if (options.reserve_only) return result;
   RunRound(
       ring, n, 1, on_course,
       [&](size_t i) { Entry(ring, kOpListen, fds[i], i)->len = static_cast<uint32_t>(options.backlog); }, failed);

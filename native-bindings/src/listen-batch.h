@@ -26,6 +26,10 @@ struct ListenBatchOptions {
   // TCP_NODELAY and keepalive are set on the listening socket, so that accepted clients inherit
   // them and no setsockopt is needed per connection. keepalive_ms 0: no keepalive.
   int keepalive_ms = 0;
+  // Bind only: no options (not even SO_REUSEADDR, so that no other socket can bind the port while
+  // this one holds it), no listen, no registration. The port is reserved for connections that a
+  // steering program hands to another listening socket (port-steering.h).
+  bool reserve_only = false;
 };
 
 struct ListenRequest {

@@ -3,6 +3,7 @@
 
 #include "relay-engine.h"
 #include "listen-batch.h"
+#include "port-steering.h"
 #include "socket-bio.h"
 #include "socket-options.h"
 #include "tls-client.h"
@@ -57,6 +58,14 @@ constexpr size_t kTlsRecordSize = 16 * 1024;
 // epoll data of a listening socket: this bit set, the port id below it. Pointers (End*) never
 // have it, as user-space addresses end below 2^47.
 constexpr uint64_t kListenerTag = uint64_t{1} << 63;
+// With kListenerTag: a steering listener (port-steering.h), its slot below these bits.
+constexpr uint64_t kSteerTag = uint64_t{1} << 62;
+// Steering listeners a process can have (one per distinct set of accept options and address).
+constexpr unsigned kMaxSteerTargets = 16;
+// A table change opening at least this many ports steers them (SF_NATIVE_STEER_MIN_PORTS); below
+// it each port gets a listening socket of its own, which `ss -lt` shows and which costs little
+// for a few ports.
+constexpr size_t kSteerMinPortsDefault = 256;
 // Connections accepted per listener event before the loop serves others (the listener is
 // level-triggered, so what is left is reported again).
 constexpr int kAcceptBatch = 32;
@@ -183,6 +192,33 @@ void SetLoopbackCongestion(int fd, const sockaddr_storage& addr) {
   if (IsLoopback(addr)) SetUnpacedCongestion(fd);
 }
 
+// Closes an accepted client with a reset, as the kernel does to the queue of a listener that closes.
+void CloseWithReset(int fd) {
+  linger lg{1, 0};
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+  ::close(fd);
+}
+
+// SF_NATIVE_STEER=off: every port gets a listening socket of its own (port-steering.h).
+bool SteeringEnabled() {
+  static const bool enabled = [] {
+    const char* env = std::getenv("SF_NATIVE_STEER");
+    return env == nullptr || std::strcmp(env, "off") != 0;
+  }();
+  return enabled;
+}
+
+size_t SteerMinPorts() {
+  static const size_t min_ports = [] {
+    const char* env = std::getenv("SF_NATIVE_STEER_MIN_PORTS");
+    if (env == nullptr || *env == '\0') return kSteerMinPortsDefault;
+    char* end = nullptr;
+    const unsigned long long v = std::strtoull(env, &end, 10);
+    return end != nullptr && *end == '\0' ? static_cast<size_t>(v) : kSteerMinPortsDefault;
+  }();
+  return min_ports;
+}
+
 // A TLS client always speaks first (its ClientHello, or PostgreSQL's SSLRequest), so the listener
 // of a terminating route asks the kernel to hand a connection over only once its first bytes are
 // there (TCP_DEFER_ACCEPT): the relay thread is woken once per new client instead of twice (at the
@@ -233,6 +269,10 @@ struct Port {
   uint32_t id = 0;
   int port = 0;
   int keepalive_ms = 0;
+  // A steered port (port-steering.h): the socket that keeps the port bound, and the slot of the
+  // steering listener its clients go to. -1 for a port with a listening socket of its own.
+  int reserve_fd = -1;
+  int steer_slot = -1;
   // The loop thread whose epoll set watches the listener; it accepts and spreads the clients.
   Loop* owner = nullptr;
   std::shared_ptr<Budget> budget;
@@ -418,10 +458,10 @@ class Loop {
     std::vector<std::shared_ptr<Pair>> unused;  // a pair in its start is never pumped
     Serve(pair.get(), &pair->ends_[0], EPOLLIN, &unused);
   }
-  bool WatchListener(uint32_t port_id, int fd) {
+  bool WatchListener(uint64_t tag, int fd) {
     epoll_event e{};
     e.events = EPOLLIN;
-    e.data.u64 = kListenerTag | port_id;
+    e.data.u64 = tag;
     return epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &e) == 0;
   }
   // Queues a client another loop accepted for this one. True when the caller must Wake() this
@@ -450,7 +490,7 @@ class Loop {
   std::atomic<int64_t> accepted_{0};
 
  private:
-  void OnListener(uint32_t port_id, int64_t now);
+  void OnListener(uint64_t tag, int64_t now);
   // Reports a closed pair: to the port's accounting when natively accepted, to JS otherwise.
   void Report(Pair* pair, const CloseEvent& ev) {
     if (pair->port_) engine_->Unaccount(pair, ev);
@@ -459,7 +499,7 @@ class Loop {
 
   Engine* engine_;
   // Listeners resting after EMFILE/ENFILE: port id and when to watch it again.
-  std::vector<std::pair<uint32_t, int64_t>> paused_;
+  std::vector<std::pair<uint64_t, int64_t>> paused_;
   void Run();
   void Serve(Pair* pair, const End* end, uint32_t events, std::vector<std::shared_ptr<Pair>>* again);
   void Sweep(int64_t now);
@@ -1263,10 +1303,12 @@ void Loop::Sweep(int64_t now) {
       ++it;
       continue;
     }
-    std::shared_ptr<Port> port = engine_->FindPort(it->first);
-    if (port) {
+    if (it->first & kSteerTag) {
+      std::shared_ptr<Listener> listener = engine_->SteerListener(static_cast<unsigned>(it->first & 0xffff));
+      if (listener) WatchListener(it->first, listener->fd);
+    } else if (std::shared_ptr<Port> port = engine_->FindPort(static_cast<uint32_t>(it->first & ~kListenerTag))) {
       std::lock_guard<std::mutex> lock(port->mu);
-      if (port->listener) WatchListener(port->id, port->listener->fd);
+      if (port->listener) WatchListener(it->first, port->listener->fd);
     }
     it = paused_.erase(it);
   }
@@ -1290,11 +1332,16 @@ void Loop::Adopt(const std::shared_ptr<Pair>& pair) {
   Report(pair.get(), ev);
 }
 
-void Loop::OnListener(uint32_t port_id, int64_t now) {
-  std::shared_ptr<Port> port = engine_->FindPort(port_id);
-  if (!port) return;
+void Loop::OnListener(uint64_t tag, int64_t now) {
+  // A port's own listener, or a steering listener whose clients came through many ports.
+  const bool steering = (tag & kSteerTag) != 0;
+  std::shared_ptr<Port> port;
   std::shared_ptr<Listener> listener;
-  {
+  if (steering) {
+    listener = engine_->SteerListener(static_cast<unsigned>(tag & 0xffff));
+  } else {
+    port = engine_->FindPort(static_cast<uint32_t>(tag & ~kListenerTag));
+    if (!port) return;
     std::lock_guard<std::mutex> lock(port->mu);
     listener = port->listener;
   }
@@ -1312,6 +1359,15 @@ void Loop::OnListener(uint32_t port_id, int64_t now) {
         unpaced_batch = true;
         SetUnpacedCongestion(fd);
       }
+      if (steering) {
+        port = engine_->SteeredPort(fd);
+        if (!port) {
+          // Its port left the table after the client was queued: refused, as a closed listener's
+          // queue is.
+          CloseWithReset(fd);
+          continue;
+        }
+      }
       Loop* to = engine_->PickLoop(this);
       if (to == this) {
         engine_->Accept(this, port, fd);
@@ -1323,7 +1379,7 @@ void Loop::OnListener(uint32_t port_id, int64_t now) {
     if (errno == EINTR || errno == ECONNABORTED) continue;
     if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
       epoll_ctl(epfd_, EPOLL_CTL_DEL, listener->fd, nullptr);
-      paused_.emplace_back(port_id, now + kAcceptPauseMs);
+      paused_.emplace_back(tag, now + kAcceptPauseMs);
     }
     break;
   }
@@ -1362,7 +1418,7 @@ void Loop::Run() {
     due.swap(settling_);
     for (int i = 0; i < n; i++) {
       if (events[i].data.u64 & kListenerTag) {
-        OnListener(static_cast<uint32_t>(events[i].data.u64 & ~kListenerTag), NowMs());
+        OnListener(events[i].data.u64, NowMs());
         continue;
       }
       End* end = static_cast<End*>(events[i].data.ptr);
@@ -1558,38 +1614,63 @@ void SetBackendOptions(int fd, int keepalive_ms) {
 
 }  // namespace
 
+struct Engine::OpenRequest {
+  const std::shared_ptr<Budget>& budget;
+  const std::string& host;
+  const std::vector<int>& port_numbers;
+  std::vector<RouteSpec>& routes;
+  int backlog;
+  bool reuse_port;
+  int keepalive_ms;
+  sockaddr_storage addr{};
+  socklen_t addr_len = 0;
+  // One per port: its address (the host's, with the port's number).
+  std::vector<ListenRequest> requests;
+  std::vector<int64_t> out;
+  // Clients of a port on a loopback address are on this host too.
+  bool unpaced_clients = false;
+};
+
 std::vector<int64_t> Engine::OpenPorts(const std::shared_ptr<Budget>& budget, const std::string& host,
                                        const std::vector<int>& port_numbers, std::vector<RouteSpec>&& routes,
                                        int backlog, bool reuse_port, int keepalive_ms) {
   const size_t n = port_numbers.size();
-  std::vector<int64_t> out(n, -EINVAL);
-  sockaddr_storage addr{};
-  socklen_t addr_len = 0;
-  auto* v4 = reinterpret_cast<sockaddr_in*>(&addr);
-  auto* v6 = reinterpret_cast<sockaddr_in6*>(&addr);
+  OpenRequest req{budget, host, port_numbers, routes, backlog, reuse_port, keepalive_ms, {}, 0, {}, {}, false};
+  req.out.assign(n, -EINVAL);
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&req.addr);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&req.addr);
   if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
     v4->sin_family = AF_INET;
-    addr_len = sizeof(sockaddr_in);
+    req.addr_len = sizeof(sockaddr_in);
   } else if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
     v6->sin6_family = AF_INET6;
-    addr_len = sizeof(sockaddr_in6);
+    req.addr_len = sizeof(sockaddr_in6);
   } else {
-    return out;
+    return req.out;
   }
-  std::vector<ListenRequest> requests(n);
+  req.requests.resize(n);
   for (size_t i = 0; i < n; i++) {
-    requests[i].addr = addr;
-    requests[i].addr_len = addr_len;
+    req.requests[i].addr = req.addr;
+    req.requests[i].addr_len = req.addr_len;
     const uint16_t port_be = htons(static_cast<uint16_t>(port_numbers[i]));
-    if (addr.ss_family == AF_INET) reinterpret_cast<sockaddr_in*>(&requests[i].addr)->sin_port = port_be;
-    else reinterpret_cast<sockaddr_in6*>(&requests[i].addr)->sin6_port = port_be;
+    if (req.addr.ss_family == AF_INET) reinterpret_cast<sockaddr_in*>(&req.requests[i].addr)->sin_port = port_be;
+    else reinterpret_cast<sockaddr_in6*>(&req.requests[i].addr)->sin6_port = port_be;
   }
-  // Clients of a port on a loopback address are on this host too.
-  const bool unpaced_clients = IsLoopback(addr) && LoopbackCongestion() != nullptr;
+  req.unpaced_clients = IsLoopback(req.addr) && LoopbackCongestion() != nullptr;
+  std::vector<size_t> idx(n);
+  for (size_t i = 0; i < n; i++) idx[i] = i;
+  // Steered where it can be; what could not be steered gets listening sockets.
+  if (SteeringUsable(n, req.addr, reuse_port)) OpenSteered(req, &idx);
+  if (!idx.empty()) OpenListening(req, idx);
+  return std::move(req.out);
+}
+
+void Engine::OpenListening(OpenRequest& req, const std::vector<size_t>& idx) {
+  const size_t n = idx.size();
   ListenBatchOptions options;
-  options.backlog = backlog;
-  options.reuse_port = reuse_port;
-  options.keepalive_ms = keepalive_ms;
+  options.backlog = req.backlog;
+  options.reuse_port = req.reuse_port;
+  options.keepalive_ms = req.keepalive_ms;
   // A big batch opens in shares, one per relay thread, each on a thread of its own with its own
   // ring: the kernel work of a port (socket, bind, listen, registration) takes locks of its own
   // port's hash buckets and of one epoll set, so shares on different cores hardly wait for each
@@ -1609,43 +1690,45 @@ std::vector<int64_t> Engine::OpenPorts(const std::shared_ptr<Budget>& budget, co
   auto open_share = [&](size_t share) {
     const size_t lo = n * share / shares;
     const size_t hi = n * (share + 1) / shares;
-    std::vector<ListenRequest> share_requests(requests.begin() + static_cast<ptrdiff_t>(lo),
-                                              requests.begin() + static_cast<ptrdiff_t>(hi));
+    std::vector<ListenRequest> share_requests;
+    share_requests.reserve(hi - lo);
+    for (size_t j = lo; j < hi; j++) share_requests.push_back(req.requests[idx[j]]);
     ListenBatch batch(hi - lo);
     std::vector<int> fds = batch.Sockets(share_requests);
-    for (size_t i = lo; i < hi; i++) {
-      if (fds[i - lo] < 0) {
-        out[i] = fds[i - lo];
+    for (size_t j = lo; j < hi; j++) {
+      const size_t i = idx[j];
+      if (fds[j - lo] < 0) {
+        req.out[i] = fds[j - lo];
         continue;
       }
       auto port = std::make_shared<Port>();
-      port->port = port_numbers[i];
-      port->keepalive_ms = keepalive_ms;
-      port->budget = budget;
+      port->port = req.port_numbers[i];
+      port->keepalive_ms = req.keepalive_ms;
+      port->budget = req.budget;
       port->listener = std::make_shared<Listener>();
-      port->listener->fd = fds[i - lo];
-      port->listener->congestion_pending.store(unpaced_clients);
-      port->route = std::move(routes[i]);
+      port->listener->fd = fds[j - lo];
+      port->listener->congestion_pending.store(req.unpaced_clients);
+      port->route = std::move(req.routes[i]);
       // Before listen(), so that no client of a terminating route is accepted without it.
       if (port->route.tls) SetDeferAccept(port->listener->fd, true);
       port->rr_current.assign(port->route.backends.size(), 0);
-      made[i] = std::move(port);
+      made[j] = std::move(port);
     }
     // Each port is in the table, with its route and its listening descriptor, before the kernel is
     // asked to register it: the first connection finds everything in place.
     {
       std::lock_guard<std::mutex> lock(ports_mu_);
-      for (size_t i = lo; i < hi; i++) {
-        if (!made[i]) continue;
-        Port& port = *made[i];
+      for (size_t j = lo; j < hi; j++) {
+        if (!made[j]) continue;
+        Port& port = *made[j];
         // Listeners are spread over the loops; each loop spreads the clients it accepts.
         port.owner = shares == 1 ? loops_[next_listener_loop_++ % loops_.size()].get()
                                  : loops_[(first_loop + share) % loops_.size()].get();
         port.id = next_port_id_++;
         if (next_port_id_ >= (1u << 31)) next_port_id_ = 1;
-        ports_.emplace(port.id, made[i]);
-        share_requests[i - lo].epfd = port.owner->epfd_;
-        share_requests[i - lo].epoll_data = kListenerTag | port.id;
+        ports_.emplace(port.id, made[j]);
+        share_requests[j - lo].epfd = port.owner->epfd_;
+        share_requests[j - lo].epoll_data = kListenerTag | port.id;
       }
     }
     std::vector<int> share_rc = batch.Listen(fds, share_requests, options);
@@ -1661,19 +1744,231 @@ std::vector<int64_t> Engine::OpenPorts(const std::shared_ptr<Budget>& budget, co
   }
   open_share(0);
   for (auto& helper : helpers) helper.join();
-  for (size_t i = 0; i < n; i++) {
-    if (!made[i]) continue;
-    if (rc[i] == 0) {
-      out[i] = made[i]->id;
+  for (size_t j = 0; j < n; j++) {
+    if (!made[j]) continue;
+    const size_t i = idx[j];
+    if (rc[j] == 0) {
+      req.out[i] = made[j]->id;
       continue;
     }
     // The registration is the last step, so a failed port was never watched and accepted nothing;
     // it is retired like any other (its listener closed) and forgotten.
-    out[i] = rc[i];
-    RetirePort(made[i]->id);
-    ReleasePort(made[i]->id);
+    req.out[i] = rc[j];
+    RetirePort(made[j]->id);
+    ReleasePort(made[j]->id);
   }
-  return out;
+}
+
+bool Engine::SteeringUsable(size_t ports, const sockaddr_storage& addr, bool reuse_port) {
+  // Worker processes sharing ports through SO_REUSEPORT would each attach a program, and the first
+  // would take every connection; IPv6 hosts keep listening sockets (the program looks at IPv4).
+  if (!SteeringEnabled() || ports == 0 || ports < SteerMinPorts() || reuse_port || addr.ss_family != AF_INET) {
+    return false;
+  }
+  std::lock_guard<std::mutex> lock(steer_mu_);
+  if (!steer_tried_) {
+    steer_tried_ = true;
+    steering_ = PortSteering::Create(kMaxSteerTargets, &steer_reason_);
+  }
+  return steering_ != nullptr;
+}
+
+int Engine::SteerSlot(const std::string& host, const sockaddr_storage& addr, socklen_t addr_len, int backlog,
+                      int keepalive_ms, bool defer, const std::vector<int>* avoid) {
+  std::lock_guard<std::mutex> lock(steer_mu_);
+  if (!steering_) return -1;
+  for (size_t slot = 0; slot < steer_targets_.size(); slot++) {
+    const SteerTarget& t = steer_targets_[slot];
+    if (t.host == host && t.backlog == backlog && t.keepalive_ms == keepalive_ms && t.defer == defer) {
+      return static_cast<int>(slot);
+    }
+  }
+  if (steer_targets_.size() >= kMaxSteerTargets) return -1;
+  const unsigned slot = static_cast<unsigned>(steer_targets_.size());
+  // A listening socket like a port's own (options its clients inherit, TCP_DEFER_ACCEPT for
+  // terminating routes), bound to the host on a port of the kernel's choosing: the program hands
+  // it connections for any port in the map.
+  // The port is the kernel's pick from its ephemeral range, picked again while it is one the table
+  // asks for (the sockets of earlier picks are held until then, so no pick repeats).
+  auto listener = std::make_shared<Listener>();
+  std::vector<std::unique_ptr<Listener>> rejected;
+  uint16_t bound_port = 0;
+  for (int attempt = 0;; attempt++) {
+    listener->fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (listener->fd < 0) return -1;
+    const int one = 1;
+    setsockopt(listener->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    SetBackendOptions(listener->fd, keepalive_ms);
+    sockaddr_storage any = addr;
+    reinterpret_cast<sockaddr_in*>(&any)->sin_port = 0;
+    sockaddr_in bound{};
+    socklen_t bound_len = sizeof bound;
+    if (bind(listener->fd, reinterpret_cast<const sockaddr*>(&any), addr_len) != 0 ||
+        getsockname(listener->fd, reinterpret_cast<sockaddr*>(&bound), &bound_len) != 0) {
+      return -1;
+    }
+    const int picked = ntohs(bound.sin_port);
+    bound_port = bound.sin_port;
+    const bool wanted = avoid != nullptr && std::find(avoid->begin(), avoid->end(), picked) != avoid->end();
+    if (!wanted) break;
+    if (attempt >= 16) return -1;
+    rejected.push_back(std::make_unique<Listener>());
+    rejected.back()->fd = listener->fd;
+    listener->fd = -1;
+  }
+  if (defer) SetDeferAccept(listener->fd, true);
+  if (listen(listener->fd, backlog) != 0) return -1;
+  if (steering_->SetListener(slot, listener->fd) != 0) return -1;
+  listener->congestion_pending.store(IsLoopback(addr) && LoopbackCongestion() != nullptr);
+  Loop* owner = loops_[slot % loops_.size()].get();
+  SteerTarget target{host, addr, addr_len, ntohs(bound_port), backlog, keepalive_ms, defer, listener, owner};
+  steer_targets_.push_back(target);
+  if (!owner->WatchListener(kListenerTag | kSteerTag | slot, listener->fd)) {
+    steer_targets_.pop_back();
+    return -1;
+  }
+  return static_cast<int>(slot);
+}
+
+void Engine::OpenSteered(OpenRequest& req, std::vector<size_t>* idx) {
+  std::vector<size_t> listening;  // what goes to OpenListening instead
+  std::vector<size_t> steer;
+  std::vector<int> slots;
+  int slot_of[2] = {-2, -2};  // plain, terminating (TCP_DEFER_ACCEPT); -2: not looked up yet
+  for (size_t i : *idx) {
+    const int defer = req.routes[i].tls ? 1 : 0;
+    if (slot_of[defer] == -2) {
+      slot_of[defer] =
+          SteerSlot(req.host, req.addr, req.addr_len, req.backlog, req.keepalive_ms, defer != 0, &req.port_numbers);
+    }
+    if (slot_of[defer] < 0) {
+      listening.push_back(i);
+      continue;
+    }
+    steer.push_back(i);
+    slots.push_back(slot_of[defer]);
+  }
+  const size_t n = steer.size();
+  std::vector<ListenRequest> requests;
+  requests.reserve(n);
+  for (size_t i : steer) requests.push_back(req.requests[i]);
+  ListenBatch batch(n);
+  std::vector<int> fds = batch.Sockets(requests);
+  std::vector<std::shared_ptr<Port>> made(n);
+  for (size_t j = 0; j < n; j++) {
+    const size_t i = steer[j];
+    if (fds[j] < 0) {
+      req.out[i] = fds[j];
+      continue;
+    }
+    auto port = std::make_shared<Port>();
+    port->port = req.port_numbers[i];
+    port->keepalive_ms = req.keepalive_ms;
+    port->budget = req.budget;
+    port->reserve_fd = fds[j];
+    port->steer_slot = slots[j];
+    port->route = std::move(req.routes[i]);
+    port->rr_current.assign(port->route.backends.size(), 0);
+    made[j] = std::move(port);
+  }
+  {
+    std::lock_guard<std::mutex> lock(ports_mu_);
+    for (size_t j = 0; j < n; j++) {
+      if (!made[j]) continue;
+      made[j]->id = next_port_id_++;
+      if (next_port_id_ >= (1u << 31)) next_port_id_ = 1;
+      ports_.emplace(made[j]->id, made[j]);
+    }
+  }
+  ListenBatchOptions options;
+  options.reserve_only = true;
+  std::vector<int> rc = batch.Listen(fds, requests, options);
+  for (size_t j = 0; j < n; j++) {
+    if (!made[j] || rc[j] != -EADDRINUSE || !IsSteerListenerPort(req.host, made[j]->port)) continue;
+    // A steering listener holds this very port (a later table asks for it): the port is this
+    // router's already, and the listener takes its clients either way.
+    std::lock_guard<std::mutex> lock(made[j]->mu);
+    ::close(made[j]->reserve_fd);
+    made[j]->reserve_fd = -1;
+    rc[j] = 0;
+  }
+  const uint32_t ip_be = reinterpret_cast<const sockaddr_in*>(&req.addr)->sin_addr.s_addr;
+  for (size_t j = 0; j < n; j++) {
+    if (!made[j]) continue;
+    const size_t i = steer[j];
+    Port& port = *made[j];
+    // The port is bound (so it is this router's), its route is in place: only now does the program
+    // send it clients.
+    if (rc[j] == 0 && steering_->Claim(static_cast<uint16_t>(port.port), ip_be, static_cast<unsigned>(port.steer_slot),
+                                       port.id)) {
+      req.out[i] = port.id;
+      continue;
+    }
+    if (rc[j] == 0) {
+      // Another router of this process steers this port on another address: a listening socket
+      // of its own serves this one.
+      std::lock_guard<std::mutex> lock(port.mu);
+      req.routes[i] = std::move(port.route);
+      listening.push_back(i);
+    } else {
+      req.out[i] = rc[j];
+    }
+    {
+      std::lock_guard<std::mutex> lock(port.mu);
+      port.steer_slot = -1;
+    }
+    RetirePort(port.id);
+    ReleasePort(port.id);
+  }
+  std::sort(listening.begin(), listening.end());
+  *idx = std::move(listening);
+}
+
+bool Engine::IsSteerListenerPort(const std::string& host, int port) {
+  std::lock_guard<std::mutex> lock(steer_mu_);
+  for (const SteerTarget& t : steer_targets_) {
+    if (t.port == port && t.host == host) return true;
+  }
+  return false;
+}
+
+int Engine::SteerSlotLike(unsigned slot, bool defer, int port_number) {
+  SteerTarget like;
+  {
+    std::lock_guard<std::mutex> lock(steer_mu_);
+    if (slot >= steer_targets_.size()) return -1;
+    like = steer_targets_[slot];
+  }
+  const std::vector<int> own{port_number};
+  return SteerSlot(like.host, like.addr, like.addr_len, like.backlog, like.keepalive_ms, defer, &own);
+}
+
+std::shared_ptr<Listener> Engine::SteerListener(unsigned slot) {
+  std::lock_guard<std::mutex> lock(steer_mu_);
+  return slot < steer_targets_.size() ? steer_targets_[slot].listener : nullptr;
+}
+
+std::shared_ptr<Port> Engine::SteeredPort(int client_fd) {
+  sockaddr_in local{};
+  socklen_t len = sizeof local;
+  if (steering_ == nullptr || getsockname(client_fd, reinterpret_cast<sockaddr*>(&local), &len) != 0 ||
+      local.sin_family != AF_INET) {
+    return nullptr;
+  }
+  const uint32_t id = steering_->PortIdFor(ntohs(local.sin_port));
+  return id == 0 ? nullptr : FindPort(id);
+}
+
+SteeringState Engine::Steering() {
+  SteeringState st;
+  st.enabled = SteeringEnabled();
+  st.min_ports = SteerMinPorts();
+  std::lock_guard<std::mutex> lock(steer_mu_);
+  st.available = steering_ != nullptr;
+  st.reason = steer_reason_;
+  st.ports = steering_ ? steering_->Steered() : 0;
+  st.listeners = steer_targets_.size();
+  return st;
 }
 
 int64_t Engine::ApplyPorts(std::vector<std::pair<uint32_t, RouteSpec>>&& changed, const std::vector<uint32_t>& retired,
@@ -1704,6 +1999,14 @@ int64_t Engine::SetRoute(uint32_t port_id, RouteSpec&& route) {
   port->route = std::move(route);
   if (port->listener && was_tls != (port->route.tls != nullptr)) {
     SetDeferAccept(port->listener->fd, port->route.tls != nullptr);
+  }
+  if (port->steer_slot >= 0 && was_tls != (port->route.tls != nullptr)) {
+    // Its clients now go to the steering listener with the matching accept options.
+    const int slot = SteerSlotLike(static_cast<unsigned>(port->steer_slot), port->route.tls != nullptr, port->port);
+    if (slot >= 0) {
+      port->steer_slot = slot;
+      steering_->Retarget(static_cast<uint16_t>(port->port), port->id, static_cast<unsigned>(slot));
+    }
   }
   port->rr_current.assign(port->route.backends.size(), 0);
   port->tie_break = 0;
@@ -1769,6 +2072,15 @@ size_t Engine::RetirePorts(const std::vector<uint32_t>& port_ids) {
       std::lock_guard<std::mutex> lock(port->mu);
       if (port->retired) continue;
       port->retired = true;
+      if (port->steer_slot >= 0) {
+        // No new client is steered to it; then the socket that kept its number bound closes.
+        steering_->Release(static_cast<uint16_t>(port->port), port->id);
+        port->steer_slot = -1;
+      }
+      if (port->reserve_fd >= 0) {
+        closing.push_back(port->reserve_fd);
+        port->reserve_fd = -1;
+      }
       // Once the port holds no listener, no loop can take a new reference to it (OnListener and
       // the rest after EMFILE both read it under port->mu).
       listener.swap(port->listener);

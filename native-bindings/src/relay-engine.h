@@ -133,6 +133,18 @@ struct Budget {
   void Release(int64_t own_active_after, bool reserved);
 };
 
+class PortSteering;
+
+// What the relay does about opening ports through one socket (port-steering.h), for /health.
+struct SteeringState {
+  bool enabled = false;    // SF_NATIVE_STEER is not "off"
+  bool available = false;  // the program is loaded and attached
+  std::string reason;      // why not, when it was tried and is not available
+  size_t min_ports = 0;    // a table change opening at least this many ports steers them
+  size_t ports = 0;        // ports steered now
+  size_t listeners = 0;    // listening sockets they are steered to
+};
+
 class Engine {
  public:
   // pipe_size 0 keeps the kernel default (64 KiB).
@@ -197,6 +209,7 @@ class Engine {
   std::string BackendTlsFailure(uint32_t port_id);
   // The backend-side TLS client of these settings, shared as TlsFor's servers are.
   std::shared_ptr<TlsClient> TlsClientFor(const TlsClientSpec& spec);
+  SteeringState Steering();
   void SetEventSink(EventSink sink);
   std::vector<NativeEvent> TakeEvents();
   // The router-wide limit and reservations for the table in force; js_reserved_in_use is the
@@ -216,8 +229,27 @@ class Engine {
   void Unaccount(Pair* pair, const CloseEvent& ev);
   void UnaccountLocked(Port& port, Pair* pair, const CloseEvent& ev);  // port.mu held
   void PushEvent(NativeEvent ev);
+  // The steering listener at slot, for the loop that watches it (nullptr once gone).
+  std::shared_ptr<Listener> SteerListener(unsigned slot);
+  // The relay port a client accepted by a steering listener came through (nullptr: none now).
+  std::shared_ptr<Port> SteeredPort(int client_fd);
 
  private:
+  // Opening ports with a listening socket each (the classic path), or reserved and steered; each
+  // takes the positions `idx` of the request and writes their results into *out.
+  struct OpenRequest;
+  void OpenListening(OpenRequest& req, const std::vector<size_t>& idx);
+  void OpenSteered(OpenRequest& req, std::vector<size_t>* idx);
+  // The slot of a steering listener with these accept options, made on first use; -1 when none
+  // can be had (steering unavailable, out of slots, the socket failed).
+  // Its port is none of `avoid` (the ports about to be steered).
+  int SteerSlot(const std::string& host, const sockaddr_storage& addr, socklen_t addr_len, int backlog,
+                int keepalive_ms, bool defer, const std::vector<int>* avoid);
+  // The slot of the steering listener like the one at `slot` but with TCP_DEFER_ACCEPT as `defer` says.
+  int SteerSlotLike(unsigned slot, bool defer, int port_number);
+  bool IsSteerListenerPort(const std::string& host, int port);
+  bool SteeringUsable(size_t ports, const sockaddr_storage& addr, bool reuse_port);
+
   // Declared before loops_ so that it outlives them: loop threads call it until they are joined.
   std::unique_ptr<CloseSink> sink_;
   std::vector<std::unique_ptr<Loop>> loops_;
@@ -233,6 +265,23 @@ class Engine {
   std::unordered_map<std::string, std::weak_ptr<TlsServer>> tls_servers_;
   std::unordered_map<std::string, std::weak_ptr<TlsClient>> tls_clients_;
   EventSink event_sink_;
+  // Port steering (port-steering.h): made on the first table change that asks for it.
+  std::mutex steer_mu_;
+  bool steer_tried_ = false;
+  std::unique_ptr<PortSteering> steering_;
+  std::string steer_reason_;
+  struct SteerTarget {
+    std::string host;
+    sockaddr_storage addr{};
+    socklen_t addr_len = 0;
+    int port = 0;  // the one the listener is bound to
+    int backlog = 0;
+    int keepalive_ms = 0;
+    bool defer = false;
+    std::shared_ptr<Listener> listener;
+    Loop* owner = nullptr;
+  };
+  std::vector<SteerTarget> steer_targets_;
 };
 
 }  // namespace sf
