@@ -1904,9 +1904,11 @@ void Engine::OpenSteered(OpenRequest& req, std::vector<size_t>* idx) {
       req.out[i] = port.id;
       continue;
     }
-    if (rc[j] == 0) {
-      // Another router of this process steers this port on another address: a listening socket
-      // of its own serves this one.
+    if (rc[j] == 0 || rc[j] == -EADDRINUSE) {
+      // Another router of this process steers this port on another address, or the port's number
+      // is still taken by connections made through it before (a reserving bind takes no
+      // SO_REUSEADDR, so that no other program can bind the port while it is steered): a
+      // listening socket of its own serves this one, and its bind tells whether the port is free.
       std::lock_guard<std::mutex> lock(port.mu);
       req.routes[i] = std::move(port.route);
       listening.push_back(i);
