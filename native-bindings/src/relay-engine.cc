@@ -1852,37 +1852,67 @@ void Engine::OpenSteered(OpenRequest& req, std::vector<size_t>* idx) {
   std::vector<ListenRequest> requests;
   requests.reserve(n);
   for (size_t i : steer) requests.push_back(req.requests[i]);
-  ListenBatch batch(n);
-  std::vector<int> fds = batch.Sockets(requests);
   std::vector<std::shared_ptr<Port>> made(n);
+  std::vector<int> rc(n, 0);
+  // The reserving sockets open in shares on threads of their own, as listening sockets do
+  // (OpenListening); no client can reach a port before it is claimed below.
+  const size_t hw = std::max(1u, std::thread::hardware_concurrency());
+  const size_t shares = std::max<size_t>(1, std::min({loops_.size(), hw, n / kPortsPerOpenShare}));
+  // The ports are made here: on a helper thread each allocation would come from a fresh malloc
+  // arena, page by page (~2 µs a port).
   for (size_t j = 0; j < n; j++) {
     const size_t i = steer[j];
-    if (fds[j] < 0) {
-      req.out[i] = fds[j];
-      continue;
-    }
     auto port = std::make_shared<Port>();
     port->port = req.port_numbers[i];
     port->keepalive_ms = req.keepalive_ms;
     port->budget = req.budget;
-    port->reserve_fd = fds[j];
     port->steer_slot = slots[j];
     port->route = std::move(req.routes[i]);
     port->rr_current.assign(port->route.backends.size(), 0);
     made[j] = std::move(port);
   }
+  auto open_share = [&](size_t share) {
+    const size_t lo = n * share / shares;
+    const size_t hi = n * (share + 1) / shares;
+    std::vector<ListenRequest> share_requests(requests.begin() + static_cast<ptrdiff_t>(lo),
+                                              requests.begin() + static_cast<ptrdiff_t>(hi));
+    ListenBatch batch(hi - lo);
+    std::vector<int> fds = batch.Sockets(share_requests);
+    for (size_t j = lo; j < hi; j++) {
+      if (fds[j - lo] < 0) rc[j] = fds[j - lo];
+      else made[j]->reserve_fd = fds[j - lo];
+    }
+    ListenBatchOptions options;
+    options.reserve_only = true;
+    std::vector<int> share_rc = batch.Listen(fds, share_requests, options);
+    for (size_t j = lo; j < hi; j++) {
+      if (fds[j - lo] >= 0) rc[j] = share_rc[j - lo];
+    }
+  };
+  std::vector<std::thread> helpers;
+  for (size_t share = 1; share < shares; share++) {
+    try {
+      helpers.emplace_back(open_share, share);
+    } catch (const std::system_error&) {
+      open_share(share);
+    }
+  }
+  open_share(0);
+  for (auto& helper : helpers) helper.join();
   {
     std::lock_guard<std::mutex> lock(ports_mu_);
     for (size_t j = 0; j < n; j++) {
-      if (!made[j]) continue;
+      if (made[j]->reserve_fd < 0) {
+        // No socket: nothing was opened for it; its route stays unused.
+        req.out[steer[j]] = rc[j];
+        made[j].reset();
+        continue;
+      }
       made[j]->id = next_port_id_++;
       if (next_port_id_ >= (1u << 31)) next_port_id_ = 1;
       ports_.emplace(made[j]->id, made[j]);
     }
   }
-  ListenBatchOptions options;
-  options.reserve_only = true;
-  std::vector<int> rc = batch.Listen(fds, requests, options);
   for (size_t j = 0; j < n; j++) {
     if (!made[j] || rc[j] != -EADDRINUSE || !IsSteerListenerPort(req.host, made[j]->port)) continue;
     // A steering listener holds this very port (a later table asks for it): the port is this
