@@ -118,6 +118,8 @@ export interface NativeBindings {
     hosts: string[],
     numbers: Float64Array,
     tls?: NativeTlsRoute[],
+    /** The fewest new ports this change steers to one listening socket (default: SF_NATIVE_STEER_MIN_PORTS or 256). */
+    steerMinPorts?: number,
   ): Float64Array;
   /** Why the port's certificate (or its backend CA or client certificate) did not load, or undefined. */
   tlsError(portId: number): string | undefined;

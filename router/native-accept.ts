@@ -74,6 +74,8 @@ export interface NativeCommitOptions {
   reusePort: boolean;
   keepAliveMs: number;
   handshakeTimeoutMs?: number;
+  /** The fewest new ports one change steers to one listening socket (docs/native-relay.md). */
+  steerMinPorts?: number;
 }
 
 /** The router's default ClientHello timeout (router-options.ts), when a caller gives none. */
@@ -264,6 +266,10 @@ export class NativeAcceptor {
       routes.hosts,
       routes.numbers,
       encodeTls(change.changedRoutes, change.opened, options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS),
+      // Infinity (never) travels as the largest exact integer.
+      options.steerMinPorts === undefined
+        ? undefined
+        : Math.min(Math.max(0, options.steerMinPorts), Number.MAX_SAFE_INTEGER),
     );
     const opened = new Array<number | NodeJS.ErrnoException>(ports.length);
     let live = 0;

@@ -67,6 +67,12 @@ export interface RouterOptions {
    * @default 2000
    */
   listenRetryMs: number;
+  /**
+   * The fewest new native ports one table change opens through one listening socket per set of
+   * accept options, steered by a BPF program (docs/native-relay.md, "Steering many ports to one
+   * socket"); Infinity: never. Default: SF_NATIVE_STEER_MIN_PORTS, else 256.
+   */
+  steerMinPorts?: number;
   /** The byte mover; the JS relay when not given. */
   relay?: Relay;
   logger?: Logger;

@@ -413,6 +413,7 @@ export class Router {
           reusePort: this.options.reusePort,
           keepAliveMs: this.options.keepAliveMs,
           handshakeTimeoutMs: this.options.clientHelloTimeoutMs,
+          ...(this.options.steerMinPorts !== undefined ? { steerMinPorts: this.options.steerMinPorts } : {}),
         },
         this.env.selfLoop,
       );

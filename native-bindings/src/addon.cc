@@ -496,8 +496,11 @@ Napi::Value ApplyPorts(const Napi::CallbackInfo& info) {
   std::vector<sf::RouteSpec> opening(std::make_move_iterator(specs.begin() + static_cast<std::ptrdiff_t>(changes)),
                                      std::make_move_iterator(specs.end()));
   std::vector<int64_t> ids;
+  // The router's own threshold for steering new ports (RouterOptions.steerMinPorts), if it has one.
+  const double steer_min = info[13].IsNumber() ? Num(info[13]) : -1;
+  const int64_t steer_min_ports = steer_min >= 0 && steer_min <= 9007199254740991.0 ? static_cast<int64_t>(steer_min) : -1;
   const int64_t killed = engine->ApplyPorts(std::move(changed), retired, budget, host, numbers, std::move(opening),
-                                            backlog, reuse_port, keepalive_ms, &ids);
+                                            backlog, reuse_port, keepalive_ms, &ids, steer_min_ports);
   Napi::Float64Array out = Napi::Float64Array::New(env, n + 1);
   out[0] = static_cast<double>(killed);
   for (size_t i = 0; i < n; i++) out[i + 1] = static_cast<double>(i < ids.size() ? ids[i] : -EINVAL);

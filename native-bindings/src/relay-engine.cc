@@ -1633,7 +1633,7 @@ struct Engine::OpenRequest {
 
 std::vector<int64_t> Engine::OpenPorts(const std::shared_ptr<Budget>& budget, const std::string& host,
                                        const std::vector<int>& port_numbers, std::vector<RouteSpec>&& routes,
-                                       int backlog, bool reuse_port, int keepalive_ms) {
+                                       int backlog, bool reuse_port, int keepalive_ms, int64_t steer_min_ports) {
   const size_t n = port_numbers.size();
   OpenRequest req{budget, host, port_numbers, routes, backlog, reuse_port, keepalive_ms, {}, 0, {}, {}, false};
   req.out.assign(n, -EINVAL);
@@ -1660,7 +1660,7 @@ std::vector<int64_t> Engine::OpenPorts(const std::shared_ptr<Budget>& budget, co
   std::vector<size_t> idx(n);
   for (size_t i = 0; i < n; i++) idx[i] = i;
   // Steered where it can be; what could not be steered gets listening sockets.
-  if (SteeringUsable(n, req.addr, reuse_port)) OpenSteered(req, &idx);
+  if (SteeringUsable(n, req.addr, reuse_port, steer_min_ports)) OpenSteered(req, &idx);
   if (!idx.empty()) OpenListening(req, idx);
   return std::move(req.out);
 }
@@ -1759,10 +1759,11 @@ void Engine::OpenListening(OpenRequest& req, const std::vector<size_t>& idx) {
   }
 }
 
-bool Engine::SteeringUsable(size_t ports, const sockaddr_storage& addr, bool reuse_port) {
+bool Engine::SteeringUsable(size_t ports, const sockaddr_storage& addr, bool reuse_port, int64_t steer_min_ports) {
   // Worker processes sharing ports through SO_REUSEPORT would each attach a program, and the first
   // would take every connection; IPv6 hosts keep listening sockets (the program looks at IPv4).
-  if (!SteeringEnabled() || ports == 0 || ports < SteerMinPorts() || reuse_port || addr.ss_family != AF_INET) {
+  const size_t min_ports = steer_min_ports >= 0 ? static_cast<size_t>(steer_min_ports) : SteerMinPorts();
+  if (!SteeringEnabled() || ports == 0 || ports < min_ports || reuse_port || addr.ss_family != AF_INET) {
     return false;
   }
   std::lock_guard<std::mutex> lock(steer_mu_);
@@ -2006,14 +2007,17 @@ SteeringState Engine::Steering() {
 int64_t Engine::ApplyPorts(std::vector<std::pair<uint32_t, RouteSpec>>&& changed, const std::vector<uint32_t>& retired,
                            const std::shared_ptr<Budget>& budget, const std::string& host,
                            const std::vector<int>& ports, std::vector<RouteSpec>&& routes, int backlog,
-                           bool reuse_port, int keepalive_ms, std::vector<int64_t>* opened) {
+                           bool reuse_port, int keepalive_ms, std::vector<int64_t>* opened,
+                           int64_t steer_min_ports) {
   int64_t killed = 0;
   for (auto& entry : changed) {
     const int64_t k = SetRoute(entry.first, std::move(entry.second));
     if (k > 0) killed += k;
   }
   if (!retired.empty()) RetirePorts(retired);
-  if (!ports.empty()) *opened = OpenPorts(budget, host, ports, std::move(routes), backlog, reuse_port, keepalive_ms);
+  if (!ports.empty()) {
+    *opened = OpenPorts(budget, host, ports, std::move(routes), backlog, reuse_port, keepalive_ms, steer_min_ports);
+  }
   return killed;
 }
 

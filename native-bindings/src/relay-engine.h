@@ -177,14 +177,14 @@ class Engine {
   // port failed.
   std::vector<int64_t> OpenPorts(const std::shared_ptr<Budget>& budget, const std::string& host,
                                  const std::vector<int>& ports, std::vector<RouteSpec>&& routes, int backlog,
-                                 bool reuse_port, int keepalive_ms);
+                                 bool reuse_port, int keepalive_ms, int64_t steer_min_ports = -1);
   // One table change in one call, in this order: the changed ports' routes (fences first, as
   // SetRoute), then the removed ports retire, then the new ports open (as OpenPorts). Returns the
   // connections killed; *opened gets OpenPorts' result for the new ports.
   int64_t ApplyPorts(std::vector<std::pair<uint32_t, RouteSpec>>&& changed, const std::vector<uint32_t>& retired,
                      const std::shared_ptr<Budget>& budget, const std::string& host, const std::vector<int>& ports,
                      std::vector<RouteSpec>&& routes, int backlog, bool reuse_port, int keepalive_ms,
-                     std::vector<int64_t>* opened);
+                     std::vector<int64_t>* opened, int64_t steer_min_ports = -1);
   // Takes the port's new route and decides, before returning, the fate of each live connection:
   // fenced ones are reset and closed, removed or draining backends' ones drain. Returns how many
   // were killed; -1 for an unknown port.
@@ -248,7 +248,8 @@ class Engine {
   // The slot of the steering listener like the one at `slot` but with TCP_DEFER_ACCEPT as `defer` says.
   int SteerSlotLike(unsigned slot, bool defer, int port_number);
   bool IsSteerListenerPort(const std::string& host, int port);
-  bool SteeringUsable(size_t ports, const sockaddr_storage& addr, bool reuse_port);
+  // steer_min_ports: the fewest new ports a change steers; -1: SF_NATIVE_STEER_MIN_PORTS or 256.
+  bool SteeringUsable(size_t ports, const sockaddr_storage& addr, bool reuse_port, int64_t steer_min_ports);
 
   // Declared before loops_ so that it outlives them: loop threads call it until they are joined.
   std::unique_ptr<CloseSink> sink_;
