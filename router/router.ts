@@ -110,6 +110,7 @@ export class Router {
   private readonly fdLimit: number | undefined;
   private readonly ownAddresses: ListenAddress[];
   private readonly limitLog: RateLimitedLog;
+  private steeringReported = false;
   /** The router-wide limit in force, recomputed with each table (ports need descriptors too). */
   private connectionLimit: number;
   /** Connections reserved for each route of the table (connection-budget.ts routeReserve). */
@@ -418,6 +419,7 @@ export class Router {
         this.env.selfLoop,
       );
       result.killed += committed.killed;
+      this.reportSteering();
       for (const c of committed.certificateErrors)
         this.limitLog.warn(
           `tls:${c.port}`,
@@ -548,6 +550,18 @@ export class Router {
       },
       listenFailures: { count: this.listenFailures.size, ports: this.listenFailures.list() },
     };
+  }
+
+  /** Says once, the first time it shows, that big tables' ports cannot be steered (and why). */
+  private reportSteering(): void {
+    if (this.steeringReported || !this.relay.steering) return;
+    const steering = this.relay.steering();
+    if (steering.available || steering.reason === '') return;
+    this.steeringReported = true;
+    this.logger.warn(
+      { reason: steering.reason },
+      'big tables open a listening socket per port: the port-steering program could not be set up (docs/native-relay.md)',
+    );
   }
 
   private tlsPorts(): TlsPortStatus[] {

@@ -1,7 +1,8 @@
 import { expect } from 'chai';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createServer, type Server } from 'node:net';
+import { join } from 'node:path';
 import { startRouter, type RouterHarness } from '../helpers/router-harness';
 import { freePortBlock, releasePortBlock } from '../helpers/service-cluster';
 import { startNamedServer, type TestServer } from '../helpers/tcp-servers';
@@ -164,6 +165,65 @@ describe('router: many ports through one listening socket', function () {
     expect(await readLine(again)).to.equal('a');
     again.destroy();
     staying.destroy();
+  });
+
+  it('opens a big table with a listening socket per port where the router may not load the program, and says why', async function () {
+    // Without CAP_BPF, CAP_SYS_ADMIN and CAP_NET_ADMIN, as an operator may run the router.
+    const drop = ['-bpf', '-sys_admin', '-net_admin', '-perfmon'];
+    try {
+      execFileSync('setpriv', ['--bounding-set', drop.join(','), 'true']);
+    } catch {
+      this.skip(); // no setpriv, or these capabilities are not known here
+    }
+    const router = join(__dirname, '../../router/router');
+    const relay = join(__dirname, '../../router/relay-native');
+    const protocol = join(__dirname, '../../protocol');
+    const routes = range(base, PORTS)
+      .map(
+        (p) =>
+          `{ port: ${p}, backends: [{ id: 'x', host: '127.0.0.1', port: ${(p - base) % 2 === 0 ? a.port : b.port} }] }`,
+      )
+      .join(',');
+    const code = [
+      `const { Router } = require(${JSON.stringify(router)});`,
+      `const { createNativeRelay } = require(${JSON.stringify(relay)});`,
+      `const { parseRouteTable } = require(${JSON.stringify(protocol)});`,
+      'const r = new Router({ relay: createNativeRelay({ threads: 1 }) });',
+      `r.applyTable(parseRouteTable({ version: 1, routes: [${routes}] }))`,
+      '  .then((res) => process.send({ failed: res.failed.length, accept: r.status().accept }));',
+      "process.on('message', () => void r.close().then(() => process.exit(0)));",
+    ].join('\n');
+    const child = spawn('setpriv', ['--bounding-set', drop.join(','), process.execPath, '-e', code], {
+      stdio: ['ignore', 'pipe', 'inherit', 'ipc'],
+    });
+    let logged = '';
+    child.stdout?.on('data', (d: Buffer) => (logged += d.toString()));
+    try {
+      const [report] = (await once(child, 'message')) as [
+        {
+          failed: number;
+          accept: { native: number; steering?: { available: boolean; reason: string; ports: number } };
+        },
+      ];
+      expect(report.failed).to.equal(0);
+      expect(report.accept.native).to.equal(PORTS);
+      expect(report.accept.steering).to.include({ available: false, ports: 0 });
+      expect(report.accept.steering?.reason).to.match(/sk_lookup program|port map|listener map/);
+      expect(report.accept.steering?.reason).to.match(/not permitted/i);
+      expect(listeningPorts().length, 'every port listens on its own').to.equal(PORTS);
+      for (const port of [base, base + 1, base + PORTS - 1]) {
+        const client = await connectTo(port);
+        expect(await readLine(client), `port ${port}`).to.equal((port - base) % 2 === 0 ? 'a' : 'b');
+        client.destroy();
+      }
+      child.send('close');
+      await once(child, 'close'); // exited, and its output read to the end
+      // The operator hears of it once, with the reason, not only in /health.
+      expect(logged.match(/port-steering program could not be set up/g)).to.have.length(1);
+      expect(logged).to.include('Operation not permitted');
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    }
   });
 
   it('resets a connection made through a steered port when its backend is fenced, before the table applies', async function () {
