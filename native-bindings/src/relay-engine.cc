@@ -16,7 +16,6 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -198,21 +197,6 @@ void CloseWithReset(int fd) {
   linger lg{1, 0};
   setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
   ::close(fd);
-}
-
-// Before a loop thread sleeps in epoll_wait it polls once without sleeping, gives the core away
-// once (sched_yield), and polls again: on a machine whose cores are all busy, the peer it waits
-// for (redis-server answering, a client sending its next request) often runs in that moment, and
-// the thread finds its event without a sleep and a wake-up, whose cost the waking process pays
-// (docs/native-relay.md, "Where the time goes, against HAProxy"). With nothing else runnable on
-// the core the yield returns at once: two cheap calls, no spinning. SF_NATIVE_YIELD=off: sleep at
-// once.
-bool YieldBeforeSleep() {
-  static const bool on = [] {
-    const char* env = std::getenv("SF_NATIVE_YIELD");
-    return env == nullptr || std::strcmp(env, "off") != 0;
-  }();
-  return on;
 }
 
 // SF_NATIVE_STEER=off: every port gets a listening socket of its own (port-steering.h).
@@ -1425,11 +1409,7 @@ void Loop::Run() {
       waiting_.store(true);
       if (handed_ready_.load()) timeout = 0;  // handed meanwhile: take it now, do not sleep
     }
-    int n = epoll_wait(epfd_, events, kMaxEvents, timeout > 0 && YieldBeforeSleep() ? 0 : timeout);
-    if (n == 0 && timeout > 0 && YieldBeforeSleep()) {
-      sched_yield();
-      n = epoll_wait(epfd_, events, kMaxEvents, timeout);
-    }
+    int n = epoll_wait(epfd_, events, kMaxEvents, timeout);
     waiting_.store(false);
     if (n < 0 && errno != EINTR) break;
     retry.swap(again);
