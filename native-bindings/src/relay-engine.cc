@@ -1902,6 +1902,7 @@ void Engine::OpenSteered(OpenRequest& req, std::vector<size_t>* idx) {
   for (auto& helper : helpers) helper.join();
   {
     std::lock_guard<std::mutex> lock(ports_mu_);
+    ports_.reserve(ports_.size() + n);  // one rehash for the batch, not one per doubling
     for (size_t j = 0; j < n; j++) {
       if (made[j]->reserve_fd < 0) {
         // No socket: nothing was opened for it; its route stays unused.
