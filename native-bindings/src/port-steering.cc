@@ -67,13 +67,17 @@ std::vector<bpf_insn> Program(int ports_fd, int listeners_fd) {
   jump_to_pass(JumpImm(BPF_JNE, BPF_REG_2, IPPROTO_TCP, 0));
   p.push_back(LoadW(BPF_REG_2, BPF_REG_6, kFamily));
   jump_to_pass(JumpImm(BPF_JNE, BPF_REG_2, AF_INET, 0));
+  // r0 = the element of map_fd whose key is in r2 (kept on the stack at stack_off), or to "pass".
+  auto lookup = [&](int map_fd, int16_t stack_off) {
+    p.push_back(StoreW(BPF_REG_10, BPF_REG_2, stack_off));
+    p.push_back(MovReg(BPF_REG_2, BPF_REG_10));
+    p.push_back(AddImm(BPF_REG_2, stack_off));
+    LoadMap(&p, BPF_REG_1, map_fd);
+    p.push_back(Call(BPF_FUNC_map_lookup_elem));
+    jump_to_pass(JumpImm(BPF_JEQ, BPF_REG_0, 0, 0));
+  };
   p.push_back(LoadW(BPF_REG_2, BPF_REG_6, kLocalPort));
-  p.push_back(StoreW(BPF_REG_10, BPF_REG_2, -4));
-  p.push_back(MovReg(BPF_REG_2, BPF_REG_10));
-  p.push_back(AddImm(BPF_REG_2, -4));
-  LoadMap(&p, BPF_REG_1, ports_fd);
-  p.push_back(Call(BPF_FUNC_map_lookup_elem));
-  jump_to_pass(JumpImm(BPF_JEQ, BPF_REG_0, 0, 0));
+  lookup(ports_fd, -4);
   p.push_back(LoadW(BPF_REG_2, BPF_REG_0, 4));  // slot + 1
   jump_to_pass(JumpImm(BPF_JEQ, BPF_REG_2, 0, 0));
   p.push_back(LoadW(BPF_REG_3, BPF_REG_0, 0));  // address, network order
@@ -81,12 +85,7 @@ std::vector<bpf_insn> Program(int ports_fd, int listeners_fd) {
   p.push_back(LoadW(BPF_REG_4, BPF_REG_6, kLocalIp4));
   jump_to_pass(JumpReg(BPF_JNE, BPF_REG_3, BPF_REG_4, 0));
   p.push_back(AddImm(BPF_REG_2, -1));
-  p.push_back(StoreW(BPF_REG_10, BPF_REG_2, -8));
-  p.push_back(MovReg(BPF_REG_2, BPF_REG_10));
-  p.push_back(AddImm(BPF_REG_2, -8));
-  LoadMap(&p, BPF_REG_1, listeners_fd);
-  p.push_back(Call(BPF_FUNC_map_lookup_elem));
-  jump_to_pass(JumpImm(BPF_JEQ, BPF_REG_0, 0, 0));
+  lookup(listeners_fd, -8);
   p.push_back(MovReg(BPF_REG_7, BPF_REG_0));
   p.push_back(MovReg(BPF_REG_1, BPF_REG_6));
   p.push_back(MovReg(BPF_REG_2, BPF_REG_7));

@@ -1602,6 +1602,29 @@ Fate FateOf(const RouteSpec& route, const std::string& id, uint64_t epoch) {
   return Fate::kKeep;
 }
 
+// How many shares a batch of n ports opens in: one per relay thread and core, each of at least
+// kPortsPerOpenShare ports.
+size_t OpenShares(size_t n, size_t loops) {
+  const size_t hw = std::max(1u, std::thread::hardware_concurrency());
+  return std::max<size_t>(1, std::min({loops, hw, n / kPortsPerOpenShare}));
+}
+
+// Runs open_share(0 .. shares-1), share 0 on this thread and each other on a thread of its own
+// (on this one too when no thread can be had), and returns once all are done.
+template <typename Fn>
+void RunShares(size_t shares, Fn& open_share) {
+  std::vector<std::thread> helpers;
+  for (size_t share = 1; share < shares; share++) {
+    try {
+      helpers.emplace_back(std::ref(open_share), share);
+    } catch (const std::system_error&) {
+      open_share(share);
+    }
+  }
+  open_share(0);
+  for (auto& helper : helpers) helper.join();
+}
+
 void SetBackendOptions(int fd, int keepalive_ms) {
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -1677,8 +1700,7 @@ void Engine::OpenListening(OpenRequest& req, const std::vector<size_t>& idx) {
   // other, and 10,000 ports open in about half the wall time on two cores for the same CPU time
   // (docs/native-relay.md, "Opening many ports"). Each share's ports are watched by one loop
   // thread, so that no two shares register with the same epoll set.
-  const size_t hw = std::max(1u, std::thread::hardware_concurrency());
-  const size_t shares = std::max<size_t>(1, std::min({loops_.size(), hw, n / kPortsPerOpenShare}));
+  const size_t shares = OpenShares(n, loops_.size());
   size_t first_loop = 0;
   if (shares > 1) {
     std::lock_guard<std::mutex> lock(ports_mu_);
@@ -1734,16 +1756,7 @@ void Engine::OpenListening(OpenRequest& req, const std::vector<size_t>& idx) {
     std::vector<int> share_rc = batch.Listen(fds, share_requests, options);
     std::copy(share_rc.begin(), share_rc.end(), rc.begin() + static_cast<ptrdiff_t>(lo));
   };
-  std::vector<std::thread> helpers;
-  for (size_t share = 1; share < shares; share++) {
-    try {
-      helpers.emplace_back(open_share, share);
-    } catch (const std::system_error&) {
-      open_share(share);  // no thread to be had: this thread opens that share too
-    }
-  }
-  open_share(0);
-  for (auto& helper : helpers) helper.join();
+  RunShares(shares, open_share);
   for (size_t j = 0; j < n; j++) {
     if (!made[j]) continue;
     const size_t i = idx[j];
@@ -1857,8 +1870,7 @@ void Engine::OpenSteered(OpenRequest& req, std::vector<size_t>* idx) {
   std::vector<int> rc(n, 0);
   // The reserving sockets open in shares on threads of their own, as listening sockets do
   // (OpenListening); no client can reach a port before it is claimed below.
-  const size_t hw = std::max(1u, std::thread::hardware_concurrency());
-  const size_t shares = std::max<size_t>(1, std::min({loops_.size(), hw, n / kPortsPerOpenShare}));
+  const size_t shares = OpenShares(n, loops_.size());
   // The ports are made here: on a helper thread each allocation would come from a fresh malloc
   // arena, page by page (~2 µs a port).
   for (size_t j = 0; j < n; j++) {
@@ -1890,16 +1902,7 @@ void Engine::OpenSteered(OpenRequest& req, std::vector<size_t>* idx) {
       if (fds[j - lo] >= 0) rc[j] = share_rc[j - lo];
     }
   };
-  std::vector<std::thread> helpers;
-  for (size_t share = 1; share < shares; share++) {
-    try {
-      helpers.emplace_back(open_share, share);
-    } catch (const std::system_error&) {
-      open_share(share);
-    }
-  }
-  open_share(0);
-  for (auto& helper : helpers) helper.join();
+  RunShares(shares, open_share);
   {
     std::lock_guard<std::mutex> lock(ports_mu_);
     ports_.reserve(ports_.size() + n);  // one rehash for the batch, not one per doubling
