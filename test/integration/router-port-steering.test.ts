@@ -167,14 +167,16 @@ describe('router: many ports through one listening socket', function () {
     staying.destroy();
   });
 
-  it('opens a big table with a listening socket per port where the router may not load the program, and says why', async function () {
-    // Without CAP_BPF, CAP_SYS_ADMIN and CAP_NET_ADMIN, as an operator may run the router.
-    const drop = ['-bpf', '-sys_admin', '-net_admin', '-perfmon'];
-    try {
-      execFileSync('setpriv', ['--bounding-set', drop.join(','), 'true']);
-    } catch {
-      this.skip(); // no setpriv, or these capabilities are not known here
-    }
+  interface ChildReport {
+    failed: number;
+    accept: { native: number; steering?: { available: boolean; reason: string; ports: number } };
+  }
+
+  /**
+   * A router in a process of its own (run through `prefix`, e.g. setpriv), with the whole table:
+   * it reports the table's result and /health's `accept`, and closes on any message.
+   */
+  function spawnRouter(prefix: string[] = []): ReturnType<typeof spawn> {
     const router = join(__dirname, '../../router/router');
     const relay = join(__dirname, '../../router/relay-native');
     const protocol = join(__dirname, '../../protocol');
@@ -193,18 +195,54 @@ describe('router: many ports through one listening socket', function () {
       '  .then((res) => process.send({ failed: res.failed.length, accept: r.status().accept }));',
       "process.on('message', () => void r.close().then(() => process.exit(0)));",
     ].join('\n');
-    const child = spawn('setpriv', ['--bounding-set', drop.join(','), process.execPath, '-e', code], {
-      stdio: ['ignore', 'pipe', 'inherit', 'ipc'],
-    });
+    const [file, ...args] = [...prefix, process.execPath, '-e', code];
+    return spawn(file!, args, { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
+  }
+
+  it('leaves nothing behind when the router is killed: its ports are refused, then free for whoever listens next', async function () {
+    const child = spawnRouter();
+    try {
+      const [report] = (await once(child, 'message')) as [ChildReport];
+      if (report.accept.steering && !report.accept.steering.available) this.skip();
+      expect(report.accept.steering).to.include({ ports: PORTS });
+      const client = await connectTo(base + 3);
+      expect(await readLine(client)).to.equal('b');
+      child.kill('SIGKILL');
+      await once(child, 'close');
+      await closed(client);
+      // No program still steering the port to a listener that is gone, no socket still holding it.
+      const refused = await connectTo(base + 3).then(
+        (s) => {
+          s.destroy();
+          return 'connected';
+        },
+        (e: NodeJS.ErrnoException) => e.code,
+      );
+      expect(refused).to.equal('ECONNREFUSED');
+      other = createServer((s) => s.end('next\n'));
+      other.listen(base + 3, '127.0.0.1');
+      await once(other, 'listening');
+      const next = await connectTo(base + 3);
+      expect(await readLine(next)).to.equal('next');
+      next.destroy();
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    }
+  });
+
+  it('opens a big table with a listening socket per port where the router may not load the program, and says why', async function () {
+    // Without CAP_BPF, CAP_SYS_ADMIN and CAP_NET_ADMIN, as an operator may run the router.
+    const drop = ['-bpf', '-sys_admin', '-net_admin', '-perfmon'];
+    try {
+      execFileSync('setpriv', ['--bounding-set', drop.join(','), 'true']);
+    } catch {
+      this.skip(); // no setpriv, or these capabilities are not known here
+    }
+    const child = spawnRouter(['setpriv', '--bounding-set', drop.join(',')]);
     let logged = '';
     child.stdout?.on('data', (d: Buffer) => (logged += d.toString()));
     try {
-      const [report] = (await once(child, 'message')) as [
-        {
-          failed: number;
-          accept: { native: number; steering?: { available: boolean; reason: string; ports: number } };
-        },
-      ];
+      const [report] = (await once(child, 'message')) as [ChildReport];
       expect(report.failed).to.equal(0);
       expect(report.accept.native).to.equal(PORTS);
       expect(report.accept.steering).to.include({ available: false, ports: 0 });
