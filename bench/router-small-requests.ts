@@ -11,14 +11,14 @@
  * per-round ratios to HAProxy, and the CPU time each proxy's process group spent per request and
  * per connection (steadier than throughput when the machine is shared).
  *
- *   node dist/bench/router-small-requests.js [--rounds 5] [--requests 50000] [--pipeline 1] [--seconds 2] [--baseline DIR] [--workers N] [--threads N]
+ *   node dist/bench/router-small-requests.js [--rounds 5] [--requests 50000] [--pipeline 1] [--test get|set] [--seconds 2] [--baseline DIR] [--workers N] [--threads N]
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { startBackends } from './lib/backends';
 import { runConnRate } from './lib/conn-rate';
 import { startHaproxy, type ProxiedService } from './lib/haproxy';
-import { groupCpuSeconds } from './lib/proc-cpu';
+import { groupCpuSeconds, processSwitches } from './lib/proc-cpu';
 import { acquireRunLock } from './lib/run-lock';
 import { freePort, sleep, stopAll } from './lib/processes';
 import { runRedisBenchmark } from './lib/redis-bench';
@@ -32,7 +32,7 @@ interface Column {
   group: number;
 }
 
-type Key = 'get' | 'conn' | 'getCpuUs' | 'connCpuUs';
+type Key = 'get' | 'conn' | 'getCpuUs' | 'connCpuUs' | 'backendCpuUs' | 'backendSwitches';
 
 function argValue(argv: string[], name: string): string | undefined {
   const i = argv.indexOf(name);
@@ -45,6 +45,10 @@ async function main(): Promise<void> {
   const requests = Number(argValue(argv, '--requests') ?? 50_000);
   const seconds = Number(argValue(argv, '--seconds') ?? 2);
   const pipeline = Number(argValue(argv, '--pipeline') ?? 1);
+  // `--test set`: the same rows with SET (a request the size of its value, a five-byte reply).
+  const test = argValue(argv, '--test') ?? 'get';
+  if (test !== 'get' && test !== 'set') throw new Error(`--test: get or set, not ${test}`);
+  const command = test.toUpperCase();
   const workers = argValue(argv, '--workers') !== undefined ? Number(argValue(argv, '--workers')) : undefined;
   const baseline = argValue(argv, '--baseline');
   // This build's routers run `--threads` relay threads (1 unless given: the CLI's default is the
@@ -86,21 +90,26 @@ async function main(): Promise<void> {
   }
 
   const samples: Record<string, Record<Key, number[]>> = {};
-  for (const c of columns) samples[c.name] = { get: [], conn: [], getCpuUs: [], connCpuUs: [] };
+  for (const c of columns)
+    samples[c.name] = { get: [], conn: [], getCpuUs: [], connCpuUs: [], backendCpuUs: [], backendSwitches: [] };
   for (let round = 0; round < rounds; round++) {
     const order = columns.map((_, i) => columns[(i + round) % columns.length]);
     for (const c of order) {
       const cpu0 = groupCpuSeconds(c.group);
+      const backendCpu0 = groupCpuSeconds(backends.redis.pid);
+      const backendSwitches0 = processSwitches(backends.redis.pid);
       const rows = await runRedisBenchmark({
         host: '127.0.0.1',
         port: c.redisPort,
         clients: 50,
         requests,
         pipeline,
-        tests: ['get'],
+        tests: [test],
       });
       samples[c.name].get.push(rows[0].rps);
       samples[c.name].getCpuUs.push(((groupCpuSeconds(c.group) - cpu0) / requests) * 1e6);
+      samples[c.name].backendCpuUs.push(((groupCpuSeconds(backends.redis.pid) - backendCpu0) / requests) * 1e6);
+      samples[c.name].backendSwitches.push((processSwitches(backends.redis.pid) - backendSwitches0) / requests);
       await sleep(200);
     }
     for (const c of order) {
@@ -117,12 +126,24 @@ async function main(): Promise<void> {
     median(samples[name][key].map((v, i) => v / samples.haproxy[key][i]));
   process.stdout.write(
     `${formatTable(
-      ['column', `GET ops/s -P ${pipeline}`, '/haproxy', 'CPU us/GET', 'new conn/s', '/haproxy', 'CPU us/conn'],
+      [
+        'column',
+        `${command} ops/s -P ${pipeline}`,
+        '/haproxy',
+        `CPU us/${command}`,
+        'redis CPU us',
+        'redis switches',
+        'new conn/s',
+        '/haproxy',
+        'CPU us/conn',
+      ],
       columns.map((c) => [
         c.name,
         formatNumber(median(samples[c.name].get)),
         formatRatio(paired(c.name, 'get')),
         formatNumber(median(samples[c.name].getCpuUs)),
+        formatNumber(median(samples[c.name].backendCpuUs)),
+        median(samples[c.name].backendSwitches).toFixed(3),
         formatNumber(median(samples[c.name].conn)),
         formatRatio(paired(c.name, 'conn')),
         formatNumber(median(samples[c.name].connCpuUs)),
@@ -134,6 +155,7 @@ async function main(): Promise<void> {
     rounds,
     requests,
     pipeline,
+    test,
     seconds,
     workers,
     threads,

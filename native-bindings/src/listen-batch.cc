@@ -5,7 +5,10 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
+#include <fcntl.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -426,6 +429,25 @@ size_t ListenBatch::Close(const std::vector<int>& fds) {
       ring, fds.size(), 1, [&](size_t i) { return fds[i] >= 0; },
       [&](size_t i) { Entry(ring, kOpClose, fds[i], i); }, [&](size_t, int) { failures++; });
   return failures;
+}
+
+void ReserveDescriptors(size_t more) {
+  constexpr size_t kWorthGrowing = 256;
+  constexpr int kSlack = 64;  // descriptors other threads may open meanwhile
+  if (more < kWorthGrowing) return;
+  // The lowest free number: the batch's descriptors take the numbers from here on.
+  const int lowest = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (lowest < 0) return;
+  rlimit limit{};
+  int64_t target = static_cast<int64_t>(lowest) + static_cast<int64_t>(more) + kSlack;
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY) {
+    target = std::min<int64_t>(target, static_cast<int64_t>(limit.rlim_cur) - 1);
+  }
+  if (target > lowest) {
+    const int far = fcntl(lowest, F_DUPFD_CLOEXEC, static_cast<int>(target));
+    if (far >= 0) close(far);
+  }
+  close(lowest);
 }
 
 }  // namespace sf

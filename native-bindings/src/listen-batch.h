@@ -89,4 +89,12 @@ class ListenBatch {
   Ring* ring_ = nullptr;
 };
 
+// Makes room in the process's descriptor table for `more` new descriptors at once. The kernel grows
+// the table by doubling as descriptors are opened, and in a process with threads each growth waits
+// for an RCU grace period (expand_fdtable's synchronize_rcu, milliseconds each), so the 10,000
+// sockets of a new router's first table paid for eight growths: 70-100 ms of its ~110. A
+// descriptor duplicated to the highest number the batch will need grows the table once. Batches
+// under a few hundred descriptors skip it; so does a table already that big (one fcntl finds it).
+void ReserveDescriptors(size_t more);
+
 }  // namespace sf

@@ -1701,6 +1701,7 @@ void Engine::OpenListening(OpenRequest& req, const std::vector<size_t>& idx) {
   // (docs/native-relay.md, "Opening many ports"). Each share's ports are watched by one loop
   // thread, so that no two shares register with the same epoll set.
   const size_t shares = OpenShares(n, loops_.size());
+  ReserveDescriptors(n);
   size_t first_loop = 0;
   if (shares > 1) {
     std::lock_guard<std::mutex> lock(ports_mu_);
@@ -1871,6 +1872,7 @@ void Engine::OpenSteered(OpenRequest& req, std::vector<size_t>* idx) {
   // The reserving sockets open in shares on threads of their own, as listening sockets do
   // (OpenListening); no client can reach a port before it is claimed below.
   const size_t shares = OpenShares(n, loops_.size());
+  ReserveDescriptors(n);
   // The ports are made here: on a helper thread each allocation would come from a fresh malloc
   // arena, page by page (~2 µs a port).
   for (size_t j = 0; j < n; j++) {

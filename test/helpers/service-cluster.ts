@@ -4,6 +4,7 @@
  * ports, with route ports and instance ports picked to avoid other suites. `stop()` ends every
  * process it started, including engines left behind by a SIGKILLed cell.
  */
+import { readFileSync } from 'node:fs';
 import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -67,7 +68,30 @@ export const FAST_SERVICE_PLANE = { leaderTtlMs: 1_500, leaderRenewMs: 300, conv
 /** Blocks handed out and not yet released, as [first, end) ranges: never handed out twice. */
 const heldBlocks = new Map<number, number>();
 /** Blocks released earlier in this process: tried last, so a just-stopped cluster's ports rest. */
-const releasedBlocks = new Set<number>();
+const releasedBlocks = new Map<number, number>();
+
+/**
+ * Local ports of every TCP socket the kernel lists, TIME_WAIT included: a port a connection of an
+ * earlier test still holds passes `canBind` (Node listens with SO_REUSEADDR) but not a bind
+ * without it, which a steered port's reservation makes.
+ */
+function tcpPortsInUse(): Set<number> {
+  const ports = new Set<number>();
+  for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch {
+      continue; // no IPv6 here
+    }
+    for (const line of text.split('\n').slice(1)) {
+      const local = line.trim().split(/\s+/)[1];
+      const port = local?.slice(local.lastIndexOf(':') + 1);
+      if (port) ports.add(parseInt(port, 16));
+    }
+  }
+  return ports;
+}
 
 function canBind(port: number): Promise<boolean> {
   return new Promise((resolve) => {
@@ -77,8 +101,8 @@ function canBind(port: number): Promise<boolean> {
   });
 }
 
-function overlapsHeld(base: number, size: number): boolean {
-  for (const [first, end] of heldBlocks) if (base < end && first < base + size) return true;
+function overlaps(blocks: Map<number, number>, base: number, size: number): boolean {
+  for (const [first, end] of blocks) if (base < end && first < base + size) return true;
   return false;
 }
 
@@ -95,10 +119,15 @@ export async function freePortBlock(size = 100): Promise<number> {
     const j = Math.floor(Math.random() * (i + 1));
     [bases[i], bases[j]] = [bases[j], bases[i]];
   }
-  // Released blocks come last: a long suite starts more clusters than there are blocks.
-  const ordered = [...bases.filter((b) => !releasedBlocks.has(b)), ...bases.filter((b) => releasedBlocks.has(b))];
+  // Blocks overlapping a released one come last: a long suite starts more clusters than there are
+  // blocks, and a released port may still be taken by a connection in TIME_WAIT, which a bind
+  // without SO_REUSEADDR (a steered port's reservation) is refused.
+  const used = (b: number): boolean => overlaps(releasedBlocks, b, size);
+  const ordered = [...bases.filter((b) => !used(b)), ...bases.filter(used)];
+  const inUse = tcpPortsInUse();
   for (const base of ordered) {
-    if (overlapsHeld(base, size)) continue;
+    if (overlaps(heldBlocks, base, size)) continue;
+    if (Array.from({ length: size }, (_, i) => base + i).some((p) => inUse.has(p))) continue;
     // Held before the asynchronous check, so a concurrent caller cannot take the same block.
     heldBlocks.set(base, base + size);
     const checks = await Promise.all(Array.from({ length: size }, (_, i) => canBind(base + i)));
@@ -110,7 +139,8 @@ export async function freePortBlock(size = 100): Promise<number> {
 
 /** Gives back a block from `freePortBlock` once nothing of its owner listens on it any more. */
 export function releasePortBlock(base: number): void {
-  if (heldBlocks.delete(base)) releasedBlocks.add(base);
+  const end = heldBlocks.get(base);
+  if (end !== undefined && heldBlocks.delete(base)) releasedBlocks.set(base, end);
 }
 
 /** Removes every container (engine or sidecar) whose cell's data directory lies under `dataDir`. */

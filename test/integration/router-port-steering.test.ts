@@ -82,7 +82,10 @@ describe('router: many ports through one listening socket', function () {
     harness = await startSteered.call(this, table(1, range(base, PORTS)));
     const status = harness.router.status();
     expect(status.accept.native).to.equal(PORTS);
-    expect(status.accept.steering).to.include({ available: true, listeners: 1 });
+    expect(status.accept.steering).to.include({ available: true });
+    // One steering listener per set of accept options in the process: this table's plain one, and a
+    // terminating one if an earlier test of this process steered TLS ports. Never one per port.
+    expect(status.accept.steering?.listeners).to.be.within(1, 2);
     // A port whose number is still taken by an earlier connection's TIME_WAIT (a reserving bind
     // takes no SO_REUSEADDR) gets a listening socket of its own instead; all others are steered.
     const own = listeningPorts();
