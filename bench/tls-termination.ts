@@ -18,7 +18,15 @@
  * before and after each thread count.
  *
  *   node dist/bench/tls-termination.js [--quick] [--rounds N] [--threads 1,2] [--redis-only] [--engine]
- *                                      [--reencrypt]
+ *                                      [--reencrypt] [--conn-only] [--conn-parallel N] [--haproxy-suites router]
+ *
+ * The router prefers TLS_AES_128_GCM_SHA256 (router/tls-suites.ts); HAProxy runs with OpenSSL's
+ * default order (TLS_AES_256_GCM_SHA384 first) unless `--haproxy-suites router` gives it the
+ * router's, which isolates the proxies from the choice of suite.
+ *
+ * `--conn-only` runs just the new-connection rows, with `--conn-parallel N` `openssl s_time`
+ * clients at once (4 unless given): with one, the rate is the inverse of a handshake's latency
+ * through each proxy; with more clients than cores, of the CPU they all spend.
  *
  * `--redis-only` runs just the redis-benchmark rows through the router (plaintext, client TLS,
  * client + engine TLS); `--engine` adds the client + engine TLS and SET rows to a full run.
@@ -51,6 +59,7 @@ import { runRedisBenchmark } from './lib/redis-bench';
 import { formatNumber, formatRatio, formatTable, median, writeResults } from './lib/report';
 import { acquireRunLock } from './lib/run-lock';
 import { sfCliPath } from './lib/router-process';
+import { TLS13_CIPHERSUITES } from '../router/tls-suites';
 
 interface Settings {
   rounds: number;
@@ -59,6 +68,14 @@ interface Settings {
   bulkMb: number;
   redisRequests: number;
   redisOnly: boolean;
+  /** `--conn-only`: just the new-connection rows (`--conn-parallel N` clients, 4 unless given). */
+  connOnly: boolean;
+  /**
+   * `--haproxy-suites router`: HAProxy is given the router's TLS 1.3 suite order (its
+   * `ssl-default-bind-ciphersuites` and `ssl-default-server-ciphersuites`) instead of OpenSSL's
+   * default, so that both proxies negotiate the same suite and only the proxies differ.
+   */
+  haproxySameSuites: boolean;
   engine: boolean;
   reencrypt: boolean;
   reconnRequests: number;
@@ -73,15 +90,32 @@ function parseArgs(argv: string[]): Settings {
   return {
     rounds,
     connSeconds: quick ? 3 : 5,
-    connParallel: 4,
+    connParallel: positiveInt(argv, '--conn-parallel', 4),
     bulkMb: quick ? 128 : 512,
     redisRequests: quick ? 50_000 : 200_000,
     redisOnly: argv.includes('--redis-only'),
+    connOnly: argv.includes('--conn-only'),
+    haproxySameSuites: argv.includes('--haproxy-suites') && argv[argv.indexOf('--haproxy-suites') + 1] === 'router',
     engine: argv.includes('--engine'),
     reencrypt: argv.includes('--reencrypt'),
     reconnRequests: quick ? 5_000 : 20_000,
     threads: parseThreads(argv),
   };
+}
+
+/** HAProxy's global lines for `--haproxy-suites router`. */
+function haproxySuites(settings: Settings): string[] {
+  if (!settings.haproxySameSuites) return [];
+  const suites = TLS13_CIPHERSUITES.join(':');
+  return [`  ssl-default-bind-ciphersuites ${suites}`, `  ssl-default-server-ciphersuites ${suites}`];
+}
+
+function positiveInt(argv: string[], name: string, fallback: number): number {
+  const i = argv.indexOf(name);
+  if (i < 0) return fallback;
+  const n = Number(argv[i + 1]);
+  if (!Number.isInteger(n) || n < 1 || n > 256) throw new Error(`${name} must be an integer 1-256`);
+  return n;
 }
 
 function parseThreads(argv: string[]): number[] {
@@ -332,6 +366,7 @@ async function runFor(
     'global',
     `  nbthread ${threads}`,
     '  maxconn 4000',
+    ...haproxySuites(settings),
     'defaults',
     '  mode tcp',
     '  timeout connect 5s',
@@ -403,9 +438,11 @@ async function runFor(
   ];
   const steps = settings.redisOnly
     ? allSteps.filter(([key]) => /^(get|set)_router_/.test(key))
-    : settings.engine
-      ? allSteps
-      : allSteps.filter(([key]) => !/^set_|_engine$/.test(key));
+    : settings.connOnly
+      ? allSteps.filter(([key]) => key.startsWith('conn_'))
+      : settings.engine
+        ? allSteps
+        : allSteps.filter(([key]) => !/^set_|_engine$/.test(key));
   for (let round = 0; round < settings.rounds; round++) {
     const order = [...steps.slice(round % steps.length), ...steps.slice(0, round % steps.length)];
     for (const [key, fn] of order) {
@@ -484,7 +521,7 @@ async function runFor(
   const bulkBy = bulkClient
     ? `bulk: ${threads} stream(s) of ${settings.bulkMb} MB each from bench/native/tls-bulk-client.c`
     : `bulk: one stream of ${settings.bulkMb} MB from Node's TLS client`;
-  const header = `router relay: ${health.relay}; ${await haproxyVersion()}; rounds ${settings.rounds}; ${bulkBy}`;
+  const header = `router relay: ${health.relay}; ${await haproxyVersion()} (TLS 1.3 suites: ${settings.haproxySameSuites ? "the router's order" : "OpenSSL's default order"}); rounds ${settings.rounds}; ${bulkBy}`;
   const raw = Object.entries(samples)
     .map(([k, v]) => `${k}: ${v.map((x) => formatNumber(x)).join(' / ')}`)
     .join('\n');
@@ -557,6 +594,7 @@ async function runReencrypt(
     'global',
     `  nbthread ${threads}`,
     '  maxconn 4000',
+    ...haproxySuites(settings),
     'defaults',
     '  mode tcp',
     '  timeout connect 5s',
@@ -654,7 +692,7 @@ async function runReencrypt(
   const bulkBy = bulkClient
     ? `bulk: ${threads} stream(s) of ${settings.bulkMb} MB each from bench/native/tls-bulk-client.c`
     : `bulk: one stream of ${settings.bulkMb} MB from Node's TLS client`;
-  const header = `router relay: ${health.relay}; ${await haproxyVersion()}; rounds ${settings.rounds}; ${bulkBy}`;
+  const header = `router relay: ${health.relay}; ${await haproxyVersion()} (TLS 1.3 suites: ${settings.haproxySameSuites ? "the router's order" : "OpenSSL's default order"}); rounds ${settings.rounds}; ${bulkBy}`;
   const raw = Object.entries(samples)
     .map(([k, v]) => `${k}: ${v.map((x) => formatNumber(x)).join(' / ')}`)
     .join('\n');

@@ -11,6 +11,7 @@ import { readFileSync, statSync } from 'node:fs';
 import { connect as netConnect, isIP, type LookupFunction, type Socket } from 'node:net';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { clientTls, type Backend, type Route } from '../protocol';
+import { ROUTER_CIPHERS } from './tls-suites';
 
 /** PostgreSQL's SSLRequest: length 8, code 1234.5679. */
 const SSL_REQUEST = Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
@@ -91,7 +92,14 @@ export function connectBackendTls(
   const secure = (): TLSSocket | undefined => {
     let tls: TLSSocket;
     try {
-      tls = tlsConnect({ socket: plain, host, servername, ...(ca ? { ca } : {}), ...(identity ?? {}) });
+      tls = tlsConnect({
+        socket: plain,
+        host,
+        servername,
+        ciphers: ROUTER_CIPHERS,
+        ...(ca ? { ca } : {}),
+        ...(identity ?? {}),
+      });
     } catch (err) {
       // A certificate read in the middle of its renewal (the new certificate, the old key): the
       // context cannot be built; this backend fails like any TLS failure, the next try rereads.

@@ -8,6 +8,7 @@ import { readFileSync, statSync } from 'node:fs';
 import { createSecureContext, type SecureContext } from 'node:tls';
 import { ErrorCode, SfError } from '../common';
 import type { RouteTls } from '../protocol';
+import { ROUTER_CIPHERS } from './tls-suites';
 
 /** @default how often (at most) a handshake checks whether the files changed: 1000 ms */
 export const DEFAULT_TLS_RELOAD_CHECK_MS = 1_000;
@@ -78,6 +79,9 @@ export class ServerTlsContext {
         key: readFileSync(keyFile!),
         ...(clientCaFile ? { ca: readFileSync(clientCaFile) } : {}),
         minVersion,
+        // The router's order of suites decides (as HAProxy's and the native relay's do).
+        ciphers: ROUTER_CIPHERS,
+        honorCipherOrder: true,
       });
       if (this.context) this.reloads++;
       this.context = context;

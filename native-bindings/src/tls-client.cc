@@ -1,6 +1,7 @@
 // TLS to backends on the native accept path (tls-client.h).
 
 #include "tls-client.h"
+#include "tls-suites.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -83,7 +84,7 @@ void TlsClient::Load() {
   }
   made->ctx = ctx;
   // Node's defaults for tls.connect: TLS 1.2 at least, the peer verified.
-  bool ok = SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) == 1;
+  bool ok = SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) == 1 && SSL_CTX_set_ciphersuites(ctx, kTls13Ciphersuites) == 1;
   // With a CA file only that CA is trusted (the platform CA), as Node's `ca` option replaces its
   // roots; without one the system's CAs.
   if (ok && !spec.ca_file.empty()) ok = SSL_CTX_load_verify_locations(ctx, spec.ca_file.c_str(), nullptr) == 1;

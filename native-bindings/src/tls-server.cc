@@ -2,6 +2,7 @@
 
 #include "tls-server.h"
 #include "socket-bio.h"
+#include "tls-suites.h"
 
 #include <openssl/err.h>
 #include <sys/stat.h>
@@ -118,6 +119,7 @@ void TlsServer::Load() {
     return;
   }
   bool ok = SSL_CTX_set_min_proto_version(ctx, spec.min_version) == 1 &&
+            SSL_CTX_set_ciphersuites(ctx, kTls13Ciphersuites) == 1 &&
             SSL_CTX_use_certificate_chain_file(ctx, spec.cert_file.c_str()) == 1 &&
             SSL_CTX_use_PrivateKey_file(ctx, spec.key_file.c_str(), SSL_FILETYPE_PEM) == 1 &&
             SSL_CTX_check_private_key(ctx) == 1;

@@ -241,6 +241,33 @@ describe('router TLS with clients', function () {
       expect(stats.tlsHandshakes).to.be.at.least(2);
     });
 
+    it("picks AES-128-GCM with SHA-256 for a client that prefers AES-256 (OpenSSL's default order), and serves one that offers only AES-256", async () => {
+      const caPem = readFileSync(ca.certFile);
+      const suiteWith = (ciphers?: string): Promise<string> =>
+        new Promise((resolve, reject) => {
+          const s = tlsConnect(
+            {
+              port: port.echo!,
+              host: '127.0.0.1',
+              servername: 'localhost',
+              ca: caPem,
+              minVersion: 'TLSv1.3',
+              ...(ciphers ? { ciphers } : {}),
+            },
+            () => {
+              const name = s.getCipher().name;
+              s.end();
+              resolve(name);
+            },
+          );
+          s.on('error', reject);
+        });
+      // Node's client offers TLS_AES_256_GCM_SHA384 first; the router's order decides.
+      expect(await suiteWith()).to.equal('TLS_AES_128_GCM_SHA256');
+      expect(await suiteWith('TLS_AES_256_GCM_SHA384')).to.equal('TLS_AES_256_GCM_SHA384');
+      expect(await suiteWith('TLS_CHACHA20_POLY1305_SHA256')).to.equal('TLS_CHACHA20_POLY1305_SHA256');
+    });
+
     it('gives TLS 1.3 session tickets with the first bytes of a client that talks, or of a backend that speaks first, and resumes with them', async () => {
       const caPem = readFileSync(ca.certFile);
       const open = (
