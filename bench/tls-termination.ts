@@ -2,7 +2,9 @@
  * Question: what does TLS termination in the router cost, next to HAProxy 2.6 terminating TLS on
  * the same backends in the same run, and next to the router's own plaintext path?
  *
- * - new TLS connections per second: `openssl s_time -new` (a full handshake per connection),
+ * - new TLS connections per second: a full handshake per connection, closed at once, from
+ *   bench/native/tls-handshake-client.c (one SSL_CTX for all its connections; `--conn-client
+ *   s_time` for `openssl s_time -new`, which spends four times the proxy's CPU per handshake),
  *   several in parallel, against the router's terminating route and HAProxy's `bind ... ssl`;
  * - bulk throughput: one TLS connection carrying a stream to a discarding backend;
  * - redis-benchmark GET over TLS (router, HAProxy) and over plaintext (router, direct);
@@ -71,6 +73,11 @@ interface Settings {
   /** `--conn-only`: just the new-connection rows (`--conn-parallel N` clients, 4 unless given). */
   connOnly: boolean;
   /**
+   * `--conn-client s_time`: the new-connection rows with `openssl s_time -new` (earlier rounds'
+   * client) instead of bench/native/tls-handshake-client.c.
+   */
+  connClient: 'native' | 's_time';
+  /**
    * `--haproxy-suites router`: HAProxy is given the router's TLS 1.3 suite order (its
    * `ssl-default-bind-ciphersuites` and `ssl-default-server-ciphersuites`) instead of OpenSSL's
    * default, so that both proxies negotiate the same suite and only the proxies differ.
@@ -95,6 +102,8 @@ function parseArgs(argv: string[]): Settings {
     redisRequests: quick ? 50_000 : 200_000,
     redisOnly: argv.includes('--redis-only'),
     connOnly: argv.includes('--conn-only'),
+    connClient:
+      argv.includes('--conn-client') && argv[argv.indexOf('--conn-client') + 1] === 's_time' ? 's_time' : 'native',
     haproxySameSuites: argv.includes('--haproxy-suites') && argv[argv.indexOf('--haproxy-suites') + 1] === 'router',
     engine: argv.includes('--engine'),
     reencrypt: argv.includes('--reencrypt'),
@@ -145,13 +154,39 @@ function cpuMs(pid: number): number {
   return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
 }
 
-/** Full handshakes per second: `parallel` openssl s_time processes, summed; and the connections made. */
+/**
+ * Full handshakes per second: `parallel` clients, summed; the handshakes made; and the clients' CPU
+ * per handshake when the client reports it. The client is bench/native/tls-handshake-client.c
+ * when it was built (`handshakeClient`), else `openssl s_time -new`.
+ */
 async function connRate(
   port: number,
   caFile: string,
   seconds: number,
   parallel: number,
-): Promise<{ rate: number; count: number }> {
+  handshakeClient: string | undefined,
+): Promise<{ rate: number; count: number; clientCpuUs?: number }> {
+  if (handshakeClient) {
+    const runs = await Promise.all(
+      Array.from({ length: parallel }, (_, k) =>
+        runToCompletion(`handshakes-${k}`, handshakeClient, [String(port), caFile, 'localhost', String(seconds)], {
+          timeoutMs: (seconds + 30) * 1000,
+        }),
+      ),
+    );
+    let rate = 0;
+    let count = 0;
+    let cpu = 0;
+    for (const r of runs) {
+      const [made, took, used] = r.stdout.trim().split(' ').map(Number);
+      if (r.code !== 0 || !Number.isFinite(made) || !took || !Number.isFinite(used))
+        throw new Error(`handshake client failed: ${r.stdout.slice(0, 200)}${r.stderr.slice(0, 500)}`);
+      rate += made! / took;
+      count += made!;
+      cpu += used!;
+    }
+    return { rate, count, clientCpuUs: (cpu * 1e6) / Math.max(1, count) };
+  }
   const runs = await Promise.all(
     Array.from({ length: parallel }, (_, k) =>
       runToCompletion(
@@ -172,6 +207,24 @@ async function connRate(
     count += Number(m[1]);
   }
   return { rate: total, count };
+}
+
+/**
+ * Builds bench/native/tls-handshake-client.c into `dir`; undefined (and `openssl s_time` used)
+ * without a compiler and libssl-dev, or with `--conn-client s_time`.
+ */
+async function buildHandshakeClient(dir: string, settings: Settings): Promise<string | undefined> {
+  if (settings.connClient === 's_time') return undefined;
+  const source = join(__dirname, '..', '..', 'bench', 'native', 'tls-handshake-client.c');
+  const out = join(dir, 'tls-handshake-client');
+  const r = await runToCompletion('cc', 'cc', ['-O2', '-o', out, source, '-lssl', '-lcrypto'], { timeoutMs: 60_000 });
+  if (r.code !== 0) {
+    process.stderr.write(
+      `handshake client not built (${r.stderr.trim().split('\n')[0] ?? ''}); using openssl s_time\n`,
+    );
+    return undefined;
+  }
+  return out;
 }
 
 /**
@@ -310,6 +363,7 @@ async function runFor(
   const cert = await ca.ensure('bench', ['localhost', '127.0.0.1']);
   const caPem = readFileSync(ca.certFile);
   const bulkClient = await buildBulkClient(dir);
+  const handshakeClient = await buildHandshakeClient(dir, settings);
   // One stream per thread, so that every thread of both has one to carry.
   const runBulk = (port: number): Promise<number> =>
     bulkClient
@@ -411,8 +465,9 @@ async function runFor(
   // throughput swings with the neighbours' load, CPU per unit of work much less.
   const connWithCpu = async (who: string, pid: number, port: number): Promise<number> => {
     const before = cpuMs(pid);
-    const r = await connRate(port, ca.certFile, settings.connSeconds, settings.connParallel);
+    const r = await connRate(port, ca.certFile, settings.connSeconds, settings.connParallel, handshakeClient);
     add(`cpu_us_per_conn_${who}`, ((cpuMs(pid) - before) * 1000) / Math.max(1, r.count));
+    if (r.clientCpuUs !== undefined) add(`client_cpu_us_per_conn_${who}`, r.clientCpuUs);
     return r.rate;
   };
   const bulkWithCpu = async (who: string, pid: number, port: number): Promise<number> => {
@@ -478,6 +533,16 @@ async function runFor(
         formatNumber(m('cpu_us_per_conn_haproxy')),
         formatRatio(m('cpu_us_per_conn_router') / m('cpu_us_per_conn_haproxy')),
       ],
+      ...(samples.client_cpu_us_per_conn_router
+        ? [
+            [
+              "clients' CPU µs per handshake",
+              formatNumber(m('client_cpu_us_per_conn_router')),
+              formatNumber(m('client_cpu_us_per_conn_haproxy')),
+              formatRatio(m('client_cpu_us_per_conn_router') / m('client_cpu_us_per_conn_haproxy')),
+            ],
+          ]
+        : []),
       [
         'CPU ms per GB of bulk TLS (lower is better)',
         formatNumber(m('cpu_ms_per_gb_router')),
@@ -521,7 +586,7 @@ async function runFor(
   const bulkBy = bulkClient
     ? `bulk: ${threads} stream(s) of ${settings.bulkMb} MB each from bench/native/tls-bulk-client.c`
     : `bulk: one stream of ${settings.bulkMb} MB from Node's TLS client`;
-  const header = `router relay: ${health.relay}; ${await haproxyVersion()} (TLS 1.3 suites: ${settings.haproxySameSuites ? "the router's order" : "OpenSSL's default order"}); rounds ${settings.rounds}; ${bulkBy}`;
+  const header = `router relay: ${health.relay}; ${await haproxyVersion()} (TLS 1.3 suites: ${settings.haproxySameSuites ? "the router's order" : "OpenSSL's default order"}); rounds ${settings.rounds}; ${bulkBy}; handshakes: ${settings.connParallel} x ${handshakeClient ? 'bench/native/tls-handshake-client.c' : 'openssl s_time -new'}`;
   const raw = Object.entries(samples)
     .map(([k, v]) => `${k}: ${v.map((x) => formatNumber(x)).join(' / ')}`)
     .join('\n');
