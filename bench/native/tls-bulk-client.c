@@ -20,11 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec / 1e9;
-}
+#include "tls-client-common.h"
+
 
 int main(int argc, char** argv) {
   if (argc != 5) {
@@ -33,18 +30,10 @@ int main(int argc, char** argv) {
   }
   const int port = atoi(argv[1]);
   const long long total = atoll(argv[4]) * 1024 * 1024;
-  SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
-  if (SSL_CTX_load_verify_locations(ctx, argv[2], NULL) != 1) {
-    ERR_print_errors_fp(stderr);
-    return 1;
-  }
-  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+  SSL_CTX* ctx = verifying_client_ctx(argv[2]);
+  if (ctx == NULL) return 1;
   int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in addr;
-  memset(&addr, 0, sizeof addr);
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  const struct sockaddr_in addr = loopback_port(port);
   const double started = now();
   if (connect(fd, (struct sockaddr*)&addr, sizeof addr) != 0) {
     perror("connect");

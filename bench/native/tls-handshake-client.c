@@ -23,11 +23,8 @@
 #include <time.h>
 #include <unistd.h>
 
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec / 1e9;
-}
+#include "tls-client-common.h"
+
 
 int main(int argc, char** argv) {
   if (argc != 5) {
@@ -36,19 +33,11 @@ int main(int argc, char** argv) {
   }
   const int port = atoi(argv[1]);
   const double seconds = atof(argv[4]);
-  SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
-  if (ctx == NULL || SSL_CTX_load_verify_locations(ctx, argv[2], NULL) != 1) {
-    ERR_print_errors_fp(stderr);
-    return 1;
-  }
-  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+  SSL_CTX* ctx = verifying_client_ctx(argv[2]);
+  if (ctx == NULL) return 1;
   /* Every handshake a full one, as with s_time -new. */
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-  struct sockaddr_in addr;
-  memset(&addr, 0, sizeof addr);
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  const struct sockaddr_in addr = loopback_port(port);
   long handshakes = 0;
   const double started = now();
   double elapsed = 0;
