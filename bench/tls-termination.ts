@@ -6,6 +6,8 @@
  *   bench/native/tls-handshake-client.c (one SSL_CTX for all its connections; `--conn-client
  *   s_time` for `openssl s_time -new`, which spends four times the proxy's CPU per handshake),
  *   several in parallel, against the router's terminating route and HAProxy's `bind ... ssl`;
+ * - new TLS connections per second with a GET on each (redis-benchmark `-k 0`, 50 clients): the
+ *   handshake, a request and its reply, then close;
  * - bulk throughput: one TLS connection carrying a stream to a discarding backend;
  * - redis-benchmark GET over TLS (router, HAProxy) and over plaintext (router, direct);
  * - redis-benchmark GET and SET through the router with TLS all the way (the client's TLS
@@ -470,6 +472,23 @@ async function runFor(
     if (r.clientCpuUs !== undefined) add(`client_cpu_us_per_conn_${who}`, r.clientCpuUs);
     return r.rate;
   };
+  // A client that talks: redis-benchmark with a new TLS connection per GET (`-k 0`), so that each
+  // connection carries a request and its reply (and the session tickets a server sends with them).
+  const getPerConnection = async (who: string, pid: number, port: number): Promise<number> => {
+    const before = cpuMs(pid);
+    const rows = await runRedisBenchmark({
+      host: '127.0.0.1',
+      port,
+      clients: 50,
+      requests: settings.reconnRequests,
+      pipeline: 1,
+      tests: ['get'],
+      keepAlive: false,
+      tls: { caFile: ca.certFile, sni: 'localhost' },
+    });
+    add(`cpu_us_per_getconn_${who}`, ((cpuMs(pid) - before) * 1000) / settings.reconnRequests);
+    return rows[0]!.rps;
+  };
   const bulkWithCpu = async (who: string, pid: number, port: number): Promise<number> => {
     const before = cpuMs(pid);
     const rate = await runBulk(port);
@@ -480,6 +499,8 @@ async function runFor(
   const allSteps: Array<[string, () => Promise<number>]> = [
     ['conn_router', () => connWithCpu('router', router.pid, ports.routerTlsRedis)],
     ['conn_haproxy', () => connWithCpu('haproxy', haproxy.pid, ports.haproxyTlsRedis)],
+    ['getconn_router', () => getPerConnection('router', router.pid, ports.routerTlsRedis)],
+    ['getconn_haproxy', () => getPerConnection('haproxy', haproxy.pid, ports.haproxyTlsRedis)],
     ['bulk_router', () => bulkWithCpu('router', router.pid, ports.routerTlsSink)],
     ['bulk_haproxy', () => bulkWithCpu('haproxy', haproxy.pid, ports.haproxyTlsSink)],
     ['get_router_tls', () => redisGet(ports.routerTlsRedis, true)],
@@ -494,7 +515,7 @@ async function runFor(
   const steps = settings.redisOnly
     ? allSteps.filter(([key]) => /^(get|set)_router_/.test(key))
     : settings.connOnly
-      ? allSteps.filter(([key]) => key.startsWith('conn_'))
+      ? allSteps.filter(([key]) => key.startsWith('conn_') || key.startsWith('getconn_'))
       : settings.engine
         ? allSteps
         : allSteps.filter(([key]) => !/^set_|_engine$/.test(key));
@@ -514,6 +535,18 @@ async function runFor(
         formatNumber(m('conn_router')),
         formatNumber(m('conn_haproxy')),
         formatRatio(m('conn_router') / m('conn_haproxy')),
+      ],
+      [
+        'new TLS conn/s, a GET on each (-k 0)',
+        formatNumber(m('getconn_router')),
+        formatNumber(m('getconn_haproxy')),
+        formatRatio(m('getconn_router') / m('getconn_haproxy')),
+      ],
+      [
+        'CPU µs per such connection (lower is better)',
+        formatNumber(m('cpu_us_per_getconn_router')),
+        formatNumber(m('cpu_us_per_getconn_haproxy')),
+        formatRatio(m('cpu_us_per_getconn_router') / m('cpu_us_per_getconn_haproxy')),
       ],
       [
         'bulk TLS MB/s',

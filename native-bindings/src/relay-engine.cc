@@ -825,6 +825,12 @@ Pair::StartResult Pair::RunStart(int64_t now, CloseEvent* ev) {
         const int r = SSL_do_handshake(ssl_);
         if (r == 1) {
           start_handshakes_++;
+          // Nothing answers the client's Finished (the session tickets wait for its first bytes),
+          // and after the server's flight the socket delays its ACKs, so a client without
+          // TCP_NODELAY (hiredis, many drivers) held its first request back for the 40 ms of a
+          // delayed ACK (Nagle waits for the Finished to be acknowledged). Acknowledge it now.
+          const int quick = 1;
+          setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &quick, sizeof quick);
           start_ = Start::kNone;
           // What came with the end of the handshake (OpenSSL reads ahead) is read before a
           // backend is connected: a client that already ended (a handshake-only check, `openssl

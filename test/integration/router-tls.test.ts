@@ -241,6 +241,26 @@ describe('router TLS with clients', function () {
       expect(stats.tlsHandshakes).to.be.at.least(2);
     });
 
+    it('answers the first request of a new connection from a client without TCP_NODELAY without waiting for a delayed ACK', async () => {
+      // hiredis (redis-benchmark) writes its first command right after its Finished, and Nagle
+      // holds it until the Finished is acknowledged; nothing the router sends answers the Finished
+      // (the session tickets wait for the first bytes), so without an immediate ACK every such
+      // connection waited for the kernel's delayed-ACK timer, 40 ms at least (TCP_DELACK_MIN).
+      // Ten connections one after another, a GET on each: the fastest shows whether any waited.
+      const r = await run(
+        'redis-benchmark',
+        [
+          ...['--tls', '--cacert', ca.certFile, '--sni', 'localhost', '-h', '127.0.0.1', '-p', String(port.redis!)],
+          ...['-c', '1', '-n', '10', '-k', '0', '-t', 'get', '--csv'],
+        ],
+        '',
+      );
+      const row = r.stdout.split('\n').find((l) => l.startsWith('"GET"'));
+      expect(row, r.stdout + r.stderr).to.not.equal(undefined);
+      const minMs = Number(JSON.parse(`[${row!}]`)[3]);
+      expect(minMs, row).to.be.below(35);
+    });
+
     it("picks AES-128-GCM with SHA-256 for a client that prefers AES-256 (OpenSSL's default order), and serves one that offers only AES-256", async () => {
       const caPem = readFileSync(ca.certFile);
       const suiteWith = (ciphers?: string): Promise<string> =>
