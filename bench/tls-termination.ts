@@ -212,6 +212,30 @@ async function connRate(
 }
 
 /**
+ * GETs per second with a new TLS connection for each (redis-benchmark `-k 0`, 50 clients), and
+ * the CPU the proxy `pid` spent per connection, in µs.
+ */
+async function getOnNewConnections(
+  port: number,
+  caFile: string,
+  requests: number,
+  pid: number,
+): Promise<{ rps: number; cpuUs: number }> {
+  const before = cpuMs(pid);
+  const rows = await runRedisBenchmark({
+    host: '127.0.0.1',
+    port,
+    clients: 50,
+    requests,
+    pipeline: 1,
+    tests: ['get'],
+    keepAlive: false,
+    tls: { caFile, sni: 'localhost' },
+  });
+  return { rps: rows[0]!.rps, cpuUs: ((cpuMs(pid) - before) * 1000) / requests };
+}
+
+/**
  * Builds bench/native/tls-handshake-client.c into `dir`; undefined (and `openssl s_time` used)
  * without a compiler and libssl-dev, or with `--conn-client s_time`.
  */
@@ -475,19 +499,9 @@ async function runFor(
   // A client that talks: redis-benchmark with a new TLS connection per GET (`-k 0`), so that each
   // connection carries a request and its reply (and the session tickets a server sends with them).
   const getPerConnection = async (who: string, pid: number, port: number): Promise<number> => {
-    const before = cpuMs(pid);
-    const rows = await runRedisBenchmark({
-      host: '127.0.0.1',
-      port,
-      clients: 50,
-      requests: settings.reconnRequests,
-      pipeline: 1,
-      tests: ['get'],
-      keepAlive: false,
-      tls: { caFile: ca.certFile, sni: 'localhost' },
-    });
-    add(`cpu_us_per_getconn_${who}`, ((cpuMs(pid) - before) * 1000) / settings.reconnRequests);
-    return rows[0]!.rps;
+    const r = await getOnNewConnections(port, ca.certFile, settings.reconnRequests, pid);
+    add(`cpu_us_per_getconn_${who}`, r.cpuUs);
+    return r.rps;
   };
   const bulkWithCpu = async (who: string, pid: number, port: number): Promise<number> => {
     const before = cpuMs(pid);
@@ -721,19 +735,9 @@ async function runReencrypt(
   };
   const tlsOptions = { caFile: ca.certFile, sni: 'localhost' };
   const reconnect = async (who: string, pid: number, port: number): Promise<number> => {
-    const before = cpuMs(pid);
-    const rows = await runRedisBenchmark({
-      host: '127.0.0.1',
-      port,
-      clients: 50,
-      requests: settings.reconnRequests,
-      pipeline: 1,
-      tests: ['get'],
-      keepAlive: false,
-      tls: tlsOptions,
-    });
-    add(`cpu_us_per_conn_${who}`, ((cpuMs(pid) - before) * 1000) / settings.reconnRequests);
-    return rows[0]!.rps;
+    const r = await getOnNewConnections(port, ca.certFile, settings.reconnRequests, pid);
+    add(`cpu_us_per_conn_${who}`, r.cpuUs);
+    return r.rps;
   };
   const bulkWithCpu = async (who: string, pid: number, port: number): Promise<number> => {
     const before = cpuMs(pid);
