@@ -39,14 +39,8 @@ int main(int argc, char** argv) {
     perror("connect");
     return 1;
   }
-  SSL* ssl = SSL_new(ctx);
-  SSL_set_fd(ssl, fd);
-  SSL_set_tlsext_host_name(ssl, argv[3]);
-  SSL_set1_host(ssl, argv[3]);
-  if (SSL_connect(ssl) != 1) {
-    ERR_print_errors_fp(stderr);
-    return 1;
-  }
+  SSL* ssl = tls_handshake(ctx, fd, argv[3]);
+  if (ssl == NULL) return 1;
   static char buf[64 * 1024];
   memset(buf, 'a', sizeof buf);
   long long sent = 0;

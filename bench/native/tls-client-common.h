@@ -28,6 +28,21 @@ static inline SSL_CTX* verifying_client_ctx(const char* ca_file) {
   return ctx;
 }
 
+/* A TLS client on connected socket FD, verifying SERVERNAME (and sending it as SNI), after its
+ * handshake; NULL (with OpenSSL's errors printed) if the handshake failed. */
+static inline SSL* tls_handshake(SSL_CTX* ctx, int fd, const char* servername) {
+  SSL* ssl = SSL_new(ctx);
+  SSL_set_fd(ssl, fd);
+  SSL_set_tlsext_host_name(ssl, servername);
+  SSL_set1_host(ssl, servername);
+  if (SSL_connect(ssl) != 1) {
+    ERR_print_errors_fp(stderr);
+    SSL_free(ssl);
+    return NULL;
+  }
+  return ssl;
+}
+
 static inline struct sockaddr_in loopback_port(int port) {
   struct sockaddr_in addr;
   memset(&addr, 0, sizeof addr);

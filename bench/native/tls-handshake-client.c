@@ -50,14 +50,8 @@ int main(int argc, char** argv) {
       perror("connect");
       return 1;
     }
-    SSL* ssl = SSL_new(ctx);
-    SSL_set_fd(ssl, fd);
-    SSL_set_tlsext_host_name(ssl, argv[3]);
-    SSL_set1_host(ssl, argv[3]);
-    if (SSL_connect(ssl) != 1) {
-      ERR_print_errors_fp(stderr);
-      return 1;
-    }
+    SSL* ssl = tls_handshake(ctx, fd, argv[3]);
+    if (ssl == NULL) return 1;
     handshakes++;
     /* close_notify, then the socket closed without waiting for the server's, as s_time does. */
     SSL_shutdown(ssl);
