@@ -14,7 +14,8 @@ import { startBackends, redisServerVersion } from './lib/backends';
 import { runConnRate, type ConnRateResult } from './lib/conn-rate';
 import { haproxyVersion } from './lib/haproxy';
 import { iperfVersion, runIperf, type IperfResult } from './lib/iperf';
-import { sleep, stopAll } from './lib/processes';
+import { makeTempDir, sleep, stopAll } from './lib/processes';
+import { buildNativeTool } from './lib/native-tool';
 import { acquireRunLock } from './lib/run-lock';
 import { redisBenchmarkVersion, runRedisBenchmark, type RedisBenchRow } from './lib/redis-bench';
 import { formatNumber, formatRatio, formatTable, median, writeResults } from './lib/report';
@@ -33,6 +34,8 @@ interface Settings {
   iperfCongestion?: string;
   connSeconds: number;
   connConcurrency: number;
+  /** Path of the built bench/native/conn-cycle-client; the Node generator when it could not be built. */
+  connClient?: string;
 }
 
 interface MetricDef {
@@ -53,10 +56,14 @@ const METRICS: MetricDef[] = [
   { key: 'iperf_gbps', label: 'iperf3 Gbit/s', better: 'higher' },
   { key: 'conn_per_s', label: 'new conn/s', better: 'higher' },
   { key: 'conn_cycle_p99_ms', label: 'conn cycle p99 ms', better: 'lower' },
+  // The same cycle ended by the server (PING and QUIT): no TIME_WAIT on the client's or the
+  // proxy's ports, so the rate is the proxies' and not the kernel's port reuse (conn-rate.ts).
+  { key: 'conn_server_close_per_s', label: 'new conn/s, server closes', better: 'higher' },
+  { key: 'conn_server_close_cycle_p99_ms', label: 'cycle p99 ms, server closes', better: 'lower' },
 ];
 
-type Measurement = 'redis-p1' | 'redis-p16' | 'iperf' | 'conn-rate';
-const MEASUREMENTS: Measurement[] = ['redis-p1', 'redis-p16', 'iperf', 'conn-rate'];
+type Measurement = 'redis-p1' | 'redis-p16' | 'iperf' | 'conn-rate' | 'conn-rate-server-close';
+const MEASUREMENTS: Measurement[] = ['redis-p1', 'redis-p16', 'iperf', 'conn-rate', 'conn-rate-server-close'];
 
 interface RawSample {
   round: number;
@@ -148,6 +155,14 @@ function metricsOf(
       const r = result as ConnRateResult;
       return { conn_per_s: r.connectionsPerSecond, conn_cycle_p50_ms: r.p50Ms, conn_cycle_p99_ms: r.p99Ms };
     }
+    case 'conn-rate-server-close': {
+      const r = result as ConnRateResult;
+      return {
+        conn_server_close_per_s: r.connectionsPerSecond,
+        conn_server_close_cycle_p50_ms: r.p50Ms,
+        conn_server_close_cycle_p99_ms: r.p99Ms,
+      };
+    }
   }
 }
 
@@ -185,7 +200,15 @@ async function measure(
         ...(s.iperfCongestion ? { congestion: s.iperfCongestion } : {}),
       });
     case 'conn-rate':
-      return runConnRate({ host, port: target.redisPort, seconds: s.connSeconds, concurrency: s.connConcurrency });
+    case 'conn-rate-server-close':
+      return runConnRate({
+        host,
+        port: target.redisPort,
+        seconds: s.connSeconds,
+        concurrency: s.connConcurrency,
+        closedBy: measurement === 'conn-rate' ? 'client' : 'server',
+        ...(s.connClient !== undefined ? { nativeClient: s.connClient } : {}),
+      });
   }
 }
 
@@ -275,6 +298,11 @@ async function main(): Promise<void> {
   }
 
   await acquireRunLock('router-vs-haproxy');
+  // The C generator spends less CPU per connection than Node's, which leaves more of the two
+  // cores to the proxy under test; both run the same cycles.
+  const connClient = await buildNativeTool('conn-cycle-client', makeTempDir('sf-bench-conn-'));
+  if (connClient.ok) settings.connClient = connClient.path;
+  else process.stderr.write(`conn-cycle-client not built (${connClient.reason}); new connections from Node\n`);
   const backends = await startBackends();
   const running: RunningTarget[] = [];
   const skipped: Array<{ target: string; reason: string }> = [];
@@ -381,8 +409,10 @@ function printReport(result: Record<string, unknown>, running: RunningTarget[], 
   const relayNote = running
     .filter((t) => t.spec.kind === 'router')
     .map((t) => `${t.spec.name}: relay=${String(t.info.relay)}`);
+  const settings = result.settings as Settings;
+  const generator = settings.connClient !== undefined ? 'bench/native/conn-cycle-client.c' : 'Node';
   process.stdout.write(
-    `\nMedians (${(result.settings as Settings).rounds} round(s)); ${relayNote.join(', ') || 'no router column'}\n\n`,
+    `\nMedians (${settings.rounds} round(s)); ${relayNote.join(', ') || 'no router column'}; new connections from ${generator}\n\n`,
   );
   process.stdout.write(
     `${formatTable(

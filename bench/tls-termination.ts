@@ -63,7 +63,10 @@ import { runRedisBenchmark } from './lib/redis-bench';
 import { formatNumber, formatRatio, formatTable, median, writeResults } from './lib/report';
 import { acquireRunLock } from './lib/run-lock';
 import { sfCliPath } from './lib/router-process';
+import { buildNativeTool } from './lib/native-tool';
 import { TLS13_CIPHERSUITES } from '../router/tls-suites';
+
+const OPENSSL = ['-lssl', '-lcrypto'];
 
 interface Settings {
   rounds: number;
@@ -241,16 +244,10 @@ async function getOnNewConnections(
  */
 async function buildHandshakeClient(dir: string, settings: Settings): Promise<string | undefined> {
   if (settings.connClient === 's_time') return undefined;
-  const source = join(__dirname, '..', '..', 'bench', 'native', 'tls-handshake-client.c');
-  const out = join(dir, 'tls-handshake-client');
-  const r = await runToCompletion('cc', 'cc', ['-O2', '-o', out, source, '-lssl', '-lcrypto'], { timeoutMs: 60_000 });
-  if (r.code !== 0) {
-    process.stderr.write(
-      `handshake client not built (${r.stderr.trim().split('\n')[0] ?? ''}); using openssl s_time\n`,
-    );
-    return undefined;
-  }
-  return out;
+  const built = await buildNativeTool('tls-handshake-client', dir, OPENSSL);
+  if (built.ok) return built.path;
+  process.stderr.write(`handshake client not built (${built.reason}); using openssl s_time\n`);
+  return undefined;
 }
 
 /**
@@ -259,23 +256,17 @@ async function buildHandshakeClient(dir: string, settings: Settings): Promise<st
  * this machine's Node encrypts at ~0.4-0.6 GB/s and limits both targets alike.
  */
 async function buildBulkClient(dir: string): Promise<string | undefined> {
-  const source = join(__dirname, '..', '..', 'bench', 'native', 'tls-bulk-client.c');
-  const out = join(dir, 'tls-bulk-client');
-  const r = await runToCompletion('cc', 'cc', ['-O2', '-o', out, source, '-lssl', '-lcrypto'], { timeoutMs: 60_000 });
-  if (r.code !== 0) {
-    process.stderr.write(`bulk client not built (${r.stderr.trim().split('\n')[0] ?? ''}); using Node's TLS client\n`);
-    return undefined;
-  }
-  return out;
+  const built = await buildNativeTool('tls-bulk-client', dir, OPENSSL);
+  if (built.ok) return built.path;
+  process.stderr.write(`bulk client not built (${built.reason}); using Node's TLS client\n`);
+  return undefined;
 }
 
 /** Builds bench/native/tls-sink-server.c into `dir` (the TLS backend of the re-encrypting bulk rows). */
 async function buildSinkServer(dir: string): Promise<string> {
-  const source = join(__dirname, '..', '..', 'bench', 'native', 'tls-sink-server.c');
-  const out = join(dir, 'tls-sink-server');
-  const r = await runToCompletion('cc', 'cc', ['-O2', '-o', out, source, '-lssl', '-lcrypto'], { timeoutMs: 60_000 });
-  if (r.code !== 0) throw new Error(`--reencrypt needs cc and libssl-dev: ${r.stderr.trim().split('\n')[0] ?? ''}`);
-  return out;
+  const built = await buildNativeTool('tls-sink-server', dir, OPENSSL);
+  if (!built.ok) throw new Error(`--reencrypt needs cc and libssl-dev: ${built.reason}`);
+  return built.path;
 }
 
 /** MB/s of `streams` TLS streams of `mb` megabytes each through `port`, summed, with the C client. */

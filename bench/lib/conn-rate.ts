@@ -3,8 +3,14 @@
  * for the reply, close, and wait for the close to finish before starting over, for a fixed time.
  * A whole cycle is counted, so a proxy that accepts fast but tears down slowly is not flattered.
  *
- * Run as its own process (`node conn-rate.js --port P ...`, JSON on stdout) so the generator never
- * shares an event loop with the harness or a proxy under test.
+ * `closedBy: 'client'` (the default) half-closes after the reply, as most drivers do;
+ * `closedBy: 'server'` sends PING and QUIT together and lets the server close, which keeps
+ * TIME_WAIT off the client's and the proxy's ports (bench/native/conn-cycle-client.c says why
+ * that limits every target to the same rate otherwise).
+ *
+ * The generator is bench/native/conn-cycle-client.c when `nativeClient` names its build, else
+ * this file run as its own process (`node conn-rate.js --port P ...`, JSON on stdout), so it
+ * never shares an event loop with the harness or a proxy under test.
  */
 import { connect } from 'node:net';
 import { runToCompletion } from './processes';
@@ -15,7 +21,13 @@ export interface ConnRateOptions {
   seconds: number;
   /** Connection loops running at once. */
   concurrency: number;
+  /** Who ends each connection (default `client`). */
+  closedBy?: ConnCloser;
+  /** Path of the built bench/native/conn-cycle-client; the Node generator without. */
+  nativeClient?: string;
 }
+
+export type ConnCloser = 'client' | 'server';
 
 export interface ConnRateResult {
   connectionsPerSecond: number;
@@ -24,10 +36,12 @@ export interface ConnRateResult {
   /** Latency of one whole cycle (connect, PING, +PONG, close), in milliseconds. */
   p50Ms: number;
   p99Ms: number;
+  /** The generator's own CPU per cycle, in microseconds (the native client reports it). */
+  clientCpuUsPerCycle?: number;
 }
 
-const REQUEST = Buffer.from('PING\r\n');
-const REPLY_BYTES = '+PONG\r\n'.length;
+const PING = Buffer.from('PING\r\n');
+const PING_QUIT = Buffer.from('PING\r\nQUIT\r\n');
 
 function percentile(sorted: Float64Array, p: number): number {
   if (sorted.length === 0) return Number.NaN;
@@ -36,6 +50,9 @@ function percentile(sorted: Float64Array, p: number): number {
 
 /** The generator itself; runs in the calling process. */
 export function generateConnections(options: ConnRateOptions): Promise<ConnRateResult> {
+  const serverCloses = options.closedBy === 'server';
+  const request = serverCloses ? PING_QUIT : PING;
+  const replyBytes = serverCloses ? '+PONG\r\n+OK\r\n'.length : '+PONG\r\n'.length;
   return new Promise((resolve) => {
     const latencies: number[] = [];
     let completed = 0;
@@ -70,16 +87,16 @@ export function generateConnections(options: ConnRateOptions): Promise<ConnRateR
       let failed = false;
       const socket = connect({ host: options.host, port: options.port });
       socket.setNoDelay(true);
-      socket.once('connect', () => socket.write(REQUEST));
+      socket.once('connect', () => socket.write(request));
       socket.on('data', (chunk: Buffer) => {
         received += chunk.length;
-        if (received >= REPLY_BYTES) socket.end();
+        if (received >= replyBytes && !serverCloses) socket.end();
       });
       socket.once('error', () => {
         failed = true;
       });
       socket.once('close', () => {
-        if (failed || received < REPLY_BYTES) {
+        if (failed || received < replyBytes) {
           errors++;
         } else {
           completed++;
@@ -96,6 +113,17 @@ export function generateConnections(options: ConnRateOptions): Promise<ConnRateR
 
 /** Runs the generator in a child process and returns its result. */
 export async function runConnRate(options: ConnRateOptions): Promise<ConnRateResult> {
+  const closedBy = options.closedBy ?? 'client';
+  if (options.nativeClient !== undefined) {
+    const r = await runToCompletion(
+      'conn-cycle-client',
+      options.nativeClient,
+      [options.host, String(options.port), String(options.concurrency), String(options.seconds), closedBy],
+      { timeoutMs: (options.seconds + 60) * 1000 },
+    );
+    if (r.code !== 0) throw new Error(`conn-cycle-client exited ${r.code}: ${r.stderr.slice(0, 2000)}`);
+    return JSON.parse(r.stdout) as ConnRateResult;
+  }
   const args = [
     __filename,
     '--host',
@@ -106,6 +134,8 @@ export async function runConnRate(options: ConnRateOptions): Promise<ConnRateRes
     String(options.seconds),
     '--concurrency',
     String(options.concurrency),
+    '--closed-by',
+    closedBy,
   ];
   const result = await runToCompletion('conn-rate', process.execPath, args, {
     timeoutMs: (options.seconds + 60) * 1000,
@@ -126,6 +156,7 @@ if (require.main === module) {
     port: Number(argValue(argv, '--port', '6379')),
     seconds: Number(argValue(argv, '--seconds', '3')),
     concurrency: Number(argValue(argv, '--concurrency', '32')),
+    closedBy: argValue(argv, '--closed-by', 'client') === 'server' ? 'server' : 'client',
   }).then((result) => {
     process.stdout.write(`${JSON.stringify(result)}\n`);
   });

@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { createConnection, createServer } from 'node:net';
 import { join } from 'node:path';
 import { startRouter, type RouterHarness } from '../helpers/router-harness';
 import { freePort } from '../helpers/free-port';
@@ -381,6 +381,82 @@ describe('router native accept path', function () {
       } finally {
         if (child.exitCode === null) child.kill('SIGKILL');
       }
+    }
+  });
+
+  it('relays what clients sent before they were accepted, and their end, to a backend on this host', async () => {
+    // The pass that accepts a client relays its first bytes at once when its loopback backend is
+    // already connected; the end that came with them follows after the registration's edge.
+    const counter = createServer({ allowHalfOpen: true }, (socket) => {
+      let bytes = 0;
+      socket.on('data', (chunk: Buffer) => (bytes += chunk.length));
+      socket.on('end', () => socket.end(`${bytes}\n`));
+    });
+    counter.listen(0, '127.0.0.1');
+    await once(counter, 'listening');
+    try {
+      const port = await freePort();
+      const backendPort = (counter.address() as { port: number }).port;
+      harness = await startRouter({
+        version: 1,
+        routes: [{ port, backends: [{ id: 'c', host: '127.0.0.1', port: backendPort, epoch: 1 }] }],
+      });
+      const cycle = (size: number): Promise<string> =>
+        new Promise((resolve, reject) => {
+          const client = createConnection({ port, host: '127.0.0.1', allowHalfOpen: true });
+          let reply = '';
+          client.on('error', reject);
+          client.on('data', (chunk: Buffer) => (reply += chunk.toString()));
+          client.on('end', () => {
+            client.destroy();
+            resolve(reply);
+          });
+          // Written before the connect completes: in the client's queue when the router accepts.
+          client.end(Buffer.alloc(size, 0x61));
+        });
+      for (let round = 0; round < 5; round++) {
+        const sizes = Array.from({ length: 40 }, (_, i) => [1, 100, 16 * 1024, 200 * 1024][i % 4]!);
+        expect(await Promise.all(sizes.map(cycle))).to.deep.equal(sizes.map((n) => `${n}\n`));
+      }
+      expect(harness.router.routeStats()[0]).to.include({ total: 200, connectErrors: 0 });
+    } finally {
+      counter.close();
+    }
+  });
+
+  it("delivers a backend's last bytes and its close, whatever their size, with the end after every byte", async () => {
+    // Bytes read together with the backend's FIN are sent with MSG_MORE and leave with the FIN the
+    // loop passes on next: none may wait behind it for longer, or be lost.
+    const sizes = [1, 7, 1500, 16 * 1024 - 1, 16 * 1024, 16 * 1024 + 1, 300 * 1024];
+    const closer = createServer((socket) => {
+      socket.once('data', (chunk: Buffer) => socket.end(Buffer.alloc(Number(chunk.toString().trim()), 0x62)));
+    });
+    closer.listen(0, '127.0.0.1');
+    await once(closer, 'listening');
+    try {
+      const port = await freePort();
+      const backendPort = (closer.address() as { port: number }).port;
+      harness = await startRouter({
+        version: 1,
+        routes: [{ port, backends: [{ id: 'c', host: '127.0.0.1', port: backendPort, epoch: 1 }] }],
+      });
+      const cycle = (size: number): Promise<number> =>
+        new Promise((resolve, reject) => {
+          const client = createConnection({ port, host: '127.0.0.1' });
+          let received = 0;
+          client.on('error', reject);
+          client.on('data', (chunk: Buffer) => (received += chunk.length));
+          client.on('end', () => resolve(received));
+          client.write(`${size}\n`);
+        });
+      for (let round = 0; round < 10; round++) {
+        const started = Date.now();
+        expect(await Promise.all(sizes.map(cycle))).to.deep.equal(sizes);
+        // A held segment would wait for a timer (200 ms or more) or forever.
+        expect(Date.now() - started).to.be.below(2000);
+      }
+    } finally {
+      closer.close();
     }
   });
 
