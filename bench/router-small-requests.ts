@@ -11,7 +11,11 @@
  * per-round ratios to HAProxy, and the CPU time each proxy's process group spent per request and
  * per connection (steadier than throughput when the machine is shared).
  *
- *   node dist/bench/router-small-requests.js [--rounds 5] [--requests 50000] [--pipeline 1] [--test get|set] [--seconds 2] [--baseline DIR] [--workers N] [--threads N]
+ * New connections come from bench/native/conn-cycle-client.c (Node's generator without a compiler),
+ * ended by the server (PING and QUIT) unless `--closed-by client`: see bench/lib/conn-rate.ts for
+ * why a client-closes cycle measures the kernel's port reuse on one host rather than the proxies.
+ *
+ *   node dist/bench/router-small-requests.js [--rounds 5] [--requests 50000] [--pipeline 1] [--test get|set] [--seconds 2] [--closed-by server|client] [--baseline DIR] [--workers N] [--threads N]
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -20,10 +24,11 @@ import { runConnRate } from './lib/conn-rate';
 import { startHaproxy, type ProxiedService } from './lib/haproxy';
 import { groupCpuSeconds, processSwitches } from './lib/proc-cpu';
 import { acquireRunLock } from './lib/run-lock';
-import { freePort, sleep, stopAll } from './lib/processes';
+import { freePort, makeTempDir, sleep, stopAll } from './lib/processes';
+import { buildNativeTool } from './lib/native-tool';
 import { runRedisBenchmark } from './lib/redis-bench';
 import { formatNumber, formatRatio, formatTable, median, writeResults } from './lib/report';
-import { startRouter } from './lib/router-process';
+import { routerSupportsFlag, startRouter } from './lib/router-process';
 
 interface Column {
   name: string;
@@ -51,11 +56,16 @@ async function main(): Promise<void> {
   const command = test.toUpperCase();
   const workers = argValue(argv, '--workers') !== undefined ? Number(argValue(argv, '--workers')) : undefined;
   const baseline = argValue(argv, '--baseline');
-  // This build's routers run `--threads` relay threads (1 unless given: the CLI's default is the
-  // number of cores, and HAProxy runs the same count); a baseline build keeps its own default.
+  // The routers run `--threads` relay threads (1 unless given: the CLI's default is the number of
+  // cores, and HAProxy runs the same count); a baseline build without the flag keeps its default.
   const threads = Number(argValue(argv, '--threads') ?? 1);
+  const closedBy = argValue(argv, '--closed-by') ?? 'server';
+  if (closedBy !== 'server' && closedBy !== 'client') throw new Error(`--closed-by: server or client, not ${closedBy}`);
 
   await acquireRunLock('router-small-requests');
+  const connClient = await buildNativeTool('conn-cycle-client', makeTempDir('sf-bench-conn-'));
+  if (!connClient.ok)
+    process.stderr.write(`conn-cycle-client not built (${connClient.reason}); new connections from Node\n`);
   const backends = await startBackends();
   const services = async (): Promise<ProxiedService[]> => [
     { name: 'redis', listenPort: await freePort(), targetHost: backends.host, targetPort: backends.redisPort },
@@ -81,7 +91,7 @@ async function main(): Promise<void> {
         services: list,
         relay,
         workers,
-        threads: cliPath === undefined ? threads : undefined,
+        threads: cliPath === undefined || (await routerSupportsFlag('--threads', cliPath)) ? threads : undefined,
         cliPath,
       });
       if (router.relay !== relay) throw new Error(`${prefix}router-${relay}: /health reports relay=${router.relay}`);
@@ -114,7 +124,14 @@ async function main(): Promise<void> {
     }
     for (const c of order) {
       const cpu0 = groupCpuSeconds(c.group);
-      const r = await runConnRate({ host: '127.0.0.1', port: c.redisPort, seconds, concurrency: 50 });
+      const r = await runConnRate({
+        host: '127.0.0.1',
+        port: c.redisPort,
+        seconds,
+        concurrency: 50,
+        closedBy,
+        ...(connClient.ok ? { nativeClient: connClient.path } : {}),
+      });
       samples[c.name].conn.push(r.connectionsPerSecond);
       samples[c.name].connCpuUs.push(((groupCpuSeconds(c.group) - cpu0) / r.completed) * 1e6);
       await sleep(200);
@@ -133,7 +150,7 @@ async function main(): Promise<void> {
         `CPU us/${command}`,
         'redis CPU us',
         'redis switches',
-        'new conn/s',
+        `new conn/s (${closedBy} closes)`,
         '/haproxy',
         'CPU us/conn',
       ],

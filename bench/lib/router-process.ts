@@ -47,10 +47,10 @@ export function routerCliAvailable(): boolean {
   return existsSync(sfCliPath());
 }
 
-/** Whether `sf router --help` documents `flag` (used to probe for `--workers`). */
-export async function routerSupportsFlag(flag: string): Promise<boolean> {
-  if (!routerCliAvailable()) return false;
-  const result = await runToCompletion('sf router --help', process.execPath, [sfCliPath(), 'router', '--help'], {
+/** Whether `sf router --help` (of this build, or of the CLI at `cliPath`) documents `flag`. */
+export async function routerSupportsFlag(flag: string, cliPath: string = sfCliPath()): Promise<boolean> {
+  if (!existsSync(cliPath)) return false;
+  const result = await runToCompletion('sf router --help', process.execPath, [cliPath, 'router', '--help'], {
     timeoutMs: 15_000,
   });
   return `${result.stdout}${result.stderr}`.includes(flag);
