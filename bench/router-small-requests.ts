@@ -85,13 +85,14 @@ async function main(): Promise<void> {
     builds.push(['base-', existsSync(current) ? current : join(baseline, 'dist', 'control', 'cli', 'sf.js')]);
   }
   for (const [prefix, cliPath] of builds) {
+    const hasThreads = cliPath === undefined || (await routerSupportsFlag('--threads', cliPath));
     for (const relay of ['native', 'js'] as const) {
       const list = await services();
       const router = await startRouter(`${prefix}router-${relay}`, {
         services: list,
         relay,
         workers,
-        threads: cliPath === undefined || (await routerSupportsFlag('--threads', cliPath)) ? threads : undefined,
+        threads: hasThreads ? threads : undefined,
         cliPath,
       });
       if (router.relay !== relay) throw new Error(`${prefix}router-${relay}: /health reports relay=${router.relay}`);

@@ -68,6 +68,16 @@ import { TLS13_CIPHERSUITES } from '../router/tls-suites';
 
 const OPENSSL = ['-lssl', '-lcrypto'];
 
+/** A table row of the router against HAProxy: the medians `m` gives for `KEY_router` and `KEY_haproxy`, and their ratio. */
+function versusRow(m: (key: string) => number, label: string, key: string): string[] {
+  return [
+    label,
+    formatNumber(m(`${key}_router`)),
+    formatNumber(m(`${key}_haproxy`)),
+    formatRatio(m(`${key}_router`) / m(`${key}_haproxy`)),
+  ];
+}
+
 interface Settings {
   rounds: number;
   connSeconds: number;
@@ -535,58 +545,21 @@ async function runFor(
   const table = formatTable(
     ['measure', 'router', 'HAProxy 2.6', 'router / HAProxy'],
     [
-      [
-        'new TLS conn/s',
-        formatNumber(m('conn_router')),
-        formatNumber(m('conn_haproxy')),
-        formatRatio(m('conn_router') / m('conn_haproxy')),
-      ],
-      [
-        'new TLS conn/s, a GET on each (-k 0)',
-        formatNumber(m('getconn_router')),
-        formatNumber(m('getconn_haproxy')),
-        formatRatio(m('getconn_router') / m('getconn_haproxy')),
-      ],
-      [
-        'CPU µs per such connection (lower is better)',
-        formatNumber(m('cpu_us_per_getconn_router')),
-        formatNumber(m('cpu_us_per_getconn_haproxy')),
-        formatRatio(m('cpu_us_per_getconn_router') / m('cpu_us_per_getconn_haproxy')),
-      ],
-      [
-        'bulk TLS MB/s',
-        formatNumber(m('bulk_router')),
-        formatNumber(m('bulk_haproxy')),
-        formatRatio(m('bulk_router') / m('bulk_haproxy')),
-      ],
+      versusRow(m, 'new TLS conn/s', 'conn'),
+      versusRow(m, 'new TLS conn/s, a GET on each (-k 0)', 'getconn'),
+      versusRow(m, 'CPU µs per such connection (lower is better)', 'cpu_us_per_getconn'),
+      versusRow(m, 'bulk TLS MB/s', 'bulk'),
       [
         'GET ops/s over TLS (-c 50 -P 1)',
         formatNumber(m('get_router_tls')),
         formatNumber(m('get_haproxy_tls')),
         formatRatio(m('get_router_tls') / m('get_haproxy_tls')),
       ],
-      [
-        'CPU µs per new TLS connection (lower is better)',
-        formatNumber(m('cpu_us_per_conn_router')),
-        formatNumber(m('cpu_us_per_conn_haproxy')),
-        formatRatio(m('cpu_us_per_conn_router') / m('cpu_us_per_conn_haproxy')),
-      ],
+      versusRow(m, 'CPU µs per new TLS connection (lower is better)', 'cpu_us_per_conn'),
       ...(samples.client_cpu_us_per_conn_router
-        ? [
-            [
-              "clients' CPU µs per handshake",
-              formatNumber(m('client_cpu_us_per_conn_router')),
-              formatNumber(m('client_cpu_us_per_conn_haproxy')),
-              formatRatio(m('client_cpu_us_per_conn_router') / m('client_cpu_us_per_conn_haproxy')),
-            ],
-          ]
+        ? [versusRow(m, "clients' CPU µs per handshake", 'client_cpu_us_per_conn')]
         : []),
-      [
-        'CPU ms per GB of bulk TLS (lower is better)',
-        formatNumber(m('cpu_ms_per_gb_router')),
-        formatNumber(m('cpu_ms_per_gb_haproxy')),
-        formatRatio(m('cpu_ms_per_gb_router') / m('cpu_ms_per_gb_haproxy')),
-      ],
+      versusRow(m, 'CPU ms per GB of bulk TLS (lower is better)', 'cpu_ms_per_gb'),
     ],
   );
   const cost = formatTable(
@@ -766,20 +739,14 @@ async function runReencrypt(
     }
   }
   const m = (k: string): number => median(samples[k] ?? []);
-  const row = (label: string, key: string): string[] => [
-    label,
-    formatNumber(m(`${key}_router`)),
-    formatNumber(m(`${key}_haproxy`)),
-    formatRatio(m(`${key}_router`) / m(`${key}_haproxy`)),
-  ];
   const table = formatTable(
     ['client TLS terminated, re-encrypted to a verified TLS backend', 'router', 'HAProxy 2.6', 'router / HAProxy'],
     [
-      row('new conn/s (GET per connection, -k 0 -c 50)', 'conn'),
-      row('CPU µs per new connection (lower is better)', 'cpu_us_per_conn'),
-      row('bulk MB/s to a TLS sink', 'bulk'),
-      row('CPU ms per GB of bulk (lower is better)', 'cpu_ms_per_gb'),
-      row('GET ops/s (-c 50 -P 1)', 'get'),
+      versusRow(m, 'new conn/s (GET per connection, -k 0 -c 50)', 'conn'),
+      versusRow(m, 'CPU µs per new connection (lower is better)', 'cpu_us_per_conn'),
+      versusRow(m, 'bulk MB/s to a TLS sink', 'bulk'),
+      versusRow(m, 'CPU ms per GB of bulk (lower is better)', 'cpu_ms_per_gb'),
+      versusRow(m, 'GET ops/s (-c 50 -P 1)', 'get'),
     ],
   );
   const bulkBy = bulkClient

@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
-import { createConnection, createServer } from 'node:net';
+import { createConnection, createServer, type AddressInfo, type Server } from 'node:net';
 import { join } from 'node:path';
 import { startRouter, type RouterHarness } from '../helpers/router-harness';
 import { freePort } from '../helpers/free-port';
@@ -45,6 +45,16 @@ describe('router native accept path', function () {
     backends: [{ id: 'a', host: '127.0.0.1', port: a.port, epoch: 1 }],
     ...over,
   });
+
+  /** Listens with `server` on 127.0.0.1 and starts the router with one port routed to it. */
+  const routeTo = async (server: Server): Promise<{ port: number; router: RouterHarness }> => {
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const port = await freePort();
+    const backend = { id: 'c', host: '127.0.0.1', port: (server.address() as AddressInfo).port, epoch: 1 };
+    harness = await startRouter({ version: 1, routes: [{ port, backends: [backend] }] });
+    return { port, router: harness };
+  };
 
   it('accepts plain ports natively and keeps PROXY-header and host-name ports on the JS path, per port', async () => {
     const [p1, p2, p3] = [await freePort(), await freePort(), await freePort()];
@@ -392,15 +402,8 @@ describe('router native accept path', function () {
       socket.on('data', (chunk: Buffer) => (bytes += chunk.length));
       socket.on('end', () => socket.end(`${bytes}\n`));
     });
-    counter.listen(0, '127.0.0.1');
-    await once(counter, 'listening');
     try {
-      const port = await freePort();
-      const backendPort = (counter.address() as { port: number }).port;
-      harness = await startRouter({
-        version: 1,
-        routes: [{ port, backends: [{ id: 'c', host: '127.0.0.1', port: backendPort, epoch: 1 }] }],
-      });
+      const { port, router } = await routeTo(counter);
       const cycle = (size: number): Promise<string> =>
         new Promise((resolve, reject) => {
           const client = createConnection({ port, host: '127.0.0.1', allowHalfOpen: true });
@@ -418,7 +421,7 @@ describe('router native accept path', function () {
         const sizes = Array.from({ length: 40 }, (_, i) => [1, 100, 16 * 1024, 200 * 1024][i % 4]!);
         expect(await Promise.all(sizes.map(cycle))).to.deep.equal(sizes.map((n) => `${n}\n`));
       }
-      expect(harness.router.routeStats()[0]).to.include({ total: 200, connectErrors: 0 });
+      expect(router.router.routeStats()[0]).to.include({ total: 200, connectErrors: 0 });
     } finally {
       counter.close();
     }
@@ -431,15 +434,8 @@ describe('router native accept path', function () {
     const closer = createServer((socket) => {
       socket.once('data', (chunk: Buffer) => socket.end(Buffer.alloc(Number(chunk.toString().trim()), 0x62)));
     });
-    closer.listen(0, '127.0.0.1');
-    await once(closer, 'listening');
     try {
-      const port = await freePort();
-      const backendPort = (closer.address() as { port: number }).port;
-      harness = await startRouter({
-        version: 1,
-        routes: [{ port, backends: [{ id: 'c', host: '127.0.0.1', port: backendPort, epoch: 1 }] }],
-      });
+      const { port } = await routeTo(closer);
       const cycle = (size: number): Promise<number> =>
         new Promise((resolve, reject) => {
           const client = createConnection({ port, host: '127.0.0.1' });
