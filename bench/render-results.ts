@@ -6,6 +6,7 @@
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { describeCpuIdle, type CpuIdleFacts } from './lib/host-facts';
 import { formatNumber, formatRatio, resultsDir } from './lib/report';
 
 interface MetricDef {
@@ -17,7 +18,7 @@ interface MetricDef {
 interface RouterResults {
   date: string;
   complete: boolean;
-  host: { cpus: number; cpuModel?: string; kernel: string };
+  host: { cpus: number; cpuModel?: string; kernel: string; cpuIdle?: CpuIdleFacts };
   versions: Record<string, string>;
   settings: { rounds: number; quick: boolean };
   metrics: MetricDef[];
@@ -42,7 +43,7 @@ function renderRouter(r: RouterResults): string {
   const out: string[] = [];
   out.push(
     `Run of ${r.date} (${r.settings.rounds} round(s)${r.settings.quick ? ', --quick' : ''}${r.complete ? '' : ', interrupted'}), ` +
-      `${r.host.cpus} CPUs ${r.host.cpuModel ?? ''}, kernel ${r.host.kernel}; ${r.versions.haproxy.split(' - ')[0]}; ${r.versions.redisServer.split(' ').slice(0, 3).join(' ')}; ` +
+      `${r.host.cpus} CPUs ${r.host.cpuModel ?? ''}, kernel ${r.host.kernel}${r.host.cpuIdle ? `, ${describeCpuIdle(r.host.cpuIdle)}` : ''}; ${r.versions.haproxy.split(' - ')[0]}; ${r.versions.redisServer.split(' ').slice(0, 3).join(' ')}; ` +
       `relay paths: ${r.targets
         .filter((t) => t.relay)
         .map((t) => `${t.name}=${t.relay}`)

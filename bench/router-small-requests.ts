@@ -18,11 +18,13 @@
  *   node dist/bench/router-small-requests.js [--rounds 5] [--requests 50000] [--pipeline 1] [--test get|set] [--seconds 2] [--closed-by server|client] [--baseline DIR] [--workers N] [--threads N]
  */
 import { existsSync } from 'node:fs';
+import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { startBackends } from './lib/backends';
 import { runConnRate } from './lib/conn-rate';
 import { startHaproxy, type ProxiedService } from './lib/haproxy';
-import { groupCpuSeconds, processSwitches } from './lib/proc-cpu';
+import { describeCpuIdle, hostFacts } from './lib/host-facts';
+import { groupCpuSeconds, hostIdleSeconds, processSwitches } from './lib/proc-cpu';
 import { acquireRunLock } from './lib/run-lock';
 import { freePort, makeTempDir, sleep, stopAll } from './lib/processes';
 import { buildNativeTool } from './lib/native-tool';
@@ -37,7 +39,7 @@ interface Column {
   group: number;
 }
 
-type Key = 'get' | 'conn' | 'getCpuUs' | 'connCpuUs' | 'backendCpuUs' | 'backendSwitches';
+type Key = 'get' | 'conn' | 'getCpuUs' | 'connCpuUs' | 'connHostIdle' | 'backendCpuUs' | 'backendSwitches';
 
 function argValue(argv: string[], name: string): string | undefined {
   const i = argv.indexOf(name);
@@ -102,7 +104,15 @@ async function main(): Promise<void> {
 
   const samples: Record<string, Record<Key, number[]>> = {};
   for (const c of columns)
-    samples[c.name] = { get: [], conn: [], getCpuUs: [], connCpuUs: [], backendCpuUs: [], backendSwitches: [] };
+    samples[c.name] = {
+      get: [],
+      conn: [],
+      getCpuUs: [],
+      connCpuUs: [],
+      connHostIdle: [],
+      backendCpuUs: [],
+      backendSwitches: [],
+    };
   for (let round = 0; round < rounds; round++) {
     const order = columns.map((_, i) => columns[(i + round) % columns.length]);
     for (const c of order) {
@@ -125,6 +135,8 @@ async function main(): Promise<void> {
     }
     for (const c of order) {
       const cpu0 = groupCpuSeconds(c.group);
+      const idle0 = hostIdleSeconds();
+      const started = process.hrtime.bigint();
       const r = await runConnRate({
         host: '127.0.0.1',
         port: c.redisPort,
@@ -135,6 +147,8 @@ async function main(): Promise<void> {
       });
       samples[c.name].conn.push(r.connectionsPerSecond);
       samples[c.name].connCpuUs.push(((groupCpuSeconds(c.group) - cpu0) / r.completed) * 1e6);
+      const wallSeconds = Number(process.hrtime.bigint() - started) / 1e9;
+      samples[c.name].connHostIdle.push(((hostIdleSeconds() - idle0) / (wallSeconds * cpus().length)) * 100);
       await sleep(200);
     }
     process.stderr.write(`round ${round + 1}/${rounds} done\n`);
@@ -142,6 +156,7 @@ async function main(): Promise<void> {
 
   const paired = (name: string, key: Key): number =>
     median(samples[name][key].map((v, i) => v / samples.haproxy[key][i]));
+  process.stdout.write(`${describeCpuIdle(hostFacts().cpuIdle)}\n\n`);
   process.stdout.write(
     `${formatTable(
       [
@@ -154,6 +169,7 @@ async function main(): Promise<void> {
         `new conn/s (${closedBy} closes)`,
         '/haproxy',
         'CPU us/conn',
+        'host idle %',
       ],
       columns.map((c) => [
         c.name,
@@ -165,11 +181,13 @@ async function main(): Promise<void> {
         formatNumber(median(samples[c.name].conn)),
         formatRatio(paired(c.name, 'conn')),
         formatNumber(median(samples[c.name].connCpuUs)),
+        formatNumber(median(samples[c.name].connHostIdle)),
       ]),
     )}\n`,
   );
   writeResults('router-small-requests', {
     date: new Date().toISOString(),
+    host: hostFacts(),
     rounds,
     requests,
     pipeline,

@@ -9,10 +9,10 @@
  *
  *   npm run bench:router -- [--quick] [--rounds N] [--only direct,haproxy,router-js]
  */
-import { arch, cpus, release } from 'node:os';
 import { startBackends, redisServerVersion } from './lib/backends';
 import { runConnRate, type ConnRateResult } from './lib/conn-rate';
 import { haproxyVersion } from './lib/haproxy';
+import { describeCpuIdle, hostFacts, type HostFacts } from './lib/host-facts';
 import { iperfVersion, runIperf, type IperfResult } from './lib/iperf';
 import { makeTempDir, sleep, stopAll } from './lib/processes';
 import { buildNativeTool } from './lib/native-tool';
@@ -343,7 +343,7 @@ async function main(): Promise<void> {
       complete,
       date: startedAt,
       finishedAt: complete ? new Date().toISOString() : undefined,
-      host: { cpus: cpus().length, cpuModel: cpus()[0]?.model, kernel: release(), arch: arch() },
+      host: hostFacts(),
       versions,
       settings,
       metrics: METRICS,
@@ -411,8 +411,9 @@ function printReport(result: Record<string, unknown>, running: RunningTarget[], 
     .map((t) => `${t.spec.name}: relay=${String(t.info.relay)}`);
   const settings = result.settings as Settings;
   const generator = settings.connClient !== undefined ? 'bench/native/conn-cycle-client.c' : 'Node';
+  const host = result.host as HostFacts;
   process.stdout.write(
-    `\nMedians (${settings.rounds} round(s)); ${relayNote.join(', ') || 'no router column'}; new connections from ${generator}\n\n`,
+    `\nMedians (${settings.rounds} round(s)); ${relayNote.join(', ') || 'no router column'}; new connections from ${generator}; ${describeCpuIdle(host.cpuIdle)}\n\n`,
   );
   process.stdout.write(
     `${formatTable(

@@ -41,7 +41,11 @@ export function registerRouterCommand(program: Command): void {
       'TCP keepalive delay on both sides, 0 disables',
       String(DEFAULT_ROUTER_OPTIONS.keepAliveMs),
     )
-    .option('--backlog <n>', 'listen backlog per route port', String(DEFAULT_ROUTER_OPTIONS.backlog))
+    .option(
+      '--backlog <n>',
+      'listen backlog per route port (default: net.core.somaxconn, the most the kernel queues)',
+      String(DEFAULT_ROUTER_OPTIONS.backlog),
+    )
     .addOption(
       new Option('--on-disconnect <policy>', 'when the route source is lost')
         .choices(['keep-last', 'fail-closed'])

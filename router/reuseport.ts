@@ -7,6 +7,7 @@
  */
 import { type Server, isIPv6 } from 'node:net';
 import { loadNativeBindings } from '../native-bindings';
+import { defaultListenBacklog } from './listen-backlog';
 
 export interface ReusePortListenOptions {
   /** A numeric IPv4 or IPv6 address. */
@@ -15,7 +16,7 @@ export interface ReusePortListenOptions {
   port: number;
   /**
    * listen(2) backlog.
-   * @default 511 (Node's own default)
+   * @default net.core.somaxconn (router/listen-backlog.ts)
    */
   backlog?: number;
   /**
@@ -24,8 +25,6 @@ export interface ReusePortListenOptions {
    */
   ipv6Only?: boolean;
 }
-
-export const DEFAULT_REUSE_PORT_BACKLOG = 511;
 
 /** True when this process can open SO_REUSEPORT listeners. */
 export function reusePortAvailable(): boolean {
@@ -44,7 +43,7 @@ export function openReusePortFd(options: ReusePortListenOptions): number | undef
   return bindings.listenTcp(
     host,
     options.port,
-    options.backlog ?? DEFAULT_REUSE_PORT_BACKLOG,
+    options.backlog ?? defaultListenBacklog(),
     true,
     isIPv6(host) && options.ipv6Only === true,
   );
@@ -60,7 +59,7 @@ export function listenReusePort(server: Server, options: ReusePortListenOptions)
   return new Promise<boolean>((resolve, reject) => {
     const onError = (err: Error): void => reject(err);
     server.once('error', onError);
-    server.listen({ fd, backlog: options.backlog ?? DEFAULT_REUSE_PORT_BACKLOG }, () => {
+    server.listen({ fd, backlog: options.backlog ?? defaultListenBacklog() }, () => {
       server.removeListener('error', onError);
       resolve(true);
     });

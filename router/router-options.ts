@@ -5,6 +5,7 @@ import type { Relay } from './relay';
 import type { Logger } from '../common';
 import type { ListenAddress } from './self-address';
 import { DEFAULT_LISTEN_RETRY_MS } from './listen-failures';
+import { defaultListenBacklog } from './listen-backlog';
 
 export type DisconnectPolicy = 'keep-last' | 'fail-closed';
 
@@ -47,8 +48,8 @@ export interface RouterOptions {
    */
   keepAliveMs: number;
   /**
-   * listen(2) backlog per route port.
-   * @default 511
+   * listen(2) backlog per route port (router/listen-backlog.ts).
+   * @default net.core.somaxconn, or 511 where it cannot be read
    */
   backlog: number;
   /**
@@ -85,7 +86,7 @@ export const DEFAULT_ROUTER_OPTIONS: Readonly<Omit<RouterOptions, 'relay' | 'log
   limitLogIntervalMs: 10_000,
   onDisconnect: 'keep-last',
   keepAliveMs: 30_000,
-  backlog: 511,
+  backlog: defaultListenBacklog(),
   reusePort: false,
   clientHelloTimeoutMs: 5_000,
   listenRetryMs: DEFAULT_LISTEN_RETRY_MS,

@@ -19,6 +19,7 @@ import { guardedLookup, needsLookup, ownAddressHit, type ListenAddress } from '.
 import type { RouteSource } from './route-source';
 import type { RouteStats } from './route-stats';
 import { DEFAULT_ROUTER_OPTIONS, type RouterOptions } from './router-options';
+import { listenBacklogCeiling, resolveListenBacklog, type ListenBacklog } from './listen-backlog';
 
 export interface ApplyResult {
   version: number;
@@ -61,6 +62,8 @@ export interface RouterStatus {
     native: number;
     js: number;
     jsPorts: Array<{ port: number; reason: string }>;
+    /** Each route port's listen queue: asked for, and held by the kernel (router/listen-backlog.ts). */
+    backlog: ListenBacklog;
     /** Native ports opened through one listening socket per set of accept options (native relay only). */
     steering?: PortSteeringStatus;
   };
@@ -113,6 +116,7 @@ export class Router {
   private steeringReported = false;
   /** The router-wide limit in force, recomputed with each table (ports need descriptors too). */
   private connectionLimit: number;
+  private readonly backlog: ListenBacklog;
   /** Connections reserved for each route of the table (connection-budget.ts routeReserve). */
   private reserve = 0;
   private reservedBindings = 0;
@@ -134,6 +138,7 @@ export class Router {
     this.fdLimit = options.fdLimit ?? readFdLimit();
     this.ownAddresses = [...this.options.ownAddresses];
     this.connectionLimit = globalConnectionLimit(this.options.maxConnections, this.fdLimit, 0);
+    this.backlog = resolveListenBacklog(this.options.backlog, listenBacklogCeiling());
     this.limitLog = new RateLimitedLog(this.logger, this.options.limitLogIntervalMs);
     this.env = {
       relay: this.relay,
@@ -264,6 +269,11 @@ export class Router {
   /** Starts serving tables from `source`; rejects if its first table cannot be served. */
   async start(source: RouteSource): Promise<void> {
     this.source = source;
+    if (this.backlog.effective < this.backlog.requested)
+      this.logger.warn(
+        { backlog: this.backlog.requested, somaxconn: this.backlog.ceiling },
+        'listen backlog above net.core.somaxconn: the kernel queues at most somaxconn clients per route port',
+      );
     let firstError: SfError | undefined;
     await source.start({
       check: (table) => this.checkTable(table),
@@ -546,6 +556,7 @@ export class Router {
         native,
         js: this.listeners.size,
         jsPorts,
+        backlog: this.backlog,
         ...(this.relay.steering ? { steering: this.relay.steering() } : {}),
       },
       listenFailures: { count: this.listenFailures.size, ports: this.listenFailures.list() },

@@ -49,3 +49,14 @@ export function processSwitches(pid: number): number {
   }
   return switches;
 }
+
+/**
+ * Seconds every CPU of the host spent idle (idle plus iowait), summed. A proxy that sleeps
+ * between bursts can leave a CPU idle while the clients and the backend wait for each other; the
+ * share of idle time over a run shows it where CPU per connection does not.
+ */
+export function hostIdleSeconds(): number {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0];
+  const fields = line.trim().split(/\s+/).slice(1).map(Number);
+  return (fields[3] + fields[4]) / TICKS_PER_SECOND;
+}

@@ -1,7 +1,9 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { createConnection, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { expect } from 'chai';
+import { listenBacklogCeiling } from '../../router/listen-backlog';
 import { freePort } from '../helpers/free-port';
 import {
   ROUTER_ADMIN_TOKEN,
@@ -200,6 +202,140 @@ describe('sf router', function () {
       const s = await connectTo(routePort);
       expect(await readLine(s)).to.equal('pour');
       s.destroy();
+    });
+  });
+
+  describe('listen backlog (a reconnect storm)', () => {
+    const somaxconn = listenBacklogCeiling();
+    // More than Node's 511, fewer than this process's descriptors.
+    const storm = 600;
+    let backend: TestServer;
+
+    before(async function () {
+      if (somaxconn === undefined || somaxconn < storm + 64) this.skip();
+      backend = await startTcpServer((s) => s.on('data', () => s.write('pong\n')));
+    });
+
+    after(async () => backend?.stop());
+
+    /** Starts a router with one route to the backend, extra flags appended. */
+    async function startRouterWith(
+      flags: string[],
+    ): Promise<{ router: SfProcess; routePort: number; adminPort: number }> {
+      const adminPort = await freePort();
+      const routePort = await freePort();
+      const file = join(dir, `backlog-${routePort}.json`);
+      writeFileSync(
+        file,
+        JSON.stringify({
+          version: 1,
+          routes: [{ port: routePort, backends: [{ host: '127.0.0.1', port: backend.port }] }],
+        }),
+      );
+      const router = runSf(['router', '--routes', file, '--admin', `127.0.0.1:${adminPort}`, ...flags], {
+        SF_RELAY: process.env.SF_RELAY ?? 'auto',
+        SF_API_TOKEN: ROUTER_ADMIN_TOKEN,
+      });
+      await waitForHealth(adminPort);
+      return { router, routePort, adminPort };
+    }
+
+    /**
+     * Connects `count` clients while the router is stopped (SIGSTOP): the kernel completes the
+     * handshake of every client its queue holds and drops the SYNs of the rest, which then wait
+     * for a retransmit. Returns how many connected within `withinMs`, then lets the router go
+     * on and checks that every client is served.
+     */
+    async function connectWhileStopped(
+      router: SfProcess,
+      routePort: number,
+      count: number,
+      withinMs: number,
+    ): Promise<number> {
+      const sockets: Socket[] = [];
+      let connectedInTime = 0;
+      router.child.kill('SIGSTOP');
+      try {
+        const started = Date.now();
+        const connects = Array.from({ length: count }, () => {
+          const socket = createConnection({ host: '127.0.0.1', port: routePort });
+          sockets.push(socket);
+          return new Promise<void>((resolve, reject) => {
+            socket.once('connect', () => {
+              if (Date.now() - started <= withinMs) connectedInTime++;
+              resolve();
+            });
+            socket.once('error', reject);
+          });
+        });
+        await sleep(withinMs);
+        router.child.kill('SIGCONT');
+        await Promise.all(connects);
+        const replies = sockets.map(async (socket) => {
+          socket.write('ping\n');
+          expect(await readLine(socket, 15_000)).to.equal('pong');
+        });
+        await Promise.all(replies);
+        return connectedInTime;
+      } finally {
+        router.child.kill('SIGCONT');
+        for (const socket of sockets) socket.destroy();
+      }
+    }
+
+    it('queues a burst of clients up to net.core.somaxconn by default, and /health says so', async () => {
+      const { router, routePort, adminPort } = await startRouterWith([]);
+      try {
+        const health = (await (await fetch(`http://127.0.0.1:${adminPort}/health`)).json()) as {
+          accept: { backlog: { requested: number; effective: number; ceiling: number } };
+        };
+        expect(health.accept.backlog).to.deep.equal({ requested: somaxconn, effective: somaxconn, ceiling: somaxconn });
+        // Every one of the burst is in the kernel's queue at once: none waits for a SYN retransmit.
+        expect(await connectWhileStopped(router, routePort, storm, 500)).to.equal(storm);
+      } finally {
+        await router.stop();
+      }
+    });
+
+    it('holds --backlog N clients when asked for fewer; the rest wait for a retransmit and are still served', async () => {
+      const { router, routePort } = await startRouterWith(['--backlog', '64']);
+      try {
+        const inTime = await connectWhileStopped(router, routePort, 200, 500);
+        // listen(2) holds backlog + 1 established clients.
+        expect(inTime).to.be.within(1, 65);
+      } finally {
+        await router.stop();
+      }
+    });
+
+    it('warns when --backlog asks for more than the kernel holds, and reports what it holds', async () => {
+      const asked = somaxconn! + 1000;
+      const { router, adminPort } = await startRouterWith(['--backlog', String(asked)]);
+      try {
+        const health = (await (await fetch(`http://127.0.0.1:${adminPort}/health`)).json()) as {
+          accept: { backlog: { requested: number; effective: number } };
+        };
+        expect(health.accept.backlog).to.include({ requested: asked, effective: somaxconn });
+        expect(router.output()).to.contain('listen backlog above net.core.somaxconn');
+      } finally {
+        await router.stop();
+      }
+    });
+
+    it('refuses a backlog of 0 with exit code 2, naming the flag', async () => {
+      const file = join(dir, 'backlog-zero.json');
+      writeFileSync(file, JSON.stringify({ version: 1, routes: [] }));
+      const { code, output } = await runSfToExit([
+        'router',
+        '--routes',
+        file,
+        '--backlog',
+        '0',
+        '--admin',
+        '127.0.0.1:0',
+      ]);
+      expect(code).to.equal(2);
+      expect(output).to.contain('--backlog');
     });
   });
 });
