@@ -7,7 +7,7 @@
  * so background load on a shared machine spreads over all columns. Medians and ratios are what
  * to read, not absolute numbers.
  *
- *   npm run bench:router -- [--quick] [--rounds N] [--only direct,haproxy,router-js]
+ *   npm run bench:router -- [--quick] [--rounds N] [--only direct,haproxy,router-js] [--storm-clients 2000]
  */
 import { startBackends, redisServerVersion } from './lib/backends';
 import { runConnRate, type ConnRateResult } from './lib/conn-rate';
@@ -34,6 +34,8 @@ interface Settings {
   iperfCongestion?: string;
   connSeconds: number;
   connConcurrency: number;
+  /** Clients of a reconnect storm, all connecting at once. */
+  stormClients: number;
   /** Path of the built bench/native/conn-cycle-client; the Node generator when it could not be built. */
   connClient?: string;
 }
@@ -60,10 +62,14 @@ const METRICS: MetricDef[] = [
   // proxy's ports, so the rate is the proxies' and not the kernel's port reuse (conn-rate.ts).
   { key: 'conn_server_close_per_s', label: 'new conn/s, server closes', better: 'higher' },
   { key: 'conn_server_close_cycle_p99_ms', label: 'cycle p99 ms, server closes', better: 'lower' },
+  // A reconnect storm (a failover, a restarted fleet): every client connects at once, once. A
+  // listen queue shorter than the burst drops SYNs, and a dropped client waits a 1 s retransmit.
+  { key: 'storm_p50_ms', label: 'storm: p50 ms', better: 'lower' },
+  { key: 'storm_last_ms', label: 'storm: last served ms', better: 'lower' },
 ];
 
-type Measurement = 'redis-p1' | 'redis-p16' | 'iperf' | 'conn-rate' | 'conn-rate-server-close';
-const MEASUREMENTS: Measurement[] = ['redis-p1', 'redis-p16', 'iperf', 'conn-rate', 'conn-rate-server-close'];
+type Measurement = 'redis-p1' | 'redis-p16' | 'iperf' | 'conn-rate' | 'conn-rate-server-close' | 'storm';
+const MEASUREMENTS: Measurement[] = ['redis-p1', 'redis-p16', 'iperf', 'conn-rate', 'conn-rate-server-close', 'storm'];
 
 interface RawSample {
   round: number;
@@ -83,6 +89,9 @@ function parseArgs(argv: string[]): Settings {
   };
   const rounds = Number(value('--rounds') ?? (quick ? 1 : 3));
   if (!Number.isInteger(rounds) || rounds < 1) throw new Error('--rounds must be a positive integer');
+  const stormClients = Number(value('--storm-clients') ?? 2000);
+  if (!Number.isInteger(stormClients) || stormClients < 1)
+    throw new Error('--storm-clients must be a positive integer');
   return {
     quick,
     rounds,
@@ -97,6 +106,7 @@ function parseArgs(argv: string[]): Settings {
     ...(value('--iperf-congestion') ? { iperfCongestion: value('--iperf-congestion') } : {}),
     connSeconds: quick ? 1 : 3,
     connConcurrency: 50,
+    stormClients,
   };
 }
 
@@ -163,6 +173,10 @@ function metricsOf(
         conn_server_close_cycle_p99_ms: r.p99Ms,
       };
     }
+    case 'storm': {
+      const r = result as ConnRateResult;
+      return { storm_p50_ms: r.p50Ms, storm_last_ms: r.maxMs ?? Number.NaN };
+    }
   }
 }
 
@@ -207,6 +221,16 @@ async function measure(
         seconds: s.connSeconds,
         concurrency: s.connConcurrency,
         closedBy: measurement === 'conn-rate' ? 'client' : 'server',
+        ...(s.connClient !== undefined ? { nativeClient: s.connClient } : {}),
+      });
+    case 'storm':
+      // A run shorter than any cycle: each client connects once, all at the same moment.
+      return runConnRate({
+        host,
+        port: target.redisPort,
+        seconds: 1e-6,
+        concurrency: s.stormClients,
+        closedBy: 'server',
         ...(s.connClient !== undefined ? { nativeClient: s.connClient } : {}),
       });
   }
