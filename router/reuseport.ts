@@ -50,6 +50,21 @@ export function openReusePortFd(options: ReusePortListenOptions): number | undef
 }
 
 /**
+ * `server.listen()` on an address or on a listening descriptor, with `backlog` either way. Node
+ * takes a descriptor's backlog only as the positional argument and ignores `{ fd, backlog }`,
+ * listening again with its default of 511, which cut every worker's queue (`--workers`) to 511.
+ */
+export function listenWithBacklog(
+  server: Server,
+  where: { fd: number } | { host: string; port: number },
+  backlog: number,
+  onListening: () => void,
+): void {
+  if ('fd' in where) server.listen(where, backlog, onListening);
+  else server.listen({ ...where, backlog }, onListening);
+}
+
+/**
  * Makes `server` listen on a SO_REUSEPORT socket. Resolves false, without listening, when the
  * addon is missing, so the caller can use an ordinary `server.listen()` instead.
  */
@@ -59,7 +74,7 @@ export function listenReusePort(server: Server, options: ReusePortListenOptions)
   return new Promise<boolean>((resolve, reject) => {
     const onError = (err: Error): void => reject(err);
     server.once('error', onError);
-    server.listen({ fd, backlog: options.backlog ?? defaultListenBacklog() }, () => {
+    listenWithBacklog(server, { fd }, options.backlog ?? defaultListenBacklog(), () => {
       server.removeListener('error', onError);
       resolve(true);
     });

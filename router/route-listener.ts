@@ -8,7 +8,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { ErrorCode, SfError } from '../common';
 import { acceptWithForwarders } from './accept-with-forwarder';
 import { FORWARDERS_ENABLED } from './read-forwarder';
-import { openReusePortFd } from './reuseport';
+import { listenWithBacklog, openReusePortFd } from './reuseport';
 import { clientTls, type Route } from '../protocol';
 import { setListenerSocketOptions } from './proxied-connection';
 import { RouteBinding, bindingKey, type ListenerEnvironment } from './route-binding';
@@ -72,7 +72,7 @@ export class RouteListener {
         return;
       }
       const where = fd !== undefined ? { fd } : { host: this.env.bindHost, port: this.port };
-      server.listen({ ...where, backlog: this.env.backlog }, () => {
+      listenWithBacklog(server, where, this.env.backlog, () => {
         // Only plain ports: a shared TLS port reads the ClientHello through 'data' events.
         if (FORWARDERS_ENABLED)
           acceptWithForwarders(

@@ -1,5 +1,6 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { execFileSync } from 'node:child_process';
 import { createConnection, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { expect } from 'chai';
@@ -221,6 +222,7 @@ describe('sf router', function () {
     /** Starts a router with one route to the backend, extra flags appended. */
     async function startRouterWith(
       flags: string[],
+      env: NodeJS.ProcessEnv = {},
     ): Promise<{ router: SfProcess; routePort: number; adminPort: number }> {
       const adminPort = await freePort();
       const routePort = await freePort();
@@ -235,9 +237,20 @@ describe('sf router', function () {
       const router = runSf(['router', '--routes', file, '--admin', `127.0.0.1:${adminPort}`, ...flags], {
         SF_RELAY: process.env.SF_RELAY ?? 'auto',
         SF_API_TOKEN: ROUTER_ADMIN_TOKEN,
+        ...env,
       });
       await waitForHealth(adminPort);
       return { router, routePort, adminPort };
+    }
+
+    /** The queue size (`ss`'s Send-Q) of each socket listening on `port`. */
+    function listenQueueSizes(port: number): number[] {
+      const out = execFileSync('ss', ['-Hltn', `sport = :${port}`], { encoding: 'utf8' });
+      return out
+        .trim()
+        .split('\n')
+        .filter((line) => line !== '')
+        .map((line) => Number(line.trim().split(/\s+/)[2]));
     }
 
     /**
@@ -317,6 +330,25 @@ describe('sf router', function () {
         };
         expect(health.accept.backlog).to.include({ requested: asked, effective: somaxconn });
         expect(router.output()).to.contain('listen backlog above net.core.somaxconn');
+      } finally {
+        await router.stop();
+      }
+    });
+
+    it('gives every worker of --workers 2 the same queue, on the JS path too', async () => {
+      // Node listens again on an adopted descriptor with its default of 511 unless told otherwise.
+      const { router, routePort } = await startRouterWith(['--workers', '2'], { SF_RELAY: 'js' });
+      try {
+        let queues: number[] = [];
+        await eventually(
+          async () => {
+            queues = listenQueueSizes(routePort);
+            return queues.length === 2;
+          },
+          10_000,
+          'both workers listening',
+        );
+        expect(queues).to.deep.equal([somaxconn, somaxconn]);
       } finally {
         await router.stop();
       }
