@@ -7,7 +7,7 @@
  */
 import { type Server, isIPv6 } from 'node:net';
 import { loadNativeBindings } from '../native-bindings';
-import { defaultListenBacklog } from './listen-backlog';
+import { defaultListenBacklog } from '../common';
 
 export interface ReusePortListenOptions {
   /** A numeric IPv4 or IPv6 address. */
@@ -16,7 +16,7 @@ export interface ReusePortListenOptions {
   port: number;
   /**
    * listen(2) backlog.
-   * @default net.core.somaxconn (router/listen-backlog.ts)
+   * @default net.core.somaxconn (common/listen-backlog.ts)
    */
   backlog?: number;
   /**

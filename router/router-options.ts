@@ -2,10 +2,9 @@
  * Router-wide options. Per-route limits live in the route model (DEFAULT_ROUTE_LIMITS).
  */
 import type { Relay } from './relay';
-import type { Logger } from '../common';
+import { defaultListenBacklog, type Logger } from '../common';
 import type { ListenAddress } from './self-address';
 import { DEFAULT_LISTEN_RETRY_MS } from './listen-failures';
-import { defaultListenBacklog } from './listen-backlog';
 
 export type DisconnectPolicy = 'keep-last' | 'fail-closed';
 
@@ -48,7 +47,7 @@ export interface RouterOptions {
    */
   keepAliveMs: number;
   /**
-   * listen(2) backlog per route port (router/listen-backlog.ts).
+   * listen(2) backlog per route port (common/listen-backlog.ts).
    * @default net.core.somaxconn, or 511 where it cannot be read
    */
   backlog: number;

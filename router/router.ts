@@ -3,7 +3,16 @@
  * point where every fenced connection is already destroyed; only opening new ports waits.
  */
 import type { LookupFunction } from 'node:net';
-import { ErrorCode, SfError, createLogger, type Logger, withDefaults } from '../common';
+import {
+  ErrorCode,
+  SfError,
+  createLogger,
+  listenBacklogCeiling,
+  resolveListenBacklog,
+  type ListenBacklog,
+  type Logger,
+  withDefaults,
+} from '../common';
 import type { Relay } from './relay';
 import type { PortSteeringStatus } from '../native-bindings';
 import { createJsRelay } from './relay-js';
@@ -19,7 +28,6 @@ import { guardedLookup, needsLookup, ownAddressHit, type ListenAddress } from '.
 import type { RouteSource } from './route-source';
 import type { RouteStats } from './route-stats';
 import { DEFAULT_ROUTER_OPTIONS, type RouterOptions } from './router-options';
-import { listenBacklogCeiling, resolveListenBacklog, type ListenBacklog } from './listen-backlog';
 
 export interface ApplyResult {
   version: number;
@@ -62,7 +70,7 @@ export interface RouterStatus {
     native: number;
     js: number;
     jsPorts: Array<{ port: number; reason: string }>;
-    /** Each route port's listen queue: asked for, and held by the kernel (router/listen-backlog.ts). */
+    /** Each route port's listen queue: asked for, and held by the kernel (common/listen-backlog.ts). */
     backlog: ListenBacklog;
     /** Native ports opened through one listening socket per set of accept options (native relay only). */
     steering?: PortSteeringStatus;

@@ -2,7 +2,7 @@
  * The real peers every target relays to: one redis-server (no persistence, so disk never shows
  * up in the numbers) and one `iperf3 -s`.
  */
-import { defaultListenBacklog } from '../../router/listen-backlog';
+import { defaultListenBacklog } from '../../common/listen-backlog';
 import { freePort, runToCompletion, startProcess, waitForPort, type ManagedProcess } from './processes';
 
 export interface Backends {
@@ -39,7 +39,7 @@ export async function startRedis(port: number, options: RedisOptions = {}): Prom
       'no',
       '--maxclients',
       String(maxClients),
-      // Its queue as deep as the proxies' (router/listen-backlog.ts), so a storm through a proxy
+      // Its queue as deep as the proxies' (common/listen-backlog.ts), so a storm through a proxy
       // meets the proxy's queue and not a shorter one behind it.
       '--tcp-backlog',
       String(defaultListenBacklog()),

@@ -7,6 +7,7 @@ import { PostgresEngine } from '../../cell/engine-postgres';
 import { RedisEngine } from '../../cell/engine-redis';
 import { TcpEngine } from '../../cell/engine-tcp';
 import { ErrorCode } from '../../common/errors';
+import { defaultListenBacklog } from '../../common/listen-backlog';
 import { ProcessExecutor } from '../../cell/executor-process';
 import { eventually, spec, tempCellDir } from '../helpers/cell-harness';
 
@@ -44,6 +45,11 @@ describe('ProcessExecutor', function () {
       console.log(`      redis: start to first successful query ${Date.now() - t0} ms`);
       expect(primary.dataDir).to.contain(cell.dir);
       expect(primary.port).to.be.within(21000, 21999);
+      // Its queue is as deep as the router's in front of it, so a reconnect storm is not dropped there.
+      expect(await redis(primary.port).config('GET', 'tcp-backlog')).to.deep.equal([
+        'tcp-backlog',
+        String(defaultListenBacklog()),
+      ]);
       // Sync durability: the primary refuses writes while no replica is attached.
       const refused = await redis(primary.port)
         .set('k', 'v0')

@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { createConnection, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { expect } from 'chai';
-import { listenBacklogCeiling } from '../../router/listen-backlog';
+import { listenBacklogCeiling } from '../../common/listen-backlog';
 import { freePort } from '../helpers/free-port';
 import {
   ROUTER_ADMIN_TOKEN,

@@ -1,4 +1,5 @@
 import { expect } from 'chai';
+import { defaultListenBacklog } from '../../../common/listen-backlog';
 import type { EngineContext } from '../../../cell/engine';
 import { lsnToValue, renderPgHba, renderPostgresConfig } from '../../../cell/engine-postgres';
 import { parseInfo, renderRedisConfig } from '../../../cell/engine-redis';
@@ -23,6 +24,7 @@ describe('engine configuration', () => {
       expect(conf).to.contain('port 20001\n').and.contain('dir /v/data\n').and.contain('appendonly yes\n');
       expect(conf).to.contain('appendfsync always\n').and.contain('min-replicas-to-write 1\n');
       expect(conf).to.contain('replica-announce-ip 10.0.0.5\n');
+      expect(conf).to.contain(`tcp-backlog ${defaultListenBacklog()}\n`);
       expect(conf).not.to.contain('replicaof');
     });
 

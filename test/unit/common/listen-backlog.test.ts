@@ -7,7 +7,7 @@ import {
   FALLBACK_LISTEN_BACKLOG,
   listenBacklogCeiling,
   resolveListenBacklog,
-} from '../../../router/listen-backlog';
+} from '../../../common/listen-backlog';
 
 describe('listen backlog', () => {
   let dir: string;
