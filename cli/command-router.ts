@@ -43,7 +43,7 @@ export function registerRouterCommand(program: Command): void {
     )
     .option(
       '--backlog <n>',
-      'listen backlog per route port (default: net.core.somaxconn, the most the kernel queues)',
+      'listen backlog per route port: the most the kernel queues (net.core.somaxconn) unless set lower',
       String(DEFAULT_ROUTER_OPTIONS.backlog),
     )
     .addOption(
