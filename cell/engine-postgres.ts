@@ -391,8 +391,31 @@ export class PostgresEngine implements Engine {
     // A policy change swaps the certificate, and with it who may speak plaintext (pg_hba.conf).
     const hba = await this.writeHba(ctx);
     if (!changed && !hba) return false;
-    await this.query(ctx, 'select pg_reload_conf()');
+    // The cell reports `tls` after this returns, and the route then re-encrypts to the engine and
+    // verifies the service's certificate: the reload must have happened, not just been asked for.
+    await this.reloadAndWait(ctx);
     return true;
+  }
+
+  /**
+   * `pg_reload_conf()` only signals the postmaster, which reads the files (and loads the TLS
+   * certificate and pg_hba.conf) when it handles the signal. Waits until a new session sees a later
+   * `pg_conf_load_time()`: sessions are forked by the postmaster after it handled the reload, so
+   * from then on every new connection meets the new files.
+   */
+  private async reloadAndWait(ctx: EngineContext): Promise<void> {
+    const loadTime = async (): Promise<string> => (await this.query(ctx, 'select pg_conf_load_time()')).trim();
+    const before = await loadTime();
+    await this.query(ctx, 'select pg_reload_conf()');
+    const deadline = Date.now() + this.options.queryTimeoutMs;
+    while ((await loadTime()) === before) {
+      if (Date.now() > deadline)
+        throw new SfError(
+          ErrorCode.EngineUnavailable,
+          `PostgreSQL did not reload its configuration within ${this.options.queryTimeoutMs} ms (see its log)`,
+        );
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
   }
 
   /** Writes pg_hba.conf for the spec when it differs from the file; true when it did. */
