@@ -1,10 +1,11 @@
 /**
- * The listen(2) backlog of a route port, and of the engines behind it. A failover or a restarted application makes every client
- * of a primary reconnect at once; a queue shorter than that burst drops SYNs, and each dropped
- * client waits for a retransmit (1 s, then 3 s, 7 s) before it is even accepted. Linux holds at
- * most `net.core.somaxconn` per listener whatever listen() asks, so the default asks for that
- * ceiling (as Envoy does on Linux, and as HAProxy's backlog follows maxconn); `--backlog` asks for
- * less, and a request above the ceiling is reported rather than silently cut.
+ * The listen(2) backlog of a route port, and of the engines behind it. A failover or a restarted
+ * application makes every client of a primary reconnect at once; a queue shorter than that burst
+ * drops SYNs, and each dropped client waits for a retransmit (1 s, then 3 s, 7 s) before it is
+ * even accepted. Linux holds at most `net.core.somaxconn` per listener whatever listen() asks, so
+ * the default asks for that ceiling (as Envoy does on Linux, and as HAProxy's backlog follows
+ * maxconn); `--backlog` asks for less, and a request above the ceiling is reported rather than
+ * silently cut.
  */
 import { readFileSync } from 'node:fs';
 
