@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { execFileSync } from 'node:child_process';
 import { createConnection, type Socket } from 'node:net';
@@ -243,6 +243,14 @@ describe('sf router', function () {
       return { router, routePort, adminPort };
     }
 
+    /** The scheduler state (R, S, T, ...) of every thread of a process, from /proc. */
+    function threadStates(pid: number): string[] {
+      return readdirSync(`/proc/${pid}/task`).map((tid) => {
+        const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+        return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+      });
+    }
+
     /** The queue size (`ss`'s Send-Q) of each socket listening on `port`. */
     function listenQueueSizes(port: number): number[] {
       const out = execFileSync('ss', ['-Hltn', `sport = :${port}`], { encoding: 'utf8' });
@@ -270,6 +278,12 @@ describe('sf router', function () {
       let connected = 0;
       router.child.kill('SIGSTOP');
       try {
+        // kill() returns before the signal is taken: a router still running would accept some.
+        await eventually(
+          async () => threadStates(router.child.pid!).every((state) => state === 'T'),
+          5000,
+          'router stopped',
+        );
         const connects = Array.from({ length: count }, () => {
           const socket = createConnection({ host: '127.0.0.1', port: routePort });
           sockets.push(socket);
