@@ -175,7 +175,7 @@ function metricsOf(
     }
     case 'storm': {
       const r = result as ConnRateResult;
-      return { storm_p50_ms: r.p50Ms, storm_last_ms: r.maxMs ?? Number.NaN };
+      return { storm_p50_ms: r.p50Ms, storm_last_ms: r.maxMs };
     }
   }
 }

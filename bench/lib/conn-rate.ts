@@ -37,7 +37,7 @@ export interface ConnRateResult {
   p50Ms: number;
   p99Ms: number;
   /** The slowest cycle: in a storm (a run shorter than a cycle), when the last client was served. */
-  maxMs?: number;
+  maxMs: number;
   /** The generator's own CPU per cycle, in microseconds (the native client reports it). */
   clientCpuUsPerCycle?: number;
 }
