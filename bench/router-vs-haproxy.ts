@@ -3,12 +3,16 @@
  * same backend, with the same clients, on this machine right now? (DESIGN.md "Targets", issues
  * 2 and 6.)
  *
- * Every target runs at once; samples alternate between targets and the order rotates each round,
- * so background load on a shared machine spreads over all columns. Medians and ratios are what
- * to read, not absolute numbers.
+ * Every target runs at once; samples alternate between targets in an order shuffled anew for each
+ * measurement of each round (`--seed` replays one), so background load on a shared machine spreads
+ * over all columns and no column always follows the same one (a connection row inherits the
+ * previous column's sockets in TIME_WAIT). Medians and ratios are what to read, not absolute
+ * numbers.
  *
- *   npm run bench:router -- [--quick] [--rounds N] [--only direct,haproxy,router-js] [--storm-clients 2000]
+ *   npm run bench:router -- [--quick] [--rounds N] [--only direct,haproxy,router-js] [--iperf-congestion ALGO]
+ *                           [--storm-clients 2000] [--order shuffle|rotate] [--seed N]
  */
+import { randomInt } from 'node:crypto';
 import { startBackends, redisServerVersion } from './lib/backends';
 import { runConnRate, type ConnRateResult } from './lib/conn-rate';
 import { haproxyVersion } from './lib/haproxy';
@@ -16,6 +20,7 @@ import { describeCpuIdle, hostFacts, type HostFacts } from './lib/host-facts';
 import { iperfVersion, runIperf, type IperfResult } from './lib/iperf';
 import { makeTempDir, sleep, stopAll } from './lib/processes';
 import { buildNativeTool } from './lib/native-tool';
+import { createPrng, type Prng } from './lib/fault-prng';
 import { acquireRunLock } from './lib/run-lock';
 import { redisBenchmarkVersion, runRedisBenchmark, type RedisBenchRow } from './lib/redis-bench';
 import { formatNumber, formatRatio, formatTable, median, writeResults } from './lib/report';
@@ -38,7 +43,16 @@ interface Settings {
   stormClients: number;
   /** Path of the built bench/native/conn-cycle-client; the Node generator when it could not be built. */
   connClient?: string;
+  /**
+   * `shuffle` (the default): a new order of the columns for every measurement of every round, from
+   * `seed`; `rotate`: one order, rotated by one each round (runs before the shuffle were made so).
+   */
+  order: ColumnOrder;
+  /** Seed of the shuffled orders, recorded in the results so a run's order can be replayed. */
+  seed: number;
 }
+
+type ColumnOrder = 'shuffle' | 'rotate';
 
 interface MetricDef {
   key: string;
@@ -92,6 +106,12 @@ function parseArgs(argv: string[]): Settings {
   const stormClients = Number(value('--storm-clients') ?? 2000);
   if (!Number.isInteger(stormClients) || stormClients < 1)
     throw new Error('--storm-clients must be a positive integer');
+  const order = value('--order') ?? 'shuffle';
+  if (order !== 'shuffle' && order !== 'rotate') throw new Error(`--order must be shuffle or rotate, got '${order}'`);
+  const seedText = value('--seed');
+  const seed = seedText === undefined ? randomInt(0, 2 ** 32) : Number(seedText);
+  if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32)
+    throw new Error(`--seed must be an integer 0-${2 ** 32 - 1}, got '${seedText ?? ''}'`);
   return {
     quick,
     rounds,
@@ -107,6 +127,8 @@ function parseArgs(argv: string[]): Settings {
     connSeconds: quick ? 1 : 3,
     connConcurrency: 50,
     stormClients,
+    order,
+    seed,
   };
 }
 
@@ -139,6 +161,16 @@ function allSpecs(workers2: boolean, threads: boolean): TargetSpec[] {
 function rotate<T>(list: readonly T[], by: number): T[] {
   const n = list.length;
   return list.map((_, i) => list[(i + by) % n]);
+}
+
+/** A uniformly random permutation (Fisher-Yates) drawn from `prng`. */
+function shuffled<T>(list: readonly T[], prng: Prng): T[] {
+  const out = [...list];
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = prng.int(0, i);
+    [out[i], out[j]] = [out[j], out[i]];
+  }
+  return out;
 }
 
 function metricsOf(
@@ -253,6 +285,8 @@ interface RatioSet {
    * this pairing cancels slow drifts in background load that the ratio of medians keeps.
    */
   paired: Record<string, number>;
+  /** The lowest and highest per-round ratio: how far one round's verdict can move. */
+  spread: Record<string, [number, number]>;
 }
 
 /** Metric values of one target per round, rebuilt from the raw samples. */
@@ -283,6 +317,7 @@ function computeRatios(
       if (!ref) continue;
       const values: Record<string, number> = {};
       const paired: Record<string, number> = {};
+      const spread: Record<string, [number, number]> = {};
       const mine = valuesByRound(raw, t.spec.name);
       const theirs = valuesByRound(raw, ref);
       for (const m of METRICS) {
@@ -293,8 +328,9 @@ function computeRatios(
           if (v[m.key] !== undefined && r !== undefined) perRound.push(v[m.key] / r);
         }
         paired[m.key] = median(perRound);
+        spread[m.key] = perRound.length > 0 ? [Math.min(...perRound), Math.max(...perRound)] : [Number.NaN, Number.NaN];
       }
-      out.push({ target: t.spec.name, reference: ref, values, paired });
+      out.push({ target: t.spec.name, reference: ref, values, paired, spread });
     }
   }
   return out;
@@ -380,12 +416,15 @@ async function main(): Promise<void> {
     };
   };
 
-  const order = running;
+  const prng = createPrng(settings.seed);
+  process.stderr.write(
+    `column order: ${settings.order}${settings.order === 'shuffle' ? ` (--seed ${settings.seed})` : ''}\n`,
+  );
   for (let round = 0; round < settings.rounds; round++) {
-    const rotated = rotate(order, round % order.length);
-    process.stderr.write(`round ${round + 1}/${settings.rounds}: ${rotated.map((t) => t.spec.name).join(' → ')}\n`);
+    process.stderr.write(`round ${round + 1}/${settings.rounds}\n`);
     for (const measurement of MEASUREMENTS) {
-      for (const target of rotated) {
+      const columns = settings.order === 'shuffle' ? shuffled(running, prng) : rotate(running, round % running.length);
+      for (const target of columns) {
         const t0 = Date.now();
         const sample: RawSample = {
           round,
@@ -411,7 +450,7 @@ async function main(): Promise<void> {
         // Let sockets in TIME_WAIT and the previous target's CPU burst settle between samples.
         await sleep(200);
       }
-      process.stderr.write(`  ${measurement} done\n`);
+      process.stderr.write(`  ${measurement}: ${columns.map((t) => t.spec.name).join(' → ')}\n`);
     }
     // Written after every round so an interrupted run still leaves its samples behind.
     writeResults('router', snapshot(false));
@@ -448,7 +487,9 @@ function printReport(result: Record<string, unknown>, running: RunningTarget[], 
   const byTarget = new Map<string, RatioSet[]>();
   for (const r of ratios) byTarget.set(r.target, [...(byTarget.get(r.target) ?? []), r]);
   for (const [target, sets] of byTarget) {
-    process.stdout.write(`\nRatios for ${target} (value / reference; * = goal missed on this row)\n\n`);
+    process.stdout.write(
+      `\nRatios for ${target} (value / reference; * = goal missed on this row; in brackets the lowest and highest per-round ratio)\n\n`,
+    );
     process.stdout.write(
       `${formatTable(
         ['metric', 'better', ...sets.map((s) => `/${s.reference}`)],
@@ -457,7 +498,9 @@ function printReport(result: Record<string, unknown>, running: RunningTarget[], 
           m.better,
           ...sets.map((s) => {
             const v = s.values[m.key];
-            return `${formatRatio(v)}${Number.isNaN(v) || goalMet(m, v, s.reference) ? ' ' : '*'}`;
+            const [lo, hi] = s.spread[m.key];
+            const range = Number.isNaN(lo) || lo === hi ? '' : ` [${formatRatio(lo)}-${formatRatio(hi)}]`;
+            return `${formatRatio(v)}${Number.isNaN(v) || goalMet(m, v, s.reference) ? ' ' : '*'}${range}`;
           }),
         ]),
       )}\n`,
