@@ -11,6 +11,7 @@
  *
  *   npm run bench:router -- [--quick] [--rounds N] [--only direct,haproxy,router-js] [--iperf-congestion ALGO]
  *                           [--storm-clients 2000] [--order shuffle|rotate] [--seed N]
+ *                           [--measurements redis-p1,redis-p16,iperf,conn-rate,conn-rate-server-close,storm]
  */
 import { randomInt } from 'node:crypto';
 import { startBackends, redisServerVersion } from './lib/backends';
@@ -21,6 +22,7 @@ import { iperfVersion, runIperf, type IperfResult } from './lib/iperf';
 import { makeTempDir, sleep, stopAll } from './lib/processes';
 import { buildNativeTool } from './lib/native-tool';
 import { createPrng, type Prng } from './lib/fault-prng';
+import { FlagError } from './lib/flag-error';
 import { acquireRunLock } from './lib/run-lock';
 import { redisBenchmarkVersion, runRedisBenchmark, type RedisBenchRow } from './lib/redis-bench';
 import { formatNumber, formatRatio, formatTable, median, writeResults } from './lib/report';
@@ -31,6 +33,8 @@ interface Settings {
   quick: boolean;
   rounds: number;
   only: string[] | undefined;
+  /** `--measurements`: the measurements to run (every one by default), e.g. only the connection rows. */
+  measurements: Measurement[];
   clients: number;
   requestsP1: number;
   requestsP16: number;
@@ -95,6 +99,13 @@ interface RawSample {
   error?: string;
 }
 
+function listOption(text: string): string[] {
+  return text
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+}
+
 function parseArgs(argv: string[]): Settings {
   const quick = argv.includes('--quick');
   const value = (name: string): string | undefined => {
@@ -102,23 +113,27 @@ function parseArgs(argv: string[]): Settings {
     return i >= 0 ? argv[i + 1] : undefined;
   };
   const rounds = Number(value('--rounds') ?? (quick ? 1 : 3));
-  if (!Number.isInteger(rounds) || rounds < 1) throw new Error('--rounds must be a positive integer');
+  if (!Number.isInteger(rounds) || rounds < 1) throw new FlagError('--rounds must be a positive integer');
   const stormClients = Number(value('--storm-clients') ?? 2000);
   if (!Number.isInteger(stormClients) || stormClients < 1)
-    throw new Error('--storm-clients must be a positive integer');
+    throw new FlagError('--storm-clients must be a positive integer');
+  const measurementsText = value('--measurements');
+  const measurements = measurementsText === undefined ? MEASUREMENTS : listOption(measurementsText);
+  const unknownMeasurements = measurements.filter((m) => !(MEASUREMENTS as readonly string[]).includes(m));
+  if (unknownMeasurements.length > 0)
+    throw new FlagError(`--measurements: unknown ${unknownMeasurements.join(', ')}; known: ${MEASUREMENTS.join(', ')}`);
   const order = value('--order') ?? 'shuffle';
-  if (order !== 'shuffle' && order !== 'rotate') throw new Error(`--order must be shuffle or rotate, got '${order}'`);
+  if (order !== 'shuffle' && order !== 'rotate')
+    throw new FlagError(`--order must be shuffle or rotate, got '${order}'`);
   const seedText = value('--seed');
   const seed = seedText === undefined ? randomInt(0, 2 ** 32) : Number(seedText);
   if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32)
-    throw new Error(`--seed must be an integer 0-${2 ** 32 - 1}, got '${seedText ?? ''}'`);
+    throw new FlagError(`--seed must be an integer 0-${2 ** 32 - 1}, got '${seedText ?? ''}'`);
   return {
     quick,
     rounds,
-    only: value('--only')
-      ?.split(',')
-      .map((s) => s.trim())
-      .filter(Boolean),
+    only: value('--only') === undefined ? undefined : listOption(value('--only') ?? ''),
+    measurements: measurements as Measurement[],
     clients: 50,
     requestsP1: quick ? 5_000 : 50_000,
     requestsP16: quick ? 50_000 : 500_000,
@@ -353,7 +368,9 @@ async function main(): Promise<void> {
     const wanted = new Set(settings.only);
     const unknown = [...wanted].filter((n) => !specs.some((s) => s.name === n));
     if (unknown.length > 0)
-      throw new Error(`--only: unknown target(s) ${unknown.join(', ')}; known: ${specs.map((s) => s.name).join(', ')}`);
+      throw new FlagError(
+        `--only: unknown target(s) ${unknown.join(', ')}; known: ${specs.map((s) => s.name).join(', ')}`,
+      );
     specs = specs.filter((s) => wanted.has(s.name));
   }
 
@@ -422,7 +439,7 @@ async function main(): Promise<void> {
   );
   for (let round = 0; round < settings.rounds; round++) {
     process.stderr.write(`round ${round + 1}/${settings.rounds}\n`);
-    for (const measurement of MEASUREMENTS) {
+    for (const measurement of settings.measurements) {
       const columns = settings.order === 'shuffle' ? shuffled(running, prng) : rotate(running, round % running.length);
       for (const target of columns) {
         const t0 = Date.now();
@@ -469,6 +486,8 @@ function printReport(result: Record<string, unknown>, running: RunningTarget[], 
   const medians = result.medians as Record<string, Record<string, number>>;
   const ratios = computeRatios(running, medians, raw);
   const names = running.map((t) => t.spec.name);
+  // Rows of measurements this run left out (`--measurements`) are not printed.
+  const shown = METRICS.filter((m) => names.some((n) => medians[n][m.key] !== undefined));
   const relayNote = running
     .filter((t) => t.spec.kind === 'router')
     .map((t) => `${t.spec.name}: relay=${String(t.info.relay)}`);
@@ -481,7 +500,7 @@ function printReport(result: Record<string, unknown>, running: RunningTarget[], 
   process.stdout.write(
     `${formatTable(
       ['metric', ...names],
-      METRICS.map((m) => [m.label, ...names.map((n) => formatNumber(medians[n][m.key]))]),
+      shown.map((m) => [m.label, ...names.map((n) => formatNumber(medians[n][m.key]))]),
     )}\n`,
   );
   const byTarget = new Map<string, RatioSet[]>();
@@ -493,7 +512,7 @@ function printReport(result: Record<string, unknown>, running: RunningTarget[], 
     process.stdout.write(
       `${formatTable(
         ['metric', 'better', ...sets.map((s) => `/${s.reference}`)],
-        METRICS.map((m) => [
+        shown.map((m) => [
           m.label,
           m.better,
           ...sets.map((s) => {
@@ -513,6 +532,11 @@ function printReport(result: Record<string, unknown>, running: RunningTarget[], 
 
 main()
   .catch((err: unknown) => {
+    if (err instanceof FlagError) {
+      process.stderr.write(`router-vs-haproxy: ${err.message}\n`);
+      process.exitCode = 2;
+      return;
+    }
     process.stderr.write(`${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
     process.exitCode = 1;
   })

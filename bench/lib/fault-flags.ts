@@ -6,6 +6,7 @@
 import { defaultFaultKinds, faultKindsByName, type FaultKind } from './fault-kinds';
 import { PLATFORM_MODES, type PlatformMode } from './fault-platform-base';
 import type { EngineName } from './fault-writers';
+import { FlagError } from './flag-error';
 
 export interface FaultFlags {
   seed: number;
@@ -20,7 +21,7 @@ export interface FaultFlags {
   recoveryBoundMs: number;
 }
 
-export class FlagError extends Error {}
+export { FlagError };
 
 export function parseFaultFlags(argv: readonly string[], defaultSeed = Date.now() % 100_000): FaultFlags {
   let seed = defaultSeed;
