@@ -84,6 +84,11 @@ export interface NativeBindings {
   listenTcp(host: string, port: number, backlog: number, reusePort: boolean, ipv6Only: boolean): number;
   setTcpUserTimeout(fd: number, timeoutMs: number): void;
   setKeepAlive(fd: number, enable: boolean, idleSeconds: number, intervalSeconds: number, count: number): void;
+  /**
+   * Grows the process's descriptor table once so that `count` more descriptors fit without the
+   * kernel growing it again (capped at RLIMIT_NOFILE); absent from addons built before it.
+   */
+  reserveDescriptors?(count: number): void;
 
   // Native accept path (docs/native-relay.md): the addon owns the port, accepts, connects, relays.
   /** Receives batches of `[kind, owner, portId, port, ...]` quadruples (NativeAcceptEvent kinds). */

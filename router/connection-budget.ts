@@ -5,7 +5,7 @@
  * limit leaves headroom for the process, the admin endpoint, Redis and each route's listening
  * socket, and each route keeps a small reservation the others cannot take.
  */
-import { readFileSync } from 'node:fs';
+import { readProcField } from './proc-file';
 
 /** Descriptors per relayed connection: the client's and the backend's. */
 export const FDS_PER_CONNECTION = 2;
@@ -30,15 +30,9 @@ export const MAX_ROUTE_RESERVE = 64;
  * undefined where /proc is not there or does not say.
  */
 export function readFdLimit(limitsFile = '/proc/self/limits'): number | undefined {
-  let text: string;
-  try {
-    text = readFileSync(limitsFile, 'utf8');
-  } catch {
-    return undefined;
-  }
-  const m = /^Max open files\s+(\S+)/m.exec(text);
-  if (!m || m[1] === 'unlimited') return undefined;
-  const n = Number(m[1]);
+  const field = readProcField(limitsFile, /^Max open files\s+(\S+)/m);
+  if (field === undefined || field === 'unlimited') return undefined;
+  const n = Number(field);
   return Number.isSafeInteger(n) && n > 0 ? n : undefined;
 }
 

@@ -22,7 +22,8 @@ import { RouteListener } from './route-listener';
 import { routeJsReason } from './native-accept';
 import { ListenFailures, type ListenFailure } from './listen-failures';
 import { NativePortTable } from './native-port-table';
-import { globalConnectionLimit, readFdLimit, routeReserve } from './connection-budget';
+import { FDS_PER_CONNECTION, globalConnectionLimit, readFdLimit, reservedFds, routeReserve } from './connection-budget';
+import { reserveDescriptorTable } from './descriptor-table';
 import { RateLimitedLog } from './rate-limited-log';
 import { guardedLookup, needsLookup, ownAddressHit, type ListenAddress } from './self-address';
 import type { RouteSource } from './route-source';
@@ -62,6 +63,11 @@ export interface RouterStatus {
   connectionLimit: number;
   /** The soft RLIMIT_NOFILE read at start; null where it could not be read. */
   fdLimit: number | null;
+  /**
+   * Slots of the process's descriptor table, grown at start to what the connection limit holds
+   * (router/descriptor-table.ts); null where /proc does not say.
+   */
+  fdTable: number | null;
   /**
    * Which path accepts each port: `native` ports are accepted, connected and relayed by the addon
    * alone; `js` ports by Node, with the reason per port (first 100 listed).
@@ -119,6 +125,7 @@ export class Router {
   private applied = 0;
   private readonly env: ListenerEnvironment;
   private readonly fdLimit: number | undefined;
+  private fdTable: number | undefined;
   private readonly ownAddresses: ListenAddress[];
   private readonly limitLog: RateLimitedLog;
   private steeringReported = false;
@@ -277,6 +284,7 @@ export class Router {
   /** Starts serving tables from `source`; rejects if its first table cannot be served. */
   async start(source: RouteSource): Promise<void> {
     this.source = source;
+    this.fdTable = reserveDescriptorTable(reservedFds(0) + FDS_PER_CONNECTION * this.connectionLimit);
     if (this.backlog.effective < this.backlog.requested)
       this.logger.warn(
         { backlog: this.backlog.requested, somaxconn: this.backlog.ceiling },
@@ -559,6 +567,7 @@ export class Router {
       serving: this.serving(),
       connectionLimit: this.connectionLimit,
       fdLimit: this.fdLimit ?? null,
+      fdTable: this.fdTable ?? null,
       tlsPorts: this.tlsPorts(),
       accept: {
         native,

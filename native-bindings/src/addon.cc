@@ -8,6 +8,7 @@
 
 #include <memory>
 
+#include "listen-batch.h"
 #include "relay-engine.h"
 #include "socket-options.h"
 #include "tls-client.h"
@@ -208,6 +209,14 @@ Napi::Value ListenTcp(const Napi::CallbackInfo& info) {
   int fd = sf::ListenTcp(o);
   if (fd < 0) return ThrowErrno(env, "listen", "listen " + o.host + ":" + std::to_string(o.port), -fd);
   return Napi::Number::New(env, fd);
+}
+
+// reserveDescriptors(count): grows the descriptor table once for `count` more descriptors.
+Napi::Value ReserveDescriptorsFor(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsNumber() || info[0].As<Napi::Number>().DoubleValue() < 0) return ThrowType(env, "reserveDescriptors(count)");
+  sf::ReserveDescriptors(static_cast<size_t>(info[0].As<Napi::Number>().DoubleValue()));
+  return env.Undefined();
 }
 
 Napi::Value SetTcpUserTimeout(const Napi::CallbackInfo& info) {
@@ -648,6 +657,7 @@ Napi::Object Module(Napi::Env env, Napi::Object exports) {
   exports.Set("listenTcp", Napi::Function::New(env, ListenTcp));
   exports.Set("setTcpUserTimeout", Napi::Function::New(env, SetTcpUserTimeout));
   exports.Set("setKeepAlive", Napi::Function::New(env, SetKeepAlive));
+  exports.Set("reserveDescriptors", Napi::Function::New(env, ReserveDescriptorsFor));
   exports.Set("initEvents", Napi::Function::New(env, InitEvents));
   exports.Set("createBudget", Napi::Function::New(env, CreateBudget));
   exports.Set("applyPorts", Napi::Function::New(env, ApplyPorts));

@@ -5,6 +5,8 @@ import { createConnection, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { expect } from 'chai';
 import { listenBacklogCeiling } from '../../common/listen-backlog';
+import { loadNativeBindings } from '../../native-bindings';
+import { FDS_PER_CONNECTION } from '../../router/connection-budget';
 import { freePort } from '../helpers/free-port';
 import {
   ROUTER_ADMIN_TOKEN,
@@ -322,6 +324,39 @@ describe('sf router', function () {
         expect(await connectWhileStopped(router, routePort, storm, 500)).to.equal(storm);
       } finally {
         await router.stop();
+      }
+    });
+
+    /** `FDSize` of /proc/PID/status: the slots of a process's descriptor table. */
+    function descriptorTableSize(pid: number): number {
+      return Number(/^FDSize:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
+    }
+
+    it('sizes its descriptor table for its connection limit at start, so a storm never waits for it to grow', async function () {
+      if (loadNativeBindings()?.reserveDescriptors === undefined) this.skip();
+      const { router, routePort, adminPort } = await startRouterWith([]);
+      try {
+        const health = (await (await fetch(`http://127.0.0.1:${adminPort}/health`)).json()) as {
+          connectionLimit: number;
+          fdLimit: number;
+          fdTable: number;
+        };
+        const pid = router.child.pid!;
+        // Every descriptor the limit allows fits already (the table cannot exceed RLIMIT_NOFILE).
+        expect(health.fdTable).to.equal(descriptorTableSize(pid));
+        expect(health.fdTable).to.be.at.least(Math.min(health.fdLimit, FDS_PER_CONNECTION * health.connectionLimit));
+        // A storm leaves it as it was: the kernel had nothing to grow while the clients came.
+        expect(await connectWhileStopped(router, routePort, storm, 500)).to.equal(storm);
+        expect(descriptorTableSize(pid)).to.equal(health.fdTable);
+      } finally {
+        await router.stop();
+      }
+      // Turned off, the table starts small and grows with the clients (the kernel's default).
+      const off = await startRouterWith([], { SF_ROUTER_FD_RESERVE: 'off' });
+      try {
+        expect(descriptorTableSize(off.router.child.pid!)).to.be.below(storm * FDS_PER_CONNECTION);
+      } finally {
+        await off.router.stop();
       }
     });
 
