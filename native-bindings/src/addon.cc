@@ -214,8 +214,9 @@ Napi::Value ListenTcp(const Napi::CallbackInfo& info) {
 // reserveDescriptors(count): grows the descriptor table once for `count` more descriptors.
 Napi::Value ReserveDescriptorsFor(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsNumber() || info[0].As<Napi::Number>().DoubleValue() < 0) return ThrowType(env, "reserveDescriptors(count)");
-  sf::ReserveDescriptors(static_cast<size_t>(info[0].As<Napi::Number>().DoubleValue()));
+  const double count = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1;
+  if (!(count >= 0)) return ThrowType(env, "reserveDescriptors(count)");
+  sf::ReserveDescriptors(static_cast<size_t>(count));
   return env.Undefined();
 }
 
