@@ -10,6 +10,7 @@ import { defaultDiskSync, type DiskSync, type HostPort, type InstanceSpec } from
 import type { Availability, Engine, EngineContext, LaunchCommand, ReplicationPosition } from './engine';
 import { defaultListenBacklog, ErrorCode, SfError } from '../common';
 import { findBinary, type RunAs } from './run-command';
+import { withDescriptorTable } from './engine-fd-table';
 import { engineUser, engineUserProblem } from './engine-user';
 import { redisAclUsers, renderRedisAclFile } from './engine-credentials';
 import { copyEngineTlsFiles, engineTlsPaths, tlsFilesChanged, type EngineTlsFiles } from './engine-tls';
@@ -34,6 +35,12 @@ export const CONFIG_FILE = 'redis.conf';
 export const REDIS_SOCKET_FILE = 'redis.sock';
 /** A unix socket's path must fit `sun_path` (108 bytes with its terminating NUL). */
 const MAX_SOCKET_PATH_BYTES = 107;
+
+/**
+ * Descriptors a redis-server may hold: its client limit (`maxclients`, Redis's default of 10,000,
+ * which the generated configuration keeps) and the 32 it keeps for itself (CONFIG_MIN_RESERVED_FDS).
+ */
+export const REDIS_DESCRIPTOR_SLOTS = 10_000 + 32;
 
 /**
  * Where the instance's unix socket is, or undefined when the volume's path is too long for one.
@@ -225,11 +232,15 @@ export class RedisEngine implements Engine {
   }
 
   async launch(ctx: EngineContext): Promise<LaunchCommand> {
-    // In a container the image's PATH finds the server.
-    if (ctx.tools) return { file: 'redis-server', args: [path.join(ctx.dataDir, CONFIG_FILE)], stopSignal: 'SIGTERM' };
+    const args = [path.join(ctx.dataDir, CONFIG_FILE)];
+    // In a container the image's PATH finds the server, and bash (the image is Debian's).
+    if (ctx.tools)
+      return withDescriptorTable({ file: 'redis-server', args, stopSignal: 'SIGTERM' }, REDIS_DESCRIPTOR_SLOTS, 'bash');
     const bin = await this.binary();
     if (!bin) throw new SfError(ErrorCode.EngineUnavailable, 'redis-server not found on PATH');
-    return { file: bin, args: [path.join(ctx.dataDir, CONFIG_FILE)], stopSignal: 'SIGTERM' };
+    const launch: LaunchCommand = { file: bin, args, stopSignal: 'SIGTERM' };
+    const bash = await findBinary('bash');
+    return bash ? withDescriptorTable(launch, REDIS_DESCRIPTOR_SLOTS, bash) : launch;
   }
 
   async healthy(ctx: EngineContext): Promise<boolean> {

@@ -2,9 +2,11 @@
  * Shared pieces of the cell tests: a throwaway cell data directory, instance specs with defaults,
  * and waiting for a condition.
  */
+import { readdirSync, readFileSync } from 'node:fs';
 import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { expect } from 'chai';
 import { instanceSpecSchema, type InstanceSpec, type InstanceSpecInput } from '../../protocol/cell-protocol';
 
 export async function tempCellDir(prefix = 'sf-cell-'): Promise<{ dir: string; remove(): Promise<void> }> {
@@ -39,4 +41,18 @@ export async function eventually<T>(
       throw new Error(`${what} not reached in ${timeoutMs} ms${lastError ? `: ${String(lastError)}` : ''}`);
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+/**
+ * Checks that process `pid` runs `name` with a descriptor table of at least `slots` slots (or all
+ * its hard RLIMIT_NOFILE allows), and holds no descriptor numbered 256 or above: what an engine
+ * started through the table-growing wrapper (cell/engine-fd-table.ts) looks like.
+ */
+export function expectDescriptorTable(pid: number, name: string, slots: number): void {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  expect(status).to.match(new RegExp(`^Name:\\s+${name}$`, 'm'));
+  const hard = /^Max open files\s+\S+\s+(\S+)/m.exec(readFileSync(`/proc/${pid}/limits`, 'utf8'))?.[1];
+  const reachable = hard === undefined || hard === 'unlimited' ? slots : Math.min(slots, Number(hard) - 1);
+  expect(Number(/^FDSize:\s+(\d+)$/m.exec(status)?.[1])).to.be.at.least(reachable);
+  expect(Math.max(...readdirSync(`/proc/${pid}/fd`).map(Number))).to.be.below(256);
 }

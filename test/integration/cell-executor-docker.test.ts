@@ -10,10 +10,10 @@ import type { InstanceCredentials } from '../../protocol/cell-protocol';
 import { DockerApi } from '../../cell/docker-api';
 import { dockerCli } from '../../cell/docker-engine-tools';
 import { PostgresEngine } from '../../cell/engine-postgres';
-import { RedisEngine } from '../../cell/engine-redis';
+import { REDIS_DESCRIPTOR_SLOTS, RedisEngine } from '../../cell/engine-redis';
 import { DockerExecutor } from '../../cell/executor-docker';
 import { ErrorCode } from '../../common/errors';
-import { eventually, spec, tempCellDir } from '../helpers/cell-harness';
+import { eventually, expectDescriptorTable, spec, tempCellDir } from '../helpers/cell-harness';
 import { releaseDockerDaemon, useDockerDaemon } from '../helpers/docker-daemon';
 
 const CREDS: InstanceCredentials = {
@@ -100,6 +100,8 @@ describe('DockerExecutor (real daemon)', function () {
       console.log(`      redis (docker): start to first successful query ${Date.now() - t0} ms`);
       expect(await redis(primary.port).ping()).to.equal('PONG');
       expect(await uidOf(primary.pid)).to.not.equal(0);
+      // Started through bash in the image, which grew the table and became the server.
+      expectDescriptorTable(primary.pid, 'redis-server', REDIS_DESCRIPTOR_SLOTS);
       const inspect = await container('r-0');
       expect(inspect.HostConfig.Memory).to.equal(128 * 1024 * 1024);
       expect(inspect.HostConfig.NanoCpus).to.equal(0.5e9);

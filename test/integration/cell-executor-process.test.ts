@@ -4,12 +4,12 @@ import path from 'node:path';
 import { expect } from 'chai';
 import { Redis } from 'ioredis';
 import { PostgresEngine } from '../../cell/engine-postgres';
-import { RedisEngine } from '../../cell/engine-redis';
+import { REDIS_DESCRIPTOR_SLOTS, RedisEngine } from '../../cell/engine-redis';
 import { TcpEngine } from '../../cell/engine-tcp';
 import { ErrorCode } from '../../common/errors';
 import { defaultListenBacklog } from '../../common/listen-backlog';
 import { ProcessExecutor } from '../../cell/executor-process';
-import { eventually, spec, tempCellDir } from '../helpers/cell-harness';
+import { eventually, expectDescriptorTable, spec, tempCellDir } from '../helpers/cell-harness';
 
 describe('ProcessExecutor', function () {
   this.timeout(180_000);
@@ -50,6 +50,10 @@ describe('ProcessExecutor', function () {
         'tcp-backlog',
         String(defaultListenBacklog()),
       ]);
+      // Its descriptor table holds maxclients from the start, so a failover's storm never waits
+      // for the kernel to grow it; the bash that grew it is gone (same PID, the server now), and
+      // left no descriptor behind.
+      expectDescriptorTable(primary.pid, 'redis-server', REDIS_DESCRIPTOR_SLOTS);
       // Sync durability: the primary refuses writes while no replica is attached.
       const refused = await redis(primary.port)
         .set('k', 'v0')
