@@ -21,7 +21,7 @@ import { describeCpuIdle, hostFacts, type HostFacts } from './lib/host-facts';
 import { iperfVersion, runIperf, type IperfResult } from './lib/iperf';
 import { makeTempDir, sleep, stopAll } from './lib/processes';
 import { buildNativeTool } from './lib/native-tool';
-import { createPrng, type Prng } from './lib/fault-prng';
+import { createPrng, shuffled } from './lib/fault-prng';
 import { FlagError } from './lib/flag-error';
 import { acquireRunLock } from './lib/run-lock';
 import { redisBenchmarkVersion, runRedisBenchmark, type RedisBenchRow } from './lib/redis-bench';
@@ -176,16 +176,6 @@ function allSpecs(workers2: boolean, threads: boolean): TargetSpec[] {
 function rotate<T>(list: readonly T[], by: number): T[] {
   const n = list.length;
   return list.map((_, i) => list[(i + by) % n]);
-}
-
-/** A uniformly random permutation (Fisher-Yates) drawn from `prng`. */
-function shuffled<T>(list: readonly T[], prng: Prng): T[] {
-  const out = [...list];
-  for (let i = out.length - 1; i > 0; i--) {
-    const j = prng.int(0, i);
-    [out[i], out[j]] = [out[j], out[i]];
-  }
-  return out;
 }
 
 function metricsOf(

@@ -2,6 +2,8 @@
  * The real peers every target relays to: one redis-server (no persistence, so disk never shows
  * up in the numbers) and one `iperf3 -s`.
  */
+import type { LaunchCommand } from '../../cell/engine';
+import { withDescriptorTable } from '../../cell/engine-fd-table';
 import { defaultListenBacklog } from '../../common/listen-backlog';
 import { freePort, runToCompletion, startProcess, waitForPort, type ManagedProcess } from './processes';
 
@@ -18,15 +20,19 @@ export interface RedisOptions {
   maxClients?: number;
   /** More redis-server arguments (a TLS port and its files, say). */
   args?: string[];
+  /**
+   * Start it as cells do (cell/engine-fd-table.ts): through bash, its descriptor table grown
+   * first to hold `maxClients`; false: the kernel's table, grown on demand. @default false
+   */
+  growTable?: boolean;
 }
 
 /** Starts redis-server on `port` (0: no plaintext port, then the caller waits for its own). */
 export async function startRedis(port: number, options: RedisOptions = {}): Promise<ManagedProcess> {
   const maxClients = options.maxClients ?? 20_000;
-  const proc = startProcess(
-    'redis-server',
-    'redis-server',
-    [
+  const launch: LaunchCommand = {
+    file: 'redis-server',
+    args: [
       '--port',
       String(port),
       '--bind',
@@ -49,9 +55,11 @@ export async function startRedis(port: number, options: RedisOptions = {}): Prom
       'warning',
       ...(options.args ?? []),
     ],
-    // redis lowers maxclients to fit RLIMIT_NOFILE, so raise it for the idle-connection runs.
-    { fileLimit: maxClients + 1024 },
-  );
+    stopSignal: 'SIGTERM',
+  };
+  const started = options.growTable === true ? withDescriptorTable(launch, maxClients + 32, 'bash') : launch;
+  // redis lowers maxclients to fit RLIMIT_NOFILE, so raise it for the idle-connection runs.
+  const proc = startProcess('redis-server', started.file, started.args, { fileLimit: maxClients + 1024 });
   if (port > 0) await waitForPort(port, proc);
   return proc;
 }

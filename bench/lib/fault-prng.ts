@@ -35,3 +35,13 @@ export function createPrng(seed: number): Prng {
     chance: (p) => next() < p,
   };
 }
+
+/** A uniformly random permutation of `list` (Fisher-Yates) drawn from `prng`. */
+export function shuffled<T>(list: readonly T[], prng: Prng): T[] {
+  const out = [...list];
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = prng.int(0, i);
+    [out[i], out[j]] = [out[j], out[i]];
+  }
+  return out;
+}

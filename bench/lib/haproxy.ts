@@ -23,6 +23,8 @@ export interface HaproxyOptions {
    * the same technique as the router's native relay.
    */
   splice: boolean;
+  /** `maxconn`: clients HAProxy holds at once (two descriptors each under RLIMIT_NOFILE). @default 4000 */
+  maxconn?: number;
 }
 
 export function haproxyConfig(options: HaproxyOptions): string {
@@ -30,7 +32,7 @@ export function haproxyConfig(options: HaproxyOptions): string {
     'global',
     `  nbthread ${options.threads}`,
     // Two descriptors per relayed connection (four with splice pipes) must fit under RLIMIT_NOFILE, which may be capped at 20000.
-    '  maxconn 4000',
+    `  maxconn ${options.maxconn ?? 4000}`,
     '',
     'defaults',
     '  mode tcp',

@@ -27,6 +27,8 @@ export interface RouterOptions {
   fileLimit?: number;
   /** Another build's `sf.js` (an A/B comparison of two builds); default this build's. */
   cliPath?: string;
+  /** More environment for the router (e.g. `SF_ROUTER_FD_RESERVE`). */
+  env?: NodeJS.ProcessEnv;
 }
 
 export interface RunningRouter {
@@ -76,7 +78,7 @@ export async function startRouter(name: string, options: RouterOptions): Promise
   if (options.workers !== undefined) args.push('--workers', String(options.workers));
   if (options.threads !== undefined) args.push('--threads', String(options.threads));
   const proc = startProcess(name, process.execPath, args, {
-    env: { ...process.env, SF_RELAY: options.relay },
+    env: { ...process.env, ...options.env, SF_RELAY: options.relay },
     fileLimit: options.fileLimit ?? 65536,
   });
   const body = await waitForHttp(`http://127.0.0.1:${adminPort}/health`, proc);
