@@ -229,7 +229,7 @@ async function main(): Promise<void> {
     p50: medians[a].p50Ms / medians[b].p50Ms,
     last: medians[a].lastMs / medians[b].lastMs,
   }));
-  const path = writeResults('first-storm', {
+  const result = {
     benchmark: 'first-storm',
     date: startedAt,
     finishedAt: new Date().toISOString(),
@@ -238,7 +238,10 @@ async function main(): Promise<void> {
     medians,
     ratios,
     samples,
-  });
+  };
+  const path = writeResults('first-storm', result);
+  // first-storm.json is the latest run; a dated copy keeps every run's samples.
+  writeResults(`first-storm-${startedAt.replace(/[:.]/g, '-')}`, result);
   process.stdout.write(
     `\nMedians of ${settings.rounds} round(s), ${settings.clients} clients connecting at once to a process started 0.3 s before\n\n`,
   );
