@@ -4,7 +4,7 @@
  */
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { PROCESS_METRICS_SETTINGS } from '../common';
-import type { Router } from './router';
+import type { Router, RouterStatus } from './router';
 import type { RouteStats } from './route-stats';
 
 type CounterField = Exclude<keyof RouteStats, 'port' | 'sni' | 'active'>;
@@ -79,6 +79,44 @@ const ROUTE_COUNTERS: Array<{ name: string; help: string; field: CounterField }>
   { name: 'sf_router_idle_timeouts_total', help: 'Connections closed by the idle timeout.', field: 'idleTimeouts' },
 ];
 
+/** Router-wide gauges, each read from `status()` at scrape time. */
+const STATUS_GAUGES: Array<{ name: string; help: string; value: (s: RouterStatus) => number }> = [
+  {
+    name: 'sf_router_connection_limit',
+    help: 'Client connections the router takes across all routes, derived from its descriptor limit.',
+    value: (s) => s.connectionLimit,
+  },
+  {
+    name: 'sf_router_fd_limit',
+    help: 'The soft RLIMIT_NOFILE read at start (-1 where it could not be read).',
+    value: (s) => s.fdLimit ?? -1,
+  },
+  {
+    name: 'sf_router_fd_table',
+    help: 'Slots of the descriptor table, grown at start for the connection limit (-1 where /proc does not say).',
+    value: (s) => s.fdTable ?? -1,
+  },
+  {
+    // Clients of a port beyond this, reconnecting at once (after a restart of this router), find
+    // the queue full and wait for a SYN retransmit: compare with sf_router_active_connections.
+    name: 'sf_router_listen_backlog',
+    help: 'Clients the kernel queues on each route port until the router accepts them (the effective listen backlog).',
+    value: (s) => s.accept.backlog.effective,
+  },
+  { name: 'sf_router_table_version', help: 'Version of the route table in force.', value: (s) => s.tableVersion },
+  { name: 'sf_router_routes', help: 'Routes in the table in force.', value: (s) => s.routes },
+  {
+    name: 'sf_router_ports_not_listening',
+    help: 'Route ports of the table the router could not open (another process holds the port); retried.',
+    value: (s) => s.listenFailures.count,
+  },
+  {
+    name: 'sf_router_source_connected',
+    help: '1 while the route source reaches its upstream.',
+    value: (s) => (s.sourceConnected ? 1 : 0),
+  },
+];
+
 export function createRouterMetrics(router: Router, withProcessMetrics = true): Registry {
   const registry = new Registry();
   if (withProcessMetrics)
@@ -148,53 +186,15 @@ export function createRouterMetrics(router: Router, withProcessMetrics = true): 
       for (const e of router.sourceErrorCounts()) this.inc({ code: e.code }, e.count);
     },
   });
-  new Gauge({
-    name: 'sf_router_connection_limit',
-    help: 'Client connections the router takes across all routes, derived from its descriptor limit.',
-    registers: [registry],
-    collect() {
-      this.set(router.status().connectionLimit);
-    },
-  });
-  new Gauge({
-    name: 'sf_router_fd_limit',
-    help: 'The soft RLIMIT_NOFILE read at start (-1 where it could not be read).',
-    registers: [registry],
-    collect() {
-      this.set(router.status().fdLimit ?? -1);
-    },
-  });
-  new Gauge({
-    name: 'sf_router_table_version',
-    help: 'Version of the route table in force.',
-    registers: [registry],
-    collect() {
-      this.set(router.status().tableVersion);
-    },
-  });
-  new Gauge({
-    name: 'sf_router_routes',
-    help: 'Routes in the table in force.',
-    registers: [registry],
-    collect() {
-      this.set(router.status().routes);
-    },
-  });
-  new Gauge({
-    name: 'sf_router_ports_not_listening',
-    help: 'Route ports of the table the router could not open (another process holds the port); retried.',
-    registers: [registry],
-    collect() {
-      this.set(router.status().listenFailures.count);
-    },
-  });
-  new Gauge({
-    name: 'sf_router_source_connected',
-    help: '1 while the route source reaches its upstream.',
-    registers: [registry],
-    collect() {
-      this.set(router.status().sourceConnected ? 1 : 0);
-    },
-  });
+  for (const def of STATUS_GAUGES) {
+    new Gauge({
+      name: def.name,
+      help: def.help,
+      registers: [registry],
+      collect() {
+        this.set(def.value(router.status()));
+      },
+    });
+  }
   return registry;
 }

@@ -346,6 +346,10 @@ describe('sf router', function () {
         // Every descriptor the limit allows fits already (the table cannot exceed RLIMIT_NOFILE).
         expect(health.fdTable).to.equal(descriptorTableSize(pid));
         expect(health.fdTable).to.be.at.least(Math.min(health.fdLimit, FDS_PER_CONNECTION * health.connectionLimit));
+        // Both figures an operator compares before a restart, as metrics too.
+        const metrics = await routerAdminText(adminPort, '/metrics');
+        expect(metrics).to.contain(`sf_router_fd_table ${health.fdTable}\n`);
+        expect(metrics).to.contain(`sf_router_listen_backlog ${somaxconn}\n`);
         // A storm leaves it as it was: the kernel had nothing to grow while the clients came.
         expect(await connectWhileStopped(router, routePort, storm, 500)).to.equal(storm);
         expect(descriptorTableSize(pid)).to.equal(health.fdTable);
@@ -370,6 +374,99 @@ describe('sf router', function () {
         // listen(2) holds backlog + 1 established clients.
         expect(whileStopped).to.be.within(1, 65);
       } finally {
+        await router.stop();
+      }
+    });
+
+    /** The Prometheus expression docs/router.md gives for ports holding more clients than their queue. */
+    function documentedQueueExpression(): string {
+      const doc = readFileSync(join(__dirname, '..', '..', '..', 'docs', 'router.md'), 'utf8');
+      const m = /`(sum by \(instance, port\) \(sf_router_active_connections\)[^`]*)`/.exec(doc);
+      if (!m) throw new Error('docs/router.md no longer gives the listen-queue expression');
+      return m[1]!;
+    }
+
+    /**
+     * Evaluates `expr` as an alert with promtool over the samples of one real scrape (labelled
+     * instance="router") and returns whether promtool agrees that exactly `firing` ports alert.
+     */
+    function promtoolAgrees(expr: string, scrape: string, firing: number[]): { ok: boolean; output: string } {
+      const series = scrape
+        .split('\n')
+        .map((line) => /^(sf_router_active_connections|sf_router_listen_backlog)(?:\{([^}]*)\})? (\S+)$/.exec(line))
+        .filter((m): m is RegExpExecArray => m !== null)
+        .map((m) => ({
+          series: `${m[1]}{${['instance="router"', ...(m[2] ? [m[2]] : [])].join(',')}}`,
+          values: m[3]!,
+        }));
+      const work = mkdtempSync(join(dir, 'promtool-'));
+      writeFileSync(
+        join(work, 'rules.yml'),
+        JSON.stringify({ groups: [{ name: 'router', rules: [{ alert: 'QueueShorterThanClients', expr }] }] }),
+      );
+      writeFileSync(
+        join(work, 'test.yml'),
+        JSON.stringify({
+          rule_files: ['rules.yml'],
+          evaluation_interval: '1m',
+          tests: [
+            {
+              interval: '1m',
+              input_series: series,
+              alert_rule_test: [
+                {
+                  eval_time: '0m',
+                  alertname: 'QueueShorterThanClients',
+                  exp_alerts: firing.map((port) => ({ exp_labels: { instance: 'router', port: String(port) } })),
+                },
+              ],
+            },
+          ],
+        }),
+      );
+      try {
+        return {
+          ok: true,
+          output: execFileSync('promtool', ['test', 'rules', join(work, 'test.yml')], { encoding: 'utf8' }),
+        };
+      } catch (err) {
+        const e = err as { stdout?: string; stderr?: string };
+        return { ok: false, output: `${e.stdout ?? ''}${e.stderr ?? ''}` };
+      }
+    }
+
+    it('lets the documented query find a port holding more clients than its queue (promtool, real scrape)', async function () {
+      try {
+        execFileSync('promtool', ['--version'], { stdio: 'ignore' });
+      } catch {
+        this.skip();
+      }
+      const expr = documentedQueueExpression();
+      const { router, routePort, adminPort } = await startRouterWith(['--backlog', '64']);
+      const sockets: Socket[] = [];
+      try {
+        for (let i = 0; i < 70; i++) {
+          const socket = await connectTo(routePort);
+          sockets.push(socket);
+          socket.write('ping\n');
+          expect(await readLine(socket, 10_000)).to.equal('pong');
+        }
+        const scrape = async (): Promise<string> => routerAdminText(adminPort, '/metrics');
+        const held = await scrape();
+        expect(held).to.contain('sf_router_listen_backlog 64\n');
+        const over = promtoolAgrees(expr, held, [routePort]);
+        expect(over.ok, over.output).to.equal(true);
+        // Fewer clients than the queue holds: nothing to report.
+        for (const socket of sockets.splice(0, 20)) socket.destroy();
+        await eventually(
+          async () => /sf_router_active_connections\{[^}]*\} 50\n/.test(await scrape()),
+          10_000,
+          '50 left',
+        );
+        const under = promtoolAgrees(expr, await scrape(), []);
+        expect(under.ok, under.output).to.equal(true);
+      } finally {
+        for (const socket of sockets) socket.destroy();
         await router.stop();
       }
     });
