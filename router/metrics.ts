@@ -122,7 +122,12 @@ export function createRouterMetrics(router: Router, withProcessMetrics = true): 
   if (withProcessMetrics)
     collectDefaultMetrics({ register: registry, prefix: 'sf_router_', ...PROCESS_METRICS_SETTINGS });
   let snapshot: RouteStats[] = [];
-  const refresh = (): RouteStats[] => (snapshot = router.routeStats());
+  // One status() per scrape for every router-wide gauge, taken with the route snapshot.
+  let status: RouterStatus | undefined;
+  const refresh = (): RouteStats[] => {
+    status = router.status();
+    return (snapshot = router.routeStats());
+  };
 
   new Gauge({
     name: 'sf_router_active_connections',
@@ -192,7 +197,7 @@ export function createRouterMetrics(router: Router, withProcessMetrics = true): 
       help: def.help,
       registers: [registry],
       collect() {
-        this.set(def.value(router.status()));
+        this.set(def.value(status ?? router.status()));
       },
     });
   }

@@ -7,6 +7,7 @@ import { expect } from 'chai';
 import { listenBacklogCeiling } from '../../common/listen-backlog';
 import { loadNativeBindings } from '../../native-bindings';
 import { FDS_PER_CONNECTION } from '../../router/connection-budget';
+import { descriptorTableSize } from '../../router/descriptor-table';
 import { freePort } from '../helpers/free-port';
 import {
   ROUTER_ADMIN_TOKEN,
@@ -327,10 +328,8 @@ describe('sf router', function () {
       }
     });
 
-    /** `FDSize` of /proc/PID/status: the slots of a process's descriptor table. */
-    function descriptorTableSize(pid: number): number {
-      return Number(/^FDSize:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
-    }
+    /** The slots of process `pid`'s descriptor table. */
+    const tableOf = (pid: number): number | undefined => descriptorTableSize(`/proc/${pid}/status`);
 
     it('sizes its descriptor table for its connection limit at start, so a storm never waits for it to grow', async function () {
       if (loadNativeBindings()?.reserveDescriptors === undefined) this.skip();
@@ -344,7 +343,7 @@ describe('sf router', function () {
         };
         const pid = router.child.pid!;
         // Every descriptor the limit allows fits already (the table cannot exceed RLIMIT_NOFILE).
-        expect(health.fdTable).to.equal(descriptorTableSize(pid));
+        expect(health.fdTable).to.equal(tableOf(pid));
         expect(health.fdTable).to.be.at.least(Math.min(health.fdLimit, FDS_PER_CONNECTION * health.connectionLimit));
         // Both figures an operator compares before a restart, as metrics too.
         const metrics = await routerAdminText(adminPort, '/metrics');
@@ -352,7 +351,7 @@ describe('sf router', function () {
         expect(metrics).to.contain(`sf_router_listen_backlog ${somaxconn}\n`);
         // A storm leaves it as it was: the kernel had nothing to grow while the clients came.
         expect(await connectWhileStopped(router, routePort, storm, 500)).to.equal(storm);
-        expect(descriptorTableSize(pid)).to.equal(health.fdTable);
+        expect(tableOf(pid)).to.equal(health.fdTable);
         reserved = health.fdTable;
       } finally {
         await router.stop();
@@ -361,7 +360,7 @@ describe('sf router', function () {
       // descriptor, a few thousand slots under a test runner) and grows with the clients.
       const off = await startRouterWith([], { SF_ROUTER_FD_RESERVE: 'off' });
       try {
-        expect(descriptorTableSize(off.router.child.pid!)).to.be.below(reserved ?? 0);
+        expect(tableOf(off.router.child.pid!)).to.be.below(reserved ?? 0);
       } finally {
         await off.router.stop();
       }
